@@ -1,0 +1,1 @@
+//! RecordBatch v2 (magic 2) header view, validation and encoding.

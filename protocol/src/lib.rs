@@ -1,0 +1,7 @@
+//! Wire formats, sans-IO: bytes in, values out. Kafka request/response framing, the
+//! RecordBatch v2 header view, and replication frames.
+//!
+//! No sockets, no runtime, no clock: everything here can be fuzzed and property-tested
+//! in isolation. Every length and count read from the wire is bounded before allocation.
+
+pub mod batch;
