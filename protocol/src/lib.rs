@@ -5,3 +5,4 @@
 //! in isolation. Every length and count read from the wire is bounded before allocation.
 
 pub mod batch;
+pub mod offsets_topic;
