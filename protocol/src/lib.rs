@@ -6,3 +6,5 @@
 
 pub mod batch;
 pub mod offsets_topic;
+pub mod frame;
+pub mod produce_legacy;
