@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs the clients and tools the test suite uses. Safe to run again.
+# Installs the clients and tools the test suite uses: kcat (Debian's, linking librdkafka
+# 2.0.2, an older client on purpose), a C/C++ toolchain for the bundled librdkafka that the
+# `rdkafka` crate builds, and the Python clients pinned in scripts/test-requirements.txt.
+# Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,10 +11,31 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
-command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+# rdkafka-sys runs librdkafka's ./configure and make; zlib for gzip.
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+[ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "installing with apt-get: ${need_apt[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
+pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check "$@" -r scripts/test-requirements.txt
+}
+# Debian's own python3 refuses system-wide installs (PEP 668) unless told otherwise.
+pip_err="$(mktemp)"
+trap 'rm -f "$pip_err"' EXIT
+if ! pip_install 2>"$pip_err"; then
+    if grep -q externally-managed "$pip_err"; then
+        pip_install --break-system-packages
+    else
+        cat "$pip_err" >&2
+        exit 1
+    fi
+fi

@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Runs every Wharf test. Installs the real Kafka clients the tests drive (kcat, Python
-# clients) first, because a fresh machine has none of them.
+# Runs every Wharf test: installs the real Kafka clients the tests drive (kcat, the Python
+# clients, a toolchain for the bundled librdkafka), builds the broker once, runs the Rust
+# tests of the whole workspace, then the Python client tests against the same binary.
+# Fails if any of them fails (or if pytest collects no test at all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 
-cargo test --workspace --all-targets
+cargo build -p wharf-server --bin wharf
+target_dir="${CARGO_TARGET_DIR:-target}"
+export WHARF_BIN="$target_dir/debug/wharf"
+
+status=0
+cargo test --workspace --all-targets || status=1
+
+# pytest exits 5 when it collects nothing, which counts as a failure here too.
+python3 -m pytest tests/python -p no:cacheprovider -q -rfEs || status=1
+
+if [ "$status" -ne 0 ]; then
+    echo "scripts/test.sh: some tests failed" >&2
+fi
+exit "$status"

@@ -1,0 +1,311 @@
+//! Shared harness for the integration tests: a real `wharf` process on an ephemeral port with
+//! its own data directory, a raw Kafka-protocol connection for byte-level tests, and small
+//! helpers around the `rdkafka` client.
+//!
+//! Every broker a test starts is killed when its `Broker` is dropped, so a failing test never
+//! leaves a process behind; when the test is panicking, the broker's stderr is printed.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod raw;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The line the broker prints to stdout once every shard serves (the CLI contract).
+pub const LISTENING_PREFIX: &str = "wharf listening on ";
+
+/// Guard against a hung broker, not a performance assertion: a debug build on a busy
+/// 2-core machine can take a while to start.
+pub const STARTUP_GUARD: Duration = Duration::from_secs(90);
+/// Guard for a clean shutdown after SIGTERM.
+pub const SHUTDOWN_GUARD: Duration = Duration::from_secs(60);
+
+pub fn wharf_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wharf"))
+}
+
+/// A `wharf` process started by a test.
+pub struct Broker {
+    child: Option<Child>,
+    /// Holds the data dir and the broker's stderr logs; removed on drop.
+    root: tempfile::TempDir,
+    extra_args: Vec<String>,
+    shards: u32,
+    addr: Option<SocketAddr>,
+    incarnation: u32,
+}
+
+impl Broker {
+    /// A broker with 2 shards, a fresh data dir and a port picked by the kernel.
+    pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// Like `start`, with extra command-line flags (e.g. `--num-partitions 4`).
+    pub fn start_with(extra_args: &[&str]) -> Broker {
+        let root = tempfile::Builder::new()
+            .prefix("wharf-it-")
+            .tempdir()
+            .expect("cannot create a temp dir for the broker");
+        let mut broker = Broker {
+            child: None,
+            root,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            shards: 2,
+            addr: None,
+            incarnation: 0,
+        };
+        broker.spawn();
+        broker
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("broker is not running")
+    }
+
+    /// `host:port` for a client's `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.addr().to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("broker is not running");
+        i32::try_from(child.id()).expect("pid fits in i32")
+    }
+
+    fn stderr_path(&self, incarnation: u32) -> PathBuf {
+        self.root.path().join(format!("stderr-{incarnation}.log"))
+    }
+
+    /// Everything the broker wrote to stderr, over all its runs in this test.
+    pub fn stderr(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.incarnation {
+            if let Ok(text) = std::fs::read_to_string(self.stderr_path(i)) {
+                all.push_str(&text);
+            }
+        }
+        all
+    }
+
+    /// Fails the test if the broker has panicked in any run (a panic kills a shard).
+    pub fn assert_no_panic(&self) {
+        let stderr = self.stderr();
+        assert!(
+            !stderr.contains("panicked"),
+            "the broker panicked; its stderr:\n{stderr}"
+        );
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        self.incarnation += 1;
+        let stderr = File::create(self.stderr_path(self.incarnation))
+            .expect("cannot create the broker's stderr log");
+        let mut cmd = Command::new(wharf_bin());
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--shards")
+            .arg(self.shards.to_string())
+            .args(&self.extra_args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", wharf_bin().display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        self.child = Some(child);
+        match wait_for_listening(stdout) {
+            Ok(addr) => self.addr = Some(addr),
+            Err(why) => {
+                let status = self.kill_now();
+                panic!(
+                    "broker did not come up: {why} (exit: {status:?}); stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    fn kill_now(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self) {
+        self.kill_now().expect("broker is not running");
+        self.addr = None;
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        // SAFETY: plain syscall on a pid this test spawned and has not yet reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let mut child = self.child.take().expect("broker is running");
+        let deadline = Instant::now() + SHUTDOWN_GUARD;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.addr = None;
+                    return status;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "broker did not exit within {SHUTDOWN_GUARD:?} of SIGTERM; stderr:\n{}",
+                        self.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts the broker again on the same data dir (and a new ephemeral port).
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.kill();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.kill_now();
+        if std::thread::panicking() {
+            let stderr = self.stderr();
+            let tail: String = {
+                let lines: Vec<&str> = stderr.lines().collect();
+                let from = lines.len().saturating_sub(80);
+                lines[from..].join("\n")
+            };
+            eprintln!("---- wharf stderr (last 80 lines) ----\n{tail}\n---- end ----");
+        }
+    }
+}
+
+/// Reads the broker's stdout until the listening line, then keeps draining it on a thread
+/// so the broker never blocks on a full pipe.
+fn wait_for_listening(stdout: impl Read + Send + 'static) -> Result<SocketAddr, String> {
+    let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let mut sent = false;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if !sent {
+                if let Some(addr) = parse_listening_line(&line) {
+                    let _ = tx.send(Ok(addr));
+                    sent = true;
+                } else {
+                    let _ = tx.send(Err(format!(
+                        "first stdout line is not `{LISTENING_PREFIX}ADDR`: {line:?}"
+                    )));
+                    sent = true;
+                }
+            }
+        }
+        if !sent {
+            let _ = tx.send(Err("stdout closed before the listening line".to_string()));
+        }
+    });
+    match rx.recv_timeout(STARTUP_GUARD) {
+        Ok(result) => result,
+        Err(_) => Err(format!("no listening line within {STARTUP_GUARD:?}")),
+    }
+}
+
+/// Parses `wharf listening on 127.0.0.1:PORT`.
+pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    let addr: SocketAddr = line.trim_end().strip_prefix(LISTENING_PREFIX)?.parse().ok()?;
+    (addr.port() != 0).then_some(addr)
+}
+
+/// Runs `wharf` with the given arguments to completion (bounded), for CLI error tests.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_wharf_to_exit(args: &[&str], cwd: &Path) -> Finished {
+    let mut child = Command::new(wharf_bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start wharf");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + STARTUP_GUARD;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wharf {args:?} was expected to exit with an error but kept running");
+            }
+        }
+    };
+    Finished {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    }
+}
+
+/// A topic name unique within this test process run.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

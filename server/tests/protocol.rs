@@ -1,0 +1,226 @@
+//! Wire-level behaviour clients depend on, checked byte for byte over a raw connection:
+//! pipelined requests answered in order across shards, compressed batches stored and served
+//! exactly as produced, a Fetch spanning every partition, and Fetch long polling.
+
+mod common;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FetchRequest, FetchResponse, MetadataRequest, ProduceRequest,
+    ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, HeaderVersion};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+use common::raw::{
+    encode_request, ensure_topic, error_code, pick_version, produce_one, produce_request,
+    record_batch, topic_name, KafkaConn, BATCH_ATTRIBUTES_OFFSET,
+};
+use common::{unique_topic, Broker};
+
+fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(50 << 20)
+        .with_isolation_level(0)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(
+            partitions
+                .iter()
+                .map(|(p, offset)| {
+                    FetchPartition::default()
+                        .with_partition(*p)
+                        .with_fetch_offset(*offset)
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(10 << 20)
+                })
+                .collect(),
+        )])
+}
+
+/// Records bytes per partition from a Fetch response, failing on any partition error.
+fn fetched_records(resp: &FetchResponse) -> Vec<(i32, Bytes)> {
+    assert_eq!(resp.error_code, error_code::NONE, "Fetch top-level error");
+    let mut out = Vec::new();
+    for t in &resp.responses {
+        for p in &t.partitions {
+            assert_eq!(p.error_code, error_code::NONE, "Fetch error on partition {}", p.partition_index);
+            out.push((p.partition_index, p.records.clone().unwrap_or_default()));
+        }
+    }
+    out
+}
+
+#[test]
+fn compressed_batches_are_stored_and_served_as_produced() {
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let versions = conn.api_versions();
+    let produce_v = pick_version(&versions, ApiKey::Produce, 3, 12);
+    let fetch_v = pick_version(&versions, ApiKey::Fetch, 4, 12);
+    for (codec, name) in [
+        (Compression::None, "none"),
+        (Compression::Gzip, "gzip"),
+        (Compression::Snappy, "snappy"),
+        (Compression::Lz4, "lz4"),
+        (Compression::Zstd, "zstd"),
+    ] {
+        let topic = unique_topic(&format!("codec-{name}"));
+        ensure_topic(&mut conn, &topic);
+        let values: Vec<Bytes> = (0..50)
+            .map(|i| Bytes::from(format!("{name} record {i} {}", "abc".repeat(20))))
+            .collect();
+        let sent = record_batch(&values, codec);
+        let (code, base_offset) = produce_one(&mut conn, produce_v, &topic, 0, sent.clone());
+        assert_eq!(code, error_code::NONE, "{name}: produce failed");
+        assert_eq!(base_offset, 0);
+
+        let resp = conn.request(fetch_v, &fetch_request(&topic, &[(0, 0)], 1000));
+        let records = fetched_records(&resp);
+        let (_, got) = records.first().expect("one partition");
+        assert_eq!(got.len(), sent.len(), "{name}: served batch differs in size from the produced one");
+        // Only baseOffset (0..8) and partitionLeaderEpoch (12..16) may be rewritten.
+        assert_eq!(&got[8..12], &sent[8..12], "{name}: batch length changed");
+        assert_eq!(&got[16..], &sent[16..], "{name}: batch bytes after the leader epoch changed");
+        assert_eq!(got[BATCH_ATTRIBUTES_OFFSET + 1] & 0x07, codec as u8, "{name}: codec bits");
+        let mut buf = got.clone();
+        let decoded = RecordBatchDecoder::decode(&mut buf).expect("served batch decodes");
+        let decoded_values: Vec<Bytes> =
+            decoded.records.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
+        assert_eq!(decoded_values, values, "{name}: values differ");
+        let offsets: Vec<i64> = decoded.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..50).collect::<Vec<i64>>(), "{name}: offsets");
+    }
+    broker.assert_no_panic();
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_request_order_across_shards() {
+    let broker = Broker::start_with(&["--num-partitions", "16"]);
+    let topic = unique_topic("pipeline");
+    let mut conn = KafkaConn::connect(broker.addr());
+    assert_eq!(ensure_topic(&mut conn, &topic), 16);
+    let versions = conn.api_versions();
+    let produce_v = pick_version(&versions, ApiKey::Produce, 3, 12);
+    let metadata_v = pick_version(&versions, ApiKey::Metadata, 4, 12);
+
+    // Write 48 requests in one go: produces to all 16 partitions (both shards) interleaved
+    // with ApiVersions and Metadata, which a shard answers locally and at once.
+    enum Kind {
+        Produce(i32),
+        ApiVersions,
+        Metadata,
+    }
+    let mut wire = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..48i32 {
+        let correlation_id = 1000 + i;
+        let (kind, payload) = match i % 3 {
+            0 => {
+                let p = (i / 3) % 16;
+                let batch = record_batch(&[Bytes::from(format!("pipelined {i}"))], Compression::None);
+                (Kind::Produce(p), encode_request(correlation_id, produce_v, &produce_request(&topic, p, 1, batch)))
+            }
+            1 => (Kind::ApiVersions, encode_request(correlation_id, 0, &ApiVersionsRequest::default())),
+            _ => (Kind::Metadata, encode_request(correlation_id, metadata_v, &MetadataRequest::default())),
+        };
+        wire.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+        wire.extend_from_slice(&payload);
+        sent.push((correlation_id, kind));
+    }
+    conn.write_raw(&wire).expect("write");
+
+    for (correlation_id, kind) in sent {
+        let mut frame = conn.read_frame();
+        let version = match kind {
+            Kind::Produce(_) => produce_v,
+            Kind::ApiVersions => 0,
+            Kind::Metadata => metadata_v,
+        };
+        let header_version = match kind {
+            Kind::Produce(_) => <ProduceRequest as kafka_protocol::protocol::Request>::Response::header_version(version),
+            Kind::ApiVersions => 0,
+            Kind::Metadata => <MetadataRequest as kafka_protocol::protocol::Request>::Response::header_version(version),
+        };
+        let header = ResponseHeader::decode(&mut frame, header_version).expect("response header");
+        assert_eq!(header.correlation_id, correlation_id, "responses must leave in request order");
+        if let Kind::Produce(p) = kind {
+            let resp = kafka_protocol::messages::ProduceResponse::decode(&mut frame, version).expect("produce response");
+            let part = &resp.responses[0].partition_responses[0];
+            assert_eq!(part.index, p);
+            assert_eq!(part.error_code, error_code::NONE, "produce to partition {p}");
+        }
+    }
+    broker.assert_no_panic();
+}
+
+#[test]
+fn one_fetch_spanning_every_partition_gathers_from_both_shards() {
+    let broker = Broker::start_with(&["--num-partitions", "16"]);
+    let topic = unique_topic("fanout");
+    let mut conn = KafkaConn::connect(broker.addr());
+    assert_eq!(ensure_topic(&mut conn, &topic), 16);
+    let versions = conn.api_versions();
+    let produce_v = pick_version(&versions, ApiKey::Produce, 3, 12);
+    let fetch_v = pick_version(&versions, ApiKey::Fetch, 4, 12);
+    for p in 0..16 {
+        for n in 0..3 {
+            let batch = record_batch(&[Bytes::from(format!("p{p} n{n}"))], Compression::None);
+            let (code, base_offset) = produce_one(&mut conn, produce_v, &topic, p, batch);
+            assert_eq!((code, base_offset), (error_code::NONE, n), "partition {p}");
+        }
+    }
+    let all: Vec<(i32, i64)> = (0..16).map(|p| (p, 0)).collect();
+    let resp = conn.request(fetch_v, &fetch_request(&topic, &all, 1000));
+    let records = fetched_records(&resp);
+    assert_eq!(records.len(), 16, "every requested partition is answered");
+    for t in &resp.responses {
+        for p in &t.partitions {
+            assert_eq!(p.high_watermark, 3, "partition {}", p.partition_index);
+        }
+    }
+    for (p, bytes) in records {
+        let mut buf = bytes;
+        let sets = RecordBatchDecoder::decode_all(&mut buf).expect("batches decode");
+        let values: Vec<String> = sets
+            .iter()
+            .flat_map(|s| s.records.iter())
+            .map(|r| String::from_utf8_lossy(&r.value.clone().unwrap_or_default()).into_owned())
+            .collect();
+        assert_eq!(values, (0..3).map(|n| format!("p{p} n{n}")).collect::<Vec<_>>(), "partition {p}");
+    }
+    broker.assert_no_panic();
+}
+
+#[test]
+fn fetch_at_the_log_end_waits_for_new_data() {
+    let broker = Broker::start();
+    let topic = unique_topic("long-poll");
+    let mut conn = KafkaConn::connect(broker.addr());
+    ensure_topic(&mut conn, &topic);
+    let versions = conn.api_versions();
+    let produce_v = pick_version(&versions, ApiKey::Produce, 3, 12);
+    let fetch_v = pick_version(&versions, ApiKey::Fetch, 4, 12);
+
+    // A long poll far longer than the test needs: Kafka holds it until min_bytes arrive.
+    let correlation_id = conn.send(fetch_v, &fetch_request(&topic, &[(0, 0)], 25_000));
+    let mut producer = KafkaConn::connect(broker.addr());
+    let (code, _) = produce_one(
+        &mut producer,
+        produce_v,
+        &topic,
+        0,
+        record_batch(&[Bytes::from_static(b"wake up")], Compression::None),
+    );
+    assert_eq!(code, error_code::NONE);
+    let resp = conn.receive::<FetchRequest>(fetch_v, correlation_id);
+    let records = fetched_records(&resp);
+    let mut buf = records[0].1.clone();
+    let set = RecordBatchDecoder::decode(&mut buf).expect("a batch came back");
+    assert_eq!(set.records[0].value.as_deref(), Some(&b"wake up"[..]));
+    broker.assert_no_panic();
+}

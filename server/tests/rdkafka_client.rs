@@ -1,0 +1,115 @@
+//! The `rdkafka` crate (librdkafka) against a real broker: a FutureProducer and a
+//! BaseConsumer with assign(), as a Rust application would use them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+
+use common::client::{self, CLIENT_GUARD};
+use common::{unique_topic, Broker};
+
+#[test]
+fn future_producer_and_assigned_consumer_round_trip_keys_values_and_headers() {
+    let broker = Broker::start();
+    let topic = unique_topic("rdkafka-rt");
+    client::create_topic(&broker.bootstrap(), &topic, 8, &[]);
+    let producer = client::producer(&broker.bootstrap(), &[("acks", "all"), ("linger.ms", "5")]);
+    let rt = client::runtime();
+
+    // Delivery reports per partition, in send order.
+    let mut delivered: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
+    rt.block_on(async {
+        let mut pending = Vec::new();
+        for i in 0..400u32 {
+            let key = format!("key-{}", i % 37);
+            let value = format!("value-{i}");
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "seq", value: Some(i.to_string().as_bytes()) })
+                .insert(Header { key: "empty", value: None::<&[u8]> });
+            let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
+            let fut = producer.send_result(record).map_err(|(e, _)| e).expect("enqueue");
+            pending.push((value, fut));
+        }
+        for (value, fut) in pending {
+            let delivery = fut.await.expect("delivery future").map_err(|(e, _)| e).expect("delivered");
+            delivered.entry(delivery.partition).or_default().push((delivery.offset, value));
+        }
+    });
+    assert!(delivered.len() > 1, "37 keys over 8 partitions must use more than one partition");
+    for (p, acks) in &delivered {
+        let offsets: Vec<i64> = acks.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..acks.len() as i64).collect::<Vec<_>>(), "partition {p}: dense offsets from 0");
+    }
+
+    let read = client::read_all(&broker.bootstrap(), &topic);
+    let mut keys_seen: HashMap<String, i32> = HashMap::new();
+    for (p, msgs) in &read {
+        let expected = delivered.get(p).cloned().unwrap_or_default();
+        let got: Vec<(i64, String)> = msgs
+            .iter()
+            .map(|m| (m.offset(), String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()))
+            .collect();
+        assert_eq!(got, expected, "partition {p}: records read back differ from those delivered");
+        for m in msgs {
+            let key = String::from_utf8_lossy(m.key().expect("keyed")).into_owned();
+            if let Some(prev) = keys_seen.insert(key.clone(), *p) {
+                assert_eq!(prev, *p, "key {key} landed in two partitions");
+            }
+            let headers = m.headers().expect("headers survive");
+            assert_eq!(headers.count(), 2);
+            let seq = headers.get(0);
+            assert_eq!(seq.key, "seq");
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            assert_eq!(Some(format!("value-{}", String::from_utf8_lossy(seq.value.expect("seq value")))), Some(value));
+            let empty = headers.get(1);
+            assert_eq!((empty.key, empty.value), ("empty", None), "a null header value stays null");
+        }
+    }
+    broker.assert_no_panic();
+}
+
+#[test]
+fn assigned_consumer_starts_at_the_requested_offset_and_sees_watermarks() {
+    let broker = Broker::start();
+    let topic = unique_topic("rdkafka-offset");
+    client::create_topic(&broker.bootstrap(), &topic, 1, &[]);
+    let producer = client::producer(&broker.bootstrap(), &[("acks", "1")]);
+    client::runtime().block_on(async {
+        for i in 0..50 {
+            let value = format!("m{i}");
+            let d = producer
+                .send(FutureRecord::<(), _>::to(&topic).payload(&value), Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+            assert_eq!(d.offset, i);
+        }
+    });
+    let consumer = client::consumer(&broker.bootstrap(), &[]);
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    assert_eq!((low, high), (0, 50));
+
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(42)).expect("add");
+    consumer.assign(&tpl).expect("assign");
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + CLIENT_GUARD;
+    while got.len() < 8 {
+        assert!(std::time::Instant::now() < deadline, "only {} records after offset 42", got.len());
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("consumer error");
+            got.push((m.offset(), String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()));
+        }
+    }
+    let expected: Vec<(i64, String)> = (42..50).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(got, expected);
+    broker.assert_no_panic();
+}
