@@ -224,3 +224,46 @@ fn fetch_at_the_log_end_waits_for_new_data() {
     assert_eq!(set.records[0].value.as_deref(), Some(&b"wake up"[..]));
     broker.assert_no_panic();
 }
+
+fn metadata_brokers_and_leaders(conn: &mut KafkaConn, topic: &str) -> (Vec<(i32, String, i32)>, Vec<i32>) {
+    let versions = conn.api_versions();
+    let version = pick_version(&versions, ApiKey::Metadata, 4, 12);
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(topic_name(topic)))]))
+        .with_allow_auto_topic_creation(true);
+    let resp = conn.request(version, &req);
+    let brokers = resp
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, b.host.as_str().to_string(), b.port))
+        .collect();
+    let leaders = resp
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.leader_id.0))
+        .collect();
+    (brokers, leaders)
+}
+
+#[test]
+fn metadata_advertises_the_bound_port_and_node_id_1_by_default() {
+    let broker = Broker::start();
+    let topic = unique_topic("md-default");
+    let mut conn = KafkaConn::connect(broker.addr());
+    ensure_topic(&mut conn, &topic);
+    let (brokers, leaders) = metadata_brokers_and_leaders(&mut conn, &topic);
+    assert_eq!(brokers, vec![(1, "127.0.0.1".to_string(), i32::from(broker.addr().port()))]);
+    assert!(!leaders.is_empty() && leaders.iter().all(|l| *l == 1), "leaders {leaders:?}");
+}
+
+#[test]
+fn metadata_advertises_the_configured_listener_and_node_id() {
+    let broker = Broker::start_with(&["--advertised-listener", "localhost:19092", "--node-id", "7"]);
+    let topic = unique_topic("md-advertised");
+    let mut conn = KafkaConn::connect(broker.addr());
+    ensure_topic(&mut conn, &topic);
+    let (brokers, leaders) = metadata_brokers_and_leaders(&mut conn, &topic);
+    assert_eq!(brokers, vec![(7, "localhost".to_string(), 19092)]);
+    assert!(!leaders.is_empty() && leaders.iter().all(|l| *l == 7), "leaders {leaders:?}");
+}

@@ -57,15 +57,9 @@ class Broker:
         assert self.proc is None, "already running"
         self.runs += 1
         stderr = open(self.root / f"stderr-{self.runs}.log", "wb")
-        args = [
-            str(self.binary),
-            "--listen", "127.0.0.1:0",
-            "--data-dir", str(self.data_dir),
-            "--shards", str(self.shards),
-            *self.extra_args,
-        ]
         self.proc = subprocess.Popen(
-            args,
+            self.command(),
+            cwd=self.root,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -97,6 +91,15 @@ class Broker:
             )
         self.bootstrap = addr
         return self
+
+    def command(self):
+        return [
+            str(self.binary),
+            "--listen", "127.0.0.1:0",
+            "--data-dir", str(self.data_dir),
+            "--shards", str(self.shards),
+            *self.extra_args,
+        ]
 
     @property
     def port(self):
