@@ -212,6 +212,29 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) -> bool {
     }
 }
 
+/// Marks the batch at the start of `batch` as LogAppendTime with `max_timestamp_ms` (what a
+/// broker does for `message.timestamp.type=LogAppendTime`). Both fields are CRC-covered, so
+/// the CRC is recomputed. Returns false when `batch` is not a whole batch.
+pub fn set_log_append_time(batch: &mut [u8], max_timestamp_ms: i64) -> bool {
+    let Some(size) = BatchHeader::view(batch).and_then(BatchHeader::total_bytes) else {
+        return false;
+    };
+    if size > batch.len() {
+        return false;
+    }
+    let Some(header) = BatchHeader::view_mut(batch) else {
+        return false;
+    };
+    let attributes = header.attributes() | ATTR_TIMESTAMP_TYPE;
+    header.attributes.set(attributes);
+    header.max_timestamp.set(max_timestamp_ms);
+    let crc = crc32c::crc32c(&batch[CRC_COVERED_FROM..size]);
+    if let Some(header) = BatchHeader::view_mut(batch) {
+        header.crc.set(crc);
+    }
+    true
+}
+
 /// Why a batch was rejected. [`BatchError::kind`] groups these into Kafka's error codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
@@ -840,6 +863,9 @@ mod tests {
         assert_eq!(info.partition_leader_epoch, 77);
         assert_eq!(info.last_offset(), (1 << 40) + 2);
         assert!(!set_base_offset(&mut bytes[..60], 0));
+        assert!(set_log_append_time(&mut bytes, 99));
+        let info = validate_batch(&bytes, 1 << 20).expect("CRC recomputed");
+        assert_eq!((info.timestamp_type(), info.max_timestamp), (BatchTimestampType::LogAppendTime, 99));
     }
 
     #[test]

@@ -1,0 +1,46 @@
+//! Typed engine errors; the server maps them to Kafka error codes in one place.
+
+use std::path::PathBuf;
+
+use wharf_protocol::batch::{BatchError, BatchErrorKind};
+
+/// Typed engine errors; the server maps them to Kafka error codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad sizes, bad CRC, bad magic: Kafka's CORRUPT_MESSAGE.
+    #[error("corrupt record batch: {0}")]
+    CorruptMessage(String),
+    /// Well-formed but not acceptable (record count vs lastOffsetDelta, ...): INVALID_RECORD.
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+    /// A batch larger than `max.message.bytes`: MESSAGE_TOO_LARGE.
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge { size: usize, max: u32 },
+    /// A read outside [log_start_offset, log_end_offset]: OFFSET_OUT_OF_RANGE.
+    #[error("offset {requested} is outside the log [{log_start}, {log_end}]")]
+    OffsetOutOfRange { requested: i64, log_start: i64, log_end: i64 },
+    /// The log hit an I/O error it cannot vouch past (e.g. a failed fdatasync) and refuses
+    /// writes until it is reopened: KAFKA_STORAGE_ERROR.
+    #[error("storage error on {path}: {reason}")]
+    Storage { path: PathBuf, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub(crate) fn from_batch(err: BatchError, max_message_bytes: u32) -> EngineError {
+        match (err.kind(), err) {
+            (_, BatchError::TooLarge { size, .. }) => EngineError::MessageTooLarge { size, max: max_message_bytes },
+            (BatchErrorKind::Invalid, err) => EngineError::InvalidRecord(err.to_string()),
+            (_, err) => EngineError::CorruptMessage(err.to_string()),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> EngineError {
+        EngineError::Io { context: context.into(), source }
+    }
+}
