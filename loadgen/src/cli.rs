@@ -1,0 +1,321 @@
+//! Command line: the workload, the load model and the outputs.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+use crate::keys::KeySpec;
+use crate::payload::RecordSize;
+
+/// Largest batch the producer builds (Kafka's default `max.request.size` is 1 MiB).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Largest record the producer builds.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Most connections one core opens (producers plus consumers).
+pub const MAX_CONNECTIONS_PER_CORE: usize = 1024;
+/// Most requests one connection keeps in flight.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Produce records and measure the time to each acknowledgement.
+    Produce,
+    /// Fetch records and measure consumption throughput.
+    Consume,
+    /// Produce and consume at once; each record carries its send time, and the consumer
+    /// measures produce-to-consume latency.
+    E2e,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Acks {
+    None,
+    Leader,
+    All,
+}
+
+impl Acks {
+    /// The `acks` field of a Produce request.
+    pub fn wire(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+impl FromStr for Acks {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Acks> {
+        match s {
+            "0" => Ok(Acks::None),
+            "1" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            _ => bail!("acks must be 0, 1 or all, not {s:?}"),
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// Measure any Kafka-compatible broker: throughput and latency percentiles (HdrHistogram),
+/// closed loop (as fast as the broker acknowledges) or open loop at a fixed rate, with
+/// latency measured from each record's intended send time.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "wharf-loadgen", version)]
+pub struct Args {
+    /// What to run.
+    #[arg(value_enum)]
+    pub mode: Mode,
+
+    /// A broker to bootstrap from (HOST:PORT); the others come from Metadata.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub bootstrap: String,
+
+    /// Topic to produce to and consume from.
+    #[arg(long, default_value = "wharf-loadgen")]
+    pub topic: String,
+
+    /// Create the topic with --partitions partitions (CreateTopics) if it does not exist.
+    #[arg(long)]
+    pub create_topic: bool,
+
+    /// Partitions for --create-topic.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
+
+    /// Replication factor for --create-topic.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i16,
+
+    /// Threads, one glommio executor each.
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+
+    /// CPUs to pin the threads to, one per core (e.g. `--cpus 1`); unpinned if absent.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+
+    /// Producers per core, one connection each.
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
+
+    /// Consumers per core (consume and e2e), one connection each; the topic's partitions
+    /// are dealt among all consumers.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+
+    /// Produce requests in flight per producer connection (max.in.flight).
+    #[arg(long, default_value_t = 5)]
+    pub in_flight: usize,
+
+    /// Record value size in bytes: `1024`, or a uniform range `100..1000`.
+    #[arg(long, default_value = "1024")]
+    pub record_size: RecordSize,
+
+    /// Keys: `none`, `uniform:N` (N distinct keys) or `zipf:N[:EXPONENT]` (default 1.0).
+    #[arg(long, default_value = "none")]
+    pub keys: KeySpec,
+
+    /// acks for Produce: 0, 1 or all.
+    #[arg(long, default_value = "1")]
+    pub acks: Acks,
+
+    /// Batch compression.
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: CompressionArg,
+
+    /// Bytes of records per partition batch (batch.size).
+    #[arg(long, default_value_t = 16384)]
+    pub batch_size: usize,
+
+    /// How long a batch waits for more records before it is sent (linger.ms); fractions
+    /// allowed.
+    #[arg(long, default_value_t = 0.0)]
+    pub linger_ms: f64,
+
+    /// Open loop: records per second across all producers. Absent: closed loop, as fast as
+    /// acknowledgements allow.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Seconds to measure, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Stop after this many records (produced, or consumed in consume mode) instead of
+    /// after --duration.
+    #[arg(long)]
+    pub records: Option<u64>,
+
+    /// Seconds of load before measuring starts; not counted in the results.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+
+    /// Where consumers start.
+    #[arg(long, value_enum, default_value = "latest")]
+    pub from: StartFrom,
+
+    /// Consume as a member of this consumer group (not supported yet).
+    #[arg(long)]
+    pub group: Option<String>,
+
+    /// Fetch max_wait_ms.
+    #[arg(long, default_value_t = 100)]
+    pub fetch_max_wait_ms: i32,
+
+    /// Fetch min_bytes.
+    #[arg(long, default_value_t = 1)]
+    pub fetch_min_bytes: i32,
+
+    /// Fetch max_bytes.
+    #[arg(long, default_value_t = 50 << 20)]
+    pub fetch_max_bytes: i32,
+
+    /// Fetch partition_max_bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub partition_max_bytes: i32,
+
+    /// Produce timeout_ms (how long the broker may wait for acks=all).
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: i32,
+
+    /// Seconds to wait for outstanding requests after the run before they count as lost.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+
+    /// client.id sent in every request header.
+    #[arg(long, default_value = "wharf-loadgen")]
+    pub client_id: String,
+
+    /// Microseconds each executor spins before sleeping (lower wake-up latency, more CPU).
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
+
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Write a latency-by-percentile plot here (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+
+    /// Write the full percentile distributions here (HdrHistogram's text format).
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+
+    /// Print the full percentile distribution after the summary.
+    #[arg(long)]
+    pub distribution: bool,
+
+    /// No live line each second.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    /// Checks what clap cannot: ranges and combinations.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.cores == 0 {
+            bail!("--cores must be at least 1");
+        }
+        if !self.cpus.is_empty() && self.cpus.len() != self.cores {
+            bail!("--cpus names {} CPUs for {} cores", self.cpus.len(), self.cores);
+        }
+        if self.producers + self.consumers > MAX_CONNECTIONS_PER_CORE {
+            bail!("at most {MAX_CONNECTIONS_PER_CORE} connections per core");
+        }
+        if self.mode != Mode::Consume && self.producers == 0 {
+            bail!("--producers must be at least 1 in {:?} mode", self.mode);
+        }
+        if self.mode != Mode::Produce && self.consumers == 0 {
+            bail!("--consumers must be at least 1 in {:?} mode", self.mode);
+        }
+        if self.in_flight == 0 || self.in_flight > MAX_IN_FLIGHT {
+            bail!("--in-flight must be 1..={MAX_IN_FLIGHT}");
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_BYTES {
+            bail!("--batch-size must be 1..={MAX_BATCH_BYTES}");
+        }
+        if self.record_size.max() > MAX_RECORD_BYTES {
+            bail!("--record-size must be at most {MAX_RECORD_BYTES}");
+        }
+        if self.mode == Mode::E2e && self.record_size.min() < crate::payload::STAMP_BYTES {
+            bail!("e2e records carry a {}-byte stamp: --record-size must be at least that", crate::payload::STAMP_BYTES);
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                bail!("--rate must be a positive number of records per second");
+            }
+        }
+        for (name, v) in [("--duration", self.duration), ("--warmup", self.warmup), ("--linger-ms", self.linger_ms)] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{name} must be a non-negative number");
+            }
+        }
+        if self.partitions < 1 {
+            bail!("--partitions must be at least 1");
+        }
+        if self.group.is_some() {
+            bail!("--group: consumer-group consumption is not supported yet; consumers are assigned partitions directly");
+        }
+        if self.topic.is_empty() || self.topic.len() > 249 {
+            bail!("--topic must be 1 to 249 characters");
+        }
+        self.bootstrap_addr().context("--bootstrap")?;
+        Ok(())
+    }
+
+    pub fn bootstrap_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        self.bootstrap
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {}", self.bootstrap))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", self.bootstrap))
+    }
+
+    /// Total producer connections.
+    pub fn total_producers(&self) -> usize {
+        if self.mode == Mode::Consume {
+            0
+        } else {
+            self.cores * self.producers
+        }
+    }
+
+    /// Total consumer connections.
+    pub fn total_consumers(&self) -> usize {
+        if self.mode == Mode::Produce {
+            0
+        } else {
+            self.cores * self.consumers
+        }
+    }
+}

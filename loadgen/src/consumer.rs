@@ -1,0 +1,236 @@
+//! One consumer: one connection, a fixed set of partitions, one Fetch in flight (as Kafka
+//! consumers do per broker). It checks every batch's CRC like a real consumer
+//! (`check.crcs`), counts records and bytes, and in e2e mode reads each record's stamp to
+//! measure produce-to-consume latency.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
+use kafka_protocol::records::RecordBatchDecoder;
+use wharf_protocol::batch::{batches, validate_batch_with, Compression, CountRule};
+
+use crate::admin::{list_offsets, topic_name, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use crate::cli::StartFrom;
+use crate::conn::{decode_response, Conn};
+use crate::payload::read_stamp;
+use crate::run::{Shared, Workload};
+use crate::schedule::Clock;
+use crate::stats::{kafka_error_name, Stats};
+
+/// Fetch versions spoken: v4 is the first with RecordBatch v2; v12 the newest before topic
+/// ids.
+const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=12;
+/// Largest batch a consumer accepts.
+const MAX_FETCHED_BATCH_BYTES: usize = 64 << 20;
+
+pub struct Consumer {
+    conn: Conn,
+    version: i16,
+    workload: Rc<Workload>,
+    shared: Arc<Shared>,
+    clock: Clock,
+    topic: TopicName,
+    offsets: BTreeMap<i32, i64>,
+    stats: Rc<RefCell<Stats>>,
+}
+
+impl Consumer {
+    /// Connects and looks up where each partition starts.
+    pub async fn connect(
+        leader: std::net::SocketAddr,
+        partitions: Vec<i32>,
+        workload: Rc<Workload>,
+        shared: Arc<Shared>,
+        clock: Clock,
+        stats: Rc<RefCell<Stats>>,
+    ) -> anyhow::Result<Consumer> {
+        let mut conn = Conn::connect(leader, &workload.client_id).await?;
+        let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
+        let timestamp = match workload.from {
+            StartFrom::Earliest => EARLIEST_TIMESTAMP,
+            StartFrom::Latest => LATEST_TIMESTAMP,
+        };
+        let offsets = list_offsets(&mut conn, &workload.topic, &partitions, timestamp).await?;
+        Ok(Consumer {
+            conn,
+            version,
+            topic: topic_name(&workload.topic),
+            offsets,
+            workload,
+            shared,
+            clock,
+            stats,
+        })
+    }
+
+    fn finished(&self, now: u64) -> bool {
+        let w = &self.workload;
+        if now >= w.stop_ns + w.drain_ns {
+            return true;
+        }
+        match (w.run_id, w.consume_target) {
+            // e2e: until every producer is done and every record it got acknowledged is in.
+            (Some(_), _) => {
+                now >= w.stop_ns
+                    && self.shared.producers_done.load(Ordering::Acquire) == w.total_producers
+                    && self.shared.consumed.load(Ordering::Relaxed) >= self.shared.produced.load(Ordering::Relaxed)
+            }
+            (None, Some(target)) => self.shared.consumed.load(Ordering::Relaxed) >= target,
+            (None, None) => now >= w.stop_ns,
+        }
+    }
+
+    /// Consumes with the run's timing in `workload` until the stop time, the record target,
+    /// or (e2e) until every acknowledged record is in.
+    pub async fn run_with(mut self, workload: Rc<Workload>) {
+        self.workload = workload;
+        self.run().await
+    }
+
+    async fn run(&mut self) {
+        let hard_stop_ns = self.workload.stop_ns + self.workload.drain_ns;
+        while !self.finished(self.clock.now_ns()) {
+            let request = self.request();
+            let correlation_id = match self.conn.enqueue(self.version, &request) {
+                Ok(id) => id,
+                Err(e) => return self.fail(&format!("cannot encode Fetch: {e:#}")),
+            };
+            let frame = loop {
+                match self.conn.wait(Some(self.clock.instant(hard_stop_ns))).await {
+                    Err(e) => return self.fail(&format!("connection to {}: {e:#}", self.conn.peer())),
+                    Ok(false) => return self.fail("NO_ANSWER_BEFORE_DRAIN_TIMEOUT"),
+                    Ok(true) => {}
+                }
+                match self.conn.take_frame() {
+                    Err(e) => return self.fail(&format!("connection to {}: {e:#}", self.conn.peer())),
+                    Ok(Some(f)) if f.correlation_id == correlation_id => break f,
+                    Ok(_) => return self.fail("RESPONSE_WITH_UNKNOWN_CORRELATION_ID"),
+                }
+            };
+            let now = self.clock.now_ns();
+            match decode_response::<FetchRequest>(frame.bytes, self.version) {
+                Ok(response) => {
+                    if response.error_code != 0 {
+                        self.stats.borrow_mut().record_error(&kafka_error_name(response.error_code), 0);
+                    }
+                    for topic in response.responses {
+                        for p in topic.partitions {
+                            if p.error_code != 0 {
+                                self.stats.borrow_mut().record_error(&kafka_error_name(p.error_code), 0);
+                                continue;
+                            }
+                            if let Some(records) = p.records {
+                                self.on_records(p.partition_index, records, now);
+                            }
+                        }
+                    }
+                }
+                Err(_) => self.stats.borrow_mut().record_error("UNDECODABLE_FETCH_RESPONSE", 0),
+            }
+            let mut stats = self.stats.borrow_mut();
+            stats.fetch_requests += 1;
+            stats.last_event_ns = stats.last_event_ns.max(now);
+        }
+    }
+
+    fn request(&self) -> FetchRequest {
+        let w = &self.workload;
+        let mut topic = FetchTopic::default();
+        topic.topic = self.topic.clone();
+        topic.partitions = self
+            .offsets
+            .iter()
+            .map(|(p, offset)| {
+                let mut fp = FetchPartition::default();
+                fp.partition = *p;
+                fp.fetch_offset = *offset;
+                fp.partition_max_bytes = w.partition_max_bytes;
+                fp
+            })
+            .collect();
+        let mut request = FetchRequest::default();
+        request.max_wait_ms = w.fetch_max_wait_ms;
+        request.min_bytes = w.fetch_min_bytes;
+        request.max_bytes = w.fetch_max_bytes;
+        request.topics = vec![topic];
+        request
+    }
+
+    fn on_records(&mut self, partition: i32, records: Bytes, now: u64) {
+        let Some(offset) = self.offsets.get(&partition).copied() else {
+            self.stats.borrow_mut().record_error("FETCH_RESPONSE_FOR_UNASKED_PARTITION", 0);
+            return;
+        };
+        let mut next = offset;
+        let mut counted = 0u64;
+        let mut stamped = 0u64;
+        let mut bytes = 0u64;
+        let mut stats = self.stats.borrow_mut();
+        for (at, batch) in batches(&records) {
+            let info = match validate_batch_with(batch, MAX_FETCHED_BATCH_BYTES, CountRule::AtMost) {
+                Ok(info) => info,
+                Err(e) => {
+                    stats.record_error(&format!("CORRUPT_BATCH ({:?})", e.kind()), 0);
+                    break;
+                }
+            };
+            let last = info.last_offset();
+            if last < next {
+                continue; // a batch before the fetch offset, returned whole
+            }
+            bytes += batch.len() as u64;
+            next = last + 1;
+            if info.is_control() {
+                continue;
+            }
+            // Records before the fetch offset in the first batch are not counted.
+            counted += (last - info.base_offset.max(offset) + 1).min(i64::from(info.records_count)).max(0) as u64;
+            if let Some(run_id) = self.workload.run_id {
+                let mut record_stamp = |value: Option<&[u8]>, stats: &mut Stats| {
+                    if let Some(sent) = value.and_then(|v| read_stamp(v, run_id)) {
+                        stats.record_e2e_latency(now.saturating_sub(sent));
+                        stamped += 1;
+                    }
+                };
+                if info.compression == Compression::None {
+                    match wharf_protocol::batch::records(batch) {
+                        Ok(iter) => {
+                            for r in iter {
+                                match r {
+                                    Ok(r) => record_stamp(r.value, &mut stats),
+                                    Err(_) => {
+                                        stats.record_error("CORRUPT_RECORD", 0);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Err(_) => stats.record_error("CORRUPT_RECORD", 0),
+                    }
+                } else {
+                    let mut b = records.slice(at..at + batch.len());
+                    match RecordBatchDecoder::decode(&mut b) {
+                        Ok(set) => set.records.iter().for_each(|r| record_stamp(r.value.as_deref(), &mut stats)),
+                        Err(_) => stats.record_error("UNDECODABLE_COMPRESSED_BATCH", 0),
+                    }
+                }
+            }
+        }
+        stats.consumed_records += counted;
+        stats.consumed_bytes += bytes;
+        drop(stats);
+        self.offsets.insert(partition, next);
+        let progress = if self.workload.run_id.is_some() { stamped } else { counted };
+        self.shared.consumed.fetch_add(progress, Ordering::Relaxed);
+    }
+
+    fn fail(&mut self, error: &str) {
+        self.stats.borrow_mut().record_error(error, 0);
+    }
+}

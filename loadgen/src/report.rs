@@ -1,0 +1,532 @@
+//! The results: the live line, the summary table, the JSON report and the full percentile
+//! distribution (HdrHistogram's `.hgrm` text format).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::admin::TopicLayout;
+use crate::cli::{Args, Mode};
+use crate::stats::Stats;
+
+const NS_PER_MS: f64 = 1e6;
+const BYTES_PER_MB: f64 = 1e6;
+/// Quantile steps per halving of the distance to 100% in the distribution (HdrHistogram's
+/// customary 5).
+const DISTRIBUTION_TICKS_PER_HALF: u32 = 5;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadSummary {
+    pub cores: usize,
+    pub producers_per_core: usize,
+    pub consumers_per_core: usize,
+    pub in_flight: usize,
+    pub record_size: String,
+    pub keys: String,
+    pub acks: String,
+    pub compression: String,
+    pub batch_size: usize,
+    pub linger_ms: f64,
+    /// "closed" or "open".
+    pub load: String,
+    pub rate: Option<f64>,
+    pub warmup_s: f64,
+    pub duration_s: Option<f64>,
+    pub records: Option<u64>,
+    pub from: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub records: u64,
+    /// Key and value bytes.
+    pub bytes: u64,
+    /// Record-batch bytes (produce: as sent; consume: as fetched).
+    pub batch_bytes: u64,
+    pub requests: u64,
+    pub records_per_sec: f64,
+    /// Key and value MB/s (1 MB = 10^6 bytes).
+    pub mb_per_sec: f64,
+    pub batch_mb_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Quantile {
+    pub percentile: f64,
+    pub latency_ms: f64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p99_9_ms: f64,
+    pub p99_99_ms: f64,
+    pub max_ms: f64,
+    /// Latency by percentile, HdrHistogram style (denser towards 100%).
+    pub distribution: Vec<Quantile>,
+}
+
+impl Latency {
+    pub fn from_histogram(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |ns: u64| ns as f64 / NS_PER_MS;
+        let distribution = h
+            .iter_quantiles(DISTRIBUTION_TICKS_PER_HALF)
+            .map(|v| Quantile {
+                percentile: v.quantile_iterated_to() * 100.0,
+                latency_ms: ms(v.value_iterated_to()),
+                count: v.count_since_last_iteration(),
+            })
+            .collect();
+        Some(Latency {
+            count: h.len(),
+            mean_ms: h.mean() / NS_PER_MS,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p99_9_ms: ms(h.value_at_quantile(0.999)),
+            p99_99_ms: ms(h.value_at_quantile(0.9999)),
+            max_ms: ms(h.max()),
+            distribution,
+        })
+    }
+}
+
+/// One second of the run, as the live line shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct IntervalLine {
+    /// Seconds since the load started, at the end of this interval.
+    pub t_s: f64,
+    pub warmup: bool,
+    pub produce_records: u64,
+    pub produce_bytes: u64,
+    pub consume_records: u64,
+    pub produce_p50_ms: Option<f64>,
+    pub produce_p99_ms: Option<f64>,
+    pub produce_p99_9_ms: Option<f64>,
+    pub produce_max_ms: Option<f64>,
+    pub e2e_p50_ms: Option<f64>,
+    pub e2e_p99_ms: Option<f64>,
+    pub e2e_max_ms: Option<f64>,
+    pub errors: u64,
+}
+
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / NS_PER_MS)
+}
+
+fn max_ms(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.max() as f64 / NS_PER_MS)
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".to_string())
+}
+
+impl IntervalLine {
+    pub fn new(t_s: f64, warmup: bool, s: &Stats) -> IntervalLine {
+        IntervalLine {
+            t_s,
+            warmup,
+            produce_records: s.produced_records,
+            produce_bytes: s.produced_bytes,
+            consume_records: s.consumed_records,
+            produce_p50_ms: quantile_ms(&s.produce_latency, 0.5),
+            produce_p99_ms: quantile_ms(&s.produce_latency, 0.99),
+            produce_p99_9_ms: quantile_ms(&s.produce_latency, 0.999),
+            produce_max_ms: max_ms(&s.produce_latency),
+            e2e_p50_ms: quantile_ms(&s.e2e_latency, 0.5),
+            e2e_p99_ms: quantile_ms(&s.e2e_latency, 0.99),
+            e2e_max_ms: max_ms(&s.e2e_latency),
+            errors: s.total_errors(),
+        }
+    }
+
+    /// The live line. Counts are per interval (one second, the last one possibly shorter).
+    pub fn render(&self, mode: Mode) -> String {
+        let mut line = format!("[{:6.1}s]{}", self.t_s, if self.warmup { " warm-up" } else { "        " });
+        if mode != Mode::Consume {
+            let _ = write!(
+                line,
+                " produce {:>11} rec {:>8.1} MB | p50 {} p99 {} p99.9 {} max {} ms",
+                group_digits(self.produce_records),
+                self.produce_bytes as f64 / BYTES_PER_MB,
+                fmt_ms(self.produce_p50_ms),
+                fmt_ms(self.produce_p99_ms),
+                fmt_ms(self.produce_p99_9_ms),
+                fmt_ms(self.produce_max_ms),
+            );
+        }
+        if mode != Mode::Produce {
+            let _ = write!(line, " | consume {:>11} rec", group_digits(self.consume_records));
+        }
+        if mode == Mode::E2e {
+            let _ = write!(
+                line,
+                " | e2e p50 {} p99 {} max {} ms",
+                fmt_ms(self.e2e_p50_ms),
+                fmt_ms(self.e2e_p99_ms),
+                fmt_ms(self.e2e_max_ms)
+            );
+        }
+        let _ = write!(line, " | errors {}", self.errors);
+        line
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub mode: Mode,
+    pub bootstrap: String,
+    pub topic: String,
+    pub partitions: usize,
+    pub workload: WorkloadSummary,
+    pub machine: Machine,
+    /// From the end of the warm-up to the last acknowledgement (or the stop time).
+    pub measured_seconds: f64,
+    pub produce: Option<Throughput>,
+    pub consume: Option<Throughput>,
+    /// Intended send time to acknowledgement.
+    pub produce_latency: Option<Latency>,
+    /// Intended send time to consumption.
+    pub e2e_latency: Option<Latency>,
+    /// Occurrences of each error the broker (or the connection) produced.
+    pub errors: BTreeMap<String, u64>,
+    /// Records lost to those errors.
+    pub error_records: u64,
+    pub intervals: Vec<IntervalLine>,
+    /// Latency histograms (not serialized; for the distribution file and the plot).
+    #[serde(skip)]
+    pub histograms: Histograms,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Histograms {
+    pub produce: Option<Histogram<u64>>,
+    pub e2e: Option<Histogram<u64>>,
+}
+
+impl Report {
+    pub fn new(
+        args: &Args,
+        layout: &TopicLayout,
+        machine: Machine,
+        measured_seconds: f64,
+        total: &Stats,
+        intervals: Vec<IntervalLine>,
+    ) -> Report {
+        let secs = measured_seconds.max(1e-9);
+        let throughput = |records: u64, bytes: u64, batch_bytes: u64, requests: u64| Throughput {
+            records,
+            bytes,
+            batch_bytes,
+            requests,
+            records_per_sec: records as f64 / secs,
+            mb_per_sec: bytes as f64 / BYTES_PER_MB / secs,
+            batch_mb_per_sec: batch_bytes as f64 / BYTES_PER_MB / secs,
+        };
+        let produces = args.mode != Mode::Consume;
+        let consumes = args.mode != Mode::Produce;
+        Report {
+            tool: "wharf-loadgen".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            mode: args.mode,
+            bootstrap: args.bootstrap.clone(),
+            topic: args.topic.clone(),
+            partitions: layout.leaders.len(),
+            workload: WorkloadSummary {
+                cores: args.cores,
+                producers_per_core: if produces { args.producers } else { 0 },
+                consumers_per_core: if consumes { args.consumers } else { 0 },
+                in_flight: args.in_flight,
+                record_size: args.record_size.to_string(),
+                keys: args.keys.to_string(),
+                acks: args.acks.name().to_string(),
+                compression: format!("{:?}", args.compression).to_lowercase(),
+                batch_size: args.batch_size,
+                linger_ms: args.linger_ms,
+                load: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
+                rate: args.rate,
+                warmup_s: args.warmup,
+                duration_s: args.records.is_none().then_some(args.duration),
+                records: args.records,
+                from: format!("{:?}", args.from).to_lowercase(),
+            },
+            machine,
+            measured_seconds,
+            produce: produces.then(|| {
+                throughput(total.produced_records, total.produced_bytes, total.produced_batch_bytes, total.produce_requests)
+            }),
+            consume: consumes
+                .then(|| throughput(total.consumed_records, 0, total.consumed_bytes, total.fetch_requests))
+                .map(|mut t| {
+                    // A consumer sees batches, not the split into keys and values.
+                    t.bytes = t.batch_bytes;
+                    t.mb_per_sec = t.batch_mb_per_sec;
+                    t
+                }),
+            produce_latency: produces.then(|| Latency::from_histogram(&total.produce_latency)).flatten(),
+            e2e_latency: (args.mode == Mode::E2e).then(|| Latency::from_histogram(&total.e2e_latency)).flatten(),
+            errors: total.errors.clone(),
+            error_records: total.error_records,
+            intervals,
+            histograms: Histograms {
+                produce: (produces && !total.produce_latency.is_empty()).then(|| total.produce_latency.clone()),
+                e2e: (args.mode == Mode::E2e && !total.e2e_latency.is_empty()).then(|| total.e2e_latency.clone()),
+            },
+        }
+    }
+
+    /// The summary table printed at the end.
+    pub fn summary(&self) -> String {
+        let w = &self.workload;
+        let mut out = String::new();
+        let load = match w.rate {
+            Some(rate) => format!("open loop at {} rec/s", group_digits(rate as u64)),
+            None => "closed loop".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "\nwharf-loadgen {:?} against {} topic {} ({} partition{})",
+            self.mode,
+            self.bootstrap,
+            self.topic,
+            self.partitions,
+            if self.partitions == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            out,
+            "workload: {} records, keys {}, acks {}, compression {}, batch {} B, linger {} ms, \
+             {} producer(s) x {} in flight + {} consumer(s) per core, {} core(s), {load}",
+            w.record_size,
+            w.keys,
+            w.acks,
+            w.compression,
+            w.batch_size,
+            w.linger_ms,
+            w.producers_per_core,
+            w.in_flight,
+            w.consumers_per_core,
+            w.cores
+        );
+        let _ = writeln!(
+            out,
+            "measured {:.2} s after {} s warm-up on {} CPUs ({}), kernel {}",
+            self.measured_seconds, w.warmup_s, self.machine.cpus, self.machine.cpu_model, self.machine.kernel
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<10} {:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "", "records/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "p99.99", "max ms", "count"
+        );
+        let row = |out: &mut String, name: &str, t: Option<&Throughput>, l: Option<&Latency>| {
+            let (rps, mbps) = match t {
+                Some(t) => (group_digits(t.records_per_sec as u64), format!("{:.1}", t.mb_per_sec)),
+                None => (String::new(), String::new()),
+            };
+            let lat = |f: fn(&Latency) -> f64| l.map(|l| format!("{:.3}", f(l))).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<10} {:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                name,
+                rps,
+                mbps,
+                lat(|l| l.p50_ms),
+                lat(|l| l.p90_ms),
+                lat(|l| l.p99_ms),
+                lat(|l| l.p99_9_ms),
+                lat(|l| l.p99_99_ms),
+                lat(|l| l.max_ms),
+                l.map(|l| group_digits(l.count)).unwrap_or_default(),
+            );
+        };
+        if let Some(t) = &self.produce {
+            row(&mut out, "produce", Some(t), self.produce_latency.as_ref());
+        }
+        if let Some(t) = &self.consume {
+            row(&mut out, "consume", Some(t), None);
+        }
+        if self.mode == Mode::E2e {
+            row(&mut out, "e2e", None, self.e2e_latency.as_ref());
+        }
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "\nerrors: none");
+        } else {
+            let _ = writeln!(out, "\nerrors ({} records lost):", group_digits(self.error_records));
+            for (name, count) in &self.errors {
+                let _ = writeln!(out, "  {count:>10}  {name}");
+            }
+        }
+        out
+    }
+
+    /// The full percentile distributions in HdrHistogram's text format, values in ms.
+    pub fn distribution_text(&self) -> String {
+        let mut out = String::new();
+        for (name, h) in [("produce", &self.histograms.produce), ("e2e", &self.histograms.e2e)] {
+            if let Some(h) = h {
+                let _ = writeln!(out, "# {name} latency (ms)");
+                out.push_str(&hgrm(h));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    /// True if the broker answered anything with an error.
+    pub fn had_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+/// HdrHistogram's percentile distribution text (as `outputPercentileDistribution` with a
+/// value scale of ms).
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(DISTRIBUTION_TICKS_PER_HALF) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 { format!("{:>14.2}", 1.0 / (1.0 - q)) } else { String::new() };
+        let _ =
+            writeln!(out, "{:>12.3} {:>14.12} {:>10} {inverse}", v.value_iterated_to() as f64 / NS_PER_MS, q, total);
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        h.mean() / NS_PER_MS,
+        h.stdev() / NS_PER_MS
+    );
+    let _ = writeln!(out, "#[Max     = {:>12.3}, Total count    = {:>12}]", h.max() as f64 / NS_PER_MS, h.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::TopicLayout;
+    use clap::Parser;
+
+    fn report_for(stats: &Stats, argv: &[&str]) -> Report {
+        let args = Args::parse_from(argv);
+        let layout = TopicLayout {
+            topic: "t".into(),
+            leaders: [(0, "127.0.0.1:9092".parse().unwrap()), (1, "127.0.0.1:9092".parse().unwrap())]
+                .into_iter()
+                .collect(),
+        };
+        let machine = Machine { cpus: 2, cpu_model: "test".into(), kernel: "6".into() };
+        Report::new(&args, &layout, machine, 2.0, stats, vec![IntervalLine::new(1.0, false, stats)])
+    }
+
+    fn sample_stats() -> Stats {
+        let mut s = Stats::new();
+        s.produced_records = 1000;
+        s.produced_bytes = 1_000_000;
+        s.produced_batch_bytes = 1_010_000;
+        s.produce_requests = 10;
+        for i in 1..=1000u64 {
+            s.record_produce_latency(i * 1_000); // 1 us .. 1 ms
+        }
+        s.record_error("NOT_LEADER_OR_FOLLOWER", 7);
+        s
+    }
+
+    #[test]
+    fn json_report_carries_throughput_percentiles_errors_and_distribution() {
+        let report = report_for(&sample_stats(), &["wharf-loadgen", "produce", "--acks", "all", "--rate", "500"]);
+        let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
+        assert_eq!(json["mode"], "produce");
+        assert_eq!(json["partitions"], 2);
+        assert_eq!(json["workload"]["acks"], "all");
+        assert_eq!(json["workload"]["load"], "open");
+        assert_eq!(json["workload"]["rate"], 500.0);
+        assert_eq!(json["produce"]["records"], 1000);
+        assert_eq!(json["produce"]["records_per_sec"], 500.0);
+        assert_eq!(json["produce"]["mb_per_sec"], 0.5);
+        let lat = &json["produce_latency"];
+        assert_eq!(lat["count"], 1000);
+        let p50 = lat["p50_ms"].as_f64().unwrap();
+        assert!((0.499..=0.501).contains(&p50), "p50 {p50}");
+        let p99 = lat["p99_ms"].as_f64().unwrap();
+        assert!((0.989..=0.991).contains(&p99), "p99 {p99}");
+        let max = lat["max_ms"].as_f64().unwrap();
+        assert!((0.999..=1.001).contains(&max), "max {max}");
+        let dist = lat["distribution"].as_array().unwrap();
+        assert!(dist.len() > 20);
+        let last = dist.last().unwrap();
+        assert_eq!(last["percentile"], 100.0);
+        let counted: u64 = dist.iter().map(|q| q["count"].as_u64().unwrap()).sum();
+        assert_eq!(counted, 1000, "the distribution accounts for every sample");
+        assert_eq!(json["errors"]["NOT_LEADER_OR_FOLLOWER"], 1);
+        assert_eq!(json["error_records"], 7);
+        assert!(json["e2e_latency"].is_null());
+        assert!(json["consume"].is_null());
+        assert_eq!(json["intervals"][0]["produce_records"], 1000);
+    }
+
+    #[test]
+    fn summary_names_workload_and_errors() {
+        let report = report_for(&sample_stats(), &["wharf-loadgen", "produce", "--record-size", "100"]);
+        let text = report.summary();
+        assert!(text.contains("100 B records"), "{text}");
+        assert!(text.contains("closed loop"), "{text}");
+        assert!(text.contains("NOT_LEADER_OR_FOLLOWER"), "{text}");
+        assert!(text.contains("500"), "{text}");
+    }
+
+    #[test]
+    fn distribution_text_is_hgrm_shaped() {
+        let report = report_for(&sample_stats(), &["wharf-loadgen", "produce"]);
+        let text = report.distribution_text();
+        assert!(text.starts_with("# produce latency (ms)"));
+        assert!(text.contains("1/(1-Percentile)"));
+        assert!(text.contains("Total count    =         1000"));
+        let last_value_line = text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).last();
+        assert!(last_value_line.unwrap().contains("1.000000000000"), "{text}");
+    }
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(0), "0");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(group_digits(1000), "1,000");
+        assert_eq!(group_digits(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,172 @@
+//! Counters and latency histograms. Each core records into its own [`Stats`] (plain fields,
+//! no atomics, no lock); once a second the core hands the interval's `Stats` to the main
+//! thread over a channel and starts a fresh one.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use kafka_protocol::error::ParseResponseErrorCode;
+
+/// Largest latency a histogram holds; larger values are clamped to it (and show as such).
+pub const MAX_LATENCY_NS: u64 = 600 * 1_000_000_000;
+/// Significant decimal digits the histograms keep: values within 0.1%.
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("constant histogram bounds are valid")
+}
+
+/// What happened in one interval (or a whole run) on one core (or all of them).
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Records the broker acknowledged (or, with acks=0, that were written to the socket).
+    pub produced_records: u64,
+    /// Key and value bytes of those records.
+    pub produced_bytes: u64,
+    /// Record-batch bytes of those records, as the broker stores them.
+    pub produced_batch_bytes: u64,
+    pub produce_requests: u64,
+    pub consumed_records: u64,
+    /// Record-batch bytes fetched.
+    pub consumed_bytes: u64,
+    pub fetch_requests: u64,
+    /// Records whose batch the broker refused, that a broken connection lost, or that got
+    /// no answer before the drain timeout.
+    pub error_records: u64,
+    /// Occurrences per error, by name (Kafka error names, or a short description).
+    pub errors: BTreeMap<String, u64>,
+    /// Intended send time to acknowledgement, ns.
+    pub produce_latency: Histogram<u64>,
+    /// Intended send time to the moment a consumer had the record, ns.
+    pub e2e_latency: Histogram<u64>,
+    /// Latest run-clock time at which anything was recorded here, ns.
+    pub last_event_ns: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            produced_records: 0,
+            produced_bytes: 0,
+            produced_batch_bytes: 0,
+            produce_requests: 0,
+            consumed_records: 0,
+            consumed_bytes: 0,
+            fetch_requests: 0,
+            error_records: 0,
+            errors: BTreeMap::new(),
+            produce_latency: new_histogram(),
+            e2e_latency: new_histogram(),
+            last_event_ns: 0,
+        }
+    }
+
+    pub fn record_produce_latency(&mut self, ns: u64) {
+        self.produce_latency.saturating_record(ns.max(1));
+    }
+
+    pub fn record_e2e_latency(&mut self, ns: u64) {
+        self.e2e_latency.saturating_record(ns.max(1));
+    }
+
+    /// Counts one occurrence of `error` that cost `records` records.
+    pub fn record_error(&mut self, error: &str, records: u64) {
+        *self.errors.entry(error.to_string()).or_insert(0) += 1;
+        self.error_records += records;
+    }
+
+    pub fn total_errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn add(&mut self, other: &Stats) {
+        self.produced_records += other.produced_records;
+        self.produced_bytes += other.produced_bytes;
+        self.produced_batch_bytes += other.produced_batch_bytes;
+        self.produce_requests += other.produce_requests;
+        self.consumed_records += other.consumed_records;
+        self.consumed_bytes += other.consumed_bytes;
+        self.fetch_requests += other.fetch_requests;
+        self.error_records += other.error_records;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        // Same bounds on both sides, so adding cannot fail.
+        self.produce_latency.add(&other.produce_latency).expect("histograms share bounds");
+        self.e2e_latency.add(&other.e2e_latency).expect("histograms share bounds");
+        self.last_event_ns = self.last_event_ns.max(other.last_event_ns);
+    }
+}
+
+/// Kafka's name for an error code (`NOT_LEADER_OR_FOLLOWER` style), for counting.
+pub fn kafka_error_name(code: i16) -> String {
+    match code.err() {
+        None => "NONE".to_string(),
+        Some(e) => {
+            let debug = format!("{e:?}");
+            // CamelCase to Kafka's SCREAMING_SNAKE_CASE; unknown codes keep their number.
+            if debug.starts_with("Unknown(") {
+                return format!("UNKNOWN_ERROR_CODE_{code}");
+            }
+            let mut out = String::with_capacity(debug.len() + 8);
+            for (i, c) in debug.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_follow_kafka() {
+        assert_eq!(kafka_error_name(6), "NOT_LEADER_OR_FOLLOWER");
+        assert_eq!(kafka_error_name(3), "UNKNOWN_TOPIC_OR_PARTITION");
+        assert_eq!(kafka_error_name(-1), "UNKNOWN_SERVER_ERROR");
+        assert_eq!(kafka_error_name(9999), "UNKNOWN_ERROR_CODE_9999");
+    }
+
+    #[test]
+    fn adding_stats_adds_counts_errors_and_latencies() {
+        let mut a = Stats::new();
+        a.produced_records = 10;
+        a.record_error("X", 3);
+        a.record_produce_latency(1_000);
+        a.last_event_ns = 5;
+        let mut b = Stats::new();
+        b.produced_records = 5;
+        b.record_error("X", 2);
+        b.record_error("Y", 1);
+        b.record_produce_latency(3_000);
+        b.last_event_ns = 9;
+        a.add(&b);
+        assert_eq!(a.produced_records, 15);
+        assert_eq!(a.errors.get("X"), Some(&2));
+        assert_eq!(a.errors.get("Y"), Some(&1));
+        assert_eq!(a.error_records, 6);
+        assert_eq!(a.total_errors(), 3);
+        assert_eq!(a.produce_latency.len(), 2);
+        assert_eq!(a.last_event_ns, 9);
+    }
+
+    #[test]
+    fn latencies_beyond_the_bound_are_clamped_not_lost() {
+        let mut s = Stats::new();
+        s.record_produce_latency(MAX_LATENCY_NS * 10);
+        assert_eq!(s.produce_latency.len(), 1);
+        assert!(s.produce_latency.max() >= MAX_LATENCY_NS * 999 / 1000);
+    }
+}
