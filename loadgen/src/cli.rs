@@ -15,6 +15,8 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// Most connections one core opens (producers plus consumers).
 pub const MAX_CONNECTIONS_PER_CORE: usize = 1024;
+/// Seconds measured when neither --duration nor --records is given.
+pub const DEFAULT_DURATION_SECS: f64 = 10.0;
 /// Most requests one connection keeps in flight.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
@@ -165,12 +167,12 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<f64>,
 
-    /// Seconds to measure, after the warm-up.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// Seconds to measure, after the warm-up [default: 10, or no limit with --records].
+    #[arg(long)]
+    pub duration: Option<f64>,
 
-    /// Stop after this many records (produced, or consumed in consume mode) instead of
-    /// after --duration.
+    /// Stop after this many records (produced; consumed in consume mode); with --duration
+    /// too, whichever comes first.
     #[arg(long)]
     pub records: Option<u64>,
 
@@ -274,7 +276,11 @@ impl Args {
                 bail!("--rate must be a positive number of records per second");
             }
         }
-        for (name, v) in [("--duration", self.duration), ("--warmup", self.warmup), ("--linger-ms", self.linger_ms)] {
+        for (name, v) in [
+            ("--duration", self.duration.unwrap_or(0.0)),
+            ("--warmup", self.warmup),
+            ("--linger-ms", self.linger_ms),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 bail!("{name} must be a non-negative number");
             }
@@ -299,6 +305,15 @@ impl Args {
             .with_context(|| format!("cannot resolve {}", self.bootstrap))?
             .next()
             .with_context(|| format!("{} resolves to no address", self.bootstrap))
+    }
+
+    /// Seconds to measure: --duration, 10 by default, none for a --records run without it.
+    pub fn measured_duration(&self) -> Option<f64> {
+        match (self.duration, self.records) {
+            (Some(d), _) => Some(d),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_DURATION_SECS),
+        }
     }
 
     /// Total producer connections.

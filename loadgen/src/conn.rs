@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
@@ -45,7 +45,9 @@ pub struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
     rbuf: BytesMut,
-    wbuf: BytesMut,
+    /// Encoded requests; `wbuf[wpos..]` is not yet written to the socket.
+    wbuf: Vec<u8>,
+    wpos: usize,
     next_correlation_id: i32,
     client_id: StrBytes,
     /// Broker's supported versions by API key.
@@ -63,7 +65,8 @@ impl Conn {
             stream,
             peer,
             rbuf: BytesMut::with_capacity(MIN_READ_BYTES * 4),
-            wbuf: BytesMut::with_capacity(64 << 10),
+            wbuf: Vec::with_capacity(64 << 10),
+            wpos: 0,
             next_correlation_id: 1,
             client_id: StrBytes::from_string(client_id.to_string()),
             versions: HashMap::new(),
@@ -109,26 +112,48 @@ impl Conn {
     /// Encodes a request into the write buffer; returns its correlation id. Nothing is sent
     /// until [`Conn::wait`] runs.
     pub fn enqueue<R: Request>(&mut self, version: i16, request: &R) -> anyhow::Result<i32> {
+        let header_version = R::header_version(version);
+        self.enqueue_with(R::KEY, version, header_version, |buf| {
+            request.encode(buf, version)?;
+            Ok(())
+        })
+    }
+
+    /// Frames a request whose body `encode_body` writes straight into the write buffer (for
+    /// the hot path, where the body is encoded by hand). Returns its correlation id.
+    pub fn enqueue_with(
+        &mut self,
+        api_key: i16,
+        version: i16,
+        header_version: i16,
+        encode_body: impl FnOnce(&mut Vec<u8>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<i32> {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
         let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
+        header.request_api_key = api_key;
         header.request_api_version = version;
         header.correlation_id = correlation_id;
         header.client_id = Some(self.client_id.clone());
-        let header_version = R::header_version(version);
-        let size = header.compute_size(header_version)? + request.compute_size(version)?;
-        let size = i32::try_from(size).context("request too large")?;
-        self.wbuf.reserve(4 + size as usize);
-        self.wbuf.put_i32(size);
-        header.encode(&mut self.wbuf, header_version)?;
-        request.encode(&mut self.wbuf, version)?;
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        let start = self.wbuf.len();
+        self.wbuf.extend_from_slice(&[0; 4]);
+        let encoded = header.encode(&mut self.wbuf, header_version).map_err(anyhow::Error::from).and_then(|()| encode_body(&mut self.wbuf));
+        if let Err(e) = encoded {
+            self.wbuf.truncate(start);
+            return Err(e);
+        }
+        let size = i32::try_from(self.wbuf.len() - start - 4).context("request too large")?;
+        self.wbuf[start..start + 4].copy_from_slice(&size.to_be_bytes());
         Ok(correlation_id)
     }
 
     /// Bytes encoded but not yet handed to the socket.
     pub fn unsent_bytes(&self) -> usize {
-        self.wbuf.len()
+        self.wbuf.len() - self.wpos
     }
 
     /// Sends what is pending and reads until a whole response frame is buffered (true) or
@@ -160,10 +185,16 @@ impl Conn {
     }
 
     fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<()>> {
-        while !self.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+        while self.wpos < self.wbuf.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(anyhow!("connection closed while writing"))),
-                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.wpos += n;
+                    if self.wpos == self.wbuf.len() {
+                        self.wbuf.clear();
+                        self.wpos = 0;
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(anyhow!("write: {e}"))),
                 Poll::Pending => break,
             }

@@ -23,9 +23,10 @@ use crate::run::{Shared, Workload};
 use crate::schedule::Clock;
 use crate::stats::{kafka_error_name, Stats};
 
-/// Fetch versions spoken: v4 is the first with RecordBatch v2; v12 the newest before topic
-/// ids.
-const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=12;
+/// Fetch versions spoken: v4 is the first with RecordBatch v2; v11 is the newest before
+/// flexible versions (v12) and what librdkafka 2.x sends. Staying below v12 also keeps a
+/// broker's stray tagged fields from making its answers undecodable here.
+const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=11;
 /// Largest batch a consumer accepts.
 const MAX_FETCHED_BATCH_BYTES: usize = 64 << 20;
 
@@ -37,6 +38,8 @@ pub struct Consumer {
     clock: Clock,
     topic: TopicName,
     offsets: BTreeMap<i32, i64>,
+    /// When records last arrived (run clock), for the --records idle limit.
+    last_progress_ns: u64,
     stats: Rc<RefCell<Stats>>,
 }
 
@@ -62,6 +65,7 @@ impl Consumer {
             version,
             topic: topic_name(&workload.topic),
             offsets,
+            last_progress_ns: 0,
             workload,
             shared,
             clock,
@@ -69,9 +73,13 @@ impl Consumer {
         })
     }
 
-    fn finished(&self, now: u64) -> bool {
+    /// Whether to stop, counting as errors what did not arrive in time.
+    fn finished(&mut self, now: u64) -> bool {
         let w = &self.workload;
-        if now >= w.stop_ns + w.drain_ns {
+        let produced = self.shared.produced.load(Ordering::Relaxed);
+        let consumed = self.shared.consumed.load(Ordering::Relaxed);
+        if now >= w.stop_ns.saturating_add(w.drain_ns) {
+            self.report_missing(produced, consumed);
             return true;
         }
         match (w.run_id, w.consume_target) {
@@ -79,16 +87,36 @@ impl Consumer {
             (Some(_), _) => {
                 now >= w.stop_ns
                     && self.shared.producers_done.load(Ordering::Acquire) == w.total_producers
-                    && self.shared.consumed.load(Ordering::Relaxed) >= self.shared.produced.load(Ordering::Relaxed)
+                    && consumed >= produced
             }
-            (None, Some(target)) => self.shared.consumed.load(Ordering::Relaxed) >= target,
+            (None, Some(target)) => {
+                if consumed >= target {
+                    return true;
+                }
+                if now.saturating_sub(self.last_progress_ns) >= w.drain_ns {
+                    self.stats.borrow_mut().record_error("NO_NEW_RECORDS_WITHIN_DRAIN_TIMEOUT", 0);
+                    return true;
+                }
+                now >= w.stop_ns
+            }
             (None, None) => now >= w.stop_ns,
+        }
+    }
+
+    /// e2e: records acknowledged to producers but never seen by a consumer are lost records.
+    fn report_missing(&self, produced: u64, consumed: u64) {
+        if self.workload.run_id.is_some()
+            && consumed < produced
+            && !self.shared.missing_reported.swap(true, Ordering::AcqRel)
+        {
+            self.stats.borrow_mut().record_error("ACKED_BUT_NOT_CONSUMED_BEFORE_DRAIN_TIMEOUT", produced - consumed);
         }
     }
 
     /// Consumes with the run's timing in `workload` until the stop time, the record target,
     /// or (e2e) until every acknowledged record is in.
     pub async fn run_with(mut self, workload: Rc<Workload>) {
+        self.last_progress_ns = workload.start_ns;
         self.workload = workload;
         self.run().await
     }
@@ -104,6 +132,14 @@ impl Consumer {
             let frame = loop {
                 match self.conn.wait(Some(self.clock.instant(hard_stop_ns))).await {
                     Err(e) => return self.fail(&format!("connection to {}: {e:#}", self.conn.peer())),
+                    Ok(false) if self.workload.run_id.is_some() => {
+                        // A long poll cut short by the drain timeout: what matters is which
+                        // records never arrived.
+                        let shared = &self.shared;
+                        let (produced, consumed) =
+                            (shared.produced.load(Ordering::Relaxed), shared.consumed.load(Ordering::Relaxed));
+                        return self.report_missing(produced, consumed);
+                    }
                     Ok(false) => return self.fail("NO_ANSWER_BEFORE_DRAIN_TIMEOUT"),
                     Ok(true) => {}
                 }
@@ -131,11 +167,9 @@ impl Consumer {
                         }
                     }
                 }
-                Err(_) => self.stats.borrow_mut().record_error("UNDECODABLE_FETCH_RESPONSE", 0),
+                Err(e) => self.stats.borrow_mut().record_error(&format!("UNDECODABLE_FETCH_RESPONSE ({e:#})"), 0),
             }
-            let mut stats = self.stats.borrow_mut();
-            stats.fetch_requests += 1;
-            stats.last_event_ns = stats.last_event_ns.max(now);
+            self.stats.borrow_mut().fetch_requests += 1;
         }
     }
 
@@ -226,6 +260,11 @@ impl Consumer {
         stats.consumed_bytes += bytes;
         drop(stats);
         self.offsets.insert(partition, next);
+        if counted > 0 {
+            self.last_progress_ns = now;
+            let mut stats = self.stats.borrow_mut();
+            stats.last_event_ns = stats.last_event_ns.max(now);
+        }
         let progress = if self.workload.run_id.is_some() { stamped } else { counted };
         self.shared.consumed.fetch_add(progress, Ordering::Relaxed);
     }

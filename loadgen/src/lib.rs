@@ -17,6 +17,7 @@ pub mod consumer;
 pub mod keys;
 pub mod payload;
 pub mod plot;
+pub mod produce_request;
 pub mod producer;
 pub mod report;
 pub mod run;

@@ -12,7 +12,7 @@ use rand::{Rng, RngCore, SeedableRng};
 /// origin (u64), both big-endian.
 pub const STAMP_BYTES: usize = 16;
 /// Size of the random pool values are cut from.
-pub const POOL_BYTES: usize = 1 << 20;
+pub const POOL_BYTES: usize = 64 << 10;
 
 /// Value size: fixed, or uniform in `min..=max`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]

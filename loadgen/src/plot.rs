@@ -53,8 +53,8 @@ pub fn write_plot(report: &Report, path: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE)?;
     let w = &report.workload;
     let caption = format!(
-        "{:?} latency by percentile: {} records, acks {}, {} loop{}",
-        report.mode,
+        "{} latency by percentile: {} records, acks {}, {} loop{}",
+        format!("{:?}", report.mode).to_lowercase(),
         w.record_size,
         w.acks,
         w.load,
@@ -62,7 +62,7 @@ pub fn write_plot(report: &Report, path: &Path) -> anyhow::Result<()> {
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
-        .margin(20)
+        .margin(20).margin_right(50)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..MAX_NINES, 0.0..y_max.max(0.001))?;

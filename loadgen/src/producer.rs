@@ -16,12 +16,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
+use kafka_protocol::protocol::HeaderVersion;
 use wharf_protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES, CRC_COVERED_FROM, LOG_OVERHEAD_BYTES};
 
 use crate::cli::CompressionArg;
 use crate::conn::{decode_response, Conn, Frame};
+use crate::produce_request::{put_partition_head, put_produce_head, PRODUCE_VERSIONS};
 use crate::keys::{key_bytes, partition_for_key, KeySampler, KEY_BYTES};
 use crate::payload::{write_stamp, Payloads};
 use crate::run::{Shared, Workload};
@@ -32,9 +33,6 @@ use crate::stats::{kafka_error_name, Stats};
 /// `buffer.memory` default). Open-loop records that wait for room keep their intended send
 /// time, so the wait shows in their latency.
 pub const MAX_BUFFERED_BYTES: usize = 32 << 20;
-/// Produce versions spoken: v3 is the first with RecordBatch v2; v9 is the newest before
-/// topic ids.
-const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=9;
 /// Per-record overhead estimate (length, attributes, deltas, lengths, header count).
 const RECORD_OVERHEAD_BYTES: usize = 16;
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
@@ -82,6 +80,8 @@ pub struct Producer {
     buffered_records: u64,
     in_flight: VecDeque<InFlight>,
     spare_intended: Vec<Vec<u64>>,
+    spare_builders: Vec<BatchBuilder>,
+    ready: Vec<(usize, OpenBatch)>,
     stats: Rc<RefCell<Stats>>,
 }
 
@@ -119,6 +119,8 @@ impl Producer {
             buffered_records: 0,
             in_flight: VecDeque::with_capacity(workload.in_flight),
             spare_intended: Vec::new(),
+            spare_builders: Vec::new(),
+            ready: Vec::new(),
             workload,
             shared,
             clock,
@@ -270,7 +272,7 @@ impl Producer {
             let mut intended = self.spare_intended.pop().unwrap_or_default();
             intended.clear();
             queue.push_back(OpenBatch {
-                builder: BatchBuilder::new(),
+                builder: self.spare_builders.pop().unwrap_or_default(),
                 records: 0,
                 payload_bytes: 0,
                 first_intended_ns: intended_ns,
@@ -292,48 +294,70 @@ impl Producer {
     /// if no batch is ready.
     fn send_ready(&mut self, now: u64, flush: bool) -> anyhow::Result<bool> {
         let linger_ns = self.workload.linger_ns;
-        let mut partition_data = Vec::new();
-        let mut sent = Vec::new();
+        let mut ready = std::mem::take(&mut self.ready);
         for (slot, queue) in self.queues.iter_mut().enumerate() {
-            let ready = match queue.front() {
+            let is_ready = match queue.front() {
                 None => false,
                 Some(b) => b.full || flush || queue.len() > 1 || now >= b.first_intended_ns.saturating_add(linger_ns),
             };
-            if !ready {
+            if !is_ready {
                 continue;
             }
             let b = queue.pop_front().expect("front exists");
-            let bytes = encode_batch(&b.builder, self.workload.compression)?;
             self.buffered_bytes -= (b.payload_bytes as usize) + RECORD_OVERHEAD_BYTES * b.records as usize;
             self.buffered_records -= b.records;
             if self.sticky == slot && !b.full {
                 // Kafka's sticky partitioner moves on once a batch is sent.
                 self.sticky = (slot + 1) % self.partitions.len();
             }
-            let mut data = PartitionProduceData::default();
-            data.index = self.partitions[slot];
-            sent.push(SentBatch {
-                partition: data.index,
-                records: b.records,
-                payload_bytes: b.payload_bytes,
-                batch_bytes: bytes.len() as u64,
-                intended: b.intended,
-            });
-            data.records = Some(bytes);
-            partition_data.push(data);
+            ready.push((slot, b));
         }
-        if sent.is_empty() {
+        if ready.is_empty() {
+            self.ready = ready;
             return Ok(false);
         }
-        let mut topic = TopicProduceData::default();
-        topic.name = self.topic.clone();
-        topic.partition_data = partition_data;
-        let mut request = ProduceRequest::default();
-        request.acks = self.workload.acks.wire();
-        request.timeout_ms = self.workload.request_timeout_ms;
-        request.topic_data = vec![topic];
-        let correlation_id = self.conn.enqueue(self.version, &request)?;
-        self.in_flight.push_back(InFlight { correlation_id, expects_response: request.acks != 0, batches: sent });
+        let compressed = match self.workload.compression {
+            CompressionArg::None => Vec::new(),
+            c => ready.iter().map(|(_, b)| encode_batch(&b.builder, c)).collect::<anyhow::Result<Vec<Bytes>>>()?,
+        };
+        let (partitions, w) = (&self.partitions, &self.workload);
+        let acks = w.acks.wire();
+        let correlation_id = self.conn.enqueue_with(
+            ApiKey::Produce as i16,
+            self.version,
+            ProduceRequest::header_version(self.version),
+            |buf| {
+                put_produce_head(buf, self.version, acks, w.request_timeout_ms, &w.topic, ready.len())?;
+                for (i, (slot, b)) in ready.iter().enumerate() {
+                    match compressed.get(i) {
+                        Some(bytes) => {
+                            put_partition_head(buf, partitions[*slot], bytes.len())?;
+                            buf.extend_from_slice(bytes);
+                        }
+                        None => {
+                            put_partition_head(buf, partitions[*slot], b.builder.encoded_len())?;
+                            b.builder.encode_into(buf);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let mut sent = Vec::with_capacity(ready.len());
+        for (i, (slot, mut b)) in ready.drain(..).enumerate() {
+            let batch_bytes = compressed.get(i).map(|c| c.len()).unwrap_or_else(|| b.builder.encoded_len());
+            sent.push(SentBatch {
+                partition: self.partitions[slot],
+                records: b.records,
+                payload_bytes: b.payload_bytes,
+                batch_bytes: batch_bytes as u64,
+                intended: b.intended,
+            });
+            b.builder.clear();
+            self.spare_builders.push(b.builder);
+        }
+        self.ready = ready;
+        self.in_flight.push_back(InFlight { correlation_id, expects_response: acks != 0, batches: sent });
         Ok(true)
     }
 
@@ -360,6 +384,7 @@ impl Producer {
                     .map(|p| p.error_code),
             };
             match (code, &response) {
+                (None, Err(e)) => stats.record_error(&format!("UNDECODABLE_PRODUCE_RESPONSE ({e:#})"), batch.records),
                 (Some(0), _) => {
                     for t in &batch.intended {
                         stats.record_produce_latency(now.saturating_sub(*t));
@@ -370,7 +395,6 @@ impl Producer {
                     acked += batch.records;
                 }
                 (Some(code), _) => stats.record_error(&kafka_error_name(code), batch.records),
-                (None, Err(_)) => stats.record_error("UNDECODABLE_PRODUCE_RESPONSE", batch.records),
                 (None, Ok(_)) => stats.record_error("PARTITION_MISSING_FROM_PRODUCE_RESPONSE", batch.records),
             }
             self.spare_intended.push(batch.intended);
@@ -465,6 +489,17 @@ mod tests {
             b.push(Some(&[i; 4]), Some(&[i; 100]), &[], 1_700_000_000_000 + i as i64);
         }
         b
+    }
+
+    #[test]
+    fn a_reused_builder_encodes_like_a_fresh_one() {
+        let mut reused = sample_builder();
+        reused.clear();
+        let mut fresh = BatchBuilder::new();
+        for b in [&mut reused, &mut fresh] {
+            b.push(None, Some(b"second batch"), &[], 42);
+        }
+        assert_eq!(reused.build(), fresh.build());
     }
 
     #[test]

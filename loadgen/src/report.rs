@@ -279,7 +279,7 @@ impl Report {
                 load: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
                 rate: args.rate,
                 warmup_s: args.warmup,
-                duration_s: args.records.is_none().then_some(args.duration),
+                duration_s: args.measured_duration(),
                 records: args.records,
                 from: format!("{:?}", args.from).to_lowercase(),
             },

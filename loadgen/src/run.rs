@@ -79,6 +79,8 @@ pub struct Shared {
     pub consumed: AtomicU64,
     /// Producers that have finished.
     pub producers_done: AtomicUsize,
+    /// Set by the first consumer that reports e2e records missing at the drain timeout.
+    pub missing_reported: std::sync::atomic::AtomicBool,
 }
 
 enum CoreMsg {
@@ -244,7 +246,10 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let start_ns = clock.now_ns() + START_DELAY.as_nanos() as u64;
     let warmup_ns = (args.warmup * 1e9) as u64;
     let warmup_end_ns = start_ns + warmup_ns;
-    let stop_ns = if args.records.is_some() { NO_STOP_NS } else { warmup_end_ns + (args.duration * 1e9) as u64 };
+    let stop_ns = match args.measured_duration() {
+        Some(d) => warmup_end_ns + (d * 1e9) as u64,
+        None => NO_STOP_NS,
+    };
     for go in &go_senders {
         let _ = go.send(Timing { start_ns, warmup_end_ns, stop_ns });
     }
@@ -304,6 +309,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             total.add(stats);
         }
     }
+    // The measured time ends at the stop time, or later if acknowledgements came after it;
+    // a --records run ends with its last acknowledgement.
     let measured_end_ns = if args.records.is_some() { total.last_event_ns } else { stop_ns.max(total.last_event_ns) };
     let measured_secs = measured_end_ns.saturating_sub(warmup_end_ns) as f64 / 1e9;
     Ok(Report::new(args, &layout, machine_description(), measured_secs, &total, lines))

@@ -714,6 +714,15 @@ impl BatchBuilder {
         self.records_count
     }
 
+    /// Empties the builder for the next batch, keeping its attributes, producer fields and
+    /// buffer capacity (so a load generator builds batch after batch without allocating).
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.records_count = 0;
+        self.base_timestamp = NO_TIMESTAMP;
+        self.max_timestamp = NO_TIMESTAMP;
+    }
+
     /// Appends one record. The first record's timestamp becomes the batch's base timestamp.
     pub fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&[u8], Option<&[u8]>)], timestamp_ms: i64) {
         if self.records_count == 0 {
