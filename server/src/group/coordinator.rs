@@ -530,6 +530,24 @@ impl GroupCoordinator {
         }
     }
 
+    /// Rebuild the groups of one `__consumer_offsets` partition from its records, in log
+    /// order; the loaded members must heartbeat within their session timeout from now.
+    pub fn load(&mut self, records: impl IntoIterator<Item = OffsetsRecord>, now_ms: i64) {
+        let mut touched = std::collections::HashSet::new();
+        for record in records {
+            touched.insert(record.group().to_owned());
+            self.replay(record, now_ms);
+        }
+        for id in touched {
+            if let Some(g) = self.groups.get_mut(&id) {
+                for m in g.members.values_mut() {
+                    m.heartbeat_deadline_ms = Some(now_ms + m.session_timeout_ms as i64);
+                }
+                g.subscribed_topics = g.compute_subscribed_topics();
+            }
+        }
+    }
+
     /// After replay: loaded members must heartbeat within their session timeout from now.
     pub fn finish_load(&mut self, now_ms: i64) {
         for g in self.groups.values_mut() {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod classic;
 pub mod config;
 pub mod coordinator;
+pub mod driver;
 pub mod member;
 
 #[cfg(test)]

@@ -1,0 +1,413 @@
+//! Runs the group coordinator on a shard: routes a group to the shard owning its
+//! `__consumer_offsets` partition, loads that partition into the coordinator on first use
+//! (so a restart brings groups and offsets back), appends the coordinator's records to it,
+//! hands parked JoinGroup/SyncGroup answers back to their requests, and lets time pass.
+//!
+//! Each shard has its own coordinator (a shard is one thread, so it lives in a
+//! thread-local); it only ever holds the groups of the offsets partitions that shard owns.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use wharf_engine::{Durability, EngineError, Offset};
+use wharf_protocol::batch::{batches, records, BatchBuilder, BatchHeader};
+use wharf_protocol::offsets_topic::{partition_for_group, OffsetsRecord};
+
+use super::api::*;
+use super::config::GroupConfig;
+use super::coordinator::GroupCoordinator;
+use crate::metadata::controller::ensure_offsets_topic;
+use crate::metadata::{PartitionId, TopicMeta, TopicPartition, LEADER_EPOCH, OFFSETS_TOPIC};
+use crate::shard::{oneshot, Shard, ShardId};
+
+/// How often the coordinator is told that time passed (session and rebalance deadlines are
+/// met within this).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes read per step while loading an offsets partition.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// Wall-clock milliseconds: commit timestamps are wall-clock in Kafka's format, and
+/// deadlines are measured on the same clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The group settings of this broker.
+pub fn group_config(shard: &Shard) -> GroupConfig {
+    let mut config = shard.config.group.clone();
+    config.offsets_topic_num_partitions = shard.config.offsets_topic_num_partitions.max(1) as u32;
+    config
+}
+
+enum Waiter {
+    Join(oneshot::Sender<JoinResponse>),
+    Sync(oneshot::Sender<SyncResponse>),
+}
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum LoadState {
+    Loading,
+    Loaded,
+}
+
+/// Where a group is coordinated.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub topic: TopicMeta,
+    /// The group's `__consumer_offsets` partition.
+    pub partition: i32,
+    pub owner: ShardId,
+}
+
+impl Placement {
+    pub fn tp(&self) -> TopicPartition {
+        TopicPartition { topic_id: self.topic.id, partition: PartitionId(self.partition) }
+    }
+}
+
+/// One shard's group coordinator and the requests parked in it.
+pub struct GroupShard {
+    coordinator: RefCell<GroupCoordinator>,
+    waiters: RefCell<HashMap<Token, Waiter>>,
+    next_token: Cell<Token>,
+    /// Offsets partitions (by index) loaded into the coordinator, or being loaded.
+    partitions: RefCell<HashMap<i32, LoadState>>,
+}
+
+thread_local! {
+    static GROUP_SHARD: RefCell<Option<Rc<GroupShard>>> = const { RefCell::new(None) };
+}
+
+impl GroupShard {
+    /// This shard's coordinator, created (with its ticker) on first use.
+    pub fn of(shard: &Rc<Shard>) -> Rc<GroupShard> {
+        if let Some(g) = GROUP_SHARD.with(|slot| slot.borrow().clone()) {
+            return g;
+        }
+        let seed = (now_ms() as u64) ^ ((shard.id.0 as u64) << 48) ^ crate::metadata::random_u128() as u64;
+        let g = Rc::new(GroupShard {
+            coordinator: RefCell::new(GroupCoordinator::new(group_config(shard), seed)),
+            waiters: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            partitions: RefCell::new(HashMap::new()),
+        });
+        GROUP_SHARD.with(|slot| *slot.borrow_mut() = Some(g.clone()));
+        glommio::spawn_local(ticker(shard.clone(), g.clone())).detach();
+        g
+    }
+
+    fn token(&self) -> Token {
+        let t = self.next_token.get();
+        self.next_token.set(t + 1);
+        t
+    }
+
+    /// Loads the groups of an offsets partition on first use. Requests for it while it
+    /// loads get COORDINATOR_LOAD_IN_PROGRESS, which every client retries.
+    pub async fn ensure_loaded(self: &Rc<Self>, shard: &Rc<Shard>, tp: TopicPartition) -> Result<(), ResponseError> {
+        match self.partitions.borrow().get(&tp.partition.0) {
+            Some(LoadState::Loaded) => return Ok(()),
+            Some(LoadState::Loading) => return Err(ResponseError::CoordinatorLoadInProgress),
+            None => {}
+        }
+        self.partitions.borrow_mut().insert(tp.partition.0, LoadState::Loading);
+        let result = self.load(shard, tp).await;
+        match result {
+            Ok(count) => {
+                tracing::debug!(partition = tp.partition.0, records = count, "loaded consumer groups");
+                self.partitions.borrow_mut().insert(tp.partition.0, LoadState::Loaded);
+                Ok(())
+            }
+            Err(e) => {
+                self.partitions.borrow_mut().remove(&tp.partition.0);
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(self: &Rc<Self>, shard: &Rc<Shard>, tp: TopicPartition) -> Result<usize, ResponseError> {
+        let Some(handle) = shard.partitions.get(tp) else {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        };
+        let end = handle.log.log_end_offset().0;
+        let mut next = handle.log.log_start_offset().0;
+        let mut count = 0;
+        while next < end {
+            let bytes = handle.log.read(Offset(next), LOAD_READ_BYTES).await.map_err(|e| {
+                tracing::error!(partition = tp.partition.0, "cannot read {OFFSETS_TOPIC}: {e}");
+                ResponseError::CoordinatorNotAvailable
+            })?;
+            let mut loaded = Vec::new();
+            let before = next;
+            for (_, batch) in batches(&bytes) {
+                let Some(header) = BatchHeader::view(batch) else { break };
+                let base = header.base_offset();
+                let last = base + header.last_offset_delta() as i64;
+                if last < next {
+                    continue;
+                }
+                next = last + 1;
+                if header.is_control() {
+                    continue;
+                }
+                let iter = match records(batch) {
+                    Ok(iter) => iter,
+                    Err(e) => {
+                        tracing::warn!(partition = tp.partition.0, offset = base, "skipping unreadable batch: {e}");
+                        continue;
+                    }
+                };
+                for record in iter {
+                    let record = match record {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(partition = tp.partition.0, offset = base, "skipping bad record: {e}");
+                            break;
+                        }
+                    };
+                    let Some(key) = record.key else { continue };
+                    match OffsetsRecord::decode(key, record.value) {
+                        Ok(r) => loaded.push(r),
+                        Err(e) => tracing::warn!(partition = tp.partition.0, offset = base, "skipping record: {e}"),
+                    }
+                }
+            }
+            count += loaded.len();
+            self.coordinator.borrow_mut().load(loaded, now_ms());
+            if next == before {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Append the records, then deliver the answers. Appends start in the order the
+    /// coordinator produced them (spawned before any await), so the log keeps that order.
+    async fn process(self: &Rc<Self>, shard: &Rc<Shard>, fx: Effects) {
+        if !fx.records.is_empty() {
+            for append in start_appends(shard, fx.records) {
+                if let Err(e) = append.await {
+                    tracing::error!("cannot append group state to {OFFSETS_TOPIC}: {e:?}");
+                }
+            }
+        }
+        self.deliver(fx.replies);
+    }
+
+    fn deliver(&self, replies: Vec<Reply>) {
+        for reply in replies {
+            let (token, waiter) = match &reply {
+                Reply::Join(t, _) | Reply::Sync(t, _) => (*t, self.waiters.borrow_mut().remove(t)),
+            };
+            match (waiter, reply) {
+                (Some(Waiter::Join(tx)), Reply::Join(_, r)) => tx.send(r),
+                (Some(Waiter::Sync(tx)), Reply::Sync(_, r)) => tx.send(r),
+                _ => tracing::debug!(token, "answer for a request that is gone"),
+            }
+        }
+    }
+
+    pub async fn join(self: &Rc<Self>, shard: &Rc<Shard>, req: JoinRequest) -> JoinResponse {
+        let member_id = req.member_id.clone();
+        let token = self.token();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(token, Waiter::Join(tx));
+        let fx = self.coordinator.borrow_mut().join_group(now_ms(), token, req);
+        self.process(shard, fx).await;
+        rx.await.unwrap_or_else(|| JoinResponse::error(&member_id, ResponseError::CoordinatorNotAvailable))
+    }
+
+    pub async fn sync(self: &Rc<Self>, shard: &Rc<Shard>, req: SyncRequest) -> SyncResponse {
+        let token = self.token();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(token, Waiter::Sync(tx));
+        let fx = self.coordinator.borrow_mut().sync_group(now_ms(), token, req);
+        self.process(shard, fx).await;
+        rx.await.unwrap_or_else(|| SyncResponse::error(ResponseError::CoordinatorNotAvailable))
+    }
+
+    pub async fn heartbeat(self: &Rc<Self>, shard: &Rc<Shard>, req: HeartbeatRequest) -> ErrorCode {
+        let (error, fx) = self.coordinator.borrow_mut().heartbeat(now_ms(), req);
+        self.process(shard, fx).await;
+        error
+    }
+
+    pub async fn leave(self: &Rc<Self>, shard: &Rc<Shard>, group_id: String, members: Vec<LeavingMember>) -> LeaveResponse {
+        let (response, fx) = self.coordinator.borrow_mut().leave_group(now_ms(), &group_id, members);
+        self.process(shard, fx).await;
+        response
+    }
+
+    /// Validate, append, and only then store: a commit is answered once it is in the log.
+    pub async fn commit(self: &Rc<Self>, shard: &Rc<Shard>, req: CommitRequest) -> Vec<ErrorCode> {
+        let plan = self.coordinator.borrow_mut().plan_commit(now_ms(), &req);
+        if plan.records.is_empty() {
+            return plan.errors;
+        }
+        let mut failure = None;
+        for append in start_appends(shard, plan.records) {
+            if let Err(e) = append.await {
+                failure = Some(e);
+            }
+        }
+        match failure {
+            None => {
+                self.coordinator.borrow_mut().apply_commit(&req.group_id, plan.accepted, now_ms());
+                plan.errors
+            }
+            Some(error) => plan.errors.into_iter().map(|e| e.or(Some(error))).collect(),
+        }
+    }
+
+    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+        self.coordinator.borrow().fetch_offsets(group_id, topics)
+    }
+
+    pub fn describe(&self, group_id: &str) -> GroupDescription {
+        self.coordinator.borrow().describe_group(group_id)
+    }
+
+    pub async fn delete_group(self: &Rc<Self>, shard: &Rc<Shard>, group_id: String) -> ErrorCode {
+        let (mut results, fx) = self.coordinator.borrow_mut().delete_groups(&[group_id]);
+        self.process(shard, fx).await;
+        results.pop().and_then(|(_, e)| e)
+    }
+
+    pub async fn delete_offsets(self: &Rc<Self>, shard: &Rc<Shard>, group_id: String, partitions: Vec<(String, i32)>) -> (ErrorCode, Vec<ErrorCode>) {
+        let (error, per_partition, fx) = self.coordinator.borrow_mut().delete_offsets(now_ms(), &group_id, &partitions);
+        self.process(shard, fx).await;
+        (error, per_partition)
+    }
+
+    /// The groups of every offsets partition this shard owns (loading them first).
+    pub async fn list(self: &Rc<Self>, shard: &Rc<Shard>, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, ResponseError> {
+        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
+            return Ok(Vec::new());
+        };
+        let mut error = None;
+        for p in topic.partitions() {
+            let tp = TopicPartition { topic_id: topic.id, partition: p };
+            if shard.is_local(tp) {
+                if let Err(e) = self.ensure_loaded(shard, tp).await {
+                    error = Some(e);
+                }
+            }
+        }
+        let groups = self.coordinator.borrow().list_groups(&states, &types);
+        match error {
+            Some(e) if groups.is_empty() => Err(e),
+            _ => Ok(groups),
+        }
+    }
+}
+
+/// Starts one append per offsets partition the records touch, in order.
+fn start_appends(shard: &Rc<Shard>, records: Vec<OffsetsRecord>) -> Vec<glommio::Task<Result<(), ResponseError>>> {
+    let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
+        return vec![glommio::spawn_local(async { Err(ResponseError::CoordinatorNotAvailable) })];
+    };
+    let partitions = topic.partition_count.max(1) as u32;
+    let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
+    for r in records {
+        by_partition.entry(partition_for_group(r.group(), partitions)).or_default().push(r);
+    }
+    let timestamp_ms = now_ms();
+    by_partition
+        .into_iter()
+        .map(|(p, records)| {
+            let mut builder = BatchBuilder::new();
+            for r in &records {
+                let (key, value) = r.encode();
+                builder.push(Some(&key), value.as_deref(), &[], timestamp_ms);
+            }
+            let batch = Bytes::from(builder.build());
+            let handle = shard.partitions.get(TopicPartition { topic_id: topic.id, partition: PartitionId(p) });
+            glommio::spawn_local(async move {
+                let handle = handle.ok_or(ResponseError::NotCoordinator)?;
+                match handle.log.append(batch, LEADER_EPOCH.0, Durability::Written).await {
+                    Ok(_) => {
+                        handle.appended.notify_all();
+                        Ok(())
+                    }
+                    Err(e) => Err(append_error(&e)),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Kafka's mapping of a failed offsets-topic append to the coordinator's answer.
+fn append_error(error: &EngineError) -> ResponseError {
+    match error {
+        EngineError::MessageTooLarge { .. } => ResponseError::InvalidCommitOffsetSize,
+        EngineError::Storage { .. } | EngineError::Io { .. } => ResponseError::NotCoordinator,
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+async fn ticker(shard: Rc<Shard>, groups: Rc<GroupShard>) {
+    while !shard.shutdown.is_set() {
+        glommio::timer::sleep(TICK_INTERVAL).await;
+        let fx = groups.coordinator.borrow_mut().tick(now_ms());
+        if !fx.is_empty() {
+            groups.process(&shard, fx).await;
+        }
+    }
+}
+
+/// Where `group_id` is coordinated; creates `__consumer_offsets` on first use.
+pub async fn placement(shard: &Rc<Shard>, group_id: &str) -> Result<Placement, ResponseError> {
+    let topic = ensure_offsets_topic(shard).await.map_err(|e| {
+        tracing::warn!("cannot create {OFFSETS_TOPIC}: {e}");
+        ResponseError::CoordinatorNotAvailable
+    })?;
+    let partition = partition_for_group(group_id, topic.partition_count.max(1) as u32);
+    let owner = shard.owner_of(TopicPartition { topic_id: topic.id, partition: PartitionId(partition) });
+    Ok(Placement { topic, partition, owner })
+}
+
+/// Runs `op` with the coordinator of `group_id`, on the shard that owns the group's
+/// offsets partition, once that partition is loaded.
+pub async fn with_group<F, Fut, R>(shard: &Rc<Shard>, group_id: &str, op: F) -> Result<R, ResponseError>
+where
+    F: FnOnce(Rc<Shard>, Rc<GroupShard>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    let placement = placement(shard, group_id).await?;
+    let tp = placement.tp();
+    shard
+        .invoke_on(placement.owner, move |s| async move {
+            let groups = GroupShard::of(&s);
+            groups.ensure_loaded(&s, tp).await?;
+            Ok(op(s, groups).await)
+        })
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+}
+
+/// Every group on every shard.
+pub async fn list_all(shard: &Rc<Shard>, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, ResponseError> {
+    ensure_offsets_topic(shard).await.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    let results = shard
+        .invoke_on_all(move |s| async move {
+            let groups = GroupShard::of(&s);
+            groups.list(&s, states, types).await
+        })
+        .await;
+    let mut all = Vec::new();
+    for r in results {
+        match r {
+            Ok(Ok(groups)) => all.extend(groups),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+    all.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    Ok(all)
+}

@@ -1,0 +1,114 @@
+//! OffsetFetch: committed offsets, with the metadata as committed; one group (v0–v7) or
+//! several (v8+, KIP-709). A partition with no commit gets offset -1.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse};
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::group::driver::with_group;
+use crate::group::CommittedOffset;
+
+/// Groups one v8+ request may name.
+const MAX_GROUPS_PER_REQUEST: usize = 1_000;
+
+type Fetched = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
+async fn fetch(ctx: &Rc<RequestContext>, group_id: String, topics: Option<Vec<(String, Vec<i32>)>>) -> Result<Fetched, ResponseError> {
+    let gid = group_id.clone();
+    with_group(&ctx.shard, &group_id, move |_s, g| async move { g.fetch_offsets(&gid, topics.as_deref()) }).await
+}
+
+/// The asked partitions with no answer, for a group that failed as a whole.
+fn unanswered(topics: &Option<Vec<(String, Vec<i32>)>>) -> Fetched {
+    topics.iter().flatten().map(|(t, ps)| (t.clone(), ps.iter().map(|p| (*p, None)).collect())).collect()
+}
+
+pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    let request: OffsetFetchRequest = ctx.decode(ApiKey::OffsetFetch, &mut body)?;
+    let v = ctx.api_version;
+    let mut out = OffsetFetchResponse::default();
+    if v >= 8 {
+        for group in request.groups.into_iter().take(MAX_GROUPS_PER_REQUEST) {
+            let topics = group.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect::<Vec<_>>());
+            let (error, fetched) = match fetch(&ctx, group.group_id.0.to_string(), topics.clone()).await {
+                Ok(f) => (None, f),
+                Err(e) => (Some(e), unanswered(&topics)),
+            };
+            let mut g = OffsetFetchResponseGroup::default();
+            g.group_id = group.group_id;
+            g.error_code = error.map_or(0, |e| e.code());
+            g.topics = fetched
+                .into_iter()
+                .map(|(name, parts)| {
+                    let mut t = OffsetFetchResponseTopics::default();
+                    t.name = topic_name(&name);
+                    t.partitions = parts
+                        .into_iter()
+                        .map(|(p, c)| {
+                            let mut r = OffsetFetchResponsePartitions::default();
+                            r.partition_index = p;
+                            fill(&c, &mut r.committed_offset, &mut r.committed_leader_epoch, &mut r.metadata);
+                            r
+                        })
+                        .collect();
+                    t
+                })
+                .collect();
+            out.groups.push(g);
+        }
+        return ctx.respond(ApiKey::OffsetFetch, &out);
+    }
+    let GroupId(group_id) = request.group_id;
+    let topics = request.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect::<Vec<_>>());
+    let (error, fetched) = match fetch(&ctx, group_id.to_string(), topics.clone()).await {
+        Ok(f) => (None, f),
+        Err(e) => (Some(e), unanswered(&topics)),
+    };
+    if v >= 2 {
+        out.error_code = error.map_or(0, |e| e.code());
+    }
+    out.topics = fetched
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut t = OffsetFetchResponseTopic::default();
+            t.name = topic_name(&name);
+            t.partitions = parts
+                .into_iter()
+                .map(|(p, c)| {
+                    let mut r = OffsetFetchResponsePartition::default();
+                    r.partition_index = p;
+                    fill(&c, &mut r.committed_offset, &mut r.committed_leader_epoch, &mut r.metadata);
+                    // Before v2 there is no group-level error: each partition carries it.
+                    if v < 2 {
+                        r.error_code = error.map_or(0, |e| e.code());
+                    }
+                    r
+                })
+                .collect();
+            t
+        })
+        .collect();
+    ctx.respond(ApiKey::OffsetFetch, &out)
+}
+
+fn fill(c: &Option<CommittedOffset>, offset: &mut i64, epoch: &mut i32, metadata: &mut Option<kafka_protocol::protocol::StrBytes>) {
+    match c {
+        Some(c) => {
+            *offset = c.offset;
+            *epoch = c.leader_epoch;
+            *metadata = Some(str_bytes(c.metadata.clone()));
+        }
+        None => {
+            *offset = -1;
+            *epoch = -1;
+            *metadata = Some(str_bytes(""));
+        }
+    }
+}
