@@ -175,10 +175,13 @@ pub(crate) async fn sync_dir_path(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates the directory if it does not exist.
+/// Creates the directory, and its missing parents, if it does not exist.
 pub(crate) async fn create_dir(dir: &Path) -> io::Result<()> {
-    let handle = glommio::io::Directory::create(dir).await.map_err(io_error(|| format!("cannot create {}", dir.display())))?;
-    let _ = handle.close().await;
+    let missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.exists()).collect();
+    for path in missing.into_iter().rev().chain(std::iter::once(dir)) {
+        let handle = glommio::io::Directory::create(path).await.map_err(io_error(|| format!("cannot create {}", path.display())))?;
+        let _ = handle.close().await;
+    }
     Ok(())
 }
 

@@ -25,7 +25,7 @@ mod segment;
 pub use cache::BatchCache;
 pub use config::{LogConfig, TimestampType};
 pub use error::EngineError;
-pub use log::{AppendInfo, Durability, PartitionLog};
+pub use log::{AppendInfo, Durability, LogStats, PartitionLog};
 
 /// A Kafka offset. Offsets in a partition are dense and only ever grow.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -73,6 +73,19 @@ pub struct AppendInfo {
     pub log_start_offset: Offset,
 }
 
+/// Counters of a log's I/O since it was opened, to observe group commit.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches appended.
+    pub appended_batches: u64,
+    /// Direct writes issued to segment files.
+    pub writes: u64,
+    /// Bytes those writes carried (tail-page rewrites and padding included).
+    pub written_bytes: u64,
+    /// `fdatasync` calls that served `Synced` appends and `sync()`.
+    pub fdatasyncs: u64,
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -117,6 +130,7 @@ struct State {
     /// A read-only handle on the sealed segment read last.
     read_file: Option<(i64, Rc<DmaFile>)>,
     dir_synced: bool,
+    stats: LogStats,
 }
 
 impl State {
@@ -177,6 +191,7 @@ impl State {
         }
         self.next_offset = last + 1;
         self.appended_seq += size;
+        self.stats.appended_batches += 1;
         cache.insert(cached, base, last, leader_epoch, bytes.clone());
         self.pending.push_back(Pending { bytes, base_offset: base, leader_epoch, segment_base, next_offset: last + 1, end_seq: self.appended_seq });
         (base, last)
@@ -354,6 +369,11 @@ impl PartitionLog {
         self.inner.state.borrow().segments.iter().map(|s| s.size_bytes).sum()
     }
 
+    /// I/O counters since the log was opened.
+    pub fn stats(&self) -> LogStats {
+        self.inner.state.borrow().stats
+    }
+
     /// Number of segments, the active one included.
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()
@@ -462,7 +482,7 @@ impl PartitionLog {
         };
         let path = inner.dir.join(LOG_START_FILE);
         files::replace_file(&path, text, true).await.map_err(|e| inner.fail_io(e))?;
-        inner.delete_old_segments(-1, -1, now_ms()).await?;
+        inner.delete_old_segments_locked(-1, -1, now_ms()).await?;
         Ok(Offset(inner.state.borrow().log_start_offset))
     }
 
@@ -717,6 +737,8 @@ impl Inner {
                 st.tail = Some(job.next_tail);
                 st.written_next_offset = job.next_offset;
                 st.last_written_file = Some(job.file);
+                st.stats.writes += 1;
+                st.stats.written_bytes += len as u64;
                 drop(st);
                 self.written.advance(job.end_seq);
                 self.maybe_start_syncer();
@@ -934,6 +956,21 @@ impl Inner {
     /// Deletes whole sealed segments below the log start or beyond retention.
     async fn delete_old_segments(&self, retention_ms: i64, retention_bytes: i64, now: i64) -> Result<(), EngineError> {
         let _lock = self.io_lock.acquire_permit(1).await.map_err(|_| self.closed_error())?;
+        self.delete_old_segments_locked(retention_ms, retention_bytes, now).await
+    }
+
+    /// [`Inner::delete_old_segments`] for a caller that holds the io lock.
+    async fn delete_old_segments_locked(&self, retention_ms: i64, retention_bytes: i64, now: i64) -> Result<(), EngineError> {
+        // Seal rolled segments whose writes are all done, rather than wait for the writer.
+        let sealable: Vec<i64> = {
+            let st = self.state.borrow();
+            let queued_from = st.pending.front().map_or(i64::MAX, |p| p.segment_base);
+            let rolled = &st.segments[..st.segments.len() - 1];
+            rolled.iter().filter(|s| s.state != SegmentState::Sealed && s.base_offset < queued_from).map(|s| s.base_offset).collect()
+        };
+        for base in sealable {
+            self.seal(base).await.map_err(|e| self.fail_io(e))?;
+        }
         let removed: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
             self.check_writable(&st)?;
@@ -1017,6 +1054,10 @@ impl Inner {
         };
         let to_io = |e: std::io::Error| EngineError::io("cannot close the log", e);
         let exists = file.is_some() || written > 0;
+        if !exists && self.state.borrow().segments.len() == 1 && self.state.borrow().epochs.entries().is_empty() {
+            // Never written: leave nothing behind but the directory.
+            return Ok(());
+        }
         if let Some(file) = file {
             file.fdatasync().await.map_err(|e| self.fail_io(e.into()))?;
             file.truncate(written).await.map_err(|e| self.fail_io(e.into()))?;
@@ -1067,7 +1108,10 @@ async fn syncer_loop(inner: Rc<Inner>) {
         // Covers every write that completed before it was issued: earlier segments were
         // synced when they were sealed.
         match file.fdatasync().await {
-            Ok(()) => inner.synced.advance(target),
+            Ok(()) => {
+                inner.state.borrow_mut().stats.fdatasyncs += 1;
+                inner.synced.advance(target);
+            }
             Err(err) => {
                 // fsyncgate: the kernel may have dropped the dirty pages; do not retry.
                 inner.fail(format!("fdatasync failed: {err}"));
@@ -1349,6 +1393,7 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         generation: 0,
         read_file: None,
         dir_synced: false,
+        stats: LogStats::default(),
     };
     state.recompute_max_timestamp();
     Ok(state)
