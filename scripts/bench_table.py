@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Turns a scripts/bench.sh results directory into one Markdown table: every run of the
+suite with its ratio to the machine's limits (fio, iperf3), the peer side by side when there
+is one, and the issue's targets marked met or not."""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+CASE_RE = re.compile(r"^(?P<broker>.+?)-(?P<case>(?:s\d+-a\w+-p\d+|e2e-s\d+-a\w+-p\d+)-(?:max|half|quarter))\.json$")
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def limits(out):
+    lim = {}
+    seq = load(os.path.join(out, "fio-seqwrite.json"))
+    if seq:
+        lim["disk_mb_s"] = seq["jobs"][0]["write"]["bw_bytes"] / 1e6
+    sync = load(os.path.join(out, "fio-fdatasync.json"))
+    if sync:
+        pct = sync["jobs"][0].get("sync", {}).get("lat_ns", {}).get("percentile", {})
+        if "99.000000" in pct:
+            lim["fdatasync_p99_ms"] = pct["99.000000"] / 1e6
+        if "50.000000" in pct:
+            lim["fdatasync_p50_ms"] = pct["50.000000"] / 1e6
+    ip = load(os.path.join(out, "iperf3.json"))
+    if ip and "end" in ip:
+        lim["loopback_mb_s"] = ip["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
+    return lim
+
+
+def runs(out):
+    by_broker = {}
+    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+        m = CASE_RE.match(os.path.basename(path))
+        if not m:
+            continue
+        r = load(path)
+        if r:
+            by_broker.setdefault(m["broker"], {})[m["case"]] = r
+    return by_broker
+
+
+def case_order(case):
+    # 1 KiB before 100 B, acks 1 before all, 1 partition before 16, max before half, e2e last.
+    e2e = case.startswith("e2e")
+    m = re.search(r"s(\d+)-a(\w+)-p(\d+)-(max|half|quarter)", case)
+    size, acks, parts, kind = int(m[1]), m[2], int(m[3]), m[4]
+    return (e2e, -size, acks != "1", parts, kind != "max")
+
+
+def describe(case):
+    m = re.search(r"(e2e-)?s(\d+)-a(\w+)-p(\d+)-(max|half|quarter)", case)
+    size = "1 KiB" if m[2] == "1024" else f"{m[2]} B"
+    load_ = {"max": "max", "half": "½ max", "quarter": "¼ max"}[m[5]]
+    kind = "e2e " if m[1] else ""
+    return f"{kind}{size} acks={m[3]} p={m[4]} {load_}"
+
+
+def fmt(v, digits=3):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def latency(r):
+    return r.get("e2e_latency") if r["mode"] == "e2e" else r.get("produce_latency")
+
+
+def errors(r):
+    n = sum(r.get("errors", {}).values())
+    return "0" if n == 0 else f"{n} ({', '.join(sorted(r['errors']))})"
+
+
+def broker_table(name, cases, lim):
+    lines = [f"### {name}", ""]
+    lines.append("| case | records/s | MB/s | % disk | % loopback | p50 ms | p99 ms | p99.9 ms | p99.99 ms | max ms | errors |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for case in sorted(cases, key=case_order):
+        r = cases[case]
+        p = r.get("produce") or {}
+        lat = latency(r) or {}
+        mbs = p.get("batch_mb_per_sec")
+        disk = f"{100 * mbs / lim['disk_mb_s']:.0f}%" if mbs and lim.get("disk_mb_s") else "-"
+        loop = f"{100 * mbs / lim['loopback_mb_s']:.0f}%" if mbs and lim.get("loopback_mb_s") else "-"
+        lines.append(
+            f"| {describe(case)} | {p.get('records_per_sec', 0):,.0f} | {fmt(p.get('mb_per_sec'), 1)} | {disk} | {loop} "
+            f"| {fmt(lat.get('p50_ms'))} | {fmt(lat.get('p99_ms'))} | {fmt(lat.get('p99_9_ms'))} "
+            f"| {fmt(lat.get('p99_99_ms'))} | {fmt(lat.get('max_ms'))} | {errors(r)} |"
+        )
+    return lines
+
+
+def side_by_side(a_name, a, b_name, b):
+    lines = [f"### {a_name} vs {b_name}", ""]
+    lines.append(
+        f"| case | {a_name} rec/s | {b_name} rec/s | ratio | {a_name} p99 ms | {b_name} p99 ms "
+        f"| {a_name} p99.99 ms | {b_name} p99.99 ms |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for case in sorted(set(a) | set(b), key=case_order):
+        ra, rb = a.get(case), b.get(case)
+        rps = lambda r: (r or {}).get("produce", {}) and r["produce"]["records_per_sec"]
+        la, lb = (latency(ra) if ra else None) or {}, (latency(rb) if rb else None) or {}
+        xa, xb = rps(ra), rps(rb)
+        ratio = f"{xa / xb:.1f}x" if xa and xb else "-"
+        lines.append(
+            f"| {describe(case)} | {xa or 0:,.0f} | {xb or 0:,.0f} | {ratio} | {fmt(la.get('p99_ms'))} "
+            f"| {fmt(lb.get('p99_ms'))} | {fmt(la.get('p99_99_ms'))} | {fmt(lb.get('p99_99_ms'))} |"
+        )
+    return lines
+
+
+def targets(cases, lim, peer, peer_target):
+    out = []
+
+    def best(prefix, key):
+        vals = [r["produce"][key] for c, r in cases.items() if c.startswith(prefix) and c.endswith("-max") and r.get("produce")]
+        return max(vals) if vals else None
+
+    def mark(ok):
+        return "met" if ok else "NOT met"
+
+    mbs = best("s1024-a1-", "batch_mb_per_sec")
+    if mbs is not None and lim.get("disk_mb_s"):
+        out.append(f"- 1 KiB acks=1 ≥ 90% of fio O_DIRECT write ({lim['disk_mb_s']:.0f} MB/s): "
+                   f"{mbs:.0f} MB/s = {100 * mbs / lim['disk_mb_s']:.0f}% — {mark(mbs >= 0.9 * lim['disk_mb_s'])}")
+    rps = best("s100-a1-", "records_per_sec")
+    if rps is not None:
+        out.append(f"- 100 B records ≥ 2 M records/s: {rps:,.0f}/s — {mark(rps >= 2e6)}")
+    half = cases.get("s1024-a1-p1-half")
+    if half and half.get("produce_latency"):
+        lat = half["produce_latency"]
+        out.append(f"- 1 KiB acks=1 at ½ max: p99 < 1 ms and p99.99 < 2 ms: p99 {lat['p99_ms']:.3f} ms, "
+                   f"p99.99 {lat['p99_99_ms']:.3f} ms — {mark(lat['p99_ms'] < 1 and lat['p99_99_ms'] < 2)}")
+    durable = cases.get("s1024-aall-p1-half")
+    if durable and durable.get("produce_latency") and lim.get("fdatasync_p99_ms") is not None:
+        p99 = durable["produce_latency"]["p99_ms"]
+        bound = lim["fdatasync_p99_ms"] + 0.5
+        out.append(f"- 1 KiB acks=all at ½ max: p99 within 0.5 ms of fdatasync p99 ({lim['fdatasync_p99_ms']:.3f} ms): "
+                   f"{p99:.3f} ms — {mark(p99 <= bound)}")
+    e2e = cases.get("e2e-s1024-a1-p1-quarter")
+    if e2e and e2e.get("e2e_latency"):
+        p99 = e2e["e2e_latency"]["p99_ms"]
+        out.append(f"- e2e p99 < 2 ms (1 KiB acks=1 at ¼ max): {p99:.3f} ms — {mark(p99 < 2)}")
+    if peer:
+        ratios = []
+        for c, r in cases.items():
+            pr = peer.get(c)
+            if c.endswith("-max") and r.get("produce") and pr and pr.get("produce") and pr["produce"]["records_per_sec"]:
+                ratios.append((r["produce"]["records_per_sec"] / pr["produce"]["records_per_sec"], c))
+        if ratios:
+            worst = min(ratios)
+            out.append(f"- ≥ {peer_target:g}x the peer's throughput on every max case: worst {worst[0]:.1f}x "
+                       f"({describe(worst[1])}) — {mark(worst[0] >= peer_target)}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--peer-name", default="peer")
+    ap.add_argument("--peer-target", type=float, default=10.0)
+    a = ap.parse_args()
+    lim = limits(a.out)
+    brokers = runs(a.out)
+    lines = ["## Benchmark", ""]
+    any_run = next((c for b in brokers.values() for c in b.values()), None)
+    if any_run:
+        m, w = any_run["machine"], any_run["workload"]
+        lines.append(f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), kernel {m['kernel']}; broker on one CPU, "
+                     f"wharf-loadgen on the other. Workload: batch {w['batch_size']} B, linger {w['linger_ms']} ms, "
+                     f"{w['producers_per_core']} producers x {w['in_flight']} in flight, "
+                     f"{w['warmup_s']} s warm-up, {w['duration_s']} s measured per run. MB/s counts key+value bytes; "
+                     f"% disk and % loopback compare record-batch bytes to the limits.")
+        lines.append("")
+    lim_text = []
+    if "disk_mb_s" in lim:
+        lim_text.append(f"disk sequential write {lim['disk_mb_s']:.0f} MB/s (fio, O_DIRECT, 1 MiB blocks, QD 16)")
+    if "fdatasync_p99_ms" in lim:
+        lim_text.append(f"fdatasync after a 16 KiB write p50 {lim.get('fdatasync_p50_ms', 0):.3f} ms, "
+                        f"p99 {lim['fdatasync_p99_ms']:.3f} ms (fio)")
+    if "loopback_mb_s" in lim:
+        lim_text.append(f"TCP loopback {lim['loopback_mb_s']:.0f} MB/s (iperf3, 4 streams, 1 MiB writes)")
+    lines.append("Limits measured in the same run: " + ("; ".join(lim_text) if lim_text else "none") + ".")
+    lines.append("")
+    order = sorted(brokers, key=lambda b: (b != "wharf", b))
+    for b in order:
+        lines += broker_table(b, brokers[b], lim) + [""]
+    if "wharf" in brokers and a.peer_name in brokers:
+        lines += side_by_side("wharf", brokers["wharf"], a.peer_name, brokers[a.peer_name]) + [""]
+    for b in order:
+        t = targets(brokers[b], lim, brokers.get(a.peer_name) if b == "wharf" else None, a.peer_target)
+        if t:
+            lines += [f"Targets ({b}):", ""] + t + [""]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
