@@ -92,7 +92,9 @@ pub(crate) async fn scan_segment(file: &DmaFile, base_offset: i64, limits: ScanL
         let bytes = &buf[at..at + need as usize];
         let Ok(info) = validate_batch_with(bytes, usize::MAX, CountRule::AtMost) else { break };
         let relative_last = info.last_offset() - base_offset;
-        if info.base_offset < out.next_offset || relative_last > i64::from(u32::MAX) || pos + need > u64::from(u32::MAX) {
+        // Offsets are dense (no compaction yet): a batch that does not start where the
+        // previous one ended has a damaged baseOffset, which the CRC does not cover.
+        if info.base_offset != out.next_offset || relative_last > i64::from(u32::MAX) || pos + need > u64::from(u32::MAX) {
             break;
         }
         if limits.stop_at_offset.is_some_and(|stop| info.last_offset() >= stop) {

@@ -72,3 +72,18 @@ pub fn as_stored(bytes: &Bytes, base_offset: i64, epoch: i32) -> Bytes {
     wharf_protocol::batch::set_partition_leader_epoch(&mut v, epoch);
     Bytes::from(v)
 }
+
+/// Leader epoch and tag stride of the crash test: tag = round * TAGS_PER_ROUND + n.
+pub const TAGS_PER_ROUND: u64 = 1_000_000;
+
+/// The batch the crash writer appends for `tag`; the crash test regenerates it to compare
+/// byte for byte.
+pub fn crash_batch(tag: u64) -> Bytes {
+    let records = 1 + (tag % 5) as usize;
+    let value_bytes = ((tag * 7919) % 12_000) as usize;
+    tagged_batch(tag, records, value_bytes, tag as i64)
+}
+
+pub fn crash_config() -> LogConfig {
+    LogConfig { segment_bytes: 128 << 10, index_interval_bytes: 4096, preallocate_bytes: 1 << 20, ..LogConfig::default() }
+}
