@@ -295,13 +295,13 @@ def test_restart_keeps_committed_offsets_and_groups(gbroker):
     create_topic(gbroker, topic, 2)
     produce(gbroker, topic, 40, partitions=2)
     c = Consumer({"bootstrap.servers": gbroker.bootstrap, "group.id": group, "session.timeout.ms": SESSION_MS})
-    c.commit(offsets=[TopicPartition(topic, 0, 12, metadata="m0"), TopicPartition(topic, 1, 20)], asynchronous=False)
+    c.commit(offsets=[TopicPartition(topic, 0, 12, metadata="m0"), TopicPartition(topic, 1, 15)], asynchronous=False)
     c.close()
     assert gbroker.terminate() == 0
     gbroker.start()
     c = Consumer({"bootstrap.servers": gbroker.bootstrap, "group.id": group, "session.timeout.ms": SESSION_MS})
     got = {tp.partition: tp for tp in c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=GUARD_S)}
-    assert (got[0].offset, got[0].metadata, got[1].offset) == (12, "m0", 20)
+    assert (got[0].offset, got[0].metadata, got[1].offset) == (12, "m0", 15)
     # A new member resumes from the commits.
     c.subscribe([topic])
     first = {}
@@ -311,7 +311,7 @@ def test_restart_keeps_committed_offsets_and_groups(gbroker):
         if m is not None and not m.error():
             first.setdefault(m.partition(), m.offset())
     c.close()
-    assert first == {0: 12, 1: 20}
+    assert first == {0: 12, 1: 15}
     assert group in wharf_group(gbroker, "list")
 
 
