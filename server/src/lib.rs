@@ -1,3 +1,19 @@
 //! The wharf broker: shards, connections, Kafka request handlers, metadata and config.
 //! Depends on `wharf-engine` for storage and `wharf-protocol` for wire formats; nothing
 //! depends on it.
+//!
+//! Layout: `config` (settings), `broker` (start and stop), `shard` (one pinned executor
+//! per core and the cross-shard mesh), `net` (listeners and connections), `kafka` (the
+//! router and one handler per API), `metadata` (topics, configs, ownership; the control
+//! plane), `partition` (a shard's open partition logs; the data plane), `admin`
+//! (subcommands that talk to a running broker).
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod group;
+pub mod kafka;
+pub mod metadata;
+pub mod net;
+pub mod partition;
+pub mod shard;

@@ -1,0 +1,218 @@
+//! Starting and stopping the broker: checks a person can act on (port, data directory,
+//! metadata), then one shard per core, then the "listening" line once all of them serve.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::mpsc;
+
+use crate::config::{io_reason, BrokerConfig};
+use crate::metadata::store;
+use crate::shard::mesh::mesh_builder;
+use crate::shard::{self, ShardId, ShardStart};
+
+/// The line printed on stdout once every shard serves (followed by the address).
+pub const LISTENING_PREFIX: &str = "wharf listening on ";
+/// A lock file in the data directory keeps two brokers from sharing it.
+const LOCK_FILE: &str = ".lock";
+
+/// A startup failure, as the one line the user sees.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+/// Runs the broker until SIGTERM or SIGINT; returns once it has shut down cleanly.
+pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
+    let port_hold = reserve_port(config.listen)?;
+    let mut config = config.with_bound_port(port_hold.port);
+    let _lock = lock_data_dir(&config.data_dir)?;
+    // Absolute from here on: glommio resolves relative paths of directories it opens
+    // against no directory at all (EBADF), and logs are clearer with the full path.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| StartupError(format!("cannot resolve data dir {}: {}", config.data_dir.display(), io_reason(&e))))?;
+    let image = load_metadata(&config.data_dir)?;
+
+    // Every thread started from here on inherits this mask; shard 0 takes the signals
+    // with sigwait, so they never interrupt a shard.
+    block_termination_signals();
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mesh = mesh_builder(config.shards);
+    let cores: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let mut handles = Vec::with_capacity(config.shards);
+    for i in 0..config.shards {
+        let start = ShardStart {
+            id: ShardId(i),
+            cpu: (!cores.is_empty()).then(|| cores[i % cores.len()]),
+            config: config.clone(),
+            image: image.clone(),
+            mesh: mesh.clone(),
+            ready: ready_tx.clone(),
+        };
+        handles.push(shard::spawn(start).map_err(|e| StartupError(format!("cannot start shard {i}: {e}")))?);
+    }
+    drop(ready_tx);
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(why)) => return Err(StartupError(why)),
+            Err(_) => return Err(StartupError("a shard stopped while starting".into())),
+        }
+    }
+    drop(port_hold);
+
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{LISTENING_PREFIX}{}", config.listen);
+    let _ = stdout.flush();
+    drop(stdout);
+    tracing::info!(
+        shards = config.shards,
+        data_dir = %config.data_dir.display(),
+        advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+        "serving"
+    );
+
+    for handle in handles {
+        if handle.join().is_err() {
+            return Err(StartupError("a shard stopped abnormally".into()));
+        }
+    }
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// The port to serve on, held until every shard listens. A fixed port is checked with a
+/// plain bind, which fails if anyone holds it (even another broker using SO_REUSEPORT).
+/// Port 0 is resolved by binding a SO_REUSEPORT socket that stays bound (not listening)
+/// until the shards have joined it, so no one else can take the port meanwhile.
+struct PortHold {
+    port: u16,
+    _socket: Option<socket2::Socket>,
+}
+
+fn reserve_port(listen: SocketAddr) -> Result<PortHold, StartupError> {
+    let fail = |e: std::io::Error| StartupError(format!("cannot listen on {listen}: {}", io_reason(&e)));
+    if listen.port() != 0 {
+        drop(TcpListener::bind(listen).map_err(fail)?);
+        return Ok(PortHold { port: listen.port(), _socket: None });
+    }
+    let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.bind(&listen.into()).map_err(fail)?;
+    let port = socket.local_addr().map_err(fail)?.as_socket().map(|a| a.port()).unwrap_or(0);
+    Ok(PortHold { port, _socket: Some(socket) })
+}
+
+/// Creates the data directory if needed, checks it is writable, and locks it.
+fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir).map_err(|e| StartupError(format!("cannot create data dir {shown}: {}", io_reason(&e))))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StartupError(format!("data dir {shown} is not writable: {}", io_reason(&e))))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StartupError(format!("data dir {shown} is in use by another wharf process")));
+    }
+    Ok(lock)
+}
+
+/// Reads the topics from the data directory, reconciling the metadata file with the
+/// partition directories (see `metadata::store`).
+fn load_metadata(dir: &Path) -> Result<crate::metadata::MetadataImage, StartupError> {
+    let loaded = store::load(dir).map_err(|e| StartupError(e.to_string()))?;
+    let found = store::scan_partition_dirs(dir)
+        .map_err(|e| StartupError(format!("cannot read data dir {}: {}", dir.display(), io_reason(&e))))?;
+    let reconciled = store::reconcile(loaded, found);
+    for leftover in &reconciled.leftovers {
+        tracing::warn!(dir = %leftover.display(), "removing the partition directory of a deleted topic");
+        std::fs::remove_dir_all(leftover)
+            .map_err(|e| StartupError(format!("cannot remove {}: {}", leftover.display(), io_reason(&e))))?;
+    }
+    if reconciled.rebuilt {
+        if reconciled.image.topic_count() > 0 {
+            tracing::warn!(topics = reconciled.image.topic_count(), "no metadata file: topics rebuilt from the partition directories");
+        }
+        store::save(dir, &reconciled.image).map_err(|e| StartupError(e.to_string()))?;
+    }
+    Ok(reconciled.image)
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+fn block_termination_signals() {
+    let set = termination_signals();
+    // SAFETY: changes only this thread's signal mask, with a valid set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT arrives; returns its name. Runs on a blocking thread.
+pub fn wait_for_termination_signal() -> &'static str {
+    let set = termination_signals();
+    let mut signal: libc::c_int = 0;
+    loop {
+        // SAFETY: valid set and out-pointer; the signals are blocked in every thread.
+        let rc = unsafe { libc::sigwait(&set, &mut signal) };
+        if rc == 0 {
+            return if signal == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_port_is_reported_with_the_address() {
+        let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = blocker.local_addr().unwrap();
+        let e = reserve_port(addr).err().expect("port is busy").to_string();
+        assert!(e.contains(&addr.to_string()) && e.contains("in use"), "{e}");
+    }
+
+    #[test]
+    fn port_zero_is_resolved_and_held() {
+        let hold = reserve_port("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(hold.port, 0);
+        // A plain bind cannot take the held port.
+        assert!(TcpListener::bind(("127.0.0.1", hold.port)).is_err());
+    }
+
+    #[test]
+    fn the_data_dir_is_locked_against_a_second_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path()).unwrap();
+        let e = lock_data_dir(dir.path()).err().expect("locked").to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(first);
+        assert!(lock_data_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn a_data_dir_under_a_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let e = lock_data_dir(&file.join("data")).err().expect("cannot create").to_string();
+        assert!(e.contains("not-a-directory") && !e.contains('\n'), "{e}");
+    }
+}

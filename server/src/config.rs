@@ -1,0 +1,495 @@
+//! Broker configuration: built-in defaults, overridden by a TOML file, overridden by flags.
+//!
+//! Setting names follow Kafka's broker configs where Kafka has one (`num.partitions`,
+//! `log.dirs`, `auto.create.topics.enable`, ...). In TOML a dotted key such as
+//! `num.partitions = 4` is a nested table; both that and the quoted form
+//! `"num.partitions" = 4` are accepted, because the file is flattened to dotted names first.
+//! Numbers may also be given as strings, as in a Kafka `server.properties`.
+//!
+//! Every error is one line a person can act on; unknown settings are errors, not ignored.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::metadata::topic_config::TopicDefaults;
+
+/// Kafka's `socket.request.max.bytes` default: the largest request frame accepted.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
+/// Requests other than Produce carry no record data; a frame larger than this is refused
+/// before it is read, which also bounds what their decoders can allocate.
+pub const MAX_NON_PRODUCE_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Default per-shard budget for produce requests read but not yet answered.
+pub const DEFAULT_PRODUCE_INFLIGHT_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
+/// Default per-shard budget of the engine's cache of recent batches.
+pub const DEFAULT_LOG_CACHE_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
+/// Kafka's `offsets.topic.num.partitions` default.
+pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 50;
+/// The most partitions one topic may have here (Kafka has no hard limit; this bounds what
+/// one CreateTopics or auto-create can ask a shard to open).
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+/// Upper bound on `--shards`.
+pub const MAX_SHARDS: usize = 1024;
+
+/// The command-line flags that override the configuration file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BrokerArgs {
+    /// TOML configuration file; its settings use Kafka's broker config names
+    /// (e.g. `num.partitions = 4`, `log.dirs = "/var/lib/wharf"`). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to accept Kafka clients on (Kafka: `listeners`). Port 0 picks a free port.
+    /// [default: 127.0.0.1:9092]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// HOST:PORT given to clients in Metadata (Kafka: `advertised.listeners`).
+    /// [default: the listen address]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised_listener: Option<String>,
+    /// Directory holding the partition logs and the topic metadata (Kafka: `log.dirs`).
+    /// [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards: one thread pinned to a core each. [default: every core]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Partitions of an auto-created topic and of CreateTopics without a count
+    /// (Kafka: `num.partitions`). [default: 1]
+    #[arg(long, value_name = "N")]
+    pub num_partitions: Option<i32>,
+    /// Create unknown topics on Metadata and Produce (Kafka: `auto.create.topics.enable`).
+    /// [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub auto_create_topics: Option<bool>,
+    /// This broker's id in Metadata (Kafka: `node.id`). [default: 1]
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<i32>,
+    /// How long the first rebalance of an empty consumer group waits for more members
+    /// (Kafka: `group.initial.rebalance.delay.ms`). [default: 3000]
+    #[arg(long, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+}
+
+/// The resolved broker configuration. Plain data, `Send`: every shard gets a copy.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `listeners`: where shards accept connections (port 0 until resolved at bind time).
+    pub listen: SocketAddr,
+    /// `advertised.listeners` as host and port; port 0 means "the port actually bound".
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `log.dirs` (a single directory).
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    /// `node.id`.
+    pub node_id: i32,
+    /// `num.partitions`.
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_num_partitions: i32,
+    /// `socket.request.max.bytes`.
+    pub max_request_bytes: usize,
+    /// `produce.inflight.max.bytes`: per-shard budget of produce requests being handled.
+    pub produce_inflight_bytes_per_shard: usize,
+    /// `log.cache.bytes`: per-shard budget of the cache of recent batches.
+    pub log_cache_bytes_per_shard: usize,
+    /// Broker-level defaults of the topic configs (`log.retention.ms`, ...).
+    pub topic_defaults: TopicDefaults,
+    /// Consumer group coordinator settings (`group.*`, `offsets.retention.minutes`, ...).
+    pub group: crate::group::GroupConfig,
+}
+
+impl BrokerConfig {
+    /// The advertised address once the listening port is known.
+    pub fn with_bound_port(mut self, port: u16) -> BrokerConfig {
+        self.listen.set_port(port);
+        if self.advertised_port == 0 {
+            self.advertised_port = port;
+        }
+        self
+    }
+}
+
+/// A configuration problem, as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Builds the configuration from defaults, the file named by `--config` (if any) and the flags.
+pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig, ConfigError> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => BTreeMap::new(),
+    };
+    let source = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let mut settings = Settings { values: file, source };
+
+    let listen_text = args.listen.clone().or(settings.take_string("listeners")?).unwrap_or_else(|| "127.0.0.1:9092".into());
+    let listen = parse_listen(&listen_text)?;
+    let advertised_text = args.advertised_listener.clone().or(settings.take_string("advertised.listeners")?);
+    let (advertised_host, advertised_port) = match advertised_text {
+        Some(text) => parse_host_port(&text)?,
+        None => (default_advertised_host(&listen), listen.port()),
+    };
+    let data_dir_file = match settings.take_string("log.dirs")?.or(settings.take_string("log.dir")?) {
+        Some(dirs) if dirs.contains(',') => {
+            return Err(err(format!("log.dirs `{dirs}` names several directories; wharf uses one")))
+        }
+        other => other.map(PathBuf::from),
+    };
+    let data_dir = args.data_dir.clone().or(data_dir_file).unwrap_or_else(|| PathBuf::from("./data"));
+    if data_dir.as_os_str().is_empty() {
+        return Err(err("the data directory must not be empty"));
+    }
+    let shards_file = settings.take_int("shards")?.map(|n| n.clamp(0, MAX_SHARDS as i64 + 1) as usize);
+    let shards = args.shards.or(shards_file).unwrap_or(available_cores.max(1));
+    if shards == 0 || shards > MAX_SHARDS {
+        return Err(err(format!("shards must be between 1 and {MAX_SHARDS}, got {shards}")));
+    }
+    let node_id_file = match settings.take_int("node.id")? {
+        Some(n) => Some(n),
+        None => settings.take_int("broker.id")?,
+    };
+    let node_id = args.node_id.map(i64::from).or(node_id_file).unwrap_or(1);
+    let node_id = int_in("node.id", node_id, 0, i32::MAX as i64)? as i32;
+    let num_partitions = args.num_partitions.map(i64::from).or(settings.take_int("num.partitions")?).unwrap_or(1);
+    let num_partitions = int_in("num.partitions", num_partitions, 1, MAX_PARTITIONS_PER_TOPIC as i64)? as i32;
+    let auto_create_file = settings.take_bool("auto.create.topics.enable")?;
+    let auto_create_topics = args.auto_create_topics.or(auto_create_file).unwrap_or(true);
+    if let Some(rf) = settings.take_int("default.replication.factor")? {
+        if rf != 1 {
+            return Err(err(format!("default.replication.factor must be 1 on a single node, got {rf}")));
+        }
+    }
+    let offsets_topic_num_partitions = settings.take_int("offsets.topic.num.partitions")?.unwrap_or(DEFAULT_OFFSETS_TOPIC_PARTITIONS as i64);
+    let offsets_topic_num_partitions =
+        int_in("offsets.topic.num.partitions", offsets_topic_num_partitions, 1, MAX_PARTITIONS_PER_TOPIC as i64)? as i32;
+    let max_request_bytes = settings.take_int("socket.request.max.bytes")?.unwrap_or(DEFAULT_MAX_REQUEST_BYTES as i64);
+    let max_request_bytes = int_in("socket.request.max.bytes", max_request_bytes, 1024, i32::MAX as i64)? as usize;
+    let produce_inflight = settings
+        .take_int("produce.inflight.max.bytes")?
+        .unwrap_or(DEFAULT_PRODUCE_INFLIGHT_BYTES_PER_SHARD as i64);
+    let produce_inflight_bytes_per_shard = int_in("produce.inflight.max.bytes", produce_inflight, 1 << 20, 1 << 40)? as usize;
+    if produce_inflight_bytes_per_shard < max_request_bytes {
+        return Err(err(format!(
+            "produce.inflight.max.bytes ({produce_inflight_bytes_per_shard}) must be at least socket.request.max.bytes ({max_request_bytes})"
+        )));
+    }
+    let cache = settings.take_int("log.cache.bytes")?.unwrap_or(DEFAULT_LOG_CACHE_BYTES_PER_SHARD as i64);
+    let log_cache_bytes_per_shard = int_in("log.cache.bytes", cache, 0, 1 << 40)? as usize;
+
+    let topic_defaults = TopicDefaults::from_broker_settings(&mut settings)?;
+    let group = resolve_group_config(args, &mut settings)?;
+
+    if let Some(unknown) = settings.values.keys().next() {
+        return Err(err(format!("unknown setting `{unknown}` in {}", settings.source)));
+    }
+    Ok(BrokerConfig {
+        listen,
+        advertised_host,
+        advertised_port,
+        data_dir,
+        shards,
+        node_id,
+        num_partitions,
+        auto_create_topics,
+        offsets_topic_num_partitions,
+        max_request_bytes,
+        produce_inflight_bytes_per_shard,
+        log_cache_bytes_per_shard,
+        topic_defaults,
+        group,
+    })
+}
+
+/// The consumer group settings, with Kafka's names and defaults.
+fn resolve_group_config(args: &BrokerArgs, settings: &mut Settings) -> Result<crate::group::GroupConfig, ConfigError> {
+    let mut group = crate::group::GroupConfig::default();
+    let delay = match args.group_initial_rebalance_delay_ms {
+        Some(ms) => Some(ms),
+        None => settings.take_int("group.initial.rebalance.delay.ms")?,
+    };
+    if let Some(ms) = delay {
+        group.group_initial_rebalance_delay_ms = int_in("group.initial.rebalance.delay.ms", ms, 0, i32::MAX as i64)?;
+    }
+    if let Some(ms) = settings.take_int("group.min.session.timeout.ms")? {
+        group.group_min_session_timeout_ms = int_in("group.min.session.timeout.ms", ms, 1, i32::MAX as i64)? as i32;
+    }
+    if let Some(ms) = settings.take_int("group.max.session.timeout.ms")? {
+        group.group_max_session_timeout_ms = int_in("group.max.session.timeout.ms", ms, 1, i32::MAX as i64)? as i32;
+    }
+    if let Some(n) = settings.take_int("group.max.size")? {
+        group.group_max_size = int_in("group.max.size", n, 1, crate::group::config::MAX_GROUP_MEMBERS as i64)? as usize;
+    }
+    if let Some(n) = settings.take_int("offset.metadata.max.bytes")? {
+        group.offset_metadata_max_bytes = int_in("offset.metadata.max.bytes", n, 0, i16::MAX as i64)? as usize;
+    }
+    if let Some(minutes) = settings.take_int("offsets.retention.minutes")? {
+        group.offsets_retention_ms = int_in("offsets.retention.minutes", minutes, 1, i32::MAX as i64)? * 60_000;
+    }
+    if let Some(ms) = settings.take_int("offsets.retention.check.interval.ms")? {
+        group.offsets_retention_check_interval_ms = int_in("offsets.retention.check.interval.ms", ms, 1, i64::MAX)?;
+    }
+    Ok(group)
+}
+
+/// The settings of the configuration file, flattened to dotted names; resolution takes
+/// each setting out, and whatever is left is unknown.
+pub struct Settings {
+    values: BTreeMap<String, toml::Value>,
+    source: String,
+}
+
+impl Settings {
+    #[cfg(test)]
+    pub fn empty() -> Settings {
+        Settings { values: BTreeMap::new(), source: String::new() }
+    }
+
+    pub fn take_string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.values.remove(name) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(toml::Value::Array(items)) if items.len() == 1 => match &items[0] {
+                toml::Value::String(s) => Ok(Some(s.clone())),
+                other => Err(err(format!("`{name}` must be a string, got {other}"))),
+            },
+            Some(other) => Err(err(format!("`{name}` must be a string, got {other}"))),
+        }
+    }
+
+    /// A scalar setting in its string form, whatever its TOML type.
+    pub fn take_scalar(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
+        match self.values.remove(name) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(toml::Value::Integer(n)) => Ok(Some(n.to_string())),
+            Some(toml::Value::Float(x)) => Ok(Some(x.to_string())),
+            Some(toml::Value::Boolean(b)) => Ok(Some(b.to_string())),
+            Some(other) => Err(err(format!("`{name}` must be a single value, got {other}"))),
+        }
+    }
+
+    pub fn take_int(&mut self, name: &str) -> Result<Option<i64>, ConfigError> {
+        match self.values.remove(name) {
+            None => Ok(None),
+            Some(toml::Value::Integer(n)) => Ok(Some(n)),
+            Some(toml::Value::String(s)) => {
+                s.trim().parse::<i64>().map(Some).map_err(|_| err(format!("`{name}` must be an integer, got \"{s}\"")))
+            }
+            Some(other) => Err(err(format!("`{name}` must be an integer, got {other}"))),
+        }
+    }
+
+    pub fn take_bool(&mut self, name: &str) -> Result<Option<bool>, ConfigError> {
+        match self.values.remove(name) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(b)) => Ok(Some(b)),
+            Some(toml::Value::String(s)) => match s.trim() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(err(format!("`{name}` must be true or false, got \"{s}\""))),
+            },
+            Some(other) => Err(err(format!("`{name}` must be true or false, got {other}"))),
+        }
+    }
+}
+
+fn int_in(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+    if value < min || value > max {
+        return Err(err(format!("`{name}` must be between {min} and {max}, got {value}")));
+    }
+    Ok(value)
+}
+
+fn load_file(path: &Path) -> Result<BTreeMap<String, toml::Value>, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read config file {shown}: {}", io_reason(&e))))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(line) => err(format!("cannot parse config file {shown}, line {line}: {message}")),
+            None => err(format!("cannot parse config file {shown}: {message}")),
+        }
+    })?;
+    let mut flat = BTreeMap::new();
+    flatten("", table, &mut flat);
+    Ok(flat)
+}
+
+fn flatten(prefix: &str, table: toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(inner) => flatten(&name, inner, out),
+            other => {
+                out.insert(name, other);
+            }
+        }
+    }
+}
+
+/// A Kafka-style listener (`PLAINTEXT://host:port`) or a plain `host:port`.
+fn strip_listener_scheme(text: &str) -> Result<&str, ConfigError> {
+    match text.split_once("://") {
+        None => Ok(text),
+        Some(("PLAINTEXT", rest)) | Some(("plaintext", rest)) => Ok(rest),
+        Some((scheme, _)) => Err(err(format!("listener `{text}`: only PLAINTEXT is supported, not {scheme}"))),
+    }
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    let hostport = strip_listener_scheme(text.trim())?;
+    let mut addrs = hostport
+        .to_socket_addrs()
+        .map_err(|e| err(format!("bad listen address `{text}`: {}", io_reason(&e))))?;
+    addrs.next().ok_or_else(|| err(format!("bad listen address `{text}`: it resolves to nothing")))
+}
+
+fn parse_host_port(text: &str) -> Result<(String, u16), ConfigError> {
+    let hostport = strip_listener_scheme(text.trim())?;
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| err(format!("bad advertised listener `{text}`: expected HOST:PORT")))?;
+    let port: u16 = port.parse().map_err(|_| err(format!("bad advertised listener `{text}`: bad port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(err(format!("bad advertised listener `{text}`: empty host")));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Kafka advertises the listener's host; a wildcard address cannot be connected to, so the
+/// machine's host name stands in for it.
+fn default_advertised_host(listen: &SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        hostname().unwrap_or_else(|| "localhost".to_string())
+    } else {
+        listen.ip().to_string()
+    }
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for writes of its length; gethostname NUL-terminates
+    // within it on success (and we stop at the first NUL regardless).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?.to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+/// An I/O error's reason without Rust's "(os error N)" suffix.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_lowercase(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> BrokerArgs {
+        BrokerArgs::default()
+    }
+
+    fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wharf.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_match_the_cli_contract() {
+        let config = resolve(&args(), 6).expect("defaults resolve");
+        assert_eq!(config.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!((config.advertised_host.as_str(), config.advertised_port), ("127.0.0.1", 9092));
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.shards, 6);
+        assert_eq!(config.num_partitions, 1);
+        assert!(config.auto_create_topics);
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn file_uses_kafka_names_in_dotted_or_quoted_form_and_flags_win() {
+        let (_dir, path) = write_config(
+            "num.partitions = 4\n\"auto.create.topics.enable\" = false\nlog.dirs = \"/srv/wharf\"\nlisteners = \"PLAINTEXT://127.0.0.1:19092\"\nnode.id = \"7\"\nlog.retention.ms = 1000\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 2).expect("file resolves");
+        assert_eq!(config.num_partitions, 4);
+        assert!(!config.auto_create_topics);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/wharf"));
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.topic_defaults.value("retention.ms"), "1000");
+
+        a.num_partitions = Some(9);
+        a.auto_create_topics = Some(true);
+        a.listen = Some("127.0.0.1:0".into());
+        let config = resolve(&a, 2).expect("flags resolve");
+        assert_eq!(config.num_partitions, 9);
+        assert!(config.auto_create_topics);
+        assert_eq!(config.listen.port(), 0);
+    }
+
+    #[test]
+    fn errors_are_single_lines_naming_the_problem() {
+        let (_dir, path) = write_config("listen = [\"unterminated\n");
+        let mut a = args();
+        a.config = Some(path);
+        let e = resolve(&a, 2).expect_err("broken TOML").to_string();
+        assert!(e.contains("wharf.toml") && !e.contains('\n'), "{e}");
+
+        let (_dir, path) = write_config("num.partitons = 3\n");
+        a.config = Some(path);
+        let e = resolve(&a, 2).expect_err("typo").to_string();
+        assert!(e.contains("num.partitons"), "{e}");
+
+        let (_dir, path) = write_config("num.partitions = 0\n");
+        a.config = Some(path);
+        let e = resolve(&a, 2).expect_err("zero").to_string();
+        assert!(e.contains("num.partitions"), "{e}");
+
+        a.config = Some(PathBuf::from("/nonexistent/absent.toml"));
+        let e = resolve(&a, 2).expect_err("missing").to_string();
+        assert!(e.contains("absent.toml") && !e.contains('\n'), "{e}");
+
+        let mut a = args();
+        a.listen = Some("not an address".into());
+        assert!(resolve(&a, 2).is_err());
+        a.listen = None;
+        a.shards = Some(0);
+        assert!(resolve(&a, 2).is_err());
+    }
+
+    #[test]
+    fn advertised_listener_keeps_the_bound_port_when_zero() {
+        let mut a = args();
+        a.listen = Some("127.0.0.1:0".into());
+        let config = resolve(&a, 1).expect("resolves").with_bound_port(40000);
+        assert_eq!(config.advertised_port, 40000);
+        a.advertised_listener = Some("broker.example:9093".into());
+        let config = resolve(&a, 1).expect("resolves").with_bound_port(40000);
+        assert_eq!((config.advertised_host.as_str(), config.advertised_port), ("broker.example", 9093));
+    }
+}

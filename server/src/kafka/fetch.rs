@@ -1,0 +1,334 @@
+//! Fetch: read whole record batches from the partitions' owning shards, long-polling until
+//! `min_bytes` are available or `max_wait_ms` passes.
+//!
+//! Reads fan out to the owning shards (one call per shard) and are gathered in request
+//! order. If too little data is there, the request registers, on each owning shard, for the
+//! next append to any of its partitions, sleeps until the first such append (or the
+//! deadline), and reads again. Limits follow Kafka (KIP-74): each partition returns at most
+//! `partition_max_bytes` and the response at most `max_bytes`, except that the first batch
+//! of the first partition with data is returned whole, so a consumer always progresses.
+//!
+//! Fetch sessions (KIP-227) are not created: the response's session id 0 tells the client
+//! to keep sending full fetches. `read_committed` reads stop at the last stable offset,
+//! which equals the high watermark while there are no transactions.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+use wharf_engine::Offset;
+use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
+
+use super::errors::engine_error;
+use super::{group_by_owner, HandlerResult, RequestContext};
+use crate::metadata::{PartitionId, TopicPartition, LEADER_EPOCH};
+use crate::shard::event::WakeSlot;
+use crate::shard::Shard;
+
+/// The longest a fetch waits for data, whatever `max_wait_ms` asks.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+
+/// One partition's read request, as sent to its owning shard.
+#[derive(Copy, Clone, Debug)]
+struct ReadSpec {
+    /// Position in the request (topic, partition).
+    slot: (usize, usize),
+    fetch_offset: i64,
+    partition_max_bytes: usize,
+    current_leader_epoch: i32,
+}
+
+/// One partition's read result.
+#[derive(Clone, Debug)]
+struct PartitionRead {
+    error: Option<ResponseError>,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+    records: Bytes,
+}
+
+impl PartitionRead {
+    fn error(error: ResponseError) -> PartitionRead {
+        PartitionRead { error: Some(error), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, records: Bytes::new() }
+    }
+}
+
+pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    let request: FetchRequest = ctx.decode(ApiKey::Fetch, &mut body)?;
+
+    // KIP-227: we never create sessions, so a client naming one has lost it.
+    let session_error = if request.session_id != 0 {
+        Some(ResponseError::FetchSessionIdNotFound)
+    } else if !matches!(request.session_epoch, -1 | 0) {
+        Some(ResponseError::InvalidFetchSessionEpoch)
+    } else {
+        None
+    };
+    if let Some(error) = session_error {
+        let mut response = FetchResponse::default();
+        response.error_code = error.code();
+        return ctx.respond(ApiKey::Fetch, &response);
+    }
+
+    let read_committed = request.isolation_level == 1;
+    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let max_bytes = request.max_bytes.max(0) as usize;
+
+    let image = ctx.shard.metadata();
+    let mut answers: Vec<Vec<Option<PartitionRead>>> = Vec::with_capacity(request.topics.len());
+    let mut specs: Vec<(TopicPartition, ReadSpec)> = Vec::new();
+    for (ti, topic) in request.topics.iter().enumerate() {
+        let meta = image.topic(topic.topic.0.as_str());
+        let mut row = Vec::with_capacity(topic.partitions.len());
+        for (pi, p) in topic.partitions.iter().enumerate() {
+            match meta {
+                Some(t) if t.has_partition(PartitionId(p.partition)) => {
+                    let tp = TopicPartition { topic_id: t.id, partition: PartitionId(p.partition) };
+                    specs.push((
+                        tp,
+                        ReadSpec {
+                            slot: (ti, pi),
+                            fetch_offset: p.fetch_offset,
+                            partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+                            current_leader_epoch: p.current_leader_epoch,
+                        },
+                    ));
+                    row.push(None);
+                }
+                _ => row.push(Some(PartitionRead::error(ResponseError::UnknownTopicOrPartition))),
+            }
+        }
+        answers.push(row);
+    }
+
+    loop {
+        let reads = read_all(&ctx.shard, &specs, max_bytes, read_committed).await;
+        let total: usize = reads.iter().map(|(_, r)| r.records.len()).sum();
+        let any_error = reads.iter().any(|(_, r)| r.error.is_some());
+        let done = total >= min_bytes
+            || any_error
+            || specs.is_empty()
+            || Instant::now() >= deadline
+            || ctx.shard.shutdown.is_set();
+        if done {
+            for ((_, spec), (_, read)) in specs.iter().zip(reads.into_iter()) {
+                answers[spec.slot.0][spec.slot.1] = Some(read);
+            }
+            break;
+        }
+        // Wait until any of the partitions gets data beyond what this read saw.
+        let seen: Vec<(TopicPartition, i64)> =
+            specs.iter().zip(reads.iter()).map(|((tp, spec), (_, r))| (*tp, r.high_watermark.max(spec.fetch_offset))).collect();
+        wait_for_any_append(&ctx.shard, seen, deadline).await;
+    }
+
+    let version = ctx.api_version;
+    // Apply the response size limit in request order, whole batches only.
+    let mut remaining = max_bytes;
+    let mut included_any = false;
+    let mut response = FetchResponse::default();
+    response.responses = request
+        .topics
+        .into_iter()
+        .zip(answers)
+        .map(|(topic, row)| {
+            let mut t = FetchableTopicResponse::default();
+            t.topic = topic.topic;
+            t.topic_id = topic.topic_id;
+            t.partitions = topic
+                .partitions
+                .iter()
+                .zip(row)
+                .map(|(p, read)| {
+                    let mut read = read.unwrap_or_else(|| PartitionRead::error(ResponseError::UnknownServerError));
+                    if !read.records.is_empty() {
+                        let mut keep = whole_batches_prefix(&read.records, remaining);
+                        if keep == 0 && !included_any {
+                            keep = whole_batches_prefix(&read.records, usize::MAX).min(first_batch_len(&read.records));
+                        }
+                        read.records.truncate(keep);
+                        remaining = remaining.saturating_sub(keep);
+                        included_any |= keep > 0;
+                    }
+                    let mut d = PartitionData::default();
+                    d.partition_index = p.partition;
+                    d.error_code = read.error.map_or(0, |e| e.code());
+                    d.high_watermark = read.high_watermark;
+                    d.last_stable_offset = read.last_stable_offset;
+                    if version >= 5 {
+                        d.log_start_offset = read.log_start_offset;
+                    }
+                    // KIP-98: read_committed gets the (empty) list of aborted transactions.
+                    d.aborted_transactions = read_committed.then(Vec::new);
+                    d.preferred_read_replica = BrokerId(-1);
+                    d.records = Some(read.records);
+                    d
+                })
+                .collect();
+            t
+        })
+        .collect();
+    ctx.respond(ApiKey::Fetch, &response)
+}
+
+/// Reads every partition on its owning shard; results in the order of `specs`.
+async fn read_all(
+    shard: &Rc<Shard>,
+    specs: &[(TopicPartition, ReadSpec)],
+    max_bytes: usize,
+    read_committed: bool,
+) -> Vec<(ReadSpec, PartitionRead)> {
+    let indexed = specs.iter().enumerate().map(|(i, (tp, spec))| (*tp, (i, *spec)));
+    let calls: Vec<_> = group_by_owner(shard, indexed)
+        .into_iter()
+        .map(|(owner, items)| shard.invoke_on(owner, move |s| read_on_owner(s, items, max_bytes, read_committed)))
+        .collect();
+    let mut out: Vec<Option<(ReadSpec, PartitionRead)>> = vec![None; specs.len()];
+    for call in calls {
+        match call.await {
+            Ok(results) => {
+                for (i, spec, read) in results {
+                    out[i] = Some((spec, read));
+                }
+            }
+            Err(e) => tracing::warn!("fetch: {e}"),
+        }
+    }
+    out.into_iter()
+        .zip(specs)
+        .map(|(r, (_, spec))| r.unwrap_or((*spec, PartitionRead::error(ResponseError::RequestTimedOut))))
+        .collect()
+}
+
+/// On the owning shard: reads its partitions in request order within one response budget.
+async fn read_on_owner(
+    shard: Rc<Shard>,
+    items: Vec<(TopicPartition, (usize, ReadSpec))>,
+    max_bytes: usize,
+    read_committed: bool,
+) -> Vec<(usize, ReadSpec, PartitionRead)> {
+    let mut budget = max_bytes;
+    let mut results = Vec::with_capacity(items.len());
+    for (tp, (i, spec)) in items {
+        let read = read_partition(&shard, tp, &spec, budget, read_committed).await;
+        budget = budget.saturating_sub(read.records.len());
+        results.push((i, spec, read));
+    }
+    results
+}
+
+async fn read_partition(shard: &Shard, tp: TopicPartition, spec: &ReadSpec, budget: usize, read_committed: bool) -> PartitionRead {
+    let Some(partition) = shard.partitions.get(tp) else {
+        return PartitionRead::error(ResponseError::UnknownTopicOrPartition);
+    };
+    // KIP-320: the client's view of the leader epoch must match ours.
+    if spec.current_leader_epoch >= 0 {
+        if spec.current_leader_epoch > LEADER_EPOCH.0 {
+            return PartitionRead::error(ResponseError::UnknownLeaderEpoch);
+        }
+        if spec.current_leader_epoch < LEADER_EPOCH.0 {
+            return PartitionRead::error(ResponseError::FencedLeaderEpoch);
+        }
+    }
+    let high_watermark = partition.high_watermark();
+    let last_stable_offset = partition.last_stable_offset();
+    let log_start_offset = partition.log.log_start_offset().0;
+    let visible_end = if read_committed { last_stable_offset } else { high_watermark };
+    if spec.fetch_offset < log_start_offset || spec.fetch_offset > high_watermark {
+        return PartitionRead { error: Some(ResponseError::OffsetOutOfRange), high_watermark, last_stable_offset, log_start_offset, records: Bytes::new() };
+    }
+    let records = if spec.fetch_offset >= visible_end {
+        Bytes::new()
+    } else {
+        match partition.log.read(Offset(spec.fetch_offset), spec.partition_max_bytes.min(budget)).await {
+            Ok(records) => records,
+            Err(e) => {
+                return PartitionRead { error: Some(engine_error(&e)), high_watermark, last_stable_offset, log_start_offset, records: Bytes::new() }
+            }
+        }
+    };
+    PartitionRead { error: None, high_watermark, last_stable_offset, log_start_offset, records }
+}
+
+/// Resolves when any partition gets data past the offset given for it, or at `deadline`.
+async fn wait_for_any_append(shard: &Rc<Shard>, seen: Vec<(TopicPartition, i64)>, deadline: Instant) {
+    let first = WakeSlot::new();
+    for (owner, items) in group_by_owner(shard, seen) {
+        let call = shard.invoke_on(owner, move |s| async move {
+            let items: Vec<(TopicPartition, i64)> = items;
+            s.partitions.wait_for_append(&items, deadline, &s.shutdown).await;
+        });
+        let first = first.clone();
+        glommio::spawn_local(async move {
+            let _ = call.await;
+            first.fire();
+        })
+        .detach();
+    }
+    let now = Instant::now();
+    if deadline > now {
+        futures_lite::future::or(first.wait(), glommio::timer::sleep(deadline - now)).await;
+    }
+}
+
+/// Bytes of the longest run of whole batches at the start of `records` within `limit`.
+fn whole_batches_prefix(records: &[u8], limit: usize) -> usize {
+    let mut end = 0;
+    loop {
+        let next = match batch_len_at(records, end) {
+            Some(len) => end + len,
+            None => return end,
+        };
+        if next > limit || next > records.len() {
+            return end;
+        }
+        end = next;
+    }
+}
+
+fn first_batch_len(records: &[u8]) -> usize {
+    batch_len_at(records, 0).unwrap_or(records.len()).min(records.len())
+}
+
+/// The size of the batch starting at `at` (offset, length, then `length` bytes).
+fn batch_len_at(records: &[u8], at: usize) -> Option<usize> {
+    let header = records.get(at..at + LOG_OVERHEAD_BYTES)?;
+    let length = i32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
+    (length >= 0).then(|| LOG_OVERHEAD_BYTES + length as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(len_after_header: usize) -> Vec<u8> {
+        let mut b = vec![0u8; LOG_OVERHEAD_BYTES + len_after_header];
+        b[8..12].copy_from_slice(&(len_after_header as i32).to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn prefix_keeps_whole_batches_within_the_limit() {
+        let mut records = batch(100);
+        records.extend(batch(50));
+        assert_eq!(whole_batches_prefix(&records, 0), 0);
+        assert_eq!(whole_batches_prefix(&records, 111), 0);
+        assert_eq!(whole_batches_prefix(&records, 112), 112);
+        assert_eq!(whole_batches_prefix(&records, 173), 112);
+        assert_eq!(whole_batches_prefix(&records, 174), 174);
+        assert_eq!(first_batch_len(&records), 112);
+    }
+
+    #[test]
+    fn a_torn_or_garbage_tail_is_never_split_into() {
+        let mut records = batch(10);
+        records.extend([0u8; 5]);
+        assert_eq!(whole_batches_prefix(&records, usize::MAX), 22);
+    }
+}

@@ -1,0 +1,145 @@
+//! Metadata: this broker, the cluster id, and the topics asked for (or all), with every
+//! partition led by this node. Unknown topics are created when the request allows it and
+//! `auto.create.topics.enable` is on (Kafka's default); they are answered ready at once.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+
+use super::produce::auto_create;
+use super::{str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::metadata::{validate_topic_name, TopicId, TopicMeta, LEADER_EPOCH};
+use crate::shard::Shard;
+
+/// "Authorized operations were not requested" (Kafka's Integer.MIN_VALUE).
+pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+/// Without ACLs every client may do everything a topic allows: READ, WRITE, CREATE, DELETE,
+/// ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS (Kafka's AclOperation codes 3–8, 10, 11).
+pub const TOPIC_OPERATIONS: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE.
+pub const CLUSTER_OPERATIONS: i32 = (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+
+enum Wanted {
+    Name(String),
+    Id(TopicId),
+}
+
+pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    let request: MetadataRequest = ctx.decode(ApiKey::Metadata, &mut body)?;
+    let version = ctx.api_version;
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let wanted: Option<Vec<Wanted>> = match request.topics {
+        None => None,
+        Some(topics) if version == 0 && topics.is_empty() => None,
+        Some(topics) => Some(
+            topics
+                .into_iter()
+                .map(|t| match t.name {
+                    Some(name) => Wanted::Name(name.0.to_string()),
+                    None => Wanted::Id(TopicId(t.topic_id)),
+                })
+                .collect(),
+        ),
+    };
+    let allow_auto_create = version < 4 || request.allow_auto_topic_creation;
+    if let (Some(wanted), true) = (&wanted, allow_auto_create) {
+        let names = wanted.iter().filter_map(|w| match w {
+            Wanted::Name(n) => Some(n.as_str()),
+            Wanted::Id(_) => None,
+        });
+        auto_create(&ctx.shard, names).await;
+    }
+
+    let shard = &ctx.shard;
+    let image = shard.metadata();
+    let topic_ops = if request.include_topic_authorized_operations { TOPIC_OPERATIONS } else { AUTHORIZED_OPERATIONS_OMITTED };
+    let describe_topic = |t: &TopicMeta| describe_topic(shard, t, topic_ops, version);
+    let topics: Vec<MetadataResponseTopic> = match wanted {
+        None => image.topics().map(describe_topic).collect(),
+        Some(wanted) => wanted
+            .into_iter()
+            .map(|w| match w {
+                Wanted::Name(name) => match image.topic(&name) {
+                    Some(t) => describe_topic(t),
+                    None => {
+                        let error = if validate_topic_name(&name).is_err() {
+                            ResponseError::InvalidTopicException
+                        } else {
+                            ResponseError::UnknownTopicOrPartition
+                        };
+                        let mut t = MetadataResponseTopic::default();
+                        t.error_code = error.code();
+                        t.name = Some(topic_name(&name));
+                        t.topic_authorized_operations = topic_ops;
+                        t
+                    }
+                },
+                Wanted::Id(id) => match image.topic_by_id(id) {
+                    Some(t) => describe_topic(t),
+                    None => {
+                        let mut t = MetadataResponseTopic::default();
+                        t.error_code = ResponseError::UnknownTopicId.code();
+                        t.topic_id = id.0;
+                        t.topic_authorized_operations = topic_ops;
+                        t
+                    }
+                },
+            })
+            .collect(),
+    };
+
+    let mut response = MetadataResponse::default();
+    response.brokers = vec![this_broker(shard)];
+    if version >= 1 {
+        response.controller_id = BrokerId(shard.config.node_id);
+    }
+    if version >= 2 {
+        response.cluster_id = Some(str_bytes(image.cluster_id.clone()));
+    }
+    response.topics = topics;
+    if (8..=10).contains(&version) && request.include_cluster_authorized_operations {
+        response.cluster_authorized_operations = CLUSTER_OPERATIONS;
+    }
+    ctx.respond(ApiKey::Metadata, &response)
+}
+
+pub fn this_broker(shard: &Shard) -> MetadataResponseBroker {
+    let mut b = MetadataResponseBroker::default();
+    b.node_id = BrokerId(shard.config.node_id);
+    b.host = str_bytes(shard.config.advertised_host.clone());
+    b.port = i32::from(shard.config.advertised_port);
+    b
+}
+
+/// One topic's entry; fields a version lacks keep their defaults (the encoder refuses
+/// anything else).
+fn describe_topic(shard: &Shard, topic: &TopicMeta, topic_ops: i32, version: i16) -> MetadataResponseTopic {
+    let node = BrokerId(shard.config.node_id);
+    let mut t = MetadataResponseTopic::default();
+    t.name = Some(topic_name(&topic.name));
+    if version >= 10 {
+        t.topic_id = topic.id.0;
+    }
+    if version >= 1 {
+        t.is_internal = topic.internal;
+    }
+    t.topic_authorized_operations = topic_ops;
+    t.partitions = topic
+        .partitions()
+        .map(|p| {
+            let mut mp = MetadataResponsePartition::default();
+            mp.partition_index = p.0;
+            mp.leader_id = node;
+            if version >= 7 {
+                mp.leader_epoch = LEADER_EPOCH.0;
+            }
+            mp.replica_nodes = vec![node];
+            mp.isr_nodes = vec![node];
+            mp
+        })
+        .collect();
+    t
+}

@@ -1,0 +1,207 @@
+//! The Kafka API: one handler per API, picked by the [`router`] by API key and version.
+//!
+//! Each handler decodes its request (kafka-protocol schemas; records stay `Bytes`), does
+//! its work (partition work on the owning shard through `Shard::invoke_on`, metadata
+//! changes through the controller), and encodes its response. Kafka error codes come from
+//! [`errors`], the one place engine and metadata errors are mapped.
+
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_groups;
+pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod describe_groups;
+pub mod errors;
+pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod incremental_alter_configs;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
+pub mod list_offsets;
+pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
+pub mod produce;
+pub mod router;
+pub mod sync_group;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::sync::StaticPermit;
+use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use wharf_protocol::frame::{encode_response, RequestHead};
+
+use crate::metadata::{TopicMeta, TopicPartition};
+use crate::shard::{oneshot, Shard, ShardId};
+
+/// What the connection does with a request once its handler is done.
+pub enum Reply {
+    /// Write this response frame.
+    Frame(Bytes),
+    /// Write nothing (Produce with acks=0).
+    NoResponse,
+    /// Close the connection (malformed request).
+    Close,
+}
+
+/// A request the broker cannot handle at all: the connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("cannot decode {api:?} v{version}: {reason}")]
+    Decode { api: ApiKey, version: i16, reason: String },
+    #[error("cannot encode the response: {0}")]
+    Encode(String),
+}
+
+pub type HandlerResult = Result<Reply, HandlerError>;
+
+/// One request being handled.
+pub struct RequestContext {
+    pub shard: Rc<Shard>,
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<StrBytes>,
+    pub peer: Option<SocketAddr>,
+    /// The produce memory budget this request holds until it is answered.
+    _produce_permit: Option<StaticPermit>,
+    /// Lets the connection read its next request; sent (or dropped) once this request's
+    /// order-sensitive work is queued.
+    dispatched: RefCell<Option<oneshot::Sender<()>>>,
+}
+
+impl RequestContext {
+    pub fn new(
+        shard: Rc<Shard>,
+        head: RequestHead,
+        peer: Option<SocketAddr>,
+        produce_permit: Option<StaticPermit>,
+        dispatched: oneshot::Sender<()>,
+    ) -> RequestContext {
+        RequestContext {
+            shard,
+            api_key: head.api_key,
+            api_version: head.api_version,
+            correlation_id: head.correlation_id,
+            client_id: head.client_id,
+            peer,
+            _produce_permit: produce_permit,
+            dispatched: RefCell::new(Some(dispatched)),
+        }
+    }
+
+    /// Lets the connection read its next request. Handlers whose effects must follow
+    /// request order (Produce) call this once those effects are queued; the router calls it
+    /// up front for every other API.
+    pub fn release_connection(&self) {
+        if let Some(tx) = self.dispatched.borrow_mut().take() {
+            tx.send(());
+        }
+    }
+
+    /// The client's host, as Kafka reports it (DescribeGroups, JoinGroup).
+    pub fn client_host(&self) -> String {
+        self.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default()
+    }
+
+    pub fn decode<R: Decodable>(&self, api: ApiKey, body: &mut Bytes) -> Result<R, HandlerError> {
+        R::decode(body, self.api_version).map_err(|e| HandlerError::Decode {
+            api,
+            version: self.api_version,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Encodes `body` as this request's response.
+    pub fn respond<M: Encodable>(&self, api: ApiKey, body: &M) -> HandlerResult {
+        encode_response(api, self.api_version, self.correlation_id, body)
+            .map(Reply::Frame)
+            .map_err(|e| HandlerError::Encode(e.to_string()))
+    }
+}
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+pub fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// The partitions of one request grouped by the shard that owns them, each with the
+/// caller's own label (its position in the request) so results can be put back in order.
+pub fn group_by_owner<T>(shard: &Shard, items: impl IntoIterator<Item = (TopicPartition, T)>) -> BTreeMap<ShardId, Vec<(TopicPartition, T)>> {
+    let mut groups: BTreeMap<ShardId, Vec<(TopicPartition, T)>> = BTreeMap::new();
+    for (tp, item) in items {
+        groups.entry(shard.owner_of(tp)).or_default().push((tp, item));
+    }
+    groups
+}
+
+/// A topic as a request named it, resolved against this shard's metadata.
+pub fn resolve_topic(shard: &Shard, name: &str) -> Option<TopicMeta> {
+    shard.metadata().topic(name).cloned()
+}
+
+/// Runs `op` for each partition on the shard that owns it (one call per owning shard,
+/// partitions of a shard in order) and returns the results in the order of `items`;
+/// `None` where the owning shard did not answer.
+pub async fn on_owners<T, R, F, Fut>(shard: &Rc<Shard>, items: Vec<(TopicPartition, T)>, op: F) -> Vec<Option<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Rc<Shard>, TopicPartition, T) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let count = items.len();
+    let indexed = items.into_iter().enumerate().map(|(i, (tp, item))| (tp, (i, item)));
+    let calls: Vec<_> = group_by_owner(shard, indexed)
+        .into_iter()
+        .map(|(owner, group)| {
+            let op = op.clone();
+            shard.invoke_on(owner, move |s| async move {
+                let mut out = Vec::with_capacity(group.len());
+                for (tp, (i, item)) in group {
+                    out.push((i, op(s.clone(), tp, item).await));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut results: Vec<Option<R>> = (0..count).map(|_| None).collect();
+    for call in calls {
+        match call.await {
+            Ok(out) => {
+                for (i, r) in out {
+                    results[i] = Some(r);
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    results
+}
+
+/// KIP-320: a request's `current_leader_epoch` against ours (-1 means "not checked").
+pub fn check_leader_epoch(current_leader_epoch: i32) -> Option<kafka_protocol::ResponseError> {
+    use crate::metadata::LEADER_EPOCH;
+    use kafka_protocol::ResponseError;
+    match current_leader_epoch {
+        e if e < 0 => None,
+        e if e > LEADER_EPOCH.0 => Some(ResponseError::UnknownLeaderEpoch),
+        e if e < LEADER_EPOCH.0 => Some(ResponseError::FencedLeaderEpoch),
+        _ => None,
+    }
+}

@@ -1,0 +1,261 @@
+//! Produce: append record batches to the partitions' owning shards.
+//!
+//! The request's partitions are grouped by owning shard and sent there in one call per
+//! shard (fan out), in request order; the connection may read its next request once those
+//! calls are queued, and the answers are gathered back into request order (fan in).
+//! acks=all waits for the append to be durable (the engine's group-committed fdatasync),
+//! acks=1 for it to be written, and acks=0 gets no response at all.
+//!
+//! Versions 0–2 are advertised but not served (see `wharf_protocol::produce_legacy`).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+use wharf_engine::Durability;
+use wharf_protocol::produce_legacy::{decode_legacy_produce_request, encode_legacy_produce_response, MAX_LEGACY_PRODUCE_VERSION};
+
+use super::errors::engine_error;
+use super::{group_by_owner, str_bytes, HandlerError, HandlerResult, Reply, RequestContext};
+use crate::metadata::controller::{self, NewTopic};
+use crate::metadata::{validate_topic_name, PartitionId, TopicPartition, LEADER_EPOCH};
+use crate::shard::Shard;
+
+/// The outcome of one partition's append.
+#[derive(Debug, Clone)]
+struct Appended {
+    error: Option<ResponseError>,
+    message: Option<String>,
+    base_offset: i64,
+    log_append_time_ms: i64,
+    log_start_offset: i64,
+}
+
+impl Appended {
+    fn error(error: ResponseError, message: Option<String>) -> Appended {
+        Appended { error: Some(error), message, base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+    }
+}
+
+pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    if ctx.api_version <= MAX_LEGACY_PRODUCE_VERSION {
+        return legacy(&ctx, body);
+    }
+    let request: ProduceRequest = ctx.decode(ApiKey::Produce, &mut body)?;
+    let acks = request.acks;
+    let durability = if acks == -1 { Durability::Synced } else { Durability::Written };
+
+    // Each partition of the request: its place in the response, and either its work or its
+    // answer right away.
+    let mut answers: Vec<Vec<(i32, Option<Appended>)>> = Vec::with_capacity(request.topic_data.len());
+    let mut work: Vec<(TopicPartition, (usize, usize, Bytes))> = Vec::new();
+
+    if !matches!(acks, -1..=1) {
+        for topic in &request.topic_data {
+            answers.push(
+                topic
+                    .partition_data
+                    .iter()
+                    .map(|p| (p.index, Some(Appended::error(ResponseError::InvalidRequiredAcks, None))))
+                    .collect(),
+            );
+        }
+    } else {
+        auto_create(&ctx.shard, request.topic_data.iter().map(|t| t.name.0.as_str())).await;
+        let image = ctx.shard.metadata();
+        for (ti, topic) in request.topic_data.iter().enumerate() {
+            let name = topic.name.0.as_str();
+            let meta = image.topic(name);
+            let mut row = Vec::with_capacity(topic.partition_data.len());
+            for (pi, partition) in topic.partition_data.iter().enumerate() {
+                let answer = match meta {
+                    None if validate_topic_name(name).is_err() => Some(Appended::error(ResponseError::InvalidTopicException, None)),
+                    None => Some(Appended::error(ResponseError::UnknownTopicOrPartition, None)),
+                    Some(t) if t.internal => Some(Appended::error(
+                        ResponseError::InvalidTopicException,
+                        Some(format!("Cannot append to internal topic {name}")),
+                    )),
+                    Some(t) if !t.has_partition(PartitionId(partition.index)) => {
+                        Some(Appended::error(ResponseError::UnknownTopicOrPartition, None))
+                    }
+                    Some(t) => match &partition.records {
+                        None => Some(Appended::error(ResponseError::CorruptMessage, Some("null records".into()))),
+                        Some(records) => {
+                            let tp = TopicPartition { topic_id: t.id, partition: PartitionId(partition.index) };
+                            work.push((tp, (ti, pi, records.clone())));
+                            None
+                        }
+                    },
+                };
+                row.push((partition.index, answer));
+            }
+            answers.push(row);
+        }
+    }
+
+    // Fan out: one call per owning shard, queued in request order.
+    let calls: Vec<_> = group_by_owner(&ctx.shard, work)
+        .into_iter()
+        .map(|(owner, items)| ctx.shard.invoke_on(owner, move |shard| append_on_owner(shard, items, durability, acks)))
+        .collect();
+    ctx.release_connection();
+
+    for call in calls {
+        match call.await {
+            Ok(results) => {
+                for (ti, pi, appended) in results {
+                    answers[ti][pi].1 = Some(appended);
+                }
+            }
+            Err(e) => tracing::warn!("produce: {e}"),
+        }
+    }
+    if acks == 0 {
+        return Ok(Reply::NoResponse);
+    }
+
+    let version = ctx.api_version;
+    let mut response = ProduceResponse::default();
+    response.responses = request
+        .topic_data
+        .into_iter()
+        .zip(answers)
+        .map(|(topic, row)| {
+            let mut t = TopicProduceResponse::default();
+            t.name = topic.name;
+            t.topic_id = topic.topic_id;
+            t.partition_responses = row
+                .into_iter()
+                .map(|(index, appended)| {
+                    let a = appended.unwrap_or_else(|| {
+                        Appended::error(ResponseError::RequestTimedOut, Some("the owning shard did not answer".into()))
+                    });
+                    let mut p = PartitionProduceResponse::default();
+                    p.index = index;
+                    p.error_code = a.error.map_or(0, |e| e.code());
+                    p.base_offset = a.base_offset;
+                    p.log_append_time_ms = a.log_append_time_ms;
+                    if version >= 5 {
+                        p.log_start_offset = a.log_start_offset;
+                    }
+                    if version >= 8 {
+                        p.error_message = a.message.map(str_bytes);
+                    }
+                    p
+                })
+                .collect();
+            t
+        })
+        .collect();
+    ctx.respond(ApiKey::Produce, &response)
+}
+
+/// Creates the unknown topics a produce names, when `auto.create.topics.enable` is on.
+pub async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a str>) {
+    if !shard.config.auto_create_topics {
+        return;
+    }
+    let image = shard.metadata();
+    let mut missing: Vec<NewTopic> = Vec::new();
+    for name in names {
+        if image.topic(name).is_none()
+            && validate_topic_name(name).is_ok()
+            && name != crate::metadata::OFFSETS_TOPIC
+            && !missing.iter().any(|t| t.name == name)
+        {
+            missing.push(NewTopic {
+                name: name.to_string(),
+                partitions: shard.config.num_partitions,
+                configs: Vec::new(),
+                internal: false,
+            });
+        }
+    }
+    if missing.is_empty() {
+        return;
+    }
+    // Another connection may create the same topic first; TOPIC_ALREADY_EXISTS is fine.
+    for result in controller::create_topics(shard, missing, false).await {
+        if let Err(e) = result {
+            if !matches!(e, controller::MetadataError::TopicAlreadyExists(_)) {
+                tracing::warn!("auto-creating a topic failed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs on the owning shard: appends each partition's batches, in the order given.
+async fn append_on_owner(
+    shard: Rc<Shard>,
+    items: Vec<(TopicPartition, (usize, usize, Bytes))>,
+    durability: Durability,
+    acks: i16,
+) -> Vec<(usize, usize, Appended)> {
+    // Spawned in order, so every append starts (and takes its offsets) in request order
+    // even though they complete independently.
+    let tasks: Vec<_> = items
+        .into_iter()
+        .map(|(tp, (ti, pi, records))| {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { (ti, pi, append_one(&shard, tp, records, durability, acks).await) })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await);
+    }
+    results
+}
+
+async fn append_one(shard: &Shard, tp: TopicPartition, records: Bytes, durability: Durability, acks: i16) -> Appended {
+    let Some(partition) = shard.partitions.get(tp) else {
+        return Appended::error(ResponseError::UnknownTopicOrPartition, None);
+    };
+    // A single node is the whole ISR: acks=all cannot meet min.insync.replicas above 1.
+    if acks == -1 && partition.min_insync_replicas.get() > 1 {
+        return Appended::error(
+            ResponseError::NotEnoughReplicas,
+            Some(format!("min.insync.replicas is {} but this node is the only replica", partition.min_insync_replicas.get())),
+        );
+    }
+    match partition.log.append(records, LEADER_EPOCH.0, durability).await {
+        Ok(info) => {
+            partition.appended.notify_all();
+            Appended {
+                error: None,
+                message: None,
+                base_offset: info.base_offset.0,
+                log_append_time_ms: info.log_append_time_ms,
+                log_start_offset: info.log_start_offset.0,
+            }
+        }
+        Err(e) => Appended::error(engine_error(&e), Some(e.to_string())),
+    }
+}
+
+/// Produce v0–v2: UNSUPPORTED_VERSION for every partition (acks=0 still gets nothing).
+fn legacy(ctx: &RequestContext, body: Bytes) -> HandlerResult {
+    ctx.release_connection();
+    let request = decode_legacy_produce_request(body).map_err(|e| HandlerError::Decode {
+        api: ApiKey::Produce,
+        version: ctx.api_version,
+        reason: e.to_string(),
+    })?;
+    if request.acks == 0 {
+        return Ok(Reply::NoResponse);
+    }
+    let body = encode_legacy_produce_response(ctx.api_version, &request, ResponseError::UnsupportedVersion.code());
+    Ok(Reply::Frame(legacy_frame(ctx.correlation_id, body)))
+}
+
+/// Produce v0–v2 responses use response header v0 (just the correlation id).
+fn legacy_frame(correlation_id: i32, body: Bytes) -> Bytes {
+    use bytes::BufMut;
+    let mut frame = bytes::BytesMut::with_capacity(8 + body.len());
+    frame.put_i32(4 + body.len() as i32);
+    frame.put_i32(correlation_id);
+    frame.put_slice(&body);
+    frame.freeze()
+}

@@ -1,0 +1,144 @@
+//! Picks the handler for a request by API key and version.
+//!
+//! [`ROUTES`] is the single list of what this broker implements: ApiVersions advertises
+//! exactly it, and the router serves exactly it. Adding an API is one line here plus its
+//! handler file. An API key that is not routed, or a version outside the range, gets
+//! UNSUPPORTED_VERSION (ApiVersions answers that itself, per KIP-511).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::ResponseError;
+use wharf_protocol::frame::encode_error_code_only_response;
+
+use super::{
+    api_versions, create_partitions, create_topics, delete_records, delete_topics, describe_cluster, describe_configs,
+    fetch, incremental_alter_configs, list_offsets, metadata, offset_for_leader_epoch, produce,
+};
+use super::{
+    delete_groups, describe_groups, find_coordinator, heartbeat, join_group, leave_group, list_groups, offset_commit,
+    offset_delete, offset_fetch, sync_group,
+};
+use super::{HandlerResult, Reply, RequestContext};
+
+type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult>>>;
+
+/// One implemented API: its versions and its handler.
+pub struct Route {
+    pub api_key: ApiKey,
+    pub min_version: i16,
+    pub max_version: i16,
+    handler: fn(Rc<RequestContext>, Bytes) -> HandlerFuture,
+}
+
+impl Route {
+    pub fn supports(&self, version: i16) -> bool {
+        (self.min_version..=self.max_version).contains(&version)
+    }
+}
+
+macro_rules! route {
+    ($key:ident, $min:expr, $max:expr, $module:ident) => {
+        Route {
+            api_key: ApiKey::$key,
+            min_version: $min,
+            max_version: $max,
+            handler: |ctx, body| Box::pin($module::handle(ctx, body)),
+        }
+    };
+}
+
+/// Every API and version range this broker implements, as advertised in ApiVersions.
+pub static ROUTES: &[Route] = &[
+    // Advertised from v0 (KAFKA-18659: librdkafka disables compression otherwise); v0–v2
+    // are answered with UNSUPPORTED_VERSION per partition by the handler.
+    route!(Produce, 0, 11, produce),
+    route!(Fetch, 4, 12, fetch),
+    route!(ListOffsets, 1, 8, list_offsets),
+    route!(Metadata, 0, 12, metadata),
+    route!(OffsetForLeaderEpoch, 2, 4, offset_for_leader_epoch),
+    route!(ApiVersions, 0, 3, api_versions),
+    route!(CreateTopics, 2, 7, create_topics),
+    route!(DeleteTopics, 1, 6, delete_topics),
+    route!(DeleteRecords, 0, 2, delete_records),
+    route!(DescribeConfigs, 1, 4, describe_configs),
+    route!(CreatePartitions, 0, 3, create_partitions),
+    route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
+    route!(DescribeCluster, 0, 1, describe_cluster),
+    // Consumer groups (classic protocol), coordinated on the shard owning the group's
+    // `__consumer_offsets` partition.
+    route!(FindCoordinator, 0, 5, find_coordinator),
+    route!(JoinGroup, 0, 9, join_group),
+    route!(SyncGroup, 0, 5, sync_group),
+    route!(Heartbeat, 0, 4, heartbeat),
+    route!(LeaveGroup, 0, 5, leave_group),
+    route!(OffsetCommit, 2, 9, offset_commit),
+    route!(OffsetFetch, 1, 9, offset_fetch),
+    route!(DescribeGroups, 0, 5, describe_groups),
+    route!(ListGroups, 0, 5, list_groups),
+    route!(DeleteGroups, 0, 2, delete_groups),
+    route!(OffsetDelete, 0, 0, offset_delete),
+];
+
+pub fn route_for(api_key: i16) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.api_key as i16 == api_key)
+}
+
+/// Handles one request and produces what the connection should do with it.
+pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
+    let ctx = Rc::new(ctx);
+    let api_key = ctx.api_key;
+    let route = route_for(api_key);
+    let result = match route {
+        Some(route) if route.supports(ctx.api_version) || route.api_key == ApiKey::ApiVersions => {
+            if route.api_key != ApiKey::Produce {
+                ctx.release_connection();
+            }
+            (route.handler)(ctx.clone(), body).await
+        }
+        _ => {
+            ctx.release_connection();
+            Ok(unsupported(&ctx))
+        }
+    };
+    match result {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::debug!(shard = ctx.shard.id.0, peer = ?ctx.peer, "closing connection: {e}");
+            Reply::Close
+        }
+    }
+}
+
+/// The answer to an API key or version this broker does not serve.
+pub fn unsupported(ctx: &RequestContext) -> Reply {
+    Reply::Frame(encode_error_code_only_response(ctx.correlation_id, ResponseError::UnsupportedVersion.code()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_unique_and_within_what_the_schemas_know() {
+        for (i, route) in ROUTES.iter().enumerate() {
+            assert!(
+                ROUTES[i + 1..].iter().all(|r| r.api_key != route.api_key),
+                "{:?} routed twice",
+                route.api_key
+            );
+            let known = route.api_key.valid_versions();
+            let min = if route.api_key == ApiKey::Produce { known.min.min(0) } else { known.min };
+            assert!(route.min_version >= min && route.max_version <= known.max, "{:?}", route.api_key);
+            assert!(route.min_version <= route.max_version);
+        }
+    }
+
+    #[test]
+    fn produce_is_advertised_from_version_zero() {
+        assert_eq!(route_for(ApiKey::Produce as i16).map(|r| r.min_version), Some(0));
+    }
+}

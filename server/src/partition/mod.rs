@@ -1,0 +1,179 @@
+//! The partitions a shard owns: their open logs, and who waits for their next append.
+//!
+//! Data plane. Only the owning shard touches a partition's log; other shards reach it with
+//! [`Shard::invoke_on`](crate::shard::Shard::invoke_on).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use wharf_engine::{BatchCache, EngineError, LogConfig, PartitionLog};
+
+use crate::metadata::store::partition_dir;
+use crate::metadata::TopicPartition;
+use crate::shard::event::{Latch, WakeSlot, Watchers};
+
+/// How long deleting a partition waits for requests still using its log.
+const DELETE_WAIT_FOR_READERS: Duration = Duration::from_secs(10);
+/// Partitions opened at once when a shard starts or a topic is created.
+pub const OPEN_CONCURRENCY: usize = 64;
+
+/// One open partition.
+pub struct PartitionHandle {
+    pub tp: TopicPartition,
+    pub topic: String,
+    /// `<data>/<topic>-<partition>`.
+    pub dir: PathBuf,
+    pub log: PartitionLog,
+    /// Fetches waiting for data on this partition.
+    pub appended: Watchers,
+    /// `min.insync.replicas`: an acks=all produce needs this many in-sync replicas; a
+    /// single node has one.
+    pub min_insync_replicas: Cell<i32>,
+}
+
+impl PartitionHandle {
+    /// The high watermark: on a single node every appended record is committed.
+    pub fn high_watermark(&self) -> i64 {
+        self.log.log_end_offset().0
+    }
+
+    /// KIP-98: the last stable offset. Without transactions nothing is pending, so it is the
+    /// high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.high_watermark()
+    }
+}
+
+/// The partitions this shard owns and has open.
+#[derive(Default)]
+pub struct PartitionRegistry {
+    open: RefCell<HashMap<TopicPartition, Rc<PartitionHandle>>>,
+}
+
+impl PartitionRegistry {
+    pub fn get(&self, tp: TopicPartition) -> Option<Rc<PartitionHandle>> {
+        self.open.borrow().get(&tp).cloned()
+    }
+
+    pub fn contains(&self, tp: TopicPartition) -> bool {
+        self.open.borrow().contains_key(&tp)
+    }
+
+    pub fn keys(&self) -> Vec<TopicPartition> {
+        self.open.borrow().keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Opens (creating if needed, recovering if present) a partition's log.
+    pub async fn open(
+        &self,
+        data_dir: &Path,
+        tp: TopicPartition,
+        topic: &str,
+        config: LogConfig,
+        min_insync_replicas: i32,
+        cache: Rc<BatchCache>,
+    ) -> Result<(), EngineError> {
+        if self.contains(tp) {
+            return Ok(());
+        }
+        let dir = partition_dir(data_dir, topic, tp.partition.0);
+        let log = PartitionLog::open(dir.clone(), config, cache).await?;
+        let handle = PartitionHandle {
+            tp,
+            topic: topic.to_string(),
+            dir,
+            log,
+            appended: Watchers::default(),
+            min_insync_replicas: Cell::new(min_insync_replicas),
+        };
+        self.open.borrow_mut().insert(tp, Rc::new(handle));
+        Ok(())
+    }
+
+    /// Removes a partition and deletes its log from disk (DeleteTopics).
+    pub async fn delete(&self, tp: TopicPartition) -> Result<(), EngineError> {
+        let Some(handle) = self.open.borrow_mut().remove(&tp) else { return Ok(()) };
+        // Release fetches waiting on it; they will find it gone.
+        handle.appended.notify_all();
+        match wait_until_unique(handle).await {
+            Ok(handle) => handle.log.delete().await,
+            Err(handle) => {
+                // A request still holds the log (a stuck reader): close it so later calls
+                // fail, and remove the files behind it.
+                handle.log.close().await?;
+                let dir = handle.dir.clone();
+                glommio::executor()
+                    .spawn_blocking(move || std::fs::remove_dir_all(dir))
+                    .await
+                    .map_err(|e| EngineError::Io { context: "delete partition directory".into(), source: e })
+            }
+        }
+    }
+
+    /// Flushes and closes every log (shutdown).
+    pub async fn close_all(&self) -> Vec<(TopicPartition, EngineError)> {
+        let handles: Vec<_> = self.open.borrow_mut().drain().map(|(_, h)| h).collect();
+        let mut failures = Vec::new();
+        for chunk in handles.chunks(OPEN_CONCURRENCY) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .cloned()
+                .map(|h| {
+                    h.appended.notify_all();
+                    glommio::spawn_local(async move { (h.tp, h.log.close().await) })
+                })
+                .collect();
+            for task in tasks {
+                if let (tp, Err(e)) = task.await {
+                    failures.push((tp, e));
+                }
+            }
+        }
+        failures
+    }
+
+    /// Waits until any of `partitions` has data beyond the given offset (its log end offset
+    /// grew past what the caller saw), `deadline` passes, or `shutdown` is set.
+    pub async fn wait_for_append(&self, partitions: &[(TopicPartition, i64)], deadline: Instant, shutdown: &Rc<Latch>) {
+        let slot = WakeSlot::new();
+        for (tp, seen_end) in partitions {
+            match self.get(*tp) {
+                // Appended since the caller looked, or gone: no point waiting.
+                Some(h) if h.high_watermark() > *seen_end => return,
+                None => return,
+                Some(h) => h.appended.register(&slot),
+            }
+        }
+        let now = Instant::now();
+        if deadline <= now || shutdown.is_set() {
+            return;
+        }
+        let timer = glommio::timer::sleep(deadline - now);
+        futures_lite::future::or(futures_lite::future::or(slot.wait(), timer), shutdown.wait()).await;
+    }
+}
+
+async fn wait_until_unique(mut handle: Rc<PartitionHandle>) -> Result<PartitionHandle, Rc<PartitionHandle>> {
+    let deadline = Instant::now() + DELETE_WAIT_FOR_READERS;
+    loop {
+        match Rc::try_unwrap(handle) {
+            Ok(h) => return Ok(h),
+            Err(shared) if Instant::now() >= deadline => return Err(shared),
+            Err(shared) => {
+                handle = shared;
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

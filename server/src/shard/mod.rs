@@ -1,0 +1,276 @@
+//! Shards: one glommio `LocalExecutor` per core, pinned, each owning its connections, its
+//! partitions, its cache and its budgets. Nothing here is shared between shards; they talk
+//! only through the [`mesh`].
+
+pub mod event;
+pub mod mesh;
+pub mod oneshot;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use glommio::sync::Semaphore;
+use glommio::{LocalExecutorBuilder, Placement};
+use wharf_engine::BatchCache;
+
+use crate::config::BrokerConfig;
+use crate::metadata::controller::Controller;
+use crate::metadata::ownership::owner_shard;
+use crate::metadata::topic_config::EffectiveConfig;
+use crate::metadata::{MetadataImage, TopicMeta, TopicPartition};
+use crate::partition::{PartitionRegistry, OPEN_CONCURRENCY};
+use crate::shard::event::Latch;
+use crate::shard::mesh::{Mesh, MeshHandle};
+
+/// A shard's index, 0..shard_count.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub usize);
+
+/// How long shutdown waits for connections to finish their in-flight requests.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// I/O memory each executor registers with io_uring (RLIMIT_MEMLOCK is often small).
+const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Everything one shard owns. Lives in an `Rc` on its executor; never crosses threads.
+pub struct Shard {
+    pub id: ShardId,
+    pub shard_count: usize,
+    pub config: BrokerConfig,
+    pub mesh: Mesh,
+    metadata: RefCell<Rc<MetadataImage>>,
+    pub partitions: PartitionRegistry,
+    pub cache: Rc<BatchCache>,
+    /// Bytes of produce requests read from sockets and not yet answered. A connection
+    /// that cannot get budget for its next produce request stops reading its socket.
+    pub produce_budget: Rc<Semaphore>,
+    controller: Option<Controller>,
+    /// Set when the broker shuts down: stop accepting and reading new requests.
+    pub shutdown: Rc<Latch>,
+    /// Set when this shard's executor should exit.
+    stopped: Rc<Latch>,
+    /// Open client connections on this shard.
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    fn new(id: ShardId, config: BrokerConfig, image: MetadataImage, mesh: Mesh) -> Shard {
+        let controller = (id == crate::metadata::controller::CONTROLLER_SHARD)
+            .then(|| Controller::new(image.clone(), config.data_dir.clone()));
+        Shard {
+            id,
+            shard_count: config.shards,
+            cache: BatchCache::new(config.log_cache_bytes_per_shard),
+            produce_budget: Rc::new(Semaphore::new(config.produce_inflight_bytes_per_shard as u64)),
+            config,
+            mesh,
+            metadata: RefCell::new(Rc::new(image)),
+            partitions: PartitionRegistry::default(),
+            controller,
+            shutdown: Latch::new(),
+            stopped: Latch::new(),
+            connections: Cell::new(0),
+        }
+    }
+
+    /// This shard's current copy of the metadata.
+    pub fn metadata(&self) -> Rc<MetadataImage> {
+        self.metadata.borrow().clone()
+    }
+
+    /// The metadata controller; only shard 0 has one.
+    pub fn controller(&self) -> &Controller {
+        self.controller.as_ref().expect("the controller runs on shard 0 and is only called there")
+    }
+
+    pub fn owner_of(&self, tp: TopicPartition) -> ShardId {
+        owner_shard(tp.topic_id, tp.partition, self.shard_count)
+    }
+
+    pub fn is_local(&self, tp: TopicPartition) -> bool {
+        self.owner_of(tp) == self.id
+    }
+
+    /// Takes a new metadata image: deletes partitions that are gone, applies changed
+    /// configs, opens partitions this shard now owns. Returns what failed, as text.
+    pub async fn apply_metadata(self: &Rc<Self>, image: MetadataImage) -> Vec<String> {
+        let image = Rc::new(image);
+        let old = self.metadata.replace(image.clone());
+        let mut failures = Vec::new();
+        for tp in self.partitions.keys() {
+            let keep = image.topic_by_id(tp.topic_id).is_some_and(|t| t.has_partition(tp.partition));
+            if !keep {
+                if let Err(e) = self.partitions.delete(tp).await {
+                    failures.push(format!("deleting {tp:?}: {e}"));
+                }
+            }
+        }
+        for topic in image.topics() {
+            let changed = old.topic_by_id(topic.id).is_some_and(|o| o.overrides != topic.overrides);
+            if changed {
+                let effective = EffectiveConfig { overrides: &topic.overrides, defaults: &self.config.topic_defaults };
+                for partition in topic.partitions() {
+                    if let Some(p) = self.partitions.get(TopicPartition { topic_id: topic.id, partition }) {
+                        p.log.set_config(effective.log_config());
+                        p.min_insync_replicas.set(effective.min_insync_replicas());
+                    }
+                }
+            }
+        }
+        failures.extend(self.open_owned_partitions(&image).await);
+        failures
+    }
+
+    /// Opens every partition of `image` this shard owns and has not opened yet.
+    async fn open_owned_partitions(self: &Rc<Self>, image: &MetadataImage) -> Vec<String> {
+        let mut todo: Vec<(TopicMeta, TopicPartition)> = Vec::new();
+        for topic in image.topics() {
+            for partition in topic.partitions() {
+                let tp = TopicPartition { topic_id: topic.id, partition };
+                if self.is_local(tp) && !self.partitions.contains(tp) {
+                    todo.push((topic.clone(), tp));
+                }
+            }
+        }
+        let mut failures = Vec::new();
+        for chunk in todo.chunks(OPEN_CONCURRENCY) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .cloned()
+                .map(|(topic, tp)| {
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        let effective = EffectiveConfig { overrides: &topic.overrides, defaults: &shard.config.topic_defaults };
+                        let result = shard
+                            .partitions
+                            .open(
+                                &shard.config.data_dir,
+                                tp,
+                                &topic.name,
+                                effective.log_config(),
+                                effective.min_insync_replicas(),
+                                shard.cache.clone(),
+                            )
+                            .await;
+                        result.map_err(|e| format!("cannot open partition {}-{}: {e}", topic.name, tp.partition.0))
+                    })
+                })
+                .collect();
+            for task in tasks {
+                if let Err(e) = task.await {
+                    failures.push(e);
+                }
+            }
+        }
+        failures
+    }
+
+    /// Stops accepting and reading requests and waits (bounded) for in-flight ones.
+    async fn drain(self: &Rc<Self>) {
+        self.shutdown.set();
+        let deadline = Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+        while self.connections.get() > 0 && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        if self.connections.get() > 0 {
+            tracing::warn!(shard = self.id.0, connections = self.connections.get(), "connections still busy at shutdown");
+        }
+    }
+}
+
+/// What a shard reports to the main thread once it serves (or why it cannot).
+pub type ReadyReport = Result<ShardId, String>;
+
+/// Everything a shard thread needs to start.
+pub struct ShardStart {
+    pub id: ShardId,
+    pub cpu: Option<usize>,
+    pub config: BrokerConfig,
+    pub image: MetadataImage,
+    pub mesh: MeshHandle,
+    pub ready: mpsc::Sender<ReadyReport>,
+}
+
+/// Starts a shard on its own pinned thread. The thread ends after a graceful shutdown.
+pub fn spawn(start: ShardStart) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
+    let placement = match start.cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
+    };
+    LocalExecutorBuilder::new(placement)
+        .name(&format!("wharf-shard-{}", start.id.0))
+        .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+        // Shard 0 parks one blocking thread waiting for SIGTERM; metadata saves need another.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
+        .spawn(move || run(start))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+async fn run(start: ShardStart) {
+    let ShardStart { id, config, image, mesh, ready, .. } = start;
+    let mesh = match Mesh::join(mesh).await {
+        Ok(mesh) => mesh,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let initial = image.clone();
+    let shard = Rc::new(Shard::new(id, config, image, mesh));
+    Mesh::start(&shard);
+
+    let failures = shard.open_owned_partitions(&initial).await;
+    if let Some(first) = failures.into_iter().next() {
+        let _ = ready.send(Err(first));
+        return;
+    }
+    let listener = match glommio::net::TcpListener::bind(shard.config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {}: {e}", shard.config.listen)));
+            return;
+        }
+    };
+    glommio::spawn_local(crate::net::accept_loop(shard.clone(), listener)).detach();
+    if id == crate::metadata::controller::CONTROLLER_SHARD {
+        glommio::spawn_local(watch_for_termination(shard.clone())).detach();
+    }
+    let _ = ready.send(Ok(id));
+
+    shard.stopped.wait().await;
+    // Let replies to other shards (the last one acknowledges the stop) leave first.
+    while !shard.mesh.outbound_is_empty() {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// On shard 0: waits for SIGTERM or SIGINT, then shuts every shard down in order: stop
+/// accepting and finish in-flight requests everywhere, then flush and close every log,
+/// then stop the executors (shard 0 last, so it can still hear the others).
+async fn watch_for_termination(shard: Rc<Shard>) {
+    let signal = glommio::executor().spawn_blocking(crate::broker::wait_for_termination_signal).await;
+    tracing::info!("{signal}: shutting down");
+    shard.invoke_on_all(|s| async move { s.drain().await }).await;
+    let closed = shard
+        .invoke_on_all(|s| async move {
+            let failures = s.partitions.close_all().await;
+            for (tp, e) in &failures {
+                tracing::error!("closing {tp:?}: {e}");
+            }
+            failures.len()
+        })
+        .await;
+    let failed: usize = closed.into_iter().map(|r| r.unwrap_or(0)).sum();
+    if failed > 0 {
+        tracing::error!(partitions = failed, "some partitions failed to close cleanly");
+    }
+    for other in 1..shard.shard_count {
+        let _ = shard.invoke_on(ShardId(other), |s| async move { s.stopped.set() }).await;
+    }
+    shard.stopped.set();
+}
+
+/// Where a connection came from, for handlers that report client hosts.
+pub type PeerAddr = SocketAddr;
