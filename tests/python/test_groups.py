@@ -349,3 +349,44 @@ def test_at_least_once_while_members_join_and_leave(gbroker, members):
     everyone = lambda: {m["key"] for mem in members for m in mem.messages()}
     wait_for(lambda: len(everyone()) == total, "every record consumed by someone")
     assert everyone() == {f"k{i}" for i in range(total)}
+
+
+def test_static_member_restart_takes_back_its_place(gbroker):
+    topic, group = name("static"), name("g")
+    create_topic(gbroker, topic, 2)
+    produce(gbroker, topic, 20, partitions=2)
+
+    def static_consumer(instance):
+        c = Consumer(
+            {
+                "bootstrap.servers": gbroker.bootstrap,
+                "group.id": group,
+                "group.instance.id": instance,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 30000,
+            }
+        )
+        c.subscribe([topic])
+        return c
+
+    def poll_until_assigned(consumers):
+        deadline = time.time() + GUARD_S
+        while time.time() < deadline:
+            for c in consumers:
+                c.poll(0.2)
+            if all(c.assignment() for c in consumers):
+                return [sorted(tp.partition for tp in c.assignment()) for c in consumers]
+        raise AssertionError("static members never got their partitions")
+
+    a, b = static_consumer("instance-a"), static_consumer("instance-b")
+    before = poll_until_assigned([a, b])
+    # A static member does not leave on close; its restart (same instance id, new member
+    # id) takes its old place well within the 30 s session timeout.
+    a.close()
+    a = static_consumer("instance-a")
+    after = poll_until_assigned([a, b])
+    assert after == before
+    text = wharf_group(gbroker, "describe", group)
+    assert "is Stable (2 members," in text, text
+    a.close()
+    b.close()
