@@ -20,6 +20,8 @@ use crate::stats::kafka_error_name;
 /// How long to wait for a topic to have a leader for every partition.
 pub const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const TOPIC_READY_POLL: Duration = Duration::from_millis(100);
+/// How long an unknown topic may stay unknown when the broker is left to auto-create it.
+const UNKNOWN_TOPIC_TIMEOUT: Duration = Duration::from_secs(3);
 
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -64,7 +66,8 @@ pub async fn discover(
         create_topic(conn, topic, partitions, replication_factor, timeout_ms).await?;
     }
     let version = conn.version(ApiKey::Metadata, 1..=12)?;
-    let deadline = std::time::Instant::now() + TOPIC_READY_TIMEOUT;
+    let started = std::time::Instant::now();
+    let deadline = started + TOPIC_READY_TIMEOUT;
     loop {
         let mut request = MetadataRequest::default();
         let mut t = MetadataRequestTopic::default();
@@ -82,7 +85,10 @@ pub async fn discover(
             .iter()
             .find(|t| t.name.as_ref().map(|n| n.0.as_str()) == Some(topic))
             .context("Metadata response does not mention the topic")?;
-        let retriable = matches!(t.error_code, UNKNOWN_TOPIC_OR_PARTITION | LEADER_NOT_AVAILABLE);
+        let retriable = matches!(
+            t.error_code,
+            UNKNOWN_TOPIC_OR_PARTITION | LEADER_NOT_AVAILABLE
+        );
         let mut ready = t.error_code == 0 && !t.partitions.is_empty();
         let mut leaders = BTreeMap::new();
         if ready {
@@ -100,13 +106,35 @@ pub async fn discover(
             }
         }
         if ready {
-            return Ok(TopicLayout { topic: topic.to_string(), leaders });
+            return Ok(TopicLayout {
+                topic: topic.to_string(),
+                leaders,
+            });
         }
         if t.error_code != 0 && !retriable {
             bail!("Metadata for {topic}: {}", kafka_error_name(t.error_code));
         }
-        if std::time::Instant::now() > deadline {
-            bail!("topic {topic} has no leader for every partition after {TOPIC_READY_TIMEOUT:?}");
+        // Without CreateTopics an unknown topic exists only if the broker auto-creates it,
+        // which it does at once; a topic still unknown after a moment will not appear.
+        let gave_up = if create.is_none() && t.error_code == UNKNOWN_TOPIC_OR_PARTITION {
+            std::time::Instant::now() > started + UNKNOWN_TOPIC_TIMEOUT
+        } else {
+            std::time::Instant::now() > deadline
+        };
+        if gave_up {
+            let hint = if create.is_none() {
+                " (the broker does not auto-create it: try --create-topic)"
+            } else {
+                ""
+            };
+            bail!(
+                "topic {topic}: {}{hint}",
+                if t.error_code == 0 {
+                    "no leader for every partition".to_string()
+                } else {
+                    kafka_error_name(t.error_code)
+                }
+            );
         }
         glommio::timer::sleep(TOPIC_READY_POLL).await;
     }
@@ -134,7 +162,10 @@ async fn create_topic(
             code => bail!(
                 "CreateTopics {topic}: {}{}",
                 kafka_error_name(code),
-                r.error_message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default()
+                r.error_message
+                    .as_ref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
             ),
         }
     }
@@ -169,7 +200,11 @@ pub async fn list_offsets(
     for t in &response.topics {
         for p in &t.partitions {
             if p.error_code != 0 {
-                bail!("ListOffsets {topic}-{}: {}", p.partition_index, kafka_error_name(p.error_code));
+                bail!(
+                    "ListOffsets {topic}-{}: {}",
+                    p.partition_index,
+                    kafka_error_name(p.error_code)
+                );
             }
             offsets.insert(p.partition_index, p.offset);
         }

@@ -248,7 +248,11 @@ impl Args {
             bail!("--cores must be at least 1");
         }
         if !self.cpus.is_empty() && self.cpus.len() != self.cores {
-            bail!("--cpus names {} CPUs for {} cores", self.cpus.len(), self.cores);
+            bail!(
+                "--cpus names {} CPUs for {} cores",
+                self.cpus.len(),
+                self.cores
+            );
         }
         if self.producers + self.consumers > MAX_CONNECTIONS_PER_CORE {
             bail!("at most {MAX_CONNECTIONS_PER_CORE} connections per core");
@@ -269,7 +273,10 @@ impl Args {
             bail!("--record-size must be at most {MAX_RECORD_BYTES}");
         }
         if self.mode == Mode::E2e && self.record_size.min() < crate::payload::STAMP_BYTES {
-            bail!("e2e records carry a {}-byte stamp: --record-size must be at least that", crate::payload::STAMP_BYTES);
+            bail!(
+                "e2e records carry a {}-byte stamp: --record-size must be at least that",
+                crate::payload::STAMP_BYTES
+            );
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {

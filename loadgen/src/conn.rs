@@ -60,7 +60,9 @@ impl Conn {
         let stream = TcpStream::connect_timeout(peer, CONNECT_TIMEOUT)
             .await
             .map_err(|e| anyhow!("cannot connect to {peer}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| anyhow!("TCP_NODELAY: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| anyhow!("TCP_NODELAY: {e}"))?;
         let mut conn = Conn {
             stream,
             peer,
@@ -71,7 +73,9 @@ impl Conn {
             client_id: StrBytes::from_string(client_id.to_string()),
             versions: HashMap::new(),
         };
-        conn.handshake().await.with_context(|| format!("ApiVersions with {peer}"))?;
+        conn.handshake()
+            .await
+            .with_context(|| format!("ApiVersions with {peer}"))?;
         Ok(conn)
     }
 
@@ -89,10 +93,16 @@ impl Conn {
             response = self.call(0, &ApiVersionsRequest::default()).await?;
         }
         if response.error_code != 0 {
-            bail!("error {}", crate::stats::kafka_error_name(response.error_code));
+            bail!(
+                "error {}",
+                crate::stats::kafka_error_name(response.error_code)
+            );
         }
-        self.versions =
-            response.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        self.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
         Ok(())
     }
 
@@ -104,7 +114,12 @@ impl Conn {
             .ok_or_else(|| anyhow!("broker {} does not support {key:?}", self.peer))?;
         let v = max.min(*ours.end());
         if v < min.max(*ours.start()) {
-            bail!("broker {} speaks {key:?} v{min}-v{max}; wharf-loadgen needs v{}-v{}", self.peer, ours.start(), ours.end());
+            bail!(
+                "broker {} speaks {key:?} v{min}-v{max}; wharf-loadgen needs v{}-v{}",
+                self.peer,
+                ours.start(),
+                ours.end()
+            );
         }
         Ok(v)
     }
@@ -141,7 +156,10 @@ impl Conn {
         }
         let start = self.wbuf.len();
         self.wbuf.extend_from_slice(&[0; 4]);
-        let encoded = header.encode(&mut self.wbuf, header_version).map_err(anyhow::Error::from).and_then(|()| encode_body(&mut self.wbuf));
+        let encoded = header
+            .encode(&mut self.wbuf, header_version)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| encode_body(&mut self.wbuf));
         if let Err(e) = encoded {
             self.wbuf.truncate(start);
             return Err(e);
@@ -164,7 +182,8 @@ impl Conn {
             None => io.await,
             Some(deadline) => {
                 let timer = async {
-                    glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now())).await;
+                    glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
+                        .await;
                     Ok(false)
                 };
                 futures_lite::future::or(io, timer).await
@@ -187,7 +206,9 @@ impl Conn {
     fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<()>> {
         while self.wpos < self.wbuf.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(anyhow!("connection closed while writing"))),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(anyhow!("connection closed while writing")))
+                }
                 Poll::Ready(Ok(n)) => {
                     self.wpos += n;
                     if self.wpos == self.wbuf.len() {
@@ -203,7 +224,9 @@ impl Conn {
             let want = match self.frame_len() {
                 Err(e) => return Poll::Ready(Err(e)),
                 Ok(Some(size)) if self.rbuf.len() >= 4 + size => return Poll::Ready(Ok(())),
-                Ok(Some(size)) => (4 + size - self.rbuf.len()).clamp(MIN_READ_BYTES, MAX_READ_BYTES),
+                Ok(Some(size)) => {
+                    (4 + size - self.rbuf.len()).clamp(MIN_READ_BYTES, MAX_READ_BYTES)
+                }
                 Ok(None) => MIN_READ_BYTES,
             };
             let filled = self.rbuf.len();
@@ -229,18 +252,27 @@ impl Conn {
 
     /// The next whole response frame, if one is buffered.
     pub fn take_frame(&mut self) -> anyhow::Result<Option<Frame>> {
-        let Some(size) = self.frame_len()? else { return Ok(None) };
+        let Some(size) = self.frame_len()? else {
+            return Ok(None);
+        };
         if self.rbuf.len() < 4 + size {
             return Ok(None);
         }
         self.rbuf.advance(4);
         let bytes = self.rbuf.split_to(size).freeze();
         let correlation_id = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        Ok(Some(Frame { correlation_id, bytes }))
+        Ok(Some(Frame {
+            correlation_id,
+            bytes,
+        }))
     }
 
     /// Sends one request and waits for its response; for setup, not for the hot path.
-    pub async fn call<R: Request>(&mut self, version: i16, request: &R) -> anyhow::Result<R::Response> {
+    pub async fn call<R: Request>(
+        &mut self,
+        version: i16,
+        request: &R,
+    ) -> anyhow::Result<R::Response> {
         let correlation_id = self.enqueue(version, request)?;
         loop {
             self.wait(None).await?;

@@ -40,6 +40,8 @@ pub struct Consumer {
     offsets: BTreeMap<i32, i64>,
     /// When records last arrived (run clock), for the --records idle limit.
     last_progress_ns: u64,
+    /// e2e: when to give up on records not yet consumed (set once the producers are done).
+    e2e_deadline_ns: Option<u64>,
     stats: Rc<RefCell<Stats>>,
 }
 
@@ -66,6 +68,7 @@ impl Consumer {
             topic: topic_name(&workload.topic),
             offsets,
             last_progress_ns: 0,
+            e2e_deadline_ns: None,
             workload,
             shared,
             clock,
@@ -83,18 +86,32 @@ impl Consumer {
             return true;
         }
         match (w.run_id, w.consume_target) {
-            // e2e: until every producer is done and every record it got acknowledged is in.
+            // e2e: until every producer is done and every record it got acknowledged is in,
+            // or the drain timeout has passed since the producers finished.
             (Some(_), _) => {
-                now >= w.stop_ns
-                    && self.shared.producers_done.load(Ordering::Acquire) == w.total_producers
-                    && consumed >= produced
+                if self.shared.producers_done.load(Ordering::Acquire) < w.total_producers {
+                    return false;
+                }
+                let deadline = *self
+                    .e2e_deadline_ns
+                    .get_or_insert(now.saturating_add(w.drain_ns));
+                if consumed >= produced {
+                    return true;
+                }
+                if now >= deadline {
+                    self.report_missing(produced, consumed);
+                    return true;
+                }
+                false
             }
             (None, Some(target)) => {
                 if consumed >= target {
                     return true;
                 }
                 if now.saturating_sub(self.last_progress_ns) >= w.drain_ns {
-                    self.stats.borrow_mut().record_error("NO_NEW_RECORDS_WITHIN_DRAIN_TIMEOUT", 0);
+                    self.stats
+                        .borrow_mut()
+                        .record_error("NO_NEW_RECORDS_WITHIN_DRAIN_TIMEOUT", 0);
                     return true;
                 }
                 now >= w.stop_ns
@@ -109,7 +126,10 @@ impl Consumer {
             && consumed < produced
             && !self.shared.missing_reported.swap(true, Ordering::AcqRel)
         {
-            self.stats.borrow_mut().record_error("ACKED_BUT_NOT_CONSUMED_BEFORE_DRAIN_TIMEOUT", produced - consumed);
+            self.stats.borrow_mut().record_error(
+                "ACKED_BUT_NOT_CONSUMED_BEFORE_DRAIN_TIMEOUT",
+                produced - consumed,
+            );
         }
     }
 
@@ -122,7 +142,7 @@ impl Consumer {
     }
 
     async fn run(&mut self) {
-        let hard_stop_ns = self.workload.stop_ns + self.workload.drain_ns;
+        let hard_stop_ns = self.workload.stop_ns.saturating_add(self.workload.drain_ns);
         while !self.finished(self.clock.now_ns()) {
             let request = self.request();
             let correlation_id = match self.conn.enqueue(self.version, &request) {
@@ -130,21 +150,34 @@ impl Consumer {
                 Err(e) => return self.fail(&format!("cannot encode Fetch: {e:#}")),
             };
             let frame = loop {
-                match self.conn.wait(Some(self.clock.instant(hard_stop_ns))).await {
-                    Err(e) => return self.fail(&format!("connection to {}: {e:#}", self.conn.peer())),
+                // A fetch is answered within its max wait; past that plus the drain timeout
+                // the broker is not answering.
+                let now = self.clock.now_ns();
+                let answer_by = now
+                    .saturating_add(self.workload.fetch_max_wait_ms.max(0) as u64 * 1_000_000)
+                    .saturating_add(self.workload.drain_ns)
+                    .min(hard_stop_ns);
+                match self.conn.wait(Some(self.clock.instant(answer_by))).await {
+                    Err(e) => {
+                        return self.fail(&format!("connection to {}: {e:#}", self.conn.peer()))
+                    }
                     Ok(false) if self.workload.run_id.is_some() => {
                         // A long poll cut short by the drain timeout: what matters is which
                         // records never arrived.
                         let shared = &self.shared;
-                        let (produced, consumed) =
-                            (shared.produced.load(Ordering::Relaxed), shared.consumed.load(Ordering::Relaxed));
+                        let (produced, consumed) = (
+                            shared.produced.load(Ordering::Relaxed),
+                            shared.consumed.load(Ordering::Relaxed),
+                        );
                         return self.report_missing(produced, consumed);
                     }
                     Ok(false) => return self.fail("NO_ANSWER_BEFORE_DRAIN_TIMEOUT"),
                     Ok(true) => {}
                 }
                 match self.conn.take_frame() {
-                    Err(e) => return self.fail(&format!("connection to {}: {e:#}", self.conn.peer())),
+                    Err(e) => {
+                        return self.fail(&format!("connection to {}: {e:#}", self.conn.peer()))
+                    }
                     Ok(Some(f)) if f.correlation_id == correlation_id => break f,
                     Ok(_) => return self.fail("RESPONSE_WITH_UNKNOWN_CORRELATION_ID"),
                 }
@@ -153,12 +186,16 @@ impl Consumer {
             match decode_response::<FetchRequest>(frame.bytes, self.version) {
                 Ok(response) => {
                     if response.error_code != 0 {
-                        self.stats.borrow_mut().record_error(&kafka_error_name(response.error_code), 0);
+                        self.stats
+                            .borrow_mut()
+                            .record_error(&kafka_error_name(response.error_code), 0);
                     }
                     for topic in response.responses {
                         for p in topic.partitions {
                             if p.error_code != 0 {
-                                self.stats.borrow_mut().record_error(&kafka_error_name(p.error_code), 0);
+                                self.stats
+                                    .borrow_mut()
+                                    .record_error(&kafka_error_name(p.error_code), 0);
                                 continue;
                             }
                             if let Some(records) = p.records {
@@ -167,7 +204,10 @@ impl Consumer {
                         }
                     }
                 }
-                Err(e) => self.stats.borrow_mut().record_error(&format!("UNDECODABLE_FETCH_RESPONSE ({e:#})"), 0),
+                Err(e) => self
+                    .stats
+                    .borrow_mut()
+                    .record_error(&format!("UNDECODABLE_FETCH_RESPONSE ({e:#})"), 0),
             }
             self.stats.borrow_mut().fetch_requests += 1;
         }
@@ -198,7 +238,9 @@ impl Consumer {
 
     fn on_records(&mut self, partition: i32, records: Bytes, now: u64) {
         let Some(offset) = self.offsets.get(&partition).copied() else {
-            self.stats.borrow_mut().record_error("FETCH_RESPONSE_FOR_UNASKED_PARTITION", 0);
+            self.stats
+                .borrow_mut()
+                .record_error("FETCH_RESPONSE_FOR_UNASKED_PARTITION", 0);
             return;
         };
         let mut next = offset;
@@ -207,7 +249,8 @@ impl Consumer {
         let mut bytes = 0u64;
         let mut stats = self.stats.borrow_mut();
         for (at, batch) in batches(&records) {
-            let info = match validate_batch_with(batch, MAX_FETCHED_BATCH_BYTES, CountRule::AtMost) {
+            let info = match validate_batch_with(batch, MAX_FETCHED_BATCH_BYTES, CountRule::AtMost)
+            {
                 Ok(info) => info,
                 Err(e) => {
                     stats.record_error(&format!("CORRUPT_BATCH ({:?})", e.kind()), 0);
@@ -224,7 +267,9 @@ impl Consumer {
                 continue;
             }
             // Records before the fetch offset in the first batch are not counted.
-            counted += (last - info.base_offset.max(offset) + 1).min(i64::from(info.records_count)).max(0) as u64;
+            counted += (last - info.base_offset.max(offset) + 1)
+                .min(i64::from(info.records_count))
+                .max(0) as u64;
             if let Some(run_id) = self.workload.run_id {
                 let mut record_stamp = |value: Option<&[u8]>, stats: &mut Stats| {
                     if let Some(sent) = value.and_then(|v| read_stamp(v, run_id)) {
@@ -250,7 +295,10 @@ impl Consumer {
                 } else {
                     let mut b = records.slice(at..at + batch.len());
                     match RecordBatchDecoder::decode(&mut b) {
-                        Ok(set) => set.records.iter().for_each(|r| record_stamp(r.value.as_deref(), &mut stats)),
+                        Ok(set) => set
+                            .records
+                            .iter()
+                            .for_each(|r| record_stamp(r.value.as_deref(), &mut stats)),
                         Err(_) => stats.record_error("UNDECODABLE_COMPRESSED_BATCH", 0),
                     }
                 }
@@ -265,7 +313,11 @@ impl Consumer {
             let mut stats = self.stats.borrow_mut();
             stats.last_event_ns = stats.last_event_ns.max(now);
         }
-        let progress = if self.workload.run_id.is_some() { stamped } else { counted };
+        let progress = if self.workload.run_id.is_some() {
+            stamped
+        } else {
+            counted
+        };
         self.shared.consumed.fetch_add(progress, Ordering::Relaxed);
     }
 

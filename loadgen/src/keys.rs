@@ -29,7 +29,10 @@ impl FromStr for KeySpec {
         let mut parts = s.split(':');
         let kind = parts.next().unwrap_or_default();
         let keys = |p: Option<&str>| -> anyhow::Result<u64> {
-            let n: u64 = p.context("missing key count, e.g. uniform:1000")?.parse().context("bad key count")?;
+            let n: u64 = p
+                .context("missing key count, e.g. uniform:1000")?
+                .parse()
+                .context("bad key count")?;
             if n == 0 || n > MAX_KEYS {
                 bail!("key count must be 1..={MAX_KEYS}");
             }
@@ -37,7 +40,9 @@ impl FromStr for KeySpec {
         };
         let spec = match kind {
             "none" => KeySpec::None,
-            "uniform" => KeySpec::Uniform { keys: keys(parts.next())? },
+            "uniform" => KeySpec::Uniform {
+                keys: keys(parts.next())?,
+            },
             "zipf" => {
                 let keys = keys(parts.next())?;
                 let exponent: f64 = match parts.next() {
@@ -89,7 +94,10 @@ impl KeySampler {
                 Sampler::Zipf(Zipf::new(keys as f64, exponent).context("zipf parameters")?)
             }
         };
-        Ok(KeySampler { rng: SmallRng::seed_from_u64(seed), sampler })
+        Ok(KeySampler {
+            rng: SmallRng::seed_from_u64(seed),
+            sampler,
+        })
     }
 
     /// The next key's index in `0..keys` (rank order for Zipf: 0 is the most frequent), or
@@ -165,17 +173,43 @@ mod tests {
         assert_eq!(murmur2(b"foobar"), -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
         assert_eq!(murmur2(b"abc"), 479470107);
     }
 
     #[test]
     fn key_specs_parse_and_reject_nonsense() {
         assert_eq!("none".parse::<KeySpec>().unwrap(), KeySpec::None);
-        assert_eq!("uniform:10".parse::<KeySpec>().unwrap(), KeySpec::Uniform { keys: 10 });
-        assert_eq!("zipf:100".parse::<KeySpec>().unwrap(), KeySpec::Zipf { keys: 100, exponent: 1.0 });
-        assert_eq!("zipf:100:1.2".parse::<KeySpec>().unwrap(), KeySpec::Zipf { keys: 100, exponent: 1.2 });
-        for bad in ["", "uniform", "uniform:0", "uniform:x", "zipf:10:-1", "zipf:10:1:2", "hash:3"] {
+        assert_eq!(
+            "uniform:10".parse::<KeySpec>().unwrap(),
+            KeySpec::Uniform { keys: 10 }
+        );
+        assert_eq!(
+            "zipf:100".parse::<KeySpec>().unwrap(),
+            KeySpec::Zipf {
+                keys: 100,
+                exponent: 1.0
+            }
+        );
+        assert_eq!(
+            "zipf:100:1.2".parse::<KeySpec>().unwrap(),
+            KeySpec::Zipf {
+                keys: 100,
+                exponent: 1.2
+            }
+        );
+        for bad in [
+            "",
+            "uniform",
+            "uniform:0",
+            "uniform:x",
+            "zipf:10:-1",
+            "zipf:10:1:2",
+            "hash:3",
+        ] {
             assert!(bad.parse::<KeySpec>().is_err(), "{bad:?} parsed");
         }
     }
@@ -209,7 +243,14 @@ mod tests {
 
     #[test]
     fn zipf_keys_favour_low_ranks_by_the_exponent() {
-        let mut s = KeySampler::new(&KeySpec::Zipf { keys: 1000, exponent: 1.0 }, 11).unwrap();
+        let mut s = KeySampler::new(
+            &KeySpec::Zipf {
+                keys: 1000,
+                exponent: 1.0,
+            },
+            11,
+        )
+        .unwrap();
         let mut counts = vec![0u32; 1000];
         for _ in 0..200_000 {
             let i = s.next_index().unwrap();
@@ -228,7 +269,10 @@ mod tests {
 
     #[test]
     fn samplers_with_the_same_seed_agree() {
-        let spec = KeySpec::Zipf { keys: 50, exponent: 0.9 };
+        let spec = KeySpec::Zipf {
+            keys: 50,
+            exponent: 0.9,
+        };
         let mut a = KeySampler::new(&spec, 3).unwrap();
         let mut b = KeySampler::new(&spec, 3).unwrap();
         assert!((0..1000).all(|_| a.next_index() == b.next_index()));

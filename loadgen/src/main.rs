@@ -29,10 +29,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         print!("\n{}", report.distribution_text());
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json()?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, report.to_json()?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.hgrm {
-        std::fs::write(path, report.distribution_text()).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, report.distribution_text())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
         wharf_loadgen::plot::write_plot(&report, path)?;

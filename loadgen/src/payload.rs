@@ -23,7 +23,10 @@ pub struct RecordSize {
 
 impl RecordSize {
     pub fn fixed(bytes: usize) -> RecordSize {
-        RecordSize { min: bytes, max: bytes }
+        RecordSize {
+            min: bytes,
+            max: bytes,
+        }
     }
     pub fn min(&self) -> usize {
         self.min
@@ -39,9 +42,14 @@ impl RecordSize {
 impl FromStr for RecordSize {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<RecordSize> {
-        let parse = |v: &str| -> anyhow::Result<usize> { v.trim().parse().with_context(|| format!("bad size {v:?}")) };
+        let parse = |v: &str| -> anyhow::Result<usize> {
+            v.trim().parse().with_context(|| format!("bad size {v:?}"))
+        };
         let size = match s.split_once("..") {
-            Some((lo, hi)) => RecordSize { min: parse(lo)?, max: parse(hi.trim_start_matches('='))? },
+            Some((lo, hi)) => RecordSize {
+                min: parse(lo)?,
+                max: parse(hi.trim_start_matches('='))?,
+            },
             None => RecordSize::fixed(parse(s)?),
         };
         if size.min > size.max {
@@ -112,8 +120,14 @@ mod tests {
     #[test]
     fn sizes_parse_fixed_and_ranges() {
         assert_eq!("100".parse::<RecordSize>().unwrap(), RecordSize::fixed(100));
-        assert_eq!("10..20".parse::<RecordSize>().unwrap(), RecordSize { min: 10, max: 20 });
-        assert_eq!("10..=20".parse::<RecordSize>().unwrap(), RecordSize { min: 10, max: 20 });
+        assert_eq!(
+            "10..20".parse::<RecordSize>().unwrap(),
+            RecordSize { min: 10, max: 20 }
+        );
+        assert_eq!(
+            "10..=20".parse::<RecordSize>().unwrap(),
+            RecordSize { min: 10, max: 20 }
+        );
         assert!("20..10".parse::<RecordSize>().is_err());
         assert!("x".parse::<RecordSize>().is_err());
     }

@@ -20,7 +20,11 @@ pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     h.iter_quantiles(5)
         .filter_map(|v| {
             let q = v.quantile_iterated_to();
-            let nines = if q >= 1.0 { MAX_NINES } else { (-(1.0 - q).log10()).min(MAX_NINES) };
+            let nines = if q >= 1.0 {
+                MAX_NINES
+            } else {
+                (-(1.0 - q).log10()).min(MAX_NINES)
+            };
             Some((nines, v.value_iterated_to() as f64 / 1e6))
         })
         .collect()
@@ -43,12 +47,20 @@ pub fn write_plot(report: &Report, path: &Path) -> anyhow::Result<()> {
         series.push(("produce (intended send → ack)", percentile_curve(h), RED));
     }
     if let Some(h) = &report.histograms.e2e {
-        series.push(("end to end (intended send → consumed)", percentile_curve(h), BLUE));
+        series.push((
+            "end to end (intended send → consumed)",
+            percentile_curve(h),
+            BLUE,
+        ));
     }
     if series.is_empty() {
         bail!("no latencies were recorded, nothing to plot");
     }
-    let y_max = series.iter().flat_map(|(_, pts, _)| pts.iter().map(|p| p.1)).fold(0.0, f64::max) * 1.05;
+    let y_max = series
+        .iter()
+        .flat_map(|(_, pts, _)| pts.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+        * 1.05;
     let root = SVGBackend::new(path, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
     root.fill(&WHITE)?;
     let w = &report.workload;
@@ -62,7 +74,8 @@ pub fn write_plot(report: &Report, path: &Path) -> anyhow::Result<()> {
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
-        .margin(20).margin_right(50)
+        .margin(20)
+        .margin_right(50)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..MAX_NINES, 0.0..y_max.max(0.001))?;
@@ -77,10 +90,17 @@ pub fn write_plot(report: &Report, path: &Path) -> anyhow::Result<()> {
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
-    root.present().with_context(|| format!("cannot write {}", path.display()))?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -95,10 +115,18 @@ mod tests {
             h.record(i * 1000).unwrap();
         }
         let curve = percentile_curve(&h);
-        assert!(curve.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1), "monotone");
+        assert!(
+            curve
+                .windows(2)
+                .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+            "monotone"
+        );
         let last = curve.last().unwrap();
         assert_eq!(last.0, MAX_NINES);
-        assert!((last.1 - 10.0).abs() < 0.02, "ends at the max, 10 ms: {last:?}");
+        assert!(
+            (last.1 - 10.0).abs() < 0.02,
+            "ends at the max, 10 ms: {last:?}"
+        );
     }
 
     #[test]

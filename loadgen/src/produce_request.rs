@@ -39,7 +39,11 @@ pub fn put_produce_head(
 
 /// Writes a partition's index and the length of its records; the caller appends exactly
 /// `records_len` bytes of record batches next.
-pub fn put_partition_head(buf: &mut Vec<u8>, partition: i32, records_len: usize) -> anyhow::Result<()> {
+pub fn put_partition_head(
+    buf: &mut Vec<u8>,
+    partition: i32,
+    records_len: usize,
+) -> anyhow::Result<()> {
     buf.extend_from_slice(&partition.to_be_bytes());
     buf.extend_from_slice(&i32::try_from(records_len)?.to_be_bytes());
     Ok(())

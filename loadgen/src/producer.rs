@@ -18,13 +18,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
 use kafka_protocol::protocol::HeaderVersion;
-use wharf_protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES, CRC_COVERED_FROM, LOG_OVERHEAD_BYTES};
+use wharf_protocol::batch::{
+    BatchBuilder, BATCH_HEADER_BYTES, CRC_COVERED_FROM, LOG_OVERHEAD_BYTES,
+};
 
 use crate::cli::CompressionArg;
 use crate::conn::{decode_response, Conn, Frame};
-use crate::produce_request::{put_partition_head, put_produce_head, PRODUCE_VERSIONS};
 use crate::keys::{key_bytes, partition_for_key, KeySampler, KEY_BYTES};
 use crate::payload::{write_stamp, Payloads};
+use crate::produce_request::{put_partition_head, put_produce_head, PRODUCE_VERSIONS};
 use crate::run::{Shared, Workload};
 use crate::schedule::{Clock, RateSchedule};
 use crate::stats::{kafka_error_name, Stats};
@@ -133,19 +135,30 @@ impl Producer {
     /// the stats, not returned: a producer whose connection breaks stops, and the run
     /// reports it.
     pub async fn run_with(mut self, workload: Rc<Workload>) {
-        self.schedule = workload
-            .rate
-            .map(|rate| RateSchedule::new(rate, workload.total_producers, self.index, workload.start_ns));
+        self.schedule = workload.rate.map(|rate| {
+            RateSchedule::new(
+                rate,
+                workload.total_producers,
+                self.index,
+                workload.start_ns,
+            )
+        });
         self.workload = workload;
         self.run().await
     }
 
     async fn run(&mut self) {
         let stop_ns = self.workload.stop_ns;
-        let hard_stop_ns = stop_ns + self.workload.drain_ns;
+        let mut hard_stop_ns = stop_ns.saturating_add(self.workload.drain_ns);
+        let mut draining = false;
         loop {
             let now = self.clock.now_ns();
             let generating = now < stop_ns && self.budget != Some(0);
+            if !generating && !draining {
+                // Done taking records (time or budget): answers are due within the drain timeout.
+                draining = true;
+                hard_stop_ns = hard_stop_ns.min(now.saturating_add(self.workload.drain_ns));
+            }
             if generating {
                 self.generate(now);
             }
@@ -156,7 +169,10 @@ impl Producer {
                     Err(e) => return self.fail(&format!("cannot encode Produce: {e:#}")),
                 }
             }
-            if !generating && self.in_flight.is_empty() && self.buffered_records == 0 && self.conn.unsent_bytes() == 0
+            if !generating
+                && self.in_flight.is_empty()
+                && self.buffered_records == 0
+                && self.conn.unsent_bytes() == 0
             {
                 break;
             }
@@ -172,7 +188,9 @@ impl Producer {
                 match self.conn.take_frame() {
                     Ok(Some(frame)) => self.on_response(frame, now),
                     Ok(None) => break,
-                    Err(e) => return self.fail(&format!("connection to {}: {e:#}", self.conn.peer())),
+                    Err(e) => {
+                        return self.fail(&format!("connection to {}: {e:#}", self.conn.peer()))
+                    }
                 }
             }
             if self.conn.unsent_bytes() == 0 {
@@ -195,7 +213,8 @@ impl Producer {
             }
             for q in &self.queues {
                 if let Some(b) = q.front() {
-                    deadline = deadline.min(b.first_intended_ns.saturating_add(self.workload.linger_ns));
+                    deadline =
+                        deadline.min(b.first_intended_ns.saturating_add(self.workload.linger_ns));
                 }
             }
         }
@@ -208,7 +227,9 @@ impl Producer {
         let timestamp_ms = wall_clock_ms();
         if self.schedule.is_some() {
             while self.buffered_bytes < MAX_BUFFERED_BYTES && self.budget != Some(0) {
-                let Some(s) = self.schedule.as_mut() else { break };
+                let Some(s) = self.schedule.as_mut() else {
+                    break;
+                };
                 let t = s.peek_ns();
                 if t > now || t >= self.workload.stop_ns {
                     break;
@@ -241,7 +262,9 @@ impl Producer {
         let record_bytes = value.len() + if key.is_some() { KEY_BYTES } else { 0 };
         let batch_size = self.workload.batch_size;
         let fits = |b: &OpenBatch| {
-            !b.full && (b.records == 0 || b.builder.encoded_len() + record_bytes + RECORD_OVERHEAD_BYTES <= batch_size)
+            !b.full
+                && (b.records == 0
+                    || b.builder.encoded_len() + record_bytes + RECORD_OVERHEAD_BYTES <= batch_size)
         };
         let mut closed = false;
         let slot = match &key {
@@ -281,7 +304,12 @@ impl Producer {
             });
         }
         let batch = queue.back_mut().expect("a batch was just ensured");
-        batch.builder.push(key.as_ref().map(|k| k.as_slice()), Some(value), &[], timestamp_ms);
+        batch.builder.push(
+            key.as_ref().map(|k| k.as_slice()),
+            Some(value),
+            &[],
+            timestamp_ms,
+        );
         batch.records += 1;
         batch.payload_bytes += record_bytes as u64;
         batch.intended.push(intended_ns);
@@ -298,13 +326,19 @@ impl Producer {
         for (slot, queue) in self.queues.iter_mut().enumerate() {
             let is_ready = match queue.front() {
                 None => false,
-                Some(b) => b.full || flush || queue.len() > 1 || now >= b.first_intended_ns.saturating_add(linger_ns),
+                Some(b) => {
+                    b.full
+                        || flush
+                        || queue.len() > 1
+                        || now >= b.first_intended_ns.saturating_add(linger_ns)
+                }
             };
             if !is_ready {
                 continue;
             }
             let b = queue.pop_front().expect("front exists");
-            self.buffered_bytes -= (b.payload_bytes as usize) + RECORD_OVERHEAD_BYTES * b.records as usize;
+            self.buffered_bytes -=
+                (b.payload_bytes as usize) + RECORD_OVERHEAD_BYTES * b.records as usize;
             self.buffered_records -= b.records;
             if self.sticky == slot && !b.full {
                 // Kafka's sticky partitioner moves on once a batch is sent.
@@ -318,7 +352,10 @@ impl Producer {
         }
         let compressed = match self.workload.compression {
             CompressionArg::None => Vec::new(),
-            c => ready.iter().map(|(_, b)| encode_batch(&b.builder, c)).collect::<anyhow::Result<Vec<Bytes>>>()?,
+            c => ready
+                .iter()
+                .map(|(_, b)| encode_batch(&b.builder, c))
+                .collect::<anyhow::Result<Vec<Bytes>>>()?,
         };
         let (partitions, w) = (&self.partitions, &self.workload);
         let acks = w.acks.wire();
@@ -327,7 +364,14 @@ impl Producer {
             self.version,
             ProduceRequest::header_version(self.version),
             |buf| {
-                put_produce_head(buf, self.version, acks, w.request_timeout_ms, &w.topic, ready.len())?;
+                put_produce_head(
+                    buf,
+                    self.version,
+                    acks,
+                    w.request_timeout_ms,
+                    &w.topic,
+                    ready.len(),
+                )?;
                 for (i, (slot, b)) in ready.iter().enumerate() {
                     match compressed.get(i) {
                         Some(bytes) => {
@@ -345,7 +389,10 @@ impl Producer {
         )?;
         let mut sent = Vec::with_capacity(ready.len());
         for (i, (slot, mut b)) in ready.drain(..).enumerate() {
-            let batch_bytes = compressed.get(i).map(|c| c.len()).unwrap_or_else(|| b.builder.encoded_len());
+            let batch_bytes = compressed
+                .get(i)
+                .map(|c| c.len())
+                .unwrap_or_else(|| b.builder.encoded_len());
             sent.push(SentBatch {
                 partition: self.partitions[slot],
                 records: b.records,
@@ -357,15 +404,23 @@ impl Producer {
             self.spare_builders.push(b.builder);
         }
         self.ready = ready;
-        self.in_flight.push_back(InFlight { correlation_id, expects_response: acks != 0, batches: sent });
+        self.in_flight.push_back(InFlight {
+            correlation_id,
+            expects_response: acks != 0,
+            batches: sent,
+        });
         Ok(true)
     }
 
     fn on_response(&mut self, frame: Frame, now: u64) {
-        let Some(pos) =
-            self.in_flight.iter().position(|f| f.expects_response && f.correlation_id == frame.correlation_id)
+        let Some(pos) = self
+            .in_flight
+            .iter()
+            .position(|f| f.expects_response && f.correlation_id == frame.correlation_id)
         else {
-            self.stats.borrow_mut().record_error("RESPONSE_WITH_UNKNOWN_CORRELATION_ID", 0);
+            self.stats
+                .borrow_mut()
+                .record_error("RESPONSE_WITH_UNKNOWN_CORRELATION_ID", 0);
             return;
         };
         let in_flight = self.in_flight.remove(pos).expect("position is in range");
@@ -384,7 +439,10 @@ impl Producer {
                     .map(|p| p.error_code),
             };
             match (code, &response) {
-                (None, Err(e)) => stats.record_error(&format!("UNDECODABLE_PRODUCE_RESPONSE ({e:#})"), batch.records),
+                (None, Err(e)) => stats.record_error(
+                    &format!("UNDECODABLE_PRODUCE_RESPONSE ({e:#})"),
+                    batch.records,
+                ),
                 (Some(0), _) => {
                     for t in &batch.intended {
                         stats.record_produce_latency(now.saturating_sub(*t));
@@ -395,7 +453,9 @@ impl Producer {
                     acked += batch.records;
                 }
                 (Some(code), _) => stats.record_error(&kafka_error_name(code), batch.records),
-                (None, Ok(_)) => stats.record_error("PARTITION_MISSING_FROM_PRODUCE_RESPONSE", batch.records),
+                (None, Ok(_)) => {
+                    stats.record_error("PARTITION_MISSING_FROM_PRODUCE_RESPONSE", batch.records)
+                }
             }
             self.spare_intended.push(batch.intended);
         }
@@ -430,8 +490,15 @@ impl Producer {
 
     /// Counts everything outstanding as lost to `error` and stops this producer.
     fn fail(&mut self, error: &str) {
-        let outstanding: u64 = self.in_flight.iter().flat_map(|f| f.batches.iter()).map(|b| b.records).sum();
-        self.stats.borrow_mut().record_error(error, outstanding + self.buffered_records);
+        let outstanding: u64 = self
+            .in_flight
+            .iter()
+            .flat_map(|f| f.batches.iter())
+            .map(|b| b.records)
+            .sum();
+        self.stats
+            .borrow_mut()
+            .record_error(error, outstanding + self.buffered_records);
         self.in_flight.clear();
         self.queues.iter_mut().for_each(VecDeque::clear);
         self.buffered_records = 0;
@@ -440,7 +507,10 @@ impl Producer {
 }
 
 fn wall_clock_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Encodes the batch, compressing its records section if asked.
@@ -486,7 +556,12 @@ mod tests {
     fn sample_builder() -> BatchBuilder {
         let mut b = BatchBuilder::new();
         for i in 0..50u8 {
-            b.push(Some(&[i; 4]), Some(&[i; 100]), &[], 1_700_000_000_000 + i as i64);
+            b.push(
+                Some(&[i; 4]),
+                Some(&[i; 100]),
+                &[],
+                1_700_000_000_000 + i as i64,
+            );
         }
         b
     }
@@ -504,11 +579,16 @@ mod tests {
 
     #[test]
     fn compressed_batches_are_valid_and_decode_to_the_same_records() {
-        for compression in
-            [CompressionArg::None, CompressionArg::Gzip, CompressionArg::Snappy, CompressionArg::Lz4, CompressionArg::Zstd]
-        {
+        for compression in [
+            CompressionArg::None,
+            CompressionArg::Gzip,
+            CompressionArg::Snappy,
+            CompressionArg::Lz4,
+            CompressionArg::Zstd,
+        ] {
             let bytes = encode_batch(&sample_builder(), compression).unwrap();
-            let info = validate_batch(&bytes, 1 << 20).unwrap_or_else(|e| panic!("{compression:?}: {e:?}"));
+            let info = validate_batch(&bytes, 1 << 20)
+                .unwrap_or_else(|e| panic!("{compression:?}: {e:?}"));
             assert_eq!(info.records_count, 50);
             let mut buf = bytes.clone();
             let set = RecordBatchDecoder::decode(&mut buf).unwrap();
@@ -516,7 +596,10 @@ mod tests {
             assert_eq!(set.records[7].value.as_deref(), Some(&[7u8; 100][..]));
             assert_eq!(set.records[7].key.as_deref(), Some(&[7u8; 4][..]));
             if compression != CompressionArg::None {
-                assert!(bytes.len() < sample_builder().encoded_len(), "{compression:?} shrinks repeated bytes");
+                assert!(
+                    bytes.len() < sample_builder().encoded_len(),
+                    "{compression:?} shrinks repeated bytes"
+                );
             }
         }
     }

@@ -136,7 +136,8 @@ fn max_ms(h: &Histogram<u64>) -> Option<f64> {
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".to_string())
+    v.map(|v| format!("{v:.3}"))
+        .unwrap_or_else(|| "-".to_string())
 }
 
 impl IntervalLine {
@@ -160,7 +161,11 @@ impl IntervalLine {
 
     /// The live line. Counts are per interval (one second, the last one possibly shorter).
     pub fn render(&self, mode: Mode) -> String {
-        let mut line = format!("[{:6.1}s]{}", self.t_s, if self.warmup { " warm-up" } else { "        " });
+        let mut line = format!(
+            "[{:6.1}s]{}",
+            self.t_s,
+            if self.warmup { " warm-up" } else { "        " }
+        );
         if mode != Mode::Consume {
             let _ = write!(
                 line,
@@ -174,7 +179,11 @@ impl IntervalLine {
             );
         }
         if mode != Mode::Produce {
-            let _ = write!(line, " | consume {:>11} rec", group_digits(self.consume_records));
+            let _ = write!(
+                line,
+                " | consume {:>11} rec",
+                group_digits(self.consume_records)
+            );
         }
         if mode == Mode::E2e {
             let _ = write!(
@@ -276,7 +285,12 @@ impl Report {
                 compression: format!("{:?}", args.compression).to_lowercase(),
                 batch_size: args.batch_size,
                 linger_ms: args.linger_ms,
-                load: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
+                load: if args.rate.is_some() {
+                    "open"
+                } else {
+                    "closed"
+                }
+                .to_string(),
                 rate: args.rate,
                 warmup_s: args.warmup,
                 duration_s: args.measured_duration(),
@@ -286,24 +300,42 @@ impl Report {
             machine,
             measured_seconds,
             produce: produces.then(|| {
-                throughput(total.produced_records, total.produced_bytes, total.produced_batch_bytes, total.produce_requests)
+                throughput(
+                    total.produced_records,
+                    total.produced_bytes,
+                    total.produced_batch_bytes,
+                    total.produce_requests,
+                )
             }),
             consume: consumes
-                .then(|| throughput(total.consumed_records, 0, total.consumed_bytes, total.fetch_requests))
+                .then(|| {
+                    throughput(
+                        total.consumed_records,
+                        0,
+                        total.consumed_bytes,
+                        total.fetch_requests,
+                    )
+                })
                 .map(|mut t| {
                     // A consumer sees batches, not the split into keys and values.
                     t.bytes = t.batch_bytes;
                     t.mb_per_sec = t.batch_mb_per_sec;
                     t
                 }),
-            produce_latency: produces.then(|| Latency::from_histogram(&total.produce_latency)).flatten(),
-            e2e_latency: (args.mode == Mode::E2e).then(|| Latency::from_histogram(&total.e2e_latency)).flatten(),
+            produce_latency: produces
+                .then(|| Latency::from_histogram(&total.produce_latency))
+                .flatten(),
+            e2e_latency: (args.mode == Mode::E2e)
+                .then(|| Latency::from_histogram(&total.e2e_latency))
+                .flatten(),
             errors: total.errors.clone(),
             error_records: total.error_records,
             intervals,
             histograms: Histograms {
-                produce: (produces && !total.produce_latency.is_empty()).then(|| total.produce_latency.clone()),
-                e2e: (args.mode == Mode::E2e && !total.e2e_latency.is_empty()).then(|| total.e2e_latency.clone()),
+                produce: (produces && !total.produce_latency.is_empty())
+                    .then(|| total.produce_latency.clone()),
+                e2e: (args.mode == Mode::E2e && !total.e2e_latency.is_empty())
+                    .then(|| total.e2e_latency.clone()),
             },
         }
     }
@@ -343,19 +375,38 @@ impl Report {
         let _ = writeln!(
             out,
             "measured {:.2} s after {} s warm-up on {} CPUs ({}), kernel {}",
-            self.measured_seconds, w.warmup_s, self.machine.cpus, self.machine.cpu_model, self.machine.kernel
+            self.measured_seconds,
+            w.warmup_s,
+            self.machine.cpus,
+            self.machine.cpu_model,
+            self.machine.kernel
         );
         let _ = writeln!(
             out,
             "\n{:<10} {:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "", "records/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "p99.99", "max ms", "count"
+            "",
+            "records/s",
+            "MB/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "p99.99",
+            "max ms",
+            "count"
         );
         let row = |out: &mut String, name: &str, t: Option<&Throughput>, l: Option<&Latency>| {
             let (rps, mbps) = match t {
-                Some(t) => (group_digits(t.records_per_sec as u64), format!("{:.1}", t.mb_per_sec)),
+                Some(t) => (
+                    group_digits(t.records_per_sec as u64),
+                    format!("{:.1}", t.mb_per_sec),
+                ),
                 None => (String::new(), String::new()),
             };
-            let lat = |f: fn(&Latency) -> f64| l.map(|l| format!("{:.3}", f(l))).unwrap_or_else(|| "-".into());
+            let lat = |f: fn(&Latency) -> f64| {
+                l.map(|l| format!("{:.3}", f(l)))
+                    .unwrap_or_else(|| "-".into())
+            };
             let _ = writeln!(
                 out,
                 "{:<10} {:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -383,7 +434,11 @@ impl Report {
         if self.errors.is_empty() {
             let _ = writeln!(out, "\nerrors: none");
         } else {
-            let _ = writeln!(out, "\nerrors ({} records lost):", group_digits(self.error_records));
+            let _ = writeln!(
+                out,
+                "\nerrors ({} records lost):",
+                group_digits(self.error_records)
+            );
             for (name, count) in &self.errors {
                 let _ = writeln!(out, "  {count:>10}  {name}");
             }
@@ -394,7 +449,10 @@ impl Report {
     /// The full percentile distributions in HdrHistogram's text format, values in ms.
     pub fn distribution_text(&self) -> String {
         let mut out = String::new();
-        for (name, h) in [("produce", &self.histograms.produce), ("e2e", &self.histograms.e2e)] {
+        for (name, h) in [
+            ("produce", &self.histograms.produce),
+            ("e2e", &self.histograms.e2e),
+        ] {
             if let Some(h) = h {
                 let _ = writeln!(out, "# {name} latency (ms)");
                 out.push_str(&hgrm(h));
@@ -418,14 +476,27 @@ impl Report {
 /// value scale of ms).
 pub fn hgrm(h: &Histogram<u64>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
     let mut total = 0u64;
     for v in h.iter_quantiles(DISTRIBUTION_TICKS_PER_HALF) {
         total += v.count_since_last_iteration();
         let q = v.quantile_iterated_to();
-        let inverse = if q < 1.0 { format!("{:>14.2}", 1.0 / (1.0 - q)) } else { String::new() };
-        let _ =
-            writeln!(out, "{:>12.3} {:>14.12} {:>10} {inverse}", v.value_iterated_to() as f64 / NS_PER_MS, q, total);
+        let inverse = if q < 1.0 {
+            format!("{:>14.2}", 1.0 / (1.0 - q))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:>12.3} {:>14.12} {:>10} {inverse}",
+            v.value_iterated_to() as f64 / NS_PER_MS,
+            q,
+            total
+        );
     }
     let _ = writeln!(
         out,
@@ -433,7 +504,12 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         h.mean() / NS_PER_MS,
         h.stdev() / NS_PER_MS
     );
-    let _ = writeln!(out, "#[Max     = {:>12.3}, Total count    = {:>12}]", h.max() as f64 / NS_PER_MS, h.len());
+    let _ = writeln!(
+        out,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64 / NS_PER_MS,
+        h.len()
+    );
     out
 }
 
@@ -447,12 +523,26 @@ mod tests {
         let args = Args::parse_from(argv);
         let layout = TopicLayout {
             topic: "t".into(),
-            leaders: [(0, "127.0.0.1:9092".parse().unwrap()), (1, "127.0.0.1:9092".parse().unwrap())]
-                .into_iter()
-                .collect(),
+            leaders: [
+                (0, "127.0.0.1:9092".parse().unwrap()),
+                (1, "127.0.0.1:9092".parse().unwrap()),
+            ]
+            .into_iter()
+            .collect(),
         };
-        let machine = Machine { cpus: 2, cpu_model: "test".into(), kernel: "6".into() };
-        Report::new(&args, &layout, machine, 2.0, stats, vec![IntervalLine::new(1.0, false, stats)])
+        let machine = Machine {
+            cpus: 2,
+            cpu_model: "test".into(),
+            kernel: "6".into(),
+        };
+        Report::new(
+            &args,
+            &layout,
+            machine,
+            2.0,
+            stats,
+            vec![IntervalLine::new(1.0, false, stats)],
+        )
     }
 
     fn sample_stats() -> Stats {
@@ -470,7 +560,10 @@ mod tests {
 
     #[test]
     fn json_report_carries_throughput_percentiles_errors_and_distribution() {
-        let report = report_for(&sample_stats(), &["wharf-loadgen", "produce", "--acks", "all", "--rate", "500"]);
+        let report = report_for(
+            &sample_stats(),
+            &["wharf-loadgen", "produce", "--acks", "all", "--rate", "500"],
+        );
         let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
         assert_eq!(json["mode"], "produce");
         assert_eq!(json["partitions"], 2);
@@ -503,7 +596,10 @@ mod tests {
 
     #[test]
     fn summary_names_workload_and_errors() {
-        let report = report_for(&sample_stats(), &["wharf-loadgen", "produce", "--record-size", "100"]);
+        let report = report_for(
+            &sample_stats(),
+            &["wharf-loadgen", "produce", "--record-size", "100"],
+        );
         let text = report.summary();
         assert!(text.contains("100 B records"), "{text}");
         assert!(text.contains("closed loop"), "{text}");
@@ -518,8 +614,14 @@ mod tests {
         assert!(text.starts_with("# produce latency (ms)"));
         assert!(text.contains("1/(1-Percentile)"));
         assert!(text.contains("Total count    =         1000"));
-        let last_value_line = text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).last();
-        assert!(last_value_line.unwrap().contains("1.000000000000"), "{text}");
+        let last_value_line = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .last();
+        assert!(
+            last_value_line.unwrap().contains("1.000000000000"),
+            "{text}"
+        );
     }
 
     #[test]

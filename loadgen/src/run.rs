@@ -110,23 +110,36 @@ fn plan(args: &Args, layout: &TopicLayout) -> anyhow::Result<Vec<CorePlan>> {
     if leaders.is_empty() {
         bail!("topic {} has no partitions", layout.topic);
     }
-    let mut plans: Vec<CorePlan> =
-        (0..args.cores).map(|_| CorePlan { producers: Vec::new(), consumers: Vec::new() }).collect();
+    let mut plans: Vec<CorePlan> = (0..args.cores)
+        .map(|_| CorePlan {
+            producers: Vec::new(),
+            consumers: Vec::new(),
+        })
+        .collect();
     let total_producers = args.total_producers();
     for i in 0..total_producers {
         // Producer i talks to one leader and produces to the partitions it leads.
         let (leader, partitions) = &leaders[i % leaders.len()];
-        let budget = args.records.map(|n| n / total_producers as u64 + u64::from((i as u64) < n % total_producers as u64));
-        plans[i % args.cores].producers.push((i, *leader, partitions.clone(), budget));
+        let budget = args.records.map(|n| {
+            n / total_producers as u64 + u64::from((i as u64) < n % total_producers as u64)
+        });
+        plans[i % args.cores]
+            .producers
+            .push((i, *leader, partitions.clone(), budget));
     }
     let total_consumers = args.total_consumers();
     if total_consumers > 0 {
         // Partitions are dealt round-robin; consumers beyond the partition count stay idle
         // (as in a consumer group) and are not started.
-        let all: Vec<(i32, std::net::SocketAddr)> = layout.leaders.iter().map(|(p, a)| (*p, *a)).collect();
+        let all: Vec<(i32, std::net::SocketAddr)> =
+            layout.leaders.iter().map(|(p, a)| (*p, *a)).collect();
         for c in 0..total_consumers.min(all.len()) {
-            let mine: Vec<(i32, std::net::SocketAddr)> =
-                all.iter().skip(c).step_by(total_consumers).copied().collect();
+            let mine: Vec<(i32, std::net::SocketAddr)> = all
+                .iter()
+                .skip(c)
+                .step_by(total_consumers)
+                .copied()
+                .collect();
             let mut by_leader: BTreeMap<std::net::SocketAddr, Vec<i32>> = BTreeMap::new();
             for (p, a) in mine {
                 by_leader.entry(a).or_default().push(p);
@@ -142,11 +155,20 @@ fn plan(args: &Args, layout: &TopicLayout) -> anyhow::Result<Vec<CorePlan>> {
 fn machine_description() -> crate::report::Machine {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     crate::report::Machine {
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         cpu_model,
         kernel,
     }
@@ -160,7 +182,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     // Setup on a throwaway executor: topic metadata (and creation).
     let (topic, create, client_id, timeout) = (
         args.topic.clone(),
-        args.create_topic.then_some((args.partitions, args.replication_factor)),
+        args.create_topic
+            .then_some((args.partitions, args.replication_factor)),
         args.client_id.clone(),
         args.request_timeout_ms,
     );
@@ -176,7 +199,10 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         .map_err(|e| anyhow::anyhow!("setup executor: {e}"))??;
     let plans = plan(args, &layout)?;
 
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
     let workload = Workload {
         mode: args.mode,
         topic: args.topic.clone(),
@@ -198,7 +224,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         fetch_max_bytes: args.fetch_max_bytes,
         partition_max_bytes: args.partition_max_bytes,
         run_id: (args.mode == Mode::E2e).then_some(seed | 1),
-        consume_target: if args.mode == Mode::Consume { args.records } else { None },
+        consume_target: if args.mode == Mode::Consume {
+            args.records
+        } else {
+            None
+        },
         start_ns: 0,
         warmup_end_ns: 0,
         stop_ns: 0,
@@ -251,7 +281,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         None => NO_STOP_NS,
     };
     for go in &go_senders {
-        let _ = go.send(Timing { start_ns, warmup_end_ns, stop_ns });
+        let _ = go.send(Timing {
+            start_ns,
+            warmup_end_ns,
+            stop_ns,
+        });
     }
 
     // Collect ticks; print each interval once every core has reported it.
@@ -277,13 +311,17 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             }
             CoreMsg::Ready => continue,
         };
-        let entry = intervals.entry(index).or_insert_with(|| (Stats::new(), vec![false; args.cores]));
+        let entry = intervals
+            .entry(index)
+            .or_insert_with(|| (Stats::new(), vec![false; args.cores]));
         entry.0.add(&stats);
         entry.1[core] = true;
         // Print every interval that is complete.
         loop {
             let next = printed + 1;
-            let Some((stats, seen)) = intervals.get(&next) else { break };
+            let Some((stats, seen)) = intervals.get(&next) else {
+                break;
+            };
             let complete = (0..args.cores).all(|c| seen[c] || done_at[c].is_some_and(|d| d < next));
             if !complete {
                 break;
@@ -297,7 +335,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         }
     }
     for handle in handles {
-        handle.join().map_err(|e| anyhow::anyhow!("executor: {e}"))?;
+        handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("executor: {e}"))?;
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
@@ -311,9 +351,20 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     }
     // The measured time ends at the stop time, or later if acknowledgements came after it;
     // a --records run ends with its last acknowledgement.
-    let measured_end_ns = if args.records.is_some() { total.last_event_ns } else { stop_ns.max(total.last_event_ns) };
+    let measured_end_ns = if args.records.is_some() {
+        total.last_event_ns
+    } else {
+        stop_ns.max(total.last_event_ns)
+    };
     let measured_secs = measured_end_ns.saturating_sub(warmup_end_ns) as f64 / 1e9;
-    Ok(Report::new(args, &layout, machine_description(), measured_secs, &total, lines))
+    Ok(Report::new(
+        args,
+        &layout,
+        machine_description(),
+        measured_secs,
+        &total,
+        lines,
+    ))
 }
 
 /// Index of the first tick: ticks fall at `warmup_end + k` seconds, and the first is the
@@ -337,15 +388,31 @@ async fn core_main(
     let mut consumers = Vec::new();
     let connected: anyhow::Result<()> = async {
         for (index, leader, partitions, budget) in plan.producers {
-            let p = Producer::connect(index, leader, partitions, budget, setup.clone(), shared.clone(), clock, stats.clone())
-                .await
-                .with_context(|| format!("producer {index}"))?;
+            let p = Producer::connect(
+                index,
+                leader,
+                partitions,
+                budget,
+                setup.clone(),
+                shared.clone(),
+                clock,
+                stats.clone(),
+            )
+            .await
+            .with_context(|| format!("producer {index}"))?;
             producers.push(p);
         }
         for (leader, partitions) in plan.consumers {
-            let c = Consumer::connect(leader, partitions, setup.clone(), shared.clone(), clock, stats.clone())
-                .await
-                .context("consumer")?;
+            let c = Consumer::connect(
+                leader,
+                partitions,
+                setup.clone(),
+                shared.clone(),
+                clock,
+                stats.clone(),
+            )
+            .await
+            .context("consumer")?;
             consumers.push(c);
         }
         Ok(())
@@ -374,17 +441,29 @@ async fn core_main(
     }
     let running = Rc::new(std::cell::Cell::new(true));
     let ticker = {
-        let (stats, running, tx, workload) = (stats.clone(), running.clone(), tx.clone(), workload.clone());
+        let (stats, running, tx, workload) =
+            (stats.clone(), running.clone(), tx.clone(), workload.clone());
         glommio::spawn_local(async move {
             let mut index = first_tick_index(workload.warmup_end_ns - workload.start_ns);
             loop {
                 let at = workload.warmup_end_ns as i64 + index * NS_PER_SEC as i64;
-                glommio::timer::sleep(clock.instant(at as u64).saturating_duration_since(Instant::now())).await;
+                glommio::timer::sleep(
+                    clock
+                        .instant(at as u64)
+                        .saturating_duration_since(Instant::now()),
+                )
+                .await;
                 if !running.get() {
                     return index;
                 }
                 let interval = std::mem::take(&mut *stats.borrow_mut());
-                let _ = tx.send((core, CoreMsg::Tick { index, stats: Box::new(interval) }));
+                let _ = tx.send((
+                    core,
+                    CoreMsg::Tick {
+                        index,
+                        stats: Box::new(interval),
+                    },
+                ));
                 index += 1;
             }
         })
@@ -406,5 +485,11 @@ async fn core_main(
     };
     drop(ticker);
     let rest = std::mem::take(&mut *stats.borrow_mut());
-    let _ = tx.send((core, CoreMsg::Done { index, stats: Box::new(rest) }));
+    let _ = tx.send((
+        core,
+        CoreMsg::Done {
+            index,
+            stats: Box::new(rest),
+        },
+    ));
 }

@@ -48,7 +48,11 @@ impl RateSchedule {
         debug_assert!(total_rate > 0.0 && producers > 0 && index < producers);
         let period_ns = 1e9 * producers as f64 / total_rate;
         let first_ns = start_ns + (period_ns * index as f64 / producers as f64) as u64;
-        RateSchedule { first_ns, period_ns, next: 0 }
+        RateSchedule {
+            first_ns,
+            period_ns,
+            next: 0,
+        }
     }
 
     /// Intended time of record `i`.

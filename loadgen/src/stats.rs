@@ -99,8 +99,12 @@ impl Stats {
             *self.errors.entry(k.clone()).or_insert(0) += v;
         }
         // Same bounds on both sides, so adding cannot fail.
-        self.produce_latency.add(&other.produce_latency).expect("histograms share bounds");
-        self.e2e_latency.add(&other.e2e_latency).expect("histograms share bounds");
+        self.produce_latency
+            .add(&other.produce_latency)
+            .expect("histograms share bounds");
+        self.e2e_latency
+            .add(&other.e2e_latency)
+            .expect("histograms share bounds");
         self.last_event_ns = self.last_event_ns.max(other.last_event_ns);
     }
 }

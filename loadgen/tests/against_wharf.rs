@@ -1,0 +1,297 @@
+//! wharf-loadgen against a real `wharf` process on an ephemeral port: every mode runs to
+//! completion, counts what the broker acknowledged, and reports the broker's errors.
+//!
+//! The broker binary is the workspace's `wharf` in the same target directory (built by
+//! `cargo test --workspace`, or here with `cargo build -p wharf-server` if it is missing).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+fn wharf_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<this test> → target/<profile>/wharf
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let bin = profile_dir.join("wharf");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "wharf-server", "--bin", "wharf"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building wharf failed");
+        }
+        assert!(bin.exists(), "no wharf binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A `wharf` with one shard, its own data directory and a free port; killed on drop.
+struct Broker {
+    child: Child,
+    addr: String,
+    _data: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start(extra: &[&str]) -> Broker {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(wharf_binary())
+            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wharf starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("wharf prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("wharf listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from wharf: {line:?}"))
+            .to_string();
+        Broker {
+            child,
+            addr,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs wharf-loadgen with `args` against `broker`; returns its exit code and JSON report.
+fn loadgen(broker: &Broker, args: &[&str]) -> (i32, Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
+        .args(args)
+        .args([
+            "--bootstrap",
+            &broker.addr,
+            "--warmup",
+            "0",
+            "--quiet",
+            "--drain-timeout",
+            "20",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("wharf-loadgen runs");
+    let code = output.status.code().unwrap_or(-1);
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "no report (exit {code}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (
+        code,
+        serde_json::from_str(&text).expect("the report is JSON"),
+    )
+}
+
+#[test]
+fn closed_loop_produce_counts_every_acknowledged_record_then_consume_reads_them_back() {
+    let broker = Broker::start(&[]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "closed",
+            "--create-topic",
+            "--partitions",
+            "4",
+            "--records",
+            "20000",
+            "--record-size",
+            "100..300",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["partitions"], 4);
+    assert_eq!(report["produce"]["records"], 20000);
+    assert_eq!(
+        report["produce_latency"]["count"], 20000,
+        "one latency per record"
+    );
+    assert!(
+        report["errors"].as_object().unwrap().is_empty(),
+        "{}",
+        report["errors"]
+    );
+    let bytes = report["produce"]["bytes"].as_u64().unwrap();
+    assert!(
+        (20000 * 100..=20000 * 300).contains(&bytes),
+        "value bytes {bytes}"
+    );
+
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "closed",
+            "--from",
+            "earliest",
+            "--records",
+            "20000",
+            "--consumers",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["consume"]["records"], 20000);
+    assert!(
+        report["errors"].as_object().unwrap().is_empty(),
+        "{}",
+        report["errors"]
+    );
+}
+
+#[test]
+fn open_loop_sends_exactly_the_scheduled_records_with_keys_and_compression() {
+    let broker = Broker::start(&[]);
+    // 2,000 records/s for 1 s: the schedule holds exactly 2,000 intended send times.
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "open",
+            "--create-topic",
+            "--partitions",
+            "3",
+            "--rate",
+            "2000",
+            "--duration",
+            "1",
+            "--keys",
+            "zipf:50",
+            "--compression",
+            "lz4",
+            "--acks",
+            "all",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["workload"]["load"], "open");
+    let records = report["produce"]["records"].as_u64().unwrap();
+    assert!((1999..=2001).contains(&records), "{records} records");
+    assert_eq!(
+        report["produce_latency"]["count"].as_u64().unwrap(),
+        records
+    );
+    let dist = report["produce_latency"]["distribution"]
+        .as_array()
+        .unwrap();
+    assert_eq!(dist.last().unwrap()["percentile"], 100.0);
+}
+
+#[test]
+fn e2e_consumes_every_acknowledged_record_and_measures_each() {
+    let broker = Broker::start(&[]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "e2e",
+            "--topic",
+            "e2e",
+            "--create-topic",
+            "--partitions",
+            "2",
+            "--records",
+            "5000",
+            "--rate",
+            "5000",
+            "--consumers",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["produce"]["records"], 5000);
+    assert_eq!(
+        report["e2e_latency"]["count"], 5000,
+        "every record seen once by a consumer"
+    );
+    let e2e_p50 = report["e2e_latency"]["p50_ms"].as_f64().unwrap();
+    assert!(e2e_p50 > 0.0);
+}
+
+#[test]
+fn broker_errors_are_counted_and_reported_not_retried() {
+    let broker = Broker::start(&[]);
+    // A 1 MiB value makes a batch over Kafka's default max.message.bytes (1,048,588).
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "big",
+            "--create-topic",
+            "--record-size",
+            "1048576",
+            "--batch-size",
+            "1048576",
+            "--records",
+            "3",
+            "--producers",
+            "1",
+        ],
+    );
+    assert_eq!(
+        code, 2,
+        "exit status 2 says the broker answered with errors: {report}"
+    );
+    assert_eq!(report["produce"]["records"], 0);
+    assert_eq!(
+        report["errors"]["MESSAGE_TOO_LARGE"], 3,
+        "each refused batch once: {}",
+        report["errors"]
+    );
+    assert_eq!(report["error_records"], 3);
+}
+
+#[test]
+fn an_unknown_topic_without_auto_create_is_a_one_line_failure() {
+    let broker = Broker::start(&["--auto-create-topics", "false"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
+        .args([
+            "produce",
+            "--topic",
+            "absent",
+            "--records",
+            "10",
+            "--bootstrap",
+            &broker.addr,
+        ])
+        .output()
+        .expect("wharf-loadgen runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
