@@ -22,7 +22,7 @@ use super::api::*;
 use super::config::GroupConfig;
 use super::coordinator::GroupCoordinator;
 use crate::metadata::controller::ensure_offsets_topic;
-use crate::metadata::{PartitionId, TopicMeta, TopicPartition, LEADER_EPOCH, OFFSETS_TOPIC};
+use crate::metadata::{PartitionId, TopicMeta, TopicPartition, OFFSETS_TOPIC};
 use crate::shard::{oneshot, Shard, ShardId};
 
 /// How often the coordinator is told that time passed (session and rebalance deadlines are
@@ -329,7 +329,7 @@ fn start_appends(shard: &Rc<Shard>, records: Vec<OffsetsRecord>) -> Vec<glommio:
             let handle = shard.partitions.get(TopicPartition { topic_id: topic.id, partition: PartitionId(p) });
             glommio::spawn_local(async move {
                 let handle = handle.ok_or(ResponseError::NotCoordinator)?;
-                match handle.log.append(batch, LEADER_EPOCH.0, Durability::Written).await {
+                match handle.append(batch, Durability::Written).await {
                     Ok(_) => {
                         handle.appended.notify_all();
                         Ok(())

@@ -247,7 +247,11 @@ async fn read_partition(shard: &Shard, tp: TopicPartition, spec: &ReadSpec, budg
         Bytes::new()
     } else {
         match partition.log.read(Offset(spec.fetch_offset), spec.partition_max_bytes.min(budget)).await {
-            Ok(records) => records,
+            Ok(mut records) => {
+                // Never past what is written (the engine also holds batches in flight).
+                records.truncate(batches_before(&records, visible_end));
+                records
+            }
             Err(e) => {
                 return PartitionRead { error: Some(engine_error(&e)), high_watermark, last_stable_offset, log_start_offset, records: Bytes::new() }
             }
@@ -275,6 +279,19 @@ async fn wait_for_any_append(shard: &Rc<Shard>, seen: Vec<(TopicPartition, i64)>
     if deadline > now {
         futures_lite::future::or(first.wait(), glommio::timer::sleep(deadline - now)).await;
     }
+}
+
+/// Bytes of the whole batches at the start of `records` whose base offset is below `end`.
+fn batches_before(records: &[u8], end: i64) -> usize {
+    let mut at = 0;
+    while let Some(len) = batch_len_at(records, at) {
+        let base_offset = i64::from_be_bytes(records[at..at + 8].try_into().expect("8 bytes"));
+        if base_offset >= end || at + len > records.len() {
+            break;
+        }
+        at += len;
+    }
+    at
 }
 
 /// Bytes of the longest run of whole batches at the start of `records` within `limit`.
@@ -323,6 +340,18 @@ mod tests {
         assert_eq!(whole_batches_prefix(&records, 173), 112);
         assert_eq!(whole_batches_prefix(&records, 174), 174);
         assert_eq!(first_batch_len(&records), 112);
+    }
+
+    #[test]
+    fn reads_stop_at_the_high_watermark() {
+        let mut records = batch(20);
+        records[..8].copy_from_slice(&5i64.to_be_bytes());
+        let mut second = batch(20);
+        second[..8].copy_from_slice(&9i64.to_be_bytes());
+        records.extend(second);
+        assert_eq!(batches_before(&records, 9), 32);
+        assert_eq!(batches_before(&records, 10), 64);
+        assert_eq!(batches_before(&records, 5), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use wharf_protocol::produce_legacy::{decode_legacy_produce_request, encode_legac
 use super::errors::engine_error;
 use super::{group_by_owner, str_bytes, HandlerError, HandlerResult, Reply, RequestContext};
 use crate::metadata::controller::{self, NewTopic};
-use crate::metadata::{validate_topic_name, PartitionId, TopicPartition, LEADER_EPOCH};
+use crate::metadata::{validate_topic_name, PartitionId, TopicPartition};
 use crate::shard::Shard;
 
 /// The outcome of one partition's append.
@@ -220,17 +220,14 @@ async fn append_one(shard: &Shard, tp: TopicPartition, records: Bytes, durabilit
             Some(format!("min.insync.replicas is {} but this node is the only replica", partition.min_insync_replicas.get())),
         );
     }
-    match partition.log.append(records, LEADER_EPOCH.0, durability).await {
-        Ok(info) => {
-            partition.appended.notify_all();
-            Appended {
-                error: None,
-                message: None,
-                base_offset: info.base_offset.0,
-                log_append_time_ms: info.log_append_time_ms,
-                log_start_offset: info.log_start_offset.0,
-            }
-        }
+    match partition.append(records, durability).await {
+        Ok(info) => Appended {
+            error: None,
+            message: None,
+            base_offset: info.base_offset.0,
+            log_append_time_ms: info.log_append_time_ms,
+            log_start_offset: info.log_start_offset.0,
+        },
         Err(e) => Appended::error(engine_error(&e), Some(e.to_string())),
     }
 }

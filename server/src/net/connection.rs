@@ -92,11 +92,15 @@ async fn read_requests(
                 Some(Err(e)) => return Err(e.to_string()),
             }
         }
-        if !fill(&mut reader, &mut buf, SIZE_PREFIX_BYTES + REQUEST_ID_BYTES).await? {
+        if !fill(&mut reader, &mut buf, SIZE_PREFIX_BYTES).await? {
             return Err("connection closed mid-request".into());
         }
         let prefix: [u8; SIZE_PREFIX_BYTES] = buf[..SIZE_PREFIX_BYTES].try_into().expect("4 bytes were read");
         let size = request_frame_size(prefix, shard.config.max_request_bytes).map_err(|e| e.to_string())?;
+        // The size is at least the request ids' 8 bytes, so these belong to this frame.
+        if !fill(&mut reader, &mut buf, SIZE_PREFIX_BYTES + REQUEST_ID_BYTES).await? {
+            return Err("connection closed mid-request".into());
+        }
         let ids = peek_request_ids(&buf[SIZE_PREFIX_BYTES..]).expect("the request ids were read");
         let is_produce = ids.api_key == ApiKey::Produce as i16;
         if !is_produce && size > MAX_NON_PRODUCE_REQUEST_BYTES {

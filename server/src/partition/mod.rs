@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wharf_engine::{BatchCache, EngineError, LogConfig, PartitionLog};
+use bytes::Bytes;
+use wharf_engine::{AppendInfo, BatchCache, Durability, EngineError, LogConfig, PartitionLog};
 
 use crate::metadata::store::partition_dir;
-use crate::metadata::TopicPartition;
+use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::event::{Latch, WakeSlot, Watchers};
 
 /// How long deleting a partition waits for requests still using its log.
@@ -32,12 +33,38 @@ pub struct PartitionHandle {
     /// `min.insync.replicas`: an acks=all produce needs this many in-sync replicas; a
     /// single node has one.
     pub min_insync_replicas: Cell<i32>,
+    /// The end of what has been written to the log file. The engine takes offsets (and
+    /// serves reads from its cache) as soon as an append starts; consumers must not see a
+    /// batch before it is written, or a crash could take back an offset they have read.
+    high_watermark: Cell<i64>,
 }
 
 impl PartitionHandle {
-    /// The high watermark: on a single node every appended record is committed.
+    /// The high watermark: on a single node, every written record is committed.
     pub fn high_watermark(&self) -> i64 {
-        self.log.log_end_offset().0
+        self.high_watermark.get()
+    }
+
+    /// Appends record batches (a Produce request's `records`) and makes them visible to
+    /// consumers once written; with `Durability::Synced`, resolves only once they are also
+    /// covered by an fdatasync (group-committed). Every append to a partition goes through
+    /// here, so the high watermark never lags the file.
+    pub async fn append(&self, records: Bytes, durability: Durability) -> Result<AppendInfo, EngineError> {
+        let info = self.log.append(records, LEADER_EPOCH.0, Durability::Written).await?;
+        self.advance_high_watermark(info.last_offset.0 + 1);
+        if durability == Durability::Synced {
+            self.log.sync().await?;
+        }
+        Ok(info)
+    }
+
+    /// Records that an append ending before `end_offset` is written, and wakes fetches
+    /// waiting for this partition.
+    pub fn advance_high_watermark(&self, end_offset: i64) {
+        if end_offset > self.high_watermark.get() {
+            self.high_watermark.set(end_offset);
+            self.appended.notify_all();
+        }
     }
 
     /// KIP-98: the last stable offset. Without transactions nothing is pending, so it is the
@@ -89,7 +116,10 @@ impl PartitionRegistry {
         }
         let dir = partition_dir(data_dir, topic, tp.partition.0);
         let log = PartitionLog::open(dir.clone(), config, cache).await?;
+        // What recovery found on disk is written, hence committed.
+        let high_watermark = Cell::new(log.log_end_offset().0);
         let handle = PartitionHandle {
+            high_watermark,
             tp,
             topic: topic.to_string(),
             dir,
