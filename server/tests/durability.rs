@@ -14,9 +14,9 @@ use common::client;
 use common::{unique_topic, Broker};
 
 const PARTITIONS: i32 = 4;
-const KILLS: u32 = 3;
+const KILLS: u32 = 5;
 /// Acknowledged records per broker run before the kill (the kill lands while more are in flight).
-const ACKS_BEFORE_KILL: usize = 300;
+const ACKS_BEFORE_KILL: usize = 1000;
 /// Records the producer keeps queued or in flight at any time.
 const IN_FLIGHT: usize = 200;
 /// Guard against a broker that stops acknowledging; not a timing assertion.

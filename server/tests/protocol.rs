@@ -55,6 +55,46 @@ fn fetched_records(resp: &FetchResponse) -> Vec<(i32, Bytes)> {
     out
 }
 
+fn be_i32(b: &[u8]) -> i32 {
+    i32::from_be_bytes(b.try_into().expect("4 bytes"))
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    i64::from_be_bytes(b.try_into().expect("8 bytes"))
+}
+
+/// Whole v2 batches in a records blob, by their length field.
+fn split_batches(records: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 12 <= records.len() {
+        let len = be_i32(&records[pos + 8..pos + 12]) as usize;
+        if pos + 12 + len > records.len() {
+            break; // a fetch may end with a partial batch
+        }
+        out.push(records.slice(pos..pos + 12 + len));
+        pos += 12 + len;
+    }
+    out
+}
+
+/// The leader epoch Metadata reports for one partition.
+fn leader_epoch(conn: &mut KafkaConn, topic: &str, partition: i32) -> i32 {
+    let versions = conn.api_versions();
+    let version = pick_version(&versions, ApiKey::Metadata, 7, 12); // leader_epoch from v7
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(topic_name(topic)))]))
+        .with_allow_auto_topic_creation(false);
+    let resp = conn.request(version, &req);
+    resp.topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == partition)
+        .map(|p| p.leader_epoch)
+        .expect("partition in Metadata")
+}
+
 #[test]
 fn compressed_batches_are_stored_and_served_as_produced() {
     let broker = Broker::start();
@@ -82,17 +122,33 @@ fn compressed_batches_are_stored_and_served_as_produced() {
         let resp = conn.request(fetch_v, &fetch_request(&topic, &[(0, 0)], 1000));
         let records = fetched_records(&resp);
         let (_, got) = records.first().expect("one partition");
-        assert_eq!(got.len(), sent.len(), "{name}: served batch differs in size from the produced one");
-        // Only baseOffset (0..8) and partitionLeaderEpoch (12..16) may be rewritten.
-        assert_eq!(&got[8..12], &sent[8..12], "{name}: batch length changed");
-        assert_eq!(&got[16..], &sent[16..], "{name}: batch bytes after the leader epoch changed");
-        assert_eq!(got[BATCH_ATTRIBUTES_OFFSET + 1] & 0x07, codec as u8, "{name}: codec bits");
+        let epoch = leader_epoch(&mut conn, &topic, 0);
+        let sent_batches = split_batches(&sent);
+        let got_batches = split_batches(got);
+        assert_eq!(got_batches.len(), sent_batches.len(), "{name}: number of batches served");
+        let mut next_offset = 0i64;
+        for (i, (g, s)) in got_batches.iter().zip(&sent_batches).enumerate() {
+            // Only baseOffset (0..8) and partitionLeaderEpoch (12..16) may be rewritten.
+            assert!(g.len() == s.len() && g[8..12] == s[8..12], "{name}: batch {i} length changed");
+            assert!(g[16..] == s[16..], "{name}: batch {i}: bytes after the leader epoch changed");
+            assert_eq!(be_i64(&g[0..8]), next_offset, "{name}: batch {i} base offset");
+            next_offset += i64::from(be_i32(&g[57..61]));
+            assert_eq!(
+                be_i32(&g[12..16]),
+                epoch,
+                "{name}: batch {i} must carry the partition's leader epoch (as Metadata reports it)"
+            );
+            assert_eq!(g[BATCH_ATTRIBUTES_OFFSET + 1] & 0x07, codec as u8, "{name}: codec bits");
+        }
         let mut buf = got.clone();
-        let decoded = RecordBatchDecoder::decode(&mut buf).expect("served batch decodes");
-        let decoded_values: Vec<Bytes> =
-            decoded.records.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
-        assert_eq!(decoded_values, values, "{name}: values differ");
-        let offsets: Vec<i64> = decoded.records.iter().map(|r| r.offset).collect();
+        let decoded: Vec<_> = RecordBatchDecoder::decode_all(&mut buf)
+            .expect("served batches decode")
+            .into_iter()
+            .flat_map(|set| set.records)
+            .collect();
+        let decoded_values: Vec<Bytes> = decoded.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
+        assert!(decoded_values == values, "{name}: values differ");
+        let offsets: Vec<i64> = decoded.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, (0..50).collect::<Vec<i64>>(), "{name}: offsets");
     }
     broker.assert_no_panic();

@@ -33,10 +33,16 @@ pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     cfg.create().expect("cannot create an rdkafka producer")
 }
 
-/// A consumer without a group: partitions are assigned by the test, as `assign()` users do.
+/// A consumer whose partitions are assigned by the test, as `assign()` users do. librdkafka
+/// refuses assign() without a group.id, but with no subscribe() and no commits the group is
+/// never joined.
 pub fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let group = format!("assign-only-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let mut cfg = base_config(bootstrap);
-    cfg.set("enable.auto.commit", "false")
+    cfg.set("group.id", &group)
+        .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest");
     for (k, v) in extra {
