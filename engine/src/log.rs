@@ -923,6 +923,9 @@ impl Inner {
                 seg.file = Some(file);
                 st.next_offset = next;
                 st.written_next_offset = next;
+                // A batch that straddled the log start went whole.
+                let log_start_moved = next < st.log_start_offset;
+                st.log_start_offset = st.log_start_offset.min(next);
                 st.tail = Some(scan.tail);
                 if st.epochs.truncate_from_end(next) {
                     st.epochs_dirty = true;
@@ -931,6 +934,11 @@ impl Inner {
                 st.generation += 1;
                 st.read_file = None;
                 self.cache.truncate_from(&self.cached, next);
+                drop(st);
+                if log_start_moved {
+                    let text = format!("{next}\n").into_bytes();
+                    files::replace_file(&self.dir.join(LOG_START_FILE), text, true).await.map_err(|e| self.fail_io(e))?;
+                }
                 removed
             }
         };
@@ -1062,10 +1070,17 @@ impl Inner {
             file.fdatasync().await.map_err(|e| self.fail_io(e.into()))?;
             file.truncate(written).await.map_err(|e| self.fail_io(e.into()))?;
         }
-        files::replace_file(&self.dir.join(CHECKPOINT_FILE), epochs.into_bytes(), false).await.map_err(to_io)?;
+        // The three files are independent: written and synced concurrently.
+        let mut writes = vec![(self.dir.join(CHECKPOINT_FILE), epochs.into_bytes())];
         if exists {
-            files::replace_file(&segment_path(&self.dir, base, INDEX_SUFFIX), offsets, false).await.map_err(to_io)?;
-            files::replace_file(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX), times, false).await.map_err(to_io)?;
+            writes.push((segment_path(&self.dir, base, INDEX_SUFFIX), offsets));
+            writes.push((segment_path(&self.dir, base, TIME_INDEX_SUFFIX), times));
+        }
+        let tasks: Vec<_> = writes.into_iter().map(|(path, data)| glommio::spawn_local(async move { files::replace_file(&path, data, false).await })).collect();
+        for task in tasks {
+            task.await.map_err(to_io)?;
+        }
+        if exists {
             let marker = format!("{base} {written} {next_offset}\n").into_bytes();
             files::replace_file(&self.dir.join(CLEAN_SHUTDOWN_FILE), marker, true).await.map_err(to_io)?;
         }
@@ -1243,9 +1258,16 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
             files::remove_file(&dir.join(&entry.name)).await.map_err(io("cannot remove a stray index"))?;
         }
     }
+    // Only files the listing showed are read: an open of a missing file costs as much.
     let read_text = |name: &'static str| {
         let path = dir.join(name);
-        async move { files::read_small_file(&path, SMALL_FILE_MAX_BYTES).await.ok().flatten().and_then(|b| String::from_utf8(b).ok()) }
+        let listed = entries.iter().any(|e| e.name == name);
+        async move {
+            if !listed {
+                return None;
+            }
+            files::read_small_file(&path, SMALL_FILE_MAX_BYTES).await.ok().flatten().and_then(|b| String::from_utf8(b).ok())
+        }
     };
     let persisted_log_start: Option<i64> = read_text(LOG_START_FILE).await.and_then(|t| t.trim().parse().ok());
     let checkpoint = read_text(CHECKPOINT_FILE).await.and_then(|t| LeaderEpochCache::decode(&t));
