@@ -131,9 +131,7 @@ impl GroupShard {
     }
 
     async fn load(self: &Rc<Self>, shard: &Rc<Shard>, tp: TopicPartition) -> Result<usize, ResponseError> {
-        let Some(handle) = shard.partitions.get(tp) else {
-            return Err(ResponseError::CoordinatorNotAvailable);
-        };
+        let handle = wait_for_open(shard, tp).await.ok_or(ResponseError::CoordinatorNotAvailable)?;
         let end = handle.log.log_end_offset().0;
         let mut next = handle.log.log_start_offset().0;
         let mut count = 0;
@@ -360,12 +358,41 @@ async fn ticker(shard: Rc<Shard>, groups: Rc<GroupShard>) {
     }
 }
 
+/// The offsets partition's log once this shard has opened it. Right after
+/// `__consumer_offsets` is created, the shards open their partitions one after another, so a
+/// request may arrive just before its partition is open: wait a little rather than fail.
+async fn wait_for_open(shard: &Rc<Shard>, tp: TopicPartition) -> Option<Rc<crate::partition::PartitionHandle>> {
+    for _ in 0..OPEN_WAIT_STEPS {
+        if let Some(handle) = shard.partitions.get(tp) {
+            return Some(handle);
+        }
+        glommio::timer::sleep(OPEN_WAIT_STEP).await;
+    }
+    shard.partitions.get(tp)
+}
+
+/// How long a request waits for `__consumer_offsets` to appear on its shard after creation.
+const OPEN_WAIT_STEP: Duration = Duration::from_millis(10);
+const OPEN_WAIT_STEPS: usize = 500;
+
 /// Where `group_id` is coordinated; creates `__consumer_offsets` on first use.
 pub async fn placement(shard: &Rc<Shard>, group_id: &str) -> Result<Placement, ResponseError> {
-    let topic = ensure_offsets_topic(shard).await.map_err(|e| {
-        tracing::warn!("cannot create {OFFSETS_TOPIC}: {e}");
-        ResponseError::CoordinatorNotAvailable
-    })?;
+    let mut attempt = 0;
+    let topic = loop {
+        match ensure_offsets_topic(shard).await {
+            Ok(topic) => break topic,
+            // Created concurrently and not yet published to this shard: wait for it.
+            Err(e) if attempt < OPEN_WAIT_STEPS => {
+                tracing::debug!("waiting for {OFFSETS_TOPIC}: {e}");
+                attempt += 1;
+                glommio::timer::sleep(OPEN_WAIT_STEP).await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot create {OFFSETS_TOPIC}: {e}");
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+        }
+    };
     let partition = partition_for_group(group_id, topic.partition_count.max(1) as u32);
     let owner = shard.owner_of(TopicPartition { topic_id: topic.id, partition: PartitionId(partition) });
     Ok(Placement { topic, partition, owner })
