@@ -752,7 +752,8 @@ impl Ctx<'_> {
             // assignment names the new one.
             GroupState::Stable | GroupState::CompletingRebalance => self.prepare_rebalance(group),
             GroupState::PreparingRebalance => {}
-            GroupState::Empty => unreachable!("a group with a static member is not empty"),
+            // Not reachable (a group with members is never Empty); rebalancing is the safe answer.
+            GroupState::Empty => self.prepare_rebalance(group),
         }
     }
 
@@ -1109,7 +1110,8 @@ impl Ctx<'_> {
             .collect();
         for id in expired {
             fired = true;
-            let member = group.members.get_mut(&id).expect("id came from the map");
+            // Removing one member can complete a rebalance that drops others of this list.
+            let Some(member) = group.members.get_mut(&id) else { continue };
             if member.excused_from_heartbeat() {
                 member.heartbeat_deadline_ms = None;
             } else {

@@ -658,6 +658,7 @@ fn next_deadline_names_the_earliest_timer() {
 #[derive(Clone, Debug)]
 enum Op {
     NewMember { v4: bool },
+    StaticMember(usize),
     Rejoin(usize),
     Sync(usize),
     Heartbeat(usize),
@@ -669,6 +670,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         any::<bool>().prop_map(|v4| Op::NewMember { v4 }),
+        (0usize..3).prop_map(Op::StaticMember),
         (0usize..6).prop_map(Op::Rejoin),
         (0usize..6).prop_map(Op::Sync),
         (0usize..6).prop_map(Op::Heartbeat),
@@ -679,7 +681,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_over_random_histories(ops in proptest::collection::vec(op(), 1..80)) {
@@ -696,6 +698,11 @@ proptest! {
             let token = next_token;
             match op {
                 Op::NewMember { v4 } => fx = c.join_group(now, token, join_req("", v4)),
+                Op::StaticMember(i) => {
+                    let mut req = join_req("", true);
+                    req.group_instance_id = Some(format!("instance-{i}"));
+                    fx = c.join_group(now, token, req);
+                }
                 Op::Rejoin(i) => if let Some((id, _)) = known.get(i % known.len().max(1)).cloned() { fx = c.join_group(now, token, join_req(&id, true)) },
                 Op::Sync(i) => if let Some((id, generation)) = known.get(i % known.len().max(1)).cloned() {
                     let assignment = vec![(id.clone(), Bytes::from(id.clone().into_bytes()))];
