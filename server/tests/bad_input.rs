@@ -294,3 +294,17 @@ fn produce_to_a_partition_that_does_not_exist_gets_unknown_topic_or_partition() 
     assert_eq!(code, error_code::UNKNOWN_TOPIC_OR_PARTITION);
     assert_still_serving(&mut broker);
 }
+
+#[test]
+fn hundreds_of_idle_connections_do_not_stop_others_being_served() {
+    let mut broker = Broker::start();
+    let idle: Vec<KafkaConn> = (0..300).map(|_| KafkaConn::connect(broker.addr())).collect();
+    // Some of them half-way through a request.
+    let mut idle = idle;
+    for (i, conn) in idle.iter_mut().enumerate().step_by(3) {
+        let _ = conn.write_raw(&(64i32 + i as i32).to_be_bytes());
+    }
+    assert_still_serving(&mut broker);
+    drop(idle);
+    assert_still_serving(&mut broker);
+}

@@ -124,6 +124,7 @@ fn compressed_batches_are_stored_and_served_as_produced() {
         let (_, got) = records.first().expect("one partition");
         let epoch = leader_epoch(&mut conn, &topic, 0);
         let sent_batches = split_batches(&sent);
+        assert_eq!(sent_batches.len(), 1, "{name}: the test sends one batch");
         let got_batches = split_batches(got);
         assert_eq!(got_batches.len(), sent_batches.len(), "{name}: number of batches served");
         let mut next_offset = 0i64;

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::ResourceSpecifier;
+use rdkafka::admin::{NewPartitions, ResourceSpecifier};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
@@ -105,6 +107,46 @@ fn topics_configs_and_data_survive_a_sigterm_restart() {
 
     let status = broker.terminate();
     assert!(status.success(), "second SIGTERM must exit 0, got {status:?}");
+    broker.assert_no_panic();
+}
+
+#[test]
+fn added_partitions_and_deleted_records_survive_a_sigterm_restart() {
+    let mut broker = Broker::start();
+    let topic = unique_topic("restart-admin");
+    client::create_topic(&broker.bootstrap(), &topic, 1, &[]);
+    let first = produce_keyed(&broker.bootstrap(), &topic, 20, "d");
+    assert!(first.iter().all(|(p, ..)| *p == 0));
+
+    let admin = client::admin(&broker.bootstrap());
+    let rt = client::runtime();
+    let results = rt
+        .block_on(admin.create_partitions([&NewPartitions::new(&topic, 3)], &client::admin_options()))
+        .expect("CreatePartitions request failed");
+    assert!(results.iter().all(|r| r.is_ok()), "CreatePartitions: {results:?}");
+    let mut before = TopicPartitionList::new();
+    before.add_partition_offset(&topic, 0, Offset::Offset(8)).expect("add");
+    let deleted = rt
+        .block_on(admin.delete_records(&before, &client::admin_options()))
+        .expect("DeleteRecords request failed");
+    let low = deleted.find_partition(&topic, 0).expect("partition 0 in the result");
+    assert_eq!(low.offset(), Offset::Offset(8));
+    assert!(low.error().is_ok(), "DeleteRecords: {:?}", low.error());
+    drop(admin);
+
+    let status = broker.terminate();
+    assert!(status.success(), "SIGTERM must exit 0, got {status:?}");
+    broker.restart();
+
+    let consumer = client::consumer(&broker.bootstrap(), &[]);
+    assert_eq!(client::partition_count(&consumer, &topic), 3, "added partitions are kept");
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(30))
+        .expect("watermarks");
+    assert_eq!((low, high), (8, 20), "the log start offset set by DeleteRecords is kept");
+    let read = client::read_all(&broker.bootstrap(), &topic);
+    let offsets: Vec<i64> = read[&0].iter().map(|m| m.offset()).collect();
+    assert_eq!(offsets, (8..20).collect::<Vec<_>>());
     broker.assert_no_panic();
 }
 

@@ -308,6 +308,12 @@ def test_create_and_delete_topics(broker):
     while topic in a.list_topics(timeout=10).topics:
         assert time.monotonic() < deadline, "deleted topic still listed"
         time.sleep(0.1)
+    # The name can be used again, and the new topic starts empty at offset 0.
+    reports = produce_and_report(producer(broker), topic, [{"value": b"reborn", "partition": 0}])
+    assert reports[0][0] is None and reports[0][2] == 0, reports[0]
+    got = read_partitions(broker, topic, [0], {0: 1})[0]
+    assert [(m.offset(), m.value()) for m in got] == [(0, b"reborn")]
+
     missing = a.delete_topics([topic_name("never-created")])
     with pytest.raises(KafkaException) as e:
         list(missing.values())[0].result(timeout=GUARD_S)

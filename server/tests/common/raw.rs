@@ -216,7 +216,7 @@ pub fn ensure_topic(conn: &mut KafkaConn, topic: &str) -> usize {
     panic!("topic {topic} never got a leader for every partition");
 }
 
-/// A v2 record batch of `values`, uncompressed or compressed, with a correct CRC.
+/// One v2 record batch holding `values`, uncompressed or compressed, with a correct CRC.
 pub fn record_batch(values: &[Bytes], compression: Compression) -> Bytes {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -234,7 +234,9 @@ pub fn record_batch(values: &[Bytes], compression: Compression) -> Bytes {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // kafka-protocol starts a new batch unless offset - sequence stays constant;
+            // this keeps every record in one batch whose base sequence is -1 (none).
+            sequence: i as i32 - 1,
             timestamp: now_ms,
             key: None,
             value: Some(v.clone()),
