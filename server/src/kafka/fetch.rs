@@ -243,7 +243,9 @@ async fn read_partition(shard: &Shard, tp: TopicPartition, spec: &ReadSpec, budg
     if spec.fetch_offset < log_start_offset || spec.fetch_offset > high_watermark {
         return PartitionRead { error: Some(ResponseError::OffsetOutOfRange), high_watermark, last_stable_offset, log_start_offset, records: Bytes::new() };
     }
-    let records = if spec.fetch_offset >= visible_end {
+    // A shard that has read a whole response's worth already has nothing to add: the
+    // response is full (its first batch is elsewhere in it).
+    let records = if spec.fetch_offset >= visible_end || budget == 0 {
         Bytes::new()
     } else {
         match partition.log.read(Offset(spec.fetch_offset), spec.partition_max_bytes.min(budget)).await {

@@ -4,7 +4,7 @@
 //! [`Shard::invoke_on`](crate::shard::Shard::invoke_on).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ pub struct PartitionHandle {
     pub topic: String,
     /// `<data>/<topic>-<partition>`.
     pub dir: PathBuf,
+    /// The log. Append through [`PartitionHandle::append`], never `log.append` directly:
+    /// only the former moves the high watermark, and consumers read up to it.
     pub log: PartitionLog,
     /// Fetches waiting for data on this partition.
     pub appended: Watchers,
@@ -78,6 +80,10 @@ impl PartitionHandle {
 #[derive(Default)]
 pub struct PartitionRegistry {
     open: RefCell<HashMap<TopicPartition, Rc<PartitionHandle>>>,
+    /// Partitions whose log is being opened: a second open of the same directory (a
+    /// metadata change arriving while the shard still opens its partitions at start) must
+    /// not run recovery on it concurrently.
+    opening: RefCell<HashSet<TopicPartition>>,
 }
 
 impl PartitionRegistry {
@@ -111,11 +117,13 @@ impl PartitionRegistry {
         min_insync_replicas: i32,
         cache: Rc<BatchCache>,
     ) -> Result<(), EngineError> {
-        if self.contains(tp) {
+        if self.contains(tp) || !self.opening.borrow_mut().insert(tp) {
             return Ok(());
         }
         let dir = partition_dir(data_dir, topic, tp.partition.0);
-        let log = PartitionLog::open(dir.clone(), config, cache).await?;
+        let opened = PartitionLog::open(dir.clone(), config, cache).await;
+        self.opening.borrow_mut().remove(&tp);
+        let log = opened?;
         // What recovery found on disk is written, hence committed.
         let high_watermark = Cell::new(log.log_end_offset().0);
         let handle = PartitionHandle {
