@@ -235,6 +235,9 @@ fn resolve_group_config(args: &BrokerArgs, settings: &mut Settings) -> Result<cr
     if let Some(minutes) = settings.take_int("offsets.retention.minutes")? {
         group.offsets_retention_ms = int_in("offsets.retention.minutes", minutes, 1, i32::MAX as i64)? * 60_000;
     }
+    if let Some(n) = settings.take_int("offsets.topic.compaction.min.records")? {
+        group.offsets_topic_compaction_min_records = int_in("offsets.topic.compaction.min.records", n, 1, i32::MAX as i64)? as usize;
+    }
     if let Some(ms) = settings.take_int("offsets.retention.check.interval.ms")? {
         group.offsets_retention_check_interval_ms = int_in("offsets.retention.check.interval.ms", ms, 1, i64::MAX)?;
     }

@@ -261,3 +261,59 @@ fn committed_offsets_survive_a_restart() {
     assert_eq!(got, (42, "kept".to_string()));
     b.assert_no_panic();
 }
+
+fn log_start(conn: &mut KafkaConn, topic: &str, partition: i32) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::ListOffsetsRequest;
+    let req = ListOffsetsRequest::default().with_replica_id((-1).into()).with_topics(vec![ListOffsetsTopic::default()
+        .with_name(topic_name(topic))
+        .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(-2)])]);
+    let resp = conn.request(4, &req);
+    let p = &resp.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.offset
+}
+
+#[test]
+fn superseded_commits_are_rewritten_away_and_the_last_one_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, "\"offsets.topic.compaction.min.records\" = 50\n").expect("write config");
+    let config = config.to_str().expect("utf-8 path").to_string();
+    let mut b = Broker::start_with(&["--config", &config]);
+    let topic = unique_topic("grp");
+    let partition = partition_for_group("compact-me", 50);
+    {
+        let mut conn = KafkaConn::connect(b.addr());
+        ensure_topic(&mut conn, &topic);
+        for offset in 0..200 {
+            assert_eq!(commit(&mut conn, "compact-me", "", -1, &topic, offset, "m"), 0);
+        }
+        let mut start = 0;
+        for _ in 0..200 {
+            start = log_start(&mut conn, OFFSETS_TOPIC_NAME, partition);
+            if start > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(start >= 50, "the log start moved past superseded commits (at {start})");
+    }
+    b.restart();
+    let mut conn = KafkaConn::connect(b.addr());
+    let mut got = (-2, String::new());
+    for _ in 0..100 {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s("compact-me")))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(topic_name(&topic)).with_partition_indexes(vec![0])]));
+        let resp = conn.request(7, &req);
+        if resp.error_code == 0 {
+            let p = &resp.topics[0].partitions[0];
+            got = (p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(got, (199, "m".to_string()));
+    b.assert_no_panic();
+}

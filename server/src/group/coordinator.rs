@@ -461,6 +461,31 @@ impl GroupCoordinator {
         fx
     }
 
+    /// The records that rebuild the current state of the groups `include` selects: every
+    /// committed offset, and the metadata of every group that has any. Appended after
+    /// everything before it, they make the older records redundant (the periodic rewrite
+    /// that stands in for log compaction).
+    pub fn snapshot(&self, mut include: impl FnMut(&str) -> bool) -> Vec<OffsetsRecord> {
+        let mut ids: Vec<&String> = self.groups.keys().filter(|id| include(id)).collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            let g = &self.groups[id];
+            for ((topic, partition), c) in &g.offsets {
+                out.push(OffsetsRecord::OffsetCommit {
+                    group: id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    value: Some(OffsetCommitValue::new(c.offset, c.leader_epoch, &c.metadata, c.commit_timestamp_ms, c.expire_timestamp_ms)),
+                });
+            }
+            if g.generation_id > 0 || g.protocol_type.is_some() || !g.members.is_empty() {
+                out.push(g.metadata_record());
+            }
+        }
+        out
+    }
+
     // ---------------------------------------------------------------------------------
     // Loading from __consumer_offsets
     // ---------------------------------------------------------------------------------

@@ -632,6 +632,27 @@ fn restart_replays_offsets_and_groups_from_the_records() {
 }
 
 #[test]
+fn a_snapshot_rebuilds_the_same_groups_and_offsets() {
+    let mut c = coordinator();
+    let m1 = stable_single(&mut c);
+    for i in 0..5 {
+        commit(&mut c, i, commit_req(&m1, 1, i, Some("m")));
+    }
+    let mut other = commit_req("", -1, 9, None);
+    other.group_id = "simple".into();
+    commit(&mut c, 0, other);
+    let snapshot = c.snapshot(|_| true);
+    assert_eq!(snapshot.len(), 3, "two offsets and one group's metadata");
+    let mut rebuilt = coordinator();
+    rebuilt.load(snapshot, 10);
+    assert_eq!(committed(&rebuilt, "t", 0), committed(&c, "t", 0));
+    let g = rebuilt.group("g").unwrap();
+    assert_eq!((g.state, g.generation_id, g.members.len()), (GroupState::Stable, 1, 1));
+    assert_eq!(rebuilt.fetch_offsets("simple", None), c.fetch_offsets("simple", None));
+    assert!(c.snapshot(|id| id == "simple").iter().all(|r| r.group() == "simple"));
+}
+
+#[test]
 fn offsets_of_an_empty_group_expire_after_the_retention_period() {
     let mut c = coordinator();
     commit(&mut c, 0, commit_req("", -1, 1, None));
