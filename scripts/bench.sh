@@ -127,6 +127,28 @@ run_case() {
 
 rate_of() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["produce"]["records_per_sec"]))' "$1" 2>/dev/null || echo 0; }
 
+# With --peer-cmd the peer starts afresh before each case: an in-memory broker keeps every
+# record it is sent, and the suite sends tens of GB.
+PEER_PID=""
+start_peer() {
+    stop_peer
+    # shellcheck disable=SC2086
+    taskset -c "$BROKER_CPU" $PEER_CMD >>"$OUT/$PEER_NAME.log" 2>&1 &
+    PEER_PID=$!
+    PIDS+=("$PEER_PID")
+    wait_for_port "$PEER"
+}
+stop_peer() {
+    if [ -n "$PEER_PID" ]; then
+        kill "$PEER_PID" 2>/dev/null || true
+        wait "$PEER_PID" 2>/dev/null || true
+        PEER_PID=""
+    fi
+}
+fresh_broker() {
+    if [ "$1" = "$PEER_NAME" ] && [ -n "$PEER_CMD" ]; then start_peer; fi
+}
+
 run_suite() {
     local name="$1" addr="$2" stamp
     stamp="$(date +%s)"
@@ -135,6 +157,7 @@ run_suite() {
             for parts in 1 16; do
                 local case="s${size}-a${acks}-p${parts}"
                 local topic="bench-$stamp-$case"
+                fresh_broker "$name"
                 run_case "$name" "$addr" "$case-max" produce --topic "$topic" --create-topic \
                     --partitions "$parts" --record-size "$size" --acks "$acks"
                 local max
@@ -152,6 +175,7 @@ run_suite() {
     local max
     max="$(rate_of "$OUT/$name-s1024-a1-p1-max.json")"
     if [ "$max" -gt 3 ]; then
+        fresh_broker "$name"
         run_case "$name" "$addr" "e2e-s1024-a1-p1-quarter" e2e --topic "bench-$stamp-e2e" --create-topic \
             --partitions 1 --record-size 1024 --acks 1 --rate $((max / 4)) --consumers 1
     fi
@@ -195,25 +219,24 @@ if [ "$RUN_WHARF" = 1 ]; then
         run_case wharf "$WHARF_ADDR" profile-s1024-a1-p1 produce --topic "bench-profile" --create-topic \
             --partitions 1 --record-size 1024 --acks 1
         wait "$PERF_PID" || true
-        perf report -i "$OUT/wharf.perf.data" --no-children --percent-limit 1.5 --stdio --sort symbol \
+        perf report -i "$OUT/wharf.perf.data" --no-children -g none --percent-limit 1.5 --stdio --sort symbol \
             2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/wharf-hotspots.txt" || true
     fi
     run_suite wharf "$WHARF_ADDR"
     kill "$WHARF_PID" 2>/dev/null || true
     wait "$WHARF_PID" 2>/dev/null || true
+    rm -rf "$DATA/wharf"   # tens of GB of benchmark records
 fi
 
 if [ -n "$PEER" ]; then
     if [ -n "$PEER_CMD" ]; then
-        echo "== $PEER_NAME: starting on CPU $BROKER_CPU: $PEER_CMD"
-        # shellcheck disable=SC2086
-        taskset -c "$BROKER_CPU" $PEER_CMD >"$OUT/$PEER_NAME.log" 2>&1 &
-        PIDS+=("$!")
+        echo "== $PEER_NAME: started afresh for each case on CPU $BROKER_CPU: $PEER_CMD"
     else
         echo "== $PEER_NAME at $PEER (started by you; pin it to CPU $BROKER_CPU for a fair comparison)"
+        wait_for_port "$PEER"
     fi
-    wait_for_port "$PEER"
     run_suite "$PEER_NAME" "$PEER"
+    stop_peer
 fi
 
 python3 scripts/bench_table.py "$OUT" --peer-name "$PEER_NAME" --peer-target "$PEER_TARGET" | tee "$OUT/table.md"

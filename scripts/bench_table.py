@@ -75,6 +75,12 @@ def latency(r):
     return r.get("e2e_latency") if r["mode"] == "e2e" else r.get("produce_latency")
 
 
+def load_range(brokers):
+    vals = [v for b in brokers.values() for r in b.values()
+            for v in (r["machine"].get("load_average_start"), r["machine"].get("load_average_end")) if v is not None]
+    return (min(vals), max(vals)) if vals else None
+
+
 def errors(r):
     n = sum(r.get("errors", {}).values())
     return "0" if n == 0 else f"{n} ({', '.join(sorted(r['errors']))})"
@@ -181,6 +187,10 @@ def main():
                      f"{w['producers_per_core']} producers x {w['in_flight']} in flight, "
                      f"{w['warmup_s']} s warm-up, {w['duration_s']} s measured per run. MB/s counts key+value bytes; "
                      f"% disk and % loopback compare record-batch bytes to the limits.")
+        lr = load_range(brokers)
+        if lr:
+            lines.append(f"1-minute load average during the runs: {lr[0]:.2f} to {lr[1]:.2f} "
+                         f"(above {m['cpus']}, other work competed for the CPUs and the figures are pessimistic).")
         lines.append("")
     lim_text = []
     if "disk_mb_s" in lim:

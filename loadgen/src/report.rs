@@ -22,6 +22,10 @@ pub struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
     pub kernel: String,
+    /// 1-minute load average when the run started and ended: above the CPUs the broker and
+    /// the load generator use, something else competed with them for the CPU.
+    pub load_average_start: Option<f64>,
+    pub load_average_end: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -372,9 +376,16 @@ impl Report {
             w.consumers_per_core,
             w.cores
         );
+        let load = match (
+            self.machine.load_average_start,
+            self.machine.load_average_end,
+        ) {
+            (Some(a), Some(b)) => format!(", load average {a:.2} → {b:.2}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "measured {:.2} s after {} s warm-up on {} CPUs ({}), kernel {}",
+            "measured {:.2} s after {} s warm-up on {} CPUs ({}), kernel {}{load}",
             self.measured_seconds,
             w.warmup_s,
             self.machine.cpus,
@@ -534,6 +545,8 @@ mod tests {
             cpus: 2,
             cpu_model: "test".into(),
             kernel: "6".into(),
+            load_average_start: Some(0.5),
+            load_average_end: Some(1.25),
         };
         Report::new(
             &args,
@@ -605,6 +618,7 @@ mod tests {
         assert!(text.contains("closed loop"), "{text}");
         assert!(text.contains("NOT_LEADER_OR_FOLLOWER"), "{text}");
         assert!(text.contains("500"), "{text}");
+        assert!(text.contains("load average 0.50 → 1.25"), "{text}");
     }
 
     #[test]

@@ -152,7 +152,17 @@ fn plan(args: &Args, layout: &TopicLayout) -> anyhow::Result<Vec<CorePlan>> {
     Ok(plans)
 }
 
-fn machine_description() -> crate::report::Machine {
+/// The 1-minute load average, from /proc/loadavg.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn machine_description(load_average_start: Option<f64>) -> crate::report::Machine {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -171,12 +181,15 @@ fn machine_description() -> crate::report::Machine {
             .unwrap_or(0),
         cpu_model,
         kernel,
+        load_average_start,
+        load_average_end: load_average(),
     }
 }
 
 /// Runs the workload described by `args` and returns the report.
 pub fn run(args: &Args) -> anyhow::Result<Report> {
     args.validate()?;
+    let load_average_start = load_average();
     let bootstrap = args.bootstrap_addr()?;
 
     // Setup on a throwaway executor: topic metadata (and creation).
@@ -360,7 +373,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     Ok(Report::new(
         args,
         &layout,
-        machine_description(),
+        machine_description(load_average_start),
         measured_secs,
         &total,
         lines,
