@@ -239,7 +239,7 @@ if [ -n "$PEER" ]; then
     stop_peer
 fi
 
-python3 scripts/bench_table.py "$OUT" --peer-name "$PEER_NAME" --peer-target "$PEER_TARGET" | tee "$OUT/table.md"
+python3 scripts/bench_table.py "$OUT" --peer-name "$PEER_NAME" --peer-target "$PEER_NAME=$PEER_TARGET" | tee "$OUT/table.md"
 if [ -s "$OUT/wharf-hotspots.txt" ]; then
     echo
     echo "Wharf hot spots (perf, 1 KiB acks=1 max run, symbols over 1.5%):"

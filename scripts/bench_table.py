@@ -157,25 +157,34 @@ def targets(cases, lim, peer, peer_target):
     if e2e and e2e.get("e2e_latency"):
         p99 = e2e["e2e_latency"]["p99_ms"]
         out.append(f"- e2e p99 < 2 ms (1 KiB acks=1 at ¼ max): {p99:.3f} ms — {mark(p99 < 2)}")
-    if peer:
-        ratios = []
-        for c, r in cases.items():
-            pr = peer.get(c)
-            if c.endswith("-max") and r.get("produce") and pr and pr.get("produce") and pr["produce"]["records_per_sec"]:
-                ratios.append((r["produce"]["records_per_sec"] / pr["produce"]["records_per_sec"], c))
-        if ratios:
-            worst = min(ratios)
-            out.append(f"- ≥ {peer_target:g}x the peer's throughput on every max case: worst {worst[0]:.1f}x "
-                       f"({describe(worst[1])}) — {mark(worst[0] >= peer_target)}")
     return out
+
+
+def peer_ratio(cases, peer_name, peer, target):
+    ratios = []
+    for c, r in cases.items():
+        pr = peer.get(c)
+        if c.endswith("-max") and r.get("produce") and pr and pr.get("produce") and pr["produce"]["records_per_sec"]:
+            ratios.append((r["produce"]["records_per_sec"] / pr["produce"]["records_per_sec"], c))
+    if not ratios:
+        return []
+    worst, best = min(ratios), max(ratios)
+    verdict = "" if target is None else f" — {'met' if worst[0] >= target else 'NOT met'} (target {target:g}x)"
+    return [f"- throughput vs {peer_name} on the max cases: {worst[0]:.1f}x ({describe(worst[1])}) "
+            f"to {best[0]:.1f}x ({describe(best[1])}){verdict}"]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--peer-name", default="peer")
-    ap.add_argument("--peer-target", type=float, default=10.0)
+    ap.add_argument("--peer-target", default="10",
+                    help="throughput ratio to aim for: X for --peer-name, or NAME=X (repeatable, comma-separated)")
     a = ap.parse_args()
+    peer_targets = {}
+    for item in a.peer_target.split(","):
+        name, _, x = item.rpartition("=")
+        peer_targets[name or a.peer_name] = float(x)
     lim = limits(a.out)
     brokers = runs(a.out)
     lines = ["## Benchmark", ""]
@@ -205,10 +214,15 @@ def main():
     order = sorted(brokers, key=lambda b: (b != "wharf", b))
     for b in order:
         lines += broker_table(b, brokers[b], lim) + [""]
-    if "wharf" in brokers and a.peer_name in brokers:
-        lines += side_by_side("wharf", brokers["wharf"], a.peer_name, brokers[a.peer_name]) + [""]
+    peers = [b for b in order if b != "wharf"]
+    if "wharf" in brokers:
+        for p in peers:
+            lines += side_by_side("wharf", brokers["wharf"], p, brokers[p]) + [""]
     for b in order:
-        t = targets(brokers[b], lim, brokers.get(a.peer_name) if b == "wharf" else None, a.peer_target)
+        t = targets(brokers[b], lim, None, 0)
+        if b == "wharf":
+            for p in peers:
+                t += peer_ratio(brokers["wharf"], p, brokers[p], peer_targets.get(p))
         if t:
             lines += [f"Targets ({b}):", ""] + t + [""]
     print("\n".join(lines))
