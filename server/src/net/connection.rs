@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -111,11 +111,7 @@ async fn read_requests(
         } else {
             None
         };
-        if !fill(&mut reader, &mut buf, SIZE_PREFIX_BYTES + size).await? {
-            return Err("connection closed mid-request".into());
-        }
-        let mut frame = buf.split_to(SIZE_PREFIX_BYTES + size).freeze();
-        frame.advance(SIZE_PREFIX_BYTES);
+        let mut frame = read_frame(&mut reader, &mut buf, size, is_produce).await?;
         let head = decode_request_header(&mut frame).map_err(|e| e.to_string())?;
 
         let (dispatched_tx, dispatched_rx) = oneshot::channel::<()>();
@@ -127,6 +123,34 @@ async fn read_requests(
         // Read the next request only once this one is on its way (see the module docs).
         let _ = dispatched_rx.await;
     }
+}
+
+/// The frame of `size` bytes whose size prefix starts `buf`, without the prefix.
+///
+/// A produce request's record batches outlive the request (the engine caches them), and a
+/// `Bytes` keeps its whole allocation alive, so a produce frame always gets an allocation of
+/// its own size: a 1 KiB batch must not pin a 64 KiB read buffer. A frame larger than what
+/// is buffered is read straight into its own buffer. Other requests are decoded and dropped,
+/// so they may share the read buffer.
+async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut, size: usize, is_produce: bool) -> Result<Bytes, String> {
+    let frame_len = SIZE_PREFIX_BYTES + size;
+    if buf.len() >= frame_len {
+        if is_produce {
+            let frame = Bytes::copy_from_slice(&buf[SIZE_PREFIX_BYTES..frame_len]);
+            buf.advance(frame_len);
+            return Ok(frame);
+        }
+        let mut frame = buf.split_to(frame_len).freeze();
+        frame.advance(SIZE_PREFIX_BYTES);
+        return Ok(frame);
+    }
+    let have = buf.len() - SIZE_PREFIX_BYTES;
+    let mut frame = BytesMut::with_capacity(size);
+    frame.extend_from_slice(&buf[SIZE_PREFIX_BYTES..]);
+    buf.clear();
+    frame.resize(size, 0);
+    reader.read_exact(&mut frame[have..]).await.map_err(|e| format!("connection closed mid-request: {e}"))?;
+    Ok(frame.freeze())
 }
 
 /// Reads until `buf` holds at least `want` bytes; false if the peer closed first.
