@@ -390,3 +390,61 @@ def test_static_member_restart_takes_back_its_place(gbroker):
     assert "is Stable (2 members," in text, text
     a.close()
     b.close()
+
+
+def test_kip848_consumer_protocol_members_share_partitions_and_commit(gbroker):
+    """group.protocol=consumer: the broker assigns (ConsumerGroupHeartbeat), a new member
+    gets partitions only after the old owner revoked them, a leaving member's partitions go
+    back, and commits are checked against the member epoch."""
+    topic, group = name("kip848"), name("g")
+    create_topic(gbroker, topic, 4)
+    produce(gbroker, topic, 100)
+
+    def member():
+        c = Consumer(
+            {
+                "bootstrap.servers": gbroker.bootstrap,
+                "group.id": group,
+                "group.protocol": "consumer",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        c.subscribe([topic])
+        return c
+
+    def assigned(c):
+        return sorted(tp.partition for tp in c.assignment())
+
+    first = member()
+    keys = set()
+    deadline = time.time() + GUARD_S
+    while len(keys) < 100 and time.time() < deadline:
+        m = first.poll(0.5)
+        if m is not None and not m.error():
+            keys.add(m.key())
+    assert len(keys) == 100
+    assert assigned(first) == [0, 1, 2, 3]
+
+    second = member()
+    deadline = time.time() + GUARD_S
+    while time.time() < deadline:
+        first.poll(0.2)
+        second.poll(0.2)
+        if assigned(first) and assigned(second) and sorted(assigned(first) + assigned(second)) == [0, 1, 2, 3]:
+            break
+    assert len(assigned(first)) == 2 and len(assigned(second)) == 2
+
+    mine = [TopicPartition(topic, p, 3) for p in assigned(second)]
+    second.commit(offsets=mine, asynchronous=False)
+    got = second.committed([TopicPartition(topic, p) for p in assigned(second)], timeout=GUARD_S)
+    assert [tp.offset for tp in got] == [3, 3]
+    listed = [line.split() for line in wharf_group(gbroker, "list").splitlines()]
+    assert any(cols[0] == group and cols[-1] == "consumer" for cols in listed if cols)
+
+    second.close()  # leaves: its partitions go back to the first member
+    deadline = time.time() + GUARD_S
+    while assigned(first) != [0, 1, 2, 3] and time.time() < deadline:
+        first.poll(0.2)
+    assert assigned(first) == [0, 1, 2, 3]
+    first.close()

@@ -196,6 +196,8 @@ pub struct GroupListing {
     pub group_id: String,
     pub protocol_type: String,
     pub state: &'static str,
+    /// KIP-848: "classic" or "consumer".
+    pub group_type: &'static str,
 }
 
 /// An answer that became ready: deliver it to the request named by the token, after

@@ -15,6 +15,7 @@ use wharf_protocol::offsets_topic::{OffsetCommitValue, OffsetsRecord};
 use super::api::*;
 use super::classic::{ClassicGroup, GroupState, InitialDelay};
 use super::config::{GroupConfig, NEW_MEMBER_JOIN_TIMEOUT_MS};
+use super::consumer::{ConsumerGroups, HeartbeatIn, HeartbeatOut, TopicInfo};
 use super::member::Member;
 
 /// Rebalance steps one `tick` may chain (a completion can schedule a step due at once);
@@ -27,6 +28,8 @@ pub struct GroupCoordinator {
     member_id_seed: u64,
     member_id_counter: u64,
     next_offsets_expiry_ms: Option<i64>,
+    /// KIP-848 groups; their committed offsets live with the classic groups' offsets.
+    consumer: ConsumerGroups,
 }
 
 impl GroupCoordinator {
@@ -35,7 +38,14 @@ impl GroupCoordinator {
     pub fn new(config: GroupConfig, member_id_seed: u64) -> GroupCoordinator {
         let mut config = config;
         config.group_max_size = config.group_max_size.min(super::config::MAX_GROUP_MEMBERS);
-        GroupCoordinator { config, groups: HashMap::new(), member_id_seed, member_id_counter: 0, next_offsets_expiry_ms: None }
+        GroupCoordinator {
+            config,
+            groups: HashMap::new(),
+            member_id_seed,
+            member_id_counter: 0,
+            next_offsets_expiry_ms: None,
+            consumer: ConsumerGroups::default(),
+        }
     }
 
     pub fn config(&self) -> &GroupConfig {
@@ -80,6 +90,11 @@ impl GroupCoordinator {
             || req.session_timeout_ms > self.config.group_max_session_timeout_ms
         {
             reject(&mut fx, ResponseError::InvalidSessionTimeout);
+            return fx;
+        }
+        if self.consumer.is_active(&req.group_id) {
+            // The id belongs to a KIP-848 consumer group.
+            reject(&mut fx, ResponseError::InconsistentGroupProtocol);
             return fx;
         }
         let is_unknown_member = req.member_id.is_empty();
@@ -177,8 +192,15 @@ impl GroupCoordinator {
     /// from a member counts as a sign of life.
     pub fn plan_commit(&mut self, now_ms: i64, req: &CommitRequest) -> CommitPlan {
         let all = |error: ResponseError| CommitPlan { errors: vec![Some(error); req.partitions.len()], ..CommitPlan::default() };
+        // A KIP-848 group checks the member and its epoch; its offsets are stored here.
+        let consumer_group = self.consumer.group(&req.group_id).is_some();
+        if consumer_group {
+            if let Err(error) = self.consumer.validate_commit(&req.group_id, &req.member_id, req.generation_id) {
+                return all(error);
+            }
+        }
         if !self.groups.contains_key(&req.group_id) {
-            if req.generation_id >= 0 {
+            if req.generation_id >= 0 && !consumer_group {
                 // Either a member of a group this coordinator never knew, or one from an old
                 // generation: reject.
                 return all(ResponseError::IllegalGeneration);
@@ -186,8 +208,10 @@ impl GroupCoordinator {
             self.groups.insert(req.group_id.clone(), ClassicGroup::new(&req.group_id, now_ms));
         }
         let group = self.groups.get_mut(&req.group_id).expect("group was just found or created");
-        if let Err(error) = validate_commit(group, req) {
-            return all(error);
+        if !consumer_group {
+            if let Err(error) = validate_commit(group, req) {
+                return all(error);
+            }
         }
         if let Some(member) = group.members.get_mut(&req.member_id) {
             member.heartbeat_deadline_ms = Some(now_ms + member.session_timeout_ms as i64);
@@ -295,6 +319,26 @@ impl GroupCoordinator {
     // ---------------------------------------------------------------------------------
 
     pub fn describe_group(&self, group_id: &str) -> GroupDescription {
+        if let Some(cg) = self.consumer.group(group_id) {
+            return GroupDescription {
+                group_id: group_id.to_owned(),
+                error: None,
+                state: cg.state(),
+                protocol_type: "consumer".to_owned(),
+                protocol: String::new(),
+                members: cg
+                    .members()
+                    .map(|(id, _, instance)| MemberDescription {
+                        member_id: id.clone(),
+                        group_instance_id: instance.cloned(),
+                        client_id: String::new(),
+                        client_host: String::new(),
+                        metadata: Bytes::new(),
+                        assignment: Bytes::new(),
+                    })
+                    .collect(),
+            };
+        }
         let Some(group) = self.groups.get(group_id) else {
             return GroupDescription {
                 group_id: group_id.to_owned(),
@@ -332,19 +376,23 @@ impl GroupCoordinator {
     /// ListGroups; empty filters match everything. State names compare case-insensitively
     /// (KIP-518); every group here is of type "classic" (KIP-848's types filter).
     pub fn list_groups(&self, states_filter: &[String], types_filter: &[String]) -> Vec<GroupListing> {
-        if !types_filter.is_empty() && !types_filter.iter().any(|t| t.eq_ignore_ascii_case("classic")) {
-            return Vec::new();
-        }
-        let mut out: Vec<GroupListing> = self
-            .groups
-            .values()
-            .filter(|g| states_filter.is_empty() || states_filter.iter().any(|s| s.eq_ignore_ascii_case(g.state.name())))
-            .map(|g| GroupListing {
-                group_id: g.group_id.clone(),
-                protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                state: g.state.name(),
-            })
-            .collect();
+        let wanted = |group_type: &str, state: &str| {
+            (types_filter.is_empty() || types_filter.iter().any(|t| t.eq_ignore_ascii_case(group_type)))
+                && (states_filter.is_empty() || states_filter.iter().any(|s| s.eq_ignore_ascii_case(state)))
+        };
+        let classic = self.groups.values().filter(|g| self.consumer.group(&g.group_id).is_none()).map(|g| GroupListing {
+            group_id: g.group_id.clone(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            state: g.state.name(),
+            group_type: "classic",
+        });
+        let consumer = self.consumer.groups().map(|(id, g)| GroupListing {
+            group_id: id.clone(),
+            protocol_type: "consumer".to_owned(),
+            state: g.state(),
+            group_type: "consumer",
+        });
+        let mut out: Vec<GroupListing> = classic.chain(consumer).filter(|g| wanted(g.group_type, g.state)).collect();
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         out
     }
@@ -354,6 +402,17 @@ impl GroupCoordinator {
         let mut fx = Effects::default();
         let mut results = Vec::with_capacity(group_ids.len());
         for group_id in group_ids {
+            if self.consumer.group(group_id).is_some() {
+                if !self.consumer.delete_empty(group_id) {
+                    results.push((group_id.clone(), Some(ResponseError::NonEmptyGroup)));
+                    continue;
+                }
+                if !self.groups.contains_key(group_id) {
+                    fx.records.push(OffsetsRecord::GroupMetadata { group: group_id.clone(), value: None });
+                    results.push((group_id.clone(), None));
+                    continue;
+                }
+            }
             let error = match self.groups.get(group_id) {
                 None => Some(ResponseError::GroupIdNotFound),
                 Some(g) if !g.is(GroupState::Empty) => Some(ResponseError::NonEmptyGroup),
@@ -369,12 +428,31 @@ impl GroupCoordinator {
     }
 
     // ---------------------------------------------------------------------------------
+    // ConsumerGroupHeartbeat (KIP-848)
+    // ---------------------------------------------------------------------------------
+
+    pub fn consumer_heartbeat(&mut self, now_ms: i64, req: HeartbeatIn, topics: &dyn Fn(&str) -> Option<TopicInfo>) -> HeartbeatOut {
+        if self.groups.get(&req.group_id).is_some_and(|g| !g.members.is_empty()) {
+            // A live classic group holds this id.
+            return HeartbeatOut {
+                error: Some(ResponseError::GroupIdNotFound),
+                member_id: req.member_id,
+                member_epoch: -1,
+                heartbeat_interval_ms: 0,
+                assignment: None,
+            };
+        }
+        self.consumer.heartbeat(now_ms, req, topics, self.member_id_seed)
+    }
+
+    // ---------------------------------------------------------------------------------
     // Time
     // ---------------------------------------------------------------------------------
 
     /// Let time pass: expire sessions, pending members and pending syncs, complete delayed
     /// joins, and expire old offsets.
     pub fn tick(&mut self, now_ms: i64) -> Effects {
+        self.consumer.tick(now_ms);
         let mut fx = self.fire_timers(now_ms);
         match self.next_offsets_expiry_ms {
             None => self.next_offsets_expiry_ms = Some(now_ms + self.config.offsets_retention_check_interval_ms),

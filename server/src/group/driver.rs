@@ -280,6 +280,15 @@ impl GroupShard {
         }
     }
 
+    /// KIP-848: one ConsumerGroupHeartbeat, assigned against this shard's metadata.
+    pub fn consumer_heartbeat(&self, shard: &Rc<Shard>, req: super::consumer::HeartbeatIn) -> super::consumer::HeartbeatOut {
+        let image = shard.metadata();
+        let topics = |name: &str| {
+            image.topic(name).map(|t| super::consumer::TopicInfo { id: t.id.0.as_u128(), partitions: t.partition_count })
+        };
+        self.coordinator.borrow_mut().consumer_heartbeat(now_ms(), req, &topics)
+    }
+
     pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
         self.coordinator.borrow().fetch_offsets(group_id, topics)
     }

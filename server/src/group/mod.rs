@@ -9,6 +9,7 @@
 pub mod api;
 pub mod classic;
 pub mod config;
+pub mod consumer;
 pub mod coordinator;
 pub mod driver;
 pub mod member;

@@ -1,5 +1,5 @@
 //! ListGroups: every group on every shard, optionally filtered by state (v4+, KIP-518)
-//! and type (v5+, KIP-848: all groups here are "classic").
+//! and type (v5+, KIP-848: "classic" or "consumer").
 
 use std::rc::Rc;
 
@@ -24,7 +24,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     l.group_id = GroupId(str_bytes(g.group_id));
                     l.protocol_type = str_bytes(g.protocol_type);
                     l.group_state = str_bytes(g.state);
-                    l.group_type = str_bytes("classic");
+                    l.group_type = str_bytes(g.group_type);
                     l
                 })
                 .collect();

@@ -6,6 +6,7 @@
 //! [`errors`], the one place engine and metadata errors are mapped.
 
 pub mod api_versions;
+pub mod consumer_group_heartbeat;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;

@@ -19,7 +19,7 @@ use super::{
     fetch, incremental_alter_configs, list_offsets, metadata, offset_for_leader_epoch, produce,
 };
 use super::{
-    delete_groups, describe_groups, find_coordinator, heartbeat, join_group, leave_group, list_groups, offset_commit,
+    consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat, join_group, leave_group, list_groups, offset_commit,
     offset_delete, offset_fetch, sync_group,
 };
 use super::{HandlerResult, Reply, RequestContext};
@@ -81,6 +81,8 @@ pub static ROUTES: &[Route] = &[
     route!(ListGroups, 0, 5, list_groups),
     route!(DeleteGroups, 0, 2, delete_groups),
     route!(OffsetDelete, 0, 0, offset_delete),
+    // KIP-848 consumer groups (`group.protocol=consumer`).
+    route!(ConsumerGroupHeartbeat, 0, 1, consumer_group_heartbeat),
 ];
 
 pub fn route_for(api_key: i16) -> Option<&'static Route> {
