@@ -13,10 +13,11 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 export WHARF_BIN="$target_dir/debug/wharf"
 
 status=0
-cargo test --workspace --all-targets || status=1
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --all-targets --no-fail-fast || status=1
 
 # pytest exits 5 when it collects nothing, which counts as a failure here too.
-python3 -m pytest tests/python -p no:cacheprovider -q -rfEs || status=1
+PYTHONDONTWRITEBYTECODE=1 python3 -m pytest tests/python -p no:cacheprovider -q -rfEs || status=1
 
 if [ "$status" -ne 0 ]; then
     echo "scripts/test.sh: some tests failed" >&2
