@@ -31,7 +31,7 @@ pub struct GroupArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
-    /// Every consumer group, with its state.
+    /// Every consumer group, with its state, protocol type and group type (classic or consumer).
     List,
     /// One group: its state, members, and per partition the committed offset, the log end
     /// offset and the lag (log end minus committed).
@@ -55,15 +55,17 @@ pub fn run(args: &GroupArgs) -> Result<(), AdminError> {
 }
 
 fn list(client: &mut AdminClient) -> Result<(), AdminError> {
-    let response = client.send(&ListGroupsRequest::default(), 4)?;
+    let response = client.send(&ListGroupsRequest::default(), 5)?;
     if response.error_code != 0 {
         return Err(AdminError::Protocol(format!("ListGroups failed: {}", error_name(response.error_code))));
     }
     let mut groups = response.groups;
     groups.sort_by(|a, b| a.group_id.0.cmp(&b.group_id.0));
-    println!("{:<40} {:<20} {}", "GROUP", "STATE", "PROTOCOL-TYPE");
+    println!("{:<40} {:<20} {:<14} TYPE", "GROUP", "STATE", "PROTOCOL-TYPE");
     for g in groups {
-        println!("{:<40} {:<20} {}", g.group_id.0.as_str(), g.group_state.as_str(), g.protocol_type.as_str());
+        let group_type = if g.group_type.is_empty() { "classic" } else { g.group_type.as_str() };
+        let protocol_type = if g.protocol_type.is_empty() { "-" } else { g.protocol_type.as_str() };
+        println!("{:<40} {:<20} {:<14} {}", g.group_id.0.as_str(), g.group_state.as_str(), protocol_type, group_type);
     }
     Ok(())
 }

@@ -157,6 +157,9 @@ pub struct CommittedOffset {
     pub expire_timestamp_ms: i64,
 }
 
+/// Committed offsets by topic and partition, as OffsetFetch returns them (`None`: none).
+pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
 /// The outcome of validating an OffsetCommit: errors per requested partition (request
 /// order), the records to append, and the offsets to apply once they are durable.
 #[derive(Clone, Debug, Default)]

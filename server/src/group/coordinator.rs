@@ -256,7 +256,7 @@ impl GroupCoordinator {
 
     /// Committed offsets, whatever the group's state (a group may use Kafka only to store
     /// offsets). `None` asks for every committed offset; unknown partitions come back `None`.
-    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> FetchedOffsets {
         let group = self.groups.get(group_id);
         match topics {
             Some(topics) => topics
@@ -270,7 +270,7 @@ impl GroupCoordinator {
                 })
                 .collect(),
             None => {
-                let mut out: Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> = Vec::new();
+                let mut out: FetchedOffsets = Vec::new();
                 for ((topic, partition), committed) in group.iter().flat_map(|g| g.offsets.iter()) {
                     match out.last_mut() {
                         Some((t, parts)) if t == topic => parts.push((*partition, Some(committed.clone()))),

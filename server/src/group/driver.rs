@@ -289,7 +289,7 @@ impl GroupShard {
         self.coordinator.borrow_mut().consumer_heartbeat(now_ms(), req, &topics)
     }
 
-    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> FetchedOffsets {
         self.coordinator.borrow().fetch_offsets(group_id, topics)
     }
 

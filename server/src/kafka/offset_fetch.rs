@@ -18,7 +18,7 @@ use crate::group::CommittedOffset;
 /// Groups one v8+ request may name.
 const MAX_GROUPS_PER_REQUEST: usize = 1_000;
 
-type Fetched = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+type Fetched = crate::group::FetchedOffsets;
 
 async fn fetch(ctx: &Rc<RequestContext>, group_id: String, topics: Option<Vec<(String, Vec<i32>)>>) -> Result<Fetched, ResponseError> {
     let gid = group_id.clone();
