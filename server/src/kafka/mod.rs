@@ -31,6 +31,8 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod router;
+#[cfg(test)]
+mod tests;
 pub mod sync_group;
 
 use std::cell::RefCell;

@@ -56,7 +56,7 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn new(id: ShardId, config: BrokerConfig, image: MetadataImage, mesh: Mesh) -> Shard {
+    pub(crate) fn new(id: ShardId, config: BrokerConfig, image: MetadataImage, mesh: Mesh) -> Shard {
         let controller = (id == crate::metadata::controller::CONTROLLER_SHARD)
             .then(|| Controller::new(image.clone(), config.data_dir.clone()));
         Shard {
