@@ -177,7 +177,21 @@ impl Conn {
     /// Sends what is pending and reads until a whole response frame is buffered (true) or
     /// `deadline` passes (false). An error means the connection is unusable.
     pub async fn wait(&mut self, deadline: Option<Instant>) -> anyhow::Result<bool> {
-        let io = async { poll_fn(|cx| self.poll_progress(cx)).await.map(|()| true) };
+        self.wait_for(deadline, false).await
+    }
+
+    /// [`Conn::wait`] that also returns (true) as soon as everything encoded has been
+    /// written, for requests that get no response (Produce with acks=0).
+    pub async fn wait_for(
+        &mut self,
+        deadline: Option<Instant>,
+        until_flushed: bool,
+    ) -> anyhow::Result<bool> {
+        let io = async {
+            poll_fn(|cx| self.poll_progress(cx, until_flushed))
+                .await
+                .map(|()| true)
+        };
         match deadline {
             None => io.await,
             Some(deadline) => {
@@ -203,7 +217,11 @@ impl Conn {
         Ok(Some(size))
     }
 
-    fn poll_progress(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<()>> {
+    fn poll_progress(
+        &mut self,
+        cx: &mut Context<'_>,
+        until_flushed: bool,
+    ) -> Poll<anyhow::Result<()>> {
         while self.wpos < self.wbuf.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
                 Poll::Ready(Ok(0)) => {
@@ -219,6 +237,9 @@ impl Conn {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(anyhow!("write: {e}"))),
                 Poll::Pending => break,
             }
+        }
+        if until_flushed && self.wpos == self.wbuf.len() {
+            return Poll::Ready(Ok(()));
         }
         loop {
             let want = match self.frame_len() {

@@ -180,7 +180,12 @@ impl Producer {
                 return self.fail("NO_ANSWER_BEFORE_DRAIN_TIMEOUT");
             }
             let deadline = self.next_deadline(now, generating, hard_stop_ns);
-            if let Err(e) = self.conn.wait(Some(self.clock.instant(deadline))).await {
+            let unacknowledged = self.in_flight.iter().any(|f| !f.expects_response);
+            if let Err(e) = self
+                .conn
+                .wait_for(Some(self.clock.instant(deadline)), unacknowledged)
+                .await
+            {
                 return self.fail(&format!("connection to {}: {e:#}", self.conn.peer()));
             }
             let now = self.clock.now_ns();

@@ -212,6 +212,44 @@ fn open_loop_sends_exactly_the_scheduled_records_with_keys_and_compression() {
 }
 
 #[test]
+fn acks_zero_records_count_once_written_and_all_arrive() {
+    let broker = Broker::start(&[]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "fire",
+            "--create-topic",
+            "--acks",
+            "0",
+            "--records",
+            "10000",
+            "--in-flight",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["produce"]["records"], 10000);
+    assert_eq!(report["produce_latency"]["count"], 10000);
+    // Nothing acknowledged them, so read them back to see that they all arrived.
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "fire",
+            "--from",
+            "earliest",
+            "--records",
+            "10000",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["consume"]["records"], 10000);
+}
+
+#[test]
 fn e2e_consumes_every_acknowledged_record_and_measures_each() {
     let broker = Broker::start(&[]);
     let (code, report) = loadgen(
