@@ -1,6 +1,8 @@
 """Fixtures for the real-client tests: a `wharf` process per test on 127.0.0.1, port 0,
 2 shards and its own temp data dir, killed at teardown even when the test fails."""
 
+import gc
+
 import pytest
 
 from wharf_broker import Broker, find_or_build_wharf
@@ -29,6 +31,9 @@ def start_broker(wharf_bin, tmp_path, request):
         return b
 
     yield start
+    # Destroy the test's clients while their broker still runs, so they close quietly
+    # instead of logging connection-refused errors after the broker is gone.
+    gc.collect()
     failed = getattr(request.node, "wharf_failed", False)
     for b in started:
         b.kill()
