@@ -9,7 +9,7 @@ use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
 
 use super::errors::engine_error;
-use super::{on_owners, HandlerResult, RequestContext};
+use super::{on_owners, HandlerResult, RequestContext, SlotWork};
 use crate::metadata::{PartitionId, TopicPartition};
 
 /// "Delete everything up to the high watermark".
@@ -21,7 +21,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: DeleteRecordsRequest = ctx.decode(ApiKey::DeleteRecords, &mut body)?;
     let image = ctx.shard.metadata();
     let mut answers: Vec<Vec<Option<Answer>>> = Vec::new();
-    let mut work: Vec<(TopicPartition, ((usize, usize), i64))> = Vec::new();
+    let mut work: SlotWork<i64> = Vec::new();
     for (ti, topic) in request.topics.iter().enumerate() {
         let meta = image.topic(topic.name.0.as_str());
         let mut row = Vec::new();

@@ -117,7 +117,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             || Instant::now() >= deadline
             || ctx.shard.shutdown.is_set();
         if done {
-            for ((_, spec), (_, read)) in specs.iter().zip(reads.into_iter()) {
+            for ((_, spec), (_, read)) in specs.iter().zip(reads) {
                 answers[spec.slot.0][spec.slot.1] = Some(read);
             }
             break;

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
 use super::errors::engine_error;
-use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext};
+use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext, SlotWork};
 use crate::metadata::{PartitionId, TopicPartition, LEADER_EPOCH};
 use crate::shard::Shard;
 
@@ -53,7 +53,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let read_committed = request.isolation_level == 1;
     let image = ctx.shard.metadata();
     let mut answers: Vec<Vec<Option<Found>>> = Vec::new();
-    let mut work: Vec<(TopicPartition, ((usize, usize), Query))> = Vec::new();
+    let mut work: SlotWork<Query> = Vec::new();
     for (ti, topic) in request.topics.iter().enumerate() {
         let meta = image.topic(topic.name.0.as_str());
         let mut row = Vec::new();

@@ -135,6 +135,12 @@ impl RequestContext {
     }
 }
 
+/// A partition's place in a request: (topic index, partition index).
+pub type Slot = (usize, usize);
+
+/// Per-partition work of a request: the partition, its place in the request and its input.
+pub type SlotWork<T> = Vec<(TopicPartition, (Slot, T))>;
+
 pub fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }

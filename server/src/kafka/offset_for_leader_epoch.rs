@@ -8,7 +8,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset,
 use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext};
+use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext, SlotWork};
 use crate::metadata::{PartitionId, TopicPartition};
 
 /// Kafka's "no such epoch" answer.
@@ -21,7 +21,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: OffsetForLeaderEpochRequest = ctx.decode(ApiKey::OffsetForLeaderEpoch, &mut body)?;
     let image = ctx.shard.metadata();
     let mut answers: Vec<Vec<Option<Answer>>> = Vec::new();
-    let mut work: Vec<(TopicPartition, ((usize, usize), (i32, i32)))> = Vec::new();
+    let mut work: SlotWork<(i32, i32)> = Vec::new();
     for (ti, topic) in request.topics.iter().enumerate() {
         let meta = image.topic(topic.topic.0.as_str());
         let mut row = Vec::new();

@@ -170,7 +170,7 @@ pub fn reconcile(loaded: Option<MetadataImage>, found: Vec<FoundPartition>) -> R
         Some(image) => {
             let leftovers = found
                 .into_iter()
-                .filter(|f| !image.topic(&f.topic).is_some_and(|t| f.partition < t.partition_count))
+                .filter(|f| image.topic(&f.topic).is_none_or(|t| f.partition >= t.partition_count))
                 .map(|f| f.dir)
                 .collect();
             Reconciled { image, rebuilt: false, leftovers }

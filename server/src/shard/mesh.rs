@@ -151,15 +151,13 @@ impl Mesh {
             let next = self.outbound[target.0].queue.borrow_mut().pop_front();
             match next {
                 Some(envelope) => {
-                    if let Err(failed) = self.senders.send_to(target.0, envelope).await {
-                        // The target stopped: fail the call (its caller's receiver resolves
-                        // to None) instead of leaving it waiting forever.
-                        if let glommio::GlommioError::Closed(glommio::ResourceType::Channel(Envelope::Call {
-                            call_id, ..
-                        })) = failed
-                        {
-                            self.pending.borrow_mut().remove(&call_id);
-                        }
+                    // The target stopped: fail the call (its caller's receiver resolves to
+                    // None) instead of leaving it waiting forever.
+                    if let Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(Envelope::Call {
+                        call_id, ..
+                    }))) = self.senders.send_to(target.0, envelope).await
+                    {
+                        self.pending.borrow_mut().remove(&call_id);
                     }
                 }
                 None => {
