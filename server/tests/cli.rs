@@ -158,3 +158,64 @@ fn missing_config_file_is_one_clear_line_and_a_nonzero_exit() {
     );
     assert_one_clear_error_line(&out, &["absent.toml"]);
 }
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused_with_one_clear_line() {
+    let first = Broker::start();
+    let data = first.data_dir();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_wharf_to_exit(
+        &["--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf-8 path"), "--shards", "1"],
+        dir.path(),
+    );
+    assert_one_clear_error_line(&out, &["in use", "lock"]);
+    // The first broker is unharmed.
+    KafkaConn::connect(first.addr()).api_versions();
+    first.assert_no_panic();
+}
+
+#[test]
+fn unknown_setting_in_the_config_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("typo.toml");
+    std::fs::write(&config, "num.partitons = 4\n").expect("write");
+    let data = dir.path().join("data");
+    let out = run_wharf_to_exit(
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+        dir.path(),
+    );
+    assert_one_clear_error_line(&out, &["num.partitons"]);
+}
+
+/// Partition count of an auto-created topic, asked for over a raw connection.
+fn auto_created_partitions(broker: &Broker) -> usize {
+    let mut conn = KafkaConn::connect(broker.addr());
+    common::raw::ensure_topic(&mut conn, &common::unique_topic("cfg"))
+}
+
+#[test]
+fn config_file_settings_apply_and_flags_override_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, "num.partitions = 3\n\"node.id\" = 5\n").expect("write");
+    let config = config.to_str().expect("utf-8 path").to_string();
+
+    let from_file = Broker::start_with(&["--config", &config]);
+    assert_eq!(auto_created_partitions(&from_file), 3, "num.partitions from the file");
+    let mut conn = KafkaConn::connect(from_file.addr());
+    let version = common::raw::pick_version(&conn.api_versions(), kafka_protocol::messages::ApiKey::Metadata, 1, 12);
+    let md = conn.request(version, &kafka_protocol::messages::MetadataRequest::default());
+    let nodes: Vec<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
+    assert_eq!(nodes, vec![5], "node.id from the file");
+    drop(from_file);
+
+    let overridden = Broker::start_with(&["--config", &config, "--num-partitions", "6"]);
+    assert_eq!(auto_created_partitions(&overridden), 6, "the flag wins over the file");
+}
