@@ -43,6 +43,8 @@ fn acks_all_records_survive_sigkill_in_order_exactly_once_per_offset() {
             &[
                 ("acks", "all"),
                 ("linger.ms", "2"),
+                // Compressed batches go through the same recovery scan as plain ones.
+                ("compression.type", "lz4"),
                 // One request at a time per connection keeps send order = offset order.
                 ("max.in.flight.requests.per.connection", "1"),
                 ("message.timeout.ms", "10000"),

@@ -451,3 +451,72 @@ def test_describe_cluster_names_this_broker(broker):
     assert (node.host, node.port) == ("127.0.0.1", broker.port)
     assert cluster.controller is not None and cluster.controller.id == node.id
     assert cluster.cluster_id
+
+
+def test_large_records_round_trip(broker):
+    topic = topic_name("large")
+    create_topic(broker, topic)
+    # Up to ~900 KiB: under Kafka's default 1 MiB limits, many socket reads per request.
+    sizes = [900 * 1024, 1, 300 * 1024, 64 * 1024, 700 * 1024]
+    values = [bytes((i * 7 + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
+    p = producer(broker, acks="all", **{"compression.type": "none"})
+    reports = produce_and_report(p, topic, [{"value": v, "partition": 0} for v in values])
+    assert [r[0] for r in reports] == [None] * len(values)
+    got = read_partitions(broker, topic, [0], {0: len(values)})[0]
+    assert [m.value() for m in got] == values
+
+
+def test_concurrent_producers_and_a_tailing_consumer_see_every_record_in_order(broker):
+    import threading
+
+    topic = topic_name("concurrent")
+    create_topic(broker, topic, partitions=16)
+    producers = 6
+    per_producer = 400
+    # A consumer already at the (empty) log end of every partition, reading as records land.
+    c = consumer(broker)
+    c.assign([TopicPartition(topic, part, 0) for part in range(16)])
+    errors = []
+
+    def run(n):
+        try:
+            p = producer(broker, acks="all", **{"max.in.flight.requests.per.connection": 1})
+            msgs = [{"key": f"p{n}-k{i % 10}".encode(), "value": f"p{n}-{i}".encode()} for i in range(per_producer)]
+            reports = produce_and_report(p, topic, msgs)
+            errors.extend(r[0] for r in reports if r[0] is not None)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(producers)]
+    for t in threads:
+        t.start()
+    got = []
+    deadline = time.monotonic() + GUARD_S
+    try:
+        while len(got) < producers * per_producer:
+            assert time.monotonic() < deadline, f"tailing consumer got {len(got)} records"
+            msg = c.poll(0.2)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            got.append(msg)
+    finally:
+        for t in threads:
+            t.join()
+        c.close()
+    assert errors == [], errors[:3]
+    # Every record once; per partition dense offsets; per key, produce order kept.
+    assert len({(m.partition(), m.offset()) for m in got}) == len(got)
+    assert sorted(m.value() for m in got) == sorted(
+        f"p{n}-{i}".encode() for n in range(producers) for i in range(per_producer)
+    )
+    by_partition = {}
+    for m in got:
+        by_partition.setdefault(m.partition(), []).append(m)
+    for part, msgs in by_partition.items():
+        assert [m.offset() for m in msgs] == list(range(len(msgs))), f"partition {part}"
+        per_key = {}
+        for m in msgs:
+            per_key.setdefault(m.key(), []).append(int(m.value().split(b"-")[1]))
+        for key, seq in per_key.items():
+            assert seq == sorted(seq), f"{key} out of order"
