@@ -28,7 +28,10 @@ fn api_versions_v0_to_v3_answer_with_a_v0_response_header() {
     let advertised = conn.api_versions();
     let (min, max) = advertised[&(ApiKey::ApiVersions as i16)];
     assert_eq!(min, 0, "ApiVersions v0 must stay supported for old clients");
-    assert!(max >= 3, "librdkafka 2.x and current clients send ApiVersions v3; broker max is {max}");
+    assert!(
+        max >= 3,
+        "librdkafka 2.x and current clients send ApiVersions v3; broker max is {max}"
+    );
     for version in 0..=3i16 {
         // `request` decodes the header as v0 (no tagged fields) and the body at `version`,
         // and fails on trailing bytes, so a flexible header would be caught here.
@@ -39,7 +42,11 @@ fn api_versions_v0_to_v3_answer_with_a_v0_response_header() {
             .iter()
             .find(|k| k.api_key == ApiKey::ApiVersions as i16)
             .expect("ApiVersions lists itself");
-        assert_eq!((own.min_version, own.max_version), (min, max), "v{version} disagrees with v0");
+        assert_eq!(
+            (own.min_version, own.max_version),
+            (min, max),
+            "v{version} disagrees with v0"
+        );
     }
     broker.assert_no_panic();
 }
@@ -52,7 +59,11 @@ fn api_versions_v3_body_starts_right_after_the_correlation_id() {
     let mut frame = conn.read_frame();
     assert_eq!(frame.get_i32(), correlation_id);
     // Header v0: the very next field is the body's error_code (0), not a tagged-field count.
-    assert_eq!(frame.get_i16(), 0, "error_code must follow the correlation id directly");
+    assert_eq!(
+        frame.get_i16(),
+        0,
+        "error_code must follow the correlation id directly"
+    );
     broker.assert_no_panic();
 }
 
@@ -70,8 +81,13 @@ fn api_versions_frame(version: i16, correlation_id: i32) -> BytesMut {
 
 fn decode_v0_fallback(mut frame: Bytes, correlation_id: i32) -> ApiVersionsResponse {
     assert_eq!(frame.get_i32(), correlation_id, "correlation id mismatch");
-    let resp = ApiVersionsResponse::decode(&mut frame, 0).expect("the fallback is a v0 ApiVersions body");
-    assert_eq!(frame.remaining(), 0, "trailing bytes after the v0 fallback body");
+    let resp =
+        ApiVersionsResponse::decode(&mut frame, 0).expect("the fallback is a v0 ApiVersions body");
+    assert_eq!(
+        frame.remaining(),
+        0,
+        "trailing bytes after the v0 fallback body"
+    );
     resp
 }
 
@@ -80,7 +96,8 @@ fn api_versions_newer_than_supported_gets_the_v0_unsupported_version_fallback() 
     let broker = Broker::start();
     let mut conn = KafkaConn::connect(broker.addr());
     let correlation_id = 7001;
-    conn.write_frame(&api_versions_frame(127, correlation_id)).expect("write");
+    conn.write_frame(&api_versions_frame(127, correlation_id))
+        .expect("write");
     let resp = decode_v0_fallback(conn.read_frame(), correlation_id);
     assert_eq!(resp.error_code, error_code::UNSUPPORTED_VERSION);
     let own = resp
@@ -88,7 +105,12 @@ fn api_versions_newer_than_supported_gets_the_v0_unsupported_version_fallback() 
         .iter()
         .find(|k| k.api_key == ApiKey::ApiVersions as i16)
         .expect("KIP-511: the fallback carries the supported ApiVersions range");
-    assert!(own.max_version < 127 && own.max_version >= 3, "advertised ApiVersions {}..={}", own.min_version, own.max_version);
+    assert!(
+        own.max_version < 127 && own.max_version >= 3,
+        "advertised ApiVersions {}..={}",
+        own.min_version,
+        own.max_version
+    );
 
     // The client then retries on the same connection at the broker's highest version.
     let retry = conn.request(own.max_version, &api_versions_request(own.max_version));
@@ -103,7 +125,8 @@ fn api_versions_v4_gets_a_valid_v4_answer_or_the_v0_fallback() {
     let mut conn = KafkaConn::connect(broker.addr());
     let (_, max) = conn.api_versions()[&(ApiKey::ApiVersions as i16)];
     let correlation_id = 7002;
-    conn.write_frame(&api_versions_frame(4, correlation_id)).expect("write");
+    conn.write_frame(&api_versions_frame(4, correlation_id))
+        .expect("write");
     let mut frame = conn.read_frame();
     if max >= 4 {
         assert_eq!(frame.get_i32(), correlation_id);
@@ -139,7 +162,10 @@ fn advertised_apis_cover_what_the_clients_use() {
         let (min, max) = *advertised
             .get(&(key as i16))
             .unwrap_or_else(|| panic!("{key:?} is not advertised"));
-        assert!(min <= max, "{key:?} advertises an empty range {min}..={max}");
+        assert!(
+            min <= max,
+            "{key:?} advertises an empty range {min}..={max}"
+        );
         let known = key.valid_versions();
         assert!(
             max <= known.max,
@@ -148,7 +174,11 @@ fn advertised_apis_cover_what_the_clients_use() {
         );
     }
     // KAFKA-18659: librdkafka turns compression off unless Produce min version is 0.
-    assert_eq!(advertised[&(ApiKey::Produce as i16)].0, 0, "Produce must advertise min version 0");
+    assert_eq!(
+        advertised[&(ApiKey::Produce as i16)].0,
+        0,
+        "Produce must advertise min version 0"
+    );
 }
 
 #[test]
@@ -159,6 +189,12 @@ fn every_api_version_pair_is_unique_and_sane() {
     let mut seen = std::collections::HashSet::new();
     for k in &resp.api_keys {
         assert!(seen.insert(k.api_key), "API key {} listed twice", k.api_key);
-        assert!(k.min_version >= 0 && k.min_version <= k.max_version, "API key {}: {}..={}", k.api_key, k.min_version, k.max_version);
+        assert!(
+            k.min_version >= 0 && k.min_version <= k.max_version,
+            "API key {}: {}..={}",
+            k.api_key,
+            k.min_version,
+            k.max_version
+        );
     }
 }

@@ -17,7 +17,11 @@ use common::{unique_topic, Broker};
 
 /// A fresh connection still gets answers, the process is alive and has not panicked.
 fn assert_still_serving(broker: &mut Broker) {
-    assert!(broker.is_running(), "the broker exited; stderr:\n{}", broker.stderr());
+    assert!(
+        broker.is_running(),
+        "the broker exited; stderr:\n{}",
+        broker.stderr()
+    );
     let versions = KafkaConn::connect(broker.addr()).api_versions();
     assert!(versions.contains_key(&(ApiKey::Metadata as i16)));
     broker.assert_no_panic();
@@ -28,7 +32,10 @@ fn assert_answered_or_closed(outcome: Outcome, correlation_id: i32) {
     if let Outcome::Response(frame) = outcome {
         assert!(frame.len() >= 4, "response shorter than a header");
         let got = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-        assert_eq!(got, correlation_id, "a response to a bad request must carry its correlation id");
+        assert_eq!(
+            got, correlation_id,
+            "a response to a bad request must carry its correlation id"
+        );
     }
 }
 
@@ -78,7 +85,10 @@ fn frames_too_short_for_a_header_are_refused() {
         let _ = conn.write_frame(body);
         match conn.read_outcome() {
             Outcome::Closed => {}
-            Outcome::Response(_) => panic!("a {}-byte frame has no correlation id to answer", body.len()),
+            Outcome::Response(_) => panic!(
+                "a {}-byte frame has no correlation id to answer",
+                body.len()
+            ),
         }
     }
     assert_still_serving(&mut broker);
@@ -209,7 +219,10 @@ fn produce_with_a_bad_crc_gets_corrupt_message_and_stores_nothing() {
     ensure_topic(&mut conn, &topic);
     let version = produce_version(&mut conn);
 
-    let good = record_batch(&[Bytes::from_static(b"hello"), Bytes::from_static(b"world")], Compression::None);
+    let good = record_batch(
+        &[Bytes::from_static(b"hello"), Bytes::from_static(b"world")],
+        Compression::None,
+    );
     let mut bad = BytesMut::from(&good[..]);
     // The last record ends with its value "world" and a one-byte header count: flip a
     // byte of the value, which the CRC covers.
@@ -218,7 +231,11 @@ fn produce_with_a_bad_crc_gets_corrupt_message_and_stores_nothing() {
     bad[in_value] ^= 0xff;
     assert_ne!(&bad[BATCH_CRC_OFFSET..BATCH_CRC_OFFSET + 4], &[0u8; 4][..]);
     let (code, _) = produce_one(&mut conn, version, &topic, 0, bad.freeze());
-    assert_eq!(code, error_code::CORRUPT_MESSAGE, "Kafka answers a CRC mismatch with CORRUPT_MESSAGE");
+    assert_eq!(
+        code,
+        error_code::CORRUPT_MESSAGE,
+        "Kafka answers a CRC mismatch with CORRUPT_MESSAGE"
+    );
 
     // Nothing was appended: the next good batch starts at offset 0.
     let (code, base_offset) = produce_one(&mut conn, version, &topic, 0, good);
@@ -270,8 +287,13 @@ fn batch_over_max_message_bytes_gets_message_too_large() {
     let (code, _) = produce_one(&mut conn, version, &topic, 0, batch);
     assert_eq!(code, error_code::MESSAGE_TOO_LARGE);
 
-    let (code, base_offset) =
-        produce_one(&mut conn, version, &topic, 0, record_batch(&[Bytes::from_static(b"small")], Compression::None));
+    let (code, base_offset) = produce_one(
+        &mut conn,
+        version,
+        &topic,
+        0,
+        record_batch(&[Bytes::from_static(b"small")], Compression::None),
+    );
     assert_eq!(code, error_code::NONE);
     assert_eq!(base_offset, 0, "the oversize batch must not take offsets");
     assert_still_serving(&mut broker);
@@ -298,7 +320,9 @@ fn produce_to_a_partition_that_does_not_exist_gets_unknown_topic_or_partition() 
 #[test]
 fn hundreds_of_idle_connections_do_not_stop_others_being_served() {
     let mut broker = Broker::start();
-    let idle: Vec<KafkaConn> = (0..300).map(|_| KafkaConn::connect(broker.addr())).collect();
+    let idle: Vec<KafkaConn> = (0..300)
+        .map(|_| KafkaConn::connect(broker.addr()))
+        .collect();
     // Some of them half-way through a request.
     let mut idle = idle;
     for (i, conn) in idle.iter_mut().enumerate().step_by(3) {

@@ -25,7 +25,10 @@ fn broker_on_port_zero_prints_its_port_and_serves_it() {
     let broker = Broker::start();
     assert_ne!(broker.addr().port(), 0);
     let versions = KafkaConn::connect(broker.addr()).api_versions();
-    assert!(versions.contains_key(&18), "ApiVersions must advertise itself");
+    assert!(
+        versions.contains_key(&18),
+        "ApiVersions must advertise itself"
+    );
     broker.assert_no_panic();
 }
 
@@ -44,24 +47,47 @@ fn help_explains_every_flag_of_the_contract() {
         "--auto-create-topics",
         "--node-id",
     ] {
-        assert!(out.stdout.contains(flag), "--help does not mention {flag}:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(flag),
+            "--help does not mention {flag}:\n{}",
+            out.stdout
+        );
     }
 }
 
 /// Exactly one non-empty line on stderr, naming the problem; non-zero exit; never ready.
 fn assert_one_clear_error_line(out: &Finished, mentions_any: &[&str]) {
-    assert!(!out.status.success(), "expected a non-zero exit, got {:?}", out.status);
+    assert!(
+        !out.status.success(),
+        "expected a non-zero exit, got {:?}",
+        out.status
+    );
     assert!(
         !out.stdout.contains(LISTENING_PREFIX),
         "the broker said it was listening despite the error:\n{}",
         out.stdout
     );
-    assert!(!out.stderr.contains("panicked"), "the broker panicked:\n{}", out.stderr);
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{}", out.stderr);
+    assert!(
+        !out.stderr.contains("panicked"),
+        "the broker panicked:\n{}",
+        out.stderr
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got:\n{}",
+        out.stderr
+    );
     let line = lines[0].to_lowercase();
     assert!(
-        mentions_any.iter().any(|m| line.contains(&m.to_lowercase())),
+        mentions_any
+            .iter()
+            .any(|m| line.contains(&m.to_lowercase())),
         "the error line does not name the problem (expected one of {mentions_any:?}): {}",
         lines[0]
     );
@@ -75,7 +101,14 @@ fn port_in_use_is_one_clear_line_and_a_nonzero_exit() {
     let addr = blocker.local_addr().expect("local_addr").to_string();
     let data = dir.path().join("data");
     let out = run_wharf_to_exit(
-        &["--listen", &addr, "--data-dir", data.to_str().expect("utf-8 path"), "--shards", "2"],
+        &[
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--shards",
+            "2",
+        ],
         dir.path(),
     );
     let port = blocker.local_addr().expect("local_addr").port().to_string();
@@ -92,7 +125,14 @@ fn data_dir_that_cannot_be_created_is_one_clear_line_and_a_nonzero_exit() {
     let data = file.join("data");
     let data_str = data.to_str().expect("utf-8 path");
     let out = run_wharf_to_exit(
-        &["--listen", "127.0.0.1:0", "--data-dir", data_str, "--shards", "2"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_str,
+            "--shards",
+            "2",
+        ],
         dir.path(),
     );
     assert_one_clear_error_line(&out, &["not-a-directory"]);
@@ -108,7 +148,14 @@ fn read_only_data_dir_is_one_clear_line_and_a_nonzero_exit() {
         let dir = tempfile::tempdir().expect("tempdir");
         // /proc refuses mkdir even for root.
         let out = run_wharf_to_exit(
-            &["--listen", "127.0.0.1:0", "--data-dir", "/proc/wharf-data", "--shards", "2"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "/proc/wharf-data",
+                "--shards",
+                "2",
+            ],
             dir.path(),
         );
         assert_one_clear_error_line(&out, &["/proc/wharf-data"]);
@@ -121,7 +168,14 @@ fn read_only_data_dir_is_one_clear_line_and_a_nonzero_exit() {
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).expect("chmod");
     let data = ro.join("data");
     let out = run_wharf_to_exit(
-        &["--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf-8 path"), "--shards", "2"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--shards",
+            "2",
+        ],
         dir.path(),
     );
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
@@ -153,7 +207,12 @@ fn missing_config_file_is_one_clear_line_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("absent.toml");
     let out = run_wharf_to_exit(
-        &["--config", config.to_str().expect("utf-8 path"), "--listen", "127.0.0.1:0"],
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
         dir.path(),
     );
     assert_one_clear_error_line(&out, &["absent.toml"]);
@@ -165,7 +224,14 @@ fn a_second_broker_on_the_same_data_dir_is_refused_with_one_clear_line() {
     let data = first.data_dir();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = run_wharf_to_exit(
-        &["--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("utf-8 path"), "--shards", "1"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--shards",
+            "1",
+        ],
         dir.path(),
     );
     assert_one_clear_error_line(&out, &["in use", "lock"]);
@@ -208,14 +274,30 @@ fn config_file_settings_apply_and_flags_override_them() {
     let config = config.to_str().expect("utf-8 path").to_string();
 
     let from_file = Broker::start_with(&["--config", &config]);
-    assert_eq!(auto_created_partitions(&from_file), 3, "num.partitions from the file");
+    assert_eq!(
+        auto_created_partitions(&from_file),
+        3,
+        "num.partitions from the file"
+    );
     let mut conn = KafkaConn::connect(from_file.addr());
-    let version = common::raw::pick_version(&conn.api_versions(), kafka_protocol::messages::ApiKey::Metadata, 1, 12);
-    let md = conn.request(version, &kafka_protocol::messages::MetadataRequest::default());
+    let version = common::raw::pick_version(
+        &conn.api_versions(),
+        kafka_protocol::messages::ApiKey::Metadata,
+        1,
+        12,
+    );
+    let md = conn.request(
+        version,
+        &kafka_protocol::messages::MetadataRequest::default(),
+    );
     let nodes: Vec<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
     assert_eq!(nodes, vec![5], "node.id from the file");
     drop(from_file);
 
     let overridden = Broker::start_with(&["--config", &config, "--num-partitions", "6"]);
-    assert_eq!(auto_created_partitions(&overridden), 6, "the flag wins over the file");
+    assert_eq!(
+        auto_created_partitions(&overridden),
+        6,
+        "the flag wins over the file"
+    );
 }

@@ -67,9 +67,12 @@ fn acks_all_records_survive_sigkill_in_order_exactly_once_per_offset() {
                     }
                     seq += 1;
                 }
-                let Some((payload, fut)) = pending.pop_front() else { break };
+                let Some((payload, fut)) = pending.pop_front() else {
+                    break;
+                };
                 if let Ok(Ok(delivery)) = fut.await {
-                    let previous = acked.insert((delivery.partition, delivery.offset), payload.clone());
+                    let previous =
+                        acked.insert((delivery.partition, delivery.offset), payload.clone());
                     // Offsets are never reused: the same offset acknowledged twice means the
                     // record acknowledged first was lost.
                     assert!(
@@ -79,7 +82,10 @@ fn acks_all_records_survive_sigkill_in_order_exactly_once_per_offset() {
                         delivery.offset,
                         previous
                     );
-                    send_order.entry((delivery.partition, run)).or_default().push(delivery.offset);
+                    send_order
+                        .entry((delivery.partition, run))
+                        .or_default()
+                        .push(delivery.offset);
                     acked_this_run += 1;
                 }
                 if !killed && acked_this_run >= ACKS_BEFORE_KILL {
@@ -89,7 +95,10 @@ fn acks_all_records_survive_sigkill_in_order_exactly_once_per_offset() {
                     // futures resolve now (unacknowledged) instead of at message.timeout.ms.
                     drop(producer.take());
                 }
-                assert!(Instant::now() < deadline, "run {run}: only {acked_this_run} acknowledgements");
+                assert!(
+                    Instant::now() < deadline,
+                    "run {run}: only {acked_this_run} acknowledgements"
+                );
             }
         });
         assert!(killed && acked_this_run >= ACKS_BEFORE_KILL);
@@ -100,21 +109,32 @@ fn acks_all_records_survive_sigkill_in_order_exactly_once_per_offset() {
     for (p, msgs) in &read {
         let offsets: Vec<i64> = msgs.iter().map(|m| m.offset()).collect();
         let expected: Vec<i64> = (0..msgs.len() as i64).collect();
-        assert_eq!(offsets, expected, "partition {p}: offsets must be dense, in order, each once");
+        assert_eq!(
+            offsets, expected,
+            "partition {p}: offsets must be dense, in order, each once"
+        );
     }
     let mut checked = 0;
     for ((p, offset), payload) in &acked {
-        let msgs = read.get(p).unwrap_or_else(|| panic!("partition {p} vanished"));
-        let m = msgs
-            .get(*offset as usize)
-            .unwrap_or_else(|| panic!("acknowledged offset {p}/{offset} was lost (log has {} records)", msgs.len()));
+        let msgs = read
+            .get(p)
+            .unwrap_or_else(|| panic!("partition {p} vanished"));
+        let m = msgs.get(*offset as usize).unwrap_or_else(|| {
+            panic!(
+                "acknowledged offset {p}/{offset} was lost (log has {} records)",
+                msgs.len()
+            )
+        });
         let got = String::from_utf8_lossy(m.payload().unwrap_or_default());
         assert_eq!(got, *payload, "acknowledged record {p}/{offset} changed");
         checked += 1;
     }
     // Within a run, records were acknowledged in send order: their offsets increase.
     for ((p, run), offsets) in &send_order {
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "partition {p} run {run}: offsets out of send order");
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} run {run}: offsets out of send order"
+        );
     }
     assert!(checked >= (KILLS as usize) * ACKS_BEFORE_KILL);
     broker.assert_no_panic();

@@ -8,12 +8,14 @@ mod common;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, FetchRequest, FetchResponse, ProduceRequest};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, FetchRequest, FetchResponse, ProduceRequest,
+};
 use kafka_protocol::records::Compression;
 
 use common::raw::{
-    encode_request, ensure_topic, error_code, header_v1, pick_version, produce_one, produce_request,
-    record_batch, topic_name, KafkaConn, Outcome,
+    encode_request, ensure_topic, error_code, header_v1, pick_version, produce_one,
+    produce_request, record_batch, topic_name, KafkaConn, Outcome,
 };
 use common::{unique_topic, Broker};
 
@@ -33,17 +35,44 @@ fn versions(conn: &mut KafkaConn) -> Versions {
     }
 }
 
-fn fetch(
-    conn: &mut KafkaConn,
-    version: i16,
-    topic: &str,
+/// One partition's fetch position and limits.
+#[derive(Clone, Copy)]
+struct At {
     partition: i32,
     offset: i64,
     max_bytes: i32,
     partition_max_bytes: i32,
     isolation_level: i8,
     max_wait_ms: i32,
+}
+
+impl At {
+    fn offset(offset: i64) -> At {
+        At {
+            partition: 0,
+            offset,
+            max_bytes: 1 << 20,
+            partition_max_bytes: 1 << 20,
+            isolation_level: 0,
+            max_wait_ms: 1000,
+        }
+    }
+}
+
+fn fetch(
+    conn: &mut KafkaConn,
+    version: i16,
+    topic: &str,
+    at: At,
 ) -> kafka_protocol::messages::fetch_response::PartitionData {
+    let At {
+        partition,
+        offset,
+        max_bytes,
+        partition_max_bytes,
+        isolation_level,
+        max_wait_ms,
+    } = at;
     let req = FetchRequest::default()
         .with_replica_id((-1).into())
         .with_max_wait_ms(max_wait_ms)
@@ -52,13 +81,13 @@ fn fetch(
         .with_isolation_level(isolation_level)
         .with_session_id(0)
         .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
-            FetchPartition::default()
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(vec![FetchPartition::default()
                 .with_partition(partition)
                 .with_fetch_offset(offset)
                 .with_log_start_offset(-1)
-                .with_partition_max_bytes(partition_max_bytes),
-        ])]);
+                .with_partition_max_bytes(partition_max_bytes)])]);
     let resp: FetchResponse = conn.request(version, &req);
     assert_eq!(resp.error_code, error_code::NONE);
     resp.responses
@@ -114,7 +143,10 @@ fn acks_0_produce_gets_no_response_and_the_next_request_is_answered() {
     let v = versions(&mut conn);
     let mut wire = Vec::new();
     for i in 0..5 {
-        let batch = record_batch(&[Bytes::from(format!("fire and forget {i}"))], Compression::None);
+        let batch = record_batch(
+            &[Bytes::from(format!("fire and forget {i}"))],
+            Compression::None,
+        );
         let payload = encode_request(100 + i, v.produce, &produce_request(&topic, 0, 0, batch));
         wire.extend_from_slice(&(payload.len() as i32).to_be_bytes());
         wire.extend_from_slice(&payload);
@@ -124,10 +156,14 @@ fn acks_0_produce_gets_no_response_and_the_next_request_is_answered() {
     wire.extend_from_slice(&payload);
     conn.write_raw(&wire).expect("write");
     let frame = conn.read_frame();
-    assert_eq!(be_i32(&frame[0..4]), 200, "the first response must be the ApiVersions one");
+    assert_eq!(
+        be_i32(&frame[0..4]),
+        200,
+        "the first response must be the ApiVersions one"
+    );
 
     // The acks=0 records were appended, in order.
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 1 << 20, 1 << 20, 0, 1000);
+    let part = fetch(&mut conn, v.fetch, &topic, At::offset(0));
     assert_eq!(part.high_watermark, 5);
     broker.assert_no_panic();
 }
@@ -140,23 +176,39 @@ fn one_produce_request_for_sixteen_partitions_is_answered_for_each() {
     assert_eq!(ensure_topic(&mut conn, &topic), 16);
     let v = versions(&mut conn);
     for round in 0..3i64 {
-        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-            TopicProduceData::default().with_name(topic_name(&topic)).with_partition_data(
-                (0..16)
-                    .map(|p| {
-                        PartitionProduceData::default().with_index(p).with_records(Some(record_batch(
-                            &[Bytes::from(format!("p{p} r{round}")), Bytes::from(format!("p{p} r{round}b"))],
-                            Compression::None,
-                        )))
-                    })
-                    .collect(),
-            ),
-        ]);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(&topic))
+                .with_partition_data(
+                    (0..16)
+                        .map(|p| {
+                            PartitionProduceData::default()
+                                .with_index(p)
+                                .with_records(Some(record_batch(
+                                    &[
+                                        Bytes::from(format!("p{p} r{round}")),
+                                        Bytes::from(format!("p{p} r{round}b")),
+                                    ],
+                                    Compression::None,
+                                )))
+                        })
+                        .collect(),
+                )]);
         let resp = conn.request(v.produce, &req);
-        let parts: Vec<_> = resp.responses.iter().flat_map(|t| t.partition_responses.iter()).collect();
+        let parts: Vec<_> = resp
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter())
+            .collect();
         let mut indexes: Vec<i32> = parts.iter().map(|p| p.index).collect();
         indexes.sort();
-        assert_eq!(indexes, (0..16).collect::<Vec<_>>(), "every partition answered once");
+        assert_eq!(
+            indexes,
+            (0..16).collect::<Vec<_>>(),
+            "every partition answered once"
+        );
         for p in parts {
             assert_eq!(p.error_code, error_code::NONE, "partition {}", p.index);
             assert_eq!(p.base_offset, round * 2, "partition {}", p.index);
@@ -174,31 +226,72 @@ fn fetch_limits_still_return_the_first_batch_whole() {
     let v = versions(&mut conn);
     for i in 0..4u32 {
         let batch = record_batch(&[incompressible(10_000, i + 1)], Compression::None);
-        assert_eq!(produce_one(&mut conn, v.produce, &topic, 0, batch).0, error_code::NONE);
+        assert_eq!(
+            produce_one(&mut conn, v.produce, &topic, 0, batch).0,
+            error_code::NONE
+        );
     }
 
     // partition_max_bytes far below one batch: the first batch still comes back whole
     // (KIP-74), so a consumer always makes progress.
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 1 << 20, 100, 0, 1000);
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            partition_max_bytes: 100,
+            ..At::offset(0)
+        },
+    );
     let records = part.records.unwrap_or_default();
     let (whole, _) = batches(&records);
     assert!(!whole.is_empty(), "the first batch must be returned whole");
     assert_eq!(whole[0].0, 0);
-    assert!(records.len() <= whole[0].1.max(100), "no more than the first batch past the limit");
+    assert!(
+        records.len() <= whole[0].1.max(100),
+        "no more than the first batch past the limit"
+    );
 
     // A partition limit of 2.5 batches: at most that much beyond the first batch.
     let limit = 25_000;
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 1 << 20, limit, 0, 1000);
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            partition_max_bytes: limit,
+            ..At::offset(0)
+        },
+    );
     let records = part.records.unwrap_or_default();
     let (whole, _) = batches(&records);
-    assert!(records.len() <= limit as usize, "partition_max_bytes {limit}, got {}", records.len());
-    assert!(whole.len() >= 2, "two whole batches fit in {limit} bytes, got {}", whole.len());
+    assert!(
+        records.len() <= limit as usize,
+        "partition_max_bytes {limit}, got {}",
+        records.len()
+    );
+    assert!(
+        whole.len() >= 2,
+        "two whole batches fit in {limit} bytes, got {}",
+        whole.len()
+    );
     assert_eq!(whole.iter().map(|b| b.0).collect::<Vec<_>>()[..2], [0, 1]);
 
     // The response-wide max_bytes limits the same way.
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 100, 1 << 20, 0, 1000);
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            max_bytes: 100,
+            ..At::offset(0)
+        },
+    );
     let (whole, _) = batches(&part.records.unwrap_or_default());
-    assert!(!whole.is_empty() && whole[0].0 == 0, "max_bytes below one batch still returns it");
+    assert!(
+        !whole.is_empty() && whole[0].0 == 0,
+        "max_bytes below one batch still returns it"
+    );
     broker.assert_no_panic();
 }
 
@@ -211,10 +304,17 @@ fn fetch_from_inside_a_batch_returns_that_batch_whole() {
     let v = versions(&mut conn);
     let values: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("r{i}"))).collect();
     let batch = record_batch(&values, Compression::Lz4); // one batch, offsets 0..=9
-    assert_eq!(produce_one(&mut conn, v.produce, &topic, 0, batch).0, error_code::NONE);
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 5, 1 << 20, 1 << 20, 0, 1000);
+    assert_eq!(
+        produce_one(&mut conn, v.produce, &topic, 0, batch).0,
+        error_code::NONE
+    );
+    let part = fetch(&mut conn, v.fetch, &topic, At::offset(5));
     let (whole, _) = batches(&part.records.unwrap_or_default());
-    assert_eq!(whole.first().map(|b| b.0), Some(0), "the batch holding offset 5 starts at 0");
+    assert_eq!(
+        whole.first().map(|b| b.0),
+        Some(0),
+        "the batch holding offset 5 starts at 0"
+    );
     broker.assert_no_panic();
 }
 
@@ -226,11 +326,30 @@ fn fetch_past_the_log_end_gets_offset_out_of_range() {
     ensure_topic(&mut conn, &topic);
     let v = versions(&mut conn);
     let batch = record_batch(&[Bytes::from_static(b"only")], Compression::None);
-    assert_eq!(produce_one(&mut conn, v.produce, &topic, 0, batch).0, error_code::NONE);
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 50, 1 << 20, 1 << 20, 0, 100);
+    assert_eq!(
+        produce_one(&mut conn, v.produce, &topic, 0, batch).0,
+        error_code::NONE
+    );
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            max_wait_ms: 100,
+            ..At::offset(50)
+        },
+    );
     assert_eq!(part.error_code, OFFSET_OUT_OF_RANGE);
     // At the log end exactly it is not an error: the fetch waits and returns nothing.
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 1, 1 << 20, 1 << 20, 0, 100);
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            max_wait_ms: 100,
+            ..At::offset(1)
+        },
+    );
     assert_eq!(part.error_code, error_code::NONE);
     assert!(part.records.unwrap_or_default().is_empty());
     assert_eq!(part.high_watermark, 1);
@@ -246,9 +365,20 @@ fn read_committed_fetch_reports_the_last_stable_offset() {
     let v = versions(&mut conn);
     for i in 0..3 {
         let batch = record_batch(&[Bytes::from(format!("c{i}"))], Compression::None);
-        assert_eq!(produce_one(&mut conn, v.produce, &topic, 0, batch).0, error_code::NONE);
+        assert_eq!(
+            produce_one(&mut conn, v.produce, &topic, 0, batch).0,
+            error_code::NONE
+        );
     }
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 1 << 20, 1 << 20, 1, 1000);
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            isolation_level: 1,
+            ..At::offset(0)
+        },
+    );
     assert_eq!(part.error_code, error_code::NONE);
     assert_eq!(part.high_watermark, 3);
     // No open transactions: everything is stable.
@@ -266,7 +396,15 @@ fn fetch_with_nothing_to_return_answers_after_max_wait() {
     ensure_topic(&mut conn, &topic);
     let v = versions(&mut conn);
     // Answered at all (the read guard is 30 s); empty and error-free.
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 1 << 20, 1 << 20, 0, 200);
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            max_wait_ms: 200,
+            ..At::offset(0)
+        },
+    );
     assert_eq!(part.error_code, error_code::NONE);
     assert!(part.records.unwrap_or_default().is_empty());
     assert_eq!(part.high_watermark, 0);
@@ -306,7 +444,18 @@ fn produce_v2_is_refused_with_unsupported_version_and_stores_nothing() {
     let code = i16::from_be_bytes([resp[p + 8], resp[p + 9]]);
     assert_eq!(code, error_code::UNSUPPORTED_VERSION);
 
-    let part = fetch(&mut conn, v.fetch, &topic, 0, 0, 1 << 20, 1 << 20, 0, 100);
-    assert_eq!(part.high_watermark, 0, "the refused batch must not be stored");
+    let part = fetch(
+        &mut conn,
+        v.fetch,
+        &topic,
+        At {
+            max_wait_ms: 100,
+            ..At::offset(0)
+        },
+    );
+    assert_eq!(
+        part.high_watermark, 0,
+        "the refused batch must not be stored"
+    );
     broker.assert_no_panic();
 }

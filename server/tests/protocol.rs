@@ -28,18 +28,20 @@ fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> Fe
         .with_isolation_level(0)
         .with_session_id(0)
         .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(
-            partitions
-                .iter()
-                .map(|(p, offset)| {
-                    FetchPartition::default()
-                        .with_partition(*p)
-                        .with_fetch_offset(*offset)
-                        .with_log_start_offset(-1)
-                        .with_partition_max_bytes(10 << 20)
-                })
-                .collect(),
-        )])
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|(p, offset)| {
+                        FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*offset)
+                            .with_log_start_offset(-1)
+                            .with_partition_max_bytes(10 << 20)
+                    })
+                    .collect(),
+            )])
 }
 
 /// Records bytes per partition from a Fetch response, failing on any partition error.
@@ -48,7 +50,12 @@ fn fetched_records(resp: &FetchResponse) -> Vec<(i32, Bytes)> {
     let mut out = Vec::new();
     for t in &resp.responses {
         for p in &t.partitions {
-            assert_eq!(p.error_code, error_code::NONE, "Fetch error on partition {}", p.partition_index);
+            assert_eq!(
+                p.error_code,
+                error_code::NONE,
+                "Fetch error on partition {}",
+                p.partition_index
+            );
             out.push((p.partition_index, p.records.clone().unwrap_or_default()));
         }
     }
@@ -83,8 +90,10 @@ fn leader_epoch(conn: &mut KafkaConn, topic: &str, partition: i32) -> i32 {
     let versions = conn.api_versions();
     let version = pick_version(&versions, ApiKey::Metadata, 7, 12); // leader_epoch from v7
     let req = MetadataRequest::default()
-        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-            .with_name(Some(topic_name(topic)))]))
+        .with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(topic_name(topic))),
+        ]))
         .with_allow_auto_topic_creation(false);
     let resp = conn.request(version, &req);
     resp.topics
@@ -126,20 +135,38 @@ fn compressed_batches_are_stored_and_served_as_produced() {
         let sent_batches = split_batches(&sent);
         assert_eq!(sent_batches.len(), 1, "{name}: the test sends one batch");
         let got_batches = split_batches(got);
-        assert_eq!(got_batches.len(), sent_batches.len(), "{name}: number of batches served");
+        assert_eq!(
+            got_batches.len(),
+            sent_batches.len(),
+            "{name}: number of batches served"
+        );
         let mut next_offset = 0i64;
         for (i, (g, s)) in got_batches.iter().zip(&sent_batches).enumerate() {
             // Only baseOffset (0..8) and partitionLeaderEpoch (12..16) may be rewritten.
-            assert!(g.len() == s.len() && g[8..12] == s[8..12], "{name}: batch {i} length changed");
-            assert!(g[16..] == s[16..], "{name}: batch {i}: bytes after the leader epoch changed");
-            assert_eq!(be_i64(&g[0..8]), next_offset, "{name}: batch {i} base offset");
+            assert!(
+                g.len() == s.len() && g[8..12] == s[8..12],
+                "{name}: batch {i} length changed"
+            );
+            assert!(
+                g[16..] == s[16..],
+                "{name}: batch {i}: bytes after the leader epoch changed"
+            );
+            assert_eq!(
+                be_i64(&g[0..8]),
+                next_offset,
+                "{name}: batch {i} base offset"
+            );
             next_offset += i64::from(be_i32(&g[57..61]));
             assert_eq!(
                 be_i32(&g[12..16]),
                 epoch,
                 "{name}: batch {i} must carry the partition's leader epoch (as Metadata reports it)"
             );
-            assert_eq!(g[BATCH_ATTRIBUTES_OFFSET + 1] & 0x07, codec as u8, "{name}: codec bits");
+            assert_eq!(
+                g[BATCH_ATTRIBUTES_OFFSET + 1] & 0x07,
+                codec as u8,
+                "{name}: codec bits"
+            );
         }
         let mut buf = got.clone();
         let decoded: Vec<_> = RecordBatchDecoder::decode_all(&mut buf)
@@ -147,7 +174,10 @@ fn compressed_batches_are_stored_and_served_as_produced() {
             .into_iter()
             .flat_map(|set| set.records)
             .collect();
-        let decoded_values: Vec<Bytes> = decoded.iter().map(|r| r.value.clone().unwrap_or_default()).collect();
+        let decoded_values: Vec<Bytes> = decoded
+            .iter()
+            .map(|r| r.value.clone().unwrap_or_default())
+            .collect();
         assert!(decoded_values == values, "{name}: values differ");
         let offsets: Vec<i64> = decoded.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, (0..50).collect::<Vec<i64>>(), "{name}: offsets");
@@ -179,11 +209,25 @@ fn pipelined_requests_are_answered_in_request_order_across_shards() {
         let (kind, payload) = match i % 3 {
             0 => {
                 let p = (i / 3) % 16;
-                let batch = record_batch(&[Bytes::from(format!("pipelined {i}"))], Compression::None);
-                (Kind::Produce(p), encode_request(correlation_id, produce_v, &produce_request(&topic, p, 1, batch)))
+                let batch =
+                    record_batch(&[Bytes::from(format!("pipelined {i}"))], Compression::None);
+                (
+                    Kind::Produce(p),
+                    encode_request(
+                        correlation_id,
+                        produce_v,
+                        &produce_request(&topic, p, 1, batch),
+                    ),
+                )
             }
-            1 => (Kind::ApiVersions, encode_request(correlation_id, 0, &ApiVersionsRequest::default())),
-            _ => (Kind::Metadata, encode_request(correlation_id, metadata_v, &MetadataRequest::default())),
+            1 => (
+                Kind::ApiVersions,
+                encode_request(correlation_id, 0, &ApiVersionsRequest::default()),
+            ),
+            _ => (
+                Kind::Metadata,
+                encode_request(correlation_id, metadata_v, &MetadataRequest::default()),
+            ),
         };
         wire.extend_from_slice(&(payload.len() as i32).to_be_bytes());
         wire.extend_from_slice(&payload);
@@ -199,17 +243,33 @@ fn pipelined_requests_are_answered_in_request_order_across_shards() {
             Kind::Metadata => metadata_v,
         };
         let header_version = match kind {
-            Kind::Produce(_) => <ProduceRequest as kafka_protocol::protocol::Request>::Response::header_version(version),
+            Kind::Produce(_) => {
+                <ProduceRequest as kafka_protocol::protocol::Request>::Response::header_version(
+                    version,
+                )
+            }
             Kind::ApiVersions => 0,
-            Kind::Metadata => <MetadataRequest as kafka_protocol::protocol::Request>::Response::header_version(version),
+            Kind::Metadata => {
+                <MetadataRequest as kafka_protocol::protocol::Request>::Response::header_version(
+                    version,
+                )
+            }
         };
         let header = ResponseHeader::decode(&mut frame, header_version).expect("response header");
-        assert_eq!(header.correlation_id, correlation_id, "responses must leave in request order");
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "responses must leave in request order"
+        );
         if let Kind::Produce(p) = kind {
-            let resp = kafka_protocol::messages::ProduceResponse::decode(&mut frame, version).expect("produce response");
+            let resp = kafka_protocol::messages::ProduceResponse::decode(&mut frame, version)
+                .expect("produce response");
             let part = &resp.responses[0].partition_responses[0];
             assert_eq!(part.index, p);
-            assert_eq!(part.error_code, error_code::NONE, "produce to partition {p}");
+            assert_eq!(
+                part.error_code,
+                error_code::NONE,
+                "produce to partition {p}"
+            );
         }
     }
     broker.assert_no_panic();
@@ -248,7 +308,11 @@ fn one_fetch_spanning_every_partition_gathers_from_both_shards() {
             .flat_map(|s| s.records.iter())
             .map(|r| String::from_utf8_lossy(&r.value.clone().unwrap_or_default()).into_owned())
             .collect();
-        assert_eq!(values, (0..3).map(|n| format!("p{p} n{n}")).collect::<Vec<_>>(), "partition {p}");
+        assert_eq!(
+            values,
+            (0..3).map(|n| format!("p{p} n{n}")).collect::<Vec<_>>(),
+            "partition {p}"
+        );
     }
     broker.assert_no_panic();
 }
@@ -282,12 +346,17 @@ fn fetch_at_the_log_end_waits_for_new_data() {
     broker.assert_no_panic();
 }
 
-fn metadata_brokers_and_leaders(conn: &mut KafkaConn, topic: &str) -> (Vec<(i32, String, i32)>, Vec<i32>) {
+fn metadata_brokers_and_leaders(
+    conn: &mut KafkaConn,
+    topic: &str,
+) -> (Vec<(i32, String, i32)>, Vec<i32>) {
     let versions = conn.api_versions();
     let version = pick_version(&versions, ApiKey::Metadata, 4, 12);
     let req = MetadataRequest::default()
-        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-            .with_name(Some(topic_name(topic)))]))
+        .with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(topic_name(topic))),
+        ]))
         .with_allow_auto_topic_creation(true);
     let resp = conn.request(version, &req);
     let brokers = resp
@@ -310,17 +379,27 @@ fn metadata_advertises_the_bound_port_and_node_id_1_by_default() {
     let mut conn = KafkaConn::connect(broker.addr());
     ensure_topic(&mut conn, &topic);
     let (brokers, leaders) = metadata_brokers_and_leaders(&mut conn, &topic);
-    assert_eq!(brokers, vec![(1, "127.0.0.1".to_string(), i32::from(broker.addr().port()))]);
-    assert!(!leaders.is_empty() && leaders.iter().all(|l| *l == 1), "leaders {leaders:?}");
+    assert_eq!(
+        brokers,
+        vec![(1, "127.0.0.1".to_string(), i32::from(broker.addr().port()))]
+    );
+    assert!(
+        !leaders.is_empty() && leaders.iter().all(|l| *l == 1),
+        "leaders {leaders:?}"
+    );
 }
 
 #[test]
 fn metadata_advertises_the_configured_listener_and_node_id() {
-    let broker = Broker::start_with(&["--advertised-listener", "localhost:19092", "--node-id", "7"]);
+    let broker =
+        Broker::start_with(&["--advertised-listener", "localhost:19092", "--node-id", "7"]);
     let topic = unique_topic("md-advertised");
     let mut conn = KafkaConn::connect(broker.addr());
     ensure_topic(&mut conn, &topic);
     let (brokers, leaders) = metadata_brokers_and_leaders(&mut conn, &topic);
     assert_eq!(brokers, vec![(7, "localhost".to_string(), 19092)]);
-    assert!(!leaders.is_empty() && leaders.iter().all(|l| *l == 7), "leaders {leaders:?}");
+    assert!(
+        !leaders.is_empty() && leaders.iter().all(|l| *l == 7),
+        "leaders {leaders:?}"
+    );
 }

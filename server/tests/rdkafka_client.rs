@@ -30,21 +30,47 @@ fn future_producer_and_assigned_consumer_round_trip_keys_values_and_headers() {
             let key = format!("key-{}", i % 37);
             let value = format!("value-{i}");
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "seq", value: Some(i.to_string().as_bytes()) })
-                .insert(Header { key: "empty", value: None::<&[u8]> });
-            let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
-            let fut = producer.send_result(record).map_err(|(e, _)| e).expect("enqueue");
+                .insert(Header {
+                    key: "seq",
+                    value: Some(i.to_string().as_bytes()),
+                })
+                .insert(Header {
+                    key: "empty",
+                    value: None::<&[u8]>,
+                });
+            let record = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers);
+            let fut = producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue");
             pending.push((value, fut));
         }
         for (value, fut) in pending {
-            let delivery = fut.await.expect("delivery future").map_err(|(e, _)| e).expect("delivered");
-            delivered.entry(delivery.partition).or_default().push((delivery.offset, value));
+            let delivery = fut
+                .await
+                .expect("delivery future")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+            delivered
+                .entry(delivery.partition)
+                .or_default()
+                .push((delivery.offset, value));
         }
     });
-    assert!(delivered.len() > 1, "37 keys over 8 partitions must use more than one partition");
+    assert!(
+        delivered.len() > 1,
+        "37 keys over 8 partitions must use more than one partition"
+    );
     for (p, acks) in &delivered {
         let offsets: Vec<i64> = acks.iter().map(|(o, _)| *o).collect();
-        assert_eq!(offsets, (0..acks.len() as i64).collect::<Vec<_>>(), "partition {p}: dense offsets from 0");
+        assert_eq!(
+            offsets,
+            (0..acks.len() as i64).collect::<Vec<_>>(),
+            "partition {p}: dense offsets from 0"
+        );
     }
 
     let read = client::read_all(&broker.bootstrap(), &topic);
@@ -53,9 +79,17 @@ fn future_producer_and_assigned_consumer_round_trip_keys_values_and_headers() {
         let expected = delivered.get(p).cloned().unwrap_or_default();
         let got: Vec<(i64, String)> = msgs
             .iter()
-            .map(|m| (m.offset(), String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()))
+            .map(|m| {
+                (
+                    m.offset(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                )
+            })
             .collect();
-        assert_eq!(got, expected, "partition {p}: records read back differ from those delivered");
+        assert_eq!(
+            got, expected,
+            "partition {p}: records read back differ from those delivered"
+        );
         for m in msgs {
             let key = String::from_utf8_lossy(m.key().expect("keyed")).into_owned();
             if let Some(prev) = keys_seen.insert(key.clone(), *p) {
@@ -66,9 +100,19 @@ fn future_producer_and_assigned_consumer_round_trip_keys_values_and_headers() {
             let seq = headers.get(0);
             assert_eq!(seq.key, "seq");
             let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            assert_eq!(Some(format!("value-{}", String::from_utf8_lossy(seq.value.expect("seq value")))), Some(value));
+            assert_eq!(
+                Some(format!(
+                    "value-{}",
+                    String::from_utf8_lossy(seq.value.expect("seq value"))
+                )),
+                Some(value)
+            );
             let empty = headers.get(1);
-            assert_eq!((empty.key, empty.value), ("empty", None), "a null header value stays null");
+            assert_eq!(
+                (empty.key, empty.value),
+                ("empty", None),
+                "a null header value stays null"
+            );
         }
     }
     broker.assert_no_panic();
@@ -84,7 +128,10 @@ fn assigned_consumer_starts_at_the_requested_offset_and_sees_watermarks() {
         for i in 0..50 {
             let value = format!("m{i}");
             let d = producer
-                .send(FutureRecord::<(), _>::to(&topic).payload(&value), Duration::from_secs(30))
+                .send(
+                    FutureRecord::<(), _>::to(&topic).payload(&value),
+                    Duration::from_secs(30),
+                )
                 .await
                 .map_err(|(e, _)| e)
                 .expect("delivered");
@@ -98,15 +145,23 @@ fn assigned_consumer_starts_at_the_requested_offset_and_sees_watermarks() {
     assert_eq!((low, high), (0, 50));
 
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(42)).expect("add");
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(42))
+        .expect("add");
     consumer.assign(&tpl).expect("assign");
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + CLIENT_GUARD;
     while got.len() < 8 {
-        assert!(std::time::Instant::now() < deadline, "only {} records after offset 42", got.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records after offset 42",
+            got.len()
+        );
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.expect("consumer error");
-            got.push((m.offset(), String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()));
+            got.push((
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
         }
     }
     let expected: Vec<(i64, String)> = (42..50).map(|i| (i, format!("m{i}"))).collect();

@@ -9,14 +9,19 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{NewPartitions, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
-use rdkafka::{Offset, TopicPartitionList};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
 
 use common::client;
 use common::{unique_topic, Broker};
 
-fn produce_keyed(bootstrap: &str, topic: &str, count: usize, tag: &str) -> Vec<(i32, i64, String, String)> {
+fn produce_keyed(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    tag: &str,
+) -> Vec<(i32, i64, String, String)> {
     let producer = client::producer(bootstrap, &[("acks", "1"), ("linger.ms", "2")]);
     client::runtime().block_on(async {
         let mut pending = Vec::new();
@@ -31,7 +36,11 @@ fn produce_keyed(bootstrap: &str, topic: &str, count: usize, tag: &str) -> Vec<(
         }
         let mut out = Vec::new();
         for (key, value, fut) in pending {
-            let d = fut.await.expect("delivery").map_err(|(e, _)| e).expect("delivered");
+            let d = fut
+                .await
+                .expect("delivery")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
             out.push((d.partition, d.offset, key, value));
         }
         out
@@ -41,9 +50,15 @@ fn produce_keyed(bootstrap: &str, topic: &str, count: usize, tag: &str) -> Vec<(
 fn topic_config(bootstrap: &str, topic: &str, name: &str) -> Option<String> {
     let admin = client::admin(bootstrap);
     let results = client::runtime()
-        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &client::admin_options()))
+        .block_on(
+            admin.describe_configs([&ResourceSpecifier::Topic(topic)], &client::admin_options()),
+        )
         .expect("DescribeConfigs request failed");
-    let resource = results.into_iter().next().expect("one resource").expect("DescribeConfigs error");
+    let resource = results
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("DescribeConfigs error");
     resource.get(name).and_then(|e| e.value.clone())
 }
 
@@ -56,20 +71,37 @@ fn topics_configs_and_data_survive_a_sigterm_restart() {
         &broker.bootstrap(),
         &created,
         3,
-        &[("retention.ms", "123456789"), ("max.message.bytes", "500000")],
+        &[
+            ("retention.ms", "123456789"),
+            ("max.message.bytes", "500000"),
+        ],
     );
     let mut expected = produce_keyed(&broker.bootstrap(), &created, 90, "a");
     let auto_expected = produce_keyed(&broker.bootstrap(), &auto, 20, "b");
 
     let status = broker.terminate();
-    assert!(status.success(), "SIGTERM must exit 0, got {status:?}; stderr:\n{}", broker.stderr());
+    assert!(
+        status.success(),
+        "SIGTERM must exit 0, got {status:?}; stderr:\n{}",
+        broker.stderr()
+    );
     broker.restart();
 
     let consumer = client::consumer(&broker.bootstrap(), &[]);
     assert_eq!(client::partition_count(&consumer, &created), 3);
-    assert_eq!(client::partition_count(&consumer, &auto), 2, "auto-created with --num-partitions 2");
-    assert_eq!(topic_config(&broker.bootstrap(), &created, "retention.ms").as_deref(), Some("123456789"));
-    assert_eq!(topic_config(&broker.bootstrap(), &created, "max.message.bytes").as_deref(), Some("500000"));
+    assert_eq!(
+        client::partition_count(&consumer, &auto),
+        2,
+        "auto-created with --num-partitions 2"
+    );
+    assert_eq!(
+        topic_config(&broker.bootstrap(), &created, "retention.ms").as_deref(),
+        Some("123456789")
+    );
+    assert_eq!(
+        topic_config(&broker.bootstrap(), &created, "max.message.bytes").as_deref(),
+        Some("500000")
+    );
 
     for (topic, want) in [(&created, &expected), (&auto, &auto_expected)] {
         let read = client::read_all(&broker.bootstrap(), topic);
@@ -106,7 +138,10 @@ fn topics_configs_and_data_survive_a_sigterm_restart() {
     expected.extend(more);
 
     let status = broker.terminate();
-    assert!(status.success(), "second SIGTERM must exit 0, got {status:?}");
+    assert!(
+        status.success(),
+        "second SIGTERM must exit 0, got {status:?}"
+    );
     broker.assert_no_panic();
 }
 
@@ -121,15 +156,24 @@ fn added_partitions_and_deleted_records_survive_a_sigterm_restart() {
     let admin = client::admin(&broker.bootstrap());
     let rt = client::runtime();
     let results = rt
-        .block_on(admin.create_partitions([&NewPartitions::new(&topic, 3)], &client::admin_options()))
+        .block_on(
+            admin.create_partitions([&NewPartitions::new(&topic, 3)], &client::admin_options()),
+        )
         .expect("CreatePartitions request failed");
-    assert!(results.iter().all(|r| r.is_ok()), "CreatePartitions: {results:?}");
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "CreatePartitions: {results:?}"
+    );
     let mut before = TopicPartitionList::new();
-    before.add_partition_offset(&topic, 0, Offset::Offset(8)).expect("add");
+    before
+        .add_partition_offset(&topic, 0, Offset::Offset(8))
+        .expect("add");
     let deleted = rt
         .block_on(admin.delete_records(&before, &client::admin_options()))
         .expect("DeleteRecords request failed");
-    let low = deleted.find_partition(&topic, 0).expect("partition 0 in the result");
+    let low = deleted
+        .find_partition(&topic, 0)
+        .expect("partition 0 in the result");
     assert_eq!(low.offset(), Offset::Offset(8));
     assert!(low.error().is_ok(), "DeleteRecords: {:?}", low.error());
     drop(admin);
@@ -139,11 +183,19 @@ fn added_partitions_and_deleted_records_survive_a_sigterm_restart() {
     broker.restart();
 
     let consumer = client::consumer(&broker.bootstrap(), &[]);
-    assert_eq!(client::partition_count(&consumer, &topic), 3, "added partitions are kept");
+    assert_eq!(
+        client::partition_count(&consumer, &topic),
+        3,
+        "added partitions are kept"
+    );
     let (low, high) = consumer
         .fetch_watermarks(&topic, 0, Duration::from_secs(30))
         .expect("watermarks");
-    assert_eq!((low, high), (8, 20), "the log start offset set by DeleteRecords is kept");
+    assert_eq!(
+        (low, high),
+        (8, 20),
+        "the log start offset set by DeleteRecords is kept"
+    );
     let read = client::read_all(&broker.bootstrap(), &topic);
     let offsets: Vec<i64> = read[&0].iter().map(|m| m.offset()).collect();
     assert_eq!(offsets, (8..20).collect::<Vec<_>>());
@@ -156,7 +208,11 @@ fn sigterm_while_producing_keeps_every_acknowledged_record() {
     let topic = unique_topic("sigterm-inflight");
     let producer = client::producer(
         &broker.bootstrap(),
-        &[("acks", "1"), ("linger.ms", "1"), ("message.timeout.ms", "10000")],
+        &[
+            ("acks", "1"),
+            ("linger.ms", "1"),
+            ("message.timeout.ms", "10000"),
+        ],
     );
     let mut acked: BTreeMap<(i32, i64), String> = BTreeMap::new();
     let mut status = None;
@@ -174,21 +230,36 @@ fn sigterm_while_producing_keeps_every_acknowledged_record() {
                 pending.push_back((payload, fut));
                 seq += 1;
             }
-            let Some((payload, fut)) = pending.pop_front() else { break };
+            let Some((payload, fut)) = pending.pop_front() else {
+                break;
+            };
             if let Ok(Ok(d)) = fut.await {
                 let previous = acked.insert((d.partition, d.offset), payload);
-                assert!(previous.is_none(), "offset {}/{} acknowledged twice", d.partition, d.offset);
+                assert!(
+                    previous.is_none(),
+                    "offset {}/{} acknowledged twice",
+                    d.partition,
+                    d.offset
+                );
             }
             if status.is_none() && acked.len() >= 500 {
                 // The broker gets SIGTERM with requests in flight on the same connection.
                 status = Some(broker.terminate());
             }
-            assert!(Instant::now() < deadline, "only {} acknowledgements", acked.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} acknowledgements",
+                acked.len()
+            );
         }
     });
     drop(producer);
     let status = status.expect("terminated");
-    assert!(status.success(), "SIGTERM must exit 0, got {status:?}; stderr:\n{}", broker.stderr());
+    assert!(
+        status.success(),
+        "SIGTERM must exit 0, got {status:?}; stderr:\n{}",
+        broker.stderr()
+    );
 
     broker.restart();
     let read = client::read_all(&broker.bootstrap(), &topic);
@@ -196,8 +267,13 @@ fn sigterm_while_producing_keeps_every_acknowledged_record() {
         let m = read[p]
             .iter()
             .find(|m| m.offset() == *offset)
-            .unwrap_or_else(|| panic!("acknowledged record {p}/{offset} lost over a clean shutdown"));
-        assert_eq!(String::from_utf8_lossy(m.payload().unwrap_or_default()), *payload);
+            .unwrap_or_else(|| {
+                panic!("acknowledged record {p}/{offset} lost over a clean shutdown")
+            });
+        assert_eq!(
+            String::from_utf8_lossy(m.payload().unwrap_or_default()),
+            *payload
+        );
     }
     broker.assert_no_panic();
 }

@@ -39,7 +39,11 @@ pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
 pub fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let group = format!("assign-only-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let group = format!(
+        "assign-only-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     let mut cfg = base_config(bootstrap);
     cfg.set("group.id", &group)
         .set("enable.auto.commit", "false")
@@ -52,7 +56,9 @@ pub fn consumer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseConsumer {
 }
 
 pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
-    base_config(bootstrap).create().expect("cannot create an rdkafka admin client")
+    base_config(bootstrap)
+        .create()
+        .expect("cannot create an rdkafka admin client")
 }
 
 pub fn admin_options() -> AdminOptions {
@@ -97,12 +103,17 @@ pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> usize {
         if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
             if t.error().is_none()
                 && !t.partitions().is_empty()
-                && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                && t.partitions()
+                    .iter()
+                    .all(|p| p.leader() >= 0 && p.error().is_none())
             {
                 return t.partitions().len();
             }
         }
-        assert!(Instant::now() < deadline, "topic {topic} never became available");
+        assert!(
+            Instant::now() < deadline,
+            "topic {topic} never became available"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -115,30 +126,35 @@ pub fn read_all(bootstrap: &str, topic: &str) -> HashMap<i32, Vec<OwnedMessage>>
     let mut tpl = TopicPartitionList::new();
     let mut high = HashMap::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("add partition");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("add partition");
         let (_, hw) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(30))
             .expect("ListOffsets for watermarks failed");
         high.insert(p, hw);
     }
     consumer.assign(&tpl).expect("assign failed");
-    let mut out: HashMap<i32, Vec<OwnedMessage>> = (0..partitions).map(|p| (p, Vec::new())).collect();
+    let mut out: HashMap<i32, Vec<OwnedMessage>> =
+        (0..partitions).map(|p| (p, Vec::new())).collect();
     let done = |out: &HashMap<i32, Vec<OwnedMessage>>| {
-        high.iter().all(|(p, hw)| {
-            *hw == 0 || out[p].last().is_some_and(|m| m.offset() + 1 >= *hw)
-        })
+        high.iter()
+            .all(|(p, hw)| *hw == 0 || out[p].last().is_some_and(|m| m.offset() + 1 >= *hw))
     };
     let deadline = Instant::now() + CLIENT_GUARD;
     while !done(&out) {
         assert!(
             Instant::now() < deadline,
             "did not read up to the high watermarks {high:?}; got {:?}",
-            out.iter().map(|(p, v)| (*p, v.len())).collect::<HashMap<_, _>>()
+            out.iter()
+                .map(|(p, v)| (*p, v.len()))
+                .collect::<HashMap<_, _>>()
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let m = m.detach();
-                out.get_mut(&m.partition()).expect("known partition").push(m);
+                out.get_mut(&m.partition())
+                    .expect("known partition")
+                    .push(m);
             }
             Some(Err(e)) => panic!("consumer error: {e}"),
             None => {}

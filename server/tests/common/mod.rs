@@ -252,7 +252,11 @@ fn wait_for_listening(stdout: impl Read + Send + 'static) -> Result<SocketAddr, 
 
 /// Parses `wharf listening on 127.0.0.1:PORT`.
 pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
-    let addr: SocketAddr = line.trim_end().strip_prefix(LISTENING_PREFIX)?.parse().ok()?;
+    let addr: SocketAddr = line
+        .trim_end()
+        .strip_prefix(LISTENING_PREFIX)?
+        .parse()
+        .ok()?;
     (addr.port() != 0).then_some(addr)
 }
 
@@ -307,5 +311,9 @@ pub fn run_wharf_to_exit(args: &[&str], cwd: &Path) -> Finished {
 pub fn unique_topic(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

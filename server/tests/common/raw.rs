@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     metadata_request::MetadataRequestTopic, produce_request::PartitionProduceData,
-    produce_request::TopicProduceData, ApiKey, ApiVersionsRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    produce_request::TopicProduceData, ApiKey, ApiVersionsRequest, MetadataRequest, ProduceRequest,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
@@ -52,10 +52,17 @@ impl KafkaConn {
     pub fn connect(addr: SocketAddr) -> KafkaConn {
         let stream = TcpStream::connect(addr)
             .unwrap_or_else(|e| panic!("cannot connect to the broker at {addr}: {e}"));
-        stream.set_read_timeout(Some(READ_GUARD)).expect("set_read_timeout");
-        stream.set_write_timeout(Some(READ_GUARD)).expect("set_write_timeout");
+        stream
+            .set_read_timeout(Some(READ_GUARD))
+            .expect("set_read_timeout");
+        stream
+            .set_write_timeout(Some(READ_GUARD))
+            .expect("set_write_timeout");
         stream.set_nodelay(true).expect("set_nodelay");
-        KafkaConn { stream, next_correlation_id: 1 }
+        KafkaConn {
+            stream,
+            next_correlation_id: 1,
+        }
     }
 
     pub fn next_correlation_id(&mut self) -> i32 {
@@ -113,7 +120,10 @@ impl KafkaConn {
     pub fn expect_closed(&mut self) {
         match self.read_outcome() {
             Outcome::Closed => {}
-            Outcome::Response(b) => panic!("expected a closed connection, got a {}-byte response", b.len()),
+            Outcome::Response(b) => panic!(
+                "expected a closed connection, got a {}-byte response",
+                b.len()
+            ),
         }
     }
 
@@ -130,11 +140,21 @@ impl KafkaConn {
         let mut frame = self.read_frame();
         let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))
             .expect("cannot decode the response header");
-        assert_eq!(header.correlation_id, correlation_id, "correlation id mismatch");
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "correlation id mismatch"
+        );
         let response = R::Response::decode(&mut frame, version).unwrap_or_else(|e| {
-            panic!("cannot decode the {} v{version} response: {e}", std::any::type_name::<R>())
+            panic!(
+                "cannot decode the {} v{version} response: {e}",
+                std::any::type_name::<R>()
+            )
         });
-        assert_eq!(frame.remaining(), 0, "trailing bytes after the response body");
+        assert_eq!(
+            frame.remaining(),
+            0,
+            "trailing bytes after the response body"
+        );
         response
     }
 
@@ -147,7 +167,10 @@ impl KafkaConn {
     pub fn api_versions(&mut self) -> HashMap<i16, (i16, i16)> {
         let resp = self.request(0, &ApiVersionsRequest::default());
         assert_eq!(resp.error_code, error_code::NONE, "ApiVersions v0 failed");
-        resp.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect()
+        resp.api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect()
     }
 }
 
@@ -175,7 +198,8 @@ pub fn encode_request<R: Request>(correlation_id: i32, version: i16, req: &R) ->
     header
         .encode(&mut buf, R::header_version(version))
         .expect("cannot encode a request header");
-    req.encode(&mut buf, version).expect("cannot encode a request body");
+    req.encode(&mut buf, version)
+        .expect("cannot encode a request body");
     buf
 }
 
@@ -185,7 +209,10 @@ pub fn pick_version(versions: &HashMap<i16, (i16, i16)>, key: ApiKey, lo: i16, h
         .get(&(key as i16))
         .unwrap_or_else(|| panic!("the broker does not advertise {key:?}"));
     let v = max.min(hi);
-    assert!(v >= lo.max(min), "no common {key:?} version: broker {min}..={max}, test {lo}..={hi}");
+    assert!(
+        v >= lo.max(min),
+        "no common {key:?} version: broker {min}..={max}, test {lo}..={hi}"
+    );
     v
 }
 
@@ -200,13 +227,17 @@ pub fn ensure_topic(conn: &mut KafkaConn, topic: &str) -> usize {
     let version = pick_version(&versions, ApiKey::Metadata, 4, 12);
     for _ in 0..100 {
         let req = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]))
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+            ]))
             .with_allow_auto_topic_creation(true);
         let resp = conn.request(version, &req);
         if let Some(t) = resp.topics.first() {
             if t.error_code == error_code::NONE
                 && !t.partitions.is_empty()
-                && t.partitions.iter().all(|p| p.error_code == 0 && p.leader_id.0 >= 0)
+                && t.partitions
+                    .iter()
+                    .all(|p| p.error_code == 0 && p.leader_id.0 >= 0)
             {
                 return t.partitions.len();
             }
@@ -244,8 +275,15 @@ pub fn record_batch(values: &[Bytes], compression: Compression) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-        .expect("cannot encode a record batch");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("cannot encode a record batch");
     buf.freeze()
 }
 
@@ -267,10 +305,22 @@ pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -
 }
 
 /// Sends one Produce and returns (error_code, base_offset) of its single partition.
-pub fn produce_one(conn: &mut KafkaConn, version: i16, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
+pub fn produce_one(
+    conn: &mut KafkaConn,
+    version: i16,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> (i16, i64) {
     let resp = conn.request(version, &produce_request(topic, partition, 1, records));
-    let t = resp.responses.first().expect("a produce response has the topic");
-    let p = t.partition_responses.first().expect("a produce response has the partition");
+    let t = resp
+        .responses
+        .first()
+        .expect("a produce response has the topic");
+    let p = t
+        .partition_responses
+        .first()
+        .expect("a produce response has the partition");
     (p.error_code, p.base_offset)
 }
 
