@@ -70,9 +70,20 @@ impl BatchCache {
     /// Adds a batch at the end of `partition`'s run, evicting the oldest batches of the
     /// shard beyond the budget. A batch larger than the whole budget is not cached, and the
     /// partition's run is dropped so that it stays contiguous.
-    pub(crate) fn insert(&self, partition: &Rc<PartitionCache>, base_offset: i64, last_offset: i64, leader_epoch: i32, bytes: Bytes) {
+    pub(crate) fn insert(
+        &self,
+        partition: &Rc<PartitionCache>,
+        base_offset: i64,
+        last_offset: i64,
+        leader_epoch: i32,
+        bytes: Bytes,
+    ) {
         let size = bytes.len();
-        let contiguous = partition.batches.borrow().back().is_none_or(|b| b.last_offset + 1 == base_offset);
+        let contiguous = partition
+            .batches
+            .borrow()
+            .back()
+            .is_none_or(|b| b.last_offset + 1 == base_offset);
         if size > self.budget_bytes || !contiguous {
             self.clear(partition);
             if size > self.budget_bytes {
@@ -81,14 +92,24 @@ impl BatchCache {
         }
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        partition.batches.borrow_mut().push_back(CachedBatch { id, base_offset, last_offset, leader_epoch, bytes });
+        partition.batches.borrow_mut().push_back(CachedBatch {
+            id,
+            base_offset,
+            last_offset,
+            leader_epoch,
+            bytes,
+        });
         self.used_bytes.set(self.used_bytes.get() + size);
         self.live_batches.set(self.live_batches.get() + 1);
         let mut order = self.order.borrow_mut();
         order.push_back((Rc::downgrade(partition), id));
         while self.used_bytes.get() > self.budget_bytes {
-            let Some((weak, id)) = order.pop_front() else { break };
-            let Some(owner) = weak.upgrade() else { continue };
+            let Some((weak, id)) = order.pop_front() else {
+                break;
+            };
+            let Some(owner) = weak.upgrade() else {
+                continue;
+            };
             let mut batches = owner.batches.borrow_mut();
             if batches.front().is_some_and(|b| b.id == id) {
                 let evicted = batches.pop_front().map_or(0, |b| b.bytes.len());
@@ -98,7 +119,10 @@ impl BatchCache {
         // Entries of batches removed by truncation or deletion linger in `order`; rebuild
         // it when they outnumber the live ones so it stays proportional to the cache.
         if order.len() > 1024 + 2 * self.live_batches.get() {
-            order.retain(|(weak, id)| weak.upgrade().is_some_and(|p| p.batches.borrow().iter().any(|b| b.id == *id)));
+            order.retain(|(weak, id)| {
+                weak.upgrade()
+                    .is_some_and(|p| p.batches.borrow().iter().any(|b| b.id == *id))
+            });
         }
     }
 
@@ -136,7 +160,13 @@ impl BatchCache {
     /// Whole cached batches starting with the one that contains `from_offset`, ending before
     /// `end_offset`, up to about `max_bytes` (the first whole). `None` when the cache does
     /// not hold `from_offset`.
-    pub(crate) fn read(&self, partition: &PartitionCache, from_offset: i64, end_offset: i64, max_bytes: usize) -> Option<Bytes> {
+    pub(crate) fn read(
+        &self,
+        partition: &PartitionCache,
+        from_offset: i64,
+        end_offset: i64,
+        max_bytes: usize,
+    ) -> Option<Bytes> {
         let batches = partition.batches.borrow();
         if batches.front().is_none_or(|b| b.base_offset > from_offset) {
             return None;
@@ -145,7 +175,9 @@ impl BatchCache {
         let mut total = 0;
         let mut count = 0;
         for batch in batches.range(first..) {
-            if batch.last_offset >= end_offset || (count > 0 && total + batch.bytes.len() > max_bytes) {
+            if batch.last_offset >= end_offset
+                || (count > 0 && total + batch.bytes.len() > max_bytes)
+            {
                 break;
             }
             total += batch.bytes.len();
@@ -187,7 +219,10 @@ mod tests {
         assert_eq!(cache.used_bytes(), 3 * one);
         cache.insert(&b, 1, 1, 1, batch(1));
         assert_eq!(cache.used_bytes(), 3 * one);
-        assert!(cache.read(&a, 0, 10, 1 << 20).is_none(), "a's oldest batch was evicted");
+        assert!(
+            cache.read(&a, 0, 10, 1 << 20).is_none(),
+            "a's oldest batch was evicted"
+        );
         assert!(cache.read(&a, 1, 10, 1 << 20).is_some());
         assert!(cache.read(&b, 0, 10, 1 << 20).is_some());
     }
@@ -201,10 +236,19 @@ mod tests {
         let out = cache.read(&p, 101, 105, 1).expect("cached");
         let info = validate_batch(&out, 1 << 20).expect("valid batch");
         assert_eq!((info.base_offset, info.partition_leader_epoch), (100, 7));
-        assert_eq!(out.len(), info.size_bytes, "only the first batch fits max_bytes");
+        assert_eq!(
+            out.len(),
+            info.size_bytes,
+            "only the first batch fits max_bytes"
+        );
         let both = cache.read(&p, 100, 105, 1 << 20).expect("cached");
         assert_eq!(both.len(), batch(2).len() + batch(3).len());
-        assert!(cache.read(&p, 100, 102, 1 << 20).is_some_and(|b| b.len() == batch(2).len()), "stops at end_offset");
+        assert!(
+            cache
+                .read(&p, 100, 102, 1 << 20)
+                .is_some_and(|b| b.len() == batch(2).len()),
+            "stops at end_offset"
+        );
         cache.truncate_from(&p, 103);
         assert!(cache.read(&p, 103, 105, 1 << 20).is_none());
         cache.drop_before(&p, 102);

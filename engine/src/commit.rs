@@ -24,7 +24,10 @@ impl SeqWaiters {
 
     /// Everything up to `seq` is complete: wake its waiters.
     pub fn advance(&self, seq: u64) {
-        assert!(seq >= self.done.get(), "a completion sequence went backwards");
+        assert!(
+            seq >= self.done.get(),
+            "a completion sequence went backwards"
+        );
         self.done.set(seq);
         let ready: Vec<Waker> = {
             let mut waiters = self.waiters.borrow_mut();
@@ -44,7 +47,9 @@ impl SeqWaiters {
 
     /// Nothing more will complete: wake every waiter with `reason`.
     pub fn fail(&self, reason: &str) {
-        self.failed.borrow_mut().get_or_insert_with(|| reason.to_string());
+        self.failed
+            .borrow_mut()
+            .get_or_insert_with(|| reason.to_string());
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         waiters.into_iter().for_each(|(_, waker)| waker.wake());
     }
@@ -72,7 +77,9 @@ impl Future for WaitSeq<'_> {
             return Poll::Ready(Err(reason.clone()));
         }
         let mut waiters = w.waiters.borrow_mut();
-        let known = waiters.iter().any(|(seq, waker)| *seq == self.seq && waker.will_wake(cx.waker()));
+        let known = waiters
+            .iter()
+            .any(|(seq, waker)| *seq == self.seq && waker.will_wake(cx.waker()));
         if !known {
             waiters.push((self.seq, cx.waker().clone()));
         }
@@ -101,7 +108,9 @@ mod tests {
             w.fail("disk gone");
             let results: Vec<_> = futures_lite_join(tasks).await;
             assert_eq!(results[..3], [Ok(()), Ok(()), Ok(())]);
-            assert!(results[3..].iter().all(|r| r == &Err("disk gone".to_string())));
+            assert!(results[3..]
+                .iter()
+                .all(|r| r == &Err("disk gone".to_string())));
         });
     }
 

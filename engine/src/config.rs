@@ -53,7 +53,9 @@ impl Default for LogConfig {
 impl LogConfig {
     /// The configuration with every field brought within what the engine supports.
     pub(crate) fn sanitized(mut self) -> LogConfig {
-        self.segment_bytes = self.segment_bytes.clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
+        self.segment_bytes = self
+            .segment_bytes
+            .clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES);
         self.segment_ms = self.segment_ms.max(1);
         self.index_interval_bytes = self.index_interval_bytes.max(1);
         self.preallocate_bytes = self.preallocate_bytes.min(MAX_SEGMENT_BYTES);

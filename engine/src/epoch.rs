@@ -99,7 +99,10 @@ impl LeaderEpochCache {
             let mut fields = lines.next()?.split_whitespace();
             let epoch: i32 = fields.next()?.parse().ok()?;
             let start: i64 = fields.next()?.parse().ok()?;
-            let in_order = cache.entries.last().is_none_or(|&(e, s)| e < epoch && s < start);
+            let in_order = cache
+                .entries
+                .last()
+                .is_none_or(|&(e, s)| e < epoch && s < start);
             if epoch < 0 || start < 0 || !in_order {
                 return None;
             }

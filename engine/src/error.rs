@@ -18,7 +18,11 @@ pub enum EngineError {
     MessageTooLarge { size: usize, max: u32 },
     /// A read outside [log_start_offset, log_end_offset]: OFFSET_OUT_OF_RANGE.
     #[error("offset {requested} is outside the log [{log_start}, {log_end}]")]
-    OffsetOutOfRange { requested: i64, log_start: i64, log_end: i64 },
+    OffsetOutOfRange {
+        requested: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     /// The log hit an I/O error it cannot vouch past (e.g. a failed fdatasync) and refuses
     /// writes until it is reopened: KAFKA_STORAGE_ERROR.
     #[error("storage error on {path}: {reason}")]
@@ -34,13 +38,19 @@ pub enum EngineError {
 impl EngineError {
     pub(crate) fn from_batch(err: BatchError, max_message_bytes: u32) -> EngineError {
         match (err.kind(), err) {
-            (_, BatchError::TooLarge { size, .. }) => EngineError::MessageTooLarge { size, max: max_message_bytes },
+            (_, BatchError::TooLarge { size, .. }) => EngineError::MessageTooLarge {
+                size,
+                max: max_message_bytes,
+            },
             (BatchErrorKind::Invalid, err) => EngineError::InvalidRecord(err.to_string()),
             (_, err) => EngineError::CorruptMessage(err.to_string()),
         }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> EngineError {
-        EngineError::Io { context: context.into(), source }
+        EngineError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

@@ -24,7 +24,9 @@ pub(crate) fn align_up(value: u64) -> u64 {
     align_down(value + PAGE_BYTES - 1)
 }
 
-pub(crate) fn io_error(context: impl FnOnce() -> String) -> impl FnOnce(glommio::GlommioError<()>) -> io::Error {
+pub(crate) fn io_error(
+    context: impl FnOnce() -> String,
+) -> impl FnOnce(glommio::GlommioError<()>) -> io::Error {
     move |err| {
         let err = io::Error::from(err);
         io::Error::new(err.kind(), format!("{}: {err}", context()))
@@ -58,10 +60,21 @@ pub(crate) async fn ensure_dma_reads_work(dir: &Path) -> io::Result<()> {
         .buffered_open(&path)
         .await
         .map_err(io_error(|| format!("cannot create {}", path.display())))?;
-    scratch.write_at(vec![0u8; PAGE_BYTES as usize], 0).await.map_err(io_error(|| format!("cannot write {}", path.display())))?;
-    scratch.fdatasync().await.map_err(io_error(|| format!("cannot sync {}", path.display())))?;
-    scratch.close().await.map_err(io_error(|| format!("cannot close {}", path.display())))?;
-    let file = DmaFile::open(&path).await.map_err(io_error(|| format!("cannot open {}", path.display())))?;
+    scratch
+        .write_at(vec![0u8; PAGE_BYTES as usize], 0)
+        .await
+        .map_err(io_error(|| format!("cannot write {}", path.display())))?;
+    scratch
+        .fdatasync()
+        .await
+        .map_err(io_error(|| format!("cannot sync {}", path.display())))?;
+    scratch
+        .close()
+        .await
+        .map_err(io_error(|| format!("cannot close {}", path.display())))?;
+    let file = DmaFile::open(&path)
+        .await
+        .map_err(io_error(|| format!("cannot open {}", path.display())))?;
     let read = file.read_at_aligned(0, PAGE_BYTES as usize).await;
     let _ = file.close().await;
     remove_file(&path).await?;
@@ -95,7 +108,9 @@ pub(crate) async fn open_dma(path: &Path, create: bool) -> io::Result<Rc<DmaFile
 
 /// Opens a segment file for direct reads only.
 pub(crate) async fn open_dma_read(path: &Path) -> io::Result<Rc<DmaFile>> {
-    let file = DmaFile::open(path).await.map_err(io_error(|| format!("cannot open {}", path.display())))?;
+    let file = DmaFile::open(path)
+        .await
+        .map_err(io_error(|| format!("cannot open {}", path.display())))?;
     Ok(Rc::new(file))
 }
 
@@ -107,7 +122,10 @@ pub(crate) async fn read_dma(file: &DmaFile, pos: u64, len: usize) -> io::Result
     let start = align_down(pos);
     let skip = (pos - start) as usize;
     let aligned_len = align_up(skip as u64 + len as u64) as usize;
-    let read = file.read_at_aligned(start, aligned_len).await.map_err(io_error(|| format!("cannot read at {start}")))?;
+    let read = file
+        .read_at_aligned(start, aligned_len)
+        .await
+        .map_err(io_error(|| format!("cannot read at {start}")))?;
     let available = read.len().saturating_sub(skip).min(len);
     Ok(read[skip..skip + available].to_vec())
 }
@@ -118,18 +136,31 @@ pub(crate) async fn read_small_file(path: &Path, max_bytes: u64) -> io::Result<O
         Ok(file) => file,
         Err(err) => {
             let err = io::Error::from(err);
-            return if err.kind() == io::ErrorKind::NotFound { Ok(None) } else { Err(err) };
+            return if err.kind() == io::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(err)
+            };
         }
     };
-    let size = file.file_size().await.map_err(io_error(|| format!("cannot stat {}", path.display())))?;
+    let size = file
+        .file_size()
+        .await
+        .map_err(io_error(|| format!("cannot stat {}", path.display())))?;
     if size > max_bytes {
         let _ = file.close().await;
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is {size} bytes, more than {max_bytes}", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is {size} bytes, more than {max_bytes}", path.display()),
+        ));
     }
     let data = if size == 0 {
         Vec::new()
     } else {
-        let read = file.read_at(0, size as usize).await.map_err(io_error(|| format!("cannot read {}", path.display())))?;
+        let read = file
+            .read_at(0, size as usize)
+            .await
+            .map_err(io_error(|| format!("cannot read {}", path.display())))?;
         read.to_vec()
     };
     let _ = file.close().await;
@@ -148,11 +179,19 @@ pub(crate) async fn replace_file(path: &Path, data: Vec<u8>, sync_dir: bool) -> 
         .await
         .map_err(io_error(|| format!("cannot create {}", tmp.display())))?;
     if !data.is_empty() {
-        file.write_at(data, 0).await.map_err(io_error(|| format!("cannot write {}", tmp.display())))?;
+        file.write_at(data, 0)
+            .await
+            .map_err(io_error(|| format!("cannot write {}", tmp.display())))?;
     }
-    file.fdatasync().await.map_err(io_error(|| format!("cannot sync {}", tmp.display())))?;
-    file.close().await.map_err(io_error(|| format!("cannot close {}", tmp.display())))?;
-    glommio::io::rename(&tmp, path).await.map_err(io_error(|| format!("cannot rename {}", tmp.display())))?;
+    file.fdatasync()
+        .await
+        .map_err(io_error(|| format!("cannot sync {}", tmp.display())))?;
+    file.close()
+        .await
+        .map_err(io_error(|| format!("cannot close {}", tmp.display())))?;
+    glommio::io::rename(&tmp, path)
+        .await
+        .map_err(io_error(|| format!("cannot rename {}", tmp.display())))?;
     if sync_dir {
         if let Some(dir) = path.parent() {
             sync_dir_path(dir).await?;
@@ -169,17 +208,27 @@ fn tmp_path(path: &Path) -> PathBuf {
 
 /// Makes the directory's entries (created, renamed, removed files) durable.
 pub(crate) async fn sync_dir_path(dir: &Path) -> io::Result<()> {
-    let handle = glommio::io::Directory::open(dir).await.map_err(io_error(|| format!("cannot open {}", dir.display())))?;
-    handle.sync().await.map_err(io_error(|| format!("cannot sync {}", dir.display())))?;
+    let handle = glommio::io::Directory::open(dir)
+        .await
+        .map_err(io_error(|| format!("cannot open {}", dir.display())))?;
+    handle
+        .sync()
+        .await
+        .map_err(io_error(|| format!("cannot sync {}", dir.display())))?;
     let _ = handle.close().await;
     Ok(())
 }
 
 /// Creates the directory, and its missing parents, if it does not exist.
 pub(crate) async fn create_dir(dir: &Path) -> io::Result<()> {
-    let missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.exists()).collect();
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .collect();
     for path in missing.into_iter().rev().chain(std::iter::once(dir)) {
-        let handle = glommio::io::Directory::create(path).await.map_err(io_error(|| format!("cannot create {}", path.display())))?;
+        let handle = glommio::io::Directory::create(path)
+            .await
+            .map_err(io_error(|| format!("cannot create {}", path.display())))?;
         let _ = handle.close().await;
     }
     Ok(())
@@ -194,7 +243,10 @@ pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
             if err.kind() == io::ErrorKind::NotFound {
                 Ok(())
             } else {
-                Err(io::Error::new(err.kind(), format!("cannot remove {}: {err}", path.display())))
+                Err(io::Error::new(
+                    err.kind(),
+                    format!("cannot remove {}: {err}", path.display()),
+                ))
             }
         }
     }
@@ -211,9 +263,13 @@ pub(crate) struct DirEntry {
 /// offers no asynchronous directory listing).
 pub(crate) fn list_dir(dir: &Path) -> io::Result<Vec<DirEntry>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display())))? {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display())))?
+    {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         let meta = entry.metadata()?;
         if !meta.is_file() {
             continue;
@@ -223,7 +279,11 @@ pub(crate) fn list_dir(dir: &Path) -> io::Result<Vec<DirEntry>> {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
-        out.push(DirEntry { name, size_bytes: meta.len(), modified_ms });
+        out.push(DirEntry {
+            name,
+            size_bytes: meta.len(),
+            modified_ms,
+        });
     }
     Ok(out)
 }

@@ -49,7 +49,8 @@ impl SegmentIndex {
 
     /// Heap bytes held by the entries.
     pub fn memory_bytes(&self) -> usize {
-        self.offsets.capacity() * std::mem::size_of::<OffsetEntry>() + self.times.capacity() * std::mem::size_of::<TimeEntry>()
+        self.offsets.capacity() * std::mem::size_of::<OffsetEntry>()
+            + self.times.capacity() * std::mem::size_of::<TimeEntry>()
     }
 
     /// Records a batch of `size_bytes` at `position` whose last record is `relative_last_offset`.
@@ -67,9 +68,15 @@ impl SegmentIndex {
         index_interval_bytes: u32,
     ) {
         if self.bytes_since_entry > u64::from(index_interval_bytes) {
-            let fits = self.offsets.last().is_none_or(|e| e.relative_offset < relative_last_offset && e.position < position);
+            let fits = self
+                .offsets
+                .last()
+                .is_none_or(|e| e.relative_offset < relative_last_offset && e.position < position);
             if fits {
-                self.offsets.push(OffsetEntry { relative_offset: relative_last_offset, position });
+                self.offsets.push(OffsetEntry {
+                    relative_offset: relative_last_offset,
+                    position,
+                });
             }
             self.maybe_append_time(max_timestamp_ms, relative_offset_of_max);
             self.bytes_since_entry = 0;
@@ -80,15 +87,25 @@ impl SegmentIndex {
     /// Adds a time entry if `timestamp_ms` is larger than the last one (also done when a
     /// segment is sealed, so its last time entry holds its largest timestamp).
     pub fn maybe_append_time(&mut self, timestamp_ms: i64, relative_offset: u32) {
-        if timestamp_ms >= 0 && self.times.last().is_none_or(|e| timestamp_ms > e.timestamp_ms) {
-            self.times.push(TimeEntry { timestamp_ms, relative_offset });
+        if timestamp_ms >= 0
+            && self
+                .times
+                .last()
+                .is_none_or(|e| timestamp_ms > e.timestamp_ms)
+        {
+            self.times.push(TimeEntry {
+                timestamp_ms,
+                relative_offset,
+            });
         }
     }
 
     /// Where to start scanning for the batch that contains `relative_offset`: the position of
     /// the last indexed batch that ends at or before it, else the segment start.
     pub fn lookup(&self, relative_offset: u32) -> u32 {
-        let after = self.offsets.partition_point(|e| e.relative_offset <= relative_offset);
+        let after = self
+            .offsets
+            .partition_point(|e| e.relative_offset <= relative_offset);
         if after == 0 {
             0
         } else {
@@ -96,11 +113,13 @@ impl SegmentIndex {
         }
     }
 
-    /// A relative offset from which scanning finds the first record with a timestamp
-    /// >= `timestamp_ms`: every record before it is older (the last entry strictly older),
-    /// else the segment start.
+    /// A relative offset from which scanning finds the first record with a timestamp at or
+    /// after `timestamp_ms`: every record before it is older (the last entry strictly
+    /// older), else the segment start.
     pub fn lookup_time(&self, timestamp_ms: i64) -> u32 {
-        let after = self.times.partition_point(|e| e.timestamp_ms < timestamp_ms);
+        let after = self
+            .times
+            .partition_point(|e| e.timestamp_ms < timestamp_ms);
         if after == 0 {
             0
         } else {
@@ -134,8 +153,15 @@ impl SegmentIndex {
     /// Parses index files of a segment of `log_size_bytes` whose offsets end before
     /// `relative_end_offset`. `None` when either file is not a valid index (torn, zeroed,
     /// out of order, pointing past the log): the caller rebuilds it from the log.
-    pub fn decode(offsets: &[u8], times: &[u8], log_size_bytes: u64, relative_end_offset: u64) -> Option<SegmentIndex> {
-        if offsets.len() % OFFSET_ENTRY_BYTES != 0 || times.len() % TIME_ENTRY_BYTES != 0 {
+    pub fn decode(
+        offsets: &[u8],
+        times: &[u8],
+        log_size_bytes: u64,
+        relative_end_offset: u64,
+    ) -> Option<SegmentIndex> {
+        if !offsets.len().is_multiple_of(OFFSET_ENTRY_BYTES)
+            || !times.len().is_multiple_of(TIME_ENTRY_BYTES)
+        {
             return None;
         }
         let mut index = SegmentIndex::new();
@@ -143,20 +169,36 @@ impl SegmentIndex {
             let relative_offset = u32::from_be_bytes(chunk[0..4].try_into().ok()?);
             let position = u32::from_be_bytes(chunk[4..8].try_into().ok()?);
             // Position 0 is never indexed (the first batch has no entry): zeroes are damage.
-            let in_order = index.offsets.last().is_none_or(|e| e.relative_offset < relative_offset && e.position < position);
-            if position == 0 || !in_order || u64::from(position) >= log_size_bytes || u64::from(relative_offset) >= relative_end_offset {
+            let in_order = index
+                .offsets
+                .last()
+                .is_none_or(|e| e.relative_offset < relative_offset && e.position < position);
+            if position == 0
+                || !in_order
+                || u64::from(position) >= log_size_bytes
+                || u64::from(relative_offset) >= relative_end_offset
+            {
                 return None;
             }
-            index.offsets.push(OffsetEntry { relative_offset, position });
+            index.offsets.push(OffsetEntry {
+                relative_offset,
+                position,
+            });
         }
         for chunk in times.chunks_exact(TIME_ENTRY_BYTES) {
             let timestamp_ms = i64::from_be_bytes(chunk[0..8].try_into().ok()?);
             let relative_offset = u32::from_be_bytes(chunk[8..12].try_into().ok()?);
-            let in_order = index.times.last().is_none_or(|e| e.timestamp_ms < timestamp_ms);
+            let in_order = index
+                .times
+                .last()
+                .is_none_or(|e| e.timestamp_ms < timestamp_ms);
             if timestamp_ms < 0 || !in_order || u64::from(relative_offset) >= relative_end_offset {
                 return None;
             }
-            index.times.push(TimeEntry { timestamp_ms, relative_offset });
+            index.times.push(TimeEntry {
+                timestamp_ms,
+                relative_offset,
+            });
         }
         Some(index)
     }

@@ -17,8 +17,8 @@ use bytes::{Bytes, BytesMut};
 use glommio::io::{DmaBuffer, DmaFile};
 use glommio::sync::Semaphore;
 use wharf_protocol::batch::{
-    batches, set_base_offset, set_log_append_time, set_partition_leader_epoch, validate_batch, validate_batch_with, BatchHeader, BatchInfo,
-    CountRule, IterEnd, BATCH_HEADER_BYTES,
+    batches, set_base_offset, set_log_append_time, set_partition_leader_epoch, validate_batch,
+    validate_batch_with, BatchHeader, BatchInfo, CountRule, IterEnd, BATCH_HEADER_BYTES,
 };
 
 use crate::cache::{BatchCache, PartitionCache};
@@ -28,14 +28,17 @@ use crate::epoch::{LeaderEpochCache, CHECKPOINT_FILE};
 use crate::error::EngineError;
 use crate::files::{self, align_down, align_up, TMP_SUFFIX};
 use crate::index::{SegmentIndex, TIME_ENTRY_BYTES};
-use crate::recovery::{scan_segment, ScanLimits, ScanOutcome};
 use crate::records::{first_record_at_or_after, offset_of_max_timestamp};
+use crate::recovery::{scan_segment, ScanLimits, ScanOutcome};
 use crate::retention::{segments_to_delete, SegmentSummary};
-use crate::segment::{parse_segment_name, segment_path, Segment, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::segment::{
+    parse_segment_name, segment_path, Segment, SegmentState, INDEX_SUFFIX, LOG_SUFFIX,
+    TIME_INDEX_SUFFIX,
+};
 use crate::Offset;
 
 /// The most bytes one direct write carries; larger backlogs go out in several writes.
-pub const MAX_WRITE_BYTES: usize = 4 << 20;
+pub const MAX_WRITE_BYTES: usize = 2 << 20;
 /// The first preallocated extent of a segment; extents double up to `preallocate_bytes`.
 pub const MIN_EXTENT_BYTES: u64 = 64 << 10;
 /// The least a read from disk fetches (read-ahead for small `max_bytes`).
@@ -87,7 +90,9 @@ pub struct LogStats {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A batch appended but not yet written.
@@ -135,11 +140,15 @@ struct State {
 
 impl State {
     fn active(&self) -> &Segment {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
     }
 
     fn segment_index(&self, base_offset: i64) -> Option<usize> {
-        self.segments.binary_search_by_key(&base_offset, |s| s.base_offset).ok()
+        self.segments
+            .binary_search_by_key(&base_offset, |s| s.base_offset)
+            .ok()
     }
 
     fn recompute_max_timestamp(&mut self) {
@@ -153,7 +162,15 @@ impl State {
 
     /// Queues one validated batch: assigns its offsets, rolls the segment if needed,
     /// updates indexes and caches. No I/O.
-    fn assign(&mut self, bytes: Bytes, mut info: BatchInfo, leader_epoch: i32, now: i64, cache: &BatchCache, cached: &Rc<PartitionCache>) -> (i64, i64) {
+    fn assign(
+        &mut self,
+        bytes: Bytes,
+        mut info: BatchInfo,
+        leader_epoch: i32,
+        now: i64,
+        cache: &BatchCache,
+        cached: &Rc<PartitionCache>,
+    ) -> (i64, i64) {
         let base = self.next_offset;
         let last = base + i64::from(info.last_offset_delta);
         info.base_offset = base;
@@ -162,13 +179,18 @@ impl State {
         let active = self.active();
         let roll = !active.is_empty()
             && (active.size_bytes + size > config.segment_bytes
-                || active.first_append_ms.is_some_and(|t| now.saturating_sub(t) >= config.segment_ms as i64)
+                || active
+                    .first_append_ms
+                    .is_some_and(|t| now.saturating_sub(t) >= config.segment_ms as i64)
                 || last - active.base_offset > i64::from(u32::MAX));
         if roll {
             self.segments.push(Segment::new_active(base, now));
         }
         let interval = self.config.index_interval_bytes;
-        let seg = self.segments.last_mut().expect("a log always has an active segment");
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment");
         let position = seg.size_bytes;
         assert!(base >= seg.next_offset, "offsets must only grow");
         seg.size_bytes += size;
@@ -178,9 +200,17 @@ impl State {
         if info.max_timestamp > seg.max_timestamp.0 {
             seg.max_timestamp = (info.max_timestamp, offset_of_max_timestamp(&bytes, &info));
         }
-        let relative_max = (seg.max_timestamp.1 - seg.base_offset).clamp(0, last - seg.base_offset) as u32;
+        let relative_max =
+            (seg.max_timestamp.1 - seg.base_offset).clamp(0, last - seg.base_offset) as u32;
         if let Some(index) = seg.index.as_mut() {
-            index.on_batch(position as u32, size as u32, (last - seg.base_offset) as u32, seg.max_timestamp.0, relative_max, interval);
+            index.on_batch(
+                position as u32,
+                size as u32,
+                (last - seg.base_offset) as u32,
+                seg.max_timestamp.0,
+                relative_max,
+                interval,
+            );
         }
         if seg.max_timestamp.0 > self.max_timestamp.0 {
             self.max_timestamp = seg.max_timestamp;
@@ -193,7 +223,14 @@ impl State {
         self.appended_seq += size;
         self.stats.appended_batches += 1;
         cache.insert(cached, base, last, leader_epoch, bytes.clone());
-        self.pending.push_back(Pending { bytes, base_offset: base, leader_epoch, segment_base, next_offset: last + 1, end_seq: self.appended_seq });
+        self.pending.push_back(Pending {
+            bytes,
+            base_offset: base,
+            leader_epoch,
+            segment_base,
+            next_offset: last + 1,
+            end_seq: self.appended_seq,
+        });
         (base, last)
     }
 }
@@ -202,9 +239,20 @@ impl State {
 enum Job {
     PersistEpochs(String),
     Seal(i64),
-    Open { base_offset: i64, path: PathBuf },
-    LoadTail { file: Rc<DmaFile>, pos: u64, len: usize },
-    Preallocate { base_offset: i64, file: Rc<DmaFile>, size: u64 },
+    Open {
+        base_offset: i64,
+        path: PathBuf,
+    },
+    LoadTail {
+        file: Rc<DmaFile>,
+        pos: u64,
+        len: usize,
+    },
+    Preallocate {
+        base_offset: i64,
+        file: Rc<DmaFile>,
+        size: u64,
+    },
     Write(WriteJob),
 }
 
@@ -250,7 +298,11 @@ impl PartitionLog {
     /// Open (creating if missing) the log in `dir` (`<data>/<topic>-<partition>`), recovering
     /// it: every batch after the last trusted point is validated and a torn or corrupt tail
     /// is truncated.
-    pub async fn open(dir: PathBuf, config: LogConfig, cache: Rc<BatchCache>) -> Result<PartitionLog, EngineError> {
+    pub async fn open(
+        dir: PathBuf,
+        config: LogConfig,
+        cache: Rc<BatchCache>,
+    ) -> Result<PartitionLog, EngineError> {
         let config = config.sanitized();
         let state = open_state(&dir, config).await?;
         let cached = cache.new_partition();
@@ -275,23 +327,37 @@ impl PartitionLog {
     /// Append one or more RecordBatch v2 laid end to end (a Produce request's `records`).
     /// All are validated before anything is written; all-or-nothing. Offsets are assigned by
     /// rewriting `baseOffset` (and `partitionLeaderEpoch` to `leader_epoch`).
-    pub async fn append(&self, batches_bytes: Bytes, leader_epoch: i32, durability: Durability) -> Result<AppendInfo, EngineError> {
+    pub async fn append(
+        &self,
+        batches_bytes: Bytes,
+        leader_epoch: i32,
+        durability: Durability,
+    ) -> Result<AppendInfo, EngineError> {
         let inner = &self.inner;
         while inner.state.borrow().truncating {
-            drop(inner.append_gate.acquire_permit(1).await.map_err(|_| inner.closed_error())?);
+            drop(
+                inner
+                    .append_gate
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| inner.closed_error())?,
+            );
         }
         let max_message_bytes = inner.state.borrow().config.max_message_bytes;
         let mut infos = Vec::new();
         let mut iter = batches(&batches_bytes);
         for (pos, bytes) in iter.by_ref() {
-            let info = validate_batch(bytes, max_message_bytes as usize).map_err(|e| EngineError::from_batch(e, max_message_bytes))?;
+            let info = validate_batch(bytes, max_message_bytes as usize)
+                .map_err(|e| EngineError::from_batch(e, max_message_bytes))?;
             infos.push((pos, info));
         }
         if iter.end() != IterEnd::Clean {
             let rest = &batches_bytes[iter.position()..];
             return Err(match validate_batch(rest, max_message_bytes as usize) {
                 Err(e) => EngineError::from_batch(e, max_message_bytes),
-                Ok(_) => EngineError::CorruptMessage("trailing bytes after the last record batch".into()),
+                Ok(_) => {
+                    EngineError::CorruptMessage("trailing bytes after the last record batch".into())
+                }
             });
         }
         if infos.is_empty() {
@@ -313,23 +379,40 @@ impl PartitionLog {
                     info.attributes |= 1 << 3;
                     bytes = Bytes::from(owned);
                 }
-                let (base, end) = st.assign(bytes, info, leader_epoch, now, &inner.cache, &inner.cached);
+                let (base, end) =
+                    st.assign(bytes, info, leader_epoch, now, &inner.cache, &inner.cached);
                 first.get_or_insert(base);
                 last = end;
             }
             let start_writer = !std::mem::replace(&mut st.writer_running, true);
             let first = first.expect("at least one batch was assigned");
-            (st.appended_seq, first, last, if log_append { now } else { -1 }, st.log_start_offset, start_writer)
+            (
+                st.appended_seq,
+                first,
+                last,
+                if log_append { now } else { -1 },
+                st.log_start_offset,
+                start_writer,
+            )
         };
         // Spawned outside the state borrow: glommio may run a new task right away.
         if start_writer {
             glommio::spawn_local(writer_loop(inner.clone())).detach();
         }
-        inner.written.wait(seq).await.map_err(|reason| inner.storage_error(reason))?;
+        inner
+            .written
+            .wait(seq)
+            .await
+            .map_err(|reason| inner.storage_error(reason))?;
         if durability == Durability::Synced {
             inner.wait_synced(seq).await?;
         }
-        Ok(AppendInfo { base_offset: Offset(first), last_offset: Offset(last), log_append_time_ms, log_start_offset: Offset(log_start) })
+        Ok(AppendInfo {
+            base_offset: Offset(first),
+            last_offset: Offset(last),
+            log_append_time_ms,
+            log_start_offset: Offset(log_start),
+        })
     }
 
     /// Resolves when everything appended before the call is durable; one `fdatasync` serves
@@ -343,7 +426,11 @@ impl PartitionLog {
             }
             st.appended_seq
         };
-        inner.written.wait(seq).await.map_err(|reason| inner.storage_error(reason))?;
+        inner
+            .written
+            .wait(seq)
+            .await
+            .map_err(|reason| inner.storage_error(reason))?;
         inner.wait_synced(seq).await
     }
 
@@ -366,7 +453,13 @@ impl PartitionLog {
 
     /// Bytes of log on disk or queued for it, over all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.state.borrow().segments.iter().map(|s| s.size_bytes).sum()
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.size_bytes)
+            .sum()
     }
 
     /// I/O counters since the log was opened.
@@ -382,19 +475,33 @@ impl PartitionLog {
     /// ListOffsets by timestamp: the earliest offset whose record timestamp is >= `timestamp_ms`,
     /// with that record's timestamp; `None` if every record is older. For a compressed batch
     /// the batch's base offset and largest timestamp stand for its records.
-    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(Offset, i64)>, EngineError> {
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, EngineError> {
         let inner = &self.inner;
         // Batches still queued are not readable yet; let them reach the disk first.
         let seq = inner.state.borrow().appended_seq;
-        inner.written.wait(seq).await.map_err(|reason| inner.storage_error(reason))?;
+        inner
+            .written
+            .wait(seq)
+            .await
+            .map_err(|reason| inner.storage_error(reason))?;
         let (mut from, log_start) = loop {
             let lookup = {
                 let st = inner.state.borrow();
                 inner.check_open(&st)?;
-                let Some(seg) = st.segments.iter().find(|s| s.max_timestamp.0 >= timestamp_ms) else {
+                let Some(seg) = st
+                    .segments
+                    .iter()
+                    .find(|s| s.max_timestamp.0 >= timestamp_ms)
+                else {
                     return Ok(None);
                 };
-                seg.index.as_ref().map(|index| seg.base_offset + i64::from(index.lookup_time(timestamp_ms))).ok_or(seg.base_offset)
+                seg.index
+                    .as_ref()
+                    .map(|index| seg.base_offset + i64::from(index.lookup_time(timestamp_ms)))
+                    .ok_or(seg.base_offset)
             };
             match lookup {
                 Ok(start) => {
@@ -414,8 +521,11 @@ impl PartitionLog {
                 return Ok(None);
             }
             for (_, batch) in batches(&bytes) {
-                let info = validate_batch_with(batch, usize::MAX, CountRule::AtMost).map_err(|e| EngineError::CorruptMessage(e.to_string()))?;
-                if let Some((offset, timestamp)) = first_record_at_or_after(batch, &info, timestamp_ms, log_start) {
+                let info = validate_batch_with(batch, usize::MAX, CountRule::AtMost)
+                    .map_err(|e| EngineError::CorruptMessage(e.to_string()))?;
+                if let Some((offset, timestamp)) =
+                    first_record_at_or_after(batch, &info, timestamp_ms, log_start)
+                {
                     return Ok(Some((Offset(offset), timestamp)));
                 }
                 from = info.last_offset() + 1;
@@ -433,19 +543,32 @@ impl PartitionLog {
     /// and the offset where it ends (the start of the next epoch, or the log end).
     pub fn end_offset_for_leader_epoch(&self, leader_epoch: i32) -> Option<(i32, Offset)> {
         let st = self.inner.state.borrow();
-        st.epochs.end_offset_for(leader_epoch, st.next_offset).map(|(epoch, offset)| (epoch, Offset(offset)))
+        st.epochs
+            .end_offset_for(leader_epoch, st.next_offset)
+            .map(|(epoch, offset)| (epoch, Offset(offset)))
     }
 
     /// The leader-epoch cache: `(epoch, start offset)` pairs.
     pub fn leader_epochs(&self) -> Vec<(i32, Offset)> {
-        self.inner.state.borrow().epochs.entries().iter().map(|&(e, o)| (e, Offset(o))).collect()
+        self.inner
+            .state
+            .borrow()
+            .epochs
+            .entries()
+            .iter()
+            .map(|&(e, o)| (e, Offset(o)))
+            .collect()
     }
 
     /// Drop every record at or after `offset` (replication: follow the leader's log).
     /// Like Kafka, a batch that contains `offset` goes as a whole.
     pub async fn truncate_to(&self, offset: Offset) -> Result<(), EngineError> {
         let inner = &self.inner;
-        let _gate = inner.append_gate.acquire_permit(1).await.map_err(|_| inner.closed_error())?;
+        let _gate = inner
+            .append_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| inner.closed_error())?;
         {
             let mut st = inner.state.borrow_mut();
             inner.check_writable(&st)?;
@@ -463,12 +586,20 @@ impl PartitionLog {
     /// below it); returns the new log start offset.
     pub async fn delete_records_before(&self, offset: Offset) -> Result<Offset, EngineError> {
         let inner = &self.inner;
-        let _lock = inner.io_lock.acquire_permit(1).await.map_err(|_| inner.closed_error())?;
+        let _lock = inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| inner.closed_error())?;
         let text = {
             let mut st = inner.state.borrow_mut();
             inner.check_writable(&st)?;
             if offset.0 < 0 || offset.0 > st.next_offset {
-                return Err(EngineError::OffsetOutOfRange { requested: offset.0, log_start: st.log_start_offset, log_end: st.next_offset });
+                return Err(EngineError::OffsetOutOfRange {
+                    requested: offset.0,
+                    log_start: st.log_start_offset,
+                    log_end: st.next_offset,
+                });
             }
             if offset.0 <= st.log_start_offset {
                 return Ok(Offset(st.log_start_offset));
@@ -481,7 +612,9 @@ impl PartitionLog {
             format!("{}\n", offset.0).into_bytes()
         };
         let path = inner.dir.join(LOG_START_FILE);
-        files::replace_file(&path, text, true).await.map_err(|e| inner.fail_io(e))?;
+        files::replace_file(&path, text, true)
+            .await
+            .map_err(|e| inner.fail_io(e))?;
         inner.delete_old_segments_locked(-1, -1, now_ms()).await?;
         Ok(Offset(inner.state.borrow().log_start_offset))
     }
@@ -495,19 +628,27 @@ impl PartitionLog {
             inner.check_writable(&st)?;
             let segment_ms = st.config.segment_ms as i64;
             let active = st.active();
-            let expired = active.first_append_ms.is_some_and(|t| now_ms.saturating_sub(t) >= segment_ms);
+            let expired = active
+                .first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= segment_ms);
             let mut start_writer = false;
             if !active.is_empty() && expired && !st.truncating {
                 let base = st.next_offset;
                 st.segments.push(Segment::new_active(base, now_ms));
                 start_writer = !std::mem::replace(&mut st.writer_running, true);
             }
-            (st.config.retention_ms, st.config.retention_bytes, start_writer)
+            (
+                st.config.retention_ms,
+                st.config.retention_bytes,
+                start_writer,
+            )
         };
         if start_writer {
             glommio::spawn_local(writer_loop(inner.clone())).detach();
         }
-        inner.delete_old_segments(retention_ms, retention_bytes, now_ms).await
+        inner
+            .delete_old_segments(retention_ms, retention_bytes, now_ms)
+            .await
     }
 
     /// Replace the configuration (IncrementalAlterConfigs); applies to later appends and upkeep.
@@ -529,19 +670,26 @@ impl PartitionLog {
     pub async fn delete(self) -> Result<(), EngineError> {
         let inner = &self.inner;
         let _ = inner.close().await;
-        let entries = files::list_dir(&inner.dir).map_err(|e| EngineError::io("cannot delete the log", e))?;
+        let entries =
+            files::list_dir(&inner.dir).map_err(|e| EngineError::io("cannot delete the log", e))?;
         for entry in entries {
-            files::remove_file(&inner.dir.join(&entry.name)).await.map_err(|e| EngineError::io("cannot delete the log", e))?;
+            files::remove_file(&inner.dir.join(&entry.name))
+                .await
+                .map_err(|e| EngineError::io("cannot delete the log", e))?;
         }
         // One rmdir of an empty directory; glommio has no asynchronous one.
-        std::fs::remove_dir(&inner.dir).map_err(|e| EngineError::io(format!("cannot remove {}", inner.dir.display()), e))?;
+        std::fs::remove_dir(&inner.dir)
+            .map_err(|e| EngineError::io(format!("cannot remove {}", inner.dir.display()), e))?;
         Ok(())
     }
 }
 
 impl Inner {
     fn storage_error(&self, reason: String) -> EngineError {
-        EngineError::Storage { path: self.dir.clone(), reason }
+        EngineError::Storage {
+            path: self.dir.clone(),
+            reason,
+        }
     }
 
     fn closed_error(&self) -> EngineError {
@@ -591,7 +739,10 @@ impl Inner {
             st.sync_wanted = st.sync_wanted.max(seq);
         }
         self.maybe_start_syncer();
-        self.synced.wait(seq).await.map_err(|reason| self.storage_error(reason))
+        self.synced
+            .wait(seq)
+            .await
+            .map_err(|reason| self.storage_error(reason))
     }
 
     /// Starts the syncer if a sync is wanted and there are writes it would cover. Never
@@ -599,7 +750,8 @@ impl Inner {
     fn maybe_start_syncer(self: &Rc<Self>) {
         let start = {
             let mut st = self.state.borrow_mut();
-            let wanted = !st.syncer_running && st.failed.is_none() && st.sync_wanted > self.synced.done();
+            let wanted =
+                !st.syncer_running && st.failed.is_none() && st.sync_wanted > self.synced.done();
             let start = wanted && self.written.done() > self.synced.done();
             st.syncer_running |= start;
             start
@@ -621,10 +773,15 @@ impl Inner {
             return Some(Job::PersistEpochs(st.epochs.encode()));
         }
         let target = match st.pending.front() {
-            Some(p) => st.segment_index(p.segment_base).expect("queued batches belong to a live segment"),
+            Some(p) => st
+                .segment_index(p.segment_base)
+                .expect("queued batches belong to a live segment"),
             None => st.segments.len() - 1,
         };
-        if let Some(unsealed) = st.segments[..target].iter().find(|s| s.state != SegmentState::Sealed) {
+        if let Some(unsealed) = st.segments[..target]
+            .iter()
+            .find(|s| s.state != SegmentState::Sealed)
+        {
             return Some(Job::Seal(unsealed.base_offset));
         }
         if st.pending.is_empty() {
@@ -633,19 +790,28 @@ impl Inner {
         }
         let seg = &st.segments[target];
         let Some(file) = seg.file.clone() else {
-            return Some(Job::Open { base_offset: seg.base_offset, path: seg.log_path(&self.dir) });
+            return Some(Job::Open {
+                base_offset: seg.base_offset,
+                path: seg.log_path(&self.dir),
+            });
         };
         let written = seg.written_bytes;
         let start = align_down(written);
         let Some(tail) = st.tail.as_ref() else {
-            return Some(Job::LoadTail { file, pos: start, len: (written - start) as usize });
+            return Some(Job::LoadTail {
+                file,
+                pos: start,
+                len: (written - start) as usize,
+            });
         };
         debug_assert_eq!(tail.len() as u64, written - start);
         // The run of queued batches for this segment that fits one write.
         let mut run = 0;
         let mut run_bytes = 0;
         for p in st.pending.iter() {
-            if p.segment_base != seg.base_offset || (run > 0 && run_bytes + p.bytes.len() > MAX_WRITE_BYTES) {
+            if p.segment_base != seg.base_offset
+                || (run > 0 && run_bytes + p.bytes.len() > MAX_WRITE_BYTES)
+            {
                 break;
             }
             run += 1;
@@ -654,10 +820,16 @@ impl Inner {
         let end = written + run_bytes as u64;
         let preallocate = st.config.preallocate_bytes;
         if preallocate > 0 && align_up(end) > seg.allocated_bytes {
-            let extent = seg.allocated_bytes.clamp(MIN_EXTENT_BYTES, preallocate.max(MIN_EXTENT_BYTES));
+            let extent = seg
+                .allocated_bytes
+                .clamp(MIN_EXTENT_BYTES, preallocate.max(MIN_EXTENT_BYTES));
             let size = align_up(end).max(seg.allocated_bytes + extent);
             let size = size.min(align_up(end).max(align_up(st.config.segment_bytes)));
-            return Some(Job::Preallocate { base_offset: seg.base_offset, file, size });
+            return Some(Job::Preallocate {
+                base_offset: seg.base_offset,
+                file,
+                size,
+            });
         }
         let base_offset = seg.base_offset;
         let len = align_up(end) - start;
@@ -679,13 +851,23 @@ impl Inner {
         out[at..].fill(0);
         let tail_from = (align_down(end) - start) as usize;
         let next_tail = out[tail_from..at].to_vec();
-        Some(Job::Write(WriteJob { base_offset, file, pos: start, buf, end_bytes: end, next_tail, end_seq, next_offset }))
+        Some(Job::Write(WriteJob {
+            base_offset,
+            file,
+            pos: start,
+            buf,
+            end_bytes: end,
+            next_tail,
+            end_seq,
+            next_offset,
+        }))
     }
 
     async fn run_job(self: &Rc<Self>, job: Job) -> std::io::Result<()> {
         match job {
             Job::PersistEpochs(text) => {
-                files::replace_file(&self.dir.join(CHECKPOINT_FILE), text.into_bytes(), true).await?;
+                files::replace_file(&self.dir.join(CHECKPOINT_FILE), text.into_bytes(), true)
+                    .await?;
             }
             Job::Seal(base) => self.seal(base).await?,
             Job::Open { base_offset, path } => {
@@ -699,7 +881,9 @@ impl Inner {
                 }
                 let mut st = self.state.borrow_mut();
                 st.dir_synced = true;
-                let idx = st.segment_index(base_offset).expect("segments change only under the io lock");
+                let idx = st
+                    .segment_index(base_offset)
+                    .expect("segments change only under the io lock");
                 let seg = &mut st.segments[idx];
                 seg.allocated_bytes = seg.allocated_bytes.max(seg.written_bytes);
                 seg.file = Some(file);
@@ -710,11 +894,18 @@ impl Inner {
             Job::LoadTail { file, pos, len } => {
                 let tail = files::read_dma(&file, pos, len).await?;
                 if tail.len() != len {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the segment is shorter than its written bytes"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the segment is shorter than its written bytes",
+                    ));
                 }
                 self.state.borrow_mut().tail = Some(tail);
             }
-            Job::Preallocate { base_offset, file, size } => {
+            Job::Preallocate {
+                base_offset,
+                file,
+                size,
+            } => {
                 // Preallocation saves allocation work on later writes; a file system without
                 // it (or out of space for a whole extent) still takes the writes themselves.
                 if let Err(err) = file.pre_allocate(size, false).await {
@@ -727,12 +918,21 @@ impl Inner {
             }
             Job::Write(job) => {
                 let len = job.buf.len();
-                let written = job.file.write_at(job.buf, job.pos).await.map_err(files::io_error(|| "segment write failed".to_string()))?;
+                let written = job
+                    .file
+                    .write_at(job.buf, job.pos)
+                    .await
+                    .map_err(files::io_error(|| "segment write failed".to_string()))?;
                 if written != len {
-                    return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short segment write: {written} of {len} bytes")));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short segment write: {written} of {len} bytes"),
+                    ));
                 }
                 let mut st = self.state.borrow_mut();
-                let idx = st.segment_index(job.base_offset).expect("segments change only under the io lock");
+                let idx = st
+                    .segment_index(job.base_offset)
+                    .expect("segments change only under the io lock");
                 st.segments[idx].written_bytes = job.end_bytes;
                 st.tail = Some(job.next_tail);
                 st.written_next_offset = job.next_offset;
@@ -752,19 +952,40 @@ impl Inner {
     async fn seal(&self, base_offset: i64) -> std::io::Result<()> {
         let (file, size, offsets, times) = {
             let mut st = self.state.borrow_mut();
-            let idx = st.segment_index(base_offset).expect("segments change only under the io lock");
+            let idx = st
+                .segment_index(base_offset)
+                .expect("segments change only under the io lock");
             let seg = &mut st.segments[idx];
             let (max_ts, max_offset) = seg.max_timestamp;
             let index = seg.index.get_or_insert_with(SegmentIndex::new);
             index.maybe_append_time(max_ts, (max_offset - base_offset).max(0) as u32);
-            (seg.file.take(), seg.size_bytes, index.encode_offsets(), index.encode_times())
+            (
+                seg.file.take(),
+                seg.size_bytes,
+                index.encode_offsets(),
+                index.encode_times(),
+            )
         };
         if let Some(file) = file {
-            file.fdatasync().await.map_err(files::io_error(|| "segment sync failed".to_string()))?;
-            file.truncate(size).await.map_err(files::io_error(|| "segment trim failed".to_string()))?;
+            file.fdatasync()
+                .await
+                .map_err(files::io_error(|| "segment sync failed".to_string()))?;
+            file.truncate(size)
+                .await
+                .map_err(files::io_error(|| "segment trim failed".to_string()))?;
         }
-        files::replace_file(&segment_path(&self.dir, base_offset, INDEX_SUFFIX), offsets, false).await?;
-        files::replace_file(&segment_path(&self.dir, base_offset, TIME_INDEX_SUFFIX), times, false).await?;
+        files::replace_file(
+            &segment_path(&self.dir, base_offset, INDEX_SUFFIX),
+            offsets,
+            false,
+        )
+        .await?;
+        files::replace_file(
+            &segment_path(&self.dir, base_offset, TIME_INDEX_SUFFIX),
+            times,
+            false,
+        )
+        .await?;
         let mut st = self.state.borrow_mut();
         let now = now_ms();
         if let Some(idx) = st.segment_index(base_offset) {
@@ -780,14 +1001,22 @@ impl Inner {
     async fn load_index(&self, base_offset: i64) -> Result<(), EngineError> {
         let (size, next_offset, interval) = {
             let st = self.state.borrow();
-            let Some(idx) = st.segment_index(base_offset) else { return Ok(()) };
+            let Some(idx) = st.segment_index(base_offset) else {
+                return Ok(());
+            };
             let seg = &st.segments[idx];
             if seg.index.is_some() {
                 return Ok(());
             }
-            (seg.size_bytes, seg.next_offset, st.config.index_interval_bytes)
+            (
+                seg.size_bytes,
+                seg.next_offset,
+                st.config.index_interval_bytes,
+            )
         };
-        let index = load_or_rebuild_index(&self.dir, base_offset, size, next_offset, interval).await.map_err(|e| EngineError::io("cannot load a segment index", e))?;
+        let index = load_or_rebuild_index(&self.dir, base_offset, size, next_offset, interval)
+            .await
+            .map_err(|e| EngineError::io("cannot load a segment index", e))?;
         let mut st = self.state.borrow_mut();
         if let Some(idx) = st.segment_index(base_offset) {
             st.segments[idx].index.get_or_insert(index.0);
@@ -802,18 +1031,33 @@ impl Inner {
                 let st = self.state.borrow();
                 self.check_open(&st)?;
                 if from < st.log_start_offset || from > st.next_offset {
-                    return Err(EngineError::OffsetOutOfRange { requested: from, log_start: st.log_start_offset, log_end: st.next_offset });
+                    return Err(EngineError::OffsetOutOfRange {
+                        requested: from,
+                        log_start: st.log_start_offset,
+                        log_end: st.next_offset,
+                    });
                 }
                 if from >= st.written_next_offset {
                     return Ok(Bytes::new());
                 }
-                if let Some(bytes) = self.cache.read(&self.cached, from, st.written_next_offset, max_bytes) {
+                if let Some(bytes) =
+                    self.cache
+                        .read(&self.cached, from, st.written_next_offset, max_bytes)
+                {
                     return Ok(bytes);
                 }
                 let idx = st.segments.partition_point(|s| s.next_offset <= from) + skip_segments;
-                let Some(seg) = st.segments.get(idx) else { return Ok(Bytes::new()) };
-                let end = if seg.state == SegmentState::Sealed { seg.size_bytes } else { seg.written_bytes };
-                let start = seg.index.as_ref().map(|index| index.lookup((from - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32));
+                let Some(seg) = st.segments.get(idx) else {
+                    return Ok(Bytes::new());
+                };
+                let end = if seg.state == SegmentState::Sealed {
+                    seg.size_bytes
+                } else {
+                    seg.written_bytes
+                };
+                let start = seg.index.as_ref().map(|index| {
+                    index.lookup((from - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32)
+                });
                 let file = match (&seg.file, &st.read_file) {
                     (Some(file), _) => Some(file.clone()),
                     (None, Some((base, file))) if *base == seg.base_offset => Some(file.clone()),
@@ -850,18 +1094,31 @@ impl Inner {
                 Err(err) => return Err(err),
             }
         }
-        Err(EngineError::Storage { path: self.dir.clone(), reason: "the log kept changing under a read".into() })
+        Err(EngineError::Storage {
+            path: self.dir.clone(),
+            reason: "the log kept changing under a read".into(),
+        })
     }
 
     async fn truncate(self: &Rc<Self>, offset: i64) -> Result<(), EngineError> {
         // Flush what is queued, then hold the writer off while segments change.
         let seq = self.state.borrow().appended_seq;
-        self.written.wait(seq).await.map_err(|reason| self.storage_error(reason))?;
-        let _lock = self.io_lock.acquire_permit(1).await.map_err(|_| self.closed_error())?;
+        self.written
+            .wait(seq)
+            .await
+            .map_err(|reason| self.storage_error(reason))?;
+        let _lock = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.closed_error())?;
         let plan = {
             let st = self.state.borrow();
             self.check_writable(&st)?;
-            debug_assert!(st.pending.is_empty(), "appends wait while a truncation runs");
+            debug_assert!(
+                st.pending.is_empty(),
+                "appends wait while a truncation runs"
+            );
             if offset >= st.next_offset {
                 return Ok(());
             }
@@ -870,74 +1127,105 @@ impl Inner {
             } else {
                 let k = st.segments.partition_point(|s| s.base_offset < offset) - 1;
                 let seg = &st.segments[k];
-                let end = if seg.state == SegmentState::Sealed { seg.size_bytes } else { seg.written_bytes };
-                Some((seg.base_offset, seg.file.clone(), end, st.config.index_interval_bytes))
+                let end = if seg.state == SegmentState::Sealed {
+                    seg.size_bytes
+                } else {
+                    seg.written_bytes
+                };
+                Some((
+                    seg.base_offset,
+                    seg.file.clone(),
+                    end,
+                    st.config.index_interval_bytes,
+                ))
             }
         };
         let removed = match plan {
             None => {
                 // Kafka's truncateFullyAndStartAt: nothing of the log survives.
-                let mut st = self.state.borrow_mut();
-                let removed: Vec<Segment> = std::mem::take(&mut st.segments);
-                st.segments.push(Segment::new_active(offset, now_ms()));
-                st.log_start_offset = offset;
-                st.next_offset = offset;
-                st.written_next_offset = offset;
-                st.tail = None;
-                st.epochs = LeaderEpochCache::default();
-                st.epochs_dirty = true;
-                st.max_timestamp = (-1, -1);
-                st.generation += 1;
-                st.read_file = None;
-                self.cache.clear(&self.cached);
-                drop(st);
+                let removed = {
+                    let mut st = self.state.borrow_mut();
+                    let removed: Vec<Segment> = std::mem::take(&mut st.segments);
+                    st.segments.push(Segment::new_active(offset, now_ms()));
+                    st.log_start_offset = offset;
+                    st.next_offset = offset;
+                    st.written_next_offset = offset;
+                    st.tail = None;
+                    st.epochs = LeaderEpochCache::default();
+                    st.epochs_dirty = true;
+                    st.max_timestamp = (-1, -1);
+                    st.generation += 1;
+                    st.read_file = None;
+                    self.cache.clear(&self.cached);
+                    removed
+                };
                 let text = format!("{offset}\n").into_bytes();
-                files::replace_file(&self.dir.join(LOG_START_FILE), text, true).await.map_err(|e| self.fail_io(e))?;
+                files::replace_file(&self.dir.join(LOG_START_FILE), text, true)
+                    .await
+                    .map_err(|e| self.fail_io(e))?;
                 removed
             }
             Some((base, file, end, interval)) => {
                 let path = segment_path(&self.dir, base, LOG_SUFFIX);
                 let file = match file {
                     Some(file) => file,
-                    None => files::open_dma(&path, false).await.map_err(|e| self.fail_io(e))?,
+                    None => files::open_dma(&path, false)
+                        .await
+                        .map_err(|e| self.fail_io(e))?,
                 };
-                let limits = ScanLimits { file_bytes: end, stop_at_offset: Some(offset), index_interval_bytes: interval };
-                let scan = scan_segment(&file, base, limits).await.map_err(|e| self.fail_io(e))?;
-                file.truncate(scan.valid_bytes).await.map_err(|e| self.fail_io(e.into()))?;
+                let limits = ScanLimits {
+                    file_bytes: end,
+                    stop_at_offset: Some(offset),
+                    index_interval_bytes: interval,
+                };
+                let scan = scan_segment(&file, base, limits)
+                    .await
+                    .map_err(|e| self.fail_io(e))?;
+                file.truncate(scan.valid_bytes)
+                    .await
+                    .map_err(|e| self.fail_io(e.into()))?;
                 file.fdatasync().await.map_err(|e| self.fail_io(e.into()))?;
                 for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                    files::remove_file(&segment_path(&self.dir, base, suffix)).await.map_err(|e| self.fail_io(e))?;
+                    files::remove_file(&segment_path(&self.dir, base, suffix))
+                        .await
+                        .map_err(|e| self.fail_io(e))?;
                 }
-                let mut st = self.state.borrow_mut();
-                let k = st.segment_index(base).expect("segments change only under the io lock");
-                let removed = st.segments.split_off(k + 1);
-                let next = scan.next_offset;
-                let seg = &mut st.segments[k];
-                seg.size_bytes = scan.valid_bytes;
-                seg.written_bytes = scan.valid_bytes;
-                seg.allocated_bytes = scan.valid_bytes;
-                seg.next_offset = next;
-                seg.max_timestamp = scan.max_timestamp;
-                seg.index = Some(scan.index);
-                seg.state = SegmentState::Open;
-                seg.file = Some(file);
-                st.next_offset = next;
-                st.written_next_offset = next;
-                // A batch that straddled the log start went whole.
-                let log_start_moved = next < st.log_start_offset;
-                st.log_start_offset = st.log_start_offset.min(next);
-                st.tail = Some(scan.tail);
-                if st.epochs.truncate_from_end(next) {
-                    st.epochs_dirty = true;
-                }
-                st.recompute_max_timestamp();
-                st.generation += 1;
-                st.read_file = None;
-                self.cache.truncate_from(&self.cached, next);
-                drop(st);
+                let (removed, next, log_start_moved) = {
+                    let mut st = self.state.borrow_mut();
+                    let k = st
+                        .segment_index(base)
+                        .expect("segments change only under the io lock");
+                    let removed = st.segments.split_off(k + 1);
+                    let next = scan.next_offset;
+                    let seg = &mut st.segments[k];
+                    seg.size_bytes = scan.valid_bytes;
+                    seg.written_bytes = scan.valid_bytes;
+                    seg.allocated_bytes = scan.valid_bytes;
+                    seg.next_offset = next;
+                    seg.max_timestamp = scan.max_timestamp;
+                    seg.index = Some(scan.index);
+                    seg.state = SegmentState::Open;
+                    seg.file = Some(file);
+                    st.next_offset = next;
+                    st.written_next_offset = next;
+                    // A batch that straddled the log start went whole.
+                    let log_start_moved = next < st.log_start_offset;
+                    st.log_start_offset = st.log_start_offset.min(next);
+                    st.tail = Some(scan.tail);
+                    if st.epochs.truncate_from_end(next) {
+                        st.epochs_dirty = true;
+                    }
+                    st.recompute_max_timestamp();
+                    st.generation += 1;
+                    st.read_file = None;
+                    self.cache.truncate_from(&self.cached, next);
+                    (removed, next, log_start_moved)
+                };
                 if log_start_moved {
                     let text = format!("{next}\n").into_bytes();
-                    files::replace_file(&self.dir.join(LOG_START_FILE), text, true).await.map_err(|e| self.fail_io(e))?;
+                    files::replace_file(&self.dir.join(LOG_START_FILE), text, true)
+                        .await
+                        .map_err(|e| self.fail_io(e))?;
                 }
                 removed
             }
@@ -947,34 +1235,63 @@ impl Inner {
             std::mem::take(&mut st.epochs_dirty).then(|| st.epochs.encode())
         };
         if let Some(text) = text {
-            files::replace_file(&self.dir.join(CHECKPOINT_FILE), text.into_bytes(), true).await.map_err(|e| self.fail_io(e))?;
+            files::replace_file(&self.dir.join(CHECKPOINT_FILE), text.into_bytes(), true)
+                .await
+                .map_err(|e| self.fail_io(e))?;
         }
-        self.remove_segment_files(removed.iter().rev().map(|s| s.base_offset)).await
+        self.remove_segment_files(removed.iter().rev().map(|s| s.base_offset))
+            .await
     }
 
-    async fn remove_segment_files(&self, bases: impl Iterator<Item = i64>) -> Result<(), EngineError> {
+    async fn remove_segment_files(
+        &self,
+        bases: impl Iterator<Item = i64>,
+    ) -> Result<(), EngineError> {
         for base in bases {
             for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                files::remove_file(&segment_path(&self.dir, base, suffix)).await.map_err(|e| EngineError::io("cannot delete a segment", e))?;
+                files::remove_file(&segment_path(&self.dir, base, suffix))
+                    .await
+                    .map_err(|e| EngineError::io("cannot delete a segment", e))?;
             }
         }
-        files::sync_dir_path(&self.dir).await.map_err(|e| EngineError::io("cannot delete a segment", e))
+        files::sync_dir_path(&self.dir)
+            .await
+            .map_err(|e| EngineError::io("cannot delete a segment", e))
     }
 
     /// Deletes whole sealed segments below the log start or beyond retention.
-    async fn delete_old_segments(&self, retention_ms: i64, retention_bytes: i64, now: i64) -> Result<(), EngineError> {
-        let _lock = self.io_lock.acquire_permit(1).await.map_err(|_| self.closed_error())?;
-        self.delete_old_segments_locked(retention_ms, retention_bytes, now).await
+    async fn delete_old_segments(
+        &self,
+        retention_ms: i64,
+        retention_bytes: i64,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        let _lock = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.closed_error())?;
+        self.delete_old_segments_locked(retention_ms, retention_bytes, now)
+            .await
     }
 
     /// [`Inner::delete_old_segments`] for a caller that holds the io lock.
-    async fn delete_old_segments_locked(&self, retention_ms: i64, retention_bytes: i64, now: i64) -> Result<(), EngineError> {
+    async fn delete_old_segments_locked(
+        &self,
+        retention_ms: i64,
+        retention_bytes: i64,
+        now: i64,
+    ) -> Result<(), EngineError> {
         // Seal rolled segments whose writes are all done, rather than wait for the writer.
         let sealable: Vec<i64> = {
             let st = self.state.borrow();
             let queued_from = st.pending.front().map_or(i64::MAX, |p| p.segment_base);
             let rolled = &st.segments[..st.segments.len() - 1];
-            rolled.iter().filter(|s| s.state != SegmentState::Sealed && s.base_offset < queued_from).map(|s| s.base_offset).collect()
+            rolled
+                .iter()
+                .filter(|s| s.state != SegmentState::Sealed && s.base_offset < queued_from)
+                .map(|s| s.base_offset)
+                .collect()
         };
         for base in sealable {
             self.seal(base).await.map_err(|e| self.fail_io(e))?;
@@ -985,11 +1302,26 @@ impl Inner {
             let summaries: Vec<SegmentSummary> = st
                 .segments
                 .iter()
-                .map(|s| SegmentSummary { base_offset: s.base_offset, size_bytes: s.size_bytes, largest_timestamp_ms: s.largest_timestamp_ms() })
+                .map(|s| SegmentSummary {
+                    base_offset: s.base_offset,
+                    size_bytes: s.size_bytes,
+                    largest_timestamp_ms: s.largest_timestamp_ms(),
+                })
                 .collect();
-            let mut count = segments_to_delete(&summaries, st.log_start_offset, retention_ms, retention_bytes, now);
+            let mut count = segments_to_delete(
+                &summaries,
+                st.log_start_offset,
+                retention_ms,
+                retention_bytes,
+                now,
+            );
             // Only sealed segments go; one just rolled waits for the writer to seal it.
-            count = count.min(st.segments.iter().take_while(|s| s.state == SegmentState::Sealed).count());
+            count = count.min(
+                st.segments
+                    .iter()
+                    .take_while(|s| s.state == SegmentState::Sealed)
+                    .count(),
+            );
             if count == 0 {
                 return Ok(());
             }
@@ -1006,7 +1338,8 @@ impl Inner {
             st.read_file = None;
             removed
         };
-        self.remove_segment_files(removed.iter().map(|s| s.base_offset)).await
+        self.remove_segment_files(removed.iter().map(|s| s.base_offset))
+            .await
     }
 
     async fn close(self: &Rc<Self>) -> Result<(), EngineError> {
@@ -1018,7 +1351,11 @@ impl Inner {
             st.appended_seq
         };
         let flushed = self.written.wait(seq).await;
-        let _lock = self.io_lock.acquire_permit(1).await.map_err(|_| self.closed_error())?;
+        let _lock = self
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| self.closed_error())?;
         let failed = self.state.borrow().failed.clone();
         let result = match (flushed, failed) {
             (Err(reason), _) | (Ok(()), Some(reason)) => Err(self.storage_error(reason)),
@@ -1045,7 +1382,11 @@ impl Inner {
     async fn close_files(&self) -> Result<(), EngineError> {
         let unsealed: Vec<i64> = {
             let st = self.state.borrow();
-            st.segments[..st.segments.len() - 1].iter().filter(|s| s.state != SegmentState::Sealed).map(|s| s.base_offset).collect()
+            st.segments[..st.segments.len() - 1]
+                .iter()
+                .filter(|s| s.state != SegmentState::Sealed)
+                .map(|s| s.base_offset)
+                .collect()
         };
         for base in unsealed {
             self.seal(base).await.map_err(|e| self.fail_io(e))?;
@@ -1053,22 +1394,38 @@ impl Inner {
         let (file, base, written, next_offset, offsets, times, epochs) = {
             let mut st = self.state.borrow_mut();
             let epochs = st.epochs.encode();
-            let seg = st.segments.last_mut().expect("a log always has an active segment");
+            let seg = st
+                .segments
+                .last_mut()
+                .expect("a log always has an active segment");
             let (max_ts, max_offset) = seg.max_timestamp;
             let base = seg.base_offset;
             let index = seg.index.get_or_insert_with(SegmentIndex::new);
             index.maybe_append_time(max_ts, (max_offset - base).max(0) as u32);
-            (seg.file.take(), base, seg.written_bytes, seg.next_offset, index.encode_offsets(), index.encode_times(), epochs)
+            (
+                seg.file.take(),
+                base,
+                seg.written_bytes,
+                seg.next_offset,
+                index.encode_offsets(),
+                index.encode_times(),
+                epochs,
+            )
         };
         let to_io = |e: std::io::Error| EngineError::io("cannot close the log", e);
         let exists = file.is_some() || written > 0;
-        if !exists && self.state.borrow().segments.len() == 1 && self.state.borrow().epochs.entries().is_empty() {
+        if !exists
+            && self.state.borrow().segments.len() == 1
+            && self.state.borrow().epochs.entries().is_empty()
+        {
             // Never written: leave nothing behind but the directory.
             return Ok(());
         }
         if let Some(file) = file {
             file.fdatasync().await.map_err(|e| self.fail_io(e.into()))?;
-            file.truncate(written).await.map_err(|e| self.fail_io(e.into()))?;
+            file.truncate(written)
+                .await
+                .map_err(|e| self.fail_io(e.into()))?;
         }
         // The three files are independent: written and synced concurrently.
         let mut writes = vec![(self.dir.join(CHECKPOINT_FILE), epochs.into_bytes())];
@@ -1076,13 +1433,20 @@ impl Inner {
             writes.push((segment_path(&self.dir, base, INDEX_SUFFIX), offsets));
             writes.push((segment_path(&self.dir, base, TIME_INDEX_SUFFIX), times));
         }
-        let tasks: Vec<_> = writes.into_iter().map(|(path, data)| glommio::spawn_local(async move { files::replace_file(&path, data, false).await })).collect();
+        let tasks: Vec<_> = writes
+            .into_iter()
+            .map(|(path, data)| {
+                glommio::spawn_local(async move { files::replace_file(&path, data, false).await })
+            })
+            .collect();
         for task in tasks {
             task.await.map_err(to_io)?;
         }
         if exists {
             let marker = format!("{base} {written} {next_offset}\n").into_bytes();
-            files::replace_file(&self.dir.join(CLEAN_SHUTDOWN_FILE), marker, true).await.map_err(to_io)?;
+            files::replace_file(&self.dir.join(CLEAN_SHUTDOWN_FILE), marker, true)
+                .await
+                .map_err(to_io)?;
         }
         Ok(())
     }
@@ -1094,6 +1458,8 @@ async fn writer_loop(inner: Rc<Inner>) {
             inner.state.borrow_mut().writer_running = false;
             return;
         };
+        // Let appenders that are ready run first, so this write carries their batches too.
+        yield_once().await;
         let Some(job) = inner.next_job() else { return };
         let result = inner.run_job(job).await;
         drop(permit);
@@ -1102,6 +1468,20 @@ async fn writer_loop(inner: Rc<Inner>) {
             return;
         }
     }
+}
+
+/// Yields to the other ready tasks of the executor once.
+fn yield_once() -> impl std::future::Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
 }
 
 async fn syncer_loop(inner: Rc<Inner>) {
@@ -1138,8 +1518,16 @@ async fn syncer_loop(inner: Rc<Inner>) {
 
 /// Reads whole batches from `start` (a position at or before the batch holding `from`) up
 /// to `end`, validating each. `None` when no batch in range reaches `from`.
-async fn read_from_disk(file: &DmaFile, start: u64, end: u64, from: i64, max_bytes: usize) -> Result<Option<Bytes>, EngineError> {
-    let corrupt = |pos: u64, what: String| EngineError::CorruptMessage(format!("segment data at position {pos}: {what}"));
+async fn read_from_disk(
+    file: &DmaFile,
+    start: u64,
+    end: u64,
+    from: i64,
+    max_bytes: usize,
+) -> Result<Option<Bytes>, EngineError> {
+    let corrupt = |pos: u64, what: String| {
+        EngineError::CorruptMessage(format!("segment data at position {pos}: {what}"))
+    };
     let io = |e: std::io::Error| EngineError::io("cannot read a segment", e);
     let mut out = BytesMut::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -1155,15 +1543,23 @@ async fn read_from_disk(file: &DmaFile, start: u64, end: u64, from: i64, max_byt
                 break;
             }
             if pos + need > end {
-                return Err(corrupt(pos, format!("a batch of {need} bytes runs past the written end {end}")));
+                return Err(corrupt(
+                    pos,
+                    format!("a batch of {need} bytes runs past the written end {end}"),
+                ));
             }
             buf.drain(..((pos - buf_start) as usize).min(buf.len()));
             buf_start = pos;
             let read_at = buf_start + buf.len() as u64;
             let len = (need - have).max(read_ahead).min(end - read_at);
-            let chunk = files::read_dma(file, read_at, len as usize).await.map_err(io)?;
+            let chunk = files::read_dma(file, read_at, len as usize)
+                .await
+                .map_err(io)?;
             if chunk.is_empty() {
-                return Err(corrupt(read_at, "the file ends before its written size".into()));
+                return Err(corrupt(
+                    read_at,
+                    "the file ends before its written size".into(),
+                ));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -1176,20 +1572,29 @@ async fn read_from_disk(file: &DmaFile, start: u64, end: u64, from: i64, max_byt
             let have = buf_start + buf.len() as u64 - pos;
             if have < need {
                 if pos + need > end {
-                    return Err(corrupt(pos, format!("a batch of {need} bytes runs past the written end {end}")));
+                    return Err(corrupt(
+                        pos,
+                        format!("a batch of {need} bytes runs past the written end {end}"),
+                    ));
                 }
                 let read_at = buf_start + buf.len() as u64;
                 let len = (need - have).max(read_ahead).min(end - read_at);
-                let chunk = files::read_dma(file, read_at, len as usize).await.map_err(io)?;
+                let chunk = files::read_dma(file, read_at, len as usize)
+                    .await
+                    .map_err(io)?;
                 if (chunk.len() as u64) < need - have {
-                    return Err(corrupt(read_at, "the file ends before its written size".into()));
+                    return Err(corrupt(
+                        read_at,
+                        "the file ends before its written size".into(),
+                    ));
                 }
                 buf.extend_from_slice(&chunk);
             }
         }
         let at = (pos - buf_start) as usize;
         let bytes = &buf[at..at + size];
-        let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost).map_err(|e| corrupt(pos, e.to_string()))?;
+        let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost)
+            .map_err(|e| corrupt(pos, e.to_string()))?;
         pos += size as u64;
         if info.last_offset() < from {
             continue;
@@ -1207,11 +1612,23 @@ async fn read_from_disk(file: &DmaFile, start: u64, end: u64, from: i64, max_byt
 
 /// Reads a sealed segment's index files, or rebuilds them from the log when they are
 /// missing or damaged (and rewrites them). Also returns the scan when one was needed.
-async fn load_or_rebuild_index(dir: &Path, base: i64, size: u64, next_offset: i64, interval: u32) -> std::io::Result<(SegmentIndex, Option<ScanOutcome>)> {
+async fn load_or_rebuild_index(
+    dir: &Path,
+    base: i64,
+    size: u64,
+    next_offset: i64,
+    interval: u32,
+) -> std::io::Result<(SegmentIndex, Option<ScanOutcome>)> {
     let index_path = segment_path(dir, base, INDEX_SUFFIX);
     let time_path = segment_path(dir, base, TIME_INDEX_SUFFIX);
-    let offsets = files::read_small_file(&index_path, MAX_INDEX_FILE_BYTES).await.ok().flatten();
-    let times = files::read_small_file(&time_path, MAX_INDEX_FILE_BYTES).await.ok().flatten();
+    let offsets = files::read_small_file(&index_path, MAX_INDEX_FILE_BYTES)
+        .await
+        .ok()
+        .flatten();
+    let times = files::read_small_file(&time_path, MAX_INDEX_FILE_BYTES)
+        .await
+        .ok()
+        .flatten();
     let relative_end = (next_offset - base).max(0) as u64;
     if let (Some(offsets), Some(times)) = (&offsets, &times) {
         if let Some(index) = SegmentIndex::decode(offsets, times, size, relative_end) {
@@ -1220,7 +1637,16 @@ async fn load_or_rebuild_index(dir: &Path, base: i64, size: u64, next_offset: i6
     }
     tracing::info!(dir = %dir.display(), base, "rebuilding segment index from the log");
     let file = files::open_dma_read(&segment_path(dir, base, LOG_SUFFIX)).await?;
-    let scan = scan_segment(&file, base, ScanLimits { file_bytes: size, stop_at_offset: None, index_interval_bytes: interval }).await?;
+    let scan = scan_segment(
+        &file,
+        base,
+        ScanLimits {
+            file_bytes: size,
+            stop_at_offset: None,
+            index_interval_bytes: interval,
+        },
+    )
+    .await?;
     if scan.valid_bytes < size {
         tracing::warn!(dir = %dir.display(), base, valid = scan.valid_bytes, size, "sealed segment is damaged past this position");
     }
@@ -1239,13 +1665,19 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         let context = format!("{context} in {}", dir.display());
         move |e: std::io::Error| EngineError::io(context, e)
     };
-    files::create_dir(dir).await.map_err(io("cannot create the log directory"))?;
-    files::ensure_dma_reads_work(dir).await.map_err(io("cannot use direct I/O"))?;
+    files::create_dir(dir)
+        .await
+        .map_err(io("cannot create the log directory"))?;
+    files::ensure_dma_reads_work(dir)
+        .await
+        .map_err(io("cannot use direct I/O"))?;
     let entries = files::list_dir(dir).map_err(io("cannot list the log directory"))?;
     let mut logs: Vec<(i64, u64, i64)> = Vec::new();
     for entry in &entries {
         if entry.name.ends_with(TMP_SUFFIX) {
-            files::remove_file(&dir.join(&entry.name)).await.map_err(io("cannot remove a leftover file"))?;
+            files::remove_file(&dir.join(&entry.name))
+                .await
+                .map_err(io("cannot remove a leftover file"))?;
         } else if let Some(base) = parse_segment_name(&entry.name, LOG_SUFFIX) {
             logs.push((base, entry.size_bytes, entry.modified_ms));
         }
@@ -1253,9 +1685,12 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
     logs.sort_unstable();
     // Index files without a log belong to a segment whose deletion was interrupted.
     for entry in &entries {
-        let base = parse_segment_name(&entry.name, INDEX_SUFFIX).or_else(|| parse_segment_name(&entry.name, TIME_INDEX_SUFFIX));
+        let base = parse_segment_name(&entry.name, INDEX_SUFFIX)
+            .or_else(|| parse_segment_name(&entry.name, TIME_INDEX_SUFFIX));
         if base.is_some_and(|b| logs.binary_search_by_key(&b, |l| l.0).is_err()) {
-            files::remove_file(&dir.join(&entry.name)).await.map_err(io("cannot remove a stray index"))?;
+            files::remove_file(&dir.join(&entry.name))
+                .await
+                .map_err(io("cannot remove a stray index"))?;
         }
     }
     // Only files the listing showed are read: an open of a missing file costs as much.
@@ -1266,14 +1701,26 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
             if !listed {
                 return None;
             }
-            files::read_small_file(&path, SMALL_FILE_MAX_BYTES).await.ok().flatten().and_then(|b| String::from_utf8(b).ok())
+            files::read_small_file(&path, SMALL_FILE_MAX_BYTES)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
         }
     };
-    let persisted_log_start: Option<i64> = read_text(LOG_START_FILE).await.and_then(|t| t.trim().parse().ok());
-    let checkpoint = read_text(CHECKPOINT_FILE).await.and_then(|t| LeaderEpochCache::decode(&t));
+    let persisted_log_start: Option<i64> = read_text(LOG_START_FILE)
+        .await
+        .and_then(|t| t.trim().parse().ok());
+    let checkpoint = read_text(CHECKPOINT_FILE)
+        .await
+        .and_then(|t| LeaderEpochCache::decode(&t));
     let marker: Option<(i64, u64, i64)> = read_text(CLEAN_SHUTDOWN_FILE).await.and_then(|t| {
         let mut fields = t.split_whitespace().map(|f| f.parse::<i64>().ok());
-        Some((fields.next()??, u64::try_from(fields.next()??).ok()?, fields.next()??))
+        Some((
+            fields.next()??,
+            u64::try_from(fields.next()??).ok()?,
+            fields.next()??,
+        ))
     });
     let rebuild_epochs = checkpoint.is_none();
     let mut epochs = checkpoint.unwrap_or_default();
@@ -1283,7 +1730,9 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
     let mut tail = None;
 
     // Sealed segments were synced and indexed when they were rolled: trusted as they are.
-    for (i, &(base, size, modified_ms)) in logs.iter().enumerate().take(logs.len().saturating_sub(1)) {
+    for (i, &(base, size, modified_ms)) in
+        logs.iter().enumerate().take(logs.len().saturating_sub(1))
+    {
         let next_offset = logs[i + 1].0;
         let mut seg = Segment::new_active(base, modified_ms);
         seg.size_bytes = size;
@@ -1303,10 +1752,20 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                 let scan = match scan {
                     Some(scan) => scan,
                     None => {
-                        let file = files::open_dma_read(&segment_path(dir, base, LOG_SUFFIX)).await.map_err(io("cannot open a segment"))?;
-                        scan_segment(&file, base, ScanLimits { file_bytes: size, stop_at_offset: None, index_interval_bytes: interval })
+                        let file = files::open_dma_read(&segment_path(dir, base, LOG_SUFFIX))
                             .await
-                            .map_err(io("cannot scan a segment"))?
+                            .map_err(io("cannot open a segment"))?;
+                        scan_segment(
+                            &file,
+                            base,
+                            ScanLimits {
+                                file_bytes: size,
+                                stop_at_offset: None,
+                                index_interval_bytes: interval,
+                            },
+                        )
+                        .await
+                        .map_err(io("cannot scan a segment"))?
                     }
                 };
                 seg.max_timestamp = scan.max_timestamp;
@@ -1328,8 +1787,13 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         Some(&(base, size, modified_ms)) => {
             let mut seg = Segment::new_active(base, modified_ms);
             let trusted = match marker {
-                Some((m_base, m_size, m_next)) if m_base == base && m_size == size && m_next >= base => {
-                    load_or_rebuild_index(dir, base, size, m_next, interval).await.ok().map(|(index, scan)| (index, scan, m_next))
+                Some((m_base, m_size, m_next))
+                    if m_base == base && m_size == size && m_next >= base =>
+                {
+                    load_or_rebuild_index(dir, base, size, m_next, interval)
+                        .await
+                        .ok()
+                        .map(|(index, scan)| (index, scan, m_next))
                 }
                 _ => None,
             };
@@ -1342,14 +1806,25 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                     seg.allocated_bytes = size;
                     seg.next_offset = next_offset;
                     if let Some(entry) = index.last_time_entry() {
-                        seg.max_timestamp = (entry.timestamp_ms, base + i64::from(entry.relative_offset));
+                        seg.max_timestamp =
+                            (entry.timestamp_ms, base + i64::from(entry.relative_offset));
                     }
                     seg.index = Some(index);
                     if rebuild_epochs && size > 0 {
-                        let file = files::open_dma_read(&seg.log_path(dir)).await.map_err(io("cannot open a segment"))?;
-                        let scan = scan_segment(&file, base, ScanLimits { file_bytes: size, stop_at_offset: None, index_interval_bytes: interval })
+                        let file = files::open_dma_read(&seg.log_path(dir))
                             .await
-                            .map_err(io("cannot scan a segment"))?;
+                            .map_err(io("cannot open a segment"))?;
+                        let scan = scan_segment(
+                            &file,
+                            base,
+                            ScanLimits {
+                                file_bytes: size,
+                                stop_at_offset: None,
+                                index_interval_bytes: interval,
+                            },
+                        )
+                        .await
+                        .map_err(io("cannot scan a segment"))?;
                         for (epoch, start) in scan.epochs {
                             epochs.assign(epoch, start);
                         }
@@ -1357,13 +1832,25 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                 }
                 _ => {
                     // Unclean shutdown: validate every batch, cut at the first bad byte.
-                    let file = files::open_dma(&seg.log_path(dir), false).await.map_err(io("cannot open the active segment"))?;
-                    let limits = ScanLimits { file_bytes: size, stop_at_offset: None, index_interval_bytes: interval };
-                    let scan = scan_segment(&file, base, limits).await.map_err(io("cannot recover the active segment"))?;
+                    let file = files::open_dma(&seg.log_path(dir), false)
+                        .await
+                        .map_err(io("cannot open the active segment"))?;
+                    let limits = ScanLimits {
+                        file_bytes: size,
+                        stop_at_offset: None,
+                        index_interval_bytes: interval,
+                    };
+                    let scan = scan_segment(&file, base, limits)
+                        .await
+                        .map_err(io("cannot recover the active segment"))?;
                     if scan.valid_bytes < size {
                         tracing::warn!(dir = %dir.display(), base, valid = scan.valid_bytes, size, "truncating the active segment at the first invalid byte");
-                        file.truncate(scan.valid_bytes).await.map_err(|e| io("cannot truncate the active segment")(e.into()))?;
-                        file.fdatasync().await.map_err(|e| io("cannot sync the active segment")(e.into()))?;
+                        file.truncate(scan.valid_bytes)
+                            .await
+                            .map_err(|e| io("cannot truncate the active segment")(e.into()))?;
+                        file.fdatasync()
+                            .await
+                            .map_err(|e| io("cannot sync the active segment")(e.into()))?;
                     }
                     seg.size_bytes = scan.valid_bytes;
                     seg.written_bytes = scan.valid_bytes;
@@ -1384,12 +1871,19 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
     }
     if marker.is_some() {
         // From here on a crash must lead to a scan.
-        files::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE)).await.map_err(io("cannot remove the clean-shutdown marker"))?;
-        files::sync_dir_path(dir).await.map_err(io("cannot sync the log directory"))?;
+        files::remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
+            .await
+            .map_err(io("cannot remove the clean-shutdown marker"))?;
+        files::sync_dir_path(dir)
+            .await
+            .map_err(io("cannot sync the log directory"))?;
     }
 
     let next_offset = segments.last().map_or(0, |s| s.next_offset);
-    let log_start_offset = segments[0].base_offset.max(persisted_log_start.unwrap_or(0)).min(next_offset);
+    let log_start_offset = segments[0]
+        .base_offset
+        .max(persisted_log_start.unwrap_or(0))
+        .min(next_offset);
     let before = epochs.clone();
     epochs.truncate_from_end(next_offset);
     epochs.truncate_from_start(log_start_offset);
@@ -1424,7 +1918,9 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
 /// The last entry of a sealed segment's `.timeindex` as `(timestamp, offset)`; `(-1, -1)`
 /// for an empty one; `None` when the file is missing or damaged.
 async fn read_last_time_entry(path: &Path, base: i64, next_offset: i64) -> Option<(i64, i64)> {
-    let data = files::read_small_file(path, MAX_INDEX_FILE_BYTES).await.ok()??;
+    let data = files::read_small_file(path, MAX_INDEX_FILE_BYTES)
+        .await
+        .ok()??;
     if data.len() % TIME_ENTRY_BYTES != 0 {
         return None;
     }

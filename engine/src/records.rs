@@ -8,17 +8,25 @@ use wharf_protocol::batch::{records, BatchInfo, BatchTimestampType, Compression}
 
 /// The offset of the first record whose timestamp equals the batch's `maxTimestamp`.
 pub(crate) fn offset_of_max_timestamp(batch: &[u8], info: &BatchInfo) -> i64 {
-    first_record_at_or_after(batch, info, info.max_timestamp, info.base_offset).map_or(info.base_offset, |(offset, _)| offset)
+    first_record_at_or_after(batch, info, info.max_timestamp, info.base_offset)
+        .map_or(info.base_offset, |(offset, _)| offset)
 }
 
 /// The first record of the batch with a timestamp >= `timestamp_ms` and an offset
 /// >= `min_offset`: `(offset, timestamp)`.
-pub(crate) fn first_record_at_or_after(batch: &[u8], info: &BatchInfo, timestamp_ms: i64, min_offset: i64) -> Option<(i64, i64)> {
+pub(crate) fn first_record_at_or_after(
+    batch: &[u8],
+    info: &BatchInfo,
+    timestamp_ms: i64,
+    min_offset: i64,
+) -> Option<(i64, i64)> {
     if info.max_timestamp < timestamp_ms || info.last_offset() < min_offset {
         return None;
     }
     // LogAppendTime: every record carries the batch's maxTimestamp.
-    if info.timestamp_type() == BatchTimestampType::LogAppendTime || info.compression != Compression::None {
+    if info.timestamp_type() == BatchTimestampType::LogAppendTime
+        || info.compression != Compression::None
+    {
         return Some((info.base_offset.max(min_offset), info.max_timestamp));
     }
     let iter = records(batch).ok()?;
@@ -48,9 +56,18 @@ mod tests {
         set_base_offset(&mut bytes, 1000);
         let info = validate_batch(&bytes, 1 << 20).expect("valid");
         assert_eq!(offset_of_max_timestamp(&bytes, &info), 1001);
-        assert_eq!(first_record_at_or_after(&bytes, &info, 150, 0), Some((1001, 300)));
-        assert_eq!(first_record_at_or_after(&bytes, &info, 150, 1002), Some((1002, 200)));
+        assert_eq!(
+            first_record_at_or_after(&bytes, &info, 150, 0),
+            Some((1001, 300))
+        );
+        assert_eq!(
+            first_record_at_or_after(&bytes, &info, 150, 1002),
+            Some((1002, 200))
+        );
         assert_eq!(first_record_at_or_after(&bytes, &info, 301, 0), None);
-        assert_eq!(first_record_at_or_after(&bytes, &info, 0, 0), Some((1000, 100)));
+        assert_eq!(
+            first_record_at_or_after(&bytes, &info, 0, 0),
+            Some((1000, 100))
+        );
     }
 }

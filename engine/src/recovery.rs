@@ -44,7 +44,11 @@ pub(crate) struct ScanLimits {
 }
 
 /// Scans the segment with base offset `base_offset` in `file`.
-pub(crate) async fn scan_segment(file: &DmaFile, base_offset: i64, limits: ScanLimits) -> io::Result<ScanOutcome> {
+pub(crate) async fn scan_segment(
+    file: &DmaFile,
+    base_offset: i64,
+    limits: ScanLimits,
+) -> io::Result<ScanOutcome> {
     let mut out = ScanOutcome {
         valid_bytes: 0,
         next_offset: base_offset,
@@ -80,7 +84,9 @@ pub(crate) async fn scan_segment(file: &DmaFile, base_offset: i64, limits: ScanL
             buf.drain(..(keep_from - buf_start) as usize);
             buf_start = keep_from;
             let read_at = buf_start + buf.len() as u64;
-            let want = (need - have).max(SCAN_CHUNK_BYTES as u64).min(limits.file_bytes - read_at);
+            let want = (need - have)
+                .max(SCAN_CHUNK_BYTES as u64)
+                .min(limits.file_bytes - read_at);
             let chunk = read_dma(file, read_at, want as usize).await?;
             if chunk.is_empty() {
                 break;
@@ -90,14 +96,22 @@ pub(crate) async fn scan_segment(file: &DmaFile, base_offset: i64, limits: ScanL
         }
         let at = (pos - buf_start) as usize;
         let bytes = &buf[at..at + need as usize];
-        let Ok(info) = validate_batch_with(bytes, usize::MAX, CountRule::AtMost) else { break };
+        let Ok(info) = validate_batch_with(bytes, usize::MAX, CountRule::AtMost) else {
+            break;
+        };
         let relative_last = info.last_offset() - base_offset;
         // Offsets are dense (no compaction yet): a batch that does not start where the
         // previous one ended has a damaged baseOffset, which the CRC does not cover.
-        if info.base_offset != out.next_offset || relative_last > i64::from(u32::MAX) || pos + need > u64::from(u32::MAX) {
+        if info.base_offset != out.next_offset
+            || relative_last > i64::from(u32::MAX)
+            || pos + need > u64::from(u32::MAX)
+        {
             break;
         }
-        if limits.stop_at_offset.is_some_and(|stop| info.last_offset() >= stop) {
+        if limits
+            .stop_at_offset
+            .is_some_and(|stop| info.last_offset() >= stop)
+        {
             break;
         }
         if info.max_timestamp > out.max_timestamp.0 {
@@ -108,7 +122,14 @@ pub(crate) async fn scan_segment(file: &DmaFile, base_offset: i64, limits: ScanL
             out.epochs.push((last_epoch, info.base_offset));
         }
         let relative_max = (out.max_timestamp.1 - base_offset).clamp(0, relative_last) as u32;
-        out.index.on_batch(pos as u32, need as u32, relative_last as u32, out.max_timestamp.0, relative_max, limits.index_interval_bytes);
+        out.index.on_batch(
+            pos as u32,
+            need as u32,
+            relative_last as u32,
+            out.max_timestamp.0,
+            relative_max,
+            limits.index_interval_bytes,
+        );
         pos += need;
         out.next_offset = info.last_offset() + 1;
         out.batches += 1;
@@ -116,7 +137,10 @@ pub(crate) async fn scan_segment(file: &DmaFile, base_offset: i64, limits: ScanL
     out.valid_bytes = pos;
     let tail_from = (align_down(pos).max(buf_start) - buf_start) as usize;
     let tail_to = ((pos - buf_start) as usize).min(buf.len());
-    out.tail = buf.get(tail_from..tail_to).map(<[u8]>::to_vec).unwrap_or_default();
+    out.tail = buf
+        .get(tail_from..tail_to)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
     debug_assert_eq!(out.tail.len() as u64, pos - align_down(pos));
     Ok(out)
 }

@@ -31,14 +31,19 @@ pub fn segments_to_delete(
         count += 1;
     }
     if retention_ms >= 0 {
-        while count < deletable && now_ms.saturating_sub(segments[count].largest_timestamp_ms) > retention_ms {
+        while count < deletable
+            && now_ms.saturating_sub(segments[count].largest_timestamp_ms) > retention_ms
+        {
             count += 1;
         }
     }
     if retention_bytes >= 0 {
         let mut size: u64 = segments[count..].iter().map(|s| s.size_bytes).sum();
         let limit = retention_bytes as u64;
-        while count < deletable && size.saturating_sub(segments[count].size_bytes) >= limit && size > limit {
+        while count < deletable
+            && size.saturating_sub(segments[count].size_bytes) >= limit
+            && size > limit
+        {
             size -= segments[count].size_bytes;
             count += 1;
         }
@@ -52,12 +57,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn seg(base_offset: i64, size_bytes: u64, largest_timestamp_ms: i64) -> SegmentSummary {
-        SegmentSummary { base_offset, size_bytes, largest_timestamp_ms }
+        SegmentSummary {
+            base_offset,
+            size_bytes,
+            largest_timestamp_ms,
+        }
     }
 
     #[test]
     fn time_and_size_limits_delete_oldest_first() {
-        let segs = [seg(0, 100, 1000), seg(10, 100, 2000), seg(20, 100, 3000), seg(30, 10, 4000)];
+        let segs = [
+            seg(0, 100, 1000),
+            seg(10, 100, 2000),
+            seg(20, 100, 3000),
+            seg(30, 10, 4000),
+        ];
         assert_eq!(segments_to_delete(&segs, 0, -1, -1, 10_000), 0);
         assert_eq!(segments_to_delete(&segs, 0, 7_500, -1, 10_000), 2);
         assert_eq!(segments_to_delete(&segs, 0, 0, -1, 10_000), 3);

@@ -109,9 +109,18 @@ mod tests {
     fn names_follow_kafka() {
         let path = segment_path(Path::new("d"), 1234, LOG_SUFFIX);
         assert_eq!(path, Path::new("d/00000000000000001234.log"));
-        assert_eq!(parse_segment_name("00000000000000001234.log", LOG_SUFFIX), Some(1234));
-        assert_eq!(parse_segment_name("00000000000000001234.index", LOG_SUFFIX), None);
+        assert_eq!(
+            parse_segment_name("00000000000000001234.log", LOG_SUFFIX),
+            Some(1234)
+        );
+        assert_eq!(
+            parse_segment_name("00000000000000001234.index", LOG_SUFFIX),
+            None
+        );
         assert_eq!(parse_segment_name("1234.log", LOG_SUFFIX), None);
-        assert_eq!(parse_segment_name("0000000000000000123x.log", LOG_SUFFIX), None);
+        assert_eq!(
+            parse_segment_name("0000000000000000123x.log", LOG_SUFFIX),
+            None
+        );
     }
 }

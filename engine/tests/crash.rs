@@ -32,9 +32,16 @@ impl Rng {
 
 #[test]
 fn every_acknowledged_batch_survives_sigkill() {
-    let seed = std::env::var("WHARF_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_nanos() as u64 | 1
-    });
+    let seed = std::env::var("WHARF_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+                | 1
+        });
     println!("crash test seed {seed} (set WHARF_CRASH_SEED to repeat)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,7 +79,10 @@ fn every_acknowledged_batch_survives_sigkill() {
         }
         child.kill().expect("SIGKILL the writer");
         let status = child.wait().expect("reap the writer");
-        assert!(!status.success(), "the writer runs until killed: {status:?}");
+        assert!(
+            !status.success(),
+            "the writer runs until killed: {status:?}"
+        );
         reader.join().expect("reader thread");
         lines.extend(rx.try_iter());
         let mut round_acks = 0;
@@ -89,7 +99,11 @@ fn every_acknowledged_batch_survives_sigkill() {
         println!("round {round}: killed after {kill_after:?}, {round_acks} acknowledged");
         verify(&log_dir, &acked, round % 2 == 0);
     }
-    assert!(acked.len() > 20, "the writer acknowledged too little to test anything: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the writer acknowledged too little to test anything: {}",
+        acked.len()
+    );
 }
 
 /// Reopens the log and checks it against the acknowledged batches.
@@ -107,13 +121,21 @@ fn verify(dir: &std::path::Path, acked: &BTreeMap<u64, (i64, i64)>, close: bool)
             let info = wharf_protocol::batch::validate_batch(bytes, usize::MAX).expect("valid");
             let tag = first_key(bytes);
             let epoch = (tag / TAGS_PER_ROUND) as i32;
-            assert_eq!(bytes, &as_stored(&crash_batch(tag), *base, epoch), "batch at {base} is the one tagged {tag}");
+            assert_eq!(
+                bytes,
+                &as_stored(&crash_batch(tag), *base, epoch),
+                "batch at {base} is the one tagged {tag}"
+            );
             by_base.insert(*base, tag);
             next = info.last_offset() + 1;
         }
         assert_eq!(log.log_end_offset(), Offset(next));
         for (tag, (base, last)) in &acked {
-            assert_eq!(by_base.get(base), Some(tag), "acknowledged batch {tag} at {base}..={last} is in the log");
+            assert_eq!(
+                by_base.get(base),
+                Some(tag),
+                "acknowledged batch {tag} at {base}..={last} is in the log"
+            );
         }
         if close {
             log.close().await.expect("close");

@@ -6,11 +6,14 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use common::*;
-use wharf_engine::{BatchCache, Durability, EngineError, LogConfig, Offset, PartitionLog, TimestampType};
+use wharf_engine::{BatchCache, Durability, EngineError, LogConfig, Offset, TimestampType};
 use wharf_protocol::batch::{batches, validate_batch, BatchBuilder, BatchTimestampType};
 
 fn files_in(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).expect("list").map(|e| e.expect("entry").file_name().into_string().expect("utf-8")).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
     names.sort();
     names
 }
@@ -26,19 +29,37 @@ fn appends_get_dense_offsets_and_reads_return_exactly_the_bytes_from_cache_and_d
             let log = open_with_cache(&path, small_config(), BatchCache::new(budget)).await;
             let mut expected = Vec::new();
             for i in 0..60u64 {
-                let b = tagged_batch(i, 1 + (i as usize % 4), 100 + 37 * i as usize, 1000 + i as i64);
+                let b = tagged_batch(
+                    i,
+                    1 + (i as usize % 4),
+                    100 + 37 * i as usize,
+                    1000 + i as i64,
+                );
                 let (base, last) = append(&log, b.clone(), Durability::Written).await;
-                assert_eq!(base, expected.last().map_or(0, |(_, l, _)| l + 1), "offsets are dense");
+                assert_eq!(
+                    base,
+                    expected.last().map_or(0, |(_, l, _)| l + 1),
+                    "offsets are dense"
+                );
                 expected.push((base, last, as_stored(&b, base, 0)));
             }
-            assert!(log.segment_count() > 1, "the small segment size made the log roll");
-            let all: Vec<(i64, Bytes)> = expected.iter().map(|(b, _, bytes)| (*b, bytes.clone())).collect();
+            assert!(
+                log.segment_count() > 1,
+                "the small segment size made the log roll"
+            );
+            let all: Vec<(i64, Bytes)> = expected
+                .iter()
+                .map(|(b, _, bytes)| (*b, bytes.clone()))
+                .collect();
             assert_eq!(read_all(&log, 0).await, all);
             // From any offset, the first batch returned is the one containing it.
             for (base, last, bytes) in &expected {
                 for offset in [*base, *last] {
                     let got = log.read(Offset(offset), 1).await.expect("read");
-                    assert_eq!(&got, bytes, "offset {offset} is served by its whole batch, even past max_bytes");
+                    assert_eq!(
+                        &got, bytes,
+                        "offset {offset} is served by its whole batch, even past max_bytes"
+                    );
                 }
             }
             log.close().await.expect("close");
@@ -59,9 +80,19 @@ fn reads_stop_at_max_bytes_and_the_log_end() {
         assert_eq!(batches(&got).count(), 3);
         let got = log.read(Offset(0), 3 * b.len() - 1).await.expect("read");
         assert_eq!(batches(&got).count(), 2);
-        assert!(log.read(Offset(20), 1 << 20).await.expect("read at the end").is_empty());
-        assert!(matches!(log.read(Offset(21), 1 << 20).await, Err(EngineError::OffsetOutOfRange { requested: 21, .. })));
-        assert!(matches!(log.read(Offset(-1), 1 << 20).await, Err(EngineError::OffsetOutOfRange { .. })));
+        assert!(log
+            .read(Offset(20), 1 << 20)
+            .await
+            .expect("read at the end")
+            .is_empty());
+        assert!(matches!(
+            log.read(Offset(21), 1 << 20).await,
+            Err(EngineError::OffsetOutOfRange { requested: 21, .. })
+        ));
+        assert!(matches!(
+            log.read(Offset(-1), 1 << 20).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
     });
 }
 
@@ -69,7 +100,10 @@ fn reads_stop_at_max_bytes_and_the_log_end() {
 fn invalid_batches_are_rejected_and_nothing_is_appended() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async move {
-        let config = LogConfig { max_message_bytes: 4096, ..LogConfig::default() };
+        let config = LogConfig {
+            max_message_bytes: 4096,
+            ..LogConfig::default()
+        };
         let log = open(dir.path(), config).await;
         let good = batch(1, 10, 0);
         let mut bad_crc = good.to_vec();
@@ -82,16 +116,22 @@ fn invalid_batches_are_rejected_and_nothing_is_appended() {
         bad_count[57..61].copy_from_slice(&5i32.to_be_bytes());
         let crc = crc32c::crc32c(&bad_count[21..]);
         bad_count[17..21].copy_from_slice(&crc.to_be_bytes());
-        let cases: Vec<(Vec<u8>, fn(&EngineError) -> bool)> = vec![
+        type Expect = fn(&EngineError) -> bool;
+        let cases: Vec<(Vec<u8>, Expect)> = vec![
             (bad_crc, |e| matches!(e, EngineError::CorruptMessage(_))),
             (two, |e| matches!(e, EngineError::CorruptMessage(_))),
             (trailing, |e| matches!(e, EngineError::CorruptMessage(_))),
             (bad_count, |e| matches!(e, EngineError::InvalidRecord(_))),
-            (batch(1, 5000, 0).to_vec(), |e| matches!(e, EngineError::MessageTooLarge { max: 4096, .. })),
+            (batch(1, 5000, 0).to_vec(), |e| {
+                matches!(e, EngineError::MessageTooLarge { max: 4096, .. })
+            }),
             (Vec::new(), |e| matches!(e, EngineError::InvalidRecord(_))),
         ];
         for (bytes, expected) in cases {
-            let err = log.append(Bytes::from(bytes), 0, Durability::Written).await.expect_err("rejected");
+            let err = log
+                .append(Bytes::from(bytes), 0, Durability::Written)
+                .await
+                .expect_err("rejected");
             assert!(expected(&err), "unexpected error {err:?}");
         }
         assert_eq!(log.log_end_offset(), Offset(0));
@@ -100,7 +140,10 @@ fn invalid_batches_are_rejected_and_nothing_is_appended() {
         for _ in 0..3 {
             three.extend_from_slice(&good);
         }
-        let info = log.append(Bytes::from(three), 0, Durability::Synced).await.expect("append");
+        let info = log
+            .append(Bytes::from(three), 0, Durability::Synced)
+            .await
+            .expect("append");
         assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(2)));
     });
 }
@@ -113,7 +156,11 @@ fn concurrent_synced_appends_share_writes_and_fdatasyncs() {
         let tasks: Vec<_> = (0..64u64)
             .map(|i| {
                 let log = log.clone();
-                glommio::spawn_local(async move { log.append(tagged_batch(i, 2, 300, 0), 0, Durability::Synced).await.expect("append") })
+                glommio::spawn_local(async move {
+                    log.append(tagged_batch(i, 2, 300, 0), 0, Durability::Synced)
+                        .await
+                        .expect("append")
+                })
             })
             .collect();
         let mut offsets = Vec::new();
@@ -127,8 +174,14 @@ fn concurrent_synced_appends_share_writes_and_fdatasyncs() {
         }
         let stats = log.stats();
         assert_eq!(stats.appended_batches, 64);
-        assert!(stats.writes < 32, "appends queued during a write go out together: {stats:?}");
-        assert!(stats.fdatasyncs < 32, "one fdatasync serves many waiters: {stats:?}");
+        assert!(
+            stats.writes < 32,
+            "appends queued during a write go out together: {stats:?}"
+        );
+        assert!(
+            stats.fdatasyncs < 32,
+            "one fdatasync serves many waiters: {stats:?}"
+        );
         assert_eq!(read_all(&log, 0).await.len(), 64);
         log.sync().await.expect("sync with nothing new");
     });
@@ -139,7 +192,11 @@ fn segments_are_named_by_base_offset_and_sealed_with_indexes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run(async move {
-        let config = LogConfig { segment_bytes: 10_000, index_interval_bytes: 500, ..LogConfig::default() };
+        let config = LogConfig {
+            segment_bytes: 10_000,
+            index_interval_bytes: 500,
+            ..LogConfig::default()
+        };
         let log = open(&path, config).await;
         let b = batch(5, 400, 7);
         for _ in 0..12 {
@@ -179,8 +236,14 @@ fn reopening_after_a_clean_close_or_a_crash_keeps_every_written_batch() {
                 expected.push((base, as_stored(&b, base, 0)));
             }
             log.close().await.expect("close");
-            assert!(log.read(Offset(0), 100).await.is_err(), "a closed log serves nothing");
-            assert!(log.append(batch(1, 1, 0), 0, Durability::Written).await.is_err());
+            assert!(
+                log.read(Offset(0), 100).await.is_err(),
+                "a closed log serves nothing"
+            );
+            assert!(log
+                .append(batch(1, 1, 0), 0, Durability::Written)
+                .await
+                .is_err());
             expected
         }
     });
@@ -188,7 +251,10 @@ fn reopening_after_a_clean_close_or_a_crash_keeps_every_written_batch() {
         let path = path.clone();
         async move {
             let log = open(&path, small_config()).await;
-            assert!(!path.join("wharf-clean-shutdown").exists(), "the marker is consumed on open");
+            assert!(
+                !path.join("wharf-clean-shutdown").exists(),
+                "the marker is consumed on open"
+            );
             assert_eq!(read_all(&log, 0).await, expected);
             assert_eq!(log.max_timestamp(), Some((39 * 100 + 2, Offset(119))));
             // Keep appending, then drop without closing: a crash for the log.
@@ -214,7 +280,11 @@ fn reopening_after_a_clean_close_or_a_crash_keeps_every_written_batch() {
 fn offset_for_timestamp_finds_the_exact_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async move {
-        let config = LogConfig { segment_bytes: 4000, index_interval_bytes: 300, ..LogConfig::default() };
+        let config = LogConfig {
+            segment_bytes: 4000,
+            index_interval_bytes: 300,
+            ..LogConfig::default()
+        };
         let log = open(dir.path(), config).await;
         // Batch i holds records stamped 1000*i + 0, 10, 20 ...
         for i in 0..30i64 {
@@ -225,16 +295,39 @@ fn offset_for_timestamp_finds_the_exact_record() {
             append(&log, Bytes::from(builder.build()), Durability::Written).await;
         }
         assert!(log.segment_count() > 3);
-        assert_eq!(log.offset_for_timestamp(0).await.expect("lookup"), Some((Offset(0), 0)));
-        assert_eq!(log.offset_for_timestamp(5015).await.expect("lookup"), Some((Offset(22), 5020)));
-        assert_eq!(log.offset_for_timestamp(5030).await.expect("lookup"), Some((Offset(23), 5030)));
-        assert_eq!(log.offset_for_timestamp(5031).await.expect("lookup"), Some((Offset(24), 6000)));
-        assert_eq!(log.offset_for_timestamp(29_030).await.expect("lookup"), Some((Offset(119), 29_030)));
-        assert_eq!(log.offset_for_timestamp(29_031).await.expect("lookup"), None);
+        assert_eq!(
+            log.offset_for_timestamp(0).await.expect("lookup"),
+            Some((Offset(0), 0))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(5015).await.expect("lookup"),
+            Some((Offset(22), 5020))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(5030).await.expect("lookup"),
+            Some((Offset(23), 5030))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(5031).await.expect("lookup"),
+            Some((Offset(24), 6000))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(29_030).await.expect("lookup"),
+            Some((Offset(119), 29_030))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(29_031).await.expect("lookup"),
+            None
+        );
         assert_eq!(log.max_timestamp(), Some((29_030, Offset(119))));
         // Below the log start nothing is found.
-        log.delete_records_before(Offset(50)).await.expect("delete records");
-        assert_eq!(log.offset_for_timestamp(0).await.expect("lookup"), Some((Offset(50), 12_020)));
+        log.delete_records_before(Offset(50))
+            .await
+            .expect("delete records");
+        assert_eq!(
+            log.offset_for_timestamp(0).await.expect("lookup"),
+            Some((Offset(50), 12_020))
+        );
     });
 }
 
@@ -242,15 +335,26 @@ fn offset_for_timestamp_finds_the_exact_record() {
 fn log_append_time_restamps_batches() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async move {
-        let config = LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..LogConfig::default() };
+        let config = LogConfig {
+            message_timestamp_type: TimestampType::LogAppendTime,
+            ..LogConfig::default()
+        };
         let log = open(dir.path(), config).await;
-        let info = log.append(batch(3, 10, 5), 0, Durability::Written).await.expect("append");
+        let info = log
+            .append(batch(3, 10, 5), 0, Durability::Written)
+            .await
+            .expect("append");
         assert!(info.log_append_time_ms > 1_600_000_000_000);
         let got = log.read(Offset(0), 1 << 20).await.expect("read");
         let stored = validate_batch(&got, 1 << 20).expect("the CRC was recomputed");
         assert_eq!(stored.timestamp_type(), BatchTimestampType::LogAppendTime);
         assert_eq!(stored.max_timestamp, info.log_append_time_ms);
-        assert_eq!(log.offset_for_timestamp(info.log_append_time_ms).await.expect("lookup"), Some((Offset(0), info.log_append_time_ms)));
+        assert_eq!(
+            log.offset_for_timestamp(info.log_append_time_ms)
+                .await
+                .expect("lookup"),
+            Some((Offset(0), info.log_append_time_ms))
+        );
     });
 }
 
@@ -264,7 +368,9 @@ fn leader_epochs_are_tracked_persisted_and_truncated() {
             let log = open(&path, small_config()).await;
             for (epoch, n) in [(1, 3), (3, 2), (3, 2), (7, 1)] {
                 for _ in 0..n {
-                    log.append(batch(2, 50, 0), epoch, Durability::Written).await.expect("append");
+                    log.append(batch(2, 50, 0), epoch, Durability::Written)
+                        .await
+                        .expect("append");
                 }
             }
             // Epoch 1: offsets 0-5, epoch 3: 6-13, epoch 7: 14-15.
@@ -274,9 +380,15 @@ fn leader_epochs_are_tracked_persisted_and_truncated() {
             assert_eq!(log.end_offset_for_leader_epoch(7), Some((7, Offset(16))));
             assert_eq!(log.end_offset_for_leader_epoch(8), None);
             let stored = log.read(Offset(6), 1).await.expect("read");
-            assert_eq!(validate_batch(&stored, 1 << 20).expect("valid").partition_leader_epoch, 3);
+            assert_eq!(
+                validate_batch(&stored, 1 << 20)
+                    .expect("valid")
+                    .partition_leader_epoch,
+                3
+            );
             log.close().await.expect("close");
-            let checkpoint = std::fs::read_to_string(path.join("leader-epoch-checkpoint")).expect("checkpoint");
+            let checkpoint =
+                std::fs::read_to_string(path.join("leader-epoch-checkpoint")).expect("checkpoint");
             assert_eq!(checkpoint, "0\n3\n1 0\n3 6\n7 14\n");
         }
     });
@@ -284,7 +396,10 @@ fn leader_epochs_are_tracked_persisted_and_truncated() {
     std::fs::remove_file(path.join("leader-epoch-checkpoint")).expect("remove");
     run(async move {
         let log = open(&path, small_config()).await;
-        assert_eq!(log.leader_epochs(), vec![(1, Offset(0)), (3, Offset(6)), (7, Offset(14))]);
+        assert_eq!(
+            log.leader_epochs(),
+            vec![(1, Offset(0)), (3, Offset(6)), (7, Offset(14))]
+        );
         log.truncate_to(Offset(9)).await.expect("truncate");
         // The batch holding offset 9 (8-9) goes whole.
         assert_eq!(log.log_end_offset(), Offset(8));
@@ -324,8 +439,13 @@ fn truncation_removes_the_tail_across_segments_and_appends_continue() {
             let log = open(&path, small_config()).await;
             assert_eq!(read_all(&log, 0).await, expected);
             // Truncating below the log start empties the log and starts it there.
-            log.truncate_to(Offset(0)).await.expect("truncate everything");
-            assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(0), Offset(0)));
+            log.truncate_to(Offset(0))
+                .await
+                .expect("truncate everything");
+            assert_eq!(
+                (log.log_start_offset(), log.log_end_offset()),
+                (Offset(0), Offset(0))
+            );
             assert!(read_all(&log, 0).await.is_empty());
         }
     });
@@ -343,19 +463,32 @@ fn delete_records_moves_the_log_start_and_deletes_whole_segments() {
                 append(&log, tagged_batch(i, 1, 2000, 0), Durability::Written).await;
             }
             let before = log.segment_count();
-            assert_eq!(log.delete_records_before(Offset(45)).await.expect("delete"), Offset(45));
+            assert_eq!(
+                log.delete_records_before(Offset(45)).await.expect("delete"),
+                Offset(45)
+            );
             assert_eq!(log.log_start_offset(), Offset(45));
             assert!(log.segment_count() < before);
-            assert!(matches!(log.read(Offset(44), 100).await, Err(EngineError::OffsetOutOfRange { .. })));
+            assert!(matches!(
+                log.read(Offset(44), 100).await,
+                Err(EngineError::OffsetOutOfRange { .. })
+            ));
             let got = read_all(&log, 45).await;
             assert_eq!(got.first().map(|(b, _)| *b), Some(45));
-            assert!(matches!(log.delete_records_before(Offset(61)).await, Err(EngineError::OffsetOutOfRange { .. })));
+            assert!(matches!(
+                log.delete_records_before(Offset(61)).await,
+                Err(EngineError::OffsetOutOfRange { .. })
+            ));
             log.close().await.expect("close");
         }
     });
     run(async move {
         let log = open(&path, small_config()).await;
-        assert_eq!(log.log_start_offset(), Offset(45), "the log start survives a restart");
+        assert_eq!(
+            log.log_start_offset(),
+            Offset(45),
+            "the log start survives a restart"
+        );
         assert_eq!(log.log_end_offset(), Offset(60));
     });
 }
@@ -364,32 +497,62 @@ fn delete_records_moves_the_log_start_and_deletes_whole_segments() {
 fn retention_deletes_old_and_excess_segments_but_never_the_active_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async move {
-        let config = LogConfig { segment_bytes: 8000, retention_ms: -1, retention_bytes: -1, ..LogConfig::default() };
+        let config = LogConfig {
+            segment_bytes: 8000,
+            retention_ms: -1,
+            retention_bytes: -1,
+            ..LogConfig::default()
+        };
         let log = open(dir.path(), config.clone()).await;
         for i in 0..40i64 {
-            append(&log, tagged_batch(i as u64, 1, 1000, 1_000_000 + i * 1000), Durability::Written).await;
+            append(
+                &log,
+                tagged_batch(i as u64, 1, 1000, 1_000_000 + i * 1000),
+                Durability::Written,
+            )
+            .await;
         }
         let segments = log.segment_count();
         assert!(segments >= 5);
         log.maintain(2_000_000).await.expect("maintain");
-        assert_eq!(log.segment_count(), segments, "nothing to do without limits");
+        assert_eq!(
+            log.segment_count(),
+            segments,
+            "nothing to do without limits"
+        );
 
-        log.set_config(LogConfig { retention_bytes: 20_000, ..config.clone() });
+        log.set_config(LogConfig {
+            retention_bytes: 20_000,
+            ..config.clone()
+        });
         log.maintain(2_000_000).await.expect("maintain");
-        assert!(log.size_bytes() <= 20_000 + 8000, "size {}", log.size_bytes());
+        assert!(
+            log.size_bytes() <= 20_000 + 8000,
+            "size {}",
+            log.size_bytes()
+        );
         assert!(log.size_bytes() > 20_000 - 8000);
         let start = log.log_start_offset();
         assert!(start > Offset(0));
-        assert_eq!(read_all(&log, start.0).await.first().map(|(b, _)| *b), Some(start.0));
+        assert_eq!(
+            read_all(&log, start.0).await.first().map(|(b, _)| *b),
+            Some(start.0)
+        );
 
         // Records up to 1_029_000 are older than the retention at this time.
-        log.set_config(LogConfig { retention_ms: 1_000_000, ..config.clone() });
+        log.set_config(LogConfig {
+            retention_ms: 1_000_000,
+            ..config.clone()
+        });
         log.maintain(2_030_000).await.expect("maintain");
         assert!(log.log_start_offset() > start);
         assert!(log.log_start_offset() <= Offset(30));
 
         // Everything expired: only the active segment stays.
-        log.set_config(LogConfig { retention_ms: 0, ..config.clone() });
+        log.set_config(LogConfig {
+            retention_ms: 0,
+            ..config.clone()
+        });
         log.maintain(10_000_000).await.expect("maintain");
         assert_eq!(log.segment_count(), 1);
         assert!(log.size_bytes() > 0, "the active segment is kept");
@@ -401,21 +564,38 @@ fn retention_deletes_old_and_excess_segments_but_never_the_active_one() {
 fn segment_ms_rolls_on_upkeep_so_retention_can_delete_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async move {
-        let config = LogConfig { segment_ms: 1000, retention_ms: -1, ..LogConfig::default() };
+        let config = LogConfig {
+            segment_ms: 1000,
+            retention_ms: -1,
+            ..LogConfig::default()
+        };
         let log = open(dir.path(), config.clone()).await;
         append(&log, batch(1, 10, 0), Durability::Written).await;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
         log.maintain(now).await.expect("maintain");
         assert_eq!(log.segment_count(), 1, "not old enough to roll");
         log.maintain(now + 2000).await.expect("maintain");
         assert_eq!(log.segment_count(), 2, "rolled");
         log.maintain(now + 4000).await.expect("maintain");
-        assert_eq!(log.segment_count(), 2, "an empty active segment does not roll");
-        log.set_config(LogConfig { retention_ms: 0, ..config });
+        assert_eq!(
+            log.segment_count(),
+            2,
+            "an empty active segment does not roll"
+        );
+        log.set_config(LogConfig {
+            retention_ms: 0,
+            ..config
+        });
         log.maintain(now + 5000).await.expect("maintain");
         assert_eq!(log.segment_count(), 1);
         assert_eq!(log.log_start_offset(), Offset(1));
-        assert_eq!(append(&log, batch(1, 10, 0), Durability::Written).await.0, 1);
+        assert_eq!(
+            append(&log, batch(1, 10, 0), Durability::Written).await.0,
+            1
+        );
     });
 }
 
@@ -439,7 +619,10 @@ fn an_empty_log_leaves_no_files() {
         let path = path.clone();
         async move {
             let log = open(&path, LogConfig::default()).await;
-            assert_eq!((log.log_start_offset(), log.log_end_offset()), (Offset(0), Offset(0)));
+            assert_eq!(
+                (log.log_start_offset(), log.log_end_offset()),
+                (Offset(0), Offset(0))
+            );
             assert_eq!(log.max_timestamp(), None);
             assert_eq!(log.offset_for_timestamp(0).await.expect("lookup"), None);
             assert!(log.read(Offset(0), 100).await.expect("read").is_empty());

@@ -11,11 +11,24 @@ use wharf_engine::{BatchCache, Durability, EngineError, LogConfig, Offset, Parti
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { records: usize, value_bytes: usize, synced: bool },
-    Read { at: prop::sample::Index, max_bytes: usize },
-    Truncate { at: prop::sample::Index },
-    DeleteRecords { at: prop::sample::Index },
-    Reopen { clean: bool },
+    Append {
+        records: usize,
+        value_bytes: usize,
+        synced: bool,
+    },
+    Read {
+        at: prop::sample::Index,
+        max_bytes: usize,
+    },
+    Truncate {
+        at: prop::sample::Index,
+    },
+    DeleteRecords {
+        at: prop::sample::Index,
+    },
+    Reopen {
+        clean: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -37,11 +50,18 @@ struct Model {
 }
 
 fn config() -> LogConfig {
-    LogConfig { segment_bytes: 12_000, index_interval_bytes: 700, preallocate_bytes: 64 << 10, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 12_000,
+        index_interval_bytes: 700,
+        preallocate_bytes: 64 << 10,
+        ..LogConfig::default()
+    }
 }
 
 async fn reopen(dir: &std::path::Path, cache_budget: usize) -> PartitionLog {
-    PartitionLog::open(dir.to_path_buf(), config(), BatchCache::new(cache_budget)).await.expect("open")
+    PartitionLog::open(dir.to_path_buf(), config(), BatchCache::new(cache_budget))
+        .await
+        .expect("open")
 }
 
 proptest! {

@@ -39,12 +39,21 @@ fn assert_recovered_to(dir: &Path, expected: &[(i64, u64, Bytes)]) {
     let expected = expected.to_vec();
     run(async move {
         let log = open_with_cache(&dir, LogConfig::default(), BatchCache::new(0)).await;
-        let end = expected.last().map_or(0, |(_, pos, b)| pos + b.len() as u64);
-        assert_eq!(std::fs::metadata(dir.join(SEGMENT)).expect("segment").len(), end, "cut exactly at the damage");
+        let end = expected
+            .last()
+            .map_or(0, |(_, pos, b)| pos + b.len() as u64);
+        assert_eq!(
+            std::fs::metadata(dir.join(SEGMENT)).expect("segment").len(),
+            end,
+            "cut exactly at the damage"
+        );
         let got = read_all(&log, 0).await;
         let want: Vec<(i64, Bytes)> = expected.iter().map(|(o, _, b)| (*o, b.clone())).collect();
         assert_eq!(got, want);
-        assert_eq!(log.log_end_offset(), Offset(expected.last().map_or(0, |(o, _, b)| o + records_in(b))));
+        assert_eq!(
+            log.log_end_offset(),
+            Offset(expected.last().map_or(0, |(o, _, b)| o + records_in(b)))
+        );
         // The log takes appends right where it was cut.
         let (base, _) = append(&log, batch(1, 10, 0), Durability::Synced).await;
         assert_eq!(base, log.log_end_offset().0 - 1);
@@ -52,11 +61,19 @@ fn assert_recovered_to(dir: &Path, expected: &[(i64, u64, Bytes)]) {
 }
 
 fn records_in(batch: &Bytes) -> i64 {
-    i64::from(wharf_protocol::batch::validate_batch(batch, usize::MAX).expect("valid").records_count)
+    i64::from(
+        wharf_protocol::batch::validate_batch(batch, usize::MAX)
+            .expect("valid")
+            .records_count,
+    )
 }
 
 fn damage(dir: &Path, f: impl FnOnce(&mut std::fs::File)) {
-    let mut file = OpenOptions::new().read(true).write(true).open(dir.join(SEGMENT)).expect("open the segment");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(SEGMENT))
+        .expect("open the segment");
     f(&mut file);
     file.sync_all().expect("sync");
 }
@@ -147,8 +164,17 @@ fn damage_after_a_clean_shutdown_is_refused_on_read_not_served() {
     });
     run(async move {
         let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
-        assert_eq!(log.read(Offset(0), 1).await.expect("first batch is intact").len() as u64, size / 5);
-        let err = log.read(Offset(9), 1 << 20).await.expect_err("the damaged batch is not served");
+        assert_eq!(
+            log.read(Offset(0), 1)
+                .await
+                .expect("first batch is intact")
+                .len() as u64,
+            size / 5
+        );
+        let err = log
+            .read(Offset(9), 1 << 20)
+            .await
+            .expect_err("the damaged batch is not served");
         assert!(matches!(err, EngineError::CorruptMessage(_)), "{err:?}");
     });
 }
@@ -157,7 +183,11 @@ fn damage_after_a_clean_shutdown_is_refused_on_read_not_served() {
 fn damaged_or_missing_indexes_are_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
-    let config = LogConfig { segment_bytes: 20_000, index_interval_bytes: 1000, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 20_000,
+        index_interval_bytes: 1000,
+        ..LogConfig::default()
+    };
     let expected = run({
         let path = path.clone();
         let config = config.clone();
@@ -174,16 +204,26 @@ fn damaged_or_missing_indexes_are_rebuilt_from_the_log() {
             expected
         }
     });
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&path).expect("list").map(|e| e.expect("entry").path()).collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&path)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
     names.sort();
-    for (i, p) in names.iter().filter(|p| p.extension().is_some_and(|e| e == "index")).enumerate() {
+    for (i, p) in names
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "index"))
+        .enumerate()
+    {
         if i % 2 == 0 {
             std::fs::write(p, [0xffu8; 13]).expect("damage an index");
         } else {
             std::fs::remove_file(p).expect("remove an index");
         }
     }
-    for p in names.iter().filter(|p| p.extension().is_some_and(|e| e == "timeindex")) {
+    for p in names
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "timeindex"))
+    {
         std::fs::remove_file(p).expect("remove a time index");
     }
     run(async move {
@@ -194,6 +234,9 @@ fn damaged_or_missing_indexes_are_rebuilt_from_the_log() {
             assert_eq!(got, expected[offset as usize / 2].1);
         }
         assert_eq!(log.max_timestamp(), Some((59_001, Offset(119))));
-        assert_eq!(log.offset_for_timestamp(30_500).await.expect("lookup"), Some((Offset(62), 31_000)));
+        assert_eq!(
+            log.offset_for_timestamp(30_500).await.expect("lookup"),
+            Some((Offset(62), 31_000))
+        );
     });
 }

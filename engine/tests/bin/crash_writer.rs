@@ -17,7 +17,8 @@ const WRITERS: u64 = 6;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(dir), Some(round)) = (args.next(), args.next().and_then(|r| r.parse::<u64>().ok())) else {
+    let (Some(dir), Some(round)) = (args.next(), args.next().and_then(|r| r.parse::<u64>().ok()))
+    else {
         eprintln!("usage: wharf-engine-crash-writer <dir> <round>");
         std::process::exit(2);
     };
@@ -41,11 +42,22 @@ fn main() {
                         let tag = next_tag.get();
                         next_tag.set(tag + 1);
                         // Mostly acks=all; one writer with acks=1 (also survives a process crash).
-                        let durability = if w == 0 { Durability::Written } else { Durability::Synced };
-                        match log.append(common::crash_batch(tag), round as i32, durability).await {
+                        let durability = if w == 0 {
+                            Durability::Written
+                        } else {
+                            Durability::Synced
+                        };
+                        match log
+                            .append(common::crash_batch(tag), round as i32, durability)
+                            .await
+                        {
                             Ok(info) => {
                                 let mut out = std::io::stdout().lock();
-                                let _ = writeln!(out, "ack {tag} {} {}", info.base_offset.0, info.last_offset.0);
+                                let _ = writeln!(
+                                    out,
+                                    "ack {tag} {} {}",
+                                    info.base_offset.0, info.last_offset.0
+                                );
                                 let _ = out.flush();
                             }
                             Err(err) => {

@@ -11,12 +11,25 @@ use wharf_protocol::batch::{batches, validate_batch_with, BatchBuilder, CountRul
 
 /// Runs `fut` on a fresh glommio executor on this thread.
 pub fn run<T: 'static>(fut: impl Future<Output = T> + 'static) -> T {
-    glommio::LocalExecutorBuilder::default().io_memory(std::env::var("IOMEM").ok().and_then(|v| v.parse().ok()).unwrap_or(10 << 20)).make().expect("a glommio executor").run(fut)
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(
+            std::env::var("IOMEM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10 << 20),
+        )
+        .make()
+        .expect("a glommio executor")
+        .run(fut)
 }
 
 /// A batch of `records` records of `value_bytes` each, every record stamped `timestamp_ms`.
 pub fn batch(records: usize, value_bytes: usize, timestamp_ms: i64) -> Bytes {
-    Bytes::from(wharf_protocol::batch::simple_batch(records, value_bytes, timestamp_ms))
+    Bytes::from(wharf_protocol::batch::simple_batch(
+        records,
+        value_bytes,
+        timestamp_ms,
+    ))
 }
 
 /// A batch whose record values encode `tag`, so batches can be told apart byte for byte.
@@ -26,21 +39,35 @@ pub fn tagged_batch(tag: u64, records: usize, value_bytes: usize, timestamp_ms: 
         let mut value = vec![0u8; value_bytes.max(16)];
         value[..8].copy_from_slice(&tag.to_be_bytes());
         value[8..16].copy_from_slice(&(i as u64).to_be_bytes());
-        builder.push(Some(&tag.to_be_bytes()), Some(&value), &[], timestamp_ms + i as i64);
+        builder.push(
+            Some(&tag.to_be_bytes()),
+            Some(&value),
+            &[],
+            timestamp_ms + i as i64,
+        );
     }
     Bytes::from(builder.build())
 }
 
 pub fn small_config() -> LogConfig {
-    LogConfig { segment_bytes: 64 << 10, index_interval_bytes: 1024, preallocate_bytes: 256 << 10, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 64 << 10,
+        index_interval_bytes: 1024,
+        preallocate_bytes: 256 << 10,
+        ..LogConfig::default()
+    }
 }
 
 pub async fn open(dir: &Path, config: LogConfig) -> PartitionLog {
-    PartitionLog::open(dir.to_path_buf(), config, BatchCache::new(64 << 20)).await.expect("open the log")
+    PartitionLog::open(dir.to_path_buf(), config, BatchCache::new(64 << 20))
+        .await
+        .expect("open the log")
 }
 
 pub async fn open_with_cache(dir: &Path, config: LogConfig, cache: Rc<BatchCache>) -> PartitionLog {
-    PartitionLog::open(dir.to_path_buf(), config, cache).await.expect("open the log")
+    PartitionLog::open(dir.to_path_buf(), config, cache)
+        .await
+        .expect("open the log")
 }
 
 pub async fn append(log: &PartitionLog, bytes: Bytes, durability: Durability) -> (i64, i64) {
@@ -58,7 +85,8 @@ pub async fn read_all(log: &PartitionLog, from: i64) -> Vec<(i64, Bytes)> {
             return out;
         }
         for (pos, b) in batches(&bytes) {
-            let info = validate_batch_with(b, usize::MAX, CountRule::AtMost).expect("reads return valid batches");
+            let info = validate_batch_with(b, usize::MAX, CountRule::AtMost)
+                .expect("reads return valid batches");
             out.push((info.base_offset, bytes.slice(pos..pos + b.len())));
             next = info.last_offset() + 1;
         }
@@ -85,5 +113,10 @@ pub fn crash_batch(tag: u64) -> Bytes {
 }
 
 pub fn crash_config() -> LogConfig {
-    LogConfig { segment_bytes: 128 << 10, index_interval_bytes: 4096, preallocate_bytes: 1 << 20, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 128 << 10,
+        index_interval_bytes: 4096,
+        preallocate_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
 }
