@@ -31,7 +31,10 @@ pub enum FrameError {
 }
 
 /// Reads the size prefix of a request frame and checks it against `max_bytes`.
-pub fn request_frame_size(prefix: [u8; SIZE_PREFIX_BYTES], max_bytes: usize) -> Result<usize, FrameError> {
+pub fn request_frame_size(
+    prefix: [u8; SIZE_PREFIX_BYTES],
+    max_bytes: usize,
+) -> Result<usize, FrameError> {
     let size = i32::from_be_bytes(prefix);
     if size < 0 {
         return Err(FrameError::NegativeSize(size));
@@ -61,7 +64,11 @@ pub fn peek_request_ids(frame: &[u8]) -> Option<RequestIds> {
         return None;
     }
     let mut b = &frame[..REQUEST_ID_BYTES];
-    Some(RequestIds { api_key: b.get_i16(), api_version: b.get_i16(), correlation_id: b.get_i32() })
+    Some(RequestIds {
+        api_key: b.get_i16(),
+        api_version: b.get_i16(),
+        correlation_id: b.get_i32(),
+    })
 }
 
 /// A decoded request header.
@@ -91,7 +98,8 @@ pub fn decode_request_header(frame: &mut Bytes) -> Result<RequestHead, FrameErro
         });
     };
     let header_version = api_key.request_header_version(ids.api_version);
-    let header = RequestHeader::decode(frame, header_version).map_err(|e| FrameError::Header(e.to_string()))?;
+    let header = RequestHeader::decode(frame, header_version)
+        .map_err(|e| FrameError::Header(e.to_string()))?;
     Ok(RequestHead {
         api_key: header.request_api_key,
         api_version: header.request_api_version,
@@ -112,13 +120,19 @@ pub fn encode_response<M: Encodable>(
 ) -> Result<Bytes, FrameError> {
     let header_version = api_key.response_header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let size = header.compute_size(header_version).map_err(enc)? + body.compute_size(version).map_err(enc)?;
-    let size_i32 = i32::try_from(size).map_err(|_| FrameError::Encode(format!("response of {size} bytes")))?;
+    let size = header.compute_size(header_version).map_err(enc)?
+        + body.compute_size(version).map_err(enc)?;
+    let size_i32 =
+        i32::try_from(size).map_err(|_| FrameError::Encode(format!("response of {size} bytes")))?;
     let mut buf = BytesMut::with_capacity(SIZE_PREFIX_BYTES + size);
     buf.put_i32(size_i32);
     header.encode(&mut buf, header_version).map_err(enc)?;
     body.encode(&mut buf, version).map_err(enc)?;
-    debug_assert_eq!(buf.len(), SIZE_PREFIX_BYTES + size, "compute_size must match encode");
+    debug_assert_eq!(
+        buf.len(),
+        SIZE_PREFIX_BYTES + size,
+        "compute_size must match encode"
+    );
     Ok(buf.freeze())
 }
 
@@ -145,27 +159,47 @@ mod tests {
 
     #[test]
     fn frame_size_rejects_negative_short_and_oversized_frames() {
-        assert_eq!(request_frame_size((-1i32).to_be_bytes(), 100), Err(FrameError::NegativeSize(-1)));
-        assert_eq!(request_frame_size(7i32.to_be_bytes(), 100), Err(FrameError::TooShort(7)));
+        assert_eq!(
+            request_frame_size((-1i32).to_be_bytes(), 100),
+            Err(FrameError::NegativeSize(-1))
+        );
+        assert_eq!(
+            request_frame_size(7i32.to_be_bytes(), 100),
+            Err(FrameError::TooShort(7))
+        );
         assert_eq!(
             request_frame_size(101i32.to_be_bytes(), 100),
-            Err(FrameError::TooLarge { size: 101, max_bytes: 100 })
+            Err(FrameError::TooLarge {
+                size: 101,
+                max_bytes: 100
+            })
         );
         assert_eq!(request_frame_size(100i32.to_be_bytes(), 100), Ok(100));
         assert_eq!(
             request_frame_size(i32::MAX.to_be_bytes(), 100 << 20),
-            Err(FrameError::TooLarge { size: i32::MAX as usize, max_bytes: 100 << 20 })
+            Err(FrameError::TooLarge {
+                size: i32::MAX as usize,
+                max_bytes: 100 << 20
+            })
         );
     }
 
-    fn request_frame(api_key: i16, api_version: i16, correlation_id: i32, header_version: i16, body: &[u8]) -> Bytes {
+    fn request_frame(
+        api_key: i16,
+        api_version: i16,
+        correlation_id: i32,
+        header_version: i16,
+        body: &[u8],
+    ) -> Bytes {
         let header = RequestHeader::default()
             .with_request_api_key(api_key)
             .with_request_api_version(api_version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(StrBytes::from_static_str("test-client")));
         let mut buf = BytesMut::new();
-        header.encode(&mut buf, header_version).expect("header encodes");
+        header
+            .encode(&mut buf, header_version)
+            .expect("header encodes");
         buf.put_slice(body);
         buf.freeze()
     }
@@ -175,7 +209,9 @@ mod tests {
         // Metadata v9 is flexible: header v2 with tagged fields.
         for (version, header_version) in [(1i16, 1i16), (9, 2)] {
             let mut body = BytesMut::new();
-            MetadataRequest::default().encode(&mut body, version).expect("encodes");
+            MetadataRequest::default()
+                .encode(&mut body, version)
+                .expect("encodes");
             let mut frame = request_frame(3, version, 77, header_version, &body);
             let head = decode_request_header(&mut frame).expect("decodes");
             assert_eq!(head.api_key, 3);
@@ -198,9 +234,15 @@ mod tests {
     #[test]
     fn truncated_header_is_an_error_not_a_panic() {
         let mut frame = Bytes::from_static(&[0, 3, 0, 1, 0, 0, 0, 1, 0x7f]);
-        assert!(matches!(decode_request_header(&mut frame), Err(FrameError::Header(_))));
+        assert!(matches!(
+            decode_request_header(&mut frame),
+            Err(FrameError::Header(_))
+        ));
         let mut short = Bytes::from_static(&[0, 3, 0]);
-        assert_eq!(decode_request_header(&mut short), Err(FrameError::TooShort(3)));
+        assert_eq!(
+            decode_request_header(&mut short),
+            Err(FrameError::TooShort(3))
+        );
     }
 
     #[test]
@@ -227,7 +269,8 @@ mod tests {
 
     #[test]
     fn flexible_responses_carry_header_v1() {
-        let frame = encode_response(ApiKey::Metadata, 9, 5, &MetadataResponse::default()).expect("encodes");
+        let frame =
+            encode_response(ApiKey::Metadata, 9, 5, &MetadataResponse::default()).expect("encodes");
         let mut b = &frame[SIZE_PREFIX_BYTES..];
         assert_eq!(b.get_i32(), 5);
         assert_eq!(b.get_u8(), 0, "empty tagged fields of response header v1");

@@ -51,7 +51,9 @@ fn count(buf: &mut Bytes, min_element_bytes: usize) -> Result<usize, LegacyProdu
 }
 
 /// Decodes the body of a Produce v0–v2 request (after the request header).
-pub fn decode_legacy_produce_request(mut body: Bytes) -> Result<LegacyProduceRequest, LegacyProduceError> {
+pub fn decode_legacy_produce_request(
+    mut body: Bytes,
+) -> Result<LegacyProduceRequest, LegacyProduceError> {
     let buf = &mut body;
     need(buf, 6)?;
     let acks = buf.get_i16();
@@ -81,12 +83,20 @@ pub fn decode_legacy_produce_request(mut body: Bytes) -> Result<LegacyProduceReq
         }
         topics.push((name, partitions));
     }
-    Ok(LegacyProduceRequest { acks, timeout_ms, topics })
+    Ok(LegacyProduceRequest {
+        acks,
+        timeout_ms,
+        topics,
+    })
 }
 
 /// Encodes the body of a Produce v0–v2 response giving every partition of `request` the
 /// same `error_code` (offsets -1).
-pub fn encode_legacy_produce_response(version: i16, request: &LegacyProduceRequest, error_code: i16) -> Bytes {
+pub fn encode_legacy_produce_response(
+    version: i16,
+    request: &LegacyProduceRequest,
+    error_code: i16,
+) -> Bytes {
     debug_assert!((0..=MAX_LEGACY_PRODUCE_VERSION).contains(&version));
     let mut buf = BytesMut::new();
     buf.put_i32(request.topics.len() as i32);
@@ -138,7 +148,13 @@ mod tests {
         let req = decode_legacy_produce_request(body).expect("decodes");
         assert_eq!(req.acks, -1);
         assert_eq!(req.timeout_ms, 1500);
-        assert_eq!(req.topics, vec![(Bytes::from_static(b"a"), vec![0, 3]), (Bytes::from_static(b"bb"), vec![1])]);
+        assert_eq!(
+            req.topics,
+            vec![
+                (Bytes::from_static(b"a"), vec![0, 3]),
+                (Bytes::from_static(b"bb"), vec![1])
+            ]
+        );
     }
 
     #[test]
@@ -152,7 +168,11 @@ mod tests {
 
     #[test]
     fn response_layout_per_version() {
-        let req = LegacyProduceRequest { acks: 1, timeout_ms: 0, topics: vec![(Bytes::from_static(b"t"), vec![7])] };
+        let req = LegacyProduceRequest {
+            acks: 1,
+            timeout_ms: 0,
+            topics: vec![(Bytes::from_static(b"t"), vec![7])],
+        };
         // topics(4) + name(2+1) + partitions(4) + index(4) + error(2) + base_offset(8)
         assert_eq!(encode_legacy_produce_response(0, &req, 35).len(), 25);
         assert_eq!(encode_legacy_produce_response(1, &req, 35).len(), 29);

@@ -30,8 +30,13 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
     let _lock = lock_data_dir(&config.data_dir)?;
     // Absolute from here on: glommio resolves relative paths of directories it opens
     // against no directory at all (EBADF), and logs are clearer with the full path.
-    config.data_dir = std::fs::canonicalize(&config.data_dir)
-        .map_err(|e| StartupError(format!("cannot resolve data dir {}: {}", config.data_dir.display(), io_reason(&e))))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir).map_err(|e| {
+        StartupError(format!(
+            "cannot resolve data dir {}: {}",
+            config.data_dir.display(),
+            io_reason(&e)
+        ))
+    })?;
     let image = load_metadata(&config.data_dir)?;
 
     // Every thread started from here on inherits this mask; shard 0 takes the signals
@@ -40,7 +45,11 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mesh = mesh_builder(config.shards);
-    let cores: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let mut handles = Vec::with_capacity(config.shards);
     for i in 0..config.shards {
         let start = ShardStart {
@@ -51,7 +60,10 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             mesh: mesh.clone(),
             ready: ready_tx.clone(),
         };
-        handles.push(shard::spawn(start).map_err(|e| StartupError(format!("cannot start shard {i}: {e}")))?);
+        handles.push(
+            shard::spawn(start)
+                .map_err(|e| StartupError(format!("cannot start shard {i}: {e}")))?,
+        );
     }
     drop(ready_tx);
     for _ in 0..config.shards {
@@ -93,33 +105,58 @@ struct PortHold {
 }
 
 fn reserve_port(listen: SocketAddr) -> Result<PortHold, StartupError> {
-    let fail = |e: std::io::Error| StartupError(format!("cannot listen on {listen}: {}", io_reason(&e)));
+    let fail =
+        |e: std::io::Error| StartupError(format!("cannot listen on {listen}: {}", io_reason(&e)));
     if listen.port() != 0 {
         drop(TcpListener::bind(listen).map_err(fail)?);
-        return Ok(PortHold { port: listen.port(), _socket: None });
+        return Ok(PortHold {
+            port: listen.port(),
+            _socket: None,
+        });
     }
-    let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None).map_err(fail)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(fail)?;
     socket.set_reuse_port(true).map_err(fail)?;
     socket.bind(&listen.into()).map_err(fail)?;
-    let port = socket.local_addr().map_err(fail)?.as_socket().map(|a| a.port()).unwrap_or(0);
-    Ok(PortHold { port, _socket: Some(socket) })
+    let port = socket
+        .local_addr()
+        .map_err(fail)?
+        .as_socket()
+        .map(|a| a.port())
+        .unwrap_or(0);
+    Ok(PortHold {
+        port,
+        _socket: Some(socket),
+    })
 }
 
 /// Creates the data directory if needed, checks it is writable, and locks it.
 fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
     let shown = dir.display();
-    std::fs::create_dir_all(dir).map_err(|e| StartupError(format!("cannot create data dir {shown}: {}", io_reason(&e))))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartupError(format!("cannot create data dir {shown}: {}", io_reason(&e))))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| StartupError(format!("data dir {shown} is not writable: {}", io_reason(&e))))?;
+        .map_err(|e| {
+            StartupError(format!(
+                "data dir {shown} is not writable: {}",
+                io_reason(&e)
+            ))
+        })?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(StartupError(format!("data dir {shown} is in use by another wharf process")));
+        return Err(StartupError(format!(
+            "data dir {shown} is in use by another wharf process"
+        )));
     }
     Ok(lock)
 }
@@ -128,17 +165,30 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
 /// partition directories (see `metadata::store`).
 fn load_metadata(dir: &Path) -> Result<crate::metadata::MetadataImage, StartupError> {
     let loaded = store::load(dir).map_err(|e| StartupError(e.to_string()))?;
-    let found = store::scan_partition_dirs(dir)
-        .map_err(|e| StartupError(format!("cannot read data dir {}: {}", dir.display(), io_reason(&e))))?;
+    let found = store::scan_partition_dirs(dir).map_err(|e| {
+        StartupError(format!(
+            "cannot read data dir {}: {}",
+            dir.display(),
+            io_reason(&e)
+        ))
+    })?;
     let reconciled = store::reconcile(loaded, found);
     for leftover in &reconciled.leftovers {
         tracing::warn!(dir = %leftover.display(), "removing the partition directory of a deleted topic");
-        std::fs::remove_dir_all(leftover)
-            .map_err(|e| StartupError(format!("cannot remove {}: {}", leftover.display(), io_reason(&e))))?;
+        std::fs::remove_dir_all(leftover).map_err(|e| {
+            StartupError(format!(
+                "cannot remove {}: {}",
+                leftover.display(),
+                io_reason(&e)
+            ))
+        })?;
     }
     if reconciled.rebuilt {
         if reconciled.image.topic_count() > 0 {
-            tracing::warn!(topics = reconciled.image.topic_count(), "no metadata file: topics rebuilt from the partition directories");
+            tracing::warn!(
+                topics = reconciled.image.topic_count(),
+                "no metadata file: topics rebuilt from the partition directories"
+            );
         }
         store::save(dir, &reconciled.image).map_err(|e| StartupError(e.to_string()))?;
     }
@@ -172,7 +222,11 @@ pub fn wait_for_termination_signal() -> &'static str {
         // SAFETY: valid set and out-pointer; the signals are blocked in every thread.
         let rc = unsafe { libc::sigwait(&set, &mut signal) };
         if rc == 0 {
-            return if signal == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+            return if signal == libc::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
         }
     }
 }
@@ -212,7 +266,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-directory");
         std::fs::write(&file, b"x").unwrap();
-        let e = lock_data_dir(&file.join("data")).err().expect("cannot create").to_string();
+        let e = lock_data_dir(&file.join("data"))
+            .err()
+            .expect("cannot create")
+            .to_string();
         assert!(e.contains("not-a-directory") && !e.contains('\n'), "{e}");
     }
 }

@@ -129,30 +129,60 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         Some(path) => load_file(path)?,
         None => BTreeMap::new(),
     };
-    let source = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-    let mut settings = Settings { values: file, source };
+    let source = args
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut settings = Settings {
+        values: file,
+        source,
+    };
 
-    let listen_text = args.listen.clone().or(settings.take_string("listeners")?).unwrap_or_else(|| "127.0.0.1:9092".into());
+    let listen_text = args
+        .listen
+        .clone()
+        .or(settings.take_string("listeners")?)
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
     let listen = parse_listen(&listen_text)?;
-    let advertised_text = args.advertised_listener.clone().or(settings.take_string("advertised.listeners")?);
+    let advertised_text = args
+        .advertised_listener
+        .clone()
+        .or(settings.take_string("advertised.listeners")?);
     let (advertised_host, advertised_port) = match advertised_text {
         Some(text) => parse_host_port(&text)?,
         None => (default_advertised_host(&listen), listen.port()),
     };
-    let data_dir_file = match settings.take_string("log.dirs")?.or(settings.take_string("log.dir")?) {
+    let data_dir_file = match settings
+        .take_string("log.dirs")?
+        .or(settings.take_string("log.dir")?)
+    {
         Some(dirs) if dirs.contains(',') => {
-            return Err(err(format!("log.dirs `{dirs}` names several directories; wharf uses one")))
+            return Err(err(format!(
+                "log.dirs `{dirs}` names several directories; wharf uses one"
+            )))
         }
         other => other.map(PathBuf::from),
     };
-    let data_dir = args.data_dir.clone().or(data_dir_file).unwrap_or_else(|| PathBuf::from("./data"));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(data_dir_file)
+        .unwrap_or_else(|| PathBuf::from("./data"));
     if data_dir.as_os_str().is_empty() {
         return Err(err("the data directory must not be empty"));
     }
-    let shards_file = settings.take_int("shards")?.map(|n| n.clamp(0, MAX_SHARDS as i64 + 1) as usize);
-    let shards = args.shards.or(shards_file).unwrap_or(available_cores.max(1));
+    let shards_file = settings
+        .take_int("shards")?
+        .map(|n| n.clamp(0, MAX_SHARDS as i64 + 1) as usize);
+    let shards = args
+        .shards
+        .or(shards_file)
+        .unwrap_or(available_cores.max(1));
     if shards == 0 || shards > MAX_SHARDS {
-        return Err(err(format!("shards must be between 1 and {MAX_SHARDS}, got {shards}")));
+        return Err(err(format!(
+            "shards must be between 1 and {MAX_SHARDS}, got {shards}"
+        )));
     }
     let node_id_file = match settings.take_int("node.id")? {
         Some(n) => Some(n),
@@ -160,37 +190,71 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     };
     let node_id = args.node_id.map(i64::from).or(node_id_file).unwrap_or(1);
     let node_id = int_in("node.id", node_id, 0, i32::MAX as i64)? as i32;
-    let num_partitions = args.num_partitions.map(i64::from).or(settings.take_int("num.partitions")?).unwrap_or(1);
-    let num_partitions = int_in("num.partitions", num_partitions, 1, MAX_PARTITIONS_PER_TOPIC as i64)? as i32;
+    let num_partitions = args
+        .num_partitions
+        .map(i64::from)
+        .or(settings.take_int("num.partitions")?)
+        .unwrap_or(1);
+    let num_partitions = int_in(
+        "num.partitions",
+        num_partitions,
+        1,
+        MAX_PARTITIONS_PER_TOPIC as i64,
+    )? as i32;
     let auto_create_file = settings.take_bool("auto.create.topics.enable")?;
     let auto_create_topics = args.auto_create_topics.or(auto_create_file).unwrap_or(true);
     if let Some(rf) = settings.take_int("default.replication.factor")? {
         if rf != 1 {
-            return Err(err(format!("default.replication.factor must be 1 on a single node, got {rf}")));
+            return Err(err(format!(
+                "default.replication.factor must be 1 on a single node, got {rf}"
+            )));
         }
     }
-    let offsets_topic_num_partitions = settings.take_int("offsets.topic.num.partitions")?.unwrap_or(DEFAULT_OFFSETS_TOPIC_PARTITIONS as i64);
-    let offsets_topic_num_partitions =
-        int_in("offsets.topic.num.partitions", offsets_topic_num_partitions, 1, MAX_PARTITIONS_PER_TOPIC as i64)? as i32;
-    let max_request_bytes = settings.take_int("socket.request.max.bytes")?.unwrap_or(DEFAULT_MAX_REQUEST_BYTES as i64);
-    let max_request_bytes = int_in("socket.request.max.bytes", max_request_bytes, 1024, i32::MAX as i64)? as usize;
+    let offsets_topic_num_partitions = settings
+        .take_int("offsets.topic.num.partitions")?
+        .unwrap_or(DEFAULT_OFFSETS_TOPIC_PARTITIONS as i64);
+    let offsets_topic_num_partitions = int_in(
+        "offsets.topic.num.partitions",
+        offsets_topic_num_partitions,
+        1,
+        MAX_PARTITIONS_PER_TOPIC as i64,
+    )? as i32;
+    let max_request_bytes = settings
+        .take_int("socket.request.max.bytes")?
+        .unwrap_or(DEFAULT_MAX_REQUEST_BYTES as i64);
+    let max_request_bytes = int_in(
+        "socket.request.max.bytes",
+        max_request_bytes,
+        1024,
+        i32::MAX as i64,
+    )? as usize;
     let produce_inflight = settings
         .take_int("produce.inflight.max.bytes")?
         .unwrap_or(DEFAULT_PRODUCE_INFLIGHT_BYTES_PER_SHARD as i64);
-    let produce_inflight_bytes_per_shard = int_in("produce.inflight.max.bytes", produce_inflight, 1 << 20, 1 << 40)? as usize;
+    let produce_inflight_bytes_per_shard = int_in(
+        "produce.inflight.max.bytes",
+        produce_inflight,
+        1 << 20,
+        1 << 40,
+    )? as usize;
     if produce_inflight_bytes_per_shard < max_request_bytes {
         return Err(err(format!(
             "produce.inflight.max.bytes ({produce_inflight_bytes_per_shard}) must be at least socket.request.max.bytes ({max_request_bytes})"
         )));
     }
-    let cache = settings.take_int("log.cache.bytes")?.unwrap_or(DEFAULT_LOG_CACHE_BYTES_PER_SHARD as i64);
+    let cache = settings
+        .take_int("log.cache.bytes")?
+        .unwrap_or(DEFAULT_LOG_CACHE_BYTES_PER_SHARD as i64);
     let log_cache_bytes_per_shard = int_in("log.cache.bytes", cache, 0, 1 << 40)? as usize;
 
     let topic_defaults = TopicDefaults::from_broker_settings(&mut settings)?;
     let group = resolve_group_config(args, &mut settings)?;
 
     if let Some(unknown) = settings.values.keys().next() {
-        return Err(err(format!("unknown setting `{unknown}` in {}", settings.source)));
+        return Err(err(format!(
+            "unknown setting `{unknown}` in {}",
+            settings.source
+        )));
     }
     Ok(BrokerConfig {
         listen,
@@ -211,35 +275,54 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
 }
 
 /// The consumer group settings, with Kafka's names and defaults.
-fn resolve_group_config(args: &BrokerArgs, settings: &mut Settings) -> Result<crate::group::GroupConfig, ConfigError> {
+fn resolve_group_config(
+    args: &BrokerArgs,
+    settings: &mut Settings,
+) -> Result<crate::group::GroupConfig, ConfigError> {
     let mut group = crate::group::GroupConfig::default();
     let delay = match args.group_initial_rebalance_delay_ms {
         Some(ms) => Some(ms),
         None => settings.take_int("group.initial.rebalance.delay.ms")?,
     };
     if let Some(ms) = delay {
-        group.group_initial_rebalance_delay_ms = int_in("group.initial.rebalance.delay.ms", ms, 0, i32::MAX as i64)?;
+        group.group_initial_rebalance_delay_ms =
+            int_in("group.initial.rebalance.delay.ms", ms, 0, i32::MAX as i64)?;
     }
     if let Some(ms) = settings.take_int("group.min.session.timeout.ms")? {
-        group.group_min_session_timeout_ms = int_in("group.min.session.timeout.ms", ms, 1, i32::MAX as i64)? as i32;
+        group.group_min_session_timeout_ms =
+            int_in("group.min.session.timeout.ms", ms, 1, i32::MAX as i64)? as i32;
     }
     if let Some(ms) = settings.take_int("group.max.session.timeout.ms")? {
-        group.group_max_session_timeout_ms = int_in("group.max.session.timeout.ms", ms, 1, i32::MAX as i64)? as i32;
+        group.group_max_session_timeout_ms =
+            int_in("group.max.session.timeout.ms", ms, 1, i32::MAX as i64)? as i32;
     }
     if let Some(n) = settings.take_int("group.max.size")? {
-        group.group_max_size = int_in("group.max.size", n, 1, crate::group::config::MAX_GROUP_MEMBERS as i64)? as usize;
+        group.group_max_size = int_in(
+            "group.max.size",
+            n,
+            1,
+            crate::group::config::MAX_GROUP_MEMBERS as i64,
+        )? as usize;
     }
     if let Some(n) = settings.take_int("offset.metadata.max.bytes")? {
-        group.offset_metadata_max_bytes = int_in("offset.metadata.max.bytes", n, 0, i16::MAX as i64)? as usize;
+        group.offset_metadata_max_bytes =
+            int_in("offset.metadata.max.bytes", n, 0, i16::MAX as i64)? as usize;
     }
     if let Some(minutes) = settings.take_int("offsets.retention.minutes")? {
-        group.offsets_retention_ms = int_in("offsets.retention.minutes", minutes, 1, i32::MAX as i64)? * 60_000;
+        group.offsets_retention_ms =
+            int_in("offsets.retention.minutes", minutes, 1, i32::MAX as i64)? * 60_000;
     }
     if let Some(n) = settings.take_int("offsets.topic.compaction.min.records")? {
-        group.offsets_topic_compaction_min_records = int_in("offsets.topic.compaction.min.records", n, 1, i32::MAX as i64)? as usize;
+        group.offsets_topic_compaction_min_records = int_in(
+            "offsets.topic.compaction.min.records",
+            n,
+            1,
+            i32::MAX as i64,
+        )? as usize;
     }
     if let Some(ms) = settings.take_int("offsets.retention.check.interval.ms")? {
-        group.offsets_retention_check_interval_ms = int_in("offsets.retention.check.interval.ms", ms, 1, i64::MAX)?;
+        group.offsets_retention_check_interval_ms =
+            int_in("offsets.retention.check.interval.ms", ms, 1, i64::MAX)?;
     }
     Ok(group)
 }
@@ -254,7 +337,10 @@ pub struct Settings {
 impl Settings {
     #[cfg(test)]
     pub fn empty() -> Settings {
-        Settings { values: BTreeMap::new(), source: String::new() }
+        Settings {
+            values: BTreeMap::new(),
+            source: String::new(),
+        }
     }
 
     pub fn take_string(&mut self, name: &str) -> Result<Option<String>, ConfigError> {
@@ -285,9 +371,11 @@ impl Settings {
         match self.values.remove(name) {
             None => Ok(None),
             Some(toml::Value::Integer(n)) => Ok(Some(n)),
-            Some(toml::Value::String(s)) => {
-                s.trim().parse::<i64>().map(Some).map_err(|_| err(format!("`{name}` must be an integer, got \"{s}\"")))
-            }
+            Some(toml::Value::String(s)) => s
+                .trim()
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| err(format!("`{name}` must be an integer, got \"{s}\""))),
             Some(other) => Err(err(format!("`{name}` must be an integer, got {other}"))),
         }
     }
@@ -308,19 +396,30 @@ impl Settings {
 
 fn int_in(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
     if value < min || value > max {
-        return Err(err(format!("`{name}` must be between {min} and {max}, got {value}")));
+        return Err(err(format!(
+            "`{name}` must be between {min} and {max}, got {value}"
+        )));
     }
     Ok(value)
 }
 
 fn load_file(path: &Path) -> Result<BTreeMap<String, toml::Value>, ConfigError> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read config file {shown}: {}", io_reason(&e))))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(format!(
+            "cannot read config file {shown}: {}",
+            io_reason(&e)
+        ))
+    })?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
         let message = e.message().replace('\n', " ");
         match line {
-            Some(line) => err(format!("cannot parse config file {shown}, line {line}: {message}")),
+            Some(line) => err(format!(
+                "cannot parse config file {shown}, line {line}: {message}"
+            )),
             None => err(format!("cannot parse config file {shown}: {message}")),
         }
     })?;
@@ -331,7 +430,11 @@ fn load_file(path: &Path) -> Result<BTreeMap<String, toml::Value>, ConfigError> 
 
 fn flatten(prefix: &str, table: toml::Table, out: &mut BTreeMap<String, toml::Value>) {
     for (key, value) in table {
-        let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
         match value {
             toml::Value::Table(inner) => flatten(&name, inner, out),
             other => {
@@ -346,7 +449,9 @@ fn strip_listener_scheme(text: &str) -> Result<&str, ConfigError> {
     match text.split_once("://") {
         None => Ok(text),
         Some(("PLAINTEXT", rest)) | Some(("plaintext", rest)) => Ok(rest),
-        Some((scheme, _)) => Err(err(format!("listener `{text}`: only PLAINTEXT is supported, not {scheme}"))),
+        Some((scheme, _)) => Err(err(format!(
+            "listener `{text}`: only PLAINTEXT is supported, not {scheme}"
+        ))),
     }
 }
 
@@ -355,15 +460,23 @@ fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
     let mut addrs = hostport
         .to_socket_addrs()
         .map_err(|e| err(format!("bad listen address `{text}`: {}", io_reason(&e))))?;
-    addrs.next().ok_or_else(|| err(format!("bad listen address `{text}`: it resolves to nothing")))
+    addrs.next().ok_or_else(|| {
+        err(format!(
+            "bad listen address `{text}`: it resolves to nothing"
+        ))
+    })
 }
 
 fn parse_host_port(text: &str) -> Result<(String, u16), ConfigError> {
     let hostport = strip_listener_scheme(text.trim())?;
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| err(format!("bad advertised listener `{text}`: expected HOST:PORT")))?;
-    let port: u16 = port.parse().map_err(|_| err(format!("bad advertised listener `{text}`: bad port")))?;
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(|| {
+        err(format!(
+            "bad advertised listener `{text}`: expected HOST:PORT"
+        ))
+    })?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| err(format!("bad advertised listener `{text}`: bad port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(err(format!("bad advertised listener `{text}`: empty host")));
@@ -422,7 +535,10 @@ mod tests {
     fn defaults_match_the_cli_contract() {
         let config = resolve(&args(), 6).expect("defaults resolve");
         assert_eq!(config.listen, "127.0.0.1:9092".parse().unwrap());
-        assert_eq!((config.advertised_host.as_str(), config.advertised_port), ("127.0.0.1", 9092));
+        assert_eq!(
+            (config.advertised_host.as_str(), config.advertised_port),
+            ("127.0.0.1", 9092)
+        );
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.shards, 6);
         assert_eq!(config.num_partitions, 1);
@@ -493,6 +609,9 @@ mod tests {
         assert_eq!(config.advertised_port, 40000);
         a.advertised_listener = Some("broker.example:9093".into());
         let config = resolve(&a, 1).expect("resolves").with_bound_port(40000);
-        assert_eq!((config.advertised_host.as_str(), config.advertised_port), ("broker.example", 9093));
+        assert_eq!(
+            (config.advertised_host.as_str(), config.advertised_port),
+            ("broker.example", 9093)
+        );
     }
 }

@@ -47,7 +47,9 @@ fn main() {
 }
 
 fn run_broker(args: &BrokerArgs) -> Result<(), String> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let config = config::resolve(args, cores).map_err(|e| e.to_string())?;
     init_logging();
     install_panic_exit();
@@ -58,7 +60,12 @@ fn run_broker(args: &BrokerArgs) -> Result<(), String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }
 
 /// A panic on any shard is a bug that leaves that shard's partitions and connections

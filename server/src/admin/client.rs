@@ -35,19 +35,39 @@ pub struct AdminClient {
 impl AdminClient {
     /// Connects to `addr` (`host:port`) and asks which API versions the broker speaks.
     pub fn connect(addr: &str) -> Result<AdminClient, AdminError> {
-        let stream = TcpStream::connect(addr).map_err(|e| AdminError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+        let stream = TcpStream::connect(addr).map_err(|e| AdminError::Connect {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let mut client = AdminClient { stream, next_correlation_id: 0, versions: HashMap::new() };
+        let mut client = AdminClient {
+            stream,
+            next_correlation_id: 0,
+            versions: HashMap::new(),
+        };
         let response: ApiVersionsResponse = client.send_at(&ApiVersionsRequest::default(), 3)?;
-        client.versions = response.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        client.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
         Ok(client)
     }
 
     /// Sends `request` at the newest version both sides speak, up to `max_version`.
-    pub fn send<R: Request>(&mut self, request: &R, max_version: i16) -> Result<R::Response, AdminError> {
-        let key = ApiKey::try_from(R::KEY).map_err(|_| AdminError::Protocol("unknown api key".into()))?;
-        let (min, max) = self.versions.get(&R::KEY).copied().ok_or(AdminError::Unsupported(key))?;
+    pub fn send<R: Request>(
+        &mut self,
+        request: &R,
+        max_version: i16,
+    ) -> Result<R::Response, AdminError> {
+        let key =
+            ApiKey::try_from(R::KEY).map_err(|_| AdminError::Protocol("unknown api key".into()))?;
+        let (min, max) = self
+            .versions
+            .get(&R::KEY)
+            .copied()
+            .ok_or(AdminError::Unsupported(key))?;
         let version = max.min(max_version).min(R::VERSIONS.max);
         if version < min.max(R::VERSIONS.min) {
             return Err(AdminError::Unsupported(key));
@@ -55,8 +75,13 @@ impl AdminClient {
         self.send_at(request, version)
     }
 
-    fn send_at<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response, AdminError> {
-        let key = ApiKey::try_from(R::KEY).map_err(|_| AdminError::Protocol("unknown api key".into()))?;
+    fn send_at<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, AdminError> {
+        let key =
+            ApiKey::try_from(R::KEY).map_err(|_| AdminError::Protocol("unknown api key".into()))?;
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id += 1;
         let header = RequestHeader::default()
@@ -65,8 +90,12 @@ impl AdminClient {
             .with_correlation_id(correlation_id)
             .with_client_id(Some(StrBytes::from_static_str("wharf-admin")));
         let mut body = BytesMut::new();
-        header.encode(&mut body, key.request_header_version(version)).map_err(|e| AdminError::Protocol(e.to_string()))?;
-        request.encode(&mut body, version).map_err(|e| AdminError::Protocol(e.to_string()))?;
+        header
+            .encode(&mut body, key.request_header_version(version))
+            .map_err(|e| AdminError::Protocol(e.to_string()))?;
+        request
+            .encode(&mut body, version)
+            .map_err(|e| AdminError::Protocol(e.to_string()))?;
         let mut frame = BytesMut::with_capacity(4 + body.len());
         frame.put_i32(body.len() as i32);
         frame.put_slice(&body);
@@ -86,7 +115,11 @@ impl AdminClient {
         }
         if key.response_header_version(version) >= 1 {
             // Response header v1: tagged fields (a varint count, expected to be zero).
-            kafka_protocol::messages::ResponseHeader::decode(&mut Bytes::from_static(&[0, 0, 0, 0, 0]), 1).ok();
+            kafka_protocol::messages::ResponseHeader::decode(
+                &mut Bytes::from_static(&[0, 0, 0, 0, 0]),
+                1,
+            )
+            .ok();
             skip_tagged_fields(&mut buf)?;
         }
         R::Response::decode(&mut buf, version).map_err(|e| AdminError::Protocol(e.to_string()))

@@ -31,7 +31,8 @@ pub fn advertised_versions() -> Vec<ApiVersion> {
 pub async fn handle(ctx: Rc<RequestContext>, _body: Bytes) -> HandlerResult {
     let mut response = ApiVersionsResponse::default();
     response.api_keys = advertised_versions();
-    let supported = route_for(ApiKey::ApiVersions as i16).is_some_and(|r| r.supports(ctx.api_version));
+    let supported =
+        route_for(ApiKey::ApiVersions as i16).is_some_and(|r| r.supports(ctx.api_version));
     // The body carries only the client's name and version, which nothing here needs; not
     // decoding it also lets a request of a version we do not know be answered.
     let version = if supported {
@@ -54,7 +55,13 @@ mod tests {
         let versions = advertised_versions();
         assert_eq!(versions.len(), ROUTES.len());
         let keys: Vec<i16> = versions.iter().map(|v| v.api_key).collect();
-        for required in [ApiKey::Produce, ApiKey::Fetch, ApiKey::Metadata, ApiKey::ApiVersions, ApiKey::ListOffsets] {
+        for required in [
+            ApiKey::Produce,
+            ApiKey::Fetch,
+            ApiKey::Metadata,
+            ApiKey::ApiVersions,
+            ApiKey::ListOffsets,
+        ] {
             assert!(keys.contains(&(required as i16)), "{required:?}");
         }
     }

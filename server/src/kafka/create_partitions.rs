@@ -18,12 +18,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     for t in &request.topics {
         let name = t.name.0.to_string();
         let duplicate = request.topics.iter().filter(|o| o.name == t.name).count() > 1;
-        let bad_assignment = t
-            .assignments
-            .as_ref()
-            .is_some_and(|a| a.iter().any(|p| p.broker_ids.len() != 1 || p.broker_ids[0].0 != node_id));
+        let bad_assignment = t.assignments.as_ref().is_some_and(|a| {
+            a.iter()
+                .any(|p| p.broker_ids.len() != 1 || p.broker_ids[0].0 != node_id)
+        });
         if duplicate {
-            outcomes.push(Some(Err(MetadataError::InvalidRequest(format!("Duplicate topic in request: {name}")))));
+            outcomes.push(Some(Err(MetadataError::InvalidRequest(format!(
+                "Duplicate topic in request: {name}"
+            )))));
         } else if bad_assignment {
             outcomes.push(Some(Err(MetadataError::InvalidReplicaAssignment(format!(
                 "New partitions must be assigned to broker {node_id} only"
@@ -33,7 +35,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             outcomes.push(None);
         }
     }
-    let mut results = controller::create_partitions(&ctx.shard, work, request.validate_only).await.into_iter();
+    let mut results = controller::create_partitions(&ctx.shard, work, request.validate_only)
+        .await
+        .into_iter();
     for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
         *outcome = results.next();
     }

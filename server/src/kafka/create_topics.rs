@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
 
 use super::errors::metadata_error;
@@ -24,25 +26,45 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     }
 
     // Each topic either goes to the controller or is refused here.
-    let mut outcomes: Vec<Option<Result<TopicMeta, MetadataError>>> = Vec::with_capacity(request.topics.len());
+    let mut outcomes: Vec<Option<Result<TopicMeta, MetadataError>>> =
+        Vec::with_capacity(request.topics.len());
     let mut to_create: Vec<NewTopic> = Vec::new();
     for t in &request.topics {
         let name = t.name.0.to_string();
         let checked = if seen.get(&name).copied().unwrap_or(0) > 1 {
-            Err(MetadataError::InvalidRequest(format!("Create topics request from client contains a duplicate topic {name}")))
+            Err(MetadataError::InvalidRequest(format!(
+                "Create topics request from client contains a duplicate topic {name}"
+            )))
         } else {
-            partition_count(&ctx.shard, t.num_partitions, t.replication_factor, &t.assignments, node_id)
+            partition_count(
+                &ctx.shard,
+                t.num_partitions,
+                t.replication_factor,
+                &t.assignments,
+                node_id,
+            )
         };
         match checked {
             Ok(partitions) => {
-                let configs = t.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect();
-                to_create.push(NewTopic { name, partitions, configs, internal: false });
+                let configs = t
+                    .configs
+                    .iter()
+                    .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+                    .collect();
+                to_create.push(NewTopic {
+                    name,
+                    partitions,
+                    configs,
+                    internal: false,
+                });
                 outcomes.push(None);
             }
             Err(e) => outcomes.push(Some(Err(e))),
         }
     }
-    let mut created = controller::create_topics(&ctx.shard, to_create, request.validate_only).await.into_iter();
+    let mut created = controller::create_topics(&ctx.shard, to_create, request.validate_only)
+        .await
+        .into_iter();
     for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
         *outcome = created.next();
     }
@@ -96,7 +118,11 @@ fn partition_count(
                 "Unable to replicate the partition {replication_factor} time(s): The target replication factor of {replication_factor} cannot be reached because only 1 broker(s) are registered."
             )));
         }
-        return Ok(if num_partitions == -1 { shard.config.num_partitions } else { num_partitions });
+        return Ok(if num_partitions == -1 {
+            shard.config.num_partitions
+        } else {
+            num_partitions
+        });
     }
     if num_partitions != -1 || replication_factor != -1 {
         return Err(MetadataError::InvalidRequest(
@@ -106,7 +132,9 @@ fn partition_count(
     let mut indexes: Vec<i32> = assignments.iter().map(|a| a.partition_index).collect();
     indexes.sort_unstable();
     if indexes.iter().enumerate().any(|(i, &p)| p != i as i32) {
-        return Err(MetadataError::InvalidReplicaAssignment("Partitions should be a consecutive 0-based integer sequence".into()));
+        return Err(MetadataError::InvalidReplicaAssignment(
+            "Partitions should be a consecutive 0-based integer sequence".into(),
+        ));
     }
     for a in assignments {
         if a.broker_ids.len() != 1 || a.broker_ids[0].0 != node_id {
@@ -120,7 +148,10 @@ fn partition_count(
 }
 
 fn describe_configs(shard: &Shard, topic: &TopicMeta) -> Vec<CreatableTopicConfigs> {
-    let effective = EffectiveConfig { overrides: &topic.overrides, defaults: &shard.config.topic_defaults };
+    let effective = EffectiveConfig {
+        overrides: &topic.overrides,
+        defaults: &shard.config.topic_defaults,
+    };
     TOPIC_CONFIGS
         .iter()
         .filter_map(|def| {

@@ -3,7 +3,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::{ApiKey, DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
@@ -28,7 +30,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         for (pi, p) in topic.partitions.iter().enumerate() {
             match meta {
                 Some(t) if t.has_partition(PartitionId(p.partition_index)) => {
-                    let tp = TopicPartition { topic_id: t.id, partition: PartitionId(p.partition_index) };
+                    let tp = TopicPartition {
+                        topic_id: t.id,
+                        partition: PartitionId(p.partition_index),
+                    };
                     work.push((tp, ((ti, pi), p.offset)));
                     row.push(None);
                 }
@@ -43,7 +48,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             return (Some(ResponseError::UnknownTopicOrPartition), -1);
         };
         let high_watermark = partition.high_watermark();
-        let target = if offset == TO_HIGH_WATERMARK { high_watermark } else { offset };
+        let target = if offset == TO_HIGH_WATERMARK {
+            high_watermark
+        } else {
+            offset
+        };
         if target < 0 || target > high_watermark {
             return (Some(ResponseError::OffsetOutOfRange), -1);
         }
@@ -57,7 +66,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     })
     .await;
     for (slot, answer) in slots.into_iter().zip(results) {
-        answers[slot.0][slot.1] = Some(answer.unwrap_or((Some(ResponseError::RequestTimedOut), -1)));
+        answers[slot.0][slot.1] =
+            Some(answer.unwrap_or((Some(ResponseError::RequestTimedOut), -1)));
     }
 
     let mut response = DeleteRecordsResponse::default();
@@ -73,7 +83,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .iter()
                 .zip(row)
                 .map(|(p, answer)| {
-                    let (error, low_watermark) = answer.unwrap_or((Some(ResponseError::UnknownServerError), -1));
+                    let (error, low_watermark) =
+                        answer.unwrap_or((Some(ResponseError::UnknownServerError), -1));
                     let mut r = DeleteRecordsPartitionResult::default();
                     r.partition_index = p.partition_index;
                     r.error_code = error.map_or(0, |e| e.code());

@@ -23,7 +23,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             })
             .collect()
     } else {
-        request.topic_names.into_iter().map(|n| TopicRef::Name(n.0.to_string())).collect()
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| TopicRef::Name(n.0.to_string()))
+            .collect()
     };
     let results = controller::delete_topics(&ctx.shard, targets.clone()).await;
 

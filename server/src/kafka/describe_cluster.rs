@@ -30,7 +30,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     broker.host = str_bytes(config.advertised_host.clone());
     broker.port = i32::from(config.advertised_port);
     response.brokers = vec![broker];
-    response.cluster_authorized_operations =
-        if request.include_cluster_authorized_operations { CLUSTER_OPERATIONS } else { AUTHORIZED_OPERATIONS_OMITTED };
+    response.cluster_authorized_operations = if request.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    };
     ctx.respond(ApiKey::DescribeCluster, &response)
 }

@@ -4,7 +4,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
 use kafka_protocol::messages::{ApiKey, DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
 
@@ -83,7 +85,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     ctx.respond(ApiKey::DescribeConfigs, &response)
 }
 
-fn entry(name: &str, value: &str, source: ConfigSource, config_type: i8, read_only: bool, version: i16) -> DescribeConfigsResourceResult {
+fn entry(
+    name: &str,
+    value: &str,
+    source: ConfigSource,
+    config_type: i8,
+    read_only: bool,
+    version: i16,
+) -> DescribeConfigsResourceResult {
     let mut c = DescribeConfigsResourceResult::default();
     c.name = str_bytes(name);
     c.value = Some(str_bytes(value));
@@ -104,7 +113,11 @@ fn synonym(name: &str, value: &str, source: ConfigSource) -> DescribeConfigsSyno
 }
 
 /// The values a topic config could take, most specific first, as Kafka lists synonyms.
-fn topic_synonyms(name: &str, broker_name: &str, effective: &EffectiveConfig) -> Vec<DescribeConfigsSynonym> {
+fn topic_synonyms(
+    name: &str,
+    broker_name: &str,
+    effective: &EffectiveConfig,
+) -> Vec<DescribeConfigsSynonym> {
     let mut synonyms = Vec::new();
     if let Some(value) = effective.overrides.get(name) {
         synonyms.push(synonym(name, value, ConfigSource::DynamicTopic));
@@ -121,22 +134,80 @@ fn broker_settings(config: &BrokerConfig) -> Vec<(&'static str, String, ConfigSo
     let mut settings = vec![
         ("node.id", config.node_id.to_string(), s, TYPE_INT),
         ("broker.id", config.node_id.to_string(), s, TYPE_INT),
-        ("listeners", format!("PLAINTEXT://{}", config.listen), s, TYPE_STRING),
-        ("advertised.listeners", format!("PLAINTEXT://{}:{}", config.advertised_host, config.advertised_port), s, TYPE_STRING),
-        ("log.dirs", config.data_dir.display().to_string(), s, TYPE_STRING),
-        ("num.partitions", config.num_partitions.to_string(), s, TYPE_INT),
-        ("auto.create.topics.enable", config.auto_create_topics.to_string(), s, TYPE_BOOLEAN),
-        ("default.replication.factor", "1".to_string(), ConfigSource::Default, TYPE_INT),
-        ("offsets.topic.num.partitions", config.offsets_topic_num_partitions.to_string(), s, TYPE_INT),
-        ("socket.request.max.bytes", config.max_request_bytes.to_string(), s, TYPE_INT),
-        ("produce.inflight.max.bytes", config.produce_inflight_bytes_per_shard.to_string(), s, TYPE_LONG),
-        ("log.cache.bytes", config.log_cache_bytes_per_shard.to_string(), s, TYPE_LONG),
+        (
+            "listeners",
+            format!("PLAINTEXT://{}", config.listen),
+            s,
+            TYPE_STRING,
+        ),
+        (
+            "advertised.listeners",
+            format!(
+                "PLAINTEXT://{}:{}",
+                config.advertised_host, config.advertised_port
+            ),
+            s,
+            TYPE_STRING,
+        ),
+        (
+            "log.dirs",
+            config.data_dir.display().to_string(),
+            s,
+            TYPE_STRING,
+        ),
+        (
+            "num.partitions",
+            config.num_partitions.to_string(),
+            s,
+            TYPE_INT,
+        ),
+        (
+            "auto.create.topics.enable",
+            config.auto_create_topics.to_string(),
+            s,
+            TYPE_BOOLEAN,
+        ),
+        (
+            "default.replication.factor",
+            "1".to_string(),
+            ConfigSource::Default,
+            TYPE_INT,
+        ),
+        (
+            "offsets.topic.num.partitions",
+            config.offsets_topic_num_partitions.to_string(),
+            s,
+            TYPE_INT,
+        ),
+        (
+            "socket.request.max.bytes",
+            config.max_request_bytes.to_string(),
+            s,
+            TYPE_INT,
+        ),
+        (
+            "produce.inflight.max.bytes",
+            config.produce_inflight_bytes_per_shard.to_string(),
+            s,
+            TYPE_LONG,
+        ),
+        (
+            "log.cache.bytes",
+            config.log_cache_bytes_per_shard.to_string(),
+            s,
+            TYPE_LONG,
+        ),
         ("shards", config.shards.to_string(), s, TYPE_INT),
     ];
     for def in TOPIC_CONFIGS {
         if let Some((value, source)) = config.topic_defaults.get(def.name) {
             if !settings.iter().any(|(n, ..)| *n == def.broker_name) {
-                settings.push((def.broker_name, value.to_string(), source, def.kind.describe_type()));
+                settings.push((
+                    def.broker_name,
+                    value.to_string(),
+                    source,
+                    def.kind.describe_type(),
+                ));
             }
         }
     }

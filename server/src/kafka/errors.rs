@@ -49,25 +49,55 @@ mod tests {
 
     #[test]
     fn engine_errors_map_to_kafkas_codes() {
-        assert_eq!(engine_error(&EngineError::CorruptMessage("crc".into())).code(), 2);
-        assert_eq!(engine_error(&EngineError::MessageTooLarge { size: 2, max: 1 }).code(), 10);
-        assert_eq!(engine_error(&EngineError::InvalidRecord("count".into())).code(), 87);
         assert_eq!(
-            engine_error(&EngineError::OffsetOutOfRange { requested: 9, log_start: 0, log_end: 1 }).code(),
+            engine_error(&EngineError::CorruptMessage("crc".into())).code(),
+            2
+        );
+        assert_eq!(
+            engine_error(&EngineError::MessageTooLarge { size: 2, max: 1 }).code(),
+            10
+        );
+        assert_eq!(
+            engine_error(&EngineError::InvalidRecord("count".into())).code(),
+            87
+        );
+        assert_eq!(
+            engine_error(&EngineError::OffsetOutOfRange {
+                requested: 9,
+                log_start: 0,
+                log_end: 1
+            })
+            .code(),
             1
         );
         assert_eq!(
-            engine_error(&EngineError::Storage { path: "p".into(), reason: "fsync".into() }).code(),
+            engine_error(&EngineError::Storage {
+                path: "p".into(),
+                reason: "fsync".into()
+            })
+            .code(),
             56
         );
     }
 
     #[test]
     fn metadata_errors_map_to_kafkas_codes() {
-        assert_eq!(metadata_error(&MetadataError::TopicAlreadyExists("t".into())).code(), 36);
-        assert_eq!(metadata_error(&MetadataError::InvalidTopic("x".into())).code(), 17);
-        assert_eq!(metadata_error(&MetadataError::InvalidPartitions("x".into())).code(), 37);
-        assert_eq!(metadata_error(&MetadataError::InvalidConfig("x".into())).code(), 40);
+        assert_eq!(
+            metadata_error(&MetadataError::TopicAlreadyExists("t".into())).code(),
+            36
+        );
+        assert_eq!(
+            metadata_error(&MetadataError::InvalidTopic("x".into())).code(),
+            17
+        );
+        assert_eq!(
+            metadata_error(&MetadataError::InvalidPartitions("x".into())).code(),
+            37
+        );
+        assert_eq!(
+            metadata_error(&MetadataError::InvalidConfig("x".into())).code(),
+            40
+        );
         assert_eq!(metadata_error(&MetadataError::UnknownTopicId).code(), 100);
     }
 }

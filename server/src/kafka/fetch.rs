@@ -53,7 +53,13 @@ struct PartitionRead {
 
 impl PartitionRead {
     fn error(error: ResponseError) -> PartitionRead {
-        PartitionRead { error: Some(error), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, records: Bytes::new() }
+        PartitionRead {
+            error: Some(error),
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        }
     }
 }
 
@@ -89,7 +95,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         for (pi, p) in topic.partitions.iter().enumerate() {
             match meta {
                 Some(t) if t.has_partition(PartitionId(p.partition)) => {
-                    let tp = TopicPartition { topic_id: t.id, partition: PartitionId(p.partition) };
+                    let tp = TopicPartition {
+                        topic_id: t.id,
+                        partition: PartitionId(p.partition),
+                    };
                     specs.push((
                         tp,
                         ReadSpec {
@@ -101,7 +110,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     ));
                     row.push(None);
                 }
-                _ => row.push(Some(PartitionRead::error(ResponseError::UnknownTopicOrPartition))),
+                _ => row.push(Some(PartitionRead::error(
+                    ResponseError::UnknownTopicOrPartition,
+                ))),
             }
         }
         answers.push(row);
@@ -123,8 +134,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             break;
         }
         // Wait until any of the partitions gets data beyond what this read saw.
-        let seen: Vec<(TopicPartition, i64)> =
-            specs.iter().zip(reads.iter()).map(|((tp, spec), (_, r))| (*tp, r.high_watermark.max(spec.fetch_offset))).collect();
+        let seen: Vec<(TopicPartition, i64)> = specs
+            .iter()
+            .zip(reads.iter())
+            .map(|((tp, spec), (_, r))| (*tp, r.high_watermark.max(spec.fetch_offset)))
+            .collect();
         wait_for_any_append(&ctx.shard, seen, deadline).await;
     }
 
@@ -146,11 +160,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .iter()
                 .zip(row)
                 .map(|(p, read)| {
-                    let mut read = read.unwrap_or_else(|| PartitionRead::error(ResponseError::UnknownServerError));
+                    let mut read = read
+                        .unwrap_or_else(|| PartitionRead::error(ResponseError::UnknownServerError));
                     if !read.records.is_empty() {
                         let mut keep = whole_batches_prefix(&read.records, remaining);
                         if keep == 0 && !included_any {
-                            keep = whole_batches_prefix(&read.records, usize::MAX).min(first_batch_len(&read.records));
+                            keep = whole_batches_prefix(&read.records, usize::MAX)
+                                .min(first_batch_len(&read.records));
                         }
                         read.records.truncate(keep);
                         remaining = remaining.saturating_sub(keep);
@@ -184,10 +200,17 @@ async fn read_all(
     max_bytes: usize,
     read_committed: bool,
 ) -> Vec<(ReadSpec, PartitionRead)> {
-    let indexed = specs.iter().enumerate().map(|(i, (tp, spec))| (*tp, (i, *spec)));
+    let indexed = specs
+        .iter()
+        .enumerate()
+        .map(|(i, (tp, spec))| (*tp, (i, *spec)));
     let calls: Vec<_> = group_by_owner(shard, indexed)
         .into_iter()
-        .map(|(owner, items)| shard.invoke_on(owner, move |s| read_on_owner(s, items, max_bytes, read_committed)))
+        .map(|(owner, items)| {
+            shard.invoke_on(owner, move |s| {
+                read_on_owner(s, items, max_bytes, read_committed)
+            })
+        })
         .collect();
     let mut out: Vec<Option<(ReadSpec, PartitionRead)>> = vec![None; specs.len()];
     for call in calls {
@@ -202,7 +225,9 @@ async fn read_all(
     }
     out.into_iter()
         .zip(specs)
-        .map(|(r, (_, spec))| r.unwrap_or((*spec, PartitionRead::error(ResponseError::RequestTimedOut))))
+        .map(|(r, (_, spec))| {
+            r.unwrap_or((*spec, PartitionRead::error(ResponseError::RequestTimedOut)))
+        })
         .collect()
 }
 
@@ -223,7 +248,13 @@ async fn read_on_owner(
     results
 }
 
-async fn read_partition(shard: &Shard, tp: TopicPartition, spec: &ReadSpec, budget: usize, read_committed: bool) -> PartitionRead {
+async fn read_partition(
+    shard: &Shard,
+    tp: TopicPartition,
+    spec: &ReadSpec,
+    budget: usize,
+    read_committed: bool,
+) -> PartitionRead {
     let Some(partition) = shard.partitions.get(tp) else {
         return PartitionRead::error(ResponseError::UnknownTopicOrPartition);
     };
@@ -239,36 +270,71 @@ async fn read_partition(shard: &Shard, tp: TopicPartition, spec: &ReadSpec, budg
     let high_watermark = partition.high_watermark();
     let last_stable_offset = partition.last_stable_offset();
     let log_start_offset = partition.log.log_start_offset().0;
-    let visible_end = if read_committed { last_stable_offset } else { high_watermark };
+    let visible_end = if read_committed {
+        last_stable_offset
+    } else {
+        high_watermark
+    };
     if spec.fetch_offset < log_start_offset || spec.fetch_offset > high_watermark {
-        return PartitionRead { error: Some(ResponseError::OffsetOutOfRange), high_watermark, last_stable_offset, log_start_offset, records: Bytes::new() };
+        return PartitionRead {
+            error: Some(ResponseError::OffsetOutOfRange),
+            high_watermark,
+            last_stable_offset,
+            log_start_offset,
+            records: Bytes::new(),
+        };
     }
     // A shard that has read a whole response's worth already has nothing to add: the
     // response is full (its first batch is elsewhere in it).
     let records = if spec.fetch_offset >= visible_end || budget == 0 {
         Bytes::new()
     } else {
-        match partition.log.read(Offset(spec.fetch_offset), spec.partition_max_bytes.min(budget)).await {
+        match partition
+            .log
+            .read(
+                Offset(spec.fetch_offset),
+                spec.partition_max_bytes.min(budget),
+            )
+            .await
+        {
             Ok(mut records) => {
                 // Never past what is written (the engine also holds batches in flight).
                 records.truncate(batches_before(&records, visible_end));
                 records
             }
             Err(e) => {
-                return PartitionRead { error: Some(engine_error(&e)), high_watermark, last_stable_offset, log_start_offset, records: Bytes::new() }
+                return PartitionRead {
+                    error: Some(engine_error(&e)),
+                    high_watermark,
+                    last_stable_offset,
+                    log_start_offset,
+                    records: Bytes::new(),
+                }
             }
         }
     };
-    PartitionRead { error: None, high_watermark, last_stable_offset, log_start_offset, records }
+    PartitionRead {
+        error: None,
+        high_watermark,
+        last_stable_offset,
+        log_start_offset,
+        records,
+    }
 }
 
 /// Resolves when any partition gets data past the offset given for it, or at `deadline`.
-async fn wait_for_any_append(shard: &Rc<Shard>, seen: Vec<(TopicPartition, i64)>, deadline: Instant) {
+async fn wait_for_any_append(
+    shard: &Rc<Shard>,
+    seen: Vec<(TopicPartition, i64)>,
+    deadline: Instant,
+) {
     let first = WakeSlot::new();
     for (owner, items) in group_by_owner(shard, seen) {
         let call = shard.invoke_on(owner, move |s| async move {
             let items: Vec<(TopicPartition, i64)> = items;
-            s.partitions.wait_for_append(&items, deadline, &s.shutdown).await;
+            s.partitions
+                .wait_for_append(&items, deadline, &s.shutdown)
+                .await;
         });
         let first = first.clone();
         glommio::spawn_local(async move {
@@ -312,7 +378,9 @@ fn whole_batches_prefix(records: &[u8], limit: usize) -> usize {
 }
 
 fn first_batch_len(records: &[u8]) -> usize {
-    batch_len_at(records, 0).unwrap_or(records.len()).min(records.len())
+    batch_len_at(records, 0)
+        .unwrap_or(records.len())
+        .min(records.len())
 }
 
 /// The size of the batch starting at `at` (offset, length, then `length` bytes).

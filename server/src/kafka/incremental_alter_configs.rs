@@ -5,7 +5,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
-use kafka_protocol::messages::{ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
+use kafka_protocol::messages::{
+    ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
 
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::errors::metadata_error;
@@ -13,25 +15,36 @@ use super::{str_bytes, HandlerResult, RequestContext};
 use crate::metadata::controller::{self, AlterOp, MetadataError};
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: IncrementalAlterConfigsRequest = ctx.decode(ApiKey::IncrementalAlterConfigs, &mut body)?;
+    let request: IncrementalAlterConfigsRequest =
+        ctx.decode(ApiKey::IncrementalAlterConfigs, &mut body)?;
     let mut outcomes: Vec<Option<Result<(), MetadataError>>> = Vec::new();
     let mut work: Vec<(String, Vec<AlterOp>)> = Vec::new();
     for resource in &request.resources {
         let duplicate = request
             .resources
             .iter()
-            .filter(|r| r.resource_type == resource.resource_type && r.resource_name == resource.resource_name)
+            .filter(|r| {
+                r.resource_type == resource.resource_type
+                    && r.resource_name == resource.resource_name
+            })
             .count()
             > 1;
         let outcome = if duplicate {
-            Err(MetadataError::InvalidRequest(format!("Duplicate resource {}", resource.resource_name.as_str())))
+            Err(MetadataError::InvalidRequest(format!(
+                "Duplicate resource {}",
+                resource.resource_name.as_str()
+            )))
         } else {
             match resource.resource_type {
-                RESOURCE_TOPIC => operations(resource).map(|ops| work.push((resource.resource_name.to_string(), ops))),
+                RESOURCE_TOPIC => operations(resource)
+                    .map(|ops| work.push((resource.resource_name.to_string(), ops))),
                 RESOURCE_BROKER => Err(MetadataError::InvalidRequest(
-                    "broker settings are static: set them in the configuration file and restart".into(),
+                    "broker settings are static: set them in the configuration file and restart"
+                        .into(),
                 )),
-                other => Err(MetadataError::InvalidRequest(format!("Unsupported resource type {other}"))),
+                other => Err(MetadataError::InvalidRequest(format!(
+                    "Unsupported resource type {other}"
+                ))),
             }
         };
         outcomes.push(match outcome {
@@ -39,7 +52,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             Err(e) => Some(Err(e)),
         });
     }
-    let mut results = controller::alter_topic_configs(&ctx.shard, work, request.validate_only).await.into_iter();
+    let mut results = controller::alter_topic_configs(&ctx.shard, work, request.validate_only)
+        .await
+        .into_iter();
     for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
         *outcome = results.next();
     }
@@ -63,19 +78,28 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     ctx.respond(ApiKey::IncrementalAlterConfigs, &response)
 }
 
-fn operations(resource: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource) -> Result<Vec<AlterOp>, MetadataError> {
+fn operations(
+    resource: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+) -> Result<Vec<AlterOp>, MetadataError> {
     resource
         .configs
         .iter()
         .map(|c| {
             let name = c.name.to_string();
-            let value = || c.value.as_ref().map(|v| v.to_string()).ok_or_else(|| MetadataError::InvalidRequest(format!("Null value for {name}")));
+            let value = || {
+                c.value
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| MetadataError::InvalidRequest(format!("Null value for {name}")))
+            };
             match c.config_operation {
                 0 => Ok(AlterOp::Set(name.clone(), value()?)),
                 1 => Ok(AlterOp::Delete(name)),
                 2 => Ok(AlterOp::Append(name.clone(), value()?)),
                 3 => Ok(AlterOp::Subtract(name.clone(), value()?)),
-                op => Err(MetadataError::InvalidRequest(format!("Unknown config operation {op}"))),
+                op => Err(MetadataError::InvalidRequest(format!(
+                    "Unknown config operation {op}"
+                ))),
             }
         })
         .collect()

@@ -4,7 +4,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
@@ -41,10 +43,20 @@ struct Found {
 
 impl Found {
     fn error(error: ResponseError) -> Found {
-        Found { error: Some(error), offset: UNKNOWN, timestamp: UNKNOWN, leader_epoch: -1 }
+        Found {
+            error: Some(error),
+            offset: UNKNOWN,
+            timestamp: UNKNOWN,
+            leader_epoch: -1,
+        }
     }
     fn at(offset: i64, timestamp: i64) -> Found {
-        Found { error: None, offset, timestamp, leader_epoch: LEADER_EPOCH.0 }
+        Found {
+            error: None,
+            offset,
+            timestamp,
+            leader_epoch: LEADER_EPOCH.0,
+        }
     }
 }
 
@@ -60,8 +72,15 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         for (pi, p) in topic.partitions.iter().enumerate() {
             match meta {
                 Some(t) if t.has_partition(PartitionId(p.partition_index)) => {
-                    let tp = TopicPartition { topic_id: t.id, partition: PartitionId(p.partition_index) };
-                    let query = Query { timestamp: p.timestamp, current_leader_epoch: p.current_leader_epoch, read_committed };
+                    let tp = TopicPartition {
+                        topic_id: t.id,
+                        partition: PartitionId(p.partition_index),
+                    };
+                    let query = Query {
+                        timestamp: p.timestamp,
+                        current_leader_epoch: p.current_leader_epoch,
+                        read_committed,
+                    };
                     work.push((tp, ((ti, pi), query)));
                     row.push(None);
                 }
@@ -71,9 +90,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         answers.push(row);
     }
     let slots: Vec<(usize, usize)> = work.iter().map(|(_, (slot, _))| *slot).collect();
-    let results = on_owners(&ctx.shard, work, |shard, tp, (_, query)| async move { lookup(&shard, tp, query).await }).await;
+    let results = on_owners(&ctx.shard, work, |shard, tp, (_, query)| async move {
+        lookup(&shard, tp, query).await
+    })
+    .await;
     for (slot, found) in slots.into_iter().zip(results) {
-        answers[slot.0][slot.1] = Some(found.unwrap_or(Found::error(ResponseError::RequestTimedOut)));
+        answers[slot.0][slot.1] =
+            Some(found.unwrap_or(Found::error(ResponseError::RequestTimedOut)));
     }
 
     let mut response = ListOffsetsResponse::default();
@@ -117,17 +140,33 @@ async fn lookup(shard: &Shard, tp: TopicPartition, query: Query) -> Found {
     let log = &partition.log;
     match query.timestamp {
         LATEST_TIMESTAMP => {
-            let end = if query.read_committed { partition.last_stable_offset() } else { partition.high_watermark() };
+            let end = if query.read_committed {
+                partition.last_stable_offset()
+            } else {
+                partition.high_watermark()
+            };
             Found::at(end, UNKNOWN)
         }
-        EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => Found::at(log.log_start_offset().0, UNKNOWN),
+        EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
+            Found::at(log.log_start_offset().0, UNKNOWN)
+        }
         MAX_TIMESTAMP => match log.max_timestamp() {
             Some((timestamp, offset)) => Found::at(offset.0, timestamp),
-            None => Found { error: None, offset: UNKNOWN, timestamp: UNKNOWN, leader_epoch: -1 },
+            None => Found {
+                error: None,
+                offset: UNKNOWN,
+                timestamp: UNKNOWN,
+                leader_epoch: -1,
+            },
         },
         t if t >= 0 => match log.offset_for_timestamp(t).await {
             Ok(Some((offset, timestamp))) => Found::at(offset.0, timestamp),
-            Ok(None) => Found { error: None, offset: UNKNOWN, timestamp: UNKNOWN, leader_epoch: -1 },
+            Ok(None) => Found {
+                error: None,
+                offset: UNKNOWN,
+                timestamp: UNKNOWN,
+                leader_epoch: -1,
+            },
             Err(e) => Found::error(engine_error(&e)),
         },
         _ => Found::error(ResponseError::InvalidRequest),

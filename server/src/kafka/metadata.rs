@@ -5,7 +5,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
 
@@ -18,9 +20,11 @@ use crate::shard::Shard;
 pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 /// Without ACLs every client may do everything a topic allows: READ, WRITE, CREATE, DELETE,
 /// ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS (Kafka's AclOperation codes 3–8, 10, 11).
-pub const TOPIC_OPERATIONS: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+pub const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
 /// CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE.
-pub const CLUSTER_OPERATIONS: i32 = (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+pub const CLUSTER_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 enum Wanted {
     Name(String),
@@ -55,7 +59,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
 
     let shard = &ctx.shard;
     let image = shard.metadata();
-    let topic_ops = if request.include_topic_authorized_operations { TOPIC_OPERATIONS } else { AUTHORIZED_OPERATIONS_OMITTED };
+    let topic_ops = if request.include_topic_authorized_operations {
+        TOPIC_OPERATIONS
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    };
     let describe_topic = |t: &TopicMeta| describe_topic(shard, t, topic_ops, version);
     let topics: Vec<MetadataResponseTopic> = match wanted {
         None => image.topics().map(describe_topic).collect(),
@@ -116,7 +124,12 @@ pub fn this_broker(shard: &Shard) -> MetadataResponseBroker {
 
 /// One topic's entry; fields a version lacks keep their defaults (the encoder refuses
 /// anything else).
-fn describe_topic(shard: &Shard, topic: &TopicMeta, topic_ops: i32, version: i16) -> MetadataResponseTopic {
+fn describe_topic(
+    shard: &Shard,
+    topic: &TopicMeta,
+    topic_ops: i32,
+    version: i16,
+) -> MetadataResponseTopic {
     let node = BrokerId(shard.config.node_id);
     let mut t = MetadataResponseTopic::default();
     t.name = Some(topic_name(&topic.name));

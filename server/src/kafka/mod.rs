@@ -31,9 +31,9 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod router;
+pub mod sync_group;
 #[cfg(test)]
 mod tests;
-pub mod sync_group;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -63,7 +63,11 @@ pub enum Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error("cannot decode {api:?} v{version}: {reason}")]
-    Decode { api: ApiKey, version: i16, reason: String },
+    Decode {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
     #[error("cannot encode the response: {0}")]
     Encode(String),
 }
@@ -116,7 +120,9 @@ impl RequestContext {
 
     /// The client's host, as Kafka reports it (DescribeGroups, JoinGroup).
     pub fn client_host(&self) -> String {
-        self.peer.map(|p| format!("/{}", p.ip())).unwrap_or_default()
+        self.peer
+            .map(|p| format!("/{}", p.ip()))
+            .unwrap_or_default()
     }
 
     pub fn decode<R: Decodable>(&self, api: ApiKey, body: &mut Bytes) -> Result<R, HandlerError> {
@@ -151,10 +157,16 @@ pub fn str_bytes(s: impl Into<String>) -> StrBytes {
 
 /// The partitions of one request grouped by the shard that owns them, each with the
 /// caller's own label (its position in the request) so results can be put back in order.
-pub fn group_by_owner<T>(shard: &Shard, items: impl IntoIterator<Item = (TopicPartition, T)>) -> BTreeMap<ShardId, Vec<(TopicPartition, T)>> {
+pub fn group_by_owner<T>(
+    shard: &Shard,
+    items: impl IntoIterator<Item = (TopicPartition, T)>,
+) -> BTreeMap<ShardId, Vec<(TopicPartition, T)>> {
     let mut groups: BTreeMap<ShardId, Vec<(TopicPartition, T)>> = BTreeMap::new();
     for (tp, item) in items {
-        groups.entry(shard.owner_of(tp)).or_default().push((tp, item));
+        groups
+            .entry(shard.owner_of(tp))
+            .or_default()
+            .push((tp, item));
     }
     groups
 }
@@ -167,7 +179,11 @@ pub fn resolve_topic(shard: &Shard, name: &str) -> Option<TopicMeta> {
 /// Runs `op` for each partition on the shard that owns it (one call per owning shard,
 /// partitions of a shard in order) and returns the results in the order of `items`;
 /// `None` where the owning shard did not answer.
-pub async fn on_owners<T, R, F, Fut>(shard: &Rc<Shard>, items: Vec<(TopicPartition, T)>, op: F) -> Vec<Option<R>>
+pub async fn on_owners<T, R, F, Fut>(
+    shard: &Rc<Shard>,
+    items: Vec<(TopicPartition, T)>,
+    op: F,
+) -> Vec<Option<R>>
 where
     T: Send + 'static,
     R: Send + 'static,
@@ -175,7 +191,10 @@ where
     Fut: std::future::Future<Output = R> + 'static,
 {
     let count = items.len();
-    let indexed = items.into_iter().enumerate().map(|(i, (tp, item))| (tp, (i, item)));
+    let indexed = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, (tp, item))| (tp, (i, item)));
     let calls: Vec<_> = group_by_owner(shard, indexed)
         .into_iter()
         .map(|(owner, group)| {

@@ -4,7 +4,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
@@ -18,7 +20,8 @@ const UNDEFINED_EPOCH_OFFSET: i64 = -1;
 type Answer = (Option<ResponseError>, i32, i64);
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: OffsetForLeaderEpochRequest = ctx.decode(ApiKey::OffsetForLeaderEpoch, &mut body)?;
+    let request: OffsetForLeaderEpochRequest =
+        ctx.decode(ApiKey::OffsetForLeaderEpoch, &mut body)?;
     let image = ctx.shard.metadata();
     let mut answers: Vec<Vec<Option<Answer>>> = Vec::new();
     let mut work: SlotWork<(i32, i32)> = Vec::new();
@@ -28,31 +31,50 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         for (pi, p) in topic.partitions.iter().enumerate() {
             match meta {
                 Some(t) if t.has_partition(PartitionId(p.partition)) => {
-                    let tp = TopicPartition { topic_id: t.id, partition: PartitionId(p.partition) };
+                    let tp = TopicPartition {
+                        topic_id: t.id,
+                        partition: PartitionId(p.partition),
+                    };
                     work.push((tp, ((ti, pi), (p.current_leader_epoch, p.leader_epoch))));
                     row.push(None);
                 }
-                _ => row.push(Some((Some(ResponseError::UnknownTopicOrPartition), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET))),
+                _ => row.push(Some((
+                    Some(ResponseError::UnknownTopicOrPartition),
+                    UNDEFINED_EPOCH,
+                    UNDEFINED_EPOCH_OFFSET,
+                ))),
             }
         }
         answers.push(row);
     }
     let slots: Vec<(usize, usize)> = work.iter().map(|(_, (slot, _))| *slot).collect();
-    let results = on_owners(&ctx.shard, work, |shard, tp, (_, (current, wanted))| async move {
-        let Some(partition) = shard.partitions.get(tp) else {
-            return (Some(ResponseError::UnknownTopicOrPartition), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET);
-        };
-        if let Some(error) = check_leader_epoch(current) {
-            return (Some(error), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET);
-        }
-        match partition.log.end_offset_for_leader_epoch(wanted) {
-            Some((epoch, end)) => (None, epoch, end.0),
-            None => (None, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
-        }
-    })
+    let results = on_owners(
+        &ctx.shard,
+        work,
+        |shard, tp, (_, (current, wanted))| async move {
+            let Some(partition) = shard.partitions.get(tp) else {
+                return (
+                    Some(ResponseError::UnknownTopicOrPartition),
+                    UNDEFINED_EPOCH,
+                    UNDEFINED_EPOCH_OFFSET,
+                );
+            };
+            if let Some(error) = check_leader_epoch(current) {
+                return (Some(error), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET);
+            }
+            match partition.log.end_offset_for_leader_epoch(wanted) {
+                Some((epoch, end)) => (None, epoch, end.0),
+                None => (None, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
+            }
+        },
+    )
     .await;
     for (slot, answer) in slots.into_iter().zip(results) {
-        answers[slot.0][slot.1] = Some(answer.unwrap_or((Some(ResponseError::RequestTimedOut), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)));
+        answers[slot.0][slot.1] = Some(answer.unwrap_or((
+            Some(ResponseError::RequestTimedOut),
+            UNDEFINED_EPOCH,
+            UNDEFINED_EPOCH_OFFSET,
+        )));
     }
 
     let mut response = OffsetForLeaderEpochResponse::default();
@@ -68,7 +90,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .iter()
                 .zip(row)
                 .map(|(p, answer)| {
-                    let (error, epoch, end) = answer.unwrap_or((Some(ResponseError::UnknownServerError), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET));
+                    let (error, epoch, end) = answer.unwrap_or((
+                        Some(ResponseError::UnknownServerError),
+                        UNDEFINED_EPOCH,
+                        UNDEFINED_EPOCH_OFFSET,
+                    ));
                     let mut e = EpochEndOffset::default();
                     e.partition = p.partition;
                     e.error_code = error.map_or(0, |e| e.code());

@@ -15,7 +15,9 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use wharf_engine::Durability;
-use wharf_protocol::produce_legacy::{decode_legacy_produce_request, encode_legacy_produce_response, MAX_LEGACY_PRODUCE_VERSION};
+use wharf_protocol::produce_legacy::{
+    decode_legacy_produce_request, encode_legacy_produce_response, MAX_LEGACY_PRODUCE_VERSION,
+};
 
 use super::errors::engine_error;
 use super::{group_by_owner, str_bytes, HandlerError, HandlerResult, Reply, RequestContext};
@@ -35,7 +37,13 @@ struct Appended {
 
 impl Appended {
     fn error(error: ResponseError, message: Option<String>) -> Appended {
-        Appended { error: Some(error), message, base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+        Appended {
+            error: Some(error),
+            message,
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }
     }
 }
 
@@ -45,11 +53,16 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     }
     let request: ProduceRequest = ctx.decode(ApiKey::Produce, &mut body)?;
     let acks = request.acks;
-    let durability = if acks == -1 { Durability::Synced } else { Durability::Written };
+    let durability = if acks == -1 {
+        Durability::Synced
+    } else {
+        Durability::Written
+    };
 
     // Each partition of the request: its place in the response, and either its work or its
     // answer right away.
-    let mut answers: Vec<Vec<(i32, Option<Appended>)>> = Vec::with_capacity(request.topic_data.len());
+    let mut answers: Vec<Vec<(i32, Option<Appended>)>> =
+        Vec::with_capacity(request.topic_data.len());
     let mut work: Vec<(TopicPartition, (usize, usize, Bytes))> = Vec::new();
 
     if !matches!(acks, -1..=1) {
@@ -58,12 +71,21 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 topic
                     .partition_data
                     .iter()
-                    .map(|p| (p.index, Some(Appended::error(ResponseError::InvalidRequiredAcks, None))))
+                    .map(|p| {
+                        (
+                            p.index,
+                            Some(Appended::error(ResponseError::InvalidRequiredAcks, None)),
+                        )
+                    })
                     .collect(),
             );
         }
     } else {
-        auto_create(&ctx.shard, request.topic_data.iter().map(|t| t.name.0.as_str())).await;
+        auto_create(
+            &ctx.shard,
+            request.topic_data.iter().map(|t| t.name.0.as_str()),
+        )
+        .await;
         let image = ctx.shard.metadata();
         for (ti, topic) in request.topic_data.iter().enumerate() {
             let name = topic.name.0.as_str();
@@ -71,19 +93,30 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             let mut row = Vec::with_capacity(topic.partition_data.len());
             for (pi, partition) in topic.partition_data.iter().enumerate() {
                 let answer = match meta {
-                    None if validate_topic_name(name).is_err() => Some(Appended::error(ResponseError::InvalidTopicException, None)),
-                    None => Some(Appended::error(ResponseError::UnknownTopicOrPartition, None)),
+                    None if validate_topic_name(name).is_err() => {
+                        Some(Appended::error(ResponseError::InvalidTopicException, None))
+                    }
+                    None => Some(Appended::error(
+                        ResponseError::UnknownTopicOrPartition,
+                        None,
+                    )),
                     Some(t) if t.internal => Some(Appended::error(
                         ResponseError::InvalidTopicException,
                         Some(format!("Cannot append to internal topic {name}")),
                     )),
-                    Some(t) if !t.has_partition(PartitionId(partition.index)) => {
-                        Some(Appended::error(ResponseError::UnknownTopicOrPartition, None))
-                    }
+                    Some(t) if !t.has_partition(PartitionId(partition.index)) => Some(
+                        Appended::error(ResponseError::UnknownTopicOrPartition, None),
+                    ),
                     Some(t) => match &partition.records {
-                        None => Some(Appended::error(ResponseError::CorruptMessage, Some("null records".into()))),
+                        None => Some(Appended::error(
+                            ResponseError::CorruptMessage,
+                            Some("null records".into()),
+                        )),
                         Some(records) => {
-                            let tp = TopicPartition { topic_id: t.id, partition: PartitionId(partition.index) };
+                            let tp = TopicPartition {
+                                topic_id: t.id,
+                                partition: PartitionId(partition.index),
+                            };
                             work.push((tp, (ti, pi, records.clone())));
                             None
                         }
@@ -98,7 +131,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     // Fan out: one call per owning shard, queued in request order.
     let calls: Vec<_> = group_by_owner(&ctx.shard, work)
         .into_iter()
-        .map(|(owner, items)| ctx.shard.invoke_on(owner, move |shard| append_on_owner(shard, items, durability, acks)))
+        .map(|(owner, items)| {
+            ctx.shard.invoke_on(owner, move |shard| {
+                append_on_owner(shard, items, durability, acks)
+            })
+        })
         .collect();
     ctx.release_connection();
 
@@ -130,7 +167,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .into_iter()
                 .map(|(index, appended)| {
                     let a = appended.unwrap_or_else(|| {
-                        Appended::error(ResponseError::RequestTimedOut, Some("the owning shard did not answer".into()))
+                        Appended::error(
+                            ResponseError::RequestTimedOut,
+                            Some("the owning shard did not answer".into()),
+                        )
                     });
                     let mut p = PartitionProduceResponse::default();
                     p.index = index;
@@ -199,7 +239,13 @@ async fn append_on_owner(
         .into_iter()
         .map(|(tp, (ti, pi, records))| {
             let shard = shard.clone();
-            glommio::spawn_local(async move { (ti, pi, append_one(&shard, tp, records, durability, acks).await) })
+            glommio::spawn_local(async move {
+                (
+                    ti,
+                    pi,
+                    append_one(&shard, tp, records, durability, acks).await,
+                )
+            })
         })
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
@@ -209,7 +255,13 @@ async fn append_on_owner(
     results
 }
 
-async fn append_one(shard: &Shard, tp: TopicPartition, records: Bytes, durability: Durability, acks: i16) -> Appended {
+async fn append_one(
+    shard: &Shard,
+    tp: TopicPartition,
+    records: Bytes,
+    durability: Durability,
+    acks: i16,
+) -> Appended {
     let Some(partition) = shard.partitions.get(tp) else {
         return Appended::error(ResponseError::UnknownTopicOrPartition, None);
     };
@@ -217,7 +269,10 @@ async fn append_one(shard: &Shard, tp: TopicPartition, records: Bytes, durabilit
     if acks == -1 && partition.min_insync_replicas.get() > 1 {
         return Appended::error(
             ResponseError::NotEnoughReplicas,
-            Some(format!("min.insync.replicas is {} but this node is the only replica", partition.min_insync_replicas.get())),
+            Some(format!(
+                "min.insync.replicas is {} but this node is the only replica",
+                partition.min_insync_replicas.get()
+            )),
         );
     }
     match partition.append(records, durability).await {
@@ -243,7 +298,11 @@ fn legacy(ctx: &RequestContext, body: Bytes) -> HandlerResult {
     if request.acks == 0 {
         return Ok(Reply::NoResponse);
     }
-    let body = encode_legacy_produce_response(ctx.api_version, &request, ResponseError::UnsupportedVersion.code());
+    let body = encode_legacy_produce_response(
+        ctx.api_version,
+        &request,
+        ResponseError::UnsupportedVersion.code(),
+    );
     Ok(Reply::Frame(legacy_frame(ctx.correlation_id, body)))
 }
 

@@ -15,12 +15,13 @@ use kafka_protocol::ResponseError;
 use wharf_protocol::frame::encode_error_code_only_response;
 
 use super::{
-    api_versions, create_partitions, create_topics, delete_records, delete_topics, describe_cluster, describe_configs,
-    fetch, incremental_alter_configs, list_offsets, metadata, offset_for_leader_epoch, produce,
+    api_versions, create_partitions, create_topics, delete_records, delete_topics,
+    describe_cluster, describe_configs, fetch, incremental_alter_configs, list_offsets, metadata,
+    offset_for_leader_epoch, produce,
 };
 use super::{
-    consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat, join_group, leave_group, list_groups, offset_commit,
-    offset_delete, offset_fetch, sync_group,
+    consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
+    join_group, leave_group, list_groups, offset_commit, offset_delete, offset_fetch, sync_group,
 };
 use super::{HandlerResult, Reply, RequestContext};
 
@@ -117,7 +118,10 @@ pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
 
 /// The answer to an API key or version this broker does not serve.
 pub fn unsupported(ctx: &RequestContext) -> Reply {
-    Reply::Frame(encode_error_code_only_response(ctx.correlation_id, ResponseError::UnsupportedVersion.code()))
+    Reply::Frame(encode_error_code_only_response(
+        ctx.correlation_id,
+        ResponseError::UnsupportedVersion.code(),
+    ))
 }
 
 #[cfg(test)]
@@ -133,14 +137,25 @@ mod tests {
                 route.api_key
             );
             let known = route.api_key.valid_versions();
-            let min = if route.api_key == ApiKey::Produce { known.min.min(0) } else { known.min };
-            assert!(route.min_version >= min && route.max_version <= known.max, "{:?}", route.api_key);
+            let min = if route.api_key == ApiKey::Produce {
+                known.min.min(0)
+            } else {
+                known.min
+            };
+            assert!(
+                route.min_version >= min && route.max_version <= known.max,
+                "{:?}",
+                route.api_key
+            );
             assert!(route.min_version <= route.max_version);
         }
     }
 
     #[test]
     fn produce_is_advertised_from_version_zero() {
-        assert_eq!(route_for(ApiKey::Produce as i16).map(|r| r.min_version), Some(0));
+        assert_eq!(
+            route_for(ApiKey::Produce as i16).map(|r| r.min_version),
+            Some(0)
+        );
     }
 }

@@ -8,14 +8,20 @@ use std::rc::Rc;
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request};
@@ -35,7 +41,9 @@ where
 {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().to_path_buf();
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("executor");
     ex.run(async move {
         let args = BrokerArgs {
             listen: Some("127.0.0.1:0".into()),
@@ -43,9 +51,16 @@ where
             shards: Some(1),
             ..BrokerArgs::default()
         };
-        let config = config::resolve(&args, 1).expect("test config resolves").with_bound_port(9092);
+        let config = config::resolve(&args, 1)
+            .expect("test config resolves")
+            .with_bound_port(9092);
         let mesh = Mesh::join(mesh_builder(1)).await.expect("mesh of one");
-        let shard = Rc::new(Shard::new(ShardId(0), config, MetadataImage::new("test-cluster".into(), []), mesh));
+        let shard = Rc::new(Shard::new(
+            ShardId(0),
+            config,
+            MetadataImage::new("test-cluster".into(), []),
+            mesh,
+        ));
         Mesh::start(&shard);
         test(shard).await;
     });
@@ -58,15 +73,33 @@ async fn call<R: Request>(shard: &Rc<Shard>, request: &R, version: i16) -> R::Re
     let mut body = skip_response_header(frame, R::KEY, version);
     let response = R::Response::decode(&mut body, version)
         .unwrap_or_else(|e| panic!("api {} v{version}: response does not decode: {e}", R::KEY));
-    assert!(!body.has_remaining(), "api {} v{version}: {} bytes left after the response", R::KEY, body.remaining());
+    assert!(
+        !body.has_remaining(),
+        "api {} v{version}: {} bytes left after the response",
+        R::KEY,
+        body.remaining()
+    );
     response
 }
 
-async fn call_raw<M: Encodable>(shard: &Rc<Shard>, api_key: i16, version: i16, request: &M) -> Bytes {
+async fn call_raw<M: Encodable>(
+    shard: &Rc<Shard>,
+    api_key: i16,
+    version: i16,
+    request: &M,
+) -> Bytes {
     let mut body = BytesMut::new();
-    request.encode(&mut body, version).unwrap_or_else(|e| panic!("api {api_key} v{version}: request does not encode: {e}"));
+    request
+        .encode(&mut body, version)
+        .unwrap_or_else(|e| panic!("api {api_key} v{version}: request does not encode: {e}"));
     let (tx, _rx) = oneshot::channel();
-    let head = RequestHead { api_key, api_version: version, correlation_id: 7, client_id: None, header_version: 1 };
+    let head = RequestHead {
+        api_key,
+        api_version: version,
+        correlation_id: 7,
+        client_id: None,
+        header_version: 1,
+    };
     let ctx = RequestContext::new(shard.clone(), head, None, None, tx);
     match router::handle(ctx, body.freeze()).await {
         Reply::Frame(frame) => frame,
@@ -106,7 +139,11 @@ fn produce_request(topic: &str, records: Bytes, acks: i16) -> ProduceRequest {
 }
 
 fn batch(records: usize) -> Bytes {
-    Bytes::from(wharf_protocol::batch::simple_batch(records, 10, 1_700_000_000_000))
+    Bytes::from(wharf_protocol::batch::simple_batch(
+        records,
+        10,
+        1_700_000_000_000,
+    ))
 }
 
 #[test]
@@ -118,7 +155,11 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                 let r = call(&shard, &produce_request(&topic, batch(3), acks), v).await;
                 let p = &r.responses[0].partition_responses[0];
                 assert_eq!(p.error_code, 0, "produce v{v} acks {acks}");
-                assert_eq!(p.base_offset, 3 * i as i64, "produce v{v}: offsets are dense");
+                assert_eq!(
+                    p.base_offset,
+                    3 * i as i64,
+                    "produce v{v}: offsets are dense"
+                );
             }
             for fv in versions(ApiKey::Fetch) {
                 let mut fp = FetchPartition::default();
@@ -138,7 +179,11 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                 assert_eq!(d.high_watermark, 6, "fetch v{fv}");
                 let records = d.records.clone().expect("records");
                 // The batch holding offset 1 comes whole: it starts at 0.
-                assert_eq!(i64::from_be_bytes(records[..8].try_into().unwrap()), 0, "fetch v{fv}");
+                assert_eq!(
+                    i64::from_be_bytes(records[..8].try_into().unwrap()),
+                    0,
+                    "fetch v{fv}"
+                );
             }
             for lv in versions(ApiKey::ListOffsets) {
                 let mut timestamps = vec![(-2i64, 0i64), (-1, 6), (0, 0)];
@@ -157,7 +202,11 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                     lr.topics = vec![lt];
                     let r = call(&shard, &lr, lv).await;
                     let p = &r.topics[0].partitions[0];
-                    assert_eq!((p.error_code, p.offset), (0, expected), "list offsets v{lv} timestamp {timestamp}");
+                    assert_eq!(
+                        (p.error_code, p.offset),
+                        (0, expected),
+                        "list offsets v{lv} timestamp {timestamp}"
+                    );
                 }
             }
             for ev in versions(ApiKey::OffsetForLeaderEpoch) {
@@ -170,15 +219,34 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                 or.topics = vec![ot];
                 let r = call(&shard, &or, ev).await;
                 let e = &r.topics[0].partitions[0];
-                assert_eq!((e.error_code, e.leader_epoch, e.end_offset), (0, 0, 6), "offset for leader epoch v{ev}");
+                assert_eq!(
+                    (e.error_code, e.leader_epoch, e.end_offset),
+                    (0, 0, 6),
+                    "offset for leader epoch v{ev}"
+                );
             }
         }
         // acks=0: appended, no response.
         let mut body = BytesMut::new();
-        produce_request("produce-v3", batch(1), 0).encode(&mut body, 3).unwrap();
+        produce_request("produce-v3", batch(1), 0)
+            .encode(&mut body, 3)
+            .unwrap();
         let (tx, _rx) = oneshot::channel();
-        let head = RequestHead { api_key: 0, api_version: 3, correlation_id: 1, client_id: None, header_version: 1 };
-        assert!(matches!(router::handle(RequestContext::new(shard.clone(), head, None, None, tx), body.freeze()).await, Reply::NoResponse));
+        let head = RequestHead {
+            api_key: 0,
+            api_version: 3,
+            correlation_id: 1,
+            client_id: None,
+            header_version: 1,
+        };
+        assert!(matches!(
+            router::handle(
+                RequestContext::new(shard.clone(), head, None, None, tx),
+                body.freeze()
+            )
+            .await,
+            Reply::NoResponse
+        ));
     });
 }
 
@@ -198,8 +266,19 @@ fn produce_v0_to_v2_is_advertised_but_refused_per_partition() {
             body.put_i32(0);
             body.put_i32(-1);
             let (tx, _rx) = oneshot::channel();
-            let head = RequestHead { api_key: 0, api_version: v, correlation_id: 7, client_id: None, header_version: 1 };
-            let Reply::Frame(mut frame) = router::handle(RequestContext::new(shard.clone(), head, None, None, tx), body.freeze()).await else {
+            let head = RequestHead {
+                api_key: 0,
+                api_version: v,
+                correlation_id: 7,
+                client_id: None,
+                header_version: 1,
+            };
+            let Reply::Frame(mut frame) = router::handle(
+                RequestContext::new(shard.clone(), head, None, None, tx),
+                body.freeze(),
+            )
+            .await
+            else {
                 panic!("produce v{v}: expected a response");
             };
             frame.advance(8);
@@ -231,7 +310,12 @@ fn metadata_lists_and_auto_creates_at_every_version() {
             let mut all = MetadataRequest::default();
             all.topics = if v == 0 { Some(vec![]) } else { None };
             let resp = call(&shard, &all, v).await;
-            assert!(resp.topics.iter().any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name)), "metadata v{v}: all topics");
+            assert!(
+                resp.topics
+                    .iter()
+                    .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name)),
+                "metadata v{v}: all topics"
+            );
         }
         // Not created when the client does not allow it (v4+), and illegal names are refused.
         let mut t = MetadataRequestTopic::default();
@@ -264,18 +348,34 @@ fn topic_admin_apis_at_every_version() {
             let mut r = CreateTopicsRequest::default();
             r.topics = vec![t.clone()];
             r.timeout_ms = 5000;
-            assert_eq!(call(&shard, &r, v).await.topics[0].error_code, 0, "create topics v{v}");
-            assert_eq!(call(&shard, &r, v).await.topics[0].error_code, 36, "create topics v{v}: already exists");
+            assert_eq!(
+                call(&shard, &r, v).await.topics[0].error_code,
+                0,
+                "create topics v{v}"
+            );
+            assert_eq!(
+                call(&shard, &r, v).await.topics[0].error_code,
+                36,
+                "create topics v{v}: already exists"
+            );
             let mut bad = t.clone();
             bad.name = topic_name(&format!("{name}-bad"));
             bad.replication_factor = 3;
             r.topics = vec![bad];
-            assert_eq!(call(&shard, &r, v).await.topics[0].error_code, 38, "create topics v{v}: replication factor");
+            assert_eq!(
+                call(&shard, &r, v).await.topics[0].error_code,
+                38,
+                "create topics v{v}: replication factor"
+            );
             let mut bad = t.clone();
             bad.name = topic_name(&format!("{name}-bad"));
             bad.configs[0].name = str_bytes("no.such.config");
             r.topics = vec![bad];
-            assert_eq!(call(&shard, &r, v).await.topics[0].error_code, 40, "create topics v{v}: config");
+            assert_eq!(
+                call(&shard, &r, v).await.topics[0].error_code,
+                40,
+                "create topics v{v}: config"
+            );
         }
         for v in versions(ApiKey::CreatePartitions) {
             let mut t = CreatePartitionsTopic::default();
@@ -283,9 +383,19 @@ fn topic_admin_apis_at_every_version() {
             t.count = 3 + v as i32;
             let mut r = CreatePartitionsRequest::default();
             r.topics = vec![t];
-            assert_eq!(call(&shard, &r, v).await.results[0].error_code, 0, "create partitions v{v}");
+            assert_eq!(
+                call(&shard, &r, v).await.results[0].error_code,
+                0,
+                "create partitions v{v}"
+            );
         }
-        assert_eq!(shard.metadata().topic("admin-v2").map(|t| t.partition_count), Some(6));
+        assert_eq!(
+            shard
+                .metadata()
+                .topic("admin-v2")
+                .map(|t| t.partition_count),
+            Some(6)
+        );
         for v in versions(ApiKey::IncrementalAlterConfigs) {
             let mut c = AlterableConfig::default();
             c.name = str_bytes("retention.ms");
@@ -297,7 +407,11 @@ fn topic_admin_apis_at_every_version() {
             res.configs = vec![c];
             let mut r = IncrementalAlterConfigsRequest::default();
             r.resources = vec![res];
-            assert_eq!(call(&shard, &r, v).await.responses[0].error_code, 0, "incremental alter configs v{v}");
+            assert_eq!(
+                call(&shard, &r, v).await.responses[0].error_code,
+                0,
+                "incremental alter configs v{v}"
+            );
         }
         for v in versions(ApiKey::DescribeConfigs) {
             let mut topic = DescribeConfigsResource::default();
@@ -311,11 +425,28 @@ fn topic_admin_apis_at_every_version() {
             r.include_synonyms = true;
             let resp = call(&shard, &r, v).await;
             assert_eq!(resp.results[0].error_code, 0, "describe configs v{v}");
-            let retention = resp.results[0].configs.iter().find(|c| c.name.as_str() == "retention.ms").expect("retention.ms");
-            assert_eq!(retention.value.as_ref().map(|v| v.as_str()), Some("1001"), "describe configs v{v}");
-            assert_eq!(retention.config_source, 1, "describe configs v{v}: a topic override");
-            assert_eq!(resp.results[1].error_code, 0, "describe configs v{v}: broker");
-            assert!(resp.results[1].configs.iter().any(|c| c.name.as_str() == "num.partitions"));
+            let retention = resp.results[0]
+                .configs
+                .iter()
+                .find(|c| c.name.as_str() == "retention.ms")
+                .expect("retention.ms");
+            assert_eq!(
+                retention.value.as_ref().map(|v| v.as_str()),
+                Some("1001"),
+                "describe configs v{v}"
+            );
+            assert_eq!(
+                retention.config_source, 1,
+                "describe configs v{v}: a topic override"
+            );
+            assert_eq!(
+                resp.results[1].error_code, 0,
+                "describe configs v{v}: broker"
+            );
+            assert!(resp.results[1]
+                .configs
+                .iter()
+                .any(|c| c.name.as_str() == "num.partitions"));
         }
         for v in versions(ApiKey::DeleteRecords) {
             let name = format!("records-v{v}");
@@ -334,13 +465,24 @@ fn topic_admin_apis_at_every_version() {
             let resp = call(&shard, &r, v).await;
             let p = &resp.topics[0].partitions[0];
             assert_eq!(p.error_code, 0, "delete records v{v}");
-            assert!(p.low_watermark <= 2 && p.low_watermark >= 0, "delete records v{v}");
+            assert!(
+                p.low_watermark <= 2 && p.low_watermark >= 0,
+                "delete records v{v}"
+            );
             r.topics[0].partitions[0].offset = 99;
-            assert_eq!(call(&shard, &r, v).await.topics[0].partitions[0].error_code, 1, "delete records v{v}: past the end");
+            assert_eq!(
+                call(&shard, &r, v).await.topics[0].partitions[0].error_code,
+                1,
+                "delete records v{v}: past the end"
+            );
         }
         for v in versions(ApiKey::DescribeCluster) {
             let r = call(&shard, &DescribeClusterRequest::default(), v).await;
-            assert_eq!((r.error_code, r.brokers.len(), r.cluster_id.as_str()), (0, 1, "test-cluster"), "describe cluster v{v}");
+            assert_eq!(
+                (r.error_code, r.brokers.len(), r.cluster_id.as_str()),
+                (0, 1, "test-cluster"),
+                "describe cluster v{v}"
+            );
         }
         for v in versions(ApiKey::DeleteTopics) {
             let name = format!("admin-v{}", 2 + (v as usize % 6));
@@ -354,7 +496,11 @@ fn topic_admin_apis_at_every_version() {
             }
             let resp = call(&shard, &r, v).await;
             assert_eq!(resp.responses[0].error_code, 0, "delete topics v{v} {name}");
-            assert_eq!(call(&shard, &r, v).await.responses[0].error_code, 3, "delete topics v{v}: gone");
+            assert_eq!(
+                call(&shard, &r, v).await.responses[0].error_code,
+                3,
+                "delete topics v{v}: gone"
+            );
         }
     });
 }
@@ -365,15 +511,28 @@ fn api_versions_follows_kip_511() {
         for v in versions(ApiKey::ApiVersions) {
             let r = call(&shard, &ApiVersionsRequest::default(), v).await;
             assert_eq!(r.error_code, 0);
-            assert!(r.api_keys.iter().any(|k| k.api_key == 0 && k.min_version == 0));
+            assert!(r
+                .api_keys
+                .iter()
+                .any(|k| k.api_key == 0 && k.min_version == 0));
         }
         // A newer version than ours: a v0 answer with UNSUPPORTED_VERSION and the ranges.
-        let frame = call_raw(&shard, ApiKey::ApiVersions as i16, 4, &ApiVersionsRequest::default()).await;
+        let frame = call_raw(
+            &shard,
+            ApiKey::ApiVersions as i16,
+            4,
+            &ApiVersionsRequest::default(),
+        )
+        .await;
         let mut body = skip_response_header(frame, ApiKey::ApiVersions as i16, 0);
         let r = ApiVersionsResponse::decode(&mut body, 0).expect("v0 response");
         assert_eq!(r.error_code, 35);
         assert!(!r.api_keys.is_empty());
-        assert_eq!(ApiVersionsResponse::header_version(3), 0, "the response header is always v0");
+        assert_eq!(
+            ApiVersionsResponse::header_version(3),
+            0,
+            "the response header is always v0"
+        );
         // Unknown API key: an error, not a dropped connection.
         let frame = call_raw(&shard, 999, 0, &ApiVersionsRequest::default()).await;
         assert_eq!(&frame[..], &[0, 0, 0, 6, 0, 0, 0, 7, 0, 35]);

@@ -16,7 +16,9 @@ use glommio::sync::Semaphore;
 use crate::config::MAX_PARTITIONS_PER_TOPIC;
 use crate::metadata::store;
 use crate::metadata::topic_config::{self, TopicOverrides};
-use crate::metadata::{new_topic_id, validate_topic_name, MetadataImage, TopicId, TopicMeta, OFFSETS_TOPIC};
+use crate::metadata::{
+    new_topic_id, validate_topic_name, MetadataImage, TopicId, TopicMeta, OFFSETS_TOPIC,
+};
 use crate::shard::{Shard, ShardId};
 
 /// The shard that runs the controller.
@@ -86,7 +88,11 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(image: MetadataImage, data_dir: PathBuf) -> Controller {
-        Controller { image: RefCell::new(image), lock: Semaphore::new(1), data_dir }
+        Controller {
+            image: RefCell::new(image),
+            lock: Semaphore::new(1),
+            data_dir,
+        }
     }
 
     /// Validates `change` against the current image, then persists and publishes the image
@@ -96,12 +102,18 @@ impl Controller {
     where
         F: FnOnce(&MetadataImage) -> (T, Option<MetadataImage>),
     {
-        let _permit = self.lock.acquire_permit(1).await.map_err(|_| MetadataError::Unavailable)?;
+        let _permit = self
+            .lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| MetadataError::Unavailable)?;
         let (result, next) = {
             let current = self.image.borrow();
             change(&current)
         };
-        let Some(mut next) = next else { return Ok(result) };
+        let Some(mut next) = next else {
+            return Ok(result);
+        };
         next.version = self.image.borrow().version + 1;
         let to_save = next.clone();
         let data_dir = self.data_dir.clone();
@@ -120,7 +132,10 @@ impl Controller {
             })
             .collect();
         if let Some(first) = failures.first() {
-            tracing::error!(failures = failures.len(), "applying a metadata change failed on some partitions: {first}");
+            tracing::error!(
+                failures = failures.len(),
+                "applying a metadata change failed on some partitions: {first}"
+            );
         }
         Ok(result)
     }
@@ -150,7 +165,11 @@ impl Controller {
         outcome.unwrap_or_else(|e| vec![Err(e); count])
     }
 
-    pub async fn delete_topics(&self, shard: &Rc<Shard>, targets: Vec<TopicRef>) -> Vec<Result<TopicMeta, MetadataError>> {
+    pub async fn delete_topics(
+        &self,
+        shard: &Rc<Shard>,
+        targets: Vec<TopicRef>,
+    ) -> Vec<Result<TopicMeta, MetadataError>> {
         let count = targets.len();
         self.commit(shard, |current| {
             let mut next = current.clone();
@@ -158,11 +177,20 @@ impl Controller {
                 .into_iter()
                 .map(|target| {
                     let topic = match &target {
-                        TopicRef::Name(name) => next.topic(name).cloned().ok_or(MetadataError::UnknownTopic)?,
-                        TopicRef::Id(id) => next.topic_by_id(*id).cloned().ok_or(MetadataError::UnknownTopicId)?,
+                        TopicRef::Name(name) => next
+                            .topic(name)
+                            .cloned()
+                            .ok_or(MetadataError::UnknownTopic)?,
+                        TopicRef::Id(id) => next
+                            .topic_by_id(*id)
+                            .cloned()
+                            .ok_or(MetadataError::UnknownTopicId)?,
                     };
                     if topic.internal {
-                        return Err(MetadataError::InvalidRequest(format!("Internal topic {} cannot be deleted", topic.name)));
+                        return Err(MetadataError::InvalidRequest(format!(
+                            "Internal topic {} cannot be deleted",
+                            topic.name
+                        )));
                     }
                     next.remove(&topic.name);
                     Ok(topic)
@@ -228,7 +256,10 @@ impl Controller {
             let results: Vec<_> = requests
                 .into_iter()
                 .map(|(name, ops)| {
-                    let mut topic = next.topic(&name).cloned().ok_or(MetadataError::UnknownTopic)?;
+                    let mut topic = next
+                        .topic(&name)
+                        .cloned()
+                        .ok_or(MetadataError::UnknownTopic)?;
                     topic.overrides = apply_ops(&topic.overrides, ops, shard)?;
                     next.upsert(topic);
                     Ok(())
@@ -245,14 +276,19 @@ impl Controller {
 fn check_new_topic(image: &MetadataImage, t: NewTopic) -> Result<TopicMeta, MetadataError> {
     validate_topic_name(&t.name).map_err(MetadataError::InvalidTopic)?;
     if !t.internal && t.name == OFFSETS_TOPIC {
-        return Err(MetadataError::InvalidRequest(format!("Creation of internal topic {OFFSETS_TOPIC} is prohibited.")));
+        return Err(MetadataError::InvalidRequest(format!(
+            "Creation of internal topic {OFFSETS_TOPIC} is prohibited."
+        )));
     }
     if image.topic(&t.name).is_some() {
         return Err(MetadataError::TopicAlreadyExists(t.name));
     }
     // Kafka: '.' and '_' collide in metric names, so "a.b" and "a_b" cannot both exist.
     let collision_key = |n: &str| n.replace('.', "_");
-    if let Some(other) = image.topics().find(|o| collision_key(&o.name) == collision_key(&t.name)) {
+    if let Some(other) = image
+        .topics()
+        .find(|o| collision_key(&o.name) == collision_key(&t.name))
+    {
         return Err(MetadataError::InvalidTopic(format!(
             "Topic '{}' collides with existing topic: {}",
             t.name, other.name
@@ -267,20 +303,40 @@ fn check_new_topic(image: &MetadataImage, t: NewTopic) -> Result<TopicMeta, Meta
     let mut overrides = TopicOverrides::new();
     for (name, value) in t.configs {
         let Some(value) = value else {
-            return Err(MetadataError::InvalidConfig(format!("Null value not supported for topic configs: {name}")));
+            return Err(MetadataError::InvalidConfig(format!(
+                "Null value not supported for topic configs: {name}"
+            )));
         };
-        let value = topic_config::validate(&name, &value).map_err(|e| MetadataError::InvalidConfig(e.0))?;
+        let value =
+            topic_config::validate(&name, &value).map_err(|e| MetadataError::InvalidConfig(e.0))?;
         overrides.insert(name, value);
     }
-    Ok(TopicMeta { name: t.name, id: new_topic_id(), partition_count: t.partitions, overrides, internal: t.internal })
+    Ok(TopicMeta {
+        name: t.name,
+        id: new_topic_id(),
+        partition_count: t.partitions,
+        overrides,
+        internal: t.internal,
+    })
 }
 
-fn apply_ops(current: &TopicOverrides, ops: Vec<AlterOp>, shard: &Shard) -> Result<TopicOverrides, MetadataError> {
+fn apply_ops(
+    current: &TopicOverrides,
+    ops: Vec<AlterOp>,
+    shard: &Shard,
+) -> Result<TopicOverrides, MetadataError> {
     let invalid = |e: topic_config::InvalidConfig| MetadataError::InvalidConfig(e.0);
     let mut next = current.clone();
     let list_items = |next: &TopicOverrides, name: &str| -> Vec<String> {
-        let value = next.get(name).cloned().unwrap_or_else(|| shard.config.topic_defaults.value(name).to_string());
-        value.split(',').map(str::to_string).filter(|s| !s.is_empty()).collect()
+        let value = next
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| shard.config.topic_defaults.value(name).to_string());
+        value
+            .split(',')
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+            .collect()
     };
     for op in ops {
         match op {
@@ -289,8 +345,9 @@ fn apply_ops(current: &TopicOverrides, ops: Vec<AlterOp>, shard: &Shard) -> Resu
                 next.insert(name, value);
             }
             AlterOp::Delete(name) => {
-                topic_config::config_def(&name)
-                    .ok_or_else(|| MetadataError::InvalidConfig(format!("Unknown topic config name: {name}")))?;
+                topic_config::config_def(&name).ok_or_else(|| {
+                    MetadataError::InvalidConfig(format!("Unknown topic config name: {name}"))
+                })?;
                 next.remove(&name);
             }
             AlterOp::Append(name, value) | AlterOp::Subtract(name, value) if !is_list(&name) => {
@@ -311,7 +368,10 @@ fn apply_ops(current: &TopicOverrides, ops: Vec<AlterOp>, shard: &Shard) -> Resu
             }
             AlterOp::Subtract(name, value) => {
                 let remove: Vec<&str> = value.split(',').map(str::trim).collect();
-                let items: Vec<String> = list_items(&next, &name).into_iter().filter(|i| !remove.contains(&i.as_str())).collect();
+                let items: Vec<String> = list_items(&next, &name)
+                    .into_iter()
+                    .filter(|i| !remove.contains(&i.as_str()))
+                    .collect();
                 let value = topic_config::validate(&name, &items.join(",")).map_err(invalid)?;
                 next.insert(name, value);
             }
@@ -321,33 +381,57 @@ fn apply_ops(current: &TopicOverrides, ops: Vec<AlterOp>, shard: &Shard) -> Resu
 }
 
 fn is_list(name: &str) -> bool {
-    matches!(topic_config::config_def(name).map(|d| d.kind), Some(topic_config::ConfigKind::List(_)))
+    matches!(
+        topic_config::config_def(name).map(|d| d.kind),
+        Some(topic_config::ConfigKind::List(_))
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // Entry points for request handlers on any shard.
 // ---------------------------------------------------------------------------------------
 
-pub async fn create_topics(shard: &Rc<Shard>, topics: Vec<NewTopic>, validate_only: bool) -> Vec<Result<TopicMeta, MetadataError>> {
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    topics: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<Result<TopicMeta, MetadataError>> {
     let count = topics.len();
     shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move { s.controller().create_topics(&s, topics, validate_only).await })
+        .invoke_on(CONTROLLER_SHARD, move |s| async move {
+            s.controller()
+                .create_topics(&s, topics, validate_only)
+                .await
+        })
         .await
         .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
 }
 
-pub async fn delete_topics(shard: &Rc<Shard>, targets: Vec<TopicRef>) -> Vec<Result<TopicMeta, MetadataError>> {
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    targets: Vec<TopicRef>,
+) -> Vec<Result<TopicMeta, MetadataError>> {
     let count = targets.len();
     shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move { s.controller().delete_topics(&s, targets).await })
+        .invoke_on(CONTROLLER_SHARD, move |s| async move {
+            s.controller().delete_topics(&s, targets).await
+        })
         .await
         .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
 }
 
-pub async fn create_partitions(shard: &Rc<Shard>, requests: Vec<(String, i32)>, validate_only: bool) -> Vec<Result<(), MetadataError>> {
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    requests: Vec<(String, i32)>,
+    validate_only: bool,
+) -> Vec<Result<(), MetadataError>> {
     let count = requests.len();
     shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move { s.controller().create_partitions(&s, requests, validate_only).await })
+        .invoke_on(CONTROLLER_SHARD, move |s| async move {
+            s.controller()
+                .create_partitions(&s, requests, validate_only)
+                .await
+        })
         .await
         .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
 }
@@ -359,7 +443,11 @@ pub async fn alter_topic_configs(
 ) -> Vec<Result<(), MetadataError>> {
     let count = requests.len();
     shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move { s.controller().alter_topic_configs(&s, requests, validate_only).await })
+        .invoke_on(CONTROLLER_SHARD, move |s| async move {
+            s.controller()
+                .alter_topic_configs(&s, requests, validate_only)
+                .await
+        })
         .await
         .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
 }
@@ -383,9 +471,11 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
     match create_topics(shard, vec![topic], false).await.pop() {
         Some(Ok(meta)) => Ok(meta),
         // Created concurrently by another caller: fine.
-        Some(Err(MetadataError::TopicAlreadyExists(_))) => {
-            shard.metadata().topic(OFFSETS_TOPIC).cloned().ok_or(MetadataError::UnknownTopic)
-        }
+        Some(Err(MetadataError::TopicAlreadyExists(_))) => shard
+            .metadata()
+            .topic(OFFSETS_TOPIC)
+            .cloned()
+            .ok_or(MetadataError::UnknownTopic),
         Some(Err(e)) => Err(e),
         None => Err(MetadataError::Unavailable),
     }

@@ -82,7 +82,11 @@ pub struct MetadataImage {
 
 impl MetadataImage {
     pub fn new(cluster_id: String, topics: impl IntoIterator<Item = TopicMeta>) -> MetadataImage {
-        let mut image = MetadataImage { version: 1, cluster_id, ..MetadataImage::default() };
+        let mut image = MetadataImage {
+            version: 1,
+            cluster_id,
+            ..MetadataImage::default()
+        };
         for topic in topics {
             image.upsert(topic);
         }
@@ -94,7 +98,9 @@ impl MetadataImage {
     }
 
     pub fn topic_by_id(&self, id: TopicId) -> Option<&TopicMeta> {
-        self.names_by_id.get(&id).and_then(|name| self.topics.get(name))
+        self.names_by_id
+            .get(&id)
+            .and_then(|name| self.topics.get(name))
     }
 
     pub fn topics(&self) -> impl Iterator<Item = &TopicMeta> {
@@ -130,9 +136,14 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err("Topic name cannot be \".\" or \"..\"".into());
     }
     if name.len() > MAX_TOPIC_NAME_CHARS {
-        return Err(format!("Topic name is illegal, it can't be longer than {MAX_TOPIC_NAME_CHARS} characters"));
+        return Err(format!(
+            "Topic name is illegal, it can't be longer than {MAX_TOPIC_NAME_CHARS} characters"
+        ));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         return Err(format!(
             "Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
         ));
@@ -147,7 +158,10 @@ pub fn random_u128() -> u128 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut halves = [0u64; 2];
     for (i, half) in halves.iter_mut().enumerate() {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -168,7 +182,9 @@ pub fn new_topic_id() -> TopicId {
 /// A new cluster id in Kafka's format: a random UUID in URL-safe base64 without padding.
 pub fn new_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = uuid::Builder::from_random_bytes(random_u128().to_be_bytes()).into_uuid().into_bytes();
+    let bytes = uuid::Builder::from_random_bytes(random_u128().to_be_bytes())
+        .into_uuid()
+        .into_bytes();
     let mut out = String::with_capacity(22);
     let mut acc: u32 = 0;
     let mut bits = 0;
@@ -208,7 +224,9 @@ mod tests {
         assert!(!a.0.is_nil());
         let cluster = new_cluster_id();
         assert_eq!(cluster.len(), 22);
-        assert!(cluster.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(cluster
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
     #[test]

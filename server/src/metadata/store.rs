@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::MAX_PARTITIONS_PER_TOPIC;
 use crate::metadata::topic_config::{self, TopicOverrides};
-use crate::metadata::{new_cluster_id, new_topic_id, validate_topic_name, MetadataImage, TopicId, TopicMeta};
+use crate::metadata::{
+    new_cluster_id, new_topic_id, validate_topic_name, MetadataImage, TopicId, TopicMeta,
+};
 
 /// The metadata file's name in the data directory. It cannot be mistaken for a partition
 /// directory, whose names end in `-<digits>`.
@@ -66,23 +68,40 @@ pub fn load(data_dir: &Path) -> Result<Option<MetadataImage>, StoreError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::Read { path: shown, reason: crate::config::io_reason(&e) }),
+        Err(e) => {
+            return Err(StoreError::Read {
+                path: shown,
+                reason: crate::config::io_reason(&e),
+            })
+        }
     };
-    let corrupt = |reason: String| StoreError::Corrupt { path: shown.clone(), reason };
-    let file: MetadataFile = toml::from_str(&text).map_err(|e| corrupt(e.message().replace('\n', " ")))?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: shown.clone(),
+        reason,
+    };
+    let file: MetadataFile =
+        toml::from_str(&text).map_err(|e| corrupt(e.message().replace('\n', " ")))?;
     if file.format_version != FORMAT_VERSION {
-        return Err(corrupt(format!("unknown format version {}", file.format_version)));
+        return Err(corrupt(format!(
+            "unknown format version {}",
+            file.format_version
+        )));
     }
     let mut topics = Vec::with_capacity(file.topics.len());
     for entry in file.topics {
         validate_topic_name(&entry.name).map_err(&corrupt)?;
-        let id = uuid::Uuid::parse_str(&entry.id).map_err(|e| corrupt(format!("topic {}: bad id: {e}", entry.name)))?;
+        let id = uuid::Uuid::parse_str(&entry.id)
+            .map_err(|e| corrupt(format!("topic {}: bad id: {e}", entry.name)))?;
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&entry.partitions) {
-            return Err(corrupt(format!("topic {}: bad partition count {}", entry.name, entry.partitions)));
+            return Err(corrupt(format!(
+                "topic {}: bad partition count {}",
+                entry.name, entry.partitions
+            )));
         }
         let mut overrides = TopicOverrides::new();
         for (name, value) in entry.configs {
-            let value = topic_config::validate(&name, &value).map_err(|e| corrupt(format!("topic {}: {e}", entry.name)))?;
+            let value = topic_config::validate(&name, &value)
+                .map_err(|e| corrupt(format!("topic {}: {e}", entry.name)))?;
             overrides.insert(name, value);
         }
         topics.push(TopicMeta {
@@ -115,13 +134,18 @@ pub fn save(data_dir: &Path, image: &MetadataImage) -> Result<(), StoreError> {
     let text = toml::to_string(&file).expect("the metadata file's types always serialise to TOML");
     let tmp = data_dir.join(METADATA_TMP_FILE);
     let path = data_dir.join(METADATA_FILE);
-    let write_err = |e: std::io::Error| StoreError::Write { path: path.display().to_string(), reason: crate::config::io_reason(&e) };
+    let write_err = |e: std::io::Error| StoreError::Write {
+        path: path.display().to_string(),
+        reason: crate::config::io_reason(&e),
+    };
     let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
     f.write_all(text.as_bytes()).map_err(write_err)?;
     f.sync_all().map_err(write_err)?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(write_err)?;
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(write_err)?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err)?;
     Ok(())
 }
 
@@ -141,13 +165,26 @@ pub fn scan_partition_dirs(data_dir: &Path) -> std::io::Result<Vec<FoundPartitio
         if !entry.file_type()?.is_dir() {
             continue;
         }
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        let Some((topic, partition)) = name.rsplit_once('-') else { continue };
-        let Ok(partition) = partition.parse::<i32>() else { continue };
-        if partition < 0 || validate_topic_name(topic).is_err() || partition.to_string().len() != name.len() - topic.len() - 1 {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some((topic, partition)) = name.rsplit_once('-') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<i32>() else {
+            continue;
+        };
+        if partition < 0
+            || validate_topic_name(topic).is_err()
+            || partition.to_string().len() != name.len() - topic.len() - 1
+        {
             continue;
         }
-        found.push(FoundPartition { topic: topic.to_string(), partition, dir: entry.path() });
+        found.push(FoundPartition {
+            topic: topic.to_string(),
+            partition,
+            dir: entry.path(),
+        });
     }
     found.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Ok(found)
@@ -170,10 +207,18 @@ pub fn reconcile(loaded: Option<MetadataImage>, found: Vec<FoundPartition>) -> R
         Some(image) => {
             let leftovers = found
                 .into_iter()
-                .filter(|f| image.topic(&f.topic).is_none_or(|t| f.partition >= t.partition_count))
+                .filter(|f| {
+                    image
+                        .topic(&f.topic)
+                        .is_none_or(|t| f.partition >= t.partition_count)
+                })
                 .map(|f| f.dir)
                 .collect();
-            Reconciled { image, rebuilt: false, leftovers }
+            Reconciled {
+                image,
+                rebuilt: false,
+                leftovers,
+            }
         }
         None => {
             let mut counts: BTreeMap<String, i32> = BTreeMap::new();
@@ -181,15 +226,22 @@ pub fn reconcile(loaded: Option<MetadataImage>, found: Vec<FoundPartition>) -> R
                 let count = counts.entry(f.topic.clone()).or_insert(0);
                 *count = (*count).max(f.partition + 1);
             }
-            let topics = counts.into_iter().filter(|(_, count)| *count <= MAX_PARTITIONS_PER_TOPIC).map(|(name, count)| TopicMeta {
-                internal: name == crate::metadata::OFFSETS_TOPIC,
-                name,
-                id: new_topic_id(),
-                partition_count: count,
-                overrides: TopicOverrides::new(),
-            });
+            let topics = counts
+                .into_iter()
+                .filter(|(_, count)| *count <= MAX_PARTITIONS_PER_TOPIC)
+                .map(|(name, count)| TopicMeta {
+                    internal: name == crate::metadata::OFFSETS_TOPIC,
+                    name,
+                    id: new_topic_id(),
+                    partition_count: count,
+                    overrides: TopicOverrides::new(),
+                });
             let image = MetadataImage::new(new_cluster_id(), topics);
-            Reconciled { image, rebuilt: true, leftovers: Vec::new() }
+            Reconciled {
+                image,
+                rebuilt: true,
+                leftovers: Vec::new(),
+            }
         }
     }
 }
@@ -201,7 +253,13 @@ mod tests {
     fn topic(name: &str, partitions: i32) -> TopicMeta {
         let mut overrides = TopicOverrides::new();
         overrides.insert("retention.ms".into(), "1000".into());
-        TopicMeta { name: name.into(), id: new_topic_id(), partition_count: partitions, overrides, internal: false }
+        TopicMeta {
+            name: name.into(),
+            id: new_topic_id(),
+            partition_count: partitions,
+            overrides,
+            internal: false,
+        }
     }
 
     #[test]
@@ -217,7 +275,11 @@ mod tests {
     #[test]
     fn damaged_file_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(METADATA_FILE), "format_version = 1\ncluster_id = 3\n").unwrap();
+        std::fs::write(
+            dir.path().join(METADATA_FILE),
+            "format_version = 1\ncluster_id = 3\n",
+        )
+        .unwrap();
         let e = load(dir.path()).err().expect("damaged").to_string();
         assert!(e.contains(METADATA_FILE), "{e}");
     }
@@ -229,9 +291,19 @@ mod tests {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::write(dir.path().join("file-0"), b"").unwrap();
-        let found: Vec<(String, i32)> =
-            scan_partition_dirs(dir.path()).unwrap().into_iter().map(|f| (f.topic, f.partition)).collect();
-        assert_eq!(found, vec![("a-b".into(), 2), ("orders".into(), 0), ("orders".into(), 1)]);
+        let found: Vec<(String, i32)> = scan_partition_dirs(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.topic, f.partition))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("a-b".into(), 2),
+                ("orders".into(), 0),
+                ("orders".into(), 1)
+            ]
+        );
     }
 
     #[test]
@@ -247,8 +319,14 @@ mod tests {
         assert_eq!(rebuilt.image.topic("b").map(|t| t.partition_count), Some(1));
 
         let image = MetadataImage::new("c".into(), [topic("a", 1)]);
-        let r = reconcile(Some(image), vec![found("a", 0), found("a", 1), found("gone", 0)]);
+        let r = reconcile(
+            Some(image),
+            vec![found("a", 0), found("a", 1), found("gone", 0)],
+        );
         assert!(!r.rebuilt);
-        assert_eq!(r.leftovers, vec![PathBuf::from("a-1"), PathBuf::from("gone-0")]);
+        assert_eq!(
+            r.leftovers,
+            vec![PathBuf::from("a-1"), PathBuf::from("gone-0")]
+        );
     }
 }

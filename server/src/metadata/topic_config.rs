@@ -15,9 +15,16 @@ use crate::config::{ConfigError, Settings};
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum ConfigKind {
     Bool,
-    Int { min: i64 },
-    Long { min: i64 },
-    Double { min: f64, max: f64 },
+    Int {
+        min: i64,
+    },
+    Long {
+        min: i64,
+    },
+    Double {
+        min: f64,
+        max: f64,
+    },
     /// One of the listed strings.
     Choice(&'static [&'static str]),
     /// A comma-separated list of the listed strings.
@@ -52,30 +59,145 @@ const LONG_MAX: &str = "9223372036854775807";
 /// Every topic config this broker accepts. Others are refused with INVALID_CONFIG, as
 /// Kafka refuses names it does not know.
 pub static TOPIC_CONFIGS: &[ConfigDef] = &[
-    ConfigDef { name: "cleanup.policy", broker_name: "log.cleanup.policy", kind: ConfigKind::List(&["delete", "compact"]), default: "delete" },
+    ConfigDef {
+        name: "cleanup.policy",
+        broker_name: "log.cleanup.policy",
+        kind: ConfigKind::List(&["delete", "compact"]),
+        default: "delete",
+    },
     // Batches are stored as produced; recompressing on the broker is not done.
-    ConfigDef { name: "compression.type", broker_name: "compression.type", kind: ConfigKind::Choice(&["producer"]), default: "producer" },
-    ConfigDef { name: "delete.retention.ms", broker_name: "log.cleaner.delete.retention.ms", kind: ConfigKind::Long { min: 0 }, default: "86400000" },
-    ConfigDef { name: "file.delete.delay.ms", broker_name: "log.segment.delete.delay.ms", kind: ConfigKind::Long { min: 0 }, default: "60000" },
-    ConfigDef { name: "flush.messages", broker_name: "log.flush.interval.messages", kind: ConfigKind::Long { min: 1 }, default: LONG_MAX },
-    ConfigDef { name: "flush.ms", broker_name: "log.flush.interval.ms", kind: ConfigKind::Long { min: 0 }, default: LONG_MAX },
-    ConfigDef { name: "index.interval.bytes", broker_name: "log.index.interval.bytes", kind: ConfigKind::Int { min: 0 }, default: "4096" },
-    ConfigDef { name: "max.compaction.lag.ms", broker_name: "log.cleaner.max.compaction.lag.ms", kind: ConfigKind::Long { min: 1 }, default: LONG_MAX },
-    ConfigDef { name: "max.message.bytes", broker_name: "message.max.bytes", kind: ConfigKind::Int { min: 0 }, default: "1048588" },
-    ConfigDef { name: "message.timestamp.after.max.ms", broker_name: "log.message.timestamp.after.max.ms", kind: ConfigKind::Long { min: 0 }, default: LONG_MAX },
-    ConfigDef { name: "message.timestamp.before.max.ms", broker_name: "log.message.timestamp.before.max.ms", kind: ConfigKind::Long { min: 0 }, default: LONG_MAX },
-    ConfigDef { name: "message.timestamp.type", broker_name: "log.message.timestamp.type", kind: ConfigKind::Choice(&["CreateTime", "LogAppendTime"]), default: "CreateTime" },
-    ConfigDef { name: "min.cleanable.dirty.ratio", broker_name: "log.cleaner.min.cleanable.ratio", kind: ConfigKind::Double { min: 0.0, max: 1.0 }, default: "0.5" },
-    ConfigDef { name: "min.compaction.lag.ms", broker_name: "log.cleaner.min.compaction.lag.ms", kind: ConfigKind::Long { min: 0 }, default: "0" },
-    ConfigDef { name: "min.insync.replicas", broker_name: "min.insync.replicas", kind: ConfigKind::Int { min: 1 }, default: "1" },
-    ConfigDef { name: "preallocate", broker_name: "log.preallocate", kind: ConfigKind::Bool, default: "false" },
-    ConfigDef { name: "retention.bytes", broker_name: "log.retention.bytes", kind: ConfigKind::Long { min: -1 }, default: "-1" },
-    ConfigDef { name: "retention.ms", broker_name: "log.retention.ms", kind: ConfigKind::Long { min: -1 }, default: "604800000" },
-    ConfigDef { name: "segment.bytes", broker_name: "log.segment.bytes", kind: ConfigKind::Int { min: 14 }, default: "1073741824" },
-    ConfigDef { name: "segment.index.bytes", broker_name: "log.index.size.max.bytes", kind: ConfigKind::Int { min: 4 }, default: "10485760" },
-    ConfigDef { name: "segment.jitter.ms", broker_name: "log.roll.jitter.ms", kind: ConfigKind::Long { min: 0 }, default: "0" },
-    ConfigDef { name: "segment.ms", broker_name: "log.roll.ms", kind: ConfigKind::Long { min: 1 }, default: "604800000" },
-    ConfigDef { name: "unclean.leader.election.enable", broker_name: "unclean.leader.election.enable", kind: ConfigKind::Bool, default: "false" },
+    ConfigDef {
+        name: "compression.type",
+        broker_name: "compression.type",
+        kind: ConfigKind::Choice(&["producer"]),
+        default: "producer",
+    },
+    ConfigDef {
+        name: "delete.retention.ms",
+        broker_name: "log.cleaner.delete.retention.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: "86400000",
+    },
+    ConfigDef {
+        name: "file.delete.delay.ms",
+        broker_name: "log.segment.delete.delay.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: "60000",
+    },
+    ConfigDef {
+        name: "flush.messages",
+        broker_name: "log.flush.interval.messages",
+        kind: ConfigKind::Long { min: 1 },
+        default: LONG_MAX,
+    },
+    ConfigDef {
+        name: "flush.ms",
+        broker_name: "log.flush.interval.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: LONG_MAX,
+    },
+    ConfigDef {
+        name: "index.interval.bytes",
+        broker_name: "log.index.interval.bytes",
+        kind: ConfigKind::Int { min: 0 },
+        default: "4096",
+    },
+    ConfigDef {
+        name: "max.compaction.lag.ms",
+        broker_name: "log.cleaner.max.compaction.lag.ms",
+        kind: ConfigKind::Long { min: 1 },
+        default: LONG_MAX,
+    },
+    ConfigDef {
+        name: "max.message.bytes",
+        broker_name: "message.max.bytes",
+        kind: ConfigKind::Int { min: 0 },
+        default: "1048588",
+    },
+    ConfigDef {
+        name: "message.timestamp.after.max.ms",
+        broker_name: "log.message.timestamp.after.max.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: LONG_MAX,
+    },
+    ConfigDef {
+        name: "message.timestamp.before.max.ms",
+        broker_name: "log.message.timestamp.before.max.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: LONG_MAX,
+    },
+    ConfigDef {
+        name: "message.timestamp.type",
+        broker_name: "log.message.timestamp.type",
+        kind: ConfigKind::Choice(&["CreateTime", "LogAppendTime"]),
+        default: "CreateTime",
+    },
+    ConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        broker_name: "log.cleaner.min.cleanable.ratio",
+        kind: ConfigKind::Double { min: 0.0, max: 1.0 },
+        default: "0.5",
+    },
+    ConfigDef {
+        name: "min.compaction.lag.ms",
+        broker_name: "log.cleaner.min.compaction.lag.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: "0",
+    },
+    ConfigDef {
+        name: "min.insync.replicas",
+        broker_name: "min.insync.replicas",
+        kind: ConfigKind::Int { min: 1 },
+        default: "1",
+    },
+    ConfigDef {
+        name: "preallocate",
+        broker_name: "log.preallocate",
+        kind: ConfigKind::Bool,
+        default: "false",
+    },
+    ConfigDef {
+        name: "retention.bytes",
+        broker_name: "log.retention.bytes",
+        kind: ConfigKind::Long { min: -1 },
+        default: "-1",
+    },
+    ConfigDef {
+        name: "retention.ms",
+        broker_name: "log.retention.ms",
+        kind: ConfigKind::Long { min: -1 },
+        default: "604800000",
+    },
+    ConfigDef {
+        name: "segment.bytes",
+        broker_name: "log.segment.bytes",
+        kind: ConfigKind::Int { min: 14 },
+        default: "1073741824",
+    },
+    ConfigDef {
+        name: "segment.index.bytes",
+        broker_name: "log.index.size.max.bytes",
+        kind: ConfigKind::Int { min: 4 },
+        default: "10485760",
+    },
+    ConfigDef {
+        name: "segment.jitter.ms",
+        broker_name: "log.roll.jitter.ms",
+        kind: ConfigKind::Long { min: 0 },
+        default: "0",
+    },
+    ConfigDef {
+        name: "segment.ms",
+        broker_name: "log.roll.ms",
+        kind: ConfigKind::Long { min: 1 },
+        default: "604800000",
+    },
+    ConfigDef {
+        name: "unclean.leader.election.enable",
+        broker_name: "unclean.leader.election.enable",
+        kind: ConfigKind::Bool,
+        default: "false",
+    },
 ];
 
 pub fn config_def(name: &str) -> Option<&'static ConfigDef> {
@@ -89,14 +211,19 @@ pub struct InvalidConfig(pub String);
 
 /// Checks `value` for config `name` and returns it normalised.
 pub fn validate(name: &str, value: &str) -> Result<String, InvalidConfig> {
-    let def = config_def(name).ok_or_else(|| InvalidConfig(format!("Unknown topic config name: {name}")))?;
+    let def = config_def(name)
+        .ok_or_else(|| InvalidConfig(format!("Unknown topic config name: {name}")))?;
     validate_def(def, value)
 }
 
 fn validate_def(def: &ConfigDef, value: &str) -> Result<String, InvalidConfig> {
     let name = def.name;
     let value = value.trim();
-    let bad = |why: String| InvalidConfig(format!("Invalid value {value} for configuration {name}: {why}"));
+    let bad = |why: String| {
+        InvalidConfig(format!(
+            "Invalid value {value} for configuration {name}: {why}"
+        ))
+    };
     match def.kind {
         ConfigKind::Bool => match value.to_ascii_lowercase().as_str() {
             "true" => Ok("true".into()),
@@ -104,29 +231,39 @@ fn validate_def(def: &ConfigDef, value: &str) -> Result<String, InvalidConfig> {
             _ => Err(bad("Expected value to be either true or false".into())),
         },
         ConfigKind::Int { min } => {
-            let n: i32 = value.parse().map_err(|_| bad("Not a number of type INT".into()))?;
+            let n: i32 = value
+                .parse()
+                .map_err(|_| bad("Not a number of type INT".into()))?;
             if (n as i64) < min {
                 return Err(bad(format!("Value must be at least {min}")));
             }
             Ok(n.to_string())
         }
         ConfigKind::Long { min } => {
-            let n: i64 = value.parse().map_err(|_| bad("Not a number of type LONG".into()))?;
+            let n: i64 = value
+                .parse()
+                .map_err(|_| bad("Not a number of type LONG".into()))?;
             if n < min {
                 return Err(bad(format!("Value must be at least {min}")));
             }
             Ok(n.to_string())
         }
         ConfigKind::Double { min, max } => {
-            let x: f64 = value.parse().map_err(|_| bad("Not a number of type DOUBLE".into()))?;
+            let x: f64 = value
+                .parse()
+                .map_err(|_| bad("Not a number of type DOUBLE".into()))?;
             if !(min..=max).contains(&x) {
                 return Err(bad(format!("Value must be between {min} and {max}")));
             }
             Ok(value.to_string())
         }
-        ConfigKind::Choice(options) => match options.iter().find(|o| o.eq_ignore_ascii_case(value)) {
+        ConfigKind::Choice(options) => match options.iter().find(|o| o.eq_ignore_ascii_case(value))
+        {
             Some(o) => Ok(o.to_string()),
-            None => Err(bad(format!("String must be one of: {}", options.join(", ")))),
+            None => Err(bad(format!(
+                "String must be one of: {}",
+                options.join(", ")
+            ))),
         },
         ConfigKind::List(options) => {
             let mut seen = Vec::new();
@@ -134,7 +271,12 @@ fn validate_def(def: &ConfigDef, value: &str) -> Result<String, InvalidConfig> {
                 match options.iter().find(|o| o.eq_ignore_ascii_case(item)) {
                     Some(o) if !seen.contains(o) => seen.push(*o),
                     Some(_) => {}
-                    None => return Err(bad(format!("List items must be among: {}", options.join(", ")))),
+                    None => {
+                        return Err(bad(format!(
+                            "List items must be among: {}",
+                            options.join(", ")
+                        )))
+                    }
                 }
             }
             if seen.is_empty() {
@@ -163,7 +305,10 @@ pub struct TopicDefaults {
 impl Default for TopicDefaults {
     fn default() -> Self {
         TopicDefaults {
-            values: TOPIC_CONFIGS.iter().map(|d| (d.name, d.default.to_string())).collect(),
+            values: TOPIC_CONFIGS
+                .iter()
+                .map(|d| (d.name, d.default.to_string()))
+                .collect(),
             set_by_broker: BTreeSet::new(),
         }
     }
@@ -175,7 +320,12 @@ impl TopicDefaults {
     pub fn from_broker_settings(settings: &mut Settings) -> Result<TopicDefaults, ConfigError> {
         let mut defaults = TopicDefaults::default();
         // Kafka's precedence: .ms over .minutes over .hours.
-        let retention = pick_ms(settings, "log.retention.ms", "log.retention.minutes", "log.retention.hours")?;
+        let retention = pick_ms(
+            settings,
+            "log.retention.ms",
+            "log.retention.minutes",
+            "log.retention.hours",
+        )?;
         let roll = pick_ms(settings, "log.roll.ms", "", "log.roll.hours")?;
         for def in TOPIC_CONFIGS {
             let raw = match def.broker_name {
@@ -184,7 +334,8 @@ impl TopicDefaults {
                 name => take_any(settings, name)?,
             };
             if let Some(raw) = raw {
-                let value = validate_def(def, &raw).map_err(|e| ConfigError(format!("`{}`: {e}", def.broker_name)))?;
+                let value = validate_def(def, &raw)
+                    .map_err(|e| ConfigError(format!("`{}`: {e}", def.broker_name)))?;
                 defaults.values.insert(def.name, value);
                 defaults.set_by_broker.insert(def.name);
             }
@@ -195,12 +346,18 @@ impl TopicDefaults {
     /// The broker-level value of topic config `name` and where it came from.
     pub fn get(&self, name: &str) -> Option<(&str, ConfigSource)> {
         let (key, value) = self.values.get_key_value(name)?;
-        let source = if self.set_by_broker.contains(key) { ConfigSource::StaticBroker } else { ConfigSource::Default };
+        let source = if self.set_by_broker.contains(key) {
+            ConfigSource::StaticBroker
+        } else {
+            ConfigSource::Default
+        };
         Some((value.as_str(), source))
     }
 
     pub fn value(&self, name: &str) -> &str {
-        self.get(name).map(|(v, _)| v).expect("every catalogued topic config has a default")
+        self.get(name)
+            .map(|(v, _)| v)
+            .expect("every catalogued topic config has a default")
     }
 }
 
@@ -208,9 +365,18 @@ fn take_any(settings: &mut Settings, name: &str) -> Result<Option<String>, Confi
     settings.take_scalar(name)
 }
 
-fn pick_ms(settings: &mut Settings, ms: &str, minutes: &str, hours: &str) -> Result<Option<String>, ConfigError> {
+fn pick_ms(
+    settings: &mut Settings,
+    ms: &str,
+    minutes: &str,
+    hours: &str,
+) -> Result<Option<String>, ConfigError> {
     let ms_value = settings.take_int(ms)?;
-    let minutes_value = if minutes.is_empty() { None } else { settings.take_int(minutes)? };
+    let minutes_value = if minutes.is_empty() {
+        None
+    } else {
+        settings.take_int(minutes)?
+    };
     let hours_value = settings.take_int(hours)?;
     Ok(ms_value
         .or(minutes_value.map(|m| m.saturating_mul(60_000)))
@@ -236,8 +402,13 @@ impl EffectiveConfig<'_> {
     }
 
     fn parsed<T: std::str::FromStr>(&self, name: &str) -> T {
-        let (value, _) = self.get(name).expect("every catalogued topic config has a value");
-        value.parse().ok().expect("stored config values are validated when set")
+        let (value, _) = self
+            .get(name)
+            .expect("every catalogued topic config has a value");
+        value
+            .parse()
+            .ok()
+            .expect("stored config values are validated when set")
     }
 
     pub fn min_insync_replicas(&self) -> i32 {
@@ -255,8 +426,12 @@ impl EffectiveConfig<'_> {
             segment_ms: self.parsed::<i64>("segment.ms").max(0) as u64,
             retention_ms: self.parsed("retention.ms"),
             retention_bytes: self.parsed("retention.bytes"),
-            max_message_bytes: self.parsed::<i64>("max.message.bytes").clamp(0, u32::MAX as i64) as u32,
-            index_interval_bytes: self.parsed::<i64>("index.interval.bytes").clamp(0, u32::MAX as i64) as u32,
+            max_message_bytes: self
+                .parsed::<i64>("max.message.bytes")
+                .clamp(0, u32::MAX as i64) as u32,
+            index_interval_bytes: self
+                .parsed::<i64>("index.interval.bytes")
+                .clamp(0, u32::MAX as i64) as u32,
             message_timestamp_type: timestamp_type,
             ..LogConfig::default()
         }
@@ -269,8 +444,14 @@ mod tests {
 
     #[test]
     fn values_are_validated_and_normalised() {
-        assert_eq!(validate("cleanup.policy", " Compact, delete ").unwrap(), "compact,delete");
-        assert_eq!(validate("message.timestamp.type", "logappendtime").unwrap(), "LogAppendTime");
+        assert_eq!(
+            validate("cleanup.policy", " Compact, delete ").unwrap(),
+            "compact,delete"
+        );
+        assert_eq!(
+            validate("message.timestamp.type", "logappendtime").unwrap(),
+            "LogAppendTime"
+        );
         assert_eq!(validate("retention.ms", "-1").unwrap(), "-1");
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("segment.bytes", "abc").is_err());
@@ -286,9 +467,18 @@ mod tests {
         let defaults = TopicDefaults::from_broker_settings(&mut settings).unwrap();
         let mut overrides = TopicOverrides::new();
         overrides.insert("retention.ms".into(), "1000".into());
-        let effective = EffectiveConfig { overrides: &overrides, defaults: &defaults };
-        assert_eq!(effective.get("retention.ms"), Some(("1000", ConfigSource::DynamicTopic)));
-        assert_eq!(effective.get("segment.bytes"), Some(("1073741824", ConfigSource::Default)));
+        let effective = EffectiveConfig {
+            overrides: &overrides,
+            defaults: &defaults,
+        };
+        assert_eq!(
+            effective.get("retention.ms"),
+            Some(("1000", ConfigSource::DynamicTopic))
+        );
+        assert_eq!(
+            effective.get("segment.bytes"),
+            Some(("1073741824", ConfigSource::Default))
+        );
         let log = effective.log_config();
         assert_eq!(log.retention_ms, 1000);
         assert_eq!(log.segment_bytes, 1 << 30);
@@ -298,7 +488,12 @@ mod tests {
     #[test]
     fn every_catalogued_default_is_valid() {
         for def in TOPIC_CONFIGS {
-            assert_eq!(validate(def.name, def.default).as_deref(), Ok(def.default), "{}", def.name);
+            assert_eq!(
+                validate(def.name, def.default).as_deref(),
+                Ok(def.default),
+                "{}",
+                def.name
+            );
         }
     }
 }

@@ -22,7 +22,10 @@ use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 use kafka_protocol::messages::ApiKey;
-use wharf_protocol::frame::{decode_request_header, peek_request_ids, request_frame_size, REQUEST_ID_BYTES, SIZE_PREFIX_BYTES};
+use wharf_protocol::frame::{
+    decode_request_header, peek_request_ids, request_frame_size, REQUEST_ID_BYTES,
+    SIZE_PREFIX_BYTES,
+};
 
 use crate::config::MAX_NON_PRODUCE_REQUEST_BYTES;
 use crate::kafka::{router, Reply, RequestContext};
@@ -42,7 +45,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (reader, writer) = halves::split(stream);
-    let (responses_tx, responses_rx) = local_channel::new_bounded(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
+    let (responses_tx, responses_rx) =
+        local_channel::new_bounded(MAX_INFLIGHT_REQUESTS_PER_CONNECTION);
     let writer_task = glommio::spawn_local(write_responses(writer, responses_rx));
     if let Err(why) = read_requests(&shard, reader, responses_tx, peer).await {
         tracing::debug!(shard = shard.id.0, ?peer, "closing connection: {why}");
@@ -52,7 +56,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     shard.connections.set(shard.connections.get() - 1);
 }
 
-async fn write_responses(mut writer: WriteHalf, responses: local_channel::LocalReceiver<glommio::Task<Reply>>) {
+async fn write_responses(
+    mut writer: WriteHalf,
+    responses: local_channel::LocalReceiver<glommio::Task<Reply>>,
+) {
     while let Some(task) = responses.recv().await {
         match task.await {
             Reply::Frame(frame) => {
@@ -80,10 +87,13 @@ async fn read_requests(
             return Ok(());
         }
         if buf.is_empty() {
-            let more = futures_lite::future::or(async { Some(read_some(&mut reader, &mut buf, 1).await) }, async {
-                shard.shutdown.wait().await;
-                None
-            })
+            let more = futures_lite::future::or(
+                async { Some(read_some(&mut reader, &mut buf, 1).await) },
+                async {
+                    shard.shutdown.wait().await;
+                    None
+                },
+            )
             .await;
             match more {
                 None => return Ok(()),
@@ -95,8 +105,11 @@ async fn read_requests(
         if !fill(&mut reader, &mut buf, SIZE_PREFIX_BYTES).await? {
             return Err("connection closed mid-request".into());
         }
-        let prefix: [u8; SIZE_PREFIX_BYTES] = buf[..SIZE_PREFIX_BYTES].try_into().expect("4 bytes were read");
-        let size = request_frame_size(prefix, shard.config.max_request_bytes).map_err(|e| e.to_string())?;
+        let prefix: [u8; SIZE_PREFIX_BYTES] = buf[..SIZE_PREFIX_BYTES]
+            .try_into()
+            .expect("4 bytes were read");
+        let size = request_frame_size(prefix, shard.config.max_request_bytes)
+            .map_err(|e| e.to_string())?;
         // The size is at least the request ids' 8 bytes, so these belong to this frame.
         if !fill(&mut reader, &mut buf, SIZE_PREFIX_BYTES + REQUEST_ID_BYTES).await? {
             return Err("connection closed mid-request".into());
@@ -104,10 +117,19 @@ async fn read_requests(
         let ids = peek_request_ids(&buf[SIZE_PREFIX_BYTES..]).expect("the request ids were read");
         let is_produce = ids.api_key == ApiKey::Produce as i16;
         if !is_produce && size > MAX_NON_PRODUCE_REQUEST_BYTES {
-            return Err(format!("request of {size} bytes for api key {} exceeds {MAX_NON_PRODUCE_REQUEST_BYTES}", ids.api_key));
+            return Err(format!(
+                "request of {size} bytes for api key {} exceeds {MAX_NON_PRODUCE_REQUEST_BYTES}",
+                ids.api_key
+            ));
         }
         let permit: Option<StaticPermit> = if is_produce {
-            Some(shard.produce_budget.acquire_static_permit(size as u64).await.map_err(|e| e.to_string())?)
+            Some(
+                shard
+                    .produce_budget
+                    .acquire_static_permit(size as u64)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
         } else {
             None
         };
@@ -132,7 +154,12 @@ async fn read_requests(
 /// its own size: a 1 KiB batch must not pin a 64 KiB read buffer. A frame larger than what
 /// is buffered is read straight into its own buffer. Other requests are decoded and dropped,
 /// so they may share the read buffer.
-async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut, size: usize, is_produce: bool) -> Result<Bytes, String> {
+async fn read_frame(
+    reader: &mut ReadHalf,
+    buf: &mut BytesMut,
+    size: usize,
+    is_produce: bool,
+) -> Result<Bytes, String> {
     let frame_len = SIZE_PREFIX_BYTES + size;
     if buf.len() >= frame_len {
         if is_produce {
@@ -149,7 +176,10 @@ async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut, size: usize, is_p
     frame.extend_from_slice(&buf[SIZE_PREFIX_BYTES..]);
     buf.clear();
     frame.resize(size, 0);
-    reader.read_exact(&mut frame[have..]).await.map_err(|e| format!("connection closed mid-request: {e}"))?;
+    reader
+        .read_exact(&mut frame[have..])
+        .await
+        .map_err(|e| format!("connection closed mid-request: {e}"))?;
     Ok(frame.freeze())
 }
 
@@ -159,7 +189,10 @@ async fn fill(reader: &mut ReadHalf, buf: &mut BytesMut, want: usize) -> Result<
         buf.reserve(want - buf.len());
     }
     while buf.len() < want {
-        if !read_some(reader, buf, want - buf.len()).await.map_err(|e| e.to_string())? {
+        if !read_some(reader, buf, want - buf.len())
+            .await
+            .map_err(|e| e.to_string())?
+        {
             return Ok(false);
         }
     }
@@ -168,7 +201,11 @@ async fn fill(reader: &mut ReadHalf, buf: &mut BytesMut, want: usize) -> Result<
 
 /// One read of up to `wanted` bytes (at least a read chunk, at most [`MAX_READ_BYTES`]);
 /// false at end of stream.
-async fn read_some(reader: &mut ReadHalf, buf: &mut BytesMut, wanted: usize) -> std::io::Result<bool> {
+async fn read_some(
+    reader: &mut ReadHalf,
+    buf: &mut BytesMut,
+    wanted: usize,
+) -> std::io::Result<bool> {
     let start = buf.len();
     let want = wanted.clamp(READ_CHUNK_BYTES, MAX_READ_BYTES);
     buf.resize(start + want, 0);

@@ -26,7 +26,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             None => break,
             Some(Ok(stream)) => {
                 if shard.connections.get() >= MAX_CONNECTIONS_PER_SHARD {
-                    tracing::warn!(shard = shard.id.0, "connection limit reached, closing a new connection");
+                    tracing::warn!(
+                        shard = shard.id.0,
+                        "connection limit reached, closing a new connection"
+                    );
                     drop(stream);
                     continue;
                 }

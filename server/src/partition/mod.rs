@@ -51,8 +51,15 @@ impl PartitionHandle {
     /// consumers once written; with `Durability::Synced`, resolves only once they are also
     /// covered by an fdatasync (group-committed). Every append to a partition goes through
     /// here, so the high watermark never lags the file.
-    pub async fn append(&self, records: Bytes, durability: Durability) -> Result<AppendInfo, EngineError> {
-        let info = self.log.append(records, LEADER_EPOCH.0, Durability::Written).await?;
+    pub async fn append(
+        &self,
+        records: Bytes,
+        durability: Durability,
+    ) -> Result<AppendInfo, EngineError> {
+        let info = self
+            .log
+            .append(records, LEADER_EPOCH.0, Durability::Written)
+            .await?;
         self.advance_high_watermark(info.last_offset.0 + 1);
         if durability == Durability::Synced {
             self.log.sync().await?;
@@ -141,7 +148,9 @@ impl PartitionRegistry {
 
     /// Removes a partition and deletes its log from disk (DeleteTopics).
     pub async fn delete(&self, tp: TopicPartition) -> Result<(), EngineError> {
-        let Some(handle) = self.open.borrow_mut().remove(&tp) else { return Ok(()) };
+        let Some(handle) = self.open.borrow_mut().remove(&tp) else {
+            return Ok(());
+        };
         // Release fetches waiting on it; they will find it gone.
         handle.appended.notify_all();
         match wait_until_unique(handle).await {
@@ -154,7 +163,10 @@ impl PartitionRegistry {
                 glommio::executor()
                     .spawn_blocking(move || std::fs::remove_dir_all(dir))
                     .await
-                    .map_err(|e| EngineError::Io { context: "delete partition directory".into(), source: e })
+                    .map_err(|e| EngineError::Io {
+                        context: "delete partition directory".into(),
+                        source: e,
+                    })
             }
         }
     }
@@ -183,7 +195,12 @@ impl PartitionRegistry {
 
     /// Waits until any of `partitions` has data beyond the given offset (its log end offset
     /// grew past what the caller saw), `deadline` passes, or `shutdown` is set.
-    pub async fn wait_for_append(&self, partitions: &[(TopicPartition, i64)], deadline: Instant, shutdown: &Rc<Latch>) {
+    pub async fn wait_for_append(
+        &self,
+        partitions: &[(TopicPartition, i64)],
+        deadline: Instant,
+        shutdown: &Rc<Latch>,
+    ) {
         let slot = WakeSlot::new();
         for (tp, seen_end) in partitions {
             match self.get(*tp) {
@@ -198,11 +215,17 @@ impl PartitionRegistry {
             return;
         }
         let timer = glommio::timer::sleep(deadline - now);
-        futures_lite::future::or(futures_lite::future::or(slot.wait(), timer), shutdown.wait()).await;
+        futures_lite::future::or(
+            futures_lite::future::or(slot.wait(), timer),
+            shutdown.wait(),
+        )
+        .await;
     }
 }
 
-async fn wait_until_unique(mut handle: Rc<PartitionHandle>) -> Result<PartitionHandle, Rc<PartitionHandle>> {
+async fn wait_until_unique(
+    mut handle: Rc<PartitionHandle>,
+) -> Result<PartitionHandle, Rc<PartitionHandle>> {
     let deadline = Instant::now() + DELETE_WAIT_FOR_READERS;
     loop {
         match Rc::try_unwrap(handle) {

@@ -33,7 +33,9 @@ impl Latch {
 
     /// Resolves once the latch is set.
     pub fn wait(self: &Rc<Self>) -> LatchWait {
-        LatchWait { latch: self.clone() }
+        LatchWait {
+            latch: self.clone(),
+        }
     }
 }
 
@@ -140,7 +142,10 @@ mod tests {
             let gone = WakeSlot::new();
             watchers.register(&gone);
         }
-        assert!(watchers.len() <= 2, "dead waiters are pruned on registration");
+        assert!(
+            watchers.len() <= 2,
+            "dead waiters are pruned on registration"
+        );
         watchers.notify_all();
         assert!(live.fired.get());
         assert!(watchers.is_empty());
@@ -148,7 +153,9 @@ mod tests {
 
     #[test]
     fn latch_releases_waiters_registered_before_and_after() {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor");
         ex.run(async {
             let latch = Latch::new();
             let l2 = latch.clone();

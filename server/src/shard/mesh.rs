@@ -79,10 +79,16 @@ pub struct Mesh {
 impl Mesh {
     /// Joins the mesh; resolves once every shard has joined.
     pub async fn join(builder: MeshHandle) -> Result<Mesh, String> {
-        let (senders, receivers) = builder.join().await.map_err(|_| "cannot join the shard mesh".to_string())?;
+        let (senders, receivers) = builder
+            .join()
+            .await
+            .map_err(|_| "cannot join the shard mesh".to_string())?;
         let me = ShardId(senders.peer_id());
         let outbound = (0..senders.nr_consumers())
-            .map(|_| Outbound { queue: RefCell::new(VecDeque::new()), pump_waker: RefCell::new(None) })
+            .map(|_| Outbound {
+                queue: RefCell::new(VecDeque::new()),
+                pump_waker: RefCell::new(None),
+            })
             .collect();
         Ok(Mesh {
             me,
@@ -100,7 +106,12 @@ impl Mesh {
 
     /// Starts the tasks that receive from every other shard and the ones that send to them.
     pub fn start(shard: &Rc<Shard>) {
-        let mut receivers = shard.mesh.receivers.borrow_mut().take().expect("the mesh is started once");
+        let mut receivers = shard
+            .mesh
+            .receivers
+            .borrow_mut()
+            .take()
+            .expect("the mesh is started once");
         for (source, receiver) in receivers.streams() {
             let shard = shard.clone();
             glommio::spawn_local(async move {
@@ -125,7 +136,9 @@ impl Mesh {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     let value = job(shard.clone()).await;
-                    shard.mesh.enqueue(source, Envelope::Reply { call_id, value });
+                    shard
+                        .mesh
+                        .enqueue(source, Envelope::Reply { call_id, value });
                 })
                 .detach();
             }
@@ -153,9 +166,9 @@ impl Mesh {
                 Some(envelope) => {
                     // The target stopped: fail the call (its caller's receiver resolves to
                     // None) instead of leaving it waiting forever.
-                    if let Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(Envelope::Call {
-                        call_id, ..
-                    }))) = self.senders.send_to(target.0, envelope).await
+                    if let Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(
+                        Envelope::Call { call_id, .. },
+                    ))) = self.senders.send_to(target.0, envelope).await
                     {
                         self.pending.borrow_mut().remove(&call_id);
                     }
@@ -194,7 +207,11 @@ impl Mesh {
 impl Shard {
     /// Runs `f` on shard `target` with that shard's context and resolves to its result.
     /// See the [module documentation](self) for the ordering and ownership rules.
-    pub fn invoke_on<F, Fut, R>(self: &Rc<Self>, target: ShardId, f: F) -> impl Future<Output = Result<R, MeshError>> + 'static
+    pub fn invoke_on<F, Fut, R>(
+        self: &Rc<Self>,
+        target: ShardId,
+        f: F,
+    ) -> impl Future<Output = Result<R, MeshError>> + 'static
     where
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: Future<Output = R> + 'static,
@@ -220,7 +237,9 @@ impl Shard {
                 Pending::Local(task) => Ok(task.await),
                 Pending::Remote(rx) => {
                     let value = rx.await.ok_or(MeshError(target.0))?;
-                    Ok(*value.downcast::<R>().expect("a reply carries the type its call's closure returned"))
+                    Ok(*value
+                        .downcast::<R>()
+                        .expect("a reply carries the type its call's closure returned"))
                 }
             }
         }
@@ -233,7 +252,9 @@ impl Shard {
         Fut: Future<Output = R> + 'static,
         R: Send + 'static,
     {
-        let calls: Vec<_> = (0..self.shard_count).map(|i| self.invoke_on(ShardId(i), f.clone())).collect();
+        let calls: Vec<_> = (0..self.shard_count)
+            .map(|i| self.invoke_on(ShardId(i), f.clone()))
+            .collect();
         let mut results = Vec::with_capacity(calls.len());
         for call in calls {
             results.push(call.await);

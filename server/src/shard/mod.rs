@@ -56,14 +56,21 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(id: ShardId, config: BrokerConfig, image: MetadataImage, mesh: Mesh) -> Shard {
+    pub(crate) fn new(
+        id: ShardId,
+        config: BrokerConfig,
+        image: MetadataImage,
+        mesh: Mesh,
+    ) -> Shard {
         let controller = (id == crate::metadata::controller::CONTROLLER_SHARD)
             .then(|| Controller::new(image.clone(), config.data_dir.clone()));
         Shard {
             id,
             shard_count: config.shards,
             cache: BatchCache::new(config.log_cache_bytes_per_shard),
-            produce_budget: Rc::new(Semaphore::new(config.produce_inflight_bytes_per_shard as u64)),
+            produce_budget: Rc::new(Semaphore::new(
+                config.produce_inflight_bytes_per_shard as u64,
+            )),
             config,
             mesh,
             metadata: RefCell::new(Rc::new(image)),
@@ -82,7 +89,9 @@ impl Shard {
 
     /// The metadata controller; only shard 0 has one.
     pub fn controller(&self) -> &Controller {
-        self.controller.as_ref().expect("the controller runs on shard 0 and is only called there")
+        self.controller
+            .as_ref()
+            .expect("the controller runs on shard 0 and is only called there")
     }
 
     pub fn owner_of(&self, tp: TopicPartition) -> ShardId {
@@ -100,7 +109,9 @@ impl Shard {
         let old = self.metadata.replace(image.clone());
         let mut failures = Vec::new();
         for tp in self.partitions.keys() {
-            let keep = image.topic_by_id(tp.topic_id).is_some_and(|t| t.has_partition(tp.partition));
+            let keep = image
+                .topic_by_id(tp.topic_id)
+                .is_some_and(|t| t.has_partition(tp.partition));
             if !keep {
                 if let Err(e) = self.partitions.delete(tp).await {
                     failures.push(format!("deleting {tp:?}: {e}"));
@@ -108,11 +119,19 @@ impl Shard {
             }
         }
         for topic in image.topics() {
-            let changed = old.topic_by_id(topic.id).is_some_and(|o| o.overrides != topic.overrides);
+            let changed = old
+                .topic_by_id(topic.id)
+                .is_some_and(|o| o.overrides != topic.overrides);
             if changed {
-                let effective = EffectiveConfig { overrides: &topic.overrides, defaults: &self.config.topic_defaults };
+                let effective = EffectiveConfig {
+                    overrides: &topic.overrides,
+                    defaults: &self.config.topic_defaults,
+                };
                 for partition in topic.partitions() {
-                    if let Some(p) = self.partitions.get(TopicPartition { topic_id: topic.id, partition }) {
+                    if let Some(p) = self.partitions.get(TopicPartition {
+                        topic_id: topic.id,
+                        partition,
+                    }) {
                         p.log.set_config(effective.log_config());
                         p.min_insync_replicas.set(effective.min_insync_replicas());
                     }
@@ -128,7 +147,10 @@ impl Shard {
         let mut todo: Vec<(TopicMeta, TopicPartition)> = Vec::new();
         for topic in image.topics() {
             for partition in topic.partitions() {
-                let tp = TopicPartition { topic_id: topic.id, partition };
+                let tp = TopicPartition {
+                    topic_id: topic.id,
+                    partition,
+                };
                 if self.is_local(tp) && !self.partitions.contains(tp) {
                     todo.push((topic.clone(), tp));
                 }
@@ -142,7 +164,10 @@ impl Shard {
                 .map(|(topic, tp)| {
                     let shard = self.clone();
                     glommio::spawn_local(async move {
-                        let effective = EffectiveConfig { overrides: &topic.overrides, defaults: &shard.config.topic_defaults };
+                        let effective = EffectiveConfig {
+                            overrides: &topic.overrides,
+                            defaults: &shard.config.topic_defaults,
+                        };
                         let result = shard
                             .partitions
                             .open(
@@ -154,7 +179,12 @@ impl Shard {
                                 shard.cache.clone(),
                             )
                             .await;
-                        result.map_err(|e| format!("cannot open partition {}-{}: {e}", topic.name, tp.partition.0))
+                        result.map_err(|e| {
+                            format!(
+                                "cannot open partition {}-{}: {e}",
+                                topic.name, tp.partition.0
+                            )
+                        })
                     })
                 })
                 .collect();
@@ -175,7 +205,11 @@ impl Shard {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         if self.connections.get() > 0 {
-            tracing::warn!(shard = self.id.0, connections = self.connections.get(), "connections still busy at shutdown");
+            tracing::warn!(
+                shard = self.id.0,
+                connections = self.connections.get(),
+                "connections still busy at shutdown"
+            );
         }
     }
 }
@@ -209,7 +243,14 @@ pub fn spawn(start: ShardStart) -> std::io::Result<glommio::ExecutorJoinHandle<(
 }
 
 async fn run(start: ShardStart) {
-    let ShardStart { id, config, image, mesh, ready, .. } = start;
+    let ShardStart {
+        id,
+        config,
+        image,
+        mesh,
+        ready,
+        ..
+    } = start;
     let mesh = match Mesh::join(mesh).await {
         Ok(mesh) => mesh,
         Err(e) => {
@@ -229,7 +270,10 @@ async fn run(start: ShardStart) {
     let listener = match glommio::net::TcpListener::bind(shard.config.listen) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot listen on {}: {e}", shard.config.listen)));
+            let _ = ready.send(Err(format!(
+                "cannot listen on {}: {e}",
+                shard.config.listen
+            )));
             return;
         }
     };
@@ -250,9 +294,13 @@ async fn run(start: ShardStart) {
 /// accepting and finish in-flight requests everywhere, then flush and close every log,
 /// then stop the executors (shard 0 last, so it can still hear the others).
 async fn watch_for_termination(shard: Rc<Shard>) {
-    let signal = glommio::executor().spawn_blocking(crate::broker::wait_for_termination_signal).await;
+    let signal = glommio::executor()
+        .spawn_blocking(crate::broker::wait_for_termination_signal)
+        .await;
     tracing::info!("{signal}: shutting down");
-    shard.invoke_on_all(|s| async move { s.drain().await }).await;
+    shard
+        .invoke_on_all(|s| async move { s.drain().await })
+        .await;
     let closed = shard
         .invoke_on_all(|s| async move {
             let failures = s.partitions.close_all().await;
@@ -264,10 +312,15 @@ async fn watch_for_termination(shard: Rc<Shard>) {
         .await;
     let failed: usize = closed.into_iter().map(|r| r.unwrap_or(0)).sum();
     if failed > 0 {
-        tracing::error!(partitions = failed, "some partitions failed to close cleanly");
+        tracing::error!(
+            partitions = failed,
+            "some partitions failed to close cleanly"
+        );
     }
     for other in 1..shard.shard_count {
-        let _ = shard.invoke_on(ShardId(other), |s| async move { s.stopped.set() }).await;
+        let _ = shard
+            .invoke_on(ShardId(other), |s| async move { s.stopped.set() })
+            .await;
     }
     shard.stopped.set();
 }

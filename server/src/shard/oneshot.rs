@@ -23,7 +23,11 @@ pub struct Receiver<T> {
 }
 
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
-    let slot = Rc::new(RefCell::new(Slot { value: None, waker: None, sender_gone: false }));
+    let slot = Rc::new(RefCell::new(Slot {
+        value: None,
+        waker: None,
+        sender_gone: false,
+    }));
     (Sender { slot: slot.clone() }, Receiver { slot })
 }
 
@@ -76,7 +80,9 @@ mod tests {
 
     #[test]
     fn delivers_the_value_or_none_when_dropped() {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor");
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor");
         ex.run(async {
             let (tx, rx) = channel();
             glommio::spawn_local(async move { tx.send(5) }).detach();
