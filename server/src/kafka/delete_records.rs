@@ -12,7 +12,6 @@ use wharf_engine::Offset;
 
 use super::errors::engine_error;
 use super::{on_owners, HandlerResult, RequestContext, SlotWork};
-use crate::metadata::{PartitionId, TopicPartition};
 
 /// "Delete everything up to the high watermark".
 const TO_HIGH_WATERMARK: i64 = -1;
@@ -28,12 +27,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let meta = image.topic(topic.name.0.as_str());
         let mut row = Vec::new();
         for (pi, p) in topic.partitions.iter().enumerate() {
-            match meta {
-                Some(t) if t.has_partition(PartitionId(p.partition_index)) => {
-                    let tp = TopicPartition {
-                        topic_id: t.id,
-                        partition: PartitionId(p.partition_index),
-                    };
+            match meta.and_then(|t| t.partition(p.partition_index)) {
+                Some(tp) => {
                     work.push((tp, ((ti, pi), p.offset)));
                     row.push(None);
                 }

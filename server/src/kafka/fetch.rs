@@ -24,7 +24,7 @@ use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
 
 use super::errors::engine_error;
 use super::{group_by_owner, HandlerResult, RequestContext};
-use crate::metadata::{PartitionId, TopicPartition, LEADER_EPOCH};
+use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::event::WakeSlot;
 use crate::shard::Shard;
 
@@ -93,12 +93,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let meta = image.topic(topic.topic.0.as_str());
         let mut row = Vec::with_capacity(topic.partitions.len());
         for (pi, p) in topic.partitions.iter().enumerate() {
-            match meta {
-                Some(t) if t.has_partition(PartitionId(p.partition)) => {
-                    let tp = TopicPartition {
-                        topic_id: t.id,
-                        partition: PartitionId(p.partition),
-                    };
+            match meta.and_then(|t| t.partition(p.partition)) {
+                Some(tp) => {
                     specs.push((
                         tp,
                         ReadSpec {

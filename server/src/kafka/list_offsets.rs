@@ -12,7 +12,7 @@ use kafka_protocol::ResponseError;
 
 use super::errors::engine_error;
 use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext, SlotWork};
-use crate::metadata::{PartitionId, TopicPartition, LEADER_EPOCH};
+use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::Shard;
 
 /// Kafka's special timestamps.
@@ -70,12 +70,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let meta = image.topic(topic.name.0.as_str());
         let mut row = Vec::new();
         for (pi, p) in topic.partitions.iter().enumerate() {
-            match meta {
-                Some(t) if t.has_partition(PartitionId(p.partition_index)) => {
-                    let tp = TopicPartition {
-                        topic_id: t.id,
-                        partition: PartitionId(p.partition_index),
-                    };
+            match meta.and_then(|t| t.partition(p.partition_index)) {
+                Some(tp) => {
                     let query = Query {
                         timestamp: p.timestamp,
                         current_leader_epoch: p.current_leader_epoch,

@@ -11,7 +11,6 @@ use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLea
 use kafka_protocol::ResponseError;
 
 use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext, SlotWork};
-use crate::metadata::{PartitionId, TopicPartition};
 
 /// Kafka's "no such epoch" answer.
 const UNDEFINED_EPOCH: i32 = -1;
@@ -29,12 +28,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let meta = image.topic(topic.topic.0.as_str());
         let mut row = Vec::new();
         for (pi, p) in topic.partitions.iter().enumerate() {
-            match meta {
-                Some(t) if t.has_partition(PartitionId(p.partition)) => {
-                    let tp = TopicPartition {
-                        topic_id: t.id,
-                        partition: PartitionId(p.partition),
-                    };
+            match meta.and_then(|t| t.partition(p.partition)) {
+                Some(tp) => {
                     work.push((tp, ((ti, pi), (p.current_leader_epoch, p.leader_epoch))));
                     row.push(None);
                 }

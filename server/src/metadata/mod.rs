@@ -68,6 +68,16 @@ impl TopicMeta {
     pub fn has_partition(&self, partition: PartitionId) -> bool {
         (0..self.partition_count).contains(&partition.0)
     }
+
+    /// The partition `index` of this topic, if the topic has it (request fields carry bare
+    /// partition indexes).
+    pub fn partition(&self, index: i32) -> Option<TopicPartition> {
+        let partition = PartitionId(index);
+        self.has_partition(partition).then_some(TopicPartition {
+            topic_id: self.id,
+            partition,
+        })
+    }
 }
 
 /// A consistent view of all topics. Each shard holds its own copy; `version` grows with
