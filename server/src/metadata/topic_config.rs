@@ -421,11 +421,25 @@ impl EffectiveConfig<'_> {
             Some("LogAppendTime") => TimestampType::LogAppendTime,
             _ => TimestampType::CreateTime,
         };
+        // Kafka applies retention.ms / retention.bytes only under cleanup.policy=delete: a
+        // compact-only topic keeps its segments (and, until key compaction is built, every
+        // record), so an event-sourced topic never loses its latest values to age or size.
+        let deletes = self
+            .get("cleanup.policy")
+            .is_none_or(|(policy, _)| policy.split(',').any(|p| p == "delete"));
         LogConfig {
             segment_bytes: self.parsed::<i64>("segment.bytes").max(0) as u64,
             segment_ms: self.parsed::<i64>("segment.ms").max(0) as u64,
-            retention_ms: self.parsed("retention.ms"),
-            retention_bytes: self.parsed("retention.bytes"),
+            retention_ms: if deletes {
+                self.parsed("retention.ms")
+            } else {
+                -1
+            },
+            retention_bytes: if deletes {
+                self.parsed("retention.bytes")
+            } else {
+                -1
+            },
             max_message_bytes: self
                 .parsed::<i64>("max.message.bytes")
                 .clamp(0, u32::MAX as i64) as u32,
@@ -483,6 +497,28 @@ mod tests {
         assert_eq!(log.retention_ms, 1000);
         assert_eq!(log.segment_bytes, 1 << 30);
         assert_eq!(log.max_message_bytes, 1_048_588);
+    }
+
+    #[test]
+    fn retention_deletes_only_under_the_delete_cleanup_policy() {
+        let mut settings = Settings::empty();
+        let defaults = TopicDefaults::from_broker_settings(&mut settings).unwrap();
+        let mut overrides = TopicOverrides::new();
+        overrides.insert("retention.ms".into(), "1000".into());
+        overrides.insert("retention.bytes".into(), "4096".into());
+        let retention = |overrides: &TopicOverrides| {
+            let log = EffectiveConfig {
+                overrides,
+                defaults: &defaults,
+            }
+            .log_config();
+            (log.retention_ms, log.retention_bytes)
+        };
+        assert_eq!(retention(&overrides), (1000, 4096));
+        overrides.insert("cleanup.policy".into(), "compact".into());
+        assert_eq!(retention(&overrides), (-1, -1));
+        overrides.insert("cleanup.policy".into(), "compact,delete".into());
+        assert_eq!(retention(&overrides), (1000, 4096));
     }
 
     #[test]
