@@ -2,8 +2,8 @@
 //!
 //! Records are appended to per-partition batches like Kafka's producer does (sticky
 //! partition without keys, murmur2 of the key with keys); a batch is sent when it is full,
-//! when it has waited `linger`, or at the end of the run, and only while fewer than
-//! `in_flight` requests are outstanding. Each record remembers its intended send time (open
+//! when it has waited `linger` (open loop only: closed loop sends full batches), or at the
+//! end of the run, and only while fewer than `in_flight` requests are outstanding. Each record remembers its intended send time (open
 //! loop: its slot in the rate schedule; closed loop: when it was created), and its latency
 //! is acknowledgement time minus that.
 
@@ -162,6 +162,8 @@ impl Producer {
             if generating {
                 self.generate(now);
             }
+            // The budget may have run out just now: then the last partial batch goes too.
+            let generating = generating && self.budget != Some(0);
             while self.in_flight.len() < self.workload.in_flight {
                 match self.send_ready(now, !generating) {
                     Ok(true) => {}
@@ -216,7 +218,7 @@ impl Producer {
                     deadline = deadline.min(s.peek_ns());
                 }
             }
-            for q in &self.queues {
+            for q in self.queues.iter().filter(|_| self.schedule.is_some()) {
                 if let Some(b) = q.front() {
                     deadline =
                         deadline.min(b.first_intended_ns.saturating_add(self.workload.linger_ns));
@@ -327,15 +329,19 @@ impl Producer {
     /// if no batch is ready.
     fn send_ready(&mut self, now: u64, flush: bool) -> anyhow::Result<bool> {
         let linger_ns = self.workload.linger_ns;
+        let open_loop = self.schedule.is_some();
         let mut ready = std::mem::take(&mut self.ready);
         for (slot, queue) in self.queues.iter_mut().enumerate() {
+            // Closed loop sends full batches only: records are generated when a request slot
+            // is free, so a partly filled batch would only be the overflow of the last one.
+            // Open loop follows linger.ms: a batch goes once it has waited that long.
             let is_ready = match queue.front() {
                 None => false,
                 Some(b) => {
                     b.full
                         || flush
                         || queue.len() > 1
-                        || now >= b.first_intended_ns.saturating_add(linger_ns)
+                        || (open_loop && now >= b.first_intended_ns.saturating_add(linger_ns))
                 }
             };
             if !is_ready {
