@@ -145,12 +145,49 @@ stop_peer() {
         PEER_PID=""
     fi
 }
+# Wharf also starts afresh (with an empty data directory) before each case: the suite
+# writes tens of GB, more than a disk may hold at once.
+WHARF_PID=""
+WHARF_ADDR=""
+start_wharf() {
+    stop_wharf
+    rm -rf "$DATA/wharf"
+    mkdir -p "$DATA/wharf"
+    taskset -c "$BROKER_CPU" "$WHARF" --listen 127.0.0.1:0 --data-dir "$DATA/wharf" --shards 1 \
+        >"$OUT/wharf.log" 2>&1 &
+    WHARF_PID=$!
+    PIDS+=("$WHARF_PID")
+    WHARF_ADDR=""
+    for _ in $(seq 1 100); do
+        WHARF_ADDR="$(sed -n 's/^wharf listening on \(.*\)$/\1/p' "$OUT/wharf.log" | head -1)"
+        [ -n "$WHARF_ADDR" ] && return 0
+        sleep 0.1
+    done
+    echo "bench.sh: wharf did not start; its log:" >&2
+    cat "$OUT/wharf.log" >&2
+    exit 1
+}
+stop_wharf() {
+    if [ -n "$WHARF_PID" ]; then
+        kill "$WHARF_PID" 2>/dev/null || true
+        wait "$WHARF_PID" 2>/dev/null || true
+        WHARF_PID=""
+    fi
+    rm -rf "$DATA/wharf"
+}
+# fresh_broker NAME: restart the broker under test; sets BROKER_ADDR.
 fresh_broker() {
-    if [ "$1" = "$PEER_NAME" ] && [ -n "$PEER_CMD" ]; then start_peer; fi
+    if [ "$1" = wharf ]; then
+        start_wharf
+        BROKER_ADDR="$WHARF_ADDR"
+    elif [ -n "$PEER_CMD" ]; then
+        start_peer
+    fi
 }
 
 run_suite() {
-    local name="$1" addr="$2" stamp
+    local name="$1" stamp
+    BROKER_ADDR="$2"
     stamp="$(date +%s)"
     for size in 1024 100; do
         for acks in 1 all; do
@@ -158,12 +195,12 @@ run_suite() {
                 local case="s${size}-a${acks}-p${parts}"
                 local topic="bench-$stamp-$case"
                 fresh_broker "$name"
-                run_case "$name" "$addr" "$case-max" produce --topic "$topic" --create-topic \
+                run_case "$name" "$BROKER_ADDR" "$case-max" produce --topic "$topic" --create-topic \
                     --partitions "$parts" --record-size "$size" --acks "$acks"
                 local max
                 max="$(rate_of "$OUT/$name-$case-max.json")"
                 if [ "$max" -gt 1 ]; then
-                    run_case "$name" "$addr" "$case-half" produce --topic "$topic" \
+                    run_case "$name" "$BROKER_ADDR" "$case-half" produce --topic "$topic" \
                         --record-size "$size" --acks "$acks" --rate $((max / 2))
                 fi
             done
@@ -176,7 +213,7 @@ run_suite() {
     max="$(rate_of "$OUT/$name-s1024-a1-p1-max.json")"
     if [ "$max" -gt 3 ]; then
         fresh_broker "$name"
-        run_case "$name" "$addr" "e2e-s1024-a1-p1-quarter" e2e --topic "bench-$stamp-e2e" --create-topic \
+        run_case "$name" "$BROKER_ADDR" "e2e-s1024-a1-p1-quarter" e2e --topic "bench-$stamp-e2e" --create-topic \
             --partitions 1 --record-size 1024 --acks 1 --rate $((max / 4)) --consumers 1
     fi
 }
@@ -193,26 +230,10 @@ wait_for_port() {
 }
 
 if [ "$RUN_WHARF" = 1 ]; then
-    echo "== wharf (1 shard on CPU $BROKER_CPU, data in $DATA/wharf)"
-    rm -rf "$DATA/wharf"
-    mkdir -p "$DATA/wharf"
-    taskset -c "$BROKER_CPU" "$WHARF" --listen 127.0.0.1:0 --data-dir "$DATA/wharf" --shards 1 \
-        >"$OUT/wharf.log" 2>&1 &
-    WHARF_PID=$!
-    PIDS+=("$WHARF_PID")
-    WHARF_ADDR=""
-    for _ in $(seq 1 100); do
-        WHARF_ADDR="$(sed -n 's/^wharf listening on \(.*\)$/\1/p' "$OUT/wharf.log" | head -1)"
-        [ -n "$WHARF_ADDR" ] && break
-        sleep 0.1
-    done
-    if [ -z "$WHARF_ADDR" ]; then
-        echo "bench.sh: wharf did not start; its log:" >&2
-        cat "$OUT/wharf.log" >&2
-        exit 1
-    fi
+    echo "== wharf (1 shard on CPU $BROKER_CPU, data in $DATA/wharf, fresh for each case)"
     if [ "$PROFILE" = 1 ]; then
         # Profile the broker during the 1 KiB acks=1 max-throughput run only.
+        start_wharf
         (sleep "$WARMUP"; perf record -F 999 -g -p "$WHARF_PID" -o "$OUT/wharf.perf.data" -- sleep "$DURATION" \
             >/dev/null 2>&1) &
         PERF_PID=$!
@@ -222,10 +243,8 @@ if [ "$RUN_WHARF" = 1 ]; then
         perf report -i "$OUT/wharf.perf.data" --no-children -g none --percent-limit 1.5 --stdio --sort symbol \
             2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/wharf-hotspots.txt" || true
     fi
-    run_suite wharf "$WHARF_ADDR"
-    kill "$WHARF_PID" 2>/dev/null || true
-    wait "$WHARF_PID" 2>/dev/null || true
-    rm -rf "$DATA/wharf"   # tens of GB of benchmark records
+    run_suite wharf ""
+    stop_wharf
 fi
 
 if [ -n "$PEER" ]; then
