@@ -198,8 +198,9 @@ def main():
                      f"% disk and % loopback compare record-batch bytes to the limits.")
         lr = load_range(brokers)
         if lr:
-            lines.append(f"1-minute load average during the runs: {lr[0]:.2f} to {lr[1]:.2f} "
-                         f"(above {m['cpus']}, other work competed for the CPUs and the figures are pessimistic).")
+            busy = (f" (above {m['cpus']}: other work competed for the CPUs, so the figures are pessimistic)"
+                    if lr[1] > m["cpus"] else "")
+            lines.append(f"1-minute load average during the runs: {lr[0]:.2f} to {lr[1]:.2f}{busy}.")
         lines.append("")
     lim_text = []
     if "disk_mb_s" in lim:
