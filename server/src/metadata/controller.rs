@@ -8,6 +8,7 @@
 //! that CreateTopics reported created can be produced to on any connection at once.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -391,33 +392,45 @@ fn is_list(name: &str) -> bool {
 // Entry points for request handlers on any shard.
 // ---------------------------------------------------------------------------------------
 
+/// Runs `work` on the controller's shard. Should that shard not answer, each of the
+/// `count` items the request named gets `Unavailable`.
+async fn on_controller<F, Fut, T>(
+    shard: &Rc<Shard>,
+    count: usize,
+    work: F,
+) -> Vec<Result<T, MetadataError>>
+where
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: Future<Output = Vec<Result<T, MetadataError>>> + 'static,
+    T: Clone + Send + 'static,
+{
+    shard
+        .invoke_on(CONTROLLER_SHARD, work)
+        .await
+        .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
+}
+
 pub async fn create_topics(
     shard: &Rc<Shard>,
     topics: Vec<NewTopic>,
     validate_only: bool,
 ) -> Vec<Result<TopicMeta, MetadataError>> {
-    let count = topics.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move {
-            s.controller()
-                .create_topics(&s, topics, validate_only)
-                .await
-        })
-        .await
-        .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
+    on_controller(shard, topics.len(), move |s| async move {
+        s.controller()
+            .create_topics(&s, topics, validate_only)
+            .await
+    })
+    .await
 }
 
 pub async fn delete_topics(
     shard: &Rc<Shard>,
     targets: Vec<TopicRef>,
 ) -> Vec<Result<TopicMeta, MetadataError>> {
-    let count = targets.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move {
-            s.controller().delete_topics(&s, targets).await
-        })
-        .await
-        .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
+    on_controller(shard, targets.len(), move |s| async move {
+        s.controller().delete_topics(&s, targets).await
+    })
+    .await
 }
 
 pub async fn create_partitions(
@@ -425,15 +438,12 @@ pub async fn create_partitions(
     requests: Vec<(String, i32)>,
     validate_only: bool,
 ) -> Vec<Result<(), MetadataError>> {
-    let count = requests.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move {
-            s.controller()
-                .create_partitions(&s, requests, validate_only)
-                .await
-        })
-        .await
-        .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
+    on_controller(shard, requests.len(), move |s| async move {
+        s.controller()
+            .create_partitions(&s, requests, validate_only)
+            .await
+    })
+    .await
 }
 
 pub async fn alter_topic_configs(
@@ -441,15 +451,12 @@ pub async fn alter_topic_configs(
     requests: Vec<(String, Vec<AlterOp>)>,
     validate_only: bool,
 ) -> Vec<Result<(), MetadataError>> {
-    let count = requests.len();
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |s| async move {
-            s.controller()
-                .alter_topic_configs(&s, requests, validate_only)
-                .await
-        })
-        .await
-        .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
+    on_controller(shard, requests.len(), move |s| async move {
+        s.controller()
+            .alter_topic_configs(&s, requests, validate_only)
+            .await
+    })
+    .await
 }
 
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if it
