@@ -19,6 +19,8 @@ pub const MAX_CONNECTIONS_PER_CORE: usize = 1024;
 pub const DEFAULT_DURATION_SECS: f64 = 10.0;
 /// Most requests one connection keeps in flight.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Longest --group accepted (Kafka stores group ids as int16-length strings).
+pub const MAX_GROUP_ID_BYTES: usize = i16::MAX as usize;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,7 +131,7 @@ pub struct Args {
     pub producers: usize,
 
     /// Consumers per core (consume and e2e), one connection each; the topic's partitions
-    /// are dealt among all consumers.
+    /// are dealt among all consumers (with --group, by the group: each is a member).
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
 
@@ -184,9 +186,25 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "latest")]
     pub from: StartFrom,
 
-    /// Consume as a member of this consumer group (not supported yet).
+    /// Consume as members of this consumer group (classic protocol, range assignor): every
+    /// consumer joins, gets its partitions from the group, starts at the group's committed
+    /// offsets (--from where there are none) and commits what it consumed.
     #[arg(long)]
     pub group: Option<String>,
+
+    /// With --group: session.timeout.ms, how long the coordinator waits for a heartbeat
+    /// before it removes a member.
+    #[arg(long, default_value_t = 45_000)]
+    pub session_timeout_ms: i32,
+
+    /// With --group: heartbeat.interval.ms.
+    #[arg(long, default_value_t = 3_000)]
+    pub heartbeat_interval_ms: i32,
+
+    /// With --group: auto.commit.interval.ms, how often consumed offsets are committed (and
+    /// once more at the end).
+    #[arg(long, default_value_t = 5_000)]
+    pub auto_commit_interval_ms: u64,
 
     /// Fetch max_wait_ms.
     #[arg(long, default_value_t = 100)]
@@ -295,8 +313,24 @@ impl Args {
         if self.partitions < 1 {
             bail!("--partitions must be at least 1");
         }
-        if self.group.is_some() {
-            bail!("--group: consumer-group consumption is not supported yet; consumers are assigned partitions directly");
+        if let Some(group) = &self.group {
+            if self.mode == Mode::Produce {
+                bail!("--group applies to consume and e2e modes");
+            }
+            if group.is_empty() || group.len() > MAX_GROUP_ID_BYTES {
+                bail!("--group must be 1 to {MAX_GROUP_ID_BYTES} bytes");
+            }
+            if self.session_timeout_ms <= 0 {
+                bail!("--session-timeout-ms must be positive");
+            }
+            if self.heartbeat_interval_ms <= 0
+                || self.heartbeat_interval_ms >= self.session_timeout_ms
+            {
+                bail!("--heartbeat-interval-ms must be positive and below --session-timeout-ms (Kafka's rule)");
+            }
+            if self.auto_commit_interval_ms == 0 {
+                bail!("--auto-commit-interval-ms must be positive");
+            }
         }
         if self.topic.is_empty() || self.topic.len() > 249 {
             bail!("--topic must be 1 to 249 characters");

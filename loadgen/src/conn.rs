@@ -306,6 +306,29 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// [`Conn::call`] with a deadline: `None` if no answer came by then (the connection then
+    /// holds a request whose answer may still come, so it should be dropped).
+    pub async fn call_by<R: Request>(
+        &mut self,
+        version: i16,
+        request: &R,
+        deadline: Instant,
+    ) -> anyhow::Result<Option<R::Response>> {
+        let correlation_id = self.enqueue(version, request)?;
+        loop {
+            if !self.wait(Some(deadline)).await? {
+                return Ok(None);
+            }
+            while let Some(frame) = self.take_frame()? {
+                if frame.correlation_id == correlation_id {
+                    return decode_response::<R>(frame.bytes, version).map(Some);
+                }
+            }
+        }
+    }
+}
+
 /// Decodes a response frame (header and body) of request type `R` at `version`.
 pub fn decode_response<R: Request>(mut bytes: Bytes, version: i16) -> anyhow::Result<R::Response> {
     // ApiVersions responses always use header v0 (KIP-511), whatever the body version.

@@ -2,6 +2,11 @@
 //! consumers do per broker). It checks every batch's CRC like a real consumer
 //! (`check.crcs`), counts records and bytes, and in e2e mode reads each record's stamp to
 //! measure produce-to-consume latency.
+//!
+//! With `--group` a consumer is one member's fetcher for one leader: the member
+//! (`group.rs`) starts it with the positions the group gave, stops it through the
+//! [`MemberLink`] before a rebalance, and reads the positions it publishes there to commit
+//! them. The fetch loop itself is the same in both cases.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,6 +23,7 @@ use wharf_protocol::batch::{batches, validate_batch_with, Compression, CountRule
 use crate::admin::{list_offsets, topic_name, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use crate::cli::StartFrom;
 use crate::conn::{decode_response, Conn};
+use crate::group::{run_over, MemberLink};
 use crate::payload::read_stamp;
 use crate::run::{Shared, Workload};
 use crate::schedule::Clock;
@@ -43,6 +49,10 @@ pub struct Consumer {
     /// e2e: when to give up on records not yet consumed (set once the producers are done).
     e2e_deadline_ns: Option<u64>,
     stats: Rc<RefCell<Stats>>,
+    /// With --group: the member this consumer fetches for.
+    link: Option<Rc<MemberLink>>,
+    /// The connection may hold an unanswered request or be closed: not to be reused.
+    broken: bool,
 }
 
 impl Consumer {
@@ -73,11 +83,57 @@ impl Consumer {
             shared,
             clock,
             stats,
+            link: None,
+            broken: false,
         })
+    }
+
+    /// A group member's fetcher on `conn` (the partitions' leader), starting at `offsets`.
+    pub fn for_member(
+        conn: Conn,
+        offsets: BTreeMap<i32, i64>,
+        link: Rc<MemberLink>,
+        workload: Rc<Workload>,
+        shared: Arc<Shared>,
+        clock: Clock,
+        stats: Rc<RefCell<Stats>>,
+    ) -> anyhow::Result<Consumer> {
+        let version = conn.version(ApiKey::Fetch, FETCH_VERSIONS)?;
+        Ok(Consumer {
+            conn,
+            version,
+            topic: topic_name(&workload.topic),
+            offsets,
+            last_progress_ns: 0,
+            e2e_deadline_ns: None,
+            workload,
+            shared,
+            clock,
+            stats,
+            link: Some(link),
+            broken: false,
+        })
+    }
+
+    /// Fetches until the member stops it or the run is over; returns it so that its
+    /// connection can serve the next assignment.
+    pub async fn run_for_member(mut self) -> Consumer {
+        self.last_progress_ns = self.clock.now_ns();
+        self.run().await;
+        self
+    }
+
+    /// The connection, unless it failed or holds an unanswered request.
+    pub fn into_conn(self) -> Option<Conn> {
+        (!self.broken).then_some(self.conn)
     }
 
     /// Whether to stop, counting as errors what did not arrive in time.
     fn finished(&mut self, now: u64) -> bool {
+        if let Some(link) = &self.link {
+            // In a group the run ends for every member at once (see `group::run_over`).
+            return link.stop.get() || run_over(&self.workload, &self.shared, &self.stats, now);
+        }
         let w = &self.workload;
         let produced = self.shared.produced.load(Ordering::Relaxed);
         let consumed = self.shared.consumed.load(Ordering::Relaxed);
@@ -149,7 +205,7 @@ impl Consumer {
                 Ok(id) => id,
                 Err(e) => return self.fail(&format!("cannot encode Fetch: {e:#}")),
             };
-            let frame = loop {
+            let frame = {
                 // A fetch is answered within its max wait; past that plus the drain timeout
                 // the broker is not answering.
                 let now = self.clock.now_ns();
@@ -169,6 +225,7 @@ impl Consumer {
                             shared.produced.load(Ordering::Relaxed),
                             shared.consumed.load(Ordering::Relaxed),
                         );
+                        self.broken = true;
                         return self.report_missing(produced, consumed);
                     }
                     Ok(false) => return self.fail("NO_ANSWER_BEFORE_DRAIN_TIMEOUT"),
@@ -178,7 +235,7 @@ impl Consumer {
                     Err(e) => {
                         return self.fail(&format!("connection to {}: {e:#}", self.conn.peer()))
                     }
-                    Ok(Some(f)) if f.correlation_id == correlation_id => break f,
+                    Ok(Some(f)) if f.correlation_id == correlation_id => f,
                     Ok(_) => return self.fail("RESPONSE_WITH_UNKNOWN_CORRELATION_ID"),
                 }
             };
@@ -308,6 +365,16 @@ impl Consumer {
         stats.consumed_bytes += bytes;
         drop(stats);
         self.offsets.insert(partition, next);
+        if let Some(link) = &self.link {
+            if next != offset {
+                link.positions.borrow_mut().insert(partition, next);
+            }
+            if counted > 0 {
+                self.shared
+                    .last_progress_ns
+                    .fetch_max(now, Ordering::Relaxed);
+            }
+        }
         if counted > 0 {
             self.last_progress_ns = now;
             let mut stats = self.stats.borrow_mut();
@@ -322,6 +389,7 @@ impl Consumer {
     }
 
     fn fail(&mut self, error: &str) {
+        self.broken = true;
         self.stats.borrow_mut().record_error(error, 0);
     }
 }

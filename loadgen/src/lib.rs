@@ -11,9 +11,11 @@
 //! never depend on the broker's internals.
 
 pub mod admin;
+pub mod assignor;
 pub mod cli;
 pub mod conn;
 pub mod consumer;
+pub mod group;
 pub mod keys;
 pub mod payload;
 pub mod plot;

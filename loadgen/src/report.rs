@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::admin::TopicLayout;
 use crate::cli::{Args, Mode};
-use crate::stats::Stats;
+use crate::stats::{GroupStats, Stats};
 
 const NS_PER_MS: f64 = 1e6;
 const BYTES_PER_MB: f64 = 1e6;
@@ -109,6 +109,88 @@ impl Latency {
             max_ms: ms(h.max()),
             distribution,
         })
+    }
+}
+
+/// What the consumer group went through (`--group`), over the whole run including the
+/// joins before the load started.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupReport {
+    pub group_id: String,
+    /// Members that got an assignment.
+    pub members: u64,
+    /// JoinGroup + SyncGroup rounds completed, first joins included.
+    pub joins: u64,
+    /// Rejoins of members that already had an assignment.
+    pub rebalances: u64,
+    /// The newest generation a member joined.
+    pub generation: i32,
+    /// From a round's first JoinGroup to its assignment: the longest, and the sum over all
+    /// rounds of all members.
+    pub rebalance_max_ms: f64,
+    pub rebalance_total_ms: f64,
+    pub heartbeats: u64,
+    /// OffsetCommit requests answered without error, and with one.
+    pub commits: u64,
+    pub failed_commits: u64,
+    pub commit_p50_ms: Option<f64>,
+    pub commit_p99_ms: Option<f64>,
+    pub commit_max_ms: Option<f64>,
+    /// Codes that are the group protocol's signalling rather than errors
+    /// (MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS), by name.
+    pub signals: BTreeMap<String, u64>,
+}
+
+impl GroupReport {
+    pub fn new(group_id: &str, g: &GroupStats) -> GroupReport {
+        GroupReport {
+            group_id: group_id.to_string(),
+            members: g.members,
+            joins: g.joins,
+            rebalances: g.rebalances,
+            generation: g.max_generation,
+            rebalance_max_ms: g.rebalance_ns_max as f64 / NS_PER_MS,
+            rebalance_total_ms: g.rebalance_ns_total as f64 / NS_PER_MS,
+            heartbeats: g.heartbeats,
+            commits: g.commits,
+            failed_commits: g.failed_commits,
+            commit_p50_ms: quantile_ms(&g.commit_latency, 0.5),
+            commit_p99_ms: quantile_ms(&g.commit_latency, 0.99),
+            commit_max_ms: max_ms(&g.commit_latency),
+            signals: g.signals.clone(),
+        }
+    }
+
+    /// The summary's group line.
+    pub fn render(&self) -> String {
+        let signals = if self.signals.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = self
+                .signals
+                .iter()
+                .map(|(name, n)| format!("{name} x{n}"))
+                .collect();
+            format!("; signals {}", list.join(", "))
+        };
+        format!(
+            "group {}: {} member(s), generation {}, {} join(s), {} rebalance(s), \
+             rebalancing {:.0} ms longest / {:.0} ms in all; {} heartbeat(s); \
+             {} commit(s) p50 {} p99 {} max {} ms, {} failed{signals}",
+            self.group_id,
+            self.members,
+            self.generation,
+            self.joins,
+            self.rebalances,
+            self.rebalance_max_ms,
+            self.rebalance_total_ms,
+            self.heartbeats,
+            self.commits,
+            fmt_ms(self.commit_p50_ms),
+            fmt_ms(self.commit_p99_ms),
+            fmt_ms(self.commit_max_ms),
+            self.failed_commits,
+        )
     }
 }
 
@@ -238,6 +320,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Records lost to those errors.
     pub error_records: u64,
+    /// `--group` runs: what the consumer group went through.
+    pub group: Option<GroupReport>,
     pub intervals: Vec<IntervalLine>,
     /// Latency histograms (not serialized; for the distribution file and the plot).
     #[serde(skip)]
@@ -334,6 +418,7 @@ impl Report {
                 .flatten(),
             errors: total.errors.clone(),
             error_records: total.error_records,
+            group: None,
             intervals,
             histograms: Histograms {
                 produce: (produces && !total.produce_latency.is_empty())
@@ -441,6 +526,9 @@ impl Report {
         }
         if self.mode == Mode::E2e {
             row(&mut out, "e2e", None, self.e2e_latency.as_ref());
+        }
+        if let Some(g) = &self.group {
+            let _ = writeln!(out, "\n{}", g.render());
         }
         if self.errors.is_empty() {
             let _ = writeln!(out, "\nerrors: none");
@@ -636,6 +724,37 @@ mod tests {
             last_value_line.unwrap().contains("1.000000000000"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn group_runs_report_members_rebalances_and_commits() {
+        let mut g = GroupStats::default();
+        g.members = 3;
+        g.joins = 5;
+        g.rebalances = 2;
+        g.max_generation = 4;
+        g.record_rebalance_time(3_000_000_000);
+        g.record_rebalance_time(500_000_000);
+        g.commits = 7;
+        g.commit_latency.saturating_record(2_000_000);
+        g.record_signal("REBALANCE_IN_PROGRESS");
+        let mut report = report_for(&Stats::new(), &["wharf-loadgen", "consume", "--group", "g"]);
+        report.group = Some(GroupReport::new("g", &g));
+        let text = report.summary();
+        assert!(
+            text.contains("group g: 3 member(s), generation 4, 5 join(s), 2 rebalance(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rebalancing 3000 ms longest / 3500 ms in all"),
+            "{text}"
+        );
+        assert!(text.contains("REBALANCE_IN_PROGRESS x1"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
+        assert_eq!(json["group"]["commits"], 7);
+        assert_eq!(json["group"]["rebalance_max_ms"], 3000.0);
+        let p50 = json["group"]["commit_p50_ms"].as_f64().unwrap();
+        assert!((1.99..=2.01).contains(&p50), "{p50}");
     }
 
     #[test]

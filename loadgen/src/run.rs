@@ -6,6 +6,10 @@
 //! (an `Rc<RefCell<_>>`, never borrowed across an await); a ticker task sends the interval's
 //! stats to the main thread once a second over a channel. The only cross-core state is a few
 //! atomic counters touched once per response (for e2e and `--records` to know when to stop).
+//!
+//! With `--group` every consumer is a group member (`group.rs`): the members of a core join
+//! before the core reports ready, and the core waits for the start without blocking its
+//! executor, so that they keep heartbeating while other cores get ready.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -22,12 +26,13 @@ use crate::admin::{discover, TopicLayout};
 use crate::cli::{Acks, Args, CompressionArg, Mode, StartFrom};
 use crate::conn::Conn;
 use crate::consumer::Consumer;
+use crate::group::{CoreGroup, GroupSettings, Member};
 use crate::keys::KeySpec;
 use crate::payload::RecordSize;
 use crate::producer::Producer;
 use crate::report::{IntervalLine, Report};
 use crate::schedule::Clock;
-use crate::stats::Stats;
+use crate::stats::{GroupStats, Stats};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// Memory each executor registers for storage I/O; the load generator does no file I/O.
@@ -36,6 +41,8 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
 const START_DELAY: Duration = Duration::from_millis(20);
 /// "No time limit" for `--records` runs.
 const NO_STOP_NS: u64 = u64::MAX / 4;
+/// How often a core with group members looks for the start signal (it must not block).
+const START_POLL: Duration = Duration::from_millis(1);
 
 /// Everything a producer or consumer needs to know about the workload; cloned per core.
 #[derive(Clone, Debug)]
@@ -59,6 +66,8 @@ pub struct Workload {
     pub fetch_min_bytes: i32,
     pub fetch_max_bytes: i32,
     pub partition_max_bytes: i32,
+    /// `--group`: consumers are members of this group.
+    pub group: Option<GroupSettings>,
     /// e2e: the id stamped in every value, so records of other runs are told apart.
     pub run_id: Option<u64>,
     /// consume mode with `--records`: stop once this many records are in.
@@ -81,13 +90,28 @@ pub struct Shared {
     pub producers_done: AtomicUsize,
     /// Set by the first consumer that reports e2e records missing at the drain timeout.
     pub missing_reported: std::sync::atomic::AtomicBool,
+    /// --group: latest run-clock time any member consumed a record, ns.
+    pub last_progress_ns: AtomicU64,
+    /// --group: members in the middle of JoinGroup/SyncGroup.
+    pub rebalancing: AtomicUsize,
+    /// --group: the run is over for every member.
+    pub group_done: std::sync::atomic::AtomicBool,
+    /// --group e2e: when the members first saw every producer done (0: not yet), ns.
+    pub producers_done_ns: AtomicU64,
 }
 
 enum CoreMsg {
     Ready,
     Failed(String),
-    Tick { index: i64, stats: Box<Stats> },
-    Done { index: i64, stats: Box<Stats> },
+    Tick {
+        index: i64,
+        stats: Box<Stats>,
+    },
+    Done {
+        index: i64,
+        stats: Box<Stats>,
+        group: Box<GroupStats>,
+    },
 }
 
 /// When the load starts, when measuring starts, when producing stops (run clock, ns).
@@ -102,10 +126,18 @@ struct CorePlan {
     /// (global producer index, leader, partitions, record budget)
     producers: Vec<(usize, std::net::SocketAddr, Vec<i32>, Option<u64>)>,
     consumers: Vec<(std::net::SocketAddr, Vec<i32>)>,
+    /// --group: global indices of this core's members.
+    members: Vec<usize>,
+    layout: TopicLayout,
+    bootstrap: std::net::SocketAddr,
 }
 
 /// Deals producers and consumers to cores and partitions to them.
-fn plan(args: &Args, layout: &TopicLayout) -> anyhow::Result<Vec<CorePlan>> {
+fn plan(
+    args: &Args,
+    layout: &TopicLayout,
+    bootstrap: std::net::SocketAddr,
+) -> anyhow::Result<Vec<CorePlan>> {
     let leaders = layout.by_leader();
     if leaders.is_empty() {
         bail!("topic {} has no partitions", layout.topic);
@@ -114,6 +146,9 @@ fn plan(args: &Args, layout: &TopicLayout) -> anyhow::Result<Vec<CorePlan>> {
         .map(|_| CorePlan {
             producers: Vec::new(),
             consumers: Vec::new(),
+            members: Vec::new(),
+            layout: layout.clone(),
+            bootstrap,
         })
         .collect();
     let total_producers = args.total_producers();
@@ -128,7 +163,13 @@ fn plan(args: &Args, layout: &TopicLayout) -> anyhow::Result<Vec<CorePlan>> {
             .push((i, *leader, partitions.clone(), budget));
     }
     let total_consumers = args.total_consumers();
-    if total_consumers > 0 {
+    if args.group.is_some() {
+        // The group deals the partitions; members beyond the partition count join and
+        // stay idle, as in Kafka.
+        for c in 0..total_consumers {
+            plans[c % args.cores].members.push(c);
+        }
+    } else if total_consumers > 0 {
         // Partitions are dealt round-robin; consumers beyond the partition count stay idle
         // (as in a consumer group) and are not started.
         let all: Vec<(i32, std::net::SocketAddr)> =
@@ -210,7 +251,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         .map_err(|e| anyhow::anyhow!("cannot start an executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("setup executor: {e}"))??;
-    let plans = plan(args, &layout)?;
+    let plans = plan(args, &layout, bootstrap)?;
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -236,6 +277,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         fetch_min_bytes: args.fetch_min_bytes,
         fetch_max_bytes: args.fetch_max_bytes,
         partition_max_bytes: args.partition_max_bytes,
+        group: args.group.as_ref().map(|g| GroupSettings {
+            group_id: g.clone(),
+            session_timeout_ms: args.session_timeout_ms,
+            heartbeat_interval_ms: args.heartbeat_interval_ms,
+            auto_commit_interval_ms: args.auto_commit_interval_ms,
+        }),
         run_id: (args.mode == Mode::E2e).then_some(seed | 1),
         consume_target: if args.mode == Mode::Consume {
             args.records
@@ -308,13 +355,19 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     let mut printed = first_index - 1;
     let mut lines = Vec::new();
     let mut failures = Vec::new();
+    let mut group_stats = GroupStats::default();
     let interval_secs = |index: i64| (warmup_ns as f64 / 1e9) + index as f64;
     while done_at.iter().any(Option::is_none) {
         let Ok((core, msg)) = rx.recv() else { break };
         let (index, stats) = match msg {
             CoreMsg::Tick { index, stats } => (index, stats),
-            CoreMsg::Done { index, stats } => {
+            CoreMsg::Done {
+                index,
+                stats,
+                group,
+            } => {
                 done_at[core] = Some(index);
+                group_stats.add(&group);
                 (index, stats)
             }
             CoreMsg::Failed(e) => {
@@ -370,14 +423,18 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         stop_ns.max(total.last_event_ns)
     };
     let measured_secs = measured_end_ns.saturating_sub(warmup_end_ns) as f64 / 1e9;
-    Ok(Report::new(
+    let mut report = Report::new(
         args,
         &layout,
         machine_description(load_average_start),
         measured_secs,
         &total,
         lines,
-    ))
+    );
+    if let Some(group) = &args.group {
+        report.group = Some(crate::report::GroupReport::new(group, &group_stats));
+    }
+    Ok(report)
 }
 
 /// Index of the first tick: ticks fall at `warmup_end + k` seconds, and the first is the
@@ -397,8 +454,10 @@ async fn core_main(
 ) {
     let stats = Rc::new(RefCell::new(Stats::new()));
     let setup = Rc::new(workload.clone());
+    let group = Rc::new(CoreGroup::default());
     let mut producers = Vec::new();
     let mut consumers = Vec::new();
+    let mut members = Vec::new();
     let connected: anyhow::Result<()> = async {
         for (index, leader, partitions, budget) in plan.producers {
             let p = Producer::connect(
@@ -428,6 +487,27 @@ async fn core_main(
             .context("consumer")?;
             consumers.push(c);
         }
+        // Members join at once (a member joining later would make the others rejoin).
+        let layout = Rc::new(plan.layout.clone());
+        for &index in &plan.members {
+            let member = Member::new(
+                index,
+                layout.clone(),
+                plan.bootstrap,
+                setup.clone(),
+                shared.clone(),
+                clock,
+                stats.clone(),
+                group.clone(),
+            );
+            members.push(glommio::spawn_local(member.run()));
+        }
+        while group.assigned.get() < plan.members.len() {
+            if let Some(failure) = group.failure.borrow().as_ref() {
+                bail!("{failure}");
+            }
+            glommio::timer::sleep(START_POLL).await;
+        }
         Ok(())
     }
     .await;
@@ -436,12 +516,25 @@ async fn core_main(
         return;
     }
     let _ = tx.send((core, CoreMsg::Ready));
-    // Blocking here is fine: nothing else runs on this core until the start.
-    let Ok(timing) = go.recv() else { return };
+    let timing = if members.is_empty() {
+        // Blocking here is fine: nothing else runs on this core until the start.
+        let Ok(timing) = go.recv() else { return };
+        timing
+    } else {
+        // Group members must keep heartbeating (and rejoin if the group rebalances).
+        loop {
+            match go.try_recv() {
+                Ok(timing) => break timing,
+                Err(mpsc::TryRecvError::Empty) => glommio::timer::sleep(START_POLL).await,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+    };
     workload.start_ns = timing.start_ns;
     workload.warmup_end_ns = timing.warmup_end_ns;
     workload.stop_ns = timing.stop_ns;
     let workload = Rc::new(workload);
+    *group.started.borrow_mut() = Some(workload.clone());
 
     let mut tasks = Vec::new();
     for p in producers {
@@ -452,6 +545,7 @@ async fn core_main(
         let w = workload.clone();
         tasks.push(glommio::spawn_local(async move { c.run_with(w).await }));
     }
+    tasks.extend(members);
     let running = Rc::new(std::cell::Cell::new(true));
     let ticker = {
         let (stats, running, tx, workload) =
@@ -498,11 +592,13 @@ async fn core_main(
     };
     drop(ticker);
     let rest = std::mem::take(&mut *stats.borrow_mut());
+    let group_stats = std::mem::take(&mut *group.stats.borrow_mut());
     let _ = tx.send((
         core,
         CoreMsg::Done {
             index,
             stats: Box::new(rest),
+            group: Box::new(group_stats),
         },
     ));
 }

@@ -109,6 +109,82 @@ impl Stats {
     }
 }
 
+/// What the consumer-group members of one core (or all of them) went through, over the
+/// whole run: members join before the load starts, so this is not split into intervals.
+#[derive(Clone, Debug)]
+pub struct GroupStats {
+    /// Members that got a first assignment.
+    pub members: u64,
+    /// JoinGroup + SyncGroup rounds completed (each member's first one included).
+    pub joins: u64,
+    /// Rejoins of members that had an assignment (the coordinator said to rebalance, or
+    /// the member's generation or id was no longer valid).
+    pub rebalances: u64,
+    /// From the first JoinGroup of a round to the assignment, summed over rounds, ns.
+    pub rebalance_ns_total: u64,
+    /// The longest such round, ns.
+    pub rebalance_ns_max: u64,
+    /// The newest generation any member joined.
+    pub max_generation: i32,
+    pub heartbeats: u64,
+    /// OffsetCommit requests answered without error.
+    pub commits: u64,
+    /// OffsetCommit requests answered with an error (counted by name in the errors too).
+    pub failed_commits: u64,
+    /// OffsetCommit request to response, ns.
+    pub commit_latency: Histogram<u64>,
+    /// Codes that are the group protocol's normal signalling, not failures
+    /// (MEMBER_ID_REQUIRED, REBALANCE_IN_PROGRESS), by name.
+    pub signals: BTreeMap<String, u64>,
+}
+
+impl Default for GroupStats {
+    fn default() -> Self {
+        GroupStats {
+            members: 0,
+            joins: 0,
+            rebalances: 0,
+            rebalance_ns_total: 0,
+            rebalance_ns_max: 0,
+            max_generation: -1,
+            heartbeats: 0,
+            commits: 0,
+            failed_commits: 0,
+            commit_latency: new_histogram(),
+            signals: BTreeMap::new(),
+        }
+    }
+}
+
+impl GroupStats {
+    pub fn record_signal(&mut self, name: &str) {
+        *self.signals.entry(name.to_string()).or_insert(0) += 1;
+    }
+
+    pub fn record_rebalance_time(&mut self, ns: u64) {
+        self.rebalance_ns_total += ns;
+        self.rebalance_ns_max = self.rebalance_ns_max.max(ns);
+    }
+
+    pub fn add(&mut self, other: &GroupStats) {
+        self.members += other.members;
+        self.joins += other.joins;
+        self.rebalances += other.rebalances;
+        self.rebalance_ns_total += other.rebalance_ns_total;
+        self.rebalance_ns_max = self.rebalance_ns_max.max(other.rebalance_ns_max);
+        self.max_generation = self.max_generation.max(other.max_generation);
+        self.heartbeats += other.heartbeats;
+        self.commits += other.commits;
+        self.failed_commits += other.failed_commits;
+        self.commit_latency
+            .add(&other.commit_latency)
+            .expect("histograms share bounds");
+        for (k, v) in &other.signals {
+            *self.signals.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+}
+
 /// Kafka's name for an error code (`NOT_LEADER_OR_FOLLOWER` style), for counting.
 pub fn kafka_error_name(code: i16) -> String {
     match code.err() {

@@ -333,3 +333,208 @@ fn an_unknown_topic_without_auto_create_is_a_one_line_failure() {
     assert!(stderr.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// Committed offset and log end offset of each partition of `topic` in `group`, from
+/// `wharf group describe` (FindCoordinator, OffsetFetch and ListOffsets over the protocol).
+fn committed_and_end_offsets(broker: &Broker, group: &str, topic: &str) -> Vec<(i64, i64)> {
+    let output = Command::new(wharf_binary())
+        .args(["group", "describe", group, "--bootstrap", &broker.addr])
+        .output()
+        .expect("wharf group describe runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+    let mut rows: Vec<(i32, i64, i64)> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|cols| cols.len() >= 6 && cols[0] == group && cols[1] == topic)
+        .map(|cols| {
+            let number = |s: &str| s.parse::<i64>().unwrap_or(-1); // "-": none committed
+            (
+                cols[2].parse().expect("partition"),
+                number(cols[3]),
+                number(cols[4]),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows.into_iter().map(|(_, c, e)| (c, e)).collect()
+}
+
+fn no_errors(report: &Value) -> bool {
+    report["errors"].as_object().is_some_and(|e| e.is_empty())
+}
+
+#[test]
+fn group_members_share_the_partitions_commit_what_they_consumed_and_resume_from_it() {
+    // A short initial rebalance delay: the members of one run still join one generation.
+    let broker = Broker::start(&["--group-initial-rebalance-delay-ms", "500"]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "grouped",
+            "--create-topic",
+            "--partitions",
+            "4",
+            "--records",
+            "8000",
+            "--record-size",
+            "200",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+
+    let consume = |records: &str| {
+        loadgen(
+            &broker,
+            &[
+                "consume",
+                "--topic",
+                "grouped",
+                "--group",
+                "readers",
+                "--consumers",
+                "2",
+                "--records",
+                records,
+                "--from",
+                "earliest",
+            ],
+        )
+    };
+    let (code, report) = consume("8000");
+    assert_eq!(code, 0, "{report}");
+    assert!(no_errors(&report), "{}", report["errors"]);
+    assert_eq!(
+        report["consume"]["records"], 8000,
+        "every record exactly once"
+    );
+    let group = &report["group"];
+    assert_eq!(group["group_id"], "readers");
+    assert_eq!(group["members"], 2);
+    assert!(group["commits"].as_u64().unwrap() >= 1, "{group}");
+    assert_eq!(group["failed_commits"], 0);
+    let offsets = committed_and_end_offsets(&broker, "readers", "grouped");
+    assert_eq!(offsets.len(), 4, "{offsets:?}");
+    assert!(
+        offsets.iter().all(|(c, e)| c == e),
+        "committed = end: {offsets:?}"
+    );
+    assert_eq!(offsets.iter().map(|(_, e)| e).sum::<i64>(), 8000);
+
+    // More records, then the same group again: it starts at its committed offsets, not at
+    // --from earliest, so it reads exactly the new records.
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "grouped",
+            "--records",
+            "1000",
+            "--record-size",
+            "200",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    let (code, report) = consume("1000");
+    assert_eq!(code, 0, "{report}");
+    assert!(no_errors(&report), "{}", report["errors"]);
+    assert_eq!(report["consume"]["records"], 1000, "only the new records");
+    let offsets = committed_and_end_offsets(&broker, "readers", "grouped");
+    assert!(
+        offsets.iter().all(|(c, e)| c == e),
+        "committed = end: {offsets:?}"
+    );
+    assert_eq!(offsets.iter().map(|(_, e)| e).sum::<i64>(), 9000);
+}
+
+#[test]
+fn a_group_with_more_members_than_partitions_completes_and_commits_everything() {
+    // No initial delay: members joining one after another make the group rebalance.
+    let broker = Broker::start(&["--group-initial-rebalance-delay-ms", "0"]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "few",
+            "--create-topic",
+            "--partitions",
+            "2",
+            "--records",
+            "5000",
+            "--record-size",
+            "100",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "few",
+            "--group",
+            "crowd",
+            "--cores",
+            "2",
+            "--consumers",
+            "3",
+            "--records",
+            "5000",
+            "--from",
+            "earliest",
+            "--heartbeat-interval-ms",
+            "300",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert!(no_errors(&report), "{}", report["errors"]);
+    assert_eq!(report["consume"]["records"], 5000);
+    assert_eq!(report["group"]["members"], 6, "idle members join too");
+    let offsets = committed_and_end_offsets(&broker, "crowd", "few");
+    assert_eq!(offsets.len(), 2, "{offsets:?}");
+    assert!(
+        offsets.iter().all(|(c, e)| c == e),
+        "committed = end: {offsets:?}"
+    );
+    assert_eq!(offsets.iter().map(|(_, e)| e).sum::<i64>(), 5000);
+}
+
+#[test]
+fn e2e_in_a_group_sees_every_acknowledged_record() {
+    let broker = Broker::start(&["--group-initial-rebalance-delay-ms", "200"]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "e2e",
+            "--topic",
+            "e2e-group",
+            "--create-topic",
+            "--partitions",
+            "3",
+            "--records",
+            "3000",
+            "--rate",
+            "3000",
+            "--consumers",
+            "2",
+            "--group",
+            "watchers",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["produce"]["records"], 3000);
+    assert_eq!(
+        report["e2e_latency"]["count"], 3000,
+        "every record seen once"
+    );
+    assert_eq!(report["group"]["members"], 2);
+}
