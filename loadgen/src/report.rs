@@ -161,8 +161,11 @@ impl GroupReport {
         }
     }
 
-    /// The summary's group line.
+    /// The summary's group lines.
     pub fn render(&self) -> String {
+        let plural = |n: u64, one: &str, many: &str| {
+            format!("{} {}", group_digits(n), if n == 1 { one } else { many })
+        };
         let signals = if self.signals.is_empty() {
             String::new()
         } else {
@@ -174,22 +177,23 @@ impl GroupReport {
             format!("; signals {}", list.join(", "))
         };
         format!(
-            "group {}: {} member(s), generation {}, {} join(s), {} rebalance(s), \
-             rebalancing {:.0} ms longest / {:.0} ms in all; {} heartbeat(s); \
-             {} commit(s) p50 {} p99 {} max {} ms, {} failed{signals}",
+            "group {}: {}, generation {}, {}, {}, rebalancing {:.0} ms longest \
+             ({:.0} ms summed over members)\n\
+             group {}: {} (p50 {} p99 {} max {} ms), {} failed, {}{signals}",
             self.group_id,
-            self.members,
+            plural(self.members, "member", "members"),
             self.generation,
-            self.joins,
-            self.rebalances,
+            plural(self.joins, "join", "joins"),
+            plural(self.rebalances, "rebalance", "rebalances"),
             self.rebalance_max_ms,
             self.rebalance_total_ms,
-            self.heartbeats,
-            self.commits,
+            self.group_id,
+            plural(self.commits, "commit", "commits"),
             fmt_ms(self.commit_p50_ms),
             fmt_ms(self.commit_p99_ms),
             fmt_ms(self.commit_max_ms),
             self.failed_commits,
+            plural(self.heartbeats, "heartbeat", "heartbeats"),
         )
     }
 }
@@ -742,13 +746,14 @@ mod tests {
         report.group = Some(GroupReport::new("g", &g));
         let text = report.summary();
         assert!(
-            text.contains("group g: 3 member(s), generation 4, 5 join(s), 2 rebalance(s)"),
+            text.contains("group g: 3 members, generation 4, 5 joins, 2 rebalances"),
             "{text}"
         );
         assert!(
-            text.contains("rebalancing 3000 ms longest / 3500 ms in all"),
+            text.contains("rebalancing 3000 ms longest (3500 ms summed over members)"),
             "{text}"
         );
+        assert!(text.contains("group g: 7 commits (p50 2.0"), "{text}");
         assert!(text.contains("REBALANCE_IN_PROGRESS x1"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
         assert_eq!(json["group"]["commits"], 7);

@@ -321,6 +321,14 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
     drop(tx);
 
     // Wait until every core is connected, then start them together.
+    let joining_since = Instant::now();
+    if let (Some(group), false) = (&args.group, args.quiet) {
+        println!(
+            "joining group {group} with {} members (the coordinator may wait \
+             group.initial.rebalance.delay.ms for more)",
+            args.total_consumers()
+        );
+    }
     let mut ready = 0;
     while ready < args.cores {
         match rx.recv() {
@@ -332,6 +340,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             Ok(_) => {}
             Err(_) => bail!("a core stopped before it was ready"),
         }
+    }
+    if let (Some(group), false) = (&args.group, args.quiet) {
+        println!(
+            "group {group}: every member has its assignment after {:.1} s",
+            joining_since.elapsed().as_secs_f64()
+        );
     }
     let start_ns = clock.now_ns() + START_DELAY.as_nanos() as u64;
     let warmup_ns = (args.warmup * 1e9) as u64;
