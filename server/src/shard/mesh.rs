@@ -3,7 +3,7 @@
 //! [`Shard::invoke_on`](crate::shard::Shard::invoke_on) is *the* way to run work on the
 //! shard that owns a partition (or a group, or the metadata controller):
 //!
-//! ```ignore
+//! ```text
 //! let owner = ownership::owner_of(tp, shard.shard_count);
 //! let high_watermark = shard
 //!     .invoke_on(owner, move |owner| async move {
