@@ -36,6 +36,11 @@ use crate::shard::{oneshot, Shard};
 pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION: usize = 1024;
 /// Bytes asked of the socket per read when no larger frame is pending.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Produce frames this large are split off the read buffer rather than copied out of it
+/// (see [`read_frame`]): copying a large frame costs more than the memory it may pin.
+const SHARE_READ_BUFFER_MIN_BYTES: usize = READ_CHUNK_BYTES / 4;
+/// Responses ready at the same time are gathered into one write up to this many bytes.
+const GATHER_MAX_BYTES: usize = 64 * 1024;
 /// Most bytes asked of the socket in one read (the buffer is zeroed before each read).
 const MAX_READ_BYTES: usize = 512 * 1024;
 
@@ -56,22 +61,69 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     shard.connections.set(shard.connections.get() - 1);
 }
 
+/// Writes responses in request order. Responses that are ready together (a group commit
+/// completes many produce requests at once) go out in one socket write, as long as they
+/// are small; a large one (fetched records) is written on its own, without a copy.
 async fn write_responses(
     mut writer: WriteHalf,
     responses: local_channel::LocalReceiver<glommio::Task<Reply>>,
 ) {
-    while let Some(task) = responses.recv().await {
-        match task.await {
-            Reply::Frame(frame) => {
-                if writer.write_all(&frame).await.is_err() {
-                    break;
+    let mut gathered: Vec<u8> = Vec::new();
+    let mut waiting: Option<glommio::Task<Reply>> = None;
+    'next: loop {
+        let task = match waiting.take() {
+            Some(task) => task,
+            None => match responses.recv().await {
+                Some(task) => task,
+                None => break,
+            },
+        };
+        let mut reply = task.await;
+        loop {
+            match reply {
+                Reply::Frame(frame) if gathered.len() + frame.len() <= GATHER_MAX_BYTES => {
+                    gathered.extend_from_slice(&frame);
+                }
+                Reply::Frame(frame) => {
+                    if flush(&mut writer, &mut gathered).await.is_err()
+                        || writer.write_all(&frame).await.is_err()
+                    {
+                        break 'next;
+                    }
+                }
+                Reply::NoResponse => {}
+                Reply::Close => {
+                    let _ = flush(&mut writer, &mut gathered).await;
+                    break 'next;
                 }
             }
-            Reply::NoResponse => {}
-            Reply::Close => break,
+            // Gather the next response too if it is already done; never wait for it here.
+            match futures_lite::future::poll_once(responses.recv()).await {
+                Some(Some(mut task)) => match futures_lite::future::poll_once(&mut task).await {
+                    Some(next) => reply = next,
+                    None => {
+                        waiting = Some(task);
+                        break;
+                    }
+                },
+                Some(None) | None => break,
+            }
+        }
+        if flush(&mut writer, &mut gathered).await.is_err() {
+            break;
         }
     }
     let _ = writer.close().await;
+}
+
+/// Writes what was gathered, if anything, and empties the buffer (keeping its capacity).
+async fn flush(writer: &mut WriteHalf, gathered: &mut Vec<u8>) -> std::io::Result<()> {
+    if gathered.is_empty() {
+        return Ok(());
+    }
+    let result = writer.write_all(gathered).await;
+    gathered.clear();
+    result
 }
 
 async fn read_requests(
@@ -150,10 +202,13 @@ async fn read_requests(
 /// The frame of `size` bytes whose size prefix starts `buf`, without the prefix.
 ///
 /// A produce request's record batches outlive the request (the engine caches them), and a
-/// `Bytes` keeps its whole allocation alive, so a produce frame always gets an allocation of
-/// its own size: a 1 KiB batch must not pin a 64 KiB read buffer. A frame larger than what
-/// is buffered is read straight into its own buffer. Other requests are decoded and dropped,
-/// so they may share the read buffer.
+/// `Bytes` keeps its whole allocation alive, so a small produce frame gets an allocation of
+/// its own size: a 1 KiB batch must not pin a 64 KiB read buffer. A produce frame of at
+/// least [`SHARE_READ_BUFFER_MIN_BYTES`] is split off the read buffer without a copy: the
+/// read buffer is at most a few read chunks, so it pins a bounded multiple of its own size,
+/// and the frames that follow it in the same buffer are usually produce frames cached
+/// alongside it. A frame larger than what is buffered is read straight into its own buffer.
+/// Other requests are decoded and dropped, so they may share the read buffer.
 async fn read_frame(
     reader: &mut ReadHalf,
     buf: &mut BytesMut,
@@ -162,7 +217,7 @@ async fn read_frame(
 ) -> Result<Bytes, String> {
     let frame_len = SIZE_PREFIX_BYTES + size;
     if buf.len() >= frame_len {
-        if is_produce {
+        if is_produce && size < SHARE_READ_BUFFER_MIN_BYTES {
             let frame = Bytes::copy_from_slice(&buf[SIZE_PREFIX_BYTES..frame_len]);
             buf.advance(frame_len);
             return Ok(frame);
