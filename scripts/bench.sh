@@ -9,7 +9,8 @@
 #   scripts/bench.sh --no-wharf --peer ...   only the peer
 #   --peer-name NAME --peer-target X         label the peer; throughput ratio to aim for (10)
 #   scripts/bench.sh --quick                 3 s runs (a smoke test of the harness)
-#   scripts/bench.sh --profile               perf profile of Wharf during the 1 KiB max run
+#   scripts/bench.sh --profile               perf profile of Wharf during the 1 KiB max run, with a
+#                                            flame graph (inferno) and CPU share by activity
 #
 # Layout on a 2-core machine: the broker on CPU 0, wharf-loadgen on CPU 1 (override with
 # BROKER_CPU / LOADGEN_CPU). Wharf's data goes to $WHARF_BENCH_DIR (default
@@ -64,6 +65,13 @@ if [ "$PROFILE" = 1 ] && ! command -v perf >/dev/null 2>&1; then need_apt+=(linu
 if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# --profile draws a flame graph with inferno (installed with cargo if missing).
+COLLAPSE="$(command -v inferno-collapse-perf || echo "$HOME/.cargo/bin/inferno-collapse-perf")"
+FLAMEGRAPH="$(command -v inferno-flamegraph || echo "$HOME/.cargo/bin/inferno-flamegraph")"
+if [ "$PROFILE" = 1 ] && [ ! -x "$FLAMEGRAPH" ]; then
+    cargo install --locked inferno >&2
 fi
 
 echo "== building release binaries"
@@ -234,14 +242,20 @@ if [ "$RUN_WHARF" = 1 ]; then
     if [ "$PROFILE" = 1 ]; then
         # Profile the broker during the 1 KiB acks=1 max-throughput run only.
         start_wharf
-        (sleep "$WARMUP"; perf record -F 999 -g -p "$WHARF_PID" -o "$OUT/wharf.perf.data" -- sleep "$DURATION" \
-            >/dev/null 2>&1) &
+        # DWARF call graphs: libc and the kernel's callers are seen through code built
+        # without frame pointers. Three seconds of it is already tens of MB.
+        (sleep "$WARMUP"; perf record -F 499 --call-graph dwarf,16384 -p "$WHARF_PID" -o "$OUT/wharf.perf.data" \
+            -- sleep 3 >/dev/null 2>&1) &
         PERF_PID=$!
         run_case wharf "$WHARF_ADDR" profile-s1024-a1-p1 produce --topic "bench-profile" --create-topic \
             --partitions 1 --record-size 1024 --acks 1
         wait "$PERF_PID" || true
         perf report -i "$OUT/wharf.perf.data" --no-children -g none --percent-limit 1.5 --stdio --sort symbol \
             2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$OUT/wharf-hotspots.txt" || true
+        perf script -i "$OUT/wharf.perf.data" 2>/dev/null | "$COLLAPSE" >"$OUT/wharf.folded" || true
+        "$FLAMEGRAPH" --title "wharf, 1 KiB records, acks=1, 1 partition" "$OUT/wharf.folded" \
+            >"$OUT/wharf-flamegraph.svg" 2>/dev/null || true
+        python3 scripts/perf_breakdown.py "$OUT/wharf.folded" >"$OUT/wharf-breakdown.txt" || true
     fi
     run_suite wharf ""
     stop_wharf
@@ -263,6 +277,11 @@ if [ -s "$OUT/wharf-hotspots.txt" ]; then
     echo
     echo "Wharf hot spots (perf, 1 KiB acks=1 max run, symbols over 1.5%):"
     cat "$OUT/wharf-hotspots.txt"
+fi
+if [ -s "$OUT/wharf-breakdown.txt" ]; then
+    echo
+    echo "Wharf's CPU by activity (same run; flame graph: $OUT/wharf-flamegraph.svg):"
+    cat "$OUT/wharf-breakdown.txt"
 fi
 echo
 echo "results: $OUT"
