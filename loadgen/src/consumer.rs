@@ -117,7 +117,8 @@ impl Consumer {
 
     /// Fetches until the member stops it or the run is over; returns it so that its
     /// connection can serve the next assignment.
-    pub async fn run_for_member(mut self) -> Consumer {
+    pub async fn run_for_member(mut self, workload: Rc<Workload>) -> Consumer {
+        self.workload = workload;
         self.last_progress_ns = self.clock.now_ns();
         self.run().await;
         self

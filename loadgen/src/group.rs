@@ -20,7 +20,8 @@
 //! the same thread, so there is no lock; no borrow is held across an await.
 //!
 //! Members join before the load starts (the core reports ready once each of its members
-//! has a first assignment) and keep heartbeating while the other cores get ready. A
+//! has a first assignment and its start positions) and keep heartbeating while the other
+//! cores get ready; their fetchers start with the load. A
 //! rebalance is Kafka's eager protocol: stop the fetchers, commit what they consumed, rejoin,
 //! fetch the committed offsets of the new assignment (where there are none, `--from` says
 //! earliest or latest, as `auto.offset.reset` does), start the fetchers again.
@@ -250,7 +251,10 @@ pub struct Member {
     /// Positions of the assigned partitions while no fetcher runs (between a stop and the
     /// next assignment).
     positions: BTreeMap<i32, i64>,
+    /// Set from the moment the assignment's fetchers are prepared until they are stopped.
     link: Option<Rc<MemberLink>>,
+    /// Fetchers with their start positions, waiting for the load to start.
+    prepared: Vec<Consumer>,
     fetchers: Vec<glommio::Task<Consumer>>,
     /// Connections to partition leaders not in use, kept for the next assignment.
     idle_conns: BTreeMap<SocketAddr, Conn>,
@@ -294,6 +298,7 @@ impl Member {
             committed: BTreeMap::new(),
             positions: BTreeMap::new(),
             link: None,
+            prepared: Vec::new(),
             fetchers: Vec::new(),
             idle_conns: BTreeMap::new(),
             rejoin: None,
@@ -307,6 +312,11 @@ impl Member {
     pub async fn run(mut self) {
         match self.join().await {
             Ok(true) => {
+                // Start positions before the load starts (an e2e run's first records must
+                // not be skipped by a late --from latest); retried in the loop if it fails.
+                if !self.assignment.is_empty() {
+                    self.prepare_fetching().await;
+                }
                 self.core.assigned.set(self.core.assigned.get() + 1);
                 self.core.stats.borrow_mut().members += 1;
             }
@@ -320,10 +330,14 @@ impl Member {
         let mut workload: Option<Rc<Workload>> = None;
         loop {
             if workload.is_none() {
-                workload = self.core.started.borrow().clone();
-                if workload.is_some() {
+                let started = self.core.started.borrow().clone();
+                if let Some(w) = started {
+                    workload = Some(w);
                     self.next_commit_ns = self.after(self.settings.auto_commit_interval_ms);
                 }
+            }
+            if self.link.is_none() && self.rejoin.is_none() && !self.assignment.is_empty() {
+                self.prepare_fetching().await;
             }
             let now = self.clock.now_ns();
             if let Some(w) = &workload {
@@ -332,15 +346,13 @@ impl Member {
                 }
                 // Fetchers stop by themselves only when the run is over or their
                 // connection failed: either way this member is done.
-                if self.link.as_ref().is_some_and(|l| l.running.get() == 0) {
+                let running = self.link.as_ref().map_or(0, |l| l.running.get());
+                if !self.fetchers.is_empty() && running == 0 {
                     break;
                 }
-                if self.link.is_none() && self.rejoin.is_none() && !self.assignment.is_empty() {
+                if !self.prepared.is_empty() {
                     let w = w.clone();
-                    if !self.start_fetching(&w).await {
-                        glommio::timer::sleep(RETRY_BACKOFF).await;
-                    }
-                    continue;
+                    self.spawn_fetchers(w);
                 }
             }
             if let Some(as_new) = self.rejoin.take() {
@@ -836,9 +848,16 @@ impl Member {
     }
 
     /// Committed offsets of the assignment (OffsetFetch), `--from` where there are none
-    /// (ListOffsets on each leader), then one fetcher per leader. False if something failed
-    /// (counted); the member tries again.
-    async fn start_fetching(&mut self, w: &Rc<Workload>) -> bool {
+    /// (ListOffsets on each leader), and one fetcher per leader, ready to start. Something
+    /// that failed is counted; the member tries again on its next round (after a pause).
+    async fn prepare_fetching(&mut self) {
+        if !self.try_prepare_fetching().await {
+            glommio::timer::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    async fn try_prepare_fetching(&mut self) -> bool {
+        let w = self.setup.clone();
         let (group_id, topic, partitions) = (
             self.group_id.clone(),
             topic_name(&self.setup.topic),
@@ -945,17 +964,25 @@ impl Member {
             }
         }
         self.committed = committed;
-        link.running.set(consumers.len());
-        for c in consumers {
-            let link = link.clone();
+        self.prepared = consumers;
+        self.link = Some(link);
+        true
+    }
+
+    /// Starts the prepared fetchers with the run's timing.
+    fn spawn_fetchers(&mut self, w: Rc<Workload>) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        link.running.set(link.running.get() + self.prepared.len());
+        for c in std::mem::take(&mut self.prepared) {
+            let (link, w) = (link.clone(), w.clone());
             self.fetchers.push(glommio::spawn_local(async move {
-                let c = c.run_for_member().await;
+                let c = c.run_for_member(w).await;
                 link.running.set(link.running.get() - 1);
                 c
             }));
         }
-        self.link = Some(link);
-        true
     }
 
     fn keep_conns(&mut self, consumers: Vec<Consumer>) {
@@ -973,7 +1000,7 @@ impl Member {
             return;
         };
         link.stop.set(true);
-        let mut stopped = Vec::new();
+        let mut stopped = std::mem::take(&mut self.prepared);
         for task in std::mem::take(&mut self.fetchers) {
             stopped.push(task.await);
         }

@@ -732,11 +732,13 @@ mod tests {
 
     #[test]
     fn group_runs_report_members_rebalances_and_commits() {
-        let mut g = GroupStats::default();
-        g.members = 3;
-        g.joins = 5;
-        g.rebalances = 2;
-        g.max_generation = 4;
+        let mut g = GroupStats {
+            members: 3,
+            joins: 5,
+            rebalances: 2,
+            max_generation: 4,
+            ..GroupStats::default()
+        };
         g.record_rebalance_time(3_000_000_000);
         g.record_rebalance_time(500_000_000);
         g.commits = 7;
