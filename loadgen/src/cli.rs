@@ -335,6 +335,9 @@ impl Args {
         if self.topic.is_empty() || self.topic.len() > 249 {
             bail!("--topic must be 1 to 249 characters");
         }
+        if let Some(path) = &self.plot {
+            crate::plot::check_plot_path(path)?;
+        }
         self.bootstrap_addr().context("--bootstrap")?;
         Ok(())
     }
