@@ -17,6 +17,8 @@ pub const MAX_RECORD_BYTES: usize = 1 << 20;
 pub const MAX_CONNECTIONS_PER_CORE: usize = 1024;
 /// Seconds measured when neither --duration nor --records is given.
 pub const DEFAULT_DURATION_SECS: f64 = 10.0;
+/// Seconds of warm-up unless told otherwise (none for a --records run).
+pub const DEFAULT_WARMUP_SECS: f64 = 2.0;
 /// Most requests one connection keeps in flight.
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// Longest --group accepted (Kafka stores group ids as int16-length strings).
@@ -178,9 +180,10 @@ pub struct Args {
     #[arg(long)]
     pub records: Option<u64>,
 
-    /// Seconds of load before measuring starts; not counted in the results.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
+    /// Seconds of load before measuring starts; not counted in the results
+    /// [default: 2, or 0 with --records, so that every record asked for is measured].
+    #[arg(long)]
+    pub warmup: Option<f64>,
 
     /// Where consumers start.
     #[arg(long, value_enum, default_value = "latest")]
@@ -303,7 +306,7 @@ impl Args {
         }
         for (name, v) in [
             ("--duration", self.duration.unwrap_or(0.0)),
-            ("--warmup", self.warmup),
+            ("--warmup", self.warmup_secs()),
             ("--linger-ms", self.linger_ms),
         ] {
             if !(v.is_finite() && v >= 0.0) {
@@ -349,6 +352,15 @@ impl Args {
             .with_context(|| format!("cannot resolve {}", self.bootstrap))?
             .next()
             .with_context(|| format!("{} resolves to no address", self.bootstrap))
+    }
+
+    /// Seconds of warm-up: --warmup, 2 by default, none by default for a --records run.
+    pub fn warmup_secs(&self) -> f64 {
+        match (self.warmup, self.records) {
+            (Some(w), _) => w,
+            (None, Some(_)) => 0.0,
+            (None, None) => DEFAULT_WARMUP_SECS,
+        }
     }
 
     /// Seconds to measure: --duration, 10 by default, none for a --records run without it.

@@ -153,7 +153,14 @@ impl Producer {
         let mut draining = false;
         loop {
             let now = self.clock.now_ns();
-            let generating = now < stop_ns && self.budget != Some(0);
+            let generating = self.budget != Some(0)
+                && match &self.schedule {
+                    // Open loop: every record scheduled before the stop time is sent, however
+                    // late this producer gets to it; dropping the ones it fell behind on
+                    // would hide exactly the stalls an open loop is there to show.
+                    Some(s) => s.peek_ns() < stop_ns,
+                    None => now < stop_ns,
+                };
             if !generating && !draining {
                 // Done taking records (time or budget): answers are due within the drain timeout.
                 draining = true;
@@ -209,7 +216,7 @@ impl Producer {
 
     fn next_deadline(&self, now: u64, generating: bool, hard_stop_ns: u64) -> u64 {
         let mut deadline = hard_stop_ns;
-        if generating {
+        if generating && now < self.workload.stop_ns {
             deadline = deadline.min(self.workload.stop_ns);
         }
         if self.in_flight.len() < self.workload.in_flight {

@@ -338,6 +338,9 @@ pub struct Histograms {
     pub e2e: Option<Histogram<u64>>,
 }
 
+/// Below this many measured seconds the summary warns that its rates mean little.
+const SHORT_RUN_SECS: f64 = 0.1;
+
 impl Report {
     pub fn new(
         args: &Args,
@@ -384,7 +387,7 @@ impl Report {
                 }
                 .to_string(),
                 rate: args.rate,
-                warmup_s: args.warmup,
+                warmup_s: args.warmup_secs(),
                 duration_s: args.measured_duration(),
                 records: args.records,
                 from: format!("{:?}", args.from).to_lowercase(),
@@ -481,6 +484,14 @@ impl Report {
             self.machine.cpu_model,
             self.machine.kernel
         );
+        if self.measured_seconds < SHORT_RUN_SECS {
+            let _ = writeln!(
+                out,
+                "note: the measured time is only {:.1} ms; rates over so short a time say little \
+                 (run longer with --duration or more --records)",
+                self.measured_seconds * 1e3
+            );
+        }
         let _ = writeln!(
             out,
             "\n{:<10} {:>14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -348,7 +348,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         );
     }
     let start_ns = clock.now_ns() + START_DELAY.as_nanos() as u64;
-    let warmup_ns = (args.warmup * 1e9) as u64;
+    let warmup_ns = (args.warmup_secs() * 1e9) as u64;
     let warmup_end_ns = start_ns + warmup_ns;
     let stop_ns = match args.measured_duration() {
         Some(d) => warmup_end_ns + (d * 1e9) as u64,
@@ -550,6 +550,13 @@ async fn core_main(
     let workload = Rc::new(workload);
     *group.started.borrow_mut() = Some(workload.clone());
 
+    // Every core starts the load at the same instant, the one the measured time counts from.
+    glommio::timer::sleep(
+        clock
+            .instant(workload.start_ns)
+            .saturating_duration_since(Instant::now()),
+    )
+    .await;
     let mut tasks = Vec::new();
     for p in producers {
         let w = workload.clone();
