@@ -27,6 +27,17 @@ pub enum EngineError {
     /// writes until it is reopened: KAFKA_STORAGE_ERROR.
     #[error("storage error on {path}: {reason}")]
     Storage { path: PathBuf, reason: String },
+    /// An idempotent producer's epoch older than the partition has seen (a fenced
+    /// producer): INVALID_PRODUCER_EPOCH.
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
+    /// An idempotent producer's batch that does not follow its last one:
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER.
+    #[error("out of order sequence number: {0}")]
+    OutOfOrderSequence(String),
+    /// A transactional batch; transactions are not supported.
+    #[error("transactions are not supported: {0}")]
+    TransactionsUnsupported(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -44,6 +55,16 @@ impl EngineError {
             },
             (BatchErrorKind::Invalid, err) => EngineError::InvalidRecord(err.to_string()),
             (_, err) => EngineError::CorruptMessage(err.to_string()),
+        }
+    }
+
+    pub(crate) fn from_producer(err: crate::producer::ProducerError) -> EngineError {
+        use crate::producer::ProducerError;
+        match err {
+            ProducerError::InvalidProducerEpoch(m) => EngineError::InvalidProducerEpoch(m),
+            ProducerError::OutOfOrderSequence(m) => EngineError::OutOfOrderSequence(m),
+            ProducerError::Transactional(m) => EngineError::TransactionsUnsupported(m),
+            ProducerError::Invalid(m) => EngineError::InvalidRecord(m),
         }
     }
 

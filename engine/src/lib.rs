@@ -6,7 +6,8 @@
 //!
 //! Modules: [`log`] (a partition log: write path, reads, recovery, retention), `segment`
 //! (one segment), `index` (sparse offset and time indexes), `recovery` (validating scans),
-//! `retention` (which segments go), `epoch` (leader-epoch cache), [`cache`] (per-shard
+//! `retention` (which segments go), `epoch` (leader-epoch cache), [`producer`] (idempotent
+//! producers' sequences), [`cache`] (per-shard
 //! batch cache), `commit` (group-commit waiters), `files` (file I/O on glommio).
 
 pub mod cache;
@@ -17,6 +18,7 @@ pub mod error;
 mod files;
 pub mod index;
 pub mod log;
+pub mod producer;
 mod records;
 mod recovery;
 pub mod retention;
@@ -26,6 +28,7 @@ pub use cache::BatchCache;
 pub use config::{LogConfig, TimestampType};
 pub use error::EngineError;
 pub use log::{AppendInfo, Durability, LogStats, PartitionLog};
+pub use producer::{ProducerStates, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 
 /// A Kafka offset. Offsets in a partition are dense and only ever grow.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

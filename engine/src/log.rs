@@ -28,6 +28,7 @@ use crate::epoch::{LeaderEpochCache, CHECKPOINT_FILE};
 use crate::error::EngineError;
 use crate::files::{self, align_down, align_up, TMP_SUFFIX};
 use crate::index::{SegmentIndex, TIME_ENTRY_BYTES};
+use crate::producer::{ProducerStates, Verdict, MAX_SNAPSHOT_BYTES, SNAPSHOT_SUFFIX};
 use crate::records::{first_record_at_or_after, offset_of_max_timestamp};
 use crate::recovery::{scan_segment, ScanLimits, ScanOutcome};
 use crate::retention::{segments_to_delete, SegmentSummary};
@@ -56,6 +57,8 @@ pub const CLEAN_SHUTDOWN_FILE: &str = "wharf-clean-shutdown";
 /// `log-start-offset-checkpoint`).
 pub const LOG_START_FILE: &str = "log-start-offset";
 const SMALL_FILE_MAX_BYTES: u64 = 64 << 20;
+/// Producer-state snapshot files kept on disk; older ones are removed as new ones appear.
+pub const SNAPSHOTS_KEPT: usize = 2;
 
 /// What an append waits for before it resolves.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -87,6 +90,44 @@ pub struct LogStats {
     pub written_bytes: u64,
     /// `fdatasync` calls that served `Synced` appends and `sync()`.
     pub fdatasyncs: u64,
+}
+
+/// The verdict on each batch of one append, in order: later batches of the same append see
+/// the earlier ones (several batches of one request for one partition). Nothing changes
+/// unless every batch passes, so an append stays all-or-nothing.
+fn check_producers(
+    producers: &ProducerStates,
+    next_offset: i64,
+    infos: &[(usize, BatchInfo)],
+    now: i64,
+) -> Result<Vec<Verdict>, crate::producer::ProducerError> {
+    if let [(_, info)] = infos {
+        return Ok(vec![producers.check(info)?]);
+    }
+    if infos
+        .iter()
+        .all(|(_, i)| i.producer_id < 0 && !i.is_transactional())
+    {
+        return Ok(vec![Verdict::NotIdempotent; infos.len()]);
+    }
+    let mut scratch = producers.clone();
+    let mut next = next_offset;
+    let mut verdicts = Vec::with_capacity(infos.len());
+    for (_, info) in infos {
+        let verdict = scratch.check(info)?;
+        if verdict == Verdict::Append {
+            scratch.record(info, next, now);
+        }
+        if !matches!(verdict, Verdict::Duplicate(_)) {
+            next += i64::from(info.last_offset_delta) + 1;
+        }
+        verdicts.push(verdict);
+    }
+    Ok(verdicts)
+}
+
+fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    segment_path(dir, offset, SNAPSHOT_SUFFIX)
 }
 
 fn now_ms() -> i64 {
@@ -136,6 +177,10 @@ struct State {
     read_file: Option<(i64, Rc<DmaFile>)>,
     dir_synced: bool,
     stats: LogStats,
+    /// Idempotent producers, as of every assigned offset (KIP-98).
+    producers: ProducerStates,
+    /// Offsets of the `<offset>.snapshot` files on disk, ascending.
+    snapshots: Vec<i64>,
 }
 
 impl State {
@@ -149,6 +194,14 @@ impl State {
         self.segments
             .binary_search_by_key(&base_offset, |s| s.base_offset)
             .ok()
+    }
+
+    /// Starts a new active segment at `base`, remembering the producer state as of `base`
+    /// for the snapshot written when the segment before it is sealed.
+    fn roll(&mut self, base: i64, now: i64) {
+        let mut seg = Segment::new_active(base, now);
+        seg.start_producers = Some(self.producers.encode());
+        self.segments.push(seg);
     }
 
     fn recompute_max_timestamp(&mut self) {
@@ -184,7 +237,7 @@ impl State {
                     .is_some_and(|t| now.saturating_sub(t) >= config.segment_ms as i64)
                 || last - active.base_offset > i64::from(u32::MAX));
         if roll {
-            self.segments.push(Segment::new_active(base, now));
+            self.roll(base, now);
         }
         let interval = self.config.index_interval_bytes;
         let seg = self
@@ -367,10 +420,21 @@ impl PartitionLog {
         let (seq, first, last, log_append_time_ms, log_start, start_writer) = {
             let mut st = inner.state.borrow_mut();
             inner.check_writable(&st)?;
+            let verdicts = check_producers(&st.producers, st.next_offset, &infos, now)
+                .map_err(EngineError::from_producer)?;
             let log_append = st.config.message_timestamp_type == TimestampType::LogAppendTime;
             let mut first = None;
             let mut last = 0;
-            for (pos, mut info) in infos {
+            for ((pos, mut info), verdict) in infos.into_iter().zip(verdicts) {
+                if let Verdict::Duplicate(original) = verdict {
+                    // KIP-98: a retried batch is not appended again; it answers with the
+                    // offsets of its first append.
+                    first.get_or_insert(original.base_offset);
+                    last = last.max(original.last_offset);
+                    continue;
+                }
+                // Recorded after `assign`: a roll inside it snapshots the state before this batch.
+                let producer_info = (verdict == Verdict::Append).then_some(info);
                 let mut bytes = batches_bytes.slice(pos..pos + info.size_bytes);
                 if log_append {
                     let mut owned = bytes.to_vec();
@@ -381,11 +445,15 @@ impl PartitionLog {
                 }
                 let (base, end) =
                     st.assign(bytes, info, leader_epoch, now, &inner.cache, &inner.cached);
+                if let Some(producer_info) = producer_info {
+                    st.producers.record(&producer_info, base, now);
+                }
                 first.get_or_insert(base);
                 last = end;
             }
-            let start_writer = !std::mem::replace(&mut st.writer_running, true);
-            let first = first.expect("at least one batch was assigned");
+            let start_writer =
+                !st.pending.is_empty() && !std::mem::replace(&mut st.writer_running, true);
+            let first = first.expect("at least one batch was assigned or found");
             (
                 st.appended_seq,
                 first,
@@ -634,7 +702,7 @@ impl PartitionLog {
             let mut start_writer = false;
             if !active.is_empty() && expired && !st.truncating {
                 let base = st.next_offset;
-                st.segments.push(Segment::new_active(base, now_ms));
+                st.roll(base, now_ms);
                 start_writer = !std::mem::replace(&mut st.writer_running, true);
             }
             (
@@ -649,6 +717,21 @@ impl PartitionLog {
         inner
             .delete_old_segments(retention_ms, retention_bytes, now_ms)
             .await
+    }
+
+    /// Forgets idempotent producers that have not appended for `expiration_ms`
+    /// (`producer.id.expiration.ms`); returns how many went.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.inner
+            .state
+            .borrow_mut()
+            .producers
+            .expire(now_ms, expiration_ms)
+    }
+
+    /// How many idempotent producers this partition remembers.
+    pub fn producer_count(&self) -> usize {
+        self.inner.state.borrow().producers.len()
     }
 
     /// Replace the configuration (IncrementalAlterConfigs); applies to later appends and upkeep.
@@ -986,6 +1069,17 @@ impl Inner {
             false,
         )
         .await?;
+        // The producer state as of the next segment's base, so recovery replays only the
+        // active segment (Kafka writes its `.snapshot` when a segment rolls too).
+        let snapshot = {
+            let mut st = self.state.borrow_mut();
+            st.segment_index(base_offset)
+                .and_then(|idx| st.segments.get_mut(idx + 1))
+                .and_then(|next| Some((next.base_offset, next.start_producers.take()?)))
+        };
+        if let Some((offset, bytes)) = snapshot {
+            self.write_snapshot(offset, bytes).await?;
+        }
         let mut st = self.state.borrow_mut();
         let now = now_ms();
         if let Some(idx) = st.segment_index(base_offset) {
@@ -993,6 +1087,39 @@ impl Inner {
             seg.state = SegmentState::Sealed;
             seg.allocated_bytes = seg.size_bytes;
             seg.last_modified_ms = now;
+        }
+        Ok(())
+    }
+
+    /// Writes `<offset>.snapshot` (synced, directory too) and removes the oldest snapshots
+    /// beyond [`SNAPSHOTS_KEPT`].
+    async fn write_snapshot(&self, offset: i64, bytes: Vec<u8>) -> std::io::Result<()> {
+        files::replace_file(&snapshot_path(&self.dir, offset), bytes, true).await?;
+        let stale: Vec<i64> = {
+            let mut st = self.state.borrow_mut();
+            if let Err(at) = st.snapshots.binary_search(&offset) {
+                st.snapshots.insert(at, offset);
+            }
+            let excess = st.snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
+            st.snapshots.drain(..excess).collect()
+        };
+        for old in stale {
+            files::remove_file(&snapshot_path(&self.dir, old)).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes snapshots of offsets past the log end (after a truncation).
+    async fn remove_snapshots_after(&self, end_offset: i64) -> Result<(), EngineError> {
+        let stale: Vec<i64> = {
+            let mut st = self.state.borrow_mut();
+            let keep = st.snapshots.partition_point(|&o| o <= end_offset);
+            st.snapshots.split_off(keep)
+        };
+        for old in stale {
+            files::remove_file(&snapshot_path(&self.dir, old))
+                .await
+                .map_err(|e| self.fail_io(e))?;
         }
         Ok(())
     }
@@ -1153,6 +1280,7 @@ impl Inner {
                     st.tail = None;
                     st.epochs = LeaderEpochCache::default();
                     st.epochs_dirty = true;
+                    st.producers = ProducerStates::default();
                     st.max_timestamp = (-1, -1);
                     st.generation += 1;
                     st.read_file = None;
@@ -1215,6 +1343,7 @@ impl Inner {
                     if st.epochs.truncate_from_end(next) {
                         st.epochs_dirty = true;
                     }
+                    st.producers.truncate_from(next);
                     st.recompute_max_timestamp();
                     st.generation += 1;
                     st.read_file = None;
@@ -1239,6 +1368,8 @@ impl Inner {
                 .await
                 .map_err(|e| self.fail_io(e))?;
         }
+        let end = self.state.borrow().next_offset;
+        self.remove_snapshots_after(end).await?;
         self.remove_segment_files(removed.iter().rev().map(|s| s.base_offset))
             .await
     }
@@ -1443,6 +1574,11 @@ impl Inner {
             task.await.map_err(to_io)?;
         }
         if exists {
+            // The producer state as of the log end, so a clean restart needs no scan.
+            let bytes = self.state.borrow().producers.encode();
+            self.write_snapshot(next_offset, bytes)
+                .await
+                .map_err(to_io)?;
             let marker = format!("{base} {written} {next_offset}\n").into_bytes();
             files::replace_file(&self.dir.join(CLEAN_SHUTDOWN_FILE), marker, true)
                 .await
@@ -1673,6 +1809,11 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         .map_err(io("cannot use direct I/O"))?;
     let entries = files::list_dir(dir).map_err(io("cannot list the log directory"))?;
     let mut logs: Vec<(i64, u64, i64)> = Vec::new();
+    let mut snapshots: Vec<i64> = entries
+        .iter()
+        .filter_map(|e| parse_segment_name(&e.name, SNAPSHOT_SUFFIX))
+        .collect();
+    snapshots.sort_unstable();
     for entry in &entries {
         if entry.name.ends_with(TMP_SUFFIX) {
             files::remove_file(&dir.join(&entry.name))
@@ -1728,6 +1869,8 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
     let now = now_ms();
     let mut segments = Vec::with_capacity(logs.len().max(1));
     let mut tail = None;
+    // Idempotent producers' batches in the active segment, when it was scanned.
+    let mut active_producers: Option<ProducerStates> = None;
 
     // Sealed segments were synced and indexed when they were rolled: trusted as they are.
     for (i, &(base, size, modified_ms)) in
@@ -1810,7 +1953,8 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                             (entry.timestamp_ms, base + i64::from(entry.relative_offset));
                     }
                     seg.index = Some(index);
-                    if rebuild_epochs && size > 0 {
+                    let have_snapshot = snapshots.binary_search(&next_offset).is_ok();
+                    if (rebuild_epochs || !have_snapshot) && size > 0 {
                         let file = files::open_dma_read(&seg.log_path(dir))
                             .await
                             .map_err(io("cannot open a segment"))?;
@@ -1825,9 +1969,12 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                         )
                         .await
                         .map_err(io("cannot scan a segment"))?;
-                        for (epoch, start) in scan.epochs {
-                            epochs.assign(epoch, start);
+                        if rebuild_epochs {
+                            for (epoch, start) in scan.epochs {
+                                epochs.assign(epoch, start);
+                            }
                         }
+                        active_producers = Some(scan.producers);
                     }
                 }
                 _ => {
@@ -1864,6 +2011,7 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                     for (epoch, start) in scan.epochs {
                         epochs.assign(epoch, start);
                     }
+                    active_producers = Some(scan.producers);
                 }
             }
             segments.push(seg);
@@ -1884,6 +2032,16 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         .base_offset
         .max(persisted_log_start.unwrap_or(0))
         .min(next_offset);
+    let producers = recover_producers(
+        dir,
+        &mut snapshots,
+        segments.last().map_or(0, |s| s.base_offset),
+        next_offset,
+        active_producers,
+        now,
+    )
+    .await
+    .map_err(io("cannot recover the producer state"))?;
     let before = epochs.clone();
     epochs.truncate_from_end(next_offset);
     epochs.truncate_from_start(log_start_offset);
@@ -1910,9 +2068,57 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         read_file: None,
         dir_synced: false,
         stats: LogStats::default(),
+        producers,
+        snapshots,
     };
     state.recompute_max_timestamp();
     Ok(state)
+}
+
+/// Rebuilds the idempotent producers' state (KIP-98) on open: the snapshot at the log end
+/// when the active segment was not scanned (clean shutdown), else the snapshot at the
+/// active segment's base plus the batches the scan found in it. Snapshots past the log end
+/// (data cut by recovery) are removed. A log written without snapshots starts with the
+/// producers of its active segment only, as Kafka does on upgrade with its last segments.
+async fn recover_producers(
+    dir: &Path,
+    snapshots: &mut Vec<i64>,
+    active_base: i64,
+    next_offset: i64,
+    active_producers: Option<ProducerStates>,
+    now: i64,
+) -> std::io::Result<ProducerStates> {
+    let keep = snapshots.partition_point(|&o| o <= next_offset);
+    for stale in snapshots.split_off(keep) {
+        files::remove_file(&snapshot_path(dir, stale)).await?;
+    }
+    let load = |offset: i64| {
+        let listed = snapshots.binary_search(&offset).is_ok();
+        async move {
+            if !listed {
+                return None;
+            }
+            let bytes = files::read_small_file(&snapshot_path(dir, offset), MAX_SNAPSHOT_BYTES)
+                .await
+                .ok()
+                .flatten()?;
+            let decoded = ProducerStates::decode(&bytes);
+            if decoded.is_none() {
+                tracing::warn!(dir = %dir.display(), offset, "ignoring a damaged producer snapshot");
+            }
+            decoded
+        }
+    };
+    Ok(match active_producers {
+        None => load(next_offset).await.unwrap_or_default(),
+        Some(mut replayed) => {
+            // Replayed batches count as seen now: their expiry starts with this open.
+            replayed.set_last_timestamps(now);
+            let mut producers = load(active_base).await.unwrap_or_default();
+            producers.extend_with_later(replayed);
+            producers
+        }
+    })
 }
 
 /// The last entry of a sealed segment's `.timeindex` as `(timestamp, offset)`; `(-1, -1)`

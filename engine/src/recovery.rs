@@ -11,6 +11,7 @@ use wharf_protocol::batch::{validate_batch_with, BatchHeader, CountRule, BATCH_H
 
 use crate::files::{align_down, read_dma};
 use crate::index::SegmentIndex;
+use crate::producer::ProducerStates;
 use crate::records::offset_of_max_timestamp;
 
 /// Bytes read from disk at a time while scanning.
@@ -31,6 +32,9 @@ pub(crate) struct ScanOutcome {
     /// The segment's bytes from `align_down(valid_bytes)` to `valid_bytes`.
     pub tail: Vec<u8>,
     pub batches: u64,
+    /// Idempotent producers' batches in this segment, replayed (timestamps are the
+    /// caller's to set).
+    pub producers: ProducerStates,
 }
 
 /// Where a scan stops besides damage.
@@ -57,6 +61,7 @@ pub(crate) async fn scan_segment(
         epochs: Vec::new(),
         tail: Vec::new(),
         batches: 0,
+        producers: ProducerStates::default(),
     };
     // `buf` holds the file's bytes from `buf_start`; `pos` is the next batch's position.
     let mut buf: Vec<u8> = Vec::new();
@@ -130,6 +135,7 @@ pub(crate) async fn scan_segment(
             relative_max,
             limits.index_interval_bytes,
         );
+        out.producers.record(&info, info.base_offset, 0);
         pos += need;
         out.next_offset = info.last_offset() + 1;
         out.batches += 1;

@@ -63,6 +63,9 @@ pub(crate) struct Segment {
     pub state: SegmentState,
     /// The open file of the active segment.
     pub file: Option<Rc<DmaFile>>,
+    /// The producer-state snapshot as of `base_offset`, taken when the segment was rolled
+    /// and written as `<base_offset>.snapshot` when the segment before it is sealed.
+    pub start_producers: Option<Vec<u8>>,
 }
 
 impl Segment {
@@ -80,6 +83,7 @@ impl Segment {
             index: Some(SegmentIndex::new()),
             state: SegmentState::Closed,
             file: None,
+            start_producers: None,
         }
     }
 

@@ -19,6 +19,13 @@ pub fn engine_error(error: &EngineError) -> ResponseError {
         EngineError::InvalidRecord(_) => ResponseError::InvalidRecord,
         EngineError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         EngineError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        // KIP-98: fenced producer epochs and sequence gaps. Since Kafka 2.7 an old epoch on
+        // produce is INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED.
+        EngineError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
+        EngineError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+        // No transaction coordinator: a transactional batch can never be in a transaction
+        // here. Not retriable, so the producer fails at once.
+        EngineError::TransactionsUnsupported(_) => ResponseError::InvalidTxnState,
         // The log refuses writes until it is reopened; clients retry elsewhere or later.
         EngineError::Storage { .. } | EngineError::Io { .. } => ResponseError::KafkaStorageError,
         #[allow(unreachable_patterns)]
