@@ -97,6 +97,9 @@ pub struct BrokerConfig {
     pub produce_inflight_bytes_per_shard: usize,
     /// `log.cache.bytes`: per-shard budget of the cache of recent batches.
     pub log_cache_bytes_per_shard: usize,
+    /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not
+    /// appended to it for this long (KIP-98; Kafka's default, one day).
+    pub producer_id_expiration_ms: i64,
     /// Broker-level defaults of the topic configs (`log.retention.ms`, ...).
     pub topic_defaults: TopicDefaults,
     /// Consumer group coordinator settings (`group.*`, `offsets.retention.minutes`, ...).
@@ -246,6 +249,11 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         .take_int("log.cache.bytes")?
         .unwrap_or(DEFAULT_LOG_CACHE_BYTES_PER_SHARD as i64);
     let log_cache_bytes_per_shard = int_in("log.cache.bytes", cache, 0, 1 << 40)? as usize;
+    let expiration = settings
+        .take_int("producer.id.expiration.ms")?
+        .unwrap_or(wharf_engine::DEFAULT_PRODUCER_ID_EXPIRATION_MS);
+    let producer_id_expiration_ms =
+        int_in("producer.id.expiration.ms", expiration, 1, i32::MAX as i64)?;
 
     let topic_defaults = TopicDefaults::from_broker_settings(&mut settings)?;
     let group = resolve_group_config(args, &mut settings)?;
@@ -269,6 +277,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         max_request_bytes,
         produce_inflight_bytes_per_shard,
         log_cache_bytes_per_shard,
+        producer_id_expiration_ms,
         topic_defaults,
         group,
     })

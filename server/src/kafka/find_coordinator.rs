@@ -1,6 +1,7 @@
 //! FindCoordinator: every group's coordinator is this node (the group lives on the shard
 //! owning its `__consumer_offsets` partition, which any shard reaches over the mesh).
-//! v4+ batches keys (KIP-699).
+//! v4+ batches keys (KIP-699). Transactional ids have no coordinator: transactions are not
+//! supported, and the lookup fails at once with an error clients treat as fatal.
 
 use std::rc::Rc;
 
@@ -9,6 +10,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::ResponseError;
 
+use super::init_producer_id::{TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::placement;
 
@@ -29,8 +31,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     for key in keys {
         let error = match request.key_type {
             KEY_TYPE_GROUP => placement(&ctx.shard, &key).await.err(),
-            // A single node coordinates every transactional id too.
-            KEY_TYPE_TRANSACTION => None,
+            // librdkafka and the Java producer retry COORDINATOR_NOT_AVAILABLE until their
+            // timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED stops them at once.
+            KEY_TYPE_TRANSACTION => Some(TRANSACTIONS_UNSUPPORTED),
             _ => Some(ResponseError::InvalidRequest),
         };
         answers.push((key, error));
@@ -53,7 +56,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         c.node_id = BrokerId(-1);
                         c.port = -1;
                         c.error_code = e.code();
-                        c.error_message = Some(str_bytes(e.to_string()));
+                        c.error_message = Some(str_bytes(message(e)));
                     }
                 }
                 c
@@ -69,7 +72,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             Some(e) => {
                 response.error_code = e.code();
                 if ctx.api_version >= 1 {
-                    response.error_message = Some(str_bytes(e.to_string()));
+                    response.error_message = Some(str_bytes(message(e)));
                 }
                 response.node_id = BrokerId(-1);
                 response.port = -1;
@@ -77,4 +80,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         }
     }
     ctx.respond(ApiKey::FindCoordinator, &response)
+}
+
+fn message(error: ResponseError) -> String {
+    if error == TRANSACTIONS_UNSUPPORTED {
+        TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string()
+    } else {
+        error.to_string()
+    }
 }

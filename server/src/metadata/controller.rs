@@ -141,6 +141,31 @@ impl Controller {
         Ok(result)
     }
 
+    /// Hands out `count` producer ids `[start, end)` (Kafka's ProducerIdManager): the new
+    /// high-water mark is on disk before any of them is used. Not published to the shards;
+    /// later changes start from this image and carry it along.
+    pub async fn allocate_producer_ids(&self, count: i64) -> Result<(i64, i64), MetadataError> {
+        let _permit = self
+            .lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| MetadataError::Unavailable)?;
+        let mut next = self.image.borrow().clone();
+        let start = next.next_producer_id;
+        let end = start
+            .checked_add(count)
+            .ok_or_else(|| MetadataError::Storage("producer ids are exhausted".into()))?;
+        next.next_producer_id = end;
+        let to_save = next.clone();
+        let data_dir = self.data_dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || store::save(&data_dir, &to_save))
+            .await
+            .map_err(|e| MetadataError::Storage(e.to_string()))?;
+        *self.image.borrow_mut() = next;
+        Ok((start, end))
+    }
+
     pub async fn create_topics(
         &self,
         shard: &Rc<Shard>,

@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod ownership;
+pub mod producer_ids;
 pub mod store;
 pub mod topic_config;
 
@@ -86,6 +87,9 @@ impl TopicMeta {
 pub struct MetadataImage {
     pub version: u64,
     pub cluster_id: String,
+    /// KIP-98: the first producer id not yet handed out. Persisted before a block of ids
+    /// below it is given to a shard, so ids never repeat across restarts.
+    pub next_producer_id: i64,
     topics: BTreeMap<String, TopicMeta>,
     names_by_id: HashMap<TopicId, String>,
 }

@@ -31,6 +31,9 @@ const FORMAT_VERSION: u32 = 1;
 struct MetadataFile {
     format_version: u32,
     cluster_id: String,
+    /// The first producer id never handed out (absent in files written before it existed).
+    #[serde(default)]
+    next_producer_id: i64,
     #[serde(default)]
     topics: Vec<TopicEntry>,
 }
@@ -112,7 +115,15 @@ pub fn load(data_dir: &Path) -> Result<Option<MetadataImage>, StoreError> {
             internal: entry.internal,
         });
     }
-    Ok(Some(MetadataImage::new(file.cluster_id, topics)))
+    if file.next_producer_id < 0 {
+        return Err(corrupt(format!(
+            "bad next_producer_id {}",
+            file.next_producer_id
+        )));
+    }
+    let mut image = MetadataImage::new(file.cluster_id, topics);
+    image.next_producer_id = file.next_producer_id;
+    Ok(Some(image))
 }
 
 /// Writes the metadata file atomically and durably.
@@ -120,6 +131,7 @@ pub fn save(data_dir: &Path, image: &MetadataImage) -> Result<(), StoreError> {
     let file = MetadataFile {
         format_version: FORMAT_VERSION,
         cluster_id: image.cluster_id.clone(),
+        next_producer_id: image.next_producer_id,
         topics: image
             .topics()
             .map(|t| TopicEntry {

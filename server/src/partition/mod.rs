@@ -18,6 +18,9 @@ use crate::shard::event::{Latch, WakeSlot, Watchers};
 
 /// How long deleting a partition waits for requests still using its log.
 const DELETE_WAIT_FOR_READERS: Duration = Duration::from_secs(10);
+/// How often a shard forgets expired idempotent producers (Kafka's
+/// `producer.id.expiration.check.interval.ms` default).
+pub const PRODUCER_EXPIRATION_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 /// Partitions opened at once when a shard starts or a topic is created.
 pub const OPEN_CONCURRENCY: usize = 64;
 
@@ -220,6 +223,42 @@ impl PartitionRegistry {
             shutdown.wait(),
         )
         .await;
+    }
+}
+
+/// Runs on each shard until shutdown: every [`PRODUCER_EXPIRATION_CHECK_INTERVAL`], each
+/// partition forgets the idempotent producers silent for `producer.id.expiration.ms`, so
+/// the memory they take stays bounded.
+pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
+    let expiration_ms = shard.config.producer_id_expiration_ms;
+    loop {
+        let stop = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(PRODUCER_EXPIRATION_CHECK_INTERVAL).await;
+                false
+            },
+            async {
+                shard.shutdown.wait().await;
+                true
+            },
+        )
+        .await;
+        if stop {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let expired: usize = shard
+            .partitions
+            .keys()
+            .into_iter()
+            .filter_map(|tp| shard.partitions.get(tp))
+            .map(|p| p.log.expire_producers(now_ms, expiration_ms))
+            .sum();
+        if expired > 0 {
+            tracing::debug!(expired, "forgot expired idempotent producers");
+        }
     }
 }
 

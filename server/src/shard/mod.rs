@@ -53,6 +53,8 @@ pub struct Shard {
     stopped: Rc<Latch>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
+    /// Producer ids this shard may hand out (InitProducerId).
+    pub producer_ids: crate::metadata::producer_ids::ProducerIdBlock,
 }
 
 impl Shard {
@@ -79,6 +81,7 @@ impl Shard {
             shutdown: Latch::new(),
             stopped: Latch::new(),
             connections: Cell::new(0),
+            producer_ids: Default::default(),
         }
     }
 
@@ -278,6 +281,10 @@ async fn run(start: ShardStart) {
         }
     };
     glommio::spawn_local(crate::net::accept_loop(shard.clone(), listener)).detach();
+    glommio::spawn_local(crate::partition::expire_producers_periodically(
+        shard.clone(),
+    ))
+    .detach();
     if id == crate::metadata::controller::CONTROLLER_SHARD {
         glommio::spawn_local(watch_for_termination(shard.clone())).detach();
     }
