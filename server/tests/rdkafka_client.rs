@@ -168,3 +168,98 @@ fn assigned_consumer_starts_at_the_requested_offset_and_sees_watermarks() {
     assert_eq!(got, expected);
     broker.assert_no_panic();
 }
+
+#[test]
+fn idempotent_producer_delivers_each_record_once_in_order_per_partition() {
+    let broker = Broker::start();
+    let topic = unique_topic("rdkafka-idem");
+    client::create_topic(&broker.bootstrap(), &topic, 6, &[]);
+    let producer = client::producer(
+        &broker.bootstrap(),
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("max.in.flight.requests.per.connection", "5"),
+            ("linger.ms", "2"),
+            ("batch.num.messages", "50"),
+        ],
+    );
+    let mut delivered: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
+    client::runtime().block_on(async {
+        let mut pending = Vec::new();
+        for i in 0..3000u32 {
+            let key = format!("key-{}", i % 101);
+            let value = format!("value-{i}");
+            let fut = producer
+                .send_result(FutureRecord::to(&topic).key(&key).payload(&value))
+                .map_err(|(e, _)| e)
+                .expect("enqueue");
+            pending.push((value, fut));
+        }
+        for (value, fut) in pending {
+            let d = fut
+                .await
+                .expect("delivery future")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+            delivered
+                .entry(d.partition)
+                .or_default()
+                .push((d.offset, value));
+        }
+    });
+    assert!(delivered.len() > 1);
+    let read = client::read_all(&broker.bootstrap(), &topic);
+    let mut total = 0;
+    for (p, msgs) in &read {
+        let got: Vec<(i64, String)> = msgs
+            .iter()
+            .map(|m| {
+                (
+                    m.offset(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        let mut expected = delivered.get(p).cloned().unwrap_or_default();
+        expected.sort();
+        assert_eq!(
+            got, expected,
+            "partition {p}: exactly the delivered records"
+        );
+        // Within a partition, records are stored in the order they were sent.
+        let sent_order: Vec<u32> = got
+            .iter()
+            .map(|(_, v)| v["value-".len()..].parse().expect("value number"))
+            .collect();
+        assert!(sent_order.windows(2).all(|w| w[0] < w[1]), "partition {p}");
+        total += got.len();
+    }
+    assert_eq!(total, 3000);
+    broker.assert_no_panic();
+}
+
+#[test]
+fn transactional_producer_fails_at_once_with_an_authorization_error() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::Producer;
+
+    let broker = Broker::start();
+    let producer = client::producer(&broker.bootstrap(), &[("transactional.id", "wharf-tx")]);
+    // Bounded by the call's own timeout; a broker that made it retry would end in
+    // _TIMED_OUT instead of the error asserted here.
+    let result = producer.init_transactions(Duration::from_secs(30));
+    match result {
+        Err(KafkaError::Transaction(e)) => {
+            assert_eq!(
+                e.code(),
+                RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+                "{e}"
+            );
+            assert!(e.is_fatal(), "{e}");
+            assert!(e.string().contains("transactions"), "{}", e.string());
+        }
+        other => panic!("init_transactions: {other:?}"),
+    }
+    broker.assert_no_panic();
+}

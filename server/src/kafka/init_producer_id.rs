@@ -38,7 +38,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let given_id = request.producer_id.0;
     let given_epoch = request.producer_epoch;
     match request.transactional_id.as_ref().map(|t| t.0.as_str()) {
-        Some(id) if id.is_empty() => {
+        Some("") => {
             // Kafka's TransactionCoordinator: an empty transactional id is a bad request.
             response.error_code = ResponseError::InvalidRequest.code();
         }

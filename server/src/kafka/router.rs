@@ -16,8 +16,8 @@ use wharf_protocol::frame::encode_error_code_only_response;
 
 use super::{
     api_versions, create_partitions, create_topics, delete_records, delete_topics,
-    describe_cluster, describe_configs, fetch, incremental_alter_configs, list_offsets, metadata,
-    offset_for_leader_epoch, produce,
+    describe_cluster, describe_configs, fetch, incremental_alter_configs, init_producer_id,
+    list_offsets, metadata, offset_for_leader_epoch, produce,
 };
 use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
@@ -69,6 +69,8 @@ pub static ROUTES: &[Route] = &[
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
+    // KIP-98 idempotent producers (no transactions); KIP-360 epoch bumps from v3.
+    route!(InitProducerId, 0, 4, init_producer_id),
     // Consumer groups (classic protocol), coordinated on the shard owning the group's
     // `__consumer_offsets` partition.
     route!(FindCoordinator, 0, 5, find_coordinator),

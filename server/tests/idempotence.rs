@@ -1,0 +1,333 @@
+//! Idempotent producers (KIP-98) over a raw connection: InitProducerId hands out ids that
+//! never repeat (across restarts too), a resent batch is stored once and answered with its
+//! first offsets (after a SIGKILL too), sequence gaps and fenced epochs are refused, and a
+//! transactional producer is turned away at once.
+
+mod common;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, FindCoordinatorRequest, InitProducerIdRequest,
+    ProduceRequest, ProducerId, TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use wharf_protocol::batch::BatchBuilder;
+
+use common::raw::{ensure_topic, pick_version, produce_request, topic_name, KafkaConn};
+use common::{unique_topic, Broker};
+
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+const INVALID_TXN_STATE: i16 = 48;
+const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+
+/// InitProducerId without a transactional id: (error, producer id, epoch).
+fn init_producer_id(conn: &mut KafkaConn, version: i16, id: i64, epoch: i16) -> (i16, i64, i16) {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(id))
+        .with_producer_epoch(epoch);
+    let resp = conn.request(version, &req);
+    (resp.error_code, resp.producer_id.0, resp.producer_epoch)
+}
+
+fn new_producer(conn: &mut KafkaConn) -> i64 {
+    let (error, id, epoch) = init_producer_id(conn, 4, -1, -1);
+    assert_eq!((error, epoch), (0, 0));
+    assert!(id >= 0);
+    id
+}
+
+/// A batch of `count` records from producer `pid`/`epoch` from sequence `seq`; the values
+/// name the sequence of each record.
+fn batch(pid: i64, epoch: i16, seq: i32, count: i32) -> Bytes {
+    let mut b = BatchBuilder::new().producer(pid, epoch, seq);
+    for i in 0..count {
+        b.push(
+            None,
+            Some(format!("seq-{}", seq + i).as_bytes()),
+            &[],
+            1_000,
+        );
+    }
+    Bytes::from(b.build())
+}
+
+/// Produce acks=all to partition 0: (error, base offset).
+fn produce(conn: &mut KafkaConn, topic: &str, records: Bytes) -> (i16, i64) {
+    let resp = conn.request(9, &produce_request(topic, 0, -1, records));
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Every record value of partition 0 from offset 0, in order, with its offset.
+fn fetch_all(conn: &mut KafkaConn, topic: &str) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let req = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_fetch_offset(next)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let resp: FetchResponse = conn.request(11, &req);
+        let p = &resp.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        let records = p.records.clone().unwrap_or_default();
+        let before = out.len();
+        for (_, bytes) in wharf_protocol::batch::batches(&records) {
+            let info = wharf_protocol::batch::validate_batch(bytes, usize::MAX).expect("valid");
+            let recs = wharf_protocol::batch::records(bytes).expect("records");
+            for r in recs {
+                let r = r.expect("record");
+                let offset = info.base_offset + i64::from(r.offset_delta);
+                if offset >= next {
+                    let value = r.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                    out.push((offset, value.unwrap_or_default()));
+                }
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+        next = out.last().map_or(next, |(o, _)| o + 1);
+    }
+}
+
+#[test]
+fn init_producer_id_hands_out_ids_that_never_repeat_even_after_a_crash() {
+    let mut broker = Broker::start();
+    let mut seen = Vec::new();
+    for version in 0..=4 {
+        // New connections land on either shard; each shard has its own block of ids.
+        let mut conn = KafkaConn::connect(broker.addr());
+        let (error, id, epoch) = init_producer_id(&mut conn, version, -1, -1);
+        assert_eq!((error, epoch), (0, 0), "v{version}");
+        assert!(
+            id >= 0 && !seen.contains(&id),
+            "v{version}: {id} in {seen:?}"
+        );
+        seen.push(id);
+    }
+    broker.restart(); // SIGKILL, then start on the same data dir.
+    let max_before = *seen.iter().max().expect("ids");
+    for _ in 0..4 {
+        let mut conn = KafkaConn::connect(broker.addr());
+        let id = new_producer(&mut conn);
+        assert!(id > max_before, "{id} after a restart, {max_before} before");
+    }
+    broker.assert_no_panic();
+}
+
+#[test]
+fn init_producer_id_bumps_a_known_epoch_and_refuses_bad_or_transactional_requests() {
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let id = new_producer(&mut conn);
+    // KIP-360: v3+ names the current id and epoch to get the next epoch.
+    assert_eq!(init_producer_id(&mut conn, 3, id, 0), (0, id, 1));
+    assert_eq!(init_producer_id(&mut conn, 4, id, 1), (0, id, 2));
+    // An exhausted epoch gets a fresh id.
+    let (error, fresh, epoch) = init_producer_id(&mut conn, 4, id, i16::MAX - 1);
+    assert_eq!((error, epoch), (0, 0));
+    assert_ne!(fresh, id);
+    // An id without an epoch is malformed.
+    assert_eq!(init_producer_id(&mut conn, 4, id, -1).0, 42);
+
+    let txn = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx-1"))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    for version in 0..=4 {
+        let resp = conn.request(version, &txn);
+        assert_eq!(resp.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+        assert_eq!(resp.producer_id.0, -1);
+    }
+    // The transactional producer's first step, FindCoordinator for its id, fails the same
+    // way and says why.
+    let resp = conn.request(
+        3,
+        &FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_static_str("tx-1"))
+            .with_key_type(1),
+    );
+    assert_eq!(resp.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    let message = resp
+        .error_message
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    assert!(message.contains("transactions"), "{message}");
+    let resp = conn.request(
+        4,
+        &FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_coordinator_keys(vec![StrBytes::from_static_str("tx-1")]),
+    );
+    assert_eq!(
+        resp.coordinators[0].error_code,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    );
+    broker.assert_no_panic();
+}
+
+#[test]
+fn a_resent_batch_is_stored_once_and_answered_with_its_first_offset() {
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let topic = unique_topic("idem");
+    ensure_topic(&mut conn, &topic);
+    let pid = new_producer(&mut conn);
+    assert_eq!(produce(&mut conn, &topic, batch(pid, 0, 0, 3)), (0, 0));
+    assert_eq!(produce(&mut conn, &topic, batch(pid, 0, 0, 3)), (0, 0));
+    // The log end advanced once: the next batch lands right after the first.
+    assert_eq!(produce(&mut conn, &topic, batch(pid, 0, 3, 2)), (0, 3));
+    assert_eq!(produce(&mut conn, &topic, batch(pid, 0, 0, 3)), (0, 0));
+    let values: Vec<String> = fetch_all(&mut conn, &topic)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(values, ["seq-0", "seq-1", "seq-2", "seq-3", "seq-4"]);
+
+    // A gap, and a batch of an older epoch once a newer one has written.
+    let (error, _) = produce(&mut conn, &topic, batch(pid, 0, 9, 1));
+    assert_eq!(error, OUT_OF_ORDER_SEQUENCE_NUMBER);
+    assert_eq!(produce(&mut conn, &topic, batch(pid, 1, 0, 1)), (0, 5));
+    let (error, _) = produce(&mut conn, &topic, batch(pid, 0, 5, 1));
+    assert_eq!(error, INVALID_PRODUCER_EPOCH);
+    // A transactional batch: transactions are not supported.
+    let txn = {
+        let mut b = BatchBuilder::new().producer(pid, 1, 1).transactional(true);
+        b.push(None, Some(b"t"), &[], 1_000);
+        Bytes::from(b.build())
+    };
+    assert_eq!(produce(&mut conn, &topic, txn).0, INVALID_TXN_STATE);
+    assert_eq!(fetch_all(&mut conn, &topic).len(), 6);
+    broker.assert_no_panic();
+}
+
+#[test]
+fn pipelined_requests_and_several_batches_per_request_are_checked_in_order() {
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let topic = unique_topic("idem-pipe");
+    ensure_topic(&mut conn, &topic);
+    let pid = new_producer(&mut conn);
+    // Five requests in flight at once (max.in.flight=5), sent twice: the second round is
+    // all duplicates.
+    for _round in 0..2 {
+        let ids: Vec<i32> = (0..5)
+            .map(|i| conn.send(9, &produce_request(&topic, 0, -1, batch(pid, 0, i * 2, 2))))
+            .collect();
+        for (i, id) in ids.into_iter().enumerate() {
+            let resp = conn.receive::<ProduceRequest>(9, id);
+            let p = &resp.responses[0].partition_responses[0];
+            assert_eq!((p.error_code, p.base_offset), (0, i as i64 * 2));
+        }
+    }
+    // Two batches for one partition in one request: the second follows the first.
+    let mut two = batch(pid, 0, 10, 1).to_vec();
+    two.extend_from_slice(&batch(pid, 0, 11, 1));
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(&topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(two)))])]);
+    let resp = conn.request(9, &req);
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 10));
+    let got = fetch_all(&mut conn, &topic);
+    let expected: Vec<(i64, String)> = (0..12).map(|i| (i, format!("seq-{i}"))).collect();
+    assert_eq!(got, expected);
+    broker.assert_no_panic();
+}
+
+#[test]
+fn a_batch_acknowledged_before_a_sigkill_or_a_clean_restart_is_still_a_duplicate() {
+    // Small segments, so the state also crosses segment rolls and their snapshots.
+    let mut broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let topic = unique_topic("idem-crash");
+    common::client::create_topic(&broker.bootstrap(), &topic, 1, &[("segment.bytes", "300")]);
+    ensure_topic(&mut conn, &topic);
+    let pid = new_producer(&mut conn);
+    let mut next_offset = 0;
+    for seq in (0..40).step_by(4) {
+        assert_eq!(
+            produce(&mut conn, &topic, batch(pid, 0, seq, 4)),
+            (0, next_offset)
+        );
+        next_offset += 4;
+    }
+    let segments = std::fs::read_dir(broker.data_dir().join(format!("{topic}-0")))
+        .expect("the partition directory")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        })
+        .count();
+    assert!(
+        segments > 1,
+        "segment.bytes=300 rolls segments, got {segments}"
+    );
+    for restart in ["sigkill", "sigterm"] {
+        if restart == "sigkill" {
+            broker.restart();
+        } else {
+            let status = broker.terminate();
+            assert!(status.success(), "{status:?}");
+            broker.restart();
+        }
+        let mut conn = KafkaConn::connect(broker.addr());
+        ensure_topic(&mut conn, &topic);
+        let last_seq = next_offset as i32 - 4;
+        // The last five acknowledged batches are duplicates.
+        for back in 0..5 {
+            let seq = last_seq - back * 4;
+            assert_eq!(
+                produce(&mut conn, &topic, batch(pid, 0, seq, 4)),
+                (0, i64::from(seq)),
+                "after {restart}"
+            );
+        }
+        // The producer goes on where it stopped.
+        assert_eq!(
+            produce(&mut conn, &topic, batch(pid, 0, last_seq + 4, 4)),
+            (0, next_offset),
+            "after {restart}"
+        );
+        next_offset += 4;
+        let (error, _) = produce(&mut conn, &topic, batch(pid, 0, last_seq + 100, 1));
+        assert_eq!(error, OUT_OF_ORDER_SEQUENCE_NUMBER);
+    }
+    let mut conn = KafkaConn::connect(broker.addr());
+    let got = fetch_all(&mut conn, &topic);
+    let expected: Vec<(i64, String)> = (0..next_offset).map(|i| (i, format!("seq-{i}"))).collect();
+    assert_eq!(got, expected);
+    broker.assert_no_panic();
+}
+
+#[test]
+fn init_producer_id_is_advertised_v0_to_v4() {
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let versions = conn.api_versions();
+    assert_eq!(
+        versions.get(&(ApiKey::InitProducerId as i16)),
+        Some(&(0, 4))
+    );
+    assert_eq!(pick_version(&versions, ApiKey::InitProducerId, 0, 4), 4);
+}
