@@ -611,6 +611,23 @@ mod tests {
     }
 
     #[test]
+    fn producer_id_expiration_defaults_to_kafkas_day_and_is_read_from_the_file() {
+        let config = resolve(&args(), 1).expect("defaults resolve");
+        assert_eq!(config.producer_id_expiration_ms, 86_400_000);
+        let (_dir, path) = write_config("producer.id.expiration.ms = 60000\n");
+        let mut a = args();
+        a.config = Some(path);
+        assert_eq!(
+            resolve(&a, 1).expect("resolves").producer_id_expiration_ms,
+            60_000
+        );
+        let (_dir, path) = write_config("producer.id.expiration.ms = 0\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("zero").to_string();
+        assert!(e.contains("producer.id.expiration.ms"), "{e}");
+    }
+
+    #[test]
     fn advertised_listener_keeps_the_bound_port_when_zero() {
         let mut a = args();
         a.listen = Some("127.0.0.1:0".into());

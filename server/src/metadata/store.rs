@@ -278,7 +278,8 @@ mod tests {
     fn metadata_round_trips_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
-        let image = MetadataImage::new(new_cluster_id(), [topic("a", 3), topic("b", 1)]);
+        let mut image = MetadataImage::new(new_cluster_id(), [topic("a", 3), topic("b", 1)]);
+        image.next_producer_id = 3000;
         save(dir.path(), &image).unwrap();
         let loaded = load(dir.path()).unwrap().expect("saved");
         assert_eq!(loaded, image);
