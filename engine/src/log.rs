@@ -1871,6 +1871,8 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
     let mut tail = None;
     // Idempotent producers' batches in the active segment, when it was scanned.
     let mut active_producers: Option<ProducerStates> = None;
+    // The producer state at the log end after a clean close.
+    let mut clean_producers: Option<ProducerStates> = None;
 
     // Sealed segments were synced and indexed when they were rolled: trusted as they are.
     for (i, &(base, size, modified_ms)) in
@@ -1953,8 +1955,10 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
                             (entry.timestamp_ms, base + i64::from(entry.relative_offset));
                     }
                     seg.index = Some(index);
-                    let have_snapshot = snapshots.binary_search(&next_offset).is_ok();
-                    if (rebuild_epochs || !have_snapshot) && size > 0 {
+                    // The snapshot written at close is the state; without a readable one the
+                    // segment is scanned for it like after a crash.
+                    clean_producers = load_snapshot(dir, &snapshots, next_offset).await;
+                    if (rebuild_epochs || clean_producers.is_none()) && size > 0 {
                         let file = files::open_dma_read(&seg.log_path(dir))
                             .await
                             .map_err(io("cannot open a segment"))?;
@@ -2037,6 +2041,7 @@ async fn open_state(dir: &Path, config: LogConfig) -> Result<State, EngineError>
         &mut snapshots,
         segments.last().map_or(0, |s| s.base_offset),
         next_offset,
+        clean_producers,
         active_producers,
         now,
     )
@@ -2085,6 +2090,7 @@ async fn recover_producers(
     snapshots: &mut Vec<i64>,
     active_base: i64,
     next_offset: i64,
+    clean_producers: Option<ProducerStates>,
     active_producers: Option<ProducerStates>,
     now: i64,
 ) -> std::io::Result<ProducerStates> {
@@ -2092,33 +2098,38 @@ async fn recover_producers(
     for stale in snapshots.split_off(keep) {
         files::remove_file(&snapshot_path(dir, stale)).await?;
     }
-    let load = |offset: i64| {
-        let listed = snapshots.binary_search(&offset).is_ok();
-        async move {
-            if !listed {
-                return None;
-            }
-            let bytes = files::read_small_file(&snapshot_path(dir, offset), MAX_SNAPSHOT_BYTES)
-                .await
-                .ok()
-                .flatten()?;
-            let decoded = ProducerStates::decode(&bytes);
-            if decoded.is_none() {
-                tracing::warn!(dir = %dir.display(), offset, "ignoring a damaged producer snapshot");
-            }
-            decoded
-        }
-    };
-    Ok(match active_producers {
-        None => load(next_offset).await.unwrap_or_default(),
-        Some(mut replayed) => {
+    Ok(match (clean_producers, active_producers) {
+        (_, Some(mut replayed)) => {
             // Replayed batches count as seen now: their expiry starts with this open.
             replayed.set_last_timestamps(now);
-            let mut producers = load(active_base).await.unwrap_or_default();
+            let mut producers = load_snapshot(dir, snapshots, active_base)
+                .await
+                .unwrap_or_default();
             producers.extend_with_later(replayed);
             producers
         }
+        (Some(producers), None) => producers,
+        // An empty active segment: the state at its base is the state at the log end.
+        (None, None) => load_snapshot(dir, snapshots, next_offset)
+            .await
+            .unwrap_or_default(),
     })
+}
+
+/// The snapshot `<offset>.snapshot` if it is listed and intact.
+async fn load_snapshot(dir: &Path, snapshots: &[i64], offset: i64) -> Option<ProducerStates> {
+    if snapshots.binary_search(&offset).is_err() {
+        return None;
+    }
+    let bytes = files::read_small_file(&snapshot_path(dir, offset), MAX_SNAPSHOT_BYTES)
+        .await
+        .ok()
+        .flatten()?;
+    let decoded = ProducerStates::decode(&bytes);
+    if decoded.is_none() {
+        tracing::warn!(dir = %dir.display(), offset, "ignoring a damaged producer snapshot");
+    }
+    decoded
 }
 
 /// The last entry of a sealed segment's `.timeindex` as `(timestamp, offset)`; `(-1, -1)`

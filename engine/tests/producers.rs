@@ -204,3 +204,54 @@ fn truncation_forgets_the_batches_it_removes_and_expiry_forgets_silent_producers
         assert_eq!(log.producer_count(), 0);
     });
 }
+
+#[test]
+fn delete_records_keeps_the_state_so_a_late_retry_is_still_a_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t-0");
+    run(async move {
+        let log = open(&path, small_config()).await;
+        append(&log, idempotent(4, 0, 0, 2, 10), Durability::Written).await;
+        append(&log, idempotent(4, 0, 2, 2, 10), Durability::Written).await;
+        log.delete_records_before(Offset(4)).await.expect("delete");
+        // As in Kafka: the retry gets its original offsets, nothing is appended.
+        assert_eq!(
+            append(&log, idempotent(4, 0, 2, 2, 10), Durability::Written).await,
+            (2, 3)
+        );
+        assert_eq!(log.log_end_offset(), Offset(4));
+        assert_eq!(
+            append(&log, idempotent(4, 0, 4, 1, 10), Durability::Written).await,
+            (4, 4)
+        );
+    });
+}
+
+#[test]
+fn a_damaged_snapshot_after_a_clean_close_falls_back_to_scanning_the_active_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t-0");
+    run({
+        let path = path.clone();
+        async move {
+            let log = open(&path, small_config()).await;
+            for i in 0..3 {
+                append(&log, idempotent(6, 0, i, 1, 10), Durability::Written).await;
+            }
+            log.close().await.expect("close");
+        }
+    });
+    let snapshot = path.join(format!("{:020}.snapshot", 3));
+    let mut bytes = std::fs::read(&snapshot).expect("a snapshot at the log end");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&snapshot, bytes).expect("damage");
+    run(async move {
+        let log = open(&path, small_config()).await;
+        assert_eq!(
+            append(&log, idempotent(6, 0, 2, 1, 10), Durability::Written).await,
+            (2, 2)
+        );
+        assert_eq!(log.log_end_offset(), Offset(3));
+    });
+}
