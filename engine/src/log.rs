@@ -57,8 +57,6 @@ pub const CLEAN_SHUTDOWN_FILE: &str = "wharf-clean-shutdown";
 /// `log-start-offset-checkpoint`).
 pub const LOG_START_FILE: &str = "log-start-offset";
 const SMALL_FILE_MAX_BYTES: u64 = 64 << 20;
-/// Producer-state snapshot files kept on disk; older ones are removed as new ones appear.
-pub const SNAPSHOTS_KEPT: usize = 2;
 
 /// What an append waits for before it resolves.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -1091,8 +1089,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes `<offset>.snapshot` (synced, directory too) and removes the oldest snapshots
-    /// beyond [`SNAPSHOTS_KEPT`].
+    /// Writes `<offset>.snapshot` (synced, directory too) and removes every other snapshot
+    /// but the one at the active segment's base: at most two stay.
     async fn write_snapshot(&self, offset: i64, bytes: Vec<u8>) -> std::io::Result<()> {
         files::replace_file(&snapshot_path(&self.dir, offset), bytes, true).await?;
         let stale: Vec<i64> = {
@@ -1100,8 +1098,16 @@ impl Inner {
             if let Err(at) = st.snapshots.binary_search(&offset) {
                 st.snapshots.insert(at, offset);
             }
-            let excess = st.snapshots.len().saturating_sub(SNAPSHOTS_KEPT);
-            st.snapshots.drain(..excess).collect()
+            // Recovery after a crash needs the one at the active segment's base; a clean
+            // open needs the newest.
+            let active_base = st.active().base_offset;
+            let newest = st.snapshots.last().copied();
+            let (keep, stale) = st
+                .snapshots
+                .iter()
+                .partition(|&&o| o == active_base || Some(o) == newest);
+            st.snapshots = keep;
+            stale
         };
         for old in stale {
             files::remove_file(&snapshot_path(&self.dir, old)).await?;

@@ -255,3 +255,50 @@ fn a_damaged_snapshot_after_a_clean_close_falls_back_to_scanning_the_active_segm
         assert_eq!(log.log_end_offset(), Offset(3));
     });
 }
+
+#[test]
+fn the_snapshot_at_the_active_segment_base_survives_repeated_clean_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t-0");
+    // Producer 1 writes once; producer 2 then fills segments, so producer 1's batch is in a
+    // sealed segment and known after a crash only through the snapshot at the active base.
+    run({
+        let path = path.clone();
+        async move {
+            let log = open(&path, small_config()).await;
+            append(&log, idempotent(1, 0, 0, 1, 10), Durability::Written).await;
+            for i in 0..30 {
+                append(&log, idempotent(2, 0, i, 1, 5_000), Durability::Written).await;
+            }
+            assert!(log.segment_count() > 1);
+            log.close().await.expect("close");
+        }
+    });
+    // Each clean run moves the log end, so each close writes a snapshot at a new offset.
+    for k in 0..2 {
+        run({
+            let path = path.clone();
+            async move {
+                let log = open(&path, small_config()).await;
+                append(&log, idempotent(2, 0, 30 + k, 1, 10), Durability::Written).await;
+                log.close().await.expect("close")
+            }
+        });
+    }
+    run({
+        let path = path.clone();
+        async move {
+            let log = open(&path, small_config()).await;
+            append(&log, idempotent(2, 0, 32, 1, 10), Durability::Written).await;
+            // Dropped without close: a crash.
+        }
+    });
+    run(async move {
+        let log = open(&path, small_config()).await;
+        assert_eq!(
+            append(&log, idempotent(1, 0, 0, 1, 10), Durability::Written).await,
+            (0, 0)
+        );
+        assert_eq!(log.log_end_offset(), Offset(34));
+    });
+}
