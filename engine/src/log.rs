@@ -108,7 +108,7 @@ fn check_producers(
     {
         return Ok(vec![Verdict::NotIdempotent; infos.len()]);
     }
-    let mut scratch = producers.clone();
+    let mut scratch = producers.subset(infos.iter().map(|(_, i)| i.producer_id));
     let mut next = next_offset;
     let mut verdicts = Vec::with_capacity(infos.len());
     for (_, info) in infos {

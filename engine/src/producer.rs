@@ -108,6 +108,18 @@ impl ProducerStates {
         self.producers.get(&producer_id)
     }
 
+    /// A copy of the entries of the given producer ids only (to check a multi-batch append
+    /// without copying every producer of the partition).
+    pub fn subset(&self, producer_ids: impl Iterator<Item = i64>) -> ProducerStates {
+        let mut out = ProducerStates::default();
+        for pid in producer_ids {
+            if let Some(entry) = self.producers.get(&pid) {
+                out.producers.insert(pid, entry.clone());
+            }
+        }
+        out
+    }
+
     /// Checks a client's batch against the state (Kafka's
     /// `UnifiedLog.analyzeAndValidateProducerState` and `ProducerAppendInfo`). Changes nothing.
     pub fn check(&self, info: &BatchInfo) -> Result<Verdict, ProducerError> {
