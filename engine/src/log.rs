@@ -423,16 +423,19 @@ impl PartitionLog {
             let log_append = st.config.message_timestamp_type == TimestampType::LogAppendTime;
             let mut first = None;
             let mut last = 0;
+            // With LogAppendTime, the append time of the first batch answered (as Kafka,
+            // a duplicate's is that of its first append).
+            let mut append_time = None;
             for ((pos, mut info), verdict) in infos.into_iter().zip(verdicts) {
                 if let Verdict::Duplicate(original) = verdict {
                     // KIP-98: a retried batch is not appended again; it answers with the
                     // offsets of its first append.
                     first.get_or_insert(original.base_offset);
+                    append_time.get_or_insert(original.timestamp_ms);
                     last = last.max(original.last_offset);
                     continue;
                 }
-                // Recorded after `assign`: a roll inside it snapshots the state before this batch.
-                let producer_info = (verdict == Verdict::Append).then_some(info);
+                append_time.get_or_insert(now);
                 let mut bytes = batches_bytes.slice(pos..pos + info.size_bytes);
                 if log_append {
                     let mut owned = bytes.to_vec();
@@ -441,6 +444,8 @@ impl PartitionLog {
                     info.attributes |= 1 << 3;
                     bytes = Bytes::from(owned);
                 }
+                // Recorded after `assign`: a roll inside it snapshots the state before this batch.
+                let producer_info = (verdict == Verdict::Append).then_some(info);
                 let (base, end) =
                     st.assign(bytes, info, leader_epoch, now, &inner.cache, &inner.cached);
                 if let Some(producer_info) = producer_info {
@@ -456,7 +461,11 @@ impl PartitionLog {
                 st.appended_seq,
                 first,
                 last,
-                if log_append { now } else { -1 },
+                if log_append {
+                    append_time.unwrap_or(now)
+                } else {
+                    -1
+                },
                 st.log_start_offset,
                 start_writer,
             )

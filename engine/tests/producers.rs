@@ -302,3 +302,29 @@ fn the_snapshot_at_the_active_segment_base_survives_repeated_clean_restarts() {
         assert_eq!(log.log_end_offset(), Offset(34));
     });
 }
+
+#[test]
+fn with_log_append_time_a_duplicate_answers_the_first_append_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t-0");
+    run(async move {
+        let config = wharf_engine::LogConfig {
+            message_timestamp_type: wharf_engine::TimestampType::LogAppendTime,
+            ..small_config()
+        };
+        let log = open(&path, config).await;
+        let b = idempotent(8, 0, 0, 2, 10);
+        let first = log
+            .append(b.clone(), 0, Durability::Written)
+            .await
+            .expect("append");
+        assert!(first.log_append_time_ms > 0);
+        // Later than the first append's millisecond, so "now" would differ.
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        let retry = log.append(b, 0, Durability::Written).await.expect("retry");
+        assert_eq!(
+            (retry.base_offset, retry.log_append_time_ms),
+            (first.base_offset, first.log_append_time_ms)
+        );
+    });
+}
