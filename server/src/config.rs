@@ -27,6 +27,8 @@ pub const DEFAULT_PRODUCE_INFLIGHT_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
 pub const DEFAULT_LOG_CACHE_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
 /// Kafka's `offsets.topic.num.partitions` default.
 pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 50;
+/// Kafka's `log.retention.check.interval.ms` default: five minutes.
+pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: i64 = 300_000;
 /// The most partitions one topic may have here (Kafka has no hard limit; this bounds what
 /// one CreateTopics or auto-create can ask a shard to open).
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
@@ -100,6 +102,9 @@ pub struct BrokerConfig {
     /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not
     /// appended to it for this long (KIP-98; Kafka's default, one day).
     pub producer_id_expiration_ms: i64,
+    /// `log.retention.check.interval.ms`: how often each shard rolls segments past
+    /// `segment.ms` and deletes segments past `retention.ms` / `retention.bytes`.
+    pub retention_check_interval_ms: u64,
     /// Broker-level defaults of the topic configs (`log.retention.ms`, ...).
     pub topic_defaults: TopicDefaults,
     /// Consumer group coordinator settings (`group.*`, `offsets.retention.minutes`, ...).
@@ -254,6 +259,11 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         .unwrap_or(wharf_engine::DEFAULT_PRODUCER_ID_EXPIRATION_MS);
     let producer_id_expiration_ms =
         int_in("producer.id.expiration.ms", expiration, 1, i32::MAX as i64)?;
+    let check = settings
+        .take_int("log.retention.check.interval.ms")?
+        .unwrap_or(DEFAULT_RETENTION_CHECK_INTERVAL_MS);
+    let retention_check_interval_ms =
+        int_in("log.retention.check.interval.ms", check, 1, i64::MAX)? as u64;
 
     let topic_defaults = TopicDefaults::from_broker_settings(&mut settings)?;
     let group = resolve_group_config(args, &mut settings)?;
@@ -278,6 +288,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         produce_inflight_bytes_per_shard,
         log_cache_bytes_per_shard,
         producer_id_expiration_ms,
+        retention_check_interval_ms,
         topic_defaults,
         group,
     })

@@ -73,3 +73,42 @@ def test_broker_defaults_from_the_config_file_apply_to_new_topics(start_broker, 
     configs = a.describe_configs([res])[res].result(timeout=GUARD_S)
     assert configs["retention.ms"].value == str(72 * 3600 * 1000)
     assert configs["segment.bytes"].value == "268435456"
+
+
+def test_retention_deletes_old_segments_and_compact_topics_keep_theirs(start_broker, tmp_path):
+    # The retention task runs every 200 ms here (Kafka: log.retention.check.interval.ms,
+    # default five minutes); segment.ms rolls the active segment so that it can expire.
+    config = tmp_path / "wharf.toml"
+    config.write_text("log.retention.check.interval.ms = 200\n")
+    broker = start_broker("--config", str(config))
+    short = topic_name("retention")
+    kept = topic_name("compact")
+    short_config = {"retention.ms": "1000", "segment.ms": "500"}
+    create_topic(broker, short, config=short_config)
+    create_topic(broker, kept, config={"cleanup.policy": "compact", **short_config})
+    p = producer(broker)
+    for topic in (short, kept):
+        for i in range(100):
+            p.produce(topic, key=b"k%d" % i, value=b"v" * 100, partition=0)
+    assert p.flush(GUARD_S) == 0
+
+    c = consumer(broker)
+
+    def earliest(topic):
+        low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=GUARD_S)
+        return low, high
+
+    deadline = time.monotonic() + GUARD_S
+    while earliest(short)[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    low, high = earliest(short)
+    assert low == 100 and high == 100, f"retention left [{low}, {high}) of {short}"
+    # Nothing is served from before the log start.
+    c.assign([TopicPartition(short, 0, 0)])
+    p.produce(short, value=b"after", partition=0)
+    assert p.flush(GUARD_S) == 0
+    msg = poll_one(c)
+    assert msg.offset() == 100 and msg.value() == b"after"
+    # cleanup.policy=compact turns time and size retention off, as in Kafka.
+    assert earliest(kept) == (0, 100)
+    c.close()

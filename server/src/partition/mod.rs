@@ -262,6 +262,43 @@ pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
     }
 }
 
+/// Runs on each shard until shutdown: every `log.retention.check.interval.ms`, each
+/// partition rolls its active segment once `segment.ms` has passed and deletes the
+/// segments that `retention.ms` / `retention.bytes` let go (Kafka's log retention task).
+pub async fn maintain_logs_periodically(shard: Rc<crate::shard::Shard>) {
+    let interval = Duration::from_millis(shard.config.retention_check_interval_ms);
+    loop {
+        let stop = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(interval).await;
+                false
+            },
+            async {
+                shard.shutdown.wait().await;
+                true
+            },
+        )
+        .await;
+        if stop {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for tp in shard.partitions.keys() {
+            if shard.shutdown.is_set() {
+                return;
+            }
+            let Some(partition) = shard.partitions.get(tp) else {
+                continue;
+            };
+            if let Err(error) = partition.log.maintain(now_ms).await {
+                tracing::warn!(partition = ?tp, %error, "log retention check failed");
+            }
+        }
+    }
+}
+
 async fn wait_until_unique(
     mut handle: Rc<PartitionHandle>,
 ) -> Result<PartitionHandle, Rc<PartitionHandle>> {

@@ -285,6 +285,7 @@ async fn run(start: ShardStart) {
         shard.clone(),
     ))
     .detach();
+    glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
     if id == crate::metadata::controller::CONTROLLER_SHARD {
         glommio::spawn_local(watch_for_termination(shard.clone())).detach();
     }
