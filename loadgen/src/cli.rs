@@ -6,6 +6,7 @@ use std::str::FromStr;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 
+use crate::idempotence::MAX_IN_FLIGHT_IDEMPOTENT;
 use crate::keys::KeySpec;
 use crate::payload::RecordSize;
 
@@ -153,6 +154,12 @@ pub struct Args {
     #[arg(long, default_value = "1")]
     pub acks: Acks,
 
+    /// Idempotent producers (KIP-98, `enable.idempotence=true`): each connection gets a
+    /// producer id from InitProducerId and stamps every batch with it and a sequence number
+    /// per partition. Needs --acks all and --in-flight at most 5, as Kafka's producer does.
+    #[arg(long)]
+    pub idempotent: bool,
+
     /// Batch compression.
     #[arg(long, value_enum, default_value = "none")]
     pub compression: CompressionArg,
@@ -287,6 +294,25 @@ impl Args {
         if self.in_flight == 0 || self.in_flight > MAX_IN_FLIGHT {
             bail!("--in-flight must be 1..={MAX_IN_FLIGHT}");
         }
+        if self.idempotent {
+            if self.mode == Mode::Consume {
+                bail!("--idempotent applies to produce and e2e modes");
+            }
+            if self.acks != Acks::All {
+                bail!(
+                    "--idempotent needs --acks all (as Kafka's producer: idempotence is only \
+                     guaranteed when every in-sync replica has the batch), not --acks {}",
+                    self.acks.name()
+                );
+            }
+            if self.in_flight > MAX_IN_FLIGHT_IDEMPOTENT {
+                bail!(
+                    "--idempotent allows at most {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight per \
+                     connection (as Kafka's producer), not --in-flight {}",
+                    self.in_flight
+                );
+            }
+        }
         if self.batch_size == 0 || self.batch_size > MAX_BATCH_BYTES {
             bail!("--batch-size must be 1..={MAX_BATCH_BYTES}");
         }
@@ -388,5 +414,56 @@ impl Args {
         } else {
             self.cores * self.consumers
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["wharf-loadgen"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)?.validate()
+    }
+
+    #[test]
+    fn idempotent_needs_acks_all_and_at_most_five_in_flight() {
+        validate(&[
+            "produce",
+            "--idempotent",
+            "--acks",
+            "all",
+            "--in-flight",
+            "5",
+        ])
+        .unwrap();
+        validate(&["e2e", "--idempotent", "--acks=-1"]).unwrap();
+        for acks in ["0", "1"] {
+            let e = validate(&["produce", "--idempotent", "--acks", acks]).unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains("--idempotent needs --acks all"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = validate(&[
+            "produce",
+            "--idempotent",
+            "--acks",
+            "all",
+            "--in-flight",
+            "6",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most 5 requests in flight"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // Without --idempotent, both stay allowed.
+        validate(&["produce", "--acks", "1", "--in-flight", "6"]).unwrap();
+    }
+
+    #[test]
+    fn idempotent_is_for_producing_modes() {
+        let e = validate(&["consume", "--idempotent", "--acks", "all"]).unwrap_err();
+        assert!(e.to_string().contains("produce and e2e"), "{e}");
     }
 }

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod conn;
 pub mod consumer;
 pub mod group;
+pub mod idempotence;
 pub mod keys;
 pub mod payload;
 pub mod plot;

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -24,6 +24,7 @@ use wharf_protocol::batch::{
 
 use crate::cli::CompressionArg;
 use crate::conn::{decode_response, Conn, Frame};
+use crate::idempotence::{init_producer_id, Sequencer};
 use crate::keys::{key_bytes, partition_for_key, KeySampler, KEY_BYTES};
 use crate::payload::{write_stamp, Payloads};
 use crate::produce_request::{put_partition_head, put_produce_head, PRODUCE_VERSIONS};
@@ -85,6 +86,11 @@ pub struct Producer {
     spare_builders: Vec<BatchBuilder>,
     ready: Vec<(usize, OpenBatch)>,
     stats: Rc<RefCell<Stats>>,
+    /// `--idempotent`: producer id, epoch and each partition's next sequence.
+    sequencer: Option<Sequencer>,
+    /// `--idempotent`: the error the broker answered InitProducerId with; this producer
+    /// then sends nothing and counts the error once.
+    init_refused: Option<String>,
 }
 
 impl Producer {
@@ -101,8 +107,17 @@ impl Producer {
         stats: Rc<RefCell<Stats>>,
     ) -> anyhow::Result<Producer> {
         anyhow::ensure!(!partitions.is_empty(), "producer {index} has no partitions");
-        let conn = Conn::connect(leader, &workload.client_id).await?;
+        let mut conn = Conn::connect(leader, &workload.client_id).await?;
         let version = conn.version(ApiKey::Produce, PRODUCE_VERSIONS)?;
+        let (sequencer, init_refused) = if workload.idempotent {
+            let timeout = Duration::from_millis(workload.request_timeout_ms.max(0) as u64);
+            match init_producer_id(&mut conn, timeout).await? {
+                Ok(identity) => (Some(Sequencer::new(identity, partitions.len())), None),
+                Err(error) => (None, Some(error)),
+            }
+        } else {
+            (None, None)
+        };
         let seed = workload.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Ok(Producer {
             conn,
@@ -127,6 +142,8 @@ impl Producer {
             shared,
             clock,
             stats,
+            sequencer,
+            init_refused,
         })
     }
 
@@ -148,6 +165,9 @@ impl Producer {
     }
 
     async fn run(&mut self) {
+        if let Some(error) = self.init_refused.take() {
+            return self.refused_at_init(&error).await;
+        }
         let stop_ns = self.workload.stop_ns;
         let mut hard_stop_ns = stop_ns.saturating_add(self.workload.drain_ns);
         let mut draining = false;
@@ -368,6 +388,12 @@ impl Producer {
             self.ready = ready;
             return Ok(false);
         }
+        if let Some(sequencer) = &mut self.sequencer {
+            // Sequences follow the order batches go out on this connection (KIP-98).
+            for (slot, b) in ready.iter_mut() {
+                sequencer.stamp(*slot, &mut b.builder);
+            }
+        }
         let compressed = match self.workload.compression {
             CompressionArg::None => Vec::new(),
             c => ready
@@ -504,6 +530,23 @@ impl Producer {
             drop(stats);
             self.shared.produced.fetch_add(done, Ordering::Relaxed);
         }
+    }
+
+    /// The broker refused InitProducerId: there is nothing to send idempotently. The error
+    /// is counted once the warm-up is over, so that it shows in the measured results.
+    async fn refused_at_init(&mut self, error: &str) {
+        glommio::timer::sleep(
+            self.clock
+                .instant(self.workload.warmup_end_ns)
+                .saturating_duration_since(std::time::Instant::now()),
+        )
+        .await;
+        let now = self.clock.now_ns();
+        let mut stats = self.stats.borrow_mut();
+        stats.record_error(&format!("{error} (InitProducerId)"), 0);
+        stats.last_event_ns = stats.last_event_ns.max(now);
+        drop(stats);
+        self.shared.producers_done.fetch_add(1, Ordering::Release);
     }
 
     /// Counts everything outstanding as lost to `error` and stops this producer.

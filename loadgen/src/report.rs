@@ -37,6 +37,8 @@ pub struct WorkloadSummary {
     pub record_size: String,
     pub keys: String,
     pub acks: String,
+    /// `--idempotent`: producers with a producer id and sequence numbers.
+    pub idempotent: bool,
     pub compression: String,
     pub batch_size: usize,
     pub linger_ms: f64,
@@ -377,6 +379,7 @@ impl Report {
                 record_size: args.record_size.to_string(),
                 keys: args.keys.to_string(),
                 acks: args.acks.name().to_string(),
+                idempotent: args.idempotent,
                 compression: format!("{:?}", args.compression).to_lowercase(),
                 batch_size: args.batch_size,
                 linger_ms: args.linger_ms,
@@ -455,11 +458,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "workload: {} records, keys {}, acks {}, compression {}, batch {} B, linger {} ms, \
-             {} producer(s) x {} in flight + {} consumer(s) per core, {} core(s), {load}",
+            "workload: {} records, keys {}, acks {}, idempotent {}, compression {}, batch {} B, \
+             linger {} ms, {} producer(s) x {} in flight + {} consumer(s) per core, {} core(s), \
+             {load}",
             w.record_size,
             w.keys,
             w.acks,
+            if w.idempotent { "yes" } else { "no" },
             w.compression,
             w.batch_size,
             w.linger_ms,

@@ -52,6 +52,8 @@ pub struct Workload {
     pub client_id: String,
     pub seed: u64,
     pub acks: Acks,
+    /// `--idempotent`: producers get a producer id and stamp sequences (KIP-98).
+    pub idempotent: bool,
     pub compression: CompressionArg,
     pub keys: KeySpec,
     pub record_size: RecordSize,
@@ -263,6 +265,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         client_id: args.client_id.clone(),
         seed,
         acks: args.acks,
+        idempotent: args.idempotent,
         compression: args.compression,
         keys: args.keys.clone(),
         record_size: args.record_size,

@@ -279,6 +279,204 @@ fn e2e_consumes_every_acknowledged_record_and_measures_each() {
     assert!(e2e_p50 > 0.0);
 }
 
+/// Every batch in `partition` of `topic` as (producer id, producer epoch, base sequence,
+/// records), read from the start with plain Fetch v4 requests.
+fn batch_headers(broker: &Broker, topic: &str, partition: i32) -> Vec<(i64, i16, i32, i32)> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::ResponseHeader;
+    use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
+    use std::io::{Read, Write};
+
+    const VERSION: i16 = 4;
+    let mut stream = std::net::TcpStream::connect(&broker.addr).expect("connect");
+    let mut headers = Vec::new();
+    let mut offset = 0i64;
+    for correlation_id in 1.. {
+        let mut fp = FetchPartition::default();
+        fp.partition = partition;
+        fp.fetch_offset = offset;
+        fp.partition_max_bytes = 1 << 20;
+        let mut ft = FetchTopic::default();
+        ft.topic = kafka_protocol::messages::TopicName(topic.to_string().into());
+        ft.partitions = vec![fp];
+        let mut request = FetchRequest::default();
+        request.max_wait_ms = 0;
+        request.max_bytes = 1 << 20;
+        request.topics = vec![ft];
+        let mut header = RequestHeader::default();
+        header.request_api_key = ApiKey::Fetch as i16;
+        header.request_api_version = VERSION;
+        header.correlation_id = correlation_id;
+        let mut body = Vec::new();
+        header
+            .encode(&mut body, FetchRequest::header_version(VERSION))
+            .unwrap();
+        request.encode(&mut body, VERSION).unwrap();
+        stream
+            .write_all(&(body.len() as i32).to_be_bytes())
+            .unwrap();
+        stream.write_all(&body).unwrap();
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut frame).unwrap();
+        let mut frame = bytes::Bytes::from(frame);
+        ResponseHeader::decode(&mut frame, FetchResponse::header_version(VERSION)).unwrap();
+        let response = FetchResponse::decode(&mut frame, VERSION).unwrap();
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch {topic}-{partition} at {offset}");
+        let records = p.records.clone().unwrap_or_default();
+        for (_, batch) in wharf_protocol::batch::batches(&records) {
+            let info = wharf_protocol::batch::validate_batch(batch, 1 << 20).expect("valid batch");
+            headers.push((
+                info.producer_id,
+                info.producer_epoch,
+                info.base_sequence,
+                info.records_count,
+            ));
+            offset = info.last_offset() + 1;
+        }
+        if offset >= p.high_watermark {
+            break;
+        }
+    }
+    headers
+}
+
+#[test]
+fn idempotent_producers_stamp_in_order_sequences_and_every_record_lands_once() {
+    let broker = Broker::start(&[]);
+    let partitions = 4;
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "exactly",
+            "--create-topic",
+            "--partitions",
+            "4",
+            "--records",
+            "30000",
+            "--record-size",
+            "100..300",
+            "--batch-size",
+            "4096",
+            "--producers",
+            "2",
+            "--in-flight",
+            "5",
+            "--acks",
+            "all",
+            "--idempotent",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["workload"]["idempotent"], true);
+    assert_eq!(report["produce"]["records"], 30000);
+    assert!(
+        report["errors"].as_object().unwrap().is_empty(),
+        "{}",
+        report["errors"]
+    );
+    // Many more batches than requests in flight, so pipelining was exercised.
+    assert!(
+        report["produce"]["requests"].as_u64().unwrap() > 100,
+        "{report}"
+    );
+
+    // Every batch carries a producer id, and each producer's sequences in each partition
+    // start at 0 and advance by the records of its batches, in log order.
+    let mut producer_ids = std::collections::BTreeSet::new();
+    let mut stored = 0i64;
+    for partition in 0..partitions {
+        let mut next: std::collections::BTreeMap<i64, i32> = Default::default();
+        for (producer_id, epoch, base_sequence, records) in
+            batch_headers(&broker, "exactly", partition)
+        {
+            assert!(
+                producer_id >= 0,
+                "partition {partition}: a batch without producer id"
+            );
+            assert_eq!(epoch, 0);
+            let expected = next.entry(producer_id).or_insert(0);
+            assert_eq!(
+                base_sequence, *expected,
+                "partition {partition}, producer {producer_id}"
+            );
+            *expected += records;
+            producer_ids.insert(producer_id);
+            stored += i64::from(records);
+        }
+    }
+    assert_eq!(producer_ids.len(), 2, "one producer id per connection");
+    assert_eq!(stored, 30000);
+
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "exactly",
+            "--from",
+            "earliest",
+            "--records",
+            "30000",
+            "--consumers",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["consume"]["records"], 30000);
+}
+
+#[test]
+fn idempotent_e2e_sees_every_record_once() {
+    let broker = Broker::start(&[]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "e2e",
+            "--topic",
+            "e2e-idempotent",
+            "--create-topic",
+            "--partitions",
+            "3",
+            "--records",
+            "3000",
+            "--rate",
+            "3000",
+            "--acks",
+            "all",
+            "--idempotent",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["workload"]["idempotent"], true);
+    assert_eq!(report["produce"]["records"], 3000);
+    assert_eq!(report["e2e_latency"]["count"], 3000);
+}
+
+#[test]
+fn idempotent_refuses_acks_one_in_one_line_before_connecting() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
+        .args([
+            "produce",
+            "--idempotent",
+            "--acks",
+            "1",
+            "--bootstrap",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("wharf-loadgen runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--idempotent needs --acks all"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn broker_errors_are_counted_and_reported_not_retried() {
     let broker = Broker::start(&[]);
