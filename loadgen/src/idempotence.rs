@@ -46,7 +46,7 @@ pub async fn init_producer_id(
 ) -> anyhow::Result<Result<ProducerIdentity, String>> {
     let version = conn
         .version(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSIONS)
-        .context("--idempotent needs InitProducerId")?;
+        .map_err(|e| anyhow!("{e} (--idempotent needs it)"))?;
     let mut request = InitProducerIdRequest::default();
     request.transactional_id = None; // the default is "", which a broker refuses
     request.transaction_timeout_ms = TRANSACTION_TIMEOUT_MS;
