@@ -724,6 +724,13 @@ mod tests {
         let text = report.summary();
         assert!(text.contains("100 B records"), "{text}");
         assert!(text.contains("closed loop"), "{text}");
+        assert!(text.contains("acks 1, idempotent no,"), "{text}");
+        let idempotent = report_for(
+            &sample_stats(),
+            &["wharf-loadgen", "produce", "--acks", "all", "--idempotent"],
+        );
+        let text = idempotent.summary();
+        assert!(text.contains("acks all, idempotent yes,"), "{text}");
         assert!(text.contains("NOT_LEADER_OR_FOLLOWER"), "{text}");
         assert!(text.contains("500"), "{text}");
         assert!(text.contains("load average 0.50 → 1.25"), "{text}");
