@@ -19,6 +19,16 @@ cargo test --workspace --all-targets --no-fail-fast || status=1
 # pytest exits 5 when it collects nothing, which counts as a failure here too.
 PYTHONDONTWRITEBYTECODE=1 python3 -m pytest tests/python -p no:cacheprovider -q -rfEs || status=1
 
+# Formatting is checked where rustfmt is installed (rustup's default profile has it).
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all -- --check >/dev/null || {
+        echo "scripts/test.sh: formatting differs from rustfmt; run cargo fmt --all" >&2
+        status=1
+    }
+else
+    echo "scripts/test.sh: rustfmt is not installed; formatting not checked" >&2
+fi
+
 if [ "$status" -ne 0 ]; then
     echo "scripts/test.sh: some tests failed" >&2
 fi

@@ -12,7 +12,8 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use wharf_protocol::batch::simple_batch;
@@ -56,7 +57,9 @@ fn request_frame<R: Encodable>(key: ApiKey, version: i16, request: &R) -> Bytes 
     header.correlation_id = 7;
     header.client_id = Some(StrBytes::from_static_str("bench"));
     let mut buf = BytesMut::new();
-    header.encode(&mut buf, key.request_header_version(version)).expect("header encodes");
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .expect("header encodes");
     request.encode(&mut buf, version).expect("request encodes");
     buf.freeze()
 }
@@ -91,23 +94,34 @@ fn bench_produce(c: &mut Criterion) {
         let frame = request_frame(ApiKey::Produce, PRODUCE_VERSION, &request);
         g.throughput(Throughput::Bytes(frame.len() as u64));
         // Broker side: header, then body; batches stay `Bytes` slices of the frame.
-        g.bench_with_input(BenchmarkId::new("decode", partitions), &frame, |b, frame| {
-            b.iter(|| {
-                let mut f = frame.clone();
-                let head = decode_request_header(&mut f).expect("header decodes");
-                let r = ProduceRequest::decode(&mut f, head.api_version).expect("request decodes");
-                black_box(r)
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("decode", partitions),
+            &frame,
+            |b, frame| {
+                b.iter(|| {
+                    let mut f = frame.clone();
+                    let head = decode_request_header(&mut f).expect("header decodes");
+                    let r =
+                        ProduceRequest::decode(&mut f, head.api_version).expect("request decodes");
+                    black_box(r)
+                })
+            },
+        );
         // Client side: encode into a reused buffer.
         let mut buf = BytesMut::with_capacity(frame.len() * 2);
-        g.bench_with_input(BenchmarkId::new("encode", partitions), &request, |b, request| {
-            b.iter(|| {
-                buf.clear();
-                request.encode(&mut buf, PRODUCE_VERSION).expect("request encodes");
-                black_box(buf.len())
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("encode", partitions),
+            &request,
+            |b, request| {
+                b.iter(|| {
+                    buf.clear();
+                    request
+                        .encode(&mut buf, PRODUCE_VERSION)
+                        .expect("request encodes");
+                    black_box(buf.len())
+                })
+            },
+        );
     }
     g.finish();
 
@@ -121,13 +135,23 @@ fn bench_produce(c: &mut Criterion) {
     let mut response = ProduceResponse::default();
     response.responses = vec![t];
     g.bench_function("encode_frame", |b| {
-        b.iter(|| black_box(encode_response(ApiKey::Produce, PRODUCE_VERSION, 7, &response).expect("encodes")))
+        b.iter(|| {
+            black_box(
+                encode_response(ApiKey::Produce, PRODUCE_VERSION, 7, &response).expect("encodes"),
+            )
+        })
     });
-    let frame = encode_response(ApiKey::Produce, PRODUCE_VERSION, 7, &response).expect("encodes").slice(4..);
+    let frame = encode_response(ApiKey::Produce, PRODUCE_VERSION, 7, &response)
+        .expect("encodes")
+        .slice(4..);
     g.bench_function("decode_frame", |b| {
         b.iter(|| {
             let mut f = frame.clone();
-            ResponseHeader::decode(&mut f, ApiKey::Produce.response_header_version(PRODUCE_VERSION)).expect("header");
+            ResponseHeader::decode(
+                &mut f,
+                ApiKey::Produce.response_header_version(PRODUCE_VERSION),
+            )
+            .expect("header");
             black_box(ProduceResponse::decode(&mut f, PRODUCE_VERSION).expect("body"))
         })
     });
@@ -168,14 +192,19 @@ fn bench_fetch(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(records.len() as u64));
     // Broker side: the whole frame in one buffer (records copied once).
     g.bench_function("encode_frame_1MiB", |b| {
-        b.iter(|| black_box(encode_response(ApiKey::Fetch, FETCH_VERSION, 7, &response).expect("encodes")))
+        b.iter(|| {
+            black_box(encode_response(ApiKey::Fetch, FETCH_VERSION, 7, &response).expect("encodes"))
+        })
     });
     // Client side: records come out as slices of the frame.
-    let frame = encode_response(ApiKey::Fetch, FETCH_VERSION, 7, &response).expect("encodes").slice(4..);
+    let frame = encode_response(ApiKey::Fetch, FETCH_VERSION, 7, &response)
+        .expect("encodes")
+        .slice(4..);
     g.bench_function("decode_frame_1MiB", |b| {
         b.iter(|| {
             let mut f = frame.clone();
-            ResponseHeader::decode(&mut f, ApiKey::Fetch.response_header_version(FETCH_VERSION)).expect("header");
+            ResponseHeader::decode(&mut f, ApiKey::Fetch.response_header_version(FETCH_VERSION))
+                .expect("header");
             black_box(FetchResponse::decode(&mut f, FETCH_VERSION).expect("body"))
         })
     });

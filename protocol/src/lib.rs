@@ -5,6 +5,6 @@
 //! in isolation. Every length and count read from the wire is bounded before allocation.
 
 pub mod batch;
-pub mod offsets_topic;
 pub mod frame;
+pub mod offsets_topic;
 pub mod produce_legacy;

@@ -31,14 +31,18 @@ pub const GROUP_METADATA_VALUE_VERSION: i16 = 3;
 /// Java's `String.hashCode()`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units,
 /// with 32-bit wrapping arithmetic.
 pub fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+    s.encode_utf16()
+        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
 }
 
 /// The `__consumer_offsets` partition of a group: Kafka's
 /// `Utils.abs(groupId.hashCode) % partitions`, where `Utils.abs(i32::MIN)` is 0 (a plain
 /// `abs` would overflow, or in Java stay negative).
 pub fn partition_for_group(group_id: &str, partitions: u32) -> i32 {
-    assert!(partitions > 0, "the offsets topic has at least one partition");
+    assert!(
+        partitions > 0,
+        "the offsets topic has at least one partition"
+    );
     let hash = java_string_hash(group_id);
     let positive = if hash == i32::MIN { 0 } else { hash.abs() };
     (positive as i64 % partitions as i64) as i32
@@ -61,7 +65,12 @@ pub enum OffsetsRecordError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OffsetsKey {
     /// Key v0 or v1 (same layout): the committed offset of one partition for one group.
-    OffsetCommit { version: i16, group: String, topic: String, partition: i32 },
+    OffsetCommit {
+        version: i16,
+        group: String,
+        topic: String,
+        partition: i32,
+    },
     /// Key v2: the membership and assignment of one group.
     GroupMetadata { group: String },
 }
@@ -69,12 +78,19 @@ pub enum OffsetsKey {
 impl OffsetsKey {
     /// The key Kafka writes for an offset commit (v1).
     pub fn offset_commit(group: &str, topic: &str, partition: i32) -> OffsetsKey {
-        OffsetsKey::OffsetCommit { version: 1, group: group.to_owned(), topic: topic.to_owned(), partition }
+        OffsetsKey::OffsetCommit {
+            version: 1,
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+        }
     }
 
     /// The key for a group's metadata (v2).
     pub fn group_metadata(group: &str) -> OffsetsKey {
-        OffsetsKey::GroupMetadata { group: group.to_owned() }
+        OffsetsKey::GroupMetadata {
+            group: group.to_owned(),
+        }
     }
 
     /// The group this record belongs to.
@@ -87,7 +103,12 @@ impl OffsetsKey {
     pub fn encode(&self) -> Bytes {
         let mut w = Writer::default();
         match self {
-            OffsetsKey::OffsetCommit { version, group, topic, partition } => {
+            OffsetsKey::OffsetCommit {
+                version,
+                group,
+                topic,
+                partition,
+            } => {
                 w.i16(*version);
                 w.string(group);
                 w.string(topic);
@@ -109,10 +130,20 @@ impl OffsetsKey {
                 let group = r.string()?;
                 let topic = r.string()?;
                 let partition = r.i32()?;
-                OffsetsKey::OffsetCommit { version, group, topic, partition }
+                OffsetsKey::OffsetCommit {
+                    version,
+                    group,
+                    topic,
+                    partition,
+                }
             }
             2 => OffsetsKey::GroupMetadata { group: r.string()? },
-            _ => return Err(OffsetsRecordError::UnknownVersion { what: "key", version }),
+            _ => {
+                return Err(OffsetsRecordError::UnknownVersion {
+                    what: "key",
+                    version,
+                })
+            }
         };
         r.end()?;
         Ok(key)
@@ -135,15 +166,29 @@ pub struct OffsetCommitValue {
 impl OffsetCommitValue {
     /// The value Kafka writes for a commit: v1 when an explicit expire timestamp is set
     /// (the only version with the field), v3 otherwise.
-    pub fn new(offset: i64, leader_epoch: i32, metadata: &str, commit_timestamp_ms: i64, expire_timestamp_ms: i64) -> Self {
-        let version = if expire_timestamp_ms >= 0 { OFFSET_COMMIT_VALUE_VERSION_WITH_EXPIRE } else { OFFSET_COMMIT_VALUE_VERSION };
+    pub fn new(
+        offset: i64,
+        leader_epoch: i32,
+        metadata: &str,
+        commit_timestamp_ms: i64,
+        expire_timestamp_ms: i64,
+    ) -> Self {
+        let version = if expire_timestamp_ms >= 0 {
+            OFFSET_COMMIT_VALUE_VERSION_WITH_EXPIRE
+        } else {
+            OFFSET_COMMIT_VALUE_VERSION
+        };
         OffsetCommitValue {
             version,
             offset,
             leader_epoch: if version >= 3 { leader_epoch } else { -1 },
             metadata: metadata.to_owned(),
             commit_timestamp_ms,
-            expire_timestamp_ms: if version == 1 { expire_timestamp_ms } else { -1 },
+            expire_timestamp_ms: if version == 1 {
+                expire_timestamp_ms
+            } else {
+                -1
+            },
         }
     }
 
@@ -171,7 +216,10 @@ impl OffsetCommitValue {
         let mut r = Reader::new(bytes);
         let version = r.i16()?;
         if !(0..=4).contains(&version) {
-            return Err(OffsetsRecordError::UnknownVersion { what: "offset commit value", version });
+            return Err(OffsetsRecordError::UnknownVersion {
+                what: "offset commit value",
+                version,
+            });
         }
         let flexible = version >= 4;
         let offset = r.i64()?;
@@ -183,7 +231,14 @@ impl OffsetCommitValue {
             r.skip_tagged_fields()?;
         }
         // KIP-915: readers must accept (and ignore) trailing bytes from newer versions.
-        Ok(OffsetCommitValue { version, offset, leader_epoch, metadata, commit_timestamp_ms, expire_timestamp_ms })
+        Ok(OffsetCommitValue {
+            version,
+            offset,
+            leader_epoch,
+            metadata,
+            commit_timestamp_ms,
+            expire_timestamp_ms,
+        })
     }
 }
 
@@ -260,7 +315,10 @@ impl GroupMetadataValue {
         let mut r = Reader::new(bytes);
         let version = r.i16()?;
         if !(0..=4).contains(&version) {
-            return Err(OffsetsRecordError::UnknownVersion { what: "group metadata value", version });
+            return Err(OffsetsRecordError::UnknownVersion {
+                what: "group metadata value",
+                version,
+            });
         }
         let flexible = version >= 4;
         let protocol_type = r.string_v(flexible)?;
@@ -272,7 +330,11 @@ impl GroupMetadataValue {
         let mut members = Vec::with_capacity(count);
         for _ in 0..count {
             let member_id = r.string_v(flexible)?;
-            let group_instance_id = if version >= 3 { r.nullable_string_v(flexible)? } else { None };
+            let group_instance_id = if version >= 3 {
+                r.nullable_string_v(flexible)?
+            } else {
+                None
+            };
             let client_id = r.string_v(flexible)?;
             let client_host = r.string_v(flexible)?;
             let rebalance_timeout_ms = if version >= 1 { Some(r.i32()?) } else { None };
@@ -296,7 +358,15 @@ impl GroupMetadataValue {
         if flexible {
             r.skip_tagged_fields()?;
         }
-        Ok(GroupMetadataValue { version, protocol_type, generation, protocol, leader, current_state_timestamp_ms, members })
+        Ok(GroupMetadataValue {
+            version,
+            protocol_type,
+            generation,
+            protocol,
+            leader,
+            current_state_timestamp_ms,
+            members,
+        })
     }
 }
 
@@ -304,18 +374,36 @@ impl GroupMetadataValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OffsetsRecord {
     /// A committed offset, or its tombstone (`None`).
-    OffsetCommit { group: String, topic: String, partition: i32, value: Option<OffsetCommitValue> },
+    OffsetCommit {
+        group: String,
+        topic: String,
+        partition: i32,
+        value: Option<OffsetCommitValue>,
+    },
     /// A group's metadata, or its tombstone (`None`): the group is gone.
-    GroupMetadata { group: String, value: Option<GroupMetadataValue> },
+    GroupMetadata {
+        group: String,
+        value: Option<GroupMetadataValue>,
+    },
 }
 
 impl OffsetsRecord {
     /// Decode a record's key and (nullable) value.
     pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<OffsetsRecord, OffsetsRecordError> {
         match OffsetsKey::decode(key)? {
-            OffsetsKey::OffsetCommit { group, topic, partition, .. } => {
+            OffsetsKey::OffsetCommit {
+                group,
+                topic,
+                partition,
+                ..
+            } => {
                 let value = value.map(OffsetCommitValue::decode).transpose()?;
-                Ok(OffsetsRecord::OffsetCommit { group, topic, partition, value })
+                Ok(OffsetsRecord::OffsetCommit {
+                    group,
+                    topic,
+                    partition,
+                    value,
+                })
             }
             OffsetsKey::GroupMetadata { group } => {
                 let value = value.map(GroupMetadataValue::decode).transpose()?;
@@ -327,18 +415,26 @@ impl OffsetsRecord {
     /// The key and (nullable) value as Kafka writes them.
     pub fn encode(&self) -> (Bytes, Option<Bytes>) {
         match self {
-            OffsetsRecord::OffsetCommit { group, topic, partition, value } => {
-                (OffsetsKey::offset_commit(group, topic, *partition).encode(), value.as_ref().map(|v| v.encode()))
-            }
-            OffsetsRecord::GroupMetadata { group, value } => {
-                (OffsetsKey::group_metadata(group).encode(), value.as_ref().map(|v| v.encode()))
-            }
+            OffsetsRecord::OffsetCommit {
+                group,
+                topic,
+                partition,
+                value,
+            } => (
+                OffsetsKey::offset_commit(group, topic, *partition).encode(),
+                value.as_ref().map(|v| v.encode()),
+            ),
+            OffsetsRecord::GroupMetadata { group, value } => (
+                OffsetsKey::group_metadata(group).encode(),
+                value.as_ref().map(|v| v.encode()),
+            ),
         }
     }
 
     pub fn group(&self) -> &str {
         match self {
-            OffsetsRecord::OffsetCommit { group, .. } | OffsetsRecord::GroupMetadata { group, .. } => group,
+            OffsetsRecord::OffsetCommit { group, .. }
+            | OffsetsRecord::GroupMetadata { group, .. } => group,
         }
     }
 }
@@ -379,7 +475,10 @@ impl Writer {
             (None, false) => self.i16(-1),
             (None, true) => self.uvarint(0),
             (Some(s), false) => {
-                assert!(s.len() <= i16::MAX as usize, "a schema string fits an int16 length");
+                assert!(
+                    s.len() <= i16::MAX as usize,
+                    "a schema string fits an int16 length"
+                );
                 self.i16(s.len() as i16);
                 self.buf.put_slice(s.as_bytes());
             }
@@ -393,7 +492,10 @@ impl Writer {
         if flexible {
             self.uvarint(b.len() as u64 + 1);
         } else {
-            assert!(b.len() <= i32::MAX as usize, "schema bytes fit an int32 length");
+            assert!(
+                b.len() <= i32::MAX as usize,
+                "schema bytes fit an int32 length"
+            );
             self.i32(b.len() as i32);
         }
         self.buf.put_slice(b);
@@ -421,7 +523,10 @@ impl<'a> Reader<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], OffsetsRecordError> {
         if self.remaining() < n {
-            return Err(OffsetsRecordError::Truncated { at: self.at, needed: n - self.remaining() });
+            return Err(OffsetsRecordError::Truncated {
+                at: self.at,
+                needed: n - self.remaining(),
+            });
         }
         let out = &self.bytes[self.at..self.at + n];
         self.at += n;
@@ -457,7 +562,10 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(OffsetsRecordError::Invalid { what: "varint", at: start })
+        Err(OffsetsRecordError::Invalid {
+            what: "varint",
+            at: start,
+        })
     }
     /// A length read from the wire, checked against the bytes left.
     fn bounded_len(&mut self, len: u64, what: &'static str) -> Result<usize, OffsetsRecordError> {
@@ -471,7 +579,11 @@ impl<'a> Reader<'a> {
     }
     fn string_v(&mut self, flexible: bool) -> Result<String, OffsetsRecordError> {
         let at = self.at;
-        self.nullable_string_v(flexible)?.ok_or(OffsetsRecordError::Invalid { what: "null string", at })
+        self.nullable_string_v(flexible)?
+            .ok_or(OffsetsRecordError::Invalid {
+                what: "null string",
+                at,
+            })
     }
     fn nullable_string_v(&mut self, flexible: bool) -> Result<Option<String>, OffsetsRecordError> {
         let len = if flexible {
@@ -482,27 +594,43 @@ impl<'a> Reader<'a> {
         } else {
             match self.i16()? {
                 -1 => return Ok(None),
-                n if n < 0 => return Err(OffsetsRecordError::Invalid { what: "string length", at: self.at - 2 }),
+                n if n < 0 => {
+                    return Err(OffsetsRecordError::Invalid {
+                        what: "string length",
+                        at: self.at - 2,
+                    })
+                }
                 n => n as u64,
             }
         };
         let len = self.bounded_len(len, "string length")?;
         let at = self.at;
         let raw = self.take(len)?;
-        let s = std::str::from_utf8(raw).map_err(|_| OffsetsRecordError::Invalid { what: "utf-8 string", at })?;
+        let s = std::str::from_utf8(raw).map_err(|_| OffsetsRecordError::Invalid {
+            what: "utf-8 string",
+            at,
+        })?;
         Ok(Some(s.to_owned()))
     }
     fn bytes_v(&mut self, flexible: bool) -> Result<Bytes, OffsetsRecordError> {
         let at = self.at;
         let len = if flexible {
             match self.uvarint()? {
-                0 => return Err(OffsetsRecordError::Invalid { what: "null bytes", at }),
+                0 => {
+                    return Err(OffsetsRecordError::Invalid {
+                        what: "null bytes",
+                        at,
+                    })
+                }
                 n => n - 1,
             }
         } else {
             let n = self.i32()?;
             if n < 0 {
-                return Err(OffsetsRecordError::Invalid { what: "bytes length", at });
+                return Err(OffsetsRecordError::Invalid {
+                    what: "bytes length",
+                    at,
+                });
             }
             n as u64
         };
@@ -511,22 +639,37 @@ impl<'a> Reader<'a> {
     }
     /// An array count, bounded by how many elements of at least `min_element_bytes` the
     /// remaining bytes could hold.
-    fn array_len(&mut self, flexible: bool, min_element_bytes: usize) -> Result<usize, OffsetsRecordError> {
+    fn array_len(
+        &mut self,
+        flexible: bool,
+        min_element_bytes: usize,
+    ) -> Result<usize, OffsetsRecordError> {
         let at = self.at;
         let n = if flexible {
             match self.uvarint()? {
-                0 => return Err(OffsetsRecordError::Invalid { what: "null array", at }),
+                0 => {
+                    return Err(OffsetsRecordError::Invalid {
+                        what: "null array",
+                        at,
+                    })
+                }
                 n => n - 1,
             }
         } else {
             let n = self.i32()?;
             if n < 0 {
-                return Err(OffsetsRecordError::Invalid { what: "array length", at });
+                return Err(OffsetsRecordError::Invalid {
+                    what: "array length",
+                    at,
+                });
             }
             n as u64
         };
         if n > (self.remaining() / min_element_bytes.max(1)) as u64 {
-            return Err(OffsetsRecordError::Invalid { what: "array length", at });
+            return Err(OffsetsRecordError::Invalid {
+                what: "array length",
+                at,
+            });
         }
         Ok(n as usize)
     }
@@ -534,7 +677,10 @@ impl<'a> Reader<'a> {
         let at = self.at;
         let count = self.uvarint()?;
         if count > self.remaining() as u64 {
-            return Err(OffsetsRecordError::Invalid { what: "tagged field count", at });
+            return Err(OffsetsRecordError::Invalid {
+                what: "tagged field count",
+                at,
+            });
         }
         for _ in 0..count {
             let _tag = self.uvarint()?;
@@ -570,7 +716,13 @@ mod tests {
 
     #[test]
     fn partition_of_negative_hash_uses_abs() {
-        for g in ["my-group", "test-group", "console-consumer-1", "zz", "\u{1F600}"] {
+        for g in [
+            "my-group",
+            "test-group",
+            "console-consumer-1",
+            "zz",
+            "\u{1F600}",
+        ] {
             let h = java_string_hash(g);
             let p = partition_for_group(g, 50);
             assert!((0..50).contains(&p));
@@ -677,19 +829,33 @@ mod tests {
         e.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         e.extend_from_slice(&0i64.to_be_bytes());
         e.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert!(matches!(GroupMetadataValue::decode(&e), Err(OffsetsRecordError::Invalid { .. })));
+        assert!(matches!(
+            GroupMetadataValue::decode(&e),
+            Err(OffsetsRecordError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn tombstones_decode_as_none() {
         let key = OffsetsKey::offset_commit("g", "t", 0).encode();
         let r = OffsetsRecord::decode(&key, None).unwrap();
-        assert_eq!(r, OffsetsRecord::OffsetCommit { group: "g".into(), topic: "t".into(), partition: 0, value: None });
+        assert_eq!(
+            r,
+            OffsetsRecord::OffsetCommit {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 0,
+                value: None
+            }
+        );
     }
 
     #[test]
     fn unknown_key_version_is_an_error() {
-        assert!(matches!(OffsetsKey::decode(&[0, 9, 0, 0]), Err(OffsetsRecordError::UnknownVersion { .. })));
+        assert!(matches!(
+            OffsetsKey::decode(&[0, 9, 0, 0]),
+            Err(OffsetsRecordError::UnknownVersion { .. })
+        ));
     }
 
     fn arb_string() -> impl Strategy<Value = String> {
@@ -707,16 +873,18 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..40),
             proptest::collection::vec(any::<u8>(), 0..40),
         )
-            .prop_map(move |(member_id, gi, client_id, client_host, rt, st, sub, asg)| MemberMetadata {
-                member_id,
-                group_instance_id: if version >= 3 { gi } else { None },
-                client_id,
-                client_host,
-                rebalance_timeout_ms: if version >= 1 { rt } else { st },
-                session_timeout_ms: st,
-                subscription: Bytes::from(sub),
-                assignment: Bytes::from(asg),
-            })
+            .prop_map(
+                move |(member_id, gi, client_id, client_host, rt, st, sub, asg)| MemberMetadata {
+                    member_id,
+                    group_instance_id: if version >= 3 { gi } else { None },
+                    client_id,
+                    client_host,
+                    rebalance_timeout_ms: if version >= 1 { rt } else { st },
+                    session_timeout_ms: st,
+                    subscription: Bytes::from(sub),
+                    assignment: Bytes::from(asg),
+                },
+            )
     }
 
     fn arb_group_value() -> impl Strategy<Value = GroupMetadataValue> {
@@ -729,15 +897,19 @@ mod tests {
                 any::<i64>(),
                 proptest::collection::vec(arb_member(version), 0..5),
             )
-                .prop_map(move |(protocol_type, generation, protocol, leader, ts, members)| GroupMetadataValue {
-                    version,
-                    protocol_type,
-                    generation,
-                    protocol,
-                    leader,
-                    current_state_timestamp_ms: if version >= 2 { ts } else { -1 },
-                    members,
-                })
+                .prop_map(
+                    move |(protocol_type, generation, protocol, leader, ts, members)| {
+                        GroupMetadataValue {
+                            version,
+                            protocol_type,
+                            generation,
+                            protocol,
+                            leader,
+                            current_state_timestamp_ms: if version >= 2 { ts } else { -1 },
+                            members,
+                        }
+                    },
+                )
         })
     }
 

@@ -8,12 +8,16 @@ mod common;
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
-use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    ApiKey, FetchRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
+    JoinGroupResponse, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -42,7 +46,9 @@ fn join(conn: &mut KafkaConn, version: i16, group: &str, member_id: &str) -> Joi
         .with_rebalance_timeout_ms(10_000)
         .with_member_id(s(member_id))
         .with_protocol_type(s("consumer"))
-        .with_protocols(vec![JoinGroupRequestProtocol::default().with_name(s("range")).with_metadata(Bytes::from_static(b"sub"))]);
+        .with_protocols(vec![JoinGroupRequestProtocol::default()
+            .with_name(s("range"))
+            .with_metadata(Bytes::from_static(b"sub"))]);
     conn.request(version, &req)
 }
 
@@ -53,7 +59,13 @@ fn join_as_new_member(conn: &mut KafkaConn, group: &str) -> JoinGroupResponse {
     join(conn, 5, group, first.member_id.as_str())
 }
 
-fn sync(conn: &mut KafkaConn, group: &str, member_id: &str, generation: i32, assignments: &[(&str, &'static [u8])]) -> (i16, Bytes) {
+fn sync(
+    conn: &mut KafkaConn,
+    group: &str,
+    member_id: &str,
+    generation: i32,
+    assignments: &[(&str, &'static [u8])],
+) -> (i16, Bytes) {
     let req = SyncGroupRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_generation_id(generation)
@@ -61,7 +73,11 @@ fn sync(conn: &mut KafkaConn, group: &str, member_id: &str, generation: i32, ass
         .with_assignments(
             assignments
                 .iter()
-                .map(|(m, a)| SyncGroupRequestAssignment::default().with_member_id(s(m)).with_assignment(Bytes::from_static(a)))
+                .map(|(m, a)| {
+                    SyncGroupRequestAssignment::default()
+                        .with_member_id(s(m))
+                        .with_assignment(Bytes::from_static(a))
+                })
                 .collect(),
         );
     let resp = conn.request(3, &req);
@@ -69,22 +85,33 @@ fn sync(conn: &mut KafkaConn, group: &str, member_id: &str, generation: i32, ass
 }
 
 fn heartbeat(conn: &mut KafkaConn, group: &str, member_id: &str, generation: i32) -> i16 {
-    let req = HeartbeatRequest::default().with_group_id(GroupId(s(group))).with_member_id(s(member_id)).with_generation_id(generation);
+    let req = HeartbeatRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_member_id(s(member_id))
+        .with_generation_id(generation);
     conn.request(3, &req).error_code
 }
 
-fn commit(conn: &mut KafkaConn, group: &str, member_id: &str, generation: i32, topic: &str, offset: i64, metadata: &str) -> i16 {
+fn commit(
+    conn: &mut KafkaConn,
+    group: &str,
+    member_id: &str,
+    generation: i32,
+    topic: &str,
+    offset: i64,
+    metadata: &str,
+) -> i16 {
     let req = OffsetCommitRequest::default()
         .with_group_id(GroupId(s(group)))
         .with_generation_id_or_member_epoch(generation)
         .with_member_id(s(member_id))
-        .with_topics(vec![OffsetCommitRequestTopic::default().with_name(topic_name(topic)).with_partitions(vec![
-            OffsetCommitRequestPartition::default()
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
                 .with_partition_index(0)
                 .with_committed_offset(offset)
                 .with_committed_leader_epoch(-1)
-                .with_committed_metadata(Some(s(metadata))),
-        ])]);
+                .with_committed_metadata(Some(s(metadata)))])]);
     let resp = conn.request(8, &req);
     resp.topics[0].partitions[0].error_code
 }
@@ -92,11 +119,19 @@ fn commit(conn: &mut KafkaConn, group: &str, member_id: &str, generation: i32, t
 fn fetch_committed(conn: &mut KafkaConn, group: &str, topic: &str) -> (i64, String) {
     let req = OffsetFetchRequest::default()
         .with_group_id(GroupId(s(group)))
-        .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(topic_name(topic)).with_partition_indexes(vec![0])]));
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(topic_name(topic))
+            .with_partition_indexes(vec![0])]));
     let resp = conn.request(7, &req);
     assert_eq!(resp.error_code, 0);
     let p = &resp.topics[0].partitions[0];
-    (p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default())
+    (
+        p.committed_offset,
+        p.metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    )
 }
 
 #[test]
@@ -127,18 +162,36 @@ fn sync_returns_the_leaders_bytes_and_errors_are_kafkas() {
     ensure_topic(&mut conn, &topic);
     let j = join_as_new_member(&mut conn, "g-sync");
     let me = j.member_id.to_string();
-    let (error, assignment) = sync(&mut conn, "g-sync", &me, 1, &[(me.as_str(), b"\x00\x01exact")]);
+    let (error, assignment) = sync(
+        &mut conn,
+        "g-sync",
+        &me,
+        1,
+        &[(me.as_str(), b"\x00\x01exact")],
+    );
     assert_eq!(error, 0);
     assert_eq!(&assignment[..], b"\x00\x01exact");
     assert_eq!(heartbeat(&mut conn, "g-sync", &me, 1), 0);
     assert_eq!(heartbeat(&mut conn, "g-sync", &me, 0), ILLEGAL_GENERATION);
-    assert_eq!(heartbeat(&mut conn, "g-sync", "stranger", 1), UNKNOWN_MEMBER_ID);
-    assert_eq!(commit(&mut conn, "g-sync", &me, 0, &topic, 5, ""), ILLEGAL_GENERATION);
-    assert_eq!(commit(&mut conn, "g-sync", "stranger", 1, &topic, 5, ""), UNKNOWN_MEMBER_ID);
+    assert_eq!(
+        heartbeat(&mut conn, "g-sync", "stranger", 1),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        commit(&mut conn, "g-sync", &me, 0, &topic, 5, ""),
+        ILLEGAL_GENERATION
+    );
+    assert_eq!(
+        commit(&mut conn, "g-sync", "stranger", 1, &topic, 5, ""),
+        UNKNOWN_MEMBER_ID
+    );
     // A commit from the member keeps the group stable.
     assert_eq!(commit(&mut conn, "g-sync", &me, 1, &topic, 5, "meta"), 0);
     assert_eq!(heartbeat(&mut conn, "g-sync", &me, 1), 0);
-    assert_eq!(fetch_committed(&mut conn, "g-sync", &topic), (5, "meta".to_string()));
+    assert_eq!(
+        fetch_committed(&mut conn, "g-sync", &topic),
+        (5, "meta".to_string())
+    );
     // A second member makes the first rejoin.
     let mut other = KafkaConn::connect(b.addr());
     let waiter = std::thread::spawn(move || {
@@ -166,7 +219,9 @@ fn batched_find_coordinator_names_this_node_for_every_group() {
     let mut conn = KafkaConn::connect(b.addr());
     let versions = conn.api_versions();
     let v = pick_version(&versions, ApiKey::FindCoordinator, 4, 5);
-    let req = FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![s("a"), s("b")]);
+    let req = FindCoordinatorRequest::default()
+        .with_key_type(0)
+        .with_coordinator_keys(vec![s("a"), s("b")]);
     let resp = conn.request(v, &req);
     assert_eq!(resp.coordinators.len(), 2);
     for c in &resp.coordinators {
@@ -190,14 +245,20 @@ fn simple_commits_land_in_consumer_offsets_in_kafkas_format_and_multi_group_fetc
         ["burrow-a", "burrow-b"]
             .iter()
             .map(|g| {
-                OffsetFetchRequestGroup::default().with_group_id(GroupId(s(g))).with_topics(Some(vec![
-                    OffsetFetchRequestTopics::default().with_name(topic_name(&topic)).with_partition_indexes(vec![0]),
-                ]))
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s(g)))
+                    .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                        .with_name(topic_name(&topic))
+                        .with_partition_indexes(vec![0])]))
             })
             .collect(),
     );
     let resp = conn.request(8, &req);
-    let offsets: Vec<i64> = resp.groups.iter().map(|g| g.topics[0].partitions[0].committed_offset).collect();
+    let offsets: Vec<i64> = resp
+        .groups
+        .iter()
+        .map(|g| g.topics[0].partitions[0].committed_offset)
+        .collect();
     assert_eq!(offsets, vec![11, 22]);
 
     // What a lag monitor reading __consumer_offsets sees.
@@ -208,9 +269,13 @@ fn simple_commits_land_in_consumer_offsets_in_kafkas_format_and_multi_group_fetc
         .with_min_bytes(1)
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(topic_name(OFFSETS_TOPIC_NAME)).with_partitions(vec![
-            FetchPartition::default().with_partition(partition).with_fetch_offset(0).with_log_start_offset(-1).with_partition_max_bytes(1 << 20),
-        ])]);
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(OFFSETS_TOPIC_NAME))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(0)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1 << 20)])]);
     let resp = conn.request(12, &fetch);
     let p = &resp.responses[0].partitions[0];
     assert_eq!(p.error_code, 0);
@@ -220,8 +285,12 @@ fn simple_commits_land_in_consumer_offsets_in_kafkas_format_and_multi_group_fetc
         let set = RecordBatchDecoder::decode(&mut records).expect("valid batches");
         for r in set.records {
             let key = r.key.expect("offsets records have keys");
-            if let Ok(OffsetsRecord::OffsetCommit { group, topic: t, partition: 0, value: Some(v) }) =
-                OffsetsRecord::decode(&key, r.value.as_deref())
+            if let Ok(OffsetsRecord::OffsetCommit {
+                group,
+                topic: t,
+                partition: 0,
+                value: Some(v),
+            }) = OffsetsRecord::decode(&key, r.value.as_deref())
             {
                 if group == "burrow-a" && t == topic {
                     found = Some((v.offset, v.metadata, v.version));
@@ -249,11 +318,19 @@ fn committed_offsets_survive_a_restart() {
         // COORDINATOR_LOAD_IN_PROGRESS is retried, as clients do.
         let req = OffsetFetchRequest::default()
             .with_group_id(GroupId(s("durable")))
-            .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(topic_name(&topic)).with_partition_indexes(vec![0])]));
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(topic_name(&topic))
+                .with_partition_indexes(vec![0])]));
         let resp = conn.request(7, &req);
         if resp.error_code == 0 {
             let p = &resp.topics[0].partitions[0];
-            got = (p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default());
+            got = (
+                p.committed_offset,
+                p.metadata
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            );
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -265,9 +342,13 @@ fn committed_offsets_survive_a_restart() {
 fn log_start(conn: &mut KafkaConn, topic: &str, partition: i32) -> i64 {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::ListOffsetsRequest;
-    let req = ListOffsetsRequest::default().with_replica_id((-1).into()).with_topics(vec![ListOffsetsTopic::default()
-        .with_name(topic_name(topic))
-        .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(-2)])]);
+    let req = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-2)])]);
     let resp = conn.request(4, &req);
     let p = &resp.topics[0].partitions[0];
     assert_eq!(p.error_code, 0);
@@ -278,7 +359,8 @@ fn log_start(conn: &mut KafkaConn, topic: &str, partition: i32) -> i64 {
 fn superseded_commits_are_rewritten_away_and_the_last_one_survives_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("wharf.toml");
-    std::fs::write(&config, "\"offsets.topic.compaction.min.records\" = 50\n").expect("write config");
+    std::fs::write(&config, "\"offsets.topic.compaction.min.records\" = 50\n")
+        .expect("write config");
     let config = config.to_str().expect("utf-8 path").to_string();
     let mut b = Broker::start_with(&["--config", &config]);
     let topic = unique_topic("grp");
@@ -287,7 +369,10 @@ fn superseded_commits_are_rewritten_away_and_the_last_one_survives_a_restart() {
         let mut conn = KafkaConn::connect(b.addr());
         ensure_topic(&mut conn, &topic);
         for offset in 0..200 {
-            assert_eq!(commit(&mut conn, "compact-me", "", -1, &topic, offset, "m"), 0);
+            assert_eq!(
+                commit(&mut conn, "compact-me", "", -1, &topic, offset, "m"),
+                0
+            );
         }
         let mut start = 0;
         for _ in 0..200 {
@@ -297,7 +382,10 @@ fn superseded_commits_are_rewritten_away_and_the_last_one_survives_a_restart() {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert!(start >= 50, "the log start moved past superseded commits (at {start})");
+        assert!(
+            start >= 50,
+            "the log start moved past superseded commits (at {start})"
+        );
     }
     b.restart();
     let mut conn = KafkaConn::connect(b.addr());
@@ -305,11 +393,19 @@ fn superseded_commits_are_rewritten_away_and_the_last_one_survives_a_restart() {
     for _ in 0..100 {
         let req = OffsetFetchRequest::default()
             .with_group_id(GroupId(s("compact-me")))
-            .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(topic_name(&topic)).with_partition_indexes(vec![0])]));
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(topic_name(&topic))
+                .with_partition_indexes(vec![0])]));
         let resp = conn.request(7, &req);
         if resp.error_code == 0 {
             let p = &resp.topics[0].partitions[0];
-            got = (p.committed_offset, p.metadata.as_ref().map(|m| m.to_string()).unwrap_or_default());
+            got = (
+                p.committed_offset,
+                p.metadata
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            );
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));

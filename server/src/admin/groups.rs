@@ -11,8 +11,8 @@ use bytes::{Buf, Bytes};
 use clap::{Args, Subcommand};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, OffsetFetchRequest,
+    BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
+    ListGroupsRequest, ListOffsetsRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
@@ -23,7 +23,12 @@ use crate::kafka::{str_bytes, topic_name};
 #[derive(Args, Debug)]
 pub struct GroupArgs {
     /// The broker to ask, HOST:PORT.
-    #[arg(long, global = true, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap: String,
     #[command(subcommand)]
     pub command: GroupCommand,
@@ -57,26 +62,53 @@ pub fn run(args: &GroupArgs) -> Result<(), AdminError> {
 fn list(client: &mut AdminClient) -> Result<(), AdminError> {
     let response = client.send(&ListGroupsRequest::default(), 5)?;
     if response.error_code != 0 {
-        return Err(AdminError::Protocol(format!("ListGroups failed: {}", error_name(response.error_code))));
+        return Err(AdminError::Protocol(format!(
+            "ListGroups failed: {}",
+            error_name(response.error_code)
+        )));
     }
     let mut groups = response.groups;
     groups.sort_by(|a, b| a.group_id.0.cmp(&b.group_id.0));
-    println!("{:<40} {:<20} {:<14} TYPE", "GROUP", "STATE", "PROTOCOL-TYPE");
+    println!(
+        "{:<40} {:<20} {:<14} TYPE",
+        "GROUP", "STATE", "PROTOCOL-TYPE"
+    );
     for g in groups {
-        let group_type = if g.group_type.is_empty() { "classic" } else { g.group_type.as_str() };
-        let protocol_type = if g.protocol_type.is_empty() { "-" } else { g.protocol_type.as_str() };
-        println!("{:<40} {:<20} {:<14} {}", g.group_id.0.as_str(), g.group_state.as_str(), protocol_type, group_type);
+        let group_type = if g.group_type.is_empty() {
+            "classic"
+        } else {
+            g.group_type.as_str()
+        };
+        let protocol_type = if g.protocol_type.is_empty() {
+            "-"
+        } else {
+            g.protocol_type.as_str()
+        };
+        println!(
+            "{:<40} {:<20} {:<14} {}",
+            g.group_id.0.as_str(),
+            g.group_state.as_str(),
+            protocol_type,
+            group_type
+        );
     }
     Ok(())
 }
 
 /// The connection to the group's coordinator (the bootstrap broker when it is the one).
-fn coordinator_client(mut client: AdminClient, bootstrap: &str, group: &str) -> Result<AdminClient, AdminError> {
+fn coordinator_client(
+    mut client: AdminClient,
+    bootstrap: &str,
+    group: &str,
+) -> Result<AdminClient, AdminError> {
     let mut request = FindCoordinatorRequest::default();
     request.key = str_bytes(group);
     let response = client.send(&request, 3)?;
     if response.error_code != 0 {
-        return Err(AdminError::Protocol(format!("no coordinator for group {group}: {}", error_name(response.error_code))));
+        return Err(AdminError::Protocol(format!(
+            "no coordinator for group {group}: {}",
+            error_name(response.error_code)
+        )));
     }
     let address = format!("{}:{}", response.host.as_str(), response.port);
     if address == bootstrap {
@@ -136,9 +168,16 @@ pub fn describe(client: &mut AdminClient, group: &str) -> Result<GroupView, Admi
     let mut request = DescribeGroupsRequest::default();
     request.groups = vec![GroupId(str_bytes(group))];
     let response = client.send(&request, 5)?;
-    let described = response.groups.into_iter().next().ok_or_else(|| AdminError::Protocol("DescribeGroups answered no group".into()))?;
+    let described = response
+        .groups
+        .into_iter()
+        .next()
+        .ok_or_else(|| AdminError::Protocol("DescribeGroups answered no group".into()))?;
     if described.error_code != 0 {
-        return Err(AdminError::Protocol(format!("cannot describe group {group}: {}", error_name(described.error_code))));
+        return Err(AdminError::Protocol(format!(
+            "cannot describe group {group}: {}",
+            error_name(described.error_code)
+        )));
     }
     let consumer = described.protocol_type.as_str() == "consumer";
     let members: Vec<MemberView> = described
@@ -149,7 +188,11 @@ pub fn describe(client: &mut AdminClient, group: &str) -> Result<GroupView, Admi
             group_instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()),
             client_id: m.client_id.to_string(),
             host: m.client_host.to_string(),
-            assignment: if consumer { parse_assignment(m.member_assignment.clone()) } else { BTreeMap::new() },
+            assignment: if consumer {
+                parse_assignment(m.member_assignment.clone())
+            } else {
+                BTreeMap::new()
+            },
         })
         .collect();
 
@@ -158,7 +201,10 @@ pub fn describe(client: &mut AdminClient, group: &str) -> Result<GroupView, Admi
     fetch.topics = None; // every committed partition
     let offsets = client.send(&fetch, 7)?;
     if offsets.error_code != 0 {
-        return Err(AdminError::Protocol(format!("cannot fetch offsets of group {group}: {}", error_name(offsets.error_code))));
+        return Err(AdminError::Protocol(format!(
+            "cannot fetch offsets of group {group}: {}",
+            error_name(offsets.error_code)
+        )));
     }
     let mut committed: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
     for t in &offsets.topics {
@@ -209,9 +255,19 @@ pub fn describe(client: &mut AdminClient, group: &str) -> Result<GroupView, Admi
     let partitions = committed
         .into_iter()
         .map(|((topic, partition), committed)| {
-            let owner = members.iter().position(|m| m.assignment.get(&topic).is_some_and(|ps| ps.contains(&partition)));
+            let owner = members.iter().position(|m| {
+                m.assignment
+                    .get(&topic)
+                    .is_some_and(|ps| ps.contains(&partition))
+            });
             let log_end = log_ends.get(&(topic.clone(), partition)).copied();
-            PartitionView { topic, partition, committed, log_end, owner }
+            PartitionView {
+                topic,
+                partition,
+                committed,
+                log_end,
+                owner,
+            }
         })
         .collect();
     Ok(GroupView {
@@ -235,7 +291,9 @@ pub fn parse_assignment(mut bytes: Bytes) -> BTreeMap<String, Vec<i32>> {
         for tp in assignment.assigned_partitions {
             let mut parts = tp.partitions;
             parts.sort_unstable();
-            out.entry(tp.topic.0.to_string()).or_insert_with(Vec::new).extend(parts);
+            out.entry(tp.topic.0.to_string())
+                .or_insert_with(Vec::new)
+                .extend(parts);
         }
     }
     out
@@ -254,13 +312,29 @@ pub fn render(g: &GroupView) -> String {
         g.group,
         g.state,
         g.members.len(),
-        if g.protocol_type.is_empty() { "-" } else { &g.protocol_type },
-        if g.protocol.is_empty() { "-" } else { &g.protocol },
+        if g.protocol_type.is_empty() {
+            "-"
+        } else {
+            &g.protocol_type
+        },
+        if g.protocol.is_empty() {
+            "-"
+        } else {
+            &g.protocol
+        },
         max_lag
     ));
     out.push_str(&format!(
         "{:<24} {:<24} {:>9} {:>15} {:>15} {:>8} {:<44} {:<16} {}\n",
-        "GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST", "CLIENT-ID"
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "CONSUMER-ID",
+        "HOST",
+        "CLIENT-ID"
     ));
     for p in &g.partitions {
         let owner = p.owner.map(|i| &g.members[i]);
@@ -279,17 +353,32 @@ pub fn render(g: &GroupView) -> String {
     }
     if !g.members.is_empty() {
         out.push('\n');
-        out.push_str(&format!("{:<44} {:<20} {:<16} {:<20} {}\n", "CONSUMER-ID", "GROUP-INSTANCE-ID", "HOST", "CLIENT-ID", "ASSIGNMENT"));
+        out.push_str(&format!(
+            "{:<44} {:<20} {:<16} {:<20} {}\n",
+            "CONSUMER-ID", "GROUP-INSTANCE-ID", "HOST", "CLIENT-ID", "ASSIGNMENT"
+        ));
         for m in &g.members {
-            let assignment: Vec<String> =
-                m.assignment.iter().map(|(t, ps)| format!("{t}({})", ps.iter().map(i32::to_string).collect::<Vec<_>>().join(","))).collect();
+            let assignment: Vec<String> = m
+                .assignment
+                .iter()
+                .map(|(t, ps)| {
+                    format!(
+                        "{t}({})",
+                        ps.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+                    )
+                })
+                .collect();
             out.push_str(&format!(
                 "{:<44} {:<20} {:<16} {:<20} {}\n",
                 m.member_id,
                 m.group_instance_id.as_deref().unwrap_or("-"),
                 m.host,
                 m.client_id,
-                if assignment.is_empty() { "-".to_string() } else { assignment.join(" ") }
+                if assignment.is_empty() {
+                    "-".to_string()
+                } else {
+                    assignment.join(" ")
+                }
             ));
         }
     }
@@ -346,9 +435,27 @@ mod tests {
             protocol: "range".into(),
             members: vec![member],
             partitions: vec![
-                PartitionView { topic: "t".into(), partition: 0, committed: Some(7), log_end: Some(10), owner: Some(0) },
-                PartitionView { topic: "t".into(), partition: 1, committed: None, log_end: Some(4), owner: None },
-                PartitionView { topic: "t".into(), partition: 2, committed: Some(1), log_end: Some(9), owner: None },
+                PartitionView {
+                    topic: "t".into(),
+                    partition: 0,
+                    committed: Some(7),
+                    log_end: Some(10),
+                    owner: Some(0),
+                },
+                PartitionView {
+                    topic: "t".into(),
+                    partition: 1,
+                    committed: None,
+                    log_end: Some(4),
+                    owner: None,
+                },
+                PartitionView {
+                    topic: "t".into(),
+                    partition: 2,
+                    committed: Some(1),
+                    log_end: Some(9),
+                    owner: None,
+                },
             ],
         };
         assert_eq!(view.partitions[0].lag(), Some(3));
@@ -356,7 +463,10 @@ mod tests {
         assert_eq!(view.max_lag(), Some(8));
         let text = render(&view);
         assert!(text.contains("max lag 8"));
-        let row = text.lines().find(|l| l.starts_with("g ") && l.contains(" t ") && l.contains("m-1")).unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("g ") && l.contains(" t ") && l.contains("m-1"))
+            .unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(&cols[..7], &["g", "t", "0", "7", "10", "3", "m-1"]);
         assert!(text.contains("t(0)"));

@@ -96,7 +96,12 @@ pub struct SyncResponse {
 
 impl SyncResponse {
     pub fn error(error: ResponseError) -> SyncResponse {
-        SyncResponse { error: Some(error), protocol_type: None, protocol_name: None, assignment: Bytes::new() }
+        SyncResponse {
+            error: Some(error),
+            protocol_type: None,
+            protocol_name: None,
+            assignment: Bytes::new(),
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
-use wharf_protocol::offsets_topic::{GroupMetadataValue, MemberMetadata, OffsetsRecord, GROUP_METADATA_VALUE_VERSION};
+use wharf_protocol::offsets_topic::{
+    GroupMetadataValue, MemberMetadata, OffsetsRecord, GROUP_METADATA_VALUE_VERSION,
+};
 
 use super::api::CommittedOffset;
 use super::member::Member;
@@ -102,9 +104,13 @@ impl ClassicGroup {
         debug_assert!(
             matches!(
                 (self.state, to),
-                (GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance, GroupState::PreparingRebalance)
-                    | (GroupState::PreparingRebalance, GroupState::CompletingRebalance | GroupState::Empty)
-                    | (GroupState::CompletingRebalance, GroupState::Stable)
+                (
+                    GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance,
+                    GroupState::PreparingRebalance
+                ) | (
+                    GroupState::PreparingRebalance,
+                    GroupState::CompletingRebalance | GroupState::Empty
+                ) | (GroupState::CompletingRebalance, GroupState::Stable)
             ),
             "illegal group transition {:?} -> {:?}",
             self.state,
@@ -124,7 +130,11 @@ impl ClassicGroup {
 
     /// A static member's instance id is held by a different member id: the caller is a
     /// zombie of an old incarnation (KIP-345) and is fenced.
-    pub fn is_static_member_fenced(&self, member_id: &str, group_instance_id: Option<&str>) -> bool {
+    pub fn is_static_member_fenced(
+        &self,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> bool {
         match group_instance_id.and_then(|id| self.static_members.get(id)) {
             Some(holder) => holder != member_id,
             None => false,
@@ -133,11 +143,18 @@ impl ClassicGroup {
 
     /// The largest rebalance timeout of any member: how long a rebalance may wait.
     pub fn rebalance_timeout_ms(&self) -> i64 {
-        self.members.values().map(|m| m.rebalance_timeout_ms as i64).max().unwrap_or(0)
+        self.members
+            .values()
+            .map(|m| m.rebalance_timeout_ms as i64)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn awaiting_join_count(&self) -> usize {
-        self.members.values().filter(|m| m.join_waiter.is_some()).count()
+        self.members
+            .values()
+            .filter(|m| m.join_waiter.is_some())
+            .count()
     }
 
     /// Every member has rejoined and no MEMBER_ID_REQUIRED member is still expected.
@@ -146,13 +163,18 @@ impl ClassicGroup {
     }
 
     pub fn can_rebalance(&self) -> bool {
-        matches!(self.state, GroupState::Stable | GroupState::CompletingRebalance | GroupState::Empty)
+        matches!(
+            self.state,
+            GroupState::Stable | GroupState::CompletingRebalance | GroupState::Empty
+        )
     }
 
     /// Protocols every member supports.
     pub fn candidate_protocols(&self) -> Vec<&str> {
         let mut members = self.members.values();
-        let Some(first) = members.next() else { return Vec::new() };
+        let Some(first) = members.next() else {
+            return Vec::new();
+        };
         let mut candidates: Vec<&str> = first.protocols.iter().map(|p| p.name.as_str()).collect();
         for m in members {
             candidates.retain(|c| m.protocols.iter().any(|p| p.name == *c));
@@ -170,7 +192,11 @@ impl ClassicGroup {
         if self.protocol_type.as_deref() != Some(protocol_type) {
             return false;
         }
-        protocols.iter().any(|p| self.members.values().all(|m| m.protocols.iter().any(|mp| mp.name == *p)))
+        protocols.iter().any(|p| {
+            self.members
+                .values()
+                .all(|m| m.protocols.iter().any(|mp| mp.name == *p))
+        })
     }
 
     /// Each member votes for its favourite protocol among those all support; the most votes
@@ -186,7 +212,10 @@ impl ClassicGroup {
             }
         }
         let best = votes.iter().map(|(_, n)| *n).max()?;
-        votes.into_iter().find(|(_, n)| *n == best).map(|(name, _)| name.to_owned())
+        votes
+            .into_iter()
+            .find(|(_, n)| *n == best)
+            .map(|(name, _)| name.to_owned())
     }
 
     /// Add a member; the first member of a group sets its protocol type and leads.
@@ -198,7 +227,8 @@ impl ClassicGroup {
             self.leader_id = Some(member.member_id.clone());
         }
         if let Some(instance) = &member.group_instance_id {
-            self.static_members.insert(instance.clone(), member.member_id.clone());
+            self.static_members
+                .insert(instance.clone(), member.member_id.clone());
         }
         self.pending_members.remove(&member.member_id);
         self.members.insert(member.member_id.clone(), member);
@@ -222,8 +252,14 @@ impl ClassicGroup {
     /// If the leader has not rejoined, hand leadership to a member that has. False when no
     /// member has rejoined at all.
     pub fn maybe_elect_new_joined_leader(&mut self) -> bool {
-        let Some(leader) = self.leader_id.clone() else { return false };
-        if self.members.get(&leader).is_some_and(|m| m.join_waiter.is_some()) {
+        let Some(leader) = self.leader_id.clone() else {
+            return false;
+        };
+        if self
+            .members
+            .get(&leader)
+            .is_some_and(|m| m.join_waiter.is_some())
+        {
             return true;
         }
         match self.members.values().find(|m| m.join_waiter.is_some()) {
@@ -300,11 +336,18 @@ impl ClassicGroup {
     }
 
     /// The assignment each member will get: the leader's bytes for it, empty if unmentioned.
-    pub fn fill_assignment(&self, leader_assignment: &[(String, Bytes)]) -> BTreeMap<String, Bytes> {
+    pub fn fill_assignment(
+        &self,
+        leader_assignment: &[(String, Bytes)],
+    ) -> BTreeMap<String, Bytes> {
         self.members
             .keys()
             .map(|id| {
-                let bytes = leader_assignment.iter().find(|(m, _)| m == id).map(|(_, b)| b.clone()).unwrap_or_default();
+                let bytes = leader_assignment
+                    .iter()
+                    .find(|(m, _)| m == id)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
                 (id.clone(), bytes)
             })
             .collect()

@@ -46,7 +46,8 @@ impl Default for GroupConfig {
             offset_metadata_max_bytes: 4096,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
-            offsets_topic_num_partitions: wharf_protocol::offsets_topic::OFFSETS_TOPIC_DEFAULT_PARTITIONS,
+            offsets_topic_num_partitions:
+                wharf_protocol::offsets_topic::OFFSETS_TOPIC_DEFAULT_PARTITIONS,
             offsets_topic_compaction_min_records: 10_000,
         }
     }

@@ -59,7 +59,13 @@ pub struct HeartbeatOut {
 
 impl HeartbeatOut {
     fn error(member_id: &str, error: ResponseError) -> HeartbeatOut {
-        HeartbeatOut { error: Some(error), member_id: member_id.to_owned(), member_epoch: -1, heartbeat_interval_ms: 0, assignment: None }
+        HeartbeatOut {
+            error: Some(error),
+            member_id: member_id.to_owned(),
+            member_epoch: -1,
+            heartbeat_interval_ms: 0,
+            assignment: None,
+        }
     }
 }
 
@@ -95,7 +101,9 @@ impl ConsumerGroup {
             "Empty"
         } else if self.assignment_epoch != self.group_epoch {
             "Assigning"
-        } else if self.members.iter().any(|(id, m)| m.member_epoch != self.assignment_epoch || self.target.get(id) != Some(&m.owned)) {
+        } else if self.members.iter().any(|(id, m)| {
+            m.member_epoch != self.assignment_epoch || self.target.get(id) != Some(&m.owned)
+        }) {
             "Reconciling"
         } else {
             "Stable"
@@ -103,22 +111,38 @@ impl ConsumerGroup {
     }
 
     pub fn member_epoch(&self, member_id: &str) -> Option<(i32, i32)> {
-        self.members.get(member_id).map(|m| (m.member_epoch, m.previous_epoch))
+        self.members
+            .get(member_id)
+            .map(|m| (m.member_epoch, m.previous_epoch))
     }
 
     pub fn members(&self) -> impl Iterator<Item = (&String, &Assignment, Option<&String>)> {
-        self.members.iter().map(|(id, m)| (id, &m.owned, m.instance_id.as_ref()))
+        self.members
+            .iter()
+            .map(|(id, m)| (id, &m.owned, m.instance_id.as_ref()))
     }
 
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
-        self.members.values().flat_map(|m| m.subscribed.iter().cloned()).collect()
+        self.members
+            .values()
+            .flat_map(|m| m.subscribed.iter().cloned())
+            .collect()
     }
 
     /// Range assignment per topic over the members subscribed to it, in member id order.
     fn compute_target(&mut self, topics: &BTreeMap<String, TopicInfo>) {
-        let mut target: BTreeMap<String, Assignment> = self.members.keys().map(|id| (id.clone(), Assignment::new())).collect();
+        let mut target: BTreeMap<String, Assignment> = self
+            .members
+            .keys()
+            .map(|id| (id.clone(), Assignment::new()))
+            .collect();
         for (name, info) in topics {
-            let subscribers: Vec<&String> = self.members.iter().filter(|(_, m)| m.subscribed.contains(name)).map(|(id, _)| id).collect();
+            let subscribers: Vec<&String> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.subscribed.contains(name))
+                .map(|(id, _)| id)
+                .collect();
             if subscribers.is_empty() || info.partitions <= 0 {
                 continue;
             }
@@ -130,7 +154,10 @@ impl ConsumerGroup {
                 let parts: BTreeSet<i32> = (next..next + count).collect();
                 next += count;
                 if !parts.is_empty() {
-                    target.get_mut(*id).expect("every member has a target").insert(info.id, parts);
+                    target
+                        .get_mut(*id)
+                        .expect("every member has a target")
+                        .insert(info.id, parts);
                 }
             }
         }
@@ -195,7 +222,13 @@ impl ConsumerGroups {
 
     /// One ConsumerGroupHeartbeat. `topics` resolves the subscribed topic names against the
     /// broker's metadata (unknown topics are absent).
-    pub fn heartbeat(&mut self, now_ms: i64, req: HeartbeatIn, topics: &dyn Fn(&str) -> Option<TopicInfo>, seed: u64) -> HeartbeatOut {
+    pub fn heartbeat(
+        &mut self,
+        now_ms: i64,
+        req: HeartbeatIn,
+        topics: &dyn Fn(&str) -> Option<TopicInfo>,
+        seed: u64,
+    ) -> HeartbeatOut {
         if req.group_id.is_empty() {
             return HeartbeatOut::error(&req.member_id, ResponseError::InvalidRequest);
         }
@@ -212,7 +245,13 @@ impl ConsumerGroups {
             if group.members.remove(&member_id).is_some() {
                 group.group_epoch += 1;
             }
-            let out = HeartbeatOut { error: None, member_id, member_epoch: req.member_epoch, heartbeat_interval_ms: 0, assignment: None };
+            let out = HeartbeatOut {
+                error: None,
+                member_id,
+                member_epoch: req.member_epoch,
+                heartbeat_interval_ms: 0,
+                assignment: None,
+            };
             if group.members.is_empty() && group.group_epoch > 0 {
                 group.target.clear();
             }
@@ -220,7 +259,9 @@ impl ConsumerGroups {
         }
 
         match group.members.get(&member_id) {
-            None if req.member_epoch != 0 => return HeartbeatOut::error(&member_id, ResponseError::UnknownMemberId),
+            None if req.member_epoch != 0 => {
+                return HeartbeatOut::error(&member_id, ResponseError::UnknownMemberId)
+            }
             None => {
                 if group.members.len() >= MAX_CONSUMER_GROUP_MEMBERS {
                     return HeartbeatOut::error(&member_id, ResponseError::GroupMaxSizeReached);
@@ -249,16 +290,27 @@ impl ConsumerGroups {
             Some(m) => {
                 // A member that lost its assignment rejoins with epoch 0 and the same id.
                 if req.member_epoch == 0 {
-                    let m = group.members.get_mut(&member_id).expect("member was just found");
+                    let m = group
+                        .members
+                        .get_mut(&member_id)
+                        .expect("member was just found");
                     m.owned.clear();
                     m.member_epoch = 0;
                     m.previous_epoch = 0;
-                } else if req.member_epoch != m.member_epoch && req.member_epoch != m.previous_epoch {
+                } else if req.member_epoch != m.member_epoch && req.member_epoch != m.previous_epoch
+                {
                     return HeartbeatOut::error(&member_id, ResponseError::FencedMemberEpoch);
                 }
-                let m = group.members.get_mut(&member_id).expect("member was just found");
+                let m = group
+                    .members
+                    .get_mut(&member_id)
+                    .expect("member was just found");
                 if let Some(subscribed) = &req.subscribed_topic_names {
-                    let subscribed: BTreeSet<String> = subscribed.iter().take(MAX_SUBSCRIBED_TOPICS).cloned().collect();
+                    let subscribed: BTreeSet<String> = subscribed
+                        .iter()
+                        .take(MAX_SUBSCRIBED_TOPICS)
+                        .cloned()
+                        .collect();
                     if subscribed != m.subscribed {
                         m.subscribed = subscribed;
                         group.group_epoch += 1;
@@ -269,18 +321,31 @@ impl ConsumerGroups {
                 }
             }
         }
-        let group = self.groups.get_mut(&req.group_id).expect("group was just found or created");
-        let m = group.members.get_mut(&member_id).expect("member was just found or added");
+        let group = self
+            .groups
+            .get_mut(&req.group_id)
+            .expect("group was just found or created");
+        let m = group
+            .members
+            .get_mut(&member_id)
+            .expect("member was just found or added");
         m.session_deadline_ms = now_ms + CONSUMER_SESSION_TIMEOUT_MS;
         // What the member reports owning is what it still holds (it revokes on its side).
         if let Some(owned) = &req.owned {
-            let reported: Assignment = owned.iter().filter(|(_, p)| !p.is_empty()).map(|(t, p)| (*t, p.clone())).collect();
+            let reported: Assignment = owned
+                .iter()
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(t, p)| (*t, p.clone()))
+                .collect();
             // Only shrink: a member cannot claim partitions it was never given.
             let kept: Assignment = m
                 .owned
                 .iter()
                 .filter_map(|(t, parts)| {
-                    let still: BTreeSet<i32> = parts.intersection(reported.get(t).unwrap_or(&BTreeSet::new())).copied().collect();
+                    let still: BTreeSet<i32> = parts
+                        .intersection(reported.get(t).unwrap_or(&BTreeSet::new()))
+                        .copied()
+                        .collect();
                     (!still.is_empty()).then_some((*t, still))
                 })
                 .collect();
@@ -289,7 +354,10 @@ impl ConsumerGroups {
 
         // The subscribed topics' metadata changed (created, deleted, partitions added).
         let subscribed = group.subscribed_topics();
-        let now_topics: BTreeMap<String, TopicInfo> = subscribed.iter().filter_map(|t| topics(t).map(|i| (t.clone(), i))).collect();
+        let now_topics: BTreeMap<String, TopicInfo> = subscribed
+            .iter()
+            .filter_map(|t| topics(t).map(|i| (t.clone(), i)))
+            .collect();
         if now_topics != group.topics_seen && group.assignment_epoch == group.group_epoch {
             group.group_epoch += 1;
         }
@@ -302,7 +370,10 @@ impl ConsumerGroups {
     /// Moves one member toward its target: first it gives up what it must, then (once
     /// nobody else holds them) it gets its new partitions and the new epoch.
     fn reconcile(&mut self, now_ms: i64, group_id: &str, member_id: &str) -> HeartbeatOut {
-        let group = self.groups.get_mut(group_id).expect("caller found the group");
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .expect("caller found the group");
         let target = group.target.get(member_id).cloned().unwrap_or_default();
         let (owned, rebalance_timeout_ms) = {
             let m = &group.members[member_id];
@@ -348,7 +419,10 @@ impl ConsumerGroups {
             let gone: Vec<String> = group
                 .members
                 .iter()
-                .filter(|(_, m)| m.session_deadline_ms <= now_ms || m.revoke_deadline_ms.is_some_and(|d| d <= now_ms))
+                .filter(|(_, m)| {
+                    m.session_deadline_ms <= now_ms
+                        || m.revoke_deadline_ms.is_some_and(|d| d <= now_ms)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             if !gone.is_empty() {
@@ -363,10 +437,21 @@ impl ConsumerGroups {
     /// OffsetCommit from a member of a consumer group: the member must exist and commit with
     /// its current (or previous) epoch. Generation -1 with no member is accepted when the
     /// group is empty.
-    pub fn validate_commit(&self, group_id: &str, member_id: &str, epoch: i32) -> Result<(), ResponseError> {
-        let Some(group) = self.groups.get(group_id) else { return Ok(()) };
+    pub fn validate_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        epoch: i32,
+    ) -> Result<(), ResponseError> {
+        let Some(group) = self.groups.get(group_id) else {
+            return Ok(());
+        };
         if epoch < 0 && member_id.is_empty() {
-            return if group.members.is_empty() { Ok(()) } else { Err(ResponseError::UnknownMemberId) };
+            return if group.members.is_empty() {
+                Ok(())
+            } else {
+                Err(ResponseError::UnknownMemberId)
+            };
         }
         match group.members.get(member_id) {
             None => Err(ResponseError::UnknownMemberId),
@@ -377,7 +462,9 @@ impl ConsumerGroups {
 
     /// Whether `group_id` is a consumer-protocol group with members.
     pub fn is_active(&self, group_id: &str) -> bool {
-        self.groups.get(group_id).is_some_and(|g| !g.members.is_empty())
+        self.groups
+            .get(group_id)
+            .is_some_and(|g| !g.members.is_empty())
     }
 
     pub fn delete_empty(&mut self, group_id: &str) -> bool {
@@ -398,10 +485,19 @@ mod tests {
     const T: u128 = 7;
 
     fn topics(name: &str) -> Option<TopicInfo> {
-        (name == "t").then_some(TopicInfo { id: T, partitions: 4 })
+        (name == "t").then_some(TopicInfo {
+            id: T,
+            partitions: 4,
+        })
     }
 
-    fn beat(g: &mut ConsumerGroups, now: i64, member: &str, epoch: i32, owned: Option<Vec<i32>>) -> HeartbeatOut {
+    fn beat(
+        g: &mut ConsumerGroups,
+        now: i64,
+        member: &str,
+        epoch: i32,
+        owned: Option<Vec<i32>>,
+    ) -> HeartbeatOut {
         g.heartbeat(
             now,
             HeartbeatIn {
@@ -419,7 +515,11 @@ mod tests {
     }
 
     fn parts(out: &HeartbeatOut) -> Vec<i32> {
-        out.assignment.as_ref().and_then(|a| a.get(&T)).map(|p| p.iter().copied().collect()).unwrap_or_default()
+        out.assignment
+            .as_ref()
+            .and_then(|a| a.get(&T))
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -453,11 +553,23 @@ mod tests {
     fn stale_epochs_are_fenced_and_unknown_members_rejoin() {
         let mut g = ConsumerGroups::default();
         beat(&mut g, 0, "a", 0, None);
-        assert_eq!(beat(&mut g, 1, "a", 7, None).error, Some(ResponseError::FencedMemberEpoch));
-        assert_eq!(beat(&mut g, 1, "zz", 3, None).error, Some(ResponseError::UnknownMemberId));
+        assert_eq!(
+            beat(&mut g, 1, "a", 7, None).error,
+            Some(ResponseError::FencedMemberEpoch)
+        );
+        assert_eq!(
+            beat(&mut g, 1, "zz", 3, None).error,
+            Some(ResponseError::UnknownMemberId)
+        );
         assert_eq!(g.validate_commit("g", "a", 1), Ok(()));
-        assert_eq!(g.validate_commit("g", "a", 5), Err(ResponseError::StaleMemberEpoch));
-        assert_eq!(g.validate_commit("g", "zz", 1), Err(ResponseError::UnknownMemberId));
+        assert_eq!(
+            g.validate_commit("g", "a", 5),
+            Err(ResponseError::StaleMemberEpoch)
+        );
+        assert_eq!(
+            g.validate_commit("g", "zz", 1),
+            Err(ResponseError::UnknownMemberId)
+        );
     }
 
     #[test]

@@ -62,7 +62,9 @@ impl GroupCoordinator {
 
     fn new_member_id(&mut self, prefix: &str) -> String {
         self.member_id_counter += 1;
-        let a = splitmix64(self.member_id_seed ^ self.member_id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let a = splitmix64(
+            self.member_id_seed ^ self.member_id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let b = splitmix64(a);
         format!(
             "{}-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -81,7 +83,12 @@ impl GroupCoordinator {
 
     pub fn join_group(&mut self, now_ms: i64, token: Token, req: JoinRequest) -> Effects {
         let mut fx = Effects::default();
-        let reject = |fx: &mut Effects, error| fx.replies.push(Reply::Join(token, JoinResponse::error(&req.member_id, error)));
+        let reject = |fx: &mut Effects, error| {
+            fx.replies.push(Reply::Join(
+                token,
+                JoinResponse::error(&req.member_id, error),
+            ))
+        };
         if req.group_id.is_empty() {
             reject(&mut fx, ResponseError::InvalidGroupId);
             return fx;
@@ -103,17 +110,30 @@ impl GroupCoordinator {
                 reject(&mut fx, ResponseError::UnknownMemberId);
                 return fx;
             }
-            self.groups.insert(req.group_id.clone(), ClassicGroup::new(&req.group_id, now_ms));
+            self.groups.insert(
+                req.group_id.clone(),
+                ClassicGroup::new(&req.group_id, now_ms),
+            );
         }
         let new_member_id = if is_unknown_member {
-            let prefix = req.group_instance_id.clone().unwrap_or_else(|| req.client_id.clone());
+            let prefix = req
+                .group_instance_id
+                .clone()
+                .unwrap_or_else(|| req.client_id.clone());
             Some(self.new_member_id(&prefix))
         } else {
             None
         };
         let group_id = req.group_id.clone();
-        let group = self.groups.get_mut(&group_id).expect("group was just found or created");
-        let mut ctx = Ctx { config: &self.config, now_ms, fx: &mut fx };
+        let group = self
+            .groups
+            .get_mut(&group_id)
+            .expect("group was just found or created");
+        let mut ctx = Ctx {
+            config: &self.config,
+            now_ms,
+            fx: &mut fx,
+        };
         match new_member_id {
             Some(id) => ctx.join_unknown_member(group, token, req, id),
             None => ctx.join_known_member(group, token, req),
@@ -131,14 +151,19 @@ impl GroupCoordinator {
 
     pub fn sync_group(&mut self, now_ms: i64, token: Token, req: SyncRequest) -> Effects {
         let mut fx = Effects::default();
-        let mut ctx = Ctx { config: &self.config, now_ms, fx: &mut fx };
+        let mut ctx = Ctx {
+            config: &self.config,
+            now_ms,
+            fx: &mut fx,
+        };
         let result = match self.groups.get_mut(&req.group_id) {
             _ if req.group_id.is_empty() => Err(ResponseError::InvalidGroupId),
             None => Err(ResponseError::UnknownMemberId),
             Some(group) => ctx.sync(group, token, req),
         };
         if let Err(error) = result {
-            fx.replies.push(Reply::Sync(token, SyncResponse::error(error)));
+            fx.replies
+                .push(Reply::Sync(token, SyncResponse::error(error)));
         }
         fx.append(self.fire_timers(now_ms));
         fx
@@ -164,23 +189,53 @@ impl GroupCoordinator {
     // LeaveGroup
     // ---------------------------------------------------------------------------------
 
-    pub fn leave_group(&mut self, now_ms: i64, group_id: &str, leaving: Vec<LeavingMember>) -> (LeaveResponse, Effects) {
+    pub fn leave_group(
+        &mut self,
+        now_ms: i64,
+        group_id: &str,
+        leaving: Vec<LeavingMember>,
+    ) -> (LeaveResponse, Effects) {
         let mut fx = Effects::default();
         if group_id.is_empty() {
-            return (LeaveResponse { error: Some(ResponseError::InvalidGroupId), members: Vec::new() }, fx);
+            return (
+                LeaveResponse {
+                    error: Some(ResponseError::InvalidGroupId),
+                    members: Vec::new(),
+                },
+                fx,
+            );
         }
         let Some(group) = self.groups.get_mut(group_id) else {
-            let members = leaving.into_iter().map(|m| (m, Some(ResponseError::UnknownMemberId))).collect();
-            return (LeaveResponse { error: None, members }, fx);
+            let members = leaving
+                .into_iter()
+                .map(|m| (m, Some(ResponseError::UnknownMemberId)))
+                .collect();
+            return (
+                LeaveResponse {
+                    error: None,
+                    members,
+                },
+                fx,
+            );
         };
-        let mut ctx = Ctx { config: &self.config, now_ms, fx: &mut fx };
+        let mut ctx = Ctx {
+            config: &self.config,
+            now_ms,
+            fx: &mut fx,
+        };
         let mut results = Vec::with_capacity(leaving.len());
         for m in leaving {
             let error = ctx.leave_one(group, &m);
             results.push((m, error));
         }
         fx.append(self.fire_timers(now_ms));
-        (LeaveResponse { error: None, members: results }, fx)
+        (
+            LeaveResponse {
+                error: None,
+                members: results,
+            },
+            fx,
+        )
     }
 
     // ---------------------------------------------------------------------------------
@@ -191,11 +246,17 @@ impl GroupCoordinator {
     /// calls `apply_commit` with `accepted`. A commit never changes membership; a valid one
     /// from a member counts as a sign of life.
     pub fn plan_commit(&mut self, now_ms: i64, req: &CommitRequest) -> CommitPlan {
-        let all = |error: ResponseError| CommitPlan { errors: vec![Some(error); req.partitions.len()], ..CommitPlan::default() };
+        let all = |error: ResponseError| CommitPlan {
+            errors: vec![Some(error); req.partitions.len()],
+            ..CommitPlan::default()
+        };
         // A KIP-848 group checks the member and its epoch; its offsets are stored here.
         let consumer_group = self.consumer.group(&req.group_id).is_some();
         if consumer_group {
-            if let Err(error) = self.consumer.validate_commit(&req.group_id, &req.member_id, req.generation_id) {
+            if let Err(error) =
+                self.consumer
+                    .validate_commit(&req.group_id, &req.member_id, req.generation_id)
+            {
                 return all(error);
             }
         }
@@ -205,9 +266,15 @@ impl GroupCoordinator {
                 // generation: reject.
                 return all(ResponseError::IllegalGeneration);
             }
-            self.groups.insert(req.group_id.clone(), ClassicGroup::new(&req.group_id, now_ms));
+            self.groups.insert(
+                req.group_id.clone(),
+                ClassicGroup::new(&req.group_id, now_ms),
+            );
         }
-        let group = self.groups.get_mut(&req.group_id).expect("group was just found or created");
+        let group = self
+            .groups
+            .get_mut(&req.group_id)
+            .expect("group was just found or created");
         if !consumer_group {
             if let Err(error) = validate_commit(group, req) {
                 return all(error);
@@ -220,13 +287,27 @@ impl GroupCoordinator {
         for p in &req.partitions {
             let metadata = p.metadata.clone().unwrap_or_default();
             if metadata.len() > self.config.offset_metadata_max_bytes {
-                plan.errors.push(Some(ResponseError::OffsetMetadataTooLarge));
+                plan.errors
+                    .push(Some(ResponseError::OffsetMetadataTooLarge));
                 continue;
             }
-            let commit_timestamp_ms = if p.commit_timestamp_ms < 0 { now_ms } else { p.commit_timestamp_ms };
-            let expire_timestamp_ms =
-                if req.retention_time_ms < 0 { -1 } else { commit_timestamp_ms.saturating_add(req.retention_time_ms) };
-            let value = OffsetCommitValue::new(p.offset, p.leader_epoch, &metadata, commit_timestamp_ms, expire_timestamp_ms);
+            let commit_timestamp_ms = if p.commit_timestamp_ms < 0 {
+                now_ms
+            } else {
+                p.commit_timestamp_ms
+            };
+            let expire_timestamp_ms = if req.retention_time_ms < 0 {
+                -1
+            } else {
+                commit_timestamp_ms.saturating_add(req.retention_time_ms)
+            };
+            let value = OffsetCommitValue::new(
+                p.offset,
+                p.leader_epoch,
+                &metadata,
+                commit_timestamp_ms,
+                expire_timestamp_ms,
+            );
             let committed = CommittedOffset {
                 offset: p.offset,
                 leader_epoch: p.leader_epoch,
@@ -240,15 +321,24 @@ impl GroupCoordinator {
                 partition: p.partition,
                 value: Some(value),
             });
-            plan.accepted.push((p.topic.clone(), p.partition, committed));
+            plan.accepted
+                .push((p.topic.clone(), p.partition, committed));
             plan.errors.push(None);
         }
         plan
     }
 
     /// Store offsets whose records are durable.
-    pub fn apply_commit(&mut self, group_id: &str, accepted: Vec<(String, i32, CommittedOffset)>, now_ms: i64) {
-        let group = self.groups.entry(group_id.to_owned()).or_insert_with(|| ClassicGroup::new(group_id, now_ms));
+    pub fn apply_commit(
+        &mut self,
+        group_id: &str,
+        accepted: Vec<(String, i32, CommittedOffset)>,
+        now_ms: i64,
+    ) {
+        let group = self
+            .groups
+            .entry(group_id.to_owned())
+            .or_insert_with(|| ClassicGroup::new(group_id, now_ms));
         for (topic, partition, committed) in accepted {
             group.offsets.insert((topic, partition), committed);
         }
@@ -256,7 +346,11 @@ impl GroupCoordinator {
 
     /// Committed offsets, whatever the group's state (a group may use Kafka only to store
     /// offsets). `None` asks for every committed offset; unknown partitions come back `None`.
-    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> FetchedOffsets {
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<&[(String, Vec<i32>)]>,
+    ) -> FetchedOffsets {
         let group = self.groups.get(group_id);
         match topics {
             Some(topics) => topics
@@ -264,7 +358,12 @@ impl GroupCoordinator {
                 .map(|(topic, partitions)| {
                     let found = partitions
                         .iter()
-                        .map(|p| (*p, group.and_then(|g| g.offsets.get(&(topic.clone(), *p)).cloned())))
+                        .map(|p| {
+                            (
+                                *p,
+                                group.and_then(|g| g.offsets.get(&(topic.clone(), *p)).cloned()),
+                            )
+                        })
                         .collect();
                     (topic.clone(), found)
                 })
@@ -273,7 +372,9 @@ impl GroupCoordinator {
                 let mut out: FetchedOffsets = Vec::new();
                 for ((topic, partition), committed) in group.iter().flat_map(|g| g.offsets.iter()) {
                     match out.last_mut() {
-                        Some((t, parts)) if t == topic => parts.push((*partition, Some(committed.clone()))),
+                        Some((t, parts)) if t == topic => {
+                            parts.push((*partition, Some(committed.clone())))
+                        }
                         _ => out.push((topic.clone(), vec![(*partition, Some(committed.clone()))])),
                     }
                 }
@@ -284,7 +385,12 @@ impl GroupCoordinator {
 
     /// OffsetDelete (KIP-496): remove committed offsets of partitions the group no longer
     /// consumes. Returns the group-level error and an error per requested partition.
-    pub fn delete_offsets(&mut self, now_ms: i64, group_id: &str, partitions: &[(String, i32)]) -> (ErrorCode, Vec<ErrorCode>, Effects) {
+    pub fn delete_offsets(
+        &mut self,
+        now_ms: i64,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> (ErrorCode, Vec<ErrorCode>, Effects) {
         let mut fx = Effects::default();
         let none = Vec::new();
         let Some(group) = self.groups.get_mut(group_id) else {
@@ -295,7 +401,11 @@ impl GroupCoordinator {
             GroupState::Empty => errors.resize(partitions.len(), None),
             _ if group.protocol_type.as_deref() == Some("consumer") => {
                 for (topic, _) in partitions {
-                    errors.push(group.is_subscribed_to(topic).then_some(ResponseError::GroupSubscribedToTopic));
+                    errors.push(
+                        group
+                            .is_subscribed_to(topic)
+                            .then_some(ResponseError::GroupSubscribedToTopic),
+                    );
                 }
             }
             _ => return (Some(ResponseError::NonEmptyGroup), none, fx),
@@ -350,7 +460,11 @@ impl GroupCoordinator {
             };
         };
         let stable = group.is(GroupState::Stable);
-        let protocol = if stable { group.protocol_name.clone().unwrap_or_default() } else { String::new() };
+        let protocol = if stable {
+            group.protocol_name.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         let members = group
             .members
             .values()
@@ -359,8 +473,16 @@ impl GroupCoordinator {
                 group_instance_id: m.group_instance_id.clone(),
                 client_id: m.client_id.clone(),
                 client_host: m.client_host.clone(),
-                metadata: if stable { m.metadata(&protocol) } else { Bytes::new() },
-                assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                metadata: if stable {
+                    m.metadata(&protocol)
+                } else {
+                    Bytes::new()
+                },
+                assignment: if stable {
+                    m.assignment.clone()
+                } else {
+                    Bytes::new()
+                },
             })
             .collect();
         GroupDescription {
@@ -375,24 +497,39 @@ impl GroupCoordinator {
 
     /// ListGroups; empty filters match everything. State names compare case-insensitively
     /// (KIP-518); every group here is of type "classic" (KIP-848's types filter).
-    pub fn list_groups(&self, states_filter: &[String], types_filter: &[String]) -> Vec<GroupListing> {
+    pub fn list_groups(
+        &self,
+        states_filter: &[String],
+        types_filter: &[String],
+    ) -> Vec<GroupListing> {
         let wanted = |group_type: &str, state: &str| {
-            (types_filter.is_empty() || types_filter.iter().any(|t| t.eq_ignore_ascii_case(group_type)))
-                && (states_filter.is_empty() || states_filter.iter().any(|s| s.eq_ignore_ascii_case(state)))
+            (types_filter.is_empty()
+                || types_filter
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(group_type)))
+                && (states_filter.is_empty()
+                    || states_filter.iter().any(|s| s.eq_ignore_ascii_case(state)))
         };
-        let classic = self.groups.values().filter(|g| self.consumer.group(&g.group_id).is_none()).map(|g| GroupListing {
-            group_id: g.group_id.clone(),
-            protocol_type: g.protocol_type.clone().unwrap_or_default(),
-            state: g.state.name(),
-            group_type: "classic",
-        });
+        let classic = self
+            .groups
+            .values()
+            .filter(|g| self.consumer.group(&g.group_id).is_none())
+            .map(|g| GroupListing {
+                group_id: g.group_id.clone(),
+                protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                state: g.state.name(),
+                group_type: "classic",
+            });
         let consumer = self.consumer.groups().map(|(id, g)| GroupListing {
             group_id: id.clone(),
             protocol_type: "consumer".to_owned(),
             state: g.state(),
             group_type: "consumer",
         });
-        let mut out: Vec<GroupListing> = classic.chain(consumer).filter(|g| wanted(g.group_type, g.state)).collect();
+        let mut out: Vec<GroupListing> = classic
+            .chain(consumer)
+            .filter(|g| wanted(g.group_type, g.state))
+            .collect();
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         out
     }
@@ -408,7 +545,10 @@ impl GroupCoordinator {
                     continue;
                 }
                 if !self.groups.contains_key(group_id) {
-                    fx.records.push(OffsetsRecord::GroupMetadata { group: group_id.clone(), value: None });
+                    fx.records.push(OffsetsRecord::GroupMetadata {
+                        group: group_id.clone(),
+                        value: None,
+                    });
                     results.push((group_id.clone(), None));
                     continue;
                 }
@@ -431,8 +571,17 @@ impl GroupCoordinator {
     // ConsumerGroupHeartbeat (KIP-848)
     // ---------------------------------------------------------------------------------
 
-    pub fn consumer_heartbeat(&mut self, now_ms: i64, req: HeartbeatIn, topics: &dyn Fn(&str) -> Option<TopicInfo>) -> HeartbeatOut {
-        if self.groups.get(&req.group_id).is_some_and(|g| !g.members.is_empty()) {
+    pub fn consumer_heartbeat(
+        &mut self,
+        now_ms: i64,
+        req: HeartbeatIn,
+        topics: &dyn Fn(&str) -> Option<TopicInfo>,
+    ) -> HeartbeatOut {
+        if self
+            .groups
+            .get(&req.group_id)
+            .is_some_and(|g| !g.members.is_empty())
+        {
             // A live classic group holds this id.
             return HeartbeatOut {
                 error: Some(ResponseError::GroupIdNotFound),
@@ -442,7 +591,8 @@ impl GroupCoordinator {
                 assignment: None,
             };
         }
-        self.consumer.heartbeat(now_ms, req, topics, self.member_id_seed)
+        self.consumer
+            .heartbeat(now_ms, req, topics, self.member_id_seed)
     }
 
     // ---------------------------------------------------------------------------------
@@ -455,10 +605,14 @@ impl GroupCoordinator {
         self.consumer.tick(now_ms);
         let mut fx = self.fire_timers(now_ms);
         match self.next_offsets_expiry_ms {
-            None => self.next_offsets_expiry_ms = Some(now_ms + self.config.offsets_retention_check_interval_ms),
+            None => {
+                self.next_offsets_expiry_ms =
+                    Some(now_ms + self.config.offsets_retention_check_interval_ms)
+            }
             Some(at) if at <= now_ms => {
                 fx.append(self.expire_offsets(now_ms));
-                self.next_offsets_expiry_ms = Some(now_ms + self.config.offsets_retention_check_interval_ms);
+                self.next_offsets_expiry_ms =
+                    Some(now_ms + self.config.offsets_retention_check_interval_ms);
             }
             Some(_) => {}
         }
@@ -476,7 +630,9 @@ impl GroupCoordinator {
         for g in self.groups.values() {
             consider(g.join_deadline_ms);
             consider(g.sync_deadline_ms);
-            g.members.values().for_each(|m| consider(m.heartbeat_deadline_ms));
+            g.members
+                .values()
+                .for_each(|m| consider(m.heartbeat_deadline_ms));
             g.pending_members.values().for_each(|d| consider(Some(*d)));
         }
         next
@@ -484,7 +640,11 @@ impl GroupCoordinator {
 
     fn fire_timers(&mut self, now_ms: i64) -> Effects {
         let mut fx = Effects::default();
-        let mut ctx = Ctx { config: &self.config, now_ms, fx: &mut fx };
+        let mut ctx = Ctx {
+            config: &self.config,
+            now_ms,
+            fx: &mut fx,
+        };
         for group in self.groups.values_mut() {
             for _ in 0..MAX_TIMER_ROUNDS_PER_TICK {
                 if !ctx.fire_group_timers(group) {
@@ -509,7 +669,9 @@ impl GroupCoordinator {
                         // No consumer left: count from when the group became empty.
                         (Some(_), GroupState::Empty) => Some(group.state_timestamp_ms),
                         // Stable consumers: offsets of topics no longer subscribed age from their commit.
-                        (Some(t), GroupState::Stable) if t == "consumer" && group.subscribed_topics.is_some() => {
+                        (Some(t), GroupState::Stable)
+                            if t == "consumer" && group.subscribed_topics.is_some() =>
+                        {
                             (!group.is_subscribed_to(topic)).then_some(c.commit_timestamp_ms)
                         }
                         // Offsets-only group (no group management).
@@ -526,7 +688,12 @@ impl GroupCoordinator {
                 .collect();
             for (topic, partition) in expired {
                 group.offsets.remove(&(topic.clone(), partition));
-                fx.records.push(OffsetsRecord::OffsetCommit { group: group.group_id.clone(), topic, partition, value: None });
+                fx.records.push(OffsetsRecord::OffsetCommit {
+                    group: group.group_id.clone(),
+                    topic,
+                    partition,
+                    value: None,
+                });
             }
             if group.is(GroupState::Empty) && group.offsets.is_empty() {
                 dead.push(group.group_id.clone());
@@ -534,7 +701,10 @@ impl GroupCoordinator {
         }
         for group_id in dead {
             self.groups.remove(&group_id);
-            fx.records.push(OffsetsRecord::GroupMetadata { group: group_id, value: None });
+            fx.records.push(OffsetsRecord::GroupMetadata {
+                group: group_id,
+                value: None,
+            });
         }
         fx
     }
@@ -554,7 +724,13 @@ impl GroupCoordinator {
                     group: id.clone(),
                     topic: topic.clone(),
                     partition: *partition,
-                    value: Some(OffsetCommitValue::new(c.offset, c.leader_epoch, &c.metadata, c.commit_timestamp_ms, c.expire_timestamp_ms)),
+                    value: Some(OffsetCommitValue::new(
+                        c.offset,
+                        c.leader_epoch,
+                        &c.metadata,
+                        c.commit_timestamp_ms,
+                        c.expire_timestamp_ms,
+                    )),
                 });
             }
             if g.generation_id > 0 || g.protocol_type.is_some() || !g.members.is_empty() {
@@ -571,9 +747,17 @@ impl GroupCoordinator {
     /// Apply one record read back from `__consumer_offsets`, in log order.
     pub fn replay(&mut self, record: OffsetsRecord, now_ms: i64) {
         match record {
-            OffsetsRecord::OffsetCommit { group, topic, partition, value } => match value {
+            OffsetsRecord::OffsetCommit {
+                group,
+                topic,
+                partition,
+                value,
+            } => match value {
                 Some(v) => {
-                    let g = self.groups.entry(group.clone()).or_insert_with(|| ClassicGroup::new(&group, now_ms));
+                    let g = self
+                        .groups
+                        .entry(group.clone())
+                        .or_insert_with(|| ClassicGroup::new(&group, now_ms));
                     g.offsets.insert(
                         (topic, partition),
                         CommittedOffset {
@@ -592,7 +776,11 @@ impl GroupCoordinator {
                 }
             },
             OffsetsRecord::GroupMetadata { group, value } => {
-                let offsets = self.groups.remove(&group).map(|g| g.offsets).unwrap_or_default();
+                let offsets = self
+                    .groups
+                    .remove(&group)
+                    .map(|g| g.offsets)
+                    .unwrap_or_default();
                 let Some(v) = value else {
                     if !offsets.is_empty() {
                         let mut g = ClassicGroup::new(&group, now_ms);
@@ -601,7 +789,14 @@ impl GroupCoordinator {
                     }
                     return;
                 };
-                let mut g = ClassicGroup::new(&group, if v.current_state_timestamp_ms >= 0 { v.current_state_timestamp_ms } else { now_ms });
+                let mut g = ClassicGroup::new(
+                    &group,
+                    if v.current_state_timestamp_ms >= 0 {
+                        v.current_state_timestamp_ms
+                    } else {
+                        now_ms
+                    },
+                );
                 g.offsets = offsets;
                 g.generation_id = v.generation;
                 g.protocol_type = (!v.protocol_type.is_empty()).then_some(v.protocol_type);
@@ -616,7 +811,10 @@ impl GroupCoordinator {
                         rebalance_timeout_ms: m.rebalance_timeout_ms,
                         session_timeout_ms: m.session_timeout_ms,
                         protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                        protocols: vec![Protocol { name: protocol, metadata: m.subscription }],
+                        protocols: vec![Protocol {
+                            name: protocol,
+                            metadata: m.subscription,
+                        }],
                         assignment: m.assignment,
                         join_waiter: None,
                         sync_waiter: None,
@@ -624,7 +822,10 @@ impl GroupCoordinator {
                         heartbeat_deadline_ms: None,
                     });
                 }
-                g.leader_id = v.leader.filter(|l| g.members.contains_key(l)).or_else(|| g.members.keys().next().cloned());
+                g.leader_id = v
+                    .leader
+                    .filter(|l| g.members.contains_key(l))
+                    .or_else(|| g.members.keys().next().cloned());
                 if !g.members.is_empty() {
                     g.state = GroupState::Stable;
                 }
@@ -670,10 +871,16 @@ impl GroupCoordinator {
             let group = self.groups.remove(&id).expect("id came from the map");
             for m in group.members.values() {
                 if let Some(t) = m.join_waiter {
-                    fx.replies.push(Reply::Join(t, JoinResponse::error(&m.member_id, ResponseError::NotCoordinator)));
+                    fx.replies.push(Reply::Join(
+                        t,
+                        JoinResponse::error(&m.member_id, ResponseError::NotCoordinator),
+                    ));
                 }
                 if let Some(t) = m.sync_waiter {
-                    fx.replies.push(Reply::Sync(t, SyncResponse::error(ResponseError::NotCoordinator)));
+                    fx.replies.push(Reply::Sync(
+                        t,
+                        SyncResponse::error(ResponseError::NotCoordinator),
+                    ));
                 }
             }
         }
@@ -700,7 +907,10 @@ fn tombstones(group: &ClassicGroup) -> Vec<OffsetsRecord> {
             value: None,
         })
         .collect();
-    out.push(OffsetsRecord::GroupMetadata { group: group.group_id.clone(), value: None });
+    out.push(OffsetsRecord::GroupMetadata {
+        group: group.group_id.clone(),
+        value: None,
+    });
     out
 }
 
@@ -715,7 +925,10 @@ fn heartbeat(group: &mut ClassicGroup, now_ms: i64, req: &HeartbeatRequest) -> E
         return Some(ResponseError::IllegalGeneration);
     }
     let state = group.state;
-    let member = group.members.get_mut(&req.member_id).expect("member was just found");
+    let member = group
+        .members
+        .get_mut(&req.member_id)
+        .expect("member was just found");
     match state {
         GroupState::Empty => Some(ResponseError::UnknownMemberId),
         GroupState::PreparingRebalance => {
@@ -774,7 +987,12 @@ impl Ctx<'_> {
         self.fx.replies.push(Reply::Sync(token, response));
     }
 
-    fn current_generation_response(&self, group: &ClassicGroup, member_id: &str, with_members: bool) -> JoinResponse {
+    fn current_generation_response(
+        &self,
+        group: &ClassicGroup,
+        member_id: &str,
+        with_members: bool,
+    ) -> JoinResponse {
         JoinResponse {
             error: None,
             generation_id: group.generation_id,
@@ -782,27 +1000,54 @@ impl Ctx<'_> {
             protocol_name: group.protocol_name.clone(),
             leader: group.leader_id.clone().unwrap_or_default(),
             member_id: member_id.to_owned(),
-            members: if with_members { join_members(group) } else { Vec::new() },
+            members: if with_members {
+                join_members(group)
+            } else {
+                Vec::new()
+            },
             skip_assignment: false,
         }
     }
 
-    fn join_unknown_member(&mut self, group: &mut ClassicGroup, token: Token, req: JoinRequest, new_member_id: String) {
+    fn join_unknown_member(
+        &mut self,
+        group: &mut ClassicGroup,
+        token: Token,
+        req: JoinRequest,
+        new_member_id: String,
+    ) {
         let names: Vec<&str> = req.protocols.iter().map(|p| p.name.as_str()).collect();
         if !group.supports_protocols(&req.protocol_type, &names) {
-            return self.reply_join(token, JoinResponse::error("", ResponseError::InconsistentGroupProtocol));
+            return self.reply_join(
+                token,
+                JoinResponse::error("", ResponseError::InconsistentGroupProtocol),
+            );
         }
-        let static_rejoin = req.group_instance_id.as_ref().is_some_and(|id| group.static_members.contains_key(id));
-        if !static_rejoin && group.members.len() + group.pending_members.len() >= self.config.group_max_size {
-            return self.reply_join(token, JoinResponse::error("", ResponseError::GroupMaxSizeReached));
+        let static_rejoin = req
+            .group_instance_id
+            .as_ref()
+            .is_some_and(|id| group.static_members.contains_key(id));
+        if !static_rejoin
+            && group.members.len() + group.pending_members.len() >= self.config.group_max_size
+        {
+            return self.reply_join(
+                token,
+                JoinResponse::error("", ResponseError::GroupMaxSizeReached),
+            );
         }
         if static_rejoin {
             self.static_member_rejoin(group, token, req, new_member_id)
         } else if req.group_instance_id.is_none() && req.require_known_member_id {
             // KIP-394: hand out the id and have the member come back with it, so a client
             // that times out before the answer does not leave a ghost member behind.
-            group.pending_members.insert(new_member_id.clone(), self.now_ms + req.session_timeout_ms as i64);
-            self.reply_join(token, JoinResponse::error(&new_member_id, ResponseError::MemberIdRequired));
+            group.pending_members.insert(
+                new_member_id.clone(),
+                self.now_ms + req.session_timeout_ms as i64,
+            );
+            self.reply_join(
+                token,
+                JoinResponse::error(&new_member_id, ResponseError::MemberIdRequired),
+            );
         } else {
             self.add_member_and_rebalance(group, token, &req, new_member_id);
         }
@@ -810,13 +1055,31 @@ impl Ctx<'_> {
 
     /// KIP-345: a static member came back without its member id (it restarted). It takes the
     /// place of its old incarnation, which is fenced; no rebalance unless it must.
-    fn static_member_rejoin(&mut self, group: &mut ClassicGroup, token: Token, req: JoinRequest, new_member_id: String) {
-        let instance = req.group_instance_id.clone().expect("static rejoin has an instance id");
-        let old_member_id = group.static_members.get(&instance).cloned().expect("static member is registered");
+    fn static_member_rejoin(
+        &mut self,
+        group: &mut ClassicGroup,
+        token: Token,
+        req: JoinRequest,
+        new_member_id: String,
+    ) {
+        let instance = req
+            .group_instance_id
+            .clone()
+            .expect("static rejoin has an instance id");
+        let old_member_id = group
+            .static_members
+            .get(&instance)
+            .cloned()
+            .expect("static member is registered");
         let old_leader = group.leader_id.clone();
-        let mut member = group.remove_member(&old_member_id).expect("a registered static member is a member");
+        let mut member = group
+            .remove_member(&old_member_id)
+            .expect("a registered static member is a member");
         if let Some(t) = member.join_waiter.take() {
-            self.reply_join(t, JoinResponse::error(&old_member_id, ResponseError::FencedInstanceId));
+            self.reply_join(
+                t,
+                JoinResponse::error(&old_member_id, ResponseError::FencedInstanceId),
+            );
         }
         if let Some(t) = member.sync_waiter.take() {
             self.reply_sync(t, SyncResponse::error(ResponseError::FencedInstanceId));
@@ -840,11 +1103,16 @@ impl Ctx<'_> {
             group.pending_sync.insert(new_member_id.clone());
         }
         match group.state {
-            GroupState::Stable if !protocols_changed || group.select_protocol() == group.protocol_name => {
+            GroupState::Stable
+                if !protocols_changed || group.select_protocol() == group.protocol_name =>
+            {
                 // Same protocol: keep the generation and the assignment. Answer with the old
                 // leader id, so a rejoining leader does not compute an assignment the stable
                 // group would never send out.
-                let member = group.members.get_mut(&new_member_id).expect("member was just added");
+                let member = group
+                    .members
+                    .get_mut(&new_member_id)
+                    .expect("member was just added");
                 member.join_waiter = None;
                 let mut response = self.current_generation_response(group, &new_member_id, false);
                 response.leader = old_leader.unwrap_or_default();
@@ -864,18 +1132,30 @@ impl Ctx<'_> {
         let member_id = req.member_id.clone();
         let names: Vec<&str> = req.protocols.iter().map(|p| p.name.as_str()).collect();
         if !group.supports_protocols(&req.protocol_type, &names) {
-            return self.reply_join(token, JoinResponse::error(&member_id, ResponseError::InconsistentGroupProtocol));
+            return self.reply_join(
+                token,
+                JoinResponse::error(&member_id, ResponseError::InconsistentGroupProtocol),
+            );
         }
         if group.pending_members.contains_key(&member_id) {
             // The second half of the KIP-394 handshake.
             return self.add_member_and_rebalance(group, token, &req, member_id);
         }
         if group.is_static_member_fenced(&member_id, req.group_instance_id.as_deref()) {
-            return self.reply_join(token, JoinResponse::error(&member_id, ResponseError::FencedInstanceId));
+            return self.reply_join(
+                token,
+                JoinResponse::error(&member_id, ResponseError::FencedInstanceId),
+            );
         }
-        let instance_unknown = req.group_instance_id.as_ref().is_some_and(|id| !group.static_members.contains_key(id));
+        let instance_unknown = req
+            .group_instance_id
+            .as_ref()
+            .is_some_and(|id| !group.static_members.contains_key(id));
         if !group.members.contains_key(&member_id) || instance_unknown {
-            return self.reply_join(token, JoinResponse::error(&member_id, ResponseError::UnknownMemberId));
+            return self.reply_join(
+                token,
+                JoinResponse::error(&member_id, ResponseError::UnknownMemberId),
+            );
         }
         let matches = group.members[&member_id].matches(&req.protocols);
         match group.state {
@@ -888,16 +1168,27 @@ impl Ctx<'_> {
             }
             GroupState::CompletingRebalance => self.update_member_and_rebalance(group, token, &req),
             // The leader rejoining forces a rebalance (its view of the topics changed).
-            GroupState::Stable if group.is_leader(&member_id) || !matches => self.update_member_and_rebalance(group, token, &req),
+            GroupState::Stable if group.is_leader(&member_id) || !matches => {
+                self.update_member_and_rebalance(group, token, &req)
+            }
             GroupState::Stable => {
                 let response = self.current_generation_response(group, &member_id, false);
                 self.reply_join(token, response);
             }
-            GroupState::Empty => self.reply_join(token, JoinResponse::error(&member_id, ResponseError::UnknownMemberId)),
+            GroupState::Empty => self.reply_join(
+                token,
+                JoinResponse::error(&member_id, ResponseError::UnknownMemberId),
+            ),
         }
     }
 
-    fn add_member_and_rebalance(&mut self, group: &mut ClassicGroup, token: Token, req: &JoinRequest, member_id: String) {
+    fn add_member_and_rebalance(
+        &mut self,
+        group: &mut ClassicGroup,
+        token: Token,
+        req: &JoinRequest,
+        member_id: String,
+    ) {
         let member = Member {
             member_id,
             group_instance_id: req.group_instance_id.clone(),
@@ -921,8 +1212,16 @@ impl Ctx<'_> {
         self.maybe_prepare_rebalance(group);
     }
 
-    fn update_member_and_rebalance(&mut self, group: &mut ClassicGroup, token: Token, req: &JoinRequest) {
-        let member = group.members.get_mut(&req.member_id).expect("caller checked the member exists");
+    fn update_member_and_rebalance(
+        &mut self,
+        group: &mut ClassicGroup,
+        token: Token,
+        req: &JoinRequest,
+    ) {
+        let member = group
+            .members
+            .get_mut(&req.member_id)
+            .expect("caller checked the member exists");
         member.protocols = req.protocols.clone();
         member.rebalance_timeout_ms = req.rebalance_timeout_ms;
         member.session_timeout_ms = req.session_timeout_ms;
@@ -931,7 +1230,8 @@ impl Ctx<'_> {
         if let Some(old) = member.join_waiter.replace(token) {
             // A client never has two JoinGroups in flight; the older one is from a connection
             // it gave up on.
-            let old_response = JoinResponse::error(&req.member_id, ResponseError::RebalanceInProgress);
+            let old_response =
+                JoinResponse::error(&req.member_id, ResponseError::RebalanceInProgress);
             self.reply_join(old, old_response);
         }
         self.maybe_prepare_rebalance(group);
@@ -953,7 +1253,10 @@ impl Ctx<'_> {
         let rebalance_timeout_ms = group.rebalance_timeout_ms();
         if group.is(GroupState::Empty) {
             let delay_ms = self.config.group_initial_rebalance_delay_ms;
-            group.initial_delay = Some(InitialDelay { delay_ms, remaining_ms: (rebalance_timeout_ms - delay_ms).max(0) });
+            group.initial_delay = Some(InitialDelay {
+                delay_ms,
+                remaining_ms: (rebalance_timeout_ms - delay_ms).max(0),
+            });
             group.join_deadline_ms = Some(self.now_ms + delay_ms);
         } else {
             group.initial_delay = None;
@@ -964,11 +1267,17 @@ impl Ctx<'_> {
         self.try_complete_join(group);
     }
 
-    fn reset_and_propagate_assignment_error(&mut self, group: &mut ClassicGroup, error: ResponseError) {
+    fn reset_and_propagate_assignment_error(
+        &mut self,
+        group: &mut ClassicGroup,
+        error: ResponseError,
+    ) {
         for m in group.members.values_mut() {
             m.assignment = Bytes::new();
             if let Some(t) = m.sync_waiter.take() {
-                self.fx.replies.push(Reply::Sync(t, SyncResponse::error(error)));
+                self.fx
+                    .replies
+                    .push(Reply::Sync(t, SyncResponse::error(error)));
             }
         }
     }
@@ -976,7 +1285,10 @@ impl Ctx<'_> {
     /// Complete the rebalance early once everyone is in (not during the initial delay,
     /// which exists to let more members arrive).
     fn try_complete_join(&mut self, group: &mut ClassicGroup) {
-        if group.is(GroupState::PreparingRebalance) && group.initial_delay.is_none() && group.has_all_members_joined() {
+        if group.is(GroupState::PreparingRebalance)
+            && group.initial_delay.is_none()
+            && group.has_all_members_joined()
+        {
             self.complete_join(group);
         }
     }
@@ -1028,7 +1340,11 @@ impl Ctx<'_> {
                 protocol_name: group.protocol_name.clone(),
                 leader: group.leader_id.clone().unwrap_or_default(),
                 member_id: id.clone(),
-                members: if is_leader { members.clone() } else { Vec::new() },
+                members: if is_leader {
+                    members.clone()
+                } else {
+                    Vec::new()
+                },
                 skip_assignment: false,
             };
             let m = group.members.get_mut(&id).expect("id came from the map");
@@ -1043,7 +1359,12 @@ impl Ctx<'_> {
         group.sync_deadline_ms = Some(now_ms + group.rebalance_timeout_ms());
     }
 
-    fn sync(&mut self, group: &mut ClassicGroup, token: Token, req: SyncRequest) -> Result<(), ResponseError> {
+    fn sync(
+        &mut self,
+        group: &mut ClassicGroup,
+        token: Token,
+        req: SyncRequest,
+    ) -> Result<(), ResponseError> {
         if group.is_static_member_fenced(&req.member_id, req.group_instance_id.as_deref()) {
             return Err(ResponseError::FencedInstanceId);
         }
@@ -1053,8 +1374,14 @@ impl Ctx<'_> {
         if req.generation_id != group.generation_id {
             return Err(ResponseError::IllegalGeneration);
         }
-        if req.protocol_type.as_ref().is_some_and(|t| Some(t) != group.protocol_type.as_ref())
-            || req.protocol_name.as_ref().is_some_and(|n| Some(n) != group.protocol_name.as_ref())
+        if req
+            .protocol_type
+            .as_ref()
+            .is_some_and(|t| Some(t) != group.protocol_type.as_ref())
+            || req
+                .protocol_name
+                .as_ref()
+                .is_some_and(|n| Some(n) != group.protocol_name.as_ref())
         {
             return Err(ResponseError::InconsistentGroupProtocol);
         }
@@ -1063,9 +1390,15 @@ impl Ctx<'_> {
             GroupState::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
             GroupState::CompletingRebalance => {
                 self.synced(group, &req.member_id);
-                let member = group.members.get_mut(&req.member_id).expect("member was just found");
+                let member = group
+                    .members
+                    .get_mut(&req.member_id)
+                    .expect("member was just found");
                 if let Some(old) = member.sync_waiter.replace(token) {
-                    self.fx.replies.push(Reply::Sync(old, SyncResponse::error(ResponseError::RebalanceInProgress)));
+                    self.fx.replies.push(Reply::Sync(
+                        old,
+                        SyncResponse::error(ResponseError::RebalanceInProgress),
+                    ));
                 }
                 if group.is_leader(&req.member_id) {
                     let assignment = group.fill_assignment(&req.assignments);
@@ -1096,7 +1429,10 @@ impl Ctx<'_> {
             }
             GroupState::Stable => {
                 self.synced(group, &req.member_id);
-                let member = group.members.get_mut(&req.member_id).expect("member was just found");
+                let member = group
+                    .members
+                    .get_mut(&req.member_id)
+                    .expect("member was just found");
                 member.heartbeat_deadline_ms = Some(self.now_ms + member.session_timeout_ms as i64);
                 let response = SyncResponse {
                     error: None,
@@ -1145,16 +1481,23 @@ impl Ctx<'_> {
     }
 
     fn remove_member_and_update_group(&mut self, group: &mut ClassicGroup, member_id: &str) {
-        let Some(member) = group.remove_member(member_id) else { return };
+        let Some(member) = group.remove_member(member_id) else {
+            return;
+        };
         if let Some(t) = member.join_waiter {
-            self.reply_join(t, JoinResponse::error(member_id, ResponseError::UnknownMemberId));
+            self.reply_join(
+                t,
+                JoinResponse::error(member_id, ResponseError::UnknownMemberId),
+            );
         }
         if let Some(t) = member.sync_waiter {
             self.reply_sync(t, SyncResponse::error(ResponseError::UnknownMemberId));
         }
         match group.state {
             GroupState::Empty => {}
-            GroupState::Stable | GroupState::CompletingRebalance => self.maybe_prepare_rebalance(group),
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.maybe_prepare_rebalance(group)
+            }
             GroupState::PreparingRebalance => self.try_complete_join(group),
         }
     }
@@ -1170,9 +1513,15 @@ impl Ctx<'_> {
             match group.initial_delay {
                 Some(delay) if group.new_member_added && delay.remaining_ms > 0 => {
                     group.new_member_added = false;
-                    let next_delay_ms = self.config.group_initial_rebalance_delay_ms.min(delay.remaining_ms);
+                    let next_delay_ms = self
+                        .config
+                        .group_initial_rebalance_delay_ms
+                        .min(delay.remaining_ms);
                     let remaining_ms = (delay.remaining_ms - delay.delay_ms).max(0);
-                    group.initial_delay = Some(InitialDelay { delay_ms: next_delay_ms, remaining_ms });
+                    group.initial_delay = Some(InitialDelay {
+                        delay_ms: next_delay_ms,
+                        remaining_ms,
+                    });
                     group.join_deadline_ms = Some(now_ms + next_delay_ms);
                 }
                 _ => self.complete_join(group),
@@ -1182,8 +1531,13 @@ impl Ctx<'_> {
         if due(group.sync_deadline_ms) {
             fired = true;
             group.sync_deadline_ms = None;
-            if matches!(group.state, GroupState::CompletingRebalance | GroupState::Stable) {
-                let laggards: Vec<String> = std::mem::take(&mut group.pending_sync).into_iter().collect();
+            if matches!(
+                group.state,
+                GroupState::CompletingRebalance | GroupState::Stable
+            ) {
+                let laggards: Vec<String> = std::mem::take(&mut group.pending_sync)
+                    .into_iter()
+                    .collect();
                 for id in laggards {
                     if let Some(m) = group.remove_member(&id) {
                         if let Some(t) = m.sync_waiter {
@@ -1195,8 +1549,12 @@ impl Ctx<'_> {
             }
         }
 
-        let expired_pending: Vec<String> =
-            group.pending_members.iter().filter(|(_, d)| **d <= now_ms).map(|(id, _)| id.clone()).collect();
+        let expired_pending: Vec<String> = group
+            .pending_members
+            .iter()
+            .filter(|(_, d)| **d <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
         if !expired_pending.is_empty() {
             fired = true;
             for id in expired_pending {
@@ -1214,7 +1572,9 @@ impl Ctx<'_> {
         for id in expired {
             fired = true;
             // Removing one member can complete a rebalance that drops others of this list.
-            let Some(member) = group.members.get_mut(&id) else { continue };
+            let Some(member) = group.members.get_mut(&id) else {
+                continue;
+            };
             if member.excused_from_heartbeat() {
                 member.heartbeat_deadline_ms = None;
             } else {
@@ -1230,6 +1590,10 @@ fn join_members(group: &ClassicGroup) -> Vec<JoinMember> {
     group
         .members
         .values()
-        .map(|m| JoinMember { member_id: m.member_id.clone(), group_instance_id: m.group_instance_id.clone(), metadata: m.metadata(&protocol) })
+        .map(|m| JoinMember {
+            member_id: m.member_id.clone(),
+            group_instance_id: m.group_instance_id.clone(),
+            metadata: m.metadata(&protocol),
+        })
         .collect()
 }

@@ -34,7 +34,10 @@ const LOAD_READ_BYTES: usize = 1 << 20;
 /// Wall-clock milliseconds: commit timestamps are wall-clock in Kafka's format, and
 /// deadlines are measured on the same clock.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The group settings of this broker.
@@ -66,7 +69,10 @@ pub struct Placement {
 
 impl Placement {
     pub fn tp(&self) -> TopicPartition {
-        TopicPartition { topic_id: self.topic.id, partition: PartitionId(self.partition) }
+        TopicPartition {
+            topic_id: self.topic.id,
+            partition: PartitionId(self.partition),
+        }
     }
 }
 
@@ -97,7 +103,8 @@ impl GroupShard {
         if let Some(g) = GROUP_SHARD.with(|slot| slot.borrow().clone()) {
             return g;
         }
-        let seed = (now_ms() as u64) ^ ((shard.id.0 as u64) << 48) ^ crate::metadata::random_u128() as u64;
+        let seed =
+            (now_ms() as u64) ^ ((shard.id.0 as u64) << 48) ^ crate::metadata::random_u128() as u64;
         let g = Rc::new(GroupShard {
             coordinator: RefCell::new(GroupCoordinator::new(group_config(shard), seed)),
             waiters: RefCell::new(HashMap::new()),
@@ -121,19 +128,33 @@ impl GroupShard {
 
     /// Loads the groups of an offsets partition on first use. Requests for it while it
     /// loads get COORDINATOR_LOAD_IN_PROGRESS, which every client retries.
-    pub async fn ensure_loaded(self: &Rc<Self>, shard: &Rc<Shard>, tp: TopicPartition) -> Result<(), ResponseError> {
+    pub async fn ensure_loaded(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        tp: TopicPartition,
+    ) -> Result<(), ResponseError> {
         match self.partitions.borrow().get(&tp.partition.0) {
             Some(LoadState::Loaded) => return Ok(()),
             Some(LoadState::Loading) => return Err(ResponseError::CoordinatorLoadInProgress),
             None => {}
         }
-        self.partitions.borrow_mut().insert(tp.partition.0, LoadState::Loading);
+        self.partitions
+            .borrow_mut()
+            .insert(tp.partition.0, LoadState::Loading);
         let result = self.load(shard, tp).await;
         match result {
             Ok(count) => {
-                tracing::debug!(partition = tp.partition.0, records = count, "loaded consumer groups");
-                self.partitions.borrow_mut().insert(tp.partition.0, LoadState::Loaded);
-                self.appended_records.borrow_mut().insert(tp.partition.0, count);
+                tracing::debug!(
+                    partition = tp.partition.0,
+                    records = count,
+                    "loaded consumer groups"
+                );
+                self.partitions
+                    .borrow_mut()
+                    .insert(tp.partition.0, LoadState::Loaded);
+                self.appended_records
+                    .borrow_mut()
+                    .insert(tp.partition.0, count);
                 Ok(())
             }
             Err(e) => {
@@ -143,20 +164,35 @@ impl GroupShard {
         }
     }
 
-    async fn load(self: &Rc<Self>, shard: &Rc<Shard>, tp: TopicPartition) -> Result<usize, ResponseError> {
-        let handle = wait_for_open(shard, tp).await.ok_or(ResponseError::CoordinatorNotAvailable)?;
+    async fn load(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        tp: TopicPartition,
+    ) -> Result<usize, ResponseError> {
+        let handle = wait_for_open(shard, tp)
+            .await
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
         let end = handle.log.log_end_offset().0;
         let mut next = handle.log.log_start_offset().0;
         let mut count = 0;
         while next < end {
-            let bytes = handle.log.read(Offset(next), LOAD_READ_BYTES).await.map_err(|e| {
-                tracing::error!(partition = tp.partition.0, "cannot read {OFFSETS_TOPIC}: {e}");
-                ResponseError::CoordinatorNotAvailable
-            })?;
+            let bytes = handle
+                .log
+                .read(Offset(next), LOAD_READ_BYTES)
+                .await
+                .map_err(|e| {
+                    tracing::error!(
+                        partition = tp.partition.0,
+                        "cannot read {OFFSETS_TOPIC}: {e}"
+                    );
+                    ResponseError::CoordinatorNotAvailable
+                })?;
             let mut loaded = Vec::new();
             let before = next;
             for (_, batch) in batches(&bytes) {
-                let Some(header) = BatchHeader::view(batch) else { break };
+                let Some(header) = BatchHeader::view(batch) else {
+                    break;
+                };
                 let base = header.base_offset();
                 let last = base + header.last_offset_delta() as i64;
                 if last < next {
@@ -169,7 +205,11 @@ impl GroupShard {
                 let iter = match records(batch) {
                     Ok(iter) => iter,
                     Err(e) => {
-                        tracing::warn!(partition = tp.partition.0, offset = base, "skipping unreadable batch: {e}");
+                        tracing::warn!(
+                            partition = tp.partition.0,
+                            offset = base,
+                            "skipping unreadable batch: {e}"
+                        );
                         continue;
                     }
                 };
@@ -177,14 +217,22 @@ impl GroupShard {
                     let record = match record {
                         Ok(r) => r,
                         Err(e) => {
-                            tracing::warn!(partition = tp.partition.0, offset = base, "skipping bad record: {e}");
+                            tracing::warn!(
+                                partition = tp.partition.0,
+                                offset = base,
+                                "skipping bad record: {e}"
+                            );
                             break;
                         }
                     };
                     let Some(key) = record.key else { continue };
                     match OffsetsRecord::decode(key, record.value) {
                         Ok(r) => loaded.push(r),
-                        Err(e) => tracing::warn!(partition = tp.partition.0, offset = base, "skipping record: {e}"),
+                        Err(e) => tracing::warn!(
+                            partition = tp.partition.0,
+                            offset = base,
+                            "skipping record: {e}"
+                        ),
                     }
                 }
             }
@@ -228,18 +276,27 @@ impl GroupShard {
         let token = self.token();
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().insert(token, Waiter::Join(tx));
-        let fx = self.coordinator.borrow_mut().join_group(now_ms(), token, req);
+        let fx = self
+            .coordinator
+            .borrow_mut()
+            .join_group(now_ms(), token, req);
         self.process(shard, fx).await;
-        rx.await.unwrap_or_else(|| JoinResponse::error(&member_id, ResponseError::CoordinatorNotAvailable))
+        rx.await.unwrap_or_else(|| {
+            JoinResponse::error(&member_id, ResponseError::CoordinatorNotAvailable)
+        })
     }
 
     pub async fn sync(self: &Rc<Self>, shard: &Rc<Shard>, req: SyncRequest) -> SyncResponse {
         let token = self.token();
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().insert(token, Waiter::Sync(tx));
-        let fx = self.coordinator.borrow_mut().sync_group(now_ms(), token, req);
+        let fx = self
+            .coordinator
+            .borrow_mut()
+            .sync_group(now_ms(), token, req);
         self.process(shard, fx).await;
-        rx.await.unwrap_or_else(|| SyncResponse::error(ResponseError::CoordinatorNotAvailable))
+        rx.await
+            .unwrap_or_else(|| SyncResponse::error(ResponseError::CoordinatorNotAvailable))
     }
 
     pub async fn heartbeat(self: &Rc<Self>, shard: &Rc<Shard>, req: HeartbeatRequest) -> ErrorCode {
@@ -248,8 +305,16 @@ impl GroupShard {
         error
     }
 
-    pub async fn leave(self: &Rc<Self>, shard: &Rc<Shard>, group_id: String, members: Vec<LeavingMember>) -> LeaveResponse {
-        let (response, fx) = self.coordinator.borrow_mut().leave_group(now_ms(), &group_id, members);
+    pub async fn leave(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        group_id: String,
+        members: Vec<LeavingMember>,
+    ) -> LeaveResponse {
+        let (response, fx) =
+            self.coordinator
+                .borrow_mut()
+                .leave_group(now_ms(), &group_id, members);
         self.process(shard, fx).await;
         response
     }
@@ -261,7 +326,11 @@ impl GroupShard {
             return plan.errors;
         }
         let partition = self.partition_of(shard, &req.group_id);
-        *self.commits_in_flight.borrow_mut().entry(partition).or_default() += 1;
+        *self
+            .commits_in_flight
+            .borrow_mut()
+            .entry(partition)
+            .or_default() += 1;
         let mut failure = None;
         for append in self.start_appends(shard, plan.records) {
             if let Err(e) = append.await {
@@ -273,7 +342,9 @@ impl GroupShard {
         }
         match failure {
             None => {
-                self.coordinator.borrow_mut().apply_commit(&req.group_id, plan.accepted, now_ms());
+                self.coordinator
+                    .borrow_mut()
+                    .apply_commit(&req.group_id, plan.accepted, now_ms());
                 plan.errors
             }
             Some(error) => plan.errors.into_iter().map(|e| e.or(Some(error))).collect(),
@@ -281,15 +352,28 @@ impl GroupShard {
     }
 
     /// KIP-848: one ConsumerGroupHeartbeat, assigned against this shard's metadata.
-    pub fn consumer_heartbeat(&self, shard: &Rc<Shard>, req: super::consumer::HeartbeatIn) -> super::consumer::HeartbeatOut {
+    pub fn consumer_heartbeat(
+        &self,
+        shard: &Rc<Shard>,
+        req: super::consumer::HeartbeatIn,
+    ) -> super::consumer::HeartbeatOut {
         let image = shard.metadata();
         let topics = |name: &str| {
-            image.topic(name).map(|t| super::consumer::TopicInfo { id: t.id.0.as_u128(), partitions: t.partition_count })
+            image.topic(name).map(|t| super::consumer::TopicInfo {
+                id: t.id.0.as_u128(),
+                partitions: t.partition_count,
+            })
         };
-        self.coordinator.borrow_mut().consumer_heartbeat(now_ms(), req, &topics)
+        self.coordinator
+            .borrow_mut()
+            .consumer_heartbeat(now_ms(), req, &topics)
     }
 
-    pub fn fetch_offsets(&self, group_id: &str, topics: Option<&[(String, Vec<i32>)]>) -> FetchedOffsets {
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        topics: Option<&[(String, Vec<i32>)]>,
+    ) -> FetchedOffsets {
         self.coordinator.borrow().fetch_offsets(group_id, topics)
     }
 
@@ -303,20 +387,36 @@ impl GroupShard {
         results.pop().and_then(|(_, e)| e)
     }
 
-    pub async fn delete_offsets(self: &Rc<Self>, shard: &Rc<Shard>, group_id: String, partitions: Vec<(String, i32)>) -> (ErrorCode, Vec<ErrorCode>) {
-        let (error, per_partition, fx) = self.coordinator.borrow_mut().delete_offsets(now_ms(), &group_id, &partitions);
+    pub async fn delete_offsets(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        group_id: String,
+        partitions: Vec<(String, i32)>,
+    ) -> (ErrorCode, Vec<ErrorCode>) {
+        let (error, per_partition, fx) =
+            self.coordinator
+                .borrow_mut()
+                .delete_offsets(now_ms(), &group_id, &partitions);
         self.process(shard, fx).await;
         (error, per_partition)
     }
 
     /// The groups of every offsets partition this shard owns (loading them first).
-    pub async fn list(self: &Rc<Self>, shard: &Rc<Shard>, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, ResponseError> {
+    pub async fn list(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        states: Vec<String>,
+        types: Vec<String>,
+    ) -> Result<Vec<GroupListing>, ResponseError> {
         let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
             return Ok(Vec::new());
         };
         let mut error = None;
         for p in topic.partitions() {
-            let tp = TopicPartition { topic_id: topic.id, partition: p };
+            let tp = TopicPartition {
+                topic_id: topic.id,
+                partition: p,
+            };
             if shard.is_local(tp) {
                 if let Err(e) = self.ensure_loaded(shard, tp).await {
                     error = Some(e);
@@ -333,19 +433,31 @@ impl GroupShard {
 
 impl GroupShard {
     fn partition_of(&self, shard: &Shard, group_id: &str) -> i32 {
-        let partitions = shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partition_count.max(1)) as u32;
+        let partitions = shard
+            .metadata()
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |t| t.partition_count.max(1)) as u32;
         partition_for_group(group_id, partitions)
     }
 
     /// Starts one append per offsets partition the records touch, in order.
-    fn start_appends(&self, shard: &Rc<Shard>, records: Vec<OffsetsRecord>) -> Vec<glommio::Task<Result<(), ResponseError>>> {
+    fn start_appends(
+        &self,
+        shard: &Rc<Shard>,
+        records: Vec<OffsetsRecord>,
+    ) -> Vec<glommio::Task<Result<(), ResponseError>>> {
         let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
-            return vec![glommio::spawn_local(async { Err(ResponseError::CoordinatorNotAvailable) })];
+            return vec![glommio::spawn_local(async {
+                Err(ResponseError::CoordinatorNotAvailable)
+            })];
         };
         let partitions = topic.partition_count.max(1) as u32;
         let mut by_partition: BTreeMap<i32, Vec<OffsetsRecord>> = BTreeMap::new();
         for r in records {
-            by_partition.entry(partition_for_group(r.group(), partitions)).or_default().push(r);
+            by_partition
+                .entry(partition_for_group(r.group(), partitions))
+                .or_default()
+                .push(r);
         }
         let timestamp_ms = now_ms();
         by_partition
@@ -353,7 +465,10 @@ impl GroupShard {
             .map(|(p, records)| {
                 *self.appended_records.borrow_mut().entry(p).or_default() += records.len();
                 let batch = encode_batch(&records, timestamp_ms);
-                let handle = shard.partitions.get(TopicPartition { topic_id: topic.id, partition: PartitionId(p) });
+                let handle = shard.partitions.get(TopicPartition {
+                    topic_id: topic.id,
+                    partition: PartitionId(p),
+                });
                 glommio::spawn_local(async move {
                     let handle = handle.ok_or(ResponseError::NotCoordinator)?;
                     match handle.append(batch, Durability::Written).await {
@@ -367,7 +482,11 @@ impl GroupShard {
 
     /// Rewrites the offsets partitions whose superseded records outnumber the live ones.
     fn maybe_rewrite(self: &Rc<Self>, shard: &Rc<Shard>) {
-        let min_records = self.coordinator.borrow().config().offsets_topic_compaction_min_records;
+        let min_records = self
+            .coordinator
+            .borrow()
+            .config()
+            .offsets_topic_compaction_min_records;
         let due: Vec<i32> = self
             .appended_records
             .borrow()
@@ -392,12 +511,20 @@ impl GroupShard {
     /// so every earlier record is reflected in it and every later one lands after it. A crash
     /// in between leaves only redundant records, which replay to the same state.
     fn rewrite(self: &Rc<Self>, shard: &Rc<Shard>, p: i32) {
-        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else { return };
-        let Some(handle) = shard.partitions.get(TopicPartition { topic_id: topic.id, partition: PartitionId(p) }) else {
+        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
+            return;
+        };
+        let Some(handle) = shard.partitions.get(TopicPartition {
+            topic_id: topic.id,
+            partition: PartitionId(p),
+        }) else {
             return;
         };
         let partitions = topic.partition_count.max(1) as u32;
-        let snapshot = self.coordinator.borrow().snapshot(|g| partition_for_group(g, partitions) == p);
+        let snapshot = self
+            .coordinator
+            .borrow()
+            .snapshot(|g| partition_for_group(g, partitions) == p);
         let live = snapshot.len();
         // Appends already started land before the snapshot; this is a lower bound of its start.
         let rewrite_start = handle.log.log_end_offset();
@@ -424,8 +551,16 @@ impl GroupShard {
             }
             if ok {
                 match handle.log.delete_records_before(rewrite_start).await {
-                    Ok(start) => tracing::debug!(partition = p, live, log_start = start.0, "rewrote consumer offsets"),
-                    Err(e) => tracing::error!(partition = p, "cannot drop superseded {OFFSETS_TOPIC} records: {e}"),
+                    Ok(start) => tracing::debug!(
+                        partition = p,
+                        live,
+                        log_start = start.0,
+                        "rewrote consumer offsets"
+                    ),
+                    Err(e) => tracing::error!(
+                        partition = p,
+                        "cannot drop superseded {OFFSETS_TOPIC} records: {e}"
+                    ),
                 }
             }
             groups.rewriting.borrow_mut().remove(&p);
@@ -469,7 +604,10 @@ async fn ticker(shard: Rc<Shard>, groups: Rc<GroupShard>) {
 /// The offsets partition's log once this shard has opened it. Right after
 /// `__consumer_offsets` is created, the shards open their partitions one after another, so a
 /// request may arrive just before its partition is open: wait a little rather than fail.
-async fn wait_for_open(shard: &Rc<Shard>, tp: TopicPartition) -> Option<Rc<crate::partition::PartitionHandle>> {
+async fn wait_for_open(
+    shard: &Rc<Shard>,
+    tp: TopicPartition,
+) -> Option<Rc<crate::partition::PartitionHandle>> {
     for _ in 0..OPEN_WAIT_STEPS {
         if let Some(handle) = shard.partitions.get(tp) {
             return Some(handle);
@@ -502,13 +640,24 @@ pub async fn placement(shard: &Rc<Shard>, group_id: &str) -> Result<Placement, R
         }
     };
     let partition = partition_for_group(group_id, topic.partition_count.max(1) as u32);
-    let owner = shard.owner_of(TopicPartition { topic_id: topic.id, partition: PartitionId(partition) });
-    Ok(Placement { topic, partition, owner })
+    let owner = shard.owner_of(TopicPartition {
+        topic_id: topic.id,
+        partition: PartitionId(partition),
+    });
+    Ok(Placement {
+        topic,
+        partition,
+        owner,
+    })
 }
 
 /// Runs `op` with the coordinator of `group_id`, on the shard that owns the group's
 /// offsets partition, once that partition is loaded.
-pub async fn with_group<F, Fut, R>(shard: &Rc<Shard>, group_id: &str, op: F) -> Result<R, ResponseError>
+pub async fn with_group<F, Fut, R>(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    op: F,
+) -> Result<R, ResponseError>
 where
     F: FnOnce(Rc<Shard>, Rc<GroupShard>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
@@ -527,8 +676,14 @@ where
 }
 
 /// Every group on every shard.
-pub async fn list_all(shard: &Rc<Shard>, states: Vec<String>, types: Vec<String>) -> Result<Vec<GroupListing>, ResponseError> {
-    ensure_offsets_topic(shard).await.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+pub async fn list_all(
+    shard: &Rc<Shard>,
+    states: Vec<String>,
+    types: Vec<String>,
+) -> Result<Vec<GroupListing>, ResponseError> {
+    ensure_offsets_topic(shard)
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let results = shard
         .invoke_on_all(move |s| async move {
             let groups = GroupShard::of(&s);

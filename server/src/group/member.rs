@@ -30,7 +30,11 @@ pub struct Member {
 impl Member {
     /// The member's metadata for `protocol`, empty if it does not support it.
     pub fn metadata(&self, protocol: &str) -> Bytes {
-        self.protocols.iter().find(|p| p.name == protocol).map(|p| p.metadata.clone()).unwrap_or_default()
+        self.protocols
+            .iter()
+            .find(|p| p.name == protocol)
+            .map(|p| p.metadata.clone())
+            .unwrap_or_default()
     }
 
     /// Whether a rejoin carries exactly the protocols (names, order and metadata) it had.
@@ -40,7 +44,10 @@ impl Member {
 
     /// The member's first-choice protocol among `candidates` (Kafka's `vote`).
     pub fn vote<'a>(&'a self, candidates: &[&str]) -> Option<&'a str> {
-        self.protocols.iter().map(|p| p.name.as_str()).find(|name| candidates.contains(name))
+        self.protocols
+            .iter()
+            .map(|p| p.name.as_str())
+            .find(|name| candidates.contains(name))
     }
 
     /// A member waiting in a rebalance step needs no heartbeat; the rebalance timeout

@@ -14,11 +14,22 @@ const SESSION_MS: i32 = 10_000;
 const REBALANCE_MS: i32 = 30_000;
 
 fn coordinator() -> GroupCoordinator {
-    GroupCoordinator::new(GroupConfig { group_initial_rebalance_delay_ms: 0, ..GroupConfig::default() }, 7)
+    GroupCoordinator::new(
+        GroupConfig {
+            group_initial_rebalance_delay_ms: 0,
+            ..GroupConfig::default()
+        },
+        7,
+    )
 }
 
 fn subscription(topics: &[&str]) -> Bytes {
-    let sub = ConsumerProtocolSubscription::default().with_topics(topics.iter().map(|t| StrBytes::from_string(t.to_string())).collect());
+    let sub = ConsumerProtocolSubscription::default().with_topics(
+        topics
+            .iter()
+            .map(|t| StrBytes::from_string(t.to_string()))
+            .collect(),
+    );
     let mut buf = BytesMut::new();
     buf.put_i16(1);
     sub.encode(&mut buf, 1).expect("subscription encodes");
@@ -26,7 +37,13 @@ fn subscription(topics: &[&str]) -> Bytes {
 }
 
 fn protocols(names: &[&str]) -> Vec<Protocol> {
-    names.iter().map(|n| Protocol { name: n.to_string(), metadata: subscription(&["t"]) }).collect()
+    names
+        .iter()
+        .map(|n| Protocol {
+            name: n.to_string(),
+            metadata: subscription(&["t"]),
+        })
+        .collect()
 }
 
 fn join_req(member_id: &str, v4: bool) -> JoinRequest {
@@ -71,10 +88,24 @@ fn sync_req(member_id: &str, generation_id: i32, assignments: Vec<(String, Bytes
 }
 
 fn hb(c: &mut GroupCoordinator, now: i64, member_id: &str, generation_id: i32) -> ErrorCode {
-    c.heartbeat(now, HeartbeatRequest { group_id: "g".into(), generation_id, member_id: member_id.into(), group_instance_id: None }).0
+    c.heartbeat(
+        now,
+        HeartbeatRequest {
+            group_id: "g".into(),
+            generation_id,
+            member_id: member_id.into(),
+            group_instance_id: None,
+        },
+    )
+    .0
 }
 
-fn commit_req(member_id: &str, generation_id: i32, offset: i64, metadata: Option<&str>) -> CommitRequest {
+fn commit_req(
+    member_id: &str,
+    generation_id: i32,
+    offset: i64,
+    metadata: Option<&str>,
+) -> CommitRequest {
     CommitRequest {
         group_id: "g".into(),
         generation_id,
@@ -109,8 +140,19 @@ fn stable_single(c: &mut GroupCoordinator) -> String {
     let fx = c.join_group(0, 1, join_req("", false));
     let r = join_reply(&fx, 1).expect("join answered at once with no initial delay");
     assert_eq!(r.error, None);
-    let fx = c.sync_group(0, 2, sync_req(&r.member_id, r.generation_id, vec![(r.member_id.clone(), Bytes::from_static(b"A"))]));
-    assert_eq!(sync_reply(&fx, 2).unwrap().assignment, Bytes::from_static(b"A"));
+    let fx = c.sync_group(
+        0,
+        2,
+        sync_req(
+            &r.member_id,
+            r.generation_id,
+            vec![(r.member_id.clone(), Bytes::from_static(b"A"))],
+        ),
+    );
+    assert_eq!(
+        sync_reply(&fx, 2).unwrap().assignment,
+        Bytes::from_static(b"A")
+    );
     r.member_id
 }
 
@@ -135,7 +177,11 @@ fn join_v4_requires_a_member_id_first() {
     let r = join_reply(&fx, 1).unwrap();
     assert_eq!(r.error, Some(E::MemberIdRequired));
     assert!(!r.member_id.is_empty());
-    assert_eq!(c.group("g").unwrap().members.len(), 0, "not a member until it comes back");
+    assert_eq!(
+        c.group("g").unwrap().members.len(),
+        0,
+        "not a member until it comes back"
+    );
     let fx = c.join_group(10, 2, join_req(&r.member_id, true));
     let r2 = join_reply(&fx, 2).unwrap();
     assert_eq!(r2.error, None);
@@ -166,7 +212,10 @@ fn session_timeout_outside_broker_limits_is_rejected() {
     let mut req = join_req("", false);
     req.session_timeout_ms = 100;
     let fx = c.join_group(0, 1, req);
-    assert_eq!(join_reply(&fx, 1).unwrap().error, Some(E::InvalidSessionTimeout));
+    assert_eq!(
+        join_reply(&fx, 1).unwrap().error,
+        Some(E::InvalidSessionTimeout)
+    );
 }
 
 #[test]
@@ -183,7 +232,10 @@ fn second_member_triggers_rebalance_and_both_get_the_next_generation() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);
     let fx = c.join_group(100, 10, join_req("", false));
-    assert!(join_reply(&fx, 10).is_none(), "parked until the first member rejoins");
+    assert!(
+        join_reply(&fx, 10).is_none(),
+        "parked until the first member rejoins"
+    );
     assert_eq!(c.group("g").unwrap().state, GroupState::PreparingRebalance);
     assert_eq!(hb(&mut c, 200, &m1, 1), Some(E::RebalanceInProgress));
     let fx = c.join_group(300, 11, join_req(&m1, false));
@@ -192,7 +244,11 @@ fn second_member_triggers_rebalance_and_both_get_the_next_generation() {
     assert_eq!((r1.generation_id, r2.generation_id), (2, 2));
     assert_eq!(r1.leader, m1, "the first member stays leader");
     assert_eq!(r2.leader, m1);
-    assert_eq!(r1.members.len(), 2, "the leader gets every member's metadata");
+    assert_eq!(
+        r1.members.len(),
+        2,
+        "the leader gets every member's metadata"
+    );
     assert!(r2.members.is_empty(), "followers get none");
 }
 
@@ -208,8 +264,14 @@ fn sync_gives_each_member_exactly_the_leaders_bytes_and_empty_to_the_unmentioned
     // A follower that syncs first waits for the leader.
     let fx = c.sync_group(200, 20, sync_req(&m2, 2, vec![]));
     assert!(sync_reply(&fx, 20).is_none());
-    let payload = Bytes::from_static(&[0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-    let fx = c.sync_group(300, 21, sync_req(&m1, 2, vec![(m1.clone(), payload.clone())]));
+    let payload = Bytes::from_static(&[
+        0, 1, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+    ]);
+    let fx = c.sync_group(
+        300,
+        21,
+        sync_req(&m1, 2, vec![(m1.clone(), payload.clone())]),
+    );
     assert_eq!(sync_reply(&fx, 21).unwrap().assignment, payload);
     let follower = sync_reply(&fx, 20).unwrap();
     assert_eq!(follower.error, None);
@@ -228,20 +290,33 @@ fn sync_errors_are_kafkas() {
     let fx = c.sync_group(0, 1, sync_req("nobody", 1, vec![]));
     assert_eq!(sync_reply(&fx, 1).unwrap().error, Some(E::UnknownMemberId));
     let fx = c.sync_group(0, 2, sync_req(&m1, 7, vec![]));
-    assert_eq!(sync_reply(&fx, 2).unwrap().error, Some(E::IllegalGeneration));
+    assert_eq!(
+        sync_reply(&fx, 2).unwrap().error,
+        Some(E::IllegalGeneration)
+    );
     let mut req = sync_req(&m1, 1, vec![]);
     req.protocol_name = Some("roundrobin".into());
     let fx = c.sync_group(0, 3, req);
-    assert_eq!(sync_reply(&fx, 3).unwrap().error, Some(E::InconsistentGroupProtocol));
+    assert_eq!(
+        sync_reply(&fx, 3).unwrap().error,
+        Some(E::InconsistentGroupProtocol)
+    );
     c.join_group(10, 4, join_req("", false));
     let fx = c.sync_group(20, 5, sync_req(&m1, 1, vec![]));
-    assert_eq!(sync_reply(&fx, 5).unwrap().error, Some(E::RebalanceInProgress));
+    assert_eq!(
+        sync_reply(&fx, 5).unwrap().error,
+        Some(E::RebalanceInProgress)
+    );
 }
 
 #[test]
 fn heartbeat_errors_are_kafkas() {
     let mut c = coordinator();
-    assert_eq!(hb(&mut c, 0, "x", 1), Some(E::UnknownMemberId), "no such group");
+    assert_eq!(
+        hb(&mut c, 0, "x", 1),
+        Some(E::UnknownMemberId),
+        "no such group"
+    );
     let m1 = stable_single(&mut c);
     assert_eq!(hb(&mut c, 0, &m1, 1), None);
     assert_eq!(hb(&mut c, 0, "x", 1), Some(E::UnknownMemberId));
@@ -336,13 +411,19 @@ fn commits_are_stored_as_sent_and_never_change_membership() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);
     for i in 0..100 {
-        assert_eq!(commit(&mut c, i, commit_req(&m1, 1, i, Some("meta"))), vec![None]);
+        assert_eq!(
+            commit(&mut c, i, commit_req(&m1, 1, i, Some("meta"))),
+            vec![None]
+        );
         assert_eq!(hb(&mut c, i, &m1, 1), None);
     }
     let g = c.group("g").unwrap();
     assert_eq!((g.state, g.generation_id), (GroupState::Stable, 1));
     let got = committed(&c, "t", 0).unwrap();
-    assert_eq!((got.offset, got.leader_epoch, got.metadata.as_str()), (99, 3, "meta"));
+    assert_eq!(
+        (got.offset, got.leader_epoch, got.metadata.as_str()),
+        (99, 3, "meta")
+    );
     assert_eq!(committed(&c, "t", 1), None);
 }
 
@@ -360,22 +441,46 @@ fn commits_keep_a_member_alive_without_heartbeats() {
 #[test]
 fn commit_errors_are_kafkas() {
     let mut c = coordinator();
-    assert_eq!(commit(&mut c, 0, commit_req("m", 3, 1, None)), vec![Some(E::IllegalGeneration)], "unknown group, real generation");
+    assert_eq!(
+        commit(&mut c, 0, commit_req("m", 3, 1, None)),
+        vec![Some(E::IllegalGeneration)],
+        "unknown group, real generation"
+    );
     let m1 = stable_single(&mut c);
-    assert_eq!(commit(&mut c, 0, commit_req(&m1, 0, 1, None)), vec![Some(E::IllegalGeneration)]);
-    assert_eq!(commit(&mut c, 0, commit_req("other", 1, 1, None)), vec![Some(E::UnknownMemberId)]);
-    assert_eq!(commit(&mut c, 0, commit_req("", -1, 1, None)), vec![Some(E::UnknownMemberId)], "simple commit to a live group");
+    assert_eq!(
+        commit(&mut c, 0, commit_req(&m1, 0, 1, None)),
+        vec![Some(E::IllegalGeneration)]
+    );
+    assert_eq!(
+        commit(&mut c, 0, commit_req("other", 1, 1, None)),
+        vec![Some(E::UnknownMemberId)]
+    );
+    assert_eq!(
+        commit(&mut c, 0, commit_req("", -1, 1, None)),
+        vec![Some(E::UnknownMemberId)],
+        "simple commit to a live group"
+    );
     c.join_group(0, 10, join_req("", false));
-    assert_eq!(commit(&mut c, 0, commit_req(&m1, 1, 5, None)), vec![None], "allowed while preparing a rebalance");
+    assert_eq!(
+        commit(&mut c, 0, commit_req(&m1, 1, 5, None)),
+        vec![None],
+        "allowed while preparing a rebalance"
+    );
     c.join_group(0, 11, join_req(&m1, false));
-    assert_eq!(commit(&mut c, 0, commit_req(&m1, 2, 6, None)), vec![Some(E::RebalanceInProgress)]);
+    assert_eq!(
+        commit(&mut c, 0, commit_req(&m1, 2, 6, None)),
+        vec![Some(E::RebalanceInProgress)]
+    );
     assert_eq!(committed(&c, "t", 0).unwrap().offset, 5);
 }
 
 #[test]
 fn simple_commits_are_accepted_while_the_group_is_empty() {
     let mut c = coordinator();
-    assert_eq!(commit(&mut c, 0, commit_req("", -1, 42, Some("x"))), vec![None]);
+    assert_eq!(
+        commit(&mut c, 0, commit_req("", -1, 42, Some("x"))),
+        vec![None]
+    );
     let got = committed(&c, "t", 0).unwrap();
     assert_eq!((got.offset, got.metadata.as_str()), (42, "x"));
     assert_eq!(c.group("g").unwrap().state, GroupState::Empty);
@@ -388,7 +493,10 @@ fn simple_commits_are_accepted_while_the_group_is_empty() {
 fn oversized_commit_metadata_is_refused_per_partition() {
     let mut c = coordinator();
     let big = "x".repeat(5000);
-    assert_eq!(commit(&mut c, 0, commit_req("", -1, 1, Some(&big))), vec![Some(E::OffsetMetadataTooLarge)]);
+    assert_eq!(
+        commit(&mut c, 0, commit_req("", -1, 1, Some(&big))),
+        vec![Some(E::OffsetMetadataTooLarge)]
+    );
     assert_eq!(committed(&c, "t", 0), None);
 }
 
@@ -396,7 +504,14 @@ fn oversized_commit_metadata_is_refused_per_partition() {
 fn fetch_all_offsets_lists_every_committed_partition() {
     let mut c = coordinator();
     let mut req = commit_req("", -1, 1, None);
-    req.partitions.push(CommitPartition { topic: "u".into(), partition: 2, offset: 9, leader_epoch: -1, metadata: None, commit_timestamp_ms: -1 });
+    req.partitions.push(CommitPartition {
+        topic: "u".into(),
+        partition: 2,
+        offset: 9,
+        leader_epoch: -1,
+        metadata: None,
+        commit_timestamp_ms: -1,
+    });
     commit(&mut c, 0, req);
     let all = c.fetch_offsets("g", None);
     assert_eq!(all.len(), 2);
@@ -413,8 +528,14 @@ fn batch_leave_empties_the_group_and_reports_each_member() {
         0,
         "g",
         vec![
-            LeavingMember { member_id: m1.clone(), group_instance_id: None },
-            LeavingMember { member_id: "ghost".into(), group_instance_id: None },
+            LeavingMember {
+                member_id: m1.clone(),
+                group_instance_id: None,
+            },
+            LeavingMember {
+                member_id: "ghost".into(),
+                group_instance_id: None,
+            },
         ],
     );
     assert_eq!(resp.error, None);
@@ -422,7 +543,9 @@ fn batch_leave_empties_the_group_and_reports_each_member() {
     assert_eq!(resp.members[1].1, Some(E::UnknownMemberId));
     let g = c.group("g").unwrap();
     assert_eq!((g.state, g.generation_id), (GroupState::Empty, 2));
-    assert!(fx.records.iter().any(|r| matches!(r, OffsetsRecord::GroupMetadata { value: Some(v), .. } if v.members.is_empty())));
+    assert!(fx.records.iter().any(
+        |r| matches!(r, OffsetsRecord::GroupMetadata { value: Some(v), .. } if v.members.is_empty())
+    ));
 }
 
 #[test]
@@ -430,7 +553,14 @@ fn leaving_during_a_rebalance_answers_the_parked_join() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);
     c.join_group(0, 10, join_req("", false));
-    let (_, fx) = c.leave_group(0, "g", vec![LeavingMember { member_id: m1, group_instance_id: None }]);
+    let (_, fx) = c.leave_group(
+        0,
+        "g",
+        vec![LeavingMember {
+            member_id: m1,
+            group_instance_id: None,
+        }],
+    );
     // The remaining new member now has everyone in: the rebalance completes.
     let r = join_reply(&fx, 10).unwrap();
     assert_eq!(r.error, None);
@@ -442,7 +572,10 @@ fn describe_shows_protocol_and_assignments_only_when_stable() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);
     let d = c.describe_group("g");
-    assert_eq!((d.state, d.protocol_type.as_str(), d.protocol.as_str()), ("Stable", "consumer", "range"));
+    assert_eq!(
+        (d.state, d.protocol_type.as_str(), d.protocol.as_str()),
+        ("Stable", "consumer", "range")
+    );
     assert_eq!(d.members[0].member_id, m1);
     assert_eq!(d.members[0].assignment, Bytes::from_static(b"A"));
     assert_eq!(d.members[0].client_host, "/127.0.0.1");
@@ -463,7 +596,10 @@ fn list_groups_filters_by_state() {
     other.group_id = "offsets-only".into();
     commit(&mut c, 0, other);
     let all = c.list_groups(&[], &[]);
-    assert_eq!(all.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), vec!["g", "offsets-only"]);
+    assert_eq!(
+        all.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(),
+        vec!["g", "offsets-only"]
+    );
     let stable = c.list_groups(&["stable".into()], &[]);
     assert_eq!(stable.len(), 1);
     assert_eq!(stable[0].protocol_type, "consumer");
@@ -478,12 +614,25 @@ fn delete_groups_only_removes_empty_groups_with_their_offsets() {
     let (res, _) = c.delete_groups(&["g".into(), "missing".into()]);
     assert_eq!(res[0].1, Some(E::NonEmptyGroup));
     assert_eq!(res[1].1, Some(E::GroupIdNotFound));
-    c.leave_group(0, "g", vec![LeavingMember { member_id: m1, group_instance_id: None }]);
+    c.leave_group(
+        0,
+        "g",
+        vec![LeavingMember {
+            member_id: m1,
+            group_instance_id: None,
+        }],
+    );
     let (res, fx) = c.delete_groups(&["g".into()]);
     assert_eq!(res[0].1, None);
     assert!(c.group("g").is_none());
-    assert!(fx.records.iter().any(|r| matches!(r, OffsetsRecord::OffsetCommit { value: None, .. })));
-    assert!(fx.records.iter().any(|r| matches!(r, OffsetsRecord::GroupMetadata { value: None, .. })));
+    assert!(fx
+        .records
+        .iter()
+        .any(|r| matches!(r, OffsetsRecord::OffsetCommit { value: None, .. })));
+    assert!(fx
+        .records
+        .iter()
+        .any(|r| matches!(r, OffsetsRecord::GroupMetadata { value: None, .. })));
     assert_eq!(committed(&c, "t", 0), None);
 }
 
@@ -492,7 +641,14 @@ fn offset_delete_refuses_topics_the_live_group_consumes() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);
     let mut req = commit_req(&m1, 1, 5, None);
-    req.partitions.push(CommitPartition { topic: "old".into(), partition: 0, offset: 1, leader_epoch: -1, metadata: None, commit_timestamp_ms: -1 });
+    req.partitions.push(CommitPartition {
+        topic: "old".into(),
+        partition: 0,
+        offset: 1,
+        leader_epoch: -1,
+        metadata: None,
+        commit_timestamp_ms: -1,
+    });
     commit(&mut c, 0, req);
     let (err, per, fx) = c.delete_offsets(0, "g", &[("t".into(), 0), ("old".into(), 0)]);
     assert_eq!(err, None);
@@ -506,29 +662,57 @@ fn offset_delete_refuses_topics_the_live_group_consumes() {
 
 #[test]
 fn protocol_with_most_votes_among_common_ones_wins() {
-    let mut c = GroupCoordinator::new(GroupConfig { group_initial_rebalance_delay_ms: 100, ..GroupConfig::default() }, 1);
-    for (i, names) in [vec!["range", "roundrobin"], vec!["roundrobin", "range"], vec!["roundrobin", "sticky"]].into_iter().enumerate() {
+    let mut c = GroupCoordinator::new(
+        GroupConfig {
+            group_initial_rebalance_delay_ms: 100,
+            ..GroupConfig::default()
+        },
+        1,
+    );
+    for (i, names) in [
+        vec!["range", "roundrobin"],
+        vec!["roundrobin", "range"],
+        vec!["roundrobin", "sticky"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut req = join_req("", false);
         req.protocols = protocols(&names);
         c.join_group(0, i as u64, req);
     }
-    assert!(c.tick(100).replies.is_empty(), "members kept arriving during the initial delay");
+    assert!(
+        c.tick(100).replies.is_empty(),
+        "members kept arriving during the initial delay"
+    );
     let fx = c.tick(200);
     let r = join_reply(&fx, 0).unwrap();
     assert_eq!(r.protocol_name.as_deref(), Some("roundrobin"));
     let mut bad = join_req("", false);
     bad.protocols = protocols(&["cooperative-sticky"]);
     let fx = c.join_group(200, 9, bad);
-    assert_eq!(join_reply(&fx, 9).unwrap().error, Some(E::InconsistentGroupProtocol));
+    assert_eq!(
+        join_reply(&fx, 9).unwrap().error,
+        Some(E::InconsistentGroupProtocol)
+    );
 }
 
 #[test]
 fn initial_rebalance_delay_waits_for_more_members_and_extends_while_they_come() {
-    let mut c = GroupCoordinator::new(GroupConfig { group_initial_rebalance_delay_ms: 3000, ..GroupConfig::default() }, 1);
+    let mut c = GroupCoordinator::new(
+        GroupConfig {
+            group_initial_rebalance_delay_ms: 3000,
+            ..GroupConfig::default()
+        },
+        1,
+    );
     c.join_group(0, 1, join_req("", false));
     assert!(c.tick(2999).replies.is_empty());
     c.join_group(1000, 2, join_req("", false));
-    assert!(c.tick(3000).replies.is_empty(), "a member arrived: the delay is extended");
+    assert!(
+        c.tick(3000).replies.is_empty(),
+        "a member arrived: the delay is extended"
+    );
     c.join_group(3500, 3, join_req("", false));
     assert!(c.tick(5999).replies.is_empty());
     let fx = c.tick(6000);
@@ -557,17 +741,41 @@ fn static_member_restart_keeps_generation_and_fences_the_old_incarnation() {
     assert_eq!(r.error, None);
     assert_ne!(r.member_id, old_id);
     assert_eq!(r.generation_id, 1, "no rebalance");
-    assert_eq!(r.leader, old_id, "the old leader id, so the member does not reassign");
+    assert_eq!(
+        r.leader, old_id,
+        "the old leader id, so the member does not reassign"
+    );
     assert_eq!(c.group("g").unwrap().state, GroupState::Stable);
     let new_id = r.member_id;
     let mut s = sync_req(&new_id, 1, vec![]);
     s.group_instance_id = Some("instance-1".into());
     let fx = c.sync_group(100, 4, s);
-    assert_eq!(sync_reply(&fx, 4).unwrap().assignment, Bytes::from_static(b"P"), "keeps its assignment");
-    let e = c.heartbeat(100, HeartbeatRequest { group_id: "g".into(), generation_id: 1, member_id: old_id.clone(), group_instance_id: Some("instance-1".into()) }).0;
+    assert_eq!(
+        sync_reply(&fx, 4).unwrap().assignment,
+        Bytes::from_static(b"P"),
+        "keeps its assignment"
+    );
+    let e = c
+        .heartbeat(
+            100,
+            HeartbeatRequest {
+                group_id: "g".into(),
+                generation_id: 1,
+                member_id: old_id.clone(),
+                group_instance_id: Some("instance-1".into()),
+            },
+        )
+        .0;
     assert_eq!(e, Some(E::FencedInstanceId));
     // Leaving by instance id with an empty member id removes it.
-    let (resp, _) = c.leave_group(200, "g", vec![LeavingMember { member_id: String::new(), group_instance_id: Some("instance-1".into()) }]);
+    let (resp, _) = c.leave_group(
+        200,
+        "g",
+        vec![LeavingMember {
+            member_id: String::new(),
+            group_instance_id: Some("instance-1".into()),
+        }],
+    );
     assert_eq!(resp.members[0].1, None);
     assert_eq!(c.group("g").unwrap().state, GroupState::Empty);
 }
@@ -589,7 +797,10 @@ fn static_member_not_rejoining_keeps_its_place_through_a_rebalance() {
         fx = c.tick(now);
         hb(&mut c, now, &a, 1);
     }
-    assert!(c.group("g").unwrap().members.contains_key(&a), "static members are not dropped for not rejoining");
+    assert!(
+        c.group("g").unwrap().members.contains_key(&a),
+        "static members are not dropped for not rejoining"
+    );
 }
 
 #[test]
@@ -599,7 +810,11 @@ fn restart_replays_offsets_and_groups_from_the_records() {
     let fx = c.join_group(0, 1, join_req("", false));
     let m1 = join_reply(&fx, 1).unwrap().member_id;
     records.extend(fx.records);
-    let fx = c.sync_group(0, 2, sync_req(&m1, 1, vec![(m1.clone(), Bytes::from_static(b"A"))]));
+    let fx = c.sync_group(
+        0,
+        2,
+        sync_req(&m1, 1, vec![(m1.clone(), Bytes::from_static(b"A"))]),
+    );
     records.extend(fx.records);
     for i in 0..3 {
         let plan = c.plan_commit(0, &commit_req(&m1, 1, 10 + i, Some("m")));
@@ -647,9 +862,18 @@ fn a_snapshot_rebuilds_the_same_groups_and_offsets() {
     rebuilt.load(snapshot, 10);
     assert_eq!(committed(&rebuilt, "t", 0), committed(&c, "t", 0));
     let g = rebuilt.group("g").unwrap();
-    assert_eq!((g.state, g.generation_id, g.members.len()), (GroupState::Stable, 1, 1));
-    assert_eq!(rebuilt.fetch_offsets("simple", None), c.fetch_offsets("simple", None));
-    assert!(c.snapshot(|id| id == "simple").iter().all(|r| r.group() == "simple"));
+    assert_eq!(
+        (g.state, g.generation_id, g.members.len()),
+        (GroupState::Stable, 1, 1)
+    );
+    assert_eq!(
+        rebuilt.fetch_offsets("simple", None),
+        c.fetch_offsets("simple", None)
+    );
+    assert!(c
+        .snapshot(|id| id == "simple")
+        .iter()
+        .all(|r| r.group() == "simple"));
 }
 
 #[test]
@@ -660,7 +884,11 @@ fn offsets_of_an_empty_group_expire_after_the_retention_period() {
     c.tick(0);
     assert!(c.expire_offsets(retention - 1).records.is_empty());
     let fx = c.expire_offsets(retention);
-    assert_eq!(fx.records.len(), 2, "the offset's tombstone and the group's");
+    assert_eq!(
+        fx.records.len(),
+        2,
+        "the offset's tombstone and the group's"
+    );
     assert!(c.group("g").is_none());
 }
 

@@ -5,7 +5,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::consumer_group_heartbeat_response::{Assignment, TopicPartitions};
-use kafka_protocol::messages::{ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse};
+use kafka_protocol::messages::{
+    ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+};
 use uuid::Uuid;
 
 use super::{str_bytes, HandlerResult, RequestContext};
@@ -13,7 +15,8 @@ use crate::group::consumer::HeartbeatIn;
 use crate::group::driver::with_group;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: ConsumerGroupHeartbeatRequest = ctx.decode(ApiKey::ConsumerGroupHeartbeat, &mut body)?;
+    let request: ConsumerGroupHeartbeatRequest =
+        ctx.decode(ApiKey::ConsumerGroupHeartbeat, &mut body)?;
     let group_id = request.group_id.0.to_string();
     let beat = HeartbeatIn {
         group_id: group_id.clone(),
@@ -21,14 +24,22 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         member_epoch: request.member_epoch,
         instance_id: request.instance_id.map(|s| s.to_string()),
         rebalance_timeout_ms: request.rebalance_timeout_ms,
-        subscribed_topic_names: request.subscribed_topic_names.map(|ts| ts.into_iter().map(|t| t.0.to_string()).collect()),
+        subscribed_topic_names: request
+            .subscribed_topic_names
+            .map(|ts| ts.into_iter().map(|t| t.0.to_string()).collect()),
         owned: request.topic_partitions.map(|tps| {
-            tps.into_iter().map(|tp| (tp.topic_id.as_u128(), tp.partitions.into_iter().collect())).collect()
+            tps.into_iter()
+                .map(|tp| (tp.topic_id.as_u128(), tp.partitions.into_iter().collect()))
+                .collect()
         }),
     };
     let member_id = beat.member_id.clone();
     let mut out = ConsumerGroupHeartbeatResponse::default();
-    match with_group(&ctx.shard, &group_id, move |s, g| async move { g.consumer_heartbeat(&s, beat) }).await {
+    match with_group(&ctx.shard, &group_id, move |s, g| async move {
+        g.consumer_heartbeat(&s, beat)
+    })
+    .await
+    {
         Ok(r) => {
             out.error_code = r.error.map_or(0, |e| e.code());
             if let Some(e) = r.error {

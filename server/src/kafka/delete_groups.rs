@@ -15,10 +15,18 @@ const MAX_GROUPS_PER_REQUEST: usize = 1_000;
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: DeleteGroupsRequest = ctx.decode(ApiKey::DeleteGroups, &mut body)?;
     let mut out = DeleteGroupsResponse::default();
-    for group_id in request.groups_names.into_iter().take(MAX_GROUPS_PER_REQUEST) {
+    for group_id in request
+        .groups_names
+        .into_iter()
+        .take(MAX_GROUPS_PER_REQUEST)
+    {
         let id = group_id.0.to_string();
         let gid = id.clone();
-        let error = match with_group(&ctx.shard, &id, move |s, g| async move { g.delete_group(&s, gid).await }).await {
+        let error = match with_group(&ctx.shard, &id, move |s, g| async move {
+            g.delete_group(&s, gid).await
+        })
+        .await
+        {
             Ok(e) => e,
             Err(e) => Some(e),
         };

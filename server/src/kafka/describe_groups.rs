@@ -23,7 +23,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let mut g = DescribedGroup::default();
         g.group_id = group_id;
         g.authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
-        match with_group(&ctx.shard, &id, move |_s, groups| async move { groups.describe(&gid) }).await {
+        match with_group(&ctx.shard, &id, move |_s, groups| async move {
+            groups.describe(&gid)
+        })
+        .await
+        {
             Ok(d) => {
                 g.error_code = d.error.map_or(0, |e| e.code());
                 g.group_state = str_bytes(d.state);

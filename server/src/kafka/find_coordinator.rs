@@ -23,7 +23,12 @@ const MAX_KEYS_PER_REQUEST: usize = 10_000;
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: FindCoordinatorRequest = ctx.decode(ApiKey::FindCoordinator, &mut body)?;
     let keys: Vec<String> = if ctx.api_version >= 4 {
-        request.coordinator_keys.iter().take(MAX_KEYS_PER_REQUEST).map(|k| k.to_string()).collect()
+        request
+            .coordinator_keys
+            .iter()
+            .take(MAX_KEYS_PER_REQUEST)
+            .map(|k| k.to_string())
+            .collect()
     } else {
         vec![request.key.to_string()]
     };

@@ -17,7 +17,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         member_id: request.member_id.to_string(),
         group_instance_id: request.group_instance_id.map(|s| s.to_string()),
     };
-    let error = match with_group(&ctx.shard, &group_id, move |s, g| async move { g.heartbeat(&s, beat).await }).await {
+    let error = match with_group(&ctx.shard, &group_id, move |s, g| async move {
+        g.heartbeat(&s, beat).await
+    })
+    .await
+    {
         Ok(e) => e,
         Err(e) => Some(e),
     };

@@ -25,17 +25,36 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             group_id: group_id.clone(),
             member_id: member_id.clone(),
             group_instance_id: request.group_instance_id.map(|s| s.to_string()),
-            client_id: ctx.client_id.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+            client_id: ctx
+                .client_id
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             client_host: ctx.client_host(),
             session_timeout_ms: request.session_timeout_ms,
             // v0 has no rebalance timeout: Kafka uses the session timeout.
-            rebalance_timeout_ms: if v >= 1 { request.rebalance_timeout_ms } else { request.session_timeout_ms },
+            rebalance_timeout_ms: if v >= 1 {
+                request.rebalance_timeout_ms
+            } else {
+                request.session_timeout_ms
+            },
             protocol_type: request.protocol_type.to_string(),
-            protocols: request.protocols.into_iter().map(|p| Protocol { name: p.name.to_string(), metadata: p.metadata }).collect(),
+            protocols: request
+                .protocols
+                .into_iter()
+                .map(|p| Protocol {
+                    name: p.name.to_string(),
+                    metadata: p.metadata,
+                })
+                .collect(),
             // KIP-394: only v4+ clients know to come back with the id handed to them.
             require_known_member_id: v >= 4,
         };
-        match with_group(&ctx.shard, &group_id, move |s, g| async move { g.join(&s, join).await }).await {
+        match with_group(&ctx.shard, &group_id, move |s, g| async move {
+            g.join(&s, join).await
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => JoinResponse::error(&member_id, e),
         }

@@ -23,14 +23,23 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             .members
             .iter()
             .take(MAX_LEAVING_MEMBERS)
-            .map(|m| LeavingMember { member_id: m.member_id.to_string(), group_instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()) })
+            .map(|m| LeavingMember {
+                member_id: m.member_id.to_string(),
+                group_instance_id: m.group_instance_id.as_ref().map(|s| s.to_string()),
+            })
             .collect()
     } else {
-        vec![LeavingMember { member_id: request.member_id.to_string(), group_instance_id: None }]
+        vec![LeavingMember {
+            member_id: request.member_id.to_string(),
+            group_instance_id: None,
+        }]
     };
     let gid = group_id.clone();
     let asked = leaving.clone();
-    let result = with_group(&ctx.shard, &group_id, move |s, g| async move { g.leave(&s, gid, leaving).await }).await;
+    let result = with_group(&ctx.shard, &group_id, move |s, g| async move {
+        g.leave(&s, gid, leaving).await
+    })
+    .await;
     let mut out = LeaveGroupResponse::default();
     let (error, members) = match result {
         Ok(r) => (r.error, r.members),

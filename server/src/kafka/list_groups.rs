@@ -12,7 +12,11 @@ use crate::group::driver::list_all;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: ListGroupsRequest = ctx.decode(ApiKey::ListGroups, &mut body)?;
-    let states: Vec<String> = request.states_filter.iter().map(|s| s.to_string()).collect();
+    let states: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let types: Vec<String> = request.types_filter.iter().map(|s| s.to_string()).collect();
     let mut out = ListGroupsResponse::default();
     match list_all(&ctx.shard, states, types).await {

@@ -4,7 +4,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
@@ -21,7 +23,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let image = ctx.shard.metadata();
     let group_id = request.group_id.0.to_string();
     // Each requested partition: its answer, or a place in the commit sent to the coordinator.
-    let mut slots: Vec<Vec<Result<usize, ResponseError>>> = Vec::with_capacity(request.topics.len());
+    let mut slots: Vec<Vec<Result<usize, ResponseError>>> =
+        Vec::with_capacity(request.topics.len());
     let mut partitions = Vec::new();
     let mut total = 0usize;
     for topic in &request.topics {
@@ -41,7 +44,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     topic: name.clone(),
                     partition: p.partition_index,
                     offset: p.committed_offset,
-                    leader_epoch: if ctx.api_version >= 6 { p.committed_leader_epoch } else { -1 },
+                    leader_epoch: if ctx.api_version >= 6 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
                     metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
                     commit_timestamp_ms: -1,
                 });
@@ -58,10 +65,18 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             generation_id: request.generation_id_or_member_epoch,
             member_id: request.member_id.to_string(),
             group_instance_id: request.group_instance_id.map(|s| s.to_string()),
-            retention_time_ms: if (2..=4).contains(&ctx.api_version) { request.retention_time_ms } else { -1 },
+            retention_time_ms: if (2..=4).contains(&ctx.api_version) {
+                request.retention_time_ms
+            } else {
+                -1
+            },
             partitions,
         };
-        match with_group(&ctx.shard, &group_id, move |s, g| async move { g.commit(&s, commit).await }).await {
+        match with_group(&ctx.shard, &group_id, move |s, g| async move {
+            g.commit(&s, commit).await
+        })
+        .await
+        {
             Ok(errors) => errors,
             Err(e) => vec![Some(e); count],
         }

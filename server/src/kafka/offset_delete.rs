@@ -4,7 +4,9 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::{ApiKey, OffsetDeleteRequest, OffsetDeleteResponse};
 use kafka_protocol::ResponseError;
 
@@ -21,7 +23,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let asked: Vec<(String, i32)> = request
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.to_string(), p.partition_index))
+        })
         .take(MAX_PARTITIONS_PER_REQUEST)
         .collect();
     if group_id.is_empty() {
@@ -30,11 +36,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     }
     let gid = group_id.clone();
     let partitions = asked.clone();
-    let (error, per_partition) =
-        match with_group(&ctx.shard, &group_id, move |s, g| async move { g.delete_offsets(&s, gid, partitions).await }).await {
-            Ok(r) => r,
-            Err(e) => (Some(e), Vec::new()),
-        };
+    let (error, per_partition) = match with_group(&ctx.shard, &group_id, move |s, g| async move {
+        g.delete_offsets(&s, gid, partitions).await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => (Some(e), Vec::new()),
+    };
     out.error_code = error.map_or(0, |e| e.code());
     if error.is_none() {
         let mut answers = asked.into_iter().zip(per_partition);

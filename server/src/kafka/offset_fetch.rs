@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse};
 use kafka_protocol::ResponseError;
@@ -20,14 +20,25 @@ const MAX_GROUPS_PER_REQUEST: usize = 1_000;
 
 type Fetched = crate::group::FetchedOffsets;
 
-async fn fetch(ctx: &Rc<RequestContext>, group_id: String, topics: Option<Vec<(String, Vec<i32>)>>) -> Result<Fetched, ResponseError> {
+async fn fetch(
+    ctx: &Rc<RequestContext>,
+    group_id: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Fetched, ResponseError> {
     let gid = group_id.clone();
-    with_group(&ctx.shard, &group_id, move |_s, g| async move { g.fetch_offsets(&gid, topics.as_deref()) }).await
+    with_group(&ctx.shard, &group_id, move |_s, g| async move {
+        g.fetch_offsets(&gid, topics.as_deref())
+    })
+    .await
 }
 
 /// The asked partitions with no answer, for a group that failed as a whole.
 fn unanswered(topics: &Option<Vec<(String, Vec<i32>)>>) -> Fetched {
-    topics.iter().flatten().map(|(t, ps)| (t.clone(), ps.iter().map(|p| (*p, None)).collect())).collect()
+    topics
+        .iter()
+        .flatten()
+        .map(|(t, ps)| (t.clone(), ps.iter().map(|p| (*p, None)).collect()))
+        .collect()
 }
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
@@ -36,11 +47,16 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let mut out = OffsetFetchResponse::default();
     if v >= 8 {
         for group in request.groups.into_iter().take(MAX_GROUPS_PER_REQUEST) {
-            let topics = group.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect::<Vec<_>>());
-            let (error, fetched) = match fetch(&ctx, group.group_id.0.to_string(), topics.clone()).await {
-                Ok(f) => (None, f),
-                Err(e) => (Some(e), unanswered(&topics)),
-            };
+            let topics = group.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect::<Vec<_>>()
+            });
+            let (error, fetched) =
+                match fetch(&ctx, group.group_id.0.to_string(), topics.clone()).await {
+                    Ok(f) => (None, f),
+                    Err(e) => (Some(e), unanswered(&topics)),
+                };
             let mut g = OffsetFetchResponseGroup::default();
             g.group_id = group.group_id;
             g.error_code = error.map_or(0, |e| e.code());
@@ -54,7 +70,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         .map(|(p, c)| {
                             let mut r = OffsetFetchResponsePartitions::default();
                             r.partition_index = p;
-                            fill(&c, &mut r.committed_offset, &mut r.committed_leader_epoch, &mut r.metadata);
+                            fill(
+                                &c,
+                                &mut r.committed_offset,
+                                &mut r.committed_leader_epoch,
+                                &mut r.metadata,
+                            );
                             r
                         })
                         .collect();
@@ -66,7 +87,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         return ctx.respond(ApiKey::OffsetFetch, &out);
     }
     let GroupId(group_id) = request.group_id;
-    let topics = request.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect::<Vec<_>>());
+    let topics = request.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect::<Vec<_>>()
+    });
     let (error, fetched) = match fetch(&ctx, group_id.to_string(), topics.clone()).await {
         Ok(f) => (None, f),
         Err(e) => (Some(e), unanswered(&topics)),
@@ -84,7 +109,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .map(|(p, c)| {
                     let mut r = OffsetFetchResponsePartition::default();
                     r.partition_index = p;
-                    fill(&c, &mut r.committed_offset, &mut r.committed_leader_epoch, &mut r.metadata);
+                    fill(
+                        &c,
+                        &mut r.committed_offset,
+                        &mut r.committed_leader_epoch,
+                        &mut r.metadata,
+                    );
                     // Before v2 there is no group-level error: each partition carries it.
                     if v < 2 {
                         r.error_code = error.map_or(0, |e| e.code());
@@ -98,7 +128,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     ctx.respond(ApiKey::OffsetFetch, &out)
 }
 
-fn fill(c: &Option<CommittedOffset>, offset: &mut i64, epoch: &mut i32, metadata: &mut Option<kafka_protocol::protocol::StrBytes>) {
+fn fill(
+    c: &Option<CommittedOffset>,
+    offset: &mut i64,
+    epoch: &mut i32,
+    metadata: &mut Option<kafka_protocol::protocol::StrBytes>,
+) {
     match c {
         Some(c) => {
             *offset = c.offset;

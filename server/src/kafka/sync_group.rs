@@ -19,9 +19,17 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         group_instance_id: request.group_instance_id.map(|s| s.to_string()),
         protocol_type: request.protocol_type.map(|s| s.to_string()),
         protocol_name: request.protocol_name.map(|s| s.to_string()),
-        assignments: request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect(),
+        assignments: request
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect(),
     };
-    let response = match with_group(&ctx.shard, &group_id, move |s, g| async move { g.sync(&s, sync).await }).await {
+    let response = match with_group(&ctx.shard, &group_id, move |s, g| async move {
+        g.sync(&s, sync).await
+    })
+    .await
+    {
         Ok(r) => r,
         Err(e) => SyncResponse::error(e),
     };
