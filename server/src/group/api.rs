@@ -162,6 +162,17 @@ pub struct CommittedOffset {
     pub expire_timestamp_ms: i64,
 }
 
+/// One group as the metrics endpoint reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSummary {
+    pub group_id: String,
+    /// Kafka's state name (`Stable`, `Empty`, ...).
+    pub state: &'static str,
+    pub members: usize,
+    /// Committed offsets: (topic, partition, offset).
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
 /// Committed offsets by topic and partition, as OffsetFetch returns them (`None`: none).
 pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
 

@@ -495,6 +495,44 @@ impl GroupCoordinator {
         }
     }
 
+    /// Every group this coordinator holds, with its state, member count and committed
+    /// offsets, sorted by group id (what the metrics endpoint reports).
+    pub fn summaries(&self) -> Vec<GroupSummary> {
+        let mut ids: Vec<&String> = self.groups.keys().collect();
+        ids.extend(
+            self.consumer
+                .groups()
+                .map(|(id, _)| id)
+                .filter(|id| !self.groups.contains_key(*id)),
+        );
+        ids.sort();
+        ids.into_iter()
+            .map(|id| {
+                let classic = self.groups.get(id);
+                let (state, members) = match self.consumer.group(id) {
+                    Some(cg) => (cg.state(), cg.members().count()),
+                    None => classic
+                        .map(|g| (g.state.name(), g.members.len()))
+                        .unwrap_or(("Dead", 0)),
+                };
+                let offsets = classic
+                    .map(|g| {
+                        g.offsets
+                            .iter()
+                            .map(|((topic, partition), c)| (topic.clone(), *partition, c.offset))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                GroupSummary {
+                    group_id: id.clone(),
+                    state,
+                    members,
+                    offsets,
+                }
+            })
+            .collect()
+    }
+
     /// ListGroups; empty filters match everything. State names compare case-insensitively
     /// (KIP-518); every group here is of type "classic" (KIP-848's types filter).
     pub fn list_groups(

@@ -120,6 +120,17 @@ impl GroupShard {
         g
     }
 
+    /// This shard's coordinator if it has been created (a shard that never served a group
+    /// request has none, and looking must not start one).
+    pub fn existing() -> Option<Rc<GroupShard>> {
+        GROUP_SHARD.with(|slot| slot.borrow().clone())
+    }
+
+    /// Every group this shard coordinates, for the metrics endpoint.
+    pub fn summaries(&self) -> Vec<super::GroupSummary> {
+        self.coordinator.borrow().summaries()
+    }
+
     fn token(&self) -> Token {
         let t = self.next_token.get();
         self.next_token.set(t + 1);

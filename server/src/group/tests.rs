@@ -428,6 +428,29 @@ fn commits_are_stored_as_sent_and_never_change_membership() {
 }
 
 #[test]
+fn summaries_list_each_group_with_its_state_members_and_committed_offsets() {
+    let mut c = coordinator();
+    assert_eq!(c.summaries(), vec![]);
+    let m1 = stable_single(&mut c);
+    assert_eq!(commit(&mut c, 1, commit_req(&m1, 1, 42, None)), vec![None]);
+    let mut simple = commit_req("", -1, 7, None);
+    simple.group_id = "a-simple".into();
+    assert_eq!(commit(&mut c, 1, simple), vec![None]);
+    let summaries = c.summaries();
+    let brief: Vec<(&str, &str, usize, Vec<(String, i32, i64)>)> = summaries
+        .iter()
+        .map(|s| (s.group_id.as_str(), s.state, s.members, s.offsets.clone()))
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            ("a-simple", "Empty", 0, vec![("t".to_string(), 0, 7)]),
+            ("g", "Stable", 1, vec![("t".to_string(), 0, 42)]),
+        ]
+    );
+}
+
+#[test]
 fn commits_keep_a_member_alive_without_heartbeats() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);

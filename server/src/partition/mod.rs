@@ -109,6 +109,11 @@ impl PartitionRegistry {
         self.open.borrow().keys().copied().collect()
     }
 
+    /// Every open partition (for the metrics endpoint).
+    pub fn handles(&self) -> Vec<Rc<PartitionHandle>> {
+        self.open.borrow().values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.open.borrow().len()
     }
