@@ -6,7 +6,8 @@
 //! per core and the cross-shard mesh), `net` (listeners and connections), `kafka` (the
 //! router and one handler per API), `metadata` (topics, configs, ownership; the control
 //! plane), `partition` (a shard's open partition logs; the data plane), `admin`
-//! (subcommands that talk to a running broker).
+//! (subcommands that talk to a running broker), `metrics` (per-shard counters and the
+//! Prometheus endpoint).
 
 pub mod admin;
 pub mod broker;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod group;
 pub mod kafka;
 pub mod metadata;
+pub mod metrics;
 pub mod net;
 pub mod partition;
 pub mod shard;

@@ -77,6 +77,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     if let Some(error) = session_error {
         let mut response = FetchResponse::default();
         response.error_code = error.code();
+        ctx.note_error();
         return ctx.respond(ApiKey::Fetch, &response);
     }
 
@@ -171,6 +172,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     let mut d = PartitionData::default();
                     d.partition_index = p.partition;
                     d.error_code = read.error.map_or(0, |e| e.code());
+                    if d.error_code != 0 {
+                        ctx.note_error();
+                    }
                     d.high_watermark = read.high_watermark;
                     d.last_stable_offset = read.last_stable_offset;
                     if version >= 5 {

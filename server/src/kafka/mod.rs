@@ -36,10 +36,11 @@ pub mod sync_group;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::sync::StaticPermit;
@@ -88,6 +89,10 @@ pub struct RequestContext {
     /// Lets the connection read its next request; sent (or dropped) once this request's
     /// order-sensitive work is queued.
     dispatched: RefCell<Option<oneshot::Sender<()>>>,
+    /// When the request's frame had been read: its latency is measured from here.
+    pub received_at: Instant,
+    /// Set by a handler whose response carries an error code (counted in the metrics).
+    failed: Cell<bool>,
 }
 
 impl RequestContext {
@@ -107,6 +112,8 @@ impl RequestContext {
             peer,
             _produce_permit: produce_permit,
             dispatched: RefCell::new(Some(dispatched)),
+            received_at: Instant::now(),
+            failed: Cell::new(false),
         }
     }
 
@@ -117,6 +124,15 @@ impl RequestContext {
         if let Some(tx) = self.dispatched.borrow_mut().take() {
             tx.send(());
         }
+    }
+
+    /// Counts this request as failed in the metrics (its response carries an error code).
+    pub fn note_error(&self) {
+        self.failed.set(true);
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.get()
     }
 
     /// The client's host, as Kafka reports it (DescribeGroups, JoinGroup).

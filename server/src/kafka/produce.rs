@@ -175,6 +175,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     let mut p = PartitionProduceResponse::default();
                     p.index = index;
                     p.error_code = a.error.map_or(0, |e| e.code());
+                    if p.error_code != 0 {
+                        ctx.note_error();
+                    }
                     p.base_offset = a.base_offset;
                     p.log_append_time_ms = a.log_append_time_ms;
                     if version >= 5 {

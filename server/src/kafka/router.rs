@@ -89,14 +89,20 @@ pub static ROUTES: &[Route] = &[
 ];
 
 pub fn route_for(api_key: i16) -> Option<&'static Route> {
-    ROUTES.iter().find(|r| r.api_key as i16 == api_key)
+    route_index(api_key).map(|i| &ROUTES[i])
+}
+
+/// The position of an API key in [`ROUTES`] (the metrics count per position).
+pub fn route_index(api_key: i16) -> Option<usize> {
+    ROUTES.iter().position(|r| r.api_key as i16 == api_key)
 }
 
 /// Handles one request and produces what the connection should do with it.
 pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
     let ctx = Rc::new(ctx);
     let api_key = ctx.api_key;
-    let route = route_for(api_key);
+    let slot = route_index(api_key);
+    let route = slot.map(|i| &ROUTES[i]);
     let result = match route {
         Some(route) if route.supports(ctx.api_version) || route.api_key == ApiKey::ApiVersions => {
             if route.api_key != ApiKey::Produce {
@@ -106,16 +112,29 @@ pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
         }
         _ => {
             ctx.release_connection();
+            ctx.note_error();
             Ok(unsupported(&ctx))
         }
     };
-    match result {
+    let reply = match result {
         Ok(reply) => reply,
         Err(e) => {
             tracing::debug!(shard = ctx.shard.id.0, peer = ?ctx.peer, "closing connection: {e}");
+            ctx.note_error();
             Reply::Close
         }
-    }
+    };
+    let response_bytes = match &reply {
+        Reply::Frame(frame) => frame.len(),
+        Reply::NoResponse | Reply::Close => 0,
+    };
+    ctx.shard.metrics.request_done(
+        slot.unwrap_or(ROUTES.len()),
+        ctx.received_at.elapsed(),
+        ctx.failed(),
+        response_bytes,
+    );
+    reply
 }
 
 /// The answer to an API key or version this broker does not serve.

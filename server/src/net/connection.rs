@@ -183,6 +183,7 @@ async fn read_requests(
             None
         };
         let mut frame = read_frame(&mut reader, &mut buf, size, is_produce).await?;
+        shard.metrics.request_read(SIZE_PREFIX_BYTES + size);
         let head = decode_request_header(&mut frame).map_err(|e| e.to_string())?;
 
         let (dispatched_tx, dispatched_rx) = oneshot::channel::<()>();

@@ -55,6 +55,8 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Producer ids this shard may hand out (InitProducerId).
     pub producer_ids: crate::metadata::producer_ids::ProducerIdBlock,
+    /// What this shard's requests counted (see `metrics`).
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 impl Shard {
@@ -82,6 +84,7 @@ impl Shard {
             stopped: Latch::new(),
             connections: Cell::new(0),
             producer_ids: Default::default(),
+            metrics: Default::default(),
         }
     }
 

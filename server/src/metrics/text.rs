@@ -1,0 +1,389 @@
+//! The Prometheus text exposition format, version 0.0.4: a `# HELP` and a `# TYPE` line per
+//! metric family, then one `name{labels} value` line per series. Label values are escaped
+//! (backslash, double quote, newline) because group ids are arbitrary client strings.
+
+use std::fmt::Write;
+
+use super::{api_label, ShardSnapshot, LATENCY_BUCKETS};
+
+/// The `Content-Type` of a scrape's response.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Writes a label value with the escapes the format requires.
+fn escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One series: `name{k="v",...} value`.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            escaped(out, v);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// The whole scrape: every family of the merged snapshot of all shards.
+pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let labels: Vec<String> = (0..all.apis.len()).map(api_label).collect();
+    // Routed APIs are always listed (rates need the zero); unknown API keys once seen.
+    let shown: Vec<usize> = (0..all.apis.len())
+        .filter(|&i| i + 1 < all.apis.len() || all.apis[i].requests > 0)
+        .collect();
+
+    family(
+        &mut out,
+        "wharf_requests_total",
+        "counter",
+        "Kafka requests answered, by API.",
+    );
+    for &i in &shown {
+        sample(
+            &mut out,
+            "wharf_requests_total",
+            &[("api", &labels[i])],
+            all.apis[i].requests,
+        );
+    }
+    family(
+        &mut out,
+        "wharf_request_errors_total",
+        "counter",
+        "Kafka requests that failed: closed for a malformed body, an unsupported version, or (Produce, Fetch) a response with a partition error code.",
+    );
+    for &i in &shown {
+        sample(
+            &mut out,
+            "wharf_request_errors_total",
+            &[("api", &labels[i])],
+            all.apis[i].errors,
+        );
+    }
+    family(
+        &mut out,
+        "wharf_request_latency_seconds",
+        "histogram",
+        "Time from a request frame being read to its response being ready, by API.",
+    );
+    for &i in &shown {
+        let api = &all.apis[i];
+        let mut cumulative = 0u64;
+        for (slot, (_, le)) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += api.buckets[slot];
+            sample(
+                &mut out,
+                "wharf_request_latency_seconds_bucket",
+                &[("api", &labels[i]), ("le", le)],
+                cumulative,
+            );
+        }
+        cumulative += api.buckets[LATENCY_BUCKETS.len()];
+        sample(
+            &mut out,
+            "wharf_request_latency_seconds_bucket",
+            &[("api", &labels[i]), ("le", "+Inf")],
+            cumulative,
+        );
+        sample(
+            &mut out,
+            "wharf_request_latency_seconds_sum",
+            &[("api", &labels[i])],
+            api.latency_sum_nanos as f64 / 1e9,
+        );
+        sample(
+            &mut out,
+            "wharf_request_latency_seconds_count",
+            &[("api", &labels[i])],
+            cumulative,
+        );
+    }
+
+    family(
+        &mut out,
+        "wharf_request_bytes_total",
+        "counter",
+        "Bytes of Kafka request frames read.",
+    );
+    sample(
+        &mut out,
+        "wharf_request_bytes_total",
+        &[],
+        all.request_bytes,
+    );
+    family(
+        &mut out,
+        "wharf_response_bytes_total",
+        "counter",
+        "Bytes of Kafka response frames produced.",
+    );
+    sample(
+        &mut out,
+        "wharf_response_bytes_total",
+        &[],
+        all.response_bytes,
+    );
+    family(
+        &mut out,
+        "wharf_open_connections",
+        "gauge",
+        "Kafka client connections open now.",
+    );
+    sample(&mut out, "wharf_open_connections", &[], all.connections);
+
+    family(
+        &mut out,
+        "wharf_partition_log_start_offset",
+        "gauge",
+        "First offset still in the partition's log.",
+    );
+    for p in &all.partitions {
+        let partition = p.partition.to_string();
+        sample(
+            &mut out,
+            "wharf_partition_log_start_offset",
+            &[("topic", &p.topic), ("partition", &partition)],
+            p.log_start_offset,
+        );
+    }
+    family(
+        &mut out,
+        "wharf_partition_log_end_offset",
+        "gauge",
+        "The partition's high watermark: the offset its next record gets, once written.",
+    );
+    for p in &all.partitions {
+        let partition = p.partition.to_string();
+        sample(
+            &mut out,
+            "wharf_partition_log_end_offset",
+            &[("topic", &p.topic), ("partition", &partition)],
+            p.log_end_offset,
+        );
+    }
+    family(
+        &mut out,
+        "wharf_partition_size_bytes",
+        "gauge",
+        "Bytes of the partition's log segments.",
+    );
+    for p in &all.partitions {
+        let partition = p.partition.to_string();
+        sample(
+            &mut out,
+            "wharf_partition_size_bytes",
+            &[("topic", &p.topic), ("partition", &partition)],
+            p.size_bytes,
+        );
+    }
+
+    family(
+        &mut out,
+        "wharf_group_members",
+        "gauge",
+        "Members of a consumer group.",
+    );
+    for g in &all.groups {
+        sample(
+            &mut out,
+            "wharf_group_members",
+            &[("group", &g.group_id)],
+            g.members,
+        );
+    }
+    family(
+        &mut out,
+        "wharf_group_state",
+        "gauge",
+        "A consumer group's state (the series with value 1).",
+    );
+    for g in &all.groups {
+        sample(
+            &mut out,
+            "wharf_group_state",
+            &[("group", &g.group_id), ("state", g.state)],
+            1,
+        );
+    }
+    family(
+        &mut out,
+        "wharf_group_committed_offset",
+        "gauge",
+        "Offset a consumer group committed for a partition.",
+    );
+    for g in &all.groups {
+        for (topic, partition, offset) in &g.offsets {
+            let partition = partition.to_string();
+            sample(
+                &mut out,
+                "wharf_group_committed_offset",
+                &[
+                    ("group", &g.group_id),
+                    ("topic", topic),
+                    ("partition", &partition),
+                ],
+                offset,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "wharf_group_lag_records",
+        "gauge",
+        "Records between a group's committed offset and the partition's log end offset.",
+    );
+    for g in &all.groups {
+        for (topic, partition, offset) in &g.offsets {
+            let Ok(at) = all
+                .partitions
+                .binary_search_by(|p| (p.topic.as_str(), p.partition).cmp(&(topic, *partition)))
+            else {
+                continue;
+            };
+            let lag = (all.partitions[at].log_end_offset - offset).max(0);
+            let partition = partition.to_string();
+            sample(
+                &mut out,
+                "wharf_group_lag_records",
+                &[
+                    ("group", &g.group_id),
+                    ("topic", topic),
+                    ("partition", &partition),
+                ],
+                lag,
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "wharf_shards",
+        "gauge",
+        "Shards (pinned executors) serving.",
+    );
+    sample(&mut out, "wharf_shards", &[], shards);
+    family(
+        &mut out,
+        "wharf_build_info",
+        "gauge",
+        "The running wharf's version (always 1).",
+    );
+    sample(
+        &mut out,
+        "wharf_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::GroupSummary;
+    use crate::metrics::{api_slots, ApiSnapshot, PartitionSnapshot};
+
+    fn snapshot() -> ShardSnapshot {
+        let mut apis = vec![ApiSnapshot::default(); api_slots()];
+        apis[0].requests = 3;
+        apis[0].buckets[0] = 2;
+        apis[0].buckets[LATENCY_BUCKETS.len()] = 1;
+        apis[0].latency_sum_nanos = 11_000_000_000;
+        ShardSnapshot {
+            apis,
+            partitions: vec![PartitionSnapshot {
+                topic: "orders".into(),
+                partition: 2,
+                log_start_offset: 1,
+                log_end_offset: 10,
+                size_bytes: 500,
+            }],
+            groups: vec![GroupSummary {
+                group_id: "g\"1\\".into(),
+                state: "Empty",
+                members: 0,
+                offsets: vec![("orders".into(), 2, 4), ("gone".into(), 0, 1)],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_end_with_their_count() {
+        let text = encode(&snapshot(), 1);
+        let api = api_label(0);
+        assert!(text.contains(&format!(
+            "wharf_request_latency_seconds_bucket{{api=\"{api}\",le=\"0.0001\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "wharf_request_latency_seconds_bucket{{api=\"{api}\",le=\"10\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "wharf_request_latency_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}} 3\n"
+        )));
+        assert!(text.contains(&format!(
+            "wharf_request_latency_seconds_count{{api=\"{api}\"}} 3\n"
+        )));
+        assert!(text.contains(&format!(
+            "wharf_request_latency_seconds_sum{{api=\"{api}\"}} 11\n"
+        )));
+        // The unknown-API slot is hidden until a request used it.
+        assert!(!text.contains("api=\"unknown\""));
+    }
+
+    #[test]
+    fn lag_is_end_minus_committed_and_label_values_are_escaped() {
+        let text = encode(&snapshot(), 2);
+        assert!(text.contains(
+            "wharf_group_lag_records{group=\"g\\\"1\\\\\",topic=\"orders\",partition=\"2\"} 6\n"
+        ));
+        assert!(text.contains(
+            "wharf_group_committed_offset{group=\"g\\\"1\\\\\",topic=\"gone\",partition=\"0\"} 1\n"
+        ));
+        // No partition, no lag.
+        assert!(!text.contains("wharf_group_lag_records{group=\"g\\\"1\\\\\",topic=\"gone\""));
+        assert!(text.contains("wharf_shards 2\n"));
+        assert!(text.contains("wharf_build_info{version=\""));
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_before_its_samples() {
+        let text = encode(&snapshot(), 1);
+        let mut typed: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.push(rest.split(' ').next().unwrap());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|b| typed.last() == Some(b))
+                    .unwrap_or(name);
+                assert_eq!(typed.last(), Some(&base), "{line}");
+            }
+        }
+    }
+}
