@@ -15,6 +15,8 @@ use crate::shard::{self, ShardId, ShardStart};
 
 /// The line printed on stdout once every shard serves (followed by the address).
 pub const LISTENING_PREFIX: &str = "wharf listening on ";
+/// The line printed on stdout after the listening line when metrics are served.
+pub const METRICS_PREFIX: &str = "wharf metrics on ";
 /// A lock file in the data directory keeps two brokers from sharing it.
 const LOCK_FILE: &str = ".lock";
 
@@ -38,6 +40,21 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
         ))
     })?;
     let image = load_metadata(&config.data_dir)?;
+    // Bound here, before any shard starts, so a busy port is a startup error; shard 0
+    // serves it.
+    let mut metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|e| {
+            StartupError(format!("cannot serve metrics on {addr}: {}", io_reason(&e)))
+        })?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| StartupError(format!("cannot serve metrics: {}", io_reason(&e))))?,
+        ),
+        None => None,
+    };
 
     // Every thread started from here on inherits this mask; shard 0 takes the signals
     // with sigwait, so they never interrupt a shard.
@@ -59,6 +76,11 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             image: image.clone(),
             mesh: mesh.clone(),
             ready: ready_tx.clone(),
+            metrics_listener: if i == 0 {
+                metrics_listener.take()
+            } else {
+                None
+            },
         };
         handles.push(
             shard::spawn(start)
@@ -77,6 +99,9 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
 
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{LISTENING_PREFIX}{}", config.listen);
+    if let Some(addr) = metrics_addr {
+        let _ = writeln!(stdout, "{METRICS_PREFIX}{addr}");
+    }
     let _ = stdout.flush();
     drop(stdout);
     tracing::info!(

@@ -72,6 +72,11 @@ pub struct BrokerArgs {
     /// (Kafka: `group.initial.rebalance.delay.ms`). [default: 3000]
     #[arg(long, value_name = "MS")]
     pub group_initial_rebalance_delay_ms: Option<i64>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 127.0.0.1:9644; empty
+    /// turns them off. Port 0 picks a free port, printed as `wharf metrics on ADDR` after the
+    /// listening line. (file: `metrics.listen`) [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The resolved broker configuration. Plain data, `Send`: every shard gets a copy.
@@ -109,6 +114,8 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicDefaults,
     /// Consumer group coordinator settings (`group.*`, `offsets.retention.minutes`, ...).
     pub group: crate::group::GroupConfig,
+    /// `metrics.listen`: where shard 0 serves Prometheus metrics; `None` when off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl BrokerConfig {
@@ -265,6 +272,16 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     let retention_check_interval_ms =
         int_in("log.retention.check.interval.ms", check, 1, i64::MAX)? as u64;
 
+    let metrics_text = args
+        .metrics_listen
+        .clone()
+        .or(settings.take_string("metrics.listen")?)
+        .unwrap_or_default();
+    let metrics_listen = match metrics_text.trim() {
+        "" => None,
+        text => Some(parse_address("metrics.listen", text)?),
+    };
+
     let topic_defaults = TopicDefaults::from_broker_settings(&mut settings)?;
     let group = resolve_group_config(args, &mut settings)?;
 
@@ -291,6 +308,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         retention_check_interval_ms,
         topic_defaults,
         group,
+        metrics_listen,
     })
 }
 
@@ -487,6 +505,18 @@ fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// A plain `host:port` (no listener scheme), for settings other than `listeners`.
+fn parse_address(name: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| err(format!("bad {name} address `{text}`: {}", io_reason(&e))))?;
+    addrs.next().ok_or_else(|| {
+        err(format!(
+            "bad {name} address `{text}`: it resolves to nothing"
+        ))
+    })
+}
+
 fn parse_host_port(text: &str) -> Result<(String, u16), ConfigError> {
     let hostport = strip_listener_scheme(text.trim())?;
     let (host, port) = hostport.rsplit_once(':').ok_or_else(|| {
@@ -565,6 +595,27 @@ mod tests {
         assert!(config.auto_create_topics);
         assert_eq!(config.node_id, 1);
         assert_eq!(config.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_set_by_file_or_flag() {
+        assert_eq!(resolve(&args(), 1).expect("defaults").metrics_listen, None);
+        let (_dir, path) = write_config("metrics.listen = \"127.0.0.1:9644\"\n");
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9644".parse().unwrap())
+        );
+        a.metrics_listen = Some(String::new());
+        assert_eq!(resolve(&a, 1).expect("flag resolves").metrics_listen, None);
+        a.metrics_listen = Some("nonsense".into());
+        let e = resolve(&a, 1).expect_err("bad address").to_string();
+        assert!(
+            e.contains("metrics.listen") && e.contains("nonsense"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! would still mean re-describing every merged snapshot in its types on each scrape. The
 //! format itself is a few lines of text per family, so it is written here.
 
+pub mod http;
 pub mod text;
 
 use std::cell::Cell;

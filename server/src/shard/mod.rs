@@ -231,6 +231,8 @@ pub struct ShardStart {
     pub image: MetadataImage,
     pub mesh: MeshHandle,
     pub ready: mpsc::Sender<ReadyReport>,
+    /// The bound metrics listener, given to shard 0 only (when metrics are on).
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Starts a shard on its own pinned thread. The thread ends after a graceful shutdown.
@@ -255,6 +257,7 @@ async fn run(start: ShardStart) {
         image,
         mesh,
         ready,
+        metrics_listener,
         ..
     } = start;
     let mesh = match Mesh::join(mesh).await {
@@ -291,6 +294,13 @@ async fn run(start: ShardStart) {
     glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
     if id == crate::metadata::controller::CONTROLLER_SHARD {
         glommio::spawn_local(watch_for_termination(shard.clone())).detach();
+    }
+    if let Some(listener) = metrics_listener {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
+        // here from the std listener (into_raw_fd gives it up).
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        glommio::spawn_local(crate::metrics::http::serve(shard.clone(), listener)).detach();
     }
     let _ = ready.send(Ok(id));
 

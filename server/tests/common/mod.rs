@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// The line the broker prints to stdout once every shard serves (the CLI contract).
 pub const LISTENING_PREFIX: &str = "wharf listening on ";
+/// The line that follows it when metrics are served on a port picked by the kernel.
+pub const METRICS_PREFIX: &str = "wharf metrics on ";
 
 /// Guard against a hung broker, not a performance assertion: a debug build on a busy
 /// 2-core machine can take a while to start.
@@ -39,6 +41,8 @@ pub struct Broker {
     shards: u32,
     addr: Option<SocketAddr>,
     incarnation: u32,
+    /// The lines the broker printed after the listening line, as they come.
+    later_stdout: Option<mpsc::Receiver<String>>,
 }
 
 impl Broker {
@@ -60,6 +64,7 @@ impl Broker {
             shards: 2,
             addr: None,
             incarnation: 0,
+            later_stdout: None,
         };
         broker.spawn();
         broker
@@ -107,6 +112,22 @@ impl Broker {
         );
     }
 
+    /// The metrics address from the `wharf metrics on ADDR` line (start the broker with
+    /// `--metrics-listen 127.0.0.1:0`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let lines = self.later_stdout.as_ref().expect("broker was started");
+        let deadline = Instant::now() + STARTUP_GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no `{METRICS_PREFIX}ADDR` line: {e}"));
+            if let Some(addr) = line.trim_end().strip_prefix(METRICS_PREFIX) {
+                return addr.parse().expect("the metrics line names an address");
+            }
+        }
+    }
+
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -137,7 +158,9 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", wharf_bin().display()));
         let stdout = child.stdout.take().expect("stdout is piped");
         self.child = Some(child);
-        match wait_for_listening(stdout) {
+        let (later_tx, later_rx) = mpsc::channel();
+        self.later_stdout = Some(later_rx);
+        match wait_for_listening(stdout, later_tx) {
             Ok(addr) => self.addr = Some(addr),
             Err(why) => {
                 let status = self.kill_now();
@@ -216,7 +239,10 @@ impl Drop for Broker {
 
 /// Reads the broker's stdout until the listening line, then keeps draining it on a thread
 /// so the broker never blocks on a full pipe.
-fn wait_for_listening(stdout: impl Read + Send + 'static) -> Result<SocketAddr, String> {
+fn wait_for_listening(
+    stdout: impl Read + Send + 'static,
+    later: mpsc::Sender<String>,
+) -> Result<SocketAddr, String> {
     let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -228,16 +254,18 @@ fn wait_for_listening(stdout: impl Read + Send + 'static) -> Result<SocketAddr, 
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            if !sent {
-                if let Some(addr) = parse_listening_line(&line) {
-                    let _ = tx.send(Ok(addr));
-                    sent = true;
-                } else {
-                    let _ = tx.send(Err(format!(
-                        "first stdout line is not `{LISTENING_PREFIX}ADDR`: {line:?}"
-                    )));
-                    sent = true;
-                }
+            if sent {
+                let _ = later.send(line.clone());
+                continue;
+            }
+            if let Some(addr) = parse_listening_line(&line) {
+                let _ = tx.send(Ok(addr));
+                sent = true;
+            } else {
+                let _ = tx.send(Err(format!(
+                    "first stdout line is not `{LISTENING_PREFIX}ADDR`: {line:?}"
+                )));
+                sent = true;
             }
         }
         if !sent {
