@@ -117,6 +117,30 @@ fn port_in_use_is_one_clear_line_and_a_nonzero_exit() {
 }
 
 #[test]
+fn metrics_port_in_use_is_one_clear_line_and_a_nonzero_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = blocker.local_addr().expect("local_addr").to_string();
+    let data = dir.path().join("data");
+    let out = run_wharf_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--shards",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_one_clear_error_line(&out, &["metrics"]);
+    assert!(out.stderr.contains(&addr), "{}", out.stderr);
+    drop(blocker);
+}
+
+#[test]
 fn data_dir_that_cannot_be_created_is_one_clear_line_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A regular file where a directory must be: unwritable even for root.
