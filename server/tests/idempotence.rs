@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -21,6 +23,7 @@ use common::{unique_topic, Broker};
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_TXN_STATE: i16 = 48;
+const INVALID_RECORD: i16 = 87;
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
 /// InitProducerId without a transactional id: (error, producer id, epoch).
@@ -329,4 +332,122 @@ fn init_producer_id_is_advertised_v0_to_v4() {
         Some(&(0, 4))
     );
     assert_eq!(pick_version(&versions, ApiKey::InitProducerId, 0, 4), 4);
+}
+
+/// A small deterministic generator (xorshift64*), so a failure names a reproducible case.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn random_producer_fields_never_break_the_log_or_the_broker() {
+    // Whatever producer ids, epochs, sequences and flags clients send, every answer is a
+    // success or one of the idempotence errors, each success either appends at the log end
+    // or names the offset where that very batch was stored before, and the log holds
+    // exactly the appended records.
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let topic = unique_topic("idem-random");
+    ensure_topic(&mut conn, &topic);
+    let pids = [
+        -1,
+        new_producer(&mut conn),
+        new_producer(&mut conn),
+        7_777_777,
+    ];
+    let mut rng = Rng(0x5EED_1DE5_7A7E);
+    // Per producer id: its current epoch and next sequence, so most batches are in order.
+    let mut current: HashMap<i64, (i16, i32)> = HashMap::new();
+    // Batches answered with success, to resend some of them verbatim.
+    let mut sent: Vec<(i64, i16, i32, i32)> = Vec::new();
+    let mut stored: HashMap<i64, (i64, i16, i32, i32)> = HashMap::new();
+    let mut end = 0i64;
+    let (mut duplicates, mut refused) = (0, 0);
+    for round in 0..400 {
+        let pid = rng.pick(&pids);
+        let (epoch_now, next) = *current.get(&pid).unwrap_or(&(0, 0));
+        let mut count = 1 + (rng.next() % 3) as i32;
+        let mut transactional = false;
+        let (epoch, seq) = match rng.next() % 20 {
+            _ if pid < 0 => (-1, -1),
+            0..=3 if sent.iter().any(|s| s.0 == pid) => {
+                // A retry of one of this producer's last batches: a duplicate, or too old.
+                let mine: Vec<_> = sent.iter().filter(|s| s.0 == pid).collect();
+                let back = (rng.next() % mine.len().min(7) as u64) as usize;
+                let &(_, e, q, c) = mine[mine.len() - 1 - back];
+                count = c;
+                (e, q)
+            }
+            4 => (
+                epoch_now.saturating_add(1),
+                if rng.next() % 4 == 0 { 3 } else { 0 },
+            ),
+            5 => (epoch_now.saturating_sub(1).max(0), next),
+            6 => (epoch_now, next.wrapping_add(2) & i32::MAX),
+            7 => (-1, next),
+            8 => {
+                transactional = true;
+                (epoch_now, next)
+            }
+            9 => (epoch_now, i32::MAX - (rng.next() % 2) as i32),
+            _ => (epoch_now, next),
+        };
+        let mut b = BatchBuilder::new()
+            .producer(pid, epoch, seq)
+            .transactional(transactional);
+        for i in 0..count {
+            b.push(None, Some(format!("r{round}-{i}").as_bytes()), &[], 1_000);
+        }
+        let (error, base) = produce(&mut conn, &topic, Bytes::from(b.build()));
+        match error {
+            0 => {
+                assert!(
+                    !transactional,
+                    "round {round}: a transactional batch was stored"
+                );
+                if base == end {
+                    stored.insert(base, (pid, epoch, seq, count));
+                    sent.push((pid, epoch, seq, count));
+                    end += i64::from(count);
+                    if pid >= 0 {
+                        current.insert(pid, (epoch, seq.wrapping_add(count) & i32::MAX));
+                    }
+                } else {
+                    duplicates += 1;
+                    assert_eq!(
+                        stored.get(&base),
+                        Some(&(pid, epoch, seq, count)),
+                        "round {round}: success at {base}, log end {end}, not a duplicate"
+                    );
+                }
+            }
+            OUT_OF_ORDER_SEQUENCE_NUMBER | INVALID_PRODUCER_EPOCH | INVALID_TXN_STATE => {
+                assert!(pid >= 0, "round {round}: error {error} for a plain batch");
+                refused += 1;
+            }
+            // A producer id without an epoch is a malformed batch.
+            INVALID_RECORD if pid >= 0 && epoch < 0 => refused += 1,
+            other => panic!(
+                "round {round}: unexpected error {other} for pid {pid} epoch {epoch} \
+                 seq {seq} count {count} transactional {transactional}"
+            ),
+        }
+    }
+    assert!(
+        end > 100 && duplicates > 5 && refused > 5,
+        "{end} records, {duplicates} duplicates, {refused} refusals: too little exercised"
+    );
+    assert_eq!(fetch_all(&mut conn, &topic).len() as i64, end);
+    broker.assert_no_panic();
 }
