@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -23,22 +23,13 @@ use super::config::GroupConfig;
 use super::coordinator::GroupCoordinator;
 use crate::metadata::controller::ensure_offsets_topic;
 use crate::metadata::{PartitionId, TopicMeta, TopicPartition, OFFSETS_TOPIC};
-use crate::shard::{oneshot, Shard, ShardId};
+use crate::shard::{now_ms, oneshot, Shard, ShardId};
 
 /// How often the coordinator is told that time passed (session and rebalance deadlines are
 /// met within this).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes read per step while loading an offsets partition.
 const LOAD_READ_BYTES: usize = 1 << 20;
-
-/// Wall-clock milliseconds: commit timestamps are wall-clock in Kafka's format, and
-/// deadlines are measured on the same clock.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The group settings of this broker.
 pub fn group_config(shard: &Shard) -> GroupConfig {

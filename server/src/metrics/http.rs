@@ -27,11 +27,7 @@ pub const MAX_METRICS_CONNECTIONS: usize = 16;
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     let open = Rc::new(Cell::new(0usize));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
-            None
-        })
-        .await;
+        let accepted = shard.unless_shutdown(listener.accept()).await;
         match accepted {
             None => break,
             Some(Ok(stream)) => {

@@ -136,14 +136,9 @@ async fn read_requests(
             return Ok(());
         }
         if buf.is_empty() {
-            let more = futures_lite::future::or(
-                async { Some(read_some(&mut reader, &mut buf, 1).await) },
-                async {
-                    shard.shutdown.wait().await;
-                    None
-                },
-            )
-            .await;
+            let more = shard
+                .unless_shutdown(read_some(&mut reader, &mut buf, 1))
+                .await;
             match more {
                 None => return Ok(()),
                 Some(Ok(true)) => {}

@@ -17,11 +17,7 @@ pub const MAX_CONNECTIONS_PER_SHARD: usize = 10_000;
 /// Accepts connections until shutdown.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
-            None
-        })
-        .await;
+        let accepted = shard.unless_shutdown(listener.accept()).await;
         match accepted {
             None => break,
             Some(Ok(stream)) => {

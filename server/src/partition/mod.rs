@@ -236,24 +236,9 @@ impl PartitionRegistry {
 /// the memory they take stays bounded.
 pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
     let expiration_ms = shard.config.producer_id_expiration_ms;
-    loop {
-        let stop = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(PRODUCER_EXPIRATION_CHECK_INTERVAL).await;
-                false
-            },
-            async {
-                shard.shutdown.wait().await;
-                true
-            },
-        )
-        .await;
-        if stop {
-            return;
-        }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+    let tick = || glommio::timer::sleep(PRODUCER_EXPIRATION_CHECK_INTERVAL);
+    while shard.unless_shutdown(tick()).await.is_some() {
+        let now_ms = crate::shard::now_ms();
         let expired: usize = shard
             .partitions
             .keys()
@@ -272,24 +257,12 @@ pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
 /// segments that `retention.ms` / `retention.bytes` let go (Kafka's log retention task).
 pub async fn maintain_logs_periodically(shard: Rc<crate::shard::Shard>) {
     let interval = Duration::from_millis(shard.config.retention_check_interval_ms);
-    loop {
-        let stop = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(interval).await;
-                false
-            },
-            async {
-                shard.shutdown.wait().await;
-                true
-            },
-        )
-        .await;
-        if stop {
-            return;
-        }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+    while shard
+        .unless_shutdown(glommio::timer::sleep(interval))
+        .await
+        .is_some()
+    {
+        let now_ms = crate::shard::now_ms();
         for tp in shard.partitions.keys() {
             if shard.shutdown.is_set() {
                 return;

@@ -25,6 +25,14 @@ use crate::partition::{PartitionRegistry, OPEN_CONCURRENCY};
 use crate::shard::event::Latch;
 use crate::shard::mesh::{Mesh, MeshHandle};
 
+/// Wall-clock milliseconds since the Unix epoch: Kafka's timestamps (commits, retention,
+/// producer expiry) are wall-clock, and deadlines compared with them use the same clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A shard's index, 0..shard_count.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub usize);
@@ -86,6 +94,19 @@ impl Shard {
             producer_ids: Default::default(),
             metrics: Default::default(),
         }
+    }
+
+    /// Runs `work` until it finishes or this shard starts shutting down, whichever comes
+    /// first; `None` when shutdown came first (`work` is then dropped).
+    pub async fn unless_shutdown<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        futures_lite::future::or(async { Some(work.await) }, async {
+            self.shutdown.wait().await;
+            None
+        })
+        .await
     }
 
     /// This shard's current copy of the metadata.
