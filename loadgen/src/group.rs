@@ -418,6 +418,23 @@ impl Member {
     }
 
     /// Counts `code` and acts on it; returns its reaction.
+    /// A JoinGroup or SyncGroup answered `code`: an error on a fatal code; otherwise the
+    /// member is ready to join again (as a new member after UNKNOWN_MEMBER_ID).
+    fn join_step_failed(&mut self, step: &str, code: i16) -> anyhow::Result<()> {
+        if self.react(code) == Reaction::GiveUp {
+            bail!(
+                "{step} {}: {}",
+                self.settings.group_id,
+                kafka_error_name(code)
+            );
+        }
+        if code == UNKNOWN_MEMBER_ID {
+            self.member_id.clear();
+        }
+        self.rejoin = None;
+        Ok(())
+    }
+
     fn react(&mut self, code: i16) -> Reaction {
         self.count_code(code);
         let r = reaction(code);
@@ -602,20 +619,10 @@ impl Member {
                     backoff = false;
                     continue;
                 }
-                code => match self.react(code) {
-                    Reaction::GiveUp => bail!(
-                        "JoinGroup {}: {}",
-                        self.settings.group_id,
-                        kafka_error_name(code)
-                    ),
-                    _ => {
-                        if code == UNKNOWN_MEMBER_ID {
-                            self.member_id.clear();
-                        }
-                        self.rejoin = None;
-                        continue;
-                    }
-                },
+                code => {
+                    self.join_step_failed("JoinGroup", code)?;
+                    continue;
+                }
             }
             self.member_id = joined.member_id.to_string();
             self.generation_id = joined.generation_id;
@@ -655,21 +662,9 @@ impl Member {
             };
             if synced.error_code != 0 {
                 let code = synced.error_code;
-                match self.react(code) {
-                    Reaction::GiveUp => bail!(
-                        "SyncGroup {}: {}",
-                        self.settings.group_id,
-                        kafka_error_name(code)
-                    ),
-                    _ => {
-                        if code == UNKNOWN_MEMBER_ID {
-                            self.member_id.clear();
-                        }
-                        self.rejoin = None;
-                        backoff = code != REBALANCE_IN_PROGRESS;
-                        continue;
-                    }
-                }
+                self.join_step_failed("SyncGroup", code)?;
+                backoff = code != REBALANCE_IN_PROGRESS;
+                continue;
             }
             let mine = match decode_assignment(synced.assignment) {
                 Ok(a) => a.get(&self.setup.topic).cloned().unwrap_or_default(),
