@@ -69,7 +69,7 @@ pub static ROUTES: &[Route] = &[
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
-    // KIP-98 idempotent producers (no transactions); KIP-360 epoch bumps from v3.
+    // KIP-98 idempotent producers (no transactions): a fresh producer id on every call.
     route!(InitProducerId, 0, 4, init_producer_id),
     // Consumer groups (classic protocol), coordinated on the shard owning the group's
     // `__consumer_offsets` partition.
