@@ -81,6 +81,26 @@ impl Drop for Broker {
 }
 
 /// Runs wharf-loadgen with `args` against `broker`; returns its exit code and JSON report.
+/// Consumes `records` records of `topic` from the start (plus `extra` flags) and checks
+/// that the run succeeded with exactly that many; returns its report.
+fn consume_back(broker: &Broker, topic: &str, records: u64, extra: &[&str]) -> Value {
+    let count = records.to_string();
+    let mut args = vec![
+        "consume",
+        "--topic",
+        topic,
+        "--from",
+        "earliest",
+        "--records",
+        &count,
+    ];
+    args.extend_from_slice(extra);
+    let (code, report) = loadgen(broker, &args);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["consume"]["records"], records);
+    report
+}
+
 fn loadgen(broker: &Broker, args: &[&str]) -> (i32, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
@@ -149,22 +169,7 @@ fn closed_loop_produce_counts_every_acknowledged_record_then_consume_reads_them_
         "value bytes {bytes}"
     );
 
-    let (code, report) = loadgen(
-        &broker,
-        &[
-            "consume",
-            "--topic",
-            "closed",
-            "--from",
-            "earliest",
-            "--records",
-            "20000",
-            "--consumers",
-            "2",
-        ],
-    );
-    assert_eq!(code, 0, "{report}");
-    assert_eq!(report["consume"]["records"], 20000);
+    let report = consume_back(&broker, "closed", 20000, &["--consumers", "2"]);
     assert!(
         report["errors"].as_object().unwrap().is_empty(),
         "{}",
@@ -233,20 +238,7 @@ fn acks_zero_records_count_once_written_and_all_arrive() {
     assert_eq!(report["produce"]["records"], 10000);
     assert_eq!(report["produce_latency"]["count"], 10000);
     // Nothing acknowledged them, so read them back to see that they all arrived.
-    let (code, report) = loadgen(
-        &broker,
-        &[
-            "consume",
-            "--topic",
-            "fire",
-            "--from",
-            "earliest",
-            "--records",
-            "10000",
-        ],
-    );
-    assert_eq!(code, 0, "{report}");
-    assert_eq!(report["consume"]["records"], 10000);
+    consume_back(&broker, "fire", 10000, &[]);
 }
 
 #[test]
@@ -413,22 +405,7 @@ fn idempotent_producers_stamp_in_order_sequences_and_every_record_lands_once() {
     assert_eq!(producer_ids.len(), 2, "one producer id per connection");
     assert_eq!(stored, 30000);
 
-    let (code, report) = loadgen(
-        &broker,
-        &[
-            "consume",
-            "--topic",
-            "exactly",
-            "--from",
-            "earliest",
-            "--records",
-            "30000",
-            "--consumers",
-            "2",
-        ],
-    );
-    assert_eq!(code, 0, "{report}");
-    assert_eq!(report["consume"]["records"], 30000);
+    consume_back(&broker, "exactly", 30000, &["--consumers", "2"]);
 }
 
 #[test]
