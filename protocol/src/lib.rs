@@ -6,5 +6,5 @@
 
 pub mod batch;
 pub mod frame;
+pub mod legacy;
 pub mod offsets_topic;
-pub mod produce_legacy;

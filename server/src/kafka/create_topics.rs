@@ -18,7 +18,7 @@ use crate::metadata::TopicMeta;
 use crate::shard::Shard;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: CreateTopicsRequest = ctx.decode(ApiKey::CreateTopics, &mut body)?;
+    let request: CreateTopicsRequest = ctx.decode_any(ApiKey::CreateTopics, &mut body)?;
     let node_id = ctx.shard.config.node_id;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for t in &request.topics {
@@ -101,7 +101,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             r
         })
         .collect();
-    ctx.respond(ApiKey::CreateTopics, &response)
+    ctx.respond_any(ApiKey::CreateTopics, &response)
 }
 
 /// The partition count a CreateTopics entry asks for, checking its replication settings.

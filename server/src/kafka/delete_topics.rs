@@ -12,7 +12,7 @@ use crate::metadata::controller::{self, TopicRef};
 use crate::metadata::TopicId;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: DeleteTopicsRequest = ctx.decode(ApiKey::DeleteTopics, &mut body)?;
+    let request: DeleteTopicsRequest = ctx.decode_any(ApiKey::DeleteTopics, &mut body)?;
     let targets: Vec<TopicRef> = if ctx.api_version >= 6 {
         request
             .topics
@@ -59,5 +59,5 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             r
         })
         .collect();
-    ctx.respond(ApiKey::DeleteTopics, &response)
+    ctx.respond_any(ApiKey::DeleteTopics, &response)
 }

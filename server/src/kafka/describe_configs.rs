@@ -25,7 +25,7 @@ const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: DescribeConfigsRequest = ctx.decode(ApiKey::DescribeConfigs, &mut body)?;
+    let request: DescribeConfigsRequest = ctx.decode_any(ApiKey::DescribeConfigs, &mut body)?;
     let config = &ctx.shard.config;
     let image = ctx.shard.metadata();
     let version = ctx.api_version;
@@ -82,7 +82,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             result
         })
         .collect();
-    ctx.respond(ApiKey::DescribeConfigs, &response)
+    ctx.respond_any(ApiKey::DescribeConfigs, &response)
 }
 
 fn entry(

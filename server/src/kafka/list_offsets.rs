@@ -1,5 +1,10 @@
 //! ListOffsets: an offset per partition by timestamp, or the earliest, latest and
 //! max-timestamp offsets (KIP-734).
+//!
+//! v0 (Burrow 1.2, 0.8/0.9-era clients) asks for up to `max_num_offsets` offsets at or
+//! before a time and gets segment boundaries, as Kafka's `legacyFetchOffsetsBefore` gave:
+//! the log end and the base offsets of the segments, newest first, chosen by the
+//! segments' file modification times.
 
 use std::rc::Rc;
 
@@ -10,8 +15,14 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
+use wharf_protocol::legacy::list_offsets::{
+    self as v0, ListOffsetsV0Response, PartitionOffsets, PartitionQuery,
+};
+
 use super::errors::engine_error;
-use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext, SlotWork};
+use super::{
+    check_leader_epoch, on_owners, HandlerError, HandlerResult, Reply, RequestContext, SlotWork,
+};
 use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::Shard;
 
@@ -61,6 +72,9 @@ impl Found {
 }
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    if ctx.api_version == 0 {
+        return handle_v0(ctx, body).await;
+    }
     let request: ListOffsetsRequest = ctx.decode(ApiKey::ListOffsets, &mut body)?;
     let read_committed = request.isolation_level == 1;
     let image = ctx.shard.metadata();
@@ -167,4 +181,165 @@ async fn lookup(shard: &Shard, tp: TopicPartition, query: Query) -> Found {
         },
         _ => Found::error(ResponseError::InvalidRequest),
     }
+}
+
+/// ListOffsets v0: offsets newest first, per partition.
+async fn handle_v0(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    let request = v0::decode_v0(&mut body).map_err(|e| HandlerError::Decode {
+        api: ApiKey::ListOffsets,
+        version: 0,
+        reason: e.to_string(),
+    })?;
+    let image = ctx.shard.metadata();
+    let mut answers: Vec<Vec<Option<PartitionOffsets>>> = Vec::new();
+    let mut work: SlotWork<PartitionQuery> = Vec::new();
+    for (ti, (name, partitions)) in request.topics.iter().enumerate() {
+        let meta = image.topic(name);
+        let mut row = Vec::new();
+        for (pi, p) in partitions.iter().enumerate() {
+            match meta.and_then(|t| t.partition(p.partition_index)) {
+                Some(tp) => {
+                    work.push((tp, ((ti, pi), p.clone())));
+                    row.push(None);
+                }
+                None => row.push(Some(offsets_error(
+                    p.partition_index,
+                    ResponseError::UnknownTopicOrPartition,
+                ))),
+            }
+        }
+        answers.push(row);
+    }
+    let slots: Vec<(usize, usize)> = work.iter().map(|(_, (slot, _))| *slot).collect();
+    let results = on_owners(&ctx.shard, work, |shard, tp, (_, query)| async move {
+        legacy_offsets(&shard, tp, &query).await
+    })
+    .await;
+    for (slot, found) in slots.into_iter().zip(results) {
+        let index = request.topics[slot.0].1[slot.1].partition_index;
+        answers[slot.0][slot.1] =
+            Some(found.unwrap_or_else(|| offsets_error(index, ResponseError::RequestTimedOut)));
+    }
+    let response: ListOffsetsV0Response = request
+        .topics
+        .into_iter()
+        .zip(answers)
+        .map(|((name, partitions), row)| {
+            let row = partitions
+                .iter()
+                .zip(row)
+                .map(|(p, a)| {
+                    let a = a.unwrap_or_else(|| {
+                        offsets_error(p.partition_index, ResponseError::UnknownServerError)
+                    });
+                    if a.error_code != 0 {
+                        ctx.note_error();
+                    }
+                    a
+                })
+                .collect();
+            (name, row)
+        })
+        .collect();
+    wharf_protocol::legacy::encode_frame(ctx.correlation_id, |out| v0::encode_v0(&response, out))
+        .map(Reply::Frame)
+        .map_err(|e| HandlerError::Encode(e.to_string()))
+}
+
+fn offsets_error(partition_index: i32, error: ResponseError) -> PartitionOffsets {
+    PartitionOffsets {
+        partition_index,
+        error_code: error.code(),
+        offsets: Vec::new(),
+    }
+}
+
+/// Kafka's `legacyFetchOffsetsBefore`: the segments' base offsets (never below the log
+/// start) with their files' modification times, then the log end stamped "now" if the
+/// active segment holds data; the answer starts at the latest of those at or before the
+/// timestamp (the last for -1, the first for -2) and walks back, at most
+/// `max_num_offsets` of them.
+async fn legacy_offsets(
+    shard: &Shard,
+    tp: TopicPartition,
+    query: &PartitionQuery,
+) -> PartitionOffsets {
+    let answer = |offsets| PartitionOffsets {
+        partition_index: query.partition_index,
+        error_code: 0,
+        offsets,
+    };
+    let Some(partition) = shard.partitions.get(tp) else {
+        return offsets_error(
+            query.partition_index,
+            ResponseError::UnknownTopicOrPartition,
+        );
+    };
+    // Negative timestamps other than latest and earliest are newer versions' (KIP-734...).
+    if query.timestamp < EARLIEST_TIMESTAMP {
+        return offsets_error(query.partition_index, ResponseError::UnsupportedVersion);
+    }
+    let max = usize::try_from(query.max_num_offsets).unwrap_or(0);
+    let log_start = partition.log.log_start_offset().0;
+    let log_end = partition.high_watermark();
+    if max == 0 {
+        return answer(Vec::new());
+    }
+    // The common questions need no look at the files.
+    if query.timestamp == EARLIEST_TIMESTAMP {
+        return answer(vec![log_start]);
+    }
+    if query.timestamp == LATEST_TIMESTAMP && max == 1 {
+        return answer(vec![log_end]);
+    }
+    let dir = partition.dir.clone();
+    drop(partition);
+    let segments = glommio::executor()
+        .spawn_blocking(move || segment_files(&dir))
+        .await;
+    let mut points: Vec<(i64, i64)> = segments
+        .into_iter()
+        .filter(|(base, _)| *base <= log_end)
+        .map(|(base, mtime_ms)| (base.max(log_start), mtime_ms))
+        .collect();
+    let active_has_data = points.last().is_none_or(|(base, _)| *base < log_end);
+    if active_has_data {
+        points.push((log_end, crate::shard::now_ms()));
+    }
+    let start = match query.timestamp {
+        LATEST_TIMESTAMP => points.len().checked_sub(1),
+        t => points.iter().rposition(|(_, time)| *time <= t),
+    };
+    let Some(start) = start else {
+        return answer(Vec::new());
+    };
+    let offsets: Vec<i64> = points[..=start]
+        .iter()
+        .rev()
+        .take(max)
+        .map(|(offset, _)| *offset)
+        .collect();
+    answer(offsets)
+}
+
+/// The segments in a partition directory: (base offset, modification time in ms), by base
+/// offset. Unreadable entries are skipped.
+fn segment_files(dir: &std::path::Path) -> Vec<(i64, i64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut segments: Vec<(i64, i64)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let base: i64 = name.to_str()?.strip_suffix(".log")?.parse().ok()?;
+            let modified = entry.metadata().ok()?.modified().ok()?;
+            let mtime_ms = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Some((base, mtime_ms))
+        })
+        .collect();
+    segments.sort_unstable();
+    segments
 }

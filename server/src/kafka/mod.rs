@@ -47,6 +47,7 @@ use glommio::sync::StaticPermit;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use wharf_protocol::frame::{encode_response, RequestHead};
+use wharf_protocol::legacy::{self, LegacyRequest, LegacyResponse};
 
 use crate::metadata::{TopicMeta, TopicPartition};
 use crate::shard::{oneshot, Shard, ShardId};
@@ -155,6 +156,33 @@ impl RequestContext {
         encode_response(api, self.api_version, self.correlation_id, body)
             .map(Reply::Frame)
             .map_err(|e| HandlerError::Encode(e.to_string()))
+    }
+
+    /// [`RequestContext::decode`] for an API that also serves versions older than
+    /// `kafka-protocol` knows (`wharf_protocol::legacy`).
+    pub fn decode_any<R: LegacyRequest>(
+        &self,
+        api: ApiKey,
+        body: &mut Bytes,
+    ) -> Result<R, HandlerError> {
+        legacy::decode_request(api, body, self.api_version).map_err(|e| HandlerError::Decode {
+            api,
+            version: self.api_version,
+            reason: e.to_string(),
+        })
+    }
+
+    /// [`RequestContext::respond`] for an API that also serves versions older than
+    /// `kafka-protocol` knows.
+    pub fn respond_any<M: LegacyResponse>(&self, api: ApiKey, body: &M) -> HandlerResult {
+        legacy::encode_response(api, self.api_version, self.correlation_id, body)
+            .map(Reply::Frame)
+            .map_err(|e| HandlerError::Encode(e.to_string()))
+    }
+
+    /// Whether this request's version is older than `kafka-protocol` knows.
+    pub fn is_legacy(&self, api: ApiKey) -> bool {
+        legacy::is_legacy(api, self.api_version)
     }
 }
 

@@ -1,5 +1,9 @@
 //! OffsetCommit: stored in `__consumer_offsets` before it is acknowledged; never changes
 //! the group's membership.
+//!
+//! v0 commits outside any generation (the "simple consumer" commit; Kafka 3.9 kept v0
+//! commits in ZooKeeper, here they go where every other commit goes), v1 may carry a
+//! commit timestamp per partition.
 
 use std::rc::Rc;
 
@@ -10,7 +14,7 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse};
 use kafka_protocol::ResponseError;
 
-use super::{HandlerResult, RequestContext};
+use super::{HandlerError, HandlerResult, RequestContext};
 use crate::group::driver::with_group;
 use crate::group::{CommitPartition, CommitRequest, ErrorCode};
 use crate::metadata::PartitionId;
@@ -19,7 +23,18 @@ use crate::metadata::PartitionId;
 const MAX_PARTITIONS_PER_COMMIT: usize = 100_000;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: OffsetCommitRequest = ctx.decode(ApiKey::OffsetCommit, &mut body)?;
+    let (request, commit_timestamps) = if ctx.is_legacy(ApiKey::OffsetCommit) {
+        wharf_protocol::legacy::offset_commit::decode(&mut body, ctx.api_version).map_err(|e| {
+            HandlerError::Decode {
+                api: ApiKey::OffsetCommit,
+                version: ctx.api_version,
+                reason: e.to_string(),
+            }
+        })?
+    } else {
+        let request: OffsetCommitRequest = ctx.decode(ApiKey::OffsetCommit, &mut body)?;
+        (request, Vec::new())
+    };
     let image = ctx.shard.metadata();
     let group_id = request.group_id.0.to_string();
     // Each requested partition: its answer, or a place in the commit sent to the coordinator.
@@ -50,7 +65,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         -1
                     },
                     metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
-                    commit_timestamp_ms: -1,
+                    commit_timestamp_ms: commit_timestamps.get(total - 1).copied().unwrap_or(-1),
                 });
             }
         }
@@ -108,5 +123,5 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             t
         })
         .collect();
-    ctx.respond(ApiKey::OffsetCommit, &out)
+    ctx.respond_any(ApiKey::OffsetCommit, &out)
 }

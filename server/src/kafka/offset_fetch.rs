@@ -42,7 +42,7 @@ fn unanswered(topics: &Option<Vec<(String, Vec<i32>)>>) -> Fetched {
 }
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: OffsetFetchRequest = ctx.decode(ApiKey::OffsetFetch, &mut body)?;
+    let request: OffsetFetchRequest = ctx.decode_any(ApiKey::OffsetFetch, &mut body)?;
     let v = ctx.api_version;
     let mut out = OffsetFetchResponse::default();
     if v >= 8 {
@@ -84,7 +84,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .collect();
             out.groups.push(g);
         }
-        return ctx.respond(ApiKey::OffsetFetch, &out);
+        return ctx.respond_any(ApiKey::OffsetFetch, &out);
     }
     let GroupId(group_id) = request.group_id;
     let topics = request.topics.map(|ts| {
@@ -125,7 +125,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             t
         })
         .collect();
-    ctx.respond(ApiKey::OffsetFetch, &out)
+    ctx.respond_any(ApiKey::OffsetFetch, &out)
 }
 
 fn fill(

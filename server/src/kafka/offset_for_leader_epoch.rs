@@ -20,7 +20,7 @@ type Answer = (Option<ResponseError>, i32, i64);
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: OffsetForLeaderEpochRequest =
-        ctx.decode(ApiKey::OffsetForLeaderEpoch, &mut body)?;
+        ctx.decode_any(ApiKey::OffsetForLeaderEpoch, &mut body)?;
     let image = ctx.shard.metadata();
     let mut answers: Vec<Vec<Option<Answer>>> = Vec::new();
     let mut work: SlotWork<(i32, i32)> = Vec::new();
@@ -101,5 +101,5 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             t
         })
         .collect();
-    ctx.respond(ApiKey::OffsetForLeaderEpoch, &response)
+    ctx.respond_any(ApiKey::OffsetForLeaderEpoch, &response)
 }

@@ -15,12 +15,10 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use wharf_engine::Durability;
-use wharf_protocol::produce_legacy::{
-    decode_legacy_produce_request, encode_legacy_produce_response, MAX_LEGACY_PRODUCE_VERSION,
-};
+use wharf_protocol::legacy::produce::MAX_LEGACY_PRODUCE_VERSION;
 
 use super::errors::engine_error;
-use super::{group_by_owner, str_bytes, HandlerError, HandlerResult, Reply, RequestContext};
+use super::{group_by_owner, str_bytes, HandlerResult, Reply, RequestContext};
 use crate::metadata::controller::{self, NewTopic};
 use crate::metadata::{validate_topic_name, PartitionId, TopicPartition};
 use crate::shard::Shard;
@@ -291,30 +289,33 @@ async fn append_one(
 }
 
 /// Produce v0–v2: UNSUPPORTED_VERSION for every partition (acks=0 still gets nothing).
-fn legacy(ctx: &RequestContext, body: Bytes) -> HandlerResult {
+fn legacy(ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     ctx.release_connection();
-    let request = decode_legacy_produce_request(body).map_err(|e| HandlerError::Decode {
-        api: ApiKey::Produce,
-        version: ctx.api_version,
-        reason: e.to_string(),
-    })?;
+    let request: ProduceRequest = ctx.decode_any(ApiKey::Produce, &mut body)?;
     if request.acks == 0 {
         return Ok(Reply::NoResponse);
     }
-    let body = encode_legacy_produce_response(
-        ctx.api_version,
-        &request,
-        ResponseError::UnsupportedVersion.code(),
-    );
-    Ok(Reply::Frame(legacy_frame(ctx.correlation_id, body)))
-}
-
-/// Produce v0–v2 responses use response header v0 (just the correlation id).
-fn legacy_frame(correlation_id: i32, body: Bytes) -> Bytes {
-    use bytes::BufMut;
-    let mut frame = bytes::BytesMut::with_capacity(8 + body.len());
-    frame.put_i32(4 + body.len() as i32);
-    frame.put_i32(correlation_id);
-    frame.put_slice(&body);
-    frame.freeze()
+    let mut response = ProduceResponse::default();
+    response.responses = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let mut t = TopicProduceResponse::default();
+            t.name = topic.name;
+            t.partition_responses = topic
+                .partition_data
+                .iter()
+                .map(|p| {
+                    let mut r = PartitionProduceResponse::default();
+                    r.index = p.index;
+                    r.error_code = ResponseError::UnsupportedVersion.code();
+                    r.base_offset = -1;
+                    r
+                })
+                .collect();
+            t
+        })
+        .collect();
+    ctx.note_error();
+    ctx.respond_any(ApiKey::Produce, &response)
 }

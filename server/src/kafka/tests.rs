@@ -119,9 +119,11 @@ fn skip_response_header(mut frame: Bytes, api_key: i16, version: i16) -> Bytes {
     frame
 }
 
+/// The routed versions `kafka-protocol` encodes; older ones (wharf_protocol::legacy) are
+/// checked byte by byte in server/tests/old_versions.rs.
 fn versions(key: ApiKey) -> std::ops::RangeInclusive<i16> {
     let route = route_for(key as i16).expect("routed");
-    route.min_version..=route.max_version
+    route.min_version.max(key.valid_versions().min)..=route.max_version
 }
 
 fn produce_request(topic: &str, records: Bytes, acks: i16) -> ProduceRequest {

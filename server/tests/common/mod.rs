@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod old;
 pub mod raw;
 
 use std::fs::File;
