@@ -62,13 +62,40 @@ pub enum Compression {
 
 impl Compression {
     fn from_attributes(attributes: i16) -> Option<Compression> {
-        match attributes & ATTR_COMPRESSION_MASK {
+        Compression::from_code(attributes & ATTR_COMPRESSION_MASK)
+    }
+
+    /// The codec of Kafka's attribute code (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn from_code(code: i16) -> Option<Compression> {
+        match code {
             0 => Some(Compression::None),
             1 => Some(Compression::Gzip),
             2 => Some(Compression::Snappy),
             3 => Some(Compression::Lz4),
             4 => Some(Compression::Zstd),
             _ => None,
+        }
+    }
+
+    /// Kafka's attribute code for this codec.
+    pub fn code(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    /// Kafka's name for the codec (`compression.type` values; `uncompressed` for none).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
         }
     }
 }
@@ -658,7 +685,31 @@ pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
     })
 }
 
+/// The records of a records section (a batch's bytes after its header, decompressed if
+/// the batch is compressed) that claims `records_count` records. Stops at the first
+/// malformed record; [`RecordIter::rest`] tells whether bytes were left over.
+pub fn records_in(section: &[u8], records_count: i32) -> RecordIter<'_> {
+    RecordIter {
+        bytes: section,
+        pos: 0,
+        remaining: usize::try_from(records_count).unwrap_or(0),
+        failed: false,
+    }
+}
+
+/// The records section of a batch that passed validation (the bytes after its header;
+/// still compressed if the batch is).
+pub fn records_section(batch: &[u8]) -> Option<&[u8]> {
+    let size = BatchHeader::view(batch)?.total_bytes()?;
+    batch.get(BATCH_HEADER_BYTES..size)
+}
+
 impl<'a> RecordIter<'a> {
+    /// Bytes of the section not consumed by the records read so far.
+    pub fn rest(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
     fn decode_one(&mut self) -> Result<Record<'a>, BatchError> {
         let len = get_varint(self.bytes, &mut self.pos)?;
         let len =
@@ -719,8 +770,9 @@ impl<'a> Iterator for RecordIter<'a> {
     }
 }
 
-/// Encodes one uncompressed RecordBatch v2 from records. For tests, benchmarks and the load
-/// generator; the broker itself never re-encodes batches.
+/// Encodes one RecordBatch v2 from records. For tests, benchmarks and the load generator,
+/// and for the broker's conversion of message format v0/v1 (`crate::convert`); batches
+/// produced in v2 are never re-encoded record by record.
 #[derive(Clone, Debug)]
 pub struct BatchBuilder {
     base_offset: i64,
@@ -885,6 +937,69 @@ impl BatchBuilder {
         self.encode_into(&mut out);
         out
     }
+
+    /// The encoded batch with its records compressed with `codec`.
+    pub fn build_compressed(
+        &self,
+        codec: Compression,
+        levels: crate::compression::Levels,
+    ) -> Result<Vec<u8>, crate::compression::CodecError> {
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + self.records.len() / 2);
+        out.extend_from_slice(&self.header_prefix());
+        crate::compression::compress_into(
+            codec,
+            &self.records,
+            levels,
+            crate::compression::Lz4Header::Standard,
+            &mut out,
+        )?;
+        finish_header(&mut out, codec);
+        Ok(out)
+    }
+
+    /// The 61 header bytes as for an uncompressed batch (length and CRC left to fill in).
+    fn header_prefix(&self) -> [u8; BATCH_HEADER_BYTES] {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        let mut header = [0u8; BATCH_HEADER_BYTES];
+        header.copy_from_slice(&out[..BATCH_HEADER_BYTES]);
+        header
+    }
+}
+
+/// Fixes up a batch whose first 61 bytes are a header and whose records section follows:
+/// sets the codec, `batchLength` and the CRC.
+fn finish_header(batch: &mut [u8], codec: Compression) {
+    let batch_length = (batch.len() - LOG_OVERHEAD_BYTES) as i32;
+    batch[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    let attributes = (attributes & !ATTR_COMPRESSION_MASK) | codec.code();
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_COVERED_FROM..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A copy of the batch at the start of `batch` (which passed validation) with its records
+/// section replaced by `records` (uncompressed) compressed with `codec`: every header field
+/// but the codec, `batchLength` and the CRC is kept (offsets, timestamps, producer id,
+/// epoch and sequence).
+pub fn rebuild_with_codec(
+    batch: &[u8],
+    records: &[u8],
+    codec: Compression,
+    levels: crate::compression::Levels,
+) -> Result<Vec<u8>, crate::compression::CodecError> {
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len() / 2 + 64);
+    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+    crate::compression::compress_into(
+        codec,
+        records,
+        levels,
+        crate::compression::Lz4Header::Standard,
+        &mut out,
+    )?;
+    finish_header(&mut out, codec);
+    Ok(out)
 }
 
 /// A batch of `records_count` records whose values are `value_bytes` long (keys and headers

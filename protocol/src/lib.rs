@@ -5,6 +5,9 @@
 //! in isolation. Every length and count read from the wire is bounded before allocation.
 
 pub mod batch;
+pub mod compression;
+pub mod convert;
 pub mod frame;
 pub mod legacy;
+pub mod message_set;
 pub mod offsets_topic;
