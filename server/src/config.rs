@@ -32,6 +32,11 @@ pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: i64 = 300_000;
 /// The most partitions one topic may have here (Kafka has no hard limit; this bounds what
 /// one CreateTopics or auto-create can ask a shard to open).
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+/// The most one batch (or message-set wrapper) may decompress to when the broker must
+/// read inside it (recompression, KIP-467 key checks, message format conversion): a few
+/// bytes of zstd can claim gigabytes. Kafka has no such bound; 64 MiB is 64 times Kafka's
+/// default `max.message.bytes`.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Upper bound on `--shards`.
 pub const MAX_SHARDS: usize = 1024;
 

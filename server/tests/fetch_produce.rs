@@ -1,11 +1,12 @@
 //! Produce and Fetch rules clients depend on, over a raw connection: acks=0 gets no response,
 //! one Produce fans out to partitions on both shards, the Fetch size limits still return the
 //! first batch whole, a batch starting before the fetch offset comes back whole, out-of-range
-//! offsets, read_committed's last stable offset, and old Produce versions refused per Kafka 4.
+//! offsets, and read_committed's last stable offset. (Produce v0–2 and Fetch v0–3 are in
+//! old_records.rs.)
 
 mod common;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -14,8 +15,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::records::Compression;
 
 use common::raw::{
-    encode_request, ensure_topic, error_code, header_v1, pick_version, produce_one,
-    produce_request, record_batch, topic_name, KafkaConn, Outcome,
+    encode_request, ensure_topic, error_code, pick_version, produce_one, produce_request,
+    record_batch, topic_name, KafkaConn,
 };
 use common::{unique_topic, Broker};
 
@@ -408,54 +409,5 @@ fn fetch_with_nothing_to_return_answers_after_max_wait() {
     assert_eq!(part.error_code, error_code::NONE);
     assert!(part.records.unwrap_or_default().is_empty());
     assert_eq!(part.high_watermark, 0);
-    broker.assert_no_panic();
-}
-
-#[test]
-fn produce_v2_is_refused_with_unsupported_version_and_stores_nothing() {
-    let broker = Broker::start();
-    let topic = unique_topic("produce-v2");
-    let mut conn = KafkaConn::connect(broker.addr());
-    ensure_topic(&mut conn, &topic);
-    let v = versions(&mut conn);
-    // A Produce v2 by hand: acks, timeout, [topic, [partition, message set]].
-    let batch = record_batch(&[Bytes::from_static(b"old client")], Compression::None);
-    let mut frame: BytesMut = header_v1(ApiKey::Produce as i16, 2, 3131);
-    frame.put_i16(1);
-    frame.put_i32(30_000);
-    frame.put_i32(1);
-    frame.put_i16(topic.len() as i16);
-    frame.put_slice(topic.as_bytes());
-    frame.put_i32(1);
-    frame.put_i32(0);
-    frame.put_i32(batch.len() as i32);
-    frame.put_slice(&batch);
-    conn.write_frame(&frame).expect("write");
-    let Outcome::Response(resp) = conn.read_outcome() else {
-        panic!("Produce v0-v2 is advertised (KAFKA-18659), so it must be answered, not dropped");
-    };
-    // Produce v2 response: correlation id, [topic name, [partition, error_code, ...]].
-    assert_eq!(be_i32(&resp[0..4]), 3131);
-    assert_eq!(be_i32(&resp[4..8]), 1, "one topic");
-    let name_len = i16::from_be_bytes([resp[8], resp[9]]) as usize;
-    let p = 10 + name_len;
-    assert_eq!(be_i32(&resp[p..p + 4]), 1, "one partition");
-    assert_eq!(be_i32(&resp[p + 4..p + 8]), 0, "partition 0");
-    let code = i16::from_be_bytes([resp[p + 8], resp[p + 9]]);
-    assert_eq!(code, error_code::UNSUPPORTED_VERSION);
-
-    let part = fetch(
-        &mut conn,
-        v.fetch,
-        &topic,
-        At {
-            max_wait_ms: 100,
-            ..At::offset(0)
-        },
-    );
-    assert_eq!(
-        part.high_watermark, 0,
-        "the refused batch must not be stored"
-    );
     broker.assert_no_panic();
 }

@@ -2,6 +2,7 @@
 
 use kafka_protocol::ResponseError;
 use wharf_engine::EngineError;
+use wharf_protocol::convert::AppendError;
 
 use crate::metadata::controller::MetadataError;
 
@@ -30,6 +31,17 @@ pub fn engine_error(error: &EngineError) -> ResponseError {
         EngineError::Storage { .. } | EngineError::Io { .. } => ResponseError::KafkaStorageError,
         #[allow(unreachable_patterns)]
         _ => ResponseError::UnknownServerError,
+    }
+}
+
+/// The Kafka error for records refused before they reach the log (conversion,
+/// recompression, KIP-467).
+pub fn append_error(error: &AppendError) -> ResponseError {
+    match error {
+        AppendError::Corrupt(_) => ResponseError::CorruptMessage,
+        AppendError::Invalid(_) | AppendError::RecordErrors { .. } => ResponseError::InvalidRecord,
+        AppendError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
+        AppendError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
     }
 }
 

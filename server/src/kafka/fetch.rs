@@ -11,6 +11,11 @@
 //! Fetch sessions (KIP-227) are not created: the response's session id 0 tells the client
 //! to keep sending full fetches. `read_committed` reads stop at the last stable offset,
 //! which equals the high watermark while there are no transactions.
+//!
+//! Fetch v0–3 readers understand message sets of magic 0 (v0–1) or 1 (v2–3) only: their
+//! batches are converted down after the read (`wharf_protocol::convert::down_convert`),
+//! as Kafka 3.x did; v4+ readers get the stored bytes untouched. Before v10 (KIP-110) a
+//! topic whose `compression.type` is zstd answers UNSUPPORTED_COMPRESSION_TYPE, as Kafka.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -21,15 +26,24 @@ use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
 use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
+use wharf_protocol::compression::Levels;
+use wharf_protocol::convert::{down_convert, DownConvertError};
+use wharf_protocol::legacy::fetch::fetch_magic;
 
 use super::errors::engine_error;
 use super::{group_by_owner, HandlerResult, RequestContext};
-use crate::metadata::{TopicPartition, LEADER_EPOCH};
+use crate::config::MAX_DECOMPRESSED_BATCH_BYTES;
+use crate::metadata::topic_config::EffectiveConfig;
+use crate::metadata::{TopicMeta, TopicPartition, LEADER_EPOCH};
 use crate::shard::event::WakeSlot;
 use crate::shard::Shard;
 
 /// The longest a fetch waits for data, whatever `max_wait_ms` asks.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+/// The first Fetch version whose readers understand zstd (KIP-110).
+const MIN_ZSTD_FETCH_VERSION: i16 = 10;
+/// The last Fetch version that reads message sets (magic 0/1) rather than v2 batches.
+const MAX_MESSAGE_SET_FETCH_VERSION: i16 = 3;
 
 /// One partition's read request, as sent to its owning shard.
 #[derive(Copy, Clone, Debug)]
@@ -64,7 +78,8 @@ impl PartitionRead {
 }
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    let request: FetchRequest = ctx.decode(ApiKey::Fetch, &mut body)?;
+    let request: FetchRequest = ctx.decode_any(ApiKey::Fetch, &mut body)?;
+    let version = ctx.api_version;
 
     // KIP-227: we never create sessions, so a client naming one has lost it.
     let session_error = if request.session_id != 0 {
@@ -78,7 +93,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let mut response = FetchResponse::default();
         response.error_code = error.code();
         ctx.note_error();
-        return ctx.respond(ApiKey::Fetch, &response);
+        return ctx.respond_any(ApiKey::Fetch, &response);
     }
 
     let read_committed = request.isolation_level == 1;
@@ -92,9 +107,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let mut specs: Vec<(TopicPartition, ReadSpec)> = Vec::new();
     for (ti, topic) in request.topics.iter().enumerate() {
         let meta = image.topic(topic.topic.0.as_str());
+        let zstd_refused =
+            version < MIN_ZSTD_FETCH_VERSION && meta.is_some_and(|t| stores_zstd(&ctx, t));
         let mut row = Vec::with_capacity(topic.partitions.len());
         for (pi, p) in topic.partitions.iter().enumerate() {
             match meta.and_then(|t| t.partition(p.partition)) {
+                Some(_) if zstd_refused => row.push(Some(PartitionRead::error(
+                    ResponseError::UnsupportedCompressionType,
+                ))),
                 Some(tp) => {
                     specs.push((
                         tp,
@@ -139,8 +159,17 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         wait_for_any_append(&ctx.shard, seen, deadline).await;
     }
 
-    let version = ctx.api_version;
-    // Apply the response size limit in request order, whole batches only.
+    if version <= MAX_MESSAGE_SET_FETCH_VERSION {
+        for (_, spec) in &specs {
+            if let Some(read) = answers[spec.slot.0][spec.slot.1].as_mut() {
+                convert_down(read, fetch_magic(version), spec.fetch_offset);
+                // Conversion is CPU work on this shard: let other tasks run in between.
+                glommio::yield_if_needed().await;
+            }
+        }
+    }
+
+    // Apply the response size limit in request order, whole batches (or messages) only.
     let mut remaining = max_bytes;
     let mut included_any = false;
     let mut response = FetchResponse::default();
@@ -190,7 +219,42 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             t
         })
         .collect();
-    ctx.respond(ApiKey::Fetch, &response)
+    ctx.respond_any(ApiKey::Fetch, &response)
+}
+
+/// Whether a topic stores zstd batches by config (`compression.type=zstd`).
+fn stores_zstd(ctx: &RequestContext, topic: &TopicMeta) -> bool {
+    let effective = EffectiveConfig {
+        overrides: &topic.overrides,
+        defaults: &ctx.shard.config.topic_defaults,
+    };
+    effective
+        .get("compression.type")
+        .is_some_and(|(codec, _)| codec == "zstd")
+}
+
+/// Replaces a read's v2 batches with a message set of `magic` for an old reader.
+fn convert_down(read: &mut PartitionRead, magic: i8, fetch_offset: i64) {
+    if read.error.is_some() || read.records.is_empty() {
+        return;
+    }
+    match down_convert(
+        &read.records,
+        magic,
+        fetch_offset,
+        Levels::default(),
+        MAX_DECOMPRESSED_BATCH_BYTES,
+    ) {
+        Ok(converted) => read.records = Bytes::from(converted),
+        Err(e) => {
+            tracing::debug!("fetch v0-3: {e}");
+            read.records = Bytes::new();
+            read.error = Some(match e {
+                DownConvertError::Zstd(_) => ResponseError::UnsupportedCompressionType,
+                DownConvertError::Corrupt(_) => ResponseError::CorruptMessage,
+            });
+        }
+    }
 }
 
 /// Reads every partition on its owning shard; results in the order of `specs`.

@@ -6,28 +6,42 @@
 //! acks=all waits for the append to be durable (the engine's group-committed fdatasync),
 //! acks=1 for it to be written, and acks=0 gets no response at all.
 //!
-//! Versions 0–2 are advertised but not served (see `wharf_protocol::produce_legacy`).
+//! Records are stored as sent (zero-copy) unless the topic says otherwise: Produce v0–2's
+//! message sets (magic 0/1) become one v2 batch, a batch in another codec than the topic's
+//! `compression.type` is recompressed, and on a compacted topic records without a key are
+//! refused with per-record errors (KIP-467). That work (`wharf_protocol::convert`) runs
+//! here, on the connection's shard, before the batches go to their partitions' shards.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use wharf_engine::Durability;
-use wharf_protocol::legacy::produce::MAX_LEGACY_PRODUCE_VERSION;
+use wharf_protocol::batch::{BatchHeader, Compression};
+use wharf_protocol::convert::{prepare_append, AppendError, AppendPolicy};
 
-use super::errors::engine_error;
+use super::errors::{append_error, engine_error};
 use super::{group_by_owner, str_bytes, HandlerResult, Reply, RequestContext};
+use crate::config::MAX_DECOMPRESSED_BATCH_BYTES;
 use crate::metadata::controller::{self, NewTopic};
-use crate::metadata::{validate_topic_name, PartitionId, TopicPartition};
+use crate::metadata::topic_config::EffectiveConfig;
+use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartition};
 use crate::shard::Shard;
+
+/// The first Produce version allowed to carry zstd batches (KIP-110).
+const MIN_ZSTD_PRODUCE_VERSION: i16 = 7;
 
 /// The outcome of one partition's append.
 #[derive(Debug, Clone)]
 struct Appended {
     error: Option<ResponseError>,
     message: Option<String>,
+    /// KIP-467: (index in the batch, reason) of each record that failed the batch.
+    record_errors: Vec<(i32, String)>,
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
@@ -38,18 +52,28 @@ impl Appended {
         Appended {
             error: Some(error),
             message,
+            record_errors: Vec::new(),
             base_offset: -1,
             log_append_time_ms: -1,
             log_start_offset: -1,
         }
     }
+
+    fn refused(error: AppendError) -> Appended {
+        let code = append_error(&error);
+        match error {
+            AppendError::RecordErrors { errors, message } => Appended {
+                record_errors: errors,
+                ..Appended::error(code, Some(message))
+            },
+            other => Appended::error(code, Some(other.to_string())),
+        }
+    }
 }
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
-    if ctx.api_version <= MAX_LEGACY_PRODUCE_VERSION {
-        return legacy(&ctx, body);
-    }
-    let request: ProduceRequest = ctx.decode(ApiKey::Produce, &mut body)?;
+    let request: ProduceRequest = ctx.decode_any(ApiKey::Produce, &mut body)?;
+    let version = ctx.api_version;
     let acks = request.acks;
     let durability = if acks == -1 {
         Durability::Synced
@@ -85,6 +109,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         )
         .await;
         let image = ctx.shard.metadata();
+        // Per topic: what its records need before the log takes them.
+        let mut policies: std::collections::HashMap<usize, AppendPolicy> =
+            std::collections::HashMap::new();
         for (ti, topic) in request.topic_data.iter().enumerate() {
             let name = topic.name.0.as_str();
             let meta = image.topic(name);
@@ -111,18 +138,28 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                             Some("null records".into()),
                         )),
                         Some(records) => {
-                            let tp = TopicPartition {
-                                topic_id: t.id,
-                                partition: PartitionId(partition.index),
-                            };
-                            work.push((tp, (ti, pi, records.clone())));
-                            None
+                            let policy = policies
+                                .entry(ti)
+                                .or_insert_with(|| append_policy(&ctx.shard, t));
+                            match prepare(version, records, policy, name, partition.index) {
+                                Ok(records) => {
+                                    let tp = TopicPartition {
+                                        topic_id: t.id,
+                                        partition: PartitionId(partition.index),
+                                    };
+                                    work.push((tp, (ti, pi, records)));
+                                    None
+                                }
+                                Err(refused) => Some(refused),
+                            }
                         }
                     },
                 };
                 row.push((partition.index, answer));
             }
             answers.push(row);
+            // Conversions are CPU work on this shard: let other tasks run between topics.
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -151,7 +188,6 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         return Ok(Reply::NoResponse);
     }
 
-    let version = ctx.api_version;
     let mut response = ProduceResponse::default();
     response.responses = request
         .topic_data
@@ -183,6 +219,16 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     }
                     if version >= 8 {
                         p.error_message = a.message.map(str_bytes);
+                        p.record_errors = a
+                            .record_errors
+                            .into_iter()
+                            .map(|(index, message)| {
+                                let mut e = BatchIndexAndErrorMessage::default();
+                                e.batch_index = index;
+                                e.batch_index_error_message = Some(str_bytes(message));
+                                e
+                            })
+                            .collect();
                     }
                     p
                 })
@@ -190,7 +236,46 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             t
         })
         .collect();
-    ctx.respond(ApiKey::Produce, &response)
+    ctx.respond_any(ApiKey::Produce, &response)
+}
+
+/// What a produce to `topic` must do to its records (see `wharf_protocol::convert`).
+fn append_policy(shard: &Shard, topic: &TopicMeta) -> AppendPolicy {
+    EffectiveConfig {
+        overrides: &topic.overrides,
+        defaults: &shard.config.topic_defaults,
+    }
+    .append_policy(MAX_DECOMPRESSED_BATCH_BYTES)
+}
+
+/// One partition's records as the log should take them: as sent (the v2 fast path: no
+/// copy, nothing read), or converted.
+fn prepare(
+    version: i16,
+    records: &Bytes,
+    policy: &AppendPolicy,
+    topic: &str,
+    partition: i32,
+) -> Result<Bytes, Appended> {
+    // KIP-110: zstd needs Produce v7 (request validation, as Kafka).
+    if (3..MIN_ZSTD_PRODUCE_VERSION).contains(&version)
+        && BatchHeader::view(records).and_then(BatchHeader::compression) == Some(Compression::Zstd)
+    {
+        return Err(Appended::error(
+            ResponseError::UnsupportedCompressionType,
+            Some(format!(
+                "Produce requests with version {version} are not allowed to use ZStandard compression"
+            )),
+        ));
+    }
+    if version >= 3 && policy.is_passthrough() {
+        return Ok(records.clone());
+    }
+    match prepare_append(records, policy, &format!("{topic}-{partition}")) {
+        Ok(None) => Ok(records.clone()),
+        Ok(Some(converted)) => Ok(Bytes::from(converted)),
+        Err(e) => Err(Appended::refused(e)),
+    }
 }
 
 /// Creates the unknown topics a produce names, when `auto.create.topics.enable` is on.
@@ -280,42 +365,11 @@ async fn append_one(
         Ok(info) => Appended {
             error: None,
             message: None,
+            record_errors: Vec::new(),
             base_offset: info.base_offset.0,
             log_append_time_ms: info.log_append_time_ms,
             log_start_offset: info.log_start_offset.0,
         },
         Err(e) => Appended::error(engine_error(&e), Some(e.to_string())),
     }
-}
-
-/// Produce v0–v2: UNSUPPORTED_VERSION for every partition (acks=0 still gets nothing).
-fn legacy(ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
-    ctx.release_connection();
-    let request: ProduceRequest = ctx.decode_any(ApiKey::Produce, &mut body)?;
-    if request.acks == 0 {
-        return Ok(Reply::NoResponse);
-    }
-    let mut response = ProduceResponse::default();
-    response.responses = request
-        .topic_data
-        .into_iter()
-        .map(|topic| {
-            let mut t = TopicProduceResponse::default();
-            t.name = topic.name;
-            t.partition_responses = topic
-                .partition_data
-                .iter()
-                .map(|p| {
-                    let mut r = PartitionProduceResponse::default();
-                    r.index = p.index;
-                    r.error_code = ResponseError::UnsupportedVersion.code();
-                    r.base_offset = -1;
-                    r
-                })
-                .collect();
-            t
-        })
-        .collect();
-    ctx.note_error();
-    ctx.respond_any(ApiKey::Produce, &response)
 }

@@ -54,10 +54,10 @@ macro_rules! route {
 
 /// Every API and version range this broker implements, as advertised in ApiVersions.
 pub static ROUTES: &[Route] = &[
-    // Advertised from v0 (KAFKA-18659: librdkafka disables compression otherwise); v0–v2
-    // are answered with UNSUPPORTED_VERSION per partition by the handler.
+    // Produce v0–2 and Fetch v0–3 carry message sets of magic 0/1, converted to and from
+    // the stored v2 batches (wharf_protocol::convert).
     route!(Produce, 0, 11, produce),
-    route!(Fetch, 4, 12, fetch),
+    route!(Fetch, 0, 12, fetch),
     route!(ListOffsets, 0, 8, list_offsets),
     route!(Metadata, 0, 12, metadata),
     route!(OffsetForLeaderEpoch, 0, 4, offset_for_leader_epoch),

@@ -253,45 +253,6 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
 }
 
 #[test]
-fn produce_v0_to_v2_is_advertised_but_refused_per_partition() {
-    with_shard(|shard| async move {
-        for v in 0..=2i16 {
-            // Produce v0-v2 body: acks, timeout, [topic, [partition, records]].
-            let mut body = BytesMut::new();
-            use bytes::BufMut;
-            body.put_i16(1);
-            body.put_i32(1000);
-            body.put_i32(1);
-            body.put_i16(1);
-            body.put_slice(b"t");
-            body.put_i32(1);
-            body.put_i32(0);
-            body.put_i32(-1);
-            let (tx, _rx) = oneshot::channel();
-            let head = RequestHead {
-                api_key: 0,
-                api_version: v,
-                correlation_id: 7,
-                client_id: None,
-                header_version: 1,
-            };
-            let Reply::Frame(mut frame) = router::handle(
-                RequestContext::new(shard.clone(), head, None, None, tx),
-                body.freeze(),
-            )
-            .await
-            else {
-                panic!("produce v{v}: expected a response");
-            };
-            frame.advance(8);
-            // topics(4) name(2+1) partitions(4) index(4) then the error code.
-            frame.advance(15);
-            assert_eq!(frame.get_i16(), 35, "produce v{v}: UNSUPPORTED_VERSION");
-        }
-    });
-}
-
-#[test]
 fn metadata_lists_and_auto_creates_at_every_version() {
     with_shard(|shard| async move {
         for v in versions(ApiKey::Metadata) {

@@ -8,6 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use wharf_engine::{LogConfig, TimestampType};
+use wharf_protocol::batch::Compression;
+use wharf_protocol::compression::Levels;
+use wharf_protocol::convert::AppendPolicy;
 
 use crate::config::{ConfigError, Settings};
 
@@ -20,6 +23,12 @@ pub enum ConfigKind {
     },
     Long {
         min: i64,
+    },
+    /// An int in `min..=max`, or `also` (Kafka's "-1: the codec's default" for gzip).
+    IntRange {
+        min: i64,
+        max: i64,
+        also: Option<i64>,
     },
     Double {
         min: f64,
@@ -37,7 +46,7 @@ impl ConfigKind {
         match self {
             ConfigKind::Bool => 1,
             ConfigKind::Choice(_) => 2,
-            ConfigKind::Int { .. } => 3,
+            ConfigKind::Int { .. } | ConfigKind::IntRange { .. } => 3,
             ConfigKind::Long { .. } => 5,
             ConfigKind::Double { .. } => 6,
             ConfigKind::List(_) => 7,
@@ -65,12 +74,43 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         kind: ConfigKind::List(&["delete", "compact"]),
         default: "delete",
     },
-    // Batches are stored as produced; recompressing on the broker is not done.
+    // `producer` stores batches as sent; a codec recompresses batches sent in another.
     ConfigDef {
         name: "compression.type",
         broker_name: "compression.type",
-        kind: ConfigKind::Choice(&["producer"]),
+        kind: ConfigKind::Choice(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
         default: "producer",
+    },
+    // KIP-390: the levels recompression uses (Kafka 3.8+).
+    ConfigDef {
+        name: "compression.gzip.level",
+        broker_name: "compression.gzip.level",
+        kind: ConfigKind::IntRange {
+            min: 1,
+            max: 9,
+            also: Some(-1),
+        },
+        default: "-1",
+    },
+    ConfigDef {
+        name: "compression.lz4.level",
+        broker_name: "compression.lz4.level",
+        kind: ConfigKind::IntRange {
+            min: 1,
+            max: 17,
+            also: None,
+        },
+        default: "9",
+    },
+    ConfigDef {
+        name: "compression.zstd.level",
+        broker_name: "compression.zstd.level",
+        kind: ConfigKind::IntRange {
+            min: -131072,
+            max: 22,
+            also: None,
+        },
+        default: "3",
     },
     ConfigDef {
         name: "delete.retention.ms",
@@ -236,6 +276,17 @@ fn validate_def(def: &ConfigDef, value: &str) -> Result<String, InvalidConfig> {
                 .map_err(|_| bad("Not a number of type INT".into()))?;
             if (n as i64) < min {
                 return Err(bad(format!("Value must be at least {min}")));
+            }
+            Ok(n.to_string())
+        }
+        ConfigKind::IntRange { min, max, also } => {
+            let n: i32 = value
+                .parse()
+                .map_err(|_| bad("Not a number of type INT".into()))?;
+            let n = n as i64;
+            if !(min..=max).contains(&n) && also != Some(n) {
+                let or = also.map(|a| format!(" (or {a})")).unwrap_or_default();
+                return Err(bad(format!("Value must be between {min} and {max}{or}")));
             }
             Ok(n.to_string())
         }
@@ -415,6 +466,36 @@ impl EffectiveConfig<'_> {
         self.parsed("min.insync.replicas")
     }
 
+    /// What a produce to this topic must do to its records before the log takes them:
+    /// the `compression.type` codec (none for `producer`), the KIP-390 levels, and whether
+    /// `cleanup.policy` includes `compact` (KIP-467: keys required).
+    pub fn append_policy(&self, max_decompressed_bytes: usize) -> AppendPolicy {
+        let target = match self.get("compression.type").map(|(v, _)| v) {
+            Some("uncompressed") => Some(Compression::None),
+            Some("gzip") => Some(Compression::Gzip),
+            Some("snappy") => Some(Compression::Snappy),
+            Some("lz4") => Some(Compression::Lz4),
+            Some("zstd") => Some(Compression::Zstd),
+            _ => None,
+        };
+        let compacted = self
+            .get("cleanup.policy")
+            .is_some_and(|(policy, _)| policy.split(',').any(|p| p == "compact"));
+        let gzip: i64 = self.parsed("compression.gzip.level");
+        let levels = Levels {
+            // -1: zlib's default, 6.
+            gzip: if gzip < 0 { 6 } else { gzip as u32 },
+            lz4: self.parsed::<i64>("compression.lz4.level").clamp(1, 17) as u32,
+            zstd: self.parsed::<i64>("compression.zstd.level") as i32,
+        };
+        AppendPolicy {
+            target,
+            levels,
+            compacted,
+            max_decompressed_bytes,
+        }
+    }
+
     /// The engine's view of this topic's configuration.
     pub fn log_config(&self) -> LogConfig {
         let timestamp_type = match self.get("message.timestamp.type").map(|(v, _)| v) {
@@ -470,7 +551,16 @@ mod tests {
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("segment.bytes", "abc").is_err());
         assert!(validate("min.insync.replicas", "0").is_err());
-        assert!(validate("compression.type", "zstd").is_err());
+        assert_eq!(validate("compression.type", "ZSTD").unwrap(), "zstd");
+        assert_eq!(
+            validate("compression.type", "uncompressed").unwrap(),
+            "uncompressed"
+        );
+        assert!(validate("compression.type", "brotli").is_err());
+        assert!(validate("compression.gzip.level", "0").is_err());
+        assert_eq!(validate("compression.gzip.level", "-1").unwrap(), "-1");
+        assert!(validate("compression.lz4.level", "18").is_err());
+        assert_eq!(validate("compression.zstd.level", "-5").unwrap(), "-5");
         let unknown = validate("no.such.config", "1").unwrap_err();
         assert!(unknown.0.contains("Unknown topic config name"), "{unknown}");
     }
@@ -519,6 +609,33 @@ mod tests {
         assert_eq!(retention(&overrides), (-1, -1));
         overrides.insert("cleanup.policy".into(), "compact,delete".into());
         assert_eq!(retention(&overrides), (1000, 4096));
+    }
+
+    #[test]
+    fn append_policy_follows_compression_type_and_cleanup_policy() {
+        let mut settings = Settings::empty();
+        let defaults = TopicDefaults::from_broker_settings(&mut settings).unwrap();
+        let mut overrides = TopicOverrides::new();
+        let policy = |overrides: &TopicOverrides| {
+            EffectiveConfig {
+                overrides,
+                defaults: &defaults,
+            }
+            .append_policy(1 << 20)
+        };
+        let p = policy(&overrides);
+        assert!(
+            p.is_passthrough(),
+            "producer codec, delete policy: stored as sent"
+        );
+        assert_eq!(p.levels, Levels::default());
+        overrides.insert("compression.type".into(), "zstd".into());
+        overrides.insert("compression.zstd.level".into(), "7".into());
+        overrides.insert("cleanup.policy".into(), "delete,compact".into());
+        let p = policy(&overrides);
+        assert_eq!(p.target, Some(Compression::Zstd));
+        assert_eq!(p.levels.zstd, 7);
+        assert!(p.compacted);
     }
 
     #[test]

@@ -146,3 +146,130 @@ pub fn send_only(conn: &mut KafkaConn, api_key: i16, version: i16, body: Body) {
     frame.put_slice(&body.0);
     conn.write_frame(&frame).expect("cannot write a request");
 }
+
+/// One message of format v0/v1 (offset, size, CRC-32, magic, attributes, [timestamp],
+/// key, value), written from Kafka's layout.
+pub fn message(
+    offset: i64,
+    magic: i8,
+    attributes: i8,
+    timestamp: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut body = vec![magic as u8, attributes as u8];
+    if magic == 1 {
+        body.extend_from_slice(&timestamp.to_be_bytes());
+    }
+    for f in [key, value] {
+        match f {
+            Some(b) => {
+                body.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                body.extend_from_slice(b);
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    let crc = crc32fast::hash(&body);
+    let mut out = offset.to_be_bytes().to_vec();
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(&crc.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Kafka's attribute code of a codec name.
+pub fn codec_code(codec: &str) -> i8 {
+    match codec {
+        "none" => 0,
+        "gzip" => 1,
+        "snappy" => 2,
+        "lz4" => 3,
+        "zstd" => 4,
+        other => panic!("unknown codec {other}"),
+    }
+}
+
+/// Compresses with kafka-protocol's codecs (Kafka's framings, LZ4 header checksum of
+/// the frame format).
+pub fn compress(codec: &str, data: &[u8]) -> Vec<u8> {
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let mut out = BytesMut::new();
+    let copy = |b: &mut BytesMut| -> anyhow::Result<()> {
+        b.put_slice(data);
+        Ok(())
+    };
+    match codec {
+        "gzip" => Gzip::compress(&mut out, copy),
+        "snappy" => Snappy::compress(&mut out, copy),
+        "lz4" => Lz4::compress(&mut out, copy),
+        "zstd" => Zstd::compress(&mut out, copy),
+        other => panic!("unknown codec {other}"),
+    }
+    .expect("compresses");
+    out.to_vec()
+}
+
+/// Decompresses with kafka-protocol's codecs.
+pub fn decompress(codec: &str, data: &[u8]) -> Vec<u8> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let mut input = Bytes::copy_from_slice(data);
+    let take = |b: &mut Bytes| -> anyhow::Result<Vec<u8>> { Ok(b.to_vec()) };
+    match codec {
+        "gzip" => Gzip::decompress(&mut input, take),
+        "snappy" => Snappy::decompress(&mut input, take),
+        "lz4" => Lz4::decompress(&mut input, take),
+        "zstd" => Zstd::decompress(&mut input, take),
+        other => panic!("unknown codec {other}"),
+    }
+    .unwrap_or_else(|e| panic!("{codec} data does not decompress: {e}"))
+}
+
+/// A message read back from a fetched message set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Msg {
+    pub offset: i64,
+    pub magic: i8,
+    pub attributes: i8,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Parses a message set, checking every CRC; a partial message at the end is allowed
+/// (old readers skip it), anything else malformed fails the test.
+pub fn parse_messages(mut b: &[u8]) -> Vec<Msg> {
+    let mut out = Vec::new();
+    while b.len() >= 12 {
+        let offset = i64::from_be_bytes(b[..8].try_into().unwrap());
+        let size = i32::from_be_bytes(b[8..12].try_into().unwrap()) as usize;
+        if b.len() < 12 + size {
+            break;
+        }
+        let body = &b[12..12 + size];
+        let crc = u32::from_be_bytes(body[..4].try_into().unwrap());
+        assert_eq!(
+            crc,
+            crc32fast::hash(&body[4..]),
+            "message CRC at offset {offset}"
+        );
+        let magic = body[4] as i8;
+        assert!(magic == 0 || magic == 1, "magic {magic}");
+        let attributes = body[5] as i8;
+        let mut p = Parse(Bytes::copy_from_slice(&body[6..]));
+        let timestamp = if magic == 1 { p.i64() } else { -1 };
+        let key = p.nullable_bytes().map(|b| b.to_vec());
+        let value = p.nullable_bytes().map(|b| b.to_vec());
+        p.end();
+        out.push(Msg {
+            offset,
+            magic,
+            attributes,
+            timestamp,
+            key,
+            value,
+        });
+        b = &b[12 + size..];
+    }
+    out
+}
