@@ -5,6 +5,7 @@
 //! changes through the controller), and encodes its response. Kafka error codes come from
 //! [`errors`], the one place engine and metadata errors are mapped.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod consumer_group_heartbeat;
 pub mod create_partitions;
@@ -15,6 +16,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod errors;
 pub mod fetch;
 pub mod find_coordinator;

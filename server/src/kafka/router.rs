@@ -15,9 +15,9 @@ use kafka_protocol::ResponseError;
 use wharf_protocol::frame::encode_error_code_only_response;
 
 use super::{
-    api_versions, create_partitions, create_topics, delete_records, delete_topics,
-    describe_cluster, describe_configs, fetch, incremental_alter_configs, init_producer_id,
-    list_offsets, metadata, offset_for_leader_epoch, produce,
+    alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics,
+    describe_cluster, describe_configs, describe_log_dirs, fetch, incremental_alter_configs,
+    init_producer_id, list_offsets, metadata, offset_for_leader_epoch, produce,
 };
 use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
@@ -66,6 +66,8 @@ pub static ROUTES: &[Route] = &[
     route!(DeleteTopics, 0, 6, delete_topics),
     route!(DeleteRecords, 0, 2, delete_records),
     route!(DescribeConfigs, 0, 4, describe_configs),
+    route!(AlterConfigs, 0, 2, alter_configs),
+    route!(DescribeLogDirs, 0, 4, describe_log_dirs),
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),

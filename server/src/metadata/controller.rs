@@ -269,6 +269,42 @@ impl Controller {
         .unwrap_or_else(|e| vec![Err(e); count])
     }
 
+    /// AlterConfigs (the non-incremental API) on topics: each topic's overrides become
+    /// exactly the configs given; every config not named reverts to its default.
+    pub async fn replace_topic_configs(
+        &self,
+        shard: &Rc<Shard>,
+        requests: Vec<(String, Vec<(String, String)>)>,
+        validate_only: bool,
+    ) -> Vec<Result<(), MetadataError>> {
+        let count = requests.len();
+        self.commit(shard, |current| {
+            let mut next = current.clone();
+            let results: Vec<_> = requests
+                .into_iter()
+                .map(|(name, configs)| {
+                    let mut topic = next
+                        .topic(&name)
+                        .cloned()
+                        .ok_or(MetadataError::UnknownTopic)?;
+                    let mut overrides = TopicOverrides::new();
+                    for (config, value) in configs {
+                        let value = topic_config::validate(&config, &value)
+                            .map_err(|e| MetadataError::InvalidConfig(e.0))?;
+                        overrides.insert(config, value);
+                    }
+                    topic.overrides = overrides;
+                    next.upsert(topic);
+                    Ok(())
+                })
+                .collect();
+            let changed = !validate_only && results.iter().any(Result::is_ok);
+            (results, changed.then_some(next))
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(e); count])
+    }
+
     /// IncrementalAlterConfigs on topics: all of a topic's operations apply or none do.
     pub async fn alter_topic_configs(
         &self,
@@ -479,6 +515,19 @@ pub async fn alter_topic_configs(
     on_controller(shard, requests.len(), move |s| async move {
         s.controller()
             .alter_topic_configs(&s, requests, validate_only)
+            .await
+    })
+    .await
+}
+
+pub async fn replace_topic_configs(
+    shard: &Rc<Shard>,
+    requests: Vec<(String, Vec<(String, String)>)>,
+    validate_only: bool,
+) -> Vec<Result<(), MetadataError>> {
+    on_controller(shard, requests.len(), move |s| async move {
+        s.controller()
+            .replace_topic_configs(&s, requests, validate_only)
             .await
     })
     .await
