@@ -34,12 +34,14 @@ use super::errors::engine_error;
 use super::{group_by_owner, HandlerResult, RequestContext};
 use crate::config::MAX_DECOMPRESSED_BATCH_BYTES;
 use crate::metadata::topic_config::EffectiveConfig;
-use crate::metadata::{TopicMeta, TopicPartition, LEADER_EPOCH};
+use crate::metadata::{TopicId, TopicMeta, TopicPartition, LEADER_EPOCH};
 use crate::shard::event::WakeSlot;
 use crate::shard::Shard;
 
 /// The longest a fetch waits for data, whatever `max_wait_ms` asks.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+/// The first Fetch version that names topics by id (KIP-516).
+const MIN_TOPIC_ID_FETCH_VERSION: i16 = 13;
 /// The first Fetch version whose readers understand zstd (KIP-110).
 const MIN_ZSTD_FETCH_VERSION: i16 = 10;
 /// The last Fetch version that reads message sets (magic 0/1) rather than v2 batches.
@@ -106,7 +108,18 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let mut answers: Vec<Vec<Option<PartitionRead>>> = Vec::with_capacity(request.topics.len());
     let mut specs: Vec<(TopicPartition, ReadSpec)> = Vec::new();
     for (ti, topic) in request.topics.iter().enumerate() {
-        let meta = image.topic(topic.topic.0.as_str());
+        // KIP-516: from v13 topics are named by id.
+        let by_id = version >= MIN_TOPIC_ID_FETCH_VERSION;
+        let meta = if by_id {
+            image.topic_by_id(TopicId(topic.topic_id))
+        } else {
+            image.topic(topic.topic.0.as_str())
+        };
+        let unknown = if by_id {
+            ResponseError::UnknownTopicId
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        };
         let zstd_refused =
             version < MIN_ZSTD_FETCH_VERSION && meta.is_some_and(|t| stores_zstd(&ctx, t));
         let mut row = Vec::with_capacity(topic.partitions.len());
@@ -127,9 +140,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     ));
                     row.push(None);
                 }
-                _ => row.push(Some(PartitionRead::error(
+                None if meta.is_some() => row.push(Some(PartitionRead::error(
                     ResponseError::UnknownTopicOrPartition,
                 ))),
+                None => row.push(Some(PartitionRead::error(unknown))),
             }
         }
         answers.push(row);

@@ -33,6 +33,20 @@ pub const EARLIEST_TIMESTAMP: i64 = -2;
 pub const MAX_TIMESTAMP: i64 = -3;
 /// KIP-405 (v8+): without tiered storage, the local log start is the log start.
 pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+/// KIP-1005 (v9+): the last offset in tiered storage; without it, none (-1).
+pub const LATEST_TIERED_TIMESTAMP: i64 = -5;
+
+/// The first ListOffsets version that knows a special (negative) timestamp, as Kafka
+/// checks it; older versions asking for it get UNSUPPORTED_VERSION.
+fn min_version_for(timestamp: i64) -> Option<i16> {
+    match timestamp {
+        LATEST_TIMESTAMP | EARLIEST_TIMESTAMP => Some(1),
+        MAX_TIMESTAMP => Some(7),
+        EARLIEST_LOCAL_TIMESTAMP => Some(8),
+        LATEST_TIERED_TIMESTAMP => Some(9),
+        _ => None,
+    }
+}
 
 /// Offset and timestamp Kafka returns when nothing matches.
 const UNKNOWN: i64 = -1;
@@ -84,7 +98,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let meta = image.topic(topic.name.0.as_str());
         let mut row = Vec::new();
         for (pi, p) in topic.partitions.iter().enumerate() {
+            let supported = p.timestamp >= 0
+                || min_version_for(p.timestamp).is_some_and(|min| ctx.api_version >= min);
             match meta.and_then(|t| t.partition(p.partition_index)) {
+                Some(_) if !supported => {
+                    row.push(Some(Found::error(ResponseError::UnsupportedVersion)))
+                }
                 Some(tp) => {
                     let query = Query {
                         timestamp: p.timestamp,
@@ -160,6 +179,13 @@ async fn lookup(shard: &Shard, tp: TopicPartition, query: Query) -> Found {
         EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
             Found::at(log.log_start_offset().0, UNKNOWN)
         }
+        // No tiered storage: no offset, as Kafka answers without remote storage.
+        LATEST_TIERED_TIMESTAMP => Found {
+            error: None,
+            offset: UNKNOWN,
+            timestamp: UNKNOWN,
+            leader_epoch: -1,
+        },
         MAX_TIMESTAMP => match log.max_timestamp() {
             Some((timestamp, offset)) => Found::at(offset.0, timestamp),
             None => Found {

@@ -57,11 +57,11 @@ pub static ROUTES: &[Route] = &[
     // Produce v0–2 and Fetch v0–3 carry message sets of magic 0/1, converted to and from
     // the stored v2 batches (wharf_protocol::convert).
     route!(Produce, 0, 11, produce),
-    route!(Fetch, 0, 12, fetch),
-    route!(ListOffsets, 0, 8, list_offsets),
+    route!(Fetch, 0, 17, fetch),
+    route!(ListOffsets, 0, 9, list_offsets),
     route!(Metadata, 0, 12, metadata),
     route!(OffsetForLeaderEpoch, 0, 4, offset_for_leader_epoch),
-    route!(ApiVersions, 0, 3, api_versions),
+    route!(ApiVersions, 0, 4, api_versions),
     route!(CreateTopics, 0, 7, create_topics),
     route!(DeleteTopics, 0, 6, delete_topics),
     route!(DeleteRecords, 0, 2, delete_records),
@@ -72,10 +72,10 @@ pub static ROUTES: &[Route] = &[
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
     // KIP-98 idempotent producers (no transactions): a fresh producer id on every call.
-    route!(InitProducerId, 0, 4, init_producer_id),
+    route!(InitProducerId, 0, 5, init_producer_id),
     // Consumer groups (classic protocol), coordinated on the shard owning the group's
     // `__consumer_offsets` partition.
-    route!(FindCoordinator, 0, 5, find_coordinator),
+    route!(FindCoordinator, 0, 6, find_coordinator),
     route!(JoinGroup, 0, 9, join_group),
     route!(SyncGroup, 0, 5, sync_group),
     route!(Heartbeat, 0, 4, heartbeat),
@@ -167,6 +167,54 @@ mod tests {
                 route.api_key
             );
             assert!(route.min_version <= route.max_version);
+        }
+    }
+
+    /// Kafka 3.9's ApiVersions ranges (clients/src/main/resources/common/message/*.json at
+    /// the 3.9 tag) for every API routed here: old clients that skip ApiVersions send any
+    /// of these, and new ones negotiate within them.
+    const KAFKA_3_9: &[(ApiKey, i16, i16)] = &[
+        (ApiKey::Produce, 0, 11),
+        (ApiKey::Fetch, 0, 17),
+        (ApiKey::ListOffsets, 0, 9),
+        (ApiKey::Metadata, 0, 12),
+        (ApiKey::OffsetForLeaderEpoch, 0, 4),
+        (ApiKey::ApiVersions, 0, 4),
+        (ApiKey::CreateTopics, 0, 7),
+        (ApiKey::DeleteTopics, 0, 6),
+        (ApiKey::DeleteRecords, 0, 2),
+        (ApiKey::DescribeConfigs, 0, 4),
+        (ApiKey::AlterConfigs, 0, 2),
+        (ApiKey::DescribeLogDirs, 0, 4),
+        (ApiKey::CreatePartitions, 0, 3),
+        (ApiKey::IncrementalAlterConfigs, 0, 1),
+        (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::InitProducerId, 0, 5),
+        (ApiKey::FindCoordinator, 0, 6),
+        (ApiKey::JoinGroup, 0, 9),
+        (ApiKey::SyncGroup, 0, 5),
+        (ApiKey::Heartbeat, 0, 4),
+        (ApiKey::LeaveGroup, 0, 5),
+        (ApiKey::OffsetCommit, 0, 9),
+        (ApiKey::OffsetFetch, 0, 9),
+        (ApiKey::DescribeGroups, 0, 5),
+        (ApiKey::ListGroups, 0, 5),
+        (ApiKey::DeleteGroups, 0, 2),
+        (ApiKey::OffsetDelete, 0, 0),
+        // KIP-848 went GA in Kafka 4.0 with v1; 3.9 had v0 only. v1 is kept for 4.x clients.
+        (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    ];
+
+    #[test]
+    fn routes_serve_what_kafka_3_9_served() {
+        assert_eq!(ROUTES.len(), KAFKA_3_9.len(), "every route is in the table");
+        for (key, min, max) in KAFKA_3_9 {
+            let route = route_for(*key as i16).unwrap_or_else(|| panic!("{key:?} not routed"));
+            assert_eq!(
+                (route.min_version, route.max_version),
+                (*min, *max),
+                "{key:?}"
+            );
         }
     }
 

@@ -169,6 +169,8 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                 fp.fetch_offset = 1;
                 let mut ft = FetchTopic::default();
                 ft.topic = topic_name(&topic);
+                // KIP-516: v13+ name the topic by id.
+                ft.topic_id = shard.metadata().topic(&topic).expect("created").id.0;
                 ft.partitions = vec![fp];
                 let mut fr = FetchRequest::default();
                 fr.max_bytes = 1 << 20;
@@ -188,12 +190,18 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                 );
             }
             for lv in versions(ApiKey::ListOffsets) {
-                let mut timestamps = vec![(-2i64, 0i64), (-1, 6), (0, 0)];
-                if lv >= 7 {
-                    // Every record has the same timestamp: the first one holds the maximum.
-                    timestamps.push((-3, 0));
+                let mut timestamps = vec![(-2i64, 0, 0i64), (-1, 0, 6), (0, 0, 0)];
+                // Special timestamps need the version that introduced them (Kafka's rule);
+                // max timestamp: every record has the same one, the first holds it; no
+                // tiered storage: no latest tiered offset.
+                for (timestamp, since, found) in [(-3, 7, 0), (-4, 8, 0), (-5, 9, -1)] {
+                    if lv >= since {
+                        timestamps.push((timestamp, 0, found));
+                    } else {
+                        timestamps.push((timestamp, 35, -1));
+                    }
                 }
-                for (timestamp, expected) in timestamps {
+                for (timestamp, error, expected) in timestamps {
                     let mut lp = ListOffsetsPartition::default();
                     lp.timestamp = timestamp;
                     let mut lt = ListOffsetsTopic::default();
@@ -206,7 +214,7 @@ fn produce_then_fetch_list_offsets_and_epochs_at_every_version() {
                     let p = &r.topics[0].partitions[0];
                     assert_eq!(
                         (p.error_code, p.offset),
-                        (0, expected),
+                        (error, expected),
                         "list offsets v{lv} timestamp {timestamp}"
                     );
                 }
@@ -480,13 +488,28 @@ fn api_versions_follows_kip_511() {
                 .any(|k| k.api_key == 0 && k.min_version == 0));
         }
         // A newer version than ours: a v0 answer with UNSUPPORTED_VERSION and the ranges.
-        let frame = call_raw(
-            &shard,
-            ApiKey::ApiVersions as i16,
-            4,
-            &ApiVersionsRequest::default(),
+        // (The body of a version nobody knows yet: v4's will do, it is not read.)
+        let newer = versions(ApiKey::ApiVersions).end() + 1;
+        let mut body = BytesMut::new();
+        ApiVersionsRequest::default()
+            .encode(&mut body, 4)
+            .expect("v4 encodes");
+        let (tx, _rx) = oneshot::channel();
+        let head = RequestHead {
+            api_key: ApiKey::ApiVersions as i16,
+            api_version: newer,
+            correlation_id: 7,
+            client_id: None,
+            header_version: 2,
+        };
+        let Reply::Frame(frame) = router::handle(
+            RequestContext::new(shard.clone(), head, None, None, tx),
+            body.freeze(),
         )
-        .await;
+        .await
+        else {
+            panic!("ApiVersions v{newer}: expected a response");
+        };
         let mut body = skip_response_header(frame, ApiKey::ApiVersions as i16, 0);
         let r = ApiVersionsResponse::decode(&mut body, 0).expect("v0 response");
         assert_eq!(r.error_code, 35);
@@ -499,5 +522,40 @@ fn api_versions_follows_kip_511() {
         // Unknown API key: an error, not a dropped connection.
         let frame = call_raw(&shard, 999, 0, &ApiVersionsRequest::default()).await;
         assert_eq!(&frame[..], &[0, 0, 0, 6, 0, 0, 0, 7, 0, 35]);
+    });
+}
+
+#[test]
+fn fetch_names_topics_by_id_from_v13() {
+    with_shard(|shard| async move {
+        let r = call(&shard, &produce_request("by-id", batch(2), 1), 9).await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        let id = shard.metadata().topic("by-id").expect("auto-created").id.0;
+        for (fv, topic_id, want) in [
+            (12i16, uuid::Uuid::nil(), 0i16),
+            (13, id, 0),
+            (17, id, 0),
+            (13, uuid::Uuid::from_u128(42), 100),
+        ] {
+            let mut fp = FetchPartition::default();
+            fp.partition_max_bytes = 1 << 20;
+            let mut ft = FetchTopic::default();
+            ft.topic = topic_name("by-id");
+            ft.topic_id = topic_id;
+            ft.partitions = vec![fp];
+            let mut fr = FetchRequest::default();
+            fr.max_bytes = 1 << 20;
+            fr.topics = vec![ft];
+            let r = call(&shard, &fr, fv).await;
+            assert_eq!(r.responses[0].topic_id, topic_id, "fetch v{fv}");
+            let d = &r.responses[0].partitions[0];
+            assert_eq!(
+                d.error_code, want,
+                "fetch v{fv}: UNKNOWN_TOPIC_ID for an unknown id"
+            );
+            if want == 0 {
+                assert_eq!(d.high_watermark, 2);
+            }
+        }
     });
 }
