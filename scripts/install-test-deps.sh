@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the clients and tools the test suite uses: kcat (Debian's, linking librdkafka
-# 2.0.2, an older client on purpose), a C/C++ toolchain for the bundled librdkafka that the
-# `rdkafka` crate builds, and the Python clients pinned in scripts/test-requirements.txt.
+# 2.0.2, an older client on purpose), Burrow 1.2.1 and the ZooKeeper it keeps its locks in
+# (Debian's; the tests start their own ZooKeeper on a free port, never the system's), a
+# C/C++ toolchain for the bundled librdkafka that the `rdkafka` crate builds, and the
+# Python clients pinned in scripts/test-requirements.txt.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+command -v Burrow >/dev/null 2>&1 || need_apt+=(burrow)
+# The ZooKeeper server classes (and a Java runtime) for tests/python/test_old_clients.py.
+[ -e /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
 # rdkafka-sys runs librdkafka's ./configure and make; zlib for gzip.
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
