@@ -51,6 +51,16 @@ pub struct Levels {
     pub zstd: i32,
 }
 
+impl Levels {
+    /// The fastest level of each codec: for data compressed to be read once (message sets
+    /// converted down for a Fetch v0–3 reader), where time matters more than size.
+    pub const FASTEST: Levels = Levels {
+        gzip: 1,
+        lz4: 1,
+        zstd: 1,
+    };
+}
+
 impl Default for Levels {
     fn default() -> Levels {
         Levels {

@@ -256,7 +256,9 @@ fn convert_down(read: &mut PartitionRead, magic: i8, fetch_offset: i64) {
         &read.records,
         magic,
         fetch_offset,
-        Levels::default(),
+        // Recompressed to be read once, by this reader: fastest levels (Kafka used its
+        // defaults, LZ4's high-compression level 9 among them, at many times the cost).
+        Levels::FASTEST,
         MAX_DECOMPRESSED_BATCH_BYTES,
     ) {
         Ok(converted) => read.records = Bytes::from(converted),
