@@ -323,15 +323,18 @@ fn a_batch_acknowledged_before_a_sigkill_or_a_clean_restart_is_still_a_duplicate
 }
 
 #[test]
-fn init_producer_id_is_advertised_v0_to_v4() {
+fn init_producer_id_is_advertised_v0_to_v5_as_kafka_3_9() {
     let broker = Broker::start();
     let mut conn = KafkaConn::connect(broker.addr());
     let versions = conn.api_versions();
     assert_eq!(
         versions.get(&(ApiKey::InitProducerId as i16)),
-        Some(&(0, 4))
+        Some(&(0, 5))
     );
-    assert_eq!(pick_version(&versions, ApiKey::InitProducerId, 0, 4), 4);
+    assert_eq!(pick_version(&versions, ApiKey::InitProducerId, 0, 5), 5);
+    let (error, id, epoch) = init_producer_id(&mut conn, 5, -1, -1);
+    assert_eq!((error, epoch), (0, 0));
+    assert!(id >= 0);
 }
 
 /// A small deterministic generator (xorshift64*), so a failure names a reproducible case.
