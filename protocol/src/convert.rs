@@ -484,8 +484,11 @@ mod tests {
         }
     }
 
-    /// A v2 batch of (key, value, timestamp) records in `codec`, with producer fields.
-    fn v2_batch(records: &[(Option<&[u8]>, &[u8], i64)], codec: Compression) -> Vec<u8> {
+    /// A record to build: (key, value, timestamp).
+    type Input<'a> = (Option<&'a [u8]>, &'a [u8], i64);
+
+    /// A v2 batch of records in `codec`, with producer fields.
+    fn v2_batch(records: &[Input], codec: Compression) -> Vec<u8> {
         let mut builder = BatchBuilder::new().producer(77, 3, 10);
         for (key, value, ts) in records {
             builder.push(*key, Some(value), &[(b"h", Some(b"v"))], *ts);
@@ -493,8 +496,11 @@ mod tests {
         builder.build_compressed(codec, Levels::default()).unwrap()
     }
 
+    /// (key, value, timestamp) of one record.
+    type Row = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
+
     /// (key, value, timestamp) of every record of the v2 batches in `bytes`.
-    fn v2_records(bytes: &[u8]) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, i64)> {
+    fn v2_records(bytes: &[u8]) -> Vec<Row> {
         let mut out = Vec::new();
         for (_, b) in batches(bytes) {
             let info = validate_batch(b, usize::MAX).expect("valid batch");
@@ -519,7 +525,7 @@ mod tests {
 
     #[test]
     fn recompression_keeps_everything_but_the_codec() {
-        let records: Vec<(Option<&[u8]>, &[u8], i64)> = vec![
+        let records: Vec<Input> = vec![
             (Some(b"a"), b"one", 1000),
             (Some(b"b"), b"two", 1005),
             (None, b"three", 999),
@@ -553,7 +559,7 @@ mod tests {
 
     #[test]
     fn keyless_records_on_a_compacted_topic_fail_one_by_one() {
-        let records: Vec<(Option<&[u8]>, &[u8], i64)> = vec![
+        let records: Vec<Input> = vec![
             (Some(b"a"), b"1", 1),
             (None, b"2", 1),
             (Some(b"c"), b"3", 1),
@@ -778,11 +784,8 @@ mod tests {
                         codec,
                         m.value.unwrap(),
                         1 << 20,
-                        if magic == 0 {
-                            Lz4Header::Standard
-                        } else {
-                            Lz4Header::Standard
-                        },
+                        // A standard reader first: magic 0's LZ4 must fail it (below).
+                        Lz4Header::Standard,
                     );
                     let inner = match (codec, magic) {
                         // A standard LZ4 reader refuses v0's broken header checksum.

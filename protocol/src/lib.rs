@@ -1,5 +1,7 @@
 //! Wire formats, sans-IO: bytes in, values out. Kafka request/response framing, the
-//! RecordBatch v2 header view, and replication frames.
+//! RecordBatch v2 header view, the request versions `kafka-protocol` no longer knows
+//! (`legacy`), message sets of format v0/v1, record codecs with bounded decompression, and
+//! the conversions a broker makes between them (`convert`).
 //!
 //! No sockets, no runtime, no clock: everything here can be fuzzed and property-tested
 //! in isolation. Every length and count read from the wire is bounded before allocation.

@@ -328,7 +328,7 @@ mod tests {
         assert_eq!((parsed[1].key, parsed[1].value), (None, Some(&b""[..])));
         assert_eq!((parsed[2].timestamp, parsed[2].value), (99, None));
         // magic 0 is 14 + 12 bytes of overhead, magic 1 22 + 12.
-        assert_eq!(set.len(), (26 + 1 + 5) + (34 + 0) + 34);
+        assert_eq!(set.len(), (26 + 1 + 5) + 34 + 34);
     }
 
     #[test]

@@ -244,12 +244,16 @@ fn alter_configs_refuses_what_kafka_refuses() {
     broker.assert_no_panic();
 }
 
-/// DescribeLogDirs v1+: (log dir, [(topic, [(partition, size)])]).
+/// One log directory as DescribeLogDirs reports it: path, [(topic, [(partition, size)])],
+/// total bytes, usable bytes.
+type LogDir = (String, Vec<(String, Vec<(i32, i64)>)>, i64, i64);
+
+/// DescribeLogDirs v1+.
 fn describe_log_dirs(
     conn: &mut KafkaConn,
     version: i16,
     topics: Option<Vec<(&str, Vec<i32>)>>,
-) -> (String, Vec<(String, Vec<(i32, i64)>)>, i64, i64) {
+) -> LogDir {
     let mut req = DescribeLogDirsRequest::default();
     req.topics = topics.map(|ts| {
         ts.into_iter()

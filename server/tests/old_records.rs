@@ -103,13 +103,7 @@ fn fetch_old(conn: &mut KafkaConn, version: i16, topic: &str, offset: i64) -> (i
 
 /// Every record stored in partition 0, read with a current Fetch (v12) and decoded by
 /// kafka-protocol: the batches' codecs and (offset, key, value, timestamp) per record.
-fn stored(
-    conn: &mut KafkaConn,
-    topic: &str,
-) -> (
-    Vec<Compression>,
-    Vec<(i64, Option<Bytes>, Option<Bytes>, i64)>,
-) {
+fn stored(conn: &mut KafkaConn, topic: &str) -> (Vec<Compression>, Vec<StoredRow>) {
     let mut partition = FetchPartition::default();
     partition.partition_max_bytes = 1 << 20;
     let mut t = FetchTopic::default();
@@ -132,6 +126,11 @@ fn stored(
         .collect();
     (codecs, rows)
 }
+
+/// (offset, key, value, timestamp) of a stored record.
+type StoredRow = (i64, Option<Bytes>, Option<Bytes>, i64);
+/// (offset, key, value, timestamp) of a record read from a message set.
+type SetRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>, i64);
 
 /// Three messages of `magic` (one without a key), plain or in one `codec` wrapper.
 fn message_set(magic: i8, codec: &str, first_timestamp: i64) -> Vec<u8> {
@@ -308,7 +307,7 @@ fn produce_v2_with_a_v2_batch_is_stored_as_kafka_3_9_did() {
 
 /// The records of a fetched message set, wrappers opened: (offset, key, value, timestamp)
 /// with absolute offsets, and the wrappers themselves.
-fn flatten(magic: i8, set: &[u8]) -> (Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>, i64)>, Vec<Msg>) {
+fn flatten(magic: i8, set: &[u8]) -> (Vec<SetRow>, Vec<Msg>) {
     let mut rows = Vec::new();
     let mut wrappers = Vec::new();
     for m in parse_messages(set) {

@@ -78,7 +78,10 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
     use proptest::prelude::*;
 
-    fn request(acks: i16, topics: &[(&str, &[(i32, Option<&[u8]>)])]) -> Bytes {
+    /// A topic and its (partition, records) entries.
+    type Topic<'a> = (&'a str, &'a [(i32, Option<&'a [u8]>)]);
+
+    fn request(acks: i16, topics: &[Topic]) -> Bytes {
         let mut out = Out::new().i16(acks).i32(1500).i32(topics.len() as i32);
         for (name, partitions) in topics {
             out = out.str(name).i32(partitions.len() as i32);
