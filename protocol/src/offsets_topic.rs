@@ -59,7 +59,17 @@ pub enum OffsetsRecordError {
     Invalid { what: &'static str, at: usize },
     #[error("{extra} bytes left after the record")]
     TrailingBytes { extra: usize },
+    #[error("{what} of {len} does not fit the schema's {max}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
+
+/// The longest string Kafka's non-flexible record schemas can hold (a 16-bit length): the
+/// limit of every string in an offset commit key and a group metadata value up to v3.
+pub const MAX_SCHEMA_STRING_BYTES: usize = i16::MAX as usize;
 
 /// A `__consumer_offsets` record key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +110,9 @@ impl OffsetsKey {
         }
     }
 
-    pub fn encode(&self) -> Bytes {
+    /// Fails, rather than writing a record Kafka could not read, when a string is longer
+    /// than the schema's 16-bit length.
+    pub fn encode(&self) -> Result<Bytes, OffsetsRecordError> {
         let mut w = Writer::default();
         match self {
             OffsetsKey::OffsetCommit {
@@ -110,16 +122,16 @@ impl OffsetsKey {
                 partition,
             } => {
                 w.i16(*version);
-                w.string(group);
-                w.string(topic);
+                w.string("group id", group)?;
+                w.string("topic", topic)?;
                 w.i32(*partition);
             }
             OffsetsKey::GroupMetadata { group } => {
                 w.i16(2);
-                w.string(group);
+                w.string("group id", group)?;
             }
         }
-        w.finish()
+        Ok(w.finish())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<OffsetsKey, OffsetsRecordError> {
@@ -193,7 +205,7 @@ impl OffsetCommitValue {
     }
 
     /// Encode at `self.version`; fields that version lacks are not written.
-    pub fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Result<Bytes, OffsetsRecordError> {
         let mut w = Writer::default();
         let flexible = self.version >= 4;
         w.i16(self.version);
@@ -201,7 +213,7 @@ impl OffsetCommitValue {
         if self.version >= 3 {
             w.i32(self.leader_epoch);
         }
-        w.string_v(&self.metadata, flexible);
+        w.string_v("offset metadata", &self.metadata, flexible)?;
         w.i64(self.commit_timestamp_ms);
         if self.version == 1 {
             w.i64(self.expire_timestamp_ms);
@@ -209,7 +221,7 @@ impl OffsetCommitValue {
         if flexible {
             w.uvarint(0); // no tagged fields
         }
-        w.finish()
+        Ok(w.finish())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<OffsetCommitValue, OffsetsRecordError> {
@@ -275,32 +287,37 @@ pub struct GroupMetadataValue {
 const MIN_MEMBER_BYTES: usize = 2 + 2 + 2 + 4 + 4 + 4;
 
 impl GroupMetadataValue {
-    pub fn encode(&self) -> Bytes {
+    /// Fails when a string or the member count does not fit the version's schema.
+    pub fn encode(&self) -> Result<Bytes, OffsetsRecordError> {
         let mut w = Writer::default();
         let v = self.version;
         let flexible = v >= 4;
         w.i16(v);
-        w.string_v(&self.protocol_type, flexible);
+        w.string_v("protocol type", &self.protocol_type, flexible)?;
         w.i32(self.generation);
-        w.nullable_string_v(self.protocol.as_deref(), flexible);
-        w.nullable_string_v(self.leader.as_deref(), flexible);
+        w.nullable_string_v("protocol", self.protocol.as_deref(), flexible)?;
+        w.nullable_string_v("leader", self.leader.as_deref(), flexible)?;
         if v >= 2 {
             w.i64(self.current_state_timestamp_ms);
         }
-        w.array_len(self.members.len(), flexible);
+        w.array_len("members", self.members.len(), flexible)?;
         for m in &self.members {
-            w.string_v(&m.member_id, flexible);
+            w.string_v("member id", &m.member_id, flexible)?;
             if v >= 3 {
-                w.nullable_string_v(m.group_instance_id.as_deref(), flexible);
+                w.nullable_string_v(
+                    "group instance id",
+                    m.group_instance_id.as_deref(),
+                    flexible,
+                )?;
             }
-            w.string_v(&m.client_id, flexible);
-            w.string_v(&m.client_host, flexible);
+            w.string_v("client id", &m.client_id, flexible)?;
+            w.string_v("client host", &m.client_host, flexible)?;
             if v >= 1 {
                 w.i32(m.rebalance_timeout_ms);
             }
             w.i32(m.session_timeout_ms);
-            w.bytes_v(&m.subscription, flexible);
-            w.bytes_v(&m.assignment, flexible);
+            w.bytes_v("subscription", &m.subscription, flexible)?;
+            w.bytes_v("assignment", &m.assignment, flexible)?;
             if flexible {
                 w.uvarint(0);
             }
@@ -308,7 +325,7 @@ impl GroupMetadataValue {
         if flexible {
             w.uvarint(0);
         }
-        w.finish()
+        Ok(w.finish())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<GroupMetadataValue, OffsetsRecordError> {
@@ -412,22 +429,23 @@ impl OffsetsRecord {
         }
     }
 
-    /// The key and (nullable) value as Kafka writes them.
-    pub fn encode(&self) -> (Bytes, Option<Bytes>) {
+    /// The key and (nullable) value as Kafka writes them; an error when a field does not
+    /// fit Kafka's schema (the record is then not written at all).
+    pub fn encode(&self) -> Result<(Bytes, Option<Bytes>), OffsetsRecordError> {
         match self {
             OffsetsRecord::OffsetCommit {
                 group,
                 topic,
                 partition,
                 value,
-            } => (
-                OffsetsKey::offset_commit(group, topic, *partition).encode(),
-                value.as_ref().map(|v| v.encode()),
-            ),
-            OffsetsRecord::GroupMetadata { group, value } => (
-                OffsetsKey::group_metadata(group).encode(),
-                value.as_ref().map(|v| v.encode()),
-            ),
+            } => Ok((
+                OffsetsKey::offset_commit(group, topic, *partition).encode()?,
+                value.as_ref().map(|v| v.encode()).transpose()?,
+            )),
+            OffsetsRecord::GroupMetadata { group, value } => Ok((
+                OffsetsKey::group_metadata(group).encode()?,
+                value.as_ref().map(|v| v.encode()).transpose()?,
+            )),
         }
     }
 
@@ -464,49 +482,76 @@ impl Writer {
         }
         self.buf.put_u8(v as u8);
     }
-    fn string(&mut self, s: &str) {
-        self.string_v(s, false)
+    fn string(&mut self, what: &'static str, s: &str) -> Result<(), OffsetsRecordError> {
+        self.string_v(what, s, false)
     }
-    fn string_v(&mut self, s: &str, flexible: bool) {
-        self.nullable_string_v(Some(s), flexible)
+    fn string_v(
+        &mut self,
+        what: &'static str,
+        s: &str,
+        flexible: bool,
+    ) -> Result<(), OffsetsRecordError> {
+        self.nullable_string_v(what, Some(s), flexible)
     }
-    fn nullable_string_v(&mut self, s: Option<&str>, flexible: bool) {
+    fn nullable_string_v(
+        &mut self,
+        what: &'static str,
+        s: Option<&str>,
+        flexible: bool,
+    ) -> Result<(), OffsetsRecordError> {
         match (s, flexible) {
             (None, false) => self.i16(-1),
             (None, true) => self.uvarint(0),
             (Some(s), false) => {
-                assert!(
-                    s.len() <= i16::MAX as usize,
-                    "a schema string fits an int16 length"
-                );
-                self.i16(s.len() as i16);
+                let len = fits(what, s.len(), MAX_SCHEMA_STRING_BYTES)?;
+                self.i16(len as i16);
                 self.buf.put_slice(s.as_bytes());
             }
             (Some(s), true) => {
-                self.uvarint(s.len() as u64 + 1);
+                let len = fits(what, s.len(), i32::MAX as usize - 1)?;
+                self.uvarint(len as u64 + 1);
                 self.buf.put_slice(s.as_bytes());
             }
         }
+        Ok(())
     }
-    fn bytes_v(&mut self, b: &[u8], flexible: bool) {
+    fn bytes_v(
+        &mut self,
+        what: &'static str,
+        b: &[u8],
+        flexible: bool,
+    ) -> Result<(), OffsetsRecordError> {
+        let len = fits(what, b.len(), i32::MAX as usize - 1)?;
         if flexible {
-            self.uvarint(b.len() as u64 + 1);
+            self.uvarint(len as u64 + 1);
         } else {
-            assert!(
-                b.len() <= i32::MAX as usize,
-                "schema bytes fit an int32 length"
-            );
-            self.i32(b.len() as i32);
+            self.i32(len as i32);
         }
         self.buf.put_slice(b);
+        Ok(())
     }
-    fn array_len(&mut self, n: usize, flexible: bool) {
+    fn array_len(
+        &mut self,
+        what: &'static str,
+        n: usize,
+        flexible: bool,
+    ) -> Result<(), OffsetsRecordError> {
+        let n = fits(what, n, i32::MAX as usize - 1)?;
         if flexible {
             self.uvarint(n as u64 + 1);
         } else {
             self.i32(n as i32);
         }
+        Ok(())
     }
+}
+
+/// `len` if it is at most `max`, else the error naming the field.
+fn fits(what: &'static str, len: usize, max: usize) -> Result<usize, OffsetsRecordError> {
+    if len > max {
+        return Err(OffsetsRecordError::TooLong { what, len, max });
+    }
+    Ok(len)
 }
 
 struct Reader<'a> {
@@ -738,9 +783,9 @@ mod tests {
 
     #[test]
     fn offset_commit_key_bytes_match_kafka() {
-        let key = OffsetsKey::offset_commit("g", "t", 7).encode();
+        let key = OffsetsKey::offset_commit("g", "t", 7).encode().unwrap();
         assert_eq!(&key[..], &[0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 7]);
-        let key = OffsetsKey::group_metadata("g").encode();
+        let key = OffsetsKey::group_metadata("g").encode().unwrap();
         assert_eq!(&key[..], &[0, 2, 0, 1, b'g']);
     }
 
@@ -753,7 +798,7 @@ mod tests {
         expect.extend_from_slice(&2i32.to_be_bytes());
         expect.extend_from_slice(&[0, 1, b'm']);
         expect.extend_from_slice(&9i64.to_be_bytes());
-        assert_eq!(&v.encode()[..], &expect[..]);
+        assert_eq!(&v.encode().unwrap()[..], &expect[..]);
     }
 
     #[test]
@@ -765,7 +810,7 @@ mod tests {
         expect.extend_from_slice(&[0, 0]);
         expect.extend_from_slice(&9i64.to_be_bytes());
         expect.extend_from_slice(&100i64.to_be_bytes());
-        assert_eq!(&v.encode()[..], &expect[..]);
+        assert_eq!(&v.encode().unwrap()[..], &expect[..]);
         assert_eq!(OffsetCommitValue::decode(&expect).unwrap(), v);
     }
 
@@ -803,7 +848,7 @@ mod tests {
         e.extend_from_slice(&300i32.to_be_bytes());
         e.extend_from_slice(&100i32.to_be_bytes());
         e.extend_from_slice(&[0, 0, 0, 2, 1, 2, 0, 0, 0, 1, 3]);
-        assert_eq!(&v.encode()[..], &e[..]);
+        assert_eq!(&v.encode().unwrap()[..], &e[..]);
         assert_eq!(GroupMetadataValue::decode(&e).unwrap(), v);
     }
 
@@ -823,6 +868,55 @@ mod tests {
     }
 
     #[test]
+    fn strings_longer_than_the_schema_holds_are_errors_not_panics() {
+        let longest = "g".repeat(MAX_SCHEMA_STRING_BYTES);
+        let key = OffsetsKey::offset_commit(&longest, "t", 0)
+            .encode()
+            .unwrap();
+        assert_eq!(OffsetsKey::decode(&key).unwrap().group(), longest);
+        let too_long = "g".repeat(MAX_SCHEMA_STRING_BYTES + 1);
+        assert_eq!(
+            OffsetsKey::group_metadata(&too_long).encode(),
+            Err(OffsetsRecordError::TooLong {
+                what: "group id",
+                len: MAX_SCHEMA_STRING_BYTES + 1,
+                max: MAX_SCHEMA_STRING_BYTES
+            })
+        );
+        let value = GroupMetadataValue {
+            version: GROUP_METADATA_VALUE_VERSION,
+            protocol_type: "consumer".into(),
+            generation: 1,
+            protocol: Some("range".into()),
+            leader: Some("m".into()),
+            current_state_timestamp_ms: 0,
+            members: vec![MemberMetadata {
+                member_id: too_long.clone(),
+                group_instance_id: None,
+                client_id: "c".into(),
+                client_host: "/h".into(),
+                rebalance_timeout_ms: 1,
+                session_timeout_ms: 1,
+                subscription: Bytes::new(),
+                assignment: Bytes::new(),
+            }],
+        };
+        assert!(matches!(
+            value.encode(),
+            Err(OffsetsRecordError::TooLong {
+                what: "member id",
+                ..
+            })
+        ));
+        // The flexible version has no 16-bit limit.
+        let flexible = GroupMetadataValue {
+            version: 4,
+            ..value
+        };
+        assert!(flexible.encode().is_ok());
+    }
+
+    #[test]
     fn huge_member_count_is_rejected_without_allocating() {
         let mut e = vec![0, 3, 0, 0];
         e.extend_from_slice(&1i32.to_be_bytes());
@@ -837,7 +931,7 @@ mod tests {
 
     #[test]
     fn tombstones_decode_as_none() {
-        let key = OffsetsKey::offset_commit("g", "t", 0).encode();
+        let key = OffsetsKey::offset_commit("g", "t", 0).encode().unwrap();
         let r = OffsetsRecord::decode(&key, None).unwrap();
         assert_eq!(
             r,
@@ -917,13 +1011,13 @@ mod tests {
         #[test]
         fn offset_commit_key_round_trips(group in arb_string(), topic in arb_string(), partition in any::<i32>(), version in 0i16..=1) {
             let key = OffsetsKey::OffsetCommit { version, group, topic, partition };
-            prop_assert_eq!(OffsetsKey::decode(&key.encode()).unwrap(), key);
+            prop_assert_eq!(OffsetsKey::decode(&key.encode().unwrap()).unwrap(), key);
         }
 
         #[test]
         fn group_key_round_trips(group in arb_string()) {
             let key = OffsetsKey::group_metadata(&group);
-            prop_assert_eq!(OffsetsKey::decode(&key.encode()).unwrap(), key);
+            prop_assert_eq!(OffsetsKey::decode(&key.encode().unwrap()).unwrap(), key);
         }
 
         #[test]
@@ -936,12 +1030,12 @@ mod tests {
                 commit_timestamp_ms: ts,
                 expire_timestamp_ms: if version == 1 { expire } else { -1 },
             };
-            prop_assert_eq!(OffsetCommitValue::decode(&v.encode()).unwrap(), v);
+            prop_assert_eq!(OffsetCommitValue::decode(&v.encode().unwrap()).unwrap(), v);
         }
 
         #[test]
         fn group_metadata_value_round_trips(v in arb_group_value()) {
-            prop_assert_eq!(GroupMetadataValue::decode(&v.encode()).unwrap(), v);
+            prop_assert_eq!(GroupMetadataValue::decode(&v.encode().unwrap()).unwrap(), v);
         }
 
         #[test]
@@ -953,7 +1047,7 @@ mod tests {
 
         #[test]
         fn truncated_values_are_errors_not_panics(v in arb_group_value(), cut in 0usize..1000) {
-            let bytes = v.encode();
+            let bytes = v.encode().unwrap();
             if cut < bytes.len() {
                 prop_assert!(GroupMetadataValue::decode(&bytes[..cut]).is_err());
             }

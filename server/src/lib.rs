@@ -14,6 +14,7 @@ pub mod broker;
 pub mod config;
 pub mod group;
 pub mod kafka;
+pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod net;

@@ -218,6 +218,11 @@ impl ClassicGroup {
             .map(|(name, _)| name.to_owned())
     }
 
+    /// Bytes of what the members brought (see `Member::metadata_bytes`).
+    pub fn metadata_bytes(&self) -> usize {
+        self.members.values().map(Member::metadata_bytes).sum()
+    }
+
     /// Add a member; the first member of a group sets its protocol type and leads.
     pub fn add_member(&mut self, member: Member) {
         if self.members.is_empty() {

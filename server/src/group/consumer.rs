@@ -122,6 +122,18 @@ impl ConsumerGroup {
             .map(|(id, m)| (id, &m.owned, m.instance_id.as_ref()))
     }
 
+    /// Bytes the members keep: their ids and subscribed topic names.
+    pub fn metadata_bytes(&self) -> usize {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                id.len()
+                    + m.instance_id.as_ref().map_or(0, String::len)
+                    + m.subscribed.iter().map(String::len).sum::<usize>()
+            })
+            .sum()
+    }
+
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
         self.members
             .values()
@@ -238,6 +250,32 @@ impl ConsumerGroups {
             self.member_id_counter += 1;
             member_id = format!("{:016x}{:016x}", seed, self.member_id_counter);
         }
+        // As Kafka: only a member joining (epoch 0) creates its group.
+        if req.member_epoch != 0 && !self.groups.contains_key(&req.group_id) {
+            return if req.member_epoch < 0 {
+                HeartbeatOut {
+                    error: None,
+                    member_id,
+                    member_epoch: req.member_epoch,
+                    heartbeat_interval_ms: 0,
+                    assignment: None,
+                }
+            } else {
+                HeartbeatOut::error(&member_id, ResponseError::UnknownMemberId)
+            };
+        }
+        let joining = req.member_epoch == 0
+            && !self
+                .groups
+                .get(&req.group_id)
+                .is_some_and(|g| g.members.contains_key(&member_id));
+        if joining {
+            // Kafka validates a join before it creates anything.
+            match &req.subscribed_topic_names {
+                Some(names) if names.len() <= MAX_SUBSCRIBED_TOPICS => {}
+                _ => return HeartbeatOut::error(&member_id, ResponseError::InvalidRequest),
+            }
+        }
         let group = self.groups.entry(req.group_id.clone()).or_default();
 
         // Leaving (-1), or a static member leaving for a restart (-2).
@@ -272,6 +310,12 @@ impl ConsumerGroups {
                 if subscribed.len() > MAX_SUBSCRIBED_TOPICS {
                     return HeartbeatOut::error(&member_id, ResponseError::InvalidRequest);
                 }
+                let incoming = member_id.len()
+                    + req.instance_id.as_ref().map_or(0, String::len)
+                    + subscribed.iter().map(String::len).sum::<usize>();
+                if group.metadata_bytes() + incoming > crate::limits::MAX_GROUP_METADATA_BYTES {
+                    return HeartbeatOut::error(&member_id, ResponseError::GroupMaxSizeReached);
+                }
                 group.members.insert(
                     member_id.clone(),
                     Member {
@@ -301,22 +345,37 @@ impl ConsumerGroups {
                 {
                     return HeartbeatOut::error(&member_id, ResponseError::FencedMemberEpoch);
                 }
-                let m = group
-                    .members
-                    .get_mut(&member_id)
-                    .expect("member was just found");
                 if let Some(subscribed) = &req.subscribed_topic_names {
                     let subscribed: BTreeSet<String> = subscribed
                         .iter()
                         .take(MAX_SUBSCRIBED_TOPICS)
                         .cloned()
                         .collect();
-                    if subscribed != m.subscribed {
+                    let current = &group.members[&member_id].subscribed;
+                    if subscribed != *current {
+                        let before: usize = current.iter().map(String::len).sum();
+                        let after: usize = subscribed.iter().map(String::len).sum();
+                        if group.metadata_bytes() - before + after
+                            > crate::limits::MAX_GROUP_METADATA_BYTES
+                        {
+                            return HeartbeatOut::error(
+                                &member_id,
+                                ResponseError::GroupMaxSizeReached,
+                            );
+                        }
+                        let m = group
+                            .members
+                            .get_mut(&member_id)
+                            .expect("member was just found");
                         m.subscribed = subscribed;
                         group.group_epoch += 1;
                     }
                 }
                 if req.rebalance_timeout_ms >= 0 {
+                    let m = group
+                        .members
+                        .get_mut(&member_id)
+                        .expect("member was just found");
                     m.rebalance_timeout_ms = req.rebalance_timeout_ms;
                 }
             }
@@ -458,6 +517,12 @@ impl ConsumerGroups {
             Some(m) if epoch == m.member_epoch || epoch == m.previous_epoch => Ok(()),
             Some(_) => Err(ResponseError::StaleMemberEpoch),
         }
+    }
+
+    /// Forgets the groups without members for which `unused` holds.
+    pub fn forget_empty(&mut self, mut unused: impl FnMut(&str) -> bool) {
+        self.groups
+            .retain(|id, group| !group.members.is_empty() || !unused(id));
     }
 
     /// Whether `group_id` is a consumer-protocol group with members.

@@ -22,6 +22,43 @@ use super::member::Member;
 /// bounds the loop if a member asked for a zero rebalance timeout.
 const MAX_TIMER_ROUNDS_PER_TICK: usize = 16;
 
+/// Whether the group, with this member (re)joining, would hold more member metadata than
+/// `MAX_GROUP_METADATA_BYTES` (KIP-389's GROUP_MAX_SIZE_REACHED, for bytes instead of
+/// members). Small groups cannot reach the bound and are not summed up.
+fn would_exceed_metadata_bytes(group: &ClassicGroup, req: &JoinRequest) -> bool {
+    use crate::limits::{
+        MAX_GROUP_METADATA_BYTES, MAX_MEMBER_METADATA_BYTES, MAX_STORED_STRING_BYTES,
+    };
+    let most_per_member = MAX_MEMBER_METADATA_BYTES + 6 * MAX_STORED_STRING_BYTES;
+    if (group.members.len() + 1).saturating_mul(most_per_member) <= MAX_GROUP_METADATA_BYTES {
+        return false;
+    }
+    let prefix = req
+        .group_instance_id
+        .as_ref()
+        .unwrap_or(&req.client_id)
+        .len();
+    let member_id = req.member_id.len().max(prefix.min(MAX_STORED_STRING_BYTES));
+    let incoming = member_id
+        + req.group_instance_id.as_ref().map_or(0, String::len)
+        + req.client_id.len()
+        + req.client_host.len()
+        + req.protocol_type.len()
+        + super::member::protocols_bytes(&req.protocols);
+    let replaced = group
+        .members
+        .get(&req.member_id)
+        .or_else(|| {
+            let instance = req.group_instance_id.as_ref()?;
+            group.members.get(group.static_members.get(instance)?)
+        })
+        .map_or(0, Member::metadata_bytes);
+    group.metadata_bytes() - replaced + incoming > MAX_GROUP_METADATA_BYTES
+}
+
+/// What `new_member_id` appends to its prefix: `-` and a UUID in its 36-character form.
+const MEMBER_ID_SUFFIX_BYTES: usize = 1 + 36;
+
 pub struct GroupCoordinator {
     config: GroupConfig,
     groups: HashMap<String, ClassicGroup>,
@@ -60,7 +97,13 @@ impl GroupCoordinator {
         self.groups.keys().map(String::as_str)
     }
 
+    /// Kafka's `client id-UUID` (or `group instance id-UUID`), with the prefix cut so that
+    /// the id still fits the 16-bit strings of `__consumer_offsets` and the responses.
     fn new_member_id(&mut self, prefix: &str) -> String {
+        let prefix = crate::limits::truncate(
+            prefix,
+            crate::limits::MAX_STORED_STRING_BYTES - MEMBER_ID_SUFFIX_BYTES,
+        );
         self.member_id_counter += 1;
         let a = splitmix64(
             self.member_id_seed ^ self.member_id_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -114,6 +157,12 @@ impl GroupCoordinator {
                 req.group_id.clone(),
                 ClassicGroup::new(&req.group_id, now_ms),
             );
+        }
+        if let Some(group) = self.groups.get(&req.group_id) {
+            if would_exceed_metadata_bytes(group, &req) {
+                reject(&mut fx, ResponseError::GroupMaxSizeReached);
+                return fx;
+            }
         }
         let new_member_id = if is_unknown_member {
             let prefix = req
@@ -649,6 +698,10 @@ impl GroupCoordinator {
             }
             Some(at) if at <= now_ms => {
                 fx.append(self.expire_offsets(now_ms));
+                // Kafka's periodic cleanup: an empty consumer group with no offsets is gone.
+                let classic = &self.groups;
+                self.consumer
+                    .forget_empty(|group_id| !classic.contains_key(group_id));
                 self.next_offsets_expiry_ms =
                     Some(now_ms + self.config.offsets_retention_check_interval_ms);
             }

@@ -473,6 +473,12 @@ impl GroupShard {
                 });
                 glommio::spawn_local(async move {
                     let handle = handle.ok_or(ResponseError::NotCoordinator)?;
+                    let batch = batch.map_err(|e| {
+                        // The handlers bound every string the coordinator stores; a record
+                        // that still does not fit is refused rather than written unreadable.
+                        tracing::error!("cannot encode a {OFFSETS_TOPIC} record: {e}");
+                        ResponseError::UnknownServerError
+                    })?;
                     match handle.append(batch, Durability::Written).await {
                         Ok(_) => Ok(()),
                         Err(e) => Err(append_error(&e)),
@@ -531,10 +537,22 @@ impl GroupShard {
         // Appends already started land before the snapshot; this is a lower bound of its start.
         let rewrite_start = handle.log.log_end_offset();
         let timestamp_ms = now_ms();
-        let appends: Vec<_> = snapshot
+        // Every batch is encoded before any is appended: a snapshot missing a record must not
+        // replace the records it stands for.
+        let batches: Result<Vec<Bytes>, _> = snapshot
             .chunks(REWRITE_RECORDS_PER_BATCH)
-            .map(|chunk| {
-                let batch = encode_batch(chunk, timestamp_ms);
+            .map(|chunk| encode_batch(chunk, timestamp_ms))
+            .collect();
+        let batches = match batches {
+            Ok(batches) => batches,
+            Err(e) => {
+                tracing::error!(partition = p, "not rewriting {OFFSETS_TOPIC}: {e}");
+                return;
+            }
+        };
+        let appends: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
                 let handle = handle.clone();
                 glommio::spawn_local(async move { handle.append(batch, Durability::Written).await })
             })
@@ -574,13 +592,16 @@ impl GroupShard {
 /// Records per batch when a partition is rewritten (well under `max.message.bytes`).
 const REWRITE_RECORDS_PER_BATCH: usize = 2_000;
 
-fn encode_batch(records: &[OffsetsRecord], timestamp_ms: i64) -> Bytes {
+fn encode_batch(
+    records: &[OffsetsRecord],
+    timestamp_ms: i64,
+) -> Result<Bytes, wharf_protocol::offsets_topic::OffsetsRecordError> {
     let mut builder = BatchBuilder::new();
     for r in records {
-        let (key, value) = r.encode();
+        let (key, value) = r.encode()?;
         builder.push(Some(&key), value.as_deref(), &[], timestamp_ms);
     }
-    Bytes::from(builder.build())
+    Ok(Bytes::from(builder.build()))
 }
 
 /// Kafka's mapping of a failed offsets-topic append to the coordinator's answer.

@@ -4,6 +4,14 @@ use bytes::Bytes;
 
 use super::api::{Protocol, Token};
 
+/// Bytes of protocol names and metadata.
+pub fn protocols_bytes(protocols: &[Protocol]) -> usize {
+    protocols
+        .iter()
+        .map(|p| p.name.len() + p.metadata.len())
+        .sum()
+}
+
 /// A joined member. Invariant: `protocols` is non-empty and in the member's preference order.
 #[derive(Clone, Debug)]
 pub struct Member {
@@ -48,6 +56,16 @@ impl Member {
             .iter()
             .map(|p| p.name.as_str())
             .find(|name| candidates.contains(name))
+    }
+
+    /// Bytes the member keeps in its group: its strings and its protocols' metadata.
+    pub fn metadata_bytes(&self) -> usize {
+        self.member_id.len()
+            + self.group_instance_id.as_ref().map_or(0, String::len)
+            + self.client_id.len()
+            + self.client_host.len()
+            + self.protocol_type.len()
+            + protocols_bytes(&self.protocols)
     }
 
     /// A member waiting in a rebalance step needs no heartbeat; the rebalance timeout

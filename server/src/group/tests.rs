@@ -854,7 +854,7 @@ fn restart_replays_offsets_and_groups_from_the_records() {
     let mut restarted = coordinator();
     for r in records {
         // Through the bytes, as they would be read back from the log.
-        let (k, v) = r.encode();
+        let (k, v) = r.encode().unwrap();
         restarted.replay(OffsetsRecord::decode(&k, v.as_deref()).unwrap(), 1000);
     }
     restarted.finish_load(1000);
@@ -1035,4 +1035,81 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_member_id_built_from_the_longest_client_id_fits_kafkas_record() {
+    let mut c = coordinator();
+    let mut req = join_req("", false);
+    req.client_id = "c".repeat(crate::limits::MAX_STORED_STRING_BYTES);
+    let fx = c.join_group(0, 1, req);
+    let r = join_reply(&fx, 1).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.member_id.len(), crate::limits::MAX_STORED_STRING_BYTES);
+    assert!(r.member_id.starts_with("ccc"));
+    let fx = c.sync_group(
+        0,
+        2,
+        sync_req(
+            &r.member_id,
+            r.generation_id,
+            vec![(r.member_id.clone(), Bytes::new())],
+        ),
+    );
+    assert_eq!(sync_reply(&fx, 2).unwrap().error, None);
+    for record in &fx.records {
+        record.encode().expect("the group's record fits its schema");
+    }
+}
+
+#[test]
+fn a_group_holds_no_more_member_metadata_than_its_bound() {
+    let mut c = coordinator();
+    let big = vec![Protocol {
+        name: "range".into(),
+        metadata: Bytes::from(vec![7u8; crate::limits::MAX_MEMBER_METADATA_BYTES]),
+    }];
+    let mut joined = 0;
+    let refused = loop {
+        let mut req = join_req("", false);
+        req.protocols = big.clone();
+        let fx = c.join_group(0, 100 + joined as u64, req);
+        match join_reply(&fx, 100 + joined as u64).map(|r| r.error) {
+            Some(Some(error)) => break error,
+            // Parked until the rebalance completes, or answered: a member either way.
+            _ => joined += 1,
+        }
+        assert!(joined < 100, "the bound never applied");
+    };
+    assert_eq!(refused, E::GroupMaxSizeReached);
+    let most = crate::limits::MAX_GROUP_METADATA_BYTES / crate::limits::MAX_MEMBER_METADATA_BYTES;
+    assert!(
+        (most - 1..=most).contains(&joined),
+        "{joined} members joined"
+    );
+    assert!(c.group("g").unwrap().metadata_bytes() <= crate::limits::MAX_GROUP_METADATA_BYTES);
+}
+
+#[test]
+fn consumer_heartbeats_that_are_refused_create_no_group() {
+    use super::consumer::HeartbeatIn;
+    let mut c = coordinator();
+    let beat = |group: &str, epoch: i32, subscribed: Option<Vec<String>>| HeartbeatIn {
+        group_id: group.into(),
+        member_id: "m".into(),
+        member_epoch: epoch,
+        instance_id: None,
+        rebalance_timeout_ms: 1000,
+        subscribed_topic_names: subscribed,
+        owned: None,
+    };
+    let none = |_: &str| None;
+    for (i, (epoch, subscribed)) in [(5, None), (-1, None), (0, None)].into_iter().enumerate() {
+        let out = c.consumer_heartbeat(0, beat(&format!("g{i}"), epoch, subscribed), &none);
+        assert!(epoch == -1 || out.error.is_some(), "{out:?}");
+    }
+    assert!(c.list_groups(&[], &[]).is_empty());
+    let out = c.consumer_heartbeat(0, beat("real", 0, Some(vec!["t".into()])), &none);
+    assert_eq!(out.error, None);
+    assert_eq!(c.list_groups(&[], &[]).len(), 1);
 }

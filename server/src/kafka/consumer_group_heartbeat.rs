@@ -13,10 +13,18 @@ use uuid::Uuid;
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::consumer::HeartbeatIn;
 use crate::group::driver::with_group;
+use crate::limits;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: ConsumerGroupHeartbeatRequest =
         ctx.decode(ApiKey::ConsumerGroupHeartbeat, &mut body)?;
+    if let Err(e) = limits::consumer_group_heartbeat(&request) {
+        let mut out = ConsumerGroupHeartbeatResponse::default();
+        out.error_code = e.code();
+        out.error_message = Some(str_bytes(e.to_string()));
+        out.member_epoch = -1;
+        return ctx.respond(ApiKey::ConsumerGroupHeartbeat, &out);
+    }
     let group_id = request.group_id.0.to_string();
     let beat = HeartbeatIn {
         group_id: group_id.clone(),

@@ -60,7 +60,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     }
                     None => {
                         result.error_code = ResponseError::UnknownTopicOrPartition.code();
-                        result.error_message = Some(str_bytes(format!("Topic {} does not exist", resource.resource_name.as_str())));
+                        result.error_message = Some(str_bytes(crate::limits::error_message(format!("Topic {} does not exist", resource.resource_name.as_str()))));
                     }
                 },
                 RESOURCE_BROKER => {

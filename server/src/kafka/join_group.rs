@@ -9,17 +9,15 @@ use kafka_protocol::messages::{ApiKey, JoinGroupRequest, JoinGroupResponse};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::with_group;
 use crate::group::{JoinRequest, JoinResponse, Protocol};
-
-/// Protocols one member may offer (a consumer offers a handful of assignors).
-const MAX_PROTOCOLS_PER_MEMBER: usize = 64;
+use crate::limits;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: JoinGroupRequest = ctx.decode(ApiKey::JoinGroup, &mut body)?;
     let v = ctx.api_version;
     let group_id = request.group_id.0.to_string();
     let member_id = request.member_id.to_string();
-    let response = if request.protocols.len() > MAX_PROTOCOLS_PER_MEMBER {
-        JoinResponse::error(&member_id, kafka_protocol::ResponseError::InvalidRequest)
+    let response = if let Err(e) = limits::join_group(&request) {
+        JoinResponse::error(&member_id, e)
     } else {
         let join = JoinRequest {
             group_id: group_id.clone(),
@@ -44,7 +42,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .into_iter()
                 .map(|p| Protocol {
                     name: p.name.to_string(),
-                    metadata: p.metadata,
+                    // Kept for the member's life: its own allocation, not a view that
+                    // would keep the whole request frame alive.
+                    metadata: Bytes::copy_from_slice(&p.metadata),
                 })
                 .collect(),
             // KIP-394: only v4+ clients know to come back with the id handed to them.

@@ -17,6 +17,7 @@ use kafka_protocol::ResponseError;
 use super::{HandlerError, HandlerResult, RequestContext};
 use crate::group::driver::with_group;
 use crate::group::{CommitPartition, CommitRequest, ErrorCode};
+use crate::limits;
 use crate::metadata::PartitionId;
 
 /// Partitions one commit may name.
@@ -35,6 +36,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let request: OffsetCommitRequest = ctx.decode(ApiKey::OffsetCommit, &mut body)?;
         (request, Vec::new())
     };
+    let refused = limits::offset_commit(&request).err();
     let image = ctx.shard.metadata();
     let group_id = request.group_id.0.to_string();
     // Each requested partition: its answer, or a place in the commit sent to the coordinator.
@@ -49,7 +51,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         for p in &topic.partitions {
             total += 1;
             let known = meta.is_some_and(|m| m.has_partition(PartitionId(p.partition_index)));
-            if total > MAX_PARTITIONS_PER_COMMIT {
+            if let Some(error) = refused {
+                row.push(Err(error));
+            } else if total > MAX_PARTITIONS_PER_COMMIT {
                 row.push(Err(ResponseError::InvalidRequest));
             } else if !known {
                 row.push(Err(ResponseError::UnknownTopicOrPartition));

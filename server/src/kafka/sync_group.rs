@@ -8,9 +8,13 @@ use kafka_protocol::messages::{ApiKey, SyncGroupRequest, SyncGroupResponse};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::with_group;
 use crate::group::{SyncRequest, SyncResponse};
+use crate::limits;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: SyncGroupRequest = ctx.decode(ApiKey::SyncGroup, &mut body)?;
+    if let Err(e) = limits::sync_group(&request) {
+        return respond(&ctx, SyncResponse::error(e));
+    }
     let group_id = request.group_id.0.to_string();
     let sync = SyncRequest {
         group_id: group_id.clone(),
@@ -22,7 +26,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         assignments: request
             .assignments
             .into_iter()
-            .map(|a| (a.member_id.to_string(), a.assignment))
+            // Kept until the next rebalance: copied out of the request frame.
+            .map(|a| {
+                (
+                    a.member_id.to_string(),
+                    Bytes::copy_from_slice(&a.assignment),
+                )
+            })
             .collect(),
     };
     let response = match with_group(&ctx.shard, &group_id, move |s, g| async move {
@@ -33,6 +43,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         Ok(r) => r,
         Err(e) => SyncResponse::error(e),
     };
+    respond(&ctx, response)
+}
+
+fn respond(ctx: &RequestContext, response: SyncResponse) -> HandlerResult {
     let mut out = SyncGroupResponse::default();
     out.error_code = response.error.map_or(0, |e| e.code());
     out.protocol_type = response.protocol_type.map(str_bytes);

@@ -25,28 +25,34 @@ use crate::shard::{Shard, ShardId};
 /// The shard that runs the controller.
 pub const CONTROLLER_SHARD: ShardId = ShardId(0);
 
+/// An error's text as sent to a client: it may quote the client's input (a config name or
+/// value), so it is cut to the longest message a response carries.
+fn cut(text: &str) -> &str {
+    crate::limits::truncate(text, crate::limits::MAX_ERROR_MESSAGE_BYTES)
+}
+
 /// Why a metadata change was refused; `kafka::errors` maps each to a Kafka error code.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MetadataError {
     #[error("Topic '{0}' already exists.")]
     TopicAlreadyExists(String),
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     InvalidTopic(String),
     #[error("This server does not host this topic-partition.")]
     UnknownTopic,
     #[error("This server does not host this topic ID.")]
     UnknownTopicId,
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     InvalidPartitions(String),
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     InvalidReplicationFactor(String),
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     InvalidReplicaAssignment(String),
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     InvalidConfig(String),
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     InvalidRequest(String),
-    #[error("{0}")]
+    #[error("{}", cut(.0))]
     Storage(String),
     #[error("the metadata controller is not available (shutting down)")]
     Unavailable,

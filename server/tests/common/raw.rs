@@ -30,7 +30,12 @@ pub mod error_code {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
     pub const INVALID_RECORD: i16 = 87;
 }
 
@@ -46,6 +51,7 @@ pub enum Outcome {
 pub struct KafkaConn {
     stream: TcpStream,
     next_correlation_id: i32,
+    client_id: String,
 }
 
 impl KafkaConn {
@@ -62,7 +68,18 @@ impl KafkaConn {
         KafkaConn {
             stream,
             next_correlation_id: 1,
+            client_id: DEFAULT_CLIENT_ID.to_string(),
         }
+    }
+
+    /// Sends `client_id` in the header of every request from now on.
+    pub fn set_client_id(&mut self, client_id: &str) {
+        self.client_id = client_id.to_string();
+    }
+
+    /// The underlying socket, for tests that need its options or its raw descriptor.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     pub fn next_correlation_id(&mut self) -> i32 {
@@ -130,7 +147,7 @@ impl KafkaConn {
     /// Sends `req` at `version` and returns its correlation id.
     pub fn send<R: Request>(&mut self, version: i16, req: &R) -> i32 {
         let correlation_id = self.next_correlation_id();
-        let payload = encode_request(correlation_id, version, req);
+        let payload = encode_request_as(&self.client_id, correlation_id, version, req);
         self.write_frame(&payload).expect("cannot write a request");
         correlation_id
     }
@@ -187,13 +204,26 @@ fn closed_or_panic(e: std::io::Error) -> Outcome {
     }
 }
 
+/// The client id the raw connection sends unless told otherwise.
+pub const DEFAULT_CLIENT_ID: &str = "wharf-it";
+
 /// Request header + body, without the length prefix.
 pub fn encode_request<R: Request>(correlation_id: i32, version: i16, req: &R) -> BytesMut {
+    encode_request_as(DEFAULT_CLIENT_ID, correlation_id, version, req)
+}
+
+/// Like [`encode_request`], with the given client id in the header.
+pub fn encode_request_as<R: Request>(
+    client_id: &str,
+    correlation_id: i32,
+    version: i16,
+    req: &R,
+) -> BytesMut {
     let header = RequestHeader::default()
         .with_request_api_key(R::KEY)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("wharf-it")));
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
     let mut buf = BytesMut::new();
     header
         .encode(&mut buf, R::header_version(version))
