@@ -121,7 +121,10 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
 }
 
 /// The port to serve on, held until every shard listens. A fixed port is checked with a
-/// plain bind, which fails if anyone holds it (even another broker using SO_REUSEPORT).
+/// plain bind (SO_REUSEADDR, not SO_REUSEPORT), which fails if anyone listens on it (even
+/// another broker using SO_REUSEPORT) but not because of the TIME_WAIT sockets a broker
+/// that stopped left behind (the shards' listeners set SO_REUSEADDR for that, see
+/// `net::listen`).
 /// Port 0 is resolved by binding a SO_REUSEPORT socket that stays bound (not listening)
 /// until the shards have joined it, so no one else can take the port meanwhile.
 struct PortHold {

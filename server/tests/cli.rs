@@ -117,6 +117,35 @@ fn port_in_use_is_one_clear_line_and_a_nonzero_exit() {
 }
 
 #[test]
+fn a_second_broker_on_a_port_a_broker_serves_is_one_clear_line() {
+    // The first broker's listeners share their port with SO_REUSEPORT; the second broker
+    // must still be refused, not join it.
+    let first = Broker::start();
+    let addr = first.addr().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = run_wharf_to_exit(
+        &[
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--shards",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_one_clear_error_line(&out, &[&addr]);
+    assert!(
+        out.stderr.contains("address already in use"),
+        "{}",
+        out.stderr
+    );
+    KafkaConn::connect(first.addr()).api_versions();
+    first.assert_no_panic();
+}
+
+#[test]
 fn metrics_port_in_use_is_one_clear_line_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let blocker = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -14,6 +14,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::client;
+use common::raw::KafkaConn;
 use common::{unique_topic, Broker};
 
 fn produce_keyed(
@@ -276,4 +277,73 @@ fn sigterm_while_producing_keeps_every_acknowledged_record() {
         );
     }
     broker.assert_no_panic();
+}
+
+/// Sockets in TIME_WAIT whose local port is `port` (from /proc/net/tcp, IPv4).
+fn time_wait_sockets_on(port: u16) -> usize {
+    const TIME_WAIT: &str = "06";
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&TIME_WAIT)
+        })
+        .count()
+}
+
+/// Stops a broker that has served clients with `stop`, then starts it again on the same
+/// port while the old connections' sockets sit in TIME_WAIT: it must come up at the first
+/// attempt (a systemd restart loop gets no second chance for a minute otherwise).
+fn restarts_on_the_same_port_after(stop: impl FnOnce(&mut Broker)) {
+    let mut broker = Broker::start();
+    let port = broker.addr().port();
+    let mut clients: Vec<KafkaConn> = (0..8)
+        .map(|_| {
+            let mut conn = KafkaConn::connect(broker.addr());
+            conn.api_versions();
+            conn
+        })
+        .collect();
+    stop(&mut broker);
+    // The broker's side closed first; once the clients close theirs it sits in TIME_WAIT.
+    for conn in &mut clients {
+        conn.expect_closed();
+    }
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while time_wait_sockets_on(port) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        time_wait_sockets_on(port) > 0,
+        "the scenario needs the old connections in TIME_WAIT"
+    );
+
+    let started = Instant::now();
+    broker.start_again_on_the_same_port(port);
+    eprintln!(
+        "listening again on port {port} after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(broker.addr().port(), port);
+    KafkaConn::connect(broker.addr()).api_versions();
+    broker.assert_no_panic();
+}
+
+#[test]
+fn a_broker_killed_with_sigkill_listens_again_on_its_port_at_once() {
+    restarts_on_the_same_port_after(|broker| broker.kill());
+}
+
+#[test]
+fn a_broker_stopped_with_sigterm_listens_again_on_its_port_at_once() {
+    restarts_on_the_same_port_after(|broker| {
+        assert!(broker.terminate().success());
+    });
 }

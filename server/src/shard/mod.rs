@@ -297,7 +297,7 @@ async fn run(start: ShardStart) {
         let _ = ready.send(Err(first));
         return;
     }
-    let listener = match glommio::net::TcpListener::bind(shard.config.listen) {
+    let listener = match crate::net::listen(shard.config.listen) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!(

@@ -40,6 +40,8 @@ pub struct Broker {
     root: tempfile::TempDir,
     extra_args: Vec<String>,
     shards: u32,
+    /// What `--listen` asks for: port 0 unless a restart must keep the port.
+    listen: String,
     addr: Option<SocketAddr>,
     incarnation: u32,
     /// The lines the broker printed after the listening line, as they come.
@@ -63,6 +65,7 @@ impl Broker {
             root,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             shards: 2,
+            listen: "127.0.0.1:0".to_string(),
             addr: None,
             incarnation: 0,
             later_stdout: None,
@@ -144,7 +147,7 @@ impl Broker {
             .expect("cannot create the broker's stderr log");
         let mut cmd = Command::new(wharf_bin());
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--shards")
@@ -212,6 +215,14 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Starts the broker again on the same data dir and the same port it last listened on
+    /// (the broker must already be stopped); fails the test if it does not come up.
+    pub fn start_again_on_the_same_port(&mut self, port: u16) {
+        assert!(self.child.is_none(), "stop the broker first");
+        self.listen = format!("127.0.0.1:{port}");
+        self.spawn();
     }
 
     /// Starts the broker again on the same data dir (and a new ephemeral port).
