@@ -23,6 +23,20 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 pub const MAX_NON_PRODUCE_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Default per-shard budget for produce requests read but not yet answered.
 pub const DEFAULT_PRODUCE_INFLIGHT_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
+/// Default per-shard budget for requests other than Produce read but not yet answered.
+pub const DEFAULT_REQUEST_INFLIGHT_BYTES_PER_SHARD: usize = 64 * 1024 * 1024;
+/// Kafka's `connections.max.idle.ms` default: ten minutes.
+pub const DEFAULT_CONNECTIONS_MAX_IDLE_MS: u64 = 600_000;
+/// Default of `socket.request.read.timeout.ms`: a client gives up on a request after its
+/// `request.timeout.ms` (30 s by default in the Java client and librdkafka), so a request
+/// whose bytes take longer than that to arrive is one nobody waits for.
+pub const DEFAULT_REQUEST_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of `socket.response.queue.max.bytes`: above a consumer's largest fetch (50 MiB
+/// in the Java client and librdkafka), so a consumer's heartbeats and commits are still read
+/// while its fetch is in flight.
+pub const DEFAULT_RESPONSE_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Kafka's `fetch.max.bytes` broker default (55 MiB): the most a Fetch response carries.
+pub const DEFAULT_FETCH_MAX_BYTES: usize = 57_671_680;
 /// Default per-shard budget of the engine's cache of recent batches.
 pub const DEFAULT_LOG_CACHE_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
 /// Kafka's `offsets.topic.num.partitions` default.
@@ -107,6 +121,19 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// `produce.inflight.max.bytes`: per-shard budget of produce requests being handled.
     pub produce_inflight_bytes_per_shard: usize,
+    /// `request.inflight.max.bytes`: per-shard budget of the other requests being handled.
+    pub request_inflight_bytes_per_shard: usize,
+    /// `connections.max.idle.ms`: a connection with nothing in flight and no bytes moving
+    /// for this long is closed (Kafka's setting and default).
+    pub connections_max_idle_ms: u64,
+    /// `socket.request.read.timeout.ms`: once a request's first byte has arrived, all of it
+    /// must arrive within this, or its connection is closed.
+    pub request_read_timeout_ms: u64,
+    /// `socket.response.queue.max.bytes`: per connection, responses not yet read by the
+    /// client past which no more of its requests are read.
+    pub response_queue_max_bytes: usize,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries (Kafka's).
+    pub fetch_max_bytes: usize,
     /// `log.cache.bytes`: per-shard budget of the cache of recent batches.
     pub log_cache_bytes_per_shard: usize,
     /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not
@@ -124,6 +151,11 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The largest frame of a request other than Produce (which carries no records).
+    pub fn max_non_produce_request_bytes(&self) -> usize {
+        self.max_request_bytes.min(MAX_NON_PRODUCE_REQUEST_BYTES)
+    }
+
     /// The advertised address once the listening port is known.
     pub fn with_bound_port(mut self, port: u16) -> BrokerConfig {
         self.listen.set_port(port);
@@ -262,6 +294,38 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
             "produce.inflight.max.bytes ({produce_inflight_bytes_per_shard}) must be at least socket.request.max.bytes ({max_request_bytes})"
         )));
     }
+    let non_produce_max = max_request_bytes.min(MAX_NON_PRODUCE_REQUEST_BYTES);
+    let request_inflight = settings
+        .take_int("request.inflight.max.bytes")?
+        .unwrap_or(DEFAULT_REQUEST_INFLIGHT_BYTES_PER_SHARD as i64);
+    let request_inflight_bytes_per_shard = int_in(
+        "request.inflight.max.bytes",
+        request_inflight,
+        non_produce_max as i64,
+        1 << 40,
+    )? as usize;
+    let idle = settings
+        .take_int("connections.max.idle.ms")?
+        .unwrap_or(DEFAULT_CONNECTIONS_MAX_IDLE_MS as i64);
+    let connections_max_idle_ms = int_in("connections.max.idle.ms", idle, 1, i64::MAX)? as u64;
+    let read_timeout = settings
+        .take_int("socket.request.read.timeout.ms")?
+        .unwrap_or(DEFAULT_REQUEST_READ_TIMEOUT_MS as i64);
+    let request_read_timeout_ms =
+        int_in("socket.request.read.timeout.ms", read_timeout, 1, i64::MAX)? as u64;
+    let response_queue = settings
+        .take_int("socket.response.queue.max.bytes")?
+        .unwrap_or(DEFAULT_RESPONSE_QUEUE_MAX_BYTES as i64);
+    let response_queue_max_bytes = int_in(
+        "socket.response.queue.max.bytes",
+        response_queue,
+        1,
+        1 << 40,
+    )? as usize;
+    let fetch_max = settings
+        .take_int("fetch.max.bytes")?
+        .unwrap_or(DEFAULT_FETCH_MAX_BYTES as i64);
+    let fetch_max_bytes = int_in("fetch.max.bytes", fetch_max, 1024, i32::MAX as i64)? as usize;
     let cache = settings
         .take_int("log.cache.bytes")?
         .unwrap_or(DEFAULT_LOG_CACHE_BYTES_PER_SHARD as i64);
@@ -308,6 +372,11 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         offsets_topic_num_partitions,
         max_request_bytes,
         produce_inflight_bytes_per_shard,
+        request_inflight_bytes_per_shard,
+        connections_max_idle_ms,
+        request_read_timeout_ms,
+        response_queue_max_bytes,
+        fetch_max_bytes,
         log_cache_bytes_per_shard,
         producer_id_expiration_ms,
         retention_check_interval_ms,

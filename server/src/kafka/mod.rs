@@ -45,13 +45,13 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::sync::StaticPermit;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use wharf_protocol::frame::{encode_response, RequestHead};
 use wharf_protocol::legacy::{self, LegacyRequest, LegacyResponse};
 
 use crate::metadata::{TopicMeta, TopicPartition};
+use crate::shard::budget::{Grant, Reservation, ResponseBacklog};
 use crate::shard::{oneshot, Shard, ShardId};
 
 /// What the connection does with a request once its handler is done.
@@ -87,8 +87,10 @@ pub struct RequestContext {
     pub correlation_id: i32,
     pub client_id: Option<StrBytes>,
     pub peer: Option<SocketAddr>,
-    /// The produce memory budget this request holds until it is answered.
-    _produce_permit: Option<StaticPermit>,
+    /// The shard's request memory this request holds until it is answered.
+    _memory: Option<Grant>,
+    /// The response bytes its connection owes the client (none outside a connection).
+    backlog: Option<Rc<ResponseBacklog>>,
     /// Lets the connection read its next request; sent (or dropped) once this request's
     /// order-sensitive work is queued.
     dispatched: RefCell<Option<oneshot::Sender<()>>>,
@@ -103,7 +105,7 @@ impl RequestContext {
         shard: Rc<Shard>,
         head: RequestHead,
         peer: Option<SocketAddr>,
-        produce_permit: Option<StaticPermit>,
+        memory: Option<Grant>,
         dispatched: oneshot::Sender<()>,
     ) -> RequestContext {
         RequestContext {
@@ -113,16 +115,32 @@ impl RequestContext {
             correlation_id: head.correlation_id,
             client_id: head.client_id,
             peer,
-            _produce_permit: produce_permit,
+            _memory: memory,
+            backlog: None,
             dispatched: RefCell::new(Some(dispatched)),
             received_at: Instant::now(),
             failed: Cell::new(false),
         }
     }
 
+    /// Counts this request's response against its connection's backlog (see
+    /// [`RequestContext::reserve_response_bytes`]).
+    pub fn with_backlog(mut self, backlog: Rc<ResponseBacklog>) -> RequestContext {
+        self.backlog = Some(backlog);
+        self
+    }
+
+    /// Holds `bytes` of the connection's response backlog for a response that may grow to
+    /// that size (a Fetch), until the reservation is dropped; the connection reads no more
+    /// requests while its backlog is full. Nothing outside a connection.
+    pub fn reserve_response_bytes(&self, bytes: usize) -> Option<Reservation> {
+        self.backlog.as_ref().map(|b| b.reserve(bytes))
+    }
+
     /// Lets the connection read its next request. Handlers whose effects must follow
-    /// request order (Produce) call this once those effects are queued; the router calls it
-    /// up front for every other API.
+    /// request order (Produce) call this once those effects are queued, Fetch once it has
+    /// reserved its response bytes; the router calls it up front for every other API (and
+    /// dropping the context releases it too).
     pub fn release_connection(&self) {
         if let Some(tx) = self.dispatched.borrow_mut().take() {
             tx.send(());

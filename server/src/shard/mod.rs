@@ -2,6 +2,7 @@
 //! partitions, its cache and its budgets. Nothing here is shared between shards; they talk
 //! only through the [`mesh`].
 
+pub mod budget;
 pub mod event;
 pub mod mesh;
 pub mod oneshot;
@@ -12,7 +13,6 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use wharf_engine::BatchCache;
 
@@ -52,8 +52,11 @@ pub struct Shard {
     pub partitions: PartitionRegistry,
     pub cache: Rc<BatchCache>,
     /// Bytes of produce requests read from sockets and not yet answered. A connection
-    /// that cannot get budget for its next produce request stops reading its socket.
-    pub produce_budget: Rc<Semaphore>,
+    /// that cannot get budget for the bytes of its next produce request stops reading its
+    /// socket.
+    pub produce_budget: budget::Budget,
+    /// The same for every other request.
+    pub request_budget: budget::Budget,
     controller: Option<Controller>,
     /// Set when the broker shuts down: stop accepting and reading new requests.
     pub shutdown: Rc<Latch>,
@@ -80,9 +83,8 @@ impl Shard {
             id,
             shard_count: config.shards,
             cache: BatchCache::new(config.log_cache_bytes_per_shard),
-            produce_budget: Rc::new(Semaphore::new(
-                config.produce_inflight_bytes_per_shard as u64,
-            )),
+            produce_budget: budget::Budget::new(config.produce_inflight_bytes_per_shard),
+            request_budget: budget::Budget::new(config.request_inflight_bytes_per_shard),
             config,
             mesh,
             metadata: RefCell::new(Rc::new(image)),

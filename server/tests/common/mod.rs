@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod http;
 pub mod old;
 pub mod raw;
 
@@ -72,6 +73,45 @@ impl Broker {
         };
         broker.spawn();
         broker
+    }
+
+    /// Like `start_with`, with these settings in a configuration file (`--config`).
+    pub fn start_with_settings(settings: &str, extra_args: &[&str]) -> Broker {
+        let root = tempfile::Builder::new()
+            .prefix("wharf-it-")
+            .tempdir()
+            .expect("cannot create a temp dir for the broker");
+        let config = root.path().join("wharf.toml");
+        std::fs::write(&config, settings).expect("cannot write the broker's config file");
+        let mut args = vec![
+            "--config".to_string(),
+            config.to_str().expect("utf-8 temp path").to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut broker = Broker {
+            child: None,
+            root,
+            extra_args: args,
+            shards: 2,
+            listen: "127.0.0.1:0".to_string(),
+            addr: None,
+            incarnation: 0,
+            later_stdout: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// The broker process's resident memory (VmRSS in /proc/PID/status), in bytes.
+    pub fn rss_bytes(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("cannot read the broker's /proc status");
+        let kib: usize = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,0 +1,302 @@
+//! Clients that try to exhaust the broker, with real sockets against a real `wharf`: bare
+//! request headers claiming large frames on many connections, requests trickled a byte at a
+//! time (slowloris), connections left idle, fetches naming one partition hundreds of times
+//! and never read. Each test asserts that a well-behaved client is served throughout and
+//! that the broker's resident memory stays within its configured budgets plus a small
+//! fixed allowance per connection (the settings below are small so that the bound means
+//! something).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+use kafka_protocol::records::Compression;
+
+use common::raw::{
+    ensure_topic, error_code, header_v1, produce_one, record_batch, topic_name, KafkaConn,
+};
+use common::{unique_topic, Broker};
+
+const SHARDS: usize = 2;
+const MIB: usize = 1024 * 1024;
+const PRODUCE_BUDGET: usize = 16 * MIB;
+const REQUEST_BUDGET: usize = 8 * MIB;
+const CACHE_BUDGET: usize = 8 * MIB;
+const FETCH_MAX_BYTES: usize = MIB;
+const RESPONSE_QUEUE_BYTES: usize = 2 * MIB;
+const READ_TIMEOUT_MS: u64 = 2_000;
+const IDLE_MS: u64 = 3_000;
+/// What one connection may cost beyond the budgets: its tasks, its queue of in-flight
+/// requests, a read buffer while a request arrives (about 11 KiB measured).
+const PER_CONNECTION_ALLOWANCE: usize = 32 * 1024;
+/// Room for the allocator's own rounding and fragmentation across the run.
+const SLACK: usize = 16 * MIB;
+
+fn settings() -> String {
+    format!(
+        "socket.request.max.bytes = {}\n\
+         produce.inflight.max.bytes = {PRODUCE_BUDGET}\n\
+         request.inflight.max.bytes = {REQUEST_BUDGET}\n\
+         log.cache.bytes = {CACHE_BUDGET}\n\
+         fetch.max.bytes = {FETCH_MAX_BYTES}\n\
+         socket.response.queue.max.bytes = {RESPONSE_QUEUE_BYTES}\n\
+         socket.request.read.timeout.ms = {READ_TIMEOUT_MS}\n\
+         connections.max.idle.ms = {IDLE_MS}\n",
+        8 * MIB
+    )
+}
+
+fn broker() -> Broker {
+    Broker::start_with_settings(&settings(), &[])
+}
+
+/// The most the broker may hold once `baseline` (measured after a warm-up) is known:
+/// every shard's budgets full, each connection's allowance, and for connections that are
+/// owed responses, their response queue and one more response.
+fn memory_bound(baseline: usize, connections: usize, owed_responses: usize) -> usize {
+    baseline
+        + SHARDS * (PRODUCE_BUDGET + REQUEST_BUDGET + CACHE_BUDGET)
+        + connections * PER_CONNECTION_ALLOWANCE
+        + owed_responses * (RESPONSE_QUEUE_BYTES + FETCH_MAX_BYTES)
+        + SLACK
+}
+
+/// A well-behaved client: it produces a record and reads it back. Returns the offset.
+fn serve_a_normal_client(broker: &Broker, topic: &str, tag: &str) -> i64 {
+    let mut conn = KafkaConn::connect(broker.addr());
+    let value = Bytes::from(format!("normal-{tag}"));
+    let (error, offset) = produce_one(
+        &mut conn,
+        9,
+        topic,
+        0,
+        record_batch(std::slice::from_ref(&value), Compression::None),
+    );
+    assert_eq!(error, error_code::NONE, "a normal produce failed");
+    let resp = fetch(&mut conn, topic, &[(0, offset)], MIB as i32);
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, error_code::NONE);
+    let records = p.records.as_ref().expect("records");
+    assert!(
+        records.windows(value.len()).any(|w| w == value),
+        "the normal client's record did not come back"
+    );
+    offset
+}
+
+fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_bytes: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(0)
+        .with_max_bytes(max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(topic))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&(partition, offset)| {
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(offset)
+                            .with_log_start_offset(-1)
+                            .with_current_leader_epoch(-1)
+                            .with_partition_max_bytes(MIB as i32)
+                    })
+                    .collect(),
+            )])
+}
+
+fn fetch(
+    conn: &mut KafkaConn,
+    topic: &str,
+    partitions: &[(i32, i64)],
+    max_bytes: i32,
+) -> FetchResponse {
+    conn.request(11, &fetch_request(topic, partitions, max_bytes))
+}
+
+/// Samples the broker's RSS every few milliseconds while `during` runs; the highest.
+fn peak_rss_while(broker: &Broker, during: impl FnOnce()) -> usize {
+    let pid = broker.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                if let Some(rss) = rss_of(pid) {
+                    peak = peak.max(rss);
+                }
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    during();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().expect("the sampler thread")
+}
+
+fn rss_of(pid: i32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// A topic with a partition to serve normal clients, warmed up; and the RSS after that.
+fn warmed_up(broker: &Broker) -> (String, usize) {
+    let topic = unique_topic("dos");
+    let mut conn = KafkaConn::connect(broker.addr());
+    ensure_topic(&mut conn, &topic);
+    for i in 0..3 {
+        serve_a_normal_client(broker, &topic, &format!("warm-{i}"));
+    }
+    (topic, broker.rss_bytes())
+}
+
+fn assert_within(peak: usize, bound: usize, what: &str) {
+    eprintln!(
+        "{what}: peak RSS {:.1} MiB, bound {:.1} MiB",
+        peak as f64 / MIB as f64,
+        bound as f64 / MIB as f64
+    );
+    assert!(
+        peak <= bound,
+        "{what}: the broker's RSS reached {peak} bytes, past its bound of {bound}"
+    );
+}
+
+/// A request header whose size prefix claims `size` bytes, and nothing more.
+fn bare_header(api_key: ApiKey, version: i16, size: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(size as i32).to_be_bytes());
+    bytes.extend_from_slice(&header_v1(api_key as i16, version, 1));
+    bytes
+}
+
+#[test]
+fn bare_headers_claiming_large_frames_hold_no_memory_and_are_closed() {
+    let broker = broker();
+    let (topic, baseline) = warmed_up(&broker);
+    const CONNECTIONS: usize = 300;
+    let mut hostile = Vec::with_capacity(CONNECTIONS);
+    let peak = peak_rss_while(&broker, || {
+        for i in 0..CONNECTIONS {
+            let mut conn = KafkaConn::connect(broker.addr());
+            // Produce may claim the whole socket.request.max.bytes; the others 8 MiB.
+            let header = if i % 2 == 0 {
+                bare_header(ApiKey::Produce, 9, 8 * MIB)
+            } else {
+                bare_header(ApiKey::Metadata, 12, 8 * MIB)
+            };
+            conn.write_raw(&header).expect("write a header");
+            hostile.push(conn);
+        }
+        // Meanwhile a normal client, producing too, is served: the claimed sizes took
+        // nothing from the produce budget.
+        serve_a_normal_client(&broker, &topic, "during");
+    });
+    assert_within(
+        peak,
+        memory_bound(baseline, CONNECTIONS + 2, 0),
+        "bare headers",
+    );
+    // None of these requests arrives whole within the read timeout: each is closed.
+    for conn in &mut hostile {
+        conn.expect_closed();
+    }
+    serve_a_normal_client(&broker, &topic, "after");
+    broker.assert_no_panic();
+}
+
+#[test]
+fn requests_trickled_a_few_bytes_at_a_time_are_closed_after_the_read_timeout() {
+    let broker = broker();
+    let (topic, baseline) = warmed_up(&broker);
+    const CONNECTIONS: usize = 100;
+    let started = Instant::now();
+    let mut streams: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect(broker.addr()).expect("connect");
+            s.write_all(&bare_header(ApiKey::Produce, 9, MIB))
+                .expect("write a header");
+            s
+        })
+        .collect();
+    let mut closed = vec![false; CONNECTIONS];
+    let peak = peak_rss_while(&broker, || {
+        // 64 bytes per connection every 100 ms: the request would take minutes to arrive.
+        while closed.iter().any(|c| !c) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "trickling connections were never closed"
+            );
+            for (stream, closed) in streams.iter_mut().zip(closed.iter_mut()) {
+                if !*closed && stream.write_all(&[0x55; 64]).is_err() {
+                    *closed = true;
+                }
+            }
+            serve_a_normal_client(&broker, &topic, "during");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(READ_TIMEOUT_MS),
+        "closed after {took:?}, before the read timeout"
+    );
+    assert_within(
+        peak,
+        memory_bound(baseline, CONNECTIONS + 2, 0),
+        "slowloris",
+    );
+    serve_a_normal_client(&broker, &topic, "after");
+    broker.assert_no_panic();
+}
+
+#[test]
+fn idle_connections_are_closed_but_a_long_poll_is_not_idle() {
+    let broker = broker();
+    let (topic, _) = warmed_up(&broker);
+    let mut idle: Vec<KafkaConn> = (0..20)
+        .map(|_| {
+            let mut conn = KafkaConn::connect(broker.addr());
+            conn.api_versions();
+            conn
+        })
+        .collect();
+    // A fetch waiting for data longer than the idle timeout: the connection has a request
+    // in flight, so it is not idle, and gets its answer.
+    let mut polling = KafkaConn::connect(broker.addr());
+    let end = serve_a_normal_client(&broker, &topic, "before") + 1;
+    let wait_ms = IDLE_MS as i32 + 2_000;
+    let req = fetch_request(&topic, &[(0, end)], MIB as i32)
+        .with_max_wait_ms(wait_ms)
+        .with_min_bytes(1);
+    let sent = Instant::now();
+    let correlation_id = polling.send(11, &req);
+    for conn in &mut idle {
+        conn.expect_closed();
+    }
+    let resp: FetchResponse = polling.receive::<FetchRequest>(11, correlation_id);
+    assert!(sent.elapsed() >= Duration::from_millis(wait_ms as u64 - 100));
+    assert_eq!(resp.responses[0].partitions[0].error_code, error_code::NONE);
+    serve_a_normal_client(&broker, &topic, "after");
+    broker.assert_no_panic();
+}
