@@ -12,13 +12,15 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
 use kafka_protocol::records::Compression;
 
+use common::http::{must, scrape};
 use common::raw::{
-    ensure_topic, error_code, header_v1, produce_one, record_batch, topic_name, KafkaConn,
+    encode_request, ensure_topic, error_code, header_v1, produce_one, record_batch, topic_name,
+    KafkaConn,
 };
 use common::{unique_topic, Broker};
 
@@ -297,6 +299,135 @@ fn idle_connections_are_closed_but_a_long_poll_is_not_idle() {
     let resp: FetchResponse = polling.receive::<FetchRequest>(11, correlation_id);
     assert!(sent.elapsed() >= Duration::from_millis(wait_ms as u64 - 100));
     assert_eq!(resp.responses[0].partitions[0].error_code, error_code::NONE);
+    serve_a_normal_client(&broker, &topic, "after");
+    broker.assert_no_panic();
+}
+
+/// `count` batches of about 64 KiB into partition 0; returns the offset after them.
+fn fill_partition(broker: &Broker, topic: &str, count: usize) -> i64 {
+    let mut conn = KafkaConn::connect(broker.addr());
+    let value = Bytes::from(vec![0x5au8; 64 * 1024 - 100]);
+    let mut end = 0;
+    for _ in 0..count {
+        let (error, offset) = produce_one(
+            &mut conn,
+            9,
+            topic,
+            0,
+            record_batch(std::slice::from_ref(&value), Compression::None),
+        );
+        assert_eq!(error, error_code::NONE);
+        end = offset + 1;
+    }
+    end
+}
+
+#[test]
+fn a_fetch_naming_one_partition_many_times_is_answered_once_within_fetch_max_bytes() {
+    let broker = broker();
+    let (topic, baseline) = warmed_up(&broker);
+    fill_partition(&broker, &topic, 48);
+
+    let mut conn = KafkaConn::connect(broker.addr());
+    let named = vec![(0, 0); 256];
+    let resp = fetch(&mut conn, &topic, &named, i32::MAX);
+    assert_eq!(resp.responses.len(), 1);
+    let partitions = &resp.responses[0].partitions;
+    assert_eq!(partitions.len(), 1, "the partition is answered once");
+    let records = partitions[0].records.as_ref().expect("records");
+    assert!(!records.is_empty());
+    assert!(
+        records.len() <= FETCH_MAX_BYTES,
+        "{} bytes of records past fetch.max.bytes",
+        records.len()
+    );
+
+    // Four of them pipelined and left unread for a while, on each of four connections.
+    const CONNECTIONS: usize = 4;
+    let frame = {
+        let payload = encode_request(1, 11, &fetch_request(&topic, &named, i32::MAX));
+        let mut b = BytesMut::new();
+        b.put_i32(payload.len() as i32);
+        b.put_slice(&payload);
+        b.freeze()
+    };
+    let mut greedy: Vec<KafkaConn> = (0..CONNECTIONS)
+        .map(|_| KafkaConn::connect(broker.addr()))
+        .collect();
+    let peak = peak_rss_while(&broker, || {
+        for conn in &mut greedy {
+            for _ in 0..4 {
+                conn.write_raw(&frame).expect("write a fetch");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        serve_a_normal_client(&broker, &topic, "during");
+    });
+    assert_within(
+        peak,
+        memory_bound(baseline, CONNECTIONS + 2, CONNECTIONS),
+        "fetch amplification",
+    );
+    for conn in &mut greedy {
+        for _ in 0..4 {
+            let frame = conn.read_frame();
+            assert!(
+                frame.len() <= FETCH_MAX_BYTES + 64 * 1024,
+                "{}",
+                frame.len()
+            );
+        }
+    }
+    broker.assert_no_panic();
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_stops_being_read() {
+    let broker = Broker::start_with_settings(&settings(), &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = broker.metrics_addr();
+    let (topic, baseline) = warmed_up(&broker);
+    fill_partition(&broker, &topic, 24);
+    let fetches_answered = || must(&scrape(metrics), "wharf_requests_total{api=\"Fetch\"}");
+    let before = fetches_answered();
+    let mut frame = BytesMut::new();
+    let payload = encode_request(1, 11, &fetch_request(&topic, &[(0, 0)], i32::MAX));
+    frame.put_i32(payload.len() as i32);
+    frame.put_slice(&payload);
+    let frame = frame.freeze();
+
+    let mut stream = TcpStream::connect(broker.addr()).expect("connect");
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("write timeout");
+    let mut sent = 0usize;
+    let peak = peak_rss_while(&broker, || {
+        // Send fetches of a megabyte each for two seconds and read nothing.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            match stream.write_all(&frame) {
+                Ok(()) => sent += 1,
+                Err(_) => break,
+            }
+        }
+        serve_a_normal_client(&broker, &topic, "during");
+    });
+    let answered = fetches_answered() - before;
+    eprintln!("sent {sent} fetches, the broker answered {answered}");
+    // What fits the socket buffers and the response queue, not what was sent.
+    assert!(sent > 1_000, "only {sent} fetches were sent");
+    assert!(
+        answered < 100.0,
+        "the broker kept answering fetches nobody reads: {answered}"
+    );
+    assert_within(peak, memory_bound(baseline, 3, 1), "unread responses");
+    // With nothing moving either way, the connection is closed once idle.
+    let open = || must(&scrape(metrics), "wharf_open_connections");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while open() > 0.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(open(), 0.0, "the connection nobody reads was never closed");
+    drop(stream);
     serve_a_normal_client(&broker, &topic, "after");
     broker.assert_no_panic();
 }

@@ -1,8 +1,8 @@
 //! Produce and Fetch rules clients depend on, over a raw connection: acks=0 gets no response,
 //! one Produce fans out to partitions on both shards, the Fetch size limits still return the
 //! first batch whole, a batch starting before the fetch offset comes back whole, out-of-range
-//! offsets, and read_committed's last stable offset. (Produce v0–2 and Fetch v0–3 are in
-//! old_records.rs.)
+//! offsets, read_committed's last stable offset, and a partition named twice in one Fetch
+//! answered once, as Kafka does. (Produce v0–2 and Fetch v0–3 are in old_records.rs.)
 
 mod common;
 
@@ -410,4 +410,67 @@ fn fetch_with_nothing_to_return_answers_after_max_wait() {
     assert!(part.records.unwrap_or_default().is_empty());
     assert_eq!(part.high_watermark, 0);
     broker.assert_no_panic();
+}
+
+#[test]
+fn a_partition_named_twice_in_one_fetch_is_answered_once_where_first_named() {
+    // Kafka keys a fetch by partition (a LinkedHashMap): a later mention replaces the
+    // earlier one's offset and limits but keeps its place, and the response lists a topic
+    // again only when its partitions are not consecutive.
+    let b = Broker::start_with(&["--num-partitions", "2"]);
+    let topic = unique_topic("fetch-dup");
+    let mut conn = KafkaConn::connect(b.addr());
+    ensure_topic(&mut conn, &topic);
+    let v = versions(&mut conn);
+    for i in 0..3 {
+        let value = Bytes::from(format!("p0-{i}"));
+        let (error, _) = produce_one(
+            &mut conn,
+            v.produce,
+            &topic,
+            0,
+            record_batch(&[value], Compression::None),
+        );
+        assert_eq!(error, error_code::NONE);
+    }
+    let part = |partition: i32, offset: i64| {
+        FetchPartition::default()
+            .with_partition(partition)
+            .with_fetch_offset(offset)
+            .with_log_start_offset(-1)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let req = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(topic_name(&topic))
+                .with_partitions(vec![part(0, 0), part(1, 0)]),
+            FetchTopic::default()
+                .with_topic(topic_name(&topic))
+                .with_partitions(vec![part(0, 2)]),
+        ]);
+    let resp: FetchResponse = conn.request(v.fetch, &req);
+    let listed: Vec<(String, Vec<i32>)> = resp
+        .responses
+        .iter()
+        .map(|t| {
+            (
+                t.topic.to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![(topic.clone(), vec![0, 1])]);
+    let p0 = &resp.responses[0].partitions[0];
+    let (batches, _) = batches(p0.records.as_ref().expect("records"));
+    let first_offsets: Vec<i64> = batches.iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(
+        first_offsets,
+        vec![2],
+        "partition 0 is read from the last offset named"
+    );
 }

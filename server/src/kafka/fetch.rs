@@ -16,13 +16,19 @@
 //! batches are converted down after the read (`wharf_protocol::convert::down_convert`),
 //! as Kafka 3.x did; v4+ readers get the stored bytes untouched. Before v10 (KIP-110) a
 //! topic whose `compression.type` is zstd answers UNSUPPORTED_COMPRESSION_TYPE, as Kafka.
+//!
+//! As in Kafka, `fetch.max.bytes` (the broker's) caps `max_bytes`, so one request cannot
+//! ask for more than that, and a partition named twice in one request is fetched and
+//! answered once: Kafka keys a fetch by partition, so a later mention replaces the earlier
+//! one's offset and limits and keeps its place in the response.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
 use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
@@ -50,8 +56,8 @@ const MAX_MESSAGE_SET_FETCH_VERSION: i16 = 3;
 /// One partition's read request, as sent to its owning shard.
 #[derive(Copy, Clone, Debug)]
 struct ReadSpec {
-    /// Position in the request (topic, partition).
-    slot: (usize, usize),
+    /// Position among the request's distinct partitions.
+    slot: usize,
     fetch_offset: i64,
     partition_max_bytes: usize,
     current_leader_epoch: i32,
@@ -102,12 +108,20 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = request.max_bytes.max(0) as usize;
+    // KIP-74, capped by the broker's `fetch.max.bytes` as in Kafka.
+    let max_bytes = (request.max_bytes.max(0) as usize).min(ctx.shard.config.fetch_max_bytes);
+    // The response may grow to `max_bytes`: the connection counts it as owed to the client
+    // from now on, so a client that pipelines fetches and reads nothing is not read either.
+    let _reservation = ctx.reserve_response_bytes(max_bytes);
+    ctx.release_connection();
 
     let image = ctx.shard.metadata();
-    let mut answers: Vec<Vec<Option<PartitionRead>>> = Vec::with_capacity(request.topics.len());
+    let wanted = distinct_partitions(&request);
+    let mut answers: Vec<Option<PartitionRead>> = Vec::with_capacity(wanted.len());
     let mut specs: Vec<(TopicPartition, ReadSpec)> = Vec::new();
-    for (ti, topic) in request.topics.iter().enumerate() {
+    for (slot, w) in wanted.iter().enumerate() {
+        let topic = &request.topics[w.topic];
+        let p = &topic.partitions[w.partition];
         // KIP-516: from v13 topics are named by id.
         let by_id = version >= MIN_TOPIC_ID_FETCH_VERSION;
         let meta = if by_id {
@@ -122,31 +136,27 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         };
         let zstd_refused =
             version < MIN_ZSTD_FETCH_VERSION && meta.is_some_and(|t| stores_zstd(&ctx, t));
-        let mut row = Vec::with_capacity(topic.partitions.len());
-        for (pi, p) in topic.partitions.iter().enumerate() {
-            match meta.and_then(|t| t.partition(p.partition)) {
-                Some(_) if zstd_refused => row.push(Some(PartitionRead::error(
-                    ResponseError::UnsupportedCompressionType,
-                ))),
-                Some(tp) => {
-                    specs.push((
-                        tp,
-                        ReadSpec {
-                            slot: (ti, pi),
-                            fetch_offset: p.fetch_offset,
-                            partition_max_bytes: p.partition_max_bytes.max(0) as usize,
-                            current_leader_epoch: p.current_leader_epoch,
-                        },
-                    ));
-                    row.push(None);
-                }
-                None if meta.is_some() => row.push(Some(PartitionRead::error(
-                    ResponseError::UnknownTopicOrPartition,
-                ))),
-                None => row.push(Some(PartitionRead::error(unknown))),
+        match meta.and_then(|t| t.partition(p.partition)) {
+            Some(_) if zstd_refused => answers.push(Some(PartitionRead::error(
+                ResponseError::UnsupportedCompressionType,
+            ))),
+            Some(tp) => {
+                specs.push((
+                    tp,
+                    ReadSpec {
+                        slot,
+                        fetch_offset: p.fetch_offset,
+                        partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+                        current_leader_epoch: p.current_leader_epoch,
+                    },
+                ));
+                answers.push(None);
             }
+            None if meta.is_some() => answers.push(Some(PartitionRead::error(
+                ResponseError::UnknownTopicOrPartition,
+            ))),
+            None => answers.push(Some(PartitionRead::error(unknown))),
         }
-        answers.push(row);
     }
 
     loop {
@@ -160,7 +170,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             || ctx.shard.shutdown.is_set();
         if done {
             for ((_, spec), (_, read)) in specs.iter().zip(reads) {
-                answers[spec.slot.0][spec.slot.1] = Some(read);
+                answers[spec.slot] = Some(read);
             }
             break;
         }
@@ -175,7 +185,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
 
     if version <= MAX_MESSAGE_SET_FETCH_VERSION {
         for (_, spec) in &specs {
-            if let Some(read) = answers[spec.slot.0][spec.slot.1].as_mut() {
+            if let Some(read) = answers[spec.slot].as_mut() {
                 convert_down(read, fetch_magic(version), spec.fetch_offset);
                 // Conversion is CPU work on this shard: let other tasks run in between.
                 glommio::yield_if_needed().await;
@@ -187,52 +197,50 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let mut remaining = max_bytes;
     let mut included_any = false;
     let mut response = FetchResponse::default();
-    response.responses = request
-        .topics
-        .into_iter()
-        .zip(answers)
-        .map(|(topic, row)| {
-            let mut t = FetchableTopicResponse::default();
-            t.topic = topic.topic;
-            t.topic_id = topic.topic_id;
-            t.partitions = topic
-                .partitions
-                .iter()
-                .zip(row)
-                .map(|(p, read)| {
-                    let mut read = read
-                        .unwrap_or_else(|| PartitionRead::error(ResponseError::UnknownServerError));
-                    if !read.records.is_empty() {
-                        let mut keep = whole_batches_prefix(&read.records, remaining);
-                        if keep == 0 && !included_any {
-                            keep = whole_batches_prefix(&read.records, usize::MAX)
-                                .min(first_batch_len(&read.records));
-                        }
-                        read.records.truncate(keep);
-                        remaining = remaining.saturating_sub(keep);
-                        included_any |= keep > 0;
-                    }
-                    let mut d = PartitionData::default();
-                    d.partition_index = p.partition;
-                    d.error_code = read.error.map_or(0, |e| e.code());
-                    if d.error_code != 0 {
-                        ctx.note_error();
-                    }
-                    d.high_watermark = read.high_watermark;
-                    d.last_stable_offset = read.last_stable_offset;
-                    if version >= 5 {
-                        d.log_start_offset = read.log_start_offset;
-                    }
-                    // KIP-98: read_committed gets the (empty) list of aborted transactions.
-                    d.aborted_transactions = read_committed.then(Vec::new);
-                    d.preferred_read_replica = BrokerId(-1);
-                    d.records = Some(read.records);
-                    d
-                })
-                .collect();
-            t
-        })
-        .collect();
+    for (w, read) in wanted.iter().zip(answers) {
+        let topic = &request.topics[w.topic];
+        let p = &topic.partitions[w.partition];
+        let mut read =
+            read.unwrap_or_else(|| PartitionRead::error(ResponseError::UnknownServerError));
+        if !read.records.is_empty() {
+            let mut keep = whole_batches_prefix(&read.records, remaining);
+            if keep == 0 && !included_any {
+                keep = whole_batches_prefix(&read.records, usize::MAX)
+                    .min(first_batch_len(&read.records));
+            }
+            read.records.truncate(keep);
+            remaining = remaining.saturating_sub(keep);
+            included_any |= keep > 0;
+        }
+        let mut d = PartitionData::default();
+        d.partition_index = p.partition;
+        d.error_code = read.error.map_or(0, |e| e.code());
+        if d.error_code != 0 {
+            ctx.note_error();
+        }
+        d.high_watermark = read.high_watermark;
+        d.last_stable_offset = read.last_stable_offset;
+        if version >= 5 {
+            d.log_start_offset = read.log_start_offset;
+        }
+        // KIP-98: read_committed gets the (empty) list of aborted transactions.
+        d.aborted_transactions = read_committed.then(Vec::new);
+        d.preferred_read_replica = BrokerId(-1);
+        d.records = Some(read.records);
+        // Kafka's response lists a topic again when its partitions are not consecutive.
+        match response.responses.last_mut() {
+            Some(t) if t.topic == topic.topic && t.topic_id == topic.topic_id => {
+                t.partitions.push(d)
+            }
+            _ => {
+                let mut t = FetchableTopicResponse::default();
+                t.topic = topic.topic.clone();
+                t.topic_id = topic.topic_id;
+                t.partitions.push(d);
+                response.responses.push(t);
+            }
+        }
+    }
     ctx.respond_any(ApiKey::Fetch, &response)
 }
 
@@ -271,6 +279,37 @@ fn convert_down(read: &mut PartitionRead, magic: i8, fetch_offset: i64) {
             });
         }
     }
+}
+
+/// Where a distinct partition of the request was last named: (topic, partition) indexes
+/// into the request.
+#[derive(Copy, Clone, Debug)]
+struct Wanted {
+    topic: usize,
+    partition: usize,
+}
+
+/// The request's partitions, each once, in the order they were first named, each with the
+/// place it was last named (Kafka builds a `LinkedHashMap` keyed by partition).
+fn distinct_partitions(request: &FetchRequest) -> Vec<Wanted> {
+    let mut seen: HashMap<(&TopicName, uuid::Uuid, i32), usize> = HashMap::new();
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for (ti, topic) in request.topics.iter().enumerate() {
+        for (pi, p) in topic.partitions.iter().enumerate() {
+            let here = Wanted {
+                topic: ti,
+                partition: pi,
+            };
+            match seen.entry((&topic.topic, topic.topic_id, p.partition)) {
+                std::collections::hash_map::Entry::Occupied(e) => wanted[*e.get()] = here,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(wanted.len());
+                    wanted.push(here);
+                }
+            }
+        }
+    }
+    wanted
 }
 
 /// Reads every partition on its owning shard; results in the order of `specs`.

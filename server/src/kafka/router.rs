@@ -107,7 +107,9 @@ pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
     let route = slot.map(|i| &ROUTES[i]);
     let result = match route {
         Some(route) if route.supports(ctx.api_version) || route.api_key == ApiKey::ApiVersions => {
-            if route.api_key != ApiKey::Produce {
+            // Produce releases the connection once its appends are queued, Fetch once its
+            // response is counted against the connection's backlog.
+            if !matches!(route.api_key, ApiKey::Produce | ApiKey::Fetch) {
                 ctx.release_connection();
             }
             (route.handler)(ctx.clone(), body).await
