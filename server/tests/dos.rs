@@ -431,3 +431,48 @@ fn a_client_that_never_reads_its_responses_stops_being_read() {
     serve_a_normal_client(&broker, &topic, "after");
     broker.assert_no_panic();
 }
+
+#[test]
+fn idle_connections_to_the_metrics_port_do_not_lock_scrapers_out() {
+    let broker = Broker::start_with_settings(&settings(), &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = broker.metrics_addr();
+    let (_, baseline) = warmed_up(&broker);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Hundreds of connections that send nothing, re-opened in bursts as they are closed.
+    let hog = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held: std::collections::VecDeque<TcpStream> = Default::default();
+            let mut opened = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..50 {
+                    if let Ok(s) = TcpStream::connect(metrics) {
+                        held.push_back(s);
+                        opened += 1;
+                    }
+                }
+                while held.len() > 300 {
+                    held.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            opened
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut scrapes = 0;
+    let peak = peak_rss_while(&broker, || {
+        for _ in 0..30 {
+            let body = scrape(metrics);
+            assert!(body.contains("wharf_build_info"));
+            scrapes += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = hog.join().expect("the hog thread");
+    eprintln!("{scrapes} scrapes answered while {opened} idle connections were opened");
+    assert_eq!(scrapes, 30);
+    assert_within(peak, memory_bound(baseline, 64, 0), "metrics lockout");
+    broker.assert_no_panic();
+}

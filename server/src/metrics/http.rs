@@ -3,11 +3,18 @@
 //!
 //! `GET /metrics` gets the text format; another path gets 404, another method 405, anything
 //! that is not a request line gets 400. The request head is read into a buffer of at most
-//! [`MAX_REQUEST_HEAD_BYTES`] within [`REQUEST_READ_TIMEOUT`], and at most
-//! [`MAX_METRICS_CONNECTIONS`] are served at once, so a slow or hostile client holds
-//! neither memory nor a task for long.
+//! [`MAX_REQUEST_HEAD_BYTES`].
+//!
+//! Idle or slow clients cannot lock scrapers out: every connection is accepted at once and
+//! served by its own task; it has [`REQUEST_HEAD_TIMEOUT`] to send its request head and
+//! [`EXCHANGE_TIMEOUT`] for the whole exchange; and when [`MAX_METRICS_CONNECTIONS`] are
+//! open, accepting one more closes the oldest. A scraper sends its head as soon as it has
+//! connected, so only a client opening that many connections within a round trip could
+//! push a scrape out, and memory stays bounded by the connection count.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,36 +25,70 @@ use crate::shard::Shard;
 
 /// Largest request head (request line and headers) read; a scrape's is a few hundred bytes.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
-/// How long a client has to send its request head, and to take the response.
-pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Metrics connections served at once; more are closed when accepted.
-pub const MAX_METRICS_CONNECTIONS: usize = 16;
+/// How long a client has, once connected, to send its request head.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client has for the whole exchange, taking the response included.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Metrics connections served at once; one more closes the oldest.
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
+
+/// The open metrics connections, oldest first: (id, descriptor).
+#[derive(Default)]
+struct Open {
+    connections: RefCell<VecDeque<(u64, RawFd)>>,
+    next_id: Cell<u64>,
+}
+
+impl Open {
+    /// Registers a connection, closing the oldest one if there are too many.
+    fn admit(&self, fd: RawFd) -> u64 {
+        let mut connections = self.connections.borrow_mut();
+        if connections.len() >= MAX_METRICS_CONNECTIONS {
+            if let Some((_, oldest)) = connections.pop_front() {
+                // The oldest connection's task sees its socket end and finishes; its entry
+                // is gone already, so it removes nothing.
+                // SAFETY: plain syscall on a descriptor owned by a task that is still
+                // running (a task leaves this list before its stream is closed).
+                unsafe {
+                    libc::shutdown(oldest, libc::SHUT_RDWR);
+                }
+                tracing::debug!("metrics connections full; closed the oldest");
+            }
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        connections.push_back((id, fd));
+        id
+    }
+
+    fn leave(&self, id: u64) {
+        self.connections.borrow_mut().retain(|(i, _)| *i != id);
+    }
+}
 
 /// Accepts metrics connections until shutdown.
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
-    let open = Rc::new(Cell::new(0usize));
+    let open = Rc::new(Open::default());
     loop {
         let accepted = shard.unless_shutdown(listener.accept()).await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
-                if open.get() >= MAX_METRICS_CONNECTIONS {
-                    drop(stream);
-                    continue;
-                }
-                open.set(open.get() + 1);
+            Some(Ok(mut stream)) => {
+                let id = open.admit(stream.as_raw_fd());
                 let shard = shard.clone();
                 let open = open.clone();
                 glommio::spawn_local(async move {
-                    let timed = glommio::timer::timeout(REQUEST_READ_TIMEOUT, async {
-                        answer(&shard, stream).await;
+                    let timed = glommio::timer::timeout(EXCHANGE_TIMEOUT, async {
+                        answer(&shard, &mut stream).await;
                         Ok(())
                     })
                     .await;
                     if timed.is_err() {
                         tracing::debug!("metrics client too slow; closed");
                     }
-                    open.set(open.get() - 1);
+                    // Leave the list before the stream (and its descriptor) is closed.
+                    open.leave(id);
+                    drop(stream);
                 })
                 .detach();
             }
@@ -91,25 +132,35 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
+/// The request head as read: the bytes, and where the head ends (`None`: it did not end
+/// within [`MAX_REQUEST_HEAD_BYTES`]). `None` if the client closed first.
+async fn read_head(stream: &mut TcpStream) -> Option<(Vec<u8>, Option<usize>)> {
+    let mut buf = vec![0u8; MAX_REQUEST_HEAD_BYTES];
+    let mut have = 0;
+    loop {
+        if let Some(end) = head_end(&buf[..have]) {
+            return Some((buf, Some(end)));
+        }
+        if have == buf.len() {
+            return Some((buf, None));
+        }
+        match stream.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => have += n,
+        }
+    }
+}
+
 /// The end of the request head in `buf`, if it has arrived.
 fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
-async fn answer(shard: &Rc<Shard>, mut stream: TcpStream) {
-    let mut buf = vec![0u8; MAX_REQUEST_HEAD_BYTES];
-    let mut have = 0;
-    let head_len = loop {
-        if let Some(end) = head_end(&buf[..have]) {
-            break Some(end);
-        }
-        if have == buf.len() {
-            break None;
-        }
-        match stream.read(&mut buf[have..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => have += n,
-        }
+async fn answer(shard: &Rc<Shard>, stream: &mut TcpStream) {
+    let head =
+        glommio::timer::timeout(REQUEST_HEAD_TIMEOUT, async { Ok(read_head(stream).await) }).await;
+    let Ok(Some((buf, head_len))) = head else {
+        return;
     };
     let route = match head_len {
         Some(end) => route(&buf[..end]),
