@@ -51,6 +51,10 @@ pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
 /// bytes of zstd can claim gigabytes. Kafka has no such bound; 64 MiB is 64 times Kafka's
 /// default `max.message.bytes`.
 pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Default of `max.broker.partitions` (the name of KIP-578, which Kafka did not adopt): the
+/// partitions one broker holds in all. An empty partition costs about a kilobyte and a
+/// directory; this keeps a client from asking for millions of them.
+pub const DEFAULT_MAX_BROKER_PARTITIONS: i64 = 100_000;
 /// Upper bound on `--shards`.
 pub const MAX_SHARDS: usize = 1024;
 
@@ -134,6 +138,9 @@ pub struct BrokerConfig {
     pub response_queue_max_bytes: usize,
     /// `fetch.max.bytes`: the most record bytes one Fetch response carries (Kafka's).
     pub fetch_max_bytes: usize,
+    /// `max.broker.partitions`: partitions this broker may hold over all topics; creating
+    /// more is refused with POLICY_VIOLATION.
+    pub max_broker_partitions: i64,
     /// `log.cache.bytes`: per-shard budget of the cache of recent batches.
     pub log_cache_bytes_per_shard: usize,
     /// `producer.id.expiration.ms`: a partition forgets an idempotent producer that has not
@@ -326,6 +333,11 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         .take_int("fetch.max.bytes")?
         .unwrap_or(DEFAULT_FETCH_MAX_BYTES as i64);
     let fetch_max_bytes = int_in("fetch.max.bytes", fetch_max, 1024, i32::MAX as i64)? as usize;
+    let max_partitions = settings
+        .take_int("max.broker.partitions")?
+        .unwrap_or(DEFAULT_MAX_BROKER_PARTITIONS);
+    let max_broker_partitions =
+        int_in("max.broker.partitions", max_partitions, 1, i32::MAX as i64)?;
     let cache = settings
         .take_int("log.cache.bytes")?
         .unwrap_or(DEFAULT_LOG_CACHE_BYTES_PER_SHARD as i64);
@@ -377,6 +389,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         request_read_timeout_ms,
         response_queue_max_bytes,
         fetch_max_bytes,
+        max_broker_partitions,
         log_cache_bytes_per_shard,
         producer_id_expiration_ms,
         retention_check_interval_ms,

@@ -5,6 +5,8 @@
 mod common;
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
@@ -15,9 +17,9 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, ConsumerGroupHeartbeatRequest, DescribeConfigsRequest, GroupId,
-    IncrementalAlterConfigsRequest, JoinGroupRequest, OffsetCommitRequest, SyncGroupRequest,
-    TopicName,
+    ApiKey, ConsumerGroupHeartbeatRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest, JoinGroupRequest,
+    OffsetCommitRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -220,5 +222,42 @@ fn errors_quoting_a_long_name_are_cut_to_fit_the_response() {
         resp.results[0].error_code,
         error_code::UNKNOWN_TOPIC_OR_PARTITION
     );
+    assert_still_serving(&mut broker);
+}
+
+#[test]
+fn partitions_past_max_broker_partitions_are_a_policy_violation() {
+    const POLICY_VIOLATION: i16 = 44;
+    let mut broker = Broker::start_with_settings(
+        "max.broker.partitions = 10\n",
+        &["--group-initial-rebalance-delay-ms", "0"],
+    );
+    let mut conn = KafkaConn::connect(broker.addr());
+    let create = |name: &str, partitions: i32| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)])
+    };
+    let resp = conn.request(5, &create("eight", 8));
+    assert_eq!(resp.topics[0].error_code, error_code::NONE);
+    let resp = conn.request(5, &create("four", 4));
+    assert_eq!(resp.topics[0].error_code, POLICY_VIOLATION);
+    let message = resp.topics[0].error_message.as_deref().unwrap_or("");
+    assert!(message.contains("max.broker.partitions"), "{message}");
+    let grow = CreatePartitionsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(topic_name("eight"))
+            .with_count(11)]);
+    let resp = conn.request(1, &grow);
+    assert_eq!(resp.results[0].error_code, POLICY_VIOLATION);
+    let resp = conn.request(5, &create("two", 2));
+    assert_eq!(resp.topics[0].error_code, error_code::NONE);
+
+    // The internal __consumer_offsets (50 partitions) is still created for a group.
+    assert_eq!(commit_v8(&mut conn, "g", "eight", 1), error_code::NONE);
     assert_still_serving(&mut broker);
 }

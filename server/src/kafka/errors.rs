@@ -57,6 +57,7 @@ pub fn metadata_error(error: &MetadataError) -> ResponseError {
         MetadataError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         MetadataError::InvalidConfig(_) => ResponseError::InvalidConfig,
         MetadataError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        MetadataError::PolicyViolation(_) => ResponseError::PolicyViolation,
         MetadataError::Storage(_) => ResponseError::KafkaStorageError,
         MetadataError::Unavailable => ResponseError::RequestTimedOut,
     }
@@ -118,5 +119,9 @@ mod tests {
             40
         );
         assert_eq!(metadata_error(&MetadataError::UnknownTopicId).code(), 100);
+        assert_eq!(
+            metadata_error(&MetadataError::PolicyViolation("x".into())).code(),
+            44
+        );
     }
 }

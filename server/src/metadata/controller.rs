@@ -53,6 +53,8 @@ pub enum MetadataError {
     #[error("{}", cut(.0))]
     InvalidRequest(String),
     #[error("{}", cut(.0))]
+    PolicyViolation(String),
+    #[error("{}", cut(.0))]
     Storage(String),
     #[error("the metadata controller is not available (shutting down)")]
     Unavailable,
@@ -185,7 +187,7 @@ impl Controller {
                 let results: Vec<_> = topics
                     .into_iter()
                     .map(|t| {
-                        let meta = check_new_topic(&next, t)?;
+                        let meta = check_new_topic(&next, t, shard.config.max_broker_partitions)?;
                         next.upsert(meta.clone());
                         Ok(meta)
                     })
@@ -263,6 +265,8 @@ impl Controller {
                             "Number of partitions {total} exceeds the limit of {MAX_PARTITIONS_PER_TOPIC}"
                         )));
                     }
+                    let added = (total - topic.partition_count) as i64;
+                    check_broker_partitions(&next, added, shard.config.max_broker_partitions)?;
                     topic.partition_count = total;
                     next.upsert(topic);
                     Ok(())
@@ -341,7 +345,27 @@ impl Controller {
     }
 }
 
-fn check_new_topic(image: &MetadataImage, t: NewTopic) -> Result<TopicMeta, MetadataError> {
+/// `max.broker.partitions` (KIP-578's name): partitions this broker may hold in all.
+/// Internal topics are not refused (groups must keep working), but they count.
+fn check_broker_partitions(
+    image: &MetadataImage,
+    added: i64,
+    max_broker_partitions: i64,
+) -> Result<(), MetadataError> {
+    let total = image.partition_total();
+    if total + added > max_broker_partitions {
+        return Err(MetadataError::PolicyViolation(format!(
+            "This broker holds {total} partitions; {added} more would exceed max.broker.partitions ({max_broker_partitions})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_new_topic(
+    image: &MetadataImage,
+    t: NewTopic,
+    max_broker_partitions: i64,
+) -> Result<TopicMeta, MetadataError> {
     validate_topic_name(&t.name).map_err(MetadataError::InvalidTopic)?;
     if !t.internal && t.name == OFFSETS_TOPIC {
         return Err(MetadataError::InvalidRequest(format!(
@@ -367,6 +391,9 @@ fn check_new_topic(image: &MetadataImage, t: NewTopic) -> Result<TopicMeta, Meta
             "Number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {}",
             t.partitions
         )));
+    }
+    if !t.internal {
+        check_broker_partitions(image, t.partitions as i64, max_broker_partitions)?;
     }
     let mut overrides = TopicOverrides::new();
     for (name, value) in t.configs {

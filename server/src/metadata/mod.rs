@@ -125,6 +125,11 @@ impl MetadataImage {
         self.topics.len()
     }
 
+    /// Partitions of every topic together.
+    pub fn partition_total(&self) -> i64 {
+        self.topics.values().map(|t| t.partition_count as i64).sum()
+    }
+
     /// Inserts or replaces a topic (by name).
     pub fn upsert(&mut self, topic: TopicMeta) {
         if let Some(old) = self.topics.get(&topic.name) {
