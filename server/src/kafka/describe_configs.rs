@@ -68,7 +68,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     if !name.is_empty() && name != config.node_id.to_string() {
                         result.error_code = ResponseError::InvalidRequest.code();
                         result.error_message =
-                            Some(str_bytes(format!("Unexpected broker id, expected {} or empty string, but received {name}", config.node_id)));
+                            Some(str_bytes(crate::limits::error_message(format!("Unexpected broker id, expected {} or empty string, but received {name}", config.node_id))));
                     } else {
                         result.configs =
                             broker_settings(config).into_iter().filter(|(n, ..)| wanted(n)).map(|(n, v, s, t)| entry(n, &v, s, t, true, version)).collect();
