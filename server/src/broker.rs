@@ -191,7 +191,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
 
 /// Reads the topics from the data directory, reconciling the metadata file with the
 /// partition directories (see `metadata::store`).
-fn load_metadata(dir: &Path) -> Result<crate::metadata::MetadataImage, StartupError> {
+pub(crate) fn load_metadata(dir: &Path) -> Result<crate::metadata::MetadataImage, StartupError> {
     let loaded = store::load(dir).map_err(|e| StartupError(e.to_string()))?;
     let found = store::scan_partition_dirs(dir).map_err(|e| {
         StartupError(format!(

@@ -7,11 +7,13 @@
 //! router and one handler per API), `metadata` (topics, configs, ownership; the control
 //! plane), `partition` (a shard's open partition logs; the data plane), `admin`
 //! (subcommands that talk to a running broker), `metrics` (per-shard counters and the
-//! Prometheus endpoint).
+//! Prometheus endpoint), `limits` (what a request may bring into the broker's state),
+//! `embedded` (a one-shard broker inside another process, for the wire fuzzer).
 
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod embedded;
 pub mod group;
 pub mod kafka;
 pub mod limits;

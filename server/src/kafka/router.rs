@@ -23,7 +23,7 @@ use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
     join_group, leave_group, list_groups, offset_commit, offset_delete, offset_fetch, sync_group,
 };
-use super::{HandlerResult, Reply, RequestContext};
+use super::{HandlerError, HandlerResult, Reply, RequestContext};
 
 type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult>>>;
 
@@ -101,6 +101,12 @@ pub fn route_index(api_key: i16) -> Option<usize> {
 
 /// Handles one request and produces what the connection should do with it.
 pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
+    handle_detailed(ctx, body).await.0
+}
+
+/// Like [`handle`], and why the connection is closed when it is (a request that does not
+/// decode, or a response that does not encode).
+pub async fn handle_detailed(ctx: RequestContext, body: Bytes) -> (Reply, Option<HandlerError>) {
     let ctx = Rc::new(ctx);
     let api_key = ctx.api_key;
     let slot = route_index(api_key);
@@ -120,12 +126,12 @@ pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
             Ok(unsupported(&ctx))
         }
     };
-    let reply = match result {
-        Ok(reply) => reply,
+    let (reply, error) = match result {
+        Ok(reply) => (reply, None),
         Err(e) => {
             tracing::debug!(shard = ctx.shard.id.0, peer = ?ctx.peer, "closing connection: {e}");
             ctx.note_error();
-            Reply::Close
+            (Reply::Close, Some(e))
         }
     };
     let response_bytes = match &reply {
@@ -138,7 +144,7 @@ pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
         ctx.failed(),
         response_bytes,
     );
-    reply
+    (reply, error)
 }
 
 /// The answer to an API key or version this broker does not serve.

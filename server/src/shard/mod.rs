@@ -172,7 +172,10 @@ impl Shard {
     }
 
     /// Opens every partition of `image` this shard owns and has not opened yet.
-    async fn open_owned_partitions(self: &Rc<Self>, image: &MetadataImage) -> Vec<String> {
+    pub(crate) async fn open_owned_partitions(
+        self: &Rc<Self>,
+        image: &MetadataImage,
+    ) -> Vec<String> {
         let mut todo: Vec<(TopicMeta, TopicPartition)> = Vec::new();
         for topic in image.topics() {
             for partition in topic.partitions() {
