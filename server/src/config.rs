@@ -777,6 +777,33 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_have_kafkas_defaults_and_are_read_from_the_file() {
+        let config = resolve(&args(), 1).expect("defaults resolve");
+        assert_eq!(config.connections_max_idle_ms, 600_000);
+        assert_eq!(config.fetch_max_bytes, 57_671_680);
+        assert_eq!(config.request_read_timeout_ms, 30_000);
+        assert_eq!(config.max_broker_partitions, 100_000);
+        let (_dir, path) = write_config(
+            "connections.max.idle.ms = 9223372036854775807\nfetch.max.bytes = 1024\n\
+             request.inflight.max.bytes = 8388608\nsocket.response.queue.max.bytes = 1\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("resolves");
+        assert_eq!(config.connections_max_idle_ms, i64::MAX as u64);
+        assert_eq!(config.fetch_max_bytes, 1024);
+        assert_eq!(config.response_queue_max_bytes, 1);
+        // A request other than Produce must fit the budget it draws on.
+        let (_dir, path) = write_config("request.inflight.max.bytes = 1048576\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("too small").to_string();
+        assert!(e.contains("request.inflight.max.bytes"), "{e}");
+        let (_dir, path) = write_config("fetch.max.bytes = 1023\n");
+        a.config = Some(path);
+        assert!(resolve(&a, 1).is_err());
+    }
+
+    #[test]
     fn advertised_listener_keeps_the_bound_port_when_zero() {
         let mut a = args();
         a.listen = Some("127.0.0.1:0".into());

@@ -101,27 +101,33 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 async fn watch(shard: &Shard, control: &Control, activity: &Activity) -> String {
     let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
     let read_timeout = Duration::from_millis(shard.config.request_read_timeout_ms);
+    // Settings may be as large as Kafka's longs: a deadline past what an `Instant` holds is
+    // a year away, and looked at again then.
+    let after = |t: Instant, d: Duration| {
+        t.checked_add(d)
+            .unwrap_or_else(|| t + Duration::from_secs(365 * 24 * 3600))
+    };
     loop {
         let now = Instant::now();
         let reading_since = activity.request_started.get();
         if let Some(started) = reading_since {
-            if now >= started + read_timeout {
+            if now >= after(started, read_timeout) {
                 return format!("a request did not arrive whole within {read_timeout:?}");
             }
         }
         let idle_since = control.last_io();
         let busy = activity.handlers_running.get() > 0;
-        if !busy && reading_since.is_none() && now >= idle_since + idle {
+        if !busy && reading_since.is_none() && now >= after(idle_since, idle) {
             return format!("idle for {idle:?}");
         }
         // Sleep until the earliest moment either could be due; what happened meanwhile is
         // looked at again then.
-        let mut next = idle_since + idle;
+        let mut next = after(idle_since, idle);
         if busy || reading_since.is_some() {
-            next = next.max(now + idle.min(read_timeout));
+            next = next.max(after(now, idle.min(read_timeout)));
         }
         if let Some(started) = reading_since {
-            next = next.min(started + read_timeout);
+            next = next.min(after(started, read_timeout));
         }
         let next = next.max(now + Duration::from_millis(1));
         glommio::timer::sleep(next - now).await;
