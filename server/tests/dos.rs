@@ -1,5 +1,6 @@
-//! Clients that try to exhaust the broker, with real sockets against a real `wharf`: bare
-//! request headers claiming large frames on many connections, requests trickled a byte at a
+//! Clients that try to exhaust the broker, with real sockets against a real `wharf`: ids
+//! longer than Kafka's formats hold, bare request headers claiming large frames on many
+//! connections, requests trickled a byte at a
 //! time (slowloris), connections left idle, fetches naming one partition hundreds of times
 //! and never read. Each test asserts that a well-behaved client is served throughout and
 //! that the broker's resident memory stays within its configured budgets plus a small
@@ -14,7 +15,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, GroupId, JoinGroupRequest, OffsetCommitRequest,
+};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 
 use common::http::{must, scrape};
@@ -190,6 +198,60 @@ fn bare_header(api_key: ApiKey, version: i16, size: usize) -> Vec<u8> {
     bytes.extend_from_slice(&(size as i32).to_be_bytes());
     bytes.extend_from_slice(&header_v1(api_key as i16, version, 1));
     bytes
+}
+
+#[test]
+fn over_long_ids_from_many_clients_are_refused_and_hold_nothing() {
+    let broker =
+        Broker::start_with_settings(&settings(), &["--group-initial-rebalance-delay-ms", "0"]);
+    let (topic, baseline) = warmed_up(&broker);
+    let s = |v: &str| StrBytes::from_string(v.to_string());
+    const CLIENTS: usize = 20;
+    let peak = peak_rss_while(&broker, || {
+        for client in 0..CLIENTS {
+            let mut conn = KafkaConn::connect(broker.addr());
+            // The two crashes, over and over: a 40,000-byte group id in a flexible
+            // OffsetCommit, and a JoinGroup from a client id of the longest legal length.
+            let long_group = format!("{client}-{}", "g".repeat(40_000));
+            for _ in 0..10 {
+                let req = OffsetCommitRequest::default()
+                    .with_group_id(GroupId(s(&long_group)))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_member_id(s(""))
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(topic_name(&topic))
+                        .with_partitions(vec![OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1)])]);
+                let resp = conn.request(8, &req);
+                assert_eq!(
+                    resp.topics[0].partitions[0].error_code,
+                    error_code::INVALID_GROUP_ID
+                );
+            }
+            conn.set_client_id(&"c".repeat(i16::MAX as usize));
+            let join = JoinGroupRequest::default()
+                .with_group_id(GroupId(s(&format!("long-client-{client}"))))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_member_id(s(""))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(Bytes::from_static(b"sub"))]);
+            let resp = conn.request(6, &join);
+            assert_eq!(resp.error_code, error_code::MEMBER_ID_REQUIRED);
+            assert!(resp.member_id.len() <= i16::MAX as usize);
+        }
+        serve_a_normal_client(&broker, &topic, "during");
+    });
+    assert_within(
+        peak,
+        memory_bound(baseline, CLIENTS + 2, 0),
+        "over-long ids",
+    );
+    serve_a_normal_client(&broker, &topic, "after");
+    broker.assert_no_panic();
 }
 
 #[test]
