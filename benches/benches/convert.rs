@@ -95,6 +95,7 @@ fn policy(target: Option<Compression>, compacted: bool) -> AppendPolicy {
         levels: Levels::default(),
         compacted,
         max_decompressed_bytes: 64 << 20,
+        max_output_bytes: 128 << 20,
     }
 }
 
@@ -195,6 +196,7 @@ fn append(c: &mut Criterion) {
                         0,
                         Levels::FASTEST,
                         64 << 20,
+                        128 << 20,
                     )
                     .expect("converts")
                 })

@@ -132,7 +132,9 @@ pub fn decompress_into(
         Compression::Snappy => snappy_decompress(input, max_bytes, out)?,
         Compression::Lz4 => lz4_decompress(input, limit, lz4_header, out)?,
         Compression::Zstd => {
-            let window_log = usize::BITS - max_bytes.leading_zeros() + 1;
+            // A window larger than the output allowed is never needed: the smallest power
+            // of two that holds `max_bytes` (libzstd allocates the window a frame asks for).
+            let window_log = usize::BITS - max_bytes.saturating_sub(1).leading_zeros();
             let window_log = window_log.clamp(ZSTD_MIN_WINDOW_LOG, ZSTD_MAX_WINDOW_LOG);
             let mut decoder =
                 zstd::stream::read::Decoder::with_buffer(input).map_err(|e| corrupt(codec, e))?;

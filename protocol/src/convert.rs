@@ -10,7 +10,10 @@
 //!
 //! Neither runs for a v2 producer on a topic that keeps the producer's codec and is not
 //! compacted, nor for a v4+ consumer: that path stays zero-copy. Every decompression is
-//! bounded by `max_decompressed_bytes`.
+//! bounded by `max_decompressed_bytes`, and what a conversion builds by
+//! `max_output_bytes`, so the caller knows the most memory a call can take before making
+//! it. Per-record errors (KIP-467) are listed for the first [`MAX_RECORD_ERRORS`] records
+//! only; the message counts them all.
 
 use crate::batch::{
     self, batches, records_in, records_section, validate_batch_with, BatchBuilder,
@@ -27,9 +30,17 @@ pub struct AppendPolicy {
     pub levels: Levels,
     /// `cleanup.policy` includes `compact`: every record needs a key (KIP-467).
     pub compacted: bool,
-    /// The most bytes one batch (or message-set wrapper) may decompress to.
+    /// The most bytes one batch may decompress to; for a message set (whose records all
+    /// go into one new batch), all of its wrappers together.
     pub max_decompressed_bytes: usize,
+    /// The most bytes of records the conversion may build; past this the records are
+    /// refused with [`AppendError::TooLarge`].
+    pub max_output_bytes: usize,
 }
+
+/// Records of one batch listed with their own error (KIP-467); a batch with more bad
+/// records lists these and counts the rest in the message.
+pub const MAX_RECORD_ERRORS: usize = 1000;
 
 impl AppendPolicy {
     /// Whether v2 batches are stored as sent, untouched and unread.
@@ -58,6 +69,10 @@ pub enum AppendError {
     /// UNSUPPORTED_COMPRESSION_TYPE.
     #[error("{0}")]
     UnsupportedCompression(String),
+    /// MESSAGE_TOO_LARGE: the converted records would pass `max_output_bytes` (as Kafka
+    /// refuses a converted batch past `max.message.bytes`).
+    #[error("{0}")]
+    TooLarge(String),
     /// INVALID_RECORD with per-record errors (KIP-467): (index in the batch, reason).
     #[error("{message}")]
     RecordErrors {
@@ -67,7 +82,8 @@ pub enum AppendError {
 }
 
 impl AppendError {
-    fn record_errors(errors: Vec<(i32, String)>) -> AppendError {
+    /// `errors` lists at most [`MAX_RECORD_ERRORS`] of the `total` bad records.
+    fn record_errors(errors: Vec<(i32, String)>, total: usize) -> AppendError {
         // Kafka's wording (LogValidator.processRecordErrors).
         let shown: Vec<String> = errors
             .iter()
@@ -75,12 +91,42 @@ impl AppendError {
             .map(|(index, message)| format!("RecordError(batchIndex={index}, message='{message}')"))
             .collect();
         let message = format!(
-            "One or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: [{}]",
-            errors.len(),
+            "One or more records have been rejected due to {total} record errors in total, and only showing the first three errors at most: [{}]",
             shown.join(", ")
         );
         AppendError::RecordErrors { errors, message }
     }
+}
+
+/// Per-record errors (KIP-467) as they are found: the first [`MAX_RECORD_ERRORS`] kept,
+/// all counted.
+#[derive(Default)]
+struct RecordErrors {
+    listed: Vec<(i32, String)>,
+    total: usize,
+}
+
+impl RecordErrors {
+    fn push(&mut self, index: i32, message: impl FnOnce() -> String) {
+        if self.listed.len() < MAX_RECORD_ERRORS {
+            self.listed.push((index, message()));
+        }
+        self.total += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    fn into_error(self) -> AppendError {
+        AppendError::record_errors(self.listed, self.total)
+    }
+}
+
+fn too_large(max_output_bytes: usize, topic_partition: &str) -> AppendError {
+    AppendError::TooLarge(format!(
+        "The records for topic partition {topic_partition} come to more than {max_output_bytes} bytes once converted"
+    ))
 }
 
 fn codec_error(e: CodecError) -> AppendError {
@@ -133,6 +179,9 @@ fn prepare_v2(
         if info.is_control() || (!recompress && !policy.compacted) {
             if let Some(out) = rebuilt.as_mut() {
                 out.extend_from_slice(bytes);
+                if out.len() > policy.max_output_bytes {
+                    return Err(too_large(policy.max_output_bytes, topic_partition));
+                }
             }
             continue;
         }
@@ -164,6 +213,12 @@ fn prepare_v2(
         } else if let Some(out) = rebuilt.as_mut() {
             out.extend_from_slice(bytes);
         }
+        if rebuilt
+            .as_ref()
+            .is_some_and(|out| out.len() > policy.max_output_bytes)
+        {
+            return Err(too_large(policy.max_output_bytes, topic_partition));
+        }
     }
     if iter.end() != IterEnd::Clean {
         return Ok(None);
@@ -181,7 +236,7 @@ fn check_records(
 ) -> Result<(), AppendError> {
     let mut iter = records_in(section, records_count);
     let mut read = 0i32;
-    let mut errors = Vec::new();
+    let mut errors = RecordErrors::default();
     while let Some(record) = iter.next() {
         let record: Record = match record {
             Ok(record) => record,
@@ -190,7 +245,7 @@ fn check_records(
             Err(e) => return Err(AppendError::Corrupt(e.to_string())),
         };
         if compacted && record.key.is_none() {
-            errors.push((read, keyless(topic_partition)));
+            errors.push(read, || keyless(topic_partition));
         }
         read += 1;
     }
@@ -203,7 +258,7 @@ fn check_records(
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(AppendError::record_errors(errors))
+        Err(errors.into_error())
     }
 }
 
@@ -244,10 +299,10 @@ fn up_convert(
             shallow += 1;
             // Each uncompressed message is a batch of its own, record index 0 (Kafka).
             if policy.compacted && message.key.is_none() {
-                return Err(AppendError::record_errors(vec![(
-                    0,
-                    keyless(topic_partition),
-                )]));
+                return Err(AppendError::record_errors(
+                    vec![(0, keyless(topic_partition))],
+                    1,
+                ));
             }
             builder.push(message.key, message.value, &[], message.timestamp);
             continue;
@@ -269,22 +324,20 @@ fn up_convert(
         )
         .map_err(codec_error)?;
         decompressed_bytes += inner.len();
-        let mut errors = Vec::new();
+        let mut errors = RecordErrors::default();
         let mut count = 0i32;
         for inner_message in messages(&inner) {
             let inner_message = inner_message.map_err(|e| AppendError::Corrupt(e.to_string()))?;
             if inner_message.magic != magic {
-                errors.push((
-                    count,
-                    format!("Record's magic {} does not match outer magic {magic} in topic partition {topic_partition}", inner_message.magic),
-                ));
+                errors.push(count, || {
+                    format!("Record's magic {} does not match outer magic {magic} in topic partition {topic_partition}", inner_message.magic)
+                });
             } else if inner_message.is_compressed() {
-                errors.push((
-                    count,
-                    "Compressed outer record should not have an inner record with a compression attribute set".into(),
-                ));
+                errors.push(count, || {
+                    "Compressed outer record should not have an inner record with a compression attribute set".into()
+                });
             } else if policy.compacted && inner_message.key.is_none() {
-                errors.push((count, keyless(topic_partition)));
+                errors.push(count, || keyless(topic_partition));
             } else {
                 builder.push(
                     inner_message.key,
@@ -296,7 +349,7 @@ fn up_convert(
             count += 1;
         }
         if !errors.is_empty() {
-            return Err(AppendError::record_errors(errors));
+            return Err(errors.into_error());
         }
         if count == 0 {
             return Err(AppendError::Invalid(
@@ -316,9 +369,13 @@ fn up_convert(
         ));
     }
     let codec = policy.codec_for(source_codec);
-    builder
+    let built = builder
         .build_compressed(codec, policy.levels)
-        .map_err(codec_error)
+        .map_err(codec_error)?;
+    if built.len() > policy.max_output_bytes {
+        return Err(too_large(policy.max_output_bytes, topic_partition));
+    }
+    Ok(built)
 }
 
 /// Why stored batches could not be converted down.
@@ -330,6 +387,9 @@ pub enum DownConvertError {
     /// A stored batch that does not decode (should not happen: the log validates reads).
     #[error("{0}")]
     Corrupt(String),
+    /// The first batch alone decompresses or converts to more than the limits allow.
+    #[error("the first batch converts to more than {0} bytes")]
+    TooLarge(usize),
 }
 
 /// Stored v2 batches (whole, laid end to end) as a message set of `to_magic` (0 or 1) for
@@ -343,18 +403,33 @@ pub enum DownConvertError {
 /// - magic 1 keeps each record's timestamp (LogAppendTime: the batch's, flagged);
 /// - zstd cannot be carried: a first zstd batch is [`DownConvertError::Zstd`], a later one
 ///   ends the conversion before it.
+///
+/// Memory is bounded, as Kafka's lazy down-conversion (KIP-283) bounds it: one batch is
+/// decompressed at a time, to at most `max_decompressed_bytes`, and the message set (with
+/// the wrapper being built) stays within `max_output_bytes`: the conversion ends before
+/// the message, or the batch, that would pass either, like a response that is full. Only
+/// when the first one does is it an error ([`DownConvertError::TooLarge`]).
 pub fn down_convert(
     stored: &[u8],
     to_magic: i8,
     fetch_offset: i64,
     levels: Levels,
     max_decompressed_bytes: usize,
+    max_output_bytes: usize,
 ) -> Result<Vec<u8>, DownConvertError> {
     debug_assert!((0..=1).contains(&to_magic));
-    let mut out = Vec::with_capacity(stored.len() + stored.len() / 2);
+    let mut out = Vec::with_capacity((stored.len() + stored.len() / 2).min(max_output_bytes));
     let mut scratch = Vec::new();
     let mut inner = Vec::new();
-    for (_, bytes) in batches(stored) {
+    // The first message or wrapper that does not fit: the end of the set, or an error.
+    let full = |out: &Vec<u8>, limit: usize| {
+        if out.is_empty() {
+            Err(DownConvertError::TooLarge(limit))
+        } else {
+            Ok(())
+        }
+    };
+    'batches: for (_, bytes) in batches(stored) {
         let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost)
             .map_err(|e| DownConvertError::Corrupt(e.to_string()))?;
         if info.is_control() {
@@ -371,14 +446,20 @@ pub fn down_convert(
             section
         } else {
             scratch.clear();
-            compression::decompress_into(
+            match compression::decompress_into(
                 info.compression,
                 section,
                 max_decompressed_bytes,
                 Lz4Header::Standard,
                 &mut scratch,
-            )
-            .map_err(|e| DownConvertError::Corrupt(e.to_string()))?;
+            ) {
+                Ok(()) => {}
+                Err(CodecError::TooLarge { .. }) => {
+                    full(&out, max_decompressed_bytes)?;
+                    break;
+                }
+                Err(e) => return Err(DownConvertError::Corrupt(e.to_string())),
+            }
             &scratch
         };
         let log_append_time = info.timestamp_type() == BatchTimestampType::LogAppendTime;
@@ -399,6 +480,7 @@ pub fn down_convert(
                 if offset < fetch_offset {
                     continue;
                 }
+                let before = out.len();
                 message_set::write_message(
                     &mut out,
                     offset,
@@ -408,6 +490,11 @@ pub fn down_convert(
                     record.key,
                     record.value,
                 );
+                if out.len() > max_output_bytes {
+                    out.truncate(before);
+                    full(&out, max_output_bytes)?;
+                    break 'batches;
+                }
             }
             continue;
         }
@@ -436,6 +523,10 @@ pub fn down_convert(
                 record.key,
                 record.value,
             );
+            if out.len() + inner.len() > max_output_bytes {
+                full(&out, max_output_bytes)?;
+                break 'batches;
+            }
         }
         if first_offset.is_none() {
             continue;
@@ -447,6 +538,7 @@ pub fn down_convert(
         } else {
             max_timestamp
         };
+        let before = out.len();
         message_set::write_wrapper(
             &mut out,
             last_offset,
@@ -458,6 +550,11 @@ pub fn down_convert(
             levels,
         )
         .map_err(|e| DownConvertError::Corrupt(e.to_string()))?;
+        if out.len() > max_output_bytes {
+            out.truncate(before);
+            full(&out, max_output_bytes)?;
+            break;
+        }
     }
     Ok(out)
 }
@@ -481,6 +578,7 @@ mod tests {
             levels: Levels::default(),
             compacted,
             max_decompressed_bytes: 1 << 20,
+            max_output_bytes: 1 << 20,
         }
     }
 
@@ -766,9 +864,15 @@ mod tests {
     fn down_conversion_to_each_magic() {
         for codec in CODECS {
             for magic in [0i8, 1] {
-                let out =
-                    down_convert(&stored(codec, false), magic, 11, Levels::default(), 1 << 20)
-                        .unwrap();
+                let out = down_convert(
+                    &stored(codec, false),
+                    magic,
+                    11,
+                    Levels::default(),
+                    1 << 20,
+                    1 << 20,
+                )
+                .unwrap();
                 let shallow = parse_set(&out);
                 // Offset 10 is left out of the uncompressed batch.
                 let mut flat = Vec::new();
@@ -822,12 +926,106 @@ mod tests {
     }
 
     #[test]
+    fn down_conversion_stops_before_the_message_that_would_pass_its_output_bound() {
+        for codec in CODECS {
+            let all = down_convert(
+                &stored(codec, false),
+                1,
+                10,
+                Levels::FASTEST,
+                1 << 20,
+                1 << 20,
+            )
+            .unwrap();
+            let (_, first) = message_set::parse_message(&all, 0).unwrap();
+            // Room for the first message only: a whole message, nothing cut.
+            let one = down_convert(
+                &stored(codec, false),
+                1,
+                10,
+                Levels::FASTEST,
+                1 << 20,
+                first + 1,
+            )
+            .unwrap();
+            assert_eq!(one, all[..first], "{codec:?}");
+            // Not even the first: an error, never an empty answer that looks like no data.
+            assert_eq!(
+                down_convert(
+                    &stored(codec, false),
+                    1,
+                    10,
+                    Levels::FASTEST,
+                    1 << 20,
+                    first - 1
+                ),
+                Err(DownConvertError::TooLarge(first - 1))
+            );
+        }
+        // A compressed batch that decompresses past its bound after a first batch that
+        // fits ends the set; as the first batch it is an error.
+        let mut big = BatchBuilder::new().base_offset(20);
+        big.push(Some(b"k"), Some(&[7u8; 4096]), &[], 1);
+        let big = big
+            .build_compressed(Compression::Gzip, Levels::default())
+            .unwrap();
+        let mut two = stored(Compression::None, false);
+        two.extend_from_slice(&big);
+        let out = down_convert(&two, 1, 0, Levels::FASTEST, 1024, 1 << 20).unwrap();
+        assert_eq!(parse_set(&out).len(), 6, "the uncompressed batches only");
+        assert_eq!(
+            down_convert(&big, 1, 0, Levels::FASTEST, 1024, 1 << 20),
+            Err(DownConvertError::TooLarge(1024))
+        );
+    }
+
+    #[test]
+    fn conversions_for_the_log_are_refused_past_their_output_bound() {
+        let records: Vec<Input> = vec![(Some(b"a"), &[0u8; 2000], 1), (Some(b"b"), b"x", 2)];
+        let sent = v2_batch(&records, Compression::Gzip);
+        let mut p = policy(Some(Compression::None), false);
+        p.max_output_bytes = 2000;
+        let err = prepare_append(&sent, &p, "t-0").unwrap_err();
+        assert!(
+            matches!(&err, AppendError::TooLarge(m) if m.contains("t-0") && m.contains("2000")),
+            "{err:?}"
+        );
+        p.max_output_bytes = 4000;
+        assert!(prepare_append(&sent, &p, "t-0").unwrap().is_some());
+        // A message set becomes one batch: the same bound.
+        let set = message_set(1, Compression::Gzip, &[Some(b"k"), Some(b"l")]);
+        let mut p = policy(None, false);
+        p.max_output_bytes = 40;
+        assert!(matches!(
+            prepare_append(&set, &p, "t-0"),
+            Err(AppendError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn per_record_errors_list_a_bounded_number_and_count_them_all() {
+        let keyless: Vec<Input> = (0..MAX_RECORD_ERRORS + 500)
+            .map(|_| (None, &b"v"[..], 1))
+            .collect();
+        let sent = v2_batch(&keyless, Compression::Lz4);
+        match prepare_append(&sent, &policy(None, true), "t-0") {
+            Err(AppendError::RecordErrors { errors, message }) => {
+                assert_eq!(errors.len(), MAX_RECORD_ERRORS);
+                assert_eq!(errors[0].0, 0);
+                assert!(message.contains("1500 record errors in total"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn log_append_time_is_carried_by_magic_1() {
         let out = down_convert(
             &stored(Compression::None, true),
             1,
             0,
             Levels::default(),
+            1 << 20,
             1 << 20,
         )
         .unwrap();
@@ -841,14 +1039,15 @@ mod tests {
     fn zstd_cannot_go_down() {
         let zstd = v2_batch(&[(Some(b"k"), b"v", 1)], Compression::Zstd);
         assert_eq!(
-            down_convert(&zstd, 1, 0, Levels::default(), 1 << 20),
+            down_convert(&zstd, 1, 0, Levels::default(), 1 << 20, 1 << 20),
             Err(DownConvertError::Zstd(1))
         );
         let mut both = v2_batch(&[(Some(b"k"), b"v", 1)], Compression::None);
         let first =
-            parse_set(&down_convert(&both, 1, 0, Levels::default(), 1 << 20).unwrap()).len();
+            parse_set(&down_convert(&both, 1, 0, Levels::default(), 1 << 20, 1 << 20).unwrap())
+                .len();
         both.extend(zstd);
-        let out = down_convert(&both, 1, 0, Levels::default(), 1 << 20).unwrap();
+        let out = down_convert(&both, 1, 0, Levels::default(), 1 << 20, 1 << 20).unwrap();
         assert_eq!(
             parse_set(&out).len(),
             first,
@@ -869,7 +1068,7 @@ mod tests {
             }
             let p = policy(Compression::from_code(target), true);
             let _ = prepare_append(&bytes, &p, "t-0");
-            let _ = down_convert(&bytes, (magic % 2) as i8, 0, Levels::default(), 1 << 16);
+            let _ = down_convert(&bytes, (magic % 2) as i8, 0, Levels::default(), 1 << 16, 1 << 16);
         }
 
         #[test]

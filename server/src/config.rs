@@ -51,6 +51,13 @@ pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
 /// bytes of zstd can claim gigabytes. Kafka has no such bound; 64 MiB is 64 times Kafka's
 /// default `max.message.bytes`.
 pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Default per-shard budget for records being converted (Produce v0–2 message sets,
+/// recompression to a topic's `compression.type`, KIP-467 key checks, Fetch v0–3) and the
+/// converted copies kept until their requests are answered: twice the largest batch one
+/// conversion may decompress.
+pub const DEFAULT_CONVERSION_INFLIGHT_BYTES_PER_SHARD: usize = 2 * MAX_DECOMPRESSED_BATCH_BYTES;
+/// The least `conversion.inflight.max.bytes` may be: a Kafka default `max.message.bytes`.
+pub const MIN_CONVERSION_INFLIGHT_BYTES_PER_SHARD: usize = 1024 * 1024;
 /// Default of `max.broker.partitions` (the name of KIP-578, which Kafka did not adopt): the
 /// partitions one broker holds in all. An empty partition costs about a kilobyte and a
 /// directory; this keeps a client from asking for millions of them.
@@ -127,6 +134,10 @@ pub struct BrokerConfig {
     pub produce_inflight_bytes_per_shard: usize,
     /// `request.inflight.max.bytes`: per-shard budget of the other requests being handled.
     pub request_inflight_bytes_per_shard: usize,
+    /// `conversion.inflight.max.bytes`: per-shard budget of converted records (see
+    /// `shard::budget::Conversions`); a batch decompresses to at most the smaller of this
+    /// and [`MAX_DECOMPRESSED_BATCH_BYTES`].
+    pub conversion_inflight_bytes_per_shard: usize,
     /// `connections.max.idle.ms`: a connection with nothing in flight and no bytes moving
     /// for this long is closed (Kafka's setting and default).
     pub connections_max_idle_ms: u64,
@@ -311,6 +322,15 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         non_produce_max as i64,
         1 << 40,
     )? as usize;
+    let conversion = settings
+        .take_int("conversion.inflight.max.bytes")?
+        .unwrap_or(DEFAULT_CONVERSION_INFLIGHT_BYTES_PER_SHARD as i64);
+    let conversion_inflight_bytes_per_shard = int_in(
+        "conversion.inflight.max.bytes",
+        conversion,
+        MIN_CONVERSION_INFLIGHT_BYTES_PER_SHARD as i64,
+        1 << 40,
+    )? as usize;
     let idle = settings
         .take_int("connections.max.idle.ms")?
         .unwrap_or(DEFAULT_CONNECTIONS_MAX_IDLE_MS as i64);
@@ -385,6 +405,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         max_request_bytes,
         produce_inflight_bytes_per_shard,
         request_inflight_bytes_per_shard,
+        conversion_inflight_bytes_per_shard,
         connections_max_idle_ms,
         request_read_timeout_ms,
         response_queue_max_bytes,
@@ -783,6 +804,7 @@ mod tests {
         assert_eq!(config.fetch_max_bytes, 57_671_680);
         assert_eq!(config.request_read_timeout_ms, 30_000);
         assert_eq!(config.max_broker_partitions, 100_000);
+        assert_eq!(config.conversion_inflight_bytes_per_shard, 128 << 20);
         let (_dir, path) = write_config(
             "connections.max.idle.ms = 9223372036854775807\nfetch.max.bytes = 1024\n\
              request.inflight.max.bytes = 8388608\nsocket.response.queue.max.bytes = 1\n",
@@ -801,6 +823,10 @@ mod tests {
         let (_dir, path) = write_config("fetch.max.bytes = 1023\n");
         a.config = Some(path);
         assert!(resolve(&a, 1).is_err());
+        let (_dir, path) = write_config("conversion.inflight.max.bytes = 1048575\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("too small").to_string();
+        assert!(e.contains("conversion.inflight.max.bytes"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! longer than Kafka's formats hold, bare request headers claiming large frames on many
 //! connections, requests trickled a byte at a
 //! time (slowloris), connections left idle, fetches naming one partition hundreds of times
-//! and never read. Each test asserts that a well-behaved client is served throughout and
+//! and never read, compressed batches that decompress to far more than they weigh. Each
+//! test asserts that a well-behaved client is served throughout and
 //! that the broker's resident memory stays within its configured budgets plus a small
 //! fixed allowance per connection (the settings below are small so that the bound means
 //! something).
@@ -26,6 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 
 use common::http::{must, scrape};
+use common::old::{call, codec_code, compress, message, Body};
 use common::raw::{
     encode_request, ensure_topic, error_code, header_v1, produce_one, record_batch, topic_name,
     KafkaConn,
@@ -37,6 +39,7 @@ const MIB: usize = 1024 * 1024;
 const PRODUCE_BUDGET: usize = 16 * MIB;
 const REQUEST_BUDGET: usize = 8 * MIB;
 const CACHE_BUDGET: usize = 8 * MIB;
+const CONVERSION_BUDGET: usize = 4 * MIB;
 const FETCH_MAX_BYTES: usize = MIB;
 const RESPONSE_QUEUE_BYTES: usize = 2 * MIB;
 const READ_TIMEOUT_MS: u64 = 2_000;
@@ -53,6 +56,7 @@ fn settings() -> String {
          produce.inflight.max.bytes = {PRODUCE_BUDGET}\n\
          request.inflight.max.bytes = {REQUEST_BUDGET}\n\
          log.cache.bytes = {CACHE_BUDGET}\n\
+         conversion.inflight.max.bytes = {CONVERSION_BUDGET}\n\
          fetch.max.bytes = {FETCH_MAX_BYTES}\n\
          socket.response.queue.max.bytes = {RESPONSE_QUEUE_BYTES}\n\
          socket.request.read.timeout.ms = {READ_TIMEOUT_MS}\n\
@@ -66,11 +70,12 @@ fn broker() -> Broker {
 }
 
 /// The most the broker may hold once `baseline` (measured after a warm-up) is known:
-/// every shard's budgets full, each connection's allowance, and for connections that are
+/// every shard's budgets full (the conversion budget with the one batch being decompressed,
+/// at most as large again), each connection's allowance, and for connections that are
 /// owed responses, their response queue and one more response.
 fn memory_bound(baseline: usize, connections: usize, owed_responses: usize) -> usize {
     baseline
-        + SHARDS * (PRODUCE_BUDGET + REQUEST_BUDGET + CACHE_BUDGET)
+        + SHARDS * (PRODUCE_BUDGET + REQUEST_BUDGET + CACHE_BUDGET + 2 * CONVERSION_BUDGET)
         + connections * PER_CONNECTION_ALLOWANCE
         + owed_responses * (RESPONSE_QUEUE_BYTES + FETCH_MAX_BYTES)
         + SLACK
@@ -536,5 +541,126 @@ fn idle_connections_to_the_metrics_port_do_not_lock_scrapers_out() {
     eprintln!("{scrapes} scrapes answered while {opened} idle connections were opened");
     assert_eq!(scrapes, 30);
     assert_within(peak, memory_bound(baseline, 64, 0), "metrics lockout");
+    broker.assert_no_panic();
+}
+
+/// Produce v2 of one message set into partition 0: the partition's error code.
+fn produce_v2(conn: &mut KafkaConn, topic: &str, message_set: &[u8]) -> i16 {
+    let body = Body::new()
+        .i16(1)
+        .i32(10_000)
+        .i32(1)
+        .str(topic)
+        .i32(1)
+        .i32(0)
+        .bytes(message_set);
+    let mut r = call(conn, ApiKey::Produce as i16, 2, body);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r.str(), topic);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r.i32(), 0);
+    let error = r.i16();
+    let _base_offset = r.i64();
+    let _log_append_time = r.i64();
+    let _throttle_time = r.i32();
+    r.end();
+    error
+}
+
+/// Fetch v1 of partition 0 from `offset`: (error, message set bytes).
+fn fetch_v1(conn: &mut KafkaConn, topic: &str, offset: i64) -> (i16, usize) {
+    let body = Body::new()
+        .i32(-1)
+        .i32(0)
+        .i32(0)
+        .i32(1)
+        .str(topic)
+        .i32(1)
+        .i32(0)
+        .i64(offset)
+        .i32(MIB as i32);
+    let mut r = call(conn, ApiKey::Fetch as i16, 1, body);
+    let _throttle_time = r.i32();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r.str(), topic);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r.i32(), 0);
+    let error = r.i16();
+    let _high_watermark = r.i64();
+    let records = r.nullable_bytes().unwrap_or_default();
+    r.end();
+    (error, records.len())
+}
+
+#[test]
+fn compression_bombs_are_converted_within_the_conversion_budget() {
+    // Every topic is stored uncompressed, so each compressed batch is decompressed and kept
+    // whole until it is written: a few kilobytes sent become megabytes held.
+    let broker = Broker::start_with_settings(
+        &format!(
+            "{}compression.type = \"uncompressed\"\nmessage.max.bytes = {}\n",
+            settings(),
+            8 * MIB
+        ),
+        &[],
+    );
+    let (topic, baseline) = warmed_up(&broker);
+    let zeros = Bytes::from(vec![0u8; 3 * MIB]);
+    let gzip_bomb = record_batch(std::slice::from_ref(&zeros), Compression::Gzip);
+    let zstd_bomb = record_batch(std::slice::from_ref(&zeros), Compression::Zstd);
+    assert!(gzip_bomb.len() < 64 * 1024 && zstd_bomb.len() < 64 * 1024);
+    // Forty in one partition: 120 MiB once converted, far more than the whole budget.
+    let forty: Bytes = (0..40).flat_map(|_| gzip_bomb.iter().copied()).collect();
+    // Message format v1: a gzip wrapper around one 3 MiB message.
+    let inner = message(0, 1, 0, 1_700_000_000_000, None, Some(&zeros));
+    let wrapper = message(
+        0,
+        1,
+        codec_code("gzip"),
+        1_700_000_000_000,
+        None,
+        Some(&compress("gzip", &inner)),
+    );
+    const CLIENTS: usize = 3;
+    let peak = peak_rss_while(&broker, || {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (addr, topic) = (broker.addr(), topic.clone());
+                let (gzip_bomb, zstd_bomb, forty, wrapper) = (
+                    gzip_bomb.clone(),
+                    zstd_bomb.clone(),
+                    forty.clone(),
+                    wrapper.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut conn = KafkaConn::connect(addr);
+                    for _ in 0..2 {
+                        let (error, offset) =
+                            produce_one(&mut conn, 9, &topic, 0, gzip_bomb.clone());
+                        assert_eq!(error, error_code::NONE, "one bomb fits the budget");
+                        let (error, _) = produce_one(&mut conn, 9, &topic, 0, zstd_bomb.clone());
+                        assert_eq!(error, error_code::NONE);
+                        let (error, _) = produce_one(&mut conn, 9, &topic, 0, forty.clone());
+                        assert_eq!(error, error_code::MESSAGE_TOO_LARGE, "forty do not");
+                        assert_eq!(produce_v2(&mut conn, &topic, &wrapper), error_code::NONE);
+                        // An old reader gets the 3 MiB record converted down, whole.
+                        let (error, bytes) = fetch_v1(&mut conn, &topic, offset);
+                        assert_eq!(error, error_code::NONE);
+                        assert!(bytes > 3 * MIB, "{bytes} bytes fetched");
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("a client thread failed");
+        }
+        serve_a_normal_client(&broker, &topic, "during");
+    });
+    assert_within(
+        peak,
+        memory_bound(baseline, CLIENTS + 2, CLIENTS),
+        "compression bombs",
+    );
+    serve_a_normal_client(&broker, &topic, "after");
     broker.assert_no_panic();
 }

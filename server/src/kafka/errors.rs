@@ -42,6 +42,7 @@ pub fn append_error(error: &AppendError) -> ResponseError {
         AppendError::Invalid(_) | AppendError::RecordErrors { .. } => ResponseError::InvalidRecord,
         AppendError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
         AppendError::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
+        AppendError::TooLarge(_) => ResponseError::MessageTooLarge,
     }
 }
 

@@ -38,9 +38,9 @@ use wharf_protocol::legacy::fetch::fetch_magic;
 
 use super::errors::engine_error;
 use super::{group_by_owner, HandlerResult, RequestContext};
-use crate::config::MAX_DECOMPRESSED_BATCH_BYTES;
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{TopicId, TopicMeta, TopicPartition, LEADER_EPOCH};
+use crate::shard::budget::{ConversionTurn, Grant};
 use crate::shard::event::WakeSlot;
 use crate::shard::Shard;
 
@@ -183,15 +183,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         wait_for_any_append(&ctx.shard, seen, deadline).await;
     }
 
-    if version <= MAX_MESSAGE_SET_FETCH_VERSION {
-        for (_, spec) in &specs {
-            if let Some(read) = answers[spec.slot].as_mut() {
-                convert_down(read, fetch_magic(version), spec.fetch_offset);
-                // Conversion is CPU work on this shard: let other tasks run in between.
-                glommio::yield_if_needed().await;
-            }
-        }
-    }
+    // Held until the response is built.
+    let _converted = if version <= MAX_MESSAGE_SET_FETCH_VERSION {
+        Some(convert_all_down(&ctx, &mut answers, &specs, fetch_magic(version), max_bytes).await)
+    } else {
+        None
+    };
 
     // Apply the response size limit in request order, whole batches (or messages) only.
     let mut remaining = max_bytes;
@@ -255,30 +252,96 @@ fn stores_zstd(ctx: &RequestContext, topic: &TopicMeta) -> bool {
         .is_some_and(|(codec, _)| codec == "zstd")
 }
 
-/// Replaces a read's v2 batches with a message set of `magic` for an old reader.
-fn convert_down(read: &mut PartitionRead, magic: i8, fetch_offset: i64) {
-    if read.error.is_some() || read.records.is_empty() {
-        return;
-    }
-    match down_convert(
-        &read.records,
-        magic,
-        fetch_offset,
-        // Recompressed to be read once, by this reader: fastest levels (Kafka used its
-        // defaults, LZ4's high-compression level 9 among them, at many times the cost).
-        Levels::FASTEST,
-        MAX_DECOMPRESSED_BATCH_BYTES,
-    ) {
-        Ok(converted) => read.records = Bytes::from(converted),
-        Err(e) => {
-            tracing::debug!("fetch v0-3: {e}");
-            read.records = Bytes::new();
-            read.error = Some(match e {
-                DownConvertError::Zstd(_) => ResponseError::UnsupportedCompressionType,
-                DownConvertError::Corrupt(_) => ResponseError::CorruptMessage,
-            });
+/// Replaces the reads' v2 batches with message sets of `magic` for an old reader, in
+/// response order, in this request's turn to convert and within the shard's conversion
+/// budget (see `shard::budget::Conversions`). As the response is cut to `max_bytes`
+/// afterwards (the first batch whole), conversion stops where the response is full; the
+/// returned grant holds the budget of what was converted.
+async fn convert_all_down(
+    ctx: &RequestContext,
+    answers: &mut [Option<PartitionRead>],
+    specs: &[(TopicPartition, ReadSpec)],
+    magic: i8,
+    max_bytes: usize,
+) -> Grant {
+    let mut turn = ctx.shard.conversions.turn().await;
+    let mut remaining = max_bytes;
+    let mut included_any = false;
+    for (_, spec) in specs {
+        let Some(read) = answers[spec.slot].as_mut() else {
+            continue;
+        };
+        if read.error.is_some() || read.records.is_empty() {
+            continue;
         }
+        if included_any && remaining == 0 {
+            read.records = Bytes::new();
+            continue;
+        }
+        let stored = read.records.clone();
+        let mut converted =
+            convert_down(&mut turn, &stored, magic, spec.fetch_offset, remaining).await;
+        if !included_any && matches!(converted, Err(DownConvertError::TooLarge(_))) {
+            // The first message is returned whole, whatever the limits (KIP-74).
+            converted =
+                convert_down(&mut turn, &stored, magic, spec.fetch_offset, usize::MAX).await;
+        }
+        match converted {
+            Ok(set) => {
+                remaining = remaining.saturating_sub(set.len());
+                included_any |= !set.is_empty();
+                read.records = Bytes::from(set);
+            }
+            // The response is full before this partition: nothing from it, as in Kafka.
+            Err(DownConvertError::TooLarge(_)) if included_any => read.records = Bytes::new(),
+            Err(e) => {
+                tracing::debug!("fetch v0-3: {e}");
+                read.records = Bytes::new();
+                read.error = Some(match e {
+                    DownConvertError::Zstd(_) => ResponseError::UnsupportedCompressionType,
+                    DownConvertError::Corrupt(_) => ResponseError::CorruptMessage,
+                    DownConvertError::TooLarge(_) => ResponseError::MessageTooLarge,
+                });
+            }
+        }
+        // Conversion is CPU work on this shard: let other tasks run in between.
+        glommio::yield_if_needed().await;
     }
+    turn.finish()
+}
+
+/// One read's v2 batches as a message set of `magic`, at most `max_output_bytes` of it.
+async fn convert_down(
+    turn: &mut ConversionTurn<'_>,
+    stored: &[u8],
+    magic: i8,
+    fetch_offset: i64,
+    max_output_bytes: usize,
+) -> Result<Vec<u8>, DownConvertError> {
+    turn.convert(
+        max_output_bytes,
+        |limits| {
+            down_convert(
+                stored,
+                magic,
+                fetch_offset,
+                // Recompressed to be read once, by this reader: fastest levels (Kafka used
+                // its defaults, LZ4's high-compression level 9 among them, at many times
+                // the cost).
+                Levels::FASTEST,
+                limits.max_decompressed_bytes,
+                limits.max_output_bytes,
+            )
+            .map(|mut set| {
+                // Held until answered: no spare capacity beyond what the budget counts.
+                set.shrink_to_fit();
+                set
+            })
+        },
+        Vec::len,
+        |e| matches!(e, DownConvertError::TooLarge(_)),
+    )
+    .await
 }
 
 /// Where a distinct partition of the request was last named: (topic, partition) indexes

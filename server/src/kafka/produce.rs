@@ -10,7 +10,10 @@
 //! message sets (magic 0/1) become one v2 batch, a batch in another codec than the topic's
 //! `compression.type` is recompressed, and on a compacted topic records without a key are
 //! refused with per-record errors (KIP-467). That work (`wharf_protocol::convert`) runs
-//! here, on the connection's shard, before the batches go to their partitions' shards.
+//! here, on the connection's shard, before the batches go to their partitions' shards, in
+//! the request's turn to convert and within the shard's conversion budget
+//! (`conversion.inflight.max.bytes`, see `shard::budget::Conversions`): records that would
+//! need more are refused with MESSAGE_TOO_LARGE.
 
 use std::rc::Rc;
 
@@ -26,10 +29,10 @@ use wharf_protocol::convert::{prepare_append, AppendError, AppendPolicy};
 
 use super::errors::{append_error, engine_error};
 use super::{group_by_owner, str_bytes, HandlerResult, Reply, RequestContext};
-use crate::config::MAX_DECOMPRESSED_BATCH_BYTES;
 use crate::metadata::controller::{self, NewTopic};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartition};
+use crate::shard::budget::ConversionTurn;
 use crate::shard::Shard;
 
 /// The first Produce version allowed to carry zstd batches (KIP-110).
@@ -66,6 +69,12 @@ impl Appended {
                 record_errors: errors,
                 ..Appended::error(code, Some(message))
             },
+            AppendError::TooLarge(message) => Appended::error(
+                code,
+                Some(format!(
+                    "{message} (a shard holds at most conversion.inflight.max.bytes of converted records)"
+                )),
+            ),
             other => Appended::error(code, Some(other.to_string())),
         }
     }
@@ -86,6 +95,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let mut answers: Vec<Vec<(i32, Option<Appended>)>> =
         Vec::with_capacity(request.topic_data.len());
     let mut work: Vec<(TopicPartition, (usize, usize, Bytes))> = Vec::new();
+    let mut converted = None;
 
     if !matches!(acks, -1..=1) {
         for topic in &request.topic_data {
@@ -112,6 +122,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         // Per topic: what its records need before the log takes them.
         let mut policies: std::collections::HashMap<usize, AppendPolicy> =
             std::collections::HashMap::new();
+        // Taken when the first partition needs converting; held to the end of the loop.
+        let mut conversion: Option<ConversionTurn<'_>> = None;
         for (ti, topic) in request.topic_data.iter().enumerate() {
             let name = topic.name.0.as_str();
             let meta = image.topic(name);
@@ -138,10 +150,20 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                             Some("null records".into()),
                         )),
                         Some(records) => {
-                            let policy = policies
+                            let policy = *policies
                                 .entry(ti)
                                 .or_insert_with(|| append_policy(&ctx.shard, t));
-                            match prepare(version, records, policy, name, partition.index) {
+                            let prepared = prepare(
+                                &ctx.shard,
+                                &mut conversion,
+                                version,
+                                records,
+                                policy,
+                                name,
+                                partition.index,
+                            )
+                            .await;
+                            match prepared {
                                 Ok(records) => {
                                     let tp = TopicPartition {
                                         topic_id: t.id,
@@ -161,6 +183,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             // Conversions are CPU work on this shard: let other tasks run between topics.
             glommio::yield_if_needed().await;
         }
+        // The converted records keep their budget until the request is answered.
+        converted = conversion.map(ConversionTurn::finish);
     }
 
     // Fan out: one call per owning shard, queued in request order.
@@ -184,6 +208,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             Err(e) => tracing::warn!("produce: {e}"),
         }
     }
+    drop(converted);
     if acks == 0 {
         return Ok(Reply::NoResponse);
     }
@@ -245,15 +270,18 @@ fn append_policy(shard: &Shard, topic: &TopicMeta) -> AppendPolicy {
         overrides: &topic.overrides,
         defaults: &shard.config.topic_defaults,
     }
-    .append_policy(MAX_DECOMPRESSED_BATCH_BYTES)
+    // The limits are the conversion's, set when it runs.
+    .append_policy(0, 0)
 }
 
 /// One partition's records as the log should take them: as sent (the v2 fast path: no
-/// copy, nothing read), or converted.
-fn prepare(
+/// copy, nothing read), or converted in this request's turn (taken on first need).
+async fn prepare<'a>(
+    shard: &'a Shard,
+    turn: &mut Option<ConversionTurn<'a>>,
     version: i16,
     records: &Bytes,
-    policy: &AppendPolicy,
+    policy: AppendPolicy,
     topic: &str,
     partition: i32,
 ) -> Result<Bytes, Appended> {
@@ -271,7 +299,33 @@ fn prepare(
     if version >= 3 && policy.is_passthrough() {
         return Ok(records.clone());
     }
-    match prepare_append(records, policy, &format!("{topic}-{partition}")) {
+    let turn = match turn {
+        Some(turn) => turn,
+        None => turn.insert(shard.conversions.turn().await),
+    };
+    let topic_partition = format!("{topic}-{partition}");
+    let converted = turn
+        .convert(
+            usize::MAX,
+            |limits| {
+                let policy = AppendPolicy {
+                    max_decompressed_bytes: limits.max_decompressed_bytes,
+                    max_output_bytes: limits.max_output_bytes,
+                    ..policy
+                };
+                // Held until answered: no spare capacity beyond what the budget counts.
+                prepare_append(records, &policy, &topic_partition).map(|built| {
+                    built.map(|mut v| {
+                        v.shrink_to_fit();
+                        v
+                    })
+                })
+            },
+            |built| built.as_ref().map_or(0, Vec::len),
+            |e| matches!(e, AppendError::TooLarge(_)),
+        )
+        .await;
+    match converted {
         Ok(None) => Ok(records.clone()),
         Ok(Some(converted)) => Ok(Bytes::from(converted)),
         Err(e) => Err(Appended::refused(e)),

@@ -468,8 +468,13 @@ impl EffectiveConfig<'_> {
 
     /// What a produce to this topic must do to its records before the log takes them:
     /// the `compression.type` codec (none for `producer`), the KIP-390 levels, and whether
-    /// `cleanup.policy` includes `compact` (KIP-467: keys required).
-    pub fn append_policy(&self, max_decompressed_bytes: usize) -> AppendPolicy {
+    /// `cleanup.policy` includes `compact` (KIP-467: keys required), with the limits of one
+    /// conversion.
+    pub fn append_policy(
+        &self,
+        max_decompressed_bytes: usize,
+        max_output_bytes: usize,
+    ) -> AppendPolicy {
         let target = match self.get("compression.type").map(|(v, _)| v) {
             Some("uncompressed") => Some(Compression::None),
             Some("gzip") => Some(Compression::Gzip),
@@ -493,6 +498,7 @@ impl EffectiveConfig<'_> {
             levels,
             compacted,
             max_decompressed_bytes,
+            max_output_bytes,
         }
     }
 
@@ -621,7 +627,7 @@ mod tests {
                 overrides,
                 defaults: &defaults,
             }
-            .append_policy(1 << 20)
+            .append_policy(1 << 20, 1 << 20)
         };
         let p = policy(&overrides);
         assert!(

@@ -10,6 +10,10 @@
 //! A [`ResponseBacklog`] counts the bytes of one connection's responses that are ready (or,
 //! for a Fetch, may become ready) but not yet written to the socket. Past its bound the
 //! connection reads no more requests until its client has read some of what it is owed.
+//!
+//! [`Conversions`] bounds the memory of converting records (message formats, codecs): one
+//! request converts at a time on a shard, and what conversions build is drawn on their own
+//! budget until the request is answered.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -68,6 +72,19 @@ impl Grant {
         Ok(())
     }
 
+    /// Takes `more` bytes if the budget has them now, without waiting.
+    pub fn try_grow(&mut self, more: usize) -> bool {
+        if more == 0 {
+            return true;
+        }
+        if self.semaphore.try_acquire(more as u64).unwrap_or(false) {
+            self.bytes += more;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Gives `fewer` of the granted bytes back at once.
     pub fn shrink(&mut self, fewer: usize) {
         let fewer = fewer.min(self.bytes);
@@ -87,6 +104,112 @@ impl Drop for Grant {
         if self.bytes > 0 {
             self.semaphore.signal(self.bytes as u64);
         }
+    }
+}
+
+/// What one conversion may use: the most one batch may decompress to, and the most bytes
+/// of records it may build.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ConversionLimits {
+    pub max_decompressed_bytes: usize,
+    pub max_output_bytes: usize,
+}
+
+/// A shard's memory for converting records: Produce v0–2 message sets to v2 batches,
+/// batches to a topic's `compression.type`, KIP-467 key checks (which read inside
+/// compressed batches), and stored batches down to message sets for Fetch v0–3.
+///
+/// Requests take turns ([`Conversions::turn`]): one request converts at a time on a shard,
+/// which costs nothing (conversion is CPU work on the shard's one thread) and means at most
+/// one batch is being decompressed at once, to at most `max_decompressed_bytes`. What the
+/// conversions build is kept until the request is answered and drawn on the budget: a
+/// conversion may build at most what is left of it. When that is too little, the request
+/// waits, keeping its turn, until the other requests' converted records are released, and
+/// tries again; only records the whole budget cannot hold are refused. Only the request
+/// holding the turn ever waits for this budget, and nothing else waits for that request,
+/// so the wait always ends.
+pub struct Conversions {
+    turns: Semaphore,
+    budget: Budget,
+    max_decompressed_bytes: usize,
+}
+
+impl Conversions {
+    /// `total_bytes` of converted records at once; a batch decompresses to at most
+    /// `max_batch_decompressed_bytes`.
+    pub fn new(total_bytes: usize, max_batch_decompressed_bytes: usize) -> Conversions {
+        Conversions {
+            turns: Semaphore::new(1),
+            budget: Budget::new(total_bytes),
+            max_decompressed_bytes: max_batch_decompressed_bytes.min(total_bytes),
+        }
+    }
+
+    /// Waits for this request's turn to convert.
+    pub async fn turn(&self) -> ConversionTurn<'_> {
+        // The semaphore is never closed, so the acquisition only ends with a permit.
+        let permit = self.turns.acquire_permit(1).await.ok();
+        ConversionTurn {
+            conversions: self,
+            _permit: permit,
+            built: self.budget.empty_grant(),
+        }
+    }
+
+    /// Bytes of converted records held right now, by every request.
+    pub fn held_bytes(&self) -> usize {
+        self.budget.total_bytes() - self.budget.available_bytes()
+    }
+}
+
+/// One request's turn to convert, and the budget its converted records hold.
+pub struct ConversionTurn<'a> {
+    conversions: &'a Conversions,
+    _permit: Option<glommio::sync::Permit<'a>>,
+    built: Grant,
+}
+
+impl ConversionTurn<'_> {
+    /// Runs one conversion, allowed to build at most `max_output_bytes` (and what the budget
+    /// has left), and keeps the budget for the `built_bytes` of what it returns. A
+    /// conversion refused as `too_large` while other requests hold converted records is
+    /// tried again once they are released.
+    pub async fn convert<T, E>(
+        &mut self,
+        max_output_bytes: usize,
+        mut convert: impl FnMut(ConversionLimits) -> Result<T, E>,
+        built_bytes: impl Fn(&T) -> usize,
+        too_large: impl Fn(&E) -> bool,
+    ) -> Result<T, E> {
+        let budget = &self.conversions.budget;
+        let limits = |available: usize| ConversionLimits {
+            max_decompressed_bytes: self.conversions.max_decompressed_bytes,
+            max_output_bytes: max_output_bytes.min(available),
+        };
+        let available = budget.available_bytes();
+        let mut result = convert(limits(available));
+        // What this request may have once every other request's records are released.
+        let most = budget.total_bytes() - self.built.bytes();
+        if matches!(&result, Err(e) if too_large(e)) && available < most.min(max_output_bytes) {
+            let mut everything = budget.empty_grant();
+            if everything.grow(most).await.is_ok() {
+                drop(everything);
+                result = convert(limits(most));
+            }
+        }
+        if let Ok(built) = &result {
+            // Nothing ran since the conversion and only this turn takes from the budget, so
+            // what it built (within what was available) is there to take.
+            let taken = self.built.try_grow(built_bytes(built));
+            debug_assert!(taken, "a conversion built more than its limit");
+        }
+        result
+    }
+
+    /// Ends the turn; the returned grant holds the converted records' budget until the
+    /// request is answered (dropped).
+    pub fn finish(self) -> Grant {
+        self.built
     }
 }
 
@@ -210,6 +333,75 @@ mod tests {
             drop(held);
             let waiting = task.await;
             assert_eq!(waiting.bytes(), 5);
+        });
+    }
+
+    /// A conversion that builds `n` bytes if its limits allow.
+    fn builds(n: usize) -> impl FnMut(ConversionLimits) -> Result<Vec<u8>, usize> {
+        move |limits| {
+            if n <= limits.max_output_bytes {
+                Ok(vec![1; n])
+            } else {
+                Err(limits.max_output_bytes)
+            }
+        }
+    }
+
+    #[test]
+    fn conversions_wait_for_other_requests_records_and_refuse_only_what_no_budget_holds() {
+        on_executor(async {
+            let conversions = Rc::new(Conversions::new(100, 1 << 20));
+            let mut first = conversions.turn().await;
+            let kept = first
+                .convert(usize::MAX, builds(60), Vec::len, |_| true)
+                .await;
+            assert_eq!(kept.map(|v| v.len()), Ok(60));
+            // The first request's records are held until it is answered, after its turn.
+            let held = first.finish();
+            assert_eq!(conversions.held_bytes(), 60);
+            let answered = glommio::spawn_local(async move {
+                glommio::executor().yield_task_queue_now().await;
+                drop(held);
+            });
+            let mut second = conversions.turn().await;
+            // 70 bytes do not fit beside the 60 held: the second waits for them, then fits.
+            let built = second
+                .convert(usize::MAX, builds(70), Vec::len, |_| true)
+                .await;
+            assert_eq!(built.map(|v| v.len()), Ok(70));
+            answered.await;
+            assert_eq!(conversions.held_bytes(), 70);
+            // What the whole budget cannot hold beside its own records is refused.
+            let refused = second
+                .convert(usize::MAX, builds(40), Vec::len, |_| true)
+                .await;
+            assert_eq!(refused, Err(30));
+            // And a conversion's own limit is kept.
+            let capped = second.convert(10, builds(20), Vec::len, |_| true).await;
+            assert_eq!(capped, Err(10));
+            drop(second.finish());
+            assert_eq!(conversions.held_bytes(), 0);
+            assert_eq!(Conversions::new(100, 1 << 20).max_decompressed_bytes, 100);
+        });
+    }
+
+    #[test]
+    fn requests_take_turns_to_convert() {
+        on_executor(async {
+            let conversions = Rc::new(Conversions::new(100, 100));
+            let turn = conversions.turn().await;
+            let c = conversions.clone();
+            let began = Rc::new(Cell::new(false));
+            let b = began.clone();
+            let waiting = glommio::spawn_local(async move {
+                let _turn = c.turn().await;
+                b.set(true);
+            });
+            glommio::executor().yield_task_queue_now().await;
+            assert!(!began.get(), "a second turn began during the first");
+            drop(turn);
+            waiting.await;
+            assert!(began.get());
         });
     }
 

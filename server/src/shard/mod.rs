@@ -57,6 +57,8 @@ pub struct Shard {
     pub produce_budget: budget::Budget,
     /// The same for every other request.
     pub request_budget: budget::Budget,
+    /// Records being converted (message formats, codecs) and their converted copies.
+    pub conversions: budget::Conversions,
     controller: Option<Controller>,
     /// Set when the broker shuts down: stop accepting and reading new requests.
     pub shutdown: Rc<Latch>,
@@ -85,6 +87,10 @@ impl Shard {
             cache: BatchCache::new(config.log_cache_bytes_per_shard),
             produce_budget: budget::Budget::new(config.produce_inflight_bytes_per_shard),
             request_budget: budget::Budget::new(config.request_inflight_bytes_per_shard),
+            conversions: budget::Conversions::new(
+                config.conversion_inflight_bytes_per_shard,
+                crate::config::MAX_DECOMPRESSED_BATCH_BYTES,
+            ),
             config,
             mesh,
             metadata: RefCell::new(Rc::new(image)),
