@@ -5,21 +5,28 @@
 mod common;
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_configs_request::AlterConfigsResource as AlterConfigsRequestResource;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic,
+};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, ConsumerGroupHeartbeatRequest, CreatePartitionsRequest, CreateTopicsRequest,
-    DescribeConfigsRequest, GroupId, IncrementalAlterConfigsRequest, JoinGroupRequest,
-    OffsetCommitRequest, SyncGroupRequest, TopicName,
+    AlterConfigsRequest, ApiKey, ConsumerGroupHeartbeatRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, DescribeLogDirsRequest,
+    GroupId, IncrementalAlterConfigsRequest, JoinGroupRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -259,5 +266,168 @@ fn partitions_past_max_broker_partitions_are_a_policy_violation() {
 
     // The internal __consumer_offsets (50 partitions) is still created for a group.
     assert_eq!(commit_v8(&mut conn, "g", "eight", 1), error_code::NONE);
+    assert_still_serving(&mut broker);
+}
+
+#[test]
+fn a_request_naming_the_same_state_many_times_lists_it_once() {
+    let mut broker = broker();
+    let topic = unique_topic("named-often");
+    let mut conn = KafkaConn::connect(broker.addr());
+    ensure_topic(&mut conn, &topic);
+
+    // Metadata: a set of topics in Kafka.
+    let req = MetadataRequest::default().with_topics(Some(
+        (0..10_000)
+            .map(|_| MetadataRequestTopic::default().with_name(Some(topic_name(&topic))))
+            .collect(),
+    ));
+    let resp = conn.request(12, &req);
+    assert_eq!(resp.topics.len(), 1);
+
+    // DescribeConfigs: thirty configs listed once, not ten thousand times.
+    let resource = DescribeConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s(&topic));
+    let req = DescribeConfigsRequest::default().with_resources(vec![resource; 10_000]);
+    let resp = conn.request(4, &req);
+    assert_eq!(resp.results.len(), 1);
+    assert!(resp.results[0].configs.len() > 10);
+
+    // OffsetFetch: a committed offset with 4 KiB of metadata, asked for 100,000 times.
+    let metadata = "m".repeat(4096);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s("often")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(s(""))
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(topic_name(&topic))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(7)
+                .with_committed_metadata(Some(s(&metadata)))])]);
+    let resp = conn.request(8, &commit);
+    assert_eq!(resp.topics[0].partitions[0].error_code, error_code::NONE);
+    let asked = OffsetFetchRequestTopic::default()
+        .with_name(topic_name(&topic))
+        .with_partition_indexes(vec![0; 50_000]);
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("often")))
+        .with_topics(Some(vec![asked.clone(), asked]));
+    let resp = conn.request(7, &req);
+    assert_eq!(resp.topics.len(), 1);
+    assert_eq!(resp.topics[0].partitions.len(), 1);
+    assert_eq!(resp.topics[0].partitions[0].committed_offset, 7);
+    let group = OffsetFetchRequestGroup::default()
+        .with_group_id(GroupId(s("often")))
+        .with_topics(None);
+    let req = OffsetFetchRequest::default().with_groups(vec![group; 1_000]);
+    let resp = conn.request(8, &req);
+    assert_eq!(resp.groups.len(), 1);
+
+    // DescribeGroups: a group's members are its state too.
+    let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s("often")); 1_000]);
+    let resp = conn.request(5, &req);
+    assert_eq!(resp.groups.len(), 1);
+
+    // DescribeLogDirs: a set of partitions, grouped by topic, as in Kafka.
+    let asked = DescribableLogDirTopic::default()
+        .with_topic(topic_name(&topic))
+        .with_partitions(vec![0; 100_000]);
+    let req = DescribeLogDirsRequest::default().with_topics(Some(vec![asked.clone(), asked]));
+    let resp = conn.request(4, &req);
+    let topics = &resp.results[0].topics;
+    assert_eq!(topics.len(), 1);
+    assert_eq!(topics[0].partitions.len(), 1);
+    assert_still_serving(&mut broker);
+}
+
+#[test]
+fn duplicate_checks_over_hundreds_of_thousands_of_resources_answer_each() {
+    // Each of these checks every resource against the others for duplicates; done pairwise
+    // that is 10^10 comparisons, a shard stalled for minutes by one request.
+    const COUNT: usize = 100_000;
+    let mut broker = broker();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let names: Vec<String> = (0..COUNT).map(|i| format!("absent-{i}")).collect();
+
+    let req = AlterConfigsRequest::default().with_resources(
+        names
+            .iter()
+            .map(|n| {
+                AlterConfigsRequestResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(n))
+            })
+            .collect(),
+    );
+    let resp = conn.request(1, &req);
+    assert_eq!(resp.responses.len(), COUNT);
+    assert!(resp
+        .responses
+        .iter()
+        .all(|r| r.error_code == error_code::UNKNOWN_TOPIC_OR_PARTITION));
+
+    let req = IncrementalAlterConfigsRequest::default().with_resources(
+        names
+            .iter()
+            .map(|n| {
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(n))
+            })
+            .collect(),
+    );
+    let resp = conn.request(1, &req);
+    assert_eq!(resp.responses.len(), COUNT);
+
+    let req = CreatePartitionsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(
+            names
+                .iter()
+                .map(|n| {
+                    CreatePartitionsTopic::default()
+                        .with_name(topic_name(n))
+                        .with_count(2)
+                })
+                .collect(),
+        );
+    let resp = conn.request(1, &req);
+    assert_eq!(resp.results.len(), COUNT);
+    assert_still_serving(&mut broker);
+}
+
+#[test]
+fn config_values_longer_than_any_config_takes_are_invalid() {
+    const INVALID_CONFIG: i16 = 40;
+    let mut broker = broker();
+    let topic = unique_topic("long-values");
+    let mut conn = KafkaConn::connect(broker.addr());
+    ensure_topic(&mut conn, &topic);
+    let alter = |name: &str, operation: i8, value: String| {
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(&topic))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(s(name))
+                    .with_config_operation(operation)
+                    .with_value(Some(s(&value)))]),
+        ])
+    };
+    // A DOUBLE is kept as written: a megabyte of zeros would be a megabyte in the metadata.
+    let long_ratio = format!("0.5{}", "0".repeat(1 << 20));
+    let resp = conn.request(1, &alter("min.cleanable.dirty.ratio", 0, long_ratio));
+    assert_eq!(resp.responses[0].error_code, INVALID_CONFIG);
+    // APPEND of a million list items.
+    let many = "compact,".repeat(1_000_000);
+    let resp = conn.request(1, &alter("cleanup.policy", 2, many));
+    assert_eq!(resp.responses[0].error_code, INVALID_CONFIG);
+    // Normal values still work.
+    let resp = conn.request(1, &alter("min.cleanable.dirty.ratio", 0, "0.25".into()));
+    assert_eq!(resp.responses[0].error_code, error_code::NONE);
+    let resp = conn.request(1, &alter("cleanup.policy", 2, "compact".into()));
+    assert_eq!(resp.responses[0].error_code, error_code::NONE);
     assert_still_serving(&mut broker);
 }

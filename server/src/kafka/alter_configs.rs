@@ -22,15 +22,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let node_id = ctx.shard.config.node_id;
     let mut outcomes: Vec<Option<Result<(), MetadataError>>> = Vec::new();
     let mut work: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for resource in &request.resources {
-        let appearances = request
+    let named = super::mentions(
+        request
             .resources
             .iter()
-            .filter(|r| {
-                r.resource_type == resource.resource_type
-                    && r.resource_name == resource.resource_name
-            })
-            .count();
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    for resource in &request.resources {
+        let appearances = named[&(resource.resource_type, resource.resource_name.as_str())];
         let checked = if appearances > 1 {
             Err(MetadataError::InvalidRequest(
                 "Each resource must appear at most once.".into(),

@@ -15,9 +15,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let node_id = ctx.shard.config.node_id;
     let mut outcomes: Vec<Option<Result<(), MetadataError>>> = Vec::new();
     let mut work: Vec<(String, i32)> = Vec::new();
+    let named = super::mentions(request.topics.iter().map(|t| t.name.0.as_str()));
     for t in &request.topics {
         let name = t.name.0.to_string();
-        let duplicate = request.topics.iter().filter(|o| o.name == t.name).count() > 1;
+        let duplicate = named[t.name.0.as_str()] > 1;
         let bad_assignment = t.assignments.as_ref().is_some_and(|a| {
             a.iter()
                 .any(|p| p.broker_ids.len() != 1 || p.broker_ids[0].0 != node_id)

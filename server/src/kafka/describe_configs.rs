@@ -30,8 +30,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let image = ctx.shard.metadata();
     let version = ctx.api_version;
     let mut response = DescribeConfigsResponse::default();
-    response.results = request
-        .resources
+    // A resource named twice is described once, where first named: its configs are the
+    // broker's state, which one request may not list thousands of times.
+    let resources = super::first_mentions(request.resources, |r| {
+        (r.resource_type, r.resource_name.clone())
+    });
+    response.results = resources
         .into_iter()
         .map(|resource| {
             let mut result = DescribeConfigsResult::default();

@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResponse};
+use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::with_group;
@@ -17,7 +17,10 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: DescribeGroupsRequest = ctx.decode(ApiKey::DescribeGroups, &mut body)?;
     let mut out = DescribeGroupsResponse::default();
-    for group_id in request.groups.into_iter().take(MAX_GROUPS_PER_REQUEST) {
+    // A group named twice is described once, where first named: its members' metadata is
+    // the broker's state, which one request may not list a thousand times.
+    let groups = super::first_mentions(request.groups, GroupId::clone);
+    for group_id in groups.into_iter().take(MAX_GROUPS_PER_REQUEST) {
         let id = group_id.0.to_string();
         let gid = id.clone();
         let mut g = DescribedGroup::default();

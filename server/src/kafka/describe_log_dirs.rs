@@ -4,6 +4,7 @@
 //! directory. The offset lag is 0 (the log end is the high watermark on a single node);
 //! v4 adds the file system's total and usable bytes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -31,18 +32,29 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 (t.name.clone(), partitions)
             })
             .collect(),
-        Some(topics) => topics
-            .iter()
-            .filter_map(|t| {
-                let meta = image.topic(t.topic.0.as_str())?;
-                let partitions: Vec<TopicPartition> = t
-                    .partitions
-                    .iter()
-                    .filter_map(|p| meta.partition(*p))
-                    .collect();
-                Some((meta.name.clone(), partitions))
-            })
-            .collect(),
+        // Each partition once, under its topic's first mention, as Kafka (a set of
+        // partitions grouped by topic).
+        Some(topics) => {
+            let mut seen: HashSet<TopicPartition> = HashSet::new();
+            let mut at: HashMap<String, usize> = HashMap::new();
+            let mut wanted: Vec<(String, Vec<TopicPartition>)> = Vec::new();
+            for t in topics {
+                let Some(meta) = image.topic(t.topic.0.as_str()) else {
+                    continue;
+                };
+                let i = *at.entry(meta.name.clone()).or_insert_with(|| {
+                    wanted.push((meta.name.clone(), Vec::new()));
+                    wanted.len() - 1
+                });
+                wanted[i].1.extend(
+                    t.partitions
+                        .iter()
+                        .filter_map(|p| meta.partition(*p))
+                        .filter(|tp| seen.insert(*tp)),
+                );
+            }
+            wanted
+        }
     };
     let items: Vec<(TopicPartition, ())> = wanted
         .iter()

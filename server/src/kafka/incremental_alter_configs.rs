@@ -19,16 +19,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         ctx.decode(ApiKey::IncrementalAlterConfigs, &mut body)?;
     let mut outcomes: Vec<Option<Result<(), MetadataError>>> = Vec::new();
     let mut work: Vec<(String, Vec<AlterOp>)> = Vec::new();
-    for resource in &request.resources {
-        let duplicate = request
+    let named = super::mentions(
+        request
             .resources
             .iter()
-            .filter(|r| {
-                r.resource_type == resource.resource_type
-                    && r.resource_name == resource.resource_name
-            })
-            .count()
-            > 1;
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    for resource in &request.resources {
+        let duplicate = named[&(resource.resource_type, resource.resource_name.as_str())] > 1;
         let outcome = if duplicate {
             Err(MetadataError::InvalidRequest(format!(
                 "Duplicate resource {}",

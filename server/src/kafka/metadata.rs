@@ -26,6 +26,7 @@ pub const TOPIC_OPERATIONS: i32 =
 pub const CLUSTER_OPERATIONS: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Wanted {
     Name(String),
     Id(TopicId),
@@ -38,15 +39,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let wanted: Option<Vec<Wanted>> = match request.topics {
         None => None,
         Some(topics) if version == 0 && topics.is_empty() => None,
-        Some(topics) => Some(
-            topics
-                .into_iter()
-                .map(|t| match t.name {
-                    Some(name) => Wanted::Name(name.0.to_string()),
-                    None => Wanted::Id(TopicId(t.topic_id)),
-                })
-                .collect(),
-        ),
+        // A topic named twice is described once, as Kafka (a set of topics).
+        Some(topics) => Some(super::first_mentions(
+            topics.into_iter().map(|t| match t.name {
+                Some(name) => Wanted::Name(name.0.to_string()),
+                None => Wanted::Id(TopicId(t.topic_id)),
+            }),
+            Wanted::clone,
+        )),
     };
     let allow_auto_create = version < 4 || request.allow_auto_topic_creation;
     if let (Some(wanted), true) = (&wanted, allow_auto_create) {

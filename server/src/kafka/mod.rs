@@ -220,6 +220,30 @@ pub fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// How many times a request names each thing (a resource, a topic): a duplicate check in
+/// linear time, since a request may name hundreds of thousands of them.
+pub fn mentions<K: std::hash::Hash + Eq>(
+    named: impl IntoIterator<Item = K>,
+) -> std::collections::HashMap<K, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for key in named {
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Keeps the first mention of each key, in order: what Kafka does with a request that
+/// names a topic, group or resource twice where it keys its work by it (a `Set` or a
+/// `LinkedHashMap`), and what keeps one request from making its response list the same
+/// state thousands of times.
+pub fn first_mentions<T, K: std::hash::Hash + Eq>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().filter(|i| seen.insert(key(i))).collect()
+}
+
 /// The partitions of one request grouped by the shard that owns them, each with the
 /// caller's own label (its position in the request) so results can be put back in order.
 pub fn group_by_owner<T>(

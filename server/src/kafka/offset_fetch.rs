@@ -32,6 +32,23 @@ async fn fetch(
     .await
 }
 
+/// The asked partitions, each once, where first named (a topic whose partitions were all
+/// named before is left out): a partition's committed metadata may be 4 KiB, and one
+/// request naming it a million times must not list it a million times.
+fn distinct(topics: impl Iterator<Item = (String, Vec<i32>)>) -> Vec<(String, Vec<i32>)> {
+    let mut seen: std::collections::HashSet<(String, i32)> = std::collections::HashSet::new();
+    topics
+        .filter_map(|(name, partitions)| {
+            let asked = partitions.len();
+            let partitions: Vec<i32> = partitions
+                .into_iter()
+                .filter(|p| seen.insert((name.clone(), *p)))
+                .collect();
+            (asked == 0 || !partitions.is_empty()).then_some((name, partitions))
+        })
+        .collect()
+}
+
 /// The asked partitions with no answer, for a group that failed as a whole.
 fn unanswered(topics: &Option<Vec<(String, Vec<i32>)>>) -> Fetched {
     topics
@@ -46,11 +63,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let v = ctx.api_version;
     let mut out = OffsetFetchResponse::default();
     if v >= 8 {
-        for group in request.groups.into_iter().take(MAX_GROUPS_PER_REQUEST) {
+        // A group named twice is answered once, where first named.
+        let groups = super::first_mentions(request.groups, |g| g.group_id.clone());
+        for group in groups.into_iter().take(MAX_GROUPS_PER_REQUEST) {
             let topics = group.topics.map(|ts| {
-                ts.into_iter()
-                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
-                    .collect::<Vec<_>>()
+                distinct(
+                    ts.into_iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes)),
+                )
             });
             let (error, fetched) =
                 match fetch(&ctx, group.group_id.0.to_string(), topics.clone()).await {
@@ -88,9 +108,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     }
     let GroupId(group_id) = request.group_id;
     let topics = request.topics.map(|ts| {
-        ts.into_iter()
-            .map(|t| (t.name.0.to_string(), t.partition_indexes))
-            .collect::<Vec<_>>()
+        distinct(
+            ts.into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes)),
+        )
     });
     let (error, fetched) = match fetch(&ctx, group_id.to_string(), topics.clone()).await {
         Ok(f) => (None, f),

@@ -451,10 +451,21 @@ fn apply_ops(
                     "Config value append/subtract is not allowed for config key {name} since it is not a list"
                 )));
             }
+            AlterOp::Append(name, value) | AlterOp::Subtract(name, value)
+                if value.len() > topic_config::MAX_CONFIG_VALUE_BYTES =>
+            {
+                return Err(MetadataError::InvalidConfig(format!(
+                    "Invalid value for configuration {name}: longer than {} bytes",
+                    topic_config::MAX_CONFIG_VALUE_BYTES
+                )));
+            }
             AlterOp::Append(name, value) => {
                 let mut items = list_items(&next, &name);
+                // A value may list millions of items: a set, not a scan per item.
+                let mut present: std::collections::HashSet<String> =
+                    items.iter().cloned().collect();
                 for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if !items.iter().any(|i| i == item) {
+                    if present.insert(item.to_string()) {
                         items.push(item.to_string());
                     }
                 }

@@ -249,10 +249,20 @@ pub fn config_def(name: &str) -> Option<&'static ConfigDef> {
 #[error("{0}")]
 pub struct InvalidConfig(pub String);
 
+/// The longest config value accepted. Every value the topic configs take is a number, a
+/// choice or a short list, normalised when stored; this keeps a client from storing
+/// megabytes in the metadata that every shard holds (a DOUBLE is kept as written).
+pub const MAX_CONFIG_VALUE_BYTES: usize = 1024;
+
 /// Checks `value` for config `name` and returns it normalised.
 pub fn validate(name: &str, value: &str) -> Result<String, InvalidConfig> {
     let def = config_def(name)
         .ok_or_else(|| InvalidConfig(format!("Unknown topic config name: {name}")))?;
+    if value.len() > MAX_CONFIG_VALUE_BYTES {
+        return Err(InvalidConfig(format!(
+            "Invalid value for configuration {name}: longer than {MAX_CONFIG_VALUE_BYTES} bytes"
+        )));
+    }
     validate_def(def, value)
 }
 
@@ -569,6 +579,18 @@ mod tests {
         assert_eq!(validate("compression.zstd.level", "-5").unwrap(), "-5");
         let unknown = validate("no.such.config", "1").unwrap_err();
         assert!(unknown.0.contains("Unknown topic config name"), "{unknown}");
+    }
+
+    #[test]
+    fn values_longer_than_any_config_takes_are_refused() {
+        let longest = format!("0.{}", "5".repeat(MAX_CONFIG_VALUE_BYTES - 2));
+        assert_eq!(
+            validate("min.cleanable.dirty.ratio", &longest).unwrap(),
+            longest
+        );
+        let longer = format!("{longest}5");
+        let e = validate("min.cleanable.dirty.ratio", &longer).unwrap_err();
+        assert!(e.0.contains("longer than 1024 bytes"), "{e}");
     }
 
     #[test]
