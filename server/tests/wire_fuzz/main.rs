@@ -2,8 +2,9 @@
 //! advertises, run in this process through the broker's real decode, handler and encode
 //! path (a one-shard broker on a temporary data directory). A panic, an answer that is not
 //! a valid response of the request's version, a response over its bound, an allocation
-//! over its bound, or a response the broker could not encode fails the run, with the seed,
-//! the case and a one-line command that replays it.
+//! over its bound, a response the broker could not encode, or a case that does not finish
+//! (a handler stuck in a loop) fails the run, with the seed, the case and a one-line
+//! command that replays it.
 //!
 //! `cargo test` runs a fixed budget (`--cases`, default below); `scripts/fuzz.sh --cases N
 //! --seed S` runs longer on a release build; `--case K` runs the setup and case K alone.
@@ -41,6 +42,9 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 const MAX_PARKED: usize = 64;
 /// How long the end of a run waits for requests still running.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// A request that keeps the shard's thread this long has it stuck: a loop, not a slow
+/// machine (a case takes well under a millisecond).
+const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 /// The broker's settings: small budgets, so that the allocation bounds below mean something.
 const SETTINGS: &str = "\
@@ -48,6 +52,7 @@ socket.request.max.bytes = 1048576
 produce.inflight.max.bytes = 16777216
 request.inflight.max.bytes = 8388608
 log.cache.bytes = 4194304
+conversion.inflight.max.bytes = 1048576
 fetch.max.bytes = 1048576
 max.broker.partitions = 300
 offsets.topic.num.partitions = 4
@@ -59,7 +64,8 @@ const FETCH_MAX_BYTES: usize = 1 << 20;
 /// Responses that list the broker's state (groups, topics, configs): their bound.
 const MAX_STATE_RESPONSE_BYTES: usize = 32 << 20;
 /// No single allocation may be larger than this (or than a multiple of the request, for
-/// the copies a request legitimately makes).
+/// the copies a request legitimately makes). Conversions decompress at most the conversion
+/// budget (1 MiB here) per batch, into a buffer that may double once.
 const MAX_SINGLE_ALLOCATION: usize = 4 << 20;
 /// Live bytes may not grow past the level after setup by more than this: the broker's
 /// budgets (produce, requests, cache) plus its state (topics, groups) and parked requests.
@@ -67,6 +73,10 @@ const MAX_LIVE_GROWTH: usize = 256 << 20;
 
 static SEED: AtomicU64 = AtomicU64::new(0);
 static CASE: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Requests submitted so far (seeds and cases): the watchdog's sign of life.
+static SUBMITTED: AtomicU64 = AtomicU64::new(0);
+/// The case number the unmutated seeds run under.
+const SEED_CASE: u64 = u64::MAX;
 
 struct Args {
     cases: u64,
@@ -122,11 +132,16 @@ fn replay_lines(seed: u64, case: u64) -> String {
 fn fail(case: u64, what: &str, frame: &[u8]) -> ! {
     let seed = SEED.load(Relaxed);
     let shown: String = frame.iter().take(256).map(|b| format!("{b:02x}")).collect();
+    let (at, replay) = if case == SEED_CASE {
+        // Every run starts with the seeds: any command that runs the fuzzer replays it.
+        ("an unmutated seed".to_string(), replay_lines(seed, 0))
+    } else {
+        (format!("case {case}"), replay_lines(seed, case))
+    };
     eprintln!(
-        "\nwire fuzz FAILED at case {case} (seed {seed:#x}): {what}\n  request ({} bytes): {shown}{}\n{}",
+        "\nwire fuzz FAILED at {at} (seed {seed:#x}): {what}\n  request ({} bytes): {shown}{}\n{replay}",
         frame.len(),
         if frame.len() > 256 { "..." } else { "" },
-        replay_lines(seed, case)
     );
     let _ = std::io::stderr().flush();
     std::process::exit(1);
@@ -154,6 +169,7 @@ fn main() {
         std::process::exit(1);
     }));
 
+    watch_for_a_stuck_shard();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let settings = dir.path().join("wharf.toml");
     std::fs::write(&settings, SETTINGS).expect("write the settings");
@@ -168,6 +184,39 @@ fn main() {
     let summary = embedded::run(config, move |broker| fuzz(Rc::new(broker), args))
         .unwrap_or_else(|e| panic!("the embedded broker did not start: {e}"));
     println!("{summary} in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Fails the run if no request is submitted for [`STUCK_AFTER`]: the shard's one thread is
+/// held by a handler that does not return.
+fn watch_for_a_stuck_shard() {
+    std::thread::spawn(|| {
+        let mut last = SUBMITTED.load(Relaxed);
+        let mut since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = SUBMITTED.load(Relaxed);
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= STUCK_AFTER {
+                let seed = SEED.load(Relaxed);
+                let case = CASE.load(Relaxed);
+                let during = if case == u64::MAX {
+                    "setup or the seeds".to_string()
+                } else {
+                    format!("case {case}")
+                };
+                eprintln!(
+                    "\nwire fuzz FAILED at {during} (seed {seed:#x}): no progress for {STUCK_AFTER:?}, the shard is stuck in a handler"
+                );
+                if case != u64::MAX {
+                    eprintln!("{}", replay_lines(seed, case));
+                }
+                let _ = std::io::stderr().flush();
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 #[derive(Default)]
@@ -243,6 +292,14 @@ fn judge(case: u64, frame: &Bytes, outcome: Outcome, counts: &mut Counts) {
             &format!("api key {} got no response", ids.api_key),
             frame,
         ),
+        Outcome::Closed(why) if case == SEED_CASE => fail(
+            case,
+            &format!(
+                "the seed for api key {} v{} does not decode ({why}): the corpus must hold real requests",
+                ids.api_key, ids.api_version
+            ),
+            frame,
+        ),
         Outcome::Closed(_) => counts.closed += 1,
         Outcome::EncodeFailed(e) => fail(
             case,
@@ -301,6 +358,7 @@ async fn submit(
     parked: &mut VecDeque<Pending>,
     counts: &mut Counts,
 ) {
+    SUBMITTED.fetch_add(1, Relaxed);
     match run_one(broker, frame.clone()).await {
         Ok(outcome) => judge(case, &frame, outcome, counts),
         Err(task) => {
@@ -345,7 +403,7 @@ async fn fuzz(broker: Rc<Embedded>, args: Args) -> String {
     for seed in &seeds {
         for body in &seed.bodies {
             let frame = frame(seed.api_key, seed.version, 1, body);
-            submit(&broker, u64::MAX, frame, &mut parked, &mut counts).await;
+            submit(&broker, SEED_CASE, frame, &mut parked, &mut counts).await;
         }
     }
     let versions = seeds.len();
@@ -366,6 +424,11 @@ async fn fuzz(broker: Rc<Embedded>, args: Args) -> String {
         // Some cases go through unmutated, so the valid paths keep running too.
         if rng.chance(95) {
             mutate::mutate(&mut rng, &mut bytes, other);
+            // Mostly with the checksums of the records made right again, so that mutated
+            // records (and compressed data) get past the CRC to the decoders behind it.
+            if rng.chance(50) {
+                mutate::fix_checksums(&mut bytes);
+            }
         }
         let correlation_id = (case % i32::MAX as u64) as i32;
         let mut frame = frame(seed.api_key, seed.version, correlation_id, &bytes);

@@ -228,3 +228,33 @@ fn mutate_once(rng: &mut Rng, bytes: &mut Vec<u8>, other: &[u8]) {
         }
     }
 }
+
+/// Recomputes the checksum of everything in `bytes` that looks like a record batch v2
+/// (CRC-32C over what follows its CRC field) or a message of format v0/v1 (CRC-32 over what
+/// follows it): a mutation inside records then reaches the decompressors and record
+/// parsers instead of stopping at the checksum.
+pub fn fix_checksums(bytes: &mut [u8]) {
+    let len = bytes.len();
+    let be_i32 = |b: &[u8], at: usize| i32::from_be_bytes(b[at..at + 4].try_into().expect("4"));
+    // Innermost first is not needed: a wrapper's inner messages are compressed.
+    for at in (0..len.saturating_sub(17)).rev() {
+        let size = be_i32(bytes, at + 8);
+        let Ok(size) = usize::try_from(size) else {
+            continue;
+        };
+        let Some(end) = (at + 12).checked_add(size).filter(|end| *end <= len) else {
+            continue;
+        };
+        match bytes[at + 16] {
+            2 if size >= 49 => {
+                let crc = crc32c::crc32c(&bytes[at + 21..end]);
+                bytes[at + 17..at + 21].copy_from_slice(&crc.to_be_bytes());
+            }
+            0 | 1 if size >= 14 => {
+                let crc = crc32fast::hash(&bytes[at + 16..end]);
+                bytes[at + 12..at + 16].copy_from_slice(&crc.to_be_bytes());
+            }
+            _ => {}
+        }
+    }
+}
