@@ -664,3 +664,62 @@ fn compression_bombs_are_converted_within_the_conversion_budget() {
     serve_a_normal_client(&broker, &topic, "after");
     broker.assert_no_panic();
 }
+
+#[test]
+fn requests_left_waiting_do_not_stop_the_shard_reading_other_clients() {
+    let broker = broker();
+    let (topic, baseline) = warmed_up(&broker);
+    let quiet = unique_topic("quiet");
+    ensure_topic(&mut KafkaConn::connect(broker.addr()), &quiet);
+    // Long polls of about 0.7 MiB each (one partition named over and over, which the fetch
+    // answers once), waiting for data that does not come: together more than the request
+    // budget of every shard.
+    const POLLS: usize = 4 * REQUEST_BUDGET / MIB;
+    const WAIT_MS: i32 = 10_000;
+    let named = vec![(0, 0); MIB / 40];
+    let poll = fetch_request(&quiet, &named, MIB as i32)
+        .with_max_wait_ms(WAIT_MS)
+        .with_min_bytes(1);
+    let mut polling: Vec<(KafkaConn, i32)> = (0..POLLS)
+        .map(|_| {
+            let mut conn = KafkaConn::connect(broker.addr());
+            let correlation_id = conn.send(11, &poll);
+            (conn, correlation_id)
+        })
+        .collect();
+    let peak = peak_rss_while(&broker, || {
+        std::thread::sleep(Duration::from_millis(500));
+        // Served while every long poll still waits.
+        serve_a_normal_client(&broker, &topic, "during");
+        let mut admin = KafkaConn::connect(broker.addr());
+        assert!(admin
+            .api_versions()
+            .contains_key(&(ApiKey::Metadata as i16)));
+    });
+    for (conn, _) in &mut polling {
+        conn.stream()
+            .set_nonblocking(true)
+            .expect("a non-blocking socket");
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(conn.stream().peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a long poll was answered before the normal client was served"
+        );
+        conn.stream()
+            .set_nonblocking(false)
+            .expect("a blocking socket");
+    }
+    assert_within(
+        peak,
+        memory_bound(baseline, POLLS + 3, POLLS),
+        "requests left waiting",
+    );
+    // Each poll is answered, empty, when its wait ends.
+    for (conn, correlation_id) in &mut polling {
+        let resp: FetchResponse = conn.receive::<FetchRequest>(11, *correlation_id);
+        assert_eq!(resp.responses.len(), 1);
+        assert_eq!(resp.responses[0].partitions.len(), 1);
+        assert_eq!(resp.responses[0].partitions[0].error_code, error_code::NONE);
+    }
+    broker.assert_no_panic();
+}

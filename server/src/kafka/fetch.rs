@@ -159,6 +159,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         }
     }
 
+    // Taken when the fetch first waits for data (see RequestContext::park).
+    let mut parked = None;
     loop {
         let reads = read_all(&ctx.shard, &specs, max_bytes, read_committed).await;
         let total: usize = reads.iter().map(|(_, r)| r.records.len()).sum();
@@ -180,6 +182,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             .zip(reads.iter())
             .map(|((tp, spec), (_, r))| (*tp, r.high_watermark.max(spec.fetch_offset)))
             .collect();
+        parked.get_or_insert_with(|| ctx.park());
         wait_for_any_append(&ctx.shard, seen, deadline).await;
     }
 

@@ -50,6 +50,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             // KIP-394: only v4+ clients know to come back with the id handed to them.
             require_known_member_id: v >= 4,
         };
+        // A join may wait for the group's other members for its rebalance timeout.
+        let _parked = ctx.park();
         match with_group(&ctx.shard, &group_id, move |s, g| async move {
             g.join(&s, join).await
         })

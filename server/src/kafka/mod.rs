@@ -87,8 +87,8 @@ pub struct RequestContext {
     pub correlation_id: i32,
     pub client_id: Option<StrBytes>,
     pub peer: Option<SocketAddr>,
-    /// The shard's request memory this request holds until it is answered.
-    _memory: Option<Grant>,
+    /// The shard's request memory this request holds until it is answered (or parks).
+    memory: RefCell<Option<Grant>>,
     /// The response bytes its connection owes the client (none outside a connection).
     backlog: Option<Rc<ResponseBacklog>>,
     /// Lets the connection read its next request; sent (or dropped) once this request's
@@ -115,7 +115,7 @@ impl RequestContext {
             correlation_id: head.correlation_id,
             client_id: head.client_id,
             peer,
-            _memory: memory,
+            memory: RefCell::new(memory),
             backlog: None,
             dispatched: RefCell::new(Some(dispatched)),
             received_at: Instant::now(),
@@ -135,6 +135,17 @@ impl RequestContext {
     /// requests while its backlog is full. Nothing outside a connection.
     pub fn reserve_response_bytes(&self, bytes: usize) -> Option<Reservation> {
         self.backlog.as_ref().map(|b| b.reserve(bytes))
+    }
+
+    /// For a request about to wait for others (a long-polling Fetch, a JoinGroup or
+    /// SyncGroup waiting for its group): its bytes stop counting against the shard's
+    /// request budget and count against its connection's response backlog instead, until
+    /// the returned reservation is dropped. Requests left waiting then cannot keep the shard
+    /// from reading other clients' requests, and a connection with too many of them waiting
+    /// stops being read itself.
+    pub fn park(&self) -> Option<Reservation> {
+        let grant = self.memory.borrow_mut().take()?;
+        self.reserve_response_bytes(grant.bytes())
     }
 
     /// Lets the connection read its next request. Handlers whose effects must follow

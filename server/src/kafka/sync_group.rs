@@ -35,6 +35,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             })
             .collect(),
     };
+    // A follower's sync waits for the leader's.
+    let _parked = ctx.park();
     let response = match with_group(&ctx.shard, &group_id, move |s, g| async move {
         g.sync(&s, sync).await
     })
