@@ -386,13 +386,16 @@ async fn take_budget(grant: &mut Grant, bytes: usize, activity: &Activity) -> Re
     if bytes == 0 {
         return Ok(());
     }
+    // The read timeout stops while the request waits (the watchdog sees no request
+    // arriving), and resumes where it was.
+    let started = activity.request_started.take();
     let waiting_since = Instant::now();
-    grant.grow(bytes).await.map_err(|e| e.to_string())?;
+    let grown = grant.grow(bytes).await;
     let waited = waiting_since.elapsed();
-    if let Some(started) = activity.request_started.get() {
-        activity.request_started.set(Some(started + waited));
-    }
-    Ok(())
+    activity
+        .request_started
+        .set(started.map(|started| started + waited));
+    grown.map_err(|e| e.to_string())
 }
 
 /// Reads until `buf` holds at least `want` bytes (read ahead up to a chunk, for pipelined
