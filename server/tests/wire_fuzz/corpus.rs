@@ -66,6 +66,10 @@ pub const OTHER_TOPIC: &str = "fuzz-b";
 pub const CONVERTED_TOPIC: &str = "fuzz-z";
 pub const GROUP: &str = "fuzz-group";
 
+/// The setup's topics by name with their ids (KIP-516), for the versions that name topics
+/// by id; empty before the topics exist.
+pub type TopicIds = std::collections::HashMap<String, uuid::Uuid>;
+
 /// One (API, version) and the bodies that start its mutations.
 pub struct Seeds {
     pub api_key: ApiKey,
@@ -180,7 +184,32 @@ fn converted_batches() -> Vec<Bytes> {
 }
 
 /// The candidate requests of one API.
-fn candidates(api_key: ApiKey) -> Vec<Candidate> {
+fn candidates(api_key: ApiKey, ids: &TopicIds) -> Vec<Candidate> {
+    let id = |name: &str| ids.get(name).copied().unwrap_or_default();
+    let fetch = |max_wait_ms: i32, min_bytes: i32, max_bytes: i32, named: &[(&str, i32)]| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
+            .with_max_bytes(max_bytes)
+            .with_session_epoch(-1)
+            .with_topics(
+                named
+                    .iter()
+                    .map(|(name, partition)| {
+                        FetchTopic::default()
+                            .with_topic(topic(name))
+                            .with_topic_id(id(name))
+                            .with_partitions(vec![FetchPartition::default()
+                                .with_partition(*partition)
+                                .with_fetch_offset(0)
+                                .with_log_start_offset(-1)
+                                .with_current_leader_epoch(-1)
+                                .with_partition_max_bytes(1 << 20)])
+                    })
+                    .collect(),
+            )
+    };
     match api_key {
         ApiKey::Produce => {
             let mut out = vec![
@@ -200,22 +229,16 @@ fn candidates(api_key: ApiKey) -> Vec<Candidate> {
             );
             out
         }
-        ApiKey::Fetch => vec![candidate(
-            FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(0)
-                .with_min_bytes(0)
-                .with_max_bytes(1 << 20)
-                .with_session_epoch(-1)
-                .with_topics(vec![FetchTopic::default()
-                    .with_topic(topic(TOPIC))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_log_start_offset(-1)
-                        .with_current_leader_epoch(-1)
-                        .with_partition_max_bytes(1 << 20)])]),
-        )],
+        ApiKey::Fetch => vec![
+            candidate(fetch(0, 0, 1 << 20, &[(TOPIC, 0)])),
+            candidate(fetch(
+                0,
+                0,
+                64,
+                &[(CONVERTED_TOPIC, 0), (TOPIC, 1), (TOPIC, 0)],
+            )),
+            candidate(fetch(10, 1 << 20, 1 << 20, &[(OTHER_TOPIC, 0)])),
+        ],
         ApiKey::ListOffsets => [-1i64, -2, 0]
             .into_iter()
             .map(|timestamp| {
@@ -758,12 +781,12 @@ fn legacy_bodies(api_key: ApiKey, version: i16) -> Option<Vec<Bytes>> {
 }
 
 /// The bodies of one (API, version).
-fn bodies(api_key: ApiKey, version: i16) -> Vec<Bytes> {
+fn bodies(api_key: ApiKey, version: i16, ids: &TopicIds) -> Vec<Bytes> {
     let known = api_key.valid_versions();
     let out: Vec<Bytes> = if version < known.min {
         legacy_bodies(api_key, version).unwrap_or_default()
     } else {
-        candidates(api_key)
+        candidates(api_key, ids)
             .iter()
             .filter_map(|c| c(version))
             .collect()
@@ -776,14 +799,14 @@ fn bodies(api_key: ApiKey, version: i16) -> Vec<Bytes> {
 }
 
 /// Every routed (API, version) with its seed bodies.
-pub fn all() -> Vec<Seeds> {
+pub fn all(ids: &TopicIds) -> Vec<Seeds> {
     let mut out = Vec::new();
     for route in ROUTES {
         for version in route.min_version..=route.max_version {
             out.push(Seeds {
                 api_key: route.api_key,
                 version,
-                bodies: bodies(route.api_key, version),
+                bodies: bodies(route.api_key, version, ids),
             });
         }
     }
@@ -871,7 +894,7 @@ pub fn setup() -> Vec<(ApiKey, i16, Bytes)> {
             .find(|r| r.api_key == key)
             .map(|r| r.max_version)
             .expect("routed");
-        if let Some(mut c) = candidates(key).into_iter().next() {
+        if let Some(mut c) = candidates(key, &TopicIds::new()).into_iter().next() {
             if let Some(body) = c(version) {
                 c = Box::new(move |_| Some(body.clone()));
                 add(key, version, c);

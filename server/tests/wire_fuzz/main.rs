@@ -382,6 +382,31 @@ async fn submit(
     }
 }
 
+/// The ids of the topics the setup made (Metadata v12 lists them).
+async fn topic_ids(broker: &Embedded) -> corpus::TopicIds {
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    use kafka_protocol::protocol::Decodable;
+    let mut body = BytesMut::new();
+    MetadataRequest::default()
+        .with_topics(None)
+        .encode(&mut body, 12)
+        .expect("a Metadata request encodes");
+    let Outcome::Response(mut response) =
+        broker.request(frame(ApiKey::Metadata, 12, 0, &body)).await
+    else {
+        panic!("setup: Metadata was not answered");
+    };
+    bytes::Buf::advance(&mut response, 4);
+    kafka_protocol::messages::ResponseHeader::decode(&mut response, 1)
+        .expect("setup: a Metadata response header");
+    let metadata = MetadataResponse::decode(&mut response, 12).expect("setup: a Metadata response");
+    metadata
+        .topics
+        .into_iter()
+        .filter_map(|t| Some((t.name?.0.to_string(), t.topic_id)))
+        .collect()
+}
+
 async fn fuzz(broker: Rc<Embedded>, args: Args) -> String {
     let mut counts = Counts::default();
     // The stage: topics, records, a group.
@@ -397,7 +422,12 @@ async fn fuzz(broker: Rc<Embedded>, args: Args) -> String {
             other => panic!("setup request {key:?} v{version}: {other:?}"),
         }
     }
-    let seeds = corpus::all();
+    let ids = topic_ids(&broker).await;
+    assert!(
+        ids.get(corpus::TOPIC).is_some_and(|id| !id.is_nil()),
+        "setup: the topics have no ids"
+    );
+    let seeds = corpus::all(&ids);
     let mut parked: VecDeque<Pending> = VecDeque::new();
     // Every seed as it is, through the same path as the cases (some wait for a group).
     for seed in &seeds {
