@@ -1,7 +1,9 @@
 //! Wire formats, sans-IO: bytes in, values out. Kafka request/response framing, the
 //! RecordBatch v2 header view, the request versions `kafka-protocol` no longer knows
 //! (`legacy`), message sets of format v0/v1, record codecs with bounded decompression, and
-//! the conversions a broker makes between them (`convert`).
+//! the conversions a broker makes between them (`convert`), the records of the internal
+//! `__consumer_offsets` topic (`offsets_topic`), and transactions' formats (`txn`: the
+//! `__transaction_state` records, control batches, the aborted-transaction index).
 //!
 //! No sockets, no runtime, no clock: everything here can be fuzzed and property-tested
 //! in isolation. Every length and count read from the wire is bounded before allocation.
@@ -13,3 +15,4 @@ pub mod frame;
 pub mod legacy;
 pub mod message_set;
 pub mod offsets_topic;
+pub mod txn;
