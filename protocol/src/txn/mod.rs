@@ -17,4 +17,4 @@ pub mod control;
 pub mod index;
 pub mod log;
 
-pub use codec::TxnRecordError;
+pub use codec::{TxnRecordError, MAX_SCHEMA_STRING_BYTES};
