@@ -1183,8 +1183,7 @@ impl TxnCoordinator {
 
     /// One record of the partition, in log order: the last value of each id wins, a
     /// tombstone removes it. A value no coordinator writes (state Dead or
-    /// PrepareEpochFence, a negative producer id or epoch) counts as a tombstone, and an
-    /// open or finished transaction without a start time starts at its last update, so
+    /// PrepareEpochFence, a negative producer id or epoch) counts as a tombstone, so
     /// damaged records cannot lead the state machine into a transition it refuses.
     pub fn replay(&mut self, record: &TransactionLogRecord) {
         if !matches!(self.status, Status::Loading { .. }) {
@@ -1201,11 +1200,8 @@ impl TxnCoordinator {
         });
         match usable {
             Some(value) => {
-                let mut meta = TxnMetadata::from_log(id, value);
-                if meta.state != TransactionState::Empty && meta.start_timestamp_ms < 0 {
-                    meta.start_timestamp_ms = meta.last_update_timestamp_ms.max(0);
-                }
-                self.txns.insert(id.clone(), meta);
+                self.txns
+                    .insert(id.clone(), TxnMetadata::from_log(id, value));
             }
             None => {
                 self.txns.remove(id);

@@ -122,9 +122,21 @@ impl TxnMetadata {
         }
     }
 
-    /// The state a log value describes (Kafka's `readTxnRecordValue`).
+    /// The state a log value describes (Kafka's `readTxnRecordValue`). Partitions count
+    /// only while a transaction is open or being completed (Kafka writes none for the other
+    /// states), and an open or finished transaction without a start time starts at its last
+    /// update, so a damaged record cannot lead to a transition the state machine refuses.
     pub fn from_log(transactional_id: &str, value: &TransactionLogValue) -> TxnMetadata {
-        let partitions = if value.state == TransactionState::Empty {
+        let mut start_timestamp_ms = value.start_timestamp_ms;
+        if value.state != TransactionState::Empty && start_timestamp_ms < 0 {
+            start_timestamp_ms = value.last_update_timestamp_ms.max(0);
+        }
+        let partitions = if !matches!(
+            value.state,
+            TransactionState::Ongoing
+                | TransactionState::PrepareCommit
+                | TransactionState::PrepareAbort
+        ) {
             BTreeSet::new()
         } else {
             value
@@ -147,7 +159,7 @@ impl TxnMetadata {
             timeout_ms: value.transaction_timeout_ms,
             state: value.state,
             partitions,
-            start_timestamp_ms: value.start_timestamp_ms,
+            start_timestamp_ms,
             last_update_timestamp_ms: value.last_update_timestamp_ms,
             pending: None,
             has_failed_epoch_fence: false,
@@ -389,6 +401,10 @@ impl TxnMetadata {
                     "transactional id {id}: bad InitProducerId transition {transit:?}"
                 );
                 self.timeout_ms = transit.timeout_ms;
+                // Kafka keeps the previous transaction's start time in memory here, while
+                // the record says -1 (and a reload shows -1): the state follows the record.
+                self.start_timestamp_ms = transit.start_timestamp_ms;
+                self.partitions.clear();
                 self.producer_epoch = transit.producer_epoch;
                 self.last_producer_epoch = transit.last_producer_epoch;
                 self.producer_id = transit.producer_id;

@@ -9,6 +9,8 @@
 //! - [`partition`]: what a partition keeps about transactions: the open ones (for the last
 //!   stable offset), the markers that end them, the aborted-transaction index a
 //!   read_committed Fetch consults, and KIP-890's check before a transactional append.
+//! - [`sim`]: a seeded simulator of a coordinator with producers, partitions, its log and
+//!   faults, checking the invariants of exactly-once delivery.
 //!
 //! Nothing here does I/O or reads a clock; a driver on a shard carries the effects out.
 //! See docs/transactions.md.
@@ -19,6 +21,7 @@ pub mod coordinator;
 pub mod metadata;
 pub mod partition;
 pub mod producer_ids;
+pub mod sim;
 
 #[cfg(test)]
 mod tests;
