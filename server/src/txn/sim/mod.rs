@@ -27,11 +27,12 @@
 //! it checks that everything settles: every prepared transaction completed, nothing left
 //! open anywhere, every batch decided, every aborted transaction in its partition's index.
 //!
-//! Producers learn the outcome of every write before they end a transaction, as Kafka's
-//! do; a write that lands after its producer moved on, or one to a partition never added,
-//! can join another transaction of the same producer epoch under Kafka 3.9's rules
-//! (closed by KIP-890 part 2, which Wharf does not implement), so the outcome check skips
-//! writes to partitions never added.
+//! A producer waits for every write before it ends a transaction, up to its delivery
+//! timeout; then it gives up on the write and aborts. A write that lands after its
+//! producer gave up, or one to a partition never added, can join another transaction of
+//! the same producer epoch under Kafka 3.9's rules (closed by KIP-890 part 2, which Wharf
+//! does not implement), so for those writes only the epoch is checked, not the outcome;
+//! they must still never leave a transaction open (KIP-890 part 1's promise).
 
 mod checks;
 mod producer;
@@ -70,6 +71,9 @@ pub const TRACE_ENV: &str = "WHARF_TXN_SIM_TRACE";
 const OFFSETS_PARTITIONS: u32 = 50;
 /// How long a producer waits for an answer before it sends the request again.
 const REQUEST_TIMEOUT_MS: i64 = 3_000;
+/// How long a producer waits for a write before it gives up on it and aborts (Kafka's
+/// `delivery.timeout.ms`, short here). The write may still land later.
+const DELIVERY_TIMEOUT_MS: i64 = 1_500;
 
 /// One run's shape, derived from its seed.
 #[derive(Clone, Debug)]
@@ -279,6 +283,10 @@ enum Event {
     VerifyDone {
         id: u64,
         result: Vec<(TopicPartition, ErrorCode)>,
+    },
+    /// The producer gives up on a write still unanswered.
+    DeliveryTimeout {
+        id: u64,
     },
     ProduceDone {
         id: u64,
@@ -590,7 +598,14 @@ impl World {
         }
         for request in fx.markers {
             let generation = self.generation;
-            let delay = self.delay();
+            // Now and then a request sits in a broker's queue for long: if its coordinator
+            // crashes meanwhile, its markers arrive after the next one's (and must be
+            // refused by coordinator epoch).
+            let delay = if self.faulty(30) {
+                self.rng.range(3_000, 15_000)
+            } else {
+                self.delay()
+            };
             self.schedule(
                 delay,
                 Event::MarkersArrive {
@@ -631,15 +646,15 @@ impl World {
                     },
                 )?;
             }
-            (CallKind::Add(req), Reply::AddPartitions(_, results)) => {
-                if results.iter().all(|(_, e)| e.is_none()) {
-                    self.oracle.check_current(
-                        &txn_id,
-                        req.producer_id,
-                        req.producer_epoch,
-                        "AddPartitionsToTxn",
-                    )?;
-                }
+            (CallKind::Add(req), Reply::AddPartitions(_, results))
+                if results.iter().all(|(_, e)| e.is_none()) =>
+            {
+                self.oracle.check_current(
+                    &txn_id,
+                    req.producer_id,
+                    req.producer_epoch,
+                    "AddPartitionsToTxn",
+                )?;
             }
             (CallKind::Offsets(req), Reply::AddOffsets(_, None)) => {
                 self.oracle.check_current(
@@ -806,6 +821,26 @@ impl World {
                 }
             }
             Event::ProduceDone { id, error } => self.produce_done(id, error),
+            Event::DeliveryTimeout { id } => {
+                let Some(produce) = self.produces.get_mut(&id) else {
+                    return Ok(());
+                };
+                if produce.counted {
+                    // Abandoned: it no longer holds EndTxn back, and if it lands after the
+                    // abort it may join another transaction (KIP-890 part 2's case), so
+                    // only its epoch is checked from now on.
+                    produce.counted = false;
+                    produce.stray = true;
+                    let slot = produce.slot;
+                    let incarnation = produce.incarnation;
+                    self.trace(|| format!("producer {slot} gives up on write {id}"));
+                    let p = &mut self.producers[slot];
+                    if p.incarnation == incarnation {
+                        p.outstanding -= 1;
+                        p.abortable = true;
+                    }
+                }
+            }
             Event::AdvanceHighWatermark { tp } => {
                 let calm = self.calm;
                 let step = self.rng.range(0, 6);
@@ -1265,16 +1300,16 @@ impl World {
                 p.epoch = r.producer_epoch;
                 p.phase = Phase::Ready;
             }
-            (CallKind::Add(req), Reply::AddPartitions(..)) => {
-                if p.phase == Phase::InTxn && p.txn_seq == call.txn_seq {
-                    p.added.extend(req.partitions);
-                    p.coordinator_txn = true;
-                }
+            (CallKind::Add(req), Reply::AddPartitions(..))
+                if p.phase == Phase::InTxn && p.txn_seq == call.txn_seq =>
+            {
+                p.added.extend(req.partitions);
+                p.coordinator_txn = true;
             }
-            (CallKind::Offsets(_), Reply::AddOffsets(..)) => {
-                if p.phase == Phase::InTxn && p.txn_seq == call.txn_seq {
-                    p.coordinator_txn = true;
-                }
+            (CallKind::Offsets(_), Reply::AddOffsets(..))
+                if p.phase == Phase::InTxn && p.txn_seq == call.txn_seq =>
+            {
+                p.coordinator_txn = true;
             }
             (CallKind::End(req), Reply::EndTxn(..)) => {
                 p.phase = Phase::Ready;
@@ -1317,6 +1352,9 @@ impl World {
         self.produces.insert(id, produce);
         let delay = self.delay();
         self.schedule(delay, Event::ProduceArrive { id });
+        if counted {
+            self.schedule(DELIVERY_TIMEOUT_MS, Event::DeliveryTimeout { id });
+        }
     }
 
     fn produce_arrives(&mut self, id: u64) -> Result<(), String> {
@@ -1401,10 +1439,8 @@ impl World {
     }
 
     fn produce_answered(&mut self, id: u64, error: ErrorCode) {
-        // Produce answers are never lost here: a producer learns how every write went
-        // before it ends the transaction (Kafka's producers wait for them, up to
-        // delivery.timeout.ms; a write landing after the producer moved on is what
-        // KIP-890 part 2, not modelled, closes).
+        // Produce answers are never lost; a producer waits for them up to its delivery
+        // timeout, then gives up and aborts.
         let delay = self.rng.range(1, 40);
         self.schedule(delay, Event::ProduceDone { id, error });
     }
@@ -1435,6 +1471,7 @@ impl World {
                 );
                 let delay = self.rng.range(20, 200);
                 self.schedule(delay, Event::ProduceArrive { id: new_id });
+                self.schedule(DELIVERY_TIMEOUT_MS, Event::DeliveryTimeout { id: new_id });
             }
             Reaction::Retry | Reaction::Abortable => {
                 p.outstanding -= 1;
