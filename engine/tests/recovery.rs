@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
-use wharf_engine::{BatchCache, Durability, EngineError, LogConfig, Offset};
+use wharf_engine::{BatchCache, DamageKind, Durability, EngineError, LogConfig, Offset};
 
 const SEGMENT: &str = "00000000000000000000.log";
 
@@ -144,7 +144,7 @@ fn garbage_after_the_last_batch_is_cut() {
 }
 
 #[test]
-fn damage_after_a_clean_shutdown_is_refused_on_read_not_served() {
+fn damage_after_a_clean_shutdown_is_never_served_and_moves_the_log_start_past_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run({
@@ -162,20 +162,49 @@ fn damage_after_a_clean_shutdown_is_refused_on_read_not_served() {
         f.seek(SeekFrom::Start(size - 10)).expect("seek");
         f.write_all(&[0xee]).expect("write");
     });
-    run(async move {
-        let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
-        assert_eq!(
-            log.read(Offset(0), 1)
+    run({
+        let path = path.clone();
+        async move {
+            let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
+            assert_eq!(
+                log.read(Offset(0), 1)
+                    .await
+                    .expect("first batch is intact")
+                    .len() as u64,
+                size / 5
+            );
+            // A read returns the valid batches before the damaged one.
+            let prefix = log
+                .read(Offset(0), 1 << 20)
                 .await
-                .expect("first batch is intact")
-                .len() as u64,
-            size / 5
-        );
-        let err = log
-            .read(Offset(9), 1 << 20)
-            .await
-            .expect_err("the damaged batch is not served");
-        assert!(matches!(err, EngineError::CorruptMessage(_)), "{err:?}");
+                .expect("the batches before it");
+            assert_eq!(prefix.len() as u64, 4 * size / 5);
+            // A read of the damaged batch moves the log start past it: the reader gets
+            // OFFSET_OUT_OF_RANGE, not the bytes and not a silent skip.
+            let err = log
+                .read(Offset(9), 1 << 20)
+                .await
+                .expect_err("the damaged batch is not served");
+            assert!(
+                matches!(err, EngineError::OffsetOutOfRange { log_start: 10, .. }),
+                "{err:?}"
+            );
+            assert_eq!(log.log_start_offset(), Offset(10));
+            let reports = log.damage_reports();
+            assert_eq!(reports.len(), 1, "{reports:?}");
+            assert_eq!(reports[0].kind, DamageKind::Skipped);
+            assert_eq!((reports[0].first_offset, reports[0].end_offset), (8, 10));
+            // Writes go on after it.
+            let (base, _) = append(&log, batch(1, 10, 0), Durability::Synced).await;
+            assert_eq!(base, 10);
+            log.close().await.expect("close");
+        }
+    });
+    // The moved log start survives a restart.
+    run(async move {
+        let log = open(&path, LogConfig::default()).await;
+        assert_eq!(log.log_start_offset(), Offset(10));
+        assert_eq!(log.log_end_offset(), Offset(11));
     });
 }
 

@@ -1,0 +1,184 @@
+//! Retention and DeleteRecords: the log start moves forward and whole segments below it go
+//! (never the active one). Which segments go is a pure decision
+//! ([`crate::retention::segments_to_delete`]); this carries it out.
+
+use std::rc::Rc;
+
+use crate::error::EngineError;
+use crate::retention::{segments_to_delete, SegmentSummary};
+use crate::storage::{replace_file, Storage};
+use crate::Offset;
+
+use super::segment::{segment_path, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::state::LogState;
+use super::{seal, write, Inner, PartitionLog, LOG_START_FILE};
+
+impl LogState {
+    /// How many of the oldest segments retention (or a moved log start) lets go now.
+    fn segments_to_retire(&self, retention_ms: i64, retention_bytes: i64, now_ms: i64) -> usize {
+        let summaries: Vec<SegmentSummary> = self
+            .segments
+            .iter()
+            .map(|s| SegmentSummary {
+                base_offset: s.base_offset,
+                size_bytes: s.size_bytes,
+                largest_timestamp_ms: s.largest_timestamp_ms(),
+            })
+            .collect();
+        let count = segments_to_delete(
+            &summaries,
+            self.log_start_offset,
+            retention_ms,
+            retention_bytes,
+            now_ms,
+        );
+        // Only sealed segments go; one just rolled waits for the writer to seal it.
+        count.min(
+            self.segments
+                .iter()
+                .take_while(|s| s.state == SegmentState::Sealed)
+                .count(),
+        )
+    }
+
+    /// Rolled segments whose writes are all done, which a deletion may seal itself.
+    fn sealable(&self) -> Vec<i64> {
+        let queued_from = self.pending.front().map_or(i64::MAX, |p| p.segment_base);
+        self.segments[..self.segments.len() - 1]
+            .iter()
+            .filter(|s| s.state != SegmentState::Sealed && s.base_offset < queued_from)
+            .map(|s| s.base_offset)
+            .collect()
+    }
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// DeleteRecords: advance the log start offset to `offset` (deleting whole segments
+    /// below it); returns the new log start offset.
+    pub async fn delete_records_before(&self, offset: Offset) -> Result<Offset, EngineError> {
+        let inner = &self.inner;
+        let _lock = inner
+            .io_lock
+            .acquire()
+            .await
+            .map_err(|_| inner.closed_error())?;
+        // Not refused while writes are: deleting records is how space comes back.
+        let text = {
+            let mut st = inner.state.borrow_mut();
+            inner.check_open(&st)?;
+            if offset.0 < 0 || offset.0 > st.next_offset {
+                return Err(EngineError::OffsetOutOfRange {
+                    requested: offset.0,
+                    log_start: st.log_start_offset,
+                    log_end: st.next_offset,
+                });
+            }
+            if offset.0 <= st.log_start_offset {
+                return Ok(Offset(st.log_start_offset));
+            }
+            st.move_log_start(offset.0, &inner.cache, &inner.cached);
+            format!("{}\n", offset.0).into_bytes()
+        };
+        // Whole segments below it go first: on a full disk that is what makes room for
+        // the file that records the new log start.
+        let now = inner.storage.now_ms();
+        inner.delete_old_segments_locked(-1, -1, now).await?;
+        let path = inner.dir.join(LOG_START_FILE);
+        replace_file(&inner.storage, &path, text, true)
+            .await
+            .map_err(|e| EngineError::io("cannot record the log start offset", e))?;
+        Ok(Offset(inner.state.borrow().log_start_offset))
+    }
+
+    /// Periodic upkeep: roll the active segment when `segment.ms` has passed, and apply
+    /// `retention.ms` / `retention.bytes` by deleting whole segments (never the active one).
+    /// Retention runs while writes are refused too: on a full disk it frees space.
+    pub async fn maintain(&self, now_ms: i64) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let writable = inner.check_writable().is_ok();
+        let (retention_ms, retention_bytes, start_writer) = {
+            let mut st = inner.state.borrow_mut();
+            inner.check_open(&st)?;
+            let segment_ms = st.config.segment_ms as i64;
+            let active = st.active();
+            let expired = active
+                .first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= segment_ms);
+            let mut start_writer = false;
+            if writable && !active.is_empty() && expired && !st.truncating {
+                let base = st.next_offset;
+                st.roll(base, now_ms);
+                start_writer = !std::mem::replace(&mut st.writer_running, true);
+            }
+            (
+                st.config.retention_ms,
+                st.config.retention_bytes,
+                start_writer,
+            )
+        };
+        if start_writer {
+            write::start_writer(inner);
+        }
+        let _lock = inner
+            .io_lock
+            .acquire()
+            .await
+            .map_err(|_| inner.closed_error())?;
+        inner
+            .delete_old_segments_locked(retention_ms, retention_bytes, now_ms)
+            .await
+    }
+}
+
+impl<S: Storage> Inner<S> {
+    /// Deletes whole sealed segments below the log start or beyond retention, for a caller
+    /// that holds the io lock.
+    async fn delete_old_segments_locked(
+        self: &Rc<Self>,
+        retention_ms: i64,
+        retention_bytes: i64,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        // Seal rolled segments whose writes are all done, rather than wait for the writer.
+        let sealable = {
+            let st = self.state.borrow();
+            if st.health == super::state::Health::Healthy {
+                st.sealable()
+            } else {
+                Vec::new()
+            }
+        };
+        for base in sealable {
+            seal::seal(self, base).await.map_err(|e| self.fail_io(e))?;
+        }
+        let removed: Vec<i64> = {
+            let mut st = self.state.borrow_mut();
+            if st.closed {
+                return Err(self.closed_error());
+            }
+            let count = st.segments_to_retire(retention_ms, retention_bytes, now);
+            if count == 0 {
+                return Ok(());
+            }
+            let removed: Vec<i64> = st.segments.drain(..count).map(|s| s.base_offset).collect();
+            let first_base = st.segments[0].base_offset;
+            st.move_log_start(first_base, &self.cache, &self.cached);
+            st.recompute_max_timestamp();
+            st.generation += 1;
+            removed
+        };
+        self.files.borrow_mut().read = None;
+        let removal = async {
+            for base in &removed {
+                for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                    self.storage
+                        .remove_file(&segment_path(&self.dir, *base, suffix))
+                        .await?;
+                }
+            }
+            self.storage.sync_dir(&self.dir).await
+        }
+        .await;
+        removal.map_err(|e| EngineError::io("cannot delete a segment", e))
+    }
+}

@@ -1,0 +1,311 @@
+//! The validating walk over a segment's batches, shared by recovery, truncation and the
+//! rebuilding of indexes: from a start position, every batch must pass validation (framing,
+//! magic, CRC-32C, counts) and start exactly where the previous one ended in offsets; the
+//! walk stops at the first byte that does not — a torn write, preallocated zeroes, damage.
+//! Everything the log keeps in memory about the segment (indexes, largest timestamp,
+//! leader epochs, producers, the partial tail page) is rebuilt from the batches that passed.
+//!
+//! A batch that fails is read again once before the walk stops at it: a flipped bit on
+//! the way from the disk must not cost data that is intact on it.
+
+use std::io;
+
+use wharf_protocol::batch::{validate_batch_with, BatchHeader, CountRule, BATCH_HEADER_BYTES};
+
+use crate::index::SegmentIndex;
+use crate::producer::ProducerStates;
+use crate::records::offset_of_max_timestamp;
+use crate::storage::{align_down, SegmentFile};
+
+/// Bytes read from disk at a time while scanning.
+pub(crate) const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Where a walk starts. At the segment start the first batch must start at the segment's
+/// base offset; at a position taken from the offset index, the first batch must end at the
+/// offset the index entry names (the entry's batch), and the index and time index carry
+/// what is known about the batches before it.
+#[derive(Clone, Debug)]
+pub(crate) struct ScanStart {
+    pub position: u64,
+    pub expect: Expect,
+    pub index: SegmentIndex,
+    pub max_timestamp: (i64, i64),
+}
+
+/// What the first batch of a walk must be.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Its base offset.
+    BaseOffset(i64),
+    /// Its last offset (a batch found through the offset index).
+    LastOffset(i64),
+}
+
+impl ScanStart {
+    /// The start of a segment whose base offset is `base_offset`.
+    pub fn segment_start(base_offset: i64) -> ScanStart {
+        ScanStart {
+            position: 0,
+            expect: Expect::BaseOffset(base_offset),
+            index: SegmentIndex::new(),
+            max_timestamp: (-1, -1),
+        }
+    }
+
+    /// The batch of offset-index entry `k` of a segment whose in-memory index is `index`
+    /// (built from validated batches): the index and time index keep what they knew up to
+    /// that batch, and the walk goes on from it.
+    pub fn at_entry(base_offset: i64, index: &SegmentIndex, k: usize) -> ScanStart {
+        let entry = index.offset_entries()[k];
+        let truncated = index.truncated_through(k);
+        let max_timestamp = truncated.last_time_entry().map_or((-1, -1), |t| {
+            (t.timestamp_ms, base_offset + i64::from(t.relative_offset))
+        });
+        ScanStart {
+            position: u64::from(entry.position),
+            expect: Expect::LastOffset(base_offset + i64::from(entry.relative_offset)),
+            index: truncated,
+            max_timestamp,
+        }
+    }
+}
+
+/// What a walk found.
+#[derive(Debug)]
+pub(crate) struct ScanOutcome {
+    /// Bytes from the segment start that hold valid batches; the rest is to be cut.
+    pub valid_bytes: u64,
+    /// The offset after the last valid batch (the first batch's expected start if none).
+    pub next_offset: i64,
+    pub index: SegmentIndex,
+    /// Largest timestamp and the offset of its record, `(-1, -1)` if none.
+    pub max_timestamp: (i64, i64),
+    /// `(epoch, base offset)` where the batches' partitionLeaderEpoch grows.
+    pub epochs: Vec<(i32, i64)>,
+    /// The segment's bytes from `align_down(valid_bytes)` to `valid_bytes`.
+    pub tail: Vec<u8>,
+    pub batches: u64,
+    /// Idempotent producers' batches walked, replayed (timestamps are the caller's to set).
+    pub producers: ProducerStates,
+    /// Why the walk stopped before `end_bytes`, if it did: the first bad batch.
+    pub stopped: Option<String>,
+}
+
+/// Where a walk stops besides damage.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct ScanLimits {
+    /// Bytes of the file to look at.
+    pub end_bytes: u64,
+    /// Stop before the first batch whose last offset is at or past this (truncation).
+    pub stop_at_offset: Option<i64>,
+    pub index_interval_bytes: u32,
+}
+
+/// Walks the segment with base offset `base_offset` in `file` from `start`.
+pub(crate) async fn scan_segment<F: SegmentFile>(
+    file: &F,
+    base_offset: i64,
+    start: ScanStart,
+    limits: ScanLimits,
+) -> io::Result<ScanOutcome> {
+    let mut out = ScanOutcome {
+        valid_bytes: start.position,
+        next_offset: match start.expect {
+            Expect::BaseOffset(b) => b,
+            Expect::LastOffset(_) => -1,
+        },
+        index: start.index,
+        max_timestamp: start.max_timestamp,
+        epochs: Vec::new(),
+        tail: Vec::new(),
+        batches: 0,
+        producers: ProducerStates::default(),
+        stopped: None,
+    };
+    let mut first = Some(start.expect);
+    // `buf` holds the file's bytes from `buf_start`; `pos` is the next batch's position.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start: u64 = align_down(start.position);
+    let mut pos: u64 = start.position;
+    let mut reread_at: Option<u64> = None;
+    let mut last_epoch = i32::MIN;
+    loop {
+        let have = (buf_start + buf.len() as u64).saturating_sub(pos);
+        let left_in_file = limits.end_bytes.saturating_sub(pos);
+        if left_in_file == 0 {
+            break;
+        }
+        // Enough for a header, then for the whole batch, reading more as needed.
+        let mut need = BATCH_HEADER_BYTES as u64;
+        let mut bad: Option<String> = None;
+        if have >= need {
+            let at = (pos - buf_start) as usize;
+            match BatchHeader::view(&buf[at..]).and_then(BatchHeader::total_bytes) {
+                Some(size) => need = size as u64,
+                None => bad = Some(format!("no record batch at position {pos}")),
+            }
+        }
+        if bad.is_none() && need > left_in_file {
+            bad = Some(format!(
+                "a batch of {need} bytes at position {pos} runs past the end at {}",
+                limits.end_bytes
+            ));
+        }
+        if bad.is_none() && have < need {
+            // Drop what is consumed, keeping the page of `pos` for the tail.
+            let keep_from = align_down(pos).max(buf_start);
+            buf.drain(..((keep_from - buf_start) as usize).min(buf.len()));
+            buf_start = keep_from;
+            let read_at = buf_start + buf.len() as u64;
+            let want = (pos + need - read_at)
+                .max(SCAN_CHUNK_BYTES as u64)
+                .min(limits.end_bytes - read_at);
+            let chunk = file.read_at(read_at, want as usize).await?;
+            if chunk.is_empty() {
+                out.stopped = Some(format!(
+                    "the file ends at {read_at}, before {}",
+                    limits.end_bytes
+                ));
+                break;
+            }
+            buf.extend_from_slice(&chunk);
+            continue;
+        }
+        let verdict = match bad {
+            Some(reason) => Err(reason),
+            None => {
+                let at = (pos - buf_start) as usize;
+                let bytes = &buf[at..at + need as usize];
+                check_batch(bytes, pos, base_offset, out.next_offset, first)
+            }
+        };
+        let info = match verdict {
+            Ok(info) => info,
+            Err(reason) => {
+                if reread_at != Some(pos) {
+                    // Once more from the disk before believing it.
+                    reread_at = Some(pos);
+                    buf.clear();
+                    buf_start = align_down(pos);
+                    continue;
+                }
+                out.stopped = Some(reason);
+                break;
+            }
+        };
+        let at = (pos - buf_start) as usize;
+        let bytes = &buf[at..at + need as usize];
+        if limits
+            .stop_at_offset
+            .is_some_and(|stop| info.last_offset() >= stop)
+        {
+            break;
+        }
+        first = None;
+        let relative_last = info.last_offset() - base_offset;
+        if info.max_timestamp > out.max_timestamp.0 {
+            out.max_timestamp = (info.max_timestamp, offset_of_max_timestamp(bytes, &info));
+        }
+        if info.partition_leader_epoch > last_epoch {
+            last_epoch = info.partition_leader_epoch;
+            out.epochs.push((last_epoch, info.base_offset));
+        }
+        let relative_max = (out.max_timestamp.1 - base_offset).clamp(0, relative_last) as u32;
+        out.index.on_batch(
+            pos as u32,
+            need as u32,
+            relative_last as u32,
+            out.max_timestamp.0,
+            relative_max,
+            limits.index_interval_bytes,
+        );
+        out.producers.record(&info, info.base_offset, 0);
+        pos += need;
+        out.valid_bytes = pos;
+        out.next_offset = info.last_offset() + 1;
+        out.batches += 1;
+    }
+    if out.next_offset < 0 {
+        // Not even the indexed batch it started at is valid: the caller starts earlier.
+        return Ok(out);
+    }
+    let tail_from = (align_down(pos).max(buf_start) - buf_start) as usize;
+    let tail_to = ((pos - buf_start) as usize).min(buf.len());
+    out.tail = buf
+        .get(tail_from..tail_to)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    if out.tail.len() as u64 != pos - align_down(pos) {
+        // The walk did not keep the page it stopped in: read it for the writer.
+        out.tail = file
+            .read_at(align_down(pos), (pos - align_down(pos)) as usize)
+            .await?;
+        if out.tail.len() as u64 != pos - align_down(pos) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the segment is shorter than its valid bytes",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Walks from offset-index entry `entry` (the segment start when `None`); when the indexed
+/// batch itself is bad, from the entry before it, down to the segment start, whose base
+/// offset is known.
+pub(crate) async fn scan_from_entry<F: SegmentFile>(
+    file: &F,
+    base_offset: i64,
+    index: Option<&SegmentIndex>,
+    mut entry: Option<usize>,
+    limits: ScanLimits,
+) -> io::Result<ScanOutcome> {
+    loop {
+        let start = match (index, entry) {
+            (Some(index), Some(k)) => ScanStart::at_entry(base_offset, index, k),
+            _ => ScanStart::segment_start(base_offset),
+        };
+        let out = scan_segment(file, base_offset, start, limits).await?;
+        if out.next_offset >= 0 {
+            return Ok(out);
+        }
+        entry = entry.and_then(|k| k.checked_sub(1));
+    }
+}
+
+/// Validates one batch at `pos`: framing, magic, CRC, counts, and that it starts right
+/// after the previous one (`next_offset`) or is the batch `first` names. The base offset is
+/// outside the CRC, so a batch that does not follow its predecessor is damage, never a skip.
+pub(crate) fn check_batch(
+    bytes: &[u8],
+    pos: u64,
+    base_offset: i64,
+    next_offset: i64,
+    first: Option<Expect>,
+) -> Result<wharf_protocol::batch::BatchInfo, String> {
+    let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost)
+        .map_err(|e| format!("batch at position {pos}: {e}"))?;
+    let follows = match first {
+        Some(Expect::BaseOffset(b)) => info.base_offset == b,
+        Some(Expect::LastOffset(l)) => info.last_offset() == l && info.base_offset >= base_offset,
+        None => info.base_offset == next_offset,
+    };
+    if !follows {
+        let wanted = match first {
+            Some(Expect::LastOffset(l)) => format!("a batch ending at offset {l}"),
+            Some(Expect::BaseOffset(b)) => format!("offset {b}"),
+            None => format!("offset {next_offset}"),
+        };
+        return Err(format!(
+            "batch at position {pos} starts at offset {} where {wanted} belongs",
+            info.base_offset
+        ));
+    }
+    let relative_last = info.last_offset() - base_offset;
+    if relative_last > i64::from(u32::MAX) || pos + bytes.len() as u64 > u64::from(u32::MAX) {
+        return Err(format!(
+            "batch at position {pos} is beyond what a segment's index can address"
+        ));
+    }
+    Ok(info)
+}

@@ -1,0 +1,296 @@
+//! Truncation: drop every record at or after an offset (replication: follow the leader's
+//! log). Like Kafka, a batch that contains the offset goes as a whole; an offset at or
+//! before the first segment empties the log and restarts it there (Kafka's
+//! `truncateFullyAndStartAt`).
+
+use std::rc::Rc;
+
+use crate::epoch::{LeaderEpochCache, CHECKPOINT_FILE};
+use crate::error::EngineError;
+use crate::index::SegmentIndex;
+use crate::producer::ProducerStates;
+use crate::storage::{replace_file, OpenMode, SegmentFile, Storage};
+use crate::Offset;
+
+use super::manifest;
+use super::scan::{scan_from_entry, ScanLimits};
+use super::seal::write_manifest;
+use super::segment::{
+    segment_path, Segment, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+};
+use super::state::{FailureKind, LogState};
+use super::{failure, snapshot, Inner, PartitionLog, LOG_START_FILE};
+
+/// What a truncation must do.
+enum TruncatePlan {
+    Nothing,
+    /// Nothing of the log survives.
+    Fully,
+    /// Cut segment `base` before `offset`, dropping the segments after it.
+    Cut {
+        base: i64,
+        sealed: bool,
+        index: Option<SegmentIndex>,
+        end: u64,
+        interval: u32,
+    },
+}
+
+impl LogState {
+    fn plan_truncate(&self, offset: i64) -> TruncatePlan {
+        if offset >= self.next_offset {
+            return TruncatePlan::Nothing;
+        }
+        if offset <= self.log_start_offset || offset <= self.segments[0].base_offset {
+            return TruncatePlan::Fully;
+        }
+        let k = self.segments.partition_point(|s| s.base_offset < offset) - 1;
+        let seg = &self.segments[k];
+        TruncatePlan::Cut {
+            base: seg.base_offset,
+            sealed: seg.state == SegmentState::Sealed,
+            index: seg.index.clone(),
+            end: seg.readable_bytes(),
+            interval: self.config.index_interval_bytes,
+        }
+    }
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// Drop every record at or after `offset` (replication: follow the leader's log).
+    /// Like Kafka, a batch that contains `offset` goes as a whole.
+    pub async fn truncate_to(&self, offset: Offset) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        let _gate = inner
+            .append_gate
+            .acquire()
+            .await
+            .map_err(|_| inner.closed_error())?;
+        inner.check_writable()?;
+        {
+            let mut st = inner.state.borrow_mut();
+            if offset.0 >= st.next_offset {
+                return Ok(());
+            }
+            st.truncating = true;
+        }
+        let result = inner.truncate(offset.0).await;
+        inner.state.borrow_mut().truncating = false;
+        result
+    }
+}
+
+impl<S: Storage> Inner<S> {
+    async fn truncate(self: &Rc<Self>, offset: i64) -> Result<(), EngineError> {
+        // Flush what is queued, then hold the writer off while segments change.
+        let seq = self.state.borrow().appended_seq;
+        self.written
+            .wait(seq)
+            .await
+            .map_err(|reason| self.storage_error(reason))?;
+        // A sealed segment's index, to start the walk near the cut.
+        let base = {
+            let st = self.state.borrow();
+            match st.plan_truncate(offset) {
+                TruncatePlan::Cut {
+                    base, index: None, ..
+                } => Some(base),
+                _ => None,
+            }
+        };
+        if let Some(base) = base {
+            self.load_index(base).await?;
+        }
+        let _lock = self
+            .io_lock
+            .acquire()
+            .await
+            .map_err(|_| self.closed_error())?;
+        self.check_writable()?;
+        let plan = self.state.borrow().plan_truncate(offset);
+        let result = match plan {
+            TruncatePlan::Nothing => return Ok(()),
+            TruncatePlan::Fully => self.truncate_fully(offset).await,
+            TruncatePlan::Cut {
+                base,
+                sealed,
+                index,
+                end,
+                interval,
+            } => self.cut(offset, base, sealed, index, end, interval).await,
+        };
+        match result {
+            Ok(removed) => {
+                let epochs = {
+                    let mut st = self.state.borrow_mut();
+                    std::mem::take(&mut st.epochs_dirty).then(|| st.epochs.encode())
+                };
+                let finished = async {
+                    if let Some(text) = epochs {
+                        replace_file(
+                            &self.storage,
+                            &self.dir.join(CHECKPOINT_FILE),
+                            text.into_bytes(),
+                            true,
+                        )
+                        .await?;
+                    }
+                    let end = self.state.borrow().next_offset;
+                    snapshot::remove_snapshots_after(self, end).await?;
+                    for base in removed.iter().rev() {
+                        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                            self.storage
+                                .remove_file(&segment_path(&self.dir, *base, suffix))
+                                .await?;
+                        }
+                    }
+                    self.storage.sync_dir(&self.dir).await
+                }
+                .await;
+                finished.map_err(|e| self.fail_structural(e))
+            }
+            Err(err) => Err(self.fail_structural(err)),
+        }
+    }
+
+    /// A failure in the middle of a structural change: the log is reloaded from disk as
+    /// after a crash.
+    fn fail_structural(self: &Rc<Self>, err: std::io::Error) -> EngineError {
+        let reason = err.to_string();
+        failure::on_failure(self, FailureKind::Structural, reason.clone());
+        self.storage_error(reason)
+    }
+
+    /// Kafka's truncateFullyAndStartAt: nothing of the log survives. Returns the segments
+    /// whose files are to be removed.
+    async fn truncate_fully(self: &Rc<Self>, offset: i64) -> std::io::Result<Vec<i64>> {
+        // No segment stays trusted.
+        write_manifest(self, manifest::encode(&[])).await?;
+        let now = self.storage.now_ms();
+        let removed = {
+            let mut st = self.state.borrow_mut();
+            let removed: Vec<Segment> = std::mem::take(&mut st.segments);
+            st.segments.push(Segment::new_active(offset, now));
+            st.log_start_offset = offset;
+            st.next_offset = offset;
+            st.written_next_offset = offset;
+            st.tail = None;
+            st.last_write = None;
+            st.epochs = LeaderEpochCache::default();
+            st.epochs_dirty = true;
+            st.producers = ProducerStates::default();
+            st.max_timestamp = (-1, -1);
+            st.generation += 1;
+            self.cache.clear(&self.cached);
+            removed
+        };
+        self.files.borrow_mut().clear();
+        let text = format!("{offset}\n").into_bytes();
+        replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await?;
+        Ok(removed.iter().map(|s| s.base_offset).collect())
+    }
+
+    /// Cuts segment `base` before the batch holding `offset`; returns the segments after it.
+    async fn cut(
+        self: &Rc<Self>,
+        offset: i64,
+        base: i64,
+        sealed: bool,
+        index: Option<SegmentIndex>,
+        end: u64,
+        interval: u32,
+    ) -> std::io::Result<Vec<i64>> {
+        if sealed {
+            // The segment is about to change: it must no longer be trusted as sealed.
+            let listed: Vec<_> = self
+                .state
+                .borrow()
+                .sealed_segments()
+                .into_iter()
+                .filter(|s| s.base_offset < base)
+                .collect();
+            write_manifest(self, manifest::encode(&listed)).await?;
+        }
+        let path = segment_path(&self.dir, base, LOG_SUFFIX);
+        let open = self.files.borrow().writable(base);
+        let file = match open {
+            Some(file) => file,
+            None => Rc::new(
+                self.storage
+                    .open_segment(&path, OpenMode::ReadWrite)
+                    .await?,
+            ),
+        };
+        let entry = index
+            .as_ref()
+            .and_then(|ix| ix.entry_before_offset((offset - base).max(0) as u64));
+        let scan = scan_from_entry(
+            &*file,
+            base,
+            index.as_ref(),
+            entry,
+            ScanLimits {
+                end_bytes: end,
+                stop_at_offset: Some(offset),
+                index_interval_bytes: interval,
+            },
+        )
+        .await?;
+        file.truncate(scan.valid_bytes).await?;
+        file.fdatasync().await?;
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            self.storage
+                .remove_file(&segment_path(&self.dir, base, suffix))
+                .await?;
+        }
+        let (removed, next, log_start_moved) = {
+            let mut st = self.state.borrow_mut();
+            let k = st
+                .segment_index(base)
+                .expect("segments change only under the io lock");
+            let removed: Vec<i64> = st
+                .segments
+                .split_off(k + 1)
+                .iter()
+                .map(|s| s.base_offset)
+                .collect();
+            let next = scan.next_offset;
+            let seg = &mut st.segments[k];
+            seg.size_bytes = scan.valid_bytes;
+            seg.written_bytes = scan.valid_bytes;
+            seg.synced_bytes = scan.valid_bytes;
+            seg.allocated_bytes = scan.valid_bytes;
+            seg.next_offset = next;
+            seg.max_timestamp = scan.max_timestamp;
+            seg.index = Some(scan.index);
+            seg.state = SegmentState::Open;
+            seg.start_producers = None;
+            st.next_offset = next;
+            st.written_next_offset = next;
+            st.pending.clear();
+            // A batch that straddled the log start went whole.
+            let log_start_moved = next < st.log_start_offset;
+            st.log_start_offset = st.log_start_offset.min(next);
+            st.tail = Some(scan.tail);
+            st.last_write = None;
+            st.forget_from(next, &self.cache, &self.cached);
+            (removed, next, log_start_moved)
+        };
+        {
+            let mut files = self.files.borrow_mut();
+            files.read = None;
+            files.last_written = None;
+            for b in &removed {
+                files.take_writable(*b);
+            }
+            if files.writable(base).is_none() {
+                files.writable.push((base, file));
+            }
+        }
+        if log_start_moved {
+            let text = format!("{next}\n").into_bytes();
+            replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await?;
+        }
+        Ok(removed)
+    }
+}
