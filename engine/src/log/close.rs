@@ -58,11 +58,6 @@ impl<S: Storage> Inner<S> {
             .acquire()
             .await
             .map_err(|_| self.closed_error())?;
-        let _sync = self
-            .sync_lock
-            .acquire()
-            .await
-            .map_err(|_| self.closed_error())?;
         let failed = match &self.state.borrow().health {
             Health::Healthy => None,
             Health::Failed { reason, .. } => Some(reason.clone()),
@@ -71,6 +66,8 @@ impl<S: Storage> Inner<S> {
             (Err(reason), _) | (Ok(()), Some(reason)) => Err(self.storage_error(reason)),
             (Ok(()), None) => self.close_files().await,
         };
+        // No fdatasync of the syncer's is left in flight.
+        let _sync = self.sync_lock.acquire().await;
         let mut st = self.state.borrow_mut();
         st.closed = true;
         self.files.borrow_mut().clear();
@@ -97,7 +94,7 @@ impl<S: Storage> Inner<S> {
                 .collect()
         };
         for base in unsealed {
-            seal::seal(self, base).await.map_err(to_io)?;
+            seal::seal(self, base).await.map_err(|(_, e)| to_io(e))?;
         }
         let (base, written, next_offset, offsets, times, epochs) = {
             let mut st = self.state.borrow_mut();
@@ -129,7 +126,7 @@ impl<S: Storage> Inner<S> {
             return Ok(());
         }
         if let Some(file) = file {
-            file.fdatasync().await.map_err(to_io)?;
+            self.sync_file(&file).await.map_err(|(_, e)| to_io(e))?;
             file.truncate(written).await.map_err(to_io)?;
         }
         // The three files are independent: written and synced concurrently.

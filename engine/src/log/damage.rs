@@ -94,8 +94,9 @@ impl DamageReport {
 impl LogState {
     /// A read found a bad batch at `position` of segment `base_offset`, where offset
     /// `first_offset` should have been, and reading it again did not help. The log start
-    /// moves to the first offset known to be readable after it: the next batch the offset
-    /// index names, else the next segment (for the active segment, the written end).
+    /// moves to the first offset known to be readable after it: the end of the next batch
+    /// the offset index names, else the next segment (for the active segment, the written
+    /// end).
     pub fn skip_damage(
         &mut self,
         base_offset: i64,
@@ -108,12 +109,14 @@ impl LogState {
         let k = self.segment_index(base_offset)?;
         let seg = &self.segments[k];
         let last = k + 1 == self.segments.len();
+        let log_start = self.log_start_offset;
         let after = seg.index.as_ref().and_then(|index| {
             index
                 .offset_entries()
                 .iter()
-                .find(|e| u64::from(e.position) > position)
-                .map(|e| base_offset + i64::from(e.relative_offset) + 1)
+                .map(|e| (e.position, base_offset + i64::from(e.relative_offset) + 1))
+                .find(|(p, resume)| u64::from(*p) > position && *resume > log_start)
+                .map(|(_, resume)| resume)
         });
         let resume = after
             .unwrap_or(if last {
@@ -122,14 +125,14 @@ impl LogState {
                 seg.next_offset
             })
             .min(self.written_next_offset);
-        if resume <= self.log_start_offset || first_offset < self.log_start_offset {
+        if resume <= self.log_start_offset {
             return None;
         }
         let report = DamageReport {
             kind: DamageKind::Skipped,
             segment_base_offset: base_offset,
             position,
-            first_offset,
+            first_offset: first_offset.max(self.log_start_offset),
             end_offset: resume,
             previous_log_start_offset: self.log_start_offset,
             reason,

@@ -14,7 +14,7 @@
 
 use std::rc::Rc;
 
-use crate::storage::{is_no_space, OpenMode, Storage};
+use crate::storage::{OpenMode, SegmentFile, Storage};
 
 use super::damage::{DamageKind, DamageReport};
 use super::scan::{scan_from_entry, ScanLimits, ScanOutcome};
@@ -22,11 +22,35 @@ use super::segment::{segment_path, SegmentState, LOG_SUFFIX};
 use super::state::{FailureKind, Health, LogState};
 use super::{snapshot, Inner};
 
-pub(super) fn classify(err: &std::io::Error) -> FailureKind {
-    if is_no_space(err) {
-        FailureKind::NoSpace
-    } else {
-        FailureKind::Write
+impl<S: Storage> Inner<S> {
+    /// `fdatasync` of a segment outside the syncer (sealing, truncating, closing). Never
+    /// concurrently with another one of this log: after a failed `fdatasync` another may
+    /// succeed without the data being durable (the kernel reports a writeback error once),
+    /// so one that fails must be seen before the next is issued.
+    pub(super) async fn sync_file(
+        &self,
+        file: &S::File,
+    ) -> Result<(), (FailureKind, std::io::Error)> {
+        let _sync = self.sync_lock.acquire().await.map_err(|_| {
+            (
+                FailureKind::Write,
+                std::io::Error::other("the log is closed"),
+            )
+        })?;
+        if let Health::Failed { reason, .. } = &self.state.borrow().health {
+            return Err((FailureKind::Sync, std::io::Error::other(reason.clone())));
+        }
+        file.fdatasync().await.map_err(|e| (FailureKind::Sync, e))
+    }
+
+    /// Records a failure of `kind` (see [`on_failure`]) and returns the error for the caller.
+    pub(super) fn fail_with(
+        self: &Rc<Self>,
+        (kind, err): (FailureKind, std::io::Error),
+    ) -> crate::error::EngineError {
+        let reason = err.to_string();
+        on_failure(self, kind, reason.clone());
+        self.storage_error(reason)
     }
 }
 
@@ -82,6 +106,7 @@ struct RecoveryPlan {
     end_bytes: u64,
     index: Option<crate::index::SegmentIndex>,
     interval: u32,
+    epochs: Vec<(i32, i64)>,
 }
 
 impl LogState {
@@ -106,6 +131,7 @@ impl LogState {
             end_bytes: seg.written_bytes,
             index,
             interval: self.config.index_interval_bytes,
+            epochs: self.epochs.entries().to_vec(),
         })
     }
 
@@ -207,6 +233,13 @@ async fn rebuild<S: Storage>(inner: &Rc<Inner<S>>) -> std::io::Result<()> {
     let Some(plan) = inner.state.borrow().plan_recovery() else {
         return Ok(());
     };
+    tracing::debug!(
+        dir = %inner.dir.display(),
+        segment = plan.base_offset,
+        entry = ?plan.entry,
+        end = plan.end_bytes,
+        "reloading the segment being written from disk"
+    );
     let open = inner.files.borrow().writable(plan.base_offset);
     let file = match open {
         Some(file) => file,
@@ -228,6 +261,7 @@ async fn rebuild<S: Storage>(inner: &Rc<Inner<S>>) -> std::io::Result<()> {
         plan.base_offset,
         plan.index.as_ref(),
         plan.entry,
+        &plan.epochs,
         ScanLimits {
             end_bytes: plan.end_bytes,
             stop_at_offset: None,
@@ -248,6 +282,7 @@ fn empty_scan(base_offset: i64) -> ScanOutcome {
         tail: Vec::new(),
         batches: 0,
         producers: Default::default(),
+        producers_from: Vec::new(),
         stopped: None,
     }
 }

@@ -310,6 +310,29 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().reports.clone()
     }
 
+    /// The log's internal bookkeeping, one line, for debugging a simulation seed.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        let st = self.inner.state.borrow();
+        format!(
+            "appended {} written {} synced {} sync_wanted {} writer {} syncer {} io_lock {} sync_lock {} health {:?} pending {} segments {:?}",
+            st.appended_seq,
+            self.inner.written.done(),
+            self.inner.synced.done(),
+            st.sync_wanted,
+            st.writer_running,
+            st.syncer_running,
+            self.inner.io_lock.is_locked(),
+            self.inner.sync_lock.is_locked(),
+            st.health,
+            st.pending.len(),
+            st.segments
+                .iter()
+                .map(|s| (s.base_offset, s.state, s.written_bytes, s.synced_bytes))
+                .collect::<Vec<_>>()
+        )
+    }
+
     /// Why appends are refused right now (a failed write or fdatasync, a full disk, a
     /// closed log), if they are.
     pub fn write_error(&self) -> Option<String> {
@@ -362,11 +385,5 @@ impl<S: Storage> Inner<S> {
             Some(reason) => Err(self.storage_error(reason)),
             None => Ok(()),
         }
-    }
-
-    fn fail_io(self: &Rc<Self>, err: std::io::Error) -> EngineError {
-        let reason = err.to_string();
-        failure::on_failure(self, failure::classify(&err), reason.clone());
-        self.storage_error(reason)
     }
 }

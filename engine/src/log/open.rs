@@ -139,7 +139,7 @@ pub(super) async fn open_state<S: Storage>(
     let mut stopped_short: Vec<Option<(u64, String)>> = Vec::new();
     let mut manifest_dirty = false;
     // Idempotent producers' batches in the active segment, when it was scanned.
-    let mut active_producers: Option<ProducerStates> = None;
+    let mut active_producers: Option<(ProducerStates, Vec<(i64, ProducerStates)>)> = None;
     // The producer state at the log end after a clean close.
     let mut clean_producers: Option<ProducerStates> = None;
     let limits = |end_bytes| ScanLimits {
@@ -156,30 +156,16 @@ pub(super) async fn open_state<S: Storage>(
             .iter()
             .find(|p| p.base_offset == base && p.size_bytes == size);
         if let Some(proof) = proof {
-            let mut seg = Segment::sealed(base, size, proof.next_offset, modified_ms);
-            seg.max_timestamp = proof.max_timestamp;
-            if rebuild_epochs {
-                let (index, scan) =
-                    load_or_rebuild_index(storage, dir, base, size, proof.next_offset, interval)
-                        .await
-                        .map_err(io("cannot rebuild a segment index"))?;
-                let scan = match scan {
-                    Some(scan) => scan,
-                    None => {
-                        let file = storage
-                            .open_segment(&seg.log_path(dir), OpenMode::Read)
-                            .await
-                            .map_err(io("cannot open a segment"))?;
-                        scan_segment(&file, base, ScanStart::segment_start(base), limits(size))
-                            .await
-                            .map_err(io("cannot scan a segment"))?
-                    }
-                };
-                for (epoch, start) in scan.epochs {
-                    epochs.assign(epoch, start);
-                }
-                seg.index = Some(index);
-            }
+            let seg = load_proven(
+                storage,
+                dir,
+                proof,
+                modified_ms,
+                rebuild_epochs,
+                &mut epochs,
+                interval,
+            )
+            .await?;
             segments.push(seg);
             stopped_short.push(None);
             continue;
@@ -227,6 +213,34 @@ pub(super) async fn open_state<S: Storage>(
             segments.push(Segment::new_active(base, now));
             tail = Some(Vec::new());
         }
+        Some(&(base, size, modified_ms))
+            if proofs
+                .iter()
+                .any(|p| p.base_offset == base && p.size_bytes == size) =>
+        {
+            // Sealed, and the broker stopped before the next segment's file was durable:
+            // the log goes on in a new segment at its end.
+            let proof = proofs
+                .iter()
+                .find(|p| p.base_offset == base && p.size_bytes == size)
+                .expect("just found");
+            let seg = load_proven(
+                storage,
+                dir,
+                proof,
+                modified_ms,
+                rebuild_epochs,
+                &mut epochs,
+                interval,
+            )
+            .await?;
+            let next = seg.next_offset;
+            segments.push(seg);
+            stopped_short.push(None);
+            segments.push(Segment::new_active(next, now));
+            stopped_short.push(None);
+            tail = Some(Vec::new());
+        }
         Some(&(base, size, modified_ms)) => {
             let mut seg = Segment::new_active(base, modified_ms);
             let trusted = match marker {
@@ -263,7 +277,7 @@ pub(super) async fn open_state<S: Storage>(
                             .await
                             .map_err(io("cannot open a segment"))?;
                         let scan =
-                            scan_segment(&file, base, ScanStart::segment_start(base), limits(size))
+                            scan_segment(&file, base, active_start(base, &snapshots), limits(size))
                                 .await
                                 .map_err(io("cannot scan a segment"))?;
                         if rebuild_epochs {
@@ -271,7 +285,7 @@ pub(super) async fn open_state<S: Storage>(
                                 epochs.assign(epoch, start);
                             }
                         }
-                        active_producers = Some(scan.producers);
+                        active_producers = Some((scan.producers, scan.producers_from));
                     }
                 }
                 _ => {
@@ -281,7 +295,7 @@ pub(super) async fn open_state<S: Storage>(
                         .await
                         .map_err(io("cannot open the active segment"))?;
                     let scan =
-                        scan_segment(&file, base, ScanStart::segment_start(base), limits(size))
+                        scan_segment(&file, base, active_start(base, &snapshots), limits(size))
                             .await
                             .map_err(io("cannot recover the active segment"))?;
                     let cut = scan.valid_bytes < size;
@@ -311,7 +325,7 @@ pub(super) async fn open_state<S: Storage>(
                     for (epoch, start) in scan.epochs {
                         epochs.assign(epoch, start);
                     }
-                    active_producers = Some(scan.producers);
+                    active_producers = Some((scan.producers, scan.producers_from));
                 }
             }
             segments.push(seg);
@@ -319,15 +333,31 @@ pub(super) async fn open_state<S: Storage>(
         }
     }
 
-    // Offsets must run on from one segment to the next; where they do not, the log start
-    // moves past the gap.
     let mut log_start_offset = segments[0]
         .base_offset
         .max(persisted_log_start.unwrap_or(0));
+    // A log cut below its recorded start (damage that had already moved the log start
+    // past it, then a torn tail): it goes on from the log start in a new segment, and the
+    // offsets below are never given out again.
+    if let Some(last) = segments.last_mut() {
+        if last.next_offset < log_start_offset && last.state != SegmentState::Sealed {
+            last.state = SegmentState::Sealed;
+            last.synced_bytes = last.size_bytes;
+            files.writable.clear();
+            manifest_dirty = true;
+            active_producers = None;
+            segments.push(Segment::new_active(log_start_offset, now));
+            stopped_short.push(None);
+            tail = Some(Vec::new());
+        }
+    }
+    // Offsets must run on from one segment to the next; where they do not, the log start
+    // moves past the gap.
     let mut moved = false;
     for i in 0..segments.len() - 1 {
         let (end, next_base) = (segments[i].next_offset, segments[i + 1].base_offset);
-        if end == next_base {
+        // Gaps below the log start lose nothing that was still in the log.
+        if end == next_base || next_base <= log_start_offset {
             continue;
         }
         let previous = log_start_offset;
@@ -409,6 +439,16 @@ pub(super) async fn open_state<S: Storage>(
     state.snapshots = snapshots;
     state.reports = reports;
     state.recompute_max_timestamp();
+    // An entry for a segment that is not sealed as listed (a sealed segment whose trim
+    // was lost and is active again, one cut since) must go.
+    manifest_dirty |= proofs.iter().any(|p| {
+        state.segments.iter().any(|s| {
+            s.base_offset == p.base_offset
+                && (s.state != SegmentState::Sealed
+                    || s.size_bytes != p.size_bytes
+                    || s.next_offset != p.next_offset)
+        })
+    });
     if manifest_dirty {
         // Best effort: without it those segments are validated again next time.
         let bytes = manifest::encode(&state.sealed_segments());
@@ -418,6 +458,63 @@ pub(super) async fn open_state<S: Storage>(
         }
     }
     Ok((state, files))
+}
+
+/// A segment the sealed-segments file vouches for, trusted without reading it (unless the
+/// leader-epoch checkpoint is gone and its epochs must be read back).
+async fn load_proven<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    proof: &SealedSegment,
+    modified_ms: i64,
+    rebuild_epochs: bool,
+    epochs: &mut LeaderEpochCache,
+    interval: u32,
+) -> Result<Segment, EngineError> {
+    let io = |context: &str| {
+        let context = format!("{context} in {}", dir.display());
+        move |e: std::io::Error| EngineError::io(context, e)
+    };
+    let (base, size) = (proof.base_offset, proof.size_bytes);
+    let mut seg = Segment::sealed(base, size, proof.next_offset, modified_ms);
+    seg.max_timestamp = proof.max_timestamp;
+    if rebuild_epochs {
+        let (index, scan) =
+            load_or_rebuild_index(storage, dir, base, size, proof.next_offset, interval)
+                .await
+                .map_err(io("cannot rebuild a segment index"))?;
+        let scan = match scan {
+            Some(scan) => scan,
+            None => {
+                let file = storage
+                    .open_segment(&seg.log_path(dir), OpenMode::Read)
+                    .await
+                    .map_err(io("cannot open a segment"))?;
+                let limits = ScanLimits {
+                    end_bytes: size,
+                    stop_at_offset: None,
+                    index_interval_bytes: interval,
+                };
+                scan_segment(&file, base, ScanStart::segment_start(base), limits)
+                    .await
+                    .map_err(io("cannot scan a segment"))?
+            }
+        };
+        for (epoch, start) in scan.epochs {
+            epochs.assign(epoch, start);
+        }
+        seg.index = Some(index);
+    }
+    Ok(seg)
+}
+
+/// The start of a walk over the active segment, replaying producers also from each
+/// snapshot inside it (the newest intact one is the state to replay over).
+fn active_start(base: i64, snapshots: &[i64]) -> ScanStart {
+    ScanStart {
+        replay_from: snapshots.iter().copied().filter(|o| *o > base).collect(),
+        ..ScanStart::segment_start(base)
+    }
 }
 
 fn segments_path(dir: &Path, base: i64) -> std::path::PathBuf {

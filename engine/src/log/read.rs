@@ -49,6 +49,8 @@ pub(crate) struct DiskRead {
     /// For a sealed segment, the offset its last batch must end before.
     pub next_offset: i64,
     pub generation: u64,
+    /// The leader-epoch cache, to check the epochs batches carry.
+    pub epochs: Vec<(i32, i64)>,
 }
 
 impl LogState {
@@ -95,6 +97,7 @@ impl LogState {
             sealed: seg.state == SegmentState::Sealed,
             next_offset: seg.next_offset,
             generation: self.generation,
+            epochs: self.epochs.entries().to_vec(),
         })
     }
 }
@@ -188,7 +191,14 @@ pub(crate) async fn read_batches<F: SegmentFile>(
             None => {
                 let at = (pos - buf_start) as usize;
                 let s = size.expect("a whole batch is buffered");
-                check_batch(&buf[at..at + s], pos, plan.base_offset, next_offset, first)
+                check_batch(
+                    &buf[at..at + s],
+                    pos,
+                    plan.base_offset,
+                    next_offset,
+                    first,
+                    &plan.epochs,
+                )
             }
         };
         let info = match checked {

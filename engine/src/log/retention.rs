@@ -11,11 +11,18 @@ use crate::Offset;
 
 use super::segment::{segment_path, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::state::LogState;
-use super::{seal, write, Inner, PartitionLog, LOG_START_FILE};
+use super::{seal, snapshot, write, Inner, PartitionLog, LOG_START_FILE};
 
 impl LogState {
-    /// How many of the oldest segments retention (or a moved log start) lets go now.
-    fn segments_to_retire(&self, retention_ms: i64, retention_bytes: i64, now_ms: i64) -> usize {
+    /// How many of the oldest segments retention (or a log start moving to `below`) lets
+    /// go now.
+    fn segments_to_retire(
+        &self,
+        below: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+        now_ms: i64,
+    ) -> usize {
         let summaries: Vec<SegmentSummary> = self
             .segments
             .iter()
@@ -27,7 +34,7 @@ impl LogState {
             .collect();
         let count = segments_to_delete(
             &summaries,
-            self.log_start_offset,
+            self.log_start_offset.max(below),
             retention_ms,
             retention_bytes,
             now_ms,
@@ -63,8 +70,8 @@ impl<S: Storage> PartitionLog<S> {
             .await
             .map_err(|_| inner.closed_error())?;
         // Not refused while writes are: deleting records is how space comes back.
-        let text = {
-            let mut st = inner.state.borrow_mut();
+        {
+            let st = inner.state.borrow();
             inner.check_open(&st)?;
             if offset.0 < 0 || offset.0 > st.next_offset {
                 return Err(EngineError::OffsetOutOfRange {
@@ -76,17 +83,25 @@ impl<S: Storage> PartitionLog<S> {
             if offset.0 <= st.log_start_offset {
                 return Ok(Offset(st.log_start_offset));
             }
-            st.move_log_start(offset.0, &inner.cache, &inner.cached);
-            format!("{}\n", offset.0).into_bytes()
-        };
-        // Whole segments below it go first: on a full disk that is what makes room for
-        // the file that records the new log start.
+        }
+        // Whole segments below it go first (the log start moves to the first one left,
+        // which needs no record: a restart finds it so). On a full disk that is what makes
+        // room for the file that records the log start inside a segment.
         let now = inner.storage.now_ms();
-        inner.delete_old_segments_locked(-1, -1, now).await?;
-        let path = inner.dir.join(LOG_START_FILE);
-        replace_file(&inner.storage, &path, text, true)
-            .await
-            .map_err(|e| EngineError::io("cannot record the log start offset", e))?;
+        inner
+            .delete_old_segments_locked(offset.0, -1, -1, now)
+            .await?;
+        if inner.state.borrow().log_start_offset < offset.0 {
+            let path = inner.dir.join(LOG_START_FILE);
+            let text = format!("{}\n", offset.0).into_bytes();
+            replace_file(&inner.storage, &path, text, true)
+                .await
+                .map_err(|e| EngineError::io("cannot record the log start offset", e))?;
+            inner
+                .state
+                .borrow_mut()
+                .move_log_start(offset.0, &inner.cache, &inner.cached);
+        }
         Ok(Offset(inner.state.borrow().log_start_offset))
     }
 
@@ -125,16 +140,17 @@ impl<S: Storage> PartitionLog<S> {
             .await
             .map_err(|_| inner.closed_error())?;
         inner
-            .delete_old_segments_locked(retention_ms, retention_bytes, now_ms)
+            .delete_old_segments_locked(-1, retention_ms, retention_bytes, now_ms)
             .await
     }
 }
 
 impl<S: Storage> Inner<S> {
-    /// Deletes whole sealed segments below the log start or beyond retention, for a caller
-    /// that holds the io lock.
+    /// Deletes whole sealed segments below the log start (or `below`) or beyond retention,
+    /// for a caller that holds the io lock. The log start moves to the first segment left.
     async fn delete_old_segments_locked(
         self: &Rc<Self>,
+        below: i64,
         retention_ms: i64,
         retention_bytes: i64,
         now: i64,
@@ -149,17 +165,40 @@ impl<S: Storage> Inner<S> {
             }
         };
         for base in sealable {
-            seal::seal(self, base).await.map_err(|e| self.fail_io(e))?;
+            seal::seal(self, base)
+                .await
+                .map_err(|e| self.fail_with(e))?;
         }
-        let removed: Vec<i64> = {
-            let mut st = self.state.borrow_mut();
+        let (mut count, unrecorded) = {
+            let st = self.state.borrow();
             if st.closed {
                 return Err(self.closed_error());
             }
-            let count = st.segments_to_retire(retention_ms, retention_bytes, now);
+            let count = st.segments_to_retire(below, retention_ms, retention_bytes, now);
             if count == 0 {
                 return Ok(());
             }
+            // The first segment left tells a restart where the log starts, but only once it
+            // has a file; until then `log-start-offset` must.
+            let unrecorded = st.segments[count..]
+                .iter()
+                .all(|s| s.state == SegmentState::Closed && s.written_bytes == 0);
+            (count, unrecorded.then(|| st.segments[count].base_offset))
+        };
+        if let Some(first) = unrecorded {
+            let text = format!("{first}\n").into_bytes();
+            let recorded =
+                replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await;
+            if recorded.is_err() {
+                // Without the record, the last sealed segment stays to tell.
+                count -= 1;
+                if count == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        let removed: Vec<i64> = {
+            let mut st = self.state.borrow_mut();
             let removed: Vec<i64> = st.segments.drain(..count).map(|s| s.base_offset).collect();
             let first_base = st.segments[0].base_offset;
             st.move_log_start(first_base, &self.cache, &self.cached);
@@ -176,6 +215,8 @@ impl<S: Storage> Inner<S> {
                         .await?;
                 }
             }
+            let first = self.state.borrow().segments[0].base_offset;
+            snapshot::remove_snapshots_before(self, first).await?;
             self.storage.sync_dir(&self.dir).await
         }
         .await;

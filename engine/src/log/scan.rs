@@ -30,6 +30,12 @@ pub(crate) struct ScanStart {
     pub expect: Expect,
     pub index: SegmentIndex,
     pub max_timestamp: (i64, i64),
+    /// Offsets from which the producers' batches are also replayed on their own (the
+    /// offsets of producer snapshots inside the segment, for recovery).
+    pub replay_from: Vec<i64>,
+    /// The leader-epoch cache, when known: a batch's partitionLeaderEpoch (outside the
+    /// CRC) must be the one the cache gives its offset.
+    pub epochs: Vec<(i32, i64)>,
 }
 
 /// What the first batch of a walk must be.
@@ -49,6 +55,8 @@ impl ScanStart {
             expect: Expect::BaseOffset(base_offset),
             index: SegmentIndex::new(),
             max_timestamp: (-1, -1),
+            replay_from: Vec::new(),
+            epochs: Vec::new(),
         }
     }
 
@@ -66,6 +74,8 @@ impl ScanStart {
             expect: Expect::LastOffset(base_offset + i64::from(entry.relative_offset)),
             index: truncated,
             max_timestamp,
+            replay_from: Vec::new(),
+            epochs: Vec::new(),
         }
     }
 }
@@ -87,6 +97,8 @@ pub(crate) struct ScanOutcome {
     pub batches: u64,
     /// Idempotent producers' batches walked, replayed (timestamps are the caller's to set).
     pub producers: ProducerStates,
+    /// The same, from each of `ScanStart::replay_from` on.
+    pub producers_from: Vec<(i64, ProducerStates)>,
     /// Why the walk stopped before `end_bytes`, if it did: the first bad batch.
     pub stopped: Option<String>,
 }
@@ -120,6 +132,11 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
         tail: Vec::new(),
         batches: 0,
         producers: ProducerStates::default(),
+        producers_from: start
+            .replay_from
+            .iter()
+            .map(|o| (*o, ProducerStates::default()))
+            .collect(),
         stopped: None,
     };
     let mut first = Some(start.expect);
@@ -176,7 +193,14 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
             None => {
                 let at = (pos - buf_start) as usize;
                 let bytes = &buf[at..at + need as usize];
-                check_batch(bytes, pos, base_offset, out.next_offset, first)
+                check_batch(
+                    bytes,
+                    pos,
+                    base_offset,
+                    out.next_offset,
+                    first,
+                    &start.epochs,
+                )
             }
         };
         let info = match verdict {
@@ -184,9 +208,9 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
             Err(reason) => {
                 if reread_at != Some(pos) {
                     // Once more from the disk before believing it.
+                    // What is before it was validated (and may be the tail): kept.
                     reread_at = Some(pos);
-                    buf.clear();
-                    buf_start = align_down(pos);
+                    buf.truncate(((pos - buf_start) as usize).min(buf.len()));
                     continue;
                 }
                 out.stopped = Some(reason);
@@ -220,6 +244,11 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
             limits.index_interval_bytes,
         );
         out.producers.record(&info, info.base_offset, 0);
+        for (from, producers) in out.producers_from.iter_mut() {
+            if info.base_offset >= *from {
+                producers.record(&info, info.base_offset, 0);
+            }
+        }
         pos += need;
         out.valid_bytes = pos;
         out.next_offset = info.last_offset() + 1;
@@ -236,40 +265,55 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
     if out.tail.len() as u64 != pos - align_down(pos) {
-        // The walk did not keep the page it stopped in: read it for the writer.
-        out.tail = file
-            .read_at(align_down(pos), (pos - align_down(pos)) as usize)
-            .await?;
-        if out.tail.len() as u64 != pos - align_down(pos) {
+        // The walk did not keep the page it stopped in: read it for the writer, twice, as
+        // the next write puts these bytes back and a flipped bit must not go with them.
+        let len = (pos - align_down(pos)) as usize;
+        let first = file.read_at(align_down(pos), len).await?;
+        let second = file.read_at(align_down(pos), len).await?;
+        if first.len() != len || first != second {
             return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the segment is shorter than its valid bytes",
+                io::ErrorKind::InvalidData,
+                "cannot read back the last page of the segment reliably",
             ));
         }
+        out.tail = first;
     }
     Ok(out)
 }
 
 /// Walks from offset-index entry `entry` (the segment start when `None`); when the indexed
 /// batch itself is bad, from the entry before it, down to the segment start, whose base
-/// offset is known.
+/// offset is known; and from an earlier entry again when the walk ends in a page that
+/// begins before where it started (that page is written back with the next write, so
+/// every byte of it must have been validated).
 pub(crate) async fn scan_from_entry<F: SegmentFile>(
     file: &F,
     base_offset: i64,
     index: Option<&SegmentIndex>,
     mut entry: Option<usize>,
+    epochs: &[(i32, i64)],
     limits: ScanLimits,
 ) -> io::Result<ScanOutcome> {
     loop {
-        let start = match (index, entry) {
+        let mut start = match (index, entry) {
             (Some(index), Some(k)) => ScanStart::at_entry(base_offset, index, k),
             _ => ScanStart::segment_start(base_offset),
         };
+        start.epochs = epochs.to_vec();
+        let from = start.position;
         let out = scan_segment(file, base_offset, start, limits).await?;
-        if out.next_offset >= 0 {
-            return Ok(out);
+        if out.next_offset < 0 {
+            entry = entry.and_then(|k| k.checked_sub(1));
+            continue;
         }
-        entry = entry.and_then(|k| k.checked_sub(1));
+        // The last page goes back to disk with the next write: all of it must have been
+        // validated, so the walk must have started at or before that page.
+        let page = align_down(out.valid_bytes);
+        if page < from {
+            entry = index.and_then(|ix| ix.entry_at_or_before(page));
+            continue;
+        }
+        return Ok(out);
     }
 }
 
@@ -282,9 +326,20 @@ pub(crate) fn check_batch(
     base_offset: i64,
     next_offset: i64,
     first: Option<Expect>,
+    epochs: &[(i32, i64)],
 ) -> Result<wharf_protocol::batch::BatchInfo, String> {
     let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost)
         .map_err(|e| format!("batch at position {pos}: {e}"))?;
+    // The epoch the cache gives the batch's offset (none below its first entry).
+    let k = epochs.partition_point(|(_, start)| *start <= info.base_offset);
+    if let Some(&(epoch, _)) = k.checked_sub(1).map(|k| &epochs[k]) {
+        if info.partition_leader_epoch != epoch {
+            return Err(format!(
+                "batch at position {pos} carries leader epoch {} where the log has {epoch}",
+                info.partition_leader_epoch
+            ));
+        }
+    }
     let follows = match first {
         Some(Expect::BaseOffset(b)) => info.base_offset == b,
         Some(Expect::LastOffset(l)) => info.last_offset() == l && info.base_offset >= base_offset,

@@ -11,9 +11,23 @@ use crate::storage::{replace_file, SegmentFile, Storage};
 
 use super::manifest::{self, SEALED_SEGMENTS_FILE};
 use super::segment::{segment_path, SegmentState, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
+use super::state::FailureKind;
 use super::{snapshot, Inner};
 
-pub(super) async fn seal<S: Storage>(inner: &Rc<Inner<S>>, base_offset: i64) -> io::Result<()> {
+/// Errors come with what kind of failure they are: a failed `fdatasync` means nothing since
+/// the last good one can be vouched for.
+pub(super) async fn seal<S: Storage>(
+    inner: &Rc<Inner<S>>,
+    base_offset: i64,
+) -> Result<(), (FailureKind, io::Error)> {
+    let other = |e: io::Error| {
+        let kind = if crate::storage::is_no_space(&e) {
+            FailureKind::NoSpace
+        } else {
+            FailureKind::Write
+        };
+        (kind, e)
+    };
     let (size, offsets, times) = {
         let mut st = inner.state.borrow_mut();
         let seg = st
@@ -26,8 +40,8 @@ pub(super) async fn seal<S: Storage>(inner: &Rc<Inner<S>>, base_offset: i64) -> 
     };
     let file = inner.files.borrow().writable(base_offset);
     if let Some(file) = &file {
-        file.fdatasync().await?;
-        file.truncate(size).await?;
+        inner.sync_file(file).await?;
+        file.truncate(size).await.map_err(other)?;
     }
     let dir = &inner.dir;
     replace_file(
@@ -36,14 +50,16 @@ pub(super) async fn seal<S: Storage>(inner: &Rc<Inner<S>>, base_offset: i64) -> 
         offsets,
         false,
     )
-    .await?;
+    .await
+    .map_err(other)?;
     replace_file(
         &inner.storage,
         &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
         times,
         false,
     )
-    .await?;
+    .await
+    .map_err(other)?;
     // The producer state as of the next segment's base, so recovery replays only the
     // active segment (Kafka writes its `.snapshot` when a segment rolls too).
     let snapshot = {
@@ -53,7 +69,9 @@ pub(super) async fn seal<S: Storage>(inner: &Rc<Inner<S>>, base_offset: i64) -> 
             .and_then(|next| Some((next.base_offset, next.start_producers.take()?)))
     };
     if let Some((offset, bytes)) = snapshot {
-        snapshot::write_snapshot(inner, offset, bytes).await?;
+        snapshot::write_snapshot(inner, offset, bytes)
+            .await
+            .map_err(other)?;
     }
     let listed = {
         let mut st = inner.state.borrow_mut();
@@ -67,7 +85,7 @@ pub(super) async fn seal<S: Storage>(inner: &Rc<Inner<S>>, base_offset: i64) -> 
         }
         manifest::encode(&st.sealed_segments())
     };
-    write_manifest(inner, listed).await?;
+    write_manifest(inner, listed).await.map_err(other)?;
     inner.files.borrow_mut().take_writable(base_offset);
     Ok(())
 }

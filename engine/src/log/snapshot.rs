@@ -15,8 +15,10 @@ pub(super) fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
     segment_path(dir, offset, SNAPSHOT_SUFFIX)
 }
 
-/// Writes `<offset>.snapshot` (synced, directory too) and removes every other snapshot
-/// but the one at the active segment's base: at most two stay.
+/// Writes `<offset>.snapshot` (synced, directory too) and removes the snapshots that are
+/// neither at a segment's base nor the newest. One per segment stays, as in Kafka, so that
+/// recovery finds one at the base of whichever segment ends up last (after a truncation
+/// cut back into an older segment, say); retention removes them with their segments.
 pub(super) async fn write_snapshot<S: Storage>(
     inner: &Inner<S>,
     offset: i64,
@@ -34,16 +36,33 @@ pub(super) async fn write_snapshot<S: Storage>(
         if let Err(at) = st.snapshots.binary_search(&offset) {
             st.snapshots.insert(at, offset);
         }
-        // Recovery after a crash needs the one at the active segment's base; a clean
-        // open needs the newest.
-        let active_base = st.active().base_offset;
         let newest = st.snapshots.last().copied();
+        let bases: Vec<i64> = st.segments.iter().map(|s| s.base_offset).collect();
         let (keep, stale) = st
             .snapshots
             .iter()
-            .partition(|&&o| o == active_base || Some(o) == newest);
+            .partition(|&&o| Some(o) == newest || bases.binary_search(&o).is_ok());
         st.snapshots = keep;
         stale
+    };
+    for old in stale {
+        inner
+            .storage
+            .remove_file(&snapshot_path(&inner.dir, old))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes snapshots below `offset` (the first segment's base, after retention).
+pub(super) async fn remove_snapshots_before<S: Storage>(
+    inner: &Inner<S>,
+    offset: i64,
+) -> io::Result<()> {
+    let stale: Vec<i64> = {
+        let mut st = inner.state.borrow_mut();
+        let first_kept = st.snapshots.partition_point(|&o| o < offset);
+        st.snapshots.drain(..first_kept).collect()
     };
     for old in stale {
         inner
@@ -96,10 +115,12 @@ pub(super) async fn load_snapshot<S: Storage>(
 }
 
 /// Rebuilds the idempotent producers' state (KIP-98) on open: the snapshot at the log end
-/// when the active segment was not scanned (clean shutdown), else the snapshot at the
-/// active segment's base plus the batches the scan found in it. Snapshots past the log end
-/// (data cut by recovery) are removed. A log written without snapshots starts with the
-/// producers of its active segment only, as Kafka does on upgrade with its last segments.
+/// when the active segment was not scanned (clean shutdown); else the newest intact snapshot
+/// from the active segment's base on (one is written when a segment is sealed, when the log
+/// is truncated, and on a clean close) with the scanned batches after it replayed over it.
+/// Snapshots past the log end (data cut by recovery) are removed. Without any, the state
+/// holds the active segment's producers only, as Kafka does on upgrade with its last
+/// segments.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn recover_producers<S: Storage>(
     storage: &S,
@@ -108,7 +129,7 @@ pub(super) async fn recover_producers<S: Storage>(
     active_base: i64,
     next_offset: i64,
     clean_producers: Option<ProducerStates>,
-    active_producers: Option<ProducerStates>,
+    active_producers: Option<(ProducerStates, Vec<(i64, ProducerStates)>)>,
     now: i64,
 ) -> io::Result<ProducerStates> {
     let keep = snapshots.partition_point(|&o| o <= next_offset);
@@ -116,7 +137,17 @@ pub(super) async fn recover_producers<S: Storage>(
         storage.remove_file(&snapshot_path(dir, stale)).await?;
     }
     Ok(match (clean_producers, active_producers) {
-        (_, Some(mut replayed)) => {
+        (_, Some((all, mut from_snapshots))) => {
+            // Newest first: the snapshot with the fewest batches to replay over it.
+            from_snapshots.sort_by_key(|(offset, _)| std::cmp::Reverse(*offset));
+            for (offset, mut replayed) in from_snapshots {
+                if let Some(mut producers) = load_snapshot(storage, dir, snapshots, offset).await {
+                    replayed.set_last_timestamps(now);
+                    producers.extend_with_later(replayed);
+                    return Ok(producers);
+                }
+            }
+            let mut replayed = all;
             // Replayed batches count as seen now: their expiry starts with this open.
             replayed.set_last_timestamps(now);
             let mut producers = load_snapshot(storage, dir, snapshots, active_base)

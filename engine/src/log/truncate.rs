@@ -121,6 +121,12 @@ impl<S: Storage> Inner<S> {
         };
         match result {
             Ok(removed) => {
+                // The cut segment was synced and the later ones are gone: everything
+                // written is durable, which the syncer (whose file may be gone) cannot say.
+                let written = self.written.done();
+                if written > self.synced.done() {
+                    self.synced.advance(written);
+                }
                 let epochs = {
                     let mut st = self.state.borrow_mut();
                     std::mem::take(&mut st.epochs_dirty).then(|| st.epochs.encode())
@@ -137,6 +143,11 @@ impl<S: Storage> Inner<S> {
                     }
                     let end = self.state.borrow().next_offset;
                     snapshot::remove_snapshots_after(self, end).await?;
+                    // The producer state at the new end, so that recovery after a crash
+                    // need not go back to the cut segment's base, whose snapshot may be
+                    // long gone.
+                    let bytes = self.state.borrow().producers.encode();
+                    snapshot::write_snapshot(self, end, bytes).await?;
                     for base in removed.iter().rev() {
                         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
                             self.storage
@@ -200,8 +211,9 @@ impl<S: Storage> Inner<S> {
         end: u64,
         interval: u32,
     ) -> std::io::Result<Vec<i64>> {
-        if sealed {
+        {
             // The segment is about to change: it must no longer be trusted as sealed.
+            let _ = sealed;
             let listed: Vec<_> = self
                 .state
                 .borrow()
@@ -210,6 +222,26 @@ impl<S: Storage> Inner<S> {
                 .filter(|s| s.base_offset < base)
                 .collect();
             write_manifest(self, manifest::encode(&listed)).await?;
+        }
+        // The segments after it go first, as in Kafka: a crash in the middle then leaves a
+        // shorter log, never one with a hole.
+        let later: Vec<i64> = self
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .filter(|s| s.base_offset > base)
+            .map(|s| s.base_offset)
+            .collect();
+        for b in later.iter().rev() {
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                self.storage
+                    .remove_file(&segment_path(&self.dir, *b, suffix))
+                    .await?;
+            }
+        }
+        if !later.is_empty() {
+            self.storage.sync_dir(&self.dir).await?;
         }
         let path = segment_path(&self.dir, base, LOG_SUFFIX);
         let open = self.files.borrow().writable(base);
@@ -224,11 +256,13 @@ impl<S: Storage> Inner<S> {
         let entry = index
             .as_ref()
             .and_then(|ix| ix.entry_before_offset((offset - base).max(0) as u64));
+        let epochs = self.state.borrow().epochs.entries().to_vec();
         let scan = scan_from_entry(
             &*file,
             base,
             index.as_ref(),
             entry,
+            &epochs,
             ScanLimits {
                 end_bytes: end,
                 stop_at_offset: Some(offset),
@@ -236,8 +270,15 @@ impl<S: Storage> Inner<S> {
             },
         )
         .await?;
+        if scan.next_offset < self.state.borrow().log_start_offset {
+            // The batch holding the offset straddles the log start: nothing from the log
+            // start on survives, and the offsets below it are not given out again.
+            drop(file);
+            let log_start = self.state.borrow().log_start_offset;
+            return self.truncate_fully(log_start).await;
+        }
         file.truncate(scan.valid_bytes).await?;
-        file.fdatasync().await?;
+        self.sync_file(&file).await.map_err(|(_, e)| e)?;
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             self.storage
                 .remove_file(&segment_path(&self.dir, base, suffix))

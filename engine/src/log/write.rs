@@ -240,7 +240,7 @@ async fn run_job<S: Storage>(
             .await
             .map_err(write_failure)?;
         }
-        Job::Seal(base) => seal::seal(inner, base).await.map_err(write_failure)?,
+        Job::Seal(base) => seal::seal(inner, base).await?,
         Job::Open {
             base_offset,
             create,
@@ -304,7 +304,7 @@ async fn run_job<S: Storage>(
             // The bytes of the last page are rewritten by the next write: they are read
             // back as whole batches and validated, from the last index entry before them,
             // so a damaged page is never written back as if it were good.
-            let (entry, index, interval) = {
+            let (entry, index, interval, epochs) = {
                 let st = inner.state.borrow();
                 let seg = st
                     .segment(base_offset)
@@ -313,13 +313,19 @@ async fn run_job<S: Storage>(
                 let entry = index
                     .as_ref()
                     .and_then(|ix| ix.entry_at_or_before(align_down(written_bytes)));
-                (entry, index, st.config.index_interval_bytes)
+                (
+                    entry,
+                    index,
+                    st.config.index_interval_bytes,
+                    st.epochs.entries().to_vec(),
+                )
             };
             let scan = scan_from_entry(
                 &*file,
                 base_offset,
                 index.as_ref(),
                 entry,
+                &epochs,
                 ScanLimits {
                     end_bytes: written_bytes,
                     stop_at_offset: None,

@@ -90,9 +90,25 @@ struct FileData {
     bad_sectors: BTreeSet<u64>,
     /// Sectors whose next read returns flipped bits.
     transient: BTreeSet<u64>,
-    /// Sectors that already returned a transient fault: never again, so one re-read
-    /// of a range always sees the truth.
+    /// Sectors that already returned a transient fault: never again.
     flipped_once: BTreeSet<u64>,
+    /// Byte ranges that just returned a transient fault, with how many more reads of the
+    /// file they stay clear of new ones: the fault is transient, so reading the range
+    /// again right away sees the truth (two independent faults on the same bytes in a row
+    /// are too rare on real disks to model).
+    recently_flipped: Vec<(u64, u64, u32)>,
+}
+
+/// `WHARF_SIM_DISK_TRACE=<part of a path>`: print every operation on matching files (for
+/// debugging a seed).
+fn trace(path: &Path, what: impl FnOnce() -> String) {
+    static FILTER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let filter = FILTER.get_or_init(|| std::env::var("WHARF_SIM_DISK_TRACE").ok());
+    if let Some(f) = filter {
+        if path.to_string_lossy().contains(f.as_str()) {
+            println!("    disk {}: {}", path.display(), what());
+        }
+    }
 }
 
 fn apply(content: &mut Vec<u8>, op: &DataOp) {
@@ -124,6 +140,7 @@ impl FileData {
 
     fn complete(&mut self, op: DataOp, now_ms: i64) {
         if let DataOp::Write { pos, data } = &op {
+            // A rewritten sector reads back right (a bad sector is remapped on write).
             let first = pos / SECTOR_BYTES;
             let last = (pos + data.len() as u64).div_ceil(SECTOR_BYTES);
             for s in first..last {
@@ -457,8 +474,15 @@ impl SimDisk {
                 file.pending.push((seq, DataOp::Write { pos, data }));
             }
         }
+        let names: BTreeMap<u64, PathBuf> = st
+            .durable
+            .files
+            .iter()
+            .map(|(p, i)| (*i, p.clone()))
+            .collect();
         let inodes: Vec<u64> = st.inodes.keys().copied().collect();
         for inode in inodes {
+            let name = names.get(&inode).cloned().unwrap_or_default();
             let Some(file) = st.inodes.get_mut(&inode) else {
                 continue;
             };
@@ -469,7 +493,16 @@ impl SimDisk {
                 pending.swap(i, j);
             }
             for (_, op) in pending {
-                match st.rng.below(3) {
+                let fate = st.rng.below(3);
+                trace(&name, || {
+                    let what = match &op {
+                        DataOp::Write { pos, data } => format!("write {pos}+{}", data.len()),
+                        DataOp::SetLen(l) => format!("setlen {l}"),
+                        DataOp::Extend(l) => format!("extend {l}"),
+                    };
+                    format!("crash: {what} {}", ["lost", "kept", "torn"][fate as usize])
+                });
+                match fate {
                     0 => {}
                     1 => apply(&mut file.durable, &op),
                     _ => match op {
@@ -793,6 +826,7 @@ impl SimFile {
                     .inodes
                     .get_mut(&inode)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the file is gone"))?;
+                trace(&path, || format!("write {pos}+{len}"));
                 file.complete(DataOp::Write { pos, data }, now);
                 Ok(len)
             })
@@ -821,13 +855,22 @@ impl SimFile {
                 let start = (pos as usize).min(file.live.len());
                 let end = (pos as usize + len).min(file.live.len());
                 let mut out = file.live[start..end].to_vec();
+                let read_end = pos + out.len() as u64;
+                let clear = file
+                    .recently_flipped
+                    .iter()
+                    .any(|(from, to, _)| pos < *to && *from < read_end);
+                file.recently_flipped.retain_mut(|(_, _, left)| {
+                    *left -= 1;
+                    *left > 0
+                });
                 if out.is_empty() {
                     return Ok(out);
                 }
                 let first = pos / SECTOR_BYTES;
                 let last = (pos + out.len() as u64).div_ceil(SECTOR_BYTES);
                 let mut new_fault = None;
-                if draw {
+                if draw && !clear {
                     let sector = first + pick % (last - first);
                     if !file.flipped_once.contains(&sector) {
                         file.transient.insert(sector);
@@ -839,6 +882,8 @@ impl SimFile {
                     let once = file.transient.remove(&sector);
                     if once {
                         file.flipped_once.insert(sector);
+                        file.recently_flipped
+                            .push((pos, pos + out.len() as u64, 16));
                     }
                     if bad || once {
                         // Flip one bit inside the part of the sector that was read.
@@ -848,6 +893,16 @@ impl SimFile {
                         out[at as usize] ^= 1 << (sector % 8);
                     }
                 }
+                trace(&path, || {
+                    format!(
+                        "read {pos}+{}{}",
+                        out.len(),
+                        match new_fault {
+                            Some(s) => format!(" (flipped sector {s})"),
+                            None => String::new(),
+                        }
+                    )
+                });
                 if let Some(sector) = new_fault {
                     st.injected.push(InjectedFault::TransientReadFlip {
                         path: path.clone(),
@@ -872,6 +927,7 @@ impl SimFile {
                     && st.faults.fsync_eio_per_million > 0
                     && st.rng.chance(st.faults.fsync_eio_per_million);
                 if eio {
+                    trace(&path, || format!("fdatasync through {through}: EIO"));
                     st.injected
                         .push(InjectedFault::FsyncFailed { path: path.clone() });
                     let DiskState { rng, inodes, .. } = st;
@@ -884,7 +940,14 @@ impl SimFile {
                                 kept.push((seq, op));
                                 continue;
                             }
-                            match rng.below(3) {
+                            let fate = rng.below(3);
+                            trace(&path, || {
+                                format!(
+                                    "  op {seq} {}",
+                                    ["made durable", "kept", "dropped"][fate as usize]
+                                )
+                            });
+                            match fate {
                                 0 => apply(&mut file.durable, &op),
                                 1 => kept.push((seq, op)),
                                 _ => {}
@@ -898,6 +961,7 @@ impl SimFile {
                         format!("fdatasync of {} failed", path.display()),
                     ));
                 }
+                trace(&path, || format!("fdatasync through {through}"));
                 if let Some(file) = st.inodes.get_mut(&inode) {
                     file.sync_through(through);
                 }
@@ -908,8 +972,10 @@ impl SimFile {
 
     pub(crate) async fn truncate(&self, len: u64) -> io::Result<()> {
         let inode = self.inode;
+        let path = self.path.clone();
         self.disk
             .op(move |st, now| {
+                trace(&path, || format!("truncate {len}"));
                 let file = st
                     .inodes
                     .get_mut(&inode)
@@ -934,6 +1000,7 @@ impl SimFile {
                     .inodes
                     .get_mut(&inode)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the file is gone"))?;
+                trace(&path, || format!("preallocate {len}"));
                 file.complete(DataOp::Extend(len), now);
                 Ok(())
             })
