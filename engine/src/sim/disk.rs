@@ -140,19 +140,38 @@ impl FileData {
 
     fn complete(&mut self, op: DataOp, now_ms: i64) {
         if let DataOp::Write { pos, data } = &op {
-            // A rewritten sector reads back right (a bad sector is remapped on write).
-            let first = pos / SECTOR_BYTES;
-            let last = (pos + data.len() as u64).div_ceil(SECTOR_BYTES);
-            for s in first..last {
-                self.bad_sectors.remove(&s);
-                self.transient.remove(&s);
-            }
+            self.heal(*pos, data.len() as u64);
         }
         apply(&mut self.live, &op);
+        if let DataOp::SetLen(len) = &op {
+            self.forget_sectors_from(*len);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push((seq, op));
         self.modified_ms = now_ms;
+    }
+
+    /// A rewritten sector reads back right: a bad sector is remapped on write.
+    fn heal(&mut self, pos: u64, len: u64) {
+        let first = pos / SECTOR_BYTES;
+        let last = (pos + len).div_ceil(SECTOR_BYTES);
+        for s in first..last {
+            self.bad_sectors.remove(&s);
+            self.transient.remove(&s);
+        }
+    }
+
+    /// Sectors wholly past `len` are no longer the file's: a cut frees their blocks, and
+    /// growing the file again (a write, a preallocation) gets fresh ones, so their read
+    /// faults go with them. Without this a preallocated extent would read back as zeroes
+    /// with a flipped bit where an old bad sector was, which no real disk does.
+    fn forget_sectors_from(&mut self, len: u64) {
+        let first_gone = len.div_ceil(SECTOR_BYTES);
+        self.bad_sectors.retain(|s| *s < first_gone);
+        self.transient.retain(|s| *s < first_gone);
+        self.flipped_once.retain(|s| *s < first_gone);
+        self.recently_flipped.retain(|(from, _, _)| *from < len);
     }
 
     fn sync_through(&mut self, seq: u64) {
@@ -262,6 +281,15 @@ impl DiskState {
     }
 
     fn journal(&mut self, op: NsOp) {
+        match &op {
+            NsOp::Link(p, i) => trace(p, || format!("create (inode {i})")),
+            NsOp::Unlink(p) => trace(p, || "remove".into()),
+            NsOp::Rename(a, b) => {
+                trace(a, || format!("rename to {}", b.display()));
+                trace(b, || format!("renamed from {}", a.display()));
+            }
+            _ => {}
+        }
         self.live.apply(&op);
         self.journal.push(op);
     }
@@ -465,6 +493,11 @@ impl SimDisk {
         for op in &journal[..keep] {
             st.durable.apply(op);
         }
+        for op in &journal[keep..] {
+            if let NsOp::Link(p, _) | NsOp::Unlink(p) | NsOp::Rename(p, _) = op {
+                trace(p, || format!("crash: directory entry change lost ({op:?})"));
+            }
+        }
         st.live = st.durable.clone();
         // Writes in flight are unsynced writes too.
         for (_, inode, pos, data) in std::mem::take(&mut st.in_flight) {
@@ -504,7 +537,13 @@ impl SimDisk {
                 });
                 match fate {
                     0 => {}
-                    1 => apply(&mut file.durable, &op),
+                    1 => {
+                        // A write in flight that reached the device heals what it wrote.
+                        if let DataOp::Write { pos, data } = &op {
+                            file.heal(*pos, data.len() as u64);
+                        }
+                        apply(&mut file.durable, &op)
+                    }
                     _ => match op {
                         DataOp::Write { pos, data } => {
                             let sectors = (data.len() as u64).div_ceil(SECTOR_BYTES);
@@ -515,6 +554,7 @@ impl SimDisk {
                                 if persists {
                                     let from = (s * SECTOR_BYTES) as usize;
                                     let to = (from + SECTOR_BYTES as usize).min(data.len());
+                                    file.heal(pos + from as u64, (to - from) as u64);
                                     apply(
                                         &mut file.durable,
                                         &DataOp::Write {
@@ -531,6 +571,9 @@ impl SimDisk {
             }
             file.live = file.durable.clone();
             file.transient.clear();
+            // What the crash cut off (an unsynced extension lost) is no longer the file's.
+            let len = file.live.len() as u64;
+            file.forget_sectors_from(len);
         }
         // Inodes no longer named anywhere are gone.
         let named: BTreeSet<u64> = st.durable.files.values().copied().collect();
@@ -955,6 +998,8 @@ impl SimFile {
                         }
                         file.pending = kept;
                         file.rebuild_live();
+                        let len = file.live.len() as u64;
+                        file.forget_sectors_from(len);
                     }
                     return Err(DiskState::err(
                         EIO,
@@ -1096,5 +1141,71 @@ mod tests {
             g.read_at(0, 4096).await.expect("read")
         });
         assert_eq!(diff(&third), 0, "a rewrite heals a bad sector");
+    }
+
+    #[test]
+    fn a_cut_takes_the_faults_of_the_sectors_it_frees() {
+        let rt = Runtime::new(5);
+        let disk = SimDisk::new(&rt, 5, 1 << 20, FaultConfig::default());
+        let d = disk.clone();
+        let f = Rc::new(run(&rt, async move {
+            d.create_dir_all(Path::new("/d")).await.expect("mkdir");
+            let f = d.open(Path::new("/d/f"), true, true).await.expect("open");
+            f.write_at(vec![7; 8192], 0).await.expect("write");
+            f
+        }));
+        assert!(disk.inject_read_fault(Path::new("/d/f"), 100, true));
+        assert!(disk.inject_read_fault(Path::new("/d/f"), 6000, true));
+        let g = f.clone();
+        let (kept, regrown) = run(&rt, async move {
+            g.truncate(4096).await.expect("truncate");
+            g.preallocate(8192).await.expect("preallocate");
+            (
+                g.read_at(0, 4096).await.expect("read"),
+                g.read_at(4096, 4096).await.expect("read"),
+            )
+        });
+        assert_eq!(
+            kept.iter().filter(|b| **b != 7).count(),
+            1,
+            "below the cut it stays bad"
+        );
+        assert!(
+            regrown.iter().all(|b| *b == 0),
+            "space allocated again past a cut reads as zeroes"
+        );
+    }
+
+    #[test]
+    fn a_crash_that_loses_an_extension_takes_its_faults() {
+        let mut lost = 0;
+        for seed in 0..40 {
+            let rt = Runtime::new(seed);
+            let disk = SimDisk::new(&rt, seed, 1 << 20, FaultConfig::default());
+            let d = disk.clone();
+            run(&rt, async move {
+                d.create_dir_all(Path::new("/d")).await.expect("mkdir");
+                d.sync_dir(Path::new("/")).await.expect("sync");
+                let f = d.open(Path::new("/d/f"), true, true).await.expect("open");
+                d.sync_dir(Path::new("/d")).await.expect("sync");
+                f.write_at(vec![1; 4096], 0).await.expect("write");
+                f.fdatasync().await.expect("sync");
+                f.write_at(vec![2; 4096], 4096).await.expect("write");
+            });
+            assert!(disk.inject_read_fault(Path::new("/d/f"), 5000, true));
+            disk.crash();
+            if disk.contents(Path::new("/d/f")).map(|c| c.len()) != Some(4096) {
+                continue;
+            }
+            lost += 1;
+            let d = disk.clone();
+            let regrown = run(&rt, async move {
+                let f = d.open(Path::new("/d/f"), true, false).await.expect("open");
+                f.preallocate(8192).await.expect("preallocate");
+                f.read_at(4096, 4096).await.expect("read")
+            });
+            assert!(regrown.iter().all(|b| *b == 0), "seed {seed}");
+        }
+        assert!(lost > 0, "some crash lost the unsynced extension");
     }
 }
