@@ -189,8 +189,12 @@ impl<S: Storage> PartitionLog<S> {
                 .read_file(&inner.dir.join(SEALED_SEGMENTS_FILE), SMALL_FILE_MAX_BYTES)
                 .await
             {
-                let listed =
-                    manifest::decode(&bytes).ok_or("the sealed-segments file is damaged")?;
+                let listed = manifest::decode(&bytes).ok_or_else(|| {
+                    format!(
+                        "the sealed-segments file does not decode: {:?}",
+                        String::from_utf8_lossy(&bytes)
+                    )
+                })?;
                 for entry in listed {
                     // Open trusts an entry whose base offset and size match a segment's.
                     if let Some(seg) = segs
@@ -220,6 +224,9 @@ impl<S: Storage> PartitionLog<S> {
                     Ok(bytes) => bytes,
                     // Damage found by this read moved the log start: not this check's.
                     Err(crate::EngineError::OffsetOutOfRange { .. }) => continue,
+                    // A log whose write path failed is being (or could not yet be)
+                    // reloaded from disk: what it remembers is checked once it is.
+                    Err(crate::EngineError::Storage { .. }) if !healthy => return Ok(()),
                     Err(e) => {
                         return Err(format!(
                             "cannot read producer {pid}'s batch at {}: {e}",

@@ -18,7 +18,7 @@ use crate::storage::{OpenMode, SegmentFile, Storage};
 
 use super::damage::{DamageKind, DamageReport};
 use super::scan::{scan_from_entry, ScanLimits, ScanOutcome};
-use super::segment::{segment_path, SegmentState, LOG_SUFFIX};
+use super::segment::{segment_path, Segment, SegmentState, LOG_SUFFIX};
 use super::state::{FailureKind, Health, LogState};
 use super::{snapshot, Inner};
 
@@ -114,10 +114,18 @@ impl LogState {
         let Health::Failed { kind, .. } = &self.health else {
             return None;
         };
+        // Not one wholly below the log start (a damaged segment left behind, still to be
+        // sealed): nothing of it is served or written any more.
+        let log_start = self.log_start_offset;
+        let last = self.segments.len() - 1;
         let seg = self
             .segments
             .iter()
-            .find(|s| s.state != SegmentState::Sealed)?;
+            .enumerate()
+            .find(|(i, s)| {
+                s.state != SegmentState::Sealed && (s.next_offset > log_start || *i == last)
+            })
+            .map(|(_, s)| s)?;
         let trusted = match kind {
             FailureKind::Sync => seg.synced_bytes,
             FailureKind::NoSpace | FailureKind::Write => seg.written_bytes,
@@ -175,12 +183,23 @@ impl LogState {
                 .unwrap_or_else(|| "written data is gone after a failed fdatasync".into()),
         });
         self.pending.clear();
-        self.next_offset = next;
-        self.written_next_offset = next;
-        self.log_start_offset = self.log_start_offset.min(next);
-        self.tail = Some(scan.tail);
         self.last_write = None;
         self.forget_from(next, cache, cached);
+        if next < self.log_start_offset {
+            // Cut below the log start: the log goes on from the log start in a new
+            // segment (the cut one is sealed as it is), never giving those offsets again.
+            let start = self.log_start_offset;
+            self.next_offset = start;
+            self.written_next_offset = start;
+            self.tail = None;
+            let mut fresh = Segment::new_active(start, self.segments[k].last_modified_ms);
+            fresh.start_producers = Some(self.producers.encode());
+            self.segments.push(fresh);
+        } else {
+            self.next_offset = next;
+            self.written_next_offset = next;
+            self.tail = Some(scan.tail);
+        }
         if let Some(report) = &report {
             self.reports.push(report.clone());
         }

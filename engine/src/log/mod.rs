@@ -333,6 +333,19 @@ impl<S: Storage> PartitionLog<S> {
         )
     }
 
+    /// Whether a write-path failure's reload from disk has yet to succeed: until it has,
+    /// what the log shows (its bounds, what it serves) may still change to what the disk
+    /// holds.
+    pub fn reloading(&self) -> bool {
+        matches!(
+            self.inner.state.borrow().health,
+            state::Health::Failed {
+                recovered: false,
+                ..
+            }
+        )
+    }
+
     /// Why appends are refused right now (a failed write or fdatasync, a full disk, a
     /// closed log), if they are.
     pub fn write_error(&self) -> Option<String> {

@@ -128,7 +128,11 @@ pub(super) async fn open_state<S: Storage>(
         })
         .unwrap_or_default();
     let rebuild_epochs = checkpoint.is_none();
-    let mut epochs = checkpoint.unwrap_or_default();
+    // Epochs read back from batches count only from the recorded log start: a batch below
+    // it may be damaged (that may be why the log start moved), and its epoch (outside the
+    // CRC) must not outrank the real ones.
+    let epoch_floor = persisted_log_start.unwrap_or(0);
+    let mut epochs = checkpoint.clone().unwrap_or_default();
     let interval = config.index_interval_bytes;
     let now = storage.now_ms();
     let mut segments: Vec<Segment> = Vec::with_capacity(logs.len().max(1));
@@ -161,7 +165,7 @@ pub(super) async fn open_state<S: Storage>(
                 dir,
                 proof,
                 modified_ms,
-                rebuild_epochs,
+                rebuild_epochs.then_some(epoch_floor),
                 &mut epochs,
                 interval,
             )
@@ -175,7 +179,13 @@ pub(super) async fn open_state<S: Storage>(
             .open_segment(&segments_path(dir, base), OpenMode::Read)
             .await
             .map_err(io("cannot open a segment"))?;
-        let scan = scan_segment(&file, base, ScanStart::segment_start(base), limits(size))
+        // Its batches end where the next segment starts: bytes after that (a write that
+        // failed part way, before the segment was sealed) are not part of it.
+        let bounded = ScanLimits {
+            stop_at_offset: Some(next_base),
+            ..limits(size)
+        };
+        let scan = scan_segment(&file, base, ScanStart::segment_start(base), bounded)
             .await
             .map_err(io("cannot validate a segment"))?;
         drop(file);
@@ -186,9 +196,7 @@ pub(super) async fn open_state<S: Storage>(
         let (max_ts, max_offset) = scan.max_timestamp;
         index.maybe_append_time(max_ts, (max_offset - base).max(0) as u32);
         seg.index = Some(index);
-        for (epoch, start) in scan.epochs {
-            epochs.assign(epoch, start);
-        }
+        assign_scanned_epochs(&mut epochs, &scan.epochs, scan.next_offset, epoch_floor);
         if complete {
             // Sealed before the broker stopped, but not yet listed (or listed with
             // preallocated space not trimmed yet): trim it and list it.
@@ -198,11 +206,9 @@ pub(super) async fn open_state<S: Storage>(
             manifest_dirty = true;
             stopped_short.push(None);
         } else {
-            stopped_short.push(Some((
-                scan.valid_bytes,
-                scan.stopped
-                    .unwrap_or_else(|| "its batches end before the next segment".into()),
-            )));
+            // Stopped by a bad batch: damage. Ran to its end: the next segment does not
+            // follow it (a gap, reported as such below).
+            stopped_short.push(scan.stopped.map(|reason| (scan.valid_bytes, reason)));
         }
         segments.push(seg);
     }
@@ -229,7 +235,7 @@ pub(super) async fn open_state<S: Storage>(
                 dir,
                 proof,
                 modified_ms,
-                rebuild_epochs,
+                rebuild_epochs.then_some(epoch_floor),
                 &mut epochs,
                 interval,
             )
@@ -281,9 +287,12 @@ pub(super) async fn open_state<S: Storage>(
                                 .await
                                 .map_err(io("cannot scan a segment"))?;
                         if rebuild_epochs {
-                            for (epoch, start) in scan.epochs {
-                                epochs.assign(epoch, start);
-                            }
+                            assign_scanned_epochs(
+                                &mut epochs,
+                                &scan.epochs,
+                                scan.next_offset,
+                                epoch_floor,
+                            );
                         }
                         active_producers = Some((scan.producers, scan.producers_from));
                     }
@@ -319,13 +328,33 @@ pub(super) async fn open_state<S: Storage>(
                     seg.next_offset = scan.next_offset;
                     seg.max_timestamp = scan.max_timestamp;
                     seg.index = Some(scan.index);
-                    seg.state = SegmentState::Open;
-                    files.writable.push((base, Rc::new(file)));
-                    tail = Some(scan.tail);
-                    for (epoch, start) in scan.epochs {
-                        epochs.assign(epoch, start);
+                    // The batches that passed are the truth for the segment's offsets: an
+                    // epoch the checkpoint names from its base on may have come with
+                    // appends that never became durable.
+                    epochs.truncate_from_end(base);
+                    assign_scanned_epochs(&mut epochs, &scan.epochs, scan.next_offset, epoch_floor);
+                    let sealed_before = proofs.iter().any(|p| {
+                        p.base_offset == base
+                            && p.size_bytes == scan.valid_bytes
+                            && p.next_offset == scan.next_offset
+                    });
+                    if sealed_before && scan.valid_bytes > 0 {
+                        // Sealed and listed, then its trim was lost in a crash, and the next
+                        // segment's file with it: it is sealed as listed, and the log goes
+                        // on in a new segment at its end.
+                        seg.state = SegmentState::Sealed;
+                        seg.synced_bytes = seg.size_bytes;
+                        let next = seg.next_offset;
+                        segments.push(seg);
+                        stopped_short.push(None);
+                        seg = Segment::new_active(next, now);
+                        tail = Some(Vec::new());
+                    } else {
+                        seg.state = SegmentState::Open;
+                        files.writable.push((base, Rc::new(file)));
+                        tail = Some(scan.tail);
+                        active_producers = Some((scan.producers, scan.producers_from));
                     }
-                    active_producers = Some((scan.producers, scan.producers_from));
                 }
             }
             segments.push(seg);
@@ -427,13 +456,15 @@ pub(super) async fn open_state<S: Storage>(
     )
     .await
     .map_err(io("cannot recover the producer state"))?;
-    let before = epochs.clone();
     epochs.truncate_from_end(next_offset);
     epochs.truncate_from_start(log_start_offset);
     let mut state = LogState::new(config, segments);
     state.log_start_offset = log_start_offset;
     state.tail = tail;
-    state.epochs_dirty = rebuild_epochs && !epochs.entries().is_empty() || before != epochs;
+    state.epochs_dirty = match &checkpoint {
+        Some(loaded) => *loaded != epochs,
+        None => !epochs.entries().is_empty(),
+    };
     state.epochs = epochs;
     state.producers = producers;
     state.snapshots = snapshots;
@@ -467,7 +498,7 @@ async fn load_proven<S: Storage>(
     dir: &Path,
     proof: &SealedSegment,
     modified_ms: i64,
-    rebuild_epochs: bool,
+    rebuild_epochs_from: Option<i64>,
     epochs: &mut LeaderEpochCache,
     interval: u32,
 ) -> Result<Segment, EngineError> {
@@ -478,7 +509,7 @@ async fn load_proven<S: Storage>(
     let (base, size) = (proof.base_offset, proof.size_bytes);
     let mut seg = Segment::sealed(base, size, proof.next_offset, modified_ms);
     seg.max_timestamp = proof.max_timestamp;
-    if rebuild_epochs {
+    if let Some(epoch_floor) = rebuild_epochs_from {
         let (index, scan) =
             load_or_rebuild_index(storage, dir, base, size, proof.next_offset, interval)
                 .await
@@ -500,12 +531,29 @@ async fn load_proven<S: Storage>(
                     .map_err(io("cannot scan a segment"))?
             }
         };
-        for (epoch, start) in scan.epochs {
-            epochs.assign(epoch, start);
-        }
+        assign_scanned_epochs(epochs, &scan.epochs, scan.next_offset, epoch_floor);
         seg.index = Some(index);
     }
     Ok(seg)
+}
+
+/// Adds the epochs a walk read from batches to the cache, from `floor` (the recorded log
+/// start) on: a batch wholly below it may be damaged (that may be why the log start
+/// moved), and its epoch (outside the CRC) must not outrank the real ones; an epoch in
+/// force at the floor counts from the floor, as the cache keeps it after the log start
+/// moved (Kafka's `truncateFromStart`).
+fn assign_scanned_epochs(
+    epochs: &mut LeaderEpochCache,
+    scanned: &[(i32, i64)],
+    end_offset: i64,
+    floor: i64,
+) {
+    for (i, &(epoch, start)) in scanned.iter().enumerate() {
+        let ends = scanned.get(i + 1).map_or(end_offset, |next| next.1);
+        if ends > floor {
+            epochs.assign(epoch, start.max(floor));
+        }
+    }
 }
 
 /// The start of a walk over the active segment, replaying producers also from each

@@ -387,6 +387,20 @@ impl<S: Storage> Inner<S> {
                 return Ok(outcome.bytes);
             }
             if let Some((position, first_offset, reason)) = outcome.damage {
+                // While a failed write path is being reloaded from disk, what the disk
+                // lost is the failure's, not damage: the reload cuts it.
+                let reloading = matches!(
+                    self.state.borrow().health,
+                    super::state::Health::Failed {
+                        recovered: false,
+                        ..
+                    }
+                );
+                if reloading {
+                    return Err(self.storage_error(format!(
+                        "the partition is being reloaded from disk ({reason})"
+                    )));
+                }
                 let report = self.state.borrow_mut().skip_damage(
                     disk.base_offset,
                     position,
@@ -398,7 +412,7 @@ impl<S: Storage> Inner<S> {
                 match report {
                     Some(report) => {
                         tracing::error!(dir = %self.dir.display(), "{}", report.describe());
-                        self.persist_log_start().await;
+                        self.after_damage(&report).await;
                         continue;
                     }
                     None => return Err(EngineError::CorruptMessage(reason)),
@@ -439,12 +453,32 @@ impl<S: Storage> Inner<S> {
         Ok(file)
     }
 
-    /// Writes the log start offset to `log-start-offset` (best effort: after damage on a
-    /// full disk the same damage is found again after a restart).
-    pub(super) async fn persist_log_start(&self) {
+    /// After a read moved the log start past damage: records the log start (best effort:
+    /// after damage on a full disk the same damage is found again after a restart) and,
+    /// when the damage is in the segment being written, leaves that segment: it is sealed
+    /// as it is and writes go on in a new one, so no later walk of the segment (a reload
+    /// after a failed write, the next write's last page) trips over the damage again.
+    async fn after_damage(&self, report: &super::DamageReport) {
         let Ok(_io) = self.io_lock.acquire().await else {
             return;
         };
+        let now = self.storage.now_ms();
+        {
+            let mut st = self.state.borrow_mut();
+            let unsealed = st
+                .segment(report.segment_base_offset)
+                .is_some_and(|s| s.state != SegmentState::Sealed && s.written_bytes > 0);
+            if unsealed && st.health == super::state::Health::Healthy {
+                st.leave_damaged_segment(
+                    report.position,
+                    report.first_offset,
+                    report.reason.clone(),
+                    now,
+                    &self.cache,
+                    &self.cached,
+                );
+            }
+        }
         let text = format!("{}\n", self.state.borrow().log_start_offset).into_bytes();
         if let Err(err) =
             replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await

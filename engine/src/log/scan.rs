@@ -19,6 +19,9 @@ use crate::storage::{align_down, SegmentFile};
 
 /// Bytes read from disk at a time while scanning.
 pub(crate) const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Reads of a batch whose new leader epoch keeps reading differently before the walk
+/// stops there.
+const MAX_EPOCH_READS: u32 = 4;
 
 /// Where a walk starts. At the segment start the first batch must start at the segment's
 /// base offset; at a position taken from the offset index, the first batch must end at the
@@ -145,6 +148,8 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
     let mut buf_start: u64 = align_down(start.position);
     let mut pos: u64 = start.position;
     let mut reread_at: Option<u64> = None;
+    // A new leader epoch seen at a position: `(position, epoch, reads that saw it)`.
+    let mut new_epoch: Option<(u64, i32, u32)> = None;
     let mut last_epoch = i32::MIN;
     loop {
         let have = (buf_start + buf.len() as u64).saturating_sub(pos);
@@ -159,6 +164,9 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
             let at = (pos - buf_start) as usize;
             match BatchHeader::view(&buf[at..]).and_then(BatchHeader::total_bytes) {
                 Some(size) => need = size as u64,
+                // Zeroes where a header belongs: preallocated space never written, the
+                // clean end of the segment's batches, not damage.
+                None if buf[at..at + BATCH_HEADER_BYTES].iter().all(|b| *b == 0) => break,
                 None => bad = Some(format!("no record batch at position {pos}")),
             }
         }
@@ -203,8 +211,40 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
                 )
             }
         };
+        // Without an epoch cache to check against (recovery), the leader epoch a batch
+        // carries (outside the CRC) must never go back, and a new one is believed only
+        // once a second read from the disk gives the same, so a flipped bit cannot enter
+        // the cache.
+        let verdict = verdict.and_then(|info| {
+            let epoch = info.partition_leader_epoch;
+            if !start.epochs.is_empty() || epoch == last_epoch {
+                return Ok(Ok(info));
+            }
+            if epoch < last_epoch && last_epoch != i32::MIN {
+                return Err(format!(
+                    "batch at position {pos} carries leader epoch {epoch}, older than the {last_epoch} before it"
+                ));
+            }
+            match new_epoch {
+                Some((at, seen, _)) if at == pos && seen == epoch => Ok(Ok(info)),
+                Some((at, _, reads)) if at == pos && reads >= MAX_EPOCH_READS => Err(format!(
+                    "batch at position {pos}: its leader epoch reads differently each time"
+                )),
+                _ => Ok(Err(epoch)),
+            }
+        });
         let info = match verdict {
-            Ok(info) => info,
+            Ok(Ok(info)) => info,
+            Ok(Err(epoch)) => {
+                // A new epoch (or one that read differently the last time): read again.
+                let reads = match new_epoch {
+                    Some((at, _, reads)) if at == pos => reads + 1,
+                    _ => 1,
+                };
+                new_epoch = Some((pos, epoch, reads));
+                buf.truncate(((pos - buf_start) as usize).min(buf.len()));
+                continue;
+            }
             Err(reason) => {
                 if reread_at != Some(pos) {
                     // Once more from the disk before believing it.
@@ -330,8 +370,14 @@ pub(crate) fn check_batch(
 ) -> Result<wharf_protocol::batch::BatchInfo, String> {
     let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost)
         .map_err(|e| format!("batch at position {pos}: {e}"))?;
-    // The epoch the cache gives the batch's offset (none below its first entry).
-    let k = epochs.partition_point(|(_, start)| *start <= info.base_offset);
+    // The epoch the cache gives the batch's offsets (none below its first entry). Epochs
+    // start at batch boundaries, except the first entry once the log start moved inside a
+    // batch: that batch straddles it and carries the first entry's epoch.
+    let probe = match epochs.first() {
+        Some(&(_, first)) if info.base_offset < first && info.last_offset() >= first => first,
+        _ => info.base_offset,
+    };
+    let k = epochs.partition_point(|(_, start)| *start <= probe);
     if let Some(&(epoch, _)) = k.checked_sub(1).map(|k| &epochs[k]) {
         if info.partition_leader_epoch != epoch {
             return Err(format!(
@@ -363,4 +409,49 @@ pub(crate) fn check_batch(
         ));
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_protocol::batch::BatchBuilder;
+
+    /// A batch of `records` records at `base_offset` carrying `epoch`.
+    fn batch(base_offset: i64, records: usize, epoch: i32) -> Vec<u8> {
+        let mut builder = BatchBuilder::new()
+            .base_offset(base_offset)
+            .partition_leader_epoch(epoch);
+        for i in 0..records {
+            builder.push(None, Some(&[i as u8; 8]), &[], 1_000);
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn a_batch_must_carry_the_epoch_the_cache_gives_its_offsets() {
+        let epochs = [(3, 0), (5, 10)];
+        let check = |b: &[u8], next| check_batch(b, 0, 0, next, None, &epochs);
+        assert!(check(&batch(4, 3, 3), 4).is_ok());
+        assert!(check(&batch(10, 2, 5), 10).is_ok());
+        assert!(check(&batch(10, 2, 3), 10).is_err(), "an older epoch");
+        assert!(
+            check(&batch(4, 3, 3 | 1 << 17), 4).is_err(),
+            "a flipped bit"
+        );
+    }
+
+    #[test]
+    fn a_batch_straddling_the_log_start_carries_the_first_epoch() {
+        // The log start moved to 83, inside the batch 80..=83 (DeleteRecords).
+        let epochs = [(18, 83), (19, 90)];
+        let check = |b: &[u8]| check_batch(b, 0, 61, 80, None, &epochs);
+        assert!(check(&batch(80, 4, 18)).is_ok());
+        assert!(
+            check(&batch(80, 4, 18 | 1 << 17)).is_err(),
+            "a flipped bit in the epoch of a batch straddling the log start is damage"
+        );
+        // Wholly below the first entry: nothing to check it against.
+        let below = |b: &[u8]| check_batch(b, 0, 61, 70, None, &epochs);
+        assert!(below(&batch(70, 4, 7)).is_ok());
+    }
 }

@@ -83,11 +83,15 @@ pub(super) async fn remove_snapshots_after<S: Storage>(
         let keep = st.snapshots.partition_point(|&o| o <= end_offset);
         st.snapshots.split_off(keep)
     };
-    for old in stale {
+    for old in &stale {
         inner
             .storage
-            .remove_file(&snapshot_path(&inner.dir, old))
+            .remove_file(&snapshot_path(&inner.dir, *old))
             .await?;
+    }
+    // Durably: once the log grows past them again, a stale one must not come back.
+    if !stale.is_empty() {
+        inner.storage.sync_dir(&inner.dir).await?;
     }
     Ok(())
 }
@@ -133,8 +137,13 @@ pub(super) async fn recover_producers<S: Storage>(
     now: i64,
 ) -> io::Result<ProducerStates> {
     let keep = snapshots.partition_point(|&o| o <= next_offset);
-    for stale in snapshots.split_off(keep) {
-        storage.remove_file(&snapshot_path(dir, stale)).await?;
+    let stale = snapshots.split_off(keep);
+    for offset in &stale {
+        storage.remove_file(&snapshot_path(dir, *offset)).await?;
+    }
+    // Durably: once the log grows past them again, a stale one must not come back.
+    if !stale.is_empty() {
+        storage.sync_dir(dir).await?;
     }
     Ok(match (clean_producers, active_producers) {
         (_, Some((all, mut from_snapshots))) => {

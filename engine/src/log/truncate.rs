@@ -132,6 +132,16 @@ impl<S: Storage> Inner<S> {
                     std::mem::take(&mut st.epochs_dirty).then(|| st.epochs.encode())
                 };
                 let finished = async {
+                    // Segments first (newest first, as Kafka): a crash part way leaves a
+                    // shorter log that still has the producer snapshots it needs.
+                    for base in removed.iter().rev() {
+                        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                            self.storage
+                                .remove_file(&segment_path(&self.dir, *base, suffix))
+                                .await?;
+                        }
+                    }
+                    self.storage.sync_dir(&self.dir).await?;
                     if let Some(text) = epochs {
                         replace_file(
                             &self.storage,
@@ -147,15 +157,7 @@ impl<S: Storage> Inner<S> {
                     // need not go back to the cut segment's base, whose snapshot may be
                     // long gone.
                     let bytes = self.state.borrow().producers.encode();
-                    snapshot::write_snapshot(self, end, bytes).await?;
-                    for base in removed.iter().rev() {
-                        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                            self.storage
-                                .remove_file(&segment_path(&self.dir, *base, suffix))
-                                .await?;
-                        }
-                    }
-                    self.storage.sync_dir(&self.dir).await
+                    snapshot::write_snapshot(self, end, bytes).await
                 }
                 .await;
                 finished.map_err(|e| self.fail_structural(e))
@@ -270,6 +272,20 @@ impl<S: Storage> Inner<S> {
             },
         )
         .await?;
+        if let Some(reason) = &scan.stopped {
+            // Damage before the offset asked for: the log is cut there instead.
+            let report = super::DamageReport {
+                kind: super::DamageKind::TailCut,
+                segment_base_offset: base,
+                position: scan.valid_bytes,
+                first_offset: scan.next_offset,
+                end_offset: offset,
+                previous_log_start_offset: self.state.borrow().log_start_offset,
+                reason: reason.clone(),
+            };
+            tracing::error!(dir = %self.dir.display(), "{}", report.describe());
+            self.state.borrow_mut().reports.push(report);
+        }
         if scan.next_offset < self.state.borrow().log_start_offset {
             // The batch holding the offset straddles the log start: nothing from the log
             // start on survives, and the offsets below it are not given out again.
