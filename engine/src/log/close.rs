@@ -126,8 +126,9 @@ impl<S: Storage> Inner<S> {
             return Ok(());
         }
         if let Some(file) = file {
-            self.sync_file(&file).await.map_err(|(_, e)| to_io(e))?;
+            // Trimmed, then synced (the size too), as when sealing.
             file.truncate(written).await.map_err(to_io)?;
+            self.sync_file(&file).await.map_err(|(_, e)| to_io(e))?;
         }
         // The three files are independent: written and synced concurrently.
         let storage = &self.storage;

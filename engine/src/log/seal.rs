@@ -40,8 +40,12 @@ pub(super) async fn seal<S: Storage>(
     };
     let file = inner.files.borrow().writable(base_offset);
     if let Some(file) = &file {
-        inner.sync_file(file).await?;
+        // Trimmed, then synced: the fdatasync covers the size too. A trim that could be
+        // lost in a crash would bring back what lies past the segment's end (preallocated
+        // zeroes, or what a failed write left behind, which may hold a whole batch with
+        // the offsets the next segment gave out again).
         file.truncate(size).await.map_err(other)?;
+        inner.sync_file(file).await?;
     }
     let dir = &inner.dir;
     replace_file(

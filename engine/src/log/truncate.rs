@@ -174,11 +174,20 @@ impl<S: Storage> Inner<S> {
         self.storage_error(reason)
     }
 
-    /// Kafka's truncateFullyAndStartAt: nothing of the log survives. Returns the segments
-    /// whose files are to be removed.
+    /// Kafka's truncateFullyAndStartAt: nothing of the log survives. Removes every segment
+    /// file itself (nothing is left for the caller to remove).
+    ///
+    /// The order makes every crash part way leave a log a restart reads right: no segment
+    /// trusted any more; the log start as it was recorded (a restart must not find it at
+    /// an older record, or at 0, when the files are gone, nor at the new offset while old
+    /// segments are still there, which would read as a gap); the segments removed newest
+    /// first (a shorter log from the old start); then the new log start.
     async fn truncate_fully(self: &Rc<Self>, offset: i64) -> std::io::Result<Vec<i64>> {
-        // No segment stays trusted.
         write_manifest(self, manifest::encode(&[])).await?;
+        let old_start = self.state.borrow().log_start_offset;
+        let log_start_path = self.dir.join(LOG_START_FILE);
+        let text = format!("{old_start}\n").into_bytes();
+        replace_file(&self.storage, &log_start_path, text, true).await?;
         let now = self.storage.now_ms();
         let removed = {
             let mut st = self.state.borrow_mut();
@@ -198,9 +207,17 @@ impl<S: Storage> Inner<S> {
             removed
         };
         self.files.borrow_mut().clear();
+        for seg in removed.iter().rev() {
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                self.storage
+                    .remove_file(&segment_path(&self.dir, seg.base_offset, suffix))
+                    .await?;
+            }
+        }
+        self.storage.sync_dir(&self.dir).await?;
         let text = format!("{offset}\n").into_bytes();
-        replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await?;
-        Ok(removed.iter().map(|s| s.base_offset).collect())
+        replace_file(&self.storage, &log_start_path, text, true).await?;
+        Ok(Vec::new())
     }
 
     /// Cuts segment `base` before the batch holding `offset`; returns the segments after it.
