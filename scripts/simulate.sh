@@ -12,5 +12,5 @@
 # (with --verbose, RUST_LOG=wharf_engine=debug adds the engine's own log lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p wharf-sim
+cargo build --release -q -p wharf-server --bin wharf-sim
 exec target/release/wharf-sim "$@"

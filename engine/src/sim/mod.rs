@@ -1,12 +1,22 @@
-//! Seeded simulation support: a deterministic executor with a simulated clock
-//! ([`Runtime`]), a simulated disk that injects the faults real disks have ([`SimDisk`]),
-//! and [`SimStorage`], the [`Storage`] that runs a partition log on them. A simulation run
-//! is reproducible from its seed. Test support, compiled always so that other crates' test
-//! harnesses (the simulator, future Raft and replication simulations) can use it.
+//! Seeded simulation: a deterministic executor with a simulated clock ([`Runtime`]), a
+//! simulated disk that injects the faults real disks have ([`SimDisk`]), [`SimStorage`]
+//! (the [`Storage`] that runs partition logs on them), a seed runner that reports a broken
+//! invariant with the steps that led to it and the command that replays it ([`runner`]),
+//! and the engine's workload ([`workload`]: one partition log under random appends, reads,
+//! retention, truncation, crashes and disk faults, checked against a model after every
+//! step). Each run is reproducible from its seed.
+//!
+//! The harness is not the log's: any state machine written against [`Storage`] (or taking
+//! its time and I/O from a [`Runtime`]) runs on it, so other crates' simulations (the
+//! controller, the replicas) reuse the disk, the clock, the executor and the runner.
+//! Compiled always (it has no dependency of its own) so that they and the `wharf-sim`
+//! binary can use it.
 
 mod disk;
 mod rng;
+pub mod runner;
 mod runtime;
+pub mod workload;
 
 use std::future::Future;
 use std::io;

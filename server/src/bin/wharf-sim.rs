@@ -1,20 +1,36 @@
-//! `wharf-sim`: runs simulator seeds (see the library's documentation).
+//! `wharf-sim`: Wharf's seeded simulator (in the manner of TigerBeetle's VOPR). Each
+//! *target* is a state machine of the broker run under simulated devices, with a random
+//! workload drawn from a seed and invariants checked after every step; a seed replays
+//! exactly, on any machine. `scripts/simulate.sh` builds and runs it.
 //!
 //! ```text
 //! wharf-sim [--target engine|all] [--seeds N] [--from S] [--threads T]
 //! wharf-sim [--target engine] --seed S [--verbose]
 //! ```
-//! Ends with `N seeds, V violations` (and exit status 1 if V > 0); each failing seed
-//! prints the command that replays it.
+//! Runs N seeds (1,000 by default) from S (0) on every core and ends with the line
+//! `N seeds, V violations` (exit status 1 if V > 0); each failing seed prints what broke,
+//! its last steps, and the one command that replays it.
+//!
+//! Targets: `engine`, one partition log on a simulated disk (`wharf_engine::sim::workload`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::process::ExitCode;
 
-use wharf_sim::{replay_command, run_seed, Target};
+use wharf_engine::sim::runner::{default_threads, run_seeds, Violation};
+use wharf_engine::sim::workload;
+
+/// A state machine the simulator runs: its name and one seed of it.
+struct Target {
+    name: &'static str,
+    run: fn(u64, bool) -> Result<(), Violation>,
+}
+
+const TARGETS: &[Target] = &[Target {
+    name: workload::TARGET,
+    run: |seed, verbose| workload::run(seed, verbose).map(|_| ()),
+}];
 
 struct Args {
-    targets: Vec<Target>,
+    targets: Vec<&'static Target>,
     seeds: u64,
     from: u64,
     threads: usize,
@@ -22,17 +38,21 @@ struct Args {
 }
 
 fn usage(problem: &str) -> ! {
+    let names: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
     eprintln!("wharf-sim: {problem}");
-    eprintln!("usage: wharf-sim [--target engine|all] [--seeds N] [--from S] [--seed S] [--threads T] [--verbose]");
+    eprintln!(
+        "usage: wharf-sim [--target {}|all] [--seeds N] [--from S] [--seed S] [--threads T] [--verbose]",
+        names.join("|")
+    );
     std::process::exit(2);
 }
 
 fn parse() -> Args {
     let mut args = Args {
-        targets: Target::ALL.to_vec(),
+        targets: TARGETS.iter().collect(),
         seeds: 1000,
         from: 0,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: default_threads(),
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -44,8 +64,13 @@ fn parse() -> Args {
         match arg.as_str() {
             "--target" => {
                 let name = it.next().unwrap_or_else(|| usage("--target needs a name"));
-                args.targets = Target::parse(&name)
-                    .unwrap_or_else(|| usage(&format!("unknown target {name}")));
+                args.targets = match name.as_str() {
+                    "all" => TARGETS.iter().collect(),
+                    _ => vec![TARGETS
+                        .iter()
+                        .find(|t| t.name == name)
+                        .unwrap_or_else(|| usage(&format!("unknown target {name}")))],
+                };
             }
             "--seeds" => args.seeds = number(it.next(), "--seeds"),
             "--from" => args.from = number(it.next(), "--from"),
@@ -59,10 +84,13 @@ fn parse() -> Args {
             other => usage(&format!("unknown argument {other}")),
         }
     }
+    if args.seeds.checked_add(args.from).is_none() {
+        usage("--from plus --seeds is past the last seed");
+    }
     args
 }
 
-fn main() {
+fn main() -> ExitCode {
     let args = parse();
     if args.verbose {
         // The engine's own log lines, interleaved with the steps.
@@ -76,52 +104,31 @@ fn main() {
             )
             .init();
     }
-    let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let violations = Arc::new(Mutex::new(0u64));
-    let total = args.seeds * args.targets.len() as u64;
-    let threads: Vec<_> = (0..args.threads.min(total.max(1) as usize))
-        .map(|_| {
-            let (next, violations) = (next.clone(), violations.clone());
-            let targets = args.targets.clone();
-            let (seeds, from, verbose) = (args.seeds, args.from, args.verbose);
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return;
-                }
-                let target = targets[(i / seeds) as usize];
-                let seed = from + i % seeds;
-                if let Err(v) = run_seed(target, seed, verbose) {
-                    let mut count = violations.lock().unwrap_or_else(|e| e.into_inner());
-                    *count += 1;
-                    let mut report = format!(
-                        "seed {seed} ({}): VIOLATION: {}\n",
-                        target.name(),
-                        v.message
-                    );
-                    if !verbose {
-                        report.push_str("  last steps:\n");
-                        for line in &v.trace {
-                            report.push_str(&format!("    {line}\n"));
-                        }
-                    }
-                    report.push_str(&format!("  replay: {}\n", replay_command(target, seed)));
-                    print!("{report}");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+    let mut seeds = 0;
+    let mut violations = 0;
+    for target in &args.targets {
+        let (run, verbose) = (target.run, args.verbose);
+        let report = run_seeds(
+            args.from..args.from + args.seeds,
+            args.threads,
+            |seed| run(seed, verbose),
+            |failure| print!("{}", failure.describe(target.name, !verbose)),
+        );
+        eprintln!(
+            "{}: {} seeds in {:.1} s ({:.0} seeds/s on {} threads)",
+            target.name,
+            report.seeds,
+            report.elapsed.as_secs_f64(),
+            report.seeds_per_second(),
+            report.threads
+        );
+        seeds += report.seeds;
+        violations += report.failures.len();
     }
-    let violations = *violations.lock().unwrap_or_else(|e| e.into_inner());
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "{total} seeds in {secs:.1} s ({:.0} seeds/s on {} threads)",
-        total as f64 / secs.max(1e-9),
-        args.threads
-    );
-    println!("{total} seeds, {violations} violations");
-    std::process::exit(if violations > 0 { 1 } else { 0 });
+    println!("{seeds} seeds, {violations} violations");
+    if violations > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
