@@ -7,12 +7,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 use wharf_protocol::batch::{batches, set_log_append_time, validate_batch, BatchInfo, IterEnd};
 
+use crate::cache::{BatchCache, PartitionCache};
 use crate::config::TimestampType;
 use crate::error::EngineError;
 use crate::producer::{ProducerError, ProducerStates, Verdict};
 use crate::storage::Storage;
 use crate::Offset;
 
+use super::state::LogState;
 use super::{write, AppendInfo, Durability, Inner, PartitionLog};
 
 /// Every batch of a Produce request's `records`, validated: `(position, info)`.
@@ -77,7 +79,7 @@ fn check_producers(
 }
 
 /// What one append assigned.
-struct Assigned {
+pub(crate) struct Assigned {
     seq: u64,
     first: i64,
     last: i64,
@@ -110,7 +112,18 @@ impl<S: Storage> PartitionLog<S> {
         let infos = validate_all(&batches_bytes, max_message_bytes)?;
         let now = inner.storage.now_ms();
         inner.check_writable()?;
-        let assigned = inner.assign(&batches_bytes, infos, leader_epoch, now)?;
+        let assigned = inner
+            .state
+            .borrow_mut()
+            .append(
+                &batches_bytes,
+                infos,
+                leader_epoch,
+                now,
+                &inner.cache,
+                &inner.cached,
+            )
+            .map_err(EngineError::from_producer)?;
         // Spawned outside the state borrow: an executor may run a new task right away.
         if assigned.start_writer {
             write::start_writer(inner);
@@ -152,19 +165,22 @@ impl<S: Storage> PartitionLog<S> {
     }
 }
 
-impl<S: Storage> Inner<S> {
-    /// Producer checks and offset assignment for one append, under one borrow of the state.
-    fn assign(
-        &self,
+impl LogState {
+    /// One append's decisions, all or nothing: the producer checks (a retried batch
+    /// answers with its first offsets, KIP-98), LogAppendTime stamping, offset assignment,
+    /// rolls and index updates ([`LogState::assign`]), and whether the writer must start.
+    /// No I/O: the batches are queued for the writer.
+    pub fn append(
+        &mut self,
         batches_bytes: &Bytes,
         infos: Vec<(usize, BatchInfo)>,
         leader_epoch: i32,
         now: i64,
-    ) -> Result<Assigned, EngineError> {
-        let mut st = self.state.borrow_mut();
-        let verdicts = check_producers(&st.producers, st.next_offset, &infos, now)
-            .map_err(EngineError::from_producer)?;
-        let log_append = st.config.message_timestamp_type == TimestampType::LogAppendTime;
+        cache: &BatchCache,
+        cached: &Rc<PartitionCache>,
+    ) -> Result<Assigned, ProducerError> {
+        let verdicts = check_producers(&self.producers, self.next_offset, &infos, now)?;
+        let log_append = self.config.message_timestamp_type == TimestampType::LogAppendTime;
         let mut first = None;
         let mut last = 0;
         // With LogAppendTime, the append time of the first batch answered (as Kafka, a
@@ -190,17 +206,17 @@ impl<S: Storage> Inner<S> {
             }
             // Recorded after `assign`: a roll inside it snapshots the state before this batch.
             let producer_info = (verdict == Verdict::Append).then_some(info);
-            let (base, end) = st.assign(bytes, info, leader_epoch, now, &self.cache, &self.cached);
+            let (base, end) = self.assign(bytes, info, leader_epoch, now, cache, cached);
             if let Some(producer_info) = producer_info {
-                st.producers.record(&producer_info, base, now);
+                self.producers.record(&producer_info, base, now);
             }
             first.get_or_insert(base);
             last = end;
         }
         let start_writer =
-            !st.pending.is_empty() && !std::mem::replace(&mut st.writer_running, true);
+            !self.pending.is_empty() && !std::mem::replace(&mut self.writer_running, true);
         Ok(Assigned {
-            seq: st.appended_seq,
+            seq: self.appended_seq,
             first: first.expect("at least one batch was assigned or found"),
             last,
             log_append_time_ms: if log_append {
@@ -208,11 +224,13 @@ impl<S: Storage> Inner<S> {
             } else {
                 -1
             },
-            log_start: st.log_start_offset,
+            log_start: self.log_start_offset,
             start_writer,
         })
     }
+}
 
+impl<S: Storage> Inner<S> {
     pub(super) async fn wait_synced(self: &Rc<Self>, seq: u64) -> Result<(), EngineError> {
         if let Some(outcome) = self.synced.outcome(seq) {
             return outcome.map_err(|reason| self.storage_error(reason));

@@ -4,7 +4,8 @@
 //! One file per part of the log's life: `append` (validation, producer checks, offset
 //! assignment), `write` (group commit: the writer and syncer tasks and the jobs they run),
 //! `seal` (closing a rolled segment), `read` (reads and the timestamp lookup), `open`
-//! (loading and recovering a log), `failure` (what a failed write or fdatasync does, and
+//! (loading a log: what is on disk), `recovery` (what opening decides on it: the log
+//! start, gaps and damage between segments), `failure` (what a failed write or fdatasync does, and
 //! the rebuild from disk that follows), `truncate`, `retention` (retention and
 //! DeleteRecords), `close`, `snapshot` (producer snapshots), `indexes` (index files),
 //! `damage` (reports and the rule for damage found by reads), `check` (invariants, for
@@ -33,6 +34,7 @@ mod lock;
 pub(crate) mod manifest;
 mod open;
 mod read;
+mod recovery;
 mod retention;
 mod scan;
 mod seal;

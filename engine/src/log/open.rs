@@ -31,6 +31,7 @@ use wharf_protocol::batch::BatchHeader;
 use super::damage::{DamageKind, DamageReport};
 use super::indexes::load_or_rebuild_index;
 use super::manifest::{self, SealedSegment, SEALED_SEGMENTS_FILE};
+use super::recovery;
 use super::scan::{scan_segment, ScanLimits, ScanOutcome, ScanStart};
 use super::segment::{
     parse_segment_name, Segment, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
@@ -217,6 +218,7 @@ pub(super) async fn open_state<S: Storage>(
         None => {
             let base = persisted_log_start.unwrap_or(0);
             segments.push(Segment::new_active(base, now));
+            stopped_short.push(None);
             tail = Some(Vec::new());
         }
         Some(&(base, size, modified_ms))
@@ -362,70 +364,29 @@ pub(super) async fn open_state<S: Storage>(
         }
     }
 
-    let mut log_start_offset = segments[0]
-        .base_offset
-        .max(persisted_log_start.unwrap_or(0));
-    // A log cut below its recorded start (damage that had already moved the log start
-    // past it, then a torn tail): it goes on from the log start in a new segment, and the
-    // offsets below are never given out again.
-    if let Some(last) = segments.last_mut() {
-        if last.next_offset < log_start_offset && last.state != SegmentState::Sealed {
-            last.state = SegmentState::Sealed;
-            last.synced_bytes = last.size_bytes;
-            files.writable.clear();
-            manifest_dirty = true;
-            active_producers = None;
-            segments.push(Segment::new_active(log_start_offset, now));
-            stopped_short.push(None);
-            tail = Some(Vec::new());
-        }
+    let settled = recovery::settle(
+        recovery::Found {
+            segments,
+            stopped_short,
+            recorded_log_start: persisted_log_start,
+        },
+        now,
+    );
+    if settled.restarted_at_log_start {
+        // The cut segment is sealed as it is: no write handle, no producers from it.
+        files.writable.clear();
+        manifest_dirty = true;
+        active_producers = None;
+        tail = Some(Vec::new());
     }
-    // Offsets must run on from one segment to the next; where they do not, the log start
-    // moves past the gap.
-    let mut moved = false;
-    for i in 0..segments.len() - 1 {
-        let (end, next_base) = (segments[i].next_offset, segments[i + 1].base_offset);
-        // Gaps below the log start lose nothing that was still in the log.
-        if end == next_base || next_base <= log_start_offset {
-            continue;
-        }
-        let previous = log_start_offset;
-        if next_base > log_start_offset {
-            log_start_offset = next_base;
-            moved = true;
-        }
-        let report = match &stopped_short[i] {
-            Some((position, reason)) => DamageReport {
-                kind: DamageKind::Skipped,
-                segment_base_offset: segments[i].base_offset,
-                position: *position,
-                first_offset: end,
-                end_offset: next_base,
-                previous_log_start_offset: previous,
-                reason: reason.clone(),
-            },
-            None => {
-                DamageReport {
-                    kind: DamageKind::Gap,
-                    segment_base_offset: segments[i].base_offset,
-                    position: segments[i].size_bytes,
-                    first_offset: end.min(next_base),
-                    end_offset: next_base,
-                    previous_log_start_offset: previous,
-                    reason: if end < next_base {
-                        format!("segment {} ends at offset {end} and the next one starts at {next_base}", segments[i].base_offset)
-                    } else {
-                        format!("segment {} runs to offset {end}, past the start of the next one at {next_base}", segments[i].base_offset)
-                    },
-                }
-            }
-        };
+    for report in &settled.reports {
         tracing::error!(dir = %dir.display(), "{}", report.describe());
-        reports.push(report);
     }
+    reports.extend(settled.reports);
+    let segments = settled.segments;
+    let log_start_offset = settled.log_start_offset;
     let next_offset = segments.last().map_or(0, |s| s.next_offset);
-    log_start_offset = log_start_offset.min(next_offset);
-    if moved && persisted_log_start != Some(log_start_offset) {
+    if settled.log_start_moved && persisted_log_start != Some(log_start_offset) {
         // Best effort: the same gap is found again on the next open.
         let text = format!("{log_start_offset}\n").into_bytes();
         if let Err(err) = replace_file(storage, &dir.join(LOG_START_FILE), text, true).await {

@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::cache::{BatchCache, PartitionCache};
 use crate::error::EngineError;
 use crate::retention::{segments_to_delete, SegmentSummary};
 use crate::storage::{replace_file, Storage};
@@ -48,6 +49,58 @@ impl LogState {
         )
     }
 
+    /// What retention (or a log start moving to `below`) removes now, if anything.
+    fn plan_retirement(
+        &self,
+        below: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+        now_ms: i64,
+    ) -> Option<Retirement> {
+        let count = self.segments_to_retire(below, retention_ms, retention_bytes, now_ms);
+        if count == 0 {
+            return None;
+        }
+        // The first segment left tells a restart where the log starts, but only once it
+        // has a file; until then `log-start-offset` must.
+        let unrecorded = self.segments[count..]
+            .iter()
+            .all(|s| s.state == SegmentState::Closed && s.written_bytes == 0);
+        Some(Retirement {
+            count,
+            record_log_start: unrecorded.then(|| self.segments[count].base_offset),
+        })
+    }
+
+    /// Removes the `count` oldest segments from the state; the log start moves to the
+    /// first one left. Returns the removed segments' base offsets (their files go next).
+    fn retire(&mut self, count: usize, cache: &BatchCache, cached: &PartitionCache) -> Vec<i64> {
+        let removed: Vec<i64> = self
+            .segments
+            .drain(..count)
+            .map(|s| s.base_offset)
+            .collect();
+        let first_base = self.segments[0].base_offset;
+        self.move_log_start(first_base, cache, cached);
+        self.recompute_max_timestamp();
+        self.generation += 1;
+        removed
+    }
+
+    /// What DeleteRecords to `offset` must do.
+    fn plan_delete_records(&self, offset: i64) -> DeleteRecordsPlan {
+        if offset < 0 || offset > self.next_offset {
+            DeleteRecordsPlan::OutOfRange {
+                log_start: self.log_start_offset,
+                log_end: self.next_offset,
+            }
+        } else if offset <= self.log_start_offset {
+            DeleteRecordsPlan::Done(self.log_start_offset)
+        } else {
+            DeleteRecordsPlan::MoveLogStart
+        }
+    }
+
     /// Rolled segments whose writes are all done, which a deletion may seal itself.
     fn sealable(&self) -> Vec<i64> {
         let queued_from = self.pending.front().map_or(i64::MAX, |p| p.segment_base);
@@ -57,6 +110,27 @@ impl LogState {
             .map(|s| s.base_offset)
             .collect()
     }
+}
+
+/// Segments retention lets go now.
+struct Retirement {
+    /// How many of the oldest segments.
+    count: usize,
+    /// The log start to record before they go: the segments left have no file yet to
+    /// tell a restart where the log starts.
+    record_log_start: Option<i64>,
+}
+
+/// What DeleteRecords does.
+enum DeleteRecordsPlan {
+    OutOfRange {
+        log_start: i64,
+        log_end: i64,
+    },
+    /// The log start is already at or past the offset: nothing to do.
+    Done(i64),
+    /// Whole segments below the offset go, then the log start moves to it.
+    MoveLogStart,
 }
 
 impl<S: Storage> PartitionLog<S> {
@@ -70,19 +144,21 @@ impl<S: Storage> PartitionLog<S> {
             .await
             .map_err(|_| inner.closed_error())?;
         // Not refused while writes are: deleting records is how space comes back.
-        {
+        let plan = {
             let st = inner.state.borrow();
             inner.check_open(&st)?;
-            if offset.0 < 0 || offset.0 > st.next_offset {
+            st.plan_delete_records(offset.0)
+        };
+        match plan {
+            DeleteRecordsPlan::OutOfRange { log_start, log_end } => {
                 return Err(EngineError::OffsetOutOfRange {
                     requested: offset.0,
-                    log_start: st.log_start_offset,
-                    log_end: st.next_offset,
-                });
+                    log_start,
+                    log_end,
+                })
             }
-            if offset.0 <= st.log_start_offset {
-                return Ok(Offset(st.log_start_offset));
-            }
+            DeleteRecordsPlan::Done(log_start) => return Ok(Offset(log_start)),
+            DeleteRecordsPlan::MoveLogStart => {}
         }
         // Whole segments below it go first (the log start moves to the first one left,
         // which needs no record: a restart finds it so). On a full disk that is what makes
@@ -169,23 +245,21 @@ impl<S: Storage> Inner<S> {
                 .await
                 .map_err(|e| self.fail_with(e))?;
         }
-        let (mut count, unrecorded) = {
+        let plan = {
             let st = self.state.borrow();
             if st.closed {
                 return Err(self.closed_error());
             }
-            let count = st.segments_to_retire(below, retention_ms, retention_bytes, now);
-            if count == 0 {
-                return Ok(());
-            }
-            // The first segment left tells a restart where the log starts, but only once it
-            // has a file; until then `log-start-offset` must.
-            let unrecorded = st.segments[count..]
-                .iter()
-                .all(|s| s.state == SegmentState::Closed && s.written_bytes == 0);
-            (count, unrecorded.then(|| st.segments[count].base_offset))
+            st.plan_retirement(below, retention_ms, retention_bytes, now)
         };
-        if let Some(first) = unrecorded {
+        let Some(Retirement {
+            mut count,
+            record_log_start,
+        }) = plan
+        else {
+            return Ok(());
+        };
+        if let Some(first) = record_log_start {
             let text = format!("{first}\n").into_bytes();
             let recorded =
                 replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await;
@@ -197,15 +271,10 @@ impl<S: Storage> Inner<S> {
                 }
             }
         }
-        let removed: Vec<i64> = {
-            let mut st = self.state.borrow_mut();
-            let removed: Vec<i64> = st.segments.drain(..count).map(|s| s.base_offset).collect();
-            let first_base = st.segments[0].base_offset;
-            st.move_log_start(first_base, &self.cache, &self.cached);
-            st.recompute_max_timestamp();
-            st.generation += 1;
-            removed
-        };
+        let removed = self
+            .state
+            .borrow_mut()
+            .retire(count, &self.cache, &self.cached);
         self.files.borrow_mut().read = None;
         let removal = async {
             for base in &removed {

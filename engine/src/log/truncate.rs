@@ -5,6 +5,7 @@
 
 use std::rc::Rc;
 
+use crate::cache::{BatchCache, PartitionCache};
 use crate::epoch::{LeaderEpochCache, CHECKPOINT_FILE};
 use crate::error::EngineError;
 use crate::index::SegmentIndex;
@@ -13,7 +14,7 @@ use crate::storage::{replace_file, OpenMode, SegmentFile, Storage};
 use crate::Offset;
 
 use super::manifest;
-use super::scan::{scan_from_entry, ScanLimits};
+use super::scan::{scan_from_entry, ScanLimits, ScanOutcome};
 use super::seal::write_manifest;
 use super::segment::{
     segment_path, Segment, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
@@ -29,7 +30,6 @@ enum TruncatePlan {
     /// Cut segment `base` before `offset`, dropping the segments after it.
     Cut {
         base: i64,
-        sealed: bool,
         index: Option<SegmentIndex>,
         end: u64,
         interval: u32,
@@ -48,11 +48,77 @@ impl LogState {
         let seg = &self.segments[k];
         TruncatePlan::Cut {
             base: seg.base_offset,
-            sealed: seg.state == SegmentState::Sealed,
             index: seg.index.clone(),
             end: seg.readable_bytes(),
             interval: self.config.index_interval_bytes,
         }
+    }
+
+    /// The log restarts empty at `offset` (truncate fully): returns the segments whose
+    /// files are to be removed.
+    fn restart_at(
+        &mut self,
+        offset: i64,
+        now_ms: i64,
+        cache: &BatchCache,
+        cached: &PartitionCache,
+    ) -> Vec<i64> {
+        let removed = std::mem::take(&mut self.segments);
+        self.segments.push(Segment::new_active(offset, now_ms));
+        self.log_start_offset = offset;
+        self.next_offset = offset;
+        self.written_next_offset = offset;
+        self.tail = None;
+        self.last_write = None;
+        self.epochs = LeaderEpochCache::default();
+        self.epochs_dirty = true;
+        self.producers = ProducerStates::default();
+        self.max_timestamp = (-1, -1);
+        self.generation += 1;
+        cache.clear(cached);
+        removed.iter().map(|s| s.base_offset).collect()
+    }
+
+    /// Segment `base` was cut where `scan` stopped (synced): it becomes the active
+    /// segment, later ones go, and what is known past the cut is forgotten. Returns the
+    /// segments whose files are to be removed and whether the log start moved back (a
+    /// batch straddling it went whole).
+    fn apply_cut(
+        &mut self,
+        base: i64,
+        scan: ScanOutcome,
+        cache: &BatchCache,
+        cached: &PartitionCache,
+    ) -> (Vec<i64>, bool) {
+        let k = self
+            .segment_index(base)
+            .expect("segments change only under the io lock");
+        let removed: Vec<i64> = self
+            .segments
+            .split_off(k + 1)
+            .iter()
+            .map(|s| s.base_offset)
+            .collect();
+        let next = scan.next_offset;
+        let seg = &mut self.segments[k];
+        seg.size_bytes = scan.valid_bytes;
+        seg.written_bytes = scan.valid_bytes;
+        seg.synced_bytes = scan.valid_bytes;
+        seg.allocated_bytes = scan.valid_bytes;
+        seg.next_offset = next;
+        seg.max_timestamp = scan.max_timestamp;
+        seg.index = Some(scan.index);
+        seg.state = SegmentState::Open;
+        seg.start_producers = None;
+        self.next_offset = next;
+        self.written_next_offset = next;
+        self.pending.clear();
+        let log_start_moved = next < self.log_start_offset;
+        self.log_start_offset = self.log_start_offset.min(next);
+        self.tail = Some(scan.tail);
+        self.last_write = None;
+        self.forget_from(next, cache, cached);
+        (removed, log_start_moved)
     }
 }
 
@@ -113,11 +179,10 @@ impl<S: Storage> Inner<S> {
             TruncatePlan::Fully => self.truncate_fully(offset).await,
             TruncatePlan::Cut {
                 base,
-                sealed,
                 index,
                 end,
                 interval,
-            } => self.cut(offset, base, sealed, index, end, interval).await,
+            } => self.cut(offset, base, index, end, interval).await,
         };
         match result {
             Ok(removed) => {
@@ -189,28 +254,15 @@ impl<S: Storage> Inner<S> {
         let text = format!("{old_start}\n").into_bytes();
         replace_file(&self.storage, &log_start_path, text, true).await?;
         let now = self.storage.now_ms();
-        let removed = {
-            let mut st = self.state.borrow_mut();
-            let removed: Vec<Segment> = std::mem::take(&mut st.segments);
-            st.segments.push(Segment::new_active(offset, now));
-            st.log_start_offset = offset;
-            st.next_offset = offset;
-            st.written_next_offset = offset;
-            st.tail = None;
-            st.last_write = None;
-            st.epochs = LeaderEpochCache::default();
-            st.epochs_dirty = true;
-            st.producers = ProducerStates::default();
-            st.max_timestamp = (-1, -1);
-            st.generation += 1;
-            self.cache.clear(&self.cached);
-            removed
-        };
+        let removed = self
+            .state
+            .borrow_mut()
+            .restart_at(offset, now, &self.cache, &self.cached);
         self.files.borrow_mut().clear();
-        for seg in removed.iter().rev() {
+        for base in removed.iter().rev() {
             for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
                 self.storage
-                    .remove_file(&segment_path(&self.dir, seg.base_offset, suffix))
+                    .remove_file(&segment_path(&self.dir, *base, suffix))
                     .await?;
             }
         }
@@ -225,14 +277,12 @@ impl<S: Storage> Inner<S> {
         self: &Rc<Self>,
         offset: i64,
         base: i64,
-        sealed: bool,
         index: Option<SegmentIndex>,
         end: u64,
         interval: u32,
     ) -> std::io::Result<Vec<i64>> {
         {
             // The segment is about to change: it must no longer be trusted as sealed.
-            let _ = sealed;
             let listed: Vec<_> = self
                 .state
                 .borrow()
@@ -317,39 +367,11 @@ impl<S: Storage> Inner<S> {
                 .remove_file(&segment_path(&self.dir, base, suffix))
                 .await?;
         }
-        let (removed, next, log_start_moved) = {
-            let mut st = self.state.borrow_mut();
-            let k = st
-                .segment_index(base)
-                .expect("segments change only under the io lock");
-            let removed: Vec<i64> = st
-                .segments
-                .split_off(k + 1)
-                .iter()
-                .map(|s| s.base_offset)
-                .collect();
-            let next = scan.next_offset;
-            let seg = &mut st.segments[k];
-            seg.size_bytes = scan.valid_bytes;
-            seg.written_bytes = scan.valid_bytes;
-            seg.synced_bytes = scan.valid_bytes;
-            seg.allocated_bytes = scan.valid_bytes;
-            seg.next_offset = next;
-            seg.max_timestamp = scan.max_timestamp;
-            seg.index = Some(scan.index);
-            seg.state = SegmentState::Open;
-            seg.start_producers = None;
-            st.next_offset = next;
-            st.written_next_offset = next;
-            st.pending.clear();
-            // A batch that straddled the log start went whole.
-            let log_start_moved = next < st.log_start_offset;
-            st.log_start_offset = st.log_start_offset.min(next);
-            st.tail = Some(scan.tail);
-            st.last_write = None;
-            st.forget_from(next, &self.cache, &self.cached);
-            (removed, next, log_start_moved)
-        };
+        let next = scan.next_offset;
+        let (removed, log_start_moved) =
+            self.state
+                .borrow_mut()
+                .apply_cut(base, scan, &self.cache, &self.cached);
         {
             let mut files = self.files.borrow_mut();
             files.read = None;
