@@ -128,6 +128,11 @@ impl<S: Storage> PartitionLog<S> {
             )
         };
         let _ = next_offset;
+        if self.reloading() {
+            // A failure's reload from disk has yet to succeed: the state may still name
+            // files a failed structural change removed. Its files are checked once it has.
+            return Ok(());
+        }
         // Index entries name the batch at their position.
         for seg in &segs {
             if seg.next_offset <= log_start || seg.entries.is_empty() {

@@ -149,7 +149,8 @@ impl LogState {
     fn apply_recovery(
         &mut self,
         base_offset: i64,
-        scan: ScanOutcome,
+        mut scan: ScanOutcome,
+        now_ms: i64,
         cache: &crate::cache::BatchCache,
         cached: &crate::cache::PartitionCache,
     ) -> (Vec<i64>, Option<DamageReport>) {
@@ -185,6 +186,15 @@ impl LogState {
         self.pending.clear();
         self.last_write = None;
         self.forget_from(next, cache, cached);
+        // What the walk found is what the log holds from where it started: a write the
+        // failure lost may have uncovered a batch an earlier failed write left there
+        // (with the same offsets), which its producer must find when it retries (KIP-98).
+        if let Some(first) = scan.first_offset {
+            self.producers.truncate_from(first);
+            let mut replayed = std::mem::take(&mut scan.producers);
+            replayed.set_last_timestamps(now_ms);
+            self.producers.extend_with_later(replayed);
+        }
         if next < self.log_start_offset {
             // Cut below the log start: the log goes on from the log start in a new
             // segment (the cut one is sealed as it is), never giving those offsets again.
@@ -303,6 +313,7 @@ fn empty_scan(base_offset: i64) -> ScanOutcome {
         producers: Default::default(),
         producers_from: Vec::new(),
         stopped: None,
+        first_offset: None,
     }
 }
 
@@ -331,11 +342,14 @@ async fn finish<S: Storage>(
         }
         inner.storage.sync_dir(&inner.dir).await?;
     }
-    let (removed, report) =
-        inner
-            .state
-            .borrow_mut()
-            .apply_recovery(base_offset, scan, &inner.cache, &inner.cached);
+    let now = inner.storage.now_ms();
+    let (removed, report) = inner.state.borrow_mut().apply_recovery(
+        base_offset,
+        scan,
+        now,
+        &inner.cache,
+        &inner.cached,
+    );
     if let Some(report) = &report {
         tracing::error!(dir = %inner.dir.display(), "{}", report.describe());
     }

@@ -129,6 +129,14 @@ pub(super) async fn open_state<S: Storage>(
         })
         .unwrap_or_default();
     let rebuild_epochs = checkpoint.is_none();
+    // A new epoch reaches the checkpoint (synced) before any batch carrying it is written,
+    // so every batch of a segment validated here must carry the epoch the checkpoint
+    // gives its offsets: one that does not is damage (the epoch is outside the CRC) or
+    // a batch the log had cut. Without a checkpoint the walk has its own rule.
+    let known_epochs: Vec<(i32, i64)> = checkpoint
+        .as_ref()
+        .map(|c| c.entries().to_vec())
+        .unwrap_or_default();
     // Epochs read back from batches count only from the recorded log start: a batch below
     // it may be damaged (that may be why the log start moved), and its epoch (outside the
     // CRC) must not outrank the real ones.
@@ -186,7 +194,11 @@ pub(super) async fn open_state<S: Storage>(
             stop_at_offset: Some(next_base),
             ..limits(size)
         };
-        let scan = scan_segment(&file, base, ScanStart::segment_start(base), bounded)
+        let start = ScanStart {
+            epochs: known_epochs.clone(),
+            ..ScanStart::segment_start(base)
+        };
+        let scan = scan_segment(&file, base, start, bounded)
             .await
             .map_err(io("cannot validate a segment"))?;
         drop(file);
@@ -284,10 +296,14 @@ pub(super) async fn open_state<S: Storage>(
                             .open_segment(&seg.log_path(dir), OpenMode::Read)
                             .await
                             .map_err(io("cannot open a segment"))?;
-                        let scan =
-                            scan_segment(&file, base, active_start(base, &snapshots), limits(size))
-                                .await
-                                .map_err(io("cannot scan a segment"))?;
+                        let scan = scan_segment(
+                            &file,
+                            base,
+                            active_start(base, &snapshots, &known_epochs),
+                            limits(size),
+                        )
+                        .await
+                        .map_err(io("cannot scan a segment"))?;
                         if rebuild_epochs {
                             assign_scanned_epochs(
                                 &mut epochs,
@@ -305,10 +321,14 @@ pub(super) async fn open_state<S: Storage>(
                         .open_segment(&seg.log_path(dir), OpenMode::ReadWrite)
                         .await
                         .map_err(io("cannot open the active segment"))?;
-                    let scan =
-                        scan_segment(&file, base, active_start(base, &snapshots), limits(size))
-                            .await
-                            .map_err(io("cannot recover the active segment"))?;
+                    let scan = scan_segment(
+                        &file,
+                        base,
+                        active_start(base, &snapshots, &known_epochs),
+                        limits(size),
+                    )
+                    .await
+                    .map_err(io("cannot recover the active segment"))?;
                     let cut = scan.valid_bytes < size;
                     if cut {
                         if let Some(report) = inspect_cut(&file, base, &scan, size).await {
@@ -518,10 +538,12 @@ fn assign_scanned_epochs(
 }
 
 /// The start of a walk over the active segment, replaying producers also from each
-/// snapshot inside it (the newest intact one is the state to replay over).
-fn active_start(base: i64, snapshots: &[i64]) -> ScanStart {
+/// snapshot inside it (the newest intact one is the state to replay over), checking
+/// epochs against `epochs` (the checkpoint's; none without one).
+fn active_start(base: i64, snapshots: &[i64], epochs: &[(i32, i64)]) -> ScanStart {
     ScanStart {
         replay_from: snapshots.iter().copied().filter(|o| *o > base).collect(),
+        epochs: epochs.to_vec(),
         ..ScanStart::segment_start(base)
     }
 }

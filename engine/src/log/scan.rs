@@ -104,6 +104,8 @@ pub(crate) struct ScanOutcome {
     pub producers_from: Vec<(i64, ProducerStates)>,
     /// Why the walk stopped before `end_bytes`, if it did: the first bad batch.
     pub stopped: Option<String>,
+    /// The base offset of the first batch that passed, if one did.
+    pub first_offset: Option<i64>,
 }
 
 /// Where a walk stops besides damage.
@@ -141,6 +143,7 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
             .map(|o| (*o, ProducerStates::default()))
             .collect(),
         stopped: None,
+        first_offset: None,
     };
     let mut first = Some(start.expect);
     // `buf` holds the file's bytes from `buf_start`; `pos` is the next batch's position.
@@ -293,6 +296,7 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
         out.valid_bytes = pos;
         out.next_offset = info.last_offset() + 1;
         out.batches += 1;
+        out.first_offset.get_or_insert(info.base_offset);
     }
     if out.next_offset < 0 {
         // Not even the indexed batch it started at is valid: the caller starts earlier.

@@ -44,6 +44,17 @@ pub(crate) enum FailureKind {
     Structural,
 }
 
+impl FailureKind {
+    /// How much of what the log wrote the failure leaves trustworthy, least first.
+    fn severity(&self) -> u8 {
+        match self {
+            FailureKind::NoSpace | FailureKind::Write => 0,
+            FailureKind::Sync => 1,
+            FailureKind::Structural => 2,
+        }
+    }
+}
+
 /// Whether the log takes writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Health {
@@ -181,13 +192,18 @@ impl LogState {
     /// Records a write-path failure: writes stop until the state is rebuilt from disk.
     /// False if the log had already failed (the first failure is the one reported).
     pub fn fail(&mut self, kind: FailureKind, reason: String, now_ms: i64) -> bool {
-        if matches!(
-            self.health,
-            Health::Failed {
-                recovered: false,
-                ..
+        if let Health::Failed {
+            recovered: false,
+            kind: current,
+            ..
+        } = &mut self.health
+        {
+            // One more failure before the rebuild planned its walk: it walks from what
+            // the worse of the two leaves trustworthy (an fdatasync that failed after a
+            // write did means nothing since the last good one can be vouched for).
+            if kind.severity() > current.severity() {
+                *current = kind;
             }
-        ) {
             return false;
         }
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);

@@ -251,6 +251,8 @@ struct DiskState {
     injected: Vec<InjectedFault>,
     /// When false, no fault is injected (a run's fault-free phases).
     faults_enabled: bool,
+    /// Files whose next `fdatasync` fails.
+    fail_next_sync: BTreeSet<PathBuf>,
 }
 
 impl DiskState {
@@ -273,6 +275,16 @@ impl DiskState {
         let current = self.inodes.get(&inode).map_or(0, FileData::allocated_bytes);
         let wanted = new_len.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
         wanted <= current || self.used_bytes() + (wanted - current) <= self.capacity_bytes
+    }
+
+    /// Whether this `fdatasync` of `path` fails: armed by
+    /// [`SimDisk::fail_next_fdatasync`], or drawn.
+    fn sync_fails(&mut self, path: &Path) -> bool {
+        if self.fail_next_sync.remove(path) {
+            return true;
+        }
+        let p = self.faults.fsync_eio_per_million;
+        self.faults_enabled && p > 0 && self.rng.chance(p)
     }
 
     fn random_enospc(&mut self) -> bool {
@@ -332,6 +344,7 @@ impl SimDisk {
                 next_io: 0,
                 injected: Vec::new(),
                 faults_enabled: true,
+                fail_next_sync: BTreeSet::new(),
             })),
             rt: rt.clone(),
         }
@@ -432,6 +445,16 @@ impl SimDisk {
         };
         st.injected.push(fault);
         true
+    }
+
+    /// The next `fdatasync` of `path` (of a segment, or of a small file written whole)
+    /// fails with EIO, whatever the fault configuration says; what it covered is then
+    /// made durable, kept in the cache or dropped, as after any failed one.
+    pub fn fail_next_fdatasync(&self, path: &Path) {
+        self.state
+            .borrow_mut()
+            .fail_next_sync
+            .insert(path.to_path_buf());
     }
 
     /// Changes the stored byte at `position` (live and durable): bit rot.
@@ -691,9 +714,7 @@ impl SimDisk {
                     inode
                 }
             };
-            let eio = st.faults_enabled
-                && st.faults.fsync_eio_per_million > 0
-                && st.rng.chance(st.faults.fsync_eio_per_million);
+            let eio = st.sync_fails(&path);
             let file = st.inodes.get_mut(&inode).expect("linked inodes exist");
             file.complete(DataOp::SetLen(0), now);
             file.complete(DataOp::Write { pos: 0, data }, now);
@@ -966,10 +987,7 @@ impl SimFile {
         };
         self.disk
             .op(move |st, _| {
-                let eio = st.faults_enabled
-                    && st.faults.fsync_eio_per_million > 0
-                    && st.rng.chance(st.faults.fsync_eio_per_million);
-                if eio {
+                if st.sync_fails(&path) {
                     trace(&path, || format!("fdatasync through {through}: EIO"));
                     st.injected
                         .push(InjectedFault::FsyncFailed { path: path.clone() });
@@ -991,7 +1009,16 @@ impl SimFile {
                                 )
                             });
                             match fate {
-                                0 => apply(&mut file.durable, &op),
+                                0 => {
+                                    apply(&mut file.durable, &op);
+                                    // An older operation still in the cache must not end
+                                    // up over this one when it is written later: a page
+                                    // holds its newest content, so this one goes again
+                                    // after it.
+                                    if !kept.is_empty() {
+                                        kept.push((seq, op));
+                                    }
+                                }
                                 1 => kept.push((seq, op)),
                                 _ => {}
                             }
@@ -1141,6 +1168,39 @@ mod tests {
             g.read_at(0, 4096).await.expect("read")
         });
         assert_eq!(diff(&third), 0, "a rewrite heals a bad sector");
+    }
+
+    #[test]
+    fn a_failed_fdatasync_never_shows_older_data_over_what_it_made_durable() {
+        let mut made_durable = 0;
+        for seed in 0..64 {
+            let rt = Runtime::new(seed);
+            let disk = SimDisk::new(&rt, seed, 1 << 20, FaultConfig::default());
+            let d = disk.clone();
+            let path = Path::new("/d/f");
+            run(&rt, async move {
+                d.create_dir_all(Path::new("/d")).await.expect("mkdir");
+                let f = d.open(path, true, true).await.expect("open");
+                f.write_at(vec![1; 4096], 0).await.expect("write");
+                f.write_at(vec![2; 4096], 0).await.expect("write");
+                d.fail_next_fdatasync(path);
+                assert!(f.fdatasync().await.is_err(), "the armed fdatasync fails");
+            });
+            let durable = {
+                let st = disk.state.borrow();
+                let inode = st.live.files[path];
+                st.inodes[&inode].durable.clone()
+            };
+            if durable.first() == Some(&2) {
+                made_durable += 1;
+                let live = disk.contents(path).expect("the file");
+                assert_eq!(live[0], 2, "seed {seed}: the page holds its newest content");
+            }
+        }
+        assert!(
+            made_durable > 0,
+            "some failed fdatasync wrote the newest write"
+        );
     }
 
     #[test]
