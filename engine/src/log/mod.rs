@@ -228,6 +228,13 @@ impl<S: Storage> PartitionLog<S> {
         Offset(self.inner.state.borrow().next_offset)
     }
 
+    /// Every offset below this is written to the log's files (readable): the log end
+    /// offset less what is still queued for the writer. After a failed write or fdatasync
+    /// the log is reloaded from disk and this may move back.
+    pub fn written_end_offset(&self) -> Offset {
+        Offset(self.inner.state.borrow().written_next_offset)
+    }
+
     /// Bytes of log on disk or queued for it, over all segments.
     pub fn size_bytes(&self) -> u64 {
         self.inner
