@@ -13,7 +13,7 @@ use wharf_engine::sim::{FaultConfig, Runtime, SimDisk, SimStorage};
 use wharf_engine::{
     AppendInfo, BatchCache, Durability, EngineError, LogConfig, Offset, PartitionLog,
 };
-use wharf_protocol::batch::{batches, simple_batch};
+use wharf_protocol::batch::{batches, simple_batch, BatchBuilder};
 
 type Log = PartitionLog<SimStorage>;
 
@@ -24,8 +24,12 @@ struct Sim {
 
 impl Sim {
     fn new(capacity_bytes: u64) -> Sim {
-        let rt = Runtime::new(7);
-        let disk = SimDisk::new(&rt, 7, capacity_bytes, FaultConfig::default());
+        Sim::with_seed(capacity_bytes, 7)
+    }
+
+    fn with_seed(capacity_bytes: u64, seed: u64) -> Sim {
+        let rt = Runtime::new(seed);
+        let disk = SimDisk::new(&rt, seed, capacity_bytes, FaultConfig::default());
         Sim { rt, disk }
     }
 
@@ -253,4 +257,72 @@ fn a_failed_fdatasync_of_one_partition_leaves_the_others_on_the_same_disk_alone(
     for (p, log) in logs.iter().enumerate() {
         assert_eq!(log.write_error().is_some(), p == 2, "partition {p}");
     }
+}
+
+#[test]
+fn a_retried_batch_found_on_disk_after_a_restart_is_answered_as_synced_only_once_it_is() {
+    // What a failed fdatasync does to the writes it covered is drawn per disk seed (made
+    // durable, kept in the cache, dropped); the seeds that keep the batch in the cache
+    // only are the case.
+    let mut cases = 0;
+    for seed in 0..64 {
+        if retried_batch_case(seed) {
+            cases += 1;
+        }
+    }
+    assert!(cases >= 5, "only {cases} seeds kept the batch in the cache");
+}
+
+/// One disk seed of the test above; false when the seed does not make the case.
+fn retried_batch_case(seed: u64) -> bool {
+    let sim = Sim::with_seed(64 << 20, seed);
+    let dir = "/data/retry-0";
+    let mut builder = BatchBuilder::new().producer(7, 0, 0);
+    builder.push(Some(b"key"), Some(&[0x5a; 300]), &[], 1_700_000_000_000);
+    let batch = Bytes::from(builder.build());
+    let append = |log: &Rc<Log>, durability| {
+        let (log, batch) = (log.clone(), batch.clone());
+        sim.run(async move { log.append(batch, 0, durability).await })
+    };
+    let log = sim.open(dir);
+    let first = append(&log, Durability::Written).expect("written (acks=1)");
+    // The broker stops; closing trims the segment to its size, then its fdatasync fails.
+    // The machine keeps running, so the batch may still be in the file without being
+    // durable.
+    sim.disk.fail_next_fdatasync(&segment(dir, 0));
+    let closed = {
+        let log = log.clone();
+        sim.run(async move { log.close().await })
+    };
+    assert!(closed.is_err(), "the close's fdatasync failed");
+    drop(log);
+    let durable_len = |sim: &Sim| {
+        sim.disk
+            .durable_contents(&segment(dir, 0))
+            .map_or(0, |c| c.len())
+    };
+    let end = batch.len();
+    let in_file = sim
+        .disk
+        .contents(&segment(dir, 0))
+        .is_some_and(|c| c.len() >= end);
+    if durable_len(&sim) >= end || !in_file {
+        return false;
+    }
+
+    // The restarted broker finds the batch; the producer retries it with acks=all: a
+    // duplicate (KIP-98), answered with its first offsets, and only once it is durable.
+    let log = sim.open(dir);
+    let retried = append(&log, Durability::Synced).expect("the retry is answered");
+    assert_eq!(retried.base_offset, first.base_offset, "seed {seed}");
+    assert_eq!(
+        log.log_end_offset().0,
+        first.last_offset.0 + 1,
+        "seed {seed}: not appended twice"
+    );
+    assert!(
+        durable_len(&sim) >= end,
+        "seed {seed}: a batch answered as synced is durable"
+    );
+    true
 }

@@ -16,7 +16,9 @@
 //!
 //! Opening writes nothing it cannot do without (a broker on a full disk starts and serves
 //! reads): only the cut of a torn tail (which frees space) and the removal of markers;
-//! the sealed-segments file and the log start are rewritten best effort.
+//! the sealed-segments file and the log start are rewritten best effort. Segment data it
+//! finds without proof of a clean close is synced before the log counts it as durable
+//! (and before a segment is listed as sealed); an open whose `fdatasync` fails fails.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -211,11 +213,12 @@ pub(super) async fn open_state<S: Storage>(
         seg.index = Some(index);
         assign_scanned_epochs(&mut epochs, &scan.epochs, scan.next_offset, epoch_floor);
         if complete {
-            // Sealed before the broker stopped, but not yet listed (or listed with
-            // preallocated space not trimmed yet): trim it and list it.
-            if scan.valid_bytes < size {
-                trim(storage, dir, base, scan.valid_bytes).await;
-            }
+            // Rolled before the broker stopped, but not yet listed (or listed with
+            // preallocated space not trimmed yet): trimmed, synced (a seal lost in a crash
+            // may not have synced it; the listing is the proof that it was), then listed.
+            seal_found(storage, dir, base, scan.valid_bytes, size)
+                .await
+                .map_err(io("cannot seal a segment found unsealed"))?;
             manifest_dirty = true;
             stopped_short.push(None);
         } else {
@@ -338,14 +341,19 @@ pub(super) async fn open_state<S: Storage>(
                         file.truncate(scan.valid_bytes)
                             .await
                             .map_err(io("cannot truncate the active segment"))?;
+                    }
+                    // What was read back may not be durable (the broker stopped without
+                    // syncing it, or after a failed fdatasync): it is synced before the log
+                    // counts it as durable, so that a producer's retry of a batch found
+                    // here is never answered as synced without it (acks=all).
+                    if cut || scan.valid_bytes > 0 {
                         file.fdatasync()
                             .await
                             .map_err(io("cannot sync the active segment"))?;
                     }
                     seg.size_bytes = scan.valid_bytes;
                     seg.written_bytes = scan.valid_bytes;
-                    // What was read back is durable only if this open synced it.
-                    seg.synced_bytes = if cut { scan.valid_bytes } else { 0 };
+                    seg.synced_bytes = scan.valid_bytes;
                     seg.allocated_bytes = scan.valid_bytes;
                     seg.next_offset = scan.next_offset;
                     seg.max_timestamp = scan.max_timestamp;
@@ -552,18 +560,22 @@ fn segments_path(dir: &Path, base: i64) -> std::path::PathBuf {
     super::segment::segment_path(dir, base, LOG_SUFFIX)
 }
 
-/// Trims preallocated space off a sealed segment found untrimmed (best effort).
-async fn trim<S: Storage>(storage: &S, dir: &Path, base: i64, size: u64) {
-    let path = segments_path(dir, base);
-    let trimmed = async {
-        let file = storage.open_segment(&path, OpenMode::ReadWrite).await?;
-        file.truncate(size).await?;
-        file.fdatasync().await
+/// Seals a segment found complete but not listed: trims the preallocated space after its
+/// `valid` bytes (if any) and syncs it, as a seal does before the listing.
+async fn seal_found<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: i64,
+    valid: u64,
+    size: u64,
+) -> std::io::Result<()> {
+    let file = storage
+        .open_segment(&segments_path(dir, base), OpenMode::ReadWrite)
+        .await?;
+    if valid < size {
+        file.truncate(valid).await?;
     }
-    .await;
-    if let Err(err) = trimmed {
-        tracing::warn!(dir = %dir.display(), base, error = %err, "cannot trim a segment");
-    }
+    file.fdatasync().await
 }
 
 /// What a cut of the last segment at `scan.valid_bytes` drops: nothing worth a report when

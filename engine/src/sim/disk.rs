@@ -411,6 +411,14 @@ impl SimDisk {
         st.inodes.get(inode).map(|f| f.live.clone())
     }
 
+    /// The durable content of a file: what a crash of the machine now would leave of it
+    /// at least (`None` if its directory entry is not durable).
+    pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let st = self.state.borrow();
+        let inode = st.durable.files.get(path)?;
+        st.inodes.get(inode).map(|f| f.durable.clone())
+    }
+
     /// Reads of the sector holding `position` return flipped bits: once when
     /// `persistent` is false, else until the sector is rewritten.
     pub fn inject_read_fault(&self, path: &Path, position: u64, persistent: bool) -> bool {
