@@ -198,6 +198,7 @@ pub(super) async fn open_state<S: Storage>(
         };
         let start = ScanStart {
             epochs: known_epochs.clone(),
+            epochs_from: epoch_floor,
             ..ScanStart::segment_start(base)
         };
         let scan = scan_segment(&file, base, start, bounded)
@@ -302,7 +303,7 @@ pub(super) async fn open_state<S: Storage>(
                         let scan = scan_segment(
                             &file,
                             base,
-                            active_start(base, &snapshots, &known_epochs),
+                            active_start(base, &snapshots, &known_epochs, epoch_floor),
                             limits(size),
                         )
                         .await
@@ -327,7 +328,7 @@ pub(super) async fn open_state<S: Storage>(
                     let scan = scan_segment(
                         &file,
                         base,
-                        active_start(base, &snapshots, &known_epochs),
+                        active_start(base, &snapshots, &known_epochs, epoch_floor),
                         limits(size),
                     )
                     .await
@@ -548,10 +549,11 @@ fn assign_scanned_epochs(
 /// The start of a walk over the active segment, replaying producers also from each
 /// snapshot inside it (the newest intact one is the state to replay over), checking
 /// epochs against `epochs` (the checkpoint's; none without one).
-fn active_start(base: i64, snapshots: &[i64], epochs: &[(i32, i64)]) -> ScanStart {
+fn active_start(base: i64, snapshots: &[i64], epochs: &[(i32, i64)], floor: i64) -> ScanStart {
     ScanStart {
         replay_from: snapshots.iter().copied().filter(|o| *o > base).collect(),
         epochs: epochs.to_vec(),
+        epochs_from: floor,
         ..ScanStart::segment_start(base)
     }
 }

@@ -39,6 +39,11 @@ pub(crate) struct ScanStart {
     /// The leader-epoch cache, when known: a batch's partitionLeaderEpoch (outside the
     /// CRC) must be the one the cache gives its offset.
     pub epochs: Vec<(i32, i64)>,
+    /// Batches wholly below this offset (the recorded log start) carry epochs nobody
+    /// checks or needs: they are neither held to the epoch rules nor reported in
+    /// [`ScanOutcome::epochs`], so that a damaged one below the log start can neither stop
+    /// the walk nor put its epoch in the cache.
+    pub epochs_from: i64,
 }
 
 /// What the first batch of a walk must be.
@@ -60,6 +65,7 @@ impl ScanStart {
             max_timestamp: (-1, -1),
             replay_from: Vec::new(),
             epochs: Vec::new(),
+            epochs_from: i64::MIN,
         }
     }
 
@@ -79,6 +85,7 @@ impl ScanStart {
             max_timestamp,
             replay_from: Vec::new(),
             epochs: Vec::new(),
+            epochs_from: i64::MIN,
         }
     }
 }
@@ -154,6 +161,13 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
     // A new leader epoch seen at a position: `(position, epoch, reads that saw it)`.
     let mut new_epoch: Option<(u64, i32, u32)> = None;
     let mut last_epoch = i32::MIN;
+    // Below the cache's first entry the cache says nothing (check_batch checks nothing).
+    let epochs_from = start
+        .epochs
+        .first()
+        .map_or(start.epochs_from, |&(_, first)| {
+            first.max(start.epochs_from)
+        });
     loop {
         let have = (buf_start + buf.len() as u64).saturating_sub(pos);
         let left_in_file = limits.end_bytes.saturating_sub(pos);
@@ -220,6 +234,9 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
         // the cache.
         let verdict = verdict.and_then(|info| {
             let epoch = info.partition_leader_epoch;
+            if info.last_offset() < epochs_from {
+                return Ok(Ok(info));
+            }
             if !start.epochs.is_empty() || epoch == last_epoch {
                 return Ok(Ok(info));
             }
@@ -273,7 +290,7 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
         if info.max_timestamp > out.max_timestamp.0 {
             out.max_timestamp = (info.max_timestamp, offset_of_max_timestamp(bytes, &info));
         }
-        if info.partition_leader_epoch > last_epoch {
+        if info.partition_leader_epoch > last_epoch && info.last_offset() >= epochs_from {
             last_epoch = info.partition_leader_epoch;
             out.epochs.push((last_epoch, info.base_offset));
         }
