@@ -186,6 +186,12 @@ impl LogState {
         self.pending.clear();
         self.last_write = None;
         self.forget_from(next, cache, cached);
+        // Below `next` too, the batches the walk found are what the log holds now, and
+        // they may not be the ones cached: a write the failure lost may have uncovered
+        // what an earlier failed write left at the same offsets.
+        if let Some(first) = scan.first_offset {
+            cache.truncate_from(cached, first);
+        }
         // What the walk found is what the log holds from where it started: a write the
         // failure lost may have uncovered a batch an earlier failed write left there
         // (with the same offsets), which its producer must find when it retries (KIP-98).
