@@ -143,10 +143,22 @@ impl<S: Storage> PartitionLog<S> {
             .acquire()
             .await
             .map_err(|_| inner.closed_error())?;
-        // Not refused while writes are: deleting records is how space comes back.
+        // Not refused while writes are (deleting records is how space comes back), but
+        // while a failure's reload from disk has yet to succeed: until then the log's
+        // bounds are not known (a truncation may have stopped half way).
         let plan = {
             let st = inner.state.borrow();
             inner.check_open(&st)?;
+            if let super::state::Health::Failed {
+                recovered: false,
+                reason,
+                ..
+            } = &st.health
+            {
+                return Err(inner.storage_error(format!(
+                    "the partition is being reloaded from disk ({reason})"
+                )));
+            }
             st.plan_delete_records(offset.0)
         };
         match plan {

@@ -303,7 +303,10 @@ impl World {
         // The end: a full disk freed, faults off, a clean restart, everything checked again.
         self.disk.set_capacity(self.capacity_bytes);
         self.disk.set_faults_enabled(false);
-        self.disruption = Disruption::default();
+        // What may have happened since the last check that saw the whole log stays.
+        if self.checked {
+            self.disruption = Disruption::default();
+        }
         self.restart_clean()?;
         self.check()
             .map_err(|e| format!("after the final restart: {e}"))?;
