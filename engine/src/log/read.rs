@@ -445,7 +445,25 @@ impl<S: Storage> Inner<S> {
             .storage
             .open_segment(&segment_path(&self.dir, base, LOG_SUFFIX), OpenMode::Read)
             .await
-            .map_err(|e| EngineError::io("cannot open a segment for reading", e))?;
+            .map_err(|e| {
+                // A failed change of the segments (a truncation whose fdatasync failed)
+                // may have removed files the state still lists until the reload from
+                // disk is done: the partition is unavailable meanwhile, like any storage
+                // failure, rather than broken.
+                if matches!(
+                    self.state.borrow().health,
+                    super::state::Health::Failed {
+                        recovered: false,
+                        ..
+                    }
+                ) {
+                    self.storage_error(format!(
+                        "cannot open a segment for reading while the partition is reloaded from disk: {e}"
+                    ))
+                } else {
+                    EngineError::io("cannot open a segment for reading", e)
+                }
+            })?;
         let file = Rc::new(file);
         if self.state.borrow().generation == generation {
             self.files.borrow_mut().read = Some((base, file.clone()));

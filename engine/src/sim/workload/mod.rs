@@ -106,6 +106,8 @@ enum Event {
     },
     Truncated {
         offset: i64,
+        /// Nothing of the log survives it (Kafka's truncateFullyAndStartAt).
+        fully: bool,
         result: Result<(), EngineError>,
     },
     Deleted {
@@ -473,16 +475,30 @@ impl World {
                 let (start, end) = (log.log_start_offset().0, log.log_end_offset().0);
                 let offset = self.rng.range((start - 2).max(0) as u64, end as u64) as i64;
                 self.note(format!("step {step}: truncate to {offset}"));
-                self.disruption.truncated_from = Some(offset);
-                if offset <= start || self.entries.keys().next().is_some_and(|b| offset <= *b) {
-                    self.disruption.truncated_fully_to = Some(offset);
+                // An earlier truncation that failed may still take effect when the log is
+                // reloaded: what may be gone runs from the lowest of them.
+                let from = self
+                    .disruption
+                    .truncated_from
+                    .map_or(offset, |t| t.min(offset));
+                self.disruption.truncated_from = Some(from);
+                let fully =
+                    offset <= start || self.entries.keys().next().is_some_and(|b| offset <= *b);
+                if fully {
+                    let to = self
+                        .disruption
+                        .truncated_fully_to
+                        .map_or(offset, |t| t.min(offset));
+                    self.disruption.truncated_fully_to = Some(to);
                 }
                 let events = self.events.clone();
                 self.rt.spawn(async move {
                     let result = log.truncate_to(Offset(offset)).await;
-                    events
-                        .borrow_mut()
-                        .push(Event::Truncated { offset, result });
+                    events.borrow_mut().push(Event::Truncated {
+                        offset,
+                        fully,
+                        result,
+                    });
                 });
                 self.run_or_crash()
             }
@@ -729,11 +745,14 @@ impl World {
                     result,
                 } => self.on_appended(tag, durability, leader_epoch, result)?,
                 Event::Read { from, result } => reads.push((from, result)),
-                Event::Truncated { offset, result } => {
+                Event::Truncated {
+                    offset,
+                    fully,
+                    result,
+                } => {
                     self.note(format!("truncated to {offset}: {result:?}"));
                     self.disruption.unsynced_lost |= result.is_err();
                     if result.is_ok() {
-                        let fully = self.disruption.truncated_fully_to == Some(offset);
                         self.entries.retain(|_, e| e.last < offset);
                         if fully {
                             self.entries.clear();
