@@ -111,7 +111,7 @@ impl<S: Storage> PartitionLog<S> {
         let max_message_bytes = inner.state.borrow().config.max_message_bytes;
         let infos = validate_all(&batches_bytes, max_message_bytes)?;
         let now = inner.storage.now_ms();
-        inner.check_writable()?;
+        inner.check_writable_at(now)?;
         let assigned = inner
             .state
             .borrow_mut()

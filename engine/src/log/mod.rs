@@ -391,7 +391,11 @@ impl<S: Storage> Inner<S> {
     /// Errors unless the log takes writes now. A log whose pause after a failure is over
     /// takes them again; one whose rebuild from disk failed tries the rebuild again.
     fn check_writable(self: &Rc<Self>) -> Result<(), EngineError> {
-        let now = self.storage.now_ms();
+        self.check_writable_at(self.storage.now_ms())
+    }
+
+    /// [`Inner::check_writable`] at `now` (an append has read the clock already).
+    fn check_writable_at(self: &Rc<Self>, now: i64) -> Result<(), EngineError> {
         let (refusal, rebuild) = {
             let mut st = self.state.borrow_mut();
             let rebuild = matches!(

@@ -29,6 +29,10 @@ pub use runtime::{Runtime, TaskResult, SIM_EPOCH_MS};
 
 use crate::storage::{DirEntry, OpenMode, SegmentFile, Storage, WriteBuffer};
 
+/// What a fresh write buffer holds before the writer lays it out: a batch header read from
+/// it would have a length and magic byte that fail validation.
+const POISON: u8 = 0xA5;
+
 /// [`Storage`] on a [`SimDisk`], with the disk's runtime as clock and executor.
 #[derive(Clone)]
 pub struct SimStorage {
@@ -59,7 +63,9 @@ impl SegmentFile for SimFile {
     type Buffer = Vec<u8>;
 
     fn alloc_buffer(&self, len: usize) -> Vec<u8> {
-        vec![0; len]
+        // Not zeroed, like a DMA buffer from the pool: a byte the writer forgets to lay
+        // out reaches the simulated disk as garbage the checks then see.
+        vec![POISON; len]
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<usize> {

@@ -63,7 +63,8 @@ pub trait WriteBuffer {
 #[allow(async_fn_in_trait)]
 pub trait SegmentFile: 'static {
     type Buffer: WriteBuffer;
-    /// A zeroed buffer of `len` bytes for [`SegmentFile::write_at`].
+    /// A buffer of `len` bytes for [`SegmentFile::write_at`]. Its content is unspecified:
+    /// the caller writes every byte of it before the write.
     fn alloc_buffer(&self, len: usize) -> Self::Buffer;
     /// Writes the whole buffer at `pos`; returns the bytes written (short on failure paths).
     async fn write_at(&self, buf: Self::Buffer, pos: u64) -> io::Result<usize>;
