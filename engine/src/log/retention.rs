@@ -11,7 +11,7 @@ use crate::storage::{replace_file, Storage};
 use crate::Offset;
 
 use super::segment::{segment_path, SegmentState, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
-use super::state::LogState;
+use super::state::{FailureKind, LogState};
 use super::{seal, snapshot, write, Inner, PartitionLog, LOG_START_FILE};
 
 impl LogState {
@@ -261,6 +261,21 @@ impl<S: Storage> Inner<S> {
             let st = self.state.borrow();
             if st.closed {
                 return Err(self.closed_error());
+            }
+            if let super::state::Health::Failed {
+                kind: FailureKind::Structural,
+                recovered: false,
+                reason,
+                ..
+            } = &st.health
+            {
+                // A truncation failed part way: the segments listed may already be gone
+                // from the disk, so nothing is planned from them (deleting what looks like
+                // the oldest one could remove the only record of the log start) until the
+                // log is reloaded from what the disk holds.
+                return Err(self.storage_error(format!(
+                    "segments are not deleted while the partition is reloaded from disk: {reason}"
+                )));
             }
             st.plan_retirement(below, retention_ms, retention_bytes, now)
         };
