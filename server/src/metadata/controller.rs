@@ -16,7 +16,7 @@ use glommio::sync::Semaphore;
 
 use crate::config::MAX_PARTITIONS_PER_TOPIC;
 use crate::metadata::store;
-use crate::metadata::topic_config::{self, TopicOverrides};
+use crate::metadata::topic_config::{self, TopicDefaults, TopicOverrides};
 use crate::metadata::{
     new_topic_id, validate_topic_name, MetadataImage, TopicId, TopicMeta, OFFSETS_TOPIC,
 };
@@ -210,22 +210,7 @@ impl Controller {
             let results: Vec<_> = targets
                 .into_iter()
                 .map(|target| {
-                    let topic = match &target {
-                        TopicRef::Name(name) => next
-                            .topic(name)
-                            .cloned()
-                            .ok_or(MetadataError::UnknownTopic)?,
-                        TopicRef::Id(id) => next
-                            .topic_by_id(*id)
-                            .cloned()
-                            .ok_or(MetadataError::UnknownTopicId)?,
-                    };
-                    if topic.internal {
-                        return Err(MetadataError::InvalidRequest(format!(
-                            "Internal topic {} cannot be deleted",
-                            topic.name
-                        )));
-                    }
+                    let topic = deletion_target(&next, &target)?.clone();
                     next.remove(&topic.name);
                     Ok(topic)
                 })
@@ -250,21 +235,11 @@ impl Controller {
             let results: Vec<_> = requests
                 .into_iter()
                 .map(|(name, total)| {
-                    let mut topic = next.topic(&name).cloned().ok_or(MetadataError::UnknownTopic)?;
-                    if topic.internal {
-                        return Err(MetadataError::InvalidRequest(format!("Cannot add partitions to internal topic {name}")));
-                    }
-                    if total <= topic.partition_count {
-                        return Err(MetadataError::InvalidPartitions(format!(
-                            "Topic currently has {} partitions, which is higher than the requested {total}.",
-                            topic.partition_count
-                        )));
-                    }
-                    if total > MAX_PARTITIONS_PER_TOPIC {
-                        return Err(MetadataError::InvalidPartitions(format!(
-                            "Number of partitions {total} exceeds the limit of {MAX_PARTITIONS_PER_TOPIC}"
-                        )));
-                    }
+                    let mut topic = next
+                        .topic(&name)
+                        .cloned()
+                        .ok_or(MetadataError::UnknownTopic)?;
+                    check_partition_increase(&topic, total)?;
                     let added = (total - topic.partition_count) as i64;
                     check_broker_partitions(&next, added, shard.config.max_broker_partitions)?;
                     topic.partition_count = total;
@@ -332,7 +307,8 @@ impl Controller {
                         .topic(&name)
                         .cloned()
                         .ok_or(MetadataError::UnknownTopic)?;
-                    topic.overrides = apply_ops(&topic.overrides, ops, shard)?;
+                    topic.overrides =
+                        apply_ops(&topic.overrides, ops, &shard.config.topic_defaults)?;
                     next.upsert(topic);
                     Ok(())
                 })
@@ -366,45 +342,9 @@ fn check_new_topic(
     t: NewTopic,
     max_broker_partitions: i64,
 ) -> Result<TopicMeta, MetadataError> {
-    validate_topic_name(&t.name).map_err(MetadataError::InvalidTopic)?;
-    if !t.internal && t.name == OFFSETS_TOPIC {
-        return Err(MetadataError::InvalidRequest(format!(
-            "Creation of internal topic {OFFSETS_TOPIC} is prohibited."
-        )));
-    }
-    if image.topic(&t.name).is_some() {
-        return Err(MetadataError::TopicAlreadyExists(t.name));
-    }
-    // Kafka: '.' and '_' collide in metric names, so "a.b" and "a_b" cannot both exist.
-    let collision_key = |n: &str| n.replace('.', "_");
-    if let Some(other) = image
-        .topics()
-        .find(|o| collision_key(&o.name) == collision_key(&t.name))
-    {
-        return Err(MetadataError::InvalidTopic(format!(
-            "Topic '{}' collides with existing topic: {}",
-            t.name, other.name
-        )));
-    }
-    if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&t.partitions) {
-        return Err(MetadataError::InvalidPartitions(format!(
-            "Number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {}",
-            t.partitions
-        )));
-    }
+    let overrides = validate_new_topic(image, &t, &[])?;
     if !t.internal {
         check_broker_partitions(image, t.partitions as i64, max_broker_partitions)?;
-    }
-    let mut overrides = TopicOverrides::new();
-    for (name, value) in t.configs {
-        let Some(value) = value else {
-            return Err(MetadataError::InvalidConfig(format!(
-                "Null value not supported for topic configs: {name}"
-            )));
-        };
-        let value =
-            topic_config::validate(&name, &value).map_err(|e| MetadataError::InvalidConfig(e.0))?;
-        overrides.insert(name, value);
     }
     Ok(TopicMeta {
         name: t.name,
@@ -415,10 +355,103 @@ fn check_new_topic(
     })
 }
 
-fn apply_ops(
+/// Checks a topic to create against `image` and the names `also_taken` (topics created
+/// earlier in the same request), and returns its validated config overrides.
+pub fn validate_new_topic(
+    image: &MetadataImage,
+    t: &NewTopic,
+    also_taken: &[&str],
+) -> Result<TopicOverrides, MetadataError> {
+    validate_topic_name(&t.name).map_err(MetadataError::InvalidTopic)?;
+    if !t.internal && t.name == OFFSETS_TOPIC {
+        return Err(MetadataError::InvalidRequest(format!(
+            "Creation of internal topic {OFFSETS_TOPIC} is prohibited."
+        )));
+    }
+    if image.topic(&t.name).is_some() || also_taken.contains(&t.name.as_str()) {
+        return Err(MetadataError::TopicAlreadyExists(t.name.clone()));
+    }
+    // Kafka: '.' and '_' collide in metric names, so "a.b" and "a_b" cannot both exist.
+    let collision_key = |n: &str| n.replace('.', "_");
+    if let Some(other) = image
+        .topics()
+        .map(|o| o.name.as_str())
+        .chain(also_taken.iter().copied())
+        .find(|o| collision_key(o) == collision_key(&t.name))
+    {
+        return Err(MetadataError::InvalidTopic(format!(
+            "Topic '{}' collides with existing topic: {}",
+            t.name, other
+        )));
+    }
+    if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&t.partitions) {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "Number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {}",
+            t.partitions
+        )));
+    }
+    let mut overrides = TopicOverrides::new();
+    for (name, value) in &t.configs {
+        let Some(value) = value else {
+            return Err(MetadataError::InvalidConfig(format!(
+                "Null value not supported for topic configs: {name}"
+            )));
+        };
+        let value =
+            topic_config::validate(name, value).map_err(|e| MetadataError::InvalidConfig(e.0))?;
+        overrides.insert(name.clone(), value);
+    }
+    Ok(overrides)
+}
+
+/// Checks growing `topic` to `total` partitions (CreatePartitions).
+pub fn check_partition_increase(topic: &TopicMeta, total: i32) -> Result<(), MetadataError> {
+    let name = &topic.name;
+    if topic.internal {
+        return Err(MetadataError::InvalidRequest(format!(
+            "Cannot add partitions to internal topic {name}"
+        )));
+    }
+    if total <= topic.partition_count {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "Topic currently has {} partitions, which is higher than the requested {total}.",
+            topic.partition_count
+        )));
+    }
+    if total > MAX_PARTITIONS_PER_TOPIC {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "Number of partitions {total} exceeds the limit of {MAX_PARTITIONS_PER_TOPIC}"
+        )));
+    }
+    Ok(())
+}
+
+/// The topic DeleteTopics names, if it exists and may be deleted.
+pub fn deletion_target<'a>(
+    image: &'a MetadataImage,
+    target: &TopicRef,
+) -> Result<&'a TopicMeta, MetadataError> {
+    let topic = match target {
+        TopicRef::Name(name) => image.topic(name).ok_or(MetadataError::UnknownTopic)?,
+        TopicRef::Id(id) => image
+            .topic_by_id(*id)
+            .ok_or(MetadataError::UnknownTopicId)?,
+    };
+    if topic.internal {
+        return Err(MetadataError::InvalidRequest(format!(
+            "Internal topic {} cannot be deleted",
+            topic.name
+        )));
+    }
+    Ok(topic)
+}
+
+/// Applies IncrementalAlterConfigs operations to a topic's overrides; list values a topic
+/// does not override start from `defaults`.
+pub fn apply_ops(
     current: &TopicOverrides,
     ops: Vec<AlterOp>,
-    shard: &Shard,
+    defaults: &TopicDefaults,
 ) -> Result<TopicOverrides, MetadataError> {
     let invalid = |e: topic_config::InvalidConfig| MetadataError::InvalidConfig(e.0);
     let mut next = current.clone();
@@ -426,7 +459,7 @@ fn apply_ops(
         let value = next
             .get(name)
             .cloned()
-            .unwrap_or_else(|| shard.config.topic_defaults.value(name).to_string());
+            .unwrap_or_else(|| defaults.value(name).to_string());
         value
             .split(',')
             .map(str::to_string)

@@ -1,0 +1,580 @@
+//! One voter of the metadata quorum: Raft ([`Quorum`]), its durable log, the committed
+//! [`ClusterImage`] and the [`Controller`] logic, glued together as one state machine that a
+//! driver feeds (time, Raft messages, requests) and whose effects it carries out (messages
+//! to send, writes to make durable, replies). The broker's glommio driver and the simulator
+//! drive this same code.
+//!
+//! The driver's loop:
+//!
+//! ```text
+//! on a tick / message / request:  node.tick(now) | node.step(msg) | node.request(now, token, req)
+//! then, while let Some(rd) = node.ready():
+//!     send rd.send; perform rd.writes (in order, durable); send rd.send_after_writes
+//!     let adv = node.advance(); send adv.send; perform adv.writes
+//! deliver node.take_replies()
+//! ```
+//!
+//! Raft decides; this file only sequences. A newly elected leader first appends its
+//! announcement (`ControllerChanged`); once that is committed and applied, everything before
+//! it is applied too, and only then does the controller answer requests (held until then).
+//! The first leader of an empty log then bootstraps the cluster (its id, and the topics of a
+//! data directory written before clusters existed).
+
+use bytes::Bytes;
+use raft::eraftpb::Entry;
+use wharf_protocol::controller as wire;
+
+use crate::controller::image::{ApplyError, ClusterImage};
+use crate::controller::log_store::{DiskOp, LogStore, LogStoreError};
+use crate::controller::quorum::{Quorum, QuorumConfig, QuorumStatus};
+use crate::controller::records::{decode_records, encode_records, MetadataRecord, RecordError};
+use crate::controller::requests::*;
+use crate::controller::rng::Rng;
+use crate::controller::state::{Controller, ControllerConfig, Outcome, Proposal};
+use crate::controller::wire::{from_wire, to_wire, RaftWireError};
+use crate::metadata::controller::MetadataError;
+use crate::metadata::{cluster_id_from_bits, NodeId};
+
+/// The largest entry the controller proposes; well inside a frame, so that every append
+/// message (which carries at least one entry) fits one.
+pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// `controller.quorum.voters`, this node among them.
+    pub voters: Vec<NodeId>,
+    pub controller: ControllerConfig,
+    /// Raft ticks are `tick_ms` apart ([`crate::controller::quorum::TICK_MS`]).
+    pub tick_ms: i64,
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Snapshot the image once this many entries were applied since the last snapshot.
+    pub snapshot_every_entries: u64,
+    /// Entries kept before the snapshot, for followers a little behind.
+    pub keep_entries: u64,
+    /// What the first leader of an empty log writes.
+    pub bootstrap: Bootstrap,
+}
+
+/// The cluster's first records, written once by the first controller.
+#[derive(Clone, Debug, Default)]
+pub struct Bootstrap {
+    /// The cluster id to use (a data dir written before clusters keeps its own); `None`
+    /// for a new one.
+    pub cluster_id: Option<String>,
+    /// Topics and producer-id high water of such a data dir ([`crate::controller::migration`]).
+    pub records: Vec<MetadataRecord>,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, voters: Vec<NodeId>) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            voters,
+            controller: ControllerConfig::new(node_id),
+            tick_ms: crate::controller::quorum::TICK_MS,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_every_entries: 1000,
+            keep_entries: 500,
+            bootstrap: Bootstrap::default(),
+        }
+    }
+}
+
+/// Why a node cannot start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
+    #[error("the metadata snapshot cannot be read: {0}")]
+    Snapshot(String),
+    #[error("node {0} is not among controller.quorum.voters {1:?}")]
+    NotAVoter(i32, Vec<i32>),
+    #[error("the metadata quorum cannot start: {0}")]
+    Raft(String),
+}
+
+/// Something the driver may want to know (and log, count or act on).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// A committed record did not fit the image (skipped on every node alike).
+    ApplyError(ApplyError),
+    /// A committed entry's records could not be decoded (skipped on every node alike).
+    BadEntry { index: u64, error: RecordError },
+    /// The cluster's bootstrap record was applied.
+    ClusterBootstrapped { cluster_id: String },
+    /// This node's view of the quorum leader changed.
+    LeaderChanged { term: u64, leader: Option<NodeId> },
+    /// The image was replaced by a snapshot from the leader.
+    SnapshotInstalled { index: u64 },
+    /// The log was compacted at this index.
+    Compacted { index: u64 },
+}
+
+/// Work from one Raft Ready; see the module docs for the order.
+#[derive(Debug, Default)]
+pub struct NodeReady {
+    pub send: Vec<wire::RaftMessage>,
+    pub writes: Vec<DiskOp>,
+    pub send_after_writes: Vec<wire::RaftMessage>,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeAdvance {
+    pub send: Vec<wire::RaftMessage>,
+    /// Not required before anything is sent (commit index, compaction).
+    pub writes: Vec<DiskOp>,
+}
+
+/// What a broker that is not a voter gets from FetchMetadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataFetch {
+    /// The log before `from_offset` was compacted: load this snapshot first.
+    Snapshot { index: u64, term: u64, data: Bytes },
+    /// Committed entries from `from_offset` (possibly none), up to about `max_bytes`.
+    Entries {
+        committed_offset: u64,
+        entries: Vec<(u64, u64, Bytes)>,
+    },
+}
+
+/// One node's status, for `wharf cluster status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStatus {
+    pub quorum: QuorumStatus,
+    pub active_controller: bool,
+    pub applied_offset: u64,
+    pub snapshot_index: u64,
+}
+
+pub struct ControllerNode {
+    config: NodeConfig,
+    voters: Vec<u64>,
+    quorum: Quorum,
+    image: ClusterImage,
+    controller: Controller,
+    rng: Rng,
+    now_ms: i64,
+    next_tick_ms: i64,
+    /// The term whose announcement this node proposed.
+    announced_term: Option<u64>,
+    /// The term in which this node proposed the bootstrap.
+    bootstrap_term: Option<u64>,
+    last_leader: (u64, Option<u64>),
+    replies: Vec<(Token, Reply)>,
+    events: Vec<NodeEvent>,
+}
+
+impl ControllerNode {
+    /// Starts a node from its recovered log (see [`LogStore::recover`]) at time `now_ms`.
+    pub fn open(
+        config: NodeConfig,
+        store: LogStore,
+        mut rng: Rng,
+        now_ms: i64,
+    ) -> Result<ControllerNode, NodeError> {
+        let voters: Vec<u64> = config.voters.iter().map(|n| n.0 as u64).collect();
+        if !config.voters.contains(&config.node_id) || config.voters.iter().any(|n| n.0 < 0) {
+            return Err(NodeError::NotAVoter(
+                config.node_id.0,
+                config.voters.iter().map(|n| n.0).collect(),
+            ));
+        }
+        let snapshot = store.snapshot_ref().clone();
+        let snap_index = snapshot.get_metadata().index;
+        let image = if snap_index > 0 {
+            let records =
+                decode_records(&snapshot.data).map_err(|e| NodeError::Snapshot(e.to_string()))?;
+            ClusterImage::from_snapshot(snap_index, snapshot.get_metadata().term, &records)
+                .map_err(|e| NodeError::Snapshot(e.to_string()))?
+        } else {
+            ClusterImage::empty()
+        };
+        let mut qc = QuorumConfig::new(config.node_id.0 as u64, voters.clone(), snap_index);
+        qc.election_tick = config.election_tick;
+        qc.heartbeat_tick = config.heartbeat_tick;
+        let quorum = Quorum::new(
+            &qc,
+            store,
+            rng.fork(),
+            &crate::controller::quorum::raft_logger(config.node_id.0 as u64),
+        )
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let controller = Controller::new(config.controller.clone(), rng.fork());
+        Ok(ControllerNode {
+            next_tick_ms: now_ms + config.tick_ms,
+            config,
+            voters,
+            quorum,
+            image,
+            controller,
+            rng,
+            now_ms,
+            announced_term: None,
+            bootstrap_term: None,
+            last_leader: (0, None),
+            replies: Vec::new(),
+            events: Vec::new(),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The committed, applied image.
+    pub fn image(&self) -> &ClusterImage {
+        &self.image
+    }
+
+    pub fn is_active_controller(&self) -> bool {
+        self.controller.is_active()
+    }
+
+    /// The quorum leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.quorum.leader().map(|l| NodeId(l as i32))
+    }
+
+    pub fn store(&self) -> &LogStore {
+        self.quorum.store()
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            quorum: self.quorum.status(),
+            active_controller: self.controller.is_active(),
+            applied_offset: self.image.applied_offset(),
+            snapshot_index: self.quorum.store().snapshot_index(),
+        }
+    }
+
+    /// The speculative image of the active controller (tests and the simulator).
+    pub fn controller_image(&self) -> Option<&ClusterImage> {
+        self.controller.image()
+    }
+
+    pub fn take_replies(&mut self) -> Vec<(Token, Reply)> {
+        std::mem::take(&mut self.replies)
+    }
+
+    pub fn take_events(&mut self) -> Vec<NodeEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Time passes: Raft ticks for every `tick_ms` elapsed, broker sessions are checked.
+    pub fn tick(&mut self, now_ms: i64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        // Bounded: after a long pause, at most one election timeout's worth of ticks.
+        let mut ticks = 0;
+        while self.next_tick_ms <= self.now_ms && ticks < 2 * self.config.election_tick {
+            self.quorum.tick();
+            self.next_tick_ms += self.config.tick_ms;
+            ticks += 1;
+        }
+        if self.next_tick_ms <= self.now_ms {
+            self.next_tick_ms = self.now_ms + self.config.tick_ms;
+        }
+        self.drive();
+    }
+
+    /// A Raft message from another voter. A refused one is not stepped (the driver closes
+    /// that peer's connection).
+    pub fn step(&mut self, message: wire::RaftMessage) -> Result<(), RaftWireError> {
+        let message = from_wire(message, &self.voters, self.config.node_id.0 as u64)?;
+        // raft-rs refuses some messages itself (a response from an unknown peer): harmless.
+        let _ = self.quorum.step(message);
+        self.drive();
+        Ok(())
+    }
+
+    /// A request for the controller. The reply comes out of [`take_replies`] with `token`.
+    ///
+    /// [`take_replies`]: ControllerNode::take_replies
+    pub fn request(&mut self, now_ms: i64, token: Token, request: ControllerRequest) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.handle_request(token, request);
+        self.drive();
+    }
+
+    /// FetchMetadata from a broker that is not a voter: committed entries from
+    /// `from_offset`, or the snapshot when those were compacted away.
+    pub fn fetch_metadata(
+        &self,
+        from_offset: u64,
+        max_bytes: u64,
+    ) -> Result<MetadataFetch, ControllerError> {
+        if !self.controller.is_active() {
+            return Err(ControllerError::NotController {
+                leader: self.leader(),
+            });
+        }
+        let store = self.quorum.store();
+        let from = from_offset.max(1);
+        if from < store.first_index() && store.snapshot_index() > 0 {
+            let s = store.snapshot_ref();
+            return Ok(MetadataFetch::Snapshot {
+                index: s.get_metadata().index,
+                term: s.get_metadata().term,
+                data: s.data.clone(),
+            });
+        }
+        let committed = self.image.applied_offset();
+        let entries = if from > committed {
+            Vec::new()
+        } else {
+            store
+                .entries_between(from, committed + 1, max_bytes)
+                .map_err(|_| ControllerError::Metadata(MetadataError::Unavailable))?
+                .into_iter()
+                .map(|e| (e.index, e.term, e.data))
+                .collect()
+        };
+        Ok(MetadataFetch::Entries {
+            committed_offset: committed,
+            entries,
+        })
+    }
+
+    /// The next Ready's work, if any.
+    pub fn ready(&mut self) -> Option<NodeReady> {
+        let rd = self.quorum.ready()?;
+        if let Some(snapshot) = &rd.snapshot {
+            self.install_snapshot(snapshot);
+        }
+        self.apply(rd.committed);
+        Some(NodeReady {
+            send: rd.messages.into_iter().map(to_wire).collect(),
+            writes: rd.writes,
+            send_after_writes: rd.persisted_messages.into_iter().map(to_wire).collect(),
+        })
+    }
+
+    /// Completes the Ready: its writes are durable and its messages sent.
+    pub fn advance(&mut self) -> NodeAdvance {
+        let adv = self.quorum.advance();
+        self.apply(adv.committed);
+        let mut out = NodeAdvance {
+            send: adv.messages.into_iter().map(to_wire).collect(),
+            writes: adv.writes,
+        };
+        let applied = self.image.applied_offset();
+        if applied >= self.quorum.store().snapshot_index() + self.config.snapshot_every_entries {
+            let data = encode_records(&self.image.snapshot_records());
+            out.writes
+                .extend(self.quorum.compact(applied, data, self.config.keep_entries));
+            self.events.push(NodeEvent::Compacted { index: applied });
+        }
+        self.drive();
+        out
+    }
+
+    fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) {
+        let meta = snapshot.get_metadata();
+        let loaded = decode_records(&snapshot.data)
+            .map_err(|e| e.to_string())
+            .and_then(|records| {
+                ClusterImage::from_snapshot(meta.index, meta.term, &records)
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok(image) => {
+                self.image = image;
+                self.events
+                    .push(NodeEvent::SnapshotInstalled { index: meta.index });
+            }
+            Err(reason) => {
+                // Checked when the message arrived; a snapshot the leader built itself
+                // always loads. Keep the offset moving so entries after it apply.
+                tracing::error!(
+                    "metadata snapshot at {} does not load: {reason}",
+                    meta.index
+                );
+                self.events.push(NodeEvent::ApplyError(ApplyError {
+                    offset: meta.index,
+                    reason,
+                }));
+                self.image.apply(meta.index, meta.term, &[]);
+            }
+        }
+    }
+
+    /// Applies committed entries in order and releases the replies waiting for them.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            if entry.index <= self.image.applied_offset() {
+                continue;
+            }
+            debug_assert_eq!(
+                entry.index,
+                self.image.applied_offset() + 1,
+                "entries apply in order"
+            );
+            let records = if entry.data.is_empty() {
+                // A new leader's empty entry.
+                Vec::new()
+            } else {
+                match decode_records(&entry.data) {
+                    Ok(records) => records,
+                    Err(error) => {
+                        tracing::error!("metadata entry {} cannot be read: {error}", entry.index);
+                        self.events.push(NodeEvent::BadEntry {
+                            index: entry.index,
+                            error,
+                        });
+                        Vec::new()
+                    }
+                }
+            };
+            for error in self.image.apply(entry.index, entry.term, &records) {
+                tracing::error!("{error}");
+                self.events.push(NodeEvent::ApplyError(error));
+            }
+            for r in &records {
+                if let MetadataRecord::ClusterBootstrap { cluster_id } = r {
+                    self.events.push(NodeEvent::ClusterBootstrapped {
+                        cluster_id: cluster_id.clone(),
+                    });
+                }
+            }
+            let released = self.controller.committed(entry.index, entry.term);
+            self.replies.extend(released);
+        }
+    }
+
+    /// Follows leadership changes and does what the state calls for: announce a new
+    /// leadership, bootstrap an empty cluster, activate the controller, fence silent
+    /// brokers. Runs after every input, never inside a Ready.
+    fn drive(&mut self) {
+        let term = self.quorum.term();
+        let leader = self.quorum.leader();
+        if (term, leader) != self.last_leader {
+            self.last_leader = (term, leader);
+            self.events.push(NodeEvent::LeaderChanged {
+                term,
+                leader: leader.map(|l| NodeId(l as i32)),
+            });
+        }
+        let me = self.config.node_id;
+        if !self.quorum.is_leader() {
+            if self.controller.leader_term().is_some() {
+                let failed = self.controller.resign(self.leader());
+                self.replies.extend(failed);
+            }
+            return;
+        }
+        if self.controller.leader_term() != Some(term) {
+            let failed = self.controller.become_leader(term);
+            self.replies.extend(failed);
+        }
+        if self.announced_term != Some(term) {
+            let data = encode_records(&[MetadataRecord::ControllerChanged { node: me, term }]);
+            if self.quorum.propose(data).is_ok() {
+                self.announced_term = Some(term);
+            }
+        }
+        if !self.controller.is_active() && self.image.controller() == Some((me, term)) {
+            if self.image.cluster_id().is_none() {
+                if self.bootstrap_term != Some(term) {
+                    let cluster_id = self
+                        .config
+                        .bootstrap
+                        .cluster_id
+                        .clone()
+                        .unwrap_or_else(|| cluster_id_from_bits(self.rng.next_u128()));
+                    let mut records = vec![MetadataRecord::ClusterBootstrap { cluster_id }];
+                    records.extend(self.config.bootstrap.records.iter().cloned());
+                    if self.quorum.propose(encode_records(&records)).is_ok() {
+                        self.bootstrap_term = Some(term);
+                    }
+                }
+            } else {
+                let held = self.controller.activate(&self.image, self.now_ms);
+                for (token, request) in held {
+                    self.handle_request(token, request);
+                }
+            }
+        }
+        if self.controller.is_active() {
+            while let Some(proposal) = self.controller.next_timer_proposal(self.now_ms) {
+                if !self.propose(None, proposal) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_request(&mut self, token: Token, request: ControllerRequest) {
+        if !self.quorum.is_leader() {
+            self.replies.push((
+                token,
+                Err(ControllerError::NotController {
+                    leader: self.leader(),
+                }),
+            ));
+            return;
+        }
+        if self.controller.leader_term() != Some(self.quorum.term()) {
+            let failed = self.controller.become_leader(self.quorum.term());
+            self.replies.extend(failed);
+        }
+        let next_index = self.quorum.next_index();
+        match self
+            .controller
+            .handle(self.now_ms, token, request, next_index)
+        {
+            Outcome::Reply(reply) => self.replies.push((token, reply)),
+            Outcome::Held => {}
+            Outcome::Propose(proposal) => {
+                self.propose(Some(token), proposal);
+            }
+        }
+    }
+
+    /// Proposes the controller's records; `false` if Raft did not take them (the reply, if
+    /// any, is failed).
+    fn propose(&mut self, token: Option<Token>, proposal: Proposal) -> bool {
+        let data = encode_records(&proposal.records);
+        let fail = |reply: &Option<Reply>, error: ControllerError| match reply {
+            Some(Ok(r)) => match &error {
+                ControllerError::Metadata(e) => r.all_failed(e.clone()),
+                _ => Err(error),
+            },
+            _ => Err(error),
+        };
+        if data.len() > MAX_ENTRY_BYTES {
+            if let Some(token) = token {
+                let error = ControllerError::Metadata(MetadataError::InvalidRequest(format!(
+                    "the change is {} bytes of metadata, more than the {MAX_ENTRY_BYTES} bytes one change may hold; split the request",
+                    data.len()
+                )));
+                self.replies.push((token, fail(&proposal.reply, error)));
+            }
+            return false;
+        }
+        let expected = self.quorum.next_index();
+        match self.quorum.propose(data) {
+            Ok((index, term)) => {
+                debug_assert_eq!(index, expected, "a proposal lands at next_index");
+                for error in self.controller.proposed(index, term, token, proposal) {
+                    tracing::error!(
+                        "the controller proposed a record that does not apply: {error}"
+                    );
+                    self.events.push(NodeEvent::ApplyError(error));
+                }
+                true
+            }
+            Err(_) => {
+                if let Some(token) = token {
+                    let error = ControllerError::NotController {
+                        leader: self.leader(),
+                    };
+                    self.replies.push((token, fail(&proposal.reply, error)));
+                }
+                false
+            }
+        }
+    }
+}
