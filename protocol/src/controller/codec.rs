@@ -227,6 +227,10 @@ pub fn decode_frame(bytes: &Bytes) -> Result<Frame, FrameError> {
                 count: b.count(),
             })
         }
+        fb::Body::ErrorResponse => {
+            let b = frame.body_as_error_response().ok_or(missing)?;
+            Body::ErrorResponse(error_from_fb(b.error())?.ok_or(FrameError::Missing("the error"))?)
+        }
         other => return Err(FrameError::UnknownBody(other.0)),
     };
     Ok(Frame {
@@ -723,6 +727,13 @@ fn encode_body(
             )
             .as_union_value(),
         ),
+        Body::ErrorResponse(e) => {
+            let error = error_to_fb(fbb, Some(e));
+            (
+                fb::Body::ErrorResponse,
+                fb::ErrorResponse::create(fbb, &fb::ErrorResponseArgs { error }).as_union_value(),
+            )
+        }
         Body::AllocateProducerIdsResponse(b) => {
             let error = error_to_fb(fbb, b.error.as_ref());
             (

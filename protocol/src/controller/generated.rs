@@ -407,10 +407,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for AlterOpType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 18;
+pub const ENUM_MAX_BODY: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 19] = [
+pub const ENUM_VALUES_BODY: [Body; 20] = [
   Body::NONE,
   Body::RaftMessage,
   Body::NotController,
@@ -430,6 +430,7 @@ pub const ENUM_VALUES_BODY: [Body; 19] = [
   Body::AlterConfigsResponse,
   Body::AllocateProducerIdsRequest,
   Body::AllocateProducerIdsResponse,
+  Body::ErrorResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -456,9 +457,10 @@ impl Body {
   pub const AlterConfigsResponse: Self = Self(16);
   pub const AllocateProducerIdsRequest: Self = Self(17);
   pub const AllocateProducerIdsResponse: Self = Self(18);
+  pub const ErrorResponse: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RaftMessage,
@@ -479,6 +481,7 @@ impl Body {
     Self::AlterConfigsResponse,
     Self::AllocateProducerIdsRequest,
     Self::AllocateProducerIdsResponse,
+    Self::ErrorResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -502,6 +505,7 @@ impl Body {
       Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
       Self::AllocateProducerIdsRequest => Some("AllocateProducerIdsRequest"),
       Self::AllocateProducerIdsResponse => Some("AllocateProducerIdsResponse"),
+      Self::ErrorResponse => Some("ErrorResponse"),
       _ => None,
     }
   }
@@ -5186,6 +5190,102 @@ impl ::core::fmt::Debug for AllocateProducerIdsResponse<'_> {
       ds.finish()
   }
 }
+pub enum ErrorResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ErrorResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ErrorResponse<'a> {
+  type Inner = ErrorResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ErrorResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ErrorResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ErrorResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ErrorResponse<'bldr>> {
+    let mut builder = ErrorResponseBuilder::new(_fbb);
+    if let Some(x) = args.error { builder.add_error(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> Option<Error<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Error>>(ErrorResponse::VT_ERROR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ErrorResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Error>>("error", Self::VT_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ErrorResponseArgs<'a> {
+    pub error: Option<::flatbuffers::WIPOffset<Error<'a>>>,
+}
+impl<'a> Default for ErrorResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ErrorResponseArgs {
+      error: None,
+    }
+  }
+}
+
+pub struct ErrorResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ::flatbuffers::WIPOffset<Error<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Error>>(ErrorResponse::VT_ERROR, error);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ErrorResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ErrorResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ErrorResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ErrorResponse");
+      ds.field("error", &self.error());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5514,6 +5614,21 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_error_response(&self) -> Option<ErrorResponse<'a>> {
+    if self.body_type() == Body::ErrorResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ErrorResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -5543,6 +5658,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::AlterConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Body::AlterConfigsResponse", pos),
           Body::AllocateProducerIdsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AllocateProducerIdsRequest>>("Body::AllocateProducerIdsRequest", pos),
           Body::AllocateProducerIdsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AllocateProducerIdsResponse>>("Body::AllocateProducerIdsResponse", pos),
+          Body::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Body::ErrorResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -5725,6 +5841,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::AllocateProducerIdsResponse => {
           if let Some(x) = self.body_as_allocate_producer_ids_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ErrorResponse => {
+          if let Some(x) = self.body_as_error_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

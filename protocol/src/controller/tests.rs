@@ -350,6 +350,8 @@ fn body_strategy() -> impl Strategy<Value = Body> {
                 broker_epoch,
             })
         }),
+        (proptest::sample::select(ErrorKind::ALL.to_vec()), ".{0,20}")
+            .prop_map(|(kind, message)| Body::ErrorResponse(WireError { kind, message })),
         (error_strategy(), any::<i64>(), any::<i32>()).prop_map(
             |(error, first_producer_id, count)| {
                 Body::AllocateProducerIdsResponse(AllocateProducerIdsResponse {

@@ -31,6 +31,8 @@ pub enum Body {
     AlterConfigsResponse(ItemResults),
     AllocateProducerIdsRequest(AllocateProducerIdsRequest),
     AllocateProducerIdsResponse(AllocateProducerIdsResponse),
+    /// A request failed as a whole.
+    ErrorResponse(WireError),
 }
 
 // ---------------------------------------------------------------------------------------

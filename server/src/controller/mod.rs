@@ -27,6 +27,7 @@ pub mod quorum;
 pub mod records;
 pub mod requests;
 pub mod rng;
+pub mod rpc;
 pub mod sim;
 pub mod state;
 pub mod wire;

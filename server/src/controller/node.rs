@@ -55,6 +55,9 @@ pub struct NodeConfig {
     pub keep_entries: u64,
     /// What the first leader of an empty log writes.
     pub bootstrap: Bootstrap,
+    /// Keep every applied entry for [`ControllerNode::take_applied`] (the simulator checks
+    /// them against the committed log).
+    pub report_applied: bool,
 }
 
 /// The cluster's first records, written once by the first controller.
@@ -79,6 +82,7 @@ impl NodeConfig {
             snapshot_every_entries: 1000,
             keep_entries: 500,
             bootstrap: Bootstrap::default(),
+            report_applied: false,
         }
     }
 }
@@ -140,6 +144,16 @@ pub enum MetadataFetch {
     },
 }
 
+/// An entry this node applied, or a snapshot it installed (`snapshot` set, `data` its
+/// records).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub index: u64,
+    pub term: u64,
+    pub data: Bytes,
+    pub snapshot: bool,
+}
+
 /// One node's status, for `wharf cluster status`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeStatus {
@@ -165,6 +179,9 @@ pub struct ControllerNode {
     last_leader: (u64, Option<u64>),
     replies: Vec<(Token, Reply)>,
     events: Vec<NodeEvent>,
+    applied: Vec<Applied>,
+    /// Followers sent a snapshot in the current Ready, reported once it is advanced.
+    snapshots_sent: Vec<u64>,
 }
 
 impl ControllerNode {
@@ -217,6 +234,8 @@ impl ControllerNode {
             last_leader: (0, None),
             replies: Vec::new(),
             events: Vec::new(),
+            applied: Vec::new(),
+            snapshots_sent: Vec::new(),
         })
     }
 
@@ -262,6 +281,12 @@ impl ControllerNode {
 
     pub fn take_events(&mut self) -> Vec<NodeEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Entries applied and snapshots installed since the last call (only with
+    /// `report_applied`).
+    pub fn take_applied(&mut self) -> Vec<Applied> {
+        std::mem::take(&mut self.applied)
     }
 
     /// Time passes: Raft ticks for every `tick_ms` elapsed, broker sessions are checked.
@@ -345,11 +370,13 @@ impl ControllerNode {
             self.install_snapshot(snapshot);
         }
         self.apply(rd.committed);
-        Some(NodeReady {
+        let out = NodeReady {
             send: rd.messages.into_iter().map(to_wire).collect(),
             writes: rd.writes,
             send_after_writes: rd.persisted_messages.into_iter().map(to_wire).collect(),
-        })
+        };
+        self.note_snapshots(out.send.iter().chain(&out.send_after_writes));
+        Some(out)
     }
 
     /// Completes the Ready: its writes are durable and its messages sent.
@@ -360,6 +387,10 @@ impl ControllerNode {
             send: adv.messages.into_iter().map(to_wire).collect(),
             writes: adv.writes,
         };
+        self.note_snapshots(out.send.iter());
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.quorum.report_snapshot_sent(to);
+        }
         let applied = self.image.applied_offset();
         if applied >= self.quorum.store().snapshot_index() + self.config.snapshot_every_entries {
             let data = encode_records(&self.image.snapshot_records());
@@ -369,6 +400,24 @@ impl ControllerNode {
         }
         self.drive();
         out
+    }
+
+    fn note_snapshots<'a>(&mut self, messages: impl Iterator<Item = &'a wire::RaftMessage>) {
+        const MSG_SNAPSHOT: u8 = raft::eraftpb::MessageType::MsgSnapshot as u8;
+        self.snapshots_sent.extend(
+            messages
+                .filter(|m| m.msg_type == MSG_SNAPSHOT)
+                .map(|m| m.to),
+        );
+    }
+
+    /// The connection to voter `node` failed (the driver's report): the leader probes it
+    /// instead of streaming into the void.
+    pub fn report_unreachable(&mut self, node: NodeId) {
+        if self.voters.contains(&(node.0 as u64)) && node != self.config.node_id {
+            self.quorum.report_unreachable(node.0 as u64);
+            self.drive();
+        }
     }
 
     fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) {
@@ -384,6 +433,14 @@ impl ControllerNode {
                 self.image = image;
                 self.events
                     .push(NodeEvent::SnapshotInstalled { index: meta.index });
+                if self.config.report_applied {
+                    self.applied.push(Applied {
+                        index: meta.index,
+                        term: meta.term,
+                        data: snapshot.data.clone(),
+                        snapshot: true,
+                    });
+                }
             }
             Err(reason) => {
                 // Checked when the message arrived; a snapshot the leader built itself
@@ -441,6 +498,14 @@ impl ControllerNode {
             }
             let released = self.controller.committed(entry.index, entry.term);
             self.replies.extend(released);
+            if self.config.report_applied {
+                self.applied.push(Applied {
+                    index: entry.index,
+                    term: entry.term,
+                    data: entry.data,
+                    snapshot: false,
+                });
+            }
         }
     }
 

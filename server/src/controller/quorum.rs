@@ -261,6 +261,20 @@ impl Quorum {
         out
     }
 
+    /// A snapshot message to `to` was handed to the network. raft-rs pauses replication to
+    /// a follower it sent a snapshot until told; reporting at once lets it probe again, and
+    /// if the snapshot never arrived the follower's refusal makes the leader send another.
+    pub fn report_snapshot_sent(&mut self, to: u64) {
+        self.assert_not_in_ready();
+        self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+    }
+
+    /// The connection to `to` failed: the leader stops streaming to it and probes.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.assert_not_in_ready();
+        self.raw.report_unreachable(to);
+    }
+
     pub fn store(&self) -> &LogStore {
         self.raw.store()
     }
