@@ -522,6 +522,45 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_of_the_largest_image_fits_one_frame() {
+        // Three replicas each (more than today's one), long topic names: the largest
+        // partitions a snapshot will hold, per partition.
+        let mut image = ClusterImage::empty();
+        let mut records = vec![broker(1, false), broker(2, false), broker(3, false)];
+        let topics = 20u128;
+        let per_topic = 500;
+        for t in 1..=topics {
+            records.push(MetadataRecord::TopicCreated {
+                name: format!("{}-{t}", "x".repeat(200)),
+                id: id(t),
+                configs: TopicOverrides::new(),
+                internal: false,
+            });
+            for p in 0..per_topic {
+                records.push(MetadataRecord::Partition {
+                    topic: id(t),
+                    partition: PartitionId(p),
+                    state: PartitionState {
+                        replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+                        isr: vec![NodeId(1), NodeId(2), NodeId(3)],
+                        leader: Some(NodeId(1)),
+                        leader_epoch: LeaderEpoch(i32::MAX),
+                        partition_epoch: i32::MAX,
+                    },
+                });
+            }
+        }
+        assert_eq!(image.apply(1, 1, &records), vec![]);
+        let bytes = encode_records(&image.snapshot_records()).len();
+        let per_partition = bytes / (topics as usize * per_topic as usize);
+        let largest = per_partition * crate::controller::state::MAX_CLUSTER_PARTITIONS;
+        assert!(
+            largest < wharf_protocol::controller::MAX_FRAME_BYTES / 2,
+            "{per_partition} bytes a partition: {largest} bytes for the largest snapshot"
+        );
+    }
+
+    #[test]
     fn a_partition_led_by_a_fenced_broker_breaks_the_invariants() {
         let mut image = sample();
         image.apply(2, 1, &[MetadataRecord::BrokerFenced { node: NodeId(1) }]);

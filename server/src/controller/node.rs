@@ -643,3 +643,309 @@ impl ControllerNode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::follower::MetadataFollower;
+    use crate::controller::log_store::{LOG_FILE, SNAPSHOT_FILE};
+    use crate::controller::migration::{migration_applied, migration_records};
+    use crate::controller::sim::disk::SimDisk;
+    use crate::metadata::cluster::Listener;
+    use crate::metadata::topic_config::TopicOverrides;
+    use crate::metadata::{new_topic_id, MetadataImage, TopicMeta};
+
+    fn open(config: &NodeConfig, disk: &mut SimDisk, now_ms: i64) -> ControllerNode {
+        let voters = config.voters.iter().map(|n| n.0 as u64).collect();
+        let (store, repairs, _) = LogStore::recover(
+            voters,
+            disk.read(LOG_FILE).as_deref(),
+            disk.read(SNAPSHOT_FILE).as_deref(),
+        )
+        .unwrap();
+        for op in &repairs {
+            disk.apply(op);
+        }
+        ControllerNode::open(config.clone(), store, Rng::new(1), now_ms).unwrap()
+    }
+
+    /// A lone voter's driver: writes go to `disk`, there is no one to send to.
+    fn pump(node: &mut ControllerNode, disk: &mut SimDisk) {
+        while let Some(rd) = node.ready() {
+            assert!(rd.send.is_empty() && rd.send_after_writes.is_empty());
+            for op in &rd.writes {
+                disk.apply(op);
+            }
+            for op in &node.advance().writes {
+                disk.apply(op);
+            }
+        }
+        for e in node.take_events() {
+            assert!(
+                !matches!(e, NodeEvent::ApplyError(_) | NodeEvent::BadEntry { .. }),
+                "{e:?}"
+            );
+        }
+    }
+
+    fn run_until(
+        node: &mut ControllerNode,
+        disk: &mut SimDisk,
+        now: &mut i64,
+        until: impl Fn(&ControllerNode) -> bool,
+    ) {
+        for _ in 0..200 {
+            if until(node) {
+                return;
+            }
+            *now += 100;
+            node.tick(*now);
+            pump(node, disk);
+        }
+        panic!("the node never got there");
+    }
+
+    fn call(
+        node: &mut ControllerNode,
+        disk: &mut SimDisk,
+        now: i64,
+        request: ControllerRequest,
+    ) -> Reply {
+        node.request(now, 42, request);
+        pump(node, disk);
+        let mut replies = node.take_replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        replies.pop().unwrap().1
+    }
+
+    fn register(node: &mut ControllerNode, disk: &mut SimDisk, now: i64) -> i64 {
+        let r = call(
+            node,
+            disk,
+            now,
+            ControllerRequest::RegisterBroker(RegisterBroker {
+                node: NodeId(1),
+                incarnation_id: 5,
+                cluster_id: String::new(),
+                listeners: vec![Listener {
+                    name: "PLAINTEXT".into(),
+                    host: "localhost".into(),
+                    port: 9092,
+                }],
+                rack: None,
+            }),
+        );
+        let Ok(ControllerReply::BrokerRegistration { broker_epoch }) = r else {
+            panic!("{r:?}");
+        };
+        let applied = node.image().applied_offset();
+        let r = call(
+            node,
+            disk,
+            now,
+            ControllerRequest::Heartbeat(Heartbeat {
+                node: NodeId(1),
+                broker_epoch,
+                applied_offset: applied,
+                want_fence: false,
+                want_shut_down: false,
+            }),
+        );
+        assert!(
+            matches!(
+                r,
+                Ok(ControllerReply::BrokerHeartbeat(HeartbeatReply {
+                    is_fenced: false,
+                    ..
+                }))
+            ),
+            "{r:?}"
+        );
+        broker_epoch
+    }
+
+    #[test]
+    fn a_lone_voter_bootstraps_a_cluster_and_replays_it_after_a_restart() {
+        let mut config = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
+        config.snapshot_every_entries = 4;
+        config.keep_entries = 1;
+        let mut disk = SimDisk::default();
+        let mut now = 0;
+        let mut node = open(&config, &mut disk, now);
+        run_until(
+            &mut node,
+            &mut disk,
+            &mut now,
+            ControllerNode::is_active_controller,
+        );
+        assert!(node.image().cluster_id().is_some());
+        register(&mut node, &mut disk, now);
+        for name in ["a", "b", "c"] {
+            let r = call(
+                &mut node,
+                &mut disk,
+                now,
+                ControllerRequest::CreateTopics {
+                    topics: vec![CreateTopic {
+                        topic: crate::metadata::controller::NewTopic {
+                            name: name.into(),
+                            partitions: 2,
+                            configs: vec![],
+                            internal: false,
+                        },
+                        replication_factor: -1,
+                        assignments: vec![],
+                    }],
+                    validate_only: false,
+                },
+            );
+            assert!(
+                matches!(&r, Ok(ControllerReply::CreateTopics(items)) if items[0].is_ok()),
+                "{r:?}"
+            );
+        }
+        assert!(node.store().snapshot_index() > 0, "compacted on the way");
+        let before = node.image().clone();
+        before.check_invariants().unwrap();
+
+        // A broker that is not a voter follows: snapshot first (the log was compacted),
+        // then entries.
+        let mut follower = MetadataFollower::default();
+        for _ in 0..10 {
+            match node
+                .fetch_metadata(follower.next_offset(), 1 << 20)
+                .unwrap()
+            {
+                MetadataFetch::Snapshot { index, term, data } => {
+                    follower.load_snapshot(index, term, &data).unwrap()
+                }
+                MetadataFetch::Entries { entries, .. } => {
+                    assert_eq!(follower.apply_entries(&entries).unwrap(), vec![]);
+                }
+            }
+        }
+        assert_eq!(follower.image(), node.image());
+
+        // A crash loses nothing that was synced: the restarted node replays its log (the
+        // commit index may lag until it is leader again) to the same topics.
+        disk.crash(&mut Rng::new(3));
+        drop(node);
+        let mut node = open(&config, &mut disk, now);
+        pump(&mut node, &mut disk);
+        run_until(
+            &mut node,
+            &mut disk,
+            &mut now,
+            ControllerNode::is_active_controller,
+        );
+        assert_eq!(node.image().topics().count(), 3);
+        for topic in before.topics() {
+            assert_eq!(node.image().topic(&topic.name), Some(topic));
+            assert_eq!(
+                node.image().partitions(topic.id),
+                before.partitions(topic.id)
+            );
+        }
+        assert_eq!(node.image().cluster_id(), before.cluster_id());
+    }
+
+    #[test]
+    fn the_first_controller_takes_over_a_data_dir_from_before_clusters() {
+        let old = {
+            let mut overrides = TopicOverrides::new();
+            overrides.insert("retention.ms".into(), "60000".into());
+            let mut image = MetadataImage::new(
+                "kept-cluster-id".into(),
+                [TopicMeta {
+                    name: "orders".into(),
+                    id: new_topic_id(),
+                    partition_count: 3,
+                    overrides,
+                    internal: false,
+                }],
+            );
+            image.next_producer_id = 7000;
+            image
+        };
+        let mut config = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
+        config.bootstrap = Bootstrap {
+            cluster_id: Some(old.cluster_id.clone()),
+            records: migration_records(&old, NodeId(1)),
+        };
+        let mut disk = SimDisk::default();
+        let mut now = 0;
+        let mut node = open(&config, &mut disk, now);
+        run_until(
+            &mut node,
+            &mut disk,
+            &mut now,
+            ControllerNode::is_active_controller,
+        );
+        assert!(migration_applied(node.image(), &old));
+        let orders = node.image().topic("orders").unwrap().clone();
+        assert!(node
+            .image()
+            .partitions(orders.id)
+            .iter()
+            .all(|p| p.leader.is_none()));
+        // The broker registers and catches up: its partitions are led again, epoch 1.
+        let epoch = register(&mut node, &mut disk, now);
+        assert!(epoch > 0);
+        for p in node.image().partitions(orders.id) {
+            assert_eq!(p.leader, Some(NodeId(1)));
+            assert_eq!(p.leader_epoch.0, 1);
+        }
+        let r = call(
+            &mut node,
+            &mut disk,
+            now,
+            ControllerRequest::AllocateProducerIds {
+                node: NodeId(1),
+                broker_epoch: epoch,
+            },
+        );
+        assert!(
+            matches!(r, Ok(ControllerReply::ProducerIds(b)) if b.first == 7000),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_voter_that_is_not_the_leader_says_who_is_and_refuses_stray_frames() {
+        let config = NodeConfig::new(NodeId(2), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        let mut disk = SimDisk::default();
+        let mut node = open(&config, &mut disk, 0);
+        let r = call(
+            &mut node,
+            &mut disk,
+            0,
+            ControllerRequest::AllocateProducerIds {
+                node: NodeId(1),
+                broker_epoch: 1,
+            },
+        );
+        assert_eq!(r, Err(ControllerError::NotController { leader: None }));
+        assert!(matches!(
+            node.fetch_metadata(1, 100),
+            Err(ControllerError::NotController { .. })
+        ));
+        let stray = wire::RaftMessage {
+            msg_type: 5,
+            from: 9,
+            to: 2,
+            term: 99,
+            ..wire::RaftMessage::default()
+        };
+        assert_eq!(node.step(stray), Err(RaftWireError::NotAVoter(9)));
+        assert_eq!(node.status().quorum.term, 0, "the quorum is not disturbed");
+        assert!(matches!(
+            ControllerNode::open(
+                NodeConfig::new(NodeId(7), vec![NodeId(1)]),
+                LogStore::new(vec![1]),
+                Rng::new(1),
+                0
+            ),
+            Err(NodeError::NotAVoter(7, _))
+        ));
+    }
+}

@@ -29,9 +29,10 @@ use crate::metadata::producer_ids::PRODUCER_ID_BLOCK_SIZE;
 use crate::metadata::topic_config::TopicDefaults;
 use crate::metadata::{topic_id_from_bits, LeaderEpoch, NodeId, PartitionId, TopicId};
 
-/// Partitions the whole cluster may hold: keeps a snapshot of the image (about 60 bytes a
-/// partition) well inside one controller frame.
-pub const MAX_CLUSTER_PARTITIONS: usize = 200_000;
+/// Partitions the whole cluster may hold: keeps a snapshot of the image (about 90 bytes a
+/// partition with three replicas) within half a controller frame, since raft-rs sends a
+/// snapshot as one message.
+pub const MAX_CLUSTER_PARTITIONS: usize = 150_000;
 
 /// The most replicas a partition may have until replicated partitions exist.
 pub const SUPPORTED_REPLICATION_FACTOR: i16 = 1;
