@@ -99,6 +99,8 @@ pub struct RecoveryReport {
     pub torn_bytes: u64,
     /// Entries dropped because a newer snapshot replaced them (a crash during install).
     pub stale_entries: usize,
+    /// The hard state's term was below the log's last term and was raised to it.
+    pub term_raised: bool,
 }
 
 /// The metadata log of one voter, in memory, mirroring its files.
@@ -203,8 +205,18 @@ impl LogStore {
             .commit
             .max(snap_index)
             .min(store.last_index());
-        if store.hard_state.term < snap_term {
-            store.hard_state.term = snap_term;
+        // A node's term is never below its log's last term. Logs written before the hard
+        // state went first in each write could lose a hard state that a crash cut off
+        // after the entries; the term then moves up to the log's, and the vote recorded
+        // for the older term (never sent: nothing was synced) is dropped.
+        let last_term = store
+            .log_term(store.last_index())
+            .unwrap_or(store.start_term)
+            .max(snap_term);
+        if store.hard_state.term < last_term {
+            report.term_raised = true;
+            store.hard_state.term = last_term;
+            store.hard_state.vote = 0;
         }
         report.entries = store.entries.len();
 
@@ -761,6 +773,22 @@ mod tests {
         let at = flipped.log.len() - 2;
         flipped.log[at] ^= 0x40;
         assert_eq!(flipped.recover().0.last_index(), 1);
+    }
+
+    #[test]
+    fn a_term_lost_behind_its_entries_is_raised_to_the_log_term() {
+        let mut files = Files::default();
+        let mut store = fresh(&mut files);
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 2;
+        files.run(&store.set_hard_state(hs));
+        // Entries of term 3 made it to disk, the hard state of term 3 did not.
+        files.run(&store.append(&[entry(1, 3, b"a")]));
+        let (back, _, report) = files.recover();
+        assert!(report.term_raised);
+        assert_eq!(back.hard_state().term, 3);
+        assert_eq!(back.hard_state().vote, 0, "the vote was for term 1");
     }
 
     #[test]

@@ -225,10 +225,13 @@ impl Quorum {
             out.snapshot = Some(snapshot);
         }
         out.committed = rd.take_committed_entries();
-        out.writes.extend(store.append(rd.entries()));
+        // The hard state goes first: a crash may keep any prefix of unsynced writes, and a
+        // log holding entries of a term the hard state has not reached breaks Raft (the
+        // node would answer votes at an older term than its own log's).
         if let Some(hs) = rd.hs() {
             out.writes.extend(store.set_hard_state(hs.clone()));
         }
+        out.writes.extend(store.append(rd.entries()));
         if rd.must_sync()
             && out
                 .writes

@@ -73,6 +73,21 @@ impl World {
         let Ok(Incoming::Raft(m)) = incoming_from_frame(frame) else {
             return Err("a Raft frame decoded as something else".into());
         };
+        if self.opts.trace {
+            eprintln!(
+                "[{:>6} ms] node {} <- node {}: type {} term {} log_term {} index {} commit {} reject {} entries {}",
+                self.now,
+                to + 1,
+                from + 1,
+                m.msg_type,
+                m.term,
+                m.log_term,
+                m.index,
+                m.commit,
+                m.reject,
+                m.entries.len()
+            );
+        }
         node.step(m).map_err(|e| {
             format!(
                 "node {} refused a Raft message from node {}: {e}",
@@ -92,10 +107,20 @@ impl World {
         let Some(node) = self.nodes[to].live.as_mut() else {
             return Ok(());
         };
+        let trace = self.opts.trace;
         let refused = match Self::receive(&bytes) {
             Err(_) => true,
             Ok(frame) => match incoming_from_frame(frame) {
-                Ok(Incoming::Raft(m)) => node.step(m).is_err(),
+                Ok(Incoming::Raft(m)) => {
+                    if trace {
+                        eprintln!(
+                            "[{:>6} ms] node {} gets a bad frame that decodes: {m:?}",
+                            self.now,
+                            to + 1
+                        );
+                    }
+                    node.step(m).is_err()
+                }
                 _ => true,
             },
         };
