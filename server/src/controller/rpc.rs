@@ -56,6 +56,7 @@ pub fn metadata_error_to_wire(e: &MetadataError) -> WireError {
         MetadataError::InvalidReplicaAssignment(_) => ErrorKind::InvalidReplicaAssignment,
         MetadataError::InvalidConfig(_) => ErrorKind::InvalidConfig,
         MetadataError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+        MetadataError::PolicyViolation(_) => ErrorKind::PolicyViolation,
         MetadataError::Storage(_) => ErrorKind::Storage,
         MetadataError::Unavailable => ErrorKind::Unavailable,
     };
@@ -77,7 +78,8 @@ pub fn metadata_error_from_wire(e: WireError) -> MetadataError {
         ErrorKind::InvalidReplicationFactor => MetadataError::InvalidReplicationFactor(m),
         ErrorKind::InvalidReplicaAssignment => MetadataError::InvalidReplicaAssignment(m),
         ErrorKind::InvalidConfig => MetadataError::InvalidConfig(m),
-        ErrorKind::InvalidRequest | ErrorKind::PolicyViolation => MetadataError::InvalidRequest(m),
+        ErrorKind::InvalidRequest => MetadataError::InvalidRequest(m),
+        ErrorKind::PolicyViolation => MetadataError::PolicyViolation(m),
         ErrorKind::Storage => MetadataError::Storage(m),
         // Controller-level kinds where an item error is expected: the change did not happen.
         _ => MetadataError::Unavailable,
