@@ -305,6 +305,15 @@ impl ControllerNode {
         self.drive();
     }
 
+    /// Starts an election now; for a lone voter, which then leads at once instead of after
+    /// an election timeout.
+    pub fn campaign(&mut self) {
+        if !self.quorum.is_leader() {
+            let _ = self.quorum.campaign();
+            self.drive();
+        }
+    }
+
     /// A Raft message from another voter. A refused one is not stepped (the driver closes
     /// that peer's connection).
     pub fn step(&mut self, message: wire::RaftMessage) -> Result<(), RaftWireError> {

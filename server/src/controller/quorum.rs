@@ -180,6 +180,15 @@ impl Quorum {
         result.map_err(|e| StepError(e.to_string()))
     }
 
+    /// Starts an election at once, as a timeout would. A lone voter need not wait out an
+    /// election timeout to lead (it wins its own vote).
+    pub fn campaign(&mut self) -> Result<(), StepError> {
+        self.assert_not_in_ready();
+        let result = self.raw.campaign();
+        self.draw_election_timeout();
+        result.map_err(|e| StepError(e.to_string()))
+    }
+
     /// The index after the last entry: where the next proposal will go.
     pub fn next_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index() + 1
@@ -333,8 +342,9 @@ impl slog::Drain for TracingDrain {
         let level = match record.level() {
             slog::Level::Critical | slog::Level::Error => Level::ERROR,
             slog::Level::Warning => Level::WARN,
-            slog::Level::Info => Level::INFO,
-            slog::Level::Debug => Level::DEBUG,
+            // raft-rs's routine lines (role changes, elections); the broker logs leadership
+            // changes itself, once each.
+            slog::Level::Info | slog::Level::Debug => Level::DEBUG,
             slog::Level::Trace => Level::TRACE,
         };
         macro_rules! forward {
@@ -376,9 +386,10 @@ fn format_line(record: &slog::Record<'_>, values: &slog::OwnedKVList) -> String 
     line.0
 }
 
-/// The logger raft-rs gets: everything goes to `tracing`, tagged with the node id.
-pub fn raft_logger(node_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain, slog::o!("raft_id" => node_id))
+/// The logger raft-rs gets: everything goes to `tracing` (raft-rs tags its lines with the
+/// node id itself).
+pub fn raft_logger(_node_id: u64) -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
 }
 
 #[cfg(test)]

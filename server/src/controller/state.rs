@@ -52,6 +52,14 @@ pub struct ControllerConfig {
     /// Requests held while a new controller catches up; more are refused.
     pub max_waiting_requests: usize,
     pub max_cluster_partitions: usize,
+    /// `max.broker.partitions`: replicas one broker may hold over all topics; more are
+    /// refused with POLICY_VIOLATION (internal topics are never refused, but count).
+    pub max_broker_partitions: i64,
+    /// The incarnation of the broker running in this controller's own process, when there
+    /// is one (combined mode). A new controller gives every registered broker a fresh
+    /// session, except this node's earlier process: that one has certainly stopped, so its
+    /// restart registers at once instead of waiting out the old session.
+    pub local_incarnation: Option<u128>,
 }
 
 impl ControllerConfig {
@@ -65,6 +73,8 @@ impl ControllerConfig {
             session_timeout_ms: liveness::DEFAULT_SESSION_TIMEOUT_MS,
             max_waiting_requests: 1024,
             max_cluster_partitions: MAX_CLUSTER_PARTITIONS,
+            max_broker_partitions: i64::MAX,
+            local_incarnation: None,
         }
     }
 }
@@ -209,7 +219,15 @@ impl Controller {
             return Vec::new();
         };
         let mut sessions = Sessions::new(self.config.session_timeout_ms);
-        sessions.reset_all(committed.brokers().map(|b| b.node_id), now_ms);
+        let me = self.config.node_id;
+        let local = self.config.local_incarnation;
+        sessions.reset_all(
+            committed
+                .brokers()
+                .filter(|b| b.node_id != me || local.is_none_or(|i| i == b.incarnation_id))
+                .map(|b| b.node_id),
+            now_ms,
+        );
         self.state = State::Active(Box::new(Active {
             term,
             image: committed.clone(),

@@ -13,6 +13,61 @@ pub(super) fn leader_counts(image: &ClusterImage) -> BTreeMap<NodeId, usize> {
     counts
 }
 
+/// How many times each name is mentioned.
+pub(super) fn mention_counts<'a>(names: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
+    let mut counts = BTreeMap::new();
+    for n in names {
+        *counts.entry(n).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// How many partitions each broker holds a replica of.
+pub(super) fn replica_counts(image: &ClusterImage) -> BTreeMap<NodeId, i64> {
+    let mut counts = BTreeMap::new();
+    for (_, _, state) in image.all_partitions() {
+        for r in &state.replicas {
+            *counts.entry(*r).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// `max.broker.partitions`: the new `replicas` must not take any broker past the limit.
+/// Internal topics are never refused (groups must keep working), but they count.
+pub(super) fn check_broker_partitions(
+    config: &ControllerConfig,
+    counts: &BTreeMap<NodeId, i64>,
+    replicas: &[Vec<NodeId>],
+    internal: bool,
+) -> Result<(), MetadataError> {
+    if internal {
+        return Ok(());
+    }
+    let mut added: BTreeMap<NodeId, i64> = BTreeMap::new();
+    for r in replicas.iter().flatten() {
+        *added.entry(*r).or_insert(0) += 1;
+    }
+    let max = config.max_broker_partitions;
+    for (broker, more) in added {
+        let holds = counts.get(&broker).copied().unwrap_or(0);
+        if holds.saturating_add(more) > max {
+            return Err(MetadataError::PolicyViolation(format!(
+                "Broker {} holds {holds} partitions; {more} more would exceed max.broker.partitions ({max})",
+                broker.0
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds `replicas` to `counts`.
+pub(super) fn count_replicas(counts: &mut BTreeMap<NodeId, i64>, replicas: &[NodeId]) {
+    for r in replicas {
+        *counts.entry(*r).or_insert(0) += 1;
+    }
+}
+
 /// Checks a manual replica assignment for one partition.
 pub(super) fn check_assignment(
     image: &ClusterImage,
@@ -122,6 +177,7 @@ pub(super) fn create_topics(
 ) -> Planned {
     let usable = image.usable_brokers();
     let mut leaders = leader_counts(image);
+    let mut replicas_held = replica_counts(image);
     let mut total = image.partition_count_total();
     let mut taken_names: Vec<String> = Vec::new();
     let mut taken_ids: Vec<TopicId> = Vec::new();
@@ -137,6 +193,7 @@ pub(super) fn create_topics(
             &taken_names,
             &taken_ids,
             total,
+            &replicas_held,
             ct,
         );
         match planned {
@@ -145,15 +202,11 @@ pub(super) fn create_topics(
                 taken_names.push(created.topic.name.clone());
                 taken_ids.push(created.topic.id);
                 for r in &topic_records {
-                    if let MetadataRecord::Partition {
-                        state:
-                            PartitionState {
-                                leader: Some(l), ..
-                            },
-                        ..
-                    } = r
-                    {
-                        *leaders.entry(*l).or_insert(0) += 1;
+                    if let MetadataRecord::Partition { state, .. } = r {
+                        count_replicas(&mut replicas_held, &state.replicas);
+                        if let Some(l) = state.leader {
+                            *leaders.entry(l).or_insert(0) += 1;
+                        }
                     }
                 }
                 if !validate_only {
@@ -177,6 +230,7 @@ pub(super) fn plan_topic(
     taken_names: &[String],
     taken_ids: &[TopicId],
     total: usize,
+    replicas_held: &BTreeMap<NodeId, i64>,
     ct: CreateTopic,
 ) -> Result<(CreatedTopic, Vec<MetadataRecord>), MetadataError> {
     let CreateTopic {
@@ -224,14 +278,14 @@ pub(super) fn plan_topic(
                 "Replication factor must be larger than 0, or -1 to use the default value.".into(),
             ));
         }
-        if rf > config.max_replication_factor {
-            return Err(MetadataError::InvalidReplicationFactor(unsupported_rf(rf)));
-        }
         if rf as usize > usable.len() {
             return Err(MetadataError::InvalidReplicationFactor(format!(
                 "Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {} broker(s) are registered.",
                 usable.len()
             )));
+        }
+        if rf > config.max_replication_factor {
+            return Err(MetadataError::InvalidReplicationFactor(unsupported_rf(rf)));
         }
         // Checked again with the name below; needed here to bound the placement.
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
@@ -247,6 +301,7 @@ pub(super) fn plan_topic(
     };
     let taken: Vec<&str> = taken_names.iter().map(String::as_str).collect();
     let overrides = validate_new_topic(image.metadata(), &new_topic, &taken)?;
+    check_broker_partitions(config, replicas_held, &replicas, new_topic.internal)?;
     if total + partitions as usize > config.max_cluster_partitions {
         return Err(MetadataError::InvalidPartitions(format!(
             "Creating {partitions} partitions would take the cluster past its limit of {} partitions.",
@@ -315,13 +370,15 @@ pub(super) fn create_partitions(
 ) -> Planned {
     let usable = image.usable_brokers();
     let mut leaders = leader_counts(image);
+    let mut replicas_held = replica_counts(image);
     let mut total = image.partition_count_total();
     let mut records = Vec::new();
-    let names: Vec<&str> = topics.iter().map(|t| t.topic.as_str()).collect();
+    // Counted once: a request may name hundreds of thousands of topics.
+    let names = mention_counts(topics.iter().map(|t| t.topic.as_str()));
     let mut results = Vec::with_capacity(topics.len());
     for t in &topics {
         let result = (|| {
-            if names.iter().filter(|n| **n == t.topic).count() > 1 {
+            if names.get(t.topic.as_str()).copied().unwrap_or(0) > 1 {
                 return Err(MetadataError::InvalidRequest(format!(
                     "Duplicate topic in request: {}",
                     t.topic
@@ -360,6 +417,10 @@ pub(super) fn create_partitions(
                 }
                 t.assignments.clone()
             };
+            check_broker_partitions(config, &replicas_held, &replicas, topic.internal)?;
+            for r in &replicas {
+                count_replicas(&mut replicas_held, r);
+            }
             let mut topic_records = Vec::with_capacity(replicas.len());
             for (i, r) in replicas.into_iter().enumerate() {
                 let state = new_partition(image, r);
@@ -389,12 +450,15 @@ pub(super) fn alter_configs(
     topics: Vec<(String, Vec<crate::metadata::controller::AlterOp>)>,
     validate_only: bool,
 ) -> Planned {
-    let names: Vec<String> = topics.iter().map(|(n, _)| n.clone()).collect();
+    let names: BTreeMap<String, usize> = mention_counts(topics.iter().map(|(n, _)| n.as_str()))
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
     let mut records = Vec::new();
     let results = topics
         .into_iter()
         .map(|(name, ops)| {
-            if names.iter().filter(|n| **n == name).count() > 1 {
+            if names.get(&name).copied().unwrap_or(0) > 1 {
                 return Err(MetadataError::InvalidRequest(format!(
                     "Duplicate resource in request: topic {name}"
                 )));
