@@ -6,13 +6,15 @@
 //! per core and the cross-shard mesh), `net` (listeners and connections), `kafka` (the
 //! router and one handler per API), `metadata` (topics, configs, ownership; the control
 //! plane), `controller` (the cluster's metadata quorum and controller, as pure state
-//! machines, and their simulator), `partition` (a shard's open partition logs; the data plane), `admin`
+//! machines, and their simulator), `cluster` (their driver in the running broker: the
+//! metadata log on disk, the controller listener, forwarding, registration), `partition` (a shard's open partition logs; the data plane), `admin`
 //! (subcommands that talk to a running broker), `metrics` (per-shard counters and the
 //! Prometheus endpoint), `limits` (what a request may bring into the broker's state),
 //! `embedded` (a one-shard broker inside another process, for the wire fuzzer).
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod embedded;

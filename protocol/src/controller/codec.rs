@@ -21,6 +21,7 @@ pub fn encode_frame(frame: &Frame) -> Result<Bytes, FrameError> {
             correlation_id: frame.correlation_id,
             body_type,
             body: Some(body),
+            metadata_offset: frame.metadata_offset,
         },
     );
     fbb.finish(root, None);
@@ -235,6 +236,7 @@ pub fn decode_frame(bytes: &Bytes) -> Result<Frame, FrameError> {
     };
     Ok(Frame {
         correlation_id: frame.correlation_id(),
+        metadata_offset: frame.metadata_offset(),
         body,
     })
 }

@@ -5305,6 +5305,7 @@ impl<'a> Frame<'a> {
   pub const VT_CORRELATION_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_BODY_TYPE: ::flatbuffers::VOffsetT = 6;
   pub const VT_BODY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_METADATA_OFFSET: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5316,6 +5317,7 @@ impl<'a> Frame<'a> {
     args: &'args FrameArgs
   ) -> ::flatbuffers::WIPOffset<Frame<'bldr>> {
     let mut builder = FrameBuilder::new(_fbb);
+    builder.add_metadata_offset(args.metadata_offset);
     builder.add_correlation_id(args.correlation_id);
     if let Some(x) = args.body { builder.add_body(x); }
     builder.add_body_type(args.body_type);
@@ -5343,6 +5345,13 @@ impl<'a> Frame<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Frame::VT_BODY, None)}
+  }
+  #[inline]
+  pub fn metadata_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Frame::VT_METADATA_OFFSET, Some(0)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -5662,6 +5671,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           _ => Ok(()),
         }
      })?
+     .visit_field::<u64>("metadata_offset", Self::VT_METADATA_OFFSET, false)?
      .finish();
     Ok(())
   }
@@ -5670,6 +5680,7 @@ pub struct FrameArgs {
     pub correlation_id: u64,
     pub body_type: Body,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub metadata_offset: u64,
 }
 impl<'a> Default for FrameArgs {
   #[inline]
@@ -5678,6 +5689,7 @@ impl<'a> Default for FrameArgs {
       correlation_id: 0,
       body_type: Body::NONE,
       body: None,
+      metadata_offset: 0,
     }
   }
 }
@@ -5698,6 +5710,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FrameBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_body(&mut self, body: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Frame::VT_BODY, body);
+  }
+  #[inline]
+  pub fn add_metadata_offset(&mut self, metadata_offset: u64) {
+    self.fbb_.push_slot::<u64>(Frame::VT_METADATA_OFFSET, metadata_offset, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FrameBuilder<'a, 'b, A> {
@@ -5858,6 +5874,7 @@ impl ::core::fmt::Debug for Frame<'_> {
           ds.field("body", &x)
         },
       };
+      ds.field("metadata_offset", &self.metadata_offset());
       ds.finish()
   }
 }

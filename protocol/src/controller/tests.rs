@@ -365,10 +365,13 @@ fn body_strategy() -> impl Strategy<Value = Body> {
 }
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {
-    (any::<u64>(), body_strategy()).prop_map(|(correlation_id, body)| Frame {
-        correlation_id,
-        body,
-    })
+    (any::<u64>(), body_strategy(), any::<u64>()).prop_map(
+        |(correlation_id, body, metadata_offset)| Frame {
+            correlation_id,
+            metadata_offset,
+            body,
+        },
+    )
 }
 
 /// Splits `wire` into frames with `split_frame`, feeding it `chunk` bytes at a time.
@@ -469,6 +472,7 @@ fn oversized_lengths_are_refused_before_reading_the_frame() {
 fn a_frame_too_large_to_send_is_an_error_not_a_frame() {
     let frame = Frame {
         correlation_id: 1,
+        metadata_offset: 0,
         body: Body::Raft(RaftMessage {
             entries: vec![RaftEntry {
                 data: Bytes::from(vec![7u8; MAX_FRAME_BYTES]),
@@ -502,6 +506,7 @@ fn deep_or_table_heavy_buffers_are_refused_by_the_verifier() {
     let root = fb::Frame::create(
         &mut fbb,
         &fb::FrameArgs {
+            metadata_offset: 0,
             correlation_id: 0,
             body_type: fb::Body::RaftMessage,
             body: Some(msg.as_union_value()),
@@ -524,6 +529,7 @@ fn unknown_body_types_are_refused() {
     let root = fb::Frame::create(
         &mut fbb,
         &fb::FrameArgs {
+            metadata_offset: 0,
             correlation_id: 0,
             body_type: fb::Body(200),
             body: Some(not.as_union_value()),
@@ -559,6 +565,7 @@ fn error_kinds_match_the_schema_numbers() {
 fn decoded_byte_fields_are_slices_of_the_frame() {
     let frame = Frame {
         correlation_id: 9,
+        metadata_offset: 0,
         body: Body::Raft(RaftMessage {
             entries: vec![RaftEntry {
                 data: Bytes::from_static(b"records"),

@@ -9,6 +9,20 @@ use bytes::Bytes;
 pub struct Frame {
     pub correlation_id: u64,
     pub body: Body,
+    /// On a controller's answer: the metadata log offset its change is committed at, for
+    /// the forwarding broker to wait for; 0 elsewhere.
+    pub metadata_offset: u64,
+}
+
+impl Frame {
+    /// A frame with no metadata offset.
+    pub fn new(correlation_id: u64, body: Body) -> Frame {
+        Frame {
+            correlation_id,
+            body,
+            metadata_offset: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

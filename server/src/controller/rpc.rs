@@ -59,6 +59,7 @@ pub fn metadata_error_to_wire(e: &MetadataError) -> WireError {
         MetadataError::PolicyViolation(_) => ErrorKind::PolicyViolation,
         MetadataError::Storage(_) => ErrorKind::Storage,
         MetadataError::Unavailable => ErrorKind::Unavailable,
+        MetadataError::NotController(_) => ErrorKind::NotController,
     };
     let message = match e {
         MetadataError::TopicAlreadyExists(name) => name.clone(),
@@ -81,6 +82,7 @@ pub fn metadata_error_from_wire(e: WireError) -> MetadataError {
         ErrorKind::InvalidRequest => MetadataError::InvalidRequest(m),
         ErrorKind::PolicyViolation => MetadataError::PolicyViolation(m),
         ErrorKind::Storage => MetadataError::Storage(m),
+        ErrorKind::NotController => MetadataError::NotController(m),
         // Controller-level kinds where an item error is expected: the change did not happen.
         _ => MetadataError::Unavailable,
     }
@@ -260,6 +262,7 @@ pub fn request_to_frame(correlation_id: u64, request: &ControllerRequest) -> Fra
     };
     Frame {
         correlation_id,
+        metadata_offset: 0,
         body,
     }
 }
@@ -494,6 +497,7 @@ pub fn reply_to_frame(correlation_id: u64, reply: &Reply) -> Frame {
     };
     Frame {
         correlation_id,
+        metadata_offset: 0,
         body,
     }
 }
@@ -575,6 +579,7 @@ pub fn fetch_request_to_frame(
 ) -> Frame {
     Frame {
         correlation_id,
+        metadata_offset: 0,
         body: Body::FetchMetadataRequest(wire::FetchMetadataRequest {
             node_id: node.0,
             from_offset,
@@ -629,6 +634,7 @@ pub fn fetch_reply_to_frame(
     };
     Frame {
         correlation_id,
+        metadata_offset: 0,
         body,
     }
 }

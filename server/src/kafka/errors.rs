@@ -61,6 +61,7 @@ pub fn metadata_error(error: &MetadataError) -> ResponseError {
         MetadataError::PolicyViolation(_) => ResponseError::PolicyViolation,
         MetadataError::Storage(_) => ResponseError::KafkaStorageError,
         MetadataError::Unavailable => ResponseError::RequestTimedOut,
+        MetadataError::NotController(_) => ResponseError::NotController,
     }
 }
 

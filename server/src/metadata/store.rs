@@ -24,6 +24,11 @@ use crate::metadata::{
 /// The metadata file's name in the data directory. It cannot be mistaken for a partition
 /// directory, whose names end in `-<digits>`.
 pub const METADATA_FILE: &str = "wharf-metadata.toml";
+/// The directory of the cluster's metadata log (Kafka's name for it). Its name has a
+/// partition directory's shape, so the topic `__cluster_metadata` is reserved.
+pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
+/// The topic name the metadata log's directory would belong to.
+pub const METADATA_LOG_TOPIC: &str = "__cluster_metadata";
 const METADATA_TMP_FILE: &str = "wharf-metadata.toml.tmp";
 const FORMAT_VERSION: u32 = 1;
 
@@ -180,6 +185,9 @@ pub fn scan_partition_dirs(data_dir: &Path) -> std::io::Result<Vec<FoundPartitio
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        if name == METADATA_LOG_DIR {
+            continue;
+        }
         let Some((topic, partition)) = name.rsplit_once('-') else {
             continue;
         };

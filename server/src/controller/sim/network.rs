@@ -16,6 +16,7 @@ impl World {
         }
         let frame = wire::Frame {
             correlation_id: 0,
+            metadata_offset: 0,
             body: wire::Body::Raft(m),
         };
         let Ok(bytes) = encode_frame(&frame) else {
@@ -137,6 +138,7 @@ impl World {
         let raft = |from: u64, to: u64, msg_type: u8| {
             let frame = wire::Frame {
                 correlation_id: 0,
+                metadata_offset: 0,
                 body: wire::Body::Raft(wire::RaftMessage {
                     msg_type,
                     from,
