@@ -1098,6 +1098,103 @@ mod tests {
     }
 
     #[test]
+    fn without_cluster_flags_a_node_is_a_one_node_cluster() {
+        let config = resolve(&args(), 1).expect("defaults resolve");
+        assert_eq!(config.node_id, 1);
+        assert_eq!(
+            config.cluster.voters,
+            vec![Voter {
+                id: 1,
+                address: None
+            }]
+        );
+        assert_eq!(config.cluster.controller_listen, None);
+        assert_eq!(config.cluster.session_timeout_ms, 9_000);
+        assert_eq!(config.cluster.heartbeat_interval_ms, 2_000);
+    }
+
+    #[test]
+    fn voters_and_listeners_from_flags_or_kafka_names() {
+        let mut a = args();
+        a.node_id = Some(2);
+        a.controller_quorum_voters =
+            Some("3@127.0.0.1:9303, 1@127.0.0.1:9301,2@127.0.0.1:9302".into());
+        let config = resolve(&a, 1).expect("resolves");
+        assert_eq!(config.cluster.voter_ids(), vec![1, 2, 3]);
+        assert_eq!(
+            config.cluster.controller_listen,
+            Some("127.0.0.1:9302".parse().unwrap()),
+            "the node's own voter address by default"
+        );
+
+        let (_dir, path) = write_config(
+            "node.id = 1\ncontroller.quorum.voters = \"1@127.0.0.1:9301,2@127.0.0.1:9302\"\n\
+             listeners = \"PLAINTEXT://127.0.0.1:9201,CONTROLLER://0.0.0.0:9301,REPLICATION://127.0.0.1:9401\"\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.listen, "127.0.0.1:9201".parse().unwrap());
+        assert_eq!(
+            config.cluster.controller_listen,
+            Some("0.0.0.0:9301".parse().unwrap())
+        );
+        assert_eq!(
+            config.cluster.replication_listen,
+            Some("127.0.0.1:9401".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_one_line_saying_what_to_do() {
+        let bad = |node: i32, voters: &str, controller: Option<&str>| {
+            let mut a = args();
+            a.node_id = Some(node);
+            a.controller_quorum_voters = Some(voters.into());
+            a.controller_listen = controller.map(str::to_string);
+            let e = resolve(&a, 1).expect_err("refused").to_string();
+            assert!(!e.contains('\n'), "{e}");
+            e
+        };
+        let e = bad(
+            4,
+            "1@127.0.0.1:9301,2@127.0.0.1:9302",
+            Some("127.0.0.1:9304"),
+        );
+        assert!(
+            e.contains("node.id 4 is not among controller.quorum.voters (1, 2)")
+                && e.contains("only voters run a controller"),
+            "{e}"
+        );
+        let e = bad(4, "1@127.0.0.1:9301", None);
+        assert!(
+            e.contains("brokers only") && e.contains("not supported yet"),
+            "{e}"
+        );
+        for (voters, why) in [
+            ("1@127.0.0.1", "has no port"),
+            ("127.0.0.1:9301", "is not ID@HOST:PORT"),
+            ("x@127.0.0.1:9301", "does not start with a node id"),
+            ("1@127.0.0.1:9301,1@127.0.0.1:9302", "repeats node id 1"),
+            ("1@127.0.0.1:0", "bad port"),
+            ("1@127.0.0.1:9301,,2@127.0.0.1:9302", "is empty"),
+        ] {
+            let e = bad(1, voters, None);
+            assert!(
+                e.contains(why) && e.contains("e.g. 1@127.0.0.1:9093"),
+                "{voters}: {e}"
+            );
+        }
+        let (_dir, path) = write_config("listeners = \"SSL://127.0.0.1:9093\"\n");
+        let mut a = args();
+        a.config = Some(path);
+        let e = resolve(&a, 1)
+            .expect_err("unknown listener name")
+            .to_string();
+        assert!(e.contains("PLAINTEXT") && e.contains("SSL"), "{e}");
+    }
+
+    #[test]
     fn advertised_listener_keeps_the_bound_port_when_zero() {
         let mut a = args();
         a.listen = Some("127.0.0.1:0".into());

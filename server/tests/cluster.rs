@@ -513,3 +513,57 @@ fn partition_directories_without_any_metadata_become_topics() {
     );
     broker.assert_no_panic();
 }
+
+#[test]
+fn a_metadata_log_started_with_other_voters_is_refused_with_one_line() {
+    let mut broker = Broker::start();
+    broker.terminate();
+    let ports = free_ports(2);
+    let voters = format!("1@127.0.0.1:{},2@127.0.0.1:{}", ports[0], ports[1]);
+    let data_dir = broker.data_dir();
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    let run = common::run_wharf_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+            "--controller-quorum-voters",
+            &voters,
+        ],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    assert!(
+        run.stderr
+            .contains("changing the voter set is not supported"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let run = common::run_wharf_to_exit(
+        &[
+            "--node-id",
+            "4",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+            "--controller-quorum-voters",
+            "1@127.0.0.1:19301,2@127.0.0.1:19302,3@127.0.0.1:19303",
+            "--controller-listen",
+            "127.0.0.1:19304",
+        ],
+        dir.path(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert!(
+        line.starts_with("wharf: node.id 4 is not among controller.quorum.voters (1, 2, 3)")
+            && !line.contains('\n'),
+        "{line}"
+    );
+}

@@ -31,6 +31,8 @@ pub struct BrokerState {
     pub incarnation_id: u128,
     epoch: Cell<Option<i64>>,
     fenced: Cell<bool>,
+    /// Set at controlled shutdown: no more heartbeats (one would unfence the broker).
+    stopping: Cell<bool>,
     /// Set once the node was unfenced for the first time: it may serve clients.
     pub ready: Rc<Latch>,
 }
@@ -41,6 +43,7 @@ impl BrokerState {
             incarnation_id,
             epoch: Cell::new(None),
             fenced: Cell::new(true),
+            stopping: Cell::new(false),
             ready: Latch::new(),
         }
     }
@@ -52,6 +55,11 @@ impl BrokerState {
 
     pub fn is_fenced(&self) -> bool {
         self.fenced.get()
+    }
+
+    /// The broker is stopping: registration and heartbeats end.
+    pub fn stop(&self) {
+        self.stopping.set(true);
     }
 }
 
@@ -89,7 +97,7 @@ fn listeners(control: &ControlPlane) -> Vec<Listener> {
 pub async fn run(control: Rc<ControlPlane>) {
     let interval = Duration::from_millis(control.shard.config.cluster.heartbeat_interval_ms as u64);
     let mut waiting_logged = false;
-    loop {
+    while !control.broker.stopping.get() {
         // Register (again).
         let registration = ControllerRequest::RegisterBroker(RegisterBroker {
             node: control.me,
@@ -142,6 +150,9 @@ async fn heartbeat_until_stale(control: &Rc<ControlPlane>, interval: Duration) {
         let Some(broker_epoch) = control.broker.epoch() else {
             return;
         };
+        if control.broker.stopping.get() {
+            return;
+        }
         let heartbeat = ControllerRequest::Heartbeat(Heartbeat {
             node: control.me,
             broker_epoch,
@@ -163,6 +174,7 @@ async fn heartbeat_until_stale(control: &Rc<ControlPlane>, interval: Duration) {
                     control.broker.ready.set();
                 }
             }
+            _ if control.broker.stopping.get() => return,
             Err(ControllerError::StaleBrokerEpoch(m))
             | Err(ControllerError::BrokerIdNotRegistered(m)) => {
                 tracing::warn!("registering again: {m}");

@@ -200,12 +200,16 @@ impl ControlPlane {
             match reply {
                 Err(ControllerError::NotController { leader }) => {
                     last_error = ControllerError::NotController { leader };
-                    // Retry where the answer points, unless it points back here or to
-                    // the node that just said no.
+                    // Retry where the answer points, unless it points back to the node
+                    // that just said no; two nodes with stale views must not bounce a
+                    // request between them without pause.
                     hint = leader.filter(|l| *l != target);
-                    if hint.is_none() {
-                        glommio::timer::sleep(RETRY_BACKOFF).await;
-                    }
+                    let pause = if hint.is_some() {
+                        Duration::from_millis(10)
+                    } else {
+                        RETRY_BACKOFF
+                    };
+                    glommio::timer::sleep(pause).await;
                 }
                 answer => {
                     self.wait_published(offset, CATCH_UP_TIMEOUT).await;
@@ -410,6 +414,47 @@ pub async fn call(shard: &Rc<Shard>, request: ControllerRequest) -> Reply {
         })
         .await
         .unwrap_or(Err(ControllerError::NotController { leader: None }))
+}
+
+/// How long a stopping broker waits for the controller to fence it.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Controlled shutdown (KIP-631): before a broker of a cluster of several nodes stops, it
+/// asks the controller to fence it, so its partitions are marked without a leader at once
+/// (not after `broker.session.timeout.ms`) and its next process registers without waiting
+/// for this one's session to run out. A lone node skips it: nobody else serves anything.
+/// Bounded: without an answer the broker stops anyway.
+pub async fn controlled_shutdown(shard: &Rc<Shard>) {
+    let Some(control) = ControlPlane::get() else {
+        return;
+    };
+    if shard.config.cluster.voters.len() < 2 {
+        return;
+    }
+    let Some(broker_epoch) = control.broker.epoch() else {
+        return;
+    };
+    control.broker.stop();
+    let request = ControllerRequest::Heartbeat(crate::controller::requests::Heartbeat {
+        node: control.me,
+        broker_epoch,
+        applied_offset: control.published_offset(),
+        want_fence: false,
+        want_shut_down: true,
+    });
+    let answered = futures_lite::future::or(async { Some(control.call(request).await) }, async {
+        glommio::timer::sleep(CONTROLLED_SHUTDOWN_TIMEOUT).await;
+        None
+    })
+    .await;
+    match answered {
+        Some(Ok(_)) => tracing::info!("controlled shutdown: the controller fenced this broker"),
+        Some(Err(e)) => tracing::warn!("controlled shutdown not acknowledged: {e}"),
+        None => tracing::warn!(
+            "controlled shutdown not acknowledged within {} s; stopping anyway",
+            CONTROLLED_SHUTDOWN_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 /// The current registration epoch of this broker, once registered (from any shard).

@@ -48,6 +48,7 @@ pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
             io_reason(&e)
         ))
     })?;
+    check_voters(&dir, config)?;
     let contents = read_metadata_dir(&dir).map_err(|e| {
         StartupError(format!(
             "cannot read the metadata log in {shown}: {}",
@@ -121,6 +122,41 @@ pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
         bootstrap,
         legacy,
     })
+}
+
+/// The file recording the voter set the metadata log was started with.
+const VOTERS_FILE: &str = "quorum-voters";
+
+/// The voter set is static (no KIP-853): a log written for other voters is refused, with a
+/// message saying so. The set is recorded beside the log on first start (snapshots record
+/// it too, but a young log has none).
+fn check_voters(dir: &Path, config: &BrokerConfig) -> Result<(), StartupError> {
+    let path = dir.join(VOTERS_FILE);
+    let ids = config.cluster.voter_ids();
+    let configured = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim() == configured => Ok(()),
+        Ok(found) => Err(StartupError(format!(
+            "the metadata log in {} was written for controller.quorum.voters with node ids {}, not {configured}: changing the voter set is not supported (start every node with the voters it was first started with)",
+            dir.display(),
+            found.trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!("{VOTERS_FILE}.tmp"));
+            let written = std::fs::write(&tmp, format!("{configured}\n"))
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .and_then(|_| std::fs::File::open(dir)?.sync_all());
+            written.map_err(|e| {
+                StartupError(format!("cannot write {}: {}", path.display(), io_reason(&e)))
+            })
+        }
+        Err(e) => Err(StartupError(format!(
+            "cannot read {}: {}",
+            path.display(),
+            io_reason(&e)
+        ))),
+    }
 }
 
 /// Whether the log (or its snapshot) holds the cluster's bootstrap record.

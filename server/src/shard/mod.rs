@@ -400,6 +400,7 @@ async fn watch_for_termination(shard: Rc<Shard>) {
         .spawn_blocking(crate::broker::wait_for_termination_signal)
         .await;
     tracing::info!("{signal}: shutting down");
+    crate::cluster::controlled_shutdown(&shard).await;
     shard
         .invoke_on_all(|s| async move { s.drain().await })
         .await;

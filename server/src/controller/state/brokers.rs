@@ -89,7 +89,9 @@ pub(super) fn register_broker(
                     }),
                 );
             }
-        } else if active.sessions.is_alive(r.node, now_ms) {
+        } else if !b.fenced && active.sessions.is_alive(r.node, now_ms) {
+            // A fenced broker has no valid session (KRaft's hasValidSession): one that
+            // shut down in order, or was fenced for silence, is replaced at once.
             return (
                 Vec::new(),
                 Err(ControllerError::DuplicateBrokerRegistration(format!(

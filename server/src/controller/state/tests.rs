@@ -496,6 +496,59 @@ fn controlled_shutdown_moves_leadership_before_saying_stop() {
         .partitions(t.topic.id)
         .iter()
         .all(|p| p.leader != Some(NodeId(2))));
+    // Its next process registers at once: a fenced broker holds no session.
+    let r = h.call(ControllerRequest::RegisterBroker(RegisterBroker {
+        node: NodeId(2),
+        incarnation_id: 99,
+        cluster_id: String::new(),
+        listeners: vec![],
+        rack: None,
+    }));
+    assert!(
+        matches!(r, Ok(ControllerReply::BrokerRegistration { .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_new_controller_gives_no_session_to_its_own_nodes_earlier_process() {
+    // Node 1 runs the controller and was registered by an earlier process (incarnation
+    // 1); this process is incarnation 7.
+    let mut committed = ClusterImage::empty();
+    let records = vec![
+        MetadataRecord::ClusterBootstrap {
+            cluster_id: "c".into(),
+        },
+        MetadataRecord::BrokerRegistered(BrokerRegistration {
+            node_id: NodeId(1),
+            incarnation_id: 1,
+            broker_epoch: 1,
+            listeners: vec![],
+            rack: None,
+            fenced: false,
+        }),
+        MetadataRecord::ControllerChanged {
+            node: NodeId(1),
+            term: 2,
+        },
+    ];
+    assert_eq!(committed.apply(1, 2, &records), vec![]);
+    let mut config = ControllerConfig::new(NodeId(1));
+    config.local_incarnation = Some(7);
+    let mut controller = Controller::new(config, Rng::new(3));
+    controller.become_leader(2);
+    controller.activate(&committed, 0);
+    let register = ControllerRequest::RegisterBroker(RegisterBroker {
+        node: NodeId(1),
+        incarnation_id: 7,
+        cluster_id: String::new(),
+        listeners: vec![],
+        rack: None,
+    });
+    assert!(
+        matches!(controller.handle(0, 1, register, 2), Outcome::Propose(_)),
+        "registered at once, not refused as a duplicate"
+    );
 }
 
 #[test]
