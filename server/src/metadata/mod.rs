@@ -1,9 +1,12 @@
 //! Cluster metadata on this node: topics, their ids, partition counts and config overrides,
 //! and which shard owns each partition.
 //!
-//! Control plane. Every change goes through [`controller`] on shard 0, which persists it
-//! under the data directory and then hands each shard its own copy of the new
-//! [`MetadataImage`]; request handlers only ever read their shard's copy.
+//! Control plane. Every change goes through the cluster's active controller
+//! (`crate::cluster`, via the entry points in [`controller`]), which commits it to the
+//! metadata log; each shard then gets its own copy of the new image (a
+//! `controller::image::ClusterImage`, whose topics part is a [`MetadataImage`]); request
+//! handlers only ever read their shard's copy. [`store`] keeps the partition directory
+//! layout and reads the metadata file of data directories written before clusters.
 
 pub mod cluster;
 pub mod controller;
