@@ -20,7 +20,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use rdkafka::admin::ResourceSpecifier;
 use rdkafka::producer::FutureRecord;
-use wharf_protocol::controller::{encode_frame, Body, Frame, RaftMessage};
+use wharf_protocol::controller::{
+    decode_frame, encode_frame, Body, BrokerRegistrationRequest, ErrorKind, Frame, Listener,
+    RaftMessage,
+};
 
 use common::raw::{error_code, produce_one, record_batch, topic_name, KafkaConn};
 use common::{client, http, unique_topic, Broker};
@@ -155,6 +158,20 @@ fn closed_after(port: u16, bytes: &[u8]) -> bool {
     }
 }
 
+/// Sends one request frame to a controller port and reads the answer.
+fn controller_answer(port: u16, request: &[u8]) -> Frame {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the controller");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    stream.write_all(request).expect("send");
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).expect("an answer");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).expect("the whole answer");
+    decode_frame(&Bytes::from(body)).expect("a well-formed answer")
+}
+
 fn metric(metrics: SocketAddr, series: &str) -> f64 {
     http::must(&http::scrape(metrics), series)
 }
@@ -279,6 +296,28 @@ fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
         term_before,
         "the quorum's term is untouched"
     );
+    // A registration from a node id that is not a voter is refused, and changes nothing.
+    let registration = encode_frame(&Frame::new(
+        5,
+        Body::BrokerRegistrationRequest(BrokerRegistrationRequest {
+            node_id: 9,
+            incarnation_id: 1,
+            cluster_id: String::new(),
+            listeners: vec![Listener {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            }],
+            rack: None,
+        }),
+    ))
+    .expect("encode");
+    let answer = controller_answer(port, &registration);
+    assert!(
+        matches!(&answer.body, Body::ErrorResponse(e) if e.kind == ErrorKind::InvalidRequest),
+        "{answer:?}"
+    );
+    assert_eq!(metadata(nodes[2].addr()).brokers.len(), 3);
     let after_garbage = unique_topic("after-garbage");
     assert_eq!(
         create_topic(nodes[1].addr(), &after_garbage, 1),

@@ -29,8 +29,9 @@ use wharf_protocol::controller::{
 
 use crate::cluster::{ControlPlane, Input};
 use crate::config::ClusterConfig;
-use crate::controller::requests::{ControllerRequest, Reply};
+use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
 use crate::controller::rpc::{self, Incoming};
+use crate::metadata::controller::MetadataError;
 use crate::metadata::NodeId;
 use crate::net::halves::{self, ReadHalf, WriteHalf};
 use crate::shard::event::{Latch, Notify};
@@ -195,6 +196,28 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
         };
         match incoming {
             Incoming::Raft(m) => control.input(Input::Raft(m)),
+            Incoming::Request(ControllerRequest::RegisterBroker(r))
+                if !control.voter_ids().contains(&(r.node.0 as u64)) =>
+            {
+                // Every broker is a voter for now: a registration from another node id is
+                // refused (brokers that are only brokers come later), and changes nothing.
+                tracing::warn!(
+                    peer,
+                    node = r.node.0,
+                    "refusing the registration of a node that is not a voter"
+                );
+                let refusal: Reply = Err(ControllerError::Metadata(MetadataError::InvalidRequest(
+                    format!(
+                        "node {} is not among controller.quorum.voters; brokers that are not voters are not supported yet",
+                        r.node.0
+                    ),
+                )));
+                queue_answer(
+                    &out,
+                    &out_wake,
+                    rpc::reply_to_frame(correlation_id, &refusal),
+                );
+            }
             Incoming::Request(request) => {
                 inflight.set(inflight.get() + 1);
                 let (control, out, out_wake, inflight) = (
