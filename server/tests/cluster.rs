@@ -37,11 +37,27 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-/// `n` ports free right now on loopback (bound together, so they differ, then released).
+/// `n` ports free right now on loopback, below the kernel's ephemeral range (32768 and up
+/// by default), so no outgoing connection of another node can be given one of them while a
+/// voter is down and keep it from listening there again after a restart. Bound together,
+/// so they differ, then released.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
+    let mut next = 20_000 + (std::process::id() % 10_000) as u16;
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    for _ in 0..5_000 {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", next)) {
+            listeners.push(l);
+        }
+        next = if next >= 32_000 { 20_000 } else { next + 1 };
+    }
+    assert_eq!(
+        listeners.len(),
+        n,
+        "no {n} free ports below 32000 on loopback"
+    );
     listeners
         .iter()
         .map(|l| l.local_addr().expect("local addr").port())
