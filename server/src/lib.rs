@@ -10,7 +10,9 @@
 //! metadata log on disk, the controller listener, forwarding, registration), `partition` (a shard's open partition logs; the data plane), `admin`
 //! (subcommands that talk to a running broker), `metrics` (per-shard counters and the
 //! Prometheus endpoint), `limits` (what a request may bring into the broker's state),
-//! `embedded` (a one-shard broker inside another process, for the wire fuzzer).
+//! `embedded` (a one-shard broker inside another process, for the wire fuzzer),
+//! `txn` (transaction coordinators and the partition side of transactions, as state
+//! machines).
 
 pub mod admin;
 pub mod broker;
@@ -26,3 +28,4 @@ pub mod metrics;
 pub mod net;
 pub mod partition;
 pub mod shard;
+pub mod txn;
