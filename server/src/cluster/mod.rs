@@ -37,17 +37,31 @@ use crate::metadata::NodeId;
 use crate::shard::event::Notify;
 use crate::shard::{now_ms, oneshot, Shard};
 
-use disk::{GlommioDisk, MetadataDisk};
+use disk::GlommioDisk;
 
 /// How long a metadata change may take, elections and forwarding included, before the
 /// caller gets a retriable error.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one forwarded request may wait for its answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the controller works on a forwarded request before answering that it timed
+/// out: within the forwarder's own wait, so the answer reaches it.
+const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_millis(4_500);
 /// How long an answer waits for this node's own image to reach the change it reports.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts to reach the active controller.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause between attempts to create partitions that did not fit on a full disk.
+const OPEN_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// Most inputs queued for the node (they pile up only while the driver waits for the disk).
+pub const MAX_QUEUED_INPUTS: usize = 4096;
+
+/// The answer to a request that was not committed in time.
+fn timed_out() -> ControllerError {
+    ControllerError::Metadata(crate::metadata::controller::MetadataError::TimedOut(
+        "The metadata change was not committed in time: the controller cannot write its metadata log (is its disk full?). The change may still be made once it can; check before retrying.".into(),
+    ))
+}
 
 /// Something for the node, queued until the driver is between two Readys (raft-rs takes no
 /// input between `ready()` and `advance()`).
@@ -69,6 +83,8 @@ pub struct ControlSnapshot {
     pub active_controller: bool,
     pub applied_offset: u64,
     pub bad_frames: u64,
+    pub writes_stalled: bool,
+    pub write_stalls: u64,
 }
 
 /// This node's controller and its driver. Lives on shard 0 only.
@@ -94,6 +110,12 @@ pub struct ControlPlane {
     pub broker: lifecycle::BrokerState,
     /// Frames refused on the controller listener (the peer's connection was closed).
     bad_frames: Cell<u64>,
+    /// A metadata log write is failing and being retried.
+    writes_stalled: Cell<bool>,
+    /// Times a metadata log write failed and had to wait (each stall counted once).
+    write_stalls: Cell<u64>,
+    /// Inputs dropped or refused because the queue was full during a stall.
+    dropped_inputs: Cell<u64>,
 }
 
 impl ControlPlane {
@@ -141,6 +163,8 @@ impl ControlPlane {
             active_controller: status.active_controller,
             applied_offset: status.applied_offset,
             bad_frames: self.bad_frames.get(),
+            writes_stalled: self.writes_stalled.get(),
+            write_stalls: self.write_stalls.get(),
         }
     }
 
@@ -148,23 +172,53 @@ impl ControlPlane {
         self.bad_frames.set(self.bad_frames.get() + 1);
     }
 
-    /// Queues something for the node and wakes the driver.
+    /// Queues something for the node and wakes the driver. The queue is bounded: while the
+    /// driver waits for the disk, Raft messages beyond [`MAX_QUEUED_INPUTS`] are dropped
+    /// (Raft resends) and requests are refused at once, as if they had timed out.
     pub(crate) fn input(&self, input: Input) {
-        self.inbox.borrow_mut().push_back(input);
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.len() >= MAX_QUEUED_INPUTS {
+            self.dropped_inputs.set(self.dropped_inputs.get() + 1);
+            if let Input::Request(token, _) = input {
+                drop(inbox);
+                if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
+                    tx.send((Err(timed_out()), 0));
+                }
+            }
+            return;
+        }
+        inbox.push_back(input);
+        drop(inbox);
         self.wake.notify();
     }
 
     /// A request for this node's own controller (the node answers NOT_CONTROLLER when it is
     /// not the active one). Resolves to the answer and the metadata offset it was given at.
-    pub(crate) async fn submit_local(&self, request: ControllerRequest) -> (Reply, u64) {
+    ///
+    /// Without an answer within `timeout` (the metadata log cannot be written) the answer is
+    /// REQUEST_TIMED_OUT; the change may still be made later, as with Kafka's timeouts.
+    pub(crate) async fn submit_local(
+        &self,
+        request: ControllerRequest,
+        timeout: Duration,
+    ) -> (Reply, u64) {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().insert(token, tx);
         self.input(Input::Request(token, request));
-        match rx.await {
-            Some(answer) => answer,
-            None => (Err(ControllerError::NotController { leader: None }), 0),
+        let answer = futures_lite::future::or(async { Some(rx.await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        match answer {
+            Some(Some(answer)) => answer,
+            Some(None) => (Err(ControllerError::NotController { leader: None }), 0),
+            None => {
+                self.waiters.borrow_mut().remove(&token);
+                (Err(timed_out()), 0)
+            }
         }
     }
 
@@ -183,7 +237,8 @@ impl ControlPlane {
                 continue;
             };
             let (reply, offset) = if target == self.me {
-                self.submit_local(request.clone()).await
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.submit_local(request.clone(), left).await
             } else {
                 match self.peers.request(target, &request, FORWARD_TIMEOUT).await {
                     Ok(answer) => answer,
@@ -282,21 +337,61 @@ impl ControlPlane {
         self.after_turn();
     }
 
-    /// Makes writes durable, in order. A failure stops the node: the kernel may have
-    /// dropped the unsynced pages (fsyncgate), so only a restart from what is really on
-    /// disk is safe. KRaft halts the process the same way.
+    /// Makes writes durable, in order. A failed write (a full disk) is made again after a
+    /// pause until it succeeds: this Ready's messages, answers and everything after it wait,
+    /// the broker keeps serving what it has, and callers of [`ControlPlane::call`] get an
+    /// error once their timeout passes. A failed `fdatasync` stops the process: the kernel
+    /// may have dropped the unsynced pages (fsyncgate), so only a restart from what is
+    /// really on disk is safe. KRaft halts the process the same way.
     async fn perform(&self, writes: &[crate::controller::log_store::DiskOp]) {
-        for op in writes {
-            if let Err(e) = self.disk.perform(op).await {
+        let stalled_since: Cell<Option<Instant>> = Cell::new(None);
+        let result = disk::perform_all(&self.disk, writes, disk::RetryPolicy::default(), |s| {
+            if s.attempts == 1 {
+                stalled_since.set(Some(Instant::now()));
+                self.write_stalls.set(self.write_stalls.get() + 1);
+                let what = if wharf_engine::storage::is_no_space(s.error) {
+                    "the disk is full"
+                } else {
+                    "a write failed"
+                };
                 tracing::error!(
-                    "writing the metadata log failed ({op_name}): {e}; stopping: restart the broker to recover from what is on disk",
-                    op_name = disk_op_name(op)
+                    "{what}: the metadata log cannot be written ({op}: {error}); metadata changes wait (and time out) until it can, the broker goes on serving; trying again",
+                    op = disk::op_name(s.op),
+                    error = s.error
                 );
-                eprintln!(
-                    "wharf: writing the metadata log failed: {e}; stopping (restart to recover)"
+            } else {
+                tracing::debug!(
+                    attempts = s.attempts,
+                    "the metadata log still cannot be written ({}: {})",
+                    disk::op_name(s.op),
+                    s.error
                 );
-                std::process::exit(74);
             }
+            self.writes_stalled.set(true);
+        })
+        .await;
+        if let Err((op, e)) = result {
+            tracing::error!(
+                "fdatasync of the metadata log failed ({op_name}): {e}; stopping, since what it covered may be lost: restart the broker to recover from what is on disk",
+                op_name = disk::op_name(op)
+            );
+            eprintln!(
+                "wharf: fdatasync of the metadata log failed: {e}; stopping (restart to recover from what is on disk)"
+            );
+            std::process::exit(74);
+        }
+        if let Some(since) = stalled_since.get() {
+            let stalled = since.elapsed();
+            tracing::info!(
+                stalled_ms = stalled.as_millis() as u64,
+                "the metadata log is written again"
+            );
+            self.writes_stalled.set(false);
+            // The time the controller could not work does not count against the brokers'
+            // sessions: their heartbeats waited in the queue meanwhile.
+            self.node
+                .borrow_mut()
+                .pause_sessions(stalled.as_millis() as i64);
         }
     }
 
@@ -352,30 +447,70 @@ impl ControlPlane {
     }
 
     /// Hands each new image to every shard, one after the other, newest first when several
-    /// piled up; then releases whoever waits for it.
+    /// piled up; then releases whoever waits for it. Partitions that could not be created
+    /// for want of space are tried again every [`OPEN_RETRY_INTERVAL`] until they open.
     async fn publish(self: Rc<Self>) {
+        let mut waiting_for_space = false;
         loop {
-            self.publish_wake.notified().await;
+            if waiting_for_space {
+                let woken = futures_lite::future::or(
+                    async {
+                        self.publish_wake.notified().await;
+                        true
+                    },
+                    async {
+                        glommio::timer::sleep(OPEN_RETRY_INTERVAL).await;
+                        false
+                    },
+                )
+                .await;
+                if !woken && self.pending_image.borrow().is_none() {
+                    let image = self.node.borrow().image().clone();
+                    *self.pending_image.borrow_mut() = Some(image);
+                }
+            } else {
+                self.publish_wake.notified().await;
+            }
             let Some(image) = self.pending_image.borrow_mut().take() else {
                 continue;
             };
             let offset = image.applied_offset();
-            let failures: Vec<String> = self
+            let failures: Vec<crate::shard::PartitionFailure> = self
                 .shard
                 .invoke_on_all(move |s| async move { s.apply_metadata(image).await })
                 .await
                 .into_iter()
                 .flat_map(|r| match r {
                     Ok(failures) => failures,
-                    Err(e) => vec![e.to_string()],
+                    Err(e) => vec![crate::shard::PartitionFailure {
+                        message: e.to_string(),
+                        no_space: false,
+                    }],
                 })
                 .collect();
+            let (no_space, failures): (Vec<_>, Vec<_>) =
+                failures.into_iter().partition(|f| f.no_space);
+            match (no_space.first(), waiting_for_space) {
+                (Some(first), false) => tracing::error!(
+                    partitions = no_space.len(),
+                    "the disk is full: some partitions cannot be created; they are served once there is room ({})",
+                    first.message
+                ),
+                (None, true) => {
+                    tracing::info!("the partitions that were waiting for disk space are open")
+                }
+                _ => {}
+            }
+            waiting_for_space = !no_space.is_empty();
             if let Some(first) = failures.first() {
                 tracing::error!(
                     failures = failures.len(),
-                    "applying a metadata change failed on some partitions: {first}"
+                    "applying a metadata change failed on some partitions: {}",
+                    first.message
                 );
-                self.publish_failures.borrow_mut().extend(failures);
+                self.publish_failures
+                    .borrow_mut()
+                    .extend(failures.into_iter().map(|f| f.message));
             }
             self.published_offset.set(offset);
             let released: Vec<oneshot::Sender<()>> = {
@@ -389,16 +524,6 @@ impl ControlPlane {
                 tx.send(());
             }
         }
-    }
-}
-
-fn disk_op_name(op: &crate::controller::log_store::DiskOp) -> String {
-    use crate::controller::log_store::DiskOp;
-    match op {
-        DiskOp::Append { file, .. } => format!("append to {file}"),
-        DiskOp::Sync { file } => format!("fdatasync of {file}"),
-        DiskOp::Replace { file, .. } => format!("replacing {file}"),
-        DiskOp::Truncate { file, .. } => format!("truncating {file}"),
     }
 }
 

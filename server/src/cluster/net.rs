@@ -227,7 +227,9 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
                     inflight.clone(),
                 );
                 glommio::spawn_local(async move {
-                    let (reply, offset) = control.submit_local(request).await;
+                    let (reply, offset) = control
+                        .submit_local(request, super::FORWARDED_REQUEST_TIMEOUT)
+                        .await;
                     let mut frame = rpc::reply_to_frame(correlation_id, &reply);
                     frame.metadata_offset = offset;
                     queue_answer(&out, &out_wake, frame);

@@ -230,6 +230,9 @@ pub fn start(
         peers: net::Peers::new(&config.cluster, me),
         broker: lifecycle::BrokerState::new(incarnation_id),
         bad_frames: std::cell::Cell::new(0),
+        writes_stalled: std::cell::Cell::new(false),
+        write_stalls: std::cell::Cell::new(0),
+        dropped_inputs: std::cell::Cell::new(0),
     });
     CONTROL_PLANE.with(|c| *c.borrow_mut() = Some(control.clone()));
     control.peers.start(&control);

@@ -44,6 +44,15 @@ impl Sessions {
             .collect();
     }
 
+    /// Moves every deadline `ms` later: time in which this controller could not work (its
+    /// log could not be written) does not count against the brokers. A session that had run
+    /// out before the pause has still run out after it.
+    pub fn pause(&mut self, ms: i64) {
+        for deadline in self.deadlines_ms.values_mut() {
+            *deadline = deadline.saturating_add(ms.max(0));
+        }
+    }
+
     /// A heartbeat or registration from `node`.
     pub fn touch(&mut self, node: NodeId, now_ms: i64) {
         self.deadlines_ms
@@ -214,6 +223,19 @@ mod tests {
         let offset = image.applied_offset() + 1;
         assert_eq!(image.apply(offset, 1, records), vec![]);
         image.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_pause_of_the_controller_does_not_count_against_sessions() {
+        let mut s = Sessions::new(9_000);
+        s.touch(NodeId(1), 0);
+        s.touch(NodeId(2), 5_000);
+        // Node 1's session ran out at 9 000, before the controller stalled at 10 000.
+        s.pause(60_000);
+        assert!(!s.is_alive(NodeId(1), 70_000));
+        assert!(s.is_alive(NodeId(2), 70_000));
+        assert!(!s.is_alive(NodeId(2), 74_000));
+        assert_eq!(s.expired(70_000).collect::<Vec<_>>(), vec![NodeId(1)]);
     }
 
     #[test]

@@ -420,6 +420,12 @@ impl ControllerNode {
         );
     }
 
+    /// The driver could not write the metadata log for `ms`; see
+    /// [`Controller::pause_sessions`].
+    pub fn pause_sessions(&mut self, ms: i64) {
+        self.controller.pause_sessions(ms);
+    }
+
     /// The connection to voter `node` failed (the driver's report): the leader probes it
     /// instead of streaming into the void.
     pub fn report_unreachable(&mut self, node: NodeId) {

@@ -58,7 +58,7 @@ pub fn metadata_error_to_wire(e: &MetadataError) -> WireError {
         MetadataError::InvalidRequest(_) => ErrorKind::InvalidRequest,
         MetadataError::PolicyViolation(_) => ErrorKind::PolicyViolation,
         MetadataError::Storage(_) => ErrorKind::Storage,
-        MetadataError::Unavailable => ErrorKind::Unavailable,
+        MetadataError::Unavailable | MetadataError::TimedOut(_) => ErrorKind::Unavailable,
         MetadataError::NotController(_) => ErrorKind::NotController,
     };
     let message = match e {
@@ -83,6 +83,8 @@ pub fn metadata_error_from_wire(e: WireError) -> MetadataError {
         ErrorKind::PolicyViolation => MetadataError::PolicyViolation(m),
         ErrorKind::Storage => MetadataError::Storage(m),
         ErrorKind::NotController => MetadataError::NotController(m),
+        // Both of Kafka's REQUEST_TIMED_OUT; the message says which.
+        ErrorKind::Unavailable => MetadataError::TimedOut(m),
         // Controller-level kinds where an item error is expected: the change did not happen.
         _ => MetadataError::Unavailable,
     }

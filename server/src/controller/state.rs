@@ -205,6 +205,14 @@ impl Controller {
         }
     }
 
+    /// This controller could not work for `ms` (its metadata log could not be written):
+    /// the brokers' sessions are moved on by as much.
+    pub fn pause_sessions(&mut self, ms: i64) {
+        if let State::Active(active) = &mut self.state {
+            active.sessions.pause(ms);
+        }
+    }
+
     /// The log is applied up to this controller's own announcement: start answering, from
     /// `committed`. Every registered broker gets a fresh session. Returns the held requests
     /// to handle now, in order.

@@ -56,6 +56,9 @@ pub enum MetadataError {
     Storage(String),
     #[error("the metadata controller is not available (shutting down)")]
     Unavailable,
+    /// The change was not committed within its time (REQUEST_TIMED_OUT); it may still be.
+    #[error("{}", cut(.0))]
+    TimedOut(String),
     /// No active controller could be reached (an election, or the quorum is not formed):
     /// the client retries.
     #[error("{}", cut(.0))]

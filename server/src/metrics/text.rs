@@ -292,6 +292,30 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
         );
         family(
             &mut out,
+            "wharf_metadata_log_write_stalls_total",
+            "counter",
+            "Times a metadata log write failed (a full disk) and metadata changes waited for it.",
+        );
+        sample(
+            &mut out,
+            "wharf_metadata_log_write_stalls_total",
+            &[],
+            c.write_stalls,
+        );
+        family(
+            &mut out,
+            "wharf_metadata_log_stalled",
+            "gauge",
+            "1 while a metadata log write is failing and being retried.",
+        );
+        sample(
+            &mut out,
+            "wharf_metadata_log_stalled",
+            &[],
+            u64::from(c.writes_stalled),
+        );
+        family(
+            &mut out,
             "wharf_metadata_applied_offset",
             "gauge",
             "The metadata log offset this node has applied.",

@@ -42,6 +42,15 @@ pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// I/O memory each executor registers with io_uring (RLIMIT_MEMLOCK is often small).
 const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
 
+/// A partition this shard could not open or delete while applying a metadata image.
+#[derive(Clone, Debug)]
+pub struct PartitionFailure {
+    pub message: String,
+    /// The disk was full (creating a new partition's directory or files): the partition is
+    /// opened once there is room; nothing on disk is wrong.
+    pub no_space: bool,
+}
+
 /// Everything one shard owns. Lives in an `Rc` on its executor; never crosses threads.
 pub struct Shard {
     pub id: ShardId,
@@ -139,8 +148,8 @@ impl Shard {
 
     /// Takes a new metadata image: deletes partitions that are gone (or no longer held by
     /// this node), applies changed configs, opens partitions this shard now owns. Returns
-    /// what failed, as text.
-    pub async fn apply_metadata(self: &Rc<Self>, image: ClusterImage) -> Vec<String> {
+    /// what failed. Applying the same image again retries what failed.
+    pub async fn apply_metadata(self: &Rc<Self>, image: ClusterImage) -> Vec<PartitionFailure> {
         let image = Rc::new(image);
         let old = self.metadata.replace(image.clone());
         let mut failures = Vec::new();
@@ -148,7 +157,10 @@ impl Shard {
             let keep = self.hosts(&image, tp);
             if !keep {
                 if let Err(e) = self.partitions.delete(tp).await {
-                    failures.push(format!("deleting {tp:?}: {e}"));
+                    failures.push(PartitionFailure {
+                        message: format!("deleting {tp:?}: {e}"),
+                        no_space: false,
+                    });
                 }
             }
         }
@@ -181,7 +193,7 @@ impl Shard {
     pub(crate) async fn open_owned_partitions(
         self: &Rc<Self>,
         image: &ClusterImage,
-    ) -> Vec<String> {
+    ) -> Vec<PartitionFailure> {
         let mut todo: Vec<(TopicMeta, TopicPartition)> = Vec::new();
         for topic in image.topics() {
             for partition in topic.partitions() {
@@ -217,11 +229,16 @@ impl Shard {
                                 shard.cache.clone(),
                             )
                             .await;
-                        result.map_err(|e| {
-                            format!(
+                        result.map_err(|e| PartitionFailure {
+                            no_space: matches!(
+                                &e,
+                                wharf_engine::EngineError::Io { source, .. }
+                                    if wharf_engine::storage::is_no_space(source)
+                            ),
+                            message: format!(
                                 "cannot open partition {}-{}: {e}",
                                 topic.name, tp.partition.0
-                            )
+                            ),
                         })
                     })
                 })
