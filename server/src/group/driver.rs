@@ -481,7 +481,10 @@ impl GroupShard {
                     })?;
                     match handle.append(batch, Durability::Written).await {
                         Ok(_) => Ok(()),
-                        Err(e) => Err(append_error(&e)),
+                        Err(crate::partition::ClientAppendError::Engine(e)) => {
+                            Err(append_error(&e))
+                        }
+                        Err(crate::partition::ClientAppendError::Refused(e)) => Err(e),
                     }
                 })
             })
@@ -554,7 +557,12 @@ impl GroupShard {
             .into_iter()
             .map(|batch| {
                 let handle = handle.clone();
-                glommio::spawn_local(async move { handle.append(batch, Durability::Written).await })
+                glommio::spawn_local(async move {
+                    handle
+                        .append(batch, Durability::Written)
+                        .await
+                        .map_err(|e| format!("{e:?}"))
+                })
             })
             .collect();
         self.appended_records.borrow_mut().insert(p, 0);

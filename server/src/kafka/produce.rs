@@ -32,6 +32,7 @@ use super::{group_by_owner, str_bytes, HandlerResult, Reply, RequestContext};
 use crate::metadata::controller::{self, NewTopic};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartition};
+use crate::partition::ClientAppendError;
 use crate::shard::budget::ConversionTurn;
 use crate::shard::Shard;
 
@@ -424,6 +425,20 @@ async fn append_one(
             log_append_time_ms: info.log_append_time_ms,
             log_start_offset: info.log_start_offset.0,
         },
-        Err(e) => Appended::error(engine_error(&e), Some(e.to_string())),
+        Err(ClientAppendError::Engine(e)) => Appended::error(engine_error(&e), Some(e.to_string())),
+        Err(ClientAppendError::Refused(code)) => Appended::error(code, Some(refusal_message(code))),
+    }
+}
+
+/// The message a producer's batch refused by the partition's transactions gets.
+fn refusal_message(code: ResponseError) -> String {
+    match code {
+        ResponseError::InvalidProducerEpoch => {
+            "the producer's epoch is older than the partition's: a newer producer with the same transactional.id fenced it".into()
+        }
+        ResponseError::InvalidTxnState => {
+            "a non-transactional batch from a producer whose transaction is open in this partition".into()
+        }
+        other => other.to_string(),
     }
 }
