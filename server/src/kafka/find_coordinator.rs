@@ -1,7 +1,7 @@
 //! FindCoordinator: every group's coordinator is this node (the group lives on the shard
 //! owning its `__consumer_offsets` partition, which any shard reaches over the mesh).
-//! v4+ batches keys (KIP-699). Transactional ids have no coordinator: transactions are not
-//! supported, and the lookup fails at once with an error clients treat as fatal.
+//! v4+ batches keys (KIP-699). A transactional id's coordinator is this node too (on the
+//! shard owning the id's `__transaction_state` partition, created on first use).
 
 use std::rc::Rc;
 
@@ -10,7 +10,6 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::ResponseError;
 
-use super::init_producer_id::{TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::placement;
 
@@ -36,9 +35,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     for key in keys {
         let error = match request.key_type {
             KEY_TYPE_GROUP => placement(&ctx.shard, &key).await.err(),
-            // librdkafka and the Java producer retry COORDINATOR_NOT_AVAILABLE until their
-            // timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED stops them at once.
-            KEY_TYPE_TRANSACTION => Some(TRANSACTIONS_UNSUPPORTED),
+            KEY_TYPE_TRANSACTION if key.is_empty() => Some(ResponseError::InvalidRequest),
+            KEY_TYPE_TRANSACTION => crate::txn::driver::placement(&ctx.shard, &key).await.err(),
             _ => Some(ResponseError::InvalidRequest),
         };
         answers.push((key, error));
@@ -88,9 +86,5 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
 }
 
 fn message(error: ResponseError) -> String {
-    if error == TRANSACTIONS_UNSUPPORTED {
-        TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string()
-    } else {
-        error.to_string()
-    }
+    error.to_string()
 }
