@@ -212,3 +212,97 @@ def test_offsets_sent_in_a_transaction_reach_the_group_only_on_commit(broker):
         c.close()
     out = read_all(broker, dst, 1, "read_committed")
     assert out == {0: [f"out-{i}".encode() for i in range(10)]}
+
+
+def test_a_broker_killed_mid_transaction_comes_back_with_it_undecided_then_aborted(start_broker):
+    broker = start_broker()
+    topic = topic_name("txn-kill")
+    create_topic(broker, topic, 2)
+    txn_id = "tx-" + uuid.uuid4().hex[:8]
+    p = txn_producer(broker, txn_id)
+    p.init_transactions(GUARD_S)
+    produce_txn(p, topic, {0: [b"kept-0"], 1: [b"kept-1"]}, commit=True)
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=f"open-{i}".encode(), partition=i % 2)
+    p.flush(GUARD_S)
+    broker.kill()
+    del p
+    broker.restart()
+
+    # The open transaction is in the log but not decided: read_committed stops before it.
+    assert read_all(broker, topic, 2, "read_committed") == {0: [b"kept-0"], 1: [b"kept-1"]}
+    assert end_offsets(broker, topic, 2, "read_committed") == [2, 2]
+    # The producer's next instance aborts it (fencing the old epoch) and goes on.
+    p = txn_producer(broker, txn_id)
+    p.init_transactions(GUARD_S)
+    produce_txn(p, topic, {0: [b"after-0"], 1: [b"after-1"]}, commit=True)
+    assert read_all(broker, topic, 2, "read_committed") == {
+        0: [b"kept-0", b"after-0"],
+        1: [b"kept-1", b"after-1"],
+    }
+    uncommitted = read_all(broker, topic, 2, "read_uncommitted")
+    assert uncommitted[0] == [b"kept-0", b"open-0", b"open-2", b"open-4", b"after-0"]
+    assert uncommitted[1] == [b"kept-1", b"open-1", b"open-3", b"after-1"]
+
+    # And once more across a restart: the aborted transaction stays aborted (the partition
+    # rebuilds its aborted transactions from the log), the committed ones committed.
+    broker.kill()
+    broker.restart()
+    assert read_all(broker, topic, 2, "read_committed") == {
+        0: [b"kept-0", b"after-0"],
+        1: [b"kept-1", b"after-1"],
+    }
+
+
+def test_a_commit_survives_a_kill_right_after_it_returns(start_broker):
+    broker = start_broker()
+    topic = topic_name("txn-kill-commit")
+    create_topic(broker, topic, 2)
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8])
+    p.init_transactions(GUARD_S)
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(topic, value=f"c-{i}".encode(), partition=i % 2)
+    p.commit_transaction(GUARD_S)
+    # The commit is logged before EndTxn returns; its markers may still be on the way.
+    broker.kill()
+    del p
+    broker.restart()
+    assert read_all(broker, topic, 2, "read_committed") == {
+        0: [b"c-0", b"c-2", b"c-4"],
+        1: [b"c-1", b"c-3", b"c-5"],
+    }
+
+
+def test_a_transaction_past_its_timeout_is_aborted(start_broker, tmp_path):
+    config = tmp_path / "wharf.toml"
+    config.write_text("transaction.abort.timed.out.transaction.cleanup.interval.ms = 200\n")
+    broker = start_broker("--config", str(config))
+    topic = topic_name("txn-timeout")
+    create_topic(broker, topic, 1)
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8], **{"transaction.timeout.ms": 1500})
+    p.init_transactions(GUARD_S)
+    p.begin_transaction()
+    p.produce(topic, value=b"stalled", partition=0)
+    p.flush(GUARD_S)
+    assert end_offsets(broker, topic, 1, "read_committed") == [0]
+    # The coordinator aborts it: the ABORT marker moves the LSO past it.
+    deadline = time.monotonic() + GUARD_S
+    while end_offsets(broker, topic, 1, "read_committed") != [2]:
+        assert time.monotonic() < deadline, "the transaction was never aborted"
+        time.sleep(0.2)
+    assert read_all(broker, topic, 1, "read_committed", settle_s=0.5) == {0: []}
+    # The producer learns it when it tries to commit.
+    with pytest.raises(KafkaException):
+        p.commit_transaction(GUARD_S)
+
+
+def test_init_transactions_refuses_a_timeout_above_the_broker_maximum(start_broker, tmp_path):
+    config = tmp_path / "wharf.toml"
+    config.write_text("transaction.max.timeout.ms = 10000\n")
+    broker = start_broker("--config", str(config))
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8], **{"transaction.timeout.ms": 20000})
+    with pytest.raises(KafkaException) as info:
+        p.init_transactions(GUARD_S)
+    assert info.value.args[0].code() == KafkaError.INVALID_TRANSACTION_TIMEOUT, info.value.args[0]

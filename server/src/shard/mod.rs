@@ -324,6 +324,9 @@ async fn run(start: ShardStart) {
     ))
     .detach();
     glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
+    // Transactions left in PrepareCommit or PrepareAbort are finished, and open ones time
+    // out, without waiting for a client to ask.
+    glommio::spawn_local(crate::txn::driver::load_local_partitions(shard.clone())).detach();
     if id == crate::metadata::controller::CONTROLLER_SHARD {
         glommio::spawn_local(watch_for_termination(shard.clone())).detach();
     }

@@ -482,3 +482,24 @@ where
     }
     Ok(all)
 }
+
+/// Loads every `__transaction_state` partition this shard owns, if the topic exists (at
+/// start: the coordinators resume unfinished commits and aborts at once).
+pub async fn load_local_partitions(shard: Rc<Shard>) {
+    let name = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
+    let Some(topic) = shard.metadata().topic(name).cloned() else {
+        return;
+    };
+    let txns = TxnShard::of(&shard);
+    for p in topic.partitions() {
+        let tp = Tp {
+            topic_id: topic.id,
+            partition: p,
+        };
+        if shard.is_local(tp) {
+            if let Err(e) = txns.ensure_loaded(&shard, tp).await {
+                tracing::warn!(partition = p.0, "cannot load transactions: {e:?}");
+            }
+        }
+    }
+}
