@@ -35,6 +35,8 @@ use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartitio
 use crate::partition::ClientAppendError;
 use crate::shard::budget::ConversionTurn;
 use crate::shard::Shard;
+use crate::txn::driver::with_txn;
+use crate::txn::partition::{produce_knows_transaction_abortable, verification_error};
 
 /// The first Produce version allowed to carry zstd batches (KIP-110).
 const MIN_ZSTD_PRODUCE_VERSION: i16 = 7;
@@ -188,12 +190,23 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         converted = conversion.map(ConversionTurn::finish);
     }
 
+    // KIP-98/890: who sent the transactional batches, checked with its coordinator before
+    // a batch opens its transaction in a partition.
+    let txn = TxnContext {
+        transactional_id: request
+            .transactional_id
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .filter(|t| !t.is_empty()),
+        produce_version: version,
+    };
     // Fan out: one call per owning shard, queued in request order.
     let calls: Vec<_> = group_by_owner(&ctx.shard, work)
         .into_iter()
         .map(|(owner, items)| {
+            let txn = txn.clone();
             ctx.shard.invoke_on(owner, move |shard| {
-                append_on_owner(shard, items, durability, acks)
+                append_on_owner(shard, items, durability, acks, txn)
             })
         })
         .collect();
@@ -368,11 +381,19 @@ pub async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a 
 }
 
 /// Runs on the owning shard: appends each partition's batches, in the order given.
+/// The transactional side of a Produce request.
+#[derive(Clone, Debug)]
+struct TxnContext {
+    transactional_id: Option<String>,
+    produce_version: i16,
+}
+
 async fn append_on_owner(
     shard: Rc<Shard>,
     items: Vec<(TopicPartition, (usize, usize, Bytes))>,
     durability: Durability,
     acks: i16,
+    txn: TxnContext,
 ) -> Vec<(usize, usize, Appended)> {
     // Spawned in order, so every append starts (and takes its offsets) in request order
     // even though they complete independently.
@@ -380,11 +401,12 @@ async fn append_on_owner(
         .into_iter()
         .map(|(tp, (ti, pi, records))| {
             let shard = shard.clone();
+            let txn = txn.clone();
             glommio::spawn_local(async move {
                 (
                     ti,
                     pi,
-                    append_one(&shard, tp, records, durability, acks).await,
+                    append_one(&shard, tp, records, durability, acks, &txn).await,
                 )
             })
         })
@@ -397,11 +419,12 @@ async fn append_on_owner(
 }
 
 async fn append_one(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     tp: TopicPartition,
     records: Bytes,
     durability: Durability,
     acks: i16,
+    txn: &TxnContext,
 ) -> Appended {
     let Some(partition) = shard.partitions.get(tp) else {
         return Appended::error(ResponseError::UnknownTopicOrPartition, None);
@@ -416,7 +439,58 @@ async fn append_one(
             )),
         );
     }
-    match partition.append(records, durability).await {
+    // A transactional batch that would open its producer's transaction here is appended
+    // only once the coordinator confirms the partition is in that transaction (KIP-890
+    // part 1). Such appends take the partition's verification gate in arrival order and
+    // hold it until written, so a producer's later batches cannot overtake its first.
+    let opening = partition.txns.opening_producer(&records);
+    let _gate;
+    let mut guard = None;
+    if let Some((pid, epoch, base_sequence)) = opening {
+        let Some(id) = txn.transactional_id.clone() else {
+            return Appended::error(
+                ResponseError::TransactionalIdAuthorizationFailed,
+                Some("transactional records need the producer's transactional.id".into()),
+            );
+        };
+        _gate = match partition.verify_gate.acquire_permit(1).await {
+            Ok(permit) => permit,
+            Err(_) => return Appended::error(ResponseError::NotLeaderOrFollower, None),
+        };
+        if !partition.txns.has_ongoing_txn(pid) {
+            let g = partition.txns.start_verification(
+                pid,
+                epoch,
+                base_sequence,
+                crate::shard::now_ms(),
+            );
+            let topic = partition.topic.clone();
+            let p = tp.partition.0;
+            let name = id.clone();
+            let answer = with_txn(shard, &name, move |_s, t, cp| async move {
+                let tp = crate::txn::TopicPartition::new(&topic, p);
+                t.read(cp, |c| c.verify_partitions(&id, pid, epoch, &[tp]))
+            })
+            .await;
+            let error = match answer {
+                Ok(Some(results)) => results.into_iter().next().and_then(|(_, e)| e),
+                Ok(None) => Some(ResponseError::CoordinatorNotAvailable),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = error {
+                let code =
+                    verification_error(e, produce_knows_transaction_abortable(txn.produce_version));
+                return Appended::error(
+                    code,
+                    Some(format!(
+                        "the transaction coordinator does not confirm this partition is in the producer's transaction ({e:?})"
+                    )),
+                );
+            }
+            guard = g;
+        }
+    }
+    match partition.append_with(records, durability, guard).await {
         Ok(info) => Appended {
             error: None,
             message: None,

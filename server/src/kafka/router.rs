@@ -24,6 +24,7 @@ use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
     join_group, leave_group, list_groups, offset_commit, offset_delete, offset_fetch, sync_group,
 };
+use super::{describe_producers, describe_transactions, list_transactions};
 use super::{HandlerError, HandlerResult, Reply, RequestContext};
 
 type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult>>>;
@@ -79,6 +80,10 @@ pub static ROUTES: &[Route] = &[
     route!(AddOffsetsToTxn, 0, 3, add_offsets_to_txn),
     route!(EndTxn, 0, 3, end_txn),
     route!(TxnOffsetCommit, 0, 3, txn_offset_commit),
+    // KIP-664: what `kafka-transactions` uses.
+    route!(DescribeProducers, 0, 0, describe_producers),
+    route!(DescribeTransactions, 0, 0, describe_transactions),
+    route!(ListTransactions, 0, 1, list_transactions),
     // Consumer groups (classic protocol), coordinated on the shard owning the group's
     // `__consumer_offsets` partition.
     route!(FindCoordinator, 0, 6, find_coordinator),

@@ -19,6 +19,7 @@ use wharf_engine::{
 use wharf_protocol::txn::control::EndTxnMarker;
 
 use self::txn::PartitionTxnState;
+use crate::txn::partition::VerificationGuard;
 
 use crate::metadata::store::partition_dir;
 use crate::metadata::{TopicPartition, LEADER_EPOCH};
@@ -52,6 +53,9 @@ pub struct PartitionHandle {
     high_watermark: Cell<i64>,
     /// Transactions: open ones (the LSO), the aborted index, producer epochs.
     pub txns: PartitionTxnState,
+    /// Taken, in arrival order, by appends that wait for the coordinator to confirm the
+    /// transaction they open here (KIP-890), and held until they are written.
+    pub verify_gate: glommio::sync::Semaphore,
 }
 
 /// Why a broker-written batch (a marker, transactional offsets) was not appended.
@@ -87,10 +91,21 @@ impl PartitionHandle {
         records: Bytes,
         durability: Durability,
     ) -> Result<AppendInfo, ClientAppendError> {
+        self.append_with(records, durability, None).await
+    }
+
+    /// [`Self::append`] with the proof that the coordinator confirmed the transaction a
+    /// transactional batch opens here (KIP-890); without it such a batch is refused.
+    pub async fn append_with(
+        &self,
+        records: Bytes,
+        durability: Durability,
+        guard: Option<VerificationGuard>,
+    ) -> Result<AppendInfo, ClientAppendError> {
         let log_end_before = self.log.log_end_offset().0;
         let opened = self
             .txns
-            .before_client_append(&records, log_end_before)
+            .before_client_append(&records, log_end_before, guard, true)
             .map_err(ClientAppendError::Refused)?;
         let appended = self
             .log
@@ -160,7 +175,7 @@ impl PartitionHandle {
         let log_end_before = self.log.log_end_offset().0;
         let opened = self
             .txns
-            .before_client_append(&batch, log_end_before)
+            .before_client_append(&batch, log_end_before, None, false)
             .map_err(BrokerAppendError::Refused)?;
         let appended = self
             .log
@@ -281,6 +296,7 @@ impl PartitionRegistry {
             appended: Watchers::default(),
             min_insync_replicas: Cell::new(min_insync_replicas),
             txns,
+            verify_gate: glommio::sync::Semaphore::new(1),
         };
         self.open.borrow_mut().insert(tp, Rc::new(handle));
         Ok(())

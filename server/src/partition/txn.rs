@@ -27,7 +27,7 @@ use wharf_protocol::batch::{batches, BatchHeader};
 use wharf_protocol::txn::control::{decode_control_batch, ControlContent, EndTxnMarker};
 use wharf_protocol::txn::index::AbortedTxn;
 
-use crate::txn::partition::PartitionTxns;
+use crate::txn::partition::{PartitionTxns, VerificationGuard};
 
 /// Present in a partition's directory once it has joined a transaction: its open
 /// transactions and aborted index are then rebuilt from the log on open.
@@ -50,7 +50,8 @@ fn producer_batches(records: &Bytes) -> Vec<ProducerBatch> {
         let Some(h) = BatchHeader::view(batch) else {
             break;
         };
-        if h.producer_id() < 0 {
+        // A client's control batch is the engine's to refuse (INVALID_RECORD).
+        if h.producer_id() < 0 || h.is_control() {
             continue;
         }
         out.push(ProducerBatch {
@@ -112,19 +113,19 @@ impl PartitionTxnState {
         &self,
         records: &Bytes,
         log_end_offset: i64,
+        guard: Option<VerificationGuard>,
+        verification: bool,
     ) -> Result<Vec<i64>, ResponseError> {
         let producers = producer_batches(records);
         let txns = self.txns.borrow();
         let mut opened = Vec::new();
         for b in &producers {
-            // KIP-890 verification is not run: a single node answers AddPartitionsToTxn
-            // before the producer sends, and the coordinator fences by epoch.
             txns.check_data_batch(
                 b.producer_id,
                 b.producer_epoch,
                 b.transactional,
-                None,
-                false,
+                guard,
+                verification,
             )
             .map_err(|e| e.code())?;
             if b.transactional
@@ -140,6 +141,45 @@ impl PartitionTxnState {
             opening.push((*pid, log_end_offset));
         }
         Ok(opened)
+    }
+
+    /// The producer, epoch and base sequence of the first transactional batch of `records`
+    /// whose producer has no transaction open here: that batch needs the coordinator's
+    /// confirmation (KIP-890) before it is appended.
+    pub fn opening_producer(&self, records: &Bytes) -> Option<(i64, i16, i32)> {
+        let txns = self.txns.borrow();
+        for (_, batch) in batches(records) {
+            let h = BatchHeader::view(batch)?;
+            if h.producer_id() >= 0
+                && h.is_transactional()
+                && !h.is_control()
+                && !txns.has_ongoing_txn(h.producer_id())
+            {
+                return Some((h.producer_id(), h.producer_epoch(), h.base_sequence()));
+            }
+        }
+        None
+    }
+
+    pub fn has_ongoing_txn(&self, producer_id: i64) -> bool {
+        self.txns.borrow().has_ongoing_txn(producer_id)
+    }
+
+    /// Starts a KIP-890 verification for the producer: the guard to append with once the
+    /// coordinator confirms.
+    pub fn start_verification(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+        now_ms: i64,
+    ) -> Option<VerificationGuard> {
+        self.txns.borrow_mut().start_verification(
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            now_ms,
+        )
     }
 
     /// The client's append went through at `base_offset..=last_offset` (or was a retried
