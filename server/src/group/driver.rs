@@ -86,6 +86,9 @@ pub struct GroupShard {
     /// Offsets committed in open transactions (TxnOffsetCommit), by offsets partition and
     /// producer id: in the log, stored for the group only when the COMMIT marker comes.
     pending_txn_offsets: RefCell<HashMap<(i32, i64), Vec<OffsetsRecord>>>,
+    /// Transaction markers that reached an offsets partition while it was loading:
+    /// (partition, producer id, committed), applied when the load ends.
+    decided_while_loading: RefCell<Vec<(i32, i64, bool)>>,
 }
 
 thread_local! {
@@ -110,6 +113,7 @@ impl GroupShard {
             commits_in_flight: RefCell::new(HashMap::new()),
             rewriting: RefCell::new(HashSet::new()),
             pending_txn_offsets: RefCell::new(HashMap::new()),
+            decided_while_loading: RefCell::new(Vec::new()),
         });
         GROUP_SHARD.with(|slot| *slot.borrow_mut() = Some(g.clone()));
         glommio::spawn_local(ticker(shard.clone(), g.clone())).detach();
@@ -162,6 +166,17 @@ impl GroupShard {
                 self.appended_records
                     .borrow_mut()
                     .insert(tp.partition.0, count);
+                // Markers written while the load read the log (past where it stopped).
+                let decided: Vec<(i64, bool)> = {
+                    let mut all = self.decided_while_loading.borrow_mut();
+                    let (mine, rest): (Vec<_>, Vec<_>) =
+                        all.drain(..).partition(|(p, _, _)| *p == tp.partition.0);
+                    *all = rest;
+                    mine.into_iter().map(|(_, pid, c)| (pid, c)).collect()
+                };
+                for (pid, committed) in decided {
+                    self.end_txn(tp.partition.0, pid, committed);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -444,6 +459,14 @@ impl GroupShard {
     /// A transaction's marker was written to offsets partition `partition`: its offsets
     /// become the groups' committed offsets (commit) or are dropped (abort).
     pub fn end_txn(&self, partition: i32, producer_id: i64, committed: bool) {
+        if self.partitions.borrow().get(&partition) == Some(&LoadState::Loading) {
+            // The load may not have reached the transaction's offsets yet: decide once it
+            // is done.
+            self.decided_while_loading
+                .borrow_mut()
+                .push((partition, producer_id, committed));
+            return;
+        }
         let pending = self
             .pending_txn_offsets
             .borrow_mut()
