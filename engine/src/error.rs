@@ -35,9 +35,9 @@ pub enum EngineError {
     /// OUT_OF_ORDER_SEQUENCE_NUMBER.
     #[error("out of order sequence number: {0}")]
     OutOfOrderSequence(String),
-    /// A transactional batch; transactions are not supported.
-    #[error("transactions are not supported: {0}")]
-    TransactionsUnsupported(String),
+    /// A control batch from a client, or a transactional batch without a producer id.
+    #[error("invalid transactional batch: {0}")]
+    InvalidTransactionalBatch(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -63,7 +63,7 @@ impl EngineError {
         match err {
             ProducerError::InvalidProducerEpoch(m) => EngineError::InvalidProducerEpoch(m),
             ProducerError::OutOfOrderSequence(m) => EngineError::OutOfOrderSequence(m),
-            ProducerError::Transactional(m) => EngineError::TransactionsUnsupported(m),
+            ProducerError::Transactional(m) => EngineError::InvalidTransactionalBatch(m),
             ProducerError::Invalid(m) => EngineError::InvalidRecord(m),
         }
     }

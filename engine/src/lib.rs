@@ -28,7 +28,7 @@ pub use cache::BatchCache;
 pub use config::{LogConfig, TimestampType};
 pub use error::EngineError;
 pub use log::{AppendInfo, DamageKind, DamageReport, Durability, LogStats, PartitionLog};
-pub use producer::{ProducerStates, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
+pub use producer::{AppendOrigin, ProducerStates, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 pub use storage::{DmaStorage, Storage};
 
 /// A Kafka offset. Offsets in a partition are dense and only ever grow.

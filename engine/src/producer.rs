@@ -54,10 +54,21 @@ pub enum ProducerError {
     InvalidProducerEpoch(String),
     /// OUT_OF_ORDER_SEQUENCE_NUMBER: a gap (or a new epoch not starting at 0).
     OutOfOrderSequence(String),
-    /// Transactional batches need a transaction coordinator, which is not built.
+    /// A transactional or control batch this origin may not append (a client's control
+    /// batch, a transactional batch without a producer id).
     Transactional(String),
     /// A producer id with no epoch or sequence: INVALID_RECORD.
     Invalid(String),
+}
+
+/// Who appends a batch: clients go through every check; the broker itself appends
+/// transaction markers (control batches) and transactional offset commits without
+/// sequence numbers (Kafka's `AppendOrigin.COORDINATOR`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum AppendOrigin {
+    #[default]
+    Client,
+    Coordinator,
 }
 
 /// What to do with one batch.
@@ -128,8 +139,19 @@ impl ProducerStates {
     /// Checks a client's batch against the state (Kafka's
     /// `UnifiedLog.analyzeAndValidateProducerState` and `ProducerAppendInfo`). Changes nothing.
     pub fn check(&self, info: &BatchInfo) -> Result<Verdict, ProducerError> {
+        self.check_from(info, AppendOrigin::Client)
+    }
+
+    /// [`Self::check`] for a batch of the given origin. Transactional data batches carry
+    /// sequences like idempotent ones and are checked the same way (their transaction is
+    /// the server's business); control batches come only from the broker.
+    pub fn check_from(
+        &self,
+        info: &BatchInfo,
+        origin: AppendOrigin,
+    ) -> Result<Verdict, ProducerError> {
         if info.producer_id < 0 {
-            if info.is_transactional() {
+            if info.is_transactional() || info.is_control() {
                 return Err(ProducerError::Transactional(
                     "a transactional batch without a producer id".into(),
                 ));
@@ -137,10 +159,17 @@ impl ProducerStates {
             return Ok(Verdict::NotIdempotent);
         }
         let pid = info.producer_id;
-        if info.is_transactional() || info.is_control() {
-            return Err(ProducerError::Transactional(format!(
-                "producer {pid} sent a transactional batch; this broker does not support transactions"
-            )));
+        match origin {
+            AppendOrigin::Client if info.is_control() => {
+                return Err(ProducerError::Transactional(format!(
+                    "producer {pid} sent a control batch; only the broker writes those"
+                )));
+            }
+            // Markers and transactional offset commits carry no sequence.
+            AppendOrigin::Coordinator if info.base_sequence < 0 => {
+                return Ok(Verdict::NotIdempotent);
+            }
+            _ => {}
         }
         if info.producer_epoch < 0 || info.base_sequence < 0 {
             return Err(ProducerError::Invalid(format!(
@@ -459,7 +488,27 @@ mod tests {
         let s = ProducerStates::default();
         let mut t = batch(1, 0, 0, 1);
         t.attributes = 1 << 4;
-        assert!(matches!(s.check(&t), Err(ProducerError::Transactional(_))));
+        assert_eq!(
+            s.check(&t),
+            Ok(Verdict::Append),
+            "transactional data is checked like idempotent data"
+        );
+        t.attributes = (1 << 4) | (1 << 5);
+        t.base_sequence = -1;
+        assert!(
+            matches!(s.check(&t), Err(ProducerError::Transactional(_))),
+            "clients send no markers"
+        );
+        assert_eq!(
+            s.check_from(&t, AppendOrigin::Coordinator),
+            Ok(Verdict::NotIdempotent)
+        );
+        let mut no_pid = batch(-1, -1, -1, 1);
+        no_pid.attributes = 1 << 4;
+        assert!(matches!(
+            s.check(&no_pid),
+            Err(ProducerError::Transactional(_))
+        ));
         assert!(matches!(
             s.check(&batch(1, 0, -1, 1)),
             Err(ProducerError::Invalid(_))

@@ -80,7 +80,10 @@ fn gaps_and_fenced_epochs_are_refused_and_append_nothing() {
             .append(
                 Bytes::from(
                     {
-                        let mut b = BatchBuilder::new().producer(9, 0, 0).transactional(true);
+                        let mut b = BatchBuilder::new()
+                            .producer(9, 0, -1)
+                            .transactional(true)
+                            .control(true);
                         b.push(None, Some(b"x"), &[], 1);
                         b
                     }
@@ -90,7 +93,10 @@ fn gaps_and_fenced_epochs_are_refused_and_append_nothing() {
                 Durability::Written,
             )
             .await;
-        assert!(matches!(txn, Err(EngineError::TransactionsUnsupported(_))));
+        assert!(
+            matches!(txn, Err(EngineError::InvalidTransactionalBatch(_))),
+            "a client may not write a control batch"
+        );
         assert_eq!(log.log_end_offset(), Offset(2));
         // A bumped epoch starting at 0 is accepted, and fences the old epoch.
         assert_eq!(

@@ -182,6 +182,8 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicDefaults,
     /// Consumer group coordinator settings (`group.*`, `offsets.retention.minutes`, ...).
     pub group: crate::group::GroupConfig,
+    /// Transaction coordinator settings (`transaction.*`, `transactional.id.*`).
+    pub txn: crate::txn::TxnConfig,
     /// `metrics.listen`: where shard 0 serves Prometheus metrics; `None` when off.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -471,6 +473,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
 
     let topic_defaults = TopicDefaults::from_broker_settings(&mut settings)?;
     let group = resolve_group_config(args, &mut settings)?;
+    let txn = resolve_txn_config(&mut settings, offsets_topic_num_partitions)?;
 
     if let Some(unknown) = settings.values.keys().next() {
         return Err(err(format!(
@@ -503,6 +506,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         retention_check_interval_ms,
         topic_defaults,
         group,
+        txn,
         metrics_listen,
     })
 }
@@ -800,6 +804,67 @@ impl Settings {
             Some(other) => Err(err(format!("`{name}` must be true or false, got {other}"))),
         }
     }
+}
+
+/// The transaction coordinator's settings, with Kafka's names and defaults. The log's
+/// replication factor and min ISR are accepted only as 1 (a single node).
+fn resolve_txn_config(
+    settings: &mut Settings,
+    offsets_topic_num_partitions: i32,
+) -> Result<crate::txn::TxnConfig, ConfigError> {
+    let mut txn = crate::txn::TxnConfig {
+        offsets_topic_num_partitions: offsets_topic_num_partitions as u32,
+        transaction_state_log_replication_factor: 1,
+        transaction_state_log_min_isr: 1,
+        ..crate::txn::TxnConfig::default()
+    };
+    if let Some(v) = settings.take_int("transaction.max.timeout.ms")? {
+        txn.transaction_max_timeout_ms =
+            int_in("transaction.max.timeout.ms", v, 1, i32::MAX as i64)? as i32;
+    }
+    if let Some(v) = settings.take_int("transaction.state.log.num.partitions")? {
+        txn.transaction_state_log_num_partitions = int_in(
+            "transaction.state.log.num.partitions",
+            v,
+            1,
+            MAX_PARTITIONS_PER_TOPIC as i64,
+        )? as u32;
+    }
+    if let Some(v) =
+        settings.take_int("transaction.abort.timed.out.transaction.cleanup.interval.ms")?
+    {
+        txn.abort_timed_out_transaction_cleanup_interval_ms = int_in(
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            v,
+            1,
+            i32::MAX as i64,
+        )?;
+    }
+    if let Some(v) = settings.take_int("transactional.id.expiration.ms")? {
+        txn.transactional_id_expiration_ms =
+            int_in("transactional.id.expiration.ms", v, 1, i32::MAX as i64)?;
+    }
+    if let Some(v) =
+        settings.take_int("transaction.remove.expired.transaction.cleanup.interval.ms")?
+    {
+        txn.remove_expired_transaction_cleanup_interval_ms = int_in(
+            "transaction.remove.expired.transaction.cleanup.interval.ms",
+            v,
+            1,
+            i32::MAX as i64,
+        )?;
+    }
+    for name in [
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+    ] {
+        if let Some(v) = settings.take_int(name)? {
+            if v != 1 {
+                return Err(err(format!("`{name}` must be 1 on a single node, got {v}")));
+            }
+        }
+    }
+    Ok(txn)
 }
 
 fn int_in(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {

@@ -1,7 +1,7 @@
 //! Idempotent producers (KIP-98) over a raw connection: InitProducerId hands out ids that
 //! never repeat (across restarts too), a resent batch is stored once and answered with its
 //! first offsets (after a SIGKILL too), sequence gaps and fenced epochs are refused, and a
-//! transactional producer is turned away at once.
+//! client's control batch is refused (only the broker writes transaction markers).
 
 mod common;
 
@@ -11,10 +11,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, FindCoordinatorRequest, InitProducerIdRequest,
-    ProduceRequest, ProducerId, TransactionalId,
+    ApiKey, FetchRequest, FetchResponse, InitProducerIdRequest, ProduceRequest, ProducerId,
 };
-use kafka_protocol::protocol::StrBytes;
 use wharf_protocol::batch::BatchBuilder;
 
 use common::raw::{ensure_topic, pick_version, produce_request, topic_name, KafkaConn};
@@ -24,7 +22,6 @@ const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_TXN_STATE: i16 = 48;
 const INVALID_RECORD: i16 = 87;
-const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
 /// InitProducerId without a transactional id: (error, producer id, epoch).
 fn init_producer_id(conn: &mut KafkaConn, version: i16, id: i64, epoch: i16) -> (i16, i64, i16) {
@@ -133,7 +130,7 @@ fn init_producer_id_hands_out_ids_that_never_repeat_even_after_a_crash() {
 }
 
 #[test]
-fn init_producer_id_gives_fresh_ids_and_refuses_transactional_requests() {
+fn init_producer_id_gives_fresh_ids_to_idempotent_producers() {
     let broker = Broker::start();
     let mut conn = KafkaConn::connect(broker.addr());
     let id = new_producer(&mut conn);
@@ -146,40 +143,6 @@ fn init_producer_id_gives_fresh_ids_and_refuses_transactional_requests() {
     assert_eq!((error, epoch), (0, 0));
     assert!(again > fresh, "{again} after {fresh}");
 
-    let txn = InitProducerIdRequest::default()
-        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx-1"))))
-        .with_transaction_timeout_ms(60_000)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    for version in 0..=4 {
-        let resp = conn.request(version, &txn);
-        assert_eq!(resp.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
-        assert_eq!(resp.producer_id.0, -1);
-    }
-    // The transactional producer's first step, FindCoordinator for its id, fails the same
-    // way and says why.
-    let resp = conn.request(
-        3,
-        &FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_static_str("tx-1"))
-            .with_key_type(1),
-    );
-    assert_eq!(resp.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
-    let message = resp
-        .error_message
-        .map(|m| m.to_string())
-        .unwrap_or_default();
-    assert!(message.contains("transactions"), "{message}");
-    let resp = conn.request(
-        4,
-        &FindCoordinatorRequest::default()
-            .with_key_type(1)
-            .with_coordinator_keys(vec![StrBytes::from_static_str("tx-1")]),
-    );
-    assert_eq!(
-        resp.coordinators[0].error_code,
-        TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-    );
     broker.assert_no_panic();
 }
 
@@ -207,13 +170,16 @@ fn a_resent_batch_is_stored_once_and_answered_with_its_first_offset() {
     assert_eq!(produce(&mut conn, &topic, batch(pid, 1, 0, 1)), (0, 5));
     let (error, _) = produce(&mut conn, &topic, batch(pid, 0, 5, 1));
     assert_eq!(error, INVALID_PRODUCER_EPOCH);
-    // A transactional batch: transactions are not supported.
-    let txn = {
-        let mut b = BatchBuilder::new().producer(pid, 1, 1).transactional(true);
-        b.push(None, Some(b"t"), &[], 1_000);
+    // A control batch: only the broker writes transaction markers.
+    let control = {
+        let mut b = BatchBuilder::new()
+            .producer(pid, 1, -1)
+            .transactional(true)
+            .control(true);
+        b.push(Some(&[0, 0, 0, 1]), Some(&[0, 0, 0, 0, 0, 0]), &[], 1_000);
         Bytes::from(b.build())
     };
-    assert_eq!(produce(&mut conn, &topic, txn).0, INVALID_TXN_STATE);
+    assert_eq!(produce(&mut conn, &topic, control).0, INVALID_RECORD);
     assert_eq!(fetch_all(&mut conn, &topic).len(), 6);
     broker.assert_no_panic();
 }
@@ -400,15 +366,17 @@ fn random_producer_fields_never_break_the_log_or_the_broker() {
             6 => (epoch_now, next.wrapping_add(2) & i32::MAX),
             7 => (-1, next),
             8 => {
+                // A control batch, which clients may not send.
                 transactional = true;
-                (epoch_now, next)
+                (epoch_now, -1)
             }
             9 => (epoch_now, i32::MAX - (rng.next() % 2) as i32),
             _ => (epoch_now, next),
         };
         let mut b = BatchBuilder::new()
             .producer(pid, epoch, seq)
-            .transactional(transactional);
+            .transactional(transactional)
+            .control(transactional);
         for i in 0..count {
             b.push(None, Some(format!("r{round}-{i}").as_bytes()), &[], 1_000);
         }
@@ -417,7 +385,7 @@ fn random_producer_fields_never_break_the_log_or_the_broker() {
             0 => {
                 assert!(
                     !transactional,
-                    "round {round}: a transactional batch was stored"
+                    "round {round}: a client's control batch was stored"
                 );
                 if base == end {
                     stored.insert(base, (pid, epoch, seq, count));
@@ -439,8 +407,9 @@ fn random_producer_fields_never_break_the_log_or_the_broker() {
                 assert!(pid >= 0, "round {round}: error {error} for a plain batch");
                 refused += 1;
             }
-            // A producer id without an epoch is a malformed batch.
-            INVALID_RECORD if pid >= 0 && epoch < 0 => refused += 1,
+            // A producer id without an epoch is a malformed batch; so is a client's
+            // control batch.
+            INVALID_RECORD if pid >= 0 && (epoch < 0 || transactional) => refused += 1,
             other => panic!(
                 "round {round}: unexpected error {other} for pid {pid} epoch {epoch} \
                  seq {seq} count {count} transactional {transactional}"

@@ -240,26 +240,70 @@ fn idempotent_producer_delivers_each_record_once_in_order_per_partition() {
 }
 
 #[test]
-fn transactional_producer_fails_at_once_with_an_authorization_error() {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+fn transactional_producer_commits_and_aborts_and_read_committed_sees_only_commits() {
     use rdkafka::producer::Producer;
 
     let broker = Broker::start();
-    let producer = client::producer(&broker.bootstrap(), &[("transactional.id", "wharf-tx")]);
-    // Bounded by the call's own timeout; a broker that made it retry would end in
-    // _TIMED_OUT instead of the error asserted here.
-    let result = producer.init_transactions(Duration::from_secs(30));
-    match result {
-        Err(KafkaError::Transaction(e)) => {
-            assert_eq!(
-                e.code(),
-                RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
-                "{e}"
-            );
-            assert!(e.is_fatal(), "{e}");
-            assert!(e.string().contains("transactions"), "{}", e.string());
+    let bootstrap = broker.bootstrap();
+    let topic = unique_topic("rdk-txn");
+    client::create_topic(&bootstrap, &topic, 2, &[]);
+    let producer = client::producer(&bootstrap, &[("transactional.id", "wharf-tx")]);
+    producer
+        .init_transactions(CLIENT_GUARD)
+        .expect("init_transactions");
+    let rt = client::runtime();
+    for (round, commit) in [(0, true), (1, false), (2, true)] {
+        producer.begin_transaction().expect("begin_transaction");
+        for p in 0..2 {
+            let value = format!("r{round}-p{p}");
+            rt.block_on(
+                producer.send(
+                    FutureRecord::<(), _>::to(&topic)
+                        .partition(p)
+                        .payload(&value),
+                    CLIENT_GUARD,
+                ),
+            )
+            .expect("transactional send");
         }
-        other => panic!("init_transactions: {other:?}"),
+        if commit {
+            producer.commit_transaction(CLIENT_GUARD).expect("commit");
+        } else {
+            producer.abort_transaction(CLIENT_GUARD).expect("abort");
+        }
     }
+    let read = |isolation: &str| {
+        let consumer = client::consumer(&bootstrap, &[("isolation.level", isolation)]);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..2 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("add partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut got: Vec<(i32, String)> = Vec::new();
+        let deadline = std::time::Instant::now() + CLIENT_GUARD;
+        let mut quiet = std::time::Instant::now();
+        while quiet.elapsed() < Duration::from_millis(1500) {
+            assert!(std::time::Instant::now() < deadline, "{got:?}");
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.expect("consumer error");
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                got.push((m.partition(), value));
+                quiet = std::time::Instant::now();
+            }
+        }
+        got.sort();
+        got
+    };
+    let values = |rounds: &[i32]| {
+        let mut v: Vec<(i32, String)> = rounds
+            .iter()
+            .flat_map(|r| (0..2).map(move |p| (p, format!("r{r}-p{p}"))))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(read("read_committed"), values(&[0, 2]));
+    assert_eq!(read("read_uncommitted"), values(&[0, 1, 2]));
     broker.assert_no_panic();
 }

@@ -1,11 +1,8 @@
 """Idempotent producers (KIP-98) with real clients: confluent-kafka (librdkafka) and
-kafka-python with idempotence on deliver every record exactly once, in order per partition;
-a transactional producer is refused at once with a clear, fatal error (not left retrying)."""
+kafka-python with idempotence on deliver every record exactly once, in order per partition
+(transactional producers: test_transactions.py)."""
 
-import uuid
-
-import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Producer
 
 from test_confluent import GUARD_S, create_topic, produce_and_report, read_partitions, topic_name
 
@@ -49,23 +46,6 @@ def test_confluent_idempotent_producer_delivers_each_record_once_in_order(broker
     check_exactly_once_in_order(reports, got)
 
 
-def test_confluent_transactional_producer_fails_at_once_with_a_clear_error(broker):
-    p = Producer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "transactional.id": "tx-" + uuid.uuid4().hex[:8],
-        }
-    )
-    # Bounded by the call's own timeout; a broker that kept the client retrying would end
-    # in _TIMED_OUT, not in the error asserted here.
-    with pytest.raises(KafkaException) as info:
-        p.init_transactions(30)
-    error = info.value.args[0]
-    assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, error
-    assert error.fatal(), error
-    assert "transactions" in error.str(), error.str()
-
-
 def test_kafka_python_idempotent_producer_delivers_each_record_once_in_order(broker):
     from kafka import KafkaProducer
 
@@ -95,19 +75,3 @@ def test_kafka_python_idempotent_producer_delivers_each_record_once_in_order(bro
     counts = {q: sum(1 for r in reports if r[1] == q) for q in range(PARTITIONS)}
     got = read_partitions(broker, topic, list(range(PARTITIONS)), counts)
     check_exactly_once_in_order(reports, got)
-
-
-def test_kafka_python_transactional_producer_fails_with_a_clear_error(broker):
-    from kafka import KafkaProducer
-    from kafka.errors import TransactionalIdAuthorizationFailedError
-
-    p = KafkaProducer(
-        bootstrap_servers=broker.bootstrap,
-        transactional_id="tx-" + uuid.uuid4().hex[:8],
-        max_block_ms=30_000,
-    )
-    try:
-        with pytest.raises(TransactionalIdAuthorizationFailedError):
-            p.init_transactions()
-    finally:
-        p.close(timeout=5)

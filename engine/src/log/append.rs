@@ -10,7 +10,7 @@ use wharf_protocol::batch::{batches, set_log_append_time, validate_batch, BatchI
 use crate::cache::{BatchCache, PartitionCache};
 use crate::config::TimestampType;
 use crate::error::EngineError;
-use crate::producer::{ProducerError, ProducerStates, Verdict};
+use crate::producer::{AppendOrigin, ProducerError, ProducerStates, Verdict};
 use crate::storage::Storage;
 use crate::Offset;
 
@@ -52,13 +52,14 @@ fn check_producers(
     next_offset: i64,
     infos: &[(usize, BatchInfo)],
     now: i64,
+    origin: AppendOrigin,
 ) -> Result<Vec<Verdict>, ProducerError> {
     if let [(_, info)] = infos {
-        return Ok(vec![producers.check(info)?]);
+        return Ok(vec![producers.check_from(info, origin)?]);
     }
     if infos
         .iter()
-        .all(|(_, i)| i.producer_id < 0 && !i.is_transactional())
+        .all(|(_, i)| i.producer_id < 0 && !i.is_transactional() && !i.is_control())
     {
         return Ok(vec![Verdict::NotIdempotent; infos.len()]);
     }
@@ -66,7 +67,7 @@ fn check_producers(
     let mut next = next_offset;
     let mut verdicts = Vec::with_capacity(infos.len());
     for (_, info) in infos {
-        let verdict = scratch.check(info)?;
+        let verdict = scratch.check_from(info, origin)?;
         if verdict == Verdict::Append {
             scratch.record(info, next, now);
         }
@@ -98,6 +99,24 @@ impl<S: Storage> PartitionLog<S> {
         leader_epoch: i32,
         durability: Durability,
     ) -> Result<AppendInfo, EngineError> {
+        self.append_from(
+            batches_bytes,
+            leader_epoch,
+            durability,
+            AppendOrigin::Client,
+        )
+        .await
+    }
+
+    /// [`Self::append`] for batches of the given origin: the broker's own transaction
+    /// markers and transactional offset commits use [`AppendOrigin::Coordinator`].
+    pub async fn append_from(
+        &self,
+        batches_bytes: Bytes,
+        leader_epoch: i32,
+        durability: Durability,
+        origin: AppendOrigin,
+    ) -> Result<AppendInfo, EngineError> {
         let inner = &self.inner;
         while inner.state.borrow().truncating {
             drop(
@@ -122,6 +141,7 @@ impl<S: Storage> PartitionLog<S> {
                 now,
                 &inner.cache,
                 &inner.cached,
+                origin,
             )
             .map_err(EngineError::from_producer)?;
         // Spawned outside the state borrow: an executor may run a new task right away.
@@ -178,8 +198,9 @@ impl LogState {
         now: i64,
         cache: &BatchCache,
         cached: &Rc<PartitionCache>,
+        origin: AppendOrigin,
     ) -> Result<Assigned, ProducerError> {
-        let verdicts = check_producers(&self.producers, self.next_offset, &infos, now)?;
+        let verdicts = check_producers(&self.producers, self.next_offset, &infos, now, origin)?;
         let log_append = self.config.message_timestamp_type == TimestampType::LogAppendTime;
         let mut first = None;
         let mut last = 0;

@@ -332,6 +332,21 @@ impl GroupCoordinator {
         if let Some(member) = group.members.get_mut(&req.member_id) {
             member.heartbeat_deadline_ms = Some(now_ms + member.session_timeout_ms as i64);
         }
+        self.plan_offsets(now_ms, req)
+    }
+
+    /// TxnOffsetCommit (KIP-447): a commit naming a generation and member is checked as
+    /// OffsetCommit checks it; one without (generation -1, from producers that only know
+    /// the group id) is not checked against the membership, as in Kafka. The records are
+    /// written in the producer's transaction and stored only when it commits.
+    pub fn plan_txn_commit(&mut self, now_ms: i64, req: &CommitRequest) -> CommitPlan {
+        if req.generation_id >= 0 {
+            return self.plan_commit(now_ms, req);
+        }
+        self.plan_offsets(now_ms, req)
+    }
+
+    fn plan_offsets(&self, now_ms: i64, req: &CommitRequest) -> CommitPlan {
         let mut plan = CommitPlan::default();
         for p in &req.partitions {
             let metadata = p.metadata.clone().unwrap_or_default();

@@ -17,6 +17,7 @@ use kafka_protocol::ResponseError;
 use wharf_engine::{Durability, EngineError, Offset};
 use wharf_protocol::batch::{batches, records, BatchBuilder, BatchHeader};
 use wharf_protocol::offsets_topic::{partition_for_group, OffsetsRecord};
+use wharf_protocol::txn::control::{decode_control_batch, ControlContent, TransactionResult};
 
 use super::api::*;
 use super::config::GroupConfig;
@@ -85,6 +86,12 @@ pub struct GroupShard {
     /// rewrite waits for none, so its snapshot cannot miss a commit already in the log.
     commits_in_flight: RefCell<HashMap<i32, usize>>,
     rewriting: RefCell<HashSet<i32>>,
+    /// Offsets committed in open transactions (TxnOffsetCommit), by offsets partition and
+    /// producer id: in the log, stored for the group only when the COMMIT marker comes.
+    pending_txn_offsets: RefCell<HashMap<(i32, i64), Vec<OffsetsRecord>>>,
+    /// Transaction markers that reached an offsets partition while it was loading:
+    /// (partition, producer id, committed), applied when the load ends.
+    decided_while_loading: RefCell<Vec<(i32, i64, bool)>>,
 }
 
 thread_local! {
@@ -108,6 +115,8 @@ impl GroupShard {
             live_records: RefCell::new(HashMap::new()),
             commits_in_flight: RefCell::new(HashMap::new()),
             rewriting: RefCell::new(HashSet::new()),
+            pending_txn_offsets: RefCell::new(HashMap::new()),
+            decided_while_loading: RefCell::new(Vec::new()),
         });
         GROUP_SHARD.with(|slot| *slot.borrow_mut() = Some(g.clone()));
         glommio::spawn_local(ticker(shard.clone(), g.clone())).detach();
@@ -160,6 +169,17 @@ impl GroupShard {
                 self.appended_records
                     .borrow_mut()
                     .insert(tp.partition.0, count);
+                // Markers written while the load read the log (past where it stopped).
+                let decided: Vec<(i64, bool)> = {
+                    let mut all = self.decided_while_loading.borrow_mut();
+                    let (mine, rest): (Vec<_>, Vec<_>) =
+                        all.drain(..).partition(|(p, _, _)| *p == tp.partition.0);
+                    *all = rest;
+                    mine.into_iter().map(|(_, pid, c)| (pid, c)).collect()
+                };
+                for (pid, committed) in decided {
+                    self.end_txn(tp.partition.0, pid, committed);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -205,8 +225,19 @@ impl GroupShard {
                 }
                 next = last + 1;
                 if header.is_control() {
+                    // The end of a transaction's offsets: stored if committed.
+                    if let Ok(c) = decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
+                        if let ControlContent::EndTxn(marker) = c.content {
+                            let key = (tp.partition.0, header.producer_id());
+                            let pending = self.pending_txn_offsets.borrow_mut().remove(&key);
+                            if marker.result == TransactionResult::Commit {
+                                loaded.extend(pending.unwrap_or_default());
+                            }
+                        }
+                    }
                     continue;
                 }
+                let transactional = header.is_transactional().then(|| header.producer_id());
                 let iter = match records(batch) {
                     Ok(iter) => iter,
                     Err(e) => {
@@ -232,7 +263,15 @@ impl GroupShard {
                     };
                     let Some(key) = record.key else { continue };
                     match OffsetsRecord::decode(key, record.value) {
-                        Ok(r) => loaded.push(r),
+                        Ok(r) => match transactional {
+                            Some(pid) => self
+                                .pending_txn_offsets
+                                .borrow_mut()
+                                .entry((tp.partition.0, pid))
+                                .or_default()
+                                .push(r),
+                            None => loaded.push(r),
+                        },
                         Err(e) => tracing::warn!(
                             partition = tp.partition.0,
                             offset = base,
@@ -356,6 +395,90 @@ impl GroupShard {
         }
     }
 
+    /// TxnOffsetCommit: validate, then append the offsets in the producer's transaction.
+    /// They are stored for the group when the transaction's COMMIT marker reaches the
+    /// offsets partition ([`Self::end_txn`]).
+    pub async fn txn_commit(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        req: CommitRequest,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Vec<ErrorCode> {
+        let plan = self
+            .coordinator
+            .borrow_mut()
+            .plan_txn_commit(now_ms(), &req);
+        if plan.records.is_empty() {
+            return plan.errors;
+        }
+        let partition = self.partition_of(shard, &req.group_id);
+        let fail = |errors: Vec<ErrorCode>, e: ResponseError| -> Vec<ErrorCode> {
+            errors.into_iter().map(|x| x.or(Some(e))).collect()
+        };
+        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
+            return fail(plan.errors, ResponseError::CoordinatorNotAvailable);
+        };
+        let Some(handle) = shard.partitions.get(TopicPartition {
+            topic_id: topic.id,
+            partition: PartitionId(partition),
+        }) else {
+            return fail(plan.errors, ResponseError::NotCoordinator);
+        };
+        let batch = match encode_txn_batch(&plan.records, producer_id, producer_epoch, now_ms()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot encode a {OFFSETS_TOPIC} record: {e}");
+                return fail(plan.errors, ResponseError::UnknownServerError);
+            }
+        };
+        if let Err(e) = handle.txns.ensure_marker_file(&handle.dir).await {
+            return fail(plan.errors, e);
+        }
+        *self
+            .appended_records
+            .borrow_mut()
+            .entry(partition)
+            .or_default() += plan.records.len();
+        match handle
+            .append_transactional(batch, producer_id, producer_epoch)
+            .await
+        {
+            Ok(_) => {
+                self.pending_txn_offsets
+                    .borrow_mut()
+                    .entry((partition, producer_id))
+                    .or_default()
+                    .extend(plan.records);
+                plan.errors
+            }
+            Err(crate::partition::BrokerAppendError::Refused(e)) => fail(plan.errors, e),
+            Err(crate::partition::BrokerAppendError::Engine(e)) => {
+                fail(plan.errors, append_error(&e))
+            }
+        }
+    }
+
+    /// A transaction's marker was written to offsets partition `partition`: its offsets
+    /// become the groups' committed offsets (commit) or are dropped (abort).
+    pub fn end_txn(&self, partition: i32, producer_id: i64, committed: bool) {
+        if self.partitions.borrow().get(&partition) == Some(&LoadState::Loading) {
+            // The load may not have reached the transaction's offsets yet: decide once it
+            // is done.
+            self.decided_while_loading
+                .borrow_mut()
+                .push((partition, producer_id, committed));
+            return;
+        }
+        let pending = self
+            .pending_txn_offsets
+            .borrow_mut()
+            .remove(&(partition, producer_id));
+        if let (Some(records), true) = (pending, committed) {
+            self.coordinator.borrow_mut().load(records, now_ms());
+        }
+    }
+
     /// KIP-848: one ConsumerGroupHeartbeat, assigned against this shard's metadata.
     pub fn consumer_heartbeat(
         &self,
@@ -380,6 +503,27 @@ impl GroupShard {
         topics: Option<&[(String, Vec<i32>)]>,
     ) -> FetchedOffsets {
         self.coordinator.borrow().fetch_offsets(group_id, topics)
+    }
+
+    /// The partitions of `group_id` with offsets in a transaction not yet decided.
+    pub fn unstable_offsets(&self, group_id: &str) -> std::collections::HashSet<(String, i32)> {
+        let mut out = std::collections::HashSet::new();
+        for records in self.pending_txn_offsets.borrow().values() {
+            for r in records {
+                if let OffsetsRecord::OffsetCommit {
+                    group,
+                    topic,
+                    partition,
+                    ..
+                } = r
+                {
+                    if group == group_id {
+                        out.insert((topic.clone(), *partition));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn describe(&self, group_id: &str) -> GroupDescription {
@@ -486,7 +630,10 @@ impl GroupShard {
                     })?;
                     match handle.append(batch, Durability::Written).await {
                         Ok(_) => Ok(()),
-                        Err(e) => Err(append_error(&e)),
+                        Err(crate::partition::ClientAppendError::Engine(e)) => {
+                            Err(append_error(&e))
+                        }
+                        Err(crate::partition::ClientAppendError::Refused(e)) => Err(e),
                     }
                 })
             })
@@ -510,6 +657,9 @@ impl GroupShard {
                     && self.commits_in_flight.borrow().get(p).copied().unwrap_or(0) == 0
                     && !self.rewriting.borrow().contains(p)
                     && self.partitions.borrow().get(p) == Some(&LoadState::Loaded)
+                    // A rewrite drops the records before it: offsets of open transactions
+                    // must stay in the log until their marker.
+                    && !self.pending_txn_offsets.borrow().keys().any(|(q, _)| q == *p)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -559,7 +709,12 @@ impl GroupShard {
             .into_iter()
             .map(|batch| {
                 let handle = handle.clone();
-                glommio::spawn_local(async move { handle.append(batch, Durability::Written).await })
+                glommio::spawn_local(async move {
+                    handle
+                        .append(batch, Durability::Written)
+                        .await
+                        .map_err(|e| format!("{e:?}"))
+                })
             })
             .collect();
         self.appended_records.borrow_mut().insert(p, 0);
@@ -608,6 +763,27 @@ fn encode_batch(
     }
     Ok(Bytes::from(builder.build()))
 }
+
+/// Offsets of a transaction: a transactional batch of the producer, without sequence
+/// numbers (Kafka writes them so too).
+fn encode_txn_batch(
+    records: &[OffsetsRecord],
+    producer_id: i64,
+    producer_epoch: i16,
+    timestamp_ms: i64,
+) -> Result<Bytes, wharf_protocol::offsets_topic::OffsetsRecordError> {
+    let mut builder = BatchBuilder::new()
+        .producer(producer_id, producer_epoch, -1)
+        .transactional(true);
+    for r in records {
+        let (key, value) = r.encode()?;
+        builder.push(Some(&key), value.as_deref(), &[], timestamp_ms);
+    }
+    Ok(Bytes::from(builder.build()))
+}
+
+/// Largest control batch read while loading (a marker is about 80 bytes).
+const MAX_CONTROL_BATCH_BYTES: usize = 1 << 16;
 
 /// Kafka's mapping of a failed offsets-topic append to the coordinator's answer.
 fn append_error(error: &EngineError) -> ResponseError {

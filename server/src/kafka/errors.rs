@@ -24,9 +24,8 @@ pub fn engine_error(error: &EngineError) -> ResponseError {
         // produce is INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED.
         EngineError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
         EngineError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
-        // No transaction coordinator: a transactional batch can never be in a transaction
-        // here. Not retriable, so the producer fails at once.
-        EngineError::TransactionsUnsupported(_) => ResponseError::InvalidTxnState,
+        // Kafka refuses a client's control batch as an invalid record.
+        EngineError::InvalidTransactionalBatch(_) => ResponseError::InvalidRecord,
         // The log refuses writes until it is reopened; clients retry elsewhere or later.
         EngineError::Storage { .. } | EngineError::Io { .. } => ResponseError::KafkaStorageError,
         #[allow(unreachable_patterns)]

@@ -27,8 +27,12 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
+};
 use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
 use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
@@ -71,6 +75,9 @@ struct PartitionRead {
     last_stable_offset: i64,
     log_start_offset: i64,
     records: Bytes,
+    /// read_committed: the aborted transactions overlapping the records, as
+    /// (producer id, first offset).
+    aborted: Vec<(i64, i64)>,
 }
 
 impl PartitionRead {
@@ -81,6 +88,7 @@ impl PartitionRead {
             last_stable_offset: -1,
             log_start_offset: -1,
             records: Bytes::new(),
+            aborted: Vec::new(),
         }
     }
 }
@@ -223,8 +231,18 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         if version >= 5 {
             d.log_start_offset = read.log_start_offset;
         }
-        // KIP-98: read_committed gets the (empty) list of aborted transactions.
-        d.aborted_transactions = read_committed.then(Vec::new);
+        // KIP-98: read_committed gets the list of aborted transactions.
+        d.aborted_transactions = read_committed.then(|| {
+            read.aborted
+                .iter()
+                .map(|(pid, first)| {
+                    let mut a = AbortedTransaction::default();
+                    a.producer_id = ProducerId(*pid);
+                    a.first_offset = *first;
+                    a
+                })
+                .collect()
+        });
         d.preferred_read_replica = BrokerId(-1);
         d.records = Some(read.records);
         // Kafka's response lists a topic again when its partitions are not consecutive.
@@ -468,6 +486,7 @@ async fn read_partition(
             last_stable_offset,
             log_start_offset,
             records: Bytes::new(),
+            aborted: Vec::new(),
         };
     }
     // A shard that has read a whole response's worth already has nothing to add: the
@@ -497,9 +516,22 @@ async fn read_partition(
                     last_stable_offset,
                     log_start_offset: partition.log.log_start_offset().0,
                     records: Bytes::new(),
+                    aborted: Vec::new(),
                 };
             }
         }
+    };
+    // KIP-98: the consumer drops the records of these transactions (it finds their ABORT
+    // markers in the records).
+    let aborted = if read_committed && !records.is_empty() {
+        partition
+            .txns
+            .aborted_in_range(spec.fetch_offset, visible_end)
+            .into_iter()
+            .map(|a| (a.producer_id, a.first_offset))
+            .collect()
+    } else {
+        Vec::new()
     };
     PartitionRead {
         error: None,
@@ -507,6 +539,7 @@ async fn read_partition(
         last_stable_offset,
         log_start_offset,
         records,
+        aborted,
     }
 }
 

@@ -1,8 +1,8 @@
 //! FindCoordinator: a group's coordinator is the broker leading its `__consumer_offsets`
-//! partition (on that broker, the shard owning the partition, which any shard reaches over
-//! the mesh).
-//! v4+ batches keys (KIP-699). Transactional ids have no coordinator: transactions are not
-//! supported, and the lookup fails at once with an error clients treat as fatal.
+//! partition, a transactional id's the broker leading its `__transaction_state` partition
+//! (on that broker, the shard owning the partition, which any shard reaches over the mesh;
+//! either topic is created on first use).
+//! v4+ batches keys (KIP-699).
 
 use std::rc::Rc;
 
@@ -11,7 +11,6 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::ResponseError;
 
-use super::init_producer_id::{TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE};
 use super::{broker_endpoint, str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::placement;
 
@@ -35,19 +34,19 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
     let mut answers = Vec::with_capacity(keys.len());
     for key in keys {
-        let found = match request.key_type {
-            KEY_TYPE_GROUP => match placement(&ctx.shard, &key).await {
-                Ok(p) => p
-                    .leader
-                    .and_then(|l| Some((l, broker_endpoint(&ctx.shard.metadata(), l)?)))
-                    .ok_or(ResponseError::CoordinatorNotAvailable),
-                Err(e) => Err(e),
-            },
-            // librdkafka and the Java producer retry COORDINATOR_NOT_AVAILABLE until their
-            // timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED stops them at once.
-            KEY_TYPE_TRANSACTION => Err(TRANSACTIONS_UNSUPPORTED),
+        let leader = match request.key_type {
+            KEY_TYPE_GROUP => placement(&ctx.shard, &key).await.map(|p| p.leader),
+            KEY_TYPE_TRANSACTION if key.is_empty() => Err(ResponseError::InvalidRequest),
+            KEY_TYPE_TRANSACTION => crate::txn::driver::placement(&ctx.shard, &key)
+                .await
+                .map(|p| p.leader),
             _ => Err(ResponseError::InvalidRequest),
         };
+        let found = leader.and_then(|leader| {
+            leader
+                .and_then(|l| Some((l, broker_endpoint(&ctx.shard.metadata(), l)?)))
+                .ok_or(ResponseError::CoordinatorNotAvailable)
+        });
         answers.push((key, found));
     }
     let mut response = FindCoordinatorResponse::default();
@@ -97,9 +96,5 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
 }
 
 fn message(error: ResponseError) -> String {
-    if error == TRANSACTIONS_UNSUPPORTED {
-        TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string()
-    } else {
-        error.to_string()
-    }
+    error.to_string()
 }

@@ -5,6 +5,8 @@
 //! changes through the controller), and encodes its response. Kafka error codes come from
 //! [`errors`], the one place engine and metadata errors are mapped.
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod consumer_group_heartbeat;
@@ -17,6 +19,9 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_producers;
+pub mod describe_transactions;
+pub mod end_txn;
 pub mod errors;
 pub mod fetch;
 pub mod find_coordinator;
@@ -27,6 +32,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -37,6 +43,7 @@ pub mod router;
 pub mod sync_group;
 #[cfg(test)]
 mod tests;
+pub mod txn_offset_commit;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

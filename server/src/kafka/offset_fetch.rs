@@ -20,16 +20,32 @@ const MAX_GROUPS_PER_REQUEST: usize = 1_000;
 
 type Fetched = crate::group::FetchedOffsets;
 
+/// Partitions with offsets committed in a transaction not yet decided (KIP-447).
+type Unstable = std::collections::HashSet<(String, i32)>;
+
 async fn fetch(
     ctx: &Rc<RequestContext>,
     group_id: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
-) -> Result<Fetched, ResponseError> {
+) -> Result<(Fetched, Unstable), ResponseError> {
     let gid = group_id.clone();
     with_group(&ctx.shard, &group_id, move |_s, g| async move {
-        g.fetch_offsets(&gid, topics.as_deref())
+        (
+            g.fetch_offsets(&gid, topics.as_deref()),
+            g.unstable_offsets(&gid),
+        )
     })
     .await
+}
+
+/// KIP-447: a consumer asking for stable offsets (OffsetFetch v7+ `require_stable`) is told
+/// to retry while a transaction holding offsets of the partition is undecided.
+fn unstable_error(require_stable: bool, unstable: &Unstable, topic: &str, partition: i32) -> i16 {
+    if require_stable && unstable.contains(&(topic.to_owned(), partition)) {
+        ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
 }
 
 /// The asked partitions, each once, where first named (a topic whose partitions were all
@@ -72,11 +88,12 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         .map(|t| (t.name.0.to_string(), t.partition_indexes)),
                 )
             });
-            let (error, fetched) =
+            let (error, fetched, unstable) =
                 match fetch(&ctx, group.group_id.0.to_string(), topics.clone()).await {
-                    Ok(f) => (None, f),
-                    Err(e) => (Some(e), unanswered(&topics)),
+                    Ok((f, u)) => (None, f, u),
+                    Err(e) => (Some(e), unanswered(&topics), Unstable::new()),
                 };
+            let require_stable = request.require_stable;
             let mut g = OffsetFetchResponseGroup::default();
             g.group_id = group.group_id;
             g.error_code = error.map_or(0, |e| e.code());
@@ -90,6 +107,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         .map(|(p, c)| {
                             let mut r = OffsetFetchResponsePartitions::default();
                             r.partition_index = p;
+                            r.error_code = unstable_error(require_stable, &unstable, &name, p);
                             fill(
                                 &c,
                                 &mut r.committed_offset,
@@ -113,10 +131,11 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .map(|t| (t.name.0.to_string(), t.partition_indexes)),
         )
     });
-    let (error, fetched) = match fetch(&ctx, group_id.to_string(), topics.clone()).await {
-        Ok(f) => (None, f),
-        Err(e) => (Some(e), unanswered(&topics)),
+    let (error, fetched, unstable) = match fetch(&ctx, group_id.to_string(), topics.clone()).await {
+        Ok((f, u)) => (None, f, u),
+        Err(e) => (Some(e), unanswered(&topics), Unstable::new()),
     };
+    let require_stable = v >= 7 && request.require_stable;
     if v >= 2 {
         out.error_code = error.map_or(0, |e| e.code());
     }
@@ -130,6 +149,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .map(|(p, c)| {
                     let mut r = OffsetFetchResponsePartition::default();
                     r.partition_index = p;
+                    r.error_code = unstable_error(require_stable, &unstable, &name, p);
                     fill(
                         &c,
                         &mut r.committed_offset,

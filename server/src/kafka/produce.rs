@@ -33,8 +33,11 @@ use crate::controller::requests::CreateTopic;
 use crate::metadata::controller::{self, NewTopic};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartition};
+use crate::partition::ClientAppendError;
 use crate::shard::budget::ConversionTurn;
 use crate::shard::Shard;
+use crate::txn::driver::with_txn;
+use crate::txn::partition::{produce_knows_transaction_abortable, verification_error};
 
 /// The first Produce version allowed to carry zstd batches (KIP-110).
 const MIN_ZSTD_PRODUCE_VERSION: i16 = 7;
@@ -188,12 +191,23 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         converted = conversion.map(ConversionTurn::finish);
     }
 
+    // KIP-98/890: who sent the transactional batches, checked with its coordinator before
+    // a batch opens its transaction in a partition.
+    let txn = TxnContext {
+        transactional_id: request
+            .transactional_id
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .filter(|t| !t.is_empty()),
+        produce_version: version,
+    };
     // Fan out: one call per owning shard, queued in request order.
     let calls: Vec<_> = group_by_owner(&ctx.shard, work)
         .into_iter()
         .map(|(owner, items)| {
+            let txn = txn.clone();
             ctx.shard.invoke_on(owner, move |shard| {
-                append_on_owner(shard, items, durability, acks)
+                append_on_owner(shard, items, durability, acks, txn)
             })
         })
         .collect();
@@ -372,11 +386,19 @@ pub async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a 
 }
 
 /// Runs on the owning shard: appends each partition's batches, in the order given.
+/// The transactional side of a Produce request.
+#[derive(Clone, Debug)]
+struct TxnContext {
+    transactional_id: Option<String>,
+    produce_version: i16,
+}
+
 async fn append_on_owner(
     shard: Rc<Shard>,
     items: Vec<(TopicPartition, (usize, usize, Bytes))>,
     durability: Durability,
     acks: i16,
+    txn: TxnContext,
 ) -> Vec<(usize, usize, Appended)> {
     // Spawned in order, so every append starts (and takes its offsets) in request order
     // even though they complete independently.
@@ -384,11 +406,12 @@ async fn append_on_owner(
         .into_iter()
         .map(|(tp, (ti, pi, records))| {
             let shard = shard.clone();
+            let txn = txn.clone();
             glommio::spawn_local(async move {
                 (
                     ti,
                     pi,
-                    append_one(&shard, tp, records, durability, acks).await,
+                    append_one(&shard, tp, records, durability, acks, &txn).await,
                 )
             })
         })
@@ -401,11 +424,12 @@ async fn append_on_owner(
 }
 
 async fn append_one(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     tp: TopicPartition,
     records: Bytes,
     durability: Durability,
     acks: i16,
+    txn: &TxnContext,
 ) -> Appended {
     let partition = match led_partition(&shard, tp) {
         Ok(p) => p,
@@ -421,7 +445,58 @@ async fn append_one(
             )),
         );
     }
-    match partition.append(records, durability).await {
+    // A transactional batch that would open its producer's transaction here is appended
+    // only once the coordinator confirms the partition is in that transaction (KIP-890
+    // part 1). Such appends take the partition's verification gate in arrival order and
+    // hold it until written, so a producer's later batches cannot overtake its first.
+    let opening = partition.txns.opening_producer(&records);
+    let _gate;
+    let mut guard = None;
+    if let Some((pid, epoch, base_sequence)) = opening {
+        let Some(id) = txn.transactional_id.clone() else {
+            return Appended::error(
+                ResponseError::TransactionalIdAuthorizationFailed,
+                Some("transactional records need the producer's transactional.id".into()),
+            );
+        };
+        _gate = match partition.verify_gate.acquire_permit(1).await {
+            Ok(permit) => permit,
+            Err(_) => return Appended::error(ResponseError::NotLeaderOrFollower, None),
+        };
+        if !partition.txns.has_ongoing_txn(pid) {
+            let g = partition.txns.start_verification(
+                pid,
+                epoch,
+                base_sequence,
+                crate::shard::now_ms(),
+            );
+            let topic = partition.topic.clone();
+            let p = tp.partition.0;
+            let name = id.clone();
+            let answer = with_txn(shard, &name, move |_s, t, cp| async move {
+                let tp = crate::txn::TopicPartition::new(&topic, p);
+                t.read(cp, |c| c.verify_partitions(&id, pid, epoch, &[tp]))
+            })
+            .await;
+            let error = match answer {
+                Ok(Some(results)) => results.into_iter().next().and_then(|(_, e)| e),
+                Ok(None) => Some(ResponseError::CoordinatorNotAvailable),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = error {
+                let code =
+                    verification_error(e, produce_knows_transaction_abortable(txn.produce_version));
+                return Appended::error(
+                    code,
+                    Some(format!(
+                        "the transaction coordinator does not confirm this partition is in the producer's transaction ({e:?})"
+                    )),
+                );
+            }
+            guard = g;
+        }
+    }
+    match partition.append_with(records, durability, guard).await {
         Ok(info) => Appended {
             error: None,
             message: None,
@@ -430,6 +505,20 @@ async fn append_one(
             log_append_time_ms: info.log_append_time_ms,
             log_start_offset: info.log_start_offset.0,
         },
-        Err(e) => Appended::error(engine_error(&e), Some(e.to_string())),
+        Err(ClientAppendError::Engine(e)) => Appended::error(engine_error(&e), Some(e.to_string())),
+        Err(ClientAppendError::Refused(code)) => Appended::error(code, Some(refusal_message(code))),
+    }
+}
+
+/// The message a producer's batch refused by the partition's transactions gets.
+fn refusal_message(code: ResponseError) -> String {
+    match code {
+        ResponseError::InvalidProducerEpoch => {
+            "the producer's epoch is older than the partition's: a newer producer with the same transactional.id fenced it".into()
+        }
+        ResponseError::InvalidTxnState => {
+            "a non-transactional batch from a producer whose transaction is open in this partition".into()
+        }
+        other => other.to_string(),
     }
 }

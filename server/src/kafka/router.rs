@@ -14,6 +14,7 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::ResponseError;
 use wharf_protocol::frame::encode_error_code_only_response;
 
+use super::{add_offsets_to_txn, add_partitions_to_txn, end_txn, txn_offset_commit};
 use super::{
     alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics,
     describe_cluster, describe_configs, describe_log_dirs, fetch, incremental_alter_configs,
@@ -23,6 +24,7 @@ use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
     join_group, leave_group, list_groups, offset_commit, offset_delete, offset_fetch, sync_group,
 };
+use super::{describe_producers, describe_transactions, list_transactions};
 use super::{HandlerError, HandlerResult, Reply, RequestContext};
 
 type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult>>>;
@@ -71,8 +73,17 @@ pub static ROUTES: &[Route] = &[
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
-    // KIP-98 idempotent producers (no transactions): a fresh producer id on every call.
+    // KIP-98: idempotent producers get a fresh producer id; transactional ones their
+    // transactional id's coordinator (single node; KIP-890 part 2 not served).
     route!(InitProducerId, 0, 5, init_producer_id),
+    route!(AddPartitionsToTxn, 0, 3, add_partitions_to_txn),
+    route!(AddOffsetsToTxn, 0, 3, add_offsets_to_txn),
+    route!(EndTxn, 0, 3, end_txn),
+    route!(TxnOffsetCommit, 0, 3, txn_offset_commit),
+    // KIP-664: what `kafka-transactions` uses.
+    route!(DescribeProducers, 0, 0, describe_producers),
+    route!(DescribeTransactions, 0, 0, describe_transactions),
+    route!(ListTransactions, 0, 1, list_transactions),
     // Consumer groups (classic protocol), coordinated on the shard owning the group's
     // `__consumer_offsets` partition.
     route!(FindCoordinator, 0, 6, find_coordinator),

@@ -106,9 +106,11 @@ pub fn validate_new_topic(
             store::METADATA_LOG_TOPIC
         )));
     }
-    if !t.internal && t.name == OFFSETS_TOPIC {
+    let txn_topic = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
+    if !t.internal && (t.name == OFFSETS_TOPIC || t.name == txn_topic) {
         return Err(MetadataError::InvalidRequest(format!(
-            "Creation of internal topic {OFFSETS_TOPIC} is prohibited."
+            "Creation of internal topic {} is prohibited.",
+            t.name
         )));
     }
     if image.topic(&t.name).is_some() || also_taken.contains(&t.name.as_str()) {
@@ -453,6 +455,48 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
         Some(Err(MetadataError::TopicAlreadyExists(_))) => shard
             .metadata()
             .topic(OFFSETS_TOPIC)
+            .cloned()
+            .ok_or(MetadataError::UnknownTopic),
+        Some(Err(e)) => Err(e),
+        None => Err(MetadataError::Unavailable),
+    }
+}
+
+/// `__transaction_state`, created on first use like `__consumer_offsets`: internal,
+/// compacted, `transaction.state.log.num.partitions` partitions.
+pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataError> {
+    const NAME: &str = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
+    if let Some(topic) = shard.metadata().topic(NAME) {
+        return Ok(topic.clone());
+    }
+    let topic = CreateTopic {
+        topic: NewTopic {
+            name: NAME.to_string(),
+            partitions: shard.config.txn.transaction_state_log_num_partitions as i32,
+            configs: vec![
+                ("cleanup.policy".into(), Some("compact".into())),
+                (
+                    "segment.bytes".into(),
+                    Some(
+                        shard
+                            .config
+                            .txn
+                            .transaction_state_log_segment_bytes
+                            .to_string(),
+                    ),
+                ),
+            ],
+            internal: true,
+        },
+        // The cluster's default replication factor, like `__consumer_offsets`.
+        replication_factor: -1,
+        assignments: Vec::new(),
+    };
+    match create_topics(shard, vec![topic], false).await.pop() {
+        Some(Ok(created)) => Ok(created.topic),
+        Some(Err(MetadataError::TopicAlreadyExists(_))) => shard
+            .metadata()
+            .topic(NAME)
             .cloned()
             .ok_or(MetadataError::UnknownTopic),
         Some(Err(e)) => Err(e),

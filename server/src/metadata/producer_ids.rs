@@ -48,27 +48,34 @@ pub async fn next_producer_id(shard: &Rc<Shard>) -> Result<i64, MetadataError> {
         if let Some(id) = shard.producer_ids.take() {
             return Ok(id);
         }
-        let broker_epoch = cluster::broker_epoch(shard)
-            .await
-            .ok_or(MetadataError::Unavailable)?;
-        let request = ControllerRequest::AllocateProducerIds {
-            node: shard.node_id(),
-            broker_epoch,
-        };
-        let (start, end) = match cluster::call(shard, request).await {
-            Ok(ControllerReply::ProducerIds(block)) => {
-                (block.first, block.first + i64::from(block.count))
-            }
-            Ok(_) => return Err(MetadataError::Unavailable),
-            Err(ControllerError::Metadata(e)) => return Err(e),
-            Err(e) => {
-                tracing::debug!("no producer ids from the controller: {e}");
-                return Err(MetadataError::Unavailable);
-            }
-        };
+        let (start, end) = allocate_producer_id_block(shard).await?;
         shard.producer_ids.install(start, end);
     }
     shard.producer_ids.take().ok_or(MetadataError::Unavailable)
+}
+
+/// A fresh block of producer ids `[start, end)` from the active controller, recorded in the
+/// metadata log before it is handed out (the shards' blocks and the transaction
+/// coordinators' come from here alike).
+pub async fn allocate_producer_id_block(shard: &Rc<Shard>) -> Result<(i64, i64), MetadataError> {
+    let broker_epoch = cluster::broker_epoch(shard)
+        .await
+        .ok_or(MetadataError::Unavailable)?;
+    let request = ControllerRequest::AllocateProducerIds {
+        node: shard.node_id(),
+        broker_epoch,
+    };
+    match cluster::call(shard, request).await {
+        Ok(ControllerReply::ProducerIds(block)) => {
+            Ok((block.first, block.first + i64::from(block.count)))
+        }
+        Ok(_) => Err(MetadataError::Unavailable),
+        Err(ControllerError::Metadata(e)) => Err(e),
+        Err(e) => {
+            tracing::debug!("no producer ids from the controller: {e}");
+            Err(MetadataError::Unavailable)
+        }
+    }
 }
 
 #[cfg(test)]

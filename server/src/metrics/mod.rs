@@ -149,6 +149,8 @@ pub struct PartitionSnapshot {
     pub log_start_offset: i64,
     /// The high watermark: the end of what consumers can read.
     pub log_end_offset: i64,
+    /// The last stable offset: the end of what read_committed consumers can read.
+    pub last_stable_offset: i64,
     pub size_bytes: u64,
 }
 
@@ -188,6 +190,7 @@ impl ShardSnapshot {
                 partition: p.tp.partition.0,
                 log_start_offset: p.log.log_start_offset().0,
                 log_end_offset: p.high_watermark(),
+                last_stable_offset: p.last_stable_offset(),
                 size_bytes: p.log.size_bytes(),
             })
             .collect();
@@ -295,6 +298,7 @@ mod tests {
             partition: p,
             log_start_offset: 0,
             log_end_offset: 5,
+            last_stable_offset: 5,
             size_bytes: 10,
         };
         let mut a = ShardSnapshot {

@@ -185,6 +185,21 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
     }
     family(
         &mut out,
+        "wharf_partition_last_stable_offset",
+        "gauge",
+        "The partition's last stable offset: read_committed consumers read below it (the high watermark unless a transaction is open).",
+    );
+    for p in &all.partitions {
+        let partition = p.partition.to_string();
+        sample(
+            &mut out,
+            "wharf_partition_last_stable_offset",
+            &[("topic", &p.topic), ("partition", &partition)],
+            p.last_stable_offset,
+        );
+    }
+    family(
+        &mut out,
         "wharf_partition_size_bytes",
         "gauge",
         "Bytes of the partition's log segments.",
@@ -252,7 +267,7 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
         &mut out,
         "wharf_group_lag_records",
         "gauge",
-        "Records between a group's committed offset and the partition's log end offset.",
+        "Records between a group's committed offset and the partition's last stable offset (its high watermark unless a transaction is open).",
     );
     for g in &all.groups {
         for (topic, partition, offset) in &g.offsets {
@@ -262,7 +277,9 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
             else {
                 continue;
             };
-            let lag = (all.partitions[at].log_end_offset - offset).max(0);
+            // Against the LSO: a read_committed consumer cannot pass it, and an open
+            // transaction's records are not yet work to do.
+            let lag = (all.partitions[at].last_stable_offset - offset).max(0);
             let partition = partition.to_string();
             sample(
                 &mut out,
@@ -394,6 +411,7 @@ mod tests {
                 partition: 2,
                 log_start_offset: 1,
                 log_end_offset: 10,
+                last_stable_offset: 10,
                 size_bytes: 500,
             }],
             groups: vec![GroupSummary {

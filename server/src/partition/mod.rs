@@ -3,6 +3,8 @@
 //! Data plane. Only the owning shard touches a partition's log; other shards reach it with
 //! [`Shard::invoke_on`](crate::shard::Shard::invoke_on).
 
+pub mod txn;
+
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,7 +12,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wharf_engine::{AppendInfo, BatchCache, Durability, EngineError, LogConfig, PartitionLog};
+use kafka_protocol::ResponseError;
+use wharf_engine::{
+    AppendInfo, AppendOrigin, BatchCache, Durability, EngineError, LogConfig, PartitionLog,
+};
+use wharf_protocol::txn::control::EndTxnMarker;
+
+use self::txn::PartitionTxnState;
+use crate::txn::partition::VerificationGuard;
 
 use crate::metadata::store::partition_dir;
 use crate::metadata::{TopicPartition, LEADER_EPOCH};
@@ -42,6 +51,20 @@ pub struct PartitionHandle {
     /// serves reads from its cache) as soon as an append starts; consumers must not see a
     /// batch before it is written, or a crash could take back an offset they have read.
     high_watermark: Cell<i64>,
+    /// Transactions: open ones (the LSO), the aborted index, producer epochs.
+    pub txns: PartitionTxnState,
+    /// Taken, in arrival order, by appends that wait for the coordinator to confirm the
+    /// transaction they open here (KIP-890), and held until they are written.
+    pub verify_gate: glommio::sync::Semaphore,
+}
+
+/// Why a broker-written batch (a marker, transactional offsets) was not appended.
+#[derive(Debug)]
+pub enum BrokerAppendError {
+    /// The partition's transaction state refused it (a Kafka error code).
+    Refused(ResponseError),
+    /// The log failed.
+    Engine(EngineError),
 }
 
 impl PartitionHandle {
@@ -59,19 +82,120 @@ impl PartitionHandle {
     /// consumers once written; with `Durability::Synced`, resolves only once they are also
     /// covered by an fdatasync (group-committed). Every append to a partition goes through
     /// here, so the high watermark never lags the file.
+    ///
+    /// Producer batches are checked against the partition's transactions first (a fenced
+    /// epoch is INVALID_PRODUCER_EPOCH, plain data inside an open transaction
+    /// INVALID_TXN_STATE), and a transactional batch opens its producer's transaction here.
     pub async fn append(
         &self,
         records: Bytes,
         durability: Durability,
-    ) -> Result<AppendInfo, EngineError> {
-        let info = self
+    ) -> Result<AppendInfo, ClientAppendError> {
+        self.append_with(records, durability, None).await
+    }
+
+    /// [`Self::append`] with the proof that the coordinator confirmed the transaction a
+    /// transactional batch opens here (KIP-890); without it such a batch is refused.
+    pub async fn append_with(
+        &self,
+        records: Bytes,
+        durability: Durability,
+        guard: Option<VerificationGuard>,
+    ) -> Result<AppendInfo, ClientAppendError> {
+        let log_end_before = self.log.log_end_offset().0;
+        let opened = self
+            .txns
+            .before_client_append(&records, log_end_before, guard, true)
+            .map_err(ClientAppendError::Refused)?;
+        let appended = self
             .log
-            .append(records, LEADER_EPOCH.0, Durability::Written)
-            .await?;
+            .append(records.clone(), LEADER_EPOCH.0, Durability::Written)
+            .await;
+        let info = match appended {
+            Ok(info) => info,
+            Err(e) => {
+                self.txns.append_failed(&opened);
+                return Err(ClientAppendError::Engine(e));
+            }
+        };
+        self.txns.after_client_append(
+            &records,
+            &opened,
+            log_end_before,
+            info.base_offset.0,
+            info.last_offset.0,
+            crate::shard::now_ms(),
+        );
         self.advance_high_watermark(info.last_offset.0 + 1);
         if durability == Durability::Synced {
-            self.log.sync().await?;
+            self.log.sync().await.map_err(ClientAppendError::Engine)?;
         }
+        Ok(info)
+    }
+
+    /// Appends a COMMIT or ABORT marker for `producer_id` (WriteTxnMarkers), synced, once
+    /// the partition's transaction state accepts it; returns its offset.
+    pub async fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: EndTxnMarker,
+    ) -> Result<i64, BrokerAppendError> {
+        self.txns
+            .check_marker(producer_id, producer_epoch, &marker)
+            .map_err(BrokerAppendError::Refused)?;
+        let now = crate::shard::now_ms();
+        let batch = Bytes::from(marker.to_batch(producer_id, producer_epoch, now));
+        let info = self
+            .log
+            .append_from(
+                batch,
+                LEADER_EPOCH.0,
+                Durability::Written,
+                AppendOrigin::Coordinator,
+            )
+            .await
+            .map_err(BrokerAppendError::Engine)?;
+        let offset = info.base_offset.0;
+        self.txns
+            .apply_marker(producer_id, producer_epoch, &marker, offset, now);
+        self.advance_high_watermark(offset + 1);
+        self.log.sync().await.map_err(BrokerAppendError::Engine)?;
+        Ok(offset)
+    }
+
+    /// Appends a transactional batch the broker built for `producer_id` (a TxnOffsetCommit's
+    /// offsets, no sequence numbers); it joins the producer's transaction here.
+    pub async fn append_transactional(
+        &self,
+        batch: Bytes,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<AppendInfo, BrokerAppendError> {
+        let log_end_before = self.log.log_end_offset().0;
+        let opened = self
+            .txns
+            .before_client_append(&batch, log_end_before, None, false)
+            .map_err(BrokerAppendError::Refused)?;
+        let appended = self
+            .log
+            .append_from(
+                batch,
+                LEADER_EPOCH.0,
+                Durability::Written,
+                AppendOrigin::Coordinator,
+            )
+            .await;
+        self.txns.append_failed(&opened);
+        let info = appended.map_err(BrokerAppendError::Engine)?;
+        self.txns.apply_broker_batch(
+            producer_id,
+            producer_epoch,
+            info.base_offset.0,
+            info.last_offset.0,
+            crate::shard::now_ms(),
+        );
+        self.advance_high_watermark(info.last_offset.0 + 1);
         Ok(info)
     }
 
@@ -80,14 +204,29 @@ impl PartitionHandle {
     pub fn advance_high_watermark(&self, end_offset: i64) {
         if end_offset > self.high_watermark() {
             self.high_watermark.set(end_offset);
+            self.txns.on_high_watermark(self.high_watermark());
             self.appended.notify_all();
         }
     }
 
-    /// KIP-98: the last stable offset. Without transactions nothing is pending, so it is the
-    /// high watermark.
+    /// KIP-98: the last stable offset: read_committed consumers read below it. The high
+    /// watermark, or the first offset of the earliest transaction still open.
     pub fn last_stable_offset(&self) -> i64 {
-        self.high_watermark()
+        self.txns.last_stable_offset(self.high_watermark())
+    }
+}
+
+/// Why a client's append failed.
+#[derive(Debug)]
+pub enum ClientAppendError {
+    /// The partition's transactions refused it (INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE).
+    Refused(ResponseError),
+    Engine(EngineError),
+}
+
+impl From<EngineError> for ClientAppendError {
+    fn from(e: EngineError) -> Self {
+        ClientAppendError::Engine(e)
     }
 }
 
@@ -144,6 +283,8 @@ impl PartitionRegistry {
         let opened = PartitionLog::open(dir.clone(), config, cache).await;
         self.opening.borrow_mut().remove(&tp);
         let log = opened?;
+        let txns = PartitionTxnState::default();
+        txns.rebuild(&dir, &log).await?;
         // What recovery found on disk is written, hence committed.
         let high_watermark = Cell::new(log.log_end_offset().0);
         let handle = PartitionHandle {
@@ -154,6 +295,8 @@ impl PartitionRegistry {
             log,
             appended: Watchers::default(),
             min_insync_replicas: Cell::new(min_insync_replicas),
+            txns,
+            verify_gate: glommio::sync::Semaphore::new(1),
         };
         self.open.borrow_mut().insert(tp, Rc::new(handle));
         Ok(())

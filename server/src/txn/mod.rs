@@ -18,6 +18,7 @@
 pub mod api;
 pub mod config;
 pub mod coordinator;
+pub mod driver;
 pub mod metadata;
 pub mod partition;
 pub mod producer_ids;

@@ -1,0 +1,126 @@
+//! DescribeProducers (KIP-664, what `kafka-transactions describe-producers` and
+//! `find-hanging` use): the producers a partition remembers, with their epoch, last
+//! sequence and timestamp, and where their open transaction starts.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
+use kafka_protocol::messages::{
+    ApiKey, DescribeProducersRequest, DescribeProducersResponse, ProducerId,
+};
+use kafka_protocol::ResponseError;
+
+use super::{HandlerResult, RequestContext};
+use crate::metadata::{PartitionId, TopicPartition};
+
+/// Partitions one request may name.
+const MAX_PARTITIONS_PER_REQUEST: usize = 10_000;
+
+/// One producer as DescribeProducers reports it:
+/// (id, epoch, last sequence, last timestamp, coordinator epoch, open transaction start).
+type Producer = (i64, i16, i32, i64, i32, i64);
+
+pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    let request: DescribeProducersRequest = ctx.decode(ApiKey::DescribeProducers, &mut body)?;
+    let image = ctx.shard.metadata();
+    let mut response = DescribeProducersResponse::default();
+    let mut total = 0usize;
+    for topic in request.topics {
+        let mut t = TopicResponse::default();
+        t.name = topic.name.clone();
+        let meta = image.topic(topic.name.0.as_str()).cloned();
+        for p in topic.partition_indexes {
+            total += 1;
+            let mut r = PartitionResponse::default();
+            r.partition_index = p;
+            let result = match &meta {
+                _ if total > MAX_PARTITIONS_PER_REQUEST => Err(ResponseError::InvalidRequest),
+                Some(m) if m.has_partition(PartitionId(p)) => {
+                    let tp = TopicPartition {
+                        topic_id: m.id,
+                        partition: PartitionId(p),
+                    };
+                    ctx.shard
+                        .invoke_on(
+                            ctx.shard.owner_of(tp),
+                            move |s| async move { producers(&s, tp) },
+                        )
+                        .await
+                        .unwrap_or(Err(ResponseError::NotLeaderOrFollower))
+                }
+                _ => Err(ResponseError::UnknownTopicOrPartition),
+            };
+            match result {
+                Ok(list) => {
+                    r.active_producers = list
+                        .into_iter()
+                        .map(|(pid, epoch, seq, ts, coord, start)| {
+                            let mut s = ProducerState::default();
+                            s.producer_id = ProducerId(pid);
+                            s.producer_epoch = i32::from(epoch);
+                            s.last_sequence = seq;
+                            s.last_timestamp = ts;
+                            s.coordinator_epoch = coord;
+                            s.current_txn_start_offset = start;
+                            s
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    ctx.note_error();
+                    r.error_code = e.code();
+                }
+            }
+            t.partitions.push(r);
+        }
+        response.topics.push(t);
+    }
+    ctx.respond(ApiKey::DescribeProducers, &response)
+}
+
+fn producers(
+    shard: &crate::shard::Shard,
+    tp: TopicPartition,
+) -> Result<Vec<Producer>, ResponseError> {
+    let handle = shard
+        .partitions
+        .get(tp)
+        .ok_or(ResponseError::NotLeaderOrFollower)?;
+    let states = handle.log.producer_states();
+    let mut out: Vec<Producer> = states
+        .iter()
+        .map(|(pid, e)| {
+            let txn = handle.txns.producer(*pid);
+            (
+                *pid,
+                txn.as_ref()
+                    .map_or(e.epoch, |t| t.producer_epoch.max(e.epoch)),
+                e.batches.back().map_or(-1, |b| b.last_sequence),
+                e.batches
+                    .back()
+                    .map_or(e.last_timestamp_ms, |b| b.timestamp_ms),
+                txn.as_ref().map_or(-1, |t| t.coordinator_epoch),
+                txn.and_then(|t| t.current_txn_first_offset).unwrap_or(-1),
+            )
+        })
+        .collect();
+    // Producers known only from markers or broker-written batches (no sequences).
+    for (first, pid) in handle.txns.ongoing() {
+        if !out.iter().any(|p| p.0 == pid) {
+            let txn = handle.txns.producer(pid);
+            out.push((
+                pid,
+                txn.as_ref().map_or(-1, |t| t.producer_epoch),
+                -1,
+                txn.as_ref().map_or(-1, |t| t.last_timestamp_ms),
+                txn.as_ref().map_or(-1, |t| t.coordinator_epoch),
+                first,
+            ));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}

@@ -1,0 +1,123 @@
+//! TxnOffsetCommit (KIP-98, KIP-447): a transactional producer commits a consumer group's
+//! offsets inside its transaction. The group coordinator checks the generation and member
+//! (KIP-447, when the request names them) and appends the offsets to the group's
+//! `__consumer_offsets` partition as a transactional batch of the producer; the group sees
+//! them only once the transaction's COMMIT marker reaches that partition.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{ApiKey, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
+use kafka_protocol::ResponseError;
+
+use super::{HandlerResult, RequestContext};
+use crate::group::driver::with_group;
+use crate::group::{CommitPartition, CommitRequest, ErrorCode};
+use crate::metadata::PartitionId;
+
+/// Partitions one commit may name.
+const MAX_PARTITIONS_PER_COMMIT: usize = 100_000;
+
+pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
+    let request: TxnOffsetCommitRequest = ctx.decode(ApiKey::TxnOffsetCommit, &mut body)?;
+    let image = ctx.shard.metadata();
+    let group_id = request.group_id.0.to_string();
+    let mut slots: Vec<Vec<Result<usize, ResponseError>>> =
+        Vec::with_capacity(request.topics.len());
+    let mut partitions = Vec::new();
+    let mut total = 0usize;
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let meta = image.topic(&name);
+        let mut row = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            total += 1;
+            let known = meta.is_some_and(|m| m.has_partition(PartitionId(p.partition_index)));
+            if total > MAX_PARTITIONS_PER_COMMIT {
+                row.push(Err(ResponseError::InvalidRequest));
+            } else if !known {
+                row.push(Err(ResponseError::UnknownTopicOrPartition));
+            } else {
+                row.push(Ok(partitions.len()));
+                partitions.push(CommitPartition {
+                    topic: name.clone(),
+                    partition: p.partition_index,
+                    offset: p.committed_offset,
+                    leader_epoch: if ctx.api_version >= 2 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    commit_timestamp_ms: -1,
+                });
+            }
+        }
+        slots.push(row);
+    }
+    let count = partitions.len();
+    let errors: Vec<ErrorCode> = if count == 0 {
+        Vec::new()
+    } else if request.transactional_id.0.is_empty() {
+        vec![Some(ResponseError::InvalidRequest); count]
+    } else {
+        // v0–v2 name no member: the commit is not checked against the membership.
+        let (generation_id, member_id) = if ctx.api_version >= 3 {
+            (request.generation_id, request.member_id.to_string())
+        } else {
+            (-1, String::new())
+        };
+        let commit = CommitRequest {
+            group_id: group_id.clone(),
+            generation_id,
+            member_id,
+            group_instance_id: request.group_instance_id.map(|s| s.to_string()),
+            retention_time_ms: -1,
+            partitions,
+        };
+        let (pid, epoch) = (request.producer_id.0, request.producer_epoch);
+        match with_group(&ctx.shard, &group_id, move |s, g| async move {
+            g.txn_commit(&s, commit, pid, epoch).await
+        })
+        .await
+        {
+            Ok(errors) => errors,
+            Err(e) => vec![Some(e); count],
+        }
+    };
+    let mut out = TxnOffsetCommitResponse::default();
+    let mut failed = false;
+    out.topics = request
+        .topics
+        .into_iter()
+        .zip(slots)
+        .map(|(topic, row)| {
+            let mut t = TxnOffsetCommitResponseTopic::default();
+            t.name = topic.name;
+            t.partitions = topic
+                .partitions
+                .iter()
+                .zip(row)
+                .map(|(p, slot)| {
+                    let mut r = TxnOffsetCommitResponsePartition::default();
+                    r.partition_index = p.partition_index;
+                    let error = match slot {
+                        Ok(i) => errors.get(i).copied().flatten(),
+                        Err(e) => Some(e),
+                    };
+                    failed |= error.is_some();
+                    r.error_code = error.map_or(0, |e| e.code());
+                    r
+                })
+                .collect();
+            t
+        })
+        .collect();
+    if failed {
+        ctx.note_error();
+    }
+    ctx.respond(ApiKey::TxnOffsetCommit, &out)
+}

@@ -1,0 +1,379 @@
+//! A partition's transactions on a shard: the pure [`PartitionTxns`] kept next to the log,
+//! checked and updated around every append, rebuilt from the log when the partition opens.
+//!
+//! Data plane. The rules are the pure module's (`crate::txn::partition`); this file reads
+//! batch headers, writes markers through the engine, and keeps the state consistent with
+//! the log:
+//!
+//! - before a client's append, every producer batch is checked (fenced epochs,
+//!   non-transactional data inside an open transaction); a transactional batch that opens
+//!   a transaction holds the last stable offset at the log end *before* the append starts,
+//!   so the LSO never passes the batch even while it is being written;
+//! - a marker is checked, appended with acks=all semantics (synced), then applied; an abort
+//!   adds an entry to the aborted-transaction index;
+//! - on open, a partition that has ever held a transactional batch (it has a
+//!   [`TXN_MARKER_FILE`]) replays its batch headers and markers from the log start, which
+//!   rebuilds the open transactions and the aborted index exactly as they were, whatever
+//!   the crash. The file is created and synced when the partition joins its first
+//!   transaction (AddPartitionsToTxn), before any transactional batch can reach it.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use wharf_engine::{EngineError, Offset, PartitionLog};
+use wharf_protocol::batch::{batches, BatchHeader};
+use wharf_protocol::txn::control::{decode_control_batch, ControlContent, EndTxnMarker};
+use wharf_protocol::txn::index::AbortedTxn;
+
+use crate::txn::partition::{PartitionTxns, VerificationGuard};
+
+/// Present in a partition's directory once it has joined a transaction: its open
+/// transactions and aborted index are then rebuilt from the log on open.
+pub const TXN_MARKER_FILE: &str = "transactional";
+/// Bytes read per step while rebuilding.
+const REBUILD_READ_BYTES: usize = 1 << 20;
+/// Largest control batch read while rebuilding (a marker is about 80 bytes).
+const MAX_CONTROL_BATCH_BYTES: usize = 1 << 16;
+
+/// One producer batch of an append, from its header.
+struct ProducerBatch {
+    producer_id: i64,
+    producer_epoch: i16,
+    transactional: bool,
+}
+
+fn producer_batches(records: &Bytes) -> Vec<ProducerBatch> {
+    let mut out: Vec<ProducerBatch> = Vec::new();
+    for (_, batch) in batches(records) {
+        let Some(h) = BatchHeader::view(batch) else {
+            break;
+        };
+        // A client's control batch is the engine's to refuse (INVALID_RECORD).
+        if h.producer_id() < 0 || h.is_control() {
+            continue;
+        }
+        out.push(ProducerBatch {
+            producer_id: h.producer_id(),
+            producer_epoch: h.producer_epoch(),
+            transactional: h.is_transactional(),
+        });
+    }
+    out
+}
+
+/// The transactions of one partition, next to its log.
+#[derive(Default)]
+pub struct PartitionTxnState {
+    txns: RefCell<PartitionTxns>,
+    /// Producers whose first transactional batch here is being appended, with the log end
+    /// before it: the LSO stays below that until the batch's offsets are known.
+    opening: RefCell<Vec<(i64, i64)>>,
+    marker_file: Cell<bool>,
+}
+
+impl PartitionTxnState {
+    /// The last stable offset for `high_watermark`.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        let lso = self.txns.borrow().last_stable_offset(high_watermark);
+        self.opening
+            .borrow()
+            .iter()
+            .map(|(_, at)| *at)
+            .fold(lso, i64::min)
+    }
+
+    pub fn on_high_watermark(&self, high_watermark: i64) {
+        self.txns.borrow_mut().on_high_watermark(high_watermark);
+    }
+
+    /// The aborted transactions a read_committed fetch from `fetch_offset` up to
+    /// `upper_bound_offset` must be told of.
+    pub fn aborted_in_range(&self, fetch_offset: i64, upper_bound_offset: i64) -> Vec<AbortedTxn> {
+        self.txns
+            .borrow()
+            .aborted_in_range(fetch_offset, upper_bound_offset)
+    }
+
+    /// The open transactions as (first offset, producer id).
+    pub fn ongoing(&self) -> Vec<(i64, i64)> {
+        self.txns.borrow().ongoing().collect()
+    }
+
+    /// What the partition knows of a producer's transactions.
+    pub fn producer(&self, producer_id: i64) -> Option<crate::txn::partition::ProducerTxnState> {
+        self.txns.borrow().producer(producer_id).cloned()
+    }
+
+    /// Checks a client's batches before they are appended; remembers where the
+    /// transactions they open begin. Call [`Self::after_client_append`] (or
+    /// [`Self::append_failed`]) afterwards, without yielding in between.
+    pub fn before_client_append(
+        &self,
+        records: &Bytes,
+        log_end_offset: i64,
+        guard: Option<VerificationGuard>,
+        verification: bool,
+    ) -> Result<Vec<i64>, ResponseError> {
+        let producers = producer_batches(records);
+        let txns = self.txns.borrow();
+        let mut opened = Vec::new();
+        for b in &producers {
+            txns.check_data_batch(
+                b.producer_id,
+                b.producer_epoch,
+                b.transactional,
+                guard,
+                verification,
+            )
+            .map_err(|e| e.code())?;
+            if b.transactional
+                && !txns.has_ongoing_txn(b.producer_id)
+                && !opened.contains(&b.producer_id)
+            {
+                opened.push(b.producer_id);
+            }
+        }
+        drop(txns);
+        let mut opening = self.opening.borrow_mut();
+        for pid in &opened {
+            opening.push((*pid, log_end_offset));
+        }
+        Ok(opened)
+    }
+
+    /// The producer, epoch and base sequence of the first transactional batch of `records`
+    /// whose producer has no transaction open here: that batch needs the coordinator's
+    /// confirmation (KIP-890) before it is appended.
+    pub fn opening_producer(&self, records: &Bytes) -> Option<(i64, i16, i32)> {
+        let txns = self.txns.borrow();
+        for (_, batch) in batches(records) {
+            let h = BatchHeader::view(batch)?;
+            if h.producer_id() >= 0
+                && h.is_transactional()
+                && !h.is_control()
+                && !txns.has_ongoing_txn(h.producer_id())
+            {
+                return Some((h.producer_id(), h.producer_epoch(), h.base_sequence()));
+            }
+        }
+        None
+    }
+
+    pub fn has_ongoing_txn(&self, producer_id: i64) -> bool {
+        self.txns.borrow().has_ongoing_txn(producer_id)
+    }
+
+    /// Starts a KIP-890 verification for the producer: the guard to append with once the
+    /// coordinator confirms.
+    pub fn start_verification(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+        now_ms: i64,
+    ) -> Option<VerificationGuard> {
+        self.txns.borrow_mut().start_verification(
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            now_ms,
+        )
+    }
+
+    /// The client's append went through at `base_offset..=last_offset` (or was a retried
+    /// duplicate answered with older offsets).
+    pub fn after_client_append(
+        &self,
+        records: &Bytes,
+        opened: &[i64],
+        log_end_before: i64,
+        base_offset: i64,
+        last_offset: i64,
+        now_ms: i64,
+    ) {
+        self.forget_opening(opened);
+        // A duplicate is answered with the offsets of its first append, which are below
+        // the log end the append started from: nothing new is in the log.
+        if base_offset < log_end_before {
+            return;
+        }
+        let mut txns = self.txns.borrow_mut();
+        for b in producer_batches(records) {
+            txns.apply_data_batch(
+                b.producer_id,
+                b.producer_epoch,
+                base_offset,
+                last_offset,
+                b.transactional,
+                now_ms,
+            );
+        }
+    }
+
+    pub fn append_failed(&self, opened: &[i64]) {
+        self.forget_opening(opened);
+    }
+
+    fn forget_opening(&self, opened: &[i64]) {
+        if opened.is_empty() {
+            return;
+        }
+        let mut opening = self.opening.borrow_mut();
+        for pid in opened {
+            if let Some(i) = opening.iter().position(|(p, _)| p == pid) {
+                opening.swap_remove(i);
+            }
+        }
+    }
+
+    /// Records a transactional batch the broker appended itself (offsets of a
+    /// TxnOffsetCommit) at `first..=last`.
+    pub fn apply_broker_batch(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        first: i64,
+        last: i64,
+        now_ms: i64,
+    ) {
+        self.txns.borrow_mut().apply_data_batch(
+            producer_id,
+            producer_epoch,
+            first,
+            last,
+            true,
+            now_ms,
+        );
+    }
+
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: &EndTxnMarker,
+    ) -> Result<(), ResponseError> {
+        self.txns
+            .borrow()
+            .check_marker(producer_id, producer_epoch, marker)
+            .map_err(|e| e.code())
+    }
+
+    pub fn apply_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: &EndTxnMarker,
+        offset: i64,
+        now_ms: i64,
+    ) {
+        self.txns
+            .borrow_mut()
+            .apply_marker(producer_id, producer_epoch, marker, offset, now_ms);
+    }
+
+    /// Whether the marker file is known to exist.
+    pub fn has_marker_file(&self) -> bool {
+        self.marker_file.get()
+    }
+
+    /// Creates (and syncs) the marker file in `dir` if it does not exist yet.
+    pub async fn ensure_marker_file(&self, dir: &Path) -> Result<(), ResponseError> {
+        if self.marker_file.get() {
+            return Ok(());
+        }
+        let dir: PathBuf = dir.to_path_buf();
+        let created = glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                let path = dir.join(TXN_MARKER_FILE);
+                if path.exists() {
+                    return Ok(());
+                }
+                let f = std::fs::File::create(&path)?;
+                f.sync_all()?;
+                std::fs::File::open(&dir)?.sync_all()
+            })
+            .await;
+        match created {
+            Ok(()) => {
+                self.marker_file.set(true);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("cannot create the transaction marker file: {e}");
+                Err(ResponseError::KafkaStorageError)
+            }
+        }
+    }
+
+    /// Rebuilds the state from the log if the partition has ever joined a transaction.
+    pub async fn rebuild(&self, dir: &Path, log: &PartitionLog) -> Result<(), EngineError> {
+        let path = dir.join(TXN_MARKER_FILE);
+        let exists = glommio::executor()
+            .spawn_blocking(move || path.exists())
+            .await;
+        if !exists {
+            return Ok(());
+        }
+        self.marker_file.set(true);
+        let mut txns = PartitionTxns::default();
+        let end = log.log_end_offset().0;
+        let mut next = log.log_start_offset().0;
+        while next < end {
+            let bytes = log.read(Offset(next), REBUILD_READ_BYTES).await?;
+            let before = next;
+            for (_, batch) in batches(&bytes) {
+                let Some(h) = BatchHeader::view(batch) else {
+                    break;
+                };
+                let base = h.base_offset();
+                let last = base + i64::from(h.last_offset_delta());
+                if last < next {
+                    continue;
+                }
+                next = last + 1;
+                if h.producer_id() < 0 {
+                    continue;
+                }
+                let ts = h.max_timestamp();
+                if h.is_control() {
+                    match decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
+                        Ok(c) => {
+                            if let ControlContent::EndTxn(marker) = c.content {
+                                txns.apply_marker(
+                                    h.producer_id(),
+                                    h.producer_epoch(),
+                                    &marker,
+                                    base,
+                                    ts,
+                                );
+                            }
+                        }
+                        Err(e) => tracing::warn!(offset = base, "unreadable control batch: {e}"),
+                    }
+                } else {
+                    txns.apply_data_batch(
+                        h.producer_id(),
+                        h.producer_epoch(),
+                        base,
+                        last,
+                        h.is_transactional(),
+                        ts,
+                    );
+                }
+            }
+            if next == before {
+                break;
+            }
+        }
+        txns.on_high_watermark(end);
+        let open = txns.ongoing().count();
+        let aborted = txns.aborted_index().len();
+        if open > 0 || aborted > 0 {
+            tracing::debug!(dir = %dir.display(), open, aborted, "rebuilt partition transactions");
+        }
+        *self.txns.borrow_mut() = txns;
+        Ok(())
+    }
+}

@@ -1,0 +1,529 @@
+//! Runs the transaction coordinators on a shard (the shape of `group/driver.rs`): a
+//! transactional id is coordinated on the shard owning its `__transaction_state`
+//! partition; that partition is loaded into its [`TxnCoordinator`] on first use (so a
+//! restart resumes unfinished commits and aborts), and the coordinator's effects are
+//! carried out here: records appended to the partition (synced), markers written to the
+//! partitions of each transaction on their owning shards, producer-id blocks taken from
+//! the controller, answers handed back to the waiting requests, and time passed in.
+//!
+//! Each shard has its own coordinators (a shard is one thread, so they live in a
+//! thread-local), one per `__transaction_state` partition the shard owns.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use wharf_engine::{Durability, Offset};
+use wharf_protocol::batch::{batches, records, BatchBuilder, BatchHeader};
+use wharf_protocol::txn::control::{EndTxnMarker, TransactionResult};
+use wharf_protocol::txn::log::{partition_for_transactional_id, TransactionLogRecord};
+
+use super::api::*;
+use super::coordinator::TxnCoordinator;
+use crate::metadata::controller::ensure_txn_topic;
+use crate::metadata::producer_ids::allocate_producer_id_block;
+use crate::metadata::{NodeId, PartitionId, TopicPartition as Tp, LEADER_EPOCH, OFFSETS_TOPIC};
+use crate::partition::{BrokerAppendError, ClientAppendError};
+use crate::shard::{now_ms, oneshot, Shard};
+
+/// How often the coordinators are told that time passed (timeouts and retries are met
+/// within this).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes read per step while loading a partition.
+const LOAD_READ_BYTES: usize = 1 << 20;
+/// How long a request waits for `__transaction_state` to appear on its shard.
+const OPEN_WAIT_STEP: Duration = Duration::from_millis(10);
+const OPEN_WAIT_STEPS: usize = 500;
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum LoadState {
+    Loading,
+    Loaded,
+}
+
+/// One shard's transaction coordinators and the requests waiting for them.
+pub struct TxnShard {
+    coordinators: RefCell<HashMap<i32, TxnCoordinator>>,
+    loads: RefCell<HashMap<i32, LoadState>>,
+    waiters: RefCell<HashMap<Token, oneshot::Sender<Reply>>>,
+    next_token: Cell<Token>,
+    /// Partitions whose coordinator has asked for producer ids and not got them yet.
+    asking_ids: RefCell<HashMap<i32, bool>>,
+}
+
+thread_local! {
+    static TXN_SHARD: RefCell<Option<Rc<TxnShard>>> = const { RefCell::new(None) };
+}
+
+impl TxnShard {
+    /// This shard's coordinators, created (with their ticker) on first use.
+    pub fn of(shard: &Rc<Shard>) -> Rc<TxnShard> {
+        if let Some(t) = TXN_SHARD.with(|slot| slot.borrow().clone()) {
+            return t;
+        }
+        let t = Rc::new(TxnShard {
+            coordinators: RefCell::new(HashMap::new()),
+            loads: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            asking_ids: RefCell::new(HashMap::new()),
+        });
+        TXN_SHARD.with(|slot| *slot.borrow_mut() = Some(t.clone()));
+        glommio::spawn_local(ticker(shard.clone(), t.clone())).detach();
+        t
+    }
+
+    fn token(&self) -> Token {
+        let t = self.next_token.get();
+        self.next_token.set(t + 1);
+        t
+    }
+
+    /// Loads `__transaction_state` partition `p` on first use; requests for it meanwhile
+    /// get COORDINATOR_LOAD_IN_PROGRESS, which clients retry.
+    pub async fn ensure_loaded(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        tp: Tp,
+    ) -> Result<(), ResponseError> {
+        let p = tp.partition.0;
+        match self.loads.borrow().get(&p) {
+            Some(LoadState::Loaded) => return Ok(()),
+            Some(LoadState::Loading) => return Err(ResponseError::CoordinatorLoadInProgress),
+            None => {}
+        }
+        self.loads.borrow_mut().insert(p, LoadState::Loading);
+        match self.load(shard, tp).await {
+            Ok(()) => {
+                self.loads.borrow_mut().insert(p, LoadState::Loaded);
+                Ok(())
+            }
+            Err(e) => {
+                self.loads.borrow_mut().remove(&p);
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(self: &Rc<Self>, shard: &Rc<Shard>, tp: Tp) -> Result<(), ResponseError> {
+        let p = tp.partition.0;
+        let handle = wait_for_open(shard, tp)
+            .await
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let end = handle.log.log_end_offset().0;
+        let mut next = handle.log.log_start_offset().0;
+        let mut loaded = Vec::new();
+        while next < end {
+            let bytes = handle
+                .log
+                .read(Offset(next), LOAD_READ_BYTES)
+                .await
+                .map_err(|e| {
+                    tracing::error!(partition = p, "cannot read the transaction log: {e}");
+                    ResponseError::CoordinatorNotAvailable
+                })?;
+            let before = next;
+            for (_, batch) in batches(&bytes) {
+                let Some(header) = BatchHeader::view(batch) else {
+                    break;
+                };
+                let base = header.base_offset();
+                let last = base + i64::from(header.last_offset_delta());
+                if last < next {
+                    continue;
+                }
+                next = last + 1;
+                if header.is_control() {
+                    continue;
+                }
+                let Ok(iter) = records(batch) else {
+                    tracing::warn!(partition = p, offset = base, "skipping unreadable batch");
+                    continue;
+                };
+                for record in iter {
+                    let Ok(record) = record else { break };
+                    let Some(key) = record.key else { continue };
+                    match TransactionLogRecord::decode(key, record.value) {
+                        Ok(r) => loaded.push(r),
+                        // Kafka's loader skips keys of versions it does not know too.
+                        Err(e) => {
+                            tracing::warn!(partition = p, offset = base, "skipping record: {e}")
+                        }
+                    }
+                }
+            }
+            if next == before {
+                break;
+            }
+        }
+        let fx = {
+            let mut coordinators = self.coordinators.borrow_mut();
+            let c = coordinators
+                .entry(p)
+                .or_insert_with(|| TxnCoordinator::new(shard.config.txn.clone(), p));
+            c.load(now_ms(), LEADER_EPOCH.0, loaded.iter())
+        };
+        tracing::debug!(partition = p, records = loaded.len(), "loaded transactions");
+        self.process(shard, p, fx);
+        Ok(())
+    }
+
+    /// Calls the coordinator of partition `p` and waits for its answer (now or after the
+    /// log append it waits for).
+    pub async fn call(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        p: i32,
+        f: impl FnOnce(&mut TxnCoordinator, i64, Token) -> Effects,
+    ) -> Option<Reply> {
+        let token = self.token();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(token, tx);
+        let fx = {
+            let mut coordinators = self.coordinators.borrow_mut();
+            let Some(c) = coordinators.get_mut(&p) else {
+                self.waiters.borrow_mut().remove(&token);
+                return None;
+            };
+            f(c, now_ms(), token)
+        };
+        self.process(shard, p, fx);
+        rx.await
+    }
+
+    /// Reads the coordinator of partition `p`.
+    pub fn read<R>(&self, p: i32, f: impl FnOnce(&TxnCoordinator) -> R) -> Option<R> {
+        self.coordinators.borrow().get(&p).map(f)
+    }
+
+    /// Every loaded coordinator's partition.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.coordinators.borrow().keys().copied().collect()
+    }
+
+    /// Carries out a coordinator's effects: replies now, appends, markers and producer-id
+    /// requests in tasks that report back into the coordinator (whose new effects are
+    /// processed the same way). Appends are spawned in the order given, so the log keeps it.
+    fn process(self: &Rc<Self>, shard: &Rc<Shard>, p: i32, fx: Effects) {
+        for reply in fx.replies {
+            let waiter = self.waiters.borrow_mut().remove(&reply.token());
+            match waiter {
+                Some(tx) => tx.send(reply),
+                None => tracing::debug!(token = reply.token(), "answer for a request that is gone"),
+            }
+        }
+        for append in fx.appends {
+            let (me, shard) = (self.clone(), shard.clone());
+            glommio::spawn_local(async move {
+                let result = append_record(&shard, p, &append).await;
+                let fx = me.with_coordinator(p, |c| c.append_done(now_ms(), append.id, result));
+                me.process(&shard, p, fx);
+            })
+            .detach();
+        }
+        for request in fx.markers {
+            let (me, shard) = (self.clone(), shard.clone());
+            glommio::spawn_local(async move {
+                let outcomes = write_markers(&shard, &request).await;
+                let fx = me.with_coordinator(p, |c| c.markers_done(now_ms(), &request, &outcomes));
+                me.process(&shard, p, fx);
+            })
+            .detach();
+        }
+        if fx.want_producer_ids && !self.asking_ids.borrow().get(&p).copied().unwrap_or(false) {
+            self.asking_ids.borrow_mut().insert(p, true);
+            let (me, shard) = (self.clone(), shard.clone());
+            glommio::spawn_local(async move {
+                // A block recorded in the metadata log by the active controller.
+                let block = allocate_producer_id_block(&shard).await;
+                me.asking_ids.borrow_mut().insert(p, false);
+                me.with_coordinator(p, |c| {
+                    match block {
+                        Ok((start, end)) => c.add_producer_ids(start, end - start),
+                        _ => {
+                            tracing::warn!(
+                                "cannot get producer ids for the transaction coordinator"
+                            );
+                            c.producer_ids_unavailable();
+                        }
+                    }
+                    Effects::default()
+                });
+            })
+            .detach();
+        }
+    }
+
+    fn with_coordinator(&self, p: i32, f: impl FnOnce(&mut TxnCoordinator) -> Effects) -> Effects {
+        self.coordinators
+            .borrow_mut()
+            .get_mut(&p)
+            .map(f)
+            .unwrap_or_default()
+    }
+}
+
+/// Appends one `__transaction_state` record, synced (acks=all on a single node).
+async fn append_record(shard: &Rc<Shard>, p: i32, append: &LogAppend) -> Result<(), ResponseError> {
+    if append.coordinator_epoch != LEADER_EPOCH.0 {
+        return Err(ResponseError::NotCoordinator);
+    }
+    let topic = ensure_txn_topic(shard)
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    let handle = shard
+        .partitions
+        .get(Tp {
+            topic_id: topic.id,
+            partition: PartitionId(p),
+        })
+        .ok_or(ResponseError::NotLeaderOrFollower)?;
+    let (key, value) = append.record.encode().map_err(|e| {
+        tracing::error!("cannot encode a transaction log record: {e}");
+        ResponseError::MessageTooLarge
+    })?;
+    let mut builder = BatchBuilder::new();
+    builder.push(Some(&key), value.as_deref(), &[], now_ms());
+    match handle
+        .append(Bytes::from(builder.build()), Durability::Synced)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(ClientAppendError::Refused(e)) => Err(e),
+        Err(ClientAppendError::Engine(e)) => {
+            tracing::error!("cannot append to the transaction log: {e}");
+            Err(crate::kafka::errors::engine_error(&e))
+        }
+    }
+}
+
+/// Writes one transaction's markers to each of its partitions, on their owning shards.
+async fn write_markers(
+    shard: &Rc<Shard>,
+    request: &MarkerRequest,
+) -> Vec<(TopicPartition, MarkerOutcome)> {
+    let image = shard.metadata();
+    let marker = EndTxnMarker {
+        result: request.result,
+        coordinator_epoch: request.coordinator_epoch,
+    };
+    let committed = request.result == TransactionResult::Commit;
+    let mut calls = Vec::new();
+    for tp in &request.partitions {
+        let Some(topic) = image.topic(&tp.topic) else {
+            calls.push((tp.clone(), None));
+            continue;
+        };
+        if !topic.has_partition(PartitionId(tp.partition)) {
+            calls.push((tp.clone(), None));
+            continue;
+        }
+        let target = Tp {
+            topic_id: topic.id,
+            partition: PartitionId(tp.partition),
+        };
+        let offsets = tp.topic == OFFSETS_TOPIC;
+        let (pid, epoch, partition) = (request.producer_id, request.producer_epoch, tp.partition);
+        let call = shard.invoke_on(shard.owner_of(target), move |s| async move {
+            let Some(handle) = s.partitions.get(target) else {
+                return Err(ResponseError::NotLeaderOrFollower);
+            };
+            match handle.append_marker(pid, epoch, marker).await {
+                Ok(_) => {
+                    if offsets {
+                        if let Some(groups) = crate::group::driver::GroupShard::existing() {
+                            groups.end_txn(partition, pid, committed);
+                        }
+                    }
+                    Ok(())
+                }
+                Err(BrokerAppendError::Refused(e)) => Err(e),
+                Err(BrokerAppendError::Engine(e)) => {
+                    tracing::warn!("cannot write a transaction marker: {e}");
+                    Err(crate::kafka::errors::engine_error(&e))
+                }
+            }
+        });
+        calls.push((tp.clone(), Some(call)));
+    }
+    let mut outcomes = Vec::with_capacity(calls.len());
+    for (tp, call) in calls {
+        let outcome = match call {
+            None => MarkerOutcome::PartitionGone,
+            Some(call) => match call.await {
+                Ok(Ok(())) => MarkerOutcome::Written,
+                Ok(Err(e)) => MarkerOutcome::Failed(e),
+                Err(_) => MarkerOutcome::Failed(ResponseError::NetworkException),
+            },
+        };
+        outcomes.push((tp, outcome));
+    }
+    outcomes
+}
+
+async fn ticker(shard: Rc<Shard>, txns: Rc<TxnShard>) {
+    while !shard.shutdown.is_set() {
+        glommio::timer::sleep(TICK_INTERVAL).await;
+        let now = now_ms();
+        for p in txns.partitions() {
+            let due = txns
+                .read(p, |c| c.next_deadline_ms().is_some_and(|t| t <= now))
+                .unwrap_or(false);
+            if due {
+                let fx = txns.with_coordinator(p, |c| c.tick(now));
+                txns.process(&shard, p, fx);
+            }
+        }
+    }
+}
+
+async fn wait_for_open(shard: &Rc<Shard>, tp: Tp) -> Option<Rc<crate::partition::PartitionHandle>> {
+    for _ in 0..OPEN_WAIT_STEPS {
+        if let Some(handle) = shard.partitions.get(tp) {
+            return Some(handle);
+        }
+        glommio::timer::sleep(OPEN_WAIT_STEP).await;
+    }
+    shard.partitions.get(tp)
+}
+
+/// Where a transactional id is coordinated: its `__transaction_state` partition, and the
+/// broker leading that partition (if any broker leads it now).
+#[derive(Clone, Copy, Debug)]
+pub struct TxnPlacement {
+    pub tp: Tp,
+    pub leader: Option<NodeId>,
+}
+
+/// Where `transactional_id` is coordinated: its `__transaction_state` partition (the
+/// topic is created on first use) and that partition's leader.
+pub async fn placement(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+) -> Result<TxnPlacement, ResponseError> {
+    let mut attempt = 0;
+    let topic = loop {
+        match ensure_txn_topic(shard).await {
+            Ok(topic) => break topic,
+            Err(e) if attempt < OPEN_WAIT_STEPS => {
+                tracing::debug!("waiting for the transaction log topic: {e}");
+                attempt += 1;
+                glommio::timer::sleep(OPEN_WAIT_STEP).await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot create the transaction log topic: {e}");
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+        }
+    };
+    let p = partition_for_transactional_id(transactional_id, topic.partition_count.max(1) as u32);
+    let tp = Tp {
+        topic_id: topic.id,
+        partition: PartitionId(p),
+    };
+    let leader = shard
+        .metadata()
+        .partition(tp.topic_id, tp.partition)
+        .and_then(|p| p.leader);
+    Ok(TxnPlacement { tp, leader })
+}
+
+/// Whether this broker leads `tp` (so coordinates the transactional ids hashed to it).
+fn leads(shard: &Shard, tp: Tp) -> bool {
+    shard
+        .metadata()
+        .partition(tp.topic_id, tp.partition)
+        .is_some_and(|p| p.leader == Some(shard.node_id()))
+}
+
+/// Runs `op` with the coordinator of `transactional_id`'s partition, on the shard owning
+/// it, once loaded.
+pub async fn with_txn<F, Fut, R>(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    op: F,
+) -> Result<R, ResponseError>
+where
+    F: FnOnce(Rc<Shard>, Rc<TxnShard>, i32) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    let placement = placement(shard, transactional_id).await?;
+    if placement.leader != Some(shard.node_id()) {
+        // Another broker coordinates this id (FindCoordinator names it).
+        return Err(ResponseError::NotCoordinator);
+    }
+    let tp = placement.tp;
+    shard
+        .invoke_on(shard.owner_of(tp), move |s| async move {
+            let txns = TxnShard::of(&s);
+            txns.ensure_loaded(&s, tp).await?;
+            Ok(op(s, txns, tp.partition.0).await)
+        })
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+}
+
+/// Every partition of `__transaction_state` loaded on every shard, each with `op`.
+pub async fn on_every_coordinator<F, R>(shard: &Rc<Shard>, op: F) -> Result<Vec<R>, ResponseError>
+where
+    F: Fn(&TxnCoordinator) -> R + Send + Clone + 'static,
+    R: Send + 'static,
+{
+    let topic = ensure_txn_topic(shard)
+        .await
+        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    let results = shard
+        .invoke_on_all(move |s| async move {
+            let txns = TxnShard::of(&s);
+            let mut out = Vec::new();
+            for p in 0..topic.partition_count {
+                let tp = Tp {
+                    topic_id: topic.id,
+                    partition: PartitionId(p),
+                };
+                if s.is_local(tp) && leads(&s, tp) {
+                    txns.ensure_loaded(&s, tp).await?;
+                    if let Some(r) = txns.read(p, &op) {
+                        out.push(r);
+                    }
+                }
+            }
+            Ok::<_, ResponseError>(out)
+        })
+        .await;
+    let mut all = Vec::new();
+    for r in results {
+        match r {
+            Ok(Ok(v)) => all.extend(v),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+    Ok(all)
+}
+
+/// Loads every `__transaction_state` partition this shard owns, if the topic exists (at
+/// start: the coordinators resume unfinished commits and aborts at once).
+pub async fn load_local_partitions(shard: Rc<Shard>) {
+    let name = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
+    let Some(topic) = shard.metadata().topic(name).cloned() else {
+        return;
+    };
+    let txns = TxnShard::of(&shard);
+    for p in topic.partitions() {
+        let tp = Tp {
+            topic_id: topic.id,
+            partition: p,
+        };
+        if shard.is_local(tp) && leads(&shard, tp) {
+            if let Err(e) = txns.ensure_loaded(&shard, tp).await {
+                tracing::warn!(partition = p.0, "cannot load transactions: {e:?}");
+            }
+        }
+    }
+}

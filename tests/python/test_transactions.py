@@ -1,0 +1,308 @@
+"""Transactions (KIP-98, KIP-447) with confluent-kafka (librdkafka): a transactional producer
+commits and aborts across partitions; read_committed consumers see exactly the committed
+records, read_uncommitted ones see the data of both, neither sees a control record; offsets
+sent in a transaction reach the group only when it commits; a zombie producer is fenced; a
+broker killed in the middle of a transaction comes back with it decided, never half seen."""
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from test_confluent import GUARD_S, create_topic, log_client_error, topic_name
+
+
+def txn_producer(broker, txn_id, **conf):
+    return Producer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "transactional.id": txn_id,
+            "linger.ms": 5,
+            **conf,
+        }
+    )
+
+
+def read_all(broker, topic, partitions, isolation, settle_s=1.5):
+    """Everything a consumer with `isolation` reads from the start of `partitions`, until
+    nothing new arrives for `settle_s` (values, per partition, in order)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": "reader-" + uuid.uuid4().hex[:6],
+            "error_cb": log_client_error,
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    got = {p: [] for p in range(partitions)}
+    deadline = time.monotonic() + GUARD_S
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < settle_s:
+            assert time.monotonic() < deadline
+            msg = c.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                continue
+            got[msg.partition()].append(msg.value())
+            quiet_since = time.monotonic()
+    finally:
+        c.close()
+    return got
+
+
+def end_offsets(broker, topic, partitions, isolation):
+    c = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": "offsets-" + uuid.uuid4().hex[:6],
+            "isolation.level": isolation,
+        }
+    )
+    try:
+        return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        c.close()
+
+
+def produce_txn(p, topic, values_by_partition, commit):
+    p.begin_transaction()
+    for partition, values in values_by_partition.items():
+        for v in values:
+            p.produce(topic, value=v, partition=partition)
+    p.flush(GUARD_S)
+    if commit:
+        p.commit_transaction(GUARD_S)
+    else:
+        p.abort_transaction(GUARD_S)
+
+
+def test_commit_and_abort_read_committed_and_uncommitted(broker):
+    topic = topic_name("txn")
+    create_topic(broker, topic, 2)
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8])
+    p.init_transactions(GUARD_S)
+    produce_txn(p, topic, {0: [b"c1-0", b"c1-1"], 1: [b"c1-2"]}, commit=True)
+    produce_txn(p, topic, {0: [b"a1-0"], 1: [b"a1-1", b"a1-2"]}, commit=False)
+    produce_txn(p, topic, {0: [b"c2-0"], 1: [b"c2-1"]}, commit=True)
+
+    committed = read_all(broker, topic, 2, "read_committed")
+    assert committed == {0: [b"c1-0", b"c1-1", b"c2-0"], 1: [b"c1-2", b"c2-1"]}
+    uncommitted = read_all(broker, topic, 2, "read_uncommitted")
+    # The data of both, and no control record surfaced as a message.
+    assert uncommitted == {0: [b"c1-0", b"c1-1", b"a1-0", b"c2-0"], 1: [b"c1-2", b"a1-1", b"a1-2", b"c2-1"]}
+    # Three markers per partition sit in the log after the records.
+    assert end_offsets(broker, topic, 2, "read_uncommitted") == [7, 7]
+    assert end_offsets(broker, topic, 2, "read_committed") == [7, 7]
+
+
+def test_an_open_transaction_holds_back_read_committed_consumers(broker):
+    topic = topic_name("txn-open")
+    create_topic(broker, topic, 1)
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8])
+    p.init_transactions(GUARD_S)
+    produce_txn(p, topic, {0: [b"before"]}, commit=True)
+    p.begin_transaction()
+    p.produce(topic, value=b"pending", partition=0)
+    p.flush(GUARD_S)
+    # LSO-based: read_committed latest is the first offset of the open transaction.
+    assert end_offsets(broker, topic, 1, "read_committed") == [2]
+    assert end_offsets(broker, topic, 1, "read_uncommitted") == [3]
+    assert read_all(broker, topic, 1, "read_committed", settle_s=1.0) == {0: [b"before"]}
+    p.commit_transaction(GUARD_S)
+    assert read_all(broker, topic, 1, "read_committed") == {0: [b"before", b"pending"]}
+
+
+def test_a_zombie_producer_is_fenced(broker):
+    topic = topic_name("txn-zombie")
+    create_topic(broker, topic, 1)
+    txn_id = "tx-" + uuid.uuid4().hex[:8]
+    zombie = txn_producer(broker, txn_id)
+    zombie.init_transactions(GUARD_S)
+    zombie.begin_transaction()
+    zombie.produce(topic, value=b"zombie", partition=0)
+    zombie.flush(GUARD_S)
+
+    # A new instance with the same transactional id fences the old one and aborts its
+    # open transaction.
+    fresh = txn_producer(broker, txn_id)
+    fresh.init_transactions(GUARD_S)
+    produce_txn(fresh, topic, {0: [b"fresh"]}, commit=True)
+
+    with pytest.raises(KafkaException) as info:
+        zombie.produce(topic, value=b"late", partition=0)
+        zombie.flush(GUARD_S)
+        zombie.commit_transaction(GUARD_S)
+    error = info.value.args[0]
+    assert error.fatal() or error.code() in (
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+    ), error
+    assert read_all(broker, topic, 1, "read_committed") == {0: [b"fresh"]}
+
+
+def test_offsets_sent_in_a_transaction_reach_the_group_only_on_commit(broker):
+    src = topic_name("txn-src")
+    dst = topic_name("txn-dst")
+    create_topic(broker, src, 1)
+    create_topic(broker, dst, 1)
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        plain.produce(src, value=f"in-{i}".encode(), partition=0)
+    assert plain.flush(GUARD_S) == 0
+
+    group = "ctp-" + uuid.uuid4().hex[:6]
+    c = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    c.subscribe([src])
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8])
+    p.init_transactions(GUARD_S)
+
+    def committed_offset():
+        return c.committed([TopicPartition(src, 0)], timeout=10)[0].offset
+
+    try:
+        batch = []
+        deadline = time.monotonic() + GUARD_S
+        while len(batch) < 10:
+            assert time.monotonic() < deadline
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                batch.append(m)
+        # First transaction: 5 records, aborted, offsets included.
+        p.begin_transaction()
+        for m in batch[:5]:
+            p.produce(dst, value=m.value().replace(b"in", b"out"), partition=0)
+        p.send_offsets_to_transaction(
+            [TopicPartition(src, 0, batch[4].offset() + 1)], c.consumer_group_metadata(), GUARD_S
+        )
+        p.abort_transaction(GUARD_S)
+        assert committed_offset() < 0, "aborted offsets never reach the group"
+        # Second: all 10, committed.
+        p.begin_transaction()
+        for m in batch:
+            p.produce(dst, value=m.value().replace(b"in", b"out"), partition=0)
+        p.send_offsets_to_transaction(
+            [TopicPartition(src, 0, batch[-1].offset() + 1)], c.consumer_group_metadata(), GUARD_S
+        )
+        p.commit_transaction(GUARD_S)
+        assert committed_offset() == 10
+    finally:
+        c.close()
+    out = read_all(broker, dst, 1, "read_committed")
+    assert out == {0: [f"out-{i}".encode() for i in range(10)]}
+
+
+def test_a_broker_killed_mid_transaction_comes_back_with_it_undecided_then_aborted(start_broker):
+    broker = start_broker()
+    topic = topic_name("txn-kill")
+    create_topic(broker, topic, 2)
+    txn_id = "tx-" + uuid.uuid4().hex[:8]
+    p = txn_producer(broker, txn_id)
+    p.init_transactions(GUARD_S)
+    produce_txn(p, topic, {0: [b"kept-0"], 1: [b"kept-1"]}, commit=True)
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=f"open-{i}".encode(), partition=i % 2)
+    p.flush(GUARD_S)
+    broker.kill()
+    del p
+    broker.restart()
+
+    # The open transaction is in the log but not decided: read_committed stops before it.
+    assert read_all(broker, topic, 2, "read_committed") == {0: [b"kept-0"], 1: [b"kept-1"]}
+    assert end_offsets(broker, topic, 2, "read_committed") == [2, 2]
+    # The producer's next instance aborts it (fencing the old epoch) and goes on.
+    p = txn_producer(broker, txn_id)
+    p.init_transactions(GUARD_S)
+    produce_txn(p, topic, {0: [b"after-0"], 1: [b"after-1"]}, commit=True)
+    assert read_all(broker, topic, 2, "read_committed") == {
+        0: [b"kept-0", b"after-0"],
+        1: [b"kept-1", b"after-1"],
+    }
+    uncommitted = read_all(broker, topic, 2, "read_uncommitted")
+    assert uncommitted[0] == [b"kept-0", b"open-0", b"open-2", b"open-4", b"after-0"]
+    assert uncommitted[1] == [b"kept-1", b"open-1", b"open-3", b"after-1"]
+
+    # And once more across a restart: the aborted transaction stays aborted (the partition
+    # rebuilds its aborted transactions from the log), the committed ones committed.
+    broker.kill()
+    broker.restart()
+    assert read_all(broker, topic, 2, "read_committed") == {
+        0: [b"kept-0", b"after-0"],
+        1: [b"kept-1", b"after-1"],
+    }
+
+
+def test_a_commit_survives_a_kill_right_after_it_returns(start_broker):
+    broker = start_broker()
+    topic = topic_name("txn-kill-commit")
+    create_topic(broker, topic, 2)
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8])
+    p.init_transactions(GUARD_S)
+    p.begin_transaction()
+    for i in range(6):
+        p.produce(topic, value=f"c-{i}".encode(), partition=i % 2)
+    p.commit_transaction(GUARD_S)
+    # The commit is logged before EndTxn returns; its markers may still be on the way.
+    broker.kill()
+    del p
+    broker.restart()
+    assert read_all(broker, topic, 2, "read_committed") == {
+        0: [b"c-0", b"c-2", b"c-4"],
+        1: [b"c-1", b"c-3", b"c-5"],
+    }
+
+
+def test_a_transaction_past_its_timeout_is_aborted(start_broker, tmp_path):
+    config = tmp_path / "wharf.toml"
+    config.write_text("transaction.abort.timed.out.transaction.cleanup.interval.ms = 200\n")
+    broker = start_broker("--config", str(config))
+    topic = topic_name("txn-timeout")
+    create_topic(broker, topic, 1)
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8], **{"transaction.timeout.ms": 1500})
+    p.init_transactions(GUARD_S)
+    p.begin_transaction()
+    p.produce(topic, value=b"stalled", partition=0)
+    p.flush(GUARD_S)
+    assert end_offsets(broker, topic, 1, "read_committed") == [0]
+    # The coordinator aborts it: the ABORT marker moves the LSO past it.
+    deadline = time.monotonic() + GUARD_S
+    while end_offsets(broker, topic, 1, "read_committed") != [2]:
+        assert time.monotonic() < deadline, "the transaction was never aborted"
+        time.sleep(0.2)
+    assert read_all(broker, topic, 1, "read_committed", settle_s=0.5) == {0: []}
+    # The producer learns it when it tries to commit.
+    with pytest.raises(KafkaException):
+        p.commit_transaction(GUARD_S)
+
+
+def test_init_transactions_refuses_a_timeout_above_the_broker_maximum(start_broker, tmp_path):
+    config = tmp_path / "wharf.toml"
+    config.write_text("transaction.max.timeout.ms = 10000\n")
+    broker = start_broker("--config", str(config))
+    p = txn_producer(broker, "tx-" + uuid.uuid4().hex[:8], **{"transaction.timeout.ms": 20000})
+    with pytest.raises(KafkaException) as info:
+        p.init_transactions(GUARD_S)
+    assert info.value.args[0].code() == KafkaError.INVALID_TRANSACTION_TIMEOUT, info.value.args[0]
