@@ -145,6 +145,11 @@ impl<S: Storage> Inner<S> {
             self.cache.drop_before(&self.cached, end);
             let mut files = self.files.borrow_mut();
             files.read = None;
+            // A sealed segment may still have its write handle (a seal whose
+            // sealed-segments write failed keeps it): it is the old file.
+            for view in group {
+                files.take_writable(view.base_offset);
+            }
             files.pinned = Some((base, handle));
         }
         // 4. The old files go; the new ones take their names.
