@@ -844,3 +844,54 @@ fn readers_during_a_cleaning_see_every_keys_latest_value() {
         }
     }
 }
+
+#[test]
+fn a_truncation_below_the_cleaned_range_moves_the_first_dirty_offset_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tr-0");
+    common::run(async move {
+        let log = common::open(&path, log_config(4 << 10)).await;
+        for i in 0..200u32 {
+            let key = format!("k{}", i % 10).into_bytes();
+            log.append(
+                keyed_batch(
+                    &[(key, Some(format!("{i}").into_bytes()))],
+                    Compression::None,
+                ),
+                0,
+                Durability::Written,
+            )
+            .await
+            .expect("append");
+        }
+        let end = roll(&log, i64::MAX / 4, b"end").await;
+        let mut map = OffsetMap::new(1 << 20);
+        clean_until_done(&log, &mut map, 0).await;
+        assert_eq!(log.first_dirty_offset().0, end);
+        log.truncate_to(Offset(end - 1)).await.expect("truncate");
+        assert_eq!(log.first_dirty_offset().0, end - 1);
+        // Records appended again from there are mapped by the next round.
+        let info = log
+            .append(
+                keyed_batch(
+                    &[(b"k3".to_vec(), Some(b"new".to_vec()))],
+                    Compression::None,
+                ),
+                0,
+                Durability::Written,
+            )
+            .await
+            .expect("append");
+        roll(&log, i64::MAX / 3, b"end2").await;
+        let rounds = clean_until_done(&log, &mut map, 0).await;
+        assert_eq!(rounds[0].first_dirty_offset, end - 1);
+        let after = consume(&log).await;
+        let k3: Vec<i64> = after
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(&b"k3"[..]))
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(k3, vec![info.base_offset.0]);
+        log.close().await.expect("close");
+    });
+}

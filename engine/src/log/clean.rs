@@ -188,6 +188,23 @@ struct RoundPlan {
 }
 
 impl<S: Storage> Inner<S> {
+    /// The log was truncated to `offset`: cleaning starts there at the latest, so the
+    /// records appended again from there are mapped (Kafka's `maybeTruncateCheckpoint`).
+    pub(super) async fn cleaner_truncated(&self, offset: i64) {
+        let Some(first_dirty) = self.cleaner.first_dirty_offset.get() else {
+            return;
+        };
+        if first_dirty <= offset {
+            return;
+        }
+        self.cleaner.first_dirty_offset.set(Some(offset));
+        let text = format!("{offset}\n").into_bytes();
+        let path = self.dir.join(CLEANER_CHECKPOINT_FILE);
+        if let Err(err) = replace_file(&self.storage, &path, text, false).await {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot record where cleaning starts");
+        }
+    }
+
     /// Where the next round starts: the recorded first dirty offset, or the log start
     /// when there is none or it no longer lies in the log (retention, truncation).
     fn first_dirty_offset(&self, st: &LogState) -> i64 {
