@@ -34,6 +34,7 @@ pub use log::{AppendInfo, DamageKind, DamageReport, Durability, LogStats, Partit
 pub use producer::{ProducerStates, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 pub use storage::{DmaStorage, Storage};
 
-/// A Kafka offset. Offsets in a partition are dense and only ever grow.
+/// A Kafka offset. Offsets in a partition only ever grow; compaction leaves gaps between
+/// the records it keeps, never moves one.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub i64);

@@ -7,7 +7,8 @@
 //! (loading a log: what is on disk), `recovery` (what opening decides on it: the log
 //! start, gaps and damage between segments), `failure` (what a failed write or fdatasync does, and
 //! the rebuild from disk that follows), `truncate`, `retention` (retention and
-//! DeleteRecords), `close`, `snapshot` (producer snapshots), `indexes` (index files),
+//! DeleteRecords), `clean` and `swap` (compaction: a cleaning round, and swapping a cleaned
+//! segment in crash-safely), `close`, `snapshot` (producer snapshots), `indexes` (index files),
 //! `damage` (reports and the rule for damage found by reads), `check` (invariants, for
 //! tests and the simulator). `scan` walks a segment validating every batch; `manifest` is
 //! the sealed-segments file; `segment` what the log knows about one segment; `lock` an
