@@ -27,7 +27,7 @@ pub mod sim;
 pub mod storage;
 
 pub use cache::BatchCache;
-pub use compaction::{CleanRequest, CleanStats, Cleanable, CompactionConfig, OffsetMap};
+pub use compaction::{CleanRequest, CleanStats, Cleanable, CompactionConfig, OffsetMap, Throttle};
 pub use config::{LogConfig, TimestampType};
 pub use error::EngineError;
 pub use log::{AppendInfo, DamageKind, DamageReport, Durability, LogStats, PartitionLog};

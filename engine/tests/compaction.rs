@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use wharf_engine::compaction::{CleanRequest, CleanStats, CompactionConfig, OffsetMap};
+use wharf_engine::compaction::{CleanRequest, CleanStats, CompactionConfig, OffsetMap, Throttle};
 use wharf_engine::sim::{FaultConfig, Runtime, SimDisk, SimStorage};
 use wharf_engine::{BatchCache, Durability, LogConfig, Offset, PartitionLog, Storage};
 use wharf_protocol::batch::{
@@ -157,6 +157,7 @@ fn request(now_ms: i64, upper_bound_offset: i64) -> CleanRequest<'static> {
         upper_bound_offset,
         aborted: &[],
         max_decompressed_batch_bytes: 64 << 20,
+        throttle: None,
     }
 }
 
@@ -893,5 +894,140 @@ fn a_truncation_below_the_cleaned_range_moves_the_first_dirty_offset_back() {
             .collect();
         assert_eq!(k3, vec![info.base_offset.0]);
         log.close().await.expect("close");
+    });
+}
+
+/// A throttle that counts what it is told and stops the round after `go_on` calls.
+struct Counting {
+    go_on: u32,
+    calls: std::cell::Cell<u32>,
+    bytes: std::cell::Cell<u64>,
+}
+
+impl Counting {
+    fn new(go_on: u32) -> Counting {
+        Counting {
+            go_on,
+            calls: std::cell::Cell::new(0),
+            bytes: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl Throttle for Counting {
+    fn pace(&self, bytes: u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+        self.calls.set(self.calls.get() + 1);
+        self.bytes.set(self.bytes.get() + bytes);
+        let go_on = self.calls.get() <= self.go_on;
+        Box::pin(async move { go_on })
+    }
+}
+
+#[test]
+fn a_throttle_paces_every_chunk_and_a_stopped_round_leaves_the_log_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("paced-0");
+    common::run(async move {
+        let log = common::open(&path, log_config(64 << 10)).await;
+        let mut produced = Vec::new();
+        // 40 keys written over and over, in many segments and more than a MiB.
+        for n in 0..2_000usize {
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..4)
+                .map(|i| {
+                    let key = format!("key-{:02}", (n * 4 + i) % 40).into_bytes();
+                    (
+                        key,
+                        Some(format!("{n}-{i}-{}", "v".repeat(150)).into_bytes()),
+                    )
+                })
+                .collect();
+            let info = log
+                .append(
+                    keyed_batch(&records, Compression::None),
+                    0,
+                    Durability::Written,
+                )
+                .await
+                .expect("append");
+            for (i, (k, v)) in records.into_iter().enumerate() {
+                produced.push(Rec {
+                    offset: info.base_offset.0 + i as i64,
+                    key: Some(k),
+                    value: v,
+                });
+            }
+        }
+        let end = roll(&log, i64::MAX / 2, b"sentinel").await;
+        produced.push(Rec {
+            offset: end,
+            key: Some(b"sentinel".to_vec()),
+            value: Some(b"x".to_vec()),
+        });
+        let before = consume(&log).await;
+        let size_before = log.size_bytes();
+        let mut map = OffsetMap::new(1 << 20);
+
+        // Stopped while the offset map is built: an error, nothing changed.
+        let stop = Counting::new(0);
+        let mut req = request(1_000, end);
+        req.throttle = Some(&stop);
+        assert!(log.clean(&mut map, &config(), &req).await.is_err());
+        assert_eq!(stop.calls.get(), 1);
+        assert!(consume(&log).await == before);
+        assert_eq!(log.first_dirty_offset().0, 0);
+
+        // Stopped while the first group is rewritten: the group is given up, its
+        // .cleaned files removed, the log as it was, and the round records no progress.
+        // Stopped at each later chunk until the stop lands in the rewrite of the first
+        // group: the group is given up, its .cleaned files removed, the log as it was, and
+        // the round records no progress.
+        let mut go_on = 1;
+        loop {
+            let stop = Counting::new(go_on);
+            let mut req = request(1_000, end);
+            req.throttle = Some(&stop);
+            let result = log.clean(&mut map, &config(), &req).await;
+            assert_eq!(log.first_dirty_offset().0, 0);
+            assert!(consume(&log).await == before);
+            match result {
+                Err(_) => go_on += 1,
+                Ok(stats) => {
+                    assert_eq!(stats.groups_cleaned, 0, "{stats:?}");
+                    assert!(stats.groups_abandoned > 0, "{stats:?}");
+                    break;
+                }
+            }
+            assert!(go_on < 1_000, "the round never reached its rewrite");
+        }
+        let names: Vec<String> = std::fs::read_dir(&path)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains(".cleaned") || n.contains(".swap")),
+            "{names:?}"
+        );
+        assert_eq!(fold(&consume(&log).await), fold(&before));
+
+        // Let through: every chunk read or written is paced, and the log is compacted.
+        let pace = Counting::new(u32::MAX);
+        let mut req = request(1_000, end);
+        req.throttle = Some(&pace);
+        let stats = log.clean(&mut map, &config(), &req).await.expect("clean");
+        assert!(stats.groups_cleaned > 0 && stats.groups_abandoned == 0);
+        assert!(pace.calls.get() >= 2, "{}", pace.calls.get());
+        assert!(
+            pace.bytes.get() >= stats.bytes_read,
+            "paced {} bytes, read {}",
+            pace.bytes.get(),
+            stats.bytes_read
+        );
+        let after = consume(&log).await;
+        let mut expected: Vec<Rec> = latest(&produced).into_values().collect();
+        expected.sort_by_key(|r| r.offset);
+        assert!(after == expected, "the latest record of every key");
+        assert!(log.size_bytes() < size_before / 10);
     });
 }

@@ -25,6 +25,9 @@
 //! predecessor is still damage, never mistaken for a cleaned gap. Kafka consumers skip
 //! empty batches (Kafka's own cleaner writes them to keep a producer's last sequence).
 
+use std::future::Future;
+use std::pin::Pin;
+
 pub(crate) mod filter;
 mod offset_map;
 pub(crate) mod output;
@@ -70,8 +73,17 @@ pub struct AbortedTxn {
     pub last_offset: i64,
 }
 
+/// Paces a cleaning round (Kafka's `Throttler` for `log.cleaner.io.max.bytes.per.second`).
+/// The round calls it after each chunk it reads or writes (about a MiB), with the bytes
+/// read or written since the last call, and goes on when it resolves. Answering `false`
+/// stops the round (a broker shutting down): a round stopped before its swap commits
+/// leaves the log as it was, and the next round starts where the last finished one ended.
+pub trait Throttle {
+    fn pace(&self, bytes: u64) -> Pin<Box<dyn Future<Output = bool> + '_>>;
+}
+
 /// One cleaning round's inputs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CleanRequest<'a> {
     /// The time the round runs at: tombstones get their delete horizon from it and go
     /// once it has passed.
@@ -83,6 +95,24 @@ pub struct CleanRequest<'a> {
     /// The most one compressed batch may decompress to; a batch that decompresses to more
     /// is kept as it is.
     pub max_decompressed_batch_bytes: usize,
+    /// Paces the round's I/O and may stop it; without one the round only yields to other
+    /// tasks after each chunk.
+    pub throttle: Option<&'a dyn Throttle>,
+}
+
+impl std::fmt::Debug for CleanRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanRequest")
+            .field("now_ms", &self.now_ms)
+            .field("upper_bound_offset", &self.upper_bound_offset)
+            .field("aborted", &self.aborted)
+            .field(
+                "max_decompressed_batch_bytes",
+                &self.max_decompressed_batch_bytes,
+            )
+            .field("throttle", &self.throttle.is_some())
+            .finish()
+    }
 }
 
 /// How dirty a log is and what a round would clean (Kafka's `LogToClean`).

@@ -24,7 +24,9 @@ use wharf_protocol::compression::{decompress, Lz4Header};
 use crate::compaction::filter::{filter_batch, Counts, Filtered, Rules};
 use crate::compaction::output::{CleanedSegment, SegmentBuilder};
 use crate::compaction::plan::{self, SegmentView};
-use crate::compaction::{CleanRequest, CleanStats, Cleanable, CompactionConfig, OffsetMap};
+use crate::compaction::{
+    CleanRequest, CleanStats, Cleanable, CompactionConfig, OffsetMap, Throttle,
+};
 use crate::error::EngineError;
 use crate::storage::{align_down, align_up, replace_file, OpenMode, SegmentFile, Storage};
 use crate::Offset;
@@ -70,6 +72,24 @@ impl CleanerState {
             lock: Lock::default(),
         }
     }
+}
+
+/// Yields to the shard's other tasks, then lets the throttle pace the round; false when
+/// the throttle stops it.
+async fn pace(throttle: Option<&dyn Throttle>, bytes: u64) -> bool {
+    yield_once().await;
+    match throttle {
+        Some(throttle) => throttle.pace(bytes).await,
+        None => true,
+    }
+}
+
+/// The error of a round its throttle stopped.
+fn stopped() -> EngineError {
+    EngineError::io(
+        "cleaning stopped",
+        std::io::Error::new(std::io::ErrorKind::Interrupted, "the round was stopped"),
+    )
 }
 
 /// The paths of a segment's files with `suffix` appended.
@@ -291,7 +311,9 @@ impl<S: Storage> Inner<S> {
         for range in plan::group_segments(views, end, round.segment_bytes) {
             let group = &views[range];
             stats.segments_before += group.len() as u64;
-            let cleaned = self.clean_group(group, &rules, &round, &mut stats).await?;
+            let cleaned = self
+                .clean_group(group, &rules, &round, request.throttle, &mut stats)
+                .await?;
             if cleaned {
                 stats.groups_cleaned += 1;
                 stats.segments_after += 1;
@@ -323,8 +345,14 @@ impl<S: Storage> Inner<S> {
         stats: &mut CleanStats,
     ) -> Result<i64, EngineError> {
         let mut from = round.first_dirty;
+        // Each chunk is paced before the next is read, the last one after the loop.
+        let mut unpaced = 0u64;
         'read: while from < round.first_uncleanable {
+            if !pace(request.throttle, std::mem::take(&mut unpaced)).await {
+                return Err(stopped());
+            }
             let bytes = self.read(from, READ_CHUNK_BYTES).await?;
+            unpaced = bytes.len() as u64;
             if bytes.is_empty() {
                 break;
             }
@@ -342,7 +370,9 @@ impl<S: Storage> Inner<S> {
                 map.set_latest_offset(info.last_offset());
                 from = info.last_offset() + 1;
             }
-            yield_once().await;
+        }
+        if unpaced > 0 && !pace(request.throttle, unpaced).await {
+            return Err(stopped());
         }
         if from >= round.first_uncleanable {
             map.set_latest_offset(round.first_uncleanable - 1);
@@ -357,10 +387,13 @@ impl<S: Storage> Inner<S> {
         group: &[SegmentView],
         rules: &Rules<'_>,
         round: &RoundPlan,
+        throttle: Option<&dyn Throttle>,
         stats: &mut CleanStats,
     ) -> Result<bool, EngineError> {
         let base = group[0].base_offset;
-        let written = self.write_cleaned(group, rules, round, stats).await;
+        let written = self
+            .write_cleaned(group, rules, round, throttle, stats)
+            .await;
         let segment = match written {
             Ok(Some(segment)) => segment,
             Ok(None) => {
@@ -392,6 +425,7 @@ impl<S: Storage> Inner<S> {
         group: &[SegmentView],
         rules: &Rules<'_>,
         round: &RoundPlan,
+        throttle: Option<&dyn Throttle>,
         stats: &mut CleanStats,
     ) -> Result<Option<CleanedSegment>, EngineError> {
         let io = |e: std::io::Error| EngineError::io("cannot write a cleaned segment", e);
@@ -412,12 +446,19 @@ impl<S: Storage> Inner<S> {
         // stands for them.
         let mut from = base.max(round.log_start);
         let mut first = true;
+        // Each chunk is paced before the next is read, the last one after the loop; a stop
+        // gives the group up (its .cleaned files are removed).
+        let mut unpaced = 0u64;
         'read: while from < end {
+            if !pace(throttle, std::mem::take(&mut unpaced)).await {
+                return Ok(None);
+            }
             let bytes = match self.read(from, READ_CHUNK_BYTES).await {
                 Ok(bytes) => bytes,
                 Err(EngineError::OffsetOutOfRange { .. }) => return Ok(None),
                 Err(err) => return Err(err),
             };
+            unpaced = bytes.len() as u64;
             if bytes.is_empty() {
                 return Ok(None);
             }
@@ -453,11 +494,13 @@ impl<S: Storage> Inner<S> {
                 from = info.last_offset() + 1;
             }
             if builder.pending_bytes() >= WRITE_CHUNK_BYTES {
-                out.write(&file, builder.take_bytes(), false)
-                    .await
-                    .map_err(io)?;
+                let chunk = builder.take_bytes();
+                unpaced += chunk.len() as u64;
+                out.write(&file, chunk, false).await.map_err(io)?;
             }
-            yield_once().await;
+        }
+        if unpaced > 0 && !pace(throttle, unpaced).await {
+            return Ok(None);
         }
         if first || builder.next_offset() > end {
             return Ok(None);

@@ -268,6 +268,7 @@ impl World {
                 upper_bound_offset: upper,
                 aborted: &[],
                 max_decompressed_batch_bytes: 16 << 20,
+                throttle: None,
             };
             let result = log.clean(&mut map, &config, &request).await;
             events.borrow_mut().push(Event::Cleaned(result));
