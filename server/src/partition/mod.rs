@@ -16,6 +16,8 @@ use crate::metadata::store::partition_dir;
 use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::event::{Latch, WakeSlot, Watchers};
 
+pub mod cleaner;
+
 /// How long deleting a partition waits for requests still using its log.
 const DELETE_WAIT_FOR_READERS: Duration = Duration::from_secs(10);
 /// How often a shard forgets expired idempotent producers (Kafka's
@@ -42,6 +44,8 @@ pub struct PartitionHandle {
     /// serves reads from its cache) as soon as an append starts; consumers must not see a
     /// batch before it is written, or a crash could take back an offset they have read.
     high_watermark: Cell<i64>,
+    /// What the log cleaner did here (compacted topics).
+    pub cleaner: cleaner::PartitionCleanerStats,
 }
 
 impl PartitionHandle {
@@ -154,6 +158,7 @@ impl PartitionRegistry {
             log,
             appended: Watchers::default(),
             min_insync_replicas: Cell::new(min_insync_replicas),
+            cleaner: Default::default(),
         };
         self.open.borrow_mut().insert(tp, Rc::new(handle));
         Ok(())

@@ -324,6 +324,7 @@ async fn run(start: ShardStart) {
     ))
     .detach();
     glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
+    crate::partition::cleaner::start(&shard);
     if id == crate::metadata::controller::CONTROLLER_SHARD {
         glommio::spawn_local(watch_for_termination(shard.clone())).detach();
     }
