@@ -9,10 +9,12 @@
 //! [`sim`] (a seeded simulated disk, clock and executor for tests), `index` (sparse offset
 //! and time indexes), [`retention`] (which segments go), [`epoch`] (leader-epoch cache),
 //! [`producer`] (idempotent producers' sequences), [`cache`] (per-shard batch cache),
+//! [`compaction`] (the log cleaner's decisions: offset map, batch filter, plan),
 //! `commit` (group-commit waiters).
 
 pub mod cache;
 mod commit;
+pub mod compaction;
 pub mod config;
 pub mod epoch;
 pub mod error;
@@ -25,12 +27,14 @@ pub mod sim;
 pub mod storage;
 
 pub use cache::BatchCache;
+pub use compaction::{CleanRequest, CleanStats, Cleanable, CompactionConfig, OffsetMap, Throttle};
 pub use config::{LogConfig, TimestampType};
 pub use error::EngineError;
 pub use log::{AppendInfo, DamageKind, DamageReport, Durability, LogStats, PartitionLog};
 pub use producer::{AppendOrigin, ProducerStates, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 pub use storage::{DmaStorage, Storage};
 
-/// A Kafka offset. Offsets in a partition are dense and only ever grow.
+/// A Kafka offset. Offsets in a partition only ever grow; compaction leaves gaps between
+/// the records it keeps, never moves one.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub i64);

@@ -38,6 +38,24 @@ fn engine_seeds_hold_every_invariant() {
 }
 
 #[test]
+fn compacted_seeds_clean_remove_tombstones_and_survive_crashes() {
+    // A third of the seeds run a compacted topic; these must really clean.
+    let (mut cleanings, mut groups, mut tombstones, mut crashes) = (0, 0, 0, 0);
+    for seed in 0..300 {
+        let stats = workload::run(seed, false).map_err(|v| v.message);
+        let stats = stats.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        if stats.cleanings > 0 {
+            cleanings += stats.cleanings;
+            groups += stats.groups_cleaned;
+            tombstones += stats.tombstones_removed;
+            crashes += stats.crashes;
+        }
+    }
+    println!("{cleanings} rounds, {groups} groups swapped in, {tombstones} tombstones removed, {crashes} crashes");
+    assert!(cleanings > 200 && groups > 200 && tombstones > 10 && crashes > 50);
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     for seed in [3, 17, 594] {
         let run = || {

@@ -41,6 +41,8 @@ pub const DEFAULT_FETCH_MAX_BYTES: usize = 57_671_680;
 pub const DEFAULT_LOG_CACHE_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
 /// Kafka's `offsets.topic.num.partitions` default.
 pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 50;
+/// Kafka's `offsets.topic.segment.bytes` default.
+pub const DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES: i64 = 104_857_600;
 /// Kafka's `log.retention.check.interval.ms` default: five minutes.
 pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: i64 = 300_000;
 /// The most partitions one topic may have here (Kafka has no hard limit; this bounds what
@@ -178,6 +180,11 @@ pub struct BrokerConfig {
     /// `log.retention.check.interval.ms`: how often each shard rolls segments past
     /// `segment.ms` and deletes segments past `retention.ms` / `retention.bytes`.
     pub retention_check_interval_ms: u64,
+    /// `log.cleaner.*`: the log cleaner of compacted topics.
+    pub cleaner: crate::partition::cleaner::CleanerConfig,
+    /// `offsets.topic.segment.bytes`: `segment.bytes` of `__consumer_offsets` when it is
+    /// created (Kafka's default, 100 MiB); the cleaner compacts only sealed segments.
+    pub offsets_topic_segment_bytes: i64,
     /// Broker-level defaults of the topic configs (`log.retention.ms`, ...).
     pub topic_defaults: TopicDefaults,
     /// Consumer group coordinator settings (`group.*`, `offsets.retention.minutes`, ...).
@@ -461,6 +468,17 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     let retention_check_interval_ms =
         int_in("log.retention.check.interval.ms", check, 1, i64::MAX)? as u64;
 
+    let cleaner = resolve_cleaner_config(&mut settings)?;
+    let offsets_segment = settings
+        .take_int("offsets.topic.segment.bytes")?
+        .unwrap_or(DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES);
+    let offsets_topic_segment_bytes = int_in(
+        "offsets.topic.segment.bytes",
+        offsets_segment,
+        1024,
+        i32::MAX as i64,
+    )?;
+
     let metrics_text = args
         .metrics_listen
         .clone()
@@ -504,6 +522,8 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         log_cache_bytes_per_shard,
         producer_id_expiration_ms,
         retention_check_interval_ms,
+        cleaner,
+        offsets_topic_segment_bytes,
         topic_defaults,
         group,
         txn,
@@ -686,6 +706,41 @@ fn resolve_cluster_config(
     Ok(cluster)
 }
 
+/// The log cleaner's settings, with Kafka's names and defaults.
+fn resolve_cleaner_config(
+    settings: &mut Settings,
+) -> Result<crate::partition::cleaner::CleanerConfig, ConfigError> {
+    let mut cleaner = crate::partition::cleaner::CleanerConfig::default();
+    if let Some(enable) = settings.take_bool("log.cleaner.enable")? {
+        cleaner.enable = enable;
+    }
+    if let Some(ms) = settings.take_int("log.cleaner.backoff.ms")? {
+        cleaner.backoff_ms = int_in("log.cleaner.backoff.ms", ms, 1, i32::MAX as i64)? as u64;
+    }
+    if let Some(bytes) = settings.take_int("log.cleaner.dedupe.buffer.size")? {
+        cleaner.dedupe_buffer_bytes = int_in(
+            "log.cleaner.dedupe.buffer.size",
+            bytes,
+            1024 * 1024,
+            1 << 40,
+        )? as usize;
+    }
+    if let Some(text) = settings.take_scalar("log.cleaner.io.max.bytes.per.second")? {
+        let rate: f64 = text.trim().parse().map_err(|_| {
+            err(format!(
+                "`log.cleaner.io.max.bytes.per.second` must be a number of bytes per second, got {text}"
+            ))
+        })?;
+        if rate.is_nan() || rate <= 0.0 {
+            return Err(err(format!(
+                "`log.cleaner.io.max.bytes.per.second` must be more than 0, got {text}"
+            )));
+        }
+        cleaner.io_max_bytes_per_second = rate;
+    }
+    Ok(cleaner)
+}
+
 /// The consumer group settings, with Kafka's names and defaults.
 fn resolve_group_config(
     args: &BrokerArgs,
@@ -723,14 +778,6 @@ fn resolve_group_config(
     if let Some(minutes) = settings.take_int("offsets.retention.minutes")? {
         group.offsets_retention_ms =
             int_in("offsets.retention.minutes", minutes, 1, i32::MAX as i64)? * 60_000;
-    }
-    if let Some(n) = settings.take_int("offsets.topic.compaction.min.records")? {
-        group.offsets_topic_compaction_min_records = int_in(
-            "offsets.topic.compaction.min.records",
-            n,
-            1,
-            i32::MAX as i64,
-        )? as usize;
     }
     if let Some(ms) = settings.take_int("offsets.retention.check.interval.ms")? {
         group.offsets_retention_check_interval_ms =
@@ -1111,6 +1158,42 @@ mod tests {
         a.listen = None;
         a.shards = Some(0);
         assert!(resolve(&a, 2).is_err());
+    }
+
+    #[test]
+    fn log_cleaner_settings_have_kafkas_defaults_and_are_checked() {
+        let config = resolve(&args(), 1).expect("defaults resolve");
+        assert_eq!(
+            config.cleaner,
+            crate::partition::cleaner::CleanerConfig::default()
+        );
+        assert!(config.cleaner.enable);
+        assert_eq!(config.cleaner.backoff_ms, 15_000);
+        assert_eq!(config.offsets_topic_segment_bytes, 104_857_600);
+        let (_dir, path) = write_config(
+            "log.cleaner.enable = false\nlog.cleaner.backoff.ms = 50\n\
+             log.cleaner.io.max.bytes.per.second = 1048576.5\n\
+             log.cleaner.dedupe.buffer.size = 8388608\noffsets.topic.segment.bytes = 4096\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("resolves");
+        assert!(!config.cleaner.enable);
+        assert_eq!(config.cleaner.backoff_ms, 50);
+        assert_eq!(config.cleaner.io_max_bytes_per_second, 1_048_576.5);
+        assert_eq!(config.cleaner.dedupe_buffer_bytes, 8 << 20);
+        assert_eq!(config.offsets_topic_segment_bytes, 4096);
+        for bad in [
+            "log.cleaner.io.max.bytes.per.second = 0\n",
+            "log.cleaner.io.max.bytes.per.second = \"fast\"\n",
+            "log.cleaner.backoff.ms = 0\n",
+            "log.cleaner.dedupe.buffer.size = 10\n",
+        ] {
+            let (_dir, path) = write_config(bad);
+            a.config = Some(path);
+            let e = resolve(&a, 1).expect_err(bad).to_string();
+            assert!(e.contains("log.cleaner."), "{e}");
+        }
     }
 
     #[test]

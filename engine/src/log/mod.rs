@@ -7,7 +7,8 @@
 //! (loading a log: what is on disk), `recovery` (what opening decides on it: the log
 //! start, gaps and damage between segments), `failure` (what a failed write or fdatasync does, and
 //! the rebuild from disk that follows), `truncate`, `retention` (retention and
-//! DeleteRecords), `close`, `snapshot` (producer snapshots), `indexes` (index files),
+//! DeleteRecords), `clean` and `swap` (compaction: a cleaning round, and swapping a cleaned
+//! segment in crash-safely), `close`, `snapshot` (producer snapshots), `indexes` (index files),
 //! `damage` (reports and the rule for damage found by reads), `check` (invariants, for
 //! tests and the simulator). `scan` walks a segment validating every batch; `manifest` is
 //! the sealed-segments file; `segment` what the log knows about one segment; `lock` an
@@ -26,6 +27,7 @@ use crate::Offset;
 
 mod append;
 mod check;
+mod clean;
 mod close;
 mod damage;
 mod failure;
@@ -41,9 +43,11 @@ mod seal;
 mod segment;
 mod snapshot;
 mod state;
+mod swap;
 mod truncate;
 mod write;
 
+pub use clean::CLEANER_CHECKPOINT_FILE;
 pub use damage::{DamageKind, DamageReport};
 pub use manifest::SEALED_SEGMENTS_FILE;
 
@@ -108,6 +112,9 @@ pub(crate) struct Files<F> {
     read: Option<(i64, Rc<F>)>,
     /// The file the last write went to, for the syncer.
     last_written: Option<Rc<F>>,
+    /// The handle reads of a segment use while its file is being renamed into place
+    /// (a cleaned segment being swapped in).
+    pinned: Option<(i64, Rc<F>)>,
 }
 
 impl<F> Default for Files<F> {
@@ -116,6 +123,7 @@ impl<F> Default for Files<F> {
             writable: Vec::new(),
             read: None,
             last_written: None,
+            pinned: None,
         }
     }
 }
@@ -137,6 +145,7 @@ impl<F> Files<F> {
         self.writable.clear();
         self.read = None;
         self.last_written = None;
+        self.pinned = None;
     }
 }
 
@@ -156,6 +165,8 @@ pub(crate) struct Inner<S: Storage> {
     sync_lock: Lock,
     /// Held by a truncation for its whole length: appends wait on it.
     append_gate: Lock,
+    /// Where compaction stopped, and its turn.
+    cleaner: clean::CleanerState,
 }
 
 impl<S: Storage> Drop for Inner<S> {
@@ -196,6 +207,7 @@ impl<S: Storage> PartitionLog<S> {
     ) -> Result<PartitionLog<S>, EngineError> {
         let config = config.sanitized();
         let (state, files) = open::open_state(&storage, &dir, config).await?;
+        let cleaner = clean::CleanerState::load(&storage, &dir).await;
         let cached = cache.new_partition();
         let inner = Rc::new(Inner {
             storage,
@@ -209,6 +221,7 @@ impl<S: Storage> PartitionLog<S> {
             io_lock: Lock::default(),
             sync_lock: Lock::default(),
             append_gate: Lock::default(),
+            cleaner,
         });
         Ok(PartitionLog { inner })
     }

@@ -59,6 +59,7 @@ pub(super) async fn open_state<S: Storage>(
         .create_dir_all(dir)
         .await
         .map_err(io("cannot create the log directory"))?;
+    super::swap::finish_interrupted_cleaning(storage, dir).await?;
     let entries = storage
         .list_dir(dir)
         .map_err(io("cannot list the log directory"))?;

@@ -376,7 +376,13 @@ impl<S: Storage> Inner<S> {
                 }
                 ReadPlan::Disk(disk) => disk,
             };
-            let file = self.read_handle(disk.base_offset, disk.generation).await?;
+            let file = match self.read_handle(disk.base_offset, disk.generation).await {
+                Ok(file) => file,
+                // The segment was replaced or removed since the read was planned
+                // (compaction, retention): plan again.
+                Err(_) if self.state.borrow().generation != disk.generation => continue,
+                Err(err) => return Err(err),
+            };
             let outcome = read_batches(&*file, &disk, from, max_bytes)
                 .await
                 .map_err(|e| EngineError::io("cannot read a segment", e))?;
@@ -434,6 +440,11 @@ impl<S: Storage> Inner<S> {
             let files = self.files.borrow();
             if let Some(file) = files.writable(base) {
                 return Ok(file);
+            }
+            if let Some((b, file)) = &files.pinned {
+                if *b == base {
+                    return Ok(file.clone());
+                }
             }
             if let Some((b, file)) = &files.read {
                 if *b == base {

@@ -21,10 +21,6 @@ pub struct GroupConfig {
     pub offsets_retention_check_interval_ms: i64,
     /// `offsets.topic.num.partitions`.
     pub offsets_topic_num_partitions: u32,
-    /// `offsets.topic.compaction.min.records` (Wharf's): an offsets partition is rewritten
-    /// as a snapshot of its live groups and offsets once this many records (and at least
-    /// twice the live ones) were appended since the last rewrite.
-    pub offsets_topic_compaction_min_records: usize,
 }
 
 /// A new member's JoinGroup is answered with an error after this long if the rebalance
@@ -48,7 +44,6 @@ impl Default for GroupConfig {
             offsets_retention_check_interval_ms: 600_000,
             offsets_topic_num_partitions:
                 wharf_protocol::offsets_topic::OFFSETS_TOPIC_DEFAULT_PARTITIONS,
-            offsets_topic_compaction_min_records: 10_000,
         }
     }
 }

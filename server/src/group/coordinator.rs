@@ -817,8 +817,8 @@ impl GroupCoordinator {
 
     /// The records that rebuild the current state of the groups `include` selects: every
     /// committed offset, and the metadata of every group that has any. Appended after
-    /// everything before it, they make the older records redundant (the periodic rewrite
-    /// that stands in for log compaction).
+    /// everything before it, they make the older records redundant: replaying them alone
+    /// gives the same state as replaying the whole log (what compaction relies on).
     pub fn snapshot(&self, mut include: impl FnMut(&str) -> bool) -> Vec<OffsetsRecord> {
         let mut ids: Vec<&String> = self.groups.keys().filter(|id| include(id)).collect();
         ids.sort();

@@ -7,7 +7,7 @@
 //! thread-local); it only ever holds the groups of the offsets partitions that shard owns.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
@@ -78,14 +78,6 @@ pub struct GroupShard {
     next_token: Cell<Token>,
     /// Offsets partitions (by index) loaded into the coordinator, or being loaded.
     partitions: RefCell<HashMap<i32, LoadState>>,
-    /// Per offsets partition: records appended since it was last rewritten (or loaded).
-    appended_records: RefCell<HashMap<i32, usize>>,
-    /// Per offsets partition: how many records its last rewrite held.
-    live_records: RefCell<HashMap<i32, usize>>,
-    /// Per offsets partition: commits validated whose records are not applied yet. A
-    /// rewrite waits for none, so its snapshot cannot miss a commit already in the log.
-    commits_in_flight: RefCell<HashMap<i32, usize>>,
-    rewriting: RefCell<HashSet<i32>>,
     /// Offsets committed in open transactions (TxnOffsetCommit), by offsets partition and
     /// producer id: in the log, stored for the group only when the COMMIT marker comes.
     pending_txn_offsets: RefCell<HashMap<(i32, i64), Vec<OffsetsRecord>>>,
@@ -111,10 +103,6 @@ impl GroupShard {
             waiters: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             partitions: RefCell::new(HashMap::new()),
-            appended_records: RefCell::new(HashMap::new()),
-            live_records: RefCell::new(HashMap::new()),
-            commits_in_flight: RefCell::new(HashMap::new()),
-            rewriting: RefCell::new(HashSet::new()),
             pending_txn_offsets: RefCell::new(HashMap::new()),
             decided_while_loading: RefCell::new(Vec::new()),
         });
@@ -166,9 +154,6 @@ impl GroupShard {
                 self.partitions
                     .borrow_mut()
                     .insert(tp.partition.0, LoadState::Loaded);
-                self.appended_records
-                    .borrow_mut()
-                    .insert(tp.partition.0, count);
                 // Markers written while the load read the log (past where it stopped).
                 let decided: Vec<(i64, bool)> = {
                     let mut all = self.decided_while_loading.borrow_mut();
@@ -369,20 +354,11 @@ impl GroupShard {
         if plan.records.is_empty() {
             return plan.errors;
         }
-        let partition = self.partition_of(shard, &req.group_id);
-        *self
-            .commits_in_flight
-            .borrow_mut()
-            .entry(partition)
-            .or_default() += 1;
         let mut failure = None;
         for append in self.start_appends(shard, plan.records) {
             if let Err(e) = append.await {
                 failure = Some(e);
             }
-        }
-        if let Some(n) = self.commits_in_flight.borrow_mut().get_mut(&partition) {
-            *n = n.saturating_sub(1);
         }
         match failure {
             None => {
@@ -435,11 +411,6 @@ impl GroupShard {
         if let Err(e) = handle.txns.ensure_marker_file(&handle.dir).await {
             return fail(plan.errors, e);
         }
-        *self
-            .appended_records
-            .borrow_mut()
-            .entry(partition)
-            .or_default() += plan.records.len();
         match handle
             .append_transactional(batch, producer_id, producer_epoch)
             .await
@@ -583,6 +554,7 @@ impl GroupShard {
 }
 
 impl GroupShard {
+    /// The offsets partition coordinating `group_id`.
     fn partition_of(&self, shard: &Shard, group_id: &str) -> i32 {
         let partitions = shard
             .metadata()
@@ -614,7 +586,6 @@ impl GroupShard {
         by_partition
             .into_iter()
             .map(|(p, records)| {
-                *self.appended_records.borrow_mut().entry(p).or_default() += records.len();
                 let batch = encode_batch(&records, timestamp_ms);
                 let handle = shard.partitions.get(TopicPartition {
                     topic_id: topic.id,
@@ -639,118 +610,7 @@ impl GroupShard {
             })
             .collect()
     }
-
-    /// Rewrites the offsets partitions whose superseded records outnumber the live ones.
-    fn maybe_rewrite(self: &Rc<Self>, shard: &Rc<Shard>) {
-        let min_records = self
-            .coordinator
-            .borrow()
-            .config()
-            .offsets_topic_compaction_min_records;
-        let due: Vec<i32> = self
-            .appended_records
-            .borrow()
-            .iter()
-            .filter(|(p, n)| {
-                let live = self.live_records.borrow().get(p).copied().unwrap_or(0);
-                **n >= min_records.max(2 * live)
-                    && self.commits_in_flight.borrow().get(p).copied().unwrap_or(0) == 0
-                    && !self.rewriting.borrow().contains(p)
-                    && self.partitions.borrow().get(p) == Some(&LoadState::Loaded)
-                    // A rewrite drops the records before it: offsets of open transactions
-                    // must stay in the log until their marker.
-                    && !self.pending_txn_offsets.borrow().keys().any(|(q, _)| q == *p)
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        for p in due {
-            self.rewrite(shard, p);
-        }
-    }
-
-    /// The periodic rewrite that stands in for log compaction: append a snapshot of the
-    /// partition's live groups and offsets, then move the log start to where it begins. The
-    /// snapshot is taken and its appends started without yielding, with no commit in flight,
-    /// so every earlier record is reflected in it and every later one lands after it. A crash
-    /// in between leaves only redundant records, which replay to the same state.
-    fn rewrite(self: &Rc<Self>, shard: &Rc<Shard>, p: i32) {
-        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
-            return;
-        };
-        let Some(handle) = shard.partitions.get(TopicPartition {
-            topic_id: topic.id,
-            partition: PartitionId(p),
-        }) else {
-            return;
-        };
-        let partitions = topic.partition_count.max(1) as u32;
-        let snapshot = self
-            .coordinator
-            .borrow()
-            .snapshot(|g| partition_for_group(g, partitions) == p);
-        let live = snapshot.len();
-        // Appends already started land before the snapshot; this is a lower bound of its start.
-        let rewrite_start = handle.log.log_end_offset();
-        let timestamp_ms = now_ms();
-        // Every batch is encoded before any is appended: a snapshot missing a record must not
-        // replace the records it stands for.
-        let batches: Result<Vec<Bytes>, _> = snapshot
-            .chunks(REWRITE_RECORDS_PER_BATCH)
-            .map(|chunk| encode_batch(chunk, timestamp_ms))
-            .collect();
-        let batches = match batches {
-            Ok(batches) => batches,
-            Err(e) => {
-                tracing::error!(partition = p, "not rewriting {OFFSETS_TOPIC}: {e}");
-                return;
-            }
-        };
-        let appends: Vec<_> = batches
-            .into_iter()
-            .map(|batch| {
-                let handle = handle.clone();
-                glommio::spawn_local(async move {
-                    handle
-                        .append(batch, Durability::Written)
-                        .await
-                        .map_err(|e| format!("{e:?}"))
-                })
-            })
-            .collect();
-        self.appended_records.borrow_mut().insert(p, 0);
-        self.live_records.borrow_mut().insert(p, live);
-        self.rewriting.borrow_mut().insert(p);
-        let groups = self.clone();
-        glommio::spawn_local(async move {
-            let mut ok = true;
-            for append in appends {
-                if let Err(e) = append.await {
-                    tracing::error!(partition = p, "rewriting {OFFSETS_TOPIC} failed: {e}");
-                    ok = false;
-                }
-            }
-            if ok {
-                match handle.log.delete_records_before(rewrite_start).await {
-                    Ok(start) => tracing::debug!(
-                        partition = p,
-                        live,
-                        log_start = start.0,
-                        "rewrote consumer offsets"
-                    ),
-                    Err(e) => tracing::error!(
-                        partition = p,
-                        "cannot drop superseded {OFFSETS_TOPIC} records: {e}"
-                    ),
-                }
-            }
-            groups.rewriting.borrow_mut().remove(&p);
-        })
-        .detach();
-    }
 }
-
-/// Records per batch when a partition is rewritten (well under `max.message.bytes`).
-const REWRITE_RECORDS_PER_BATCH: usize = 2_000;
 
 fn encode_batch(
     records: &[OffsetsRecord],
@@ -801,7 +661,6 @@ async fn ticker(shard: Rc<Shard>, groups: Rc<GroupShard>) {
         if !fx.is_empty() {
             groups.process(&shard, fx).await;
         }
-        groups.maybe_rewrite(&shard);
     }
 }
 

@@ -441,8 +441,11 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
             partitions: shard.config.offsets_topic_num_partitions,
             configs: vec![
                 ("cleanup.policy".into(), Some("compact".into())),
-                // Kafka's offsets.topic.segment.bytes default.
-                ("segment.bytes".into(), Some("104857600".into())),
+                // offsets.topic.segment.bytes: the cleaner compacts sealed segments only.
+                (
+                    "segment.bytes".into(),
+                    Some(shard.config.offsets_topic_segment_bytes.to_string()),
+                ),
             ],
             internal: true,
         },

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wharf_engine::{LogConfig, TimestampType};
+use wharf_engine::{CompactionConfig, LogConfig, TimestampType};
 use wharf_protocol::batch::Compression;
 use wharf_protocol::compression::Levels;
 use wharf_protocol::convert::AppendPolicy;
@@ -512,6 +512,19 @@ impl EffectiveConfig<'_> {
         }
     }
 
+    /// The cleaner's settings when `cleanup.policy` includes `compact`; `None` otherwise.
+    pub fn compaction(&self) -> Option<CompactionConfig> {
+        let compacted = self
+            .get("cleanup.policy")
+            .is_some_and(|(policy, _)| policy.split(',').any(|p| p == "compact"));
+        compacted.then(|| CompactionConfig {
+            delete_retention_ms: self.parsed("delete.retention.ms"),
+            min_compaction_lag_ms: self.parsed("min.compaction.lag.ms"),
+            max_compaction_lag_ms: self.parsed("max.compaction.lag.ms"),
+            min_cleanable_dirty_ratio: self.parsed("min.cleanable.dirty.ratio"),
+        })
+    }
+
     /// The engine's view of this topic's configuration.
     pub fn log_config(&self) -> LogConfig {
         let timestamp_type = match self.get("message.timestamp.type").map(|(v, _)| v) {
@@ -519,8 +532,8 @@ impl EffectiveConfig<'_> {
             _ => TimestampType::CreateTime,
         };
         // Kafka applies retention.ms / retention.bytes only under cleanup.policy=delete: a
-        // compact-only topic keeps its segments (and, until key compaction is built, every
-        // record), so an event-sourced topic never loses its latest values to age or size.
+        // compact-only topic keeps the latest value of every key (the cleaner removes the
+        // rest), so an event-sourced topic never loses its latest values to age or size.
         let deletes = self
             .get("cleanup.policy")
             .is_none_or(|(policy, _)| policy.split(',').any(|p| p == "delete"));
@@ -664,6 +677,36 @@ mod tests {
         assert_eq!(p.target, Some(Compression::Zstd));
         assert_eq!(p.levels.zstd, 7);
         assert!(p.compacted);
+    }
+
+    #[test]
+    fn compaction_settings_come_with_the_compact_cleanup_policy() {
+        let mut settings = Settings::empty();
+        let defaults = TopicDefaults::from_broker_settings(&mut settings).unwrap();
+        let mut overrides = TopicOverrides::new();
+        let compaction = |overrides: &TopicOverrides| {
+            EffectiveConfig {
+                overrides,
+                defaults: &defaults,
+            }
+            .compaction()
+        };
+        assert_eq!(compaction(&overrides), None);
+        overrides.insert("cleanup.policy".into(), "delete,compact".into());
+        assert_eq!(compaction(&overrides), Some(CompactionConfig::default()));
+        overrides.insert("min.cleanable.dirty.ratio".into(), "0.01".into());
+        overrides.insert("delete.retention.ms".into(), "100".into());
+        overrides.insert("min.compaction.lag.ms".into(), "5".into());
+        overrides.insert("max.compaction.lag.ms".into(), "1000".into());
+        assert_eq!(
+            compaction(&overrides),
+            Some(CompactionConfig {
+                delete_retention_ms: 100,
+                min_compaction_lag_ms: 5,
+                max_compaction_lag_ms: 1000,
+                min_cleanable_dirty_ratio: 0.01,
+            })
+        );
     }
 
     #[test]

@@ -152,6 +152,21 @@ pub struct PartitionSnapshot {
     /// The last stable offset: the end of what read_committed consumers can read.
     pub last_stable_offset: i64,
     pub size_bytes: u64,
+    /// What the log cleaner did, for partitions of compacted topics.
+    pub cleaner: Option<CleanerSnapshot>,
+}
+
+/// The log cleaner's view of one compacted partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CleanerSnapshot {
+    /// Share of the log's bytes not cleaned yet, as of the cleaner's last look.
+    pub dirty_ratio: f64,
+    pub runs: u64,
+    pub errors: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Wall-clock ms of the last finished round; 0 before the first.
+    pub last_run_ms: i64,
 }
 
 /// Everything one shard reports to a scrape. Plain data, so it crosses the mesh.
@@ -192,6 +207,17 @@ impl ShardSnapshot {
                 log_end_offset: p.high_watermark(),
                 last_stable_offset: p.last_stable_offset(),
                 size_bytes: p.log.size_bytes(),
+                cleaner: crate::partition::cleaner::compaction_config(shard, p).map(|_| {
+                    let c = &p.cleaner;
+                    CleanerSnapshot {
+                        dirty_ratio: c.dirty_ratio.get(),
+                        runs: c.runs.get(),
+                        errors: c.errors.get(),
+                        bytes_read: c.bytes_read.get(),
+                        bytes_written: c.bytes_written.get(),
+                        last_run_ms: c.last_run_ms.get(),
+                    }
+                }),
             })
             .collect();
         let groups = GroupShard::existing()
@@ -300,6 +326,7 @@ mod tests {
             log_end_offset: 5,
             last_stable_offset: 5,
             size_bytes: 10,
+            cleaner: None,
         };
         let mut a = ShardSnapshot {
             apis: vec![ApiSnapshot {

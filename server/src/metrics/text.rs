@@ -214,6 +214,59 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
         );
     }
 
+    type CleanerValue = fn(&crate::metrics::CleanerSnapshot) -> String;
+    let cleaner_families: [(&str, &str, &str, CleanerValue); 6] = [
+        (
+            "wharf_log_cleaner_dirty_ratio",
+            "gauge",
+            "Share of a compacted partition's log not cleaned yet (cleanable bytes over all), as of the cleaner's last look; a round is due above min.cleanable.dirty.ratio.",
+            |c| c.dirty_ratio.to_string(),
+        ),
+        (
+            "wharf_log_cleaner_runs_total",
+            "counter",
+            "Cleaning rounds finished on a compacted partition.",
+            |c| c.runs.to_string(),
+        ),
+        (
+            "wharf_log_cleaner_errors_total",
+            "counter",
+            "Cleaning rounds on a compacted partition that failed.",
+            |c| c.errors.to_string(),
+        ),
+        (
+            "wharf_log_cleaner_bytes_read_total",
+            "counter",
+            "Bytes of log the cleaner read from a compacted partition.",
+            |c| c.bytes_read.to_string(),
+        ),
+        (
+            "wharf_log_cleaner_bytes_written_total",
+            "counter",
+            "Bytes of cleaned segments the cleaner wrote for a compacted partition.",
+            |c| c.bytes_written.to_string(),
+        ),
+        (
+            "wharf_log_cleaner_last_run_timestamp_ms",
+            "gauge",
+            "Wall-clock time (ms since the epoch) the last cleaning round of a compacted partition finished; 0 before the first.",
+            |c| c.last_run_ms.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in cleaner_families {
+        family(&mut out, name, kind, help);
+        for p in &all.partitions {
+            let Some(cleaner) = &p.cleaner else { continue };
+            let partition = p.partition.to_string();
+            sample(
+                &mut out,
+                name,
+                &[("topic", &p.topic), ("partition", &partition)],
+                value(cleaner),
+            );
+        }
+    }
+
     family(
         &mut out,
         "wharf_group_members",
@@ -413,6 +466,14 @@ mod tests {
                 log_end_offset: 10,
                 last_stable_offset: 10,
                 size_bytes: 500,
+                cleaner: Some(crate::metrics::CleanerSnapshot {
+                    dirty_ratio: 0.25,
+                    runs: 3,
+                    errors: 0,
+                    bytes_read: 4096,
+                    bytes_written: 1024,
+                    last_run_ms: 1_700_000_000_000,
+                }),
             }],
             groups: vec![GroupSummary {
                 group_id: "g\"1\\".into(),
@@ -460,6 +521,24 @@ mod tests {
         assert!(!text.contains("wharf_group_lag_records{group=\"g\\\"1\\\\\",topic=\"gone\""));
         assert!(text.contains("wharf_shards 2\n"));
         assert!(text.contains("wharf_build_info{version=\""));
+    }
+
+    #[test]
+    fn compacted_partitions_report_their_cleaner() {
+        let text = encode(&snapshot(), 1);
+        for line in [
+            "wharf_log_cleaner_dirty_ratio{topic=\"orders\",partition=\"2\"} 0.25\n",
+            "wharf_log_cleaner_runs_total{topic=\"orders\",partition=\"2\"} 3\n",
+            "wharf_log_cleaner_bytes_read_total{topic=\"orders\",partition=\"2\"} 4096\n",
+            "wharf_log_cleaner_bytes_written_total{topic=\"orders\",partition=\"2\"} 1024\n",
+            "# TYPE wharf_log_cleaner_runs_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line}");
+        }
+        let mut plain = snapshot();
+        plain.partitions[0].cleaner = None;
+        let text = encode(&plain, 1);
+        assert!(!text.contains("wharf_log_cleaner_runs_total{"));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::metadata::store::partition_dir;
 use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::event::{Latch, WakeSlot, Watchers};
 
+pub mod cleaner;
+
 /// How long deleting a partition waits for requests still using its log.
 const DELETE_WAIT_FOR_READERS: Duration = Duration::from_secs(10);
 /// How often a shard forgets expired idempotent producers (Kafka's
@@ -56,6 +58,8 @@ pub struct PartitionHandle {
     /// Taken, in arrival order, by appends that wait for the coordinator to confirm the
     /// transaction they open here (KIP-890), and held until they are written.
     pub verify_gate: glommio::sync::Semaphore,
+    /// What the log cleaner did here (compacted topics).
+    pub cleaner: cleaner::PartitionCleanerStats,
 }
 
 /// Why a broker-written batch (a marker, transactional offsets) was not appended.
@@ -297,6 +301,7 @@ impl PartitionRegistry {
             min_insync_replicas: Cell::new(min_insync_replicas),
             txns,
             verify_gate: glommio::sync::Semaphore::new(1),
+            cleaner: Default::default(),
         };
         self.open.borrow_mut().insert(tp, Rc::new(handle));
         Ok(())

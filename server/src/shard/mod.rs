@@ -396,6 +396,7 @@ async fn run(start: ShardStart) {
     // Transactions left in PrepareCommit or PrepareAbort are finished, and open ones time
     // out, without waiting for a client to ask.
     glommio::spawn_local(crate::txn::driver::load_local_partitions(shard.clone())).detach();
+    crate::partition::cleaner::start(&shard);
     if let Some(listener) = metrics_listener {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves

@@ -11,6 +11,7 @@ use wharf_protocol::batch::{
 use crate::sim::InjectedFault;
 use crate::{DamageKind, DamageReport, EngineError, Offset};
 
+use super::compact::is_filler;
 use super::{tag_of, Entry, World};
 
 impl World {
@@ -22,9 +23,13 @@ impl World {
         bytes: &[u8],
     ) -> Result<(), String> {
         if let Some(e) = self.entries.get(&base) {
-            if e.last == last && e.bytes[..] == *bytes {
+            if e.last == last && self.same_or_cleaned(&e.bytes, bytes) {
                 return Ok(());
             }
+        }
+        if self.compact.is_some() && is_filler(bytes) {
+            // Offsets whose records were all cleaned away: check_compaction judges them.
+            return Ok(());
         }
         let tag = tag_of(bytes).ok_or_else(|| format!("the batch at {base} carries no tag"))?;
         let issued = self
@@ -36,7 +41,7 @@ impl World {
         let epoch = wharf_protocol::batch::BatchHeader::view(bytes)
             .map_or(-1, |h| h.partition_leader_epoch());
         set_partition_leader_epoch(&mut expected, epoch);
-        if expected[..] != *bytes {
+        if !self.same_or_cleaned(&expected, bytes) {
             return Err(format!(
                 "the batch at {base} (#{tag}) is not what was appended"
             ));
@@ -316,9 +321,15 @@ impl World {
             if *last < start {
                 continue;
             }
-            let tag = tag_of(bytes).ok_or_else(|| format!("the batch at {base} carries no tag"))?;
-            if let Some(other) = seen_tags.insert(tag, *base) {
-                return Err(format!("#{tag} is in the log twice, at {other} and {base}"));
+            match tag_of(bytes) {
+                Some(tag) => {
+                    if let Some(other) = seen_tags.insert(tag, *base) {
+                        return Err(format!("#{tag} is in the log twice, at {other} and {base}"));
+                    }
+                }
+                // A filler, or a producer's batch emptied by cleaning.
+                None if self.compact.is_some() => {}
+                None => return Err(format!("the batch at {base} carries no tag")),
             }
             match self.check_batch_known(*base, *last, bytes) {
                 Ok(()) => {}
@@ -345,7 +356,10 @@ impl World {
                 continue;
             }
             match present.get(base) {
-                Some((last, bytes)) if *last == e.last && *bytes == e.bytes => {}
+                Some((last, bytes)) if *last == e.last && self.same_or_cleaned(&e.bytes, bytes) => {
+                }
+                // Every record of it was cleaned away: check_compaction judges that.
+                _ if self.in_filler(*base, e.last, &found) => {}
                 _ => lost.push((*base, e.last, e.tag)),
             }
         }
@@ -376,15 +390,23 @@ impl World {
                 self.durable_end
             ));
         }
-        // The model becomes what the log holds.
-        self.entries = found
+        self.check_compaction(&found, start)?;
+        // The model becomes what the log holds (a batch emptied by cleaning keeps the
+        // tag of the batch it was).
+        let entries = found
             .into_iter()
             .filter(|(_, last, _)| *last >= start)
             .map(|(base, last, bytes)| {
-                let tag = tag_of(&bytes).unwrap_or(0);
+                let tag = tag_of(&bytes)
+                    .or_else(|| {
+                        let e = self.entries.get(&base)?;
+                        (e.last == last && self.same_or_cleaned(&e.bytes, &bytes)).then_some(e.tag)
+                    })
+                    .unwrap_or(0);
                 (base, Entry { last, tag, bytes })
             })
             .collect();
+        self.entries = entries;
         self.log_start = start;
         self.durable_end = self.durable_end.min(end);
         self.checked = true;

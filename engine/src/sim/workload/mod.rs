@@ -21,6 +21,9 @@
 //! - a retried idempotent batch is answered with its first offsets;
 //! - the log's own invariants hold ([`PartitionLog::check_invariants`]: indexes agree with
 //!   the log, segments contiguous, producer state agrees with the log).
+//!
+//! A third of the seeds run a compacted topic, with cleaning rounds among the steps
+//! (see [`compact`] for what they add to the model and the checks).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -40,6 +43,9 @@ use crate::{
 };
 
 mod check;
+mod compact;
+
+use compact::CompactMode;
 
 /// The name of this target for `wharf-sim --target` and replay commands.
 pub const TARGET: &str = "engine";
@@ -52,6 +58,11 @@ pub struct SeedStats {
     pub crashes: u64,
     pub failures: u64,
     pub damage_reports: u64,
+    /// Cleaning rounds started, groups of segments cleaned and swapped in, tombstones
+    /// removed (compacted seeds).
+    pub cleanings: u64,
+    pub groups_cleaned: u64,
+    pub tombstones_removed: u64,
 }
 
 type Log = PartitionLog<SimStorage>;
@@ -70,6 +81,8 @@ struct Issued {
     leader_epoch: i32,
     /// `(producer index, sequence)` for idempotent batches.
     producer: Option<(usize, i32)>,
+    /// When it was first sent (simulated clock).
+    issued_ms: i64,
 }
 
 /// A batch the log must hold at its offset.
@@ -115,6 +128,7 @@ enum Event {
         result: Result<Offset, EngineError>,
     },
     Maintained(Result<(), EngineError>),
+    Cleaned(Result<crate::compaction::CleanStats, EngineError>),
 }
 
 /// What may have changed the log this step beyond the acknowledged appends.
@@ -167,6 +181,8 @@ struct World {
     trace: Trace,
     /// The last check saw the whole log.
     checked: bool,
+    /// A compacted topic: keyed records and cleaning rounds.
+    compact: Option<CompactMode>,
 }
 
 /// Runs one seed of the engine target.
@@ -180,6 +196,9 @@ pub fn run(seed: u64, verbose: bool) -> Result<SeedStats, Violation> {
 }
 
 fn tag_of(batch: &[u8]) -> Option<u64> {
+    if let Some(tag) = compact::header_tag(batch) {
+        return Some(tag);
+    }
     let record = records(batch).ok()?.next()?.ok()?;
     let key = record.key?;
     Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?))
@@ -248,6 +267,14 @@ impl World {
             })
             .collect::<Vec<_>>();
         let next_pid = 1000 + producers.len() as i64;
+        let compact = (rng.below(3) == 0).then(|| CompactMode::draw(&mut rng));
+        let mut config = config;
+        if compact.is_some() {
+            // Small segments: cleaning works on whole sealed segments.
+            config.segment_bytes = config
+                .segment_bytes
+                .min([1_000, 2_000, 5_000][rng.below(3) as usize]);
+        }
         World {
             seed,
             rng,
@@ -276,6 +303,7 @@ impl World {
             stats: SeedStats::default(),
             trace: Trace::new(verbose),
             checked: true,
+            compact,
         }
     }
 
@@ -291,6 +319,10 @@ impl World {
             c.retention_ms, c.retention_bytes, self.faults, self.persistent_faults, self.full_disk_episodes
         );
         self.note(line);
+        if let Some(mode) = &self.compact {
+            let line = format!("compacted: {mode:?}");
+            self.note(line);
+        }
         self.open()?;
         let steps = self.rng.range(MIN_STEPS, MAX_STEPS);
         for step in 0..steps {
@@ -301,6 +333,11 @@ impl World {
             }
             self.step(step)?;
             self.check().map_err(|e| format!("step {step}: {e}"))?;
+        }
+        if let Some(mode) = &self.compact {
+            self.stats.cleanings = mode.cleanings;
+            self.stats.groups_cleaned = mode.groups_cleaned;
+            self.stats.tombstones_removed = mode.tombstones_removed;
         }
         // The end: a full disk freed, faults off, a clean restart, everything checked again.
         self.disk.set_capacity(self.capacity_bytes);
@@ -473,7 +510,12 @@ impl World {
             63..=66 => {
                 let log = self.log();
                 let (start, end) = (log.log_start_offset().0, log.log_end_offset().0);
-                let offset = self.rng.range((start - 2).max(0) as u64, end as u64) as i64;
+                // A compacted seed truncates only above what it let the cleaner clean.
+                let low = (start - 2).max(0).max(self.truncation_floor());
+                if low >= end {
+                    return self.appends(step);
+                }
+                let offset = self.rng.range(low as u64, end as u64) as i64;
                 self.note(format!("step {step}: truncate to {offset}"));
                 // An earlier truncation that failed may still take effect when the log is
                 // reloaded: what may be gone runs from the lowest of them.
@@ -540,6 +582,7 @@ impl World {
             }
             87..=89 if self.persistent_faults => self.inject_damage(step),
             90 if self.persistent_faults => self.delete_a_segment(step),
+            91..=99 if self.compact.is_some() => self.clean_step(step),
             _ => self.appends(step),
         }
     }
@@ -625,6 +668,19 @@ impl World {
             builder = builder.producer(pr.pid, pr.epoch, seq);
         }
         let now = self.rt.now_ms();
+        if let Some(keys) = self.compact.as_ref().map(|m| m.keys) {
+            let payload = self.compact_batch(builder, tag, keys);
+            self.issued.insert(
+                tag,
+                Issued {
+                    payload: payload.clone(),
+                    leader_epoch: self.leader_epoch,
+                    producer,
+                    issued_ms: now,
+                },
+            );
+            return (tag, payload);
+        }
         for i in 0..records {
             let mut value = vec![(tag % 251) as u8; value_bytes.max(16)];
             value[..8].copy_from_slice(&tag.to_be_bytes());
@@ -639,6 +695,7 @@ impl World {
                 payload: payload.clone(),
                 leader_epoch: self.leader_epoch,
                 producer,
+                issued_ms: now,
             },
         );
         (tag, payload)
@@ -708,11 +765,15 @@ impl World {
         if self.rng.below(3) == 0 {
             self.spawn_read();
         }
+        if self.compact.is_some() && self.rng.below(5) == 0 {
+            // A cleaning round while appends are in flight.
+            self.spawn_clean();
+        }
         self.note(format!("step {step}: append {}", described.join(", ")));
         self.run_or_crash()
     }
 
-    fn spawn_read(&mut self) {
+    pub(super) fn spawn_read(&mut self) {
         let log = self.log();
         let (start, end) = (log.log_start_offset().0, log.log_end_offset().0);
         let from = self.rng.range(start as u64, end as u64) as i64;
@@ -776,6 +837,26 @@ impl World {
                         }
                     }
                 }
+                Event::Cleaned(result) => match result {
+                    Ok(stats) => {
+                        if let Some(mode) = &mut self.compact {
+                            mode.groups_cleaned += stats.groups_cleaned;
+                            mode.tombstones_removed += stats.tombstones_removed;
+                        }
+                        self.note(format!(
+                        "cleaned [{}, {}): {} groups ({} given up), {} -> {} segments, {} of {} records kept, {} tombstones and {} keyless records removed, {} fillers, map {}/{}",
+                        stats.first_dirty_offset, stats.end_offset, stats.groups_cleaned,
+                        stats.groups_abandoned, stats.segments_before, stats.segments_after,
+                        stats.records_retained, stats.records_read, stats.tombstones_removed,
+                        stats.keyless_removed, stats.fillers, stats.map_keys, stats.map_capacity
+                        ))
+                    }
+                    Err(e) => {
+                        self.note(format!("clean: {e}"));
+                        // A swap that failed after its commit reloads the log from disk.
+                        self.disruption.unsynced_lost |= matches!(e, EngineError::Storage { .. });
+                    }
+                },
                 Event::Maintained(result) => {
                     if let Err(e) = result {
                         self.note(format!("maintain: {e}"));
