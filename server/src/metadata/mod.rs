@@ -34,7 +34,7 @@ pub struct TopicId(pub uuid::Uuid);
 pub struct PartitionId(pub i32);
 
 /// A broker's `node.id`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub i32);
 
 /// A partition leader epoch (KIP-101).
