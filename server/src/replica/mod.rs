@@ -11,6 +11,8 @@
 //! - `follower.rs`: when to fetch, and what to make of the answer: every batch checked
 //!   (CRC-32C, offsets, epochs) before it is appended as the leader stored it; truncation
 //!   where the logs diverge by leader epoch (KIP-101/279), never by high watermark.
+//! - [`sim`]: a seeded simulator of three replicas over logs that lose their unsynced tail
+//!   at a crash, a faulty network, a controller and producers, checking the invariants.
 //!
 //! Nothing here does I/O or reads a clock: time and events go in, [`Effects`] come out,
 //! and a driver on the partition's shard carries them out. See docs/replication.md.
@@ -19,6 +21,7 @@ pub mod api;
 pub mod config;
 mod follower;
 mod leader;
+pub mod sim;
 mod state;
 
 #[cfg(test)]

@@ -427,15 +427,12 @@ impl ReplicaState {
                 });
             }
             l.epoch_start_offset = self.log_end_offset;
+            // A new leader knows nothing of the followers' logs (its state was just made):
+            // their fetches in this epoch will tell, after any truncation. One leading
+            // again keeps what it knew, which its log still holds.
             for (node, progress) in l.followers.iter_mut() {
                 let in_sync = l.isr.contains(node);
-                if !was_leader {
-                    // A new leader knows nothing of the followers' logs: their fetches in
-                    // this epoch will tell (after any truncation).
-                    *progress = FollowerProgress::default();
-                } else {
-                    progress.last_fetch_leader_log_end = None;
-                }
+                progress.last_fetch_leader_log_end = None;
                 // Followers in the ISR get a full lag period to show up.
                 progress.last_caught_up_time_ms = in_sync.then_some(now_ms);
             }
