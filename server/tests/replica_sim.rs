@@ -20,7 +20,7 @@ use wharf_server::replica::sim::{
 };
 
 /// Seeds CI runs (a debug build on two cores; see docs/replication.md for the time).
-const CI_SEEDS: u64 = 150;
+const CI_SEEDS: u64 = 120;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
