@@ -2,8 +2,9 @@
 # Installs the clients and tools the test suite uses: kcat (Debian's, linking librdkafka
 # 2.0.2, an older client on purpose), Burrow 1.2.1 and the ZooKeeper it keeps its locks in
 # (Debian's; the tests start their own ZooKeeper on a free port, never the system's), a
-# C/C++ toolchain for the bundled librdkafka that the `rdkafka` crate builds, and the
-# Python clients pinned in scripts/test-requirements.txt.
+# C/C++ toolchain for the bundled librdkafka that the `rdkafka` crate builds, mkfs.ext4
+# and mount for the full-disk test, and the Python clients pinned in
+# scripts/test-requirements.txt.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+# server/tests/full_disk.rs puts a broker's data on a small ext4 file system of its own.
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v mount >/dev/null 2>&1 || need_apt+=(mount)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -127,6 +127,48 @@ impl SegmentIndex {
         }
     }
 
+    /// The last indexed batch that ends at or before `relative_offset`, if any: where to
+    /// start scanning for the batch that contains it.
+    pub fn lookup_entry(&self, relative_offset: u32) -> Option<OffsetEntry> {
+        let after = self
+            .offsets
+            .partition_point(|e| e.relative_offset <= relative_offset);
+        after.checked_sub(1).map(|k| self.offsets[k])
+    }
+
+    /// The last offset entry at or before byte `position`.
+    pub fn entry_at_or_before(&self, position: u64) -> Option<usize> {
+        self.offsets
+            .partition_point(|e| u64::from(e.position) <= position)
+            .checked_sub(1)
+    }
+
+    /// The last offset entry whose batch ends before `relative_offset`.
+    pub fn entry_before_offset(&self, relative_offset: u64) -> Option<usize> {
+        self.offsets
+            .partition_point(|e| u64::from(e.relative_offset) < relative_offset)
+            .checked_sub(1)
+    }
+
+    /// The index as it was right after the batch of offset entry `k` was added: entries
+    /// `0..=k`, and the time entries recorded with them. A time entry is only added with
+    /// an offset entry (or when the segment is sealed), and holds the largest timestamp of
+    /// the batches up to that entry's batch, so those with a relative offset up to entry
+    /// `k`'s are exactly the ones recorded by then.
+    pub fn truncated_through(&self, k: usize) -> SegmentIndex {
+        let last = self.offsets[k].relative_offset;
+        SegmentIndex {
+            offsets: self.offsets[..=k].to_vec(),
+            times: self
+                .times
+                .iter()
+                .copied()
+                .filter(|t| t.relative_offset <= last)
+                .collect(),
+            bytes_since_entry: 0,
+        }
+    }
+
     /// The segment's largest timestamp as the time index knows it.
     pub fn last_time_entry(&self) -> Option<TimeEntry> {
         self.times.last().copied()

@@ -104,6 +104,11 @@ impl ProducerStates {
         self.producers.is_empty()
     }
 
+    /// Every producer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &ProducerEntry)> {
+        self.producers.iter()
+    }
+
     pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)
     }

@@ -115,7 +115,12 @@ proptest! {
                                 model.end = model.batches[keep].0;
                                 model.batches.truncate(keep);
                             }
-                            model.log_start = model.log_start.min(model.end);
+                            if model.end < model.log_start {
+                                // It straddled the log start: the log restarts empty there,
+                                // and offsets below it are not given out again.
+                                model.batches.clear();
+                                model.end = model.log_start;
+                            }
                         }
                     }
                     Op::DeleteRecords { at } => {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
-use wharf_engine::{BatchCache, Durability, EngineError, LogConfig, Offset};
+use wharf_engine::{BatchCache, DamageKind, Durability, EngineError, LogConfig, Offset};
 
 const SEGMENT: &str = "00000000000000000000.log";
 
@@ -144,7 +144,7 @@ fn garbage_after_the_last_batch_is_cut() {
 }
 
 #[test]
-fn damage_after_a_clean_shutdown_is_refused_on_read_not_served() {
+fn damage_after_a_clean_shutdown_is_never_served_and_moves_the_log_start_past_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run({
@@ -162,20 +162,49 @@ fn damage_after_a_clean_shutdown_is_refused_on_read_not_served() {
         f.seek(SeekFrom::Start(size - 10)).expect("seek");
         f.write_all(&[0xee]).expect("write");
     });
-    run(async move {
-        let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
-        assert_eq!(
-            log.read(Offset(0), 1)
+    run({
+        let path = path.clone();
+        async move {
+            let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
+            assert_eq!(
+                log.read(Offset(0), 1)
+                    .await
+                    .expect("first batch is intact")
+                    .len() as u64,
+                size / 5
+            );
+            // A read returns the valid batches before the damaged one.
+            let prefix = log
+                .read(Offset(0), 1 << 20)
                 .await
-                .expect("first batch is intact")
-                .len() as u64,
-            size / 5
-        );
-        let err = log
-            .read(Offset(9), 1 << 20)
-            .await
-            .expect_err("the damaged batch is not served");
-        assert!(matches!(err, EngineError::CorruptMessage(_)), "{err:?}");
+                .expect("the batches before it");
+            assert_eq!(prefix.len() as u64, 4 * size / 5);
+            // A read of the damaged batch moves the log start past it: the reader gets
+            // OFFSET_OUT_OF_RANGE, not the bytes and not a silent skip.
+            let err = log
+                .read(Offset(9), 1 << 20)
+                .await
+                .expect_err("the damaged batch is not served");
+            assert!(
+                matches!(err, EngineError::OffsetOutOfRange { log_start: 10, .. }),
+                "{err:?}"
+            );
+            assert_eq!(log.log_start_offset(), Offset(10));
+            let reports = log.damage_reports();
+            assert_eq!(reports.len(), 1, "{reports:?}");
+            assert_eq!(reports[0].kind, DamageKind::Skipped);
+            assert_eq!((reports[0].first_offset, reports[0].end_offset), (8, 10));
+            // Writes go on after it.
+            let (base, _) = append(&log, batch(1, 10, 0), Durability::Synced).await;
+            assert_eq!(base, 10);
+            log.close().await.expect("close");
+        }
+    });
+    // The moved log start survives a restart.
+    run(async move {
+        let log = open(&path, LogConfig::default()).await;
+        assert_eq!(log.log_start_offset(), Offset(10));
+        assert_eq!(log.log_end_offset(), Offset(11));
     });
 }
 
@@ -238,5 +267,178 @@ fn damaged_or_missing_indexes_are_rebuilt_from_the_log() {
             log.offset_for_timestamp(30_500).await.expect("lookup"),
             Some((Offset(62), 31_000))
         );
+    });
+}
+
+/// Six batches of two records (offsets 0..12) in one segment, the log dropped without a
+/// close (a crash). Returns the stored batches as `(base offset, position, bytes)`.
+fn six_batches(dir: &Path) -> Vec<(i64, u64, Bytes)> {
+    write_log(dir, &[(2, 300); 6])
+}
+
+#[test]
+fn recovery_reports_the_offsets_a_cut_loses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batches = six_batches(dir.path());
+    let (_, pos, _) = batches[3];
+    // A byte of the fourth batch's records (inside the CRC).
+    damage(dir.path(), |f| {
+        f.seek(SeekFrom::Start(pos + 70)).expect("seek");
+        f.write_all(&[0x5a]).expect("write");
+    });
+    let path = dir.path().to_path_buf();
+    run(async move {
+        let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
+        assert_eq!(log.log_end_offset(), Offset(6));
+        let reports = log.damage_reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let r = &reports[0];
+        assert_eq!(r.kind, DamageKind::TailCut);
+        assert_eq!((r.first_offset, r.end_offset), (6, 12));
+        assert_eq!(r.position, pos);
+        assert!(
+            r.describe().contains("offsets 6..12 are lost"),
+            "{}",
+            r.describe()
+        );
+    });
+}
+
+#[test]
+fn a_batch_whose_base_offset_does_not_follow_is_damage_never_a_skip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batches = six_batches(dir.path());
+    let (_, pos, _) = batches[3];
+    // The base offset is outside the CRC: 6 becomes 16, as if ten records were missing.
+    damage(dir.path(), |f| {
+        f.seek(SeekFrom::Start(pos + 7)).expect("seek");
+        f.write_all(&[16]).expect("write");
+    });
+    let path = dir.path().to_path_buf();
+    run(async move {
+        let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
+        // Cut at the batch: offsets 6.. are reported lost, not skipped to 16.
+        assert_eq!(log.log_end_offset(), Offset(6));
+        let got: Vec<i64> = read_all(&log, 0).await.iter().map(|(o, _)| *o).collect();
+        assert_eq!(got, vec![0, 2, 4]);
+        let reports = log.damage_reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].kind, DamageKind::TailCut);
+        assert!(
+            reports[0]
+                .reason
+                .contains("starts at offset 16 where offset 6 belongs"),
+            "{}",
+            reports[0].reason
+        );
+    });
+}
+
+/// Four closed segments of three batches (offsets 0..24); returns each segment's base.
+fn four_segments(dir: &Path) -> Vec<i64> {
+    let dir = dir.to_path_buf();
+    run(async move {
+        let config = LogConfig {
+            segment_bytes: 7000,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, config).await;
+        for i in 0..12 {
+            append(&log, tagged_batch(i, 2, 1000, 0), Durability::Written).await;
+        }
+        log.close().await.expect("close");
+        let mut bases: Vec<i64> = std::fs::read_dir(&dir)
+            .expect("list")
+            .filter_map(|e| {
+                let name = e.expect("entry").file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        assert_eq!(bases.len(), 4, "{bases:?}");
+        bases
+    })
+}
+
+fn segment_file(dir: &Path, base: i64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base:020}{suffix}"))
+}
+
+#[test]
+fn a_missing_segment_is_reported_at_startup_and_never_crossed_silently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bases = four_segments(dir.path());
+    for suffix in [".log", ".index", ".timeindex"] {
+        std::fs::remove_file(segment_file(dir.path(), bases[1], suffix)).expect("delete");
+    }
+    let path = dir.path().to_path_buf();
+    run({
+        let (path, bases) = (path.clone(), bases.clone());
+        async move {
+            let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
+            let reports = log.damage_reports();
+            assert_eq!(reports.len(), 1, "{reports:?}");
+            assert_eq!(reports[0].kind, DamageKind::Gap);
+            assert_eq!(
+                (reports[0].first_offset, reports[0].end_offset),
+                (bases[1], bases[2])
+            );
+            // The log start moved past the gap: a consumer at the old start is told so
+            // (OFFSET_OUT_OF_RANGE with the new start), and is never handed offsets after
+            // the gap as if they followed.
+            assert_eq!(log.log_start_offset(), Offset(bases[2]));
+            let err = log
+                .read(Offset(0), 1 << 20)
+                .await
+                .expect_err("offsets before the gap are out of range");
+            assert!(
+                matches!(err, EngineError::OffsetOutOfRange { log_start, .. } if log_start == bases[2]),
+                "{err:?}"
+            );
+            let got: Vec<i64> = read_all(&log, bases[2])
+                .await
+                .iter()
+                .map(|(o, _)| *o)
+                .collect();
+            assert_eq!(got.first(), Some(&bases[2]));
+            assert_eq!(log.log_end_offset(), Offset(24));
+            log.close().await.expect("close");
+        }
+    });
+    // Recorded: the next start finds the log where this one left it.
+    run(async move {
+        let log = open(&path, LogConfig::default()).await;
+        assert_eq!(log.log_start_offset(), Offset(bases[2]));
+    });
+}
+
+#[test]
+fn segments_without_proof_of_a_clean_close_are_validated_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bases = four_segments(dir.path());
+    // Damage in the second segment, and no sealed-segments file to vouch for it.
+    std::fs::remove_file(dir.path().join(wharf_engine::log::SEALED_SEGMENTS_FILE))
+        .expect("remove the sealed-segments file");
+    let seg = segment_file(dir.path(), bases[1], ".log");
+    let mut file = OpenOptions::new().write(true).open(&seg).expect("open");
+    file.seek(SeekFrom::Start(200)).expect("seek");
+    file.write_all(&[0x77]).expect("write");
+    file.sync_all().expect("sync");
+    let path = dir.path().to_path_buf();
+    run(async move {
+        let log = open_with_cache(&path, LogConfig::default(), BatchCache::new(0)).await;
+        // Found at startup, before any read: the log start moved past the damaged
+        // segment's batches, reported with what was lost.
+        let reports = log.damage_reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].kind, DamageKind::Skipped);
+        assert_eq!(reports[0].segment_base_offset, bases[1]);
+        assert_eq!(
+            (reports[0].first_offset, reports[0].end_offset),
+            (bases[1], bases[2])
+        );
+        assert_eq!(log.log_start_offset(), Offset(bases[2]));
+        let got = read_all(&log, bases[2]).await;
+        assert_eq!(got.last().map(|(o, _)| *o), Some(22));
     });
 }

@@ -488,13 +488,15 @@ async fn read_partition(
                 records
             }
             Err(e) => {
+                // The read may have moved the log start (past damage it found): the
+                // reader is told where the log starts now.
                 return PartitionRead {
                     error: Some(engine_error(&e)),
                     high_watermark,
                     last_stable_offset,
-                    log_start_offset,
+                    log_start_offset: partition.log.log_start_offset().0,
                     records: Bytes::new(),
-                }
+                };
             }
         }
     };

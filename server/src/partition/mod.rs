@@ -47,7 +47,12 @@ pub struct PartitionHandle {
 impl PartitionHandle {
     /// The high watermark: on a single node, every written record is committed.
     pub fn high_watermark(&self) -> i64 {
-        self.high_watermark.get()
+        // Never past what the log holds: a log whose write path failed is reloaded from
+        // what is really on disk, which may end before what was written (a failed
+        // fdatasync), and those offsets are given out again.
+        self.high_watermark
+            .get()
+            .min(self.log.written_end_offset().0)
     }
 
     /// Appends record batches (a Produce request's `records`) and makes them visible to
@@ -73,7 +78,7 @@ impl PartitionHandle {
     /// Records that an append ending before `end_offset` is written, and wakes fetches
     /// waiting for this partition.
     pub fn advance_high_watermark(&self, end_offset: i64) {
-        if end_offset > self.high_watermark.get() {
+        if end_offset > self.high_watermark() {
             self.high_watermark.set(end_offset);
             self.appended.notify_all();
         }

@@ -47,6 +47,8 @@ pub struct Broker {
     incarnation: u32,
     /// The lines the broker printed after the listening line, as they come.
     later_stdout: Option<mpsc::Receiver<String>>,
+    /// A data dir elsewhere than in `root` (a test's own file system).
+    data_dir: Option<PathBuf>,
 }
 
 impl Broker {
@@ -57,6 +59,12 @@ impl Broker {
 
     /// Like `start`, with extra command-line flags (e.g. `--num-partitions 4`).
     pub fn start_with(extra_args: &[&str]) -> Broker {
+        Broker::start_in(None, extra_args)
+    }
+
+    /// Like `start_with`, with the data dir at `data_dir` when given (the broker's logs
+    /// stay in a temp dir of their own).
+    pub fn start_in(data_dir: Option<PathBuf>, extra_args: &[&str]) -> Broker {
         let root = tempfile::Builder::new()
             .prefix("wharf-it-")
             .tempdir()
@@ -70,6 +78,7 @@ impl Broker {
             addr: None,
             incarnation: 0,
             later_stdout: None,
+            data_dir,
         };
         broker.spawn();
         broker
@@ -97,6 +106,7 @@ impl Broker {
             addr: None,
             incarnation: 0,
             later_stdout: None,
+            data_dir: None,
         };
         broker.spawn();
         broker
@@ -115,7 +125,9 @@ impl Broker {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.root.path().join("data"))
     }
 
     pub fn addr(&self) -> SocketAddr {

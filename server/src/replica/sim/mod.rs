@@ -37,6 +37,8 @@ use node::Node;
 use producer::Producer;
 use rng::Rng;
 
+/// The simulator's name for this target (`scripts/simulate.sh --target replica`).
+pub const TARGET: &str = "replica";
 /// The environment variable that replays one seed.
 pub const SEED_ENV: &str = "WHARF_REPLICA_SIM_SEED";
 /// How many seeds to run (from `WHARF_REPLICA_SIM_SEED_START`, default 0).
@@ -170,8 +172,12 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "replica simulation seed {} broke an invariant at {} ms: {}\n  replay: {SEED_ENV}={} {TRACE_ENV}=1 cargo test -p wharf-server --test replica_sim -- --nocapture",
-            self.seed, self.at_ms, self.message, self.seed
+            "replica simulation seed {} broke an invariant at {} ms: {}\n  replay: {}\n      or: {SEED_ENV}={} {TRACE_ENV}=1 cargo test -p wharf-server --test replica_sim -- --nocapture",
+            self.seed,
+            self.at_ms,
+            self.message,
+            wharf_engine::sim::runner::replay_command(TARGET, self.seed),
+            self.seed
         )
     }
 }

@@ -1,11 +1,8 @@
-//! One segment of a partition log: `<base offset>.log` with its `.index` and `.timeindex`,
-//! named by the 20-digit base offset as in Kafka. This module holds what the log knows
-//! about a segment in memory; the log drives its I/O.
+//! One segment of a partition log as the log knows it in memory: `<base offset>.log` with
+//! its `.index` and `.timeindex`, named by the 20-digit base offset as in Kafka. No I/O
+//! here; the driver holds the open files.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-
-use glommio::io::DmaFile;
 
 use crate::index::SegmentIndex;
 
@@ -30,24 +27,27 @@ pub(crate) fn parse_segment_name(name: &str, suffix: &str) -> Option<i64> {
 /// Where a segment is in its life.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum SegmentState {
-    /// The active segment before its file is opened (an empty log, a fresh roll, or a log
-    /// reopened after a clean shutdown); costs no file descriptor.
+    /// The active segment before its file is opened for writes (an empty log, a fresh
+    /// roll, a log reopened after a clean shutdown); costs no file descriptor.
     Closed,
-    /// The active segment with its file open for writes.
+    /// The active segment (or one just rolled) with its file open for writes.
     Open,
-    /// Rolled: synced, trimmed to its size, indexes written. Immutable.
+    /// Rolled: synced, trimmed to its size, indexes written, listed in the sealed-segments
+    /// file. Immutable.
     Sealed,
 }
 
-/// What the log knows about one segment. Invariants: `written_bytes <= size_bytes`;
-/// offsets of the segment are in `[base_offset, next_offset)`; only the last segment of a
-/// log is not `Sealed`.
+/// What the log knows about one segment. Invariants: `synced_bytes <= written_bytes <=
+/// size_bytes`; offsets of the segment are in `[base_offset, next_offset)`; only the last
+/// segments of a log (the active one and ones rolled but not yet sealed) are not `Sealed`.
 pub(crate) struct Segment {
     pub base_offset: i64,
     /// Bytes assigned to the segment, including appends not yet written.
     pub size_bytes: u64,
     /// Bytes whose write to the file completed.
     pub written_bytes: u64,
+    /// Bytes covered by a completed `fdatasync`.
+    pub synced_bytes: u64,
     /// Bytes of the file allocated ahead (fallocate), 0 when unknown or none.
     pub allocated_bytes: u64,
     /// The offset after the segment's last assigned record.
@@ -61,8 +61,6 @@ pub(crate) struct Segment {
     /// The sparse indexes; `None` for a sealed segment until a read needs them.
     pub index: Option<SegmentIndex>,
     pub state: SegmentState,
-    /// The open file of the active segment.
-    pub file: Option<Rc<DmaFile>>,
     /// The producer-state snapshot as of `base_offset`, taken when the segment was rolled
     /// and written as `<base_offset>.snapshot` when the segment before it is sealed.
     pub start_producers: Option<Vec<u8>>,
@@ -75,6 +73,7 @@ impl Segment {
             base_offset,
             size_bytes: 0,
             written_bytes: 0,
+            synced_bytes: 0,
             allocated_bytes: 0,
             next_offset: base_offset,
             max_timestamp: (-1, -1),
@@ -82,13 +81,41 @@ impl Segment {
             last_modified_ms: now_ms,
             index: Some(SegmentIndex::new()),
             state: SegmentState::Closed,
-            file: None,
             start_producers: None,
+        }
+    }
+
+    /// A sealed segment of `size_bytes` holding `[base_offset, next_offset)`.
+    pub fn sealed(
+        base_offset: i64,
+        size_bytes: u64,
+        next_offset: i64,
+        modified_ms: i64,
+    ) -> Segment {
+        Segment {
+            size_bytes,
+            written_bytes: size_bytes,
+            synced_bytes: size_bytes,
+            allocated_bytes: size_bytes,
+            next_offset,
+            index: None,
+            state: SegmentState::Sealed,
+            ..Segment::new_active(base_offset, modified_ms)
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.size_bytes == 0
+    }
+
+    /// The bytes a reader may read: everything of a sealed segment, what is written of
+    /// the others.
+    pub fn readable_bytes(&self) -> u64 {
+        if self.state == SegmentState::Sealed {
+            self.size_bytes
+        } else {
+            self.written_bytes
+        }
     }
 
     /// The timestamp retention compares with `retention.ms`.

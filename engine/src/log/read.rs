@@ -1,0 +1,489 @@
+//! Reads: from the batch cache at the tail, else aligned direct reads of a segment with
+//! read-ahead, every batch validated again (CRC, framing, and that it follows its
+//! predecessor in offsets) before it is served. A read returns the valid batches before a
+//! bad one; a read that starts at a bad batch reads it again once, then applies the damage
+//! rule (see [`super::damage`]): the log start moves past it and the reader gets
+//! OFFSET_OUT_OF_RANGE, never the bad bytes and never a silent skip.
+
+use std::io;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use wharf_protocol::batch::{
+    batches, validate_batch_with, BatchHeader, CountRule, BATCH_HEADER_BYTES,
+};
+
+use crate::cache::{BatchCache, PartitionCache};
+use crate::error::EngineError;
+use crate::records::first_record_at_or_after;
+use crate::storage::{replace_file, OpenMode, SegmentFile, Storage};
+use crate::Offset;
+
+use super::scan::{check_batch, Expect};
+use super::segment::{segment_path, SegmentState, LOG_SUFFIX};
+use super::state::LogState;
+use super::{Inner, PartitionLog, LOG_START_FILE, MAX_WRITE_BYTES, MIN_DISK_READ_BYTES};
+
+/// Bytes read per step when looking for a timestamp.
+const TIMESTAMP_SCAN_BYTES: usize = 256 << 10;
+/// How often a read restarts when the log changed under it (truncation, retention).
+const MAX_READ_ATTEMPTS: usize = 8;
+
+/// What a read must do, decided on the state.
+pub(crate) enum ReadPlan {
+    OutOfRange { log_start: i64, log_end: i64 },
+    Ready(Bytes),
+    LoadIndex(i64),
+    Disk(DiskRead),
+}
+
+/// A read of one segment from disk.
+pub(crate) struct DiskRead {
+    pub base_offset: i64,
+    /// Where to start: a batch boundary at or before the batch holding the offset.
+    pub start: u64,
+    /// The readable end of the segment.
+    pub end: u64,
+    pub expect: Expect,
+    pub sealed: bool,
+    /// For a sealed segment, the offset its last batch must end before.
+    pub next_offset: i64,
+    pub generation: u64,
+    /// The leader-epoch cache, to check the epochs batches carry.
+    pub epochs: Vec<(i32, i64)>,
+}
+
+impl LogState {
+    pub fn plan_read(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        skip_segments: usize,
+        cache: &BatchCache,
+        cached: &PartitionCache,
+    ) -> ReadPlan {
+        if from < self.log_start_offset || from > self.next_offset {
+            return ReadPlan::OutOfRange {
+                log_start: self.log_start_offset,
+                log_end: self.next_offset,
+            };
+        }
+        if from >= self.written_next_offset {
+            return ReadPlan::Ready(Bytes::new());
+        }
+        if let Some(bytes) = cache.read(cached, from, self.written_next_offset, max_bytes) {
+            return ReadPlan::Ready(bytes);
+        }
+        let idx = self.segments.partition_point(|s| s.next_offset <= from) + skip_segments;
+        let Some(seg) = self.segments.get(idx) else {
+            return ReadPlan::Ready(Bytes::new());
+        };
+        let Some(index) = seg.index.as_ref() else {
+            return ReadPlan::LoadIndex(seg.base_offset);
+        };
+        let relative = (from - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        let (start, expect) = match index.lookup_entry(relative) {
+            Some(e) => (
+                u64::from(e.position),
+                Expect::LastOffset(seg.base_offset + i64::from(e.relative_offset)),
+            ),
+            None => (0, Expect::BaseOffset(seg.base_offset)),
+        };
+        ReadPlan::Disk(DiskRead {
+            base_offset: seg.base_offset,
+            start,
+            end: seg.readable_bytes(),
+            expect,
+            sealed: seg.state == SegmentState::Sealed,
+            next_offset: seg.next_offset,
+            generation: self.generation,
+            epochs: self.epochs.entries().to_vec(),
+        })
+    }
+}
+
+/// What a disk read found.
+pub(crate) struct DiskReadOutcome {
+    /// Whole valid batches from the one holding the offset asked for.
+    pub bytes: Bytes,
+    /// A batch at or after the offset asked for was seen.
+    pub reached: bool,
+    /// The bad batch the read stopped at: `(position, first offset it should hold, why)`.
+    pub damage: Option<(u64, i64, String)>,
+}
+
+/// Reads whole batches of one segment from `plan.start` up to `plan.end`, validating each,
+/// keeping those that reach `from`, up to about `max_bytes` (the first whole).
+pub(crate) async fn read_batches<F: SegmentFile>(
+    file: &F,
+    plan: &DiskRead,
+    from: i64,
+    max_bytes: usize,
+) -> io::Result<DiskReadOutcome> {
+    let mut out = BytesMut::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start = plan.start;
+    let mut pos = plan.start;
+    let read_ahead = max_bytes.clamp(MIN_DISK_READ_BYTES, MAX_WRITE_BYTES) as u64;
+    let mut first = Some(plan.expect);
+    let mut next_offset = match plan.expect {
+        Expect::BaseOffset(b) => b,
+        Expect::LastOffset(_) => -1,
+    };
+    let mut reread_at = None;
+    let mut reached = false;
+    let mut full = false;
+    let mut damage = None;
+    while pos < plan.end && !full {
+        // Bytes from `pos`: a header, then the whole batch.
+        let mut need = BATCH_HEADER_BYTES as u64;
+        let mut size = None;
+        let mut bad = None;
+        loop {
+            let have = (buf_start + buf.len() as u64).saturating_sub(pos);
+            if have >= need {
+                if size.is_some() {
+                    break;
+                }
+                let at = (pos - buf_start) as usize;
+                match BatchHeader::view(&buf[at..]).and_then(BatchHeader::total_bytes) {
+                    Some(s) if pos + s as u64 <= plan.end => {
+                        size = Some(s);
+                        need = s as u64;
+                        continue;
+                    }
+                    Some(s) => {
+                        bad = Some(format!(
+                            "a batch of {s} bytes at position {pos} runs past the end at {}",
+                            plan.end
+                        ));
+                        size = Some(s);
+                    }
+                    None => bad = Some(format!("no record batch at position {pos}")),
+                }
+                break;
+            }
+            if pos + need > plan.end {
+                bad = Some(format!(
+                    "a partial batch at position {pos} before the end at {}",
+                    plan.end
+                ));
+                break;
+            }
+            buf.drain(..((pos - buf_start) as usize).min(buf.len()));
+            buf_start = pos;
+            let read_at = buf_start + buf.len() as u64;
+            let len = (need - have).max(read_ahead).min(plan.end - read_at);
+            let chunk = file.read_at(read_at, len as usize).await?;
+            if (chunk.len() as u64) < len.min(need - have) {
+                bad = Some(format!(
+                    "the file ends at {} before its size {}",
+                    read_at + chunk.len() as u64,
+                    plan.end
+                ));
+                buf.extend_from_slice(&chunk);
+                break;
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let checked = match bad {
+            Some(reason) => Err(reason),
+            None => {
+                let at = (pos - buf_start) as usize;
+                let s = size.expect("a whole batch is buffered");
+                check_batch(
+                    &buf[at..at + s],
+                    pos,
+                    plan.base_offset,
+                    next_offset,
+                    first,
+                    &plan.epochs,
+                )
+            }
+        };
+        let info = match checked {
+            Ok(info) => info,
+            Err(reason) => {
+                if reread_at != Some(pos) {
+                    // Once more from the disk before believing it.
+                    reread_at = Some(pos);
+                    buf.clear();
+                    buf_start = pos;
+                    continue;
+                }
+                // A bad indexed batch before the offset asked for: the index knows where
+                // it ends, so the walk may go on after it if its length can be trusted.
+                if let (Some(Expect::LastOffset(last)), Some(s)) = (first, size) {
+                    if last < from && pos + s as u64 <= plan.end {
+                        first = None;
+                        next_offset = last + 1;
+                        pos += s as u64;
+                        continue;
+                    }
+                }
+                let expected = match (first, next_offset) {
+                    (_, n) if n >= 0 => n,
+                    (Some(Expect::LastOffset(last)), _) => {
+                        // The indexed batch itself: its header's base offset if plausible.
+                        let claimed = buf
+                            .get((pos.saturating_sub(buf_start)) as usize..)
+                            .and_then(BatchHeader::view)
+                            .map(BatchHeader::base_offset)
+                            .filter(|b| *b >= plan.base_offset && *b <= last);
+                        claimed.unwrap_or(last).min(from)
+                    }
+                    (Some(Expect::BaseOffset(b)), _) => b,
+                    (None, _) => from,
+                };
+                damage = Some((pos, expected, reason));
+                break;
+            }
+        };
+        first = None;
+        let at = (pos - buf_start) as usize;
+        let s = size.expect("a whole batch is buffered");
+        pos += s as u64;
+        next_offset = info.last_offset() + 1;
+        if info.last_offset() < from {
+            continue;
+        }
+        reached = true;
+        if !out.is_empty() && out.len() + s > max_bytes {
+            full = true;
+            continue;
+        }
+        out.extend_from_slice(&buf[at..at + s]);
+        full = out.len() >= max_bytes;
+    }
+    if damage.is_none()
+        && !full
+        && plan.sealed
+        && pos >= plan.end
+        && next_offset >= 0
+        && next_offset != plan.next_offset
+    {
+        damage = Some((
+            pos,
+            next_offset,
+            format!(
+                "the segment ends at offset {next_offset} where offset {} was expected",
+                plan.next_offset
+            ),
+        ));
+    }
+    Ok(DiskReadOutcome {
+        bytes: out.freeze(),
+        reached,
+        damage,
+    })
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// Whole batches, in order, starting with the batch that contains `from_offset`, up to
+    /// about `max_bytes` (the first batch is returned whole even when larger). Empty at the
+    /// log end; `OffsetOutOfRange` outside [log_start_offset, log_end_offset].
+    pub async fn read(&self, from_offset: Offset, max_bytes: usize) -> Result<Bytes, EngineError> {
+        self.inner.read(from_offset.0, max_bytes).await
+    }
+
+    /// ListOffsets by timestamp: the earliest offset whose record timestamp is >= `timestamp_ms`,
+    /// with that record's timestamp; `None` if every record is older. For a compressed batch
+    /// the batch's base offset and largest timestamp stand for its records.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, EngineError> {
+        let inner = &self.inner;
+        // Batches still queued are not readable yet; let them reach the disk first.
+        let seq = inner.state.borrow().appended_seq;
+        inner
+            .written
+            .wait(seq)
+            .await
+            .map_err(|reason| inner.storage_error(reason))?;
+        let (mut from, log_start) = loop {
+            let lookup = {
+                let st = inner.state.borrow();
+                inner.check_open(&st)?;
+                let Some(seg) = st
+                    .segments
+                    .iter()
+                    .find(|s| s.max_timestamp.0 >= timestamp_ms)
+                else {
+                    return Ok(None);
+                };
+                seg.index
+                    .as_ref()
+                    .map(|index| seg.base_offset + i64::from(index.lookup_time(timestamp_ms)))
+                    .ok_or(seg.base_offset)
+            };
+            match lookup {
+                Ok(start) => {
+                    let log_start = inner.state.borrow().log_start_offset;
+                    break (start.max(log_start), log_start);
+                }
+                Err(base) => inner.load_index(base).await?,
+            }
+        };
+        loop {
+            let bytes = match inner.read(from, TIMESTAMP_SCAN_BYTES).await {
+                Ok(bytes) => bytes,
+                Err(EngineError::OffsetOutOfRange { .. }) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            for (_, batch) in batches(&bytes) {
+                let info = validate_batch_with(batch, usize::MAX, CountRule::AtMost)
+                    .map_err(|e| EngineError::CorruptMessage(e.to_string()))?;
+                if let Some((offset, timestamp)) =
+                    first_record_at_or_after(batch, &info, timestamp_ms, log_start)
+                {
+                    return Ok(Some((Offset(offset), timestamp)));
+                }
+                from = info.last_offset() + 1;
+            }
+        }
+    }
+}
+
+impl<S: Storage> Inner<S> {
+    pub(super) async fn read(
+        self: &Rc<Self>,
+        from: i64,
+        max_bytes: usize,
+    ) -> Result<Bytes, EngineError> {
+        let mut skip_segments = 0;
+        for _ in 0..MAX_READ_ATTEMPTS {
+            let plan = {
+                let st = self.state.borrow();
+                self.check_open(&st)?;
+                st.plan_read(from, max_bytes, skip_segments, &self.cache, &self.cached)
+            };
+            let disk = match plan {
+                ReadPlan::OutOfRange { log_start, log_end } => {
+                    return Err(EngineError::OffsetOutOfRange {
+                        requested: from,
+                        log_start,
+                        log_end,
+                    })
+                }
+                ReadPlan::Ready(bytes) => return Ok(bytes),
+                ReadPlan::LoadIndex(base) => {
+                    self.load_index(base).await?;
+                    continue;
+                }
+                ReadPlan::Disk(disk) => disk,
+            };
+            let file = self.read_handle(disk.base_offset, disk.generation).await?;
+            let outcome = read_batches(&*file, &disk, from, max_bytes)
+                .await
+                .map_err(|e| EngineError::io("cannot read a segment", e))?;
+            if self.state.borrow().generation != disk.generation {
+                continue;
+            }
+            if !outcome.bytes.is_empty() {
+                return Ok(outcome.bytes);
+            }
+            if let Some((position, first_offset, reason)) = outcome.damage {
+                // While a failed write path is being reloaded from disk, what the disk
+                // lost is the failure's, not damage: the reload cuts it.
+                let reloading = matches!(
+                    self.state.borrow().health,
+                    super::state::Health::Failed {
+                        recovered: false,
+                        ..
+                    }
+                );
+                if reloading {
+                    return Err(self.storage_error(format!(
+                        "the partition is being reloaded from disk ({reason})"
+                    )));
+                }
+                let report = self.state.borrow_mut().skip_damage(
+                    disk.base_offset,
+                    position,
+                    first_offset,
+                    reason.clone(),
+                    &self.cache,
+                    &self.cached,
+                );
+                match report {
+                    Some(report) => {
+                        tracing::error!(dir = %self.dir.display(), "{}", report.describe());
+                        self.after_damage(&report).await;
+                        continue;
+                    }
+                    None => return Err(EngineError::CorruptMessage(reason)),
+                }
+            }
+            if !outcome.reached && disk.sealed {
+                skip_segments += 1;
+                continue;
+            }
+            return Ok(Bytes::new());
+        }
+        Err(self.storage_error("the log kept changing under a read"))
+    }
+
+    /// A handle for reading segment `base`: its write handle while it has one, else the
+    /// cached read handle, else a new one (cached unless the log changed meanwhile).
+    async fn read_handle(&self, base: i64, generation: u64) -> Result<Rc<S::File>, EngineError> {
+        {
+            let files = self.files.borrow();
+            if let Some(file) = files.writable(base) {
+                return Ok(file);
+            }
+            if let Some((b, file)) = &files.read {
+                if *b == base {
+                    return Ok(file.clone());
+                }
+            }
+        }
+        let file = self
+            .storage
+            .open_segment(&segment_path(&self.dir, base, LOG_SUFFIX), OpenMode::Read)
+            .await
+            .map_err(|e| EngineError::io("cannot open a segment for reading", e))?;
+        let file = Rc::new(file);
+        if self.state.borrow().generation == generation {
+            self.files.borrow_mut().read = Some((base, file.clone()));
+        }
+        Ok(file)
+    }
+
+    /// After a read moved the log start past damage: records the log start (best effort:
+    /// after damage on a full disk the same damage is found again after a restart) and,
+    /// when the damage is in the segment being written, leaves that segment: it is sealed
+    /// as it is and writes go on in a new one, so no later walk of the segment (a reload
+    /// after a failed write, the next write's last page) trips over the damage again.
+    async fn after_damage(&self, report: &super::DamageReport) {
+        let Ok(_io) = self.io_lock.acquire().await else {
+            return;
+        };
+        let now = self.storage.now_ms();
+        {
+            let mut st = self.state.borrow_mut();
+            let unsealed = st
+                .segment(report.segment_base_offset)
+                .is_some_and(|s| s.state != SegmentState::Sealed && s.written_bytes > 0);
+            if unsealed && st.health == super::state::Health::Healthy {
+                st.leave_damaged_segment(
+                    report.position,
+                    report.first_offset,
+                    report.reason.clone(),
+                    now,
+                    &self.cache,
+                    &self.cached,
+                );
+            }
+        }
+        let text = format!("{}\n", self.state.borrow().log_start_offset).into_bytes();
+        if let Err(err) =
+            replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot record the log start offset");
+        }
+    }
+}
