@@ -35,6 +35,11 @@ pub enum EngineError {
     /// OUT_OF_ORDER_SEQUENCE_NUMBER.
     #[error("out of order sequence number: {0}")]
     OutOfOrderSequence(String),
+    /// A follower's append of the leader's batches that do not continue its log (an
+    /// offset gap or overlap, a leader epoch going back): the replica must truncate or
+    /// fetch again, never write them.
+    #[error("the leader's batches do not continue this replica's log: {0}")]
+    FollowerRefused(String),
     /// A transactional batch; transactions are not supported.
     #[error("transactions are not supported: {0}")]
     TransactionsUnsupported(String),
