@@ -3,10 +3,12 @@
 #
 #   scripts/simulate.sh --seeds 1000000            a million seeds of every target
 #   scripts/simulate.sh --seeds 100000 --from 5000000 --target engine
+#   scripts/simulate.sh --seeds 20000 --target replica
 #   scripts/simulate.sh --target engine --seed 1234 --verbose   replay one seed, step by step
 #
-# Targets: engine (the storage engine's partition log on a simulated disk); `all` (the
-# default) runs each. Ends with a line `N seeds, V violations`; each failing seed prints the
+# Targets: engine (the storage engine's partition log on a simulated disk), replica (three
+# replicas of a partition with a controller, producers, a faulty network and crashes;
+# docs/replication.md); `all` (the default) runs each. Ends with a line `N seeds, V violations`; each failing seed prints the
 # command that replays it. Exit status 1 when there was a violation.
 # WHARF_SIM_DISK_TRACE=<part of a file name> prints every disk operation on matching files
 # (with --verbose, RUST_LOG=wharf_engine=debug adds the engine's own log lines).

@@ -38,6 +38,14 @@ pub enum EngineError {
     /// A control batch from a client, or a transactional batch without a producer id.
     #[error("invalid transactional batch: {0}")]
     InvalidTransactionalBatch(String),
+    /// A follower's append of the leader's batches that do not continue its log (an
+    /// offset gap or overlap, a leader epoch going back): the replica must truncate or
+    /// fetch again, never write them.
+    #[error("the leader's batches do not continue this replica's log: {0}")]
+    FollowerRefused(String),
+    /// A transactional batch; transactions are not supported.
+    #[error("transactions are not supported: {0}")]
+    TransactionsUnsupported(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

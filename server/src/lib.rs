@@ -12,7 +12,7 @@
 //! Prometheus endpoint), `limits` (what a request may bring into the broker's state),
 //! `embedded` (a one-shard broker inside another process, for the wire fuzzer),
 //! `txn` (transaction coordinators and the partition side of transactions, as state
-//! machines).
+//! machines), `replica` (a partition's replica, leader or follower, as a state machine).
 
 pub mod admin;
 pub mod broker;
@@ -27,5 +27,6 @@ pub mod metadata;
 pub mod metrics;
 pub mod net;
 pub mod partition;
+pub mod replica;
 pub mod shard;
 pub mod txn;

@@ -81,12 +81,12 @@ fn check_producers(
 
 /// What one append assigned.
 pub(crate) struct Assigned {
-    seq: u64,
-    first: i64,
-    last: i64,
-    log_append_time_ms: i64,
-    log_start: i64,
-    start_writer: bool,
+    pub(super) seq: u64,
+    pub(super) first: i64,
+    pub(super) last: i64,
+    pub(super) log_append_time_ms: i64,
+    pub(super) log_start: i64,
+    pub(super) start_writer: bool,
 }
 
 impl<S: Storage> PartitionLog<S> {

@@ -3,7 +3,8 @@
 //!
 //! One file per part of the log's life: `append` (validation, producer checks, offset
 //! assignment), `write` (group commit: the writer and syncer tasks and the jobs they run),
-//! `seal` (closing a rolled segment), `read` (reads and the timestamp lookup), `open`
+//! `follow` (a follower's append of the leader's batches as they are), `seal` (closing a
+//! rolled segment), `read` (reads and the timestamp lookup), `open`
 //! (loading a log: what is on disk), `recovery` (what opening decides on it: the log
 //! start, gaps and damage between segments), `failure` (what a failed write or fdatasync does, and
 //! the rebuild from disk that follows), `truncate`, `retention` (retention and
@@ -31,6 +32,7 @@ mod clean;
 mod close;
 mod damage;
 mod failure;
+mod follow;
 mod indexes;
 mod lock;
 pub(crate) mod manifest;
@@ -49,6 +51,7 @@ mod write;
 
 pub use clean::CLEANER_CHECKPOINT_FILE;
 pub use damage::{DamageKind, DamageReport};
+pub use follow::{check_follower_batches, FollowerRefusal, MAX_FOLLOWER_BATCH_BYTES};
 pub use manifest::SEALED_SEGMENTS_FILE;
 
 use lock::Lock;

@@ -140,7 +140,33 @@ impl<S: Storage> PartitionLog<S> {
             }
             st.truncating = true;
         }
-        let result = inner.truncate(offset.0).await;
+        let result = inner.truncate(offset.0, false).await;
+        inner.state.borrow_mut().truncating = false;
+        result
+    }
+
+    /// Kafka's `truncateFullyAndStartAt`: nothing of the log survives and it restarts
+    /// empty at `offset`, its new log start and end (a follower whose log ends before the
+    /// leader's log start, or that has nothing in common with it). A crash part way leaves
+    /// either the old log from its old start, a shorter one, or the new empty one.
+    pub async fn truncate_fully_and_start_at(&self, offset: Offset) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        if offset.0 < 0 {
+            let st = inner.state.borrow();
+            return Err(EngineError::OffsetOutOfRange {
+                requested: offset.0,
+                log_start: st.log_start_offset,
+                log_end: st.next_offset,
+            });
+        }
+        let _gate = inner
+            .append_gate
+            .acquire()
+            .await
+            .map_err(|_| inner.closed_error())?;
+        inner.check_writable()?;
+        inner.state.borrow_mut().truncating = true;
+        let result = inner.truncate(offset.0, true).await;
         inner.state.borrow_mut().truncating = false;
         inner.cleaner_truncated(offset.0).await;
         result
@@ -148,7 +174,8 @@ impl<S: Storage> PartitionLog<S> {
 }
 
 impl<S: Storage> Inner<S> {
-    async fn truncate(self: &Rc<Self>, offset: i64) -> Result<(), EngineError> {
+    /// Truncates at `offset`, or with `fully` empties the log and restarts it there.
+    async fn truncate(self: &Rc<Self>, offset: i64, fully: bool) -> Result<(), EngineError> {
         // Flush what is queued, then hold the writer off while segments change.
         let seq = self.state.borrow().appended_seq;
         self.written
@@ -161,7 +188,7 @@ impl<S: Storage> Inner<S> {
             match st.plan_truncate(offset) {
                 TruncatePlan::Cut {
                     base, index: None, ..
-                } => Some(base),
+                } if !fully => Some(base),
                 _ => None,
             }
         };
@@ -174,7 +201,11 @@ impl<S: Storage> Inner<S> {
             .await
             .map_err(|_| self.closed_error())?;
         self.check_writable()?;
-        let plan = self.state.borrow().plan_truncate(offset);
+        let plan = if fully {
+            TruncatePlan::Fully
+        } else {
+            self.state.borrow().plan_truncate(offset)
+        };
         let result = match plan {
             TruncatePlan::Nothing => return Ok(()),
             TruncatePlan::Fully => self.truncate_fully(offset).await,
@@ -268,6 +299,21 @@ impl<S: Storage> Inner<S> {
             }
         }
         self.storage.sync_dir(&self.dir).await?;
+        // The log is empty: no epoch of the old one may outlive it (a restart at the new
+        // start would otherwise give the new log the old log's latest epoch, and refuse a
+        // leader's batch there with an older one).
+        let epochs = {
+            let mut st = self.state.borrow_mut();
+            st.epochs_dirty = false;
+            st.epochs.encode()
+        };
+        replace_file(
+            &self.storage,
+            &self.dir.join(CHECKPOINT_FILE),
+            epochs.into_bytes(),
+            true,
+        )
+        .await?;
         let text = format!("{offset}\n").into_bytes();
         replace_file(&self.storage, &log_start_path, text, true).await?;
         Ok(Vec::new())

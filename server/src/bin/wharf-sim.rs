@@ -4,19 +4,22 @@
 //! exactly, on any machine. `scripts/simulate.sh` builds and runs it.
 //!
 //! ```text
-//! wharf-sim [--target engine|all] [--seeds N] [--from S] [--threads T]
-//! wharf-sim [--target engine] --seed S [--verbose]
+//! wharf-sim [--target engine|replica|all] [--seeds N] [--from S] [--threads T]
+//! wharf-sim [--target engine|replica] --seed S [--verbose]
 //! ```
 //! Runs N seeds (1,000 by default) from S (0) on every core and ends with the line
 //! `N seeds, V violations` (exit status 1 if V > 0); each failing seed prints what broke,
 //! its last steps, and the one command that replays it.
 //!
-//! Targets: `engine`, one partition log on a simulated disk (`wharf_engine::sim::workload`).
+//! Targets: `engine`, one partition log on a simulated disk (`wharf_engine::sim::workload`);
+//! `replica`, three replicas of one to three partitions with a controller, producers, a
+//! faulty network and crashes (`wharf_server::replica::sim`, docs/replication.md).
 
 use std::process::ExitCode;
 
 use wharf_engine::sim::runner::{default_threads, run_seeds, Violation};
 use wharf_engine::sim::workload;
+use wharf_server::replica::sim as replica_sim;
 
 /// A state machine the simulator runs: its name and one seed of it.
 struct Target {
@@ -24,10 +27,26 @@ struct Target {
     run: fn(u64, bool) -> Result<(), Violation>,
 }
 
-const TARGETS: &[Target] = &[Target {
-    name: workload::TARGET,
-    run: |seed, verbose| workload::run(seed, verbose).map(|_| ()),
-}];
+const TARGETS: &[Target] = &[
+    Target {
+        name: workload::TARGET,
+        run: |seed, verbose| workload::run(seed, verbose).map(|_| ()),
+    },
+    Target {
+        name: replica_sim::TARGET,
+        run: run_replica,
+    },
+];
+
+/// One seed of the replica simulator; with `verbose` it prints every event as it goes.
+fn run_replica(seed: u64, verbose: bool) -> Result<(), Violation> {
+    let mut opts = replica_sim::SimOptions::for_seed(seed);
+    opts.trace = verbose;
+    replica_sim::run(&opts).map(|_| ()).map_err(|v| Violation {
+        message: format!("at {} ms (simulated): {}", v.at_ms, v.message),
+        trace: Vec::new(),
+    })
+}
 
 struct Args {
     targets: Vec<&'static Target>,
