@@ -386,6 +386,27 @@ fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
         "every record is still there, the restarted node's partitions included"
     );
 
+    // `wharf cluster status`, asked through a node that may not lead the quorum: the new
+    // controller, every node serving, each node's log end known to the leader.
+    let status = cluster_status(&nodes[dead].bootstrap());
+    assert!(
+        status.contains(&format!("Active controller:  node {new_controller}")),
+        "{status}"
+    );
+    let rows: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains("broker,controller"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{status}");
+    assert!(rows.iter().all(|r| r.contains("serving")), "{status}");
+    assert!(
+        rows.iter().all(|r| r
+            .split_whitespace()
+            .last()
+            .is_some_and(|lag| lag.parse::<i64>().is_ok())),
+        "every node's lag is known: {status}"
+    );
+
     // All three stop and start again: everything is there.
     for n in nodes.iter_mut() {
         n.terminate();
@@ -416,6 +437,20 @@ fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
     for n in &nodes {
         n.assert_no_panic();
     }
+}
+
+/// The output of `wharf cluster status --bootstrap ADDR`, which must succeed.
+fn cluster_status(bootstrap: &str) -> String {
+    let out = std::process::Command::new(common::wharf_bin())
+        .args(["cluster", "status", "--bootstrap", bootstrap])
+        .output()
+        .expect("run wharf cluster status");
+    assert!(
+        out.status.success(),
+        "wharf cluster status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 fn bootstrap_of(nodes: &[Broker]) -> String {

@@ -142,6 +142,7 @@ impl<S: Storage> PartitionLog<S> {
         }
         let result = inner.truncate(offset.0, false).await;
         inner.state.borrow_mut().truncating = false;
+        inner.cleaner_truncated(offset.0).await;
         result
     }
 

@@ -527,6 +527,20 @@ impl ControlPlane {
     }
 }
 
+pub use crate::controller::node::QuorumView;
+
+/// The metadata quorum as this node sees it, from any shard (`None`: no control plane, the
+/// node is stopping).
+pub async fn quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
+    shard
+        .invoke_on(CONTROLLER_SHARD, |_| async move {
+            ControlPlane::get().map(|c| c.node.borrow().quorum_view())
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Asks the active controller for a metadata change, from any shard (see
 /// [`ControlPlane::call`]).
 pub async fn call(shard: &Rc<Shard>, request: ControllerRequest) -> Reply {

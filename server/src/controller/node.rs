@@ -182,6 +182,28 @@ pub struct ControllerNode {
     applied: Vec<Applied>,
     /// Followers sent a snapshot in the current Ready, reported once it is advanced.
     snapshots_sent: Vec<u64>,
+    /// When a Raft message last came from each other voter.
+    last_heard_ms: std::collections::BTreeMap<u64, i64>,
+}
+
+/// The metadata quorum as this node sees it (DescribeQuorum).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuorumView {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// The committed index: the log's high watermark.
+    pub committed: u64,
+    /// Each voter's progress, when this node leads.
+    pub voters: Option<Vec<VoterProgress>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoterProgress {
+    pub node: NodeId,
+    /// How far its log is known to agree with the leader's.
+    pub log_end: u64,
+    /// When the leader last heard from it (the leader itself: now).
+    pub last_heard_ms: Option<i64>,
 }
 
 impl ControllerNode {
@@ -236,6 +258,7 @@ impl ControllerNode {
             events: Vec::new(),
             applied: Vec::new(),
             snapshots_sent: Vec::new(),
+            last_heard_ms: Default::default(),
         })
     }
 
@@ -267,6 +290,31 @@ impl ControllerNode {
             active_controller: self.controller.is_active(),
             applied_offset: self.image.applied_offset(),
             snapshot_index: self.quorum.store().snapshot_index(),
+        }
+    }
+
+    /// The quorum's term, leader, committed index and, on the leader, each voter's progress.
+    pub fn quorum_view(&self) -> QuorumView {
+        let status = self.quorum.status();
+        let me = self.config.node_id.0 as u64;
+        QuorumView {
+            term: status.term,
+            leader: status.leader.map(|l| NodeId(l as i32)),
+            committed: status.commit,
+            voters: self.quorum.progress().map(|progress| {
+                progress
+                    .into_iter()
+                    .map(|(id, matched)| VoterProgress {
+                        node: NodeId(id as i32),
+                        log_end: matched,
+                        last_heard_ms: if id == me {
+                            Some(self.now_ms)
+                        } else {
+                            self.last_heard_ms.get(&id).copied()
+                        },
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -318,6 +366,7 @@ impl ControllerNode {
     /// that peer's connection).
     pub fn step(&mut self, message: wire::RaftMessage) -> Result<(), RaftWireError> {
         let message = from_wire(message, &self.voters, self.config.node_id.0 as u64)?;
+        self.last_heard_ms.insert(message.from, self.now_ms);
         // raft-rs refuses some messages itself (a response from an unknown peer): harmless.
         let _ = self.quorum.step(message);
         self.drive();

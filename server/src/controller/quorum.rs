@@ -314,6 +314,23 @@ impl Quorum {
         (id != raft::INVALID_ID).then_some(id)
     }
 
+    /// Each voter's matched index (how much of its log agrees with the leader's), when this
+    /// node leads; `None` otherwise (only the leader tracks it).
+    pub fn progress(&self) -> Option<Vec<(u64, u64)>> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        let mut out: Vec<(u64, u64)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched))
+            .collect();
+        out.sort_unstable();
+        Some(out)
+    }
+
     pub fn status(&self) -> QuorumStatus {
         QuorumStatus {
             term: self.raw.raft.term,

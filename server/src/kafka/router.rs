@@ -17,8 +17,9 @@ use wharf_protocol::frame::encode_error_code_only_response;
 use super::{add_offsets_to_txn, add_partitions_to_txn, end_txn, txn_offset_commit};
 use super::{
     alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics,
-    describe_cluster, describe_configs, describe_log_dirs, fetch, incremental_alter_configs,
-    init_producer_id, list_offsets, metadata, offset_for_leader_epoch, produce,
+    describe_cluster, describe_configs, describe_log_dirs, describe_quorum, fetch,
+    incremental_alter_configs, init_producer_id, list_offsets, metadata, offset_for_leader_epoch,
+    produce,
 };
 use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
@@ -73,8 +74,11 @@ pub static ROUTES: &[Route] = &[
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
+    // The metadata quorum as its leader sees it (`wharf cluster status`).
+    route!(DescribeQuorum, 0, 2, describe_quorum),
     // KIP-98: idempotent producers get a fresh producer id; transactional ones their
-    // transactional id's coordinator (single node; KIP-890 part 2 not served).
+    // transactional id's coordinator (the broker leading its `__transaction_state`
+    // partition; KIP-890 part 2 not served).
     route!(InitProducerId, 0, 5, init_producer_id),
     route!(AddPartitionsToTxn, 0, 3, add_partitions_to_txn),
     route!(AddOffsetsToTxn, 0, 3, add_offsets_to_txn),
@@ -208,6 +212,7 @@ mod tests {
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::DescribeQuorum, 0, 2),
         (ApiKey::InitProducerId, 0, 5),
         (ApiKey::FindCoordinator, 0, 6),
         (ApiKey::JoinGroup, 0, 9),
