@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use crate::config::{io_reason, BrokerConfig};
-use crate::metadata::store;
 use crate::shard::mesh::mesh_builder;
 use crate::shard::{self, ShardId, ShardStart};
 
@@ -39,7 +38,13 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             io_reason(&e)
         ))
     })?;
-    let image = load_metadata(&config.data_dir)?;
+    let prepared = crate::cluster::startup::prepare(&config)?;
+    // Bound before any shard starts, so a busy port is a start-up error; shard 0 serves it.
+    let mut controller_listener = match config.cluster.controller_listen {
+        Some(addr) => Some(bind_controller_listener(addr)?),
+        None => None,
+    };
+    let mut prepared = Some(prepared);
     // Bound here, before any shard starts, so a busy port is a startup error; shard 0
     // serves it.
     let mut metrics_listener = match config.metrics_listen {
@@ -73,7 +78,14 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             id: ShardId(i),
             cpu: (!cores.is_empty()).then(|| cores[i % cores.len()]),
             config: config.clone(),
-            image: image.clone(),
+            control: if i == 0 {
+                prepared.take().map(|prepared| shard::ControlStart {
+                    prepared,
+                    controller_listener: controller_listener.take(),
+                })
+            } else {
+                None
+            },
             mesh: mesh.clone(),
             ready: ready_tx.clone(),
             metrics_listener: if i == 0 {
@@ -189,38 +201,25 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
     Ok(lock)
 }
 
-/// Reads the topics from the data directory, reconciling the metadata file with the
-/// partition directories (see `metadata::store`).
-pub(crate) fn load_metadata(dir: &Path) -> Result<crate::metadata::MetadataImage, StartupError> {
-    let loaded = store::load(dir).map_err(|e| StartupError(e.to_string()))?;
-    let found = store::scan_partition_dirs(dir).map_err(|e| {
+/// The controller listener, bound (SO_REUSEADDR, so a restart is not kept off the port by
+/// the TIME_WAIT sockets of the last run) and listening.
+fn bind_controller_listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    let fail = |e: std::io::Error| {
         StartupError(format!(
-            "cannot read data dir {}: {}",
-            dir.display(),
+            "cannot listen for controllers on {addr}: {}",
             io_reason(&e)
         ))
-    })?;
-    let reconciled = store::reconcile(loaded, found);
-    for leftover in &reconciled.leftovers {
-        tracing::warn!(dir = %leftover.display(), "removing the partition directory of a deleted topic");
-        std::fs::remove_dir_all(leftover).map_err(|e| {
-            StartupError(format!(
-                "cannot remove {}: {}",
-                leftover.display(),
-                io_reason(&e)
-            ))
-        })?;
-    }
-    if reconciled.rebuilt {
-        if reconciled.image.topic_count() > 0 {
-            tracing::warn!(
-                topics = reconciled.image.topic_count(),
-                "no metadata file: topics rebuilt from the partition directories"
-            );
-        }
-        store::save(dir, &reconciled.image).map_err(|e| StartupError(e.to_string()))?;
-    }
-    Ok(reconciled.image)
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(128).map_err(fail)?;
+    Ok(socket.into())
 }
 
 fn termination_signals() -> libc::sigset_t {

@@ -95,9 +95,25 @@ pub struct BrokerArgs {
     /// [default: true]
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub auto_create_topics: Option<bool>,
-    /// This broker's id in Metadata (Kafka: `node.id`). [default: 1]
+    /// This node's id, in Metadata and in the metadata quorum (Kafka: `node.id`).
+    /// [default: 1]
     #[arg(long, value_name = "N")]
     pub node_id: Option<i32>,
+    /// The voters of the metadata quorum, `ID@HOST:PORT,...` with each voter's controller
+    /// address (Kafka: `controller.quorum.voters`). A node listed here is broker and
+    /// controller. [default: this node alone, a one-node cluster]
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub controller_quorum_voters: Option<String>,
+    /// Address to accept the other controllers on (Raft, forwarded admin requests).
+    /// (file: `listeners` entry `CONTROLLER://HOST:PORT`) [default: this node's address in
+    /// --controller-quorum-voters]
+    #[arg(long, value_name = "ADDR")]
+    pub controller_listen: Option<String>,
+    /// Address for replication between brokers, recorded in the broker's registration
+    /// (replicated partitions will use it; nothing is served on it yet). (file: `listeners`
+    /// entry `REPLICATION://HOST:PORT`) [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub replication_listen: Option<String>,
     /// How long the first rebalance of an empty consumer group waits for more members
     /// (Kafka: `group.initial.rebalance.delay.ms`). [default: 3000]
     #[arg(long, value_name = "MS")]
@@ -122,6 +138,8 @@ pub struct BrokerConfig {
     pub shards: usize,
     /// `node.id`.
     pub node_id: i32,
+    /// The metadata quorum and this node's place in it.
+    pub cluster: ClusterConfig,
     /// `num.partitions`.
     pub num_partitions: i32,
     /// `auto.create.topics.enable`.
@@ -184,6 +202,63 @@ impl BrokerConfig {
     }
 }
 
+/// One voter of the metadata quorum (`controller.quorum.voters` entry `ID@HOST:PORT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    /// Where its controller listener is reached; `None` for the implicit voter of a
+    /// one-node cluster, which nobody needs to reach.
+    pub address: Option<(String, u16)>,
+}
+
+/// The cluster settings of a node.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `controller.quorum.voters`, in id order; never empty. Without the setting, this node
+    /// alone.
+    pub voters: Vec<Voter>,
+    /// Where this node accepts the other controllers; `None` when nobody needs to reach it
+    /// (a one-node cluster started without cluster flags).
+    pub controller_listen: Option<SocketAddr>,
+    /// Where this node will serve replication; recorded in its registration only.
+    pub replication_listen: Option<SocketAddr>,
+    /// `broker.session.timeout.ms` (Kafka's default 9000).
+    pub session_timeout_ms: i64,
+    /// `broker.heartbeat.interval.ms` (Kafka's default 2000).
+    pub heartbeat_interval_ms: i64,
+}
+
+impl ClusterConfig {
+    /// A one-node cluster: `node_id` its only voter, no controller listener.
+    pub fn single(node_id: i32) -> ClusterConfig {
+        ClusterConfig {
+            voters: vec![Voter {
+                id: node_id,
+                address: None,
+            }],
+            controller_listen: None,
+            replication_listen: None,
+            session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms: DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS,
+        }
+    }
+
+    pub fn voter_ids(&self) -> Vec<i32> {
+        self.voters.iter().map(|v| v.id).collect()
+    }
+
+    pub fn voter(&self, id: i32) -> Option<&Voter> {
+        self.voters.iter().find(|v| v.id == id)
+    }
+}
+
+/// Kafka's `broker.session.timeout.ms` default.
+pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: i64 = 9_000;
+/// Kafka's `broker.heartbeat.interval.ms` default.
+pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: i64 = 2_000;
+/// Most voters a quorum may have (a metadata snapshot lists them; KRaft clusters run 3 or 5).
+pub const MAX_VOTERS: usize = 9;
+
 /// A configuration problem, as one line.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -209,10 +284,14 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         source,
     };
 
+    let listeners = match settings.take_string("listeners")? {
+        Some(text) => parse_listeners(&text)?,
+        None => Listeners::default(),
+    };
     let listen_text = args
         .listen
         .clone()
-        .or(settings.take_string("listeners")?)
+        .or(listeners.client)
         .unwrap_or_else(|| "127.0.0.1:9092".into());
     let listen = parse_listen(&listen_text)?;
     let advertised_text = args
@@ -260,6 +339,13 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     };
     let node_id = args.node_id.map(i64::from).or(node_id_file).unwrap_or(1);
     let node_id = int_in("node.id", node_id, 0, i32::MAX as i64)? as i32;
+    let cluster = resolve_cluster_config(
+        args,
+        &mut settings,
+        node_id,
+        listeners.controller,
+        listeners.replication,
+    )?;
     let num_partitions = args
         .num_partitions
         .map(i64::from)
@@ -399,6 +485,7 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         data_dir,
         shards,
         node_id,
+        cluster,
         num_partitions,
         auto_create_topics,
         offsets_topic_num_partitions,
@@ -418,6 +505,181 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         group,
         metrics_listen,
     })
+}
+
+/// The `listeners` setting: Kafka's comma-separated `NAME://HOST:PORT` list, with the
+/// names PLAINTEXT (clients; also an entry without a name), CONTROLLER and REPLICATION.
+#[derive(Default)]
+struct Listeners {
+    client: Option<String>,
+    controller: Option<String>,
+    replication: Option<String>,
+}
+
+fn parse_listeners(text: &str) -> Result<Listeners, ConfigError> {
+    let mut out = Listeners::default();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (slot, address) = match entry.split_once("://") {
+            None => (&mut out.client, entry),
+            Some((name, rest)) => match name.to_ascii_uppercase().as_str() {
+                "PLAINTEXT" => (&mut out.client, rest),
+                "CONTROLLER" => (&mut out.controller, rest),
+                "REPLICATION" => (&mut out.replication, rest),
+                _ => {
+                    return Err(err(format!(
+                        "listeners entry `{entry}`: the listener names are PLAINTEXT (clients), CONTROLLER and REPLICATION, not {name}"
+                    )))
+                }
+            },
+        };
+        if slot.is_some() {
+            return Err(err(format!(
+                "listeners `{text}` names the listener of `{entry}` twice"
+            )));
+        }
+        *slot = Some(address.to_string());
+    }
+    Ok(out)
+}
+
+/// `controller.quorum.voters`: `ID@HOST:PORT,...`.
+pub fn parse_voters(text: &str) -> Result<Vec<Voter>, ConfigError> {
+    let example = "e.g. 1@127.0.0.1:9093,2@127.0.0.1:9094,3@127.0.0.1:9095";
+    let mut voters: Vec<Voter> = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        let bad = |why: &str| {
+            err(format!(
+                "controller.quorum.voters entry `{entry}` {why} ({example})"
+            ))
+        };
+        if entry.is_empty() {
+            return Err(bad("is empty: expected ID@HOST:PORT"));
+        }
+        let (id, address) = entry
+            .split_once('@')
+            .ok_or_else(|| bad("is not ID@HOST:PORT"))?;
+        let id: i32 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| bad("does not start with a node id (a number, 0 or more)"))?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| bad("has no port: expected ID@HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("has no host"));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("has a bad port (1 to 65535)"))?;
+        if voters.iter().any(|v| v.id == id) {
+            return Err(bad(&format!("repeats node id {id}")));
+        }
+        voters.push(Voter {
+            id,
+            address: Some((host.to_string(), port)),
+        });
+    }
+    if voters.len() > MAX_VOTERS {
+        return Err(err(format!(
+            "controller.quorum.voters lists {} voters; at most {MAX_VOTERS} are supported (3 or 5 is usual)",
+            voters.len()
+        )));
+    }
+    voters.sort_by_key(|v| v.id);
+    Ok(voters)
+}
+
+fn resolve_cluster_config(
+    args: &BrokerArgs,
+    settings: &mut Settings,
+    node_id: i32,
+    controller_file: Option<String>,
+    replication_file: Option<String>,
+) -> Result<ClusterConfig, ConfigError> {
+    let mut cluster = ClusterConfig::single(node_id);
+    if let Some(ms) = settings.take_int("broker.session.timeout.ms")? {
+        cluster.session_timeout_ms = int_in("broker.session.timeout.ms", ms, 100, i32::MAX as i64)?;
+    }
+    if let Some(ms) = settings.take_int("broker.heartbeat.interval.ms")? {
+        cluster.heartbeat_interval_ms =
+            int_in("broker.heartbeat.interval.ms", ms, 10, i32::MAX as i64)?;
+    }
+    if cluster.heartbeat_interval_ms >= cluster.session_timeout_ms {
+        return Err(err(format!(
+            "broker.heartbeat.interval.ms ({}) must be below broker.session.timeout.ms ({})",
+            cluster.heartbeat_interval_ms, cluster.session_timeout_ms
+        )));
+    }
+    let voters_text = args
+        .controller_quorum_voters
+        .clone()
+        .or(settings.take_string("controller.quorum.voters")?)
+        .filter(|t| !t.trim().is_empty());
+    let controller_text = args.controller_listen.clone().or(controller_file);
+    let replication_text = args.replication_listen.clone().or(replication_file);
+    cluster.replication_listen = match replication_text {
+        Some(text) => Some(parse_address(
+            "replication listener",
+            strip_any_scheme(&text),
+        )?),
+        None => None,
+    };
+    let controller_listen = match &controller_text {
+        Some(text) => Some(parse_address(
+            "controller listener",
+            strip_any_scheme(text),
+        )?),
+        None => None,
+    };
+    match voters_text {
+        None => {
+            // A one-node cluster; a controller listener, if asked for, makes this node's
+            // voter entry.
+            if let Some(addr) = controller_listen {
+                cluster.voters[0].address = Some((addr.ip().to_string(), addr.port()));
+            }
+            cluster.controller_listen = controller_listen;
+        }
+        Some(text) => {
+            let voters = parse_voters(&text)?;
+            let ids: Vec<String> = voters.iter().map(|v| v.id.to_string()).collect();
+            let Some(me) = voters.iter().find(|v| v.id == node_id) else {
+                return Err(err(if controller_listen.is_some() {
+                    format!(
+                        "node.id {node_id} is not among controller.quorum.voters ({}), but a controller listener is given: only voters run a controller; give this node the id of its voter entry",
+                        ids.join(", ")
+                    )
+                } else {
+                    format!(
+                        "node.id {node_id} is not among controller.quorum.voters ({}): nodes that are brokers only (not voters) are not supported yet; give this node the id of its voter entry",
+                        ids.join(", ")
+                    )
+                }));
+            };
+            cluster.controller_listen = match controller_listen {
+                Some(addr) => Some(addr),
+                None => {
+                    let (host, port) = me.address.clone().expect("parsed voters have addresses");
+                    Some(parse_address(
+                        &format!("controller listener (voter {node_id})"),
+                        &format!("{host}:{port}"),
+                    )?)
+                }
+            };
+            if cluster.controller_listen.is_some_and(|a| a.port() == 0) && voters.len() > 1 {
+                return Err(err(
+                    "the controller listener needs a fixed port in a cluster of several voters: the others reach it at the address controller.quorum.voters gives",
+                ));
+            }
+            cluster.voters = voters;
+        }
+    }
+    Ok(cluster)
 }
 
 /// The consumer group settings, with Kafka's names and defaults.
@@ -588,6 +850,12 @@ fn flatten(prefix: &str, table: toml::Table, out: &mut BTreeMap<String, toml::Va
             }
         }
     }
+}
+
+/// `host:port` with any `NAME://` in front of it removed.
+fn strip_any_scheme(text: &str) -> &str {
+    let text = text.trim();
+    text.split_once("://").map_or(text, |(_, rest)| rest)
 }
 
 /// A Kafka-style listener (`PLAINTEXT://host:port`) or a plain `host:port`.
@@ -827,6 +1095,103 @@ mod tests {
         a.config = Some(path);
         let e = resolve(&a, 1).expect_err("too small").to_string();
         assert!(e.contains("conversion.inflight.max.bytes"), "{e}");
+    }
+
+    #[test]
+    fn without_cluster_flags_a_node_is_a_one_node_cluster() {
+        let config = resolve(&args(), 1).expect("defaults resolve");
+        assert_eq!(config.node_id, 1);
+        assert_eq!(
+            config.cluster.voters,
+            vec![Voter {
+                id: 1,
+                address: None
+            }]
+        );
+        assert_eq!(config.cluster.controller_listen, None);
+        assert_eq!(config.cluster.session_timeout_ms, 9_000);
+        assert_eq!(config.cluster.heartbeat_interval_ms, 2_000);
+    }
+
+    #[test]
+    fn voters_and_listeners_from_flags_or_kafka_names() {
+        let mut a = args();
+        a.node_id = Some(2);
+        a.controller_quorum_voters =
+            Some("3@127.0.0.1:9303, 1@127.0.0.1:9301,2@127.0.0.1:9302".into());
+        let config = resolve(&a, 1).expect("resolves");
+        assert_eq!(config.cluster.voter_ids(), vec![1, 2, 3]);
+        assert_eq!(
+            config.cluster.controller_listen,
+            Some("127.0.0.1:9302".parse().unwrap()),
+            "the node's own voter address by default"
+        );
+
+        let (_dir, path) = write_config(
+            "node.id = 1\ncontroller.quorum.voters = \"1@127.0.0.1:9301,2@127.0.0.1:9302\"\n\
+             listeners = \"PLAINTEXT://127.0.0.1:9201,CONTROLLER://0.0.0.0:9301,REPLICATION://127.0.0.1:9401\"\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.listen, "127.0.0.1:9201".parse().unwrap());
+        assert_eq!(
+            config.cluster.controller_listen,
+            Some("0.0.0.0:9301".parse().unwrap())
+        );
+        assert_eq!(
+            config.cluster.replication_listen,
+            Some("127.0.0.1:9401".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_one_line_saying_what_to_do() {
+        let bad = |node: i32, voters: &str, controller: Option<&str>| {
+            let mut a = args();
+            a.node_id = Some(node);
+            a.controller_quorum_voters = Some(voters.into());
+            a.controller_listen = controller.map(str::to_string);
+            let e = resolve(&a, 1).expect_err("refused").to_string();
+            assert!(!e.contains('\n'), "{e}");
+            e
+        };
+        let e = bad(
+            4,
+            "1@127.0.0.1:9301,2@127.0.0.1:9302",
+            Some("127.0.0.1:9304"),
+        );
+        assert!(
+            e.contains("node.id 4 is not among controller.quorum.voters (1, 2)")
+                && e.contains("only voters run a controller"),
+            "{e}"
+        );
+        let e = bad(4, "1@127.0.0.1:9301", None);
+        assert!(
+            e.contains("brokers only") && e.contains("not supported yet"),
+            "{e}"
+        );
+        for (voters, why) in [
+            ("1@127.0.0.1", "has no port"),
+            ("127.0.0.1:9301", "is not ID@HOST:PORT"),
+            ("x@127.0.0.1:9301", "does not start with a node id"),
+            ("1@127.0.0.1:9301,1@127.0.0.1:9302", "repeats node id 1"),
+            ("1@127.0.0.1:0", "bad port"),
+            ("1@127.0.0.1:9301,,2@127.0.0.1:9302", "is empty"),
+        ] {
+            let e = bad(1, voters, None);
+            assert!(
+                e.contains(why) && e.contains("e.g. 1@127.0.0.1:9093"),
+                "{voters}: {e}"
+            );
+        }
+        let (_dir, path) = write_config("listeners = \"SSL://127.0.0.1:9093\"\n");
+        let mut a = args();
+        a.config = Some(path);
+        let e = resolve(&a, 1)
+            .expect_err("unknown listener name")
+            .to_string();
+        assert!(e.contains("PLAINTEXT") && e.contains("SSL"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 use wharf_protocol::frame::decode_request_header;
 
-use crate::broker::{load_metadata, StartupError};
+use crate::broker::StartupError;
 use crate::config::BrokerConfig;
+use crate::controller::image::ClusterImage;
 use crate::kafka::{router, HandlerError, Reply, RequestContext};
 use crate::shard::mesh::{mesh_builder, Mesh};
 use crate::shard::{oneshot, Shard, ShardId};
@@ -70,16 +71,18 @@ where
         .map_err(|e| StartupError(format!("cannot create data dir: {e}")))?;
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| StartupError(format!("cannot resolve data dir: {e}")))?;
-    let image = load_metadata(&config.data_dir)?;
+    // A one-node cluster of its own, whatever the configuration says.
+    config.cluster = crate::config::ClusterConfig::single(config.node_id);
+    let prepared = crate::cluster::startup::prepare(&config)?;
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("wharf-embedded")
         .spawn(move || async move {
             let mesh = Mesh::join(mesh_builder(1)).await.map_err(StartupError)?;
-            let shard = Rc::new(Shard::new(ShardId(0), config, image.clone(), mesh));
+            let shard = Rc::new(Shard::new(ShardId(0), config, ClusterImage::empty(), mesh));
             Mesh::start(&shard);
-            if let Some(first) = shard.open_owned_partitions(&image).await.into_iter().next() {
-                return Err(StartupError(first));
-            }
+            crate::cluster::startup::bring_up(&shard, prepared, None)
+                .await
+                .map_err(StartupError)?;
             let out = body(Embedded {
                 shard: shard.clone(),
             })

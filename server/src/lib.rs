@@ -5,7 +5,9 @@
 //! Layout: `config` (settings), `broker` (start and stop), `shard` (one pinned executor
 //! per core and the cross-shard mesh), `net` (listeners and connections), `kafka` (the
 //! router and one handler per API), `metadata` (topics, configs, ownership; the control
-//! plane), `partition` (a shard's open partition logs; the data plane), `admin`
+//! plane), `controller` (the cluster's metadata quorum and controller, as pure state
+//! machines, and their simulator), `cluster` (their driver in the running broker: the
+//! metadata log on disk, the controller listener, forwarding, registration), `partition` (a shard's open partition logs; the data plane), `admin`
 //! (subcommands that talk to a running broker), `metrics` (per-shard counters and the
 //! Prometheus endpoint), `limits` (what a request may bring into the broker's state),
 //! `embedded` (a one-shard broker inside another process, for the wire fuzzer),
@@ -14,7 +16,9 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod embedded;
 pub mod group;
 pub mod kafka;

@@ -31,6 +31,9 @@ enum Command {
     /// Consumer groups of a running broker: `group list`, `group describe <group>`
     /// (members, assignments, committed offsets and lag, like kafka-consumer-groups).
     Group(admin::groups::GroupArgs),
+    /// The cluster: `cluster status` (nodes, roles, fenced or not, the active controller,
+    /// the metadata quorum's term and committed offset, each node's lag).
+    Cluster(admin::cluster::ClusterArgs),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         None => run_broker(&cli.broker),
         Some(Command::Topics(args)) => admin::topics::run(&args).map_err(|e| e.to_string()),
         Some(Command::Group(args)) => admin::groups::run(&args).map_err(|e| e.to_string()),
+        Some(Command::Cluster(args)) => admin::cluster::run(&args).map_err(|e| e.to_string()),
     };
     if let Err(message) = result {
         eprintln!("wharf: {}", message.replace('\n', " "));

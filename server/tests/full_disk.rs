@@ -2,7 +2,9 @@
 //! file with mkfs.ext4 and mounted through a loop device), filled by a producer: appends
 //! fail cleanly with KAFKA_STORAGE_ERROR, reads go on, a broker restarted on the full
 //! disk starts and serves every record, producing resumes by itself once a filler file
-//! is deleted, and every acknowledged record is still there at its offset.
+//! is deleted, and every acknowledged record is still there at its offset. A topic created
+//! on the full disk is committed (the metadata log keeps space in reserve) and takes
+//! records once there is room.
 //!
 //! Needs root (mount) and loop devices; without them it says why and does nothing.
 
@@ -305,6 +307,12 @@ fn a_full_disk_fails_appends_cleanly_serves_reads_and_recovers_when_space_is_fre
         "appends still fail while the disk is full"
     );
 
+    // A topic created on the full disk: the metadata log keeps space in reserve, so the
+    // change is committed; its partition is created once there is room.
+    let late = unique_topic("full-disk-late");
+    client::create_topic(&broker.bootstrap(), &late, 1, &[]);
+    assert!(broker.is_running(), "the broker stays up");
+
     // Space freed: produce resumes by itself, no restart.
     std::fs::remove_file(&filler).expect("delete the filler");
     let freed = Instant::now();
@@ -328,6 +336,32 @@ fn a_full_disk_fails_appends_cleanly_serves_reads_and_recovers_when_space_is_fre
         std::thread::sleep(Duration::from_millis(500));
     }
     let resumed_after = freed.elapsed();
+    // The topic created on the full disk takes records too.
+    let mut late_offset = None;
+    while late_offset.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the topic created on the full disk never took a record"
+        );
+        late_offset = rt.block_on(async {
+            let send = producer
+                .send_result(
+                    FutureRecord::<(), _>::to(&late)
+                        .partition(0)
+                        .payload("late"),
+                )
+                .map_err(|(e, _)| e)
+                .expect("the producer queue has room");
+            send.await
+                .expect("the delivery is reported")
+                .ok()
+                .map(|d| d.offset)
+        });
+        if late_offset.is_none() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert_eq!(late_offset, Some(0));
     let batch = next_batch(300);
     for (outcome, p) in produce(&rt, &producer, &topic, &batch)
         .into_iter()

@@ -22,7 +22,7 @@ use super::api::*;
 use super::config::GroupConfig;
 use super::coordinator::GroupCoordinator;
 use crate::metadata::controller::ensure_offsets_topic;
-use crate::metadata::{PartitionId, TopicMeta, TopicPartition, OFFSETS_TOPIC};
+use crate::metadata::{NodeId, PartitionId, TopicMeta, TopicPartition, OFFSETS_TOPIC};
 use crate::shard::{now_ms, oneshot, Shard, ShardId};
 
 /// How often the coordinator is told that time passed (session and rebalance deadlines are
@@ -56,6 +56,9 @@ pub struct Placement {
     /// The group's `__consumer_offsets` partition.
     pub partition: i32,
     pub owner: ShardId,
+    /// The node leading the group's offsets partition: its coordinator (none while that
+    /// broker is fenced).
+    pub leader: Option<NodeId>,
 }
 
 impl Placement {
@@ -419,7 +422,9 @@ impl GroupShard {
                 topic_id: topic.id,
                 partition: p,
             };
-            if shard.is_local(tp) {
+            // Only this node's offsets partitions (ListGroups answers for the groups this
+            // broker coordinates, as Kafka's does).
+            if shard.is_local(tp) && shard.hosts(&shard.metadata(), tp) {
                 if let Err(e) = self.ensure_loaded(shard, tp).await {
                     error = Some(e);
                 }
@@ -663,14 +668,20 @@ pub async fn placement(shard: &Rc<Shard>, group_id: &str) -> Result<Placement, R
         }
     };
     let partition = partition_for_group(group_id, topic.partition_count.max(1) as u32);
-    let owner = shard.owner_of(TopicPartition {
+    let tp = TopicPartition {
         topic_id: topic.id,
         partition: PartitionId(partition),
-    });
+    };
+    let owner = shard.owner_of(tp);
+    let leader = shard
+        .metadata()
+        .partition(tp.topic_id, tp.partition)
+        .and_then(|p| p.leader);
     Ok(Placement {
         topic,
         partition,
         owner,
+        leader,
     })
 }
 
@@ -687,6 +698,10 @@ where
     R: Send + 'static,
 {
     let placement = placement(shard, group_id).await?;
+    if placement.leader != Some(shard.node_id()) {
+        // Another broker coordinates this group (FindCoordinator names it).
+        return Err(ResponseError::NotCoordinator);
+    }
     let tp = placement.tp();
     shard
         .invoke_on(placement.owner, move |s| async move {

@@ -1,4 +1,5 @@
-//! CreatePartitions: grow topics' partition counts, through the metadata controller.
+//! CreatePartitions: grow topics' partition counts, through the cluster's active
+//! controller (which places new partitions, or checks the assignments given).
 
 use std::rc::Rc;
 
@@ -8,33 +9,34 @@ use kafka_protocol::messages::{ApiKey, CreatePartitionsRequest, CreatePartitions
 
 use super::errors::metadata_error;
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::controller::requests::PartitionsIncrease;
 use crate::metadata::controller::{self, MetadataError};
+use crate::metadata::NodeId;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: CreatePartitionsRequest = ctx.decode(ApiKey::CreatePartitions, &mut body)?;
-    let node_id = ctx.shard.config.node_id;
     let mut outcomes: Vec<Option<Result<(), MetadataError>>> = Vec::new();
-    let mut work: Vec<(String, i32)> = Vec::new();
+    let mut work: Vec<PartitionsIncrease> = Vec::new();
     let named = super::mentions(request.topics.iter().map(|t| t.name.0.as_str()));
     for t in &request.topics {
         let name = t.name.0.to_string();
-        let duplicate = named[t.name.0.as_str()] > 1;
-        let bad_assignment = t.assignments.as_ref().is_some_and(|a| {
-            a.iter()
-                .any(|p| p.broker_ids.len() != 1 || p.broker_ids[0].0 != node_id)
-        });
-        if duplicate {
+        if named[t.name.0.as_str()] > 1 {
             outcomes.push(Some(Err(MetadataError::InvalidRequest(format!(
                 "Duplicate topic in request: {name}"
             )))));
-        } else if bad_assignment {
-            outcomes.push(Some(Err(MetadataError::InvalidReplicaAssignment(format!(
-                "New partitions must be assigned to broker {node_id} only"
-            )))));
-        } else {
-            work.push((name, t.count));
-            outcomes.push(None);
+            continue;
         }
+        work.push(PartitionsIncrease {
+            topic: name,
+            total: t.count,
+            assignments: t
+                .assignments
+                .iter()
+                .flatten()
+                .map(|a| a.broker_ids.iter().map(|b| NodeId(b.0)).collect())
+                .collect(),
+        });
+        outcomes.push(None);
     }
     let mut results = controller::create_partitions(&ctx.shard, work, request.validate_only)
         .await

@@ -11,7 +11,7 @@ use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
 
 use super::errors::engine_error;
-use super::{on_owners, HandlerResult, RequestContext, SlotWork};
+use super::{led_partition, on_owners, HandlerResult, RequestContext, SlotWork};
 
 /// "Delete everything up to the high watermark".
 const TO_HIGH_WATERMARK: i64 = -1;
@@ -39,8 +39,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     }
     let slots: Vec<(usize, usize)> = work.iter().map(|(_, (slot, _))| *slot).collect();
     let results = on_owners(&ctx.shard, work, |shard, tp, (_, offset)| async move {
-        let Some(partition) = shard.partitions.get(tp) else {
-            return (Some(ResponseError::UnknownTopicOrPartition), -1);
+        let partition = match led_partition(&shard, tp) {
+            Ok(p) => p,
+            Err(e) => return (Some(e), -1),
         };
         let high_watermark = partition.high_watermark();
         let target = if offset == TO_HIGH_WATERMARK {

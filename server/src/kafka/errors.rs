@@ -60,7 +60,8 @@ pub fn metadata_error(error: &MetadataError) -> ResponseError {
         MetadataError::InvalidRequest(_) => ResponseError::InvalidRequest,
         MetadataError::PolicyViolation(_) => ResponseError::PolicyViolation,
         MetadataError::Storage(_) => ResponseError::KafkaStorageError,
-        MetadataError::Unavailable => ResponseError::RequestTimedOut,
+        MetadataError::Unavailable | MetadataError::TimedOut(_) => ResponseError::RequestTimedOut,
+        MetadataError::NotController(_) => ResponseError::NotController,
     }
 }
 

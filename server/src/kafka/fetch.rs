@@ -37,7 +37,7 @@ use wharf_protocol::convert::{down_convert, DownConvertError};
 use wharf_protocol::legacy::fetch::fetch_magic;
 
 use super::errors::engine_error;
-use super::{group_by_owner, HandlerResult, RequestContext};
+use super::{group_by_owner, led_partition, HandlerResult, RequestContext};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{TopicId, TopicMeta, TopicPartition, LEADER_EPOCH};
 use crate::shard::budget::{ConversionTurn, Grant};
@@ -440,8 +440,9 @@ async fn read_partition(
     budget: usize,
     read_committed: bool,
 ) -> PartitionRead {
-    let Some(partition) = shard.partitions.get(tp) else {
-        return PartitionRead::error(ResponseError::UnknownTopicOrPartition);
+    let partition = match led_partition(shard, tp) {
+        Ok(p) => p,
+        Err(e) => return PartitionRead::error(e),
     };
     // KIP-320: the client's view of the leader epoch must match ours.
     if spec.current_leader_epoch >= 0 {

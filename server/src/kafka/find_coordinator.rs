@@ -1,5 +1,6 @@
-//! FindCoordinator: every group's coordinator is this node (the group lives on the shard
-//! owning its `__consumer_offsets` partition, which any shard reaches over the mesh).
+//! FindCoordinator: a group's coordinator is the broker leading its `__consumer_offsets`
+//! partition (on that broker, the shard owning the partition, which any shard reaches over
+//! the mesh).
 //! v4+ batches keys (KIP-699). Transactional ids have no coordinator: transactions are not
 //! supported, and the lookup fails at once with an error clients treat as fatal.
 
@@ -11,7 +12,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorRequest, FindCoo
 use kafka_protocol::ResponseError;
 
 use super::init_producer_id::{TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE};
-use super::{str_bytes, HandlerResult, RequestContext};
+use super::{broker_endpoint, str_bytes, HandlerResult, RequestContext};
 use crate::group::driver::placement;
 
 /// `key_type` of a consumer group, and of a transactional id.
@@ -34,30 +35,35 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
     let mut answers = Vec::with_capacity(keys.len());
     for key in keys {
-        let error = match request.key_type {
-            KEY_TYPE_GROUP => placement(&ctx.shard, &key).await.err(),
+        let found = match request.key_type {
+            KEY_TYPE_GROUP => match placement(&ctx.shard, &key).await {
+                Ok(p) => p
+                    .leader
+                    .and_then(|l| Some((l, broker_endpoint(&ctx.shard.metadata(), l)?)))
+                    .ok_or(ResponseError::CoordinatorNotAvailable),
+                Err(e) => Err(e),
+            },
             // librdkafka and the Java producer retry COORDINATOR_NOT_AVAILABLE until their
             // timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED stops them at once.
-            KEY_TYPE_TRANSACTION => Some(TRANSACTIONS_UNSUPPORTED),
-            _ => Some(ResponseError::InvalidRequest),
+            KEY_TYPE_TRANSACTION => Err(TRANSACTIONS_UNSUPPORTED),
+            _ => Err(ResponseError::InvalidRequest),
         };
-        answers.push((key, error));
+        answers.push((key, found));
     }
-    let config = &ctx.shard.config;
     let mut response = FindCoordinatorResponse::default();
     if ctx.api_version >= 4 {
         response.coordinators = answers
             .into_iter()
-            .map(|(key, error)| {
+            .map(|(key, found)| {
                 let mut c = Coordinator::default();
                 c.key = str_bytes(key);
-                match error {
-                    None => {
-                        c.node_id = BrokerId(config.node_id);
-                        c.host = str_bytes(config.advertised_host.clone());
-                        c.port = i32::from(config.advertised_port);
+                match found {
+                    Ok((node, (host, port))) => {
+                        c.node_id = BrokerId(node.0);
+                        c.host = str_bytes(host);
+                        c.port = i32::from(port);
                     }
-                    Some(e) => {
+                    Err(e) => {
                         c.node_id = BrokerId(-1);
                         c.port = -1;
                         c.error_code = e.code();
@@ -68,13 +74,16 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             })
             .collect();
     } else {
-        match answers.pop().and_then(|(_, e)| e) {
-            None => {
-                response.node_id = BrokerId(config.node_id);
-                response.host = str_bytes(config.advertised_host.clone());
-                response.port = i32::from(config.advertised_port);
+        let found = answers
+            .pop()
+            .map_or(Err(ResponseError::InvalidRequest), |(_, f)| f);
+        match found {
+            Ok((node, (host, port))) => {
+                response.node_id = BrokerId(node.0);
+                response.host = str_bytes(host);
+                response.port = i32::from(port);
             }
-            Some(e) => {
+            Err(e) => {
                 response.error_code = e.code();
                 if ctx.api_version >= 1 {
                     response.error_message = Some(str_bytes(message(e)));

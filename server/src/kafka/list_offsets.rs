@@ -21,7 +21,8 @@ use wharf_protocol::legacy::list_offsets::{
 
 use super::errors::engine_error;
 use super::{
-    check_leader_epoch, on_owners, HandlerError, HandlerResult, Reply, RequestContext, SlotWork,
+    check_leader_epoch, led_partition, on_owners, HandlerError, HandlerResult, Reply,
+    RequestContext, SlotWork,
 };
 use crate::metadata::{TopicPartition, LEADER_EPOCH};
 use crate::shard::Shard;
@@ -160,8 +161,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
 }
 
 async fn lookup(shard: &Shard, tp: TopicPartition, query: Query) -> Found {
-    let Some(partition) = shard.partitions.get(tp) else {
-        return Found::error(ResponseError::UnknownTopicOrPartition);
+    let partition = match led_partition(shard, tp) {
+        Ok(p) => p,
+        Err(e) => return Found::error(e),
     };
     if let Some(error) = check_leader_epoch(query.current_leader_epoch) {
         return Found::error(error);
@@ -295,11 +297,9 @@ async fn legacy_offsets(
         error_code: 0,
         offsets,
     };
-    let Some(partition) = shard.partitions.get(tp) else {
-        return offsets_error(
-            query.partition_index,
-            ResponseError::UnknownTopicOrPartition,
-        );
+    let partition = match led_partition(shard, tp) {
+        Ok(p) => p,
+        Err(e) => return offsets_error(query.partition_index, e),
     };
     // Negative timestamps other than latest and earliest are newer versions' (KIP-734...).
     if query.timestamp < EARLIEST_TIMESTAMP {

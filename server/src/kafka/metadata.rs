@@ -1,6 +1,11 @@
-//! Metadata: this broker, the cluster id, and the topics asked for (or all), with every
-//! partition led by this node. Unknown topics are created when the request allows it and
-//! `auto.create.topics.enable` is on (Kafka's default); they are answered ready at once.
+//! Metadata: the cluster's live brokers, its id and active controller, and the topics asked
+//! for (or all) with each partition's leader, replicas and in-sync replicas, from this
+//! node's image of the cluster metadata. Unknown topics are created when the request allows
+//! it and `auto.create.topics.enable` is on (Kafka's default); they are answered ready at
+//! once.
+//!
+//! Leader epochs are reported as 0: the data path does not use epochs yet (every batch is
+//! written with epoch 0), and with one replica per partition a log never diverges.
 
 use std::rc::Rc;
 
@@ -12,8 +17,9 @@ use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataRespon
 use kafka_protocol::ResponseError;
 
 use super::produce::auto_create;
-use super::{str_bytes, topic_name, HandlerResult, RequestContext};
-use crate::metadata::{validate_topic_name, TopicId, TopicMeta, LEADER_EPOCH};
+use super::{broker_endpoint, str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::controller::image::ClusterImage;
+use crate::metadata::{validate_topic_name, NodeId, TopicId, TopicMeta, LEADER_EPOCH};
 use crate::shard::Shard;
 
 /// "Authorized operations were not requested" (Kafka's Integer.MIN_VALUE).
@@ -64,7 +70,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     } else {
         AUTHORIZED_OPERATIONS_OMITTED
     };
-    let describe_topic = |t: &TopicMeta| describe_topic(shard, t, topic_ops, version);
+    let describe_topic = |t: &TopicMeta| describe_topic(&image, t, topic_ops, version);
     let topics: Vec<MetadataResponseTopic> = match wanted {
         None => image.topics().map(describe_topic).collect(),
         Some(wanted) => wanted
@@ -100,18 +106,38 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
 
     let mut response = MetadataResponse::default();
-    response.brokers = vec![this_broker(shard)];
+    response.brokers = live_brokers(shard, &image);
     if version >= 1 {
-        response.controller_id = BrokerId(shard.config.node_id);
+        response.controller_id = BrokerId(image.controller().map_or(-1, |(node, _)| node.0));
     }
     if version >= 2 {
-        response.cluster_id = Some(str_bytes(image.cluster_id.clone()));
+        response.cluster_id = Some(str_bytes(image.metadata().cluster_id.clone()));
     }
     response.topics = topics;
     if (8..=10).contains(&version) && request.include_cluster_authorized_operations {
         response.cluster_authorized_operations = CLUSTER_OPERATIONS;
     }
     ctx.respond(ApiKey::Metadata, &response)
+}
+
+/// The registered, unfenced brokers with their client listeners; this node at least.
+pub fn live_brokers(shard: &Shard, image: &ClusterImage) -> Vec<MetadataResponseBroker> {
+    let mut brokers: Vec<MetadataResponseBroker> = image
+        .brokers()
+        .filter_map(|b| {
+            let (host, port) = broker_endpoint(image, b.node_id)?;
+            let mut m = MetadataResponseBroker::default();
+            m.node_id = BrokerId(b.node_id.0);
+            m.host = str_bytes(host);
+            m.port = i32::from(port);
+            m.rack = b.rack.clone().map(str_bytes);
+            Some(m)
+        })
+        .collect();
+    if !brokers.iter().any(|b| b.node_id.0 == shard.config.node_id) {
+        brokers.push(this_broker(shard));
+    }
+    brokers
 }
 
 pub fn this_broker(shard: &Shard) -> MetadataResponseBroker {
@@ -125,12 +151,11 @@ pub fn this_broker(shard: &Shard) -> MetadataResponseBroker {
 /// One topic's entry; fields a version lacks keep their defaults (the encoder refuses
 /// anything else).
 fn describe_topic(
-    shard: &Shard,
+    image: &ClusterImage,
     topic: &TopicMeta,
     topic_ops: i32,
     version: i16,
 ) -> MetadataResponseTopic {
-    let node = BrokerId(shard.config.node_id);
     let mut t = MetadataResponseTopic::default();
     t.name = Some(topic_name(&topic.name));
     if version >= 10 {
@@ -140,17 +165,31 @@ fn describe_topic(
         t.is_internal = topic.internal;
     }
     t.topic_authorized_operations = topic_ops;
-    t.partitions = topic
-        .partitions()
-        .map(|p| {
+    let ids = |nodes: &[NodeId]| nodes.iter().map(|n| BrokerId(n.0)).collect::<Vec<_>>();
+    t.partitions = image
+        .partitions(topic.id)
+        .iter()
+        .enumerate()
+        .map(|(p, state)| {
             let mut mp = MetadataResponsePartition::default();
-            mp.partition_index = p.0;
-            mp.leader_id = node;
+            mp.partition_index = p as i32;
+            mp.leader_id = BrokerId(state.leader_id());
+            if state.leader.is_none() {
+                mp.error_code = ResponseError::LeaderNotAvailable.code();
+            }
             if version >= 7 {
                 mp.leader_epoch = LEADER_EPOCH.0;
             }
-            mp.replica_nodes = vec![node];
-            mp.isr_nodes = vec![node];
+            mp.replica_nodes = ids(&state.replicas);
+            mp.isr_nodes = ids(&state.isr);
+            if version >= 5 {
+                mp.offline_replicas = state
+                    .replicas
+                    .iter()
+                    .filter(|r| !image.is_usable(**r))
+                    .map(|r| BrokerId(r.0))
+                    .collect();
+            }
             mp
         })
         .collect();

@@ -17,6 +17,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_quorum;
 pub mod errors;
 pub mod fetch;
 pub mod find_coordinator;
@@ -269,6 +270,37 @@ pub fn group_by_owner<T>(
             .push((tp, item));
     }
     groups
+}
+
+/// The open partition `tp` if this node leads it. A partition led by another node, or by
+/// none (its broker is fenced), is NOT_LEADER_OR_FOLLOWER: clients refresh their metadata
+/// and go to the leader it names. Until replicated partitions exist, a partition is served
+/// only by the node it was placed on.
+pub fn led_partition(
+    shard: &Shard,
+    tp: TopicPartition,
+) -> Result<Rc<crate::partition::PartitionHandle>, kafka_protocol::ResponseError> {
+    use kafka_protocol::ResponseError;
+    let image = shard.metadata();
+    match image.partition(tp.topic_id, tp.partition) {
+        None => Err(ResponseError::UnknownTopicOrPartition),
+        Some(p) if p.leader != Some(shard.node_id()) => Err(ResponseError::NotLeaderOrFollower),
+        Some(_) => shard
+            .partitions
+            .get(tp)
+            .ok_or(ResponseError::UnknownTopicOrPartition),
+    }
+}
+
+/// The client listener (`PLAINTEXT`) of broker `node` in `image`, if it is registered and
+/// not fenced.
+pub fn broker_endpoint(
+    image: &crate::controller::image::ClusterImage,
+    node: crate::metadata::NodeId,
+) -> Option<(String, u16)> {
+    let broker = image.broker(node).filter(|b| !b.fenced)?;
+    let l = broker.listener(crate::metadata::cluster::CLIENT_LISTENER)?;
+    Some((l.host.clone(), l.port))
 }
 
 /// A topic as a request named it, resolved against this shard's metadata.

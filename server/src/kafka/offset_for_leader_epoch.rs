@@ -10,7 +10,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{check_leader_epoch, on_owners, HandlerResult, RequestContext, SlotWork};
+use super::{
+    check_leader_epoch, led_partition, on_owners, HandlerResult, RequestContext, SlotWork,
+};
 
 /// Kafka's "no such epoch" answer.
 const UNDEFINED_EPOCH: i32 = -1;
@@ -47,12 +49,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         &ctx.shard,
         work,
         |shard, tp, (_, (current, wanted))| async move {
-            let Some(partition) = shard.partitions.get(tp) else {
-                return (
-                    Some(ResponseError::UnknownTopicOrPartition),
-                    UNDEFINED_EPOCH,
-                    UNDEFINED_EPOCH_OFFSET,
-                );
+            let partition = match led_partition(&shard, tp) {
+                Ok(p) => p,
+                Err(e) => return (Some(e), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
             };
             if let Some(error) = check_leader_epoch(current) {
                 return (Some(error), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET);

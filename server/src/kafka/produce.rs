@@ -28,7 +28,8 @@ use wharf_protocol::batch::{BatchHeader, Compression};
 use wharf_protocol::convert::{prepare_append, AppendError, AppendPolicy};
 
 use super::errors::{append_error, engine_error};
-use super::{group_by_owner, str_bytes, HandlerResult, Reply, RequestContext};
+use super::{group_by_owner, led_partition, str_bytes, HandlerResult, Reply, RequestContext};
+use crate::controller::requests::CreateTopic;
 use crate::metadata::controller::{self, NewTopic};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartition};
@@ -338,18 +339,22 @@ pub async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a 
         return;
     }
     let image = shard.metadata();
-    let mut missing: Vec<NewTopic> = Vec::new();
+    let mut missing: Vec<CreateTopic> = Vec::new();
     for name in names {
         if image.topic(name).is_none()
             && validate_topic_name(name).is_ok()
             && name != crate::metadata::OFFSETS_TOPIC
-            && !missing.iter().any(|t| t.name == name)
+            && !missing.iter().any(|t| t.topic.name == name)
         {
-            missing.push(NewTopic {
-                name: name.to_string(),
-                partitions: shard.config.num_partitions,
-                configs: Vec::new(),
-                internal: false,
+            missing.push(CreateTopic {
+                topic: NewTopic {
+                    name: name.to_string(),
+                    partitions: shard.config.num_partitions,
+                    configs: Vec::new(),
+                    internal: false,
+                },
+                replication_factor: -1,
+                assignments: Vec::new(),
             });
         }
     }
@@ -402,8 +407,9 @@ async fn append_one(
     durability: Durability,
     acks: i16,
 ) -> Appended {
-    let Some(partition) = shard.partitions.get(tp) else {
-        return Appended::error(ResponseError::UnknownTopicOrPartition, None);
+    let partition = match led_partition(&shard, tp) {
+        Ok(p) => p,
+        Err(e) => return Appended::error(e, None),
     };
     // A single node is the whole ISR: acks=all cannot meet min.insync.replicas above 1.
     if acks == -1 && partition.min_insync_replicas.get() > 1 {

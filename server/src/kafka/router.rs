@@ -16,8 +16,9 @@ use wharf_protocol::frame::encode_error_code_only_response;
 
 use super::{
     alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics,
-    describe_cluster, describe_configs, describe_log_dirs, fetch, incremental_alter_configs,
-    init_producer_id, list_offsets, metadata, offset_for_leader_epoch, produce,
+    describe_cluster, describe_configs, describe_log_dirs, describe_quorum, fetch,
+    incremental_alter_configs, init_producer_id, list_offsets, metadata, offset_for_leader_epoch,
+    produce,
 };
 use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
@@ -71,6 +72,8 @@ pub static ROUTES: &[Route] = &[
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
+    // The metadata quorum as its leader sees it (`wharf cluster status`).
+    route!(DescribeQuorum, 0, 2, describe_quorum),
     // KIP-98 idempotent producers (no transactions): a fresh producer id on every call.
     route!(InitProducerId, 0, 5, init_producer_id),
     // Consumer groups (classic protocol), coordinated on the shard owning the group's
@@ -197,6 +200,7 @@ mod tests {
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::DescribeQuorum, 0, 2),
         (ApiKey::InitProducerId, 0, 5),
         (ApiKey::FindCoordinator, 0, 6),
         (ApiKey::JoinGroup, 0, 9),

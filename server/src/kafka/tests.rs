@@ -30,7 +30,7 @@ use wharf_protocol::frame::RequestHead;
 use super::router::{self, route_for};
 use super::{str_bytes, topic_name, Reply, RequestContext};
 use crate::config::{self, BrokerArgs};
-use crate::metadata::MetadataImage;
+use crate::controller::image::ClusterImage;
 use crate::shard::mesh::{mesh_builder, Mesh};
 use crate::shard::{oneshot, Shard, ShardId};
 
@@ -54,14 +54,13 @@ where
         let config = config::resolve(&args, 1)
             .expect("test config resolves")
             .with_bound_port(9092);
+        let prepared = crate::cluster::startup::prepare(&config).expect("metadata log opens");
         let mesh = Mesh::join(mesh_builder(1)).await.expect("mesh of one");
-        let shard = Rc::new(Shard::new(
-            ShardId(0),
-            config,
-            MetadataImage::new("test-cluster".into(), []),
-            mesh,
-        ));
+        let shard = Rc::new(Shard::new(ShardId(0), config, ClusterImage::empty(), mesh));
         Mesh::start(&shard);
+        crate::cluster::startup::bring_up(&shard, prepared, None)
+            .await
+            .expect("a one-node cluster comes up");
         test(shard).await;
     });
     drop(dir);
@@ -447,11 +446,18 @@ fn topic_admin_apis_at_every_version() {
                 "delete records v{v}: past the end"
             );
         }
+        let cluster_id = shard.metadata().metadata().cluster_id.clone();
+        assert_eq!(cluster_id.len(), 22, "a Kafka-style cluster id");
         for v in versions(ApiKey::DescribeCluster) {
             let r = call(&shard, &DescribeClusterRequest::default(), v).await;
             assert_eq!(
-                (r.error_code, r.brokers.len(), r.cluster_id.as_str()),
-                (0, 1, "test-cluster"),
+                (
+                    r.error_code,
+                    r.brokers.len(),
+                    r.cluster_id.as_str(),
+                    r.controller_id.0
+                ),
+                (0, 1, cluster_id.as_str(), 1),
                 "describe cluster v{v}"
             );
         }

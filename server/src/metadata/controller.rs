@@ -1,25 +1,23 @@
-//! The one place metadata changes: topic creation and deletion, partition additions and
-//! config changes. It runs on shard 0; the functions at the bottom of this file are what
-//! request handlers on any shard call, and they forward to shard 0.
+//! Metadata changes as request handlers ask for them: topic creation and deletion,
+//! partition additions and config changes, and the checks every controller shares.
 //!
-//! A change is applied one at a time: validate against the current image, write the new
-//! image to disk, then give every shard its copy and wait until each has opened (or
-//! deleted) the partitions it owns. Only then does the caller get its answer, so a topic
-//! that CreateTopics reported created can be produced to on any connection at once.
+//! The functions at the bottom of this file are what request handlers on any shard call:
+//! they go to the cluster's active controller (`crate::cluster`), which commits the change
+//! to the metadata log; the caller gets its answer once every shard of this node serves
+//! the change (has opened or deleted the partitions it owns), so a topic that CreateTopics
+//! reported created can be produced to on any connection at once.
 
-use std::cell::RefCell;
-use std::future::Future;
-use std::path::PathBuf;
 use std::rc::Rc;
 
-use glommio::sync::Semaphore;
-
+use crate::cluster;
 use crate::config::MAX_PARTITIONS_PER_TOPIC;
-use crate::metadata::store;
-use crate::metadata::topic_config::{self, TopicOverrides};
-use crate::metadata::{
-    new_topic_id, validate_topic_name, MetadataImage, TopicId, TopicMeta, OFFSETS_TOPIC,
+use crate::controller::requests::{
+    ControllerError, ControllerReply, ControllerRequest, CreateTopic, CreatedTopic,
+    PartitionsIncrease, Reply,
 };
+use crate::metadata::store;
+use crate::metadata::topic_config::{self, TopicDefaults, TopicOverrides};
+use crate::metadata::{validate_topic_name, MetadataImage, TopicId, TopicMeta, OFFSETS_TOPIC};
 use crate::shard::{Shard, ShardId};
 
 /// The shard that runs the controller.
@@ -58,6 +56,13 @@ pub enum MetadataError {
     Storage(String),
     #[error("the metadata controller is not available (shutting down)")]
     Unavailable,
+    /// The change was not committed within its time (REQUEST_TIMED_OUT); it may still be.
+    #[error("{}", cut(.0))]
+    TimedOut(String),
+    /// No active controller could be reached (an election, or the quorum is not formed):
+    /// the client retries.
+    #[error("{}", cut(.0))]
+    NotController(String),
 }
 
 /// A topic to create.
@@ -87,303 +92,39 @@ pub enum AlterOp {
     Subtract(String, String),
 }
 
-/// The controller's state on shard 0.
-pub struct Controller {
-    image: RefCell<MetadataImage>,
-    /// One change at a time.
-    lock: Semaphore,
-    data_dir: PathBuf,
-}
-
-impl Controller {
-    pub fn new(image: MetadataImage, data_dir: PathBuf) -> Controller {
-        Controller {
-            image: RefCell::new(image),
-            lock: Semaphore::new(1),
-            data_dir,
-        }
-    }
-
-    /// Validates `change` against the current image, then persists and publishes the image
-    /// it returns. `change` returns per-item results and the new image (or `None` if nothing
-    /// changed).
-    async fn commit<T, F>(&self, shard: &Rc<Shard>, change: F) -> Result<T, MetadataError>
-    where
-        F: FnOnce(&MetadataImage) -> (T, Option<MetadataImage>),
-    {
-        let _permit = self
-            .lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| MetadataError::Unavailable)?;
-        let (result, next) = {
-            let current = self.image.borrow();
-            change(&current)
-        };
-        let Some(mut next) = next else {
-            return Ok(result);
-        };
-        next.version = self.image.borrow().version + 1;
-        let to_save = next.clone();
-        let data_dir = self.data_dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || store::save(&data_dir, &to_save))
-            .await
-            .map_err(|e| MetadataError::Storage(e.to_string()))?;
-        *self.image.borrow_mut() = next.clone();
-        let failures: Vec<String> = shard
-            .invoke_on_all(move |s| async move { s.apply_metadata(next).await })
-            .await
-            .into_iter()
-            .flat_map(|r| match r {
-                Ok(failures) => failures,
-                Err(e) => vec![e.to_string()],
-            })
-            .collect();
-        if let Some(first) = failures.first() {
-            tracing::error!(
-                failures = failures.len(),
-                "applying a metadata change failed on some partitions: {first}"
-            );
-        }
-        Ok(result)
-    }
-
-    /// Hands out `count` producer ids `[start, end)` (Kafka's ProducerIdManager): the new
-    /// high-water mark is on disk before any of them is used. Not published to the shards;
-    /// later changes start from this image and carry it along.
-    pub async fn allocate_producer_ids(&self, count: i64) -> Result<(i64, i64), MetadataError> {
-        let _permit = self
-            .lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| MetadataError::Unavailable)?;
-        let mut next = self.image.borrow().clone();
-        let start = next.next_producer_id;
-        let end = start
-            .checked_add(count)
-            .ok_or_else(|| MetadataError::Storage("producer ids are exhausted".into()))?;
-        next.next_producer_id = end;
-        let to_save = next.clone();
-        let data_dir = self.data_dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || store::save(&data_dir, &to_save))
-            .await
-            .map_err(|e| MetadataError::Storage(e.to_string()))?;
-        *self.image.borrow_mut() = next;
-        Ok((start, end))
-    }
-
-    pub async fn create_topics(
-        &self,
-        shard: &Rc<Shard>,
-        topics: Vec<NewTopic>,
-        validate_only: bool,
-    ) -> Vec<Result<TopicMeta, MetadataError>> {
-        let count = topics.len();
-        let outcome = self
-            .commit(shard, |current| {
-                let mut next = current.clone();
-                let results: Vec<_> = topics
-                    .into_iter()
-                    .map(|t| {
-                        let meta = check_new_topic(&next, t, shard.config.max_broker_partitions)?;
-                        next.upsert(meta.clone());
-                        Ok(meta)
-                    })
-                    .collect();
-                let changed = !validate_only && results.iter().any(Result::is_ok);
-                (results, changed.then_some(next))
-            })
-            .await;
-        outcome.unwrap_or_else(|e| vec![Err(e); count])
-    }
-
-    pub async fn delete_topics(
-        &self,
-        shard: &Rc<Shard>,
-        targets: Vec<TopicRef>,
-    ) -> Vec<Result<TopicMeta, MetadataError>> {
-        let count = targets.len();
-        self.commit(shard, |current| {
-            let mut next = current.clone();
-            let results: Vec<_> = targets
-                .into_iter()
-                .map(|target| {
-                    let topic = match &target {
-                        TopicRef::Name(name) => next
-                            .topic(name)
-                            .cloned()
-                            .ok_or(MetadataError::UnknownTopic)?,
-                        TopicRef::Id(id) => next
-                            .topic_by_id(*id)
-                            .cloned()
-                            .ok_or(MetadataError::UnknownTopicId)?,
-                    };
-                    if topic.internal {
-                        return Err(MetadataError::InvalidRequest(format!(
-                            "Internal topic {} cannot be deleted",
-                            topic.name
-                        )));
-                    }
-                    next.remove(&topic.name);
-                    Ok(topic)
-                })
-                .collect();
-            let changed = results.iter().any(Result::is_ok);
-            (results, changed.then_some(next))
-        })
-        .await
-        .unwrap_or_else(|e| vec![Err(e); count])
-    }
-
-    /// Grows topics to the given total partition counts.
-    pub async fn create_partitions(
-        &self,
-        shard: &Rc<Shard>,
-        requests: Vec<(String, i32)>,
-        validate_only: bool,
-    ) -> Vec<Result<(), MetadataError>> {
-        let count = requests.len();
-        self.commit(shard, |current| {
-            let mut next = current.clone();
-            let results: Vec<_> = requests
-                .into_iter()
-                .map(|(name, total)| {
-                    let mut topic = next.topic(&name).cloned().ok_or(MetadataError::UnknownTopic)?;
-                    if topic.internal {
-                        return Err(MetadataError::InvalidRequest(format!("Cannot add partitions to internal topic {name}")));
-                    }
-                    if total <= topic.partition_count {
-                        return Err(MetadataError::InvalidPartitions(format!(
-                            "Topic currently has {} partitions, which is higher than the requested {total}.",
-                            topic.partition_count
-                        )));
-                    }
-                    if total > MAX_PARTITIONS_PER_TOPIC {
-                        return Err(MetadataError::InvalidPartitions(format!(
-                            "Number of partitions {total} exceeds the limit of {MAX_PARTITIONS_PER_TOPIC}"
-                        )));
-                    }
-                    let added = (total - topic.partition_count) as i64;
-                    check_broker_partitions(&next, added, shard.config.max_broker_partitions)?;
-                    topic.partition_count = total;
-                    next.upsert(topic);
-                    Ok(())
-                })
-                .collect();
-            let changed = !validate_only && results.iter().any(Result::is_ok);
-            (results, changed.then_some(next))
-        })
-        .await
-        .unwrap_or_else(|e| vec![Err(e); count])
-    }
-
-    /// AlterConfigs (the non-incremental API) on topics: each topic's overrides become
-    /// exactly the configs given; every config not named reverts to its default.
-    pub async fn replace_topic_configs(
-        &self,
-        shard: &Rc<Shard>,
-        requests: Vec<(String, Vec<(String, String)>)>,
-        validate_only: bool,
-    ) -> Vec<Result<(), MetadataError>> {
-        let count = requests.len();
-        self.commit(shard, |current| {
-            let mut next = current.clone();
-            let results: Vec<_> = requests
-                .into_iter()
-                .map(|(name, configs)| {
-                    let mut topic = next
-                        .topic(&name)
-                        .cloned()
-                        .ok_or(MetadataError::UnknownTopic)?;
-                    let mut overrides = TopicOverrides::new();
-                    for (config, value) in configs {
-                        let value = topic_config::validate(&config, &value)
-                            .map_err(|e| MetadataError::InvalidConfig(e.0))?;
-                        overrides.insert(config, value);
-                    }
-                    topic.overrides = overrides;
-                    next.upsert(topic);
-                    Ok(())
-                })
-                .collect();
-            let changed = !validate_only && results.iter().any(Result::is_ok);
-            (results, changed.then_some(next))
-        })
-        .await
-        .unwrap_or_else(|e| vec![Err(e); count])
-    }
-
-    /// IncrementalAlterConfigs on topics: all of a topic's operations apply or none do.
-    pub async fn alter_topic_configs(
-        &self,
-        shard: &Rc<Shard>,
-        requests: Vec<(String, Vec<AlterOp>)>,
-        validate_only: bool,
-    ) -> Vec<Result<(), MetadataError>> {
-        let count = requests.len();
-        self.commit(shard, |current| {
-            let mut next = current.clone();
-            let results: Vec<_> = requests
-                .into_iter()
-                .map(|(name, ops)| {
-                    let mut topic = next
-                        .topic(&name)
-                        .cloned()
-                        .ok_or(MetadataError::UnknownTopic)?;
-                    topic.overrides = apply_ops(&topic.overrides, ops, shard)?;
-                    next.upsert(topic);
-                    Ok(())
-                })
-                .collect();
-            let changed = !validate_only && results.iter().any(Result::is_ok);
-            (results, changed.then_some(next))
-        })
-        .await
-        .unwrap_or_else(|e| vec![Err(e); count])
-    }
-}
-
-/// `max.broker.partitions` (KIP-578's name): partitions this broker may hold in all.
-/// Internal topics are not refused (groups must keep working), but they count.
-fn check_broker_partitions(
+/// Checks a topic to create against `image` and the names `also_taken` (topics created
+/// earlier in the same request), and returns its validated config overrides.
+pub fn validate_new_topic(
     image: &MetadataImage,
-    added: i64,
-    max_broker_partitions: i64,
-) -> Result<(), MetadataError> {
-    let total = image.partition_total();
-    if total + added > max_broker_partitions {
-        return Err(MetadataError::PolicyViolation(format!(
-            "This broker holds {total} partitions; {added} more would exceed max.broker.partitions ({max_broker_partitions})"
+    t: &NewTopic,
+    also_taken: &[&str],
+) -> Result<TopicOverrides, MetadataError> {
+    validate_topic_name(&t.name).map_err(MetadataError::InvalidTopic)?;
+    if t.name == store::METADATA_LOG_TOPIC {
+        return Err(MetadataError::InvalidRequest(format!(
+            "Creation of internal topic {} is prohibited.",
+            store::METADATA_LOG_TOPIC
         )));
     }
-    Ok(())
-}
-
-fn check_new_topic(
-    image: &MetadataImage,
-    t: NewTopic,
-    max_broker_partitions: i64,
-) -> Result<TopicMeta, MetadataError> {
-    validate_topic_name(&t.name).map_err(MetadataError::InvalidTopic)?;
     if !t.internal && t.name == OFFSETS_TOPIC {
         return Err(MetadataError::InvalidRequest(format!(
             "Creation of internal topic {OFFSETS_TOPIC} is prohibited."
         )));
     }
-    if image.topic(&t.name).is_some() {
-        return Err(MetadataError::TopicAlreadyExists(t.name));
+    if image.topic(&t.name).is_some() || also_taken.contains(&t.name.as_str()) {
+        return Err(MetadataError::TopicAlreadyExists(t.name.clone()));
     }
     // Kafka: '.' and '_' collide in metric names, so "a.b" and "a_b" cannot both exist.
     let collision_key = |n: &str| n.replace('.', "_");
     if let Some(other) = image
         .topics()
-        .find(|o| collision_key(&o.name) == collision_key(&t.name))
+        .map(|o| o.name.as_str())
+        .chain(also_taken.iter().copied())
+        .find(|o| collision_key(o) == collision_key(&t.name))
     {
         return Err(MetadataError::InvalidTopic(format!(
             "Topic '{}' collides with existing topic: {}",
-            t.name, other.name
+            t.name, other
         )));
     }
     if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&t.partitions) {
@@ -392,33 +133,68 @@ fn check_new_topic(
             t.partitions
         )));
     }
-    if !t.internal {
-        check_broker_partitions(image, t.partitions as i64, max_broker_partitions)?;
-    }
     let mut overrides = TopicOverrides::new();
-    for (name, value) in t.configs {
+    for (name, value) in &t.configs {
         let Some(value) = value else {
             return Err(MetadataError::InvalidConfig(format!(
                 "Null value not supported for topic configs: {name}"
             )));
         };
         let value =
-            topic_config::validate(&name, &value).map_err(|e| MetadataError::InvalidConfig(e.0))?;
-        overrides.insert(name, value);
+            topic_config::validate(name, value).map_err(|e| MetadataError::InvalidConfig(e.0))?;
+        overrides.insert(name.clone(), value);
     }
-    Ok(TopicMeta {
-        name: t.name,
-        id: new_topic_id(),
-        partition_count: t.partitions,
-        overrides,
-        internal: t.internal,
-    })
+    Ok(overrides)
 }
 
-fn apply_ops(
+/// Checks growing `topic` to `total` partitions (CreatePartitions).
+pub fn check_partition_increase(topic: &TopicMeta, total: i32) -> Result<(), MetadataError> {
+    let name = &topic.name;
+    if topic.internal {
+        return Err(MetadataError::InvalidRequest(format!(
+            "Cannot add partitions to internal topic {name}"
+        )));
+    }
+    if total <= topic.partition_count {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "Topic currently has {} partitions, which is higher than the requested {total}.",
+            topic.partition_count
+        )));
+    }
+    if total > MAX_PARTITIONS_PER_TOPIC {
+        return Err(MetadataError::InvalidPartitions(format!(
+            "Number of partitions {total} exceeds the limit of {MAX_PARTITIONS_PER_TOPIC}"
+        )));
+    }
+    Ok(())
+}
+
+/// The topic DeleteTopics names, if it exists and may be deleted.
+pub fn deletion_target<'a>(
+    image: &'a MetadataImage,
+    target: &TopicRef,
+) -> Result<&'a TopicMeta, MetadataError> {
+    let topic = match target {
+        TopicRef::Name(name) => image.topic(name).ok_or(MetadataError::UnknownTopic)?,
+        TopicRef::Id(id) => image
+            .topic_by_id(*id)
+            .ok_or(MetadataError::UnknownTopicId)?,
+    };
+    if topic.internal {
+        return Err(MetadataError::InvalidRequest(format!(
+            "Internal topic {} cannot be deleted",
+            topic.name
+        )));
+    }
+    Ok(topic)
+}
+
+/// Applies IncrementalAlterConfigs operations to a topic's overrides; list values a topic
+/// does not override start from `defaults`.
+pub fn apply_ops(
     current: &TopicOverrides,
     ops: Vec<AlterOp>,
-    shard: &Shard,
+    defaults: &TopicDefaults,
 ) -> Result<TopicOverrides, MetadataError> {
     let invalid = |e: topic_config::InvalidConfig| MetadataError::InvalidConfig(e.0);
     let mut next = current.clone();
@@ -426,7 +202,7 @@ fn apply_ops(
         let value = next
             .get(name)
             .cloned()
-            .unwrap_or_else(|| shard.config.topic_defaults.value(name).to_string());
+            .unwrap_or_else(|| defaults.value(name).to_string());
         value
             .split(',')
             .map(str::to_string)
@@ -494,87 +270,161 @@ fn is_list(name: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Entry points for request handlers on any shard.
+// Entry points for request handlers on any shard: every change goes to the cluster's active
+// controller (`crate::cluster`) and is answered once it is committed and served here.
 // ---------------------------------------------------------------------------------------
 
-/// Runs `work` on the controller's shard. Should that shard not answer, each of the
-/// `count` items the request named gets `Unavailable`.
-async fn on_controller<F, Fut, T>(
-    shard: &Rc<Shard>,
+/// A failure of a whole request, for each of its items.
+fn whole(error: ControllerError) -> MetadataError {
+    match error {
+        ControllerError::NotController { .. } => MetadataError::NotController(
+            "No active controller could be reached in time (the metadata quorum may be electing one); retry.".into(),
+        ),
+        ControllerError::Metadata(e) => e,
+        other => MetadataError::InvalidRequest(other.to_string()),
+    }
+}
+
+fn items<T>(count: usize, error: MetadataError) -> Vec<Result<T, MetadataError>> {
+    (0..count).map(|_| Err(error.clone())).collect()
+}
+
+/// The answer's items, or the whole failure for each item (also when the answer has a
+/// different number of items than the request, which a correct controller never sends).
+fn unpack<T>(
     count: usize,
-    work: F,
-) -> Vec<Result<T, MetadataError>>
-where
-    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-    Fut: Future<Output = Vec<Result<T, MetadataError>>> + 'static,
-    T: Clone + Send + 'static,
-{
-    shard
-        .invoke_on(CONTROLLER_SHARD, work)
-        .await
-        .unwrap_or_else(|_| vec![Err(MetadataError::Unavailable); count])
+    reply: Reply,
+    pick: impl FnOnce(ControllerReply) -> Option<Vec<Result<T, MetadataError>>>,
+) -> Vec<Result<T, MetadataError>> {
+    match reply {
+        Ok(answer) => match pick(answer) {
+            Some(results) if results.len() == count => results,
+            _ => items(
+                count,
+                MetadataError::InvalidRequest("the controller answered something else".into()),
+            ),
+        },
+        Err(e) => items(count, whole(e)),
+    }
 }
 
 pub async fn create_topics(
     shard: &Rc<Shard>,
-    topics: Vec<NewTopic>,
+    topics: Vec<CreateTopic>,
     validate_only: bool,
-) -> Vec<Result<TopicMeta, MetadataError>> {
-    on_controller(shard, topics.len(), move |s| async move {
-        s.controller()
-            .create_topics(&s, topics, validate_only)
-            .await
+) -> Vec<Result<CreatedTopic, MetadataError>> {
+    let count = topics.len();
+    if count == 0 {
+        return Vec::new();
+    }
+    let reply = cluster::call(
+        shard,
+        ControllerRequest::CreateTopics {
+            topics,
+            validate_only,
+        },
+    )
+    .await;
+    unpack(count, reply, |r| match r {
+        ControllerReply::CreateTopics(results) => Some(results),
+        _ => None,
     })
-    .await
 }
 
 pub async fn delete_topics(
     shard: &Rc<Shard>,
     targets: Vec<TopicRef>,
 ) -> Vec<Result<TopicMeta, MetadataError>> {
-    on_controller(shard, targets.len(), move |s| async move {
-        s.controller().delete_topics(&s, targets).await
+    let count = targets.len();
+    if count == 0 {
+        return Vec::new();
+    }
+    let reply = cluster::call(shard, ControllerRequest::DeleteTopics { topics: targets }).await;
+    unpack(count, reply, |r| match r {
+        ControllerReply::DeleteTopics(results) => Some(results),
+        _ => None,
     })
-    .await
 }
 
+/// Grows topics to the given total partition counts.
 pub async fn create_partitions(
     shard: &Rc<Shard>,
-    requests: Vec<(String, i32)>,
+    requests: Vec<PartitionsIncrease>,
     validate_only: bool,
 ) -> Vec<Result<(), MetadataError>> {
-    on_controller(shard, requests.len(), move |s| async move {
-        s.controller()
-            .create_partitions(&s, requests, validate_only)
-            .await
+    let count = requests.len();
+    if count == 0 {
+        return Vec::new();
+    }
+    let reply = cluster::call(
+        shard,
+        ControllerRequest::CreatePartitions {
+            topics: requests,
+            validate_only,
+        },
+    )
+    .await;
+    unpack(count, reply, |r| match r {
+        ControllerReply::CreatePartitions(results) => Some(results),
+        _ => None,
     })
-    .await
 }
 
+/// IncrementalAlterConfigs on topics: all of a topic's operations apply or none do.
 pub async fn alter_topic_configs(
     shard: &Rc<Shard>,
     requests: Vec<(String, Vec<AlterOp>)>,
     validate_only: bool,
 ) -> Vec<Result<(), MetadataError>> {
-    on_controller(shard, requests.len(), move |s| async move {
-        s.controller()
-            .alter_topic_configs(&s, requests, validate_only)
-            .await
+    let count = requests.len();
+    if count == 0 {
+        return Vec::new();
+    }
+    let reply = cluster::call(
+        shard,
+        ControllerRequest::AlterConfigs {
+            topics: requests,
+            validate_only,
+        },
+    )
+    .await;
+    unpack(count, reply, |r| match r {
+        ControllerReply::AlterConfigs(results) => Some(results),
+        _ => None,
     })
-    .await
 }
 
+/// AlterConfigs (the non-incremental API) on topics: each topic's overrides become exactly
+/// the configs given; every config not named reverts to its default. Sent as incremental
+/// operations that remove every other config, so the controller applies it atomically
+/// against its own view of the topic.
 pub async fn replace_topic_configs(
     shard: &Rc<Shard>,
     requests: Vec<(String, Vec<(String, String)>)>,
     validate_only: bool,
 ) -> Vec<Result<(), MetadataError>> {
-    on_controller(shard, requests.len(), move |s| async move {
-        s.controller()
-            .replace_topic_configs(&s, requests, validate_only)
-            .await
-    })
-    .await
+    let image = shard.metadata();
+    let requests = requests
+        .into_iter()
+        .map(|(topic, configs)| {
+            // A topic this node does not know gets no removals (the controller answers
+            // UNKNOWN_TOPIC_OR_PARTITION when it does not know it either).
+            let known = image.topic(&topic).is_some();
+            let mut ops: Vec<AlterOp> = topic_config::TOPIC_CONFIGS
+                .iter()
+                .filter(|_| known)
+                .filter(|def| !configs.iter().any(|(name, _)| name == def.name))
+                .map(|def| AlterOp::Delete(def.name.to_string()))
+                .collect();
+            ops.extend(
+                configs
+                    .into_iter()
+                    .map(|(name, value)| AlterOp::Set(name, value)),
+            );
+            (topic, ops)
+        })
+        .collect();
+    alter_topic_configs(shard, requests, validate_only).await
 }
 
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if it
@@ -583,18 +433,22 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
     if let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC) {
         return Ok(topic.clone());
     }
-    let topic = NewTopic {
-        name: OFFSETS_TOPIC.to_string(),
-        partitions: shard.config.offsets_topic_num_partitions,
-        configs: vec![
-            ("cleanup.policy".into(), Some("compact".into())),
-            // Kafka's offsets.topic.segment.bytes default.
-            ("segment.bytes".into(), Some("104857600".into())),
-        ],
-        internal: true,
+    let topic = CreateTopic {
+        topic: NewTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: shard.config.offsets_topic_num_partitions,
+            configs: vec![
+                ("cleanup.policy".into(), Some("compact".into())),
+                // Kafka's offsets.topic.segment.bytes default.
+                ("segment.bytes".into(), Some("104857600".into())),
+            ],
+            internal: true,
+        },
+        replication_factor: -1,
+        assignments: Vec::new(),
     };
     match create_topics(shard, vec![topic], false).await.pop() {
-        Some(Ok(meta)) => Ok(meta),
+        Some(Ok(created)) => Ok(created.topic),
         // Created concurrently by another caller: fine.
         Some(Err(MetadataError::TopicAlreadyExists(_))) => shard
             .metadata()

@@ -1,10 +1,14 @@
 //! Cluster metadata on this node: topics, their ids, partition counts and config overrides,
 //! and which shard owns each partition.
 //!
-//! Control plane. Every change goes through [`controller`] on shard 0, which persists it
-//! under the data directory and then hands each shard its own copy of the new
-//! [`MetadataImage`]; request handlers only ever read their shard's copy.
+//! Control plane. Every change goes through the cluster's active controller
+//! (`crate::cluster`, via the entry points in [`controller`]), which commits it to the
+//! metadata log; each shard then gets its own copy of the new image (a
+//! `controller::image::ClusterImage`, whose topics part is a [`MetadataImage`]); request
+//! handlers only ever read their shard's copy. [`store`] keeps the partition directory
+//! layout and reads the metadata file of data directories written before clusters.
 
+pub mod cluster;
 pub mod controller;
 pub mod ownership;
 pub mod producer_ids;
@@ -34,7 +38,7 @@ pub struct TopicId(pub uuid::Uuid);
 pub struct PartitionId(pub i32);
 
 /// A broker's `node.id`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub i32);
 
 /// A partition leader epoch (KIP-101).
@@ -144,6 +148,26 @@ impl MetadataImage {
         self.names_by_id.remove(&topic.id);
         Some(topic)
     }
+
+    /// Changes the topic with id `id` in place (its partition count or overrides; its name
+    /// and id stay). `false` if there is no such topic.
+    pub fn update_topic(&mut self, id: TopicId, change: impl FnOnce(&mut TopicMeta)) -> bool {
+        let Some(topic) = self
+            .names_by_id
+            .get(&id)
+            .and_then(|name| self.topics.get_mut(name))
+        else {
+            return false;
+        };
+        change(topic);
+        assert_eq!(topic.id, id, "update_topic must not change a topic's id");
+        assert_eq!(
+            self.names_by_id.get(&id),
+            Some(&topic.name),
+            "update_topic must not change a topic's name"
+        );
+        true
+    }
 }
 
 /// Why a topic name is not legal (Kafka: INVALID_TOPIC_EXCEPTION).
@@ -195,13 +219,24 @@ pub fn random_u128() -> u128 {
 
 /// A new random (version 4) topic id; never the all-zero id, which Kafka reserves.
 pub fn new_topic_id() -> TopicId {
-    TopicId(uuid::Builder::from_random_bytes(random_u128().to_be_bytes()).into_uuid())
+    topic_id_from_bits(random_u128())
+}
+
+/// The topic id made of 128 random bits (a version 4 UUID, so never the nil id).
+pub fn topic_id_from_bits(bits: u128) -> TopicId {
+    TopicId(uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid())
 }
 
 /// A new cluster id in Kafka's format: a random UUID in URL-safe base64 without padding.
 pub fn new_cluster_id() -> String {
+    cluster_id_from_bits(random_u128())
+}
+
+/// The cluster id made of 128 random bits, in Kafka's format (a version 4 UUID in
+/// URL-safe base64 without padding).
+pub fn cluster_id_from_bits(bits: u128) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = uuid::Builder::from_random_bytes(random_u128().to_be_bytes())
+    let bytes = uuid::Builder::from_random_bytes(bits.to_be_bytes())
         .into_uuid()
         .into_bytes();
     let mut out = String::with_capacity(22);

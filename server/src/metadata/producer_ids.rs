@@ -1,12 +1,14 @@
-//! Producer ids for idempotent producers (KIP-98). The controller on shard 0 persists a
-//! high-water mark and hands each shard a block of ids below it (Kafka's
-//! ProducerIdManager), so InitProducerId writes metadata once per block, not per call, and
-//! an id is never handed out twice, across restarts included.
+//! Producer ids for idempotent producers (KIP-98). Each shard takes a block of ids from the
+//! cluster's active controller, which records the block in the metadata log (KIP-730's
+//! AllocateProducerIds), so InitProducerId writes metadata once per block, not per call,
+//! and an id is never handed out twice, across restarts and brokers included.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::metadata::controller::{MetadataError, CONTROLLER_SHARD};
+use crate::cluster;
+use crate::controller::requests::{ControllerError, ControllerReply, ControllerRequest};
+use crate::metadata::controller::MetadataError;
 use crate::shard::Shard;
 
 /// Ids a shard takes from the controller at a time (Kafka's block size).
@@ -46,14 +48,24 @@ pub async fn next_producer_id(shard: &Rc<Shard>) -> Result<i64, MetadataError> {
         if let Some(id) = shard.producer_ids.take() {
             return Ok(id);
         }
-        let (start, end) = shard
-            .invoke_on(CONTROLLER_SHARD, |s| async move {
-                s.controller()
-                    .allocate_producer_ids(PRODUCER_ID_BLOCK_SIZE)
-                    .await
-            })
+        let broker_epoch = cluster::broker_epoch(shard)
             .await
-            .map_err(|_| MetadataError::Unavailable)??;
+            .ok_or(MetadataError::Unavailable)?;
+        let request = ControllerRequest::AllocateProducerIds {
+            node: shard.node_id(),
+            broker_epoch,
+        };
+        let (start, end) = match cluster::call(shard, request).await {
+            Ok(ControllerReply::ProducerIds(block)) => {
+                (block.first, block.first + i64::from(block.count))
+            }
+            Ok(_) => return Err(MetadataError::Unavailable),
+            Err(ControllerError::Metadata(e)) => return Err(e),
+            Err(e) => {
+                tracing::debug!("no producer ids from the controller: {e}");
+                return Err(MetadataError::Unavailable);
+            }
+        };
         shard.producer_ids.install(start, end);
     }
     shard.producer_ids.take().ok_or(MetadataError::Unavailable)

@@ -1,13 +1,11 @@
-//! Persistence of the metadata under the data directory, and the partition directory layout
-//! (`<data>/<topic>-<partition>`, Kafka's).
+//! The data directory's layout (`<data>/<topic>-<partition>`, Kafka's; the metadata log's
+//! directory) and the metadata file of data directories written before clusters existed,
+//! which start-up takes over into the metadata log (`crate::cluster::startup`).
 //!
-//! The metadata file is rewritten whole on every change (write a temporary file, fsync it,
-//! rename it over the old one, fsync the directory), so a crash leaves either the old or the
-//! new version. It is written before partitions are opened and before partition directories
-//! are deleted, which makes it the commit point: on start, a partition directory the file
-//! does not list is what remains of a deletion interrupted by a crash.
+//! That file was rewritten whole on every change (temporary file, fsync, rename, fsync of
+//! the directory); `save` still writes it that way, for tests that make such directories.
 //!
-//! These functions block; shards call them through `spawn_blocking`.
+//! These functions block; they run at start-up, before any shard, or on a blocking thread.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,6 +22,11 @@ use crate::metadata::{
 /// The metadata file's name in the data directory. It cannot be mistaken for a partition
 /// directory, whose names end in `-<digits>`.
 pub const METADATA_FILE: &str = "wharf-metadata.toml";
+/// The directory of the cluster's metadata log (Kafka's name for it). Its name has a
+/// partition directory's shape, so the topic `__cluster_metadata` is reserved.
+pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
+/// The topic name the metadata log's directory would belong to.
+pub const METADATA_LOG_TOPIC: &str = "__cluster_metadata";
 const METADATA_TMP_FILE: &str = "wharf-metadata.toml.tmp";
 const FORMAT_VERSION: u32 = 1;
 
@@ -180,6 +183,9 @@ pub fn scan_partition_dirs(data_dir: &Path) -> std::io::Result<Vec<FoundPartitio
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        if name == METADATA_LOG_DIR {
+            continue;
+        }
         let Some((topic, partition)) = name.rsplit_once('-') else {
             continue;
         };

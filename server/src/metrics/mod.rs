@@ -161,6 +161,8 @@ pub struct ShardSnapshot {
     pub connections: u64,
     pub partitions: Vec<PartitionSnapshot>,
     pub groups: Vec<GroupSummary>,
+    /// The control plane's figures (from shard 0 only).
+    pub control: Option<crate::cluster::ControlSnapshot>,
 }
 
 impl ShardSnapshot {
@@ -199,6 +201,7 @@ impl ShardSnapshot {
             connections: shard.connections.get() as u64,
             partitions,
             groups,
+            control: crate::cluster::ControlPlane::get().map(|c| c.snapshot()),
         }
     }
 
@@ -221,6 +224,9 @@ impl ShardSnapshot {
         self.connections += other.connections;
         self.partitions.extend(other.partitions);
         self.groups.extend(other.groups);
+        if other.control.is_some() {
+            self.control = other.control;
+        }
     }
 }
 

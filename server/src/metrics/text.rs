@@ -277,6 +277,82 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
         }
     }
 
+    if let Some(c) = &all.control {
+        family(
+            &mut out,
+            "wharf_controller_bad_frames_total",
+            "counter",
+            "Frames refused on the controller listener (each closed its connection).",
+        );
+        sample(
+            &mut out,
+            "wharf_controller_bad_frames_total",
+            &[],
+            c.bad_frames,
+        );
+        family(
+            &mut out,
+            "wharf_metadata_log_write_stalls_total",
+            "counter",
+            "Times a metadata log write failed (a full disk) and metadata changes waited for it.",
+        );
+        sample(
+            &mut out,
+            "wharf_metadata_log_write_stalls_total",
+            &[],
+            c.write_stalls,
+        );
+        family(
+            &mut out,
+            "wharf_metadata_log_stalled",
+            "gauge",
+            "1 while a metadata log write is failing and being retried.",
+        );
+        sample(
+            &mut out,
+            "wharf_metadata_log_stalled",
+            &[],
+            u64::from(c.writes_stalled),
+        );
+        family(
+            &mut out,
+            "wharf_metadata_applied_offset",
+            "gauge",
+            "The metadata log offset this node has applied.",
+        );
+        sample(
+            &mut out,
+            "wharf_metadata_applied_offset",
+            &[],
+            c.applied_offset,
+        );
+        family(
+            &mut out,
+            "wharf_metadata_quorum_term",
+            "gauge",
+            "The metadata quorum's Raft term as this node knows it.",
+        );
+        sample(&mut out, "wharf_metadata_quorum_term", &[], c.term);
+        family(
+            &mut out,
+            "wharf_metadata_quorum_leader",
+            "gauge",
+            "The node id of the metadata quorum's leader (-1 while none is known).",
+        );
+        sample(&mut out, "wharf_metadata_quorum_leader", &[], c.leader);
+        family(
+            &mut out,
+            "wharf_controller_active",
+            "gauge",
+            "1 on the active controller, 0 elsewhere.",
+        );
+        sample(
+            &mut out,
+            "wharf_controller_active",
+            &[],
+            u8::from(c.active_controller),
+        );
+    }
     family(
         &mut out,
         "wharf_shards",

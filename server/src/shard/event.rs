@@ -57,6 +57,37 @@ impl Future for LatchWait {
     }
 }
 
+/// A wake-up for one waiting task: [`Notify::notify`] sets a flag that the next (or the
+/// current) [`Notify::notified`] consumes. Notifications while nobody waits are kept (as
+/// one), so none is lost between a check and a wait.
+#[derive(Default)]
+pub struct Notify {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves at the next notification (at once if one is pending), consuming it.
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// One waiter's flag, which any number of [`Watchers`] lists may fire.
 #[derive(Default)]
 pub struct WakeSlot {

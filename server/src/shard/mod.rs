@@ -17,10 +17,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 use wharf_engine::BatchCache;
 
 use crate::config::BrokerConfig;
-use crate::metadata::controller::Controller;
+use crate::controller::image::ClusterImage;
 use crate::metadata::ownership::owner_shard;
 use crate::metadata::topic_config::EffectiveConfig;
-use crate::metadata::{MetadataImage, TopicMeta, TopicPartition};
+use crate::metadata::{NodeId, TopicMeta, TopicPartition};
 use crate::partition::{PartitionRegistry, OPEN_CONCURRENCY};
 use crate::shard::event::Latch;
 use crate::shard::mesh::{Mesh, MeshHandle};
@@ -42,13 +42,23 @@ pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// I/O memory each executor registers with io_uring (RLIMIT_MEMLOCK is often small).
 const EXECUTOR_IO_MEMORY_BYTES: usize = 1 << 20;
 
+/// A partition this shard could not open or delete while applying a metadata image.
+#[derive(Clone, Debug)]
+pub struct PartitionFailure {
+    pub message: String,
+    /// The disk was full (creating a new partition's directory or files): the partition is
+    /// opened once there is room; nothing on disk is wrong.
+    pub no_space: bool,
+}
+
 /// Everything one shard owns. Lives in an `Rc` on its executor; never crosses threads.
 pub struct Shard {
     pub id: ShardId,
     pub shard_count: usize,
     pub config: BrokerConfig,
     pub mesh: Mesh,
-    metadata: RefCell<Rc<MetadataImage>>,
+    /// The committed cluster metadata, as the control plane last published it.
+    metadata: RefCell<Rc<ClusterImage>>,
     pub partitions: PartitionRegistry,
     pub cache: Rc<BatchCache>,
     /// Bytes of produce requests read from sockets and not yet answered. A connection
@@ -59,7 +69,8 @@ pub struct Shard {
     pub request_budget: budget::Budget,
     /// Records being converted (message formats, codecs) and their converted copies.
     pub conversions: budget::Conversions,
-    controller: Option<Controller>,
+    /// Set once this node has caught up with the cluster and may serve clients.
+    pub cluster_ready: Rc<Latch>,
     /// Set when the broker shuts down: stop accepting and reading new requests.
     pub shutdown: Rc<Latch>,
     /// Set when this shard's executor should exit.
@@ -73,14 +84,7 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(
-        id: ShardId,
-        config: BrokerConfig,
-        image: MetadataImage,
-        mesh: Mesh,
-    ) -> Shard {
-        let controller = (id == crate::metadata::controller::CONTROLLER_SHARD)
-            .then(|| Controller::new(image.clone(), config.data_dir.clone()));
+    pub(crate) fn new(id: ShardId, config: BrokerConfig, image: ClusterImage, mesh: Mesh) -> Shard {
         Shard {
             id,
             shard_count: config.shards,
@@ -95,7 +99,7 @@ impl Shard {
             mesh,
             metadata: RefCell::new(Rc::new(image)),
             partitions: PartitionRegistry::default(),
-            controller,
+            cluster_ready: Latch::new(),
             shutdown: Latch::new(),
             stopped: Latch::new(),
             connections: Cell::new(0),
@@ -118,15 +122,20 @@ impl Shard {
     }
 
     /// This shard's current copy of the metadata.
-    pub fn metadata(&self) -> Rc<MetadataImage> {
+    pub fn metadata(&self) -> Rc<ClusterImage> {
         self.metadata.borrow().clone()
     }
 
-    /// The metadata controller; only shard 0 has one.
-    pub fn controller(&self) -> &Controller {
-        self.controller
-            .as_ref()
-            .expect("the controller runs on shard 0 and is only called there")
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.config.node_id)
+    }
+
+    /// Whether this node holds a replica of `tp` in `image`.
+    pub fn hosts(&self, image: &ClusterImage, tp: TopicPartition) -> bool {
+        image
+            .partition(tp.topic_id, tp.partition)
+            .is_some_and(|p| p.replicas.contains(&self.node_id()))
     }
 
     pub fn owner_of(&self, tp: TopicPartition) -> ShardId {
@@ -137,19 +146,21 @@ impl Shard {
         self.owner_of(tp) == self.id
     }
 
-    /// Takes a new metadata image: deletes partitions that are gone, applies changed
-    /// configs, opens partitions this shard now owns. Returns what failed, as text.
-    pub async fn apply_metadata(self: &Rc<Self>, image: MetadataImage) -> Vec<String> {
+    /// Takes a new metadata image: deletes partitions that are gone (or no longer held by
+    /// this node), applies changed configs, opens partitions this shard now owns. Returns
+    /// what failed. Applying the same image again retries what failed.
+    pub async fn apply_metadata(self: &Rc<Self>, image: ClusterImage) -> Vec<PartitionFailure> {
         let image = Rc::new(image);
         let old = self.metadata.replace(image.clone());
         let mut failures = Vec::new();
         for tp in self.partitions.keys() {
-            let keep = image
-                .topic_by_id(tp.topic_id)
-                .is_some_and(|t| t.has_partition(tp.partition));
+            let keep = self.hosts(&image, tp);
             if !keep {
                 if let Err(e) = self.partitions.delete(tp).await {
-                    failures.push(format!("deleting {tp:?}: {e}"));
+                    failures.push(PartitionFailure {
+                        message: format!("deleting {tp:?}: {e}"),
+                        no_space: false,
+                    });
                 }
             }
         }
@@ -177,11 +188,12 @@ impl Shard {
         failures
     }
 
-    /// Opens every partition of `image` this shard owns and has not opened yet.
+    /// Opens every partition of `image` that this node holds, this shard owns and is not
+    /// open yet.
     pub(crate) async fn open_owned_partitions(
         self: &Rc<Self>,
-        image: &MetadataImage,
-    ) -> Vec<String> {
+        image: &ClusterImage,
+    ) -> Vec<PartitionFailure> {
         let mut todo: Vec<(TopicMeta, TopicPartition)> = Vec::new();
         for topic in image.topics() {
             for partition in topic.partitions() {
@@ -189,7 +201,7 @@ impl Shard {
                     topic_id: topic.id,
                     partition,
                 };
-                if self.is_local(tp) && !self.partitions.contains(tp) {
+                if self.is_local(tp) && self.hosts(image, tp) && !self.partitions.contains(tp) {
                     todo.push((topic.clone(), tp));
                 }
             }
@@ -217,11 +229,16 @@ impl Shard {
                                 shard.cache.clone(),
                             )
                             .await;
-                        result.map_err(|e| {
-                            format!(
+                        result.map_err(|e| PartitionFailure {
+                            no_space: matches!(
+                                &e,
+                                wharf_engine::EngineError::Io { source, .. }
+                                    if wharf_engine::storage::is_no_space(source)
+                            ),
+                            message: format!(
                                 "cannot open partition {}-{}: {e}",
                                 topic.name, tp.partition.0
-                            )
+                            ),
                         })
                     })
                 })
@@ -252,6 +269,13 @@ impl Shard {
     }
 }
 
+/// What shard 0 starts the control plane from: the metadata log read at start-up and the
+/// bound controller listener (when this node has one).
+pub struct ControlStart {
+    pub prepared: crate::cluster::startup::Prepared,
+    pub controller_listener: Option<std::net::TcpListener>,
+}
+
 /// What a shard reports to the main thread once it serves (or why it cannot).
 pub type ReadyReport = Result<ShardId, String>;
 
@@ -260,8 +284,9 @@ pub struct ShardStart {
     pub id: ShardId,
     pub cpu: Option<usize>,
     pub config: BrokerConfig,
-    pub image: MetadataImage,
     pub mesh: MeshHandle,
+    /// What shard 0 starts the control plane from (the other shards get `None`).
+    pub control: Option<ControlStart>,
     pub ready: mpsc::Sender<ReadyReport>,
     /// The bound metrics listener, given to shard 0 only (when metrics are on).
     pub metrics_listener: Option<std::net::TcpListener>,
@@ -276,8 +301,9 @@ pub fn spawn(start: ShardStart) -> std::io::Result<glommio::ExecutorJoinHandle<(
     LocalExecutorBuilder::new(placement)
         .name(&format!("wharf-shard-{}", start.id.0))
         .io_memory(EXECUTOR_IO_MEMORY_BYTES)
-        // Shard 0 parks one blocking thread waiting for SIGTERM; metadata saves need another.
-        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2))
+        // Shard 0 parks one blocking thread waiting for SIGTERM; resolving peers' names and
+        // tidying the data dir need others.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(3))
         .spawn(move || run(start))
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
@@ -286,8 +312,8 @@ async fn run(start: ShardStart) {
     let ShardStart {
         id,
         config,
-        image,
         mesh,
+        control,
         ready,
         metrics_listener,
         ..
@@ -299,14 +325,57 @@ async fn run(start: ShardStart) {
             return;
         }
     };
-    let initial = image.clone();
-    let shard = Rc::new(Shard::new(id, config, image, mesh));
+    let shard = Rc::new(Shard::new(id, config, ClusterImage::empty(), mesh));
     Mesh::start(&shard);
 
-    let failures = shard.open_owned_partitions(&initial).await;
-    if let Some(first) = failures.into_iter().next() {
-        let _ = ready.send(Err(first));
-        return;
+    // Clients are served once this node has caught up with the cluster's metadata and is
+    // unfenced (its partitions are open and led by it): shard 0 brings the control plane
+    // up and then tells the others.
+    if id == crate::metadata::controller::CONTROLLER_SHARD {
+        glommio::spawn_local(watch_for_termination(shard.clone())).detach();
+        let Some(control) = control else {
+            let _ = ready.send(Err("shard 0 was started without the control plane".into()));
+            return;
+        };
+        let up = shard
+            .unless_shutdown(crate::cluster::startup::bring_up(
+                &shard,
+                control.prepared,
+                control.controller_listener,
+            ))
+            .await;
+        match up {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+            None => {
+                shard.stopped.wait().await;
+                return;
+            }
+        }
+        for other in 1..shard.shard_count {
+            let _ = shard
+                .invoke_on(ShardId(other), |s| async move { s.cluster_ready.set() })
+                .await;
+        }
+        shard.cluster_ready.set();
+    } else {
+        let up = futures_lite::future::or(
+            async {
+                shard.cluster_ready.wait().await;
+                true
+            },
+            async {
+                shard.stopped.wait().await;
+                false
+            },
+        )
+        .await;
+        if !up {
+            return;
+        }
     }
     let listener = match crate::net::listen(shard.config.listen) {
         Ok(l) => l,
@@ -324,9 +393,6 @@ async fn run(start: ShardStart) {
     ))
     .detach();
     glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
-    if id == crate::metadata::controller::CONTROLLER_SHARD {
-        glommio::spawn_local(watch_for_termination(shard.clone())).detach();
-    }
     if let Some(listener) = metrics_listener {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
@@ -351,6 +417,7 @@ async fn watch_for_termination(shard: Rc<Shard>) {
         .spawn_blocking(crate::broker::wait_for_termination_signal)
         .await;
     tracing::info!("{signal}: shutting down");
+    crate::cluster::controlled_shutdown(&shard).await;
     shard
         .invoke_on_all(|s| async move { s.drain().await })
         .await;

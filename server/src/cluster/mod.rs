@@ -1,0 +1,608 @@
+//! The cluster's control plane at run time: the glommio driver of this node's
+//! [`ControllerNode`] (the pure state machine of `crate::controller`), on shard 0.
+//!
+//! - [`ControlPlane`] owns the node: it ticks it, steps the Raft messages and requests that
+//!   arrive, carries out each Ready (sends messages, makes the metadata log durable through
+//!   [`disk`] before anything that depends on it leaves, applies what is committed) and
+//!   hands every new committed image to all shards, the way metadata always reached them.
+//! - [`call`] is how any shard asks for a metadata change: the request goes to this node's
+//!   controller when it is the active one, else it is forwarded to the active controller
+//!   over the controller listener ([`net`]); the answer comes once the change is committed
+//!   and this node's shards serve it.
+//! - [`lifecycle`] registers this node as a broker and heartbeats (KIP-631), and says when
+//!   the node has caught up and may serve clients.
+//! - [`startup`] opens the metadata log at start (and takes over a data directory written
+//!   before clusters existed).
+//!
+//! See docs/cluster.md.
+
+pub mod disk;
+pub mod lifecycle;
+pub mod net;
+pub mod startup;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use wharf_protocol::controller as wire;
+
+use crate::controller::image::ClusterImage;
+use crate::controller::node::{ControllerNode, NodeEvent};
+use crate::controller::quorum::TICK_MS;
+use crate::controller::requests::{ControllerError, ControllerRequest, Reply, Token};
+use crate::metadata::controller::CONTROLLER_SHARD;
+use crate::metadata::NodeId;
+use crate::shard::event::Notify;
+use crate::shard::{now_ms, oneshot, Shard};
+
+use disk::GlommioDisk;
+
+/// How long a metadata change may take, elections and forwarding included, before the
+/// caller gets a retriable error.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one forwarded request may wait for its answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the controller works on a forwarded request before answering that it timed
+/// out: within the forwarder's own wait, so the answer reaches it.
+const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_millis(4_500);
+/// How long an answer waits for this node's own image to reach the change it reports.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts to reach the active controller.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause between attempts to create partitions that did not fit on a full disk.
+const OPEN_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// Most inputs queued for the node (they pile up only while the driver waits for the disk).
+pub const MAX_QUEUED_INPUTS: usize = 4096;
+
+/// The answer to a request that was not committed in time.
+fn timed_out() -> ControllerError {
+    ControllerError::Metadata(crate::metadata::controller::MetadataError::TimedOut(
+        "The metadata change was not committed in time: the controller cannot write its metadata log (is its disk full?). The change may still be made once it can; check before retrying.".into(),
+    ))
+}
+
+/// Something for the node, queued until the driver is between two Readys (raft-rs takes no
+/// input between `ready()` and `advance()`).
+pub enum Input {
+    Raft(wire::RaftMessage),
+    Request(Token, ControllerRequest),
+    Unreachable(NodeId),
+}
+
+thread_local! {
+    static CONTROL_PLANE: RefCell<Option<Rc<ControlPlane>>> = const { RefCell::new(None) };
+}
+
+/// What the metrics endpoint shows of the control plane.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ControlSnapshot {
+    pub term: u64,
+    pub leader: i32,
+    pub active_controller: bool,
+    pub applied_offset: u64,
+    pub bad_frames: u64,
+    pub writes_stalled: bool,
+    pub write_stalls: u64,
+}
+
+/// This node's controller and its driver. Lives on shard 0 only.
+pub struct ControlPlane {
+    shard: Rc<Shard>,
+    me: NodeId,
+    node: RefCell<ControllerNode>,
+    disk: GlommioDisk,
+    inbox: RefCell<VecDeque<Input>>,
+    wake: Notify,
+    waiters: RefCell<HashMap<Token, oneshot::Sender<(Reply, u64)>>>,
+    next_token: Cell<Token>,
+    leader: Cell<Option<NodeId>>,
+    /// The newest committed image not yet handed to the shards.
+    pending_image: RefCell<Option<ClusterImage>>,
+    offered_offset: Cell<u64>,
+    publish_wake: Notify,
+    published_offset: Cell<u64>,
+    published_waiters: RefCell<Vec<(u64, oneshot::Sender<()>)>>,
+    /// Partitions that failed to open or delete while applying an image.
+    publish_failures: RefCell<Vec<String>>,
+    peers: net::Peers,
+    pub broker: lifecycle::BrokerState,
+    /// Frames refused on the controller listener (the peer's connection was closed).
+    bad_frames: Cell<u64>,
+    /// A metadata log write is failing and being retried.
+    writes_stalled: Cell<bool>,
+    /// Times a metadata log write failed and had to wait (each stall counted once).
+    write_stalls: Cell<u64>,
+    /// Inputs dropped or refused because the queue was full during a stall.
+    dropped_inputs: Cell<u64>,
+}
+
+impl ControlPlane {
+    /// The control plane of this shard, if it runs one (shard 0 of a started broker).
+    pub fn get() -> Option<Rc<ControlPlane>> {
+        CONTROL_PLANE.with(|c| c.borrow().clone())
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// `controller.quorum.voters` as Raft knows them.
+    pub fn voter_ids(&self) -> Vec<u64> {
+        self.shard
+            .config
+            .cluster
+            .voters
+            .iter()
+            .map(|v| v.id as u64)
+            .collect()
+    }
+
+    /// The quorum leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.get()
+    }
+
+    /// The image this node's shards serve is at least at this metadata offset.
+    pub fn published_offset(&self) -> u64 {
+        self.published_offset.get()
+    }
+
+    /// The committed image this node has applied (possibly ahead of the shards').
+    pub fn image(&self) -> ClusterImage {
+        self.node.borrow().image().clone()
+    }
+
+    pub fn snapshot(&self) -> ControlSnapshot {
+        let node = self.node.borrow();
+        let status = node.status();
+        ControlSnapshot {
+            term: status.quorum.term,
+            leader: self.leader.get().map_or(-1, |l| l.0),
+            active_controller: status.active_controller,
+            applied_offset: status.applied_offset,
+            bad_frames: self.bad_frames.get(),
+            writes_stalled: self.writes_stalled.get(),
+            write_stalls: self.write_stalls.get(),
+        }
+    }
+
+    pub(crate) fn count_bad_frame(&self) {
+        self.bad_frames.set(self.bad_frames.get() + 1);
+    }
+
+    /// Queues something for the node and wakes the driver. The queue is bounded: while the
+    /// driver waits for the disk, Raft messages beyond [`MAX_QUEUED_INPUTS`] are dropped
+    /// (Raft resends) and requests are refused at once, as if they had timed out.
+    pub(crate) fn input(&self, input: Input) {
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.len() >= MAX_QUEUED_INPUTS {
+            self.dropped_inputs.set(self.dropped_inputs.get() + 1);
+            if let Input::Request(token, _) = input {
+                drop(inbox);
+                if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
+                    tx.send((Err(timed_out()), 0));
+                }
+            }
+            return;
+        }
+        inbox.push_back(input);
+        drop(inbox);
+        self.wake.notify();
+    }
+
+    /// A request for this node's own controller (the node answers NOT_CONTROLLER when it is
+    /// not the active one). Resolves to the answer and the metadata offset it was given at.
+    ///
+    /// Without an answer within `timeout` (the metadata log cannot be written) the answer is
+    /// REQUEST_TIMED_OUT; the change may still be made later, as with Kafka's timeouts.
+    pub(crate) async fn submit_local(
+        &self,
+        request: ControllerRequest,
+        timeout: Duration,
+    ) -> (Reply, u64) {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(token, tx);
+        self.input(Input::Request(token, request));
+        let answer = futures_lite::future::or(async { Some(rx.await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        match answer {
+            Some(Some(answer)) => answer,
+            Some(None) => (Err(ControllerError::NotController { leader: None }), 0),
+            None => {
+                self.waiters.borrow_mut().remove(&token);
+                (Err(timed_out()), 0)
+            }
+        }
+    }
+
+    /// Asks the active controller, wherever it is, and answers once the change is served by
+    /// this node's shards. NOT_CONTROLLER from a node that lost leadership sends the request
+    /// to the one it names; without a controller for [`CALL_TIMEOUT`] the answer is
+    /// NOT_CONTROLLER, which clients retry.
+    pub async fn call(self: &Rc<Self>, request: ControllerRequest) -> Reply {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut hint: Option<NodeId> = None;
+        let mut last_error = ControllerError::NotController { leader: None };
+        while Instant::now() < deadline {
+            let target = hint.take().or_else(|| self.leader());
+            let Some(target) = target else {
+                glommio::timer::sleep(RETRY_BACKOFF).await;
+                continue;
+            };
+            let (reply, offset) = if target == self.me {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.submit_local(request.clone(), left).await
+            } else {
+                match self.peers.request(target, &request, FORWARD_TIMEOUT).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        tracing::debug!(
+                            controller = target.0,
+                            "cannot reach the active controller: {e}"
+                        );
+                        glommio::timer::sleep(RETRY_BACKOFF).await;
+                        continue;
+                    }
+                }
+            };
+            match reply {
+                Err(ControllerError::NotController { leader }) => {
+                    last_error = ControllerError::NotController { leader };
+                    // Retry where the answer points, unless it points back to the node
+                    // that just said no; two nodes with stale views must not bounce a
+                    // request between them without pause.
+                    hint = leader.filter(|l| *l != target);
+                    let pause = if hint.is_some() {
+                        Duration::from_millis(10)
+                    } else {
+                        RETRY_BACKOFF
+                    };
+                    glommio::timer::sleep(pause).await;
+                }
+                answer => {
+                    self.wait_published(offset, CATCH_UP_TIMEOUT).await;
+                    return answer;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Waits until this node's shards serve an image at `offset` or later (bounded).
+    pub async fn wait_published(&self, offset: u64, timeout: Duration) -> bool {
+        if self.published_offset.get() >= offset {
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.published_waiters.borrow_mut().push((offset, tx));
+        futures_lite::future::or(async { rx.await.is_some() }, async {
+            glommio::timer::sleep(timeout).await;
+            false
+        })
+        .await
+    }
+
+    /// The driver: inputs and ticks in, Readys carried out.
+    async fn run(self: Rc<Self>) {
+        let tick = Duration::from_millis(TICK_MS as u64);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            futures_lite::future::or(self.wake.notified(), glommio::timer::sleep(wait)).await;
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+            }
+            self.turn().await;
+        }
+    }
+
+    /// One turn of the driver: everything queued goes in, then every Ready is carried out.
+    async fn turn(&self) {
+        let now = now_ms();
+        {
+            let inputs: Vec<Input> = self.inbox.borrow_mut().drain(..).collect();
+            let mut node = self.node.borrow_mut();
+            for input in inputs {
+                match input {
+                    Input::Raft(m) => {
+                        // Checked on arrival; a refusal here is a message that became
+                        // stray meanwhile, harmless.
+                        if let Err(e) = node.step(m) {
+                            tracing::debug!("raft message not stepped: {e}");
+                        }
+                    }
+                    Input::Request(token, request) => node.request(now, token, request),
+                    Input::Unreachable(peer) => node.report_unreachable(peer),
+                }
+            }
+            node.tick(now);
+        }
+        loop {
+            let ready = self.node.borrow_mut().ready();
+            let Some(ready) = ready else { break };
+            self.peers.send(ready.send);
+            self.perform(&ready.writes).await;
+            self.peers.send(ready.send_after_writes);
+            let advance = self.node.borrow_mut().advance();
+            self.peers.send(advance.send);
+            self.perform(&advance.writes).await;
+        }
+        self.after_turn();
+    }
+
+    /// Makes writes durable, in order. A failed write (a full disk) is made again after a
+    /// pause until it succeeds: this Ready's messages, answers and everything after it wait,
+    /// the broker keeps serving what it has, and callers of [`ControlPlane::call`] get an
+    /// error once their timeout passes. A failed `fdatasync` stops the process: the kernel
+    /// may have dropped the unsynced pages (fsyncgate), so only a restart from what is
+    /// really on disk is safe. KRaft halts the process the same way.
+    async fn perform(&self, writes: &[crate::controller::log_store::DiskOp]) {
+        let stalled_since: Cell<Option<Instant>> = Cell::new(None);
+        let result = disk::perform_all(&self.disk, writes, disk::RetryPolicy::default(), |s| {
+            if s.attempts == 1 {
+                stalled_since.set(Some(Instant::now()));
+                self.write_stalls.set(self.write_stalls.get() + 1);
+                let what = if wharf_engine::storage::is_no_space(s.error) {
+                    "the disk is full"
+                } else {
+                    "a write failed"
+                };
+                tracing::error!(
+                    "{what}: the metadata log cannot be written ({op}: {error}); metadata changes wait (and time out) until it can, the broker goes on serving; trying again",
+                    op = disk::op_name(s.op),
+                    error = s.error
+                );
+            } else {
+                tracing::debug!(
+                    attempts = s.attempts,
+                    "the metadata log still cannot be written ({}: {})",
+                    disk::op_name(s.op),
+                    s.error
+                );
+            }
+            self.writes_stalled.set(true);
+        })
+        .await;
+        if let Err((op, e)) = result {
+            tracing::error!(
+                "fdatasync of the metadata log failed ({op_name}): {e}; stopping, since what it covered may be lost: restart the broker to recover from what is on disk",
+                op_name = disk::op_name(op)
+            );
+            eprintln!(
+                "wharf: fdatasync of the metadata log failed: {e}; stopping (restart to recover from what is on disk)"
+            );
+            std::process::exit(74);
+        }
+        if let Some(since) = stalled_since.get() {
+            let stalled = since.elapsed();
+            tracing::info!(
+                stalled_ms = stalled.as_millis() as u64,
+                "the metadata log is written again"
+            );
+            self.writes_stalled.set(false);
+            // The time the controller could not work does not count against the brokers'
+            // sessions: their heartbeats waited in the queue meanwhile.
+            self.node
+                .borrow_mut()
+                .pause_sessions(stalled.as_millis() as i64);
+        }
+    }
+
+    /// Answers, events and the new image after a turn.
+    fn after_turn(&self) {
+        let (replies, events, applied) = {
+            let mut node = self.node.borrow_mut();
+            (
+                node.take_replies(),
+                node.take_events(),
+                node.image().applied_offset(),
+            )
+        };
+        for (token, reply) in replies {
+            if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
+                tx.send((reply, applied));
+            }
+        }
+        for event in events {
+            match event {
+                NodeEvent::LeaderChanged { term, leader } => {
+                    self.leader.set(leader);
+                    match leader {
+                        Some(l) if l == self.me => {
+                            tracing::info!(term, "this node leads the metadata quorum")
+                        }
+                        Some(l) => {
+                            tracing::info!(term, leader = l.0, "the metadata quorum has a leader")
+                        }
+                        None => tracing::info!(term, "the metadata quorum is electing a leader"),
+                    }
+                }
+                NodeEvent::ClusterBootstrapped { cluster_id } => {
+                    tracing::info!(cluster_id = %cluster_id, "cluster metadata bootstrapped")
+                }
+                NodeEvent::ApplyError(e) => tracing::error!("{e}"),
+                NodeEvent::BadEntry { index, error } => {
+                    tracing::error!("metadata entry {index} cannot be read: {error}")
+                }
+                NodeEvent::SnapshotInstalled { index } => {
+                    tracing::info!(index, "installed a metadata snapshot from the leader")
+                }
+                NodeEvent::Compacted { index } => {
+                    tracing::debug!(index, "metadata log compacted")
+                }
+            }
+        }
+        if applied > self.offered_offset.get() {
+            self.offered_offset.set(applied);
+            *self.pending_image.borrow_mut() = Some(self.node.borrow().image().clone());
+            self.publish_wake.notify();
+        }
+    }
+
+    /// Hands each new image to every shard, one after the other, newest first when several
+    /// piled up; then releases whoever waits for it. Partitions that could not be created
+    /// for want of space are tried again every [`OPEN_RETRY_INTERVAL`] until they open.
+    async fn publish(self: Rc<Self>) {
+        let mut waiting_for_space = false;
+        loop {
+            if waiting_for_space {
+                let woken = futures_lite::future::or(
+                    async {
+                        self.publish_wake.notified().await;
+                        true
+                    },
+                    async {
+                        glommio::timer::sleep(OPEN_RETRY_INTERVAL).await;
+                        false
+                    },
+                )
+                .await;
+                if !woken && self.pending_image.borrow().is_none() {
+                    let image = self.node.borrow().image().clone();
+                    *self.pending_image.borrow_mut() = Some(image);
+                }
+            } else {
+                self.publish_wake.notified().await;
+            }
+            let Some(image) = self.pending_image.borrow_mut().take() else {
+                continue;
+            };
+            let offset = image.applied_offset();
+            let failures: Vec<crate::shard::PartitionFailure> = self
+                .shard
+                .invoke_on_all(move |s| async move { s.apply_metadata(image).await })
+                .await
+                .into_iter()
+                .flat_map(|r| match r {
+                    Ok(failures) => failures,
+                    Err(e) => vec![crate::shard::PartitionFailure {
+                        message: e.to_string(),
+                        no_space: false,
+                    }],
+                })
+                .collect();
+            let (no_space, failures): (Vec<_>, Vec<_>) =
+                failures.into_iter().partition(|f| f.no_space);
+            match (no_space.first(), waiting_for_space) {
+                (Some(first), false) => tracing::error!(
+                    partitions = no_space.len(),
+                    "the disk is full: some partitions cannot be created; they are served once there is room ({})",
+                    first.message
+                ),
+                (None, true) => {
+                    tracing::info!("the partitions that were waiting for disk space are open")
+                }
+                _ => {}
+            }
+            waiting_for_space = !no_space.is_empty();
+            if let Some(first) = failures.first() {
+                tracing::error!(
+                    failures = failures.len(),
+                    "applying a metadata change failed on some partitions: {}",
+                    first.message
+                );
+                self.publish_failures
+                    .borrow_mut()
+                    .extend(failures.into_iter().map(|f| f.message));
+            }
+            self.published_offset.set(offset);
+            let released: Vec<oneshot::Sender<()>> = {
+                let mut waiters = self.published_waiters.borrow_mut();
+                let (done, rest): (Vec<_>, Vec<_>) =
+                    waiters.drain(..).partition(|(o, _)| *o <= offset);
+                *waiters = rest;
+                done.into_iter().map(|(_, tx)| tx).collect()
+            };
+            for tx in released {
+                tx.send(());
+            }
+        }
+    }
+}
+
+pub use crate::controller::node::QuorumView;
+
+/// The metadata quorum as this node sees it, from any shard (`None`: no control plane, the
+/// node is stopping).
+pub async fn quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
+    shard
+        .invoke_on(CONTROLLER_SHARD, |_| async move {
+            ControlPlane::get().map(|c| c.node.borrow().quorum_view())
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Asks the active controller for a metadata change, from any shard (see
+/// [`ControlPlane::call`]).
+pub async fn call(shard: &Rc<Shard>, request: ControllerRequest) -> Reply {
+    shard
+        .invoke_on(CONTROLLER_SHARD, move |_| async move {
+            match ControlPlane::get() {
+                Some(control) => control.call(request).await,
+                None => Err(ControllerError::NotController { leader: None }),
+            }
+        })
+        .await
+        .unwrap_or(Err(ControllerError::NotController { leader: None }))
+}
+
+/// How long a stopping broker waits for the controller to fence it.
+const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Controlled shutdown (KIP-631): before a broker of a cluster of several nodes stops, it
+/// asks the controller to fence it, so its partitions are marked without a leader at once
+/// (not after `broker.session.timeout.ms`) and its next process registers without waiting
+/// for this one's session to run out. A lone node skips it: nobody else serves anything.
+/// Bounded: without an answer the broker stops anyway.
+pub async fn controlled_shutdown(shard: &Rc<Shard>) {
+    let Some(control) = ControlPlane::get() else {
+        return;
+    };
+    if shard.config.cluster.voters.len() < 2 {
+        return;
+    }
+    let Some(broker_epoch) = control.broker.epoch() else {
+        return;
+    };
+    control.broker.stop();
+    let request = ControllerRequest::Heartbeat(crate::controller::requests::Heartbeat {
+        node: control.me,
+        broker_epoch,
+        applied_offset: control.published_offset(),
+        want_fence: false,
+        want_shut_down: true,
+    });
+    let answered = futures_lite::future::or(async { Some(control.call(request).await) }, async {
+        glommio::timer::sleep(CONTROLLED_SHUTDOWN_TIMEOUT).await;
+        None
+    })
+    .await;
+    match answered {
+        Some(Ok(_)) => tracing::info!("controlled shutdown: the controller fenced this broker"),
+        Some(Err(e)) => tracing::warn!("controlled shutdown not acknowledged: {e}"),
+        None => tracing::warn!(
+            "controlled shutdown not acknowledged within {} s; stopping anyway",
+            CONTROLLED_SHUTDOWN_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The current registration epoch of this broker, once registered (from any shard).
+pub async fn broker_epoch(shard: &Rc<Shard>) -> Option<i64> {
+    shard
+        .invoke_on(CONTROLLER_SHARD, |_| async move {
+            ControlPlane::get().and_then(|c| c.broker.epoch())
+        })
+        .await
+        .ok()
+        .flatten()
+}

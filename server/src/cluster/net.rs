@@ -1,0 +1,497 @@
+//! The controller listener and the connections to the other voters.
+//!
+//! Every frame is `length u32 | flatbuffers Frame` (`wharf_protocol::controller`). The
+//! length is checked against `MAX_FRAME_BYTES` before anything of the frame is read, and
+//! memory grows only with the bytes that actually arrive; the frame then passes the
+//! flatbuffers verifier and the checks of `crate::controller::{rpc, wire}` before it
+//! reaches the node. A frame that fails any of this — garbage, an oversized length, a
+//! response where a request belongs, a Raft message from a node that is not a voter or for
+//! another node — closes that connection and is counted (`wharf_controller_bad_frames_total`).
+//!
+//! Outgoing, each other voter has one connection from this node, opened when there is
+//! something to send and re-opened with backoff after a failure (the node is told the peer
+//! is unreachable, so Raft probes it instead of streaming into the void). Raft messages and
+//! forwarded requests share it; answers come back on it by correlation id. Raft messages
+//! that cannot be sent are dropped: Raft resends what matters.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use wharf_protocol::controller::{
+    self as wire, decode_frame, encode_frame, split_frame, Body, Frame, FrameError, MAX_FRAME_BYTES,
+};
+
+use crate::cluster::{ControlPlane, Input};
+use crate::config::ClusterConfig;
+use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
+use crate::controller::rpc::{self, Incoming};
+use crate::metadata::controller::MetadataError;
+use crate::metadata::NodeId;
+use crate::net::halves::{self, ReadHalf, WriteHalf};
+use crate::shard::event::{Latch, Notify};
+use crate::shard::oneshot;
+
+/// Controller connections accepted at once; more are closed at once. Voters need one each.
+pub const MAX_CONTROLLER_CONNECTIONS: usize = 32;
+/// Requests one incoming connection may have in flight; past this it is not read.
+const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
+/// A frame that has started arriving must be complete within this.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of frames queued for one peer; Raft messages past this are dropped.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Reads the next frame into `buf` (which keeps what arrived after it); `Ok(None)` when the
+/// peer closed the connection between frames.
+async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        if let Some(frame) = split_frame(buf, MAX_FRAME_BYTES).map_err(|e| e.to_string())? {
+            return Ok(Some(frame));
+        }
+        let read = reader.read(&mut chunk);
+        let n = if buf.is_empty() {
+            read.await.map_err(|e| e.to_string())?
+        } else {
+            // A frame has started: it must not hold memory indefinitely.
+            futures_lite::future::or(async { read.await.map_err(|e| e.to_string()) }, async {
+                glommio::timer::sleep(FRAME_READ_TIMEOUT).await;
+                Err(format!(
+                    "a frame took more than {} s to arrive",
+                    FRAME_READ_TIMEOUT.as_secs()
+                ))
+            })
+            .await?
+        };
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err("connection closed in the middle of a frame".into())
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Writes frames from `queue` until the connection fails or `stop` is set.
+async fn write_frames(
+    writer: &mut WriteHalf,
+    queue: &RefCell<VecDeque<Bytes>>,
+    queued_bytes: Option<&Cell<usize>>,
+    wake: &Notify,
+    stop: &Rc<Latch>,
+) -> Result<(), String> {
+    loop {
+        let next = queue.borrow_mut().pop_front();
+        match next {
+            Some(frame) => {
+                if let Some(q) = queued_bytes {
+                    q.set(q.get().saturating_sub(frame.len()));
+                }
+                writer.write_all(&frame).await.map_err(|e| e.to_string())?;
+            }
+            None => {
+                writer.flush().await.map_err(|e| e.to_string())?;
+                if stop.is_set() {
+                    return Ok(());
+                }
+                futures_lite::future::or(wake.notified(), stop.wait()).await;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Incoming: the controller listener
+// ---------------------------------------------------------------------------------------
+
+/// Accepts controller connections until the process ends.
+pub async fn serve(control: Rc<ControlPlane>, listener: TcpListener) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if open.get() >= MAX_CONTROLLER_CONNECTIONS {
+                    tracing::warn!("too many controller connections; closing a new one");
+                    drop(stream);
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let control = control.clone();
+                let open = open.clone();
+                glommio::spawn_local(async move {
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    serve_connection(control, stream, &peer).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!("accepting a controller connection failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Why an incoming frame is refused.
+fn check_incoming(control: &ControlPlane, frame: &Bytes) -> Result<(u64, Incoming), String> {
+    let frame = decode_frame(frame).map_err(|e: FrameError| e.to_string())?;
+    let correlation_id = frame.correlation_id;
+    let incoming = rpc::incoming_from_frame(frame).map_err(|e| e.to_string())?;
+    if let Incoming::Raft(m) = &incoming {
+        let voters: Vec<u64> = control.voter_ids();
+        crate::controller::wire::from_wire(m.clone(), &voters, control.me.0 as u64)
+            .map_err(|e| format!("raft message refused: {e}"))?;
+    }
+    Ok((correlation_id, incoming))
+}
+
+async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &str) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer, cut) = halves::split(stream);
+    let out: Rc<RefCell<VecDeque<Bytes>>> = Rc::new(RefCell::new(VecDeque::new()));
+    let out_wake = Rc::new(Notify::default());
+    let stop = Latch::new();
+    let inflight = Rc::new(Cell::new(0usize));
+    let writer_task = {
+        let (out, out_wake, stop) = (out.clone(), out_wake.clone(), stop.clone());
+        glommio::spawn_local(async move {
+            let _ = write_frames(&mut writer, &out, None, &out_wake, &stop).await;
+        })
+    };
+    let mut buf = BytesMut::new();
+    loop {
+        while inflight.get() >= MAX_INFLIGHT_PER_CONNECTION {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let frame = match read_frame(&mut reader, &mut buf).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(reason) => {
+                refuse(&control, peer, &reason);
+                break;
+            }
+        };
+        let (correlation_id, incoming) = match check_incoming(&control, &frame) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                refuse(&control, peer, &reason);
+                break;
+            }
+        };
+        match incoming {
+            Incoming::Raft(m) => control.input(Input::Raft(m)),
+            Incoming::Request(ControllerRequest::RegisterBroker(r))
+                if !control.voter_ids().contains(&(r.node.0 as u64)) =>
+            {
+                // Every broker is a voter for now: a registration from another node id is
+                // refused (brokers that are only brokers come later), and changes nothing.
+                tracing::warn!(
+                    peer,
+                    node = r.node.0,
+                    "refusing the registration of a node that is not a voter"
+                );
+                let refusal: Reply = Err(ControllerError::Metadata(MetadataError::InvalidRequest(
+                    format!(
+                        "node {} is not among controller.quorum.voters; brokers that are not voters are not supported yet",
+                        r.node.0
+                    ),
+                )));
+                queue_answer(
+                    &out,
+                    &out_wake,
+                    rpc::reply_to_frame(correlation_id, &refusal),
+                );
+            }
+            Incoming::Request(request) => {
+                inflight.set(inflight.get() + 1);
+                let (control, out, out_wake, inflight) = (
+                    control.clone(),
+                    out.clone(),
+                    out_wake.clone(),
+                    inflight.clone(),
+                );
+                glommio::spawn_local(async move {
+                    let (reply, offset) = control
+                        .submit_local(request, super::FORWARDED_REQUEST_TIMEOUT)
+                        .await;
+                    let mut frame = rpc::reply_to_frame(correlation_id, &reply);
+                    frame.metadata_offset = offset;
+                    queue_answer(&out, &out_wake, frame);
+                    inflight.set(inflight.get() - 1);
+                })
+                .detach();
+            }
+            Incoming::FetchMetadata(f) => {
+                let max_bytes = u64::from(f.max_bytes).min(MAX_FRAME_BYTES as u64 / 2);
+                let fetched = control
+                    .node
+                    .borrow()
+                    .fetch_metadata(f.from_offset, max_bytes);
+                let frame =
+                    rpc::fetch_reply_to_frame(correlation_id, &fetched, &control.voter_ids());
+                queue_answer(&out, &out_wake, frame);
+            }
+        }
+    }
+    stop.set();
+    cut.shut_down();
+    writer_task.await;
+}
+
+fn queue_answer(out: &RefCell<VecDeque<Bytes>>, wake: &Notify, frame: Frame) {
+    match encode_frame(&frame) {
+        Ok(bytes) => {
+            out.borrow_mut().push_back(bytes);
+            wake.notify();
+        }
+        Err(e) => tracing::error!("cannot encode a controller answer: {e}"),
+    }
+}
+
+fn refuse(control: &ControlPlane, peer: &str, reason: &str) {
+    control.count_bad_frame();
+    tracing::warn!(peer, "closing a controller connection: {reason}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Outgoing: one connection to each other voter
+// ---------------------------------------------------------------------------------------
+
+struct Peer {
+    id: NodeId,
+    host: String,
+    port: u16,
+    queue: RefCell<VecDeque<Bytes>>,
+    queued_bytes: Cell<usize>,
+    wake: Notify,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Frame>>>,
+    next_correlation_id: Cell<u64>,
+    /// Whether the last failure to reach it was logged (once per outage).
+    logged_down: Cell<bool>,
+}
+
+/// The other voters, as destinations.
+pub struct Peers {
+    peers: HashMap<NodeId, Rc<Peer>>,
+}
+
+impl Peers {
+    pub fn new(config: &ClusterConfig, me: NodeId) -> Peers {
+        let peers = config
+            .voters
+            .iter()
+            .filter(|v| v.id != me.0)
+            .filter_map(|v| {
+                let (host, port) = v.address.clone()?;
+                Some((
+                    NodeId(v.id),
+                    Rc::new(Peer {
+                        id: NodeId(v.id),
+                        host,
+                        port,
+                        queue: RefCell::new(VecDeque::new()),
+                        queued_bytes: Cell::new(0),
+                        wake: Notify::default(),
+                        pending: RefCell::new(HashMap::new()),
+                        next_correlation_id: Cell::new(1),
+                        logged_down: Cell::new(false),
+                    }),
+                ))
+            })
+            .collect();
+        Peers { peers }
+    }
+
+    /// Starts each peer's connection task.
+    pub fn start(&self, control: &Rc<ControlPlane>) {
+        for peer in self.peers.values() {
+            glommio::spawn_local(peer.clone().run(control.clone())).detach();
+        }
+    }
+
+    /// Queues Raft messages for their voters.
+    pub fn send(&self, messages: Vec<wire::RaftMessage>) {
+        for m in messages {
+            let Some(peer) = self.peers.get(&NodeId(m.to as i32)) else {
+                continue;
+            };
+            match encode_frame(&Frame::new(0, Body::Raft(m))) {
+                Ok(bytes) => peer.enqueue(bytes, false),
+                Err(e) => tracing::error!("cannot encode a raft message: {e}"),
+            }
+        }
+    }
+
+    /// Forwards `request` to voter `to` and waits (at most `timeout`) for the answer and
+    /// the metadata offset it was given at.
+    pub async fn request(
+        &self,
+        to: NodeId,
+        request: &ControllerRequest,
+        timeout: Duration,
+    ) -> Result<(Reply, u64), String> {
+        let peer = self
+            .peers
+            .get(&to)
+            .ok_or_else(|| format!("node {} is not a voter this node can reach", to.0))?;
+        let correlation_id = peer.next_correlation_id.get();
+        peer.next_correlation_id.set(correlation_id + 1);
+        let bytes = encode_frame(&rpc::request_to_frame(correlation_id, request))
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        peer.pending.borrow_mut().insert(correlation_id, tx);
+        peer.enqueue(bytes, true);
+        let answer = futures_lite::future::or(async { rx.await.ok_or("connection lost") }, async {
+            glommio::timer::sleep(timeout).await;
+            Err("no answer in time")
+        })
+        .await;
+        peer.pending.borrow_mut().remove(&correlation_id);
+        let frame = answer.map_err(|e| format!("node {}: {e}", to.0))?;
+        let offset = frame.metadata_offset;
+        let reply = rpc::reply_from_frame(frame).map_err(|e| e.to_string())?;
+        Ok((reply, offset))
+    }
+}
+
+impl Peer {
+    fn enqueue(&self, bytes: Bytes, always: bool) {
+        if !always && self.queued_bytes.get() + bytes.len() > MAX_QUEUED_BYTES {
+            tracing::debug!(
+                peer = self.id.0,
+                "dropping a raft message: the queue is full"
+            );
+            return;
+        }
+        self.queued_bytes.set(self.queued_bytes.get() + bytes.len());
+        self.queue.borrow_mut().push_back(bytes);
+        self.wake.notify();
+    }
+
+    /// Forgets everything queued and fails every request waiting for an answer.
+    fn fail_all(&self) {
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+        self.pending.borrow_mut().clear();
+    }
+
+    async fn address(&self) -> Result<SocketAddr, String> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let target = format!("{}:{}", self.host, self.port);
+        let shown = target.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                target
+                    .to_socket_addrs()
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
+            })
+            .await
+            .map_err(|e| format!("cannot resolve {shown}: {e}"))
+    }
+
+    async fn run(self: Rc<Peer>, control: Rc<ControlPlane>) {
+        let mut backoff = MIN_RECONNECT_BACKOFF;
+        loop {
+            while self.queue.borrow().is_empty() {
+                self.wake.notified().await;
+            }
+            let connected = match self.address().await {
+                Ok(addr) => TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("cannot connect to {addr}: {e}")),
+                Err(e) => Err(e),
+            };
+            let result = match connected {
+                Ok(stream) => {
+                    if self.logged_down.replace(false) {
+                        tracing::info!(peer = self.id.0, "reached controller {}", self.id.0);
+                    }
+                    backoff = MIN_RECONNECT_BACKOFF;
+                    self.serve(stream, &control).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                if !self.logged_down.replace(true) {
+                    tracing::warn!(
+                        peer = self.id.0,
+                        "controller {} unreachable: {e}",
+                        self.id.0
+                    );
+                }
+            }
+            self.fail_all();
+            control.input(Input::Unreachable(self.id));
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+        }
+    }
+
+    /// Writes queued frames and reads answers until the connection fails.
+    async fn serve(&self, stream: TcpStream, control: &Rc<ControlPlane>) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer, cut) = halves::split(stream);
+        let stop = Latch::new();
+        let reading = async {
+            let mut buf = BytesMut::new();
+            let result = loop {
+                let frame = match read_frame(&mut reader, &mut buf).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break Err("closed by the peer".to_string()),
+                    Err(e) => break Err(e),
+                };
+                match decode_frame(&frame) {
+                    Ok(frame) if !matches!(frame.body, Body::Raft(_)) => {
+                        if let Some(tx) = self.pending.borrow_mut().remove(&frame.correlation_id) {
+                            tx.send(frame);
+                        }
+                    }
+                    Ok(_) => {
+                        control.count_bad_frame();
+                        break Err("a raft message on an outgoing connection".into());
+                    }
+                    Err(e) => {
+                        control.count_bad_frame();
+                        break Err(e.to_string());
+                    }
+                }
+            };
+            stop.set();
+            result
+        };
+        let writing = async {
+            let result = write_frames(
+                &mut writer,
+                &self.queue,
+                Some(&self.queued_bytes),
+                &self.wake,
+                &stop,
+            )
+            .await;
+            stop.set();
+            cut.shut_down();
+            result
+        };
+        let (read, write) = futures_lite::future::zip(reading, writing).await;
+        write.and(read)
+    }
+}

@@ -1,0 +1,298 @@
+//! What the simulator checks: the committed log as first applied anywhere (the oracle),
+//! each node's image against a replay of it, one leader per term, acknowledged changes,
+//! and at the end, convergence.
+
+use super::*;
+
+#[derive(Default)]
+pub(super) struct Oracle {
+    /// The committed log as first applied anywhere: index i at `entries[i - 1]`.
+    pub(super) entries: Vec<(u64, Bytes)>,
+    /// A replay of `entries` from nothing.
+    pub(super) image: ClusterImage,
+    /// `digests[i]`: the image digest after index i.
+    pub(super) digests: Vec<u64>,
+    pub(super) leaders: BTreeMap<u64, u64>,
+    pub(super) created: BTreeSet<u128>,
+    pub(super) deleted: BTreeSet<u128>,
+    pub(super) registrations: BTreeSet<(i32, i64, u128)>,
+    pub(super) producer_blocks: Vec<(i64, i64)>,
+}
+
+pub(super) fn digest(image: &ClusterImage) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    encode_records(&image.snapshot_records()).hash(&mut h);
+    image.applied_offset().hash(&mut h);
+    h.finish()
+}
+
+impl World {
+    pub(super) fn oracle_apply(
+        &mut self,
+        i: Idx,
+        index: u64,
+        term: u64,
+        data: Bytes,
+    ) -> Result<(), String> {
+        let len = self.oracle.entries.len() as u64;
+        if index <= len {
+            let (t, d) = &self.oracle.entries[index as usize - 1];
+            if *t != term || *d != data {
+                return Err(format!(
+                    "node {} applied a different entry at index {index} (term {term}) than the one committed there before (term {t})",
+                    i + 1
+                ));
+            }
+            return Ok(());
+        }
+        if index != len + 1 {
+            return Err(format!(
+                "node {} applied entry {index}, but the committed log known so far ends at {len}",
+                i + 1
+            ));
+        }
+        let records = if data.is_empty() {
+            Vec::new()
+        } else {
+            decode_records(&data).map_err(|e| format!("committed entry {index}: {e}"))?
+        };
+        let errors = self.oracle.image.apply(index, term, &records);
+        if let Some(e) = errors.first() {
+            return Err(format!("committed entry {index} does not replay: {e}"));
+        }
+        self.oracle
+            .image
+            .check_invariants()
+            .map_err(|e| format!("after committed entry {index}: {e}"))?;
+        for r in &records {
+            match r {
+                MetadataRecord::TopicCreated { id, .. } => {
+                    self.oracle.created.insert(id.0.as_u128());
+                }
+                MetadataRecord::TopicDeleted { id } => {
+                    self.oracle.deleted.insert(id.0.as_u128());
+                }
+                MetadataRecord::BrokerRegistered(b) => {
+                    self.oracle.registrations.insert((
+                        b.node_id.0,
+                        b.broker_epoch,
+                        b.incarnation_id,
+                    ));
+                }
+                MetadataRecord::BrokerFenced { .. } => self.stats.brokers_fenced += 1,
+                _ => {}
+            }
+        }
+        self.oracle.entries.push((term, data));
+        self.oracle.digests.push(digest(&self.oracle.image));
+        self.stats.committed_entries = index;
+        Ok(())
+    }
+
+    /// The node's image equals the replay of the committed log at its offset.
+    pub(super) fn check_node(&mut self, i: Idx) -> Result<(), String> {
+        let n = &mut self.nodes[i];
+        let Some(node) = n.live.as_ref() else {
+            return Ok(());
+        };
+        let offset = node.image().applied_offset();
+        if offset == n.checked_offset {
+            return Ok(());
+        }
+        n.checked_offset = offset;
+        let Some(expected) = self.oracle.digests.get(offset as usize) else {
+            return Err(format!(
+                "node {} is at offset {offset}, beyond the committed log ({})",
+                i + 1,
+                self.oracle.entries.len()
+            ));
+        };
+        if digest(node.image()) != *expected {
+            return Err(format!(
+                "node {}'s image at offset {offset} differs from a replay of the committed log",
+                i + 1
+            ));
+        }
+        if let Some(spec) = node.controller_image() {
+            spec.check_invariants()
+                .map_err(|e| format!("node {}'s controller image: {e}", i + 1))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_leaders(&mut self) -> Result<(), String> {
+        for n in &self.nodes {
+            let Some(node) = n.live.as_ref() else {
+                continue;
+            };
+            let status = node.status();
+            self.stats.max_term = self.stats.max_term.max(status.quorum.term);
+            if status.quorum.role == StateRole::Leader {
+                let id = n.id.0 as u64;
+                if let Some(other) = self.oracle.leaders.insert(status.quorum.term, id) {
+                    if other != id {
+                        return Err(format!(
+                            "two leaders in term {}: nodes {other} and {id}",
+                            status.quorum.term
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_acknowledged(
+        &mut self,
+        request: &ControllerRequest,
+        reply: &ControllerReply,
+    ) -> Result<(), String> {
+        match reply {
+            ControllerReply::CreateTopics(items) => {
+                let validate_only = matches!(
+                    request,
+                    ControllerRequest::CreateTopics {
+                        validate_only: true,
+                        ..
+                    }
+                );
+                for created in items.iter().flatten() {
+                    if !validate_only
+                        && !self.oracle.created.contains(&created.topic.id.0.as_u128())
+                    {
+                        return Err(format!(
+                            "topic {} was acknowledged but its creation is not in the committed log",
+                            created.topic.name
+                        ));
+                    }
+                }
+            }
+            ControllerReply::DeleteTopics(items) => {
+                for deleted in items.iter().flatten() {
+                    if !self.oracle.deleted.contains(&deleted.id.0.as_u128()) {
+                        return Err(format!(
+                            "topic {} was acknowledged deleted but that is not in the committed log",
+                            deleted.name
+                        ));
+                    }
+                }
+            }
+            ControllerReply::ProducerIds(block) => {
+                let (first, end) = (block.first, block.first + block.count as i64);
+                if self.oracle.image.next_producer_id() < end {
+                    return Err(format!(
+                        "producer ids {first}..{end} were handed out before being committed"
+                    ));
+                }
+                if let Some((a, b)) = self
+                    .oracle
+                    .producer_blocks
+                    .iter()
+                    .find(|(a, b)| first < *b && *a < end)
+                {
+                    return Err(format!(
+                        "producer ids {first}..{end} overlap the block {a}..{b} handed out before"
+                    ));
+                }
+                self.oracle.producer_blocks.push((first, end));
+            }
+            ControllerReply::BrokerRegistration { broker_epoch } => {
+                if let ControllerRequest::RegisterBroker(r) = request {
+                    if !self.oracle.registrations.contains(&(
+                        r.node.0,
+                        *broker_epoch,
+                        r.incarnation_id,
+                    )) {
+                        return Err(format!(
+                            "broker {} was acknowledged registered with epoch {broker_epoch}, which is not in the committed log",
+                            r.node.0
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The end
+    // -----------------------------------------------------------------------------------
+
+    pub(super) fn final_checks(&mut self) -> Result<(), String> {
+        let mut leaders = Vec::new();
+        let mut max_term = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let node = n
+                .live
+                .as_ref()
+                .ok_or_else(|| format!("node {} is not running after the calm phase", i + 1))?;
+            let status = node.status();
+            max_term = max_term.max(status.quorum.term);
+            if status.quorum.role == StateRole::Leader {
+                leaders.push((i, status.quorum.term, node.is_active_controller()));
+            }
+            if node.image().applied_offset() < self.marked_committed {
+                return Err(format!(
+                    "node {} applied {} entries after the calm phase; {} were committed two seconds before its end",
+                    i + 1,
+                    node.image().applied_offset(),
+                    self.marked_committed
+                ));
+            }
+        }
+        match leaders.as_slice() {
+            [(_, term, true)] if *term == max_term => {}
+            _ => {
+                return Err(format!(
+                    "after the calm phase the leaders are {leaders:?} (node, term, active); expected one active controller in term {max_term}"
+                ))
+            }
+        }
+        if !self.final_change_sent || !self.final_change_acknowledged {
+            return Err("the last change of the calm phase was not acknowledged".into());
+        }
+        for ((caller, token), o) in &self.outstanding {
+            if o.at_ms < self.now - 5_000 {
+                return Err(format!(
+                    "request {token} of caller {caller} to node {} has had no answer for {} ms",
+                    o.to + 1,
+                    self.now - o.at_ms
+                ));
+            }
+        }
+        let image = self.oracle.image.clone();
+        for b in &self.brokers {
+            let registration = image.broker(b.id);
+            if b.silent_in_calm {
+                if registration.is_some_and(|r| !r.fenced) {
+                    return Err(format!(
+                        "broker {} has been silent for {} ms but is not fenced",
+                        b.id.0, self.opts.heal_ms
+                    ));
+                }
+            } else {
+                match registration {
+                    Some(r) if !r.fenced && r.incarnation_id == b.incarnation => {}
+                    other => {
+                        return Err(format!(
+                            "broker {} is alive and heartbeating but its registration is {other:?}",
+                            b.id.0
+                        ))
+                    }
+                }
+                if let Some(f) = &b.follower {
+                    if f.image().applied_offset() < self.marked_committed {
+                        return Err(format!(
+                            "broker {} followed the log to {}; {} entries were committed two seconds before the end",
+                            b.id.0,
+                            f.image().applied_offset(),
+                            self.marked_committed
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

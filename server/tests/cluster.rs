@@ -1,0 +1,659 @@
+//! Clusters of real `wharf` processes on loopback: voters of one metadata quorum sharing one
+//! view of topics, partitions and leaders; the loss of the active controller; a node that
+//! comes back and catches up; hostile frames on the controller port; and the one-node
+//! cluster's metadata log (restart after SIGKILL, taking over a data dir written before
+//! clusters existed).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, InitProducerIdRequest, MetadataRequest, MetadataResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
+use rdkafka::admin::ResourceSpecifier;
+use rdkafka::producer::FutureRecord;
+use wharf_protocol::controller::{
+    decode_frame, encode_frame, Body, BrokerRegistrationRequest, ErrorKind, Frame, Listener,
+    RaftMessage,
+};
+
+use common::raw::{error_code, produce_one, record_batch, topic_name, KafkaConn};
+use common::{client, http, unique_topic, Broker};
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// Not a performance assertion: a generous bound on a failover, on a busy debug build.
+const FAILOVER_GUARD: Duration = Duration::from_secs(30);
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+/// `n` ports free right now on loopback, below the kernel's ephemeral range (32768 and up
+/// by default), so no outgoing connection of another node can be given one of them while a
+/// voter is down and keep it from listening there again after a restart. Bound together,
+/// so they differ, then released.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut next = 20_000 + (std::process::id() % 10_000) as u16;
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    for _ in 0..5_000 {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", next)) {
+            listeners.push(l);
+        }
+        next = if next >= 32_000 { 20_000 } else { next + 1 };
+    }
+    assert_eq!(
+        listeners.len(),
+        n,
+        "no {n} free ports below 32000 on loopback"
+    );
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Starts `n` voters of one quorum at once (each waits for the others before it serves).
+/// Returns the nodes (node id `i + 1` at index `i`) and their controller ports.
+fn start_cluster(n: usize) -> (Vec<Broker>, Vec<u16>) {
+    let ports = free_ports(n);
+    let voters = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let starting: Vec<_> = (0..n)
+        .map(|i| {
+            let voters = voters.clone();
+            std::thread::spawn(move || {
+                let id = (i + 1).to_string();
+                Broker::start_with(&[
+                    "--node-id",
+                    &id,
+                    "--controller-quorum-voters",
+                    &voters,
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                ])
+            })
+        })
+        .collect();
+    let nodes = starting
+        .into_iter()
+        .map(|t| t.join().expect("a node did not start"))
+        .collect();
+    (nodes, ports)
+}
+
+fn metadata(addr: SocketAddr) -> MetadataResponse {
+    let mut conn = KafkaConn::connect(addr);
+    conn.request(12, &MetadataRequest::default().with_topics(None))
+}
+
+/// A topic as one node describes it: its id and, per partition, (leader, replicas).
+type TopicView = (uuid::Uuid, Vec<(i32, Vec<i32>)>);
+
+fn topic_view(md: &MetadataResponse, topic: &str) -> Option<TopicView> {
+    let t = md
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))?;
+    let mut partitions: Vec<(i32, (i32, Vec<i32>))> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition_index,
+                (
+                    p.leader_id.0,
+                    p.replica_nodes.iter().map(|r| r.0).collect::<Vec<_>>(),
+                ),
+            )
+        })
+        .collect();
+    partitions.sort_by_key(|(i, _)| *i);
+    Some((t.topic_id, partitions.into_iter().map(|(_, p)| p).collect()))
+}
+
+/// CreateTopics through `addr`: the topic's error code.
+fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) -> i16 {
+    let mut conn = KafkaConn::connect(addr);
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)]);
+    let resp = conn.request(5, &req);
+    resp.topics[0].error_code
+}
+
+/// Waits (bounded) until `check` holds for every node's Metadata.
+fn wait_for_metadata(nodes: &[&Broker], what: &str, check: impl Fn(&MetadataResponse) -> bool) {
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    loop {
+        if nodes.iter().all(|n| check(&metadata(n.addr()))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never true on every node: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `bytes` to a controller port and tells whether the node closed the connection
+/// (rather than leaving it open) within a bounded time.
+fn closed_after(port: u16, bytes: &[u8]) -> bool {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the controller");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let _ = stream.write_all(bytes);
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+/// Sends one request frame to a controller port and reads the answer.
+fn controller_answer(port: u16, request: &[u8]) -> Frame {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the controller");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    stream.write_all(request).expect("send");
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).expect("an answer");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).expect("the whole answer");
+    decode_frame(&Bytes::from(body)).expect("a well-formed answer")
+}
+
+fn metric(metrics: SocketAddr, series: &str) -> f64 {
+    http::must(&http::scrape(metrics), series)
+}
+
+fn produce_everywhere(bootstrap: &str, topic: &str, partitions: i32, per_partition: usize) {
+    let producer = client::producer(bootstrap, &[]);
+    let rt = client::runtime();
+    for p in 0..partitions {
+        for i in 0..per_partition {
+            let value = format!("p{p}-r{i}");
+            rt.block_on(
+                producer.send(
+                    FutureRecord::<(), _>::to(topic)
+                        .partition(p)
+                        .payload(&value),
+                    Duration::from_secs(30),
+                ),
+            )
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}/{p} failed: {e}"));
+        }
+    }
+}
+
+fn record_counts(bootstrap: &str, topic: &str) -> BTreeMap<i32, usize> {
+    client::read_all(bootstrap, topic)
+        .into_iter()
+        .map(|(p, records)| (p, records.len()))
+        .collect()
+}
+
+#[test]
+fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
+    let (mut nodes, controller_ports) = start_cluster(3);
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // A topic created through node 1 appears on every node, with the same id and the same
+    // placement: one leader per partition, spread over the three nodes.
+    let spread = unique_topic("spread");
+    assert_eq!(create_topic(nodes[0].addr(), &spread, 6), error_code::NONE);
+    let views: Vec<TopicView> = nodes
+        .iter()
+        .map(|n| topic_view(&metadata(n.addr()), &spread).expect("the topic on every node"))
+        .collect();
+    assert!(views.iter().all(|v| *v == views[0]), "{views:?}");
+    let (_, partitions) = &views[0];
+    assert_eq!(partitions.len(), 6);
+    for node in 1..=3 {
+        assert_eq!(
+            partitions
+                .iter()
+                .filter(|(leader, _)| *leader == node)
+                .count(),
+            2,
+            "leaders spread evenly: {partitions:?}"
+        );
+    }
+    assert!(partitions.iter().all(|(l, r)| r == &vec![*l]));
+    for n in &nodes {
+        let md = metadata(n.addr());
+        assert_eq!(md.brokers.len(), 3, "every node lists every broker");
+        assert_eq!(md.controller_id, metadata(nodes[0].addr()).controller_id);
+    }
+
+    // A real client finds each partition's leader; a node that does not lead a partition
+    // says so.
+    produce_everywhere(&bootstrap, &spread, 6, 10);
+    assert_eq!(
+        record_counts(&bootstrap, &spread),
+        (0..6).map(|p| (p, 10)).collect()
+    );
+    let (p, (leader, _)) = partitions
+        .iter()
+        .enumerate()
+        .find(|(_, (leader, _))| *leader != 1)
+        .expect("a partition node 1 does not lead");
+    let mut conn = KafkaConn::connect(nodes[0].addr());
+    let (answer, _) = produce_one(
+        &mut conn,
+        7,
+        &spread,
+        p as i32,
+        record_batch(&[Bytes::from_static(b"x")], Compression::None),
+    );
+    assert_eq!(
+        answer, NOT_LEADER_OR_FOLLOWER,
+        "node 1 does not lead partition {p} (node {leader} does)"
+    );
+
+    // Hostile frames on a controller port close that connection and change nothing.
+    let metrics = nodes[1].metrics_addr();
+    let term_before = metric(metrics, "wharf_metadata_quorum_term");
+    let port = controller_ports[1];
+    let mut garbage = vec![0, 0, 0, 16];
+    garbage.extend_from_slice(&[0xAB; 16]);
+    assert!(closed_after(port, &garbage), "garbage");
+    assert!(
+        closed_after(port, &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]),
+        "an oversized length"
+    );
+    let stranger = encode_frame(&Frame::new(
+        0,
+        Body::Raft(RaftMessage {
+            msg_type: 17, // a pre-vote request
+            from: 9,
+            to: 2,
+            term: 1_000,
+            ..RaftMessage::default()
+        }),
+    ))
+    .expect("encode");
+    assert!(
+        closed_after(port, &stranger),
+        "a raft message from node 9, which is not a voter"
+    );
+    assert_eq!(metric(metrics, "wharf_controller_bad_frames_total"), 3.0);
+    assert_eq!(
+        metric(metrics, "wharf_metadata_quorum_term"),
+        term_before,
+        "the quorum's term is untouched"
+    );
+    // A registration from a node id that is not a voter is refused, and changes nothing.
+    let registration = encode_frame(&Frame::new(
+        5,
+        Body::BrokerRegistrationRequest(BrokerRegistrationRequest {
+            node_id: 9,
+            incarnation_id: 1,
+            cluster_id: String::new(),
+            listeners: vec![Listener {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+            }],
+            rack: None,
+        }),
+    ))
+    .expect("encode");
+    let answer = controller_answer(port, &registration);
+    assert!(
+        matches!(&answer.body, Body::ErrorResponse(e) if e.kind == ErrorKind::InvalidRequest),
+        "{answer:?}"
+    );
+    assert_eq!(metadata(nodes[2].addr()).brokers.len(), 3);
+    let after_garbage = unique_topic("after-garbage");
+    assert_eq!(
+        create_topic(nodes[1].addr(), &after_garbage, 1),
+        error_code::NONE
+    );
+
+    // kill -9 the active controller: the other two elect one and take changes again.
+    let controller = metadata(nodes[0].addr()).controller_id.0;
+    assert!((1..=3).contains(&controller), "a controller: {controller}");
+    let dead = (controller - 1) as usize;
+    let alive: Vec<usize> = (0..3).filter(|i| *i != dead).collect();
+    nodes[dead].kill();
+    let killed_at = Instant::now();
+    let failover = unique_topic("after-failover");
+    let mut attempt = 0;
+    loop {
+        let via = nodes[alive[attempt % 2]].addr();
+        let code = create_topic(via, &failover, 3);
+        if code == error_code::NONE || code == TOPIC_ALREADY_EXISTS {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < FAILOVER_GUARD,
+            "no metadata change accepted {FAILOVER_GUARD:?} after the controller was killed (last error {code})"
+        );
+        attempt += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = killed_at.elapsed();
+    println!(
+        "failover: CreateTopics accepted {} ms after the active controller (node {controller}) was killed",
+        took.as_millis()
+    );
+    let new_controller = metadata(nodes[alive[0]].addr()).controller_id.0;
+    assert_ne!(new_controller, controller);
+
+    // The killed node comes back, catches up (the topic created while it was down is
+    // there, with the same id) and leads its partitions again.
+    nodes[dead].restart();
+    let survivors = [&nodes[alive[0]], &nodes[alive[1]], &nodes[dead]];
+    let expected = topic_view(&metadata(nodes[alive[0]].addr()), &failover).expect("created");
+    wait_for_metadata(&survivors, "the new topic and every leader back", |md| {
+        topic_view(md, &failover).is_some_and(|v| v.0 == expected.0)
+            && topic_view(md, &spread)
+                .is_some_and(|(_, parts)| parts.iter().all(|(leader, _)| *leader > 0))
+    });
+    assert_eq!(
+        record_counts(&bootstrap_of(&nodes), &spread),
+        (0..6).map(|p| (p, 10)).collect(),
+        "every record is still there, the restarted node's partitions included"
+    );
+
+    // `wharf cluster status`, asked through a node that may not lead the quorum: the new
+    // controller, every node serving, each node's log end known to the leader.
+    let status = cluster_status(&nodes[dead].bootstrap());
+    assert!(
+        status.contains(&format!("Active controller:  node {new_controller}")),
+        "{status}"
+    );
+    let rows: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains("broker,controller"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{status}");
+    assert!(rows.iter().all(|r| r.contains("serving")), "{status}");
+    assert!(
+        rows.iter().all(|r| r
+            .split_whitespace()
+            .last()
+            .is_some_and(|lag| lag.parse::<i64>().is_ok())),
+        "every node's lag is known: {status}"
+    );
+
+    // All three stop and start again: everything is there.
+    for n in nodes.iter_mut() {
+        n.terminate();
+    }
+    let restarting: Vec<_> = nodes
+        .into_iter()
+        .map(|mut n| {
+            std::thread::spawn(move || {
+                n.restart();
+                n
+            })
+        })
+        .collect();
+    let nodes: Vec<Broker> = restarting
+        .into_iter()
+        .map(|t| t.join().expect("a node did not come back"))
+        .collect();
+    let refs: Vec<&Broker> = nodes.iter().collect();
+    wait_for_metadata(&refs, "all topics after a full restart", |md| {
+        topic_view(md, &failover).is_some_and(|v| v.0 == expected.0)
+            && topic_view(md, &spread).is_some_and(|v| v.0 == views[0].0)
+            && topic_view(md, &after_garbage).is_some()
+    });
+    assert_eq!(
+        record_counts(&bootstrap_of(&nodes), &spread),
+        (0..6).map(|p| (p, 10)).collect()
+    );
+    for n in &nodes {
+        n.assert_no_panic();
+    }
+}
+
+/// The output of `wharf cluster status --bootstrap ADDR`, which must succeed.
+fn cluster_status(bootstrap: &str) -> String {
+    let out = std::process::Command::new(common::wharf_bin())
+        .args(["cluster", "status", "--bootstrap", bootstrap])
+        .output()
+        .expect("run wharf cluster status");
+    assert!(
+        out.status.success(),
+        "wharf cluster status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn bootstrap_of(nodes: &[Broker]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn topic_config(bootstrap: &str, topic: &str, name: &str) -> Option<String> {
+    let admin = client::admin(bootstrap);
+    let results = client::runtime()
+        .block_on(
+            admin.describe_configs([&ResourceSpecifier::Topic(topic)], &client::admin_options()),
+        )
+        .expect("DescribeConfigs request failed");
+    let resource = results
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("DescribeConfigs error");
+    resource.get(name).and_then(|e| e.value.clone())
+}
+
+fn init_producer_id(addr: SocketAddr) -> i64 {
+    let mut conn = KafkaConn::connect(addr);
+    let resp = conn.request(
+        1,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+    );
+    assert_eq!(resp.error_code, 0);
+    resp.producer_id.0
+}
+
+#[test]
+fn a_one_node_cluster_replays_its_metadata_log_after_sigkill() {
+    let mut broker = Broker::start();
+    let topic = unique_topic("replayed");
+    let mut conn = KafkaConn::connect(broker.addr());
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(&topic))
+            .with_num_partitions(3)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(s("retention.ms"))
+                .with_value(Some(s("3600000")))])]);
+    assert_eq!(conn.request(5, &req).topics[0].error_code, 0);
+    let before = metadata(broker.addr());
+    let first_id = init_producer_id(broker.addr());
+    produce_everywhere(&broker.bootstrap(), &topic, 3, 4);
+
+    broker.kill();
+    broker.restart();
+    let after = metadata(broker.addr());
+    assert_eq!(before.cluster_id, after.cluster_id);
+    assert_eq!(topic_view(&before, &topic), topic_view(&after, &topic));
+    assert_eq!(
+        topic_config(&broker.bootstrap(), &topic, "retention.ms").as_deref(),
+        Some("3600000")
+    );
+    assert_eq!(
+        record_counts(&broker.bootstrap(), &topic),
+        (0..3).map(|p| (p, 4)).collect()
+    );
+    assert!(
+        init_producer_id(broker.addr()) > first_id,
+        "producer ids are never handed out twice"
+    );
+    let dir = broker.data_dir();
+    assert!(dir.join("__cluster_metadata-0/metadata.log").is_file());
+    assert!(!dir.join("wharf-metadata.toml").exists());
+    broker.assert_no_panic();
+}
+
+/// The metadata file exactly as wharf wrote it before clusters (format version 1).
+fn legacy_metadata_file(cluster_id: &str, topic: &str, id: &str) -> String {
+    format!(
+        "format_version = 1\ncluster_id = \"{cluster_id}\"\nnext_producer_id = 7000\n\n\
+         [[topics]]\nname = \"{topic}\"\nid = \"{id}\"\npartitions = 2\ninternal = false\n\n\
+         [topics.configs]\n\"retention.ms\" = \"123456\"\n"
+    )
+}
+
+#[test]
+fn a_data_dir_from_before_clusters_is_taken_over_with_its_ids_configs_and_producer_ids() {
+    // Partition directories with records, as an older wharf left them: written by this
+    // wharf, then its metadata log removed and the older metadata file put in its place.
+    let mut broker = Broker::start();
+    let topic = unique_topic("legacy");
+    client::create_topic(&broker.bootstrap(), &topic, 2, &[]);
+    produce_everywhere(&broker.bootstrap(), &topic, 2, 5);
+    broker.terminate();
+    let dir = broker.data_dir();
+    std::fs::remove_dir_all(dir.join("__cluster_metadata-0")).expect("remove the log");
+    let id = "5b3c1f0e-8a7d-4c2b-9e61-0d4f2a9b7c31";
+    let cluster_id = "LegacyClusterIdAAAAAAA";
+    std::fs::write(
+        dir.join("wharf-metadata.toml"),
+        legacy_metadata_file(cluster_id, &topic, id),
+    )
+    .expect("write the old metadata file");
+
+    broker.restart();
+    let md = metadata(broker.addr());
+    assert_eq!(md.cluster_id.as_ref().map(|c| c.as_str()), Some(cluster_id));
+    let (topic_id, partitions) = topic_view(&md, &topic).expect("the old topic");
+    assert_eq!(topic_id.to_string(), id, "the topic keeps its id");
+    assert_eq!(partitions, vec![(1, vec![1]), (1, vec![1])]);
+    assert_eq!(
+        topic_config(&broker.bootstrap(), &topic, "retention.ms").as_deref(),
+        Some("123456")
+    );
+    assert_eq!(
+        record_counts(&broker.bootstrap(), &topic),
+        (0..2).map(|p| (p, 5)).collect()
+    );
+    assert!(init_producer_id(broker.addr()) >= 7000);
+    assert!(!dir.join("wharf-metadata.toml").exists());
+    assert!(dir.join("wharf-metadata.toml.migrated").is_file());
+
+    // From now on the metadata log is what counts.
+    broker.kill();
+    broker.restart();
+    let again = metadata(broker.addr());
+    assert_eq!(again.cluster_id, md.cluster_id);
+    assert_eq!(
+        topic_view(&again, &topic).map(|v| v.0.to_string()),
+        Some(id.to_string())
+    );
+    broker.assert_no_panic();
+}
+
+#[test]
+fn partition_directories_without_any_metadata_become_topics() {
+    let mut broker = Broker::start();
+    let topic = unique_topic("dirs-only");
+    client::create_topic(&broker.bootstrap(), &topic, 3, &[]);
+    produce_everywhere(&broker.bootstrap(), &topic, 3, 2);
+    broker.terminate();
+    std::fs::remove_dir_all(broker.data_dir().join("__cluster_metadata-0")).expect("remove");
+    broker.restart();
+    assert_eq!(
+        record_counts(&broker.bootstrap(), &topic),
+        (0..3).map(|p| (p, 2)).collect()
+    );
+    broker.assert_no_panic();
+}
+
+#[test]
+fn a_metadata_log_started_with_other_voters_is_refused_with_one_line() {
+    let mut broker = Broker::start();
+    broker.terminate();
+    let ports = free_ports(2);
+    let voters = format!("1@127.0.0.1:{},2@127.0.0.1:{}", ports[0], ports[1]);
+    let data_dir = broker.data_dir();
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    let run = common::run_wharf_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+            "--controller-quorum-voters",
+            &voters,
+        ],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    assert!(
+        run.stderr
+            .contains("changing the voter set is not supported"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let run = common::run_wharf_to_exit(
+        &[
+            "--node-id",
+            "4",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+            "--controller-quorum-voters",
+            "1@127.0.0.1:19301,2@127.0.0.1:19302,3@127.0.0.1:19303",
+            "--controller-listen",
+            "127.0.0.1:19304",
+        ],
+        dir.path(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert!(
+        line.starts_with("wharf: node.id 4 is not among controller.quorum.voters (1, 2, 3)")
+            && !line.contains('\n'),
+        "{line}"
+    );
+}
