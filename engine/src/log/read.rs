@@ -392,13 +392,7 @@ impl<S: Storage> Inner<S> {
                 // lost is the failure's, not damage: the reload cuts it.
                 let (reloading, unsynced) = {
                     let st = self.state.borrow();
-                    let reloading = matches!(
-                        st.health,
-                        super::state::Health::Failed {
-                            recovered: false,
-                            ..
-                        }
-                    );
+                    let reloading = st.reloading();
                     // Bytes written but not yet made durable: an fdatasync failing right
                     // now may have dropped them before its failure is seen.
                     let unsynced = st
@@ -472,13 +466,7 @@ impl<S: Storage> Inner<S> {
                 // may have removed files the state still lists until the reload from
                 // disk is done: the partition is unavailable meanwhile, like any storage
                 // failure, rather than broken.
-                if matches!(
-                    self.state.borrow().health,
-                    super::state::Health::Failed {
-                        recovered: false,
-                        ..
-                    }
-                ) {
+                if self.state.borrow().reloading() {
                     self.storage_error(format!(
                         "cannot open a segment for reading while the partition is reloaded from disk: {e}"
                     ))
