@@ -362,13 +362,7 @@ impl<S: Storage> PartitionLog<S> {
     /// what the log shows (its bounds, what it serves) may still change to what the disk
     /// holds.
     pub fn reloading(&self) -> bool {
-        matches!(
-            self.inner.state.borrow().health,
-            state::Health::Failed {
-                recovered: false,
-                ..
-            }
-        )
+        self.inner.state.borrow().reloading()
     }
 
     /// Why appends are refused right now (a failed write or fdatasync, a full disk, a

@@ -355,6 +355,7 @@ impl<S: Storage> Inner<S> {
         max_bytes: usize,
     ) -> Result<Bytes, EngineError> {
         let mut skip_segments = 0;
+        let mut waited_for_sync = false;
         for _ in 0..MAX_READ_ATTEMPTS {
             let plan = {
                 let st = self.state.borrow();
@@ -395,13 +396,28 @@ impl<S: Storage> Inner<S> {
             if let Some((position, first_offset, reason)) = outcome.damage {
                 // While a failed write path is being reloaded from disk, what the disk
                 // lost is the failure's, not damage: the reload cuts it.
-                let reloading = matches!(
-                    self.state.borrow().health,
-                    super::state::Health::Failed {
-                        recovered: false,
-                        ..
-                    }
-                );
+                let (reloading, unsynced) = {
+                    let st = self.state.borrow();
+                    let reloading = st.reloading();
+                    // Bytes written but not yet made durable: an fdatasync failing right
+                    // now may have dropped them before its failure is seen.
+                    let unsynced = st
+                        .segment_index(disk.base_offset)
+                        .is_some_and(|k| position >= st.segments[k].synced_bytes);
+                    (reloading, unsynced)
+                };
+                if unsynced && !reloading && !waited_for_sync {
+                    // Judged once the fdatasync in flight (if any) has had its say: a
+                    // failed one starts the reload, which cuts what it lost (not damage).
+                    waited_for_sync = true;
+                    drop(
+                        self.sync_lock
+                            .acquire()
+                            .await
+                            .map_err(|_| self.closed_error())?,
+                    );
+                    continue;
+                }
                 if reloading {
                     return Err(self.storage_error(format!(
                         "the partition is being reloaded from disk ({reason})"
@@ -461,13 +477,7 @@ impl<S: Storage> Inner<S> {
                 // may have removed files the state still lists until the reload from
                 // disk is done: the partition is unavailable meanwhile, like any storage
                 // failure, rather than broken.
-                if matches!(
-                    self.state.borrow().health,
-                    super::state::Health::Failed {
-                        recovered: false,
-                        ..
-                    }
-                ) {
+                if self.state.borrow().reloading() {
                     self.storage_error(format!(
                         "cannot open a segment for reading while the partition is reloaded from disk: {e}"
                     ))

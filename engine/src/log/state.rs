@@ -116,6 +116,18 @@ pub(crate) struct LogState {
 }
 
 impl LogState {
+    /// A failure's reload from disk has not succeeded yet: the segments, bounds and tail
+    /// this state shows may not be what the disk holds.
+    pub fn reloading(&self) -> bool {
+        matches!(
+            self.health,
+            Health::Failed {
+                recovered: false,
+                ..
+            }
+        )
+    }
+
     pub fn new(config: LogConfig, segments: Vec<Segment>) -> LogState {
         let next_offset = segments.last().map_or(0, |s| s.next_offset);
         LogState {

@@ -371,6 +371,10 @@ impl SimDisk {
         self.state.borrow().used_bytes()
     }
 
+    pub fn faults_enabled(&self) -> bool {
+        self.state.borrow().faults_enabled
+    }
+
     pub fn set_faults_enabled(&self, enabled: bool) {
         self.state.borrow_mut().faults_enabled = enabled;
     }

@@ -414,6 +414,16 @@ fn candidates(api_key: ApiKey, ids: &TopicIds) -> Vec<Candidate> {
         ApiKey::DescribeCluster => vec![candidate(
             DescribeClusterRequest::default().with_endpoint_type(1),
         )],
+        ApiKey::DescribeQuorum => vec![candidate(
+            kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
+                kafka_protocol::messages::describe_quorum_request::TopicData::default()
+                    .with_topic_name(topic("__cluster_metadata"))
+                    .with_partitions(vec![
+                        kafka_protocol::messages::describe_quorum_request::PartitionData::default()
+                            .with_partition_index(0),
+                    ]),
+            ]),
+        )],
         ApiKey::InitProducerId => vec![
             candidate(InitProducerIdRequest::default().with_transaction_timeout_ms(60_000)),
             candidate(

@@ -362,6 +362,13 @@ impl World {
         let mut failed_opens = 0;
         loop {
             self.leader_epoch += 1;
+            // After three failed opens the operator repairs the disk: random faults stop for
+            // the next attempt (a log of many segments to seal at open may otherwise keep
+            // meeting a failing fdatasync at the high fault rates seeds draw).
+            let repaired = failed_opens >= 3 && self.disk.faults_enabled();
+            if repaired {
+                self.disk.set_faults_enabled(false);
+            }
             let storage = SimStorage::new(self.disk.clone());
             let cache = BatchCache::new(self.cache_bytes);
             let opening = self.rt.spawn_with_result(Log::open_with(
@@ -382,6 +389,9 @@ impl World {
                 }
             }
             self.rt.run_until_stalled();
+            if repaired {
+                self.disk.set_faults_enabled(true);
+            }
             let log = match opening.take().ok_or("opening the log never finished")? {
                 Ok(log) => log,
                 // An injected I/O error (a failed fdatasync of the cut tail, a full disk):
