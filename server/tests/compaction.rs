@@ -194,6 +194,50 @@ fn a_consumer_reads_the_latest_value_of_every_key_after_the_cleaner_ran() {
     let ratio = http::must(&body, &series("wharf_log_cleaner_dirty_ratio"));
     assert!((0.0..=1.0).contains(&ratio), "{ratio}");
 
+    // `wharf topics` shows the partition's offsets, size and the cleaner's progress.
+    let out = std::process::Command::new(common::wharf_bin())
+        .args(["topics", "--bootstrap", &bootstrap, "--topic", &topic])
+        .args(["--metrics", &metrics.to_string()])
+        .output()
+        .expect("run wharf topics");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "TOPIC",
+            "PARTITION",
+            "LEADER",
+            "START-OFFSET",
+            "END-OFFSET",
+            "SIZE-BYTES",
+            "DIRTY",
+            "CLEANS",
+            "BYTES-CLEANED",
+            "LAST-CLEAN"
+        ],
+        "{text}"
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with(topic.as_str()))
+        .unwrap_or_else(|| panic!("no row for {topic}:\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "0", "{text}");
+    assert_eq!(row[3], "0", "the log start does not move: {text}");
+    assert_eq!(row[4], (produced + 1).to_string(), "the log end: {text}");
+    assert!(row[5].parse::<u64>().is_ok_and(|size| size > 0), "{text}");
+    assert!(row[7].parse::<u64>().is_ok_and(|runs| runs >= 1), "{text}");
+    assert!(row[8].parse::<u64>().is_ok_and(|bytes| bytes > 0), "{text}");
+    assert!(row[9].ends_with('Z'), "the last clean's time: {text}");
+
     // The idempotent producer's state survived the cleaning: the same producer goes on
     // (an out-of-order or unknown-producer answer would fail its sends), and its records
     // land after everything else.
@@ -243,8 +287,12 @@ fn sigkill_while_cleaning_loses_no_acknowledged_latest_value() {
     let mut latest = Latest::new();
     let mut kills_while_cleaning = 0;
     for run in 0..4u32 {
-        let producer =
-            client::producer(&broker.bootstrap(), &[("acks", "all"), ("linger.ms", "5")]);
+        // Batches of at most 16 KiB (the Java producer's default; librdkafka's is 1 MB), so
+        // the 64 KiB segments roll and there are sealed segments to clean.
+        let producer = client::producer(
+            &broker.bootstrap(),
+            &[("acks", "all"), ("linger.ms", "5"), ("batch.size", "16384")],
+        );
         let mut records = overwrites(200, 8, &format!("run{run}"), 300);
         for k in (run as usize..200).step_by(17) {
             records.push((format!("key-{k:04}"), None));
