@@ -176,12 +176,9 @@ def test_the_cleaner_removes_aborted_transactions_and_keeps_the_committed_values
     broker = start_broker("--config", str(config))
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     topic = f"txn-changelog-{uuid.uuid4().hex[:10]}"
-    topic_config = {
-        "cleanup.policy": "compact",
-        "segment.bytes": "8192",
-        "segment.ms": "300",
-        "min.cleanable.dirty.ratio": "0.01",
-    }
+    # Not compacted while the transactions are written, so that the aborted records can be
+    # seen before the cleaner removes them; switched to compact below.
+    topic_config = {"segment.bytes": "8192", "segment.ms": "300"}
     for f in admin.create_topics([NewTopic(topic, 1, 1, config=topic_config)]).values():
         f.result(GUARD_S)
 
@@ -255,6 +252,16 @@ def test_the_cleaner_removes_aborted_transactions_and_keeps_the_committed_values
     (sentinel_offset,) = produce(broker.bootstrap, topic, [(b"sentinel", b"end")])
     before = read_uncommitted()
     assert any(v.startswith(b"aborted") for _, _, v in before), "aborted records are there before cleaning"
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("min.cleanable.dirty.ratio", "0.01", incremental_operation=AlterConfigOpType.SET),
+        ],
+    )
+    for f in admin.incremental_alter_configs([resource]).values():
+        f.result(GUARD_S)
     want = latest(committed) + [(sentinel_offset, b"sentinel", b"end")]
     deadline = time.monotonic() + CLEAN_GUARD_S
     got = read_uncommitted()
