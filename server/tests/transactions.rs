@@ -148,12 +148,13 @@ fn api_versions_advertise_the_transaction_apis() {
     let broker = Broker::start();
     let mut conn = KafkaConn::connect(broker.addr());
     let versions = conn.api_versions();
+    // Kafka 3.9's ranges: KIP-890 part 1, not part 2 (EndTxn v5, TxnOffsetCommit v5).
     for (key, max) in [
         (ApiKey::InitProducerId, 5),
-        (ApiKey::AddPartitionsToTxn, 3),
-        (ApiKey::AddOffsetsToTxn, 3),
-        (ApiKey::EndTxn, 3),
-        (ApiKey::TxnOffsetCommit, 3),
+        (ApiKey::AddPartitionsToTxn, 5),
+        (ApiKey::AddOffsetsToTxn, 4),
+        (ApiKey::EndTxn, 4),
+        (ApiKey::TxnOffsetCommit, 4),
         (ApiKey::DescribeProducers, 0),
         (ApiKey::DescribeTransactions, 0),
         (ApiKey::ListTransactions, 1),
