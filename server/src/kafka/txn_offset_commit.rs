@@ -119,7 +119,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         Err(e) => Some(e),
                     };
                     // Producers from before Kafka 2.0 (v0–v1) fail on a loading
-                    // coordinator's error (KAFKA-7296): Kafka answers them one they retry.
+                    // coordinator's error (KAFKA-7296): Kafka answers them
+                    // COORDINATOR_NOT_AVAILABLE instead, which they retry.
                     let error = match error {
                         Some(ResponseError::CoordinatorLoadInProgress) if ctx.api_version < 2 => {
                             Some(ResponseError::CoordinatorNotAvailable)
