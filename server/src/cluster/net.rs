@@ -8,8 +8,11 @@
 //! response where a request belongs, a Raft message from a node that is not a voter or for
 //! another node — closes that connection and is counted (`wharf_controller_bad_frames_total`).
 //!
-//! Outgoing, each other voter has one connection from this node, opened when there is
-//! something to send and re-opened with backoff after a failure (the node is told the peer
+//! FetchMetadata, from brokers that are not voters, is answered by the active controller; a
+//! broker that has everything waits for the next committed change (a long poll).
+//!
+//! Outgoing, each other voter (every voter, from a broker-only node) has one connection
+//! from this node, opened when there is something to send and re-opened with backoff after a failure (the node is told the peer
 //! is unreachable, so Raft probes it instead of streaming into the void). Raft messages and
 //! forwarded requests share it; answers come back on it by correlation id. Raft messages
 //! that cannot be sent are dropped: Raft resends what matters.
@@ -247,6 +250,8 @@ async fn answer_fetch(
     correlation_id: u64,
     f: wire::FetchMetadataRequest,
 ) -> Frame {
+    // What the broker asks from is what it has applied, also while its fetch waits.
+    control.observe_fetch(NodeId(f.node_id), f.from_offset);
     let max_bytes = u64::from(f.max_bytes).min(MAX_FRAME_BYTES as u64 / 2);
     let deadline = std::time::Instant::now() + FETCH_MAX_WAIT;
     let fetched = loop {
@@ -266,9 +271,6 @@ async fn answer_fetch(
         control.applied_watchers.register(&slot);
         futures_lite::future::or(slot.wait(), glommio::timer::sleep(left)).await;
     };
-    if fetched.is_ok() {
-        control.observe_fetch(NodeId(f.node_id), f.from_offset);
-    }
     rpc::fetch_reply_to_frame(correlation_id, &fetched, &control.voter_ids())
 }
 
