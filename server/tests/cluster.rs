@@ -929,3 +929,35 @@ fn a_broker_only_node_drops_a_voter_that_answers_garbage_and_tries_the_others() 
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_voters_data_dir_is_refused_to_a_broker_only_node_with_one_line() {
+    // A one-node cluster's data dir (node 1, a voter), started again as node 2, a broker
+    // only: the voter set would change under the log it holds.
+    let mut broker = Broker::start();
+    broker.terminate();
+    let ports = free_ports(1);
+    let voters = format!("1@127.0.0.1:{}", ports[0]);
+    let data_dir = broker.data_dir();
+    let run = common::run_wharf_to_exit(
+        &[
+            "--node-id",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+            "--controller-quorum-voters",
+            &voters,
+        ],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert!(
+        line.contains("holds the metadata log of a voter")
+            && line.contains("changing the voter set is not supported")
+            && !line.contains('\n'),
+        "{line}"
+    );
+}
