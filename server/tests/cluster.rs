@@ -674,6 +674,48 @@ fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_
     );
 }
 
+/// Metadata changes after which a voter has certainly snapshotted its log and dropped the
+/// entries before the snapshot (it does so every 1000 entries, keeping the last 500).
+const SNAPSHOT_FORCING_CHANGES: i64 = 1_100;
+
+/// IncrementalAlterConfigs: sets a topic's `retention.ms`; the resource's error code.
+fn set_retention_ms(conn: &mut KafkaConn, topic: &str, ms: i64) -> i16 {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(s("retention.ms"))
+                .with_config_operation(0)
+                .with_value(Some(s(&ms.to_string())))]),
+    ]);
+    conn.request(0, &req).responses[0].error_code
+}
+
+/// DescribeConfigs to one node: a topic's `retention.ms` as that node serves it.
+fn retention_ms_on(addr: SocketAddr, topic: &str) -> Option<String> {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::DescribeConfigsRequest;
+    let mut conn = KafkaConn::connect(addr);
+    let req =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configuration_keys(Some(vec![s("retention.ms")]))]);
+    let resp = conn.request(1, &req);
+    let result = resp.results.first()?;
+    assert_eq!(result.error_code, 0, "DescribeConfigs of {topic}");
+    result
+        .configs
+        .iter()
+        .find(|c| c.name.as_str() == "retention.ms")
+        .and_then(|c| c.value.as_ref().map(|v| v.to_string()))
+}
+
 /// Every node's view of `topic` once they all agree (bounded wait).
 fn agreed_view(nodes: &[&Broker], topic: &str) -> TopicView {
     let deadline = Instant::now() + FAILOVER_GUARD;
@@ -788,15 +830,51 @@ fn a_broker_only_node_follows_the_quorum_hosts_partitions_and_catches_up_after_s
     // The killed voter comes back, and its partitions with it.
     nodes[dead].restart();
 
-    // SIGKILL the broker-only node; a topic is created while it is down. It comes back
-    // (serving only once unfenced), has caught up, and leads its partitions again.
+    // SIGKILL the broker-only node; a topic is created while it is down, and changed so
+    // often that the controller snapshots its log and drops the entries before the
+    // snapshot. The broker comes back (serving only once unfenced): it starts from the
+    // snapshot, has caught up, and leads its partitions again.
     nodes[broker].kill();
     let while_down = unique_topic("while-broker-down");
     assert_eq!(
         create_topic(nodes[dead].addr(), &while_down, 1),
         error_code::NONE
     );
+    let active = metadata(nodes[dead].addr()).controller_id.0;
+    assert!((1..=3).contains(&active), "a controller: {active}");
+    let active_addr = nodes[(active - 1) as usize].addr();
+    let changing: Vec<_> = (0..4)
+        .map(|t| {
+            let topic = while_down.clone();
+            std::thread::spawn(move || {
+                let mut conn = KafkaConn::connect(active_addr);
+                for i in 0..SNAPSHOT_FORCING_CHANGES / 4 {
+                    let code = set_retention_ms(&mut conn, &topic, 1_000_000 + t * 10_000 + i);
+                    assert_eq!(code, error_code::NONE, "a config change");
+                }
+            })
+        })
+        .collect();
+    for t in changing {
+        t.join().expect("config changes");
+    }
+    let mut conn = KafkaConn::connect(active_addr);
+    assert_eq!(
+        set_retention_ms(&mut conn, &while_down, 7_777_777),
+        error_code::NONE
+    );
     nodes[broker].restart();
+    assert!(
+        nodes[broker]
+            .stderr()
+            .contains("loaded the controller's metadata snapshot"),
+        "the restarted broker-only node started from the controller's snapshot"
+    );
+    assert_eq!(
+        retention_ms_on(nodes[broker].addr(), &while_down).as_deref(),
+        Some("7777777"),
+        "the broker-only node has the last change"
+    );
     let expected = topic_view(&metadata(nodes[dead].addr()), &while_down).expect("created");
     let all: Vec<&Broker> = nodes.iter().collect();
     wait_for_metadata(
