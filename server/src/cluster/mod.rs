@@ -23,6 +23,7 @@ pub mod disk;
 pub mod follow;
 pub mod lifecycle;
 pub mod net;
+pub mod observers;
 pub mod startup;
 
 use std::cell::{Cell, RefCell};
@@ -34,7 +35,7 @@ use wharf_protocol::controller as wire;
 
 use crate::controller::follower::MetadataFollower;
 use crate::controller::image::ClusterImage;
-use crate::controller::node::{ControllerNode, NodeEvent, VoterProgress};
+use crate::controller::node::{ControllerNode, NodeEvent};
 use crate::controller::quorum::TICK_MS;
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply, Token};
 use crate::metadata::controller::CONTROLLER_SHARD;
@@ -104,14 +105,6 @@ pub(crate) enum Metadata {
     Follower(RefCell<MetadataFollower>),
 }
 
-/// What this node last heard from a broker that follows the log (a DescribeQuorum
-/// observer): the offset it has fetched up to and when.
-#[derive(Clone, Copy, Debug)]
-struct Observer {
-    log_end: u64,
-    last_fetch_ms: i64,
-}
-
 /// This node's control plane: a voter's controller and its driver, or a broker-only node's
 /// follower. Lives on shard 0 only.
 pub struct ControlPlane {
@@ -130,7 +123,7 @@ pub struct ControlPlane {
     /// Fired whenever this voter's applied offset moves (FetchMetadata long polls).
     applied_watchers: Watchers,
     /// Brokers following the log through this voter, by node id (registered ones only).
-    observers: RefCell<std::collections::BTreeMap<NodeId, Observer>>,
+    observers: observers::Observers,
     /// The newest committed image not yet handed to the shards.
     pending_image: RefCell<Option<ClusterImage>>,
     offered_offset: Cell<u64>,
@@ -284,20 +277,9 @@ impl ControlPlane {
     }
 
     /// A broker following the log fetched from `from_offset`: remember it, so
-    /// DescribeQuorum can show it as an observer with its lag. Only registered brokers are
-    /// kept, which bounds the map.
+    /// DescribeQuorum can show it as an observer with its lag.
     pub(crate) fn observe_fetch(&self, node: NodeId, from_offset: u64) {
-        let registered = self.with_image(|image| image.broker(node).is_some());
-        if !registered {
-            return;
-        }
-        self.observers.borrow_mut().insert(
-            node,
-            Observer {
-                log_end: from_offset.saturating_sub(1),
-                last_fetch_ms: now_ms(),
-            },
-        );
+        self.with_image(|image| self.observers.fetched(image, node, from_offset, now_ms()));
     }
 
     /// The metadata quorum as this node sees it.
@@ -306,18 +288,7 @@ impl ControlPlane {
             Metadata::Voter { node, .. } => {
                 let mut view = node.borrow().quorum_view();
                 if view.voters.is_some() {
-                    let observers = self.observers.borrow();
-                    view.observers = self.with_image(|image| {
-                        observers
-                            .iter()
-                            .filter(|(id, _)| image.broker(**id).is_some())
-                            .map(|(id, o)| VoterProgress {
-                                node: *id,
-                                log_end: o.log_end,
-                                last_heard_ms: Some(o.last_fetch_ms),
-                            })
-                            .collect()
-                    });
+                    view.observers = self.with_image(|image| self.observers.progress(image));
                 }
                 view
             }
