@@ -19,6 +19,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::cluster::net::FetchFailure;
 use crate::cluster::{ControlPlane, Metadata};
 use crate::controller::follower::MetadataFollower;
 use crate::controller::node::MetadataFetch;
@@ -73,7 +74,18 @@ pub async fn run(control: Rc<ControlPlane>) {
                 glommio::timer::sleep(RETRY_BACKOFF).await;
                 continue;
             }
-            Err(e) => {
+            Err(FetchFailure::BadAnswer(e)) => {
+                control.count_bad_frame();
+                tracing::warn!(
+                    voter = target.0,
+                    "closed the controller connection to node {}: {e}; trying the other voters",
+                    target.0
+                );
+                control.controller_hint(None);
+                glommio::timer::sleep(RETRY_BACKOFF).await;
+                continue;
+            }
+            Err(FetchFailure::Unreachable(e)) => {
                 if !unreachable_logged {
                     tracing::info!(
                         voter = target.0,

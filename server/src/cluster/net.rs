@@ -56,12 +56,37 @@ pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Why reading a frame stopped.
+#[derive(Debug)]
+enum ReadError {
+    /// The connection failed or timed out.
+    Connection(String),
+    /// The peer sent something that is no frame (an oversized length).
+    Bad(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Connection(e) | ReadError::Bad(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for ReadError {
+    fn from(e: String) -> Self {
+        ReadError::Connection(e)
+    }
+}
+
 /// Reads the next frame into `buf` (which keeps what arrived after it); `Ok(None)` when the
 /// peer closed the connection between frames.
-async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
-        if let Some(frame) = split_frame(buf, MAX_FRAME_BYTES).map_err(|e| e.to_string())? {
+        if let Some(frame) =
+            split_frame(buf, MAX_FRAME_BYTES).map_err(|e| ReadError::Bad(e.to_string()))?
+        {
             return Ok(Some(frame));
         }
         let read = reader.read(&mut chunk);
@@ -82,7 +107,9 @@ async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<
             return if buf.is_empty() {
                 Ok(None)
             } else {
-                Err("connection closed in the middle of a frame".into())
+                Err(ReadError::Connection(
+                    "connection closed in the middle of a frame".into(),
+                ))
             };
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -188,7 +215,7 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(reason) => {
-                refuse(&control, peer, &reason);
+                refuse(&control, peer, &reason.to_string());
                 break;
             }
         };
@@ -308,6 +335,16 @@ struct Peer {
     connection: RefCell<Option<Rc<Latch>>>,
 }
 
+/// Why FetchMetadata brought nothing.
+#[derive(Debug)]
+pub enum FetchFailure {
+    /// No answer: the connection failed (a frame that does not decode or is oversized
+    /// closes it too), or the time ran out.
+    Unreachable(String),
+    /// An answer of the wrong kind; the connection was closed.
+    BadAnswer(String),
+}
+
 /// The other voters, as destinations.
 pub struct Peers {
     peers: HashMap<NodeId, Rc<Peer>>,
@@ -392,15 +429,16 @@ impl Peers {
         from_offset: u64,
         max_bytes: u32,
         timeout: Duration,
-    ) -> Result<Result<MetadataFetch, ControllerError>, String> {
+    ) -> Result<Result<MetadataFetch, ControllerError>, FetchFailure> {
         let frame = self
             .exchange(to, timeout, |id| {
                 rpc::fetch_request_to_frame(id, me, from_offset, max_bytes)
             })
-            .await?;
+            .await
+            .map_err(FetchFailure::Unreachable)?;
         rpc::fetch_reply_from_frame(frame).map_err(|e| {
             self.reset(to);
-            format!("node {}: {e}", to.0)
+            FetchFailure::BadAnswer(format!("node {}: {e}", to.0))
         })
     }
 
@@ -531,7 +569,11 @@ impl Peer {
                 let frame = match read_frame(&mut reader, &mut buf).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break Err("closed by the peer".to_string()),
-                    Err(e) => break Err(e),
+                    Err(ReadError::Connection(e)) => break Err(e),
+                    Err(ReadError::Bad(e)) => {
+                        control.count_bad_frame();
+                        break Err(e);
+                    }
                 };
                 match decode_frame(&frame) {
                     Ok(frame) if !matches!(frame.body, Body::Raft(_)) => {
