@@ -51,3 +51,48 @@ impl Observers {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::records::MetadataRecord;
+    use crate::metadata::cluster::BrokerRegistration;
+
+    fn image_with_broker(node: i32) -> ClusterImage {
+        let mut image = ClusterImage::empty();
+        let errors = image.apply(
+            1,
+            1,
+            &[MetadataRecord::BrokerRegistered(BrokerRegistration {
+                node_id: NodeId(node),
+                incarnation_id: 7,
+                broker_epoch: 1,
+                listeners: Vec::new(),
+                rack: None,
+                fenced: true,
+            })],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        image
+    }
+
+    #[test]
+    fn registered_brokers_are_observed_at_what_they_applied_and_strangers_are_not() {
+        let image = image_with_broker(4);
+        let observers = Observers::default();
+        observers.fetched(&image, NodeId(4), 11, 1_000);
+        observers.fetched(&image, NodeId(9), 5, 1_000);
+        observers.fetched(&image, NodeId(4), 13, 2_000);
+        assert_eq!(
+            observers.progress(&image),
+            vec![VoterProgress {
+                node: NodeId(4),
+                log_end: 12,
+                last_heard_ms: Some(2_000),
+            }]
+        );
+        // A broker the image no longer knows is forgotten.
+        assert!(observers.progress(&ClusterImage::empty()).is_empty());
+        assert!(observers.progress(&image).is_empty());
+    }
+}
