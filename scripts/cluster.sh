@@ -178,12 +178,16 @@ bootstrap() {
 status() {
     local n i first=""
     n=$(all_count)
+    local voters role
+    voters=$(node_count)
     for i in $(seq 1 "$n"); do
+        role="voter"
+        [ "$i" -le "$voters" ] || role="broker only"
         if pid=$(node_pid "$i"); then
-            echo "node $i: running (pid $pid), 127.0.0.1:$(client_port "$i")"
+            echo "node $i ($role): running (pid $pid), 127.0.0.1:$(client_port "$i")"
             first="${first:-127.0.0.1:$(client_port "$i")}"
         else
-            echo "node $i: not running"
+            echo "node $i ($role): not running"
         fi
     done
     if [ -n "$first" ]; then
