@@ -12,10 +12,11 @@
 //! broker that has everything waits for the next committed change (a long poll).
 //!
 //! Outgoing, each other voter (every voter, from a broker-only node) has one connection
-//! from this node, opened when there is something to send and re-opened with backoff after a failure (the node is told the peer
-//! is unreachable, so Raft probes it instead of streaming into the void). Raft messages and
-//! forwarded requests share it; answers come back on it by correlation id. Raft messages
-//! that cannot be sent are dropped: Raft resends what matters.
+//! from this node, opened when there is something to send and re-opened with backoff after
+//! a failure (the node is told the peer is unreachable, so Raft probes it instead of
+//! streaming into the void). Raft messages and forwarded requests share it; answers come
+//! back on it by correlation id. Raft messages that cannot be sent are dropped: Raft
+//! resends what matters.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
