@@ -42,14 +42,16 @@ def produce(bootstrap, topic, records):
     return offsets
 
 
-def read_all(bootstrap, topic):
-    """Every record of partition 0 as (offset, key, value), up to the high watermark."""
+def read_all(bootstrap, topic, isolation="read_committed"):
+    """Every record of partition 0 as (offset, key, value), up to the high watermark (the
+    last record must be a data record, not a transaction marker)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "isolation.level": isolation,
         }
     )
     try:
@@ -220,32 +222,10 @@ def test_the_cleaner_removes_aborted_transactions_and_keeps_the_committed_values
     transaction("committed-last", range(0, 20, 2), commit=True)
     transaction("aborted-last", range(20), commit=False)
 
-    # Reading uncommitted records: before cleaning the aborted ones are there to read, after
-    # it they are gone (Kafka's cleaner removes them once their transaction is decided).
+    # Read uncommitted: before cleaning the aborted records are there to read, after it
+    # they are gone (Kafka's cleaner removes them once their transaction is decided).
     def read_uncommitted():
-        consumer = Consumer(
-            {
-                "bootstrap.servers": broker.bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_uncommitted",
-            }
-        )
-        try:
-            consumer.assign([TopicPartition(topic, 0, 0)])
-            out = []
-            deadline = time.monotonic() + GUARD_S
-            while not out or out[-1][1] != b"sentinel":
-                assert time.monotonic() < deadline, f"read {len(out)} records, no sentinel"
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                assert msg.error() is None, msg.error()
-                out.append((msg.offset(), msg.key(), msg.value()))
-            return out
-        finally:
-            consumer.close()
+        return read_all(broker.bootstrap, topic, "read_uncommitted")
 
     # segment.ms passes; a non-transactional sentinel rolls the segment and marks the end.
     time.sleep(0.5)
