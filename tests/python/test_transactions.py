@@ -2,7 +2,8 @@
 commits and aborts across partitions; read_committed consumers see exactly the committed
 records, read_uncommitted ones see the data of both, neither sees a control record; offsets
 sent in a transaction reach the group only when it commits; a zombie producer is fenced; a
-broker killed in the middle of a transaction comes back with it decided, never half seen."""
+broker killed in the middle of a transaction comes back with it decided, never half seen;
+a consume-transform-produce pipeline is exactly once across SIGKILLs of the broker."""
 
 import time
 import uuid
@@ -306,3 +307,99 @@ def test_init_transactions_refuses_a_timeout_above_the_broker_maximum(start_brok
     with pytest.raises(KafkaException) as info:
         p.init_transactions(GUARD_S)
     assert info.value.args[0].code() == KafkaError.INVALID_TRANSACTION_TIMEOUT, info.value.args[0]
+
+
+def test_consume_transform_produce_is_exactly_once_across_broker_kills(start_broker):
+    """An exactly-once pipeline (read_committed consumer in a group, transactional producer
+    sending the consumer's offsets in each transaction) over a broker killed with SIGKILL at
+    three awkward moments: after the outputs are written, after the offsets are added, and
+    right after a commit returns. Each time the application starts again as a fresh
+    instance with the same transactional id and group. Every input ends up in the output
+    exactly once for read_committed readers."""
+    broker = start_broker()
+    src = topic_name("ctp-in")
+    dst = topic_name("ctp-out")
+    create_topic(broker, src, 2)
+    create_topic(broker, dst, 2)
+    total = 300
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(total):
+        plain.produce(src, value=f"in-{i}".encode(), partition=i % 2)
+    assert plain.flush(GUARD_S) == 0
+    del plain
+
+    group = "ctp-" + uuid.uuid4().hex[:6]
+    txn_id = "ctp-tx-" + uuid.uuid4().hex[:8]
+    kill_points = ["after-produce", "after-offsets", "after-commit"]
+    instances = 0
+    deadline = time.monotonic() + 4 * GUARD_S
+
+    def committed_total(c):
+        tps = [TopicPartition(src, p) for p in range(2)]
+        return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+
+    finished = False
+    while not finished:
+        assert time.monotonic() < deadline, f"the pipeline did not finish ({instances} instances)"
+        instances += 1
+        kill_at = kill_points.pop(0) if kill_points else None
+        c = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": group,
+                "error_cb": log_client_error,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                # The killed instance's member is only dropped when its session expires
+                # (as on Kafka, whose coordinator reloads the group): keep that short.
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+            }
+        )
+        c.subscribe([src])
+        p = txn_producer(broker, txn_id)
+        p.init_transactions(GUARD_S)
+        transactions = 0
+        killed = False
+        while not killed:
+            assert time.monotonic() < deadline, f"instance {instances} stalled"
+            msgs = [m for m in c.consume(25, 0.5) if m.error() is None]
+            if not msgs:
+                if c.assignment() and committed_total(c) == total:
+                    finished = True
+                    break
+                continue
+            transactions += 1
+            p.begin_transaction()
+            for m in msgs:
+                p.produce(dst, value=m.value().replace(b"in-", b"out-"), partition=m.partition())
+            p.flush(GUARD_S)
+            # Kill in the second transaction of an instance, so some commits precede it.
+            if kill_at == "after-produce" and transactions == 2:
+                broker.kill()
+                killed = True
+                break
+            p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), GUARD_S)
+            if kill_at == "after-offsets" and transactions == 2:
+                broker.kill()
+                killed = True
+                break
+            p.commit_transaction(GUARD_S)
+            if kill_at == "after-commit" and transactions == 2:
+                broker.kill()
+                killed = True
+                break
+        if killed:
+            broker.restart()
+            # The dead instance's producer is fenced by the next one's InitProducerId.
+            del p
+        c.close()
+
+    assert instances >= 4, "every kill point was reached"
+    out = read_all(broker, dst, 2, "read_committed")
+    values = sorted(out[0] + out[1])
+    assert values == sorted(f"out-{i}".encode() for i in range(total)), (
+        f"{len(values)} outputs for {total} inputs; duplicates: "
+        f"{sorted(v for v in set(values) if values.count(v) > 1)[:5]}"
+    )
