@@ -48,6 +48,7 @@ fn every_acknowledged_batch_survives_sigkill() {
     let log_dir = dir.path().join("crash-0");
     // tag -> (base, last) for every acknowledged batch, over all rounds.
     let mut acked: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
+    let mut mid_append_rounds = 0;
     for round in 1..=ROUNDS {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wharf-engine-crash-writer"))
             .arg(&log_dir)
@@ -66,16 +67,45 @@ fn every_acknowledged_batch_survives_sigkill() {
                 }
             }
         });
-        // Kill at a random moment: sometimes during open/recovery, mostly mid-append.
-        let kill_after = Duration::from_micros(rng.below(120_000));
+        // Kill at a random moment: sometimes during open/recovery (a random time from the
+        // start), mostly mid-append: once the writer has acknowledged a random number of
+        // batches, plus a random fraction of a millisecond. Counting acknowledgements, not
+        // time, keeps the test meaningful however slow the machine is.
+        let during_open = round > 1 && rng.below(5) == 0;
+        let kill_after = Duration::from_micros(rng.below(20_000));
+        let acks_wanted = 4 + rng.below(16) as usize;
+        let extra = Duration::from_micros(rng.below(1_000));
         let started = Instant::now();
-        let mut lines = Vec::new();
-        while started.elapsed() < kill_after {
-            match rx.recv_timeout(Duration::from_millis(1)) {
-                Ok(line) => lines.push(line),
+        let mut lines: Vec<String> = Vec::new();
+        let mut acks_seen = 0;
+        let mut enough_at: Option<Instant> = None;
+        loop {
+            if during_open && started.elapsed() >= kill_after {
+                break;
+            }
+            if enough_at.is_some_and(|t| t.elapsed() >= extra) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the writer acknowledged {acks_seen} batches in 120 s"
+            );
+            match rx.recv_timeout(Duration::from_micros(200)) {
+                Ok(line) => {
+                    if line.starts_with("ack ") {
+                        acks_seen += 1;
+                        if acks_seen >= acks_wanted && enough_at.is_none() {
+                            enough_at = Some(Instant::now());
+                        }
+                    }
+                    lines.push(line);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+        }
+        if !during_open {
+            mid_append_rounds += 1;
         }
         child.kill().expect("SIGKILL the writer");
         let status = child.wait().expect("reap the writer");
@@ -96,12 +126,17 @@ fn every_acknowledged_batch_survives_sigkill() {
                 round_acks += 1;
             }
         }
-        println!("round {round}: killed after {kill_after:?}, {round_acks} acknowledged");
+        println!(
+            "round {round}: killed {} after {:?}, {round_acks} acknowledged",
+            if during_open { "early" } else { "mid-append" },
+            started.elapsed()
+        );
         verify(&log_dir, &acked, round % 2 == 0);
     }
+    assert!(mid_append_rounds >= 1);
     assert!(
-        acked.len() > 20,
-        "the writer acknowledged too little to test anything: {}",
+        acked.len() >= 4 * mid_append_rounds,
+        "every mid-append round waited for 4 acknowledgements at least: {}",
         acked.len()
     );
 }
