@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod config;
+pub mod driver;
 mod follower;
 mod leader;
 pub mod sim;

@@ -160,6 +160,14 @@ impl ReplicaState {
         self.local
     }
 
+    pub fn local_broker_epoch(&self) -> i64 {
+        self.local_broker_epoch
+    }
+
+    pub fn config(&self) -> ReplicaConfig {
+        self.config
+    }
+
     pub fn role(&self) -> RoleView {
         match &self.role {
             Role::None => RoleView::None,
@@ -254,6 +262,17 @@ impl ReplicaState {
             .min_insync_replicas
             .min(self.replicas.len())
             .max(1)
+    }
+
+    /// This node's broker epoch changed (it registered again): the epoch its own ISR
+    /// entry carries in AlterPartition proposals (KIP-903).
+    pub fn set_local_broker_epoch(&mut self, broker_epoch: i64) {
+        self.local_broker_epoch = broker_epoch;
+    }
+
+    /// The topic's `min.insync.replicas` changed.
+    pub fn set_min_insync_replicas(&mut self, min_insync_replicas: usize) {
+        self.config.min_insync_replicas = min_insync_replicas;
     }
 
     /// Brokers that may not join the ISR (fenced or shutting down, KIP-841).

@@ -185,6 +185,7 @@ impl Shard {
             }
         }
         failures.extend(self.open_owned_partitions(&image).await);
+        self.partitions.apply_image(&image, self.node_id()).await;
         failures
     }
 
@@ -227,6 +228,7 @@ impl Shard {
                                 effective.log_config(),
                                 effective.min_insync_replicas(),
                                 shard.cache.clone(),
+                                shard.node_id(),
                             )
                             .await;
                         result.map_err(|e| PartitionFailure {
@@ -393,6 +395,7 @@ async fn run(start: ShardStart) {
     ))
     .detach();
     glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
+    glommio::spawn_local(crate::partition::tick_periodically(shard.clone())).detach();
     // Transactions left in PrepareCommit or PrepareAbort are finished, and open ones time
     // out, without waiting for a client to ask.
     glommio::spawn_local(crate::txn::driver::load_local_partitions(shard.clone())).detach();
