@@ -20,8 +20,10 @@
 pub mod api;
 pub mod config;
 pub mod driver;
+pub mod fetcher;
 mod follower;
 mod leader;
+pub mod listener;
 pub mod sim;
 mod state;
 

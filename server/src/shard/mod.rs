@@ -292,6 +292,8 @@ pub struct ShardStart {
     pub ready: mpsc::Sender<ReadyReport>,
     /// The bound metrics listener, given to shard 0 only (when metrics are on).
     pub metrics_listener: Option<std::net::TcpListener>,
+    /// The bound replication listener, given to shard 0 only (when configured).
+    pub replication_listener: Option<std::net::TcpListener>,
 }
 
 /// Starts a shard on its own pinned thread. The thread ends after a graceful shutdown.
@@ -318,6 +320,7 @@ async fn run(start: ShardStart) {
         control,
         ready,
         metrics_listener,
+        replication_listener,
         ..
     } = start;
     let mesh = match Mesh::join(mesh).await {
@@ -400,6 +403,17 @@ async fn run(start: ShardStart) {
     // out, without waiting for a client to ask.
     glommio::spawn_local(crate::txn::driver::load_local_partitions(shard.clone())).detach();
     crate::partition::cleaner::start(&shard);
+    if let Some(listener) = replication_listener {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
+        // here from the std listener (into_raw_fd gives it up).
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        glommio::spawn_local(crate::replica::listener::serve(shard.clone(), listener)).detach();
+    }
+    if id == crate::metadata::controller::CONTROLLER_SHARD {
+        // Fetches for the partitions this node follows, one connection per leader node.
+        glommio::spawn_local(crate::replica::fetcher::run(shard.clone())).detach();
+    }
     if let Some(listener) = metrics_listener {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
