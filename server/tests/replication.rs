@@ -442,3 +442,115 @@ fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr() {
         node.assert_no_panic();
     }
 }
+
+/// Sends `bytes` to a replication port and tells whether the node closed the connection
+/// (rather than leaving it open) within a bounded time.
+fn closed_after(stream: &mut std::net::TcpStream, bytes: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let _ = stream.write_all(bytes);
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+fn fetch_request(correlation_id: i32, topic_id: u128) -> wharf_protocol::replication::FetchRequest {
+    wharf_protocol::replication::FetchRequest {
+        correlation_id,
+        replica_id: 7,
+        broker_epoch: -1,
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        partitions: vec![wharf_protocol::replication::FetchPartition {
+            topic_id,
+            partition: 0,
+            current_leader_epoch: -1,
+            fetch_offset: 0,
+            last_fetched_epoch: -1,
+            log_start_offset: 0,
+            max_bytes: 1 << 20,
+        }],
+    }
+}
+
+/// A request frame with `correlation_id` (the codec numbers from what it is given).
+fn request_frame(correlation_id: i32, topic_id: u128) -> Bytes {
+    wharf_protocol::replication::encode_request(&fetch_request(correlation_id, topic_id))
+        .expect("encode a fetch request")
+}
+
+#[test]
+fn bad_replication_frames_close_the_connection_and_are_counted() {
+    use std::io::{Read, Write};
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let node = Broker::start_custom(
+        1,
+        "",
+        &[
+            "--replication-listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = node.metrics_addr();
+    let bad_frames = || {
+        common::http::must(
+            &common::http::scrape(metrics),
+            "wharf_replication_bad_frames_total",
+        )
+    };
+    assert_eq!(bad_frames(), 0.0);
+
+    // A length past any cap: closed before anything else is read.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert!(closed_after(
+        &mut stream,
+        &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]
+    ));
+    // Garbage that fits the length: the header's CRC fails.
+    let mut garbage = vec![0u8, 0, 0, 40, 0, 0, 0, 8];
+    garbage.extend([0xabu8; 36]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert!(closed_after(&mut stream, &garbage));
+    wait_until("two bad frames counted", || bad_frames() == 2.0);
+
+    // A well-formed fetch for a partition this node does not have is answered, with an
+    // error for that partition; a request going back in correlation ids then closes it.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .write_all(&request_frame(5, 0xfeed))
+        .expect("send a fetch");
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).expect("an answer");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).expect("the whole answer");
+    match wharf_protocol::replication::decode_frame(&Bytes::from(body)).expect("a good frame") {
+        wharf_protocol::replication::Message::FetchResponse(r) => {
+            assert_eq!(r.correlation_id, 5);
+            assert_eq!(r.partitions.len(), 1);
+            assert_eq!(
+                r.partitions[0].header.error_code, 3,
+                "UNKNOWN_TOPIC_OR_PARTITION"
+            );
+            assert!(r.partitions[0].records.is_empty());
+        }
+        other => panic!("a fetch answered with {other:?}"),
+    }
+    assert!(closed_after(&mut stream, &request_frame(4, 0xfeed)));
+    wait_until("three bad frames counted", || bad_frames() == 3.0);
+    node.assert_no_panic();
+}

@@ -285,7 +285,13 @@ fn rebuild(partition: &Rc<PartitionHandle>) {
     }
     let change = driver.last_change.borrow().clone();
     if let Some(change) = change {
-        let effects = driver.update(|r| r.apply_partition_change(&change, now_ms()));
+        let effects = driver.update(|r| {
+            let effects = r.apply_partition_change(&change, now_ms());
+            // A follower whose append failed fetches again only after the backoff, not in
+            // a tight loop over the same answer.
+            r.delay_next_fetch(now_ms());
+            effects
+        });
         carry_out(partition, effects);
     }
 }
