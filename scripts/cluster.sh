@@ -7,8 +7,8 @@
 #   scripts/cluster.sh stop        SIGTERM every node and wait for it to exit
 #
 # Every node is a voter (broker and controller), with one shard. Node i listens for clients
-# on 127.0.0.1:(BASE + 100*(i-1)), its controller listener on the port after that. Its data,
-# log (wharf.log) and pid file are in DIR/node-i.
+# on 127.0.0.1:(BASE + 100*(i-1)), its controller listener on the port after that and its
+# replication listener on the next. Its data, log (wharf.log) and pid file are in DIR/node-i.
 #
 # Environment: WHARF_CLUSTER_DIR (default ./cluster-data), WHARF_CLUSTER_BASE_PORT
 # (default 19092), WHARF_BIN (default target/release/wharf, else target/debug/wharf).
@@ -38,6 +38,7 @@ find_bin() {
 
 client_port() { echo $((base + 100 * ($1 - 1))); }
 controller_port() { echo $((base + 100 * ($1 - 1) + 1)); }
+replication_port() { echo $((base + 100 * ($1 - 1) + 2)); }
 
 node_pid() {
     local f="$dir/node-$1/wharf.pid"
@@ -95,6 +96,7 @@ start() {
         nohup "$bin" --node-id "$i" --shards 1 \
             --listen "127.0.0.1:$(client_port "$i")" \
             --controller-listen "127.0.0.1:$(controller_port "$i")" \
+            --replication-listen "127.0.0.1:$(replication_port "$i")" \
             --controller-quorum-voters "$quorum" \
             --data-dir "$dir/node-$i/data" \
             >>"$dir/node-$i/wharf.log" 2>&1 &
