@@ -302,7 +302,12 @@ async fn next_fetches(shard: &Rc<Shard>, leader: NodeId) -> Vec<FetchPartition> 
                 if !follows {
                     continue;
                 }
-                if let Some(position) = p.replica.update(|r| r.next_fetch(now)) {
+                let log_start = p.log.log_start_offset().0;
+                let position = p.replica.update(|r| {
+                    r.log_start_moved(log_start);
+                    r.next_fetch(now)
+                });
+                if let Some(position) = position {
                     out.push(position.to_wire(
                         p.tp.topic_id.0.as_u128(),
                         p.tp.partition.0,

@@ -228,16 +228,21 @@ fn topic_partition(p: &FetchPartition) -> TopicPartition {
 
 /// Every partition of the request, answered on its owning shard; in request order.
 async fn answer_all(shard: &Rc<Shard>, request: &FetchRequest) -> Vec<Answered> {
-    let fields = Rc::new(request.clone());
     let max_bytes = request.max_bytes.max(0) as usize;
     let items = request
         .partitions
         .iter()
         .enumerate()
         .map(|(i, p)| (topic_partition(p), (i, *p)));
+    // What a partition's answer needs of the request, without the partitions list.
     let header = FetchRequest {
+        correlation_id: request.correlation_id,
+        replica_id: request.replica_id,
+        broker_epoch: request.broker_epoch,
+        max_wait_ms: request.max_wait_ms,
+        min_bytes: request.min_bytes,
+        max_bytes: request.max_bytes,
         partitions: Vec::new(),
-        ..(*fields).clone()
     };
     let calls: Vec<_> = group_by_owner(shard, items)
         .into_iter()
@@ -309,9 +314,11 @@ async fn answer_partition(
         );
     };
     let fetch = FollowerFetch::from_wire(request, p);
-    let (answer, effects) = partition
-        .replica
-        .update(|r| r.on_follower_fetch(&fetch, now_ms()));
+    let log_start = partition.log.log_start_offset().0;
+    let (answer, effects) = partition.replica.update(|r| {
+        r.log_start_moved(log_start);
+        r.on_follower_fetch(&fetch, now_ms())
+    });
     carry_out(&partition, effects);
     let mut records = Bytes::new();
     if let Some(from) = answer.read_from {

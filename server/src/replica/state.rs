@@ -295,6 +295,17 @@ impl ReplicaState {
         effects
     }
 
+    /// The local log's start moved up without the state machine asking (retention or
+    /// DeleteRecords on this node): its view follows, so a fetch below it is answered
+    /// OFFSET_OUT_OF_RANGE with the real log start.
+    pub fn log_start_moved(&mut self, log_start_offset: i64) {
+        let start = log_start_offset.min(self.log_end_offset);
+        if start > self.log_start_offset {
+            self.log_start_offset = start;
+            self.epochs.truncate_from_start(start);
+        }
+    }
+
     /// KIP-320: checks the leader epoch a request names (-1: none) against this replica's.
     /// An older one is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH; then, if
     /// `require_leader`, this replica must be the leader (NOT_LEADER_OR_FOLLOWER).
