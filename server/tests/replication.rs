@@ -389,6 +389,38 @@ fn produce_acks_all_raw(addr: SocketAddr, topic: &str, partition: i32, timeout_m
 }
 
 const REQUEST_TIMED_OUT: i16 = 7;
+const INVALID_REQUEST: i16 = 42;
+
+/// A transactional batch of one record from producer 1000, epoch 0.
+fn transactional_batch() -> Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let record = Record {
+        transactional: true,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: 1000,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: 0,
+        timestamp: 0,
+        key: None,
+        value: Some(Bytes::from_static(b"txn")),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode a transactional batch");
+    buf.freeze()
+}
 
 #[test]
 fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr() {
@@ -415,6 +447,13 @@ fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr() {
         produce_acks_all_raw(nodes[leader].addr(), &topic, 0, 10_000),
         0,
         "acks=all with every replica up"
+    );
+    // Followers cannot copy transactional batches yet: refused on a replicated partition.
+    let mut conn = KafkaConn::connect(nodes[leader].addr());
+    let resp = conn.request(9, &produce_request(&topic, 0, -1, transactional_batch()));
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        INVALID_REQUEST
     );
 
     nodes[follower].kill();

@@ -6,8 +6,9 @@
 //! long polls, ISR proposals to the controller.
 //!
 //! Everything here runs on the owning shard; the state machine is borrowed only between
-//! awaits. The follower's fetching (the replication connections) lives in
-//! `crate::replica::net`; this file only applies what a fetch answer means for the log.
+//! awaits. The replication connections live in `listener.rs` (the leader's end) and
+//! `fetcher.rs` (the follower's); they go through the functions here for what a fetch
+//! means for the replica and its log.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
