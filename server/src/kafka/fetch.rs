@@ -474,7 +474,13 @@ async fn read_partition(
     } else {
         high_watermark
     };
-    if spec.fetch_offset < log_start_offset || spec.fetch_offset > high_watermark {
+    // Out of range only past the log end, as Kafka: between the high watermark and the log
+    // end (a new leader whose followers have not caught up yet) the fetch waits for data.
+    let log_end_offset = partition
+        .replica
+        .with(|r| r.log_end_offset())
+        .max(high_watermark);
+    if spec.fetch_offset < log_start_offset || spec.fetch_offset > log_end_offset {
         return PartitionRead {
             error: Some(ResponseError::OffsetOutOfRange),
             high_watermark,
