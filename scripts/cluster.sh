@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Runs a Wharf cluster of N nodes on loopback, for trying it out and for tests.
 #
-#   scripts/cluster.sh start [N]   start N nodes (default 3; 1 to 9), or the nodes of the
-#                                  cluster already in the data directory
+#   scripts/cluster.sh start [N] [--brokers M]
+#                                  start N voters (default 3; 1 to 9) and M broker-only
+#                                  nodes (default 0; 0 to 9), or the nodes of the cluster
+#                                  already in the data directory
 #   scripts/cluster.sh status      which nodes run, and `wharf cluster status`
 #   scripts/cluster.sh stop        SIGTERM every node and wait for it to exit
 #
-# Every node is a voter (broker and controller), with one shard. Node i listens for clients
-# on 127.0.0.1:(BASE + 100*(i-1)), its controller listener on the port after that and its
-# replication listener on the next. Its data, log (wharf.log) and pid file are in DIR/node-i.
+# Nodes 1..N are voters (broker and controller); nodes N+1..N+M are brokers only (not in
+# controller.quorum.voters: they follow the voters' metadata log). Each has one shard. Node
+# i listens for clients on 127.0.0.1:(BASE + 100*(i-1)), a voter's controller listener on
+# the port after that, and every node's replication listener on the next. Its data, log
+# (wharf.log) and pid file are in DIR/node-i.
 #
 # Environment: WHARF_CLUSTER_DIR (default ./cluster-data), WHARF_CLUSTER_BASE_PORT
 # (default 19092), WHARF_BIN (default target/release/wharf, else target/debug/wharf).
@@ -54,6 +58,15 @@ node_count() {
     cat "$dir/nodes"
 }
 
+# Broker-only nodes of the cluster in the data directory (0 for clusters started before
+# there were any).
+broker_count() {
+    if [ -f "$dir/brokers" ]; then cat "$dir/brokers"; else echo 0; fi
+}
+
+# Every node, voters and brokers only.
+all_count() { echo $(($(node_count) + $(broker_count))); }
+
 voters() {
     local n=$1 out="" i
     for i in $(seq 1 "$n"); do
@@ -63,27 +76,57 @@ voters() {
 }
 
 start() {
-    local n="${1:-}"
+    local n="" m=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --brokers)
+                [ $# -ge 2 ] || die "--brokers needs a number"
+                m=$2
+                shift 2
+                ;;
+            --brokers=*)
+                m=${1#--brokers=}
+                shift
+                ;;
+            *)
+                [ -z "$n" ] || die "usage: scripts/cluster.sh start [N] [--brokers M]"
+                n=$1
+                shift
+                ;;
+        esac
+    done
     if [ -f "$dir/nodes" ]; then
         local had
         had=$(cat "$dir/nodes")
         if [ -n "$n" ] && [ "$n" != "$had" ]; then
-            die "$dir holds a cluster of $had nodes; the voter set cannot change (use another WHARF_CLUSTER_DIR, or remove $dir)"
+            die "$dir holds a cluster of $had voters; the voter set cannot change (use another WHARF_CLUSTER_DIR, or remove $dir)"
         fi
         n=$had
+        # Broker-only nodes may be added to a cluster that exists, never taken away here.
+        local had_brokers
+        had_brokers=$(broker_count)
+        if [ -z "$m" ] || [ "$m" -lt "$had_brokers" ] 2>/dev/null; then
+            m=$had_brokers
+        fi
     fi
     n="${n:-3}"
+    m="${m:-0}"
     case "$n" in
         [1-9]) ;;
         *) die "N must be 1 to 9, not '$n'" ;;
+    esac
+    case "$m" in
+        [0-9]) ;;
+        *) die "M (--brokers) must be 0 to 9, not '$m'" ;;
     esac
     local bin
     bin=$(find_bin)
     mkdir -p "$dir"
     echo "$n" >"$dir/nodes"
-    local quorum i
+    echo "$m" >"$dir/brokers"
+    local quorum i total=$((n + m))
     quorum=$(voters "$n")
-    for i in $(seq 1 "$n"); do
+    for i in $(seq 1 "$total"); do
         if pid=$(node_pid "$i"); then
             echo "node $i already runs (pid $pid)"
             continue
@@ -93,9 +136,14 @@ start() {
         local before=0
         [ -f "$dir/node-$i/wharf.log" ] && before=$(grep -c " serving " "$dir/node-$i/wharf.log" || true)
         echo "$before" >"$dir/node-$i/serving-before"
+        # A voter listens for the other controllers; a broker-only node has no such listener.
+        local controller_flags=()
+        if [ "$i" -le "$n" ]; then
+            controller_flags=(--controller-listen "127.0.0.1:$(controller_port "$i")")
+        fi
         nohup "$bin" --node-id "$i" --shards 1 \
             --listen "127.0.0.1:$(client_port "$i")" \
-            --controller-listen "127.0.0.1:$(controller_port "$i")" \
+            ${controller_flags[@]+"${controller_flags[@]}"} \
             --replication-listen "127.0.0.1:$(replication_port "$i")" \
             --controller-quorum-voters "$quorum" \
             --data-dir "$dir/node-$i/data" \
@@ -104,7 +152,7 @@ start() {
     done
     # A node logs "serving" once the quorum has a controller and it has caught up.
     local deadline=$((SECONDS + start_timeout_s))
-    for i in $(seq 1 "$n"); do
+    for i in $(seq 1 "$total"); do
         local before
         before=$(cat "$dir/node-$i/serving-before" 2>/dev/null || echo 0)
         while true; do
@@ -115,9 +163,11 @@ start() {
             [ "$SECONDS" -lt "$deadline" ] || die "node $i is not serving after ${start_timeout_s} s; see $dir/node-$i/wharf.log"
             sleep 0.2
         done
-        echo "node $i serving on 127.0.0.1:$(client_port "$i") (pid $(node_pid "$i"))"
+        local role="voter"
+        [ "$i" -le "$n" ] || role="broker only"
+        echo "node $i ($role) serving on 127.0.0.1:$(client_port "$i") (pid $(node_pid "$i"))"
     done
-    echo "bootstrap servers: $(bootstrap "$n")"
+    echo "bootstrap servers: $(bootstrap "$total")"
 }
 
 bootstrap() {
@@ -130,13 +180,17 @@ bootstrap() {
 
 status() {
     local n i first=""
-    n=$(node_count)
+    n=$(all_count)
+    local voters role
+    voters=$(node_count)
     for i in $(seq 1 "$n"); do
+        role="voter"
+        [ "$i" -le "$voters" ] || role="broker only"
         if pid=$(node_pid "$i"); then
-            echo "node $i: running (pid $pid), 127.0.0.1:$(client_port "$i")"
+            echo "node $i ($role): running (pid $pid), 127.0.0.1:$(client_port "$i")"
             first="${first:-127.0.0.1:$(client_port "$i")}"
         else
-            echo "node $i: not running"
+            echo "node $i ($role): not running"
         fi
     done
     if [ -n "$first" ]; then
@@ -145,10 +199,11 @@ status() {
     fi
 }
 
-stop() {
-    local n i pids=()
-    n=$(node_count)
-    for i in $(seq 1 "$n"); do
+# SIGTERM to nodes FIRST..LAST, then waits for each to exit.
+stop_range() {
+    local first=$1 last=$2 i pids=()
+    [ "$first" -le "$last" ] || return 0
+    for i in $(seq "$first" "$last"); do
         if pid=$(node_pid "$i"); then
             kill -TERM "$pid"
             pids+=("$i:$pid")
@@ -171,9 +226,22 @@ stop() {
     return "$status"
 }
 
+# Broker-only nodes first: their controlled shutdown needs a controller that still runs.
+stop() {
+    local voters all status=0
+    voters=$(node_count)
+    all=$(all_count)
+    stop_range $((voters + 1)) "$all" || status=1
+    stop_range 1 "$voters" || status=1
+    return "$status"
+}
+
 case "${1:-}" in
-    start) start "${2:-}" ;;
+    start)
+        shift
+        start "$@"
+        ;;
     stop) stop ;;
     status) status ;;
-    *) die "usage: scripts/cluster.sh start [N] | status | stop" ;;
+    *) die "usage: scripts/cluster.sh start [N] [--brokers M] | status | stop" ;;
 esac

@@ -103,12 +103,13 @@ pub struct BrokerArgs {
     pub node_id: Option<i32>,
     /// The voters of the metadata quorum, `ID@HOST:PORT,...` with each voter's controller
     /// address (Kafka: `controller.quorum.voters`). A node listed here is broker and
-    /// controller. [default: this node alone, a one-node cluster]
+    /// controller; any other node is a broker only, following the voters' metadata log.
+    /// [default: this node alone, a one-node cluster]
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     pub controller_quorum_voters: Option<String>,
     /// Address to accept the other controllers on (Raft, forwarded admin requests).
     /// (file: `listeners` entry `CONTROLLER://HOST:PORT`) [default: this node's address in
-    /// --controller-quorum-voters]
+    /// --controller-quorum-voters; none on a broker-only node, which refuses one]
     #[arg(long, value_name = "ADDR")]
     pub controller_listen: Option<String>,
     /// Address for replication between brokers, recorded in the broker's registration
@@ -227,7 +228,7 @@ pub struct ClusterConfig {
     /// alone.
     pub voters: Vec<Voter>,
     /// Where this node accepts the other controllers; `None` when nobody needs to reach it
-    /// (a one-node cluster started without cluster flags).
+    /// (a one-node cluster started without cluster flags, a broker-only node).
     pub controller_listen: Option<SocketAddr>,
     /// Where this node will serve replication; recorded in its registration only.
     pub replication_listen: Option<SocketAddr>,
@@ -258,6 +259,11 @@ impl ClusterConfig {
 
     pub fn voter(&self, id: i32) -> Option<&Voter> {
         self.voters.iter().find(|v| v.id == id)
+    }
+
+    /// Whether node `id` is a voter (broker and controller) rather than a broker only.
+    pub fn is_voter(&self, id: i32) -> bool {
+        self.voter(id).is_some()
     }
 }
 
@@ -673,17 +679,18 @@ fn resolve_cluster_config(
             let voters = parse_voters(&text)?;
             let ids: Vec<String> = voters.iter().map(|v| v.id.to_string()).collect();
             let Some(me) = voters.iter().find(|v| v.id == node_id) else {
-                return Err(err(if controller_listen.is_some() {
-                    format!(
-                        "node.id {node_id} is not among controller.quorum.voters ({}), but a controller listener is given: only voters run a controller; give this node the id of its voter entry",
+                // A node that is not a voter is a broker only (KRaft's
+                // `process.roles=broker`): it runs no controller, so it has no controller
+                // listener; like Kafka, refuse one rather than bind a port nobody uses.
+                if controller_listen.is_some() {
+                    return Err(err(format!(
+                        "node.id {node_id} is not among controller.quorum.voters ({}), but a controller listener is given: only voters run a controller; leave the controller listener out to run this node as a broker only, or give it the id of its voter entry",
                         ids.join(", ")
-                    )
-                } else {
-                    format!(
-                        "node.id {node_id} is not among controller.quorum.voters ({}): nodes that are brokers only (not voters) are not supported yet; give this node the id of its voter entry",
-                        ids.join(", ")
-                    )
-                }));
+                    )));
+                }
+                cluster.controller_listen = None;
+                cluster.voters = voters;
+                return Ok(cluster);
             };
             cluster.controller_listen = match controller_listen {
                 Some(addr) => Some(addr),
@@ -1294,6 +1301,18 @@ mod tests {
     }
 
     #[test]
+    fn a_node_not_among_the_voters_is_a_broker_only_without_a_controller_listener() {
+        let mut a = args();
+        a.node_id = Some(4);
+        a.controller_quorum_voters = Some("1@127.0.0.1:9301,2@127.0.0.1:9302".into());
+        let config = resolve(&a, 1).expect("a broker-only node resolves");
+        assert_eq!(config.cluster.voter_ids(), vec![1, 2]);
+        assert!(!config.cluster.is_voter(4));
+        assert!(config.cluster.is_voter(2));
+        assert_eq!(config.cluster.controller_listen, None);
+    }
+
+    #[test]
     fn bad_cluster_settings_are_one_line_saying_what_to_do() {
         let bad = |node: i32, voters: &str, controller: Option<&str>| {
             let mut a = args();
@@ -1312,11 +1331,6 @@ mod tests {
         assert!(
             e.contains("node.id 4 is not among controller.quorum.voters (1, 2)")
                 && e.contains("only voters run a controller"),
-            "{e}"
-        );
-        let e = bad(4, "1@127.0.0.1:9301", None);
-        assert!(
-            e.contains("brokers only") && e.contains("not supported yet"),
             "{e}"
         );
         for (voters, why) in [

@@ -42,7 +42,11 @@ fn s(v: &str) -> StrBytes {
 /// voter is down and keep it from listening there again after a restart. Bound together,
 /// so they differ, then released.
 fn free_ports(n: usize) -> Vec<u16> {
-    let mut next = 20_000 + (std::process::id() % 10_000) as u16;
+    // Each call starts elsewhere, so the tests of this file, running at once, do not pick
+    // ports another one has just released for its voters.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut next = 20_000 + ((std::process::id() + call * 1_000) % 12_000) as u16;
     let mut listeners: Vec<TcpListener> = Vec::new();
     for _ in 0..5_000 {
         if listeners.len() == n {
@@ -67,6 +71,12 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// Starts `n` voters of one quorum at once (each waits for the others before it serves).
 /// Returns the nodes (node id `i + 1` at index `i`) and their controller ports.
 fn start_cluster(n: usize) -> (Vec<Broker>, Vec<u16>) {
+    start_cluster_with_brokers(n, 0)
+}
+
+/// Starts `n` voters and `brokers` broker-only nodes (ids `n + 1` ...) at once. Returns
+/// the nodes (node id `i + 1` at index `i`) and the voters' controller ports.
+fn start_cluster_with_brokers(n: usize, brokers: usize) -> (Vec<Broker>, Vec<u16>) {
     let ports = free_ports(n);
     let voters = ports
         .iter()
@@ -74,19 +84,22 @@ fn start_cluster(n: usize) -> (Vec<Broker>, Vec<u16>) {
         .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let starting: Vec<_> = (0..n)
+    let starting: Vec<_> = (0..n + brokers)
         .map(|i| {
             let voters = voters.clone();
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
-                Broker::start_with(&[
-                    "--node-id",
-                    &id,
-                    "--controller-quorum-voters",
-                    &voters,
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                ])
+                Broker::start_with_shards(
+                    1,
+                    &[
+                        "--node-id",
+                        &id,
+                        "--controller-quorum-voters",
+                        &voters,
+                        "--metrics-listen",
+                        "127.0.0.1:0",
+                    ],
+                )
             })
         })
         .collect();
@@ -312,11 +325,12 @@ fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
         term_before,
         "the quorum's term is untouched"
     );
-    // A registration from a node id that is not a voter is refused, and changes nothing.
+    // A registration with a negative node id is refused, and changes nothing. (Any other
+    // node id may register: brokers need not be voters.)
     let registration = encode_frame(&Frame::new(
         5,
         Body::BrokerRegistrationRequest(BrokerRegistrationRequest {
-            node_id: 9,
+            node_id: -1,
             incarnation_id: 1,
             cluster_id: String::new(),
             listeners: vec![Listener {
@@ -328,7 +342,9 @@ fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
         }),
     ))
     .expect("encode");
-    let answer = controller_answer(port, &registration);
+    let active = metadata(nodes[0].addr()).controller_id.0;
+    assert!((1..=3).contains(&active), "a controller: {active}");
+    let answer = controller_answer(controller_ports[(active - 1) as usize], &registration);
     assert!(
         matches!(&answer.body, Body::ErrorResponse(e) if e.kind == ErrorKind::InvalidRequest),
         "{answer:?}"
@@ -653,6 +669,372 @@ fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_
     let line = run.stderr.trim();
     assert!(
         line.starts_with("wharf: node.id 4 is not among controller.quorum.voters (1, 2, 3)")
+            && !line.contains('\n'),
+        "{line}"
+    );
+}
+
+/// Metadata changes after which a voter has certainly snapshotted its log and dropped the
+/// entries before the snapshot (it does so every 1000 entries, keeping the last 500).
+const SNAPSHOT_FORCING_CHANGES: i64 = 1_100;
+
+/// IncrementalAlterConfigs: sets a topic's `retention.ms`; the resource's error code.
+fn set_retention_ms(conn: &mut KafkaConn, topic: &str, ms: i64) -> i16 {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(s("retention.ms"))
+                .with_config_operation(0)
+                .with_value(Some(s(&ms.to_string())))]),
+    ]);
+    conn.request(0, &req).responses[0].error_code
+}
+
+/// DescribeConfigs to one node: a topic's `retention.ms` as that node serves it.
+fn retention_ms_on(addr: SocketAddr, topic: &str) -> Option<String> {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::DescribeConfigsRequest;
+    let mut conn = KafkaConn::connect(addr);
+    let req =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configuration_keys(Some(vec![s("retention.ms")]))]);
+    let resp = conn.request(1, &req);
+    let result = resp.results.first()?;
+    assert_eq!(result.error_code, 0, "DescribeConfigs of {topic}");
+    result
+        .configs
+        .iter()
+        .find(|c| c.name.as_str() == "retention.ms")
+        .and_then(|c| c.value.as_ref().map(|v| v.to_string()))
+}
+
+/// Every node's view of `topic` once they all agree (bounded wait).
+fn agreed_view(nodes: &[&Broker], topic: &str) -> TopicView {
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    loop {
+        let views: Vec<Option<TopicView>> = nodes
+            .iter()
+            .map(|n| topic_view(&metadata(n.addr()), topic))
+            .collect();
+        if let Some(Some(first)) = views.first() {
+            if views.iter().all(|v| v.as_ref() == Some(first)) {
+                return first.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never agreed on {topic}: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_broker_only_node_follows_the_quorum_hosts_partitions_and_catches_up_after_sigkill() {
+    // Three voters and node 4, a broker only: not in controller.quorum.voters, no
+    // controller listener, following the metadata log with FetchMetadata.
+    let (mut nodes, _) = start_cluster_with_brokers(3, 1);
+    let broker = 3;
+    {
+        let all: Vec<&Broker> = nodes.iter().collect();
+        wait_for_metadata(&all, "every node lists the four brokers", |md| {
+            md.brokers.len() == 4
+        });
+    }
+
+    // A topic created through the broker-only node (forwarded to the active controller)
+    // appears on every node with one id; placement spreads its leaders onto node 4 too.
+    let spread = unique_topic("via-broker");
+    assert_eq!(
+        create_topic(nodes[broker].addr(), &spread, 8),
+        error_code::NONE
+    );
+    let (_, partitions) = topic_view(&metadata(nodes[broker].addr()), &spread)
+        .expect("the broker-only node serves the topic it created at once");
+    let view = agreed_view(&nodes.iter().collect::<Vec<_>>(), &spread);
+    assert_eq!(view.1, partitions);
+    for node in 1..=4 {
+        assert_eq!(
+            partitions.iter().filter(|(l, _)| *l == node).count(),
+            2,
+            "leaders spread evenly over the four brokers: {partitions:?}"
+        );
+    }
+
+    // Real clients produce to and consume from every partition, node 4's included.
+    let bootstrap = bootstrap_of(&nodes);
+    produce_everywhere(&bootstrap, &spread, 8, 5);
+    assert_eq!(
+        record_counts(&bootstrap, &spread),
+        (0..8).map(|p| (p, 5)).collect()
+    );
+
+    // `wharf cluster status` through the broker-only node: node 4 is a broker (not a
+    // controller), serving, and the quorum leader knows how far its log goes.
+    let status = cluster_status(&nodes[broker].bootstrap());
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("4 "))
+        .unwrap_or_else(|| panic!("node 4 listed: {status}"));
+    assert!(
+        row.contains("broker") && !row.contains("controller") && row.contains("serving"),
+        "{status}"
+    );
+    assert!(
+        row.split_whitespace()
+            .last()
+            .is_some_and(|lag| lag.parse::<i64>().is_ok()),
+        "node 4's lag is known: {status}"
+    );
+
+    // kill -9 the active controller: the broker-only node finds the new one, and a
+    // metadata change through it works again.
+    let controller = metadata(nodes[broker].addr()).controller_id.0;
+    assert!(
+        (1..=3).contains(&controller),
+        "a voter controls: {controller}"
+    );
+    let dead = (controller - 1) as usize;
+    nodes[dead].kill();
+    let killed_at = Instant::now();
+    let failover = unique_topic("via-broker-after-failover");
+    loop {
+        let code = create_topic(nodes[broker].addr(), &failover, 2);
+        if code == error_code::NONE || code == TOPIC_ALREADY_EXISTS {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < FAILOVER_GUARD,
+            "no metadata change through the broker-only node {FAILOVER_GUARD:?} after the controller was killed (last error {code})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "failover: CreateTopics through the broker-only node accepted {} ms after the active controller (node {controller}) was killed",
+        killed_at.elapsed().as_millis()
+    );
+    let new_controller = metadata(nodes[broker].addr()).controller_id.0;
+    assert!(
+        new_controller != controller && (1..=3).contains(&new_controller),
+        "a new controller: {new_controller}"
+    );
+    assert!(topic_view(&metadata(nodes[broker].addr()), &failover).is_some());
+    // The killed voter comes back, and its partitions with it.
+    nodes[dead].restart();
+
+    // SIGKILL the broker-only node; a topic is created while it is down, and changed so
+    // often that the controller snapshots its log and drops the entries before the
+    // snapshot. The broker comes back (serving only once unfenced): it starts from the
+    // snapshot, has caught up, and leads its partitions again.
+    nodes[broker].kill();
+    let while_down = unique_topic("while-broker-down");
+    assert_eq!(
+        create_topic(nodes[dead].addr(), &while_down, 1),
+        error_code::NONE
+    );
+    let active = metadata(nodes[dead].addr()).controller_id.0;
+    assert!((1..=3).contains(&active), "a controller: {active}");
+    let active_addr = nodes[(active - 1) as usize].addr();
+    let changing: Vec<_> = (0..4)
+        .map(|t| {
+            let topic = while_down.clone();
+            std::thread::spawn(move || {
+                let mut conn = KafkaConn::connect(active_addr);
+                for i in 0..SNAPSHOT_FORCING_CHANGES / 4 {
+                    let code = set_retention_ms(&mut conn, &topic, 1_000_000 + t * 10_000 + i);
+                    assert_eq!(code, error_code::NONE, "a config change");
+                }
+            })
+        })
+        .collect();
+    for t in changing {
+        t.join().expect("config changes");
+    }
+    let mut conn = KafkaConn::connect(active_addr);
+    assert_eq!(
+        set_retention_ms(&mut conn, &while_down, 7_777_777),
+        error_code::NONE
+    );
+    nodes[broker].restart();
+    assert!(
+        nodes[broker]
+            .stderr()
+            .contains("loaded the controller's metadata snapshot"),
+        "the restarted broker-only node started from the controller's snapshot"
+    );
+    assert_eq!(
+        retention_ms_on(nodes[broker].addr(), &while_down).as_deref(),
+        Some("7777777"),
+        "the broker-only node has the last change"
+    );
+    let expected = topic_view(&metadata(nodes[dead].addr()), &while_down).expect("created");
+    let all: Vec<&Broker> = nodes.iter().collect();
+    wait_for_metadata(
+        &all,
+        "the topic created meanwhile and every leader back",
+        |md| {
+            topic_view(md, &while_down).is_some_and(|v| v.0 == expected.0)
+                && topic_view(md, &spread).is_some_and(|(_, parts)| {
+                    parts.iter().all(|(leader, _)| *leader > 0)
+                        && parts.iter().filter(|(leader, _)| *leader == 4).count() == 2
+                })
+        },
+    );
+    assert_eq!(
+        record_counts(&bootstrap_of(&nodes), &spread),
+        (0..8).map(|p| (p, 5)).collect(),
+        "every record is still there, node 4's partitions included"
+    );
+    for n in &nodes {
+        n.assert_no_panic();
+    }
+}
+
+/// A stand-in for a voter that answers the first FetchMetadata of every connection with
+/// `answer` and counts the connections the other side then closed. Runs until the test ends.
+fn misbehaving_voter(answer: Vec<u8>) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake voter");
+    let port = listener.local_addr().expect("local addr").port();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counter = closed.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (answer, counter) = (answer.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                // Requests other than FetchMetadata (the registration) go unanswered.
+                loop {
+                    let mut len = [0u8; 4];
+                    if stream.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if stream.read_exact(&mut frame).is_err() {
+                        return;
+                    }
+                    let fetch = decode_frame(&Bytes::from(frame))
+                        .is_ok_and(|f| matches!(f.body, Body::FetchMetadataRequest(_)));
+                    if fetch {
+                        break;
+                    }
+                }
+                if stream.write_all(&answer).is_err() {
+                    return;
+                }
+                // The broker must close the connection now; whatever else it sent before
+                // seeing the answer is read and dropped.
+                let mut sink = [0u8; 4096];
+                loop {
+                    match stream.read(&mut sink) {
+                        Ok(0) => {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(_) => continue,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::ConnectionReset
+                                    | std::io::ErrorKind::BrokenPipe
+                            ) =>
+                        {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    (port, closed)
+}
+
+#[test]
+fn a_broker_only_node_drops_a_voter_that_answers_garbage_and_tries_the_others() {
+    use std::sync::atomic::Ordering;
+    // Voter 1 answers with an oversized length, voter 2 with bytes that are no frame.
+    let (oversized_port, oversized_closed) = misbehaving_voter(vec![0x7f, 0xff, 0xff, 0xff, 1]);
+    let mut garbage = vec![0, 0, 0, 16];
+    garbage.extend_from_slice(&[0xAB; 16]);
+    let (garbage_port, garbage_closed) = misbehaving_voter(garbage);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stderr_path = dir.path().join("stderr");
+    let voters = format!("1@127.0.0.1:{oversized_port},2@127.0.0.1:{garbage_port}");
+    let mut child = std::process::Command::new(common::wharf_bin())
+        .args([
+            "--node-id",
+            "3",
+            "--shards",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf-8 path"),
+            "--controller-quorum-voters",
+            &voters,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("start wharf");
+    // Each voter gets the broker back after its connection was closed: it keeps trying
+    // both, and stays up.
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    while oversized_closed.load(Ordering::SeqCst) < 2 || garbage_closed.load(Ordering::SeqCst) < 2 {
+        let running = child.try_wait().expect("try_wait").is_none();
+        assert!(
+            running && Instant::now() < deadline,
+            "the broker did not keep closing bad connections and trying again (running: {running}); stderr:\n{}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_voters_data_dir_is_refused_to_a_broker_only_node_with_one_line() {
+    // A one-node cluster's data dir (node 1, a voter), started again as node 2, a broker
+    // only: the voter set would change under the log it holds.
+    let mut broker = Broker::start();
+    broker.terminate();
+    let ports = free_ports(1);
+    let voters = format!("1@127.0.0.1:{}", ports[0]);
+    let data_dir = broker.data_dir();
+    let run = common::run_wharf_to_exit(
+        &[
+            "--node-id",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+            "--controller-quorum-voters",
+            &voters,
+        ],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert!(
+        line.contains("holds the metadata log of a voter")
+            && line.contains("changing the voter set is not supported")
             && !line.contains('\n'),
         "{line}"
     );

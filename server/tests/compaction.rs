@@ -194,6 +194,50 @@ fn a_consumer_reads_the_latest_value_of_every_key_after_the_cleaner_ran() {
     let ratio = http::must(&body, &series("wharf_log_cleaner_dirty_ratio"));
     assert!((0.0..=1.0).contains(&ratio), "{ratio}");
 
+    // `wharf topics` shows the partition's offsets, size and the cleaner's progress.
+    let out = std::process::Command::new(common::wharf_bin())
+        .args(["topics", "--bootstrap", &bootstrap, "--topic", &topic])
+        .args(["--metrics", &metrics.to_string()])
+        .output()
+        .expect("run wharf topics");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "TOPIC",
+            "PARTITION",
+            "LEADER",
+            "START-OFFSET",
+            "END-OFFSET",
+            "SIZE-BYTES",
+            "DIRTY",
+            "CLEANS",
+            "BYTES-CLEANED",
+            "LAST-CLEAN"
+        ],
+        "{text}"
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with(topic.as_str()))
+        .unwrap_or_else(|| panic!("no row for {topic}:\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "0", "{text}");
+    assert_eq!(row[3], "0", "the log start does not move: {text}");
+    assert_eq!(row[4], (produced + 1).to_string(), "the log end: {text}");
+    assert!(row[5].parse::<u64>().is_ok_and(|size| size > 0), "{text}");
+    assert!(row[7].parse::<u64>().is_ok_and(|runs| runs >= 1), "{text}");
+    assert!(row[8].parse::<u64>().is_ok_and(|bytes| bytes > 0), "{text}");
+    assert!(row[9].ends_with('Z'), "the last clean's time: {text}");
+
     // The idempotent producer's state survived the cleaning: the same producer goes on
     // (an out-of-order or unknown-producer answer would fail its sends), and its records
     // land after everything else.
@@ -243,8 +287,12 @@ fn sigkill_while_cleaning_loses_no_acknowledged_latest_value() {
     let mut latest = Latest::new();
     let mut kills_while_cleaning = 0;
     for run in 0..4u32 {
-        let producer =
-            client::producer(&broker.bootstrap(), &[("acks", "all"), ("linger.ms", "5")]);
+        // Batches of at most 16 KiB (the Java producer's default; librdkafka's is 1 MB), so
+        // the 64 KiB segments roll and there are sealed segments to clean.
+        let producer = client::producer(
+            &broker.bootstrap(),
+            &[("acks", "all"), ("linger.ms", "5"), ("batch.size", "16384")],
+        );
         let mut records = overwrites(200, 8, &format!("run{run}"), 300);
         for k in (run as usize..200).step_by(17) {
             records.push((format!("key-{k:04}"), None));
@@ -310,5 +358,110 @@ fn sigkill_while_cleaning_loses_no_acknowledged_latest_value() {
             "recovery found damage ({damage}):\n{stderr}"
         );
     }
+    broker.assert_no_panic();
+}
+
+/// Records the scale test writes; `WHARF_COMPACTION_RECORDS` raises it
+/// (`scripts/compaction-check.sh` runs 1,000,000 on a release build).
+fn scale_records() -> usize {
+    std::env::var("WHARF_COMPACTION_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+#[test]
+fn many_keys_with_updates_and_tombstones_compact_to_the_latest_live_value_of_each() {
+    let records = scale_records();
+    let keys = 10_000.min(records);
+    let broker = Broker::start_with_settings(SETTINGS, &["--metrics-listen", "127.0.0.1:0"]);
+    let bootstrap = broker.bootstrap();
+    let topic = unique_topic("compact-scale");
+    // Tombstones expire at once: once cleaned twice, a deleted key is gone entirely.
+    client::create_topic(
+        &bootstrap,
+        &topic,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "1048576"),
+            ("segment.ms", "300"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "0"),
+        ],
+    );
+    let producer = client::producer(
+        &bootstrap,
+        &[("acks", "1"), ("linger.ms", "5"), ("batch.size", "65536")],
+    );
+    // Keys in a scrambled order, one write in ten a tombstone (a deleted key may be
+    // written again later).
+    let mut latest = Latest::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let started = Instant::now();
+    for chunk_start in (0..records).step_by(50_000) {
+        let chunk: Vec<(String, Option<String>)> = (chunk_start..records.min(chunk_start + 50_000))
+            .map(|i| {
+                let r = next();
+                let key = format!("key-{:05}", r % keys as u64);
+                let value = (r >> 32) % 10 != 0;
+                (key, value.then(|| format!("v{i}-{:08x}", r >> 40)))
+            })
+            .collect();
+        produce(&producer, &topic, &chunk, &mut latest);
+    }
+    eprintln!(
+        "produced {records} records over {keys} keys in {:?}",
+        started.elapsed()
+    );
+    let live = |latest: &Latest| -> Vec<(i64, String, Option<String>)> {
+        compacted(latest)
+            .into_iter()
+            .filter(|(_, _, v)| v.is_some())
+            .collect()
+    };
+
+    // A reader while the cleaner works sees every live key's latest value; then the log
+    // keeps being made dirty (and rolled) until it holds exactly the live keys' latest
+    // values: every superseded record and every expired tombstone gone.
+    let deadline = Instant::now() + CLEAN_GUARD * 2;
+    let mut round = 0;
+    loop {
+        let got = read_back(&bootstrap, &topic);
+        let want = live(&latest);
+        let got_set: std::collections::HashSet<_> = got.iter().collect();
+        for record in &want {
+            assert!(
+                got_set.contains(record),
+                "the latest value {record:?} is missing from a read of {} records",
+                got.len()
+            );
+        }
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted after {round} rounds: read {} records, want {} (tombstones read: {})",
+            got.len(),
+            want.len(),
+            got.iter().filter(|r| r.2.is_none()).count()
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        let sentinel = vec![(format!("zz-sentinel-{round}"), Some("end".to_string()))];
+        produce(&producer, &topic, &sentinel, &mut latest);
+        round += 1;
+    }
+    eprintln!(
+        "compacted to {} live keys in {:?} after producing, {round} rolls",
+        live(&latest).len(),
+        started.elapsed()
+    );
     broker.assert_no_panic();
 }

@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     AddPartitionsToTxnRequest, ApiKey, DescribeProducersRequest, DescribeTransactionsRequest,
     EndTxnRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest,
-    ListTransactionsRequest, ProducerId, TransactionalId,
+    ListTransactionsRequest, ProducerId, TransactionalId, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use wharf_protocol::batch::BatchBuilder;
@@ -148,12 +150,13 @@ fn api_versions_advertise_the_transaction_apis() {
     let broker = Broker::start();
     let mut conn = KafkaConn::connect(broker.addr());
     let versions = conn.api_versions();
+    // Kafka 3.9's ranges: KIP-890 part 1, not part 2 (EndTxn v5, TxnOffsetCommit v5).
     for (key, max) in [
         (ApiKey::InitProducerId, 5),
-        (ApiKey::AddPartitionsToTxn, 3),
-        (ApiKey::AddOffsetsToTxn, 3),
-        (ApiKey::EndTxn, 3),
-        (ApiKey::TxnOffsetCommit, 3),
+        (ApiKey::AddPartitionsToTxn, 5),
+        (ApiKey::AddOffsetsToTxn, 4),
+        (ApiKey::EndTxn, 4),
+        (ApiKey::TxnOffsetCommit, 4),
         (ApiKey::DescribeProducers, 0),
         (ApiKey::DescribeTransactions, 0),
         (ApiKey::ListTransactions, 1),
@@ -314,5 +317,97 @@ fn a_transaction_holds_back_the_lso_and_an_abort_is_listed_for_read_committed() 
         5,
         "nothing refused was stored"
     );
+    broker.assert_no_panic();
+}
+
+/// What another broker (Kafka's partition leaders) sends a coordinator: AddPartitionsToTxn
+/// v4+, a batch of transactions to verify (KIP-890 part 1), answered per transaction in
+/// the error each version knows. And a TxnOffsetCommit for a group whose offsets partition
+/// is not in the transaction is refused (TRANSACTION_ABORTABLE at v4).
+#[test]
+fn a_coordinator_answers_the_batched_verification_over_the_wire() {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let (added, other) = (unique_topic("txn-added"), unique_topic("txn-other"));
+    ensure_topic(&mut conn, &added);
+    ensure_topic(&mut conn, &other);
+    let id = "wire-verify";
+    let (error, pid, epoch) = init(&mut conn, 5, id, 60_000);
+    assert_eq!(error, 0);
+    assert_eq!(add_partition(&mut conn, id, pid, epoch, &added), 0);
+
+    let verify = |topics: &[&str]| {
+        AddPartitionsToTxnRequest::default().with_transactions(vec![
+            AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(txn_id(id))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_verify_only(true)
+                .with_topics(
+                    topics
+                        .iter()
+                        .map(|t| {
+                            AddPartitionsToTxnTopic::default()
+                                .with_name(topic_name(t))
+                                .with_partitions(vec![0])
+                        })
+                        .collect(),
+                ),
+        ])
+    };
+    for (version, outside) in [
+        (5, ResponseError::TransactionAbortable),
+        (4, ResponseError::InvalidTxnState),
+    ] {
+        let resp = conn.request(version, &verify(&[&added, &other]));
+        assert_eq!(resp.error_code, 0, "v{version}");
+        assert_eq!(resp.results_by_transaction.len(), 1, "v{version}");
+        let result = &resp.results_by_transaction[0];
+        assert_eq!(result.transactional_id.0.as_str(), id);
+        let codes: Vec<(String, i16)> = result
+            .topic_results
+            .iter()
+            .map(|t| {
+                (
+                    t.name.0.to_string(),
+                    t.results_by_partition[0].partition_error_code,
+                )
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            vec![(added.clone(), 0), (other.clone(), outside.code())],
+            "v{version}"
+        );
+    }
+
+    let commit = TxnOffsetCommitRequest::default()
+        .with_transactional_id(txn_id(id))
+        .with_group_id(kafka_protocol::messages::GroupId(
+            StrBytes::from_static_str("wire-verify-group"),
+        ))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_generation_id(-1)
+        .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+            .with_name(topic_name(&added))
+            .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(3)])]);
+    for (version, expected) in [
+        (4, ResponseError::TransactionAbortable),
+        (3, ResponseError::InvalidTxnState),
+    ] {
+        let resp = conn.request(version, &commit);
+        assert_eq!(
+            resp.topics[0].partitions[0].error_code,
+            expected.code(),
+            "TxnOffsetCommit v{version}"
+        );
+    }
+    assert_eq!(end_txn(&mut conn, 4, id, pid, epoch, false), 0);
     broker.assert_no_panic();
 }

@@ -168,3 +168,108 @@ def test_tombstones_go_once_delete_retention_ms_has_passed(start_broker, tmp_pat
         if not any(v is None for _, _, v in got) and not any(k == b"k0" for _, k, _ in got):
             break
         assert time.monotonic() < deadline, f"tombstones never went: {[r for r in got if r[2] is None][:5]}"
+
+
+def test_the_cleaner_removes_aborted_transactions_and_keeps_the_committed_values(start_broker, tmp_path):
+    config = tmp_path / "wharf.toml"
+    config.write_text('"log.cleaner.backoff.ms" = 50\n')
+    broker = start_broker("--config", str(config))
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = f"txn-changelog-{uuid.uuid4().hex[:10]}"
+    # Not compacted while the transactions are written, so that the aborted records can be
+    # seen before the cleaner removes them; switched to compact below.
+    topic_config = {"segment.bytes": "8192", "segment.ms": "300"}
+    for f in admin.create_topics([NewTopic(topic, 1, 1, config=topic_config)]).values():
+        f.result(GUARD_S)
+
+    producer = Producer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "transactional.id": f"cleaner-{uuid.uuid4().hex[:8]}",
+            "linger.ms": 5,
+        }
+    )
+    producer.init_transactions(GUARD_S)
+    committed = []
+
+    def transaction(tag, keys, commit):
+        offsets = {}
+
+        def delivered(key):
+            def cb(err, msg):
+                assert err is None, err
+                offsets[key] = msg.offset()
+
+            return cb
+
+        producer.begin_transaction()
+        for k in keys:
+            key = f"k{k}".encode()
+            producer.produce(topic, key=key, value=f"{tag}-{'x' * 100}".encode(), partition=0, on_delivery=delivered(key))
+            producer.poll(0)
+        assert producer.flush(GUARD_S) == 0
+        if commit:
+            producer.commit_transaction(GUARD_S)
+            committed.extend((offsets[f"k{k}".encode()], f"k{k}".encode(), f"{tag}-{'x' * 100}".encode()) for k in keys)
+        else:
+            producer.abort_transaction(GUARD_S)
+
+    for r in range(4):
+        transaction(f"committed{r}", range(20), commit=True)
+        transaction(f"aborted{r}", range(20), commit=False)
+    transaction("committed-last", range(0, 20, 2), commit=True)
+    transaction("aborted-last", range(20), commit=False)
+
+    # Reading uncommitted records: before cleaning the aborted ones are there to read, after
+    # it they are gone (Kafka's cleaner removes them once their transaction is decided).
+    def read_uncommitted():
+        consumer = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_uncommitted",
+            }
+        )
+        try:
+            consumer.assign([TopicPartition(topic, 0, 0)])
+            out = []
+            deadline = time.monotonic() + GUARD_S
+            while not out or out[-1][1] != b"sentinel":
+                assert time.monotonic() < deadline, f"read {len(out)} records, no sentinel"
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                assert msg.error() is None, msg.error()
+                out.append((msg.offset(), msg.key(), msg.value()))
+            return out
+        finally:
+            consumer.close()
+
+    # segment.ms passes; a non-transactional sentinel rolls the segment and marks the end.
+    time.sleep(0.5)
+    (sentinel_offset,) = produce(broker.bootstrap, topic, [(b"sentinel", b"end")])
+    before = read_uncommitted()
+    assert any(v.startswith(b"aborted") for _, _, v in before), "aborted records are there before cleaning"
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("min.cleanable.dirty.ratio", "0.01", incremental_operation=AlterConfigOpType.SET),
+        ],
+    )
+    for f in admin.incremental_alter_configs([resource]).values():
+        f.result(GUARD_S)
+    want = latest(committed) + [(sentinel_offset, b"sentinel", b"end")]
+    deadline = time.monotonic() + CLEAN_GUARD_S
+    got = read_uncommitted()
+    while got != want:
+        missing = [r for r in want if r not in got]
+        assert not missing, f"committed latest values missing: {missing[:3]}"
+        assert time.monotonic() < deadline, f"not cleaned: {len(got)} records, want {len(want)}"
+        time.sleep(0.2)
+        got = read_uncommitted()
+    # The producer goes on after its aborted batches were cleaned away.
+    transaction("after-cleaning", range(3), commit=True)

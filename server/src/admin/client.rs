@@ -26,6 +26,15 @@ pub enum AdminError {
     Protocol(String),
 }
 
+/// A Kafka error code as a person reads it: its name and number.
+pub fn error_name(code: i16) -> String {
+    match kafka_protocol::ResponseError::try_from_code(code) {
+        Some(e) => format!("{e} ({code})"),
+        None if code == 0 => "no error".to_string(),
+        None => format!("error {code}"),
+    }
+}
+
 pub struct AdminClient {
     stream: TcpStream,
     next_correlation_id: i32,

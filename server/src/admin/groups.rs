@@ -15,9 +15,8 @@ use kafka_protocol::messages::{
     ListGroupsRequest, ListOffsetsRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::Decodable;
-use kafka_protocol::ResponseError;
 
-use super::client::{AdminClient, AdminError};
+use super::client::{error_name, AdminClient, AdminError};
 use crate::kafka::{str_bytes, topic_name};
 
 #[derive(Args, Debug)]
@@ -383,13 +382,6 @@ pub fn render(g: &GroupView) -> String {
         }
     }
     out
-}
-
-fn error_name(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        Some(e) => format!("{e} ({code})"),
-        None => "no error".to_string(),
-    }
 }
 
 #[cfg(test)]

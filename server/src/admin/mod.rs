@@ -6,4 +6,5 @@
 pub mod client;
 pub mod cluster;
 pub mod groups;
+pub mod scrape;
 pub mod topics;

@@ -103,12 +103,7 @@ pub async fn run(control: Rc<ControlPlane>) {
             node: control.me,
             incarnation_id: control.broker.incarnation_id,
             cluster_id: control
-                .node
-                .borrow()
-                .image()
-                .cluster_id()
-                .unwrap_or_default()
-                .to_string(),
+                .with_image(|image| image.cluster_id().unwrap_or_default().to_string()),
             listeners: listeners(&control),
             rack: None,
         });

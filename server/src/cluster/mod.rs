@@ -9,6 +9,9 @@
 //!   controller when it is the active one, else it is forwarded to the active controller
 //!   over the controller listener ([`net`]); the answer comes once the change is committed
 //!   and this node's shards serve it.
+//! - On a node that is not a voter (a broker only) there is no Raft: [`follow`] pulls the
+//!   committed metadata log from the active controller with FetchMetadata and hands each new
+//!   image to the shards the same way.
 //! - [`lifecycle`] registers this node as a broker and heartbeats (KIP-631), and says when
 //!   the node has caught up and may serve clients.
 //! - [`startup`] opens the metadata log at start (and takes over a data directory written
@@ -17,8 +20,10 @@
 //! See docs/cluster.md.
 
 pub mod disk;
+pub mod follow;
 pub mod lifecycle;
 pub mod net;
+pub mod observers;
 pub mod startup;
 
 use std::cell::{Cell, RefCell};
@@ -28,13 +33,14 @@ use std::time::{Duration, Instant};
 
 use wharf_protocol::controller as wire;
 
+use crate::controller::follower::MetadataFollower;
 use crate::controller::image::ClusterImage;
 use crate::controller::node::{ControllerNode, NodeEvent};
 use crate::controller::quorum::TICK_MS;
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply, Token};
 use crate::metadata::controller::CONTROLLER_SHARD;
 use crate::metadata::NodeId;
-use crate::shard::event::Notify;
+use crate::shard::event::{Notify, Watchers};
 use crate::shard::{now_ms, oneshot, Shard};
 
 use disk::GlommioDisk;
@@ -87,17 +93,37 @@ pub struct ControlSnapshot {
     pub write_stalls: u64,
 }
 
-/// This node's controller and its driver. Lives on shard 0 only.
+/// How this node holds the cluster's metadata.
+pub(crate) enum Metadata {
+    /// A voter (broker and controller, KRaft's combined mode): Raft, the durable metadata
+    /// log and the controller.
+    Voter {
+        node: RefCell<ControllerNode>,
+        disk: GlommioDisk,
+    },
+    /// A broker only: the image it follows from the active controller ([`follow`]).
+    Follower(RefCell<MetadataFollower>),
+}
+
+/// This node's control plane: a voter's controller and its driver, or a broker-only node's
+/// follower. Lives on shard 0 only.
 pub struct ControlPlane {
     shard: Rc<Shard>,
     me: NodeId,
-    node: RefCell<ControllerNode>,
-    disk: GlommioDisk,
+    metadata: Metadata,
     inbox: RefCell<VecDeque<Input>>,
     wake: Notify,
     waiters: RefCell<HashMap<Token, oneshot::Sender<(Reply, u64)>>>,
     next_token: Cell<Token>,
     leader: Cell<Option<NodeId>>,
+    /// A broker-only node's turn through the voters while it knows no active controller.
+    next_voter: Cell<usize>,
+    /// The committed offset the active controller last reported (broker-only nodes).
+    known_committed: Cell<u64>,
+    /// Fired whenever this voter's applied offset moves (FetchMetadata long polls).
+    applied_watchers: Watchers,
+    /// Brokers following the log through this voter, by node id (registered ones only).
+    observers: observers::Observers,
     /// The newest committed image not yet handed to the shards.
     pending_image: RefCell<Option<ClusterImage>>,
     offered_offset: Cell<u64>,
@@ -128,6 +154,33 @@ impl ControlPlane {
         self.me
     }
 
+    /// Whether this node is a voter of the metadata quorum (else a broker only).
+    pub fn is_voter(&self) -> bool {
+        matches!(self.metadata, Metadata::Voter { .. })
+    }
+
+    /// This voter's controller node; `None` on a broker-only node.
+    pub(crate) fn voter(&self) -> Option<&RefCell<ControllerNode>> {
+        match &self.metadata {
+            Metadata::Voter { node, .. } => Some(node),
+            Metadata::Follower(_) => None,
+        }
+    }
+
+    /// The controller node of a voter, for the Raft driver, which runs on voters only.
+    fn node(&self) -> &RefCell<ControllerNode> {
+        self.voter()
+            .expect("the Raft driver runs on voters only (started by startup::start)")
+    }
+
+    /// Reads this node's committed image without copying it.
+    pub fn with_image<T>(&self, f: impl FnOnce(&ClusterImage) -> T) -> T {
+        match &self.metadata {
+            Metadata::Voter { node, .. } => f(node.borrow().image()),
+            Metadata::Follower(follower) => f(follower.borrow().image()),
+        }
+    }
+
     /// `controller.quorum.voters` as Raft knows them.
     pub fn voter_ids(&self) -> Vec<u64> {
         self.shard
@@ -151,20 +204,102 @@ impl ControlPlane {
 
     /// The committed image this node has applied (possibly ahead of the shards').
     pub fn image(&self) -> ClusterImage {
-        self.node.borrow().image().clone()
+        self.with_image(ClusterImage::clone)
     }
 
     pub fn snapshot(&self) -> ControlSnapshot {
-        let node = self.node.borrow();
-        let status = node.status();
+        let (term, active_controller, applied_offset) = match &self.metadata {
+            Metadata::Voter { node, .. } => {
+                let status = node.borrow().status();
+                (
+                    status.quorum.term,
+                    status.active_controller,
+                    status.applied_offset,
+                )
+            }
+            // A broker only takes part in no election: it knows no term.
+            Metadata::Follower(f) => (0, false, f.borrow().image().applied_offset()),
+        };
         ControlSnapshot {
-            term: status.quorum.term,
+            term,
             leader: self.leader.get().map_or(-1, |l| l.0),
-            active_controller: status.active_controller,
-            applied_offset: status.applied_offset,
+            active_controller,
+            applied_offset,
             bad_frames: self.bad_frames.get(),
             writes_stalled: self.writes_stalled.get(),
             write_stalls: self.write_stalls.get(),
+        }
+    }
+
+    /// Where to send the next request for the active controller: the one this node knows
+    /// of; on a broker-only node that knows none, the next voter in turn (a voter that is
+    /// not the controller answers NOT_CONTROLLER, naming it when it knows).
+    pub(crate) fn controller_guess(&self) -> Option<NodeId> {
+        if let Some(leader) = self.leader.get() {
+            return Some(leader);
+        }
+        if self.is_voter() {
+            // Raft tells a voter who leads.
+            return None;
+        }
+        let voters = &self.shard.config.cluster.voters;
+        if voters.is_empty() {
+            return None;
+        }
+        let i = self.next_voter.get();
+        self.next_voter.set(i.wrapping_add(1));
+        Some(NodeId(voters[i % voters.len()].id))
+    }
+
+    /// A broker-only node learnt where the active controller is (`None`: not there any
+    /// more, try the others). A voter learns it from Raft and ignores this.
+    pub(crate) fn controller_hint(&self, leader: Option<NodeId>) {
+        if self.is_voter() {
+            return;
+        }
+        if self.leader.get() != leader {
+            match leader {
+                Some(l) => tracing::debug!(controller = l.0, "following the active controller"),
+                None => tracing::debug!("looking for the active controller"),
+            }
+        }
+        self.leader.set(leader);
+    }
+
+    /// Hands a new committed image to the publisher, which gives it to every shard.
+    fn offer_image(&self, image: ClusterImage) {
+        let applied = image.applied_offset();
+        if applied > self.offered_offset.get() {
+            self.offered_offset.set(applied);
+            *self.pending_image.borrow_mut() = Some(image);
+            self.publish_wake.notify();
+        }
+    }
+
+    /// A broker following the log fetched from `from_offset`: remember it, so
+    /// DescribeQuorum can show it as an observer with its lag.
+    pub(crate) fn observe_fetch(&self, node: NodeId, from_offset: u64) {
+        self.with_image(|image| self.observers.fetched(image, node, from_offset, now_ms()));
+    }
+
+    /// The metadata quorum as this node sees it.
+    pub fn quorum_view(&self) -> QuorumView {
+        match &self.metadata {
+            Metadata::Voter { node, .. } => {
+                let mut view = node.borrow().quorum_view();
+                if view.voters.is_some() {
+                    view.observers = self.with_image(|image| self.observers.progress(image));
+                }
+                view
+            }
+            // A broker only knows the controller it follows and how far the log goes.
+            Metadata::Follower(_) => QuorumView {
+                term: 0,
+                leader: self.leader.get(),
+                committed: self.known_committed.get(),
+                voters: None,
+                observers: Vec::new(),
+            },
         }
     }
 
@@ -176,6 +311,20 @@ impl ControlPlane {
     /// driver waits for the disk, Raft messages beyond [`MAX_QUEUED_INPUTS`] are dropped
     /// (Raft resends) and requests are refused at once, as if they had timed out.
     pub(crate) fn input(&self, input: Input) {
+        if !self.is_voter() {
+            // A broker only runs no Raft and no controller: it has nobody to give this to.
+            if let Input::Request(token, _) = input {
+                if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
+                    tx.send((
+                        Err(ControllerError::NotController {
+                            leader: self.leader.get(),
+                        }),
+                        0,
+                    ));
+                }
+            }
+            return;
+        }
         let mut inbox = self.inbox.borrow_mut();
         if inbox.len() >= MAX_QUEUED_INPUTS {
             self.dropped_inputs.set(self.dropped_inputs.get() + 1);
@@ -231,7 +380,7 @@ impl ControlPlane {
         let mut hint: Option<NodeId> = None;
         let mut last_error = ControllerError::NotController { leader: None };
         while Instant::now() < deadline {
-            let target = hint.take().or_else(|| self.leader());
+            let target = hint.take().or_else(|| self.controller_guess());
             let Some(target) = target else {
                 glommio::timer::sleep(RETRY_BACKOFF).await;
                 continue;
@@ -247,6 +396,9 @@ impl ControlPlane {
                             controller = target.0,
                             "cannot reach the active controller: {e}"
                         );
+                        if self.leader.get() == Some(target) {
+                            self.controller_hint(None);
+                        }
                         glommio::timer::sleep(RETRY_BACKOFF).await;
                         continue;
                     }
@@ -259,6 +411,9 @@ impl ControlPlane {
                     // that just said no; two nodes with stale views must not bounce a
                     // request between them without pause.
                     hint = leader.filter(|l| *l != target);
+                    if self.leader.get() == Some(target) || hint.is_some() {
+                        self.controller_hint(hint);
+                    }
                     let pause = if hint.is_some() {
                         Duration::from_millis(10)
                     } else {
@@ -308,7 +463,7 @@ impl ControlPlane {
         let now = now_ms();
         {
             let inputs: Vec<Input> = self.inbox.borrow_mut().drain(..).collect();
-            let mut node = self.node.borrow_mut();
+            let mut node = self.node().borrow_mut();
             for input in inputs {
                 match input {
                     Input::Raft(m) => {
@@ -325,12 +480,12 @@ impl ControlPlane {
             node.tick(now);
         }
         loop {
-            let ready = self.node.borrow_mut().ready();
+            let ready = self.node().borrow_mut().ready();
             let Some(ready) = ready else { break };
             self.peers.send(ready.send);
             self.perform(&ready.writes).await;
             self.peers.send(ready.send_after_writes);
-            let advance = self.node.borrow_mut().advance();
+            let advance = self.node().borrow_mut().advance();
             self.peers.send(advance.send);
             self.perform(&advance.writes).await;
         }
@@ -345,7 +500,10 @@ impl ControlPlane {
     /// really on disk is safe. KRaft halts the process the same way.
     async fn perform(&self, writes: &[crate::controller::log_store::DiskOp]) {
         let stalled_since: Cell<Option<Instant>> = Cell::new(None);
-        let result = disk::perform_all(&self.disk, writes, disk::RetryPolicy::default(), |s| {
+        let Metadata::Voter { disk, .. } = &self.metadata else {
+            return;
+        };
+        let result = disk::perform_all(disk, writes, disk::RetryPolicy::default(), |s| {
             if s.attempts == 1 {
                 stalled_since.set(Some(Instant::now()));
                 self.write_stalls.set(self.write_stalls.get() + 1);
@@ -389,7 +547,7 @@ impl ControlPlane {
             self.writes_stalled.set(false);
             // The time the controller could not work does not count against the brokers'
             // sessions: their heartbeats waited in the queue meanwhile.
-            self.node
+            self.node()
                 .borrow_mut()
                 .pause_sessions(stalled.as_millis() as i64);
         }
@@ -398,7 +556,7 @@ impl ControlPlane {
     /// Answers, events and the new image after a turn.
     fn after_turn(&self) {
         let (replies, events, applied) = {
-            let mut node = self.node.borrow_mut();
+            let mut node = self.node().borrow_mut();
             (
                 node.take_replies(),
                 node.take_events(),
@@ -440,9 +598,9 @@ impl ControlPlane {
             }
         }
         if applied > self.offered_offset.get() {
-            self.offered_offset.set(applied);
-            *self.pending_image.borrow_mut() = Some(self.node.borrow().image().clone());
-            self.publish_wake.notify();
+            self.offer_image(self.image());
+            // FetchMetadata long polls waiting for news.
+            self.applied_watchers.notify_all();
         }
     }
 
@@ -465,7 +623,7 @@ impl ControlPlane {
                 )
                 .await;
                 if !woken && self.pending_image.borrow().is_none() {
-                    let image = self.node.borrow().image().clone();
+                    let image = self.image();
                     *self.pending_image.borrow_mut() = Some(image);
                 }
             } else {
@@ -534,7 +692,7 @@ pub use crate::controller::node::QuorumView;
 pub async fn quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
     shard
         .invoke_on(CONTROLLER_SHARD, |_| async move {
-            ControlPlane::get().map(|c| c.node.borrow().quorum_view())
+            ControlPlane::get().map(|c| c.quorum_view())
         })
         .await
         .ok()
@@ -561,13 +719,15 @@ const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Controlled shutdown (KIP-631): before a broker of a cluster of several nodes stops, it
 /// asks the controller to fence it, so its partitions are marked without a leader at once
 /// (not after `broker.session.timeout.ms`) and its next process registers without waiting
-/// for this one's session to run out. A lone node skips it: nobody else serves anything.
+/// for this one's session to run out. A lone voter skips it: nobody else serves anything
+/// (a broker-only node beside a lone voter does not skip it).
 /// Bounded: without an answer the broker stops anyway.
 pub async fn controlled_shutdown(shard: &Rc<Shard>) {
     let Some(control) = ControlPlane::get() else {
         return;
     };
-    if shard.config.cluster.voters.len() < 2 {
+    let cluster = &shard.config.cluster;
+    if cluster.voters.len() < 2 && cluster.is_voter(shard.config.node_id) {
         return;
     }
     let Some(broker_epoch) = control.broker.epoch() else {

@@ -8,11 +8,15 @@
 //! response where a request belongs, a Raft message from a node that is not a voter or for
 //! another node — closes that connection and is counted (`wharf_controller_bad_frames_total`).
 //!
-//! Outgoing, each other voter has one connection from this node, opened when there is
-//! something to send and re-opened with backoff after a failure (the node is told the peer
-//! is unreachable, so Raft probes it instead of streaming into the void). Raft messages and
-//! forwarded requests share it; answers come back on it by correlation id. Raft messages
-//! that cannot be sent are dropped: Raft resends what matters.
+//! FetchMetadata, from brokers that are not voters, is answered by the active controller; a
+//! broker that has everything waits for the next committed change (a long poll).
+//!
+//! Outgoing, each other voter (every voter, from a broker-only node) has one connection
+//! from this node, opened when there is something to send and re-opened with backoff after
+//! a failure (the node is told the peer is unreachable, so Raft probes it instead of
+//! streaming into the void). Raft messages and forwarded requests share it; answers come
+//! back on it by correlation id. Raft messages that cannot be sent are dropped: Raft
+//! resends what matters.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -29,12 +33,12 @@ use wharf_protocol::controller::{
 
 use crate::cluster::{ControlPlane, Input};
 use crate::config::ClusterConfig;
+use crate::controller::node::MetadataFetch;
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
 use crate::controller::rpc::{self, Incoming};
-use crate::metadata::controller::MetadataError;
 use crate::metadata::NodeId;
 use crate::net::halves::{self, ReadHalf, WriteHalf};
-use crate::shard::event::{Latch, Notify};
+use crate::shard::event::{Latch, Notify, WakeSlot};
 use crate::shard::oneshot;
 
 /// Controller connections accepted at once; more are closed at once. Voters need one each.
@@ -48,15 +52,42 @@ const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long FetchMetadata waits for a new committed change before answering with none.
+pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Why reading a frame stopped.
+#[derive(Debug)]
+enum ReadError {
+    /// The connection failed or timed out.
+    Connection(String),
+    /// The peer sent something that is no frame (an oversized length).
+    Bad(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Connection(e) | ReadError::Bad(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for ReadError {
+    fn from(e: String) -> Self {
+        ReadError::Connection(e)
+    }
+}
+
 /// Reads the next frame into `buf` (which keeps what arrived after it); `Ok(None)` when the
 /// peer closed the connection between frames.
-async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
-        if let Some(frame) = split_frame(buf, MAX_FRAME_BYTES).map_err(|e| e.to_string())? {
+        if let Some(frame) =
+            split_frame(buf, MAX_FRAME_BYTES).map_err(|e| ReadError::Bad(e.to_string()))?
+        {
             return Ok(Some(frame));
         }
         let read = reader.read(&mut chunk);
@@ -77,7 +108,9 @@ async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<
             return if buf.is_empty() {
                 Ok(None)
             } else {
-                Err("connection closed in the middle of a frame".into())
+                Err(ReadError::Connection(
+                    "connection closed in the middle of a frame".into(),
+                ))
             };
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -183,7 +216,7 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(reason) => {
-                refuse(&control, peer, &reason);
+                refuse(&control, peer, &reason.to_string());
                 break;
             }
         };
@@ -196,28 +229,6 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
         };
         match incoming {
             Incoming::Raft(m) => control.input(Input::Raft(m)),
-            Incoming::Request(ControllerRequest::RegisterBroker(r))
-                if !control.voter_ids().contains(&(r.node.0 as u64)) =>
-            {
-                // Every broker is a voter for now: a registration from another node id is
-                // refused (brokers that are only brokers come later), and changes nothing.
-                tracing::warn!(
-                    peer,
-                    node = r.node.0,
-                    "refusing the registration of a node that is not a voter"
-                );
-                let refusal: Reply = Err(ControllerError::Metadata(MetadataError::InvalidRequest(
-                    format!(
-                        "node {} is not among controller.quorum.voters; brokers that are not voters are not supported yet",
-                        r.node.0
-                    ),
-                )));
-                queue_answer(
-                    &out,
-                    &out_wake,
-                    rpc::reply_to_frame(correlation_id, &refusal),
-                );
-            }
             Incoming::Request(request) => {
                 inflight.set(inflight.get() + 1);
                 let (control, out, out_wake, inflight) = (
@@ -238,20 +249,57 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
                 .detach();
             }
             Incoming::FetchMetadata(f) => {
-                let max_bytes = u64::from(f.max_bytes).min(MAX_FRAME_BYTES as u64 / 2);
-                let fetched = control
-                    .node
-                    .borrow()
-                    .fetch_metadata(f.from_offset, max_bytes);
-                let frame =
-                    rpc::fetch_reply_to_frame(correlation_id, &fetched, &control.voter_ids());
-                queue_answer(&out, &out_wake, frame);
+                inflight.set(inflight.get() + 1);
+                let (control, out, out_wake, inflight) = (
+                    control.clone(),
+                    out.clone(),
+                    out_wake.clone(),
+                    inflight.clone(),
+                );
+                glommio::spawn_local(async move {
+                    let frame = answer_fetch(&control, correlation_id, f).await;
+                    queue_answer(&out, &out_wake, frame);
+                    inflight.set(inflight.get() - 1);
+                })
+                .detach();
             }
         }
     }
     stop.set();
     cut.shut_down();
     writer_task.await;
+}
+
+/// Answers FetchMetadata from a broker that follows the log. With nothing new to send, the
+/// answer waits (up to [`FETCH_MAX_WAIT`]) for the next committed change, as KRaft's
+/// fetches do, so a follower learns of a change at once without polling in a tight loop.
+async fn answer_fetch(
+    control: &Rc<ControlPlane>,
+    correlation_id: u64,
+    f: wire::FetchMetadataRequest,
+) -> Frame {
+    // What the broker asks from is what it has applied, also while its fetch waits.
+    control.observe_fetch(NodeId(f.node_id), f.from_offset);
+    let max_bytes = u64::from(f.max_bytes).min(MAX_FRAME_BYTES as u64 / 2);
+    let deadline = std::time::Instant::now() + FETCH_MAX_WAIT;
+    let fetched = loop {
+        let Some(node) = control.voter() else {
+            break Err(ControllerError::NotController {
+                leader: control.leader(),
+            });
+        };
+        let fetched = node.borrow().fetch_metadata(f.from_offset, max_bytes);
+        let nothing_new =
+            matches!(&fetched, Ok(MetadataFetch::Entries { entries, .. }) if entries.is_empty());
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !nothing_new || left.is_zero() {
+            break fetched;
+        }
+        let slot = WakeSlot::new();
+        control.applied_watchers.register(&slot);
+        futures_lite::future::or(slot.wait(), glommio::timer::sleep(left)).await;
+    };
+    rpc::fetch_reply_to_frame(correlation_id, &fetched, &control.voter_ids())
 }
 
 fn queue_answer(out: &RefCell<VecDeque<Bytes>>, wake: &Notify, frame: Frame) {
@@ -284,6 +332,18 @@ struct Peer {
     next_correlation_id: Cell<u64>,
     /// Whether the last failure to reach it was logged (once per outage).
     logged_down: Cell<bool>,
+    /// Set to close the current connection.
+    connection: RefCell<Option<Rc<Latch>>>,
+}
+
+/// Why FetchMetadata brought nothing.
+#[derive(Debug)]
+pub enum FetchFailure {
+    /// No answer: the connection failed (a frame that does not decode or is oversized
+    /// closes it too), or the time ran out.
+    Unreachable(String),
+    /// An answer of the wrong kind; the connection was closed.
+    BadAnswer(String),
 }
 
 /// The other voters, as destinations.
@@ -311,6 +371,7 @@ impl Peers {
                         pending: RefCell::new(HashMap::new()),
                         next_correlation_id: Cell::new(1),
                         logged_down: Cell::new(false),
+                        connection: RefCell::new(None),
                     }),
                 ))
             })
@@ -346,14 +407,56 @@ impl Peers {
         request: &ControllerRequest,
         timeout: Duration,
     ) -> Result<(Reply, u64), String> {
+        let frame = self
+            .exchange(to, timeout, |id| rpc::request_to_frame(id, request))
+            .await?;
+        let offset = frame.metadata_offset;
+        match rpc::reply_from_frame(frame) {
+            Ok(reply) => Ok((reply, offset)),
+            Err(e) => {
+                self.reset(to);
+                Err(format!("node {}: {e}", to.0))
+            }
+        }
+    }
+
+    /// FetchMetadata from voter `to`: committed entries from `from_offset` (or the snapshot
+    /// to load first), waiting at most `timeout`. An answer of the wrong kind closes the
+    /// connection (the caller tries another voter).
+    pub async fn fetch_metadata(
+        &self,
+        to: NodeId,
+        me: NodeId,
+        from_offset: u64,
+        max_bytes: u32,
+        timeout: Duration,
+    ) -> Result<Result<MetadataFetch, ControllerError>, FetchFailure> {
+        let frame = self
+            .exchange(to, timeout, |id| {
+                rpc::fetch_request_to_frame(id, me, from_offset, max_bytes)
+            })
+            .await
+            .map_err(FetchFailure::Unreachable)?;
+        rpc::fetch_reply_from_frame(frame).map_err(|e| {
+            self.reset(to);
+            FetchFailure::BadAnswer(format!("node {}: {e}", to.0))
+        })
+    }
+
+    /// Sends the frame `make(correlation_id)` to `to` and waits for its answer.
+    async fn exchange(
+        &self,
+        to: NodeId,
+        timeout: Duration,
+        make: impl FnOnce(u64) -> Frame,
+    ) -> Result<Frame, String> {
         let peer = self
             .peers
             .get(&to)
             .ok_or_else(|| format!("node {} is not a voter this node can reach", to.0))?;
         let correlation_id = peer.next_correlation_id.get();
         peer.next_correlation_id.set(correlation_id + 1);
-        let bytes = encode_frame(&rpc::request_to_frame(correlation_id, request))
-            .map_err(|e| e.to_string())?;
+        let bytes = encode_frame(&make(correlation_id)).map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         peer.pending.borrow_mut().insert(correlation_id, tx);
         peer.enqueue(bytes, true);
@@ -363,10 +466,19 @@ impl Peers {
         })
         .await;
         peer.pending.borrow_mut().remove(&correlation_id);
-        let frame = answer.map_err(|e| format!("node {}: {e}", to.0))?;
-        let offset = frame.metadata_offset;
-        let reply = rpc::reply_from_frame(frame).map_err(|e| e.to_string())?;
-        Ok((reply, offset))
+        answer.map_err(|e| format!("node {}: {e}", to.0))
+    }
+
+    /// Closes the connection to `to` (it sent something that makes no sense); the next
+    /// frame for it opens a new one.
+    pub fn reset(&self, to: NodeId) {
+        if let Some(stop) = self
+            .peers
+            .get(&to)
+            .and_then(|p| p.connection.borrow().clone())
+        {
+            stop.set();
+        }
     }
 }
 
@@ -451,13 +563,18 @@ impl Peer {
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer, cut) = halves::split(stream);
         let stop = Latch::new();
+        *self.connection.borrow_mut() = Some(stop.clone());
         let reading = async {
             let mut buf = BytesMut::new();
             let result = loop {
                 let frame = match read_frame(&mut reader, &mut buf).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break Err("closed by the peer".to_string()),
-                    Err(e) => break Err(e),
+                    Err(ReadError::Connection(e)) => break Err(e),
+                    Err(ReadError::Bad(e)) => {
+                        control.count_bad_frame();
+                        break Err(e);
+                    }
                 };
                 match decode_frame(&frame) {
                     Ok(frame) if !matches!(frame.body, Body::Raft(_)) => {
@@ -492,6 +609,7 @@ impl Peer {
             result
         };
         let (read, write) = futures_lite::future::zip(reading, writing).await;
+        *self.connection.borrow_mut() = None;
         write.and(read)
     }
 }

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use crate::broker::StartupError;
 use crate::cluster::disk::{read_metadata_dir, repair_blocking, GlommioDisk, METADATA_DIR};
-use crate::cluster::{lifecycle, net, ControlPlane, CONTROL_PLANE};
+use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata, CONTROL_PLANE};
 use crate::config::{io_reason, BrokerConfig};
 use crate::controller::image::ClusterImage;
 use crate::controller::log_store::LogStore;
@@ -26,7 +26,9 @@ use crate::shard::{now_ms, Shard};
 
 /// What start-up found on disk, handed to shard 0.
 pub struct Prepared {
-    store: LogStore,
+    /// A voter's metadata log; `None` on a broker-only node, which keeps no copy of the log
+    /// and fetches it from the active controller at every start.
+    store: Option<LogStore>,
     bootstrap: Bootstrap,
     /// The metadata of a data directory written before clusters, being taken over.
     legacy: Option<MetadataImage>,
@@ -39,6 +41,9 @@ fn voter_ids(config: &BrokerConfig) -> Vec<u64> {
 /// Reads (and repairs) the metadata log, and the metadata of an older data directory.
 /// Blocking I/O: runs before any shard starts.
 pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
+    if !config.cluster.is_voter(config.node_id) {
+        return prepare_broker_only(config);
+    }
     let data_dir = &config.data_dir;
     let dir = data_dir.join(METADATA_DIR);
     let shown = dir.display();
@@ -118,9 +123,36 @@ pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
         None => Bootstrap::default(),
     };
     Ok(Prepared {
-        store,
+        store: Some(store),
         bootstrap,
         legacy,
+    })
+}
+
+/// A broker-only node keeps no metadata log. Its data dir must not hold a voter's log (the
+/// voter set would change, which is not supported) nor a single-node wharf's metadata
+/// (only a voter's bootstrap could take it over).
+fn prepare_broker_only(config: &BrokerConfig) -> Result<Prepared, StartupError> {
+    let data_dir = &config.data_dir;
+    let voters_file = data_dir.join(METADATA_DIR).join(VOTERS_FILE);
+    if voters_file.exists() {
+        return Err(StartupError(format!(
+            "data dir {} holds the metadata log of a voter ({}), but node.id {} is not among controller.quorum.voters: changing the voter set is not supported (start this node with the voters it was first started with, or use an empty data dir)",
+            data_dir.display(),
+            voters_file.display(),
+            config.node_id
+        )));
+    }
+    if data_dir.join(METADATA_FILE).exists() {
+        return Err(StartupError(format!(
+            "data dir {} holds topics of a single-node wharf ({METADATA_FILE}); a node that is a broker only cannot take them over: start it once without --controller-quorum-voters (a one-node cluster takes them over), or use an empty data dir",
+            data_dir.display()
+        )));
+    }
+    Ok(Prepared {
+        store: None,
+        bootstrap: Bootstrap::default(),
+        legacy: None,
     })
 }
 
@@ -192,37 +224,46 @@ pub fn start(
     let me = NodeId(config.node_id);
     let incarnation_id = random_u128();
     let voters: Vec<NodeId> = config.cluster.voters.iter().map(|v| NodeId(v.id)).collect();
-    let mut node_config = NodeConfig::new(me, voters.clone());
-    let c = &mut node_config.controller;
-    c.num_partitions = config.num_partitions;
-    c.topic_defaults = config.topic_defaults.clone();
-    c.session_timeout_ms = config.cluster.session_timeout_ms;
-    c.max_broker_partitions = config.max_broker_partitions;
-    // Partitions are replicated: any replication factor up to the registered brokers.
-    c.max_replication_factor = i16::MAX;
-    c.local_incarnation = Some(incarnation_id);
-    node_config.bootstrap = prepared.bootstrap.clone();
-    let mut node = ControllerNode::open(
-        node_config,
-        prepared.store,
-        Rng::new(random_u128() as u64),
-        now_ms(),
-    )
-    .map_err(|e| e.to_string())?;
-    if voters == [me] {
-        // Alone in the quorum: lead at once rather than after an election timeout.
-        node.campaign();
-    }
+    let metadata = match prepared.store {
+        Some(store) => {
+            let mut node_config = NodeConfig::new(me, voters.clone());
+            let c = &mut node_config.controller;
+            c.num_partitions = config.num_partitions;
+            c.topic_defaults = config.topic_defaults.clone();
+            c.session_timeout_ms = config.cluster.session_timeout_ms;
+            c.max_broker_partitions = config.max_broker_partitions;
+            // Partitions are replicated: any replication factor up to the registered
+            // brokers.
+            c.max_replication_factor = i16::MAX;
+            c.local_incarnation = Some(incarnation_id);
+            node_config.bootstrap = prepared.bootstrap.clone();
+            let mut node =
+                ControllerNode::open(node_config, store, Rng::new(random_u128() as u64), now_ms())
+                    .map_err(|e| e.to_string())?;
+            if voters == [me] {
+                // Alone in the quorum: lead at once rather than after an election timeout.
+                node.campaign();
+            }
+            Metadata::Voter {
+                node: std::cell::RefCell::new(node),
+                disk: GlommioDisk::new(config.data_dir.join(METADATA_DIR)),
+            }
+        }
+        None => Metadata::Follower(Default::default()),
+    };
     let control = Rc::new(ControlPlane {
         shard: shard.clone(),
         me,
-        node: std::cell::RefCell::new(node),
-        disk: GlommioDisk::new(config.data_dir.join(METADATA_DIR)),
+        metadata,
         inbox: Default::default(),
         wake: Default::default(),
         waiters: Default::default(),
         next_token: std::cell::Cell::new(1),
         leader: std::cell::Cell::new(None),
+        next_voter: std::cell::Cell::new(config.node_id.unsigned_abs() as usize),
+        known_committed: std::cell::Cell::new(0),
+        applied_watchers: Default::default(),
+        observers: Default::default(),
         pending_image: Default::default(),
         offered_offset: std::cell::Cell::new(0),
         publish_wake: Default::default(),
@@ -238,7 +279,11 @@ pub fn start(
     });
     CONTROL_PLANE.with(|c| *c.borrow_mut() = Some(control.clone()));
     control.peers.start(&control);
-    glommio::spawn_local(control.clone().run()).detach();
+    if control.is_voter() {
+        glommio::spawn_local(control.clone().run()).detach();
+    } else {
+        glommio::spawn_local(follow::run(control.clone())).detach();
+    }
     glommio::spawn_local(control.clone().publish()).detach();
     if let Some(listener) = controller_listener {
         use std::os::fd::{FromRawFd, IntoRawFd};

@@ -195,6 +195,9 @@ pub struct QuorumView {
     pub committed: u64,
     /// Each voter's progress, when this node leads.
     pub voters: Option<Vec<VoterProgress>>,
+    /// Brokers that are not voters, following the log with FetchMetadata (KRaft's
+    /// observers), as the leader last heard from them; filled in by the driver.
+    pub observers: Vec<VoterProgress>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -315,6 +318,7 @@ impl ControllerNode {
                     })
                     .collect()
             }),
+            observers: Vec::new(),
         }
     }
 

@@ -151,6 +151,16 @@ pub struct CommitRequest {
     pub partitions: Vec<CommitPartition>,
 }
 
+/// The transactional producer behind a TxnOffsetCommit.
+#[derive(Clone, Debug)]
+pub struct TxnCommitter {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The request's version: v4+ knows TRANSACTION_ABORTABLE (KIP-890).
+    pub version: i16,
+}
+
 /// A stored committed offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedOffset {

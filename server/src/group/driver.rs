@@ -25,6 +25,7 @@ use super::coordinator::GroupCoordinator;
 use crate::metadata::controller::ensure_offsets_topic;
 use crate::metadata::{NodeId, PartitionId, TopicMeta, TopicPartition, OFFSETS_TOPIC};
 use crate::shard::{now_ms, oneshot, Shard, ShardId};
+use crate::txn::partition::txn_offset_commit_verification_error;
 
 /// How often the coordinator is told that time passed (session and rebalance deadlines are
 /// met within this).
@@ -371,16 +372,62 @@ impl GroupShard {
         }
     }
 
-    /// TxnOffsetCommit: validate, then append the offsets in the producer's transaction.
-    /// They are stored for the group when the transaction's COMMIT marker reaches the
-    /// offsets partition ([`Self::end_txn`]).
+    /// TxnOffsetCommit: verify, validate, then append the offsets in the producer's
+    /// transaction. They are stored for the group when the transaction's COMMIT marker
+    /// reaches the offsets partition ([`Self::end_txn`]).
+    ///
+    /// KIP-890 part 1, as Kafka's group coordinator does it (since 3.8): unless the
+    /// producer's transaction is already open in the group's offsets partition, the
+    /// transaction coordinator must confirm that partition is in the transaction
+    /// (AddOffsetsToTxn added it) before the offsets are appended. Without it, a commit
+    /// that skipped AddOffsetsToTxn, or that arrives after its transaction ended, would
+    /// open a transaction no coordinator will ever end, and hold the partition's last
+    /// stable offset (and every `require_stable` offset fetch of its groups) forever.
     pub async fn txn_commit(
         self: &Rc<Self>,
         shard: &Rc<Shard>,
         req: CommitRequest,
-        producer_id: i64,
-        producer_epoch: i16,
+        producer: TxnCommitter,
     ) -> Vec<ErrorCode> {
+        let count = req.partitions.len();
+        let fail_all = |e: ResponseError| vec![Some(e); count];
+        let partition = self.partition_of(shard, &req.group_id);
+        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
+            return fail_all(ResponseError::CoordinatorNotAvailable);
+        };
+        let Some(handle) = shard.partitions.get(TopicPartition {
+            topic_id: topic.id,
+            partition: PartitionId(partition),
+        }) else {
+            return fail_all(ResponseError::NotCoordinator);
+        };
+        let (producer_id, producer_epoch) = (producer.producer_id, producer.producer_epoch);
+        // Held until the offsets are written, so a commit that opens the producer's
+        // transaction here cannot be overtaken (the produce path's gate).
+        let _gate = match handle.verify_gate.acquire_permit(1).await {
+            Ok(permit) => permit,
+            Err(_) => return fail_all(ResponseError::NotCoordinator),
+        };
+        let guard = handle.txns.start_verification(
+            producer_id,
+            producer_epoch,
+            wharf_protocol::batch::NO_SEQUENCE,
+            now_ms(),
+        );
+        if guard.is_some() {
+            let answer = crate::txn::driver::verify_partition(
+                shard,
+                &producer.transactional_id,
+                producer_id,
+                producer_epoch,
+                OFFSETS_TOPIC,
+                partition,
+            )
+            .await;
+            if let Some(e) = answer {
+                return fail_all(txn_offset_commit_verification_error(e, producer.version));
+            }
+        }
         let plan = self
             .coordinator
             .borrow_mut()
@@ -388,18 +435,8 @@ impl GroupShard {
         if plan.records.is_empty() {
             return plan.errors;
         }
-        let partition = self.partition_of(shard, &req.group_id);
         let fail = |errors: Vec<ErrorCode>, e: ResponseError| -> Vec<ErrorCode> {
             errors.into_iter().map(|x| x.or(Some(e))).collect()
-        };
-        let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
-            return fail(plan.errors, ResponseError::CoordinatorNotAvailable);
-        };
-        let Some(handle) = shard.partitions.get(TopicPartition {
-            topic_id: topic.id,
-            partition: PartitionId(partition),
-        }) else {
-            return fail(plan.errors, ResponseError::NotCoordinator);
         };
         let batch = match encode_txn_batch(&plan.records, producer_id, producer_epoch, now_ms()) {
             Ok(b) => b,
@@ -412,7 +449,7 @@ impl GroupShard {
             return fail(plan.errors, e);
         }
         match handle
-            .append_transactional(batch, producer_id, producer_epoch)
+            .append_transactional(batch, producer_id, producer_epoch, guard)
             .await
         {
             Ok(_) => {

@@ -1,9 +1,10 @@
 //! DescribeQuorum (KIP-595, KIP-853): the metadata quorum as its leader sees it — leader,
-//! term (Kafka's leader epoch), high watermark (the committed offset) and each voter's log
-//! end offset, so a tool can show how far each node lags.
+//! term (Kafka's leader epoch), high watermark (the committed offset), each voter's log
+//! end offset and each observer's (a broker-only node following the log), so a tool can
+//! show how far each node lags.
 //!
 //! Kafka's brokers forward this request to the active controller; here any node answers
-//! what it knows: the leader answers in full, another voter answers
+//! what it knows: the leader answers in full, another voter or a broker-only node answers
 //! NOT_LEADER_OR_FOLLOWER with the leader it knows (`leader_id`), where the caller asks
 //! again. Offsets are positions in the metadata log (`__cluster_metadata-0`).
 
@@ -89,22 +90,35 @@ fn partition_data(view: Option<&QuorumView>, version: i16) -> PartitionData {
     d.high_watermark = offset(view.committed);
     d.current_voters = voters
         .iter()
-        .map(|v| {
-            let mut r = ReplicaState::default();
-            r.replica_id = BrokerId(v.node.0);
-            r.log_end_offset = offset(v.log_end);
-            if version >= 1 {
-                r.last_fetch_timestamp = v.last_heard_ms.unwrap_or(UNKNOWN_TIMESTAMP);
-                r.last_caught_up_timestamp = if v.log_end >= view.committed {
-                    v.last_heard_ms.unwrap_or(UNKNOWN_TIMESTAMP)
-                } else {
-                    UNKNOWN_TIMESTAMP
-                };
-            }
-            r
-        })
+        .map(|v| replica_state(v, view, version))
+        .collect();
+    // Brokers that are not voters, following the log (KRaft's observers).
+    d.observers = view
+        .observers
+        .iter()
+        .map(|o| replica_state(o, view, version))
         .collect();
     d
+}
+
+/// A voter's or observer's progress as the leader knows it.
+fn replica_state(
+    v: &crate::controller::node::VoterProgress,
+    view: &QuorumView,
+    version: i16,
+) -> ReplicaState {
+    let mut r = ReplicaState::default();
+    r.replica_id = BrokerId(v.node.0);
+    r.log_end_offset = offset(v.log_end);
+    if version >= 1 {
+        r.last_fetch_timestamp = v.last_heard_ms.unwrap_or(UNKNOWN_TIMESTAMP);
+        r.last_caught_up_timestamp = if v.log_end >= view.committed {
+            v.last_heard_ms.unwrap_or(UNKNOWN_TIMESTAMP)
+        } else {
+            UNKNOWN_TIMESTAMP
+        };
+    }
+    r
 }
 
 fn offset(index: u64) -> i64 {

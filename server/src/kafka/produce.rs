@@ -36,7 +36,7 @@ use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartitio
 use crate::partition::ClientAppendError;
 use crate::shard::budget::ConversionTurn;
 use crate::shard::Shard;
-use crate::txn::driver::with_txn;
+use crate::txn::driver::verify_partition;
 use crate::txn::partition::{produce_knows_transaction_abortable, verification_error};
 
 /// The first Produce version allowed to carry zstd batches (KIP-110).
@@ -500,19 +500,8 @@ async fn append_one(
                 base_sequence,
                 crate::shard::now_ms(),
             );
-            let topic = partition.topic.clone();
-            let p = tp.partition.0;
-            let name = id.clone();
-            let answer = with_txn(shard, &name, move |_s, t, cp| async move {
-                let tp = crate::txn::TopicPartition::new(&topic, p);
-                t.read(cp, |c| c.verify_partitions(&id, pid, epoch, &[tp]))
-            })
-            .await;
-            let error = match answer {
-                Ok(Some(results)) => results.into_iter().next().and_then(|(_, e)| e),
-                Ok(None) => Some(ResponseError::CoordinatorNotAvailable),
-                Err(e) => Some(e),
-            };
+            let error =
+                verify_partition(shard, &id, pid, epoch, &partition.topic, tp.partition.0).await;
             if let Some(e) = error {
                 let code =
                     verification_error(e, produce_knows_transaction_abortable(txn.produce_version));

@@ -78,12 +78,14 @@ pub static ROUTES: &[Route] = &[
     route!(DescribeQuorum, 0, 2, describe_quorum),
     // KIP-98: idempotent producers get a fresh producer id; transactional ones their
     // transactional id's coordinator (the broker leading its `__transaction_state`
-    // partition; KIP-890 part 2 not served).
+    // partition). Kafka 3.9's versions: KIP-890 part 1 (TRANSACTION_ABORTABLE, and
+    // AddPartitionsToTxn v4+ from partition leaders), not part 2 (EndTxn v5,
+    // AddPartitionsToTxn's additions by brokers for `transaction.version` 2).
     route!(InitProducerId, 0, 5, init_producer_id),
-    route!(AddPartitionsToTxn, 0, 3, add_partitions_to_txn),
-    route!(AddOffsetsToTxn, 0, 3, add_offsets_to_txn),
-    route!(EndTxn, 0, 3, end_txn),
-    route!(TxnOffsetCommit, 0, 3, txn_offset_commit),
+    route!(AddPartitionsToTxn, 0, 5, add_partitions_to_txn),
+    route!(AddOffsetsToTxn, 0, 4, add_offsets_to_txn),
+    route!(EndTxn, 0, 4, end_txn),
+    route!(TxnOffsetCommit, 0, 4, txn_offset_commit),
     // KIP-664: what `kafka-transactions` uses.
     route!(DescribeProducers, 0, 0, describe_producers),
     route!(DescribeTransactions, 0, 0, describe_transactions),
@@ -214,6 +216,13 @@ mod tests {
         (ApiKey::DescribeCluster, 0, 1),
         (ApiKey::DescribeQuorum, 0, 2),
         (ApiKey::InitProducerId, 0, 5),
+        (ApiKey::AddPartitionsToTxn, 0, 5),
+        (ApiKey::AddOffsetsToTxn, 0, 4),
+        (ApiKey::EndTxn, 0, 4),
+        (ApiKey::TxnOffsetCommit, 0, 4),
+        (ApiKey::DescribeProducers, 0, 0),
+        (ApiKey::DescribeTransactions, 0, 0),
+        (ApiKey::ListTransactions, 0, 1),
         (ApiKey::FindCoordinator, 0, 6),
         (ApiKey::JoinGroup, 0, 9),
         (ApiKey::SyncGroup, 0, 5),

@@ -565,3 +565,5 @@ fn fetch_names_topics_by_id_from_v13() {
         }
     });
 }
+
+mod txn;

@@ -1,8 +1,13 @@
 //! TxnOffsetCommit (KIP-98, KIP-447): a transactional producer commits a consumer group's
-//! offsets inside its transaction. The group coordinator checks the generation and member
-//! (KIP-447, when the request names them) and appends the offsets to the group's
-//! `__consumer_offsets` partition as a transactional batch of the producer; the group sees
-//! them only once the transaction's COMMIT marker reaches that partition.
+//! offsets inside its transaction. The group coordinator checks, as a partition leader
+//! does for a producer's first transactional batch (KIP-890 part 1), that the transaction
+//! coordinator has the group's `__consumer_offsets` partition in the producer's
+//! transaction; then checks the generation and member (KIP-447, when the request names
+//! them) and appends the offsets to that partition as a transactional batch of the
+//! producer; the group sees them only once the transaction's COMMIT marker reaches it.
+//!
+//! v4 differs from v3 only in the answer to a commit whose partition is not in the
+//! transaction: TRANSACTION_ABORTABLE (KIP-890), where v0–v3 get INVALID_TXN_STATE.
 
 use std::rc::Rc;
 
@@ -15,7 +20,7 @@ use kafka_protocol::ResponseError;
 
 use super::{HandlerResult, RequestContext};
 use crate::group::driver::with_group;
-use crate::group::{CommitPartition, CommitRequest, ErrorCode};
+use crate::group::{CommitPartition, CommitRequest, ErrorCode, TxnCommitter};
 use crate::metadata::PartitionId;
 
 /// Partitions one commit may name.
@@ -78,9 +83,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             retention_time_ms: -1,
             partitions,
         };
-        let (pid, epoch) = (request.producer_id.0, request.producer_epoch);
+        let producer = TxnCommitter {
+            transactional_id: request.transactional_id.0.to_string(),
+            producer_id: request.producer_id.0,
+            producer_epoch: request.producer_epoch,
+            version: ctx.api_version,
+        };
         match with_group(&ctx.shard, &group_id, move |s, g| async move {
-            g.txn_commit(&s, commit, pid, epoch).await
+            g.txn_commit(&s, commit, producer).await
         })
         .await
         {
@@ -107,6 +117,15 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     let error = match slot {
                         Ok(i) => errors.get(i).copied().flatten(),
                         Err(e) => Some(e),
+                    };
+                    // Producers from before Kafka 2.0 (v0–v1) fail on a loading
+                    // coordinator's error (KAFKA-7296): Kafka answers them
+                    // COORDINATOR_NOT_AVAILABLE instead, which they retry.
+                    let error = match error {
+                        Some(ResponseError::CoordinatorLoadInProgress) if ctx.api_version < 2 => {
+                            Some(ResponseError::CoordinatorNotAvailable)
+                        }
+                        other => other,
                     };
                     failed |= error.is_some();
                     r.error_code = error.map_or(0, |e| e.code());

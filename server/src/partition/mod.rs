@@ -179,17 +179,20 @@ impl PartitionHandle {
     }
 
     /// Appends a transactional batch the broker built for `producer_id` (a TxnOffsetCommit's
-    /// offsets, no sequence numbers); it joins the producer's transaction here.
+    /// offsets, no sequence numbers); it joins the producer's transaction here. A batch
+    /// that opens the producer's transaction needs the coordinator's confirmation, as a
+    /// producer's own does (KIP-890): `guard` from `start_verification`, once confirmed.
     pub async fn append_transactional(
         self: &Rc<Self>,
         batch: Bytes,
         producer_id: i64,
         producer_epoch: i16,
+        guard: Option<VerificationGuard>,
     ) -> Result<AppendInfo, BrokerAppendError> {
         let log_end_before = self.log.log_end_offset().0;
         let opened = self
             .txns
-            .before_client_append(&batch, log_end_before, None, false)
+            .before_client_append(&batch, log_end_before, guard, true)
             .map_err(BrokerAppendError::Refused)?;
         let appended = self
             .log

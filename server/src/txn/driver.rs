@@ -527,3 +527,31 @@ pub async fn load_local_partitions(shard: Rc<Shard>) {
         }
     }
 }
+
+/// KIP-890 part 1: asks `transactional_id`'s coordinator whether partition `partition` of
+/// `topic` is in the ongoing transaction of `producer_id` at `producer_epoch`, before a
+/// leader appends that producer's first transactional batch there. The coordinator's own
+/// answer comes back unmapped (each caller maps it to the error its request version
+/// knows): `None` when the partition is in the transaction.
+pub async fn verify_partition(
+    shard: &Rc<Shard>,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: &str,
+    partition: i32,
+) -> ErrorCode {
+    let id = transactional_id.to_owned();
+    let tp = TopicPartition::new(topic, partition);
+    let answer = with_txn(shard, transactional_id, move |_s, t, p| async move {
+        t.read(p, |c| {
+            c.verify_partitions(&id, producer_id, producer_epoch, std::slice::from_ref(&tp))
+        })
+    })
+    .await;
+    match answer {
+        Ok(Some(results)) => results.into_iter().next().and_then(|(_, e)| e),
+        Ok(None) => Some(ResponseError::CoordinatorNotAvailable),
+        Err(e) => Some(e),
+    }
+}

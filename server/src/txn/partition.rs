@@ -97,12 +97,12 @@ impl MarkerError {
     }
 }
 
-/// The Produce (or TxnOffsetCommit) error for a failed KIP-890 verification, as Kafka's
+/// The Produce error for a failed KIP-890 verification, as Kafka's
 /// `AddPartitionsToTxnManager` and `ReplicaManager` map the coordinator's answer:
 /// producers expect INVALID_PRODUCER_EPOCH rather than PRODUCER_FENCED here; a partition
-/// not in the transaction is TRANSACTION_ABORTABLE for clients that know it (Produce v11+,
-/// TxnOffsetCommit v5+) and INVALID_TXN_STATE for older ones; a coordinator that could not
-/// answer makes the append retriable (NOT_ENOUGH_REPLICAS).
+/// not in the transaction is TRANSACTION_ABORTABLE for clients that know it (Produce v11+)
+/// and INVALID_TXN_STATE for older ones; a coordinator that could not answer makes the
+/// append retriable (NOT_ENOUGH_REPLICAS).
 pub fn verification_error(
     error: ResponseError,
     knows_transaction_abortable: bool,
@@ -125,6 +125,35 @@ pub fn verification_error(
 /// Produce v11 is the first to know TRANSACTION_ABORTABLE (Kafka's `genericError`).
 pub fn produce_knows_transaction_abortable(produce_version: i16) -> bool {
     produce_version > 10
+}
+
+/// The TxnOffsetCommit error for a failed KIP-890 verification of the group's
+/// `__consumer_offsets` partition, as Kafka's group coordinator maps the coordinator's
+/// answer (`AddPartitionsToTxnManager`, then `maybeConvertOffsetCommitError`): the
+/// producer's epoch errors as for Produce; a partition not in the transaction (the
+/// producer skipped AddOffsetsToTxn, or its transaction ended) is TRANSACTION_ABORTABLE
+/// from v4 and INVALID_TXN_STATE before; a lost verification request is
+/// COORDINATOR_LOAD_IN_PROGRESS, which every version retries; the coordinator's other
+/// answers (CONCURRENT_TRANSACTIONS, NOT_COORDINATOR, ...) go to the client as they are.
+pub fn txn_offset_commit_verification_error(
+    error: ResponseError,
+    txn_offset_commit_version: i16,
+) -> ResponseError {
+    match error {
+        ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+        ResponseError::TransactionAbortable if txn_offset_commit_version < 4 => {
+            ResponseError::InvalidTxnState
+        }
+        ResponseError::ClusterAuthorizationFailed => ResponseError::InvalidTxnState,
+        ResponseError::NetworkException => ResponseError::CoordinatorLoadInProgress,
+        ResponseError::UnknownTopicOrPartition
+        | ResponseError::NotEnoughReplicas
+        | ResponseError::NotEnoughReplicasAfterAppend => ResponseError::CoordinatorNotAvailable,
+        ResponseError::NotLeaderOrFollower | ResponseError::KafkaStorageError => {
+            ResponseError::NotCoordinator
+        }
+        other => other,
+    }
 }
 
 /// One partition's transactions. Invariants: each producer has at most one open
@@ -596,6 +625,26 @@ mod tests {
         assert!(p.producer(1).is_some());
         assert!(p.producer(2).is_none());
         assert_eq!(p.verification_lowest_sequence(3), None);
+    }
+
+    #[test]
+    fn txn_offset_commit_verification_errors_map_as_kafkas_group_coordinator_maps_them() {
+        use ResponseError as E;
+        let map = txn_offset_commit_verification_error;
+        assert_eq!(map(E::TransactionAbortable, 4), E::TransactionAbortable);
+        assert_eq!(map(E::TransactionAbortable, 3), E::InvalidTxnState);
+        assert_eq!(map(E::TransactionAbortable, 0), E::InvalidTxnState);
+        assert_eq!(map(E::ProducerFenced, 4), E::InvalidProducerEpoch);
+        assert_eq!(map(E::NetworkException, 0), E::CoordinatorLoadInProgress);
+        assert_eq!(map(E::NotLeaderOrFollower, 4), E::NotCoordinator);
+        assert_eq!(map(E::NotEnoughReplicas, 4), E::CoordinatorNotAvailable);
+        // The coordinator's answers the client knows pass as they are.
+        assert_eq!(map(E::ConcurrentTransactions, 4), E::ConcurrentTransactions);
+        assert_eq!(map(E::NotCoordinator, 2), E::NotCoordinator);
+        assert_eq!(
+            map(E::InvalidProducerIdMapping, 4),
+            E::InvalidProducerIdMapping
+        );
     }
 
     #[test]

@@ -891,10 +891,18 @@ fn verification_answers_whether_partitions_are_in_the_transaction() {
     h.add("tx", p.producer_id, 0, &[("t", 0)]);
     let logged = h.log.len();
     assert_eq!(
-        h.add_with("tx", p.producer_id, 0, &[("t", 0), ("t", 1)], 4, true),
+        h.add_with("tx", p.producer_id, 0, &[("t", 0), ("t", 1)], 5, true),
         vec![
             (TopicPartition::new("t", 0), None),
             (TopicPartition::new("t", 1), Some(E::TransactionAbortable)),
+        ]
+    );
+    // v4 callers predate TRANSACTION_ABORTABLE (KIP-890): they get INVALID_TXN_STATE.
+    assert_eq!(
+        h.add_with("tx", p.producer_id, 0, &[("t", 0), ("t", 1)], 4, true),
+        vec![
+            (TopicPartition::new("t", 0), None),
+            (TopicPartition::new("t", 1), Some(E::InvalidTxnState)),
         ]
     );
     assert_eq!(h.log.len(), logged, "verification writes nothing");
@@ -916,7 +924,7 @@ fn verification_answers_whether_partitions_are_in_the_transaction() {
             p.producer_id,
             0,
             &[("__consumer_offsets", 1)],
-            4,
+            5,
             true
         ),
         vec![(

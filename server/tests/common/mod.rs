@@ -62,9 +62,19 @@ impl Broker {
         Broker::start_in(None, extra_args)
     }
 
+    /// Like `start_with`, with `shards` shards (cluster tests run several processes on
+    /// a small machine: one shard each keeps them lean).
+    pub fn start_with_shards(shards: u32, extra_args: &[&str]) -> Broker {
+        Broker::start_sharded(None, shards, extra_args)
+    }
+
     /// Like `start_with`, with the data dir at `data_dir` when given (the broker's logs
     /// stay in a temp dir of their own).
     pub fn start_in(data_dir: Option<PathBuf>, extra_args: &[&str]) -> Broker {
+        Broker::start_sharded(data_dir, 2, extra_args)
+    }
+
+    fn start_sharded(data_dir: Option<PathBuf>, shards: u32, extra_args: &[&str]) -> Broker {
         let root = tempfile::Builder::new()
             .prefix("wharf-it-")
             .tempdir()
@@ -73,7 +83,7 @@ impl Broker {
             child: None,
             root,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            shards: 2,
+            shards,
             listen: "127.0.0.1:0".to_string(),
             addr: None,
             incarnation: 0,

@@ -1,6 +1,8 @@
 //! The requests mutations start from: for every API and version the broker advertises (read
 //! from the router's `ROUTES`, so new versions are fuzzed as soon as they are routed), valid
-//! bodies naming the topics, groups and producers the fuzzer sets up first.
+//! bodies naming the topics, groups and producers the fuzzer sets up first (a
+//! transactional producer among them, so the transaction APIs start from requests its
+//! coordinator accepts).
 //!
 //! Each API has a few candidate requests (fields differ between version eras); a version
 //! gets every candidate that encodes at it. The versions `kafka-protocol` no longer knows
@@ -69,6 +71,26 @@ pub const GROUP: &str = "fuzz-group";
 /// The setup's topics by name with their ids (KIP-516), for the versions that name topics
 /// by id; empty before the topics exist.
 pub type TopicIds = std::collections::HashMap<String, uuid::Uuid>;
+
+/// The transactional id the transaction requests name; the setup makes its producer.
+pub const TRANSACTIONAL_ID: &str = "fuzz-txn";
+
+/// The setup's transactional producer (its id and epoch), so that the transaction
+/// requests start from ones the coordinator accepts and reach its deeper paths.
+#[derive(Clone, Copy, Debug)]
+pub struct Producer {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+impl Default for Producer {
+    fn default() -> Self {
+        Producer {
+            producer_id: -1,
+            producer_epoch: -1,
+        }
+    }
+}
 
 /// One (API, version) and the bodies that start its mutations.
 pub struct Seeds {
@@ -184,7 +206,7 @@ fn converted_batches() -> Vec<Bytes> {
 }
 
 /// The candidate requests of one API.
-fn candidates(api_key: ApiKey, ids: &TopicIds) -> Vec<Candidate> {
+fn candidates(api_key: ApiKey, ids: &TopicIds, producer: Producer) -> Vec<Candidate> {
     let id = |name: &str| ids.get(name).copied().unwrap_or_default();
     let fetch = |max_wait_ms: i32, min_bytes: i32, max_bytes: i32, named: &[(&str, i32)]| {
         FetchRequest::default()
@@ -532,6 +554,142 @@ fn candidates(api_key: ApiKey, ids: &TopicIds) -> Vec<Candidate> {
                 .with_subscribed_topic_names(Some(vec![topic(TOPIC)]))
                 .with_topic_partitions(Some(vec![])),
         )],
+        ApiKey::AddPartitionsToTxn
+        | ApiKey::AddOffsetsToTxn
+        | ApiKey::EndTxn
+        | ApiKey::TxnOffsetCommit
+        | ApiKey::DescribeProducers
+        | ApiKey::DescribeTransactions
+        | ApiKey::ListTransactions => txn_candidates(api_key, producer),
+        _ => Vec::new(),
+    }
+}
+
+/// The transaction APIs' candidates, for the setup's producer (the versions differ in
+/// form: AddPartitionsToTxn v4+ is a broker's batch of transactions).
+fn txn_candidates(api_key: ApiKey, producer: Producer) -> Vec<Candidate> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let id = || TransactionalId(s(TRANSACTIONAL_ID));
+    let pid = ProducerId(producer.producer_id);
+    let epoch = producer.producer_epoch;
+    let add_topic = |name: &str, partitions: &[i32]| {
+        AddPartitionsToTxnTopic::default()
+            .with_name(topic(name))
+            .with_partitions(partitions.to_vec())
+    };
+    let transaction = |name: &str, verify_only: bool, topics: Vec<AddPartitionsToTxnTopic>| {
+        AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(TransactionalId(s(name)))
+            .with_producer_id(pid)
+            .with_producer_epoch(epoch)
+            .with_verify_only(verify_only)
+            .with_topics(topics)
+    };
+    let txn_commit = |generation_id: i32, member_id: &str| {
+        TxnOffsetCommitRequest::default()
+            .with_transactional_id(id())
+            .with_group_id(GroupId(s(GROUP)))
+            .with_producer_id(pid)
+            .with_producer_epoch(epoch)
+            .with_generation_id(generation_id)
+            .with_member_id(s(member_id))
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                .with_name(topic(TOPIC))
+                .with_partitions(vec![
+                    TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1)
+                        .with_committed_leader_epoch(-1)
+                        .with_committed_metadata(Some(s("txn meta"))),
+                    TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(2),
+                ])])
+    };
+    let end = |committed: bool| {
+        EndTxnRequest::default()
+            .with_transactional_id(id())
+            .with_producer_id(pid)
+            .with_producer_epoch(epoch)
+            .with_committed(committed)
+    };
+    match api_key {
+        ApiKey::AddPartitionsToTxn => vec![
+            // v0-v3, from producers.
+            candidate(
+                AddPartitionsToTxnRequest::default()
+                    .with_v3_and_below_transactional_id(id())
+                    .with_v3_and_below_producer_id(pid)
+                    .with_v3_and_below_producer_epoch(epoch)
+                    .with_v3_and_below_topics(vec![
+                        add_topic(TOPIC, &[0, 1]),
+                        add_topic(OTHER_TOPIC, &[0]),
+                    ]),
+            ),
+            // v4+, from partition leaders: verifications (the offsets partition too)
+            // next to an addition, and an id nobody initialized.
+            candidate(AddPartitionsToTxnRequest::default().with_transactions(vec![
+                transaction(
+                    TRANSACTIONAL_ID,
+                    true,
+                    vec![
+                        add_topic(TOPIC, &[0, 1]),
+                        add_topic("__consumer_offsets", &[0, 3]),
+                    ],
+                ),
+                transaction("fuzz-txn-unknown", true, vec![add_topic(TOPIC, &[0])]),
+            ])),
+            candidate(
+                AddPartitionsToTxnRequest::default().with_transactions(vec![transaction(
+                    TRANSACTIONAL_ID,
+                    false,
+                    vec![add_topic(TOPIC, &[1]), add_topic(CONVERTED_TOPIC, &[0])],
+                )]),
+            ),
+        ],
+        ApiKey::AddOffsetsToTxn => vec![candidate(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(id())
+                .with_producer_id(pid)
+                .with_producer_epoch(epoch)
+                .with_group_id(GroupId(s(GROUP))),
+        )],
+        ApiKey::TxnOffsetCommit => vec![
+            candidate(txn_commit(-1, "")),
+            // v3+ (KIP-447): the consumer's generation and member.
+            candidate(txn_commit(1, "member").with_group_instance_id(Some(s("instance")))),
+        ],
+        ApiKey::EndTxn => vec![candidate(end(true)), candidate(end(false))],
+        ApiKey::DescribeProducers => vec![candidate(
+            DescribeProducersRequest::default().with_topics(vec![
+                TopicRequest::default()
+                    .with_name(topic(TOPIC))
+                    .with_partition_indexes(vec![0, 1, 9]),
+                TopicRequest::default()
+                    .with_name(topic("no-such-topic"))
+                    .with_partition_indexes(vec![0]),
+            ]),
+        )],
+        ApiKey::DescribeTransactions => vec![candidate(
+            DescribeTransactionsRequest::default()
+                .with_transactional_ids(vec![id(), TransactionalId(s("fuzz-txn-unknown"))]),
+        )],
+        ApiKey::ListTransactions => vec![
+            candidate(ListTransactionsRequest::default()),
+            candidate(
+                ListTransactionsRequest::default()
+                    .with_state_filters(vec![s("Ongoing"), s("NoSuchState")])
+                    .with_producer_id_filters(vec![pid]),
+            ),
+            // v1 (KIP-994): transactions open longer than a duration.
+            candidate(ListTransactionsRequest::default().with_duration_filter(0)),
+        ],
         _ => Vec::new(),
     }
 }
@@ -791,12 +949,12 @@ fn legacy_bodies(api_key: ApiKey, version: i16) -> Option<Vec<Bytes>> {
 }
 
 /// The bodies of one (API, version).
-fn bodies(api_key: ApiKey, version: i16, ids: &TopicIds) -> Vec<Bytes> {
+fn bodies(api_key: ApiKey, version: i16, ids: &TopicIds, producer: Producer) -> Vec<Bytes> {
     let known = api_key.valid_versions();
     let out: Vec<Bytes> = if version < known.min {
         legacy_bodies(api_key, version).unwrap_or_default()
     } else {
-        candidates(api_key, ids)
+        candidates(api_key, ids, producer)
             .iter()
             .filter_map(|c| c(version))
             .collect()
@@ -809,14 +967,14 @@ fn bodies(api_key: ApiKey, version: i16, ids: &TopicIds) -> Vec<Bytes> {
 }
 
 /// Every routed (API, version) with its seed bodies.
-pub fn all(ids: &TopicIds) -> Vec<Seeds> {
+pub fn all(ids: &TopicIds, producer: Producer) -> Vec<Seeds> {
     let mut out = Vec::new();
     for route in ROUTES {
         for version in route.min_version..=route.max_version {
             out.push(Seeds {
                 api_key: route.api_key,
                 version,
-                bodies: bodies(route.api_key, version, ids),
+                bodies: bodies(route.api_key, version, ids, producer),
             });
         }
     }
@@ -904,7 +1062,10 @@ pub fn setup() -> Vec<(ApiKey, i16, Bytes)> {
             .find(|r| r.api_key == key)
             .map(|r| r.max_version)
             .expect("routed");
-        if let Some(mut c) = candidates(key, &TopicIds::new()).into_iter().next() {
+        if let Some(mut c) = candidates(key, &TopicIds::new(), Producer::default())
+            .into_iter()
+            .next()
+        {
             if let Some(body) = c(version) {
                 c = Box::new(move |_| Some(body.clone()));
                 add(key, version, c);

@@ -407,6 +407,44 @@ async fn topic_ids(broker: &Embedded) -> corpus::TopicIds {
         .collect()
 }
 
+/// The setup's transactional producer: InitProducerId for [`corpus::TRANSACTIONAL_ID`],
+/// retried while its coordinator loads.
+async fn transactional_producer(broker: &Embedded) -> corpus::Producer {
+    use kafka_protocol::messages::TransactionalId;
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    use kafka_protocol::protocol::Decodable;
+    const VERSION: i16 = 4;
+    let mut body = BytesMut::new();
+    InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
+            corpus::TRANSACTIONAL_ID,
+        ))))
+        .with_transaction_timeout_ms(60_000)
+        .encode(&mut body, VERSION)
+        .expect("an InitProducerId request encodes");
+    for _ in 0..500 {
+        let Outcome::Response(mut response) = broker
+            .request(frame(ApiKey::InitProducerId, VERSION, 0, &body))
+            .await
+        else {
+            panic!("setup: InitProducerId was not answered");
+        };
+        bytes::Buf::advance(&mut response, 4);
+        kafka_protocol::messages::ResponseHeader::decode(&mut response, 1)
+            .expect("setup: an InitProducerId response header");
+        let answer = InitProducerIdResponse::decode(&mut response, VERSION)
+            .expect("setup: an InitProducerId response");
+        if answer.error_code == 0 {
+            return corpus::Producer {
+                producer_id: answer.producer_id.0,
+                producer_epoch: answer.producer_epoch,
+            };
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("setup: the transaction coordinator never gave the fuzzer a producer id");
+}
+
 async fn fuzz(broker: Rc<Embedded>, args: Args) -> String {
     let mut counts = Counts::default();
     // The stage: topics, records, a group.
@@ -427,7 +465,8 @@ async fn fuzz(broker: Rc<Embedded>, args: Args) -> String {
         ids.get(corpus::TOPIC).is_some_and(|id| !id.is_nil()),
         "setup: the topics have no ids"
     );
-    let seeds = corpus::all(&ids);
+    let producer = transactional_producer(&broker).await;
+    let seeds = corpus::all(&ids, producer);
     let mut parked: VecDeque<Pending> = VecDeque::new();
     // Every seed as it is, through the same path as the cases (some wait for a group).
     for seed in &seeds {

@@ -149,6 +149,14 @@ fn add_knows_fenced(version: i16) -> bool {
     version >= 2
 }
 
+/// AddPartitionsToTxn v5 is the first whose callers know TRANSACTION_ABORTABLE (KIP-890).
+/// A v4 caller (a Kafka 3.6/3.7 partition leader verifying a write) is answered what
+/// coordinators of its time answered for a partition outside the transaction,
+/// INVALID_TXN_STATE, which it hands to its producer as is.
+fn add_knows_transaction_abortable(version: i16) -> bool {
+    version >= 5
+}
+
 /// The coordinator error for a failed append to its own partition (Kafka's mapping in
 /// `TransactionStateManager.appendTransactionToLog`).
 fn append_error(error: ResponseError) -> ResponseError {

@@ -218,12 +218,22 @@ impl TxnCoordinator {
             return fx;
         }
         if req.verify_only {
-            let results = self.verify_partitions(
-                &req.transactional_id,
-                req.producer_id,
-                req.producer_epoch,
-                &partitions,
-            );
+            let knows_abortable = add_knows_transaction_abortable(version);
+            let results = self
+                .verify_partitions(
+                    &req.transactional_id,
+                    req.producer_id,
+                    req.producer_epoch,
+                    &partitions,
+                )
+                .into_iter()
+                .map(|(tp, error)| match error {
+                    Some(ResponseError::TransactionAbortable) if !knows_abortable => {
+                        (tp, Some(ResponseError::InvalidTxnState))
+                    }
+                    other => (tp, other),
+                })
+                .collect();
             fx.replies.push(Reply::AddPartitions(token, results));
             return fx;
         }
@@ -332,10 +342,11 @@ impl TxnCoordinator {
         Ok(meta.prepare_add_partitions(partitions.iter().cloned(), now_ms))
     }
 
-    /// KIP-890 part 1 (AddPartitionsToTxn v4 `verify_only`, from a partition leader about
-    /// to append a producer's first transactional batch): is each partition in the open
-    /// transaction of this producer? Nothing is written. A partition that is not gets
-    /// TRANSACTION_ABORTABLE (the leader turns it into the error its Produce version knows).
+    /// KIP-890 part 1 (AddPartitionsToTxn v4+ `verify_only`, from a partition leader about
+    /// to append a producer's first transactional batch, or from this broker's own Produce
+    /// and TxnOffsetCommit): is each partition in the open transaction of this producer?
+    /// Nothing is written. A partition that is not gets TRANSACTION_ABORTABLE (the leader
+    /// turns it into the error its client's version knows).
     pub fn verify_partitions(
         &self,
         transactional_id: &str,
