@@ -57,16 +57,22 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// (`session_ms`) so that a killed node is fenced (and its partitions get new leaders)
 /// within seconds.
 fn start_cluster(session_ms: u32) -> Vec<Broker> {
+    start_nodes(3, 0, session_ms)
+}
+
+/// `voter_count` voters and `brokers` broker-only nodes (ids after the voters'), as
+/// [`start_cluster`] starts them.
+fn start_nodes(voter_count: usize, brokers: usize, session_ms: u32) -> Vec<Broker> {
     let settings =
         format!("broker.session.timeout.ms = {session_ms}\nbroker.heartbeat.interval.ms = 500\n");
-    let ports = free_ports(3);
+    let ports = free_ports(voter_count);
     let voters = ports
         .iter()
         .enumerate()
         .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let starting: Vec<_> = (0..3)
+    let starting: Vec<_> = (0..voter_count + brokers)
         .map(|i| {
             let voters = voters.clone();
             let settings = settings.clone();
@@ -138,13 +144,33 @@ fn wait_until(what: &str, check: impl Fn() -> bool) {
 }
 
 fn create_replicated_topic(addr: SocketAddr, topic: &str) -> i16 {
+    create_topic_with(addr, topic, &[])
+}
+
+/// CreateTopics of `topic` with replication factor 3 and these configs: its error code.
+fn create_topic_with(addr: SocketAddr, topic: &str, configs: &[(&str, &str)]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     let mut conn = KafkaConn::connect(addr);
     let req = CreateTopicsRequest::default()
         .with_timeout_ms(30_000)
         .with_topics(vec![CreatableTopic::default()
             .with_name(topic_name(topic))
             .with_num_partitions(PARTITIONS)
-            .with_replication_factor(3)]);
+            .with_replication_factor(3)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(kafka_protocol::protocol::StrBytes::from_string(
+                                k.to_string(),
+                            ))
+                            .with_value(Some(kafka_protocol::protocol::StrBytes::from_string(
+                                v.to_string(),
+                            )))
+                    })
+                    .collect(),
+            )]);
     conn.request(5, &req).topics[0].error_code
 }
 
@@ -381,15 +407,21 @@ fn acks_all_records_reach_every_replica_and_survive_the_leader_being_killed() {
 
 /// One acks=all Produce of one record to `partition` with `timeout_ms`: its error code.
 fn produce_acks_all_raw(addr: SocketAddr, topic: &str, partition: i32, timeout_ms: i32) -> i16 {
+    produce_raw(addr, topic, partition, -1, timeout_ms)
+}
+
+/// One Produce of one record with `acks` and `timeout_ms`: its error code.
+fn produce_raw(addr: SocketAddr, topic: &str, partition: i32, acks: i16, timeout_ms: i32) -> i16 {
     let mut conn = KafkaConn::connect(addr);
     let records = record_batch(&[Bytes::from_static(b"raw")], Compression::None);
-    let request = produce_request(topic, partition, -1, records).with_timeout_ms(timeout_ms);
+    let request = produce_request(topic, partition, acks, records).with_timeout_ms(timeout_ms);
     let resp = conn.request(9, &request);
     resp.responses[0].partition_responses[0].error_code
 }
 
 const REQUEST_TIMED_OUT: i16 = 7;
 const INVALID_REQUEST: i16 = 42;
+const NOT_ENOUGH_REPLICAS: i16 = 19;
 
 /// A transactional batch of one record from producer 1000, epoch 0.
 fn transactional_batch() -> Bytes {
@@ -598,4 +630,44 @@ fn bad_replication_frames_close_the_connection_and_are_counted() {
     assert!(closed_after(&mut stream, &request_frame(4, 0xfeed)));
     wait_until("three bad frames counted", || bad_frames() == 3.0);
     node.assert_no_panic();
+}
+
+#[test]
+fn with_two_followers_down_acks_all_gets_not_enough_replicas_and_acks_1_goes_on() {
+    // One voter and two broker-only nodes: the quorum survives the brokers' deaths, so the
+    // controller fences them and shrinks the ISRs.
+    let mut nodes = start_nodes(1, 2, 3_000);
+    let topic = unique_topic("min-isr");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    // Kill both broker-only nodes: node 1 (the voter) ends up leading every partition,
+    // alone in its ISR (KRaft keeps the last member).
+    nodes[1].kill();
+    nodes[2].kill();
+    wait_until("node 1 alone in every ISR, leading every partition", || {
+        partitions(nodes[0].addr(), &topic)
+            .iter()
+            .all(|(leader, _, _, isr)| *leader == 1 && isr == &vec![1])
+    });
+    let partition = 0;
+    assert_eq!(
+        produce_raw(nodes[0].addr(), &topic, partition, -1, 10_000),
+        NOT_ENOUGH_REPLICAS,
+        "acks=all with one in-sync replica and min.insync.replicas=2"
+    );
+    assert_eq!(
+        produce_raw(nodes[0].addr(), &topic, partition, 1, 10_000),
+        0,
+        "acks=1 with one in-sync replica"
+    );
+    nodes[0].assert_no_panic();
 }
