@@ -11,7 +11,8 @@
 # Nodes 1..N are voters (broker and controller); nodes N+1..N+M are brokers only (not in
 # controller.quorum.voters: they follow the voters' metadata log). Each has one shard. Node
 # i listens for clients on 127.0.0.1:(BASE + 100*(i-1)), a voter's controller listener on
-# the port after that. Its data, log (wharf.log) and pid file are in DIR/node-i.
+# the port after that, and every node's replication listener on the next. Its data, log
+# (wharf.log) and pid file are in DIR/node-i.
 #
 # Environment: WHARF_CLUSTER_DIR (default ./cluster-data), WHARF_CLUSTER_BASE_PORT
 # (default 19092), WHARF_BIN (default target/release/wharf, else target/debug/wharf).
@@ -41,6 +42,7 @@ find_bin() {
 
 client_port() { echo $((base + 100 * ($1 - 1))); }
 controller_port() { echo $((base + 100 * ($1 - 1) + 1)); }
+replication_port() { echo $((base + 100 * ($1 - 1) + 2)); }
 
 node_pid() {
     local f="$dir/node-$1/wharf.pid"
@@ -142,6 +144,7 @@ start() {
         nohup "$bin" --node-id "$i" --shards 1 \
             --listen "127.0.0.1:$(client_port "$i")" \
             ${controller_flags[@]+"${controller_flags[@]}"} \
+            --replication-listen "127.0.0.1:$(replication_port "$i")" \
             --controller-quorum-voters "$quorum" \
             --data-dir "$dir/node-$i/data" \
             >>"$dir/node-$i/wharf.log" 2>&1 &

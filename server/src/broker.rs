@@ -38,10 +38,26 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             io_reason(&e)
         ))
     })?;
+    // Bound before the node registers, so its registration carries the real port (port 0
+    // picks one); shard 0 serves it.
+    let mut replication_listener = match config.cluster.replication_listen {
+        Some(addr) => {
+            let listener = bind_listener(addr, "replication")?;
+            let bound = listener.local_addr().map_err(|e| {
+                StartupError(format!(
+                    "cannot listen for replication on {addr}: {}",
+                    io_reason(&e)
+                ))
+            })?;
+            config.cluster.replication_listen = Some(bound);
+            Some(listener)
+        }
+        None => None,
+    };
     let prepared = crate::cluster::startup::prepare(&config)?;
     // Bound before any shard starts, so a busy port is a start-up error; shard 0 serves it.
     let mut controller_listener = match config.cluster.controller_listen {
-        Some(addr) => Some(bind_controller_listener(addr)?),
+        Some(addr) => Some(bind_listener(addr, "controllers")?),
         None => None,
     };
     let mut prepared = Some(prepared);
@@ -90,6 +106,11 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             ready: ready_tx.clone(),
             metrics_listener: if i == 0 {
                 metrics_listener.take()
+            } else {
+                None
+            },
+            replication_listener: if i == 0 {
+                replication_listener.take()
             } else {
                 None
             },
@@ -201,12 +222,12 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
     Ok(lock)
 }
 
-/// The controller listener, bound (SO_REUSEADDR, so a restart is not kept off the port by
-/// the TIME_WAIT sockets of the last run) and listening.
-fn bind_controller_listener(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+/// The controller or replication listener, bound (SO_REUSEADDR, so a restart is not kept
+/// off the port by the TIME_WAIT sockets of the last run) and listening.
+fn bind_listener(addr: SocketAddr, what: &str) -> Result<TcpListener, StartupError> {
     let fail = |e: std::io::Error| {
         StartupError(format!(
-            "cannot listen for controllers on {addr}: {}",
+            "cannot listen for {what} on {addr}: {}",
             io_reason(&e)
         ))
     };

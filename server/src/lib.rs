@@ -12,7 +12,8 @@
 //! Prometheus endpoint), `limits` (what a request may bring into the broker's state),
 //! `embedded` (a one-shard broker inside another process, for the wire fuzzer),
 //! `txn` (transaction coordinators and the partition side of transactions, as state
-//! machines), `replica` (a partition's replica, leader or follower, as a state machine).
+//! machines), `replica` (a partition's replica, leader or follower, as a state machine,
+//! with its driver and the replication listener and fetchers).
 
 pub mod admin;
 pub mod broker;

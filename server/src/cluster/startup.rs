@@ -232,6 +232,9 @@ pub fn start(
             c.topic_defaults = config.topic_defaults.clone();
             c.session_timeout_ms = config.cluster.session_timeout_ms;
             c.max_broker_partitions = config.max_broker_partitions;
+            // Partitions are replicated: any replication factor up to the registered
+            // brokers.
+            c.max_replication_factor = i16::MAX;
             c.local_incarnation = Some(incarnation_id);
             node_config.bootstrap = prepared.bootstrap.clone();
             let mut node =

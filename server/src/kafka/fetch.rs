@@ -43,7 +43,7 @@ use wharf_protocol::legacy::fetch::fetch_magic;
 use super::errors::engine_error;
 use super::{group_by_owner, led_partition, HandlerResult, RequestContext};
 use crate::metadata::topic_config::EffectiveConfig;
-use crate::metadata::{TopicId, TopicMeta, TopicPartition, LEADER_EPOCH};
+use crate::metadata::{TopicId, TopicMeta, TopicPartition};
 use crate::shard::budget::{ConversionTurn, Grant};
 use crate::shard::event::WakeSlot;
 use crate::shard::Shard;
@@ -463,13 +463,8 @@ async fn read_partition(
         Err(e) => return PartitionRead::error(e),
     };
     // KIP-320: the client's view of the leader epoch must match ours.
-    if spec.current_leader_epoch >= 0 {
-        if spec.current_leader_epoch > LEADER_EPOCH.0 {
-            return PartitionRead::error(ResponseError::UnknownLeaderEpoch);
-        }
-        if spec.current_leader_epoch < LEADER_EPOCH.0 {
-            return PartitionRead::error(ResponseError::FencedLeaderEpoch);
-        }
+    if let Some(error) = super::check_leader_epoch(&partition, spec.current_leader_epoch) {
+        return PartitionRead::error(error);
     }
     let high_watermark = partition.high_watermark();
     let last_stable_offset = partition.last_stable_offset();
@@ -479,7 +474,13 @@ async fn read_partition(
     } else {
         high_watermark
     };
-    if spec.fetch_offset < log_start_offset || spec.fetch_offset > high_watermark {
+    // Out of range only past the log end, as Kafka: between the high watermark and the log
+    // end (a new leader whose followers have not caught up yet) the fetch waits for data.
+    let log_end_offset = partition
+        .replica
+        .with(|r| r.log_end_offset())
+        .max(high_watermark);
+    if spec.fetch_offset < log_start_offset || spec.fetch_offset > log_end_offset {
         return PartitionRead {
             error: Some(ResponseError::OffsetOutOfRange),
             high_watermark,

@@ -24,7 +24,7 @@ use super::{
     check_leader_epoch, led_partition, on_owners, HandlerError, HandlerResult, Reply,
     RequestContext, SlotWork,
 };
-use crate::metadata::{TopicPartition, LEADER_EPOCH};
+use crate::metadata::TopicPartition;
 use crate::shard::Shard;
 
 /// Kafka's special timestamps.
@@ -81,7 +81,7 @@ impl Found {
             error: None,
             offset,
             timestamp,
-            leader_epoch: LEADER_EPOCH.0,
+            leader_epoch: -1,
         }
     }
 }
@@ -165,9 +165,25 @@ async fn lookup(shard: &Shard, tp: TopicPartition, query: Query) -> Found {
         Ok(p) => p,
         Err(e) => return Found::error(e),
     };
-    if let Some(error) = check_leader_epoch(query.current_leader_epoch) {
+    if let Some(error) = check_leader_epoch(&partition, query.current_leader_epoch) {
         return Found::error(error);
     }
+    let mut found = lookup_offset(&partition, query).await;
+    // The leader epoch of the offset found (KIP-320), from the replica's epoch history.
+    if found.error.is_none() && found.offset >= 0 && found.leader_epoch == -1 {
+        found.leader_epoch = partition.replica.with(|r| {
+            r.epochs()
+                .entries()
+                .iter()
+                .take_while(|(_, start)| *start <= found.offset)
+                .last()
+                .map_or(-1, |(epoch, _)| *epoch)
+        });
+    }
+    found
+}
+
+async fn lookup_offset(partition: &crate::partition::PartitionHandle, query: Query) -> Found {
     let log = &partition.log;
     match query.timestamp {
         LATEST_TIMESTAMP => {

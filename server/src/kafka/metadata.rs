@@ -19,7 +19,7 @@ use kafka_protocol::ResponseError;
 use super::produce::auto_create;
 use super::{broker_endpoint, str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::controller::image::ClusterImage;
-use crate::metadata::{validate_topic_name, NodeId, TopicId, TopicMeta, LEADER_EPOCH};
+use crate::metadata::{validate_topic_name, NodeId, TopicId, TopicMeta};
 use crate::shard::Shard;
 
 /// "Authorized operations were not requested" (Kafka's Integer.MIN_VALUE).
@@ -178,7 +178,7 @@ fn describe_topic(
                 mp.error_code = ResponseError::LeaderNotAvailable.code();
             }
             if version >= 7 {
-                mp.leader_epoch = LEADER_EPOCH.0;
+                mp.leader_epoch = state.leader_epoch.0;
             }
             mp.replica_nodes = ids(&state.replicas);
             mp.isr_nodes = ids(&state.isr);

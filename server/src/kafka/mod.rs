@@ -292,10 +292,18 @@ pub fn led_partition(
     match image.partition(tp.topic_id, tp.partition) {
         None => Err(ResponseError::UnknownTopicOrPartition),
         Some(p) if p.leader != Some(shard.node_id()) => Err(ResponseError::NotLeaderOrFollower),
-        Some(_) => shard
-            .partitions
-            .get(tp)
-            .ok_or(ResponseError::UnknownTopicOrPartition),
+        Some(_) => {
+            let partition = shard
+                .partitions
+                .get(tp)
+                .ok_or(ResponseError::UnknownTopicOrPartition)?;
+            // The replica takes the image's state as the shard applies it; until then (or
+            // if its log failed and it starts again) it does not lead.
+            if !partition.replica.is_leader() {
+                return Err(ResponseError::NotLeaderOrFollower);
+            }
+            Ok(partition)
+        }
     }
 }
 
@@ -361,14 +369,14 @@ where
     results
 }
 
-/// KIP-320: a request's `current_leader_epoch` against ours (-1 means "not checked").
-pub fn check_leader_epoch(current_leader_epoch: i32) -> Option<kafka_protocol::ResponseError> {
-    use crate::metadata::LEADER_EPOCH;
-    use kafka_protocol::ResponseError;
-    match current_leader_epoch {
-        e if e < 0 => None,
-        e if e > LEADER_EPOCH.0 => Some(ResponseError::UnknownLeaderEpoch),
-        e if e < LEADER_EPOCH.0 => Some(ResponseError::FencedLeaderEpoch),
-        _ => None,
-    }
+/// KIP-320: a request's `current_leader_epoch` against the replica's (-1 means "not
+/// checked"): an older one is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH.
+pub fn check_leader_epoch(
+    partition: &crate::partition::PartitionHandle,
+    current_leader_epoch: i32,
+) -> Option<kafka_protocol::ResponseError> {
+    partition
+        .replica
+        .with(|r| r.check_leader_epoch(current_leader_epoch, true))
+        .err()
 }

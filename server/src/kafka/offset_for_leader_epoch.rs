@@ -10,9 +10,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{
-    check_leader_epoch, led_partition, on_owners, HandlerResult, RequestContext, SlotWork,
-};
+use super::{led_partition, on_owners, HandlerResult, RequestContext, SlotWork};
 
 /// Kafka's "no such epoch" answer.
 const UNDEFINED_EPOCH: i32 = -1;
@@ -53,12 +51,15 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 Ok(p) => p,
                 Err(e) => return (Some(e), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
             };
-            if let Some(error) = check_leader_epoch(current) {
-                return (Some(error), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET);
-            }
-            match partition.log.end_offset_for_leader_epoch(wanted) {
-                Some((epoch, end)) => (None, epoch, end.0),
-                None => (None, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
+            // KIP-320 epoch check, then the replica's epoch history (which holds the
+            // current epoch from the moment this node leads in it).
+            match partition
+                .replica
+                .with(|r| r.offset_for_leader_epoch(current, wanted))
+            {
+                Ok(end) if end.epoch >= 0 => (None, end.epoch, end.end_offset),
+                Ok(_) => (None, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
+                Err(error) => (Some(error), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
             }
         },
     )

@@ -88,6 +88,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: ProduceRequest = ctx.decode_any(ApiKey::Produce, &mut body)?;
     let version = ctx.api_version;
     let acks = request.acks;
+    let timeout_ms = i64::from(request.timeout_ms);
     let durability = if acks == -1 {
         Durability::Synced
     } else {
@@ -194,6 +195,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     // KIP-98/890: who sent the transactional batches, checked with its coordinator before
     // a batch opens its transaction in a partition.
     let txn = TxnContext {
+        timeout_ms,
         transactional_id: request
             .transactional_id
             .as_ref()
@@ -389,6 +391,8 @@ pub async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a 
 /// The transactional side of a Produce request.
 #[derive(Clone, Debug)]
 struct TxnContext {
+    /// The request's `timeout_ms`: how long acks=all waits for the in-sync replicas.
+    timeout_ms: i64,
     transactional_id: Option<String>,
     produce_version: i16,
 }
@@ -435,14 +439,40 @@ async fn append_one(
         Ok(p) => p,
         Err(e) => return Appended::error(e, None),
     };
-    // A single node is the whole ISR: acks=all cannot meet min.insync.replicas above 1.
-    if acks == -1 && partition.min_insync_replicas.get() > 1 {
+    let single_replica = partition.replica.is_single_replica();
+    if acks == -1 {
+        // A lone replica is the whole ISR: acks=all cannot meet min.insync.replicas above 1.
+        if single_replica && partition.min_insync_replicas.get() > 1 {
+            return Appended::error(
+                ResponseError::NotEnoughReplicas,
+                Some(format!(
+                    "min.insync.replicas is {} but this node is the only replica",
+                    partition.min_insync_replicas.get()
+                )),
+            );
+        }
+        // Fewer in-sync replicas than min.insync.replicas: refused before anything is
+        // written.
+        let checked = partition.replica.with(|r| {
+            r.check_produce(crate::replica::Acks::All)
+                .map_err(|e| (e, r.isr().map_or(0, |isr| isr.len()), r.effective_min_isr()))
+        });
+        if let Err((error, isr, min_isr)) = checked {
+            let message = (error == ResponseError::NotEnoughReplicas).then(|| {
+                format!(
+                    "the in-sync replicas are {isr}, fewer than min.insync.replicas ({min_isr})"
+                )
+            });
+            return Appended::error(error, message);
+        }
+    }
+    // Followers cannot take transactional batches yet (the engine refuses them on the
+    // replication path): refused here, for good, rather than written where no follower
+    // can copy them.
+    if !single_replica && has_transactional_batch(&records) {
         return Appended::error(
-            ResponseError::NotEnoughReplicas,
-            Some(format!(
-                "min.insync.replicas is {} but this node is the only replica",
-                partition.min_insync_replicas.get()
-            )),
+            ResponseError::InvalidRequest,
+            Some("transactions are not supported yet on partitions with more than one replica; use a topic with replication.factor 1 for transactional producers".into()),
         );
     }
     // A transactional batch that would open its producer's transaction here is appended
@@ -485,7 +515,26 @@ async fn append_one(
             guard = g;
         }
     }
-    match partition.append_with(records, durability, guard).await {
+    // With replicas elsewhere, acks=all waits for the high watermark (every in-sync
+    // replica has the batch on disk, this one included); a lone replica syncs its own log.
+    let replicated_ack = durability == Durability::Synced && !single_replica;
+    let local_durability = if replicated_ack {
+        Durability::Written
+    } else {
+        durability
+    };
+    let appended = partition
+        .append_with(records, local_durability, guard)
+        .await;
+    if let (true, Ok(info)) = (replicated_ack, &appended) {
+        let end = info.last_offset.0 + 1;
+        let waited =
+            crate::replica::driver::wait_for_high_watermark(&partition, end, txn.timeout_ms).await;
+        if let Err(error) = waited {
+            return Appended::error(error, Some(ack_failure_message(error)));
+        }
+    }
+    match appended {
         Ok(info) => Appended {
             error: None,
             message: None,
@@ -496,6 +545,22 @@ async fn append_one(
         },
         Err(ClientAppendError::Engine(e)) => Appended::error(engine_error(&e), Some(e.to_string())),
         Err(ClientAppendError::Refused(code)) => Appended::error(code, Some(refusal_message(code))),
+    }
+}
+
+/// Whether any batch of `records` is transactional.
+fn has_transactional_batch(records: &Bytes) -> bool {
+    wharf_protocol::batch::batches(records)
+        .any(|(_, batch)| BatchHeader::view(batch).is_some_and(|h| h.is_transactional()))
+}
+
+/// Why an acks=all append written on the leader was not acknowledged.
+fn ack_failure_message(error: ResponseError) -> String {
+    match error {
+        ResponseError::NotEnoughReplicasAfterAppend => "the batch was written on the leader, but the in-sync replicas fell below min.insync.replicas before they all had it".into(),
+        ResponseError::RequestTimedOut => "the batch was written on the leader, but not every in-sync replica had it within the request's timeout".into(),
+        ResponseError::NotLeaderOrFollower => "the batch was written, but this node stopped leading the partition before every in-sync replica had it".into(),
+        other => other.to_string(),
     }
 }
 

@@ -95,6 +95,30 @@ pub struct ShardMetrics {
     apis: Box<[ApiCells]>,
     request_bytes: Cell<u64>,
     response_bytes: Cell<u64>,
+    replication: ReplicationCells,
+}
+
+/// The replication stream as one shard saw it, at both ends.
+#[derive(Default)]
+struct ReplicationCells {
+    bad_frames: Cell<u64>,
+    refused_batches: Cell<u64>,
+    bytes_sent: Cell<u64>,
+    bytes_received: Cell<u64>,
+}
+
+/// [`ReplicationCells`] as a scrape sees them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicationSnapshot {
+    /// Frames refused on a replication connection (each closed it), at either end.
+    pub bad_frames: u64,
+    /// Leader answers whose batches a follower refused (CRC, offsets, epochs); each closed
+    /// its connection.
+    pub refused_batches: u64,
+    /// Bytes of replication responses a leader sent.
+    pub bytes_sent: u64,
+    /// Bytes of records a follower appended from its leaders.
+    pub bytes_received: u64,
 }
 
 impl Default for ShardMetrics {
@@ -103,6 +127,7 @@ impl Default for ShardMetrics {
             apis: (0..api_slots()).map(|_| ApiCells::new()).collect(),
             request_bytes: Cell::new(0),
             response_bytes: Cell::new(0),
+            replication: ReplicationCells::default(),
         }
     }
 }
@@ -111,6 +136,26 @@ impl ShardMetrics {
     /// A request frame of `bytes` (size prefix included) was read from a socket.
     pub fn request_read(&self, bytes: usize) {
         bump(&self.request_bytes, bytes as u64);
+    }
+
+    /// A replication frame was refused and its connection closed.
+    pub fn replication_bad_frame(&self) {
+        bump(&self.replication.bad_frames, 1);
+    }
+
+    /// A follower refused the batches of a leader's answer (and closed the connection).
+    pub fn replication_refused_batch(&self) {
+        bump(&self.replication.refused_batches, 1);
+    }
+
+    /// A leader sent a replication response of `bytes`.
+    pub fn replication_sent(&self, bytes: usize) {
+        bump(&self.replication.bytes_sent, bytes as u64);
+    }
+
+    /// A follower appended `bytes` of records from its leader.
+    pub fn replication_received(&self, bytes: usize) {
+        bump(&self.replication.bytes_received, bytes as u64);
     }
 
     /// A request of API slot `slot` was answered after `latency`, with a response of
@@ -176,6 +221,7 @@ pub struct ShardSnapshot {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub connections: u64,
+    pub replication: ReplicationSnapshot,
     pub partitions: Vec<PartitionSnapshot>,
     pub groups: Vec<GroupSummary>,
     /// The control plane's figures (from shard 0 only).
@@ -228,6 +274,12 @@ impl ShardSnapshot {
             request_bytes: m.request_bytes.get(),
             response_bytes: m.response_bytes.get(),
             connections: shard.connections.get() as u64,
+            replication: ReplicationSnapshot {
+                bad_frames: m.replication.bad_frames.get(),
+                refused_batches: m.replication.refused_batches.get(),
+                bytes_sent: m.replication.bytes_sent.get(),
+                bytes_received: m.replication.bytes_received.get(),
+            },
             partitions,
             groups,
             control: crate::cluster::ControlPlane::get().map(|c| c.snapshot()),
@@ -251,6 +303,10 @@ impl ShardSnapshot {
         self.request_bytes += other.request_bytes;
         self.response_bytes += other.response_bytes;
         self.connections += other.connections;
+        self.replication.bad_frames += other.replication.bad_frames;
+        self.replication.refused_batches += other.replication.refused_batches;
+        self.replication.bytes_sent += other.replication.bytes_sent;
+        self.replication.bytes_received += other.replication.bytes_received;
         self.partitions.extend(other.partitions);
         self.groups.extend(other.groups);
         if other.control.is_some() {

@@ -145,6 +145,31 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
         &[],
         all.response_bytes,
     );
+    for (name, help, value) in [
+        (
+            "wharf_replication_bad_frames_total",
+            "Replication frames refused (malformed, oversized or out of order); each closed its connection.",
+            all.replication.bad_frames,
+        ),
+        (
+            "wharf_replication_refused_batches_total",
+            "Leader answers whose record batches a follower refused (CRC, offsets or epochs); each closed its connection.",
+            all.replication.refused_batches,
+        ),
+        (
+            "wharf_replication_bytes_sent_total",
+            "Bytes of replication responses sent to followers.",
+            all.replication.bytes_sent,
+        ),
+        (
+            "wharf_replication_bytes_received_total",
+            "Bytes of record batches appended from leaders.",
+            all.replication.bytes_received,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], value);
+    }
     family(
         &mut out,
         "wharf_open_connections",

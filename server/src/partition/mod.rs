@@ -21,8 +21,11 @@ use wharf_protocol::txn::control::EndTxnMarker;
 use self::txn::PartitionTxnState;
 use crate::txn::partition::VerificationGuard;
 
+use crate::controller::image::ClusterImage;
 use crate::metadata::store::partition_dir;
-use crate::metadata::{TopicPartition, LEADER_EPOCH};
+use crate::metadata::{NodeId, TopicPartition};
+use crate::replica::driver::ReplicaDriver;
+use crate::replica::ReplicaConfig;
 use crate::shard::event::{Latch, WakeSlot, Watchers};
 
 pub mod cleaner;
@@ -49,10 +52,11 @@ pub struct PartitionHandle {
     /// `min.insync.replicas`: an acks=all produce needs this many in-sync replicas; a
     /// single node has one.
     pub min_insync_replicas: Cell<i32>,
-    /// The end of what has been written to the log file. The engine takes offsets (and
-    /// serves reads from its cache) as soon as an append starts; consumers must not see a
-    /// batch before it is written, or a crash could take back an offset they have read.
-    high_watermark: Cell<i64>,
+    /// The replica of this partition on this node: leader or follower, the ISR and the
+    /// high watermark (see `crate::replica`).
+    pub replica: ReplicaDriver,
+    /// Followers' fetches waiting for the log to grow (their long polls).
+    pub log_grew: Watchers,
     /// Transactions: open ones (the LSO), the aborted index, producer epochs.
     pub txns: PartitionTxnState,
     /// Taken, in arrival order, by appends that wait for the coordinator to confirm the
@@ -72,14 +76,20 @@ pub enum BrokerAppendError {
 }
 
 impl PartitionHandle {
-    /// The high watermark: on a single node, every written record is committed.
+    /// The high watermark: what every in-sync replica has (on a single node, every
+    /// written record). Consumers read below it.
     pub fn high_watermark(&self) -> i64 {
         // Never past what the log holds: a log whose write path failed is reloaded from
         // what is really on disk, which may end before what was written (a failed
         // fdatasync), and those offsets are given out again.
-        self.high_watermark
-            .get()
+        self.replica
+            .high_watermark()
             .min(self.log.written_end_offset().0)
+    }
+
+    /// The leader epoch appends are stamped with (this replica's, while it leads).
+    pub fn leader_epoch(&self) -> i32 {
+        self.replica.leader_epoch().max(0)
     }
 
     /// Appends record batches (a Produce request's `records`) and makes them visible to
@@ -91,7 +101,7 @@ impl PartitionHandle {
     /// epoch is INVALID_PRODUCER_EPOCH, plain data inside an open transaction
     /// INVALID_TXN_STATE), and a transactional batch opens its producer's transaction here.
     pub async fn append(
-        &self,
+        self: &Rc<Self>,
         records: Bytes,
         durability: Durability,
     ) -> Result<AppendInfo, ClientAppendError> {
@@ -101,7 +111,7 @@ impl PartitionHandle {
     /// [`Self::append`] with the proof that the coordinator confirmed the transaction a
     /// transactional batch opens here (KIP-890); without it such a batch is refused.
     pub async fn append_with(
-        &self,
+        self: &Rc<Self>,
         records: Bytes,
         durability: Durability,
         guard: Option<VerificationGuard>,
@@ -113,7 +123,7 @@ impl PartitionHandle {
             .map_err(ClientAppendError::Refused)?;
         let appended = self
             .log
-            .append(records.clone(), LEADER_EPOCH.0, Durability::Written)
+            .append(records.clone(), self.leader_epoch(), Durability::Written)
             .await;
         let info = match appended {
             Ok(info) => info,
@@ -130,7 +140,7 @@ impl PartitionHandle {
             info.last_offset.0,
             crate::shard::now_ms(),
         );
-        self.advance_high_watermark(info.last_offset.0 + 1);
+        self.advance_log_end(info.last_offset.0 + 1);
         if durability == Durability::Synced {
             self.log.sync().await.map_err(ClientAppendError::Engine)?;
         }
@@ -140,7 +150,7 @@ impl PartitionHandle {
     /// Appends a COMMIT or ABORT marker for `producer_id` (WriteTxnMarkers), synced, once
     /// the partition's transaction state accepts it; returns its offset.
     pub async fn append_marker(
-        &self,
+        self: &Rc<Self>,
         producer_id: i64,
         producer_epoch: i16,
         marker: EndTxnMarker,
@@ -154,7 +164,7 @@ impl PartitionHandle {
             .log
             .append_from(
                 batch,
-                LEADER_EPOCH.0,
+                self.leader_epoch(),
                 Durability::Written,
                 AppendOrigin::Coordinator,
             )
@@ -163,7 +173,7 @@ impl PartitionHandle {
         let offset = info.base_offset.0;
         self.txns
             .apply_marker(producer_id, producer_epoch, &marker, offset, now);
-        self.advance_high_watermark(offset + 1);
+        self.advance_log_end(offset + 1);
         self.log.sync().await.map_err(BrokerAppendError::Engine)?;
         Ok(offset)
     }
@@ -173,7 +183,7 @@ impl PartitionHandle {
     /// that opens the producer's transaction needs the coordinator's confirmation, as a
     /// producer's own does (KIP-890): `guard` from `start_verification`, once confirmed.
     pub async fn append_transactional(
-        &self,
+        self: &Rc<Self>,
         batch: Bytes,
         producer_id: i64,
         producer_epoch: i16,
@@ -188,7 +198,7 @@ impl PartitionHandle {
             .log
             .append_from(
                 batch,
-                LEADER_EPOCH.0,
+                self.leader_epoch(),
                 Durability::Written,
                 AppendOrigin::Coordinator,
             )
@@ -202,18 +212,22 @@ impl PartitionHandle {
             info.last_offset.0,
             crate::shard::now_ms(),
         );
-        self.advance_high_watermark(info.last_offset.0 + 1);
+        self.advance_log_end(info.last_offset.0 + 1);
         Ok(info)
     }
 
-    /// Records that an append ending before `end_offset` is written, and wakes fetches
-    /// waiting for this partition.
-    pub fn advance_high_watermark(&self, end_offset: i64) {
-        if end_offset > self.high_watermark() {
-            self.high_watermark.set(end_offset);
-            self.txns.on_high_watermark(self.high_watermark());
-            self.appended.notify_all();
-        }
+    /// Records that an append as leader ending before `end_offset` is written: the
+    /// replica may move the high watermark, and followers waiting for data are woken.
+    pub fn advance_log_end(self: &Rc<Self>, end_offset: i64) {
+        crate::replica::driver::leader_appended(self, end_offset);
+        self.log_grew.notify_all();
+    }
+
+    /// The replica moved the high watermark: transactions may complete and consumers
+    /// waiting for data are woken.
+    pub fn on_high_watermark(&self, _high_watermark: i64) {
+        self.txns.on_high_watermark(self.high_watermark());
+        self.appended.notify_all();
     }
 
     /// KIP-98: the last stable offset: read_committed consumers read below it. The high
@@ -273,7 +287,9 @@ impl PartitionRegistry {
         self.len() == 0
     }
 
-    /// Opens (creating if needed, recovering if present) a partition's log.
+    /// Opens (creating if needed, recovering if present) a partition's log, with this
+    /// node's (`me`) replica of it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         &self,
         data_dir: &Path,
@@ -282,6 +298,7 @@ impl PartitionRegistry {
         config: LogConfig,
         min_insync_replicas: i32,
         cache: Rc<BatchCache>,
+        me: NodeId,
     ) -> Result<(), EngineError> {
         if self.contains(tp) || !self.opening.borrow_mut().insert(tp) {
             return Ok(());
@@ -292,10 +309,18 @@ impl PartitionRegistry {
         let log = opened?;
         let txns = PartitionTxnState::default();
         txns.rebuild(&dir, &log).await?;
-        // What recovery found on disk is written, hence committed.
-        let high_watermark = Cell::new(log.log_end_offset().0);
+        let replica = ReplicaDriver::new(
+            me,
+            -1,
+            ReplicaConfig {
+                min_insync_replicas: min_insync_replicas.max(1) as usize,
+                ..ReplicaConfig::default()
+            },
+            &log,
+        );
         let handle = PartitionHandle {
-            high_watermark,
+            replica,
+            log_grew: Watchers::default(),
             tp,
             topic: topic.to_string(),
             dir,
@@ -317,6 +342,7 @@ impl PartitionRegistry {
         };
         // Release fetches waiting on it; they will find it gone.
         handle.appended.notify_all();
+        handle.log_grew.notify_all();
         match wait_until_unique(handle).await {
             Ok(handle) => handle.log.delete().await,
             Err(handle) => {
@@ -332,6 +358,13 @@ impl PartitionRegistry {
                         source: e,
                     })
             }
+        }
+    }
+
+    /// Gives every open partition's replica its state in `image` (roles, epochs, ISR).
+    pub async fn apply_image(&self, image: &ClusterImage, me: NodeId) {
+        for partition in self.handles() {
+            crate::replica::driver::apply_image(&partition, image, me).await;
         }
     }
 
@@ -406,6 +439,12 @@ pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
             tracing::debug!(expired, "forgot expired idempotent producers");
         }
     }
+}
+
+/// Runs on each shard until shutdown: ticks the replicas of its partitions (acks=all
+/// deadlines, ISR changes).
+pub async fn tick_periodically(shard: Rc<crate::shard::Shard>) {
+    crate::replica::driver::tick_periodically(shard).await
 }
 
 /// Runs on each shard until shutdown: every `log.retention.check.interval.ms`, each

@@ -43,6 +43,12 @@ impl ReplicaState {
         Some(position)
     }
 
+    /// Wait `replica.fetch.backoff.ms` before the next fetch (the driver's log operation
+    /// for the last answer failed).
+    pub fn delay_next_fetch(&mut self, now_ms: i64) {
+        self.back_off(now_ms);
+    }
+
     /// The fetch in flight got no answer (its connection closed, or it timed out): fetch
     /// again after `replica.fetch.backoff.ms`.
     pub fn fetch_failed(&mut self, now_ms: i64) {

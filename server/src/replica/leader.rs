@@ -46,6 +46,13 @@ impl ReplicaState {
                     token: waiter.token,
                     result: Err(ResponseError::NotEnoughReplicasAfterAppend),
                 });
+            } else if end_offset <= self.high_watermark {
+                // Reported after the high watermark already passed it (another append's
+                // report and a sync came first): nothing left to wait for.
+                effects.acks.push(AckOutcome {
+                    token: waiter.token,
+                    result: Ok(()),
+                });
             } else {
                 let at = l
                     .waiting

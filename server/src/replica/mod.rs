@@ -14,13 +14,20 @@
 //! - [`sim`]: a seeded simulator of three replicas over logs that lose their unsynced tail
 //!   at a crash, a faulty network, a controller and producers, checking the invariants.
 //!
-//! Nothing here does I/O or reads a clock: time and events go in, [`Effects`] come out,
-//! and a driver on the partition's shard carries them out. See docs/replication.md.
+//! - `driver.rs`, `listener.rs`, `fetcher.rs`: the broker's side — the driver on the
+//!   partition's shard that feeds the state machine and carries its effects out, the
+//!   leader's replication listener, and the follower's connections to its leaders.
+//!
+//! Apart from those three files nothing here does I/O or reads a clock: time and events
+//! go in, [`Effects`] come out. See docs/replication.md.
 
 pub mod api;
 pub mod config;
+pub mod driver;
+pub mod fetcher;
 mod follower;
 mod leader;
+pub mod listener;
 pub mod sim;
 mod state;
 

@@ -160,6 +160,14 @@ impl ReplicaState {
         self.local
     }
 
+    pub fn local_broker_epoch(&self) -> i64 {
+        self.local_broker_epoch
+    }
+
+    pub fn config(&self) -> ReplicaConfig {
+        self.config
+    }
+
     pub fn role(&self) -> RoleView {
         match &self.role {
             Role::None => RoleView::None,
@@ -256,6 +264,17 @@ impl ReplicaState {
             .max(1)
     }
 
+    /// This node's broker epoch changed (it registered again): the epoch its own ISR
+    /// entry carries in AlterPartition proposals (KIP-903).
+    pub fn set_local_broker_epoch(&mut self, broker_epoch: i64) {
+        self.local_broker_epoch = broker_epoch;
+    }
+
+    /// The topic's `min.insync.replicas` changed.
+    pub fn set_min_insync_replicas(&mut self, min_insync_replicas: usize) {
+        self.config.min_insync_replicas = min_insync_replicas;
+    }
+
     /// Brokers that may not join the ISR (fenced or shutting down, KIP-841).
     pub fn set_ineligible_replicas(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
         self.ineligible = nodes.into_iter().collect();
@@ -274,6 +293,17 @@ impl ReplicaState {
             self.maybe_increment_high_watermark(now_ms, &mut effects);
         }
         effects
+    }
+
+    /// The local log's start moved up without the state machine asking (retention or
+    /// DeleteRecords on this node): its view follows, so a fetch below it is answered
+    /// OFFSET_OUT_OF_RANGE with the real log start.
+    pub fn log_start_moved(&mut self, log_start_offset: i64) {
+        let start = log_start_offset.min(self.log_end_offset);
+        if start > self.log_start_offset {
+            self.log_start_offset = start;
+            self.epochs.truncate_from_start(start);
+        }
     }
 
     /// KIP-320: checks the leader epoch a request names (-1: none) against this replica's.

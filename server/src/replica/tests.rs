@@ -197,6 +197,36 @@ fn acks_all_completes_once_every_isr_member_has_the_batch_on_disk() {
 }
 
 #[test]
+fn an_acks_all_append_reported_after_the_high_watermark_passed_it_completes_at_once() {
+    let mut r = leader(2, 0);
+    // A later append is reported first, synced and fetched by both followers...
+    r.appended(8, None, 1);
+    r.synced(8, 2);
+    r.on_follower_fetch(&fetch(B, 8, 1), 3);
+    r.on_follower_fetch(&fetch(C, 8, 1), 3);
+    assert_eq!(r.high_watermark(), 8);
+    // ...then an earlier one's producer starts to wait: it is committed already.
+    let e = r.appended(5, Some(waiter(1)), 4);
+    assert_eq!(acks(&e), vec![(1, Ok(()))]);
+    assert_eq!(r.waiting_acks(), 0);
+}
+
+#[test]
+fn a_log_start_moved_by_retention_is_where_a_follower_is_sent_back_to() {
+    let mut r = leader(1, 10);
+    r.log_start_moved(6);
+    assert_eq!(r.log_start_offset(), 6);
+    let (answer, _) = r.on_follower_fetch(&fetch(B, 2, -1), 1);
+    assert_eq!(answer.error, Some(ResponseError::OffsetOutOfRange));
+    assert_eq!(answer.log_start_offset, 6);
+    // Never past the log end, never back.
+    r.log_start_moved(50);
+    assert_eq!(r.log_start_offset(), 10);
+    r.log_start_moved(3);
+    assert_eq!(r.log_start_offset(), 10);
+}
+
+#[test]
 fn the_high_watermark_counts_only_what_the_leader_has_on_disk() {
     let mut r = leader(1, 0);
     r.appended(4, None, 1);

@@ -185,6 +185,7 @@ impl Shard {
             }
         }
         failures.extend(self.open_owned_partitions(&image).await);
+        self.partitions.apply_image(&image, self.node_id()).await;
         failures
     }
 
@@ -227,6 +228,7 @@ impl Shard {
                                 effective.log_config(),
                                 effective.min_insync_replicas(),
                                 shard.cache.clone(),
+                                shard.node_id(),
                             )
                             .await;
                         result.map_err(|e| PartitionFailure {
@@ -290,6 +292,8 @@ pub struct ShardStart {
     pub ready: mpsc::Sender<ReadyReport>,
     /// The bound metrics listener, given to shard 0 only (when metrics are on).
     pub metrics_listener: Option<std::net::TcpListener>,
+    /// The bound replication listener, given to shard 0 only (when configured).
+    pub replication_listener: Option<std::net::TcpListener>,
 }
 
 /// Starts a shard on its own pinned thread. The thread ends after a graceful shutdown.
@@ -316,6 +320,7 @@ async fn run(start: ShardStart) {
         control,
         ready,
         metrics_listener,
+        replication_listener,
         ..
     } = start;
     let mesh = match Mesh::join(mesh).await {
@@ -393,10 +398,22 @@ async fn run(start: ShardStart) {
     ))
     .detach();
     glommio::spawn_local(crate::partition::maintain_logs_periodically(shard.clone())).detach();
+    glommio::spawn_local(crate::partition::tick_periodically(shard.clone())).detach();
     // Transactions left in PrepareCommit or PrepareAbort are finished, and open ones time
     // out, without waiting for a client to ask.
     glommio::spawn_local(crate::txn::driver::load_local_partitions(shard.clone())).detach();
     crate::partition::cleaner::start(&shard);
+    if let Some(listener) = replication_listener {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
+        // here from the std listener (into_raw_fd gives it up).
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        glommio::spawn_local(crate::replica::listener::serve(shard.clone(), listener)).detach();
+    }
+    if id == crate::metadata::controller::CONTROLLER_SHARD {
+        // Fetches for the partitions this node follows, one connection per leader node.
+        glommio::spawn_local(crate::replica::fetcher::run(shard.clone())).detach();
+    }
     if let Some(listener) = metrics_listener {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves

@@ -122,6 +122,35 @@ impl Broker {
         broker
     }
 
+    /// A broker with `shards` shards, these settings in a configuration file and these
+    /// flags.
+    pub fn start_custom(shards: u32, settings: &str, extra_args: &[&str]) -> Broker {
+        let root = tempfile::Builder::new()
+            .prefix("wharf-it-")
+            .tempdir()
+            .expect("cannot create a temp dir for the broker");
+        let config = root.path().join("wharf.toml");
+        std::fs::write(&config, settings).expect("cannot write the broker's config file");
+        let mut args = vec![
+            "--config".to_string(),
+            config.to_str().expect("utf-8 temp path").to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut broker = Broker {
+            child: None,
+            root,
+            extra_args: args,
+            shards,
+            listen: "127.0.0.1:0".to_string(),
+            addr: None,
+            incarnation: 0,
+            later_stdout: None,
+            data_dir: None,
+        };
+        broker.spawn();
+        broker
+    }
+
     /// The broker process's resident memory (VmRSS in /proc/PID/status), in bytes.
     pub fn rss_bytes(&self) -> usize {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

@@ -1,0 +1,403 @@
+//! The thin driver of a partition's [`ReplicaState`] on the shard that owns the partition:
+//! it builds the state machine from the engine's log when the partition opens, feeds it the
+//! controller's partition state from each metadata image, the leader's appends and syncs,
+//! and time, and carries its [`Effects`] out — log operations on the engine in order,
+//! acks=all answers to the producers waiting on them, high-watermark moves to consumers'
+//! long polls, ISR proposals to the controller.
+//!
+//! Everything here runs on the owning shard; the state machine is borrowed only between
+//! awaits. The replication connections live in `listener.rs` (the leader's end) and
+//! `fetcher.rs` (the follower's); they go through the functions here for what a fetch
+//! means for the replica and its log.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use wharf_engine::{Durability, EngineError, Offset, PartitionLog};
+
+use super::api::*;
+use super::{ReplicaConfig, ReplicaState};
+use crate::controller::image::ClusterImage;
+use crate::metadata::cluster::PartitionState;
+use crate::metadata::NodeId;
+use crate::partition::PartitionHandle;
+use crate::shard::{now_ms, oneshot, Shard};
+
+/// How often a shard ticks the replicas it leads (acks=all deadlines, ISR shrinks, retries).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Where a leader's ISR proposals go (KIP-497's AlterPartition). The controller's side of
+/// AlterPartition is not in this broker yet: until it is, [`NoAlterPartition`] takes the
+/// proposals and nothing answers them, so a proposed change stays pending and the ISR
+/// stays what the controller committed (fencing a broker still takes it out of every ISR).
+pub trait IsrChannel {
+    fn propose(&self, topic: &str, partition: i32, proposal: AlterPartitionProposal);
+}
+
+/// The [`IsrChannel`] used until the controller handles AlterPartition: proposals are
+/// logged and left unanswered.
+pub struct NoAlterPartition;
+
+impl IsrChannel for NoAlterPartition {
+    fn propose(&self, topic: &str, partition: i32, proposal: AlterPartitionProposal) {
+        let isr: Vec<i32> = proposal.new_isr.iter().map(|m| m.node.0).collect();
+        tracing::info!(
+            topic,
+            partition,
+            leader_epoch = proposal.leader_epoch.0,
+            partition_epoch = proposal.partition_epoch,
+            ?isr,
+            "ISR change proposed; it takes effect once the controller commits it (AlterPartition is not handled by this version's controller)"
+        );
+    }
+}
+
+/// One partition's replica on its owning shard: the state machine and what its effects
+/// wait on.
+pub struct ReplicaDriver {
+    state: RefCell<ReplicaState>,
+    /// The partition has one replica, this node: written is as good as synced (what a lone
+    /// node always did: consumers see a batch once it is written).
+    single_replica: Cell<bool>,
+    /// The high watermark as the state machine last said.
+    high_watermark: Cell<i64>,
+    /// Log operations not carried out yet, in order.
+    ops: RefCell<VecDeque<LogOp>>,
+    /// Held while log operations are carried out, so they run one at a time in order.
+    ops_lock: glommio::sync::Semaphore,
+    /// acks=all appends waiting for the high watermark.
+    acks: RefCell<HashMap<ProduceToken, oneshot::Sender<Result<(), ResponseError>>>>,
+    next_token: Cell<u64>,
+    /// A background sync of a leader's log is running, and whether another is wanted.
+    syncing: Cell<bool>,
+    sync_again: Cell<bool>,
+    /// The last partition state applied (to build the state machine again after a failure).
+    last_change: RefCell<Option<LeaderAndIsr>>,
+}
+
+impl ReplicaDriver {
+    /// The replica of a partition whose log was just opened, with no role yet.
+    pub fn new(
+        local: NodeId,
+        broker_epoch: i64,
+        config: ReplicaConfig,
+        log: &PartitionLog,
+    ) -> Self {
+        let state = ReplicaState::new(local, broker_epoch, config, local_log(log));
+        ReplicaDriver {
+            high_watermark: Cell::new(state.high_watermark()),
+            state: RefCell::new(state),
+            single_replica: Cell::new(true),
+            ops: RefCell::new(VecDeque::new()),
+            ops_lock: glommio::sync::Semaphore::new(1),
+            acks: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            syncing: Cell::new(false),
+            sync_again: Cell::new(false),
+            last_change: RefCell::new(None),
+        }
+    }
+
+    /// Reads the state machine (never held across an await).
+    pub fn with<R>(&self, f: impl FnOnce(&ReplicaState) -> R) -> R {
+        f(&self.state.borrow())
+    }
+
+    /// Changes the state machine; the caller carries out the effects it returns.
+    pub fn update<R>(&self, f: impl FnOnce(&mut ReplicaState) -> R) -> R {
+        f(&mut self.state.borrow_mut())
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.get()
+    }
+
+    pub fn is_single_replica(&self) -> bool {
+        self.single_replica.get()
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.borrow().leader_epoch()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.state.borrow().is_leader()
+    }
+
+    /// A token for an acks=all append and the receiver of its answer.
+    fn wait_for_ack(&self) -> (ProduceToken, oneshot::Receiver<Result<(), ResponseError>>) {
+        let token = ProduceToken(self.next_token.get());
+        self.next_token.set(token.0 + 1);
+        let (tx, rx) = oneshot::channel();
+        self.acks.borrow_mut().insert(token, tx);
+        (token, rx)
+    }
+}
+
+/// What the engine's log holds, for a new state machine. No high-watermark checkpoint is
+/// kept yet, so the high watermark starts at the log start: a leader moves it up as soon as
+/// its followers (or, alone, its own log) show what is committed, and nothing a new leader
+/// has not seen replicated is shown to consumers meanwhile.
+fn local_log(log: &PartitionLog) -> LocalLog {
+    let mut epochs = wharf_engine::epoch::LeaderEpochCache::default();
+    for (epoch, start) in log.leader_epochs() {
+        epochs.assign(epoch, start.0);
+    }
+    let log_start_offset = log.log_start_offset().0;
+    LocalLog {
+        log_start_offset,
+        log_end_offset: log.log_end_offset().0,
+        epochs,
+        high_watermark: log_start_offset,
+    }
+}
+
+/// The controller's partition state as the replica state machine takes it.
+pub fn leader_and_isr(state: &PartitionState) -> LeaderAndIsr {
+    LeaderAndIsr {
+        replicas: state.replicas.clone(),
+        isr: state.isr.clone(),
+        leader: state.leader,
+        leader_epoch: state.leader_epoch,
+        partition_epoch: state.partition_epoch,
+    }
+}
+
+/// Feeds `image`'s state of the partition to its replica: its role, epochs and ISR, the
+/// brokers that may not join the ISR (fenced), this node's broker epoch.
+pub async fn apply_image(partition: &Rc<PartitionHandle>, image: &ClusterImage, me: NodeId) {
+    let Some(state) = image.partition(partition.tp.topic_id, partition.tp.partition) else {
+        return;
+    };
+    let change = leader_and_isr(state);
+    let driver = &partition.replica;
+    driver
+        .single_replica
+        .set(change.replicas.len() == 1 && change.replicas[0] == me);
+    *driver.last_change.borrow_mut() = Some(change.clone());
+    let ineligible: Vec<NodeId> = change
+        .replicas
+        .iter()
+        .copied()
+        .filter(|n| !image.is_usable(*n))
+        .collect();
+    let broker_epoch = image.broker(me).map_or(-1, |b| b.broker_epoch);
+    let min_isr = partition.min_insync_replicas.get().max(1) as usize;
+    let effects = driver.update(|r| {
+        r.set_ineligible_replicas(ineligible);
+        r.set_local_broker_epoch(broker_epoch);
+        r.set_min_insync_replicas(min_isr);
+        r.apply_partition_change(&change, now_ms())
+    });
+    carry_out(partition, effects);
+    // A lone leader's log is its whole ISR: what it has written is committed.
+    if driver.is_single_replica() {
+        report_written(partition);
+    }
+    run_log_ops(partition).await;
+}
+
+/// Carries out `effects`: answers acks=all waiters, moves the high watermark (waking
+/// consumers), sends ISR proposals, and queues log operations (run them with
+/// [`run_log_ops`]; a task is started for them when nobody else does).
+pub fn carry_out(partition: &Rc<PartitionHandle>, effects: Effects) {
+    let driver = &partition.replica;
+    for ack in effects.acks {
+        if let Some(tx) = driver.acks.borrow_mut().remove(&ack.token) {
+            tx.send(ack.result);
+        }
+    }
+    if let Some(high_watermark) = effects.high_watermark {
+        driver.high_watermark.set(high_watermark);
+        partition.on_high_watermark(high_watermark);
+    }
+    if let Some(proposal) = effects.alter_partition {
+        NoAlterPartition.propose(&partition.topic, partition.tp.partition.0, proposal);
+    }
+    if !effects.log.is_empty() {
+        driver.ops.borrow_mut().extend(effects.log);
+        let partition = partition.clone();
+        glommio::spawn_local(async move { run_log_ops(&partition).await }).detach();
+    }
+}
+
+/// Carries out the queued log operations, in order; returns once every operation queued
+/// before the call is done. A failed operation leaves the log as the engine reloads it:
+/// the state machine is built again from the log and given the partition state again.
+pub async fn run_log_ops(partition: &Rc<PartitionHandle>) {
+    let driver = &partition.replica;
+    // Taken even with nothing queued: an operation popped by another task may still be
+    // under way, and the caller must not go on before it is done.
+    let Ok(_permit) = driver.ops_lock.acquire_permit(1).await else {
+        return;
+    };
+    loop {
+        let Some(op) = driver.ops.borrow_mut().pop_front() else {
+            break;
+        };
+        if let Err(e) = perform(&partition.log, &op).await {
+            tracing::error!(
+                topic = %partition.topic,
+                partition = partition.tp.partition.0,
+                ?op,
+                "a replica log operation failed ({e}); the replica starts again from what the log holds"
+            );
+            driver.ops.borrow_mut().clear();
+            rebuild(partition);
+            break;
+        }
+    }
+}
+
+async fn perform(log: &PartitionLog, op: &LogOp) -> Result<(), EngineError> {
+    match op {
+        // The engine records an epoch with the first batch written in it (the leader's
+        // appends carry it); the state machine keeps the epoch meanwhile.
+        LogOp::AssignEpoch { .. } => Ok(()),
+        LogOp::TruncateTo { offset } => log.truncate_to(Offset(*offset)).await,
+        LogOp::TruncateFullyAndStartAt { offset } => {
+            log.truncate_fully_and_start_at(Offset(*offset)).await
+        }
+        LogOp::AppendAsFollower { records, .. } => log
+            .append_as_follower(records.clone(), Durability::Written)
+            .await
+            .map(|_| ()),
+        LogOp::AdvanceLogStart { offset } => {
+            log.delete_records_before(Offset(*offset)).await.map(|_| ())
+        }
+    }
+}
+
+/// After a failed log operation: a new state machine over what the log holds now, given
+/// the last partition state again. Waiting acks=all appends are answered
+/// NOT_LEADER_OR_FOLLOWER (they may or may not survive).
+fn rebuild(partition: &Rc<PartitionHandle>) {
+    let driver = &partition.replica;
+    let (local, broker_epoch, config) =
+        driver.with(|r| (r.local(), r.local_broker_epoch(), r.config()));
+    let fresh = ReplicaState::new(local, broker_epoch, config, local_log(&partition.log));
+    *driver.state.borrow_mut() = fresh;
+    let waiting: Vec<_> = driver.acks.borrow_mut().drain().collect();
+    for (_, tx) in waiting {
+        tx.send(Err(ResponseError::NotLeaderOrFollower));
+    }
+    let change = driver.last_change.borrow().clone();
+    if let Some(change) = change {
+        let effects = driver.update(|r| {
+            let effects = r.apply_partition_change(&change, now_ms());
+            // A follower whose append failed fetches again only after the backoff, not in
+            // a tight loop over the same answer.
+            r.delay_next_fetch(now_ms());
+            effects
+        });
+        carry_out(partition, effects);
+    }
+}
+
+/// A leader appended batches ending before `end_offset` (written to the log file). Moves
+/// the high watermark as far as the ISR allows; a partition with replicas elsewhere gets
+/// its log synced in the background, since only what is on the leader's disk counts.
+pub fn leader_appended(partition: &Rc<PartitionHandle>, end_offset: i64) {
+    let effects = partition
+        .replica
+        .update(|r| r.appended(end_offset, None, now_ms()));
+    carry_out(partition, effects);
+    after_leader_append(partition);
+}
+
+fn after_leader_append(partition: &Rc<PartitionHandle>) {
+    if partition.replica.is_single_replica() {
+        report_written(partition);
+    } else {
+        request_sync(partition);
+    }
+}
+
+/// A lone replica: its written end counts as durable (see [`ReplicaDriver`]).
+fn report_written(partition: &Rc<PartitionHandle>) {
+    let written = partition.log.written_end_offset().0;
+    let effects = partition.replica.update(|r| r.synced(written, now_ms()));
+    carry_out(partition, effects);
+}
+
+/// An acks=all append ending before `end_offset` was written on the leader: resolves once
+/// the high watermark covers it, or with NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+/// NOT_LEADER_OR_FOLLOWER or REQUEST_TIMED_OUT (at `timeout_ms`).
+pub async fn wait_for_high_watermark(
+    partition: &Rc<PartitionHandle>,
+    end_offset: i64,
+    timeout_ms: i64,
+) -> Result<(), ResponseError> {
+    let driver = &partition.replica;
+    let (token, rx) = driver.wait_for_ack();
+    let waiter = AckWaiter {
+        token,
+        deadline_ms: now_ms().saturating_add(timeout_ms.max(0)),
+    };
+    let effects = driver.update(|r| r.appended(end_offset, Some(waiter), now_ms()));
+    carry_out(partition, effects);
+    after_leader_append(partition);
+    rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
+}
+
+/// Syncs a leader's log in the background, one sync at a time, each covering everything
+/// appended before it started (the engine group-commits them), and reports what is durable.
+fn request_sync(partition: &Rc<PartitionHandle>) {
+    let driver = &partition.replica;
+    if driver.syncing.replace(true) {
+        driver.sync_again.set(true);
+        return;
+    }
+    let partition = partition.clone();
+    glommio::spawn_local(async move {
+        loop {
+            partition.replica.sync_again.set(false);
+            sync_and_report(&partition).await;
+            if !partition.replica.sync_again.get() {
+                break;
+            }
+        }
+        partition.replica.syncing.set(false);
+    })
+    .detach();
+}
+
+/// Syncs the log and tells the state machine what is on disk now.
+pub async fn sync_and_report(partition: &Rc<PartitionHandle>) {
+    let end = partition.log.log_end_offset().0;
+    match partition.log.sync().await {
+        Ok(()) => {
+            let effects = partition.replica.update(|r| r.synced(end, now_ms()));
+            carry_out(partition, effects);
+        }
+        Err(e) => tracing::warn!(
+            topic = %partition.topic,
+            partition = partition.tp.partition.0,
+            "syncing a replicated partition failed: {e}"
+        ),
+    }
+}
+
+/// Runs on each shard until shutdown: ticks the replicas whose state machine has something
+/// due (acks=all deadlines, ISR shrinks, proposals to send again).
+pub async fn tick_periodically(shard: Rc<Shard>) {
+    while shard
+        .unless_shutdown(glommio::timer::sleep(TICK_INTERVAL))
+        .await
+        .is_some()
+    {
+        let now = now_ms();
+        for partition in shard.partitions.handles() {
+            let due = partition
+                .replica
+                .with(|r| r.is_leader() && r.next_deadline_ms().is_some_and(|d| d <= now));
+            if due {
+                let effects = partition.replica.update(|r| r.tick(now));
+                carry_out(&partition, effects);
+            }
+        }
+    }
+}

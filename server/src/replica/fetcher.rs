@@ -1,0 +1,442 @@
+//! The follower's end of the replication stream: one long-lived connection from this node
+//! to each node that leads partitions it follows, carrying one fetch at a time for every
+//! such partition (Kafka's replica fetcher thread, one per source broker).
+//!
+//! A round: every shard asks each replica that follows that leader for its next fetch
+//! (`ReplicaState::next_fetch`: nothing while a fetch is in flight, while backing off, or
+//! while what it appended is not synced yet); the positions go out as one
+//! [`FetchRequest`]; the leader's answer is split by partition and handed to the owning
+//! shards, where each replica checks the batches and appends them as the leader stored
+//! them, truncates where the logs diverge, and syncs what it appended before it asks for
+//! more (its fetch offset tells the leader everything below is on its disk). Partitions of
+//! one answer are appended and synced concurrently, so one round costs one group commit.
+//!
+//! A frame that fails its checks, or batches a replica refuses (CRC, offsets, epochs),
+//! close the connection and are counted; the partitions of a request that got no answer
+//! fetch again after `replica.fetch.backoff.ms`.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use wharf_protocol::replication::{
+    max_frame_bytes_for, split_frame, FetchPartition, FetchRequest, FollowerConnection,
+    PartitionData,
+};
+
+use super::api::FetchOutcome;
+use super::driver::{carry_out, run_log_ops, sync_and_report};
+use super::RoleView;
+use crate::controller::image::ClusterImage;
+use crate::metadata::cluster::REPLICATION_LISTENER;
+use crate::metadata::{NodeId, PartitionId, TopicId, TopicPartition};
+use crate::shard::{now_ms, Shard};
+
+/// Kafka's `replica.fetch.wait.max.ms`: how long a leader may hold a fetch with no data.
+pub const REPLICA_FETCH_WAIT_MAX_MS: i32 = 500;
+/// Kafka's `replica.fetch.min.bytes`.
+pub const REPLICA_FETCH_MIN_BYTES: i32 = 1;
+/// Kafka's `replica.fetch.max.bytes`: record bytes asked for per partition.
+pub const REPLICA_FETCH_MAX_BYTES: i32 = 1024 * 1024;
+/// Kafka's `replica.fetch.response.max.bytes`: record bytes asked for per request.
+pub const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
+/// Kafka's `replica.socket.timeout.ms`: an answer must come within this (beyond the wait).
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before connecting again after a failure.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// Pause when no partition has a fetch to send (all backing off or syncing).
+const IDLE_PAUSE: Duration = Duration::from_millis(10);
+/// How often the set of leaders to follow is looked at again.
+const LEADERS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// The leaders this node has a fetcher for (on the shard that runs them).
+    static RUNNING: RefCell<BTreeSet<NodeId>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// Runs on one shard until shutdown: keeps a fetcher for every node that leads a partition
+/// this node follows.
+pub async fn run(shard: Rc<Shard>) {
+    while shard
+        .unless_shutdown(glommio::timer::sleep(LEADERS_CHECK_INTERVAL))
+        .await
+        .is_some()
+    {
+        let image = shard.metadata();
+        for leader in leaders_followed(&image, shard.node_id()) {
+            let started = RUNNING.with(|r| r.borrow_mut().insert(leader));
+            if started {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    follow(&shard, leader).await;
+                    RUNNING.with(|r| r.borrow_mut().remove(&leader));
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+/// The nodes leading partitions that `me` holds a replica of.
+fn leaders_followed(image: &ClusterImage, me: NodeId) -> BTreeSet<NodeId> {
+    image
+        .all_partitions()
+        .filter(|(_, _, p)| p.replicas.contains(&me))
+        .filter_map(|(_, _, p)| p.leader)
+        .filter(|l| *l != me)
+        .collect()
+}
+
+/// Where `leader` serves replication, per the image.
+fn replication_address(image: &ClusterImage, leader: NodeId) -> Option<SocketAddr> {
+    let l = image.broker(leader)?.listener(REPLICATION_LISTENER)?;
+    (l.host.as_str(), l.port).to_socket_addrs().ok()?.next()
+}
+
+/// The fetch loop for one leader, until this node follows nothing there.
+async fn follow(shard: &Rc<Shard>, leader: NodeId) {
+    loop {
+        if shard.shutdown.is_set() {
+            return;
+        }
+        let image = shard.metadata();
+        if !leaders_followed(&image, shard.node_id()).contains(&leader) {
+            return;
+        }
+        let Some(addr) = replication_address(&image, leader) else {
+            tracing::debug!(
+                leader = leader.0,
+                "the leader has no replication listener yet"
+            );
+            glommio::timer::sleep(RECONNECT_BACKOFF).await;
+            continue;
+        };
+        let connected =
+            futures_lite::future::or(async { Some(TcpStream::connect(addr).await) }, async {
+                glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                None
+            })
+            .await;
+        let mut stream = match connected {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                tracing::debug!(leader = leader.0, %addr, "cannot connect for replication: {e}");
+                glommio::timer::sleep(RECONNECT_BACKOFF).await;
+                continue;
+            }
+            None => {
+                tracing::debug!(leader = leader.0, %addr, "connecting for replication timed out");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tracing::debug!(leader = leader.0, %addr, "replication connection open");
+        if let Err(why) = fetch_rounds(shard, leader, &mut stream).await {
+            tracing::info!(leader = leader.0, %addr, "replication connection closed: {why}");
+            glommio::timer::sleep(RECONNECT_BACKOFF).await;
+        }
+    }
+}
+
+/// Rounds of fetches on one connection until it fails or this node follows nothing on
+/// `leader` any more.
+async fn fetch_rounds(
+    shard: &Rc<Shard>,
+    leader: NodeId,
+    stream: &mut TcpStream,
+) -> Result<(), String> {
+    let mut order = FollowerConnection::new();
+    let mut buf = BytesMut::new();
+    let me = shard.node_id();
+    let max_batch_bytes = shard.config.max_request_bytes;
+    loop {
+        if shard.shutdown.is_set() {
+            return Ok(());
+        }
+        let image = shard.metadata();
+        if !leaders_followed(&image, me).contains(&leader) {
+            return Ok(());
+        }
+        let positions = next_fetches(shard, leader).await;
+        if positions.is_empty() {
+            glommio::timer::sleep(IDLE_PAUSE).await;
+            continue;
+        }
+        let request = FetchRequest {
+            correlation_id: 0,
+            replica_id: me.0,
+            broker_epoch: image.broker(me).map_or(-1, |b| b.broker_epoch),
+            max_wait_ms: REPLICA_FETCH_WAIT_MAX_MS,
+            min_bytes: REPLICA_FETCH_MIN_BYTES,
+            max_bytes: REPLICA_FETCH_RESPONSE_MAX_BYTES,
+            partitions: positions,
+        };
+        let asked = request.partitions.clone();
+        let exchanged = exchange(
+            shard,
+            &mut order,
+            stream,
+            &mut buf,
+            request,
+            max_batch_bytes,
+        )
+        .await;
+        let response = match exchanged {
+            Ok(response) => response,
+            Err(why) => {
+                fail_fetches(shard, asked).await;
+                return Err(why);
+            }
+        };
+        if response.error_code != 0 {
+            fail_fetches(shard, asked).await;
+            return Err(format!(
+                "the leader refused the whole fetch (error {})",
+                response.error_code
+            ));
+        }
+        let refused = apply_answers(shard, asked, response.partitions).await;
+        if refused > 0 {
+            shard.metrics.replication_refused_batch();
+            return Err(format!(
+                "{refused} partition(s) of the leader's answer failed their checks"
+            ));
+        }
+    }
+}
+
+/// Sends `request` and reads its answer (size-capped, verified, in order).
+async fn exchange(
+    shard: &Rc<Shard>,
+    order: &mut FollowerConnection,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    request: FetchRequest,
+    max_batch_bytes: usize,
+) -> Result<wharf_protocol::replication::FetchResponse, String> {
+    let cap = max_frame_bytes_for(request.max_bytes, max_batch_bytes);
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let frame = order
+        .send(request)
+        .map_err(|e| format!("cannot encode a fetch: {e}"))?;
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let read = read_frame(stream, buf, cap);
+    let frame = futures_lite::future::or(read, async {
+        glommio::timer::sleep(wait + SOCKET_TIMEOUT).await;
+        Err(FrameRead::Io("no answer from the leader in time".into()))
+    })
+    .await;
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(FrameRead::Io(e)) => return Err(e),
+        Err(FrameRead::Bad(e)) => {
+            shard.metrics.replication_bad_frame();
+            return Err(format!("bad frame: {e}"));
+        }
+    };
+    match order.receive(&frame) {
+        Ok((_, response)) => Ok(response),
+        Err(e) => {
+            shard.metrics.replication_bad_frame();
+            Err(format!("bad frame: {e}"))
+        }
+    }
+}
+
+enum FrameRead {
+    Io(String),
+    Bad(String),
+}
+
+/// Reads one whole frame of at most `cap` bytes.
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cap: usize,
+) -> Result<Bytes, FrameRead> {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        match split_frame(buf, cap) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(e) => return Err(FrameRead::Bad(e.to_string())),
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| FrameRead::Io(e.to_string()))?;
+        if n == 0 {
+            return Err(FrameRead::Io("the leader closed the connection".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn topic_partition(p: &FetchPartition) -> TopicPartition {
+    TopicPartition {
+        topic_id: TopicId(uuid::Uuid::from_u128(p.topic_id)),
+        partition: PartitionId(p.partition),
+    }
+}
+
+/// The next fetch of every replica, on every shard, that follows `leader`.
+async fn next_fetches(shard: &Rc<Shard>, leader: NodeId) -> Vec<FetchPartition> {
+    shard
+        .invoke_on_all(move |s| async move {
+            let now = now_ms();
+            let mut out = Vec::new();
+            for p in s.partitions.handles() {
+                let follows = matches!(
+                    p.replica.with(|r| r.role()),
+                    RoleView::Follower { leader: Some(l) } if l == leader
+                );
+                if !follows {
+                    continue;
+                }
+                let log_start = p.log.log_start_offset().0;
+                let position = p.replica.update(|r| {
+                    r.log_start_moved(log_start);
+                    r.next_fetch(now)
+                });
+                if let Some(position) = position {
+                    out.push(position.to_wire(
+                        p.tp.topic_id.0.as_u128(),
+                        p.tp.partition.0,
+                        REPLICA_FETCH_MAX_BYTES,
+                    ));
+                }
+            }
+            out
+        })
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+}
+
+/// The fetches of `asked` got no answer: each partition fetches again after its backoff.
+async fn fail_fetches(shard: &Rc<Shard>, asked: Vec<FetchPartition>) {
+    let items = asked.iter().map(|p| (topic_partition(p), ()));
+    let calls: Vec<_> = crate::kafka::group_by_owner(shard, items)
+        .into_iter()
+        .map(|(owner, items)| {
+            shard.invoke_on(owner, move |s| async move {
+                let now = now_ms();
+                for (tp, ()) in items {
+                    if let Some(p) = s.partitions.get(tp) {
+                        p.replica.update(|r| r.fetch_failed(now));
+                    }
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        let _ = call.await;
+    }
+}
+
+/// Hands each partition's answer to its replica on its owning shard: append (then sync),
+/// truncate, or back off. Returns how many answers were refused.
+async fn apply_answers(
+    shard: &Rc<Shard>,
+    asked: Vec<FetchPartition>,
+    answers: Vec<PartitionData>,
+) -> usize {
+    let items = asked
+        .into_iter()
+        .zip(answers)
+        .map(|(asked, answer)| (topic_partition(&asked), (asked, answer)));
+    let calls: Vec<_> = crate::kafka::group_by_owner(shard, items)
+        .into_iter()
+        .map(|(owner, items)| {
+            shard.invoke_on(owner, move |s| async move {
+                let tasks: Vec<_> = items
+                    .into_iter()
+                    .map(|(tp, (asked, answer))| {
+                        let s = s.clone();
+                        glommio::spawn_local(
+                            async move { apply_answer(&s, tp, asked, answer).await },
+                        )
+                    })
+                    .collect();
+                let mut refused = 0;
+                for task in tasks {
+                    if task.await {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for call in calls {
+        refused += call.await.unwrap_or(0);
+    }
+    refused
+}
+
+/// One partition's answer on its owning shard; true if its batches were refused.
+async fn apply_answer(
+    shard: &Rc<Shard>,
+    tp: TopicPartition,
+    asked: FetchPartition,
+    answer: PartitionData,
+) -> bool {
+    let Some(partition) = shard.partitions.get(tp) else {
+        return false;
+    };
+    let (outcome, effects) = partition
+        .replica
+        .update(|r| r.on_fetch_response(&asked, &answer.header, &answer.records, now_ms()));
+    carry_out(&partition, effects);
+    run_log_ops(&partition).await;
+    match outcome {
+        FetchOutcome::Appended { bytes, .. } => {
+            if bytes > 0 {
+                shard.metrics.replication_received(bytes);
+                partition.log_grew.notify_all();
+            }
+            if partition.replica.with(|r| r.needs_sync()) {
+                sync_and_report(&partition).await;
+            }
+            false
+        }
+        FetchOutcome::Truncated { to } => {
+            tracing::info!(
+                topic = %partition.topic,
+                partition = tp.partition.0,
+                offset = to,
+                "truncated the log where it diverges from the leader's"
+            );
+            false
+        }
+        FetchOutcome::Refused(why) => {
+            tracing::warn!(
+                topic = %partition.topic,
+                partition = tp.partition.0,
+                "refused the leader's records: {why}"
+            );
+            true
+        }
+        FetchOutcome::LeaderError(e) => {
+            tracing::debug!(
+                topic = %partition.topic,
+                partition = tp.partition.0,
+                "the leader answered {e:?}"
+            );
+            false
+        }
+        FetchOutcome::Stale => false,
+    }
+}

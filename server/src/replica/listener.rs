@@ -1,0 +1,430 @@
+//! The leader's end of the replication stream: the replication listener
+//! (`--replication-listen`), where followers send [`FetchRequest`]s for every partition they
+//! follow on this node and get, for each, a [`PartitionHeader`] followed by the RecordBatch
+//! bytes exactly as this node stored them (docs/replication.md).
+//!
+//! A request's partitions are answered on the shards that own them (one call per shard, as
+//! the Kafka path fans out): the replica checks the follower's position
+//! (`ReplicaState::on_follower_fetch`: epochs, divergence, progress, ISR, high watermark)
+//! and the log is read from where it says. Too few bytes for `min_bytes` and the request
+//! waits, up to `max_wait_ms`, for any of its partitions' logs to grow. The response head
+//! is encoded and written, then each partition's records as the engine returned them — no
+//! copy into a response buffer (glommio 0.9's `TcpStream` has no vectored write, so each
+//! buffer is its own `write_all`).
+//!
+//! Frames are size-capped and verified before anything of them is used
+//! (`wharf_protocol::replication`); a bad one — garbage, an oversized length, a response
+//! where a request belongs, correlation ids going back, another replica's request on the
+//! connection — closes the connection and is counted in
+//! `wharf_replication_bad_frames_total`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use kafka_protocol::ResponseError;
+use wharf_engine::Offset;
+use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
+use wharf_protocol::replication::{
+    encode_response_head, split_frame, FetchPartition, FetchRequest, LeaderConnection,
+    PartitionHeader, MAX_HEADER_BYTES, PREFIX_BYTES,
+};
+
+use super::api::FollowerFetch;
+use super::driver::carry_out;
+use crate::kafka::group_by_owner;
+use crate::metadata::{PartitionId, TopicId, TopicPartition};
+use crate::shard::event::WakeSlot;
+use crate::shard::{now_ms, Shard};
+
+/// Replication connections accepted at once (a follower node opens one to each leader).
+pub const MAX_REPLICATION_CONNECTIONS: usize = 256;
+/// The largest request frame: a request carries no records, only its header.
+const MAX_REQUEST_FRAME_BYTES: usize = PREFIX_BYTES + MAX_HEADER_BYTES;
+/// A frame that has started arriving must be complete within this.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a fetch is held waiting for data, whatever it asks.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Accepts replication connections until the broker shuts down.
+pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let accepted = shard.unless_shutdown(listener.accept()).await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                tracing::warn!("replication listener: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.get() >= MAX_REPLICATION_CONNECTIONS {
+            tracing::warn!("too many replication connections; closing a new one");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let shard = shard.clone();
+        let open = open.clone();
+        glommio::spawn_local(async move {
+            let _ = stream.set_nodelay(true);
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            if let Err(why) = serve_connection(&shard, stream).await {
+                tracing::info!(peer, "replication connection closed: {why}");
+            }
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Why a connection ended.
+enum Closed {
+    Io(String),
+    BadFrame(String),
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Closed::Io(e) => write!(f, "{e}"),
+            Closed::BadFrame(e) => write!(f, "bad frame: {e}"),
+        }
+    }
+}
+
+async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<(), String> {
+    let mut order = LeaderConnection::new();
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match read_request(&mut stream, &mut buf, shard).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(Closed::Io(e)) => return Err(e),
+            Err(Closed::BadFrame(e)) => {
+                shard.metrics.replication_bad_frame();
+                return Err(format!("bad frame: {e}"));
+            }
+        };
+        let request = match order.receive(&frame) {
+            Ok(request) => request,
+            Err(e) => {
+                shard.metrics.replication_bad_frame();
+                return Err(format!("bad frame: {e}"));
+            }
+        };
+        let (head, records) = answer(shard, &request).await?;
+        let mut sent = head.len();
+        stream.write_all(&head).await.map_err(|e| e.to_string())?;
+        for r in &records {
+            sent += r.len();
+            stream.write_all(r).await.map_err(|e| e.to_string())?;
+        }
+        stream.flush().await.map_err(|e| e.to_string())?;
+        shard.metrics.replication_sent(sent);
+    }
+}
+
+/// Reads the next request frame; `Ok(None)` when the follower closed between frames.
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shard: &Rc<Shard>,
+) -> Result<Option<Bytes>, Closed> {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        match split_frame(buf, MAX_REQUEST_FRAME_BYTES) {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(e) => return Err(Closed::BadFrame(e.to_string())),
+        }
+        let n = if buf.is_empty() {
+            match shard.unless_shutdown(stream.read(&mut chunk)).await {
+                None => return Ok(None),
+                Some(read) => read.map_err(|e| Closed::Io(e.to_string()))?,
+            }
+        } else {
+            // A frame has started: it must not hold memory indefinitely.
+            let read = stream.read(&mut chunk);
+            futures_lite::future::or(
+                async { read.await.map_err(|e| Closed::Io(e.to_string())) },
+                async {
+                    glommio::timer::sleep(FRAME_READ_TIMEOUT).await;
+                    Err(Closed::BadFrame(format!(
+                        "a frame took more than {} s to arrive",
+                        FRAME_READ_TIMEOUT.as_secs()
+                    )))
+                },
+            )
+            .await?
+        };
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(Closed::BadFrame(
+                    "connection closed in the middle of a frame".into(),
+                ))
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One partition's answer: its header and the records that follow it.
+type Answered = (PartitionHeader, Bytes);
+
+/// Answers a fetch: the response head and the records to write after it, in order.
+async fn answer(shard: &Rc<Shard>, request: &FetchRequest) -> Result<(Bytes, Vec<Bytes>), String> {
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+    let deadline = Instant::now() + wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let answers = loop {
+        let answers = answer_all(shard, request).await;
+        let total: usize = answers.iter().map(|(_, r)| r.len()).sum();
+        let any_error = answers
+            .iter()
+            .any(|(h, _)| h.error_code != 0 || h.diverging_epoch.is_some());
+        if total >= min_bytes.max(1) && total > 0
+            || any_error
+            || Instant::now() >= deadline
+            || shard.shutdown.is_set()
+        {
+            break answers;
+        }
+        let seen: Vec<(TopicPartition, i64)> = request
+            .partitions
+            .iter()
+            .map(|p| (topic_partition(p), p.fetch_offset))
+            .collect();
+        wait_for_log_growth(shard, seen, deadline).await;
+    };
+    let headers: Vec<PartitionHeader> = answers.iter().map(|(h, _)| *h).collect();
+    let head = encode_response_head(request.correlation_id, 0, &headers)
+        .map_err(|e| format!("cannot encode a replication response: {e}"))?;
+    let records = answers
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| !r.is_empty())
+        .collect();
+    Ok((head, records))
+}
+
+fn topic_partition(p: &FetchPartition) -> TopicPartition {
+    TopicPartition {
+        topic_id: TopicId(uuid::Uuid::from_u128(p.topic_id)),
+        partition: PartitionId(p.partition),
+    }
+}
+
+/// Every partition of the request, answered on its owning shard; in request order.
+async fn answer_all(shard: &Rc<Shard>, request: &FetchRequest) -> Vec<Answered> {
+    let max_bytes = request.max_bytes.max(0) as usize;
+    let items = request
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (topic_partition(p), (i, *p)));
+    // What a partition's answer needs of the request, without the partitions list.
+    let header = FetchRequest {
+        correlation_id: request.correlation_id,
+        replica_id: request.replica_id,
+        broker_epoch: request.broker_epoch,
+        max_wait_ms: request.max_wait_ms,
+        min_bytes: request.min_bytes,
+        max_bytes: request.max_bytes,
+        partitions: Vec::new(),
+    };
+    let calls: Vec<_> = group_by_owner(shard, items)
+        .into_iter()
+        .map(|(owner, items)| {
+            let header = header.clone();
+            shard.invoke_on(owner, move |s| async move {
+                let mut budget = max_bytes;
+                let mut out = Vec::with_capacity(items.len());
+                for (tp, (i, p)) in items {
+                    let answered = answer_partition(&s, &header, tp, &p, budget).await;
+                    budget = budget.saturating_sub(answered.1.len());
+                    out.push((i, answered));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut out: Vec<Option<Answered>> = vec![None; request.partitions.len()];
+    for call in calls {
+        match call.await {
+            Ok(answered) => {
+                for (i, a) in answered {
+                    out[i] = Some(a);
+                }
+            }
+            Err(e) => tracing::warn!("replication fetch: {e}"),
+        }
+    }
+    out.into_iter()
+        .zip(&request.partitions)
+        .map(|(a, p)| {
+            a.unwrap_or_else(|| {
+                (
+                    PartitionHeader::error(
+                        p.topic_id,
+                        p.partition,
+                        ResponseError::RequestTimedOut.code(),
+                    ),
+                    Bytes::new(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// On the owning shard: the replica's answer to one partition of a follower's fetch, with
+/// the records it says to send (whole batches, the first one whole whatever the limits,
+/// none past the log end the replica knows).
+async fn answer_partition(
+    shard: &Rc<Shard>,
+    request: &FetchRequest,
+    tp: TopicPartition,
+    p: &FetchPartition,
+    budget: usize,
+) -> Answered {
+    let Some(partition) = shard.partitions.get(tp) else {
+        let code = if shard
+            .metadata()
+            .partition(tp.topic_id, tp.partition)
+            .is_some()
+        {
+            ResponseError::NotLeaderOrFollower
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        };
+        return (
+            PartitionHeader::error(p.topic_id, p.partition, code.code()),
+            Bytes::new(),
+        );
+    };
+    let fetch = FollowerFetch::from_wire(request, p);
+    let log_start = partition.log.log_start_offset().0;
+    let (answer, effects) = partition.replica.update(|r| {
+        r.log_start_moved(log_start);
+        r.on_follower_fetch(&fetch, now_ms())
+    });
+    carry_out(&partition, effects);
+    let mut records = Bytes::new();
+    if let Some(from) = answer.read_from {
+        let end = partition.replica.with(|r| r.log_end_offset());
+        let limit = (p.max_bytes.max(0) as usize).min(budget);
+        if from < end {
+            match partition.log.read(Offset(from), limit.max(1)).await {
+                Ok(mut read) => {
+                    read.truncate(batches_before(&read, end));
+                    records = read;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        topic = %partition.topic,
+                        partition = tp.partition.0,
+                        "reading for a follower failed: {e}"
+                    );
+                    let code = crate::kafka::errors::engine_error(&e).code();
+                    return (
+                        PartitionHeader::error(p.topic_id, p.partition, code),
+                        Bytes::new(),
+                    );
+                }
+            }
+        }
+    }
+    let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
+    (answer.header(p.topic_id, p.partition, len), records)
+}
+
+/// Bytes of the whole batches at the start of `records` that start below `end`.
+fn batches_before(records: &[u8], end: i64) -> usize {
+    let mut at = 0;
+    while let Some(header) = records.get(at..at + LOG_OVERHEAD_BYTES) {
+        let base_offset = i64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
+        let length = i32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
+        let Ok(length) = usize::try_from(length) else {
+            break;
+        };
+        let next = at + LOG_OVERHEAD_BYTES + length;
+        if base_offset >= end || next > records.len() {
+            break;
+        }
+        at = next;
+    }
+    at
+}
+
+/// Resolves when any of the partitions' logs grows past the offset given for it, or at
+/// `deadline`.
+async fn wait_for_log_growth(
+    shard: &Rc<Shard>,
+    seen: Vec<(TopicPartition, i64)>,
+    deadline: Instant,
+) {
+    let first = WakeSlot::new();
+    for (owner, items) in group_by_owner(shard, seen) {
+        let call = shard.invoke_on(owner, move |s| async move {
+            let slot = WakeSlot::new();
+            for (tp, seen_end) in &items {
+                match s.partitions.get(*tp) {
+                    Some(p) if p.replica.with(|r| r.log_end_offset()) > *seen_end => return,
+                    None => return,
+                    Some(p) => p.log_grew.register(&slot),
+                }
+            }
+            let now = Instant::now();
+            if deadline > now {
+                futures_lite::future::or(
+                    futures_lite::future::or(slot.wait(), glommio::timer::sleep(deadline - now)),
+                    s.shutdown.wait(),
+                )
+                .await;
+            }
+        });
+        let first = first.clone();
+        glommio::spawn_local(async move {
+            let _ = call.await;
+            first.fire();
+        })
+        .detach();
+    }
+    let now = Instant::now();
+    if deadline > now {
+        futures_lite::future::or(first.wait(), glommio::timer::sleep(deadline - now)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(base_offset: i64, len_after_header: usize) -> Vec<u8> {
+        let mut b = vec![0u8; LOG_OVERHEAD_BYTES + len_after_header];
+        b[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        b[8..12].copy_from_slice(&(len_after_header as i32).to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn records_for_a_follower_stop_at_the_log_end_and_at_a_torn_batch() {
+        let mut records = batch(0, 20);
+        records.extend(batch(3, 20));
+        assert_eq!(batches_before(&records, 3), 32);
+        assert_eq!(batches_before(&records, 4), 64);
+        records.extend([0u8; 5]);
+        assert_eq!(batches_before(&records, 100), 64);
+    }
+}

@@ -1,0 +1,673 @@
+//! Replicated partitions with real processes: three `wharf` nodes on loopback (one shard
+//! each, their own data dirs), a topic with replication factor 3, producers with acks=all
+//! through librdkafka. Every acknowledged record is on every replica's disk, the replicas'
+//! logs hold the same batches, and after the leader's process is killed with SIGKILL the
+//! controller elects another in-sync replica: producing goes on there, nothing acknowledged
+//! is lost, offsets continue, and the old leader comes back as a follower with the new
+//! leader's log.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, MetadataResponse};
+use kafka_protocol::records::Compression;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+
+use common::raw::{produce_request, record_batch, topic_name, KafkaConn};
+use common::{client, unique_topic, Broker};
+
+/// Not a performance assertion: a generous bound for a failover on a busy debug build.
+const GUARD: Duration = Duration::from_secs(60);
+const PARTITIONS: i32 = 3;
+
+/// `n` free loopback ports below the ephemeral range, so a restarted voter gets its port
+/// back (see the same helper in cluster.rs).
+fn free_ports(n: usize) -> Vec<u16> {
+    // Tests of this file run at once: each call starts past the ports the last one gave.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut next = 20_000 + ((std::process::id() * 7 + u32::from(call) * 100) % 12_000) as u16;
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    for _ in 0..5_000 {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", next)) {
+            listeners.push(l);
+        }
+        next = if next >= 32_000 { 20_000 } else { next + 1 };
+    }
+    assert_eq!(listeners.len(), n, "no {n} free ports on loopback");
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Three voters, one shard each, each with a replication listener. Sessions are short
+/// (`session_ms`) so that a killed node is fenced (and its partitions get new leaders)
+/// within seconds.
+fn start_cluster(session_ms: u32) -> Vec<Broker> {
+    start_nodes(3, 0, session_ms)
+}
+
+/// `voter_count` voters and `brokers` broker-only nodes (ids after the voters'), as
+/// [`start_cluster`] starts them.
+fn start_nodes(voter_count: usize, brokers: usize, session_ms: u32) -> Vec<Broker> {
+    let settings =
+        format!("broker.session.timeout.ms = {session_ms}\nbroker.heartbeat.interval.ms = 500\n");
+    let ports = free_ports(voter_count);
+    let voters = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let starting: Vec<_> = (0..voter_count + brokers)
+        .map(|i| {
+            let voters = voters.clone();
+            let settings = settings.clone();
+            std::thread::spawn(move || {
+                let id = (i + 1).to_string();
+                Broker::start_custom(
+                    1,
+                    &settings,
+                    &[
+                        "--node-id",
+                        &id,
+                        "--controller-quorum-voters",
+                        &voters,
+                        "--replication-listen",
+                        "127.0.0.1:0",
+                    ],
+                )
+            })
+        })
+        .collect();
+    starting
+        .into_iter()
+        .map(|t| t.join().expect("a node did not start"))
+        .collect()
+}
+
+fn metadata(addr: SocketAddr) -> MetadataResponse {
+    let mut conn = KafkaConn::connect(addr);
+    conn.request(12, &MetadataRequest::default().with_topics(None))
+}
+
+/// Per partition: (leader, leader epoch, replicas, ISR), as `addr` describes `topic`.
+type PartitionView = (i32, i32, Vec<i32>, Vec<i32>);
+
+fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionView> {
+    let md = metadata(addr);
+    let Some(t) = md
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i32, PartitionView)> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition_index,
+                (
+                    p.leader_id.0,
+                    p.leader_epoch,
+                    p.replica_nodes.iter().map(|r| r.0).collect(),
+                    p.isr_nodes.iter().map(|r| r.0).collect(),
+                ),
+            )
+        })
+        .collect();
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, p)| p).collect()
+}
+
+fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + GUARD;
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn create_replicated_topic(addr: SocketAddr, topic: &str) -> i16 {
+    create_topic_with(addr, topic, &[])
+}
+
+/// CreateTopics of `topic` with replication factor 3 and these configs: its error code.
+fn create_topic_with(addr: SocketAddr, topic: &str, configs: &[(&str, &str)]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let mut conn = KafkaConn::connect(addr);
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(topic))
+            .with_num_partitions(PARTITIONS)
+            .with_replication_factor(3)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(kafka_protocol::protocol::StrBytes::from_string(
+                                k.to_string(),
+                            ))
+                            .with_value(Some(kafka_protocol::protocol::StrBytes::from_string(
+                                v.to_string(),
+                            )))
+                    })
+                    .collect(),
+            )]);
+    conn.request(5, &req).topics[0].error_code
+}
+
+/// What a producer had acknowledged: (partition, offset) → value.
+type Acked = BTreeMap<(i32, i64), String>;
+
+fn produce_acks_all(bootstrap: &str, topic: &str, from: usize, count: usize, acked: &mut Acked) {
+    let producer = client::producer(
+        bootstrap,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "60000"),
+            ("linger.ms", "5"),
+        ],
+    );
+    let rt = client::runtime();
+    let sends: Vec<_> = (from..from + count)
+        .map(|i| {
+            let key = format!("key-{}", i % 17);
+            let value = format!("value-{i}");
+            let producer = producer.clone();
+            let topic = topic.to_string();
+            rt.spawn(async move {
+                let record = FutureRecord::to(&topic).key(&key).payload(&value);
+                let sent = producer.send(record, Duration::from_secs(60)).await;
+                (value, sent)
+            })
+        })
+        .collect();
+    for send in sends {
+        let (value, sent) = rt.block_on(send).expect("a send task");
+        let delivery =
+            sent.unwrap_or_else(|(e, _)| panic!("acks=all produce of {value} failed: {e}"));
+        let (partition, offset) = (delivery.partition, delivery.offset);
+        assert!(
+            acked.insert((partition, offset), value.clone()).is_none(),
+            "two records acknowledged at partition {partition} offset {offset}"
+        );
+    }
+}
+
+/// Every record of `topic` readable through `bootstrap`, per partition, up to `ends`.
+fn consume(bootstrap: &str, topic: &str, ends: &BTreeMap<i32, i64>) -> Acked {
+    let consumer: BaseConsumer = client::consumer(bootstrap, &[]);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut read = Acked::new();
+    let deadline = Instant::now() + GUARD;
+    let done = |read: &Acked| {
+        ends.iter()
+            .all(|(p, end)| *end == 0 || read.keys().any(|(rp, o)| rp == p && *o == end - 1))
+    };
+    while !done(&read) {
+        assert!(Instant::now() < deadline, "could not read everything back");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+            let again = read.insert((m.partition(), m.offset()), value);
+            assert!(again.is_none(), "offset {} read twice", m.offset());
+        }
+    }
+    read
+}
+
+/// The record batches in a partition directory's segments, as (base offset, bytes), in
+/// offset order.
+fn batches_on_disk(dir: &Path) -> Vec<(i64, Vec<u8>)> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    segments.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    segments.sort();
+    let mut out = Vec::new();
+    for segment in segments {
+        let bytes = std::fs::read(&segment).unwrap_or_default();
+        let mut at = 0;
+        while at + 12 <= bytes.len() {
+            let base = i64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+            let len = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            if len <= 0 || at + 12 + len as usize > bytes.len() {
+                break;
+            }
+            let end = at + 12 + len as usize;
+            out.push((base, bytes[at..end].to_vec()));
+            at = end;
+        }
+    }
+    out
+}
+
+fn partition_dir(node: &Broker, topic: &str, partition: i32) -> std::path::PathBuf {
+    node.data_dir().join(format!("{topic}-{partition}"))
+}
+
+/// Waits until every node in `nodes` holds the same batches for every partition, and
+/// returns them from the first.
+fn wait_for_identical_replicas(nodes: &[&Broker], topic: &str) {
+    for p in 0..PARTITIONS {
+        wait_until(&format!("partition {p} identical on every replica"), || {
+            let first = batches_on_disk(&partition_dir(nodes[0], topic, p));
+            !first.is_empty()
+                && nodes[1..]
+                    .iter()
+                    .all(|n| batches_on_disk(&partition_dir(n, topic, p)) == first)
+        });
+    }
+}
+
+#[test]
+fn acks_all_records_reach_every_replica_and_survive_the_leader_being_killed() {
+    let mut nodes = start_cluster(3_000);
+    let topic = unique_topic("replicated");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_until("every partition led, with three replicas in sync", || {
+        nodes.iter().all(|n| {
+            let ps = partitions(n.addr(), &topic);
+            ps.len() == PARTITIONS as usize
+                && ps.iter().all(|(leader, _, replicas, isr)| {
+                    *leader > 0 && replicas.len() == 3 && isr.len() == 3
+                })
+        })
+    });
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let mut acked = Acked::new();
+    produce_acks_all(&bootstrap, &topic, 0, 300, &mut acked);
+    assert_eq!(acked.len(), 300);
+
+    // Every acknowledged record is in every replica's log, and the logs hold the same
+    // batches byte for byte (offsets, leader epochs, CRCs: nothing re-encoded).
+    wait_for_identical_replicas(&[&nodes[0], &nodes[1], &nodes[2]], &topic);
+    for node in &nodes {
+        for &(p, offset) in acked.keys() {
+            let batches = batches_on_disk(&partition_dir(node, &topic, p));
+            assert!(
+                batches.iter().any(|(base, bytes)| {
+                    let last_delta = i32::from_be_bytes(bytes[23..27].try_into().unwrap());
+                    *base <= offset && offset <= base + i64::from(last_delta)
+                }),
+                "acknowledged offset {offset} of partition {p} missing on a replica"
+            );
+        }
+    }
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(p, offset) in acked.keys() {
+        let end = ends.entry(p).or_insert(0);
+        *end = (*end).max(offset + 1);
+    }
+    let read = consume(&bootstrap, &topic, &ends);
+    for (key, value) in &acked {
+        assert_eq!(read.get(key), Some(value), "acknowledged record {key:?}");
+    }
+
+    // Kill the leader of partition 0: the controller fences it and elects another replica
+    // of the ISR with a higher leader epoch.
+    let before = partitions(nodes[0].addr(), &topic);
+    let (victim_id, victim_epoch, _, _) = before[0].clone();
+    let victim = (victim_id - 1) as usize;
+    nodes[victim].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let killed_at = Instant::now();
+    wait_until(
+        "a new leader for every partition the killed node led",
+        || {
+            survivors.iter().all(|&i| {
+                let ps = partitions(nodes[i].addr(), &topic);
+                ps.len() == PARTITIONS as usize
+                    && ps.iter().zip(&before).all(
+                        |((leader, epoch, _, _), (old, old_epoch, _, _))| {
+                            *leader > 0
+                                && *leader != victim_id
+                                && (*old != victim_id || *epoch > *old_epoch)
+                        },
+                    )
+            })
+        },
+    );
+    eprintln!(
+        "new leaders elected {:.1} s after SIGKILL of node {victim_id} (session timeout 3 s)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(partitions(nodes[survivors[0]].addr(), &topic)[0].1 > victim_epoch);
+
+    let bootstrap = survivors
+        .iter()
+        .map(|&i| nodes[i].bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let before_kill = acked.clone();
+    produce_acks_all(&bootstrap, &topic, 300, 200, &mut acked);
+    assert_eq!(acked.len(), 500);
+
+    // Offsets continue where each partition ended before the kill: nothing acknowledged is
+    // taken back and the new records come after it.
+    for &(p, offset) in acked.keys() {
+        if !before_kill.contains_key(&(p, offset)) {
+            assert!(
+                offset >= *ends.get(&p).unwrap_or(&0),
+                "partition {p}: a new record at offset {offset}, below the old end"
+            );
+        }
+    }
+    let mut ends_after: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(p, offset) in acked.keys() {
+        let end = ends_after.entry(p).or_insert(0);
+        *end = (*end).max(offset + 1);
+    }
+    let read = consume(&bootstrap, &topic, &ends_after);
+    for (key, value) in &acked {
+        assert_eq!(
+            read.get(key),
+            Some(value),
+            "acknowledged record {key:?} after the failover"
+        );
+    }
+    wait_for_identical_replicas(&[&nodes[survivors[0]], &nodes[survivors[1]]], &topic);
+
+    // The old leader comes back as a follower: whatever its log held past what the new
+    // leaders have is cut where the epochs diverge, and it copies the rest.
+    nodes[victim].restart();
+    wait_for_identical_replicas(&[&nodes[0], &nodes[1], &nodes[2]], &topic);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+/// One acks=all Produce of one record to `partition` with `timeout_ms`: its error code.
+fn produce_acks_all_raw(addr: SocketAddr, topic: &str, partition: i32, timeout_ms: i32) -> i16 {
+    produce_raw(addr, topic, partition, -1, timeout_ms)
+}
+
+/// One Produce of one record with `acks` and `timeout_ms`: its error code.
+fn produce_raw(addr: SocketAddr, topic: &str, partition: i32, acks: i16, timeout_ms: i32) -> i16 {
+    let mut conn = KafkaConn::connect(addr);
+    let records = record_batch(&[Bytes::from_static(b"raw")], Compression::None);
+    let request = produce_request(topic, partition, acks, records).with_timeout_ms(timeout_ms);
+    let resp = conn.request(9, &request);
+    resp.responses[0].partition_responses[0].error_code
+}
+
+const REQUEST_TIMED_OUT: i16 = 7;
+const INVALID_REQUEST: i16 = 42;
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+
+/// A transactional batch of one record from producer 1000, epoch 0.
+fn transactional_batch() -> Bytes {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let record = Record {
+        transactional: true,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: 1000,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: 0,
+        timestamp: 0,
+        key: None,
+        value: Some(Bytes::from_static(b"txn")),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode a transactional batch");
+    buf.freeze()
+}
+
+#[test]
+fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr() {
+    // A long session, so the produce right after the kill is certain to come while the
+    // controller still counts the follower in the ISR.
+    let mut nodes = start_cluster(8_000);
+    let topic = unique_topic("isr");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    let (leader_id, _, replicas, _) = partitions(nodes[0].addr(), &topic)[0].clone();
+    let leader = (leader_id - 1) as usize;
+    let follower_id = *replicas
+        .iter()
+        .find(|r| **r != leader_id)
+        .expect("a follower");
+    let follower = (follower_id - 1) as usize;
+    assert_eq!(
+        produce_acks_all_raw(nodes[leader].addr(), &topic, 0, 10_000),
+        0,
+        "acks=all with every replica up"
+    );
+    // Followers cannot copy transactional batches yet: refused on a replicated partition.
+    let mut conn = KafkaConn::connect(nodes[leader].addr());
+    let resp = conn.request(9, &produce_request(&topic, 0, -1, transactional_batch()));
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        INVALID_REQUEST
+    );
+
+    nodes[follower].kill();
+    // The ISR still lists the follower: acks=all cannot be answered and times out, as in
+    // Kafka (the record is written on the leader and will be committed later).
+    assert_eq!(
+        produce_acks_all_raw(nodes[leader].addr(), &topic, 0, 1_000),
+        REQUEST_TIMED_OUT,
+        "acks=all while a dead follower is still in the ISR"
+    );
+    // Fencing the silent broker takes it out of every ISR; acks=all goes on with two.
+    wait_until("the dead follower out of the ISR", || {
+        !partitions(nodes[leader].addr(), &topic)[0]
+            .3
+            .contains(&follower_id)
+    });
+    assert_eq!(
+        produce_acks_all_raw(nodes[leader].addr(), &topic, 0, 10_000),
+        0,
+        "acks=all once the ISR shrank"
+    );
+
+    // The follower comes back and catches up with the leader's log.
+    nodes[follower].restart();
+    let alive = [&nodes[leader], &nodes[follower]];
+    wait_until("the restarted follower holds the leader's batches", || {
+        let lead = batches_on_disk(&partition_dir(alive[0], &topic, 0));
+        lead.len() >= 3 && batches_on_disk(&partition_dir(alive[1], &topic, 0)) == lead
+    });
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+/// Sends `bytes` to a replication port and tells whether the node closed the connection
+/// (rather than leaving it open) within a bounded time.
+fn closed_after(stream: &mut std::net::TcpStream, bytes: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let _ = stream.write_all(bytes);
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+fn fetch_request(correlation_id: i32, topic_id: u128) -> wharf_protocol::replication::FetchRequest {
+    wharf_protocol::replication::FetchRequest {
+        correlation_id,
+        replica_id: 7,
+        broker_epoch: -1,
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        partitions: vec![wharf_protocol::replication::FetchPartition {
+            topic_id,
+            partition: 0,
+            current_leader_epoch: -1,
+            fetch_offset: 0,
+            last_fetched_epoch: -1,
+            log_start_offset: 0,
+            max_bytes: 1 << 20,
+        }],
+    }
+}
+
+/// A request frame with `correlation_id` (the codec numbers from what it is given).
+fn request_frame(correlation_id: i32, topic_id: u128) -> Bytes {
+    wharf_protocol::replication::encode_request(&fetch_request(correlation_id, topic_id))
+        .expect("encode a fetch request")
+}
+
+#[test]
+fn bad_replication_frames_close_the_connection_and_are_counted() {
+    use std::io::{Read, Write};
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let node = Broker::start_custom(
+        1,
+        "",
+        &[
+            "--replication-listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = node.metrics_addr();
+    let bad_frames = || {
+        common::http::must(
+            &common::http::scrape(metrics),
+            "wharf_replication_bad_frames_total",
+        )
+    };
+    assert_eq!(bad_frames(), 0.0);
+
+    // A length past any cap: closed before anything else is read.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert!(closed_after(
+        &mut stream,
+        &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]
+    ));
+    // Garbage that fits the length: the header's CRC fails.
+    let mut garbage = vec![0u8, 0, 0, 40, 0, 0, 0, 8];
+    garbage.extend([0xabu8; 36]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert!(closed_after(&mut stream, &garbage));
+    wait_until("two bad frames counted", || bad_frames() == 2.0);
+
+    // A well-formed fetch for a partition this node does not have is answered, with an
+    // error for that partition; a request going back in correlation ids then closes it.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .write_all(&request_frame(5, 0xfeed))
+        .expect("send a fetch");
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).expect("an answer");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).expect("the whole answer");
+    match wharf_protocol::replication::decode_frame(&Bytes::from(body)).expect("a good frame") {
+        wharf_protocol::replication::Message::FetchResponse(r) => {
+            assert_eq!(r.correlation_id, 5);
+            assert_eq!(r.partitions.len(), 1);
+            assert_eq!(
+                r.partitions[0].header.error_code, 3,
+                "UNKNOWN_TOPIC_OR_PARTITION"
+            );
+            assert!(r.partitions[0].records.is_empty());
+        }
+        other => panic!("a fetch answered with {other:?}"),
+    }
+    assert!(closed_after(&mut stream, &request_frame(4, 0xfeed)));
+    wait_until("three bad frames counted", || bad_frames() == 3.0);
+    node.assert_no_panic();
+}
+
+#[test]
+fn with_two_followers_down_acks_all_gets_not_enough_replicas_and_acks_1_goes_on() {
+    // One voter and two broker-only nodes: the quorum survives the brokers' deaths, so the
+    // controller fences them and shrinks the ISRs.
+    let mut nodes = start_nodes(1, 2, 3_000);
+    let topic = unique_topic("min-isr");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    // Kill both broker-only nodes: node 1 (the voter) ends up leading every partition,
+    // alone in its ISR (KRaft keeps the last member).
+    nodes[1].kill();
+    nodes[2].kill();
+    wait_until("node 1 alone in every ISR, leading every partition", || {
+        partitions(nodes[0].addr(), &topic)
+            .iter()
+            .all(|(leader, _, _, isr)| *leader == 1 && isr == &vec![1])
+    });
+    let partition = 0;
+    assert_eq!(
+        produce_raw(nodes[0].addr(), &topic, partition, -1, 10_000),
+        NOT_ENOUGH_REPLICAS,
+        "acks=all with one in-sync replica and min.insync.replicas=2"
+    );
+    assert_eq!(
+        produce_raw(nodes[0].addr(), &topic, partition, 1, 10_000),
+        0,
+        "acks=1 with one in-sync replica"
+    );
+    nodes[0].assert_no_panic();
+}
