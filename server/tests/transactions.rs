@@ -300,8 +300,22 @@ fn a_transaction_holds_back_the_lso_and_an_abort_is_listed_for_read_committed() 
     }
 
     // KIP-890 part 1: a transactional batch for a partition the transaction does not hold
-    // (here: no transaction at all) is refused, INVALID_TXN_STATE below Produce v11.
-    let (error, _) = produce(&mut conn, &topic, txn_batch(pid2, epoch2, 1, &["stray"]));
+    // (here: no transaction at all) is refused, INVALID_TXN_STATE below Produce v11. Until
+    // the coordinator has logged the commit's completion (the marker can be in the
+    // partition before), it cannot answer the verification: CONCURRENT_TRANSACTIONS, which
+    // the partition answers NOT_ENOUGH_REPLICAS so that the producer retries, as Kafka does.
+    let deadline = Instant::now() + GUARD;
+    let error = loop {
+        let (error, _) = produce(&mut conn, &topic, txn_batch(pid2, epoch2, 1, &["stray"]));
+        if error != ResponseError::NotEnoughReplicas.code() {
+            break error;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator never completed the commit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(error, ResponseError::InvalidTxnState.code());
     // Transactional records need the producer's transactional id.
     let resp = conn.request(
