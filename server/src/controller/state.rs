@@ -23,7 +23,7 @@ use crate::controller::rng::Rng;
 use crate::metadata::cluster::{BrokerRegistration, PartitionState};
 use crate::metadata::controller::{
     apply_ops, check_partition_increase, deletion_target, validate_new_topic, MetadataError,
-    NewTopic,
+    NewTopic, TopicRef,
 };
 use crate::metadata::producer_ids::PRODUCER_ID_BLOCK_SIZE;
 use crate::metadata::topic_config::TopicDefaults;
@@ -298,6 +298,7 @@ impl Controller {
             }
             ControllerRequest::RegisterBroker(r) => register_broker(active, now_ms, r, next_index),
             ControllerRequest::Heartbeat(h) => heartbeat(active, now_ms, h),
+            ControllerRequest::AlterPartition(r) => alter_partition(&active.image, r),
         };
         if !records.is_empty() {
             return Outcome::Propose(Proposal {
@@ -399,9 +400,11 @@ impl Controller {
 type Planned = (Vec<MetadataRecord>, Reply);
 
 mod brokers;
+mod partitions;
 mod topics;
 
 use brokers::{allocate_producer_ids, heartbeat, register_broker};
+use partitions::alter_partition;
 use topics::{alter_configs, create_partitions, create_topics, delete_topics};
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub struct NewTopic {
 }
 
 /// A topic named by name or by id (DeleteTopics v6).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopicRef {
     Name(String),
     Id(TopicId),
