@@ -235,6 +235,14 @@ pub struct ClusterConfig {
     pub session_timeout_ms: i64,
     /// `broker.heartbeat.interval.ms` (Kafka's default 2000).
     pub heartbeat_interval_ms: i64,
+    /// `auto.leader.rebalance.enable` (Kafka's default true): the controller moves
+    /// leadership back to each partition's preferred (first) replica once it is in sync.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (300), in ms.
+    pub leader_imbalance_check_interval_ms: i64,
+    /// `leader.imbalance.per.broker.percentage` (10): accepted for compatibility; like
+    /// KRaft's controller, Wharf's rebalances every imbalanced partition at each check.
+    pub leader_imbalance_per_broker_percentage: i64,
 }
 
 impl ClusterConfig {
@@ -249,6 +257,9 @@ impl ClusterConfig {
             replication_listen: None,
             session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms: DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_S * 1_000,
+            leader_imbalance_per_broker_percentage: DEFAULT_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
         }
     }
 
@@ -265,6 +276,10 @@ impl ClusterConfig {
 pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: i64 = 9_000;
 /// Kafka's `broker.heartbeat.interval.ms` default.
 pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: i64 = 2_000;
+/// Kafka's `leader.imbalance.check.interval.seconds` default.
+pub const DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_S: i64 = 300;
+/// Kafka's `leader.imbalance.per.broker.percentage` default.
+pub const DEFAULT_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE: i64 = 10;
 /// Most voters a quorum may have (a metadata snapshot lists them; KRaft clusters run 3 or 5).
 pub const MAX_VOTERS: usize = 9;
 
@@ -632,6 +647,21 @@ fn resolve_cluster_config(
     if let Some(ms) = settings.take_int("broker.heartbeat.interval.ms")? {
         cluster.heartbeat_interval_ms =
             int_in("broker.heartbeat.interval.ms", ms, 10, i32::MAX as i64)?;
+    }
+    if let Some(enable) = settings.take_bool("auto.leader.rebalance.enable")? {
+        cluster.auto_leader_rebalance_enable = enable;
+    }
+    if let Some(s) = settings.take_int("leader.imbalance.check.interval.seconds")? {
+        cluster.leader_imbalance_check_interval_ms = int_in(
+            "leader.imbalance.check.interval.seconds",
+            s,
+            1,
+            i32::MAX as i64,
+        )? * 1_000;
+    }
+    if let Some(p) = settings.take_int("leader.imbalance.per.broker.percentage")? {
+        cluster.leader_imbalance_per_broker_percentage =
+            int_in("leader.imbalance.per.broker.percentage", p, 0, 100)?;
     }
     if cluster.heartbeat_interval_ms >= cluster.session_timeout_ms {
         return Err(err(format!(
@@ -1354,5 +1384,32 @@ mod tests {
             (config.advertised_host.as_str(), config.advertised_port),
             ("broker.example", 9093)
         );
+    }
+
+    #[test]
+    fn leader_balancing_settings_have_kafkas_names_and_defaults() {
+        let config = resolve(&args(), 1).expect("defaults");
+        assert!(config.cluster.auto_leader_rebalance_enable);
+        assert_eq!(config.cluster.leader_imbalance_check_interval_ms, 300_000);
+        assert_eq!(config.cluster.leader_imbalance_per_broker_percentage, 10);
+        let (_dir, path) = write_config(
+            "auto.leader.rebalance.enable = false\nleader.imbalance.check.interval.seconds = 5\nleader.imbalance.per.broker.percentage = 20\nunclean.leader.election.enable = true\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert!(!config.cluster.auto_leader_rebalance_enable);
+        assert_eq!(config.cluster.leader_imbalance_check_interval_ms, 5_000);
+        assert_eq!(config.cluster.leader_imbalance_per_broker_percentage, 20);
+        assert_eq!(
+            config
+                .topic_defaults
+                .value("unclean.leader.election.enable"),
+            "true"
+        );
+        let (_dir, path) = write_config("leader.imbalance.check.interval.seconds = 0\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("0 s").to_string();
+        assert!(e.contains("leader.imbalance.check.interval.seconds"), "{e}");
     }
 }

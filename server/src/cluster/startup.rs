@@ -197,6 +197,8 @@ pub fn start(
     c.num_partitions = config.num_partitions;
     c.topic_defaults = config.topic_defaults.clone();
     c.session_timeout_ms = config.cluster.session_timeout_ms;
+    c.auto_leader_rebalance_enable = config.cluster.auto_leader_rebalance_enable;
+    c.leader_imbalance_check_interval_ms = config.cluster.leader_imbalance_check_interval_ms;
     c.max_broker_partitions = config.max_broker_partitions;
     c.local_incarnation = Some(incarnation_id);
     node_config.bootstrap = prepared.bootstrap.clone();

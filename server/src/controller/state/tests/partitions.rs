@@ -281,3 +281,188 @@ fn items_of_one_request_see_each_other() {
         other => panic!("{other:?}"),
     }
 }
+
+fn heartbeat_from(h: &mut Harness, node: NodeId) {
+    let reply = h.call(ControllerRequest::Heartbeat(Heartbeat {
+        node,
+        broker_epoch: 1,
+        applied_offset: 1_000,
+        want_fence: false,
+        want_shut_down: false,
+    }));
+    assert!(reply.is_ok(), "{reply:?}");
+}
+
+/// Every broker but `silent` heartbeats, then time passes beyond the session timeout.
+fn silence(h: &mut Harness, silent: &[NodeId]) {
+    let now = h.now_ms + 8_000;
+    h.now_ms = now;
+    for n in [1, 2, 3].map(NodeId) {
+        if !silent.contains(&n) {
+            heartbeat_from(h, n);
+        }
+    }
+    h.tick(now + 2_000);
+}
+
+fn set_topic_config(h: &mut Harness, name: &str, value: &str) {
+    let reply = h.call(ControllerRequest::AlterConfigs {
+        topics: vec![("t".into(), vec![AlterOp::Set(name.into(), value.into())])],
+        validate_only: false,
+    });
+    assert_eq!(reply, Ok(ControllerReply::AlterConfigs(vec![Ok(())])));
+}
+
+#[test]
+fn a_fenced_leader_is_replaced_by_the_first_live_isr_member_with_a_new_epoch() {
+    let (mut h, topic) = three_replicas();
+    let before = state(&h, topic);
+    let leader = before.leader.unwrap();
+    assert_eq!(
+        Some(before.replicas[0]),
+        before.leader,
+        "the first replica leads"
+    );
+    silence(&mut h, &[leader]);
+    let after = state(&h, topic);
+    assert_eq!(after.leader, Some(before.replicas[1]));
+    assert_eq!(after.leader_epoch, LeaderEpoch(before.leader_epoch.0 + 1));
+    assert_eq!(
+        after.isr,
+        before.replicas[1..].to_vec(),
+        "the fenced leader left the ISR"
+    );
+    assert!(after.partition_epoch > before.partition_epoch);
+}
+
+#[test]
+fn the_last_isr_member_stays_and_takes_the_partition_back_when_it_returns() {
+    let (mut h, topic) = three_replicas();
+    let s = state(&h, topic);
+    let leader = s.leader.unwrap();
+    let p = proposal(&h, topic, &[leader]);
+    alter(&mut h, p).unwrap();
+    silence(&mut h, &[leader]);
+    let offline = state(&h, topic);
+    assert_eq!(offline.leader, None, "no clean leader: offline");
+    assert_eq!(offline.isr, vec![leader], "Kafka keeps the last ISR member");
+    assert_eq!(offline.leader_epoch, LeaderEpoch(s.leader_epoch.0 + 1));
+    // The other replicas are live but out of sync: unclean election is off by default,
+    // also when the periodic check comes.
+    let later = h.now_ms + UNCLEAN_LEADER_ELECTION_CHECK_INTERVAL_MS;
+    for n in [1, 2, 3].map(NodeId).into_iter().filter(|n| *n != leader) {
+        h.now_ms = later;
+        heartbeat_from(&mut h, n);
+    }
+    h.tick(later);
+    assert_eq!(state(&h, topic).leader, None);
+    // The last member comes back (registered, caught up, unfenced): it leads again.
+    heartbeat_from(&mut h, leader);
+    let back = state(&h, topic);
+    assert_eq!(back.leader, Some(leader));
+    assert_eq!(back.leader_epoch, LeaderEpoch(offline.leader_epoch.0 + 1));
+}
+
+#[test]
+fn unclean_leader_election_picks_a_live_replica_outside_the_isr_when_allowed() {
+    let (mut h, topic) = three_replicas();
+    set_topic_config(&mut h, "unclean.leader.election.enable", "true");
+    let s = state(&h, topic);
+    let leader = s.leader.unwrap();
+    let p = proposal(&h, topic, &[leader]);
+    alter(&mut h, p).unwrap();
+    silence(&mut h, &[leader]);
+    let after = state(&h, topic);
+    let first_live = s.replicas[1];
+    assert_eq!(
+        after.leader,
+        Some(first_live),
+        "an out-of-sync replica leads"
+    );
+    assert_eq!(after.isr, vec![first_live], "and is the whole ISR");
+    assert_eq!(after.leader_epoch, LeaderEpoch(s.leader_epoch.0 + 1));
+}
+
+#[test]
+fn turning_unclean_election_on_brings_an_offline_partition_back_at_the_next_check() {
+    let (mut h, topic) = three_replicas();
+    let s = state(&h, topic);
+    let leader = s.leader.unwrap();
+    let p = proposal(&h, topic, &[leader]);
+    alter(&mut h, p).unwrap();
+    silence(&mut h, &[leader]);
+    assert_eq!(state(&h, topic).leader, None);
+    set_topic_config(&mut h, "unclean.leader.election.enable", "true");
+    let later = UNCLEAN_LEADER_ELECTION_CHECK_INTERVAL_MS + 1;
+    for n in [1, 2, 3].map(NodeId).into_iter().filter(|n| *n != leader) {
+        h.now_ms = later;
+        heartbeat_from(&mut h, n);
+    }
+    h.tick(later);
+    let after = state(&h, topic);
+    assert_eq!(after.leader, Some(s.replicas[1]));
+    assert_eq!(after.isr, vec![s.replicas[1]]);
+}
+
+#[test]
+fn leadership_moves_back_to_the_preferred_replica_once_it_is_in_sync() {
+    let (mut h, topic) = three_replicas();
+    let s = state(&h, topic);
+    let preferred = s.replicas[0];
+    silence(&mut h, &[preferred]);
+    let moved = state(&h, topic);
+    assert_eq!(moved.leader, Some(s.replicas[1]));
+    // Back, unfenced, but not yet in the ISR: leadership stays.
+    heartbeat_from(&mut h, preferred);
+    let due = DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS + 1;
+    h.now_ms = due - 1_000;
+    for n in [1, 2, 3].map(NodeId) {
+        heartbeat_from(&mut h, n);
+    }
+    h.tick(due);
+    assert_eq!(state(&h, topic).leader, Some(s.replicas[1]));
+    // The new leader adds it back to the ISR; at the next check it leads again.
+    let p = proposal(&h, topic, &s.replicas);
+    alter(&mut h, p).unwrap();
+    h.now_ms = due + 1_000;
+    for n in [1, 2, 3].map(NodeId) {
+        heartbeat_from(&mut h, n);
+    }
+    h.tick(due + 1_000);
+    assert_eq!(state(&h, topic).leader, Some(s.replicas[1]), "not due yet");
+    let next = 2 * DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS + 1;
+    h.now_ms = next - 1_000;
+    for n in [1, 2, 3].map(NodeId) {
+        heartbeat_from(&mut h, n);
+    }
+    h.tick(next);
+    let back = state(&h, topic);
+    assert_eq!(back.leader, Some(preferred));
+    assert_eq!(back.leader_epoch, LeaderEpoch(moved.leader_epoch.0 + 1));
+    assert_eq!(back.isr, s.replicas, "the ISR is unchanged");
+}
+
+#[test]
+fn no_rebalance_when_auto_leader_rebalance_is_off() {
+    let mut config = ControllerConfig::new(NodeId(1));
+    config.max_replication_factor = 3;
+    config.auto_leader_rebalance_enable = false;
+    let mut h = Harness::with_config(&[1, 2, 3], config);
+    let topic = created(h.call(create("t", 1, 3)))[0]
+        .as_ref()
+        .unwrap()
+        .topic
+        .id;
+    let s = state(&h, topic);
+    silence(&mut h, &[s.replicas[0]]);
+    heartbeat_from(&mut h, s.replicas[0]);
+    let p = proposal(&h, topic, &s.replicas);
+    alter(&mut h, p).unwrap();
+    let next = 3 * DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS;
+    h.now_ms = next - 1_000;
+    for n in [1, 2, 3].map(NodeId) {
+        heartbeat_from(&mut h, n);
+    }
+    h.tick(next);
+    assert_eq!(state(&h, topic).leader, Some(s.replicas[1]));
+}
