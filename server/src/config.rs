@@ -148,6 +148,12 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `offsets.topic.num.partitions`.
     pub offsets_topic_num_partitions: i32,
+    /// `default.replication.factor`: replicas of a topic created without a replication
+    /// factor (auto-created topics too). The active controller's value applies.
+    pub default_replication_factor: i16,
+    /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` when it is
+    /// created; `None`: min(3, live brokers).
+    pub offsets_topic_replication_factor: Option<i16>,
     /// `socket.request.max.bytes`.
     pub max_request_bytes: usize,
     /// `produce.inflight.max.bytes`: per-shard budget of produce requests being handled.
@@ -383,13 +389,17 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     )? as i32;
     let auto_create_file = settings.take_bool("auto.create.topics.enable")?;
     let auto_create_topics = args.auto_create_topics.or(auto_create_file).unwrap_or(true);
-    if let Some(rf) = settings.take_int("default.replication.factor")? {
-        if rf != 1 {
-            return Err(err(format!(
-                "default.replication.factor must be 1 on a single node, got {rf}"
-            )));
-        }
-    }
+    let default_replication_factor = match settings.take_int("default.replication.factor")? {
+        Some(rf) => int_in("default.replication.factor", rf, 1, i16::MAX as i64)? as i16,
+        None => 1,
+    };
+    let offsets_topic_replication_factor =
+        match settings.take_int("offsets.topic.replication.factor")? {
+            Some(rf) => {
+                Some(int_in("offsets.topic.replication.factor", rf, 1, i16::MAX as i64)? as i16)
+            }
+            None => None,
+        };
     let offsets_topic_num_partitions = settings
         .take_int("offsets.topic.num.partitions")?
         .unwrap_or(DEFAULT_OFFSETS_TOPIC_PARTITIONS as i64);
@@ -525,6 +535,8 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         num_partitions,
         auto_create_topics,
         offsets_topic_num_partitions,
+        default_replication_factor,
+        offsets_topic_replication_factor,
         max_request_bytes,
         produce_inflight_bytes_per_shard,
         request_inflight_bytes_per_shard,
@@ -883,18 +895,26 @@ impl Settings {
     }
 }
 
-/// The transaction coordinator's settings, with Kafka's names and defaults. The log's
-/// replication factor and min ISR are accepted only as 1 (a single node).
+/// The transaction coordinator's settings, with Kafka's names and defaults. The log's min
+/// ISR is accepted only as 1 until transaction logs are replicated.
 fn resolve_txn_config(
     settings: &mut Settings,
     offsets_topic_num_partitions: i32,
 ) -> Result<crate::txn::TxnConfig, ConfigError> {
     let mut txn = crate::txn::TxnConfig {
         offsets_topic_num_partitions: offsets_topic_num_partitions as u32,
-        transaction_state_log_replication_factor: 1,
+        transaction_state_log_replication_factor: None,
         transaction_state_log_min_isr: 1,
         ..crate::txn::TxnConfig::default()
     };
+    if let Some(rf) = settings.take_int("transaction.state.log.replication.factor")? {
+        txn.transaction_state_log_replication_factor = Some(int_in(
+            "transaction.state.log.replication.factor",
+            rf,
+            1,
+            i16::MAX as i64,
+        )? as i16);
+    }
     if let Some(v) = settings.take_int("transaction.max.timeout.ms")? {
         txn.transaction_max_timeout_ms =
             int_in("transaction.max.timeout.ms", v, 1, i32::MAX as i64)? as i32;
@@ -931,14 +951,11 @@ fn resolve_txn_config(
             i32::MAX as i64,
         )?;
     }
-    for name in [
-        "transaction.state.log.replication.factor",
-        "transaction.state.log.min.isr",
-    ] {
-        if let Some(v) = settings.take_int(name)? {
-            if v != 1 {
-                return Err(err(format!("`{name}` must be 1 on a single node, got {v}")));
-            }
+    if let Some(v) = settings.take_int("transaction.state.log.min.isr")? {
+        if v != 1 {
+            return Err(err(format!(
+                "`transaction.state.log.min.isr` must be 1 until transaction logs are replicated, got {v}"
+            )));
         }
     }
     Ok(txn)
@@ -1384,6 +1401,36 @@ mod tests {
             (config.advertised_host.as_str(), config.advertised_port),
             ("broker.example", 9093)
         );
+    }
+
+    #[test]
+    fn replication_factors_are_accepted_from_one_up() {
+        let config = resolve(&args(), 1).expect("defaults");
+        assert_eq!(config.default_replication_factor, 1);
+        assert_eq!(config.offsets_topic_replication_factor, None);
+        assert_eq!(config.txn.transaction_state_log_replication_factor, None);
+        let (_dir, path) = write_config(
+            "default.replication.factor = 3\noffsets.topic.replication.factor = 2\ntransaction.state.log.replication.factor = 3\nmin.insync.replicas = 2\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.default_replication_factor, 3);
+        assert_eq!(config.offsets_topic_replication_factor, Some(2));
+        assert_eq!(config.txn.transaction_state_log_replication_factor, Some(3));
+        assert_eq!(config.topic_defaults.value("min.insync.replicas"), "2");
+        for bad in [
+            "default.replication.factor = 0",
+            "offsets.topic.replication.factor = 0",
+            "transaction.state.log.replication.factor = -1",
+            "min.insync.replicas = 0",
+        ] {
+            let (_dir, path) = write_config(&format!("{bad}\n"));
+            a.config = Some(path);
+            let e = resolve(&a, 1).expect_err(bad).to_string();
+            let name = bad.split(' ').next().unwrap();
+            assert!(e.contains(name), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -195,6 +195,7 @@ pub fn start(
     let mut node_config = NodeConfig::new(me, voters.clone());
     let c = &mut node_config.controller;
     c.num_partitions = config.num_partitions;
+    c.default_replication_factor = config.default_replication_factor;
     c.topic_defaults = config.topic_defaults.clone();
     c.session_timeout_ms = config.cluster.session_timeout_ms;
     c.auto_leader_rebalance_enable = config.cluster.auto_leader_rebalance_enable;

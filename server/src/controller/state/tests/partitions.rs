@@ -466,3 +466,35 @@ fn no_rebalance_when_auto_leader_rebalance_is_off() {
     h.tick(next);
     assert_eq!(state(&h, topic).leader, Some(s.replicas[1]));
 }
+
+#[test]
+fn replicas_and_leaders_spread_evenly_with_the_default_replication_factor() {
+    let mut config = ControllerConfig::new(NodeId(1));
+    config.max_replication_factor = 3;
+    config.default_replication_factor = 3;
+    let mut h = Harness::with_config(&[1, 2, 3], config);
+    let topic = created(h.call(create("spread", 6, -1)))[0]
+        .as_ref()
+        .map(|c| {
+            assert_eq!(c.replication_factor, 3);
+            c.topic.id
+        })
+        .unwrap();
+    let mut leaders = std::collections::BTreeMap::new();
+    for p in h.committed.partitions(topic) {
+        let mut distinct = p.replicas.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "{p:?}");
+        assert_eq!(p.isr, p.replicas, "every replica starts in sync");
+        assert_eq!(p.leader, Some(p.replicas[0]), "the preferred replica leads");
+        *leaders.entry(p.replicas[0]).or_insert(0) += 1;
+    }
+    assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    // More replicas than registered brokers: Kafka's refusal.
+    let refused = created(h.call(create("four", 1, 4)));
+    assert!(
+        matches!(&refused[0], Err(MetadataError::InvalidReplicationFactor(m)) if m.contains("only 3 broker(s)")),
+        "{refused:?}"
+    );
+}
