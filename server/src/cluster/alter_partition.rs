@@ -11,7 +11,7 @@ use crate::controller::requests::{
     ControllerRequest, IsrMember, ALTER_PARTITION_VERSIONS,
 };
 use crate::metadata::controller::{TopicRef, CONTROLLER_SHARD};
-use crate::metadata::{PartitionId, TopicId};
+use crate::metadata::{NodeId, PartitionId, TopicId};
 use crate::replica::{AlterPartitionAnswer, AlterPartitionProposal};
 use crate::shard::Shard;
 
@@ -70,7 +70,7 @@ pub async fn alter_partitions(
             let Some(broker_epoch) = control.broker.epoch() else {
                 return Err(ResponseError::BrokerNotAvailable);
             };
-            let request = request(&control, broker_epoch, &proposals);
+            let request = request(control.node_id(), broker_epoch, &proposals);
             match control
                 .call(ControllerRequest::AlterPartition(request))
                 .await
@@ -90,17 +90,13 @@ pub async fn alter_partitions(
 
 /// One request, proposals grouped by topic in the order first met.
 fn request(
-    control: &ControlPlane,
+    me: NodeId,
     broker_epoch: i64,
     proposals: &[(TopicId, PartitionId, AlterPartitionProposal)],
 ) -> AlterPartition {
     let mut topics: Vec<AlterPartitionTopic> = Vec::new();
     for (topic, partition, proposal) in proposals {
-        debug_assert_eq!(
-            proposal.leader,
-            control.node_id(),
-            "a leader proposes its own ISR"
-        );
+        debug_assert_eq!(proposal.leader, me, "a leader proposes its own ISR");
         let item = AlterPartitionItem {
             partition: *partition,
             leader_epoch: proposal.leader_epoch,
@@ -126,7 +122,7 @@ fn request(
     }
     AlterPartition {
         version: *ALTER_PARTITION_VERSIONS.end(),
-        broker: control.node_id(),
+        broker: me,
         broker_epoch,
         topics,
     }
@@ -177,5 +173,130 @@ fn request_error(e: &ControllerError) -> ResponseError {
             _,
         )) => ResponseError::InvalidRequest,
         _ => ResponseError::UnknownServerError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::requests::{
+        AlterPartitionCommitted, AlterPartitionResult, AlterPartitionTopicResult,
+    };
+    use crate::metadata::LeaderEpoch;
+    use crate::replica::IsrMember as ReplicaIsrMember;
+
+    fn topic(n: u128) -> TopicId {
+        TopicId(uuid::Uuid::from_u128(n))
+    }
+
+    fn proposal(isr: &[i32]) -> AlterPartitionProposal {
+        AlterPartitionProposal {
+            leader: NodeId(1),
+            leader_epoch: LeaderEpoch(3),
+            partition_epoch: 7,
+            new_isr: isr
+                .iter()
+                .map(|n| ReplicaIsrMember {
+                    node: NodeId(*n),
+                    broker_epoch: 40 + *n as i64,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn proposals_go_in_one_version_3_request_grouped_by_topic_id() {
+        let proposals = vec![
+            (topic(1), PartitionId(0), proposal(&[1, 2])),
+            (topic(2), PartitionId(4), proposal(&[1])),
+            (topic(1), PartitionId(2), proposal(&[1, 3])),
+        ];
+        let r = request(NodeId(1), 41, &proposals);
+        assert_eq!((r.version, r.broker, r.broker_epoch), (3, NodeId(1), 41));
+        assert_eq!(r.topics.len(), 2);
+        assert_eq!(r.topics[0].topic, TopicRef::Id(topic(1)));
+        let parts: Vec<i32> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.partition.0)
+            .collect();
+        assert_eq!(parts, vec![0, 2]);
+        let item = &r.topics[0].partitions[1];
+        assert_eq!(
+            (item.leader_epoch, item.partition_epoch),
+            (LeaderEpoch(3), 7)
+        );
+        assert_eq!(
+            item.new_isr,
+            vec![
+                IsrMember {
+                    node: NodeId(1),
+                    broker_epoch: 41
+                },
+                IsrMember {
+                    node: NodeId(3),
+                    broker_epoch: 43
+                }
+            ],
+            "each member with the broker epoch its leader saw (KIP-903)"
+        );
+    }
+
+    #[test]
+    fn each_proposal_gets_its_own_answer_in_order() {
+        let proposals = vec![
+            (topic(1), PartitionId(0), proposal(&[1, 2])),
+            (topic(1), PartitionId(1), proposal(&[1])),
+            (topic(2), PartitionId(0), proposal(&[1])),
+        ];
+        let reply = vec![AlterPartitionTopicResult {
+            topic: TopicRef::Id(topic(1)),
+            partitions: vec![
+                AlterPartitionResult {
+                    partition: PartitionId(1),
+                    result: Err(ResponseError::InvalidUpdateVersion),
+                },
+                AlterPartitionResult {
+                    partition: PartitionId(0),
+                    result: Ok(AlterPartitionCommitted {
+                        leader: Some(NodeId(1)),
+                        leader_epoch: LeaderEpoch(3),
+                        isr: vec![NodeId(1), NodeId(2)],
+                        partition_epoch: 8,
+                    }),
+                },
+            ],
+        }];
+        assert_eq!(
+            answers(&proposals, reply),
+            vec![
+                AlterPartitionAnswer::Committed {
+                    isr: vec![NodeId(1), NodeId(2)],
+                    leader_epoch: LeaderEpoch(3),
+                    partition_epoch: 8,
+                },
+                AlterPartitionAnswer::Error(ResponseError::InvalidUpdateVersion),
+                // Not in the reply: retried by the leader.
+                AlterPartitionAnswer::Error(ResponseError::UnknownServerError),
+            ]
+        );
+    }
+
+    #[test]
+    fn whole_request_failures_map_to_the_codes_the_leader_reacts_to() {
+        assert_eq!(
+            request_error(&ControllerError::NotController { leader: None }),
+            ResponseError::NotController
+        );
+        assert_eq!(
+            request_error(&ControllerError::StaleBrokerEpoch("old".into())),
+            ResponseError::StaleBrokerEpoch
+        );
+        assert_eq!(
+            request_error(&ControllerError::Metadata(
+                crate::metadata::controller::MetadataError::TimedOut("slow".into())
+            )),
+            ResponseError::RequestTimedOut
+        );
     }
 }
