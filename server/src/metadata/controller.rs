@@ -440,11 +440,11 @@ pub const DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR: i16 = 3;
 /// than this version keeps by default.
 pub fn internal_topic_replication_factor(configured: Option<i16>, live_brokers: usize) -> i16 {
     configured.unwrap_or_else(|| {
-        let live = i16::try_from(live_brokers).unwrap_or(i16::MAX);
+        // At least one: this node is a broker, whether or not its image lists it yet.
+        let live = i16::try_from(live_brokers.max(1)).unwrap_or(i16::MAX);
         DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR
             .min(live)
             .min(crate::controller::state::SUPPORTED_REPLICATION_FACTOR)
-            .max(1)
     })
 }
 
