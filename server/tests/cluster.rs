@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_topic_partitions_request::TopicRequest;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, InitProducerIdRequest, MetadataRequest, MetadataResponse,
+    CreateTopicsRequest, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    InitProducerIdRequest, MetadataRequest, MetadataResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
@@ -541,6 +543,26 @@ fn a_killed_broker_is_fenced_and_its_partitions_shown_offline_until_it_returns()
         "fencing: the killed broker's partitions were shown offline {} ms after SIGKILL (session timeout 2000 ms)",
         killed_at.elapsed().as_millis()
     );
+    // DescribeTopicPartitions (what Kafka 3.7+ admin tools use) says the same.
+    let mut conn = KafkaConn::connect(survivors[0].addr());
+    let described: DescribeTopicPartitionsResponse = conn.request(
+        0,
+        &DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![TopicRequest::default().with_name(topic_name(&topic))])
+            .with_response_partition_limit(2000),
+    );
+    let t = &described.topics[0];
+    assert_eq!(t.error_code, error_code::NONE);
+    assert_eq!(t.partitions.len(), 6);
+    for p in &t.partitions {
+        let offline: Vec<i32> = p.offline_replicas.iter().map(|b| b.0).collect();
+        if led.contains(&(p.partition_index as usize)) {
+            assert_eq!((p.leader_id.0, offline), (-1, vec![victim]), "{p:?}");
+        } else {
+            assert_eq!(p.leader_id.0, before[p.partition_index as usize].0);
+            assert!(offline.is_empty(), "{p:?}");
+        }
+    }
 
     // AlterPartition reaches the controller over the controller listener: from a broker
     // epoch that is not the registered one the whole request is refused; a voter that
