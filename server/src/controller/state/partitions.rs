@@ -169,9 +169,11 @@ fn check_item(
     // KIP-841 / KIP-903: a member must be registered, unfenced (a broker in controlled
     // shutdown is fenced at once in Wharf), and, when its leader names one, of the broker
     // epoch the leader saw in its fetches (not an earlier process of it).
+    // Versions before 3 carry no member epochs (Kafka reads them as -1).
+    let checked_epoch = |m: &IsrMember| if version >= 3 { m.broker_epoch } else { -1 };
     let ineligible = item.new_isr.iter().any(|m| match image.broker(m.node) {
         None => true,
-        Some(b) => b.fenced || (m.broker_epoch != -1 && m.broker_epoch != b.broker_epoch),
+        Some(b) => b.fenced || (checked_epoch(m) != -1 && checked_epoch(m) != b.broker_epoch),
     });
     if ineligible {
         return Err(if version > 1 {
