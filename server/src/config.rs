@@ -149,6 +149,12 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `offsets.topic.num.partitions`.
     pub offsets_topic_num_partitions: i32,
+    /// `default.replication.factor`: replicas of a topic created without a replication
+    /// factor (auto-created topics too). The active controller's value applies.
+    pub default_replication_factor: i16,
+    /// `offsets.topic.replication.factor`: replicas of `__consumer_offsets` when it is
+    /// created; `None`: min(3, live brokers).
+    pub offsets_topic_replication_factor: Option<i16>,
     /// `socket.request.max.bytes`.
     pub max_request_bytes: usize,
     /// `produce.inflight.max.bytes`: per-shard budget of produce requests being handled.
@@ -236,6 +242,14 @@ pub struct ClusterConfig {
     pub session_timeout_ms: i64,
     /// `broker.heartbeat.interval.ms` (Kafka's default 2000).
     pub heartbeat_interval_ms: i64,
+    /// `auto.leader.rebalance.enable` (Kafka's default true): the controller moves
+    /// leadership back to each partition's preferred (first) replica once it is in sync.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (300), in ms.
+    pub leader_imbalance_check_interval_ms: i64,
+    /// `leader.imbalance.per.broker.percentage` (10): accepted for compatibility; like
+    /// KRaft's controller, Wharf's rebalances every imbalanced partition at each check.
+    pub leader_imbalance_per_broker_percentage: i64,
 }
 
 impl ClusterConfig {
@@ -250,6 +264,9 @@ impl ClusterConfig {
             replication_listen: None,
             session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms: DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_S * 1_000,
+            leader_imbalance_per_broker_percentage: DEFAULT_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
         }
     }
 
@@ -271,6 +288,10 @@ impl ClusterConfig {
 pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: i64 = 9_000;
 /// Kafka's `broker.heartbeat.interval.ms` default.
 pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: i64 = 2_000;
+/// Kafka's `leader.imbalance.check.interval.seconds` default.
+pub const DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_S: i64 = 300;
+/// Kafka's `leader.imbalance.per.broker.percentage` default.
+pub const DEFAULT_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE: i64 = 10;
 /// Most voters a quorum may have (a metadata snapshot lists them; KRaft clusters run 3 or 5).
 pub const MAX_VOTERS: usize = 9;
 
@@ -374,13 +395,15 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     )? as i32;
     let auto_create_file = settings.take_bool("auto.create.topics.enable")?;
     let auto_create_topics = args.auto_create_topics.or(auto_create_file).unwrap_or(true);
-    if let Some(rf) = settings.take_int("default.replication.factor")? {
-        if rf != 1 {
-            return Err(err(format!(
-                "default.replication.factor must be 1 on a single node, got {rf}"
-            )));
-        }
-    }
+    let default_replication_factor = match settings.take_int("default.replication.factor")? {
+        Some(rf) => int_in("default.replication.factor", rf, 1, i16::MAX as i64)? as i16,
+        None => 1,
+    };
+    let offsets_topic_replication_factor =
+        match settings.take_int("offsets.topic.replication.factor")? {
+            Some(rf) => Some(internal_topic_rf("offsets.topic.replication.factor", rf)?),
+            None => None,
+        };
     let offsets_topic_num_partitions = settings
         .take_int("offsets.topic.num.partitions")?
         .unwrap_or(DEFAULT_OFFSETS_TOPIC_PARTITIONS as i64);
@@ -516,6 +539,8 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
         num_partitions,
         auto_create_topics,
         offsets_topic_num_partitions,
+        default_replication_factor,
+        offsets_topic_replication_factor,
         max_request_bytes,
         produce_inflight_bytes_per_shard,
         request_inflight_bytes_per_shard,
@@ -638,6 +663,21 @@ fn resolve_cluster_config(
     if let Some(ms) = settings.take_int("broker.heartbeat.interval.ms")? {
         cluster.heartbeat_interval_ms =
             int_in("broker.heartbeat.interval.ms", ms, 10, i32::MAX as i64)?;
+    }
+    if let Some(enable) = settings.take_bool("auto.leader.rebalance.enable")? {
+        cluster.auto_leader_rebalance_enable = enable;
+    }
+    if let Some(s) = settings.take_int("leader.imbalance.check.interval.seconds")? {
+        cluster.leader_imbalance_check_interval_ms = int_in(
+            "leader.imbalance.check.interval.seconds",
+            s,
+            1,
+            i32::MAX as i64,
+        )? * 1_000;
+    }
+    if let Some(p) = settings.take_int("leader.imbalance.per.broker.percentage")? {
+        cluster.leader_imbalance_per_broker_percentage =
+            int_in("leader.imbalance.per.broker.percentage", p, 0, 100)?;
     }
     if cluster.heartbeat_interval_ms >= cluster.session_timeout_ms {
         return Err(err(format!(
@@ -860,18 +900,24 @@ impl Settings {
     }
 }
 
-/// The transaction coordinator's settings, with Kafka's names and defaults. The log's
-/// replication factor and min ISR are accepted only as 1 (a single node).
+/// The transaction coordinator's settings, with Kafka's names and defaults. The log's min
+/// ISR is accepted only as 1 until transaction logs are replicated.
 fn resolve_txn_config(
     settings: &mut Settings,
     offsets_topic_num_partitions: i32,
 ) -> Result<crate::txn::TxnConfig, ConfigError> {
     let mut txn = crate::txn::TxnConfig {
         offsets_topic_num_partitions: offsets_topic_num_partitions as u32,
-        transaction_state_log_replication_factor: 1,
+        transaction_state_log_replication_factor: None,
         transaction_state_log_min_isr: 1,
         ..crate::txn::TxnConfig::default()
     };
+    if let Some(rf) = settings.take_int("transaction.state.log.replication.factor")? {
+        txn.transaction_state_log_replication_factor = Some(internal_topic_rf(
+            "transaction.state.log.replication.factor",
+            rf,
+        )?);
+    }
     if let Some(v) = settings.take_int("transaction.max.timeout.ms")? {
         txn.transaction_max_timeout_ms =
             int_in("transaction.max.timeout.ms", v, 1, i32::MAX as i64)? as i32;
@@ -908,17 +954,30 @@ fn resolve_txn_config(
             i32::MAX as i64,
         )?;
     }
-    for name in [
-        "transaction.state.log.replication.factor",
-        "transaction.state.log.min.isr",
-    ] {
-        if let Some(v) = settings.take_int(name)? {
-            if v != 1 {
-                return Err(err(format!("`{name}` must be 1 on a single node, got {v}")));
-            }
+    if let Some(v) = settings.take_int("transaction.state.log.min.isr")? {
+        if v != 1 {
+            return Err(err(format!(
+                "`transaction.state.log.min.isr` must be 1 until transaction logs are replicated, got {v}"
+            )));
         }
     }
     Ok(txn)
+}
+
+/// The replication factor of an internal topic: 1 for now. Their partitions replicate
+/// like any other, but the group and transaction coordinators do not move with the
+/// partition's leadership yet, so a second replica would not keep groups or transactions
+/// going when a leader fails.
+fn internal_topic_rf(name: &str, value: i64) -> Result<i16, ConfigError> {
+    let rf = int_in(name, value, 1, i16::MAX as i64)?;
+    if rf > 1 {
+        return Err(err(format!(
+            "`{name}` must be 1 in this version, got {rf}: the group and transaction \
+             coordinators do not move with partition leadership yet, so `__consumer_offsets` \
+             and `__transaction_state` keep one replica"
+        )));
+    }
+    Ok(rf as i16)
 }
 
 fn int_in(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
@@ -1368,5 +1427,65 @@ mod tests {
             (config.advertised_host.as_str(), config.advertised_port),
             ("broker.example", 9093)
         );
+    }
+
+    #[test]
+    fn replication_factors_are_accepted_from_one_up_and_internal_topics_keep_one() {
+        let config = resolve(&args(), 1).expect("defaults");
+        assert_eq!(config.default_replication_factor, 1);
+        assert_eq!(config.offsets_topic_replication_factor, None);
+        assert_eq!(config.txn.transaction_state_log_replication_factor, None);
+        let (_dir, path) = write_config(
+            "default.replication.factor = 3\noffsets.topic.replication.factor = 1\ntransaction.state.log.replication.factor = 1\nmin.insync.replicas = 2\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.default_replication_factor, 3);
+        assert_eq!(config.offsets_topic_replication_factor, Some(1));
+        assert_eq!(config.txn.transaction_state_log_replication_factor, Some(1));
+        assert_eq!(config.topic_defaults.value("min.insync.replicas"), "2");
+        for bad in [
+            "default.replication.factor = 0",
+            "offsets.topic.replication.factor = 0",
+            "transaction.state.log.replication.factor = -1",
+            "min.insync.replicas = 0",
+            // The coordinators do not follow leadership yet.
+            "offsets.topic.replication.factor = 2",
+            "transaction.state.log.replication.factor = 3",
+        ] {
+            let (_dir, path) = write_config(&format!("{bad}\n"));
+            a.config = Some(path);
+            let e = resolve(&a, 1).expect_err(bad).to_string();
+            let name = bad.split(' ').next().unwrap();
+            assert!(e.contains(name), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn leader_balancing_settings_have_kafkas_names_and_defaults() {
+        let config = resolve(&args(), 1).expect("defaults");
+        assert!(config.cluster.auto_leader_rebalance_enable);
+        assert_eq!(config.cluster.leader_imbalance_check_interval_ms, 300_000);
+        assert_eq!(config.cluster.leader_imbalance_per_broker_percentage, 10);
+        let (_dir, path) = write_config(
+            "auto.leader.rebalance.enable = false\nleader.imbalance.check.interval.seconds = 5\nleader.imbalance.per.broker.percentage = 20\nunclean.leader.election.enable = true\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert!(!config.cluster.auto_leader_rebalance_enable);
+        assert_eq!(config.cluster.leader_imbalance_check_interval_ms, 5_000);
+        assert_eq!(config.cluster.leader_imbalance_per_broker_percentage, 20);
+        assert_eq!(
+            config
+                .topic_defaults
+                .value("unclean.leader.election.enable"),
+            "true"
+        );
+        let (_dir, path) = write_config("leader.imbalance.check.interval.seconds = 0\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("0 s").to_string();
+        assert!(e.contains("leader.imbalance.check.interval.seconds"), "{e}");
     }
 }

@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_topic_partitions_request::TopicRequest;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, InitProducerIdRequest, MetadataRequest, MetadataResponse,
+    CreateTopicsRequest, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    InitProducerIdRequest, MetadataRequest, MetadataResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use rdkafka::admin::ResourceSpecifier;
 use rdkafka::producer::FutureRecord;
 use wharf_protocol::controller::{
-    decode_frame, encode_frame, Body, BrokerRegistrationRequest, ErrorKind, Frame, Listener,
-    RaftMessage,
+    decode_frame, encode_frame, AlterPartitionData, AlterPartitionRequest, AlterPartitionTopic,
+    Body, BrokerRegistrationRequest, ErrorKind, Frame, IsrMember, Listener, RaftMessage, TopicRef,
 };
 
 use common::raw::{error_code, produce_one, record_batch, topic_name, KafkaConn};
@@ -40,13 +42,13 @@ fn s(v: &str) -> StrBytes {
 /// `n` ports free right now on loopback, below the kernel's ephemeral range (32768 and up
 /// by default), so no outgoing connection of another node can be given one of them while a
 /// voter is down and keep it from listening there again after a restart. Bound together,
-/// so they differ, then released.
+/// so they differ, then released. Each call starts past the ports earlier calls handed out,
+/// so clusters of tests running at once never share a controller port (nodes of one would
+/// take the other's Raft messages).
 fn free_ports(n: usize) -> Vec<u16> {
-    // Each call starts elsewhere, so the tests of this file, running at once, do not pick
-    // ports another one has just released for its voters.
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut next = 20_000 + ((std::process::id() + call * 1_000) % 12_000) as u16;
+    static HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let skip = HANDED_OUT.fetch_add(64, std::sync::atomic::Ordering::Relaxed);
+    let mut next = 20_000 + ((std::process::id() + skip) % 12_000) as u16;
     let mut listeners: Vec<TcpListener> = Vec::new();
     for _ in 0..5_000 {
         if listeners.len() == n {
@@ -71,12 +73,27 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// Starts `n` voters of one quorum at once (each waits for the others before it serves).
 /// Returns the nodes (node id `i + 1` at index `i`) and their controller ports.
 fn start_cluster(n: usize) -> (Vec<Broker>, Vec<u16>) {
-    start_cluster_with_brokers(n, 0)
+    start_cluster_with_brokers_and(n, 0, "")
+}
+
+/// Like [`start_cluster`], with these settings in each node's configuration file.
+fn start_cluster_with(n: usize, settings: &str) -> (Vec<Broker>, Vec<u16>) {
+    start_cluster_with_brokers_and(n, 0, settings)
 }
 
 /// Starts `n` voters and `brokers` broker-only nodes (ids `n + 1` ...) at once. Returns
 /// the nodes (node id `i + 1` at index `i`) and the voters' controller ports.
 fn start_cluster_with_brokers(n: usize, brokers: usize) -> (Vec<Broker>, Vec<u16>) {
+    start_cluster_with_brokers_and(n, brokers, "")
+}
+
+/// Like [`start_cluster_with_brokers`], with these settings in each node's configuration
+/// file.
+fn start_cluster_with_brokers_and(
+    n: usize,
+    brokers: usize,
+    settings: &str,
+) -> (Vec<Broker>, Vec<u16>) {
     let ports = free_ports(n);
     let voters = ports
         .iter()
@@ -87,10 +104,12 @@ fn start_cluster_with_brokers(n: usize, brokers: usize) -> (Vec<Broker>, Vec<u16
     let starting: Vec<_> = (0..n + brokers)
         .map(|i| {
             let voters = voters.clone();
+            let settings = settings.to_string();
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
-                Broker::start_with_shards(
+                Broker::start_custom(
                     1,
+                    &settings,
                     &[
                         "--node-id",
                         &id,
@@ -450,6 +469,175 @@ fn three_voters_share_metadata_survive_the_controllers_loss_and_catch_up() {
         record_counts(&bootstrap_of(&nodes), &spread),
         (0..6).map(|p| (p, 10)).collect()
     );
+    for n in &nodes {
+        n.assert_no_panic();
+    }
+}
+
+/// One partition as Metadata shows it: (leader, error, replicas, ISR, offline replicas).
+type PartitionView = (i32, i16, Vec<i32>, Vec<i32>, Vec<i32>);
+
+fn partition_views(md: &MetadataResponse, topic: &str) -> Vec<PartitionView> {
+    let Some(t) = md
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+    else {
+        return Vec::new();
+    };
+    let ids = |v: &[kafka_protocol::messages::BrokerId]| v.iter().map(|b| b.0).collect();
+    let mut parts: Vec<(i32, PartitionView)> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition_index,
+                (
+                    p.leader_id.0,
+                    p.error_code,
+                    ids(&p.replica_nodes),
+                    ids(&p.isr_nodes),
+                    ids(&p.offline_replicas),
+                ),
+            )
+        })
+        .collect();
+    parts.sort_by_key(|(i, _)| *i);
+    parts.into_iter().map(|(_, v)| v).collect()
+}
+
+#[test]
+fn a_killed_broker_is_fenced_and_its_partitions_shown_offline_until_it_returns() {
+    const LEADER_NOT_AVAILABLE: i16 = 5;
+    // Short sessions, so that the silent broker is fenced within seconds.
+    let settings = "broker.session.timeout.ms = 2000\nbroker.heartbeat.interval.ms = 500\n";
+    let (mut nodes, controller_ports) = start_cluster_with(3, settings);
+    let topic = unique_topic("offline");
+    assert_eq!(create_topic(nodes[0].addr(), &topic, 6), error_code::NONE);
+    let controller = metadata(nodes[0].addr()).controller_id.0;
+    let victim = (1..=3)
+        .find(|n| *n != controller)
+        .expect("a node that does not control");
+    let before = partition_views(&metadata(nodes[0].addr()), &topic);
+    let led: Vec<usize> = (0..before.len())
+        .filter(|p| before[*p].0 == victim)
+        .collect();
+    assert_eq!(
+        led.len(),
+        2,
+        "two of six partitions on each node: {before:?}"
+    );
+
+    nodes[(victim - 1) as usize].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<&Broker> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as i32 != victim - 1)
+        .map(|(_, n)| n)
+        .collect();
+    // Fenced once its session runs out: not listed, its partitions without a leader (RF=1:
+    // their only replica is the last ISR member, kept), reported offline; the others as
+    // they were.
+    wait_for_metadata(&survivors, "the killed broker fenced", |md| {
+        let parts = partition_views(md, &topic);
+        !md.brokers.iter().any(|b| b.node_id.0 == victim)
+            && parts.len() == 6
+            && parts.iter().enumerate().all(|(p, v)| {
+                if led.contains(&p) {
+                    *v == (
+                        -1,
+                        LEADER_NOT_AVAILABLE,
+                        vec![victim],
+                        vec![victim],
+                        vec![victim],
+                    )
+                } else {
+                    *v == before[p]
+                }
+            })
+    });
+    println!(
+        "fencing: the killed broker's partitions were shown offline {} ms after SIGKILL (session timeout 2000 ms)",
+        killed_at.elapsed().as_millis()
+    );
+    // DescribeTopicPartitions (what Kafka 3.7+ admin tools use) says the same.
+    let mut conn = KafkaConn::connect(survivors[0].addr());
+    let described: DescribeTopicPartitionsResponse = conn.request(
+        0,
+        &DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![TopicRequest::default().with_name(topic_name(&topic))])
+            .with_response_partition_limit(2000),
+    );
+    let t = &described.topics[0];
+    assert_eq!(t.error_code, error_code::NONE);
+    assert_eq!(t.partitions.len(), 6);
+    for p in &t.partitions {
+        let offline: Vec<i32> = p.offline_replicas.iter().map(|b| b.0).collect();
+        if led.contains(&(p.partition_index as usize)) {
+            assert_eq!((p.leader_id.0, offline), (-1, vec![victim]), "{p:?}");
+        } else {
+            assert_eq!(p.leader_id.0, before[p.partition_index as usize].0);
+            assert!(offline.is_empty(), "{p:?}");
+        }
+    }
+
+    // AlterPartition reaches the controller over the controller listener: from a broker
+    // epoch that is not the registered one the whole request is refused; a voter that
+    // does not control names the one that does.
+    let topic_id = topic_view(&metadata(survivors[0].addr()), &topic)
+        .expect("the topic")
+        .0;
+    let alter = |port: u16| {
+        let request = encode_frame(&Frame::new(
+            9,
+            Body::AlterPartitionRequest(AlterPartitionRequest {
+                version: 3,
+                broker_id: controller,
+                broker_epoch: -5,
+                topics: vec![AlterPartitionTopic {
+                    topic: TopicRef::Id(topic_id.as_u128()),
+                    partitions: vec![AlterPartitionData {
+                        partition: 0,
+                        leader_epoch: 0,
+                        new_isr: vec![IsrMember {
+                            broker_id: controller,
+                            broker_epoch: -1,
+                        }],
+                        leader_recovery_state: 0,
+                        partition_epoch: 0,
+                    }],
+                }],
+            }),
+        ))
+        .expect("encode");
+        controller_answer(port, &request)
+    };
+    let answer = alter(controller_ports[(controller - 1) as usize]);
+    assert!(
+        matches!(&answer.body, Body::ErrorResponse(e) if e.kind == ErrorKind::StaleBrokerEpoch),
+        "{answer:?}"
+    );
+    let other = (1..=3)
+        .find(|n| *n != controller && *n != victim)
+        .expect("a third node");
+    let answer = alter(controller_ports[(other - 1) as usize]);
+    assert!(
+        matches!(&answer.body, Body::NotController(n) if n.leader_id == controller),
+        "{answer:?}"
+    );
+
+    // It comes back, catches up and is unfenced: its partitions are led by it again.
+    nodes[(victim - 1) as usize].restart();
+    let all: Vec<&Broker> = nodes.iter().collect();
+    wait_for_metadata(&all, "the broker back, leading its partitions", |md| {
+        let parts = partition_views(md, &topic);
+        md.brokers.iter().any(|b| b.node_id.0 == victim)
+            && parts.len() == 6
+            && led.iter().all(|p| {
+                parts[*p].0 == victim && parts[*p].1 == error_code::NONE && parts[*p].4.is_empty()
+            })
+    });
     for n in &nodes {
         n.assert_no_panic();
     }

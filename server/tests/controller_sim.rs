@@ -68,7 +68,7 @@ fn run_seeds(start: u64, count: u64, trace: bool) -> Result<(Vec<SimStats>, f64)
 fn summary(stats: &[SimStats], seconds: f64) -> String {
     let sum = |f: fn(&SimStats) -> u64| stats.iter().map(f).sum::<u64>();
     format!(
-        "{} seeds in {seconds:.1} s ({:.1} seeds/s): {} events, {} simulated s, {} committed entries, {} crashes ({} between writes, {} torn), {} snapshots installed, {} compactions, {} partitions, {} of {} raft messages lost, {} bad frames refused, {} requests ({} ok, {} NOT_CONTROLLER, {} disconnected), {} fencings, an active controller {:.0}% of the time, highest term {}",
+        "{} seeds in {seconds:.1} s ({:.1} seeds/s): {} events, {} simulated s, {} committed entries, {} crashes ({} between writes, {} torn), {} snapshots installed, {} compactions, {} partitions, {} of {} raft messages lost, {} bad frames refused, {} requests ({} ok, {} NOT_CONTROLLER, {} disconnected), {} fencings, {} AlterPartition answered ({} ISR changes), {} leader elections ({} unclean), an active controller {:.0}% of the time, highest term {}",
         stats.len(),
         stats.len() as f64 / seconds.max(1e-9),
         sum(|s| s.events),
@@ -88,6 +88,10 @@ fn summary(stats: &[SimStats], seconds: f64) -> String {
         sum(|s| s.not_controller),
         sum(|s| s.disconnected),
         sum(|s| s.brokers_fenced),
+        sum(|s| s.alter_partition_answered),
+        sum(|s| s.isr_changes_acknowledged),
+        sum(|s| s.elections),
+        sum(|s| s.unclean_elections),
         100.0 * stats.iter().map(|s| s.controller_ms).sum::<i64>() as f64
             / stats.iter().map(|s| s.sim_ms).sum::<i64>().max(1) as f64,
         stats.iter().map(|s| s.max_term).max().unwrap_or(0),

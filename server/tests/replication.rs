@@ -455,7 +455,8 @@ fn transactional_batch() -> Bytes {
 }
 
 #[test]
-fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr() {
+fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr_and_it_rejoins_once_caught_up(
+) {
     // A long session, so the produce right after the kill is certain to come while the
     // controller still counts the follower in the ISR.
     let mut nodes = start_cluster(8_000);
@@ -515,6 +516,18 @@ fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr() {
         let lead = batches_on_disk(&partition_dir(alive[0], &topic, 0));
         lead.len() >= 3 && batches_on_disk(&partition_dir(alive[1], &topic, 0)) == lead
     });
+    // Caught up, it is proposed back into the ISR by the leader (AlterPartition, KIP-497)
+    // and the controller commits it; acks=all then needs it again.
+    wait_until("the caught-up follower back in the ISR", || {
+        partitions(nodes[leader].addr(), &topic)[0]
+            .3
+            .contains(&follower_id)
+    });
+    assert_eq!(
+        produce_acks_all_raw(nodes[leader].addr(), &topic, 0, 10_000),
+        0,
+        "acks=all with the follower back in the ISR"
+    );
     for node in &nodes {
         node.assert_no_panic();
     }

@@ -232,6 +232,69 @@ pub fn decode_frame(bytes: &Bytes) -> Result<Frame, FrameError> {
             let b = frame.body_as_error_response().ok_or(missing)?;
             Body::ErrorResponse(error_from_fb(b.error())?.ok_or(FrameError::Missing("the error"))?)
         }
+        fb::Body::AlterPartitionRequest => {
+            let b = frame.body_as_alter_partition_request().ok_or(missing)?;
+            let topics = b
+                .topics()
+                .iter()
+                .flatten()
+                .map(|t| AlterPartitionTopic {
+                    topic: topic_ref_from_fb(t.name(), t.id()),
+                    partitions: t
+                        .partitions()
+                        .iter()
+                        .flatten()
+                        .map(|p| AlterPartitionData {
+                            partition: p.partition(),
+                            leader_epoch: p.leader_epoch(),
+                            new_isr: p
+                                .new_isr()
+                                .iter()
+                                .flatten()
+                                .map(|m| IsrMember {
+                                    broker_id: m.broker_id(),
+                                    broker_epoch: m.broker_epoch(),
+                                })
+                                .collect(),
+                            leader_recovery_state: p.leader_recovery_state(),
+                            partition_epoch: p.partition_epoch(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            Body::AlterPartitionRequest(AlterPartitionRequest {
+                version: b.version(),
+                broker_id: b.broker_id(),
+                broker_epoch: b.broker_epoch(),
+                topics,
+            })
+        }
+        fb::Body::AlterPartitionResponse => {
+            let b = frame.body_as_alter_partition_response().ok_or(missing)?;
+            let topics = b
+                .topics()
+                .iter()
+                .flatten()
+                .map(|t| AlterPartitionTopicResult {
+                    topic: topic_ref_from_fb(t.name(), t.id()),
+                    partitions: t
+                        .partitions()
+                        .iter()
+                        .flatten()
+                        .map(|p| AlterPartitionResult {
+                            partition: p.partition(),
+                            error_code: p.error_code(),
+                            leader_id: p.leader_id(),
+                            leader_epoch: p.leader_epoch(),
+                            isr: p.isr().iter().flatten().collect(),
+                            leader_recovery_state: p.leader_recovery_state(),
+                            partition_epoch: p.partition_epoch(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            Body::AlterPartitionResponse(AlterPartitionResponse { topics })
+        }
         other => return Err(FrameError::UnknownBody(other.0)),
     };
     Ok(Frame {
@@ -736,6 +799,116 @@ fn encode_body(
                 fb::ErrorResponse::create(fbb, &fb::ErrorResponseArgs { error }).as_union_value(),
             )
         }
+        Body::AlterPartitionRequest(b) => {
+            let topics: Vec<_> = b
+                .topics
+                .iter()
+                .map(|t| {
+                    let partitions: Vec<_> = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let members: Vec<_> = p
+                                .new_isr
+                                .iter()
+                                .map(|m| {
+                                    fb::IsrMember::create(
+                                        fbb,
+                                        &fb::IsrMemberArgs {
+                                            broker_id: m.broker_id,
+                                            broker_epoch: m.broker_epoch,
+                                        },
+                                    )
+                                })
+                                .collect();
+                            let new_isr = fbb.create_vector(&members);
+                            fb::AlterPartitionData::create(
+                                fbb,
+                                &fb::AlterPartitionDataArgs {
+                                    partition: p.partition,
+                                    leader_epoch: p.leader_epoch,
+                                    new_isr: Some(new_isr),
+                                    leader_recovery_state: p.leader_recovery_state,
+                                    partition_epoch: p.partition_epoch,
+                                },
+                            )
+                        })
+                        .collect();
+                    let partitions = fbb.create_vector(&partitions);
+                    let (name, id) = topic_ref_to_fb(fbb, &t.topic);
+                    fb::AlterPartitionTopic::create(
+                        fbb,
+                        &fb::AlterPartitionTopicArgs {
+                            name,
+                            id: id.as_ref(),
+                            partitions: Some(partitions),
+                        },
+                    )
+                })
+                .collect();
+            let topics = fbb.create_vector(&topics);
+            (
+                fb::Body::AlterPartitionRequest,
+                fb::AlterPartitionRequest::create(
+                    fbb,
+                    &fb::AlterPartitionRequestArgs {
+                        version: b.version,
+                        broker_id: b.broker_id,
+                        broker_epoch: b.broker_epoch,
+                        topics: Some(topics),
+                    },
+                )
+                .as_union_value(),
+            )
+        }
+        Body::AlterPartitionResponse(b) => {
+            let topics: Vec<_> = b
+                .topics
+                .iter()
+                .map(|t| {
+                    let partitions: Vec<_> = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let isr = fbb.create_vector(&p.isr);
+                            fb::AlterPartitionResult::create(
+                                fbb,
+                                &fb::AlterPartitionResultArgs {
+                                    partition: p.partition,
+                                    error_code: p.error_code,
+                                    leader_id: p.leader_id,
+                                    leader_epoch: p.leader_epoch,
+                                    isr: Some(isr),
+                                    leader_recovery_state: p.leader_recovery_state,
+                                    partition_epoch: p.partition_epoch,
+                                },
+                            )
+                        })
+                        .collect();
+                    let partitions = fbb.create_vector(&partitions);
+                    let (name, id) = topic_ref_to_fb(fbb, &t.topic);
+                    fb::AlterPartitionTopicResult::create(
+                        fbb,
+                        &fb::AlterPartitionTopicResultArgs {
+                            name,
+                            id: id.as_ref(),
+                            partitions: Some(partitions),
+                        },
+                    )
+                })
+                .collect();
+            let topics = fbb.create_vector(&topics);
+            (
+                fb::Body::AlterPartitionResponse,
+                fb::AlterPartitionResponse::create(
+                    fbb,
+                    &fb::AlterPartitionResponseArgs {
+                        topics: Some(topics),
+                    },
+                )
+                .as_union_value(),
+            )
+        }
         Body::AllocateProducerIdsResponse(b) => {
             let error = error_to_fb(fbb, b.error.as_ref());
             (
@@ -951,4 +1124,22 @@ fn item_results_to_fb<'a>(
         })
         .collect();
     fbb.create_vector(&offsets)
+}
+
+/// A topic named by `name` or, when it is absent, by `id` (absent: the nil id).
+fn topic_ref_from_fb(name: Option<&str>, id: Option<&fb::Uuid>) -> TopicRef {
+    match name {
+        Some(name) => TopicRef::Name(name.to_string()),
+        None => TopicRef::Id(id.map(uuid_from_fb).unwrap_or(0)),
+    }
+}
+
+fn topic_ref_to_fb<'a>(
+    fbb: &mut Fbb<'a>,
+    topic: &TopicRef,
+) -> (Option<WIPOffset<&'a str>>, Option<fb::Uuid>) {
+    match topic {
+        TopicRef::Name(name) => (Some(fbb.create_string(name)), None),
+        TopicRef::Id(id) => (None, Some(uuid_to_fb(*id))),
+    }
 }

@@ -407,10 +407,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for AlterOpType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 19;
+pub const ENUM_MAX_BODY: u8 = 21;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 20] = [
+pub const ENUM_VALUES_BODY: [Body; 22] = [
   Body::NONE,
   Body::RaftMessage,
   Body::NotController,
@@ -431,6 +431,8 @@ pub const ENUM_VALUES_BODY: [Body; 20] = [
   Body::AllocateProducerIdsRequest,
   Body::AllocateProducerIdsResponse,
   Body::ErrorResponse,
+  Body::AlterPartitionRequest,
+  Body::AlterPartitionResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -458,9 +460,11 @@ impl Body {
   pub const AllocateProducerIdsRequest: Self = Self(17);
   pub const AllocateProducerIdsResponse: Self = Self(18);
   pub const ErrorResponse: Self = Self(19);
+  pub const AlterPartitionRequest: Self = Self(20);
+  pub const AlterPartitionResponse: Self = Self(21);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 21;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RaftMessage,
@@ -482,6 +486,8 @@ impl Body {
     Self::AllocateProducerIdsRequest,
     Self::AllocateProducerIdsResponse,
     Self::ErrorResponse,
+    Self::AlterPartitionRequest,
+    Self::AlterPartitionResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -506,6 +512,8 @@ impl Body {
       Self::AllocateProducerIdsRequest => Some("AllocateProducerIdsRequest"),
       Self::AllocateProducerIdsResponse => Some("AllocateProducerIdsResponse"),
       Self::ErrorResponse => Some("ErrorResponse"),
+      Self::AlterPartitionRequest => Some("AlterPartitionRequest"),
+      Self::AlterPartitionResponse => Some("AlterPartitionResponse"),
       _ => None,
     }
   }
@@ -5190,6 +5198,984 @@ impl ::core::fmt::Debug for AllocateProducerIdsResponse<'_> {
       ds.finish()
   }
 }
+pub enum IsrMemberOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct IsrMember<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for IsrMember<'a> {
+  type Inner = IsrMember<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> IsrMember<'a> {
+  pub const VT_BROKER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BROKER_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    IsrMember { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args IsrMemberArgs
+  ) -> ::flatbuffers::WIPOffset<IsrMember<'bldr>> {
+    let mut builder = IsrMemberBuilder::new(_fbb);
+    builder.add_broker_epoch(args.broker_epoch);
+    builder.add_broker_id(args.broker_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn broker_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(IsrMember::VT_BROKER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn broker_epoch(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(IsrMember::VT_BROKER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for IsrMember<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("broker_id", Self::VT_BROKER_ID, false)?
+     .visit_field::<i64>("broker_epoch", Self::VT_BROKER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct IsrMemberArgs {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+}
+impl<'a> Default for IsrMemberArgs {
+  #[inline]
+  fn default() -> Self {
+    IsrMemberArgs {
+      broker_id: 0,
+      broker_epoch: -1,
+    }
+  }
+}
+
+pub struct IsrMemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IsrMemberBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_broker_id(&mut self, broker_id: i32) {
+    self.fbb_.push_slot::<i32>(IsrMember::VT_BROKER_ID, broker_id, 0);
+  }
+  #[inline]
+  pub fn add_broker_epoch(&mut self, broker_epoch: i64) {
+    self.fbb_.push_slot::<i64>(IsrMember::VT_BROKER_EPOCH, broker_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> IsrMemberBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    IsrMemberBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<IsrMember<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for IsrMember<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("IsrMember");
+      ds.field("broker_id", &self.broker_id());
+      ds.field("broker_epoch", &self.broker_epoch());
+      ds.finish()
+  }
+}
+pub enum AlterPartitionDataOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterPartitionData<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterPartitionData<'a> {
+  type Inner = AlterPartitionData<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterPartitionData<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEW_ISR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEADER_RECOVERY_STATE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PARTITION_EPOCH: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterPartitionData { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterPartitionDataArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterPartitionData<'bldr>> {
+    let mut builder = AlterPartitionDataBuilder::new(_fbb);
+    builder.add_partition_epoch(args.partition_epoch);
+    if let Some(x) = args.new_isr { builder.add_new_isr(x); }
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_partition(args.partition);
+    builder.add_leader_recovery_state(args.leader_recovery_state);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionData::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionData::VT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn new_isr(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<IsrMember<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<IsrMember>>>>(AlterPartitionData::VT_NEW_ISR, None)}
+  }
+  #[inline]
+  pub fn leader_recovery_state(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AlterPartitionData::VT_LEADER_RECOVERY_STATE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn partition_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionData::VT_PARTITION_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterPartitionData<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<IsrMember>>>>("new_isr", Self::VT_NEW_ISR, false)?
+     .visit_field::<i8>("leader_recovery_state", Self::VT_LEADER_RECOVERY_STATE, false)?
+     .visit_field::<i32>("partition_epoch", Self::VT_PARTITION_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterPartitionDataArgs<'a> {
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub new_isr: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<IsrMember<'a>>>>>,
+    pub leader_recovery_state: i8,
+    pub partition_epoch: i32,
+}
+impl<'a> Default for AlterPartitionDataArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterPartitionDataArgs {
+      partition: 0,
+      leader_epoch: 0,
+      new_isr: None,
+      leader_recovery_state: 0,
+      partition_epoch: 0,
+    }
+  }
+}
+
+pub struct AlterPartitionDataBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterPartitionDataBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionData::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionData::VT_LEADER_EPOCH, leader_epoch, 0);
+  }
+  #[inline]
+  pub fn add_new_isr(&mut self, new_isr: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<IsrMember<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionData::VT_NEW_ISR, new_isr);
+  }
+  #[inline]
+  pub fn add_leader_recovery_state(&mut self, leader_recovery_state: i8) {
+    self.fbb_.push_slot::<i8>(AlterPartitionData::VT_LEADER_RECOVERY_STATE, leader_recovery_state, 0);
+  }
+  #[inline]
+  pub fn add_partition_epoch(&mut self, partition_epoch: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionData::VT_PARTITION_EPOCH, partition_epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterPartitionDataBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterPartitionDataBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterPartitionData<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterPartitionData<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterPartitionData");
+      ds.field("partition", &self.partition());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("new_isr", &self.new_isr());
+      ds.field("leader_recovery_state", &self.leader_recovery_state());
+      ds.field("partition_epoch", &self.partition_epoch());
+      ds.finish()
+  }
+}
+pub enum AlterPartitionTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterPartitionTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterPartitionTopic<'a> {
+  type Inner = AlterPartitionTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterPartitionTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterPartitionTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterPartitionTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterPartitionTopic<'bldr>> {
+    let mut builder = AlterPartitionTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.id { builder.add_id(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AlterPartitionTopic::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn id(&self) -> Option<&'a Uuid> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Uuid>(AlterPartitionTopic::VT_ID, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionData<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionData>>>>(AlterPartitionTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterPartitionTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<Uuid>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AlterPartitionData>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterPartitionTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub id: Option<&'a Uuid>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionData<'a>>>>>,
+}
+impl<'a> Default for AlterPartitionTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterPartitionTopicArgs {
+      name: None,
+      id: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct AlterPartitionTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterPartitionTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: &Uuid) {
+    self.fbb_.push_slot_always::<&Uuid>(AlterPartitionTopic::VT_ID, id);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AlterPartitionData<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterPartitionTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterPartitionTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterPartitionTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterPartitionTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterPartitionTopic");
+      ds.field("name", &self.name());
+      ds.field("id", &self.id());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum AlterPartitionRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterPartitionRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterPartitionRequest<'a> {
+  type Inner = AlterPartitionRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterPartitionRequest<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BROKER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BROKER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterPartitionRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterPartitionRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterPartitionRequest<'bldr>> {
+    let mut builder = AlterPartitionRequestBuilder::new(_fbb);
+    builder.add_broker_epoch(args.broker_epoch);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_broker_id(args.broker_id);
+    builder.add_version(args.version);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(AlterPartitionRequest::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn broker_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionRequest::VT_BROKER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn broker_epoch(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AlterPartitionRequest::VT_BROKER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionTopic>>>>(AlterPartitionRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterPartitionRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i16>("version", Self::VT_VERSION, false)?
+     .visit_field::<i32>("broker_id", Self::VT_BROKER_ID, false)?
+     .visit_field::<i64>("broker_epoch", Self::VT_BROKER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AlterPartitionTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterPartitionRequestArgs<'a> {
+    pub version: i16,
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionTopic<'a>>>>>,
+}
+impl<'a> Default for AlterPartitionRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterPartitionRequestArgs {
+      version: 0,
+      broker_id: 0,
+      broker_epoch: -1,
+      topics: None,
+    }
+  }
+}
+
+pub struct AlterPartitionRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterPartitionRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: i16) {
+    self.fbb_.push_slot::<i16>(AlterPartitionRequest::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_broker_id(&mut self, broker_id: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionRequest::VT_BROKER_ID, broker_id, 0);
+  }
+  #[inline]
+  pub fn add_broker_epoch(&mut self, broker_epoch: i64) {
+    self.fbb_.push_slot::<i64>(AlterPartitionRequest::VT_BROKER_EPOCH, broker_epoch, -1);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AlterPartitionTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterPartitionRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterPartitionRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterPartitionRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterPartitionRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterPartitionRequest");
+      ds.field("version", &self.version());
+      ds.field("broker_id", &self.broker_id());
+      ds.field("broker_epoch", &self.broker_epoch());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum AlterPartitionResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterPartitionResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterPartitionResult<'a> {
+  type Inner = AlterPartitionResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterPartitionResult<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_CODE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEADER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ISR: ::flatbuffers::VOffsetT = 12;
+  pub const VT_LEADER_RECOVERY_STATE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PARTITION_EPOCH: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterPartitionResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterPartitionResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterPartitionResult<'bldr>> {
+    let mut builder = AlterPartitionResultBuilder::new(_fbb);
+    builder.add_partition_epoch(args.partition_epoch);
+    if let Some(x) = args.isr { builder.add_isr(x); }
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_leader_id(args.leader_id);
+    builder.add_partition(args.partition);
+    builder.add_error_code(args.error_code);
+    builder.add_leader_recovery_state(args.leader_recovery_state);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_code(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(AlterPartitionResult::VT_ERROR_CODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionResult::VT_LEADER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionResult::VT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn isr(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(AlterPartitionResult::VT_ISR, None)}
+  }
+  #[inline]
+  pub fn leader_recovery_state(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(AlterPartitionResult::VT_LEADER_RECOVERY_STATE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn partition_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterPartitionResult::VT_PARTITION_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterPartitionResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i16>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<i32>("leader_id", Self::VT_LEADER_ID, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("isr", Self::VT_ISR, false)?
+     .visit_field::<i8>("leader_recovery_state", Self::VT_LEADER_RECOVERY_STATE, false)?
+     .visit_field::<i32>("partition_epoch", Self::VT_PARTITION_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterPartitionResultArgs<'a> {
+    pub partition: i32,
+    pub error_code: i16,
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub isr: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+    pub leader_recovery_state: i8,
+    pub partition_epoch: i32,
+}
+impl<'a> Default for AlterPartitionResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterPartitionResultArgs {
+      partition: 0,
+      error_code: 0,
+      leader_id: -1,
+      leader_epoch: -1,
+      isr: None,
+      leader_recovery_state: 0,
+      partition_epoch: -1,
+    }
+  }
+}
+
+pub struct AlterPartitionResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterPartitionResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: i16) {
+    self.fbb_.push_slot::<i16>(AlterPartitionResult::VT_ERROR_CODE, error_code, 0);
+  }
+  #[inline]
+  pub fn add_leader_id(&mut self, leader_id: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionResult::VT_LEADER_ID, leader_id, -1);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionResult::VT_LEADER_EPOCH, leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_isr(&mut self, isr: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionResult::VT_ISR, isr);
+  }
+  #[inline]
+  pub fn add_leader_recovery_state(&mut self, leader_recovery_state: i8) {
+    self.fbb_.push_slot::<i8>(AlterPartitionResult::VT_LEADER_RECOVERY_STATE, leader_recovery_state, 0);
+  }
+  #[inline]
+  pub fn add_partition_epoch(&mut self, partition_epoch: i32) {
+    self.fbb_.push_slot::<i32>(AlterPartitionResult::VT_PARTITION_EPOCH, partition_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterPartitionResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterPartitionResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterPartitionResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterPartitionResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterPartitionResult");
+      ds.field("partition", &self.partition());
+      ds.field("error_code", &self.error_code());
+      ds.field("leader_id", &self.leader_id());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("isr", &self.isr());
+      ds.field("leader_recovery_state", &self.leader_recovery_state());
+      ds.field("partition_epoch", &self.partition_epoch());
+      ds.finish()
+  }
+}
+pub enum AlterPartitionTopicResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterPartitionTopicResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterPartitionTopicResult<'a> {
+  type Inner = AlterPartitionTopicResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterPartitionTopicResult<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterPartitionTopicResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterPartitionTopicResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterPartitionTopicResult<'bldr>> {
+    let mut builder = AlterPartitionTopicResultBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.id { builder.add_id(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AlterPartitionTopicResult::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn id(&self) -> Option<&'a Uuid> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Uuid>(AlterPartitionTopicResult::VT_ID, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionResult>>>>(AlterPartitionTopicResult::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterPartitionTopicResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<Uuid>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AlterPartitionResult>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterPartitionTopicResultArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub id: Option<&'a Uuid>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionResult<'a>>>>>,
+}
+impl<'a> Default for AlterPartitionTopicResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterPartitionTopicResultArgs {
+      name: None,
+      id: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct AlterPartitionTopicResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterPartitionTopicResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionTopicResult::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: &Uuid) {
+    self.fbb_.push_slot_always::<&Uuid>(AlterPartitionTopicResult::VT_ID, id);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AlterPartitionResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionTopicResult::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterPartitionTopicResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterPartitionTopicResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterPartitionTopicResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterPartitionTopicResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterPartitionTopicResult");
+      ds.field("name", &self.name());
+      ds.field("id", &self.id());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum AlterPartitionResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterPartitionResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterPartitionResponse<'a> {
+  type Inner = AlterPartitionResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterPartitionResponse<'a> {
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterPartitionResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterPartitionResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterPartitionResponse<'bldr>> {
+    let mut builder = AlterPartitionResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionTopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionTopicResult>>>>(AlterPartitionResponse::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterPartitionResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AlterPartitionTopicResult>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterPartitionResponseArgs<'a> {
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterPartitionTopicResult<'a>>>>>,
+}
+impl<'a> Default for AlterPartitionResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterPartitionResponseArgs {
+      topics: None,
+    }
+  }
+}
+
+pub struct AlterPartitionResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterPartitionResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AlterPartitionTopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterPartitionResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterPartitionResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterPartitionResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterPartitionResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterPartitionResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterPartitionResponse");
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5638,6 +6624,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_partition_request(&self) -> Option<AlterPartitionRequest<'a>> {
+    if self.body_type() == Body::AlterPartitionRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterPartitionRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_partition_response(&self) -> Option<AlterPartitionResponse<'a>> {
+    if self.body_type() == Body::AlterPartitionResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterPartitionResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -5668,6 +6684,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::AllocateProducerIdsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AllocateProducerIdsRequest>>("Body::AllocateProducerIdsRequest", pos),
           Body::AllocateProducerIdsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AllocateProducerIdsResponse>>("Body::AllocateProducerIdsResponse", pos),
           Body::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Body::ErrorResponse", pos),
+          Body::AlterPartitionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterPartitionRequest>>("Body::AlterPartitionRequest", pos),
+          Body::AlterPartitionResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterPartitionResponse>>("Body::AlterPartitionResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -5864,6 +6882,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::ErrorResponse => {
           if let Some(x) = self.body_as_error_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AlterPartitionRequest => {
+          if let Some(x) = self.body_as_alter_partition_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AlterPartitionResponse => {
+          if let Some(x) = self.body_as_alter_partition_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

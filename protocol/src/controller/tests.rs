@@ -361,7 +361,102 @@ fn body_strategy() -> impl Strategy<Value = Body> {
                 })
             }
         ),
+        (
+            any::<i16>(),
+            any::<i32>(),
+            any::<i64>(),
+            vec(
+                (
+                    topic_ref_strategy(),
+                    vec(alter_partition_data_strategy(), 0..3)
+                )
+                    .prop_map(|(topic, partitions)| AlterPartitionTopic { topic, partitions }),
+                0..3
+            )
+        )
+            .prop_map(|(version, broker_id, broker_epoch, topics)| {
+                Body::AlterPartitionRequest(AlterPartitionRequest {
+                    version,
+                    broker_id,
+                    broker_epoch,
+                    topics,
+                })
+            }),
+        vec(
+            (
+                topic_ref_strategy(),
+                vec(alter_partition_result_strategy(), 0..3)
+            )
+                .prop_map(|(topic, partitions)| AlterPartitionTopicResult { topic, partitions }),
+            0..3
+        )
+        .prop_map(|topics| Body::AlterPartitionResponse(AlterPartitionResponse { topics })),
     ]
+}
+
+fn topic_ref_strategy() -> impl Strategy<Value = TopicRef> {
+    prop_oneof![
+        "[a-z0-9._-]{0,20}".prop_map(TopicRef::Name),
+        any::<u128>().prop_map(TopicRef::Id),
+    ]
+}
+
+fn alter_partition_data_strategy() -> impl Strategy<Value = AlterPartitionData> {
+    (
+        any::<i32>(),
+        any::<i32>(),
+        vec(
+            (any::<i32>(), any::<i64>()).prop_map(|(broker_id, broker_epoch)| IsrMember {
+                broker_id,
+                broker_epoch,
+            }),
+            0..4,
+        ),
+        any::<i8>(),
+        any::<i32>(),
+    )
+        .prop_map(
+            |(partition, leader_epoch, new_isr, leader_recovery_state, partition_epoch)| {
+                AlterPartitionData {
+                    partition,
+                    leader_epoch,
+                    new_isr,
+                    leader_recovery_state,
+                    partition_epoch,
+                }
+            },
+        )
+}
+
+fn alter_partition_result_strategy() -> impl Strategy<Value = AlterPartitionResult> {
+    (
+        any::<i32>(),
+        any::<i16>(),
+        any::<i32>(),
+        any::<i32>(),
+        vec(any::<i32>(), 0..4),
+        any::<i8>(),
+        any::<i32>(),
+    )
+        .prop_map(
+            |(
+                partition,
+                error_code,
+                leader_id,
+                leader_epoch,
+                isr,
+                leader_recovery_state,
+                partition_epoch,
+            )| AlterPartitionResult {
+                partition,
+                error_code,
+                leader_id,
+                leader_epoch,
+                isr,
+                leader_recovery_state,
+                partition_epoch,
+            },
+        )
 }
 
 fn frame_strategy() -> impl Strategy<Value = Frame> {

@@ -47,6 +47,8 @@ pub enum Body {
     AllocateProducerIdsResponse(AllocateProducerIdsResponse),
     /// A request failed as a whole.
     ErrorResponse(WireError),
+    AlterPartitionRequest(AlterPartitionRequest),
+    AlterPartitionResponse(AlterPartitionResponse),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -364,4 +366,60 @@ pub struct AllocateProducerIdsResponse {
     pub error: Option<WireError>,
     pub first_producer_id: i64,
     pub count: i32,
+}
+
+/// One member of a proposed ISR with the broker epoch its leader saw (KIP-903); -1 skips
+/// the check.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct IsrMember {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionData {
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub new_isr: Vec<IsrMember>,
+    pub leader_recovery_state: i8,
+    pub partition_epoch: i32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionTopic {
+    /// By name (versions 0-1) or by id (2+).
+    pub topic: TopicRef,
+    pub partitions: Vec<AlterPartitionData>,
+}
+
+/// Kafka's AlterPartitionRequest (API 56), with the Kafka `version` whose rules apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionRequest {
+    pub version: i16,
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    pub topics: Vec<AlterPartitionTopic>,
+}
+
+/// One partition's answer: Kafka's `error_code`, and with 0 the state after the change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionResult {
+    pub partition: i32,
+    pub error_code: i16,
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+    pub leader_recovery_state: i8,
+    pub partition_epoch: i32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionTopicResult {
+    pub topic: TopicRef,
+    pub partitions: Vec<AlterPartitionResult>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionResponse {
+    pub topics: Vec<AlterPartitionTopicResult>,
 }

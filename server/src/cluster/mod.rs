@@ -19,12 +19,15 @@
 //!
 //! See docs/cluster.md.
 
+pub mod alter_partition;
 pub mod disk;
 pub mod follow;
 pub mod lifecycle;
 pub mod net;
 pub mod observers;
 pub mod startup;
+
+pub use alter_partition::{alter_partition, alter_partitions};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

@@ -229,8 +229,12 @@ pub fn start(
             let mut node_config = NodeConfig::new(me, voters.clone());
             let c = &mut node_config.controller;
             c.num_partitions = config.num_partitions;
+            c.default_replication_factor = config.default_replication_factor;
             c.topic_defaults = config.topic_defaults.clone();
             c.session_timeout_ms = config.cluster.session_timeout_ms;
+            c.auto_leader_rebalance_enable = config.cluster.auto_leader_rebalance_enable;
+            c.leader_imbalance_check_interval_ms =
+                config.cluster.leader_imbalance_check_interval_ms;
             c.max_broker_partitions = config.max_broker_partitions;
             // Partitions are replicated: any replication factor up to the registered
             // brokers.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::controller::image::ClusterImage;
 use crate::controller::records::MetadataRecord;
 use crate::metadata::cluster::PartitionState;
-use crate::metadata::{LeaderEpoch, NodeId};
+use crate::metadata::{LeaderEpoch, NodeId, TopicId};
 
 /// Kafka's default `broker.session.timeout.ms`.
 pub const DEFAULT_SESSION_TIMEOUT_MS: i64 = 9_000;
@@ -87,6 +87,10 @@ pub fn choose_leader(state: &PartitionState, usable: impl Fn(NodeId) -> bool) ->
         .find(|r| state.isr.contains(r) && usable(*r))
 }
 
+/// Kafka's most elections written in one change by a periodic election (its
+/// `maxElectionsPerImbalance`); the rest follow in the next change at once.
+pub const MAX_ELECTIONS_PER_CHANGE: usize = 1_000;
+
 /// `old` changed to `isr` and `leader`, with its epochs moved on; `None` if nothing changes.
 fn change(
     old: &PartitionState,
@@ -110,10 +114,47 @@ fn change(
     })
 }
 
+/// Kafka's `PartitionChangeBuilder` election (without eligible leader replicas): the
+/// current leader stays if it is in `isr` and `acceptable`; otherwise the first replica, in
+/// replica order, that is; otherwise, when `unclean` (the topic's
+/// `unclean.leader.election.enable`), the first acceptable replica at all, which becomes
+/// the whole ISR — it may lack records the old ISR acknowledged (data loss); otherwise no
+/// leader (the partition is offline). Returns the new ISR and leader.
+pub fn elect(
+    state: &PartitionState,
+    isr: Vec<NodeId>,
+    acceptable: impl Fn(NodeId) -> bool,
+    unclean: bool,
+) -> (Vec<NodeId>, Option<NodeId>) {
+    if let Some(l) = state.leader.filter(|l| isr.contains(l) && acceptable(*l)) {
+        return (isr, Some(l));
+    }
+    if let Some(l) = state
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| isr.contains(r) && acceptable(*r))
+    {
+        return (isr, Some(l));
+    }
+    if unclean {
+        if let Some(l) = state.replicas.iter().copied().find(|r| acceptable(*r)) {
+            return (vec![l], Some(l));
+        }
+    }
+    (isr, None)
+}
+
 /// The partition changes that take `node` out of leadership and out of every ISR it is in
-/// (KRaft keeps the last ISR member, so the partition can come back with it).
-pub fn leave_partitions(image: &ClusterImage, node: NodeId) -> Vec<MetadataRecord> {
-    let usable = |n: NodeId| n != node && image.is_usable(n);
+/// (KRaft keeps the last ISR member, so the partition can come back with it). A partition
+/// left without an acceptable ISR member goes offline, or, where `unclean(topic)`, is led by
+/// another live replica.
+pub fn leave_partitions(
+    image: &ClusterImage,
+    node: NodeId,
+    unclean: impl Fn(TopicId) -> bool,
+) -> Vec<MetadataRecord> {
+    let acceptable = |n: NodeId| n != node && image.is_usable(n);
     let mut records = Vec::new();
     for (topic, partition, state) in image.all_partitions() {
         if state.leader != Some(node) && !state.isr.contains(&node) {
@@ -124,16 +165,7 @@ pub fn leave_partitions(image: &ClusterImage, node: NodeId) -> Vec<MetadataRecor
         } else {
             state.isr.clone()
         };
-        let leader = match state.leader {
-            Some(l) if l != node && isr.contains(&l) => Some(l),
-            _ => choose_leader(
-                &PartitionState {
-                    isr: isr.clone(),
-                    ..state.clone()
-                },
-                usable,
-            ),
-        };
+        let (isr, leader) = elect(state, isr, acceptable, unclean(topic));
         if let Some(new) = change(state, isr, leader) {
             records.push(MetadataRecord::Partition {
                 topic,
@@ -146,29 +178,109 @@ pub fn leave_partitions(image: &ClusterImage, node: NodeId) -> Vec<MetadataRecor
 }
 
 /// Fences `node`: the fence record, then its partitions' new leaders.
-pub fn fence_records(image: &ClusterImage, node: NodeId) -> Vec<MetadataRecord> {
+pub fn fence_records(
+    image: &ClusterImage,
+    node: NodeId,
+    unclean: impl Fn(TopicId) -> bool,
+) -> Vec<MetadataRecord> {
     let mut records = vec![MetadataRecord::BrokerFenced { node }];
-    records.extend(leave_partitions(image, node));
+    records.extend(leave_partitions(image, node, unclean));
     records
 }
 
-/// Unfences `node`: the unfence record, then leadership of the partitions that have no
-/// leader and list `node` in their ISR.
-pub fn unfence_records(image: &ClusterImage, node: NodeId) -> Vec<MetadataRecord> {
+/// Unfences `node`: the unfence record, then a leader for every partition that has none:
+/// `node` (or another live member) where it is in the ISR, or, where `unclean(topic)`, any
+/// live replica (Kafka's `handleBrokerUnfenced`).
+pub fn unfence_records(
+    image: &ClusterImage,
+    node: NodeId,
+    unclean: impl Fn(TopicId) -> bool,
+) -> Vec<MetadataRecord> {
+    let acceptable = |n: NodeId| n == node || image.is_usable(n);
     let mut records = vec![MetadataRecord::BrokerUnfenced { node }];
     for (topic, partition, state) in image.all_partitions() {
-        if state.leader.is_none() && state.isr.contains(&node) {
-            let leader = choose_leader(state, |n| n == node || image.is_usable(n));
-            if let Some(new) = change(state, state.isr.clone(), leader) {
-                records.push(MetadataRecord::Partition {
-                    topic,
-                    partition,
-                    state: new,
-                });
-            }
+        if state.leader.is_some() {
+            continue;
+        }
+        let (isr, leader) = elect(state, state.isr.clone(), acceptable, unclean(topic));
+        if let Some(new) = change(state, isr, leader) {
+            records.push(MetadataRecord::Partition {
+                topic,
+                partition,
+                state: new,
+            });
         }
     }
     records
+}
+
+/// Unclean elections for partitions without a leader whose topic allows them (Kafka's
+/// `maybeElectUncleanLeaders`, run periodically so that turning
+/// `unclean.leader.election.enable` on brings offline partitions back): at most `max`.
+pub fn unclean_election_records(
+    image: &ClusterImage,
+    unclean: impl Fn(TopicId) -> bool,
+    max: usize,
+) -> Vec<MetadataRecord> {
+    let acceptable = |n: NodeId| image.is_usable(n);
+    let mut records = Vec::new();
+    for (topic, partition, state) in image.all_partitions() {
+        if records.len() >= max {
+            break;
+        }
+        if state.leader.is_some() || !unclean(topic) {
+            continue;
+        }
+        let (isr, leader) = elect(state, state.isr.clone(), acceptable, true);
+        if let Some(new) = change(state, isr, leader) {
+            tracing::warn!(
+                topic = %topic.0,
+                partition = partition.0,
+                leader = new.leader_id(),
+                "unclean leader election: an out-of-sync replica leads, records acknowledged by the old in-sync replicas may be lost"
+            );
+            records.push(MetadataRecord::Partition {
+                topic,
+                partition,
+                state: new,
+            });
+        }
+    }
+    records
+}
+
+/// Preferred-leader elections (`auto.leader.rebalance.enable`, Kafka's
+/// `maybeBalancePartitionLeaders`): a partition led by another replica than its first one
+/// moves back to the first once it is in the ISR and on an unfenced broker. At most `max`.
+pub fn preferred_leader_records(image: &ClusterImage, max: usize) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    for (topic, partition, state) in image.all_partitions() {
+        if records.len() >= max {
+            break;
+        }
+        let Some(&preferred) = state.replicas.first() else {
+            continue;
+        };
+        if state.leader == Some(preferred)
+            || !state.isr.contains(&preferred)
+            || !image.is_usable(preferred)
+        {
+            continue;
+        }
+        if let Some(new) = change(state, state.isr.clone(), Some(preferred)) {
+            records.push(MetadataRecord::Partition {
+                topic,
+                partition,
+                state: new,
+            });
+        }
+    }
+    records
+}
+
+/// Whether any partition is led by another replica than its first, which could lead.
+pub fn leaders_imbalanced(image: &ClusterImage) -> bool {
+    !preferred_leader_records(image, 1).is_empty()
 }
 
 #[cfg(test)]
@@ -257,7 +369,7 @@ mod tests {
             (&[1, 2], &[1, 2], 1),
             (&[2, 1], &[2, 1], 2),
         ]);
-        let records = fence_records(&img, NodeId(1));
+        let records = fence_records(&img, NodeId(1), |_| false);
         apply(&mut img, &records);
         let p = |i| img.partition(topic(), PartitionId(i)).unwrap().clone();
         // RF=1: offline, the last ISR member kept, a new leader epoch.
@@ -277,9 +389,9 @@ mod tests {
     #[test]
     fn unfencing_gives_leaderless_partitions_back_with_a_new_epoch() {
         let mut img = image(&[(&[1], &[1], 1), (&[2], &[2], 2)]);
-        let fence = fence_records(&img, NodeId(1));
+        let fence = fence_records(&img, NodeId(1), |_| false);
         apply(&mut img, &fence);
-        let unfence = unfence_records(&img, NodeId(1));
+        let unfence = unfence_records(&img, NodeId(1), |_| false);
         apply(&mut img, &unfence);
         let p0 = img.partition(topic(), PartitionId(0)).unwrap();
         assert_eq!(p0.leader, Some(NodeId(1)));

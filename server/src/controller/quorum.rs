@@ -237,10 +237,25 @@ impl Quorum {
         // The hard state goes first: a crash may keep any prefix of unsynced writes, and a
         // log holding entries of a term the hard state has not reached breaks Raft (the
         // node would answer votes at an older term than its own log's).
+        //
+        // But its commit index must not run ahead of the entries on disk: when the entries
+        // of this Ready replace a conflicting suffix (a new leader overwriting an old one's
+        // uncommitted entries), a crash between the two writes would leave the old entries
+        // below the recorded commit, and the restarted node would apply them as committed.
+        // So the first write keeps the commit index already recorded, and the new one
+        // follows the entries.
+        let new_commit = rd.hs().map(|hs| hs.commit);
         if let Some(hs) = rd.hs() {
-            out.writes.extend(store.set_hard_state(hs.clone()));
+            let mut first = hs.clone();
+            if !rd.entries().is_empty() {
+                first.commit = first.commit.min(store.hard_state().commit);
+            }
+            out.writes.extend(store.set_hard_state(first));
         }
         out.writes.extend(store.append(rd.entries()));
+        if let Some(commit) = new_commit.filter(|c| *c > store.hard_state().commit) {
+            out.writes.extend(store.set_commit(commit));
+        }
         if rd.must_sync()
             && out
                 .writes

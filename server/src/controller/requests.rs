@@ -3,9 +3,11 @@
 //! [`MetadataError`]s (mapped to Kafka codes in `kafka::errors`); a failure of the whole
 //! request is a [`ControllerError`].
 
+use kafka_protocol::error::ResponseError;
+
 use crate::metadata::cluster::Listener;
 use crate::metadata::controller::{AlterOp, MetadataError, NewTopic, TopicRef};
-use crate::metadata::{NodeId, TopicMeta};
+use crate::metadata::{LeaderEpoch, NodeId, PartitionId, TopicMeta};
 
 /// The caller's handle for a request; the controller hands it back with the answer.
 pub type Token = u64;
@@ -77,6 +79,70 @@ pub enum ControllerRequest {
     },
     RegisterBroker(RegisterBroker),
     Heartbeat(Heartbeat),
+    AlterPartition(AlterPartition),
+}
+
+/// The Kafka versions of AlterPartition (API 56) the controller serves, as Kafka 3.9 does.
+pub const ALTER_PARTITION_VERSIONS: std::ops::RangeInclusive<i16> = 0..=3;
+
+/// A proposed ISR member with the broker epoch its leader last saw in its fetches
+/// (KIP-903, version 3); -1 skips the epoch check (and is what versions 0-2 carry).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct IsrMember {
+    pub node: NodeId,
+    pub broker_epoch: i64,
+}
+
+/// One partition of an AlterPartition request (Kafka's `AlterPartitionRequestData`
+/// `PartitionData`): the leader's proposed ISR, valid against the epochs it names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionItem {
+    pub partition: PartitionId,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<IsrMember>,
+    /// KIP-704: 0 recovered, 1 recovering from an unclean election. Wharf's partitions are
+    /// always recovered, so only 0 is accepted.
+    pub leader_recovery_state: i8,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionTopic {
+    /// By name in versions 0-1, by id from version 2 (KIP-841).
+    pub topic: TopicRef,
+    pub partitions: Vec<AlterPartitionItem>,
+}
+
+/// AlterPartition (KIP-497): a partition leader asks the controller to commit a new ISR.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartition {
+    /// The Kafka version whose rules apply (see [`ALTER_PARTITION_VERSIONS`]).
+    pub version: i16,
+    pub broker: NodeId,
+    pub broker_epoch: i64,
+    pub topics: Vec<AlterPartitionTopic>,
+}
+
+/// A partition's state after an AlterPartition was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlterPartitionCommitted {
+    pub leader: Option<NodeId>,
+    pub leader_epoch: LeaderEpoch,
+    pub isr: Vec<NodeId>,
+    pub partition_epoch: i32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionResult {
+    pub partition: PartitionId,
+    /// The committed state, or Kafka's per-partition error.
+    pub result: Result<AlterPartitionCommitted, ResponseError>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterPartitionTopicResult {
+    pub topic: TopicRef,
+    pub partitions: Vec<AlterPartitionResult>,
 }
 
 /// A created topic as CreateTopics reports it.
@@ -110,6 +176,7 @@ pub enum ControllerReply {
     ProducerIds(ProducerIdBlock),
     BrokerRegistration { broker_epoch: i64 },
     BrokerHeartbeat(HeartbeatReply),
+    AlterPartition(Vec<AlterPartitionTopicResult>),
 }
 
 impl ControllerReply {

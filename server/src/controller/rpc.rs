@@ -9,7 +9,7 @@ use wharf_protocol::controller::{Body, ErrorKind, Frame, WireError};
 
 use crate::controller::requests::*;
 use crate::metadata::controller::{AlterOp, MetadataError, NewTopic, TopicRef};
-use crate::metadata::{NodeId, TopicId, TopicMeta};
+use crate::metadata::{LeaderEpoch, NodeId, PartitionId, TopicId, TopicMeta};
 
 /// What arrived on the controller listener.
 #[derive(Debug)]
@@ -252,6 +252,38 @@ pub fn request_to_frame(correlation_id: u64, request: &ControllerRequest) -> Fra
                 rack: r.rack.clone(),
             })
         }
+        ControllerRequest::AlterPartition(r) => {
+            Body::AlterPartitionRequest(wire::AlterPartitionRequest {
+                version: r.version,
+                broker_id: r.broker.0,
+                broker_epoch: r.broker_epoch,
+                topics: r
+                    .topics
+                    .iter()
+                    .map(|t| wire::AlterPartitionTopic {
+                        topic: topic_ref_to_wire(&t.topic),
+                        partitions: t
+                            .partitions
+                            .iter()
+                            .map(|p| wire::AlterPartitionData {
+                                partition: p.partition.0,
+                                leader_epoch: p.leader_epoch.0,
+                                new_isr: p
+                                    .new_isr
+                                    .iter()
+                                    .map(|m| wire::IsrMember {
+                                        broker_id: m.node.0,
+                                        broker_epoch: m.broker_epoch,
+                                    })
+                                    .collect(),
+                                leader_recovery_state: p.leader_recovery_state,
+                                partition_epoch: p.partition_epoch,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        }
         ControllerRequest::Heartbeat(h) => {
             Body::BrokerHeartbeatRequest(wire::BrokerHeartbeatRequest {
                 node_id: h.node.0,
@@ -370,7 +402,40 @@ pub fn incoming_from_frame(frame: Frame) -> Result<Incoming, UnexpectedFrame> {
                 want_shut_down: h.want_shut_down,
             }))
         }
+        Body::AlterPartitionRequest(r) => {
+            Incoming::Request(ControllerRequest::AlterPartition(AlterPartition {
+                version: r.version,
+                broker: NodeId(r.broker_id),
+                broker_epoch: r.broker_epoch,
+                topics: r
+                    .topics
+                    .into_iter()
+                    .map(|t| AlterPartitionTopic {
+                        topic: topic_ref_from_wire(t.topic),
+                        partitions: t
+                            .partitions
+                            .into_iter()
+                            .map(|p| AlterPartitionItem {
+                                partition: PartitionId(p.partition),
+                                leader_epoch: LeaderEpoch(p.leader_epoch),
+                                partition_epoch: p.partition_epoch,
+                                new_isr: p
+                                    .new_isr
+                                    .into_iter()
+                                    .map(|m| IsrMember {
+                                        node: NodeId(m.broker_id),
+                                        broker_epoch: m.broker_epoch,
+                                    })
+                                    .collect(),
+                                leader_recovery_state: p.leader_recovery_state,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }))
+        }
         Body::NotController(_)
+        | Body::AlterPartitionResponse(_)
         | Body::BrokerRegistrationResponse(_)
         | Body::BrokerHeartbeatResponse(_)
         | Body::FetchMetadataResponse(_)
@@ -488,6 +553,40 @@ pub fn reply_to_frame(correlation_id: u64, reply: &Reply) -> Frame {
                 broker_epoch: *broker_epoch,
             })
         }
+        Ok(ControllerReply::AlterPartition(topics)) => {
+            Body::AlterPartitionResponse(wire::AlterPartitionResponse {
+                topics: topics
+                    .iter()
+                    .map(|t| wire::AlterPartitionTopicResult {
+                        topic: topic_ref_to_wire(&t.topic),
+                        partitions: t
+                            .partitions
+                            .iter()
+                            .map(|p| match &p.result {
+                                Ok(c) => wire::AlterPartitionResult {
+                                    partition: p.partition.0,
+                                    error_code: 0,
+                                    leader_id: c.leader.map_or(-1, |l| l.0),
+                                    leader_epoch: c.leader_epoch.0,
+                                    isr: ids(&c.isr),
+                                    leader_recovery_state: 0,
+                                    partition_epoch: c.partition_epoch,
+                                },
+                                Err(e) => wire::AlterPartitionResult {
+                                    partition: p.partition.0,
+                                    error_code: e.code(),
+                                    leader_id: -1,
+                                    leader_epoch: -1,
+                                    isr: Vec::new(),
+                                    leader_recovery_state: 0,
+                                    partition_epoch: -1,
+                                },
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        }
         Ok(ControllerReply::BrokerHeartbeat(h)) => {
             Body::BrokerHeartbeatResponse(wire::BrokerHeartbeatResponse {
                 error: None,
@@ -568,8 +667,53 @@ pub fn reply_from_frame(frame: Frame) -> Result<Reply, UnexpectedFrame> {
                 should_shut_down: r.should_shut_down,
             })),
         },
+        Body::AlterPartitionResponse(r) => Ok(ControllerReply::AlterPartition(
+            r.topics
+                .into_iter()
+                .map(|t| AlterPartitionTopicResult {
+                    topic: topic_ref_from_wire(t.topic),
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .map(|p| AlterPartitionResult {
+                            partition: PartitionId(p.partition),
+                            result: match p.error_code {
+                                0 => Ok(AlterPartitionCommitted {
+                                    leader: (p.leader_id >= 0).then_some(NodeId(p.leader_id)),
+                                    leader_epoch: LeaderEpoch(p.leader_epoch),
+                                    isr: nodes(&p.isr),
+                                    partition_epoch: p.partition_epoch,
+                                }),
+                                code => Err(response_error(code)),
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        )),
         _ => return Err(UnexpectedFrame("a request where a response belongs")),
     })
+}
+
+fn topic_ref_to_wire(t: &TopicRef) -> wire::TopicRef {
+    match t {
+        TopicRef::Name(n) => wire::TopicRef::Name(n.clone()),
+        TopicRef::Id(id) => wire::TopicRef::Id(uuid(*id)),
+    }
+}
+
+fn topic_ref_from_wire(t: wire::TopicRef) -> TopicRef {
+    match t {
+        wire::TopicRef::Name(n) => TopicRef::Name(n),
+        wire::TopicRef::Id(id) => TopicRef::Id(topic_id(id)),
+    }
+}
+
+/// A Kafka error code from another node; one this build does not know is an unknown
+/// server error (retried by the leader, as Kafka's `AlterPartitionManager` does).
+fn response_error(code: i16) -> kafka_protocol::error::ResponseError {
+    kafka_protocol::error::ResponseError::try_from_code(code)
+        .unwrap_or(kafka_protocol::error::ResponseError::UnknownServerError)
 }
 
 /// A FetchMetadata request as a frame.
@@ -754,6 +898,36 @@ mod tests {
                 want_fence: false,
                 want_shut_down: true,
             }),
+            ControllerRequest::AlterPartition(AlterPartition {
+                version: 3,
+                broker: NodeId(2),
+                broker_epoch: 14,
+                topics: vec![
+                    AlterPartitionTopic {
+                        topic: TopicRef::Id(TopicId(uuid::Uuid::from_u128(6))),
+                        partitions: vec![AlterPartitionItem {
+                            partition: PartitionId(3),
+                            leader_epoch: LeaderEpoch(4),
+                            partition_epoch: 9,
+                            new_isr: vec![
+                                IsrMember {
+                                    node: NodeId(2),
+                                    broker_epoch: 14,
+                                },
+                                IsrMember {
+                                    node: NodeId(1),
+                                    broker_epoch: -1,
+                                },
+                            ],
+                            leader_recovery_state: 0,
+                        }],
+                    },
+                    AlterPartitionTopic {
+                        topic: TopicRef::Name("old".into()),
+                        partitions: vec![],
+                    },
+                ],
+            }),
         ];
         for request in requests {
             let frame = through_the_wire(&request_to_frame(5, &request));
@@ -799,6 +973,26 @@ mod tests {
                 count: 1000,
             })),
             Ok(ControllerReply::BrokerRegistration { broker_epoch: 7 }),
+            Ok(ControllerReply::AlterPartition(vec![
+                AlterPartitionTopicResult {
+                    topic: TopicRef::Id(TopicId(uuid::Uuid::from_u128(6))),
+                    partitions: vec![
+                        AlterPartitionResult {
+                            partition: PartitionId(0),
+                            result: Ok(AlterPartitionCommitted {
+                                leader: Some(NodeId(2)),
+                                leader_epoch: LeaderEpoch(3),
+                                isr: vec![NodeId(2), NodeId(3)],
+                                partition_epoch: 8,
+                            }),
+                        },
+                        AlterPartitionResult {
+                            partition: PartitionId(1),
+                            result: Err(kafka_protocol::error::ResponseError::IneligibleReplica),
+                        },
+                    ],
+                },
+            ])),
             Ok(ControllerReply::BrokerHeartbeat(HeartbeatReply {
                 is_caught_up: true,
                 is_fenced: false,

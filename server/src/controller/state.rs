@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::config::MAX_PARTITIONS_PER_TOPIC;
 use crate::controller::image::{ApplyError, ClusterImage};
 use crate::controller::liveness::{
-    self, fence_records, leave_partitions, unfence_records, Sessions,
+    self, fence_records, leave_partitions, preferred_leader_records, unclean_election_records,
+    unfence_records, Sessions, MAX_ELECTIONS_PER_CHANGE,
 };
 use crate::controller::placement::{assign_replicas, least_loaded};
 use crate::controller::records::MetadataRecord;
@@ -23,7 +24,7 @@ use crate::controller::rng::Rng;
 use crate::metadata::cluster::{BrokerRegistration, PartitionState};
 use crate::metadata::controller::{
     apply_ops, check_partition_increase, deletion_target, validate_new_topic, MetadataError,
-    NewTopic,
+    NewTopic, TopicRef,
 };
 use crate::metadata::producer_ids::PRODUCER_ID_BLOCK_SIZE;
 use crate::metadata::topic_config::TopicDefaults;
@@ -55,6 +56,14 @@ pub struct ControllerConfig {
     /// `max.broker.partitions`: replicas one broker may hold over all topics; more are
     /// refused with POLICY_VIOLATION (internal topics are never refused, but count).
     pub max_broker_partitions: i64,
+    /// `auto.leader.rebalance.enable`: move leadership back to each partition's first
+    /// replica once it is in sync (checked every `leader_imbalance_check_interval_ms`).
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds`, in ms.
+    pub leader_imbalance_check_interval_ms: i64,
+    /// How often partitions without a leader are checked for an unclean election, for
+    /// topics that allow one (Kafka's controller checks every 5 minutes).
+    pub unclean_leader_election_check_interval_ms: i64,
     /// The incarnation of the broker running in this controller's own process, when there
     /// is one (combined mode). A new controller gives every registered broker a fresh
     /// session, except this node's earlier process: that one has certainly stopped, so its
@@ -74,10 +83,30 @@ impl ControllerConfig {
             max_waiting_requests: 1024,
             max_cluster_partitions: MAX_CLUSTER_PARTITIONS,
             max_broker_partitions: i64::MAX,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS,
+            unclean_leader_election_check_interval_ms: UNCLEAN_LEADER_ELECTION_CHECK_INTERVAL_MS,
             local_incarnation: None,
         }
     }
+
+    /// Whether topic `topic` allows unclean leader elections: its
+    /// `unclean.leader.election.enable`, or the broker's default.
+    pub fn unclean_enabled(&self, image: &ClusterImage, topic: TopicId) -> bool {
+        const NAME: &str = "unclean.leader.election.enable";
+        let value = image
+            .topic_by_id(topic)
+            .and_then(|t| t.overrides.get(NAME).map(String::as_str))
+            .unwrap_or_else(|| self.topic_defaults.value(NAME));
+        value == "true"
+    }
 }
+
+/// Kafka's default `leader.imbalance.check.interval.seconds` (300), in ms.
+pub const DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_MS: i64 = 300_000;
+
+/// How often Kafka's controller looks for offline partitions to elect uncleanly.
+pub const UNCLEAN_LEADER_ELECTION_CHECK_INTERVAL_MS: i64 = 300_000;
 
 /// Records to propose as one entry, and the reply to release once it is committed.
 #[derive(Clone, Debug)]
@@ -109,6 +138,9 @@ struct Active {
     image: ClusterImage,
     pending: VecDeque<Pending>,
     sessions: Sessions,
+    /// When the next preferred-leader rebalance and unclean-election checks are due.
+    next_rebalance_ms: i64,
+    next_unclean_check_ms: i64,
 }
 
 enum State {
@@ -241,6 +273,10 @@ impl Controller {
             image: committed.clone(),
             pending: VecDeque::new(),
             sessions,
+            next_rebalance_ms: now_ms
+                .saturating_add(self.config.leader_imbalance_check_interval_ms),
+            next_unclean_check_ms: now_ms
+                .saturating_add(self.config.unclean_leader_election_check_interval_ms),
         }));
         waiting.into()
     }
@@ -296,8 +332,11 @@ impl Controller {
             ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
                 allocate_producer_ids(&active.image, node, broker_epoch)
             }
-            ControllerRequest::RegisterBroker(r) => register_broker(active, now_ms, r, next_index),
-            ControllerRequest::Heartbeat(h) => heartbeat(active, now_ms, h),
+            ControllerRequest::RegisterBroker(r) => {
+                register_broker(&self.config, active, now_ms, r, next_index)
+            }
+            ControllerRequest::Heartbeat(h) => heartbeat(&self.config, active, now_ms, h),
+            ControllerRequest::AlterPartition(r) => alter_partition(&active.image, r),
         };
         if !records.is_empty() {
             return Outcome::Propose(Proposal {
@@ -363,11 +402,15 @@ impl Controller {
         out
     }
 
-    /// A change the passage of time calls for (a broker whose session ran out is fenced),
-    /// one at a time: propose it, report it with [`proposed`], then ask again.
+    /// A change the passage of time calls for, one at a time: a broker whose session ran out
+    /// is fenced; every `leader.imbalance.check.interval.seconds` leadership moves back to
+    /// preferred replicas (`auto.leader.rebalance.enable`); every few minutes offline
+    /// partitions of topics that allow it get an unclean leader. Propose it, report it with
+    /// [`proposed`], then ask again.
     ///
     /// [`proposed`]: Controller::proposed
     pub fn next_timer_proposal(&mut self, now_ms: i64) -> Option<Proposal> {
+        let config = &self.config;
         let State::Active(active) = &mut self.state else {
             return None;
         };
@@ -380,14 +423,53 @@ impl Controller {
                         broker = node.0,
                         "fencing broker {}: no heartbeat for {} ms",
                         node.0,
-                        self.config.session_timeout_ms
+                        config.session_timeout_ms
                     );
+                    let image = &active.image;
                     return Some(Proposal {
-                        records: fence_records(&active.image, node),
+                        records: fence_records(image, node, |t| config.unclean_enabled(image, t)),
                         reply: None,
                     });
                 }
                 Some(_) => {}
+            }
+        }
+        if now_ms >= active.next_unclean_check_ms {
+            let image = &active.image;
+            let records = unclean_election_records(
+                image,
+                |t| config.unclean_enabled(image, t),
+                MAX_ELECTIONS_PER_CHANGE,
+            );
+            // More than one change's worth: the rest at once, in the next.
+            active.next_unclean_check_ms = if records.len() >= MAX_ELECTIONS_PER_CHANGE {
+                now_ms
+            } else {
+                now_ms.saturating_add(config.unclean_leader_election_check_interval_ms)
+            };
+            if !records.is_empty() {
+                return Some(Proposal {
+                    records,
+                    reply: None,
+                });
+            }
+        }
+        if config.auto_leader_rebalance_enable && now_ms >= active.next_rebalance_ms {
+            let records = preferred_leader_records(&active.image, MAX_ELECTIONS_PER_CHANGE);
+            active.next_rebalance_ms = if records.len() >= MAX_ELECTIONS_PER_CHANGE {
+                now_ms
+            } else {
+                now_ms.saturating_add(config.leader_imbalance_check_interval_ms)
+            };
+            if !records.is_empty() {
+                tracing::info!(
+                    partitions = records.len(),
+                    "moving leadership back to preferred replicas"
+                );
+                return Some(Proposal {
+                    records,
+                    reply: None,
+                });
             }
         }
         None
@@ -399,9 +481,11 @@ impl Controller {
 type Planned = (Vec<MetadataRecord>, Reply);
 
 mod brokers;
+mod partitions;
 mod topics;
 
 use brokers::{allocate_producer_ids, heartbeat, register_broker};
+use partitions::alter_partition;
 use topics::{alter_configs, create_partitions, create_topics, delete_topics};
 
 #[cfg(test)]

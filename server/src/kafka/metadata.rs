@@ -182,6 +182,25 @@ fn describe_topic(
             }
             mp.replica_nodes = ids(&state.replicas);
             mp.isr_nodes = ids(&state.isr);
+            if version == 0 {
+                // Kafka answers v0 with the replicas and ISR members on live brokers only,
+                // and REPLICA_NOT_AVAILABLE when that leaves some out (v0 has no offline
+                // replicas field).
+                let live = |nodes: &[NodeId]| {
+                    nodes
+                        .iter()
+                        .filter(|n| image.is_usable(**n))
+                        .map(|n| BrokerId(n.0))
+                        .collect::<Vec<_>>()
+                };
+                mp.replica_nodes = live(&state.replicas);
+                mp.isr_nodes = live(&state.isr);
+                let filtered = mp.replica_nodes.len() < state.replicas.len()
+                    || mp.isr_nodes.len() < state.isr.len();
+                if state.leader.is_some() && filtered {
+                    mp.error_code = ResponseError::ReplicaNotAvailable.code();
+                }
+            }
             if version >= 5 {
                 mp.offline_replicas = state
                     .replicas
@@ -194,4 +213,82 @@ fn describe_topic(
         })
         .collect();
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::records::MetadataRecord;
+    use crate::metadata::cluster::{BrokerRegistration, PartitionState};
+    use crate::metadata::{LeaderEpoch, PartitionId};
+
+    /// Brokers 1-3, broker 3 fenced; topic `t` with three replicas on 2, 3, 1, led by 2,
+    /// broker 3 out of the ISR.
+    fn image() -> (ClusterImage, TopicMeta) {
+        let id = TopicId(uuid::Uuid::from_u128(5));
+        let mut records = vec![MetadataRecord::ClusterBootstrap {
+            cluster_id: "c".into(),
+        }];
+        for n in 1..=3 {
+            records.push(MetadataRecord::BrokerRegistered(BrokerRegistration {
+                node_id: NodeId(n),
+                incarnation_id: n as u128,
+                broker_epoch: 1,
+                listeners: vec![],
+                rack: None,
+                fenced: n == 3,
+            }));
+        }
+        records.push(MetadataRecord::TopicCreated {
+            name: "t".into(),
+            id,
+            configs: Default::default(),
+            internal: false,
+        });
+        records.push(MetadataRecord::Partition {
+            topic: id,
+            partition: PartitionId(0),
+            state: PartitionState {
+                replicas: vec![NodeId(2), NodeId(3), NodeId(1)],
+                isr: vec![NodeId(2), NodeId(1)],
+                leader: Some(NodeId(2)),
+                leader_epoch: LeaderEpoch(4),
+                partition_epoch: 9,
+            },
+        });
+        let mut image = ClusterImage::empty();
+        assert_eq!(image.apply(1, 1, &records), vec![]);
+        let topic = image.topic("t").cloned().expect("created");
+        (image, topic)
+    }
+
+    fn ids(nodes: &[i32]) -> Vec<BrokerId> {
+        nodes.iter().copied().map(BrokerId).collect()
+    }
+
+    #[test]
+    fn replicated_partitions_show_replicas_isr_leader_and_offline_replicas() {
+        let (image, topic) = image();
+        for version in [1, 5, 9, 12] {
+            let t = describe_topic(&image, &topic, AUTHORIZED_OPERATIONS_OMITTED, version);
+            let p = &t.partitions[0];
+            assert_eq!(p.error_code, 0, "v{version}");
+            assert_eq!(p.leader_id, BrokerId(2));
+            assert_eq!(p.replica_nodes, ids(&[2, 3, 1]), "every replica, in order");
+            assert_eq!(p.isr_nodes, ids(&[2, 1]));
+            let offline = if version >= 5 { ids(&[3]) } else { vec![] };
+            assert_eq!(p.offline_replicas, offline, "v{version}");
+        }
+    }
+
+    #[test]
+    fn version_0_lists_live_replicas_only_with_replica_not_available() {
+        let (image, topic) = image();
+        let t = describe_topic(&image, &topic, AUTHORIZED_OPERATIONS_OMITTED, 0);
+        let p = &t.partitions[0];
+        assert_eq!(p.error_code, ResponseError::ReplicaNotAvailable.code());
+        assert_eq!(p.leader_id, BrokerId(2));
+        assert_eq!(p.replica_nodes, ids(&[2, 1]));
+        assert_eq!(p.isr_nodes, ids(&[2, 1]));
+    }
 }

@@ -17,9 +17,9 @@ use wharf_protocol::frame::encode_error_code_only_response;
 use super::{add_offsets_to_txn, add_partitions_to_txn, end_txn, txn_offset_commit};
 use super::{
     alter_configs, api_versions, create_partitions, create_topics, delete_records, delete_topics,
-    describe_cluster, describe_configs, describe_log_dirs, describe_quorum, fetch,
-    incremental_alter_configs, init_producer_id, list_offsets, metadata, offset_for_leader_epoch,
-    produce,
+    describe_cluster, describe_configs, describe_log_dirs, describe_quorum,
+    describe_topic_partitions, fetch, incremental_alter_configs, init_producer_id, list_offsets,
+    metadata, offset_for_leader_epoch, produce,
 };
 use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
@@ -74,6 +74,8 @@ pub static ROUTES: &[Route] = &[
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
     route!(DescribeCluster, 0, 1, describe_cluster),
+    // KIP-966: how Kafka 3.7+ admin clients describe topics, page by page.
+    route!(DescribeTopicPartitions, 0, 0, describe_topic_partitions),
     // The metadata quorum as its leader sees it (`wharf cluster status`).
     route!(DescribeQuorum, 0, 2, describe_quorum),
     // KIP-98: idempotent producers get a fresh producer id; transactional ones their
@@ -214,6 +216,7 @@ mod tests {
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
         (ApiKey::DescribeCluster, 0, 1),
+        (ApiKey::DescribeTopicPartitions, 0, 0),
         (ApiKey::DescribeQuorum, 0, 2),
         (ApiKey::InitProducerId, 0, 5),
         (ApiKey::AddPartitionsToTxn, 0, 5),

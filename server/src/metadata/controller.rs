@@ -77,7 +77,7 @@ pub struct NewTopic {
 }
 
 /// A topic named by name or by id (DeleteTopics v6).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopicRef {
     Name(String),
     Id(TopicId),
@@ -429,6 +429,25 @@ pub async fn replace_topic_configs(
     alter_topic_configs(shard, requests, validate_only).await
 }
 
+/// Kafka's default replication factor of its internal topics.
+pub const DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR: i16 = 3;
+
+/// The replication factor an internal topic (`__consumer_offsets`, `__transaction_state`)
+/// is created with: `configured` (`offsets.topic.replication.factor`,
+/// `transaction.state.log.replication.factor`) when set — refused by the controller if the
+/// cluster has fewer live brokers, as Kafka does — or else min(3, live brokers), so that a
+/// cluster smaller than Kafka's default still gets its groups and transactions; never more
+/// than this version keeps by default.
+pub fn internal_topic_replication_factor(configured: Option<i16>, live_brokers: usize) -> i16 {
+    configured.unwrap_or_else(|| {
+        // At least one: this node is a broker, whether or not its image lists it yet.
+        let live = i16::try_from(live_brokers.max(1)).unwrap_or(i16::MAX);
+        DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR
+            .min(live)
+            .min(crate::controller::state::SUPPORTED_REPLICATION_FACTOR)
+    })
+}
+
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if it
 /// does not exist yet, and returns it. For the group coordinator.
 pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataError> {
@@ -449,7 +468,10 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
             ],
             internal: true,
         },
-        replication_factor: -1,
+        replication_factor: internal_topic_replication_factor(
+            shard.config.offsets_topic_replication_factor,
+            shard.metadata().usable_brokers().len(),
+        ),
         assignments: Vec::new(),
     };
     match create_topics(shard, vec![topic], false).await.pop() {
@@ -491,8 +513,10 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataEr
             ],
             internal: true,
         },
-        // The cluster's default replication factor, like `__consumer_offsets`.
-        replication_factor: -1,
+        replication_factor: internal_topic_replication_factor(
+            shard.config.txn.transaction_state_log_replication_factor,
+            shard.metadata().usable_brokers().len(),
+        ),
         assignments: Vec::new(),
     };
     match create_topics(shard, vec![topic], false).await.pop() {
@@ -504,5 +528,22 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataEr
             .ok_or(MetadataError::UnknownTopic),
         Some(Err(e)) => Err(e),
         None => Err(MetadataError::Unavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_topics_get_three_replicas_or_as_many_brokers_as_there_are() {
+        let supported = crate::controller::state::SUPPORTED_REPLICATION_FACTOR;
+        assert_eq!(internal_topic_replication_factor(None, 1), 1);
+        assert_eq!(internal_topic_replication_factor(None, 0), 1);
+        assert_eq!(internal_topic_replication_factor(None, 2), 2.min(supported));
+        assert_eq!(internal_topic_replication_factor(None, 7), 3.min(supported));
+        // A configured factor is asked for as it is (the controller refuses one the
+        // cluster cannot place).
+        assert_eq!(internal_topic_replication_factor(Some(5), 1), 5);
     }
 }

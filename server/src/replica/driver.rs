@@ -29,32 +29,6 @@ use crate::shard::{now_ms, oneshot, Shard};
 /// How often a shard ticks the replicas it leads (acks=all deadlines, ISR shrinks, retries).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Where a leader's ISR proposals go (KIP-497's AlterPartition). The controller's side of
-/// AlterPartition is not in this broker yet: until it is, [`NoAlterPartition`] takes the
-/// proposals and nothing answers them, so a proposed change stays pending and the ISR
-/// stays what the controller committed (fencing a broker still takes it out of every ISR).
-pub trait IsrChannel {
-    fn propose(&self, topic: &str, partition: i32, proposal: AlterPartitionProposal);
-}
-
-/// The [`IsrChannel`] used until the controller handles AlterPartition: proposals are
-/// logged and left unanswered.
-pub struct NoAlterPartition;
-
-impl IsrChannel for NoAlterPartition {
-    fn propose(&self, topic: &str, partition: i32, proposal: AlterPartitionProposal) {
-        let isr: Vec<i32> = proposal.new_isr.iter().map(|m| m.node.0).collect();
-        tracing::info!(
-            topic,
-            partition,
-            leader_epoch = proposal.leader_epoch.0,
-            partition_epoch = proposal.partition_epoch,
-            ?isr,
-            "ISR change proposed; it takes effect once the controller commits it (AlterPartition is not handled by this version's controller)"
-        );
-    }
-}
-
 /// One partition's replica on its owning shard: the state machine and what its effects
 /// wait on.
 pub struct ReplicaDriver {
@@ -76,6 +50,8 @@ pub struct ReplicaDriver {
     sync_again: Cell<bool>,
     /// The last partition state applied (to build the state machine again after a failure).
     last_change: RefCell<Option<LeaderAndIsr>>,
+    /// An ISR proposal (KIP-497) the shard's tick sends to the controller next.
+    outbox: RefCell<Option<AlterPartitionProposal>>,
 }
 
 impl ReplicaDriver {
@@ -98,6 +74,7 @@ impl ReplicaDriver {
             syncing: Cell::new(false),
             sync_again: Cell::new(false),
             last_change: RefCell::new(None),
+            outbox: RefCell::new(None),
         }
     }
 
@@ -215,7 +192,9 @@ pub fn carry_out(partition: &Rc<PartitionHandle>, effects: Effects) {
         partition.on_high_watermark(high_watermark);
     }
     if let Some(proposal) = effects.alter_partition {
-        NoAlterPartition.propose(&partition.topic, partition.tp.partition.0, proposal);
+        // Sent by the shard's next tick, with the other partitions' proposals in one
+        // AlterPartition (as Kafka's AlterPartitionManager batches them).
+        *driver.outbox.borrow_mut() = Some(proposal);
     }
     if !effects.log.is_empty() {
         driver.ops.borrow_mut().extend(effects.log);
@@ -390,6 +369,7 @@ pub async fn tick_periodically(shard: Rc<Shard>) {
         .is_some()
     {
         let now = now_ms();
+        let mut proposals = Vec::new();
         for partition in shard.partitions.handles() {
             let due = partition
                 .replica
@@ -398,6 +378,52 @@ pub async fn tick_periodically(shard: Rc<Shard>) {
                 let effects = partition.replica.update(|r| r.tick(now));
                 carry_out(&partition, effects);
             }
+            if let Some(proposal) = partition.replica.outbox.borrow_mut().take() {
+                proposals.push((partition.clone(), proposal));
+            }
         }
+        if !proposals.is_empty() {
+            glommio::spawn_local(send_proposals(shard.clone(), proposals)).detach();
+        }
+    }
+}
+
+/// Sends the ISR proposals of this shard's partitions to the controller in one
+/// AlterPartition and hands each answer to its partition's state machine, which ignores
+/// an answer to anything but its pending proposal (and proposes again after a retry delay
+/// when the answer says so).
+async fn send_proposals(
+    shard: Rc<Shard>,
+    proposals: Vec<(Rc<PartitionHandle>, AlterPartitionProposal)>,
+) {
+    for (partition, proposal) in &proposals {
+        let isr: Vec<i32> = proposal.new_isr.iter().map(|m| m.node.0).collect();
+        tracing::info!(
+            topic = %partition.topic,
+            partition = partition.tp.partition.0,
+            leader_epoch = proposal.leader_epoch.0,
+            partition_epoch = proposal.partition_epoch,
+            ?isr,
+            "proposing an ISR change to the controller"
+        );
+    }
+    let items = proposals
+        .iter()
+        .map(|(p, proposal)| (p.tp.topic_id, p.tp.partition, proposal.clone()))
+        .collect();
+    let answers = crate::cluster::alter_partitions(&shard, items).await;
+    for ((partition, proposal), answer) in proposals.into_iter().zip(answers) {
+        if let AlterPartitionAnswer::Error(error) = &answer {
+            tracing::info!(
+                topic = %partition.topic,
+                partition = partition.tp.partition.0,
+                %error,
+                "the controller did not take an ISR change"
+            );
+        }
+        let effects = partition
+            .replica
+            .update(|r| r.on_alter_partition_answer(&proposal, answer, now_ms()));
+        carry_out(&partition, effects);
     }
 }

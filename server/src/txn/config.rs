@@ -18,8 +18,9 @@ pub struct TxnConfig {
     /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`; a
     /// transactional id belongs to the coordinator of its partition.
     pub transaction_state_log_num_partitions: u32,
-    /// `transaction.state.log.replication.factor`.
-    pub transaction_state_log_replication_factor: i16,
+    /// `transaction.state.log.replication.factor`: replicas of `__transaction_state` when
+    /// it is created; `None`: min(3, live brokers).
+    pub transaction_state_log_replication_factor: Option<i16>,
     /// `transaction.state.log.min.isr`.
     pub transaction_state_log_min_isr: i32,
     /// `transaction.state.log.segment.bytes`.
@@ -46,7 +47,7 @@ impl Default for TxnConfig {
             remove_expired_transaction_cleanup_interval_ms: 3600 * 1000,
             transaction_state_log_num_partitions:
                 wharf_protocol::txn::log::TRANSACTION_STATE_DEFAULT_PARTITIONS,
-            transaction_state_log_replication_factor: 3,
+            transaction_state_log_replication_factor: None,
             transaction_state_log_min_isr: 2,
             transaction_state_log_segment_bytes: 100 * 1024 * 1024,
             transaction_partition_verification_enable: true,

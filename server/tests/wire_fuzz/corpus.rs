@@ -436,6 +436,22 @@ fn candidates(api_key: ApiKey, ids: &TopicIds, producer: Producer) -> Vec<Candid
         ApiKey::DescribeCluster => vec![candidate(
             DescribeClusterRequest::default().with_endpoint_type(1),
         )],
+        ApiKey::DescribeTopicPartitions => vec![
+            candidate(kafka_protocol::messages::DescribeTopicPartitionsRequest::default()),
+            candidate(
+                kafka_protocol::messages::DescribeTopicPartitionsRequest::default()
+                    .with_topics(vec![
+                        kafka_protocol::messages::describe_topic_partitions_request::TopicRequest::default()
+                            .with_name(topic(TOPIC)),
+                    ])
+                    .with_response_partition_limit(1)
+                    .with_cursor(Some(
+                        kafka_protocol::messages::describe_topic_partitions_request::Cursor::default()
+                            .with_topic_name(topic(TOPIC))
+                            .with_partition_index(1),
+                    )),
+            ),
+        ],
         ApiKey::DescribeQuorum => vec![candidate(
             kafka_protocol::messages::DescribeQuorumRequest::default().with_topics(vec![
                 kafka_protocol::messages::describe_quorum_request::TopicData::default()

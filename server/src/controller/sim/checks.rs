@@ -56,6 +56,7 @@ impl World {
         } else {
             decode_records(&data).map_err(|e| format!("committed entry {index}: {e}"))?
         };
+        self.check_partition_changes(index, &records)?;
         let errors = self.oracle.image.apply(index, term, &records);
         if let Some(e) = errors.first() {
             return Err(format!("committed entry {index} does not replay: {e}"));
@@ -86,6 +87,143 @@ impl World {
         self.oracle.entries.push((term, data));
         self.oracle.digests.push(digest(&self.oracle.image));
         self.stats.committed_entries = index;
+        Ok(())
+    }
+
+    /// Each partition change of committed entry `index` against the partition's state
+    /// before it (the oracle's image, or an earlier record of the same entry): epochs only
+    /// grow, the leader changes exactly when the leader epoch does, a new leader comes from
+    /// the ISR (or, where its topic allows unclean election, is the whole new ISR), and a
+    /// broker joins the ISR only under the same leader in the same epoch (AlterPartition).
+    fn check_partition_changes(
+        &mut self,
+        index: u64,
+        records: &[MetadataRecord],
+    ) -> Result<(), String> {
+        use crate::metadata::cluster::PartitionState;
+        use crate::metadata::TopicId;
+        let image = &self.oracle.image;
+        let mut changed: BTreeMap<(TopicId, i32), PartitionState> = BTreeMap::new();
+        let mut unclean: BTreeMap<TopicId, bool> = BTreeMap::new();
+        // Brokers fenced or unfenced by earlier records of this entry.
+        let mut usable: BTreeMap<NodeId, bool> = BTreeMap::new();
+        let (mut elections, mut unclean_elections) = (0, 0);
+        for r in records {
+            match r {
+                MetadataRecord::BrokerFenced { node } => {
+                    usable.insert(*node, false);
+                }
+                MetadataRecord::BrokerUnfenced { node } => {
+                    usable.insert(*node, true);
+                }
+                MetadataRecord::BrokerRegistered(b) => {
+                    usable.insert(b.node_id, !b.fenced);
+                }
+                MetadataRecord::ConfigChanged { topic, name, value }
+                    if name == "unclean.leader.election.enable" =>
+                {
+                    unclean.insert(*topic, value.as_deref() == Some("true"));
+                }
+                MetadataRecord::Partition {
+                    topic,
+                    partition,
+                    state: next,
+                } => {
+                    let key = (*topic, partition.0);
+                    let prev = changed
+                        .get(&key)
+                        .or_else(|| image.partition(*topic, *partition))
+                        .cloned();
+                    changed.insert(key, next.clone());
+                    let Some(prev) = prev else {
+                        continue;
+                    };
+                    let at = || format!("entry {index}, partition {}-{}", topic.0, partition.0);
+                    if next.leader_epoch < prev.leader_epoch
+                        || next.partition_epoch <= prev.partition_epoch
+                    {
+                        return Err(format!(
+                            "{}: epochs go back or stand still ({:?}/{} after {:?}/{})",
+                            at(),
+                            next.leader_epoch,
+                            next.partition_epoch,
+                            prev.leader_epoch,
+                            prev.partition_epoch
+                        ));
+                    }
+                    if next.replicas != prev.replicas {
+                        return Err(format!("{}: replicas changed", at()));
+                    }
+                    let leader_changed = next.leader != prev.leader;
+                    if leader_changed != (next.leader_epoch != prev.leader_epoch) {
+                        return Err(format!(
+                            "{}: leader {:?} -> {:?} with leader epoch {:?} -> {:?}",
+                            at(),
+                            prev.leader,
+                            next.leader,
+                            prev.leader_epoch,
+                            next.leader_epoch
+                        ));
+                    }
+                    if next.leader.is_some_and(|l| !next.isr.contains(&l)) {
+                        return Err(format!("{}: the leader is not in the ISR", at()));
+                    }
+                    if let (true, Some(new_leader)) = (leader_changed, next.leader) {
+                        elections += 1;
+                        if !prev.isr.contains(&new_leader) {
+                            let allowed = unclean.get(topic).copied().unwrap_or_else(|| {
+                                image
+                                    .topic_by_id(*topic)
+                                    .and_then(|t| t.overrides.get("unclean.leader.election.enable"))
+                                    .is_some_and(|v| v == "true")
+                            });
+                            if !allowed || next.isr != vec![new_leader] {
+                                return Err(format!(
+                                    "{}: broker {} leads from outside the ISR {:?} (unclean election allowed: {allowed}; new ISR {:?})",
+                                    at(),
+                                    new_leader.0,
+                                    prev.isr,
+                                    next.isr
+                                ));
+                            }
+                            unclean_elections += 1;
+                        }
+                    }
+                    let joined: Vec<_> =
+                        next.isr.iter().filter(|n| !prev.isr.contains(n)).collect();
+                    // KIP-841: a fenced (or unregistered) broker never joins an ISR.
+                    let is_usable = |n: NodeId| {
+                        usable
+                            .get(&n)
+                            .copied()
+                            .unwrap_or_else(|| image.is_usable(n))
+                    };
+                    if let Some(n) = joined.iter().find(|n| !is_usable(***n)) {
+                        return Err(format!(
+                            "{}: broker {} joined the ISR while fenced or unregistered",
+                            at(),
+                            n.0
+                        ));
+                    }
+                    let unclean_isr =
+                        leader_changed && next.leader.is_some_and(|l| next.isr == vec![l]);
+                    if !joined.is_empty()
+                        && !unclean_isr
+                        && (leader_changed || next.leader.is_none())
+                    {
+                        return Err(format!(
+                            "{}: {joined:?} joined the ISR without its leader asking (leader {:?} -> {:?})",
+                            at(),
+                            prev.leader,
+                            next.leader
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.stats.elections += elections;
+        self.stats.unclean_elections += unclean_elections;
         Ok(())
     }
 
@@ -195,6 +333,56 @@ impl World {
                     ));
                 }
                 self.oracle.producer_blocks.push((first, end));
+            }
+            ControllerReply::AlterPartition(topics) => {
+                let ControllerRequest::AlterPartition(asked) = request else {
+                    return Err("an AlterPartition answer to another request".into());
+                };
+                for (t, asked_topic) in topics.iter().zip(&asked.topics) {
+                    for (p, item) in t.partitions.iter().zip(&asked_topic.partitions) {
+                        let Ok(c) = &p.result else { continue };
+                        self.stats.isr_changes_acknowledged +=
+                            u64::from(c.partition_epoch > item.partition_epoch);
+                        let mut wanted: Vec<NodeId> = item.new_isr.iter().map(|m| m.node).collect();
+                        wanted.sort();
+                        let mut got = c.isr.clone();
+                        got.sort();
+                        // Based on the state the leader named: that partition epoch,
+                        // or the next when the ISR changed.
+                        let based_on_it = c.partition_epoch == item.partition_epoch
+                            || c.partition_epoch == item.partition_epoch + 1;
+                        if got != wanted
+                            || c.leader != Some(asked.broker)
+                            || c.leader_epoch != item.leader_epoch
+                            || !based_on_it
+                        {
+                            return Err(format!(
+                                "AlterPartition asked for ISR {wanted:?} led by {} and was answered {c:?}",
+                                asked.broker.0
+                            ));
+                        }
+                        // Committed before the answer: the log holds that state or a
+                        // later one.
+                        // (A name may since belong to a topic created again.)
+                        let topic_id = match &t.topic {
+                            TopicRef::Id(id) => Some(*id),
+                            TopicRef::Name(_) => None,
+                        };
+                        let Some(now) =
+                            topic_id.and_then(|id| self.oracle.image.partition(id, p.partition))
+                        else {
+                            continue;
+                        };
+                        let same = now.partition_epoch == c.partition_epoch;
+                        if now.partition_epoch < c.partition_epoch
+                            || (same && (now.isr != c.isr || now.leader_epoch != c.leader_epoch))
+                        {
+                            return Err(format!(
+                                "AlterPartition was answered {c:?} but the committed state is {now:?}"
+                            ));
+                        }
+                    }
+                }
             }
             ControllerReply::BrokerRegistration { broker_epoch } => {
                 if let ControllerRequest::RegisterBroker(r) = request {

@@ -176,6 +176,10 @@ impl World {
             Caller::Broker(b) => {
                 self.brokers[b].target = target;
             }
+            // The leader sends its next proposal from its next view of the metadata.
+            Caller::Leader(b) => {
+                self.brokers[b].target = target;
+            }
         }
         Ok(())
     }
@@ -206,6 +210,9 @@ impl World {
                         }
                     }
                 }
+            }
+            Caller::Leader(_) => {
+                self.stats.alter_partition_answered += 1;
             }
             Caller::Broker(b) => {
                 let broker = &mut self.brokers[b];
@@ -312,7 +319,12 @@ impl World {
                         )],
                         internal: false,
                     },
-                    replication_factor: if self.rng.chance(1, 10) { 2 } else { -1 },
+                    // The default, one to three replicas, or more than there are brokers.
+                    replication_factor: match self.rng.range(0, 10) {
+                        0..=4 => -1,
+                        5..=8 => self.rng.range(1, 4) as i16,
+                        _ => 9,
+                    },
                     assignments: vec![],
                 }],
                 validate_only: self.rng.chance(1, 10),
@@ -326,6 +338,16 @@ impl World {
                     total: self.rng.range(1, 7) as i32,
                     assignments: vec![],
                 }],
+                validate_only: false,
+            },
+            7 if self.rng.chance(1, 2) => ControllerRequest::AlterConfigs {
+                topics: vec![(
+                    name,
+                    vec![AlterOp::Set(
+                        "unclean.leader.election.enable".into(),
+                        self.rng.chance(1, 2).to_string(),
+                    )],
+                )],
                 validate_only: false,
             },
             7 => ControllerRequest::AlterConfigs {

@@ -14,6 +14,10 @@
 //! - brokers registering and heartbeating, falling silent (and being fenced), coming back
 //!   as the same process or a restarted one; non-voter brokers following the log with
 //!   FetchMetadata;
+//! - partitions with up to three replicas whose leaders send AlterPartition from what
+//!   their broker's image says (so often with stale epochs), shrinking and growing the ISR,
+//!   sometimes with a bad ISR or member epoch; unclean election turned on and off per
+//!   topic, preferred leaders moved back every few seconds;
 //! - malformed, oversized and misaddressed frames thrown at the voters.
 //!
 //! After every event it checks: at most one leader per term; every entry any node applies
@@ -21,13 +25,17 @@
 //! changed, and all nodes apply the same sequence); each node's image equals a replay of the
 //! committed log from nothing; the controller's images keep their invariants (no partition
 //! led by a fenced broker); acknowledged changes are in the committed log and producer-id
-//! blocks never overlap. Then it heals everything and checks that the cluster converges:
+//! blocks never overlap; from one committed partition state to the next, epochs only grow,
+//! the leader is in the ISR or there is none, a new leader was in the ISR before (unless its
+//! topic allows unclean election, and then it is the whole ISR), a member joins the ISR only
+//! under the same leader and epoch, and an acknowledged AlterPartition is what was asked. Then it heals everything and checks that the cluster converges:
 //! one active controller, every node and follower at the same image, a last change
 //! acknowledged, no request left unanswered, live brokers unfenced and a silent one fenced.
 
 mod checks;
 mod clients;
 pub mod disk;
+mod leaders;
 mod network;
 
 use std::cmp::Reverse;
@@ -85,6 +93,10 @@ pub struct SimOptions {
     pub crash_every_ms: i64,
     pub snapshot_every_entries: u64,
     pub keep_entries: u64,
+    /// The controllers' `default.replication.factor` (1 to 3).
+    pub default_replication_factor: i16,
+    pub leader_imbalance_check_interval_ms: i64,
+    pub unclean_leader_election_check_interval_ms: i64,
     pub trace: bool,
 }
 
@@ -104,6 +116,9 @@ impl SimOptions {
             crash_every_ms: 1_000 + r.range(0, 4_000) as i64,
             snapshot_every_entries: r.range(4, 40),
             keep_entries: r.range(0, 8),
+            default_replication_factor: r.range(1, 4) as i16,
+            leader_imbalance_check_interval_ms: r.range(1_000, 6_000) as i64,
+            unclean_leader_election_check_interval_ms: r.range(1_000, 6_000) as i64,
             trace: false,
         }
     }
@@ -130,6 +145,12 @@ pub struct SimStats {
     pub not_controller: u64,
     pub disconnected: u64,
     pub brokers_fenced: u64,
+    /// AlterPartition requests answered, and partitions whose ISR they changed.
+    pub alter_partition_answered: u64,
+    pub isr_changes_acknowledged: u64,
+    /// Committed leader changes to a broker; of those, out of the ISR (unclean).
+    pub elections: u64,
+    pub unclean_elections: u64,
     /// Simulated milliseconds during which some node was the active controller.
     pub controller_ms: i64,
     /// Same seed, same fingerprint: the run is deterministic.
@@ -187,6 +208,8 @@ type Idx = usize;
 enum Caller {
     Admin,
     Broker(usize),
+    /// A broker as the leader of its partitions (AlterPartition).
+    Leader(usize),
 }
 
 #[derive(Debug)]
@@ -220,6 +243,7 @@ enum Event {
     Admin,
     Broker(usize),
     Follow(usize),
+    Lead(usize),
     Calm,
     FinalChange,
     Resend {
@@ -321,6 +345,7 @@ fn caller_key(c: Caller) -> u8 {
     match c {
         Caller::Admin => 0,
         Caller::Broker(b) => 1 + b as u8,
+        Caller::Leader(b) => 128 + b as u8,
     }
 }
 
@@ -413,6 +438,12 @@ impl World {
         let mut c = NodeConfig::new(self.nodes[i].id, self.voters.clone());
         c.controller.session_timeout_ms = self.opts.session_timeout_ms;
         c.controller.num_partitions = 2;
+        c.controller.max_replication_factor = 3;
+        c.controller.default_replication_factor = self.opts.default_replication_factor;
+        c.controller.leader_imbalance_check_interval_ms =
+            self.opts.leader_imbalance_check_interval_ms;
+        c.controller.unclean_leader_election_check_interval_ms =
+            self.opts.unclean_leader_election_check_interval_ms;
         c.snapshot_every_entries = self.opts.snapshot_every_entries;
         c.keep_entries = self.opts.keep_entries;
         c.report_applied = true;
@@ -435,6 +466,7 @@ impl World {
             if self.brokers[b].follower.is_some() {
                 self.schedule(phase, Event::Follow(b));
             }
+            self.schedule(phase + 150, Event::Lead(b));
         }
         self.schedule(200, Event::Admin);
         let crash_in = self.rng.range(0, 2 * self.opts.crash_every_ms as u64) as i64;
@@ -773,6 +805,7 @@ impl World {
             Event::Admin => self.admin(),
             Event::Broker(b) => self.broker(b),
             Event::Follow(b) => self.follow(b),
+            Event::Lead(b) => self.lead(b),
             Event::Calm => {
                 self.trace(|| "calm: faults stop, everything heals".into());
                 self.calm = true;

@@ -51,6 +51,7 @@ pub(super) fn allocate_producer_ids(
 }
 
 pub(super) fn register_broker(
+    config: &ControllerConfig,
     active: &mut Active,
     now_ms: i64,
     r: RegisterBroker,
@@ -121,7 +122,9 @@ pub(super) fn register_broker(
         },
     })];
     if !same_process {
-        records.extend(leave_partitions(image, r.node));
+        records.extend(leave_partitions(image, r.node, |t| {
+            config.unclean_enabled(image, t)
+        }));
     }
     active.sessions.touch(r.node, now_ms);
     (
@@ -130,7 +133,12 @@ pub(super) fn register_broker(
     )
 }
 
-pub(super) fn heartbeat(active: &mut Active, now_ms: i64, h: Heartbeat) -> Planned {
+pub(super) fn heartbeat(
+    config: &ControllerConfig,
+    active: &mut Active,
+    now_ms: i64,
+    h: Heartbeat,
+) -> Planned {
     let broker = match check_broker_epoch(&active.image, h.node, h.broker_epoch) {
         Ok(b) => b,
         Err(e) => return (Vec::new(), Err(e)),
@@ -150,12 +158,15 @@ pub(super) fn heartbeat(active: &mut Active, now_ms: i64, h: Heartbeat) -> Plann
         let records = if fenced {
             Vec::new()
         } else {
-            fence_records(&active.image, h.node)
+            let image = &active.image;
+            fence_records(image, h.node, |t| config.unclean_enabled(image, t))
         };
         return (records, reply(true, h.want_shut_down));
     }
     if fenced && caught_up {
-        return (unfence_records(&active.image, h.node), reply(false, false));
+        let image = &active.image;
+        let records = unfence_records(image, h.node, |t| config.unclean_enabled(image, t));
+        return (records, reply(false, false));
     }
     (Vec::new(), reply(fenced, false))
 }

@@ -3,6 +3,8 @@ use crate::controller::requests::PartitionAssignment;
 use crate::metadata::cluster::Listener;
 use crate::metadata::controller::{AlterOp, TopicRef};
 
+mod partitions;
+
 /// A controller with a committed image kept beside it: every proposal is committed at
 /// once unless `hold` is set.
 struct Harness {
@@ -19,6 +21,10 @@ struct Harness {
 
 impl Harness {
     fn new(brokers: &[i32]) -> Harness {
+        Harness::with_config(brokers, ControllerConfig::new(NodeId(1)))
+    }
+
+    fn with_config(brokers: &[i32], config: ControllerConfig) -> Harness {
         let mut committed = ClusterImage::empty();
         let mut records = vec![
             MetadataRecord::ClusterBootstrap {
@@ -40,7 +46,7 @@ impl Harness {
             }));
         }
         assert_eq!(committed.apply(1, 1, &records), vec![]);
-        let mut controller = Controller::new(ControllerConfig::new(NodeId(1)), Rng::new(3));
+        let mut controller = Controller::new(config, Rng::new(3));
         controller.become_leader(1);
         assert!(controller.activate(&committed, 0).is_empty());
         Harness {
