@@ -198,6 +198,7 @@ pub(crate) async fn read_batches<F: SegmentFile>(
                     next_offset,
                     first,
                     &plan.epochs,
+                    i64::MIN,
                 )
             }
         };

@@ -225,6 +225,7 @@ pub(crate) async fn scan_segment<F: SegmentFile>(
                     out.next_offset,
                     first,
                     &start.epochs,
+                    start.epochs_from,
                 )
             }
         };
@@ -388,16 +389,34 @@ pub(crate) fn check_batch(
     next_offset: i64,
     first: Option<Expect>,
     epochs: &[(i32, i64)],
+    epochs_from: i64,
 ) -> Result<wharf_protocol::batch::BatchInfo, String> {
     let info = validate_batch_with(bytes, usize::MAX, CountRule::AtMost)
         .map_err(|e| format!("batch at position {pos}: {e}"))?;
-    // The epoch the cache gives the batch's offsets (none below its first entry). Epochs
-    // start at batch boundaries, except the first entry once the log start moved inside a
-    // batch: that batch straddles it and carries the first entry's epoch.
-    let probe = match epochs.first() {
-        Some(&(_, first)) if info.base_offset < first && info.last_offset() >= first => first,
-        _ => info.base_offset,
+    // A batch wholly below `epochs_from` (the recorded log start) is never served, and its
+    // epoch is nobody's business: a cleaned segment's filler for the offsets below the log
+    // start carries the epoch of the first batch the cleaner read, while a checkpoint
+    // written before the log start moved may still name older epochs for those offsets.
+    let epochs = if info.last_offset() < epochs_from {
+        &[][..]
+    } else {
+        epochs
     };
+    // The epoch the cache gives the batch's offsets (none below its first entry). Epochs
+    // start at batch boundaries, except at the log start once it moved inside a batch:
+    // that batch straddles it and carries the epoch of the offset at the log start (the
+    // cache's first entry, or `epochs_from` when a checkpoint written before the move
+    // still names older epochs; a cleaner's filler that covers the unread offsets below
+    // the log start and the dropped batch at it carries that batch's epoch).
+    let mut probe = info.base_offset;
+    for floor in [epochs.first().map(|e| e.1), Some(epochs_from)]
+        .into_iter()
+        .flatten()
+    {
+        if probe < floor && info.last_offset() >= floor {
+            probe = floor;
+        }
+    }
     let k = epochs.partition_point(|(_, start)| *start <= probe);
     if let Some(&(epoch, _)) = k.checked_sub(1).map(|k| &epochs[k]) {
         if info.partition_leader_epoch != epoch {
@@ -451,7 +470,7 @@ mod tests {
     #[test]
     fn a_batch_must_carry_the_epoch_the_cache_gives_its_offsets() {
         let epochs = [(3, 0), (5, 10)];
-        let check = |b: &[u8], next| check_batch(b, 0, 0, next, None, &epochs);
+        let check = |b: &[u8], next| check_batch(b, 0, 0, next, None, &epochs, i64::MIN);
         assert!(check(&batch(4, 3, 3), 4).is_ok());
         assert!(check(&batch(10, 2, 5), 10).is_ok());
         assert!(check(&batch(10, 2, 3), 10).is_err(), "an older epoch");
@@ -465,14 +484,36 @@ mod tests {
     fn a_batch_straddling_the_log_start_carries_the_first_epoch() {
         // The log start moved to 83, inside the batch 80..=83 (DeleteRecords).
         let epochs = [(18, 83), (19, 90)];
-        let check = |b: &[u8]| check_batch(b, 0, 61, 80, None, &epochs);
+        let check = |b: &[u8]| check_batch(b, 0, 61, 80, None, &epochs, i64::MIN);
         assert!(check(&batch(80, 4, 18)).is_ok());
         assert!(
             check(&batch(80, 4, 18 | 1 << 17)).is_err(),
             "a flipped bit in the epoch of a batch straddling the log start is damage"
         );
         // Wholly below the first entry: nothing to check it against.
-        let below = |b: &[u8]| check_batch(b, 0, 61, 70, None, &epochs);
+        let below = |b: &[u8]| check_batch(b, 0, 61, 70, None, &epochs, i64::MIN);
         assert!(below(&batch(70, 4, 7)).is_ok());
+    }
+
+    #[test]
+    fn a_batch_below_the_recorded_log_start_is_not_held_to_a_stale_checkpoint() {
+        // The checkpoint was written before DeleteRecords moved the log start to 104; the
+        // cleaner's filler for 81..=103 carries the epoch of the batch at 104.
+        let epochs = [(5, 60), (7, 95)];
+        let check = |b: &[u8], next| check_batch(b, 0, 81, next, None, &epochs, 104);
+        assert!(check(&batch(81, 23, 7), 81).is_ok());
+        assert!(check(&batch(104, 2, 7), 104).is_ok());
+        assert!(
+            check(&batch(100, 6, 5), 100).is_err(),
+            "a batch reaching the log start is still checked"
+        );
+        // A filler over 81..=110 straddling the log start, with the epoch at 104.
+        assert!(check(&batch(81, 30, 7), 81).is_ok());
+        assert!(check(&batch(81, 30, 5), 81).is_err());
+        let stale = |b: &[u8]| check_batch(b, 0, 81, 81, None, &epochs, i64::MIN);
+        assert!(
+            stale(&batch(81, 23, 7)).is_err(),
+            "without a floor it is checked"
+        );
     }
 }
