@@ -375,9 +375,17 @@ async fn finish<S: Storage>(
 /// memory while the log runs (the group-commit sequence, counters, the failure) carries on.
 async fn reopen<S: Storage>(inner: &Rc<Inner<S>>) -> std::io::Result<()> {
     let config = inner.state.borrow().config.clone();
-    let (fresh, files) = super::open::open_state(&inner.storage, &inner.dir, config)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut found = Vec::new();
+    let opened =
+        super::open::open_state_reporting(&inner.storage, &inner.dir, config, &mut found).await;
+    let (fresh, files) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            // What the failed reload already cut stays cut: the log keeps its report.
+            inner.state.borrow_mut().reports.append(&mut found);
+            return Err(std::io::Error::other(e.to_string()));
+        }
+    };
     {
         let mut st = inner.state.borrow_mut();
         let old = std::mem::replace(&mut *st, fresh);

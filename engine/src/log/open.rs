@@ -51,6 +51,19 @@ pub(super) async fn open_state<S: Storage>(
     dir: &Path,
     config: LogConfig,
 ) -> Result<(LogState, Files<S::File>), EngineError> {
+    let mut reports = Vec::new();
+    open_state_reporting(storage, dir, config, &mut reports).await
+}
+
+/// [`open_state`], with the damage it finds collected in `reports` as it goes: a cut it
+/// made before a later step failed (the fdatasync after it, say) stays known to a log
+/// that reloads itself and goes on with its old state.
+pub(super) async fn open_state_reporting<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    config: LogConfig,
+    reports: &mut Vec<DamageReport>,
+) -> Result<(LogState, Files<S::File>), EngineError> {
     let io = |context: &str| {
         let context = format!("{context} in {}", dir.display());
         move |e: std::io::Error| EngineError::io(context, e)
@@ -150,7 +163,6 @@ pub(super) async fn open_state<S: Storage>(
     let mut segments: Vec<Segment> = Vec::with_capacity(logs.len().max(1));
     let mut files: Files<S::File> = Files::default();
     let mut tail = None;
-    let mut reports: Vec<DamageReport> = Vec::new();
     // Why a segment's batches stopped short, for the gap that follows it.
     let mut stopped_short: Vec<Option<(u64, String)>> = Vec::new();
     let mut manifest_dirty = false;
@@ -459,7 +471,7 @@ pub(super) async fn open_state<S: Storage>(
     state.epochs = epochs;
     state.producers = producers;
     state.snapshots = snapshots;
-    state.reports = reports;
+    state.reports = std::mem::take(reports);
     state.recompute_max_timestamp();
     // An entry for a segment that is not sealed as listed (a sealed segment whose trim
     // was lost and is active again, one cut since) must go.
