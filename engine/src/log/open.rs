@@ -428,11 +428,14 @@ pub(super) async fn open_state_reporting<S: Storage>(
     let segments = settled.segments;
     let log_start_offset = settled.log_start_offset;
     let next_offset = segments.last().map_or(0, |s| s.next_offset);
+    let mut log_start_unrecorded = false;
     if settled.log_start_moved && persisted_log_start != Some(log_start_offset) {
-        // Best effort: the same gap is found again on the next open.
+        // Best effort: a crash finds the same gap on the next open's scan; a clean close
+        // writes it (it skips that scan).
         let text = format!("{log_start_offset}\n").into_bytes();
         if let Err(err) = replace_file(storage, &dir.join(LOG_START_FILE), text, true).await {
             tracing::warn!(dir = %dir.display(), error = %err, "cannot record the log start offset");
+            log_start_unrecorded = true;
         }
     }
     if marker.is_some() {
@@ -472,6 +475,7 @@ pub(super) async fn open_state_reporting<S: Storage>(
     state.producers = producers;
     state.snapshots = snapshots;
     state.reports = std::mem::take(reports);
+    state.log_start_unrecorded = log_start_unrecorded;
     state.recompute_max_timestamp();
     // An entry for a segment that is not sealed as listed (a sealed segment whose trim
     // was lost and is active again, one cut since) must go.

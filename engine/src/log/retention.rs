@@ -185,10 +185,9 @@ impl<S: Storage> PartitionLog<S> {
             replace_file(&inner.storage, &path, text, true)
                 .await
                 .map_err(|e| EngineError::io("cannot record the log start offset", e))?;
-            inner
-                .state
-                .borrow_mut()
-                .move_log_start(offset.0, &inner.cache, &inner.cached);
+            let mut st = inner.state.borrow_mut();
+            st.move_log_start(offset.0, &inner.cache, &inner.cached);
+            st.log_start_unrecorded = false;
         }
         Ok(Offset(inner.state.borrow().log_start_offset))
     }

@@ -106,6 +106,9 @@ pub(crate) struct LogState {
     /// Bumped whenever segments are removed or cut, so reads in flight start over.
     pub generation: u64,
     pub dir_synced: bool,
+    /// The log start moved past damage but `log-start-offset` could not be written: a
+    /// clean close must write it, or the restart (which skips the scan) serves the damage.
+    pub log_start_unrecorded: bool,
     pub stats: LogStats,
     /// Idempotent producers, as of every assigned offset (KIP-98).
     pub producers: ProducerStates,
@@ -153,6 +156,7 @@ impl LogState {
             max_timestamp: (-1, -1),
             generation: 0,
             dir_synced: false,
+            log_start_unrecorded: false,
             stats: LogStats::default(),
             producers: ProducerStates::default(),
             snapshots: Vec::new(),
