@@ -86,6 +86,11 @@ fn segment(dir: &str, base: i64) -> PathBuf {
     Path::new(dir).join(format!("{base:020}.log"))
 }
 
+/// Tests that log the same error line run one at a time: tracing caches a call site's
+/// interest process-wide, and a test thread without a subscriber that reaches the call site
+/// while another installs its own can leave the capture empty.
+static LOGGING_TESTS: Mutex<()> = Mutex::new(());
+
 /// Error-level log lines written while `f` runs.
 fn error_lines<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     #[derive(Clone, Default)]
@@ -106,13 +111,17 @@ fn error_lines<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
+    let out = tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     let text = String::from_utf8(lines.0.lock().expect("not poisoned").clone()).expect("utf-8");
     (out, text.lines().map(str::to_string).collect())
 }
 
 #[test]
 fn a_failed_fdatasync_poisons_the_partition_until_it_is_reloaded_from_disk() {
+    let _serial = LOGGING_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let sim = Sim::new(64 << 20);
     let a = sim.open("/data/a-0");
     let b = sim.open("/data/b-0");
@@ -241,6 +250,7 @@ fn a_full_disk_refuses_appends_serves_reads_and_takes_appends_again_once_space_i
 
 #[test]
 fn a_failed_fdatasync_of_one_partition_leaves_the_others_on_the_same_disk_alone() {
+    let _serial = LOGGING_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let sim = Sim::new(64 << 20);
     let logs: Vec<Rc<Log>> = (0..4).map(|p| sim.open(&format!("/data/t-{p}"))).collect();
     for log in &logs {

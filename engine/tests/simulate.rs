@@ -66,3 +66,24 @@ fn a_seed_replays_exactly() {
         assert_eq!(run(), run(), "seed {seed}");
     }
 }
+
+#[test]
+fn seeds_that_once_found_a_defect_hold() {
+    // Each found a real defect in a long sweep; they stay in the suite so it cannot return.
+    let found = [
+        // A stale leader-epoch checkpoint held against the cleaner's filler below the log start.
+        (9_006_392, "filler below the log start"),
+        (9_012_934, "filler below the log start"),
+        (9_013_641, "filler below the log start"),
+        // A reload that cut the active segment and then failed lost its damage report.
+        (20_022_137, "failed reload's damage report"),
+        // Damage found on a full disk: the moved log start was not written, and the clean
+        // restart (which skips the scan) served the damaged batch.
+        (20_089_744, "unrecorded log start after damage"),
+    ];
+    for (seed, defect) in found {
+        if let Err(v) = workload::run(seed, false) {
+            panic!("seed {seed} ({defect}): {}", v.message);
+        }
+    }
+}
