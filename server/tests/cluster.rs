@@ -15,7 +15,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_topic_partitions_request::TopicRequest;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
+    CreateTopicsRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeQuorumRequest,
+    DescribeQuorumResponse, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse,
     InitProducerIdRequest, MetadataRequest, MetadataResponse,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -1226,4 +1227,197 @@ fn a_voters_data_dir_is_refused_to_a_broker_only_node_with_one_line() {
             && !line.contains('\n'),
         "{line}"
     );
+}
+
+/// DescribeQuorum for `__cluster_metadata-0`, asked of `addr`: the top-level error and the
+/// partition's answer.
+fn describe_quorum(
+    addr: SocketAddr,
+    version: i16,
+) -> (
+    i16,
+    kafka_protocol::messages::describe_quorum_response::PartitionData,
+    Vec<i32>,
+) {
+    use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    let request = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+        .with_topic_name(topic_name("__cluster_metadata"))
+        .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+    let mut conn = KafkaConn::connect(addr);
+    let response: DescribeQuorumResponse = conn.request(version, &request);
+    assert_eq!(response.topics.len(), 1, "{response:?}");
+    assert_eq!(response.topics[0].partitions.len(), 1, "{response:?}");
+    let nodes = response.nodes.iter().map(|n| n.node_id.0).collect();
+    (
+        response.error_code,
+        response.topics[0].partitions[0].clone(),
+        nodes,
+    )
+}
+
+/// DescribeCluster v2 asked of `addr`: each listed broker's id and whether it is fenced.
+fn describe_cluster_v2(
+    addr: SocketAddr,
+    endpoint_type: i8,
+    include_fenced_brokers: bool,
+) -> DescribeClusterResponse {
+    let mut conn = KafkaConn::connect(addr);
+    conn.request(
+        2,
+        &DescribeClusterRequest::default()
+            .with_endpoint_type(endpoint_type)
+            .with_include_fenced_brokers(include_fenced_brokers),
+    )
+}
+
+fn listed_brokers(response: &DescribeClusterResponse) -> Vec<(i32, bool)> {
+    response
+        .brokers
+        .iter()
+        .map(|b| (b.broker_id.0, b.is_fenced))
+        .collect()
+}
+
+#[test]
+fn every_node_answers_describe_quorum_with_the_leaders_view_and_describe_cluster_lists_fenced_brokers(
+) {
+    // Three voters and node 4, a broker only; short sessions, so a killed node is fenced
+    // within seconds.
+    let settings = "broker.session.timeout.ms = 2000\nbroker.heartbeat.interval.ms = 500\n";
+    let (mut nodes, _) = start_cluster_with_brokers_and(3, 1, settings);
+    {
+        let all: Vec<&Broker> = nodes.iter().collect();
+        wait_for_metadata(&all, "every node lists the four brokers", |md| {
+            md.brokers.len() == 4 && md.controller_id.0 > 0
+        });
+    }
+    let leader = metadata(nodes[0].addr()).controller_id.0;
+    assert!((1..=3).contains(&leader), "a voter leads: {leader}");
+
+    // Asked of the leader, of each voter that does not lead and of the broker-only node:
+    // the same leader, the three voters with their progress, node 4 among the observers
+    // (once it has fetched from the leader). Before forwarding, all but the leader
+    // answered NOT_LEADER_OR_FOLLOWER.
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let (top, p, listed_nodes) = describe_quorum(node.addr(), 2);
+            let mut voters: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
+            voters.sort_unstable();
+            let observers: Vec<i32> = p.observers.iter().map(|o| o.replica_id.0).collect();
+            let answered = top == error_code::NONE
+                && p.error_code == error_code::NONE
+                && p.leader_id.0 == leader
+                && voters == [1, 2, 3]
+                && observers == [4];
+            if answered {
+                assert!(p.leader_epoch > 0, "the leader's term: {p:?}");
+                assert!(p.high_watermark > 0, "{p:?}");
+                assert!(
+                    p.current_voters
+                        .iter()
+                        .chain(p.observers.iter())
+                        .all(|r| r.log_end_offset <= p.high_watermark
+                            && r.last_fetch_timestamp > 0),
+                    "every node's progress as the leader knows it: {p:?}"
+                );
+                assert_eq!(listed_nodes, [1, 2, 3], "v2 lists the voters' endpoints");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never answered DescribeQuorum with the leader's view: top-level error {top}, {p:?}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // v0 (no timestamps, no nodes) from the broker-only node too.
+    let (top, p, _) = describe_quorum(nodes[3].addr(), 0);
+    assert_eq!((top, p.error_code, p.leader_id.0), (0, 0, leader), "{p:?}");
+    assert_eq!(p.current_voters.len(), 3);
+
+    // DescribeCluster v2: a broker endpoint refuses a request for controllers, as Kafka's
+    // brokers do; with every broker serving, none is fenced.
+    let refused = describe_cluster_v2(nodes[3].addr(), 2, false);
+    assert_eq!(
+        refused.error_code,
+        kafka_protocol::ResponseError::MismatchedEndpointType.code()
+    );
+    assert!(refused.brokers.is_empty());
+    let unknown = describe_cluster_v2(nodes[3].addr(), 9, false);
+    assert_eq!(
+        unknown.error_code,
+        kafka_protocol::ResponseError::UnsupportedEndpointType.code()
+    );
+    let all = describe_cluster_v2(nodes[3].addr(), 1, true);
+    assert_eq!(all.error_code, error_code::NONE);
+    assert_eq!(all.controller_id.0, leader);
+    assert_eq!(
+        listed_brokers(&all),
+        [(1, false), (2, false), (3, false), (4, false)]
+    );
+
+    // kill -9 a voter that does not lead: once fenced, DescribeCluster v2 lists it as
+    // fenced when asked to and not otherwise (nor in v1); DescribeQuorum through the
+    // broker-only node still gives the leader's view, the dead voter still a voter.
+    let victim = (1..=3).find(|n| *n != leader).expect("a follower");
+    nodes[(victim - 1) as usize].kill();
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    loop {
+        let with_fenced = describe_cluster_v2(nodes[3].addr(), 1, true);
+        let mut expected: Vec<(i32, bool)> = (1..=4).map(|n| (n, n == victim)).collect();
+        expected.sort_unstable();
+        if with_fenced.error_code == error_code::NONE && listed_brokers(&with_fenced) == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} was never listed as fenced: {with_fenced:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let serving = describe_cluster_v2(nodes[3].addr(), 1, false);
+    assert!(
+        !listed_brokers(&serving).iter().any(|(n, _)| *n == victim),
+        "{serving:?}"
+    );
+    let mut conn = KafkaConn::connect(nodes[3].addr());
+    let v1: DescribeClusterResponse = conn.request(1, &DescribeClusterRequest::default());
+    assert!(
+        !v1.brokers.iter().any(|b| b.broker_id.0 == victim),
+        "{v1:?}"
+    );
+    let (top, p, _) = describe_quorum(nodes[3].addr(), 2);
+    assert_eq!((top, p.error_code, p.leader_id.0), (0, 0, leader), "{p:?}");
+    assert!(p.current_voters.iter().any(|v| v.replica_id.0 == victim));
+
+    // With the leader killed too, the last voter cannot be elected: no node leads the
+    // quorum. The broker-only node answers NOT_LEADER_OR_FOLLOWER in bounded time rather
+    // than waiting for a leader.
+    nodes[(leader - 1) as usize].kill();
+    let asked_at = Instant::now();
+    let deadline = asked_at + FAILOVER_GUARD;
+    loop {
+        let (top, p, _) = describe_quorum(nodes[3].addr(), 2);
+        assert_eq!(top, error_code::NONE);
+        if p.error_code == NOT_LEADER_OR_FOLLOWER {
+            assert!(p.current_voters.is_empty(), "{p:?}");
+            break;
+        }
+        // Only a live leader gives its view, and none is left.
+        assert!(
+            Instant::now() < deadline,
+            "DescribeQuorum still answered as if a leader were there: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivor = (1..=3)
+        .find(|n| *n != leader && *n != victim)
+        .expect("the last voter");
+    let (top, p, _) = describe_quorum(nodes[(survivor - 1) as usize].addr(), 2);
+    assert_eq!((top, p.error_code), (0, NOT_LEADER_OR_FOLLOWER), "{p:?}");
+    for n in [&nodes[3], &nodes[(survivor - 1) as usize]] {
+        n.assert_no_panic();
+    }
 }

@@ -295,6 +295,22 @@ pub fn decode_frame(bytes: &Bytes) -> Result<Frame, FrameError> {
                 .collect();
             Body::AlterPartitionResponse(AlterPartitionResponse { topics })
         }
+        fb::Body::DescribeQuorumRequest => {
+            let b = frame.body_as_describe_quorum_request().ok_or(missing)?;
+            Body::DescribeQuorumRequest(DescribeQuorumRequest {
+                node_id: b.node_id(),
+            })
+        }
+        fb::Body::DescribeQuorumResponse => {
+            let b = frame.body_as_describe_quorum_response().ok_or(missing)?;
+            Body::DescribeQuorumResponse(DescribeQuorumResponse {
+                term: b.term(),
+                leader_id: b.leader_id(),
+                committed_offset: b.committed_offset(),
+                voters: replica_progress_from_fb(b.voters()),
+                observers: replica_progress_from_fb(b.observers()),
+            })
+        }
         other => return Err(FrameError::UnknownBody(other.0)),
     };
     Ok(Frame {
@@ -924,7 +940,66 @@ fn encode_body(
                 .as_union_value(),
             )
         }
+        Body::DescribeQuorumRequest(b) => (
+            fb::Body::DescribeQuorumRequest,
+            fb::DescribeQuorumRequest::create(
+                fbb,
+                &fb::DescribeQuorumRequestArgs { node_id: b.node_id },
+            )
+            .as_union_value(),
+        ),
+        Body::DescribeQuorumResponse(b) => {
+            let voters = replica_progress_to_fb(fbb, &b.voters);
+            let observers = replica_progress_to_fb(fbb, &b.observers);
+            (
+                fb::Body::DescribeQuorumResponse,
+                fb::DescribeQuorumResponse::create(
+                    fbb,
+                    &fb::DescribeQuorumResponseArgs {
+                        term: b.term,
+                        leader_id: b.leader_id,
+                        committed_offset: b.committed_offset,
+                        voters: Some(voters),
+                        observers: Some(observers),
+                    },
+                )
+                .as_union_value(),
+            )
+        }
     }
+}
+
+fn replica_progress_from_fb(
+    v: Option<Vector<'_, ForwardsUOffset<fb::ReplicaProgress<'_>>>>,
+) -> Vec<ReplicaProgress> {
+    v.iter()
+        .flatten()
+        .map(|r| ReplicaProgress {
+            node_id: r.node_id(),
+            log_end_offset: r.log_end_offset(),
+            last_heard_ms: r.last_heard_ms(),
+        })
+        .collect()
+}
+
+fn replica_progress_to_fb<'a>(
+    fbb: &mut Fbb<'a>,
+    replicas: &[ReplicaProgress],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::ReplicaProgress<'a>>>> {
+    let offsets: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            fb::ReplicaProgress::create(
+                fbb,
+                &fb::ReplicaProgressArgs {
+                    node_id: r.node_id,
+                    log_end_offset: r.log_end_offset,
+                    last_heard_ms: r.last_heard_ms,
+                },
+            )
+        })
+        .collect();
+    fbb.create_vector(&offsets)
 }
 
 fn raft_message_to_fb<'a>(fbb: &mut Fbb<'a>, m: &RaftMessage) -> WIPOffset<fb::RaftMessage<'a>> {

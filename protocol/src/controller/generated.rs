@@ -407,10 +407,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for AlterOpType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 21;
+pub const ENUM_MAX_BODY: u8 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 22] = [
+pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::NONE,
   Body::RaftMessage,
   Body::NotController,
@@ -433,6 +433,8 @@ pub const ENUM_VALUES_BODY: [Body; 22] = [
   Body::ErrorResponse,
   Body::AlterPartitionRequest,
   Body::AlterPartitionResponse,
+  Body::DescribeQuorumRequest,
+  Body::DescribeQuorumResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -462,9 +464,11 @@ impl Body {
   pub const ErrorResponse: Self = Self(19);
   pub const AlterPartitionRequest: Self = Self(20);
   pub const AlterPartitionResponse: Self = Self(21);
+  pub const DescribeQuorumRequest: Self = Self(22);
+  pub const DescribeQuorumResponse: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 21;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::RaftMessage,
@@ -488,6 +492,8 @@ impl Body {
     Self::ErrorResponse,
     Self::AlterPartitionRequest,
     Self::AlterPartitionResponse,
+    Self::DescribeQuorumRequest,
+    Self::DescribeQuorumResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -514,6 +520,8 @@ impl Body {
       Self::ErrorResponse => Some("ErrorResponse"),
       Self::AlterPartitionRequest => Some("AlterPartitionRequest"),
       Self::AlterPartitionResponse => Some("AlterPartitionResponse"),
+      Self::DescribeQuorumRequest => Some("DescribeQuorumRequest"),
+      Self::DescribeQuorumResponse => Some("DescribeQuorumResponse"),
       _ => None,
     }
   }
@@ -6176,6 +6184,396 @@ impl ::core::fmt::Debug for AlterPartitionResponse<'_> {
       ds.finish()
   }
 }
+pub enum DescribeQuorumRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeQuorumRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeQuorumRequest<'a> {
+  type Inner = DescribeQuorumRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeQuorumRequest<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeQuorumRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeQuorumRequestArgs
+  ) -> ::flatbuffers::WIPOffset<DescribeQuorumRequest<'bldr>> {
+    let mut builder = DescribeQuorumRequestBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(DescribeQuorumRequest::VT_NODE_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeQuorumRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeQuorumRequestArgs {
+    pub node_id: i32,
+}
+impl<'a> Default for DescribeQuorumRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    DescribeQuorumRequestArgs {
+      node_id: 0,
+    }
+  }
+}
+
+pub struct DescribeQuorumRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeQuorumRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: i32) {
+    self.fbb_.push_slot::<i32>(DescribeQuorumRequest::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeQuorumRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeQuorumRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeQuorumRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeQuorumRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeQuorumRequest");
+      ds.field("node_id", &self.node_id());
+      ds.finish()
+  }
+}
+pub enum ReplicaProgressOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaProgress<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaProgress<'a> {
+  type Inner = ReplicaProgress<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaProgress<'a> {
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LAST_HEARD_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaProgress { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaProgressArgs
+  ) -> ::flatbuffers::WIPOffset<ReplicaProgress<'bldr>> {
+    let mut builder = ReplicaProgressBuilder::new(_fbb);
+    builder.add_last_heard_ms(args.last_heard_ms);
+    builder.add_log_end_offset(args.log_end_offset);
+    builder.add_node_id(args.node_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ReplicaProgress::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn log_end_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaProgress::VT_LOG_END_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_heard_ms(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaProgress::VT_LAST_HEARD_MS, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaProgress<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<u64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+     .visit_field::<i64>("last_heard_ms", Self::VT_LAST_HEARD_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaProgressArgs {
+    pub node_id: i32,
+    pub log_end_offset: u64,
+    pub last_heard_ms: i64,
+}
+impl<'a> Default for ReplicaProgressArgs {
+  #[inline]
+  fn default() -> Self {
+    ReplicaProgressArgs {
+      node_id: 0,
+      log_end_offset: 0,
+      last_heard_ms: -1,
+    }
+  }
+}
+
+pub struct ReplicaProgressBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaProgressBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: i32) {
+    self.fbb_.push_slot::<i32>(ReplicaProgress::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_log_end_offset(&mut self, log_end_offset: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaProgress::VT_LOG_END_OFFSET, log_end_offset, 0);
+  }
+  #[inline]
+  pub fn add_last_heard_ms(&mut self, last_heard_ms: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaProgress::VT_LAST_HEARD_MS, last_heard_ms, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaProgressBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaProgressBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaProgress<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaProgress<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaProgress");
+      ds.field("node_id", &self.node_id());
+      ds.field("log_end_offset", &self.log_end_offset());
+      ds.field("last_heard_ms", &self.last_heard_ms());
+      ds.finish()
+  }
+}
+pub enum DescribeQuorumResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeQuorumResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeQuorumResponse<'a> {
+  type Inner = DescribeQuorumResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeQuorumResponse<'a> {
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COMMITTED_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VOTERS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_OBSERVERS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeQuorumResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeQuorumResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeQuorumResponse<'bldr>> {
+    let mut builder = DescribeQuorumResponseBuilder::new(_fbb);
+    builder.add_committed_offset(args.committed_offset);
+    builder.add_term(args.term);
+    if let Some(x) = args.observers { builder.add_observers(x); }
+    if let Some(x) = args.voters { builder.add_voters(x); }
+    builder.add_leader_id(args.leader_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DescribeQuorumResponse::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(DescribeQuorumResponse::VT_LEADER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn committed_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(DescribeQuorumResponse::VT_COMMITTED_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn voters(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaProgress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaProgress>>>>(DescribeQuorumResponse::VT_VOTERS, None)}
+  }
+  #[inline]
+  pub fn observers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaProgress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaProgress>>>>(DescribeQuorumResponse::VT_OBSERVERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeQuorumResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<i32>("leader_id", Self::VT_LEADER_ID, false)?
+     .visit_field::<u64>("committed_offset", Self::VT_COMMITTED_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaProgress>>>>("voters", Self::VT_VOTERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaProgress>>>>("observers", Self::VT_OBSERVERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeQuorumResponseArgs<'a> {
+    pub term: u64,
+    pub leader_id: i32,
+    pub committed_offset: u64,
+    pub voters: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaProgress<'a>>>>>,
+    pub observers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaProgress<'a>>>>>,
+}
+impl<'a> Default for DescribeQuorumResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeQuorumResponseArgs {
+      term: 0,
+      leader_id: -1,
+      committed_offset: 0,
+      voters: None,
+      observers: None,
+    }
+  }
+}
+
+pub struct DescribeQuorumResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeQuorumResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(DescribeQuorumResponse::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_leader_id(&mut self, leader_id: i32) {
+    self.fbb_.push_slot::<i32>(DescribeQuorumResponse::VT_LEADER_ID, leader_id, -1);
+  }
+  #[inline]
+  pub fn add_committed_offset(&mut self, committed_offset: u64) {
+    self.fbb_.push_slot::<u64>(DescribeQuorumResponse::VT_COMMITTED_OFFSET, committed_offset, 0);
+  }
+  #[inline]
+  pub fn add_voters(&mut self, voters: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaProgress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeQuorumResponse::VT_VOTERS, voters);
+  }
+  #[inline]
+  pub fn add_observers(&mut self, observers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaProgress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeQuorumResponse::VT_OBSERVERS, observers);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeQuorumResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeQuorumResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeQuorumResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeQuorumResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeQuorumResponse");
+      ds.field("term", &self.term());
+      ds.field("leader_id", &self.leader_id());
+      ds.field("committed_offset", &self.committed_offset());
+      ds.field("voters", &self.voters());
+      ds.field("observers", &self.observers());
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6654,6 +7052,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_quorum_request(&self) -> Option<DescribeQuorumRequest<'a>> {
+    if self.body_type() == Body::DescribeQuorumRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeQuorumRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_quorum_response(&self) -> Option<DescribeQuorumResponse<'a>> {
+    if self.body_type() == Body::DescribeQuorumResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeQuorumResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -6686,6 +7114,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Body::ErrorResponse", pos),
           Body::AlterPartitionRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterPartitionRequest>>("Body::AlterPartitionRequest", pos),
           Body::AlterPartitionResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterPartitionResponse>>("Body::AlterPartitionResponse", pos),
+          Body::DescribeQuorumRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeQuorumRequest>>("Body::DescribeQuorumRequest", pos),
+          Body::DescribeQuorumResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeQuorumResponse>>("Body::DescribeQuorumResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -6896,6 +7326,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::AlterPartitionResponse => {
           if let Some(x) = self.body_as_alter_partition_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DescribeQuorumRequest => {
+          if let Some(x) = self.body_as_describe_quorum_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DescribeQuorumResponse => {
+          if let Some(x) = self.body_as_describe_quorum_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

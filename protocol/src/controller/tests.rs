@@ -391,7 +391,35 @@ fn body_strategy() -> impl Strategy<Value = Body> {
             0..3
         )
         .prop_map(|topics| Body::AlterPartitionResponse(AlterPartitionResponse { topics })),
+        any::<i32>()
+            .prop_map(|node_id| Body::DescribeQuorumRequest(DescribeQuorumRequest { node_id })),
+        (
+            any::<u64>(),
+            any::<i32>(),
+            any::<u64>(),
+            vec(replica_progress_strategy(), 0..4),
+            vec(replica_progress_strategy(), 0..4)
+        )
+            .prop_map(|(term, leader_id, committed_offset, voters, observers)| {
+                Body::DescribeQuorumResponse(DescribeQuorumResponse {
+                    term,
+                    leader_id,
+                    committed_offset,
+                    voters,
+                    observers,
+                })
+            }),
     ]
+}
+
+fn replica_progress_strategy() -> impl Strategy<Value = ReplicaProgress> {
+    (any::<i32>(), any::<u64>(), any::<i64>()).prop_map(
+        |(node_id, log_end_offset, last_heard_ms)| ReplicaProgress {
+            node_id,
+            log_end_offset,
+            last_heard_ms,
+        },
+    )
 }
 
 fn topic_ref_strategy() -> impl Strategy<Value = TopicRef> {

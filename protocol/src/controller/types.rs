@@ -49,6 +49,8 @@ pub enum Body {
     ErrorResponse(WireError),
     AlterPartitionRequest(AlterPartitionRequest),
     AlterPartitionResponse(AlterPartitionResponse),
+    DescribeQuorumRequest(DescribeQuorumRequest),
+    DescribeQuorumResponse(DescribeQuorumResponse),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,4 +424,35 @@ pub struct AlterPartitionTopicResult {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlterPartitionResponse {
     pub topics: Vec<AlterPartitionTopicResult>,
+}
+
+// ---------------------------------------------------------------------------------------
+// DescribeQuorum
+// ---------------------------------------------------------------------------------------
+
+/// DescribeQuorum forwarded to the quorum leader by node `node_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribeQuorumRequest {
+    pub node_id: i32,
+}
+
+/// A voter's or observer's progress as the quorum leader knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    pub node_id: i32,
+    pub log_end_offset: u64,
+    /// Wall-clock milliseconds when the leader last heard from it; -1 when never.
+    pub last_heard_ms: i64,
+}
+
+/// The metadata quorum as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribeQuorumResponse {
+    pub term: u64,
+    /// -1 when no leader is known.
+    pub leader_id: i32,
+    /// The metadata log's high watermark.
+    pub committed_offset: u64,
+    pub voters: Vec<ReplicaProgress>,
+    pub observers: Vec<ReplicaProgress>,
 }

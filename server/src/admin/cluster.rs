@@ -4,8 +4,9 @@
 //! `kafka-metadata-quorum --bootstrap-server ... describe --status --replication`).
 //!
 //! It asks one broker for DescribeCluster (the cluster id, the active controller, the brokers
-//! that serve clients) and for DescribeQuorum; a node that does not lead the quorum names
-//! the one that does, and the question goes there.
+//! that serve clients) and for DescribeQuorum, which any node answers with the quorum
+//! leader's view; a node that names the leader instead (no leader reachable in time, or an
+//! older node) has the question sent on to the leader.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

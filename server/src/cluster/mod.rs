@@ -56,6 +56,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the controller works on a forwarded request before answering that it timed
 /// out: within the forwarder's own wait, so the answer reaches it.
 const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_millis(4_500);
+/// How long DescribeQuorum looks for the quorum leader's view before answering
+/// NOT_LEADER_OR_FOLLOWER: within a Kafka client's default request timeout (30 s).
+const DESCRIBE_QUORUM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answer waits for this node's own image to reach the change it reports.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts to reach the active controller.
@@ -303,6 +306,55 @@ impl ControlPlane {
                 voters: None,
                 observers: Vec::new(),
             },
+        }
+    }
+
+    /// The metadata quorum as its leader sees it, wherever the leader is: this node's own
+    /// view when it leads, else the leader's, asked over the controller listener (KRaft
+    /// brokers forward DescribeQuorum to the active controller the same way). A voter that
+    /// does not lead names the one that does, which is asked next. Bounded by
+    /// [`DESCRIBE_QUORUM_TIMEOUT`]: without the leader's answer by then (no leader, or it
+    /// cannot be reached) this node's own view is returned, which lists no voters.
+    pub async fn leader_quorum_view(self: &Rc<Self>) -> QuorumView {
+        let deadline = Instant::now() + DESCRIBE_QUORUM_TIMEOUT;
+        let mut hint: Option<NodeId> = None;
+        loop {
+            let view = self.quorum_view();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if view.voters.is_some() || left.is_zero() {
+                return view;
+            }
+            let pause = RETRY_BACKOFF.min(left);
+            let target = hint
+                .take()
+                .or_else(|| self.controller_guess())
+                .filter(|t| *t != self.me);
+            let Some(target) = target else {
+                // An election is under way (or this voter's Raft has not caught up yet).
+                glommio::timer::sleep(pause).await;
+                continue;
+            };
+            match self.peers.describe_quorum(target, self.me, left).await {
+                Ok(Ok(leader_view)) => return leader_view,
+                Ok(Err(leader)) => {
+                    // As in `call`: follow the answer's pointer, never back to the node
+                    // that just said no.
+                    hint = leader.filter(|l| *l != target);
+                    if self.leader.get() == Some(target) || hint.is_some() {
+                        self.controller_hint(hint);
+                    }
+                    if hint.is_none() {
+                        glommio::timer::sleep(pause).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(leader = target.0, "cannot reach the quorum leader: {e}");
+                    if self.leader.get() == Some(target) {
+                        self.controller_hint(None);
+                    }
+                    glommio::timer::sleep(pause).await;
+                }
+            }
         }
     }
 
@@ -690,12 +742,15 @@ impl ControlPlane {
 
 pub use crate::controller::node::QuorumView;
 
-/// The metadata quorum as this node sees it, from any shard (`None`: no control plane, the
-/// node is stopping).
-pub async fn quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
+/// The metadata quorum as its leader sees it, from any shard (see
+/// [`ControlPlane::leader_quorum_view`]; `None`: no control plane, the node is stopping).
+pub async fn leader_quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
     shard
         .invoke_on(CONTROLLER_SHARD, |_| async move {
-            ControlPlane::get().map(|c| c.quorum_view())
+            match ControlPlane::get() {
+                Some(control) => Some(control.leader_quorum_view().await),
+                None => None,
+            }
         })
         .await
         .ok()

@@ -33,7 +33,7 @@ use wharf_protocol::controller::{
 
 use crate::cluster::{ControlPlane, Input};
 use crate::config::ClusterConfig;
-use crate::controller::node::MetadataFetch;
+use crate::controller::node::{MetadataFetch, QuorumView};
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
 use crate::controller::rpc::{self, Incoming};
 use crate::metadata::NodeId;
@@ -248,6 +248,13 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
                 })
                 .detach();
             }
+            Incoming::DescribeQuorum(d) => {
+                // Answered at once from this voter's own view: no waiting, no disk.
+                tracing::trace!(from = d.node_id, "DescribeQuorum forwarded");
+                let frame =
+                    rpc::describe_quorum_reply_to_frame(correlation_id, &control.quorum_view());
+                queue_answer(&out, &out_wake, frame);
+            }
             Incoming::FetchMetadata(f) => {
                 inflight.set(inflight.get() + 1);
                 let (control, out, out_wake, inflight) = (
@@ -440,6 +447,26 @@ impl Peers {
         rpc::fetch_reply_from_frame(frame).map_err(|e| {
             self.reset(to);
             FetchFailure::BadAnswer(format!("node {}: {e}", to.0))
+        })
+    }
+
+    /// DescribeQuorum forwarded to voter `to`: its view when it leads the metadata quorum,
+    /// else the leader it names (`Err(None)`: none), waiting at most `timeout`. An answer of
+    /// the wrong kind closes the connection.
+    pub async fn describe_quorum(
+        &self,
+        to: NodeId,
+        me: NodeId,
+        timeout: Duration,
+    ) -> Result<Result<QuorumView, Option<NodeId>>, String> {
+        let frame = self
+            .exchange(to, timeout, |id| {
+                rpc::describe_quorum_request_to_frame(id, me)
+            })
+            .await?;
+        rpc::describe_quorum_reply_from_frame(frame).map_err(|e| {
+            self.reset(to);
+            format!("node {}: {e}", to.0)
         })
     }
 

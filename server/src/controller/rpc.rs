@@ -7,6 +7,7 @@
 use wharf_protocol::controller as wire;
 use wharf_protocol::controller::{Body, ErrorKind, Frame, WireError};
 
+use crate::controller::node::{QuorumView, VoterProgress};
 use crate::controller::requests::*;
 use crate::metadata::controller::{AlterOp, MetadataError, NewTopic, TopicRef};
 use crate::metadata::{LeaderEpoch, NodeId, PartitionId, TopicId, TopicMeta};
@@ -17,6 +18,8 @@ pub enum Incoming {
     Raft(wire::RaftMessage),
     Request(ControllerRequest),
     FetchMetadata(wire::FetchMetadataRequest),
+    /// DescribeQuorum forwarded by another node: answered from this voter's view.
+    DescribeQuorum(wire::DescribeQuorumRequest),
 }
 
 /// A frame that is well formed but not something a controller answers (a response sent
@@ -306,6 +309,7 @@ pub fn incoming_from_frame(frame: Frame) -> Result<Incoming, UnexpectedFrame> {
     Ok(match frame.body {
         Body::Raft(m) => Incoming::Raft(m),
         Body::FetchMetadataRequest(f) => Incoming::FetchMetadata(f),
+        Body::DescribeQuorumRequest(d) => Incoming::DescribeQuorum(d),
         Body::CreateTopicsRequest(r) => Incoming::Request(ControllerRequest::CreateTopics {
             topics: r
                 .topics
@@ -444,6 +448,7 @@ pub fn incoming_from_frame(frame: Frame) -> Result<Incoming, UnexpectedFrame> {
         | Body::CreatePartitionsResponse(_)
         | Body::AlterConfigsResponse(_)
         | Body::AllocateProducerIdsResponse(_)
+        | Body::DescribeQuorumResponse(_)
         | Body::ErrorResponse(_) => {
             return Err(UnexpectedFrame("a response where a request belongs"))
         }
@@ -815,6 +820,65 @@ pub fn fetch_reply_from_frame(
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// DescribeQuorum
+// ---------------------------------------------------------------------------------------
+
+/// DescribeQuorum forwarded by node `me` to the quorum leader.
+pub fn describe_quorum_request_to_frame(correlation_id: u64, me: NodeId) -> Frame {
+    Frame::new(
+        correlation_id,
+        Body::DescribeQuorumRequest(wire::DescribeQuorumRequest { node_id: me.0 }),
+    )
+}
+
+/// A voter's answer to a forwarded DescribeQuorum: its view when it leads the quorum
+/// (the view lists the voters' progress), else "not me", naming the leader it knows.
+pub fn describe_quorum_reply_to_frame(correlation_id: u64, view: &QuorumView) -> Frame {
+    let progress = |p: &VoterProgress| wire::ReplicaProgress {
+        node_id: p.node.0,
+        log_end_offset: p.log_end,
+        last_heard_ms: p.last_heard_ms.unwrap_or(-1),
+    };
+    let body = match &view.voters {
+        Some(voters) => Body::DescribeQuorumResponse(wire::DescribeQuorumResponse {
+            term: view.term,
+            leader_id: view.leader.map_or(-1, |l| l.0),
+            committed_offset: view.committed,
+            voters: voters.iter().map(progress).collect(),
+            observers: view.observers.iter().map(progress).collect(),
+        }),
+        None => Body::NotController(wire::NotController {
+            leader_id: view.leader.map_or(-1, |l| l.0),
+            term: view.term,
+        }),
+    };
+    Frame::new(correlation_id, body)
+}
+
+/// The quorum leader's view from its answer, or the leader a voter that does not lead
+/// named (`Err(None)`: it knows none).
+pub fn describe_quorum_reply_from_frame(
+    frame: Frame,
+) -> Result<Result<QuorumView, Option<NodeId>>, UnexpectedFrame> {
+    let progress = |p: wire::ReplicaProgress| VoterProgress {
+        node: NodeId(p.node_id),
+        log_end: p.log_end_offset,
+        last_heard_ms: (p.last_heard_ms >= 0).then_some(p.last_heard_ms),
+    };
+    Ok(match frame.body {
+        Body::NotController(n) => Err((n.leader_id >= 0).then_some(NodeId(n.leader_id))),
+        Body::DescribeQuorumResponse(r) => Ok(QuorumView {
+            term: r.term,
+            leader: (r.leader_id >= 0).then_some(NodeId(r.leader_id)),
+            committed: r.committed_offset,
+            voters: Some(r.voters.into_iter().map(progress).collect()),
+            observers: r.observers.into_iter().map(progress).collect(),
+        }),
+        _ => return Err(UnexpectedFrame("not a DescribeQuorum response")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,5 +1082,69 @@ mod tests {
             &Ok(ControllerReply::BrokerRegistration { broker_epoch: 1 }),
         );
         assert!(incoming_from_frame(frame).is_err());
+    }
+
+    #[test]
+    fn a_leaders_quorum_view_survives_the_wire() {
+        let view = QuorumView {
+            term: 7,
+            leader: Some(NodeId(2)),
+            committed: 42,
+            voters: Some(vec![
+                VoterProgress {
+                    node: NodeId(1),
+                    log_end: 40,
+                    last_heard_ms: Some(1_700_000_000_000),
+                },
+                VoterProgress {
+                    node: NodeId(2),
+                    log_end: 42,
+                    last_heard_ms: Some(1_700_000_000_500),
+                },
+                VoterProgress {
+                    node: NodeId(3),
+                    log_end: 0,
+                    last_heard_ms: None,
+                },
+            ]),
+            observers: vec![VoterProgress {
+                node: NodeId(4),
+                log_end: 41,
+                last_heard_ms: Some(1_700_000_000_100),
+            }],
+        };
+        let frame = through_the_wire(&describe_quorum_reply_to_frame(3, &view));
+        assert_eq!(frame.correlation_id, 3);
+        assert_eq!(describe_quorum_reply_from_frame(frame).unwrap(), Ok(view));
+    }
+
+    #[test]
+    fn a_voter_that_does_not_lead_names_the_leader_it_knows() {
+        for leader in [Some(NodeId(3)), None] {
+            let view = QuorumView {
+                term: 5,
+                leader,
+                committed: 9,
+                voters: None,
+                observers: Vec::new(),
+            };
+            let frame = through_the_wire(&describe_quorum_reply_to_frame(1, &view));
+            assert_eq!(
+                describe_quorum_reply_from_frame(frame).unwrap(),
+                Err(leader)
+            );
+        }
+    }
+
+    #[test]
+    fn a_forwarded_describe_quorum_is_a_request_and_not_an_answer() {
+        let frame = through_the_wire(&describe_quorum_request_to_frame(1, NodeId(4)));
+        assert!(matches!(
+            incoming_from_frame(frame.clone()),
+            Ok(Incoming::DescribeQuorum(wire::DescribeQuorumRequest {
+                node_id: 4
+            }))
+        ));
+        assert!(describe_quorum_reply_from_frame(frame).is_err());
     }
 }

@@ -3,10 +3,14 @@
 //! end offset and each observer's (a broker-only node following the log), so a tool can
 //! show how far each node lags.
 //!
-//! Kafka's brokers forward this request to the active controller; here any node answers
-//! what it knows: the leader answers in full, another voter or a broker-only node answers
-//! NOT_LEADER_OR_FOLLOWER with the leader it knows (`leader_id`), where the caller asks
-//! again. Offsets are positions in the metadata log (`__cluster_metadata-0`).
+//! Every node answers with the leader's view, as Kafka's brokers do by forwarding the
+//! request to the active controller: the leader from its own state, any other node (a
+//! voter that does not lead, a broker-only node) by asking the leader over the controller
+//! listener ([`crate::cluster::ControlPlane::leader_quorum_view`]). Without the leader's
+//! answer in time (an election under way, the leader unreachable) the partition's error is
+//! NOT_LEADER_OR_FOLLOWER with the leader this node knows, as a Kafka voter that does not
+//! lead answers; clients retry. Offsets are positions in the metadata log
+//! (`__cluster_metadata-0`).
 
 use std::rc::Rc;
 
@@ -27,10 +31,19 @@ const UNKNOWN_TIMESTAMP: i64 = -1;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: DescribeQuorumRequest = ctx.decode(ApiKey::DescribeQuorum, &mut body)?;
-    let view = crate::cluster::quorum_view(&ctx.shard).await;
-    let mut response = DescribeQuorumResponse::default();
     // A topic or partition named twice is answered once: the request's size bounds it.
     let topics = super::first_mentions(request.topics, |t| t.topic_name.0.clone());
+    let asks_for_the_metadata_log = topics.iter().any(|t| {
+        t.topic_name.0.as_str() == METADATA_LOG_TOPIC
+            && t.partitions.iter().any(|p| p.partition_index == 0)
+    });
+    // Only the metadata log's partition needs the leader's view: nothing else is asked of it.
+    let view = if asks_for_the_metadata_log {
+        crate::cluster::leader_quorum_view(&ctx.shard).await
+    } else {
+        None
+    };
+    let mut response = DescribeQuorumResponse::default();
     response.topics = topics
         .into_iter()
         .map(|topic| {
@@ -145,4 +158,83 @@ fn nodes(ctx: &RequestContext) -> Vec<Node> {
             node
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::node::VoterProgress;
+    use crate::metadata::NodeId;
+
+    fn progress(node: i32, log_end: u64, last_heard_ms: Option<i64>) -> VoterProgress {
+        VoterProgress {
+            node: NodeId(node),
+            log_end,
+            last_heard_ms,
+        }
+    }
+
+    fn leaders_view() -> QuorumView {
+        QuorumView {
+            term: 4,
+            leader: Some(NodeId(2)),
+            committed: 30,
+            voters: Some(vec![
+                progress(1, 30, Some(1_000)),
+                progress(2, 30, Some(2_000)),
+                progress(3, 12, Some(500)),
+            ]),
+            observers: vec![progress(4, 29, Some(1_500))],
+        }
+    }
+
+    #[test]
+    fn the_leaders_view_lists_voters_and_observers_with_their_lag() {
+        let d = partition_data(Some(&leaders_view()), 1);
+        assert_eq!(d.error_code, 0);
+        assert_eq!(d.leader_id, BrokerId(2));
+        assert_eq!(d.leader_epoch, 4);
+        assert_eq!(d.high_watermark, 30);
+        let voters: Vec<(i32, i64)> = d
+            .current_voters
+            .iter()
+            .map(|r| (r.replica_id.0, r.log_end_offset))
+            .collect();
+        assert_eq!(voters, vec![(1, 30), (2, 30), (3, 12)]);
+        assert_eq!(d.observers.len(), 1);
+        assert_eq!(d.observers[0].replica_id, BrokerId(4));
+        assert_eq!(d.observers[0].log_end_offset, 29);
+        // A voter behind the high watermark has not caught up: no caught-up time.
+        assert_eq!(d.current_voters[2].last_fetch_timestamp, 500);
+        assert_eq!(d.current_voters[2].last_caught_up_timestamp, -1);
+        assert_eq!(d.current_voters[0].last_caught_up_timestamp, 1_000);
+    }
+
+    #[test]
+    fn v0_carries_no_timestamps() {
+        let d = partition_data(Some(&leaders_view()), 0);
+        assert!(d
+            .current_voters
+            .iter()
+            .all(|r| r.last_fetch_timestamp == -1 && r.last_caught_up_timestamp == -1));
+    }
+
+    #[test]
+    fn without_the_leaders_view_the_answer_is_not_leader_naming_the_known_leader() {
+        let own = QuorumView {
+            term: 0,
+            leader: Some(NodeId(1)),
+            committed: 17,
+            voters: None,
+            observers: Vec::new(),
+        };
+        let d = partition_data(Some(&own), 2);
+        assert_eq!(d.error_code, ResponseError::NotLeaderOrFollower.code());
+        assert_eq!(d.leader_id, BrokerId(1));
+        assert!(d.current_voters.is_empty() && d.observers.is_empty());
+
+        let d = partition_data(None, 2);
+        assert_eq!(d.error_code, ResponseError::NotLeaderOrFollower.code());
+        assert_eq!(d.leader_id, BrokerId(-1));
+    }
 }

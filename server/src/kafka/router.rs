@@ -73,7 +73,7 @@ pub static ROUTES: &[Route] = &[
     route!(DescribeLogDirs, 0, 4, describe_log_dirs),
     route!(CreatePartitions, 0, 3, create_partitions),
     route!(IncrementalAlterConfigs, 0, 1, incremental_alter_configs),
-    route!(DescribeCluster, 0, 1, describe_cluster),
+    route!(DescribeCluster, 0, 2, describe_cluster),
     // KIP-966: how Kafka 3.7+ admin clients describe topics, page by page.
     route!(DescribeTopicPartitions, 0, 0, describe_topic_partitions),
     // The metadata quorum as its leader sees it (`wharf cluster status`).
@@ -215,7 +215,8 @@ mod tests {
         (ApiKey::DescribeLogDirs, 0, 4),
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
-        (ApiKey::DescribeCluster, 0, 1),
+        // KIP-1073 (Kafka 4.0) added v2, fenced brokers listed on request; 3.9 had 0-1.
+        (ApiKey::DescribeCluster, 0, 2),
         (ApiKey::DescribeTopicPartitions, 0, 0),
         (ApiKey::DescribeQuorum, 0, 2),
         (ApiKey::InitProducerId, 0, 5),

@@ -100,6 +100,20 @@ impl World {
                 );
                 Ok(())
             }
+            Incoming::DescribeQuorum(_) => {
+                let frame = describe_quorum_reply_to_frame(token, &node.quorum_view());
+                let bytes = encode_frame(&frame)
+                    .map_err(|e| format!("a DescribeQuorum reply does not encode: {e}"))?;
+                self.schedule(
+                    1,
+                    Event::Reply {
+                        caller,
+                        token,
+                        bytes: Some(bytes),
+                    },
+                );
+                Ok(())
+            }
             Incoming::Raft(_) => Err("a request decoded as a Raft message".into()),
         }
     }

@@ -57,8 +57,9 @@ use crate::controller::records::{decode_records, encode_records, MetadataRecord}
 use crate::controller::requests::*;
 use crate::controller::rng::Rng;
 use crate::controller::rpc::{
-    fetch_reply_from_frame, fetch_reply_to_frame, fetch_request_to_frame, incoming_from_frame,
-    reply_from_frame, reply_to_frame, request_to_frame, Incoming,
+    describe_quorum_reply_to_frame, fetch_reply_from_frame, fetch_reply_to_frame,
+    fetch_request_to_frame, incoming_from_frame, reply_from_frame, reply_to_frame,
+    request_to_frame, Incoming,
 };
 use crate::metadata::cluster::Listener;
 use crate::metadata::controller::{AlterOp, NewTopic, TopicRef};
