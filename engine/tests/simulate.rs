@@ -80,6 +80,9 @@ fn seeds_that_once_found_a_defect_hold() {
         // Damage found on a full disk: the moved log start was not written, and the clean
         // restart (which skips the scan) served the damaged batch.
         (20_089_744, "unrecorded log start after damage"),
+        // The same, then space freed and a crash: the log start must be written once writes
+        // succeed again, as the crash's scan does not reach the damage.
+        (30_143_699, "unrecorded log start, then a crash"),
     ];
     for (seed, defect) in found {
         if let Err(v) = workload::run(seed, false) {
