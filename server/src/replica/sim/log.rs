@@ -1,5 +1,5 @@
 //! A small model of one replica's partition log: whole batches in offset order, a prefix
-//! of them on disk, the leader-epoch cache and a high-watermark checkpoint. A crash keeps
+//! of them on disk, the leader-epoch cache and the high-watermark checkpoint. A crash keeps
 //! what is on disk and any prefix of the rest (a write may have reached the disk in part;
 //! recovery drops a torn batch). Every batch appended is checked as the engine would check
 //! it: a follower's batch failing its CRC, or one that does not continue the log, is a
@@ -163,7 +163,8 @@ impl LogModel {
         self.synced = 0;
         self.start = offset;
         self.epochs = LeaderEpochCache::default();
-        self.hw_checkpoint = offset;
+        // The engine lowers a checkpoint above the new start before anything goes.
+        self.hw_checkpoint = self.hw_checkpoint.min(offset);
         self.removals += 1;
     }
 
@@ -178,14 +179,24 @@ impl LogModel {
         self.epochs.truncate_from_start(offset);
     }
 
-    /// An fdatasync: everything so far is on disk, with the high watermark as of now.
-    pub fn sync(&mut self, high_watermark: i64) {
+    /// An fdatasync: everything so far is on disk.
+    pub fn sync(&mut self) {
         self.synced = self.batches.len();
-        self.hw_checkpoint = high_watermark.min(self.end()).max(self.start);
+    }
+
+    /// The high-watermark checkpoint is replaced (atomically, as the engine renames it
+    /// into place), capped at the log end.
+    pub fn checkpoint_high_watermark(&mut self, high_watermark: i64) {
+        self.hw_checkpoint = high_watermark.min(self.end());
+    }
+
+    pub fn hw_checkpoint(&self) -> i64 {
+        self.hw_checkpoint
     }
 
     /// A crash: what was on disk stays, and some prefix of the rest. Recovery rebuilds the
-    /// epoch cache from the batches that survived; all of it is on disk afterwards.
+    /// epoch cache from the batches that survived; all of it is on disk afterwards. The
+    /// high-watermark checkpoint is replaced atomically, so it survives as last written.
     pub fn crash(&mut self, rng: &mut Rng) -> usize {
         let unsynced = self.batches.len() - self.synced;
         let kept = rng.index(unsynced + 1);
@@ -200,7 +211,8 @@ impl LogModel {
             epochs.assign(b.epoch, b.base_offset);
         }
         self.epochs = epochs;
-        self.hw_checkpoint = self.hw_checkpoint.min(self.end());
+        // The checkpoint file keeps its value, even past what survived: the replica caps
+        // it at the log end when it is built.
         lost
     }
 
