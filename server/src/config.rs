@@ -1521,4 +1521,24 @@ mod tests {
         let e = resolve(&a, 1).expect_err("0 s").to_string();
         assert!(e.contains("leader.imbalance.check.interval.seconds"), "{e}");
     }
+
+    #[test]
+    fn replication_settings_have_kafkas_names_and_defaults() {
+        let config = resolve(&args(), 1).expect("defaults");
+        let replica = config.replica_config();
+        assert_eq!(replica.replica_lag_time_max_ms, 30_000);
+        assert_eq!(replica.high_watermark_checkpoint_interval_ms, 5_000);
+        let (_dir, path) = write_config(
+            "replica.lag.time.max.ms = 2000\nreplica.high.watermark.checkpoint.interval.ms = 250\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let replica = resolve(&a, 1).expect("file resolves").replica_config();
+        assert_eq!(replica.replica_lag_time_max_ms, 2_000);
+        assert_eq!(replica.high_watermark_checkpoint_interval_ms, 250);
+        let (_dir, path) = write_config("replica.lag.time.max.ms = 5\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("5 ms").to_string();
+        assert!(e.contains("replica.lag.time.max.ms"), "{e}");
+    }
 }

@@ -4,7 +4,9 @@
 //! logs hold the same batches, and after the leader's process is killed with SIGKILL the
 //! controller elects another in-sync replica: producing goes on there, nothing acknowledged
 //! is lost, offsets continue, and the old leader comes back as a follower with the new
-//! leader's log.
+//! leader's log. A follower stopped with SIGSTOP leaves the ISR for lagging and rejoins;
+//! after every node stops cleanly and starts again, the leader shows the committed records
+//! at once, from its high-watermark checkpoint.
 
 mod common;
 
@@ -884,6 +886,108 @@ fn after_every_node_stops_and_starts_again_the_leader_shows_the_committed_record
         .collect::<Vec<_>>()
         .join(",");
     produce_acks_all(&bootstrap, &topic, 300, 30, &mut acked);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+/// Sends `signal` to a node's process.
+fn signal(node: &Broker, signal: i32) {
+    // SAFETY: a plain syscall on a pid this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(node.pid(), signal) };
+    assert_eq!(rc, 0, "kill({signal}) failed");
+}
+
+/// The node ids Metadata lists as live brokers (registered and not fenced).
+fn live_broker_ids(addr: SocketAddr) -> Vec<i32> {
+    let mut ids: Vec<i32> = metadata(addr).brokers.iter().map(|b| b.node_id.0).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_follower_that_stops_fetching_leaves_the_isr_after_the_lag_time_and_rejoins_once_caught_up() {
+    // One voter and two broker-only nodes, so stopping a broker leaves the quorum alone. The
+    // session is long and the lag time short: the follower leaves the ISR for lagging, long
+    // before the controller could fence it for silence.
+    let nodes = start_nodes_with(1, 2, 60_000, "replica.lag.time.max.ms = 2000\n");
+    let topic = unique_topic("lag");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    // A partition that node 3 follows (not leads).
+    let (p, leader_id) = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .enumerate()
+        .find(|(_, (leader, _, _, _))| *leader != 3)
+        .map(|(p, (leader, _, _, _))| (p as i32, *leader))
+        .expect("a partition node 3 does not lead");
+    let leader = &nodes[(leader_id - 1) as usize];
+    assert_eq!(produce_acks_all_raw(leader.addr(), &topic, p, 10_000), 0);
+
+    // Node 3 stops (SIGSTOP: alive, registered, silent). Records keep coming; it fetches
+    // none of them.
+    signal(&nodes[2], libc::SIGSTOP);
+    assert_eq!(
+        produce_raw(leader.addr(), &topic, p, 1, 10_000),
+        0,
+        "acks=1 goes on"
+    );
+    wait_until("the stopped follower out of the ISR", || {
+        !partitions(nodes[0].addr(), &topic)[p as usize]
+            .3
+            .contains(&3)
+    });
+    assert!(
+        live_broker_ids(nodes[0].addr()).contains(&3),
+        "node 3 left the ISR for lagging, not by being fenced"
+    );
+    // acks=all goes on with the two replicas left (min.insync.replicas=2).
+    for _ in 0..3 {
+        assert_eq!(
+            produce_acks_all_raw(leader.addr(), &topic, p, 10_000),
+            0,
+            "acks=all with the smaller ISR"
+        );
+    }
+    assert_eq!(
+        partitions(nodes[0].addr(), &topic)[p as usize].3.len(),
+        2,
+        "the leader and the other follower stay in the ISR"
+    );
+
+    // Node 3 resumes: it fetches what it missed and is proposed back into the ISR.
+    signal(&nodes[2], libc::SIGCONT);
+    wait_until("the resumed follower back in the ISR", || {
+        partitions(nodes[0].addr(), &topic)[p as usize]
+            .3
+            .contains(&3)
+    });
+    let lead = batches_on_disk(&partition_dir(leader, &topic, p));
+    wait_until("node 3 holds every batch the leader had", || {
+        let copy = batches_on_disk(&partition_dir(&nodes[2], &topic, p));
+        copy.len() >= lead.len() && copy[..lead.len()] == lead[..]
+    });
+    assert_eq!(
+        produce_acks_all_raw(leader.addr(), &topic, p, 10_000),
+        0,
+        "acks=all with node 3 back in the ISR"
+    );
+    wait_until(&format!("partition {p} identical on every replica"), || {
+        let first = batches_on_disk(&partition_dir(&nodes[0], &topic, p));
+        !first.is_empty()
+            && nodes[1..]
+                .iter()
+                .all(|n| batches_on_disk(&partition_dir(n, &topic, p)) == first)
+    });
     for node in &nodes {
         node.assert_no_panic();
     }
