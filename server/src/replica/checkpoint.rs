@@ -33,11 +33,11 @@ impl ReplicaState {
         Some(self.high_watermark)
     }
 
-    /// A checkpoint write failed: the next one is due at once (whether the file holds the
-    /// old value or the new one, either is a high watermark this replica had).
+    /// A checkpoint write failed: the next one is due after the interval, whatever the
+    /// high watermark then (the file holds the old value or the new one, either a high
+    /// watermark this replica had; a failing disk is not written to every tick).
     pub fn high_watermark_checkpoint_failed(&mut self) {
         self.checkpointed_high_watermark = None;
-        self.last_checkpoint_ms = None;
     }
 
     /// What the checkpoint on disk holds, as far as this replica knows (`None`: unknown).

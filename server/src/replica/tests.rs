@@ -1208,10 +1208,14 @@ fn the_high_watermark_is_checkpointed_when_it_changed_at_most_once_per_interval(
         "not before the interval"
     );
     assert_eq!(r.high_watermark_checkpoint_due(10 + CHECKPOINT_MS), Some(8));
-    // A failed write: due again at once.
+    // A failed write: due again after the interval, though the high watermark is the same.
     r.high_watermark_checkpoint_failed();
     assert_eq!(
         r.high_watermark_checkpoint_due(10 + CHECKPOINT_MS + 1),
+        None
+    );
+    assert_eq!(
+        r.high_watermark_checkpoint_due(10 + 2 * CHECKPOINT_MS),
         Some(8)
     );
     // A clean shutdown records the latest whatever the interval.
