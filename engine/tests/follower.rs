@@ -678,3 +678,139 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_high_watermark_checkpoint_survives_a_restart_within_the_log() {
+    let sim = Sim::new(7);
+    let log = sim.open();
+    assert_eq!(
+        log.high_watermark_checkpoint(),
+        None,
+        "none before one is written"
+    );
+    let mut leader = Leader::default();
+    for (epoch, records) in [(1, 4), (1, 3), (2, 5)] {
+        leader.write(epoch, records);
+    }
+    sim.follow(&log, leader.from(0)).expect("follows");
+    let l = log.clone();
+    let recorded = sim.run(async move { l.checkpoint_high_watermark(Offset(7)).await });
+    assert_eq!(recorded.expect("written"), Offset(7));
+    let l = log.clone();
+    sim.run(async move { l.close().await }).expect("closes");
+    drop(log);
+    let log = sim.open();
+    assert_eq!(log.high_watermark_checkpoint(), Some(Offset(7)));
+
+    // Never past the log end, whatever it is given.
+    let l = log.clone();
+    let recorded = sim.run(async move { l.checkpoint_high_watermark(Offset(1_000)).await });
+    assert_eq!(
+        recorded.expect("written"),
+        Offset(12),
+        "capped at the log end"
+    );
+    let l = log.clone();
+    sim.run(async move { l.close().await }).expect("closes");
+    drop(log);
+    let log = sim.open();
+    assert_eq!(log.high_watermark_checkpoint(), Some(Offset(12)));
+
+    // A truncation below it lowers it.
+    let l = log.clone();
+    sim.run(async move { l.truncate_to(Offset(7)).await })
+        .expect("truncates");
+    assert_eq!(log.high_watermark_checkpoint(), Some(Offset(7)));
+    drop(log);
+    sim.crash();
+    let log = sim.open();
+    assert_eq!(
+        log.high_watermark_checkpoint(),
+        Some(Offset(7)),
+        "the lowering is durable"
+    );
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_truncation_never_leaves_the_checkpoint_over_other_records() {
+    let mut old = Leader::default();
+    for (epoch, records) in [(1, 4), (1, 3), (2, 5), (2, 2), (3, 6), (3, 3), (3, 2)] {
+        old.write(epoch, records);
+    }
+    // The new leader's log: the same up to offset 12, then epoch 4 (an unclean election:
+    // the old log's checkpoint covers records the new leader never had).
+    let mut branch = old.truncated(12);
+    branch.tags = 500;
+    for records in [3, 4, 2, 5] {
+        branch.write(4, records);
+    }
+    let old_batches: Vec<(i64, Bytes)> = old
+        .batches
+        .iter()
+        .map(|(b, _, x)| (*b, x.clone()))
+        .collect();
+    let expect: Vec<(i64, Bytes)> = branch
+        .batches
+        .iter()
+        .map(|(b, _, x)| (*b, x.clone()))
+        .collect();
+    for steps in 0..5_000u64 {
+        let sim = Sim::new(steps);
+        let log = sim.open();
+        sim.follow(&log, old.from(0)).expect("the setup follows");
+        let l = log.clone();
+        let end = old.end;
+        sim.run(async move {
+            l.checkpoint_high_watermark(Offset(end)).await?;
+            l.close().await
+        })
+        .expect("checkpointed and closed");
+        drop(log);
+        let log = sim.open();
+        assert_eq!(log.high_watermark_checkpoint(), Some(Offset(old.end)));
+        let task = {
+            let log = log.clone();
+            let records = branch.from(12);
+            sim.rt.spawn_with_result(async move {
+                log.truncate_to(Offset(12)).await?;
+                log.append_as_follower(records, Durability::Synced).await?;
+                // A checkpoint of the new leader's high watermark as it goes on.
+                log.checkpoint_high_watermark(Offset(14)).await
+            })
+        };
+        sim.rt.run_for(steps);
+        let finished = task.take();
+        drop(log);
+        sim.crash();
+        let log = sim.open();
+        let found = sim.read_all(&log);
+        let hw = log
+            .high_watermark_checkpoint()
+            .expect("a checkpoint is always there")
+            .0;
+        let covered: Vec<&(i64, Bytes)> = found.iter().filter(|(base, _)| *base < hw).collect();
+        let all_old = covered.iter().all(|b| old_batches.contains(b));
+        let all_new = covered.iter().all(|b| expect.contains(b));
+        assert!(
+            all_old || (all_new && hw <= 14),
+            "after {steps} steps: the checkpoint {hw} covers {:?}, not one history's committed records",
+            covered.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+        sim.check_invariants(&log);
+        if let Some(result) = finished {
+            result.expect("the truncation, append and checkpoint succeed");
+            assert_eq!(
+                found, expect,
+                "after {steps} steps: finished before the crash"
+            );
+            // The last checkpoint, or the lowered one before it: the directory is not
+            // synced after a checkpoint, and an older one is always safe.
+            assert!(
+                hw == 14 || hw == 12,
+                "after {steps} steps: the checkpoint is {hw}"
+            );
+            return;
+        }
+    }
+    panic!("the truncation never finished");
+}

@@ -203,6 +203,18 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The replication settings each partition's replica starts with (the topic's
+    /// `min.insync.replicas` is set per partition).
+    pub fn replica_config(&self) -> crate::replica::ReplicaConfig {
+        crate::replica::ReplicaConfig {
+            replica_lag_time_max_ms: self.cluster.replica_lag_time_max_ms,
+            high_watermark_checkpoint_interval_ms: self
+                .cluster
+                .replica_high_watermark_checkpoint_interval_ms,
+            ..crate::replica::ReplicaConfig::default()
+        }
+    }
+
     /// The largest frame of a request other than Produce (which carries no records).
     pub fn max_non_produce_request_bytes(&self) -> usize {
         self.max_request_bytes.min(MAX_NON_PRODUCE_REQUEST_BYTES)
@@ -250,6 +262,12 @@ pub struct ClusterConfig {
     /// `leader.imbalance.per.broker.percentage` (10): accepted for compatibility; like
     /// KRaft's controller, Wharf's rebalances every imbalanced partition at each check.
     pub leader_imbalance_per_broker_percentage: i64,
+    /// `replica.lag.time.max.ms` (30000): a follower not caught up for this long leaves
+    /// the ISR.
+    pub replica_lag_time_max_ms: i64,
+    /// `replica.high.watermark.checkpoint.interval.ms` (5000): how often a replicated
+    /// partition's changed high watermark is checkpointed.
+    pub replica_high_watermark_checkpoint_interval_ms: i64,
 }
 
 impl ClusterConfig {
@@ -267,6 +285,9 @@ impl ClusterConfig {
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_ms: DEFAULT_LEADER_IMBALANCE_CHECK_INTERVAL_S * 1_000,
             leader_imbalance_per_broker_percentage: DEFAULT_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE,
+            replica_lag_time_max_ms: crate::replica::config::DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+            replica_high_watermark_checkpoint_interval_ms:
+                crate::replica::config::DEFAULT_HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS,
         }
     }
 
@@ -678,6 +699,18 @@ fn resolve_cluster_config(
     if let Some(p) = settings.take_int("leader.imbalance.per.broker.percentage")? {
         cluster.leader_imbalance_per_broker_percentage =
             int_in("leader.imbalance.per.broker.percentage", p, 0, 100)?;
+    }
+    if let Some(ms) = settings.take_int("replica.lag.time.max.ms")? {
+        cluster.replica_lag_time_max_ms =
+            int_in("replica.lag.time.max.ms", ms, 100, i32::MAX as i64)?;
+    }
+    if let Some(ms) = settings.take_int("replica.high.watermark.checkpoint.interval.ms")? {
+        cluster.replica_high_watermark_checkpoint_interval_ms = int_in(
+            "replica.high.watermark.checkpoint.interval.ms",
+            ms,
+            1,
+            i32::MAX as i64,
+        )?;
     }
     if cluster.heartbeat_interval_ms >= cluster.session_timeout_ms {
         return Err(err(format!(
@@ -1487,5 +1520,25 @@ mod tests {
         a.config = Some(path);
         let e = resolve(&a, 1).expect_err("0 s").to_string();
         assert!(e.contains("leader.imbalance.check.interval.seconds"), "{e}");
+    }
+
+    #[test]
+    fn replication_settings_have_kafkas_names_and_defaults() {
+        let config = resolve(&args(), 1).expect("defaults");
+        let replica = config.replica_config();
+        assert_eq!(replica.replica_lag_time_max_ms, 30_000);
+        assert_eq!(replica.high_watermark_checkpoint_interval_ms, 5_000);
+        let (_dir, path) = write_config(
+            "replica.lag.time.max.ms = 2000\nreplica.high.watermark.checkpoint.interval.ms = 250\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let replica = resolve(&a, 1).expect("file resolves").replica_config();
+        assert_eq!(replica.replica_lag_time_max_ms, 2_000);
+        assert_eq!(replica.high_watermark_checkpoint_interval_ms, 250);
+        let (_dir, path) = write_config("replica.lag.time.max.ms = 5\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("5 ms").to_string();
+        assert!(e.contains("replica.lag.time.max.ms"), "{e}");
     }
 }

@@ -4,7 +4,9 @@
 //! logs hold the same batches, and after the leader's process is killed with SIGKILL the
 //! controller elects another in-sync replica: producing goes on there, nothing acknowledged
 //! is lost, offsets continue, and the old leader comes back as a follower with the new
-//! leader's log.
+//! leader's log. A follower stopped with SIGSTOP leaves the ISR for lagging and rejoins;
+//! after every node stops cleanly and starts again, the leader shows the committed records
+//! at once, from its high-watermark checkpoint.
 
 mod common;
 
@@ -63,8 +65,19 @@ fn start_cluster(session_ms: u32) -> Vec<Broker> {
 /// `voter_count` voters and `brokers` broker-only nodes (ids after the voters'), as
 /// [`start_cluster`] starts them.
 fn start_nodes(voter_count: usize, brokers: usize, session_ms: u32) -> Vec<Broker> {
-    let settings =
-        format!("broker.session.timeout.ms = {session_ms}\nbroker.heartbeat.interval.ms = 500\n");
+    start_nodes_with(voter_count, brokers, session_ms, "")
+}
+
+/// [`start_nodes`] with more settings for every node's file.
+fn start_nodes_with(
+    voter_count: usize,
+    brokers: usize,
+    session_ms: u32,
+    more_settings: &str,
+) -> Vec<Broker> {
+    let settings = format!(
+        "broker.session.timeout.ms = {session_ms}\nbroker.heartbeat.interval.ms = 500\n{more_settings}"
+    );
     let ports = free_ports(voter_count);
     let voters = ports
         .iter()
@@ -683,4 +696,299 @@ fn with_two_followers_down_acks_all_gets_not_enough_replicas_and_acks_1_goes_on(
         "acks=1 with one in-sync replica"
     );
     nodes[0].assert_no_panic();
+}
+
+/// ListOffsets LATEST (-1) of `topic`'s `partition` at `addr` with `isolation_level` (0
+/// read_uncommitted: the high watermark; 1 read_committed: the last stable offset):
+/// (error code, offset).
+fn latest_offset(addr: SocketAddr, topic: &str, partition: i32, isolation_level: i8) -> (i16, i64) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::ListOffsetsRequest;
+    let mut conn = KafkaConn::connect(addr);
+    let req = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_isolation_level(isolation_level)
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-1)])]);
+    let resp = conn.request(4, &req);
+    let p = &resp.topics[0].partitions[0];
+    (p.error_code, p.offset)
+}
+
+/// IncrementalAlterConfigs SET of one config of `topic`: the resource's error code.
+fn set_topic_config(addr: SocketAddr, topic: &str, name: &str, value: &str) -> i16 {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+    use kafka_protocol::protocol::StrBytes;
+    let s = |t: &str| StrBytes::from_string(t.to_string());
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(s(name))
+                .with_config_operation(0)
+                .with_value(Some(s(value)))]),
+    ]);
+    let mut conn = KafkaConn::connect(addr);
+    conn.request(0, &req).responses[0].error_code
+}
+
+/// Every record of `topic` a consumer with `extra` settings reads through `bootstrap`, up
+/// to `ends`.
+fn consume_with(
+    bootstrap: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    extra: &[(&str, &str)],
+) -> Acked {
+    let consumer: BaseConsumer = client::consumer(bootstrap, extra);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut read = Acked::new();
+    let deadline = Instant::now() + GUARD;
+    let done = |read: &Acked| {
+        ends.iter()
+            .all(|(p, end)| *end == 0 || read.keys().any(|(rp, o)| rp == p && *o == end - 1))
+    };
+    while !done(&read) {
+        assert!(Instant::now() < deadline, "could not read everything back");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+            let again = read.insert((m.partition(), m.offset()), value);
+            assert!(again.is_none(), "offset {} read twice", m.offset());
+        }
+    }
+    read
+}
+
+#[test]
+fn after_every_node_stops_and_starts_again_the_leader_shows_the_committed_records_before_any_follower_fetches(
+) {
+    // One voter and two broker-only nodes: the voter alone keeps the quorum, so it can
+    // restart with the brokers still down and no follower fetching.
+    let mut nodes = start_nodes(1, 2, 3_000);
+    let topic = unique_topic("hw-checkpoint");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut acked = Acked::new();
+    produce_acks_all(&bootstrap, &topic, 0, 300, &mut acked);
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(p, offset) in acked.keys() {
+        let end = ends.entry(p).or_insert(0);
+        *end = (*end).max(offset + 1);
+    }
+    assert_eq!(
+        ends.len(),
+        PARTITIONS as usize,
+        "every partition has records"
+    );
+
+    // The brokers stop cleanly (controlled shutdown takes them out of the ISRs); node 1
+    // leads every partition alone and shows consumers every acknowledged record.
+    nodes[1].terminate();
+    nodes[2].terminate();
+    wait_until(
+        "node 1 alone in every ISR, its high watermark at the log end",
+        || {
+            partitions(nodes[0].addr(), &topic)
+                .iter()
+                .all(|(leader, _, _, isr)| *leader == 1 && isr == &vec![1])
+                && ends
+                    .iter()
+                    .all(|(&p, &end)| latest_offset(nodes[0].addr(), &topic, p, 0) == (0, end))
+        },
+    );
+    // With min.insync.replicas=2, a lone in-sync replica cannot move its high watermark
+    // (KIP-966): after the restart only the checkpoint can say what was committed.
+    assert_eq!(
+        set_topic_config(nodes[0].addr(), &topic, "min.insync.replicas", "2"),
+        0
+    );
+    wait_until("min.insync.replicas=2 in force on node 1", || {
+        produce_acks_all_raw(nodes[0].addr(), &topic, 0, 1_000) == NOT_ENOUGH_REPLICAS
+    });
+
+    // Node 1 stops too (SIGTERM), then starts again alone: no follower can fetch.
+    nodes[0].terminate();
+    nodes[0].restart();
+    wait_until("node 1 leads every partition again", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize && ps.iter().all(|(leader, _, _, _)| *leader == 1)
+    });
+    for (&p, &end) in &ends {
+        assert_eq!(
+            latest_offset(nodes[0].addr(), &topic, p, 0),
+            (0, end),
+            "partition {p}: the high watermark after the restart is the one consumers were shown"
+        );
+        assert_eq!(
+            latest_offset(nodes[0].addr(), &topic, p, 1),
+            (0, end),
+            "partition {p}: read_committed sees as far"
+        );
+    }
+    // Consumers, plain and read_committed, read every acknowledged record from node 1.
+    for isolation in ["read_uncommitted", "read_committed"] {
+        let read = consume_with(
+            &nodes[0].bootstrap(),
+            &topic,
+            &ends,
+            &[("isolation.level", isolation)],
+        );
+        for (key, value) in &acked {
+            assert_eq!(read.get(key), Some(value), "{isolation}: record {key:?}");
+        }
+    }
+
+    // The brokers come back, catch up and rejoin the ISRs; the high watermark never went
+    // back, and acks=all works again.
+    nodes[1].restart();
+    nodes[2].restart();
+    wait_until("every replica back in the ISR", || {
+        partitions(nodes[0].addr(), &topic)
+            .iter()
+            .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    wait_for_identical_replicas(&[&nodes[0], &nodes[1], &nodes[2]], &topic);
+    for (&p, &end) in &ends {
+        let leader = partitions(nodes[0].addr(), &topic)[p as usize].0;
+        let (error, hw) = latest_offset(nodes[(leader - 1) as usize].addr(), &topic, p, 0);
+        assert_eq!(error, 0);
+        assert!(
+            hw >= end,
+            "partition {p}: the high watermark went back to {hw}"
+        );
+    }
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    produce_acks_all(&bootstrap, &topic, 300, 30, &mut acked);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+/// Sends `signal` to a node's process.
+fn signal(node: &Broker, signal: i32) {
+    // SAFETY: a plain syscall on a pid this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(node.pid(), signal) };
+    assert_eq!(rc, 0, "kill({signal}) failed");
+}
+
+/// The node ids Metadata lists as live brokers (registered and not fenced).
+fn live_broker_ids(addr: SocketAddr) -> Vec<i32> {
+    let mut ids: Vec<i32> = metadata(addr).brokers.iter().map(|b| b.node_id.0).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_follower_that_stops_fetching_leaves_the_isr_after_the_lag_time_and_rejoins_once_caught_up() {
+    // One voter and two broker-only nodes, so stopping a broker leaves the quorum alone. The
+    // session is long and the lag time short: the follower leaves the ISR for lagging, long
+    // before the controller could fence it for silence.
+    let nodes = start_nodes_with(1, 2, 60_000, "replica.lag.time.max.ms = 2000\n");
+    let topic = unique_topic("lag");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    // A partition that node 3 follows (not leads).
+    let (p, leader_id) = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .enumerate()
+        .find(|(_, (leader, _, _, _))| *leader != 3)
+        .map(|(p, (leader, _, _, _))| (p as i32, *leader))
+        .expect("a partition node 3 does not lead");
+    let leader = &nodes[(leader_id - 1) as usize];
+    assert_eq!(produce_acks_all_raw(leader.addr(), &topic, p, 10_000), 0);
+
+    // Node 3 stops (SIGSTOP: alive, registered, silent). Records keep coming; it fetches
+    // none of them.
+    signal(&nodes[2], libc::SIGSTOP);
+    assert_eq!(
+        produce_raw(leader.addr(), &topic, p, 1, 10_000),
+        0,
+        "acks=1 goes on"
+    );
+    wait_until("the stopped follower out of the ISR", || {
+        !partitions(nodes[0].addr(), &topic)[p as usize]
+            .3
+            .contains(&3)
+    });
+    assert!(
+        live_broker_ids(nodes[0].addr()).contains(&3),
+        "node 3 left the ISR for lagging, not by being fenced"
+    );
+    // acks=all goes on with the two replicas left (min.insync.replicas=2).
+    for _ in 0..3 {
+        assert_eq!(
+            produce_acks_all_raw(leader.addr(), &topic, p, 10_000),
+            0,
+            "acks=all with the smaller ISR"
+        );
+    }
+    assert_eq!(
+        partitions(nodes[0].addr(), &topic)[p as usize].3.len(),
+        2,
+        "the leader and the other follower stay in the ISR"
+    );
+
+    // Node 3 resumes: it fetches what it missed and is proposed back into the ISR.
+    signal(&nodes[2], libc::SIGCONT);
+    wait_until("the resumed follower back in the ISR", || {
+        partitions(nodes[0].addr(), &topic)[p as usize]
+            .3
+            .contains(&3)
+    });
+    let lead = batches_on_disk(&partition_dir(leader, &topic, p));
+    wait_until("node 3 holds every batch the leader had", || {
+        let copy = batches_on_disk(&partition_dir(&nodes[2], &topic, p));
+        copy.len() >= lead.len() && copy[..lead.len()] == lead[..]
+    });
+    assert_eq!(
+        produce_acks_all_raw(leader.addr(), &topic, p, 10_000),
+        0,
+        "acks=all with node 3 back in the ISR"
+    );
+    wait_until(&format!("partition {p} identical on every replica"), || {
+        let first = batches_on_disk(&partition_dir(&nodes[0], &topic, p));
+        !first.is_empty()
+            && nodes[1..]
+                .iter()
+                .all(|n| batches_on_disk(&partition_dir(n, &topic, p)) == first)
+    });
+    for node in &nodes {
+        node.assert_no_panic();
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! One file per part of the log's life: `append` (validation, producer checks, offset
 //! assignment), `write` (group commit: the writer and syncer tasks and the jobs they run),
-//! `follow` (a follower's append of the leader's batches as they are), `seal` (closing a
+//! `follow` (a follower's append of the leader's batches as they are), `high_watermark`
+//! (the replicated partition's high-watermark checkpoint), `seal` (closing a
 //! rolled segment), `read` (reads and the timestamp lookup), `open`
 //! (loading a log: what is on disk), `recovery` (what opening decides on it: the log
 //! start, gaps and damage between segments), `failure` (what a failed write or fdatasync does, and
@@ -33,6 +34,7 @@ mod close;
 mod damage;
 mod failure;
 mod follow;
+mod high_watermark;
 mod indexes;
 mod lock;
 pub(crate) mod manifest;
@@ -52,6 +54,7 @@ mod write;
 pub use clean::CLEANER_CHECKPOINT_FILE;
 pub use damage::{DamageKind, DamageReport};
 pub use follow::{check_follower_batches, FollowerRefusal, MAX_FOLLOWER_BATCH_BYTES};
+pub use high_watermark::HIGH_WATERMARK_FILE;
 pub use manifest::SEALED_SEGMENTS_FILE;
 
 use lock::Lock;
@@ -168,6 +171,9 @@ pub(crate) struct Inner<S: Storage> {
     sync_lock: Lock,
     /// Held by a truncation for its whole length: appends wait on it.
     append_gate: Lock,
+    /// Held by a high-watermark checkpoint write, and by a truncation for its whole
+    /// length (it may lower the checkpoint first).
+    high_watermark_lock: Lock,
     /// Where compaction stopped, and its turn.
     cleaner: clean::CleanerState,
 }
@@ -224,6 +230,7 @@ impl<S: Storage> PartitionLog<S> {
             io_lock: Lock::default(),
             sync_lock: Lock::default(),
             append_gate: Lock::default(),
+            high_watermark_lock: Lock::default(),
             cleaner,
         });
         Ok(PartitionLog { inner })

@@ -125,6 +125,9 @@ pub(super) async fn open_state_reporting<S: Storage>(
         .filter(|o: &i64| *o >= 0);
     let checkpoint =
         text(read_small(CHECKPOINT_FILE).await).and_then(|t| LeaderEpochCache::decode(&t));
+    let high_watermark_checkpoint = read_small(super::HIGH_WATERMARK_FILE)
+        .await
+        .and_then(|b| super::high_watermark::decode(&b));
     let marker: Option<(i64, u64, i64)> =
         text(read_small(CLEAN_SHUTDOWN_FILE).await).and_then(|t| {
             let mut fields = t.split_whitespace().map(|f| f.parse::<i64>().ok());
@@ -476,6 +479,7 @@ pub(super) async fn open_state_reporting<S: Storage>(
     state.snapshots = snapshots;
     state.reports = std::mem::take(reports);
     state.log_start_unrecorded = log_start_unrecorded;
+    state.high_watermark_checkpoint = high_watermark_checkpoint;
     state.recompute_max_timestamp();
     // An entry for a segment that is not sealed as listed (a sealed segment whose trim
     // was lost and is active again, one cut since) must go.

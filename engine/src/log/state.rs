@@ -116,6 +116,9 @@ pub(crate) struct LogState {
     pub snapshots: Vec<i64>,
     /// Damage found since the log was opened (recovery included).
     pub reports: Vec<DamageReport>,
+    /// The high watermark in `high-watermark-checkpoint` (after a failed write, the higher
+    /// of the two values the file may hold); `None` if there is none.
+    pub high_watermark_checkpoint: Option<i64>,
 }
 
 impl LogState {
@@ -161,6 +164,7 @@ impl LogState {
             producers: ProducerStates::default(),
             snapshots: Vec::new(),
             reports: Vec::new(),
+            high_watermark_checkpoint: None,
         }
     }
 

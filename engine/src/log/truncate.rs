@@ -177,6 +177,14 @@ impl<S: Storage> PartitionLog<S> {
 impl<S: Storage> Inner<S> {
     /// Truncates at `offset`, or with `fully` empties the log and restarts it there.
     async fn truncate(self: &Rc<Self>, offset: i64, fully: bool) -> Result<(), EngineError> {
+        // No high-watermark checkpoint may cover what goes: it is lowered first, durably,
+        // and none is written until the cut is done.
+        let _high_watermark = self
+            .high_watermark_lock
+            .acquire()
+            .await
+            .map_err(|_| self.closed_error())?;
+        self.lower_high_watermark_checkpoint(offset).await?;
         // Flush what is queued, then hold the writer off while segments change.
         let seq = self.state.borrow().appended_seq;
         self.written

@@ -288,7 +288,8 @@ impl PartitionRegistry {
     }
 
     /// Opens (creating if needed, recovering if present) a partition's log, with this
-    /// node's (`me`) replica of it.
+    /// node's (`me`) replica of it (`replica_config`: the broker's replication settings;
+    /// `min_insync_replicas` comes from the topic).
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         &self,
@@ -299,6 +300,7 @@ impl PartitionRegistry {
         min_insync_replicas: i32,
         cache: Rc<BatchCache>,
         me: NodeId,
+        replica_config: ReplicaConfig,
     ) -> Result<(), EngineError> {
         if self.contains(tp) || !self.opening.borrow_mut().insert(tp) {
             return Ok(());
@@ -314,7 +316,7 @@ impl PartitionRegistry {
             -1,
             ReplicaConfig {
                 min_insync_replicas: min_insync_replicas.max(1) as usize,
-                ..ReplicaConfig::default()
+                ..replica_config
             },
             &log,
         );
@@ -378,7 +380,10 @@ impl PartitionRegistry {
                 .cloned()
                 .map(|h| {
                     h.appended.notify_all();
-                    glommio::spawn_local(async move { (h.tp, h.log.close().await) })
+                    glommio::spawn_local(async move {
+                        crate::replica::driver::checkpoint_high_watermark_at_close(&h).await;
+                        (h.tp, h.log.close().await)
+                    })
                 })
                 .collect();
             for task in tasks {

@@ -7,6 +7,8 @@ pub const DEFAULT_REPLICA_FETCH_BACKOFF_MS: i64 = 1_000;
 /// How long a leader waits before it sends an AlterPartition again after a failure that is
 /// worth retrying (no answer, NOT_CONTROLLER, ...).
 pub const DEFAULT_ALTER_PARTITION_RETRY_MS: i64 = 100;
+/// Kafka's `replica.high.watermark.checkpoint.interval.ms`.
+pub const DEFAULT_HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: i64 = 5_000;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaConfig {
@@ -18,6 +20,9 @@ pub struct ReplicaConfig {
     /// `replica.fetch.backoff.ms`: how long a follower waits after a failed fetch.
     pub replica_fetch_backoff_ms: i64,
     pub alter_partition_retry_ms: i64,
+    /// `replica.high.watermark.checkpoint.interval.ms`: how often a changed high watermark
+    /// is checkpointed (and at a clean shutdown).
+    pub high_watermark_checkpoint_interval_ms: i64,
 }
 
 impl Default for ReplicaConfig {
@@ -27,6 +32,7 @@ impl Default for ReplicaConfig {
             min_insync_replicas: 1,
             replica_fetch_backoff_ms: DEFAULT_REPLICA_FETCH_BACKOFF_MS,
             alter_partition_retry_ms: DEFAULT_ALTER_PARTITION_RETRY_MS,
+            high_watermark_checkpoint_interval_ms: DEFAULT_HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS,
         }
     }
 }

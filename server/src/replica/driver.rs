@@ -114,10 +114,9 @@ impl ReplicaDriver {
     }
 }
 
-/// What the engine's log holds, for a new state machine. No high-watermark checkpoint is
-/// kept yet, so the high watermark starts at the log start: a leader moves it up as soon as
-/// its followers (or, alone, its own log) show what is committed, and nothing a new leader
-/// has not seen replicated is shown to consumers meanwhile.
+/// What the engine's log holds, for a new state machine: the high watermark from the
+/// log's checkpoint (what was committed when it was last written), or the log start
+/// without one.
 fn local_log(log: &PartitionLog) -> LocalLog {
     let mut epochs = wharf_engine::epoch::LeaderEpochCache::default();
     for (epoch, start) in log.leader_epochs() {
@@ -128,7 +127,9 @@ fn local_log(log: &PartitionLog) -> LocalLog {
         log_start_offset,
         log_end_offset: log.log_end_offset().0,
         epochs,
-        high_watermark: log_start_offset,
+        high_watermark: log
+            .high_watermark_checkpoint()
+            .map_or(log_start_offset, |o| o.0),
     }
 }
 
@@ -255,9 +256,18 @@ async fn perform(log: &PartitionLog, op: &LogOp) -> Result<(), EngineError> {
 /// NOT_LEADER_OR_FOLLOWER (they may or may not survive).
 fn rebuild(partition: &Rc<PartitionHandle>) {
     let driver = &partition.replica;
-    let (local, broker_epoch, config) =
-        driver.with(|r| (r.local(), r.local_broker_epoch(), r.config()));
-    let fresh = ReplicaState::new(local, broker_epoch, config, local_log(&partition.log));
+    let (local, broker_epoch, config, high_watermark) = driver.with(|r| {
+        (
+            r.local(),
+            r.local_broker_epoch(),
+            r.config(),
+            r.high_watermark(),
+        )
+    });
+    let mut log = local_log(&partition.log);
+    // What was committed a moment ago still is (capped at what the log holds now).
+    log.high_watermark = log.high_watermark.max(high_watermark);
+    let fresh = ReplicaState::new(local, broker_epoch, config, log);
     *driver.state.borrow_mut() = fresh;
     let waiting: Vec<_> = driver.acks.borrow_mut().drain().collect();
     for (_, tx) in waiting {
@@ -381,10 +391,62 @@ pub async fn tick_periodically(shard: Rc<Shard>) {
             if let Some(proposal) = partition.replica.outbox.borrow_mut().take() {
                 proposals.push((partition.clone(), proposal));
             }
+            maybe_checkpoint_high_watermark(&partition, now);
         }
         if !proposals.is_empty() {
             glommio::spawn_local(send_proposals(shard.clone(), proposals)).detach();
         }
+    }
+}
+
+/// Kafka's periodic high-watermark checkpoint
+/// (`replica.high.watermark.checkpoint.interval.ms`), for a partition with replicas
+/// elsewhere: a lone replica's high watermark is its written log end from the start.
+fn maybe_checkpoint_high_watermark(partition: &Rc<PartitionHandle>, now: i64) {
+    if partition.replica.is_single_replica() {
+        return;
+    }
+    let Some(high_watermark) = partition
+        .replica
+        .update(|r| r.high_watermark_checkpoint_due(now))
+    else {
+        return;
+    };
+    let partition = partition.clone();
+    glommio::spawn_local(async move {
+        write_high_watermark_checkpoint(&partition, high_watermark).await;
+    })
+    .detach();
+}
+
+async fn write_high_watermark_checkpoint(partition: &Rc<PartitionHandle>, high_watermark: i64) {
+    if let Err(e) = partition
+        .log
+        .checkpoint_high_watermark(Offset(high_watermark))
+        .await
+    {
+        partition
+            .replica
+            .update(|r| r.high_watermark_checkpoint_failed());
+        tracing::warn!(
+            topic = %partition.topic,
+            partition = partition.tp.partition.0,
+            "cannot checkpoint the high watermark: {e}"
+        );
+    }
+}
+
+/// At a clean shutdown, before the log closes: the high watermark as it is now, so the
+/// restart shows consumers everything they were shown (Kafka checkpoints at shutdown too).
+pub async fn checkpoint_high_watermark_at_close(partition: &Rc<PartitionHandle>) {
+    if partition.replica.is_single_replica() {
+        return;
+    }
+    if let Some(high_watermark) = partition
+        .replica
+        .update(|r| r.high_watermark_to_checkpoint())
+    {
+        write_high_watermark_checkpoint(partition, high_watermark).await;
     }
 }
 

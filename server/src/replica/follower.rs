@@ -212,6 +212,8 @@ impl ReplicaState {
         self.log_end_offset = offset;
         self.durable_end_offset = self.durable_end_offset.min(offset);
         self.high_watermark = self.high_watermark.min(offset);
+        // The log lowers its checkpoint before it cuts.
+        self.checkpointed_high_watermark = self.checkpointed_high_watermark.map(|c| c.min(offset));
         effects.log.push(LogOp::TruncateTo { offset });
     }
 
@@ -221,6 +223,7 @@ impl ReplicaState {
         self.log_end_offset = offset;
         self.durable_end_offset = offset;
         self.high_watermark = offset;
+        self.checkpointed_high_watermark = self.checkpointed_high_watermark.map(|c| c.min(offset));
         effects.log.push(LogOp::TruncateFullyAndStartAt { offset });
     }
 

@@ -5,6 +5,7 @@
 //!   partition epochs, the view of the local log (start, end, what of it is on disk, the
 //!   leader-epoch cache), the high watermark; becoming leader or follower from the
 //!   controller's partition changes; the KIP-320 epoch checks.
+//! - `checkpoint.rs`: when the high watermark is checkpointed, so a restart starts from it.
 //! - `leader.rs`: Produce checks (`min.insync.replicas`), acks=all completion, follower
 //!   fetches with their divergence answers, the high watermark over KIP-497's maximal ISR,
 //!   ISR shrink and expand proposed to the controller (AlterPartition), time.
@@ -22,6 +23,7 @@
 //! go in, [`Effects`] come out. See docs/replication.md.
 
 pub mod api;
+mod checkpoint;
 pub mod config;
 pub mod driver;
 pub mod fetcher;

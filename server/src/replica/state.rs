@@ -36,6 +36,10 @@ pub struct ReplicaState {
     pub(super) durable_end_offset: i64,
     pub(super) epochs: LeaderEpochCache,
     pub(super) high_watermark: i64,
+    /// The high watermark in the checkpoint on disk, as far as known (`None`: unknown).
+    pub(super) checkpointed_high_watermark: Option<i64>,
+    /// When the last checkpoint was asked for.
+    pub(super) last_checkpoint_ms: Option<i64>,
     /// Brokers the metadata says are fenced or shutting down: they may not join the ISR.
     pub(super) ineligible: BTreeSet<NodeId>,
 }
@@ -130,6 +134,11 @@ pub enum RoleView {
 impl ReplicaState {
     /// The replica on node `local` (with broker epoch `local_broker_epoch`) over `log`.
     /// It has no role until the first [`ReplicaState::apply_partition_change`].
+    ///
+    /// The high watermark starts at the checkpoint, capped at the log end (Kafka's
+    /// `replication-offset-checkpoint`): it was committed, so every replica that can be
+    /// elected has it on disk, and a leader may show it to consumers at once, before any
+    /// follower fetches (and never raises it past what its followers then have).
     pub fn new(
         local: NodeId,
         local_broker_epoch: i64,
@@ -152,6 +161,8 @@ impl ReplicaState {
             durable_end_offset: log.log_end_offset,
             epochs: log.epochs,
             high_watermark,
+            checkpointed_high_watermark: Some(high_watermark),
+            last_checkpoint_ms: None,
             ineligible: BTreeSet::new(),
         }
     }

@@ -13,6 +13,7 @@ const A: NodeId = NodeId(1);
 const B: NodeId = NodeId(2);
 const C: NodeId = NodeId(3);
 const LAG_MS: i64 = 10_000;
+const CHECKPOINT_MS: i64 = 5_000;
 const TOPIC: u128 = 0x7070;
 
 fn config(min_isr: usize) -> ReplicaConfig {
@@ -21,6 +22,7 @@ fn config(min_isr: usize) -> ReplicaConfig {
         min_insync_replicas: min_isr,
         replica_fetch_backoff_ms: 100,
         alter_partition_retry_ms: 50,
+        high_watermark_checkpoint_interval_ms: CHECKPOINT_MS,
     }
 }
 
@@ -1124,4 +1126,137 @@ fn a_returning_replica_converges_on_the_new_leaders_log() {
     assert_eq!(a.high_watermark(), 5);
     exchange(&mut a, &a_log, &mut b, &mut b_bytes, 4);
     assert_eq!(b.high_watermark(), 5);
+}
+
+// ---------------------------------------------------------------------------------------
+// The high-watermark checkpoint
+// ---------------------------------------------------------------------------------------
+
+fn checkpointed_log(end: i64, high_watermark: i64) -> LocalLog {
+    LocalLog {
+        high_watermark,
+        ..log(end, &[(0, 0)])
+    }
+}
+
+#[test]
+fn a_restarted_leader_shows_its_checkpointed_high_watermark_before_any_follower_fetches() {
+    let mut r = ReplicaState::new(A, 100, config(2), checkpointed_log(20, 15));
+    assert_eq!(r.high_watermark(), 15);
+    r.apply_partition_change(&change(Some(A), 2, 2, &[A, B, C]), 0);
+    assert!(r.is_leader());
+    assert_eq!(
+        r.high_watermark(),
+        15,
+        "what was committed before the restart is shown at once"
+    );
+    // What it has beyond the checkpoint waits for the followers: B has 18, C has not
+    // fetched in this epoch.
+    let (answer, e) = r.on_follower_fetch(&fetch_in(B, 18, 0, 2), 1);
+    assert_eq!(answer.error, None);
+    assert_eq!(e.high_watermark, None);
+    assert_eq!(r.high_watermark(), 15);
+    let (_, e) = r.on_follower_fetch(&fetch_in(C, 20, 0, 2), 2);
+    assert_eq!(e.high_watermark, Some(18));
+}
+
+#[test]
+fn a_checkpointed_high_watermark_is_capped_at_the_log_end() {
+    // The log lost a tail the checkpoint covered (a follower's unsynced appends).
+    let r = ReplicaState::new(B, 10, config(1), checkpointed_log(12, 15));
+    assert_eq!(r.high_watermark(), 12);
+    let mut below = checkpointed_log(12, 3);
+    below.log_start_offset = 5;
+    let r = ReplicaState::new(B, 10, config(1), below);
+    assert_eq!(r.high_watermark(), 5, "raised to the log start");
+}
+
+#[test]
+fn a_restarted_leader_never_moves_its_high_watermark_back_to_what_followers_have() {
+    let mut r = ReplicaState::new(A, 100, config(1), checkpointed_log(20, 15));
+    r.apply_partition_change(&change(Some(A), 2, 2, &[A, B]), 0);
+    // B restarted too and lost its unsynced tail: it is at 10, below the checkpoint.
+    let (answer, e) = r.on_follower_fetch(&fetch_in(B, 10, 0, 2), 1);
+    assert_eq!(answer.high_watermark, 15);
+    assert_eq!(e.high_watermark, None);
+    assert_eq!(r.high_watermark(), 15);
+}
+
+#[test]
+fn the_high_watermark_is_checkpointed_when_it_changed_at_most_once_per_interval() {
+    let mut r = leader(1, 0);
+    assert_eq!(
+        r.high_watermark_checkpoint_due(0),
+        None,
+        "unchanged since the open"
+    );
+    r.appended(5, None, 10);
+    r.synced(5, 10);
+    r.on_follower_fetch(&fetch(B, 5, 1), 10);
+    r.on_follower_fetch(&fetch(C, 5, 1), 10);
+    assert_eq!(r.high_watermark(), 5);
+    assert_eq!(r.high_watermark_checkpoint_due(10), Some(5));
+    assert_eq!(r.high_watermark_checkpoint_due(11), None, "recorded");
+    r.appended(8, None, 20);
+    r.synced(8, 20);
+    r.on_follower_fetch(&fetch(B, 8, 1), 20);
+    r.on_follower_fetch(&fetch(C, 8, 1), 20);
+    assert_eq!(r.high_watermark(), 8);
+    assert_eq!(
+        r.high_watermark_checkpoint_due(10 + CHECKPOINT_MS - 1),
+        None,
+        "not before the interval"
+    );
+    assert_eq!(r.high_watermark_checkpoint_due(10 + CHECKPOINT_MS), Some(8));
+    // A failed write: due again after the interval, though the high watermark is the same.
+    r.high_watermark_checkpoint_failed();
+    assert_eq!(
+        r.high_watermark_checkpoint_due(10 + CHECKPOINT_MS + 1),
+        None
+    );
+    assert_eq!(
+        r.high_watermark_checkpoint_due(10 + 2 * CHECKPOINT_MS),
+        Some(8)
+    );
+    // A clean shutdown records the latest whatever the interval.
+    r.appended(9, None, 30);
+    r.synced(9, 30);
+    r.on_follower_fetch(&fetch(B, 9, 1), 30);
+    r.on_follower_fetch(&fetch(C, 9, 1), 30);
+    assert_eq!(r.high_watermark_to_checkpoint(), Some(9));
+    assert_eq!(r.high_watermark_to_checkpoint(), None);
+}
+
+#[test]
+fn a_truncation_lowers_what_the_checkpoint_is_known_to_hold() {
+    let mut local = log(20, &[(0, 0), (1, 16)]);
+    local.high_watermark = 18;
+    let mut f = ReplicaState::new(B, 10, config(1), local);
+    assert_eq!(f.checkpointed_high_watermark(), Some(18));
+    f.apply_partition_change(&change(Some(A), 2, 2, &[A, B, C]), 0);
+    let position = f.next_fetch(0).unwrap();
+    let header = PartitionHeader {
+        diverging_epoch: Some(EpochEndOffset {
+            epoch: 0,
+            end_offset: 16,
+        }),
+        ..ok_header(16, &Bytes::new())
+    };
+    let (outcome, _) = f.on_fetch_response(&asked(&position), &header, &Bytes::new(), 1);
+    assert_eq!(outcome, FetchOutcome::Truncated { to: 16 });
+    assert_eq!(f.high_watermark(), 16);
+    assert_eq!(f.checkpointed_high_watermark(), Some(16));
+    assert_eq!(f.high_watermark_checkpoint_due(2), None);
+}
+
+fn fetch_in(
+    replica: NodeId,
+    fetch_offset: i64,
+    last_fetched_epoch: i32,
+    epoch: i32,
+) -> FollowerFetch {
+    FollowerFetch {
+        current_leader_epoch: epoch,
+        ..fetch(replica, fetch_offset, last_fetched_epoch)
+    }
 }

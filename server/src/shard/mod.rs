@@ -229,6 +229,7 @@ impl Shard {
                                 effective.min_insync_replicas(),
                                 shard.cache.clone(),
                                 shard.node_id(),
+                                shard.config.replica_config(),
                             )
                             .await;
                         result.map_err(|e| PartitionFailure {

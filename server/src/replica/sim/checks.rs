@@ -206,15 +206,18 @@ impl World {
                     .insert((i, p), (log.removals, acked.len()));
             }
         }
-        // Every replica's log below its high watermark is the committed history.
+        // Every replica's log below its high watermark is the committed history, and so is
+        // its log below its high-watermark checkpoint: a restart starts from that one.
         for i in 0..NODES {
             let node = &self.nodes[i];
             if !node.running() {
                 continue;
             }
             for p in 0..node.replicas.len() {
-                let hw = node.replicas[p].high_watermark();
                 let log = &node.logs[p];
+                let hw = node.replicas[p]
+                    .high_watermark()
+                    .max(log.hw_checkpoint().min(log.end()));
                 let committed = &self.oracle.committed[p];
                 let key = (node.incarnation, log.removals);
                 let entry =
@@ -233,14 +236,14 @@ impl World {
                         Some(c) if c == b => entry.2 = b.end_offset,
                         Some(_) => {
                             return Err(format!(
-                                "node {} p{p}: the batch at offset {} below its high watermark {hw} differs from the committed one",
+                                "node {} p{p}: the batch at offset {} below its high watermark or checkpoint {hw} differs from the committed one",
                                 i + 1,
                                 b.base_offset
                             ))
                         }
                         None => {
                             return Err(format!(
-                                "node {} p{p}: its high watermark {hw} covers offset {}, past the committed end {}",
+                                "node {} p{p}: its high watermark or checkpoint {hw} covers offset {}, past the committed end {}",
                                 i + 1,
                                 b.base_offset,
                                 committed_end(committed)

@@ -1,5 +1,5 @@
 //! A small model of one replica's partition log: whole batches in offset order, a prefix
-//! of them on disk, the leader-epoch cache and a high-watermark checkpoint. A crash keeps
+//! of them on disk, the leader-epoch cache and the high-watermark checkpoint. A crash keeps
 //! what is on disk and any prefix of the rest (a write may have reached the disk in part;
 //! recovery drops a torn batch). Every batch appended is checked as the engine would check
 //! it: a follower's batch failing its CRC, or one that does not continue the log, is a
@@ -29,6 +29,9 @@ pub struct LogModel {
     synced: usize,
     epochs: LeaderEpochCache,
     hw_checkpoint: i64,
+    /// The checkpoint before the last periodic write, which a crash may bring back: the
+    /// engine does not sync the directory after one (a lowering it does sync).
+    hw_checkpoint_before: Option<i64>,
     /// Grows whenever anything is removed from the log, so checks of what was there
     /// start again.
     pub removals: u64,
@@ -154,7 +157,7 @@ impl LogModel {
         }
         self.synced = self.synced.min(keep);
         self.epochs.truncate_from_end(offset);
-        self.hw_checkpoint = self.hw_checkpoint.min(offset);
+        self.lower_hw_checkpoint(offset);
         Ok(())
     }
 
@@ -163,7 +166,8 @@ impl LogModel {
         self.synced = 0;
         self.start = offset;
         self.epochs = LeaderEpochCache::default();
-        self.hw_checkpoint = offset;
+        // The engine lowers a checkpoint above the new start before anything goes.
+        self.lower_hw_checkpoint(offset);
         self.removals += 1;
     }
 
@@ -178,14 +182,35 @@ impl LogModel {
         self.epochs.truncate_from_start(offset);
     }
 
-    /// An fdatasync: everything so far is on disk, with the high watermark as of now.
-    pub fn sync(&mut self, high_watermark: i64) {
+    /// An fdatasync: everything so far is on disk.
+    pub fn sync(&mut self) {
         self.synced = self.batches.len();
-        self.hw_checkpoint = high_watermark.min(self.end()).max(self.start);
+    }
+
+    /// The high-watermark checkpoint is replaced (atomically, as the engine renames it
+    /// into place), capped at the log end.
+    pub fn checkpoint_high_watermark(&mut self, high_watermark: i64) {
+        self.hw_checkpoint_before = Some(self.hw_checkpoint);
+        self.hw_checkpoint = high_watermark.min(self.end());
+    }
+
+    /// Before a truncation at `offset`: a checkpoint above it is lowered, durably (the
+    /// directory synced, so no older value comes back either).
+    fn lower_hw_checkpoint(&mut self, offset: i64) {
+        if self.hw_checkpoint > offset {
+            self.hw_checkpoint = offset;
+        }
+        self.hw_checkpoint_before = None;
+    }
+
+    pub fn hw_checkpoint(&self) -> i64 {
+        self.hw_checkpoint
     }
 
     /// A crash: what was on disk stays, and some prefix of the rest. Recovery rebuilds the
-    /// epoch cache from the batches that survived; all of it is on disk afterwards.
+    /// epoch cache from the batches that survived; all of it is on disk afterwards. The
+    /// high-watermark checkpoint is replaced atomically: it survives as last written, or as
+    /// before its last write.
     pub fn crash(&mut self, rng: &mut Rng) -> usize {
         let unsynced = self.batches.len() - self.synced;
         let kept = rng.index(unsynced + 1);
@@ -200,7 +225,13 @@ impl LogModel {
             epochs.assign(b.epoch, b.base_offset);
         }
         self.epochs = epochs;
-        self.hw_checkpoint = self.hw_checkpoint.min(self.end());
+        // The checkpoint file keeps its value, even past what survived (the replica caps
+        // it at the log end when it is built), or is the one before its last write.
+        if let Some(before) = self.hw_checkpoint_before.take() {
+            if rng.index(2) == 0 {
+                self.hw_checkpoint = before;
+            }
+        }
         lost
     }
 

@@ -89,6 +89,9 @@ pub struct SimOptions {
     pub acks_all_per_mille: u64,
     pub replica_lag_time_max_ms: i64,
     pub session_timeout_ms: i64,
+    /// `replica.high.watermark.checkpoint.interval.ms`: from every group commit to
+    /// seconds apart, so crashes find checkpoints fresh and stale.
+    pub high_watermark_checkpoint_interval_ms: i64,
     pub trace: bool,
 }
 
@@ -113,6 +116,7 @@ impl SimOptions {
             acks_all_per_mille: r.range(300, 1_000) as u64,
             replica_lag_time_max_ms: r.range(300, 1_500),
             session_timeout_ms: r.range(300, 900),
+            high_watermark_checkpoint_interval_ms: [0, 50, 300, 2_000][r.index(4)],
             trace: false,
         }
     }
@@ -123,6 +127,7 @@ impl SimOptions {
             min_insync_replicas: self.min_insync_replicas,
             replica_fetch_backoff_ms: 30,
             alter_partition_retry_ms: 40,
+            high_watermark_checkpoint_interval_ms: self.high_watermark_checkpoint_interval_ms,
         }
     }
 }

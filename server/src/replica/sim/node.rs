@@ -165,14 +165,18 @@ impl World {
             self.nodes[i].next_sync_ms = now + self.rng.range(1, self.opts.sync_every_ms + 1);
             for p in 0..partitions {
                 let node = &mut self.nodes[i];
-                let hw = node.replicas[p].high_watermark();
-                node.logs[p].sync(hw);
+                node.logs[p].sync();
                 let durable = node.logs[p].durable_end();
                 let effects = node.replicas[p].synced(durable, now);
                 self.apply_effects(i, p, effects)?;
             }
         }
         for p in 0..partitions {
+            // The driver's periodic high-watermark checkpoint (written at once here).
+            let node = &mut self.nodes[i];
+            if let Some(hw) = node.replicas[p].high_watermark_checkpoint_due(now) {
+                node.logs[p].checkpoint_high_watermark(hw);
+            }
             let effects = self.nodes[i].replicas[p].tick(now);
             self.apply_effects(i, p, effects)?;
             if let Some((proposal, sent)) = self.nodes[i].alter_sent[p].clone() {
