@@ -224,6 +224,11 @@ impl Source {
         })
     }
 
+    /// Whether the operation completed (WHARF patch: unlike `result`, records no stats).
+    pub(crate) fn has_result(&self) -> bool {
+        self.inner.borrow().wakers.result.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

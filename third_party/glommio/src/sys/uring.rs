@@ -1222,6 +1222,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// When the armed preemption timer fires; `None` when the latency timer slot holds no
+    /// preemption timer (nothing armed, or a user timer armed for sleeping).
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1356,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1818,52 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
+        // Keep the armed preemption timer while a task queue will run next and the
+        // timer still has at least half of the preemption period to go: it then fires
+        // between half and all of a period from now, which only ever preempts early.
+        // Cancelling and re-arming it on every turn costs two submissions and usually a
+        // system call per turn (WHARF patch).
         //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Otherwise cancel it: if we won't sleep, we will register the new timer with its
+        // new value; if we will sleep, a timer registered would wake us when it expires.
+        let kept_latency_timer = match (preempt_timer(), self.latency_preemption_deadline.get())
+        {
+            (Some(period), Some(deadline)) => {
+                let now = Instant::now();
+                let armed = self.latency_preemption_timeout_src.take();
+                let pending = armed.as_ref().is_some_and(|src| !src.has_result());
+                let keep = pending && deadline >= now + period / 2 && deadline <= now + period;
+                if keep {
+                    self.latency_preemption_timeout_src.set(armed);
+                }
+                keep
+            }
+            _ => {
+                drop(self.latency_preemption_timeout_src.take());
+                false
+            }
+        };
+        if !kept_latency_timer {
+            self.latency_preemption_deadline.set(None);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. One that has not fired yet stays armed (WHARF patch): it counts
+        // completions since it was armed rather than since this turn, so it may preempt
+        // a task queue early, which costs one turn; re-arming it on every turn costs a
+        // cancellation and two submissions.
+        let throughput_timer = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|src| !src.has_result())
+            .unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            });
+        self.throughput_preemption_timeout_src
+            .replace(Some(throughput_timer));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1880,9 +1914,13 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if self.latency_preemption_deadline.get().is_none() {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + preempt));
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
