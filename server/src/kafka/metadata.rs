@@ -3,9 +3,6 @@
 //! node's image of the cluster metadata. Unknown topics are created when the request allows
 //! it and `auto.create.topics.enable` is on (Kafka's default); they are answered ready at
 //! once.
-//!
-//! Leader epochs are reported as 0: the data path does not use epochs yet (every batch is
-//! written with epoch 0), and with one replica per partition a log never diverges.
 
 use std::rc::Rc;
 
