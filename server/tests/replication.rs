@@ -992,3 +992,220 @@ fn a_follower_that_stops_fetching_leaves_the_isr_after_the_lag_time_and_rejoins_
         node.assert_no_panic();
     }
 }
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const FENCED_LEADER_EPOCH: i16 = 74;
+
+/// What a node answered for one partition, with KIP-951's fields: (error code, current
+/// leader id, current leader epoch, node endpoints as (id, host, port)).
+type LeaderHint = (i16, i32, i32, Vec<(i32, String, i32)>);
+
+/// One Produce of one record to `partition` at `version`, acks=1.
+fn produce_hint(addr: SocketAddr, version: i16, topic: &str, partition: i32) -> LeaderHint {
+    let mut conn = KafkaConn::connect(addr);
+    let records = record_batch(&[Bytes::from_static(b"hint")], Compression::None);
+    let resp = conn.request(version, &produce_request(topic, partition, 1, records));
+    let p = &resp.responses[0].partition_responses[0];
+    let endpoints = resp
+        .node_endpoints
+        .iter()
+        .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+        .collect();
+    (
+        p.error_code,
+        p.current_leader.leader_id.0,
+        p.current_leader.leader_epoch,
+        endpoints,
+    )
+}
+
+/// One Fetch (v13+: the topic by id) of `partition` from offset 0 at `version`, telling the
+/// node the client knows `current_leader_epoch`.
+fn fetch_hint(
+    addr: SocketAddr,
+    version: i16,
+    topic_id: uuid::Uuid,
+    partition: i32,
+    current_leader_epoch: i32,
+) -> LeaderHint {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    let mut conn = KafkaConn::connect(addr);
+    let req = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic_id(topic_id)
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_fetch_offset(0)
+                .with_log_start_offset(-1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let resp = conn.request(version, &req);
+    let p = &resp.responses[0].partitions[0];
+    let endpoints = resp
+        .node_endpoints
+        .iter()
+        .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+        .collect();
+    (
+        p.error_code,
+        p.current_leader.leader_id.0,
+        p.current_leader.leader_epoch,
+        endpoints,
+    )
+}
+
+/// Broker `node` as `addr`'s Metadata lists it: (id, host, port).
+fn listed_endpoint(addr: SocketAddr, node: i32) -> (i32, String, i32) {
+    let md = metadata(addr);
+    let b = md
+        .brokers
+        .iter()
+        .find(|b| b.node_id.0 == node)
+        .unwrap_or_else(|| panic!("Metadata does not list node {node}: {:?}", md.brokers));
+    (node, b.host.to_string(), b.port)
+}
+
+fn topic_id(addr: SocketAddr, topic: &str) -> uuid::Uuid {
+    metadata(addr)
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        .map(|t| t.topic_id)
+        .expect("the topic is listed")
+}
+
+#[test]
+fn a_node_that_does_not_lead_names_the_leader_in_produce_and_fetch_answers_before_and_after_a_failover(
+) {
+    // One voter and two broker-only nodes: a broker-only leader is killed and fenced while
+    // the quorum carries on.
+    let mut nodes = start_nodes(1, 2, 3_000);
+    let topic = unique_topic("kip951");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    // A partition led by a broker-only node.
+    let (p, (leader, epoch, _, _)) = partitions(nodes[0].addr(), &topic)
+        .into_iter()
+        .enumerate()
+        .find(|(_, (leader, _, _, _))| *leader != 1)
+        .map(|(p, view)| (p as i32, view))
+        .expect("a partition led by node 2 or 3");
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    let at = nodes[(follower - 1) as usize].addr();
+    wait_until("the follower's image agrees on the leader", || {
+        partitions(at, &topic)[p as usize].0 == leader
+    });
+    let id = topic_id(at, &topic);
+    let endpoint = listed_endpoint(at, leader);
+
+    // Sent to a follower: NOT_LEADER_OR_FOLLOWER naming the leader, its epoch and its
+    // endpoint as Metadata lists it, in every version that has the fields.
+    for version in [10, 11] {
+        assert_eq!(
+            produce_hint(at, version, &topic, p),
+            (
+                NOT_LEADER_OR_FOLLOWER,
+                leader,
+                epoch,
+                vec![endpoint.clone()]
+            ),
+            "Produce v{version}"
+        );
+    }
+    for version in [16, 17] {
+        assert_eq!(
+            fetch_hint(at, version, id, p, epoch),
+            (
+                NOT_LEADER_OR_FOLLOWER,
+                leader,
+                epoch,
+                vec![endpoint.clone()]
+            ),
+            "Fetch v{version}"
+        );
+    }
+    // Older versions have no such fields and still get a well-formed answer.
+    assert_eq!(
+        produce_hint(at, 9, &topic, p),
+        (NOT_LEADER_OR_FOLLOWER, -1, -1, vec![])
+    );
+    assert_eq!(
+        fetch_hint(at, 15, id, p, epoch),
+        (NOT_LEADER_OR_FOLLOWER, -1, -1, vec![])
+    );
+
+    // The leader dies; once it is fenced another in-sync replica leads with a newer epoch.
+    nodes[(leader - 1) as usize].kill();
+    let survivors: Vec<i32> = (1..=3).filter(|n| *n != leader).collect();
+    wait_until(
+        "a new leader with a newer epoch, seen by both survivors",
+        || {
+            let views: Vec<(i32, i32)> = survivors
+                .iter()
+                .map(|n| {
+                    let (l, e, _, _) =
+                        partitions(nodes[(*n - 1) as usize].addr(), &topic)[p as usize].clone();
+                    (l, e)
+                })
+                .collect();
+            views[0] == views[1] && views[0].1 > epoch && survivors.contains(&views[0].0)
+        },
+    );
+    let (new_leader, new_epoch, _, _) =
+        partitions(nodes[(survivors[0] - 1) as usize].addr(), &topic)[p as usize].clone();
+    let other = *survivors
+        .iter()
+        .find(|n| **n != new_leader)
+        .expect("the other survivor");
+    let other_at = nodes[(other - 1) as usize].addr();
+    let new_endpoint = listed_endpoint(other_at, new_leader);
+
+    // A client that still knows the old epoch is fenced by the new leader, which names
+    // itself (once its replica has taken the leadership).
+    let new_leader_at = nodes[(new_leader - 1) as usize].addr();
+    wait_until("the new leader fences the old epoch", || {
+        fetch_hint(new_leader_at, 17, id, p, epoch).0 == FENCED_LEADER_EPOCH
+    });
+    assert_eq!(
+        fetch_hint(new_leader_at, 17, id, p, epoch),
+        (
+            FENCED_LEADER_EPOCH,
+            new_leader,
+            new_epoch,
+            vec![new_endpoint.clone()]
+        )
+    );
+    // The other survivor names the new leader; the dead one is named nowhere.
+    assert_eq!(
+        produce_hint(other_at, 11, &topic, p),
+        (
+            NOT_LEADER_OR_FOLLOWER,
+            new_leader,
+            new_epoch,
+            vec![new_endpoint.clone()]
+        )
+    );
+    assert_eq!(
+        fetch_hint(other_at, 16, id, p, new_epoch),
+        (
+            NOT_LEADER_OR_FOLLOWER,
+            new_leader,
+            new_epoch,
+            vec![new_endpoint]
+        )
+    );
+    for n in survivors {
+        nodes[(n - 1) as usize].assert_no_panic();
+    }
+}

@@ -41,7 +41,9 @@ use wharf_protocol::convert::{down_convert, DownConvertError};
 use wharf_protocol::legacy::fetch::fetch_magic;
 
 use super::errors::engine_error;
-use super::{group_by_owner, led_partition, HandlerResult, RequestContext};
+use super::{
+    brokers, current_leader, group_by_owner, led_partition, HandlerResult, RequestContext,
+};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{TopicId, TopicMeta, TopicPartition};
 use crate::shard::budget::{ConversionTurn, Grant};
@@ -259,6 +261,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             }
         }
     }
+    // KIP-951: partitions whose leader is elsewhere, or newer than the client knows, name
+    // it. The image is read now, after any wait, so it is the latest this node has.
+    current_leader::fill_fetch(
+        &mut response,
+        version,
+        &ctx.shard.metadata(),
+        &brokers::this_broker(&ctx.shard),
+    );
     ctx.respond_any(ApiKey::Fetch, &response)
 }
 

@@ -3,9 +3,6 @@
 //! node's image of the cluster metadata. Unknown topics are created when the request allows
 //! it and `auto.create.topics.enable` is on (Kafka's default); they are answered ready at
 //! once.
-//!
-//! Leader epochs are reported as 0: the data path does not use epochs yet (every batch is
-//! written with epoch 0), and with one replica per partition a log never diverges.
 
 use std::rc::Rc;
 
@@ -17,7 +14,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, MetadataRequest, MetadataRespon
 use kafka_protocol::ResponseError;
 
 use super::produce::auto_create;
-use super::{broker_endpoint, str_bytes, topic_name, HandlerResult, RequestContext};
+use super::{brokers, str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::controller::image::ClusterImage;
 use crate::metadata::{validate_topic_name, NodeId, TopicId, TopicMeta};
 use crate::shard::Shard;
@@ -122,30 +119,17 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
 
 /// The registered, unfenced brokers with their client listeners; this node at least.
 pub fn live_brokers(shard: &Shard, image: &ClusterImage) -> Vec<MetadataResponseBroker> {
-    let mut brokers: Vec<MetadataResponseBroker> = image
-        .brokers()
-        .filter_map(|b| {
-            let (host, port) = broker_endpoint(image, b.node_id)?;
+    brokers::live_brokers(image, &brokers::this_broker(shard))
+        .into_iter()
+        .map(|b| {
             let mut m = MetadataResponseBroker::default();
             m.node_id = BrokerId(b.node_id.0);
-            m.host = str_bytes(host);
-            m.port = i32::from(port);
-            m.rack = b.rack.clone().map(str_bytes);
-            Some(m)
+            m.host = str_bytes(b.host);
+            m.port = i32::from(b.port);
+            m.rack = b.rack.map(str_bytes);
+            m
         })
-        .collect();
-    if !brokers.iter().any(|b| b.node_id.0 == shard.config.node_id) {
-        brokers.push(this_broker(shard));
-    }
-    brokers
-}
-
-pub fn this_broker(shard: &Shard) -> MetadataResponseBroker {
-    let mut b = MetadataResponseBroker::default();
-    b.node_id = BrokerId(shard.config.node_id);
-    b.host = str_bytes(shard.config.advertised_host.clone());
-    b.port = i32::from(shard.config.advertised_port);
-    b
+        .collect()
 }
 
 /// One topic's entry; fields a version lacks keep their defaults (the encoder refuses

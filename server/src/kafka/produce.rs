@@ -28,6 +28,7 @@ use wharf_protocol::batch::{BatchHeader, Compression};
 use wharf_protocol::convert::{prepare_append, AppendError, AppendPolicy};
 
 use super::errors::{append_error, engine_error};
+use super::{brokers, current_leader};
 use super::{group_by_owner, led_partition, str_bytes, HandlerResult, Reply, RequestContext};
 use crate::controller::requests::CreateTopic;
 use crate::metadata::controller::{self, NewTopic};
@@ -278,6 +279,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             t
         })
         .collect();
+    // KIP-951: partitions sent to a node that does not lead them name the leader.
+    current_leader::fill_produce(
+        &mut response,
+        version,
+        &ctx.shard.metadata(),
+        &brokers::this_broker(&ctx.shard),
+    );
     ctx.respond_any(ApiKey::Produce, &response)
 }
 
