@@ -3,7 +3,7 @@
 //! A Produce (v10+) partition answered NOT_LEADER_OR_FOLLOWER, or a Fetch (v16+) partition
 //! answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH, carries the partition's current
 //! leader and leader epoch, and the response lists the endpoints of the leaders it names,
-//! so the client re-routes at once (librdkafka 2.4+, the Java client 3.7+). Both come from
+//! so a client that reads them re-routes at once (the Java client 3.7+, franz-go). Both come from
 //! this node's metadata image, the one Metadata answers from, and endpoints only of brokers
 //! Metadata lists as live. A partition without a leader is named with leader -1 and no
 //! endpoint; one the image does not know with leader -1 and epoch -1 (Kafka's defaults,
