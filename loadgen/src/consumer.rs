@@ -75,7 +75,14 @@ impl Consumer {
             StartFrom::Earliest => EARLIEST_TIMESTAMP,
             StartFrom::Latest => LATEST_TIMESTAMP,
         };
-        let offsets = list_offsets(&mut conn, &workload.topic, &partitions, timestamp).await?;
+        let offsets = list_offsets(
+            &mut conn,
+            &workload.topic,
+            &partitions,
+            timestamp,
+            workload.isolation_level.wire(),
+        )
+        .await?;
         Ok(Consumer {
             conn,
             version,
