@@ -172,12 +172,15 @@ async fn create_topic(
     Ok(())
 }
 
-/// The offset at `timestamp` (`EARLIEST_TIMESTAMP` or `LATEST_TIMESTAMP`) of each partition.
+/// The offset at `timestamp` (`EARLIEST_TIMESTAMP` or `LATEST_TIMESTAMP`) of each partition;
+/// with `isolation_level` 1 (read_committed, ListOffsets v2+) the latest is the last stable
+/// offset, as Kafka's consumer asks.
 pub async fn list_offsets(
     conn: &mut Conn,
     topic: &str,
     partitions: &[i32],
     timestamp: i64,
+    isolation_level: i8,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let version = conn.version(ApiKey::ListOffsets, 1..=7)?;
     let mut t = ListOffsetsTopic::default();
@@ -194,6 +197,9 @@ pub async fn list_offsets(
         .collect();
     let mut request = ListOffsetsRequest::default();
     request.replica_id = BrokerId(-1);
+    if version >= 2 {
+        request.isolation_level = isolation_level;
+    }
     request.topics = vec![t];
     let response = conn.call(version, &request).await.context("ListOffsets")?;
     let mut offsets = BTreeMap::new();

@@ -85,6 +85,30 @@ pub enum CompressionArg {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    ReadUncommitted,
+    ReadCommitted,
+}
+
+impl IsolationLevel {
+    /// The `isolation_level` field of Fetch and ListOffsets.
+    pub fn wire(self) -> i8 {
+        match self {
+            IsolationLevel::ReadUncommitted => 0,
+            IsolationLevel::ReadCommitted => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadUncommitted => "read_uncommitted",
+            IsolationLevel::ReadCommitted => "read_committed",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     Earliest,
@@ -160,6 +184,30 @@ pub struct Args {
     #[arg(long)]
     pub idempotent: bool,
 
+    /// Transactional producers (KIP-98, `transactional.id` set): each producer gets a
+    /// transactional id of its own, finds its coordinator, and writes --records-per-txn
+    /// records per transaction, then commits it (or aborts it, see --abort-ratio).
+    /// Idempotent too, so it needs --acks all and --in-flight at most 5.
+    #[arg(long)]
+    pub transactional: bool,
+
+    /// With --transactional: records each producer writes in one transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub records_per_txn: u64,
+
+    /// With --transactional: ids are PREFIX-RUN-N, RUN unique to the run and N the producer.
+    #[arg(long, default_value = "wharf-loadgen")]
+    pub transactional_id_prefix: String,
+
+    /// With --transactional: transaction.timeout.ms sent in InitProducerId.
+    #[arg(long, default_value_t = crate::idempotence::TRANSACTION_TIMEOUT_MS)]
+    pub transaction_timeout_ms: i32,
+
+    /// With --transactional: the share of transactions to abort instead of commit, 0 to 1
+    /// (chosen at random per transaction).
+    #[arg(long, default_value_t = 0.0)]
+    pub abort_ratio: f64,
+
     /// Batch compression.
     #[arg(long, value_enum, default_value = "none")]
     pub compression: CompressionArg,
@@ -215,6 +263,12 @@ pub struct Args {
     /// once more at the end).
     #[arg(long, default_value_t = 5_000)]
     pub auto_commit_interval_ms: u64,
+
+    /// Fetch isolation_level: read_committed returns records up to the last stable offset
+    /// and drops those of aborted transactions (as Kafka's consumer does), read_uncommitted
+    /// returns everything.
+    #[arg(long, value_enum, default_value = "read_uncommitted")]
+    pub isolation_level: IsolationLevel,
 
     /// Fetch max_wait_ms.
     #[arg(long, default_value_t = 100)]
@@ -294,24 +348,57 @@ impl Args {
         if self.in_flight == 0 || self.in_flight > MAX_IN_FLIGHT {
             bail!("--in-flight must be 1..={MAX_IN_FLIGHT}");
         }
-        if self.idempotent {
+        if self.idempotent || self.transactional {
+            let flag = if self.transactional {
+                "--transactional"
+            } else {
+                "--idempotent"
+            };
             if self.mode == Mode::Consume {
-                bail!("--idempotent applies to produce and e2e modes");
+                bail!("{flag} applies to produce and e2e modes");
             }
             if self.acks != Acks::All {
                 bail!(
-                    "--idempotent needs --acks all (as Kafka's producer: idempotence is only \
+                    "{flag} needs --acks all (as Kafka's producer: idempotence is only \
                      guaranteed when every in-sync replica has the batch), not --acks {}",
                     self.acks.name()
                 );
             }
             if self.in_flight > MAX_IN_FLIGHT_IDEMPOTENT {
                 bail!(
-                    "--idempotent allows at most {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight per \
+                    "{flag} allows at most {MAX_IN_FLIGHT_IDEMPOTENT} requests in flight per \
                      connection (as Kafka's producer), not --in-flight {}",
                     self.in_flight
                 );
             }
+        }
+        if self.transactional {
+            if self.records_per_txn == 0 {
+                bail!("--records-per-txn must be at least 1");
+            }
+            if !(0.0..=1.0).contains(&self.abort_ratio) {
+                bail!("--abort-ratio must be between 0 and 1");
+            }
+            if self.transaction_timeout_ms <= 0 {
+                bail!("--transaction-timeout-ms must be positive");
+            }
+            // The id is an int16-length string: prefix, '-', 16 hex digits, '-', index.
+            if self.transactional_id_prefix.is_empty()
+                || self.transactional_id_prefix.len() > MAX_GROUP_ID_BYTES - 40
+            {
+                bail!(
+                    "--transactional-id-prefix must be 1 to {} bytes",
+                    MAX_GROUP_ID_BYTES - 40
+                );
+            }
+            if self.mode == Mode::E2e && self.abort_ratio > 0.0 {
+                bail!(
+                    "--abort-ratio applies to produce mode: in e2e mode records of aborted \
+                     transactions would count as lost"
+                );
+            }
+        } else if self.abort_ratio != 0.0 {
+            bail!("--abort-ratio applies with --transactional");
         }
         if self.batch_size == 0 || self.batch_size > MAX_BATCH_BYTES {
             bail!("--batch-size must be 1..={MAX_BATCH_BYTES}");
@@ -459,6 +546,63 @@ mod tests {
         assert_eq!(e.lines().count(), 1, "{e}");
         // Without --idempotent, both stay allowed.
         validate(&["produce", "--acks", "1", "--in-flight", "6"]).unwrap();
+    }
+
+    #[test]
+    fn transactional_needs_acks_all_and_a_sensible_abort_ratio() {
+        validate(&[
+            "produce",
+            "--transactional",
+            "--acks",
+            "all",
+            "--records-per-txn",
+            "100",
+            "--abort-ratio",
+            "0.25",
+        ])
+        .unwrap();
+        let e = validate(&["produce", "--transactional"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--transactional needs --acks all"), "{e}");
+        for ratio in [
+            "--abort-ratio=1.5",
+            "--abort-ratio=-0.1",
+            "--abort-ratio=NaN",
+        ] {
+            let e = validate(&["produce", "--transactional", "--acks", "all", ratio])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--abort-ratio"), "{ratio}: {e}");
+        }
+        let e = validate(&["produce", "--acks", "all", "--abort-ratio", "0.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("with --transactional"), "{e}");
+        let e = validate(&[
+            "produce",
+            "--transactional",
+            "--acks",
+            "all",
+            "--records-per-txn",
+            "0",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--records-per-txn"), "{e}");
+        let e = validate(&["consume", "--transactional", "--acks", "all"]).unwrap_err();
+        assert!(e.to_string().contains("produce and e2e"), "{e}");
+    }
+
+    #[test]
+    fn isolation_level_takes_kafka_names() {
+        let args =
+            Args::try_parse_from(["x", "consume", "--isolation-level", "read_committed"]).unwrap();
+        assert_eq!(args.isolation_level, IsolationLevel::ReadCommitted);
+        assert_eq!(args.isolation_level.wire(), 1);
+        let args = Args::try_parse_from(["x", "consume"]).unwrap();
+        assert_eq!(args.isolation_level, IsolationLevel::ReadUncommitted);
+        assert!(Args::try_parse_from(["x", "consume", "--isolation-level", "committed"]).is_err());
     }
 
     #[test]

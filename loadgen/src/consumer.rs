@@ -16,9 +16,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
 use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
 use kafka_protocol::records::RecordBatchDecoder;
-use wharf_protocol::batch::{batches, validate_batch_with, Compression, CountRule};
+use wharf_protocol::batch::{batches, validate_batch_with, BatchInfo, Compression, CountRule};
+use wharf_protocol::txn::control::{
+    decode_control_batch, ControlBatch, ControlContent, TransactionResult,
+};
 
 use crate::admin::{list_offsets, topic_name, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use crate::cli::StartFrom;
@@ -71,7 +75,14 @@ impl Consumer {
             StartFrom::Earliest => EARLIEST_TIMESTAMP,
             StartFrom::Latest => LATEST_TIMESTAMP,
         };
-        let offsets = list_offsets(&mut conn, &workload.topic, &partitions, timestamp).await?;
+        let offsets = list_offsets(
+            &mut conn,
+            &workload.topic,
+            &partitions,
+            timestamp,
+            workload.isolation_level.wire(),
+        )
+        .await?;
         Ok(Consumer {
             conn,
             version,
@@ -257,7 +268,10 @@ impl Consumer {
                                 continue;
                             }
                             if let Some(records) = p.records {
-                                self.on_records(p.partition_index, records, now);
+                                let aborted = AbortedTransactions::new(
+                                    p.aborted_transactions.as_deref().unwrap_or_default(),
+                                );
+                                self.on_records(p.partition_index, records, aborted, now);
                             }
                         }
                     }
@@ -288,13 +302,20 @@ impl Consumer {
             .collect();
         let mut request = FetchRequest::default();
         request.max_wait_ms = w.fetch_max_wait_ms;
+        request.isolation_level = w.isolation_level.wire();
         request.min_bytes = w.fetch_min_bytes;
         request.max_bytes = w.fetch_max_bytes;
         request.topics = vec![topic];
         request
     }
 
-    fn on_records(&mut self, partition: i32, records: Bytes, now: u64) {
+    fn on_records(
+        &mut self,
+        partition: i32,
+        records: Bytes,
+        mut aborted: AbortedTransactions,
+        now: u64,
+    ) {
         let Some(offset) = self.offsets.get(&partition).copied() else {
             self.stats
                 .borrow_mut()
@@ -321,6 +342,11 @@ impl Consumer {
             }
             bytes += batch.len() as u64;
             next = last + 1;
+            // read_committed: drop the records of aborted transactions (the broker lists
+            // them; read_uncommitted answers list none).
+            if aborted.drops(&info, batch) {
+                continue;
+            }
             if info.is_control() {
                 continue;
             }
@@ -392,5 +418,143 @@ impl Consumer {
     fn fail(&mut self, error: &str) {
         self.broken = true;
         self.stats.borrow_mut().record_error(error, 0);
+    }
+}
+
+/// The aborted transactions a read_committed Fetch answer lists for one partition, applied
+/// to its batches in offset order as Kafka's consumer does (`CompletedFetch`): a producer's
+/// transactional batches are dropped from the first offset of its aborted transaction up to
+/// that transaction's ABORT marker.
+pub struct AbortedTransactions {
+    /// (first offset, producer id), latest first, so the next one due is at the end.
+    pending: Vec<(i64, i64)>,
+    /// Producers whose aborted transaction is under way at the current batch.
+    aborting: std::collections::HashSet<i64>,
+}
+
+impl AbortedTransactions {
+    pub fn new(listed: &[AbortedTransaction]) -> AbortedTransactions {
+        let mut pending: Vec<(i64, i64)> = listed
+            .iter()
+            .map(|a| (a.first_offset, a.producer_id.0))
+            .collect();
+        pending.sort_unstable_by(|a, b| b.cmp(a));
+        AbortedTransactions {
+            pending,
+            aborting: Default::default(),
+        }
+    }
+
+    /// Whether `batch` (with header `info`) is to be dropped: a transactional batch of an
+    /// aborted transaction. An ABORT marker ends its producer's aborted transaction (the
+    /// marker itself is a control batch, skipped anyway).
+    pub fn drops(&mut self, info: &BatchInfo, batch: &[u8]) -> bool {
+        if info.producer_id < 0 {
+            return false;
+        }
+        while let Some(&(first, producer)) = self.pending.last() {
+            if first > info.last_offset() {
+                break;
+            }
+            self.aborting.insert(producer);
+            self.pending.pop();
+        }
+        if info.is_control() {
+            if let Ok(ControlBatch {
+                content: ControlContent::EndTxn(marker),
+                ..
+            }) = decode_control_batch(batch, MAX_FETCHED_BATCH_BYTES)
+            {
+                if marker.result == TransactionResult::Abort {
+                    self.aborting.remove(&info.producer_id);
+                }
+            }
+            return false;
+        }
+        info.is_transactional() && self.aborting.contains(&info.producer_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ProducerId;
+    use wharf_protocol::batch::{set_base_offset, validate_batch, BatchBuilder};
+    use wharf_protocol::txn::control::EndTxnMarker;
+
+    /// A transactional batch of `records` records of `producer` at `base_offset`.
+    fn data(producer: i64, base_offset: i64, records: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::new()
+            .base_offset(base_offset)
+            .producer(producer, 0, 0)
+            .transactional(true);
+        for _ in 0..records {
+            b.push(None, Some(b"v"), &[], 1);
+        }
+        b.build()
+    }
+
+    /// A batch of a producer without id (not idempotent) at `base_offset`.
+    fn plain(base_offset: i64) -> Vec<u8> {
+        let mut b = BatchBuilder::new().base_offset(base_offset);
+        b.push(None, Some(b"v"), &[], 1);
+        b.build()
+    }
+
+    fn marker(producer: i64, offset: i64, result: TransactionResult) -> Vec<u8> {
+        let mut batch = EndTxnMarker {
+            result,
+            coordinator_epoch: 0,
+        }
+        .to_batch(producer, 0, 1);
+        assert!(set_base_offset(&mut batch, offset));
+        batch
+    }
+
+    fn aborted(list: &[(i64, i64)]) -> AbortedTransactions {
+        let listed: Vec<AbortedTransaction> = list
+            .iter()
+            .map(|(producer, first)| {
+                let mut a = AbortedTransaction::default();
+                a.producer_id = ProducerId(*producer);
+                a.first_offset = *first;
+                a
+            })
+            .collect();
+        AbortedTransactions::new(&listed)
+    }
+
+    /// Which batches of `log` a read_committed consumer keeps, by base offset.
+    fn kept(log: &[Vec<u8>], filter: &mut AbortedTransactions) -> Vec<i64> {
+        log.iter()
+            .filter_map(|batch| {
+                let info = validate_batch(batch, 1 << 20).unwrap();
+                let dropped = filter.drops(&info, batch);
+                (!dropped && !info.is_control()).then_some(info.base_offset)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_transactions_up_to_their_abort_marker() {
+        use TransactionResult::{Abort, Commit};
+        // Producers 7 and 8 interleave: 7 aborts a transaction at 0-4 (marker 7), commits
+        // one at 8-9 (marker 10); 8 commits 5-6 (marker 11) and aborts 12 (marker 13).
+        let log = vec![
+            data(7, 0, 3),
+            data(7, 3, 2),
+            data(8, 5, 2),
+            marker(7, 7, Abort),
+            data(7, 8, 2),
+            marker(7, 10, Commit),
+            marker(8, 11, Commit),
+            data(8, 12, 1),
+            marker(8, 13, Abort),
+            plain(14),
+        ];
+        let mut filter = aborted(&[(7, 0), (8, 12)]);
+        assert_eq!(kept(&log, &mut filter), vec![5, 8, 14]);
+        // read_uncommitted answers list no aborted transactions: everything is kept.
+        assert_eq!(kept(&log, &mut aborted(&[])), vec![0, 3, 5, 8, 12, 14]);
     }
 }

@@ -929,7 +929,9 @@ impl Member {
                 .filter_map(|p| committed.get(p).map(|o| (*p, *o)))
                 .collect();
             if !reset.is_empty() {
-                match list_offsets(&mut conn, &self.setup.topic, &reset, timestamp).await {
+                let isolation = self.setup.isolation_level.wire();
+                match list_offsets(&mut conn, &self.setup.topic, &reset, timestamp, isolation).await
+                {
                     Ok(found) => offsets.extend(found),
                     Err(e) => {
                         self.error(&format!("{e:#}"));

@@ -14,7 +14,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use kafka_protocol::messages::{ApiKey, InitProducerIdRequest};
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
 use wharf_protocol::batch::BatchBuilder;
 
 use crate::conn::Conn;
@@ -28,7 +29,7 @@ pub const INIT_PRODUCER_ID_VERSIONS: std::ops::RangeInclusive<i16> = 0..=4;
 pub const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 /// `transaction.timeout.ms` the Java producer sends in InitProducerId (its default), which a
 /// broker ignores without a transactional id.
-const TRANSACTION_TIMEOUT_MS: i32 = 60_000;
+pub const TRANSACTION_TIMEOUT_MS: i32 = 60_000;
 
 /// A producer id and epoch the broker handed out.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -37,19 +38,23 @@ pub struct ProducerIdentity {
     pub producer_epoch: i16,
 }
 
-/// Asks the broker for a producer id (no transactional id). `Ok(Err(name))` is the broker's
-/// refusal by Kafka error name, for the caller to count; `Err` means there is no answer to
-/// count: the broker does not speak InitProducerId, or the connection failed.
+/// Asks the broker for a producer id, with a transactional id or without (then the default
+/// is "", which a broker refuses, so none is sent). `Ok(Err((code, name)))` is the broker's
+/// refusal by code and Kafka error name, for the caller to count; `Err` means there is no
+/// answer to count: the broker does not speak InitProducerId, or the connection failed.
 pub async fn init_producer_id(
     conn: &mut Conn,
+    transactional_id: Option<&str>,
+    transaction_timeout_ms: i32,
     timeout: Duration,
-) -> anyhow::Result<Result<ProducerIdentity, String>> {
+) -> anyhow::Result<Result<ProducerIdentity, (i16, String)>> {
     let version = conn
         .version(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSIONS)
-        .map_err(|e| anyhow!("{e} (--idempotent needs it)"))?;
+        .map_err(|e| anyhow!("{e} (--idempotent and --transactional need it)"))?;
     let mut request = InitProducerIdRequest::default();
-    request.transactional_id = None; // the default is "", which a broker refuses
-    request.transaction_timeout_ms = TRANSACTION_TIMEOUT_MS;
+    request.transactional_id =
+        transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string())));
+    request.transaction_timeout_ms = transaction_timeout_ms;
     let response = conn
         .call_by(version, &request, Instant::now() + timeout)
         .await
@@ -62,7 +67,8 @@ pub async fn init_producer_id(
             )
         })?;
     if response.error_code != 0 {
-        return Ok(Err(kafka_error_name(response.error_code)));
+        let code = response.error_code;
+        return Ok(Err((code, kafka_error_name(code))));
     }
     Ok(Ok(ProducerIdentity {
         producer_id: response.producer_id.0,
@@ -85,6 +91,8 @@ pub fn increment_sequence(sequence: i32, increment: i32) -> i32 {
 pub struct Sequencer {
     identity: ProducerIdentity,
     next_sequence: Vec<i32>,
+    /// Batches are part of a transaction (attribute bit 4).
+    transactional: bool,
 }
 
 impl Sequencer {
@@ -93,7 +101,14 @@ impl Sequencer {
         Sequencer {
             identity,
             next_sequence: vec![0; partitions],
+            transactional: false,
         }
+    }
+
+    /// Every batch stamped from now on is marked transactional.
+    pub fn transactional(mut self) -> Sequencer {
+        self.transactional = true;
+        self
     }
 
     pub fn identity(&self) -> ProducerIdentity {
@@ -110,11 +125,13 @@ impl Sequencer {
         let next = &mut self.next_sequence[slot];
         let base_sequence = *next;
         *next = increment_sequence(base_sequence, batch.records_count());
-        *batch = std::mem::take(batch).producer(
-            self.identity.producer_id,
-            self.identity.producer_epoch,
-            base_sequence,
-        );
+        *batch = std::mem::take(batch)
+            .producer(
+                self.identity.producer_id,
+                self.identity.producer_epoch,
+                base_sequence,
+            )
+            .transactional(self.transactional);
     }
 }
 

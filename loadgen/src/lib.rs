@@ -26,3 +26,4 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod stats;
+pub mod transaction;

@@ -4,7 +4,7 @@
 //! showed those copies as its largest cost.
 //!
 //! Layout (non-flexible versions; all integers big-endian): transactional_id (nullable
-//! string, i16 length), acks (i16), timeout_ms (i32), topics (i32 count) of name (string)
+//! string, i16 length; null unless the producer is transactional), acks (i16), timeout_ms (i32), topics (i32 count) of name (string)
 //! and partitions (i32 count) of index (i32) and records (nullable bytes, i32 length).
 
 use anyhow::{bail, ensure};
@@ -17,6 +17,7 @@ pub const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=8;
 pub fn put_produce_head(
     buf: &mut Vec<u8>,
     version: i16,
+    transactional_id: Option<&str>,
     acks: i16,
     timeout_ms: i32,
     topic: &str,
@@ -27,7 +28,15 @@ pub fn put_produce_head(
     }
     let name_len = i16::try_from(topic.len())?;
     ensure!(name_len >= 0, "topic name too long");
-    buf.extend_from_slice(&(-1i16).to_be_bytes()); // transactional_id: null
+    match transactional_id {
+        None => buf.extend_from_slice(&(-1i16).to_be_bytes()),
+        Some(id) => {
+            let len = i16::try_from(id.len())?;
+            ensure!(len >= 0, "transactional id too long");
+            buf.extend_from_slice(&len.to_be_bytes());
+            buf.extend_from_slice(id.as_bytes());
+        }
+    }
     buf.extend_from_slice(&acks.to_be_bytes());
     buf.extend_from_slice(&timeout_ms.to_be_bytes());
     buf.extend_from_slice(&1i32.to_be_bytes()); // one topic
@@ -58,9 +67,9 @@ mod tests {
     use kafka_protocol::protocol::{Decodable, Encodable};
     use wharf_protocol::batch::simple_batch;
 
-    fn by_hand(version: i16, batches: &[Vec<u8>]) -> Vec<u8> {
+    fn by_hand(version: i16, txn: Option<&str>, batches: &[Vec<u8>]) -> Vec<u8> {
         let mut buf = Vec::new();
-        put_produce_head(&mut buf, version, -1, 1500, "topic-x", batches.len()).unwrap();
+        put_produce_head(&mut buf, version, txn, -1, 1500, "topic-x", batches.len()).unwrap();
         for (i, b) in batches.iter().enumerate() {
             put_partition_head(&mut buf, i as i32 * 3, b.len()).unwrap();
             buf.extend_from_slice(b);
@@ -71,7 +80,7 @@ mod tests {
     #[test]
     fn hand_encoding_is_byte_for_byte_what_kafka_protocol_writes() {
         let batches = vec![simple_batch(3, 10, 1), simple_batch(1, 50, 2)];
-        for version in PRODUCE_VERSIONS {
+        for (version, txn) in PRODUCE_VERSIONS.flat_map(|v| [(v, None), (v, Some("txn-7"))]) {
             let mut topic = TopicProduceData::default();
             topic.name = crate::admin::topic_name("topic-x");
             topic.partition_data = batches
@@ -85,12 +94,17 @@ mod tests {
                 })
                 .collect();
             let mut request = ProduceRequest::default();
+            request.transactional_id = txn.map(|id| {
+                kafka_protocol::messages::TransactionalId(
+                    kafka_protocol::protocol::StrBytes::from_static_str(id),
+                )
+            });
             request.acks = -1;
             request.timeout_ms = 1500;
             request.topic_data = vec![topic];
             let mut expected = Vec::new();
             request.encode(&mut expected, version).unwrap();
-            let ours = by_hand(version, &batches);
+            let ours = by_hand(version, txn, &batches);
             assert_eq!(ours, expected, "v{version}");
             let decoded = ProduceRequest::decode(&mut Bytes::from(ours), version).unwrap();
             assert_eq!(decoded, request, "v{version}");
@@ -99,7 +113,7 @@ mod tests {
 
     #[test]
     fn flexible_versions_are_refused() {
-        assert!(put_produce_head(&mut Vec::new(), 9, 1, 1, "t", 1).is_err());
-        assert!(put_produce_head(&mut Vec::new(), 2, 1, 1, "t", 1).is_err());
+        assert!(put_produce_head(&mut Vec::new(), 9, None, 1, 1, "t", 1).is_err());
+        assert!(put_produce_head(&mut Vec::new(), 2, None, 1, 1, "t", 1).is_err());
     }
 }

@@ -18,19 +18,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
 use kafka_protocol::protocol::HeaderVersion;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use wharf_protocol::batch::{
     BatchBuilder, BATCH_HEADER_BYTES, CRC_COVERED_FROM, LOG_OVERHEAD_BYTES,
 };
 
 use crate::cli::CompressionArg;
 use crate::conn::{decode_response, Conn, Frame};
-use crate::idempotence::{init_producer_id, Sequencer};
+use crate::idempotence::{init_producer_id, Sequencer, TRANSACTION_TIMEOUT_MS};
 use crate::keys::{key_bytes, partition_for_key, KeySampler, KEY_BYTES};
 use crate::payload::{write_stamp, Payloads};
 use crate::produce_request::{put_partition_head, put_produce_head, PRODUCE_VERSIONS};
 use crate::run::{Shared, Workload};
 use crate::schedule::{Clock, RateSchedule};
 use crate::stats::{kafka_error_name, Stats};
+use crate::transaction::{transactional_id, Transactions};
 
 /// Bytes of records a producer holds before it stops taking new ones (Kafka's
 /// `buffer.memory` default). Open-loop records that wait for room keep their intended send
@@ -91,6 +94,25 @@ pub struct Producer {
     /// `--idempotent`: the error the broker answered InitProducerId with; this producer
     /// then sends nothing and counts the error once.
     init_refused: Option<String>,
+    /// `--transactional`: the coordinator and the transaction under way.
+    txn: Option<TxnState>,
+}
+
+/// A transactional producer's transactions: one at a time, each of `records_per_txn`
+/// records (fewer for the last one of the run).
+struct TxnState {
+    ctl: Transactions,
+    records_per_txn: u64,
+    abort_ratio: f64,
+    rng: SmallRng,
+    /// Records the transaction under way may still take.
+    room: u64,
+    /// AddPartitionsToTxn succeeded and EndTxn has not been sent: a transaction is open.
+    open: bool,
+    /// Records of this transaction the broker acknowledged.
+    acked: u64,
+    /// A batch of this transaction was refused: it is aborted, not committed.
+    failed: bool,
 }
 
 impl Producer {
@@ -109,16 +131,46 @@ impl Producer {
         anyhow::ensure!(!partitions.is_empty(), "producer {index} has no partitions");
         let mut conn = Conn::connect(leader, &workload.client_id).await?;
         let version = conn.version(ApiKey::Produce, PRODUCE_VERSIONS)?;
-        let (sequencer, init_refused) = if workload.idempotent {
+        let seed = workload.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut txn = None;
+        let (sequencer, init_refused) = if let Some(settings) = &workload.transactions {
             let timeout = Duration::from_millis(workload.request_timeout_ms.max(0) as u64);
-            match init_producer_id(&mut conn, timeout).await? {
-                Ok(identity) => (Some(Sequencer::new(identity, partitions.len())), None),
+            let id = transactional_id(&settings.transactional_id_prefix, workload.seed, index);
+            match Transactions::init(
+                &mut conn,
+                &workload.client_id,
+                id,
+                settings.transaction_timeout_ms,
+                timeout,
+            )
+            .await?
+            {
+                Ok(ctl) => {
+                    let sequencer =
+                        Sequencer::new(ctl.identity(), partitions.len()).transactional();
+                    txn = Some(TxnState {
+                        ctl,
+                        records_per_txn: settings.records_per_txn,
+                        abort_ratio: settings.abort_ratio,
+                        rng: SmallRng::seed_from_u64(seed.rotate_left(17)),
+                        room: settings.records_per_txn,
+                        open: false,
+                        acked: 0,
+                        failed: false,
+                    });
+                    (Some(sequencer), None)
+                }
                 Err(error) => (None, Some(error)),
+            }
+        } else if workload.idempotent {
+            let timeout = Duration::from_millis(workload.request_timeout_ms.max(0) as u64);
+            match init_producer_id(&mut conn, None, TRANSACTION_TIMEOUT_MS, timeout).await? {
+                Ok(identity) => (Some(Sequencer::new(identity, partitions.len())), None),
+                Err((_, name)) => (None, Some(format!("{name} (InitProducerId)"))),
             }
         } else {
             (None, None)
         };
-        let seed = workload.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Ok(Producer {
             conn,
             version,
@@ -144,6 +196,7 @@ impl Producer {
             stats,
             sequencer,
             init_refused,
+            txn,
         })
     }
 
@@ -186,11 +239,23 @@ impl Producer {
                 draining = true;
                 hard_stop_ns = hard_stop_ns.min(now.saturating_add(self.workload.drain_ns));
             }
+            // A transaction takes --records-per-txn records; then it is ended (below) before
+            // the next one begins.
+            let generating = generating && self.txn.as_ref().is_none_or(|t| t.room > 0);
+            if generating && self.txn.as_ref().is_some_and(|t| !t.open) {
+                if let Err(e) = self.begin_txn().await {
+                    return self.fail(&e);
+                }
+                continue; // time has passed: look again
+            }
             if generating {
                 self.generate(now);
             }
-            // The budget may have run out just now: then the last partial batch goes too.
-            let generating = generating && self.budget != Some(0);
+            // The budget (or the transaction's room) may have run out just now: then the last
+            // partial batches go too.
+            let generating = generating
+                && self.budget != Some(0)
+                && self.txn.as_ref().is_none_or(|t| t.room > 0);
             while self.in_flight.len() < self.workload.in_flight {
                 match self.send_ready(now, !generating) {
                     Ok(true) => {}
@@ -198,11 +263,17 @@ impl Producer {
                     Err(e) => return self.fail(&format!("cannot encode Produce: {e:#}")),
                 }
             }
-            if !generating
-                && self.in_flight.is_empty()
+            let quiet = self.in_flight.is_empty()
                 && self.buffered_records == 0
-                && self.conn.unsent_bytes() == 0
-            {
+                && self.conn.unsent_bytes() == 0;
+            if !generating && quiet && self.txn.as_ref().is_some_and(|t| t.open) {
+                // Every record of the transaction is answered: end it.
+                if let Err(e) = self.end_txn().await {
+                    return self.fail(&e);
+                }
+                continue;
+            }
+            if !generating && quiet {
                 break;
             }
             if now >= hard_stop_ns {
@@ -234,6 +305,58 @@ impl Producer {
         self.shared.producers_done.fetch_add(1, Ordering::Release);
     }
 
+    /// Starts a transaction: adds this producer's partitions to it. Err: what to count.
+    async fn begin_txn(&mut self) -> Result<(), String> {
+        let t = self.txn.as_mut().expect("a transactional producer");
+        match t.ctl.add_partitions(&self.topic, &self.partitions).await {
+            Err(e) => Err(format!("AddPartitionsToTxn: {e:#}")),
+            Ok(Err(refused)) => Err(refused),
+            Ok(Ok(retries)) => {
+                self.stats.borrow_mut().txn_add_partitions_retries += retries;
+                t.open = true;
+                t.room = t.records_per_txn;
+                t.acked = 0;
+                t.failed = false;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the open transaction once all its Produce requests are answered: aborts it if a
+    /// batch was refused or (--abort-ratio) by chance, commits it otherwise, and counts it
+    /// with the EndTxn round trip. Err: what to count.
+    async fn end_txn(&mut self) -> Result<(), String> {
+        let t = self.txn.as_mut().expect("a transactional producer");
+        let by_chance = t.abort_ratio > 0.0 && t.rng.random_bool(t.abort_ratio);
+        let commit = !(t.failed || by_chance);
+        let sent_ns = self.clock.now_ns();
+        let result = t.ctl.end(commit).await;
+        let now = self.clock.now_ns();
+        match result {
+            Err(e) => Err(format!("EndTxn: {e:#}")),
+            Ok(Err(refused)) => Err(refused),
+            Ok(Ok(())) => {
+                let mut stats = self.stats.borrow_mut();
+                if commit {
+                    stats.txn_committed += 1;
+                    stats.txn_committed_records += t.acked;
+                    stats
+                        .commit_latency
+                        .saturating_record(now.saturating_sub(sent_ns).max(1));
+                } else {
+                    stats.txn_aborted += 1;
+                    stats.txn_aborted_records += t.acked;
+                }
+                stats.last_event_ns = stats.last_event_ns.max(now);
+                t.open = false;
+                t.room = t.records_per_txn;
+                t.acked = 0;
+                t.failed = false;
+                Ok(())
+            }
+        }
+    }
+
     fn next_deadline(&self, now: u64, generating: bool, hard_stop_ns: u64) -> u64 {
         let mut deadline = hard_stop_ns;
         if generating && now < self.workload.stop_ns {
@@ -260,7 +383,10 @@ impl Producer {
     fn generate(&mut self, now: u64) {
         let timestamp_ms = wall_clock_ms();
         if self.schedule.is_some() {
-            while self.buffered_bytes < MAX_BUFFERED_BYTES && self.budget != Some(0) {
+            while self.buffered_bytes < MAX_BUFFERED_BYTES
+                && self.budget != Some(0)
+                && self.txn_room()
+            {
                 let Some(s) = self.schedule.as_mut() else {
                     break;
                 };
@@ -272,7 +398,10 @@ impl Producer {
                 self.append(t, timestamp_ms);
             }
         } else if self.in_flight.len() < self.workload.in_flight {
-            while self.buffered_bytes < MAX_BUFFERED_BYTES && self.budget != Some(0) {
+            while self.buffered_bytes < MAX_BUFFERED_BYTES
+                && self.budget != Some(0)
+                && self.txn_room()
+            {
                 if self.append(now, timestamp_ms) {
                     break;
                 }
@@ -280,10 +409,18 @@ impl Producer {
         }
     }
 
+    /// Whether the transaction under way (if any) takes more records.
+    fn txn_room(&self) -> bool {
+        self.txn.as_ref().is_none_or(|t| t.room > 0)
+    }
+
     /// Appends one record intended at `intended_ns`; true if that closed a batch.
     fn append(&mut self, intended_ns: u64, timestamp_ms: i64) -> bool {
         if let Some(b) = self.budget.as_mut() {
             *b -= 1;
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.room -= 1;
         }
         let key = self.keys.next_index().map(key_bytes);
         let mut value = self.payloads.next_value();
@@ -402,6 +539,7 @@ impl Producer {
                 .collect::<anyhow::Result<Vec<Bytes>>>()?,
         };
         let (partitions, w) = (&self.partitions, &self.workload);
+        let transactional_id = self.txn.as_ref().map(|t| t.ctl.transactional_id());
         let acks = w.acks.wire();
         let correlation_id = self.conn.enqueue_with(
             ApiKey::Produce as i16,
@@ -411,6 +549,7 @@ impl Producer {
                 put_produce_head(
                     buf,
                     self.version,
+                    transactional_id,
                     acks,
                     w.request_timeout_ms,
                     &w.topic,
@@ -471,6 +610,7 @@ impl Producer {
         let response = decode_response::<ProduceRequest>(frame.bytes, self.version);
         let mut stats = self.stats.borrow_mut();
         let mut acked = 0;
+        let mut failed = false;
         for batch in in_flight.batches {
             let code = match &response {
                 Err(_) => None,
@@ -483,10 +623,13 @@ impl Producer {
                     .map(|p| p.error_code),
             };
             match (code, &response) {
-                (None, Err(e)) => stats.record_error(
-                    &format!("UNDECODABLE_PRODUCE_RESPONSE ({e:#})"),
-                    batch.records,
-                ),
+                (None, Err(e)) => {
+                    stats.record_error(
+                        &format!("UNDECODABLE_PRODUCE_RESPONSE ({e:#})"),
+                        batch.records,
+                    );
+                    failed = true;
+                }
                 (Some(0), _) => {
                     for t in &batch.intended {
                         stats.record_produce_latency(now.saturating_sub(*t));
@@ -496,9 +639,13 @@ impl Producer {
                     stats.produced_batch_bytes += batch.batch_bytes;
                     acked += batch.records;
                 }
-                (Some(code), _) => stats.record_error(&kafka_error_name(code), batch.records),
+                (Some(code), _) => {
+                    stats.record_error(&kafka_error_name(code), batch.records);
+                    failed = true;
+                }
                 (None, Ok(_)) => {
-                    stats.record_error("PARTITION_MISSING_FROM_PRODUCE_RESPONSE", batch.records)
+                    stats.record_error("PARTITION_MISSING_FROM_PRODUCE_RESPONSE", batch.records);
+                    failed = true;
                 }
             }
             self.spare_intended.push(batch.intended);
@@ -506,6 +653,10 @@ impl Producer {
         stats.produce_requests += 1;
         stats.last_event_ns = stats.last_event_ns.max(now);
         drop(stats);
+        if let Some(t) = self.txn.as_mut() {
+            t.acked += acked;
+            t.failed |= failed;
+        }
         self.shared.produced.fetch_add(acked, Ordering::Relaxed);
     }
 
@@ -543,7 +694,7 @@ impl Producer {
         .await;
         let now = self.clock.now_ns();
         let mut stats = self.stats.borrow_mut();
-        stats.record_error(&format!("{error} (InitProducerId)"), 0);
+        stats.record_error(error, 0);
         stats.last_event_ns = stats.last_event_ns.max(now);
         drop(stats);
         self.shared.producers_done.fetch_add(1, Ordering::Release);

@@ -39,6 +39,13 @@ pub struct WorkloadSummary {
     pub acks: String,
     /// `--idempotent`: producers with a producer id and sequence numbers.
     pub idempotent: bool,
+    /// `--transactional`: producers write in transactions of `records_per_txn` records,
+    /// aborting `abort_ratio` of them.
+    pub transactional: bool,
+    pub records_per_txn: Option<u64>,
+    pub abort_ratio: Option<f64>,
+    /// Fetch isolation level of the consumers.
+    pub isolation_level: String,
     pub compression: String,
     pub batch_size: usize,
     pub linger_ms: f64,
@@ -111,6 +118,48 @@ impl Latency {
             max_ms: ms(h.max()),
             distribution,
         })
+    }
+}
+
+/// `--transactional`: the transactions ended in the measured time.
+#[derive(Clone, Debug, Serialize)]
+pub struct TxnReport {
+    pub committed: u64,
+    pub aborted: u64,
+    /// Records acknowledged in committed and in aborted transactions.
+    pub committed_records: u64,
+    pub aborted_records: u64,
+    /// AddPartitionsToTxn requests sent again because the coordinator was still finishing
+    /// the previous transaction (CONCURRENT_TRANSACTIONS), as Kafka's producer does.
+    pub add_partitions_retries: u64,
+    /// Transactions ended (committed or aborted) per second, and committed per second.
+    pub transactions_per_sec: f64,
+    pub commits_per_sec: f64,
+    /// EndTxn (commit) request to response.
+    pub commit_latency: Option<Latency>,
+}
+
+impl TxnReport {
+    /// The summary's transaction line.
+    pub fn render(&self) -> String {
+        let latency = match &self.commit_latency {
+            Some(l) => format!(
+                "commit (EndTxn) p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} ms",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            ),
+            None => "no commits".to_string(),
+        };
+        format!(
+            "transactions: {} committed ({} records), {} aborted ({} records), {:.1} txn/s \
+             ({:.1} commits/s), {} AddPartitionsToTxn retries; {latency}",
+            group_digits(self.committed),
+            group_digits(self.committed_records),
+            group_digits(self.aborted),
+            group_digits(self.aborted_records),
+            self.transactions_per_sec,
+            self.commits_per_sec,
+            group_digits(self.add_partitions_retries),
+        )
     }
 }
 
@@ -326,8 +375,12 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Records lost to those errors.
     pub error_records: u64,
+    /// What the errors mean, for those whose name does not say enough.
+    pub error_notes: BTreeMap<String, String>,
     /// `--group` runs: what the consumer group went through.
     pub group: Option<GroupReport>,
+    /// `--transactional` runs: the transactions.
+    pub transactions: Option<TxnReport>,
     pub intervals: Vec<IntervalLine>,
     /// Latency histograms (not serialized; for the distribution file and the plot).
     #[serde(skip)]
@@ -379,7 +432,11 @@ impl Report {
                 record_size: args.record_size.to_string(),
                 keys: args.keys.to_string(),
                 acks: args.acks.name().to_string(),
-                idempotent: args.idempotent,
+                idempotent: args.idempotent || args.transactional,
+                transactional: args.transactional,
+                records_per_txn: args.transactional.then_some(args.records_per_txn),
+                abort_ratio: args.transactional.then_some(args.abort_ratio),
+                isolation_level: args.isolation_level.name().to_string(),
                 compression: format!("{:?}", args.compression).to_lowercase(),
                 batch_size: args.batch_size,
                 linger_ms: args.linger_ms,
@@ -427,8 +484,25 @@ impl Report {
                 .then(|| Latency::from_histogram(&total.e2e_latency))
                 .flatten(),
             errors: total.errors.clone(),
+            error_notes: total
+                .errors
+                .keys()
+                .filter_map(|name| {
+                    crate::stats::explain_error(name).map(|note| (name.clone(), note.to_string()))
+                })
+                .collect(),
             error_records: total.error_records,
             group: None,
+            transactions: (args.transactional && produces).then(|| TxnReport {
+                committed: total.txn_committed,
+                aborted: total.txn_aborted,
+                committed_records: total.txn_committed_records,
+                aborted_records: total.txn_aborted_records,
+                add_partitions_retries: total.txn_add_partitions_retries,
+                transactions_per_sec: (total.txn_committed + total.txn_aborted) as f64 / secs,
+                commits_per_sec: total.txn_committed as f64 / secs,
+                commit_latency: Latency::from_histogram(&total.commit_latency),
+            }),
             intervals,
             histograms: Histograms {
                 produce: (produces && !total.produce_latency.is_empty())
@@ -456,22 +530,35 @@ impl Report {
             self.partitions,
             if self.partitions == 1 { "" } else { "s" }
         );
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
-            "workload: {} records, keys {}, acks {}, idempotent {}, compression {}, batch {} B, \
+            "workload: {} records, keys {}, acks {}, idempotent {}{}, compression {}, batch {} B, \
              linger {} ms, {} producer(s) x {} in flight + {} consumer(s) per core, {} core(s), \
-             {load}",
+             {load}{}",
             w.record_size,
             w.keys,
             w.acks,
             if w.idempotent { "yes" } else { "no" },
+            match (w.records_per_txn, w.abort_ratio) {
+                (Some(n), Some(ratio)) if ratio > 0.0 => {
+                    format!(", transactions of {n} records ({:.0}% aborted)", ratio * 100.0)
+                }
+                (Some(n), _) => format!(", transactions of {n} records"),
+                _ => String::new(),
+            },
             w.compression,
             w.batch_size,
             w.linger_ms,
             w.producers_per_core,
             w.in_flight,
             w.consumers_per_core,
-            w.cores
+            w.cores,
+            if self.mode != Mode::Produce {
+                format!(", consumers {}", w.isolation_level)
+            } else {
+                String::new()
+            },
         );
         let load = match (
             self.machine.load_average_start,
@@ -547,6 +634,10 @@ impl Report {
         if self.mode == Mode::E2e {
             row(&mut out, "e2e", None, self.e2e_latency.as_ref());
         }
+        if let Some(t) = &self.transactions {
+            row(&mut out, "commit", None, t.commit_latency.as_ref());
+            let _ = writeln!(out, "\n{}", t.render());
+        }
         if let Some(g) = &self.group {
             let _ = writeln!(out, "\n{}", g.render());
         }
@@ -560,6 +651,9 @@ impl Report {
             );
             for (name, count) in &self.errors {
                 let _ = writeln!(out, "  {count:>10}  {name}");
+                if let Some(note) = self.error_notes.get(name) {
+                    let _ = writeln!(out, "              ({note})");
+                }
             }
         }
         out

@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{discover, TopicLayout};
-use crate::cli::{Acks, Args, CompressionArg, Mode, StartFrom};
+use crate::cli::{Acks, Args, CompressionArg, IsolationLevel, Mode, StartFrom};
 use crate::conn::Conn;
 use crate::consumer::Consumer;
 use crate::group::{CoreGroup, GroupSettings, Member};
@@ -54,6 +54,10 @@ pub struct Workload {
     pub acks: Acks,
     /// `--idempotent`: producers get a producer id and stamp sequences (KIP-98).
     pub idempotent: bool,
+    /// `--transactional`: producers write in transactions (idempotent is then set too).
+    pub transactions: Option<TxnSettings>,
+    /// Fetch isolation level (`--isolation-level`).
+    pub isolation_level: IsolationLevel,
     pub compression: CompressionArg,
     pub keys: KeySpec,
     pub record_size: RecordSize,
@@ -79,6 +83,15 @@ pub struct Workload {
     pub warmup_end_ns: u64,
     pub stop_ns: u64,
     pub drain_ns: u64,
+}
+
+/// `--transactional` settings.
+#[derive(Clone, Debug)]
+pub struct TxnSettings {
+    pub transactional_id_prefix: String,
+    pub records_per_txn: u64,
+    pub transaction_timeout_ms: i32,
+    pub abort_ratio: f64,
 }
 
 /// The few counters cores share: touched once per response, never per record.
@@ -265,7 +278,14 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         client_id: args.client_id.clone(),
         seed,
         acks: args.acks,
-        idempotent: args.idempotent,
+        idempotent: args.idempotent || args.transactional,
+        transactions: args.transactional.then(|| TxnSettings {
+            transactional_id_prefix: args.transactional_id_prefix.clone(),
+            records_per_txn: args.records_per_txn,
+            transaction_timeout_ms: args.transaction_timeout_ms,
+            abort_ratio: args.abort_ratio,
+        }),
+        isolation_level: args.isolation_level,
         compression: args.compression,
         keys: args.keys.clone(),
         record_size: args.record_size,

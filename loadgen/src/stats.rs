@@ -40,6 +40,17 @@ pub struct Stats {
     pub produce_latency: Histogram<u64>,
     /// Intended send time to the moment a consumer had the record, ns.
     pub e2e_latency: Histogram<u64>,
+    /// `--transactional`: transactions committed and aborted (EndTxn answered without
+    /// error), and the acknowledged records in them.
+    pub txn_committed: u64,
+    pub txn_aborted: u64,
+    pub txn_committed_records: u64,
+    pub txn_aborted_records: u64,
+    /// AddPartitionsToTxn sent again because the coordinator was still finishing the
+    /// previous transaction (CONCURRENT_TRANSACTIONS) or moving.
+    pub txn_add_partitions_retries: u64,
+    /// EndTxn (commit) request to response, ns.
+    pub commit_latency: Histogram<u64>,
     /// Latest run-clock time at which anything was recorded here, ns.
     pub last_event_ns: u64,
 }
@@ -64,6 +75,12 @@ impl Stats {
             errors: BTreeMap::new(),
             produce_latency: new_histogram(),
             e2e_latency: new_histogram(),
+            txn_committed: 0,
+            txn_aborted: 0,
+            txn_committed_records: 0,
+            txn_aborted_records: 0,
+            txn_add_partitions_retries: 0,
+            commit_latency: new_histogram(),
             last_event_ns: 0,
         }
     }
@@ -104,6 +121,14 @@ impl Stats {
             .expect("histograms share bounds");
         self.e2e_latency
             .add(&other.e2e_latency)
+            .expect("histograms share bounds");
+        self.txn_committed += other.txn_committed;
+        self.txn_aborted += other.txn_aborted;
+        self.txn_committed_records += other.txn_committed_records;
+        self.txn_aborted_records += other.txn_aborted_records;
+        self.txn_add_partitions_retries += other.txn_add_partitions_retries;
+        self.commit_latency
+            .add(&other.commit_latency)
             .expect("histograms share bounds");
         self.last_event_ns = self.last_event_ns.max(other.last_event_ns);
     }
@@ -207,9 +232,57 @@ pub fn kafka_error_name(code: i16) -> String {
     }
 }
 
+/// What an error counted under `name` (a Kafka error name, perhaps followed by the request
+/// in parentheses) means, for a person; `None` where the name says enough.
+pub fn explain_error(name: &str) -> Option<&'static str> {
+    let code = name.split(' ').next().unwrap_or(name);
+    Some(match code {
+        "TRANSACTIONAL_ID_AUTHORIZATION_FAILED" => {
+            "the broker refused transactions: it does not support them, or does not let this \
+             client use the transactional id"
+        }
+        "CLUSTER_AUTHORIZATION_FAILED" => {
+            "the broker refused a producer id: it does not allow idempotent producers to this \
+             client"
+        }
+        "PRODUCER_FENCED" | "INVALID_PRODUCER_EPOCH" => {
+            "another producer with the same transactional id started and fenced this one"
+        }
+        "INVALID_TRANSACTION_TIMEOUT" => {
+            "--transaction-timeout-ms is above the broker's transaction.max.timeout.ms"
+        }
+        "INVALID_TXN_STATE" => {
+            "the coordinator's state of the transaction does not allow that request (it may \
+             have aborted the transaction after its timeout)"
+        }
+        "CONCURRENT_TRANSACTIONS" => {
+            "the coordinator was still finishing this producer's previous transaction"
+        }
+        "COORDINATOR_NOT_AVAILABLE" | "NOT_COORDINATOR" | "COORDINATOR_LOAD_IN_PROGRESS" => {
+            "the transaction coordinator was not ready (starting, moving or loading its log)"
+        }
+        "OUT_OF_ORDER_SEQUENCE_NUMBER" => {
+            "the broker saw a gap in a producer's sequence numbers (a batch before was lost or \
+             refused)"
+        }
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT" | "UNSUPPORTED_VERSION" => {
+            "the broker does not speak that request or version"
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_refusals_are_explained() {
+        let e = explain_error("TRANSACTIONAL_ID_AUTHORIZATION_FAILED (FindCoordinator)").unwrap();
+        assert!(e.contains("refused transactions"), "{e}");
+        assert!(explain_error("PRODUCER_FENCED (EndTxn)").is_some());
+        assert_eq!(explain_error("NOT_LEADER_OR_FOLLOWER"), None);
+    }
 
     #[test]
     fn error_names_follow_kafka() {

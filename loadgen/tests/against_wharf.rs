@@ -102,6 +102,12 @@ fn consume_back(broker: &Broker, topic: &str, records: u64, extra: &[&str]) -> V
 }
 
 fn loadgen(broker: &Broker, args: &[&str]) -> (i32, Value) {
+    loadgen_draining(broker, args, "20")
+}
+
+/// [`loadgen`] with `drain` seconds of --drain-timeout (a consumer with --records stops
+/// after that long without new records).
+fn loadgen_draining(broker: &Broker, args: &[&str], drain: &str) -> (i32, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
@@ -113,7 +119,7 @@ fn loadgen(broker: &Broker, args: &[&str]) -> (i32, Value) {
             "0",
             "--quiet",
             "--drain-timeout",
-            "20",
+            drain,
         ])
         .arg("--json")
         .arg(&json)
@@ -406,6 +412,126 @@ fn idempotent_producers_stamp_in_order_sequences_and_every_record_lands_once() {
     assert_eq!(stored, 30000);
 
     consume_back(&broker, "exactly", 30000, &["--consumers", "2"]);
+}
+
+#[test]
+fn transactions_commit_and_abort_and_read_committed_sees_exactly_the_committed_records() {
+    let broker = Broker::start(&[]);
+    let (code, report) = loadgen(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "txn",
+            "--create-topic",
+            "--partitions",
+            "2",
+            "--records",
+            "4000",
+            "--record-size",
+            "100",
+            "--batch-size",
+            "2048",
+            "--producers",
+            "2",
+            "--acks",
+            "all",
+            "--transactional",
+            "--records-per-txn",
+            "100",
+            // Half the transactions aborted at random: with 40 of them, both kinds occur
+            // (all of one kind has a chance of 2^-39).
+            "--abort-ratio",
+            "0.5",
+        ],
+    );
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report["errors"].as_object().unwrap().is_empty(),
+        "{}",
+        report["errors"]
+    );
+    assert_eq!(report["workload"]["transactional"], true);
+    assert_eq!(report["workload"]["idempotent"], true);
+    assert_eq!(report["produce"]["records"], 4000);
+    let txn = &report["transactions"];
+    let count = |key: &str| txn[key].as_u64().unwrap_or_else(|| panic!("{key}: {txn}"));
+    let (committed, aborted) = (count("committed"), count("aborted"));
+    let (committed_records, aborted_records) =
+        (count("committed_records"), count("aborted_records"));
+    // Each producer's 2,000 records in transactions of 100.
+    assert_eq!(committed + aborted, 40, "{txn}");
+    assert!(committed > 0 && aborted > 0, "{txn}");
+    assert_eq!(committed_records, committed * 100, "{txn}");
+    assert_eq!(aborted_records, aborted * 100, "{txn}");
+    assert_eq!(txn["commit_latency"]["count"].as_u64(), Some(committed));
+    assert!(txn["transactions_per_sec"].as_f64().unwrap() > 0.0, "{txn}");
+
+    // read_committed: exactly the committed records. Asking for one more than that, the
+    // consumer gets everything there is and stops once nothing new comes.
+    let want = (committed_records + 1).to_string();
+    let (code, report) = loadgen_draining(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "txn",
+            "--from",
+            "earliest",
+            "--records",
+            &want,
+            "--isolation-level",
+            "read_committed",
+        ],
+        "5",
+    );
+    assert_eq!(report["workload"]["isolation_level"], "read_committed");
+    assert_eq!(
+        report["consume"]["records"], committed_records,
+        "read_committed: {report}"
+    );
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        report["errors"]["NO_NEW_RECORDS_WITHIN_DRAIN_TIMEOUT"], 1,
+        "{}",
+        report["errors"]
+    );
+    // read_uncommitted: every record of both kinds (the markers are not records).
+    let want = (4000 + 1).to_string();
+    let (_, report) = loadgen_draining(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "txn",
+            "--from",
+            "earliest",
+            "--records",
+            &want,
+            "--isolation-level",
+            "read_uncommitted",
+        ],
+        "5",
+    );
+    assert_eq!(
+        report["consume"]["records"], 4000,
+        "read_uncommitted: {report}"
+    );
+}
+
+#[test]
+fn transactional_refuses_acks_one_in_one_line_before_connecting() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
+        .args(["produce", "--transactional", "--bootstrap", "127.0.0.1:1"])
+        .output()
+        .expect("wharf-loadgen runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--transactional needs --acks all"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 #[test]
