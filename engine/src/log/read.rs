@@ -520,7 +520,8 @@ impl<S: Storage> Inner<S> {
             }
         }
         let text = format!("{}\n", self.state.borrow().log_start_offset).into_bytes();
-        let recorded = replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await;
+        let recorded =
+            replace_file(&self.storage, &self.dir.join(LOG_START_FILE), text, true).await;
         if let Err(err) = &recorded {
             tracing::warn!(dir = %self.dir.display(), error = %err, "cannot record the log start offset");
         }
