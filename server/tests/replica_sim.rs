@@ -7,6 +7,8 @@
 //! CI runs a fixed budget of seeds. More, or one with every event printed:
 //!
 //! ```text
+//! scripts/simulate.sh --target replica --seeds 100000 --from 1000
+//! scripts/simulate.sh --target replica --seed 1234 --verbose
 //! WHARF_REPLICA_SIM_SEEDS=100000 WHARF_REPLICA_SIM_SEED_START=1000 cargo test --release -p wharf-server --test replica_sim -- --nocapture
 //! WHARF_REPLICA_SIM_SEED=1234 WHARF_REPLICA_SIM_TRACE=1 cargo test -p wharf-server --test replica_sim -- --nocapture
 //! ```
