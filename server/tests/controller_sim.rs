@@ -6,6 +6,8 @@
 //! CI runs a fixed budget of seeds. More:
 //!
 //! ```text
+//! scripts/simulate.sh --target controller --seeds 100000 --from 1000
+//! scripts/simulate.sh --target controller --seed 1234 --verbose
 //! WHARF_SIM_SEEDS=100000 WHARF_SIM_SEED_START=1000 cargo test --release -p wharf-server --test controller_sim -- --nocapture
 //! WHARF_SIM_SEED=1234 WHARF_SIM_TRACE=1 cargo test --release -p wharf-server --test controller_sim -- --nocapture
 //! ```

@@ -6,6 +6,8 @@
 //! CI runs a fixed budget of seeds. More, or one with every event printed:
 //!
 //! ```text
+//! scripts/simulate.sh --target txn --seeds 20000 --from 1000
+//! scripts/simulate.sh --target txn --seed 1234 --verbose
 //! WHARF_TXN_SIM_SEEDS=20000 WHARF_TXN_SIM_SEED_START=1000 cargo test --release -p wharf-server --test txn_sim -- --nocapture
 //! WHARF_TXN_SIM_SEED=1234 WHARF_TXN_SIM_TRACE=1 cargo test -p wharf-server --test txn_sim -- --nocapture
 //! ```

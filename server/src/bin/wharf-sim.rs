@@ -4,8 +4,8 @@
 //! exactly, on any machine. `scripts/simulate.sh` builds and runs it.
 //!
 //! ```text
-//! wharf-sim [--target engine|replica|all] [--seeds N] [--from S] [--threads T]
-//! wharf-sim [--target engine|replica] --seed S [--verbose]
+//! wharf-sim [--target engine|replica|controller|txn|all] [--seeds N] [--from S] [--threads T]
+//! wharf-sim [--target engine|replica|controller|txn] --seed S [--verbose]
 //! ```
 //! Runs N seeds (1,000 by default) from S (0) on every core and ends with the line
 //! `N seeds, V violations` (exit status 1 if V > 0); each failing seed prints what broke,
@@ -13,13 +13,20 @@
 //!
 //! Targets: `engine`, one partition log on a simulated disk (`wharf_engine::sim::workload`);
 //! `replica`, three replicas of one to three partitions with a controller, producers, a
-//! faulty network and crashes (`wharf_server::replica::sim`, docs/replication.md).
+//! faulty network and crashes (`wharf_server::replica::sim`, docs/replication.md);
+//! `controller`, the Raft metadata quorum and the controller with brokers, an admin client,
+//! a faulty network, partitions and crash-restarts on simulated disks
+//! (`wharf_server::controller::sim`, docs/cluster.md); `txn`, the transaction coordinator
+//! with producers, zombies, partitions, crashes and failing markers
+//! (`wharf_server::txn::sim`, docs/transactions.md). `all` runs each in turn.
 
 use std::process::ExitCode;
 
 use wharf_engine::sim::runner::{default_threads, run_seeds, Violation};
 use wharf_engine::sim::workload;
+use wharf_server::controller::sim as controller_sim;
 use wharf_server::replica::sim as replica_sim;
+use wharf_server::txn::sim as txn_sim;
 
 /// A state machine the simulator runs: its name and one seed of it.
 struct Target {
@@ -36,16 +43,51 @@ const TARGETS: &[Target] = &[
         name: replica_sim::TARGET,
         run: run_replica,
     },
+    Target {
+        name: controller_sim::TARGET,
+        run: run_controller,
+    },
+    Target {
+        name: txn_sim::TARGET,
+        run: run_txn,
+    },
 ];
+
+// The server's simulators keep no window of last steps: `--verbose` prints every event of
+// a seed as it happens, and a violation says at which simulated moment it broke.
 
 /// One seed of the replica simulator; with `verbose` it prints every event as it goes.
 fn run_replica(seed: u64, verbose: bool) -> Result<(), Violation> {
     let mut opts = replica_sim::SimOptions::for_seed(seed);
     opts.trace = verbose;
-    replica_sim::run(&opts).map(|_| ()).map_err(|v| Violation {
-        message: format!("at {} ms (simulated): {}", v.at_ms, v.message),
+    replica_sim::run(&opts)
+        .map(|_| ())
+        .map_err(|v| at(v.at_ms, v.message))
+}
+
+/// One seed of the metadata quorum and controller simulator.
+fn run_controller(seed: u64, verbose: bool) -> Result<(), Violation> {
+    let mut opts = controller_sim::SimOptions::for_seed(seed);
+    opts.trace = verbose;
+    controller_sim::run(&opts)
+        .map(|_| ())
+        .map_err(|v| at(v.at_ms, v.message))
+}
+
+/// One seed of the transaction coordinator simulator.
+fn run_txn(seed: u64, verbose: bool) -> Result<(), Violation> {
+    let mut opts = txn_sim::SimOptions::for_seed(seed);
+    opts.trace = verbose;
+    txn_sim::run(&opts)
+        .map(|_| ())
+        .map_err(|v| at(v.at_ms, v.message))
+}
+
+fn at(at_ms: i64, message: String) -> Violation {
+    Violation {
+        message: format!("at {at_ms} ms (simulated): {message}"),
         trace: Vec::new(),
-    })
+    }
 }
 
 struct Args {

@@ -68,6 +68,8 @@ use crate::metadata::NodeId;
 use checks::{digest, Oracle};
 use disk::SimDisk;
 
+/// The simulator's name for this target (`scripts/simulate.sh --target controller`).
+pub const TARGET: &str = "controller";
 /// The environment variable that replays one seed.
 pub const SEED_ENV: &str = "WHARF_SIM_SEED";
 /// How many seeds to run (from `WHARF_SIM_SEED_START`, default 0).
@@ -170,8 +172,12 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "controller simulation seed {} broke an invariant at {} ms: {}\n  replay: {SEED_ENV}={} {TRACE_ENV}=1 cargo test --release -p wharf-server --test controller_sim -- --nocapture",
-            self.seed, self.at_ms, self.message, self.seed
+            "controller simulation seed {} broke an invariant at {} ms: {}\n  replay: {}\n      or: {SEED_ENV}={} {TRACE_ENV}=1 cargo test --release -p wharf-server --test controller_sim -- --nocapture",
+            self.seed,
+            self.at_ms,
+            self.message,
+            wharf_engine::sim::runner::replay_command(TARGET, self.seed),
+            self.seed
         )
     }
 }
@@ -422,7 +428,7 @@ impl World {
 
     fn trace(&self, what: impl FnOnce() -> String) {
         if self.opts.trace {
-            eprintln!("[{:>6} ms] {}", self.now, what());
+            println!("[{:>6} ms] {}", self.now, what());
         }
     }
 
@@ -597,7 +603,7 @@ impl World {
             };
             if let (true, Some(node)) = (self.opts.trace, self.nodes[i].live.as_ref()) {
                 let st = node.store();
-                eprintln!(
+                println!(
                     "[{:>6} ms] node {} ready: log {}..={}, snapshot {}, {} writes, {} messages",
                     self.now,
                     i + 1,

@@ -75,7 +75,7 @@ impl World {
             return Err("a Raft frame decoded as something else".into());
         };
         if self.opts.trace {
-            eprintln!(
+            println!(
                 "[{:>6} ms] node {} <- node {}: type {} term {} log_term {} index {} commit {} reject {} entries {}",
                 self.now,
                 to + 1,
@@ -114,7 +114,7 @@ impl World {
             Ok(frame) => match incoming_from_frame(frame) {
                 Ok(Incoming::Raft(m)) => {
                     if trace {
-                        eprintln!(
+                        println!(
                             "[{:>6} ms] node {} gets a bad frame that decodes: {m:?}",
                             self.now,
                             to + 1

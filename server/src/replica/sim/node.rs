@@ -718,6 +718,7 @@ impl World {
         if let Some(proposal) = effects.alter_partition {
             let incarnation = self.nodes[i].incarnation;
             self.nodes[i].alter_sent[p] = Some((proposal.clone(), now));
+            self.trace(|| format!("node {} p{p} sends AlterPartition {proposal:?}", i + 1));
             self.send(
                 Endpoint::Node(i),
                 Endpoint::Controller,

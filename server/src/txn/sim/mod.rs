@@ -67,6 +67,8 @@ use checks::{Grant, Identity, Oracle};
 use producer::{classify, Action, Phase, Producer, Reaction};
 use rng::Rng;
 
+/// The simulator's name for this target (`scripts/simulate.sh --target txn`).
+pub const TARGET: &str = "txn";
 /// The environment variable that replays one seed.
 pub const SEED_ENV: &str = "WHARF_TXN_SIM_SEED";
 /// How many seeds to run (from `WHARF_TXN_SIM_SEED_START`, default 0).
@@ -171,8 +173,12 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "transaction simulation seed {} broke an invariant at {} ms: {}\n  replay: {SEED_ENV}={} {TRACE_ENV}=1 cargo test -p wharf-server --test txn_sim -- --nocapture",
-            self.seed, self.at_ms, self.message, self.seed
+            "transaction simulation seed {} broke an invariant at {} ms: {}\n  replay: {}\n      or: {SEED_ENV}={} {TRACE_ENV}=1 cargo test -p wharf-server --test txn_sim -- --nocapture",
+            self.seed,
+            self.at_ms,
+            self.message,
+            wharf_engine::sim::runner::replay_command(TARGET, self.seed),
+            self.seed
         )
     }
 }
