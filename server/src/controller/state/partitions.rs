@@ -7,8 +7,9 @@ use kafka_protocol::error::ResponseError;
 
 /// Handles an AlterPartition request: per partition, the checks in Kafka's order, then a
 /// `Partition` record with the new ISR and the partition epoch + 1 (none when the ISR is
-/// already the one proposed). Items of one request apply in order, each seeing the ones
-/// before it.
+/// already the one proposed). A proposal refused for an ineligible member also moves the
+/// partition epoch on (Kafka's does not): see `alter_partition`'s comment there. Items of
+/// one request apply in order, each seeing the ones before it.
 pub(super) fn alter_partition(image: &ClusterImage, r: AlterPartition) -> Planned {
     if !ALTER_PARTITION_VERSIONS.contains(&r.version) {
         return (
@@ -88,6 +89,26 @@ pub(super) fn alter_partition(image: &ClusterImage, r: AlterPartition) -> Planne
             let result = match current {
                 None => Err(ResponseError::UnknownTopicOrPartition),
                 Some(current) => match check_item(image, version, r.broker, current, &item) {
+                    Err(
+                        e @ (ResponseError::IneligibleReplica
+                        | ResponseError::OperationNotAttempted),
+                    ) => {
+                        // Unlike Kafka's controller, a refused ISR change moves the partition
+                        // epoch on: the leader goes back to the committed ISR on this answer,
+                        // and an earlier copy of the same proposal still on its way (a resend
+                        // after a timeout can overtake it) must not be committed after that.
+                        let next = PartitionState {
+                            partition_epoch: current.partition_epoch + 1,
+                            ..current.clone()
+                        };
+                        records.push(MetadataRecord::Partition {
+                            topic: topic_id,
+                            partition: item.partition,
+                            state: next.clone(),
+                        });
+                        changed.insert(key, next);
+                        Err(e)
+                    }
                     Err(e) => Err(e),
                     Ok(isr) => {
                         let next = if isr == current.isr {

@@ -222,6 +222,11 @@ impl Controller {
                 !b.fenced && (member.broker_epoch == -1 || member.broker_epoch == b.broker_epoch)
             });
             if !eligible {
+                // As the real controller: the refusal moves the partition epoch on, so an
+                // earlier copy of the proposal still on its way cannot be committed later.
+                let part = &mut self.partitions[p];
+                part.partition_epoch += 1;
+                self.version += 1;
                 return refuse(ResponseError::IneligibleReplica);
             }
         }

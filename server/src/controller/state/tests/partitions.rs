@@ -266,11 +266,23 @@ fn alter_partition_refuses_fenced_members() {
     // OPERATION_NOT_ATTEMPTED before (KIP-841).
     let mut back = s.isr.clone();
     back.push(other);
-    let mut request = proposal(&h, topic, &back);
+    let request = proposal(&h, topic, &back);
+    let epoch_before = state(&h, topic).partition_epoch;
     assert_eq!(
         alter(&mut h, request.clone()),
         Err(ResponseError::IneligibleReplica)
     );
+    // The refusal moves the partition epoch on (Kafka's controller does not): a copy of the
+    // same proposal arriving later (a resend overtaken by its original) is stale, so it
+    // cannot be committed after the leader went back to the committed ISR.
+    let after = state(&h, topic);
+    assert_eq!(after.partition_epoch, epoch_before + 1);
+    assert_eq!(after.isr, s.isr);
+    assert_eq!(
+        alter(&mut h, request),
+        Err(ResponseError::InvalidUpdateVersion)
+    );
+    let mut request = proposal(&h, topic, &back);
     request.version = 1;
     request.topics[0].topic = TopicRef::Name("t".into());
     assert_eq!(
