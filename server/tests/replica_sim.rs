@@ -150,3 +150,11 @@ fn the_same_seed_plays_the_same_run() {
     assert_eq!(a.fingerprint, b.fingerprint);
     assert_eq!(a.events, b.events);
 }
+
+/// A seed that once found a defect: a late copy of an ISR expansion the controller had
+/// refused was committed after the leader acknowledged a batch without the newcomer (fixed
+/// by moving the partition epoch on at the refusal; docs/replication.md).
+#[test]
+fn a_late_copy_of_a_refused_isr_change_is_not_committed() {
+    sim::run(&SimOptions::for_seed(1_044_851)).unwrap_or_else(|v| panic!("{v}"));
+}
