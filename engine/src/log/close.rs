@@ -12,7 +12,7 @@ use crate::storage::{replace_file, SegmentFile, Storage};
 
 use super::segment::{segment_path, SegmentState, INDEX_SUFFIX, TIME_INDEX_SUFFIX};
 use super::state::Health;
-use super::{seal, snapshot, Inner, PartitionLog, CLEAN_SHUTDOWN_FILE, LOG_START_FILE};
+use super::{seal, snapshot, Inner, PartitionLog, CLEAN_SHUTDOWN_FILE};
 
 impl<S: Storage> PartitionLog<S> {
     /// Flush and close every file. Later calls on this log fail.
@@ -150,18 +150,8 @@ impl<S: Storage> Inner<S> {
             snapshot::write_snapshot(self, next_offset, bytes)
                 .await
                 .map_err(to_io)?;
-            let unrecorded = {
-                let st = self.state.borrow();
-                st.log_start_unrecorded.then_some(st.log_start_offset)
-            };
-            if let Some(log_start) = unrecorded {
-                // The restart skips the scan that would find the damage below it again.
-                let text = format!("{log_start}\n").into_bytes();
-                replace_file(storage, &dir.join(LOG_START_FILE), text, true)
-                    .await
-                    .map_err(to_io)?;
-                self.state.borrow_mut().log_start_unrecorded = false;
-            }
+            // The restart skips the scan that would find the damage below it again.
+            self.record_unrecorded_log_start().await.map_err(to_io)?;
             let marker = format!("{base} {written} {next_offset}\n").into_bytes();
             replace_file(storage, &dir.join(CLEAN_SHUTDOWN_FILE), marker, true)
                 .await

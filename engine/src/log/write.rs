@@ -195,7 +195,8 @@ async fn writer_loop<S: Storage>(inner: Rc<Inner<S>>) {
         };
         let result = run_job(&inner, job).await;
         if result.is_ok() {
-            record_unrecorded_log_start(&inner).await;
+            // On failure it is tried again after the next write.
+            let _ = inner.record_unrecorded_log_start().await;
         }
         drop(guard);
         if let Err((kind, err)) = result {
@@ -205,29 +206,29 @@ async fn writer_loop<S: Storage>(inner: Rc<Inner<S>>) {
     }
 }
 
-/// A log start moved past damage on a full disk, unrecorded then, is written as soon as
-/// writes succeed again: a crash before the next clean close would otherwise bring the
-/// damage back where no scan looks (a sealed segment, or below the active segment's
-/// recovery point). Called under the I/O lock; on failure it is tried after the next write.
-async fn record_unrecorded_log_start<S: Storage>(inner: &Rc<Inner<S>>) {
-    let log_start = {
-        let st = inner.state.borrow();
-        if !st.log_start_unrecorded {
-            return;
-        }
-        st.log_start_offset
-    };
-    let text = format!("{log_start}\n").into_bytes();
-    let path = inner.dir.join(super::LOG_START_FILE);
-    if crate::storage::replace_file(&inner.storage, &path, text, true)
-        .await
-        .is_ok()
-    {
-        let mut st = inner.state.borrow_mut();
+impl<S: Storage> Inner<S> {
+    /// Writes a log start moved past damage on a full disk and left unrecorded then. The
+    /// writer calls it after each successful write, so that a crash before the next clean
+    /// close does not bring the damage back where no scan looks (a sealed segment, or below
+    /// the active segment's recovery point); a clean close calls it before its marker, as
+    /// the restart skips the scan. Called under the I/O lock.
+    pub(super) async fn record_unrecorded_log_start(&self) -> std::io::Result<()> {
+        let log_start = {
+            let st = self.state.borrow();
+            if !st.log_start_unrecorded {
+                return Ok(());
+            }
+            st.log_start_offset
+        };
+        let text = format!("{log_start}\n").into_bytes();
+        let path = self.dir.join(super::LOG_START_FILE);
+        crate::storage::replace_file(&self.storage, &path, text, true).await?;
+        let mut st = self.state.borrow_mut();
         // Unless it moved again meanwhile (whoever moved it records it).
         if st.log_start_offset == log_start {
             st.log_start_unrecorded = false;
         }
+        Ok(())
     }
 }
 
