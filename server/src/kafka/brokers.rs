@@ -3,6 +3,7 @@
 //! never disagree.
 
 use crate::controller::image::ClusterImage;
+use crate::metadata::cluster::{BrokerRegistration, CLIENT_LISTENER};
 use crate::metadata::NodeId;
 use crate::shard::Shard;
 
@@ -49,12 +50,23 @@ pub fn live_broker(
     registered_endpoint(image, node).or_else(|| (node == this.node_id).then(|| this.clone()))
 }
 
+/// The registered brokers that are fenced, with a client listener, in the image's order
+/// (DescribeCluster v2 lists them on request, KIP-1073).
+pub fn fenced_brokers(image: &ClusterImage) -> impl Iterator<Item = BrokerEndpoint> + '_ {
+    image.brokers().filter(|b| b.fenced).filter_map(endpoint)
+}
+
 fn registered_endpoint(image: &ClusterImage, node: NodeId) -> Option<BrokerEndpoint> {
-    let (host, port) = super::broker_endpoint(image, node)?;
+    image.broker(node).filter(|b| !b.fenced).and_then(endpoint)
+}
+
+/// A registered broker's client listener.
+fn endpoint(b: &BrokerRegistration) -> Option<BrokerEndpoint> {
+    let l = b.listener(CLIENT_LISTENER)?;
     Some(BrokerEndpoint {
-        node_id: node,
-        host,
-        port,
-        rack: image.broker(node).and_then(|b| b.rack.clone()),
+        node_id: b.node_id,
+        host: l.host.clone(),
+        port: l.port,
+        rack: b.rack.clone(),
     })
 }

@@ -13,10 +13,10 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{ApiKey, BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 use kafka_protocol::ResponseError;
 
-use super::metadata::{live_brokers, AUTHORIZED_OPERATIONS_OMITTED, CLUSTER_OPERATIONS};
+use super::brokers::{self, BrokerEndpoint};
+use super::metadata::{AUTHORIZED_OPERATIONS_OMITTED, CLUSTER_OPERATIONS};
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::controller::image::ClusterImage;
-use crate::metadata::cluster::CLIENT_LISTENER;
 
 /// KIP-919 endpoint types.
 const ENDPOINT_TYPE_BROKER: i8 = 1;
@@ -32,16 +32,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     response.endpoint_type = ENDPOINT_TYPE_BROKER;
     response.cluster_id = str_bytes(image.metadata().cluster_id.clone());
     response.controller_id = BrokerId(image.controller().map_or(-1, |(node, _)| node.0));
-    response.brokers = live_brokers(&ctx.shard, &image)
+    response.brokers = brokers::live_brokers(&image, &brokers::this_broker(&ctx.shard))
         .into_iter()
-        .map(|b| {
-            let mut broker = DescribeClusterBroker::default();
-            broker.broker_id = b.node_id;
-            broker.host = b.host;
-            broker.port = b.port;
-            broker.rack = b.rack;
-            broker
-        })
+        .map(|b| described(b, false))
         .collect();
     // Only v2 decodes the flag; earlier versions never ask for fenced brokers.
     if request.include_fenced_brokers {
@@ -87,27 +80,27 @@ fn fenced_brokers(
     image: &ClusterImage,
     listed: &[DescribeClusterBroker],
 ) -> Vec<DescribeClusterBroker> {
-    image
-        .brokers()
-        .filter(|b| b.fenced && !listed.iter().any(|l| l.broker_id.0 == b.node_id.0))
-        .filter_map(|b| {
-            let l = b.listener(CLIENT_LISTENER)?;
-            let mut broker = DescribeClusterBroker::default();
-            broker.broker_id = BrokerId(b.node_id.0);
-            broker.host = str_bytes(l.host.clone());
-            broker.port = i32::from(l.port);
-            broker.rack = b.rack.clone().map(str_bytes);
-            broker.is_fenced = true;
-            Some(broker)
-        })
+    brokers::fenced_brokers(image)
+        .filter(|b| !listed.iter().any(|l| l.broker_id.0 == b.node_id.0))
+        .map(|b| described(b, true))
         .collect()
+}
+
+fn described(b: BrokerEndpoint, is_fenced: bool) -> DescribeClusterBroker {
+    let mut broker = DescribeClusterBroker::default();
+    broker.broker_id = BrokerId(b.node_id.0);
+    broker.host = str_bytes(b.host);
+    broker.port = i32::from(b.port);
+    broker.rack = b.rack.map(str_bytes);
+    broker.is_fenced = is_fenced;
+    broker
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::records::MetadataRecord;
-    use crate::metadata::cluster::{BrokerRegistration, Listener};
+    use crate::metadata::cluster::{BrokerRegistration, Listener, CLIENT_LISTENER};
     use crate::metadata::NodeId;
 
     fn registered(node: i32, fenced: bool) -> MetadataRecord {
