@@ -136,6 +136,15 @@ impl SegmentIndex {
         after.checked_sub(1).map(|k| self.offsets[k])
     }
 
+    /// Where the first indexed batch that ends after `relative_offset` starts: the batch
+    /// holding that offset starts there or before.
+    pub fn next_entry_position(&self, relative_offset: u32) -> Option<u32> {
+        let after = self
+            .offsets
+            .partition_point(|e| e.relative_offset <= relative_offset);
+        self.offsets.get(after).map(|e| e.position)
+    }
+
     /// The last offset entry at or before byte `position`.
     pub fn entry_at_or_before(&self, position: u64) -> Option<usize> {
         self.offsets

@@ -68,6 +68,46 @@ fn appends_get_dense_offsets_and_reads_return_exactly_the_bytes_from_cache_and_d
 }
 
 #[test]
+fn disk_reads_serve_whole_batches_up_to_max_bytes_from_any_offset() {
+    // Batches around the size of one read from disk (64 KiB at least), so that reads start
+    // at an index entry before the batch asked for and batches run past what one read
+    // fetched.
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(async move {
+        let log = open_with_cache(dir.path(), LogConfig::default(), BatchCache::new(0)).await;
+        let shapes = [(1, 500), (3, 7_000), (2, 35_000), (1, 3_000), (2, 65_000)];
+        let mut expected = Vec::new();
+        for i in 0..40u64 {
+            let (records, value_bytes) = shapes[i as usize % shapes.len()];
+            let b = tagged_batch(i, records, value_bytes, 1000 + i as i64);
+            let (base, last) = append(&log, b.clone(), Durability::Written).await;
+            expected.push((base, last, as_stored(&b, base, 0)));
+        }
+        for max_bytes in [1, 30_000, 65_536, 200_000, 1 << 20] {
+            for (k, (base, last, _)) in expected.iter().enumerate() {
+                let mut want = Vec::new();
+                for (_, _, bytes) in &expected[k..] {
+                    if !want.is_empty() && want.len() + bytes.len() > max_bytes {
+                        break;
+                    }
+                    want.extend_from_slice(bytes);
+                }
+                for offset in [*base, *last] {
+                    let got = log.read(Offset(offset), max_bytes).await.expect("read");
+                    assert_eq!(
+                        got.len(),
+                        want.len(),
+                        "offset {offset}, max_bytes {max_bytes}: whole batches up to the limit"
+                    );
+                    assert!(got[..] == want[..], "offset {offset}, max_bytes {max_bytes}");
+                }
+            }
+        }
+        log.close().await.expect("close");
+    });
+}
+
+#[test]
 fn reads_stop_at_max_bytes_and_the_log_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     run(async move {

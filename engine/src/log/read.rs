@@ -26,6 +26,9 @@ use super::{Inner, PartitionLog, LOG_START_FILE, MAX_WRITE_BYTES, MIN_DISK_READ_
 
 /// Bytes read per step when looking for a timestamp.
 const TIMESTAMP_SCAN_BYTES: usize = 256 << 10;
+/// Read beyond `max_bytes` and the lead: a margin for batches the index does not list
+/// (`index.interval.bytes` is 4 KiB by default).
+const READ_SLACK_BYTES: usize = 16 << 10;
 /// How often a read restarts when the log changed under it (truncation, retention).
 const MAX_READ_ATTEMPTS: usize = 8;
 
@@ -45,6 +48,9 @@ pub(crate) struct DiskRead {
     /// The readable end of the segment.
     pub end: u64,
     pub expect: Expect,
+    /// Bytes from `start` that may come before the batch holding the offset asked for
+    /// (the index says where a later batch starts, not where this one does).
+    pub lead: u64,
     pub sealed: bool,
     /// For a sealed segment, the offset its last batch must end before.
     pub next_offset: i64,
@@ -82,18 +88,28 @@ impl LogState {
             return ReadPlan::LoadIndex(seg.base_offset);
         };
         let relative = (from - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
-        let (start, expect) = match index.lookup_entry(relative) {
+        let entry = index.lookup_entry(relative);
+        let (start, expect) = match entry {
             Some(e) => (
                 u64::from(e.position),
                 Expect::LastOffset(seg.base_offset + i64::from(e.relative_offset)),
             ),
             None => (0, Expect::BaseOffset(seg.base_offset)),
         };
+        // Unless the indexed batch holds the offset, the batch that does starts by the next
+        // indexed batch: what comes before it is read and skipped.
+        let lead = match entry {
+            Some(e) if e.relative_offset == relative => 0,
+            _ => index
+                .next_entry_position(relative)
+                .map_or(0, |p| u64::from(p).saturating_sub(start)),
+        };
         ReadPlan::Disk(DiskRead {
             base_offset: seg.base_offset,
             start,
             end: seg.readable_bytes(),
             expect,
+            lead,
             sealed: seg.state == SegmentState::Sealed,
             next_offset: seg.next_offset,
             generation: self.generation,
@@ -120,11 +136,19 @@ pub(crate) async fn read_batches<F: SegmentFile>(
     from: i64,
     max_bytes: usize,
 ) -> io::Result<DiskReadOutcome> {
-    let mut out = BytesMut::new();
-    let mut buf: Vec<u8> = Vec::new();
+    // What has been read, as the file's bytes from `buf_start`. The batches served are a
+    // slice of it (they are contiguous in the file), so a read copies no record after the
+    // one copy out of the direct-I/O buffer; only a batch that runs past what was read
+    // makes the buffer grow, and that copies what it holds.
+    let mut buf = Bytes::new();
     let mut buf_start = plan.start;
     let mut pos = plan.start;
-    let read_ahead = max_bytes.clamp(MIN_DISK_READ_BYTES, MAX_WRITE_BYTES) as u64;
+    // The read starts at an index entry, before the batch asked for: the lead and some
+    // slack let one read usually hold all it serves.
+    let read_ahead = max_bytes
+        .saturating_add(READ_SLACK_BYTES)
+        .saturating_add(usize::try_from(plan.lead).unwrap_or(usize::MAX))
+        .clamp(MIN_DISK_READ_BYTES, 2 * MAX_WRITE_BYTES) as u64;
     let mut first = Some(plan.expect);
     let mut next_offset = match plan.expect {
         Expect::BaseOffset(b) => b,
@@ -134,19 +158,28 @@ pub(crate) async fn read_batches<F: SegmentFile>(
     let mut reached = false;
     let mut full = false;
     let mut damage = None;
+    // The file range of the batches kept so far.
+    let mut kept: Option<(u64, u64)> = None;
+    let kept_len = |kept: Option<(u64, u64)>| kept.map_or(0, |(a, b)| (b - a) as usize);
     while pos < plan.end && !full {
         // Bytes from `pos`: a header, then the whole batch.
         let mut need = BATCH_HEADER_BYTES as u64;
         let mut size = None;
         let mut bad = None;
         loop {
-            let have = (buf_start + buf.len() as u64).saturating_sub(pos);
+            let buf_end = buf_start + buf.len() as u64;
+            let have = buf_end.saturating_sub(pos);
             if have >= need {
                 if size.is_some() {
                     break;
                 }
                 let at = (pos - buf_start) as usize;
                 match BatchHeader::view(&buf[at..]).and_then(BatchHeader::total_bytes) {
+                    // Kept batches come first: one that would not fit is not read.
+                    Some(s) if kept.is_some() && kept_len(kept) + s > max_bytes => {
+                        full = true;
+                        break;
+                    }
                     Some(s) if pos + s as u64 <= plan.end => {
                         size = Some(s);
                         need = s as u64;
@@ -170,21 +203,38 @@ pub(crate) async fn read_batches<F: SegmentFile>(
                 ));
                 break;
             }
-            buf.drain(..((pos - buf_start) as usize).min(buf.len()));
-            buf_start = pos;
-            let read_at = buf_start + buf.len() as u64;
+            // Keep the batches kept so far and what is read of this one; drop the rest.
+            let keep_from = kept.map_or(pos, |(a, _)| a);
+            let (tail, tail_start) = if keep_from >= buf_end {
+                (Bytes::new(), keep_from)
+            } else {
+                (buf.slice((keep_from - buf_start) as usize..), keep_from)
+            };
+            let read_at = tail_start + tail.len() as u64;
             let len = (need - have).max(read_ahead).min(plan.end - read_at);
             let chunk = file.read_at(read_at, len as usize).await?;
-            if (chunk.len() as u64) < len.min(need - have) {
+            let short = (chunk.len() as u64) < len.min(need - have);
+            let chunk_len = chunk.len() as u64;
+            buf = if tail.is_empty() {
+                Bytes::from(chunk)
+            } else {
+                let mut joined = BytesMut::with_capacity(tail.len() + chunk.len());
+                joined.extend_from_slice(&tail);
+                joined.extend_from_slice(&chunk);
+                joined.freeze()
+            };
+            buf_start = tail_start;
+            if short {
                 bad = Some(format!(
                     "the file ends at {} before its size {}",
-                    read_at + chunk.len() as u64,
+                    read_at + chunk_len,
                     plan.end
                 ));
-                buf.extend_from_slice(&chunk);
                 break;
             }
-            buf.extend_from_slice(&chunk);
+        }
+        if full {
+            break;
         }
         let checked = match bad {
             Some(reason) => Err(reason),
@@ -208,8 +258,7 @@ pub(crate) async fn read_batches<F: SegmentFile>(
                 if reread_at != Some(pos) {
                     // Once more from the disk before believing it.
                     reread_at = Some(pos);
-                    buf.clear();
-                    buf_start = pos;
+                    buf.truncate((pos - buf_start) as usize);
                     continue;
                 }
                 // A bad indexed batch before the offset asked for: the index knows where
@@ -241,20 +290,16 @@ pub(crate) async fn read_batches<F: SegmentFile>(
             }
         };
         first = None;
-        let at = (pos - buf_start) as usize;
-        let s = size.expect("a whole batch is buffered");
-        pos += s as u64;
+        let s = size.expect("a whole batch is buffered") as u64;
+        let batch_start = pos;
+        pos += s;
         next_offset = info.last_offset() + 1;
         if info.last_offset() < from {
             continue;
         }
         reached = true;
-        if !out.is_empty() && out.len() + s > max_bytes {
-            full = true;
-            continue;
-        }
-        out.extend_from_slice(&buf[at..at + s]);
-        full = out.len() >= max_bytes;
+        kept = Some((kept.map_or(batch_start, |(a, _)| a), pos));
+        full = kept_len(kept) >= max_bytes;
     }
     if damage.is_none()
         && !full
@@ -272,8 +317,11 @@ pub(crate) async fn read_batches<F: SegmentFile>(
             ),
         ));
     }
+    let bytes = kept.map_or_else(Bytes::new, |(a, b)| {
+        buf.slice((a - buf_start) as usize..(b - buf_start) as usize)
+    });
     Ok(DiskReadOutcome {
-        bytes: out.freeze(),
+        bytes,
         reached,
         damage,
     })
