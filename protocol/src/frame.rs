@@ -7,7 +7,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::splice::SplicingBuf;
 
 /// Bytes of the size prefix in front of every request and response.
 pub const SIZE_PREFIX_BYTES: usize = 4;
@@ -136,6 +139,35 @@ pub fn encode_response<M: Encodable>(
     Ok(buf.freeze())
 }
 
+/// [`encode_response`] without copying the byte strings in `splice` (fetched records) into
+/// the frame: they stay parts of their own, and the frame is the parts, in order, to be
+/// sent with one vectored write. Byte strings too short to be worth a part are copied.
+pub fn encode_response_parts<M: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &M,
+    splice: &[Bytes],
+) -> Result<Vec<Bytes>, FrameError> {
+    let header_version = api_key.response_header_version(version);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let size = header.compute_size(header_version).map_err(enc)?
+        + body.compute_size(version).map_err(enc)?;
+    let size_i32 =
+        i32::try_from(size).map_err(|_| FrameError::Encode(format!("response of {size} bytes")))?;
+    let copied = (SIZE_PREFIX_BYTES + size).saturating_sub(SplicingBuf::spliced_bytes(splice));
+    let mut buf = SplicingBuf::new(copied, splice);
+    buf.put_i32(size_i32);
+    header.encode(&mut buf, header_version).map_err(enc)?;
+    body.encode(&mut buf, version).map_err(enc)?;
+    debug_assert_eq!(
+        buf.offset(),
+        SIZE_PREFIX_BYTES + size,
+        "compute_size must match encode"
+    );
+    Ok(buf.into_parts())
+}
+
 /// A response frame for a request whose API key or version is not served: response header
 /// v0 (the correlation id) and a body holding only an error code. Clients that sent such a
 /// request did not negotiate it, so this is a courtesy that names the error before they
@@ -156,6 +188,82 @@ fn enc(e: impl std::fmt::Display) -> FrameError {
 mod tests {
     use super::*;
     use kafka_protocol::messages::{ApiVersionsResponse, MetadataRequest, MetadataResponse};
+
+    /// A Fetch response with records large and small, aborted transactions and the tagged
+    /// fields of the newer versions.
+    fn fetch_response(big: &Bytes, small: &Bytes) -> kafka_protocol::messages::FetchResponse {
+        use kafka_protocol::messages::fetch_response::{
+            AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint,
+            PartitionData,
+        };
+        use kafka_protocol::messages::{BrokerId, ProducerId, TopicName};
+        let partition = |index: i32, records: Option<Bytes>| {
+            let mut p = PartitionData::default();
+            p.partition_index = index;
+            p.high_watermark = 1000 + i64::from(index);
+            p.last_stable_offset = 990;
+            p.log_start_offset = 3;
+            p.records = records;
+            p
+        };
+        let mut with_leader = partition(1, Some(small.clone()));
+        with_leader.current_leader = LeaderIdAndEpoch::default()
+            .with_leader_id(BrokerId(2))
+            .with_leader_epoch(7);
+        let mut with_aborted = partition(2, Some(big.clone()));
+        with_aborted.aborted_transactions = Some(vec![AbortedTransaction::default()
+            .with_producer_id(ProducerId(9))
+            .with_first_offset(11)]);
+        let mut topic = FetchableTopicResponse::default();
+        topic.topic = TopicName(StrBytes::from_static_str("events"));
+        topic.partitions = vec![
+            partition(0, Some(big.clone())),
+            with_leader,
+            with_aborted,
+            partition(3, None),
+        ];
+        let mut response = kafka_protocol::messages::FetchResponse::default();
+        response.responses = vec![topic];
+        response.node_endpoints = vec![NodeEndpoint::default()
+            .with_node_id(BrokerId(2))
+            .with_host(StrBytes::from_static_str("broker2"))
+            .with_port(9093)];
+        response
+    }
+
+    #[test]
+    fn a_response_in_parts_is_the_same_frame_with_the_records_not_copied() {
+        let big = Bytes::from((0..6000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let small = Bytes::from_static(b"a few records");
+        for version in 4..=18 {
+            let mut response = fetch_response(&big, &small);
+            if version < 12 {
+                for p in &mut response.responses[0].partitions {
+                    p.current_leader = Default::default();
+                }
+            }
+            if version < 16 {
+                response.node_endpoints.clear();
+            }
+            let whole = encode_response(ApiKey::Fetch, version, 77, &response).unwrap();
+            let parts = encode_response_parts(
+                ApiKey::Fetch,
+                version,
+                77,
+                &response,
+                &[big.clone(), small.clone()],
+            )
+            .unwrap();
+            let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(joined, whole[..], "Fetch v{version}");
+            let spliced = parts.iter().filter(|p| p.as_ptr() == big.as_ptr()).count();
+            assert_eq!(
+                spliced, 2,
+                "Fetch v{version}: both large record sets are parts"
+            );
+            assert!(parts.iter().all(|p| !p.is_empty()));
+        }
+    }
 
     #[test]
     fn frame_size_rejects_negative_short_and_oversized_frames() {

@@ -19,4 +19,5 @@ pub mod legacy;
 pub mod message_set;
 pub mod offsets_topic;
 pub mod replication;
+pub mod splice;
 pub mod txn;

@@ -49,7 +49,9 @@ impl Embedded {
         let (dispatched, _) = oneshot::channel();
         let ctx = RequestContext::new(self.shard.clone(), head, None, None, dispatched);
         match router::handle_detailed(ctx, frame).await {
-            (Reply::Frame(frame), _) => Outcome::Response(frame),
+            (reply @ (Reply::Frame(_) | Reply::Parts(_)), _) => {
+                Outcome::Response(reply.into_frame().unwrap_or_default())
+            }
             (Reply::NoResponse, _) => Outcome::NoResponse,
             (Reply::Close, Some(HandlerError::Encode(e))) => Outcome::EncodeFailed(e),
             (Reply::Close, why) => Outcome::Closed(why.map(|e| e.to_string()).unwrap_or_default()),

@@ -207,6 +207,8 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let mut remaining = max_bytes;
     let mut included_any = false;
     let mut response = FetchResponse::default();
+    // The records go out as parts of the frame, not copied into it.
+    let mut splice = Vec::new();
     for (w, read) in wanted.iter().zip(answers) {
         let topic = &request.topics[w.topic];
         let p = &topic.partitions[w.partition];
@@ -246,6 +248,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 .collect()
         });
         d.preferred_read_replica = BrokerId(-1);
+        if !read.records.is_empty() {
+            splice.push(read.records.clone());
+        }
         d.records = Some(read.records);
         // Kafka's response lists a topic again when its partitions are not consecutive.
         match response.responses.last_mut() {
@@ -269,7 +274,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         &ctx.shard.metadata(),
         &brokers::this_broker(&ctx.shard),
     );
-    ctx.respond_any(ApiKey::Fetch, &response)
+    ctx.respond_spliced(ApiKey::Fetch, &response, &splice)
 }
 
 /// Whether a topic stores zstd batches by config (`compression.type=zstd`).

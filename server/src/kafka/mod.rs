@@ -58,7 +58,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use wharf_protocol::frame::{encode_response, RequestHead};
+use wharf_protocol::frame::{encode_response, encode_response_parts, RequestHead};
 use wharf_protocol::legacy::{self, LegacyRequest, LegacyResponse};
 
 use crate::metadata::{TopicMeta, TopicPartition};
@@ -69,10 +69,33 @@ use crate::shard::{oneshot, Shard, ShardId};
 pub enum Reply {
     /// Write this response frame.
     Frame(Bytes),
+    /// Write this response frame, given in parts (a Fetch response with its records not
+    /// copied into it), with one vectored write.
+    Parts(Vec<Bytes>),
     /// Write nothing (Produce with acks=0).
     NoResponse,
     /// Close the connection (malformed request).
     Close,
+}
+
+impl Reply {
+    /// Bytes of the response frame, 0 without one.
+    pub fn response_bytes(&self) -> usize {
+        match self {
+            Reply::Frame(frame) => frame.len(),
+            Reply::Parts(parts) => parts.iter().map(Bytes::len).sum(),
+            Reply::NoResponse | Reply::Close => 0,
+        }
+    }
+
+    /// The response frame as one buffer (parts are joined), if there is one.
+    pub fn into_frame(self) -> Option<Bytes> {
+        match self {
+            Reply::Frame(frame) => Some(frame),
+            Reply::Parts(parts) => Some(Bytes::from(parts.concat())),
+            Reply::NoResponse | Reply::Close => None,
+        }
+    }
 }
 
 /// A request the broker cannot handle at all: the connection is closed.
@@ -219,6 +242,22 @@ impl RequestContext {
     pub fn respond_any<M: LegacyResponse>(&self, api: ApiKey, body: &M) -> HandlerResult {
         legacy::encode_response(api, self.api_version, self.correlation_id, body)
             .map(Reply::Frame)
+            .map_err(|e| HandlerError::Encode(e.to_string()))
+    }
+
+    /// [`RequestContext::respond_any`] without copying the byte strings in `splice` (fetched
+    /// records) into the frame: the reply is the frame in parts.
+    pub fn respond_spliced<M: LegacyResponse>(
+        &self,
+        api: ApiKey,
+        body: &M,
+        splice: &[Bytes],
+    ) -> HandlerResult {
+        if self.is_legacy(api) {
+            return self.respond_any(api, body);
+        }
+        encode_response_parts(api, self.api_version, self.correlation_id, body, splice)
+            .map(Reply::Parts)
             .map_err(|e| HandlerError::Encode(e.to_string()))
     }
 

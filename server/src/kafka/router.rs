@@ -153,10 +153,7 @@ pub async fn handle_detailed(ctx: RequestContext, body: Bytes) -> (Reply, Option
             (Reply::Close, Some(e))
         }
     };
-    let response_bytes = match &reply {
-        Reply::Frame(frame) => frame.len(),
-        Reply::NoResponse | Reply::Close => 0,
-    };
+    let response_bytes = reply.response_bytes();
     ctx.shard.metrics.request_done(
         slot.unwrap_or(ROUTES.len()),
         ctx.received_at.elapsed(),

@@ -101,7 +101,7 @@ async fn call_raw<M: Encodable>(
     };
     let ctx = RequestContext::new(shard.clone(), head, None, None, tx);
     match router::handle(ctx, body.freeze()).await {
-        Reply::Frame(frame) => frame,
+        reply @ (Reply::Frame(_) | Reply::Parts(_)) => reply.into_frame().unwrap(),
         Reply::NoResponse => panic!("api {api_key} v{version}: no response"),
         Reply::Close => panic!("api {api_key} v{version}: the connection would be closed"),
     }

@@ -136,7 +136,8 @@ async fn watch(shard: &Shard, control: &Control, activity: &Activity) -> String 
 
 /// Writes responses in request order. Responses that are ready together (a group commit
 /// completes many produce requests at once) go out in one socket write, as long as they
-/// are small; a large one (fetched records) is written on its own, without a copy.
+/// are small; a large one goes out with what was gathered before it in vectored writes,
+/// a Fetch response's records straight from where they were read, not copied.
 async fn write_responses(
     mut writer: WriteHalf,
     responses: local_channel::LocalReceiver<glommio::Task<Reply>>,
@@ -159,12 +160,26 @@ async fn write_responses(
                     gathered.extend_from_slice(&frame);
                 }
                 Reply::Frame(frame) => {
-                    if flush(&mut writer, &mut gathered, &backlog).await.is_err()
-                        || writer.write_all(&frame).await.is_err()
+                    if write_after_gathered(&mut writer, &mut gathered, &[&frame], &backlog)
+                        .await
+                        .is_err()
                     {
                         break 'next;
                     }
-                    backlog.remove(frame.len());
+                }
+                Reply::Parts(parts) => {
+                    let len: usize = parts.iter().map(Bytes::len).sum();
+                    if gathered.len() + len <= GATHER_MAX_BYTES {
+                        parts.iter().for_each(|p| gathered.extend_from_slice(p));
+                    } else {
+                        let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+                        if write_after_gathered(&mut writer, &mut gathered, &parts, &backlog)
+                            .await
+                            .is_err()
+                        {
+                            break 'next;
+                        }
+                    }
                 }
                 Reply::NoResponse => {}
                 Reply::Close => {
@@ -203,6 +218,26 @@ async fn flush(
     let result = writer.write_all(gathered).await;
     if result.is_ok() {
         backlog.remove(gathered.len());
+    }
+    gathered.clear();
+    result
+}
+
+/// Writes what was gathered, then a large response's `parts` (its records not copied),
+/// together in vectored writes; empties the buffer (keeping its capacity).
+async fn write_after_gathered(
+    writer: &mut WriteHalf,
+    gathered: &mut Vec<u8>,
+    parts: &[&[u8]],
+    backlog: &ResponseBacklog,
+) -> std::io::Result<()> {
+    let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    all.push(gathered);
+    all.extend_from_slice(parts);
+    let len: usize = all.iter().map(|p| p.len()).sum();
+    let result = writer.write_all_parts(&all).await;
+    if result.is_ok() {
+        backlog.remove(len);
     }
     gathered.clear();
     result
@@ -300,9 +335,7 @@ async fn handle(
 ) -> Reply {
     let _running = Running::start(&activity);
     let reply = router::handle(ctx, frame).await;
-    if let Reply::Frame(frame) = &reply {
-        backlog.add(frame.len());
-    }
+    backlog.add(reply.response_bytes());
     reply
 }
 

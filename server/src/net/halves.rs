@@ -6,7 +6,7 @@
 //! single `poll_*` call, never across an await.
 
 use std::cell::{Cell, RefCell};
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -23,6 +23,9 @@ struct Shared {
     /// When bytes were last read from or written to the socket.
     last_io: Cell<Instant>,
 }
+
+/// The most buffers one vectored write passes (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
 
 pub struct ReadHalf(Rc<Shared>);
 pub struct WriteHalf(Rc<Shared>);
@@ -155,6 +158,41 @@ impl AsyncRead for ReadHalf {
     }
 }
 
+impl WriteHalf {
+    /// Writes all of `parts`, in order, with vectored writes (as many parts per system call
+    /// as the socket takes).
+    pub async fn write_all_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        // The first part not wholly written, and how much of it is.
+        let (mut first, mut written) = (0, 0);
+        while first < parts.len() {
+            if written == parts[first].len() {
+                first += 1;
+                written = 0;
+                continue;
+            }
+            let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[first][written..]))
+                .chain(parts[first + 1..].iter().map(|p| IoSlice::new(p)))
+                .collect();
+            let mut n = futures_lite::AsyncWriteExt::write_vectored(self, &slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && first < parts.len() {
+                let left = parts[first].len() - written;
+                if n >= left {
+                    n -= left;
+                    first += 1;
+                    written = 0;
+                } else {
+                    written += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AsyncWrite for WriteHalf {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -169,6 +207,47 @@ impl AsyncWrite for WriteHalf {
             self.0.last_io.set(Instant::now());
         }
         result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let bufs: Vec<IoSlice<'_>> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .take(MAX_IOVECS)
+            .copied()
+            .collect();
+        let Some(first) = bufs.first() else {
+            return Poll::Ready(Ok(0));
+        };
+        let fd = self.0.stream.borrow().as_raw_fd();
+        // SAFETY: the message header points at `bufs`, which lives across the call;
+        // sendmsg only reads the buffers. MSG_DONTWAIT: never blocks the shard.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if sent >= 0 {
+            if sent > 0 {
+                self.0.last_io.set(Instant::now());
+            }
+            return Poll::Ready(Ok(sent as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            // The socket is full: wait for room through the stream, which writes (part
+            // of) the first buffer once there is.
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {
+                let first: &[u8] = first;
+                self.poll_write(cx, first)
+            }
+            _ => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
