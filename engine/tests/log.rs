@@ -99,7 +99,10 @@ fn disk_reads_serve_whole_batches_up_to_max_bytes_from_any_offset() {
                         want.len(),
                         "offset {offset}, max_bytes {max_bytes}: whole batches up to the limit"
                     );
-                    assert!(got[..] == want[..], "offset {offset}, max_bytes {max_bytes}");
+                    assert!(
+                        got[..] == want[..],
+                        "offset {offset}, max_bytes {max_bytes}"
+                    );
                 }
             }
         }

@@ -318,7 +318,15 @@ pub(crate) async fn read_batches<F: SegmentFile>(
         ));
     }
     let bytes = kept.map_or_else(Bytes::new, |(a, b)| {
-        buf.slice((a - buf_start) as usize..(b - buf_start) as usize)
+        let served = buf.slice((a - buf_start) as usize..(b - buf_start) as usize);
+        // A small part of a large read is copied out rather than holding the whole read's
+        // buffer until the response is written: what a response pins stays within a few
+        // times what it carries, however many partitions it names.
+        if served.len() * 4 < buf.len() {
+            Bytes::copy_from_slice(&served)
+        } else {
+            served
+        }
     });
     Ok(DiskReadOutcome {
         bytes,
