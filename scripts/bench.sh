@@ -11,6 +11,7 @@
 #   scripts/bench.sh --quick                 3 s runs (a smoke test of the harness)
 #   scripts/bench.sh --profile               perf profile of Wharf during the 1 KiB max run, with a
 #                                            flame graph (inferno) and CPU share by activity
+#   scripts/bench.sh --only produce|consume  one of the two suites (both by default)
 #
 # Layout on a 2-core machine: the broker on CPU 0, wharf-loadgen on CPU 1 (override with
 # BROKER_CPU / LOADGEN_CPU). Wharf's data goes to $WHARF_BENCH_DIR (default
@@ -28,6 +29,7 @@ RUN_WHARF=1
 DURATION=10
 WARMUP=2
 PROFILE=0
+SUITES=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --peer) PEER="$2"; shift 2 ;;
@@ -38,7 +40,8 @@ while [ $# -gt 0 ]; do
         --quick) DURATION=3; WARMUP=1; shift ;;
         --duration) DURATION="$2"; shift 2 ;;
         --profile) PROFILE=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --only) SUITES="$2"; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -96,6 +99,10 @@ FIO_FILE="$DATA/fio-seqwrite.tmp"
 fio --name=seqwrite --filename="$FIO_FILE" --rw=write --bs=1M --direct=1 --ioengine=io_uring \
     --iodepth=16 --size=2G --runtime="$DURATION" --time_based --cpus_allowed="$BROKER_CPU" \
     --output-format=json >"$OUT/fio-seqwrite.json" 2>/dev/null
+# Consumers reading from disk: O_DIRECT sequential reads of the file just written.
+fio --name=seqread --filename="$FIO_FILE" --rw=read --bs=1M --direct=1 --ioengine=io_uring \
+    --iodepth=16 --size=2G --runtime="$DURATION" --time_based --cpus_allowed="$BROKER_CPU" \
+    --output-format=json >"$OUT/fio-seqread.json" 2>/dev/null
 # acks=all waits for an fdatasync: the disk's own fdatasync latency after a 16 KiB write.
 fio --name=fdatasync --filename="$FIO_FILE" --rw=write --bs=16k --direct=1 --ioengine=sync \
     --fdatasync=1 --size=256M --runtime="$DURATION" --time_based --cpus_allowed="$BROKER_CPU" \
@@ -157,12 +164,15 @@ stop_peer() {
 # writes tens of GB, more than a disk may hold at once.
 WHARF_PID=""
 WHARF_ADDR=""
+# start_wharf [CACHE_BYTES]: log.cache.bytes, the default without it.
 start_wharf() {
     stop_wharf
     rm -rf "$DATA/wharf"
     mkdir -p "$DATA/wharf"
+    : >"$DATA/wharf.toml"
+    if [ -n "${1:-}" ]; then echo "log.cache.bytes = $1" >"$DATA/wharf.toml"; fi
     taskset -c "$BROKER_CPU" "$WHARF" --listen 127.0.0.1:0 --data-dir "$DATA/wharf" --shards 1 \
-        >"$OUT/wharf.log" 2>&1 &
+        --config "$DATA/wharf.toml" >"$OUT/wharf.log" 2>&1 &
     WHARF_PID=$!
     PIDS+=("$WHARF_PID")
     WHARF_ADDR=""
@@ -183,10 +193,10 @@ stop_wharf() {
     fi
     rm -rf "$DATA/wharf"
 }
-# fresh_broker NAME: restart the broker under test; sets BROKER_ADDR.
+# fresh_broker NAME [CACHE_BYTES]: restart the broker under test; sets BROKER_ADDR.
 fresh_broker() {
     if [ "$1" = wharf ]; then
-        start_wharf
+        start_wharf "${2:-}"
         BROKER_ADDR="$WHARF_ADDR"
     elif [ -n "$PEER_CMD" ]; then
         start_peer
@@ -226,6 +236,43 @@ run_suite() {
     fi
 }
 
+# Consumers: a log written first (1 KiB records, acks=1, not measured), then read from the
+# beginning by one consumer (Fetch max 50 MiB, 1 MiB per partition, as Kafka's defaults),
+# 1 and 16 partitions. "cache": the log fits in Wharf's batch cache (log.cache.bytes
+# 2 GiB), as for consumers near the tail. "disk": a log many times the cache (the default
+# 256 MiB), read with direct I/O. A peer gets the same runs (its own storage decides).
+CONSUME_CACHE_RECORDS=$((DURATION * 100000))
+CONSUME_DISK_RECORDS=$((DURATION * 300000))
+run_consume_suite() {
+    local name="$1" stamp where parts records cache
+    stamp="$(date +%s)"
+    for where in cache disk; do
+        for parts in 1 16; do
+            local case="consume-$where-p$parts" topic="bench-$stamp-consume-$where-$parts"
+            if [ "$where" = cache ]; then
+                records=$CONSUME_CACHE_RECORDS; cache=$((2 << 30))
+            else
+                records=$CONSUME_DISK_RECORDS; cache=""
+            fi
+            fresh_broker "$name" "$cache"
+            [ "$name" = wharf ] || BROKER_ADDR="$PEER"
+            echo "-- $name $case (writing $records records)" >&2
+            if ! timeout 600 "$LOADGEN" produce --bootstrap "$BROKER_ADDR" --topic "$topic" --create-topic \
+                --partitions "$parts" --record-size 1024 --acks 1 --records "$records" --cores 1 \
+                --cpus "$LOADGEN_CPU" --producers 4 --in-flight 5 --batch-size 65536 --quiet \
+                >"$OUT/$name-$case-write.txt" 2>&1; then
+                echo "   writing failed: $(tail -1 "$OUT/$name-$case-write.txt")" >&2
+                continue
+            fi
+            if ! timeout 600 "$LOADGEN" consume --bootstrap "$BROKER_ADDR" --topic "$topic" \
+                --from earliest --records "$records" --cores 1 --cpus "$LOADGEN_CPU" --consumers 1 \
+                --quiet --json "$OUT/$name-$case.json" >"$OUT/$name-$case.txt" 2>&1; then
+                [ -s "$OUT/$name-$case.json" ] || echo "   failed: $(tail -1 "$OUT/$name-$case.txt")" >&2
+            fi
+        done
+    done
+}
+
 wait_for_port() {
     local addr="$1" host port
     host="${addr%:*}"; port="${addr##*:}"
@@ -257,7 +304,8 @@ if [ "$RUN_WHARF" = 1 ]; then
             >"$OUT/wharf-flamegraph.svg" 2>/dev/null || true
         python3 scripts/perf_breakdown.py "$OUT/wharf.folded" >"$OUT/wharf-breakdown.txt" || true
     fi
-    run_suite wharf ""
+    [ "$SUITES" = consume ] || run_suite wharf ""
+    [ "$SUITES" = produce ] || run_consume_suite wharf
     stop_wharf
 fi
 
@@ -268,7 +316,8 @@ if [ -n "$PEER" ]; then
         echo "== $PEER_NAME at $PEER (started by you; pin it to CPU $BROKER_CPU for a fair comparison)"
         wait_for_port "$PEER"
     fi
-    run_suite "$PEER_NAME" "$PEER"
+    [ "$SUITES" = consume ] || run_suite "$PEER_NAME" "$PEER"
+    [ "$SUITES" = produce ] || run_consume_suite "$PEER_NAME"
     stop_peer
 fi
 
