@@ -6,7 +6,9 @@
 //! is lost, offsets continue, and the old leader comes back as a follower with the new
 //! leader's log. A follower stopped with SIGSTOP leaves the ISR for lagging and rejoins;
 //! after every node stops cleanly and starts again, the leader shows the committed records
-//! at once, from its high-watermark checkpoint.
+//! at once, from its high-watermark checkpoint; after every node crashes, the leader that
+//! comes back alone with an old checkpoint does not tell consumers the latest offset
+//! (KIP-207) until its followers are back.
 
 mod common;
 
@@ -702,6 +704,19 @@ fn with_two_followers_down_acks_all_gets_not_enough_replicas_and_acks_1_goes_on(
 /// read_uncommitted: the high watermark; 1 read_committed: the last stable offset):
 /// (error code, offset).
 fn latest_offset(addr: SocketAddr, topic: &str, partition: i32, isolation_level: i8) -> (i16, i64) {
+    list_offset(addr, topic, partition, -1, isolation_level, 4)
+}
+
+/// ListOffsets at `version` of `topic`'s `partition` at `addr` for `timestamp` (-1 latest,
+/// -2 earliest, or a time in ms) with `isolation_level`: (error code, offset).
+fn list_offset(
+    addr: SocketAddr,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+    isolation_level: i8,
+    version: i16,
+) -> (i16, i64) {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::ListOffsetsRequest;
     let mut conn = KafkaConn::connect(addr);
@@ -712,8 +727,8 @@ fn latest_offset(addr: SocketAddr, topic: &str, partition: i32, isolation_level:
             .with_name(topic_name(topic))
             .with_partitions(vec![ListOffsetsPartition::default()
                 .with_partition_index(partition)
-                .with_timestamp(-1)])]);
-    let resp = conn.request(4, &req);
+                .with_timestamp(timestamp)])]);
+    let resp = conn.request(version, &req);
     let p = &resp.topics[0].partitions[0];
     (p.error_code, p.offset)
 }
@@ -886,6 +901,174 @@ fn after_every_node_stops_and_starts_again_the_leader_shows_the_committed_record
         .collect::<Vec<_>>()
         .join(",");
     produce_acks_all(&bootstrap, &topic, 300, 30, &mut acked);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+const LEADER_NOT_AVAILABLE: i16 = 5;
+const OFFSET_NOT_AVAILABLE: i16 = 78;
+
+#[test]
+fn kip_207_a_leader_whose_high_watermark_is_behind_its_epoch_start_answers_offset_not_available_until_it_catches_up(
+) {
+    // One voter and two broker-only nodes, as above. The high watermark is checkpointed
+    // when it first moves and then not for ten minutes, so a crash leaves an old one.
+    let mut nodes = start_nodes_with(
+        1,
+        2,
+        3_000,
+        "replica.high.watermark.checkpoint.interval.ms = 600000\n",
+    );
+    let topic = unique_topic("kip-207");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut acked = Acked::new();
+    produce_acks_all(&bootstrap, &topic, 0, 30, &mut acked);
+    // Let the first checkpoint be written; what follows is not checkpointed.
+    std::thread::sleep(Duration::from_secs(1));
+    produce_acks_all(&bootstrap, &topic, 30, 300, &mut acked);
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(p, offset) in acked.keys() {
+        let end = ends.entry(p).or_insert(0);
+        *end = (*end).max(offset + 1);
+    }
+    assert_eq!(
+        ends.len(),
+        PARTITIONS as usize,
+        "every partition has records"
+    );
+    wait_for_identical_replicas(&[&nodes[0], &nodes[1], &nodes[2]], &topic);
+
+    // The brokers crash and are fenced: node 1 is left alone in every ISR (under
+    // min.insync.replicas=2, so its high watermark no longer moves: KIP-966). Then it
+    // crashes too and comes back alone. It leads every partition in a new epoch from its
+    // log end, with the old checkpoint as high watermark.
+    nodes[1].kill();
+    nodes[2].kill();
+    wait_until("node 1 alone in every ISR", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader == 1 && isr == &vec![1])
+    });
+    nodes[0].kill();
+    nodes[0].restart();
+    let addr = nodes[0].addr();
+    wait_until("node 1 leads every partition", || {
+        let ps = partitions(addr, &topic);
+        ps.len() == PARTITIONS as usize
+            && ps.iter().all(|(leader, _, _, _)| *leader == 1)
+            && (0..PARTITIONS).all(|p| list_offset(addr, &topic, p, -2, 0, 7) == (0, 0))
+    });
+    let year_2100_ms = 4_102_444_800_000;
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            list_offset(addr, &topic, p, -1, 0, 7),
+            (OFFSET_NOT_AVAILABLE, -1),
+            "partition {p}: latest, behind the epoch start"
+        );
+        assert_eq!(
+            list_offset(addr, &topic, p, -1, 1, 7),
+            (OFFSET_NOT_AVAILABLE, -1),
+            "partition {p}: latest, read_committed"
+        );
+        assert_eq!(
+            list_offset(addr, &topic, p, -1, 0, 4),
+            (LEADER_NOT_AVAILABLE, -1),
+            "partition {p}: latest before v5"
+        );
+        assert_eq!(
+            list_offset(addr, &topic, p, -2, 0, 7),
+            (0, 0),
+            "partition {p}: earliest is always answered"
+        );
+        assert_eq!(
+            list_offset(addr, &topic, p, year_2100_ms, 0, 7),
+            (OFFSET_NOT_AVAILABLE, -1),
+            "partition {p}: a search that finds nothing below the high watermark"
+        );
+    }
+
+    // A librdkafka consumer asking for the end retries meanwhile: it must not start from
+    // the old high watermark, nor reset to the beginning.
+    let consumer: BaseConsumer = client::consumer(&nodes[0].bootstrap(), &[]);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&topic, p, Offset::End)
+            .expect("assign");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut read = Acked::new();
+    let poll = |read: &mut Acked| {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+            read.insert((m.partition(), m.offset()), value);
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        poll(&mut read);
+    }
+    assert!(read.is_empty(), "read while the end was unknown: {read:?}");
+
+    // The brokers come back and rejoin the ISRs: the high watermark reaches the epoch
+    // start and the latest offset is the log end again.
+    nodes[1].restart();
+    nodes[2].restart();
+    for (&p, &end) in &ends {
+        wait_until(&format!("partition {p}: latest offset {end}"), || {
+            let leader = partitions(nodes[0].addr(), &topic)
+                .get(p as usize)
+                .map_or(0, |view| view.0);
+            leader > 0
+                && list_offset(nodes[(leader - 1) as usize].addr(), &topic, p, -1, 0, 7) == (0, end)
+        });
+    }
+    // The consumer starts at the log end as it was when the leader answered (its retry
+    // may come after a record produced now): it reads only records produced from here on,
+    // never the old ones (from the old checkpoint, or from the beginning after a reset).
+    let bootstrap = nodes
+        .iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut new_records = Acked::new();
+    let mut next = 330;
+    let deadline = Instant::now() + GUARD;
+    while read.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer did not read any new record"
+        );
+        produce_acks_all(&bootstrap, &topic, next, 3, &mut new_records);
+        next += 3;
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            poll(&mut read);
+        }
+    }
+    for (key, value) in &read {
+        assert!(
+            key.1 >= ends[&key.0] && new_records.get(key) == Some(value),
+            "the consumer read {key:?} ({value}), not a new record past the log end {ends:?}"
+        );
+    }
     for node in &nodes {
         node.assert_no_panic();
     }

@@ -5,6 +5,13 @@
 //! before a time and gets segment boundaries, as Kafka's `legacyFetchOffsetsBefore` gave:
 //! the log end and the base offsets of the segments, newest first, chosen by the
 //! segments' file modification times.
+//!
+//! v1+ answers a client as Kafka's `Partition.fetchOffsetForTimestamp` does: a search by
+//! timestamp finds only offsets below where the client may fetch (the high watermark, or
+//! the last stable offset for read_committed), and while a new leader's high watermark is
+//! still behind the start of its epoch (KIP-207) the latest offset is OFFSET_NOT_AVAILABLE
+//! (LEADER_NOT_AVAILABLE before v5), which clients retry. The replica decides
+//! ([`crate::replica::ReplicaState::listed_offset`]).
 
 use std::rc::Rc;
 
@@ -25,6 +32,7 @@ use super::{
     RequestContext, SlotWork,
 };
 use crate::metadata::TopicPartition;
+use crate::replica::OffsetQuery;
 use crate::shard::Shard;
 
 /// Kafka's special timestamps.
@@ -46,6 +54,15 @@ fn min_version_for(timestamp: i64) -> Option<i16> {
         EARLIEST_LOCAL_TIMESTAMP => Some(8),
         LATEST_TIERED_TIMESTAMP => Some(9),
         _ => None,
+    }
+}
+
+/// KIP-207 added OFFSET_NOT_AVAILABLE in v5; older versions get LEADER_NOT_AVAILABLE, which
+/// their clients retry too (Kafka's `handleListOffsetRequestV1AndAbove`).
+fn error_for_version(error: ResponseError, api_version: i16) -> ResponseError {
+    match error {
+        ResponseError::OffsetNotAvailable if api_version < 5 => ResponseError::LeaderNotAvailable,
+        e => e,
     }
 }
 
@@ -145,7 +162,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                     let found = found.unwrap_or(Found::error(ResponseError::UnknownServerError));
                     let mut r = ListOffsetsPartitionResponse::default();
                     r.partition_index = p.partition_index;
-                    r.error_code = found.error.map_or(0, |e| e.code());
+                    r.error_code = found
+                        .error
+                        .map_or(0, |e| error_for_version(e, ctx.api_version).code());
                     r.offset = found.offset;
                     r.timestamp = found.timestamp;
                     if ctx.api_version >= 4 {
@@ -183,47 +202,60 @@ async fn lookup(shard: &Shard, tp: TopicPartition, query: Query) -> Found {
     found
 }
 
+/// The offset for `query` on the leader: the log is searched, and the replica says what
+/// of it a client may be told (KIP-207: nothing past where it may fetch, and not the
+/// latest offset while a new leader's high watermark is behind its epoch start).
 async fn lookup_offset(partition: &crate::partition::PartitionHandle, query: Query) -> Found {
     let log = &partition.log;
-    match query.timestamp {
-        LATEST_TIMESTAMP => {
-            let end = if query.read_committed {
-                partition.last_stable_offset()
-            } else {
-                partition.high_watermark()
-            };
-            Found::at(end, UNKNOWN)
-        }
-        EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => {
-            Found::at(log.log_start_offset().0, UNKNOWN)
-        }
-        // No tiered storage: no offset, as Kafka answers without remote storage.
-        LATEST_TIERED_TIMESTAMP => Found {
-            error: None,
-            offset: UNKNOWN,
-            timestamp: UNKNOWN,
-            leader_epoch: -1,
-        },
-        MAX_TIMESTAMP => match log.max_timestamp() {
-            Some((timestamp, offset)) => Found::at(offset.0, timestamp),
-            None => Found {
-                error: None,
-                offset: UNKNOWN,
-                timestamp: UNKNOWN,
-                leader_epoch: -1,
+    let none = Found {
+        error: None,
+        offset: UNKNOWN,
+        timestamp: UNKNOWN,
+        leader_epoch: -1,
+    };
+    let (offset_query, timestamp) = match query.timestamp {
+        LATEST_TIMESTAMP => (OffsetQuery::Latest, UNKNOWN),
+        EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => (
+            OffsetQuery::Earliest {
+                log_start_offset: log.log_start_offset().0,
             },
+            UNKNOWN,
+        ),
+        // No tiered storage: no offset, as Kafka answers without remote storage.
+        LATEST_TIERED_TIMESTAMP => return none,
+        MAX_TIMESTAMP => match log.max_timestamp() {
+            Some((timestamp, offset)) => (
+                OffsetQuery::Search {
+                    found: Some(offset.0),
+                },
+                timestamp,
+            ),
+            None => (OffsetQuery::Search { found: None }, UNKNOWN),
         },
         t if t >= 0 => match log.offset_for_timestamp(t).await {
-            Ok(Some((offset, timestamp))) => Found::at(offset.0, timestamp),
-            Ok(None) => Found {
-                error: None,
-                offset: UNKNOWN,
-                timestamp: UNKNOWN,
-                leader_epoch: -1,
-            },
-            Err(e) => Found::error(engine_error(&e)),
+            Ok(Some((offset, timestamp))) => (
+                OffsetQuery::Search {
+                    found: Some(offset.0),
+                },
+                timestamp,
+            ),
+            Ok(None) => (OffsetQuery::Search { found: None }, UNKNOWN),
+            Err(e) => return Found::error(engine_error(&e)),
         },
-        _ => Found::error(ResponseError::InvalidRequest),
+        _ => return Found::error(ResponseError::InvalidRequest),
+    };
+    let last_fetchable_offset = if query.read_committed {
+        partition.last_stable_offset()
+    } else {
+        partition.high_watermark()
+    };
+    match partition
+        .replica
+        .with(|r| r.listed_offset(offset_query, last_fetchable_offset))
+    {
+        Ok(Some(offset)) => Found::at(offset, timestamp),
+        Ok(None) => none,
+        Err(error) => Found::error(error),
     }
 }
 

@@ -181,6 +181,19 @@ impl FollowerFetch {
     }
 }
 
+/// One partition of a client's ListOffsets, as the leader's state machine judges it once
+/// the log has been searched (Kafka's `Partition.fetchOffsetForTimestamp`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OffsetQuery {
+    /// The latest offset (-1): where a consumer may fetch up to.
+    Latest,
+    /// The log start (-2; -4, the local log start, is the same without tiered storage).
+    Earliest { log_start_offset: i64 },
+    /// A search of the log by timestamp, or for the largest timestamp (-3): the offset it
+    /// found, if any.
+    Search { found: Option<i64> },
+}
+
 /// The leader's answer to one partition of a follower's fetch.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct FetchAnswer {

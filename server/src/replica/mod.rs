@@ -4,7 +4,8 @@
 //! - [`ReplicaState`] (`state.rs`): role (leader, follower or neither), leader and
 //!   partition epochs, the view of the local log (start, end, what of it is on disk, the
 //!   leader-epoch cache), the high watermark; becoming leader or follower from the
-//!   controller's partition changes; the KIP-320 epoch checks.
+//!   controller's partition changes; the KIP-320 epoch checks; what a client's
+//!   ListOffsets may be told while a new leader's high watermark catches up (KIP-207).
 //! - `checkpoint.rs`: when the high watermark is checkpointed, so a restart starts from it.
 //! - `leader.rs`: Produce checks (`min.insync.replicas`), acks=all completion, follower
 //!   fetches with their divergence answers, the high watermark over KIP-497's maximal ISR,

@@ -1,6 +1,7 @@
 //! The replica of one partition on this node: its role, its epochs, its view of the local
 //! log and the high watermark; becoming leader or follower from the controller's partition
-//! changes; the epoch checks every request goes through (KIP-320).
+//! changes; the epoch checks every request goes through (KIP-320); what a client's
+//! ListOffsets may be told (KIP-207).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -350,6 +351,44 @@ impl ReplicaState {
     ) -> Result<EpochEndOffset, ResponseError> {
         self.check_leader_epoch(current_leader_epoch, true)?;
         Ok(self.end_offset_for_epoch(leader_epoch))
+    }
+
+    /// KIP-207: whether this replica leads with a high watermark still below the start of
+    /// its epoch. A leader learns the high watermark from its followers' fetches in its
+    /// epoch (the one it brought from its last fetch as follower, or from its checkpoint
+    /// after a restart, may be behind what the previous leader showed); until they report,
+    /// an end offset it gave a consumer could be below one the consumer already saw.
+    /// It ends once every replica counted for the high watermark has fetched up to the
+    /// epoch start, or left the ISR (and, with fewer than `min.insync.replicas` left in
+    /// it, not before one comes back: KIP-966).
+    pub fn high_watermark_behind_epoch_start(&self) -> bool {
+        matches!(&self.role, Role::Leader(l) if self.high_watermark < l.epoch_start_offset)
+    }
+
+    /// ListOffsets from a client, once the log has been searched (Kafka's
+    /// `Partition.fetchOffsetForTimestamp` with an isolation level): the offset to answer,
+    /// or `None` for no offset (-1). `last_fetchable_offset` is where the client may fetch
+    /// up to: the high watermark, or the last stable offset for read_committed. A search
+    /// finds only offsets below it. While the high watermark is behind the epoch start
+    /// ([`Self::high_watermark_behind_epoch_start`]) the latest offset, and a search that
+    /// finds nothing below it, are OFFSET_NOT_AVAILABLE, which clients retry; the earliest
+    /// offset is always answered.
+    pub fn listed_offset(
+        &self,
+        query: OffsetQuery,
+        last_fetchable_offset: i64,
+    ) -> Result<Option<i64>, ResponseError> {
+        let behind = self.high_watermark_behind_epoch_start();
+        match query {
+            OffsetQuery::Earliest { log_start_offset } => Ok(Some(log_start_offset)),
+            OffsetQuery::Latest if behind => Err(ResponseError::OffsetNotAvailable),
+            OffsetQuery::Latest => Ok(Some(last_fetchable_offset)),
+            OffsetQuery::Search {
+                found: Some(offset),
+            } if offset < last_fetchable_offset => Ok(Some(offset)),
+            OffsetQuery::Search { .. } if behind => Err(ResponseError::OffsetNotAvailable),
+            OffsetQuery::Search { .. } => Ok(None),
+        }
     }
 
     pub(super) fn end_offset_for_epoch(&self, leader_epoch: i32) -> EpochEndOffset {

@@ -720,6 +720,113 @@ fn a_new_leader_records_its_epoch_start_and_forgets_the_followers_positions() {
     assert_eq!(r.follower_progress(B).unwrap().log_end_offset, None);
 }
 
+#[test]
+fn kip_207_a_new_leader_behind_its_epoch_start_answers_offset_not_available_for_the_latest_offset()
+{
+    // A leads epoch 1 from offset 10; its high watermark (0) is what it knew before.
+    let mut r = leader(1, 10);
+    let latest = |r: &ReplicaState| r.listed_offset(OffsetQuery::Latest, r.high_watermark());
+    let search = |r: &ReplicaState, found| {
+        r.listed_offset(OffsetQuery::Search { found }, r.high_watermark())
+    };
+    let earliest = |r: &ReplicaState| {
+        r.listed_offset(
+            OffsetQuery::Earliest {
+                log_start_offset: 0,
+            },
+            r.high_watermark(),
+        )
+    };
+    assert!(r.high_watermark_behind_epoch_start());
+    assert_eq!(latest(&r), Err(ResponseError::OffsetNotAvailable));
+    assert_eq!(earliest(&r), Ok(Some(0)));
+    assert_eq!(search(&r, Some(3)), Err(ResponseError::OffsetNotAvailable));
+    assert_eq!(search(&r, None), Err(ResponseError::OffsetNotAvailable));
+
+    // B has everything, C only up to 6: the high watermark moves to 6, still behind.
+    r.on_follower_fetch(&fetch(B, 10, 0), 1);
+    r.on_follower_fetch(&fetch(C, 6, 0), 1);
+    assert_eq!(r.high_watermark(), 6);
+    assert!(r.high_watermark_behind_epoch_start());
+    assert_eq!(latest(&r), Err(ResponseError::OffsetNotAvailable));
+    assert_eq!(earliest(&r), Ok(Some(0)));
+    assert_eq!(search(&r, Some(3)), Ok(Some(3)), "below the high watermark");
+    assert_eq!(search(&r, Some(8)), Err(ResponseError::OffsetNotAvailable));
+
+    // C reaches the epoch start: answered as usual from now on.
+    r.on_follower_fetch(&fetch(C, 10, 0), 2);
+    assert_eq!(r.high_watermark(), 10);
+    assert!(!r.high_watermark_behind_epoch_start());
+    assert_eq!(latest(&r), Ok(Some(10)));
+    assert_eq!(earliest(&r), Ok(Some(0)));
+    assert_eq!(search(&r, Some(8)), Ok(Some(8)));
+    assert_eq!(search(&r, None), Ok(None));
+    // Appended but not committed: a search finds nothing there.
+    r.appended(15, None, 3);
+    r.synced(15, 3);
+    assert_eq!(r.high_watermark(), 10);
+    assert_eq!(search(&r, Some(12)), Ok(None));
+    assert_eq!(latest(&r), Ok(Some(10)));
+    // read_committed: nothing at or past the last stable offset either.
+    assert_eq!(
+        r.listed_offset(OffsetQuery::Search { found: Some(8) }, 7),
+        Ok(None)
+    );
+}
+
+#[test]
+fn kip_207_a_leader_whose_high_watermark_covers_its_log_is_never_behind() {
+    let r = leader(1, 0);
+    assert!(!r.high_watermark_behind_epoch_start());
+    assert_eq!(r.listed_offset(OffsetQuery::Latest, 0), Ok(Some(0)));
+    // Restarted from a checkpoint at the log end, and leading again.
+    let mut restarted = log(10, &[(0, 0)]);
+    restarted.high_watermark = 10;
+    let mut r = ReplicaState::new(A, 100, config(1), restarted);
+    r.apply_partition_change(&change(Some(A), 1, 1, &[A, B, C]), 0);
+    assert!(!r.high_watermark_behind_epoch_start());
+    assert_eq!(r.listed_offset(OffsetQuery::Latest, 10), Ok(Some(10)));
+    // Followers are never asked, but would not be behind either.
+    assert!(!follower(log(10, &[(0, 0)])).high_watermark_behind_epoch_start());
+}
+
+#[test]
+fn kip_207_a_leader_alone_in_the_isr_is_behind_until_min_insync_replicas_are_back() {
+    // Alone in the ISR with min.insync.replicas=1: its own log is the high watermark.
+    let mut r = leader(1, 10);
+    r.apply_partition_change(&change(Some(A), 1, 2, &[A]), 0);
+    assert_eq!(r.high_watermark(), 10);
+    assert!(!r.high_watermark_behind_epoch_start());
+
+    // With min.insync.replicas=2 the high watermark cannot move (KIP-966): behind until
+    // B has caught up and is back in the ISR.
+    let mut r = leader(2, 10);
+    r.apply_partition_change(&change(Some(A), 1, 2, &[A]), 0);
+    assert_eq!(r.high_watermark(), 0);
+    assert_eq!(
+        r.listed_offset(OffsetQuery::Latest, 0),
+        Err(ResponseError::OffsetNotAvailable)
+    );
+    r.tick(LAG_MS * 10);
+    assert!(
+        r.high_watermark_behind_epoch_start(),
+        "time alone changes nothing"
+    );
+    let (_, e) = r.on_follower_fetch(&fetch(B, 10, 0), LAG_MS * 10 + 1);
+    let proposal = e.alter_partition.expect("B rejoins the ISR");
+    r.on_alter_partition_answer(
+        &proposal,
+        AlterPartitionAnswer::Committed {
+            isr: vec![A, B],
+            leader_epoch: LeaderEpoch(1),
+            partition_epoch: 3,
+        },
+        LAG_MS * 10 + 2,
+    );
+    assert_eq!(r.high_watermark(), 10);
+    assert_eq!(r.listed_offset(OffsetQuery::Latest, 10), Ok(Some(10)));
+}
+
 // ---------------------------------------------------------------------------------------
 // The follower
 // ---------------------------------------------------------------------------------------

@@ -273,10 +273,36 @@ impl Broker {
         child.wait().ok()
     }
 
-    /// SIGKILL: the process gets no chance to flush anything.
+    /// SIGKILL: the process gets no chance to flush anything. Returns once a voter's
+    /// controller port can be bound again, so a restart can listen there: the port was
+    /// seen still bound for 5-12 ms after the killed process was reaped (its io_uring
+    /// instance, which holds the listening socket, is torn down asynchronously).
     pub fn kill(&mut self) {
         self.kill_now().expect("broker is not running");
         self.addr = None;
+        if let Some(addr) = self.controller_addr() {
+            // Bounded: if someone else listens there, the restart says so.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::net::TcpListener::bind(addr).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// Where this node's controller listener listens, if it is a voter (its `--node-id`'s
+    /// entry in `--controller-quorum-voters`).
+    fn controller_addr(&self) -> Option<SocketAddr> {
+        let flag = |name: &str| {
+            let at = self.extra_args.iter().position(|a| a == name)?;
+            self.extra_args.get(at + 1)
+        };
+        let id = flag("--node-id")?;
+        flag("--controller-quorum-voters")?
+            .split(',')
+            .find_map(|voter| {
+                let (voter_id, addr) = voter.split_once('@')?;
+                (voter_id == id).then(|| addr.parse().ok()).flatten()
+            })
     }
 
     /// SIGTERM, then wait for the process to exit; returns its exit status.

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::log::{LogModel, StoredBatch};
 use super::node::PendingProduce;
 use super::*;
+use crate::replica::OffsetQuery;
 
 /// A batch acknowledged to an acks=all producer.
 pub struct Acked {
@@ -30,6 +31,9 @@ pub struct Oracle {
     /// Per (node, partition) in the controller's ISR: how many acknowledged batches its
     /// log was found to hold on disk, as of which removal count of the log.
     isr_holds: BTreeMap<(usize, usize), (u64, usize)>,
+    /// Per partition and leader epoch: the largest latest offset its leader would have
+    /// told a consumer (ListOffsets).
+    latest_shown: Vec<BTreeMap<i32, i64>>,
 }
 
 impl Oracle {
@@ -41,6 +45,7 @@ impl Oracle {
             leader_hw: BTreeMap::new(),
             verified: BTreeMap::new(),
             isr_holds: BTreeMap::new(),
+            latest_shown: vec![BTreeMap::new(); partitions],
         }
     }
 }
@@ -156,6 +161,26 @@ impl World {
                         ));
                     }
                     _ => {}
+                }
+                // KIP-207: the latest offset consumers are told never goes back from one
+                // leader epoch to the next (a new leader does not tell it while its high
+                // watermark is behind the start of its epoch). A deposed leader that has not
+                // heard yet may tell less than its successor: clients that send the epoch
+                // they know are fenced from it (KIP-320).
+                if let Ok(Some(latest)) = r.listed_offset(OffsetQuery::Latest, hw) {
+                    let shown = &mut self.oracle.latest_shown[p];
+                    if let Some((&at, &before)) =
+                        shown.range(..=epoch).max_by_key(|(_, offset)| **offset)
+                    {
+                        if latest < before {
+                            return Err(format!(
+                                "node {} p{p}: leading epoch {epoch}, it would tell consumers the latest offset is {latest}, below the {before} shown in epoch {at}",
+                                i + 1
+                            ));
+                        }
+                    }
+                    let entry = shown.entry(epoch).or_insert(latest);
+                    *entry = (*entry).max(latest);
                 }
                 let committed = &mut self.oracle.committed[p];
                 let from = committed_end(committed);
