@@ -224,8 +224,9 @@ impl AsyncWrite for WriteHalf {
             return Poll::Ready(Ok(0));
         };
         let fd = self.0.stream.borrow().as_raw_fd();
-        // SAFETY: the message header points at `bufs`, which lives across the call;
-        // sendmsg only reads the buffers. MSG_DONTWAIT: never blocks the shard.
+        // SAFETY: `IoSlice` has the layout of `iovec` on Unix (std guarantees it); the
+        // message header points at `bufs`, which lives across the call, and sendmsg only
+        // reads the buffers. MSG_DONTWAIT: never blocks the shard.
         let sent = unsafe {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
