@@ -121,22 +121,14 @@ pub fn encode_response<M: Encodable>(
     correlation_id: i32,
     body: &M,
 ) -> Result<Bytes, FrameError> {
-    let header_version = api_key.response_header_version(version);
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let size = header.compute_size(header_version).map_err(enc)?
-        + body.compute_size(version).map_err(enc)?;
-    let size_i32 =
-        i32::try_from(size).map_err(|_| FrameError::Encode(format!("response of {size} bytes")))?;
-    let mut buf = BytesMut::with_capacity(SIZE_PREFIX_BYTES + size);
-    buf.put_i32(size_i32);
-    header.encode(&mut buf, header_version).map_err(enc)?;
-    body.encode(&mut buf, version).map_err(enc)?;
-    debug_assert_eq!(
-        buf.len(),
-        SIZE_PREFIX_BYTES + size,
-        "compute_size must match encode"
-    );
-    Ok(buf.freeze())
+    encode_frame_into(
+        api_key,
+        version,
+        correlation_id,
+        body,
+        BytesMut::with_capacity,
+    )
+    .map(BytesMut::freeze)
 }
 
 /// [`encode_response`] without copying the byte strings in `splice` (fetched records) into
@@ -149,14 +141,28 @@ pub fn encode_response_parts<M: Encodable>(
     body: &M,
     splice: &[Bytes],
 ) -> Result<Vec<Bytes>, FrameError> {
+    let spliced = SplicingBuf::spliced_bytes(splice);
+    encode_frame_into(api_key, version, correlation_id, body, |frame_bytes| {
+        SplicingBuf::new(frame_bytes.saturating_sub(spliced), splice)
+    })
+    .map(SplicingBuf::into_parts)
+}
+
+/// Writes the frame into the buffer `new_buf` makes for a frame of the given size.
+fn encode_frame_into<M: Encodable, B: ByteBufMut>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &M,
+    new_buf: impl FnOnce(usize) -> B,
+) -> Result<B, FrameError> {
     let header_version = api_key.response_header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let size = header.compute_size(header_version).map_err(enc)?
         + body.compute_size(version).map_err(enc)?;
     let size_i32 =
         i32::try_from(size).map_err(|_| FrameError::Encode(format!("response of {size} bytes")))?;
-    let copied = (SIZE_PREFIX_BYTES + size).saturating_sub(SplicingBuf::spliced_bytes(splice));
-    let mut buf = SplicingBuf::new(copied, splice);
+    let mut buf = new_buf(SIZE_PREFIX_BYTES + size);
     buf.put_i32(size_i32);
     header.encode(&mut buf, header_version).map_err(enc)?;
     body.encode(&mut buf, version).map_err(enc)?;
@@ -165,7 +171,7 @@ pub fn encode_response_parts<M: Encodable>(
         SIZE_PREFIX_BYTES + size,
         "compute_size must match encode"
     );
-    Ok(buf.into_parts())
+    Ok(buf)
 }
 
 /// A response frame for a request whose API key or version is not served: response header

@@ -34,9 +34,7 @@ impl SplicingBuf {
     /// A buffer for a frame of about `copied_bytes` besides the byte strings in `splice`
     /// (those shorter than [`MIN_SPLICED_BYTES`] are copied like the rest).
     pub fn new(copied_bytes: usize, splice: &[Bytes]) -> SplicingBuf {
-        let splice: HashMap<(usize, usize), Bytes> = splice
-            .iter()
-            .filter(|b| b.len() >= MIN_SPLICED_BYTES)
+        let splice: HashMap<(usize, usize), Bytes> = worth_splicing(splice)
             .map(|b| ((b.as_ptr() as usize, b.len()), b.clone()))
             .collect();
         SplicingBuf {
@@ -49,11 +47,7 @@ impl SplicingBuf {
 
     /// Bytes that will be spliced rather than copied, of those given.
     pub fn spliced_bytes(splice: &[Bytes]) -> usize {
-        splice
-            .iter()
-            .filter(|b| b.len() >= MIN_SPLICED_BYTES)
-            .map(Bytes::len)
-            .sum()
+        worth_splicing(splice).map(Bytes::len).sum()
     }
 
     /// The frame's parts, in order; none is empty.
@@ -79,6 +73,11 @@ impl SplicingBuf {
         self.done = 0;
         self.splice.clear();
     }
+}
+
+/// The byte strings of `splice` long enough to be parts of their own.
+fn worth_splicing(splice: &[Bytes]) -> impl Iterator<Item = &Bytes> {
+    splice.iter().filter(|b| b.len() >= MIN_SPLICED_BYTES)
 }
 
 // SAFETY: every method forwards to `current`, a `BytesMut`, whose guarantees hold; a
