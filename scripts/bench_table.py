@@ -222,33 +222,30 @@ def targets(cases, lim, peer, peer_target):
     return out
 
 
-def peer_ratio(cases, peer_name, peer, target):
+def ratio_line(label, cases, peer, mode, describe_case, target, keep=lambda case: True):
+    """The worst and best ratio of records/s ("produce" or "consume") to the peer's, over
+    the cases `keep` takes that both ran, with the verdict against `target`."""
     ratios = []
     for c, r in cases.items():
-        pr = peer.get(c)
-        if c.endswith("-max") and r.get("produce") and pr and pr.get("produce") and pr["produce"]["records_per_sec"]:
-            ratios.append((r["produce"]["records_per_sec"] / pr["produce"]["records_per_sec"], c))
-    if not ratios:
-        return []
-    worst, best = min(ratios), max(ratios)
-    verdict = "" if target is None else f" — {'met' if worst[0] >= target else 'NOT met'} (target {target:g}x)"
-    return [f"- throughput vs {peer_name} on the max cases: {worst[0]:.1f}x ({describe(worst[1])}) "
-            f"to {best[0]:.1f}x ({describe(best[1])}){verdict}"]
-
-
-def consume_peer_ratio(cases, peer_name, peer, target):
-    ratios = []
-    for c, r in cases.items():
-        x = (r.get("consume") or {}).get("records_per_sec")
-        y = ((peer.get(c) or {}).get("consume") or {}).get("records_per_sec")
-        if x and y:
+        x = (r.get(mode) or {}).get("records_per_sec")
+        y = ((peer.get(c) or {}).get(mode) or {}).get("records_per_sec")
+        if keep(c) and x is not None and y:
             ratios.append((x / y, c))
     if not ratios:
         return []
     worst, best = min(ratios), max(ratios)
     verdict = "" if target is None else f" — {'met' if worst[0] >= target else 'NOT met'} (target {target:g}x)"
-    return [f"- consumers vs {peer_name}: {worst[0]:.1f}x ({describe_consume(worst[1])}) "
-            f"to {best[0]:.1f}x ({describe_consume(best[1])}){verdict}"]
+    return [f"- {label}: {worst[0]:.1f}x ({describe_case(worst[1])}) "
+            f"to {best[0]:.1f}x ({describe_case(best[1])}){verdict}"]
+
+
+def peer_ratio(cases, peer_name, peer, target):
+    return ratio_line(f"throughput vs {peer_name} on the max cases", cases, peer, "produce", describe,
+                      target, keep=lambda c: c.endswith("-max"))
+
+
+def consume_peer_ratio(cases, peer_name, peer, target):
+    return ratio_line(f"consumers vs {peer_name}", cases, peer, "consume", describe_consume, target)
 
 
 def main():
