@@ -150,6 +150,37 @@ fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionView> {
     out.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Waits until every partition of `topic`, as `addr` sees it, has a leader and three
+/// replicas in sync.
+fn wait_for_full_isr(addr: SocketAddr, topic: &str) {
+    wait_until("every partition led, with three replicas in sync", || {
+        let ps = partitions(addr, topic);
+        ps.len() == PARTITIONS as usize
+            && ps
+                .iter()
+                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+    });
+}
+
+/// The clients' bootstrap list for `nodes`.
+fn bootstrap_of<'a>(nodes: impl IntoIterator<Item = &'a Broker>) -> String {
+    nodes
+        .into_iter()
+        .map(|n| n.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Each partition's log end after the acknowledged records: one past the highest offset.
+fn log_ends(acked: &Acked) -> BTreeMap<i32, i64> {
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(p, offset) in acked.keys() {
+        let end = ends.entry(p).or_insert(0);
+        *end = (*end).max(offset + 1);
+    }
+    ends
+}
+
 fn wait_until(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + GUARD;
     while !check() {
@@ -312,11 +343,7 @@ fn acks_all_records_reach_every_replica_and_survive_the_leader_being_killed() {
                 })
         })
     });
-    let bootstrap = nodes
-        .iter()
-        .map(|n| n.bootstrap())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = bootstrap_of(&nodes);
 
     let mut acked = Acked::new();
     produce_acks_all(&bootstrap, &topic, 0, 300, &mut acked);
@@ -337,11 +364,7 @@ fn acks_all_records_reach_every_replica_and_survive_the_leader_being_killed() {
             );
         }
     }
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for &(p, offset) in acked.keys() {
-        let end = ends.entry(p).or_insert(0);
-        *end = (*end).max(offset + 1);
-    }
+    let ends = log_ends(&acked);
     let read = consume(&bootstrap, &topic, &ends);
     for (key, value) in &acked {
         assert_eq!(read.get(key), Some(value), "acknowledged record {key:?}");
@@ -377,11 +400,7 @@ fn acks_all_records_reach_every_replica_and_survive_the_leader_being_killed() {
     );
     assert!(partitions(nodes[survivors[0]].addr(), &topic)[0].1 > victim_epoch);
 
-    let bootstrap = survivors
-        .iter()
-        .map(|&i| nodes[i].bootstrap())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = bootstrap_of(survivors.iter().map(|&i| &nodes[i]));
     let before_kill = acked.clone();
     produce_acks_all(&bootstrap, &topic, 300, 200, &mut acked);
     assert_eq!(acked.len(), 500);
@@ -477,13 +496,7 @@ fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr_and_
     let mut nodes = start_cluster(8_000);
     let topic = unique_topic("isr");
     assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
-    wait_until("every partition led, with three replicas in sync", || {
-        let ps = partitions(nodes[0].addr(), &topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-    });
+    wait_for_full_isr(nodes[0].addr(), &topic);
     let (leader_id, _, replicas, _) = partitions(nodes[0].addr(), &topic)[0].clone();
     let leader = (leader_id - 1) as usize;
     let follower_id = *replicas
@@ -670,13 +683,7 @@ fn with_two_followers_down_acks_all_gets_not_enough_replicas_and_acks_1_goes_on(
         create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
         0
     );
-    wait_until("every partition led, with three replicas in sync", || {
-        let ps = partitions(nodes[0].addr(), &topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-    });
+    wait_for_full_isr(nodes[0].addr(), &topic);
     // Kill both broker-only nodes: node 1 (the voter) ends up leading every partition,
     // alone in its ISR (KRaft keeps the last member).
     nodes[1].kill();
@@ -794,25 +801,11 @@ fn after_every_node_stops_and_starts_again_the_leader_shows_the_committed_record
     let mut nodes = start_nodes(1, 2, 3_000);
     let topic = unique_topic("hw-checkpoint");
     assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
-    wait_until("every partition led, with three replicas in sync", || {
-        let ps = partitions(nodes[0].addr(), &topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-    });
-    let bootstrap = nodes
-        .iter()
-        .map(|n| n.bootstrap())
-        .collect::<Vec<_>>()
-        .join(",");
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    let bootstrap = bootstrap_of(&nodes);
     let mut acked = Acked::new();
     produce_acks_all(&bootstrap, &topic, 0, 300, &mut acked);
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for &(p, offset) in acked.keys() {
-        let end = ends.entry(p).or_insert(0);
-        *end = (*end).max(offset + 1);
-    }
+    let ends = log_ends(&acked);
     assert_eq!(
         ends.len(),
         PARTITIONS as usize,
@@ -895,11 +888,7 @@ fn after_every_node_stops_and_starts_again_the_leader_shows_the_committed_record
             "partition {p}: the high watermark went back to {hw}"
         );
     }
-    let bootstrap = nodes
-        .iter()
-        .map(|n| n.bootstrap())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = bootstrap_of(&nodes);
     produce_acks_all(&bootstrap, &topic, 300, 30, &mut acked);
     for node in &nodes {
         node.assert_no_panic();
@@ -925,28 +914,14 @@ fn kip_207_a_leader_whose_high_watermark_is_behind_its_epoch_start_answers_offse
         create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
         0
     );
-    wait_until("every partition led, with three replicas in sync", || {
-        let ps = partitions(nodes[0].addr(), &topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-    });
-    let bootstrap = nodes
-        .iter()
-        .map(|n| n.bootstrap())
-        .collect::<Vec<_>>()
-        .join(",");
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    let bootstrap = bootstrap_of(&nodes);
     let mut acked = Acked::new();
     produce_acks_all(&bootstrap, &topic, 0, 30, &mut acked);
     // Let the first checkpoint be written; what follows is not checkpointed.
     std::thread::sleep(Duration::from_secs(1));
     produce_acks_all(&bootstrap, &topic, 30, 300, &mut acked);
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for &(p, offset) in acked.keys() {
-        let end = ends.entry(p).or_insert(0);
-        *end = (*end).max(offset + 1);
-    }
+    let ends = log_ends(&acked);
     assert_eq!(
         ends.len(),
         PARTITIONS as usize,
@@ -1043,11 +1018,7 @@ fn kip_207_a_leader_whose_high_watermark_is_behind_its_epoch_start_answers_offse
     // The consumer starts at the log end as it was when the leader answered (its retry
     // may come after a record produced now): it reads only records produced from here on,
     // never the old ones (from the old checkpoint, or from the beginning after a reset).
-    let bootstrap = nodes
-        .iter()
-        .map(|n| n.bootstrap())
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = bootstrap_of(&nodes);
     let mut new_records = Acked::new();
     let mut next = 330;
     let deadline = Instant::now() + GUARD;
@@ -1099,13 +1070,7 @@ fn a_follower_that_stops_fetching_leaves_the_isr_after_the_lag_time_and_rejoins_
         create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
         0
     );
-    wait_until("every partition led, with three replicas in sync", || {
-        let ps = partitions(nodes[0].addr(), &topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-    });
+    wait_for_full_isr(nodes[0].addr(), &topic);
     // A partition that node 3 follows (not leads).
     let (p, leader_id) = partitions(nodes[0].addr(), &topic)
         .iter()
@@ -1270,13 +1235,7 @@ fn a_node_that_does_not_lead_names_the_leader_in_produce_and_fetch_answers_befor
     let mut nodes = start_nodes(1, 2, 3_000);
     let topic = unique_topic("kip951");
     assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
-    wait_until("every partition led, with three replicas in sync", || {
-        let ps = partitions(nodes[0].addr(), &topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-    });
+    wait_for_full_isr(nodes[0].addr(), &topic);
     // A partition led by a broker-only node.
     let (p, (leader, epoch, _, _)) = partitions(nodes[0].addr(), &topic)
         .into_iter()
