@@ -16,6 +16,11 @@ use clap::Args;
 
 use crate::metadata::topic_config::TopicDefaults;
 
+/// A startup failure, as the one line the user sees.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
 /// Kafka's `socket.request.max.bytes` default: the largest request frame accepted.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 /// Requests other than Produce carry no record data; a frame larger than this is refused

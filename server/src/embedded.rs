@@ -9,12 +9,13 @@ use std::rc::Rc;
 use bytes::Bytes;
 use wharf_protocol::frame::decode_request_header;
 
-use crate::broker::StartupError;
 use crate::config::BrokerConfig;
+use crate::config::StartupError;
 use crate::controller::image::ClusterImage;
 use crate::kafka::{router, HandlerError, Reply, RequestContext};
-use crate::shard::mesh::{mesh_builder, Mesh};
-use crate::shard::{oneshot, Shard, ShardId};
+use crate::node::calls::{mesh_builder, ShardMesh};
+use crate::node::Shard;
+use crate::shard::{oneshot, ShardId};
 
 /// What became of one request.
 #[derive(Debug)]
@@ -79,9 +80,11 @@ where
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("wharf-embedded")
         .spawn(move || async move {
-            let mesh = Mesh::join(mesh_builder(1)).await.map_err(StartupError)?;
+            let mesh = ShardMesh::join(mesh_builder(1))
+                .await
+                .map_err(StartupError)?;
             let shard = Rc::new(Shard::new(ShardId(0), config, ClusterImage::empty(), mesh));
-            Mesh::start(&shard);
+            ShardMesh::start(&shard);
             crate::cluster::startup::bring_up(&shard, prepared, None)
                 .await
                 .map_err(StartupError)?;

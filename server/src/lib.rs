@@ -2,8 +2,9 @@
 //! Depends on `wharf-engine` for storage and `wharf-protocol` for wire formats; nothing
 //! depends on it.
 //!
-//! Layout: `config` (settings), `broker` (start and stop), `shard` (one pinned executor
-//! per core and the cross-shard mesh), `net` (listeners and connections), `kafka` (the
+//! Layout: `config` (settings), `broker` (start and stop), `shard` (the runtime: one pinned
+//! executor per core, the cross-shard mesh, latches and budgets; no Kafka), `node` (a
+//! node's state on each shard, the typed calls between shards, a shard's life), `net` (listeners and connections), `kafka` (the
 //! router and one handler per API), `metadata` (topics, configs, ownership; the control
 //! plane), `controller` (the cluster's metadata quorum and controller, as pure state
 //! machines, and their simulator), `cluster` (their driver in the running broker: the
@@ -21,12 +22,14 @@ pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod embedded;
+pub mod errors;
 pub mod group;
 pub mod kafka;
 pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
+pub mod node;
 pub mod partition;
 pub mod replica;
 pub mod shard;

@@ -12,8 +12,10 @@ use crate::controller::requests::{
 };
 use crate::metadata::controller::{TopicRef, CONTROLLER_SHARD};
 use crate::metadata::{NodeId, PartitionId, TopicId};
+use crate::node::calls::Call;
+use crate::node::Shard;
 use crate::replica::{AlterPartitionAnswer, AlterPartitionProposal};
-use crate::shard::Shard;
+use crate::reply;
 
 /// Asks the active controller to commit `proposal`, the new ISR of partition `partition` of
 /// topic `topic` that this node leads; see [`alter_partitions`].
@@ -62,29 +64,37 @@ pub async fn alter_partitions(
     proposals: Vec<(TopicId, PartitionId, AlterPartitionProposal)>,
 ) -> Vec<AlterPartitionAnswer> {
     let count = proposals.len();
-    let answers = shard
-        .invoke_on(CONTROLLER_SHARD, move |_| async move {
-            let Some(control) = ControlPlane::get() else {
-                return Err(ResponseError::NotController);
-            };
-            let Some(broker_epoch) = control.broker.epoch() else {
-                return Err(ResponseError::BrokerNotAvailable);
-            };
-            let request = request(control.node_id(), broker_epoch, &proposals);
-            match control
-                .call(ControllerRequest::AlterPartition(request))
-                .await
-            {
-                Ok(ControllerReply::AlterPartition(topics)) => Ok(answers(&proposals, topics)),
-                Ok(_) => Err(ResponseError::UnknownServerError),
-                Err(e) => Err(request_error(&e)),
-            }
-        })
+    let answers = match shard
+        .call(CONTROLLER_SHARD, Call::AlterPartitions(proposals))
         .await
-        .unwrap_or(Err(ResponseError::NotController));
+    {
+        Ok(reply) => reply!(reply, AlterPartitions),
+        Err(_) => Err(ResponseError::NotController),
+    };
     match answers {
         Ok(answers) => answers,
         Err(e) => vec![AlterPartitionAnswer::Error(e); count],
+    }
+}
+
+/// Runs on the controller's shard for [`alter_partitions`].
+pub(crate) async fn alter_here(
+    proposals: Vec<(TopicId, PartitionId, AlterPartitionProposal)>,
+) -> Result<Vec<AlterPartitionAnswer>, ResponseError> {
+    let Some(control) = ControlPlane::get() else {
+        return Err(ResponseError::NotController);
+    };
+    let Some(broker_epoch) = control.broker.epoch() else {
+        return Err(ResponseError::BrokerNotAvailable);
+    };
+    let request = request(control.node_id(), broker_epoch, &proposals);
+    match control
+        .call(ControllerRequest::AlterPartition(request))
+        .await
+    {
+        Ok(ControllerReply::AlterPartition(topics)) => Ok(answers(&proposals, topics)),
+        Ok(_) => Err(ResponseError::UnknownServerError),
+        Err(e) => Err(request_error(&e)),
     }
 }
 

@@ -43,8 +43,11 @@ use crate::controller::quorum::TICK_MS;
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply, Token};
 use crate::metadata::controller::CONTROLLER_SHARD;
 use crate::metadata::NodeId;
+use crate::node::calls::Call;
+use crate::node::Shard;
+use crate::reply;
 use crate::shard::event::{Notify, Watchers};
-use crate::shard::{now_ms, oneshot, Shard};
+use crate::shard::{now_ms, oneshot};
 
 use disk::GlommioDisk;
 
@@ -688,14 +691,14 @@ impl ControlPlane {
                 continue;
             };
             let offset = image.applied_offset();
-            let failures: Vec<crate::shard::PartitionFailure> = self
+            let failures: Vec<crate::node::PartitionFailure> = self
                 .shard
-                .invoke_on_all(move |s| async move { s.apply_metadata(image).await })
+                .call_all(|| Call::ApplyMetadata(image.clone()))
                 .await
                 .into_iter()
                 .flat_map(|r| match r {
-                    Ok(failures) => failures,
-                    Err(e) => vec![crate::shard::PartitionFailure {
+                    Ok(reply) => reply!(reply, MetadataApplied),
+                    Err(e) => vec![crate::node::PartitionFailure {
                         message: e.to_string(),
                         no_space: false,
                     }],
@@ -745,30 +748,38 @@ pub use crate::controller::node::QuorumView;
 /// The metadata quorum as its leader sees it, from any shard (see
 /// [`ControlPlane::leader_quorum_view`]; `None`: no control plane, the node is stopping).
 pub async fn leader_quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
-    shard
-        .invoke_on(CONTROLLER_SHARD, |_| async move {
-            match ControlPlane::get() {
-                Some(control) => Some(control.leader_quorum_view().await),
-                None => None,
-            }
-        })
-        .await
-        .ok()
-        .flatten()
+    match shard.call(CONTROLLER_SHARD, Call::QuorumView).await {
+        Ok(reply) => reply!(reply, QuorumView),
+        Err(_) => None,
+    }
+}
+
+/// Runs on the controller's shard for [`leader_quorum_view`].
+pub(crate) async fn quorum_view_here() -> Option<QuorumView> {
+    match ControlPlane::get() {
+        Some(control) => Some(control.leader_quorum_view().await),
+        None => None,
+    }
 }
 
 /// Asks the active controller for a metadata change, from any shard (see
 /// [`ControlPlane::call`]).
 pub async fn call(shard: &Rc<Shard>, request: ControllerRequest) -> Reply {
-    shard
-        .invoke_on(CONTROLLER_SHARD, move |_| async move {
-            match ControlPlane::get() {
-                Some(control) => control.call(request).await,
-                None => Err(ControllerError::NotController { leader: None }),
-            }
-        })
+    match shard
+        .call(CONTROLLER_SHARD, Call::Controller(request))
         .await
-        .unwrap_or(Err(ControllerError::NotController { leader: None }))
+    {
+        Ok(reply) => reply!(reply, Controller),
+        Err(_) => Err(ControllerError::NotController { leader: None }),
+    }
+}
+
+/// Runs on the controller's shard for [`call`].
+pub(crate) async fn call_here(request: ControllerRequest) -> Reply {
+    match ControlPlane::get() {
+        Some(control) => control.call(request).await,
+        None => Err(ControllerError::NotController { leader: None }),
+    }
 }
 
 /// How long a stopping broker waits for the controller to fence it.
@@ -816,11 +827,13 @@ pub async fn controlled_shutdown(shard: &Rc<Shard>) {
 
 /// The current registration epoch of this broker, once registered (from any shard).
 pub async fn broker_epoch(shard: &Rc<Shard>) -> Option<i64> {
-    shard
-        .invoke_on(CONTROLLER_SHARD, |_| async move {
-            ControlPlane::get().and_then(|c| c.broker.epoch())
-        })
-        .await
-        .ok()
-        .flatten()
+    match shard.call(CONTROLLER_SHARD, Call::BrokerEpoch).await {
+        Ok(reply) => reply!(reply, BrokerEpoch),
+        Err(_) => None,
+    }
+}
+
+/// Runs on the controller's shard for [`broker_epoch`].
+pub(crate) fn broker_epoch_here() -> Option<i64> {
+    ControlPlane::get().and_then(|c| c.broker.epoch())
 }

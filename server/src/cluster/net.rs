@@ -37,8 +37,8 @@ use crate::controller::node::{MetadataFetch, QuorumView};
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
 use crate::controller::rpc::{self, Incoming};
 use crate::metadata::NodeId;
-use crate::net::halves::{self, ReadHalf, WriteHalf};
 use crate::shard::event::{Latch, Notify, WakeSlot};
+use crate::shard::halves::{self, ReadHalf, WriteHalf};
 use crate::shard::oneshot;
 
 /// Controller connections accepted at once; more are closed at once. Voters need one each.

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::broker::StartupError;
 use crate::cluster::disk::{read_metadata_dir, repair_blocking, GlommioDisk, METADATA_DIR};
 use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata, CONTROL_PLANE};
+use crate::config::StartupError;
 use crate::config::{io_reason, BrokerConfig};
 use crate::controller::image::ClusterImage;
 use crate::controller::log_store::LogStore;
@@ -22,7 +22,8 @@ use crate::controller::node::{Bootstrap, ControllerNode, NodeConfig};
 use crate::controller::rng::Rng;
 use crate::metadata::store::{self, METADATA_FILE};
 use crate::metadata::{random_u128, MetadataImage, NodeId};
-use crate::shard::{now_ms, Shard};
+use crate::node::Shard;
+use crate::shard::now_ms;
 
 /// What start-up found on disk, handed to shard 0.
 pub struct Prepared {

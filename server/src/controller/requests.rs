@@ -1,6 +1,6 @@
 //! What the active controller is asked and what it answers: admin requests forwarded by
 //! any broker, producer-id blocks, broker registration and heartbeats. Per-item failures are
-//! [`MetadataError`]s (mapped to Kafka codes in `kafka::errors`); a failure of the whole
+//! [`MetadataError`]s (mapped to Kafka codes in `crate::errors`); a failure of the whole
 //! request is a [`ControllerError`].
 
 use kafka_protocol::error::ResponseError;

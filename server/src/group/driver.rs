@@ -24,7 +24,10 @@ use super::config::GroupConfig;
 use super::coordinator::GroupCoordinator;
 use crate::metadata::controller::ensure_offsets_topic;
 use crate::metadata::{NodeId, PartitionId, TopicMeta, TopicPartition, OFFSETS_TOPIC};
-use crate::shard::{now_ms, oneshot, Shard, ShardId};
+use crate::node::calls::Call;
+use crate::node::Shard;
+use crate::reply;
+use crate::shard::{now_ms, oneshot, ShardId};
 use crate::txn::partition::txn_offset_commit_verification_error;
 
 /// How often the coordinator is told that time passed (session and rebalance deadlines are
@@ -776,13 +779,22 @@ where
     }
     let tp = placement.tp();
     shard
-        .invoke_on(placement.owner, move |s| async move {
+        .run_on(placement.owner, move |s| async move {
             let groups = GroupShard::of(&s);
             groups.ensure_loaded(&s, tp).await?;
             Ok(op(s, groups).await)
         })
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+}
+
+/// Runs on each shard for [`list_all`]: the groups this shard coordinates.
+pub(crate) async fn list_here(
+    shard: &Rc<Shard>,
+    states: Vec<String>,
+    types: Vec<String>,
+) -> Result<Vec<GroupListing>, ResponseError> {
+    GroupShard::of(shard).list(shard, states, types).await
 }
 
 /// Every group on every shard.
@@ -795,14 +807,14 @@ pub async fn list_all(
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let results = shard
-        .invoke_on_all(move |s| async move {
-            let groups = GroupShard::of(&s);
-            groups.list(&s, states, types).await
+        .call_all(|| Call::ListGroups {
+            states: states.clone(),
+            types: types.clone(),
         })
         .await;
     let mut all = Vec::new();
     for r in results {
-        match r {
+        match r.map(|reply| reply!(reply, ListGroups)) {
             Ok(Ok(groups)) => all.extend(groups),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(ResponseError::CoordinatorNotAvailable),

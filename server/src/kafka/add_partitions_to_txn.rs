@@ -34,6 +34,8 @@ use kafka_protocol::ResponseError;
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::metadata::{PartitionId, TopicPartition as Tp};
+use crate::node::calls::Call;
+use crate::reply;
 use crate::txn::driver::with_txn;
 use crate::txn::{AddPartitionsRequest, ErrorCode, Reply, TopicPartition};
 
@@ -200,14 +202,12 @@ async fn add(
         };
         let marked = ctx
             .shard
-            .invoke_on(ctx.shard.owner_of(target), move |s| async move {
-                match s.partitions.get(target) {
-                    Some(h) => h.txns.ensure_marker_file(&h.dir).await,
-                    None => Err(ResponseError::NotLeaderOrFollower),
-                }
-            })
+            .call(
+                ctx.shard.owner_of(target),
+                Call::EnsureTxnMarkerFile(target),
+            )
             .await;
-        match marked {
+        match marked.map(|reply| reply!(reply, EnsureTxnMarkerFile)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return all(&partitions, e),
             Err(_) => return all(&partitions, ResponseError::CoordinatorNotAvailable),

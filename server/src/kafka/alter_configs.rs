@@ -13,8 +13,8 @@ use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceRespon
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse, ApiKey};
 
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
-use super::errors::metadata_error;
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::errors::metadata_error;
 use crate::metadata::controller::{self, MetadataError};
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {

@@ -5,7 +5,7 @@
 use crate::controller::image::ClusterImage;
 use crate::metadata::cluster::{BrokerRegistration, CLIENT_LISTENER};
 use crate::metadata::NodeId;
-use crate::shard::Shard;
+use crate::node::Shard;
 
 /// A broker's client listener as Metadata lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{ApiKey, CreatePartitionsRequest, CreatePartitionsResponse};
 
-use super::errors::metadata_error;
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::controller::requests::PartitionsIncrease;
+use crate::errors::metadata_error;
 use crate::metadata::controller::{self, MetadataError};
 use crate::metadata::NodeId;
 

@@ -10,13 +10,13 @@ use kafka_protocol::messages::create_topics_response::{
 };
 use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
 
-use super::errors::metadata_error;
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::controller::requests::{CreateTopic, CreatedTopic, PartitionAssignment};
+use crate::errors::metadata_error;
 use crate::metadata::controller::{self, MetadataError, NewTopic};
 use crate::metadata::topic_config::{EffectiveConfig, TOPIC_CONFIGS};
 use crate::metadata::{NodeId, TopicMeta};
-use crate::shard::Shard;
+use crate::node::Shard;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: CreateTopicsRequest = ctx.decode_any(ApiKey::CreateTopics, &mut body)?;

@@ -10,8 +10,8 @@ use kafka_protocol::messages::{ApiKey, DeleteRecordsRequest, DeleteRecordsRespon
 use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
 
-use super::errors::engine_error;
 use super::{led_partition, on_owners, HandlerResult, RequestContext, SlotWork};
+use crate::errors::engine_error;
 
 /// "Delete everything up to the high watermark".
 const TO_HIGH_WATERMARK: i64 = -1;

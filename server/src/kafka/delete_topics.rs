@@ -6,8 +6,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{ApiKey, DeleteTopicsRequest, DeleteTopicsResponse};
 
-use super::errors::metadata_error;
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
+use crate::errors::metadata_error;
 use crate::metadata::controller::{self, TopicRef};
 use crate::metadata::TopicId;
 

@@ -15,13 +15,11 @@ use kafka_protocol::ResponseError;
 
 use super::{HandlerResult, RequestContext};
 use crate::metadata::{PartitionId, TopicPartition};
+use crate::node::calls::Call;
+use crate::reply;
 
 /// Partitions one request may name.
 const MAX_PARTITIONS_PER_REQUEST: usize = 10_000;
-
-/// One producer as DescribeProducers reports it:
-/// (id, epoch, last sequence, last timestamp, coordinator epoch, open transaction start).
-type Producer = (i64, i16, i32, i64, i32, i64);
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: DescribeProducersRequest = ctx.decode(ApiKey::DescribeProducers, &mut body)?;
@@ -43,13 +41,14 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                         topic_id: m.id,
                         partition: PartitionId(p),
                     };
-                    ctx.shard
-                        .invoke_on(
-                            ctx.shard.owner_of(tp),
-                            move |s| async move { producers(&s, tp) },
-                        )
+                    match ctx
+                        .shard
+                        .call(ctx.shard.owner_of(tp), Call::DescribeProducers(tp))
                         .await
-                        .unwrap_or(Err(ResponseError::NotLeaderOrFollower))
+                    {
+                        Ok(reply) => reply!(reply, DescribeProducers),
+                        Err(_) => Err(ResponseError::NotLeaderOrFollower),
+                    }
                 }
                 _ => Err(ResponseError::UnknownTopicOrPartition),
             };
@@ -79,48 +78,4 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         response.topics.push(t);
     }
     ctx.respond(ApiKey::DescribeProducers, &response)
-}
-
-fn producers(
-    shard: &crate::shard::Shard,
-    tp: TopicPartition,
-) -> Result<Vec<Producer>, ResponseError> {
-    let handle = shard
-        .partitions
-        .get(tp)
-        .ok_or(ResponseError::NotLeaderOrFollower)?;
-    let states = handle.log.producer_states();
-    let mut out: Vec<Producer> = states
-        .iter()
-        .map(|(pid, e)| {
-            let txn = handle.txns.producer(*pid);
-            (
-                *pid,
-                txn.as_ref()
-                    .map_or(e.epoch, |t| t.producer_epoch.max(e.epoch)),
-                e.batches.back().map_or(-1, |b| b.last_sequence),
-                e.batches
-                    .back()
-                    .map_or(e.last_timestamp_ms, |b| b.timestamp_ms),
-                txn.as_ref().map_or(-1, |t| t.coordinator_epoch),
-                txn.and_then(|t| t.current_txn_first_offset).unwrap_or(-1),
-            )
-        })
-        .collect();
-    // Producers known only from markers or broker-written batches (no sequences).
-    for (first, pid) in handle.txns.ongoing() {
-        if !out.iter().any(|p| p.0 == pid) {
-            let txn = handle.txns.producer(pid);
-            out.push((
-                pid,
-                txn.as_ref().map_or(-1, |t| t.producer_epoch),
-                -1,
-                txn.as_ref().map_or(-1, |t| t.last_timestamp_ms),
-                txn.as_ref().map_or(-1, |t| t.coordinator_epoch),
-                first,
-            ));
-        }
-    }
-    out.sort_unstable();
-    Ok(out)
 }

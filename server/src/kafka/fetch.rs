@@ -34,21 +34,19 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
 };
 use kafka_protocol::ResponseError;
-use wharf_engine::Offset;
-use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
 use wharf_protocol::compression::Levels;
 use wharf_protocol::convert::{down_convert, DownConvertError};
 use wharf_protocol::legacy::fetch::fetch_magic;
 
-use super::errors::engine_error;
-use super::{
-    brokers, current_leader, group_by_owner, led_partition, HandlerResult, RequestContext,
-};
+use super::{brokers, current_leader, group_by_owner, HandlerResult, RequestContext};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{TopicId, TopicMeta, TopicPartition};
+use crate::node::calls::Call;
+use crate::node::Shard;
+use crate::partition::read::{batch_len_at, PartitionRead, ReadCall, ReadSpec};
+use crate::reply;
 use crate::shard::budget::{ConversionTurn, Grant};
 use crate::shard::event::WakeSlot;
-use crate::shard::Shard;
 
 /// The longest a fetch waits for data, whatever `max_wait_ms` asks.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
@@ -58,42 +56,6 @@ const MIN_TOPIC_ID_FETCH_VERSION: i16 = 13;
 const MIN_ZSTD_FETCH_VERSION: i16 = 10;
 /// The last Fetch version that reads message sets (magic 0/1) rather than v2 batches.
 const MAX_MESSAGE_SET_FETCH_VERSION: i16 = 3;
-
-/// One partition's read request, as sent to its owning shard.
-#[derive(Copy, Clone, Debug)]
-struct ReadSpec {
-    /// Position among the request's distinct partitions.
-    slot: usize,
-    fetch_offset: i64,
-    partition_max_bytes: usize,
-    current_leader_epoch: i32,
-}
-
-/// One partition's read result.
-#[derive(Clone, Debug)]
-struct PartitionRead {
-    error: Option<ResponseError>,
-    high_watermark: i64,
-    last_stable_offset: i64,
-    log_start_offset: i64,
-    records: Bytes,
-    /// read_committed: the aborted transactions overlapping the records, as
-    /// (producer id, first offset).
-    aborted: Vec<(i64, i64)>,
-}
-
-impl PartitionRead {
-    fn error(error: ResponseError) -> PartitionRead {
-        PartitionRead {
-            error: Some(error),
-            high_watermark: -1,
-            last_stable_offset: -1,
-            log_start_offset: -1,
-            records: Bytes::new(),
-            aborted: Vec::new(),
-        }
-    }
-}
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: FetchRequest = ctx.decode_any(ApiKey::Fetch, &mut body)?;
@@ -425,16 +387,21 @@ async fn read_all(
     let calls: Vec<_> = group_by_owner(shard, indexed)
         .into_iter()
         .map(|(owner, items)| {
-            shard.invoke_on(owner, move |s| {
-                read_on_owner(s, items, max_bytes, read_committed)
-            })
+            shard.call(
+                owner,
+                Call::Fetch(ReadCall {
+                    items,
+                    max_bytes,
+                    read_committed,
+                }),
+            )
         })
         .collect();
     let mut out: Vec<Option<(ReadSpec, PartitionRead)>> = vec![None; specs.len()];
     for call in calls {
         match call.await {
-            Ok(results) => {
-                for (i, spec, read) in results {
+            Ok(reply) => {
+                for (i, spec, read) in reply!(reply, Fetch) {
                     out[i] = Some((spec, read));
                 }
             }
@@ -449,116 +416,6 @@ async fn read_all(
         .collect()
 }
 
-/// On the owning shard: reads its partitions in request order within one response budget.
-async fn read_on_owner(
-    shard: Rc<Shard>,
-    items: Vec<(TopicPartition, (usize, ReadSpec))>,
-    max_bytes: usize,
-    read_committed: bool,
-) -> Vec<(usize, ReadSpec, PartitionRead)> {
-    let mut budget = max_bytes;
-    let mut results = Vec::with_capacity(items.len());
-    for (tp, (i, spec)) in items {
-        let read = read_partition(&shard, tp, &spec, budget, read_committed).await;
-        budget = budget.saturating_sub(read.records.len());
-        results.push((i, spec, read));
-    }
-    results
-}
-
-async fn read_partition(
-    shard: &Shard,
-    tp: TopicPartition,
-    spec: &ReadSpec,
-    budget: usize,
-    read_committed: bool,
-) -> PartitionRead {
-    let partition = match led_partition(shard, tp) {
-        Ok(p) => p,
-        Err(e) => return PartitionRead::error(e),
-    };
-    // KIP-320: the client's view of the leader epoch must match ours.
-    if let Some(error) = super::check_leader_epoch(&partition, spec.current_leader_epoch) {
-        return PartitionRead::error(error);
-    }
-    let high_watermark = partition.high_watermark();
-    let last_stable_offset = partition.last_stable_offset();
-    let log_start_offset = partition.log.log_start_offset().0;
-    let visible_end = if read_committed {
-        last_stable_offset
-    } else {
-        high_watermark
-    };
-    // Out of range only past the log end, as Kafka: between the high watermark and the log
-    // end (a new leader whose followers have not caught up yet) the fetch waits for data.
-    let log_end_offset = partition
-        .replica
-        .with(|r| r.log_end_offset())
-        .max(high_watermark);
-    if spec.fetch_offset < log_start_offset || spec.fetch_offset > log_end_offset {
-        return PartitionRead {
-            error: Some(ResponseError::OffsetOutOfRange),
-            high_watermark,
-            last_stable_offset,
-            log_start_offset,
-            records: Bytes::new(),
-            aborted: Vec::new(),
-        };
-    }
-    // A shard that has read a whole response's worth already has nothing to add: the
-    // response is full (its first batch is elsewhere in it).
-    let records = if spec.fetch_offset >= visible_end || budget == 0 {
-        Bytes::new()
-    } else {
-        match partition
-            .log
-            .read(
-                Offset(spec.fetch_offset),
-                spec.partition_max_bytes.min(budget),
-            )
-            .await
-        {
-            Ok(mut records) => {
-                // Never past what is written (the engine also holds batches in flight).
-                records.truncate(batches_before(&records, visible_end));
-                records
-            }
-            Err(e) => {
-                // The read may have moved the log start (past damage it found): the
-                // reader is told where the log starts now.
-                return PartitionRead {
-                    error: Some(engine_error(&e)),
-                    high_watermark,
-                    last_stable_offset,
-                    log_start_offset: partition.log.log_start_offset().0,
-                    records: Bytes::new(),
-                    aborted: Vec::new(),
-                };
-            }
-        }
-    };
-    // KIP-98: the consumer drops the records of these transactions (it finds their ABORT
-    // markers in the records).
-    let aborted = if read_committed && !records.is_empty() {
-        partition
-            .txns
-            .aborted_in_range(spec.fetch_offset, visible_end)
-            .into_iter()
-            .map(|a| (a.producer_id, a.first_offset))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    PartitionRead {
-        error: None,
-        high_watermark,
-        last_stable_offset,
-        log_start_offset,
-        records,
-        aborted,
-    }
-}
-
 /// Resolves when any partition gets data past the offset given for it, or at `deadline`.
 async fn wait_for_any_append(
     shard: &Rc<Shard>,
@@ -567,12 +424,13 @@ async fn wait_for_any_append(
 ) {
     let first = WakeSlot::new();
     for (owner, items) in group_by_owner(shard, seen) {
-        let call = shard.invoke_on(owner, move |s| async move {
-            let items: Vec<(TopicPartition, i64)> = items;
-            s.partitions
-                .wait_for_append(&items, deadline, &s.shutdown)
-                .await;
-        });
+        let call = shard.call(
+            owner,
+            Call::WaitForAppend {
+                seen: items,
+                deadline,
+            },
+        );
         let first = first.clone();
         glommio::spawn_local(async move {
             let _ = call.await;
@@ -584,19 +442,6 @@ async fn wait_for_any_append(
     if deadline > now {
         futures_lite::future::or(first.wait(), glommio::timer::sleep(deadline - now)).await;
     }
-}
-
-/// Bytes of the whole batches at the start of `records` whose base offset is below `end`.
-fn batches_before(records: &[u8], end: i64) -> usize {
-    let mut at = 0;
-    while let Some(len) = batch_len_at(records, at) {
-        let base_offset = i64::from_be_bytes(records[at..at + 8].try_into().expect("8 bytes"));
-        if base_offset >= end || at + len > records.len() {
-            break;
-        }
-        at += len;
-    }
-    at
 }
 
 /// Bytes of the longest run of whole batches at the start of `records` within `limit`.
@@ -620,16 +465,10 @@ fn first_batch_len(records: &[u8]) -> usize {
         .min(records.len())
 }
 
-/// The size of the batch starting at `at` (offset, length, then `length` bytes).
-fn batch_len_at(records: &[u8], at: usize) -> Option<usize> {
-    let header = records.get(at..at + LOG_OVERHEAD_BYTES)?;
-    let length = i32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
-    (length >= 0).then(|| LOG_OVERHEAD_BYTES + length as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
 
     fn batch(len_after_header: usize) -> Vec<u8> {
         let mut b = vec![0u8; LOG_OVERHEAD_BYTES + len_after_header];
@@ -647,18 +486,6 @@ mod tests {
         assert_eq!(whole_batches_prefix(&records, 173), 112);
         assert_eq!(whole_batches_prefix(&records, 174), 174);
         assert_eq!(first_batch_len(&records), 112);
-    }
-
-    #[test]
-    fn reads_stop_at_the_high_watermark() {
-        let mut records = batch(20);
-        records[..8].copy_from_slice(&5i64.to_be_bytes());
-        let mut second = batch(20);
-        second[..8].copy_from_slice(&9i64.to_be_bytes());
-        records.extend(second);
-        assert_eq!(batches_before(&records, 9), 32);
-        assert_eq!(batches_before(&records, 10), 64);
-        assert_eq!(batches_before(&records, 5), 0);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use kafka_protocol::messages::{
 };
 
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
-use super::errors::metadata_error;
 use super::{str_bytes, HandlerResult, RequestContext};
+use crate::errors::metadata_error;
 use crate::metadata::controller::{self, AlterOp, MetadataError};
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {

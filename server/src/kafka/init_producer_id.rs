@@ -16,8 +16,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
-use super::errors::metadata_error;
 use super::{HandlerResult, RequestContext};
+use crate::errors::metadata_error;
 use crate::metadata::producer_ids::next_producer_id;
 use crate::txn::driver::with_txn;
 use crate::txn::{InitProducerIdRequest as TxnInit, Reply};

@@ -26,14 +26,14 @@ use wharf_protocol::legacy::list_offsets::{
     self as v0, ListOffsetsV0Response, PartitionOffsets, PartitionQuery,
 };
 
-use super::errors::engine_error;
 use super::{
     check_leader_epoch, led_partition, on_owners, HandlerError, HandlerResult, Reply,
     RequestContext, SlotWork,
 };
+use crate::errors::engine_error;
 use crate::metadata::TopicPartition;
+use crate::node::Shard;
 use crate::replica::OffsetQuery;
-use crate::shard::Shard;
 
 /// Kafka's special timestamps.
 pub const LATEST_TIMESTAMP: i64 = -1;

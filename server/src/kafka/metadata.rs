@@ -17,7 +17,7 @@ use super::produce::auto_create;
 use super::{brokers, str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::controller::image::ClusterImage;
 use crate::metadata::{validate_topic_name, NodeId, TopicId, TopicMeta};
-use crate::shard::Shard;
+use crate::node::Shard;
 
 /// "Authorized operations were not requested" (Kafka's Integer.MIN_VALUE).
 pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;

@@ -1,9 +1,9 @@
 //! The Kafka API: one handler per API, picked by the [`router`] by API key and version.
 //!
 //! Each handler decodes its request (kafka-protocol schemas; records stay `Bytes`), does
-//! its work (partition work on the owning shard through `Shard::invoke_on`, metadata
+//! its work (partition work on the owning shard through a `node::calls::Call`, metadata
 //! changes through the controller), and encodes its response. Kafka error codes come from
-//! [`errors`], the one place engine and metadata errors are mapped.
+//! `crate::errors`, the one place engine and metadata errors are mapped.
 
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
@@ -26,7 +26,6 @@ pub mod describe_quorum;
 pub mod describe_topic_partitions;
 pub mod describe_transactions;
 pub mod end_txn;
-pub mod errors;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -50,7 +49,6 @@ mod tests;
 pub mod txn_offset_commit;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -62,8 +60,11 @@ use wharf_protocol::frame::{encode_response, encode_response_parts, RequestHead}
 use wharf_protocol::legacy::{self, LegacyRequest, LegacyResponse};
 
 use crate::metadata::{TopicMeta, TopicPartition};
+use crate::node::Shard;
 use crate::shard::budget::{Grant, Reservation, ResponseBacklog};
-use crate::shard::{oneshot, Shard, ShardId};
+use crate::shard::oneshot;
+
+pub use crate::node::partitions::{check_leader_epoch, group_by_owner, led_partition, on_owners};
 
 /// What the connection does with a request once its handler is done.
 pub enum Reply {
@@ -305,50 +306,6 @@ pub fn first_mentions<T, K: std::hash::Hash + Eq>(
     items.into_iter().filter(|i| seen.insert(key(i))).collect()
 }
 
-/// The partitions of one request grouped by the shard that owns them, each with the
-/// caller's own label (its position in the request) so results can be put back in order.
-pub fn group_by_owner<T>(
-    shard: &Shard,
-    items: impl IntoIterator<Item = (TopicPartition, T)>,
-) -> BTreeMap<ShardId, Vec<(TopicPartition, T)>> {
-    let mut groups: BTreeMap<ShardId, Vec<(TopicPartition, T)>> = BTreeMap::new();
-    for (tp, item) in items {
-        groups
-            .entry(shard.owner_of(tp))
-            .or_default()
-            .push((tp, item));
-    }
-    groups
-}
-
-/// The open partition `tp` if this node leads it. A partition led by another node, or by
-/// none (its broker is fenced), is NOT_LEADER_OR_FOLLOWER: clients refresh their metadata
-/// and go to the leader it names. Until replicated partitions exist, a partition is served
-/// only by the node it was placed on.
-pub fn led_partition(
-    shard: &Shard,
-    tp: TopicPartition,
-) -> Result<Rc<crate::partition::PartitionHandle>, kafka_protocol::ResponseError> {
-    use kafka_protocol::ResponseError;
-    let image = shard.metadata();
-    match image.partition(tp.topic_id, tp.partition) {
-        None => Err(ResponseError::UnknownTopicOrPartition),
-        Some(p) if p.leader != Some(shard.node_id()) => Err(ResponseError::NotLeaderOrFollower),
-        Some(_) => {
-            let partition = shard
-                .partitions
-                .get(tp)
-                .ok_or(ResponseError::UnknownTopicOrPartition)?;
-            // The replica takes the image's state as the shard applies it; until then (or
-            // if its log failed and it starts again) it does not lead.
-            if !partition.replica.is_leader() {
-                return Err(ResponseError::NotLeaderOrFollower);
-            }
-            Ok(partition)
-        }
-    }
-}
-
 /// The client listener (`PLAINTEXT`) of broker `node` in `image`, if it is registered and
 /// not fenced.
 pub fn broker_endpoint(
@@ -363,62 +320,4 @@ pub fn broker_endpoint(
 /// A topic as a request named it, resolved against this shard's metadata.
 pub fn resolve_topic(shard: &Shard, name: &str) -> Option<TopicMeta> {
     shard.metadata().topic(name).cloned()
-}
-
-/// Runs `op` for each partition on the shard that owns it (one call per owning shard,
-/// partitions of a shard in order) and returns the results in the order of `items`;
-/// `None` where the owning shard did not answer.
-pub async fn on_owners<T, R, F, Fut>(
-    shard: &Rc<Shard>,
-    items: Vec<(TopicPartition, T)>,
-    op: F,
-) -> Vec<Option<R>>
-where
-    T: Send + 'static,
-    R: Send + 'static,
-    F: Fn(Rc<Shard>, TopicPartition, T) -> Fut + Send + Clone + 'static,
-    Fut: std::future::Future<Output = R> + 'static,
-{
-    let count = items.len();
-    let indexed = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, (tp, item))| (tp, (i, item)));
-    let calls: Vec<_> = group_by_owner(shard, indexed)
-        .into_iter()
-        .map(|(owner, group)| {
-            let op = op.clone();
-            shard.invoke_on(owner, move |s| async move {
-                let mut out = Vec::with_capacity(group.len());
-                for (tp, (i, item)) in group {
-                    out.push((i, op(s.clone(), tp, item).await));
-                }
-                out
-            })
-        })
-        .collect();
-    let mut results: Vec<Option<R>> = (0..count).map(|_| None).collect();
-    for call in calls {
-        match call.await {
-            Ok(out) => {
-                for (i, r) in out {
-                    results[i] = Some(r);
-                }
-            }
-            Err(e) => tracing::warn!("{e}"),
-        }
-    }
-    results
-}
-
-/// KIP-320: a request's `current_leader_epoch` against the replica's (-1 means "not
-/// checked"): an older one is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH.
-pub fn check_leader_epoch(
-    partition: &crate::partition::PartitionHandle,
-    current_leader_epoch: i32,
-) -> Option<kafka_protocol::ResponseError> {
-    partition
-        .replica
-        .with(|r| r.check_leader_epoch(current_leader_epoch, true))
-        .err()
 }

@@ -27,61 +27,37 @@ use wharf_engine::Durability;
 use wharf_protocol::batch::{BatchHeader, Compression};
 use wharf_protocol::convert::{prepare_append, AppendError, AppendPolicy};
 
-use super::errors::{append_error, engine_error};
 use super::{brokers, current_leader};
-use super::{group_by_owner, led_partition, str_bytes, HandlerResult, Reply, RequestContext};
+use super::{group_by_owner, str_bytes, HandlerResult, Reply, RequestContext};
 use crate::controller::requests::CreateTopic;
+use crate::errors::append_error;
 use crate::metadata::controller::{self, NewTopic};
 use crate::metadata::topic_config::EffectiveConfig;
 use crate::metadata::{validate_topic_name, PartitionId, TopicMeta, TopicPartition};
-use crate::partition::ClientAppendError;
+use crate::node::calls::Call;
+use crate::node::Shard;
+use crate::partition::append::{AppendCall, Appended, TxnContext};
+use crate::reply;
 use crate::shard::budget::ConversionTurn;
-use crate::shard::Shard;
-use crate::txn::driver::verify_partition;
-use crate::txn::partition::{produce_knows_transaction_abortable, verification_error};
 
 /// The first Produce version allowed to carry zstd batches (KIP-110).
 const MIN_ZSTD_PRODUCE_VERSION: i16 = 7;
 
-/// The outcome of one partition's append.
-#[derive(Debug, Clone)]
-struct Appended {
-    error: Option<ResponseError>,
-    message: Option<String>,
-    /// KIP-467: (index in the batch, reason) of each record that failed the batch.
-    record_errors: Vec<(i32, String)>,
-    base_offset: i64,
-    log_append_time_ms: i64,
-    log_start_offset: i64,
-}
-
-impl Appended {
-    fn error(error: ResponseError, message: Option<String>) -> Appended {
-        Appended {
-            error: Some(error),
-            message,
-            record_errors: Vec::new(),
-            base_offset: -1,
-            log_append_time_ms: -1,
-            log_start_offset: -1,
-        }
-    }
-
-    fn refused(error: AppendError) -> Appended {
-        let code = append_error(&error);
-        match error {
-            AppendError::RecordErrors { errors, message } => Appended {
-                record_errors: errors,
-                ..Appended::error(code, Some(message))
-            },
-            AppendError::TooLarge(message) => Appended::error(
-                code,
-                Some(format!(
-                    "{message} (a shard holds at most conversion.inflight.max.bytes of converted records)"
-                )),
-            ),
-            other => Appended::error(code, Some(other.to_string())),
-        }
+/// The answer for a partition whose batches were refused before any append.
+fn refused(error: AppendError) -> Appended {
+    let code = append_error(&error);
+    match error {
+        AppendError::RecordErrors { errors, message } => Appended {
+            record_errors: errors,
+            ..Appended::error(code, Some(message))
+        },
+        AppendError::TooLarge(message) => Appended::error(
+            code,
+            Some(format!(
+                "{message} (a shard holds at most conversion.inflight.max.bytes of converted records)"
+            )),
+        ),
+        other => Appended::error(code, Some(other.to_string())),
     }
 }
 
@@ -209,17 +185,23 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         .into_iter()
         .map(|(owner, items)| {
             let txn = txn.clone();
-            ctx.shard.invoke_on(owner, move |shard| {
-                append_on_owner(shard, items, durability, acks, txn)
-            })
+            ctx.shard.call(
+                owner,
+                Call::Produce(AppendCall {
+                    items,
+                    durability,
+                    acks,
+                    txn,
+                }),
+            )
         })
         .collect();
     ctx.release_connection();
 
     for call in calls {
         match call.await {
-            Ok(results) => {
-                for (ti, pi, appended) in results {
+            Ok(reply) => {
+                for (ti, pi, appended) in reply!(reply, Produce) {
                     answers[ti][pi].1 = Some(appended);
                 }
             }
@@ -353,7 +335,7 @@ async fn prepare<'a>(
     match converted {
         Ok(None) => Ok(records.clone()),
         Ok(Some(converted)) => Ok(Bytes::from(converted)),
-        Err(e) => Err(Appended::refused(e)),
+        Err(e) => Err(refused(e)),
     }
 }
 
@@ -392,195 +374,5 @@ pub async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a 
                 tracing::warn!("auto-creating a topic failed: {e}");
             }
         }
-    }
-}
-
-/// Runs on the owning shard: appends each partition's batches, in the order given.
-/// The transactional side of a Produce request.
-#[derive(Clone, Debug)]
-struct TxnContext {
-    /// The request's `timeout_ms`: how long acks=all waits for the in-sync replicas.
-    timeout_ms: i64,
-    transactional_id: Option<String>,
-    produce_version: i16,
-}
-
-async fn append_on_owner(
-    shard: Rc<Shard>,
-    items: Vec<(TopicPartition, (usize, usize, Bytes))>,
-    durability: Durability,
-    acks: i16,
-    txn: TxnContext,
-) -> Vec<(usize, usize, Appended)> {
-    // Spawned in order, so every append starts (and takes its offsets) in request order
-    // even though they complete independently.
-    let tasks: Vec<_> = items
-        .into_iter()
-        .map(|(tp, (ti, pi, records))| {
-            let shard = shard.clone();
-            let txn = txn.clone();
-            glommio::spawn_local(async move {
-                (
-                    ti,
-                    pi,
-                    append_one(&shard, tp, records, durability, acks, &txn).await,
-                )
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(task.await);
-    }
-    results
-}
-
-async fn append_one(
-    shard: &Rc<Shard>,
-    tp: TopicPartition,
-    records: Bytes,
-    durability: Durability,
-    acks: i16,
-    txn: &TxnContext,
-) -> Appended {
-    let partition = match led_partition(&shard, tp) {
-        Ok(p) => p,
-        Err(e) => return Appended::error(e, None),
-    };
-    let single_replica = partition.replica.is_single_replica();
-    if acks == -1 {
-        // A lone replica is the whole ISR: acks=all cannot meet min.insync.replicas above 1.
-        if single_replica && partition.min_insync_replicas.get() > 1 {
-            return Appended::error(
-                ResponseError::NotEnoughReplicas,
-                Some(format!(
-                    "min.insync.replicas is {} but this node is the only replica",
-                    partition.min_insync_replicas.get()
-                )),
-            );
-        }
-        // Fewer in-sync replicas than min.insync.replicas: refused before anything is
-        // written.
-        let checked = partition.replica.with(|r| {
-            r.check_produce(crate::replica::Acks::All)
-                .map_err(|e| (e, r.isr().map_or(0, |isr| isr.len()), r.effective_min_isr()))
-        });
-        if let Err((error, isr, min_isr)) = checked {
-            let message = (error == ResponseError::NotEnoughReplicas).then(|| {
-                format!(
-                    "the in-sync replicas are {isr}, fewer than min.insync.replicas ({min_isr})"
-                )
-            });
-            return Appended::error(error, message);
-        }
-    }
-    // Followers cannot take transactional batches yet (the engine refuses them on the
-    // replication path): refused here, for good, rather than written where no follower
-    // can copy them.
-    if !single_replica && has_transactional_batch(&records) {
-        return Appended::error(
-            ResponseError::InvalidRequest,
-            Some("transactions are not supported yet on partitions with more than one replica; use a topic with replication.factor 1 for transactional producers".into()),
-        );
-    }
-    // A transactional batch that would open its producer's transaction here is appended
-    // only once the coordinator confirms the partition is in that transaction (KIP-890
-    // part 1). Such appends take the partition's verification gate in arrival order and
-    // hold it until written, so a producer's later batches cannot overtake its first.
-    let opening = partition.txns.opening_producer(&records);
-    let _gate;
-    let mut guard = None;
-    if let Some((pid, epoch, base_sequence)) = opening {
-        let Some(id) = txn.transactional_id.clone() else {
-            return Appended::error(
-                ResponseError::TransactionalIdAuthorizationFailed,
-                Some("transactional records need the producer's transactional.id".into()),
-            );
-        };
-        _gate = match partition.verify_gate.acquire_permit(1).await {
-            Ok(permit) => permit,
-            Err(_) => return Appended::error(ResponseError::NotLeaderOrFollower, None),
-        };
-        if !partition.txns.has_ongoing_txn(pid) {
-            let g = partition.txns.start_verification(
-                pid,
-                epoch,
-                base_sequence,
-                crate::shard::now_ms(),
-            );
-            let error =
-                verify_partition(shard, &id, pid, epoch, &partition.topic, tp.partition.0).await;
-            if let Some(e) = error {
-                let code =
-                    verification_error(e, produce_knows_transaction_abortable(txn.produce_version));
-                return Appended::error(
-                    code,
-                    Some(format!(
-                        "the transaction coordinator does not confirm this partition is in the producer's transaction ({e:?})"
-                    )),
-                );
-            }
-            guard = g;
-        }
-    }
-    // With replicas elsewhere, acks=all waits for the high watermark (every in-sync
-    // replica has the batch on disk, this one included); a lone replica syncs its own log.
-    let replicated_ack = durability == Durability::Synced && !single_replica;
-    let local_durability = if replicated_ack {
-        Durability::Written
-    } else {
-        durability
-    };
-    let appended = partition
-        .append_with(records, local_durability, guard)
-        .await;
-    if let (true, Ok(info)) = (replicated_ack, &appended) {
-        let end = info.last_offset.0 + 1;
-        let waited =
-            crate::replica::driver::wait_for_high_watermark(&partition, end, txn.timeout_ms).await;
-        if let Err(error) = waited {
-            return Appended::error(error, Some(ack_failure_message(error)));
-        }
-    }
-    match appended {
-        Ok(info) => Appended {
-            error: None,
-            message: None,
-            record_errors: Vec::new(),
-            base_offset: info.base_offset.0,
-            log_append_time_ms: info.log_append_time_ms,
-            log_start_offset: info.log_start_offset.0,
-        },
-        Err(ClientAppendError::Engine(e)) => Appended::error(engine_error(&e), Some(e.to_string())),
-        Err(ClientAppendError::Refused(code)) => Appended::error(code, Some(refusal_message(code))),
-    }
-}
-
-/// Whether any batch of `records` is transactional.
-fn has_transactional_batch(records: &Bytes) -> bool {
-    wharf_protocol::batch::batches(records)
-        .any(|(_, batch)| BatchHeader::view(batch).is_some_and(|h| h.is_transactional()))
-}
-
-/// Why an acks=all append written on the leader was not acknowledged.
-fn ack_failure_message(error: ResponseError) -> String {
-    match error {
-        ResponseError::NotEnoughReplicasAfterAppend => "the batch was written on the leader, but the in-sync replicas fell below min.insync.replicas before they all had it".into(),
-        ResponseError::RequestTimedOut => "the batch was written on the leader, but not every in-sync replica had it within the request's timeout".into(),
-        ResponseError::NotLeaderOrFollower => "the batch was written, but this node stopped leading the partition before every in-sync replica had it".into(),
-        other => other.to_string(),
-    }
-}
-
-/// The message a producer's batch refused by the partition's transactions gets.
-fn refusal_message(code: ResponseError) -> String {
-    match code {
-        ResponseError::InvalidProducerEpoch => {
-            "the producer's epoch is older than the partition's: a newer producer with the same transactional.id fenced it".into()
-        }
-        ResponseError::InvalidTxnState => {
-            "a non-transactional batch from a producer whose transaction is open in this partition".into()
-        }
-        other => other.to_string(),
     }
 }

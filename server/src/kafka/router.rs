@@ -176,6 +176,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_route_and_the_unknown_keys_have_a_metrics_slot() {
+        assert!(
+            ROUTES.len() < crate::metrics::API_SLOTS,
+            "{} routes need {} metrics slots; API_SLOTS is {}",
+            ROUTES.len(),
+            ROUTES.len() + 1,
+            crate::metrics::API_SLOTS
+        );
+    }
+
+    #[test]
     fn routes_are_unique_and_within_what_the_schemas_know() {
         for (i, route) in ROUTES.iter().enumerate() {
             assert!(

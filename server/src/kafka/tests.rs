@@ -31,8 +31,9 @@ use super::router::{self, route_for};
 use super::{str_bytes, topic_name, Reply, RequestContext};
 use crate::config::{self, BrokerArgs};
 use crate::controller::image::ClusterImage;
-use crate::shard::mesh::{mesh_builder, Mesh};
-use crate::shard::{oneshot, Shard, ShardId};
+use crate::node::calls::{mesh_builder, ShardMesh};
+use crate::node::Shard;
+use crate::shard::{oneshot, ShardId};
 
 fn with_shard<F, Fut>(test: F)
 where
@@ -55,9 +56,9 @@ where
             .expect("test config resolves")
             .with_bound_port(9092);
         let prepared = crate::cluster::startup::prepare(&config).expect("metadata log opens");
-        let mesh = Mesh::join(mesh_builder(1)).await.expect("mesh of one");
+        let mesh = ShardMesh::join(mesh_builder(1)).await.expect("mesh of one");
         let shard = Rc::new(Shard::new(ShardId(0), config, ClusterImage::empty(), mesh));
-        Mesh::start(&shard);
+        ShardMesh::start(&shard);
         crate::cluster::startup::bring_up(&shard, prepared, None)
             .await
             .expect("a one-node cluster comes up");

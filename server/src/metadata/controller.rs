@@ -18,7 +18,8 @@ use crate::controller::requests::{
 use crate::metadata::store;
 use crate::metadata::topic_config::{self, TopicDefaults, TopicOverrides};
 use crate::metadata::{validate_topic_name, MetadataImage, TopicId, TopicMeta, OFFSETS_TOPIC};
-use crate::shard::{Shard, ShardId};
+use crate::node::Shard;
+use crate::shard::ShardId;
 
 /// The shard that runs the controller.
 pub const CONTROLLER_SHARD: ShardId = ShardId(0);
@@ -29,7 +30,7 @@ fn cut(text: &str) -> &str {
     crate::limits::truncate(text, crate::limits::MAX_ERROR_MESSAGE_BYTES)
 }
 
-/// Why a metadata change was refused; `kafka::errors` maps each to a Kafka error code.
+/// Why a metadata change was refused; `crate::errors` maps each to a Kafka error code.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MetadataError {
     #[error("Topic '{0}' already exists.")]

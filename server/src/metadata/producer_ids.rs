@@ -9,7 +9,7 @@ use std::rc::Rc;
 use crate::cluster;
 use crate::controller::requests::{ControllerError, ControllerReply, ControllerRequest};
 use crate::metadata::controller::MetadataError;
-use crate::shard::Shard;
+use crate::node::Shard;
 
 /// Ids a shard takes from the controller at a time (Kafka's block size).
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;

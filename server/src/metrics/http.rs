@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::shard::Shard;
+use crate::node::Shard;
 
 /// Largest request head (request line and headers) read; a scrape's is a few hundred bytes.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;

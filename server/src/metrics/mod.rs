@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use crate::group::driver::GroupShard;
 use crate::group::GroupSummary;
-use crate::kafka::router::ROUTES;
-use crate::shard::Shard;
+use crate::node::calls::Call;
+use crate::node::Shard;
+use crate::reply;
 
 /// Upper bounds of the request latency histogram's buckets, in nanoseconds, with the
 /// `le` label each is reported with (seconds). A `+Inf` bucket follows.
@@ -48,19 +49,11 @@ pub const LATENCY_BUCKETS: [(u64, &str); 16] = [
 /// Buckets counted per histogram: the finite ones and `+Inf`.
 const BUCKET_SLOTS: usize = LATENCY_BUCKETS.len() + 1;
 
-/// Per-API slots: one per entry of the router's `ROUTES`, then one for API keys that are
-/// not routed (reported as `api="unknown"`).
-pub fn api_slots() -> usize {
-    ROUTES.len() + 1
-}
-
-/// The label of an API slot.
-pub fn api_label(slot: usize) -> String {
-    match ROUTES.get(slot) {
-        Some(route) => format!("{:?}", route.api_key),
-        None => "unknown".to_string(),
-    }
-}
+/// Per-API slots each shard counts in. The request path names the slot: the router gives
+/// each API it serves its own, and one more to API keys it does not route (see
+/// `kafka::router::ROUTES`, whose length this bounds, and `metrics::text`, which labels
+/// them).
+pub const API_SLOTS: usize = 128;
 
 /// The bucket a latency falls in (the last slot is `+Inf`).
 fn bucket_of(latency_nanos: u64) -> usize {
@@ -124,7 +117,7 @@ pub struct ReplicationSnapshot {
 impl Default for ShardMetrics {
     fn default() -> ShardMetrics {
         ShardMetrics {
-            apis: (0..api_slots()).map(|_| ApiCells::new()).collect(),
+            apis: (0..API_SLOTS).map(|_| ApiCells::new()).collect(),
             request_bytes: Cell::new(0),
             response_bytes: Cell::new(0),
             replication: ReplicationCells::default(),
@@ -319,13 +312,13 @@ impl ShardSnapshot {
 /// and merges them, partitions and groups sorted for a stable output.
 pub async fn gather(shard: &Rc<Shard>) -> ShardSnapshot {
     let mut all = ShardSnapshot::default();
-    for snapshot in shard
-        .invoke_on_all(|s| async move { ShardSnapshot::take(&s) })
+    for reply in shard
+        .call_all(|| Call::MetricsSnapshot)
         .await
         .into_iter()
         .flatten()
     {
-        all.merge(snapshot);
+        all.merge(reply!(reply, MetricsSnapshot));
     }
     all.partitions
         .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));

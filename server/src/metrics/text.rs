@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use super::{api_label, ShardSnapshot, LATENCY_BUCKETS};
+use super::{ShardSnapshot, LATENCY_BUCKETS};
+use crate::kafka::router::ROUTES;
 
 /// The `Content-Type` of a scrape's response.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -45,13 +46,23 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std
     let _ = writeln!(out, " {value}");
 }
 
+/// The label of an API slot: the router's slot of each API it serves, then one for API
+/// keys it does not route.
+fn api_label(slot: usize) -> String {
+    match ROUTES.get(slot) {
+        Some(route) => format!("{:?}", route.api_key),
+        None => "unknown".to_string(),
+    }
+}
+
 /// The whole scrape: every family of the merged snapshot of all shards.
 pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let labels: Vec<String> = (0..all.apis.len()).map(api_label).collect();
+    let slots = (ROUTES.len() + 1).min(all.apis.len());
+    let labels: Vec<String> = (0..slots).map(api_label).collect();
     // Routed APIs are always listed (rates need the zero); unknown API keys once seen.
-    let shown: Vec<usize> = (0..all.apis.len())
-        .filter(|&i| i + 1 < all.apis.len() || all.apis[i].requests > 0)
+    let shown: Vec<usize> = (0..slots)
+        .filter(|&i| i < ROUTES.len() || all.apis[i].requests > 0)
         .collect();
 
     family(
@@ -474,10 +485,10 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
 mod tests {
     use super::*;
     use crate::group::GroupSummary;
-    use crate::metrics::{api_slots, ApiSnapshot, PartitionSnapshot};
+    use crate::metrics::{ApiSnapshot, PartitionSnapshot, API_SLOTS};
 
     fn snapshot() -> ShardSnapshot {
-        let mut apis = vec![ApiSnapshot::default(); api_slots()];
+        let mut apis = vec![ApiSnapshot::default(); API_SLOTS];
         apis[0].requests = 3;
         apis[0].buckets[0] = 2;
         apis[0].buckets[LATENCY_BUCKETS.len()] = 1;

@@ -38,9 +38,10 @@ use wharf_protocol::frame::{
 };
 
 use crate::kafka::{router, Reply, RequestContext};
-use crate::net::halves::{self, Control, ReadHalf, WriteHalf};
+use crate::node::Shard;
 use crate::shard::budget::{Grant, ResponseBacklog};
-use crate::shard::{oneshot, Shard};
+use crate::shard::halves::{self, Control, ReadHalf, WriteHalf};
+use crate::shard::oneshot;
 
 /// Requests read from one connection whose responses have not been written yet.
 pub const MAX_INFLIGHT_REQUESTS_PER_CONNECTION: usize = 1024;

@@ -2,7 +2,6 @@
 //! the kernel gives it.
 
 pub mod connection;
-pub mod halves;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 use glommio::net::TcpListener;
 
-use crate::shard::Shard;
+use crate::node::Shard;
 
 /// Connections one shard serves at once; more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS_PER_SHARD: usize = 10_000;

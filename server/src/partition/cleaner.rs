@@ -26,9 +26,10 @@ use wharf_engine::compaction::{
 };
 
 use crate::metadata::topic_config::EffectiveConfig;
+use crate::node::Shard;
 use crate::partition::PartitionHandle;
 use crate::shard::event::Latch;
-use crate::shard::{now_ms, Shard};
+use crate::shard::now_ms;
 
 /// Kafka's `log.cleaner.backoff.ms` default.
 pub const DEFAULT_CLEANER_BACKOFF_MS: u64 = 15_000;

@@ -1,8 +1,10 @@
 //! The partitions a shard owns: their open logs, and who waits for their next append.
 //!
 //! Data plane. Only the owning shard touches a partition's log; other shards reach it with
-//! [`Shard::invoke_on`](crate::shard::Shard::invoke_on).
+//! [`Shard::invoke_on`](crate::node::Shard::invoke_on).
 
+pub mod append;
+pub mod read;
 pub mod txn;
 
 use std::cell::{Cell, RefCell};
@@ -428,7 +430,7 @@ impl PartitionRegistry {
 /// Runs on each shard until shutdown: every [`PRODUCER_EXPIRATION_CHECK_INTERVAL`], each
 /// partition forgets the idempotent producers silent for `producer.id.expiration.ms`, so
 /// the memory they take stays bounded.
-pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
+pub async fn expire_producers_periodically(shard: Rc<crate::node::Shard>) {
     let expiration_ms = shard.config.producer_id_expiration_ms;
     let tick = || glommio::timer::sleep(PRODUCER_EXPIRATION_CHECK_INTERVAL);
     while shard.unless_shutdown(tick()).await.is_some() {
@@ -448,14 +450,14 @@ pub async fn expire_producers_periodically(shard: Rc<crate::shard::Shard>) {
 
 /// Runs on each shard until shutdown: ticks the replicas of its partitions (acks=all
 /// deadlines, ISR changes).
-pub async fn tick_periodically(shard: Rc<crate::shard::Shard>) {
+pub async fn tick_periodically(shard: Rc<crate::node::Shard>) {
     crate::replica::driver::tick_periodically(shard).await
 }
 
 /// Runs on each shard until shutdown: every `log.retention.check.interval.ms`, each
 /// partition rolls its active segment once `segment.ms` has passed and deletes the
 /// segments that `retention.ms` / `retention.bytes` let go (Kafka's log retention task).
-pub async fn maintain_logs_periodically(shard: Rc<crate::shard::Shard>) {
+pub async fn maintain_logs_periodically(shard: Rc<crate::node::Shard>) {
     let interval = Duration::from_millis(shard.config.retention_check_interval_ms);
     while shard
         .unless_shutdown(glommio::timer::sleep(interval))

@@ -377,3 +377,47 @@ impl PartitionTxnState {
         Ok(())
     }
 }
+
+/// A producer as DescribeProducers reports it: (producer id, epoch, last sequence, last
+/// timestamp, coordinator epoch, first offset of its open transaction).
+pub type Producer = (i64, i16, i32, i64, i32, i64);
+
+/// DescribeProducers of one partition (KIP-664): each producer's id, epoch, last
+/// sequence, last timestamp, coordinator epoch and the first offset of its open
+/// transaction (-1 where unknown), sorted by producer id.
+pub fn producers(handle: &super::PartitionHandle) -> Vec<Producer> {
+    let states = handle.log.producer_states();
+    let mut out: Vec<Producer> = states
+        .iter()
+        .map(|(pid, e)| {
+            let txn = handle.txns.producer(*pid);
+            (
+                *pid,
+                txn.as_ref()
+                    .map_or(e.epoch, |t| t.producer_epoch.max(e.epoch)),
+                e.batches.back().map_or(-1, |b| b.last_sequence),
+                e.batches
+                    .back()
+                    .map_or(e.last_timestamp_ms, |b| b.timestamp_ms),
+                txn.as_ref().map_or(-1, |t| t.coordinator_epoch),
+                txn.and_then(|t| t.current_txn_first_offset).unwrap_or(-1),
+            )
+        })
+        .collect();
+    // Producers known only from markers or broker-written batches (no sequences).
+    for (first, pid) in handle.txns.ongoing() {
+        if !out.iter().any(|p| p.0 == pid) {
+            let txn = handle.txns.producer(pid);
+            out.push((
+                pid,
+                txn.as_ref().map_or(-1, |t| t.producer_epoch),
+                -1,
+                txn.as_ref().map_or(-1, |t| t.last_timestamp_ms),
+                txn.as_ref().map_or(-1, |t| t.coordinator_epoch),
+                first,
+            ));
+        }
+    }
+    out.sort_unstable();
+    out
+}

@@ -23,8 +23,9 @@ use super::{ReplicaConfig, ReplicaState};
 use crate::controller::image::ClusterImage;
 use crate::metadata::cluster::PartitionState;
 use crate::metadata::NodeId;
+use crate::node::Shard;
 use crate::partition::PartitionHandle;
-use crate::shard::{now_ms, oneshot, Shard};
+use crate::shard::{now_ms, oneshot};
 
 /// How often a shard ticks the replicas it leads (acks=all deadlines, ISR shrinks, retries).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);

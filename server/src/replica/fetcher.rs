@@ -35,7 +35,10 @@ use super::RoleView;
 use crate::controller::image::ClusterImage;
 use crate::metadata::cluster::REPLICATION_LISTENER;
 use crate::metadata::{NodeId, PartitionId, TopicId, TopicPartition};
-use crate::shard::{now_ms, Shard};
+use crate::node::calls::Call;
+use crate::node::Shard;
+use crate::reply;
+use crate::shard::now_ms;
 
 /// Kafka's `replica.fetch.wait.max.ms`: how long a leader may hold a fetch with no data.
 pub const REPLICA_FETCH_WAIT_MAX_MS: i32 = 500;
@@ -291,57 +294,64 @@ fn topic_partition(p: &FetchPartition) -> TopicPartition {
 /// The next fetch of every replica, on every shard, that follows `leader`.
 async fn next_fetches(shard: &Rc<Shard>, leader: NodeId) -> Vec<FetchPartition> {
     shard
-        .invoke_on_all(move |s| async move {
-            let now = now_ms();
-            let mut out = Vec::new();
-            for p in s.partitions.handles() {
-                let follows = matches!(
-                    p.replica.with(|r| r.role()),
-                    RoleView::Follower { leader: Some(l) } if l == leader
-                );
-                if !follows {
-                    continue;
-                }
-                let log_start = p.log.log_start_offset().0;
-                let position = p.replica.update(|r| {
-                    r.log_start_moved(log_start);
-                    r.next_fetch(now)
-                });
-                if let Some(position) = position {
-                    out.push(position.to_wire(
-                        p.tp.topic_id.0.as_u128(),
-                        p.tp.partition.0,
-                        REPLICA_FETCH_MAX_BYTES,
-                    ));
-                }
-            }
-            out
-        })
+        .call_all(|| Call::NextFetches { leader })
         .await
         .into_iter()
         .flatten()
-        .flatten()
+        .flat_map(|reply| reply!(reply, NextFetches))
         .collect()
+}
+
+/// Runs on each shard for [`next_fetches`].
+pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId) -> Vec<FetchPartition> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for p in shard.partitions.handles() {
+        let follows = matches!(
+            p.replica.with(|r| r.role()),
+            RoleView::Follower { leader: Some(l) } if l == leader
+        );
+        if !follows {
+            continue;
+        }
+        let log_start = p.log.log_start_offset().0;
+        let position = p.replica.update(|r| {
+            r.log_start_moved(log_start);
+            r.next_fetch(now)
+        });
+        if let Some(position) = position {
+            out.push(position.to_wire(
+                p.tp.topic_id.0.as_u128(),
+                p.tp.partition.0,
+                REPLICA_FETCH_MAX_BYTES,
+            ));
+        }
+    }
+    out
 }
 
 /// The fetches of `asked` got no answer: each partition fetches again after its backoff.
 async fn fail_fetches(shard: &Rc<Shard>, asked: Vec<FetchPartition>) {
     let items = asked.iter().map(|p| (topic_partition(p), ()));
-    let calls: Vec<_> = crate::kafka::group_by_owner(shard, items)
+    let calls: Vec<_> = crate::node::partitions::group_by_owner(shard, items)
         .into_iter()
         .map(|(owner, items)| {
-            shard.invoke_on(owner, move |s| async move {
-                let now = now_ms();
-                for (tp, ()) in items {
-                    if let Some(p) = s.partitions.get(tp) {
-                        p.replica.update(|r| r.fetch_failed(now));
-                    }
-                }
-            })
+            let tps = items.into_iter().map(|(tp, ())| tp).collect();
+            shard.call(owner, Call::FetchesFailed(tps))
         })
         .collect();
     for call in calls {
         let _ = call.await;
+    }
+}
+
+/// Runs on the owning shard for [`fail_fetches`].
+pub(crate) fn fetches_failed_here(shard: &Shard, tps: &[TopicPartition]) {
+    let now = now_ms();
+    for tp in tps {
+        if let Some(p) = shard.partitions.get(*tp) {
+            p.replica.update(|r| r.fetch_failed(now));
+        }
     }
 }
 
@@ -356,32 +366,37 @@ async fn apply_answers(
         .into_iter()
         .zip(answers)
         .map(|(asked, answer)| (topic_partition(&asked), (asked, answer)));
-    let calls: Vec<_> = crate::kafka::group_by_owner(shard, items)
+    let calls: Vec<_> = crate::node::partitions::group_by_owner(shard, items)
         .into_iter()
-        .map(|(owner, items)| {
-            shard.invoke_on(owner, move |s| async move {
-                let tasks: Vec<_> = items
-                    .into_iter()
-                    .map(|(tp, (asked, answer))| {
-                        let s = s.clone();
-                        glommio::spawn_local(
-                            async move { apply_answer(&s, tp, asked, answer).await },
-                        )
-                    })
-                    .collect();
-                let mut refused = 0;
-                for task in tasks {
-                    if task.await {
-                        refused += 1;
-                    }
-                }
-                refused
-            })
-        })
+        .map(|(owner, items)| shard.call(owner, Call::ApplyFetchAnswers(items)))
         .collect();
     let mut refused = 0;
     for call in calls {
-        refused += call.await.unwrap_or(0);
+        refused += call
+            .await
+            .map_or(0, |reply| reply!(reply, ApplyFetchAnswers));
+    }
+    refused
+}
+
+/// Runs on the owning shard for [`apply_answers`]: the partitions' answers applied side by
+/// side; how many were refused.
+pub(crate) async fn apply_answers_here(
+    shard: &Rc<Shard>,
+    items: Vec<(TopicPartition, (FetchPartition, PartitionData))>,
+) -> usize {
+    let tasks: Vec<_> = items
+        .into_iter()
+        .map(|(tp, (asked, answer))| {
+            let s = shard.clone();
+            glommio::spawn_local(async move { apply_answer(&s, tp, asked, answer).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for task in tasks {
+        if task.await {
+            refused += 1;
+        }
     }
     refused
 }

@@ -27,7 +27,6 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::ResponseError;
 use wharf_engine::Offset;
-use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
 use wharf_protocol::replication::{
     encode_response_head, split_frame, FetchPartition, FetchRequest, LeaderConnection,
     PartitionHeader, MAX_HEADER_BYTES, PREFIX_BYTES,
@@ -35,10 +34,14 @@ use wharf_protocol::replication::{
 
 use super::api::FollowerFetch;
 use super::driver::carry_out;
-use crate::kafka::group_by_owner;
 use crate::metadata::{PartitionId, TopicId, TopicPartition};
+use crate::node::calls::Call;
+use crate::node::partitions::group_by_owner;
+use crate::node::Shard;
+use crate::partition::read::batches_before;
+use crate::reply;
 use crate::shard::event::WakeSlot;
-use crate::shard::{now_ms, Shard};
+use crate::shard::now_ms;
 
 /// Replication connections accepted at once (a follower node opens one to each leader).
 pub const MAX_REPLICATION_CONNECTIONS: usize = 256;
@@ -181,7 +184,7 @@ async fn read_request(
 }
 
 /// One partition's answer: its header and the records that follow it.
-type Answered = (PartitionHeader, Bytes);
+pub type Answered = (PartitionHeader, Bytes);
 
 /// Answers a fetch: the response head and the records to write after it, in order.
 async fn answer(shard: &Rc<Shard>, request: &FetchRequest) -> Result<(Bytes, Vec<Bytes>), String> {
@@ -226,6 +229,23 @@ fn topic_partition(p: &FetchPartition) -> TopicPartition {
     }
 }
 
+/// Runs on the owning shard: answers each partition in order, within the request's bytes.
+pub(crate) async fn answer_here(
+    shard: &Rc<Shard>,
+    header: &FetchRequest,
+    items: Vec<(TopicPartition, (usize, FetchPartition))>,
+    max_bytes: usize,
+) -> Vec<(usize, Answered)> {
+    let mut budget = max_bytes;
+    let mut out = Vec::with_capacity(items.len());
+    for (tp, (i, p)) in items {
+        let answered = answer_partition(shard, header, tp, &p, budget).await;
+        budget = budget.saturating_sub(answered.1.len());
+        out.push((i, answered));
+    }
+    out
+}
+
 /// Every partition of the request, answered on its owning shard; in request order.
 async fn answer_all(shard: &Rc<Shard>, request: &FetchRequest) -> Vec<Answered> {
     let max_bytes = request.max_bytes.max(0) as usize;
@@ -247,24 +267,21 @@ async fn answer_all(shard: &Rc<Shard>, request: &FetchRequest) -> Vec<Answered> 
     let calls: Vec<_> = group_by_owner(shard, items)
         .into_iter()
         .map(|(owner, items)| {
-            let header = header.clone();
-            shard.invoke_on(owner, move |s| async move {
-                let mut budget = max_bytes;
-                let mut out = Vec::with_capacity(items.len());
-                for (tp, (i, p)) in items {
-                    let answered = answer_partition(&s, &header, tp, &p, budget).await;
-                    budget = budget.saturating_sub(answered.1.len());
-                    out.push((i, answered));
-                }
-                out
-            })
+            shard.call(
+                owner,
+                Call::AnswerReplicaFetch {
+                    header: header.clone(),
+                    items,
+                    max_bytes,
+                },
+            )
         })
         .collect();
     let mut out: Vec<Option<Answered>> = vec![None; request.partitions.len()];
     for call in calls {
         match call.await {
-            Ok(answered) => {
-                for (i, a) in answered {
+            Ok(reply) => {
+                for (i, a) in reply!(reply, AnswerReplicaFetch) {
                     out[i] = Some(a);
                 }
             }
@@ -336,7 +353,7 @@ async fn answer_partition(
                         partition = tp.partition.0,
                         "reading for a follower failed: {e}"
                     );
-                    let code = crate::kafka::errors::engine_error(&e).code();
+                    let code = crate::errors::engine_error(&e).code();
                     return (
                         PartitionHeader::error(p.topic_id, p.partition, code),
                         Bytes::new(),
@@ -349,22 +366,28 @@ async fn answer_partition(
     (answer.header(p.topic_id, p.partition, len), records)
 }
 
-/// Bytes of the whole batches at the start of `records` that start below `end`.
-fn batches_before(records: &[u8], end: i64) -> usize {
-    let mut at = 0;
-    while let Some(header) = records.get(at..at + LOG_OVERHEAD_BYTES) {
-        let base_offset = i64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
-        let length = i32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
-        let Ok(length) = usize::try_from(length) else {
-            break;
-        };
-        let next = at + LOG_OVERHEAD_BYTES + length;
-        if base_offset >= end || next > records.len() {
-            break;
+/// Runs on the owning shard for [`wait_for_log_growth`].
+pub(crate) async fn wait_for_growth_here(
+    shard: &Rc<Shard>,
+    seen: &[(TopicPartition, i64)],
+    deadline: Instant,
+) {
+    let slot = WakeSlot::new();
+    for (tp, seen_end) in seen {
+        match shard.partitions.get(*tp) {
+            Some(p) if p.replica.with(|r| r.log_end_offset()) > *seen_end => return,
+            None => return,
+            Some(p) => p.log_grew.register(&slot),
         }
-        at = next;
     }
-    at
+    let now = Instant::now();
+    if deadline > now {
+        futures_lite::future::or(
+            futures_lite::future::or(slot.wait(), glommio::timer::sleep(deadline - now)),
+            shard.shutdown.wait(),
+        )
+        .await;
+    }
 }
 
 /// Resolves when any of the partitions' logs grows past the offset given for it, or at
@@ -376,24 +399,13 @@ async fn wait_for_log_growth(
 ) {
     let first = WakeSlot::new();
     for (owner, items) in group_by_owner(shard, seen) {
-        let call = shard.invoke_on(owner, move |s| async move {
-            let slot = WakeSlot::new();
-            for (tp, seen_end) in &items {
-                match s.partitions.get(*tp) {
-                    Some(p) if p.replica.with(|r| r.log_end_offset()) > *seen_end => return,
-                    None => return,
-                    Some(p) => p.log_grew.register(&slot),
-                }
-            }
-            let now = Instant::now();
-            if deadline > now {
-                futures_lite::future::or(
-                    futures_lite::future::or(slot.wait(), glommio::timer::sleep(deadline - now)),
-                    s.shutdown.wait(),
-                )
-                .await;
-            }
-        });
+        let call = shard.call(
+            owner,
+            Call::WaitForLogGrowth {
+                seen: items,
+                deadline,
+            },
+        );
         let first = first.clone();
         glommio::spawn_local(async move {
             let _ = call.await;
@@ -404,27 +416,5 @@ async fn wait_for_log_growth(
     let now = Instant::now();
     if deadline > now {
         futures_lite::future::or(first.wait(), glommio::timer::sleep(deadline - now)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batch(base_offset: i64, len_after_header: usize) -> Vec<u8> {
-        let mut b = vec![0u8; LOG_OVERHEAD_BYTES + len_after_header];
-        b[0..8].copy_from_slice(&base_offset.to_be_bytes());
-        b[8..12].copy_from_slice(&(len_after_header as i32).to_be_bytes());
-        b
-    }
-
-    #[test]
-    fn records_for_a_follower_stop_at_the_log_end_and_at_a_torn_batch() {
-        let mut records = batch(0, 20);
-        records.extend(batch(3, 20));
-        assert_eq!(batches_before(&records, 3), 32);
-        assert_eq!(batches_before(&records, 4), 64);
-        records.extend([0u8; 5]);
-        assert_eq!(batches_before(&records, 100), 64);
     }
 }

@@ -1,30 +1,22 @@
-//! Cross-shard calls over glommio's channel mesh.
+//! Calls between shards over glommio's channel mesh.
 //!
-//! [`Shard::invoke_on`](crate::shard::Shard::invoke_on) is *the* way to run work on the
-//! shard that owns a partition (or a group, or the metadata controller):
+//! The mesh knows nothing of what it carries: a shard's context above this layer names its
+//! call and reply types and how it answers a call ([`Handler`]). Calls are data (typed
+//! enums), so they can be logged, counted and replayed; nothing runs on another shard but
+//! what its own handler does with the call.
 //!
-//! ```text
-//! let owner = ownership::owner_of(tp, shard.shard_count);
-//! let high_watermark = shard
-//!     .invoke_on(owner, move |owner| async move {
-//!         owner.partitions.get(tp).map(|p| p.log.log_end_offset().0)
-//!     })
-//!     .await?;
-//! ```
-//!
-//! - The closure is `Send` and everything it captures moves to the target shard (owned
-//!   payloads: `Bytes` move, they are not copied); it runs there with that shard's
-//!   `Rc<Shard>` and may await freely. Its result (`Send`) comes back the same way.
-//! - Calls are *enqueued when `invoke_on` is called*, not when the returned future is first
+//! - [`Mesh::call`] is *the* way to have another shard (or this one) do something: the call
+//!   moves to the target shard (owned payloads: `Bytes` move, they are not copied), its
+//!   handler answers it there, and the reply comes back the same way.
+//! - Calls are *enqueued when `call` is called*, not when the returned future is first
 //!   polled, and each (source, target) pair is a FIFO: two calls made in order from one shard
 //!   start on the target in that order. Produce relies on this to append a connection's
 //!   pipelined requests in request order.
 //! - A call to the calling shard itself runs as a local task, with the same ordering.
-//! - The receiving shard runs each call as its own task, so a slow call never blocks the
+//! - The receiving shard answers each call in its own task, so a slow call never blocks the
 //!   mesh, and nothing waits on a send while holding a receive: no cross-shard deadlock.
 //! - If the target shard has stopped, the call fails with [`MeshError`].
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -35,24 +27,34 @@ use std::task::Waker;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 
 use crate::shard::oneshot;
-use crate::shard::{Shard, ShardId};
+use crate::shard::ShardId;
 
 /// Messages in flight between two shards. Depth of each (source, target) channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
-type AnyValue = Box<dyn Any + Send>;
-type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
-type Job = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture<AnyValue> + Send>;
+/// A future that stays on its shard.
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// What travels on the mesh.
-pub enum Envelope {
-    Call { call_id: u64, job: Job },
-    Reply { call_id: u64, value: AnyValue },
+/// A shard's context, as the mesh sees it: the calls it takes, the replies it gives, and how
+/// it answers one. Lives in an `Rc` on its shard.
+pub trait Handler: 'static {
+    type Call: Send + 'static;
+    type Reply: Send + 'static;
+    /// This shard's end of the mesh.
+    fn mesh(&self) -> &Mesh<Self::Call, Self::Reply>;
+    /// Answers a call from `source` (this shard itself for a local call).
+    fn handle(self: Rc<Self>, source: ShardId, call: Self::Call) -> LocalFuture<Self::Reply>;
 }
 
-pub type MeshHandle = MeshBuilder<Envelope, Full>;
+/// What travels on the mesh.
+pub enum Envelope<C, R> {
+    Call { call_id: u64, call: C },
+    Reply { call_id: u64, value: R },
+}
 
-pub fn mesh_builder(shard_count: usize) -> MeshHandle {
+pub type MeshHandle<C, R> = MeshBuilder<Envelope<C, R>, Full>;
+
+pub fn mesh_builder<C: Send + 'static, R: Send + 'static>(shard_count: usize) -> MeshHandle<C, R> {
     MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY)
 }
 
@@ -61,24 +63,24 @@ pub fn mesh_builder(shard_count: usize) -> MeshHandle {
 #[error("shard {0} did not answer (shutting down)")]
 pub struct MeshError(pub usize);
 
-struct Outbound {
-    queue: RefCell<VecDeque<Envelope>>,
+struct Outbound<C, R> {
+    queue: RefCell<VecDeque<Envelope<C, R>>>,
     pump_waker: RefCell<Option<Waker>>,
 }
 
 /// One shard's end of the mesh.
-pub struct Mesh {
+pub struct Mesh<C: Send + 'static, R: Send + 'static> {
     me: ShardId,
-    senders: Senders<Envelope>,
-    outbound: Vec<Outbound>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<AnyValue>>>,
+    senders: Senders<Envelope<C, R>>,
+    outbound: Vec<Outbound<C, R>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<R>>>,
     next_call_id: Cell<u64>,
-    receivers: RefCell<Option<Receivers<Envelope>>>,
+    receivers: RefCell<Option<Receivers<Envelope<C, R>>>>,
 }
 
-impl Mesh {
+impl<C: Send + 'static, R: Send + 'static> Mesh<C, R> {
     /// Joins the mesh; resolves once every shard has joined.
-    pub async fn join(builder: MeshHandle) -> Result<Mesh, String> {
+    pub async fn join(builder: MeshHandle<C, R>) -> Result<Mesh<C, R>, String> {
         let (senders, receivers) = builder
             .join()
             .await
@@ -104,53 +106,83 @@ impl Mesh {
         self.me
     }
 
+    /// Shards in the mesh, this one included.
+    pub fn shard_count(&self) -> usize {
+        self.outbound.len()
+    }
+
     /// Starts the tasks that receive from every other shard and the ones that send to them.
-    pub fn start(shard: &Rc<Shard>) {
-        let mut receivers = shard
-            .mesh
+    pub fn start<H: Handler<Call = C, Reply = R>>(handler: &Rc<H>) {
+        let mut receivers = handler
+            .mesh()
             .receivers
             .borrow_mut()
             .take()
             .expect("the mesh is started once");
         for (source, receiver) in receivers.streams() {
-            let shard = shard.clone();
+            let handler = handler.clone();
             glommio::spawn_local(async move {
                 while let Some(envelope) = receiver.recv().await {
-                    shard.mesh.deliver(&shard, ShardId(source), envelope);
+                    deliver(&handler, ShardId(source), envelope);
                 }
             })
             .detach();
         }
-        for target in 0..shard.mesh.outbound.len() {
-            if target == shard.mesh.me.0 {
+        for target in 0..handler.mesh().outbound.len() {
+            if target == handler.mesh().me.0 {
                 continue;
             }
-            let shard = shard.clone();
-            glommio::spawn_local(async move { shard.mesh.pump(ShardId(target)).await }).detach();
-        }
-    }
-
-    fn deliver(&self, shard: &Rc<Shard>, source: ShardId, envelope: Envelope) {
-        match envelope {
-            Envelope::Call { call_id, job } => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let value = job(shard.clone()).await;
-                    shard
-                        .mesh
-                        .enqueue(source, Envelope::Reply { call_id, value });
-                })
+            let handler = handler.clone();
+            glommio::spawn_local(async move { handler.mesh().pump(ShardId(target)).await })
                 .detach();
-            }
-            Envelope::Reply { call_id, value } => {
-                if let Some(sender) = self.pending.borrow_mut().remove(&call_id) {
-                    sender.send(value);
-                }
+        }
+    }
+
+    /// Has shard `target` answer `call` with its handler; resolves to the reply. See the
+    /// [module documentation](self) for the ordering and ownership rules.
+    pub fn call<H: Handler<Call = C, Reply = R>>(
+        handler: &Rc<H>,
+        target: ShardId,
+        call: C,
+    ) -> impl Future<Output = Result<R, MeshError>> + 'static {
+        enum Pending<R> {
+            Local(glommio::Task<R>),
+            Remote(oneshot::Receiver<R>),
+        }
+        let mesh = handler.mesh();
+        let pending = if target == mesh.me {
+            Pending::Local(glommio::spawn_local(handler.clone().handle(mesh.me, call)))
+        } else {
+            Pending::Remote(mesh.call_remote(target, call))
+        };
+        async move {
+            match pending {
+                Pending::Local(task) => Ok(task.await),
+                Pending::Remote(rx) => rx.await.ok_or(MeshError(target.0)),
             }
         }
     }
 
-    fn enqueue(&self, target: ShardId, envelope: Envelope) {
+    /// Has every shard (this one included) answer a copy of `call`; the replies in shard
+    /// order.
+    pub async fn call_all<H: Handler<Call = C, Reply = R>>(
+        handler: &Rc<H>,
+        call: C,
+    ) -> Vec<Result<R, MeshError>>
+    where
+        C: Clone,
+    {
+        let calls: Vec<_> = (0..handler.mesh().shard_count())
+            .map(|i| Mesh::call(handler, ShardId(i), call.clone()))
+            .collect();
+        let mut results = Vec::with_capacity(calls.len());
+        for call in calls {
+            results.push(call.await);
+        }
+        results
+    }
+
+    fn enqueue(&self, target: ShardId, envelope: Envelope<C, R>) {
         let out = &self.outbound[target.0];
         out.queue.borrow_mut().push_back(envelope);
         if let Some(w) = out.pump_waker.borrow_mut().take() {
@@ -194,71 +226,32 @@ impl Mesh {
         self.outbound.iter().all(|o| o.queue.borrow().is_empty())
     }
 
-    fn call_remote(&self, target: ShardId, job: Job) -> oneshot::Receiver<AnyValue> {
+    fn call_remote(&self, target: ShardId, call: C) -> oneshot::Receiver<R> {
         let call_id = self.next_call_id.get();
         self.next_call_id.set(call_id + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(call_id, tx);
-        self.enqueue(target, Envelope::Call { call_id, job });
+        self.enqueue(target, Envelope::Call { call_id, call });
         rx
     }
 }
 
-impl Shard {
-    /// Runs `f` on shard `target` with that shard's context and resolves to its result.
-    /// See the [module documentation](self) for the ordering and ownership rules.
-    pub fn invoke_on<F, Fut, R>(
-        self: &Rc<Self>,
-        target: ShardId,
-        f: F,
-    ) -> impl Future<Output = Result<R, MeshError>> + 'static
-    where
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: Future<Output = R> + 'static,
-        R: Send + 'static,
-    {
-        enum Pending<R> {
-            Local(glommio::Task<R>),
-            Remote(oneshot::Receiver<AnyValue>),
+fn deliver<H: Handler>(handler: &Rc<H>, source: ShardId, envelope: Envelope<H::Call, H::Reply>) {
+    match envelope {
+        Envelope::Call { call_id, call } => {
+            let handler = handler.clone();
+            glommio::spawn_local(async move {
+                let value = handler.clone().handle(source, call).await;
+                handler
+                    .mesh()
+                    .enqueue(source, Envelope::Reply { call_id, value });
+            })
+            .detach();
         }
-        let pending = if target == self.id {
-            Pending::Local(glommio::spawn_local(f(self.clone())))
-        } else {
-            let job: Job = Box::new(move |shard| {
-                Box::pin(async move {
-                    let value: AnyValue = Box::new(f(shard).await);
-                    value
-                })
-            });
-            Pending::Remote(self.mesh.call_remote(target, job))
-        };
-        async move {
-            match pending {
-                Pending::Local(task) => Ok(task.await),
-                Pending::Remote(rx) => {
-                    let value = rx.await.ok_or(MeshError(target.0))?;
-                    Ok(*value
-                        .downcast::<R>()
-                        .expect("a reply carries the type its call's closure returned"))
-                }
+        Envelope::Reply { call_id, value } => {
+            if let Some(sender) = handler.mesh().pending.borrow_mut().remove(&call_id) {
+                sender.send(value);
             }
         }
-    }
-
-    /// Runs `f` on every shard (this one included) and resolves to the results in shard order.
-    pub async fn invoke_on_all<F, Fut, R>(self: &Rc<Self>, f: F) -> Vec<Result<R, MeshError>>
-    where
-        F: FnOnce(Rc<Shard>) -> Fut + Send + Clone + 'static,
-        Fut: Future<Output = R> + 'static,
-        R: Send + 'static,
-    {
-        let calls: Vec<_> = (0..self.shard_count)
-            .map(|i| self.invoke_on(ShardId(i), f.clone()))
-            .collect();
-        let mut results = Vec::with_capacity(calls.len());
-        for call in calls {
-            results.push(call.await);
-        }
-        results
     }
 }

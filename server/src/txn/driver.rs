@@ -27,8 +27,11 @@ use super::coordinator::TxnCoordinator;
 use crate::metadata::controller::ensure_txn_topic;
 use crate::metadata::producer_ids::allocate_producer_id_block;
 use crate::metadata::{NodeId, PartitionId, TopicPartition as Tp, LEADER_EPOCH, OFFSETS_TOPIC};
+use crate::node::calls::Call;
+use crate::node::Shard;
 use crate::partition::{BrokerAppendError, ClientAppendError};
-use crate::shard::{now_ms, oneshot, Shard};
+use crate::reply;
+use crate::shard::{now_ms, oneshot};
 
 /// How often the coordinators are told that time passed (timeouts and retries are met
 /// within this).
@@ -296,7 +299,7 @@ async fn append_record(shard: &Rc<Shard>, p: i32, append: &LogAppend) -> Result<
         Err(ClientAppendError::Refused(e)) => Err(e),
         Err(ClientAppendError::Engine(e)) => {
             tracing::error!("cannot append to the transaction log: {e}");
-            Err(crate::kafka::errors::engine_error(&e))
+            Err(crate::errors::engine_error(&e))
         }
     }
 }
@@ -326,35 +329,24 @@ async fn write_markers(
             topic_id: topic.id,
             partition: PartitionId(tp.partition),
         };
-        let offsets = tp.topic == OFFSETS_TOPIC;
-        let (pid, epoch, partition) = (request.producer_id, request.producer_epoch, tp.partition);
-        let call = shard.invoke_on(shard.owner_of(target), move |s| async move {
-            let Some(handle) = s.partitions.get(target) else {
-                return Err(ResponseError::NotLeaderOrFollower);
-            };
-            match handle.append_marker(pid, epoch, marker).await {
-                Ok(_) => {
-                    if offsets {
-                        if let Some(groups) = crate::group::driver::GroupShard::existing() {
-                            groups.end_txn(partition, pid, committed);
-                        }
-                    }
-                    Ok(())
-                }
-                Err(BrokerAppendError::Refused(e)) => Err(e),
-                Err(BrokerAppendError::Engine(e)) => {
-                    tracing::warn!("cannot write a transaction marker: {e}");
-                    Err(crate::kafka::errors::engine_error(&e))
-                }
-            }
-        });
+        let call = shard.call(
+            shard.owner_of(target),
+            Call::WriteTxnMarker(MarkerCall {
+                target,
+                producer_id: request.producer_id,
+                producer_epoch: request.producer_epoch,
+                marker,
+                offsets_topic: tp.topic == OFFSETS_TOPIC,
+                committed,
+            }),
+        );
         calls.push((tp.clone(), Some(call)));
     }
     let mut outcomes = Vec::with_capacity(calls.len());
     for (tp, call) in calls {
         let outcome = match call {
             None => MarkerOutcome::PartitionGone,
-            Some(call) => match call.await {
+            Some(call) => match call.await.map(|reply| reply!(reply, WriteTxnMarker)) {
                 Ok(Ok(())) => MarkerOutcome::Written,
                 Ok(Err(e)) => MarkerOutcome::Failed(e),
                 Err(_) => MarkerOutcome::Failed(ResponseError::NetworkException),
@@ -363,6 +355,46 @@ async fn write_markers(
         outcomes.push((tp, outcome));
     }
     outcomes
+}
+
+/// One transaction marker for one partition, written on its owning shard.
+pub struct MarkerCall {
+    target: Tp,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: EndTxnMarker,
+    /// The partition is one of `__consumer_offsets`: its groups' pending offsets are
+    /// committed or dropped with the marker.
+    offsets_topic: bool,
+    committed: bool,
+}
+
+/// Runs on the owning shard: writes the marker.
+pub(crate) async fn write_marker_here(
+    shard: &Rc<Shard>,
+    call: MarkerCall,
+) -> Result<(), ResponseError> {
+    let Some(handle) = shard.partitions.get(call.target) else {
+        return Err(ResponseError::NotLeaderOrFollower);
+    };
+    match handle
+        .append_marker(call.producer_id, call.producer_epoch, call.marker)
+        .await
+    {
+        Ok(_) => {
+            if call.offsets_topic {
+                if let Some(groups) = crate::group::driver::GroupShard::existing() {
+                    groups.end_txn(call.target.partition.0, call.producer_id, call.committed);
+                }
+            }
+            Ok(())
+        }
+        Err(BrokerAppendError::Refused(e)) => Err(e),
+        Err(BrokerAppendError::Engine(e)) => {
+            tracing::warn!("cannot write a transaction marker: {e}");
+            Err(crate::errors::engine_error(&e))
+        }
+    }
 }
 
 async fn ticker(shard: Rc<Shard>, txns: Rc<TxnShard>) {
@@ -459,7 +491,7 @@ where
     }
     let tp = placement.tp;
     shard
-        .invoke_on(shard.owner_of(tp), move |s| async move {
+        .run_on(shard.owner_of(tp), move |s| async move {
             let txns = TxnShard::of(&s);
             txns.ensure_loaded(&s, tp).await?;
             Ok(op(s, txns, tp.partition.0).await)
@@ -478,7 +510,7 @@ where
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let results = shard
-        .invoke_on_all(move |s| async move {
+        .run_on_all(move |s| async move {
             let txns = TxnShard::of(&s);
             let mut out = Vec::new();
             for p in 0..topic.partition_count {

@@ -1,5 +1,6 @@
 //! Starting and stopping the broker: checks a person can act on (port, data directory,
-//! metadata), then one shard per core, then the "listening" line once all of them serve.
+//! metadata), then one shard per core ([`shards`]), then the "listening" line once all of
+//! them serve.
 
 use std::fs::File;
 use std::io::Write;
@@ -8,9 +9,12 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::mpsc;
 
+pub mod shards;
+
 use crate::config::{io_reason, BrokerConfig};
-use crate::shard::mesh::mesh_builder;
-use crate::shard::{self, ShardId, ShardStart};
+use crate::node::calls::mesh_builder;
+use crate::shard::ShardId;
+use shards::{ControlStart, ShardStart};
 
 /// The line printed on stdout once every shard serves (followed by the address).
 pub const LISTENING_PREFIX: &str = "wharf listening on ";
@@ -19,10 +23,7 @@ pub const METRICS_PREFIX: &str = "wharf metrics on ";
 /// A lock file in the data directory keeps two brokers from sharing it.
 const LOCK_FILE: &str = ".lock";
 
-/// A startup failure, as the one line the user sees.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartupError(pub String);
+pub use crate::config::StartupError;
 
 /// Runs the broker until SIGTERM or SIGINT; returns once it has shut down cleanly.
 pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
@@ -95,7 +96,7 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             cpu: (!cores.is_empty()).then(|| cores[i % cores.len()]),
             config: config.clone(),
             control: if i == 0 {
-                prepared.take().map(|prepared| shard::ControlStart {
+                prepared.take().map(|prepared| ControlStart {
                     prepared,
                     controller_listener: controller_listener.take(),
                 })
@@ -116,7 +117,7 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
             },
         };
         handles.push(
-            shard::spawn(start)
+            shards::spawn(start)
                 .map_err(|e| StartupError(format!("cannot start shard {i}: {e}")))?,
         );
     }

@@ -1,0 +1,354 @@
+//! What one shard asks of another: every call that crosses the mesh is a [`Call`], and its
+//! answer the [`Reply`] variant of the same name. Calls are data, so they can be logged,
+//! counted and replayed; [`Shard::handle_call`] is the one place that says what a shard does
+//! with each, each case handing the call to the module that owns the work.
+//!
+//! The work itself lives with its module (`partition::append::append_on_owner`,
+//! `replica::fetcher::apply_answers_here`, ...); this file only routes. A call is sent with
+//! [`Shard::call`] (one shard) or [`Shard::call_all`] (every shard), and its reply unpacked
+//! with [`reply!`](crate::reply).
+
+use std::any::Any;
+use std::rc::Rc;
+use std::time::Instant;
+
+use kafka_protocol::ResponseError;
+use wharf_protocol::replication::{FetchPartition, FetchRequest, PartitionData};
+
+use crate::controller::image::ClusterImage;
+use crate::controller::requests::ControllerRequest;
+use crate::group::api::GroupListing;
+use crate::metadata::{NodeId, PartitionId, TopicId, TopicPartition};
+use crate::metrics::ShardSnapshot;
+use crate::node::{PartitionFailure, Shard};
+use crate::partition::append::{self, Appended};
+use crate::partition::read::{self, PartitionRead, ReadSpec};
+use crate::partition::txn::{producers, Producer};
+use crate::replica::api::{AlterPartitionAnswer, AlterPartitionProposal};
+use crate::replica::listener::Answered;
+use crate::shard::mesh::{Handler, LocalFuture, Mesh, MeshError, MeshHandle};
+use crate::shard::ShardId;
+use crate::txn::driver::MarkerCall;
+
+/// This node's mesh: shards send [`Call`]s and get [`Reply`]s.
+pub type ShardMesh = Mesh<Call, Reply>;
+pub type ShardMeshHandle = MeshHandle<Call, Reply>;
+
+pub fn mesh_builder(shard_count: usize) -> ShardMeshHandle {
+    crate::shard::mesh::mesh_builder(shard_count)
+}
+
+/// Work that still crosses the mesh as a closure: the generic helpers that run a caller's
+/// operation on the shard owning a partition, a group or a transaction coordinator
+/// (`kafka::on_owners`, `group::driver::with_group`, `txn::driver::with_coordinator` and
+/// their siblings). Its reply is [`Reply::Ran`].
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture<Box<dyn Any + Send>> + Send>;
+
+/// Everything a shard asks of another.
+pub enum Call {
+    // Life of the node.
+    /// Shard 0 has brought the control plane up: serve clients.
+    ClusterReady,
+    /// Stop accepting and reading requests; wait (bounded) for in-flight ones.
+    Drain,
+    /// Flush and close every partition log.
+    CloseLogs,
+    /// Let the executor end.
+    Stop,
+    /// Take a newly committed metadata image.
+    ApplyMetadata(ClusterImage),
+    /// This shard's metrics.
+    MetricsSnapshot,
+
+    // Clients' requests, on the shard that owns the partitions.
+    /// Append one Produce request's batches of the partitions this shard owns.
+    Produce(append::AppendCall),
+    /// Read one Fetch request's partitions this shard owns.
+    Fetch(read::ReadCall),
+    /// Resolve when any of the partitions gets data past the offset given, or at the
+    /// deadline (a Fetch waiting for `min_bytes`).
+    WaitForAppend {
+        seen: Vec<(TopicPartition, i64)>,
+        deadline: Instant,
+    },
+    /// DescribeProducers of one partition.
+    DescribeProducers(TopicPartition),
+    /// Make sure the partition has its transaction marker file (AddPartitionsToTxn).
+    EnsureTxnMarkerFile(TopicPartition),
+    /// Write a transaction's marker to one partition (the coordinator's WriteTxnMarkers).
+    WriteTxnMarker(MarkerCall),
+    /// Every group on this shard (ListGroups).
+    ListGroups {
+        states: Vec<String>,
+        types: Vec<String>,
+    },
+
+    // Replication.
+    /// Answer a follower's fetch for the partitions this shard owns.
+    AnswerReplicaFetch {
+        header: FetchRequest,
+        items: Vec<(TopicPartition, (usize, FetchPartition))>,
+        max_bytes: usize,
+    },
+    /// Resolve when any of the partitions' logs grows past the offset given, or at the
+    /// deadline (a follower's fetch waiting for data).
+    WaitForLogGrowth {
+        seen: Vec<(TopicPartition, i64)>,
+        deadline: Instant,
+    },
+    /// The next fetch of every replica on this shard that follows `leader`.
+    NextFetches { leader: NodeId },
+    /// These partitions' fetches got no answer: back off.
+    FetchesFailed(Vec<TopicPartition>),
+    /// Hand the leader's answers to the partitions' replicas.
+    ApplyFetchAnswers(Vec<(TopicPartition, (FetchPartition, PartitionData))>),
+
+    // The control plane, on the controller's shard.
+    /// The metadata quorum as its leader sees it.
+    QuorumView,
+    /// A metadata change for the active controller.
+    Controller(ControllerRequest),
+    /// This broker's registration epoch.
+    BrokerEpoch,
+    /// This node's leaders' ISR changes for the controller.
+    AlterPartitions(Vec<(TopicId, PartitionId, AlterPartitionProposal)>),
+
+    /// A caller's closure (see [`Job`]).
+    Run(Job),
+}
+
+/// The answer to each [`Call`], in the variant of the same name (or the one named in the
+/// call's documentation).
+pub enum Reply {
+    Done,
+    MetadataApplied(Vec<PartitionFailure>),
+    LogsClosed(usize),
+    MetricsSnapshot(ShardSnapshot),
+    Produce(Vec<(usize, usize, Appended)>),
+    Fetch(Vec<(usize, ReadSpec, PartitionRead)>),
+    DescribeProducers(Result<Vec<Producer>, ResponseError>),
+    EnsureTxnMarkerFile(Result<(), ResponseError>),
+    WriteTxnMarker(Result<(), ResponseError>),
+    ListGroups(Result<Vec<GroupListing>, ResponseError>),
+    AnswerReplicaFetch(Vec<(usize, Answered)>),
+    NextFetches(Vec<FetchPartition>),
+    ApplyFetchAnswers(usize),
+    QuorumView(Option<crate::cluster::QuorumView>),
+    Controller(crate::controller::requests::Reply),
+    BrokerEpoch(Option<i64>),
+    AlterPartitions(Result<Vec<AlterPartitionAnswer>, ResponseError>),
+    Ran(Box<dyn Any + Send>),
+}
+
+impl Reply {
+    /// The variant's name, for the message of a reply that does not match its call.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reply::Done => "Done",
+            Reply::MetadataApplied(_) => "MetadataApplied",
+            Reply::LogsClosed(_) => "LogsClosed",
+            Reply::MetricsSnapshot(_) => "MetricsSnapshot",
+            Reply::Produce(_) => "Produce",
+            Reply::Fetch(_) => "Fetch",
+            Reply::DescribeProducers(_) => "DescribeProducers",
+            Reply::EnsureTxnMarkerFile(_) => "EnsureTxnMarkerFile",
+            Reply::WriteTxnMarker(_) => "WriteTxnMarker",
+            Reply::ListGroups(_) => "ListGroups",
+            Reply::AnswerReplicaFetch(_) => "AnswerReplicaFetch",
+            Reply::NextFetches(_) => "NextFetches",
+            Reply::ApplyFetchAnswers(_) => "ApplyFetchAnswers",
+            Reply::QuorumView(_) => "QuorumView",
+            Reply::Controller(_) => "Controller",
+            Reply::BrokerEpoch(_) => "BrokerEpoch",
+            Reply::AlterPartitions(_) => "AlterPartitions",
+            Reply::Ran(_) => "Ran",
+        }
+    }
+}
+
+/// Unpacks a [`Reply`] of the expected variant. Every call is answered by
+/// [`Shard::handle_call`] with the variant of its name, so another one is a bug there.
+#[macro_export]
+macro_rules! reply {
+    ($reply:expr, $variant:ident) => {
+        match $reply {
+            $crate::node::calls::Reply::$variant(value) => value,
+            other => panic!(
+                "a {} call was answered with {}",
+                stringify!($variant),
+                other.name()
+            ),
+        }
+    };
+}
+
+impl Handler for Shard {
+    type Call = Call;
+    type Reply = Reply;
+
+    fn mesh(&self) -> &ShardMesh {
+        &self.mesh
+    }
+
+    fn handle(self: Rc<Self>, _source: ShardId, call: Call) -> LocalFuture<Reply> {
+        Box::pin(async move { self.handle_call(call).await })
+    }
+}
+
+impl Shard {
+    /// Has shard `target` answer `call`. Calls are queued when this is called, in order per
+    /// target (see `crate::shard::mesh`).
+    pub fn call(
+        self: &Rc<Self>,
+        target: ShardId,
+        call: Call,
+    ) -> impl std::future::Future<Output = Result<Reply, MeshError>> + 'static {
+        Mesh::call(self, target, call)
+    }
+
+    /// Has every shard (this one included) answer the call `make` builds for it; the
+    /// replies in shard order.
+    pub async fn call_all(
+        self: &Rc<Self>,
+        make: impl Fn() -> Call,
+    ) -> Vec<Result<Reply, MeshError>> {
+        let calls: Vec<_> = (0..self.shard_count)
+            .map(|i| self.call(ShardId(i), make()))
+            .collect();
+        let mut replies = Vec::with_capacity(calls.len());
+        for call in calls {
+            replies.push(call.await);
+        }
+        replies
+    }
+
+    /// Runs `f` on shard `target` with that shard's context (see [`Job`]: only the generic
+    /// helpers named there use it).
+    pub fn run_on<F, Fut, R>(
+        self: &Rc<Self>,
+        target: ShardId,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R, MeshError>> + 'static
+    where
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let value: Box<dyn Any + Send> = Box::new(f(shard).await);
+                value
+            })
+        });
+        let call = self.call(target, Call::Run(job));
+        async move {
+            let value = reply!(call.await?, Ran);
+            Ok(*value
+                .downcast::<R>()
+                .expect("a job's reply carries the type its closure returned"))
+        }
+    }
+
+    /// [`Shard::run_on`] on every shard; the results in shard order.
+    pub async fn run_on_all<F, Fut, R>(self: &Rc<Self>, f: F) -> Vec<Result<R, MeshError>>
+    where
+        F: FnOnce(Rc<Shard>) -> Fut + Send + Clone + 'static,
+        Fut: std::future::Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        let calls: Vec<_> = (0..self.shard_count)
+            .map(|i| self.run_on(ShardId(i), f.clone()))
+            .collect();
+        let mut results = Vec::with_capacity(calls.len());
+        for call in calls {
+            results.push(call.await);
+        }
+        results
+    }
+
+    /// What this shard does with a call from another (or from itself).
+    async fn handle_call(self: Rc<Self>, call: Call) -> Reply {
+        let shard = self;
+        match call {
+            Call::ClusterReady => {
+                shard.cluster_ready.set();
+                Reply::Done
+            }
+            Call::Drain => {
+                shard.drain().await;
+                Reply::Done
+            }
+            Call::CloseLogs => {
+                let failures = shard.partitions.close_all().await;
+                for (tp, e) in &failures {
+                    tracing::error!("closing {tp:?}: {e}");
+                }
+                Reply::LogsClosed(failures.len())
+            }
+            Call::Stop => {
+                shard.stopped.set();
+                Reply::Done
+            }
+            Call::ApplyMetadata(image) => Reply::MetadataApplied(shard.apply_metadata(image).await),
+            Call::MetricsSnapshot => Reply::MetricsSnapshot(ShardSnapshot::take(&shard)),
+            Call::Produce(call) => Reply::Produce(append::append_on_owner(shard, call).await),
+            Call::Fetch(call) => Reply::Fetch(read::read_on_owner(shard, call).await),
+            Call::WaitForAppend { seen, deadline } => {
+                shard
+                    .partitions
+                    .wait_for_append(&seen, deadline, &shard.shutdown)
+                    .await;
+                Reply::Done
+            }
+            Call::DescribeProducers(tp) => Reply::DescribeProducers(
+                shard
+                    .partitions
+                    .get(tp)
+                    .map(|h| producers(&h))
+                    .ok_or(ResponseError::NotLeaderOrFollower),
+            ),
+            Call::EnsureTxnMarkerFile(tp) => {
+                Reply::EnsureTxnMarkerFile(match shard.partitions.get(tp) {
+                    Some(h) => h.txns.ensure_marker_file(&h.dir).await,
+                    None => Err(ResponseError::NotLeaderOrFollower),
+                })
+            }
+            Call::WriteTxnMarker(call) => {
+                Reply::WriteTxnMarker(crate::txn::driver::write_marker_here(&shard, call).await)
+            }
+            Call::ListGroups { states, types } => {
+                Reply::ListGroups(crate::group::driver::list_here(&shard, states, types).await)
+            }
+            Call::AnswerReplicaFetch {
+                header,
+                items,
+                max_bytes,
+            } => Reply::AnswerReplicaFetch(
+                crate::replica::listener::answer_here(&shard, &header, items, max_bytes).await,
+            ),
+            Call::WaitForLogGrowth { seen, deadline } => {
+                crate::replica::listener::wait_for_growth_here(&shard, &seen, deadline).await;
+                Reply::Done
+            }
+            Call::NextFetches { leader } => {
+                Reply::NextFetches(crate::replica::fetcher::next_fetches_here(&shard, leader))
+            }
+            Call::FetchesFailed(tps) => {
+                crate::replica::fetcher::fetches_failed_here(&shard, &tps);
+                Reply::Done
+            }
+            Call::ApplyFetchAnswers(items) => Reply::ApplyFetchAnswers(
+                crate::replica::fetcher::apply_answers_here(&shard, items).await,
+            ),
+            Call::QuorumView => Reply::QuorumView(crate::cluster::quorum_view_here().await),
+            Call::Controller(request) => {
+                Reply::Controller(crate::cluster::call_here(request).await)
+            }
+            Call::BrokerEpoch => Reply::BrokerEpoch(crate::cluster::broker_epoch_here()),
+            Call::AlterPartitions(proposals) => {
+                Reply::AlterPartitions(crate::cluster::alter_partition::alter_here(proposals).await)
+            }
+            Call::Run(job) => Reply::Ran(job(shard).await),
+        }
+    }
+}
