@@ -81,6 +81,11 @@ fn a_scrape_reports_requests_offsets_and_lag_and_survives_garbage() {
     assert!(must(&body, "wharf_response_bytes_total") > 0.0);
     assert!(must(&body, "wharf_open_connections") >= 1.0);
     assert_eq!(must(&body, "wharf_shards"), 2.0);
+    // Every Produce fans out to the owning shard as a typed call; the metadata image
+    // reached both shards as one each.
+    assert!(must(&body, "wharf_shard_calls_total{call=\"Produce\"}") >= 4.0);
+    assert!(must(&body, "wharf_shard_calls_total{call=\"ApplyMetadata\"}") >= 2.0);
+    assert!(body.contains("wharf_shard_calls_total{call=\"AlterPartitions\"} "));
     assert!(body.contains("# TYPE wharf_request_latency_seconds histogram\n"));
     assert!(body.contains(&format!(
         "wharf_build_info{{version=\"{}\"}} 1\n",

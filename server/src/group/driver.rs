@@ -8,7 +8,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -760,32 +759,130 @@ pub async fn placement(shard: &Rc<Shard>, group_id: &str) -> Result<Placement, R
     })
 }
 
-/// Runs `op` with the coordinator of `group_id`, on the shard that owns the group's
-/// offsets partition, once that partition is loaded.
-pub async fn with_group<F, Fut, R>(
+/// What a handler asks of a group's coordinator; answered by the [`GroupReply`] variant of
+/// the same name.
+pub enum GroupCall {
+    Join(JoinRequest),
+    Sync(SyncRequest),
+    Heartbeat(HeartbeatRequest),
+    Leave {
+        group_id: String,
+        members: Vec<LeavingMember>,
+    },
+    Commit(CommitRequest),
+    TxnCommit(CommitRequest, TxnCommitter),
+    ConsumerHeartbeat(super::consumer::HeartbeatIn),
+    /// The committed offsets (of `topics`, or all) and the partitions whose offsets wait for
+    /// a transaction's outcome.
+    FetchOffsets {
+        group_id: String,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    },
+    Describe(String),
+    DeleteGroup(String),
+    DeleteOffsets {
+        group_id: String,
+        partitions: Vec<(String, i32)>,
+    },
+}
+
+pub enum GroupReply {
+    Join(JoinResponse),
+    Sync(SyncResponse),
+    Heartbeat(ErrorCode),
+    Leave(LeaveResponse),
+    Commit(Vec<ErrorCode>),
+    TxnCommit(Vec<ErrorCode>),
+    ConsumerHeartbeat(super::consumer::HeartbeatOut),
+    FetchOffsets(FetchedOffsets, std::collections::HashSet<(String, i32)>),
+    Describe(GroupDescription),
+    DeleteGroup(ErrorCode),
+    DeleteOffsets(ErrorCode, Vec<ErrorCode>),
+}
+
+impl GroupReply {
+    pub fn name(&self) -> &'static str {
+        match self {
+            GroupReply::Join(_) => "Join",
+            GroupReply::Sync(_) => "Sync",
+            GroupReply::Heartbeat(_) => "Heartbeat",
+            GroupReply::Leave(_) => "Leave",
+            GroupReply::Commit(_) => "Commit",
+            GroupReply::TxnCommit(_) => "TxnCommit",
+            GroupReply::ConsumerHeartbeat(_) => "ConsumerHeartbeat",
+            GroupReply::FetchOffsets(..) => "FetchOffsets",
+            GroupReply::Describe(_) => "Describe",
+            GroupReply::DeleteGroup(_) => "DeleteGroup",
+            GroupReply::DeleteOffsets(..) => "DeleteOffsets",
+        }
+    }
+}
+
+impl GroupShard {
+    /// Answers a handler's call, on the shard that owns the group's offsets partition.
+    async fn handle(self: &Rc<Self>, shard: &Rc<Shard>, call: GroupCall) -> GroupReply {
+        match call {
+            GroupCall::Join(req) => GroupReply::Join(self.join(shard, req).await),
+            GroupCall::Sync(req) => GroupReply::Sync(self.sync(shard, req).await),
+            GroupCall::Heartbeat(req) => GroupReply::Heartbeat(self.heartbeat(shard, req).await),
+            GroupCall::Leave { group_id, members } => {
+                GroupReply::Leave(self.leave(shard, group_id, members).await)
+            }
+            GroupCall::Commit(req) => GroupReply::Commit(self.commit(shard, req).await),
+            GroupCall::TxnCommit(req, producer) => {
+                GroupReply::TxnCommit(self.txn_commit(shard, req, producer).await)
+            }
+            GroupCall::ConsumerHeartbeat(req) => {
+                GroupReply::ConsumerHeartbeat(self.consumer_heartbeat(shard, req))
+            }
+            GroupCall::FetchOffsets { group_id, topics } => GroupReply::FetchOffsets(
+                self.fetch_offsets(&group_id, topics.as_deref()),
+                self.unstable_offsets(&group_id),
+            ),
+            GroupCall::Describe(group_id) => GroupReply::Describe(self.describe(&group_id)),
+            GroupCall::DeleteGroup(group_id) => {
+                GroupReply::DeleteGroup(self.delete_group(shard, group_id).await)
+            }
+            GroupCall::DeleteOffsets {
+                group_id,
+                partitions,
+            } => {
+                let (error, per_partition) = self.delete_offsets(shard, group_id, partitions).await;
+                GroupReply::DeleteOffsets(error, per_partition)
+            }
+        }
+    }
+}
+
+/// Has the coordinator of `group_id` answer `call`, on the shard that owns the group's
+/// offsets partition, once that partition is loaded. Unpack the reply with
+/// [`reply!`](crate::reply)`(reply, GroupReply::Variant)`.
+pub async fn with_group(
     shard: &Rc<Shard>,
     group_id: &str,
-    op: F,
-) -> Result<R, ResponseError>
-where
-    F: FnOnce(Rc<Shard>, Rc<GroupShard>) -> Fut + Send + 'static,
-    Fut: Future<Output = R> + 'static,
-    R: Send + 'static,
-{
+    call: GroupCall,
+) -> Result<GroupReply, ResponseError> {
     let placement = placement(shard, group_id).await?;
     if placement.leader != Some(shard.node_id()) {
         // Another broker coordinates this group (FindCoordinator names it).
         return Err(ResponseError::NotCoordinator);
     }
     let tp = placement.tp();
-    shard
-        .run_on(placement.owner, move |s| async move {
-            let groups = GroupShard::of(&s);
-            groups.ensure_loaded(&s, tp).await?;
-            Ok(op(s, groups).await)
-        })
-        .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+    match shard.call(placement.owner, Call::Group { tp, call }).await {
+        Ok(reply) => reply!(reply, Group),
+        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}
+
+/// Runs on the owning shard for [`with_group`].
+pub(crate) async fn group_call_here(
+    shard: &Rc<Shard>,
+    tp: TopicPartition,
+    call: GroupCall,
+) -> Result<GroupReply, ResponseError> {
+    let groups = GroupShard::of(shard);
+    groups.ensure_loaded(shard, tp).await?;
+    Ok(groups.handle(shard, call).await)
 }
 
 /// Runs on each shard for [`list_all`]: the groups this shard coordinates.

@@ -9,7 +9,8 @@ use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, 
 use kafka_protocol::ResponseError;
 
 use super::{HandlerResult, RequestContext};
-use crate::txn::driver::with_txn;
+use crate::reply;
+use crate::txn::driver::{with_txn, TxnCall, TxnReply};
 use crate::txn::{AddOffsetsRequest, Reply};
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
@@ -27,11 +28,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 group_id,
                 version: ctx.api_version,
             };
-            let answer = with_txn(&ctx.shard, &id, move |s, t, p| async move {
-                t.call(&s, p, |c, now, token| c.add_offsets(now, token, req))
-                    .await
-            })
-            .await;
+            let answer = with_txn(&ctx.shard, &id, TxnCall::AddOffsets(req))
+                .await
+                .map(|r| reply!(r, TxnReply::Coordinator));
             match answer {
                 Ok(Some(Reply::AddOffsets(_, error))) => error,
                 Ok(_) => Some(ResponseError::CoordinatorNotAvailable),

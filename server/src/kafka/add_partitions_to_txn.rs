@@ -36,7 +36,7 @@ use super::{str_bytes, HandlerResult, RequestContext};
 use crate::metadata::{PartitionId, TopicPartition as Tp};
 use crate::node::calls::Call;
 use crate::reply;
-use crate::txn::driver::with_txn;
+use crate::txn::driver::{with_txn, TxnCall, TxnReply};
 use crate::txn::{AddPartitionsRequest, ErrorCode, Reply, TopicPartition};
 
 /// Partitions one request may name, over all its transactions.
@@ -222,19 +222,9 @@ async fn add(
         verify_only: txn.verify_only,
         version: ctx.api_version,
     };
-    let answer = with_txn(&ctx.shard, &id, move |s, t, p| async move {
-        let image = s.metadata();
-        let exists = move |tp: &TopicPartition| {
-            image
-                .topic(&tp.topic)
-                .is_some_and(|t| t.has_partition(PartitionId(tp.partition)))
-        };
-        t.call(&s, p, |c, now, token| {
-            c.add_partitions(now, token, req, &exists)
-        })
+    let answer = with_txn(&ctx.shard, &id, TxnCall::AddPartitions(req))
         .await
-    })
-    .await;
+        .map(|r| reply!(r, TxnReply::Coordinator));
     match answer {
         Ok(Some(Reply::AddPartitions(_, results))) => results,
         Ok(_) => all(&partitions, ResponseError::CoordinatorNotAvailable),

@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::group::consumer::HeartbeatIn;
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::limits;
+use crate::reply;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: ConsumerGroupHeartbeatRequest =
@@ -43,10 +44,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
     let member_id = beat.member_id.clone();
     let mut out = ConsumerGroupHeartbeatResponse::default();
-    match with_group(&ctx.shard, &group_id, move |s, g| async move {
-        g.consumer_heartbeat(&s, beat)
-    })
-    .await
+    match with_group(&ctx.shard, &group_id, GroupCall::ConsumerHeartbeat(beat))
+        .await
+        .map(|r| reply!(r, GroupReply::ConsumerHeartbeat))
     {
         Ok(r) => {
             out.error_code = r.error.map_or(0, |e| e.code());

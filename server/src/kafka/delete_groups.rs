@@ -7,7 +7,8 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{ApiKey, DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::{HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
+use crate::reply;
 
 /// Groups one request may delete.
 const MAX_GROUPS_PER_REQUEST: usize = 1_000;
@@ -22,10 +23,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     {
         let id = group_id.0.to_string();
         let gid = id.clone();
-        let error = match with_group(&ctx.shard, &id, move |s, g| async move {
-            g.delete_group(&s, gid).await
-        })
-        .await
+        let error = match with_group(&ctx.shard, &id, GroupCall::DeleteGroup(gid))
+            .await
+            .map(|r| reply!(r, GroupReply::DeleteGroup))
         {
             Ok(e) => e,
             Err(e) => Some(e),

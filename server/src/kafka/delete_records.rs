@@ -8,13 +8,10 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{ApiKey, DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
-use wharf_engine::Offset;
 
-use super::{led_partition, on_owners, HandlerResult, RequestContext, SlotWork};
-use crate::errors::engine_error;
-
-/// "Delete everything up to the high watermark".
-const TO_HIGH_WATERMARK: i64 = -1;
+use super::{on_owners, HandlerResult, RequestContext, SlotWork};
+use crate::partition::ops::{PartitionAnswer, PartitionOp};
+use crate::reply;
 
 type Answer = (Option<ResponseError>, i64);
 
@@ -38,30 +35,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         answers.push(row);
     }
     let slots: Vec<(usize, usize)> = work.iter().map(|(_, (slot, _))| *slot).collect();
-    let results = on_owners(&ctx.shard, work, |shard, tp, (_, offset)| async move {
-        let partition = match led_partition(&shard, tp) {
-            Ok(p) => p,
-            Err(e) => return (Some(e), -1),
-        };
-        let high_watermark = partition.high_watermark();
-        let target = if offset == TO_HIGH_WATERMARK {
-            high_watermark
-        } else {
-            offset
-        };
-        if target < 0 || target > high_watermark {
-            return (Some(ResponseError::OffsetOutOfRange), -1);
-        }
-        if target <= partition.log.log_start_offset().0 {
-            return (None, partition.log.log_start_offset().0);
-        }
-        match partition.log.delete_records_before(Offset(target)).await {
-            Ok(low_watermark) => (None, low_watermark.0),
-            Err(e) => (Some(engine_error(&e)), -1),
-        }
-    })
-    .await;
+    let ops = work
+        .into_iter()
+        .map(|(tp, (_, before))| (tp, PartitionOp::DeleteRecords { before }))
+        .collect();
+    let results = on_owners(&ctx.shard, ops).await;
     for (slot, answer) in slots.into_iter().zip(results) {
+        let answer = answer.map(|a| reply!(a, PartitionAnswer::DeleteRecords));
         answers[slot.0][slot.1] =
             Some(answer.unwrap_or((Some(ResponseError::RequestTimedOut), -1)));
     }

@@ -7,7 +7,8 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
+use crate::reply;
 
 /// Groups one request may describe.
 const MAX_GROUPS_PER_REQUEST: usize = 1_000;
@@ -26,10 +27,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let mut g = DescribedGroup::default();
         g.group_id = group_id;
         g.authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
-        match with_group(&ctx.shard, &id, move |_s, groups| async move {
-            groups.describe(&gid)
-        })
-        .await
+        match with_group(&ctx.shard, &id, GroupCall::Describe(gid))
+            .await
+            .map(|r| reply!(r, GroupReply::Describe))
         {
             Ok(d) => {
                 g.error_code = d.error.map_or(0, |e| e.code());

@@ -16,6 +16,8 @@ use kafka_protocol::messages::{ApiKey, DescribeLogDirsRequest, DescribeLogDirsRe
 
 use super::{on_owners, str_bytes, topic_name, HandlerResult, RequestContext};
 use crate::metadata::TopicPartition;
+use crate::partition::ops::{PartitionAnswer, PartitionOp};
+use crate::reply;
 
 /// Partitions one request may describe (all partitions of a broker fit well below).
 const MAX_PARTITIONS_PER_REQUEST: usize = 1_000_000;
@@ -56,18 +58,16 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             wanted
         }
     };
-    let items: Vec<(TopicPartition, ())> = wanted
+    let items: Vec<(TopicPartition, PartitionOp)> = wanted
         .iter()
-        .flat_map(|(_, partitions)| partitions.iter().map(|tp| (*tp, ())))
+        .flat_map(|(_, partitions)| partitions.iter().map(|tp| (*tp, PartitionOp::LogSize)))
         .take(MAX_PARTITIONS_PER_REQUEST)
         .collect();
-    let sizes = on_owners(&ctx.shard, items, |shard, tp, ()| async move {
-        shard
-            .partitions
-            .get(tp)
-            .map(|p| i64::try_from(p.log.size_bytes()).unwrap_or(i64::MAX))
-    })
-    .await;
+    let sizes: Vec<Option<Option<i64>>> = on_owners(&ctx.shard, items)
+        .await
+        .into_iter()
+        .map(|a| a.map(|a| reply!(a, PartitionAnswer::LogSize)))
+        .collect();
 
     let data_dir = ctx.shard.config.data_dir.clone();
     let (log_dir, total_bytes, usable_bytes) = glommio::executor()

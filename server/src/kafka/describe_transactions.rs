@@ -11,7 +11,8 @@ use kafka_protocol::messages::{
 };
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::txn::driver::with_txn;
+use crate::reply;
+use crate::txn::driver::{with_txn, TxnCall, TxnReply};
 use crate::txn::TransactionDescription;
 
 /// Ids one request may name.
@@ -26,12 +27,10 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         let described = if id.is_empty() {
             Err(kafka_protocol::ResponseError::InvalidRequest)
         } else {
-            let name = id.clone();
-            with_txn(&ctx.shard, &id, move |_s, t, p| async move {
-                t.read(p, |c| c.describe(&name))
-            })
-            .await
-            .and_then(|d| d.ok_or(kafka_protocol::ResponseError::CoordinatorNotAvailable))
+            with_txn(&ctx.shard, &id, TxnCall::Describe(id.clone()))
+                .await
+                .map(|r| reply!(r, TxnReply::Described))
+                .and_then(|d| d.ok_or(kafka_protocol::ResponseError::CoordinatorNotAvailable))
         };
         let mut state = TransactionState::default();
         state.transactional_id = kafka_protocol::messages::TransactionalId(str_bytes(id));

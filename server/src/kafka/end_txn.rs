@@ -10,7 +10,8 @@ use kafka_protocol::messages::{ApiKey, EndTxnRequest, EndTxnResponse, ProducerId
 use kafka_protocol::ResponseError;
 
 use super::{HandlerResult, RequestContext};
-use crate::txn::driver::with_txn;
+use crate::reply;
+use crate::txn::driver::{with_txn, TxnCall, TxnReply};
 use crate::txn::{EndTxnRequest as TxnEnd, Reply};
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
@@ -23,11 +24,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         committed: request.committed,
         version: ctx.api_version,
     };
-    let answer = with_txn(&ctx.shard, &id, move |s, t, p| async move {
-        t.call(&s, p, |c, now, token| c.end_txn(now, token, req))
-            .await
-    })
-    .await;
+    let answer = with_txn(&ctx.shard, &id, TxnCall::EndTxn(req))
+        .await
+        .map(|r| reply!(r, TxnReply::Coordinator));
     let error = match answer {
         Ok(Some(Reply::EndTxn(_, error))) => error,
         Ok(_) => Some(ResponseError::CoordinatorNotAvailable),

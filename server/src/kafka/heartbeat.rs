@@ -6,7 +6,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, HeartbeatRequest, HeartbeatResponse};
 
 use super::{HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
+use crate::reply;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: HeartbeatRequest = ctx.decode(ApiKey::Heartbeat, &mut body)?;
@@ -17,10 +18,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         member_id: request.member_id.to_string(),
         group_instance_id: request.group_instance_id.map(|s| s.to_string()),
     };
-    let error = match with_group(&ctx.shard, &group_id, move |s, g| async move {
-        g.heartbeat(&s, beat).await
-    })
-    .await
+    let error = match with_group(&ctx.shard, &group_id, GroupCall::Heartbeat(beat))
+        .await
+        .map(|r| reply!(r, GroupReply::Heartbeat))
     {
         Ok(e) => e,
         Err(e) => Some(e),

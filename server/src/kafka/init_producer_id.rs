@@ -19,7 +19,8 @@ use kafka_protocol::ResponseError;
 use super::{HandlerResult, RequestContext};
 use crate::errors::metadata_error;
 use crate::metadata::producer_ids::next_producer_id;
-use crate::txn::driver::with_txn;
+use crate::reply;
+use crate::txn::driver::{with_txn, TxnCall, TxnReply};
 use crate::txn::{InitProducerIdRequest as TxnInit, Reply};
 
 /// Kafka's `RecordBatch.NO_PRODUCER_ID` / `NO_PRODUCER_EPOCH`.
@@ -52,11 +53,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
                 },
                 version: ctx.api_version,
             };
-            let answer = with_txn(&ctx.shard, &id, move |s, t, p| async move {
-                t.call(&s, p, |c, now, token| c.init_producer_id(now, token, req))
-                    .await
-            })
-            .await;
+            let answer = with_txn(&ctx.shard, &id, TxnCall::InitProducerId(req))
+                .await
+                .map(|r| reply!(r, TxnReply::Coordinator));
             match answer {
                 Ok(Some(Reply::InitProducerId(_, result))) => {
                     response.error_code = result.error.map_or(0, |e| e.code());

@@ -7,9 +7,10 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{ApiKey, JoinGroupRequest, JoinGroupResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::group::{JoinRequest, JoinResponse, Protocol};
 use crate::limits;
+use crate::reply;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: JoinGroupRequest = ctx.decode(ApiKey::JoinGroup, &mut body)?;
@@ -52,10 +53,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         };
         // A join may wait for the group's other members for its rebalance timeout.
         let _parked = ctx.park();
-        match with_group(&ctx.shard, &group_id, move |s, g| async move {
-            g.join(&s, join).await
-        })
-        .await
+        match with_group(&ctx.shard, &group_id, GroupCall::Join(join))
+            .await
+            .map(|r| reply!(r, GroupReply::Join))
         {
             Ok(r) => r,
             Err(e) => JoinResponse::error(&member_id, e),

@@ -8,8 +8,9 @@ use kafka_protocol::messages::{ApiKey, LeaveGroupRequest, LeaveGroupResponse};
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::group::LeavingMember;
+use crate::reply;
 
 /// Members one LeaveGroup may remove.
 const MAX_LEAVING_MEMBERS: usize = 10_000;
@@ -36,10 +37,16 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
     let gid = group_id.clone();
     let asked = leaving.clone();
-    let result = with_group(&ctx.shard, &group_id, move |s, g| async move {
-        g.leave(&s, gid, leaving).await
-    })
-    .await;
+    let result = with_group(
+        &ctx.shard,
+        &group_id,
+        GroupCall::Leave {
+            group_id: gid,
+            members: leaving,
+        },
+    )
+    .await
+    .map(|r| reply!(r, GroupReply::Leave));
     let mut out = LeaveGroupResponse::default();
     let (error, members) = match result {
         Ok(r) => (r.error, r.members),

@@ -12,7 +12,7 @@ use kafka_protocol::messages::{
 
 use super::{str_bytes, HandlerResult, RequestContext};
 use crate::shard::now_ms;
-use crate::txn::driver::on_every_coordinator;
+use crate::txn::driver::list_everywhere;
 use crate::txn::ListTransactionsFilter;
 
 /// Filters one request may carry.
@@ -41,7 +41,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
     let now = now_ms();
     let mut response = ListTransactionsResponse::default();
-    match on_every_coordinator(&ctx.shard, move |c| c.list(now, &filter)).await {
+    match list_everywhere(&ctx.shard, now, filter).await {
         Ok(results) => {
             let mut unknown = Vec::new();
             for r in results {

@@ -15,10 +15,11 @@ use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse
 use kafka_protocol::ResponseError;
 
 use super::{HandlerError, HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::group::{CommitPartition, CommitRequest, ErrorCode};
 use crate::limits;
 use crate::metadata::PartitionId;
+use crate::reply;
 
 /// Partitions one commit may name.
 const MAX_PARTITIONS_PER_COMMIT: usize = 100_000;
@@ -91,10 +92,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             },
             partitions,
         };
-        match with_group(&ctx.shard, &group_id, move |s, g| async move {
-            g.commit(&s, commit).await
-        })
-        .await
+        match with_group(&ctx.shard, &group_id, GroupCall::Commit(commit))
+            .await
+            .map(|r| reply!(r, GroupReply::Commit))
         {
             Ok(errors) => errors,
             Err(e) => vec![Some(e); count],

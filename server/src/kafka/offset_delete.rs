@@ -11,7 +11,7 @@ use kafka_protocol::messages::{ApiKey, OffsetDeleteRequest, OffsetDeleteResponse
 use kafka_protocol::ResponseError;
 
 use super::{HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 
 /// Partitions one request may name.
 const MAX_PARTITIONS_PER_REQUEST: usize = 100_000;
@@ -36,12 +36,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     }
     let gid = group_id.clone();
     let partitions = asked.clone();
-    let (error, per_partition) = match with_group(&ctx.shard, &group_id, move |s, g| async move {
-        g.delete_offsets(&s, gid, partitions).await
-    })
-    .await
-    {
-        Ok(r) => r,
+    let call = GroupCall::DeleteOffsets {
+        group_id: gid,
+        partitions,
+    };
+    let (error, per_partition) = match with_group(&ctx.shard, &group_id, call).await {
+        Ok(GroupReply::DeleteOffsets(error, per_partition)) => (error, per_partition),
+        Ok(other) => panic!("a DeleteOffsets call was answered with {}", other.name()),
         Err(e) => (Some(e), Vec::new()),
     };
     out.error_code = error.map_or(0, |e| e.code());

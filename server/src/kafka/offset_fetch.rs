@@ -12,7 +12,7 @@ use kafka_protocol::messages::{ApiKey, GroupId, OffsetFetchRequest, OffsetFetchR
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name, HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::group::CommittedOffset;
 
 /// Groups one v8+ request may name.
@@ -29,13 +29,14 @@ async fn fetch(
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<(Fetched, Unstable), ResponseError> {
     let gid = group_id.clone();
-    with_group(&ctx.shard, &group_id, move |_s, g| async move {
-        (
-            g.fetch_offsets(&gid, topics.as_deref()),
-            g.unstable_offsets(&gid),
-        )
-    })
-    .await
+    let call = GroupCall::FetchOffsets {
+        group_id: gid,
+        topics,
+    };
+    match with_group(&ctx.shard, &group_id, call).await? {
+        GroupReply::FetchOffsets(fetched, unstable) => Ok((fetched, unstable)),
+        other => panic!("a FetchOffsets call was answered with {}", other.name()),
+    }
 }
 
 /// KIP-447: a consumer asking for stable offsets (OffsetFetch v7+ `require_stable`) is told

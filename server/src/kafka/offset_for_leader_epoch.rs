@@ -10,11 +10,13 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::{ApiKey, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 use kafka_protocol::ResponseError;
 
-use super::{led_partition, on_owners, HandlerResult, RequestContext, SlotWork};
+use super::{on_owners, HandlerResult, RequestContext, SlotWork};
+use crate::partition::ops::{
+    PartitionAnswer, PartitionOp, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
+};
+use crate::reply;
 
 /// Kafka's "no such epoch" answer.
-const UNDEFINED_EPOCH: i32 = -1;
-const UNDEFINED_EPOCH_OFFSET: i64 = -1;
 
 type Answer = (Option<ResponseError>, i32, i64);
 
@@ -43,28 +45,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         answers.push(row);
     }
     let slots: Vec<(usize, usize)> = work.iter().map(|(_, (slot, _))| *slot).collect();
-    let results = on_owners(
-        &ctx.shard,
-        work,
-        |shard, tp, (_, (current, wanted))| async move {
-            let partition = match led_partition(&shard, tp) {
-                Ok(p) => p,
-                Err(e) => return (Some(e), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
-            };
-            // KIP-320 epoch check, then the replica's epoch history (which holds the
-            // current epoch from the moment this node leads in it).
-            match partition
-                .replica
-                .with(|r| r.offset_for_leader_epoch(current, wanted))
-            {
-                Ok(end) if end.epoch >= 0 => (None, end.epoch, end.end_offset),
-                Ok(_) => (None, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
-                Err(error) => (Some(error), UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET),
-            }
-        },
-    )
-    .await;
+    let ops = work
+        .into_iter()
+        .map(|(tp, (_, (current, wanted)))| (tp, PartitionOp::LeaderEpochEnd { current, wanted }))
+        .collect();
+    let results = on_owners(&ctx.shard, ops).await;
     for (slot, answer) in slots.into_iter().zip(results) {
+        let answer = answer.map(|a| reply!(a, PartitionAnswer::LeaderEpochEnd));
         answers[slot.0][slot.1] = Some(answer.unwrap_or((
             Some(ResponseError::RequestTimedOut),
             UNDEFINED_EPOCH,

@@ -6,9 +6,10 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, SyncGroupRequest, SyncGroupResponse};
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::group::{SyncRequest, SyncResponse};
 use crate::limits;
+use crate::reply;
 
 pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     let request: SyncGroupRequest = ctx.decode(ApiKey::SyncGroup, &mut body)?;
@@ -37,10 +38,9 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     };
     // A follower's sync waits for the leader's.
     let _parked = ctx.park();
-    let response = match with_group(&ctx.shard, &group_id, move |s, g| async move {
-        g.sync(&s, sync).await
-    })
-    .await
+    let response = match with_group(&ctx.shard, &group_id, GroupCall::Sync(sync))
+        .await
+        .map(|r| reply!(r, GroupReply::Sync))
     {
         Ok(r) => r,
         Err(e) => SyncResponse::error(e),

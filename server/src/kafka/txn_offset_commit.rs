@@ -19,9 +19,10 @@ use kafka_protocol::messages::{ApiKey, TxnOffsetCommitRequest, TxnOffsetCommitRe
 use kafka_protocol::ResponseError;
 
 use super::{HandlerResult, RequestContext};
-use crate::group::driver::with_group;
+use crate::group::driver::{with_group, GroupCall, GroupReply};
 use crate::group::{CommitPartition, CommitRequest, ErrorCode, TxnCommitter};
 use crate::metadata::PartitionId;
+use crate::reply;
 
 /// Partitions one commit may name.
 const MAX_PARTITIONS_PER_COMMIT: usize = 100_000;
@@ -89,10 +90,13 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             producer_epoch: request.producer_epoch,
             version: ctx.api_version,
         };
-        match with_group(&ctx.shard, &group_id, move |s, g| async move {
-            g.txn_commit(&s, commit, producer).await
-        })
+        match with_group(
+            &ctx.shard,
+            &group_id,
+            GroupCall::TxnCommit(commit, producer),
+        )
         .await
+        .map(|r| reply!(r, GroupReply::TxnCommit))
         {
             Ok(errors) => errors,
             Err(e) => vec![Some(e); count],

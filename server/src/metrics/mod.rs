@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::group::driver::GroupShard;
 use crate::group::GroupSummary;
-use crate::node::calls::Call;
+use crate::node::calls::{Call, CallKind};
 use crate::node::Shard;
 use crate::reply;
 
@@ -89,6 +89,8 @@ pub struct ShardMetrics {
     request_bytes: Cell<u64>,
     response_bytes: Cell<u64>,
     replication: ReplicationCells,
+    /// Calls from shards (this one included) answered here, by `node::calls::CallKind`.
+    calls: Box<[Cell<u64>]>,
 }
 
 /// The replication stream as one shard saw it, at both ends.
@@ -121,6 +123,7 @@ impl Default for ShardMetrics {
             request_bytes: Cell::new(0),
             response_bytes: Cell::new(0),
             replication: ReplicationCells::default(),
+            calls: CallKind::ALL.iter().map(|_| Cell::new(0)).collect(),
         }
     }
 }
@@ -129,6 +132,13 @@ impl ShardMetrics {
     /// A request frame of `bytes` (size prefix included) was read from a socket.
     pub fn request_read(&self, bytes: usize) {
         bump(&self.request_bytes, bytes as u64);
+    }
+
+    /// A call of kind `kind` (a `CallKind` as `usize`) is answered on this shard.
+    pub fn call_answered(&self, kind: usize) {
+        if let Some(cell) = self.calls.get(kind) {
+            bump(cell, 1);
+        }
     }
 
     /// A replication frame was refused and its connection closed.
@@ -215,6 +225,8 @@ pub struct ShardSnapshot {
     pub response_bytes: u64,
     pub connections: u64,
     pub replication: ReplicationSnapshot,
+    /// Calls answered, by `CallKind` (`CallKind::ALL`'s order).
+    pub calls: Vec<u64>,
     pub partitions: Vec<PartitionSnapshot>,
     pub groups: Vec<GroupSummary>,
     /// The control plane's figures (from shard 0 only).
@@ -273,6 +285,7 @@ impl ShardSnapshot {
                 bytes_sent: m.replication.bytes_sent.get(),
                 bytes_received: m.replication.bytes_received.get(),
             },
+            calls: m.calls.iter().map(Cell::get).collect(),
             partitions,
             groups,
             control: crate::cluster::ControlPlane::get().map(|c| c.snapshot()),
@@ -292,6 +305,12 @@ impl ShardSnapshot {
                 *b += t;
             }
             mine.latency_sum_nanos += theirs.latency_sum_nanos;
+        }
+        if self.calls.len() < other.calls.len() {
+            self.calls.resize(other.calls.len(), 0);
+        }
+        for (mine, theirs) in self.calls.iter_mut().zip(other.calls) {
+            *mine += theirs;
         }
         self.request_bytes += other.request_bytes;
         self.response_bytes += other.response_bytes;

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use super::{ShardSnapshot, LATENCY_BUCKETS};
 use crate::kafka::router::ROUTES;
+use crate::node::calls::CallKind;
 
 /// The `Content-Type` of a scrape's response.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -180,6 +181,20 @@ pub fn encode(all: &ShardSnapshot, shards: usize) -> String {
     ] {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], value);
+    }
+    family(
+        &mut out,
+        "wharf_shard_calls_total",
+        "counter",
+        "Calls between shards (and of a shard to itself), by kind, counted where they are answered.",
+    );
+    for (kind, count) in CallKind::ALL.iter().zip(&all.calls) {
+        sample(
+            &mut out,
+            "wharf_shard_calls_total",
+            &[("call", kind.name())],
+            count,
+        );
     }
     family(
         &mut out,

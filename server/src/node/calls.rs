@@ -8,7 +8,6 @@
 //! [`Shard::call`] (one shard) or [`Shard::call_all`] (every shard), and its reply unpacked
 //! with [`reply!`](crate::reply).
 
-use std::any::Any;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -38,12 +37,6 @@ pub fn mesh_builder(shard_count: usize) -> ShardMeshHandle {
     crate::shard::mesh::mesh_builder(shard_count)
 }
 
-/// Work that still crosses the mesh as a closure: the generic helpers that run a caller's
-/// operation on the shard owning a partition, a group or a transaction coordinator
-/// (`kafka::on_owners`, `group::driver::with_group`, `txn::driver::with_coordinator` and
-/// their siblings). Its reply is [`Reply::Ran`].
-pub type Job = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture<Box<dyn Any + Send>> + Send>;
-
 /// Everything a shard asks of another.
 pub enum Call {
     // Life of the node.
@@ -71,12 +64,33 @@ pub enum Call {
         seen: Vec<(TopicPartition, i64)>,
         deadline: Instant,
     },
+    /// Each partition's question (ListOffsets, DeleteRecords, DescribeLogDirs,
+    /// OffsetForLeaderEpoch) with its index in the request.
+    Partitions(Vec<(TopicPartition, (usize, crate::partition::ops::PartitionOp))>),
     /// DescribeProducers of one partition.
     DescribeProducers(TopicPartition),
     /// Make sure the partition has its transaction marker file (AddPartitionsToTxn).
     EnsureTxnMarkerFile(TopicPartition),
     /// Write a transaction's marker to one partition (the coordinator's WriteTxnMarkers).
     WriteTxnMarker(MarkerCall),
+    /// A group coordinator's work, on the shard that owns the group's offsets partition
+    /// `tp` (loaded first).
+    Group {
+        tp: TopicPartition,
+        call: crate::group::driver::GroupCall,
+    },
+    /// A transaction coordinator's work, on the shard that owns its `__transaction_state`
+    /// partition `tp` (loaded first).
+    Txn {
+        tp: TopicPartition,
+        call: crate::txn::driver::TxnCall,
+    },
+    /// What the transaction coordinators this shard owns and leads list.
+    ListTransactions {
+        topic: crate::metadata::TopicMeta,
+        now_ms: i64,
+        filter: crate::txn::ListTransactionsFilter,
+    },
     /// Every group on this shard (ListGroups).
     ListGroups {
         states: Vec<String>,
@@ -112,10 +126,92 @@ pub enum Call {
     BrokerEpoch,
     /// This node's leaders' ISR changes for the controller.
     AlterPartitions(Vec<(TopicId, PartitionId, AlterPartitionProposal)>),
-
-    /// A caller's closure (see [`Job`]).
-    Run(Job),
 }
+
+impl Call {
+    /// What kind of call this is, for counting and logging.
+    pub fn kind(&self) -> CallKind {
+        match self {
+            Call::ClusterReady => CallKind::ClusterReady,
+            Call::Drain => CallKind::Drain,
+            Call::CloseLogs => CallKind::CloseLogs,
+            Call::Stop => CallKind::Stop,
+            Call::ApplyMetadata(_) => CallKind::ApplyMetadata,
+            Call::MetricsSnapshot => CallKind::MetricsSnapshot,
+            Call::Produce(_) => CallKind::Produce,
+            Call::Fetch(_) => CallKind::Fetch,
+            Call::WaitForAppend { .. } => CallKind::WaitForAppend,
+            Call::Partitions(_) => CallKind::Partitions,
+            Call::DescribeProducers(_) => CallKind::DescribeProducers,
+            Call::EnsureTxnMarkerFile(_) => CallKind::EnsureTxnMarkerFile,
+            Call::WriteTxnMarker(_) => CallKind::WriteTxnMarker,
+            Call::Group { .. } => CallKind::Group,
+            Call::Txn { .. } => CallKind::Txn,
+            Call::ListTransactions { .. } => CallKind::ListTransactions,
+            Call::ListGroups { .. } => CallKind::ListGroups,
+            Call::AnswerReplicaFetch { .. } => CallKind::AnswerReplicaFetch,
+            Call::WaitForLogGrowth { .. } => CallKind::WaitForLogGrowth,
+            Call::NextFetches { .. } => CallKind::NextFetches,
+            Call::FetchesFailed(_) => CallKind::FetchesFailed,
+            Call::ApplyFetchAnswers(_) => CallKind::ApplyFetchAnswers,
+            Call::QuorumView => CallKind::QuorumView,
+            Call::Controller(_) => CallKind::Controller,
+            Call::BrokerEpoch => CallKind::BrokerEpoch,
+            Call::AlterPartitions(_) => CallKind::AlterPartitions,
+        }
+    }
+}
+
+/// Declares [`CallKind`], one name per [`Call`] variant, with the list of all of them.
+macro_rules! call_kinds {
+    ($($kind:ident),* $(,)?) => {
+        /// The kinds of [`Call`]: what the metrics count calls by.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum CallKind {
+            $($kind),*
+        }
+
+        impl CallKind {
+            /// Every kind, in declaration order (`kind as usize` indexes it).
+            pub const ALL: &'static [CallKind] = &[$(CallKind::$kind),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(CallKind::$kind => stringify!($kind)),*
+                }
+            }
+        }
+    };
+}
+
+call_kinds!(
+    ClusterReady,
+    Drain,
+    CloseLogs,
+    Stop,
+    ApplyMetadata,
+    MetricsSnapshot,
+    Produce,
+    Fetch,
+    WaitForAppend,
+    Partitions,
+    DescribeProducers,
+    EnsureTxnMarkerFile,
+    WriteTxnMarker,
+    Group,
+    Txn,
+    ListTransactions,
+    ListGroups,
+    AnswerReplicaFetch,
+    WaitForLogGrowth,
+    NextFetches,
+    FetchesFailed,
+    ApplyFetchAnswers,
+    QuorumView,
+    Controller,
+    BrokerEpoch,
+    AlterPartitions,
+);
 
 /// The answer to each [`Call`], in the variant of the same name (or the one named in the
 /// call's documentation).
@@ -126,10 +222,14 @@ pub enum Reply {
     MetricsSnapshot(ShardSnapshot),
     Produce(Vec<(usize, usize, Appended)>),
     Fetch(Vec<(usize, ReadSpec, PartitionRead)>),
+    Partitions(Vec<(usize, crate::partition::ops::PartitionAnswer)>),
     DescribeProducers(Result<Vec<Producer>, ResponseError>),
     EnsureTxnMarkerFile(Result<(), ResponseError>),
     WriteTxnMarker(Result<(), ResponseError>),
+    Group(Result<crate::group::driver::GroupReply, ResponseError>),
     ListGroups(Result<Vec<GroupListing>, ResponseError>),
+    Txn(Result<crate::txn::driver::TxnReply, ResponseError>),
+    ListTransactions(Result<Vec<crate::txn::ListTransactionsResult>, ResponseError>),
     AnswerReplicaFetch(Vec<(usize, Answered)>),
     NextFetches(Vec<FetchPartition>),
     ApplyFetchAnswers(usize),
@@ -137,7 +237,6 @@ pub enum Reply {
     Controller(crate::controller::requests::Reply),
     BrokerEpoch(Option<i64>),
     AlterPartitions(Result<Vec<AlterPartitionAnswer>, ResponseError>),
-    Ran(Box<dyn Any + Send>),
 }
 
 impl Reply {
@@ -150,10 +249,14 @@ impl Reply {
             Reply::MetricsSnapshot(_) => "MetricsSnapshot",
             Reply::Produce(_) => "Produce",
             Reply::Fetch(_) => "Fetch",
+            Reply::Partitions(_) => "Partitions",
             Reply::DescribeProducers(_) => "DescribeProducers",
             Reply::EnsureTxnMarkerFile(_) => "EnsureTxnMarkerFile",
             Reply::WriteTxnMarker(_) => "WriteTxnMarker",
+            Reply::Group(_) => "Group",
             Reply::ListGroups(_) => "ListGroups",
+            Reply::Txn(_) => "Txn",
+            Reply::ListTransactions(_) => "ListTransactions",
             Reply::AnswerReplicaFetch(_) => "AnswerReplicaFetch",
             Reply::NextFetches(_) => "NextFetches",
             Reply::ApplyFetchAnswers(_) => "ApplyFetchAnswers",
@@ -161,7 +264,6 @@ impl Reply {
             Reply::Controller(_) => "Controller",
             Reply::BrokerEpoch(_) => "BrokerEpoch",
             Reply::AlterPartitions(_) => "AlterPartitions",
-            Reply::Ran(_) => "Ran",
         }
     }
 }
@@ -170,6 +272,16 @@ impl Reply {
 /// [`Shard::handle_call`] with the variant of its name, so another one is a bug there.
 #[macro_export]
 macro_rules! reply {
+    ($reply:expr, $enum:ident :: $variant:ident) => {
+        match $reply {
+            $enum::$variant(value) => value,
+            other => panic!(
+                "a {} call was answered with {}",
+                stringify!($variant),
+                other.name()
+            ),
+        }
+    };
     ($reply:expr, $variant:ident) => {
         match $reply {
             $crate::node::calls::Reply::$variant(value) => value,
@@ -190,7 +302,10 @@ impl Handler for Shard {
         &self.mesh
     }
 
-    fn handle(self: Rc<Self>, _source: ShardId, call: Call) -> LocalFuture<Reply> {
+    fn handle(self: Rc<Self>, source: ShardId, call: Call) -> LocalFuture<Reply> {
+        let kind = call.kind();
+        self.metrics.call_answered(kind as usize);
+        tracing::trace!(call = kind.name(), from = source.0, "shard call");
         Box::pin(async move { self.handle_call(call).await })
     }
 }
@@ -220,50 +335,6 @@ impl Shard {
             replies.push(call.await);
         }
         replies
-    }
-
-    /// Runs `f` on shard `target` with that shard's context (see [`Job`]: only the generic
-    /// helpers named there use it).
-    pub fn run_on<F, Fut, R>(
-        self: &Rc<Self>,
-        target: ShardId,
-        f: F,
-    ) -> impl std::future::Future<Output = Result<R, MeshError>> + 'static
-    where
-        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = R> + 'static,
-        R: Send + 'static,
-    {
-        let job: Job = Box::new(move |shard| {
-            Box::pin(async move {
-                let value: Box<dyn Any + Send> = Box::new(f(shard).await);
-                value
-            })
-        });
-        let call = self.call(target, Call::Run(job));
-        async move {
-            let value = reply!(call.await?, Ran);
-            Ok(*value
-                .downcast::<R>()
-                .expect("a job's reply carries the type its closure returned"))
-        }
-    }
-
-    /// [`Shard::run_on`] on every shard; the results in shard order.
-    pub async fn run_on_all<F, Fut, R>(self: &Rc<Self>, f: F) -> Vec<Result<R, MeshError>>
-    where
-        F: FnOnce(Rc<Shard>) -> Fut + Send + Clone + 'static,
-        Fut: std::future::Future<Output = R> + 'static,
-        R: Send + 'static,
-    {
-        let calls: Vec<_> = (0..self.shard_count)
-            .map(|i| self.run_on(ShardId(i), f.clone()))
-            .collect();
-        let mut results = Vec::with_capacity(calls.len());
-        for call in calls {
-            results.push(call.await);
-        }
-        results
     }
 
     /// What this shard does with a call from another (or from itself).
@@ -300,6 +371,9 @@ impl Shard {
                     .await;
                 Reply::Done
             }
+            Call::Partitions(ops) => {
+                Reply::Partitions(crate::node::partitions::answer_here(&shard, ops).await)
+            }
             Call::DescribeProducers(tp) => Reply::DescribeProducers(
                 shard
                     .partitions
@@ -316,6 +390,19 @@ impl Shard {
             Call::WriteTxnMarker(call) => {
                 Reply::WriteTxnMarker(crate::txn::driver::write_marker_here(&shard, call).await)
             }
+            Call::Group { tp, call } => {
+                Reply::Group(crate::group::driver::group_call_here(&shard, tp, call).await)
+            }
+            Call::Txn { tp, call } => {
+                Reply::Txn(crate::txn::driver::txn_call_here(&shard, tp, call).await)
+            }
+            Call::ListTransactions {
+                topic,
+                now_ms,
+                filter,
+            } => Reply::ListTransactions(
+                crate::txn::driver::list_here(&shard, &topic, now_ms, &filter).await,
+            ),
             Call::ListGroups { states, types } => {
                 Reply::ListGroups(crate::group::driver::list_here(&shard, states, types).await)
             }
@@ -348,7 +435,6 @@ impl Shard {
             Call::AlterPartitions(proposals) => {
                 Reply::AlterPartitions(crate::cluster::alter_partition::alter_here(proposals).await)
             }
-            Call::Run(job) => Reply::Ran(job(shard).await),
         }
     }
 }

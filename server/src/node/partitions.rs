@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::metadata::TopicPartition;
+use crate::node::calls::Call;
 use crate::node::Shard;
+use crate::partition::ops::{self, PartitionAnswer, PartitionOp};
+use crate::reply;
 use crate::shard::ShardId;
 
 /// The partitions of one request grouped by the shard that owns them, each with the
@@ -51,50 +54,46 @@ pub fn led_partition(
     }
 }
 
-/// Runs `op` for each partition on the shard that owns it (one call per owning shard,
-/// partitions of a shard in order) and returns the results in the order of `items`;
-/// `None` where the owning shard did not answer.
-pub async fn on_owners<T, R, F, Fut>(
+/// Asks each partition its question on the shard that owns it (one call per owning
+/// shard, partitions of a shard in order) and returns the answers in the order of
+/// `items`; `None` where the owning shard did not answer.
+pub async fn on_owners(
     shard: &Rc<Shard>,
-    items: Vec<(TopicPartition, T)>,
-    op: F,
-) -> Vec<Option<R>>
-where
-    T: Send + 'static,
-    R: Send + 'static,
-    F: Fn(Rc<Shard>, TopicPartition, T) -> Fut + Send + Clone + 'static,
-    Fut: std::future::Future<Output = R> + 'static,
-{
+    items: Vec<(TopicPartition, PartitionOp)>,
+) -> Vec<Option<PartitionAnswer>> {
     let count = items.len();
     let indexed = items
         .into_iter()
         .enumerate()
-        .map(|(i, (tp, item))| (tp, (i, item)));
+        .map(|(i, (tp, op))| (tp, (i, op)));
     let calls: Vec<_> = group_by_owner(shard, indexed)
         .into_iter()
-        .map(|(owner, group)| {
-            let op = op.clone();
-            shard.run_on(owner, move |s| async move {
-                let mut out = Vec::with_capacity(group.len());
-                for (tp, (i, item)) in group {
-                    out.push((i, op(s.clone(), tp, item).await));
-                }
-                out
-            })
-        })
+        .map(|(owner, ops)| shard.call(owner, Call::Partitions(ops)))
         .collect();
-    let mut results: Vec<Option<R>> = (0..count).map(|_| None).collect();
+    let mut results: Vec<Option<PartitionAnswer>> = (0..count).map(|_| None).collect();
     for call in calls {
         match call.await {
-            Ok(out) => {
-                for (i, r) in out {
-                    results[i] = Some(r);
+            Ok(reply) => {
+                for (i, answer) in reply!(reply, Partitions) {
+                    results[i] = Some(answer);
                 }
             }
             Err(e) => tracing::warn!("{e}"),
         }
     }
     results
+}
+
+/// Runs on the owning shard for [`on_owners`].
+pub(crate) async fn answer_here(
+    shard: &Shard,
+    ops: Vec<(TopicPartition, (usize, PartitionOp))>,
+) -> Vec<(usize, PartitionAnswer)> {
+    let mut out = Vec::with_capacity(ops.len());
+    for (tp, (i, op)) in ops {
+        out.push((i, ops::answer(shard, tp, op).await));
+    }
+    out
 }
 
 /// KIP-320: a request's `current_leader_epoch` against the replica's (-1 means "not

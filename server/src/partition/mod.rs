@@ -4,6 +4,8 @@
 //! [`Shard::invoke_on`](crate::node::Shard::invoke_on).
 
 pub mod append;
+pub mod offsets;
+pub mod ops;
 pub mod read;
 pub mod txn;
 

@@ -11,7 +11,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -472,71 +471,177 @@ fn leads(shard: &Shard, tp: Tp) -> bool {
         .is_some_and(|p| p.leader == Some(shard.node_id()))
 }
 
-/// Runs `op` with the coordinator of `transactional_id`'s partition, on the shard owning
+/// What a handler asks of a transaction coordinator; answered by the [`TxnReply`] variant
+/// named in each.
+pub enum TxnCall {
+    /// [`TxnReply::Coordinator`].
+    InitProducerId(InitProducerIdRequest),
+    /// [`TxnReply::Coordinator`]; the partitions are checked against this shard's metadata.
+    AddPartitions(AddPartitionsRequest),
+    /// [`TxnReply::Coordinator`].
+    AddOffsets(AddOffsetsRequest),
+    /// [`TxnReply::Coordinator`].
+    EndTxn(EndTxnRequest),
+    /// KIP-890 part 1: is `tp` in the producer's ongoing transaction? [`TxnReply::Verified`].
+    VerifyPartition {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        tp: TopicPartition,
+    },
+    /// [`TxnReply::Described`].
+    Describe(String),
+}
+
+pub enum TxnReply {
+    /// The coordinator's reply to a request (`None`: the coordinator went away).
+    Coordinator(Option<Reply>),
+    Verified(Option<Vec<(TopicPartition, ErrorCode)>>),
+    Described(Option<TransactionDescription>),
+}
+
+impl TxnReply {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxnReply::Coordinator(_) => "Coordinator",
+            TxnReply::Verified(_) => "Verified",
+            TxnReply::Described(_) => "Described",
+        }
+    }
+}
+
+impl TxnShard {
+    /// Answers a handler's call with the coordinator of partition `p`, on its shard.
+    async fn handle(self: &Rc<Self>, shard: &Rc<Shard>, p: i32, call: TxnCall) -> TxnReply {
+        match call {
+            TxnCall::InitProducerId(req) => TxnReply::Coordinator(
+                self.call(shard, p, |c, now, token| {
+                    c.init_producer_id(now, token, req)
+                })
+                .await,
+            ),
+            TxnCall::AddPartitions(req) => {
+                let image = shard.metadata();
+                let exists = move |tp: &TopicPartition| {
+                    image
+                        .topic(&tp.topic)
+                        .is_some_and(|t| t.has_partition(PartitionId(tp.partition)))
+                };
+                TxnReply::Coordinator(
+                    self.call(shard, p, |c, now, token| {
+                        c.add_partitions(now, token, req, &exists)
+                    })
+                    .await,
+                )
+            }
+            TxnCall::AddOffsets(req) => TxnReply::Coordinator(
+                self.call(shard, p, |c, now, token| c.add_offsets(now, token, req))
+                    .await,
+            ),
+            TxnCall::EndTxn(req) => TxnReply::Coordinator(
+                self.call(shard, p, |c, now, token| c.end_txn(now, token, req))
+                    .await,
+            ),
+            TxnCall::VerifyPartition {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                tp,
+            } => TxnReply::Verified(self.read(p, |c| {
+                c.verify_partitions(
+                    &transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    std::slice::from_ref(&tp),
+                )
+            })),
+            TxnCall::Describe(transactional_id) => {
+                TxnReply::Described(self.read(p, |c| c.describe(&transactional_id)))
+            }
+        }
+    }
+}
+
+/// Has the coordinator of `transactional_id`'s partition answer `call`, on the shard owning
 /// it, once loaded.
-pub async fn with_txn<F, Fut, R>(
+pub async fn with_txn(
     shard: &Rc<Shard>,
     transactional_id: &str,
-    op: F,
-) -> Result<R, ResponseError>
-where
-    F: FnOnce(Rc<Shard>, Rc<TxnShard>, i32) -> Fut + Send + 'static,
-    Fut: Future<Output = R> + 'static,
-    R: Send + 'static,
-{
+    call: TxnCall,
+) -> Result<TxnReply, ResponseError> {
     let placement = placement(shard, transactional_id).await?;
     if placement.leader != Some(shard.node_id()) {
         // Another broker coordinates this id (FindCoordinator names it).
         return Err(ResponseError::NotCoordinator);
     }
     let tp = placement.tp;
-    shard
-        .run_on(shard.owner_of(tp), move |s| async move {
-            let txns = TxnShard::of(&s);
-            txns.ensure_loaded(&s, tp).await?;
-            Ok(op(s, txns, tp.partition.0).await)
-        })
-        .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)?
+    match shard.call(shard.owner_of(tp), Call::Txn { tp, call }).await {
+        Ok(reply) => reply!(reply, Txn),
+        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+    }
 }
 
-/// Every partition of `__transaction_state` loaded on every shard, each with `op`.
-pub async fn on_every_coordinator<F, R>(shard: &Rc<Shard>, op: F) -> Result<Vec<R>, ResponseError>
-where
-    F: Fn(&TxnCoordinator) -> R + Send + Clone + 'static,
-    R: Send + 'static,
-{
+/// Runs on the owning shard for [`with_txn`].
+pub(crate) async fn txn_call_here(
+    shard: &Rc<Shard>,
+    tp: Tp,
+    call: TxnCall,
+) -> Result<TxnReply, ResponseError> {
+    let txns = TxnShard::of(shard);
+    txns.ensure_loaded(shard, tp).await?;
+    Ok(txns.handle(shard, tp.partition.0, call).await)
+}
+
+/// ListTransactions: what every coordinator on every shard lists.
+pub async fn list_everywhere(
+    shard: &Rc<Shard>,
+    now_ms: i64,
+    filter: ListTransactionsFilter,
+) -> Result<Vec<ListTransactionsResult>, ResponseError> {
     let topic = ensure_txn_topic(shard)
         .await
         .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
     let results = shard
-        .run_on_all(move |s| async move {
-            let txns = TxnShard::of(&s);
-            let mut out = Vec::new();
-            for p in 0..topic.partition_count {
-                let tp = Tp {
-                    topic_id: topic.id,
-                    partition: PartitionId(p),
-                };
-                if s.is_local(tp) && leads(&s, tp) {
-                    txns.ensure_loaded(&s, tp).await?;
-                    if let Some(r) = txns.read(p, &op) {
-                        out.push(r);
-                    }
-                }
-            }
-            Ok::<_, ResponseError>(out)
+        .call_all(|| Call::ListTransactions {
+            topic: topic.clone(),
+            now_ms,
+            filter: filter.clone(),
         })
         .await;
     let mut all = Vec::new();
     for r in results {
-        match r {
+        match r.map(|reply| reply!(reply, ListTransactions)) {
             Ok(Ok(v)) => all.extend(v),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(ResponseError::CoordinatorNotAvailable),
         }
     }
     Ok(all)
+}
+
+/// Runs on each shard for [`list_everywhere`]: the lists of the coordinators it owns and
+/// leads.
+pub(crate) async fn list_here(
+    shard: &Rc<Shard>,
+    topic: &crate::metadata::TopicMeta,
+    now_ms: i64,
+    filter: &ListTransactionsFilter,
+) -> Result<Vec<ListTransactionsResult>, ResponseError> {
+    let txns = TxnShard::of(shard);
+    let mut out = Vec::new();
+    for p in 0..topic.partition_count {
+        let tp = Tp {
+            topic_id: topic.id,
+            partition: PartitionId(p),
+        };
+        if shard.is_local(tp) && leads(shard, tp) {
+            txns.ensure_loaded(shard, tp).await?;
+            if let Some(r) = txns.read(p, |c| c.list(now_ms, filter)) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Loads every `__transaction_state` partition this shard owns, if the topic exists (at
@@ -573,14 +678,15 @@ pub async fn verify_partition(
     topic: &str,
     partition: i32,
 ) -> ErrorCode {
-    let id = transactional_id.to_owned();
-    let tp = TopicPartition::new(topic, partition);
-    let answer = with_txn(shard, transactional_id, move |_s, t, p| async move {
-        t.read(p, |c| {
-            c.verify_partitions(&id, producer_id, producer_epoch, std::slice::from_ref(&tp))
-        })
-    })
-    .await;
+    let call = TxnCall::VerifyPartition {
+        transactional_id: transactional_id.to_owned(),
+        producer_id,
+        producer_epoch,
+        tp: TopicPartition::new(topic, partition),
+    };
+    let answer = with_txn(shard, transactional_id, call)
+        .await
+        .map(|r| reply!(r, TxnReply::Verified));
     match answer {
         Ok(Some(results)) => results.into_iter().next().and_then(|(_, e)| e),
         Ok(None) => Some(ResponseError::CoordinatorNotAvailable),
