@@ -79,9 +79,10 @@ pub async fn alter_partitions(
 
 /// Runs on the controller's shard for [`alter_partitions`].
 pub(crate) async fn alter_here(
+    shard: &Shard,
     proposals: Vec<(TopicId, PartitionId, AlterPartitionProposal)>,
 ) -> Result<Vec<AlterPartitionAnswer>, ResponseError> {
-    let Some(control) = ControlPlane::get() else {
+    let Some(control) = ControlPlane::get(shard) else {
         return Err(ResponseError::NotController);
     };
     let Some(broker_epoch) = control.broker.epoch() else {

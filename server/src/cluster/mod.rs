@@ -86,10 +86,6 @@ pub enum Input {
     Unreachable(NodeId),
 }
 
-thread_local! {
-    static CONTROL_PLANE: RefCell<Option<Rc<ControlPlane>>> = const { RefCell::new(None) };
-}
-
 /// What the metrics endpoint shows of the control plane.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ControlSnapshot {
@@ -155,8 +151,8 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// The control plane of this shard, if it runs one (shard 0 of a started broker).
-    pub fn get() -> Option<Rc<ControlPlane>> {
-        CONTROL_PLANE.with(|c| c.borrow().clone())
+    pub fn get(shard: &Shard) -> Option<Rc<ControlPlane>> {
+        shard.control.borrow().clone()
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -755,8 +751,8 @@ pub async fn leader_quorum_view(shard: &Rc<Shard>) -> Option<QuorumView> {
 }
 
 /// Runs on the controller's shard for [`leader_quorum_view`].
-pub(crate) async fn quorum_view_here() -> Option<QuorumView> {
-    match ControlPlane::get() {
+pub(crate) async fn quorum_view_here(shard: &Shard) -> Option<QuorumView> {
+    match ControlPlane::get(shard) {
         Some(control) => Some(control.leader_quorum_view().await),
         None => None,
     }
@@ -775,8 +771,8 @@ pub async fn call(shard: &Rc<Shard>, request: ControllerRequest) -> Reply {
 }
 
 /// Runs on the controller's shard for [`call`].
-pub(crate) async fn call_here(request: ControllerRequest) -> Reply {
-    match ControlPlane::get() {
+pub(crate) async fn call_here(shard: &Shard, request: ControllerRequest) -> Reply {
+    match ControlPlane::get(shard) {
         Some(control) => control.call(request).await,
         None => Err(ControllerError::NotController { leader: None }),
     }
@@ -792,7 +788,7 @@ const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// (a broker-only node beside a lone voter does not skip it).
 /// Bounded: without an answer the broker stops anyway.
 pub async fn controlled_shutdown(shard: &Rc<Shard>) {
-    let Some(control) = ControlPlane::get() else {
+    let Some(control) = ControlPlane::get(shard) else {
         return;
     };
     let cluster = &shard.config.cluster;
@@ -834,6 +830,6 @@ pub async fn broker_epoch(shard: &Rc<Shard>) -> Option<i64> {
 }
 
 /// Runs on the controller's shard for [`broker_epoch`].
-pub(crate) fn broker_epoch_here() -> Option<i64> {
-    ControlPlane::get().and_then(|c| c.broker.epoch())
+pub(crate) fn broker_epoch_here(shard: &Shard) -> Option<i64> {
+    ControlPlane::get(shard).and_then(|c| c.broker.epoch())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::cluster::disk::{read_metadata_dir, repair_blocking, GlommioDisk, METADATA_DIR};
-use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata, CONTROL_PLANE};
+use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata};
 use crate::config::StartupError;
 use crate::config::{io_reason, BrokerConfig};
 use crate::controller::image::ClusterImage;
@@ -282,7 +282,7 @@ pub fn start(
         write_stalls: std::cell::Cell::new(0),
         dropped_inputs: std::cell::Cell::new(0),
     });
-    CONTROL_PLANE.with(|c| *c.borrow_mut() = Some(control.clone()));
+    *shard.control.borrow_mut() = Some(control.clone());
     control.peers.start(&control);
     if control.is_voter() {
         glommio::spawn_local(control.clone().run()).detach();

@@ -3,8 +3,9 @@
 //! (so a restart brings groups and offsets back), appends the coordinator's records to it,
 //! hands parked JoinGroup/SyncGroup answers back to their requests, and lets time pass.
 //!
-//! Each shard has its own coordinator (a shard is one thread, so it lives in a
-//! thread-local); it only ever holds the groups of the offsets partitions that shard owns.
+//! Each shard has its own coordinator (kept in the shard's context, `Shard::groups`); it
+//! only ever holds the groups of the offsets partitions that shard owns. Handlers reach
+//! it with a typed [`GroupCall`] ([`with_group`]) sent to the owning shard.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -89,14 +90,10 @@ pub struct GroupShard {
     decided_while_loading: RefCell<Vec<(i32, i64, bool)>>,
 }
 
-thread_local! {
-    static GROUP_SHARD: RefCell<Option<Rc<GroupShard>>> = const { RefCell::new(None) };
-}
-
 impl GroupShard {
     /// This shard's coordinator, created (with its ticker) on first use.
     pub fn of(shard: &Rc<Shard>) -> Rc<GroupShard> {
-        if let Some(g) = GROUP_SHARD.with(|slot| slot.borrow().clone()) {
+        if let Some(g) = shard.groups.borrow().clone() {
             return g;
         }
         let seed =
@@ -109,15 +106,15 @@ impl GroupShard {
             pending_txn_offsets: RefCell::new(HashMap::new()),
             decided_while_loading: RefCell::new(Vec::new()),
         });
-        GROUP_SHARD.with(|slot| *slot.borrow_mut() = Some(g.clone()));
+        *shard.groups.borrow_mut() = Some(g.clone());
         glommio::spawn_local(ticker(shard.clone(), g.clone())).detach();
         g
     }
 
     /// This shard's coordinator if it has been created (a shard that never served a group
     /// request has none, and looking must not start one).
-    pub fn existing() -> Option<Rc<GroupShard>> {
-        GROUP_SHARD.with(|slot| slot.borrow().clone())
+    pub fn existing(shard: &Shard) -> Option<Rc<GroupShard>> {
+        shard.groups.borrow().clone()
     }
 
     /// Every group this shard coordinates, for the metrics endpoint.

@@ -271,7 +271,7 @@ impl ShardSnapshot {
                 }),
             })
             .collect();
-        let groups = GroupShard::existing()
+        let groups = GroupShard::existing(shard)
             .map(|g| g.summaries())
             .unwrap_or_default();
         ShardSnapshot {
@@ -288,7 +288,7 @@ impl ShardSnapshot {
             calls: m.calls.iter().map(Cell::get).collect(),
             partitions,
             groups,
-            control: crate::cluster::ControlPlane::get().map(|c| c.snapshot()),
+            control: crate::cluster::ControlPlane::get(shard).map(|c| c.snapshot()),
         }
     }
 

@@ -427,14 +427,14 @@ impl Shard {
             Call::ApplyFetchAnswers(items) => Reply::ApplyFetchAnswers(
                 crate::replica::fetcher::apply_answers_here(&shard, items).await,
             ),
-            Call::QuorumView => Reply::QuorumView(crate::cluster::quorum_view_here().await),
+            Call::QuorumView => Reply::QuorumView(crate::cluster::quorum_view_here(&shard).await),
             Call::Controller(request) => {
-                Reply::Controller(crate::cluster::call_here(request).await)
+                Reply::Controller(crate::cluster::call_here(&shard, request).await)
             }
-            Call::BrokerEpoch => Reply::BrokerEpoch(crate::cluster::broker_epoch_here()),
-            Call::AlterPartitions(proposals) => {
-                Reply::AlterPartitions(crate::cluster::alter_partition::alter_here(proposals).await)
-            }
+            Call::BrokerEpoch => Reply::BrokerEpoch(crate::cluster::broker_epoch_here(&shard)),
+            Call::AlterPartitions(proposals) => Reply::AlterPartitions(
+                crate::cluster::alter_partition::alter_here(&shard, proposals).await,
+            ),
         }
     }
 }

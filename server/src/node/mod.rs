@@ -1,5 +1,6 @@
 //! A node's state, one shard's part of it at a time: the metadata image as this shard last
-//! took it, the partitions it owns, its cache, budgets, producer ids and metrics, and the
+//! took it, the partitions it owns, its group and transaction coordinators, the control
+//! plane (on the controller's shard), its cache, budgets, producer ids and metrics, and the
 //! latches of its life. Each shard holds its own [`Shard`] in an `Rc` on its executor;
 //! nothing here is shared between shards. They ask each other for work with the typed
 //! [`calls`] over the runtime's mesh (`crate::shard::mesh`), which knows nothing of what
@@ -73,6 +74,13 @@ pub struct Shard {
     pub producer_ids: crate::metadata::producer_ids::ProducerIdBlock,
     /// What this shard's requests counted (see `metrics`).
     pub metrics: crate::metrics::ShardMetrics,
+    /// This shard's group coordinators, created on first use (`group::driver`).
+    pub(crate) groups: RefCell<Option<Rc<crate::group::driver::GroupShard>>>,
+    /// This shard's transaction coordinators, created on first use (`txn::driver`).
+    pub(crate) txns: RefCell<Option<Rc<crate::txn::driver::TxnShard>>>,
+    /// The cluster's control plane: this node's controller and broker lifecycle, on the
+    /// controller's shard once it is brought up (`cluster`).
+    pub(crate) control: RefCell<Option<Rc<crate::cluster::ControlPlane>>>,
 }
 
 impl Shard {
@@ -102,6 +110,9 @@ impl Shard {
             connections: Cell::new(0),
             producer_ids: Default::default(),
             metrics: Default::default(),
+            groups: RefCell::new(None),
+            txns: RefCell::new(None),
+            control: RefCell::new(None),
         }
     }
 

@@ -60,14 +60,11 @@ const LEADERS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
-thread_local! {
-    /// The leaders this node has a fetcher for (on the shard that runs them).
-    static RUNNING: RefCell<BTreeSet<NodeId>> = const { RefCell::new(BTreeSet::new()) };
-}
-
 /// Runs on one shard until shutdown: keeps a fetcher for every node that leads a partition
 /// this node follows.
 pub async fn run(shard: Rc<Shard>) {
+    // The leaders this node has a fetcher for.
+    let running: Rc<RefCell<BTreeSet<NodeId>>> = Rc::default();
     while shard
         .unless_shutdown(glommio::timer::sleep(LEADERS_CHECK_INTERVAL))
         .await
@@ -75,12 +72,12 @@ pub async fn run(shard: Rc<Shard>) {
     {
         let image = shard.metadata();
         for leader in leaders_followed(&image, shard.node_id()) {
-            let started = RUNNING.with(|r| r.borrow_mut().insert(leader));
+            let started = running.borrow_mut().insert(leader);
             if started {
-                let shard = shard.clone();
+                let (shard, running) = (shard.clone(), running.clone());
                 glommio::spawn_local(async move {
                     follow(&shard, leader).await;
-                    RUNNING.with(|r| r.borrow_mut().remove(&leader));
+                    running.borrow_mut().remove(&leader);
                 })
                 .detach();
             }

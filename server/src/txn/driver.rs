@@ -6,8 +6,9 @@
 //! partitions of each transaction on their owning shards, producer-id blocks taken from
 //! the controller, answers handed back to the waiting requests, and time passed in.
 //!
-//! Each shard has its own coordinators (a shard is one thread, so they live in a
-//! thread-local), one per `__transaction_state` partition the shard owns.
+//! Each shard has its own coordinators (kept in the shard's context, `Shard::txns`), one
+//! per `__transaction_state` partition the shard owns. Handlers reach them with a typed
+//! [`TxnCall`] ([`with_txn`]) sent to the owning shard.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -57,14 +58,10 @@ pub struct TxnShard {
     asking_ids: RefCell<HashMap<i32, bool>>,
 }
 
-thread_local! {
-    static TXN_SHARD: RefCell<Option<Rc<TxnShard>>> = const { RefCell::new(None) };
-}
-
 impl TxnShard {
     /// This shard's coordinators, created (with their ticker) on first use.
     pub fn of(shard: &Rc<Shard>) -> Rc<TxnShard> {
-        if let Some(t) = TXN_SHARD.with(|slot| slot.borrow().clone()) {
+        if let Some(t) = shard.txns.borrow().clone() {
             return t;
         }
         let t = Rc::new(TxnShard {
@@ -74,7 +71,7 @@ impl TxnShard {
             next_token: Cell::new(1),
             asking_ids: RefCell::new(HashMap::new()),
         });
-        TXN_SHARD.with(|slot| *slot.borrow_mut() = Some(t.clone()));
+        *shard.txns.borrow_mut() = Some(t.clone());
         glommio::spawn_local(ticker(shard.clone(), t.clone())).detach();
         t
     }
@@ -382,7 +379,7 @@ pub(crate) async fn write_marker_here(
     {
         Ok(_) => {
             if call.offsets_topic {
-                if let Some(groups) = crate::group::driver::GroupShard::existing() {
+                if let Some(groups) = crate::group::driver::GroupShard::existing(shard) {
                     groups.end_txn(call.target.partition.0, call.producer_id, call.committed);
                 }
             }
