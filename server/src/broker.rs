@@ -57,7 +57,11 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
     let prepared = crate::cluster::startup::prepare(&config)?;
     // Bound before any shard starts, so a busy port is a start-up error; shard 0 serves it.
     let mut controller_listener = match config.cluster.controller_listen {
-        Some(addr) => Some(bind_listener(addr, "controllers")?),
+        Some(addr) => Some(crate::cluster::net::ControllerListener {
+            listener: bind_listener(addr, "controllers")?,
+            // KIP-919: Kafka clients that talk to the controllers are served there too.
+            kafka_clients: Some(crate::net::controller_clients::serve),
+        }),
         None => None,
     };
     let mut prepared = Some(prepared);

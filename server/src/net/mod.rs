@@ -2,6 +2,7 @@
 //! the kernel gives it.
 
 pub mod connection;
+pub mod controller_clients;
 pub mod halves;
 
 use std::net::SocketAddr;
