@@ -1579,6 +1579,37 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
             .expect("send");
         conn.expect_closed();
     }
+
+    // `wharf cluster status --bootstrap-controller` through a voter that does not lead:
+    // the active controller, and the three voters on their controller listeners.
+    let follower = (1..=3).find(|n| *n != leader).expect("a voter that does not lead");
+    let controller = format!("127.0.0.1:{}", ports[(follower - 1) as usize]);
+    let out = std::process::Command::new(common::wharf_bin())
+        .args(["cluster", "status", "--bootstrap-controller", &controller])
+        .output()
+        .expect("run wharf cluster status");
+    assert!(
+        out.status.success(),
+        "wharf cluster status --bootstrap-controller failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(status.contains(&format!("Cluster id:         {cluster_id}")), "{status}");
+    assert!(status.contains(&format!("Active controller:  node {leader}")), "{status}");
+    assert!(status.contains(&format!("Quorum leader:      node {leader}")), "{status}");
+    for (id, host, port) in &controllers {
+        let line = status
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+            .unwrap_or_else(|| panic!("no line for node {id}: {status}"));
+        assert!(line.contains("broker,controller"), "{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == format!("{host}:{port}"))
+            .unwrap_or_else(|| panic!("its controller listener: {line}"));
+        assert_eq!(words.get(at + 1), Some(&"-"), "serving or not is unknown: {line}");
+    }
     for n in &nodes {
         n.assert_no_panic();
     }
@@ -1682,4 +1713,34 @@ fn hostile_kafka_input_on_the_controller_listener_leaves_the_quorum_working() {
     for n in &nodes {
         n.assert_no_panic();
     }
+}
+
+#[test]
+fn a_one_node_cluster_shows_the_controller_port_it_picked_and_serves_kafka_clients_there() {
+    let node = Broker::start_with(&["--controller-listen", "127.0.0.1:0"]);
+    // DescribeQuorum v2 on the client listener names the controller listener...
+    let quorum: DescribeQuorumResponse = {
+        use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        KafkaConn::connect(node.addr()).request(
+            2,
+            &DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+                .with_topic_name(topic_name("__cluster_metadata"))
+                .with_partitions(vec![PartitionData::default().with_partition_index(0)])]),
+        )
+    };
+    let port = quorum
+        .nodes
+        .first()
+        .and_then(|n| n.listeners.first())
+        .map(|l| l.port)
+        .expect("the voter's controller listener");
+    assert_ne!(port, 0, "the port picked, not the one asked for");
+    // ...where a Kafka client finds the same endpoint and this node as the controller.
+    let mut conn = KafkaConn::connect(controller_addr(port));
+    let r = describe_cluster_on(&mut conn, 2, 2);
+    assert_eq!(r.error_code, error_code::NONE, "{r:?}");
+    assert_eq!(r.controller_id.0, 1);
+    let listed: Vec<(i32, i32)> = r.brokers.iter().map(|b| (b.broker_id.0, b.port)).collect();
+    assert_eq!(listed, [(1, i32::from(port))]);
+    node.assert_no_panic();
 }
