@@ -191,10 +191,13 @@ fn wait_for_metadata(nodes: &[&Broker], what: &str, check: impl Fn(&MetadataResp
 /// Sends `bytes` to a controller port and tells whether the node closed the connection
 /// (rather than leaving it open) within a bounded time.
 fn closed_after(port: u16, bytes: &[u8]) -> bool {
+    closed_within(port, bytes, Duration::from_secs(10))
+}
+
+/// Like [`closed_after`], waiting at most `wait`.
+fn closed_within(port: u16, bytes: &[u8], wait: Duration) -> bool {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the controller");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    stream.set_read_timeout(Some(wait)).expect("read timeout");
     let _ = stream.write_all(bytes);
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
@@ -1638,6 +1641,10 @@ fn hostile_kafka_input_on_the_controller_listener_leaves_the_quorum_working() {
     // and a node's (past its frame limit): closed before anything of the frame is read.
     assert!(closed_after(port, &[0, 2, 0, 0, 0, 18, 0, 3]));
     assert!(closed_after(port, &[0x7f, 0xff, 0xff, 0xff, 0x10]));
+    // A length no frame of either kind may have is refused as soon as it has arrived,
+    // before the byte that tells who speaks (a new connection gets 10 s to show that).
+    assert!(closed_within(port, &[0x7f, 0xff, 0xff, 0xff], Duration::from_secs(5)));
+    assert!(closed_within(port, &[0, 0, 0, 0], Duration::from_secs(5)));
     // Too many Kafka clients at once: past eight, a new one is closed; the nodes still get
     // their connections (the topic below needs them).
     let mut held: Vec<KafkaConn> = (0..8)

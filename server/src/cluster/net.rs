@@ -248,11 +248,16 @@ fn check_incoming(control: &ControlPlane, frame: &Bytes) -> Result<(u64, Incomin
 }
 
 /// Reads until `buf` holds [`SPEAKER_BYTES`], within [`FIRST_FRAME_TIMEOUT`]; false if the
-/// peer closed first.
+/// peer closed first. A length that no frame of either protocol may have is refused as
+/// soon as it has arrived.
 async fn first_bytes(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<bool, String> {
     let mut chunk = [0u8; SPEAKER_BYTES];
     let reading = async {
         while buf.len() < SPEAKER_BYTES {
+            if let Some(prefix) = buf.get(..wire::LENGTH_PREFIX_BYTES) {
+                let prefix = prefix.try_into().expect("slice of the prefix length");
+                wire::frame_length(prefix, MAX_FRAME_BYTES).map_err(|e| e.to_string())?;
+            }
             let n = reader
                 .read(&mut chunk[..SPEAKER_BYTES - buf.len()])
                 .await
