@@ -1492,7 +1492,9 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
         // ApiVersions: only what the controller listener serves, newest version too.
         let served = conn.api_versions();
         let expected: std::collections::HashMap<i16, (i16, i16)> =
-            [(18, (0, 4)), (60, (0, 2)), (55, (0, 2))].into_iter().collect();
+            [(18, (0, 4)), (60, (0, 2)), (55, (0, 2))]
+                .into_iter()
+                .collect();
         assert_eq!(served, expected, "node {node}");
         let v4 = conn.request(
             4,
@@ -1507,7 +1509,11 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
         // listeners and the active controller, as the broker side names it.
         for version in [1, 2] {
             let r = describe_cluster_on(&mut conn, version, 2);
-            assert_eq!(r.error_code, error_code::NONE, "node {node} v{version}: {r:?}");
+            assert_eq!(
+                r.error_code,
+                error_code::NONE,
+                "node {node} v{version}: {r:?}"
+            );
             assert_eq!(r.endpoint_type, 2);
             assert_eq!(r.cluster_id.to_string(), cluster_id);
             assert_eq!(r.controller_id.0, leader, "node {node} v{version}");
@@ -1552,11 +1558,19 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
         let endpoints: Vec<(i32, i32)> = quorum
             .nodes
             .iter()
-            .map(|n| (n.node_id.0, n.listeners.first().map_or(0, |l| i32::from(l.port))))
+            .map(|n| {
+                (
+                    n.node_id.0,
+                    n.listeners.first().map_or(0, |l| i32::from(l.port)),
+                )
+            })
             .collect();
         assert_eq!(
             endpoints,
-            controllers.iter().map(|(id, _, p)| (*id, *p)).collect::<Vec<_>>()
+            controllers
+                .iter()
+                .map(|(id, _, p)| (*id, *p))
+                .collect::<Vec<_>>()
         );
 
         // KIP-511: an ApiVersions newer than served gets a v0 answer with
@@ -1569,7 +1583,10 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
         conn.write_frame(&newer).expect("send");
         let answer = conn.read_frame();
         assert_eq!(&answer[..4], &77i32.to_be_bytes());
-        assert_eq!(&answer[4..6], &error_code::UNSUPPORTED_VERSION.to_be_bytes());
+        assert_eq!(
+            &answer[4..6],
+            &error_code::UNSUPPORTED_VERSION.to_be_bytes()
+        );
 
         // An API the controller listener does not serve closes the connection, as a Kafka
         // controller's does.
@@ -1585,7 +1602,9 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
 
     // `wharf cluster status --bootstrap-controller` through a voter that does not lead:
     // the active controller, and the three voters on their controller listeners.
-    let follower = (1..=3).find(|n| *n != leader).expect("a voter that does not lead");
+    let follower = (1..=3)
+        .find(|n| *n != leader)
+        .expect("a voter that does not lead");
     let controller = format!("127.0.0.1:{}", ports[(follower - 1) as usize]);
     let out = std::process::Command::new(common::wharf_bin())
         .args(["cluster", "status", "--bootstrap-controller", &controller])
@@ -1597,9 +1616,18 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = String::from_utf8(out.stdout).expect("utf-8");
-    assert!(status.contains(&format!("Cluster id:         {cluster_id}")), "{status}");
-    assert!(status.contains(&format!("Active controller:  node {leader}")), "{status}");
-    assert!(status.contains(&format!("Quorum leader:      node {leader}")), "{status}");
+    assert!(
+        status.contains(&format!("Cluster id:         {cluster_id}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("Active controller:  node {leader}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("Quorum leader:      node {leader}")),
+        "{status}"
+    );
     for (id, host, port) in &controllers {
         let line = status
             .lines()
@@ -1611,7 +1639,11 @@ fn kafka_clients_are_served_on_every_voters_controller_listener() {
             .iter()
             .position(|w| *w == format!("{host}:{port}"))
             .unwrap_or_else(|| panic!("its controller listener: {line}"));
-        assert_eq!(words.get(at + 1), Some(&"-"), "serving or not is unknown: {line}");
+        assert_eq!(
+            words.get(at + 1),
+            Some(&"-"),
+            "serving or not is unknown: {line}"
+        );
     }
     for n in &nodes {
         n.assert_no_panic();
@@ -1635,15 +1667,25 @@ fn hostile_kafka_input_on_the_controller_listener_leaves_the_quorum_working() {
     // Garbage: a node's frame that does not verify; a Kafka request whose header does not
     // decode (a client id longer than the frame); an API key no Kafka knows.
     assert!(closed_after(port, b"\x00\x00\x00\x10GARBAGE-GARBAGE!"));
-    assert!(closed_after(port, &[0, 0, 0, 10, 0, 18, 0, 3, 0, 0, 0, 1, 0x7f, 0xff]));
-    assert!(closed_after(port, &[0, 0, 0, 10, 0, 250, 0, 0, 0, 0, 0, 1, 0, 0]));
+    assert!(closed_after(
+        port,
+        &[0, 0, 0, 10, 0, 18, 0, 3, 0, 0, 0, 1, 0x7f, 0xff]
+    ));
+    assert!(closed_after(
+        port,
+        &[0, 0, 0, 10, 0, 250, 0, 0, 0, 0, 0, 1, 0, 0]
+    ));
     // Oversized lengths, Kafka's (past the controller listener's 64 KiB for Kafka clients)
     // and a node's (past its frame limit): closed before anything of the frame is read.
     assert!(closed_after(port, &[0, 2, 0, 0, 0, 18, 0, 3]));
     assert!(closed_after(port, &[0x7f, 0xff, 0xff, 0xff, 0x10]));
     // A length no frame of either kind may have is refused as soon as it has arrived,
     // before the byte that tells who speaks (a new connection gets 10 s to show that).
-    assert!(closed_within(port, &[0x7f, 0xff, 0xff, 0xff], Duration::from_secs(5)));
+    assert!(closed_within(
+        port,
+        &[0x7f, 0xff, 0xff, 0xff],
+        Duration::from_secs(5)
+    ));
     assert!(closed_within(port, &[0, 0, 0, 0], Duration::from_secs(5)));
     // Too many Kafka clients at once: past eight, a new one is closed; the nodes still get
     // their connections (the topic below needs them).
@@ -1707,7 +1749,10 @@ fn hostile_kafka_input_on_the_controller_listener_leaves_the_quorum_working() {
     // Refused frames of the node protocol were counted; the quorum did not move and still
     // makes changes: a topic created now is on every node.
     let after = metric(metrics, "wharf_controller_bad_frames_total");
-    assert!(after >= before + 3.0, "bad frames counted: {before} -> {after}");
+    assert!(
+        after >= before + 3.0,
+        "bad frames counted: {before} -> {after}"
+    );
     let topic = unique_topic("after-hostile");
     assert_eq!(create_topic(nodes[1].addr(), &topic, 3), error_code::NONE);
     {

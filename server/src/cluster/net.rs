@@ -300,12 +300,19 @@ async fn serve_connection(
     }
     if wire::speaker(&buf) == Some(Speaker::KafkaClient) {
         let Some((kafka_clients, kafka_open)) = kafka else {
-            refuse(&control, peer, "a Kafka request, and no Kafka clients are served here");
+            refuse(
+                &control,
+                peer,
+                "a Kafka request, and no Kafka clients are served here",
+            );
             cut.shut_down();
             return;
         };
         if kafka_open.get() >= MAX_KAFKA_CLIENT_CONNECTIONS {
-            tracing::warn!(peer, "too many Kafka clients on the controller listener; closing one");
+            tracing::warn!(
+                peer,
+                "too many Kafka clients on the controller listener; closing one"
+            );
             cut.shut_down();
             return;
         }

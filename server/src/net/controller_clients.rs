@@ -33,14 +33,20 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Serves one Kafka client's connection on the controller listener (the listener's
 /// `KafkaClients`).
-pub fn serve(shard: Rc<Shard>, connection: KafkaClientConnection) -> Pin<Box<dyn Future<Output = ()>>> {
+pub fn serve(
+    shard: Rc<Shard>,
+    connection: KafkaClientConnection,
+) -> Pin<Box<dyn Future<Output = ()>>> {
     Box::pin(serve_connection(shard, connection))
 }
 
 async fn serve_connection(shard: Rc<Shard>, mut connection: KafkaClientConnection) {
     let peer = connection.peer;
     if let Err(why) = serve_requests(&shard, &mut connection).await {
-        tracing::debug!(?peer, "closing a Kafka client's connection to the controller listener: {why}");
+        tracing::debug!(
+            ?peer,
+            "closing a Kafka client's connection to the controller listener: {why}"
+        );
     }
     let _ = connection.writer.flush().await;
     connection.cut.shut_down();
@@ -51,7 +57,9 @@ async fn serve_requests(shard: &Rc<Shard>, c: &mut KafkaClientConnection) -> Res
     let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
     loop {
         let next = futures_lite::future::or(
-            async { Some(read_frame_of_at_most(&mut c.reader, &mut c.buf, MAX_REQUEST_BYTES).await) },
+            async {
+                Some(read_frame_of_at_most(&mut c.reader, &mut c.buf, MAX_REQUEST_BYTES).await)
+            },
             async {
                 glommio::timer::sleep(idle).await;
                 None
