@@ -191,10 +191,13 @@ fn wait_for_metadata(nodes: &[&Broker], what: &str, check: impl Fn(&MetadataResp
 /// Sends `bytes` to a controller port and tells whether the node closed the connection
 /// (rather than leaving it open) within a bounded time.
 fn closed_after(port: u16, bytes: &[u8]) -> bool {
+    closed_within(port, bytes, Duration::from_secs(10))
+}
+
+/// Like [`closed_after`], waiting at most `wait`.
+fn closed_within(port: u16, bytes: &[u8], wait: Duration) -> bool {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the controller");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    stream.set_read_timeout(Some(wait)).expect("read timeout");
     let _ = stream.write_all(bytes);
     let mut buf = [0u8; 64];
     match stream.read(&mut buf) {
@@ -1420,4 +1423,376 @@ fn every_node_answers_describe_quorum_with_the_leaders_view_and_describe_cluster
     for n in [&nodes[3], &nodes[(survivor - 1) as usize]] {
         n.assert_no_panic();
     }
+}
+
+/// A voter's controller listener, as a Kafka client reaches it.
+fn controller_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// DescribeCluster at `version` asking for `endpoint_type`, sent on `conn`.
+fn describe_cluster_on(
+    conn: &mut KafkaConn,
+    version: i16,
+    endpoint_type: i8,
+) -> DescribeClusterResponse {
+    conn.request(
+        version,
+        &DescribeClusterRequest::default().with_endpoint_type(endpoint_type),
+    )
+}
+
+/// The quorum leader the voters agree on, as the client listeners' DescribeQuorum gives it
+/// (bounded wait for every voter to report the same one).
+fn agreed_quorum_leader(nodes: &[Broker]) -> i32 {
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    loop {
+        let leaders: Vec<i32> = nodes
+            .iter()
+            .map(|n| describe_quorum(n.addr(), 2).1.leader_id.0)
+            .collect();
+        if leaders[0] > 0 && leaders.iter().all(|l| *l == leaders[0]) {
+            return leaders[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the voters never agreed on a leader: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kafka_clients_are_served_on_every_voters_controller_listener() {
+    let (nodes, ports) = start_cluster(3);
+    {
+        let all: Vec<&Broker> = nodes.iter().collect();
+        wait_for_metadata(&all, "every node lists the three brokers", |md| {
+            md.brokers.len() == 3 && md.controller_id.0 > 0
+        });
+    }
+    let leader = agreed_quorum_leader(&nodes);
+    let mut client_side = KafkaConn::connect(nodes[0].addr());
+    let brokers_view = describe_cluster_on(&mut client_side, 2, 1);
+    assert_eq!(brokers_view.error_code, error_code::NONE);
+    assert_eq!(brokers_view.controller_id.0, leader);
+    let cluster_id = brokers_view.cluster_id.to_string();
+    assert!(!cluster_id.is_empty());
+    let controllers: Vec<(i32, String, i32)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as i32 + 1, "127.0.0.1".to_string(), i32::from(*p)))
+        .collect();
+
+    // The active controller and each voter that is not: the same answers.
+    for (i, port) in ports.iter().enumerate() {
+        let node = i + 1;
+        let mut conn = KafkaConn::connect(controller_addr(*port));
+
+        // ApiVersions: only what the controller listener serves, newest version too.
+        let served = conn.api_versions();
+        let expected: std::collections::HashMap<i16, (i16, i16)> =
+            [(18, (0, 4)), (60, (0, 2)), (55, (0, 2))]
+                .into_iter()
+                .collect();
+        assert_eq!(served, expected, "node {node}");
+        let v4 = conn.request(
+            4,
+            &kafka_protocol::messages::ApiVersionsRequest::default()
+                .with_client_software_name(s("wharf-test"))
+                .with_client_software_version(s("1")),
+        );
+        assert_eq!(v4.error_code, error_code::NONE);
+        assert_eq!(v4.api_keys.len(), 3);
+
+        // DescribeCluster for controllers, v1 and v2: the voters with their controller
+        // listeners and the active controller, as the broker side names it.
+        for version in [1, 2] {
+            let r = describe_cluster_on(&mut conn, version, 2);
+            assert_eq!(
+                r.error_code,
+                error_code::NONE,
+                "node {node} v{version}: {r:?}"
+            );
+            assert_eq!(r.endpoint_type, 2);
+            assert_eq!(r.cluster_id.to_string(), cluster_id);
+            assert_eq!(r.controller_id.0, leader, "node {node} v{version}");
+            let listed: Vec<(i32, String, i32)> = r
+                .brokers
+                .iter()
+                .map(|b| (b.broker_id.0, b.host.to_string(), b.port))
+                .collect();
+            assert_eq!(listed, controllers, "node {node} v{version}");
+            assert!(r.brokers.iter().all(|b| b.rack.is_none() && !b.is_fenced));
+        }
+        // For brokers: this is no broker endpoint. v0 cannot name a type, so it asks for
+        // brokers: INVALID_REQUEST, as from Kafka's controllers.
+        for version in [1, 2] {
+            let r = describe_cluster_on(&mut conn, version, 1);
+            assert_eq!(
+                r.error_code,
+                kafka_protocol::ResponseError::MismatchedEndpointType.code(),
+                "node {node} v{version}"
+            );
+            assert!(r.brokers.is_empty());
+        }
+        let v0: DescribeClusterResponse = conn.request(0, &DescribeClusterRequest::default());
+        assert_eq!(v0.error_code, error_code::INVALID_REQUEST);
+
+        // DescribeQuorum: the leader's view, from every voter.
+        let (top, p, listed_nodes) = describe_quorum(controller_addr(*port), 2);
+        assert_eq!((top, p.error_code, p.leader_id.0), (0, 0, leader), "{p:?}");
+        let mut voters: Vec<i32> = p.current_voters.iter().map(|v| v.replica_id.0).collect();
+        voters.sort_unstable();
+        assert_eq!(voters, [1, 2, 3]);
+        assert_eq!(listed_nodes, [1, 2, 3]);
+        let quorum: DescribeQuorumResponse = {
+            use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+            conn.request(
+                2,
+                &DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+                    .with_topic_name(topic_name("__cluster_metadata"))
+                    .with_partitions(vec![PartitionData::default().with_partition_index(0)])]),
+            )
+        };
+        let endpoints: Vec<(i32, i32)> = quorum
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.node_id.0,
+                    n.listeners.first().map_or(0, |l| i32::from(l.port)),
+                )
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            controllers
+                .iter()
+                .map(|(id, _, p)| (*id, *p))
+                .collect::<Vec<_>>()
+        );
+
+        // KIP-511: an ApiVersions newer than served gets a v0 answer with
+        // UNSUPPORTED_VERSION, on the same connection.
+        let mut newer = Vec::new();
+        newer.extend_from_slice(&18i16.to_be_bytes());
+        newer.extend_from_slice(&99i16.to_be_bytes());
+        newer.extend_from_slice(&77i32.to_be_bytes());
+        newer.extend_from_slice(&[0, 1, b'x', 0]);
+        conn.write_frame(&newer).expect("send");
+        let answer = conn.read_frame();
+        assert_eq!(&answer[..4], &77i32.to_be_bytes());
+        assert_eq!(
+            &answer[4..6],
+            &error_code::UNSUPPORTED_VERSION.to_be_bytes()
+        );
+
+        // An API the controller listener does not serve closes the connection, as a Kafka
+        // controller's does.
+        conn.send(12, &MetadataRequest::default().with_topics(None));
+        conn.expect_closed();
+        // So does a version past the served range (DescribeCluster v3: key, version,
+        // correlation id, client id, no tagged fields).
+        let mut conn = KafkaConn::connect(controller_addr(*port));
+        conn.write_frame(&[0, 60, 0, 3, 0, 0, 0, 9, 0, 1, b'x', 0, 0, 0])
+            .expect("send");
+        conn.expect_closed();
+    }
+
+    // `wharf cluster status --bootstrap-controller` through a voter that does not lead:
+    // the active controller, and the three voters on their controller listeners.
+    let follower = (1..=3)
+        .find(|n| *n != leader)
+        .expect("a voter that does not lead");
+    let controller = format!("127.0.0.1:{}", ports[(follower - 1) as usize]);
+    let out = std::process::Command::new(common::wharf_bin())
+        .args(["cluster", "status", "--bootstrap-controller", &controller])
+        .output()
+        .expect("run wharf cluster status");
+    assert!(
+        out.status.success(),
+        "wharf cluster status --bootstrap-controller failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        status.contains(&format!("Cluster id:         {cluster_id}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("Active controller:  node {leader}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("Quorum leader:      node {leader}")),
+        "{status}"
+    );
+    for (id, host, port) in &controllers {
+        let line = status
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+            .unwrap_or_else(|| panic!("no line for node {id}: {status}"));
+        assert!(line.contains("broker,controller"), "{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == format!("{host}:{port}"))
+            .unwrap_or_else(|| panic!("its controller listener: {line}"));
+        assert_eq!(
+            words.get(at + 1),
+            Some(&"-"),
+            "serving or not is unknown: {line}"
+        );
+    }
+    for n in &nodes {
+        n.assert_no_panic();
+    }
+}
+
+#[test]
+fn hostile_kafka_input_on_the_controller_listener_leaves_the_quorum_working() {
+    let (nodes, ports) = start_cluster(3);
+    {
+        let all: Vec<&Broker> = nodes.iter().collect();
+        wait_for_metadata(&all, "every node lists the three brokers", |md| {
+            md.brokers.len() == 3 && md.controller_id.0 > 0
+        });
+    }
+    let leader = agreed_quorum_leader(&nodes);
+    let metrics = nodes[0].metrics_addr();
+    let before = metric(metrics, "wharf_controller_bad_frames_total");
+    let port = ports[0];
+
+    // Garbage: a node's frame that does not verify; a Kafka request whose header does not
+    // decode (a client id longer than the frame); an API key no Kafka knows.
+    assert!(closed_after(port, b"\x00\x00\x00\x10GARBAGE-GARBAGE!"));
+    assert!(closed_after(
+        port,
+        &[0, 0, 0, 10, 0, 18, 0, 3, 0, 0, 0, 1, 0x7f, 0xff]
+    ));
+    assert!(closed_after(
+        port,
+        &[0, 0, 0, 10, 0, 250, 0, 0, 0, 0, 0, 1, 0, 0]
+    ));
+    // Oversized lengths, Kafka's (past the controller listener's 64 KiB for Kafka clients)
+    // and a node's (past its frame limit): closed before anything of the frame is read.
+    assert!(closed_after(port, &[0, 2, 0, 0, 0, 18, 0, 3]));
+    assert!(closed_after(port, &[0x7f, 0xff, 0xff, 0xff, 0x10]));
+    // A length no frame of either kind may have is refused as soon as it has arrived,
+    // before the byte that tells who speaks (a new connection gets 10 s to show that).
+    assert!(closed_within(
+        port,
+        &[0x7f, 0xff, 0xff, 0xff],
+        Duration::from_secs(5)
+    ));
+    assert!(closed_within(port, &[0, 0, 0, 0], Duration::from_secs(5)));
+    // Too many Kafka clients at once: past eight, a new one is closed; the nodes still get
+    // their connections (the topic below needs them).
+    let mut held: Vec<KafkaConn> = (0..8)
+        .map(|_| {
+            let mut c = KafkaConn::connect(controller_addr(port));
+            assert_eq!(c.api_versions().len(), 3);
+            c
+        })
+        .collect();
+    let mut extra = KafkaConn::connect(controller_addr(port));
+    extra.send(0, &kafka_protocol::messages::ApiVersionsRequest::default());
+    extra.expect_closed();
+
+    // A Kafka request, then a node's frame on the same connection: the frame is a bad Kafka
+    // request and closes the connection; it never reaches the quorum.
+    let conn = &mut held[0];
+    let r = describe_cluster_on(conn, 1, 2);
+    assert_eq!(r.controller_id.0, leader);
+    let registration = encode_frame(&Frame::new(
+        1,
+        Body::BrokerRegistrationRequest(BrokerRegistrationRequest {
+            node_id: 1,
+            incarnation_id: 1,
+            cluster_id: String::new(),
+            listeners: Vec::new(),
+            rack: None,
+        }),
+    ))
+    .expect("encode");
+    conn.write_raw(&registration).expect("send");
+    conn.expect_closed();
+    // The other way round: after a node's frame, a Kafka request is no frame.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let ask = encode_frame(&Frame::new(
+        9,
+        Body::DescribeQuorumRequest(wharf_protocol::controller::DescribeQuorumRequest {
+            node_id: 2,
+        }),
+    ))
+    .expect("encode");
+    stream.write_all(&ask).expect("send");
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).expect("a node's answer");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).expect("the whole answer");
+    let mut kafka = Vec::new();
+    kafka.extend_from_slice(&8u32.to_be_bytes());
+    kafka.extend_from_slice(&[0, 18, 0, 0, 0, 0, 0, 5]);
+    stream.write_all(&kafka).expect("send");
+    let mut rest = [0u8; 16];
+    assert!(
+        matches!(stream.read(&mut rest), Ok(0) | Err(_)),
+        "a Kafka request after a node's frame closes the connection"
+    );
+    drop(held);
+
+    // Refused frames of the node protocol were counted; the quorum did not move and still
+    // makes changes: a topic created now is on every node.
+    let after = metric(metrics, "wharf_controller_bad_frames_total");
+    assert!(
+        after >= before + 3.0,
+        "bad frames counted: {before} -> {after}"
+    );
+    let topic = unique_topic("after-hostile");
+    assert_eq!(create_topic(nodes[1].addr(), &topic, 3), error_code::NONE);
+    {
+        let all: Vec<&Broker> = nodes.iter().collect();
+        wait_for_metadata(&all, "the new topic on every node", |md| {
+            topic_view(md, &topic).is_some()
+        });
+    }
+    assert_eq!(agreed_quorum_leader(&nodes), leader);
+    for n in &nodes {
+        n.assert_no_panic();
+    }
+}
+
+#[test]
+fn a_one_node_cluster_shows_the_controller_port_it_picked_and_serves_kafka_clients_there() {
+    let node = Broker::start_with(&["--controller-listen", "127.0.0.1:0"]);
+    // DescribeQuorum v2 on the client listener names the controller listener...
+    let quorum: DescribeQuorumResponse = {
+        use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        KafkaConn::connect(node.addr()).request(
+            2,
+            &DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+                .with_topic_name(topic_name("__cluster_metadata"))
+                .with_partitions(vec![PartitionData::default().with_partition_index(0)])]),
+        )
+    };
+    let port = quorum
+        .nodes
+        .first()
+        .and_then(|n| n.listeners.first())
+        .map(|l| l.port)
+        .expect("the voter's controller listener");
+    assert_ne!(port, 0, "the port picked, not the one asked for");
+    // ...where a Kafka client finds the same endpoint and this node as the controller.
+    let mut conn = KafkaConn::connect(controller_addr(port));
+    let r = describe_cluster_on(&mut conn, 2, 2);
+    assert_eq!(r.error_code, error_code::NONE, "{r:?}");
+    assert_eq!(r.controller_id.0, 1);
+    let listed: Vec<(i32, i32)> = r.brokers.iter().map(|b| (b.broker_id.0, b.port)).collect();
+    assert_eq!(listed, [(1, i32::from(port))]);
+    node.assert_no_panic();
 }

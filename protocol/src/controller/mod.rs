@@ -91,6 +91,41 @@ pub fn split_frame(
     Ok(Some(frame.freeze()))
 }
 
+/// Who speaks on a connection to the controller listener, which serves two protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    /// Another node of the cluster: the frames of this module.
+    Node,
+    /// A Kafka client talking to the controllers (KIP-919), with Kafka requests.
+    KafkaClient,
+}
+
+/// Bytes of a connection that tell who speaks on it: the length prefix and the first byte
+/// after it.
+pub const SPEAKER_BYTES: usize = LENGTH_PREFIX_BYTES + 1;
+
+/// Tells who speaks on a connection from its first [`SPEAKER_BYTES`] bytes (`None`: fewer
+/// arrived). Decided once per connection, from its first frame, before any of that frame
+/// beyond these bytes is read, so that the right size limit applies to it.
+///
+/// Both protocols put a 4-byte big-endian length first. A Kafka request then starts with
+/// its API key, a big-endian `int16`; every Kafka API key is below 256, so the first byte
+/// after the length is 0. A node's frame starts with the flatbuffers root offset, a
+/// little-endian `u32`; [`encode_frame`] builds the root table (the `Frame`) last, so it
+/// sits right behind that offset and the offset is between 4 and 255 (a few bytes of
+/// padding and the root's small vtable): that byte is never 0. Hostile or broken input goes
+/// the way its first byte points and is refused there: a Kafka client's request must fit
+/// the Kafka size limit, have a request header and name an API the listener serves; a
+/// node's frame must fit [`MAX_FRAME_BYTES`] and pass the verifier.
+pub fn speaker(first: &[u8]) -> Option<Speaker> {
+    let byte = *first.get(LENGTH_PREFIX_BYTES)?;
+    Some(if byte == 0 {
+        Speaker::KafkaClient
+    } else {
+        Speaker::Node
+    })
+}
+
 /// The verifier limits for a buffer of `len` bytes.
 pub fn verifier_options() -> flatbuffers::VerifierOptions {
     flatbuffers::VerifierOptions {

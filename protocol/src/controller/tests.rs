@@ -526,6 +526,15 @@ proptest! {
     }
 
     #[test]
+    fn a_nodes_frame_is_never_taken_for_a_kafka_request(frame in frame_strategy()) {
+        let wire = encode_frame(&frame).unwrap();
+        prop_assert_eq!(speaker(&wire), Some(Speaker::Node));
+        // What the rule rests on: the root table sits right behind its offset.
+        let root = u32::from_le_bytes(wire[4..8].try_into().unwrap());
+        prop_assert!((4..256).contains(&root), "root offset {}", root);
+    }
+
+    #[test]
     fn garbage_is_refused_or_decoded_without_panicking(garbage in vec(any::<u8>(), 0..300)) {
         let bytes = Bytes::from(garbage);
         let _ = decode_frame(&bytes);
@@ -706,4 +715,33 @@ fn decoded_byte_fields_are_slices_of_the_frame() {
     let start = data.as_ptr() as usize - body.as_ptr() as usize;
     assert!(start + data.len() <= body.len());
     assert_eq!(&data[..], b"records");
+}
+
+#[test]
+fn a_kafka_request_is_told_from_its_api_key() {
+    // size, api key, api version: ApiVersions v4, DescribeCluster v1, DescribeQuorum v2,
+    // and the highest key Kafka could add without changing the rule.
+    for (key, version) in [(18i16, 4i16), (60, 1), (55, 2), (255, 0)] {
+        let mut wire = 21u32.to_be_bytes().to_vec();
+        wire.extend_from_slice(&key.to_be_bytes());
+        wire.extend_from_slice(&version.to_be_bytes());
+        assert_eq!(speaker(&wire), Some(Speaker::KafkaClient), "key {key}");
+    }
+    assert_eq!(speaker(&[0, 0, 0, 9]), None, "too few bytes to tell");
+    // A big frame (a snapshot's worth of Raft entries) still starts with a small offset.
+    let entry = RaftEntry {
+        entry_type: 0,
+        term: 1,
+        index: 1,
+        data: Bytes::from(vec![7u8; 1 << 20]),
+        context: Bytes::new(),
+    };
+    let frame = Frame::new(
+        1,
+        Body::Raft(RaftMessage {
+            entries: vec![entry.clone(), entry],
+            ..RaftMessage::default()
+        }),
+    );
+    assert_eq!(speaker(&encode_frame(&frame).unwrap()), Some(Speaker::Node));
 }

@@ -7,6 +7,12 @@
 //! that serve clients) and for DescribeQuorum, which any node answers with the quorum
 //! leader's view; a node that names the leader instead (no leader reachable in time, or an
 //! older node) has the question sent on to the leader.
+//!
+//! With `--bootstrap-controller` it asks a voter's controller listener instead (KIP-919,
+//! like `kafka-metadata-quorum --bootstrap-controller`): DescribeCluster for the controller
+//! endpoint type lists the voters with their controller listeners, and DescribeQuorum is
+//! the same. The controllers list no brokers, so whether a node serves clients is not
+//! shown then; this works while no broker can be reached.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,12 +47,32 @@ pub struct StatusArgs {
     /// Any broker of the cluster, HOST:PORT (its client listener).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
+    /// Any voter's controller listener, HOST:PORT, asked instead of a broker (KIP-919).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "bootstrap")]
+    pub bootstrap_controller: Option<String>,
 }
+
+/// Where the status is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap<'a> {
+    /// A broker's client listener.
+    Broker(&'a str),
+    /// A voter's controller listener (KIP-919).
+    Controller(&'a str),
+}
+
+/// KIP-919 endpoint types in DescribeCluster.
+const ENDPOINT_TYPE_BROKER: i8 = 1;
+const ENDPOINT_TYPE_CONTROLLER: i8 = 2;
 
 pub fn run(args: &ClusterArgs) -> Result<(), AdminError> {
     match &args.command {
         ClusterCommand::Status(status) => {
-            let report = status_report(&status.bootstrap)?;
+            let bootstrap = match &status.bootstrap_controller {
+                Some(addr) => Bootstrap::Controller(addr),
+                None => Bootstrap::Broker(&status.bootstrap),
+            };
+            let report = status_report(bootstrap)?;
             print!("{}", report.render());
             Ok(())
         }
@@ -58,10 +84,12 @@ pub fn run(args: &ClusterArgs) -> Result<(), AdminError> {
 pub struct NodeStatus {
     pub node_id: i32,
     pub voter: bool,
-    /// Its client listener, when it serves clients.
+    /// Its client listener, when it serves clients; asked of the controllers, a voter's
+    /// controller listener.
     pub address: Option<String>,
-    /// Registered and not fenced: it serves clients.
-    pub serving: bool,
+    /// Registered and not fenced: it serves clients (`None`: not known, the controllers
+    /// were asked).
+    pub serving: Option<bool>,
     /// Its metadata log end offset as the quorum leader knows it.
     pub log_end_offset: Option<i64>,
     pub lag: Option<i64>,
@@ -71,6 +99,8 @@ pub struct NodeStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatusReport {
     pub cluster_id: String,
+    /// The controllers were asked (`--bootstrap-controller`), not a broker.
+    pub via_controllers: bool,
     pub controller_id: i32,
     pub leader_id: i32,
     pub term: i32,
@@ -80,8 +110,13 @@ pub struct StatusReport {
     pub nodes: Vec<NodeStatus>,
 }
 
-fn describe_cluster(client: &mut AdminClient) -> Result<DescribeClusterResponse, AdminError> {
-    let response = client.send(&DescribeClusterRequest::default(), 1)?;
+fn describe_cluster(
+    client: &mut AdminClient,
+    endpoint_type: i8,
+) -> Result<DescribeClusterResponse, AdminError> {
+    let mut request = DescribeClusterRequest::default();
+    request.endpoint_type = endpoint_type;
+    let response = client.send(&request, 1)?;
     if response.error_code != 0 {
         return Err(AdminError::Protocol(format!(
             "DescribeCluster failed: {}",
@@ -117,9 +152,16 @@ fn quorum_partition(
 }
 
 /// Asks the cluster through `bootstrap` and gathers the status.
-pub fn status_report(bootstrap: &str) -> Result<StatusReport, AdminError> {
-    let mut client = AdminClient::connect(bootstrap)?;
-    let cluster = describe_cluster(&mut client)?;
+pub fn status_report(bootstrap: Bootstrap<'_>) -> Result<StatusReport, AdminError> {
+    let (addr, endpoint_type) = match bootstrap {
+        Bootstrap::Broker(addr) => (addr, ENDPOINT_TYPE_BROKER),
+        Bootstrap::Controller(addr) => (addr, ENDPOINT_TYPE_CONTROLLER),
+    };
+    let via_controllers = endpoint_type == ENDPOINT_TYPE_CONTROLLER;
+    let mut client = AdminClient::connect(addr)?;
+    // Asked of the controllers, the "brokers" are the voters on their controller
+    // listeners: the leader's is where a DescribeQuorum is sent on to all the same.
+    let cluster = describe_cluster(&mut client, endpoint_type)?;
     let addresses: BTreeMap<i32, String> = cluster
         .brokers
         .iter()
@@ -160,7 +202,7 @@ pub fn status_report(bootstrap: &str) -> Result<StatusReport, AdminError> {
                 node_id: v.replica_id.0,
                 voter: true,
                 address: None,
-                serving: false,
+                serving: (!via_controllers).then_some(false),
                 log_end_offset: (log_end >= 0).then_some(log_end),
                 lag: (log_end >= 0).then(|| (quorum.high_watermark - log_end).max(0)),
             },
@@ -171,7 +213,7 @@ pub fn status_report(bootstrap: &str) -> Result<StatusReport, AdminError> {
             node_id: o.replica_id.0,
             voter: false,
             address: None,
-            serving: false,
+            serving: (!via_controllers).then_some(false),
             log_end_offset: (o.log_end_offset >= 0).then_some(o.log_end_offset),
             lag: (o.log_end_offset >= 0).then(|| (quorum.high_watermark - o.log_end_offset).max(0)),
         });
@@ -181,15 +223,18 @@ pub fn status_report(bootstrap: &str) -> Result<StatusReport, AdminError> {
             node_id: *id,
             voter: false,
             address: None,
-            serving: false,
+            serving: (!via_controllers).then_some(false),
             log_end_offset: None,
             lag: None,
         });
         node.address = Some(addr.clone());
-        node.serving = true;
+        if !via_controllers {
+            node.serving = Some(true);
+        }
     }
     Ok(StatusReport {
         cluster_id: cluster.cluster_id.to_string(),
+        via_controllers,
         controller_id: cluster.controller_id.0,
         leader_id: quorum.leader_id.0,
         term: quorum.leader_epoch,
@@ -217,6 +262,12 @@ impl StatusReport {
         if let Some(e) = &self.quorum_error {
             let _ = writeln!(out, "Quorum progress:    unknown ({e})");
         }
+        if self.via_controllers {
+            let _ = writeln!(
+                out,
+                "Asked:              the controllers (addresses are controller listeners; whether a node serves clients is not known to them)"
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -241,7 +292,11 @@ impl StatusReport {
                 n.node_id,
                 roles,
                 n.address.as_deref().unwrap_or("-"),
-                if n.serving { "serving" } else { "fenced" },
+                match n.serving {
+                    Some(true) => "serving",
+                    Some(false) => "fenced",
+                    None => "-",
+                },
                 opt(n.log_end_offset),
                 opt(n.lag),
             );

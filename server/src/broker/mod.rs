@@ -58,7 +58,33 @@ pub fn run(config: BrokerConfig) -> Result<(), StartupError> {
     let prepared = crate::cluster::startup::prepare(&config)?;
     // Bound before any shard starts, so a busy port is a start-up error; shard 0 serves it.
     let mut controller_listener = match config.cluster.controller_listen {
-        Some(addr) => Some(bind_listener(addr, "controllers")?),
+        Some(addr) => {
+            let listener = bind_listener(addr, "controllers")?;
+            if addr.port() == 0 {
+                // Only a one-node cluster may let the system pick the port (the others
+                // reach a voter where the voters list says): its voter entry, which
+                // DescribeQuorum and DescribeCluster show, is where it really listens.
+                let bound = listener.local_addr().map_err(|e| {
+                    StartupError(format!(
+                        "cannot listen for controllers on {addr}: {}",
+                        io_reason(&e)
+                    ))
+                })?;
+                config.cluster.controller_listen = Some(bound);
+                for voter in &mut config.cluster.voters {
+                    if voter.id == config.node_id {
+                        if let Some((_, port)) = &mut voter.address {
+                            *port = bound.port();
+                        }
+                    }
+                }
+            }
+            Some(crate::cluster::net::ControllerListener {
+                listener,
+                // KIP-919: Kafka clients that talk to the controllers are served there too.
+                kafka_clients: Some(crate::net::controller_clients::serve),
+            })
+        }
         None => None,
     };
     let mut prepared = Some(prepared);

@@ -18,7 +18,7 @@ use crate::shard::ShardId;
 /// bound controller listener (when this node has one).
 pub struct ControlStart {
     pub prepared: crate::cluster::startup::Prepared,
-    pub controller_listener: Option<std::net::TcpListener>,
+    pub controller_listener: Option<crate::cluster::net::ControllerListener>,
 }
 
 /// What a shard reports to the main thread once it serves (or why it cannot).

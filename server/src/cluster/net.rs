@@ -11,6 +11,17 @@
 //! FetchMetadata, from brokers that are not voters, is answered by the active controller; a
 //! broker that has everything waits for the next committed change (a long poll).
 //!
+//! Kafka clients that talk to the controllers (KIP-919: `bootstrap.controllers`,
+//! `--bootstrap-controller`) use this listener too. Who speaks on a connection is decided
+//! once, from the first bytes of its first frame ([`wire::speaker`]: after the length, a
+//! Kafka request's API key starts with a 0 byte, a node's frame never does), before the
+//! rest of that frame is read. A Kafka client's connection is handed to the Kafka server
+//! this listener was given ([`KafkaClients`]; the Kafka API lives above this layer) and
+//! never carries a node's frame after that: one that follows is a bad Kafka request and
+//! closes it. At most [`MAX_KAFKA_CLIENT_CONNECTIONS`] of the listener's connections are
+//! Kafka clients', so they cannot crowd out the voters and brokers, and a connection must
+//! show who it is within [`FIRST_FRAME_TIMEOUT`].
+//!
 //! Outgoing, each other voter (every voter, from a broker-only node) has one connection
 //! from this node, opened when there is something to send and re-opened with backoff after
 //! a failure (the node is told the peer is unreachable, so Raft probes it instead of
@@ -20,7 +31,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -28,7 +41,8 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use wharf_protocol::controller::{
-    self as wire, decode_frame, encode_frame, split_frame, Body, Frame, FrameError, MAX_FRAME_BYTES,
+    self as wire, decode_frame, encode_frame, split_frame, Body, Frame, FrameError, Speaker,
+    MAX_FRAME_BYTES, SPEAKER_BYTES,
 };
 
 use crate::cluster::{ControlPlane, Input};
@@ -38,11 +52,17 @@ use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
 use crate::controller::rpc::{self, Incoming};
 use crate::metadata::NodeId;
 use crate::shard::event::{Latch, Notify, WakeSlot};
+use crate::node::Shard;
 use crate::shard::halves::{self, ReadHalf, WriteHalf};
 use crate::shard::oneshot;
 
 /// Controller connections accepted at once; more are closed at once. Voters need one each.
 pub const MAX_CONTROLLER_CONNECTIONS: usize = 32;
+/// Of those, connections of Kafka clients (KIP-919) at once; more are closed at once.
+pub const MAX_KAFKA_CLIENT_CONNECTIONS: usize = 8;
+/// A new connection must have sent the first bytes of its first frame within this (nodes
+/// send at once: they connect when they have something to send).
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests one incoming connection may have in flight; past this it is not read.
 const MAX_INFLIGHT_PER_CONNECTION: usize = 256;
 /// A frame that has started arriving must be complete within this.
@@ -59,7 +79,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Why reading a frame stopped.
 #[derive(Debug)]
-enum ReadError {
+pub(crate) enum ReadError {
     /// The connection failed or timed out.
     Connection(String),
     /// The peer sent something that is no frame (an oversized length).
@@ -83,10 +103,21 @@ impl From<String> for ReadError {
 /// Reads the next frame into `buf` (which keeps what arrived after it); `Ok(None)` when the
 /// peer closed the connection between frames.
 async fn read_frame(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
+    read_frame_of_at_most(reader, buf, MAX_FRAME_BYTES).await
+}
+
+/// [`read_frame`] for frames of at most `max_bytes` (the length is checked before anything
+/// of the frame is read); a Kafka client's requests on this listener are length-prefixed
+/// the same way.
+pub(crate) async fn read_frame_of_at_most(
+    reader: &mut ReadHalf,
+    buf: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Option<Bytes>, ReadError> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
         if let Some(frame) =
-            split_frame(buf, MAX_FRAME_BYTES).map_err(|e| ReadError::Bad(e.to_string()))?
+            split_frame(buf, max_bytes).map_err(|e| ReadError::Bad(e.to_string()))?
         {
             return Ok(Some(frame));
         }
@@ -149,9 +180,35 @@ async fn write_frames(
 // Incoming: the controller listener
 // ---------------------------------------------------------------------------------------
 
+/// A connection of the controller listener on which a Kafka client speaks, handed over
+/// once its first bytes have told so.
+pub struct KafkaClientConnection {
+    pub reader: ReadHalf,
+    pub writer: WriteHalf,
+    pub cut: halves::Control,
+    /// What has arrived so far: the start of the first request.
+    pub buf: BytesMut,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Serves a Kafka client's connection on the controller listener until it ends.
+pub type KafkaClients = fn(Rc<Shard>, KafkaClientConnection) -> Pin<Box<dyn Future<Output = ()>>>;
+
+/// The bound controller listener, and what serves the Kafka clients that use it (`None`:
+/// their connections are closed).
+pub struct ControllerListener {
+    pub listener: std::net::TcpListener,
+    pub kafka_clients: Option<KafkaClients>,
+}
+
 /// Accepts controller connections until the process ends.
-pub async fn serve(control: Rc<ControlPlane>, listener: TcpListener) {
+pub async fn serve(
+    control: Rc<ControlPlane>,
+    listener: TcpListener,
+    kafka_clients: Option<KafkaClients>,
+) {
     let open = Rc::new(Cell::new(0usize));
+    let kafka_open = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -163,12 +220,9 @@ pub async fn serve(control: Rc<ControlPlane>, listener: TcpListener) {
                 open.set(open.get() + 1);
                 let control = control.clone();
                 let open = open.clone();
+                let kafka = kafka_clients.map(|k| (k, kafka_open.clone()));
                 glommio::spawn_local(async move {
-                    let peer = stream
-                        .peer_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|_| "?".into());
-                    serve_connection(control, stream, &peer).await;
+                    serve_connection(control, stream, kafka).await;
                     open.set(open.get() - 1);
                 })
                 .detach();
@@ -194,9 +248,87 @@ fn check_incoming(control: &ControlPlane, frame: &Bytes) -> Result<(u64, Incomin
     Ok((correlation_id, incoming))
 }
 
-async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &str) {
+/// Reads until `buf` holds [`SPEAKER_BYTES`], within [`FIRST_FRAME_TIMEOUT`]; false if the
+/// peer closed first. A length that no frame of either protocol may have is refused as
+/// soon as it has arrived.
+async fn first_bytes(reader: &mut ReadHalf, buf: &mut BytesMut) -> Result<bool, String> {
+    let mut chunk = [0u8; SPEAKER_BYTES];
+    let reading = async {
+        while buf.len() < SPEAKER_BYTES {
+            if let Some(prefix) = buf.get(..wire::LENGTH_PREFIX_BYTES) {
+                let prefix = prefix.try_into().expect("slice of the prefix length");
+                wire::frame_length(prefix, MAX_FRAME_BYTES).map_err(|e| e.to_string())?;
+            }
+            let n = reader
+                .read(&mut chunk[..SPEAKER_BYTES - buf.len()])
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(false);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(true)
+    };
+    futures_lite::future::or(reading, async {
+        glommio::timer::sleep(FIRST_FRAME_TIMEOUT).await;
+        Err(format!(
+            "no frame within {} s of connecting",
+            FIRST_FRAME_TIMEOUT.as_secs()
+        ))
+    })
+    .await
+}
+
+async fn serve_connection(
+    control: Rc<ControlPlane>,
+    stream: TcpStream,
+    kafka: Option<(KafkaClients, Rc<Cell<usize>>)>,
+) {
     let _ = stream.set_nodelay(true);
+    let peer_addr = stream.peer_addr().ok();
+    let peer = &peer_addr.map_or_else(|| "?".to_string(), |a| a.to_string());
     let (mut reader, mut writer, cut) = halves::split(stream);
+    let mut buf = BytesMut::new();
+    match first_bytes(&mut reader, &mut buf).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(reason) => {
+            refuse(&control, peer, &reason);
+            cut.shut_down();
+            return;
+        }
+    }
+    if wire::speaker(&buf) == Some(Speaker::KafkaClient) {
+        let Some((kafka_clients, kafka_open)) = kafka else {
+            refuse(
+                &control,
+                peer,
+                "a Kafka request, and no Kafka clients are served here",
+            );
+            cut.shut_down();
+            return;
+        };
+        if kafka_open.get() >= MAX_KAFKA_CLIENT_CONNECTIONS {
+            tracing::warn!(
+                peer,
+                "too many Kafka clients on the controller listener; closing one"
+            );
+            cut.shut_down();
+            return;
+        }
+        kafka_open.set(kafka_open.get() + 1);
+        let connection = KafkaClientConnection {
+            reader,
+            writer,
+            cut,
+            buf,
+            peer: peer_addr,
+        };
+        kafka_clients(control.shard.clone(), connection).await;
+        kafka_open.set(kafka_open.get() - 1);
+        return;
+    }
     let out: Rc<RefCell<VecDeque<Bytes>>> = Rc::new(RefCell::new(VecDeque::new()));
     let out_wake = Rc::new(Notify::default());
     let stop = Latch::new();
@@ -207,7 +339,6 @@ async fn serve_connection(control: Rc<ControlPlane>, stream: TcpStream, peer: &s
             let _ = write_frames(&mut writer, &out, None, &out_wake, &stop).await;
         })
     };
-    let mut buf = BytesMut::new();
     loop {
         while inflight.get() >= MAX_INFLIGHT_PER_CONNECTION {
             glommio::timer::sleep(Duration::from_millis(1)).await;

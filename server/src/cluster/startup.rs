@@ -219,7 +219,7 @@ fn bootstrapped(store: &LogStore) -> bool {
 pub fn start(
     shard: &Rc<Shard>,
     prepared: Prepared,
-    controller_listener: Option<std::net::TcpListener>,
+    controller_listener: Option<net::ControllerListener>,
 ) -> Result<(Rc<ControlPlane>, Option<MetadataImage>), String> {
     let config = &shard.config;
     let me = NodeId(config.node_id);
@@ -290,12 +290,16 @@ pub fn start(
         glommio::spawn_local(follow::run(control.clone())).detach();
     }
     glommio::spawn_local(control.clone().publish()).detach();
-    if let Some(listener) = controller_listener {
+    if let Some(net::ControllerListener {
+        listener,
+        kafka_clients,
+    }) = controller_listener
+    {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves
         // here from the std listener (into_raw_fd gives it up).
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-        glommio::spawn_local(net::serve(control.clone(), listener)).detach();
+        glommio::spawn_local(net::serve(control.clone(), listener, kafka_clients)).detach();
     }
     glommio::spawn_local(lifecycle::run(control.clone())).detach();
     // Kick the driver: the first Ready (a lone voter's election) needs no outside input.
@@ -307,7 +311,7 @@ pub fn start(
 pub async fn bring_up(
     shard: &Rc<Shard>,
     prepared: Prepared,
-    controller_listener: Option<std::net::TcpListener>,
+    controller_listener: Option<net::ControllerListener>,
 ) -> Result<(), String> {
     let (control, legacy) = start(shard, prepared, controller_listener)?;
     wait_ready(&control, legacy).await

@@ -110,9 +110,22 @@ pub enum HandlerError {
     },
     #[error("cannot encode the response: {0}")]
     Encode(String),
+    /// Not served on this listener (the controller listener serves a few APIs only).
+    #[error("api key {api_key} v{version} is not served on this listener")]
+    NotServed { api_key: i16, version: i16 },
 }
 
 pub type HandlerResult = Result<Reply, HandlerError>;
+
+/// Which listener a request came in on: what it may ask and how some answers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The client listener: a broker endpoint (KIP-919's endpoint type 1).
+    Client,
+    /// A voter's controller listener, for Kafka clients that talk to the controllers
+    /// (KIP-919's endpoint type 2: `bootstrap.controllers`, `--bootstrap-controller`).
+    Controller,
+}
 
 /// One request being handled.
 pub struct RequestContext {
@@ -122,6 +135,7 @@ pub struct RequestContext {
     pub correlation_id: i32,
     pub client_id: Option<StrBytes>,
     pub peer: Option<SocketAddr>,
+    pub listener: Listener,
     /// The shard's request memory this request holds until it is answered (or parks).
     memory: RefCell<Option<Grant>>,
     /// The response bytes its connection owes the client (none outside a connection).
@@ -150,12 +164,19 @@ impl RequestContext {
             correlation_id: head.correlation_id,
             client_id: head.client_id,
             peer,
+            listener: Listener::Client,
             memory: RefCell::new(memory),
             backlog: None,
             dispatched: RefCell::new(Some(dispatched)),
             received_at: Instant::now(),
             failed: Cell::new(false),
         }
+    }
+
+    /// Marks this request as come in on a voter's controller listener.
+    pub fn on_controller_listener(mut self) -> RequestContext {
+        self.listener = Listener::Controller;
+        self
     }
 
     /// Counts this request's response against its connection's backlog (see

@@ -4,6 +4,10 @@
 //! exactly it, and the router serves exactly it. Adding an API is one line here plus its
 //! handler file. An API key that is not routed, or a version outside the range, gets
 //! UNSUPPORTED_VERSION (ApiVersions answers that itself, per KIP-511).
+//!
+//! A voter's controller listener serves Kafka clients too (KIP-919), but only
+//! [`CONTROLLER_ROUTES`]; there, as on a Kafka controller, a request for anything else (or
+//! for a version outside the range, ApiVersions excepted) closes the connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +30,7 @@ use super::{
     join_group, leave_group, list_groups, offset_commit, offset_delete, offset_fetch, sync_group,
 };
 use super::{describe_producers, describe_transactions, list_transactions};
-use super::{HandlerError, HandlerResult, Reply, RequestContext};
+use super::{HandlerError, HandlerResult, Listener, Reply, RequestContext};
 
 type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult>>>;
 
@@ -109,8 +113,46 @@ pub static ROUTES: &[Route] = &[
     route!(ConsumerGroupHeartbeat, 0, 1, consumer_group_heartbeat),
 ];
 
+/// What a voter's controller listener serves to Kafka clients (KIP-919: the admin client
+/// with `bootstrap.controllers`, `kafka-metadata-quorum --bootstrap-controller`,
+/// `kafka-cluster cluster-id --bootstrap-controller`). Each handler is the client
+/// listener's; it reads [`RequestContext::listener`] where the answer differs.
+pub static CONTROLLER_ROUTES: &[Route] = &[
+    route!(ApiVersions, 0, 4, api_versions),
+    route!(DescribeCluster, 0, 2, describe_cluster),
+    route!(DescribeQuorum, 0, 2, describe_quorum),
+];
+
+/// The routes served on `listener`.
+pub fn routes(listener: Listener) -> &'static [Route] {
+    match listener {
+        Listener::Client => ROUTES,
+        Listener::Controller => CONTROLLER_ROUTES,
+    }
+}
+
 pub fn route_for(api_key: i16) -> Option<&'static Route> {
     route_index(api_key).map(|i| &ROUTES[i])
+}
+
+/// The route for `api_key` on `listener`, if it serves it.
+pub fn route_on(listener: Listener, api_key: i16) -> Option<&'static Route> {
+    routes(listener)
+        .iter()
+        .find(|r| r.api_key as i16 == api_key)
+}
+
+/// Whether `listener` takes a request of this API key and version at all. On the client
+/// listener every request gets an answer (UNSUPPORTED_VERSION at worst). On the controller
+/// listener, as on a Kafka controller (its socket server checks the header against the
+/// APIs enabled on the listener), anything not served closes the connection, except
+/// ApiVersions of any version, so that KIP-511's downgrade works.
+pub fn accepts(listener: Listener, api_key: i16, api_version: i16) -> bool {
+    match listener {
+        Listener::Client => true,
+        Listener::Controller => route_on(listener, api_key)
+            .is_some_and(|r| r.supports(api_version) || r.api_key == ApiKey::ApiVersions),
+    }
 }
 
 /// The position of an API key in [`ROUTES`] (the metrics count per position).
@@ -128,9 +170,19 @@ pub async fn handle(ctx: RequestContext, body: Bytes) -> Reply {
 pub async fn handle_detailed(ctx: RequestContext, body: Bytes) -> (Reply, Option<HandlerError>) {
     let ctx = Rc::new(ctx);
     let api_key = ctx.api_key;
+    // Metrics count per API, whichever listener the request came in on: every controller
+    // route is also a client route.
     let slot = route_index(api_key);
-    let route = slot.map(|i| &ROUTES[i]);
+    let route = route_on(ctx.listener, api_key);
     let result = match route {
+        _ if !accepts(ctx.listener, api_key, ctx.api_version) => {
+            ctx.release_connection();
+            ctx.note_error();
+            Err(HandlerError::NotServed {
+                api_key,
+                version: ctx.api_version,
+            })
+        }
         Some(route) if route.supports(ctx.api_version) || route.api_key == ApiKey::ApiVersions => {
             // Produce releases the connection once its appends are queued, Fetch once its
             // response is counted against the connection's backlog.
@@ -261,6 +313,29 @@ mod tests {
                 "{key:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_controller_listener_serves_a_subset_of_the_client_routes_with_the_same_versions() {
+        for route in CONTROLLER_ROUTES {
+            let client = route_for(route.api_key as i16).expect("also a client route");
+            assert_eq!(
+                (route.min_version, route.max_version),
+                (client.min_version, client.max_version),
+                "{:?}",
+                route.api_key
+            );
+        }
+        let c = Listener::Controller;
+        assert!(accepts(c, ApiKey::DescribeCluster as i16, 1));
+        assert!(accepts(c, ApiKey::DescribeQuorum as i16, 0));
+        // KIP-511: ApiVersions of a version not served still gets its v0 answer.
+        assert!(accepts(c, ApiKey::ApiVersions as i16, 99));
+        assert!(!accepts(c, ApiKey::DescribeCluster as i16, 3));
+        assert!(!accepts(c, ApiKey::Produce as i16, 9));
+        assert!(!accepts(c, ApiKey::Metadata as i16, 12));
+        assert!(!accepts(c, -1, 0));
+        assert!(accepts(Listener::Client, ApiKey::Produce as i16, 99));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the kernel gives it.
 
 pub mod connection;
+pub mod controller_clients;
 
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -1,7 +1,7 @@
 //! The partitions a shard owns: their open logs, and who waits for their next append.
 //!
 //! Data plane. Only the owning shard touches a partition's log; other shards reach it with
-//! [`Shard::invoke_on`](crate::node::Shard::invoke_on).
+//! a typed call (`crate::node::calls::Call`) to the owning shard.
 
 pub mod append;
 pub mod offsets;
