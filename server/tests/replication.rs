@@ -155,20 +155,23 @@ fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionView> {
 /// as its metadata image does; the leader itself answers NOT_LEADER_OR_FOLLOWER, which
 /// clients retry, until it has applied that image too.)
 fn wait_for_full_isr(addr: SocketAddr, topic: &str) {
-    wait_until("every partition led and served, with three replicas in sync", || {
-        let ps = partitions(addr, topic);
-        ps.len() == PARTITIONS as usize
-            && ps
-                .iter()
-                .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
-            && ps.iter().enumerate().all(|(p, (leader, ..))| {
-                let (_, host, port) = listed_endpoint(addr, *leader);
-                let leader_addr: SocketAddr = format!("{host}:{port}")
-                    .parse()
-                    .expect("a listed broker's address");
-                latest_offset(leader_addr, topic, p as i32, 0).0 == 0
-            })
-    });
+    wait_until(
+        "every partition led and served, with three replicas in sync",
+        || {
+            let ps = partitions(addr, topic);
+            ps.len() == PARTITIONS as usize
+                && ps
+                    .iter()
+                    .all(|(leader, _, _, isr)| *leader > 0 && isr.len() == 3)
+                && ps.iter().enumerate().all(|(p, (leader, ..))| {
+                    let (_, host, port) = listed_endpoint(addr, *leader);
+                    let leader_addr: SocketAddr = format!("{host}:{port}")
+                        .parse()
+                        .expect("a listed broker's address");
+                    latest_offset(leader_addr, topic, p as i32, 0).0 == 0
+                })
+        },
+    );
 }
 
 /// The clients' bootstrap list for `nodes`.

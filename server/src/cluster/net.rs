@@ -51,8 +51,8 @@ use crate::controller::node::{MetadataFetch, QuorumView};
 use crate::controller::requests::{ControllerError, ControllerRequest, Reply};
 use crate::controller::rpc::{self, Incoming};
 use crate::metadata::NodeId;
-use crate::shard::event::{Latch, Notify, WakeSlot};
 use crate::node::Shard;
+use crate::shard::event::{Latch, Notify, WakeSlot};
 use crate::shard::halves::{self, ReadHalf, WriteHalf};
 use crate::shard::oneshot;
 
