@@ -63,7 +63,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         Listener::Controller => {
             // The quorum leader as this voter's Raft knows it, as Kafka's controllers
             // answer (`raftManager.leaderAndEpoch`); the image's record of it otherwise.
-            let leader = crate::cluster::ControlPlane::get()
+            let leader = crate::cluster::ControlPlane::get(&ctx.shard)
                 .map_or(image_controller, |control| control.leader());
             response.controller_id = BrokerId(leader.map_or(-1, |n| n.0));
             response.brokers = controllers(&ctx.shard.config.cluster.voters);
