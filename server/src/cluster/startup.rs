@@ -11,8 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use wharf_engine::storage::DmaStorage;
+
 use crate::broker::StartupError;
-use crate::cluster::disk::{read_metadata_dir, repair_blocking, GlommioDisk, METADATA_DIR};
+use crate::cluster::disk::{read_metadata_dir, repair_blocking, StorageDisk, METADATA_DIR};
 use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata, CONTROL_PLANE};
 use crate::config::{io_reason, BrokerConfig};
 use crate::controller::image::ClusterImage;
@@ -250,7 +252,7 @@ pub fn start(
             }
             Metadata::Voter {
                 node: std::cell::RefCell::new(node),
-                disk: GlommioDisk::new(config.data_dir.join(METADATA_DIR)),
+                disk: StorageDisk::new(DmaStorage, config.data_dir.join(METADATA_DIR)),
             }
         }
         None => Metadata::Follower(Default::default()),
