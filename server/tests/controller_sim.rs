@@ -118,9 +118,13 @@ fn the_quorum_and_controller_keep_their_invariants_under_faults() {
             eprintln!("controller simulation: {}", summary(&stats, seconds));
             // The faults really happened.
             assert!(stats.iter().map(|s| s.crashes).sum::<u64>() > 0);
-            assert!(stats.iter().map(|s| s.torn_crashes).sum::<u64>() > 0);
-            assert!(stats.iter().map(|s| s.sync_failures).sum::<u64>() > 0);
-            assert!(stats.iter().map(|s| s.retried_writes).sum::<u64>() > 0);
+            if count >= CI_SEEDS {
+                // Rarer per seed (a third of the seeds has a failed fdatasync): over the
+                // CI budget, each happened.
+                assert!(stats.iter().map(|s| s.torn_crashes).sum::<u64>() > 0);
+                assert!(stats.iter().map(|s| s.sync_failures).sum::<u64>() > 0);
+                assert!(stats.iter().map(|s| s.retried_writes).sum::<u64>() > 0);
+            }
             assert!(stats.iter().map(|s| s.committed_entries).sum::<u64>() > 0);
         }
         Err(violation) => panic!("{violation}"),

@@ -113,7 +113,7 @@ impl SimMetadataDir {
         let storage = self.storage();
         let path = self.dir.join(file);
         self.run(async move { storage.read_file(&path, MAX_FILE_BYTES).await })
-            .unwrap_or_else(|| Ok(None))
+            .unwrap_or(Ok(None))
             .map_err(|e| format!("cannot read {file}: {e}"))
     }
 
