@@ -669,8 +669,9 @@ impl World {
             for m in rd.send {
                 self.send_raft(i, m);
             }
-            // Now and then the process crashes part way through the writes: after a
-            // random number of the disk runtime's steps (a few per write).
+            // Now and then the process crashes part way through the writes (after a
+            // random number of the disk runtime's steps, a few per write) or just after
+            // them, before their messages leave.
             let crash_after = if !self.calm && !rd.writes.is_empty() && self.rng.chance(1, 150) {
                 Some(self.rng.range(0, 6 * rd.writes.len() as u64))
             } else {
