@@ -97,6 +97,9 @@ struct FileData {
     /// again right away sees the truth (two independent faults on the same bytes in a row
     /// are too rare on real disks to model).
     recently_flipped: Vec<(u64, u64, u32)>,
+    /// Space allocated beyond the size ([`SimAppendFile::reserve`], `FALLOC_FL_KEEP_SIZE`):
+    /// counted as used, so writes into it fit on a full disk. A cut frees it.
+    reserved_bytes: u64,
 }
 
 /// `WHARF_SIM_DISK_TRACE=<part of a path>`: print every operation on matching files (for
@@ -145,6 +148,7 @@ impl FileData {
         apply(&mut self.live, &op);
         if let DataOp::SetLen(len) = &op {
             self.forget_sectors_from(*len);
+            self.reserved_bytes = self.reserved_bytes.min(*len);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -183,7 +187,10 @@ impl FileData {
     }
 
     fn allocated_bytes(&self) -> u64 {
-        (self.live.len() as u64).div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+        (self.live.len() as u64)
+            .max(self.reserved_bytes)
+            .div_ceil(BLOCK_BYTES)
+            * BLOCK_BYTES
     }
 }
 
@@ -325,6 +332,14 @@ pub struct SimFile {
     inode: u64,
     path: PathBuf,
     writable: bool,
+}
+
+/// A file opened on a [`SimDisk`] for writes through the page cache: writes at any
+/// position and length, and space reserved beyond the end without changing the size. Its
+/// writes follow the same crash rules as a segment's (lost, applied or torn in 512-byte
+/// sectors of the file, in any order).
+pub struct SimAppendFile {
+    file: SimFile,
 }
 
 impl SimDisk {
@@ -581,14 +596,20 @@ impl SimDisk {
                     }
                     _ => match op {
                         DataOp::Write { pos, data } => {
-                            let sectors = (data.len() as u64).div_ceil(SECTOR_BYTES);
+                            // Torn along the file's sectors (a write at an unaligned
+                            // position straddles them).
+                            let first = pos / SECTOR_BYTES;
+                            let end = pos + data.len() as u64;
+                            let sectors = end.div_ceil(SECTOR_BYTES) - first;
                             let prefix = st.rng.coin();
                             let cut = st.rng.below(sectors + 1);
                             for s in 0..sectors {
                                 let persists = if prefix { s < cut } else { st.rng.coin() };
                                 if persists {
-                                    let from = (s * SECTOR_BYTES) as usize;
-                                    let to = (from + SECTOR_BYTES as usize).min(data.len());
+                                    let from =
+                                        (((first + s) * SECTOR_BYTES).max(pos) - pos) as usize;
+                                    let to =
+                                        (((first + s + 1) * SECTOR_BYTES).min(end) - pos) as usize;
                                     file.heal(pos + from as u64, (to - from) as u64);
                                     apply(
                                         &mut file.durable,
@@ -849,13 +870,21 @@ impl SimDisk {
 
 impl SimFile {
     pub(crate) async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        self.write(data, pos, true).await
+    }
+
+    /// A direct write (aligned, as O_DIRECT wants) or one through the page cache.
+    async fn write(&self, data: Vec<u8>, pos: u64, direct: bool) -> io::Result<usize> {
         if !self.writable {
             return Err(DiskState::err(
                 9,
                 format!("{} is open read-only", self.path.display()),
             ));
         }
-        if !pos.is_multiple_of(BLOCK_BYTES) || !(data.len() as u64).is_multiple_of(BLOCK_BYTES) {
+        if direct
+            && (!pos.is_multiple_of(BLOCK_BYTES)
+                || !(data.len() as u64).is_multiple_of(BLOCK_BYTES))
+        {
             return Err(DiskState::err(
                 EINVAL,
                 format!("unaligned direct write of {} bytes at {pos}", data.len()),
@@ -879,9 +908,14 @@ impl SimFile {
                     end.max(st.inodes.get(&inode).map_or(0, |f| f.live.len() as u64)),
                 );
                 if !fits || st.random_enospc() {
-                    // A failed write may leave some of its sectors behind.
-                    let sectors = len as u64 / SECTOR_BYTES;
-                    let keep = st.rng.below(sectors + 1) * SECTOR_BYTES;
+                    // A failed write may leave some of its sectors (through the page
+                    // cache: some of its bytes) behind.
+                    let keep = if direct {
+                        let sectors = len as u64 / SECTOR_BYTES;
+                        st.rng.below(sectors + 1) * SECTOR_BYTES
+                    } else {
+                        st.rng.below(len as u64 + 1)
+                    };
                     if keep > 0 && st.fits(inode, pos + keep) {
                         if let Some(file) = st.inodes.get_mut(&inode) {
                             file.complete(
@@ -1092,6 +1126,59 @@ impl SimFile {
     }
 }
 
+impl SimAppendFile {
+    pub(crate) fn new(file: SimFile) -> SimAppendFile {
+        SimAppendFile { file }
+    }
+
+    pub(crate) async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        self.file.write(data, pos, false).await
+    }
+
+    pub(crate) async fn fdatasync(&self) -> io::Result<()> {
+        self.file.fdatasync().await
+    }
+
+    pub(crate) async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file.truncate(len).await
+    }
+
+    pub(crate) async fn reserve(&self, len: u64) -> io::Result<()> {
+        let (inode, path) = (self.file.inode, self.file.path.clone());
+        self.file
+            .disk
+            .op(move |st, _| {
+                if !st.fits(inode, len) || st.random_enospc() {
+                    return Err(DiskState::err(
+                        ENOSPC,
+                        format!("reservation for {} failed", path.display()),
+                    ));
+                }
+                let file = st
+                    .inodes
+                    .get_mut(&inode)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the file is gone"))?;
+                trace(&path, || format!("reserve {len}"));
+                file.reserved_bytes = file.reserved_bytes.max(len);
+                Ok(())
+            })
+            .await
+    }
+
+    pub(crate) async fn size(&self) -> io::Result<u64> {
+        let inode = self.file.inode;
+        self.file
+            .disk
+            .op(move |st, _| {
+                st.inodes
+                    .get(&inode)
+                    .map(|f| f.live.len() as u64)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the file is gone"))
+            })
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1279,5 +1366,74 @@ mod tests {
             assert!(regrown.iter().all(|b| *b == 0), "seed {seed}");
         }
         assert!(lost > 0, "some crash lost the unsynced extension");
+    }
+
+    #[test]
+    fn unaligned_appends_survive_fdatasync_and_an_unsynced_one_is_lost_or_torn_in_sectors() {
+        let mut outcomes = BTreeSet::new();
+        for seed in 0..64 {
+            let rt = Runtime::new(seed);
+            let disk = SimDisk::new(&rt, seed, 1 << 20, FaultConfig::default());
+            let d = disk.clone();
+            let path = Path::new("/d/log");
+            run(&rt, async move {
+                d.create_dir_all(Path::new("/d")).await.expect("mkdir");
+                d.sync_dir(Path::new("/d")).await.expect("sync dir");
+                let f = SimAppendFile::new(d.open(path, true, true).await.expect("open"));
+                f.write_at(vec![1; 700], 0).await.expect("write");
+                f.fdatasync().await.expect("sync");
+                d.sync_dir(Path::new("/d")).await.expect("sync dir");
+                f.write_at(vec![2; 1000], 700).await.expect("write");
+                assert_eq!(f.size().await.expect("size"), 1700);
+            });
+            disk.crash();
+            let after = disk.contents(path).expect("the file survives");
+            assert!(after.len() >= 700 && after.len() <= 1700, "seed {seed}");
+            assert!(after[..700].iter().all(|b| *b == 1), "seed {seed}");
+            // What survived of the second write is whole sectors of the file (bytes 700..
+            // 1024, 1024..1536, 1536..1700), each all there or all zeroes.
+            let mut kept = Vec::new();
+            for (from, to) in [(700, 1024), (1024, 1536), (1536, 1700)] {
+                if to <= after.len() {
+                    let part = &after[from..to];
+                    assert!(
+                        part.iter().all(|b| *b == 2) || part.iter().all(|b| *b == 0),
+                        "seed {seed}: a sector is half written"
+                    );
+                    kept.push(part[0] == 2);
+                }
+            }
+            outcomes.insert(kept);
+        }
+        assert!(
+            outcomes.len() > 2,
+            "crashes keep different parts: {outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn a_reservation_keeps_the_size_and_lets_appends_fit_on_a_full_disk() {
+        let rt = Runtime::new(1);
+        let disk = SimDisk::new(&rt, 1, 64 * 1024, FaultConfig::default());
+        let d = disk.clone();
+        let (size, filled, appended) = run(&rt, async move {
+            d.create_dir_all(Path::new("/d")).await.expect("mkdir");
+            let f =
+                SimAppendFile::new(d.open(Path::new("/d/log"), true, true).await.expect("open"));
+            f.write_at(vec![1; 100], 0).await.expect("write");
+            f.reserve(16 * 1024).await.expect("reserve");
+            let size = f.size().await.expect("size");
+            // Something else fills the disk.
+            let other = d
+                .open(Path::new("/d/other"), true, true)
+                .await
+                .expect("open");
+            let filled = other.write_at(vec![0; 48 * 1024], 0).await.is_ok();
+            let appended = f.write_at(vec![2; 8000], 100).await.is_ok();
+            (size, filled, appended)
+        });
+        assert_eq!(size, 100, "a reservation does not change the size");
+        assert!(filled && appended, "{filled} {appended}");
+        assert!(disk.used_bytes() <= 64 * 1024);
     }
 }

@@ -23,11 +23,11 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 
-pub use disk::{FaultConfig, InjectedFault, SimDisk, SimFile, SECTOR_BYTES};
+pub use disk::{FaultConfig, InjectedFault, SimAppendFile, SimDisk, SimFile, SECTOR_BYTES};
 pub use rng::Rng;
 pub use runtime::{Runtime, TaskResult, SIM_EPOCH_MS};
 
-use crate::storage::{DirEntry, OpenMode, SegmentFile, Storage, WriteBuffer};
+use crate::storage::{AppendFile, DirEntry, OpenMode, SegmentFile, Storage, WriteBuffer};
 
 /// What a fresh write buffer holds before the writer lays it out: a batch header read from
 /// it would have a length and magic byte that fail validation.
@@ -89,8 +89,36 @@ impl SegmentFile for SimFile {
     }
 }
 
+impl AppendFile for SimAppendFile {
+    async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        SimAppendFile::write_at(self, data, pos).await
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        SimAppendFile::fdatasync(self).await
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        SimAppendFile::truncate(self, len).await
+    }
+
+    async fn reserve(&self, len: u64) -> io::Result<()> {
+        SimAppendFile::reserve(self, len).await
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        SimAppendFile::size(self).await
+    }
+}
+
 impl Storage for SimStorage {
     type File = SimFile;
+    type AppendFile = SimAppendFile;
+
+    async fn open_append(&self, path: &Path) -> io::Result<SimAppendFile> {
+        let file = self.disk.open(path, true, true).await?;
+        Ok(SimAppendFile::new(file))
+    }
 
     async fn open_segment(&self, path: &Path, mode: OpenMode) -> io::Result<SimFile> {
         let writable = mode != OpenMode::Read;

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
 
-use super::{DirEntry, OpenMode, SegmentFile, Storage, WriteBuffer, PAGE_BYTES};
+use super::{AppendFile, DirEntry, OpenMode, SegmentFile, Storage, WriteBuffer, PAGE_BYTES};
 
 /// Production storage: glommio on the calling thread's executor. A unit handle.
 #[derive(Clone, Copy, Debug, Default)]
@@ -135,6 +135,48 @@ impl SegmentFile for DmaSegmentFile {
     }
 }
 
+/// A file written through the page cache (glommio's `BufferedFile`).
+pub struct DmaAppendFile {
+    file: BufferedFile,
+}
+
+impl AppendFile for DmaAppendFile {
+    async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize> {
+        self.file
+            .write_at(data, pos)
+            .await
+            .map_err(|e| with_context(e, "write failed"))
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| with_context(e, "fdatasync failed"))
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.file
+            .truncate(len)
+            .await
+            .map_err(|e| with_context(e, "truncate failed"))
+    }
+
+    async fn reserve(&self, len: u64) -> io::Result<()> {
+        self.file
+            .pre_allocate(len, true)
+            .await
+            .map_err(|e| with_context(e, "reservation failed"))
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.file
+            .file_size()
+            .await
+            .map_err(|e| with_context(e, "stat failed"))
+    }
+}
+
 thread_local! {
     /// Devices on which this thread's executor already probed direct I/O.
     static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
@@ -225,6 +267,18 @@ async fn write_scratch(path: &Path) -> io::Result<()> {
 
 impl Storage for DmaStorage {
     type File = DmaSegmentFile;
+    type AppendFile = DmaAppendFile;
+
+    async fn open_append(&self, path: &Path) -> io::Result<DmaAppendFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .buffered_open(path)
+            .await
+            .map_err(|e| with_context(e, &format!("cannot open {}", path.display())))?;
+        Ok(DmaAppendFile { file })
+    }
 
     async fn open_segment(&self, path: &Path, mode: OpenMode) -> io::Result<DmaSegmentFile> {
         // Before the open: a file created by it is empty and must not be the probe.

@@ -1,7 +1,9 @@
 //! What a partition log needs from the machine: segment files for direct I/O, small files
 //! written whole, directories, a clock and a way to run its background tasks.
 //!
-//! The log is written against the [`Storage`] trait only. In production [`DmaStorage`]
+//! The log is written against the [`Storage`] trait only. Besides segments it offers
+//! [`AppendFile`]s, small files appended to through the page cache, for logs too small and
+//! too rarely written for direct I/O (the cluster's metadata log). In production [`DmaStorage`]
 //! carries every call out with glommio on the calling shard (O_DIRECT `DmaFile`s for
 //! segments); the seeded simulator uses [`crate::sim::SimStorage`], an in-memory disk that
 //! loses, tears and reorders unsynced writes at a crash, flips bits on reads, fails
@@ -15,7 +17,7 @@ use std::pin::Pin;
 
 mod dma;
 
-pub use dma::{DmaSegmentFile, DmaStorage};
+pub use dma::{DmaAppendFile, DmaSegmentFile, DmaStorage};
 
 /// Alignment of every direct-I/O write and read position.
 pub const PAGE_BYTES: u64 = 4096;
@@ -74,8 +76,32 @@ pub trait SegmentFile: 'static {
     async fn fdatasync(&self) -> io::Result<()>;
     /// Sets the file's size.
     async fn truncate(&self, len: u64) -> io::Result<()>;
-    /// Allocates the file's space up to `len` bytes without changing its size.
+    /// Allocates the file's space up to `len` bytes; a smaller file grows to `len` with
+    /// zeroes (`fallocate` mode 0), which the log trims when it seals or opens the segment.
     async fn preallocate(&self, len: u64) -> io::Result<()>;
+}
+
+/// A small file written through the page cache at any position and length, made durable
+/// by `fdatasync`: for a log whose records are small and rare (the cluster's metadata log),
+/// where direct I/O would rewrite the unaligned tail page with each record and would need
+/// a `truncate` after each to keep the file's size exact, and that truncate would free
+/// the space reserved beyond the end. The file's size is always exactly what was written.
+#[allow(async_fn_in_trait)]
+pub trait AppendFile: 'static {
+    /// Writes `data` at `pos` (any alignment; the writer's end for an append). Returns the
+    /// bytes written: fewer, or an error, when the disk filled part way, in which case a
+    /// prefix of `data` may be in the file.
+    async fn write_at(&self, data: Vec<u8>, pos: u64) -> io::Result<usize>;
+    /// Makes every write, truncation and size change that completed before the call
+    /// durable.
+    async fn fdatasync(&self) -> io::Result<()>;
+    /// Sets the file's size; space beyond it is freed (a reservation included).
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+    /// Allocates the file's space up to `len` bytes *without* changing its size
+    /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`), so appends into it succeed on a full disk.
+    async fn reserve(&self, len: u64) -> io::Result<()>;
+    /// The file's size in bytes.
+    async fn size(&self) -> io::Result<u64>;
 }
 
 /// The environment of a partition log: files, directories, a clock and an executor.
@@ -83,9 +109,13 @@ pub trait SegmentFile: 'static {
 #[allow(async_fn_in_trait)]
 pub trait Storage: Clone + 'static {
     type File: SegmentFile;
+    type AppendFile: AppendFile;
 
     /// Opens a segment file for direct I/O.
     async fn open_segment(&self, path: &Path, mode: OpenMode) -> io::Result<Self::File>;
+    /// Opens a file for writes through the page cache, created empty if missing (its
+    /// directory entry is durable once the directory is synced).
+    async fn open_append(&self, path: &Path) -> io::Result<Self::AppendFile>;
     /// The whole content of a small file, `None` if it does not exist; an error if it is
     /// larger than `max_bytes`.
     async fn read_file(&self, path: &Path, max_bytes: u64) -> io::Result<Option<Vec<u8>>>;
@@ -130,7 +160,8 @@ pub(crate) async fn replace_file<S: Storage>(
     Ok(())
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// The temporary file [`replace_file`] writes before renaming it over `path`.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(TMP_SUFFIX);
     PathBuf::from(name)

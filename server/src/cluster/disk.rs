@@ -1,12 +1,21 @@
 //! Carrying out the metadata log's writes ([`DiskOp`]s) on this node's disk.
 //!
 //! The log store returns its writes as effects; [`MetadataDisk`] is the one place that
-//! performs them, in order, durably. [`GlommioDisk`] does it with glommio's buffered files
-//! on the controller's shard (the log is small and written rarely; its durability comes
-//! from `fdatasync`, not from O_DIRECT). The operations (append, sync, atomic replacement,
-//! truncation) are the ones the storage engine's `Storage` trait offers for small files,
-//! so the log could move onto it; the engine's trait is shaped around segment files, so the
-//! metadata log keeps this smaller one.
+//! performs them, in order, durably. [`StorageDisk`] does it on the storage engine's
+//! [`Storage`] trait: with `DmaStorage` on the controller's shard in the broker, and on the
+//! engine's simulated disk (with its crash and fault rules) in the controller simulator,
+//! so the code the simulator checks is the code that runs.
+//!
+//! Appends go through the engine's [`AppendFile`] (a file written through the page cache),
+//! not through its direct-I/O segment files. The log is small and written rarely; its
+//! durability comes from `fdatasync`, not from O_DIRECT. With aligned direct writes, each
+//! append would rewrite the unaligned tail page and then `truncate` the file back to its
+//! real size (the on-disk format has no padding), and that truncate frees every block past
+//! the end, the reserve below included, so the reserve would have to be allocated again
+//! before each append: on a full disk exactly when it is needed. Through the page cache the
+//! file's size is always what was written and the reserve stays. A replacement is the
+//! engine's small-file path (`write_file` of a temporary file, which syncs it, `rename`,
+//! `sync_dir`); a truncation is `truncate` and `fdatasync`.
 //!
 //! Failures come in two kinds ([`DiskFailure`]). A failed write (the disk is full, a quota,
 //! any error before `fdatasync`) leaves nothing acknowledged behind it: the log in memory is
@@ -20,23 +29,24 @@
 //! metadata log goes on working for a while when partition data has filled the disk (an
 //! election, a broker registering after a restart).
 //!
-//! Start-up reads the directory with [`read_metadata_dir`] on the main thread, before any
-//! shard runs.
+//! Start-up reads the directory with [`read_metadata_dir`] and makes its repairs with
+//! [`repair_blocking`] on the main thread, before any shard runs (plain blocking I/O: no
+//! executor exists yet, and the node's configuration depends on what is read). The
+//! simulator performs the same repairs through [`StorageDisk`].
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::io::{BufferedFile, OpenOptions};
+use wharf_engine::storage::{tmp_path, AppendFile, Storage};
 
 use crate::controller::log_store::DiskOp;
 
 /// The metadata log's directory under the data directory (Kafka's name for it).
 pub use crate::metadata::store::METADATA_LOG_DIR as METADATA_DIR;
-/// Suffix of a file being replaced.
-const TMP_SUFFIX: &str = ".tmp";
 /// Space kept allocated beyond the log's end (`fallocate` with `FALLOC_FL_KEEP_SIZE`): a
 /// few thousand records of headroom when the disk fills up.
 pub const LOG_RESERVE_BYTES: u64 = 1 << 20;
@@ -57,19 +67,6 @@ impl DiskFailure {
             DiskFailure::Write(e) | DiskFailure::Sync(e) => e,
         }
     }
-}
-
-/// A glommio error as an I/O error, keeping its kind (ENOSPC stays `StorageFull`).
-fn gio<T>(e: glommio::GlommioError<T>) -> io::Error {
-    io::Error::from(e)
-}
-
-fn write_failed<T>(e: glommio::GlommioError<T>) -> DiskFailure {
-    DiskFailure::Write(gio(e))
-}
-
-fn sync_failed<T>(e: glommio::GlommioError<T>) -> DiskFailure {
-    DiskFailure::Sync(gio(e))
 }
 
 /// Performs the metadata log's writes, one at a time. An op that fails with
@@ -105,17 +102,19 @@ pub struct Stalled<'a> {
 }
 
 /// Performs `ops` in order. A failed write is made again after a pause (growing up to the
-/// policy's maximum) until it succeeds, with `on_stall` told of each failure; the ops after
-/// it wait. A failed `fdatasync` ends it: `Err` with the op, and the caller must stop.
-pub async fn perform_all<'a, D: MetadataDisk>(
+/// policy's maximum, waited with `pause_for`: glommio's timer in the broker) until it succeeds,
+/// with `on_stall` told of each failure; the ops after it wait. A failed `fdatasync` ends
+/// it: `Err` with the op, and the caller must stop.
+pub async fn perform_all<'a, D: MetadataDisk, P: Future<Output = ()>>(
     disk: &D,
     ops: &'a [DiskOp],
     policy: RetryPolicy,
+    pause_for: impl Fn(Duration) -> P,
     mut on_stall: impl FnMut(Stalled<'_>),
 ) -> Result<(), (&'a DiskOp, io::Error)> {
     for op in ops {
         let mut attempts = 0u32;
-        let mut pause = policy.first_pause;
+        let mut wait = policy.first_pause;
         loop {
             match disk.perform(op).await {
                 Ok(()) => break,
@@ -127,8 +126,8 @@ pub async fn perform_all<'a, D: MetadataDisk>(
                         error: &e,
                         attempts,
                     });
-                    glommio::timer::sleep(pause).await;
-                    pause = (pause * 2).min(policy.max_pause);
+                    pause_for(wait).await;
+                    wait = (wait * 2).min(policy.max_pause);
                 }
             }
         }
@@ -147,8 +146,8 @@ pub fn op_name(op: &DiskOp) -> String {
 }
 
 /// The log file open for appends.
-struct Appender {
-    file: Rc<BufferedFile>,
+struct Appender<F> {
+    file: Rc<F>,
     name: &'static str,
     /// The file's length: where the next append goes.
     len: u64,
@@ -156,35 +155,47 @@ struct Appender {
     allocated: u64,
 }
 
-/// The metadata directory on a real disk, through glommio.
-pub struct GlommioDisk {
+/// The metadata directory on any [`Storage`]: [`DmaStorage`] in the broker, the engine's
+/// simulated disk in the controller simulator, so both run this same code.
+///
+/// [`DmaStorage`]: wharf_engine::storage::DmaStorage
+pub struct StorageDisk<S: Storage> {
+    storage: S,
     dir: PathBuf,
-    log: RefCell<Option<Appender>>,
+    log: RefCell<Option<Appender<S::AppendFile>>>,
 }
 
-impl GlommioDisk {
-    pub fn new(dir: PathBuf) -> GlommioDisk {
-        GlommioDisk {
+impl<S: Storage> StorageDisk<S> {
+    pub fn new(storage: S, dir: PathBuf) -> StorageDisk<S> {
+        StorageDisk {
+            storage,
             dir,
             log: RefCell::new(None),
         }
     }
 
     /// The file open for appends and its length, opened (and its length read) on first use.
-    async fn appender(&self, file: &'static str) -> Result<(Rc<BufferedFile>, u64), DiskFailure> {
+    async fn appender(&self, file: &'static str) -> Result<(Rc<S::AppendFile>, u64), DiskFailure> {
         if let Some(a) = self.log.borrow().as_ref() {
             if a.name == file {
                 return Ok((a.file.clone(), a.len));
             }
         }
-        let f = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create(true)
-            .buffered_open(self.dir.join(file))
+        let f = self
+            .storage
+            .open_append(&self.dir.join(file))
             .await
-            .map_err(write_failed)?;
-        let len = f.file_size().await.map_err(write_failed)?;
+            .map_err(DiskFailure::Write)?;
+        let len = f.size().await.map_err(DiskFailure::Write)?;
+        if len == 0 {
+            // Perhaps created just now: its directory entry must be durable before a `Sync`
+            // of the file can promise anything (the log is normally created by a `Replace`,
+            // which syncs the directory, but an `Append` may create it too).
+            self.storage
+                .sync_dir(&self.dir)
+                .await
+                .map_err(DiskFailure::Write)?;
+        }
         let f = Rc::new(f);
         *self.log.borrow_mut() = Some(Appender {
             file: f.clone(),
@@ -204,13 +215,13 @@ impl GlommioDisk {
 
     /// Keeps [`LOG_RESERVE_BYTES`] allocated beyond `end`. Best effort: on a full disk the
     /// append that follows may still fit in what is allocated, and if not it fails itself.
-    async fn reserve(&self, file: &BufferedFile, end: u64) {
+    async fn reserve(&self, file: &S::AppendFile, end: u64) {
         let allocated = self.log.borrow().as_ref().map_or(0, |a| a.allocated);
         if end <= allocated {
             return;
         }
         let want = end + LOG_RESERVE_BYTES;
-        match file.pre_allocate(want, true).await {
+        match file.reserve(want).await {
             Ok(()) => {
                 if let Some(a) = self.log.borrow_mut().as_mut() {
                     a.allocated = a.allocated.max(want);
@@ -228,13 +239,17 @@ impl GlommioDisk {
     }
 }
 
-async fn write_all(file: &BufferedFile, bytes: &[u8], mut pos: u64) -> Result<u64, DiskFailure> {
+async fn write_all<F: AppendFile>(
+    file: &F,
+    bytes: &[u8],
+    mut pos: u64,
+) -> Result<u64, DiskFailure> {
     let mut at = 0;
     while at < bytes.len() {
         let n = file
             .write_at(bytes[at..].to_vec(), pos)
             .await
-            .map_err(write_failed)?;
+            .map_err(DiskFailure::Write)?;
         if n == 0 {
             return Err(DiskFailure::Write(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -247,7 +262,7 @@ async fn write_all(file: &BufferedFile, bytes: &[u8], mut pos: u64) -> Result<u6
     Ok(pos)
 }
 
-impl MetadataDisk for GlommioDisk {
+impl<S: Storage> MetadataDisk for StorageDisk<S> {
     async fn perform(&self, op: &DiskOp) -> Result<(), DiskFailure> {
         match op {
             DiskOp::Append { file, bytes } => {
@@ -255,34 +270,38 @@ impl MetadataDisk for GlommioDisk {
                 // overwritten by the next one.
                 let (f, len) = self.appender(file).await?;
                 self.reserve(&f, len + bytes.len() as u64).await;
-                let end = write_all(&f, bytes, len).await?;
+                let end = write_all(&*f, bytes, len).await?;
                 self.set_len(end);
                 Ok(())
             }
             DiskOp::Sync { file } => {
                 let (f, _) = self.appender(file).await?;
-                f.fdatasync().await.map_err(sync_failed)
+                f.fdatasync().await.map_err(DiskFailure::Sync)
             }
             DiskOp::Replace { file, bytes } => {
                 self.forget(file);
                 let path = self.dir.join(file);
-                let tmp = self.dir.join(format!("{file}{TMP_SUFFIX}"));
+                let tmp = tmp_path(&path);
                 // Until the rename, only the temporary file is touched; it is written from
                 // scratch by every attempt, so any failure before the rename is a write
                 // failure (even its fdatasync's: nothing counts on that file yet).
-                let f = BufferedFile::create(&tmp).await.map_err(write_failed)?;
-                write_all(&f, bytes, 0).await?;
-                f.fdatasync().await.map_err(write_failed)?;
-                f.close().await.map_err(write_failed)?;
-                glommio::io::rename(&tmp, &path)
+                self.storage
+                    .write_file(&tmp, bytes.to_vec())
                     .await
-                    .map_err(write_failed)?;
-                sync_dir(&self.dir).await.map_err(DiskFailure::Sync)
+                    .map_err(DiskFailure::Write)?;
+                self.storage
+                    .rename(&tmp, &path)
+                    .await
+                    .map_err(DiskFailure::Write)?;
+                self.storage
+                    .sync_dir(&self.dir)
+                    .await
+                    .map_err(DiskFailure::Sync)
             }
             DiskOp::Truncate { file, len } => {
                 let (f, _) = self.appender(file).await?;
-                f.truncate(*len).await.map_err(write_failed)?;
-                f.fdatasync().await.map_err(sync_failed)?;
+                f.truncate(*len).await.map_err(DiskFailure::Write)?;
+                f.fdatasync().await.map_err(DiskFailure::Sync)?;
                 if let Some(a) = self.log.borrow_mut().as_mut() {
                     a.len = *len;
                     a.allocated = *len;
@@ -291,12 +310,6 @@ impl MetadataDisk for GlommioDisk {
             }
         }
     }
-}
-
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let d = glommio::io::Directory::open(dir).await.map_err(gio)?;
-    d.sync().await.map_err(gio)?;
-    d.close().await.map_err(gio)
 }
 
 /// The metadata directory's files as they are on disk (`None`: absent), read at start-up
@@ -338,7 +351,7 @@ pub fn repair_blocking(dir: &Path, ops: &[DiskOp]) -> io::Result<()> {
                     .sync_data()?;
             }
             DiskOp::Replace { file, bytes } => {
-                let tmp = dir.join(format!("{file}{TMP_SUFFIX}"));
+                let tmp = tmp_path(&dir.join(file));
                 let mut f = std::fs::File::create(&tmp)?;
                 f.write_all(bytes)?;
                 f.sync_all()?;
@@ -366,6 +379,8 @@ mod tests {
     use bytes::Bytes;
     use raft::eraftpb::{Entry, HardState};
 
+    use wharf_engine::storage::DmaStorage;
+
     use super::*;
     use crate::controller::log_store::{LogStore, LOG_FILE};
 
@@ -373,7 +388,7 @@ mod tests {
     /// appends each leave half their bytes at the end of the file (what a write cut short by
     /// ENOSPC leaves) and fail with ENOSPC; `failing_sync` makes the next `fdatasync` fail.
     struct FillingDisk {
-        inner: GlommioDisk,
+        inner: StorageDisk<DmaStorage>,
         dir: PathBuf,
         full_writes: Cell<u32>,
         failing_sync: Cell<bool>,
@@ -425,7 +440,7 @@ mod tests {
         ops: Vec<DiskOp>,
         stalls: &mut Vec<u32>,
     ) -> Result<(), String> {
-        perform_all(disk, &ops, QUICK, |s| {
+        perform_all(disk, &ops, QUICK, glommio::timer::sleep, |s| {
             assert!(wharf_engine::storage::is_no_space(s.error));
             stalls.push(s.attempts);
         })
@@ -446,7 +461,7 @@ mod tests {
             let dir = dir.clone();
             async move {
                 let disk = FillingDisk {
-                    inner: GlommioDisk::new(dir.clone()),
+                    inner: StorageDisk::new(DmaStorage, dir.clone()),
                     dir: dir.clone(),
                     full_writes: Cell::new(0),
                     failing_sync: Cell::new(false),
@@ -501,7 +516,7 @@ mod tests {
         let dir = tmp.path().to_path_buf();
         let outcome = run(async move {
             let disk = FillingDisk {
-                inner: GlommioDisk::new(dir.clone()),
+                inner: StorageDisk::new(DmaStorage, dir.clone()),
                 dir,
                 full_writes: Cell::new(0),
                 failing_sync: Cell::new(true),
@@ -511,7 +526,8 @@ mod tests {
             ops.extend(store.append(&[entry(1, b"one")]));
             ops.push(DiskOp::Sync { file: LOG_FILE });
             let mut stalls = 0;
-            let result = perform_all(&disk, &ops, QUICK, |_| stalls += 1).await;
+            let result =
+                perform_all(&disk, &ops, QUICK, glommio::timer::sleep, |_| stalls += 1).await;
             (
                 result.map_err(|(op, e)| (op_name(op), e.raw_os_error())),
                 stalls,

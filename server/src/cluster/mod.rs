@@ -34,6 +34,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use wharf_engine::storage::DmaStorage;
 use wharf_protocol::controller as wire;
 
 use crate::controller::follower::MetadataFollower;
@@ -49,7 +50,7 @@ use crate::reply;
 use crate::shard::event::{Notify, Watchers};
 use crate::shard::{now_ms, oneshot};
 
-use disk::GlommioDisk;
+use disk::StorageDisk;
 
 /// How long a metadata change may take, elections and forwarding included, before the
 /// caller gets a retriable error.
@@ -104,7 +105,7 @@ pub(crate) enum Metadata {
     /// log and the controller.
     Voter {
         node: RefCell<ControllerNode>,
-        disk: GlommioDisk,
+        disk: StorageDisk<DmaStorage>,
     },
     /// A broker only: the image it follows from the active controller ([`follow`]).
     Follower(RefCell<MetadataFollower>),
@@ -557,7 +558,12 @@ impl ControlPlane {
         let Metadata::Voter { disk, .. } = &self.metadata else {
             return;
         };
-        let result = disk::perform_all(disk, writes, disk::RetryPolicy::default(), |s| {
+        let result = disk::perform_all(
+            disk,
+            writes,
+            disk::RetryPolicy::default(),
+            glommio::timer::sleep,
+            |s| {
             if s.attempts == 1 {
                 stalled_since.set(Some(Instant::now()));
                 self.write_stalls.set(self.write_stalls.get() + 1);

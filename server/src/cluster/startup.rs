@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::cluster::disk::{read_metadata_dir, repair_blocking, GlommioDisk, METADATA_DIR};
+use wharf_engine::storage::DmaStorage;
+
+use crate::cluster::disk::{read_metadata_dir, repair_blocking, StorageDisk, METADATA_DIR};
 use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata};
 use crate::config::StartupError;
 use crate::config::{io_reason, BrokerConfig};
@@ -251,7 +253,7 @@ pub fn start(
             }
             Metadata::Voter {
                 node: std::cell::RefCell::new(node),
-                disk: GlommioDisk::new(config.data_dir.join(METADATA_DIR)),
+                disk: StorageDisk::new(DmaStorage, config.data_dir.join(METADATA_DIR)),
             }
         }
         None => Metadata::Follower(Default::default()),

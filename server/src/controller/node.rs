@@ -718,17 +718,17 @@ mod tests {
     use crate::controller::follower::MetadataFollower;
     use crate::controller::log_store::{LOG_FILE, SNAPSHOT_FILE};
     use crate::controller::migration::{migration_applied, migration_records};
-    use crate::controller::sim::disk::SimDisk;
+    use crate::controller::sim::metadata_dir::SimMetadataDir;
     use crate::metadata::cluster::Listener;
     use crate::metadata::topic_config::TopicOverrides;
     use crate::metadata::{new_topic_id, MetadataImage, TopicMeta};
 
-    fn open(config: &NodeConfig, disk: &mut SimDisk, now_ms: i64) -> ControllerNode {
+    fn open(config: &NodeConfig, disk: &mut SimMetadataDir, now_ms: i64) -> ControllerNode {
         let voters = config.voters.iter().map(|n| n.0 as u64).collect();
         let (store, repairs, _) = LogStore::recover(
             voters,
-            disk.read(LOG_FILE).as_deref(),
-            disk.read(SNAPSHOT_FILE).as_deref(),
+            disk.read(LOG_FILE).unwrap().as_deref(),
+            disk.read(SNAPSHOT_FILE).unwrap().as_deref(),
         )
         .unwrap();
         for op in &repairs {
@@ -738,7 +738,7 @@ mod tests {
     }
 
     /// A lone voter's driver: writes go to `disk`, there is no one to send to.
-    fn pump(node: &mut ControllerNode, disk: &mut SimDisk) {
+    fn pump(node: &mut ControllerNode, disk: &mut SimMetadataDir) {
         while let Some(rd) = node.ready() {
             assert!(rd.send.is_empty() && rd.send_after_writes.is_empty());
             for op in &rd.writes {
@@ -758,7 +758,7 @@ mod tests {
 
     fn run_until(
         node: &mut ControllerNode,
-        disk: &mut SimDisk,
+        disk: &mut SimMetadataDir,
         now: &mut i64,
         until: impl Fn(&ControllerNode) -> bool,
     ) {
@@ -775,7 +775,7 @@ mod tests {
 
     fn call(
         node: &mut ControllerNode,
-        disk: &mut SimDisk,
+        disk: &mut SimMetadataDir,
         now: i64,
         request: ControllerRequest,
     ) -> Reply {
@@ -786,7 +786,7 @@ mod tests {
         replies.pop().unwrap().1
     }
 
-    fn register(node: &mut ControllerNode, disk: &mut SimDisk, now: i64) -> i64 {
+    fn register(node: &mut ControllerNode, disk: &mut SimMetadataDir, now: i64) -> i64 {
         let r = call(
             node,
             disk,
@@ -837,7 +837,7 @@ mod tests {
         let mut config = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
         config.snapshot_every_entries = 4;
         config.keep_entries = 1;
-        let mut disk = SimDisk::default();
+        let mut disk = SimMetadataDir::default();
         let mut now = 0;
         let mut node = open(&config, &mut disk, now);
         run_until(
@@ -896,7 +896,7 @@ mod tests {
 
         // A crash loses nothing that was synced: the restarted node replays its log (the
         // commit index may lag until it is leader again) to the same topics.
-        disk.crash(&mut Rng::new(3));
+        disk.crash();
         drop(node);
         let mut node = open(&config, &mut disk, now);
         pump(&mut node, &mut disk);
@@ -940,7 +940,7 @@ mod tests {
             cluster_id: Some(old.cluster_id.clone()),
             records: migration_records(&old, NodeId(1)),
         };
-        let mut disk = SimDisk::default();
+        let mut disk = SimMetadataDir::default();
         let mut now = 0;
         let mut node = open(&config, &mut disk, now);
         run_until(
@@ -981,7 +981,7 @@ mod tests {
     #[test]
     fn a_voter_that_is_not_the_leader_says_who_is_and_refuses_stray_frames() {
         let config = NodeConfig::new(NodeId(2), vec![NodeId(1), NodeId(2), NodeId(3)]);
-        let mut disk = SimDisk::default();
+        let mut disk = SimMetadataDir::default();
         let mut node = open(&config, &mut disk, 0);
         let r = call(
             &mut node,

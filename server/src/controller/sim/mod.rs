@@ -5,9 +5,13 @@
 //!
 //! - a network that loses, duplicates, delays and so reorders Raft messages, and splits the
 //!   voters into groups that cannot talk for a while;
-//! - crashes at random moments, including between the writes of one Raft Ready, with the
-//!   unsynced tail of the metadata log lost, torn or holed ([`disk::SimDisk`]), and
-//!   restarts that recover from what is on the disk;
+//! - crashes at random moments, including in the middle of the writes of one Raft Ready,
+//!   and restarts that recover from what is on the disk. Each node's metadata directory is
+//!   on the storage engine's simulated disk, written by the broker's own `StorageDisk`
+//!   ([`metadata_dir`]): at a crash its unsynced writes (those in flight included) are lost,
+//!   applied or torn in 512-byte sectors, in any order; `fdatasync` fails now and then
+//!   (the node stops and restarts from what is on the disk, as the broker does) and writes
+//!   find the disk full (they are made again, as the broker does);
 //! - an admin client creating and deleting topics, adding partitions, altering configs and
 //!   asking for producer-id blocks at whichever node it believes is the controller (frames
 //!   encoded and decoded as on the wire), retrying where NOT_CONTROLLER points;
@@ -34,8 +38,8 @@
 
 mod checks;
 mod clients;
-pub mod disk;
 mod leaders;
+pub mod metadata_dir;
 mod network;
 
 use std::cmp::Reverse;
@@ -66,7 +70,7 @@ use crate::metadata::controller::{AlterOp, NewTopic, TopicRef};
 use crate::metadata::NodeId;
 
 use checks::{digest, Oracle};
-use disk::SimDisk;
+use metadata_dir::{Outcome, SimMetadataDir};
 
 /// The simulator's name for this target (`scripts/simulate.sh --target controller`).
 pub const TARGET: &str = "controller";
@@ -100,13 +104,17 @@ pub struct SimOptions {
     pub default_replication_factor: i16,
     pub leader_imbalance_check_interval_ms: i64,
     pub unclean_leader_election_check_interval_ms: i64,
+    /// Per million `fdatasync`s that fail with EIO, and writes that find the disk full,
+    /// during the faults.
+    pub fsync_eio_per_million: u32,
+    pub enospc_per_million: u32,
     pub trace: bool,
 }
 
 impl SimOptions {
     pub fn for_seed(seed: u64) -> SimOptions {
         let mut r = Rng::new(seed ^ 0x005E_ED0F_C017_2011);
-        SimOptions {
+        let mut opts = SimOptions {
             seed,
             voters: if r.chance(1, 2) { 3 } else { 5 },
             broker_only: r.range(0, 3) as usize,
@@ -122,8 +130,14 @@ impl SimOptions {
             default_replication_factor: r.range(1, 4) as i16,
             leader_imbalance_check_interval_ms: r.range(1_000, 6_000) as i64,
             unclean_leader_election_check_interval_ms: r.range(1_000, 6_000) as i64,
+            fsync_eio_per_million: 0,
+            enospc_per_million: 0,
             trace: false,
-        }
+        };
+        // Drawn last, so the shape above is what it was before disk faults existed.
+        opts.fsync_eio_per_million = r.range(0, 3_000) as u32;
+        opts.enospc_per_million = r.range(0, 20_000) as u32;
+        opts
     }
 }
 
@@ -136,7 +150,11 @@ pub struct SimStats {
     pub committed_entries: u64,
     pub crashes: u64,
     pub crashes_mid_write: u64,
+    /// Crashes that lost or tore some of the metadata log's unsynced writes.
     pub torn_crashes: u64,
+    /// Failed `fdatasync`s (each stopped its node), and writes made again after ENOSPC.
+    pub sync_failures: u64,
+    pub retried_writes: u64,
     pub snapshots_installed: u64,
     pub compactions: u64,
     pub raft_messages: u64,
@@ -287,7 +305,7 @@ impl Ord for Scheduled {
 
 struct SimNode {
     id: NodeId,
-    disk: SimDisk,
+    disk: SimMetadataDir,
     live: Option<ControllerNode>,
     /// Requests delivered and not answered: token → who asked.
     inflight: BTreeMap<Token, (Caller, i64)>,
@@ -360,14 +378,21 @@ const TOPIC_NAMES: [&str; 8] = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
 
 impl World {
     fn new(opts: SimOptions) -> World {
-        let rng = Rng::new(opts.seed);
+        let mut rng = Rng::new(opts.seed);
         let voters: Vec<NodeId> = (1..=opts.voters as i32).map(NodeId).collect();
+        let faults = wharf_engine::sim::FaultConfig {
+            fsync_eio_per_million: opts.fsync_eio_per_million,
+            enospc_per_million: opts.enospc_per_million,
+            ..Default::default()
+        };
+        let disk_seeds: Vec<u64> = voters.iter().map(|_| rng.next_u64()).collect();
         let mut world = World {
             nodes: voters
                 .iter()
-                .map(|id| SimNode {
+                .zip(disk_seeds)
+                .map(|(id, disk_seed)| SimNode {
                     id: *id,
-                    disk: SimDisk::default(),
+                    disk: SimMetadataDir::new(disk_seed, faults.clone()),
                     live: None,
                     inflight: BTreeMap::new(),
                     next_apply: 1,
@@ -514,6 +539,7 @@ impl World {
             self.check_leaders()?;
         }
         self.now = end;
+        self.stats.retried_writes = self.nodes.iter().map(|n| n.disk.retried_writes()).sum();
         self.final_checks()
     }
 
@@ -523,14 +549,25 @@ impl World {
 
     fn start_node(&mut self, i: Idx) -> Result<(), String> {
         let voters = self.voter_ids();
+        let now = self.now;
         let disk = &mut self.nodes[i].disk;
-        let log = disk.read(LOG_FILE);
-        let snapshot = disk.read(SNAPSHOT_FILE);
+        disk.set_now(now);
+        let log = disk.read(LOG_FILE)?;
+        let snapshot = disk.read(SNAPSHOT_FILE)?;
         let (store, repairs, report) =
             LogStore::recover(voters, log.as_deref(), snapshot.as_deref())
                 .map_err(|e| format!("node {} cannot recover its metadata log: {e}", i + 1))?;
-        for op in &repairs {
-            disk.apply(op);
+        match disk.perform(&repairs, None) {
+            Outcome::Done => {}
+            Outcome::SyncFailed(e) => {
+                // The repair's fdatasync failed: this start fails, a later one tries again.
+                self.stats.sync_failures += 1;
+                self.trace(|| format!("node {} cannot start: {e}", i + 1));
+                let again = self.rng.range(100, 1_000) as i64;
+                self.schedule(again, Event::Restart(i));
+                return Ok(());
+            }
+            Outcome::Crashed => unreachable!("a write without a crash step always finishes"),
         }
         let config = self.node_config(i);
         let rng = self.rng.fork();
@@ -559,17 +596,32 @@ impl World {
         if mid_write {
             self.stats.crashes_mid_write += 1;
         }
-        let mut rng = self.rng.fork();
-        let damage = self.nodes[i].disk.crash(&mut rng);
-        if damage.torn {
+        let damaged = self.nodes[i].disk.crash();
+        if damaged {
             self.stats.torn_crashes += 1;
         }
         self.trace(|| {
             format!(
-                "node {} crashes (mid write: {mid_write}, {damage:?})",
+                "node {} crashes (mid write: {mid_write}, unsynced log writes lost or torn: {damaged})",
                 i + 1
             )
         });
+        self.node_down(i);
+    }
+
+    /// A failed `fdatasync` stopped the node's process (the broker exits): the disk keeps
+    /// what it has, the node restarts from it.
+    fn stop_after_failed_sync(&mut self, i: Idx, error: &str) {
+        if self.nodes[i].live.take().is_none() {
+            return;
+        }
+        self.stats.sync_failures += 1;
+        self.trace(|| format!("node {} stops: {error}", i + 1));
+        self.node_down(i);
+    }
+
+    /// What follows a node going down: its requests are left unanswered and it restarts.
+    fn node_down(&mut self, i: Idx) {
         let inflight = std::mem::take(&mut self.nodes[i].inflight);
         for (token, (caller, _)) in inflight {
             self.schedule(
@@ -617,28 +669,44 @@ impl World {
             for m in rd.send {
                 self.send_raft(i, m);
             }
-            let crash_at = if !self.calm && !rd.writes.is_empty() && self.rng.chance(1, 150) {
-                Some(self.rng.range(0, rd.writes.len() as u64) as usize)
+            // Now and then the process crashes part way through the writes (after a
+            // random number of the disk runtime's steps, a few per write) or just after
+            // them, before their messages leave.
+            let crash_after = if !self.calm && !rd.writes.is_empty() && self.rng.chance(1, 150) {
+                Some(self.rng.range(0, 6 * rd.writes.len() as u64))
             } else {
                 None
             };
-            for (k, op) in rd.writes.iter().enumerate() {
-                if crash_at == Some(k) {
+            let now = self.now;
+            self.nodes[i].disk.set_now(now);
+            match self.nodes[i].disk.perform(&rd.writes, crash_after) {
+                Outcome::Done if crash_after.is_none() => {}
+                Outcome::Done | Outcome::Crashed => {
                     // The replies and applied entries of this Ready were produced before
                     // the crash; check them first.
                     self.collect(i)?;
                     self.crash(i, true);
                     return Ok(());
                 }
-                self.nodes[i].disk.apply(op);
+                Outcome::SyncFailed(e) => {
+                    self.collect(i)?;
+                    self.stop_after_failed_sync(i, &e);
+                    return Ok(());
+                }
             }
             for m in rd.send_after_writes {
                 self.send_raft(i, m);
             }
             let node = self.nodes[i].live.as_mut().expect("checked live above");
             let adv = node.advance();
-            for op in &adv.writes {
-                self.nodes[i].disk.apply(op);
+            match self.nodes[i].disk.perform(&adv.writes, None) {
+                Outcome::Done => {}
+                Outcome::SyncFailed(e) => {
+                    self.collect(i)?;
+                    self.stop_after_failed_sync(i, &e);
+                    return Ok(());
+                }
+                Outcome::Crashed => unreachable!("a write without a crash step always finishes"),
             }
             for m in adv.send {
                 self.send_raft(i, m);
@@ -817,6 +885,9 @@ impl World {
                 self.trace(|| "calm: faults stop, everything heals".into());
                 self.calm = true;
                 self.groups = None;
+                for n in &self.nodes {
+                    n.disk.set_faults_enabled(false);
+                }
                 for i in 0..self.nodes.len() {
                     if self.nodes[i].live.is_none() {
                         self.schedule(1, Event::Restart(i));
