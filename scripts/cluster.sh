@@ -50,6 +50,9 @@ node_pid() {
     local pid
     pid=$(cat "$f")
     kill -0 "$pid" 2>/dev/null || return 1
+    # A node killed a moment ago may linger as a zombie until its parent (often init, for
+    # nodes started here) reaps it: it runs no longer.
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
     echo "$pid"
 }
 
