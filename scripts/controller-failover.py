@@ -75,9 +75,14 @@ def wait_for(what, check, explain=lambda: "", timeout_s=60):
     sys.exit(f"controller-failover: timed out waiting for {what} {explain()}".rstrip())
 
 
-def create_until_accepted(base, node, topic):
+def create_until_accepted(base, node, topic, give_up_s=60):
     """CreateTopics through `node` until it is accepted; returns the monotonic time."""
+    deadline = time.monotonic() + give_up_s
+    last = None
     while True:
+        if time.monotonic() > deadline:
+            sys.exit(f"controller-failover: CreateTopics of {topic} through node {node} "
+                     f"not accepted within {give_up_s} s; last error: {last!r}")
         try:
             client = admin(base, node)
             try:
@@ -88,7 +93,8 @@ def create_until_accepted(base, node, topic):
         except TopicAlreadyExistsError:
             # An earlier attempt timed out here but was committed: accepted by now.
             return time.monotonic()
-        except KafkaError:
+        except KafkaError as e:
+            last = e
             time.sleep(0.01)
 
 
