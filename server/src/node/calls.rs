@@ -322,19 +322,12 @@ impl Shard {
     }
 
     /// Has every shard (this one included) answer the call `make` builds for it; the
-    /// replies in shard order.
+    /// replies in shard order (see `Mesh::call_all`).
     pub async fn call_all(
         self: &Rc<Self>,
         make: impl Fn() -> Call,
     ) -> Vec<Result<Reply, MeshError>> {
-        let calls: Vec<_> = (0..self.shard_count)
-            .map(|i| self.call(ShardId(i), make()))
-            .collect();
-        let mut replies = Vec::with_capacity(calls.len());
-        for call in calls {
-            replies.push(call.await);
-        }
-        replies
+        Mesh::call_all(self, make).await
     }
 
     /// What this shard does with a call from another (or from itself).

@@ -163,17 +163,14 @@ impl<C: Send + 'static, R: Send + 'static> Mesh<C, R> {
         }
     }
 
-    /// Has every shard (this one included) answer a copy of `call`; the replies in shard
-    /// order.
+    /// Has every shard (this one included) answer the call `make` builds for it; the
+    /// replies in shard order. All calls are queued before the first reply is awaited.
     pub async fn call_all<H: Handler<Call = C, Reply = R>>(
         handler: &Rc<H>,
-        call: C,
-    ) -> Vec<Result<R, MeshError>>
-    where
-        C: Clone,
-    {
+        make: impl Fn() -> C,
+    ) -> Vec<Result<R, MeshError>> {
         let calls: Vec<_> = (0..handler.mesh().shard_count())
-            .map(|i| Mesh::call(handler, ShardId(i), call.clone()))
+            .map(|i| Mesh::call(handler, ShardId(i), make()))
             .collect();
         let mut results = Vec::with_capacity(calls.len());
         for call in calls {
