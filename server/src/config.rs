@@ -427,7 +427,9 @@ pub fn resolve(args: &BrokerArgs, available_cores: usize) -> Result<BrokerConfig
     };
     let offsets_topic_replication_factor =
         match settings.take_int("offsets.topic.replication.factor")? {
-            Some(rf) => Some(internal_topic_rf("offsets.topic.replication.factor", rf)?),
+            Some(rf) => {
+                Some(int_in("offsets.topic.replication.factor", rf, 1, i16::MAX as i64)? as i16)
+            }
             None => None,
         };
     let offsets_topic_num_partitions = settings
@@ -868,6 +870,10 @@ fn resolve_group_config(
         group.offsets_retention_check_interval_ms =
             int_in("offsets.retention.check.interval.ms", ms, 1, i64::MAX)?;
     }
+    if let Some(ms) = settings.take_int("offsets.commit.timeout.ms")? {
+        group.offsets_commit_timeout_ms =
+            int_in("offsets.commit.timeout.ms", ms, 1, i32::MAX as i64)?;
+    }
     Ok(group)
 }
 
@@ -1002,17 +1008,17 @@ fn resolve_txn_config(
     Ok(txn)
 }
 
-/// The replication factor of an internal topic: 1 for now. Their partitions replicate
-/// like any other, but the group and transaction coordinators do not move with the
-/// partition's leadership yet, so a second replica would not keep groups or transactions
-/// going when a leader fails.
+/// The replication factor of `__transaction_state`: 1 for now. Its partitions would
+/// replicate like any other, but transactions are not kept on partitions with more than
+/// one replica yet, so a second replica would not keep transactions going when a leader
+/// fails.
 fn internal_topic_rf(name: &str, value: i64) -> Result<i16, ConfigError> {
     let rf = int_in(name, value, 1, i16::MAX as i64)?;
     if rf > 1 {
         return Err(err(format!(
-            "`{name}` must be 1 in this version, got {rf}: the group and transaction \
-             coordinators do not move with partition leadership yet, so `__consumer_offsets` \
-             and `__transaction_state` keep one replica"
+            "`{name}` must be 1 in this version, got {rf}: transactions are not kept on \
+             partitions with more than one replica yet, so `__transaction_state` keeps one \
+             replica"
         )));
     }
     Ok(rf as i16)
@@ -1483,13 +1489,17 @@ mod tests {
         assert_eq!(config.offsets_topic_replication_factor, Some(1));
         assert_eq!(config.txn.transaction_state_log_replication_factor, Some(1));
         assert_eq!(config.topic_defaults.value("min.insync.replicas"), "2");
+        // The group coordinator moves with its partition's leadership: any factor.
+        let (_dir3, path3) = write_config("offsets.topic.replication.factor = 3\n");
+        a.config = Some(path3);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.offsets_topic_replication_factor, Some(3));
         for bad in [
             "default.replication.factor = 0",
             "offsets.topic.replication.factor = 0",
             "transaction.state.log.replication.factor = -1",
             "min.insync.replicas = 0",
-            // The coordinators do not follow leadership yet.
-            "offsets.topic.replication.factor = 2",
+            // The transaction coordinator does not follow leadership yet.
             "transaction.state.log.replication.factor = 3",
         ] {
             let (_dir, path) = write_config(&format!("{bad}\n"));

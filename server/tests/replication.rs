@@ -1363,3 +1363,229 @@ fn a_node_that_does_not_lead_names_the_leader_in_produce_and_fetch_answers_befor
         nodes[(n - 1) as usize].assert_no_panic();
     }
 }
+
+/// The node FindCoordinator (as `addr` answers it) names for `group`, once it names one.
+fn group_coordinator(addr: SocketAddr, group: &str) -> Option<i32> {
+    use kafka_protocol::messages::FindCoordinatorRequest;
+    let mut conn = KafkaConn::connect(addr);
+    let req = FindCoordinatorRequest::default()
+        .with_key(kafka_protocol::protocol::StrBytes::from_string(
+            group.into(),
+        ))
+        .with_key_type(0);
+    let resp = conn.request(3, &req);
+    (resp.error_code == 0 && resp.node_id.0 > 0).then_some(resp.node_id.0)
+}
+
+/// A consumer of `group`, subscribed to `topic`, committing by hand.
+fn group_consumer(bootstrap: &str, group: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("log_level", "4")
+        .create()
+        .expect("a group consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Polls `consumer` until it has read `count` records (none twice); returns them.
+fn read_records(consumer: &BaseConsumer, count: usize) -> Acked {
+    let mut read = Acked::new();
+    let deadline = Instant::now() + GUARD;
+    while read.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {count} records",
+            read.len()
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+                let again = read.insert((m.partition(), m.offset()), value);
+                assert!(again.is_none(), "offset {} read twice", m.offset());
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    read
+}
+
+/// Commits the consumer's positions, retrying while the coordinator moves; each attempt
+/// waits for the answer.
+fn commit_positions(consumer: &BaseConsumer) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the commit never went through: {e}"
+                );
+                eprintln!("commit retried: {e}");
+                let _ = consumer.poll(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_consumer_group_keeps_its_committed_offsets_and_goes_on_when_its_coordinator_is_killed() {
+    let mut nodes = start_cluster(3_000);
+    let topic = unique_topic("group-failover");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    let bootstrap = bootstrap_of(&nodes);
+    let mut acked = Acked::new();
+    produce_acks_all(&bootstrap, &topic, 0, 300, &mut acked);
+
+    let group = format!("failover-{}", std::process::id());
+    let consumer = group_consumer(&bootstrap, &group, &topic);
+    let first = read_records(&consumer, 300);
+    assert_eq!(first, acked, "the group read every record once");
+    commit_positions(&consumer);
+
+    // `__consumer_offsets` is created with three replicas on three brokers (min(3, live
+    // brokers), as Kafka's default), and the commit was answered once every in-sync
+    // replica had it.
+    let offsets = partitions(nodes[0].addr(), "__consumer_offsets");
+    assert!(!offsets.is_empty(), "__consumer_offsets is listed");
+    assert!(
+        offsets
+            .iter()
+            .all(|(_, _, replicas, _)| replicas.len() == 3),
+        "every __consumer_offsets partition has three replicas: {offsets:?}"
+    );
+    let coordinator = group_coordinator(nodes[0].addr(), &group).expect("a coordinator");
+
+    // Kill the coordinator's node: the controller elects another leader for the group's
+    // offsets partition, and that node becomes the coordinator with the group's state.
+    let victim = (coordinator - 1) as usize;
+    nodes[victim].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let killed_at = Instant::now();
+    let moved_to = std::cell::Cell::new(None);
+    wait_until("another node coordinates the group", || {
+        moved_to.set(
+            group_coordinator(nodes[survivors[0]].addr(), &group).filter(|n| *n != coordinator),
+        );
+        moved_to.get().is_some()
+    });
+    eprintln!(
+        "node {} coordinates the group {:.1} s after SIGKILL of node {coordinator}",
+        moved_to.get().unwrap_or(-1),
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    // The same consumer goes on: it finds the new coordinator, reads what comes next (not
+    // what it read before) and commits again.
+    let survivors_bootstrap = bootstrap_of(survivors.iter().map(|&i| &nodes[i]));
+    let mut more = Acked::new();
+    produce_acks_all(&survivors_bootstrap, &topic, 300, 200, &mut more);
+    let second = read_records(&consumer, 200);
+    assert_eq!(
+        second, more,
+        "after the failover the group read the new records once"
+    );
+    commit_positions(&consumer);
+    drop(consumer);
+
+    // The new coordinator holds both commits: a new member of the group starts from them,
+    // so it reads only what is produced after.
+    let mut last = Acked::new();
+    produce_acks_all(&survivors_bootstrap, &topic, 500, 30, &mut last);
+    let consumer = group_consumer(&survivors_bootstrap, &group, &topic);
+    let third = read_records(&consumer, 30);
+    assert_eq!(
+        third, last,
+        "a new member starts from the committed offsets"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        consumer.poll(Duration::from_millis(500)).is_none(),
+        "nothing older is read again"
+    );
+    drop(consumer);
+
+    // The old coordinator comes back as a follower of the offsets partition; the group
+    // stays where it is.
+    nodes[victim].restart();
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+#[test]
+fn a_coordinator_that_loses_its_offsets_partition_and_gets_it_back_serves_what_the_other_one_committed(
+) {
+    // Leadership goes back to preferred replicas within a second of them being in sync.
+    let nodes = start_nodes_with(3, 0, 3_000, "leader.imbalance.check.interval.seconds = 1\n");
+    let topic = unique_topic("coordinator-back");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    let bootstrap = bootstrap_of(&nodes);
+    let group = format!("back-{}", std::process::id());
+
+    // A member reads 100 records and commits; the group's coordinator is node A.
+    let mut acked = Acked::new();
+    produce_acks_all(&bootstrap, &topic, 0, 100, &mut acked);
+    let consumer = group_consumer(&bootstrap, &group, &topic);
+    assert_eq!(read_records(&consumer, 100), acked);
+    commit_positions(&consumer);
+    drop(consumer);
+    let a = group_coordinator(nodes[0].addr(), &group).expect("a coordinator");
+    let a_node = &nodes[(a - 1) as usize];
+    // Node ids are 1, 2, 3 in start order.
+    let others: Vec<&Broker> = (0..3)
+        .filter(|i| *i != (a - 1) as usize)
+        .map(|i| &nodes[i])
+        .collect();
+
+    // A stops (alive, silent): it is fenced and another node coordinates the group, with
+    // the offsets A's coordinator committed.
+    signal(a_node, libc::SIGSTOP);
+    wait_until("another node coordinates the group", || {
+        group_coordinator(others[0].addr(), &group).is_some_and(|n| n != a)
+    });
+    let others_bootstrap = bootstrap_of(others.iter().copied());
+    let mut second = Acked::new();
+    produce_acks_all(&others_bootstrap, &topic, 100, 50, &mut second);
+    let consumer = group_consumer(&others_bootstrap, &group, &topic);
+    assert_eq!(
+        read_records(&consumer, 50),
+        second,
+        "the new coordinator starts the group from A's commits"
+    );
+    commit_positions(&consumer);
+    drop(consumer);
+
+    // A comes back, catches up, and leads its preferred partitions again: its coordinator
+    // must serve the commits made while it was away, not what it held before.
+    signal(a_node, libc::SIGCONT);
+    wait_until("node A coordinates the group again", || {
+        group_coordinator(others[0].addr(), &group) == Some(a)
+    });
+    let mut third = Acked::new();
+    produce_acks_all(&bootstrap, &topic, 150, 30, &mut third);
+    let consumer = group_consumer(&bootstrap, &group, &topic);
+    assert_eq!(
+        read_records(&consumer, 30),
+        third,
+        "back on node A, the group starts from the commits made while A was away"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        consumer.poll(Duration::from_millis(500)).is_none(),
+        "nothing older is read again"
+    );
+    drop(consumer);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}

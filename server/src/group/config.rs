@@ -21,6 +21,10 @@ pub struct GroupConfig {
     pub offsets_retention_check_interval_ms: i64,
     /// `offsets.topic.num.partitions`.
     pub offsets_topic_num_partitions: u32,
+    /// `offsets.commit.timeout.ms`: how long an append to a replicated `__consumer_offsets`
+    /// partition waits for every in-sync replica before the commit (or the group change)
+    /// is answered COORDINATOR_NOT_AVAILABLE, as Kafka answers it (default 5000).
+    pub offsets_commit_timeout_ms: i64,
 }
 
 /// A new member's JoinGroup is answered with an error after this long if the rebalance
@@ -44,6 +48,7 @@ impl Default for GroupConfig {
             offsets_retention_check_interval_ms: 600_000,
             offsets_topic_num_partitions:
                 wharf_protocol::offsets_topic::OFFSETS_TOPIC_DEFAULT_PARTITIONS,
+            offsets_commit_timeout_ms: 5000,
         }
     }
 }

@@ -54,6 +54,18 @@ enum LoadState {
     Loaded,
 }
 
+/// An offsets partition held by this shard's coordinator: loaded (or being loaded) while
+/// this node led it at `leader_epoch`. Another leader epoch, or another leader, unloads it
+/// (the log may have grown under another coordinator meanwhile); the next request loads
+/// it again. `generation` tells a load or an append that started before an unload from
+/// one after it.
+#[derive(Copy, Clone)]
+struct Held {
+    state: LoadState,
+    leader_epoch: i32,
+    generation: u64,
+}
+
 /// Where a group is coordinated.
 #[derive(Clone, Debug)]
 pub struct Placement {
@@ -81,7 +93,8 @@ pub struct GroupShard {
     waiters: RefCell<HashMap<Token, Waiter>>,
     next_token: Cell<Token>,
     /// Offsets partitions (by index) loaded into the coordinator, or being loaded.
-    partitions: RefCell<HashMap<i32, LoadState>>,
+    partitions: RefCell<HashMap<i32, Held>>,
+    next_generation: Cell<u64>,
     /// Offsets committed in open transactions (TxnOffsetCommit), by offsets partition and
     /// producer id: in the log, stored for the group only when the COMMIT marker comes.
     pending_txn_offsets: RefCell<HashMap<(i32, i64), Vec<OffsetsRecord>>>,
@@ -103,6 +116,7 @@ impl GroupShard {
             waiters: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             partitions: RefCell::new(HashMap::new()),
+            next_generation: Cell::new(1),
             pending_txn_offsets: RefCell::new(HashMap::new()),
             decided_while_loading: RefCell::new(Vec::new()),
         });
@@ -128,49 +142,138 @@ impl GroupShard {
         t
     }
 
-    /// Loads the groups of an offsets partition on first use. Requests for it while it
-    /// loads get COORDINATOR_LOAD_IN_PROGRESS, which every client retries.
+    /// Loads the groups of an offsets partition on first use, and again after this node
+    /// lost and regained its leadership. Requests for it while it loads get
+    /// COORDINATOR_LOAD_IN_PROGRESS, which every client retries.
     pub async fn ensure_loaded(
         self: &Rc<Self>,
         shard: &Rc<Shard>,
         tp: TopicPartition,
     ) -> Result<(), ResponseError> {
-        match self.partitions.borrow().get(&tp.partition.0) {
-            Some(LoadState::Loaded) => return Ok(()),
-            Some(LoadState::Loading) => return Err(ResponseError::CoordinatorLoadInProgress),
+        let p = tp.partition.0;
+        let leader_epoch = match shard.metadata().partition(tp.topic_id, tp.partition) {
+            Some(state) if state.leader == Some(shard.node_id()) => state.leader_epoch.0,
+            _ => return Err(ResponseError::NotCoordinator),
+        };
+        let held = self.partitions.borrow().get(&p).copied();
+        match held {
+            Some(h) if h.leader_epoch == leader_epoch => {
+                return match h.state {
+                    LoadState::Loaded => Ok(()),
+                    LoadState::Loading => Err(ResponseError::CoordinatorLoadInProgress),
+                };
+            }
+            // Loaded under another leader epoch: what the log holds now may differ.
+            Some(_) => self.unload_partition(shard, p),
             None => {}
         }
-        self.partitions
-            .borrow_mut()
-            .insert(tp.partition.0, LoadState::Loading);
-        let result = self.load(shard, tp).await;
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation + 1);
+        self.partitions.borrow_mut().insert(
+            p,
+            Held {
+                state: LoadState::Loading,
+                leader_epoch,
+                generation,
+            },
+        );
+        let result = self.load(shard, tp, generation).await;
+        if !self.holds(p, generation) {
+            // Unloaded while it loaded (leadership moved): the unload dropped what it read.
+            return Err(ResponseError::NotCoordinator);
+        }
         match result {
             Ok(count) => {
-                tracing::debug!(
-                    partition = tp.partition.0,
-                    records = count,
-                    "loaded consumer groups"
-                );
-                self.partitions
-                    .borrow_mut()
-                    .insert(tp.partition.0, LoadState::Loaded);
+                tracing::debug!(partition = p, records = count, "loaded consumer groups");
+                if let Some(h) = self.partitions.borrow_mut().get_mut(&p) {
+                    h.state = LoadState::Loaded;
+                }
                 // Markers written while the load read the log (past where it stopped).
                 let decided: Vec<(i64, bool)> = {
                     let mut all = self.decided_while_loading.borrow_mut();
                     let (mine, rest): (Vec<_>, Vec<_>) =
-                        all.drain(..).partition(|(p, _, _)| *p == tp.partition.0);
+                        all.drain(..).partition(|(q, _, _)| *q == p);
                     *all = rest;
                     mine.into_iter().map(|(_, pid, c)| (pid, c)).collect()
                 };
                 for (pid, committed) in decided {
-                    self.end_txn(tp.partition.0, pid, committed);
+                    self.end_txn(p, pid, committed);
                 }
                 Ok(())
             }
             Err(e) => {
-                self.partitions.borrow_mut().remove(&tp.partition.0);
+                self.unload_partition(shard, p);
                 Err(e)
             }
+        }
+    }
+
+    /// Whether offsets partition `p` is still held as it was at `generation` (no unload
+    /// since).
+    fn holds(&self, p: i32, generation: u64) -> bool {
+        self.partitions
+            .borrow()
+            .get(&p)
+            .is_some_and(|h| h.generation == generation)
+    }
+
+    /// The generation offsets partition `p` is held at, if it is.
+    fn generation(&self, p: i32) -> Option<u64> {
+        self.partitions.borrow().get(&p).map(|h| h.generation)
+    }
+
+    /// Forgets everything of offsets partition `p`: its groups (their parked JoinGroup and
+    /// SyncGroup requests are answered NOT_COORDINATOR, and their members find the new
+    /// coordinator), the offsets of transactions still open there, and its load state.
+    fn unload_partition(&self, shard: &Shard, p: i32) {
+        if self.partitions.borrow_mut().remove(&p).is_none() {
+            return;
+        }
+        let partitions = self.partition_count(shard);
+        let fx = self
+            .coordinator
+            .borrow_mut()
+            .unload(|group_id| partition_for_group(group_id, partitions) == p);
+        self.pending_txn_offsets
+            .borrow_mut()
+            .retain(|(q, _), _| *q != p);
+        self.decided_while_loading
+            .borrow_mut()
+            .retain(|(q, _, _)| *q != p);
+        tracing::info!(
+            partition = p,
+            "unloaded the consumer groups of {OFFSETS_TOPIC} partition {p} (its leadership moved, or its load failed); they are loaded again from the log when this node leads it"
+        );
+        self.deliver(fx.replies);
+    }
+
+    /// A new metadata image reached this shard: every offsets partition this node no
+    /// longer leads, or leads under a new leader epoch, is unloaded (Kafka's coordinator
+    /// resigns the same way when the partition's leadership moves).
+    pub fn on_image(&self, shard: &Shard, image: &crate::controller::image::ClusterImage) {
+        let Some(topic) = image.topic(OFFSETS_TOPIC) else {
+            let held: Vec<i32> = self.partitions.borrow().keys().copied().collect();
+            for p in held {
+                self.unload_partition(shard, p);
+            }
+            return;
+        };
+        let me = shard.node_id();
+        let moved: Vec<i32> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(p, held)| {
+                image
+                    .partition(topic.id, PartitionId(**p))
+                    .is_none_or(|state| {
+                        state.leader != Some(me) || state.leader_epoch.0 != held.leader_epoch
+                    })
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in moved {
+            self.unload_partition(shard, p);
         }
     }
 
@@ -178,6 +281,7 @@ impl GroupShard {
         self: &Rc<Self>,
         shard: &Rc<Shard>,
         tp: TopicPartition,
+        generation: u64,
     ) -> Result<usize, ResponseError> {
         let handle = wait_for_open(shard, tp)
             .await
@@ -197,6 +301,9 @@ impl GroupShard {
                     );
                     ResponseError::CoordinatorNotAvailable
                 })?;
+            if !self.holds(tp.partition.0, generation) {
+                return Err(ResponseError::NotCoordinator);
+            }
             let mut loaded = Vec::new();
             let before = next;
             for (_, batch) in batches(&bytes) {
@@ -354,11 +461,18 @@ impl GroupShard {
         if plan.records.is_empty() {
             return plan.errors;
         }
+        let p = self.partition_of(shard, &req.group_id);
+        let generation = self.generation(p);
         let mut failure = None;
         for append in self.start_appends(shard, plan.records) {
             if let Err(e) = append.await {
                 failure = Some(e);
             }
+        }
+        // Leadership moved while the offsets were replicated: the new coordinator loads
+        // them from the log if they made it; this one holds the group no more.
+        if failure.is_none() && (generation.is_none() || self.generation(p) != generation) {
+            failure = Some(ResponseError::NotCoordinator);
         }
         match failure {
             None => {
@@ -394,12 +508,21 @@ impl GroupShard {
         let Some(topic) = shard.metadata().topic(OFFSETS_TOPIC).cloned() else {
             return fail_all(ResponseError::CoordinatorNotAvailable);
         };
-        let Some(handle) = shard.partitions.get(TopicPartition {
-            topic_id: topic.id,
-            partition: PartitionId(partition),
-        }) else {
-            return fail_all(ResponseError::NotCoordinator);
+        let handle = match offsets_partition_for_append(
+            shard,
+            TopicPartition {
+                topic_id: topic.id,
+                partition: PartitionId(partition),
+            },
+        ) {
+            Ok(handle) => handle,
+            Err(e) => return fail_all(e),
         };
+        if !handle.replica.is_single_replica() {
+            // Followers do not take transactional batches yet (AddOffsetsToTxn refuses
+            // such a group first; this is for a client that skipped it).
+            return fail_all(ResponseError::InvalidRequest);
+        }
         let (producer_id, producer_epoch) = (producer.producer_id, producer.producer_epoch);
         // Held until the offsets are written, so a commit that opens the producer's
         // transaction here cannot be overtaken (the produce path's gate).
@@ -469,7 +592,7 @@ impl GroupShard {
     /// A transaction's marker was written to offsets partition `partition`: its offsets
     /// become the groups' committed offsets (commit) or are dropped (abort).
     pub fn end_txn(&self, partition: i32, producer_id: i64, committed: bool) {
-        if self.partitions.borrow().get(&partition) == Some(&LoadState::Loading) {
+        if self.partitions.borrow().get(&partition).map(|h| h.state) == Some(LoadState::Loading) {
             // The load may not have reached the transaction's offsets yet: decide once it
             // is done.
             self.decided_while_loading
@@ -573,9 +696,13 @@ impl GroupShard {
                 topic_id: topic.id,
                 partition: p,
             };
-            // Only this node's offsets partitions (ListGroups answers for the groups this
-            // broker coordinates, as Kafka's does).
-            if shard.is_local(tp) && shard.hosts(&shard.metadata(), tp) {
+            // Only the offsets partitions this node leads (ListGroups answers for the groups
+            // this broker coordinates, as Kafka's does).
+            let leads = shard
+                .metadata()
+                .partition(tp.topic_id, tp.partition)
+                .is_some_and(|state| state.leader == Some(shard.node_id()));
+            if shard.is_local(tp) && leads {
                 if let Err(e) = self.ensure_loaded(shard, tp).await {
                     error = Some(e);
                 }
@@ -592,11 +719,15 @@ impl GroupShard {
 impl GroupShard {
     /// The offsets partition coordinating `group_id`.
     fn partition_of(&self, shard: &Shard, group_id: &str) -> i32 {
-        let partitions = shard
+        partition_for_group(group_id, self.partition_count(shard))
+    }
+
+    /// How many partitions `__consumer_offsets` has (1 before it exists).
+    fn partition_count(&self, shard: &Shard) -> u32 {
+        shard
             .metadata()
             .topic(OFFSETS_TOPIC)
-            .map_or(1, |t| t.partition_count.max(1)) as u32;
-        partition_for_group(group_id, partitions)
+            .map_or(1, |t| t.partition_count.max(1)) as u32
     }
 
     /// Starts one append per offsets partition the records touch, in order.
@@ -619,29 +750,28 @@ impl GroupShard {
                 .push(r);
         }
         let timestamp_ms = now_ms();
+        let timeout_ms = shard.config.group.offsets_commit_timeout_ms;
         by_partition
             .into_iter()
             .map(|(p, records)| {
                 let batch = encode_batch(&records, timestamp_ms);
-                let handle = shard.partitions.get(TopicPartition {
-                    topic_id: topic.id,
-                    partition: PartitionId(p),
-                });
+                // Checked before the task starts, so appends keep the coordinator's order.
+                let handle = offsets_partition_for_append(
+                    shard,
+                    TopicPartition {
+                        topic_id: topic.id,
+                        partition: PartitionId(p),
+                    },
+                );
                 glommio::spawn_local(async move {
-                    let handle = handle.ok_or(ResponseError::NotCoordinator)?;
+                    let handle = handle?;
                     let batch = batch.map_err(|e| {
                         // The handlers bound every string the coordinator stores; a record
                         // that still does not fit is refused rather than written unreadable.
                         tracing::error!("cannot encode a {OFFSETS_TOPIC} record: {e}");
                         ResponseError::UnknownServerError
                     })?;
-                    match handle.append(batch, Durability::Written).await {
-                        Ok(_) => Ok(()),
-                        Err(crate::partition::ClientAppendError::Engine(e)) => {
-                            Err(append_error(&e))
-                        }
-                        Err(crate::partition::ClientAppendError::Refused(e)) => Err(e),
-                    }
+                    append_replicated(&handle, batch, timeout_ms).await
                 })
             })
             .collect()
@@ -676,6 +806,61 @@ fn encode_txn_batch(
         builder.push(Some(&key), value.as_deref(), &[], timestamp_ms);
     }
     Ok(Bytes::from(builder.build()))
+}
+
+/// The offsets partition `tp` if this node leads it and its in-sync replicas are at least
+/// `min.insync.replicas` (Kafka's coordinator appends with acks=all). Errors as Kafka's
+/// coordinator answers them: NOT_COORDINATOR when the leadership moved,
+/// COORDINATOR_NOT_AVAILABLE when too few replicas are in sync.
+fn offsets_partition_for_append(
+    shard: &Shard,
+    tp: TopicPartition,
+) -> Result<Rc<crate::partition::PartitionHandle>, ResponseError> {
+    let handle = crate::node::partitions::led_partition(shard, tp)
+        .map_err(|_| ResponseError::NotCoordinator)?;
+    if !handle.replica.is_single_replica() {
+        handle
+            .replica
+            .with(|r| r.check_produce(crate::replica::Acks::All))
+            .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    }
+    Ok(handle)
+}
+
+/// Appends group state to its offsets partition and, when the partition has other
+/// replicas, waits until every in-sync replica has it (the high watermark covers it), so
+/// that what a coordinator answered survives the leader's failure: Kafka's coordinator
+/// writes with acks=all and waits up to `offsets.commit.timeout.ms`.
+async fn append_replicated(
+    handle: &Rc<crate::partition::PartitionHandle>,
+    batch: Bytes,
+    timeout_ms: i64,
+) -> Result<(), ResponseError> {
+    let info = match handle.append(batch, Durability::Written).await {
+        Ok(info) => info,
+        Err(crate::partition::ClientAppendError::Engine(e)) => return Err(append_error(&e)),
+        Err(crate::partition::ClientAppendError::Refused(e)) => return Err(e),
+    };
+    if handle.replica.is_single_replica() {
+        return Ok(());
+    }
+    let end = info.last_offset.0 + 1;
+    crate::replica::driver::wait_for_high_watermark(handle, end, timeout_ms)
+        .await
+        .map_err(replicated_append_error)
+}
+
+/// Kafka's mapping of a replicated append's failure to the coordinator's answer
+/// (GroupMetadataManager): the leadership moved → NOT_COORDINATOR; too few replicas or a
+/// timeout → COORDINATOR_NOT_AVAILABLE. Either way the client finds the coordinator again
+/// and retries.
+fn replicated_append_error(error: ResponseError) -> ResponseError {
+    match error {
+        ResponseError::NotLeaderOrFollower | ResponseError::KafkaStorageError => {
+            ResponseError::NotCoordinator
+        }
+        _ => ResponseError::CoordinatorNotAvailable,
+    }
 }
 
 /// Largest control batch read while loading (a marker is about 80 bytes).

@@ -194,6 +194,10 @@ impl Shard {
         }
         failures.extend(self.open_owned_partitions(&image).await);
         self.partitions.apply_image(&image, self.node_id()).await;
+        // The group coordinator lets go of the offsets partitions this node no longer leads.
+        if let Some(groups) = crate::group::driver::GroupShard::existing(self) {
+            groups.on_image(self, &image);
+        }
         failures
     }
 
