@@ -841,6 +841,41 @@ fn a_metadata_log_started_with_other_voters_is_refused_with_one_line() {
 }
 
 #[test]
+fn a_damaged_frame_in_the_middle_of_the_metadata_log_is_refused_with_one_line_not_cut() {
+    let mut broker = Broker::start();
+    client::create_topic(&broker.bootstrap(), &unique_topic("rot"), 1, &[]);
+    broker.terminate();
+    let dir = broker.data_dir();
+    let log_path = dir.join("__cluster_metadata-0/metadata.log");
+    let log = std::fs::read(&log_path).expect("read the log");
+    // Bit rot in the first frame (the start frame, after the 6-byte header), which was
+    // synced long before the topic was created: many frames follow it.
+    let mut damaged = log.clone();
+    damaged[20] ^= 0x08;
+    std::fs::write(&log_path, &damaged).expect("damage the log");
+    let data_dir = dir.to_str().expect("utf-8 path");
+    let run = common::run_wharf_to_exit(
+        &["--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with("wharf: cannot use the metadata log in ")
+            && line.contains("__cluster_metadata-0: metadata.log is damaged at byte 6:")
+            && line.contains("restore ")
+            && line.contains("this node is the only voter"),
+        "{line}"
+    );
+    // Nothing was cut: the file is as it was left, and mended, the node starts again.
+    assert_eq!(std::fs::read(&log_path).expect("read the log"), damaged);
+    std::fs::write(&log_path, &log).expect("mend the log");
+    broker.restart();
+    broker.assert_no_panic();
+}
+
+#[test]
 fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
