@@ -277,7 +277,10 @@ mod tests {
             let log = dir.read(LOG_FILE).unwrap();
             let (back, _, report) = LogStore::recover(vec![1], log.as_deref(), None)
                 .unwrap_or_else(|e| panic!("seed {seed}: a crash taken for damage: {e}"));
-            assert!(back.last_index() >= 3, "seed {seed}: a synced entry was cut");
+            assert!(
+                back.last_index() >= 3,
+                "seed {seed}: a synced entry was cut"
+            );
             if report.torn_bytes > 0 {
                 torn += 1;
             }
