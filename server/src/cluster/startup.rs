@@ -138,8 +138,8 @@ pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
 }
 
 /// What an operator can do about a damaged metadata log or snapshot (bit rot, a bad
-/// sector): the node never cuts committed entries to start, so the copy must come from
-/// elsewhere. Empty for the other refusals, whose messages say what to do.
+/// sector): the node never cuts committed entries to start. Empty for the other refusals,
+/// whose messages say what to do.
 fn damage_remedy(error: &LogStoreError, dir: &Path, config: &BrokerConfig) -> String {
     if !matches!(
         error,
@@ -148,16 +148,17 @@ fn damage_remedy(error: &LogStoreError, dir: &Path, config: &BrokerConfig) -> St
         return String::new();
     }
     if config.cluster.voters.len() > 1 {
-        // An empty data directory starts with an empty log, which the leader fills (with a
-        // snapshot if it has compacted). Removing only the metadata directory would not do:
-        // the partition directories left beside it would be taken for an older data dir.
+        // A voter cannot be refilled from the others: raft-rs stops a follower whose log
+        // ends below the commit index the leader sends it (the leader still counts the
+        // entries this node acknowledged), and a voter that forgets its acknowledgements
+        // and vote weakens the quorum's safety in any case.
         format!(
-            "; restore {} from a backup, or start this node with an empty data directory while the other voters are running, so that it fetches the metadata log from them (see docs/cluster.md, \"A damaged metadata log\")",
+            "; the other voters go on without this one while they are a majority, but Wharf cannot rebuild a voter's metadata log from them (a voter started with an empty or older log is not supported), so keep {} as it is (see docs/cluster.md, \"A damaged metadata log\")",
             dir.display()
         )
     } else {
         format!(
-            "; restore {} from a backup: this node is the only voter, so no other copy of the metadata log exists (moving the directory aside makes the node rebuild its topics from the partition directories, as for a data directory from before clusters: with a new cluster id and new topic ids, and without topic configs or the producer-id blocks handed out)",
+            "; this node is the only voter, so no other copy of the metadata log exists: restore {} from a backup, or move it aside to rebuild the topics from the partition directories, as for a data directory from before clusters (with a new cluster id and new topic ids, and without topic configs or the producer-id blocks handed out)",
             dir.display()
         )
     }
