@@ -864,8 +864,8 @@ fn a_damaged_frame_in_the_middle_of_the_metadata_log_is_refused_with_one_line_no
     assert!(
         line.starts_with("wharf: cannot use the metadata log in ")
             && line.contains("__cluster_metadata-0: metadata.log is damaged at byte 6:")
-            && line.contains("restore ")
-            && line.contains("this node is the only voter"),
+            && line.contains("so it is not cut; this node is the only voter")
+            && line.contains("restore "),
         "{line}"
     );
     // Nothing was cut: the file is as it was left, and mended, the node starts again.
@@ -918,7 +918,9 @@ fn a_voter_with_a_damaged_metadata_log_is_refused_with_one_line_and_the_others_g
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
         line.contains("metadata.log is damaged at byte 6:")
-            && line.contains("Wharf cannot rebuild a voter's metadata log from them"),
+            && line.contains("so it is not cut; the other voters go on without this one")
+            && line.contains("Wharf cannot rebuild a voter's metadata log from them")
+            && !line.contains("empty data directory"),
         "{line}"
     );
     assert_eq!(

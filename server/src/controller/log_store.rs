@@ -106,7 +106,7 @@ pub enum LogStoreError {
     /// impossible), and later frames say so: cutting there would drop entries this voter
     /// may have acknowledged.
     #[error(
-        "{LOG_FILE} is damaged at byte {offset}: the frame there fails its checksum although it had been synced before (bit rot or a bad sector, not a torn write), so it is not cut: it may hold committed entries; restore this node's data directory from a backup, or start the node with an empty data directory while the other voters are running, so that it fetches the log from them"
+        "{LOG_FILE} is damaged at byte {offset}: the frame there fails its checksum, but a later write records it as synced (bit rot or a bad sector, not a write torn by a crash), and it may hold committed entries, so it is not cut"
     )]
     Corrupt { offset: u64 },
     #[error(
