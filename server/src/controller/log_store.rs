@@ -36,9 +36,10 @@
 //! frame's start. If there is one, the bad frame was durable and is now damaged: it may
 //! hold entries this voter acknowledged, so recovery refuses ([`LogStoreError::Corrupt`])
 //! instead of cutting committed entries. If there is none, nothing says the frame was ever
-//! durable: it is a torn tail, and the file is cut there. What is written after the last
-//! synced frame is covered by the next one; until then, damage there is cut like a torn
-//! write (a log written before synced frames existed has none, and recovers as before).
+//! durable: it is a torn tail, and the file is cut there. Bytes made durable by the last
+//! sync are vouched for only once the write after it lands; until then, damage to them is
+//! cut like a torn write (as is damage anywhere in a log written before synced frames
+//! existed, until its next write).
 //!
 //! `metadata.snapshot` holds the image as the records that rebuild it:
 //!
