@@ -39,7 +39,7 @@
 //! durable: it is a torn tail, and the file is cut there. Bytes made durable by the last
 //! sync are vouched for only once the write after it lands; until then, damage to them is
 //! cut like a torn write (as is damage anywhere in a log written before synced frames
-//! existed, until its next write).
+//! existed, until a sync and a write after it).
 //!
 //! `metadata.snapshot` holds the image as the records that rebuild it:
 //!
