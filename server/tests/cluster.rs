@@ -841,6 +841,105 @@ fn a_metadata_log_started_with_other_voters_is_refused_with_one_line() {
 }
 
 #[test]
+fn a_damaged_frame_in_the_middle_of_the_metadata_log_is_refused_with_one_line_not_cut() {
+    let mut broker = Broker::start();
+    client::create_topic(&broker.bootstrap(), &unique_topic("rot"), 1, &[]);
+    broker.terminate();
+    let dir = broker.data_dir();
+    let log_path = dir.join("__cluster_metadata-0/metadata.log");
+    let log = std::fs::read(&log_path).expect("read the log");
+    // Bit rot in the first frame (the start frame, after the 6-byte header), which was
+    // synced long before the topic was created: many frames follow it.
+    let mut damaged = log.clone();
+    damaged[20] ^= 0x08;
+    std::fs::write(&log_path, &damaged).expect("damage the log");
+    let data_dir = dir.to_str().expect("utf-8 path");
+    let run = common::run_wharf_to_exit(
+        &["--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with("wharf: cannot use the metadata log in ")
+            && line.contains("__cluster_metadata-0: metadata.log is damaged at byte 6:")
+            && line.contains("so it is not cut; this node is the only voter")
+            && line.contains("restore "),
+        "{line}"
+    );
+    // Nothing was cut: the file is as it was left, and mended, the node starts again.
+    assert_eq!(std::fs::read(&log_path).expect("read the log"), damaged);
+    std::fs::write(&log_path, &log).expect("mend the log");
+    broker.restart();
+    broker.assert_no_panic();
+}
+
+#[test]
+fn a_voter_with_a_damaged_metadata_log_is_refused_with_one_line_and_the_others_go_on() {
+    let (mut nodes, ports) = start_cluster(3);
+    let topic = unique_topic("rot3");
+    assert_eq!(create_topic(nodes[0].addr(), &topic, 3), error_code::NONE);
+    let all: Vec<&Broker> = nodes.iter().collect();
+    wait_for_metadata(&all, "the topic on every node", |md| {
+        topic_view(md, &topic).is_some()
+    });
+    let third = &mut nodes[2];
+    third.terminate();
+    let dir = third.data_dir();
+    let log_path = dir.join("__cluster_metadata-0/metadata.log");
+    let mut log = std::fs::read(&log_path).expect("read the log");
+    log[20] ^= 0x08; // in the start frame, synced before everything after it
+    std::fs::write(&log_path, &log).expect("damage the log");
+    let voters = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let data_dir = dir.to_str().expect("utf-8 path").to_string();
+    let run = common::run_wharf_to_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_dir,
+            "--node-id",
+            "3",
+            "--controller-quorum-voters",
+            &voters,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &std::env::temp_dir(),
+    );
+    assert!(!run.status.success());
+    let line = run.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("metadata.log is damaged at byte 6:")
+            && line.contains("so it is not cut; the other voters go on without this one")
+            && line.contains("Wharf cannot rebuild a voter's metadata log from them")
+            && !line.contains("empty data directory"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&log_path).expect("read the log"),
+        log,
+        "nothing was cut"
+    );
+
+    // The other two voters are a majority and go on without it.
+    let later = unique_topic("rot3-later");
+    assert_eq!(create_topic(nodes[0].addr(), &later, 1), error_code::NONE);
+    wait_for_metadata(&[&nodes[0], &nodes[1]], "the later topic", |md| {
+        topic_view(md, &later).is_some()
+    });
+    nodes[0].assert_no_panic();
+    nodes[1].assert_no_panic();
+}
+
+#[test]
 fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");

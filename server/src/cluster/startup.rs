@@ -18,7 +18,7 @@ use crate::cluster::{follow, lifecycle, net, ControlPlane, Metadata};
 use crate::config::StartupError;
 use crate::config::{io_reason, BrokerConfig};
 use crate::controller::image::ClusterImage;
-use crate::controller::log_store::LogStore;
+use crate::controller::log_store::{LogStore, LogStoreError};
 use crate::controller::migration::{migration_applied, migration_records, MIGRATED_SUFFIX};
 use crate::controller::node::{Bootstrap, ControllerNode, NodeConfig};
 use crate::controller::rng::Rng;
@@ -68,7 +68,12 @@ pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
         contents.log.as_deref(),
         contents.snapshot.as_deref(),
     )
-    .map_err(|e| StartupError(format!("cannot use the metadata log in {shown}: {e}")))?;
+    .map_err(|e| {
+        StartupError(format!(
+            "cannot use the metadata log in {shown}: {e}{}",
+            damage_remedy(&e, &dir, config)
+        ))
+    })?;
     repair_blocking(&dir, &repairs).map_err(|e| {
         StartupError(format!(
             "cannot repair the metadata log in {shown}: {}",
@@ -130,6 +135,33 @@ pub fn prepare(config: &BrokerConfig) -> Result<Prepared, StartupError> {
         bootstrap,
         legacy,
     })
+}
+
+/// What an operator can do about a damaged metadata log or snapshot (bit rot, a bad
+/// sector): the node never cuts committed entries to start. Empty for the other refusals,
+/// whose messages say what to do.
+fn damage_remedy(error: &LogStoreError, dir: &Path, config: &BrokerConfig) -> String {
+    if !matches!(
+        error,
+        LogStoreError::Corrupt { .. } | LogStoreError::BadSnapshot(_)
+    ) {
+        return String::new();
+    }
+    if config.cluster.voters.len() > 1 {
+        // A voter cannot be refilled from the others: raft-rs stops a follower whose log
+        // ends below the commit index the leader sends it (the leader still counts the
+        // entries this node acknowledged), and a voter that forgets its acknowledgements
+        // and vote weakens the quorum's safety in any case.
+        format!(
+            "; the other voters go on without this one while they are a majority, but Wharf cannot rebuild a voter's metadata log from them (a voter started with an empty or older log is not supported), so keep {} as it is (see docs/cluster.md, \"A damaged metadata log\")",
+            dir.display()
+        )
+    } else {
+        format!(
+            "; this node is the only voter, so no other copy of the metadata log exists: restore {} from a backup, or move it aside to rebuild the topics from the partition directories, as for a data directory from before clusters (with a new cluster id and new topic ids, and without topic configs or the producer-id blocks handed out)",
+            dir.display()
+        )
+    }
 }
 
 /// A broker-only node keeps no metadata log. Its data dir must not hold a voter's log (the

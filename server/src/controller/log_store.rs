@@ -14,13 +14,32 @@
 //!   kind 2, hard state: term u64 | vote u64 | commit u64
 //!   kind 3, entry:      term u64 | index u64 | type u8 | data length u32 | data
 //!                       | context length u32 | context
+//!   kind 4, synced:     length u64                the file's first `length` bytes were
+//!                                                 durable before this frame was written
 //! ```
 //!
 //! (all integers big-endian). Replaying frames in order rebuilds the state: an entry at an
 //! index at or below the last one replaces that suffix (Raft overwrote a conflicting tail),
-//! the last hard state wins. A frame that is short or fails its CRC ends the log: it is a
-//! write torn by a crash, never acknowledged, since nothing counts before `fdatasync`; the
-//! file is cut there.
+//! the last hard state wins.
+//!
+//! A frame that is short, too long or fails its CRC is either a write torn by a crash or
+//! damage to bytes that were durable (bit rot, a bad sector). The file alone cannot tell
+//! them apart by what follows the bad frame: at a crash the unsynced writes are lost, kept
+//! or torn in any order, so a lost write followed by a later one that persisted is a torn
+//! tail too, never acknowledged, and whole frames may follow it. What tells them apart is
+//! whether the bad bytes had been synced, and the synced frames record that: after each
+//! `fdatasync` ([`LogStore::sync`]), the next write begins with a synced frame holding the
+//! file's length at that sync. The driver performs writes in order and stops the node when
+//! a sync fails, so such a frame exists only once the bytes it covers were durable.
+//! Recovery therefore looks past a bad frame for a synced frame (whole, CRC-checked, found
+//! at any byte position since the bad frame's length cannot be trusted) that covers the bad
+//! frame's start. If there is one, the bad frame was durable and is now damaged: it may
+//! hold entries this voter acknowledged, so recovery refuses ([`LogStoreError::Corrupt`])
+//! instead of cutting committed entries. If there is none, nothing says the frame was ever
+//! durable: it is a torn tail, and the file is cut there. Bytes made durable by the last
+//! sync are vouched for only once the write after it lands; until then, damage to them is
+//! cut like a torn write (as is damage anywhere in a log written before synced frames
+//! existed, until a sync and a write after it).
 //!
 //! `metadata.snapshot` holds the image as the records that rebuild it:
 //!
@@ -57,6 +76,9 @@ const MAX_VOTERS: usize = 64;
 const KIND_START: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_ENTRY: u8 = 3;
+const KIND_SYNCED: u8 = 4;
+/// A synced frame in full: header, kind and its length field.
+const SYNCED_FRAME_BYTES: usize = 8 + 1 + 8;
 
 /// One write to the metadata directory. The driver performs them in order; a later op may
 /// rely on an earlier one having completed.
@@ -81,6 +103,13 @@ pub enum LogStoreError {
     BadSnapshot(String),
     #[error("{LOG_FILE} is damaged: {0}")]
     BadLog(String),
+    /// A frame that had been made durable is damaged (it fails its CRC or its length is
+    /// impossible), and later frames say so: cutting there would drop entries this voter
+    /// may have acknowledged.
+    #[error(
+        "{LOG_FILE} is damaged at byte {offset}: the frame there fails its checksum, but a later write records it as synced (bit rot or a bad sector, not a write torn by a crash), and it may hold committed entries, so it is not cut"
+    )]
+    Corrupt { offset: u64 },
     #[error(
         "the metadata log was written for controller.quorum.voters {found:?}, not {configured:?} (changing the voter set is not supported)"
     )]
@@ -113,6 +142,11 @@ pub struct LogStore {
     start_index: u64,
     start_term: u64,
     entries: Vec<Entry>,
+    /// The log file's length once the ops returned so far are carried out.
+    log_len: u64,
+    /// The file's length at a sync not yet recorded in the file: the next write begins
+    /// with a synced frame holding it.
+    synced_len: Option<u64>,
 }
 
 impl LogStore {
@@ -127,6 +161,8 @@ impl LogStore {
             start_index: 0,
             start_term: 0,
             entries: Vec::new(),
+            log_len: 0,
+            synced_len: None,
         }
     }
 
@@ -171,9 +207,15 @@ impl LogStore {
                 let mut at = LOG_HEADER_BYTES;
                 while at < bytes.len() {
                     let Some((kind, payload, next)) = read_frame(bytes, at) else {
+                        // Torn, unless a later synced frame says these bytes were durable.
+                        if synced_past(bytes, at) {
+                            return Err(LogStoreError::Corrupt { offset: at as u64 });
+                        }
                         break;
                     };
-                    store.replay(kind, payload).map_err(LogStoreError::BadLog)?;
+                    store
+                        .replay(kind, payload, at as u64)
+                        .map_err(LogStoreError::BadLog)?;
                     at = next;
                     valid_len = next;
                 }
@@ -222,24 +264,33 @@ impl LogStore {
 
         match log {
             Some(bytes) if bytes.len() >= LOG_HEADER_BYTES && !rewrite => {
+                store.log_len = valid_len as u64;
                 if valid_len < bytes.len() {
+                    // Truncated and synced: all of it is durable.
+                    store.synced_len = Some(valid_len as u64);
                     repairs.push(DiskOp::Truncate {
                         file: LOG_FILE,
                         len: valid_len as u64,
                     });
                 }
             }
-            _ => repairs.push(DiskOp::Replace {
-                file: LOG_FILE,
-                bytes: store.encode_log(),
-            }),
+            _ => repairs.extend(store.replace_log()),
         }
         Ok((store, repairs, report))
     }
 
-    fn replay(&mut self, kind: u8, payload: &[u8]) -> Result<(), String> {
+    /// Applies the frame found at byte `at` of the file.
+    fn replay(&mut self, kind: u8, payload: &[u8], at: u64) -> Result<(), String> {
         let mut r = Reader(payload);
         match kind {
+            KIND_SYNCED => {
+                let length = r.u64()?;
+                if length > at {
+                    return Err(format!(
+                        "the frame at byte {at} says {length} bytes were synced before it"
+                    ));
+                }
+            }
             KIND_START => {
                 self.start_index = r.u64()?;
                 self.start_term = r.u64()?;
@@ -368,26 +419,56 @@ impl LogStore {
         );
         self.entries
             .truncate((first.index - self.start_index - 1) as usize);
-        let mut bytes = BytesMut::new();
+        let mut bytes = self.start_write();
         for e in entries {
             self.entries.push(e.clone());
             put_entry_frame(&mut bytes, e);
         }
+        self.finish_write(bytes)
+    }
+
+    /// `fdatasync` of the log: everything written so far is durable once it returns. The
+    /// next write records that in a synced frame, which recovery relies on to tell damage
+    /// from a torn write (see the module doc), so every sync of the log goes through here.
+    pub fn sync(&mut self) -> Vec<DiskOp> {
+        self.synced_len = Some(self.log_len);
+        vec![DiskOp::Sync { file: LOG_FILE }]
+    }
+
+    /// A buffer for the next append, led by the synced frame a sync before it is owed.
+    fn start_write(&mut self) -> BytesMut {
+        let mut bytes = BytesMut::new();
+        if let Some(length) = self.synced_len.take() {
+            put_frame(&mut bytes, KIND_SYNCED, |b| b.put_u64(length));
+        }
+        bytes
+    }
+
+    fn finish_write(&mut self, bytes: BytesMut) -> Vec<DiskOp> {
+        self.log_len += bytes.len() as u64;
         vec![DiskOp::Append {
             file: LOG_FILE,
             bytes: bytes.freeze(),
         }]
     }
 
+    /// Rewrites the whole log file (atomically and durably) as it should be now.
+    fn replace_log(&mut self) -> Vec<DiskOp> {
+        let bytes = self.encode_log();
+        self.log_len = bytes.len() as u64;
+        self.synced_len = Some(self.log_len);
+        vec![DiskOp::Replace {
+            file: LOG_FILE,
+            bytes,
+        }]
+    }
+
     /// Records a new hard state (synced by the caller when Raft says it must be).
     pub fn set_hard_state(&mut self, hs: HardState) -> Vec<DiskOp> {
         self.hard_state = hs;
-        let mut bytes = BytesMut::new();
+        let mut bytes = self.start_write();
         put_hard_state_frame(&mut bytes, &self.hard_state);
-        vec![DiskOp::Append {
-            file: LOG_FILE,
-            bytes: bytes.freeze(),
-        }]
+        self.finish_write(bytes)
     }
 
     /// The commit index moved on. Written without a sync: a commit index lost in a crash is
@@ -408,16 +489,12 @@ impl LogStore {
         self.entries.clear();
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.hard_state.term = self.hard_state.term.max(term);
-        vec![
-            DiskOp::Replace {
-                file: SNAPSHOT_FILE,
-                bytes: encode_snapshot(&self.snapshot),
-            },
-            DiskOp::Replace {
-                file: LOG_FILE,
-                bytes: self.encode_log(),
-            },
-        ]
+        let mut ops = vec![DiskOp::Replace {
+            file: SNAPSHOT_FILE,
+            bytes: encode_snapshot(&self.snapshot),
+        }];
+        ops.extend(self.replace_log());
+        ops
     }
 
     /// Takes a snapshot of the applied image at `index` (its records in `data`) and drops
@@ -447,16 +524,12 @@ impl LogStore {
             self.start_index = new_start;
             self.start_term = new_start_term;
         }
-        vec![
-            DiskOp::Replace {
-                file: SNAPSHOT_FILE,
-                bytes: encode_snapshot(&self.snapshot),
-            },
-            DiskOp::Replace {
-                file: LOG_FILE,
-                bytes: self.encode_log(),
-            },
-        ]
+        let mut ops = vec![DiskOp::Replace {
+            file: SNAPSHOT_FILE,
+            bytes: encode_snapshot(&self.snapshot),
+        }];
+        ops.extend(self.replace_log());
+        ops
     }
 
     /// The whole log file as it should be now.
@@ -563,8 +636,27 @@ fn put_entry_frame(bytes: &mut BytesMut, e: &Entry) {
     });
 }
 
+/// Whether a synced frame after the bad frame at `bad_at` says the bytes at `bad_at` had
+/// been durable. The bad frame's length cannot be trusted, so every byte position after it
+/// is tried; a position holds a synced frame if it has the synced frame's length and kind,
+/// passes its CRC and claims no more than the bytes before it. Linear in the file's size:
+/// only the positions whose length field and kind match are checksummed, over 9 bytes.
+fn synced_past(bytes: &[u8], bad_at: usize) -> bool {
+    let frame_len = (SYNCED_FRAME_BYTES - 8) as u32;
+    let last = bytes.len().saturating_sub(SYNCED_FRAME_BYTES);
+    (bad_at + 1..=last).any(|at| {
+        let frame = &bytes[at..at + SYNCED_FRAME_BYTES];
+        if frame[..4] != frame_len.to_be_bytes()[..] || frame[8] != KIND_SYNCED {
+            return false;
+        }
+        let crc = u32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
+        let length = u64::from_be_bytes(frame[9..].try_into().expect("8 bytes"));
+        crc32c::crc32c(&frame[8..]) == crc && length > bad_at as u64 && length <= at as u64
+    })
+}
+
 /// The frame at `at`: its kind, payload and the offset after it; `None` if it is short,
-/// too long or fails its CRC (the end of the log).
+/// too long or fails its CRC (a torn write, or damage: see [`synced_past`]).
 fn read_frame(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     let header = bytes.get(at..at + 8)?;
     let len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
@@ -746,25 +838,41 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_and_reported() {
+        // With a sync between the writes, the second begins with a synced frame (of the
+        // first's end): a tear anywhere after it is still a torn tail, cut, not refused.
+        for synced in [false, true] {
+            let mut files = Files::default();
+            let mut store = fresh(&mut files);
+            files.run(&store.append(&[entry(1, 1, b"a")]));
+            if synced {
+                files.run(&store.sync());
+            }
+            let first_end = files.log.len();
+            files.run(&store.append(&[entry(2, 1, b"bbbb")]));
+            let full = files.log.len();
+            for cut in 1..full - first_end {
+                let mut torn = Files {
+                    log: files.log[..full - cut].to_vec(),
+                    snapshot: None,
+                };
+                let (back, repairs, report) = torn.recover();
+                assert_eq!(back.last_index(), 1, "cut {cut}");
+                let kept = if synced && full - cut >= first_end + SYNCED_FRAME_BYTES {
+                    first_end + SYNCED_FRAME_BYTES
+                } else {
+                    first_end
+                };
+                assert_eq!(report.torn_bytes as usize, full - cut - kept);
+                torn.run(&repairs);
+                let (again, repairs, _) = torn.recover();
+                assert!(repairs.is_empty());
+                assert_eq!(again.last_index(), 1);
+            }
+        }
         let mut files = Files::default();
         let mut store = fresh(&mut files);
         files.run(&store.append(&[entry(1, 1, b"a")]));
-        let first_end = files.log.len();
         files.run(&store.append(&[entry(2, 1, b"bbbb")]));
-        let full = files.log.len();
-        for cut in 1..full - first_end {
-            let mut torn = Files {
-                log: files.log[..full - cut].to_vec(),
-                snapshot: None,
-            };
-            let (back, repairs, report) = torn.recover();
-            assert_eq!(back.last_index(), 1, "cut {cut}");
-            assert_eq!(report.torn_bytes as usize, full - cut - first_end);
-            torn.run(&repairs);
-            let (again, repairs, _) = torn.recover();
-            assert!(repairs.is_empty());
-            assert_eq!(again.last_index(), 1);
-        }
         // A flipped bit in the last frame ends the log there too.
         let mut flipped = Files {
             log: files.log.clone(),
@@ -773,6 +881,95 @@ mod tests {
         let at = flipped.log.len() - 2;
         flipped.log[at] ^= 0x40;
         assert_eq!(flipped.recover().0.last_index(), 1);
+    }
+
+    /// Entries 1..=4, each its own write, each synced but the last; returns the files and
+    /// where each entry's frame begins.
+    fn four_synced_writes() -> (Files, Vec<usize>) {
+        let mut files = Files::default();
+        let mut store = fresh(&mut files);
+        let mut starts = Vec::new();
+        for i in 1..=4u64 {
+            let ops = store.append(&[entry(i, 1, b"entry")]);
+            let DiskOp::Append { bytes, .. } = &ops[0] else {
+                unreachable!("an append")
+            };
+            // The entry frame ends the write, after any synced frame.
+            starts.push(files.log.len() + bytes.len() - (8 + 1 + 8 + 8 + 1 + 4 + 5 + 4));
+            files.run(&ops);
+            if i < 4 {
+                files.run(&store.sync());
+            }
+        }
+        (files, starts)
+    }
+
+    #[test]
+    fn a_damaged_frame_that_was_synced_is_refused_not_cut() {
+        let (files, starts) = four_synced_writes();
+        assert_eq!(files.recover().0.last_index(), 4);
+        // Entry 2 was synced, and the synced frames of the writes after it say so: a bit
+        // flipped in its payload, CRC or length is damage, and entries 2..=4 must not be cut.
+        for at in [starts[1] + 20, starts[1] + 5, starts[1] + 2] {
+            let mut damaged = files.log.clone();
+            damaged[at] ^= 0x10;
+            let err = LogStore::recover(vec![1, 2, 3], Some(&damaged), None)
+                .expect_err("damage is refused");
+            assert_eq!(
+                err,
+                LogStoreError::Corrupt {
+                    offset: starts[1] as u64
+                },
+                "flip at {at}"
+            );
+            let message = err.to_string();
+            assert!(message.starts_with(&format!("{LOG_FILE} is damaged at byte {}", starts[1])));
+            assert!(!message.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_frame_with_nothing_synced_after_it_is_cut_as_torn() {
+        let (mut files, starts) = four_synced_writes();
+        // Entry 3 was synced, but no write after it says so (the next write, led by the
+        // synced frame that would, never happened): damage to it cannot be told from a
+        // torn write, so it is cut.
+        files.log.truncate(starts[3] - SYNCED_FRAME_BYTES);
+        files.log[starts[2] + 20] ^= 0x10;
+        let (back, repairs, report) = files.recover();
+        assert_eq!(back.last_index(), 2);
+        assert_eq!(report.torn_bytes as usize, files.log.len() - starts[2]);
+        files.run(&repairs);
+        assert_eq!(files.recover().0.last_index(), 2);
+    }
+
+    #[test]
+    fn a_lost_write_before_a_kept_one_is_a_torn_tail_not_damage() {
+        let mut files = Files::default();
+        let mut store = fresh(&mut files);
+        files.run(&store.append(&[entry(1, 1, b"a")]));
+        files.run(&store.sync());
+        // Two writes, neither synced; a crash loses the first (it reads as zeros) and keeps
+        // the second, whole frames and all. Nothing of either was acknowledged.
+        let lost_from = files.log.len();
+        files.run(&store.set_commit(1));
+        let lost_to = files.log.len();
+        files.run(&store.append(&[entry(2, 1, b"b"), entry(3, 1, b"c")]));
+        files.log[lost_from..lost_to].fill(0);
+        let (mut back, repairs, report) = files.recover();
+        assert_eq!(back.last_index(), 1);
+        assert_eq!(report.torn_bytes as usize, files.log.len() - lost_from);
+        files.run(&repairs);
+        assert_eq!(files.log.len(), lost_from);
+        // The cut was synced: the next write records it, so damage below it is refused.
+        files.run(&back.append(&[entry(2, 2, b"B")]));
+        assert_eq!(files.recover().0.last_index(), 2);
+        let mut damaged = files.log.clone();
+        damaged[lost_from - 3] ^= 1;
+        assert!(matches!(
+            LogStore::recover(vec![1, 2, 3], Some(&damaged), None),
+            Err(LogStoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -812,6 +1009,16 @@ mod tests {
             Storage::snapshot(&back, 0, 2).unwrap().get_metadata().index,
             8
         );
+        // The rewritten log was durable: the next write says so, and damage in it is
+        // refused rather than cut.
+        let rewritten = files.log.len();
+        files.run(&store.append(&[entry(11, 1, b"y")]));
+        let mut damaged = files.log.clone();
+        damaged[rewritten - 10] ^= 4;
+        assert!(matches!(
+            LogStore::recover(vec![1, 2, 3], Some(&damaged), files.snapshot.as_deref()),
+            Err(LogStoreError::Corrupt { .. })
+        ));
     }
 
     #[test]

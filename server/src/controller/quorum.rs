@@ -15,7 +15,7 @@ use bytes::Bytes;
 use raft::eraftpb::{Entry, Message, Snapshot};
 use raft::{RawNode, StateRole};
 
-use crate::controller::log_store::{DiskOp, LogStore, LOG_FILE};
+use crate::controller::log_store::{DiskOp, LogStore};
 use crate::controller::rng::Rng;
 
 /// How the quorum is tuned. Ticks are the driver's: one every [`TICK_MS`] in the broker.
@@ -262,7 +262,7 @@ impl Quorum {
                 .iter()
                 .any(|w| matches!(w, DiskOp::Append { .. }))
         {
-            out.writes.push(DiskOp::Sync { file: LOG_FILE });
+            out.writes.extend(store.sync());
         }
         out.persisted_messages = rd.take_persisted_messages();
         self.in_ready = Some(rd);
