@@ -308,7 +308,14 @@ impl PartitionTxnState {
     }
 
     /// Rebuilds the state from the log if the partition has ever joined a transaction.
-    pub async fn rebuild(&self, dir: &Path, log: &PartitionLog) -> Result<(), EngineError> {
+    /// `high_watermark`: what is known committed (completed transactions whose marker is
+    /// at or above it stay unstable until the high watermark passes them).
+    pub async fn rebuild(
+        &self,
+        dir: &Path,
+        log: &PartitionLog,
+        high_watermark: i64,
+    ) -> Result<(), EngineError> {
         let path = dir.join(TXN_MARKER_FILE);
         let exists = glommio::executor()
             .spawn_blocking(move || path.exists())
@@ -317,64 +324,99 @@ impl PartitionTxnState {
             return Ok(());
         }
         self.marker_file.set(true);
+        self.replay(log, high_watermark).await?;
+        let open = self.txns.borrow().ongoing().count();
+        let aborted = self.txns.borrow().aborted_index().len();
+        if open > 0 || aborted > 0 {
+            tracing::debug!(dir = %dir.display(), open, aborted, "rebuilt partition transactions");
+        }
+        Ok(())
+    }
+
+    /// Replaces the state with what the log implies, read from its start: the open
+    /// transactions, the aborted index and the producers' epochs exactly as the batches
+    /// and markers in the log make them. Used at open and after a follower's log was
+    /// truncated (its divergent tail cut), so the state never remembers what the log lost.
+    /// Reads until the log end as it is at the last read, and installs the result without
+    /// yielding after that read.
+    pub async fn replay(&self, log: &PartitionLog, high_watermark: i64) -> Result<(), EngineError> {
         let mut txns = PartitionTxns::default();
-        let end = log.log_end_offset().0;
         let mut next = log.log_start_offset().0;
-        while next < end {
+        while next < log.log_end_offset().0 {
             let bytes = log.read(Offset(next), REBUILD_READ_BYTES).await?;
             let before = next;
             for (_, batch) in batches(&bytes) {
                 let Some(h) = BatchHeader::view(batch) else {
                     break;
                 };
-                let base = h.base_offset();
-                let last = base + i64::from(h.last_offset_delta());
+                let last = h.base_offset() + i64::from(h.last_offset_delta());
                 if last < next {
                     continue;
                 }
                 next = last + 1;
-                if h.producer_id() < 0 {
-                    continue;
-                }
-                let ts = h.max_timestamp();
-                if h.is_control() {
-                    match decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
-                        Ok(c) => {
-                            if let ControlContent::EndTxn(marker) = c.content {
-                                txns.apply_marker(
-                                    h.producer_id(),
-                                    h.producer_epoch(),
-                                    &marker,
-                                    base,
-                                    ts,
-                                );
-                            }
-                        }
-                        Err(e) => tracing::warn!(offset = base, "unreadable control batch: {e}"),
-                    }
-                } else {
-                    txns.apply_data_batch(
-                        h.producer_id(),
-                        h.producer_epoch(),
-                        base,
-                        last,
-                        h.is_transactional(),
-                        ts,
-                    );
-                }
+                apply_stored_batch(&mut txns, batch);
             }
             if next == before {
                 break;
             }
         }
-        txns.on_high_watermark(end);
-        let open = txns.ongoing().count();
-        let aborted = txns.aborted_index().len();
-        if open > 0 || aborted > 0 {
-            tracing::debug!(dir = %dir.display(), open, aborted, "rebuilt partition transactions");
-        }
+        txns.on_high_watermark(high_watermark);
         *self.txns.borrow_mut() = txns;
         Ok(())
+    }
+
+    /// A follower appended the leader's batches (`records`, as the leader stored them, at
+    /// the offsets they carry): the state follows them in log order, as it followed the
+    /// leader's appends there. A transactional batch opens its producer's transaction (if
+    /// none is open), a marker ends it (an abort enters the aborted index), and every
+    /// producer batch or marker moves the producer's epoch.
+    pub fn apply_replicated(&self, records: &Bytes) {
+        let mut txns = self.txns.borrow_mut();
+        for (_, batch) in batches(records) {
+            apply_stored_batch(&mut txns, batch);
+        }
+    }
+}
+
+/// Whether `records` hold a transactional or control batch: a follower creates the
+/// partition's [`TXN_MARKER_FILE`] before it appends the first one, so that a restart
+/// rebuilds the state from the log.
+pub fn has_transactional_or_control(records: &Bytes) -> bool {
+    batches(records).any(|(_, batch)| {
+        BatchHeader::view(batch).is_some_and(|h| h.is_transactional() || h.is_control())
+    })
+}
+
+/// Applies one stored batch (a log's, at its own offsets) to `txns`, with no checks: the
+/// leader checked it before it was written.
+fn apply_stored_batch(txns: &mut PartitionTxns, batch: &[u8]) {
+    let Some(h) = BatchHeader::view(batch) else {
+        return;
+    };
+    if h.producer_id() < 0 {
+        return;
+    }
+    let base = h.base_offset();
+    let last = base + i64::from(h.last_offset_delta());
+    let ts = h.max_timestamp();
+    if h.is_control() {
+        match decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
+            Ok(c) => {
+                if let ControlContent::EndTxn(marker) = c.content {
+                    txns.apply_marker(h.producer_id(), h.producer_epoch(), &marker, base, ts);
+                }
+            }
+            Err(e) => tracing::warn!(offset = base, "unreadable control batch: {e}"),
+        }
+    } else {
+        txns.apply_data_batch(
+            h.producer_id(),
+            h.producer_epoch(),
+            base,
+            last,
+            h.is_transactional(),
+            ts,
+        );
     }
 }
 

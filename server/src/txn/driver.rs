@@ -365,14 +365,13 @@ pub struct MarkerCall {
     committed: bool,
 }
 
-/// Runs on the owning shard: writes the marker.
+/// Runs on the owning shard: writes the marker if this node leads the partition (a
+/// follower's log takes only its leader's batches), and answers once it is committed.
 pub(crate) async fn write_marker_here(
     shard: &Rc<Shard>,
     call: MarkerCall,
 ) -> Result<(), ResponseError> {
-    let Some(handle) = shard.partitions.get(call.target) else {
-        return Err(ResponseError::NotLeaderOrFollower);
-    };
+    let handle = crate::node::partitions::led_partition(shard, call.target)?;
     match handle
         .append_marker(call.producer_id, call.producer_epoch, call.marker)
         .await
