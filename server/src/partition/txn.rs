@@ -9,13 +9,19 @@
 //!   non-transactional data inside an open transaction); a transactional batch that opens
 //!   a transaction holds the last stable offset at the log end *before* the append starts,
 //!   so the LSO never passes the batch even while it is being written;
-//! - a marker is checked, appended with acks=all semantics (synced), then applied; an abort
-//!   adds an entry to the aborted-transaction index;
+//! - a marker is checked, appended with acks=all semantics (synced; on a replicated
+//!   partition, committed), and applied; an abort adds an entry to the aborted-transaction
+//!   index;
+//! - on a follower, the leader's batches and markers are applied in log order as they are
+//!   appended ([`PartitionTxnState::apply_replicated`]), so a new leader starts with the
+//!   same open transactions, aborted index and producer epochs; a truncation that cut the
+//!   log replays the state from what is left ([`PartitionTxnState::replay`]);
 //! - on open, a partition that has ever held a transactional batch (it has a
 //!   [`TXN_MARKER_FILE`]) replays its batch headers and markers from the log start, which
 //!   rebuilds the open transactions and the aborted index exactly as they were, whatever
 //!   the crash. The file is created and synced when the partition joins its first
-//!   transaction (AddPartitionsToTxn), before any transactional batch can reach it.
+//!   transaction (AddPartitionsToTxn) on the leader, and by a follower before it appends
+//!   its first transactional batch or marker.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -462,4 +468,96 @@ pub fn producers(handle: &super::PartitionHandle) -> Vec<Producer> {
     }
     out.sort_unstable();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_engine::{BatchCache, Durability, LogConfig};
+    use wharf_protocol::batch::{set_base_offset, set_partition_leader_epoch, BatchBuilder};
+    use wharf_protocol::txn::control::TransactionResult;
+
+    /// A batch as a leader stored it at `base` in leader epoch `epoch`.
+    fn stored(mut bytes: Vec<u8>, base: i64, epoch: i32) -> Bytes {
+        set_base_offset(&mut bytes, base);
+        set_partition_leader_epoch(&mut bytes, epoch);
+        Bytes::from(bytes)
+    }
+
+    fn txn_batch(pid: i64, epoch: i16, base: i64) -> Bytes {
+        let mut b = BatchBuilder::new()
+            .producer(pid, epoch, 0)
+            .transactional(true);
+        b.push(None, Some(b"v"), &[], 1_000);
+        stored(b.build(), base, 1)
+    }
+
+    fn marker(pid: i64, epoch: i16, commit: bool, base: i64, leader_epoch: i32) -> Bytes {
+        let m = EndTxnMarker {
+            result: TransactionResult::from_committed(commit),
+            coordinator_epoch: 0,
+        };
+        stored(m.to_batch(pid, epoch, 2_000), base, leader_epoch)
+    }
+
+    #[test]
+    fn a_follower_follows_batches_and_markers_and_a_truncation_gives_back_what_the_cut_tail_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let log = PartitionLog::open(path, LogConfig::default(), BatchCache::new(1 << 20))
+                    .await
+                    .expect("opens");
+                let state = PartitionTxnState::default();
+                let follow = |records: Bytes| {
+                    let log = &log;
+                    let state = &state;
+                    async move {
+                        log.append_as_follower(records.clone(), Durability::Written)
+                            .await
+                            .expect("follows");
+                        state.apply_replicated(&records);
+                    }
+                };
+                // Producers 9 and 10 open transactions at 0 and 1; 9 commits at 2; the old
+                // leader then aborted 10's under a bumped epoch at 3 (its last, divergent,
+                // batch).
+                let head = [txn_batch(9, 0, 0), txn_batch(10, 0, 1), marker(9, 0, true, 2, 1)];
+                assert!(head.iter().all(has_transactional_or_control));
+                for b in head {
+                    follow(b).await;
+                }
+                assert_eq!(state.ongoing(), vec![(1, 10)]);
+                assert_eq!(state.last_stable_offset(3), 1);
+                follow(marker(10, 1, false, 3, 1)).await;
+                assert_eq!(state.ongoing(), vec![]);
+                assert_eq!(state.last_stable_offset(4), 4);
+                // Unreplicated: the abort is not stable before the high watermark passes it.
+                assert_eq!(state.last_stable_offset(3), 1);
+                let aborted = state.aborted_in_range(0, 4);
+                assert_eq!(aborted.len(), 1);
+                assert_eq!((aborted[0].producer_id, aborted[0].first_offset), (10, 1));
+                assert_eq!(state.producer(10).map(|p| p.producer_epoch), Some(1));
+
+                // The new leader's log ends at 3: the follower cuts the abort off, and the
+                // state is what the remaining log implies, producer 10's epoch included.
+                log.truncate_to(Offset(3)).await.expect("truncates");
+                state.replay(&log, 3).await.expect("replays");
+                assert_eq!(state.ongoing(), vec![(1, 10)]);
+                assert_eq!(state.last_stable_offset(3), 1);
+                assert!(state.aborted_in_range(0, 3).is_empty());
+                assert_eq!(state.producer(10).map(|p| p.producer_epoch), Some(0));
+                assert_eq!(state.producer(9).and_then(|p| p.current_txn_first_offset), None);
+
+                // The new leader committed it instead.
+                follow(marker(10, 0, true, 3, 2)).await;
+                assert_eq!(state.ongoing(), vec![]);
+                assert_eq!(state.last_stable_offset(4), 4);
+                assert!(state.aborted_in_range(0, 4).is_empty());
+                log.close().await.expect("closes");
+            });
+    }
 }
