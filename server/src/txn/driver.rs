@@ -365,6 +365,31 @@ pub struct MarkerCall {
     committed: bool,
 }
 
+impl MarkerCall {
+    /// The marker `result` of `producer_id` at `producer_epoch`, from a coordinator at
+    /// `coordinator_epoch`, for partition `target` of topic `topic`.
+    pub fn new(
+        target: Tp,
+        topic: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TransactionResult,
+        coordinator_epoch: i32,
+    ) -> MarkerCall {
+        MarkerCall {
+            target,
+            producer_id,
+            producer_epoch,
+            marker: EndTxnMarker {
+                result,
+                coordinator_epoch,
+            },
+            offsets_topic: topic == OFFSETS_TOPIC,
+            committed: result == TransactionResult::Commit,
+        }
+    }
+}
+
 /// Runs on the owning shard: writes the marker if this node leads the partition (a
 /// follower's log takes only its leader's batches), and answers once it is committed.
 pub(crate) async fn write_marker_here(
