@@ -1481,3 +1481,94 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
     // replica): closing it would wait for an answer that cannot come.
     std::mem::forget(producer);
 }
+
+/// Every value of `topic` a consumer with `isolation` reads from all its partitions, as
+/// (partition, value), sorted, once nothing more comes for a while.
+fn read_all_partitions(bootstrap: &str, topic: &str, isolation: &str) -> Vec<(i32, String)> {
+    let mut all = Vec::new();
+    for p in 0..PARTITIONS {
+        for v in read_partition(bootstrap, topic, p, isolation) {
+            all.push((p, v));
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_everywhere() {
+    use rdkafka::producer::Producer;
+
+    let nodes = start_cluster(3_000);
+    let topic = unique_topic("txn-spread");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    let leaders: Vec<i32> = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .map(|(leader, ..)| *leader)
+        .collect();
+    let txn_id = format!("{topic}-tx");
+    let coordinator = transaction_coordinator(nodes[0].addr(), &txn_id);
+    assert!(
+        leaders.iter().filter(|l| **l != coordinator).count() >= 2,
+        "partitions led by brokers other than the coordinator's: {leaders:?}, coordinator {coordinator}"
+    );
+
+    let bootstrap = bootstrap_of(&nodes);
+    let producer = client::producer(
+        &bootstrap,
+        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    let rt = client::runtime();
+    let mut committed = Vec::new();
+    let mut everything = Vec::new();
+    for (round, commit) in [("c1", true), ("a1", false), ("c2", true), ("a2", false)] {
+        producer.begin_transaction().expect("begin_transaction");
+        for p in 0..PARTITIONS {
+            let value = format!("{round}-p{p}");
+            let record = FutureRecord::<(), _>::to(&topic)
+                .partition(p)
+                .payload(&value);
+            rt.block_on(producer.send(record, GUARD))
+                .unwrap_or_else(|(e, _)| panic!("transactional send of {value}: {e}"));
+            everything.push((p, value.clone()));
+            if commit {
+                committed.push((p, value));
+            }
+        }
+        if commit {
+            producer.commit_transaction(GUARD).expect("commit");
+        } else {
+            producer.abort_transaction(GUARD).expect("abort");
+        }
+    }
+    committed.sort();
+    everything.sort();
+    // Every partition gets its markers (the coordinator writes them after answering
+    // EndTxn; the next transaction waits for them): then no transaction is open anywhere,
+    // and the LSO is the log end, past four markers and the records.
+    for (p, leader) in leaders.iter().enumerate() {
+        let addr = nodes[(*leader - 1) as usize].addr();
+        let records = 4 + 4;
+        wait_until(&format!("partition {p} (leader {leader}): every marker"), || {
+            latest_offset(addr, &topic, p as i32, 0) == (0, records)
+                && latest_offset(addr, &topic, p as i32, 1) == (0, records)
+        });
+    }
+    assert_eq!(
+        read_all_partitions(&bootstrap, &topic, "read_committed"),
+        committed,
+        "read_committed: the committed transactions on every partition"
+    );
+    assert_eq!(
+        read_all_partitions(&bootstrap, &topic, "read_uncommitted"),
+        everything
+    );
+    drop(producer);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
