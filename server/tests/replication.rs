@@ -1376,8 +1376,9 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
     let topic = unique_topic("txn-replicated");
     assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
     wait_for_full_isr(nodes[0].addr(), &topic);
-    // The coordinator writes markers only to partitions its own node leads (no
-    // WriteTxnMarkers between brokers): the transactions go to the partition it leads.
+    // The transactions go to the partition the coordinator's node leads, so the kill
+    // below takes the coordinator too: nothing can end the open transaction afterwards,
+    // and what the new leader knows comes from replication alone.
     let txn_id = format!("{topic}-tx");
     let coordinator = transaction_coordinator(nodes[0].addr(), &txn_id);
     let partition = partitions(nodes[0].addr(), &topic)
