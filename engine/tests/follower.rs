@@ -15,11 +15,11 @@ use wharf_engine::sim::{FaultConfig, Runtime, SimDisk, SimStorage};
 use wharf_engine::{
     BatchCache, Durability, EngineError, LogConfig, Offset, PartitionLog, TimestampType,
 };
-use wharf_protocol::txn::control::{EndTxnMarker, TransactionResult};
 use wharf_protocol::batch::{
     batches, set_base_offset, set_partition_leader_epoch, validate_batch_with, BatchBuilder,
     CountRule,
 };
+use wharf_protocol::txn::control::{EndTxnMarker, TransactionResult};
 
 type Log = PartitionLog<SimStorage>;
 
@@ -350,7 +350,16 @@ fn a_follower_takes_transactional_batches_and_markers_as_the_leader_stored_them(
     let txn = |seq: i32| BatchBuilder::new().producer(9, 2, seq).transactional(true);
     let parts = vec![
         (0, stamp(txn(0), 0, 1, 2, 1)),
-        (2, stamp(BatchBuilder::new().producer(10, 0, 0).transactional(true), 2, 1, 1, 2)),
+        (
+            2,
+            stamp(
+                BatchBuilder::new().producer(10, 0, 0).transactional(true),
+                2,
+                1,
+                1,
+                2,
+            ),
+        ),
         (3, stored(3, 1, 1, 3)),
         (4, stamp(txn(2), 4, 1, 2, 4)),
         (6, marker(9, 2, true, 6, 1)),

@@ -1356,7 +1356,10 @@ fn read_partition(bootstrap: &str, topic: &str, partition: i32, isolation: &str)
     let deadline = Instant::now() + GUARD;
     let mut quiet = Instant::now();
     while quiet.elapsed() < Duration::from_secs(3) {
-        assert!(Instant::now() < deadline, "{isolation} never settled: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{isolation} never settled: {got:?}"
+        );
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.expect("consumer error");
             let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
@@ -1554,10 +1557,13 @@ fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_eve
     for (p, leader) in leaders.iter().enumerate() {
         let addr = nodes[(*leader - 1) as usize].addr();
         let records = 4 + 4;
-        wait_until(&format!("partition {p} (leader {leader}): every marker"), || {
-            latest_offset(addr, &topic, p as i32, 0) == (0, records)
-                && latest_offset(addr, &topic, p as i32, 1) == (0, records)
-        });
+        wait_until(
+            &format!("partition {p} (leader {leader}): every marker"),
+            || {
+                latest_offset(addr, &topic, p as i32, 0) == (0, records)
+                    && latest_offset(addr, &topic, p as i32, 1) == (0, records)
+            },
+        );
     }
     assert_eq!(
         read_all_partitions(&bootstrap, &topic, "read_committed"),

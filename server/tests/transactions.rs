@@ -484,7 +484,11 @@ fn write_txn_markers_from_another_coordinator_ends_the_transaction_in_the_partit
         produce(&mut conn, &topic, txn_batch(pid, epoch, 0, &["a", "b"])),
         (0, 0)
     );
-    assert_eq!(latest(&mut conn, &topic, 1), 0, "the open transaction holds the LSO");
+    assert_eq!(
+        latest(&mut conn, &topic, 1),
+        0,
+        "the open transaction holds the LSO"
+    );
 
     // An abort for the partition, and for partitions that do not exist.
     let answers = write_marker(

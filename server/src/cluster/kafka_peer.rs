@@ -88,7 +88,10 @@ pub async fn request<R: Request>(
     };
     let timed_out = async {
         glommio::timer::sleep(timeout).await;
-        Err(format!("no answer from {addr} within {} ms", timeout.as_millis()))
+        Err(format!(
+            "no answer from {addr} within {} ms",
+            timeout.as_millis()
+        ))
     };
     let mut answer = futures_lite::future::or(exchange, timed_out).await?;
     let header = ResponseHeader::decode(&mut answer, key.response_header_version(version))

@@ -22,7 +22,6 @@ pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
-pub mod write_txn_markers;
 pub mod describe_quorum;
 pub mod describe_topic_partitions;
 pub mod describe_transactions;
@@ -48,6 +47,7 @@ pub mod sync_group;
 #[cfg(test)]
 mod tests;
 pub mod txn_offset_commit;
+pub mod write_txn_markers;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

@@ -52,9 +52,7 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
             for &p in &topic.partition_indexes {
                 total += 1;
                 let call = match meta {
-                    _ if total > MAX_PARTITIONS_PER_REQUEST => {
-                        Err(ResponseError::InvalidRequest)
-                    }
+                    _ if total > MAX_PARTITIONS_PER_REQUEST => Err(ResponseError::InvalidRequest),
                     Some(m) if p >= 0 && m.has_partition(PartitionId(p)) => {
                         let tp = TopicPartition {
                             topic_id: m.id,

@@ -501,7 +501,8 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_follows_batches_and_markers_and_a_truncation_gives_back_what_the_cut_tail_ended() {
+    fn a_follower_follows_batches_and_markers_and_a_truncation_gives_back_what_the_cut_tail_ended()
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t-0");
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -525,7 +526,11 @@ mod tests {
                 // Producers 9 and 10 open transactions at 0 and 1; 9 commits at 2; the old
                 // leader then aborted 10's under a bumped epoch at 3 (its last, divergent,
                 // batch).
-                let head = [txn_batch(9, 0, 0), txn_batch(10, 0, 1), marker(9, 0, true, 2, 1)];
+                let head = [
+                    txn_batch(9, 0, 0),
+                    txn_batch(10, 0, 1),
+                    marker(9, 0, true, 2, 1),
+                ];
                 assert!(head.iter().all(has_transactional_or_control));
                 for b in head {
                     follow(b).await;
@@ -550,7 +555,10 @@ mod tests {
                 assert_eq!(state.last_stable_offset(3), 1);
                 assert!(state.aborted_in_range(0, 3).is_empty());
                 assert_eq!(state.producer(10).map(|p| p.producer_epoch), Some(0));
-                assert_eq!(state.producer(9).and_then(|p| p.current_txn_first_offset), None);
+                assert_eq!(
+                    state.producer(9).and_then(|p| p.current_txn_first_offset),
+                    None
+                );
 
                 // The new leader committed it instead.
                 follow(marker(10, 0, true, 3, 2)).await;
