@@ -1444,9 +1444,22 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
                 .all(|d| batches_on_disk(d) == first)
     });
 
+    // Each follower is killed and started again: what it knows of the transactions must
+    // come back from its own log (it rebuilds them at open, as a leader does).
+    let victim = (coordinator - 1) as usize;
+    for follower in (0..3).filter(|i| *i != victim) {
+        nodes[follower].restart();
+        wait_until("the restarted follower up and back in the ISR", || {
+            partitions(nodes[follower].addr(), &topic).len() == PARTITIONS as usize
+                && partitions(nodes[victim].addr(), &topic)[partition as usize]
+                    .3
+                    .len()
+                    == 3
+        });
+    }
+
     // Kill the leader (and coordinator): a follower takes over with the same transaction
     // state.
-    let victim = (coordinator - 1) as usize;
     nodes[victim].kill();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     let new_leader = std::cell::Cell::new(-1);
