@@ -93,7 +93,9 @@ pub static ROUTES: &[Route] = &[
     route!(EndTxn, 0, 4, end_txn),
     route!(TxnOffsetCommit, 0, 4, txn_offset_commit),
     // From a coordinator on another broker: markers for the partitions this one leads.
-    route!(WriteTxnMarkers, 0, 1, write_txn_markers),
+    // v1 only, as Kafka 4.0 (KIP-896); Kafka 3.9 also served v0, which brokers stopped
+    // sending when v1 came (Kafka 2.4), and the decoder here no longer reads.
+    route!(WriteTxnMarkers, 1, 1, write_txn_markers),
     // KIP-664: what `kafka-transactions` uses.
     route!(DescribeProducers, 0, 0, describe_producers),
     route!(DescribeTransactions, 0, 0, describe_transactions),
@@ -286,7 +288,8 @@ mod tests {
         (ApiKey::AddOffsetsToTxn, 0, 4),
         (ApiKey::EndTxn, 0, 4),
         (ApiKey::TxnOffsetCommit, 0, 4),
-        (ApiKey::WriteTxnMarkers, 0, 1),
+        // 3.9 served 0-1; v0 is not served here (see ROUTES).
+        (ApiKey::WriteTxnMarkers, 1, 1),
         (ApiKey::DescribeProducers, 0, 0),
         (ApiKey::DescribeTransactions, 0, 0),
         (ApiKey::ListTransactions, 0, 1),

@@ -1,5 +1,6 @@
 //! WriteTxnMarkers (KIP-98): a transaction coordinator on another broker asks this one to
-//! write COMMIT or ABORT markers to the partitions it leads.
+//! write COMMIT or ABORT markers to the partitions it leads. Version 1 only (flexible), as
+//! Kafka 4.0 serves it (KIP-896).
 //!
 //! Each marker goes to each named partition on its owning shard, where it is written only
 //! if this node leads the partition, after the partition's checks (a producer epoch older
