@@ -1592,3 +1592,99 @@ fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_eve
         node.assert_no_panic();
     }
 }
+
+#[test]
+fn a_marker_counts_as_written_only_once_the_in_sync_replicas_have_it() {
+    use rdkafka::producer::Producer;
+
+    // One voter and two broker-only nodes, as above: with the brokers dead, node 1 leads
+    // alone, below `min.insync.replicas`.
+    let mut nodes = start_nodes(1, 2, 3_000);
+    let topic = unique_topic("txn-min-isr");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    // A transactional id coordinated by node 1, which survives.
+    let txn_id = (0..200)
+        .map(|i| format!("{topic}-tx-{i}"))
+        .find(|id| transaction_coordinator(nodes[0].addr(), id) == 1)
+        .expect("an id coordinated by node 1");
+    let partition = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .position(|(leader, ..)| *leader == 1)
+        .expect("node 1 leads a partition") as i32;
+
+    let producer = client::producer(
+        &bootstrap_of(&nodes),
+        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    producer.begin_transaction().expect("begin_transaction");
+    let rt = client::runtime();
+    let mut first = -1;
+    for value in ["m-0", "m-1"] {
+        let record = FutureRecord::<(), _>::to(&topic)
+            .partition(partition)
+            .payload(value);
+        let delivered = rt
+            .block_on(producer.send(record, GUARD))
+            .unwrap_or_else(|(e, _)| panic!("transactional send of {value}: {e}"));
+        if first < 0 {
+            first = delivered.offset;
+        }
+    }
+    let records_end = first + 2;
+
+    nodes[1].kill();
+    nodes[2].kill();
+    wait_until("node 1 alone in the partition's ISR", || {
+        partitions(nodes[0].addr(), &topic)[partition as usize].3 == vec![1]
+    });
+    // EndTxn is answered once the coordinator logged the commit; the marker cannot be
+    // written (NOT_ENOUGH_REPLICAS, as Kafka's acks=-1 append), so the transaction stays
+    // open for read_committed while the coordinator tries again.
+    producer.commit_transaction(GUARD).expect("commit");
+    std::thread::sleep(Duration::from_secs(3));
+    let addr = nodes[0].addr();
+    assert_eq!(
+        latest_offset(addr, &topic, partition, 0),
+        (0, records_end),
+        "no marker in the log"
+    );
+    assert_eq!(
+        latest_offset(addr, &topic, partition, 1),
+        (0, first),
+        "the LSO held at the transaction's first record"
+    );
+
+    // The followers come back and rejoin the ISR: the coordinator's next try writes the
+    // marker, every replica has it, and the transaction is committed.
+    nodes[1].restart();
+    nodes[2].restart();
+    wait_until("the marker written and committed", || {
+        latest_offset(addr, &topic, partition, 1) == (0, records_end + 1)
+            && latest_offset(addr, &topic, partition, 0) == (0, records_end + 1)
+    });
+    // The marker reaches every replica, byte for byte.
+    let dirs: Vec<_> = nodes
+        .iter()
+        .map(|n| partition_dir(n, &topic, partition))
+        .collect();
+    wait_until("the marker on every replica", || {
+        let lead = batches_on_disk(&dirs[0]);
+        lead.last().is_some_and(|(base, _)| *base == records_end)
+            && dirs[1..].iter().all(|d| batches_on_disk(d) == lead)
+    });
+    assert_eq!(
+        read_partition(&nodes[0].bootstrap(), &topic, partition, "read_committed"),
+        vec!["m-0".to_string(), "m-1".to_string()]
+    );
+    drop(producer);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
