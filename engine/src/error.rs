@@ -43,9 +43,6 @@ pub enum EngineError {
     /// fetch again, never write them.
     #[error("the leader's batches do not continue this replica's log: {0}")]
     FollowerRefused(String),
-    /// A transactional batch; transactions are not supported.
-    #[error("transactions are not supported: {0}")]
-    TransactionsUnsupported(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

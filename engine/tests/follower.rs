@@ -19,6 +19,7 @@ use wharf_protocol::batch::{
     batches, set_base_offset, set_partition_leader_epoch, validate_batch_with, BatchBuilder,
     CountRule,
 };
+use wharf_protocol::txn::control::{EndTxnMarker, TransactionResult};
 
 type Log = PartitionLog<SimStorage>;
 
@@ -312,16 +313,6 @@ fn refused_batches_append_nothing() {
             concat(&[next.clone(), stored(8, 3, 2, 100)]),
         ),
         ("nothing", Bytes::new()),
-        (
-            "a transactional batch",
-            stamp(
-                BatchBuilder::new().producer(9, 0, 0).transactional(true),
-                5,
-                3,
-                1,
-                99,
-            ),
-        ),
     ];
     for (what, records) in refusals {
         let refused = sim.follow(&log, records);
@@ -336,6 +327,58 @@ fn refused_batches_append_nothing() {
     // The log takes the right batch after all that.
     assert_eq!(sim.follow(&log, next).expect("follows"), (5, 6));
     sim.check_invariants(&log);
+}
+
+/// A COMMIT or ABORT marker of producer `pid` as a leader stored it at `base`.
+fn marker(pid: i64, epoch: i16, commit: bool, base: i64, leader_epoch: i32) -> Bytes {
+    let marker = EndTxnMarker {
+        result: TransactionResult::from_committed(commit),
+        coordinator_epoch: 0,
+    };
+    let mut bytes = marker.to_batch(pid, epoch, 2_000);
+    set_base_offset(&mut bytes, base);
+    set_partition_leader_epoch(&mut bytes, leader_epoch);
+    Bytes::from(bytes)
+}
+
+#[test]
+fn a_follower_takes_transactional_batches_and_markers_as_the_leader_stored_them() {
+    let sim = Sim::new(7);
+    let log = sim.open();
+    // Producer 9's transaction (two batches) committed, producer 10's aborted, with plain
+    // records in between: what a leader writes for two transactions.
+    let txn = |seq: i32| BatchBuilder::new().producer(9, 2, seq).transactional(true);
+    let parts = vec![
+        (0, stamp(txn(0), 0, 1, 2, 1)),
+        (
+            2,
+            stamp(
+                BatchBuilder::new().producer(10, 0, 0).transactional(true),
+                2,
+                1,
+                1,
+                2,
+            ),
+        ),
+        (3, stored(3, 1, 1, 3)),
+        (4, stamp(txn(2), 4, 1, 2, 4)),
+        (6, marker(9, 2, true, 6, 1)),
+        (7, marker(10, 0, false, 7, 2)),
+    ];
+    let all = concat(&parts.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
+    assert_eq!(sim.follow(&log, all).expect("follows"), (0, 7));
+    assert_eq!(sim.read_all(&log), parts, "byte for byte, markers included");
+    // The transactional batches' sequences make the idempotence state, as on the leader
+    // (markers carry no sequence and add no producer).
+    let states = log.producer_states();
+    assert_eq!(states.len(), 2);
+    sim.check_invariants(&log);
+    // A marker with a bad CRC is still refused.
+    let mut bad = marker(9, 2, false, 8, 2).to_vec();
+    let at = bad.len() - 2;
+    bad[at] ^= 0x01;
+    assert!(sim.follow(&log, Bytes::from(bad)).is_err());
+    assert_eq!(log.log_end_offset(), Offset(8));
 }
 
 /// A batch builder for producer `pid`/`epoch` from sequence `seq`.

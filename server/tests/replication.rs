@@ -466,39 +466,7 @@ fn produce_raw(addr: SocketAddr, topic: &str, partition: i32, acks: i16, timeout
 }
 
 const REQUEST_TIMED_OUT: i16 = 7;
-const INVALID_REQUEST: i16 = 42;
 const NOT_ENOUGH_REPLICAS: i16 = 19;
-
-/// A transactional batch of one record from producer 1000, epoch 0.
-fn transactional_batch() -> Bytes {
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-    let record = Record {
-        transactional: true,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: 1000,
-        producer_epoch: 0,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: 0,
-        timestamp: 0,
-        key: None,
-        value: Some(Bytes::from_static(b"txn")),
-        headers: Default::default(),
-    };
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &[record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode a transactional batch");
-    buf.freeze()
-}
 
 #[test]
 fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr_and_it_rejoins_once_caught_up(
@@ -521,14 +489,6 @@ fn acks_all_waits_for_a_dead_follower_until_fencing_takes_it_out_of_the_isr_and_
         0,
         "acks=all with every replica up"
     );
-    // Followers cannot copy transactional batches yet: refused on a replicated partition.
-    let mut conn = KafkaConn::connect(nodes[leader].addr());
-    let resp = conn.request(9, &produce_request(&topic, 0, -1, transactional_batch()));
-    assert_eq!(
-        resp.responses[0].partition_responses[0].error_code,
-        INVALID_REQUEST
-    );
-
     nodes[follower].kill();
     // The ISR still lists the follower: acks=all cannot be answered and times out, as in
     // Kafka (the record is written on the leader and will be committed later).
@@ -1361,6 +1321,371 @@ fn a_node_that_does_not_lead_names_the_leader_in_produce_and_fetch_answers_befor
     );
     for n in survivors {
         nodes[(n - 1) as usize].assert_no_panic();
+    }
+}
+
+/// The node coordinating `transactional_id` (FindCoordinator key type 1), once one is.
+fn transaction_coordinator(addr: SocketAddr, transactional_id: &str) -> i32 {
+    use kafka_protocol::messages::FindCoordinatorRequest;
+    let node = std::cell::Cell::new(-1);
+    wait_until("a transaction coordinator", || {
+        let mut conn = KafkaConn::connect(addr);
+        let resp = conn.request(
+            3,
+            &FindCoordinatorRequest::default()
+                .with_key(kafka_protocol::protocol::StrBytes::from_string(
+                    transactional_id.to_string(),
+                ))
+                .with_key_type(1),
+        );
+        node.set(resp.node_id.0);
+        resp.error_code == 0 && node.get() > 0
+    });
+    node.get()
+}
+
+/// The values a consumer with `isolation` reads from `partition`, in offset order, once
+/// nothing more comes for a while.
+fn read_partition(bootstrap: &str, topic: &str, partition: i32, isolation: &str) -> Vec<String> {
+    let consumer: BaseConsumer = client::consumer(bootstrap, &[("isolation.level", isolation)]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("assign");
+    consumer.assign(&tpl).expect("assign");
+    let mut got: Vec<(i64, String)> = Vec::new();
+    let deadline = Instant::now() + GUARD;
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(3) {
+        assert!(
+            Instant::now() < deadline,
+            "{isolation} never settled: {got:?}"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("consumer error");
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            got.push((m.offset(), value));
+            quiet = Instant::now();
+        }
+    }
+    got.sort();
+    got.into_iter().map(|(_, v)| v).collect()
+}
+
+#[test]
+fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
+    use rdkafka::producer::Producer;
+
+    let mut nodes = start_cluster(3_000);
+    let topic = unique_topic("txn-replicated");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    // The transactions go to the partition the coordinator's node leads, so the kill
+    // below takes the coordinator too: nothing can end the open transaction afterwards,
+    // and what the new leader knows comes from replication alone.
+    let txn_id = format!("{topic}-tx");
+    let coordinator = transaction_coordinator(nodes[0].addr(), &txn_id);
+    let partition = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .position(|(leader, ..)| *leader == coordinator)
+        .expect("the coordinator's node leads a partition (round-robin placement)")
+        as i32;
+
+    let bootstrap = bootstrap_of(&nodes);
+    let producer = client::producer(
+        &bootstrap,
+        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    let rt = client::runtime();
+    let send = |value: &str| -> i64 {
+        let record = FutureRecord::<(), _>::to(&topic)
+            .partition(partition)
+            .payload(value);
+        rt.block_on(producer.send(record, GUARD))
+            .unwrap_or_else(|(e, _)| panic!("transactional send of {value}: {e}"))
+            .offset
+    };
+    let mut committed = Vec::new();
+    let mut everything = Vec::new();
+    for (round, commit) in [("c1", true), ("a1", false), ("c2", true)] {
+        producer.begin_transaction().expect("begin_transaction");
+        for i in 0..3 {
+            let value = format!("{round}-{i}");
+            send(&value);
+            everything.push(value.clone());
+            if commit {
+                committed.push(value);
+            }
+        }
+        if commit {
+            producer.commit_transaction(GUARD).expect("commit");
+        } else {
+            producer.abort_transaction(GUARD).expect("abort");
+        }
+    }
+    // A fourth transaction stays open when its leader dies: it holds the LSO back.
+    producer.begin_transaction().expect("begin_transaction");
+    let open_first = send("open-0");
+    let open_last = send("open-1");
+    everything.extend(["open-0".to_string(), "open-1".to_string()]);
+
+    // acks=all: every replica holds the batches and markers, as the leader stored them.
+    let replica_dirs: Vec<_> = nodes
+        .iter()
+        .map(|n| partition_dir(n, &topic, partition))
+        .collect();
+    wait_until("the partition identical on every replica", || {
+        let first = batches_on_disk(&replica_dirs[0]);
+        first.last().is_some_and(|(base, _)| *base == open_last)
+            && replica_dirs[1..]
+                .iter()
+                .all(|d| batches_on_disk(d) == first)
+    });
+
+    // Each follower is killed and started again: what it knows of the transactions must
+    // come back from its own log (it rebuilds them at open, as a leader does).
+    let victim = (coordinator - 1) as usize;
+    for follower in (0..3).filter(|i| *i != victim) {
+        nodes[follower].restart();
+        wait_until("the restarted follower up and back in the ISR", || {
+            partitions(nodes[follower].addr(), &topic).len() == PARTITIONS as usize
+                && partitions(nodes[victim].addr(), &topic)[partition as usize]
+                    .3
+                    .len()
+                    == 3
+        });
+    }
+
+    // Kill the leader (and coordinator): a follower takes over with the same transaction
+    // state.
+    nodes[victim].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let new_leader = std::cell::Cell::new(-1);
+    wait_until("a new leader for the transactional partition", || {
+        let leader = partitions(nodes[survivors[0]].addr(), &topic)[partition as usize].0;
+        new_leader.set(leader);
+        leader > 0 && leader != coordinator
+    });
+    let leader_addr = nodes[(new_leader.get() - 1) as usize].addr();
+    let log_end = open_last + 1;
+    wait_until("the new leader serving the whole log", || {
+        latest_offset(leader_addr, &topic, partition, 0) == (0, log_end)
+    });
+    // read_committed stops at the open transaction's first offset.
+    assert_eq!(
+        latest_offset(leader_addr, &topic, partition, 1),
+        (0, open_first),
+        "the LSO on the new leader"
+    );
+
+    let bootstrap = bootstrap_of(survivors.iter().map(|&i| &nodes[i]));
+    assert_eq!(
+        read_partition(&bootstrap, &topic, partition, "read_committed"),
+        committed,
+        "read_committed on the new leader: the committed records only"
+    );
+    assert_eq!(
+        read_partition(&bootstrap, &topic, partition, "read_uncommitted"),
+        everything,
+        "read_uncommitted on the new leader: every data record, no control record"
+    );
+    for &i in &survivors {
+        nodes[i].assert_no_panic();
+    }
+    // The producer's coordinator is gone with its node (`__transaction_state` keeps one
+    // replica): closing it would wait for an answer that cannot come.
+    std::mem::forget(producer);
+}
+
+/// Every value of `topic` a consumer with `isolation` reads from all its partitions, as
+/// (partition, value), sorted, once nothing more comes for a while.
+fn read_all_partitions(bootstrap: &str, topic: &str, isolation: &str) -> Vec<(i32, String)> {
+    let mut all = Vec::new();
+    for p in 0..PARTITIONS {
+        for v in read_partition(bootstrap, topic, p, isolation) {
+            all.push((p, v));
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_everywhere() {
+    use rdkafka::producer::Producer;
+
+    let nodes = start_cluster(3_000);
+    let topic = unique_topic("txn-spread");
+    assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    let leaders: Vec<i32> = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .map(|(leader, ..)| *leader)
+        .collect();
+    let txn_id = format!("{topic}-tx");
+    let coordinator = transaction_coordinator(nodes[0].addr(), &txn_id);
+    assert!(
+        leaders.iter().filter(|l| **l != coordinator).count() >= 2,
+        "partitions led by brokers other than the coordinator's: {leaders:?}, coordinator {coordinator}"
+    );
+
+    let bootstrap = bootstrap_of(&nodes);
+    let producer = client::producer(
+        &bootstrap,
+        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    let rt = client::runtime();
+    let mut committed = Vec::new();
+    let mut everything = Vec::new();
+    for (round, commit) in [("c1", true), ("a1", false), ("c2", true), ("a2", false)] {
+        producer.begin_transaction().expect("begin_transaction");
+        for p in 0..PARTITIONS {
+            let value = format!("{round}-p{p}");
+            let record = FutureRecord::<(), _>::to(&topic)
+                .partition(p)
+                .payload(&value);
+            rt.block_on(producer.send(record, GUARD))
+                .unwrap_or_else(|(e, _)| panic!("transactional send of {value}: {e}"));
+            everything.push((p, value.clone()));
+            if commit {
+                committed.push((p, value));
+            }
+        }
+        if commit {
+            producer.commit_transaction(GUARD).expect("commit");
+        } else {
+            producer.abort_transaction(GUARD).expect("abort");
+        }
+    }
+    committed.sort();
+    everything.sort();
+    // Every partition gets its markers (the coordinator writes them after answering
+    // EndTxn; the next transaction waits for them): then no transaction is open anywhere,
+    // and the LSO is the log end, past four markers and the records.
+    for (p, leader) in leaders.iter().enumerate() {
+        let addr = nodes[(*leader - 1) as usize].addr();
+        let records = 4 + 4;
+        wait_until(
+            &format!("partition {p} (leader {leader}): every marker"),
+            || {
+                latest_offset(addr, &topic, p as i32, 0) == (0, records)
+                    && latest_offset(addr, &topic, p as i32, 1) == (0, records)
+            },
+        );
+    }
+    assert_eq!(
+        read_all_partitions(&bootstrap, &topic, "read_committed"),
+        committed,
+        "read_committed: the committed transactions on every partition"
+    );
+    assert_eq!(
+        read_all_partitions(&bootstrap, &topic, "read_uncommitted"),
+        everything
+    );
+    drop(producer);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+#[test]
+fn a_marker_counts_as_written_only_once_the_in_sync_replicas_have_it() {
+    use rdkafka::producer::Producer;
+
+    // One voter and two broker-only nodes, as above: with the brokers dead, node 1 leads
+    // alone, below `min.insync.replicas`.
+    let mut nodes = start_nodes(1, 2, 3_000);
+    let topic = unique_topic("txn-min-isr");
+    assert_eq!(
+        create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
+        0
+    );
+    wait_for_full_isr(nodes[0].addr(), &topic);
+    // A transactional id coordinated by node 1, which survives.
+    let txn_id = (0..200)
+        .map(|i| format!("{topic}-tx-{i}"))
+        .find(|id| transaction_coordinator(nodes[0].addr(), id) == 1)
+        .expect("an id coordinated by node 1");
+    let partition = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .position(|(leader, ..)| *leader == 1)
+        .expect("node 1 leads a partition") as i32;
+
+    let producer = client::producer(
+        &bootstrap_of(&nodes),
+        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    producer.begin_transaction().expect("begin_transaction");
+    let rt = client::runtime();
+    let mut first = -1;
+    for value in ["m-0", "m-1"] {
+        let record = FutureRecord::<(), _>::to(&topic)
+            .partition(partition)
+            .payload(value);
+        let delivered = rt
+            .block_on(producer.send(record, GUARD))
+            .unwrap_or_else(|(e, _)| panic!("transactional send of {value}: {e}"));
+        if first < 0 {
+            first = delivered.offset;
+        }
+    }
+    let records_end = first + 2;
+
+    nodes[1].kill();
+    nodes[2].kill();
+    wait_until("node 1 alone in the partition's ISR", || {
+        partitions(nodes[0].addr(), &topic)[partition as usize].3 == vec![1]
+    });
+    // EndTxn is answered once the coordinator logged the commit; the marker cannot be
+    // written (NOT_ENOUGH_REPLICAS, as Kafka's acks=-1 append), so the transaction stays
+    // open for read_committed while the coordinator tries again.
+    producer.commit_transaction(GUARD).expect("commit");
+    std::thread::sleep(Duration::from_secs(3));
+    let addr = nodes[0].addr();
+    assert_eq!(
+        latest_offset(addr, &topic, partition, 0),
+        (0, records_end),
+        "no marker in the log"
+    );
+    assert_eq!(
+        latest_offset(addr, &topic, partition, 1),
+        (0, first),
+        "the LSO held at the transaction's first record"
+    );
+
+    // The followers come back and rejoin the ISR: the coordinator's next try writes the
+    // marker, every replica has it, and the transaction is committed.
+    nodes[1].restart();
+    nodes[2].restart();
+    wait_until("the marker written and committed", || {
+        latest_offset(addr, &topic, partition, 1) == (0, records_end + 1)
+            && latest_offset(addr, &topic, partition, 0) == (0, records_end + 1)
+    });
+    // The marker reaches every replica, byte for byte.
+    let dirs: Vec<_> = nodes
+        .iter()
+        .map(|n| partition_dir(n, &topic, partition))
+        .collect();
+    wait_until("the marker on every replica", || {
+        let lead = batches_on_disk(&dirs[0]);
+        lead.last().is_some_and(|(base, _)| *base == records_end)
+            && dirs[1..].iter().all(|d| batches_on_disk(d) == lead)
+    });
+    assert_eq!(
+        read_partition(&nodes[0].bootstrap(), &topic, partition, "read_committed"),
+        vec!["m-0".to_string(), "m-1".to_string()]
+    );
+    drop(producer);
+    for node in &nodes {
+        node.assert_no_panic();
     }
 }
 

@@ -163,8 +163,11 @@ fn api_versions_advertise_the_transaction_apis() {
     ] {
         assert_eq!(versions.get(&(key as i16)), Some(&(0, max)), "{key:?}");
     }
-    // Broker-to-broker markers are not served: a single node writes them itself.
-    assert_eq!(versions.get(&(ApiKey::WriteTxnMarkers as i16)), None);
+    // Markers from a coordinator on another broker: v1 only (Kafka 4.0's range).
+    assert_eq!(
+        versions.get(&(ApiKey::WriteTxnMarkers as i16)),
+        Some(&(1, 1))
+    );
     broker.assert_no_panic();
 }
 
@@ -423,5 +426,111 @@ fn a_coordinator_answers_the_batched_verification_over_the_wire() {
         );
     }
     assert_eq!(end_txn(&mut conn, 4, id, pid, epoch, false), 0);
+    broker.assert_no_panic();
+}
+
+/// WriteTxnMarkers v1 of one marker for `producer_id` at `producer_epoch` from coordinator
+/// epoch `coordinator_epoch`, naming `partitions` of each topic: per (topic, partition),
+/// the error code.
+fn write_marker(
+    conn: &mut KafkaConn,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    partitions: &[(&str, &[i32])],
+) -> Vec<(String, i32, i16)> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::WriteTxnMarkersRequest;
+    let req = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(producer_epoch)
+        .with_transaction_result(commit)
+        .with_coordinator_epoch(coordinator_epoch)
+        .with_topics(
+            partitions
+                .iter()
+                .map(|(t, ps)| {
+                    WritableTxnMarkerTopic::default()
+                        .with_name(topic_name(t))
+                        .with_partition_indexes(ps.to_vec())
+                })
+                .collect(),
+        )]);
+    let resp = conn.request(1, &req);
+    assert_eq!(resp.markers.len(), 1);
+    assert_eq!(resp.markers[0].producer_id.0, producer_id);
+    resp.markers[0]
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.partition_index, p.error_code))
+        })
+        .collect()
+}
+
+#[test]
+fn write_txn_markers_from_another_coordinator_ends_the_transaction_in_the_partitions_led_here() {
+    let broker = Broker::start();
+    let mut conn = KafkaConn::connect(broker.addr());
+    let topic = unique_topic("txn-markers");
+    ensure_topic(&mut conn, &topic);
+    let id = "raw-tx";
+    let (error, pid, epoch) = init(&mut conn, 4, id, 60_000);
+    assert_eq!(error, 0);
+    assert_eq!(add_partition(&mut conn, id, pid, epoch, &topic), 0);
+    assert_eq!(
+        produce(&mut conn, &topic, txn_batch(pid, epoch, 0, &["a", "b"])),
+        (0, 0)
+    );
+    assert_eq!(
+        latest(&mut conn, &topic, 1),
+        0,
+        "the open transaction holds the LSO"
+    );
+
+    // An abort for the partition, and for partitions that do not exist.
+    let answers = write_marker(
+        &mut conn,
+        pid,
+        epoch,
+        false,
+        0,
+        &[(&topic, &[0, 999]), ("no-such-topic", &[0])],
+    );
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    assert_eq!(
+        answers,
+        vec![
+            (topic.clone(), 0, 0),
+            (topic.clone(), 999, unknown),
+            ("no-such-topic".to_string(), 0, unknown),
+        ]
+    );
+    // The marker is at offset 2: the transaction is decided, and aborted.
+    assert_eq!(latest(&mut conn, &topic, 1), 3);
+    let (lso, aborted, _) = fetch_committed(&mut conn, &topic);
+    assert_eq!((lso, aborted), (3, vec![(pid, 0)]));
+
+    // Markers from an older coordinator, or for an older producer epoch, are refused.
+    let fenced = write_marker(&mut conn, pid, epoch, true, -1, &[(&topic, &[0])]);
+    assert_eq!(
+        fenced,
+        vec![(
+            topic.clone(),
+            0,
+            ResponseError::TransactionCoordinatorFenced.code()
+        )]
+    );
+    let old_epoch = write_marker(&mut conn, pid, epoch - 1, true, 0, &[(&topic, &[0])]);
+    assert_eq!(
+        old_epoch,
+        vec![(topic.clone(), 0, ResponseError::InvalidProducerEpoch.code())]
+    );
+    assert_eq!(latest(&mut conn, &topic, 0), 3, "nothing written for them");
     broker.assert_no_panic();
 }

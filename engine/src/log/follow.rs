@@ -5,6 +5,10 @@
 //! The checks are the state machine's ([`check_follower_batches`], no I/O); the append then
 //! goes through the same queue, group commit, epoch checkpoint and producer snapshots as a
 //! leader's, so a follower's log recovers from a crash exactly as a leader's does.
+//!
+//! Transactional data batches and control batches (COMMIT/ABORT markers) are taken like
+//! any other: the leader already checked them, and the server keeps the partition's
+//! transaction state from what this path appended, in log order.
 
 use std::rc::Rc;
 
@@ -44,16 +48,12 @@ pub enum FollowerRefusal {
         epoch: i32,
         latest: i32,
     },
-    /// A transactional or control batch: this log does not keep transaction state.
-    #[error("{0}")]
-    Transactional(String),
 }
 
 impl From<FollowerRefusal> for EngineError {
     fn from(refusal: FollowerRefusal) -> EngineError {
         match refusal {
             FollowerRefusal::Corrupt(m) => EngineError::CorruptMessage(m),
-            FollowerRefusal::Transactional(m) => EngineError::TransactionsUnsupported(m),
             other => EngineError::FollowerRefused(other.to_string()),
         }
     }
@@ -87,12 +87,6 @@ pub fn check_follower_batches(
                 epoch: info.partition_leader_epoch,
                 latest,
             });
-        }
-        if info.is_transactional() || info.is_control() {
-            return Err(FollowerRefusal::Transactional(format!(
-                "the batch at offset {} is transactional or a control batch; this broker does not support transactions",
-                info.base_offset
-            )));
         }
         latest = info.partition_leader_epoch;
         expected = info.last_offset() + 1;

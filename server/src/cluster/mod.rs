@@ -22,6 +22,7 @@
 pub mod alter_partition;
 pub mod disk;
 pub mod follow;
+pub mod kafka_peer;
 pub mod lifecycle;
 pub mod net;
 pub mod observers;

@@ -518,11 +518,6 @@ impl GroupShard {
             Ok(handle) => handle,
             Err(e) => return fail_all(e),
         };
-        if !handle.replica.is_single_replica() {
-            // Followers do not take transactional batches yet (AddOffsetsToTxn refuses
-            // such a group first; this is for a client that skipped it).
-            return fail_all(ResponseError::InvalidRequest);
-        }
         let (producer_id, producer_epoch) = (producer.producer_id, producer.producer_epoch);
         // Held until the offsets are written, so a commit that opens the producer's
         // transaction here cannot be overtaken (the produce path's gate).
@@ -574,13 +569,26 @@ impl GroupShard {
             .append_transactional(batch, producer_id, producer_epoch, guard)
             .await
         {
-            Ok(_) => {
+            Ok(info) => {
+                // In the log: the transaction's marker decides them, whatever the wait
+                // below says.
                 self.pending_txn_offsets
                     .borrow_mut()
                     .entry((partition, producer_id))
                     .or_default()
                     .extend(plan.records);
-                plan.errors
+                if handle.replica.is_single_replica() {
+                    return plan.errors;
+                }
+                // As for plain commits: answered once every in-sync replica has them.
+                let end = info.last_offset.0 + 1;
+                let timeout_ms = shard.config.group.offsets_commit_timeout_ms;
+                match crate::replica::driver::wait_for_high_watermark(&handle, end, timeout_ms)
+                    .await
+                {
+                    Ok(()) => plan.errors,
+                    Err(e) => fail(plan.errors, replicated_append_error(e)),
+                }
             }
             Err(crate::partition::BrokerAppendError::Refused(e)) => fail(plan.errors, e),
             Err(crate::partition::BrokerAppendError::Engine(e)) => {

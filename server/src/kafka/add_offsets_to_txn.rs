@@ -20,17 +20,6 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
     // The offsets topic must exist for its partition to take a marker.
     let error = match crate::group::driver::placement(&ctx.shard, &group_id).await {
         Err(e) => Some(e),
-        Ok(placement) if replica_count(&ctx, &placement) > 1 => {
-            // The offsets would go into a transactional batch that followers do not take
-            // yet: refused for good, with the reason in the log.
-            tracing::warn!(
-                group_id,
-                transactional_id = id,
-                "AddOffsetsToTxn refused: the group's {} partition has more than one replica, and transactions are not kept on replicated partitions yet; set offsets.topic.replication.factor = 1 for transactional consumers",
-                crate::metadata::OFFSETS_TOPIC
-            );
-            Some(ResponseError::InvalidRequest)
-        }
         Ok(_) => {
             let req = AddOffsetsRequest {
                 transactional_id: id.clone(),
@@ -55,13 +44,4 @@ pub async fn handle(ctx: Rc<RequestContext>, mut body: Bytes) -> HandlerResult {
         ctx.note_error();
     }
     ctx.respond(ApiKey::AddOffsetsToTxn, &response)
-}
-
-/// How many replicas the group's offsets partition has.
-fn replica_count(ctx: &RequestContext, placement: &crate::group::driver::Placement) -> usize {
-    let tp = placement.tp();
-    ctx.shard
-        .metadata()
-        .partition(tp.topic_id, tp.partition)
-        .map_or(1, |state| state.replicas.len())
 }

@@ -47,6 +47,7 @@ pub mod sync_group;
 #[cfg(test)]
 mod tests;
 pub mod txn_offset_commit;
+pub mod write_txn_markers;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

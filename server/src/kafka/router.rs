@@ -29,7 +29,7 @@ use super::{
     consumer_group_heartbeat, delete_groups, describe_groups, find_coordinator, heartbeat,
     join_group, leave_group, list_groups, offset_commit, offset_delete, offset_fetch, sync_group,
 };
-use super::{describe_producers, describe_transactions, list_transactions};
+use super::{describe_producers, describe_transactions, list_transactions, write_txn_markers};
 use super::{HandlerError, HandlerResult, Listener, Reply, RequestContext};
 
 type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult>>>;
@@ -92,6 +92,10 @@ pub static ROUTES: &[Route] = &[
     route!(AddOffsetsToTxn, 0, 4, add_offsets_to_txn),
     route!(EndTxn, 0, 4, end_txn),
     route!(TxnOffsetCommit, 0, 4, txn_offset_commit),
+    // From a coordinator on another broker: markers for the partitions this one leads.
+    // v1 only, as Kafka 4.0 (KIP-896); Kafka 3.9 also served v0, which brokers stopped
+    // sending when v1 came (Kafka 2.4), and the decoder here no longer reads.
+    route!(WriteTxnMarkers, 1, 1, write_txn_markers),
     // KIP-664: what `kafka-transactions` uses.
     route!(DescribeProducers, 0, 0, describe_producers),
     route!(DescribeTransactions, 0, 0, describe_transactions),
@@ -284,6 +288,8 @@ mod tests {
         (ApiKey::AddOffsetsToTxn, 0, 4),
         (ApiKey::EndTxn, 0, 4),
         (ApiKey::TxnOffsetCommit, 0, 4),
+        // 3.9 served 0-1; v0 is not served here (see ROUTES).
+        (ApiKey::WriteTxnMarkers, 1, 1),
         (ApiKey::DescribeProducers, 0, 0),
         (ApiKey::DescribeTransactions, 0, 0),
         (ApiKey::ListTransactions, 0, 1),

@@ -1,5 +1,5 @@
 //! A Produce request's appends on the shard that owns the partitions: the leader's checks
-//! (acks=all against the ISR, transactions on replicated partitions), KIP-890's
+//! (acks=all against the ISR), KIP-890's
 //! verification of a transaction's first batch, the append, and acks=all's wait for the
 //! high watermark. The handler (`kafka::produce`) decodes, converts and answers; this is
 //! the data plane's side.
@@ -9,7 +9,6 @@ use std::rc::Rc;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use wharf_engine::Durability;
-use wharf_protocol::batch::BatchHeader;
 
 use crate::errors::engine_error;
 use crate::metadata::TopicPartition;
@@ -135,15 +134,6 @@ async fn append_one(
             return Appended::error(error, message);
         }
     }
-    // Followers cannot take transactional batches yet (the engine refuses them on the
-    // replication path): refused here, for good, rather than written where no follower
-    // can copy them.
-    if !single_replica && has_transactional_batch(&records) {
-        return Appended::error(
-            ResponseError::InvalidRequest,
-            Some("transactions are not supported yet on partitions with more than one replica; use a topic with replication.factor 1 for transactional producers".into()),
-        );
-    }
     // A transactional batch that would open its producer's transaction here is appended
     // only once the coordinator confirms the partition is in that transaction (KIP-890
     // part 1). Such appends take the partition's verification gate in arrival order and
@@ -215,12 +205,6 @@ async fn append_one(
         Err(ClientAppendError::Engine(e)) => Appended::error(engine_error(&e), Some(e.to_string())),
         Err(ClientAppendError::Refused(code)) => Appended::error(code, Some(refusal_message(code))),
     }
-}
-
-/// Whether any batch of `records` is transactional.
-fn has_transactional_batch(records: &Bytes) -> bool {
-    wharf_protocol::batch::batches(records)
-        .any(|(_, batch)| BatchHeader::view(batch).is_some_and(|h| h.is_transactional()))
 }
 
 /// Why an acks=all append written on the leader was not acknowledged.

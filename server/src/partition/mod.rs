@@ -39,6 +39,9 @@ const DELETE_WAIT_FOR_READERS: Duration = Duration::from_secs(10);
 /// How often a shard forgets expired idempotent producers (Kafka's
 /// `producer.id.expiration.check.interval.ms` default).
 pub const PRODUCER_EXPIRATION_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a marker on a replicated partition waits for the in-sync replicas (Kafka's
+/// WriteTxnMarkers handler waits `request.timeout.ms`, 30 s by default).
+const MARKER_REPLICATION_TIMEOUT_MS: i64 = 30_000;
 /// Partitions opened at once when a shard starts or a topic is created.
 pub const OPEN_CONCURRENCY: usize = 64;
 
@@ -151,8 +154,13 @@ impl PartitionHandle {
         Ok(info)
     }
 
-    /// Appends a COMMIT or ABORT marker for `producer_id` (WriteTxnMarkers), synced, once
-    /// the partition's transaction state accepts it; returns its offset.
+    /// Appends a COMMIT or ABORT marker for `producer_id` (WriteTxnMarkers) once the
+    /// partition's transaction state accepts it, and returns its offset once it is
+    /// committed: synced on a lone replica; with replicas elsewhere, once the high
+    /// watermark covers it. Kafka appends markers with acks=-1 (`requiredAcks = -1`,
+    /// origin COORDINATOR): NOT_ENOUGH_REPLICAS before anything is written when the ISR is
+    /// below `min.insync.replicas`, and the coordinator counts the marker written only on
+    /// success (else it sends it again).
     pub async fn append_marker(
         self: &Rc<Self>,
         producer_id: i64,
@@ -162,6 +170,12 @@ impl PartitionHandle {
         self.txns
             .check_marker(producer_id, producer_epoch, &marker)
             .map_err(BrokerAppendError::Refused)?;
+        let single_replica = self.replica.is_single_replica();
+        if !single_replica {
+            self.replica
+                .with(|r| r.check_produce(crate::replica::Acks::All))
+                .map_err(BrokerAppendError::Refused)?;
+        }
         let now = crate::shard::now_ms();
         let batch = Bytes::from(marker.to_batch(producer_id, producer_epoch, now));
         let info = self
@@ -175,10 +189,23 @@ impl PartitionHandle {
             .await
             .map_err(BrokerAppendError::Engine)?;
         let offset = info.base_offset.0;
+        // Applied at once, as Kafka's leader does: the transaction is complete but stays
+        // unstable (below the LSO) until the high watermark passes the marker.
         self.txns
             .apply_marker(producer_id, producer_epoch, &marker, offset, now);
-        self.advance_log_end(offset + 1);
-        self.log.sync().await.map_err(BrokerAppendError::Engine)?;
+        if single_replica {
+            self.advance_log_end(offset + 1);
+            self.log.sync().await.map_err(BrokerAppendError::Engine)?;
+        } else {
+            self.log_grew.notify_all();
+            crate::replica::driver::wait_for_high_watermark(
+                self,
+                offset + 1,
+                MARKER_REPLICATION_TIMEOUT_MS,
+            )
+            .await
+            .map_err(BrokerAppendError::Refused)?;
+        }
         Ok(offset)
     }
 
@@ -314,7 +341,10 @@ impl PartitionRegistry {
         self.opening.borrow_mut().remove(&tp);
         let log = opened?;
         let txns = PartitionTxnState::default();
-        txns.rebuild(&dir, &log).await?;
+        let high_watermark = log
+            .high_watermark_checkpoint()
+            .map_or(log.log_start_offset().0, |o| o.0);
+        txns.rebuild(&dir, &log, high_watermark).await?;
         let replica = ReplicaDriver::new(
             me,
             -1,

@@ -9,13 +9,19 @@
 //!   non-transactional data inside an open transaction); a transactional batch that opens
 //!   a transaction holds the last stable offset at the log end *before* the append starts,
 //!   so the LSO never passes the batch even while it is being written;
-//! - a marker is checked, appended with acks=all semantics (synced), then applied; an abort
-//!   adds an entry to the aborted-transaction index;
+//! - a marker is checked, appended with acks=all semantics (synced; on a replicated
+//!   partition, committed), and applied; an abort adds an entry to the aborted-transaction
+//!   index;
+//! - on a follower, the leader's batches and markers are applied in log order as they are
+//!   appended ([`PartitionTxnState::apply_replicated`]), so a new leader starts with the
+//!   same open transactions, aborted index and producer epochs; a truncation that cut the
+//!   log replays the state from what is left ([`PartitionTxnState::replay`]);
 //! - on open, a partition that has ever held a transactional batch (it has a
 //!   [`TXN_MARKER_FILE`]) replays its batch headers and markers from the log start, which
 //!   rebuilds the open transactions and the aborted index exactly as they were, whatever
 //!   the crash. The file is created and synced when the partition joins its first
-//!   transaction (AddPartitionsToTxn), before any transactional batch can reach it.
+//!   transaction (AddPartitionsToTxn) on the leader, and by a follower before it appends
+//!   its first transactional batch or marker.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -308,7 +314,14 @@ impl PartitionTxnState {
     }
 
     /// Rebuilds the state from the log if the partition has ever joined a transaction.
-    pub async fn rebuild(&self, dir: &Path, log: &PartitionLog) -> Result<(), EngineError> {
+    /// `high_watermark`: what is known committed (completed transactions whose marker is
+    /// at or above it stay unstable until the high watermark passes them).
+    pub async fn rebuild(
+        &self,
+        dir: &Path,
+        log: &PartitionLog,
+        high_watermark: i64,
+    ) -> Result<(), EngineError> {
         let path = dir.join(TXN_MARKER_FILE);
         let exists = glommio::executor()
             .spawn_blocking(move || path.exists())
@@ -317,64 +330,99 @@ impl PartitionTxnState {
             return Ok(());
         }
         self.marker_file.set(true);
+        self.replay(log, high_watermark).await?;
+        let open = self.txns.borrow().ongoing().count();
+        let aborted = self.txns.borrow().aborted_index().len();
+        if open > 0 || aborted > 0 {
+            tracing::debug!(dir = %dir.display(), open, aborted, "rebuilt partition transactions");
+        }
+        Ok(())
+    }
+
+    /// Replaces the state with what the log implies, read from its start: the open
+    /// transactions, the aborted index and the producers' epochs exactly as the batches
+    /// and markers in the log make them. Used at open and after a follower's log was
+    /// truncated (its divergent tail cut), so the state never remembers what the log lost.
+    /// Reads until the log end as it is at the last read, and installs the result without
+    /// yielding after that read.
+    pub async fn replay(&self, log: &PartitionLog, high_watermark: i64) -> Result<(), EngineError> {
         let mut txns = PartitionTxns::default();
-        let end = log.log_end_offset().0;
         let mut next = log.log_start_offset().0;
-        while next < end {
+        while next < log.log_end_offset().0 {
             let bytes = log.read(Offset(next), REBUILD_READ_BYTES).await?;
             let before = next;
             for (_, batch) in batches(&bytes) {
                 let Some(h) = BatchHeader::view(batch) else {
                     break;
                 };
-                let base = h.base_offset();
-                let last = base + i64::from(h.last_offset_delta());
+                let last = h.base_offset() + i64::from(h.last_offset_delta());
                 if last < next {
                     continue;
                 }
                 next = last + 1;
-                if h.producer_id() < 0 {
-                    continue;
-                }
-                let ts = h.max_timestamp();
-                if h.is_control() {
-                    match decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
-                        Ok(c) => {
-                            if let ControlContent::EndTxn(marker) = c.content {
-                                txns.apply_marker(
-                                    h.producer_id(),
-                                    h.producer_epoch(),
-                                    &marker,
-                                    base,
-                                    ts,
-                                );
-                            }
-                        }
-                        Err(e) => tracing::warn!(offset = base, "unreadable control batch: {e}"),
-                    }
-                } else {
-                    txns.apply_data_batch(
-                        h.producer_id(),
-                        h.producer_epoch(),
-                        base,
-                        last,
-                        h.is_transactional(),
-                        ts,
-                    );
-                }
+                apply_stored_batch(&mut txns, batch);
             }
             if next == before {
                 break;
             }
         }
-        txns.on_high_watermark(end);
-        let open = txns.ongoing().count();
-        let aborted = txns.aborted_index().len();
-        if open > 0 || aborted > 0 {
-            tracing::debug!(dir = %dir.display(), open, aborted, "rebuilt partition transactions");
-        }
+        txns.on_high_watermark(high_watermark);
         *self.txns.borrow_mut() = txns;
         Ok(())
+    }
+
+    /// A follower appended the leader's batches (`records`, as the leader stored them, at
+    /// the offsets they carry): the state follows them in log order, as it followed the
+    /// leader's appends there. A transactional batch opens its producer's transaction (if
+    /// none is open), a marker ends it (an abort enters the aborted index), and every
+    /// producer batch or marker moves the producer's epoch.
+    pub fn apply_replicated(&self, records: &Bytes) {
+        let mut txns = self.txns.borrow_mut();
+        for (_, batch) in batches(records) {
+            apply_stored_batch(&mut txns, batch);
+        }
+    }
+}
+
+/// Whether `records` hold a transactional or control batch: a follower creates the
+/// partition's [`TXN_MARKER_FILE`] before it appends the first one, so that a restart
+/// rebuilds the state from the log.
+pub fn has_transactional_or_control(records: &Bytes) -> bool {
+    batches(records).any(|(_, batch)| {
+        BatchHeader::view(batch).is_some_and(|h| h.is_transactional() || h.is_control())
+    })
+}
+
+/// Applies one stored batch (a log's, at its own offsets) to `txns`, with no checks: the
+/// leader checked it before it was written.
+fn apply_stored_batch(txns: &mut PartitionTxns, batch: &[u8]) {
+    let Some(h) = BatchHeader::view(batch) else {
+        return;
+    };
+    if h.producer_id() < 0 {
+        return;
+    }
+    let base = h.base_offset();
+    let last = base + i64::from(h.last_offset_delta());
+    let ts = h.max_timestamp();
+    if h.is_control() {
+        match decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
+            Ok(c) => {
+                if let ControlContent::EndTxn(marker) = c.content {
+                    txns.apply_marker(h.producer_id(), h.producer_epoch(), &marker, base, ts);
+                }
+            }
+            Err(e) => tracing::warn!(offset = base, "unreadable control batch: {e}"),
+        }
+    } else {
+        txns.apply_data_batch(
+            h.producer_id(),
+            h.producer_epoch(),
+            base,
+            last,
+            h.is_transactional(),
+            ts,
+        );
     }
 }
 
@@ -420,4 +468,104 @@ pub fn producers(handle: &super::PartitionHandle) -> Vec<Producer> {
     }
     out.sort_unstable();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_engine::{BatchCache, Durability, LogConfig};
+    use wharf_protocol::batch::{set_base_offset, set_partition_leader_epoch, BatchBuilder};
+    use wharf_protocol::txn::control::TransactionResult;
+
+    /// A batch as a leader stored it at `base` in leader epoch `epoch`.
+    fn stored(mut bytes: Vec<u8>, base: i64, epoch: i32) -> Bytes {
+        set_base_offset(&mut bytes, base);
+        set_partition_leader_epoch(&mut bytes, epoch);
+        Bytes::from(bytes)
+    }
+
+    fn txn_batch(pid: i64, epoch: i16, base: i64) -> Bytes {
+        let mut b = BatchBuilder::new()
+            .producer(pid, epoch, 0)
+            .transactional(true);
+        b.push(None, Some(b"v"), &[], 1_000);
+        stored(b.build(), base, 1)
+    }
+
+    fn marker(pid: i64, epoch: i16, commit: bool, base: i64, leader_epoch: i32) -> Bytes {
+        let m = EndTxnMarker {
+            result: TransactionResult::from_committed(commit),
+            coordinator_epoch: 0,
+        };
+        stored(m.to_batch(pid, epoch, 2_000), base, leader_epoch)
+    }
+
+    #[test]
+    fn a_follower_follows_batches_and_markers_and_a_truncation_gives_back_what_the_cut_tail_ended()
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let log = PartitionLog::open(path, LogConfig::default(), BatchCache::new(1 << 20))
+                    .await
+                    .expect("opens");
+                let state = PartitionTxnState::default();
+                let follow = |records: Bytes| {
+                    let log = &log;
+                    let state = &state;
+                    async move {
+                        log.append_as_follower(records.clone(), Durability::Written)
+                            .await
+                            .expect("follows");
+                        state.apply_replicated(&records);
+                    }
+                };
+                // Producers 9 and 10 open transactions at 0 and 1; 9 commits at 2; the old
+                // leader then aborted 10's under a bumped epoch at 3 (its last, divergent,
+                // batch).
+                let head = [
+                    txn_batch(9, 0, 0),
+                    txn_batch(10, 0, 1),
+                    marker(9, 0, true, 2, 1),
+                ];
+                assert!(head.iter().all(has_transactional_or_control));
+                for b in head {
+                    follow(b).await;
+                }
+                assert_eq!(state.ongoing(), vec![(1, 10)]);
+                assert_eq!(state.last_stable_offset(3), 1);
+                follow(marker(10, 1, false, 3, 1)).await;
+                assert_eq!(state.ongoing(), vec![]);
+                assert_eq!(state.last_stable_offset(4), 4);
+                // Unreplicated: the abort is not stable before the high watermark passes it.
+                assert_eq!(state.last_stable_offset(3), 1);
+                let aborted = state.aborted_in_range(0, 4);
+                assert_eq!(aborted.len(), 1);
+                assert_eq!((aborted[0].producer_id, aborted[0].first_offset), (10, 1));
+                assert_eq!(state.producer(10).map(|p| p.producer_epoch), Some(1));
+
+                // The new leader's log ends at 3: the follower cuts the abort off, and the
+                // state is what the remaining log implies, producer 10's epoch included.
+                log.truncate_to(Offset(3)).await.expect("truncates");
+                state.replay(&log, 3).await.expect("replays");
+                assert_eq!(state.ongoing(), vec![(1, 10)]);
+                assert_eq!(state.last_stable_offset(3), 1);
+                assert!(state.aborted_in_range(0, 3).is_empty());
+                assert_eq!(state.producer(10).map(|p| p.producer_epoch), Some(0));
+                assert_eq!(
+                    state.producer(9).and_then(|p| p.current_txn_first_offset),
+                    None
+                );
+
+                // The new leader committed it instead.
+                follow(marker(10, 0, true, 3, 2)).await;
+                assert_eq!(state.ongoing(), vec![]);
+                assert_eq!(state.last_stable_offset(4), 4);
+                assert!(state.aborted_in_range(0, 4).is_empty());
+                log.close().await.expect("closes");
+            });
+    }
 }

@@ -219,7 +219,7 @@ pub async fn run_log_ops(partition: &Rc<PartitionHandle>) {
         let Some(op) = driver.ops.borrow_mut().pop_front() else {
             break;
         };
-        if let Err(e) = perform(&partition.log, &op).await {
+        if let Err(e) = perform(partition, &op).await {
             tracing::error!(
                 topic = %partition.topic,
                 partition = partition.tp.partition.0,
@@ -228,28 +228,78 @@ pub async fn run_log_ops(partition: &Rc<PartitionHandle>) {
             );
             driver.ops.borrow_mut().clear();
             rebuild(partition);
+            // The transaction state follows what the log holds now.
+            if let Err(e) = replay_txns(partition).await {
+                tracing::error!(
+                    topic = %partition.topic,
+                    partition = partition.tp.partition.0,
+                    "cannot replay the partition's transactions from its log: {e}"
+                );
+            }
             break;
         }
     }
 }
 
-async fn perform(log: &PartitionLog, op: &LogOp) -> Result<(), EngineError> {
+/// Carries out one log operation. A follower's log keeps the partition's transaction
+/// state with it: the leader's transactional batches and markers are applied in log order
+/// as they are appended, and a truncation that cut anything replays the state from what
+/// the log still holds (the cost of a partition's open, paid only by partitions that have
+/// held transactions, and only when the follower's log diverged).
+async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), EngineError> {
+    let log = &partition.log;
     match op {
         // The engine records an epoch with the first batch written in it (the leader's
         // appends carry it); the state machine keeps the epoch meanwhile.
         LogOp::AssignEpoch { .. } => Ok(()),
-        LogOp::TruncateTo { offset } => log.truncate_to(Offset(*offset)).await,
-        LogOp::TruncateFullyAndStartAt { offset } => {
-            log.truncate_fully_and_start_at(Offset(*offset)).await
+        LogOp::TruncateTo { offset } => {
+            let end_before = log.log_end_offset().0;
+            log.truncate_to(Offset(*offset)).await?;
+            if *offset < end_before {
+                replay_txns(partition).await?;
+            }
+            Ok(())
         }
-        LogOp::AppendAsFollower { records, .. } => log
-            .append_as_follower(records.clone(), Durability::Written)
-            .await
-            .map(|_| ()),
+        LogOp::TruncateFullyAndStartAt { offset } => {
+            log.truncate_fully_and_start_at(Offset(*offset)).await?;
+            replay_txns(partition).await
+        }
+        LogOp::AppendAsFollower { records, .. } => {
+            // Before the first transactional batch or marker is written, the file that
+            // makes the partition rebuild its transactions at open (synced).
+            if !partition.txns.has_marker_file()
+                && crate::partition::txn::has_transactional_or_control(records)
+            {
+                partition
+                    .txns
+                    .ensure_marker_file(&partition.dir)
+                    .await
+                    .map_err(|e| EngineError::Io {
+                        context: "create the partition's transaction marker file".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+            }
+            log.append_as_follower(records.clone(), Durability::Written)
+                .await?;
+            partition.txns.apply_replicated(records);
+            Ok(())
+        }
         LogOp::AdvanceLogStart { offset } => {
             log.delete_records_before(Offset(*offset)).await.map(|_| ())
         }
     }
+}
+
+/// The partition's transaction state replayed from its log (see [`perform`]), if it has
+/// ever held transactions.
+async fn replay_txns(partition: &Rc<PartitionHandle>) -> Result<(), EngineError> {
+    if !partition.txns.has_marker_file() {
+        return Ok(());
+    }
+    partition
+        .txns
+        .replay(&partition.log, partition.high_watermark())
+        .await
 }
 
 /// After a failed log operation: a new state machine over what the log holds now, given

@@ -204,8 +204,10 @@ impl ReplicaState {
         self.high_watermark
     }
 
-    /// What consumers may read up to with read_committed (the high watermark until
-    /// transactions are wired in).
+    /// The last stable offset a replication answer carries: the high watermark. Followers
+    /// do not use it (Kafka's ignore it too): each keeps its partition's transaction state
+    /// from the batches it copies (`crate::partition::txn`), and consumers get the LSO
+    /// from the partition, not from here.
     pub fn last_stable_offset(&self) -> i64 {
         self.high_watermark
     }

@@ -300,57 +300,168 @@ async fn append_record(shard: &Rc<Shard>, p: i32, append: &LogAppend) -> Result<
     }
 }
 
-/// Writes one transaction's markers to each of its partitions, on their owning shards.
+/// How long the coordinator waits for another broker's WriteTxnMarkers answer: longer
+/// than that broker waits for its in-sync replicas (30 s), so its answer can come.
+const REMOTE_MARKERS_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Writes one transaction's markers to each of its partitions: on their owning shards for
+/// the partitions this node leads, with one WriteTxnMarkers per other leader for the rest
+/// (Kafka's TransactionMarkerChannelManager). A partition with no leader now, or whose
+/// leader answers NOT_LEADER_OR_FOLLOWER or cannot be reached, fails and is sent again by
+/// the coordinator after its backoff, to the leader the metadata names then.
 async fn write_markers(
     shard: &Rc<Shard>,
     request: &MarkerRequest,
 ) -> Vec<(TopicPartition, MarkerOutcome)> {
+    enum Pending<F> {
+        Gone,
+        NoLeader,
+        Local(F),
+        Remote(NodeId),
+    }
     let image = shard.metadata();
-    let marker = EndTxnMarker {
-        result: request.result,
-        coordinator_epoch: request.coordinator_epoch,
-    };
-    let committed = request.result == TransactionResult::Commit;
-    let mut calls = Vec::new();
+    let me = shard.node_id();
+    let mut remote: Vec<(NodeId, Vec<TopicPartition>)> = Vec::new();
+    let mut pending = Vec::new();
     for tp in &request.partitions {
         let Some(topic) = image.topic(&tp.topic) else {
-            calls.push((tp.clone(), None));
+            pending.push((tp.clone(), Pending::Gone));
             continue;
         };
         if !topic.has_partition(PartitionId(tp.partition)) {
-            calls.push((tp.clone(), None));
+            pending.push((tp.clone(), Pending::Gone));
             continue;
         }
         let target = Tp {
             topic_id: topic.id,
             partition: PartitionId(tp.partition),
         };
-        let call = shard.call(
-            shard.owner_of(target),
-            Call::WriteTxnMarker(MarkerCall {
-                target,
-                producer_id: request.producer_id,
-                producer_epoch: request.producer_epoch,
-                marker,
-                offsets_topic: tp.topic == OFFSETS_TOPIC,
-                committed,
-            }),
-        );
-        calls.push((tp.clone(), Some(call)));
+        let leader = image
+            .partition(target.topic_id, target.partition)
+            .and_then(|p| p.leader);
+        let what = match leader {
+            Some(node) if node == me => Pending::Local(shard.call(
+                shard.owner_of(target),
+                Call::WriteTxnMarker(MarkerCall::new(
+                    target,
+                    &tp.topic,
+                    request.producer_id,
+                    request.producer_epoch,
+                    request.result,
+                    request.coordinator_epoch,
+                )),
+            )),
+            Some(node) => {
+                match remote.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, tps)) => tps.push(tp.clone()),
+                    None => remote.push((node, vec![tp.clone()])),
+                }
+                Pending::Remote(node)
+            }
+            None => Pending::NoLeader,
+        };
+        pending.push((tp.clone(), what));
     }
-    let mut outcomes = Vec::with_capacity(calls.len());
-    for (tp, call) in calls {
-        let outcome = match call {
-            None => MarkerOutcome::PartitionGone,
-            Some(call) => match call.await.map(|reply| reply!(reply, WriteTxnMarker)) {
+    // One request per other leader, all at once.
+    let sends: Vec<_> = remote
+        .into_iter()
+        .map(|(node, tps)| {
+            let endpoint = crate::cluster::kafka_peer::client_endpoint(&image, node);
+            let request = request.clone();
+            let task = glommio::spawn_local(async move {
+                let Some(endpoint) = endpoint else {
+                    return Err(format!("broker {} has no client listener now", node.0));
+                };
+                send_markers(endpoint, &request, &tps).await
+            });
+            (node, task)
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for (node, task) in sends {
+        let answer = task.await;
+        if let Err(e) = &answer {
+            tracing::info!(
+                node = node.0,
+                transactional_id = %request.transactional_id,
+                "markers not written on another broker, sent again later: {e}"
+            );
+        }
+        answers.push((node, answer));
+    }
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for (tp, what) in pending {
+        let outcome = match what {
+            Pending::Gone => MarkerOutcome::PartitionGone,
+            Pending::NoLeader => MarkerOutcome::Failed(ResponseError::NotLeaderOrFollower),
+            Pending::Local(call) => match call.await.map(|reply| reply!(reply, WriteTxnMarker)) {
                 Ok(Ok(())) => MarkerOutcome::Written,
                 Ok(Err(e)) => MarkerOutcome::Failed(e),
                 Err(_) => MarkerOutcome::Failed(ResponseError::NetworkException),
             },
+            Pending::Remote(node) => {
+                let answer = answers.iter().find(|(n, _)| *n == node).map(|(_, a)| a);
+                match answer {
+                    Some(Ok(codes)) => match codes.iter().find(|(t, _)| *t == tp) {
+                        Some((_, 0)) => MarkerOutcome::Written,
+                        Some((_, code)) => MarkerOutcome::Failed(
+                            ResponseError::try_from_code(*code)
+                                .unwrap_or(ResponseError::UnknownServerError),
+                        ),
+                        None => MarkerOutcome::Failed(ResponseError::NetworkException),
+                    },
+                    _ => MarkerOutcome::Failed(ResponseError::NetworkException),
+                }
+            }
         };
         outcomes.push((tp, outcome));
     }
     outcomes
+}
+
+/// WriteTxnMarkers v1 of `request`'s marker for `partitions` to the broker at `endpoint`:
+/// each partition's error code.
+async fn send_markers(
+    endpoint: (String, u16),
+    request: &MarkerRequest,
+    partitions: &[TopicPartition],
+) -> Result<Vec<(TopicPartition, i16)>, String> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest};
+    use kafka_protocol::protocol::StrBytes;
+    let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
+    for tp in partitions {
+        match topics.iter_mut().find(|t| t.name.0.as_str() == tp.topic) {
+            Some(t) => t.partition_indexes.push(tp.partition),
+            None => topics.push(
+                WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(tp.topic.clone())))
+                    .with_partition_indexes(vec![tp.partition]),
+            ),
+        }
+    }
+    let wire = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+        .with_producer_id(ProducerId(request.producer_id))
+        .with_producer_epoch(request.producer_epoch)
+        .with_transaction_result(request.result == TransactionResult::Commit)
+        .with_coordinator_epoch(request.coordinator_epoch)
+        .with_topics(topics)]);
+    let response =
+        crate::cluster::kafka_peer::request(endpoint, &wire, 1, REMOTE_MARKERS_TIMEOUT).await?;
+    let mut codes = Vec::new();
+    for marker in response.markers {
+        for topic in marker.topics {
+            for p in topic.partitions {
+                codes.push((
+                    TopicPartition::new(topic.name.0.as_str(), p.partition_index),
+                    p.error_code,
+                ));
+            }
+        }
+    }
+    Ok(codes)
 }
 
 /// One transaction marker for one partition, written on its owning shard.
@@ -365,14 +476,38 @@ pub struct MarkerCall {
     committed: bool,
 }
 
-/// Runs on the owning shard: writes the marker.
+impl MarkerCall {
+    /// The marker `result` of `producer_id` at `producer_epoch`, from a coordinator at
+    /// `coordinator_epoch`, for partition `target` of topic `topic`.
+    pub fn new(
+        target: Tp,
+        topic: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        result: TransactionResult,
+        coordinator_epoch: i32,
+    ) -> MarkerCall {
+        MarkerCall {
+            target,
+            producer_id,
+            producer_epoch,
+            marker: EndTxnMarker {
+                result,
+                coordinator_epoch,
+            },
+            offsets_topic: topic == OFFSETS_TOPIC,
+            committed: result == TransactionResult::Commit,
+        }
+    }
+}
+
+/// Runs on the owning shard: writes the marker if this node leads the partition (a
+/// follower's log takes only its leader's batches), and answers once it is committed.
 pub(crate) async fn write_marker_here(
     shard: &Rc<Shard>,
     call: MarkerCall,
 ) -> Result<(), ResponseError> {
-    let Some(handle) = shard.partitions.get(call.target) else {
-        return Err(ResponseError::NotLeaderOrFollower);
-    };
+    let handle = crate::node::partitions::led_partition(shard, call.target)?;
     match handle
         .append_marker(call.producer_id, call.producer_epoch, call.marker)
         .await
@@ -675,6 +810,24 @@ pub async fn verify_partition(
     topic: &str,
     partition: i32,
 ) -> ErrorCode {
+    // The coordinator is on another broker: ask it over the wire, as Kafka's leaders do.
+    match placement(shard, transactional_id).await {
+        Ok(TxnPlacement {
+            leader: Some(node), ..
+        }) if node != shard.node_id() => {
+            return verify_remotely(
+                shard,
+                node,
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                topic,
+                partition,
+            )
+            .await;
+        }
+        _ => {}
+    }
     let call = TxnCall::VerifyPartition {
         transactional_id: transactional_id.to_owned(),
         producer_id,
@@ -688,5 +841,82 @@ pub async fn verify_partition(
         Ok(Some(results)) => results.into_iter().next().and_then(|(_, e)| e),
         Ok(None) => Some(ResponseError::CoordinatorNotAvailable),
         Err(e) => Some(e),
+    }
+}
+
+/// How long a partition leader waits for a coordinator on another broker to answer a
+/// verification (Kafka's `request.timeout.ms`).
+const REMOTE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`verify_partition`] with a coordinator on broker `node`: AddPartitionsToTxn v5 with
+/// `VerifyOnly` for the one partition. A coordinator that cannot be asked is
+/// NETWORK_EXCEPTION, which the callers map to a retriable error.
+async fn verify_remotely(
+    shard: &Rc<Shard>,
+    node: NodeId,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    topic: &str,
+    partition: i32,
+) -> ErrorCode {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    use kafka_protocol::messages::{
+        AddPartitionsToTxnRequest, ProducerId, TopicName, TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let Some(endpoint) = crate::cluster::kafka_peer::client_endpoint(&shard.metadata(), node)
+    else {
+        return Some(ResponseError::CoordinatorNotAvailable);
+    };
+    let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
+        AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_owned(),
+            )))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_verify_only(true)
+            .with_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![partition])]),
+    ]);
+    let response =
+        match crate::cluster::kafka_peer::request(endpoint, &request, 5, REMOTE_VERIFY_TIMEOUT)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(
+                    node = node.0,
+                    %transactional_id,
+                    "cannot ask the transaction coordinator to verify a partition: {e}"
+                );
+                return Some(ResponseError::NetworkException);
+            }
+        };
+    if response.error_code != 0 {
+        return Some(
+            ResponseError::try_from_code(response.error_code)
+                .unwrap_or(ResponseError::UnknownServerError),
+        );
+    }
+    let code = response
+        .results_by_transaction
+        .iter()
+        .filter(|t| t.transactional_id.0.as_str() == transactional_id)
+        .flat_map(|t| &t.topic_results)
+        .filter(|t| t.name.0.as_str() == topic)
+        .flat_map(|t| &t.results_by_partition)
+        .find(|p| p.partition_index == partition)
+        .map(|p| p.partition_error_code);
+    match code {
+        Some(0) => None,
+        Some(code) => {
+            Some(ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError))
+        }
+        None => Some(ResponseError::NetworkException),
     }
 }

@@ -576,7 +576,8 @@ fn candidates(api_key: ApiKey, ids: &TopicIds, producer: Producer) -> Vec<Candid
         | ApiKey::TxnOffsetCommit
         | ApiKey::DescribeProducers
         | ApiKey::DescribeTransactions
-        | ApiKey::ListTransactions => txn_candidates(api_key, producer),
+        | ApiKey::ListTransactions
+        | ApiKey::WriteTxnMarkers => txn_candidates(api_key, producer),
         _ => Vec::new(),
     }
 }
@@ -706,6 +707,31 @@ fn txn_candidates(api_key: ApiKey, producer: Producer) -> Vec<Candidate> {
             // v1 (KIP-994): transactions open longer than a duration.
             candidate(ListTransactionsRequest::default().with_duration_filter(0)),
         ],
+        // A coordinator's markers: the setup's producer in a partition led here, one that
+        // does not exist, and an unknown topic.
+        ApiKey::WriteTxnMarkers => {
+            use kafka_protocol::messages::write_txn_markers_request::{
+                WritableTxnMarker, WritableTxnMarkerTopic,
+            };
+            use kafka_protocol::messages::WriteTxnMarkersRequest;
+            vec![candidate(WriteTxnMarkersRequest::default().with_markers(
+                vec![
+                WritableTxnMarker::default()
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_transaction_result(false)
+                    .with_coordinator_epoch(0)
+                    .with_topics(vec![
+                        WritableTxnMarkerTopic::default()
+                            .with_name(topic(TOPIC))
+                            .with_partition_indexes(vec![0, 99]),
+                        WritableTxnMarkerTopic::default()
+                            .with_name(topic("no-such-topic"))
+                            .with_partition_indexes(vec![0]),
+                    ]),
+            ],
+            ))]
+        }
         _ => Vec::new(),
     }
 }
