@@ -107,7 +107,8 @@ pub async fn request<R: Request>(
     Ok(response)
 }
 
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+/// The address of `host:port`: parsed when it is an IP, else looked up off the executor.
+pub(crate) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }

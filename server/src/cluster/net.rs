@@ -32,7 +32,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -662,20 +662,7 @@ impl Peer {
     }
 
     async fn address(&self) -> Result<SocketAddr, String> {
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, self.port));
-        }
-        let target = format!("{}:{}", self.host, self.port);
-        let shown = target.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                target
-                    .to_socket_addrs()
-                    .map_err(|e| e.to_string())
-                    .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
-            })
-            .await
-            .map_err(|e| format!("cannot resolve {shown}: {e}"))
+        super::kafka_peer::resolve(&self.host, self.port).await
     }
 
     async fn run(self: Rc<Peer>, control: Rc<ControlPlane>) {
