@@ -1014,8 +1014,10 @@ pub async fn load_local_partitions(shard: Rc<Shard>) {
     }
     let txns = TxnShard::of(&shard);
     for tp in led {
-        if let Err(e) = txns.ensure_loaded(&shard, tp).await {
-            tracing::warn!(partition = tp.partition.0, "cannot load transactions: {e:?}");
+        match txns.ensure_loaded(&shard, tp).await {
+            // Loading already, started by the metadata image.
+            Ok(()) | Err(ResponseError::CoordinatorLoadInProgress) => {}
+            Err(e) => tracing::warn!(partition = tp.partition.0, "cannot load transactions: {e:?}"),
         }
     }
 }
