@@ -516,7 +516,10 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataEr
                     Some(shard.config.txn.transaction_state_log_min_isr.to_string()),
                 ),
                 // A replica outside the ISR may lack records the coordinator answered for.
-                ("unclean.leader.election.enable".into(), Some("false".into())),
+                (
+                    "unclean.leader.election.enable".into(),
+                    Some("false".into()),
+                ),
             ],
             internal: true,
         },

@@ -1017,7 +1017,10 @@ pub async fn load_local_partitions(shard: Rc<Shard>) {
         match txns.ensure_loaded(&shard, tp).await {
             // Loading already, started by the metadata image.
             Ok(()) | Err(ResponseError::CoordinatorLoadInProgress) => {}
-            Err(e) => tracing::warn!(partition = tp.partition.0, "cannot load transactions: {e:?}"),
+            Err(e) => tracing::warn!(
+                partition = tp.partition.0,
+                "cannot load transactions: {e:?}"
+            ),
         }
     }
 }
