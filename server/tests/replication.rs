@@ -8,7 +8,8 @@
 //! after every node stops cleanly and starts again, the leader shows the committed records
 //! at once, from its high-watermark checkpoint; after every node crashes, the leader that
 //! comes back alone with an old checkpoint does not tell consumers the latest offset
-//! (KIP-207) until its followers are back.
+//! (KIP-207) until its followers are back. Transactions and consumer groups go on when
+//! their coordinator's node is killed: the coordinator moves with its internal partition.
 
 mod common;
 
