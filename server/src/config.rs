@@ -944,8 +944,7 @@ impl Settings {
     }
 }
 
-/// The transaction coordinator's settings, with Kafka's names and defaults. The log's min
-/// ISR is accepted only as 1 until transaction logs are replicated.
+/// The transaction coordinator's settings, with Kafka's names and defaults.
 fn resolve_txn_config(
     settings: &mut Settings,
     offsets_topic_num_partitions: i32,
@@ -953,14 +952,15 @@ fn resolve_txn_config(
     let mut txn = crate::txn::TxnConfig {
         offsets_topic_num_partitions: offsets_topic_num_partitions as u32,
         transaction_state_log_replication_factor: None,
-        transaction_state_log_min_isr: 1,
         ..crate::txn::TxnConfig::default()
     };
     if let Some(rf) = settings.take_int("transaction.state.log.replication.factor")? {
-        txn.transaction_state_log_replication_factor = Some(internal_topic_rf(
+        txn.transaction_state_log_replication_factor = Some(int_in(
             "transaction.state.log.replication.factor",
             rf,
-        )?);
+            1,
+            i16::MAX as i64,
+        )? as i16);
     }
     if let Some(v) = settings.take_int("transaction.max.timeout.ms")? {
         txn.transaction_max_timeout_ms =
@@ -999,29 +999,10 @@ fn resolve_txn_config(
         )?;
     }
     if let Some(v) = settings.take_int("transaction.state.log.min.isr")? {
-        if v != 1 {
-            return Err(err(format!(
-                "`transaction.state.log.min.isr` must be 1 until transaction logs are replicated, got {v}"
-            )));
-        }
+        txn.transaction_state_log_min_isr =
+            int_in("transaction.state.log.min.isr", v, 1, i16::MAX as i64)? as i32;
     }
     Ok(txn)
-}
-
-/// The replication factor of `__transaction_state`: 1 for now. Its partitions would
-/// replicate like any other, but transactions are not kept on partitions with more than
-/// one replica yet, so a second replica would not keep transactions going when a leader
-/// fails.
-fn internal_topic_rf(name: &str, value: i64) -> Result<i16, ConfigError> {
-    let rf = int_in(name, value, 1, i16::MAX as i64)?;
-    if rf > 1 {
-        return Err(err(format!(
-            "`{name}` must be 1 in this version, got {rf}: transactions are not kept on \
-             partitions with more than one replica yet, so `__transaction_state` keeps one \
-             replica"
-        )));
-    }
-    Ok(rf as i16)
 }
 
 fn int_in(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
@@ -1474,7 +1455,7 @@ mod tests {
     }
 
     #[test]
-    fn replication_factors_are_accepted_from_one_up_and_internal_topics_keep_one() {
+    fn replication_factors_are_accepted_from_one_up_for_every_topic() {
         let config = resolve(&args(), 1).expect("defaults");
         assert_eq!(config.default_replication_factor, 1);
         assert_eq!(config.offsets_topic_replication_factor, None);
@@ -1489,18 +1470,26 @@ mod tests {
         assert_eq!(config.offsets_topic_replication_factor, Some(1));
         assert_eq!(config.txn.transaction_state_log_replication_factor, Some(1));
         assert_eq!(config.topic_defaults.value("min.insync.replicas"), "2");
-        // The group coordinator moves with its partition's leadership: any factor.
-        let (_dir3, path3) = write_config("offsets.topic.replication.factor = 3\n");
+        // Both coordinators move with their partition's leadership: any factor.
+        let (_dir3, path3) = write_config(
+            "offsets.topic.replication.factor = 3\ntransaction.state.log.replication.factor = 3\n",
+        );
         a.config = Some(path3);
         let config = resolve(&a, 1).expect("file resolves");
         assert_eq!(config.offsets_topic_replication_factor, Some(3));
+        assert_eq!(config.txn.transaction_state_log_replication_factor, Some(3));
+        // Kafka's default min ISR of the transaction log, and any other from 1 up.
+        assert_eq!(config.txn.transaction_state_log_min_isr, 2);
+        let (_dir4, path4) = write_config("transaction.state.log.min.isr = 3\n");
+        a.config = Some(path4);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.txn.transaction_state_log_min_isr, 3);
         for bad in [
             "default.replication.factor = 0",
             "offsets.topic.replication.factor = 0",
             "transaction.state.log.replication.factor = -1",
             "min.insync.replicas = 0",
-            // The transaction coordinator does not follow leadership yet.
-            "transaction.state.log.replication.factor = 3",
+            "transaction.state.log.min.isr = 0",
         ] {
             let (_dir, path) = write_config(&format!("{bad}\n"));
             a.config = Some(path);

@@ -8,7 +8,8 @@
 //! after every node stops cleanly and starts again, the leader shows the committed records
 //! at once, from its high-watermark checkpoint; after every node crashes, the leader that
 //! comes back alone with an old checkpoint does not tell consumers the latest offset
-//! (KIP-207) until its followers are back.
+//! (KIP-207) until its followers are back. Transactions and consumer groups go on when
+//! their coordinator's node is killed: the coordinator moves with its internal partition.
 
 mod common;
 
@@ -207,6 +208,16 @@ fn create_replicated_topic(addr: SocketAddr, topic: &str) -> i16 {
 
 /// CreateTopics of `topic` with replication factor 3 and these configs: its error code.
 fn create_topic_with(addr: SocketAddr, topic: &str, configs: &[(&str, &str)]) -> i16 {
+    create_topic_rf(addr, topic, 3, configs)
+}
+
+/// CreateTopics of `topic` with `replication_factor` and these configs: its error code.
+fn create_topic_rf(
+    addr: SocketAddr,
+    topic: &str,
+    replication_factor: i16,
+    configs: &[(&str, &str)],
+) -> i16 {
     use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     let mut conn = KafkaConn::connect(addr);
     let req = CreateTopicsRequest::default()
@@ -214,7 +225,7 @@ fn create_topic_with(addr: SocketAddr, topic: &str, configs: &[(&str, &str)]) ->
         .with_topics(vec![CreatableTopic::default()
             .with_name(topic_name(topic))
             .with_num_partitions(PARTITIONS)
-            .with_replication_factor(3)
+            .with_replication_factor(replication_factor)
             .with_configs(
                 configs
                     .iter()
@@ -1380,8 +1391,9 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
     assert_eq!(create_replicated_topic(nodes[0].addr(), &topic), 0);
     wait_for_full_isr(nodes[0].addr(), &topic);
     // The transactions go to the partition the coordinator's node leads, so the kill
-    // below takes the coordinator too: nothing can end the open transaction afterwards,
-    // and what the new leader knows comes from replication alone.
+    // below takes the coordinator too: what the new leader knows of the open transaction
+    // comes from replication alone (the new coordinator aborts it only once it times out,
+    // after this test's checks).
     let txn_id = format!("{topic}-tx");
     let coordinator = transaction_coordinator(nodes[0].addr(), &txn_id);
     let partition = partitions(nodes[0].addr(), &topic)
@@ -1494,8 +1506,7 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
     for &i in &survivors {
         nodes[i].assert_no_panic();
     }
-    // The producer's coordinator is gone with its node (`__transaction_state` keeps one
-    // replica): closing it would wait for an answer that cannot come.
+    // Closing the producer would wait for its open transaction to end.
     std::mem::forget(producer);
 }
 
@@ -1598,8 +1609,15 @@ fn a_marker_counts_as_written_only_once_the_in_sync_replicas_have_it() {
     use rdkafka::producer::Producer;
 
     // One voter and two broker-only nodes, as above: with the brokers dead, node 1 leads
-    // alone, below `min.insync.replicas`.
-    let mut nodes = start_nodes(1, 2, 3_000);
+    // alone, below `min.insync.replicas`. `__transaction_state` keeps one replica here, so
+    // that its coordinator on node 1 goes on alone (with three replicas and
+    // `transaction.state.log.min.isr` 2 it would wait for the brokers too, as Kafka's).
+    let mut nodes = start_nodes_with(
+        1,
+        2,
+        3_000,
+        "transaction.state.log.replication.factor = 1\n",
+    );
     let topic = unique_topic("txn-min-isr");
     assert_eq!(
         create_topic_with(nodes[0].addr(), &topic, &[("min.insync.replicas", "2")]),
@@ -1913,4 +1931,219 @@ fn a_coordinator_that_loses_its_offsets_partition_and_gets_it_back_serves_what_t
     for node in &nodes {
         node.assert_no_panic();
     }
+}
+
+/// The record values of `topic` a read_committed consumer of `bootstrap` sees, sorted.
+fn committed_values(bootstrap: &str, topic: &str) -> Vec<String> {
+    let mut values: Vec<String> = read_all_partitions(bootstrap, topic, "read_committed")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    values.sort();
+    values
+}
+
+/// Whether every partition of `topic` is led by one of the `live` nodes (by index; node
+/// ids count from 1) and has its last stable offset at its high watermark there (no
+/// transaction open).
+fn no_transaction_open(nodes: &[Broker], live: &[usize], topic: &str) -> bool {
+    let view = partitions(nodes[live[0]].addr(), topic);
+    view.len() == PARTITIONS as usize
+        && view.iter().enumerate().all(|(p, (leader, ..))| {
+            let index = (*leader - 1) as usize;
+            if *leader <= 0 || !live.contains(&index) {
+                return false;
+            }
+            let node = &nodes[index];
+            let (e1, hw) = latest_offset(node.addr(), topic, p as i32, 0);
+            let (e2, lso) = latest_offset(node.addr(), topic, p as i32, 1);
+            e1 == 0 && e2 == 0 && lso == hw
+        })
+}
+
+/// KIP-98 coordinator failover: `__transaction_state` is replicated, and when the node
+/// coordinating a transaction is killed after the PrepareCommit is in the log but before
+/// its markers are written, the partition's new leader becomes the coordinator (with the
+/// new leader epoch), finishes the commit on its own, and fences the old producer epoch.
+#[test]
+fn a_commit_logged_before_its_coordinator_is_killed_is_finished_by_the_new_coordinator() {
+    use rdkafka::producer::Producer;
+
+    // Three voters and a fourth broker. The data topic has a replica on every node and
+    // min.insync.replicas = 4: with the fourth broker stopped, a marker cannot be written
+    // (it waits for enough in-sync replicas), while `__transaction_state` (3 replicas,
+    // transaction.state.log.min.isr = 2) still takes the coordinator's records.
+    let mut nodes = start_nodes_with(
+        3,
+        1,
+        3_000,
+        "transaction.state.log.num.partitions = 3\ntransaction.state.log.min.isr = 2\n",
+    );
+    let topic = unique_topic("txn-failover");
+    assert_eq!(
+        create_topic_rf(nodes[0].addr(), &topic, 4, &[("min.insync.replicas", "4")]),
+        0
+    );
+    wait_until("every replica of the data topic in sync", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize && ps.iter().all(|(l, _, _, isr)| *l > 0 && isr.len() == 4)
+    });
+    // A transactional id coordinated by a voter (so that the controller quorum survives its
+    // kill while the fourth broker is stopped).
+    let (txn_id, coordinator) = (0..)
+        .map(|i| format!("{topic}-tx{i}"))
+        .map(|id| {
+            let c = transaction_coordinator(nodes[0].addr(), &id);
+            (id, c)
+        })
+        .find(|(_, c)| *c != 4)
+        .expect("some id is coordinated by a voter");
+    let txn_log = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
+    wait_until(
+        "__transaction_state replicated three times, all in sync",
+        || {
+            let ps = partitions(nodes[0].addr(), txn_log);
+            ps.len() == 3
+                && ps
+                    .iter()
+                    .all(|(l, _, replicas, isr)| *l > 0 && replicas.len() == 3 && isr.len() == 3)
+        },
+    );
+
+    // The transaction writes to two partitions the fourth broker does not lead: their
+    // leaders stay, and answer for their last stable offset while it is stopped (a leader
+    // elected then could not: KIP-966 keeps the high watermark still below
+    // min.insync.replicas, and KIP-207 has the new leader wait for it).
+    let txn_partitions: Vec<i32> = partitions(nodes[0].addr(), &topic)
+        .iter()
+        .enumerate()
+        .filter(|(_, (leader, ..))| *leader != 4)
+        .map(|(p, _)| p as i32)
+        .take(2)
+        .collect();
+    assert_eq!(
+        txn_partitions.len(),
+        2,
+        "the fourth broker leads one partition at most"
+    );
+    let other_partition = (0..PARTITIONS)
+        .find(|p| !txn_partitions.contains(p))
+        .expect("a third partition");
+
+    let bootstrap = bootstrap_of(&nodes);
+    let producer = client::producer(
+        &bootstrap,
+        &[
+            ("transactional.id", txn_id.as_str()),
+            ("transaction.timeout.ms", "60000"),
+        ],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    let rt = client::runtime();
+    let send = |producer: &rdkafka::producer::FutureProducer, partition: i32, value: &str| {
+        let record = FutureRecord::<(), _>::to(&topic)
+            .partition(partition)
+            .payload(value);
+        rt.block_on(producer.send(record, Duration::from_secs(20)))
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    };
+    let mut committed = Vec::new();
+    for round in ["c1", "c2"] {
+        producer.begin_transaction().expect("begin_transaction");
+        for &partition in &txn_partitions {
+            let value = format!("{round}-{partition}");
+            send(&producer, partition, &value).expect("transactional send");
+            committed.push(value);
+        }
+        if round == "c1" {
+            producer.commit_transaction(GUARD).expect("commit c1");
+        }
+    }
+
+    // The fourth broker stops: once it is fenced, the data partitions have three replicas
+    // in sync, too few for a marker.
+    let fourth = 3;
+    signal(&nodes[fourth], libc::SIGSTOP);
+    wait_until("the stopped broker out of every ISR", || {
+        partitions(nodes[0].addr(), &topic)
+            .iter()
+            .all(|(l, _, _, isr)| *l > 0 && *l != 4 && !isr.contains(&4))
+    });
+    // EndTxn is answered once PrepareCommit is in `__transaction_state` (on two replicas).
+    producer.commit_transaction(GUARD).expect("commit c2");
+    let leader_of = |p: i32| {
+        let node = partitions(nodes[0].addr(), &topic)[p as usize].0;
+        nodes[(node - 1) as usize].addr()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    for &p in &txn_partitions {
+        let (e1, hw) = latest_offset(leader_of(p), &topic, p, 0);
+        let (e2, lso) = latest_offset(leader_of(p), &topic, p, 1);
+        assert_eq!((e1, e2), (0, 0), "partition {p}: ListOffsets");
+        assert!(
+            lso < hw,
+            "partition {p}: its marker is not written yet ({lso} < {hw})"
+        );
+    }
+
+    // The coordinator is killed with the commit half done.
+    let victim = (coordinator - 1) as usize;
+    nodes[victim].kill();
+    let survivors: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    let voter = survivors[0];
+    let new_coordinator = std::cell::Cell::new(-1);
+    wait_until("another node coordinating the transactional id", || {
+        let c = transaction_coordinator(nodes[voter].addr(), &txn_id);
+        new_coordinator.set(c);
+        c != coordinator
+    });
+    assert!(
+        [1, 2, 3].contains(&new_coordinator.get()),
+        "the new coordinator {} is a live in-sync replica",
+        new_coordinator.get()
+    );
+    // Markers can be written again; nobody asks the new coordinator anything, yet it
+    // finishes the commit it loaded from the log.
+    assert_eq!(
+        set_topic_config(nodes[voter].addr(), &topic, "min.insync.replicas", "2"),
+        0
+    );
+    signal(&nodes[fourth], libc::SIGCONT);
+    wait_until("the commit finished on every partition", || {
+        no_transaction_open(&nodes, &survivors, &topic)
+    });
+    let bootstrap = bootstrap_of(survivors.iter().map(|&i| &nodes[i]));
+    committed.sort();
+    assert_eq!(committed_values(&bootstrap, &topic), committed);
+
+    // A new instance of the producer takes over the transactional id (a new epoch) ...
+    let successor = client::producer(&bootstrap, &[("transactional.id", txn_id.as_str())]);
+    successor
+        .init_transactions(GUARD)
+        .expect("init_transactions of the new instance");
+    successor.begin_transaction().expect("begin_transaction");
+    send(&successor, other_partition, "c3").expect("transactional send");
+    successor.commit_transaction(GUARD).expect("commit c3");
+    committed.push("c3".to_string());
+    committed.sort();
+
+    // ... and the old instance is a zombie: fenced, its records never committed.
+    let zombie = (|| {
+        producer.begin_transaction()?;
+        send(&producer, txn_partitions[0], "zombie")?;
+        producer.commit_transaction(Duration::from_secs(30))
+    })();
+    assert!(zombie.is_err(), "the old producer epoch is fenced");
+    wait_until("no transaction left open", || {
+        no_transaction_open(&nodes, &survivors, &topic)
+    });
+    assert_eq!(committed_values(&bootstrap, &topic), committed);
+    for &i in &survivors {
+        nodes[i].assert_no_panic();
+    }
+    std::mem::forget(producer);
+    std::mem::forget(successor);
 }

@@ -438,23 +438,13 @@ pub const DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR: i16 = 3;
 /// `transaction.state.log.replication.factor`) when set — refused by the controller if the
 /// cluster has fewer live brokers, as Kafka does — or else min(3, live brokers, `most`), so
 /// that a cluster smaller than Kafka's default still gets its groups and transactions.
-pub fn internal_topic_replication_factor(
-    configured: Option<i16>,
-    live_brokers: usize,
-    most: i16,
-) -> i16 {
+pub fn internal_topic_replication_factor(configured: Option<i16>, live_brokers: usize) -> i16 {
     configured.unwrap_or_else(|| {
         // At least one: this node is a broker, whether or not its image lists it yet.
         let live = i16::try_from(live_brokers.max(1)).unwrap_or(i16::MAX);
-        DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR
-            .min(live)
-            .min(most.max(1))
+        DEFAULT_INTERNAL_TOPIC_REPLICATION_FACTOR.min(live)
     })
 }
-
-/// The most replicas `__transaction_state` gets by default: transactions are not kept on
-/// partitions with more than one replica yet (see `config.rs`).
-pub const TXN_LOG_MAX_REPLICATION_FACTOR: i16 = 1;
 
 /// Creates `__consumer_offsets` (compacted, `offsets.topic.num.partitions` partitions) if it
 /// does not exist yet, and returns it. For the group coordinator.
@@ -479,7 +469,6 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
         replication_factor: internal_topic_replication_factor(
             shard.config.offsets_topic_replication_factor,
             shard.metadata().usable_brokers().len(),
-            i16::MAX,
         ),
         assignments: Vec::new(),
     };
@@ -497,7 +486,10 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<TopicMeta, Metada
 }
 
 /// `__transaction_state`, created on first use like `__consumer_offsets`: internal,
-/// compacted, `transaction.state.log.num.partitions` partitions.
+/// compacted, `transaction.state.log.num.partitions` partitions,
+/// `transaction.state.log.replication.factor` replicas, and `min.insync.replicas` set to
+/// `transaction.state.log.min.isr` (Kafka's `TransactionStateManager` creates it with the
+/// same topic configs: the coordinator appends with acks=all).
 pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataError> {
     const NAME: &str = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
     if let Some(topic) = shard.metadata().topic(NAME) {
@@ -519,13 +511,21 @@ pub async fn ensure_txn_topic(shard: &Rc<Shard>) -> Result<TopicMeta, MetadataEr
                             .to_string(),
                     ),
                 ),
+                (
+                    "min.insync.replicas".into(),
+                    Some(shard.config.txn.transaction_state_log_min_isr.to_string()),
+                ),
+                // A replica outside the ISR may lack records the coordinator answered for.
+                (
+                    "unclean.leader.election.enable".into(),
+                    Some("false".into()),
+                ),
             ],
             internal: true,
         },
         replication_factor: internal_topic_replication_factor(
             shard.config.txn.transaction_state_log_replication_factor,
             shard.metadata().usable_brokers().len(),
-            TXN_LOG_MAX_REPLICATION_FACTOR,
         ),
         assignments: Vec::new(),
     };
@@ -547,15 +547,12 @@ mod tests {
 
     #[test]
     fn internal_topics_get_three_replicas_or_as_many_brokers_as_there_are() {
-        assert_eq!(internal_topic_replication_factor(None, 1, i16::MAX), 1);
-        assert_eq!(internal_topic_replication_factor(None, 0, i16::MAX), 1);
-        assert_eq!(internal_topic_replication_factor(None, 2, i16::MAX), 2);
-        assert_eq!(internal_topic_replication_factor(None, 7, i16::MAX), 3);
-        // The transaction log keeps one replica for now.
-        let txn = TXN_LOG_MAX_REPLICATION_FACTOR;
-        assert_eq!(internal_topic_replication_factor(None, 7, txn), txn);
+        assert_eq!(internal_topic_replication_factor(None, 1), 1);
+        assert_eq!(internal_topic_replication_factor(None, 0), 1);
+        assert_eq!(internal_topic_replication_factor(None, 2), 2);
+        assert_eq!(internal_topic_replication_factor(None, 7), 3);
         // A configured factor is asked for as it is (the controller refuses one the
         // cluster cannot place).
-        assert_eq!(internal_topic_replication_factor(Some(5), 1, i16::MAX), 5);
+        assert_eq!(internal_topic_replication_factor(Some(5), 1), 5);
     }
 }

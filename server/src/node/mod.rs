@@ -198,6 +198,9 @@ impl Shard {
         if let Some(groups) = crate::group::driver::GroupShard::existing(self) {
             groups.on_image(self, &image);
         }
+        // The transaction coordinators let go of the `__transaction_state` partitions this
+        // node no longer leads, and load the ones it now leads.
+        crate::txn::driver::on_image(self, &image);
         failures
     }
 

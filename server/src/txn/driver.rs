@@ -1,10 +1,14 @@
 //! Runs the transaction coordinators on a shard (the shape of `group/driver.rs`): a
-//! transactional id is coordinated on the shard owning its `__transaction_state`
-//! partition; that partition is loaded into its [`TxnCoordinator`] on first use (so a
-//! restart resumes unfinished commits and aborts), and the coordinator's effects are
-//! carried out here: records appended to the partition (synced), markers written to the
-//! partitions of each transaction on their owning shards, producer-id blocks taken from
-//! the controller, answers handed back to the waiting requests, and time passed in.
+//! transactional id is coordinated by the broker leading its `__transaction_state`
+//! partition, on the shard owning that partition. The coordinator follows the partition's
+//! leadership (KIP-98): when this node becomes the leader the partition is loaded at once
+//! into its [`TxnCoordinator`], with the partition's leader epoch as coordinator epoch (so
+//! the new coordinator resumes unfinished commits and aborts and times out open
+//! transactions, and its markers fence the old coordinator's); when another node or
+//! another leader epoch leads it, it is unloaded. The coordinator's effects are carried
+//! out here: records appended to the partition (acks=all), markers written to the
+//! partitions of each transaction, producer-id blocks taken from the controller, answers
+//! handed back to the waiting requests, and time passed in.
 //!
 //! Each shard has its own coordinators (kept in the shard's context, `Shard::txns`), one
 //! per `__transaction_state` partition the shard owns. Handlers reach them with a typed
@@ -20,13 +24,16 @@ use kafka_protocol::ResponseError;
 use wharf_engine::{Durability, Offset};
 use wharf_protocol::batch::{batches, records, BatchBuilder, BatchHeader};
 use wharf_protocol::txn::control::{EndTxnMarker, TransactionResult};
-use wharf_protocol::txn::log::{partition_for_transactional_id, TransactionLogRecord};
+use wharf_protocol::txn::log::{
+    partition_for_transactional_id, TransactionLogRecord, TRANSACTION_STATE_TOPIC_NAME,
+};
 
 use super::api::*;
 use super::coordinator::TxnCoordinator;
+use crate::controller::image::ClusterImage;
 use crate::metadata::controller::ensure_txn_topic;
 use crate::metadata::producer_ids::allocate_producer_id_block;
-use crate::metadata::{NodeId, PartitionId, TopicPartition as Tp, LEADER_EPOCH, OFFSETS_TOPIC};
+use crate::metadata::{NodeId, PartitionId, TopicPartition as Tp, OFFSETS_TOPIC};
 use crate::node::calls::Call;
 use crate::node::Shard;
 use crate::partition::{BrokerAppendError, ClientAppendError};
@@ -41,6 +48,9 @@ const LOAD_READ_BYTES: usize = 1 << 20;
 /// How long a request waits for `__transaction_state` to appear on its shard.
 const OPEN_WAIT_STEP: Duration = Duration::from_millis(10);
 const OPEN_WAIT_STEPS: usize = 500;
+/// How long an append to `__transaction_state` waits for the in-sync replicas: Kafka's
+/// coordinator appends with acks=all and `request.timeout.ms` (30 s by default).
+const TXN_LOG_APPEND_TIMEOUT_MS: i64 = 30_000;
 
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum LoadState {
@@ -48,10 +58,23 @@ enum LoadState {
     Loaded,
 }
 
+/// A `__transaction_state` partition served by this shard's coordinator: loaded (or being
+/// loaded) while this node led it at `coordinator_epoch` (the partition's leader epoch,
+/// as in Kafka). Another leader or leader epoch unloads it. `generation` tells a load, an
+/// append or a marker write that started before an unload from one after it: their
+/// results are dropped.
+#[derive(Copy, Clone)]
+struct Held {
+    state: LoadState,
+    coordinator_epoch: i32,
+    generation: u64,
+}
+
 /// One shard's transaction coordinators and the requests waiting for them.
 pub struct TxnShard {
     coordinators: RefCell<HashMap<i32, TxnCoordinator>>,
-    loads: RefCell<HashMap<i32, LoadState>>,
+    held: RefCell<HashMap<i32, Held>>,
+    next_generation: Cell<u64>,
     waiters: RefCell<HashMap<Token, oneshot::Sender<Reply>>>,
     next_token: Cell<Token>,
     /// Partitions whose coordinator has asked for producer ids and not got them yet.
@@ -66,7 +89,8 @@ impl TxnShard {
         }
         let t = Rc::new(TxnShard {
             coordinators: RefCell::new(HashMap::new()),
-            loads: RefCell::new(HashMap::new()),
+            held: RefCell::new(HashMap::new()),
+            next_generation: Cell::new(1),
             waiters: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             asking_ids: RefCell::new(HashMap::new()),
@@ -82,33 +106,137 @@ impl TxnShard {
         t
     }
 
-    /// Loads `__transaction_state` partition `p` on first use; requests for it meanwhile
-    /// get COORDINATOR_LOAD_IN_PROGRESS, which clients retry.
+    /// This shard's coordinators if they have been created.
+    pub fn existing(shard: &Shard) -> Option<Rc<TxnShard>> {
+        shard.txns.borrow().clone()
+    }
+
+    /// Loads `__transaction_state` partition `tp` if this node leads it and it is not
+    /// loaded at its current leader epoch (unloading what was loaded under another);
+    /// requests for it meanwhile get COORDINATOR_LOAD_IN_PROGRESS, which clients retry.
     pub async fn ensure_loaded(
         self: &Rc<Self>,
         shard: &Rc<Shard>,
         tp: Tp,
     ) -> Result<(), ResponseError> {
         let p = tp.partition.0;
-        match self.loads.borrow().get(&p) {
-            Some(LoadState::Loaded) => return Ok(()),
-            Some(LoadState::Loading) => return Err(ResponseError::CoordinatorLoadInProgress),
+        let coordinator_epoch = match shard.metadata().partition(tp.topic_id, tp.partition) {
+            Some(state) if state.leader == Some(shard.node_id()) => state.leader_epoch.0,
+            _ => return Err(ResponseError::NotCoordinator),
+        };
+        let held = self.held.borrow().get(&p).copied();
+        match held {
+            Some(h) if h.coordinator_epoch == coordinator_epoch => {
+                return match h.state {
+                    LoadState::Loaded => Ok(()),
+                    LoadState::Loading => Err(ResponseError::CoordinatorLoadInProgress),
+                };
+            }
+            // Loaded under another leader epoch: another coordinator may have written since.
+            Some(_) => self.unload_partition(shard, p),
             None => {}
         }
-        self.loads.borrow_mut().insert(p, LoadState::Loading);
-        match self.load(shard, tp).await {
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation + 1);
+        self.held.borrow_mut().insert(
+            p,
+            Held {
+                state: LoadState::Loading,
+                coordinator_epoch,
+                generation,
+            },
+        );
+        let result = self.load(shard, tp, coordinator_epoch, generation).await;
+        if !self.holds(p, generation) {
+            // Unloaded while it loaded: the leadership moved.
+            return Err(ResponseError::NotCoordinator);
+        }
+        match result {
             Ok(()) => {
-                self.loads.borrow_mut().insert(p, LoadState::Loaded);
+                if let Some(h) = self.held.borrow_mut().get_mut(&p) {
+                    h.state = LoadState::Loaded;
+                }
                 Ok(())
             }
             Err(e) => {
-                self.loads.borrow_mut().remove(&p);
+                self.unload_partition(shard, p);
                 Err(e)
             }
         }
     }
 
-    async fn load(self: &Rc<Self>, shard: &Rc<Shard>, tp: Tp) -> Result<(), ResponseError> {
+    /// Whether partition `p` is still held as it was at `generation` (no unload since).
+    fn holds(&self, p: i32, generation: u64) -> bool {
+        self.held
+            .borrow()
+            .get(&p)
+            .is_some_and(|h| h.generation == generation)
+    }
+
+    fn generation(&self, p: i32) -> Option<u64> {
+        self.held.borrow().get(&p).map(|h| h.generation)
+    }
+
+    /// Lets go of partition `p` (Kafka's `onResignation`): its coordinator forgets its
+    /// transactions, requests waiting for an append are answered NOT_COORDINATOR (their
+    /// clients find the new coordinator), and appends and markers under way are dropped
+    /// when they end.
+    fn unload_partition(self: &Rc<Self>, shard: &Rc<Shard>, p: i32) {
+        if self.held.borrow_mut().remove(&p).is_none() {
+            return;
+        }
+        let fx = self.with_coordinator(p, |c| c.unload());
+        tracing::info!(
+            partition = p,
+            "unloaded the transactions of __transaction_state partition {p}: this node no longer leads it at the epoch it loaded it under"
+        );
+        self.process(shard, p, fx);
+    }
+
+    /// A new metadata image reached this shard: every `__transaction_state` partition this
+    /// node no longer leads, or leads at a new leader epoch, is unloaded; every one it
+    /// leads and does not hold at that epoch is loaded at once, so that the transactions
+    /// the previous coordinator left half done are finished without waiting for a request.
+    pub fn on_image(self: &Rc<Self>, shard: &Rc<Shard>, image: &ClusterImage) {
+        let me = shard.node_id();
+        let topic = image.topic(TRANSACTION_STATE_TOPIC_NAME);
+        let moved: Vec<i32> = self
+            .held
+            .borrow()
+            .iter()
+            .filter(|(p, held)| {
+                topic
+                    .and_then(|t| image.partition(t.id, PartitionId(**p)))
+                    .is_none_or(|state| {
+                        state.leader != Some(me) || state.leader_epoch.0 != held.coordinator_epoch
+                    })
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in moved {
+            self.unload_partition(shard, p);
+        }
+        for tp in led_here(shard, image) {
+            if self.held.borrow().contains_key(&tp.partition.0) {
+                continue;
+            }
+            let (me, shard) = (self.clone(), shard.clone());
+            glommio::spawn_local(async move {
+                if let Err(e) = me.ensure_loaded(&shard, tp).await {
+                    tracing::info!(partition = tp.partition.0, "transactions not loaded: {e:?}");
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn load(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        tp: Tp,
+        coordinator_epoch: i32,
+        generation: u64,
+    ) -> Result<(), ResponseError> {
         let p = tp.partition.0;
         let handle = wait_for_open(shard, tp)
             .await
@@ -125,6 +253,9 @@ impl TxnShard {
                     tracing::error!(partition = p, "cannot read the transaction log: {e}");
                     ResponseError::CoordinatorNotAvailable
                 })?;
+            if !self.holds(p, generation) {
+                return Err(ResponseError::NotCoordinator);
+            }
             let before = next;
             for (_, batch) in batches(&bytes) {
                 let Some(header) = BatchHeader::view(batch) else {
@@ -164,9 +295,14 @@ impl TxnShard {
             let c = coordinators
                 .entry(p)
                 .or_insert_with(|| TxnCoordinator::new(shard.config.txn.clone(), p));
-            c.load(now_ms(), LEADER_EPOCH.0, loaded.iter())
+            c.load(now_ms(), coordinator_epoch, loaded.iter())
         };
-        tracing::debug!(partition = p, records = loaded.len(), "loaded transactions");
+        tracing::info!(
+            partition = p,
+            coordinator_epoch,
+            records = loaded.len(),
+            "loaded transactions"
+        );
         self.process(shard, p, fx);
         Ok(())
     }
@@ -207,6 +343,7 @@ impl TxnShard {
     /// Carries out a coordinator's effects: replies now, appends, markers and producer-id
     /// requests in tasks that report back into the coordinator (whose new effects are
     /// processed the same way). Appends are spawned in the order given, so the log keeps it.
+    /// A result that comes back after the partition was unloaded is dropped.
     fn process(self: &Rc<Self>, shard: &Rc<Shard>, p: i32, fx: Effects) {
         for reply in fx.replies {
             let waiter = self.waiters.borrow_mut().remove(&reply.token());
@@ -215,10 +352,22 @@ impl TxnShard {
                 None => tracing::debug!(token = reply.token(), "answer for a request that is gone"),
             }
         }
+        let Some(generation) = self.generation(p) else {
+            // Unloaded: nothing more is written for this partition here.
+            return;
+        };
         for append in fx.appends {
             let (me, shard) = (self.clone(), shard.clone());
+            // Checked before the task starts, so appends keep the coordinator's order.
+            let handle = txn_log_for_append(&shard, p, append.coordinator_epoch);
             glommio::spawn_local(async move {
-                let result = append_record(&shard, p, &append).await;
+                let result = match handle {
+                    Ok(handle) => append_record(&handle, &append).await,
+                    Err(e) => Err(e),
+                };
+                if !me.holds(p, generation) {
+                    return;
+                }
                 let fx = me.with_coordinator(p, |c| c.append_done(now_ms(), append.id, result));
                 me.process(&shard, p, fx);
             })
@@ -228,6 +377,9 @@ impl TxnShard {
             let (me, shard) = (self.clone(), shard.clone());
             glommio::spawn_local(async move {
                 let outcomes = write_markers(&shard, &request).await;
+                if !me.holds(p, generation) {
+                    return;
+                }
                 let fx = me.with_coordinator(p, |c| c.markers_done(now_ms(), &request, &outcomes));
                 me.process(&shard, p, fx);
             })
@@ -266,38 +418,80 @@ impl TxnShard {
     }
 }
 
-/// Appends one `__transaction_state` record, synced (acks=all on a single node).
-async fn append_record(shard: &Rc<Shard>, p: i32, append: &LogAppend) -> Result<(), ResponseError> {
-    if append.coordinator_epoch != LEADER_EPOCH.0 {
-        return Err(ResponseError::NotCoordinator);
+/// Partition `p` of `__transaction_state`, if this node leads it at `coordinator_epoch`
+/// and, when it has other replicas, at least `min.insync.replicas` of them are in sync
+/// (the coordinator appends with acks=all). Errors are the partition's, mapped to the
+/// coordinator's answer by the coordinator as Kafka's `appendTransactionToLog` maps them:
+/// NOT_LEADER_OR_FOLLOWER becomes NOT_COORDINATOR, NOT_ENOUGH_REPLICAS
+/// COORDINATOR_NOT_AVAILABLE.
+fn txn_log_for_append(
+    shard: &Shard,
+    p: i32,
+    coordinator_epoch: i32,
+) -> Result<Rc<crate::partition::PartitionHandle>, ResponseError> {
+    let topic = shard
+        .metadata()
+        .topic(TRANSACTION_STATE_TOPIC_NAME)
+        .map(|t| t.id)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let tp = Tp {
+        topic_id: topic,
+        partition: PartitionId(p),
+    };
+    let handle = crate::node::partitions::led_partition(shard, tp)?;
+    // Led at another epoch: this coordinator is not the partition's any more (Kafka
+    // checks the coordinator epoch against the partition's before and after appending).
+    if handle.replica.leader_epoch() != coordinator_epoch {
+        return Err(ResponseError::NotLeaderOrFollower);
     }
-    let topic = ensure_txn_topic(shard)
-        .await
-        .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-    let handle = shard
-        .partitions
-        .get(Tp {
-            topic_id: topic.id,
-            partition: PartitionId(p),
-        })
-        .ok_or(ResponseError::NotLeaderOrFollower)?;
+    if !handle.replica.is_single_replica() {
+        handle
+            .replica
+            .with(|r| r.check_produce(crate::replica::Acks::All))?;
+    }
+    Ok(handle)
+}
+
+/// Appends one `__transaction_state` record: synced when the partition has one replica;
+/// with other replicas, written and answered once the high watermark covers it (acks=all,
+/// waiting up to [`TXN_LOG_APPEND_TIMEOUT_MS`]), so that what the coordinator answered
+/// survives its leader's failure.
+async fn append_record(
+    handle: &Rc<crate::partition::PartitionHandle>,
+    append: &LogAppend,
+) -> Result<(), ResponseError> {
     let (key, value) = append.record.encode().map_err(|e| {
         tracing::error!("cannot encode a transaction log record: {e}");
         ResponseError::MessageTooLarge
     })?;
     let mut builder = BatchBuilder::new();
     builder.push(Some(&key), value.as_deref(), &[], now_ms());
-    match handle
-        .append(Bytes::from(builder.build()), Durability::Synced)
+    let single = handle.replica.is_single_replica();
+    let durability = if single {
+        Durability::Synced
+    } else {
+        Durability::Written
+    };
+    let info = match handle
+        .append(Bytes::from(builder.build()), durability)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(ClientAppendError::Refused(e)) => Err(e),
+        Ok(info) => info,
+        Err(ClientAppendError::Refused(e)) => return Err(e),
         Err(ClientAppendError::Engine(e)) => {
             tracing::error!("cannot append to the transaction log: {e}");
-            Err(crate::errors::engine_error(&e))
+            return Err(crate::errors::engine_error(&e));
         }
+    };
+    if single {
+        return Ok(());
     }
+    crate::replica::driver::wait_for_high_watermark(
+        handle,
+        info.last_offset.0 + 1,
+        TXN_LOG_APPEND_TIMEOUT_MS,
+    )
+    .await
 }
 
 /// How long the coordinator waits for another broker's WriteTxnMarkers answer: longer
@@ -776,23 +970,57 @@ pub(crate) async fn list_here(
     Ok(out)
 }
 
-/// Loads every `__transaction_state` partition this shard owns, if the topic exists (at
-/// start: the coordinators resume unfinished commits and aborts at once).
-pub async fn load_local_partitions(shard: Rc<Shard>) {
-    let name = wharf_protocol::txn::log::TRANSACTION_STATE_TOPIC_NAME;
-    let Some(topic) = shard.metadata().topic(name).cloned() else {
-        return;
+/// The `__transaction_state` partitions of `image` that this shard owns and this node
+/// leads.
+fn led_here(shard: &Shard, image: &ClusterImage) -> Vec<Tp> {
+    let Some(topic) = image.topic(TRANSACTION_STATE_TOPIC_NAME) else {
+        return Vec::new();
     };
-    let txns = TxnShard::of(&shard);
-    for p in topic.partitions() {
-        let tp = Tp {
+    topic
+        .partitions()
+        .map(|partition| Tp {
             topic_id: topic.id,
-            partition: p,
-        };
-        if shard.is_local(tp) && leads(&shard, tp) {
-            if let Err(e) = txns.ensure_loaded(&shard, tp).await {
-                tracing::warn!(partition = p.0, "cannot load transactions: {e:?}");
-            }
+            partition,
+        })
+        .filter(|tp| {
+            shard.is_local(*tp)
+                && image
+                    .partition(tp.topic_id, tp.partition)
+                    .is_some_and(|p| p.leader == Some(shard.node_id()))
+        })
+        .collect()
+}
+
+/// A new metadata image reached `shard` (from `Shard::apply_metadata`): its transaction
+/// coordinators follow the leadership of their partitions ([`TxnShard::on_image`]). A
+/// shard that never coordinated starts to when this node becomes a leader.
+pub fn on_image(shard: &Rc<Shard>, image: &ClusterImage) {
+    let txns = match TxnShard::existing(shard) {
+        Some(txns) => txns,
+        None if !led_here(shard, image).is_empty() => TxnShard::of(shard),
+        None => return,
+    };
+    txns.on_image(shard, image);
+}
+
+/// Loads every `__transaction_state` partition this shard owns and this node leads, if
+/// the topic exists (at start: the coordinators resume unfinished commits and aborts at
+/// once).
+pub async fn load_local_partitions(shard: Rc<Shard>) {
+    let image = shard.metadata();
+    let led = led_here(&shard, &image);
+    if led.is_empty() {
+        return;
+    }
+    let txns = TxnShard::of(&shard);
+    for tp in led {
+        match txns.ensure_loaded(&shard, tp).await {
+            // Loading already, started by the metadata image.
+            Ok(()) | Err(ResponseError::CoordinatorLoadInProgress) => {}
+            Err(e) => tracing::warn!(
+                partition = tp.partition.0,
+                "cannot load transactions: {e:?}"
+            ),
         }
     }
 }
