@@ -58,6 +58,9 @@ use disk::StorageDisk;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one forwarded request may wait for its answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a request waiting on a remote controller looks whether another node leads
+/// now.
+const LEADER_CHANGE_POLL: Duration = Duration::from_millis(50);
 /// How long the controller works on a forwarded request before answering that it timed
 /// out: within the forwarder's own wait, so the answer reaches it.
 const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_millis(4_500);
@@ -445,7 +448,27 @@ impl ControlPlane {
                 let left = deadline.saturating_duration_since(Instant::now());
                 self.submit_local(request.clone(), left).await
             } else {
-                match self.peers.request(target, &request, FORWARD_TIMEOUT).await {
+                let asked = futures_lite::future::or(
+                    async { Some(self.peers.request(target, &request, FORWARD_TIMEOUT).await) },
+                    async {
+                        self.until_another_leader(target).await;
+                        None
+                    },
+                )
+                .await;
+                let Some(asked) = asked else {
+                    // The node asked stopped leading while the request waited (a voter
+                    // hears it from Raft, a broker from a hint): ask the new one now rather
+                    // than after FORWARD_TIMEOUT. A controller that stopped answering (a
+                    // stopped process, a lost link) must not keep this node's heartbeats
+                    // away from its successor past the session timeout.
+                    tracing::debug!(
+                        controller = target.0,
+                        "the active controller changed while a request waited; asking the new one"
+                    );
+                    continue;
+                };
+                match asked {
                     Ok(answer) => answer,
                     Err(e) => {
                         tracing::debug!(
@@ -484,6 +507,16 @@ impl ControlPlane {
             }
         }
         Err(last_error)
+    }
+
+    /// Resolves once this node knows of an active controller other than `target`.
+    async fn until_another_leader(&self, target: NodeId) {
+        loop {
+            glommio::timer::sleep(LEADER_CHANGE_POLL).await;
+            if self.leader.get().is_some_and(|l| l != target) {
+                return;
+            }
+        }
     }
 
     /// Waits until this node's shards serve an image at `offset` or later (bounded).
