@@ -1895,3 +1895,54 @@ fn a_one_node_cluster_shows_the_controller_port_it_picked_and_serves_kafka_clien
     assert_eq!(listed, [(1, i32::from(port))]);
     node.assert_no_panic();
 }
+
+#[test]
+fn when_the_active_controller_stops_answering_the_other_brokers_stay_unfenced() {
+    // Sessions shorter than the 5 s a forwarded request may wait: a broker whose heartbeat
+    // waited out that time on the frozen controller would be fenced by its successor.
+    let (nodes, _) = start_cluster_with(
+        3,
+        "broker.session.timeout.ms = 3000\nbroker.heartbeat.interval.ms = 500\n",
+    );
+    let status = cluster_status(&nodes[0].bootstrap());
+    let active: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Active controller:"))
+        .and_then(|rest| rest.trim().strip_prefix("node "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no active controller in:\n{status}"));
+    let frozen = &nodes[active - 1];
+    // SAFETY: a plain syscall on a pid this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(frozen.pid(), libc::SIGSTOP) }, 0);
+    let others: Vec<&Broker> = nodes.iter().filter(|n| n.pid() != frozen.pid()).collect();
+    // A new controller is elected and fences the frozen node only.
+    wait_for_metadata(&others, "the frozen controller's node fenced", |md| {
+        md.brokers.len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    for node in &others {
+        let md = metadata(node.addr());
+        assert_eq!(md.brokers.len(), 2, "the two answering brokers stay live");
+    }
+    let fenced: Vec<String> = others
+        .iter()
+        .flat_map(|n| {
+            n.stderr()
+                .lines()
+                .filter(|l| l.contains("fencing broker"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        fenced
+            .iter()
+            .all(|l| l.contains(&format!("broker={active}"))),
+        "only the frozen node is fenced: {fenced:#?}"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(frozen.pid(), libc::SIGCONT) }, 0);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
