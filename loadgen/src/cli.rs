@@ -286,7 +286,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 20)]
     pub partition_max_bytes: i32,
 
-    /// Produce timeout_ms (how long the broker may wait for acks=all).
+    /// Produce timeout_ms (how long the broker may wait for acks=all). A Produce unanswered
+    /// for this plus --drain-timeout stops its producer, its outstanding records counted as
+    /// NO_ANSWER_WITHIN_REQUEST_TIMEOUT.
     #[arg(long, default_value_t = 30_000)]
     pub request_timeout_ms: i32,
 

@@ -63,6 +63,9 @@ struct SentBatch {
 struct InFlight {
     correlation_id: i32,
     expects_response: bool,
+    /// When the request was queued: with acks != 0 it must be answered within the Produce
+    /// timeout plus the drain timeout, or the broker is taken to have stopped answering.
+    sent_ns: u64,
     batches: Vec<SentBatch>,
 }
 
@@ -279,6 +282,11 @@ impl Producer {
             if now >= hard_stop_ns {
                 return self.fail("NO_ANSWER_BEFORE_DRAIN_TIMEOUT");
             }
+            // A broker that stopped answering (frozen, or its host gone without a reset)
+            // would otherwise hold a run bounded only by --records forever.
+            if self.oldest_answer_due().is_some_and(|due| now >= due) {
+                return self.fail("NO_ANSWER_WITHIN_REQUEST_TIMEOUT");
+            }
             let deadline = self.next_deadline(now, generating, hard_stop_ns);
             let unacknowledged = self.in_flight.iter().any(|f| !f.expects_response);
             if let Err(e) = self
@@ -357,8 +365,24 @@ impl Producer {
         }
     }
 
+    /// When the oldest request that expects an answer is overdue: the Produce timeout the
+    /// broker was given, plus the drain timeout for the answer to arrive (as the consumer
+    /// allows a fetch its max wait plus the drain timeout).
+    fn oldest_answer_due(&self) -> Option<u64> {
+        let allowance = (self.workload.request_timeout_ms.max(0) as u64)
+            .saturating_mul(1_000_000)
+            .saturating_add(self.workload.drain_ns);
+        self.in_flight
+            .iter()
+            .find(|f| f.expects_response)
+            .map(|f| f.sent_ns.saturating_add(allowance))
+    }
+
     fn next_deadline(&self, now: u64, generating: bool, hard_stop_ns: u64) -> u64 {
         let mut deadline = hard_stop_ns;
+        if let Some(due) = self.oldest_answer_due() {
+            deadline = deadline.min(due);
+        }
         if generating && now < self.workload.stop_ns {
             deadline = deadline.min(self.workload.stop_ns);
         }
@@ -590,6 +614,7 @@ impl Producer {
         self.in_flight.push_back(InFlight {
             correlation_id,
             expects_response: acks != 0,
+            sent_ns: now,
             batches: sent,
         });
         Ok(true)

@@ -117,9 +117,9 @@ pub struct BrokerArgs {
     /// --controller-quorum-voters; none on a broker-only node, which refuses one]
     #[arg(long, value_name = "ADDR")]
     pub controller_listen: Option<String>,
-    /// Address for replication between brokers, recorded in the broker's registration
-    /// (replicated partitions will use it; nothing is served on it yet). (file: `listeners`
-    /// entry `REPLICATION://HOST:PORT`) [default: none]
+    /// Address where followers fetch the partitions this node leads, recorded in the
+    /// broker's registration; a node of a cluster with replicated topics needs one. Port 0
+    /// picks a free port. (file: `listeners` entry `REPLICATION://HOST:PORT`) [default: none]
     #[arg(long, value_name = "ADDR")]
     pub replication_listen: Option<String>,
     /// How long the first rebalance of an empty consumer group waits for more members
