@@ -157,6 +157,10 @@ async fn fetch_rounds(
     let mut buf = BytesMut::new();
     let me = shard.node_id();
     let max_batch_bytes = shard.config.max_request_bytes;
+    // The leader fills an answer in request order up to the request's bytes, so the
+    // partitions take turns at the front (as Kafka's fetch sessions rotate them): a
+    // partition far behind cannot keep the others waiting round after round.
+    let mut turn = 0usize;
     loop {
         if shard.shutdown.is_set() {
             return Ok(());
@@ -165,11 +169,14 @@ async fn fetch_rounds(
         if !leaders_followed(&image, me).contains(&leader) {
             return Ok(());
         }
-        let positions = next_fetches(shard, leader).await;
+        let mut positions = next_fetches(shard, leader).await;
         if positions.is_empty() {
             glommio::timer::sleep(IDLE_PAUSE).await;
             continue;
         }
+        let len = positions.len();
+        positions.rotate_left(turn % len);
+        turn = turn.wrapping_add(1);
         let request = FetchRequest {
             correlation_id: 0,
             replica_id: me.0,
