@@ -12,7 +12,8 @@
 # controller.quorum.voters: they follow the voters' metadata log). Each has one shard. Node
 # i listens for clients on 127.0.0.1:(BASE + 100*(i-1)), a voter's controller listener on
 # the port after that, and every node's replication listener on the next. Its data, log
-# (wharf.log) and pid file are in DIR/node-i.
+# (wharf.log) and pid file are in DIR/node-i. Node i runs on CPU (i-1) modulo the CPU count
+# (each node's one shard is pinned to the first CPU it may use).
 #
 # Environment: WHARF_CLUSTER_DIR (default ./cluster-data), WHARF_CLUSTER_BASE_PORT
 # (default 19092), WHARF_BIN (default target/release/wharf, else target/debug/wharf).
@@ -144,7 +145,13 @@ start() {
         if [ "$i" -le "$n" ]; then
             controller_flags=(--controller-listen "127.0.0.1:$(controller_port "$i")")
         fi
-        nohup "$bin" --node-id "$i" --shards 1 \
+        # Each node has one shard, pinned to the first CPU its affinity mask allows: spread
+        # the nodes over this machine's CPUs, or they would all share the first one.
+        local pin=()
+        if command -v taskset >/dev/null && [ "$(nproc)" -gt 1 ]; then
+            pin=(taskset -c $(((i - 1) % $(nproc))))
+        fi
+        nohup ${pin[@]+"${pin[@]}"} "$bin" --node-id "$i" --shards 1 \
             --listen "127.0.0.1:$(client_port "$i")" \
             ${controller_flags[@]+"${controller_flags[@]}"} \
             --replication-listen "127.0.0.1:$(replication_port "$i")" \
