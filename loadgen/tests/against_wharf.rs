@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -840,4 +841,71 @@ fn e2e_in_a_group_sees_every_acknowledged_record() {
         "every record seen once"
     );
     assert_eq!(report["group"]["members"], 2);
+}
+
+#[test]
+fn a_broker_that_stops_answering_ends_the_run_with_its_records_counted_as_lost() {
+    let broker = Broker::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    // A run bounded only by a record count it will never reach.
+    let mut run = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
+        .args([
+            "produce",
+            "--topic",
+            "frozen",
+            "--create-topic",
+            "--records",
+            "1000000000",
+            "--rate",
+            "2000",
+            "--producers",
+            "1",
+            "--request-timeout-ms",
+            "1000",
+            "--bootstrap",
+            &broker.addr,
+            "--warmup",
+            "0",
+            "--quiet",
+            "--drain-timeout",
+            "1",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wharf-loadgen runs");
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = broker.child.id().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+    assert!(stopped.expect("kill runs").success());
+    // Answers are due within the Produce timeout plus the drain timeout (2 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = run.try_wait().expect("wait for wharf-loadgen") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            let _ = run.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    let status = status.expect("wharf-loadgen ends once the broker stops answering");
+    assert_eq!(status.code(), Some(2), "errors make the exit status 2");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("a report")).expect("JSON");
+    assert_eq!(
+        report["errors"]["NO_ANSWER_WITHIN_REQUEST_TIMEOUT"], 1,
+        "{}",
+        report["errors"]
+    );
+    assert!(
+        report["error_records"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
 }
