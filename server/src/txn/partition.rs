@@ -489,7 +489,9 @@ impl PartitionTxns {
     /// The state a snapshot describes, with the aborted index read from the `.txnindex`
     /// files (entries in marker order, all below the snapshot's offset).
     pub fn from_snapshot(snapshot: TxnSnapshot, aborted: Vec<AbortedTxn>) -> PartitionTxns {
-        debug_assert!(aborted.windows(2).all(|w| w[0].last_offset < w[1].last_offset));
+        debug_assert!(aborted
+            .windows(2)
+            .all(|w| w[0].last_offset < w[1].last_offset));
         let mut txns = PartitionTxns {
             aborted,
             ..PartitionTxns::default()
@@ -590,7 +592,10 @@ mod tests {
         for hw in 0..8 {
             assert_eq!(back.last_stable_offset(hw), p.last_stable_offset(hw));
         }
-        assert_eq!(back.ongoing().collect::<Vec<_>>(), p.ongoing().collect::<Vec<_>>());
+        assert_eq!(
+            back.ongoing().collect::<Vec<_>>(),
+            p.ongoing().collect::<Vec<_>>()
+        );
         assert_eq!(back.aborted_in_range(0, 8), p.aborted_in_range(0, 8));
         for pid in [1, 2, 4, 5] {
             assert_eq!(back.producer(pid), p.producer(pid));
@@ -606,7 +611,11 @@ mod tests {
         }
         assert_eq!(p.prune_aborted_before(5), 1);
         let left: Vec<i64> = p.aborted_index().iter().map(|e| e.producer_id).collect();
-        assert_eq!(left, vec![2, 3], "an abort ending at the log start overlaps it");
+        assert_eq!(
+            left,
+            vec![2, 3],
+            "an abort ending at the log start overlaps it"
+        );
     }
 
     #[test]
