@@ -549,8 +549,9 @@ impl PartitionTxnState {
         self.replay(log, high_watermark).await?;
         let open = self.txns.borrow().ongoing().count();
         let aborted = self.txns.borrow().aborted_index().len();
+        // Kafka logs its producer-state loading the same way: what a restart cost.
         if let Some(r) = self.last_replay.get() {
-            tracing::debug!(
+            tracing::info!(
                 dir = %dir.display(),
                 open,
                 aborted,
