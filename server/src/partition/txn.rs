@@ -34,7 +34,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use wharf_engine::{DmaStorage, Durability, EngineError, Offset, PartitionLog};
+use wharf_engine::{DmaStorage, Durability, EngineError, Offset, PartitionLog, Storage};
 use wharf_protocol::batch::{batches, BatchHeader};
 use wharf_protocol::txn::control::{decode_control_batch, ControlContent, EndTxnMarker};
 use wharf_protocol::txn::index::AbortedTxn;
@@ -45,6 +45,8 @@ use crate::txn::partition::{PartitionTxns, VerificationGuard};
 /// Present in a partition's directory once it has joined a transaction: its open
 /// transactions and aborted index are then rebuilt from the log on open.
 pub const TXN_MARKER_FILE: &str = "transactional";
+/// The marker file is empty; anything larger is not ours.
+const MAX_MARKER_FILE_BYTES: u64 = 1 << 12;
 /// Bytes read per step while rebuilding.
 const REBUILD_READ_BYTES: usize = 1 << 20;
 /// Largest control batch read while rebuilding (a marker is about 80 bytes).
@@ -77,13 +79,13 @@ fn producer_batches(records: &Bytes) -> Vec<ProducerBatch> {
 }
 
 /// The transactions of one partition, next to its log.
-pub struct PartitionTxnState {
+pub struct PartitionTxnState<S: Storage = DmaStorage> {
     txns: RefCell<PartitionTxns>,
     /// Producers whose first transactional batch here is being appended, with the log end
     /// before it: the LSO stays below that until the batch's offsets are known.
     opening: RefCell<Vec<(i64, i64)>>,
     marker_file: Cell<bool>,
-    files: Rc<TxnFiles<DmaStorage>>,
+    files: Rc<TxnFiles<S>>,
     /// Appends, markers and follower writes under way: while any is, the log may hold a
     /// batch the state has not applied yet, so no snapshot is taken.
     busy: Cell<usize>,
@@ -124,11 +126,18 @@ impl PartitionTxnState {
     /// The state of the partition whose files are in `dir`, empty until
     /// [`Self::rebuild`].
     pub fn new(dir: PathBuf) -> PartitionTxnState {
+        PartitionTxnState::with_storage(DmaStorage, dir)
+    }
+}
+
+impl<S: Storage> PartitionTxnState<S> {
+    /// [`PartitionTxnState::new`] on any storage (the simulator's in tests).
+    pub fn with_storage(storage: S, dir: PathBuf) -> PartitionTxnState<S> {
         PartitionTxnState {
             txns: RefCell::default(),
             opening: RefCell::default(),
             marker_file: Cell::new(false),
-            files: Rc::new(TxnFiles::new(DmaStorage, dir)),
+            files: Rc::new(TxnFiles::new(storage, dir)),
             busy: Cell::new(0),
             applied_end: Cell::new(0),
             diverged: Cell::new(false),
@@ -373,7 +382,7 @@ impl PartitionTxnState {
     /// Once a segment has rolled since the last snapshot, and if the state is exactly
     /// what the log implies right now (nothing under way, nothing lost), snapshots it at
     /// the log end in the background: the next open replays only what comes after.
-    pub fn snapshot_if_rolled(&self, log: &PartitionLog) {
+    pub fn snapshot_if_rolled(&self, log: &PartitionLog<S>) {
         if !self.marker_file.get()
             || self.busy.get() > 0
             || !self.opening.borrow().is_empty()
@@ -394,19 +403,18 @@ impl PartitionTxnState {
         let snapshot = self.txns.borrow().snapshot(end);
         let generation = self.files.generation();
         let files = self.files.clone();
-        glommio::spawn_local(async move {
+        self.files.storage().spawn(Box::pin(async move {
             if let Err(e) = files.write_snapshot(snapshot, generation).await {
                 tracing::error!(
                     dir = %files.dir().display(),
                     "cannot write the transaction snapshot (the next open replays more of the log): {e}"
                 );
             }
-        })
-        .detach();
+        }));
     }
 
     /// Snapshots the state at the log end now (a clean close), if it is exact.
-    pub async fn snapshot_at_close(&self, log: &PartitionLog) {
+    pub async fn snapshot_at_close(&self, log: &PartitionLog<S>) {
         if !self.marker_file.get() || self.diverged.get() || self.busy.get() > 0 {
             return;
         }
@@ -442,7 +450,7 @@ impl PartitionTxnState {
     /// Retention or DeleteRecords moved the log start: aborted transactions whose marker
     /// is below it are forgotten (they overlap no data), and the `.txnindex` files of the
     /// deleted segments go, with the snapshots below the log start.
-    pub async fn after_log_start_moved(&self, log: &PartitionLog) {
+    pub async fn after_log_start_moved(&self, log: &PartitionLog<S>) {
         if !self.marker_file.get() {
             return;
         }
@@ -475,7 +483,7 @@ impl PartitionTxnState {
     /// marker's segment (written by [`Self::flush_index`]).
     pub fn apply_marker(
         &self,
-        log: &PartitionLog,
+        log: &PartitionLog<S>,
         producer_id: i64,
         producer_epoch: i16,
         marker: &EndTxnMarker,
@@ -505,18 +513,20 @@ impl PartitionTxnState {
         if self.marker_file.get() {
             return Ok(());
         }
-        let dir: PathBuf = dir.to_path_buf();
-        let created = glommio::executor()
-            .spawn_blocking(move || -> std::io::Result<()> {
-                let path = dir.join(TXN_MARKER_FILE);
-                if path.exists() {
-                    return Ok(());
-                }
-                let f = std::fs::File::create(&path)?;
-                f.sync_all()?;
-                std::fs::File::open(&dir)?.sync_all()
-            })
-            .await;
+        let path = dir.join(TXN_MARKER_FILE);
+        let storage = self.files.storage();
+        let created = async {
+            if storage
+                .read_file(&path, MAX_MARKER_FILE_BYTES)
+                .await?
+                .is_none()
+            {
+                storage.write_file(&path, Vec::new()).await?;
+                storage.sync_dir(dir).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
         match created {
             Ok(()) => {
                 self.marker_file.set(true);
@@ -535,14 +545,19 @@ impl PartitionTxnState {
     pub async fn rebuild(
         &self,
         dir: &Path,
-        log: &PartitionLog,
+        log: &PartitionLog<S>,
         high_watermark: i64,
     ) -> Result<(), EngineError> {
-        let path = dir.join(TXN_MARKER_FILE);
-        let exists = glommio::executor()
-            .spawn_blocking(move || path.exists())
-            .await;
-        if !exists {
+        let marker = self
+            .files
+            .storage()
+            .read_file(&dir.join(TXN_MARKER_FILE), MAX_MARKER_FILE_BYTES)
+            .await
+            .map_err(|source| EngineError::Io {
+                context: "look for the partition's transaction marker file".into(),
+                source,
+            })?;
+        if marker.is_none() {
             return Ok(());
         }
         self.marker_file.set(true);
@@ -573,7 +588,11 @@ impl PartitionTxnState {
     /// so the state never remembers what the log lost. Reads until the log end as it is at
     /// the last read, and installs the result without yielding after that read; when it
     /// read anything, the result is snapshotted, so the next open starts there.
-    pub async fn replay(&self, log: &PartitionLog, high_watermark: i64) -> Result<(), EngineError> {
+    pub async fn replay(
+        &self,
+        log: &PartitionLog<S>,
+        high_watermark: i64,
+    ) -> Result<(), EngineError> {
         let io = |context: &str| {
             let context = context.to_string();
             move |source| EngineError::Io { context, source }
@@ -654,7 +673,7 @@ impl PartitionTxnState {
     /// makes the partition rebuild its transactions at open is created (synced).
     pub async fn append_as_follower(
         &self,
-        log: &PartitionLog,
+        log: &PartitionLog<S>,
         records: &Bytes,
     ) -> Result<(), EngineError> {
         if !self.has_marker_file() && has_transactional_or_control(records) {
@@ -682,7 +701,7 @@ impl PartitionTxnState {
     /// none is open), a marker ends it (an abort enters the aborted index and its
     /// segment's `.txnindex`, written by [`Self::flush_index`]), and every producer batch
     /// or marker moves the producer's epoch.
-    pub fn apply_replicated(&self, log: &PartitionLog, records: &Bytes) {
+    pub fn apply_replicated(&self, log: &PartitionLog<S>, records: &Bytes) {
         let mut entries = Vec::new();
         {
             let mut txns = self.txns.borrow_mut();
@@ -1295,5 +1314,315 @@ mod tests {
             assert_eq!(observed(&state, end), before);
             log.close().await.expect("closes");
         });
+    }
+
+    mod on_a_simulated_disk {
+        //! The files under crashes: a seeded run appends a follower's transactional
+        //! batches and markers to a log on the engine's simulated disk (whose crashes lose,
+        //! tear and reorder what was not synced), cuts the log as a follower does, crashes
+        //! and closes, and after every open or cut checks the state and the `.txnindex`
+        //! files against a replay of the whole surviving log, the state the partition had
+        //! before these files existed.
+
+        use super::*;
+        use std::collections::HashMap;
+        use wharf_engine::sim::{FaultConfig, Rng, Runtime, SimDisk, SimStorage};
+        use wharf_protocol::txn::index::ABORTED_TXN_BYTES;
+
+        /// Seeds run by `cargo test`; `WHARF_TXN_FILES_SIM_SEEDS` runs more.
+        const SEEDS: u64 = 40;
+        const STEPS: usize = 300;
+        const PRODUCERS: i64 = 4;
+
+        struct Sim {
+            seed: u64,
+            rt: Runtime,
+            disk: SimDisk,
+            dir: PathBuf,
+            rng: Rng,
+            log: Option<Rc<PartitionLog<SimStorage>>>,
+            state: Option<Rc<PartitionTxnState<SimStorage>>>,
+            seqs: HashMap<i64, i32>,
+            trace: Vec<String>,
+        }
+
+        impl Sim {
+            fn run<T: 'static>(&self, fut: impl std::future::Future<Output = T> + 'static) -> T {
+                let result = self.rt.spawn_with_result(fut);
+                self.rt.run_until_stalled();
+                match result.take() {
+                    Some(value) => value,
+                    None => self.fail("a task never finished"),
+                }
+            }
+
+            fn fail(&self, what: &str) -> ! {
+                panic!(
+                    "seed {}: {what}\nsteps:\n  {}\nreplay: WHARF_TXN_FILES_SIM_SEED={} cargo test -p wharf-server --lib on_a_simulated_disk",
+                    self.seed,
+                    self.trace.join("\n  "),
+                    self.seed
+                )
+            }
+
+            fn log(&self) -> Rc<PartitionLog<SimStorage>> {
+                self.log.clone().expect("open")
+            }
+
+            fn state(&self) -> Rc<PartitionTxnState<SimStorage>> {
+                self.state.clone().expect("open")
+            }
+
+            fn open(&mut self) {
+                let storage = SimStorage::new(self.disk.clone());
+                let dir = self.dir.clone();
+                let (log, state) = self.run(async move {
+                    let log = PartitionLog::open_with(
+                        storage.clone(),
+                        dir.clone(),
+                        small_segments(),
+                        BatchCache::new(1 << 20),
+                    )
+                    .await
+                    .expect("opens");
+                    let state = PartitionTxnState::with_storage(storage, dir.clone());
+                    let end = log.log_end_offset().0;
+                    state.rebuild(&dir, &log, end).await.expect("rebuilds");
+                    (Rc::new(log), Rc::new(state))
+                });
+                self.trace.push(format!(
+                    "opened [{}, {}), replay {:?}",
+                    log.log_start_offset().0,
+                    log.log_end_offset().0,
+                    state.last_replay()
+                ));
+                self.log = Some(log);
+                self.state = Some(state);
+                self.check();
+            }
+
+            /// The state and the index files equal what a replay of the whole log gives.
+            fn check(&self) {
+                let (log, state) = (self.log(), self.state());
+                let full = {
+                    let log = log.clone();
+                    self.run(async move {
+                        let mut txns = PartitionTxns::default();
+                        let mut next = log.log_start_offset().0;
+                        while next < log.log_end_offset().0 {
+                            let bytes = log.read(Offset(next), 1 << 20).await.expect("reads");
+                            for (_, batch) in batches(&bytes) {
+                                let h = BatchHeader::view(batch).expect("a batch");
+                                let last = h.base_offset() + i64::from(h.last_offset_delta());
+                                if last >= next {
+                                    next = last + 1;
+                                    apply_stored_batch(&mut txns, batch);
+                                }
+                            }
+                        }
+                        txns
+                    })
+                };
+                let end = log.log_end_offset().0;
+                let full_ongoing: Vec<(i64, i64)> = full.ongoing().collect();
+                if state.ongoing() != full_ongoing {
+                    self.fail(&format!(
+                        "open transactions {:?}, the log has {full_ongoing:?}",
+                        state.ongoing()
+                    ));
+                }
+                if state.aborted_index() != full.aborted_index() {
+                    self.fail(&format!(
+                        "aborted {:?}, the log has {:?}",
+                        state.aborted_index(),
+                        full.aborted_index()
+                    ));
+                }
+                if state.last_stable_offset(end) != full.last_stable_offset(end) {
+                    self.fail("the last stable offset differs");
+                }
+                for pid in 1..=PRODUCERS {
+                    if state.producer(pid).as_ref() != full.producer(pid) {
+                        self.fail(&format!("producer {pid} differs"));
+                    }
+                }
+                // Every index file, in base order, is exactly the aborted list.
+                {
+                    let state = state.clone();
+                    self.run(async move { state.flush_index().await });
+                }
+                let mut files: Vec<(i64, Vec<u8>)> = self
+                    .disk
+                    .files_in(&self.dir)
+                    .into_iter()
+                    .filter_map(|(path, _)| {
+                        let name = path.file_name()?.to_str()?.to_string();
+                        let base: i64 = name.strip_suffix(".txnindex")?.parse().ok()?;
+                        Some((base, self.disk.contents(&path)?))
+                    })
+                    .collect();
+                files.sort();
+                let bases = log.segment_base_offsets();
+                let mut want: Vec<(i64, Vec<u8>)> = Vec::new();
+                for e in full.aborted_index() {
+                    let base = bases
+                        .iter()
+                        .rev()
+                        .find(|b| b.0 <= e.last_offset)
+                        .map_or(-1, |b| b.0);
+                    match want.last_mut() {
+                        Some((b, bytes)) if *b == base => bytes.extend(e.encode()),
+                        _ => want.push((base, e.encode().to_vec())),
+                    }
+                }
+                if files != want {
+                    self.fail(&format!(
+                        "index files {:?} (bytes), want {:?}",
+                        files
+                            .iter()
+                            .map(|(b, f)| (*b, f.len() / ABORTED_TXN_BYTES))
+                            .collect::<Vec<_>>(),
+                        want.iter()
+                            .map(|(b, f)| (*b, f.len() / ABORTED_TXN_BYTES))
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+
+            fn append(&mut self, batch: Bytes, what: String) {
+                let (log, state) = (self.log(), self.state());
+                self.trace.push(what);
+                self.run(async move {
+                    state
+                        .append_as_follower(&log, &batch)
+                        .await
+                        .expect("appends")
+                });
+            }
+
+            fn step(&mut self) {
+                let (log, state) = (self.log(), self.state());
+                let next = log.log_end_offset().0;
+                let pid = 1 + self.rng.below(PRODUCERS as u64) as i64;
+                match self.rng.below(20) {
+                    0..=7 => {
+                        let seq = self.seqs.entry(pid).or_insert(0);
+                        let batch = txn_record(pid, 0, *seq, next);
+                        *seq += 1;
+                        self.append(batch, format!("data {pid} at {next}"));
+                    }
+                    8..=12 if state.has_ongoing_txn(pid) => {
+                        let commit = self.rng.coin();
+                        self.append(
+                            marker(pid, 0, commit, next, 1),
+                            format!(
+                                "{} {pid} at {next}",
+                                if commit { "commit" } else { "abort" }
+                            ),
+                        );
+                    }
+                    13..=14 => {
+                        self.trace.push("sync".into());
+                        self.run(async move { log.sync().await.expect("syncs") });
+                    }
+                    15 if next > 0 => {
+                        let cut = next - 1 - self.rng.below(next.min(10) as u64) as i64;
+                        self.trace.push(format!("follower cut at {cut}"));
+                        self.run(async move {
+                            state.before_truncation(Some(cut)).await.expect("prepares");
+                            log.truncate_to(Offset(cut)).await.expect("truncates");
+                            state.replay(&log, cut).await.expect("replays");
+                        });
+                        self.trace
+                            .push(format!("replay {:?}", self.state().last_replay()));
+                        self.check();
+                    }
+                    16 => {
+                        self.trace.push("crash".into());
+                        self.log = None;
+                        self.state = None;
+                        self.rt.crash();
+                        self.disk.crash();
+                        self.open();
+                    }
+                    17 => {
+                        self.trace.push("clean close".into());
+                        self.run(async move {
+                            state.snapshot_at_close(&log).await;
+                            log.close().await.expect("closes");
+                        });
+                        self.log = None;
+                        self.state = None;
+                        self.open();
+                    }
+                    _ => {
+                        // Time for background snapshots to land.
+                        self.rt.run_until_stalled();
+                    }
+                }
+            }
+        }
+
+        fn run_seed(seed: u64) {
+            let rt = Runtime::new(seed);
+            let disk = SimDisk::new(&rt, seed ^ 0x7A11_0000, 1 << 30, FaultConfig::default());
+            let mut sim = Sim {
+                seed,
+                rt,
+                disk,
+                dir: PathBuf::from("/data/t-0"),
+                rng: Rng::new(seed),
+                log: None,
+                state: None,
+                seqs: HashMap::new(),
+                trace: Vec::new(),
+            };
+            let storage = SimStorage::new(sim.disk.clone());
+            let dir = sim.dir.clone();
+            sim.run(async move {
+                storage.create_dir_all(&dir).await.expect("mkdir");
+                storage.sync_dir(&dir).await.expect("syncs");
+                storage.sync_dir(Path::new("/data")).await.expect("syncs");
+                // A partition that joined a transaction before its first batch.
+                storage
+                    .write_file(&dir.join(TXN_MARKER_FILE), Vec::new())
+                    .await
+                    .expect("marker");
+                storage.sync_dir(&dir).await.expect("syncs");
+            });
+            sim.open();
+            for _ in 0..STEPS {
+                sim.step();
+            }
+            sim.trace.push("final close".into());
+            let (log, state) = (sim.log(), sim.state());
+            sim.run(async move {
+                state.snapshot_at_close(&log).await;
+                log.close().await.expect("closes");
+            });
+            sim.open();
+            let replay = sim.state().last_replay().expect("replayed");
+            if replay.batches != 0 {
+                sim.fail("a clean close left something to replay");
+            }
+        }
+
+        #[test]
+        fn crashes_and_cuts_leave_the_state_and_the_index_a_full_replay_gives() {
+            if let Some(seed) = std::env::var("WHARF_TXN_FILES_SIM_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                run_seed(seed);
+                return;
+            }
+            let seeds = std::env::var("WHARF_TXN_FILES_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(SEEDS);
+            for seed in 0..seeds {
+                run_seed(seed);
+            }
+        }
     }
 }

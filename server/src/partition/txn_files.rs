@@ -8,13 +8,15 @@
 //!
 //! - an index entry is appended (not synced) when an ABORT marker is applied, to the file
 //!   of the segment holding the marker; entries go out in marker order;
-//! - a snapshot at `offset` is written only once every index file holding an entry below
-//!   `offset` is synced, so a snapshot proves the index below its offset;
-//! - loading takes the newest intact snapshot inside the log, keeps the index entries
-//!   below its offset (a torn or damaged tail is cut, entries at or past it are dropped,
-//!   since the replay of the log from the snapshot writes them again) and forgets entries
-//!   below the log start. Without a usable snapshot every index file goes, and the replay
-//!   from the log start writes them again;
+//! - a snapshot is written only once every index file written since the last one is
+//!   synced, and records how far the files then reached (the last file and its length):
+//!   that prefix is all a snapshot proves, since Kafka's entries carry no checksum and a
+//!   crash can leave an unsynced tail that reads as entries;
+//! - loading takes the newest intact snapshot inside the log and keeps, of the prefix it
+//!   proves, the entries whose markers are below its offset: the rest of the files (a torn
+//!   or damaged tail, entries the replay of the log from the snapshot writes again) is
+//!   cut, and entries below the log start are forgotten. Without a usable snapshot every
+//!   index file goes, and the replay from the log start writes them again;
 //! - before a follower's log is cut at `offset`, snapshots past it are removed (durably),
 //!   so a restart can never pair one with a log that grew differently after the cut;
 //! - when retention deletes segments, the index files of segments older than the first
@@ -85,6 +87,8 @@ pub struct TxnFiles<S: Storage> {
     pending: RefCell<Vec<(i64, AbortedTxn)>>,
     /// The index file appended to last.
     open: RefCell<Option<OpenIndex<S::AppendFile>>>,
+    /// The end of what the index files hold: the file appended to last and its length.
+    index_end: Cell<Option<(i64, u64)>>,
     /// Index files written since the last snapshot, to sync before the next one.
     unsynced: RefCell<Vec<Rc<S::AppendFile>>>,
     /// An index file was created since the directory was last synced.
@@ -105,6 +109,7 @@ impl<S: Storage> TxnFiles<S> {
             dir,
             pending: RefCell::default(),
             open: RefCell::default(),
+            index_end: Cell::new(None),
             unsynced: RefCell::default(),
             created: Cell::new(false),
             snapshots: RefCell::default(),
@@ -116,6 +121,10 @@ impl<S: Storage> TxnFiles<S> {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
     }
 
     /// The newest snapshot's offset, -1 without one.
@@ -201,13 +210,19 @@ impl<S: Storage> TxnFiles<S> {
             file,
             len_bytes: len + ABORTED_TXN_BYTES as u64,
         });
+        self.index_end
+            .set(Some((base, len + ABORTED_TXN_BYTES as u64)));
         Ok(())
     }
 
     /// Writes `snapshot` once the index entries below its offset are durable. Skipped (Ok(false)) after a failed write, when a cut
     /// of the log came after the snapshot was taken (`generation`), or when a newer one is
     /// on disk.
-    pub async fn write_snapshot(&self, snapshot: TxnSnapshot, generation: u64) -> io::Result<bool> {
+    pub async fn write_snapshot(
+        &self,
+        mut snapshot: TxnSnapshot,
+        generation: u64,
+    ) -> io::Result<bool> {
         let _permit = self.lock.acquire_permit(1).await.map_err(|_| closed())?;
         if self.failed.get()
             || generation != self.generation.get()
@@ -215,15 +230,17 @@ impl<S: Storage> TxnFiles<S> {
         {
             return Ok(false);
         }
-        let written = self.write_snapshot_locked(&snapshot).await;
+        let written = self.write_snapshot_locked(&mut snapshot).await;
         if written.is_err() {
             self.failed.set(true);
         }
         written.map(|()| true)
     }
 
-    async fn write_snapshot_locked(&self, snapshot: &TxnSnapshot) -> io::Result<()> {
+    async fn write_snapshot_locked(&self, snapshot: &mut TxnSnapshot) -> io::Result<()> {
         self.flush_locked().await?;
+        // Entries past the snapshot's offset may be in it already; the load cuts those.
+        snapshot.index_end = self.index_end.get();
         let unsynced: Vec<_> = std::mem::take(&mut *self.unsynced.borrow_mut());
         for file in &unsynced {
             file.fdatasync().await?;
@@ -367,10 +384,18 @@ impl<S: Storage> TxnFiles<S> {
 
         let mut aborted: Vec<AbortedTxn> = Vec::new();
         let mut last_marker = -1i64;
+        let mut index_end = None;
         let upto = snapshot.as_ref().map(|s| s.offset);
+        // What the snapshot proves of the files: they were synced up to here before it.
+        let proven = snapshot.as_ref().and_then(|s| s.index_end);
         for base in index_bases {
             let path = file_path(&self.dir, base, TXN_INDEX_SUFFIX);
-            let Some(upto) = upto.filter(|&u| base < u) else {
+            let proven_bytes = match proven {
+                Some((end_base, _)) if base < end_base => u64::MAX,
+                Some((end_base, bytes)) if base == end_base => bytes,
+                _ => 0,
+            };
+            let Some(upto) = upto.filter(|&u| base < u && proven_bytes > 0) else {
                 self.storage.remove_file(&path).await?;
                 removed = true;
                 continue;
@@ -381,7 +406,10 @@ impl<S: Storage> TxnFiles<S> {
                 .await?
                 .unwrap_or_default();
             let mut good_bytes = 0u64;
-            for entry in decode_entries(&bytes) {
+            let readable = bytes
+                .len()
+                .min(usize::try_from(proven_bytes).unwrap_or(usize::MAX));
+            for entry in decode_entries(&bytes[..readable]) {
                 // A torn tail (a partial entry) or damage ends what the file proves.
                 let Ok(entry) = entry else { break };
                 // Markers only go forward, and each file lists its own segment's.
@@ -395,7 +423,8 @@ impl<S: Storage> TxnFiles<S> {
                     aborted.push(entry);
                 }
             }
-            if good_bytes < bytes.len() as u64 {
+            // A file created by an append that a crash lost is empty: it goes too.
+            if good_bytes < bytes.len() as u64 || bytes.is_empty() {
                 tracing::info!(
                     dir = %self.dir.display(),
                     segment = base,
@@ -406,13 +435,15 @@ impl<S: Storage> TxnFiles<S> {
                 if good_bytes == 0 {
                     self.storage.remove_file(&path).await?;
                     removed = true;
-                } else {
-                    let file = self.storage.open_append(&path).await?;
-                    file.truncate(good_bytes).await?;
-                    file.fdatasync().await?;
+                    continue;
                 }
+                let file = self.storage.open_append(&path).await?;
+                file.truncate(good_bytes).await?;
+                file.fdatasync().await?;
             }
+            index_end = Some((base, good_bytes));
         }
+        self.index_end.set(index_end);
         if removed {
             self.storage.sync_dir(&self.dir).await?;
         }

@@ -473,6 +473,8 @@ impl PartitionTxns {
     pub fn snapshot(&self, offset: i64) -> TxnSnapshot {
         TxnSnapshot {
             offset,
+            // The files' business: set when the snapshot is written.
+            index_end: None,
             producers: self
                 .producers
                 .iter()

@@ -6,12 +6,17 @@
 //! snapshot is the engine's and knows no transactions, so the broker writes its own at the
 //! same kind of points (a segment roll, a clean close, the end of a replay).
 //!
-//! The aborted transactions are not here: they are in the segments' `.txnindex` files.
+//! The aborted transactions are not here: they are in the segments' `.txnindex` files,
+//! synced before the snapshot is written. The snapshot records how far they were written
+//! then (the last file and its length): only that much of them is trusted at open, since
+//! Kafka's entries carry no checksum and a crash can leave an unsynced tail that reads as
+//! entries (zeroes, say).
 //!
 //! Format, big-endian:
 //!
 //! ```text
 //! magic "WTXS"  version:u16=1  offset:i64
+//! index_file_base:i64 (-1: none)  index_file_bytes:i64
 //! producers:u32      × [producer_id:i64 epoch:i16 coordinator_epoch:i32
 //!                       current_txn_first_offset:i64 (-1: none) last_timestamp_ms:i64]
 //! unreplicated:u32   × [first_offset:i64 producer_id:i64 marker_offset:i64]
@@ -25,7 +30,7 @@ use super::partition::ProducerTxnState;
 
 const MAGIC: &[u8; 4] = b"WTXS";
 const VERSION: u16 = 1;
-const HEADER_BYTES: usize = 4 + 2 + 8;
+const HEADER_BYTES: usize = 4 + 2 + 8 + 8 + 8;
 const PRODUCER_BYTES: usize = 8 + 2 + 4 + 8 + 8;
 const UNREPLICATED_BYTES: usize = 8 + 8 + 8;
 const CRC_BYTES: usize = 4;
@@ -38,6 +43,9 @@ pub const TXN_SNAPSHOT_SUFFIX: &str = ".txnsnapshot";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnSnapshot {
     pub offset: i64,
+    /// How far the `.txnindex` files were written and synced when the snapshot was:
+    /// every file with a lower base, and this file up to this many bytes.
+    pub index_end: Option<(i64, u64)>,
     /// Every producer the partition knows from its batches and markers, by producer id.
     pub producers: Vec<(i64, ProducerTxnState)>,
     /// Completed transactions whose marker may not be below the high watermark yet:
@@ -57,6 +65,9 @@ impl TxnSnapshot {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&self.offset.to_be_bytes());
+        let (base, bytes) = self.index_end.unwrap_or((-1, 0));
+        out.extend_from_slice(&base.to_be_bytes());
+        out.extend_from_slice(&(bytes as i64).to_be_bytes());
         let count = u32::try_from(self.producers.len()).expect("fewer than 2^32 producers");
         out.extend_from_slice(&count.to_be_bytes());
         for (pid, p) in &self.producers {
@@ -93,6 +104,9 @@ impl TxnSnapshot {
             return None;
         }
         let offset = r.i64()?;
+        let index_base = r.i64()?;
+        let index_bytes = u64::try_from(r.i64()?).ok()?;
+        let index_end = (index_base >= 0).then_some((index_base, index_bytes));
         let count = r.u32()? as usize;
         // Never trust a count: it must fit in what is left.
         if count > r.left() / PRODUCER_BYTES {
@@ -128,6 +142,7 @@ impl TxnSnapshot {
         }
         Some(TxnSnapshot {
             offset,
+            index_end,
             producers,
             unreplicated,
         })
@@ -189,10 +204,11 @@ mod tests {
         #[test]
         fn a_snapshot_round_trips(
             offset in any::<i64>(),
+            index_end in proptest::option::of((0..i64::MAX, 0..i64::MAX as u64)),
             producers in proptest::collection::vec(producer(), 0..20),
             unreplicated in proptest::collection::vec(any::<(i64, i64, i64)>(), 0..20),
         ) {
-            let s = TxnSnapshot { offset, producers, unreplicated };
+            let s = TxnSnapshot { offset, index_end, producers, unreplicated };
             prop_assert_eq!(TxnSnapshot::decode(&s.encode()), Some(s));
         }
 
@@ -202,7 +218,13 @@ mod tests {
             flip in any::<prop::sample::Index>(),
             cut in any::<prop::sample::Index>(),
         ) {
-            let bytes = TxnSnapshot { offset: 7, producers, unreplicated: vec![(1, 2, 3)] }.encode();
+            let bytes = TxnSnapshot {
+                offset: 7,
+                index_end: Some((0, 34)),
+                producers,
+                unreplicated: vec![(1, 2, 3)],
+            }
+            .encode();
             let mut flipped = bytes.clone();
             flipped[flip.index(bytes.len())] ^= 0x10;
             prop_assert_eq!(TxnSnapshot::decode(&flipped), None);
