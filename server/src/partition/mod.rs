@@ -8,7 +8,6 @@ pub mod offsets;
 pub mod ops;
 pub mod read;
 pub mod txn;
-pub mod txn_files;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
