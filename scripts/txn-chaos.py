@@ -10,6 +10,9 @@ transactional pipelines (confluent-kafka) in one consumer group turn each input 
 one output record: read_committed consumer, auto-commit off, and per batch begin, produce,
 send_offsets_to_transaction with the consumer's group metadata, commit; an abortable error
 aborts and rewinds to the committed offsets, a fatal one (fencing) starts a new instance.
+Every 25 transactions or so an instance crashes on purpose (after producing, after sending
+its offsets, or after committing) and leaves its producer behind; the next instance must
+fence it, and the old producer's later attempt to commit must be refused.
 Every 4-8 s a node is SIGKILLed, chosen in turn by what it leads: the transaction
 coordinator of a pipeline's transactional id, an input partition, an output partition,
 the group's coordinator; it is restarted 4-7 s later. After SECONDS, with every node up,
@@ -52,6 +55,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--pipelines", type=int, default=2)
     ap.add_argument("--batch", type=int, default=100, help="input records per transaction, at most")
+    ap.add_argument("--crash-every", type=int, default=25,
+                    help="each pipeline instance crashes after about this many transactions (0: never)")
     ap.add_argument("--offsets-outside-txn", action="store_true",
                     help="a broken pipeline committing offsets with the consumer after each transaction "
                          "(at-least-once): shows that the checks find the duplicates it writes")
@@ -59,7 +64,7 @@ def main():
     args = ap.parse_args()
     plan = Plan(chaos_s=args.seconds, prefill=args.prefill, feed_per_s=args.feed_per_s,
                 partitions=args.partitions, pipelines=args.pipelines, batch=args.batch,
-                offsets_outside_txn=args.offsets_outside_txn)
+                offsets_outside_txn=args.offsets_outside_txn, crash_every_txns=args.crash_every)
     root = tempfile.mkdtemp(prefix="wharf-txn-chaos-")
     binary = wharf_bin()
     print(f"{binary}; nodes in {root}", flush=True)

@@ -50,6 +50,8 @@ class Plan:
     pipelines: int = 2
     batch: int = 100
     offsets_outside_txn: bool = False
+    # Each pipeline instance crashes (on purpose) after about this many transactions; 0: never.
+    crash_every_txns: int = 0
     # A killed node is fenced (and its leaderships move) after this many ms of silence.
     session_ms: int = 3000
 
@@ -101,6 +103,8 @@ class Result:
             v.append(f"{self.input_duplicates} input numbers stored twice (idempotent producer)")
         if self.offset_mismatches:
             v.append(f"committed offsets differ from the input's end or the output: {self.offset_mismatches[:5]}")
+        if self.stats is not None and self.stats.zombie_commits_accepted:
+            v.append(f"{self.stats.zombie_commits_accepted} commits of fenced producers accepted")
         if self.stats is not None and self.stats.crashes:
             v.append(f"pipeline crashed: {self.stats.crashes[0]}")
         if self.failed_restarts:
@@ -268,7 +272,8 @@ def run(binary, root, plan, log=print):
 
         pipelines = [
             Pipeline(f"pipeline-{i}", cluster.bootstrap, group, src, dst, txn_ids[i], stats, stop,
-                     batch=plan.batch, offsets_outside_txn=plan.offsets_outside_txn)
+                     batch=plan.batch, offsets_outside_txn=plan.offsets_outside_txn,
+                     crash_every_txns=plan.crash_every_txns)
             for i in range(plan.pipelines)
         ]
         for p in pipelines:
@@ -403,8 +408,11 @@ def summary(result):
         f"read_uncommitted: {result.outputs_uncommitted} ({result.aborted_copies} from aborted transactions)",
         f"transactions: {s.transactions_committed} committed ({s.records_committed} records), "
         f"aborted: {sum(s.transactions_aborted.values())} {s.transactions_aborted}",
-        f"pipeline instances restarted: {sum(s.restarts.values())} {s.restarts}; "
+        f"pipeline instances restarted after an error: {sum(s.restarts.values())} {s.restarts}; "
         f"consumer errors seen: {s.consumer_errors}",
+        f"pipeline instances crashed on purpose: {sum(s.app_crashes.values())} {s.app_crashes}; "
+        f"their producers' late commits refused: {s.zombie_commits_refused}, "
+        f"accepted: {s.zombie_commits_accepted}",
         f"drained after the last restart in {result.drain_s:.1f} s: {result.drained}",
     ]
     for k in result.kills:

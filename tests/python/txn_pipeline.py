@@ -7,9 +7,16 @@ rewinds to the group's committed offsets; on a fatal error (a fenced producer, s
 instance is thrown away and a new one (consumer and producer, the same transactional id)
 starts where the group committed.
 
+An instance may also be made to crash at a chosen point of a transaction (after producing
+its outputs, after sending its offsets, or right after the commit): its consumer leaves the
+group and its producer is abandoned with whatever it had open, as a process that dies or
+hangs leaves it. The next instance's init_transactions must fence it; once that instance
+has committed, the abandoned producer wakes up and tries to commit, which must fail.
+
 Input records are `in-N` (N a number); the output for one is `out-N@P:O`, P and O the
 partition and offset it was read from, with the input's key."""
 
+import random
 import threading
 import time
 import traceback
@@ -19,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 # Against a cluster that stops answering; not a timing assertion.
 CALL_GUARD_S = 60
 RETRIES = 20
+CRASH_POINTS = ("after-produce", "after-offsets", "after-commit")
 # librdkafka logs every refused connection to a killed node on stderr; errors that matter
 # reach the application as exceptions and error callbacks, and are counted.
 CLIENT_LOG_LEVEL = 2
@@ -48,6 +56,9 @@ class PipelineStats:
         self.consumer_errors = {}  # error name -> count
         self.commit_times = []  # time.monotonic() of each successful commit
         self.crashes = []  # unexpected exceptions (not Kafka errors): bugs in the pipeline
+        self.app_crashes = {}  # crash point -> count
+        self.zombie_commits_refused = {}  # error name -> count
+        self.zombie_commits_accepted = 0
 
     def _count(self, table, name):
         with self.lock:
@@ -67,6 +78,16 @@ class PipelineStats:
 
     def consumer_error(self, name):
         self._count(self.consumer_errors, name)
+
+    def app_crashed(self, point):
+        self._count(self.app_crashes, point)
+
+    def zombie_refused(self, name):
+        self._count(self.zombie_commits_refused, name)
+
+    def zombie_accepted(self):
+        with self.lock:
+            self.zombie_commits_accepted += 1
 
     def crashed(self, text):
         with self.lock:
@@ -91,6 +112,10 @@ def _retrying(call):
             time.sleep(0.1)
 
 
+class AppCrash(Exception):
+    """The instance dies here (on purpose)."""
+
+
 class Pipeline(threading.Thread):
     """One application: instances one after another, until `stop` is set.
 
@@ -99,7 +124,7 @@ class Pipeline(threading.Thread):
     failure between the two writes outputs twice. It exists to show the checks catch that."""
 
     def __init__(self, name, bootstrap, group, src, dst, transactional_id, stats, stop,
-                 batch=100, offsets_outside_txn=False):
+                 batch=100, offsets_outside_txn=False, crash_every_txns=0):
         super().__init__(name=name, daemon=True)
         self.bootstrap = bootstrap
         self.group = group
@@ -110,7 +135,9 @@ class Pipeline(threading.Thread):
         self.stop = stop
         self.batch = batch
         self.offsets_outside_txn = offsets_outside_txn
+        self.crash_every_txns = crash_every_txns
         self.instances = 0
+        self.zombies = []  # producers of crashed instances, their last transaction open
 
     def run(self):
         while not self.stop.is_set():
@@ -120,6 +147,8 @@ class Pipeline(threading.Thread):
             except KafkaException as e:
                 self.stats.restarted(e.args[0].name())
                 time.sleep(0.5)
+            except AppCrash as e:
+                self.stats.app_crashed(str(e))
             except Exception:
                 self.stats.crashed(f"{self.name}: {traceback.format_exc()}")
                 return
@@ -149,12 +178,21 @@ class Pipeline(threading.Thread):
             }
         )
 
+    def _crash_plan(self):
+        """(transactions before the crash, crash point), or (None, None)."""
+        if not self.crash_every_txns:
+            return None, None
+        n = random.randint(max(1, self.crash_every_txns // 2), self.crash_every_txns * 3 // 2)
+        return n, random.choice(CRASH_POINTS)
+
     def _instance(self):
         consumer = self._consumer()
         try:
             consumer.subscribe([self.src])
             producer = self._producer()
             _retrying(lambda: producer.init_transactions(CALL_GUARD_S))
+            crash_after, crash_at = self._crash_plan()
+            transactions = 0
             while not self.stop.is_set():
                 msgs = []
                 for m in consumer.consume(self.batch, 0.5):
@@ -162,15 +200,35 @@ class Pipeline(threading.Thread):
                         self.stats.consumer_error(m.error().name())
                     else:
                         msgs.append(m)
-                if msgs:
-                    self._transaction(consumer, producer, msgs)
+                if not msgs:
+                    continue
+                transactions += 1
+                point = crash_at if transactions == crash_after else None
+                try:
+                    self._transaction(consumer, producer, msgs, point)
+                except AppCrash as e:
+                    if str(e) != "after-commit":  # nothing left open otherwise
+                        self.zombies.append(producer)
+                    raise
+                self._wake_zombies()
         finally:
             try:
                 consumer.close()
             except KafkaException:
                 pass
 
-    def _transaction(self, consumer, producer, msgs):
+    def _wake_zombies(self):
+        """The producers of crashed instances try to finish their transactions now that a
+        newer instance has committed: each must be refused (fenced)."""
+        while self.zombies:
+            zombie = self.zombies.pop()
+            try:
+                zombie.commit_transaction(10)
+                self.stats.zombie_accepted()
+            except KafkaException as e:
+                self.stats.zombie_refused(e.args[0].name())
+
+    def _transaction(self, consumer, producer, msgs, crash_at=None):
         offsets = {}
         for m in msgs:
             offsets[m.partition()] = max(offsets.get(m.partition(), 0), m.offset() + 1)
@@ -179,9 +237,14 @@ class Pipeline(threading.Thread):
         try:
             for m in msgs:
                 self._produce(producer, m)
+            if crash_at == "after-produce":
+                producer.flush(CALL_GUARD_S)
+                raise AppCrash(crash_at)
             if self.offsets_outside_txn:
                 _retrying(lambda: producer.commit_transaction(CALL_GUARD_S))
                 self.stats.committed(len(msgs))
+                if crash_at is not None:
+                    raise AppCrash("after-commit")
                 try:
                     consumer.commit(offsets=positions, asynchronous=False)
                 except KafkaException as e:
@@ -190,8 +253,12 @@ class Pipeline(threading.Thread):
                 return
             group_metadata = consumer.consumer_group_metadata()
             _retrying(lambda: producer.send_offsets_to_transaction(positions, group_metadata, CALL_GUARD_S))
+            if crash_at == "after-offsets":
+                raise AppCrash(crash_at)
             _retrying(lambda: producer.commit_transaction(CALL_GUARD_S))
             self.stats.committed(len(msgs))
+            if crash_at == "after-commit":
+                raise AppCrash(crash_at)
         except KafkaException as e:
             error = e.args[0]
             if not error.txn_requires_abort():
