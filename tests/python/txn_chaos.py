@@ -41,6 +41,7 @@ class Plan:
 
     chaos_s: float = 120
     kills: list = field(default_factory=list)
+    max_kills: int = 0  # stop killing after this many (0: no limit but chaos_s)
     kill_every_s: tuple = (4, 8)  # from a restart to the next kill
     down_s: tuple = (4, 7)  # from a kill to its restart
     partitions: int = 6
@@ -290,7 +291,7 @@ def run(binary, root, plan, log=print):
         t0 = time.monotonic()
         queue = list(plan.kills)
         turn = 0
-        while time.monotonic() - t0 < plan.chaos_s:
+        while time.monotonic() - t0 < plan.chaos_s and not (plan.max_kills and len(result.kills) >= plan.max_kills):
             time.sleep(random.uniform(*plan.kill_every_s))
             if time.monotonic() - t0 >= plan.chaos_s:
                 break
