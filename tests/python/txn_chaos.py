@@ -271,10 +271,12 @@ def run(binary, root, plan, log=print):
         feeder.producer.flush(SETUP_GUARD_S)
         log(f"cluster {cluster.bootstrap}; {plan.prefill} records in {src}")
 
+        t_start = time.monotonic()
         pipelines = [
             Pipeline(f"pipeline-{i}", cluster.bootstrap, group, src, dst, txn_ids[i], stats, stop,
                      batch=plan.batch, offsets_outside_txn=plan.offsets_outside_txn,
-                     crash_every_txns=plan.crash_every_txns)
+                     crash_every_txns=plan.crash_every_txns,
+                     log=lambda line: log(f"{time.monotonic() - t_start:6.1f}s {line}"))
             for i in range(plan.pipelines)
         ]
         for p in pipelines:
@@ -288,7 +290,7 @@ def run(binary, root, plan, log=print):
         if plan.feed_per_s > 0:
             feeder.start()
 
-        t0 = time.monotonic()
+        t0 = t_start
         queue = list(plan.kills)
         turn = 0
         while time.monotonic() - t0 < plan.chaos_s and not (plan.max_kills and len(result.kills) >= plan.max_kills):

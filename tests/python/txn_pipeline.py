@@ -26,6 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 # Against a cluster that stops answering; not a timing assertion.
 CALL_GUARD_S = 60
 RETRIES = 20
+# A step of a transaction taking longer than this is logged, with what it waited for.
+SLOW_STEP_S = 5
 CRASH_POINTS = ("after-produce", "after-offsets", "after-commit")
 # librdkafka logs every refused connection to a killed node on stderr; errors that matter
 # reach the application as exceptions and error callbacks, and are counted.
@@ -124,7 +126,7 @@ class Pipeline(threading.Thread):
     failure between the two writes outputs twice. It exists to show the checks catch that."""
 
     def __init__(self, name, bootstrap, group, src, dst, transactional_id, stats, stop,
-                 batch=100, offsets_outside_txn=False, crash_every_txns=0):
+                 batch=100, offsets_outside_txn=False, crash_every_txns=0, log=None):
         super().__init__(name=name, daemon=True)
         self.bootstrap = bootstrap
         self.group = group
@@ -138,6 +140,23 @@ class Pipeline(threading.Thread):
         self.crash_every_txns = crash_every_txns
         self.instances = 0
         self.zombies = []  # producers of crashed instances, their last transaction open
+        self.log = log or (lambda line: None)
+
+    def _say(self, what):
+        self.log(f"{self.name} #{self.instances}: {what}")
+
+    def _step(self, what, call):
+        """`call()`, logged if it is slow or fails."""
+        started = time.monotonic()
+        try:
+            return call()
+        except KafkaException as e:
+            self._say(f"{what} failed after {time.monotonic() - started:.1f} s: {e.args[0]}")
+            raise
+        finally:
+            took = time.monotonic() - started
+            if took > SLOW_STEP_S:
+                self._say(f"{what} took {took:.1f} s")
 
     def run(self):
         while not self.stop.is_set():
@@ -146,9 +165,11 @@ class Pipeline(threading.Thread):
                 self._instance()
             except KafkaException as e:
                 self.stats.restarted(e.args[0].name())
+                self._say(f"new instance after {e.args[0]}")
                 time.sleep(0.5)
             except AppCrash as e:
                 self.stats.app_crashed(str(e))
+                self._say(f"crashed on purpose {e}")
             except Exception:
                 self.stats.crashed(f"{self.name}: {traceback.format_exc()}")
                 return
@@ -188,9 +209,13 @@ class Pipeline(threading.Thread):
     def _instance(self):
         consumer = self._consumer()
         try:
-            consumer.subscribe([self.src])
+            consumer.subscribe(
+                [self.src],
+                on_assign=lambda _c, tps: self._say(f"assigned {sorted(tp.partition for tp in tps)}"),
+                on_revoke=lambda _c, tps: self._say(f"revoked {sorted(tp.partition for tp in tps)}"),
+            )
             producer = self._producer()
-            _retrying(lambda: producer.init_transactions(CALL_GUARD_S))
+            self._step("init_transactions", lambda: _retrying(lambda: producer.init_transactions(CALL_GUARD_S)))
             crash_after, crash_at = self._crash_plan()
             transactions = 0
             while not self.stop.is_set():
@@ -235,8 +260,7 @@ class Pipeline(threading.Thread):
         positions = [TopicPartition(self.src, p, o) for p, o in sorted(offsets.items())]
         producer.begin_transaction()
         try:
-            for m in msgs:
-                self._produce(producer, m)
+            self._step("produce", lambda: [self._produce(producer, m) for m in msgs])
             if crash_at == "after-produce":
                 producer.flush(CALL_GUARD_S)
                 raise AppCrash(crash_at)
@@ -252,10 +276,11 @@ class Pipeline(threading.Thread):
                     self._rewind(consumer)
                 return
             group_metadata = consumer.consumer_group_metadata()
-            _retrying(lambda: producer.send_offsets_to_transaction(positions, group_metadata, CALL_GUARD_S))
+            self._step("send_offsets_to_transaction", lambda: _retrying(
+                lambda: producer.send_offsets_to_transaction(positions, group_metadata, CALL_GUARD_S)))
             if crash_at == "after-offsets":
                 raise AppCrash(crash_at)
-            _retrying(lambda: producer.commit_transaction(CALL_GUARD_S))
+            self._step("commit_transaction", lambda: _retrying(lambda: producer.commit_transaction(CALL_GUARD_S)))
             self.stats.committed(len(msgs))
             if crash_at == "after-commit":
                 raise AppCrash(crash_at)
@@ -263,9 +288,9 @@ class Pipeline(threading.Thread):
             error = e.args[0]
             if not error.txn_requires_abort():
                 raise  # fatal: a new instance
-            _retrying(lambda: producer.abort_transaction(CALL_GUARD_S))
+            self._step("abort_transaction", lambda: _retrying(lambda: producer.abort_transaction(CALL_GUARD_S)))
             self.stats.aborted(error.name())
-            self._rewind(consumer)
+            self._step("rewind", lambda: self._rewind(consumer))
 
     def _produce(self, producer, msg):
         while True:
