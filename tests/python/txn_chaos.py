@@ -80,6 +80,7 @@ class Result:
     duplicated: list = field(default_factory=list)  # (n, count)
     unexpected: list = field(default_factory=list)
     aborted_copies: int = 0  # read_uncommitted records beyond the committed ones
+    out_of_order: list = field(default_factory=list)  # (key, earlier n, later n)
     end_offsets: dict = field(default_factory=dict)
     committed_offsets: dict = field(default_factory=dict)
     offset_mismatches: list = field(default_factory=list)
@@ -100,6 +101,8 @@ class Result:
             v.append(f"{len(self.duplicated)} inputs with several outputs, e.g. {self.duplicated[:5]}")
         if self.unexpected:
             v.append(f"{len(self.unexpected)} outputs of no input, e.g. {self.unexpected[:5]}")
+        if self.out_of_order:
+            v.append(f"{len(self.out_of_order)} outputs before an earlier input of their key, e.g. {self.out_of_order[:5]}")
         if self.input_duplicates:
             v.append(f"{self.input_duplicates} input numbers stored twice (idempotent producer)")
         if self.offset_mismatches:
@@ -377,8 +380,15 @@ def _verify(cluster, result, src, dst, partitions):
     result.outputs_committed = len(committed_out)
     counts = {}
     sources = set()
+    last_of_key = {}
     for _p, _o, value in committed_out:
         n, ip, io = parse_output(value)
+        # One key's inputs are in one input partition in the order of their numbers; its
+        # outputs go to one output partition and must keep that order.
+        key = n % result.plan.keys
+        if last_of_key.get(key, -1) > n:
+            result.out_of_order.append((key, last_of_key[key], n))
+        last_of_key[key] = max(n, last_of_key.get(key, -1))
         counts[n] = counts.get(n, 0) + 1
         sources.add((ip, io))
         if inputs.get(n) != (ip, io):
