@@ -28,6 +28,8 @@ from wharf_cluster import Cluster
 TXN_STATE = "__transaction_state"
 OFFSETS = "__consumer_offsets"
 KILL_KINDS = ("transaction coordinator", "input leader", "output leader", "group coordinator")
+# Every node at once (only when a plan lists it): a crash of the whole cluster.
+EVERY_NODE = "every node"
 # Guards against a run that stops making progress; not timing assertions.
 SETUP_GUARD_S = 120
 DRAIN_GUARD_S = 300
@@ -307,25 +309,33 @@ def run(binary, root, plan, log=print):
             else:
                 kind = KILL_KINDS[turn % len(KILL_KINDS)]
                 turn += 1
-            node, what = _kill_target(cluster, kind, src, dst, txn_ids, group)
-            if node is None or node not in cluster.running_ids():
-                log(f"{time.monotonic() - t0:6.1f}s no {kind} to kill ({what}: {node})")
-                if from_queue:
-                    queue.insert(0, kind)
-                continue
-            cluster.kill(node)
-            kill = Kill(kind, node, time.monotonic(), what, settled=settled)
+            if kind == EVERY_NODE:
+                nodes, what = sorted(cluster.nodes), "the whole cluster"
+            else:
+                node, what = _kill_target(cluster, kind, src, dst, txn_ids, group)
+                if node is None or node not in cluster.running_ids():
+                    log(f"{time.monotonic() - t0:6.1f}s no {kind} to kill ({what}: {node})")
+                    if from_queue:
+                        queue.insert(0, kind)
+                    continue
+                nodes = [node]
+            for node in nodes:
+                cluster.kill(node)
+            kill = Kill(kind, nodes[0] if len(nodes) == 1 else 0, time.monotonic(), what, settled=settled)
             result.kills.append(kill)
-            log(f"{kill.at - t0:6.1f}s SIGKILL node {node}: {kind} ({what})"
+            log(f"{kill.at - t0:6.1f}s SIGKILL node {','.join(map(str, nodes))}: {kind} ({what})"
                 + ("" if settled else "; not every replica was in sync"))
             time.sleep(random.uniform(*plan.down_s))
             try:
-                cluster.restart(node)
+                if len(nodes) == 1:
+                    cluster.restart(nodes[0])
+                else:
+                    cluster.start()  # together: none serves before a quorum of voters runs
                 kill.restarted_at = time.monotonic()
-                log(f"{kill.restarted_at - t0:6.1f}s node {node} restarted; "
+                log(f"{kill.restarted_at - t0:6.1f}s node {','.join(map(str, nodes))} restarted; "
                     f"{stats.transactions_committed} transactions committed so far")
             except AssertionError as e:
-                result.failed_restarts.append((node, str(e)[:500]))
+                result.failed_restarts.append((nodes, str(e)[:500]))
                 break
         if feeder.is_alive():
             feeder.finish()
