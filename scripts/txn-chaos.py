@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--batch", type=int, default=100, help="input records per transaction, at most")
     ap.add_argument("--crash-every", type=int, default=25,
                     help="each pipeline instance crashes after about this many transactions (0: never)")
+    ap.add_argument("--whole-cluster-every", type=int, default=0, metavar="N",
+                    help="every Nth kill takes down all three nodes at once (0: never)")
     ap.add_argument("--offsets-outside-txn", action="store_true",
                     help="a broken pipeline committing offsets with the consumer after each transaction "
                          "(at-least-once): shows that the checks find the duplicates it writes")
@@ -64,7 +66,8 @@ def main():
     args = ap.parse_args()
     plan = Plan(chaos_s=args.seconds, prefill=args.prefill, feed_per_s=args.feed_per_s,
                 partitions=args.partitions, pipelines=args.pipelines, batch=args.batch,
-                offsets_outside_txn=args.offsets_outside_txn, crash_every_txns=args.crash_every)
+                offsets_outside_txn=args.offsets_outside_txn, crash_every_txns=args.crash_every,
+                whole_cluster_every=args.whole_cluster_every)
     root = tempfile.mkdtemp(prefix="wharf-txn-chaos-")
     binary = wharf_bin()
     print(f"{binary}; nodes in {root}", flush=True)

@@ -44,6 +44,8 @@ class Plan:
     chaos_s: float = 120
     kills: list = field(default_factory=list)
     max_kills: int = 0  # stop killing after this many (0: no limit but chaos_s)
+    # Every this many kills, the whole cluster instead of one node (0: never).
+    whole_cluster_every: int = 0
     kill_every_s: tuple = (4, 8)  # from a restart to the next kill
     down_s: tuple = (4, 7)  # from a kill to its restart
     partitions: int = 6
@@ -306,6 +308,8 @@ def run(binary, root, plan, log=print):
             from_queue = bool(queue)
             if from_queue:
                 kind = queue.pop(0)
+            elif plan.whole_cluster_every and (len(result.kills) + 1) % plan.whole_cluster_every == 0:
+                kind = EVERY_NODE
             else:
                 kind = KILL_KINDS[turn % len(KILL_KINDS)]
                 turn += 1
