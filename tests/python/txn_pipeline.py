@@ -101,16 +101,18 @@ class PipelineStats:
         return min(later) if later else None
 
 
-def _retrying(call):
+def _retrying(call, say=None):
     """`call()`, again while it fails with a retriable error (as librdkafka asks for
     init_transactions, send_offsets_to_transaction, commit_transaction and
-    abort_transaction)."""
+    abort_transaction); `say` hears of each retry."""
     for attempt in range(RETRIES):
         try:
             return call()
         except KafkaException as e:
             if not e.args[0].retriable() or attempt == RETRIES - 1:
                 raise
+            if say is not None:
+                say(f"retrying after {e.args[0]}")
             time.sleep(0.1)
 
 
@@ -277,10 +279,12 @@ class Pipeline(threading.Thread):
                 return
             group_metadata = consumer.consumer_group_metadata()
             self._step("send_offsets_to_transaction", lambda: _retrying(
-                lambda: producer.send_offsets_to_transaction(positions, group_metadata, CALL_GUARD_S)))
+                lambda: producer.send_offsets_to_transaction(positions, group_metadata, CALL_GUARD_S),
+                self._say))
             if crash_at == "after-offsets":
                 raise AppCrash(crash_at)
-            self._step("commit_transaction", lambda: _retrying(lambda: producer.commit_transaction(CALL_GUARD_S)))
+            self._step("commit_transaction", lambda: _retrying(
+                lambda: producer.commit_transaction(CALL_GUARD_S), self._say))
             self.stats.committed(len(msgs))
             if crash_at == "after-commit":
                 raise AppCrash(crash_at)
