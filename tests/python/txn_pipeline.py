@@ -23,9 +23,11 @@ import traceback
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-# Against a cluster that stops answering; not a timing assertion.
-CALL_GUARD_S = 60
-RETRIES = 20
+# How long one transactional call may take, and how often a retriable failure of it is
+# retried, before the instance gives up and a new one starts (as an application bounds a
+# transaction: while it waits in a call it does not poll, and its group cannot rebalance).
+CALL_GUARD_S = 30
+RETRIES = 3
 # A step of a transaction taking longer than this is logged, with what it waited for.
 SLOW_STEP_S = 5
 CRASH_POINTS = ("after-produce", "after-offsets", "after-commit")
