@@ -1,10 +1,15 @@
 """A few Kafka requests by hand, to look at what the broker stores (not what a client
-library decodes for us): Fetch v4 and the v2 record batch headers it returns."""
+library decodes for us): Fetch v4 and the v2 record batch headers it returns; FindCoordinator
+v1, which names the broker coordinating a group or a transactional id (confluent-kafka
+exposes the first only, and only for a group that has members)."""
 
 import socket
 import struct
 
 FETCH = 1
+FIND_COORDINATOR = 10
+COORDINATOR_GROUP = 0
+COORDINATOR_TRANSACTION = 1
 CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
 
@@ -52,6 +57,14 @@ class Reader:
         self.pos += n
         return s
 
+    def take_nullable_string(self):
+        n = self.take(">h")
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
     def bytes(self):
         n = self.take(">i")
         if n < 0:
@@ -82,6 +95,20 @@ def fetch_v4(bootstrap, topic, partition, offset, max_wait_ms=1000):
                 assert err == 0, f"Fetch error {err}"
                 return records or b""
     raise AssertionError("partition missing from the Fetch response")
+
+
+def find_coordinator(bootstrap, key, key_type, timeout_s=10):
+    """(error code, node id) of the coordinator of `key` (a group id with COORDINATOR_GROUP,
+    a transactional id with COORDINATOR_TRANSACTION), as the broker at `bootstrap` knows it."""
+    host, port = bootstrap.rsplit(":", 1)
+    body = _string(key) + struct.pack(">b", key_type)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        r = Reader(_request(sock, FIND_COORDINATOR, 1, 78, body))
+    r.take(">i")  # throttle_time_ms
+    error = r.take(">h")
+    r.take_nullable_string()  # error_message
+    node = r.take(">i")
+    return error, node
 
 
 def batch_headers(records):

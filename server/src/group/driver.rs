@@ -177,7 +177,17 @@ impl GroupShard {
                 generation,
             },
         );
+        // The load runs inside the request that started it, and a request is dropped when
+        // its client's connection fails: the guard then unloads the half-read partition,
+        // so the next request loads it again rather than waiting forever behind Loading.
+        let abandoned = AbandonedLoad {
+            groups: self,
+            shard,
+            p,
+            generation,
+        };
         let result = self.load(shard, tp, generation).await;
+        std::mem::forget(abandoned);
         if !self.holds(p, generation) {
             // Unloaded while it loaded (leadership moved): the unload dropped what it read.
             return Err(ResponseError::NotCoordinator);
@@ -377,6 +387,9 @@ impl GroupShard {
             if next == before {
                 break;
             }
+            // Reads served from memory never wait: let the shard's other work run between
+            // chunks of a large partition.
+            futures_lite::future::yield_now().await;
         }
         Ok(count)
     }
@@ -1064,6 +1077,23 @@ pub async fn with_group(
     }
 }
 
+/// Unloads an offsets partition whose load was dropped before it finished (the request
+/// that started it was cancelled); forgotten once the load ends.
+struct AbandonedLoad<'a> {
+    groups: &'a GroupShard,
+    shard: &'a Shard,
+    p: i32,
+    generation: u64,
+}
+
+impl Drop for AbandonedLoad<'_> {
+    fn drop(&mut self) {
+        if self.groups.holds(self.p, self.generation) {
+            self.groups.unload_partition(self.shard, self.p);
+        }
+    }
+}
+
 /// Runs on the owning shard for [`with_group`].
 pub(crate) async fn group_call_here(
     shard: &Rc<Shard>,
@@ -1109,4 +1139,71 @@ pub async fn list_all(
     }
     all.sort_by(|a, b| a.group_id.cmp(&b.group_id));
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{CreateTopicsRequest, GroupId, OffsetCommitRequest};
+
+    use super::*;
+    use crate::kafka::tests::{call, with_shard};
+    use crate::kafka::{str_bytes, topic_name};
+
+    /// A request that starts loading a group's offsets partition runs the load; when the
+    /// request is dropped midway (its client's connection failed), the next request must
+    /// load the partition again, not get COORDINATOR_LOAD_IN_PROGRESS for ever.
+    #[test]
+    fn a_load_dropped_with_its_request_is_started_again_by_the_next_request() {
+        with_shard(|shard| async move {
+            let mut topic = CreatableTopic::default();
+            topic.name = topic_name("abandoned-load");
+            topic.num_partitions = 1;
+            topic.replication_factor = 1;
+            let mut create = CreateTopicsRequest::default();
+            create.topics = vec![topic];
+            create.timeout_ms = 5000;
+            assert_eq!(call(&shard, &create, 5).await.topics[0].error_code, 0);
+            // Records for the load to read.
+            for offset in 0..200 {
+                let mut p = OffsetCommitRequestPartition::default();
+                p.partition_index = 0;
+                p.committed_offset = offset;
+                let mut t = OffsetCommitRequestTopic::default();
+                t.name = topic_name("abandoned-load");
+                t.partitions = vec![p];
+                let mut commit = OffsetCommitRequest::default();
+                commit.group_id = GroupId(str_bytes("abandoned-load-group"));
+                commit.generation_id_or_member_epoch = -1;
+                commit.topics = vec![t];
+                let answer = call(&shard, &commit, 2).await;
+                assert_eq!(answer.topics[0].partitions[0].error_code, 0);
+            }
+            let groups = GroupShard::of(&shard);
+            let tp = placement(&shard, "abandoned-load-group")
+                .await
+                .expect("the group has a coordinator")
+                .tp();
+            // As after a leadership change: the partition must be read again.
+            groups.unload_partition(&shard, tp.partition.0);
+            let mut first = Box::pin(groups.ensure_loaded(&shard, tp));
+            assert!(
+                futures_lite::future::poll_once(&mut first).await.is_none(),
+                "the load waits for the log to be read"
+            );
+            drop(first);
+            let mut answer = groups.ensure_loaded(&shard, tp).await;
+            for _ in 0..500 {
+                if answer != Err(ResponseError::CoordinatorLoadInProgress) {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                answer = groups.ensure_loaded(&shard, tp).await;
+            }
+            assert_eq!(answer, Ok(()), "the partition is loaded again");
+        });
+    }
 }

@@ -45,7 +45,7 @@ pub mod produce;
 pub mod router;
 pub mod sync_group;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod txn_offset_commit;
 pub mod write_txn_markers;
 

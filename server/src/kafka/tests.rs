@@ -35,7 +35,7 @@ use crate::node::calls::{mesh_builder, ShardMesh};
 use crate::node::Shard;
 use crate::shard::{oneshot, ShardId};
 
-fn with_shard<F, Fut>(test: F)
+pub(crate) fn with_shard<F, Fut>(test: F)
 where
     F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -68,7 +68,7 @@ where
 }
 
 /// Sends `request` at `version` through the router and decodes the response.
-async fn call<R: Request>(shard: &Rc<Shard>, request: &R, version: i16) -> R::Response {
+pub(crate) async fn call<R: Request>(shard: &Rc<Shard>, request: &R, version: i16) -> R::Response {
     let frame = call_raw(shard, R::KEY, version, request).await;
     let mut body = skip_response_header(frame, R::KEY, version);
     let response = R::Response::decode(&mut body, version)

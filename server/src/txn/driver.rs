@@ -146,7 +146,17 @@ impl TxnShard {
                 generation,
             },
         );
+        // A request that starts the load may be dropped (its client's connection failed):
+        // the guard then unloads the half-read partition, so the next request loads it again
+        // rather than waiting forever behind Loading.
+        let abandoned = AbandonedLoad {
+            txns: self,
+            shard,
+            p,
+            generation,
+        };
         let result = self.load(shard, tp, coordinator_epoch, generation).await;
+        std::mem::forget(abandoned);
         if !self.holds(p, generation) {
             // Unloaded while it loaded: the leadership moved.
             return Err(ResponseError::NotCoordinator);
@@ -734,6 +744,23 @@ async fn ticker(shard: Rc<Shard>, txns: Rc<TxnShard>) {
                 let fx = txns.with_coordinator(p, |c| c.tick(now));
                 txns.process(&shard, p, fx);
             }
+        }
+    }
+}
+
+/// Unloads a `__transaction_state` partition whose load was dropped before it finished
+/// (the request that started it was cancelled); forgotten once the load ends.
+struct AbandonedLoad<'a> {
+    txns: &'a Rc<TxnShard>,
+    shard: &'a Rc<Shard>,
+    p: i32,
+    generation: u64,
+}
+
+impl Drop for AbandonedLoad<'_> {
+    fn drop(&mut self) {
+        if self.txns.holds(self.p, self.generation) {
+            self.txns.unload_partition(self.shard, self.p);
         }
     }
 }
