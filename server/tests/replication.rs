@@ -1598,6 +1598,18 @@ fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_eve
         read_all_partitions(&bootstrap, &topic, "read_uncommitted"),
         everything
     );
+    // Every leader has it on disk that its partition holds transactions, so that a restart
+    // rebuilds them (AddPartitionsToTxn reaches only the coordinator's node; without the
+    // mark, a leader restarted there forgot its aborts and served them as committed).
+    for (p, leader) in leaders.iter().enumerate() {
+        let dir = nodes[(*leader - 1) as usize]
+            .data_dir()
+            .join(format!("{topic}-{p}"));
+        assert!(
+            dir.join("transactional").exists(),
+            "partition {p}: its leader, node {leader}, has no transaction marker file (coordinator: node {coordinator})"
+        );
+    }
     drop(producer);
     for node in &nodes {
         node.assert_no_panic();

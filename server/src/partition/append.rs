@@ -152,6 +152,15 @@ async fn append_one(
             Ok(permit) => permit,
             Err(_) => return Appended::error(ResponseError::NotLeaderOrFollower, None),
         };
+        // The partition holds transactions from this batch on: a restart must rebuild
+        // them. AddPartitionsToTxn marks the replica on the coordinator's node, which need
+        // not be this leader.
+        if let Err(e) = partition.txns.ensure_marker_file(&partition.dir).await {
+            return Appended::error(
+                e,
+                Some("cannot record on disk that the partition holds transactions".into()),
+            );
+        }
         if !partition.txns.has_ongoing_txn(pid) {
             let g = partition.txns.start_verification(
                 pid,
