@@ -5,6 +5,8 @@ sent in a transaction reach the group only when it commits; a zombie producer is
 broker killed in the middle of a transaction comes back with it decided, never half seen;
 a consume-transform-produce pipeline is exactly once across SIGKILLs of the broker."""
 
+import re
+import struct
 import time
 import uuid
 
@@ -254,6 +256,70 @@ def test_a_broker_killed_mid_transaction_comes_back_with_it_undecided_then_abort
         0: [b"kept-0", b"after-0"],
         1: [b"kept-1", b"after-1"],
     }
+
+
+def txnindex_entries(partition_dir):
+    """Every entry of the partition's `.txnindex` files, read as Kafka's 34-byte format
+    (version i16 = 0, producer id, first offset, last offset, last stable offset), with the
+    base offset of the file it is in."""
+    entries = []
+    for path in sorted(partition_dir.glob("*.txnindex")):
+        data = path.read_bytes()
+        assert len(data) % 34 == 0, f"{path.name}: {len(data)} bytes"
+        for at in range(0, len(data), 34):
+            version, pid, first, last, lso = struct.unpack(">hqqqq", data[at : at + 34])
+            assert version == 0
+            entries.append((int(path.stem), pid, first, last, lso))
+    return entries
+
+
+def test_a_restart_loads_the_txnindex_and_reads_only_the_log_after_the_snapshot(start_broker):
+    broker = start_broker()
+    topic = topic_name("txn-index")
+    # Small segments: the partition rolls every few transactions.
+    create_topic(broker, topic, 1, {"segment.bytes": "1024"})
+    txn_id = "tx-" + uuid.uuid4().hex[:8]
+    p = txn_producer(broker, txn_id)
+    p.init_transactions(GUARD_S)
+    for i in range(30):
+        produce_txn(p, topic, {0: [f"v{i}-{j}".encode() for j in range(3)]}, commit=i % 3 != 0)
+    # One left open: it holds the LSO back across the kill.
+    p.begin_transaction()
+    p.produce(topic, value=b"open", partition=0)
+    p.flush(GUARD_S)
+    committed = read_all(broker, topic, 1, "read_committed")
+    assert len(committed[0]) == 20 * 3
+    lso = end_offsets(broker, topic, 1, "read_committed")
+    log_end = end_offsets(broker, topic, 1, "read_uncommitted")[0]
+    assert lso[0] < log_end
+
+    # Ten aborts, each in the index of the segment holding its marker, in marker order.
+    partition_dir = broker.data_dir / f"{topic}-0"
+    entries = txnindex_entries(partition_dir)
+    assert len(entries) == 10, entries
+    assert len({e[0] for e in entries}) > 1, "several segments have aborts"
+    assert all(base <= last and first < last < log_end for base, _, first, last, _ in entries)
+    assert [e[3] for e in entries] == sorted(e[3] for e in entries)
+    assert all(lso_after == last + 1 for _, _, _, last, lso_after in entries)
+    assert list(partition_dir.glob("*.txnsnapshot")), "a roll wrote a snapshot"
+
+    broker.kill()
+    del p
+    broker.restart()
+    assert read_all(broker, topic, 1, "read_committed") == committed
+    assert end_offsets(broker, topic, 1, "read_committed") == lso
+    assert txnindex_entries(partition_dir) == entries
+    # What the rebuild read: from a snapshot, not from the log start.
+    line = next(
+        l for l in broker.stderr().splitlines()
+        if "rebuilt partition transactions" in l and f"{topic}-0" in l
+    )
+    from_offset = int(re.search(r"from_offset=(\d+)", line).group(1))
+    batches_read = int(re.search(r"batches_read=(\d+)", line).group(1))
+    assert from_offset > 0, line
+    # 61 batches in the log (30 transactions with their markers, and the open one); at
+    # most a segment's worth after the newest snapshot.
+    assert batches_read < 20, line
 
 
 def test_a_commit_survives_a_kill_right_after_it_returns(start_broker):

@@ -279,6 +279,23 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().segments.len()
     }
 
+    /// The base offsets of the segments, oldest first, the active one last. Files the
+    /// broker keeps per segment (a `.txnindex`) are named by these.
+    pub fn segment_base_offsets(&self) -> Vec<Offset> {
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| Offset(s.base_offset))
+            .collect()
+    }
+
+    /// The base offset of the active segment (the last one).
+    pub fn active_segment_base(&self) -> Offset {
+        Offset(self.inner.state.borrow().active().base_offset)
+    }
+
     /// ListOffsets MAX_TIMESTAMP (KIP-734): the largest timestamp in the log and its offset.
     pub fn max_timestamp(&self) -> Option<(i64, Offset)> {
         let (timestamp, offset) = self.inner.state.borrow().max_timestamp;

@@ -123,6 +123,7 @@ impl PartitionHandle {
         durability: Durability,
         guard: Option<VerificationGuard>,
     ) -> Result<AppendInfo, ClientAppendError> {
+        let busy = self.txns.busy();
         let log_end_before = self.log.log_end_offset().0;
         let opened = self
             .txns
@@ -136,6 +137,7 @@ impl PartitionHandle {
             Ok(info) => info,
             Err(e) => {
                 self.txns.append_failed(&opened);
+                self.txns.log_failed();
                 return Err(ClientAppendError::Engine(e));
             }
         };
@@ -147,6 +149,8 @@ impl PartitionHandle {
             info.last_offset.0,
             crate::shard::now_ms(),
         );
+        drop(busy);
+        self.txns.snapshot_if_rolled(&self.log);
         self.advance_log_end(info.last_offset.0 + 1);
         if durability == Durability::Synced {
             self.log.sync().await.map_err(ClientAppendError::Engine)?;
@@ -178,6 +182,7 @@ impl PartitionHandle {
         }
         let now = crate::shard::now_ms();
         let batch = Bytes::from(marker.to_batch(producer_id, producer_epoch, now));
+        let busy = self.txns.busy();
         let info = self
             .log
             .append_from(
@@ -187,12 +192,17 @@ impl PartitionHandle {
                 AppendOrigin::Coordinator,
             )
             .await
+            .inspect_err(|_| self.txns.log_failed())
             .map_err(BrokerAppendError::Engine)?;
         let offset = info.base_offset.0;
         // Applied at once, as Kafka's leader does: the transaction is complete but stays
-        // unstable (below the LSO) until the high watermark passes the marker.
+        // unstable (below the LSO) until the high watermark passes the marker. An abort's
+        // entry goes to its segment's `.txnindex`.
         self.txns
-            .apply_marker(producer_id, producer_epoch, &marker, offset, now);
+            .apply_marker(&self.log, producer_id, producer_epoch, &marker, offset, now);
+        drop(busy);
+        self.txns.flush_index().await;
+        self.txns.snapshot_if_rolled(&self.log);
         if single_replica {
             self.advance_log_end(offset + 1);
             self.log.sync().await.map_err(BrokerAppendError::Engine)?;
@@ -220,6 +230,7 @@ impl PartitionHandle {
         producer_epoch: i16,
         guard: Option<VerificationGuard>,
     ) -> Result<AppendInfo, BrokerAppendError> {
+        let busy = self.txns.busy();
         let log_end_before = self.log.log_end_offset().0;
         let opened = self
             .txns
@@ -235,7 +246,9 @@ impl PartitionHandle {
             )
             .await;
         self.txns.append_failed(&opened);
-        let info = appended.map_err(BrokerAppendError::Engine)?;
+        let info = appended
+            .inspect_err(|_| self.txns.log_failed())
+            .map_err(BrokerAppendError::Engine)?;
         self.txns.apply_broker_batch(
             producer_id,
             producer_epoch,
@@ -243,6 +256,8 @@ impl PartitionHandle {
             info.last_offset.0,
             crate::shard::now_ms(),
         );
+        drop(busy);
+        self.txns.snapshot_if_rolled(&self.log);
         self.advance_log_end(info.last_offset.0 + 1);
         Ok(info)
     }
@@ -340,7 +355,7 @@ impl PartitionRegistry {
         let opened = PartitionLog::open(dir.clone(), config, cache).await;
         self.opening.borrow_mut().remove(&tp);
         let log = opened?;
-        let txns = PartitionTxnState::default();
+        let txns = PartitionTxnState::new(dir.clone());
         let high_watermark = log
             .high_watermark_checkpoint()
             .map_or(log.log_start_offset().0, |o| o.0);
@@ -416,6 +431,9 @@ impl PartitionRegistry {
                     h.appended.notify_all();
                     glommio::spawn_local(async move {
                         crate::replica::driver::checkpoint_high_watermark_at_close(&h).await;
+                        // Kafka snapshots its producer state at a clean close too: the
+                        // next open replays nothing.
+                        h.txns.snapshot_at_close(&h.log).await;
                         (h.tp, h.log.close().await)
                     })
                 })
@@ -504,8 +522,12 @@ pub async fn maintain_logs_periodically(shard: Rc<crate::node::Shard>) {
             let Some(partition) = shard.partitions.get(tp) else {
                 continue;
             };
+            let log_start_before = partition.log.log_start_offset();
             if let Err(error) = partition.log.maintain(now_ms).await {
                 tracing::warn!(partition = ?tp, %error, "log retention check failed");
+            }
+            if partition.log.log_start_offset() != log_start_before {
+                partition.txns.after_log_start_moved(&partition.log).await;
             }
         }
     }

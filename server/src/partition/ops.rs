@@ -104,7 +104,10 @@ async fn delete_records(
         return (None, partition.log.log_start_offset().0);
     }
     match partition.log.delete_records_before(Offset(target)).await {
-        Ok(low_watermark) => (None, low_watermark.0),
+        Ok(low_watermark) => {
+            partition.txns.after_log_start_moved(&partition.log).await;
+            (None, low_watermark.0)
+        }
         Err(e) => (Some(engine_error(&e)), -1),
     }
 }

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
-use wharf_engine::{Durability, EngineError, Offset, PartitionLog};
+use wharf_engine::{EngineError, Offset, PartitionLog};
 
 use super::api::*;
 use super::{ReplicaConfig, ReplicaState};
@@ -243,9 +243,11 @@ pub async fn run_log_ops(partition: &Rc<PartitionHandle>) {
 
 /// Carries out one log operation. A follower's log keeps the partition's transaction
 /// state with it: the leader's transactional batches and markers are applied in log order
-/// as they are appended, and a truncation that cut anything replays the state from what
-/// the log still holds (the cost of a partition's open, paid only by partitions that have
-/// held transactions, and only when the follower's log diverged).
+/// as they are appended (aborts into the segments' `.txnindex` files), and a truncation
+/// that cut anything first removes the transaction snapshots past the cut, then replays
+/// the state from the nearest snapshot below it and the log after that (the cost of a
+/// partition's open, paid only by partitions that have held transactions, and only when
+/// the follower's log diverged). Retention's deletions prune the aborted list.
 async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), EngineError> {
     let log = &partition.log;
     match op {
@@ -254,6 +256,9 @@ async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), Engi
         LogOp::AssignEpoch { .. } => Ok(()),
         LogOp::TruncateTo { offset } => {
             let end_before = log.log_end_offset().0;
+            if *offset < end_before {
+                partition.txns.before_truncation(Some(*offset)).await?;
+            }
             log.truncate_to(Offset(*offset)).await?;
             if *offset < end_before {
                 replay_txns(partition).await?;
@@ -261,31 +266,17 @@ async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), Engi
             Ok(())
         }
         LogOp::TruncateFullyAndStartAt { offset } => {
+            partition.txns.before_truncation(None).await?;
             log.truncate_fully_and_start_at(Offset(*offset)).await?;
             replay_txns(partition).await
         }
         LogOp::AppendAsFollower { records, .. } => {
-            // Before the first transactional batch or marker is written, the file that
-            // makes the partition rebuild its transactions at open (synced).
-            if !partition.txns.has_marker_file()
-                && crate::partition::txn::has_transactional_or_control(records)
-            {
-                partition
-                    .txns
-                    .ensure_marker_file(&partition.dir)
-                    .await
-                    .map_err(|e| EngineError::Io {
-                        context: "create the partition's transaction marker file".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-            }
-            log.append_as_follower(records.clone(), Durability::Written)
-                .await?;
-            partition.txns.apply_replicated(records);
-            Ok(())
+            partition.txns.append_as_follower(log, records).await
         }
         LogOp::AdvanceLogStart { offset } => {
-            log.delete_records_before(Offset(*offset)).await.map(|_| ())
+            log.delete_records_before(Offset(*offset)).await?;
+            partition.txns.after_log_start_moved(log).await;
+            Ok(())
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`partition`]: what a partition keeps about transactions: the open ones (for the last
 //!   stable offset), the markers that end them, the aborted-transaction index a
 //!   read_committed Fetch consults, and KIP-890's check before a transactional append.
+//! - [`snapshot`]: a partition's transaction snapshot (its open transactions as of an
+//!   offset), so that a restart replays only the log after it.
 //! - [`sim`]: a seeded simulator of a coordinator with producers, partitions, its log and
 //!   faults, checking the invariants of exactly-once delivery.
 //!
@@ -23,6 +25,7 @@ pub mod metadata;
 pub mod partition;
 pub mod producer_ids;
 pub mod sim;
+pub mod snapshot;
 
 #[cfg(test)]
 mod tests;

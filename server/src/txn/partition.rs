@@ -21,6 +21,8 @@ use kafka_protocol::error::ResponseError;
 use wharf_protocol::txn::control::{EndTxnMarker, TransactionResult};
 use wharf_protocol::txn::index::{collect_aborted, AbortedTxn};
 
+pub use super::snapshot::TxnSnapshot;
+
 /// A producer as the partition knows it from its batches and markers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerTxnState {
@@ -454,6 +456,60 @@ impl PartitionTxns {
         self.aborted.truncate(keep);
     }
 
+    /// Retention or DeleteRecords moved the log start to `log_start_offset`: entries whose
+    /// marker is below it overlap no data any more and go (Kafka keeps only the index files
+    /// of retained segments). Returns how many went.
+    pub fn prune_aborted_before(&mut self, log_start_offset: i64) -> usize {
+        let gone = self
+            .aborted
+            .partition_point(|e| e.last_offset < log_start_offset);
+        self.aborted.drain(..gone);
+        gone
+    }
+
+    /// What a transaction snapshot at `offset` holds: everything but the aborted index
+    /// (kept in the `.txnindex` files) and verifications in progress (which a restart
+    /// forgets, as Kafka's do).
+    pub fn snapshot(&self, offset: i64) -> TxnSnapshot {
+        TxnSnapshot {
+            offset,
+            // The files' business: set when the snapshot is written.
+            index_end: None,
+            producers: self
+                .producers
+                .iter()
+                .map(|(pid, p)| (*pid, p.clone()))
+                .collect(),
+            unreplicated: self
+                .unreplicated
+                .iter()
+                .map(|(first, (pid, last))| (*first, *pid, *last))
+                .collect(),
+        }
+    }
+
+    /// The state a snapshot describes, with the aborted index read from the `.txnindex`
+    /// files (entries in marker order, all below the snapshot's offset).
+    pub fn from_snapshot(snapshot: TxnSnapshot, aborted: Vec<AbortedTxn>) -> PartitionTxns {
+        debug_assert!(aborted
+            .windows(2)
+            .all(|w| w[0].last_offset < w[1].last_offset));
+        let mut txns = PartitionTxns {
+            aborted,
+            ..PartitionTxns::default()
+        };
+        for (pid, p) in snapshot.producers {
+            if let Some(first) = p.current_txn_first_offset {
+                txns.ongoing.insert(first, pid);
+            }
+            txns.producers.insert(pid, p);
+        }
+        for (first, pid, last) in snapshot.unreplicated {
+            txns.unreplicated.insert(first, (pid, last));
+        }
+        txns
+    }
+
     /// Forget producers idle for `producer_id_expiration_ms` with no open transaction, and
     /// verifications that never led to an append (Kafka's `removeExpiredProducers`).
     pub fn remove_expired(&mut self, now_ms: i64, producer_id_expiration_ms: i64) {
@@ -522,6 +578,46 @@ mod tests {
         p.apply_data_batch(2, 0, 1, 1, true, 0);
         let (_, entry) = p.apply_marker(1, 0, &marker(false, 0), 2, 0);
         assert_eq!(entry.map(|e| e.last_stable_offset), Some(1));
+    }
+
+    #[test]
+    fn a_snapshot_with_its_aborted_index_gives_the_state_back() {
+        let mut p = PartitionTxns::default();
+        p.apply_data_batch(1, 0, 0, 0, true, 10);
+        p.apply_data_batch(2, 3, 1, 2, true, 11);
+        p.apply_data_batch(4, 0, 3, 3, false, 12);
+        p.apply_marker(2, 4, &marker(false, 7), 4, 13);
+        p.apply_data_batch(5, 0, 5, 5, true, 14);
+        p.apply_marker(5, 0, &marker(true, 7), 6, 15);
+        p.on_high_watermark(6);
+        let back = PartitionTxns::from_snapshot(p.snapshot(7), p.aborted_index().to_vec());
+        for hw in 0..8 {
+            assert_eq!(back.last_stable_offset(hw), p.last_stable_offset(hw));
+        }
+        assert_eq!(
+            back.ongoing().collect::<Vec<_>>(),
+            p.ongoing().collect::<Vec<_>>()
+        );
+        assert_eq!(back.aborted_in_range(0, 8), p.aborted_in_range(0, 8));
+        for pid in [1, 2, 4, 5] {
+            assert_eq!(back.producer(pid), p.producer(pid));
+        }
+    }
+
+    #[test]
+    fn moving_the_log_start_forgets_aborts_that_end_below_it() {
+        let mut p = PartitionTxns::default();
+        for (pid, first, last) in [(1, 0, 1), (2, 2, 5), (3, 4, 6)] {
+            p.apply_data_batch(pid, 0, first, first, true, 0);
+            p.apply_marker(pid, 0, &marker(false, 0), last, 0);
+        }
+        assert_eq!(p.prune_aborted_before(5), 1);
+        let left: Vec<i64> = p.aborted_index().iter().map(|e| e.producer_id).collect();
+        assert_eq!(
+            left,
+            vec![2, 3],
+            "an abort ending at the log start overlaps it"
+        );
     }
 
     #[test]
