@@ -478,8 +478,9 @@ impl PartitionRegistry {
 }
 
 /// Runs on each shard until shutdown: every [`PRODUCER_EXPIRATION_CHECK_INTERVAL`], each
-/// partition forgets the idempotent producers silent for `producer.id.expiration.ms`, so
-/// the memory they take stays bounded.
+/// partition forgets the idempotent producers silent for `producer.id.expiration.ms`, and
+/// what it knew of their transactions unless one is open here, so the memory they take
+/// stays bounded.
 pub async fn expire_producers_periodically(shard: Rc<crate::node::Shard>) {
     let expiration_ms = shard.config.producer_id_expiration_ms;
     let tick = || glommio::timer::sleep(PRODUCER_EXPIRATION_CHECK_INTERVAL);
@@ -490,7 +491,10 @@ pub async fn expire_producers_periodically(shard: Rc<crate::node::Shard>) {
             .keys()
             .into_iter()
             .filter_map(|tp| shard.partitions.get(tp))
-            .map(|p| p.log.expire_producers(now_ms, expiration_ms))
+            .map(|p| {
+                p.txns.remove_expired(now_ms, expiration_ms);
+                p.log.expire_producers(now_ms, expiration_ms)
+            })
             .sum();
         if expired > 0 {
             tracing::debug!(expired, "forgot expired idempotent producers");

@@ -203,6 +203,14 @@ impl<S: Storage> PartitionTxnState<S> {
         self.txns.borrow().ongoing().collect()
     }
 
+    /// Forgets the producers idle for `expiration_ms` (by their last batch's or marker's
+    /// timestamp) with no transaction open here, and verifications that led to no append,
+    /// as Kafka's `removeExpiredProducers` does on the producer-expiration timer. The
+    /// aborted list and the open transactions are kept.
+    pub fn remove_expired(&self, now_ms: i64, expiration_ms: i64) {
+        self.txns.borrow_mut().remove_expired(now_ms, expiration_ms);
+    }
+
     /// What the partition knows of a producer's transactions.
     pub fn producer(&self, producer_id: i64) -> Option<crate::txn::partition::ProducerTxnState> {
         self.txns.borrow().producer(producer_id).cloned()

@@ -805,3 +805,45 @@ mod on_a_simulated_disk {
         }
     }
 }
+
+#[test]
+fn idle_producers_are_forgotten_unless_a_transaction_of_theirs_is_open() {
+    run(|path| async move {
+        let (log, state) = open(&path).await;
+        let mut w = Writer {
+            next: 0,
+            seqs: Default::default(),
+        };
+        // Producer 7 commits; producer 8 aborts one transaction and leaves the next open.
+        w.data(&log, &state, 7).await;
+        w.end(&log, &state, 7, true).await;
+        w.data(&log, &state, 8).await;
+        w.end(&log, &state, 8, false).await;
+        w.data(&log, &state, 8).await;
+        let end = log.log_end_offset().0;
+        let before = observed(&state, end);
+        assert!(state.producer(7).is_some() && state.producer(8).is_some());
+
+        // Batches carry timestamps of 1 and 2 s: a day later both are idle.
+        let day = 86_400_000;
+        state.remove_expired(day + 10_000, day);
+        assert_eq!(state.producer(7), None, "idle with nothing open: forgotten");
+        assert!(
+            state.producer(8).is_some(),
+            "an open transaction keeps its producer"
+        );
+        assert_eq!(
+            observed(&state, end),
+            before,
+            "open transactions, aborted list and LSO unchanged"
+        );
+
+        // Not yet idle long enough: kept.
+        w.end(&log, &state, 8, true).await;
+        state.remove_expired(day, day);
+        assert!(state.producer(8).is_some());
+        state.remove_expired(day + 10_000, day);
+        assert_eq!(state.producer(8), None);
+        assert_eq!(state.aborted_index().len(), 1, "the abort stays listed");
+    });
+}
