@@ -125,8 +125,10 @@ if command -v iperf3 >/dev/null; then
     sleep 0.5
     loop=$(taskset -c "$follower_cpu" iperf3 -c 127.0.0.1 -p $((base + 50)) -t 5 -f M \
         | awk '/receiver/ { print $(NF-2) }')
-    printf 'iperf3 loopback, one stream: %s MB/s; replication is %.0f%% of it\n' \
-        "$loop" "$(echo "100 * $mbps / ($loop * 1.048576)" | bc -l)"
+    # iperf3 -f M reports MiB/s.
+    loop_mb=$(echo "$loop * 1.048576" | bc -l)
+    printf 'iperf3 loopback, one stream: %.0f MB/s; replication is %.0f%% of it\n' \
+        "$loop_mb" "$(echo "100 * $mbps / $loop_mb" | bc -l)"
 else
     echo "iperf3 not installed: no loopback figure"
 fi
