@@ -1524,6 +1524,60 @@ fn read_all_partitions(bootstrap: &str, topic: &str, isolation: &str) -> Vec<(i3
 }
 
 #[test]
+fn a_transaction_reaches_a_single_replica_partition_the_coordinators_node_does_not_hold() {
+    use rdkafka::producer::Producer;
+
+    let nodes = start_cluster(3_000);
+    let topic = unique_topic("txn-rf1");
+    assert_eq!(create_topic_rf(nodes[0].addr(), &topic, 1, &[]), 0);
+    wait_until("every partition has a leader", || {
+        let ps = partitions(nodes[0].addr(), &topic);
+        ps.len() == PARTITIONS as usize && ps.iter().all(|(leader, ..)| *leader > 0)
+    });
+    let leader = partitions(nodes[0].addr(), &topic)[0].0;
+    // A transactional id whose coordinator is on a node without a replica of partition 0.
+    let txn_id = (0..200)
+        .map(|i| format!("{topic}-tx-{i}"))
+        .find(|id| transaction_coordinator(nodes[0].addr(), id) != leader)
+        .expect("some transactional id is coordinated elsewhere");
+
+    let bootstrap = bootstrap_of(&nodes);
+    let producer = client::producer(
+        &bootstrap,
+        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
+    );
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    let rt = client::runtime();
+    for (value, commit) in [("committed", true), ("aborted", false)] {
+        producer.begin_transaction().expect("begin_transaction");
+        let record = FutureRecord::<(), _>::to(&topic)
+            .partition(0)
+            .payload(value);
+        rt.block_on(producer.send(record, GUARD))
+            .unwrap_or_else(|(e, _)| panic!("transactional send of {value}: {e}"));
+        if commit {
+            producer.commit_transaction(GUARD).expect("commit");
+        } else {
+            producer.abort_transaction(GUARD).expect("abort");
+        }
+    }
+    let addr = nodes[(leader - 1) as usize].addr();
+    wait_until("both markers on partition 0", || {
+        latest_offset(addr, &topic, 0, 1) == (0, 4)
+    });
+    assert_eq!(
+        read_partition(&bootstrap, &topic, 0, "read_committed"),
+        vec!["committed".to_string()]
+    );
+    drop(producer);
+    for node in &nodes {
+        node.assert_no_panic();
+    }
+}
+
+#[test]
 fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_everywhere() {
     use rdkafka::producer::Producer;
 

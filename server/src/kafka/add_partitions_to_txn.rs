@@ -33,8 +33,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, HandlerResult, RequestContext};
-use crate::metadata::{PartitionId, TopicPartition as Tp};
-use crate::node::calls::Call;
 use crate::reply;
 use crate::txn::driver::{with_txn, TxnCall, TxnReply};
 use crate::txn::{AddPartitionsRequest, ErrorCode, Reply, TopicPartition};
@@ -185,34 +183,6 @@ async fn add(
             .map(|tp| (tp.clone(), Some(e)))
             .collect::<Vec<_>>()
     };
-    // Each known partition keeps its transactions from now on (created once, synced). A
-    // verification adds nothing, so it marks nothing.
-    let image = ctx.shard.metadata();
-    for tp in partitions.iter().filter(|_| !txn.verify_only) {
-        let Some(topic) = image.topic(&tp.topic) else {
-            continue;
-        };
-        let internal_refused = topic.internal && ctx.api_version < FIRST_BATCHED_VERSION;
-        if internal_refused || !topic.has_partition(PartitionId(tp.partition)) {
-            continue;
-        }
-        let target = Tp {
-            topic_id: topic.id,
-            partition: PartitionId(tp.partition),
-        };
-        let marked = ctx
-            .shard
-            .call(
-                ctx.shard.owner_of(target),
-                Call::EnsureTxnMarkerFile(target),
-            )
-            .await;
-        match marked.map(|reply| reply!(reply, EnsureTxnMarkerFile)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return all(&partitions, e),
-            Err(_) => return all(&partitions, ResponseError::CoordinatorNotAvailable),
-        }
-    }
     let id = txn.transactional_id;
     let req = AddPartitionsRequest {
         transactional_id: id.clone(),

@@ -69,8 +69,6 @@ pub enum Call {
     Partitions(Vec<(TopicPartition, (usize, crate::partition::ops::PartitionOp))>),
     /// DescribeProducers of one partition.
     DescribeProducers(TopicPartition),
-    /// Make sure the partition has its transaction marker file (AddPartitionsToTxn).
-    EnsureTxnMarkerFile(TopicPartition),
     /// Write a transaction's marker to one partition (the coordinator's WriteTxnMarkers).
     WriteTxnMarker(MarkerCall),
     /// A group coordinator's work, on the shard that owns the group's offsets partition
@@ -143,7 +141,6 @@ impl Call {
             Call::WaitForAppend { .. } => CallKind::WaitForAppend,
             Call::Partitions(_) => CallKind::Partitions,
             Call::DescribeProducers(_) => CallKind::DescribeProducers,
-            Call::EnsureTxnMarkerFile(_) => CallKind::EnsureTxnMarkerFile,
             Call::WriteTxnMarker(_) => CallKind::WriteTxnMarker,
             Call::Group { .. } => CallKind::Group,
             Call::Txn { .. } => CallKind::Txn,
@@ -196,7 +193,6 @@ call_kinds!(
     WaitForAppend,
     Partitions,
     DescribeProducers,
-    EnsureTxnMarkerFile,
     WriteTxnMarker,
     Group,
     Txn,
@@ -224,7 +220,6 @@ pub enum Reply {
     Fetch(Vec<(usize, ReadSpec, PartitionRead)>),
     Partitions(Vec<(usize, crate::partition::ops::PartitionAnswer)>),
     DescribeProducers(Result<Vec<Producer>, ResponseError>),
-    EnsureTxnMarkerFile(Result<(), ResponseError>),
     WriteTxnMarker(Result<(), ResponseError>),
     Group(Result<crate::group::driver::GroupReply, ResponseError>),
     ListGroups(Result<Vec<GroupListing>, ResponseError>),
@@ -251,7 +246,6 @@ impl Reply {
             Reply::Fetch(_) => "Fetch",
             Reply::Partitions(_) => "Partitions",
             Reply::DescribeProducers(_) => "DescribeProducers",
-            Reply::EnsureTxnMarkerFile(_) => "EnsureTxnMarkerFile",
             Reply::WriteTxnMarker(_) => "WriteTxnMarker",
             Reply::Group(_) => "Group",
             Reply::ListGroups(_) => "ListGroups",
@@ -374,12 +368,6 @@ impl Shard {
                     .map(|h| producers(&h))
                     .ok_or(ResponseError::NotLeaderOrFollower),
             ),
-            Call::EnsureTxnMarkerFile(tp) => {
-                Reply::EnsureTxnMarkerFile(match shard.partitions.get(tp) {
-                    Some(h) => h.txns.ensure_marker_file(&h.dir).await,
-                    None => Err(ResponseError::NotLeaderOrFollower),
-                })
-            }
             Call::WriteTxnMarker(call) => {
                 Reply::WriteTxnMarker(crate::txn::driver::write_marker_here(&shard, call).await)
             }

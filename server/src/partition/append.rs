@@ -153,8 +153,7 @@ async fn append_one(
             Err(_) => return Appended::error(ResponseError::NotLeaderOrFollower, None),
         };
         // The partition holds transactions from this batch on: a restart must rebuild
-        // them. AddPartitionsToTxn marks the replica on the coordinator's node, which need
-        // not be this leader.
+        // them. Each replica marks itself where the batch lands (followers as they copy it).
         if let Err(e) = partition.txns.ensure_marker_file(&partition.dir).await {
             return Appended::error(
                 e,
