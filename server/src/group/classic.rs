@@ -116,6 +116,15 @@ impl ClassicGroup {
             self.state,
             to
         );
+        // As Kafka's coordinator logs them: what an operator reads to follow a rebalance.
+        tracing::info!(
+            group = %self.group_id,
+            from = ?self.state,
+            to = ?to,
+            generation = self.generation_id,
+            members = self.members.len(),
+            "group state"
+        );
         self.state = to;
         self.state_timestamp_ms = now_ms;
     }

@@ -1410,6 +1410,11 @@ impl Ctx<'_> {
             .map(|m| m.member_id.clone())
             .collect();
         for id in gone {
+            tracing::info!(
+                group = %group.group_id,
+                member = %id,
+                "member removed: it did not rejoin within the rebalance timeout"
+            );
             if let Some(m) = group.remove_member(&id) {
                 if let Some(t) = m.sync_waiter {
                     self.reply_sync(t, SyncResponse::error(ResponseError::UnknownMemberId));
@@ -1677,13 +1682,23 @@ impl Ctx<'_> {
             .collect();
         for id in expired {
             fired = true;
-            // Removing one member can complete a rebalance that drops others of this list.
+            // Removing one member can complete a rebalance that drops others of this list,
+            // or answers their JoinGroup and so gives them a new deadline.
             let Some(member) = group.members.get_mut(&id) else {
                 continue;
             };
+            if !member.heartbeat_deadline_ms.is_some_and(|d| d <= now_ms) {
+                continue;
+            }
             if member.excused_from_heartbeat() {
                 member.heartbeat_deadline_ms = None;
             } else {
+                tracing::info!(
+                    group = %group.group_id,
+                    member = %id,
+                    session_timeout_ms = member.session_timeout_ms,
+                    "member removed: no heartbeat within its session timeout"
+                );
                 self.remove_member_and_update_group(group, &id);
             }
         }

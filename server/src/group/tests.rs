@@ -370,6 +370,51 @@ fn dead_member_is_removed_and_the_survivor_gets_a_new_generation() {
 }
 
 #[test]
+fn a_member_whose_join_is_answered_as_a_dead_one_expires_is_kept() {
+    // Two members whose sessions end at the same moment: "a" is dead, the leader "b" has
+    // rejoined and waits. Removing "a" completes the rebalance, which answers "b" and gives
+    // it a new session; "b" must not then be removed as if it were still silent.
+    let mut c = coordinator();
+    let join_as = |c: &mut GroupCoordinator, token, id: &str, client: &str| {
+        let mut req = join_req(id, false);
+        req.client_id = client.into();
+        c.join_group(0, token, req)
+    };
+    let fx = join_as(&mut c, 1, "", "b");
+    let b = join_reply(&fx, 1).unwrap().member_id;
+    join_as(&mut c, 2, "", "a");
+    let fx = join_as(&mut c, 3, &b, "b");
+    let a = join_reply(&fx, 2).unwrap().member_id;
+    assert!(a < b, "the dead member comes first in the group's order");
+    assert_eq!(join_reply(&fx, 3).unwrap().leader, b);
+    c.sync_group(0, 4, sync_req(&a, 2, vec![]));
+    c.sync_group(0, 5, sync_req(&b, 2, vec![]));
+    assert_eq!(hb(&mut c, 1000, &a, 2), None);
+    assert_eq!(hb(&mut c, 1000, &b, 2), None);
+    let fx = join_as(&mut c, 6, &b, "b");
+    assert!(
+        join_reply(&fx, 6).is_none(),
+        "the leader's rejoin starts a rebalance"
+    );
+    let expiry = 1000 + SESSION_MS as i64;
+    let fx = c.tick(expiry);
+    let r = join_reply(&fx, 6).expect("a's expiry completes the rebalance");
+    assert_eq!((r.error, r.generation_id, r.members.len()), (None, 3, 1));
+    let g = c.group("g").unwrap();
+    assert_eq!(g.state, GroupState::CompletingRebalance);
+    assert!(
+        g.members.contains_key(&b),
+        "b was answered and is in generation 3"
+    );
+    let fx = c.sync_group(
+        expiry,
+        7,
+        sync_req(&b, 3, vec![(b.clone(), Bytes::from_static(b"B"))]),
+    );
+    assert_eq!(sync_reply(&fx, 7).unwrap().error, None);
+}
+
+#[test]
 fn member_that_does_not_rejoin_within_the_rebalance_timeout_is_dropped() {
     let mut c = coordinator();
     let m1 = stable_single(&mut c);
