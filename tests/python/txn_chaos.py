@@ -34,6 +34,8 @@ EVERY_NODE = "every node"
 SETUP_GUARD_S = 120
 DRAIN_GUARD_S = 300
 READ_GUARD_S = 120
+# No commit for this long during a run: the group's state is logged (StallWatch).
+STALL_LOG_S = 20
 
 
 @dataclass
@@ -257,6 +259,39 @@ def _kill_target(cluster, kind, src, dst, txn_ids, group):
     return parts[p][0], f"leader of {topic}[{p}]"
 
 
+class StallWatch(threading.Thread):
+    """Logs what the group looks like whenever no transaction has committed for
+    `STALL_LOG_S` (state, generation, members and what each holds), so that a run that stops
+    making progress says where it stands."""
+
+    def __init__(self, cluster, group, stats, stop, log):
+        super().__init__(name="stall-watch", daemon=True)
+        self.cluster, self.group, self.stats, self.stop, self.log = cluster, group, stats, stop, log
+
+    def run(self):
+        logged_for = None
+        while not self.stop.wait(2):
+            with self.stats.lock:
+                last = self.stats.commit_times[-1] if self.stats.commit_times else None
+            if last is None or time.monotonic() - last < STALL_LOG_S:
+                continue
+            if logged_for == last and time.monotonic() - self._logged_at < STALL_LOG_S:
+                continue
+            logged_for, self._logged_at = last, time.monotonic()
+            self.log(f"no commit for {time.monotonic() - last:.0f} s; group: {self._describe()}")
+
+    def _describe(self):
+        try:
+            admin = AdminClient({"bootstrap.servers": self.cluster.bootstrap, "log_level": CLIENT_LOG_LEVEL})
+            g = admin.describe_consumer_groups([self.group], request_timeout=5)[self.group].result(timeout=10)
+        except Exception as e:  # a coordinator moving: say so
+            return f"not described ({e})"
+        members = "; ".join(
+            f"{m.member_id} ({m.client_id}) holds {sorted(tp.partition for tp in m.assignment.topic_partitions)}"
+            for m in g.members)
+        return f"{g.state} on node {g.coordinator.id}, members: {members or 'none'}"
+
+
 def run(binary, root, plan, log=print):
     """Runs `plan` on a new cluster in `root`; returns a Result (the cluster is gone)."""
     result = Result(plan=plan)
@@ -288,6 +323,8 @@ def run(binary, root, plan, log=print):
         ]
         for p in pipelines:
             p.start()
+        StallWatch(cluster, group, stats, stop,
+                   log=lambda line: log(f"{time.monotonic() - t_start:6.1f}s {line}")).start()
         # The internal topics exist once the first transaction committed.
         deadline = time.monotonic() + SETUP_GUARD_S
         while stats.transactions_committed == 0:

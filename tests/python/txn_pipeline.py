@@ -183,6 +183,7 @@ class Pipeline(threading.Thread):
             {
                 "bootstrap.servers": self.bootstrap,
                 "group.id": self.group,
+                "client.id": f"{self.name}-{self.instances}",
                 "isolation.level": "read_committed",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
