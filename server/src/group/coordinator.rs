@@ -295,6 +295,15 @@ impl GroupCoordinator {
     /// calls `apply_commit` with `accepted`. A commit never changes membership; a valid one
     /// from a member counts as a sign of life.
     pub fn plan_commit(&mut self, now_ms: i64, req: &CommitRequest) -> CommitPlan {
+        self.plan_member_commit(now_ms, req, false)
+    }
+
+    fn plan_member_commit(
+        &mut self,
+        now_ms: i64,
+        req: &CommitRequest,
+        transactional: bool,
+    ) -> CommitPlan {
         let all = |error: ResponseError| CommitPlan {
             errors: vec![Some(error); req.partitions.len()],
             ..CommitPlan::default()
@@ -325,7 +334,7 @@ impl GroupCoordinator {
             .get_mut(&req.group_id)
             .expect("group was just found or created");
         if !consumer_group {
-            if let Err(error) = validate_commit(group, req) {
+            if let Err(error) = validate_commit(group, req, transactional) {
                 return all(error);
             }
         }
@@ -336,12 +345,14 @@ impl GroupCoordinator {
     }
 
     /// TxnOffsetCommit (KIP-447): a commit naming a generation and member is checked as
-    /// OffsetCommit checks it; one without (generation -1, from producers that only know
-    /// the group id) is not checked against the membership, as in Kafka. The records are
-    /// written in the producer's transaction and stored only when it commits.
+    /// OffsetCommit checks it, except that a group completing a rebalance takes it (the
+    /// transaction's offsets are not visible before it commits, as in Kafka); one without
+    /// (generation -1, from producers that only know the group id) is not checked against
+    /// the membership, as in Kafka. The records are written in the producer's transaction
+    /// and stored only when it commits.
     pub fn plan_txn_commit(&mut self, now_ms: i64, req: &CommitRequest) -> CommitPlan {
         if req.generation_id >= 0 {
-            return self.plan_commit(now_ms, req);
+            return self.plan_member_commit(now_ms, req, true);
         }
         self.plan_offsets(now_ms, req)
     }
@@ -1049,7 +1060,11 @@ fn heartbeat(group: &mut ClassicGroup, now_ms: i64, req: &HeartbeatRequest) -> E
     }
 }
 
-fn validate_commit(group: &ClassicGroup, req: &CommitRequest) -> Result<(), ResponseError> {
+fn validate_commit(
+    group: &ClassicGroup,
+    req: &CommitRequest,
+    transactional: bool,
+) -> Result<(), ResponseError> {
     if req.generation_id < 0 && group.is(GroupState::Empty) {
         // Generation -1 comes from admin tools and from consumers not using group
         // management; they may commit while the group has no members.
@@ -1069,8 +1084,9 @@ fn validate_commit(group: &ClassicGroup, req: &CommitRequest) -> Result<(), Resp
         // No member id and no generation: only an empty group takes such commits.
         return Err(ResponseError::UnknownMemberId);
     }
-    if group.is(GroupState::CompletingRebalance) {
-        // The member has its new generation from JoinGroup but no assignment yet.
+    if !transactional && group.is(GroupState::CompletingRebalance) {
+        // The member has its new generation from JoinGroup but no assignment yet (a
+        // transactional commit is taken: Kafka's coordinator does not refuse it).
         return Err(ResponseError::RebalanceInProgress);
     }
     Ok(())

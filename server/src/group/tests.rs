@@ -540,6 +540,12 @@ fn commit_errors_are_kafkas() {
         vec![Some(E::RebalanceInProgress)]
     );
     assert_eq!(committed(&c, "t", 0).unwrap().offset, 5);
+    // A transactional commit is taken while the group completes its rebalance (Kafka's
+    // coordinator refuses only plain commits then); a stale generation still is not.
+    let txn = c.plan_txn_commit(0, &commit_req(&m1, 2, 7, None));
+    assert_eq!(txn.errors, vec![None]);
+    let stale = c.plan_txn_commit(0, &commit_req(&m1, 1, 7, None));
+    assert_eq!(stale.errors, vec![Some(E::IllegalGeneration)]);
 }
 
 #[test]
