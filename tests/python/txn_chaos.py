@@ -260,13 +260,14 @@ def _kill_target(cluster, kind, src, dst, txn_ids, group):
 
 
 class StallWatch(threading.Thread):
-    """Logs what the group looks like whenever no transaction has committed for
-    `STALL_LOG_S` (state, generation, members and what each holds), so that a run that stops
-    making progress says where it stands."""
+    """Logs what the pipelines are doing and what the group looks like (state, coordinator,
+    members and what each holds) whenever no transaction has committed for `STALL_LOG_S`, so
+    that a run that stops making progress says where it stands."""
 
-    def __init__(self, cluster, group, stats, stop, log):
+    def __init__(self, cluster, group, stats, stop, pipelines, log):
         super().__init__(name="stall-watch", daemon=True)
         self.cluster, self.group, self.stats, self.stop, self.log = cluster, group, stats, stop, log
+        self.pipelines = pipelines
 
     def run(self):
         logged_for = None
@@ -278,7 +279,10 @@ class StallWatch(threading.Thread):
             if logged_for == last and time.monotonic() - self._logged_at < STALL_LOG_S:
                 continue
             logged_for, self._logged_at = last, time.monotonic()
-            self.log(f"no commit for {time.monotonic() - last:.0f} s; group: {self._describe()}")
+            now = time.monotonic()
+            doing = "; ".join(f"{p.name} #{p.instances} in {p.doing[0]} for {now - p.doing[1]:.0f} s"
+                              for p in self.pipelines)
+            self.log(f"no commit for {now - last:.0f} s; {doing}; group: {self._describe()}")
 
     def _describe(self):
         try:
@@ -323,7 +327,7 @@ def run(binary, root, plan, log=print):
         ]
         for p in pipelines:
             p.start()
-        StallWatch(cluster, group, stats, stop,
+        StallWatch(cluster, group, stats, stop, pipelines,
                    log=lambda line: log(f"{time.monotonic() - t_start:6.1f}s {line}")).start()
         # The internal topics exist once the first transaction committed.
         deadline = time.monotonic() + SETUP_GUARD_S

@@ -145,19 +145,23 @@ class Pipeline(threading.Thread):
         self.instances = 0
         self.zombies = []  # producers of crashed instances, their last transaction open
         self.log = log or (lambda line: None)
+        # What the instance is doing now and since when (for a stalled run's report).
+        self.doing = ("starting", time.monotonic())
 
     def _say(self, what):
         self.log(f"{self.name} #{self.instances}: {what}")
 
     def _step(self, what, call):
-        """`call()`, logged if it is slow or fails."""
+        """`call()`, logged if it is slow or fails, and recorded in `doing` meanwhile."""
         started = time.monotonic()
+        self.doing = (what, started)
         try:
             return call()
         except KafkaException as e:
             self._say(f"{what} failed after {time.monotonic() - started:.1f} s: {e.args[0]}")
             raise
         finally:
+            self.doing = ("between steps", time.monotonic())
             took = time.monotonic() - started
             if took > SLOW_STEP_S:
                 self._say(f"{what} took {took:.1f} s")
@@ -225,6 +229,7 @@ class Pipeline(threading.Thread):
             transactions = 0
             while not self.stop.is_set():
                 msgs = []
+                self.doing = ("consume", time.monotonic())
                 for m in consumer.consume(self.batch, 0.5):
                     if m.error() is not None:
                         self.stats.consumer_error(m.error().name())
@@ -243,7 +248,7 @@ class Pipeline(threading.Thread):
                 self._wake_zombies()
         finally:
             try:
-                consumer.close()
+                self._step("consumer close", consumer.close)
             except KafkaException:
                 pass
 
