@@ -2,6 +2,7 @@
 # Replication throughput between two nodes, next to iperf3 over loopback in the same run.
 #
 #   scripts/replication-throughput.sh [--gib N] [--partitions P] [--batch-bytes B]
+#                                     [--fetch-max-bytes F] [--fetch-response-max-bytes R]
 #
 # Starts two nodes on loopback (node 1: voter and leader, on CPU 0; node 2: broker only, the
 # follower, on CPU 1 when there is one), creates a topic with replication factor 2 and P
@@ -12,6 +13,8 @@
 # stream (wharf_replication_bytes_received_total) from the moment it resumed until the last
 # of them arrived. Everything the follower appends is fdatasynced before it asks for more,
 # as acks=all needs. Last, iperf3 (one stream, 5 s) measures loopback on the same CPUs.
+# F and R set the follower's replica.fetch.max.bytes and replica.fetch.response.max.bytes
+# (Kafka's defaults: 1 MiB per partition, 10 MiB per fetch).
 #
 # Environment: WHARF_BIN and WHARF_LOADGEN_BIN (default target/release/...), BASE_PORT
 # (default 29092), KEEP=1 to keep the data directory.
@@ -20,12 +23,16 @@ set -euo pipefail
 gib=2
 partitions=4
 batch=262144
+fetch_max=1048576
+fetch_response_max=10485760
 while [ $# -gt 0 ]; do
     case "$1" in
         --gib) gib=$2; shift 2 ;;
         --partitions) partitions=$2; shift 2 ;;
         --batch-bytes) batch=$2; shift 2 ;;
-        *) echo "usage: $0 [--gib N] [--partitions P] [--batch-bytes B]" >&2; exit 2 ;;
+        --fetch-max-bytes) fetch_max=$2; shift 2 ;;
+        --fetch-response-max-bytes) fetch_response_max=$2; shift 2 ;;
+        *) echo "usage: $0 [--gib N] [--partitions P] [--batch-bytes B] [--fetch-max-bytes F] [--fetch-response-max-bytes R]" >&2; exit 2 ;;
     esac
 done
 
@@ -65,7 +72,9 @@ taskset -c "$leader_cpu" "$bin" --node-id 1 --shards 1 \
     --metrics-listen "127.0.0.1:$((base + 3))" \
     --data-dir "$dir/node-1" >"$dir/node-1.log" 2>&1 &
 pids+=($!)
-taskset -c "$follower_cpu" "$bin" --node-id 2 --shards 1 \
+printf 'replica.fetch.max.bytes = %d\nreplica.fetch.response.max.bytes = %d\n' \
+    "$fetch_max" "$fetch_response_max" >"$dir/follower.toml"
+taskset -c "$follower_cpu" "$bin" --node-id 2 --shards 1 --config "$dir/follower.toml" \
     --listen "127.0.0.1:$((base + 100))" --replication-listen "127.0.0.1:$((base + 102))" \
     --controller-quorum-voters "1@127.0.0.1:$((base + 1))" \
     --metrics-listen "127.0.0.1:$((base + 103))" \
@@ -116,8 +125,8 @@ done
 bytes=$((last - start_bytes))
 secs=$(echo "$last_t - $t0" | bc -l)
 mbps=$(echo "$bytes / 1000000 / $secs" | bc -l)
-printf 'replication: %d MB in %.2f s = %.1f MB/s (follower on CPU %d, leader on CPU %d)\n' \
-    $((bytes / 1000000)) "$secs" "$mbps" "$follower_cpu" "$leader_cpu"
+printf 'replication: %d MB in %.2f s = %.1f MB/s (follower on CPU %d, leader on CPU %d; fetches of %d B per partition, %d B in all)\n' \
+    $((bytes / 1000000)) "$secs" "$mbps" "$follower_cpu" "$leader_cpu" "$fetch_max" "$fetch_response_max"
 echo "bad frames: $(metric $((base + 103)) wharf_replication_bad_frames_total), refused batches: $(metric $((base + 103)) wharf_replication_refused_batches_total)"
 
 if command -v iperf3 >/dev/null; then

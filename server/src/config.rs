@@ -273,6 +273,12 @@ pub struct ClusterConfig {
     /// `replica.high.watermark.checkpoint.interval.ms` (5000): how often a replicated
     /// partition's changed high watermark is checkpointed.
     pub replica_high_watermark_checkpoint_interval_ms: i64,
+    /// `replica.fetch.max.bytes` (1 MiB): record bytes a follower asks for per partition
+    /// and fetch (the first batch comes whole even when it is larger).
+    pub replica_fetch_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes` (10 MiB): record bytes a follower asks for per
+    /// fetch, all partitions together.
+    pub replica_fetch_response_max_bytes: i32,
 }
 
 impl ClusterConfig {
@@ -293,6 +299,9 @@ impl ClusterConfig {
             replica_lag_time_max_ms: crate::replica::config::DEFAULT_REPLICA_LAG_TIME_MAX_MS,
             replica_high_watermark_checkpoint_interval_ms:
                 crate::replica::config::DEFAULT_HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS,
+            replica_fetch_max_bytes: crate::replica::config::DEFAULT_REPLICA_FETCH_MAX_BYTES,
+            replica_fetch_response_max_bytes:
+                crate::replica::config::DEFAULT_REPLICA_FETCH_RESPONSE_MAX_BYTES,
         }
     }
 
@@ -718,6 +727,16 @@ fn resolve_cluster_config(
             1,
             i32::MAX as i64,
         )?;
+    }
+    // Bounded so that a fetch's answer fits the replication stream's largest frame.
+    let max_fetch = crate::replica::config::MAX_REPLICA_FETCH_BYTES;
+    if let Some(b) = settings.take_int("replica.fetch.max.bytes")? {
+        cluster.replica_fetch_max_bytes =
+            int_in("replica.fetch.max.bytes", b, 1024, max_fetch)? as i32;
+    }
+    if let Some(b) = settings.take_int("replica.fetch.response.max.bytes")? {
+        cluster.replica_fetch_response_max_bytes =
+            int_in("replica.fetch.response.max.bytes", b, 1024, max_fetch)? as i32;
     }
     if cluster.heartbeat_interval_ms >= cluster.session_timeout_ms {
         return Err(err(format!(
@@ -1544,5 +1563,24 @@ mod tests {
         a.config = Some(path);
         let e = resolve(&a, 1).expect_err("5 ms").to_string();
         assert!(e.contains("replica.lag.time.max.ms"), "{e}");
+    }
+
+    #[test]
+    fn replica_fetch_sizes_have_kafkas_names_and_defaults_and_fit_a_frame() {
+        let config = resolve(&args(), 1).expect("defaults");
+        assert_eq!(config.cluster.replica_fetch_max_bytes, 1_048_576);
+        assert_eq!(config.cluster.replica_fetch_response_max_bytes, 10_485_760);
+        let (_dir, path) = write_config(
+            "replica.fetch.max.bytes = 8388608\nreplica.fetch.response.max.bytes = 67108864\n",
+        );
+        let mut a = args();
+        a.config = Some(path);
+        let config = resolve(&a, 1).expect("file resolves");
+        assert_eq!(config.cluster.replica_fetch_max_bytes, 8_388_608);
+        assert_eq!(config.cluster.replica_fetch_response_max_bytes, 67_108_864);
+        let (_dir, path) = write_config("replica.fetch.response.max.bytes = 1073741824\n");
+        a.config = Some(path);
+        let e = resolve(&a, 1).expect_err("1 GiB").to_string();
+        assert!(e.contains("replica.fetch.response.max.bytes"), "{e}");
     }
 }

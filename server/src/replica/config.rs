@@ -7,6 +7,13 @@ pub const DEFAULT_REPLICA_FETCH_BACKOFF_MS: i64 = 1_000;
 /// How long a leader waits before it sends an AlterPartition again after a failure that is
 /// worth retrying (no answer, NOT_CONTROLLER, ...).
 pub const DEFAULT_ALTER_PARTITION_RETRY_MS: i64 = 100;
+/// Kafka's `replica.fetch.max.bytes`.
+pub const DEFAULT_REPLICA_FETCH_MAX_BYTES: i32 = 1024 * 1024;
+/// Kafka's `replica.fetch.response.max.bytes`.
+pub const DEFAULT_REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
+/// The most either may be set to: an answer (plus one batch past the budget and its
+/// header) stays within the replication stream's largest frame.
+pub const MAX_REPLICA_FETCH_BYTES: i64 = 128 * 1024 * 1024;
 /// Kafka's `replica.high.watermark.checkpoint.interval.ms`.
 pub const DEFAULT_HIGH_WATERMARK_CHECKPOINT_INTERVAL_MS: i64 = 5_000;
 

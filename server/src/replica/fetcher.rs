@@ -44,10 +44,6 @@ use crate::shard::now_ms;
 pub const REPLICA_FETCH_WAIT_MAX_MS: i32 = 500;
 /// Kafka's `replica.fetch.min.bytes`.
 pub const REPLICA_FETCH_MIN_BYTES: i32 = 1;
-/// Kafka's `replica.fetch.max.bytes`: record bytes asked for per partition.
-pub const REPLICA_FETCH_MAX_BYTES: i32 = 1024 * 1024;
-/// Kafka's `replica.fetch.response.max.bytes`: record bytes asked for per request.
-pub const REPLICA_FETCH_RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
 /// Kafka's `replica.socket.timeout.ms`: an answer must come within this (beyond the wait).
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -183,7 +179,7 @@ async fn fetch_rounds(
             broker_epoch: image.broker(me).map_or(-1, |b| b.broker_epoch),
             max_wait_ms: REPLICA_FETCH_WAIT_MAX_MS,
             min_bytes: REPLICA_FETCH_MIN_BYTES,
-            max_bytes: REPLICA_FETCH_RESPONSE_MAX_BYTES,
+            max_bytes: shard.config.cluster.replica_fetch_response_max_bytes,
             partitions: positions,
         };
         let asked = request.partitions.clone();
@@ -327,7 +323,7 @@ pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId) -> Vec<FetchParti
             out.push(position.to_wire(
                 p.tp.topic_id.0.as_u128(),
                 p.tp.partition.0,
-                REPLICA_FETCH_MAX_BYTES,
+                shard.config.cluster.replica_fetch_max_bytes,
             ));
         }
     }
