@@ -405,9 +405,13 @@ impl TxnShard {
                 me.with_coordinator(p, |c| {
                     match block {
                         Ok((start, end)) => c.add_producer_ids(start, end - start),
-                        _ => {
-                            tracing::warn!(
-                                "cannot get producer ids for the transaction coordinator"
+                        Err(e) => {
+                            // Usual while this broker registers or the controller moves
+                            // (the controller's own warnings say when it stays away); the
+                            // coordinator asks again when it next needs an id.
+                            tracing::debug!(
+                                partition = p,
+                                "no producer ids from the controller yet ({e}); asking again when one is needed"
                             );
                             c.producer_ids_unavailable();
                         }
