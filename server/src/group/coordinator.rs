@@ -969,16 +969,6 @@ impl GroupCoordinator {
         }
     }
 
-    /// After replay: loaded members must heartbeat within their session timeout from now.
-    pub fn finish_load(&mut self, now_ms: i64) {
-        for g in self.groups.values_mut() {
-            for m in g.members.values_mut() {
-                m.heartbeat_deadline_ms = Some(now_ms + m.session_timeout_ms as i64);
-            }
-            g.subscribed_topics = g.compute_subscribed_topics();
-        }
-    }
-
     /// Forget the groups whose `__consumer_offsets` partition satisfies `moved` (the
     /// partition went to another shard or node); parked requests get NOT_COORDINATOR.
     pub fn unload(&mut self, mut moved: impl FnMut(&str) -> bool) -> Effects {

@@ -903,12 +903,12 @@ fn restart_replays_offsets_and_groups_from_the_records() {
     records.extend(c.delete_groups(&["gone".into()]).1.records);
 
     let mut restarted = coordinator();
-    for r in records {
-        // Through the bytes, as they would be read back from the log.
+    // Through the bytes, as they would be read back from the log.
+    let read_back = records.into_iter().map(|r| {
         let (k, v) = r.encode().unwrap();
-        restarted.replay(OffsetsRecord::decode(&k, v.as_deref()).unwrap(), 1000);
-    }
-    restarted.finish_load(1000);
+        OffsetsRecord::decode(&k, v.as_deref()).unwrap()
+    });
+    restarted.load(read_back, 1000);
     assert_eq!(committed(&restarted, "t", 0).unwrap().offset, 12);
     assert!(restarted.group("gone").is_none());
     let g = restarted.group("g").unwrap();
