@@ -940,6 +940,72 @@ fn a_voter_with_a_damaged_metadata_log_is_refused_with_one_line_and_the_others_g
 }
 
 #[test]
+fn a_heartbeat_committing_past_a_voters_log_is_refused_and_the_voter_stays_out_until_restarted() {
+    // What a voter whose metadata log was wiped hears from the leader that remembers what
+    // it acknowledged, and what a node of another cluster at its address may send: raft-rs
+    // panics stepping it. The voter refuses it, says why and takes no part in the quorum
+    // until it is restarted; the other two go on.
+    let (mut nodes, ports) = start_cluster(3);
+    let topic = unique_topic("commit-past");
+    assert_eq!(create_topic(nodes[0].addr(), &topic, 1), error_code::NONE);
+    let all: Vec<&Broker> = nodes.iter().collect();
+    wait_for_metadata(&all, "the topic on every node", |md| {
+        topic_view(md, &topic).is_some()
+    });
+    let leader = agreed_quorum_leader(&nodes) as usize;
+    let v = (0..3).find(|i| i + 1 != leader).expect("a follower");
+    let term = describe_quorum(nodes[v].addr(), 2).1.leader_epoch as u64;
+    let heartbeat = encode_frame(&Frame::new(
+        0,
+        Body::Raft(RaftMessage {
+            msg_type: 8,
+            from: leader as u64,
+            to: v as u64 + 1,
+            term,
+            commit: 1_000_000,
+            ..RaftMessage::default()
+        }),
+    ))
+    .expect("encode");
+    let mut conn = TcpStream::connect(("127.0.0.1", ports[v])).expect("connect");
+    conn.write_all(&heartbeat).expect("send");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let said = "says entries up to 1000000 of the metadata log are committed here";
+    while !nodes[v].stderr().contains(said) {
+        nodes[v].assert_no_panic();
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            nodes[v].stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[v].assert_no_panic();
+    assert!(nodes[v].is_running(), "{}", nodes[v].stderr());
+
+    // The other two go on; the refusing voter no longer follows the log.
+    let later = unique_topic("commit-past-later");
+    let others: Vec<&Broker> = (0..3).filter(|i| *i != v).map(|i| &nodes[i]).collect();
+    assert_eq!(create_topic(others[0].addr(), &later, 1), error_code::NONE);
+    wait_for_metadata(&others, "the later topic", |md| {
+        topic_view(md, &later).is_some()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        topic_view(&metadata(nodes[v].addr()), &later).is_none(),
+        "the refusing voter still follows the log"
+    );
+    // Restarted (its log is whole), it catches up.
+    nodes[v].restart();
+    wait_for_metadata(&[&nodes[v]], "the later topic after a restart", |md| {
+        topic_view(md, &later).is_some()
+    });
+    for n in &nodes {
+        n.assert_no_panic();
+    }
+}
+
+#[test]
 fn a_node_that_is_not_a_voter_but_has_a_controller_listener_is_refused_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");

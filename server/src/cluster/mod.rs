@@ -152,7 +152,12 @@ pub struct ControlPlane {
     write_stalls: Cell<u64>,
     /// Inputs dropped or refused because the queue was full during a stall.
     dropped_inputs: Cell<u64>,
+    /// When a Raft message that cannot be stepped safely was last logged (at most every
+    /// `UNSAFE_RAFT_WARN_INTERVAL_MS`: the leader sends one each heartbeat).
+    unsafe_raft_warned_ms: Cell<i64>,
 }
+
+const UNSAFE_RAFT_WARN_INTERVAL_MS: i64 = 10_000;
 
 impl ControlPlane {
     /// The control plane of this shard, if it runs one (shard 0 of a started broker).
@@ -558,8 +563,20 @@ impl ControlPlane {
                     Input::Raft(m) => {
                         // Checked on arrival; a refusal here is a message that became
                         // stray meanwhile, harmless.
-                        if let Err(e) = node.step(m) {
-                            tracing::debug!("raft message not stepped: {e}");
+                        match node.step(m) {
+                            Ok(()) => {}
+                            Err(
+                                e @ crate::controller::wire::RaftWireError::CommitBeyondLog {
+                                    ..
+                                },
+                            ) => {
+                                let last = self.unsafe_raft_warned_ms.get();
+                                if now - last >= UNSAFE_RAFT_WARN_INTERVAL_MS {
+                                    self.unsafe_raft_warned_ms.set(now);
+                                    tracing::error!("raft message refused: {e}");
+                                }
+                            }
+                            Err(e) => tracing::debug!("raft message not stepped: {e}"),
                         }
                     }
                     Input::Request(token, request) => node.request(now, token, request),

@@ -315,6 +315,7 @@ pub fn start(
         writes_stalled: std::cell::Cell::new(false),
         write_stalls: std::cell::Cell::new(0),
         dropped_inputs: std::cell::Cell::new(0),
+        unsafe_raft_warned_ms: std::cell::Cell::new(i64::MIN / 2),
     });
     *shard.control.borrow_mut() = Some(control.clone());
     control.peers.start(&control);

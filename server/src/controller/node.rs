@@ -184,6 +184,13 @@ pub struct ControllerNode {
     snapshots_sent: Vec<u64>,
     /// When a Raft message last came from each other voter.
     last_heard_ms: std::collections::BTreeMap<u64, i64>,
+    /// Set once a voter of the quorum said entries past this log's end are committed
+    /// here: this voter has forgotten entries it acknowledged (its metadata log was lost or
+    /// replaced), or a node of another cluster reaches its address. From then on it takes
+    /// no part in Raft (steps nothing, never campaigns) until it is restarted: voting or
+    /// acknowledging with a forgotten log could lose committed metadata, and raft-rs would
+    /// panic stepping that message.
+    out_of_quorum: Option<RaftWireError>,
 }
 
 /// The metadata quorum as this node sees it (DescribeQuorum).
@@ -262,6 +269,7 @@ impl ControllerNode {
             applied: Vec::new(),
             snapshots_sent: Vec::new(),
             last_heard_ms: Default::default(),
+            out_of_quorum: None,
         })
     }
 
@@ -347,7 +355,9 @@ impl ControllerNode {
         // Bounded: after a long pause, at most one election timeout's worth of ticks.
         let mut ticks = 0;
         while self.next_tick_ms <= self.now_ms && ticks < 2 * self.config.election_tick {
-            self.quorum.tick();
+            if self.out_of_quorum.is_none() {
+                self.quorum.tick();
+            }
             self.next_tick_ms += self.config.tick_ms;
             ticks += 1;
         }
@@ -360,7 +370,7 @@ impl ControllerNode {
     /// Starts an election now; for a lone voter, which then leads at once instead of after
     /// an election timeout.
     pub fn campaign(&mut self) {
-        if !self.quorum.is_leader() {
+        if !self.quorum.is_leader() && self.out_of_quorum.is_none() {
             let _ = self.quorum.campaign();
             self.drive();
         }
@@ -370,6 +380,18 @@ impl ControllerNode {
     /// that peer's connection).
     pub fn step(&mut self, message: wire::RaftMessage) -> Result<(), RaftWireError> {
         let message = from_wire(message, &self.voters, self.config.node_id.0 as u64)?;
+        if let Some(why) = &self.out_of_quorum {
+            return Err(why.clone());
+        }
+        if let Some((commit, last_index)) = self.quorum.commit_beyond_log(&message) {
+            let why = RaftWireError::CommitBeyondLog {
+                from: message.from,
+                commit,
+                last_index,
+            };
+            self.out_of_quorum = Some(why.clone());
+            return Err(why);
+        }
         self.last_heard_ms.insert(message.from, self.now_ms);
         // raft-rs refuses some messages itself (a response from an unknown peer): harmless.
         let _ = self.quorum.step(message);
@@ -976,6 +998,45 @@ mod tests {
             matches!(r, Ok(ControllerReply::ProducerIds(b)) if b.first == 7000),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_heartbeat_committing_past_this_voters_log_is_refused_not_a_panic() {
+        // What a voter whose metadata log was emptied hears from the leader that remembers
+        // what it acknowledged (or a voter from a node of another cluster at its address):
+        // raft-rs would panic stepping it.
+        let config = NodeConfig::new(NodeId(2), vec![NodeId(1), NodeId(2), NodeId(3)]);
+        let heartbeat = |term, commit| wire::RaftMessage {
+            msg_type: 8,
+            from: 1,
+            to: 2,
+            term,
+            commit,
+            ..wire::RaftMessage::default()
+        };
+        // A heartbeat that commits nothing past the log is stepped as before.
+        let mut disk = SimMetadataDir::default();
+        let mut healthy = open(&config, &mut disk, 0);
+        assert_eq!(healthy.step(heartbeat(5, 0)), Ok(()));
+        assert_eq!(healthy.status().quorum.term, 5);
+
+        let mut disk = SimMetadataDir::default();
+        let mut node = open(&config, &mut disk, 0);
+        let refused = Err(RaftWireError::CommitBeyondLog {
+            from: 1,
+            commit: 40,
+            last_index: 0,
+        });
+        assert_eq!(node.step(heartbeat(5, 40)), refused);
+        assert_eq!(node.status().quorum.term, 0, "the quorum is not disturbed");
+        // From then on it takes no part: it steps nothing and never campaigns.
+        assert_eq!(node.step(heartbeat(5, 0)), refused);
+        for now in (0..10_000).step_by(100) {
+            node.tick(now);
+        }
+        node.campaign();
+        assert_eq!(node.status().quorum.term, 0);
+        assert!(node.ready().map_or(true, |r| r.send.is_empty()));
     }
 
     #[test]

@@ -173,6 +173,18 @@ impl Quorum {
         self.draw_election_timeout();
     }
 
+    /// The end of this voter's log a heartbeat claims is committed beyond, if it does:
+    /// `Some((commit, last_index))`. raft-rs panics on such a heartbeat ("to_commit … is out
+    /// of range") once the term lets it through; a voter meets one when its metadata log was
+    /// lost or replaced while the others remember what it acknowledged, or when a node of
+    /// another cluster reaches its address. It must not be stepped.
+    pub fn commit_beyond_log(&self, message: &Message) -> Option<(u64, u64)> {
+        let last_index = self.raw.raft.raft_log.last_index();
+        let heartbeat = message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat;
+        (heartbeat && message.term >= self.raw.raft.term && message.commit > last_index)
+            .then_some((message.commit, last_index))
+    }
+
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         self.assert_not_in_ready();
         let result = self.raw.step(message);

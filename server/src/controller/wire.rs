@@ -26,6 +26,19 @@ pub enum RaftWireError {
     BadEntry(u64),
     #[error("raft snapshot refused: {0}")]
     BadSnapshot(String),
+    #[error(
+        "node {from} says entries up to {commit} of the metadata log are committed here, but \
+         this voter's metadata log ends at {last_index}: either this voter's metadata log was \
+         lost or replaced, or a node of another cluster reaches this address. This voter \
+         takes no part in the metadata quorum until it is restarted (one that forgot what it \
+         acknowledged could lose committed metadata); see \"A damaged metadata log\" in \
+         docs/cluster.md"
+    )]
+    CommitBeyondLog {
+        from: u64,
+        commit: u64,
+        last_index: u64,
+    },
 }
 
 fn message_type(t: u8) -> Option<MessageType> {

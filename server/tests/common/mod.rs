@@ -198,6 +198,11 @@ impl Broker {
         all
     }
 
+    /// What the broker wrote to stderr in its current (or last) run.
+    pub fn stderr_of_this_run(&self) -> String {
+        std::fs::read_to_string(self.stderr_path(self.incarnation)).unwrap_or_default()
+    }
+
     /// Fails the test if the broker has panicked in any run (a panic kills a shard).
     pub fn assert_no_panic(&self) {
         let stderr = self.stderr();
@@ -231,7 +236,31 @@ impl Broker {
         }
     }
 
+    /// Starts the broker again on the same data dir (it must be stopped) without waiting
+    /// for it to serve: for a node expected never to.
+    pub fn start_again_without_waiting(&mut self) {
+        let stdout = self.spawn_process();
+        // Keep reading its stdout so that it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut { stdout }, &mut std::io::sink()));
+    }
+
     fn spawn(&mut self) {
+        let stdout = self.spawn_process();
+        let (later_tx, later_rx) = mpsc::channel();
+        self.later_stdout = Some(later_rx);
+        match wait_for_listening(stdout, later_tx) {
+            Ok(addr) => self.addr = Some(addr),
+            Err(why) => {
+                let status = self.kill_now();
+                panic!(
+                    "broker did not come up: {why} (exit: {status:?}); stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    fn spawn_process(&mut self) -> std::process::ChildStdout {
         assert!(self.child.is_none(), "broker already running");
         self.incarnation += 1;
         let stderr = File::create(self.stderr_path(self.incarnation))
@@ -253,18 +282,7 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", wharf_bin().display()));
         let stdout = child.stdout.take().expect("stdout is piped");
         self.child = Some(child);
-        let (later_tx, later_rx) = mpsc::channel();
-        self.later_stdout = Some(later_rx);
-        match wait_for_listening(stdout, later_tx) {
-            Ok(addr) => self.addr = Some(addr),
-            Err(why) => {
-                let status = self.kill_now();
-                panic!(
-                    "broker did not come up: {why} (exit: {status:?}); stderr:\n{}",
-                    self.stderr()
-                );
-            }
-        }
+        stdout
     }
 
     fn kill_now(&mut self) -> Option<ExitStatus> {
