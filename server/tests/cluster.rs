@@ -983,9 +983,26 @@ fn a_heartbeat_committing_past_a_voters_log_is_refused_and_the_voter_stays_out_u
     nodes[v].assert_no_panic();
     assert!(nodes[v].is_running(), "{}", nodes[v].stderr());
 
-    // The other two go on; the refusing voter no longer follows the log.
+    // The other two go on; the refusing voter no longer follows the log, and its broker
+    // is fenced (it asks to be), so it leads nothing on its stale image.
     let later = unique_topic("commit-past-later");
     let others: Vec<&Broker> = (0..3).filter(|i| *i != v).map(|i| &nodes[i]).collect();
+    let id = v as i32 + 1;
+    let fenced = |fenced: bool| {
+        let deadline = Instant::now() + FAILOVER_GUARD;
+        loop {
+            let brokers = listed_brokers(&describe_cluster_v2(others[0].addr(), 1, true));
+            if brokers.contains(&(id, fenced)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} fenced={fenced}? {brokers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    fenced(true);
     assert_eq!(create_topic(others[0].addr(), &later, 1), error_code::NONE);
     wait_for_metadata(&others, "the later topic", |md| {
         topic_view(md, &later).is_some()
@@ -995,11 +1012,18 @@ fn a_heartbeat_committing_past_a_voters_log_is_refused_and_the_voter_stays_out_u
         topic_view(&metadata(nodes[v].addr()), &later).is_none(),
         "the refusing voter still follows the log"
     );
-    // Restarted (its log is whole), it catches up.
+    // Restarted (its log is whole), it catches up and is unfenced.
+    drop(others);
     nodes[v].restart();
     wait_for_metadata(&[&nodes[v]], "the later topic after a restart", |md| {
         topic_view(md, &later).is_some()
     });
+    let others: Vec<&Broker> = (0..3).filter(|i| *i != v).map(|i| &nodes[i]).collect();
+    let deadline = Instant::now() + FAILOVER_GUARD;
+    while !listed_brokers(&describe_cluster_v2(others[0].addr(), 1, true)).contains(&(id, false)) {
+        assert!(Instant::now() < deadline, "node {id} never unfenced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for n in &nodes {
         n.assert_no_panic();
     }

@@ -152,7 +152,9 @@ async fn heartbeat_until_stale(control: &Rc<ControlPlane>, interval: Duration) {
             node: control.me,
             broker_epoch,
             applied_offset: control.published_offset(),
-            want_fence: false,
+            // A voter out of its quorum no longer learns the cluster's changes: it must not
+            // lead partitions on a stale image.
+            want_fence: control.is_out_of_quorum(),
             want_shut_down: false,
         });
         match control.call(heartbeat).await {

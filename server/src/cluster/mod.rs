@@ -174,6 +174,12 @@ impl ControlPlane {
         matches!(self.metadata, Metadata::Voter { .. })
     }
 
+    /// A voter that stopped taking part in its quorum (it was told entries past its log
+    /// are committed): its image no longer follows the cluster.
+    pub fn is_out_of_quorum(&self) -> bool {
+        self.voter().is_some_and(|n| n.borrow().is_out_of_quorum())
+    }
+
     /// This voter's controller node; `None` on a broker-only node.
     pub(crate) fn voter(&self) -> Option<&RefCell<ControllerNode>> {
         match &self.metadata {

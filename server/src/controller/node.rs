@@ -376,6 +376,12 @@ impl ControllerNode {
         }
     }
 
+    /// Whether this voter has stopped taking part in the quorum (see `out_of_quorum`): its
+    /// broker then asks to be fenced, so that its partitions are led elsewhere.
+    pub fn is_out_of_quorum(&self) -> bool {
+        self.out_of_quorum.is_some()
+    }
+
     /// A Raft message from another voter. A refused one is not stepped (the driver closes
     /// that peer's connection).
     pub fn step(&mut self, message: wire::RaftMessage) -> Result<(), RaftWireError> {
