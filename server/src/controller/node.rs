@@ -1042,7 +1042,7 @@ mod tests {
         }
         node.campaign();
         assert_eq!(node.status().quorum.term, 0);
-        assert!(node.ready().map_or(true, |r| r.send.is_empty()));
+        assert!(node.ready().is_none_or(|r| r.send.is_empty()));
     }
 
     #[test]

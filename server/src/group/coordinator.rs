@@ -1693,7 +1693,7 @@ impl Ctx<'_> {
             let Some(member) = group.members.get_mut(&id) else {
                 continue;
             };
-            if !member.heartbeat_deadline_ms.is_some_and(|d| d <= now_ms) {
+            if member.heartbeat_deadline_ms.is_none_or(|d| d > now_ms) {
                 continue;
             }
             if member.excused_from_heartbeat() {
