@@ -954,7 +954,8 @@ fn a_heartbeat_committing_past_a_voters_log_is_refused_and_the_voter_stays_out_u
     });
     let leader = agreed_quorum_leader(&nodes) as usize;
     let v = (0..3).find(|i| i + 1 != leader).expect("a follower");
-    let term = describe_quorum(nodes[v].addr(), 2).1.leader_epoch as u64;
+    // Any term at or above the voter's (an election meanwhile must not make it stale).
+    let term = describe_quorum(nodes[v].addr(), 2).1.leader_epoch as u64 + 1_000;
     let heartbeat = encode_frame(&Frame::new(
         0,
         Body::Raft(RaftMessage {
