@@ -1403,13 +1403,7 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
         as i32;
 
     let bootstrap = bootstrap_of(&nodes);
-    let producer = client::producer(
-        &bootstrap,
-        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
-    );
-    producer
-        .init_transactions(GUARD)
-        .expect("init_transactions");
+    let producer = transactional_producer(&bootstrap, &txn_id);
     let rt = client::runtime();
     let send = |value: &str| -> i64 {
         let record = FutureRecord::<(), _>::to(&topic)
@@ -1512,6 +1506,16 @@ fn transactions_on_a_replicated_partition_survive_the_leader_being_killed() {
 
 /// Every value of `topic` a consumer with `isolation` reads from all its partitions, as
 /// (partition, value), sorted, once nothing more comes for a while.
+/// A librdkafka transactional producer (acks=all) with its transactions initialised.
+fn transactional_producer(bootstrap: &str, txn_id: &str) -> rdkafka::producer::FutureProducer {
+    use rdkafka::producer::Producer;
+    let producer = client::producer(bootstrap, &[("transactional.id", txn_id), ("acks", "all")]);
+    producer
+        .init_transactions(GUARD)
+        .expect("init_transactions");
+    producer
+}
+
 fn read_all_partitions(bootstrap: &str, topic: &str, isolation: &str) -> Vec<(i32, String)> {
     let mut all = Vec::new();
     for p in 0..PARTITIONS {
@@ -1542,13 +1546,7 @@ fn a_transaction_reaches_a_single_replica_partition_the_coordinators_node_does_n
         .expect("some transactional id is coordinated elsewhere");
 
     let bootstrap = bootstrap_of(&nodes);
-    let producer = client::producer(
-        &bootstrap,
-        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
-    );
-    producer
-        .init_transactions(GUARD)
-        .expect("init_transactions");
+    let producer = transactional_producer(&bootstrap, &txn_id);
     let rt = client::runtime();
     for (value, commit) in [("committed", true), ("aborted", false)] {
         producer.begin_transaction().expect("begin_transaction");
@@ -1597,13 +1595,7 @@ fn a_transaction_over_partitions_led_by_different_brokers_commits_and_aborts_eve
     );
 
     let bootstrap = bootstrap_of(&nodes);
-    let producer = client::producer(
-        &bootstrap,
-        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
-    );
-    producer
-        .init_transactions(GUARD)
-        .expect("init_transactions");
+    let producer = transactional_producer(&bootstrap, &txn_id);
     let rt = client::runtime();
     let mut committed = Vec::new();
     let mut everything = Vec::new();
@@ -1700,13 +1692,7 @@ fn a_marker_counts_as_written_only_once_the_in_sync_replicas_have_it() {
         .position(|(leader, ..)| *leader == 1)
         .expect("node 1 leads a partition") as i32;
 
-    let producer = client::producer(
-        &bootstrap_of(&nodes),
-        &[("transactional.id", txn_id.as_str()), ("acks", "all")],
-    );
-    producer
-        .init_transactions(GUARD)
-        .expect("init_transactions");
+    let producer = transactional_producer(&bootstrap_of(&nodes), &txn_id);
     producer.begin_transaction().expect("begin_transaction");
     let rt = client::runtime();
     let mut first = -1;
