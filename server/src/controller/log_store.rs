@@ -266,13 +266,18 @@ impl LogStore {
             Some(bytes) if bytes.len() >= LOG_HEADER_BYTES && !rewrite => {
                 store.log_len = valid_len as u64;
                 if valid_len < bytes.len() {
-                    // Truncated and synced: all of it is durable.
-                    store.synced_len = Some(valid_len as u64);
                     repairs.push(DiskOp::Truncate {
                         file: LOG_FILE,
                         len: valid_len as u64,
                     });
                 }
+                // What was read may not be durable yet: a process that crashed leaves its
+                // unsynced writes to the kernel, where this one finds them, but a machine
+                // crash later can still lose them. Synced before the node acknowledges any
+                // of it (the Raft leader counts what a voter acknowledged), as Kafka
+                // flushes what it recovered past its recovery point.
+                repairs.push(DiskOp::Sync { file: LOG_FILE });
+                store.synced_len = Some(valid_len as u64);
             }
             _ => repairs.extend(store.replace_log()),
         }
@@ -827,7 +832,8 @@ mod tests {
         files.run(&store.append(&[entry(2, 2, b"B")]));
         files.run(&store.set_commit(2));
         let (back, repairs, report) = files.recover();
-        assert!(repairs.is_empty());
+        // Nothing to cut; what was read is synced before it is used.
+        assert_eq!(repairs, vec![DiskOp::Sync { file: LOG_FILE }]);
         assert_eq!(report.entries, 2);
         assert_eq!(back.last_index(), 2);
         assert_eq!(back.entry(2).unwrap().data, Bytes::from_static(b"B"));
@@ -865,7 +871,7 @@ mod tests {
                 assert_eq!(report.torn_bytes as usize, full - cut - kept);
                 torn.run(&repairs);
                 let (again, repairs, _) = torn.recover();
-                assert!(repairs.is_empty());
+                assert_eq!(repairs, vec![DiskOp::Sync { file: LOG_FILE }]);
                 assert_eq!(again.last_index(), 1);
             }
         }
