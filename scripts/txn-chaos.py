@@ -23,7 +23,9 @@ end offsets and cover exactly the inputs whose results are in the output.
 Exit status 1 on any violation (and the summary says which). The code is in
 tests/python/txn_chaos.py; tests/python/test_txn_cluster.py runs a short version.
 
-Environment: WHARF_BIN (default target/release/wharf, else target/debug/wharf)."""
+Environment: WHARF_BIN (default target/release/wharf, else target/debug/wharf);
+WHARF_CHAOS_PRODUCER_DEBUG, librdkafka debug contexts for the pipelines' producers (e.g.
+`eos,protocol`), to trace a stuck transactional call to the requests it waits on."""
 import argparse
 import os
 import pathlib

@@ -16,6 +16,7 @@ has committed, the abandoned producer wakes up and tries to commit, which must f
 Input records are `in-N` (N a number); the output for one is `out-N@P:O`, P and O the
 partition and offset it was read from, with the input's key."""
 
+import os
 import random
 import threading
 import time
@@ -199,14 +200,19 @@ class Pipeline(threading.Thread):
         )
 
     def _producer(self):
-        return Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "transactional.id": self.transactional_id,
-                "linger.ms": 5,
-                "log_level": CLIENT_LOG_LEVEL,
-            }
-        )
+        config = {
+            "bootstrap.servers": self.bootstrap,
+            "transactional.id": self.transactional_id,
+            "client.id": f"{self.name}-{self.instances}",
+            "linger.ms": 5,
+            "log_level": CLIENT_LOG_LEVEL,
+        }
+        # librdkafka's debug contexts for the producers (e.g. `eos,protocol`), to trace a
+        # stuck transactional call to the requests it waits on.
+        debug = os.environ.get("WHARF_CHAOS_PRODUCER_DEBUG")
+        if debug:
+            config.update({"debug": debug, "log_level": 7})
+        return Producer(config)
 
     def _crash_plan(self):
         """(transactions before the crash, crash point), or (None, None)."""
