@@ -144,6 +144,7 @@ async fn open(path: &Path) -> (PartitionLog, PartitionTxnState) {
 }
 
 /// A follower's partition: appends the leader's batches one offset each.
+#[derive(Default)]
 struct Writer {
     next: i64,
     seqs: std::collections::HashMap<i64, i32>,
@@ -217,8 +218,7 @@ fn observed(state: &PartitionTxnState, end: i64) -> (Vec<(i64, i64)>, Vec<Aborte
     )
 }
 
-/// Producer 1 stays open from offset 0; producers 2.. come and go, every third
-/// aborted; `n` transactions in all.
+/// Producers 2.. come and go, every third aborted; `n` transactions in all.
 async fn write_history(log: &PartitionLog, state: &PartitionTxnState, w: &mut Writer, n: i64) {
     for pid in 2..2 + n {
         w.data(log, state, pid).await;
@@ -226,17 +226,25 @@ async fn write_history(log: &PartitionLog, state: &PartitionTxnState, w: &mut Wr
     }
 }
 
+/// Producer 1's transaction opened at offset 0 and left open, then [`write_history`] of
+/// `n` transactions, and the snapshots of its rolls landed; the writer goes on after it.
+async fn open_transaction_then_history(
+    log: &PartitionLog,
+    state: &PartitionTxnState,
+    n: i64,
+) -> Writer {
+    let mut w = Writer::default();
+    w.data(log, state, 1).await;
+    write_history(log, state, &mut w, n).await;
+    settle(state, log).await;
+    w
+}
+
 #[test]
 fn aborts_are_written_to_their_segments_txnindex_in_kafkas_format() {
     run(|path| async move {
         let (log, state) = open(&path).await;
-        let mut w = Writer {
-            next: 0,
-            seqs: Default::default(),
-        };
-        w.data(&log, &state, 1).await;
-        write_history(&log, &state, &mut w, 12).await;
-        settle(&state, &log).await;
+        open_transaction_then_history(&log, &state, 12).await;
         assert!(log.segment_count() > 2, "the log rolled");
         // Producer p (from 2) writes at 2p-3 and ends at 2p-2; 3, 6, 9, 12 abort,
         // each while producer 1 holds the LSO at 0.
@@ -268,13 +276,7 @@ fn aborts_are_written_to_their_segments_txnindex_in_kafkas_format() {
 fn a_restart_replays_only_the_log_after_the_snapshot_and_gives_the_same_state() {
     run(|path| async move {
         let (log, state) = open(&path).await;
-        let mut w = Writer {
-            next: 0,
-            seqs: Default::default(),
-        };
-        w.data(&log, &state, 1).await;
-        write_history(&log, &state, &mut w, 12).await;
-        settle(&state, &log).await;
+        let mut w = open_transaction_then_history(&log, &state, 12).await;
         // After the last snapshot: an abort (its entry must come back from the replay
         // even if the index lost it) and a transaction left open.
         let snapshot = state.newest_snapshot();
@@ -346,13 +348,7 @@ fn a_restart_replays_only_the_log_after_the_snapshot_and_gives_the_same_state() 
 fn a_torn_or_stale_txnindex_is_cut_at_open() {
     run(|path| async move {
         let (log, state) = open(&path).await;
-        let mut w = Writer {
-            next: 0,
-            seqs: Default::default(),
-        };
-        w.data(&log, &state, 1).await;
-        write_history(&log, &state, &mut w, 12).await;
-        settle(&state, &log).await;
+        open_transaction_then_history(&log, &state, 12).await;
         let end = log.log_end_offset().0;
         let before = observed(&state, end);
         let snapshot = state.newest_snapshot();
@@ -384,13 +380,7 @@ fn a_torn_or_stale_txnindex_is_cut_at_open() {
 fn a_follower_truncation_replays_from_the_snapshot_below_it_and_drops_index_entries() {
     run(|path| async move {
         let (log, state) = open(&path).await;
-        let mut w = Writer {
-            next: 0,
-            seqs: Default::default(),
-        };
-        w.data(&log, &state, 1).await;
-        write_history(&log, &state, &mut w, 16).await;
-        settle(&state, &log).await;
+        let mut w = open_transaction_then_history(&log, &state, 16).await;
         let newest = state.newest_snapshot();
         // Cut below the newest snapshot, right at producer 12's abort (offset 22).
         let cut = 22;
@@ -450,10 +440,7 @@ fn a_follower_truncation_replays_from_the_snapshot_below_it_and_drops_index_entr
 fn deleting_segments_prunes_the_aborted_list_and_their_txnindex_files() {
     run(|path| async move {
         let (log, state) = open(&path).await;
-        let mut w = Writer {
-            next: 0,
-            seqs: Default::default(),
-        };
+        let mut w = Writer::default();
         // No transaction stays open here, so records can be deleted past the aborts.
         write_history(&log, &state, &mut w, 12).await;
         settle(&state, &log).await;
@@ -810,10 +797,7 @@ mod on_a_simulated_disk {
 fn idle_producers_are_forgotten_unless_a_transaction_of_theirs_is_open() {
     run(|path| async move {
         let (log, state) = open(&path).await;
-        let mut w = Writer {
-            next: 0,
-            seqs: Default::default(),
-        };
+        let mut w = Writer::default();
         // Producer 7 commits; producer 8 aborts one transaction and leaves the next open.
         w.data(&log, &state, 7).await;
         w.end(&log, &state, 7, true).await;
