@@ -102,16 +102,11 @@ fn consume_back(broker: &Broker, topic: &str, records: u64, extra: &[&str]) -> V
     report
 }
 
-fn loadgen(broker: &Broker, args: &[&str]) -> (i32, Value) {
-    loadgen_draining(broker, args, "20")
-}
-
-/// [`loadgen`] with `drain` seconds of --drain-timeout (a consumer with --records stops
-/// after that long without new records).
-fn loadgen_draining(broker: &Broker, args: &[&str], drain: &str) -> (i32, Value) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("report.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
+/// wharf-loadgen with `args` against `broker`: no warm-up, quiet, `drain` seconds of
+/// --drain-timeout, its JSON report written to `json`.
+fn loadgen_command(broker: &Broker, args: &[&str], drain: &str, json: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"));
+    command
         .args(args)
         .args([
             "--bootstrap",
@@ -123,7 +118,20 @@ fn loadgen_draining(broker: &Broker, args: &[&str], drain: &str) -> (i32, Value)
             drain,
         ])
         .arg("--json")
-        .arg(&json)
+        .arg(json);
+    command
+}
+
+fn loadgen(broker: &Broker, args: &[&str]) -> (i32, Value) {
+    loadgen_draining(broker, args, "20")
+}
+
+/// [`loadgen`] with `drain` seconds of --drain-timeout (a consumer with --records stops
+/// after that long without new records).
+fn loadgen_draining(broker: &Broker, args: &[&str], drain: &str) -> (i32, Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let output = loadgen_command(broker, args, drain, &json)
         .output()
         .expect("wharf-loadgen runs");
     let code = output.status.code().unwrap_or(-1);
@@ -849,30 +857,21 @@ fn a_broker_that_stops_answering_ends_the_run_with_its_records_counted_as_lost()
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     // A run bounded only by a record count it will never reach.
-    let mut run = Command::new(env!("CARGO_BIN_EXE_wharf-loadgen"))
-        .args([
-            "produce",
-            "--topic",
-            "frozen",
-            "--create-topic",
-            "--records",
-            "1000000000",
-            "--rate",
-            "2000",
-            "--producers",
-            "1",
-            "--request-timeout-ms",
-            "1000",
-            "--bootstrap",
-            &broker.addr,
-            "--warmup",
-            "0",
-            "--quiet",
-            "--drain-timeout",
-            "1",
-        ])
-        .arg("--json")
-        .arg(&json)
+    let args = [
+        "produce",
+        "--topic",
+        "frozen",
+        "--create-topic",
+        "--records",
+        "1000000000",
+        "--rate",
+        "2000",
+        "--producers",
+        "1",
+        "--request-timeout-ms",
+        "1000",
+    ];
+    let mut run = loadgen_command(&broker, &args, "1", &json)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
