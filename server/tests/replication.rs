@@ -579,6 +579,7 @@ fn fetch_request(correlation_id: i32, topic_id: u128) -> wharf_protocol::replica
             last_fetched_epoch: -1,
             log_start_offset: 0,
             max_bytes: 1 << 20,
+            synced_offset: -1,
         }],
     }
 }

@@ -29,6 +29,7 @@ pub fn encode_request(request: &FetchRequest) -> Result<Bytes, FrameError> {
                     last_fetched_epoch: p.last_fetched_epoch,
                     log_start_offset: p.log_start_offset,
                     max_bytes: p.max_bytes,
+                    synced_offset: p.synced_offset,
                 },
             )
         })
@@ -274,6 +275,7 @@ fn decode_request(
             last_fetched_epoch: p.last_fetched_epoch(),
             log_start_offset: p.log_start_offset(),
             max_bytes: p.max_bytes(),
+            synced_offset: p.synced_offset(),
         };
         at_least(i64::from(partition.partition), 0, "partition")?;
         at_least(
@@ -289,6 +291,13 @@ fn decode_request(
         )?;
         at_least(partition.log_start_offset, -1, "log start offset")?;
         at_least(i64::from(partition.max_bytes), 1, "partition max bytes")?;
+        at_least(partition.synced_offset, -1, "synced offset")?;
+        if partition.synced_offset > partition.fetch_offset {
+            return Err(bad(format!(
+                "synced offset {} past the fetch offset {}",
+                partition.synced_offset, partition.fetch_offset
+            )));
+        }
         if !seen.insert((partition.topic_id, partition.partition)) {
             return Err(FrameError::Malformed(format!(
                 "partition {} of topic {:032x} asked for twice",

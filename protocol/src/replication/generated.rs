@@ -379,6 +379,7 @@ impl<'a> FetchPartition<'a> {
   pub const VT_LAST_FETCHED_EPOCH: ::flatbuffers::VOffsetT = 12;
   pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 14;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 16;
+  pub const VT_SYNCED_OFFSET: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -390,6 +391,7 @@ impl<'a> FetchPartition<'a> {
     args: &'args FetchPartitionArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FetchPartition<'bldr>> {
     let mut builder = FetchPartitionBuilder::new(_fbb);
+    builder.add_synced_offset(args.synced_offset);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_fetch_offset(args.fetch_offset);
     builder.add_max_bytes(args.max_bytes);
@@ -450,6 +452,13 @@ impl<'a> FetchPartition<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(FetchPartition::VT_MAX_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn synced_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(FetchPartition::VT_SYNCED_OFFSET, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchPartition<'_> {
@@ -465,6 +474,7 @@ impl ::flatbuffers::Verifiable for FetchPartition<'_> {
      .visit_field::<i32>("last_fetched_epoch", Self::VT_LAST_FETCHED_EPOCH, false)?
      .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .visit_field::<i64>("synced_offset", Self::VT_SYNCED_OFFSET, false)?
      .finish();
     Ok(())
   }
@@ -477,6 +487,7 @@ pub struct FetchPartitionArgs<'a> {
     pub last_fetched_epoch: i32,
     pub log_start_offset: i64,
     pub max_bytes: i32,
+    pub synced_offset: i64,
 }
 impl<'a> Default for FetchPartitionArgs<'a> {
   #[inline]
@@ -489,6 +500,7 @@ impl<'a> Default for FetchPartitionArgs<'a> {
       last_fetched_epoch: -1,
       log_start_offset: -1,
       max_bytes: 0,
+      synced_offset: -1,
     }
   }
 }
@@ -527,6 +539,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchPartitionBuilder<'a, 'b,
     self.fbb_.push_slot::<i32>(FetchPartition::VT_MAX_BYTES, max_bytes, 0);
   }
   #[inline]
+  pub fn add_synced_offset(&mut self, synced_offset: i64) {
+    self.fbb_.push_slot::<i64>(FetchPartition::VT_SYNCED_OFFSET, synced_offset, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchPartitionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchPartitionBuilder {
@@ -551,6 +567,7 @@ impl ::core::fmt::Debug for FetchPartition<'_> {
       ds.field("last_fetched_epoch", &self.last_fetched_epoch());
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("max_bytes", &self.max_bytes());
+      ds.field("synced_offset", &self.synced_offset());
       ds.finish()
   }
 }

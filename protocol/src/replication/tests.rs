@@ -13,6 +13,7 @@ fn partition_strategy() -> impl Strategy<Value = FetchPartition> {
         -1i32..50,
         -1i64..1 << 40,
         1i32..1 << 24,
+        -1i64..1 << 40,
     )
         .prop_map(
             |(
@@ -23,6 +24,7 @@ fn partition_strategy() -> impl Strategy<Value = FetchPartition> {
                 last_fetched_epoch,
                 log_start_offset,
                 max_bytes,
+                synced,
             )| {
                 FetchPartition {
                     topic_id,
@@ -32,6 +34,7 @@ fn partition_strategy() -> impl Strategy<Value = FetchPartition> {
                     last_fetched_epoch,
                     log_start_offset,
                     max_bytes,
+                    synced_offset: synced.min(fetch_offset),
                 }
             },
         )
@@ -180,6 +183,7 @@ fn one_partition_request() -> FetchRequest {
             last_fetched_epoch: 4,
             log_start_offset: 0,
             max_bytes: 1 << 20,
+            synced_offset: 90,
         }],
     }
 }
@@ -505,6 +509,7 @@ fn impossible_values_in_a_request_are_refused() {
         last_fetched_epoch: -1,
         log_start_offset: 0,
         max_bytes: 100,
+        synced_offset: -1,
     };
     assert!(decode_frame(&request_header(
         &[fb::FetchPartitionArgs { ..good }],
@@ -581,6 +586,29 @@ fn impossible_values_in_a_request_are_refused() {
             request_header(
                 &[fb::FetchPartitionArgs {
                     last_fetched_epoch: -7,
+                    ..good
+                }],
+                1,
+                100,
+            ),
+        ),
+        (
+            "synced offset below -1",
+            request_header(
+                &[fb::FetchPartitionArgs {
+                    synced_offset: -2,
+                    ..good
+                }],
+                1,
+                100,
+            ),
+        ),
+        (
+            "synced offset past the fetch offset",
+            request_header(
+                &[fb::FetchPartitionArgs {
+                    fetch_offset: 10,
+                    synced_offset: 11,
                     ..good
                 }],
                 1,

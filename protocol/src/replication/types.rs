@@ -34,14 +34,28 @@ pub struct FetchPartition {
     pub partition: i32,
     /// The leader epoch the follower follows; -1 when not given.
     pub current_leader_epoch: i32,
-    /// The follower's log end offset: where to read from. Everything below it is on the
-    /// follower's disk, so the leader may count it toward the high watermark.
+    /// The follower's log end offset: where to read from.
     pub fetch_offset: i64,
     /// The epoch of the last batch in the follower's log; -1 when it has none.
     pub last_fetched_epoch: i32,
     pub log_start_offset: i64,
     /// Record bytes wanted for this partition (the first batch goes whole).
     pub max_bytes: i32,
+    /// How far the follower's log is on its disk (at most `fetch_offset`): what the
+    /// leader may count toward the high watermark. -1: all of it, up to `fetch_offset`
+    /// (a follower that syncs before it fetches).
+    pub synced_offset: i64,
+}
+
+impl FetchPartition {
+    /// What of the follower's log is on its disk, as this fetch reports it.
+    pub fn durable_offset(&self) -> i64 {
+        if self.synced_offset < 0 {
+            self.fetch_offset
+        } else {
+            self.synced_offset
+        }
+    }
 }
 
 /// KIP-320: an epoch and the offset where it ends in the leader's log.

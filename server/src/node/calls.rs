@@ -110,6 +110,9 @@ pub enum Call {
     },
     /// The next fetch of every replica on this shard that follows `leader`.
     NextFetches { leader: NodeId },
+    /// Resolve once a sync of a replica following `leader` completes (at once if none
+    /// has appended records off disk).
+    WaitForSyncs { leader: NodeId },
     /// These partitions' fetches got no answer: back off.
     FetchesFailed(Vec<TopicPartition>),
     /// Hand the leader's answers to the partitions' replicas.
@@ -149,6 +152,7 @@ impl Call {
             Call::AnswerReplicaFetch { .. } => CallKind::AnswerReplicaFetch,
             Call::WaitForLogGrowth { .. } => CallKind::WaitForLogGrowth,
             Call::NextFetches { .. } => CallKind::NextFetches,
+            Call::WaitForSyncs { .. } => CallKind::WaitForSyncs,
             Call::FetchesFailed(_) => CallKind::FetchesFailed,
             Call::ApplyFetchAnswers(_) => CallKind::ApplyFetchAnswers,
             Call::QuorumView => CallKind::QuorumView,
@@ -201,6 +205,7 @@ call_kinds!(
     AnswerReplicaFetch,
     WaitForLogGrowth,
     NextFetches,
+    WaitForSyncs,
     FetchesFailed,
     ApplyFetchAnswers,
     QuorumView,
@@ -226,7 +231,7 @@ pub enum Reply {
     Txn(Result<crate::txn::driver::TxnReply, ResponseError>),
     ListTransactions(Result<Vec<crate::txn::ListTransactionsResult>, ResponseError>),
     AnswerReplicaFetch(Vec<(usize, Answered)>),
-    NextFetches(Vec<FetchPartition>),
+    NextFetches(crate::replica::fetcher::NextFetches),
     ApplyFetchAnswers(usize),
     QuorumView(Option<crate::cluster::QuorumView>),
     Controller(crate::controller::requests::Reply),
@@ -400,6 +405,10 @@ impl Shard {
             }
             Call::NextFetches { leader } => {
                 Reply::NextFetches(crate::replica::fetcher::next_fetches_here(&shard, leader))
+            }
+            Call::WaitForSyncs { leader } => {
+                crate::replica::fetcher::wait_for_syncs_here(&shard, leader).await;
+                Reply::Done
             }
             Call::FetchesFailed(tps) => {
                 crate::replica::fetcher::fetches_failed_here(&shard, &tps);

@@ -161,8 +161,11 @@ pub struct FollowerFetch {
     pub broker_epoch: i64,
     /// -1 when not given.
     pub current_leader_epoch: i32,
-    /// The follower's log end; everything below it is on the follower's disk.
+    /// The follower's log end: where to read from.
     pub fetch_offset: i64,
+    /// How far the follower's log is on its disk (at most `fetch_offset`): what counts
+    /// toward the high watermark and the ISR.
+    pub durable_offset: i64,
     /// -1 when the follower's log has no batch.
     pub last_fetched_epoch: i32,
     pub log_start_offset: i64,
@@ -175,6 +178,7 @@ impl FollowerFetch {
             broker_epoch: request.broker_epoch,
             current_leader_epoch: partition.current_leader_epoch,
             fetch_offset: partition.fetch_offset,
+            durable_offset: partition.durable_offset(),
             last_fetched_epoch: partition.last_fetched_epoch,
             log_start_offset: partition.log_start_offset,
         }
@@ -240,6 +244,9 @@ pub struct FetchPosition {
     pub leader: NodeId,
     pub current_leader_epoch: i32,
     pub fetch_offset: i64,
+    /// What of the log is on disk (at most `fetch_offset`): the follower may ask for more
+    /// while it syncs what it appended last.
+    pub synced_offset: i64,
     pub last_fetched_epoch: i32,
     pub log_start_offset: i64,
 }
@@ -254,6 +261,7 @@ impl FetchPosition {
             last_fetched_epoch: self.last_fetched_epoch,
             log_start_offset: self.log_start_offset,
             max_bytes,
+            synced_offset: self.synced_offset,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::metadata::cluster::PartitionState;
 use crate::metadata::NodeId;
 use crate::node::Shard;
 use crate::partition::PartitionHandle;
+use crate::shard::event::Watchers;
 use crate::shard::{now_ms, oneshot};
 
 /// How often a shard ticks the replicas it leads (acks=all deadlines, ISR shrinks, retries).
@@ -46,9 +47,14 @@ pub struct ReplicaDriver {
     /// acks=all appends waiting for the high watermark.
     acks: RefCell<HashMap<ProduceToken, oneshot::Sender<Result<(), ResponseError>>>>,
     next_token: Cell<u64>,
-    /// A background sync of a leader's log is running, and whether another is wanted.
+    /// A background sync of the log is running, and whether another is wanted.
     syncing: Cell<bool>,
     sync_again: Cell<bool>,
+    /// Fired after each background sync (a follower's fetcher waits for them).
+    pub sync_done: Watchers,
+    /// Counts truncations and rebuilds carried out: a sync that saw one happen while it
+    /// ran cannot say what of the log it covered.
+    log_cuts: Cell<u64>,
     /// The last partition state applied (to build the state machine again after a failure).
     last_change: RefCell<Option<LeaderAndIsr>>,
     /// An ISR proposal (KIP-497) the shard's tick sends to the controller next.
@@ -74,6 +80,8 @@ impl ReplicaDriver {
             next_token: Cell::new(1),
             syncing: Cell::new(false),
             sync_again: Cell::new(false),
+            sync_done: Watchers::default(),
+            log_cuts: Cell::new(0),
             last_change: RefCell::new(None),
             outbox: RefCell::new(None),
         }
@@ -250,6 +258,13 @@ pub async fn run_log_ops(partition: &Rc<PartitionHandle>) {
 /// the follower's log diverged). Retention's deletions prune the aborted list.
 async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), EngineError> {
     let log = &partition.log;
+    if matches!(
+        op,
+        LogOp::TruncateTo { .. } | LogOp::TruncateFullyAndStartAt { .. }
+    ) {
+        let cuts = &partition.replica.log_cuts;
+        cuts.set(cuts.get() + 1);
+    }
     match op {
         // The engine records an epoch with the first batch written in it (the leader's
         // appends carry it); the state machine keeps the epoch meanwhile.
@@ -298,6 +313,7 @@ async fn replay_txns(partition: &Rc<PartitionHandle>) -> Result<(), EngineError>
 /// NOT_LEADER_OR_FOLLOWER (they may or may not survive).
 fn rebuild(partition: &Rc<PartitionHandle>) {
     let driver = &partition.replica;
+    driver.log_cuts.set(driver.log_cuts.get() + 1);
     let (local, broker_epoch, config, high_watermark) = driver.with(|r| {
         (
             r.local(),
@@ -374,9 +390,10 @@ pub async fn wait_for_high_watermark(
     rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
 }
 
-/// Syncs a leader's log in the background, one sync at a time, each covering everything
-/// appended before it started (the engine group-commits them), and reports what is durable.
-fn request_sync(partition: &Rc<PartitionHandle>) {
+/// Syncs the log in the background, one sync at a time, each covering everything
+/// appended before it started (the engine group-commits them), and reports what is durable:
+/// a leader's after its appends, a follower's after each answer it appends.
+pub fn request_sync(partition: &Rc<PartitionHandle>) {
     let driver = &partition.replica;
     if driver.syncing.replace(true) {
         driver.sync_again.set(true);
@@ -386,29 +403,42 @@ fn request_sync(partition: &Rc<PartitionHandle>) {
     glommio::spawn_local(async move {
         loop {
             partition.replica.sync_again.set(false);
-            sync_and_report(&partition).await;
-            if !partition.replica.sync_again.get() {
+            let reported = sync_and_report(&partition).await;
+            partition.replica.sync_done.notify_all();
+            // A sync that a truncation overtook reported nothing: another covers the log.
+            if !partition.replica.sync_again.get() && reported {
                 break;
             }
         }
         partition.replica.syncing.set(false);
+        partition.replica.sync_done.notify_all();
     })
     .detach();
 }
 
-/// Syncs the log and tells the state machine what is on disk now.
-pub async fn sync_and_report(partition: &Rc<PartitionHandle>) {
+/// Syncs the log and tells the state machine what is on disk now. The log operations
+/// queued first are carried out, so the sync covers what the state machine has appended;
+/// if a truncation runs while it syncs, the log end it read may now hold new, unsynced
+/// records, and nothing is reported (false).
+pub async fn sync_and_report(partition: &Rc<PartitionHandle>) -> bool {
+    run_log_ops(partition).await;
+    let cuts = partition.replica.log_cuts.get();
     let end = partition.log.log_end_offset().0;
     match partition.log.sync().await {
+        Ok(()) if partition.replica.log_cuts.get() != cuts => false,
         Ok(()) => {
             let effects = partition.replica.update(|r| r.synced(end, now_ms()));
             carry_out(partition, effects);
+            true
         }
-        Err(e) => tracing::warn!(
-            topic = %partition.topic,
-            partition = partition.tp.partition.0,
-            "syncing a replicated partition failed: {e}"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                topic = %partition.topic,
+                partition = partition.tp.partition.0,
+                "syncing a replicated partition failed: {e}"
+            );
+            true
+        }
     }
 }
 

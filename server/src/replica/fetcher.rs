@@ -4,12 +4,15 @@
 //!
 //! A round: every shard asks each replica that follows that leader for its next fetch
 //! (`ReplicaState::next_fetch`: nothing while a fetch is in flight, while backing off, or
-//! while what it appended is not synced yet); the positions go out as one
+//! while what it appended two answers ago is not synced yet); the positions go out as one
 //! [`FetchRequest`]; the leader's answer is split by partition and handed to the owning
-//! shards, where each replica checks the batches and appends them as the leader stored
-//! them, truncates where the logs diverge, and syncs what it appended before it asks for
-//! more (its fetch offset tells the leader everything below is on its disk). Partitions of
-//! one answer are appended and synced concurrently, so one round costs one group commit.
+//! shards, where each replica checks the batches, queues them to be appended as the
+//! leader stored them (or truncates where the logs diverge), and syncs its log in the
+//! background (`driver::request_sync`). The next round goes out at once: the follower asks
+//! for more while its disk syncs, and each fetch reports how far its log is synced, which
+//! is all the leader counts. A round that would only wait on syncs waits for one to finish
+//! instead of spinning; while a sync is due to be reported the leader is asked not to hold
+//! the fetch (`max_wait_ms` 0), so an acks=all producer never waits out a long poll.
 //!
 //! A frame that fails its checks, or batches a replica refuses (CRC, offsets, epochs),
 //! close the connection and are counted; the partitions of a request that got no answer
@@ -26,18 +29,20 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use wharf_protocol::replication::{
     max_frame_bytes_for, split_frame, FetchPartition, FetchRequest, FollowerConnection,
-    PartitionData,
+    PartitionData, LENGTH_BYTES,
 };
 
 use super::api::FetchOutcome;
-use super::driver::{carry_out, run_log_ops, sync_and_report};
+use super::driver::{carry_out, request_sync, run_log_ops};
 use super::RoleView;
 use crate::controller::image::ClusterImage;
 use crate::metadata::cluster::REPLICATION_LISTENER;
 use crate::metadata::{NodeId, PartitionId, TopicId, TopicPartition};
 use crate::node::calls::Call;
 use crate::node::Shard;
+use crate::partition::PartitionHandle;
 use crate::reply;
+use crate::shard::event::WakeSlot;
 use crate::shard::now_ms;
 
 /// Kafka's `replica.fetch.wait.max.ms`: how long a leader may hold a fetch with no data.
@@ -49,12 +54,16 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before connecting again after a failure.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
-/// Pause when no partition has a fetch to send (all backing off or syncing).
+/// Pause when no partition has a fetch to send (all backing off), and the longest wait
+/// for a sync before looking again.
 const IDLE_PAUSE: Duration = Duration::from_millis(10);
 /// How often the set of leaders to follow is looked at again.
 const LEADERS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-/// Bytes read from a socket at a time.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes read from a socket before a frame's length is known.
+const FIRST_READ_BYTES: usize = 4096;
+/// A frame up to this size gets its whole buffer when its length arrives; a larger one
+/// (larger fetch settings) grows with its bytes.
+const FRAME_AT_ONCE_BYTES: usize = 16 << 20;
 
 /// Runs on one shard until shutdown: keeps a fetcher for every node that leads a partition
 /// this node follows.
@@ -165,9 +174,16 @@ async fn fetch_rounds(
         if !leaders_followed(&image, me).contains(&leader) {
             return Ok(());
         }
-        let mut positions = next_fetches(shard, leader).await;
+        let NextFetches {
+            mut positions,
+            syncing,
+        } = next_fetches(shard, leader).await;
         if positions.is_empty() {
-            glommio::timer::sleep(IDLE_PAUSE).await;
+            if syncing {
+                wait_for_syncs(shard, leader).await;
+            } else {
+                glommio::timer::sleep(IDLE_PAUSE).await;
+            }
             continue;
         }
         let len = positions.len();
@@ -177,7 +193,12 @@ async fn fetch_rounds(
             correlation_id: 0,
             replica_id: me.0,
             broker_epoch: image.broker(me).map_or(-1, |b| b.broker_epoch),
-            max_wait_ms: REPLICA_FETCH_WAIT_MAX_MS,
+            // A sync under way is reported by the next fetch: this one must not be held.
+            max_wait_ms: if syncing {
+                0
+            } else {
+                REPLICA_FETCH_WAIT_MAX_MS
+            },
             min_bytes: REPLICA_FETCH_MIN_BYTES,
             max_bytes: shard.config.cluster.replica_fetch_response_max_bytes,
             partitions: positions,
@@ -206,12 +227,18 @@ async fn fetch_rounds(
                 response.error_code
             ));
         }
+        let brought_records = response.partitions.iter().any(|p| !p.records.is_empty());
         let refused = apply_answers(shard, asked, response.partitions).await;
         if refused > 0 {
             shard.metrics.replication_refused_batch();
             return Err(format!(
                 "{refused} partition(s) of the leader's answer failed their checks"
             ));
+        }
+        if syncing && !brought_records {
+            // Nothing new, and the leader answered at once: the next fetch has news only
+            // once a sync finishes.
+            wait_for_syncs(shard, leader).await;
         }
     }
 }
@@ -260,25 +287,53 @@ enum FrameRead {
     Bad(String),
 }
 
-/// Reads one whole frame of at most `cap` bytes.
+/// Reads one whole frame of at most `cap` bytes. Once the frame's length is known (within
+/// `cap`, and at most [`FRAME_AT_ONCE_BYTES`]), the frame gets a buffer of its size and the
+/// rest is read straight into it: no copy from a chunk, and the buffer comes zeroed from
+/// the allocator (calloc), which for fresh memory means once, by the kernel. A larger
+/// frame grows with the bytes that arrive.
 async fn read_frame(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     cap: usize,
 ) -> Result<Bytes, FrameRead> {
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut chunk = [0u8; FIRST_READ_BYTES];
     loop {
         match split_frame(buf, cap) {
             Ok(Some(frame)) => return Ok(frame),
             Ok(None) => {}
             Err(e) => return Err(FrameRead::Bad(e.to_string())),
         }
+        let closed = || FrameRead::Io("the leader closed the connection".into());
+        let known = buf
+            .get(..LENGTH_BYTES)
+            .map(|f| LENGTH_BYTES + u32::from_be_bytes(f.try_into().expect("four bytes")) as usize)
+            .filter(|&total| total <= FRAME_AT_ONCE_BYTES);
+        if let Some(total) = known {
+            // split_frame checked the length against the cap; what `buf` holds is all of
+            // this frame (a whole one would have been split off above).
+            let mut frame = BytesMut::zeroed(total);
+            let mut filled = buf.len();
+            frame[..filled].copy_from_slice(buf);
+            while filled < total {
+                let n = stream
+                    .read(&mut frame[filled..])
+                    .await
+                    .map_err(|e| FrameRead::Io(e.to_string()))?;
+                if n == 0 {
+                    return Err(closed());
+                }
+                filled += n;
+            }
+            *buf = frame;
+            continue;
+        }
         let n = stream
             .read(&mut chunk)
             .await
             .map_err(|e| FrameRead::Io(e.to_string()))?;
         if n == 0 {
-            return Err(FrameRead::Io("the leader closed the connection".into()));
+            return Err(closed());
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -291,36 +346,53 @@ fn topic_partition(p: &FetchPartition) -> TopicPartition {
     }
 }
 
+/// The next fetches of a leader's partitions on this node.
+#[derive(Debug, Default)]
+pub struct NextFetches {
+    pub positions: Vec<FetchPartition>,
+    /// Some replica following that leader has appended records not synced yet.
+    pub syncing: bool,
+}
+
 /// The next fetch of every replica, on every shard, that follows `leader`.
-async fn next_fetches(shard: &Rc<Shard>, leader: NodeId) -> Vec<FetchPartition> {
-    shard
+async fn next_fetches(shard: &Rc<Shard>, leader: NodeId) -> NextFetches {
+    let mut all = NextFetches::default();
+    for reply in shard
         .call_all(|| Call::NextFetches { leader })
         .await
         .into_iter()
         .flatten()
-        .flat_map(|reply| reply!(reply, NextFetches))
-        .collect()
+    {
+        let here = reply!(reply, NextFetches);
+        all.positions.extend(here.positions);
+        all.syncing |= here.syncing;
+    }
+    all
+}
+
+/// The replicas on this shard that follow `leader`.
+fn followers_of(shard: &Shard, leader: NodeId) -> impl Iterator<Item = Rc<PartitionHandle>> {
+    shard.partitions.handles().into_iter().filter(move |p| {
+        matches!(
+            p.replica.with(|r| r.role()),
+            RoleView::Follower { leader: Some(l) } if l == leader
+        )
+    })
 }
 
 /// Runs on each shard for [`next_fetches`].
-pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId) -> Vec<FetchPartition> {
+pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId) -> NextFetches {
     let now = now_ms();
-    let mut out = Vec::new();
-    for p in shard.partitions.handles() {
-        let follows = matches!(
-            p.replica.with(|r| r.role()),
-            RoleView::Follower { leader: Some(l) } if l == leader
-        );
-        if !follows {
-            continue;
-        }
+    let mut out = NextFetches::default();
+    for p in followers_of(shard, leader) {
         let log_start = p.log.log_start_offset().0;
-        let position = p.replica.update(|r| {
+        let (position, needs_sync) = p.replica.update(|r| {
             r.log_start_moved(log_start);
-            r.next_fetch(now)
+            (r.next_fetch(now), r.needs_sync())
         });
+        out.syncing |= needs_sync;
         if let Some(position) = position {
-            out.push(position.to_wire(
+            out.positions.push(position.to_wire(
                 p.tp.topic_id.0.as_u128(),
                 p.tp.partition.0,
                 shard.config.cluster.replica_fetch_max_bytes,
@@ -328,6 +400,30 @@ pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId) -> Vec<FetchParti
         }
     }
     out
+}
+
+/// Waits until a sync of a replica following `leader` completes, on every shard that has
+/// one due.
+async fn wait_for_syncs(shard: &Rc<Shard>, leader: NodeId) {
+    for _ in shard.call_all(|| Call::WaitForSyncs { leader }).await {}
+}
+
+/// Runs on each shard for [`wait_for_syncs`]: a replica with records off disk gets a sync
+/// started if none runs (one that failed is tried again), and the first to finish, or
+/// [`IDLE_PAUSE`], ends the wait.
+pub(crate) async fn wait_for_syncs_here(shard: &Rc<Shard>, leader: NodeId) {
+    let slot = WakeSlot::new();
+    let mut any = false;
+    for p in followers_of(shard, leader) {
+        if p.replica.with(|r| r.needs_sync()) {
+            any = true;
+            p.replica.sync_done.register(&slot);
+            request_sync(&p);
+        }
+    }
+    if any {
+        futures_lite::future::or(slot.wait(), glommio::timer::sleep(IDLE_PAUSE)).await;
+    }
 }
 
 /// The fetches of `asked` got no answer: each partition fetches again after its backoff.
@@ -401,7 +497,8 @@ pub(crate) async fn apply_answers_here(
     refused
 }
 
-/// One partition's answer on its owning shard; true if its batches were refused.
+/// One partition's answer on its owning shard; true if its batches were refused. Appends
+/// are carried out and synced in the background: the next fetch does not wait for them.
 async fn apply_answer(
     shard: &Rc<Shard>,
     tp: TopicPartition,
@@ -415,19 +512,23 @@ async fn apply_answer(
         .replica
         .update(|r| r.on_fetch_response(&asked, &answer.header, &answer.records, now_ms()));
     carry_out(&partition, effects);
-    run_log_ops(&partition).await;
     match outcome {
         FetchOutcome::Appended { bytes, .. } => {
             if bytes > 0 {
                 shard.metrics.replication_received(bytes);
-                partition.log_grew.notify_all();
-            }
-            if partition.replica.with(|r| r.needs_sync()) {
-                sync_and_report(&partition).await;
+                glommio::spawn_local(async move {
+                    run_log_ops(&partition).await;
+                    partition.log_grew.notify_all();
+                    request_sync(&partition);
+                })
+                .detach();
+            } else {
+                run_log_ops(&partition).await;
             }
             false
         }
         FetchOutcome::Truncated { to } => {
+            run_log_ops(&partition).await;
             tracing::info!(
                 topic = %partition.topic,
                 partition = tp.partition.0,
@@ -437,6 +538,7 @@ async fn apply_answer(
             false
         }
         FetchOutcome::Refused(why) => {
+            run_log_ops(&partition).await;
             tracing::warn!(
                 topic = %partition.topic,
                 partition = tp.partition.0,
@@ -445,6 +547,7 @@ async fn apply_answer(
             true
         }
         FetchOutcome::LeaderError(e) => {
+            run_log_ops(&partition).await;
             tracing::debug!(
                 topic = %partition.topic,
                 partition = tp.partition.0,
@@ -452,6 +555,10 @@ async fn apply_answer(
             );
             false
         }
-        FetchOutcome::Stale => false,
+        FetchOutcome::Stale => {
+            run_log_ops(&partition).await;
+            false
+        }
     }
 }
+

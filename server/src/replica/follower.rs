@@ -10,36 +10,59 @@ use wharf_protocol::replication::{EpochEndOffset, FetchPartition, PartitionHeade
 use super::api::*;
 use super::state::*;
 
+/// How many of a follower's latest fetch answers may be appended and not yet synced when
+/// it fetches again: its disk syncs while it fetches, and a sync slower than a round
+/// does not stop the stream. Only synced records count toward the high watermark.
+pub const MAX_UNSYNCED_ANSWERS: usize = 4;
+
 impl ReplicaState {
-    /// Whether the log has appended data not yet on disk. A follower syncs it before it
-    /// fetches again: its fetch offset tells the leader everything below is on disk.
+    /// Whether the log has appended data not yet on disk (the driver syncs it; the next
+    /// fetch reports what the sync covered).
     pub fn needs_sync(&self) -> bool {
         self.durable_end_offset < self.log_end_offset
     }
 
     /// The fetch to send now, if any: a follower with a leader, nothing in flight, not
-    /// backing off or fenced, and its log on disk up to its end. The fetch is then in
-    /// flight until its answer ([`ReplicaState::on_fetch_response`]) or
-    /// [`ReplicaState::fetch_failed`].
+    /// backing off or fenced. The fetch is then in flight until its answer
+    /// ([`ReplicaState::on_fetch_response`]) or [`ReplicaState::fetch_failed`].
+    ///
+    /// A follower asks for more while it syncs what the last answers brought, but not
+    /// further than [`MAX_UNSYNCED_ANSWERS`]: everything below the offset it fetched from
+    /// that many fetches ago must be on disk first. Each fetch reports how far the log is
+    /// synced (`synced_offset`), which is all the leader counts toward the high watermark.
     pub fn next_fetch(&mut self, now_ms: i64) -> Option<FetchPosition> {
         let position = FetchPosition {
             leader: self.known_leader()?,
             current_leader_epoch: self.leader_epoch,
             fetch_offset: self.log_end_offset,
+            synced_offset: self.durable_end_offset.min(self.log_end_offset),
             last_fetched_epoch: self.epochs.latest_epoch().unwrap_or(-1),
             log_start_offset: self.log_start_offset,
         };
+        let durable = self.durable_end_offset;
         let needs_sync = self.needs_sync();
         let Role::Follower(f) = &mut self.role else {
             return None;
         };
-        if f.in_flight.is_some() || f.fenced || now_ms < f.retry_at_ms || needs_sync {
+        if f.in_flight.is_some() || f.fenced || now_ms < f.retry_at_ms {
+            return None;
+        }
+        if needs_sync
+            && f
+                .recent_fetch_offsets
+                .front()
+                .is_none_or(|&oldest| durable < oldest)
+        {
             return None;
         }
         if position.leader == self.local {
             return None;
         }
         f.in_flight = Some(position);
+        if f.recent_fetch_offsets.len() == MAX_UNSYNCED_ANSWERS {
+            f.recent_fetch_offsets.pop_front();
+        }
+        f.recent_fetch_offsets.push_back(position.fetch_offset);
         Some(position)
     }
 

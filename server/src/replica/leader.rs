@@ -139,7 +139,9 @@ impl ReplicaState {
             unreachable!("checked above");
         };
         let progress = l.followers.get_mut(&fetch.replica).expect("checked above");
-        let previous_end = progress.log_end_offset;
+        let previous_durable = progress.durable_end_offset;
+        // Only what is on the follower's disk counts (docs/replication.md, "Durability").
+        let durable = fetch.durable_offset.min(fetch.fetch_offset);
         // Kafka's Replica.updateFetchState.
         if fetch.fetch_offset >= leader_end {
             progress.last_caught_up_time_ms = progress.last_caught_up_time_ms.max(Some(now_ms));
@@ -151,6 +153,7 @@ impl ReplicaState {
             progress.last_caught_up_time_ms = progress.last_caught_up_time_ms.max(Some(then));
         }
         progress.log_end_offset = Some(fetch.fetch_offset);
+        progress.durable_end_offset = Some(durable);
         progress.log_start_offset = fetch.log_start_offset;
         progress.last_fetch_leader_log_end = Some(leader_end);
         progress.last_fetch_time_ms = now_ms;
@@ -159,7 +162,7 @@ impl ReplicaState {
         }
 
         self.maybe_expand_isr(fetch.replica, now_ms, &mut effects);
-        if previous_end != Some(fetch.fetch_offset) {
+        if previous_durable != Some(durable) {
             self.maybe_increment_high_watermark(now_ms, &mut effects);
         }
         answer.high_watermark = self.high_watermark;
@@ -288,7 +291,7 @@ impl ReplicaState {
         !self.ineligible.contains(&node) && progress.broker_epoch.is_some()
     }
 
-    /// Kafka's `maybeIncrementLeaderHW`: the smallest log end over the maximal ISR and the
+    /// Kafka's `maybeIncrementLeaderHW`: the smallest synced end over the maximal ISR and the
     /// followers caught up enough to be about to join it, starting from what the leader
     /// has on disk. Nothing moves while the committed ISR is under `min.insync.replicas`
     /// (KIP-966's strict min ISR, Kafka 3.7+).
@@ -311,7 +314,7 @@ impl ReplicaState {
             if !counts {
                 continue;
             }
-            match progress.log_end_offset {
+            match progress.durable_end_offset {
                 // Not heard from in this epoch: nothing can be said.
                 None => return,
                 Some(end) => high_watermark = high_watermark.min(end),
@@ -373,7 +376,7 @@ impl ReplicaState {
             return;
         };
         let in_sync = progress
-            .log_end_offset
+            .durable_end_offset
             .is_some_and(|end| end >= self.high_watermark && end >= l.epoch_start_offset);
         if in_sync && self.is_eligible(node, progress) {
             self.propose(IsrChange::Expand(node), effects);

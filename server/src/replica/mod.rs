@@ -39,4 +39,5 @@ mod tests;
 
 pub use api::*;
 pub use config::ReplicaConfig;
+pub use follower::MAX_UNSYNCED_ANSWERS;
 pub use state::{FollowerProgress, ReplicaState, RoleView};

@@ -88,6 +88,9 @@ pub(super) struct PendingIsr {
 pub struct FollowerProgress {
     /// The follower's log end as of its last fetch; `None` until it fetches in this epoch.
     pub log_end_offset: Option<i64>,
+    /// How far that log is on the follower's disk (its fetch's synced offset): what counts
+    /// toward the high watermark and for joining the ISR.
+    pub durable_end_offset: Option<i64>,
     pub log_start_offset: i64,
     /// The leader's log end at the follower's previous fetch, and that fetch's time.
     pub last_fetch_leader_log_end: Option<i64>,
@@ -119,6 +122,10 @@ pub(super) struct FollowerState {
     pub leader: Option<NodeId>,
     /// The fetch sent and not answered yet.
     pub in_flight: Option<FetchPosition>,
+    /// The offsets the latest fetches asked from, oldest first, at most
+    /// `MAX_UNSYNCED_ANSWERS`: with records off disk, the next fetch goes only once
+    /// everything below the oldest is on disk.
+    pub recent_fetch_offsets: VecDeque<i64>,
     pub retry_at_ms: i64,
     /// The leader said our epoch is old: wait for newer metadata.
     pub fenced: bool,
@@ -441,6 +448,7 @@ impl ReplicaState {
                     self.role = Role::Follower(FollowerState {
                         leader: change.leader,
                         in_flight: None,
+                        recent_fetch_offsets: VecDeque::new(),
                         retry_at_ms: now_ms,
                         fenced: false,
                     });

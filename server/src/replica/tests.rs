@@ -80,6 +80,7 @@ fn fetch(replica: NodeId, fetch_offset: i64, last_fetched_epoch: i32) -> Followe
         broker_epoch: 10,
         current_leader_epoch: 1,
         fetch_offset,
+        durable_offset: fetch_offset,
         last_fetched_epoch,
         log_start_offset: 0,
     }
@@ -237,6 +238,45 @@ fn the_high_watermark_counts_only_what_the_leader_has_on_disk() {
     assert_eq!(r.high_watermark(), 0);
     assert_eq!(r.synced(2, 3).high_watermark, Some(2));
     assert_eq!(r.synced(4, 4).high_watermark, Some(4));
+}
+
+#[test]
+fn the_high_watermark_counts_only_what_followers_report_synced() {
+    let mut r = leader(1, 0);
+    r.appended(4, Some(waiter(1)), 1);
+    r.synced(4, 1);
+    // B and C have everything in their logs, and half of it on their disks.
+    let synced_to = |fetch_offset, synced| FollowerFetch {
+        durable_offset: synced,
+        ..fetch(B, fetch_offset, 1)
+    };
+    r.on_follower_fetch(&synced_to(4, 2), 2);
+    r.on_follower_fetch(&FollowerFetch { replica: C, ..synced_to(4, 2) }, 2);
+    assert_eq!(r.high_watermark(), 2);
+    let (_, e) = r.on_follower_fetch(&synced_to(4, 4), 3);
+    assert_eq!(r.high_watermark(), 2, "C has not reported its sync");
+    assert!(acks(&e).is_empty());
+    let (_, e) = r.on_follower_fetch(&FollowerFetch { replica: C, ..synced_to(4, 4) }, 4);
+    assert_eq!(r.high_watermark(), 4);
+    assert_eq!(acks(&e), vec![(1, Ok(()))]);
+}
+
+#[test]
+fn a_follower_joins_the_isr_only_with_the_high_watermark_on_its_disk() {
+    let mut r = leader(1, 0);
+    r.apply_partition_change(&change(Some(A), 1, 2, &[A, B]), 0);
+    r.appended(5, None, 1);
+    r.synced(5, 1);
+    r.on_follower_fetch(&fetch(B, 5, 1), 1);
+    assert_eq!(r.high_watermark(), 5);
+    let behind_on_disk = FollowerFetch {
+        durable_offset: 4,
+        ..fetch(C, 5, 1)
+    };
+    let (_, e) = r.on_follower_fetch(&behind_on_disk, 2);
+    assert_eq!(e.alter_partition, None, "the high watermark is not on its disk");
+    let (_, e) = r.on_follower_fetch(&fetch(C, 5, 1), 3);
+    assert!(e.alter_partition.is_some());
 }
 
 #[test]
@@ -832,7 +872,7 @@ fn kip_207_a_leader_alone_in_the_isr_is_behind_until_min_insync_replicas_are_bac
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn a_follower_fetches_from_its_log_end_with_its_last_epoch_once_on_disk() {
+fn a_follower_fetches_from_its_log_end_with_its_last_epoch_and_reports_its_synced_end() {
     let mut f = follower(log(5, &[(0, 0)]));
     let position = f.next_fetch(0).expect("a fetch is due");
     assert_eq!(
@@ -841,6 +881,7 @@ fn a_follower_fetches_from_its_log_end_with_its_last_epoch_once_on_disk() {
             leader: A,
             current_leader_epoch: 1,
             fetch_offset: 5,
+            synced_offset: 5,
             last_fetched_epoch: 0,
             log_start_offset: 0
         }
@@ -867,11 +908,49 @@ fn a_follower_fetches_from_its_log_end_with_its_last_epoch_once_on_disk() {
     assert_eq!(f.epochs().entries(), &[(0, 0), (1, 5)]);
     // The follower's high watermark: the leader's, as far as its own log goes.
     assert_eq!(f.high_watermark(), 6);
-    // Not on disk yet: no fetch (its offset would tell the leader it is).
+    // Not on disk yet: the follower asks for more while it syncs, saying what is synced.
+    assert!(f.needs_sync());
+    let next = f.next_fetch(2).expect("everything below the last fetch is on disk");
+    assert_eq!((next.fetch_offset, next.synced_offset), (7, 5));
+    // Nothing new from the leader, the sync still running: the follower asks again, but
+    // only until its oldest recent fetch offset is past what is on disk.
+    let empty = Bytes::new();
+    let mut asked_from = vec![5, 7];
+    let mut next = Some(next);
+    while let Some(position) = next {
+        let (outcome, _) = f.on_fetch_response(&asked(&position), &ok_header(7, &empty), &empty, 2);
+        assert_eq!(
+            outcome,
+            FetchOutcome::Appended {
+                batches: 0,
+                bytes: 0
+            }
+        );
+        next = f.next_fetch(2);
+        if let Some(p) = next {
+            asked_from.push(p.fetch_offset);
+        }
+    }
+    assert_eq!(asked_from.len(), MAX_UNSYNCED_ANSWERS + 1);
+    assert_eq!(asked_from.iter().filter(|&&o| o == 7).count(), MAX_UNSYNCED_ANSWERS);
+    f.synced(7, 3);
+    let next = f.next_fetch(3).unwrap();
+    assert_eq!((next.fetch_offset, next.synced_offset), (7, 7));
+}
+
+#[test]
+fn a_follower_with_unsynced_records_and_no_fetch_yet_waits_for_its_sync() {
+    let mut f = follower(log(5, &[(0, 0)]));
+    let position = f.next_fetch(0).unwrap();
+    let records = batches(&[(5, 1, 2)]);
+    f.on_fetch_response(&asked(&position), &ok_header(6, &records), &records, 1);
+    // A new epoch: the previous fetch position means nothing any more.
+    f.apply_partition_change(&change(Some(A), 2, 2, &[A, B, C]), 2);
     assert!(f.needs_sync());
     assert_eq!(f.next_fetch(2), None);
     f.synced(7, 3);
-    assert_eq!(f.next_fetch(3).unwrap().fetch_offset, 7);
+    let next = f.next_fetch(3).unwrap();
+    assert_eq!((next.fetch_offset, next.synced_offset), (7, 7));
 }
 
 #[test]
@@ -1173,6 +1252,7 @@ fn exchange(
         broker_epoch: 10,
         current_leader_epoch: request.current_leader_epoch,
         fetch_offset: request.fetch_offset,
+        durable_offset: request.durable_offset(),
         last_fetched_epoch: request.last_fetched_epoch,
         log_start_offset: request.log_start_offset,
     };
