@@ -19,6 +19,7 @@ use kafka_protocol::ResponseError;
 use wharf_engine::{EngineError, Offset, PartitionLog};
 
 use super::api::*;
+use super::read_ahead::ReadAheads;
 use super::{ReplicaConfig, ReplicaState};
 use crate::controller::image::ClusterImage;
 use crate::metadata::cluster::PartitionState;
@@ -52,6 +53,8 @@ pub struct ReplicaDriver {
     sync_again: Cell<bool>,
     /// Fired after each background sync (a follower's fetcher waits for them).
     pub sync_done: Watchers,
+    /// A leader's reads ahead for followers catching up.
+    pub read_ahead: ReadAheads,
     /// Counts truncations and rebuilds carried out: a sync that saw one happen while it
     /// ran cannot say what of the log it covered.
     log_cuts: Cell<u64>,
@@ -81,6 +84,7 @@ impl ReplicaDriver {
             syncing: Cell::new(false),
             sync_again: Cell::new(false),
             sync_done: Watchers::default(),
+            read_ahead: ReadAheads::default(),
             log_cuts: Cell::new(0),
             last_change: RefCell::new(None),
             outbox: RefCell::new(None),

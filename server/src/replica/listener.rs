@@ -34,6 +34,7 @@ use wharf_protocol::replication::{
 
 use super::api::FollowerFetch;
 use super::driver::carry_out;
+use super::read_ahead::ReadKey;
 use crate::metadata::{PartitionId, TopicId, TopicPartition};
 use crate::node::calls::Call;
 use crate::node::partitions::group_by_owner;
@@ -373,10 +374,31 @@ async fn answer_partition(
         // The first partition with records gets its first batch whole; once the budget is
         // spent, a later one reads nothing (`keep_within_budget` would drop it anyway).
         if from < end && (limit > 0 || budget == max_bytes_of(request)) {
-            match partition.log.read(Offset(from), limit.max(1)).await {
+            let key = ReadKey {
+                follower: fetch.replica,
+                leader_epoch: answer.leader_epoch,
+                from,
+                limit: limit.max(1),
+            };
+            let read = match partition.replica.read_ahead.take(&key) {
+                Some(ahead) => match ahead.await {
+                    Ok(read) => Ok(read),
+                    Err(_) => partition.log.read(Offset(from), key.limit).await,
+                },
+                None => partition.log.read(Offset(from), key.limit).await,
+            };
+            match read {
                 Ok(mut read) => {
                     read.truncate(batches_before(&read, end));
+                    let next = end_offset_of(&read).unwrap_or(from);
                     records = read;
+                    // Still behind after this answer: its next fetch will ask from here.
+                    if !records.is_empty() && next < end {
+                        partition.replica.read_ahead.start(
+                            &partition,
+                            ReadKey { from: next, ..key },
+                        );
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -395,6 +417,13 @@ async fn answer_partition(
     }
     let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
     (answer.header(p.topic_id, p.partition, len), records)
+}
+
+/// The offset after the last batch of `records` (whole batches laid end to end).
+fn end_offset_of(records: &[u8]) -> Option<i64> {
+    let (_, last) = wharf_protocol::batch::batches(records).last()?;
+    let header = wharf_protocol::batch::BatchHeader::view(last)?;
+    Some(header.base_offset() + i64::from(header.last_offset_delta()) + 1)
 }
 
 /// Runs on the owning shard for [`wait_for_log_growth`].

@@ -16,11 +16,12 @@
 //! - [`sim`]: a seeded simulator of three replicas over logs that lose their unsynced tail
 //!   at a crash, a faulty network, a controller and producers, checking the invariants.
 //!
-//! - `driver.rs`, `listener.rs`, `fetcher.rs`: the broker's side — the driver on the
-//!   partition's shard that feeds the state machine and carries its effects out, the
-//!   leader's replication listener, and the follower's connections to its leaders.
+//! - `driver.rs`, `listener.rs`, `read_ahead.rs`, `fetcher.rs`: the broker's side — the
+//!   driver on the partition's shard that feeds the state machine and carries its effects
+//!   out, the leader's replication listener and its reads ahead for followers catching
+//!   up, and the follower's connections to its leaders.
 //!
-//! Apart from those three files nothing here does I/O or reads a clock: time and events
+//! Apart from those four files nothing here does I/O or reads a clock: time and events
 //! go in, [`Effects`] come out. See docs/replication.md.
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod fetcher;
 mod follower;
 mod leader;
 pub mod listener;
+mod read_ahead;
 pub mod sim;
 mod state;
 
