@@ -430,6 +430,9 @@ impl PartitionRegistry {
                 .map(|h| {
                     h.appended.notify_all();
                     glommio::spawn_local(async move {
+                        // A follower's appends and syncs, and a leader's reads ahead, run
+                        // in tasks of their own: none may touch the files while they close.
+                        h.replica.stop_for_close().await;
                         crate::replica::driver::checkpoint_high_watermark_at_close(&h).await;
                         // Kafka snapshots its producer state at a clean close too: the
                         // next open replays nothing.

@@ -58,6 +58,8 @@ pub struct ReplicaDriver {
     /// Counts truncations and rebuilds carried out: a sync that saw one happen while it
     /// ran cannot say what of the log it covered.
     log_cuts: Cell<u64>,
+    /// The log is closing or closed ([`ReplicaDriver::stop_for_close`]).
+    closed: Cell<bool>,
     /// The last partition state applied (to build the state machine again after a failure).
     last_change: RefCell<Option<LeaderAndIsr>>,
     /// An ISR proposal (KIP-497) the shard's tick sends to the controller next.
@@ -86,9 +88,24 @@ impl ReplicaDriver {
             sync_done: Watchers::default(),
             read_ahead: ReadAheads::default(),
             log_cuts: Cell::new(0),
+            closed: Cell::new(false),
             last_change: RefCell::new(None),
             outbox: RefCell::new(None),
         }
+    }
+
+    /// Before the log closes (shutdown): no log operation, sync or read ahead runs on it
+    /// any more. Waits for the operation under way, drops those queued (a follower's
+    /// appends: the leader sends them again) and cancels the reads ahead; later
+    /// operations and syncs find the driver closed and do nothing.
+    pub async fn stop_for_close(&self) {
+        self.read_ahead.clear();
+        if let Ok(permit) = self.ops_lock.acquire_permit(1).await {
+            self.ops.borrow_mut().clear();
+            drop(permit);
+        }
+        self.ops_lock.close();
+        self.closed.set(true);
     }
 
     /// Reads the state machine (never held across an await).
@@ -426,6 +443,9 @@ pub fn request_sync(partition: &Rc<PartitionHandle>) {
 /// records, and nothing is reported (false).
 pub async fn sync_and_report(partition: &Rc<PartitionHandle>) -> bool {
     run_log_ops(partition).await;
+    if partition.replica.closed.get() {
+        return true;
+    }
     let cuts = partition.replica.log_cuts.get();
     let end = partition.log.log_end_offset().0;
     match partition.log.sync().await {
