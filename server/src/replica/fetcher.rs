@@ -8,11 +8,13 @@
 //! [`FetchRequest`]; the leader's answer is split by partition and handed to the owning
 //! shards, where each replica checks the batches, queues them to be appended as the
 //! leader stored them (or truncates where the logs diverge), and syncs its log in the
-//! background (`driver::request_sync`). The next round goes out at once: the follower asks
-//! for more while its disk syncs, and each fetch reports how far its log is synced, which
-//! is all the leader counts. A round that would only wait on syncs waits for one to finish
-//! instead of spinning; while a sync is due to be reported the leader is asked not to hold
-//! the fetch (`max_wait_ms` 0), so an acks=all producer never waits out a long poll.
+//! background (`driver::request_sync`). While a partition catches up (its answer filled at
+//! least half its limit) the next round goes out at once: the follower asks for more while
+//! its disk syncs, and each fetch reports how far its log is synced, which is all the
+//! leader counts. A follower in step with its leader waits for the sync and then reports
+//! it, as does a round that would only wait on syncs, instead of spinning; while a sync is
+//! due to be reported the leader is asked not to hold the fetch (`max_wait_ms` 0), so an
+//! acks=all producer never waits out a long poll.
 //!
 //! A frame that fails its checks, or batches a replica refuses (CRC, offsets, epochs),
 //! close the connection and are counted; the partitions of a request that got no answer
@@ -228,6 +230,15 @@ async fn fetch_rounds(
             ));
         }
         let brought_records = response.partitions.iter().any(|p| !p.records.is_empty());
+        // A partition whose answer filled at least half its limit is catching up: its
+        // next fetch goes while its disk syncs. Answers smaller than that come from a
+        // follower in step with its leader, whose next fetch would find nothing new before
+        // the sync ends anyway, so it waits for the sync and reports it.
+        let half_limit = (shard.config.cluster.replica_fetch_max_bytes.max(2) / 2) as usize;
+        let catching_up = response
+            .partitions
+            .iter()
+            .any(|p| p.records.len() >= half_limit);
         let refused = apply_answers(shard, asked, response.partitions).await;
         if refused > 0 {
             shard.metrics.replication_refused_batch();
@@ -235,9 +246,9 @@ async fn fetch_rounds(
                 "{refused} partition(s) of the leader's answer failed their checks"
             ));
         }
-        if syncing && !brought_records {
-            // Nothing new, and the leader answered at once: the next fetch has news only
-            // once a sync finishes.
+        if (syncing && !brought_records) || (brought_records && !catching_up) {
+            // Nothing new and the leader answered at once, or in step with the leader: the
+            // next fetch has news only once a sync finishes.
             wait_for_syncs(shard, leader).await;
         }
     }
@@ -561,4 +572,3 @@ async fn apply_answer(
         }
     }
 }
-

@@ -48,8 +48,7 @@ impl ReplicaState {
             return None;
         }
         if needs_sync
-            && f
-                .recent_fetch_offsets
+            && f.recent_fetch_offsets
                 .front()
                 .is_none_or(|&oldest| durable < oldest)
         {

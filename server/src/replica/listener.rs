@@ -394,10 +394,10 @@ async fn answer_partition(
                     records = read;
                     // Still behind after this answer: its next fetch will ask from here.
                     if !records.is_empty() && next < end {
-                        partition.replica.read_ahead.start(
-                            &partition,
-                            ReadKey { from: next, ..key },
-                        );
+                        partition
+                            .replica
+                            .read_ahead
+                            .start(&partition, ReadKey { from: next, ..key });
                     }
                 }
                 Err(e) => {

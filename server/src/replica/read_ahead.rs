@@ -44,7 +44,9 @@ impl ReadAheads {
     /// position, epoch or limit is dropped (cancelled).
     pub fn take(&self, key: &ReadKey) -> Option<glommio::Task<Result<Bytes, EngineError>>> {
         let mut pending = self.pending.borrow_mut();
-        let i = pending.iter().position(|p| p.key.follower == key.follower)?;
+        let i = pending
+            .iter()
+            .position(|p| p.key.follower == key.follower)?;
         let found = pending.swap_remove(i);
         (found.key == *key).then_some(found.read)
     }

@@ -251,12 +251,24 @@ fn the_high_watermark_counts_only_what_followers_report_synced() {
         ..fetch(B, fetch_offset, 1)
     };
     r.on_follower_fetch(&synced_to(4, 2), 2);
-    r.on_follower_fetch(&FollowerFetch { replica: C, ..synced_to(4, 2) }, 2);
+    r.on_follower_fetch(
+        &FollowerFetch {
+            replica: C,
+            ..synced_to(4, 2)
+        },
+        2,
+    );
     assert_eq!(r.high_watermark(), 2);
     let (_, e) = r.on_follower_fetch(&synced_to(4, 4), 3);
     assert_eq!(r.high_watermark(), 2, "C has not reported its sync");
     assert!(acks(&e).is_empty());
-    let (_, e) = r.on_follower_fetch(&FollowerFetch { replica: C, ..synced_to(4, 4) }, 4);
+    let (_, e) = r.on_follower_fetch(
+        &FollowerFetch {
+            replica: C,
+            ..synced_to(4, 4)
+        },
+        4,
+    );
     assert_eq!(r.high_watermark(), 4);
     assert_eq!(acks(&e), vec![(1, Ok(()))]);
 }
@@ -274,7 +286,10 @@ fn a_follower_joins_the_isr_only_with_the_high_watermark_on_its_disk() {
         ..fetch(C, 5, 1)
     };
     let (_, e) = r.on_follower_fetch(&behind_on_disk, 2);
-    assert_eq!(e.alter_partition, None, "the high watermark is not on its disk");
+    assert_eq!(
+        e.alter_partition, None,
+        "the high watermark is not on its disk"
+    );
     let (_, e) = r.on_follower_fetch(&fetch(C, 5, 1), 3);
     assert!(e.alter_partition.is_some());
 }
@@ -910,7 +925,9 @@ fn a_follower_fetches_from_its_log_end_with_its_last_epoch_and_reports_its_synce
     assert_eq!(f.high_watermark(), 6);
     // Not on disk yet: the follower asks for more while it syncs, saying what is synced.
     assert!(f.needs_sync());
-    let next = f.next_fetch(2).expect("everything below the last fetch is on disk");
+    let next = f
+        .next_fetch(2)
+        .expect("everything below the last fetch is on disk");
     assert_eq!((next.fetch_offset, next.synced_offset), (7, 5));
     // Nothing new from the leader, the sync still running: the follower asks again, but
     // only until its oldest recent fetch offset is past what is on disk.
@@ -932,7 +949,10 @@ fn a_follower_fetches_from_its_log_end_with_its_last_epoch_and_reports_its_synce
         }
     }
     assert_eq!(asked_from.len(), MAX_UNSYNCED_ANSWERS + 1);
-    assert_eq!(asked_from.iter().filter(|&&o| o == 7).count(), MAX_UNSYNCED_ANSWERS);
+    assert_eq!(
+        asked_from.iter().filter(|&&o| o == 7).count(),
+        MAX_UNSYNCED_ANSWERS
+    );
     f.synced(7, 3);
     let next = f.next_fetch(3).unwrap();
     assert_eq!((next.fetch_offset, next.synced_offset), (7, 7));
