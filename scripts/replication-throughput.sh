@@ -3,6 +3,7 @@
 #
 #   scripts/replication-throughput.sh [--gib N] [--partitions P] [--batch-bytes B]
 #                                     [--fetch-max-bytes F] [--fetch-response-max-bytes R]
+#                                     [--leader-cache-bytes C]
 #
 # Starts two nodes on loopback (node 1: voter and leader, on CPU 0; node 2: broker only, the
 # follower, on CPU 1 when there is one), creates a topic with replication factor 2 and P
@@ -14,7 +15,10 @@
 # of them arrived. Everything the follower appends is fdatasynced before it asks for more,
 # as acks=all needs. Last, iperf3 (one stream, 5 s) measures loopback on the same CPUs.
 # F and R set the follower's replica.fetch.max.bytes and replica.fetch.response.max.bytes
-# (Kafka's defaults: 1 MiB per partition, 10 MiB per fetch).
+# (Kafka's defaults: 1 MiB per partition, 10 MiB per fetch). C sets the leader's
+# log.cache.bytes (default 256 MiB: the follower's catch-up is read from the leader's disk);
+# with C above what is written (e.g. 3221225472 for 2 GiB) it is read from the leader's
+# cache, and only the follower's disk is in the way.
 #
 # Environment: WHARF_BIN and WHARF_LOADGEN_BIN (default target/release/...), BASE_PORT
 # (default 29092), KEEP=1 to keep the data directory.
@@ -25,6 +29,7 @@ partitions=4
 batch=262144
 fetch_max=1048576
 fetch_response_max=10485760
+leader_cache=268435456
 while [ $# -gt 0 ]; do
     case "$1" in
         --gib) gib=$2; shift 2 ;;
@@ -32,7 +37,8 @@ while [ $# -gt 0 ]; do
         --batch-bytes) batch=$2; shift 2 ;;
         --fetch-max-bytes) fetch_max=$2; shift 2 ;;
         --fetch-response-max-bytes) fetch_response_max=$2; shift 2 ;;
-        *) echo "usage: $0 [--gib N] [--partitions P] [--batch-bytes B] [--fetch-max-bytes F] [--fetch-response-max-bytes R]" >&2; exit 2 ;;
+        --leader-cache-bytes) leader_cache=$2; shift 2 ;;
+        *) echo "usage: $0 [--gib N] [--partitions P] [--batch-bytes B] [--fetch-max-bytes F] [--fetch-response-max-bytes R] [--leader-cache-bytes C]" >&2; exit 2 ;;
     esac
 done
 
@@ -65,7 +71,8 @@ metric() { # port name: the metric's value summed over its series
     curl -sf --max-time 5 "127.0.0.1:$1/metrics" | awk -v n="$2" '$1 ~ "^"n"({|$)" { s += $2 } END { printf "%d\n", s }'
 }
 
-taskset -c "$leader_cpu" "$bin" --node-id 1 --shards 1 \
+printf 'log.cache.bytes = %d\n' "$leader_cache" >"$dir/leader.toml"
+taskset -c "$leader_cpu" "$bin" --node-id 1 --shards 1 --config "$dir/leader.toml" \
     --listen "127.0.0.1:$base" --controller-listen "127.0.0.1:$((base + 1))" \
     --replication-listen "127.0.0.1:$((base + 2))" \
     --controller-quorum-voters "1@127.0.0.1:$((base + 1))" \
@@ -125,8 +132,8 @@ done
 bytes=$((last - start_bytes))
 secs=$(echo "$last_t - $t0" | bc -l)
 mbps=$(echo "$bytes / 1000000 / $secs" | bc -l)
-printf 'replication: %d MB in %.2f s = %.1f MB/s (follower on CPU %d, leader on CPU %d; fetches of %d B per partition, %d B in all)\n' \
-    $((bytes / 1000000)) "$secs" "$mbps" "$follower_cpu" "$leader_cpu" "$fetch_max" "$fetch_response_max"
+printf 'replication: %d MB in %.2f s = %.1f MB/s (follower on CPU %d, leader on CPU %d; fetches of %d B per partition, %d B in all; leader cache %d B)\n' \
+    $((bytes / 1000000)) "$secs" "$mbps" "$follower_cpu" "$leader_cpu" "$fetch_max" "$fetch_response_max" "$leader_cache"
 echo "bad frames: $(metric $((base + 103)) wharf_replication_bad_frames_total), refused batches: $(metric $((base + 103)) wharf_replication_refused_batches_total)"
 
 if command -v iperf3 >/dev/null; then
