@@ -40,35 +40,10 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-/// `n` ports free right now on loopback, below the kernel's ephemeral range (32768 and up
-/// by default), so no outgoing connection of another node can be given one of them while a
-/// voter is down and keep it from listening there again after a restart. Bound together,
-/// so they differ, then released. Each call starts past the ports earlier calls handed out,
-/// so clusters of tests running at once never share a controller port (nodes of one would
-/// take the other's Raft messages).
+/// `n` free loopback ports of this file's own range, so a restarted node gets its port back
+/// and no other test file's cluster takes it meanwhile.
 fn free_ports(n: usize) -> Vec<u16> {
-    static HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let skip = HANDED_OUT.fetch_add(64, std::sync::atomic::Ordering::Relaxed);
-    let mut next = 20_000 + ((std::process::id() + skip) % 12_000) as u16;
-    let mut listeners: Vec<TcpListener> = Vec::new();
-    for _ in 0..5_000 {
-        if listeners.len() == n {
-            break;
-        }
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", next)) {
-            listeners.push(l);
-        }
-        next = if next >= 32_000 { 20_000 } else { next + 1 };
-    }
-    assert_eq!(
-        listeners.len(),
-        n,
-        "no {n} free ports below 32000 on loopback"
-    );
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    common::free_ports_in(26_000..32_000, n)
 }
 
 /// Starts `n` voters of one quorum at once (each waits for the others before it serves).

@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,28 +34,10 @@ use common::{client, unique_topic, Broker};
 const GUARD: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 3;
 
-/// `n` free loopback ports below the ephemeral range, so a restarted voter gets its port
-/// back (see the same helper in cluster.rs).
+/// `n` free loopback ports of this file's own range, so a restarted node gets its port back
+/// and no other test file's cluster takes it meanwhile.
 fn free_ports(n: usize) -> Vec<u16> {
-    // Tests of this file run at once: each call starts past the ports the last one gave.
-    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut next = 20_000 + ((std::process::id() * 7 + u32::from(call) * 100) % 12_000) as u16;
-    let mut listeners: Vec<TcpListener> = Vec::new();
-    for _ in 0..5_000 {
-        if listeners.len() == n {
-            break;
-        }
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", next)) {
-            listeners.push(l);
-        }
-        next = if next >= 32_000 { 20_000 } else { next + 1 };
-    }
-    assert_eq!(listeners.len(), n, "no {n} free ports on loopback");
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    common::free_ports_in(20_000..26_000, n)
 }
 
 /// Three voters, one shard each, each with a replication listener. Sessions are short

@@ -482,6 +482,42 @@ pub fn run_wharf_to_exit(args: &[&str], cwd: &Path) -> Finished {
     }
 }
 
+/// `n` free loopback ports in `range`, below the ephemeral range, for nodes that must get
+/// their port back when restarted (a voter's controller listener is in every other voter's
+/// configuration). Bound together, so they differ, then released. Each test file that
+/// restarts nodes has a range of its own, so clusters of files running at once never take
+/// each other's ports while a node is down; within a file, each call starts past the ports
+/// earlier calls handed out.
+pub fn free_ports_in(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
+    static HANDED_OUT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let width = u32::from(range.end - range.start);
+    let skip = HANDED_OUT.fetch_add(64, std::sync::atomic::Ordering::Relaxed);
+    let mut next = range.start + ((std::process::id() + skip) % width) as u16;
+    let mut listeners: Vec<std::net::TcpListener> = Vec::new();
+    for _ in 0..width {
+        if listeners.len() == n {
+            break;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", next)) {
+            listeners.push(l);
+        }
+        next = if next + 1 >= range.end {
+            range.start
+        } else {
+            next + 1
+        };
+    }
+    assert_eq!(
+        listeners.len(),
+        n,
+        "no {n} free ports in {range:?} on loopback"
+    );
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
 /// A topic name unique within this test process run.
 pub fn unique_topic(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
