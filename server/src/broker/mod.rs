@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::Duration;
 
 pub mod shards;
 
@@ -249,8 +250,15 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
     Ok(lock)
 }
 
+/// How long a fixed controller or replication port that is in use is tried again before
+/// the broker gives up: the listening socket of a process that just exited can outlive it
+/// for a moment (its io_uring instance is torn down after the exit, and an accept in flight
+/// holds the socket until then), and a restart must not fail for that.
+const PORT_IN_USE_RETRY: Duration = Duration::from_secs(3);
+
 /// The controller or replication listener, bound (SO_REUSEADDR, so a restart is not kept
-/// off the port by the TIME_WAIT sockets of the last run) and listening.
+/// off the port by the TIME_WAIT sockets of the last run) and listening. A port in use is
+/// tried again for [`PORT_IN_USE_RETRY`].
 fn bind_listener(addr: SocketAddr, what: &str) -> Result<TcpListener, StartupError> {
     let fail = |e: std::io::Error| {
         StartupError(format!(
@@ -258,16 +266,29 @@ fn bind_listener(addr: SocketAddr, what: &str) -> Result<TcpListener, StartupErr
             io_reason(&e)
         ))
     };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(128).map_err(fail)?;
-    Ok(socket.into())
+    let give_up_at = std::time::Instant::now() + PORT_IN_USE_RETRY;
+    loop {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .map_err(fail)?;
+        socket.set_reuse_address(true).map_err(fail)?;
+        match socket.bind(&addr.into()) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && std::time::Instant::now() < give_up_at =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            other => other.map_err(fail)?,
+        }
+        socket.listen(128).map_err(fail)?;
+        return Ok(socket.into());
+    }
 }
 
 fn termination_signals() -> libc::sigset_t {
