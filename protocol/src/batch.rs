@@ -147,6 +147,10 @@ impl BatchHeader {
     pub fn base_offset(&self) -> i64 {
         self.base_offset.get()
     }
+    /// Offset of the batch's last record (`baseOffset + lastOffsetDelta`).
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.last_offset_delta())
+    }
     pub fn batch_length(&self) -> i32 {
         self.batch_length.get()
     }

@@ -245,7 +245,7 @@ impl<S: Storage> PartitionLog<S> {
                         b.base_offset
                     ));
                 };
-                let last = view.base_offset() + i64::from(view.last_offset_delta());
+                let last = view.last_offset();
                 // Compaction removed it (a producer's older batches are not kept, as in
                 // Kafka): a filler covers its offsets. A retry is still answered from
                 // the state.

@@ -620,7 +620,7 @@ async fn inspect_cut<F: SegmentFile>(
     let mut end = scan.next_offset;
     let mut at = 0usize;
     while let Some(header) = bytes.get(at..).and_then(BatchHeader::view) {
-        let last = header.base_offset() + i64::from(header.last_offset_delta());
+        let last = header.last_offset();
         let Some(total) = header.total_bytes() else {
             break;
         };

@@ -321,7 +321,7 @@ impl GroupShard {
                     break;
                 };
                 let base = header.base_offset();
-                let last = base + header.last_offset_delta() as i64;
+                let last = header.last_offset();
                 if last < next {
                     continue;
                 }

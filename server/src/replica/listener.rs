@@ -422,8 +422,7 @@ async fn answer_partition(
 /// The offset after the last batch of `records` (whole batches laid end to end).
 fn end_offset_of(records: &[u8]) -> Option<i64> {
     let (_, last) = wharf_protocol::batch::batches(records).last()?;
-    let header = wharf_protocol::batch::BatchHeader::view(last)?;
-    Some(header.base_offset() + i64::from(header.last_offset_delta()) + 1)
+    Some(wharf_protocol::batch::BatchHeader::view(last)?.last_offset() + 1)
 }
 
 /// Runs on the owning shard for [`wait_for_log_growth`].

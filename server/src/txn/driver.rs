@@ -272,7 +272,7 @@ impl TxnShard {
                     break;
                 };
                 let base = header.base_offset();
-                let last = base + i64::from(header.last_offset_delta());
+                let last = header.last_offset();
                 if last < next {
                     continue;
                 }

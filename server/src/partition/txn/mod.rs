@@ -635,7 +635,7 @@ impl<S: Storage> PartitionTxnState<S> {
                 let Some(h) = BatchHeader::view(batch) else {
                     break;
                 };
-                let last = h.base_offset() + i64::from(h.last_offset_delta());
+                let last = h.last_offset();
                 if last < next {
                     continue;
                 }
@@ -717,7 +717,7 @@ impl<S: Storage> PartitionTxnState<S> {
             let mut txns = self.txns.borrow_mut();
             for (_, batch) in batches(records) {
                 if let Some(h) = BatchHeader::view(batch) {
-                    self.note_applied(h.base_offset() + i64::from(h.last_offset_delta()) + 1);
+                    self.note_applied(h.last_offset() + 1);
                 }
                 entries.extend(apply_stored_batch(&mut txns, batch));
             }
@@ -748,7 +748,7 @@ fn apply_stored_batch(txns: &mut PartitionTxns, batch: &[u8]) -> Option<AbortedT
         return None;
     }
     let base = h.base_offset();
-    let last = base + i64::from(h.last_offset_delta());
+    let last = h.last_offset();
     let ts = h.max_timestamp();
     if h.is_control() {
         match decode_control_batch(batch, MAX_CONTROL_BATCH_BYTES) {
