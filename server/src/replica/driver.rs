@@ -108,6 +108,11 @@ impl ReplicaDriver {
         self.closed.set(true);
     }
 
+    /// The log was cut (truncated, or rebuilt after a failed operation).
+    fn note_log_cut(&self) {
+        self.log_cuts.set(self.log_cuts.get() + 1);
+    }
+
     /// Reads the state machine (never held across an await).
     pub fn with<R>(&self, f: impl FnOnce(&ReplicaState) -> R) -> R {
         f(&self.state.borrow())
@@ -279,18 +284,12 @@ pub async fn run_log_ops(partition: &Rc<PartitionHandle>) {
 /// the follower's log diverged). Retention's deletions prune the aborted list.
 async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), EngineError> {
     let log = &partition.log;
-    if matches!(
-        op,
-        LogOp::TruncateTo { .. } | LogOp::TruncateFullyAndStartAt { .. }
-    ) {
-        let cuts = &partition.replica.log_cuts;
-        cuts.set(cuts.get() + 1);
-    }
     match op {
         // The engine records an epoch with the first batch written in it (the leader's
         // appends carry it); the state machine keeps the epoch meanwhile.
         LogOp::AssignEpoch { .. } => Ok(()),
         LogOp::TruncateTo { offset } => {
+            partition.replica.note_log_cut();
             let end_before = log.log_end_offset().0;
             if *offset < end_before {
                 partition.txns.before_truncation(Some(*offset)).await?;
@@ -302,6 +301,7 @@ async fn perform(partition: &Rc<PartitionHandle>, op: &LogOp) -> Result<(), Engi
             Ok(())
         }
         LogOp::TruncateFullyAndStartAt { offset } => {
+            partition.replica.note_log_cut();
             partition.txns.before_truncation(None).await?;
             log.truncate_fully_and_start_at(Offset(*offset)).await?;
             replay_txns(partition).await
@@ -334,7 +334,7 @@ async fn replay_txns(partition: &Rc<PartitionHandle>) -> Result<(), EngineError>
 /// NOT_LEADER_OR_FOLLOWER (they may or may not survive).
 fn rebuild(partition: &Rc<PartitionHandle>) {
     let driver = &partition.replica;
-    driver.log_cuts.set(driver.log_cuts.get() + 1);
+    driver.note_log_cut();
     let (local, broker_epoch, config, high_watermark) = driver.with(|r| {
         (
             r.local(),
@@ -432,7 +432,6 @@ pub fn request_sync(partition: &Rc<PartitionHandle>) {
             }
         }
         partition.replica.syncing.set(false);
-        partition.replica.sync_done.notify_all();
     })
     .detach();
 }
@@ -441,7 +440,7 @@ pub fn request_sync(partition: &Rc<PartitionHandle>) {
 /// queued first are carried out, so the sync covers what the state machine has appended;
 /// if a truncation runs while it syncs, the log end it read may now hold new, unsynced
 /// records, and nothing is reported (false).
-pub async fn sync_and_report(partition: &Rc<PartitionHandle>) -> bool {
+async fn sync_and_report(partition: &Rc<PartitionHandle>) -> bool {
     run_log_ops(partition).await;
     if partition.replica.closed.get() {
         return true;

@@ -30,8 +30,8 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use wharf_protocol::replication::{
-    max_frame_bytes_for, split_frame, FetchPartition, FetchRequest, FollowerConnection,
-    PartitionData, LENGTH_BYTES,
+    frame_length, max_frame_bytes_for, split_frame, FetchPartition, FetchRequest,
+    FollowerConnection, PartitionData, LENGTH_BYTES,
 };
 
 use super::api::FetchOutcome;
@@ -316,13 +316,17 @@ async fn read_frame(
             Err(e) => return Err(FrameRead::Bad(e.to_string())),
         }
         let closed = || FrameRead::Io("the leader closed the connection".into());
-        let known = buf
-            .get(..LENGTH_BYTES)
-            .map(|f| LENGTH_BYTES + u32::from_be_bytes(f.try_into().expect("four bytes")) as usize)
-            .filter(|&total| total <= FRAME_AT_ONCE_BYTES);
+        let known = match buf.get(..LENGTH_BYTES) {
+            Some(field) => {
+                let field = field.try_into().expect("a slice of the field's length");
+                let size = frame_length(field, cap).map_err(|e| FrameRead::Bad(e.to_string()))?;
+                Some(LENGTH_BYTES + size).filter(|&total| total <= FRAME_AT_ONCE_BYTES)
+            }
+            None => None,
+        };
         if let Some(total) = known {
-            // split_frame checked the length against the cap; what `buf` holds is all of
-            // this frame (a whole one would have been split off above).
+            // What `buf` holds is all of this frame (a whole one would have been split off
+            // above).
             let mut frame = BytesMut::zeroed(total);
             let mut filled = buf.len();
             frame[..filled].copy_from_slice(buf);
@@ -523,23 +527,28 @@ async fn apply_answer(
         .replica
         .update(|r| r.on_fetch_response(&asked, &answer.header, &answer.records, now_ms()));
     carry_out(&partition, effects);
+    // Appended records are written and synced in a task of their own; anything else the
+    // answer asked of the log (a truncation, a log start) is done before the next fetch.
+    let appending = matches!(outcome, FetchOutcome::Appended { bytes, .. } if bytes > 0);
+    if appending {
+        let partition = partition.clone();
+        glommio::spawn_local(async move {
+            run_log_ops(&partition).await;
+            partition.log_grew.notify_all();
+            request_sync(&partition);
+        })
+        .detach();
+    } else {
+        run_log_ops(&partition).await;
+    }
     match outcome {
         FetchOutcome::Appended { bytes, .. } => {
             if bytes > 0 {
                 shard.metrics.replication_received(bytes);
-                glommio::spawn_local(async move {
-                    run_log_ops(&partition).await;
-                    partition.log_grew.notify_all();
-                    request_sync(&partition);
-                })
-                .detach();
-            } else {
-                run_log_ops(&partition).await;
             }
             false
         }
         FetchOutcome::Truncated { to } => {
-            run_log_ops(&partition).await;
             tracing::info!(
                 topic = %partition.topic,
                 partition = tp.partition.0,
@@ -549,7 +558,6 @@ async fn apply_answer(
             false
         }
         FetchOutcome::Refused(why) => {
-            run_log_ops(&partition).await;
             tracing::warn!(
                 topic = %partition.topic,
                 partition = tp.partition.0,
@@ -558,7 +566,6 @@ async fn apply_answer(
             true
         }
         FetchOutcome::LeaderError(e) => {
-            run_log_ops(&partition).await;
             tracing::debug!(
                 topic = %partition.topic,
                 partition = tp.partition.0,
@@ -566,9 +573,6 @@ async fn apply_answer(
             );
             false
         }
-        FetchOutcome::Stale => {
-            run_log_ops(&partition).await;
-            false
-        }
+        FetchOutcome::Stale => false,
     }
 }

@@ -380,11 +380,13 @@ async fn answer_partition(
                 from,
                 limit: limit.max(1),
             };
-            let read = match partition.replica.read_ahead.take(&key) {
-                Some(ahead) => match ahead.await {
-                    Ok(read) => Ok(read),
-                    Err(_) => partition.log.read(Offset(from), key.limit).await,
-                },
+            // A read ahead that failed is done again here, so its error is this answer's.
+            let ahead = match partition.replica.read_ahead.take(&key) {
+                Some(read) => read.await.ok(),
+                None => None,
+            };
+            let read = match ahead {
+                Some(read) => Ok(read),
                 None => partition.log.read(Offset(from), key.limit).await,
             };
             match read {
