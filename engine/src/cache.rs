@@ -4,14 +4,17 @@
 //! served from here; catch-up reads go to disk.
 //!
 //! Batches are kept as the producer sent them (the `Bytes` of the request, not copied) with
-//! the offset and epoch the log assigned; reads write those into the header of the copy
-//! they return.
+//! the offset and epoch the log assigned; a read hands out the buffers themselves, with a
+//! fixed copy of the header where it lacks those (`Batches`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use wharf_protocol::batch::{BatchHeader, BATCH_HEADER_BYTES};
+
+use crate::batches::Batches;
 
 /// One cached batch. `bytes` may still carry the producer's baseOffset and epoch.
 #[derive(Clone, Debug)]
@@ -157,17 +160,15 @@ impl BatchCache {
         batches.clear();
     }
 
-    /// Whole cached batches starting with the one that contains `from_offset`, ending before
-    /// `end_offset`, up to about `max_bytes` (the first whole). `None` when the cache does
-    /// not hold `from_offset`.
-    pub(crate) fn read(
-        &self,
-        partition: &PartitionCache,
+    /// The cached batches a read takes: from the one that contains `from_offset`, ending
+    /// before `end_offset`, up to about `max_bytes` (the first whole). `None` when the cache
+    /// does not hold `from_offset`.
+    fn select(
+        batches: &VecDeque<CachedBatch>,
         from_offset: i64,
         end_offset: i64,
         max_bytes: usize,
-    ) -> Option<Bytes> {
-        let batches = partition.batches.borrow();
+    ) -> Option<std::ops::Range<usize>> {
         if batches.front().is_none_or(|b| b.base_offset > from_offset) {
             return None;
         }
@@ -183,18 +184,50 @@ impl BatchCache {
             total += batch.bytes.len();
             count += 1;
         }
-        if count == 0 {
-            return None;
+        (count > 0).then_some(first..first + count)
+    }
+
+    /// Whole cached batches starting with the one that contains `from_offset`, ending before
+    /// `end_offset`, up to about `max_bytes` (the first whole), handed out as the cache
+    /// holds them: a batch whose header already carries its assigned offset and epoch (a
+    /// follower's, or one read back) is its own buffer; one as its producer sent it is a
+    /// fixed copy of its header followed by the rest of its buffer. `None` when the cache
+    /// does not hold `from_offset`.
+    pub(crate) fn read(
+        &self,
+        partition: &PartitionCache,
+        from_offset: i64,
+        end_offset: i64,
+        max_bytes: usize,
+    ) -> Option<Batches> {
+        let batches = partition.batches.borrow();
+        let range = Self::select(&batches, from_offset, end_offset, max_bytes)?;
+        let mut out = Batches::new();
+        // The fixed headers share one buffer.
+        let mut heads = BytesMut::new();
+        for batch in batches.range(range) {
+            let Some(head) = batch.bytes.get(..BATCH_HEADER_BYTES) else {
+                // Never cached (the log validates what it appends); kept whole regardless.
+                out.push(batch.bytes.clone());
+                continue;
+            };
+            let view = BatchHeader::view(head).expect("a slice of a header's length");
+            if view.base_offset() == batch.base_offset
+                && view.partition_leader_epoch() == batch.leader_epoch
+            {
+                out.push(batch.bytes.clone());
+                continue;
+            }
+            if heads.capacity() < BATCH_HEADER_BYTES {
+                heads.reserve(BATCH_HEADER_BYTES * 32);
+            }
+            heads.put_slice(head);
+            wharf_protocol::batch::set_base_offset(&mut heads, batch.base_offset);
+            wharf_protocol::batch::set_partition_leader_epoch(&mut heads, batch.leader_epoch);
+            out.push(heads.split().freeze());
+            out.push(batch.bytes.slice(BATCH_HEADER_BYTES..));
         }
-        let mut out = BytesMut::with_capacity(total);
-        for batch in batches.range(first..first + count) {
-            let start = out.len();
-            out.put_slice(&batch.bytes);
-            let header = &mut out[start..];
-            wharf_protocol::batch::set_base_offset(header, batch.base_offset);
-            wharf_protocol::batch::set_partition_leader_epoch(header, batch.leader_epoch);
-        }
-        Some(out.freeze())
+        Some(out)
     }
 }
 
@@ -233,7 +266,10 @@ mod tests {
         let p = cache.new_partition();
         cache.insert(&p, 100, 101, 7, batch(2));
         cache.insert(&p, 102, 104, 7, batch(3));
-        let out = cache.read(&p, 101, 105, 1).expect("cached");
+        let out = cache
+            .read(&p, 101, 105, 1)
+            .expect("cached")
+            .into_contiguous();
         let info = validate_batch(&out, 1 << 20).expect("valid batch");
         assert_eq!((info.base_offset, info.partition_leader_epoch), (100, 7));
         assert_eq!(
@@ -253,5 +289,40 @@ mod tests {
         assert!(cache.read(&p, 103, 105, 1 << 20).is_none());
         cache.drop_before(&p, 102);
         assert_eq!(cache.used_bytes(), 0);
+    }
+
+    #[test]
+    fn reads_hand_out_the_cached_buffers_and_fix_only_headers() {
+        let cache = BatchCache::new(1 << 20);
+        let p = cache.new_partition();
+        // As its producer sent it: offset 0, epoch -1 in its header.
+        let produced = batch(2);
+        // As a follower got it: the header already says offset 2, epoch 7.
+        let mut replicated = simple_batch(3, 10, 0);
+        wharf_protocol::batch::set_base_offset(&mut replicated, 2);
+        wharf_protocol::batch::set_partition_leader_epoch(&mut replicated, 7);
+        let replicated = Bytes::from(replicated);
+        cache.insert(&p, 0, 1, 7, produced.clone());
+        cache.insert(&p, 2, 4, 7, replicated.clone());
+        let read = cache.read(&p, 0, 5, 1 << 20).expect("cached");
+        let parts = read.parts();
+        assert_eq!(
+            parts.len(),
+            3,
+            "fixed header, rest of the produced batch, replicated batch"
+        );
+        assert_eq!(parts[0].len(), BATCH_HEADER_BYTES);
+        assert_eq!(
+            parts[1].as_ptr(),
+            produced[BATCH_HEADER_BYTES..].as_ptr(),
+            "not copied"
+        );
+        assert_eq!(parts[2].as_ptr(), replicated.as_ptr(), "not copied");
+        assert_eq!(read.end_offset(), Some(5));
+        let whole = read.into_contiguous();
+        let first = validate_batch(&whole, 1 << 20).expect("valid batch");
+        assert_eq!((first.base_offset, first.partition_leader_epoch), (0, 7));
+        let second = validate_batch(&whole[first.size_bytes..], 1 << 20).expect("valid batch");
+        assert_eq!((second.base_offset, second.partition_leader_epoch), (2, 7));
     }
 }

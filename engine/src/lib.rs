@@ -12,6 +12,7 @@
 //! [`compaction`] (the log cleaner's decisions: offset map, batch filter, plan),
 //! `commit` (group-commit waiters).
 
+pub mod batches;
 pub mod cache;
 mod commit;
 pub mod compaction;
@@ -26,6 +27,7 @@ pub mod retention;
 pub mod sim;
 pub mod storage;
 
+pub use batches::Batches;
 pub use cache::BatchCache;
 pub use compaction::{CleanRequest, CleanStats, Cleanable, CompactionConfig, OffsetMap, Throttle};
 pub use config::{LogConfig, TimestampType};

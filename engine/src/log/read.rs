@@ -13,6 +13,7 @@ use wharf_protocol::batch::{
     batches, validate_batch_with, BatchHeader, CountRule, BATCH_HEADER_BYTES,
 };
 
+use crate::batches::Batches;
 use crate::cache::{BatchCache, PartitionCache};
 use crate::error::EngineError;
 use crate::records::first_record_at_or_after;
@@ -35,7 +36,7 @@ const MAX_READ_ATTEMPTS: usize = 8;
 /// What a read must do, decided on the state.
 pub(crate) enum ReadPlan {
     OutOfRange { log_start: i64, log_end: i64 },
-    Ready(Bytes),
+    Ready(Batches),
     LoadIndex(i64),
     Disk(DiskRead),
 }
@@ -75,14 +76,14 @@ impl LogState {
             };
         }
         if from >= self.written_next_offset {
-            return ReadPlan::Ready(Bytes::new());
+            return ReadPlan::Ready(Batches::new());
         }
-        if let Some(bytes) = cache.read(cached, from, self.written_next_offset, max_bytes) {
-            return ReadPlan::Ready(bytes);
+        if let Some(batches) = cache.read(cached, from, self.written_next_offset, max_bytes) {
+            return ReadPlan::Ready(batches);
         }
         let idx = self.segments.partition_point(|s| s.next_offset <= from) + skip_segments;
         let Some(seg) = self.segments.get(idx) else {
-            return ReadPlan::Ready(Bytes::new());
+            return ReadPlan::Ready(Batches::new());
         };
         let Some(index) = seg.index.as_ref() else {
             return ReadPlan::LoadIndex(seg.base_offset);
@@ -343,6 +344,17 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.read(from_offset.0, max_bytes).await
     }
 
+    /// As [`read`](Self::read), but as the buffers the cache or the disk read holds (see
+    /// [`Batches`]), for a writer that sends them with vectored writes instead of copying
+    /// them into one.
+    pub async fn read_batches(
+        &self,
+        from_offset: Offset,
+        max_bytes: usize,
+    ) -> Result<Batches, EngineError> {
+        self.inner.read_batches(from_offset.0, max_bytes).await
+    }
+
     /// ListOffsets by timestamp: the earliest offset whose record timestamp is >= `timestamp_ms`,
     /// with that record's timestamp; `None` if every record is older. For a compressed batch
     /// the batch's base offset and largest timestamp stand for its records.
@@ -406,11 +418,21 @@ impl<S: Storage> PartitionLog<S> {
 }
 
 impl<S: Storage> Inner<S> {
+    /// [`PartitionLog::read`].
     pub(super) async fn read(
         self: &Rc<Self>,
         from: i64,
         max_bytes: usize,
     ) -> Result<Bytes, EngineError> {
+        Ok(self.read_batches(from, max_bytes).await?.into_contiguous())
+    }
+
+    /// [`PartitionLog::read_batches`].
+    pub(super) async fn read_batches(
+        self: &Rc<Self>,
+        from: i64,
+        max_bytes: usize,
+    ) -> Result<Batches, EngineError> {
         let mut skip_segments = 0;
         let mut waited_for_sync = false;
         for _ in 0..MAX_READ_ATTEMPTS {
@@ -427,7 +449,7 @@ impl<S: Storage> Inner<S> {
                         log_end,
                     })
                 }
-                ReadPlan::Ready(bytes) => return Ok(bytes),
+                ReadPlan::Ready(batches) => return Ok(batches),
                 ReadPlan::LoadIndex(base) => {
                     self.load_index(base).await?;
                     continue;
@@ -448,7 +470,7 @@ impl<S: Storage> Inner<S> {
                 continue;
             }
             if !outcome.bytes.is_empty() {
-                return Ok(outcome.bytes);
+                return Ok(Batches::from(outcome.bytes));
             }
             if let Some((position, first_offset, reason)) = outcome.damage {
                 // While a failed write path is being reloaded from disk, what the disk
@@ -501,7 +523,7 @@ impl<S: Storage> Inner<S> {
                 skip_segments += 1;
                 continue;
             }
-            return Ok(Bytes::new());
+            return Ok(Batches::new());
         }
         Err(self.storage_error("the log kept changing under a read"))
     }

@@ -8,9 +8,9 @@
 //! (`ReplicaState::on_follower_fetch`: epochs, divergence, progress, ISR, high watermark)
 //! and the log is read from where it says. Too few bytes for `min_bytes` and the request
 //! waits, up to `max_wait_ms`, for any of its partitions' logs to grow. The response head
-//! is encoded and written, then each partition's records as the engine returned them — no
-//! copy into a response buffer (glommio 0.9's `TcpStream` has no vectored write, so each
-//! buffer is its own `write_all`).
+//! is encoded, then it and each partition's records go out with vectored writes, as the
+//! engine returned them (the cache's own buffers, or the disk read's): no copy into a
+//! response buffer.
 //!
 //! Frames are size-capped and verified before anything of them is used
 //! (`wharf_protocol::replication`); a bad one — garbage, an oversized length, a response
@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::ResponseError;
-use wharf_engine::Offset;
+use wharf_engine::{Batches, Offset};
 use wharf_protocol::replication::{
     encode_response_head, split_frame, FetchPartition, FetchRequest, LeaderConnection,
     PartitionHeader, MAX_HEADER_BYTES, PREFIX_BYTES,
@@ -39,9 +39,9 @@ use crate::metadata::{PartitionId, TopicId, TopicPartition};
 use crate::node::calls::Call;
 use crate::node::partitions::group_by_owner;
 use crate::node::Shard;
-use crate::partition::read::batches_before;
 use crate::reply;
 use crate::shard::event::WakeSlot;
+use crate::shard::halves::{self, ReadHalf};
 use crate::shard::now_ms;
 
 /// Replication connections accepted at once (a follower node opens one to each leader).
@@ -106,11 +106,12 @@ impl std::fmt::Display for Closed {
     }
 }
 
-async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<(), String> {
+async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> Result<(), String> {
+    let (mut reader, mut writer, _control) = halves::split(stream);
     let mut order = LeaderConnection::new();
     let mut buf = BytesMut::new();
     loop {
-        let frame = match read_request(&mut stream, &mut buf, shard).await {
+        let frame = match read_request(&mut reader, &mut buf, shard).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(Closed::Io(e)) => return Err(e),
@@ -127,20 +128,22 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
             }
         };
         let (head, records) = answer(shard, &request).await?;
-        let mut sent = head.len();
-        stream.write_all(&head).await.map_err(|e| e.to_string())?;
-        for r in &records {
-            sent += r.len();
-            stream.write_all(r).await.map_err(|e| e.to_string())?;
-        }
-        stream.flush().await.map_err(|e| e.to_string())?;
+        let parts: Vec<&[u8]> = std::iter::once(&head[..])
+            .chain(records.iter().flat_map(|r| r.parts()).map(|p| &p[..]))
+            .collect();
+        let sent: usize = parts.iter().map(|p| p.len()).sum();
+        writer
+            .write_all_parts(&parts)
+            .await
+            .map_err(|e| e.to_string())?;
+        writer.flush().await.map_err(|e| e.to_string())?;
         shard.metrics.replication_sent(sent);
     }
 }
 
 /// Reads the next request frame; `Ok(None)` when the follower closed between frames.
 async fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut ReadHalf,
     buf: &mut BytesMut,
     shard: &Rc<Shard>,
 ) -> Result<Option<Bytes>, Closed> {
@@ -185,10 +188,13 @@ async fn read_request(
 }
 
 /// One partition's answer: its header and the records that follow it.
-pub type Answered = (PartitionHeader, Bytes);
+pub type Answered = (PartitionHeader, Batches);
 
 /// Answers a fetch: the response head and the records to write after it, in order.
-async fn answer(shard: &Rc<Shard>, request: &FetchRequest) -> Result<(Bytes, Vec<Bytes>), String> {
+async fn answer(
+    shard: &Rc<Shard>,
+    request: &FetchRequest,
+) -> Result<(Bytes, Vec<Batches>), String> {
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -265,7 +271,7 @@ fn keep_within_budget(answers: &mut [Answered], max_bytes: usize) {
             continue;
         }
         if total > 0 && total.saturating_add(records.len()) > max_bytes {
-            *records = Bytes::new();
+            *records = Batches::new();
             header.records_bytes = 0;
             continue;
         }
@@ -326,7 +332,7 @@ async fn answer_all(shard: &Rc<Shard>, request: &FetchRequest) -> Vec<Answered> 
                         p.partition,
                         ResponseError::RequestTimedOut.code(),
                     ),
-                    Bytes::new(),
+                    Batches::new(),
                 )
             })
         })
@@ -357,7 +363,7 @@ async fn answer_partition(
         };
         return (
             PartitionHeader::error(p.topic_id, p.partition, code.code()),
-            Bytes::new(),
+            Batches::new(),
         );
     };
     let fetch = FollowerFetch::from_wire(request, p);
@@ -367,7 +373,7 @@ async fn answer_partition(
         r.on_follower_fetch(&fetch, now_ms())
     });
     carry_out(&partition, effects);
-    let mut records = Bytes::new();
+    let mut records = Batches::new();
     if let Some(from) = answer.read_from {
         let end = partition.replica.with(|r| r.log_end_offset());
         let limit = (p.max_bytes.max(0) as usize).min(budget);
@@ -387,12 +393,12 @@ async fn answer_partition(
             };
             let read = match ahead {
                 Some(read) => Ok(read),
-                None => partition.log.read(Offset(from), key.limit).await,
+                None => partition.log.read_batches(Offset(from), key.limit).await,
             };
             match read {
                 Ok(mut read) => {
-                    read.truncate(batches_before(&read, end));
-                    let next = end_offset_of(&read).unwrap_or(from);
+                    read.truncate(read.len_before(end));
+                    let next = read.end_offset().unwrap_or(from);
                     records = read;
                     // Still behind after this answer: its next fetch will ask from here.
                     if !records.is_empty() && next < end {
@@ -411,7 +417,7 @@ async fn answer_partition(
                     let code = crate::errors::engine_error(&e).code();
                     return (
                         PartitionHeader::error(p.topic_id, p.partition, code),
-                        Bytes::new(),
+                        Batches::new(),
                     );
                 }
             }
@@ -419,12 +425,6 @@ async fn answer_partition(
     }
     let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
     (answer.header(p.topic_id, p.partition, len), records)
-}
-
-/// The offset after the last batch of `records` (whole batches laid end to end).
-fn end_offset_of(records: &[u8]) -> Option<i64> {
-    let (_, last) = wharf_protocol::batch::batches(records).last()?;
-    Some(wharf_protocol::batch::BatchHeader::view(last)?.last_offset() + 1)
 }
 
 /// Runs on the owning shard for [`wait_for_log_growth`].
@@ -487,7 +487,7 @@ mod tests {
     fn answer(partition: i32, len: usize) -> Answered {
         let mut header = PartitionHeader::error(7, partition, 0);
         header.records_bytes = len as u32;
-        (header, Bytes::from(vec![0u8; len]))
+        (header, Batches::from(Bytes::from(vec![0u8; len])))
     }
 
     fn sizes(answers: &[Answered]) -> Vec<(usize, u32)> {

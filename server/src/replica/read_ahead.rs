@@ -10,8 +10,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use bytes::Bytes;
-use wharf_engine::{EngineError, Offset};
+use wharf_engine::{Batches, EngineError, Offset};
 
 use crate::metadata::NodeId;
 use crate::partition::PartitionHandle;
@@ -30,7 +29,7 @@ pub struct ReadKey {
 
 struct Pending {
     key: ReadKey,
-    read: glommio::Task<Result<Bytes, EngineError>>,
+    read: glommio::Task<Result<Batches, EngineError>>,
 }
 
 /// One partition's reads ahead, one per follower at most.
@@ -42,7 +41,7 @@ pub struct ReadAheads {
 impl ReadAheads {
     /// The read started for exactly `key`, if any. A read for that follower at another
     /// position, epoch or limit is dropped (cancelled).
-    pub fn take(&self, key: &ReadKey) -> Option<glommio::Task<Result<Bytes, EngineError>>> {
+    pub fn take(&self, key: &ReadKey) -> Option<glommio::Task<Result<Batches, EngineError>>> {
         let mut pending = self.pending.borrow_mut();
         let i = pending
             .iter()
@@ -59,7 +58,9 @@ impl ReadAheads {
         }
         let p = partition.clone();
         let read =
-            glommio::spawn_local(async move { p.log.read(Offset(key.from), key.limit).await });
+            glommio::spawn_local(
+                async move { p.log.read_batches(Offset(key.from), key.limit).await },
+            );
         let mut pending = self.pending.borrow_mut();
         pending.retain(|p| p.key.follower != key.follower);
         pending.push(Pending { key, read });
