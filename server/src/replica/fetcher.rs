@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use wharf_protocol::replication::{
     frame_length, max_frame_bytes_for, split_frame, FetchPartition, FetchRequest,
@@ -45,6 +45,7 @@ use crate::node::Shard;
 use crate::partition::PartitionHandle;
 use crate::reply;
 use crate::shard::event::WakeSlot;
+use crate::shard::halves::{self, ReadHalf, WriteHalf};
 use crate::shard::now_ms;
 
 /// Kafka's `replica.fetch.wait.max.ms`: how long a leader may hold a fetch with no data.
@@ -61,7 +62,7 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const IDLE_PAUSE: Duration = Duration::from_millis(10);
 /// How often the set of leaders to follow is looked at again.
 const LEADERS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-/// Bytes read from a socket before a frame's length is known.
+/// The smallest buffer a frame is received into.
 const FIRST_READ_BYTES: usize = 4096;
 /// A frame up to this size gets its whole buffer when its length arrives; a larger one
 /// (larger fetch settings) grows with its bytes.
@@ -132,7 +133,7 @@ async fn follow(shard: &Rc<Shard>, leader: NodeId) {
                 None
             })
             .await;
-        let mut stream = match connected {
+        let stream = match connected {
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 tracing::debug!(leader = leader.0, %addr, "cannot connect for replication: {e}");
@@ -146,7 +147,7 @@ async fn follow(shard: &Rc<Shard>, leader: NodeId) {
         };
         let _ = stream.set_nodelay(true);
         tracing::debug!(leader = leader.0, %addr, "replication connection open");
-        if let Err(why) = fetch_rounds(shard, leader, &mut stream).await {
+        if let Err(why) = fetch_rounds(shard, leader, stream).await {
             tracing::info!(leader = leader.0, %addr, "replication connection closed: {why}");
             glommio::timer::sleep(RECONNECT_BACKOFF).await;
         }
@@ -155,11 +156,8 @@ async fn follow(shard: &Rc<Shard>, leader: NodeId) {
 
 /// Rounds of fetches on one connection until it fails or this node follows nothing on
 /// `leader` any more.
-async fn fetch_rounds(
-    shard: &Rc<Shard>,
-    leader: NodeId,
-    stream: &mut TcpStream,
-) -> Result<(), String> {
+async fn fetch_rounds(shard: &Rc<Shard>, leader: NodeId, stream: TcpStream) -> Result<(), String> {
+    let (mut reader, mut writer, _control) = halves::split(stream);
     let mut order = FollowerConnection::new();
     let mut buf = BytesMut::new();
     let me = shard.node_id();
@@ -209,7 +207,7 @@ async fn fetch_rounds(
         let exchanged = exchange(
             shard,
             &mut order,
-            stream,
+            (&mut reader, &mut writer),
             &mut buf,
             request,
             max_batch_bytes,
@@ -258,7 +256,7 @@ async fn fetch_rounds(
 async fn exchange(
     shard: &Rc<Shard>,
     order: &mut FollowerConnection,
-    stream: &mut TcpStream,
+    (reader, writer): (&mut ReadHalf, &mut WriteHalf),
     buf: &mut BytesMut,
     request: FetchRequest,
     max_batch_bytes: usize,
@@ -268,9 +266,9 @@ async fn exchange(
     let frame = order
         .send(request)
         .map_err(|e| format!("cannot encode a fetch: {e}"))?;
-    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    let read = read_frame(stream, buf, cap);
+    writer.write_all(&frame).await.map_err(|e| e.to_string())?;
+    writer.flush().await.map_err(|e| e.to_string())?;
+    let read = read_frame(reader, buf, cap);
     let frame = futures_lite::future::or(read, async {
         glommio::timer::sleep(wait + SOCKET_TIMEOUT).await;
         Err(FrameRead::Io("no answer from the leader in time".into()))
@@ -300,57 +298,49 @@ enum FrameRead {
 
 /// Reads one whole frame of at most `cap` bytes. Once the frame's length is known (within
 /// `cap`, and at most [`FRAME_AT_ONCE_BYTES`]), the frame gets a buffer of its size and the
-/// rest is read straight into it: no copy from a chunk, and the buffer comes zeroed from
-/// the allocator (calloc), which for fresh memory means once, by the kernel. A larger
-/// frame grows with the bytes that arrive.
+/// rest is received straight into it, unzeroed: no copy from a chunk, and only the bytes
+/// that arrive touch its memory. A larger frame grows with the bytes that arrive.
 async fn read_frame(
-    stream: &mut TcpStream,
+    reader: &mut ReadHalf,
     buf: &mut BytesMut,
     cap: usize,
 ) -> Result<Bytes, FrameRead> {
-    let mut chunk = [0u8; FIRST_READ_BYTES];
+    let closed = || FrameRead::Io("the leader closed the connection".into());
     loop {
         match split_frame(buf, cap) {
             Ok(Some(frame)) => return Ok(frame),
             Ok(None) => {}
             Err(e) => return Err(FrameRead::Bad(e.to_string())),
         }
-        let closed = || FrameRead::Io("the leader closed the connection".into());
-        let known = match buf.get(..LENGTH_BYTES) {
+        let want = match buf.get(..LENGTH_BYTES) {
             Some(field) => {
                 let field = field.try_into().expect("a slice of the field's length");
                 let size = frame_length(field, cap).map_err(|e| FrameRead::Bad(e.to_string()))?;
-                Some(LENGTH_BYTES + size).filter(|&total| total <= FRAME_AT_ONCE_BYTES)
+                LENGTH_BYTES + size
             }
-            None => None,
+            None => LENGTH_BYTES,
         };
-        if let Some(total) = known {
+        if buf.capacity() < want.min(FRAME_AT_ONCE_BYTES) {
             // What `buf` holds is all of this frame (a whole one would have been split off
-            // above).
-            let mut frame = BytesMut::zeroed(total);
-            let mut filled = buf.len();
-            frame[..filled].copy_from_slice(buf);
-            while filled < total {
-                let n = stream
-                    .read(&mut frame[filled..])
-                    .await
-                    .map_err(|e| FrameRead::Io(e.to_string()))?;
-                if n == 0 {
-                    return Err(closed());
-                }
-                filled += n;
-            }
+            // above): it moves to a buffer of the frame's size.
+            let mut frame =
+                BytesMut::with_capacity(want.clamp(FIRST_READ_BYTES, FRAME_AT_ONCE_BYTES));
+            frame.extend_from_slice(buf);
             *buf = frame;
-            continue;
+        } else if buf.len() == buf.capacity() {
+            buf.reserve(FIRST_READ_BYTES.max(buf.len()));
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| FrameRead::Io(e.to_string()))?;
-        if n == 0 {
-            return Err(closed());
+        match reader.try_read_into(buf, want - buf.len()) {
+            Ok(Some(0)) => return Err(closed()),
+            Ok(Some(_)) => {}
+            Ok(None) => match reader.read_byte().await {
+                // Nothing yet: wait for the next byte, then take what else has come.
+                Ok(Some(byte)) => buf.extend_from_slice(&[byte]),
+                Ok(None) => return Err(closed()),
+                Err(e) => return Err(FrameRead::Io(e.to_string())),
+            },
+            Err(e) => return Err(FrameRead::Io(e.to_string())),
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
