@@ -20,6 +20,11 @@
 # with C above what is written (e.g. 3221225472 for 2 GiB) it is read from the leader's
 # cache, and only the follower's disk is in the way.
 #
+# Where fio is installed, the disk's own limit is measured last, in the same data directory:
+# O_DIRECT sequential 1 MiB writes with an fdatasync every 4 MiB (the follower's pattern:
+# everything appended is synced before it counts), alone and, when the catch-up was read
+# from the leader's disk, beside an O_DIRECT sequential read (both nodes share this disk).
+#
 # Environment: WHARF_BIN and WHARF_LOADGEN_BIN (default target/release/...), BASE_PORT
 # (default 29092), KEEP=1 to keep the data directory.
 set -euo pipefail
@@ -147,4 +152,28 @@ if command -v iperf3 >/dev/null; then
         "$loop_mb" "$(echo "100 * $mbps / $loop_mb" | bc -l)"
 else
     echo "iperf3 not installed: no loopback figure"
+fi
+
+fio_mbps() { # fio arguments...: the MB/s its write jobs made, summed
+    fio --output-format=json "$@" 2>/dev/null |
+        python3 -c 'import json,sys; print(round(sum(j["write"]["bw_bytes"] for j in json.load(sys.stdin)["jobs"]) / 1e6))'
+}
+if command -v fio >/dev/null && command -v python3 >/dev/null; then
+    write=(--name=write --filename="$dir/fio-write" --rw=write --bs=1M --size="${gib}G"
+        --direct=1 --ioengine=io_uring --iodepth=4 --fdatasync=4)
+    disk=$(fio_mbps "${write[@]}")
+    rm -f "$dir/fio-write"
+    printf 'disk, O_DIRECT writes with fdatasync every 4 MiB (fio): %d MB/s; replication is %.0f%% of it\n' \
+        "$disk" "$(echo "100 * $mbps / $disk" | bc -l)"
+    if [ "$leader_cache" -lt $((gib << 30)) ]; then
+        fio --name=lay --filename="$dir/fio-read" --rw=write --bs=1M --size="${gib}G" \
+            --direct=1 --ioengine=io_uring --iodepth=4 >/dev/null 2>&1
+        disk=$(fio_mbps "${write[@]}" --name=read --filename="$dir/fio-read" --rw=read \
+            --bs=1M --size="${gib}G" --direct=1 --ioengine=io_uring --iodepth=4 --fdatasync=0)
+        rm -f "$dir/fio-write" "$dir/fio-read"
+        printf 'the same while O_DIRECT reads go on beside it, as the leader reads its disk: %d MB/s written; replication is %.0f%% of it\n' \
+            "$disk" "$(echo "100 * $mbps / $disk" | bc -l)"
+    fi
+else
+    echo "fio not installed: no disk figure"
 fi
