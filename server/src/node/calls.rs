@@ -108,8 +108,9 @@ pub enum Call {
         seen: Vec<(TopicPartition, i64)>,
         deadline: Instant,
     },
-    /// The next fetch of every replica on this shard that follows `leader`.
-    NextFetches { leader: NodeId },
+    /// The next fetch of every replica on this shard that follows `leader` (with `half`,
+    /// of at most half of them, rounded up).
+    NextFetches { leader: NodeId, half: bool },
     /// Resolve once a sync of a replica following `leader` completes (at once if none
     /// has appended records off disk).
     WaitForSyncs { leader: NodeId },
@@ -403,9 +404,9 @@ impl Shard {
                 crate::replica::listener::wait_for_growth_here(&shard, &seen, deadline).await;
                 Reply::Done
             }
-            Call::NextFetches { leader } => {
-                Reply::NextFetches(crate::replica::fetcher::next_fetches_here(&shard, leader))
-            }
+            Call::NextFetches { leader, half } => Reply::NextFetches(
+                crate::replica::fetcher::next_fetches_here(&shard, leader, half),
+            ),
             Call::WaitForSyncs { leader } => {
                 crate::replica::fetcher::wait_for_syncs_here(&shard, leader).await;
                 Reply::Done

@@ -154,9 +154,53 @@ async fn follow(shard: &Rc<Shard>, leader: NodeId) {
     }
 }
 
+/// The last answer being applied (checked, queued to the log) while the next fetch is
+/// exchanged: at most one.
+#[derive(Default)]
+struct Applying(Option<glommio::Task<usize>>);
+
+impl Applying {
+    fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Waits for the answer being applied, if any; an error if its batches were refused.
+    async fn settle(&mut self, shard: &Shard) -> Result<(), String> {
+        match self.0.take() {
+            None => Ok(()),
+            Some(task) => refusals(shard, task.await),
+        }
+    }
+}
+
+/// An error, counted, when `refused` partitions of an answer failed their checks.
+fn refusals(shard: &Shard, refused: usize) -> Result<(), String> {
+    if refused == 0 {
+        return Ok(());
+    }
+    shard.metrics.replication_refused_batch();
+    Err(format!(
+        "{refused} partition(s) of the leader's answer failed their checks"
+    ))
+}
+
 /// Rounds of fetches on one connection until it fails or this node follows nothing on
 /// `leader` any more.
 async fn fetch_rounds(shard: &Rc<Shard>, leader: NodeId, stream: TcpStream) -> Result<(), String> {
+    let mut applying = Applying::default();
+    let rounds = rounds(shard, leader, stream, &mut applying).await;
+    // An answer being applied finishes however the rounds ended: its partitions have a
+    // fetch in flight until it does.
+    let settled = applying.settle(shard).await;
+    rounds.and(settled)
+}
+
+async fn rounds(
+    shard: &Rc<Shard>,
+    leader: NodeId,
+    stream: TcpStream,
+    applying: &mut Applying,
+) -> Result<(), String> {
     let (mut reader, mut writer, _control) = halves::split(stream);
     let mut order = FollowerConnection::new();
     let mut buf = BytesMut::new();
@@ -166,6 +210,8 @@ async fn fetch_rounds(shard: &Rc<Shard>, leader: NodeId, stream: TcpStream) -> R
     // partitions take turns at the front (as Kafka's fetch sessions rotate them): a
     // partition far behind cannot keep the others waiting round after round.
     let mut turn = 0usize;
+    // The last answer filled at least half of some partition's limit.
+    let mut catching_up = false;
     loop {
         if shard.shutdown.is_set() {
             return Ok(());
@@ -174,12 +220,16 @@ async fn fetch_rounds(shard: &Rc<Shard>, leader: NodeId, stream: TcpStream) -> R
         if !leaders_followed(&image, me).contains(&leader) {
             return Ok(());
         }
+        // Catching up, each round asks for half the partitions, so that one half's answer
+        // is checked and queued while the other half's is on its way.
         let NextFetches {
             mut positions,
             syncing,
-        } = next_fetches(shard, leader).await;
+        } = next_fetches(shard, leader, catching_up).await;
         if positions.is_empty() {
-            if syncing {
+            if applying.is_running() {
+                applying.settle(shard).await?;
+            } else if syncing {
                 wait_for_syncs(shard, leader).await;
             } else {
                 glommio::timer::sleep(IDLE_PAUSE).await;
@@ -189,12 +239,14 @@ async fn fetch_rounds(shard: &Rc<Shard>, leader: NodeId, stream: TcpStream) -> R
         let len = positions.len();
         positions.rotate_left(turn % len);
         turn = turn.wrapping_add(1);
+        let beside_an_answer = applying.is_running();
         let request = FetchRequest {
             correlation_id: 0,
             replica_id: me.0,
             broker_epoch: image.broker(me).map_or(-1, |b| b.broker_epoch),
-            // A sync under way is reported by the next fetch: this one must not be held.
-            max_wait_ms: if syncing {
+            // A sync under way is reported by the next fetch, and an answer being applied
+            // lets its partitions fetch again soon: this one must not be held.
+            max_wait_ms: if syncing || beside_an_answer {
                 0
             } else {
                 REPLICA_FETCH_WAIT_MAX_MS
@@ -233,18 +285,28 @@ async fn fetch_rounds(shard: &Rc<Shard>, leader: NodeId, stream: TcpStream) -> R
         // follower in step with its leader, whose next fetch would find nothing new before
         // the sync ends anyway, so it waits for the sync and reports it.
         let half_limit = (shard.config.cluster.replica_fetch_max_bytes.max(2) / 2) as usize;
-        let catching_up = response
+        catching_up = response
             .partitions
             .iter()
             .any(|p| p.records.len() >= half_limit);
-        let refused = apply_answers(shard, asked, response.partitions).await;
-        if refused > 0 {
-            shard.metrics.replication_refused_batch();
-            return Err(format!(
-                "{refused} partition(s) of the leader's answer failed their checks"
-            ));
+        let answer = {
+            let shard = shard.clone();
+            glommio::spawn_local(
+                async move { apply_answers(&shard, asked, response.partitions).await },
+            )
+        };
+        // At most one answer is applied beside an exchange: the one before goes first.
+        applying.settle(shard).await?;
+        applying.0 = Some(answer);
+        if catching_up {
+            continue;
         }
-        if (syncing && !brought_records) || (brought_records && !catching_up) {
+        applying.settle(shard).await?;
+        if beside_an_answer {
+            // The partitions whose answer was being applied fetch again at once.
+            continue;
+        }
+        if syncing || brought_records {
             // Nothing new and the leader answered at once, or in step with the leader: the
             // next fetch has news only once a sync finishes.
             wait_for_syncs(shard, leader).await;
@@ -359,11 +421,12 @@ pub struct NextFetches {
     pub syncing: bool,
 }
 
-/// The next fetch of every replica, on every shard, that follows `leader`.
-async fn next_fetches(shard: &Rc<Shard>, leader: NodeId) -> NextFetches {
+/// The next fetch of every replica, on every shard, that follows `leader` (with `half`, of
+/// at most half of them on each shard, rounded up).
+async fn next_fetches(shard: &Rc<Shard>, leader: NodeId, half: bool) -> NextFetches {
     let mut all = NextFetches::default();
     for reply in shard
-        .call_all(|| Call::NextFetches { leader })
+        .call_all(|| Call::NextFetches { leader, half })
         .await
         .into_iter()
         .flatten()
@@ -386,14 +449,21 @@ fn followers_of(shard: &Shard, leader: NodeId) -> impl Iterator<Item = Rc<Partit
 }
 
 /// Runs on each shard for [`next_fetches`].
-pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId) -> NextFetches {
+pub(crate) fn next_fetches_here(shard: &Shard, leader: NodeId, half: bool) -> NextFetches {
     let now = now_ms();
     let mut out = NextFetches::default();
-    for p in followers_of(shard, leader) {
+    let followers: Vec<_> = followers_of(shard, leader).collect();
+    let most = if half {
+        followers.len().div_ceil(2)
+    } else {
+        followers.len()
+    };
+    for p in followers {
         let log_start = p.log.log_start_offset().0;
+        let room = out.positions.len() < most;
         let (position, needs_sync) = p.replica.update(|r| {
             r.log_start_moved(log_start);
-            (r.next_fetch(now), r.needs_sync())
+            (room.then(|| r.next_fetch(now)).flatten(), r.needs_sync())
         });
         out.syncing |= needs_sync;
         if let Some(position) = position {
