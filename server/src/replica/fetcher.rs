@@ -295,9 +295,10 @@ async fn rounds(
                 async move { apply_answers(&shard, asked, response.partitions).await },
             )
         };
-        // At most one answer is applied beside an exchange: the one before goes first.
-        applying.settle(shard).await?;
-        applying.0 = Some(answer);
+        // At most one answer is applied beside an exchange: the one before goes first. This
+        // one is held in `applying` before that wait, so it finishes (and its partitions'
+        // fetches end) even when the one before was refused.
+        Applying(applying.0.replace(answer)).settle(shard).await?;
         if catching_up {
             continue;
         }
