@@ -6,7 +6,7 @@
 //! Writers send the parts with vectored writes.
 
 use bytes::{Bytes, BytesMut};
-use wharf_protocol::batch::LOG_OVERHEAD_BYTES;
+use wharf_protocol::batch::{BatchHeader, BATCH_HEADER_BYTES};
 
 /// Whole batches in offset order, as buffers laid end to end.
 /// Invariant: `len` is the sum of the parts' lengths, and no part is empty.
@@ -15,9 +15,6 @@ pub struct Batches {
     parts: Vec<Bytes>,
     len: usize,
 }
-
-/// Where `lastOffsetDelta` sits in a batch.
-const LAST_OFFSET_DELTA_AT: usize = 23;
 
 impl Batches {
     pub fn new() -> Batches {
@@ -100,22 +97,24 @@ impl Batches {
         filled == out.len()
     }
 
+    /// A copy of the batch header at `at`, if the bytes hold one there.
+    fn header_at(&self, at: usize) -> Option<[u8; BATCH_HEADER_BYTES]> {
+        let mut head = [0u8; BATCH_HEADER_BYTES];
+        self.copy_at(at, &mut head).then_some(head)
+    }
+
     /// The whole batches laid out from the start: (position, base offset, size in bytes)
     /// of each, as far as their framing holds (a batch cut short ends the walk).
     pub fn batch_spans(&self) -> impl Iterator<Item = (usize, i64, usize)> + '_ {
         let mut at = 0usize;
         std::iter::from_fn(move || {
-            let mut head = [0u8; LOG_OVERHEAD_BYTES];
-            if !self.copy_at(at, &mut head) {
-                return None;
-            }
-            let base_offset = i64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
-            let length = i32::from_be_bytes(head[8..12].try_into().expect("4 bytes"));
-            let size = LOG_OVERHEAD_BYTES.checked_add(usize::try_from(length).ok()?)?;
+            let head = self.header_at(at)?;
+            let header = BatchHeader::view(&head)?;
+            let size = header.total_bytes()?;
             if at.checked_add(size)? > self.len {
                 return None;
             }
-            let span = (at, base_offset, size);
+            let span = (at, header.base_offset(), size);
             at += size;
             Some(span)
         })
@@ -131,12 +130,9 @@ impl Batches {
 
     /// The offset after the last whole batch, if there is one.
     pub fn end_offset(&self) -> Option<i64> {
-        let (at, base_offset, _) = self.batch_spans().last()?;
-        let mut delta = [0u8; 4];
-        if !self.copy_at(at + LAST_OFFSET_DELTA_AT, &mut delta) {
-            return None;
-        }
-        Some(base_offset + i64::from(i32::from_be_bytes(delta)) + 1)
+        let (at, _, _) = self.batch_spans().last()?;
+        let head = self.header_at(at)?;
+        Some(BatchHeader::view(&head)?.last_offset() + 1)
     }
 }
 
